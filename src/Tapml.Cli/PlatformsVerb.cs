@@ -1,0 +1,52 @@
+using System.CommandLine;
+using System.Text.Json.Nodes;
+using Spectre.Console;
+using Tapml.Platforms;
+
+namespace Tapml.Cli;
+
+/// <summary><c>tapml platforms [--json]</c>: platforms, availability, adapter, limits.</summary>
+static class PlatformsVerb
+{
+    public static Command Create()
+    {
+        var json = new Option<bool>("--json") { Description = "print JSON instead of a table" };
+        var cmd = new Command("platforms", "list platforms, whether they are available here, their adapter and limits") { json };
+        cmd.Action(pr =>
+        {
+            var rows = new JsonArray();
+            foreach (var e in PlatformRegistry.Entries)
+            {
+                var o = new JsonObject { ["name"] = e.Name, ["summary"] = e.Summary };
+                try
+                {
+                    using var p = PlatformRegistry.Create(e.Name);
+                    o["available"] = true;
+                    o["description"] = p.Description;
+                    o["limits"] = new JsonObject
+                    {
+                        ["max_buffer_bytes"] = p.Limits.MaxBufferBytes,
+                        ["max_binding_bytes"] = p.Limits.MaxBindingBytes,
+                        ["max_workgroup_size"] = p.Limits.MaxWorkgroupSize,
+                        ["memory_bytes"] = p.Limits.MemoryBytes,
+                    };
+                }
+                catch (Exception ex)
+                {
+                    o["available"] = false;
+                    o["reason"] = ex.Message;
+                }
+                rows.Add(o);
+            }
+            if (pr.GetValue(json)) { Console.WriteLine(new JsonObject { ["platforms"] = rows }.ToJsonString(new() { WriteIndented = true })); return 0; }
+            var table = new Table().AddColumns("platform", "available", "adapter / library", "max buffer");
+            foreach (var r in rows)
+                table.AddRow(Markup.Escape((string)r!["name"]!), (bool)r["available"]! ? "[green]yes[/]" : "[red]no[/]",
+                    Markup.Escape((string?)r["description"] ?? (string?)r["reason"] ?? ""),
+                    r["limits"] is JsonObject l ? Format.Bytes((long)l["max_buffer_bytes"]!) : "");
+            AnsiConsole.Write(table);
+            return 0;
+        });
+        return cmd;
+    }
+}

@@ -1,0 +1,73 @@
+using System.CommandLine;
+using System.Diagnostics;
+using Tapml.Core;
+using Tapml.Ir;
+using Tapml.Ir.Onnx;
+using Tapml.Platforms;
+using Tapml.Platforms.Execution;
+
+namespace Tapml.Cli;
+
+/// <summary><c>tapml run --model M --platform P [--inputs DIR] [--outputs DIR]</c>: one inference. Inputs and
+/// outputs are TensorProto .pb files named after the graph's inputs/outputs; without --inputs, inputs are
+/// generated (the ONNX runner's ramp for floats, small in-range values for integers).</summary>
+static class RunVerb
+{
+    public static Command Create()
+    {
+        var model = new Option<string>("--model", "-m") { Description = "model: path to .onnx", Required = true };
+        var platform = Cli.PlatformOption();
+        var inputs = new Option<string?>("--inputs") { Description = "folder of <input name>.pb files (TensorProto)" };
+        var outputs = new Option<string?>("--outputs") { Description = "write <output name>.pb files here" };
+        var cmd = new Command("run", "run one inference of a model on a platform") { model, platform, inputs, outputs };
+        cmd.Action(pr =>
+        {
+            var m = ModelSpec.Load(pr.GetValue(model)!);
+            var feeds = pr.GetValue(inputs) is { } dir ? InputFiles.Read(m, dir) : InputFiles.Generate(m);
+            using var p = PlatformRegistry.Create(pr.GetValue(platform)!);
+            var exec = new Executor(p) { PreferWholeGraph = true };
+            var sw = Stopwatch.StartNew();
+            var result = exec.Run(m, feeds);
+            sw.Stop();
+            foreach (var (name, v) in result) Console.WriteLine($"{name}: {v.Describe()}{Preview(v)}");
+            if (pr.GetValue(outputs) is { } outDir)
+            {
+                Directory.CreateDirectory(outDir);
+                foreach (var (name, v) in result)
+                {
+                    string f = Path.Combine(outDir, InputFiles.FileName(name));
+                    File.WriteAllBytes(f + ".tmp", TensorProtos.Serialize(v, name));
+                    File.Move(f + ".tmp", f, true);
+                }
+                Console.WriteLine($"wrote {result.Count} outputs to {outDir}");
+            }
+            Console.WriteLine($"ran {m.Graph.Nodes.Count} nodes on {p.Name} in {sw.Elapsed.TotalMilliseconds:F1} ms");
+            return 0;
+        });
+        return cmd;
+    }
+
+    static string Preview(Value v)
+    {
+        if (v is not Tensor t || t.DType == DType.String || t.Length == 0) return "";
+        int k = (int)Math.Min(6, t.Length);
+        var vals = Enumerable.Range(0, k).Select(i => t.GetDouble(i).ToString("G5", System.Globalization.CultureInfo.InvariantCulture));
+        return " = [" + string.Join(", ", vals) + (t.Length > k ? ", …" : "") + "]";
+    }
+}
+
+/// <summary>Model specs: a path to an .onnx file (HF directories and builtin: names come with the LLM work).</summary>
+static class ModelSpec
+{
+    public static Model Load(string spec)
+    {
+        if (Directory.Exists(spec))
+        {
+            string onnx = Path.Combine(spec, "model.onnx");
+            if (File.Exists(onnx)) return OnnxImporter.Load(onnx);
+            throw new TapmlException($"'{spec}' is a folder without model.onnx (Hugging Face folders are not supported yet)");
+        }
+        if (spec.StartsWith("builtin:")) throw new TapmlException($"unknown built-in model '{spec}'");
+        return OnnxImporter.Load(spec);
+    }
+}

@@ -1,0 +1,29 @@
+namespace Tapml.Core;
+
+/// <summary>An error meant for the user: the message names the file, node or tensor and what is wrong.
+/// The CLI prints <see cref="Exception.Message"/> as one line and exits with code 2.</summary>
+public class TapmlException : Exception
+{
+    public TapmlException(string message) : base(message) { }
+    public TapmlException(string message, Exception inner) : base(message, inner) { }
+}
+
+/// <summary>An operator, attribute combination or dtype a platform does not implement. Reported as a
+/// skip with <see cref="Exception.Message"/> as the reason, never as a pass.</summary>
+public sealed class UnsupportedException : TapmlException
+{
+    public UnsupportedException(string reason) : base(reason) { }
+}
+
+/// <summary>One place for argument and shape errors raised by kernels and loaders.</summary>
+public static class ThrowHelper
+{
+    public static Exception Invalid(string message) => new TapmlException(message);
+
+    public static Exception Unsupported(string reason) => new UnsupportedException(reason);
+
+    public static void Check(bool condition, string message)
+    {
+        if (!condition) throw new TapmlException(message);
+    }
+}

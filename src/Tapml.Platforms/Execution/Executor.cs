@@ -1,0 +1,250 @@
+using System.Diagnostics;
+using Tapml.Core;
+using Tapml.Ir;
+
+namespace Tapml.Platforms.Execution;
+
+/// <summary>What an observer sees for one node run: the node, where it ran, its host-side inputs and
+/// outputs (downloaded only when an observer asks for them), and how long it took.</summary>
+public sealed class NodeEvent
+{
+    public required Node Node { get; init; }
+    /// <summary>Position in the top-level graph's topological order (subgraph nodes: their own graph's order).</summary>
+    public required int Index { get; init; }
+    /// <summary>0 for the main graph, 1+ inside If/Loop/Scan bodies.</summary>
+    public required int Depth { get; init; }
+    public required IPlatform Platform { get; init; }
+    public required NodeContext Context { get; init; }
+    public required Value?[] Inputs { get; init; }
+    public required Value?[] Outputs { get; init; }
+    public TimeSpan Elapsed { get; init; }
+
+    /// <summary>Input i on the host (downloads from the platform when needed).</summary>
+    public Value? HostInput(int i) => Inputs[i] is { } v ? Platform.Download(v) : null;
+    public Value? HostOutput(int i) => Outputs[i] is { } v ? Platform.Download(v) : null;
+}
+
+/// <summary>Hook for carving, migration and progress: called after each node ran.</summary>
+public interface IExecutionObserver
+{
+    void OnNodeRun(NodeEvent e);
+}
+
+/// <summary>Counters of one or more runs: nodes, transfers between platforms, peak live bytes.</summary>
+public sealed class ExecutionStats
+{
+    public long NodesRun;
+    public long Transfers;
+    public long BytesMoved;
+    public long LiveBytes;
+    public long PeakLiveBytes;
+}
+
+/// <summary>Runs a graph in topological order, each node on the platform its placement names, moving values
+/// across platforms when needed, freeing every intermediate right after its last consumer ran. One executor
+/// serves conformance, replay, migration and generation.</summary>
+public sealed class Executor
+{
+    readonly Func<Node, IPlatform> _placement;
+    readonly IPlatform? _single;
+    readonly Dictionary<(Node, IPlatform, string), IKernel> _kernels = new(); // NOTE: key includes input signature
+    readonly Dictionary<Graph, Plan> _plans = new(ReferenceEqualityComparer.Instance);
+
+    public List<IExecutionObserver> Observers { get; } = new();
+    public ExecutionStats Stats { get; } = new();
+    public Model? Model { get; private set; }
+
+    /// <summary>Every node on <paramref name="platform"/>.</summary>
+    public Executor(IPlatform platform) : this(_ => platform) => _single = platform;
+
+    /// <summary>When every node is on one <see cref="IGraphPlatform"/> and no observer watches nodes, hand the
+    /// whole graph to it (ONNX Runtime runs its own graph).</summary>
+    public bool PreferWholeGraph { get; init; }
+
+    /// <summary>Mixed placement: <paramref name="placement"/> picks each node's platform.</summary>
+    public Executor(Func<Node, IPlatform> placement) => _placement = placement;
+
+    /// <summary>Runs the model's main graph with <paramref name="feeds"/> (host values by graph input name);
+    /// returns the graph outputs on the host.</summary>
+    public Dictionary<string, Value> Run(Model model, IReadOnlyDictionary<string, Value> feeds)
+    {
+        Model = model;
+        var g = model.Graph;
+        InputCheck.Validate(model, feeds);
+        if (PreferWholeGraph && _single is IGraphPlatform whole && Observers.Count == 0)
+            return whole.RunGraph(model, feeds);
+        var scope = new Scope(null);
+        foreach (var (k, t) in g.Initializers) scope.Set(k, t);
+        foreach (var (k, v) in feeds) scope.Set(k, v);
+        var outs = RunGraph(model, g, scope, 0);
+        var result = new Dictionary<string, Value>();
+        for (int i = 0; i < g.Outputs.Count; i++)
+            result[g.Outputs[i].Name] = outs[i] is { } v ? ToHost(v)
+                : throw new TapmlException($"graph output '{g.Outputs[i].Name}' was not produced");
+        return result;
+    }
+
+    static Value ToHost(Value v) => v is IDeviceValue d ? d.Owner.Download(v) : v;
+
+    Value?[] RunGraph(Model model, Graph g, Scope scope, int depth)
+    {
+        var plan = GetPlan(g);
+        var remaining = new Dictionary<string, int>(plan.UseCounts);
+        for (int idx = 0; idx < g.Nodes.Count; idx++)
+        {
+            var node = g.Nodes[idx];
+            var platform = _placement(node);
+            var ctx = new NodeContext(node, model.Opset(node.Domain))
+            {
+                RunSubgraph = node.Attributes.Count == 0 ? null : (body, inputs) => RunSubgraph(model, body, inputs, scope, depth + 1),
+            };
+            var inputs = new Value?[node.Inputs.Length];
+            for (int i = 0; i < inputs.Length; i++)
+            {
+                string name = node.Inputs[i];
+                if (name.Length == 0) continue;
+                var v = scope.Get(name) ?? throw new TapmlException($"node '{node.Name}' ({node.OpType}): input '{name}' has no value");
+                inputs[i] = Move(v, platform);
+            }
+            var types = inputs.Select(v => v is null ? null : TypeOf(v)).ToArray();
+            string sig = string.Join(";", types.Select(t => t?.ToString() ?? "-"));
+            Value?[] outputs;
+            long t0 = Stopwatch.GetTimestamp();
+            try
+            {
+                if (!_kernels.TryGetValue((node, platform, sig), out var kernel))
+                    _kernels[(node, platform, sig)] = kernel = platform.Prepare(node, ctx, types);
+                outputs = platform.Run(kernel, ctx, inputs);
+            }
+            catch (UnsupportedException e)
+            {
+                throw new UnsupportedException(e.Message.Contains($"'{node.Name}'") ? e.Message : $"node '{node.Name}' ({node.OpType}) on {platform.Name}: {e.Message}");
+            }
+            catch (TapmlException e) when (!e.Message.Contains($"'{node.Name}'"))
+            {
+                throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name}: {e.Message}", e);
+            }
+            catch (Exception e) when (e is not TapmlException and not OperationCanceledException and not OutOfMemoryException)
+            {
+                throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name} failed: {e.GetType().Name}: {e.Message}", e);
+            }
+            var elapsed = Stopwatch.GetElapsedTime(t0);
+            Stats.NodesRun++;
+            if (outputs.Length < node.Outputs.Length)
+                throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name} returned {outputs.Length} outputs, expected {node.Outputs.Length}");
+            for (int o = 0; o < node.Outputs.Length; o++)
+            {
+                if (node.Outputs[o].Length == 0 || outputs[o] is null) continue;
+                scope.Set(node.Outputs[o], outputs[o]!);
+                Stats.LiveBytes += Bytes(outputs[o]!);
+            }
+            Stats.PeakLiveBytes = Math.Max(Stats.PeakLiveBytes, Stats.LiveBytes);
+            if (Observers.Count > 0)
+            {
+                var e = new NodeEvent { Node = node, Index = idx, Depth = depth, Platform = platform, Context = ctx, Inputs = inputs, Outputs = outputs, Elapsed = elapsed };
+                foreach (var ob in Observers) ob.OnNodeRun(e);
+            }
+            // Free every value whose last consumer was this node (graph outputs and outer values are kept).
+            foreach (var name in plan.Consumed[idx])
+            {
+                if (--remaining[name] > 0) continue;
+                if (scope.Remove(name) is { } dead)
+                {
+                    Stats.LiveBytes -= Bytes(dead);
+                    if (dead is IDeviceValue d) d.Owner.Free(dead);
+                }
+            }
+            for (int o = 0; o < node.Outputs.Length; o++)
+            {
+                string name = node.Outputs[o];
+                if (name.Length > 0 && !plan.UseCounts.ContainsKey(name) && scope.Remove(name) is { } unused)
+                {
+                    Stats.LiveBytes -= Bytes(unused);
+                    if (unused is IDeviceValue d) d.Owner.Free(unused);
+                }
+            }
+        }
+        return g.Outputs.Select(o => scope.Get(o.Name)).ToArray();
+    }
+
+    Value?[] RunSubgraph(Model model, Graph body, IReadOnlyList<Value?> inputs, Scope outer, int depth)
+    {
+        var scope = new Scope(outer);
+        foreach (var (k, t) in body.Initializers) scope.Set(k, t);
+        for (int i = 0; i < body.Inputs.Count; i++)
+            if (i < inputs.Count && inputs[i] is { } v) scope.Set(body.Inputs[i].Name, v);
+        var outs = RunGraph(model, body, scope, depth);
+        return outs.Select(v => v is null ? null : ToHost(v)).ToArray();
+    }
+
+    Value Move(Value v, IPlatform to)
+    {
+        if (to.IsResident(v)) return v;
+        var host = v is IDeviceValue d ? d.Owner.Download(v) : v;
+        Stats.Transfers++;
+        Stats.BytesMoved += Bytes(host);
+        return to.IsResident(host) ? host : to.Upload(host);
+    }
+
+    static long Bytes(Value v) => v switch
+    {
+        Tensor t => t.DType == DType.String ? t.Length * 8 : t.Length * DTypes.Size(t.DType),
+        SequenceValue s => s.Items.Sum(Bytes),
+        OptionalValue o => o.Item is null ? 0 : Bytes(o.Item),
+        IDeviceValue d => d.ByteSize,
+        _ => 0,
+    };
+
+    public static TypeRef TypeOf(Value v) => v switch
+    {
+        Tensor t => TypeRef.TensorOf(t.DType, t.Shape),
+        IDeviceValue d => TypeRef.TensorOf(d.DType, d.Shape),
+        _ => Tapml.Ir.Onnx.OnnxExporter.TypeOf(v),
+    };
+
+    Plan GetPlan(Graph g)
+    {
+        if (_plans.TryGetValue(g, out var p)) return p;
+        var uses = new Dictionary<string, int>();
+        var consumed = new List<string>[g.Nodes.Count];
+        var keep = new HashSet<string>(g.Outputs.Select(o => o.Name));
+        keep.UnionWith(g.Initializers.Keys);
+        for (int i = 0; i < g.Nodes.Count; i++)
+        {
+            var n = g.Nodes[i];
+            var names = new HashSet<string>(n.Inputs.Where(s => s.Length > 0));
+            foreach (var sub in n.Subgraphs) names.UnionWith(sub.OuterReferences());
+            names.ExceptWith(keep);
+            consumed[i] = names.ToList();
+            foreach (var s in names) uses[s] = uses.GetValueOrDefault(s) + 1;
+        }
+        // Graph inputs and outer-scope names are never freed here: only values produced in this graph are.
+        var produced = new HashSet<string>(g.Nodes.SelectMany(n => n.Outputs));
+        for (int i = 0; i < consumed.Length; i++) consumed[i].RemoveAll(s => !produced.Contains(s));
+        foreach (var k in uses.Keys.Where(k => !produced.Contains(k)).ToList()) uses.Remove(k);
+        foreach (var o in keep) uses[o] = int.MaxValue / 2;
+        p = new Plan(uses, consumed);
+        _plans[g] = p;
+        return p;
+    }
+
+    sealed record Plan(Dictionary<string, int> UseCounts, List<string>[] Consumed);
+
+    /// <summary>Names to values, falling back to the enclosing graph's scope (ONNX lexical scoping).</summary>
+    sealed class Scope(Scope? parent)
+    {
+        readonly Dictionary<string, Value> _values = new();
+        public void Set(string name, Value v) => _values[name] = v;
+        public Value? Get(string name) => _values.TryGetValue(name, out var v) ? v : parent?.Get(name);
+        public Value? Remove(string name) => _values.Remove(name, out var v) ? v : null;
+    }
+}
+
+/// <summary>A value held by a device platform (GPU buffer, remote handle).</summary>
+public interface IDeviceValue
+{
+    IPlatform Owner { get; }
+    DType DType { get; }
+    long[] Shape { get; }
+    long ByteSize { get; }
+}

@@ -1,0 +1,73 @@
+using Tapml.Core;
+using Tapml.Ir;
+
+namespace Tapml.Platforms;
+
+/// <summary>Limits a platform enforces; checked before allocation and reported, never crashed into.
+/// All sizes in bytes; 0 = no limit known.</summary>
+public sealed record PlatformLimits(long MaxBufferBytes = 0, long MaxBindingBytes = 0, int MaxWorkgroupSize = 0, long MemoryBytes = 0)
+{
+    public static PlatformLimits Host => new(Array.MaxLength, Array.MaxLength, 0, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
+}
+
+/// <summary>A platform's verdict on a node: supported, or not with the reason (a skip, never a failure).</summary>
+public readonly record struct Support(bool IsSupported, string? Reason)
+{
+    public static readonly Support Yes = new(true, null);
+    public static Support No(string reason) => new(false, reason);
+}
+
+/// <summary>A node prepared for one platform (compiled and cached by signature where the platform compiles).</summary>
+public interface IKernel
+{
+    Node Node { get; }
+}
+
+/// <summary>Where operators run. A platform never falls back silently: what it cannot run it says so in
+/// <see cref="Supports"/> or by throwing <see cref="UnsupportedException"/>.</summary>
+public interface IPlatform : IDisposable
+{
+    /// <summary>Platform spec as the user writes it (cpu, onnxruntime, faulty:cpu?…).</summary>
+    string Name { get; }
+    /// <summary>One line: device/adapter/library version.</summary>
+    string Description { get; }
+    PlatformLimits Limits { get; }
+
+    Support Supports(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes);
+    IKernel Prepare(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes);
+    /// <summary>Runs a prepared kernel. Inputs are values resident on this platform (see <see cref="Upload"/>);
+    /// returns one value per node output (null for an omitted optional output).</summary>
+    Value?[] Run(IKernel kernel, NodeContext ctx, Value?[] inputs);
+
+    /// <summary>Whether <paramref name="v"/> already lives on this platform.</summary>
+    bool IsResident(Value v);
+    /// <summary>Copies a host value to the platform.</summary>
+    Value Upload(Value host);
+    /// <summary>Copies a platform value to the host.</summary>
+    Value Download(Value v);
+    void Free(Value v);
+    void Synchronize();
+}
+
+/// <summary>A platform that can also run a whole model at once (ONNX Runtime, a remote server).</summary>
+public interface IGraphPlatform : IPlatform
+{
+    Dictionary<string, Value> RunGraph(Model model, IReadOnlyDictionary<string, Value> feeds);
+}
+
+/// <summary>Base for platforms whose values live in host memory (cpu, onnxruntime, wrappers).</summary>
+public abstract class HostPlatform : IPlatform
+{
+    public abstract string Name { get; }
+    public abstract string Description { get; }
+    public virtual PlatformLimits Limits => PlatformLimits.Host;
+    public abstract Support Supports(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes);
+    public abstract IKernel Prepare(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes);
+    public abstract Value?[] Run(IKernel kernel, NodeContext ctx, Value?[] inputs);
+    public bool IsResident(Value v) => v is Tensor or SequenceValue or OptionalValue;
+    public Value Upload(Value host) => host;
+    public Value Download(Value v) => v;
+    public void Free(Value v) { }
+    public void Synchronize() { }
+    public virtual void Dispose() { }
+}

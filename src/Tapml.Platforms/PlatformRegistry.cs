@@ -1,0 +1,33 @@
+using Tapml.Core;
+using Tapml.Platforms.Cpu;
+
+namespace Tapml.Platforms;
+
+/// <summary>Creates platforms from the specs users write (<c>cpu</c>, <c>onnxruntime</c>, …) and lists them.</summary>
+public static class PlatformRegistry
+{
+    public sealed record Entry(string Name, string Summary, Func<string, IPlatform> Create);
+
+    static readonly List<Entry> _entries =
+    [
+        new("cpu", "tapml's exact reference kernels (the source platform)", _ => new CpuPlatform()),
+        new("onnxruntime", "ONNX Runtime CPU execution provider (oracle): whole graphs and single nodes", spec => new OnnxRuntime.OrtPlatform(spec)),
+    ];
+
+    public static IReadOnlyList<Entry> Entries => _entries;
+
+    /// <summary>Registers a platform kind (used by assemblies that add targets).</summary>
+    public static void Register(Entry e)
+    {
+        _entries.RemoveAll(x => x.Name == e.Name);
+        _entries.Add(e);
+    }
+
+    public static IPlatform Create(string spec)
+    {
+        string kind = spec.Split([':', '?'], 2)[0];
+        var e = _entries.FirstOrDefault(x => x.Name == kind)
+            ?? throw new TapmlException($"unknown platform '{spec}' (known: {string.Join(", ", _entries.Select(x => x.Name))})");
+        return e.Create(spec);
+    }
+}

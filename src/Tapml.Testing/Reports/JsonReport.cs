@@ -1,0 +1,68 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace Tapml.Testing.Reports;
+
+/// <summary>JSON report per DESIGN.md: {"platform","passed","failed","skipped","errors","cases":[{"name","status",
+/// "reason","metrics":{"max_abs","max_rel","cosine","nmse",…}}]}.</summary>
+public static class JsonReport
+{
+    public static JsonObject Build(RunSummary s)
+    {
+        var cases = new JsonArray();
+        foreach (var c in s.Cases)
+        {
+            var o = new JsonObject
+            {
+                ["name"] = c.Name,
+                ["status"] = c.Status.ToString().ToLowerInvariant(),
+                ["reason"] = c.Reason,
+                ["seconds"] = Math.Round(c.Seconds, 4),
+            };
+            if (c.Metrics is { } m) o["metrics"] = Metrics(m);
+            if (c.Repro is { } r) o["repro"] = r;
+            cases.Add(o);
+        }
+        return new JsonObject
+        {
+            ["platform"] = s.Platform,
+            ["passed"] = s.Passed,
+            ["failed"] = s.Failed,
+            ["skipped"] = s.Skipped,
+            ["errors"] = s.Errors,
+            ["cases"] = cases,
+        };
+    }
+
+    public static JsonObject Metrics(Metrics m)
+    {
+        var o = new JsonObject
+        {
+            ["max_abs"] = Num(m.MaxAbs),
+            ["max_rel"] = Num(m.MaxRel),
+            ["mean_abs"] = Num(m.MeanAbs),
+            ["cosine"] = Num(m.Cosine),
+            ["nmse"] = Num(m.Nmse),
+            ["nan_inf_mismatches"] = m.NanInfMismatches,
+            ["elements"] = m.Elements,
+        };
+        if (m.Agreement is { } a) o["agreement"] = Num(a);
+        return o;
+    }
+
+    /// <summary>JSON has no NaN/Infinity: those become null.</summary>
+    static JsonNode? Num(double v) => double.IsFinite(v) ? JsonValue.Create(v) : null;
+
+    public static void Write(RunSummary s, string path) => WriteAtomic(path, Build(s).ToJsonString(Options));
+
+    public static readonly JsonSerializerOptions Options = new() { WriteIndented = true };
+
+    public static void WriteAtomic(string path, string text)
+    {
+        string? dir = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (dir != null) Directory.CreateDirectory(dir);
+        string tmp = path + ".tmp";
+        File.WriteAllText(tmp, text);
+        File.Move(tmp, path, overwrite: true);
+    }
+}
