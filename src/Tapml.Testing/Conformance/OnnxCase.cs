@@ -48,17 +48,23 @@ public sealed record OnnxCase(string Name, string Dir)
             var byPos = i < required.Count ? required[i] : g.Inputs[i];
             string? stored = TensorProtos.NameOf(inFiles[i], byPos.Type);
             var target = !string.IsNullOrEmpty(stored) && g.Inputs.FirstOrDefault(x => x.Name == stored) is { } named ? named : byPos;
-            inputs[target.Name] = TensorProtos.ReadValueFile(inFiles[i], target.Type);
+            inputs[target.Name] = AsDeclared(TensorProtos.ReadValueFile(inFiles[i], target.Type), target.Type);
         }
         var outputs = new List<(string, Value)>();
         var outFiles = NumberedFiles(dataDir, "output_");
         for (int i = 0; i < outFiles.Count; i++)
         {
             if (i >= g.Outputs.Count) throw new TapmlException($"{dataDir} has output_{i}.pb but the model declares {g.Outputs.Count} outputs");
-            outputs.Add((g.Outputs[i].Name, TensorProtos.ReadValueFile(outFiles[i], g.Outputs[i].Type)));
+            outputs.Add((g.Outputs[i].Name, AsDeclared(TensorProtos.ReadValueFile(outFiles[i], g.Outputs[i].Type), g.Outputs[i].Type)));
         }
         return (inputs, outputs);
     }
+
+    /// <summary>ONNX's generators (1.12) store bfloat16 data as uint16 bit patterns; read them as the bf16 the
+    /// graph declares (same bits, no conversion).</summary>
+    static Value AsDeclared(Value v, TypeRef? declared) =>
+        v is Tensor { DType: DType.UInt16 } t && declared is { Kind: TypeKind.Tensor, ElemType: DType.BFloat16 }
+            ? Tensor.FromBytes(DType.BFloat16, t.Shape, t.Bytes()) : v;
 
     static List<string> NumberedFiles(string dir, string prefix)
     {
