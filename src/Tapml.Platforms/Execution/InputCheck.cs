@@ -8,7 +8,7 @@ namespace Tapml.Platforms.Execution;
 /// must agree wherever the same name appears).</summary>
 public static class InputCheck
 {
-    public static void Validate(Model model, IReadOnlyDictionary<string, Value> feeds)
+    public static void Validate(Model model, IReadOnlyDictionary<string, Value> feeds, bool checkShapes = true)
     {
         string origin = model.Path is null ? "model" : Path.GetFileName(model.Path);
         var g = model.Graph;
@@ -29,7 +29,7 @@ public static class InputCheck
             var want = input.Type;
             if (want.ElemType != DType.Undefined && want.ElemType != t.DType)
                 throw new TapmlException($"{origin}: input '{input.Name}' must be {want}, got {t.Describe()}");
-            if (want.Shape is null) continue;
+            if (want.Shape is null || !checkShapes) continue;
             if (want.Shape.Length != t.Rank)
                 throw new TapmlException($"{origin}: input '{input.Name}' must be {want}, got {t.Describe()} (rank {t.Rank}, expected {want.Shape.Length})");
             for (int d = 0; d < t.Rank; d++)
