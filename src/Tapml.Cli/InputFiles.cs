@@ -35,6 +35,8 @@ static class InputFiles
             if (t is null || t.Kind != TypeKind.Tensor)
                 throw new TapmlException($"cannot generate input '{input.Name}' of type {t?.ToString() ?? "unknown"}; pass --inputs");
             long[] shape = (t.Shape ?? []).Select(d => d.Value is long v && v > 0 ? v : 1).ToArray();
+            if (ShapeUtil.Size(shape) > 1L << 28)
+                throw new TapmlException($"input '{input.Name}' is declared {t}, too large to generate; pass --inputs");
             var x = Tensor.Zeros(t.ElemType, shape);
             long n = x.Length;
             for (long i = 0; i < n; i++)

@@ -19,7 +19,10 @@ static class RunVerb
         var platform = Cli.PlatformOption();
         var inputs = new Option<string?>("--inputs") { Description = "folder of <input name>.pb files (TensorProto)" };
         var outputs = new Option<string?>("--outputs") { Description = "write <output name>.pb files here" };
-        var cmd = new Command("run", "run one inference of a model on a platform") { model, platform, inputs, outputs };
+        var compare = new Option<string?>("--compare") { Description = "also run on this platform (e.g. onnxruntime) and compare every output" };
+        var rtol = new Option<double>("--rtol") { Description = "relative tolerance for --compare", DefaultValueFactory = _ => 1e-3 };
+        var atol = new Option<double>("--atol") { Description = "absolute tolerance for --compare", DefaultValueFactory = _ => 1e-5 };
+        var cmd = new Command("run", "run one inference of a model on a platform") { model, platform, inputs, outputs, compare, rtol, atol };
         cmd.Action(pr =>
         {
             var m = ModelSpec.Load(pr.GetValue(model)!);
@@ -42,7 +45,12 @@ static class RunVerb
                 Console.WriteLine($"wrote {result.Count} outputs to {outDir}");
             }
             Console.WriteLine($"ran {m.Graph.Nodes.Count} nodes on {p.Name} in {sw.Elapsed.TotalMilliseconds:F1} ms");
-            return 0;
+            if (pr.GetValue(compare) is not { } other) return 0;
+            using var q = PlatformRegistry.Create(other);
+            sw.Restart();
+            var reference = new Executor(q) { PreferWholeGraph = true }.Run(m, feeds);
+            Console.WriteLine($"ran on {q.Name} in {sw.Elapsed.TotalMilliseconds:F1} ms");
+            return CompareTable.Print(reference, result, new Testing.Tolerance(pr.GetValue(rtol), pr.GetValue(atol)), q.Name, p.Name) ? 0 : 1;
         });
         return cmd;
     }
@@ -67,7 +75,9 @@ static class ModelSpec
             if (File.Exists(onnx)) return OnnxImporter.Load(onnx);
             throw new TapmlException($"'{spec}' is a folder without model.onnx (Hugging Face folders are not supported yet)");
         }
-        if (spec.StartsWith("builtin:")) throw new TapmlException($"unknown built-in model '{spec}'");
+        if (spec.StartsWith("builtin:"))
+            return Ir.Builders.SampleModels.Create(spec["builtin:".Length..])
+                ?? throw new TapmlException($"unknown built-in model '{spec}' (built-in: {string.Join(", ", Ir.Builders.SampleModels.Names.Select(n => "builtin:" + n))})");
         return OnnxImporter.Load(spec);
     }
 }

@@ -33,6 +33,17 @@ public sealed class Tensor : Value
         Data = data;
     }
 
+    /// <summary>Largest single host tensor in bytes: half the memory this process may use, or
+    /// TAPML_MAX_TENSOR_MB. Checked before allocating so a bad shape is an error, not an out-of-memory crash.</summary>
+    public static long MaxBytes { get; set; } = DefaultMaxBytes();
+
+    static long DefaultMaxBytes()
+    {
+        if (long.TryParse(Environment.GetEnvironmentVariable("TAPML_MAX_TENSOR_MB"), out long mb) && mb > 0) return mb << 20;
+        long avail = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        return avail > 0 ? avail / 2 : 4L << 30;
+    }
+
     public int Rank => Shape.Length;
     public long Length => Data.LongLength;
     /// <summary>Bytes of element storage (strings count their UTF-8 length).</summary>
@@ -45,6 +56,9 @@ public sealed class Tensor : Value
         long n = ShapeUtil.Size(shape);
         if (n > Array.MaxLength)
             throw new TapmlException($"tensor {DTypes.Name(dtype)}[{string.Join(",", shape)}] has {n} elements, over the {Array.MaxLength} one host buffer can hold");
+        long bytes = n * Math.Max(DTypes.Size(dtype), 1);
+        if (bytes > MaxBytes)
+            throw new TapmlException($"tensor {DTypes.Name(dtype)}[{string.Join(",", shape)}] needs {bytes / (1 << 20)} MiB, over the host limit of {MaxBytes / (1 << 20)} MiB for one tensor (set TAPML_MAX_TENSOR_MB to change it)");
         Array data = Array.CreateInstance(DTypes.ClrType(dtype), n);
         if (dtype == DType.String) Array.Fill((string[])data, "");
         return new Tensor(dtype, shape, data);

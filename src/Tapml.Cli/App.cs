@@ -1,0 +1,23 @@
+using System.CommandLine;
+
+namespace Tapml.Cli;
+
+/// <summary>The command tree. <see cref="Run"/> is the whole CLI (tests call it in-process).</summary>
+public static class App
+{
+    public static int Run(string[] args)
+    {
+        var root = new RootCommand("tapml: bring ML models up on new platforms top-down (carve tests on a trusted source, replay and migrate on the target)");
+        root.Options.Add(Cli.Verbose);
+        root.Subcommands.Add(PlatformsVerb.Create());
+        root.Subcommands.Add(ConformanceVerb.Create());
+        root.Subcommands.Add(RunVerb.Create());
+        var parse = root.Parse(args);
+        if (parse.Errors.Count > 0)
+        {
+            foreach (var e in parse.Errors) Console.Error.WriteLine($"error: {e.Message}");
+            return 2;
+        }
+        return parse.Invoke();
+    }
+}
