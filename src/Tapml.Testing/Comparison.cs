@@ -20,7 +20,7 @@ public sealed record Metrics
     public long Elements { get; init; }
 }
 
-/// <summary>Element tolerance: |a−e| ≤ atol + rtol·|e|.</summary>
+/// <summary>Element tolerance for floats: |a−e| ≤ atol + rtol·|e|. Integer and bool outputs compare exactly.</summary>
 public readonly record struct Tolerance(double Rtol, double Atol)
 {
     /// <summary>ONNX backend-test default.</summary>
@@ -97,7 +97,8 @@ public static class Comparison
             maxAbs = Math.Max(maxAbs, d);
             if (x != 0) maxRel = Math.Max(maxRel, d / Math.Abs(x));
             sumAbs += d; dot += x * y; ee += x * x; aa += y * y; sqErr += d * d;
-            double excess = d - (tol.Atol + tol.Rtol * Math.Abs(x));
+            // NOTE: integer and bool outputs (indices, token ids, masks) must match exactly; tolerances are for floats.
+            double excess = exact ? d : d - (tol.Atol + tol.Rtol * Math.Abs(x));
             if (excess > worstExcess) { worstExcess = excess; worst = i; }
         }
         var m = new Metrics

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what tapml needs on a fresh Debian 12 machine (idempotent) and builds it.
+# Needs: the .NET 10 SDK on PATH. Everything else comes from apt, NuGet and npm.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+if ! command -v dotnet >/dev/null 2>&1; then
+  echo "setup: the .NET 10 SDK (dotnet) is not on PATH; install it first (https://dot.net)" >&2
+  exit 2
+fi
+need=()
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need[@]}"
+fi
+dotnet restore tapml.sln -v quiet
+dotnet build tapml.sln -c Release -v quiet -nologo -clp:ErrorsOnly
+./tapml platforms >/dev/null
+echo "setup: done"

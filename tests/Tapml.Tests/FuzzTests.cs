@@ -1,0 +1,107 @@
+using Google.Protobuf;
+using Tapml.Core;
+using Tapml.Ir;
+using Tapml.Ir.Builders;
+using Tapml.Ir.Onnx;
+using Tapml.Platforms.Cpu;
+using Tapml.Platforms.Execution;
+using Xunit;
+
+namespace Tapml.Tests;
+
+/// <summary>Thousands of mutated model files: loading and running each must either work or fail with a
+/// <see cref="TapmlException"/> (the CLI's exit-2 error) — never another exception, a crash or a hang.</summary>
+public class FuzzTests
+{
+    static IEnumerable<(string Name, byte[] Bytes)> Seeds()
+    {
+        yield return ("sample-mlp", OnnxExporter.ToProto(SampleModels.SampleMlp()).ToByteArray());
+        yield return ("sample-cnn", OnnxExporter.ToProto(SampleModels.SampleCnn()).ToByteArray());
+        string node = SharedData.PathOf("conformance", "onnx", "node");
+        if (!Directory.Exists(node)) yield break;
+        foreach (var name in new[] { "test_add_bcast", "test_gather_0", "test_reshape_negative_dim", "test_slice", "test_concat_2d_axis_0", "test_conv_with_strides_and_asymmetric_padding", "test_transpose_default", "test_split_variable_parts_1d" })
+        {
+            string f = Path.Combine(node, name, "model.onnx");
+            if (File.Exists(f)) yield return (name, File.ReadAllBytes(f));
+        }
+    }
+
+    [Fact]
+    public void Mutated_models_fail_cleanly()
+    {
+        var rng = new Random(20261123);
+        var cpu = new CpuPlatform();
+        string dir = Directory.CreateTempSubdirectory("tapml-fuzz-").FullName;
+        int ran = 0, rejected = 0, total = 0;
+        var unexpected = new List<string>();
+        try
+        {
+            foreach (var (name, seed) in Seeds())
+            {
+                for (int i = 0; i < 250; i++)
+                {
+                    total++;
+                    byte[] bytes = Mutate(seed, rng);
+                    string path = Path.Combine(dir, $"{name}-{i}.onnx");
+                    File.WriteAllBytes(path, bytes);
+                    try
+                    {
+                        var model = OnnxImporter.Load(path);
+                        var feeds = Feeds(model);
+                        var task = Task.Run(() => new Executor(cpu).Run(model, feeds));
+                        if (!task.Wait(TimeSpan.FromSeconds(20))) { unexpected.Add($"{name}#{i}: hang (> 20 s)"); continue; }
+                        ran++;
+                    }
+                    catch (Exception e) when (Unwrap(e) is TapmlException) { rejected++; }
+                    catch (Exception e)
+                    {
+                        var inner = Unwrap(e);
+                        unexpected.Add($"{name}#{i}: {inner.GetType().Name}: {inner.Message}\n{inner.StackTrace}");
+                    }
+                }
+            }
+        }
+        finally { Directory.Delete(dir, true); }
+        Assert.True(total >= 500, $"only {total} mutated files");
+        Assert.True(unexpected.Count == 0, $"{unexpected.Count} of {total} mutated models crashed (ran {ran}, rejected {rejected}):\n" + string.Join("\n", unexpected.Take(5)));
+        Assert.True(rejected > 0 && ran > 0, $"ran {ran}, rejected {rejected}: the mutations should produce both");
+    }
+
+    static Exception Unwrap(Exception e) => e is AggregateException { InnerException: { } i } ? Unwrap(i) : e;
+
+    /// <summary>Feeds for the model's inputs: zeros of the declared shape (symbolic dims = 1), small.</summary>
+    static Dictionary<string, Value> Feeds(Model m)
+    {
+        var feeds = new Dictionary<string, Value>();
+        foreach (var input in m.Graph.RequiredInputs)
+        {
+            var t = input.Type;
+            if (t is null || t.Kind != TypeKind.Tensor || !DTypes.IsSupported(t.ElemType))
+                throw new TapmlException($"input '{input.Name}' has a type the fuzz harness does not feed");
+            long[] shape = (t.Shape ?? []).Select(d => d.Value is long v && v >= 0 ? Math.Min(v, 64) : 1).ToArray();
+            if (shape.Aggregate(1L, (a, b) => a * b) > 1 << 22) throw new TapmlException("input too large for the fuzz harness");
+            feeds[input.Name] = Tensor.Zeros(t.ElemType, shape);
+        }
+        return feeds;
+    }
+
+    static byte[] Mutate(byte[] seed, Random rng)
+    {
+        var b = new List<byte>(seed);
+        int edits = 1 + rng.Next(4);
+        for (int e = 0; e < edits && b.Count > 0; e++)
+        {
+            int at = rng.Next(b.Count);
+            switch (rng.Next(6))
+            {
+                case 0: b[at] ^= (byte)(1 << rng.Next(8)); break;
+                case 1: b[at] = (byte)rng.Next(256); break;
+                case 2: b.RemoveRange(at, Math.Min(b.Count - at, 1 + rng.Next(16))); break;
+                case 3: b.InsertRange(at, Enumerable.Range(0, 1 + rng.Next(8)).Select(_ => (byte)rng.Next(256))); break;
+                case 4: b.RemoveRange(at, b.Count - at); break;
+                case 5: { int len = Math.Min(b.Count - at, 1 + rng.Next(32)); b.InsertRange(rng.Next(b.Count), b.GetRange(at, len)); break; }
+            }
+        }
+        return b.ToArray();
+    }
+}
