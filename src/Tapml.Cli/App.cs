@@ -12,6 +12,7 @@ public static class App
         root.Subcommands.Add(PlatformsVerb.Create());
         root.Subcommands.Add(ConformanceVerb.Create());
         root.Subcommands.Add(RunVerb.Create());
+        root.Subcommands.Add(BenchVerb.Create());
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {

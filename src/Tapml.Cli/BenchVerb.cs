@@ -1,0 +1,51 @@
+using System.CommandLine;
+using System.Text.Json.Nodes;
+using Spectre.Console;
+using Tapml.Platforms;
+using Tapml.Platforms.Cpu;
+using Tapml.Testing.Bench;
+using Tapml.Testing.Reports;
+
+namespace Tapml.Cli;
+
+/// <summary><c>tapml bench SCENARIO [--platform P] [--reference R] [--threads N]</c>: wall time of the same workloads
+/// on a platform and a reference in one process, reported as ratios.</summary>
+static class BenchVerb
+{
+    public static Command Create()
+    {
+        var scenario = new Argument<string>("SCENARIO") { Description = $"workload: {string.Join(", ", BenchScenarios.Names)}" };
+        var platform = Cli.PlatformOption();
+        var reference = new Option<string>("--reference") { Description = "peer platform to compare with", DefaultValueFactory = _ => "onnxruntime" };
+        var threads = new Option<int>("--threads") { Description = "threads for both sides (0 = all cores)", DefaultValueFactory = _ => 0 };
+        var runs = new Option<int>("--runs") { Description = "measured runs per case (median reported)", DefaultValueFactory = _ => 10 };
+        var json = new Option<string?>("--json") { Description = "write results as JSON" };
+        var cmd = new Command("bench", "measure a platform against a peer (ratios, GFLOP/s)") { scenario, platform, reference, threads, runs, json };
+        cmd.Action(pr =>
+        {
+            int n = pr.GetValue(threads);
+            if (n > 0) CpuThreads.Limit(n);
+            string refSpec = pr.GetValue(reference)!;
+            if (n > 0 && refSpec.StartsWith("onnxruntime") && !refSpec.Contains("threads=")) refSpec += (refSpec.Contains('?') ? "&" : "?") + $"threads={n}";
+            using var target = PlatformRegistry.Create(pr.GetValue(platform)!);
+            using var peer = PlatformRegistry.Create(refSpec);
+            var cases = BenchScenarios.Create(pr.GetValue(scenario)!, Path.Combine(Directory.GetCurrentDirectory(), "..", "shared"));
+            var table = new Table().AddColumns("case", $"{target.Name} ms", $"{peer.Name} ms", "ratio (target/peer)", "target GFLOP/s");
+            var rows = new JsonArray();
+            foreach (var c in cases)
+            {
+                var t = BenchRunner.Measure(c, [target, peer], warmup: 2, runs: pr.GetValue(runs), budget: TimeSpan.FromSeconds(60));
+                double ratio = t[0].MedianMs / t[1].MedianMs;
+                table.AddRow(Markup.Escape(c.Name), $"{t[0].MedianMs:F2}", $"{t[1].MedianMs:F2}", $"{ratio:F2}×", t[0].GflopsPerS > 0 ? $"{t[0].GflopsPerS:F1}" : "");
+                rows.Add(new JsonObject { ["case"] = c.Name, ["target_ms"] = t[0].MedianMs, ["peer_ms"] = t[1].MedianMs, ["ratio"] = ratio, ["runs"] = t[0].Runs, ["target_gflops"] = t[0].GflopsPerS });
+                Console.Error.WriteLine($"bench: {c.Name}: {t[0].MedianMs:F2} ms vs {t[1].MedianMs:F2} ms");
+            }
+            table.Caption($"median of up to {pr.GetValue(runs)} runs, threads {(n == 0 ? Environment.ProcessorCount : n)}, {Environment.ProcessorCount} cores");
+            AnsiConsole.Write(table);
+            if (pr.GetValue(json) is { } j)
+                JsonReport.WriteAtomic(j, new JsonObject { ["target"] = target.Name, ["peer"] = peer.Name, ["threads"] = n, ["cases"] = rows }.ToJsonString(JsonReport.Options));
+            return 0;
+        });
+        return cmd;
+    }
+}
