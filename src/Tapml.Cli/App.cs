@@ -13,6 +13,7 @@ public static class App
         root.Subcommands.Add(ConformanceVerb.Create());
         root.Subcommands.Add(RunVerb.Create());
         root.Subcommands.Add(BenchVerb.Create());
+        root.Subcommands.Add(InspectVerb.Create());
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
