@@ -178,6 +178,12 @@ public sealed class Executor
         for (int i = 0; i < body.Inputs.Count; i++)
             if (i < inputs.Count && inputs[i] is { } v) scope.Set(body.Inputs[i].Name, v);
         var outs = RunGraph(model, body, scope, depth);
+        // Body outputs produced by body nodes were counted as live when set; they leave with this scope (the
+        // calling node's outputs are counted again by its own graph), so a Loop/Scan does not grow LiveBytes
+        // by its body outputs on every iteration.
+        var produced = GetPlan(body).Produced;
+        foreach (var o in body.Outputs)
+            if (produced.Contains(o.Name) && scope.Remove(o.Name) is { } v) Stats.LiveBytes -= Bytes(v);
         return outs.Select(v => v is null ? null : ToHost(v)).ToArray();
     }
 
@@ -227,12 +233,12 @@ public sealed class Executor
         for (int i = 0; i < consumed.Length; i++) consumed[i].RemoveAll(s => !produced.Contains(s));
         foreach (var k in uses.Keys.Where(k => !produced.Contains(k)).ToList()) uses.Remove(k);
         foreach (var o in keep) uses[o] = int.MaxValue / 2;
-        p = new Plan(uses, consumed);
+        p = new Plan(uses, consumed, produced);
         _plans[g] = p;
         return p;
     }
 
-    sealed record Plan(Dictionary<string, int> UseCounts, List<string>[] Consumed);
+    sealed record Plan(Dictionary<string, int> UseCounts, List<string>[] Consumed, HashSet<string> Produced);
 
     /// <summary>Names to values, falling back to the enclosing graph's scope (ONNX lexical scoping).</summary>
     sealed class Scope(Scope? parent)
