@@ -55,7 +55,7 @@ public sealed class Activations : ICpuOpFamily
         var x = inputs.T(0, ctx);
         return ctx.String("approximate", "none") switch
         {
-            "none" => [UnaryHelpers.MapDouble(ctx, x, new GeluErfOp())],
+            "none" => [x.DType == DType.Float64 ? UnaryHelpers.MapDouble(ctx, x, new GeluErfOp()) : UnaryHelpers.MapDouble(ctx, x, new GeluErfFastOp())],
             "tanh" => [UnaryHelpers.MapDouble(ctx, x, new GeluTanhOp())],
             var a => throw ctx.Error($"approximate must be \"none\" or \"tanh\", got \"{a}\""),
         };
@@ -223,6 +223,12 @@ public sealed class Activations : ICpuOpFamily
     {
         // 1 + erf(x / sqrt 2) = erfc(-x / sqrt 2), accurate for large negative x too.
         public double Apply(double x) => 0.5 * x * UnaryHelpers.Erfc(-x * 0.70710678118654752);
+    }
+
+    struct GeluErfFastOp : IUnaryDoubleOp
+    {
+        // Float-precision results: the tabulated erfc.
+        public double Apply(double x) => 0.5 * x * UnaryHelpers.ErfcFast(-x * 0.70710678118654752);
     }
 
     struct GeluTanhOp : IUnaryDoubleOp
