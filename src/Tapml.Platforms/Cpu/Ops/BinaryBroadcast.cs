@@ -165,9 +165,9 @@ internal static class BinaryBroadcast
     public static Tensor Map<T, TR, F>(Tensor a, Tensor b, DType outType) where F : IBinaryKernel<T, TR>
     {
         var plan = new BinaryBroadcastPlan(a.Shape, b.Shape);
-        var r = Tensor.Zeros(outType, plan.OutShape);
+        TR[] d = Uninitialized<TR>(plan.Length);
+        var r = new Tensor(outType, plan.OutShape, d);
         T[] x = a.As<T>(), y = b.As<T>();
-        TR[] d = r.As<TR>();
         int sx = plan.InnerStride[0], sy = plan.InnerStride[1];
         plan.Run((o, n, offs) =>
         {
@@ -193,6 +193,13 @@ internal static class BinaryBroadcast
             else ds.Fill(F.Op(x[ox], y[oy]));
         });
         return r;
+    }
+
+    /// <summary>An output buffer that every element of will be written (skips zeroing big arrays).</summary>
+    public static T[] Uninitialized<T>(long n)
+    {
+        if (n > Array.MaxLength) throw new TapmlException($"{n} elements are over the {Array.MaxLength} one host buffer can hold");
+        return GC.AllocateUninitializedArray<T>((int)n);
     }
 
     /// <summary>Calls fn over [0, n) in contiguous chunks, in parallel when n is big (elementwise work only).</summary>
@@ -324,7 +331,9 @@ internal static class BinaryBroadcast
         var shape = Enumerable.Repeat(1L, a.Rank).ToArray();
         for (int i = 0; i < b.Rank; i++)
         {
-            if (b.Shape[i] != a.Shape[axis + i])
+            // NOTE: the spec says "1-dim expansion doesn't work yet", but PyTorch's opset-6 exports rely on it
+            // (test_operator_add_size1_broadcast: B [2,1] at axis 0 of A [2,3]); size-1 dims of B expand.
+            if (b.Shape[i] != a.Shape[axis + i] && b.Shape[i] != 1)
                 throw ctx.Error($"legacy broadcast: B {ShapeUtil.Format(b.Shape)} does not match A {ShapeUtil.Format(a.Shape)} at axis {axis}");
             shape[axis + i] = b.Shape[i];
         }

@@ -32,7 +32,7 @@ public sealed class CastOps : ICpuOpFamily
         if (x.DType == to) return x;
         if (to == DType.String) return ToStrings(x);
         if (x.DType == DType.String) return FromStrings(ctx, x, to);
-        if (to == DType.BFloat16) return ToBf16(ctx, x.DType == DType.BFloat16 ? x : TensorConvert.ToF32(x));
+        if (to == DType.BFloat16) return ToBf16(ctx, x.DType == DType.BFloat16 ? x : ctx.Opset >= 19 && x.DType == DType.Float64 ? RoundToOddF32(x) : TensorConvert.ToF32(x));
         if (to == DType.Float32 && x.DType is DType.Int64 or DType.UInt64)
         {
             // Direct 64-bit integer → float32 rounding (a detour through double could round twice).
@@ -67,6 +67,27 @@ public sealed class CastOps : ICpuOpFamily
                 uint u = BitConverter.SingleToUInt32Bits(s[i]);
                 d[i] = BFloat16.FromBits((ushort)(float.IsNaN(s[i]) ? (u >> 16) | 0x0040 : u >> 16));
             }
+        return r;
+    }
+
+    /// <summary>float64 → float32 rounding to odd (truncate, then set the last bit when inexact), so that the later
+    /// round-to-nearest-even to bfloat16 equals a direct float64 → bfloat16 rounding (no double rounding).</summary>
+    static Tensor RoundToOddF32(Tensor f64)
+    {
+        var s = f64.Span<double>();
+        var r = Tensor.Zeros(DType.Float32, f64.Shape);
+        var d = r.Span<float>();
+        for (int i = 0; i < s.Length; i++)
+        {
+            double v = s[i];
+            float f = (float)v;
+            if (float.IsFinite(f) && f != v)
+            {
+                if (Math.Abs((double)f) > Math.Abs(v)) f = v > 0 ? MathF.BitDecrement(f) : MathF.BitIncrement(f);
+                f = BitConverter.UInt32BitsToSingle(BitConverter.SingleToUInt32Bits(f) | 1);
+            }
+            d[i] = f;
+        }
         return r;
     }
 

@@ -128,9 +128,10 @@ public sealed class LogicalOps : ICpuOpFamily
         public Tensor Visit<T>()
         {
             var plan = new BinaryBroadcastPlan(c.Shape, a.Shape, b.Shape);
-            var r = Tensor.Zeros(a.DType, plan.OutShape);
+            T[] d = Uninitialized<T>(plan.Length);
+            var r = new Tensor(a.DType, plan.OutShape, d);
             bool[] cs = c.As<bool>();
-            T[] xs = a.As<T>(), ys = b.As<T>(), d = r.As<T>();
+            T[] xs = a.As<T>(), ys = b.As<T>();
             int sc = plan.InnerStride[0], sx = plan.InnerStride[1], sy = plan.InnerStride[2];
             plan.Run((o, n, offs) =>
             {

@@ -65,8 +65,8 @@ public sealed class VariadicOps : ICpuOpFamily
     {
         public Tensor Visit<T>() where T : unmanaged, IBinaryNumber<T>, IMinMaxValue<T>
         {
-            var r = Tensor.Zeros(t.DType, t.Shape);
-            T[] src = t.As<T>(), dst = r.As<T>();
+            T[] src = t.As<T>(), dst = Uninitialized<T>(src.LongLength);
+            var r = new Tensor(t.DType, t.Shape, dst);
             bool hasLo = lo is not null, hasHi = hi is not null;
             T l = hasLo ? lo!.As<T>()[0] : T.Zero, h = hasHi ? hi!.As<T>()[0] : T.Zero;
             Chunks(src.LongLength, (s, n) =>
