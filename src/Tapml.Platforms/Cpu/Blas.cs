@@ -64,72 +64,75 @@ public static class Blas
 
     // ---------------------------------------------------------------- few rows (matrix-vector and friends)
 
-    /// <summary>m &lt; SmallM: each row of A is scaled by alpha into a contiguous buffer, then C's columns are split
-    /// into fixed chunks run in parallel (a matrix-vector product parallelizes over n).</summary>
+    /// <summary>m &lt; SmallM: each row of A is scaled by alpha into a contiguous buffer; the work is split over C's
+    /// columns (and k-blocks), so a matrix-vector product parallelizes over n.</summary>
     static unsafe void SmallRows(GemmArgs g, bool parallel)
     {
         int m = g.M, n = g.N, k = g.K;
         var rows = new float[(long)m * k];
         for (int i = 0; i < m; i++)
             for (int p = 0; p < k; p++) rows[(long)i * k + p] = g.Alpha * g.GetA(i, p);
-        // Chunk width is fixed (never derived from the thread count).
-        int chunk = g.TransB ? 16 : 64;
-        int chunks = (n + chunk - 1) / chunk;
         fixed (float* pr = rows)
         {
             nint R = (nint)pr;
-            if (!parallel) for (int t = 0; t < chunks; t++) SmallChunk(g, (float*)R, t * chunk, Math.Min(n, t * chunk + chunk));
-            else Parallel.For(0, chunks, t => SmallChunk(g, (float*)R, t * chunk, Math.Min(n, t * chunk + chunk)));
+            if (g.TransB)
+            {
+                // C[i,j] += dot(alpha·A[i,:], B[j,:]): contiguous dot products over fixed column chunks.
+                const int chunk = 16;
+                int chunks = (n + chunk - 1) / chunk;
+                if (!parallel) for (int t = 0; t < chunks; t++) DotChunk(g, (float*)R, t * chunk, Math.Min(n, t * chunk + chunk));
+                else Parallel.For(0, chunks, t => DotChunk(g, (float*)R, t * chunk, Math.Min(n, t * chunk + chunk)));
+                return;
+            }
+            // B streamed by rows: tasks are (row of A, column chunk, k-block), each writing its own partial sums; the
+            // partials are then added to C in k-block order. Chunk and block sizes are fixed, never thread-derived.
+            int nChunks = (n + SmallW - 1) / SmallW, kBlocks = (k + SmallKB - 1) / SmallKB;
+            var part = ArrayPool<float>.Shared.Rent(checked(m * kBlocks * n));
+            try
+            {
+            fixed (float* pp = part)
+            {
+                nint P = (nint)pp;
+                int tasks = m * nChunks * kBlocks;
+                if (!parallel) for (int t = 0; t < tasks; t++) AxpyBlock(g, (float*)R, (float*)P, t, nChunks, kBlocks);
+                else Parallel.For(0, tasks, t => AxpyBlock(g, (float*)R, (float*)P, t, nChunks, kBlocks));
+                for (int i = 0; i < m; i++)
+                {
+                    var crow = new Span<float>(g.C + (long)i * g.Ldc, n);
+                    for (int kb = 0; kb < kBlocks; kb++)
+                        TensorPrimitives.Add(crow, new ReadOnlySpan<float>((float*)P + ((long)i * kBlocks + kb) * n, n), crow);
+                }
+            }
+            }
+            finally { ArrayPool<float>.Shared.Return(part); }
         }
     }
 
-    static unsafe void SmallChunk(GemmArgs g, float* rows, int j0, int j1)
+    // Wide column chunks and short k-blocks: each task streams a contiguous stretch of B (rows are read whole).
+    const int SmallW = 4096, SmallKB = 64;
+
+    /// <summary>part[i, kb, j0..j1] = Σ over p in k-block kb of alpha·A[i,p]·B[p,j] (in p order).</summary>
+    static unsafe void AxpyBlock(GemmArgs g, float* rows, float* part, int t, int nChunks, int kBlocks)
     {
-        int k = g.K;
+        int jc = t % nChunks, rest = t / nChunks, kb = rest % kBlocks, i = rest / kBlocks;
+        int n = g.N, j0 = jc * SmallW, w = Math.Min(SmallW, n - j0);
+        int p0 = kb * SmallKB, p1 = Math.Min(g.K, p0 + SmallKB);
+        float* dst = part + ((long)i * kBlocks + kb) * n + j0;
+        float* ar = rows + (long)i * g.K;
+        var d = new Span<float>(dst, w);
+        d.Clear();
+        // TensorPrimitives.MultiplyAdd (x·y + z, not fused) streams B's row fastest; the result depends only on the shape.
+        for (int p = p0; p < p1; p++)
+            TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(g.B + (long)p * g.Ldb + j0, w), ar[p], d, d);
+    }
+
+    static unsafe void DotChunk(GemmArgs g, float* rows, int j0, int j1)
+    {
         for (int i = 0; i < g.M; i++)
         {
-            float* ar = rows + (long)i * k;
+            float* ar = rows + (long)i * g.K;
             float* cr = g.C + (long)i * g.Ldc;
-            if (g.TransB)
-            {
-                // C[i,j] += dot(alpha·A[i,:], B[j,:]): contiguous dot products, 4 vector partial sums in a fixed order.
-                for (int jj = j0; jj < j1; jj++) cr[jj] += Dot(ar, g.B + (long)jj * g.Ldb, k);
-                continue;
-            }
-            int j = j0;
-            if (Vector256.IsHardwareAccelerated)
-            {
-                for (; j + 64 <= j1; j += 64)
-                {
-                    float* c = cr + j;
-                    var c0 = Vector256.Load(c); var c1 = Vector256.Load(c + 8); var c2 = Vector256.Load(c + 16); var c3 = Vector256.Load(c + 24);
-                    var c4 = Vector256.Load(c + 32); var c5 = Vector256.Load(c + 40); var c6 = Vector256.Load(c + 48); var c7 = Vector256.Load(c + 56);
-                    float* bp = g.B + j;
-                    for (int p = 0; p < k; p++, bp += g.Ldb)
-                    {
-                        var av = Vector256.Create(ar[p]);
-                        c0 = Fmav(av, Vector256.Load(bp), c0); c1 = Fmav(av, Vector256.Load(bp + 8), c1);
-                        c2 = Fmav(av, Vector256.Load(bp + 16), c2); c3 = Fmav(av, Vector256.Load(bp + 24), c3);
-                        c4 = Fmav(av, Vector256.Load(bp + 32), c4); c5 = Fmav(av, Vector256.Load(bp + 40), c5);
-                        c6 = Fmav(av, Vector256.Load(bp + 48), c6); c7 = Fmav(av, Vector256.Load(bp + 56), c7);
-                    }
-                    c0.Store(c); c1.Store(c + 8); c2.Store(c + 16); c3.Store(c + 24); c4.Store(c + 32); c5.Store(c + 40); c6.Store(c + 48); c7.Store(c + 56);
-                }
-                for (; j + 8 <= j1; j += 8)
-                {
-                    var c0 = Vector256.Load(cr + j);
-                    float* bp = g.B + j;
-                    for (int p = 0; p < k; p++, bp += g.Ldb) c0 = Fmav(Vector256.Create(ar[p]), Vector256.Load(bp), c0);
-                    c0.Store(cr + j);
-                }
-            }
-            for (; j < j1; j++)
-            {
-                float acc = cr[j];
-                float* bp = g.B + j;
-                for (int p = 0; p < k; p++, bp += g.Ldb) acc = Fmaf(ar[p], *bp, acc);
-                cr[j] = acc;
-            }
+            for (int j = j0; j < j1; j++) cr[j] += Dot(ar, g.B + (long)j * g.Ldb, g.K);
         }
     }
 
