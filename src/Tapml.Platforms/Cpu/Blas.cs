@@ -1,12 +1,26 @@
+using System.Buffers;
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Tapml.Platforms.Cpu;
 
 /// <summary>Dense f32/f64 matrix multiply shared by MatMul, Gemm, Conv (im2col) and friends.
-/// C[m,n] = alpha·Σk A[m,k]·B[k,n] + beta·C[m,n], row-major with leading dimensions. Parallel over rows of C
-/// (each row's sum runs over k in order, so results do not depend on the thread count).</summary>
+/// C[m,n] = alpha·Σk A[m,k]·B[k,n] + beta·C[m,n], row-major with leading dimensions.
+/// Determinism: every element of C is accumulated as acc = C; for p = 0..k-1 (in k-blocks of fixed size, in order):
+/// acc = fma(alpha·A[i,p], B[p,j], acc). The blocking depends only on (m, n, k), never on the thread count, so
+/// results do not depend on how many threads run.</summary>
 public static class Blas
 {
+    // Micro-tile MR×NR (6 rows × two 8-float vectors), k-block KC, task block MC×NC (multiples of the micro-tile).
+    const int MR = 6, NR = 16, KC = 256, MC = 72, NC = 256;
+    // Below this many rows the packed path costs more than it saves: rows are streamed against B directly.
+    const int SmallM = 4;
+    const long ParallelWork = 1 << 16;
+
+    [ThreadStatic] static float[]? _apack;
+
     /// <summary>Row-major SGEMM. <paramref name="transA"/>/<paramref name="transB"/> read A as [k,m] / B as [n,k].</summary>
     public static void Sgemm(bool transA, bool transB, int m, int n, int k, float alpha,
         ReadOnlySpan<float> a, int lda, ReadOnlySpan<float> b, int ldb, float beta, Span<float> c, int ldc)
@@ -15,40 +29,256 @@ public static class Blas
         if (beta == 0) for (int i = 0; i < m; i++) c.Slice(i * ldc, n).Clear();
         else if (beta != 1) for (int i = 0; i < m; i++) TensorPrimitives.Multiply(c.Slice(i * ldc, n), beta, c.Slice(i * ldc, n));
         if (k == 0 || alpha == 0) return;
-        // NOTE: B transposed is packed once to [k,n] so the inner loop always streams contiguous rows of B.
-        float[]? packedB = null;
-        if (transB)
-        {
-            packedB = new float[(long)k * n];
-            for (int j = 0; j < n; j++)
-                for (int p = 0; p < k; p++) packedB[(long)p * n + j] = b[j * ldb + p];
-        }
+        if (transA ? a.Length < (long)(k - 1) * lda + m : a.Length < (long)(m - 1) * lda + k)
+            throw new ArgumentException("Sgemm: A is too small");
+        if (transB ? b.Length < (long)(n - 1) * ldb + k : b.Length < (long)(k - 1) * ldb + n)
+            throw new ArgumentException("Sgemm: B is too small");
+        if (c.Length < (long)(m - 1) * ldc + n) throw new ArgumentException("Sgemm: C is too small");
         unsafe
         {
-            fixed (float* pa = a, pb0 = b, pc = c, ppk = packedB)
+            fixed (float* pa = a, pb = b, pc = c)
             {
-                float* pb = transB ? ppk : pb0;
-                int ldbb = transB ? n : ldb;
-                nint A = (nint)pa, B = (nint)pb, C = (nint)pc;
-                long work = (long)m * n * k;
-                int threads = work < 1 << 16 ? 1 : Environment.ProcessorCount;
-                if (threads == 1)
-                    for (int i = 0; i < m; i++) Row(i, transA, n, k, alpha, (float*)A, lda, (float*)B, ldbb, (float*)C, ldc);
-                else
-                    Parallel.For(0, m, new ParallelOptions { MaxDegreeOfParallelism = threads },
-                        i => Row(i, transA, n, k, alpha, (float*)A, lda, (float*)B, ldbb, (float*)C, ldc));
+                var g = new GemmArgs { A = pa, B = pb, C = pc, Lda = lda, Ldb = ldb, Ldc = ldc, M = m, N = n, K = k, Alpha = alpha, TransA = transA, TransB = transB };
+                bool parallel = (long)m * n * k >= ParallelWork && Environment.ProcessorCount > 1;
+                if (m < SmallM) SmallRows(g, parallel);
+                else Packed(g, parallel);
             }
         }
     }
 
-    static unsafe void Row(int i, bool transA, int n, int k, float alpha, float* a, int lda, float* b, int ldb, float* c, int ldc)
+    unsafe struct GemmArgs
     {
-        var crow = new Span<float>(c + (long)i * ldc, n);
-        for (int p = 0; p < k; p++)
+        public float* A, B, C;
+        public int Lda, Ldb, Ldc, M, N, K;
+        public float Alpha;
+        public bool TransA, TransB;
+        public float GetA(int i, int p) => TransA ? A[(long)p * Lda + i] : A[(long)i * Lda + p];
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static float Fmaf(float x, float y, float acc) => Fma.IsSupported ? MathF.FusedMultiplyAdd(x, y, acc) : x * y + acc;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Fmav(Vector256<float> x, Vector256<float> y, Vector256<float> acc) =>
+        Fma.IsSupported ? Fma.MultiplyAdd(x, y, acc) : x * y + acc;
+
+    // ---------------------------------------------------------------- few rows (matrix-vector and friends)
+
+    /// <summary>m &lt; SmallM: each row of A is scaled by alpha into a contiguous buffer; the work is split over C's
+    /// columns (and k-blocks), so a matrix-vector product parallelizes over n.</summary>
+    static unsafe void SmallRows(GemmArgs g, bool parallel)
+    {
+        int m = g.M, n = g.N, k = g.K;
+        var rows = new float[(long)m * k];
+        for (int i = 0; i < m; i++)
+            for (int p = 0; p < k; p++) rows[(long)i * k + p] = g.Alpha * g.GetA(i, p);
+        fixed (float* pr = rows)
         {
-            float av = transA ? a[(long)p * lda + i] : a[(long)i * lda + p];
-            TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(b + (long)p * ldb, n), alpha * av, crow, crow);
+            nint R = (nint)pr;
+            if (g.TransB)
+            {
+                // C[i,j] += dot(alpha·A[i,:], B[j,:]): contiguous dot products over fixed column chunks.
+                const int chunk = 16;
+                int chunks = (n + chunk - 1) / chunk;
+                if (!parallel) for (int t = 0; t < chunks; t++) DotChunk(g, (float*)R, t * chunk, Math.Min(n, t * chunk + chunk));
+                else Parallel.For(0, chunks, t => DotChunk(g, (float*)R, t * chunk, Math.Min(n, t * chunk + chunk)));
+                return;
+            }
+            // B streamed by rows: tasks are (row of A, column chunk, k-block), each writing its own partial sums; the
+            // partials are then added to C in k-block order. Chunk and block sizes are fixed, never thread-derived.
+            int nChunks = (n + SmallW - 1) / SmallW, kBlocks = (k + SmallKB - 1) / SmallKB;
+            var part = ArrayPool<float>.Shared.Rent(checked(m * kBlocks * n));
+            try
+            {
+            fixed (float* pp = part)
+            {
+                nint P = (nint)pp;
+                int tasks = m * nChunks * kBlocks;
+                if (!parallel) for (int t = 0; t < tasks; t++) AxpyBlock(g, (float*)R, (float*)P, t, nChunks, kBlocks);
+                else Parallel.For(0, tasks, t => AxpyBlock(g, (float*)R, (float*)P, t, nChunks, kBlocks));
+                for (int i = 0; i < m; i++)
+                {
+                    var crow = new Span<float>(g.C + (long)i * g.Ldc, n);
+                    for (int kb = 0; kb < kBlocks; kb++)
+                        TensorPrimitives.Add(crow, new ReadOnlySpan<float>((float*)P + ((long)i * kBlocks + kb) * n, n), crow);
+                }
+            }
+            }
+            finally { ArrayPool<float>.Shared.Return(part); }
         }
+    }
+
+    // Wide column chunks and short k-blocks: each task streams a contiguous stretch of B (rows are read whole).
+    const int SmallW = 4096, SmallKB = 64;
+
+    /// <summary>part[i, kb, j0..j1] = Σ over p in k-block kb of alpha·A[i,p]·B[p,j] (in p order).</summary>
+    static unsafe void AxpyBlock(GemmArgs g, float* rows, float* part, int t, int nChunks, int kBlocks)
+    {
+        int jc = t % nChunks, rest = t / nChunks, kb = rest % kBlocks, i = rest / kBlocks;
+        int n = g.N, j0 = jc * SmallW, w = Math.Min(SmallW, n - j0);
+        int p0 = kb * SmallKB, p1 = Math.Min(g.K, p0 + SmallKB);
+        float* dst = part + ((long)i * kBlocks + kb) * n + j0;
+        float* ar = rows + (long)i * g.K;
+        var d = new Span<float>(dst, w);
+        d.Clear();
+        // TensorPrimitives.MultiplyAdd (x·y + z, not fused) streams B's row fastest; the result depends only on the shape.
+        for (int p = p0; p < p1; p++)
+            TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(g.B + (long)p * g.Ldb + j0, w), ar[p], d, d);
+    }
+
+    static unsafe void DotChunk(GemmArgs g, float* rows, int j0, int j1)
+    {
+        for (int i = 0; i < g.M; i++)
+        {
+            float* ar = rows + (long)i * g.K;
+            float* cr = g.C + (long)i * g.Ldc;
+            for (int j = j0; j < j1; j++) cr[j] += Dot(ar, g.B + (long)j * g.Ldb, g.K);
+        }
+    }
+
+    static unsafe float Dot(float* x, float* y, int k)
+    {
+        int p = 0;
+        float s = 0;
+        if (Vector256.IsHardwareAccelerated && k >= 32)
+        {
+            var s0 = Vector256<float>.Zero; var s1 = s0; var s2 = s0; var s3 = s0;
+            for (; p + 32 <= k; p += 32)
+            {
+                s0 = Fmav(Vector256.Load(x + p), Vector256.Load(y + p), s0);
+                s1 = Fmav(Vector256.Load(x + p + 8), Vector256.Load(y + p + 8), s1);
+                s2 = Fmav(Vector256.Load(x + p + 16), Vector256.Load(y + p + 16), s2);
+                s3 = Fmav(Vector256.Load(x + p + 24), Vector256.Load(y + p + 24), s3);
+            }
+            s = Vector256.Sum((s0 + s1) + (s2 + s3));
+        }
+        for (; p < k; p++) s = Fmaf(x[p], y[p], s);
+        return s;
+    }
+
+    // ---------------------------------------------------------------- packed, cache-blocked path
+
+    static unsafe void Packed(GemmArgs g, bool parallel)
+    {
+        int m = g.M, n = g.N, k = g.K;
+        int nPanels = (n + NR - 1) / NR;
+        int kcMax = Math.Min(KC, k);
+        float[] bpack = ArrayPool<float>.Shared.Rent(kcMax * nPanels * NR);
+        try
+        {
+            fixed (float* pbp = bpack)
+            {
+                nint BP = (nint)pbp;
+                int mBlocks = (m + MC - 1) / MC, nBlocks = (n + NC - 1) / NC;
+                for (int p0 = 0; p0 < k; p0 += KC)
+                {
+                    int kc = Math.Min(KC, k - p0);
+                    if (parallel && nPanels > 1) Parallel.For(0, nPanels, jp => PackB(g, (float*)BP, jp, p0, kc));
+                    else for (int jp = 0; jp < nPanels; jp++) PackB(g, (float*)BP, jp, p0, kc);
+                    int tasks = mBlocks * nBlocks;
+                    if (parallel && tasks > 1) Parallel.For(0, tasks, t => Block(g, (float*)BP, t / nBlocks, t % nBlocks, p0, kc));
+                    else for (int t = 0; t < tasks; t++) Block(g, (float*)BP, t / nBlocks, t % nBlocks, p0, kc);
+                }
+            }
+        }
+        finally { ArrayPool<float>.Shared.Return(bpack); }
+    }
+
+    /// <summary>Packs B[p0..p0+kc, jp·NR..+NR] as kc rows of NR floats (zero beyond n).</summary>
+    static unsafe void PackB(GemmArgs g, float* bpack, int jp, int p0, int kc)
+    {
+        float* dst = bpack + (long)jp * kc * NR;
+        int j0 = jp * NR, w = Math.Min(NR, g.N - j0);
+        if (!g.TransB)
+        {
+            for (int p = 0; p < kc; p++)
+            {
+                float* src = g.B + (long)(p0 + p) * g.Ldb + j0;
+                float* d = dst + p * NR;
+                if (w == NR) { Vector256.Store(Vector256.Load(src), d); Vector256.Store(Vector256.Load(src + 8), d + 8); }
+                else { int jj = 0; for (; jj < w; jj++) d[jj] = src[jj]; for (; jj < NR; jj++) d[jj] = 0; }
+            }
+        }
+        else
+        {
+            for (int jj = 0; jj < NR; jj++)
+            {
+                if (jj >= w) { for (int p = 0; p < kc; p++) dst[p * NR + jj] = 0; continue; }
+                float* src = g.B + (long)(j0 + jj) * g.Ldb + p0;
+                for (int p = 0; p < kc; p++) dst[p * NR + jj] = src[p];
+            }
+        }
+    }
+
+    /// <summary>One MC×NC block of C for one k-block: packs alpha·A's rows, then runs the micro-kernel per tile.</summary>
+    static unsafe void Block(GemmArgs g, float* bpack, int ib, int jb, int p0, int kc)
+    {
+        int i0 = ib * MC, i1 = Math.Min(g.M, i0 + MC);
+        int j0 = jb * NC, j1 = Math.Min(g.N, j0 + NC);
+        int rowPanels = (i1 - i0 + MR - 1) / MR;
+        var ap = _apack ??= new float[MC * KC];
+        fixed (float* apack = ap)
+        {
+            for (int r = 0; r < rowPanels; r++)
+            {
+                float* dst = apack + r * kc * MR;
+                for (int ii = 0; ii < MR; ii++)
+                {
+                    int i = i0 + r * MR + ii;
+                    if (i >= i1) { for (int p = 0; p < kc; p++) dst[p * MR + ii] = 0; continue; }
+                    if (g.TransA) { float* src = g.A + (long)p0 * g.Lda + i; for (int p = 0; p < kc; p++) dst[p * MR + ii] = g.Alpha * src[(long)p * g.Lda]; }
+                    else { float* src = g.A + (long)i * g.Lda + p0; for (int p = 0; p < kc; p++) dst[p * MR + ii] = g.Alpha * src[p]; }
+                }
+            }
+            float* tile = stackalloc float[MR * NR];
+            for (int j = j0; j < j1; j += NR)
+            {
+                float* bp = bpack + (long)(j / NR) * kc * NR;
+                int w = Math.Min(NR, j1 - j);
+                for (int r = 0; r < rowPanels; r++)
+                {
+                    int i = i0 + r * MR, h = Math.Min(MR, i1 - i);
+                    float* c = g.C + (long)i * g.Ldc + j;
+                    if (h == MR && w == NR) { Kernel(kc, apack + r * kc * MR, bp, c, g.Ldc); continue; }
+                    // Edge tile: same kernel on a zero-padded copy, so edge elements get the same arithmetic.
+                    for (int x = 0; x < MR * NR; x++) tile[x] = 0;
+                    for (int y = 0; y < h; y++) for (int x = 0; x < w; x++) tile[y * NR + x] = c[(long)y * g.Ldc + x];
+                    Kernel(kc, apack + r * kc * MR, bp, tile, NR);
+                    for (int y = 0; y < h; y++) for (int x = 0; x < w; x++) c[(long)y * g.Ldc + x] = tile[y * NR + x];
+                }
+            }
+        }
+    }
+
+    /// <summary>C[6×16] = fma over p of A panel (kc×6) and B panel (kc×16), accumulators start at C.</summary>
+    static unsafe void Kernel(int kc, float* a, float* b, float* c, int ldc)
+    {
+        if (!Vector256.IsHardwareAccelerated)
+        {
+            for (int p = 0; p < kc; p++, a += MR, b += NR)
+                for (int r = 0; r < MR; r++)
+                    for (int x = 0; x < NR; x++) c[(long)r * ldc + x] = Fmaf(a[r], b[x], c[(long)r * ldc + x]);
+            return;
+        }
+        float* c1p = c + ldc, c2p = c1p + ldc, c3p = c2p + ldc, c4p = c3p + ldc, c5p = c4p + ldc;
+        var c00 = Vector256.Load(c); var c01 = Vector256.Load(c + 8);
+        var c10 = Vector256.Load(c1p); var c11 = Vector256.Load(c1p + 8);
+        var c20 = Vector256.Load(c2p); var c21 = Vector256.Load(c2p + 8);
+        var c30 = Vector256.Load(c3p); var c31 = Vector256.Load(c3p + 8);
+        var c40 = Vector256.Load(c4p); var c41 = Vector256.Load(c4p + 8);
+        var c50 = Vector256.Load(c5p); var c51 = Vector256.Load(c5p + 8);
+        for (int p = 0; p < kc; p++, a += MR, b += NR)
+        {
+            var b0 = Vector256.Load(b); var b1 = Vector256.Load(b + 8);
+            var av = Vector256.Create(a[0]); c00 = Fmav(av, b0, c00); c01 = Fmav(av, b1, c01);
+            av = Vector256.Create(a[1]); c10 = Fmav(av, b0, c10); c11 = Fmav(av, b1, c11);
+            av = Vector256.Create(a[2]); c20 = Fmav(av, b0, c20); c21 = Fmav(av, b1, c21);
+            av = Vector256.Create(a[3]); c30 = Fmav(av, b0, c30); c31 = Fmav(av, b1, c31);
+            av = Vector256.Create(a[4]); c40 = Fmav(av, b0, c40); c41 = Fmav(av, b1, c41);
+            av = Vector256.Create(a[5]); c50 = Fmav(av, b0, c50); c51 = Fmav(av, b1, c51);
+        }
+        c00.Store(c); c01.Store(c + 8); c10.Store(c1p); c11.Store(c1p + 8); c20.Store(c2p); c21.Store(c2p + 8);
+        c30.Store(c3p); c31.Store(c3p + 8); c40.Store(c4p); c41.Store(c4p + 8); c50.Store(c5p); c51.Store(c5p + 8);
     }
 
     /// <summary>Row-major DGEMM (no transposes; f64 models are rare, clarity over speed).</summary>
