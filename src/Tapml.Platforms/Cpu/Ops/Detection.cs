@@ -115,22 +115,26 @@ public sealed class Detection : ICpuOpFamily
         if (ctm is not ("half_pixel" or "output_half_pixel")) throw ctx.Unsupported($"coordinate_transformation_mode '{ctm}'");
         bool halfPixel = ctm == "half_pixel";
         long N = x.Shape[0], C = x.Shape[1], H = x.Shape[2], W = x.Shape[3];
-        long R = bi.Length;
+        long nR = bi.Length;
         var xd = SpecialHelpers.ToDoubles(x);
         var rois = SpecialHelpers.ToDoubles(roisT);
-        var y = new double[R * C * oh * ow];
-        Parallel.For(0, R, n =>
+        var y = new double[nR * C * oh * ow];
+        bool f64 = x.DType == DType.Float64;
+        double R(double v) => f64 ? v : (float)v;
+        Parallel.For(0, nR, n =>
         {
             long b = bi[n];
             if (b < 0 || b >= N) throw ctx.Error($"batch index {b} out of range [0, {N})");
+            // ROI geometry and bilinear weights in the input's precision (f32 for f32 data), as the reference
+            // and ORT compute them: the sample-grid size ceil(roi / bins) is sensitive to that rounding.
             double off = halfPixel ? 0.5 : 0.0;
-            double sw = rois[n * 4 + 0] * scale - off, sh = rois[n * 4 + 1] * scale - off;
-            double ew = rois[n * 4 + 2] * scale - off, eh = rois[n * 4 + 3] * scale - off;
-            double rw = ew - sw, rh = eh - sh;
+            double sw = R(R(rois[n * 4 + 0] * scale) - off), sh = R(R(rois[n * 4 + 1] * scale) - off);
+            double ew = R(R(rois[n * 4 + 2] * scale) - off), eh = R(R(rois[n * 4 + 3] * scale) - off);
+            double rw = R(ew - sw), rh = R(eh - sh);
             if (!halfPixel) { rw = Math.Max(rw, 1.0); rh = Math.Max(rh, 1.0); } // malformed ROIs become 1x1
-            double bh = rh / oh, bw = rw / ow;
-            long gh = sr > 0 ? sr : (long)Math.Ceiling(rh / oh);
-            long gw = sr > 0 ? sr : (long)Math.Ceiling(rw / ow);
+            double bh = R(rh / oh), bw = R(rw / ow);
+            long gh = sr > 0 ? sr : (long)Math.Ceiling(R(rh / oh));
+            long gw = sr > 0 ? sr : (long)Math.Ceiling(R(rw / ow));
             long count = Math.Max(gh * gw, 1);
             // bilinear sample points shared by all channels: 4 positions and weights each
             int np = (int)(oh * ow * gh * gw);
@@ -140,20 +144,20 @@ public sealed class Detection : ICpuOpFamily
                 for (long pw = 0; pw < ow; pw++)
                     for (long iy = 0; iy < gh; iy++)
                     {
-                        double yy = sh + ph * bh + (iy + 0.5) * bh / gh;
+                        double yy = R(R(sh + R(ph * bh)) + R(R((iy + 0.5) * bh) / gh));
                         for (long ix = 0; ix < gw; ix++, pi++)
                         {
-                            double xx = sw + pw * bw + (ix + 0.5) * bw / gw;
+                            double xx = R(R(sw + R(pw * bw)) + R(R((ix + 0.5) * bw) / gw));
                             double yv = yy, xv = xx;
                             if (yv < -1.0 || yv > H || xv < -1.0 || xv > W) continue; // outside: weights stay 0
                             yv = Math.Max(yv, 0); xv = Math.Max(xv, 0);
                             long yl = (long)yv, xl = (long)xv, yhi, xhi;
                             if (yl >= H - 1) { yhi = yl = H - 1; yv = yl; } else yhi = yl + 1;
                             if (xl >= W - 1) { xhi = xl = W - 1; xv = xl; } else xhi = xl + 1;
-                            double ly = yv - yl, lx = xv - xl, hy = 1 - ly, hx = 1 - lx;
+                            double ly = R(yv - yl), lx = R(xv - xl), hy = R(1 - ly), hx = R(1 - lx);
                             pos[pi * 4 + 0] = yl * W + xl; pos[pi * 4 + 1] = yl * W + xhi;
                             pos[pi * 4 + 2] = yhi * W + xl; pos[pi * 4 + 3] = yhi * W + xhi;
-                            wt[pi * 4 + 0] = hy * hx; wt[pi * 4 + 1] = hy * lx; wt[pi * 4 + 2] = ly * hx; wt[pi * 4 + 3] = ly * lx;
+                            wt[pi * 4 + 0] = R(hy * hx); wt[pi * 4 + 1] = R(hy * lx); wt[pi * 4 + 2] = R(ly * hx); wt[pi * 4 + 3] = R(ly * lx);
                         }
                     }
             for (long c = 0; c < C; c++)
@@ -182,6 +186,6 @@ public sealed class Detection : ICpuOpFamily
                     }
             }
         });
-        return [SpecialHelpers.FromDoubles(y, x.DType, [R, C, oh, ow])];
+        return [SpecialHelpers.FromDoubles(y, x.DType, [nR, C, oh, ow])];
     }
 }

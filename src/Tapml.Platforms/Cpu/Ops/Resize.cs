@@ -263,11 +263,11 @@ public sealed class Resize : ICpuOpFamily
             case "asymmetric": xo = j / scale; break;
             case "tf_half_pixel_for_nn": xo = (j + 0.5) / scale; break;
             case "tf_crop_and_resize":
-                xo = outW == 1 ? (roiE - roiS) * (inLen - 1) / 2 : j * (roiE - roiS) * (inLen - 1) / (outW - 1);
+                xo = outLenInt <= 1 ? (roiE - roiS) * (inLen - 1) / 2 : j * (roiE - roiS) * (inLen - 1) / (outW - 1);
                 xo += roiS * (inLen - 1);
                 if (xo < 0 || xo > inLen - 1) return new Taps { Idx = [], W = [], Extrapolate = true };
                 break;
-            case "pytorch_half_pixel": xo = outW == 1 ? -0.5 : (j + 0.5) / scale - 0.5; break;
+            case "pytorch_half_pixel": xo = outLenInt > 1 ? (j + 0.5) / scale - 0.5 : 0; break; // spec: length_resized > 1 ? … : 0
             case "half_pixel": xo = (j + 0.5) / scale - 0.5; break;
             case "half_pixel_symmetric":
             {
@@ -544,7 +544,7 @@ public sealed class Resize : ICpuOpFamily
             long len = sp[i];
             bases[i] = new double[len];
             for (long j = 0; j < len; j++)
-                bases[i][j] = align ? (len == 1 ? -1 : -1 + j * (2.0 / (len - 1))) : -1 + 1.0 / len + j * (2.0 / len);
+                bases[i][j] = align ? (len == 1 ? 0 : -1 + j * (2.0 / (len - 1))) : -1 + 1.0 / len + j * (2.0 / len);
         }
         var outShape = new long[] { N }.Concat(sp).Append(nd).ToArray();
         long nsp = ShapeUtil.Size(sp);

@@ -143,6 +143,13 @@ public sealed class Text : ICpuOpFamily
         }
         var y = new float[B * outSize];
         bool hasW = weights is { Length: > 0 };
+        // weights: "the i-th element is the weight of the i-th n-gram in pool", i.e. of output ngram_indexes[i]
+        var colW = new float[outSize];
+        if (hasW)
+        {
+            if (weights!.Length != indexes.Length) throw ctx.Error($"weights has {weights.Length} values, ngram_indexes {indexes.Length}");
+            for (int i = 0; i < indexes.Length; i++) colW[indexes[i]] = weights[i];
+        }
         for (long row = 0; row < B; row++)
             for (long i = 0; i < outSize; i++)
             {
@@ -151,8 +158,8 @@ public sealed class Text : ICpuOpFamily
                 y[p] = mode switch
                 {
                     "TF" => f,
-                    "IDF" => f > 0 ? (hasW ? weights![i] : 1f) : 0f,
-                    _ => hasW ? weights![i] * f : f,
+                    "IDF" => f > 0 ? (hasW ? colW[i] : 1f) : 0f,
+                    _ => hasW ? colW[i] * f : f,
                 };
             }
         return [batched ? Tensor.FromArray(y, B, outSize) : Tensor.FromArray(y, outSize)];
