@@ -25,7 +25,17 @@ public readonly struct BFloat16 : IEquatable<BFloat16>
     }
 
     public static explicit operator double(BFloat16 v) => (float)v;
-    public static explicit operator BFloat16(double d) => (BFloat16)(float)d;
+
+    /// <summary>Rounds a double to bf16 once (nearest even): the double goes to float with round-to-odd, which
+    /// keeps the second rounding exact (no double-rounding error).</summary>
+    public static explicit operator BFloat16(double d)
+    {
+        float f = (float)d;
+        if (!float.IsFinite(f) || f == d) return (BFloat16)f;
+        uint u = BitConverter.SingleToUInt32Bits(f);
+        if (Math.Abs((double)f) > Math.Abs(d)) u--; // truncate toward zero…
+        return (BFloat16)BitConverter.UInt32BitsToSingle(u | 1); // …and mark inexact (round to odd)
+    }
 
     public bool Equals(BFloat16 other) => Bits == other.Bits;
     public override bool Equals(object? obj) => obj is BFloat16 b && Equals(b);

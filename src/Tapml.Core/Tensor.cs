@@ -54,14 +54,46 @@ public sealed class Tensor : Value
     public static Tensor Zeros(DType dtype, params long[] shape)
     {
         long n = ShapeUtil.Size(shape);
+        CheckLimits(dtype, shape, n);
+        Array data = Array.CreateInstance(DTypes.ClrType(dtype), n);
+        if (dtype == DType.String) Array.Fill((string[])data, "");
+        return new Tensor(dtype, shape, data);
+    }
+
+    /// <summary>A tensor whose contents are not cleared (for outputs a kernel writes completely); same limits as
+    /// <see cref="Zeros"/>.</summary>
+    public static Tensor Uninitialized(DType dtype, params long[] shape)
+    {
+        if (dtype is DType.String or DType.Bool) return Zeros(dtype, shape);
+        long n = ShapeUtil.Size(shape);
+        if (n < 1 << 16) return Zeros(dtype, shape);
+        CheckLimits(dtype, shape, n);
+        Array data = dtype switch
+        {
+            DType.Float32 => GC.AllocateUninitializedArray<float>((int)n),
+            DType.Float64 => GC.AllocateUninitializedArray<double>((int)n),
+            DType.Float16 => GC.AllocateUninitializedArray<Half>((int)n),
+            DType.BFloat16 => GC.AllocateUninitializedArray<BFloat16>((int)n),
+            DType.Int8 => GC.AllocateUninitializedArray<sbyte>((int)n),
+            DType.UInt8 => GC.AllocateUninitializedArray<byte>((int)n),
+            DType.Int16 => GC.AllocateUninitializedArray<short>((int)n),
+            DType.UInt16 => GC.AllocateUninitializedArray<ushort>((int)n),
+            DType.Int32 => GC.AllocateUninitializedArray<int>((int)n),
+            DType.UInt32 => GC.AllocateUninitializedArray<uint>((int)n),
+            DType.Int64 => GC.AllocateUninitializedArray<long>((int)n),
+            DType.UInt64 => GC.AllocateUninitializedArray<ulong>((int)n),
+            _ => throw new TapmlException($"no uninitialized storage for {DTypes.Name(dtype)}"),
+        };
+        return new Tensor(dtype, shape, data);
+    }
+
+    static void CheckLimits(DType dtype, long[] shape, long n)
+    {
         if (n > Array.MaxLength)
             throw new TapmlException($"tensor {DTypes.Name(dtype)}[{string.Join(",", shape)}] has {n} elements, over the {Array.MaxLength} one host buffer can hold");
         long bytes = n * Math.Max(DTypes.Size(dtype), 1);
         if (bytes > MaxBytes)
             throw new TapmlException($"tensor {DTypes.Name(dtype)}[{string.Join(",", shape)}] needs {bytes / (1 << 20)} MiB, over the host limit of {MaxBytes / (1 << 20)} MiB for one tensor (set TAPML_MAX_TENSOR_MB to change it)");
-        Array data = Array.CreateInstance(DTypes.ClrType(dtype), n);
-        if (dtype == DType.String) Array.Fill((string[])data, "");
-        return new Tensor(dtype, shape, data);
     }
 
     public static Tensor FromArray<T>(T[] data, params long[] shape) => new(DTypes.FromClr(typeof(T)), shape, data);
@@ -143,7 +175,7 @@ public sealed class Tensor : Value
             case DType.Float32: ((float[])Data)[i] = (float)v; break;
             case DType.Float64: ((double[])Data)[i] = v; break;
             case DType.Float16: ((Half[])Data)[i] = (Half)v; break;
-            case DType.BFloat16: ((BFloat16[])Data)[i] = (BFloat16)(float)v; break;
+            case DType.BFloat16: ((BFloat16[])Data)[i] = (BFloat16)v; break;
             case DType.Int8: ((sbyte[])Data)[i] = (sbyte)v; break;
             case DType.UInt8: ((byte[])Data)[i] = (byte)v; break;
             case DType.Int16: ((short[])Data)[i] = (short)v; break;

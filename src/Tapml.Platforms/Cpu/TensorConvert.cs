@@ -24,6 +24,10 @@ public static class TensorConvert
             case (DType.Float64, DType.Float32): { var s = src.Span<double>(); var d = r.Span<float>(); for (int i = 0; i < s.Length; i++) d[i] = (float)s[i]; return r; }
             case (DType.Int64, DType.Int32): { var s = src.Span<long>(); var d = r.Span<int>(); for (int i = 0; i < s.Length; i++) d[i] = (int)s[i]; return r; }
             case (DType.Int32, DType.Int64): { var s = src.Span<int>(); var d = r.Span<long>(); for (int i = 0; i < s.Length; i++) d[i] = s[i]; return r; }
+            // NOTE: 64-bit integers convert to f32 directly: through double they could round twice.
+            case (DType.Int64, DType.Float32): { var s = src.Span<long>(); var d = r.Span<float>(); for (int i = 0; i < s.Length; i++) d[i] = s[i]; return r; }
+            case (DType.UInt64, DType.Float32): { var s = src.Span<ulong>(); var d = r.Span<float>(); for (int i = 0; i < s.Length; i++) d[i] = s[i]; return r; }
+            case (DType.Float64, DType.BFloat16): { var s = src.Span<double>(); var d = r.Span<BFloat16>(); for (int i = 0; i < s.Length; i++) d[i] = (BFloat16)s[i]; return r; }
         }
         long n = src.Length;
         if (DTypes.IsInteger(src.DType) && DTypes.IsInteger(dst) || src.DType == DType.Bool && DTypes.IsInteger(dst))
