@@ -176,7 +176,8 @@ internal static class ConvHelpers
             {
                 seg[..owLo].Clear();
                 seg[owHi..].Clear();
-                if (sL == 1) x.AsSpan(off + owLo + kOff, owHi - owLo).CopyTo(seg[owLo..owHi]);
+                if (owHi == owLo) { }
+                else if (sL == 1) x.AsSpan(off + owLo + kOff, owHi - owLo).CopyTo(seg[owLo..owHi]);
                 else for (int ow = owLo; ow < owHi; ow++) seg[ow] = x[off + ow * sL + kOff];
             }
             for (int j = last - 1; j >= 0; j--) { if (++o[j] < g.Out[j]) break; o[j] = 0; }
