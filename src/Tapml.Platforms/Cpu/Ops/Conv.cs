@@ -143,9 +143,11 @@ internal static class ConvHelpers
         return s;
     }
 
-    /// <summary>Fills row <paramref name="row"/> = (channel, kernel offset) of the im2col matrix [C·KSize, OutSize]
-    /// from the image block x[xOff .. xOff + C·InSize) (zeros where the window reads padding).</summary>
-    public static void Im2ColRow<T>(T[] x, int xOff, T[] col, int row, ConvGeom g)
+    /// <summary>Fills row <paramref name="row"/> = (channel, kernel offset) of an im2col tile: the output positions
+    /// whose outer index (all spatial dims but the last) is in [q0, q0 + qn), i.e. columns
+    /// [q0·OutLast, (q0 + qn)·OutLast) of the full matrix [C·KSize, OutSize], stored with row stride qn·OutLast.
+    /// Reads the image block x[xOff .. xOff + C·InSize); zeros where the window reads padding.</summary>
+    public static void Im2ColRow<T>(T[] x, int xOff, T[] col, int row, ConvGeom g, int q0, int qn)
     {
         int r = g.R, last = r - 1;
         int c = row / g.KSize, kidx = row % g.KSize;
@@ -156,11 +158,12 @@ internal static class ConvHelpers
         int owLo = kOff >= 0 ? 0 : Math.Min(outLast, (-kOff + sL - 1) / sL);
         int owHi = inLast - kOff <= 0 ? 0 : Math.Min(outLast, (inLast - kOff - 1) / sL + 1);
         if (owHi < owLo) owHi = owLo;
-        int outer = g.OutSize / Math.Max(outLast, 1);
         Span<int> o = stackalloc int[r];
-        var dst = col.AsSpan(row * g.OutSize, g.OutSize);
+        for (int j = last - 1, rem = q0; j >= 0; j--) { o[j] = rem % g.Out[j]; rem /= g.Out[j]; }
+        int cols = qn * outLast;
+        var dst = col.AsSpan(row * cols, cols);
         int cBase = xOff + c * g.InSize;
-        for (int q = 0; q < outer; q++)
+        for (int q = 0; q < qn; q++)
         {
             int off = cBase;
             bool valid = true;
@@ -182,16 +185,6 @@ internal static class ConvHelpers
             }
             for (int j = last - 1; j >= 0; j--) { if (++o[j] < g.Out[j]) break; o[j] = 0; }
         }
-    }
-
-    /// <summary>im2col of a C-channel image block; parallel over rows when <paramref name="parallel"/> and large.</summary>
-    public static void Im2Col<T>(T[] x, int xOff, T[] col, int channels, ConvGeom g, bool parallel)
-    {
-        int rows = channels * g.KSize;
-        if (parallel && (long)rows * g.OutSize >= 1 << 15 && rows > 1)
-            Parallel.For(0, rows, row => Im2ColRow(x, xOff, col, row, g));
-        else
-            for (int row = 0; row < rows; row++) Im2ColRow(x, xOff, col, row, g);
     }
 
     /// <summary>Adds row <paramref name="row"/> of a col matrix [C·KSize, OutSize] into the image block at yOff
@@ -247,61 +240,93 @@ internal static class ConvHelpers
         else for (int c = 0; c < channels; c++) Channel(c);
     }
 
-    /// <summary>C = A[m,k]·B[k,n] (+ C when <paramref name="accumulate"/>) on contiguous row-major blocks.</summary>
-    public delegate void Gemm<T>(int m, int n, int k, T[] a, int aOff, T[] b, int bOff, T[] c, int cOff, bool accumulate);
+    /// <summary>C[m,n] = A[m,k]·B[k,n] (+ C when <paramref name="accumulate"/>), row-major with leading dimensions.</summary>
+    public delegate void Gemm<T>(int m, int n, int k, T[] a, int aOff, int lda, T[] b, int bOff, int ldb, T[] c, int cOff, int ldc, bool accumulate);
 
-    public static readonly Gemm<float> GemmF32 = (m, n, k, a, aOff, b, bOff, c, cOff, acc) =>
-        Blas.Sgemm(false, false, m, n, k, 1f, a.AsSpan(aOff, m * k), k, b.AsSpan(bOff, k * n), n, acc ? 1f : 0f, c.AsSpan(cOff, m * n), n);
+    static int Extent(int rows, int cols, int ld) => rows == 0 ? 0 : (rows - 1) * ld + cols;
 
-    public static readonly Gemm<double> GemmF64 = (m, n, k, a, aOff, b, bOff, c, cOff, acc) =>
+    public static readonly Gemm<float> GemmF32 = (m, n, k, a, aOff, lda, b, bOff, ldb, c, cOff, ldc, acc) =>
+        Blas.Sgemm(false, false, m, n, k, 1f, a.AsSpan(aOff, Extent(m, k, lda)), lda, b.AsSpan(bOff, Extent(k, n, ldb)), ldb,
+            acc ? 1f : 0f, c.AsSpan(cOff, Extent(m, n, ldc)), ldc);
+
+    /// <summary>f64 GEMM (f64 convolutions and the exact integer arithmetic of ConvInteger/QLinearConv).</summary>
+    public static readonly Gemm<double> GemmF64 = (m, n, k, a, aOff, lda, b, bOff, ldb, c, cOff, ldc, acc) =>
     {
-        if (m == 0 || n == 0) return;
-        if (!acc)
+        for (int i = 0; i < m; i++)
         {
-            Blas.Dgemm(m, n, k, a.AsSpan(aOff, m * k), b.AsSpan(bOff, k * n), c.AsSpan(cOff, m * n));
-            return;
+            var crow = c.AsSpan(cOff + i * ldc, n);
+            if (!acc) crow.Clear();
+            for (int p = 0; p < k; p++)
+            {
+                double av = a[aOff + i * lda + p];
+                if (av != 0) TP.MultiplyAdd(b.AsSpan(bOff + p * ldb, n), av, crow, crow);
+            }
         }
-        var tmp = new double[m * n];
-        Blas.Dgemm(m, n, k, a.AsSpan(aOff, m * k), b.AsSpan(bOff, k * n), tmp);
-        var cs = c.AsSpan(cOff, m * n);
-        TP.Add(cs, tmp, cs);
     };
 
     /// <summary>Forward convolution: x [N, C, In...], w [M, C/group, K...], optional bias [M]; y [N, M, Out...].
-    /// im2col + GEMM per (image, group), parallel over (image, group) when there are several.</summary>
+    /// The output positions of each (image, group) are cut into column tiles (whole rows of the last spatial dim)
+    /// whose im2col block fits in cache; each tile is im2col'd into a thread-local buffer and multiplied by the
+    /// group's weights straight into its columns of y. Tiles of all (image, group) pairs run in parallel; every
+    /// output element is still one dot product over the same k order, so results do not depend on threads.</summary>
     public static T[] ConvCore<T>(T[] x, T[] w, T[]? bias, int n, int c, int m, int group, ConvGeom g, Gemm<T> gemm)
         where T : INumber<T>
     {
         int cg = c / group, mg = m / group;
         long kdimL = (long)cg * g.KSize;
         int outSize = g.OutSize, inSize = g.InSize;
-        long colLen = kdimL * outSize;
-        if (colLen > Array.MaxLength || (long)n * m * outSize > Array.MaxLength)
-            throw new UnsupportedException("Conv: the im2col buffer would exceed one host array");
-        int kdim = (int)kdimL;
+        if ((long)n * m * outSize > Array.MaxLength)
+            throw new UnsupportedException("Conv: the output would exceed one host array");
         var y = new T[(long)n * m * outSize];
+        if (outSize == 0 || n == 0 || mg == 0) return y;
+        if (kdimL == 0)
+        {
+            if (bias is not null)
+                for (int ni = 0; ni < n; ni++)
+                    for (int mi = 0; mi < m; mi++) y.AsSpan((ni * m + mi) * outSize, outSize).Fill(bias[mi]);
+            return y;
+        }
+        int kdim = checked((int)kdimL);
+        int outLast = g.Out[g.R - 1], outer = outSize / outLast;
+        // Tile: ~512 KiB of im2col (at least 256 columns), whole rows of the last spatial dim.
+        int targetCols = Math.Max(256, (128 * 1024) / kdim);
+        int qPerTile = Math.Clamp(targetCols / outLast, 1, outer);
+        int tiles = (outer + qPerTile - 1) / qPerTile;
+        long colLen = kdimL * qPerTile * outLast;
+        if (colLen > Array.MaxLength) throw new UnsupportedException("Conv: the im2col buffer would exceed one host array");
         bool pointwise = g.IsPointwise;
         int items = n * group;
-        void Item(int it, T[]? col)
+        int units = items * tiles;
+        void Unit(int u, T[]? col)
         {
+            int it = u / tiles, t = u % tiles;
             int ni = it / group, gi = it % group;
+            int q0 = t * qPerTile, qn = Math.Min(qPerTile, outer - q0);
+            int cols = qn * outLast, j0 = q0 * outLast;
             int xOff = (ni * c + gi * cg) * inSize;
-            int yOff = (ni * m + gi * mg) * outSize;
-            T[] bm; int bOff;
-            if (pointwise) { bm = x; bOff = xOff; }
-            else { Im2Col(x, xOff, col!, cg, g, parallel: items == 1); bm = col!; bOff = 0; }
+            int yOff = (ni * m + gi * mg) * outSize + j0;
+            T[] bm; int bOff, ldb;
+            if (pointwise) { bm = x; bOff = xOff + j0; ldb = inSize; }
+            else
+            {
+                if (units == 1 && (long)kdim * cols >= 1 << 15)
+                    Parallel.For(0, kdim, row => Im2ColRow(x, xOff, col!, row, g, q0, qn));
+                else
+                    for (int row = 0; row < kdim; row++) Im2ColRow(x, xOff, col!, row, g, q0, qn);
+                bm = col!; bOff = 0; ldb = cols;
+            }
             bool acc = false;
             if (bias is not null)
             {
                 // Bias first, then the product accumulates onto it.
-                for (int mi = 0; mi < mg; mi++) y.AsSpan(yOff + mi * outSize, outSize).Fill(bias[gi * mg + mi]);
+                for (int mi = 0; mi < mg; mi++) y.AsSpan(yOff + mi * outSize, cols).Fill(bias[gi * mg + mi]);
                 acc = true;
             }
-            gemm(mg, outSize, kdim, w, gi * mg * kdim, bm, bOff, y, yOff, acc);
+            gemm(mg, cols, kdim, w, gi * mg * kdim, kdim, bm, bOff, ldb, y, yOff, outSize, acc);
         }
-        if (items == 1) Item(0, pointwise ? null : new T[colLen]);
-        else if (items > 1)
-            Parallel.For(0, items, () => pointwise ? null : new T[colLen], (it, _, col) => { Item(it, col); return col; }, _ => { });
+        if (units == 1) Unit(0, pointwise ? null : new T[colLen]);
+        else
+            Parallel.For(0, units, () => pointwise ? null : new T[colLen], (u, _, col) => { Unit(u, col); return col; }, _ => { });
         return y;
     }
 
