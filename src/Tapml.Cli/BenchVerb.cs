@@ -20,7 +20,8 @@ static class BenchVerb
         var threads = new Option<int>("--threads") { Description = "threads for both sides (0 = all cores)", DefaultValueFactory = _ => 0 };
         var runs = new Option<int>("--runs") { Description = "measured runs per case (median reported)", DefaultValueFactory = _ => 10 };
         var json = new Option<string?>("--json") { Description = "write results as JSON" };
-        var cmd = new Command("bench", "measure a platform against a peer (ratios, GFLOP/s)") { scenario, platform, reference, threads, runs, json };
+        var filter = new Option<string?>("--filter") { Description = "regular expression on case names" };
+        var cmd = new Command("bench", "measure a platform against a peer (ratios, GFLOP/s)") { scenario, platform, reference, threads, runs, json, filter };
         cmd.Action(pr =>
         {
             int n = pr.GetValue(threads);
@@ -30,6 +31,7 @@ static class BenchVerb
             using var target = PlatformRegistry.Create(pr.GetValue(platform)!);
             using var peer = PlatformRegistry.Create(refSpec);
             var cases = BenchScenarios.Create(pr.GetValue(scenario)!, Path.Combine(Directory.GetCurrentDirectory(), "..", "shared"));
+            if (pr.GetValue(filter) is { } f) cases = cases.Where(c => System.Text.RegularExpressions.Regex.IsMatch(c.Name, f)).ToList();
             var table = new Table().AddColumns("case", $"{target.Name} ms", $"{peer.Name} ms", "ratio (target/peer)", "target GFLOP/s");
             var rows = new JsonArray();
             foreach (var c in cases)
