@@ -99,7 +99,8 @@ public sealed class MovementOps : ICpuOpFamily
     }
 
     // Slice: attributes starts/ends/axes (opset < 10) or inputs starts, ends, axes?, steps? (opset >= 10).
-    // Starts/ends clamp as Python slices do: [0, dim] for positive steps, [-1, dim-1] for negative ones.
+    // Per the spec text: starts clamp to [0, dim] (positive steps) or [0, dim-1] (negative steps), ends to [0, dim]
+    // or [-1, dim-1]. No special meaning for INT64_MAX ends with negative steps (ONNX Runtime reads one).
     static Value?[] Slice(NodeContext ctx, Value?[] inputs)
     {
         var x = inputs.T(0, ctx);
@@ -137,7 +138,8 @@ public sealed class MovementOps : ICpuOpFamily
             if (b < 0) b += d;
             if (e < 0) e += d;
             if (st > 0) { b = Math.Clamp(b, 0, d); e = Math.Clamp(e, 0, d); len[ax] = e > b ? (e - b + st - 1) / st : 0; }
-            else { b = Math.Clamp(b, -1, d - 1); e = Math.Clamp(e, -1, d - 1); len[ax] = b > e ? (b - e + (-st) - 1) / -st : 0; }
+            else if (d == 0) { b = 0; len[ax] = 0; }
+            else { b = Math.Clamp(b, 0, d - 1); e = Math.Clamp(e, -1, d - 1); len[ax] = b > e ? (b - e + (-st) - 1) / -st : 0; }
             start[ax] = b; step[ax] = st;
         }
         var strides = ShapeUtil.Strides(x.Shape);
