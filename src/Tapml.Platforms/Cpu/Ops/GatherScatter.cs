@@ -46,24 +46,41 @@ public sealed class GatherScatterOps : ICpuOpFamily
     {
         int r = dataShape.Length;
         if (indices.Rank != r) throw ctx.Error($"indices {indices.Describe()} must have the data's rank {r}");
+        for (int k = 0; k < r; k++)
+            if (k != axis && indices.Shape[k] > dataShape[k])
+                throw ctx.Error($"indices {indices.Describe()} exceed the data shape {ShapeUtil.Format(dataShape)} on axis {k}");
         var ds = ShapeUtil.Strides(dataShape);
         var idx = ShapeKit.Ints(indices);
-        var offs = new long[idx.Length];
-        var coord = new long[r];
-        long dim = dataShape[axis];
-        for (long e = 0; e < idx.Length; e++)
+        long n = idx.Length;
+        var offs = new long[n];
+        if (n == 0) return offs;
+        long dim = dataShape[axis], inner = indices.Shape[r - 1], rows = n / inner;
+        long bad = 0; bool anyBad = false;
+        void Rows(long r0, long r1)
         {
-            long off = 0;
-            for (int k = 0; k < r; k++)
+            for (long row = r0; row < r1; row++)
             {
-                if (k != axis)
+                long b = 0, rem = row;
+                for (int k = r - 2; k >= 0; k--) { long c = rem % indices.Shape[k]; rem /= indices.Shape[k]; if (k != axis) b += c * ds[k]; }
+                for (long j = 0; j < inner; j++)
                 {
-                    if (coord[k] >= dataShape[k]) throw ctx.Error($"indices {indices.Describe()} exceed the data shape {ShapeUtil.Format(dataShape)} on axis {k}");
-                    off += coord[k] * ds[k];
+                    long e = row * inner + j, v = idx[e], i = v < 0 ? v + dim : v;
+                    if (i < 0 || i >= dim) { bad = v; anyBad = true; continue; }
+                    offs[e] = b + i * ds[axis] + (axis == r - 1 ? 0 : j * ds[r - 1]);
                 }
             }
-            offs[e] = off + Index(ctx, idx[e], dim) * ds[axis];
-            for (int k = r - 1; k >= 0; k--) { if (++coord[k] < indices.Shape[k]) break; coord[k] = 0; }
+        }
+        if (n >= 1 << 16 && rows > 1)
+        {
+            int chunks = (int)Math.Min(rows, Environment.ProcessorCount * 4L);
+            Parallel.For(0, chunks, c => Rows(rows * c / chunks, rows * (c + 1) / chunks));
+        }
+        else Rows(0, rows);
+        if (anyBad)
+        {
+            // Name the first bad index (the one the parallel pass saw depends on scheduling).
+            foreach (long v in idx) if (v < -dim || v >= dim) { bad = v; break; }
+            throw ctx.Error($"index {bad} is out of range for a dimension of size {dim}");
         }
         return offs;
     }

@@ -212,7 +212,8 @@ public sealed class MovementOps : ICpuOpFamily
         }
         var outShape = new long[r];
         for (int i = 0; i < r; i++) outShape[i] = cropShape[i] + begin[i] + end[i];
-        if (ShapeUtil.Size(cropShape) == 0 && mode != "constant" && ShapeUtil.Size(outShape) != 0)
+        if (ShapeUtil.Size(outShape) == 0) return [Tensor.Zeros(x.DType, outShape)];
+        if (ShapeUtil.Size(cropShape) == 0 && mode != "constant")
             throw ctx.Error($"mode '{mode}' cannot pad an empty tensor");
 
         if (mode == "constant")
@@ -225,12 +226,12 @@ public sealed class MovementOps : ICpuOpFamily
             ShapeKit.CopyStrided(x, cropOff, st, o, doff, ost, cropShape);
             return [o];
         }
-        var cur = ShapeKit.Materialize(x, cropOff, st, cropShape);
+        // reflect / edge / wrap: every output coordinate maps to one coordinate of the cropped input, per axis.
+        var maps = new long[r][];
         for (int ax = 0; ax < r; ax++)
         {
-            if (begin[ax] == 0 && end[ax] == 0) continue;
             long n = cropShape[ax];
-            var map = new long[outShape[ax]];
+            var map = maps[ax] = new long[outShape[ax]];
             for (long j = 0; j < map.Length; j++)
             {
                 long s = j - begin[ax];
@@ -241,9 +242,21 @@ public sealed class MovementOps : ICpuOpFamily
                     _ => Reflect(s, n),
                 };
             }
-            cur = ShapeKit.GatherAxis(cur, ax, map, [map.Length]);
         }
-        return [cur];
+        if (r == 0) return [x];
+        var res = Tensor.Zeros(x.DType, outShape);
+        long rowsN = ShapeUtil.Size(outShape.AsSpan(0, r - 1));
+        var rowOffs = new long[rowsN];
+        var coord = new long[r - 1];
+        for (long i = 0; i < rowsN; i++)
+        {
+            long off = cropOff;
+            for (int k = 0; k < r - 1; k++) off += maps[k][coord[k]] * st[k];
+            rowOffs[i] = off;
+            for (int k = r - 2; k >= 0; k--) { if (++coord[k] < outShape[k]) break; coord[k] = 0; }
+        }
+        ShapeKit.GatherRows(x, rowOffs, maps[r - 1], res);
+        return [res];
     }
 
     /// <summary>numpy 'reflect': mirror about the edges without repeating them (period 2(n-1)).</summary>

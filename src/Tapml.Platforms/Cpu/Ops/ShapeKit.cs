@@ -67,28 +67,34 @@ internal static class ShapeKit
         int r = shape.Length;
         if (r == 0) { Raw<T>(dst)[(int)dstOff] = Raw<T>(src)[(int)srcOff]; return; }
 
-        // Transpose-like: the destination's innermost dimension is contiguous and the source's contiguous
-        // dimension is the one before it: copy 2-D tiles so both sides stay in cache.
-        if (r >= 2 && ds[r - 1] == 1 && ss[r - 2] == 1 && ss[r - 1] != 1 && ds[r - 2] != 1 && shape[r - 1] >= 8 && shape[r - 2] >= 8)
+        // Transpose-like: the destination's innermost dimension is contiguous and the source is contiguous along
+        // another dimension p: copy 2-D tiles over (p, last) so both sides stay in cache.
+        int pc = -1;
+        for (int k = 0; k < r - 1; k++) if (ss[k] == 1) pc = k;
+        if (pc >= 0 && ds[r - 1] == 1 && ss[r - 1] != 1 && shape[r - 1] >= 8 && shape[pc] >= 8)
         {
-            long planes = total / (shape[r - 1] * shape[r - 2]);
-            long rowsA = shape[r - 2], colsB = shape[r - 1];
+            long rowsA = shape[pc], colsB = shape[r - 1];
+            long planes = total / (rowsA * colsB);
             const int TB = 32;
             long tilesA = (rowsA + TB - 1) / TB;
             void Tile(long job)
             {
-                long p = job / tilesA, ta = job % tilesA;
-                long so = srcOff, dof = dstOff, rem = p;
-                for (int k = r - 3; k >= 0; k--) { long i = rem % shape[k]; rem /= shape[k]; so += i * ss[k]; dof += i * ds[k]; }
+                long plane = job / tilesA, ta = job % tilesA;
+                long so = srcOff, dof = dstOff, rem = plane;
+                for (int k = r - 2; k >= 0; k--)
+                {
+                    if (k == pc) continue;
+                    long i = rem % shape[k]; rem /= shape[k]; so += i * ss[k]; dof += i * ds[k];
+                }
                 var s = Raw<T>(src); var d = Raw<T>(dst);
-                long a0 = ta * TB, a1 = Math.Min(rowsA, a0 + TB);
+                long a0 = ta * TB, a1 = Math.Min(rowsA, a0 + TB), dA = ds[pc], sB = ss[r - 1];
                 for (long b0 = 0; b0 < colsB; b0 += TB)
                 {
                     long b1 = Math.Min(colsB, b0 + TB);
                     for (long a = a0; a < a1; a++)
                     {
-                        long sBase = so + a * ss[r - 2], dBase = dof + a * ds[r - 2];
-                        for (long b = b0; b < b1; b++) d[(int)(dBase + b)] = s[(int)(sBase + b * ss[r - 1])];
+                        long sBase = so + a, dBase = dof + a * dA;
+                        for (long b = b0; b < b1; b++) d[(int)(dBase + b)] = s[(int)(sBase + b * sB)];
                     }
                 }
             }
@@ -98,24 +104,47 @@ internal static class ShapeKit
             return;
         }
 
+        // Rows over the outer dimensions, a 2-D kernel over the last two.
         long inner = shape[r - 1], sIn = ss[r - 1], dIn = ds[r - 1];
-        long rows = total / inner;
+        long mid = r >= 2 ? shape[r - 2] : 1, sMid = r >= 2 ? ss[r - 2] : 0, dMid = r >= 2 ? ds[r - 2] : 0;
+        long rows = total / (inner * mid);
         void Rows(long r0, long r1)
         {
             var s = Raw<T>(src); var d = Raw<T>(dst);
             for (long row = r0; row < r1; row++)
             {
-                long so = srcOff, dof = dstOff, rem = row;
-                for (int k = r - 2; k >= 0; k--) { long i = rem % shape[k]; rem /= shape[k]; so += i * ss[k]; dof += i * ds[k]; }
-                if (sIn == 1 && dIn == 1) s.Slice((int)so, (int)inner).CopyTo(d.Slice((int)dof, (int)inner));
-                else if (sIn == 0 && dIn == 1) d.Slice((int)dof, (int)inner).Fill(s[(int)so]);
-                else for (long i = 0; i < inner; i++) d[(int)(dof + i * dIn)] = s[(int)(so + i * sIn)];
+                long so0 = srcOff, do0 = dstOff, rem = row;
+                for (int k = r - 3; k >= 0; k--) { long i = rem % shape[k]; rem /= shape[k]; so0 += i * ss[k]; do0 += i * ds[k]; }
+                for (long m = 0; m < mid; m++)
+                {
+                    long so = so0 + m * sMid, dof = do0 + m * dMid;
+                    if (sIn == 1 && dIn == 1) s.Slice((int)so, (int)inner).CopyTo(d.Slice((int)dof, (int)inner));
+                    else if (sIn == 0 && dIn == 1) d.Slice((int)dof, (int)inner).Fill(s[(int)so]);
+                    else for (long i = 0; i < inner; i++) d[(int)(dof + i * dIn)] = s[(int)(so + i * sIn)];
+                }
             }
         }
         if (total >= ParallelMin && rows > 1)
         {
             int chunks = (int)Math.Min(rows, Environment.ProcessorCount * 4L);
             Parallel.For(0, chunks, c => Rows(rows * c / chunks, rows * (c + 1) / chunks));
+        }
+        else if (total >= ParallelMin && mid > 1)
+        {
+            // One row: split the middle dimension instead.
+            int chunks = (int)Math.Min(mid, Environment.ProcessorCount * 4L);
+            Parallel.For(0, chunks, c =>
+            {
+                long m0 = mid * c / chunks, m1 = mid * (c + 1) / chunks;
+                var s = Raw<T>(src); var d = Raw<T>(dst);
+                for (long m = m0; m < m1; m++)
+                {
+                    long so = srcOff + m * sMid, dof = dstOff + m * dMid;
+                    if (sIn == 1 && dIn == 1) s.Slice((int)so, (int)inner).CopyTo(d.Slice((int)dof, (int)inner));
+                    else if (sIn == 0 && dIn == 1) d.Slice((int)dof, (int)inner).Fill(s[(int)so]);
+                    else for (long i = 0; i < inner; i++) d[(int)(dof + i * dIn)] = s[(int)(so + i * sIn)];
+                }
+            });
         }
         else Rows(0, rows);
     }
@@ -165,6 +194,44 @@ internal static class ShapeKit
             else for (long i = i0; i < i1; i++) s.Slice((int)offsets[i], (int)block).CopyTo(d.Slice((int)(i * block), (int)block));
         }
         if (n * block >= ParallelMin && n > 1)
+        {
+            int chunks = (int)Math.Min(n, Environment.ProcessorCount * 4L);
+            Parallel.For(0, chunks, c => Range(n * c / chunks, n * (c + 1) / chunks));
+        }
+        else Range(0, n);
+    }
+
+    /// <summary>dst[i·W + j] = src[rowOffsets[i] + colMap[j]] with W = colMap.Length (contiguous maps copy spans).</summary>
+    public static void GatherRows(Tensor src, long[] rowOffsets, long[] colMap, Tensor dst)
+    {
+        switch (Width(src.DType))
+        {
+            case 0: GatherRowsT<string>(src.Data, rowOffsets, colMap, dst.Data); break;
+            case 1: GatherRowsT<byte>(src.Data, rowOffsets, colMap, dst.Data); break;
+            case 2: GatherRowsT<ushort>(src.Data, rowOffsets, colMap, dst.Data); break;
+            case 4: GatherRowsT<uint>(src.Data, rowOffsets, colMap, dst.Data); break;
+            case 8: GatherRowsT<ulong>(src.Data, rowOffsets, colMap, dst.Data); break;
+            default: throw new TapmlException($"cannot move {DTypes.Name(src.DType)} elements");
+        }
+    }
+
+    static void GatherRowsT<T>(Array src, long[] rowOffsets, long[] colMap, Array dst)
+    {
+        long n = rowOffsets.Length, w = colMap.Length;
+        if (n == 0 || w == 0) return;
+        bool contiguous = true;
+        for (long j = 1; j < w; j++) contiguous &= colMap[j] == colMap[0] + j;
+        void Range(long i0, long i1)
+        {
+            var s = Raw<T>(src); var d = Raw<T>(dst);
+            for (long i = i0; i < i1; i++)
+            {
+                long so = rowOffsets[i], dof = i * w;
+                if (contiguous) s.Slice((int)(so + colMap[0]), (int)w).CopyTo(d.Slice((int)dof, (int)w));
+                else for (long j = 0; j < w; j++) d[(int)(dof + j)] = s[(int)(so + colMap[j])];
+            }
+        }
+        if (n * w >= ParallelMin && n > 1)
         {
             int chunks = (int)Math.Min(n, Environment.ProcessorCount * 4L);
             Parallel.For(0, chunks, c => Range(n * c / chunks, n * (c + 1) / chunks));
