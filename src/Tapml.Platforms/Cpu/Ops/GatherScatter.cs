@@ -226,8 +226,8 @@ public sealed class GatherScatterOps : ICpuOpFamily
         return [o];
     }
 
-    // OneHot: depth inserted at axis; on_value where (index mod depth for negatives) == position, off_value
-    // elsewhere; indices outside [-depth, depth-1] give all off_value.
+    // OneHot: depth inserted at axis; on_value where index (+ depth when negative, opset 11) == position,
+    // off_value elsewhere; indices outside [-depth, depth-1] ([0, depth-1] at opset 9) give all off_value.
     static Value?[] OneHot(NodeContext ctx, Value?[] inputs)
     {
         var it = inputs.T(0, ctx);
@@ -253,7 +253,7 @@ public sealed class GatherScatterOps : ICpuOpFamily
             {
                 long e = a * inner + b;
                 long v = DTypes.IsFloat(it.DType) ? (long)it.GetDouble(e) : it.GetInt64(e);
-                if (v < 0) v += depth;
+                if (v < 0 && ctx.Opset >= 11) v += depth;   // negative indices count from the end since opset 11
                 if (v < 0 || v >= depth) continue;
                 Array.Copy(vals.Data, 1, o.Data, (a * depth + v) * inner + b, 1);
             }

@@ -34,7 +34,7 @@ public sealed class MovementOps : ICpuOpFamily
             var seen = new bool[r];
             for (int i = 0; i < r; i++)
             {
-                long a = p[i] < 0 ? p[i] + r : p[i];
+                long a = p[i];
                 if (a < 0 || a >= r || seen[a]) throw ctx.Error($"perm {ShapeUtil.Format(p)} is not a permutation of 0..{r - 1}");
                 seen[a] = true; perm[i] = (int)a;
             }
@@ -269,11 +269,21 @@ public sealed class MovementOps : ICpuOpFamily
     }
 
     // Tile: out dim i = dim i · repeats[i]; viewed as [r0, d0, r1, d1, …] with stride 0 on the repeats.
+    // Opset 1 took (input, tiles, axis) scalars instead of repeats.
     static Value?[] Tile(NodeContext ctx, Value?[] inputs)
     {
         var x = inputs.T(0, ctx);
-        var reps = ShapeKit.Ints(inputs.T(1, ctx));
         int r = x.Rank;
+        long[] reps;
+        if (ctx.Opset < 6)
+        {
+            long tiles = inputs.T(1, ctx).GetInt64(0);
+            int ax = ShapeOps.NormAxis(ctx, inputs.T(2, ctx).GetInt64(0), r);
+            reps = new long[r];
+            Array.Fill(reps, 1L);
+            reps[ax] = tiles;
+        }
+        else reps = ShapeKit.Ints(inputs.T(1, ctx));
         if (reps.Length != r) throw ctx.Error($"repeats {ShapeUtil.Format(reps)} must have {r} values");
         var st = ShapeUtil.Strides(x.Shape);
         var vShape = new long[2 * r]; var vSt = new long[2 * r]; var outShape = new long[r];
