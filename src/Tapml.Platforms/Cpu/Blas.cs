@@ -39,7 +39,7 @@ public static class Blas
             fixed (float* pa = a, pb = b, pc = c)
             {
                 var g = new GemmArgs { A = pa, B = pb, C = pc, Lda = lda, Ldb = ldb, Ldc = ldc, M = m, N = n, K = k, Alpha = alpha, TransA = transA, TransB = transB };
-                bool parallel = (long)m * n * k >= ParallelWork && Environment.ProcessorCount > 1;
+                bool parallel = (long)m * n * k >= ParallelWork && CpuThreads.Max > 1;
                 if (m < SmallM) SmallRows(g, parallel);
                 else Packed(g, parallel);
             }
@@ -81,7 +81,7 @@ public static class Blas
                 const int chunk = 16;
                 int chunks = (n + chunk - 1) / chunk;
                 if (!parallel) for (int t = 0; t < chunks; t++) DotChunk(g, (float*)R, t * chunk, Math.Min(n, t * chunk + chunk));
-                else Parallel.For(0, chunks, t => DotChunk(g, (float*)R, t * chunk, Math.Min(n, t * chunk + chunk)));
+                else Parallel.For(0, chunks, CpuThreads.Options, t => DotChunk(g, (float*)R, t * chunk, Math.Min(n, t * chunk + chunk)));
                 return;
             }
             // B streamed by rows: tasks are (row of A, column chunk, k-block), each writing its own partial sums; the
@@ -95,7 +95,7 @@ public static class Blas
                 nint P = (nint)pp;
                 int tasks = m * nChunks * kBlocks;
                 if (!parallel) for (int t = 0; t < tasks; t++) AxpyBlock(g, (float*)R, (float*)P, t, nChunks, kBlocks);
-                else Parallel.For(0, tasks, t => AxpyBlock(g, (float*)R, (float*)P, t, nChunks, kBlocks));
+                else Parallel.For(0, tasks, CpuThreads.Options, t => AxpyBlock(g, (float*)R, (float*)P, t, nChunks, kBlocks));
                 for (int i = 0; i < m; i++)
                 {
                     var crow = new Span<float>(g.C + (long)i * g.Ldc, n);
@@ -173,10 +173,10 @@ public static class Blas
                 for (int p0 = 0; p0 < k; p0 += KC)
                 {
                     int kc = Math.Min(KC, k - p0);
-                    if (parallel && nPanels > 1) Parallel.For(0, nPanels, jp => PackB(g, (float*)BP, jp, p0, kc));
+                    if (parallel && nPanels > 1) Parallel.For(0, nPanels, CpuThreads.Options, jp => PackB(g, (float*)BP, jp, p0, kc));
                     else for (int jp = 0; jp < nPanels; jp++) PackB(g, (float*)BP, jp, p0, kc);
                     int tasks = mBlocks * nBlocks;
-                    if (parallel && tasks > 1) Parallel.For(0, tasks, t => Block(g, (float*)BP, t / nBlocks, t % nBlocks, p0, kc));
+                    if (parallel && tasks > 1) Parallel.For(0, tasks, CpuThreads.Options, t => Block(g, (float*)BP, t / nBlocks, t % nBlocks, p0, kc));
                     else for (int t = 0; t < tasks; t++) Block(g, (float*)BP, t / nBlocks, t % nBlocks, p0, kc);
                 }
             }

@@ -13,7 +13,7 @@ public sealed class CpuPlatform : HostPlatform
     public CpuPlatform(CpuOpRegistry? ops = null) => _ops = ops ?? CpuOpRegistry.Default;
 
     public override string Name => "cpu";
-    public override string Description => $"tapml reference kernels, {Environment.ProcessorCount} threads, {_ops.All.Count()} ops";
+    public override string Description => $"tapml reference kernels, {CpuThreads.Max} threads, {_ops.All.Count()} ops";
 
     public override Support Supports(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes)
     {

@@ -159,7 +159,7 @@ public sealed class Activations : ICpuOpFamily
         {
             int rowsPer = Math.Max(1, UnaryHelpers.Chunk / L);
             int chunks = (rows + rowsPer - 1) / rowsPer;
-            Parallel.For(0, chunks, c => body(c * rowsPer, Math.Min(rowsPer, rows - c * rowsPer)));
+            Parallel.For(0, chunks, CpuThreads.Options, c => body(c * rowsPer, Math.Min(rowsPer, rows - c * rowsPer)));
         }
         return Tensor.FromArray(r, UnaryHelpers.Shape(x));
     }

@@ -124,14 +124,14 @@ internal sealed class BinaryBroadcastPlan
     {
         if (Length == 0) return;
         int k = InnerStride.Length;
-        long target = Length < ParallelThreshold || Environment.ProcessorCount == 1
+        long target = Length < ParallelThreshold || CpuThreads.Max == 1
             ? long.MaxValue
-            : Math.Max(MinSegment, Length / (Environment.ProcessorCount * 4L));
+            : Math.Max(MinSegment, Length / (CpuThreads.Max * 4L));
         if (Inner >= target)
         {
             // Long rows (e.g. same-shape inputs, merged into one row): split each row into segments.
             long segs = (Inner + target - 1) / target, tasks = Rows * segs;
-            Parallel.For(0L, tasks, t =>
+            Parallel.For(0L, tasks, CpuThreads.Options, t =>
             {
                 Span<long> offs = stackalloc long[k];
                 long row = t / segs, start = t % segs * target;
@@ -154,7 +154,7 @@ internal sealed class BinaryBroadcastPlan
             }
         }
         if (nTasks == 1) Body(0);
-        else Parallel.For(0L, nTasks, Body);
+        else Parallel.For(0L, nTasks, CpuThreads.Options, Body);
     }
 }
 
@@ -206,10 +206,10 @@ internal static class BinaryBroadcast
     public static void Chunks(long n, Action<int, int> fn)
     {
         const long chunk = 1 << 15;
-        if (n <= chunk || Environment.ProcessorCount == 1) { if (n > 0) fn(0, (int)n); return; }
-        long size = Math.Max(chunk, n / (Environment.ProcessorCount * 4L));
+        if (n <= chunk || CpuThreads.Max == 1) { if (n > 0) fn(0, (int)n); return; }
+        long size = Math.Max(chunk, n / (CpuThreads.Max * 4L));
         long tasks = (n + size - 1) / size;
-        Parallel.For(0L, tasks, t => { long s = t * size; fn((int)s, (int)Math.Min(size, n - s)); });
+        Parallel.For(0L, tasks, CpuThreads.Options, t => { long s = t * size; fn((int)s, (int)Math.Min(size, n - s)); });
     }
 
     /// <summary>Adapts a type-generic <see cref="IBinaryArith"/> op to one element type.</summary>

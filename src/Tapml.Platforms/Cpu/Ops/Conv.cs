@@ -236,7 +236,7 @@ internal static class ConvHelpers
         {
             for (int kk = 0; kk < g.KSize; kk++) Col2ImRow(col, colOff, y, yOff, c * g.KSize + kk, g);
         }
-        if (parallel && channels > 1 && (long)channels * g.KSize * g.OutSize >= 1 << 15) Parallel.For(0, channels, Channel);
+        if (parallel && channels > 1 && (long)channels * g.KSize * g.OutSize >= 1 << 15) Parallel.For(0, channels, CpuThreads.Options, Channel);
         else for (int c = 0; c < channels; c++) Channel(c);
     }
 
@@ -310,7 +310,7 @@ internal static class ConvHelpers
             else
             {
                 if (units == 1 && (long)kdim * cols >= 1 << 15)
-                    Parallel.For(0, kdim, row => Im2ColRow(x, xOff, col!, row, g, q0, qn));
+                    Parallel.For(0, kdim, CpuThreads.Options, row => Im2ColRow(x, xOff, col!, row, g, q0, qn));
                 else
                     for (int row = 0; row < kdim; row++) Im2ColRow(x, xOff, col!, row, g, q0, qn);
                 bm = col!; bOff = 0; ldb = cols;
@@ -326,7 +326,7 @@ internal static class ConvHelpers
         }
         if (units == 1) Unit(0, pointwise ? null : new T[colLen]);
         else
-            Parallel.For(0, units, () => pointwise ? null : new T[colLen], (u, _, col) => { Unit(u, col); return col; }, _ => { });
+            Parallel.For(0, units, CpuThreads.Options, () => pointwise ? null : new T[colLen], (u, _, col) => { Unit(u, col); return col; }, _ => { });
         return y;
     }
 

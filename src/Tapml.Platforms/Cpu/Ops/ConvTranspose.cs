@@ -142,7 +142,7 @@ public sealed class ConvTransposeOps : ICpuOpFamily
         }
         if (items == 1) Item(0, direct ? [] : new T[colLen]);
         else if (items > 1)
-            Parallel.For(0, items, () => direct ? [] : new T[colLen], (it, _, col) => { Item(it, col); return col; }, _ => { });
+            Parallel.For(0, items, CpuThreads.Options, () => direct ? [] : new T[colLen], (it, _, col) => { Item(it, col); return col; }, _ => { });
         return y;
     }
 

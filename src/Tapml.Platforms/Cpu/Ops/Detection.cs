@@ -121,7 +121,7 @@ public sealed class Detection : ICpuOpFamily
         var y = new double[nR * C * oh * ow];
         bool f64 = x.DType == DType.Float64;
         double R(double v) => f64 ? v : (float)v;
-        Parallel.For(0, nR, n =>
+        Parallel.For(0, nR, CpuThreads.Options, n =>
         {
             long b = bi[n];
             if (b < 0 || b >= N) throw ctx.Error($"batch index {b} out of range [0, {N})");

@@ -72,8 +72,8 @@ public sealed class GatherScatterOps : ICpuOpFamily
         }
         if (n >= 1 << 16 && rows > 1)
         {
-            int chunks = (int)Math.Min(rows, Environment.ProcessorCount * 4L);
-            Parallel.For(0, chunks, c => Rows(rows * c / chunks, rows * (c + 1) / chunks));
+            int chunks = (int)Math.Min(rows, CpuThreads.Max * 4L);
+            Parallel.For(0, chunks, CpuThreads.Options, c => Rows(rows * c / chunks, rows * (c + 1) / chunks));
         }
         else Rows(0, rows);
         if (anyBad)

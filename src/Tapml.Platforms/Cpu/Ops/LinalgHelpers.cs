@@ -77,9 +77,9 @@ internal static class LinalgHelpers
     /// so results never depend on the thread count.</summary>
     public static void For(long n, long perItem, Action<int> body)
     {
-        if (n <= 1 || n * Math.Max(perItem, 1) < ParallelElems || Environment.ProcessorCount == 1)
+        if (n <= 1 || n * Math.Max(perItem, 1) < ParallelElems || CpuThreads.Max == 1)
             for (int i = 0; i < n; i++) body(i);
-        else Parallel.For(0, (int)n, body);
+        else Parallel.For(0, (int)n, CpuThreads.Options, body);
     }
 
     /// <summary>Row-major C[m,n] = A[m,k]·B[k,n] for any numeric type (integers wrap like the ONNX reference's

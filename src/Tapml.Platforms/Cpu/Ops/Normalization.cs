@@ -32,7 +32,7 @@ public sealed class NormalizationOps : ICpuOpFamily
 
     static void ParallelRows(int rows, long rowWork, Action<int> body)
     {
-        if (rows > 1 && rows * rowWork >= 1 << 15) Parallel.For(0, rows, body);
+        if (rows > 1 && rows * rowWork >= 1 << 15) Parallel.For(0, rows, CpuThreads.Options, body);
         else for (int i = 0; i < rows; i++) body(i);
     }
 

@@ -149,7 +149,7 @@ public sealed class PoolingOps : ICpuOpFamily
     {
         long work = (long)planes * g.OutSize * g.K[0] * g.K[1] * g.K[2];
         if (planes > 1 && work >= 1 << 14)
-            Parallel.For(0, planes, pl => Plane(x, y, pl, g, kind, includePad, p, idx, storageOrder));
+            Parallel.For(0, planes, CpuThreads.Options, pl => Plane(x, y, pl, g, kind, includePad, p, idx, storageOrder));
         else
             for (int pl = 0; pl < planes; pl++) Plane(x, y, pl, g, kind, includePad, p, idx, storageOrder);
     }
@@ -274,7 +274,7 @@ public sealed class PoolingOps : ICpuOpFamily
         var xf = TensorConvert.ToF32(x).As<float>();
         var yf = new float[planes];
         if (planes > 1 && (long)planes * size >= 1 << 16)
-            Parallel.For(0, planes, pl => yf[pl] = GlobalPlaneF(xf, pl * size, size, kind, p));
+            Parallel.For(0, planes, CpuThreads.Options, pl => yf[pl] = GlobalPlaneF(xf, pl * size, size, kind, p));
         else
             for (int pl = 0; pl < planes; pl++) yf[pl] = GlobalPlaneF(xf, pl * size, size, kind, p);
         return TensorConvert.To(Tensor.FromArray(yf, shape), x.DType);

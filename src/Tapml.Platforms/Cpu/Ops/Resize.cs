@@ -237,7 +237,7 @@ public sealed class Resize : ICpuOpFamily
         long inLen = shape[d], outLen = taps.Length;
         var dst = new double[outer * outLen * inner];
         int n = (int)inner;
-        Parallel.For(0, outer * outLen, row =>
+        Parallel.For(0, outer * outLen, CpuThreads.Options, row =>
         {
             long o = row / outLen, j = row % outLen;
             var t = taps[j];
@@ -417,7 +417,7 @@ public sealed class Resize : ICpuOpFamily
         var bmin = new double[nd]; var bmax = new double[nd];
         for (int i = 0; i < nd; i++) { bmin[i] = align ? 0 : -0.5; bmax[i] = align ? dims[i] - 1 : dims[i] - 0.5; }
 
-        Parallel.For(0, N * nOut, p =>
+        Parallel.For(0, N * nOut, CpuThreads.Options, p =>
         {
             long n = p / nOut, o = p % nOut;
             // grid holds (x, y[, z]): its last entry indexes the first spatial axis.

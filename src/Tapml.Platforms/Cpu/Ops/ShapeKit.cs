@@ -99,7 +99,7 @@ internal static class ShapeKit
                 }
             }
             long jobs = planes * tilesA;
-            if (total >= ParallelMin && jobs > 1) Parallel.For(0L, jobs, Tile);
+            if (total >= ParallelMin && jobs > 1) Parallel.For(0L, jobs, CpuThreads.Options, Tile);
             else for (long j = 0; j < jobs; j++) Tile(j);
             return;
         }
@@ -126,14 +126,14 @@ internal static class ShapeKit
         }
         if (total >= ParallelMin && rows > 1)
         {
-            int chunks = (int)Math.Min(rows, Environment.ProcessorCount * 4L);
-            Parallel.For(0, chunks, c => Rows(rows * c / chunks, rows * (c + 1) / chunks));
+            int chunks = (int)Math.Min(rows, CpuThreads.Max * 4L);
+            Parallel.For(0, chunks, CpuThreads.Options, c => Rows(rows * c / chunks, rows * (c + 1) / chunks));
         }
         else if (total >= ParallelMin && mid > 1)
         {
             // One row: split the middle dimension instead.
-            int chunks = (int)Math.Min(mid, Environment.ProcessorCount * 4L);
-            Parallel.For(0, chunks, c =>
+            int chunks = (int)Math.Min(mid, CpuThreads.Max * 4L);
+            Parallel.For(0, chunks, CpuThreads.Options, c =>
             {
                 long m0 = mid * c / chunks, m1 = mid * (c + 1) / chunks;
                 var s = Raw<T>(src); var d = Raw<T>(dst);
@@ -195,8 +195,8 @@ internal static class ShapeKit
         }
         if (n * block >= ParallelMin && n > 1)
         {
-            int chunks = (int)Math.Min(n, Environment.ProcessorCount * 4L);
-            Parallel.For(0, chunks, c => Range(n * c / chunks, n * (c + 1) / chunks));
+            int chunks = (int)Math.Min(n, CpuThreads.Max * 4L);
+            Parallel.For(0, chunks, CpuThreads.Options, c => Range(n * c / chunks, n * (c + 1) / chunks));
         }
         else Range(0, n);
     }
@@ -233,8 +233,8 @@ internal static class ShapeKit
         }
         if (n * w >= ParallelMin && n > 1)
         {
-            int chunks = (int)Math.Min(n, Environment.ProcessorCount * 4L);
-            Parallel.For(0, chunks, c => Range(n * c / chunks, n * (c + 1) / chunks));
+            int chunks = (int)Math.Min(n, CpuThreads.Max * 4L);
+            Parallel.For(0, chunks, CpuThreads.Options, c => Range(n * c / chunks, n * (c + 1) / chunks));
         }
         else Range(0, n);
     }

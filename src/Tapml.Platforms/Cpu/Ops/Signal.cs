@@ -94,7 +94,7 @@ public sealed class Signal : ICpuOpFamily
         var y = new double[outer * outLen * inner * 2];
         var plan = new DftPlan(dftLen);
         int ol = outLen;
-        Parallel.For(0, outer * inner, () => (new double[dftLen], new double[dftLen], new double[dftLen], new double[dftLen]),
+        Parallel.For(0, outer * inner, CpuThreads.Options, () => (new double[dftLen], new double[dftLen], new double[dftLen], new double[dftLen]),
             (line, _, buf) =>
             {
                 var (re, im, tre, tim) = buf;

@@ -37,7 +37,7 @@ internal static class UnaryHelpers
     {
         if (n < ParallelMin) { if (n > 0) body(0, n); return; }
         int chunks = (n + Chunk - 1) / Chunk;
-        Parallel.For(0, chunks, c =>
+        Parallel.For(0, chunks, CpuThreads.Options, c =>
         {
             int s = c * Chunk;
             body(s, Math.Min(Chunk, n - s));
