@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
+using Spectre.Console;
 using Tapml.Core;
 using Tapml.Ir;
 using Tapml.Ir.Onnx;
@@ -22,16 +23,20 @@ static class RunVerb
         var compare = new Option<string?>("--compare") { Description = "also run on this platform (e.g. onnxruntime) and compare every output" };
         var rtol = new Option<double>("--rtol") { Description = "relative tolerance for --compare", DefaultValueFactory = _ => 1e-3 };
         var atol = new Option<double>("--atol") { Description = "absolute tolerance for --compare", DefaultValueFactory = _ => 1e-5 };
-        var cmd = new Command("run", "run one inference of a model on a platform") { model, platform, inputs, outputs, compare, rtol, atol };
+        var profile = new Option<bool>("--profile") { Description = "time every node (node by node, no whole-graph hand-off) and print the time per operator type" };
+        var cmd = new Command("run", "run one inference of a model on a platform") { model, platform, inputs, outputs, compare, rtol, atol, profile };
         cmd.Action(pr =>
         {
             var m = ModelSpec.Load(pr.GetValue(model)!);
             var feeds = pr.GetValue(inputs) is { } dir ? InputFiles.Read(m, dir) : InputFiles.Generate(m);
             using var p = PlatformRegistry.Create(pr.GetValue(platform)!);
             var exec = new Executor(p) { PreferWholeGraph = true };
+            var prof = pr.GetValue(profile) ? new Profiler() : null;
+            if (prof != null) { exec.Observers.Add(prof); exec.Run(m, feeds); prof.Clear(); } // warm-up run
             var sw = Stopwatch.StartNew();
             var result = exec.Run(m, feeds);
             sw.Stop();
+            prof?.Print(sw.Elapsed.TotalMilliseconds);
             foreach (var (name, v) in result) Console.WriteLine($"{name}: {v.Describe()}{Preview(v)}");
             if (pr.GetValue(outputs) is { } outDir)
             {
@@ -61,6 +66,26 @@ static class RunVerb
         int k = (int)Math.Min(6, t.Length);
         var vals = Enumerable.Range(0, k).Select(i => t.GetDouble(i).ToString("G5", System.Globalization.CultureInfo.InvariantCulture));
         return " = [" + string.Join(", ", vals) + (t.Length > k ? ", …" : "") + "]";
+    }
+}
+
+/// <summary>Per-operator-type time of one run (the observer sees each node's elapsed time).</summary>
+sealed class Profiler : IExecutionObserver
+{
+    readonly Dictionary<string, (int Count, double Ms)> _byOp = new();
+    public void OnNodeRun(NodeEvent e)
+    {
+        var (c, ms) = _byOp.GetValueOrDefault(e.Node.OpType);
+        _byOp[e.Node.OpType] = (c + 1, ms + e.Elapsed.TotalMilliseconds);
+    }
+    public void Clear() => _byOp.Clear();
+    public void Print(double totalMs)
+    {
+        var table = new Table().AddColumns("op", "nodes", "ms", "share");
+        foreach (var (op, (c, ms)) in _byOp.OrderByDescending(x => x.Value.Ms))
+            table.AddRow(op, c.ToString(), ms.ToString("F2"), (ms / totalMs).ToString("P1"));
+        table.Caption($"total {totalMs:F1} ms");
+        AnsiConsole.Write(table);
     }
 }
 

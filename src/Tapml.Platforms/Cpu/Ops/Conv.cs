@@ -288,8 +288,12 @@ internal static class ConvHelpers
         }
         int kdim = checked((int)kdimL);
         int outLast = g.Out[g.R - 1], outer = outSize / outLast;
-        // Tile: ~512 KiB of im2col (at least 256 columns), whole rows of the last spatial dim.
-        int targetCols = Math.Max(256, (128 * 1024) / kdim);
+        // Tile: with at least as many (image, group) items as threads, ~512 KiB of im2col per tile (at least 256
+        // columns) and items run in parallel; with fewer items (one image, one group: the usual CNN layer) one big
+        // tile of up to 8M elements, so a single Sgemm call with its own packing and parallelism does the work
+        // (many small calls would re-pack the weights each time).
+        bool fewItems = (long)n * group < CpuThreads.Max;
+        int targetCols = fewItems ? (int)Math.Max(256, (8L << 20) / kdim) : Math.Max(256, (128 * 1024) / kdim);
         int qPerTile = Math.Clamp(targetCols / outLast, 1, outer);
         int tiles = (outer + qPerTile - 1) / qPerTile;
         long colLen = kdimL * qPerTile * outLast;
