@@ -328,9 +328,13 @@ internal static class ConvHelpers
             }
             gemm(mg, cols, kdim, w, gi * mg * kdim, kdim, bm, bOff, ldb, y, yOff, outSize, acc);
         }
-        if (units == 1) Unit(0, pointwise ? null : new T[colLen]);
+        // NOTE: im2col buffers come from the shared pool: a fresh multi-MiB array per call lands on the large
+        // object heap and costs a gen-2 collection every few layers.
+        T[]? Rent() => pointwise ? null : System.Buffers.ArrayPool<T>.Shared.Rent(checked((int)colLen));
+        void Return(T[]? col) { if (col != null) System.Buffers.ArrayPool<T>.Shared.Return(col); }
+        if (units == 1) { var col = Rent(); try { Unit(0, col); } finally { Return(col); } }
         else
-            Parallel.For(0, units, CpuThreads.Options, () => pointwise ? null : new T[colLen], (u, _, col) => { Unit(u, col); return col; }, _ => { });
+            Parallel.For(0, units, CpuThreads.Options, Rent, (u, _, col) => { Unit(u, col); return col; }, Return);
         return y;
     }
 
