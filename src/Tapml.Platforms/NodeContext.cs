@@ -16,6 +16,8 @@ public sealed class NodeContext
     /// <summary>Opset version in effect for the node's domain.</summary>
     public int Opset { get; }
     public SubgraphRunner? RunSubgraph { get; init; }
+    /// <summary>The graph this node belongs to (ops such as Gradient read the nodes around them).</summary>
+    public Graph? Owner { get; init; }
 
     public NodeContext(Node node, int opset) { Node = node; Opset = opset; }
 

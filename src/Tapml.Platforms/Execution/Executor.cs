@@ -100,6 +100,7 @@ public sealed class Executor
             var platform = _placement(node);
             var ctx = new NodeContext(node, model.Opset(node.Domain))
             {
+                Owner = g,
                 RunSubgraph = node.Attributes.Count == 0 ? null : (body, inputs) => RunSubgraph(model, body, inputs, scope, depth + 1),
             };
             var inputs = new Value?[node.Inputs.Length];
