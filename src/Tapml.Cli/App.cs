@@ -14,6 +14,11 @@ public static class App
         root.Subcommands.Add(RunVerb.Create());
         root.Subcommands.Add(BenchVerb.Create());
         root.Subcommands.Add(InspectVerb.Create());
+        if (args.Length > 0 && !args[0].StartsWith('-') && root.Subcommands.All(c => c.Name != args[0]))
+        {
+            Console.Error.WriteLine($"error: unknown command '{args[0]}' (commands: {string.Join(", ", root.Subcommands.Select(c => c.Name))})");
+            return 2;
+        }
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
