@@ -87,9 +87,10 @@ public class ConformanceTests
             new ConformanceRunner(Platforms.GetOrAdd(platform, PlatformRegistry.Create), tol).Run(c));
 }
 
-/// <summary>Cases where ONNX Runtime itself disagrees with the ONNX reference data (checked by hand: the cpu
-/// reference passes them, and the difference is in ORT's kernel or environment, not tapml's loader or
-/// comparison). Listed so the oracle's known gaps are explicit.</summary>
+/// <summary>Cases where ONNX Runtime itself disagrees with the ONNX reference data or cannot run them (checked by
+/// hand: the cpu reference passes them, or skips them as random, and the difference is in ORT's kernels or
+/// environment, not in tapml's loader or comparison). Listed so the oracle's known gaps are explicit; a listed
+/// case that ORT passes still counts as passed.</summary>
 static class OrtDeviations
 {
     public static readonly Dictionary<string, string> Known = new()
