@@ -120,4 +120,17 @@ public class CoreTests
         Assert.Contains("'reader'", e.Message);
         Assert.Contains("'ghost'", e.Message);
     }
+
+    [Fact]
+    public void A_node_producing_another_type_than_declared_is_reported()
+    {
+        var b = new GraphBuilder("g");
+        string x = b.Input("x", DType.Float32, 2);
+        string y = b.Node("Cast", [x], new() { ["to"] = Attr.Of((long)DType.Int64) }, name: "to_int");
+        b.Output(y, type: TypeRef.TensorOf(DType.Float32, 2));
+        var m = new Model { Graph = b.Graph, Opsets = new() { [""] = 17 } };
+        var e = Assert.Throws<TapmlException>(() => new Executor(new CpuPlatform()).Run(m, new Dictionary<string, Value> { ["x"] = Tensor.Zeros(DType.Float32, 2) }));
+        Assert.Contains("'to_int'", e.Message);
+        Assert.Contains("i64", e.Message);
+    }
 }

@@ -140,6 +140,8 @@ public sealed class Executor
             for (int o = 0; o < node.Outputs.Length; o++)
             {
                 if (node.Outputs[o].Length == 0 || outputs[o] is null) continue;
+                if (plan.Declared.TryGetValue(node.Outputs[o], out var want) && ElemType(outputs[o]!) is { } got && got != want.ElemType)
+                    throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name} produced {DTypes.Name(got)} for '{node.Outputs[o]}', but the graph declares it {want}");
                 scope.Set(node.Outputs[o], outputs[o]!);
                 Stats.LiveBytes += Bytes(outputs[o]!);
             }
@@ -234,12 +236,19 @@ public sealed class Executor
         for (int i = 0; i < consumed.Length; i++) consumed[i].RemoveAll(s => !produced.Contains(s));
         foreach (var k in uses.Keys.Where(k => !produced.Contains(k)).ToList()) uses.Remove(k);
         foreach (var o in keep) uses[o] = int.MaxValue / 2;
-        p = new Plan(uses, consumed, produced);
+        // Declared element types of values (graph outputs, value_info): a kernel producing another type is a bug
+        // or a malformed model, reported where it happens.
+        var declared = new Dictionary<string, TypeRef>();
+        foreach (var v in g.ValueInfos.Concat(g.Outputs))
+            if (v.Type is { Kind: TypeKind.Tensor } t && t.ElemType != DType.Undefined) declared[v.Name] = t;
+        p = new Plan(uses, consumed, produced, declared);
         _plans[g] = p;
         return p;
     }
 
-    sealed record Plan(Dictionary<string, int> UseCounts, List<string>[] Consumed, HashSet<string> Produced);
+    static DType? ElemType(Value v) => v switch { Tensor t => t.DType, IDeviceValue d => d.DType, _ => null };
+
+    sealed record Plan(Dictionary<string, int> UseCounts, List<string>[] Consumed, HashSet<string> Produced, Dictionary<string, TypeRef> Declared);
 
     /// <summary>Names to values, falling back to the enclosing graph's scope (ONNX lexical scoping).</summary>
     sealed class Scope(Scope? parent)
