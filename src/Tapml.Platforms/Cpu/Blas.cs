@@ -175,13 +175,17 @@ public static class Blas
         if (nBlocks < 2 * threads) mBlocks = Math.Min(rowPanels, (2 * threads + nBlocks - 1) / nBlocks);
         int panelsPerM = (rowPanels + mBlocks - 1) / mBlocks;
         mBlocks = (rowPanels + panelsPerM - 1) / panelsPerM;
-        float[] apack = ArrayPool<float>.Shared.Rent(checked(rowPanels * MR * k));
+        // NOTE: with alpha = 1 and A not transposed the kernel reads A's rows in place (alpha·A = A exactly, so the
+        // arithmetic is the same); packing a large A (conv weights) would cost a full extra pass over it.
+        bool direct = !g.TransA && g.Alpha == 1f && Fma.IsSupported;
+        float[] apack = ArrayPool<float>.Shared.Rent(direct ? 1 : checked(rowPanels * MR * k));
         try
         {
             fixed (float* pap = apack)
             {
-                nint AP = (nint)pap;
-                if (parallel && rowPanels > 1 && (long)m * k >= 1 << 15)
+                nint AP = direct ? 0 : (nint)pap;
+                if (direct) { }
+                else if (parallel && rowPanels > 1 && (long)m * k >= 1 << 15)
                     Parallel.For(0, rowPanels, CpuThreads.Options, r => PackA(g, (float*)AP, r));
                 else for (int r = 0; r < rowPanels; r++) PackA(g, (float*)AP, r);
                 int tasks = mBlocks * nBlocks;
@@ -254,6 +258,10 @@ public static class Blas
         var bp = _bpack;
         if (bp is null || bp.Length < KC * NC) _bpack = bp = new float[KC * NC];
         float* tile = stackalloc float[MR * NR];
+        float* zeros = stackalloc float[KC];
+        new Span<float>(zeros, KC).Clear();
+        bool direct = apack == null;
+        float** rows = stackalloc float*[MR];
         fixed (float* bpack = bp)
         {
             for (int p0 = 0; p0 < g.K; p0 += KC)
@@ -273,11 +281,17 @@ public static class Blas
                             float* a = ablock + (long)r * kc * MR;
                             int i = r * MR, h = Math.Min(MR, g.M - i);
                             float* c = g.C + (long)i * g.Ldc + j;
-                            if (h == MR && cw == NR) { Kernel(kc, a, b, c, g.Ldc); continue; }
+                            if (direct)
+                                for (int y = 0; y < MR; y++) rows[y] = y < h ? g.A + (long)(i + y) * g.Lda + p0 : zeros;
+                            if (h == MR && cw == NR)
+                            {
+                                if (direct) KernelDirect(kc, rows, b, c, g.Ldc); else Kernel(kc, a, b, c, g.Ldc);
+                                continue;
+                            }
                             // Edge tile: same kernel on a zero-padded copy, so edge elements get the same arithmetic.
                             for (int x = 0; x < MR * NR; x++) tile[x] = 0;
                             for (int y = 0; y < h; y++) for (int x = 0; x < cw; x++) tile[y * NR + x] = c[(long)y * g.Ldc + x];
-                            Kernel(kc, a, b, tile, NR);
+                            if (direct) KernelDirect(kc, rows, b, tile, NR); else Kernel(kc, a, b, tile, NR);
                             for (int y = 0; y < h; y++) for (int x = 0; x < cw; x++) c[(long)y * g.Ldc + x] = tile[y * NR + x];
                         }
                     }
@@ -329,6 +343,31 @@ public static class Blas
                 av = Vector256.Create(a[4]); c40 = Fmav(av, b0, c40); c41 = Fmav(av, b1, c41);
                 av = Vector256.Create(a[5]); c50 = Fmav(av, b0, c50); c51 = Fmav(av, b1, c51);
             }
+        }
+        c00.Store(c); c01.Store(c + 8); c10.Store(c1p); c11.Store(c1p + 8); c20.Store(c2p); c21.Store(c2p + 8);
+        c30.Store(c3p); c31.Store(c3p + 8); c40.Store(c4p); c41.Store(c4p + 8); c50.Store(c5p); c51.Store(c5p + 8);
+    }
+
+    /// <summary><see cref="Kernel"/> with A read in place: row r of the 6×kc A block at rows[r][0..kc) (FMA only).</summary>
+    static unsafe void KernelDirect(int kc, float** rows, float* b, float* c, int ldc)
+    {
+        float* a0 = rows[0], a1 = rows[1], a2 = rows[2], a3 = rows[3], a4 = rows[4], a5 = rows[5];
+        float* c1p = c + ldc, c2p = c1p + ldc, c3p = c2p + ldc, c4p = c3p + ldc, c5p = c4p + ldc;
+        var c00 = Vector256.Load(c); var c01 = Vector256.Load(c + 8);
+        var c10 = Vector256.Load(c1p); var c11 = Vector256.Load(c1p + 8);
+        var c20 = Vector256.Load(c2p); var c21 = Vector256.Load(c2p + 8);
+        var c30 = Vector256.Load(c3p); var c31 = Vector256.Load(c3p + 8);
+        var c40 = Vector256.Load(c4p); var c41 = Vector256.Load(c4p + 8);
+        var c50 = Vector256.Load(c5p); var c51 = Vector256.Load(c5p + 8);
+        for (int p = 0; p < kc; p++, b += NR)
+        {
+            var b0 = Avx.LoadVector256(b); var b1 = Avx.LoadVector256(b + 8);
+            var av = Avx.BroadcastScalarToVector256(a0 + p); c00 = Fma.MultiplyAdd(av, b0, c00); c01 = Fma.MultiplyAdd(av, b1, c01);
+            av = Avx.BroadcastScalarToVector256(a1 + p); c10 = Fma.MultiplyAdd(av, b0, c10); c11 = Fma.MultiplyAdd(av, b1, c11);
+            av = Avx.BroadcastScalarToVector256(a2 + p); c20 = Fma.MultiplyAdd(av, b0, c20); c21 = Fma.MultiplyAdd(av, b1, c21);
+            av = Avx.BroadcastScalarToVector256(a3 + p); c30 = Fma.MultiplyAdd(av, b0, c30); c31 = Fma.MultiplyAdd(av, b1, c31);
+            av = Avx.BroadcastScalarToVector256(a4 + p); c40 = Fma.MultiplyAdd(av, b0, c40); c41 = Fma.MultiplyAdd(av, b1, c41);
+            av = Avx.BroadcastScalarToVector256(a5 + p); c50 = Fma.MultiplyAdd(av, b0, c50); c51 = Fma.MultiplyAdd(av, b1, c51);
         }
         c00.Store(c); c01.Store(c + 8); c10.Store(c1p); c11.Store(c1p + 8); c20.Store(c2p); c21.Store(c2p + 8);
         c30.Store(c3p); c31.Store(c3p + 8); c40.Store(c4p); c41.Store(c4p + 8); c50.Store(c5p); c51.Store(c5p + 8);
