@@ -44,8 +44,28 @@ public static class Blas
         }
     }
 
+    /// <summary>Writes B[p0..p0+kc, j0..j0+w) in packed layout: NR-column panels of kc rows of NR floats, zero
+    /// beyond w (the layout <see cref="PackB"/> produces).</summary>
+    internal unsafe delegate void PanelPacker(float* dst, int p0, int kc, int j0, int w);
+
+    /// <summary>C[m,n] += A[m,k]·B[k,n] with B never materialized: <paramref name="packB"/> writes its packed panels
+    /// (conv: im2col straight into the panel layout). Same arithmetic as <see cref="Sgemm"/> with alpha = beta = 1.
+    /// Needs FMA (<see cref="CanPackB"/>).</summary>
+    internal static unsafe void SgemmPackedB(int m, int n, int k, float* a, int lda, PanelPacker packB, float* c, int ldc)
+    {
+        if (m == 0 || n == 0 || k == 0) return;
+        var g = new GemmArgs { A = a, C = c, Lda = lda, Ldc = ldc, M = m, N = n, K = k, Alpha = 1f, Packer = packB };
+        Packed(g, (long)m * n * k >= ParallelWork && CpuThreads.Max > 1);
+    }
+
+    internal static bool CanPackB => Fma.IsSupported;
+
+    /// <summary>Column width of a packed B panel.</summary>
+    internal const int PanelWidth = NR;
+
     unsafe struct GemmArgs
     {
+        public PanelPacker? Packer;
         public float* A, B, C;
         public int Lda, Ldb, Ldc, M, N, K;
         public float Alpha;
@@ -267,7 +287,7 @@ public static class Blas
             for (int p0 = 0; p0 < g.K; p0 += KC)
             {
                 int kc = Math.Min(KC, g.K - p0);
-                PackB(g, bpack, p0, kc, j0, w);
+                if (g.Packer != null) g.Packer(bpack, p0, kc, j0, w); else PackB(g, bpack, p0, kc, j0, w);
                 float* ablock = apack + (long)rowPanels * MR * p0;
                 for (int rc = r0; rc < r1; rc += MCI / MR)
                 {
