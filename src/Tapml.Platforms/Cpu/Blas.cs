@@ -137,11 +137,37 @@ public static class Blas
         int p0 = kb * SmallKB, p1 = Math.Min(g.K, p0 + SmallKB);
         float* dst = part + ((long)i * kBlocks + kb) * n + j0;
         float* ar = rows + (long)i * g.K;
-        var d = new Span<float>(dst, w);
-        d.Clear();
-        // TensorPrimitives.MultiplyAdd (x·y + z, not fused) streams B's row fastest; the result depends only on the shape.
-        for (int p = p0; p < p1; p++)
-            TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(g.B + (long)p * g.Ldb + j0, w), ar[p], d, d);
+        new Span<float>(dst, w).Clear();
+        // NOTE: four rows of B per sweep over the partial row (d = fma chain of 4), so d is loaded and stored a
+        // quarter as often; each element's order is p ascending, fixed by the shape.
+        long ldb = g.Ldb;
+        int p = p0;
+        for (; p + 4 <= p1; p += 4)
+        {
+            float* b0 = g.B + p * ldb + j0, b1 = b0 + ldb, b2 = b1 + ldb, b3 = b2 + ldb;
+            float s0 = ar[p], s1 = ar[p + 1], s2 = ar[p + 2], s3 = ar[p + 3];
+            var v0 = Vector256.Create(s0); var v1 = Vector256.Create(s1); var v2 = Vector256.Create(s2); var v3 = Vector256.Create(s3);
+            int j = 0;
+            for (; j + 8 <= w; j += 8)
+            {
+                var acc = Vector256.Load(dst + j);
+                acc = Fmav(v0, Vector256.Load(b0 + j), acc);
+                acc = Fmav(v1, Vector256.Load(b1 + j), acc);
+                acc = Fmav(v2, Vector256.Load(b2 + j), acc);
+                acc = Fmav(v3, Vector256.Load(b3 + j), acc);
+                acc.Store(dst + j);
+            }
+            for (; j < w; j++) dst[j] = Fmaf(s3, b3[j], Fmaf(s2, b2[j], Fmaf(s1, b1[j], Fmaf(s0, b0[j], dst[j]))));
+        }
+        for (; p < p1; p++)
+        {
+            float* b0 = g.B + p * ldb + j0;
+            float s0 = ar[p];
+            var v0 = Vector256.Create(s0);
+            int j = 0;
+            for (; j + 8 <= w; j += 8) Fmav(v0, Vector256.Load(b0 + j), Vector256.Load(dst + j)).Store(dst + j);
+            for (; j < w; j++) dst[j] = Fmaf(s0, b0[j], dst[j]);
+        }
     }
 
     static unsafe void DotChunk(GemmArgs g, float* rows, int j0, int j1)
