@@ -390,6 +390,8 @@ public sealed class ConvOps : ICpuOpFamily
         var xf = TensorConvert.ToF32(x).As<float>();
         var wf = TensorConvert.ToF32(w).As<float>();
         var bf = b is null ? null : TensorConvert.ToF32(b).As<float>();
+        if (ConvFused.Applies(n, m, group, g))
+            return [TensorConvert.To(new Tensor(DType.Float32, outShape, ConvFused.Run(xf, wf, bf, n, c, m, group, g)), x.DType)];
         var y = new Tensor(DType.Float32, outShape, ConvHelpers.ConvCore(xf, wf, bf, n, c, m, group, g, ConvHelpers.GemmF32));
         return [TensorConvert.To(y, x.DType)];
     }

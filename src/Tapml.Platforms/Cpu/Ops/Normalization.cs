@@ -139,7 +139,7 @@ public sealed class NormalizationOps : ICpuOpFamily
             a[ch] = T.CreateChecked(k);
             b[ch] = T.CreateChecked(bs[ch] - useMean[ch] * k);
         }
-        var y = new T[xs.Length];
+        var y = GC.AllocateUninitializedArray<T>(xs.Length); // every element is written below
         ParallelRows(n * c, hw, p =>
         {
             int ch = p % c;

@@ -153,6 +153,13 @@ public sealed class ShapeOps : ICpuOpFamily
         var v = ctx.Tensor("value") ?? Tensor.Scalar(0f);
         if (v.Length != 1) throw ctx.Error($"value must hold one element, got {v.Describe()}");
         foreach (long d in shape) if (d < 0) throw ctx.Error($"negative dimension in shape {ShapeUtil.Format(shape)}");
+        if (v.DType == DType.Float32 && ShapeUtil.Size(shape) * 4 <= Tensor.MaxBytes)
+        {
+            // NOTE: f32 fills (CNN weights in the light models) skip the zeroing of a fresh array: Fill writes it all.
+            var data = GC.AllocateUninitializedArray<float>(checked((int)ShapeUtil.Size(shape)));
+            data.AsSpan().Fill(v.As<float>()[0]);
+            return [new Tensor(DType.Float32, shape, data)];
+        }
         var r = Tensor.Zeros(v.DType, shape);
         ShapeKit.Fill(r, v);
         return [r];

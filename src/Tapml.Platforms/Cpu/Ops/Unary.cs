@@ -51,7 +51,8 @@ internal static class UnaryHelpers
 
     static T[] MapSpan<T>(T[] a, UnarySpanFn<T> f)
     {
-        var r = new T[a.Length];
+        // NOTE: every element is written by f, so the runtime's zeroing of a fresh (large-object-heap) array is waste.
+        var r = GC.AllocateUninitializedArray<T>(a.Length);
         ForChunks(a.Length, (s, l) => f(a.AsSpan(s, l), r.AsSpan(s, l)));
         return r;
     }
