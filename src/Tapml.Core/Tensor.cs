@@ -189,6 +189,25 @@ public sealed class Tensor : Value
         }
     }
 
+    /// <summary>Sets element i from a 64-bit integer, wrapping into narrower integer types as a C cast does
+    /// (bool: non-zero is true; float types: converted).</summary>
+    public void SetInt64(long i, long v)
+    {
+        switch (DType)
+        {
+            case DType.Int8: ((sbyte[])Data)[i] = unchecked((sbyte)v); break;
+            case DType.UInt8: ((byte[])Data)[i] = unchecked((byte)v); break;
+            case DType.Int16: ((short[])Data)[i] = unchecked((short)v); break;
+            case DType.UInt16: ((ushort[])Data)[i] = unchecked((ushort)v); break;
+            case DType.Int32: ((int[])Data)[i] = unchecked((int)v); break;
+            case DType.UInt32: ((uint[])Data)[i] = unchecked((uint)v); break;
+            case DType.Int64: ((long[])Data)[i] = v; break;
+            case DType.UInt64: ((ulong[])Data)[i] = unchecked((ulong)v); break;
+            case DType.Bool: ((bool[])Data)[i] = v != 0; break;
+            default: SetDouble(i, v); break;
+        }
+    }
+
     /// <summary>All elements as i64 (for shape/axes/index tensors).</summary>
     public long[] ToInt64Array()
     {

@@ -33,13 +33,13 @@ public static class TensorConvert
         if (DTypes.IsInteger(src.DType) && DTypes.IsInteger(dst) || src.DType == DType.Bool && DTypes.IsInteger(dst))
         {
             // NOTE: integer to integer goes through 64-bit integers so i64/u64 values beyond 2^53 stay exact.
-            if (src.DType == DType.UInt64) { var s = src.Span<ulong>(); for (long i = 0; i < n; i++) SetInt(r, i, unchecked((long)s[(int)i])); }
-            else for (long i = 0; i < n; i++) SetInt(r, i, src.GetInt64(i));
+            if (src.DType == DType.UInt64) { var s = src.Span<ulong>(); for (long i = 0; i < n; i++) r.SetInt64(i, unchecked((long)s[(int)i])); }
+            else for (long i = 0; i < n; i++) r.SetInt64(i, src.GetInt64(i));
             return r;
         }
         if (DTypes.IsInteger(dst) && DTypes.IsFloat(src.DType))
         {
-            for (long i = 0; i < n; i++) SetInt(r, i, FloatToInt(src.GetDouble(i), dst));
+            for (long i = 0; i < n; i++) r.SetInt64(i, FloatToInt(src.GetDouble(i), dst));
             return r;
         }
         if (src.DType == DType.UInt64) { var s = src.Span<ulong>(); for (long i = 0; i < n; i++) r.SetDouble(i, s[(int)i]); return r; }
@@ -56,22 +56,5 @@ public static class TensorConvert
         double tr = Math.Truncate(v);
         return dst == DType.UInt64 ? unchecked((long)(ulong)Math.Clamp(tr, 0, 18446744073709551615.0))
             : (long)Math.Clamp(tr, long.MinValue, long.MaxValue);
-    }
-
-    static void SetInt(Tensor t, long i, long v)
-    {
-        switch (t.DType)
-        {
-            case DType.Int8: ((sbyte[])t.Data)[i] = unchecked((sbyte)v); break;
-            case DType.UInt8: ((byte[])t.Data)[i] = unchecked((byte)v); break;
-            case DType.Int16: ((short[])t.Data)[i] = unchecked((short)v); break;
-            case DType.UInt16: ((ushort[])t.Data)[i] = unchecked((ushort)v); break;
-            case DType.Int32: ((int[])t.Data)[i] = unchecked((int)v); break;
-            case DType.UInt32: ((uint[])t.Data)[i] = unchecked((uint)v); break;
-            case DType.Int64: ((long[])t.Data)[i] = v; break;
-            case DType.UInt64: ((ulong[])t.Data)[i] = unchecked((ulong)v); break;
-            case DType.Bool: ((bool[])t.Data)[i] = v != 0; break;
-            default: t.SetDouble(i, v); break;
-        }
     }
 }

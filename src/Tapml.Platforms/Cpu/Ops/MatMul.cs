@@ -163,7 +163,7 @@ public sealed class MatMulOps : ICpuOpFamily
             {
                 long v = ab.GetInt64(i);
                 if (c is not null && beta != 0) v += c.GetInt64(cmap[i]);
-                SetWrapped(r, i, v);
+                r.SetInt64(i, v);
             }
         }
         return [r];
@@ -194,23 +194,7 @@ public sealed class MatMulOps : ICpuOpFamily
     {
         if (DTypes.IsFloat(t.DType)) { t.SetDouble(i, v); return; }
         // numpy astype from float: truncation toward zero (then wrap into the type).
-        SetWrapped(t, i, double.IsNaN(v) ? 0 : (long)Math.Clamp(Math.Truncate(v), long.MinValue, long.MaxValue));
-    }
-
-    internal static void SetWrapped(Tensor t, long i, long v)
-    {
-        switch (t.DType)
-        {
-            case DType.Int8: ((sbyte[])t.Data)[i] = unchecked((sbyte)v); break;
-            case DType.UInt8: ((byte[])t.Data)[i] = unchecked((byte)v); break;
-            case DType.Int16: ((short[])t.Data)[i] = unchecked((short)v); break;
-            case DType.UInt16: ((ushort[])t.Data)[i] = unchecked((ushort)v); break;
-            case DType.Int32: ((int[])t.Data)[i] = unchecked((int)v); break;
-            case DType.UInt32: ((uint[])t.Data)[i] = unchecked((uint)v); break;
-            case DType.Int64: ((long[])t.Data)[i] = v; break;
-            case DType.UInt64: ((ulong[])t.Data)[i] = unchecked((ulong)v); break;
-            default: t.SetDouble(i, v); break;
-        }
+        t.SetInt64(i, double.IsNaN(v) ? 0 : (long)Math.Clamp(Math.Truncate(v), long.MinValue, long.MaxValue));
     }
 
     // ------------------------------------------------------------------ integer products
@@ -275,7 +259,7 @@ public sealed class MatMulOps : ICpuOpFamily
             float bsv = (float)bScale.GetDouble(bScale.Length == 1 ? 0 : col);
             float mult = RoundTo(st, RoundTo(st, asv * bsv) / ys);
             double d = acc[e] * (double)mult + zp;
-            SetWrapped(y, e, (long)Math.Clamp(Math.Round(d, MidpointRounding.ToEven), lo, hi));
+            y.SetInt64(e, (long)Math.Clamp(Math.Round(d, MidpointRounding.ToEven), lo, hi));
         }
         return [y];
     }

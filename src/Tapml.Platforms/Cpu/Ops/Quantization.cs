@@ -108,7 +108,7 @@ public sealed class QuantizationOps : ICpuOpFamily
             long z = zp is null ? 0 : zp.GetInt64(pi);
             // Round half to even, add the zero point, saturate (NaN saturates low, as numpy's int cast then clip does).
             double r = double.IsNaN(q) ? lo : Math.Clamp(Math.Round(q, MidpointRounding.ToEven) + z, lo, hi);
-            MatMulOps.SetWrapped(y, e, (long)r);
+            y.SetInt64(e, (long)r);
         });
         return [y];
     }
