@@ -25,6 +25,8 @@ static class ConformanceVerb
         var cmd = new Command("conformance", "run ONNX backend-test cases on a platform") { dirs, platform, filter, json, junit, rtol, atol };
         cmd.Action(pr =>
         {
+            var tol = new Tolerance(pr.GetValue(rtol) ?? Tolerance.OnnxDefault.Rtol, pr.GetValue(atol) ?? Tolerance.OnnxDefault.Atol);
+            if (!(tol.Rtol >= 0 && tol.Atol >= 0)) throw new TapmlException($"tolerances must be non-negative numbers (got {tol})");
             var cases = OnnxCase.Discover(pr.GetValue(dirs)!);
             if (pr.GetValue(filter) is { } f)
             {
@@ -33,7 +35,6 @@ static class ConformanceVerb
                 cases = cases.Where(c => re.IsMatch(c.Name)).ToList();
             }
             if (cases.Count == 0) throw new TapmlException("no cases found (a case is a folder with model.onnx and test_data_set_*/)");
-            var tol = new Tolerance(pr.GetValue(rtol) ?? Tolerance.OnnxDefault.Rtol, pr.GetValue(atol) ?? Tolerance.OnnxDefault.Atol);
             string spec = pr.GetValue(platform)!;
             using var p = PlatformRegistry.Create(spec);
             var runner = new ConformanceRunner(p, tol);
