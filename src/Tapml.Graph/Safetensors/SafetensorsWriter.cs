@@ -1,0 +1,55 @@
+using System.Text;
+using System.Text.Json;
+using Tapml.Core;
+
+namespace Tapml.Ir.Safetensors;
+
+/// <summary>Writes .safetensors files the way the reference implementation does: tensors sorted by name, data
+/// contiguous in that order, the JSON header padded with spaces to a multiple of 8 bytes. Written to a temp
+/// file and renamed, so a killed writer never leaves a half file under the final name.</summary>
+public static class SafetensorsWriter
+{
+    public static void Write(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        var list = tensors.OrderBy(t => t.Key, StringComparer.Ordinal).ToList();
+        var header = new MemoryStream();
+        using (var w = new Utf8JsonWriter(header))
+        {
+            w.WriteStartObject();
+            if (metadata is { Count: > 0 })
+            {
+                w.WriteStartObject("__metadata__");
+                foreach (var (k, v) in metadata) w.WriteString(k, v);
+                w.WriteEndObject();
+            }
+            long offset = 0;
+            foreach (var (name, t) in list)
+            {
+                long n = t.Length * DTypes.Size(t.DType);
+                w.WriteStartObject(name);
+                w.WriteString("dtype", SafetensorsFile.DTypeName(t.DType));
+                w.WriteStartArray("shape");
+                foreach (var d in t.Shape) w.WriteNumberValue(d);
+                w.WriteEndArray();
+                w.WriteStartArray("data_offsets");
+                w.WriteNumberValue(offset);
+                w.WriteNumberValue(offset + n);
+                w.WriteEndArray();
+                w.WriteEndObject();
+                offset += n;
+            }
+            w.WriteEndObject();
+        }
+        int pad = (int)((8 - header.Length % 8) % 8);
+        for (int i = 0; i < pad; i++) header.WriteByte((byte)' ');
+        string tmp = path + ".tmp";
+        using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+        {
+            fs.Write(BitConverter.GetBytes((ulong)header.Length));
+            header.Position = 0;
+            header.CopyTo(fs);
+            foreach (var (_, t) in list) fs.Write(t.Bytes());
+        }
+        File.Move(tmp, path, overwrite: true);
+    }
+}
