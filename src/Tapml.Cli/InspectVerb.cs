@@ -23,7 +23,12 @@ static class InspectVerb
             Console.WriteLine($"model {m.Path ?? m.Graph.Name}: {m.Graph.Nodes.Count} nodes, {m.Graph.Initializers.Count} initializers " +
                 $"({Format.Bytes(m.Graph.Initializers.Values.Sum(t => t.ByteSize))}), opsets {string.Join(", ", m.Opsets.Select(o => $"{(o.Key == "" ? "ai.onnx" : o.Key)}={o.Value}"))}");
             foreach (var i in m.Graph.RequiredInputs) Console.WriteLine($"  input  {i.Name}: {i.Type}");
-            foreach (var o in m.Graph.Outputs) Console.WriteLine($"  output {o.Name}: {o.Type}");
+            var inferred = ShapeInference.Infer(m);
+            foreach (var o in m.Graph.Outputs)
+                Console.WriteLine($"  output {o.Name}: {o.Type}" + (inferred.Types.TryGetValue(o.Name, out var it) ? $" (inferred {it})" : ""));
+            int known = m.Graph.Nodes.SelectMany(n => n.Outputs).Count(v => inferred.Types.TryGetValue(v, out var t) && t.Shape is { } s && s.All(d => d.Value is not null || d.Param is not null));
+            Console.WriteLine($"  shape inference: {known} of {m.Graph.Nodes.Sum(n => n.Outputs.Length)} node outputs with known shapes");
+            foreach (var mm in inferred.Mismatches) Console.WriteLine($"  declared type mismatch: {mm}");
             var table = new Table().AddColumns("op", "count", $"on {Markup.Escape(p.Name)}");
             foreach (var g in AllNodes(m.Graph).GroupBy(n => n.Domain == "" ? n.OpType : $"{n.Domain}.{n.OpType}").OrderByDescending(g => g.Count()))
             {
