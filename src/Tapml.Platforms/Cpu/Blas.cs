@@ -248,9 +248,10 @@ public static class Blas
     static unsafe void PackA(GemmArgs g, float* apack, int r)
     {
         int rowPanels = (g.M + MR - 1) / MR;
-        for (int p0 = 0; p0 < g.K; p0 += KC)
+        int kb = KBlock(g.K);
+        for (int p0 = 0; p0 < g.K; p0 += kb)
         {
-            int kc = Math.Min(KC, g.K - p0);
+            int kc = Math.Min(kb, g.K - p0);
             float* dst = apack + (long)rowPanels * MR * p0 + (long)r * kc * MR;
             for (int ii = 0; ii < MR; ii++)
             {
@@ -290,6 +291,11 @@ public static class Blas
         }
     }
 
+    /// <summary>k-block size: k cut into equal blocks of at most KC (576 → 3 × 192, not 256 + 256 + 64), so no
+    /// block is so short that loading and storing the C tile dominates. The arithmetic does not depend on it (C
+    /// holds the exact f32 accumulator between blocks).</summary>
+    static int KBlock(int k) { int blocks = (k + KC - 1) / KC; return (k + blocks - 1) / blocks; }
+
     // Rows of A per L2 sweep inside a task (A block MCI×KC plus the B block KC×NC fit the 512 KiB L2).
     const int MCI = 120;
 
@@ -310,9 +316,10 @@ public static class Blas
         float** rows = stackalloc float*[MR];
         fixed (float* bpack = bp)
         {
-            for (int p0 = 0; p0 < g.K; p0 += KC)
+            int kb = KBlock(g.K);
+            for (int p0 = 0; p0 < g.K; p0 += kb)
             {
-                int kc = Math.Min(KC, g.K - p0);
+                int kc = Math.Min(kb, g.K - p0);
                 if (g.Packer != null) g.Packer(bpack, p0, kc, j0, w); else PackB(g, bpack, p0, kc, j0, w);
                 float* ablock = apack + (long)rowPanels * MR * p0;
                 for (int rc = r0; rc < r1; rc += MCI / MR)
@@ -329,6 +336,13 @@ public static class Blas
                             float* c = g.C + (long)i * g.Ldc + j;
                             if (direct)
                                 for (int y = 0; y < MR; y++) rows[y] = y < h ? g.A + (long)(i + y) * g.Lda + p0 : zeros;
+                            if (r + 1 < rcEnd && Sse.IsSupported)
+                            {
+                                // NOTE: C tiles come from memory (C is far larger than the caches): the next tile's
+                                // rows are prefetched while this kernel runs, so its loads do not stall.
+                                float* cn = c + (long)MR * g.Ldc;
+                                for (int y = 0; y < MR; y++) { Sse.Prefetch0(cn + (long)y * g.Ldc); Sse.Prefetch0(cn + (long)y * g.Ldc + NR - 1); }
+                            }
                             if (h == MR && cw == NR)
                             {
                                 if (direct) KernelDirect(kc, rows, b, c, g.Ldc); else Kernel(kc, a, b, c, g.Ldc);

@@ -1,4 +1,6 @@
 using System.Numerics;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using Tapml.Core;
 using Tapml.Ir;
 using TP = System.Numerics.Tensors.TensorPrimitives;
@@ -167,13 +169,28 @@ public sealed class PoolingOps : ICpuOpFamily
             int h0 = oh * g.S[1] - g.PB[1];
             int hs = Math.Max(h0, 0), he = Math.Min(h0 + kh, inH);
             int ph = Math.Max(0, Math.Min(h0 + kh, inH + g.PE[1]) - Math.Max(h0, -g.PB[1]));
-            for (int ow = 0; ow < outW; ow++)
+            int ow = 0;
+            if (kind == Kind.Max && Avx2.IsSupported && hs < he) ow = MaxRow8(x, y, xOff + hs * inW, he - hs, yOff + oh * outW, g);
+            for (; ow < outW; ow++)
             {
                 int w0 = ow * g.S[2] - g.PB[2];
                 int ws = Math.Max(w0, 0), we = Math.Min(w0 + kw, inW);
                 int pw = Math.Max(0, Math.Min(w0 + kw, inW + g.PE[2]) - Math.Max(w0, -g.PB[2]));
                 float acc;
-                if (kind == Kind.Max)
+                if (kind == Kind.Max && Sse.IsSupported && hs < he && ws < we)
+                {
+                    // NOTE: branch-free: maxss(v, acc) is exactly `v > acc ? v : acc` (NaN and ±0 as the scalar
+                    // loop below), without the data-dependent branch that mispredicts on activations.
+                    var m = Vector128.CreateScalarUnsafe(x[xOff + hs * inW + ws]);
+                    for (int ih = hs; ih < he; ih++)
+                    {
+                        int row = xOff + ih * inW;
+                        for (int iw = ih == hs ? ws + 1 : ws; iw < we; iw++)
+                            m = Sse.MaxScalar(Vector128.CreateScalarUnsafe(x[row + iw]), m);
+                    }
+                    acc = m.ToScalar();
+                }
+                else if (kind == Kind.Max)
                 {
                     acc = float.NegativeInfinity;
                     bool any = false;
@@ -202,6 +219,33 @@ public sealed class PoolingOps : ICpuOpFamily
                 y[yOff + oh * outW + ow] = acc;
             }
         }
+    }
+
+    /// <summary>Max over full-width windows of one output row, 8 outputs at a time (lanes = consecutive outputs,
+    /// read with a strided gather); each lane visits its window in the scalar order with maxps(v, acc), which is
+    /// `v > acc ? v : acc` per lane, so results match <see cref="Plane2D"/>'s scalar path exactly. Runs only when
+    /// the row's first window is not clipped on the left; returns the output where the scalar loop goes on.</summary>
+    static unsafe int MaxRow8(float[] x, float[] y, int rowOff, int rows, int yRow, G3 g)
+    {
+        int inW = g.In[2], outW = g.Out[2], kw = g.K[2], s = g.S[2], pb = g.PB[2];
+        // Outputs [lo, hi) have windows inside [0, inW): o·s - pb >= 0 and o·s - pb + kw <= inW.
+        int lo = (pb + s - 1) / s, hi = Math.Min(outW, (inW - kw + pb) / s + 1);
+        if (hi - lo < 8 || lo > 0) return 0;
+        var idx = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * s;
+        int ow = lo;
+        fixed (float* px = x, py = y)
+        {
+            for (; ow + 8 <= hi; ow += 8)
+            {
+                float* b = px + rowOff + ow * s - pb;
+                var m = Avx2.GatherVector256(b, idx, 4);
+                for (int r = 0; r < rows; r++)
+                    for (int k = r == 0 ? 1 : 0; k < kw; k++)
+                        m = Avx.Max(Avx2.GatherVector256(b + r * inW + k, idx, 4), m);
+                m.Store(py + yRow + ow);
+            }
+        }
+        return ow;
     }
 
     /// <summary>One (n, c) plane. A window reads input positions start + k·dilation; positions inside the input

@@ -157,7 +157,13 @@ public sealed class ShapeOps : ICpuOpFamily
         {
             // NOTE: f32 fills (CNN weights in the light models) skip the zeroing of a fresh array: Fill writes it all.
             var data = GC.AllocateUninitializedArray<float>(checked((int)ShapeUtil.Size(shape)));
-            data.AsSpan().Fill(v.As<float>()[0]);
+            float fill = v.As<float>()[0];
+            // NOTE: large fills (weights: mostly first touches of fresh pages) are split over the threads.
+            const int chunk = 1 << 18;
+            if (data.Length >= 2 * chunk && CpuThreads.Max > 1)
+                Parallel.For(0, (data.Length + chunk - 1) / chunk, CpuThreads.Options,
+                    t => data.AsSpan(t * chunk, Math.Min(chunk, data.Length - t * chunk)).Fill(fill));
+            else data.AsSpan().Fill(fill);
             return [new Tensor(DType.Float32, shape, data)];
         }
         var r = Tensor.Zeros(v.DType, shape);
