@@ -318,6 +318,23 @@ internal static class ShapeKit
             total += p.Shape[axis];
         }
         shape[axis] = total;
+        if (first.DType != DType.String)
+        {
+            // NOTE: every part is one contiguous run per outer index: block copies into an uninitialized output
+            // (written completely) instead of a strided walk into a zeroed one.
+            long outer = 1, inner = 1;
+            for (int i = 0; i < axis; i++) outer *= shape[i];
+            for (int i = axis + 1; i < shape.Length; i++) inner *= shape[i];
+            var y = Tensor.Uninitialized(first.DType, shape);
+            long rowOut = total * inner, at0 = 0;
+            foreach (var p in parts)
+            {
+                long run = p.Shape[axis] * inner;
+                for (long o = 0; o < outer; o++) Array.Copy(p.Data, o * run, y.Data, o * rowOut + at0, run);
+                at0 += run;
+            }
+            return y;
+        }
         var r = Tensor.Zeros(first.DType, shape);
         var dst = ShapeUtil.Strides(shape);
         long at = 0;
