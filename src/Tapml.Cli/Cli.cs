@@ -32,10 +32,12 @@ static class Cli
             if (verbose) Console.Error.WriteLine(e);
             return 2;
         }
-        catch (Exception e) when (!verbose)
+        catch (Exception e)
         {
-            Console.Error.WriteLine($"error: internal error {e.GetType().Name}: {OneLine(e.Message)} (run with --verbose for the stack trace, and please report it)");
-            return 3;
+            // NOTE: a bug of ours still ends as one line and exit 2; --verbose adds the trace for the report.
+            Console.Error.WriteLine($"error: internal error {e.GetType().Name}: {OneLine(e.Message)} ({(verbose ? "stack trace below" : "run with --verbose for the stack trace")}; please report it)");
+            if (verbose) Console.Error.WriteLine(e);
+            return 2;
         }
     });
 

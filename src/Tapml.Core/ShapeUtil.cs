@@ -9,7 +9,8 @@ public static class ShapeUtil
         foreach (long d in shape)
         {
             if (d < 0) throw new TapmlException($"negative dimension {d} in shape {Format(shape)}");
-            n = checked(n * d);
+            if (d != 0 && n > long.MaxValue / d) throw new TapmlException($"shape {Format(shape)} has more elements than a 64-bit count holds");
+            n *= d;
         }
         return n;
     }

@@ -15,6 +15,13 @@ public sealed class UnsupportedException : TapmlException
     public UnsupportedException(string reason) : base(reason) { }
 }
 
+/// <summary>A bug of tapml's surfaced while running a node (a kernel threw something other than a
+/// <see cref="TapmlException"/>): still one clear line for the user, but counted apart by tests.</summary>
+public sealed class InternalErrorException : TapmlException
+{
+    public InternalErrorException(string message, Exception inner) : base(message, inner) { }
+}
+
 /// <summary>One place for argument and shape errors raised by kernels and loaders.</summary>
 public static class ThrowHelper
 {

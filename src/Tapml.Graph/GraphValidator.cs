@@ -15,10 +15,22 @@ public static class GraphValidator
         defined.UnionWith(g.Inputs.Select(i => i.Name));
         defined.UnionWith(g.Initializers.Keys);
         TopoSort(g, defined, origin);
+        var producer = new Dictionary<string, Node>();
+        var local = new HashSet<string>(g.Inputs.Select(i => i.Name));
+        local.UnionWith(g.Initializers.Keys);
         foreach (var n in g.Nodes)
         {
             foreach (var sub in n.Subgraphs) Validate(sub, defined, origin);
-            foreach (var o in n.Outputs) if (o.Length > 0) defined.Add(o);
+            foreach (var o in n.Outputs)
+            {
+                if (o.Length == 0) continue;
+                if (producer.TryGetValue(o, out var first))
+                    throw new TapmlException($"{origin}: tensor '{o}' is written by two nodes, '{first.Name}' ({first.OpType}) and '{n.Name}' ({n.OpType})");
+                if (local.Contains(o))
+                    throw new TapmlException($"{origin}: node '{n.Name}' ({n.OpType}) writes '{o}', which is already a graph input or initializer");
+                producer[o] = n;
+                defined.Add(o);
+            }
         }
         foreach (var o in g.Outputs)
             if (!defined.Contains(o.Name))

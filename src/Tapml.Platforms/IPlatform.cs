@@ -7,7 +7,7 @@ namespace Tapml.Platforms;
 /// All sizes in bytes; 0 = no limit known.</summary>
 public sealed record PlatformLimits(long MaxBufferBytes = 0, long MaxBindingBytes = 0, int MaxWorkgroupSize = 0, long MemoryBytes = 0)
 {
-    public static PlatformLimits Host => new(Array.MaxLength, Array.MaxLength, 0, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
+    public static PlatformLimits Host => new(Tensor.MaxBytes, Tensor.MaxBytes, 0, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
 }
 
 /// <summary>A platform's verdict on a node: supported, or not with the reason (a skip, never a failure).</summary>

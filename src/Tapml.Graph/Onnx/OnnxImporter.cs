@@ -189,8 +189,10 @@ public static class OnnxImporter
             var values = TensorProtos.ToTensor(s.Values, baseDir, origin);
             var idx = TensorProtos.ToTensor(s.Indices, baseDir, origin).ToInt64Array();
             long[] dims = s.Dims.ToArray();
-            var t = Tensor.Zeros(values.DType, dims);
             long n = values.Length;
+            if (idx.Length != n && idx.Length != n * dims.Length)
+                throw new TapmlException($"{origin}: sparse tensor '{s.Values.Name}' has {idx.Length} indices for {n} values of rank {dims.Length}");
+            var t = Tensor.Zeros(values.DType, dims);
             var strides = ShapeUtil.Strides(dims);
             bool linear = idx.Length == n;
             for (long i = 0; i < n; i++)
@@ -199,7 +201,7 @@ public static class OnnxImporter
                 if (linear) off = idx[i];
                 else for (int d = 0; d < dims.Length; d++) off += idx[i * dims.Length + d] * strides[d];
                 if (off < 0 || off >= t.Length) throw new TapmlException($"{origin}: sparse tensor '{s.Values.Name}' index out of range");
-                t.SetDouble(off, values.GetDouble(i));
+                Array.Copy(values.Data, i, t.Data, off, 1); // typed copy: exact for i64 and strings too
             }
             return t;
         }

@@ -37,7 +37,6 @@ public static class TensorProtos
             if (p.RawData.Length != need) throw new TapmlException($"{what}: raw_data has {p.RawData.Length} bytes, {DTypes.Name(dtype)}{ShapeUtil.Format(shape)} needs {need}");
             return Tensor.FromBytes(dtype, shape, p.RawData.Span);
         }
-        var t = Tensor.Zeros(dtype, shape);
         int count = dtype switch
         {
             DType.Float32 => p.FloatData.Count,
@@ -47,6 +46,7 @@ public static class TensorProtos
             _ => p.Int32Data.Count,
         };
         if (count != n) throw new TapmlException($"{what} holds {count} values, dims {ShapeUtil.Format(shape)} need {n}");
+        var t = Tensor.Zeros(dtype, shape);
         switch (dtype)
         {
             case DType.Float32: p.FloatData.CopyTo(t.As<float>(), 0); break;
@@ -75,7 +75,10 @@ public static class TensorProtos
         }
         if (string.IsNullOrEmpty(location)) throw new TapmlException($"{what} is marked external but names no location");
         if (dtype == DType.String) throw new TapmlException($"{what}: string tensors cannot be stored externally");
-        string path = Path.Combine(baseDir ?? ".", location);
+        string root = Path.GetFullPath(baseDir ?? ".");
+        string path = Path.GetFullPath(Path.Combine(root, location));
+        if (Path.IsPathRooted(location) || !path.StartsWith(root.TrimEnd(Path.DirectorySeparatorChar) + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+            throw new TapmlException($"{what}: external data location '{location}' must be a relative path inside the model's folder");
         if (!File.Exists(path)) throw new TapmlException($"{what}: external data file '{path}' not found");
         long need = n * DTypes.Size(dtype);
         if (length >= 0 && length != need) throw new TapmlException($"{what}: external data length {length} bytes, {DTypes.Name(dtype)}{ShapeUtil.Format(shape)} needs {need}");

@@ -129,9 +129,13 @@ public sealed class Executor
             {
                 throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name}: {e.Message}", e);
             }
-            catch (Exception e) when (e is not TapmlException and not OperationCanceledException and not OutOfMemoryException)
+            catch (OutOfMemoryException e)
             {
-                throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name} failed: {e.GetType().Name}: {e.Message}", e);
+                throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name} ran out of host memory (inputs {string.Join(", ", inputs.Select(v => v?.Describe() ?? "-"))})", e);
+            }
+            catch (Exception e) when (e is not TapmlException and not OperationCanceledException)
+            {
+                throw new InternalErrorException($"node '{node.Name}' ({node.OpType}) on {platform.Name} failed with an internal error: {e.GetType().Name}: {e.Message}", e);
             }
             var elapsed = Stopwatch.GetElapsedTime(t0);
             Stats.NodesRun++;

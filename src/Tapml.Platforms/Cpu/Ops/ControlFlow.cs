@@ -29,6 +29,10 @@ public sealed class ControlFlow : ICpuOpFamily
         return outs;
     }
 
+    /// <summary>Most iterations one Loop node may run: TAPML_MAX_LOOP_ITERATIONS, default 10 million.</summary>
+    public static readonly long MaxIterations =
+        long.TryParse(Environment.GetEnvironmentVariable("TAPML_MAX_LOOP_ITERATIONS"), out long v) && v > 0 ? v : 10_000_000;
+
     // Loop(M?, cond?, v_initial...): body(iteration_num, cond, v...) -> (cond, v..., scan_out_elems...).
     // Spec table: M given, cond omitted = for loop (the body's cond output is ignored); cond given = while loop;
     // both given = for loop with early exit; neither = infinite loop (refused: it never ends).
@@ -61,6 +65,9 @@ public sealed class ControlFlow : ICpuOpFamily
         var bodyIn = new Value?[2 + n];
         while ((maxTrip is null || it < maxTrip.Value) && cond)
         {
+            // NOTE: a loop that never ends (cond stuck true, a huge M) is a bad model, reported, not a hang.
+            if (it >= MaxIterations)
+                throw ctx.Error($"stopped after {MaxIterations} iterations (set TAPML_MAX_LOOP_ITERATIONS to allow more)");
             bodyIn[0] = Tensor.Scalar(it);
             bodyIn[1] = Tensor.Scalar(cond);
             Array.Copy(carried, 0, bodyIn, 2, n);
