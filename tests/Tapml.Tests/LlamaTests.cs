@@ -149,4 +149,26 @@ public class LlamaTests
         }
         finally { Directory.Delete(dir, true); }
     }
+
+    /// <summary><c>tapml generate</c> on the HF folder: the reference tokens in --json, prefill logits in --logits-out.</summary>
+    [Fact]
+    public void Generate_verb_writes_tokens_and_logits()
+    {
+        var r = Tiny();
+        string dir = SharedData.Require("models", "hf-tiny", "llama");
+        string tmp = Directory.CreateTempSubdirectory("tapml-generate").FullName;
+        try
+        {
+            string json = Path.Combine(tmp, "g.json"), logits = Path.Combine(tmp, "l.safetensors");
+            var res = CliRunner.Run("generate", "--model", dir, "--platform", "cpu", "--input-ids", string.Join(",", r.InputIds),
+                "--max-tokens", "16", "--json", json, "--logits-out", logits);
+            Assert.True(res.ExitCode == 0, res.Stderr);
+            var o = JsonNode.Parse(File.ReadAllText(json))!;
+            Assert.Equal(r.Generated, o["tokens"]!.AsArray().Select(t => t!.GetValue<long>()).ToArray());
+            Assert.True(o["decode_tokens_per_s"]!.GetValue<double>() > 0);
+            using var f = SafetensorsFile.Open(logits);
+            Assert.True(Comparison.Compare("logits", r.Logits, f.Read("logits"), HfTol).Passed);
+        }
+        finally { Directory.Delete(tmp, true); }
+    }
 }
