@@ -12,6 +12,7 @@ public static class App
         root.Subcommands.Add(PlatformsVerb.Create());
         root.Subcommands.Add(ConformanceVerb.Create());
         root.Subcommands.Add(RunVerb.Create());
+        root.Subcommands.Add(GenerateVerb.Create());
         root.Subcommands.Add(BenchVerb.Create());
         root.Subcommands.Add(InspectVerb.Create());
         if (args.Length > 0 && !args[0].StartsWith('-') && root.Subcommands.All(c => c.Name != args[0]))

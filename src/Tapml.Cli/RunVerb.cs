@@ -89,7 +89,8 @@ sealed class Profiler : IExecutionObserver
     }
 }
 
-/// <summary>Model specs: a path to an .onnx file (HF directories and builtin: names come with the LLM work).</summary>
+/// <summary>Model specs: a path to an .onnx file, a folder holding model.onnx or a Hugging Face checkpoint
+/// (config.json + safetensors), or <c>builtin:NAME</c>.</summary>
 static class ModelSpec
 {
     public static Model Load(string spec)
@@ -98,7 +99,8 @@ static class ModelSpec
         {
             string onnx = Path.Combine(spec, "model.onnx");
             if (File.Exists(onnx)) return OnnxImporter.Load(onnx);
-            throw new TapmlException($"'{spec}' is a folder without model.onnx (Hugging Face folders are not supported yet)");
+            if (Models.HfModels.IsHfFolder(spec)) return Models.HfModels.Load(spec);
+            throw new TapmlException($"'{spec}' is a folder with neither model.onnx nor config.json");
         }
         if (spec.StartsWith("builtin:"))
             return Ir.Builders.SampleModels.Create(spec["builtin:".Length..])

@@ -1,0 +1,67 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Tapml.Core;
+using Tapml.Ir.Safetensors;
+using Tapml.Models;
+using Tapml.Platforms;
+using Tapml.Platforms.Execution;
+
+namespace Tapml.Cli;
+
+/// <summary><c>tapml generate --model M --platform P --input-ids 1,2,3 [--max-tokens N] [--json F]
+/// [--logits-out F.safetensors]</c>: greedy generation through the model's KV-cache graph (prefill, then one
+/// run per token), with prefill and decode throughput. <c>--prompt</c> needs a tokenizer, which is not there yet.</summary>
+static class GenerateVerb
+{
+    public static Command Create()
+    {
+        var model = new Option<string>("--model", "-m") { Description = "model: Hugging Face folder (config.json + safetensors) or .onnx with past_key_values/present I/O", Required = true };
+        var platform = Cli.PlatformOption();
+        var prompt = new Option<string?>("--prompt") { Description = "prompt text (needs a tokenizer; not supported yet, use --input-ids)" };
+        var inputIds = new Option<string?>("--input-ids") { Description = "prompt token ids, comma-separated (e.g. 1,17,305)" };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "new tokens to generate at most", DefaultValueFactory = _ => 16 };
+        var seed = new Option<int?>("--seed") { Description = "seed for sampling (decoding is greedy, so it changes nothing yet)" };
+        var json = new Option<string?>("--json") { Description = "write {tokens, text, prefill_tokens_per_s, decode_tokens_per_s} here" };
+        var logitsOut = new Option<string?>("--logits-out") { Description = "write the prefill logits here as safetensors tensor 'logits' [1, seq, vocab]" };
+        var cmd = new Command("generate", "generate tokens greedily with the model's KV cache") { model, platform, prompt, inputIds, maxTokens, seed, json, logitsOut };
+        cmd.Action(pr =>
+        {
+            if (pr.GetValue(prompt) is not null && pr.GetValue(inputIds) is null)
+                throw new TapmlException("--prompt needs a tokenizer, which tapml does not load yet; give token ids with --input-ids 1,17,305");
+            var ids = ParseIds(pr.GetValue(inputIds) ?? throw new TapmlException("give the prompt as --input-ids 1,17,305"));
+            string spec = pr.GetValue(model)!;
+            var m = ModelSpec.Load(spec);
+            IReadOnlyCollection<int>? eos = Directory.Exists(spec) && HfModels.IsHfFolder(spec) ? HfConfig.Load(spec).EosTokenIds : null;
+            using var p = PlatformRegistry.Create(pr.GetValue(platform)!);
+            var exec = new Executor(p) { PreferWholeGraph = true };
+            var r = Generation.Greedy(exec, m, ids, pr.GetValue(maxTokens), eos);
+
+            Console.WriteLine($"tokens: {string.Join(",", r.Tokens)}");
+            Console.WriteLine($"prefill {r.PromptTokens} tokens in {r.PrefillMs:F1} ms ({r.PrefillTokensPerSecond:F1} tokens/s); decode {r.DecodeSteps} tokens in {r.DecodeMs:F1} ms ({r.DecodeTokensPerSecond:F1} tokens/s) on {p.Name}");
+            if (pr.GetValue(json) is { } jsonPath)
+            {
+                var o = new JsonObject
+                {
+                    ["tokens"] = new JsonArray(r.Tokens.Select(t => (JsonNode)JsonValue.Create(t)).ToArray()),
+                    ["text"] = "",
+                    ["prefill_tokens_per_s"] = r.PrefillTokensPerSecond,
+                    ["decode_tokens_per_s"] = r.DecodeTokensPerSecond,
+                };
+                File.WriteAllText(jsonPath, o.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+            }
+            if (pr.GetValue(logitsOut) is { } lp)
+                SafetensorsWriter.Write(lp, [new("logits", r.PrefillLogits)]);
+            return 0;
+        });
+        return cmd;
+    }
+
+    static long[] ParseIds(string s)
+    {
+        var parts = s.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+        if (parts.Length == 0) throw new TapmlException("--input-ids is empty; give comma-separated token ids like 1,17,305");
+        return parts.Select(x => long.TryParse(x, NumberStyles.Integer, CultureInfo.InvariantCulture, out long v) && v >= 0 ? v
+            : throw new TapmlException($"--input-ids: '{x}' is not a token id (a non-negative integer)")).ToArray();
+    }
+}

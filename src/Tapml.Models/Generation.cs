@@ -1,0 +1,86 @@
+using System.Diagnostics;
+using Tapml.Core;
+using Tapml.Ir;
+using Tapml.Platforms.Execution;
+
+namespace Tapml.Models;
+
+/// <summary>What one <see cref="Generation.Greedy"/> call produced.</summary>
+/// <param name="Tokens">The new token ids only (not the prompt), at most the requested count; generation stops
+/// after an end-of-sequence id, which is included.</param>
+/// <param name="PrefillLogits">Logits of the prompt run, f32 [1, prompt_len, vocab].</param>
+/// <param name="PrefillMs">Wall time of the prompt run, milliseconds.</param>
+/// <param name="DecodeMs">Wall time of all single-token runs, milliseconds.</param>
+/// <param name="DecodeSteps">Number of single-token runs (new tokens − 1 when the limit is reached).</param>
+public sealed record GenerationResult(long[] Tokens, Tensor PrefillLogits, int PromptTokens, double PrefillMs, double DecodeMs, int DecodeSteps)
+{
+    /// <summary>Prompt tokens processed per second of prefill.</summary>
+    public double PrefillTokensPerSecond => PrefillMs > 0 ? PromptTokens / (PrefillMs / 1000) : 0;
+
+    /// <summary>Tokens produced per second of decode (single-token runs); 0 when no decode step ran.</summary>
+    public double DecodeTokensPerSecond => DecodeMs > 0 ? DecodeSteps / (DecodeMs / 1000) : 0;
+}
+
+/// <summary>Prefill + decode over one causal-LM graph with the KV cache as graph inputs and outputs
+/// (<c>past_key_values.{i}.key|value</c> in, <c>present.{i}.key|value</c> out, the ONNX Runtime GenAI
+/// convention): the prompt runs once with zero-length pasts, then each new token runs alone with the previous
+/// presents fed back as pasts. Works for any graph with that interface, on any platform the Executor drives.</summary>
+public static class Generation
+{
+    const string PastPrefix = "past_key_values.";
+
+    /// <summary>Greedy decoding (argmax, first index on ties, as torch) of up to <paramref name="maxNewTokens"/>
+    /// tokens after <paramref name="prompt"/>, batch 1. Stops after any id in <paramref name="eosTokenIds"/>.</summary>
+    public static GenerationResult Greedy(Executor executor, Model model, ReadOnlySpan<long> prompt, int maxNewTokens, IReadOnlyCollection<int>? eosTokenIds = null)
+    {
+        if (prompt.Length == 0) throw new TapmlException("generation needs at least one prompt token");
+        if (maxNewTokens < 1) throw new TapmlException($"max new tokens must be at least 1, got {maxNewTokens}");
+        var pastInputs = model.Graph.Inputs.Where(i => i.Name.StartsWith(PastPrefix, StringComparison.Ordinal)).ToList();
+        var feeds = new Dictionary<string, Value>();
+        foreach (var p in pastInputs) feeds[p.Name] = EmptyPast(p);
+
+        var ids = prompt.ToArray();
+        feeds["input_ids"] = Tensor.FromArray(ids, 1, ids.Length);
+        feeds["position_ids"] = Tensor.FromArray(Enumerable.Range(0, ids.Length).Select(i => (long)i).ToArray(), 1, ids.Length);
+        long t0 = Stopwatch.GetTimestamp();
+        var outs = executor.Run(model, feeds);
+        double prefillMs = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+        var prefillLogits = (Tensor)outs["logits"];
+
+        var tokens = new List<long> { LastArgmax(prefillLogits) };
+        double decodeMs = 0;
+        int steps = 0;
+        long position = ids.Length;
+        while (tokens.Count < maxNewTokens && !(eosTokenIds?.Contains((int)tokens[^1]) ?? false))
+        {
+            foreach (var p in pastInputs) feeds[p.Name] = outs["present." + p.Name[PastPrefix.Length..]];
+            feeds["input_ids"] = Tensor.FromArray(new[] { tokens[^1] }, 1, 1);
+            feeds["position_ids"] = Tensor.FromArray(new[] { position++ }, 1, 1);
+            t0 = Stopwatch.GetTimestamp();
+            outs = executor.Run(model, feeds);
+            decodeMs += Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+            steps++;
+            tokens.Add(LastArgmax((Tensor)outs["logits"]));
+        }
+        return new GenerationResult(tokens.ToArray(), prefillLogits, ids.Length, prefillMs, decodeMs, steps);
+    }
+
+    /// <summary>A [1, kv_heads, 0, head_dim] tensor for a past input declared [batch, kv_heads, past_seq, head_dim].</summary>
+    static Tensor EmptyPast(ValueInfo input)
+    {
+        var shape = input.Type?.Shape;
+        if (shape is not { Length: 4 } || shape[1].Value is not long heads || shape[3].Value is not long dim)
+            throw new TapmlException($"graph input '{input.Name}' must be declared [batch, kv_heads, past_seq, head_dim] with fixed heads and head_dim, got {input.Type}");
+        return Tensor.Zeros(input.Type!.ElemType, 1, heads, 0, dim);
+    }
+
+    /// <summary>Argmax over the vocabulary at the last position of logits [1, seq, vocab].</summary>
+    static long LastArgmax(Tensor logits)
+    {
+        int vocab = (int)logits.Shape[^1];
+        var row = logits.Span<float>()[^vocab..];
+        int best = 0;
+        for (int i = 1; i < row.Length; i++) if (row[i] > row[best]) best = i;
+        return best;
+    }
+}
