@@ -129,6 +129,12 @@ public sealed class Executor
             {
                 throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name}: {e.Message}", e);
             }
+            catch (OverflowException e)
+            {
+                // NOTE: kernels convert sizes and attribute values with checked casts on purpose: an overflow is a value
+                // out of the range they handle (a huge pad, kernel or dimension), i.e. a verdict on the input.
+                throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name}: a size or attribute value is out of the range this kernel handles (inputs {string.Join(", ", inputs.Select(v => v?.Describe() ?? "-"))})", e);
+            }
             catch (OutOfMemoryException e)
             {
                 throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name} ran out of host memory (inputs {string.Join(", ", inputs.Select(v => v?.Describe() ?? "-"))})", e);
