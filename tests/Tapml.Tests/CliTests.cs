@@ -67,6 +67,11 @@ public class CliTests : IDisposable
         var r = CliRunner.Run("conformance", Path.Combine(_dir, "cases"), "--platform", "cpu");
         Assert.Equal(1, r.ExitCode);
         Assert.Contains("test_relu_wrong", r.Stdout);
+        // The failure carries the one-line command that reproduces it alone, and that command fails the same way.
+        string repro = r.Stdout.Split('\n').Single(l => l.TrimStart().StartsWith("reproduce: ")).Trim()["reproduce: ./tapml ".Length..];
+        var again = CliRunner.Run(repro.Split(' '));
+        Assert.Equal(1, again.ExitCode);
+        Assert.Contains("test_relu_wrong", again.Stdout);
         Assert.Equal("0 passed, 1 failed, 0 skipped", r.Stdout.TrimEnd().Split('\n')[^1]);
     }
 

@@ -13,6 +13,16 @@ public sealed class ConformanceRunner(IPlatform platform, Tolerance tolerance)
 {
     public CaseResult Run(OnnxCase c)
     {
+        var r = RunCase(c);
+        return r.Status is CaseStatus.Failed or CaseStatus.Error
+            ? r with { Repro = $"./tapml conformance {Quote(c.Dir)} --platform {Quote(platform.Name)} --rtol {tolerance.Rtol:G6} --atol {tolerance.Atol:G6}" }
+            : r;
+    }
+
+    static string Quote(string s) => s.All(ch => char.IsLetterOrDigit(ch) || "/._-:=".Contains(ch)) ? s : "'" + s.Replace("'", "'\\''") + "'";
+
+    CaseResult RunCase(OnnxCase c)
+    {
         var sw = Stopwatch.StartNew();
         try
         {
