@@ -10,6 +10,7 @@ public static class HfModels
     static readonly Dictionary<string, Func<string, Model>> Builders = new()
     {
         ["llama"] = Llama.Load,
+        ["gpt2"] = Gpt2.Load,
     };
 
     /// <summary>Whether <paramref name="dir"/> looks like a Hugging Face model folder (has config.json).</summary>

@@ -1,0 +1,111 @@
+using System.Text.RegularExpressions;
+using Tapml.Core;
+using Tapml.Ir.Safetensors;
+
+namespace Tapml.Models;
+
+/// <summary>The explicit Hugging Face weight-name map of <c>GPT2LMHeadModel</c> and the checked loading of it
+/// (same rules as <see cref="LlamaWeights"/>: every tensor the config implies must be present with exactly that
+/// shape, every tensor in the checkpoint must be used; both lists in one error). GPT-2 linears are
+/// <c>Conv1D</c>: weights are stored [in, out] and compute <c>x @ W + b</c>.</summary>
+public static partial class Gpt2Weights
+{
+    const string Prefix = "transformer.";
+
+    /// <summary>Non-persistent buffers older exports saved: the causal mask <c>attn.bias</c> [1, 1, n, n] and
+    /// <c>attn.masked_bias</c> (a scalar). Nothing reads them; the graph builds its own mask.</summary>
+    [GeneratedRegex(@"^transformer\.h\.\d+\.attn\.(bias|masked_bias)$")]
+    private static partial Regex BufferName();
+
+    static bool IsBuffer(string name) => BufferName().IsMatch(name);
+
+    /// <summary>Every tensor the config implies, in model order.</summary>
+    public static IReadOnlyList<WeightSpec> Specs(HfConfig c)
+    {
+        long h = c.HiddenSize, inner = c.IntermediateSize;
+        var specs = new List<WeightSpec>
+        {
+            new(Prefix + "wte.weight", [c.VocabSize, h]),
+            new(Prefix + "wpe.weight", [c.MaxPositions, h]),
+        };
+        for (int i = 0; i < c.NumLayers; i++)
+        {
+            string p = $"{Prefix}h.{i}.";
+            specs.Add(new(p + "ln_1.weight", [h]));
+            specs.Add(new(p + "ln_1.bias", [h]));
+            specs.Add(new(p + "attn.c_attn.weight", [h, 3 * h]));
+            specs.Add(new(p + "attn.c_attn.bias", [3 * h]));
+            specs.Add(new(p + "attn.c_proj.weight", [h, h]));
+            specs.Add(new(p + "attn.c_proj.bias", [h]));
+            specs.Add(new(p + "ln_2.weight", [h]));
+            specs.Add(new(p + "ln_2.bias", [h]));
+            specs.Add(new(p + "mlp.c_fc.weight", [h, inner]));
+            specs.Add(new(p + "mlp.c_fc.bias", [inner]));
+            specs.Add(new(p + "mlp.c_proj.weight", [inner, h]));
+            specs.Add(new(p + "mlp.c_proj.bias", [h]));
+        }
+        specs.Add(new(Prefix + "ln_f.weight", [h]));
+        specs.Add(new(Prefix + "ln_f.bias", [h]));
+        if (!c.TieWordEmbeddings) specs.Add(new("lm_head.weight", [c.VocabSize, h]));
+        return specs;
+    }
+
+    /// <summary>Checkpoint name → the name of <see cref="Specs"/>. Checkpoints saved from the bare
+    /// <c>GPT2Model</c> (as the original openai-community/gpt2 files) lack the <c>transformer.</c> prefix that
+    /// transformers adds when loading them into <c>GPT2LMHeadModel</c>; they get it here.</summary>
+    static Func<string, string> Canonical(IEnumerable<string> names)
+    {
+        var list = names.ToList();
+        bool bare = !list.Any(n => n.StartsWith(Prefix, StringComparison.Ordinal)) && list.Contains("wte.weight");
+        return bare ? n => n == "lm_head.weight" ? n : Prefix + n : n => n;
+    }
+
+    /// <summary>Reads every tensor of <see cref="Specs"/> from <paramref name="checkpoint"/> as float32, checking
+    /// names and shapes first (nothing is read when something is missing or extra).</summary>
+    public static Dictionary<string, Tensor> Load(HfConfig c, SafetensorsCheckpoint checkpoint)
+    {
+        var specs = Specs(c);
+        var canonical = Canonical(checkpoint.Entries.Keys);
+        var fileName = checkpoint.Entries.Keys.ToDictionary(canonical);
+        Check(c, specs, checkpoint.Entries.ToDictionary(e => canonical(e.Key), e => e.Value.Shape), checkpoint.Dir);
+        var weights = new Dictionary<string, Tensor>();
+        foreach (var s in specs)
+        {
+            var t = checkpoint.Read(fileName[s.Name]);
+            weights[s.Name] = t.DType switch
+            {
+                DType.Float32 => t,
+                DType.Float16 or DType.BFloat16 or DType.Float64 => ToFloat32(t),
+                _ => throw new TapmlException($"{checkpoint.Dir}: tensor '{fileName[s.Name]}' is {DTypes.Name(t.DType)}; expected a floating-point weight"),
+            };
+        }
+        return weights;
+    }
+
+    /// <summary>Checks <paramref name="available"/> (tensor name → shape) against the config's map: missing
+    /// tensors, unused tensors and shape mismatches are all listed in one <see cref="TapmlException"/> naming
+    /// <paramref name="origin"/> (the checkpoint folder). The attention-mask buffers are ignored, and with tied
+    /// embeddings so is a saved <c>lm_head.weight</c> (a copy of wte, which transformers also ignores).</summary>
+    public static void Check(HfConfig c, IReadOnlyList<WeightSpec> specs, IReadOnlyDictionary<string, long[]> available, string origin)
+    {
+        var expected = specs.ToDictionary(s => s.Name);
+        var missing = specs.Where(s => !available.ContainsKey(s.Name)).Select(s => s.ToString()).ToList();
+        var unused = available.Keys.Where(n => !expected.ContainsKey(n) && !IsBuffer(n) && !(c.TieWordEmbeddings && n == "lm_head.weight")).Order().ToList();
+        var wrongShape = specs.Where(s => available.TryGetValue(s.Name, out var shape) && !shape.AsSpan().SequenceEqual(s.Shape))
+            .Select(s => $"'{s.Name}' is {ShapeUtil.Format(available[s.Name])}, config {c.Path} implies {ShapeUtil.Format(s.Shape)}").ToList();
+        if (missing.Count == 0 && unused.Count == 0 && wrongShape.Count == 0) return;
+        var parts = new List<string>();
+        if (missing.Count > 0) parts.Add($"missing {missing.Count} weight(s): {string.Join(", ", missing)}");
+        if (unused.Count > 0) parts.Add($"{unused.Count} unused weight(s): {string.Join(", ", unused)}");
+        if (wrongShape.Count > 0) parts.Add($"wrong shape: {string.Join("; ", wrongShape)}");
+        throw new TapmlException($"checkpoint {origin} does not match a {c.ModelType} model: {string.Join("; ", parts)}");
+    }
+
+    static Tensor ToFloat32(Tensor t)
+    {
+        var r = Tensor.Uninitialized(DType.Float32, t.Shape);
+        var d = r.Span<float>();
+        for (long i = 0; i < t.Length; i++) d[(int)i] = (float)t.GetDouble(i);
+        return r;
+    }
+}
