@@ -10,6 +10,10 @@ public static class HfModels
     static readonly Dictionary<string, Func<string, Model>> Builders = new()
     {
         ["llama"] = Llama.Load,
+        ["qwen2"] = Qwen2.Load,
+        ["mistral"] = Mistral.Load,
+        ["gemma"] = Gemma.Load,
+        ["phi3"] = Phi3.Load,
     };
 
     /// <summary>Whether <paramref name="dir"/> looks like a Hugging Face model folder (has config.json).</summary>
