@@ -117,6 +117,33 @@ public class LlamaFamilyTests
         Assert.Contains("unused weight(s): model.layers.0.self_attn.q_proj.weight", e.Message);
     }
 
+    /// <summary>partial_rotary_factor 0.5 on the tiny Phi-3: only the first 8 of 16 channels rotate (4 frequencies; the logits
+    /// change), and the CPU and ONNX Runtime agree on the graph, prefill and decode.</summary>
+    [Fact]
+    public void Phi3_partial_rotary_runs_and_matches_onnxruntime()
+    {
+        var r = Tiny("phi3");
+        string src = SharedData.Require("models", "hf-tiny", "phi3");
+        var raw = JsonNode.Parse(File.ReadAllText(Path.Combine(src, "config.json")))!.AsObject();
+        raw["rope_parameters"]!["partial_rotary_factor"] = 0.5;
+        string dir = Directory.CreateTempSubdirectory("tapml-phi3-partial").FullName;
+        try
+        {
+            File.WriteAllText(Path.Combine(dir, "config.json"), raw.ToJsonString());
+            var c = HfConfig.Load(dir);
+            Assert.Equal(0.5, c.Rope.PartialRotaryFactor);
+            using var ckpt = new SafetensorsCheckpoint(src);
+            var model = Llama.Build(c, LlamaWeights.Load(c, ckpt, Phi3.Options(c)), Phi3.Options(c));
+            Assert.Equal([4L], model.Graph.Initializers["rope.inv_freq"].Shape); // rotary_dim 8: 4 frequencies
+            var cpu = Generation.Greedy(new Executor(new CpuPlatform()), model, r.InputIds, 6);
+            var ort = Generation.Greedy(new Executor(new OrtPlatform("onnxruntime")) { PreferWholeGraph = true }, model, r.InputIds, 6);
+            Assert.True(Comparison.Compare("logits", ort.PrefillLogits, cpu.PrefillLogits, HfTol).Passed);
+            Assert.Equal(ort.Tokens, cpu.Tokens);
+            Assert.False(Comparison.Compare("logits", r.Logits, cpu.PrefillLogits, HfTol).Passed);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
     public static TheoryData<string> PublishedConfigs()
     {
         var d = new TheoryData<string>();
