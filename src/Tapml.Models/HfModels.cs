@@ -10,6 +10,10 @@ public static class HfModels
     static readonly Dictionary<string, Func<string, Model>> Builders = new()
     {
         ["llama"] = Llama.Load,
+        ["qwen2"] = Qwen2.Load,
+        ["mistral"] = Mistral.Load,
+        ["gemma"] = Gemma.Load,
+        ["phi3"] = Phi3.Load,
         ["gpt2"] = Gpt2.Load,
     };
 

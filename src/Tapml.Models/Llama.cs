@@ -17,35 +17,84 @@ public static class Llama
     /// <summary>Opset the graph is built for.</summary>
     public const int Opset = 17;
 
-    /// <summary>Config and checkpoint of a Hugging Face folder → model. Errors name the folder.</summary>
-    public static Model Load(string dir)
+    /// <summary>Llama's switches: biases from <c>attention_bias</c>/<c>mlp_bias</c>, SiLU only, no tensor-parallel slicing.</summary>
+    public static DecoderOptions Options(HfConfig c)
     {
-        var config = HfConfig.Load(dir);
-        using var checkpoint = new SafetensorsCheckpoint(dir);
-        var model = Build(config, LlamaWeights.Load(config, checkpoint));
-        return model;
+        if (c.HiddenAct != "silu") throw c.Error("hidden_act", $"is '{c.HiddenAct}'; Llama supports silu");
+        if ((c.Int("pretraining_tp") ?? 1) != 1) throw c.Error("pretraining_tp", "must be 1 (tensor-parallel slicing of the MLP is not supported)");
+        bool attnBias = c.Bool("attention_bias") ?? false;
+        return new DecoderOptions { Family = "llama", QkvBias = attnBias, OutBias = attnBias, MlpBias = c.Bool("mlp_bias") ?? false };
     }
 
+    /// <summary>Config and checkpoint of a Hugging Face folder → model. Errors name the folder.</summary>
+    public static Model Load(string dir) => Load(dir, Options);
+
     /// <summary>Builds the graph from a config and float32 weights keyed by Hugging Face name (see
-    /// <see cref="LlamaWeights.Specs"/>); names and shapes are checked first.</summary>
-    public static Model Build(HfConfig config, IReadOnlyDictionary<string, Tensor> weights)
+    /// <see cref="LlamaWeights.Specs(HfConfig)"/>); names and shapes are checked first.</summary>
+    public static Model Build(HfConfig config, IReadOnlyDictionary<string, Tensor> weights) => Build(config, weights, Options(config));
+
+    /// <summary>A Llama-family folder → model, with the architecture's switches from <paramref name="options"/>.</summary>
+    public static Model Load(string dir, Func<HfConfig, DecoderOptions> options)
     {
-        if (config.HiddenAct != "silu") throw config.Error("hidden_act", $"is '{config.HiddenAct}'; Llama supports silu");
-        if ((config.Int("pretraining_tp") ?? 1) != 1) throw config.Error("pretraining_tp", "must be 1 (tensor-parallel slicing of the MLP is not supported)");
-        var specs = LlamaWeights.Specs(config);
+        var config = HfConfig.Load(dir);
+        var o = options(config);
+        using var checkpoint = new SafetensorsCheckpoint(dir);
+        return Build(config, LlamaWeights.Load(config, checkpoint, o), o);
+    }
+
+    /// <summary>The Llama decoder with an architecture's switches; <paramref name="weights"/> are keyed by the
+    /// checkpoint's own names (fused tensors are split here, so the graph is always the Llama graph).</summary>
+    public static Model Build(HfConfig config, IReadOnlyDictionary<string, Tensor> weights, DecoderOptions options)
+    {
+        if (options.Activation is not ("silu" or "gelu_pytorch_tanh" or "gelu_new" or "gelu"))
+            throw config.Error("hidden_act", $"is '{options.Activation}'; supported: silu, gelu_pytorch_tanh, gelu_new, gelu");
+        if (config.Rope.PartialRotaryFactor != 1 && !options.PartialRotary)
+            throw config.Error("partial_rotary_factor", $"is {config.Rope.PartialRotaryFactor}; only full rotary embeddings are supported for {config.ModelType}");
+        var specs = LlamaWeights.Specs(config, options);
         LlamaWeights.Check(config, specs, weights.ToDictionary(w => w.Key, w => w.Value.Shape), Path.GetDirectoryName(config.Path) ?? config.Path);
-        var g = new LlamaGraph(config, weights);
+        var g = new LlamaGraph(config, LlamaWeights.Unfuse(config, weights, options), options);
         return new Model { Graph = g.Build(), Opsets = new() { [""] = Opset }, ProducerName = "tapml" };
     }
 }
 
-/// <summary>The node-by-node construction of <see cref="Llama"/>; one method per block of the HF module tree.</summary>
-sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w)
+/// <summary>What distinguishes one Llama-family architecture from another; the decoder graph is the same.</summary>
+public sealed record DecoderOptions
 {
-    readonly GraphBuilder b = new(c.Architectures.FirstOrDefault() ?? "llama");
-    readonly bool attnBias = c.Bool("attention_bias") ?? false;
-    readonly bool mlpBias = c.Bool("mlp_bias") ?? false;
-    string cos = "", sin = "", mask = "";
+    /// <summary>The architecture, for messages.</summary>
+    public string Family { get; init; } = "llama";
+    /// <summary>q/k/v projections carry biases (Qwen2; Llama/Gemma with attention_bias).</summary>
+    public bool QkvBias { get; init; }
+    /// <summary>o_proj carries a bias.</summary>
+    public bool OutBias { get; init; }
+    /// <summary>gate/up/down carry biases.</summary>
+    public bool MlpBias { get; init; }
+    /// <summary>MLP activation on the gate: silu, gelu_pytorch_tanh (= gelu_new), gelu (erf).</summary>
+    public string Activation { get; init; } = "silu";
+    /// <summary>Gemma RMSNorm: <c>x̂ * (1 + weight)</c> instead of <c>x̂ * weight</c>.</summary>
+    public bool NormAddsOne { get; init; }
+    /// <summary>Gemma: embeddings multiplied by sqrt(hidden_size) (as a float32 scalar).</summary>
+    public bool ScaleEmbeddings { get; init; }
+    /// <summary>Keys more than this many positions back are hidden (query i sees key j when i - j &lt; window),
+    /// in the layers <see cref="IsSliding"/> selects; null: full causal attention everywhere.</summary>
+    public int? SlidingWindow { get; init; }
+    /// <summary>Which layers use the sliding window (all when null).</summary>
+    public Func<int, bool>? IsSliding { get; init; }
+    /// <summary>Phi-3: one <c>qkv_proj</c> tensor (rows q, k, v) instead of three.</summary>
+    public bool FusedQkv { get; init; }
+    /// <summary>Phi-3: one <c>gate_up_proj</c> tensor (rows gate, up) instead of two.</summary>
+    public bool FusedGateUp { get; init; }
+    /// <summary>partial_rotary_factor &lt; 1 allowed (the first head_dim·factor channels rotate, the rest pass).</summary>
+    public bool PartialRotary { get; init; }
+
+    public bool Sliding(int layer) => SlidingWindow is not null && (IsSliding?.Invoke(layer) ?? true);
+}
+
+/// <summary>The node-by-node construction of <see cref="Llama"/>; one method per block of the HF module tree.</summary>
+sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, DecoderOptions o)
+{
+    readonly GraphBuilder b = new(c.Architectures.FirstOrDefault() ?? o.Family);
+    readonly int rotaryDim = (int)(c.HeadDim * c.Rope.PartialRotaryFactor);
+    string cos = "", sin = "", mask = "", slidingMask = "";
 
     static Dim Sym(string name) => new(null, name);
 
@@ -62,6 +111,7 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w)
         RotaryTables(pos);
         CausalMask(ids, pasts[0].Key);
         string x = b.Node("Gather", [Weight("model.embed_tokens.weight"), ids], new() { ["axis"] = Attr.Of(0L) });
+        if (o.ScaleEmbeddings) x = b.Node("Mul", [x, Float("embed_scale", (float)Math.Sqrt(c.HiddenSize))]);
         var presents = new List<string>();
         for (int i = 0; i < c.NumLayers; i++)
         {
@@ -124,23 +174,52 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w)
     /// <summary>HF LlamaRMSNorm: <c>weight * (x * rsqrt(mean(x²) + eps))</c>, with rsqrt as 1/sqrt via Div.</summary>
     string RmsNorm(string x, string weight)
     {
+        string scale = o.NormAddsOne ? PlusOne(weight) : Weight(weight);
         string sq = b.Node("Pow", [x, Float("two", 2f)]);
         string mean = b.Node("ReduceMean", [sq], new() { ["axes"] = Attr.Of(new long[] { -1 }), ["keepdims"] = Attr.Of(1L) });
         string rms = b.Node("Sqrt", [b.Node("Add", [mean, Float("rms_eps", (float)c.NormEps)])]);
-        return b.Node("Mul", [b.Node("Div", [x, rms]), Weight(weight)]);
+        return b.Node("Mul", [b.Node("Div", [x, rms]), scale]);
     }
 
-    /// <summary>cos/sin tables [batch, 1, seq, head_dim] from position_ids: <c>freqs = pos * inv_freq</c>,
-    /// <c>emb = cat(freqs, freqs)</c>. llama3/linear/default scaling all have attention factor 1.</summary>
+    /// <summary>Gemma's <c>1 + weight</c>, computed once in float32 as HF does.</summary>
+    string PlusOne(string name)
+    {
+        string key = name + ".plus1";
+        if (_initializers.TryGetValue(key, out var v)) return v;
+        var t = w[name];
+        var src = t.Span<float>();
+        var dst = Tensor.Uninitialized(DType.Float32, t.Shape);
+        var d = dst.Span<float>();
+        for (int i = 0; i < src.Length; i++) d[i] = 1f + src[i];
+        return _initializers[key] = b.Initializer(key, dst);
+    }
+
+    /// <summary>cos/sin tables [batch, 1, seq, rotary_dim] from position_ids: <c>freqs = pos * inv_freq</c>,
+    /// <c>emb = cat(freqs, freqs)</c>, times the attention factor (1 except longrope). longrope switches to the
+    /// long factors when <c>max(position_ids) + 1 &gt; original_max_position_embeddings</c> (HF's dynamic update).</summary>
     void RotaryTables(string positionIds)
     {
-        string inv = b.Initializer("rope.inv_freq", Tensor.FromArray(Rope.InverseFrequencies(c, c.HeadDim), c.HeadDim / 2));
+        var t = Rope.Tables(c, rotaryDim);
+        string inv = b.Initializer("rope.inv_freq", Tensor.FromArray(t.Short, rotaryDim / 2));
         string posF = b.Node("Cast", [positionIds], new() { ["to"] = Attr.Of((long)DType.Float32) });
+        if (t.Long is not null)
+        {
+            string invLong = b.Initializer("rope.inv_freq_long", Tensor.FromArray(t.Long, rotaryDim / 2));
+            string maxPos = b.Node("ReduceMax", [posF], new() { ["keepdims"] = Attr.Of(0L) });
+            string isLong = b.Node("Greater", [maxPos, Float("rope_long_threshold", (float)(t.Original - 1))]);
+            inv = b.Node("Where", [isLong, invLong, inv]);
+        }
         string freqs = b.Node("Mul", [b.Node("Unsqueeze", [posF, b.Ints("axis_last", -1)]), inv]);
         string emb = b.Node("Concat", [freqs, freqs], new() { ["axis"] = Attr.Of(-1L) });
         string heads = b.Ints("axis_heads", 1);
-        cos = b.Node("Unsqueeze", [b.Node("Cos", [emb]), heads]);
-        sin = b.Node("Unsqueeze", [b.Node("Sin", [emb]), heads]);
+        string cosT = b.Node("Cos", [emb]), sinT = b.Node("Sin", [emb]);
+        if (t.AttentionFactor != 1f)
+        {
+            cosT = b.Node("Mul", [cosT, Float("rope_attention_factor", t.AttentionFactor)]);
+            sinT = b.Node("Mul", [sinT, Float("rope_attention_factor", t.AttentionFactor)]);
+        }
+        cos = b.Node("Unsqueeze", [cosT, heads]);
+        sin = b.Node("Unsqueeze", [sinT, heads]);
     }
 
     /// <summary>Boolean [seq, past_seq + seq]: query i (absolute position past + i) may attend key j when j ≤ past + i.</summary>
@@ -153,17 +232,28 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w)
         string keys = b.Node("Range", [zero, total, one]);
         string queries = b.Node("Unsqueeze", [b.Node("Range", [past, total, one]), b.Ints("axis_col", 1)]);
         mask = b.Node("LessOrEqual", [keys, queries]);
+        if (o.SlidingWindow is int window && Enumerable.Range(0, c.NumLayers).Any(o.Sliding))
+        {
+            // transformers' sliding_window_overlay: kv_idx > q_idx - sliding_window, on top of the causal mask.
+            string lowest = b.Node("Sub", [queries, b.Initializer("sliding_window", Tensor.Scalar((long)window))]);
+            slidingMask = b.Node("And", [mask, b.Node("Greater", [keys, lowest])]);
+        }
     }
 
-    /// <summary>HF rotate_half: <c>cat(-x[..., d/2:], x[..., :d/2])</c>; then <c>x*cos + rotate_half(x)*sin</c>.</summary>
+    /// <summary>HF rotate_half: <c>cat(-x[..., d/2:], x[..., :d/2])</c>; then <c>x*cos + rotate_half(x)*sin</c>.
+    /// With partial rotary (Phi-3) only the first rotary_dim channels rotate; the rest pass through.</summary>
     string ApplyRope(string x)
     {
-        long half = c.HeadDim / 2;
+        long half = rotaryDim / 2;
         string axis = b.Ints("axis3", 3);
-        string x1 = b.Node("Slice", [x, b.Ints("s0", 0), b.Ints("s_half", half), axis]);
-        string x2 = b.Node("Slice", [x, b.Ints("s_half", half), b.Ints("s_end", c.HeadDim), axis]);
+        string xr = rotaryDim == c.HeadDim ? x : b.Node("Slice", [x, b.Ints("s0", 0), b.Ints("s_rot", rotaryDim), axis]);
+        string x1 = b.Node("Slice", [xr, b.Ints("s0", 0), b.Ints("s_half", half), axis]);
+        string x2 = b.Node("Slice", [xr, b.Ints("s_half", half), b.Ints("s_rot", rotaryDim), axis]);
         string rotated = b.Node("Concat", [b.Node("Neg", [x2]), x1], new() { ["axis"] = Attr.Of(-1L) });
-        return b.Node("Add", [b.Node("Mul", [x, cos]), b.Node("Mul", [rotated, sin])]);
+        string y = b.Node("Add", [b.Node("Mul", [xr, cos]), b.Node("Mul", [rotated, sin])]);
+        if (rotaryDim == c.HeadDim) return y;
+        string pass = b.Node("Slice", [x, b.Ints("s_rot", rotaryDim), b.Ints("s_end", c.HeadDim), axis]);
+        return b.Node("Concat", [y, pass], new() { ["axis"] = Attr.Of(-1L) });
     }
 
     /// <summary>[batch, seq, heads*head_dim] → [batch, heads, seq, head_dim].</summary>
@@ -181,25 +271,47 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w)
 
     (string Out, string Key, string Value) Attention(string h, string p, (string Key, string Value) past, int layer)
     {
-        string q = ApplyRope(SplitHeads(Linear(h, p + "q_proj", attnBias), c.NumHeads));
-        string k = ApplyRope(SplitHeads(Linear(h, p + "k_proj", attnBias), c.NumKvHeads));
-        string v = SplitHeads(Linear(h, p + "v_proj", attnBias), c.NumKvHeads);
+        string q = ApplyRope(SplitHeads(Linear(h, p + "q_proj", o.QkvBias), c.NumHeads));
+        string k = ApplyRope(SplitHeads(Linear(h, p + "k_proj", o.QkvBias), c.NumKvHeads));
+        string v = SplitHeads(Linear(h, p + "v_proj", o.QkvBias), c.NumKvHeads);
         string key = b.Node("Concat", [past.Key, k], new() { ["axis"] = Attr.Of(2L) }, outputName: $"present.{layer}.key");
         string value = b.Node("Concat", [past.Value, v], new() { ["axis"] = Attr.Of(2L) }, outputName: $"present.{layer}.value");
         string kT = b.Node("Transpose", [RepeatKv(key)], new() { ["perm"] = Attr.Of(new long[] { 0, 1, 3, 2 }) });
         string scores = b.Node("Mul", [b.Node("MatMul", [q, kT]), Float("attn_scale", (float)(1.0 / Math.Sqrt(c.HeadDim)))]);
-        scores = b.Node("Where", [mask, scores, Float("neg_inf", float.NegativeInfinity)]);
+        scores = b.Node("Where", [o.Sliding(layer) ? slidingMask : mask, scores, Float("neg_inf", float.NegativeInfinity)]);
         string probs = b.Node("Softmax", [scores], new() { ["axis"] = Attr.Of(-1L) });
         string ctx = b.Node("Transpose", [b.Node("MatMul", [probs, RepeatKv(value)])], new() { ["perm"] = Attr.Of(new long[] { 0, 2, 1, 3 }) });
         ctx = b.Node("Reshape", [ctx, b.Ints("merge_shape", 0, 0, (long)c.NumHeads * c.HeadDim)]);
-        return (Linear(ctx, p + "o_proj", attnBias), key, value);
+        return (Linear(ctx, p + "o_proj", o.OutBias), key, value);
     }
 
-    /// <summary>down(silu(gate(x)) * up(x)), silu(z) = z * sigmoid(z).</summary>
+    /// <summary>down(act(gate(x)) * up(x)).</summary>
     string Mlp(string h, string p)
     {
-        string gate = Linear(h, p + "gate_proj", mlpBias);
-        string silu = b.Node("Mul", [gate, b.Node("Sigmoid", [gate])]);
-        return Linear(b.Node("Mul", [silu, Linear(h, p + "up_proj", mlpBias)]), p + "down_proj", mlpBias);
+        string gate = Linear(h, p + "gate_proj", o.MlpBias);
+        return Linear(b.Node("Mul", [Activation(gate), Linear(h, p + "up_proj", o.MlpBias)]), p + "down_proj", o.MlpBias);
+    }
+
+    /// <summary>silu(z) = z·sigmoid(z); gelu_pytorch_tanh/gelu_new: 0.5·z·(1 + tanh(√(2/π)·(z + 0.044715·z³)));
+    /// gelu: 0.5·z·(1 + erf(z/√2)).</summary>
+    string Activation(string z)
+    {
+        switch (o.Activation)
+        {
+            case "silu":
+                return b.Node("Mul", [z, b.Node("Sigmoid", [z])]);
+            case "gelu":
+            {
+                string erf = b.Node("Erf", [b.Node("Mul", [z, Float("inv_sqrt2", (float)(1 / Math.Sqrt(2)))])]);
+                return b.Node("Mul", [b.Node("Mul", [z, Float("half", 0.5f)]), b.Node("Add", [erf, Float("one_f", 1f)])]);
+            }
+            default:
+            {
+                string cube = b.Node("Mul", [b.Node("Mul", [z, z]), z]);
+                string inner = b.Node("Add", [z, b.Node("Mul", [cube, Float("gelu_c", 0.044715f)])]);
+                string th = b.Node("Tanh", [b.Node("Mul", [inner, Float("sqrt_2_over_pi", (float)Math.Sqrt(2 / Math.PI))])]);
+                return b.Node("Mul", [b.Node("Mul", [z, Float("half", 0.5f)]), b.Node("Add", [th, Float("one_f", 1f)])]);
+            }
+        }
     }
 }

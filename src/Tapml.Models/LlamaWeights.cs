@@ -18,27 +18,37 @@ public static class LlamaWeights
     /// <summary>Checkpoint tensors that are buffers, not weights; older exports save them and nothing reads them.</summary>
     static bool IsBuffer(string name) => name.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal);
 
-    /// <summary>Every tensor the config implies, in model order.</summary>
-    public static IReadOnlyList<WeightSpec> Specs(HfConfig c)
+    /// <summary>Every tensor a Llama config implies, in model order.</summary>
+    public static IReadOnlyList<WeightSpec> Specs(HfConfig c) => Specs(c, Llama.Options(c));
+
+    /// <summary>Every tensor the config implies for the architecture's <paramref name="o"/>, in model order, under
+    /// the checkpoint's names (Phi-3's fused <c>qkv_proj</c>/<c>gate_up_proj</c> as stored).</summary>
+    public static IReadOnlyList<WeightSpec> Specs(HfConfig c, DecoderOptions o)
     {
         long h = c.HiddenSize, q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim, inter = c.IntermediateSize;
-        bool attnBias = c.Bool("attention_bias") ?? false, mlpBias = c.Bool("mlp_bias") ?? false;
         var specs = new List<WeightSpec> { new("model.embed_tokens.weight", [c.VocabSize, h]) };
+        void Linear(string name, long outDim, long inDim, bool bias)
+        {
+            specs.Add(new(name + ".weight", [outDim, inDim]));
+            if (bias) specs.Add(new(name + ".bias", [outDim]));
+        }
         for (int i = 0; i < c.NumLayers; i++)
         {
             string p = $"model.layers.{i}.";
             specs.Add(new(p + "input_layernorm.weight", [h]));
-            foreach (var (name, outDim, inDim) in new[] { ("q_proj", q, h), ("k_proj", kv, h), ("v_proj", kv, h), ("o_proj", h, q) })
-            {
-                specs.Add(new($"{p}self_attn.{name}.weight", [outDim, inDim]));
-                if (attnBias) specs.Add(new($"{p}self_attn.{name}.bias", [outDim]));
-            }
+            if (o.FusedQkv) Linear(p + "self_attn.qkv_proj", q + 2 * kv, h, o.QkvBias);
+            else
+                foreach (var (name, outDim) in new[] { ("q_proj", q), ("k_proj", kv), ("v_proj", kv) })
+                    Linear($"{p}self_attn.{name}", outDim, h, o.QkvBias);
+            Linear(p + "self_attn.o_proj", h, q, o.OutBias);
             specs.Add(new(p + "post_attention_layernorm.weight", [h]));
-            foreach (var (name, outDim, inDim) in new[] { ("gate_proj", inter, h), ("up_proj", inter, h), ("down_proj", h, inter) })
+            if (o.FusedGateUp) Linear(p + "mlp.gate_up_proj", 2 * inter, h, o.MlpBias);
+            else
             {
-                specs.Add(new($"{p}mlp.{name}.weight", [outDim, inDim]));
-                if (mlpBias) specs.Add(new($"{p}mlp.{name}.bias", [outDim]));
+                Linear(p + "mlp.gate_proj", inter, h, o.MlpBias);
+                Linear(p + "mlp.up_proj", inter, h, o.MlpBias);
             }
+            Linear(p + "mlp.down_proj", h, inter, o.MlpBias);
         }
         specs.Add(new("model.norm.weight", [h]));
         if (!c.TieWordEmbeddings) specs.Add(new("lm_head.weight", [c.VocabSize, h]));
@@ -47,9 +57,12 @@ public static class LlamaWeights
 
     /// <summary>Reads every tensor of <see cref="Specs"/> from <paramref name="checkpoint"/> as float32, checking
     /// names and shapes first (nothing is read when something is missing or extra).</summary>
-    public static Dictionary<string, Tensor> Load(HfConfig c, SafetensorsCheckpoint checkpoint)
+    public static Dictionary<string, Tensor> Load(HfConfig c, SafetensorsCheckpoint checkpoint) => Load(c, checkpoint, Llama.Options(c));
+
+    /// <summary>As <see cref="Load(HfConfig, SafetensorsCheckpoint)"/> for the architecture's <paramref name="o"/>.</summary>
+    public static Dictionary<string, Tensor> Load(HfConfig c, SafetensorsCheckpoint checkpoint, DecoderOptions o)
     {
-        var specs = Specs(c);
+        var specs = Specs(c, o);
         Check(c, specs, checkpoint.Entries.ToDictionary(e => e.Key, e => e.Value.Shape), checkpoint.Dir);
         var weights = new Dictionary<string, Tensor>();
         foreach (var s in specs)
@@ -82,6 +95,38 @@ public static class LlamaWeights
         if (unused.Count > 0) parts.Add($"{unused.Count} unused weight(s): {string.Join(", ", unused)}");
         if (wrongShape.Count > 0) parts.Add($"wrong shape: {string.Join("; ", wrongShape)}");
         throw new TapmlException($"checkpoint {origin} does not match a {c.ModelType} model: {string.Join("; ", parts)}");
+    }
+
+    /// <summary>The graph's view of the weights: fused tensors split by rows into the Llama names
+    /// (<c>qkv_proj</c> → q, k, v in that order; <c>gate_up_proj</c> → first half gate, second half up).</summary>
+    public static IReadOnlyDictionary<string, Tensor> Unfuse(HfConfig c, IReadOnlyDictionary<string, Tensor> w, DecoderOptions o)
+    {
+        if (!o.FusedQkv && !o.FusedGateUp) return w;
+        var r = new Dictionary<string, Tensor>(w);
+        long q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim, inter = c.IntermediateSize;
+        void Split(string fused, (string Name, long Rows)[] parts)
+        {
+            foreach (var suffix in new[] { ".weight", ".bias" })
+            {
+                if (!r.Remove(fused + suffix, out var t)) continue;
+                long cols = t.Shape.Length == 2 ? t.Shape[1] : 1, start = 0;
+                var src = t.Span<float>();
+                foreach (var (name, rows) in parts)
+                {
+                    var part = Tensor.Uninitialized(DType.Float32, t.Shape.Length == 2 ? new[] { rows, cols } : new[] { rows });
+                    src.Slice((int)(start * cols), (int)(rows * cols)).CopyTo(part.Span<float>());
+                    r[name + suffix] = part;
+                    start += rows;
+                }
+            }
+        }
+        for (int i = 0; i < c.NumLayers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            if (o.FusedQkv) Split(p + "self_attn.qkv_proj", [(p + "self_attn.q_proj", q), (p + "self_attn.k_proj", kv), (p + "self_attn.v_proj", kv)]);
+            if (o.FusedGateUp) Split(p + "mlp.gate_up_proj", [(p + "mlp.gate_proj", inter), (p + "mlp.up_proj", inter)]);
+        }
+        return r;
     }
 
     static Tensor ToFloat32(Tensor t)
