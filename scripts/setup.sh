@@ -10,6 +10,7 @@ if ! command -v dotnet >/dev/null 2>&1; then
 fi
 need=()
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -18,4 +19,5 @@ fi
 dotnet restore tapml.sln -v quiet
 dotnet build tapml.sln -c Release -v quiet -nologo -clp:ErrorsOnly
 ./tapml platforms >/dev/null
+bash scripts/fetch-tokenizers.sh
 echo "setup: done"
