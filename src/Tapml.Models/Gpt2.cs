@@ -91,35 +91,12 @@ sealed class Gpt2Graph(HfConfig c, IReadOnlyDictionary<string, Tensor> w)
 
     // ---- weights and constants -------------------------------------------------------------------------
 
-    readonly Dictionary<string, string> _initializers = new();
+    GraphWeights? _weights;
+    GraphWeights Weights => _weights ??= new(b, w);
+    string Weight(string name) => Weights.Weight(name);
+    string TransposedWeight(string name) => Weights.Transposed(name);
+    string Float(string name, float v) => Weights.Float(name, v);
 
-    string Weight(string name)
-    {
-        if (!_initializers.TryGetValue(name, out var v)) _initializers[name] = v = b.Initializer(name, w[name]);
-        return v;
-    }
-
-    /// <summary>An [out, in] matrix (the embedding, for the tied lm_head) stored as [in, out] for one MatMul.</summary>
-    string TransposedWeight(string name)
-    {
-        string key = name + ".T";
-        if (_initializers.TryGetValue(key, out var v)) return v;
-        var t = w[name];
-        int rows = (int)t.Shape[0], cols = (int)t.Shape[1];
-        var src = t.Span<float>();
-        var dst = Tensor.Uninitialized(DType.Float32, cols, rows);
-        var d = dst.Span<float>();
-        for (int r = 0; r < rows; r++)
-            for (int k = 0; k < cols; k++) d[k * rows + r] = src[r * cols + k];
-        return _initializers[key] = b.Initializer(key, dst);
-    }
-
-    /// <summary>A named f32 scalar constant, created once.</summary>
-    string Float(string name, float v)
-    {
-        if (!_initializers.TryGetValue(name, out var n)) _initializers[name] = n = b.Initializer(name, Tensor.Scalar(v));
-        return n;
-    }
 
     /// <summary>HF Conv1D: weight [in, out] as stored, <c>x @ W + b</c>.</summary>
     string Conv1D(string x, string prefix) => b.Node("Add", [b.Node("MatMul", [x, Weight(prefix + ".weight")]), Weight(prefix + ".bias")]);

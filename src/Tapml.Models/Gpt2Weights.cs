@@ -1,5 +1,6 @@
 using System.Text.RegularExpressions;
 using Tapml.Core;
+using Tapml.Platforms.Cpu;
 using Tapml.Ir.Safetensors;
 
 namespace Tapml.Models;
@@ -75,37 +76,14 @@ public static partial class Gpt2Weights
             weights[s.Name] = t.DType switch
             {
                 DType.Float32 => t,
-                DType.Float16 or DType.BFloat16 or DType.Float64 => ToFloat32(t),
+                DType.Float16 or DType.BFloat16 or DType.Float64 => TensorConvert.To(t, DType.Float32),
                 _ => throw new TapmlException($"{checkpoint.Dir}: tensor '{fileName[s.Name]}' is {DTypes.Name(t.DType)}; expected a floating-point weight"),
             };
         }
         return weights;
     }
 
-    /// <summary>Checks <paramref name="available"/> (tensor name → shape) against the config's map: missing
-    /// tensors, unused tensors and shape mismatches are all listed in one <see cref="TapmlException"/> naming
-    /// <paramref name="origin"/> (the checkpoint folder). The attention-mask buffers are ignored, and with tied
-    /// embeddings so is a saved <c>lm_head.weight</c> (a copy of wte, which transformers also ignores).</summary>
-    public static void Check(HfConfig c, IReadOnlyList<WeightSpec> specs, IReadOnlyDictionary<string, long[]> available, string origin)
-    {
-        var expected = specs.ToDictionary(s => s.Name);
-        var missing = specs.Where(s => !available.ContainsKey(s.Name)).Select(s => s.ToString()).ToList();
-        var unused = available.Keys.Where(n => !expected.ContainsKey(n) && !IsBuffer(n) && !(c.TieWordEmbeddings && n == "lm_head.weight")).Order().ToList();
-        var wrongShape = specs.Where(s => available.TryGetValue(s.Name, out var shape) && !shape.AsSpan().SequenceEqual(s.Shape))
-            .Select(s => $"'{s.Name}' is {ShapeUtil.Format(available[s.Name])}, config {c.Path} implies {ShapeUtil.Format(s.Shape)}").ToList();
-        if (missing.Count == 0 && unused.Count == 0 && wrongShape.Count == 0) return;
-        var parts = new List<string>();
-        if (missing.Count > 0) parts.Add($"missing {missing.Count} weight(s): {string.Join(", ", missing)}");
-        if (unused.Count > 0) parts.Add($"{unused.Count} unused weight(s): {string.Join(", ", unused)}");
-        if (wrongShape.Count > 0) parts.Add($"wrong shape: {string.Join("; ", wrongShape)}");
-        throw new TapmlException($"checkpoint {origin} does not match a {c.ModelType} model: {string.Join("; ", parts)}");
-    }
-
-    static Tensor ToFloat32(Tensor t)
-    {
-        var r = Tensor.Uninitialized(DType.Float32, t.Shape);
-        var d = r.Span<float>();
-        for (long i = 0; i < t.Length; i++) d[(int)i] = (float)t.GetDouble(i);
-        return r;
-    }
+    /// <summary>Checks a checkpoint's tensors against the config's map (see <see cref="WeightMap.Check"/>).</summary>
+    public static void Check(HfConfig c, IReadOnlyList<WeightSpec> specs, IReadOnlyDictionary<string, long[]> available, string origin) =>
+        WeightMap.Check(c, specs, available, origin, IsBuffer);
 }

@@ -133,35 +133,12 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
 
     // ---- weights and constants -------------------------------------------------------------------------
 
-    readonly Dictionary<string, string> _initializers = new();
+    GraphWeights? _weights;
+    GraphWeights Weights => _weights ??= new(b, w);
+    string Weight(string name) => Weights.Weight(name);
+    string TransposedWeight(string name) => Weights.Transposed(name);
+    string Float(string name, float v) => Weights.Float(name, v);
 
-    string Weight(string name)
-    {
-        if (!_initializers.TryGetValue(name, out var v)) _initializers[name] = v = b.Initializer(name, w[name]);
-        return v;
-    }
-
-    /// <summary>A Linear weight [out, in] stored as [in, out] so the graph computes <c>x @ W^T</c> with one MatMul.</summary>
-    string TransposedWeight(string name)
-    {
-        string key = name + ".T";
-        if (_initializers.TryGetValue(key, out var v)) return v;
-        var t = w[name];
-        int rows = (int)t.Shape[0], cols = (int)t.Shape[1];
-        var src = t.Span<float>();
-        var dst = Tensor.Uninitialized(DType.Float32, cols, rows);
-        var d = dst.Span<float>();
-        for (int r = 0; r < rows; r++)
-            for (int k = 0; k < cols; k++) d[k * rows + r] = src[r * cols + k];
-        return _initializers[key] = b.Initializer(key, dst);
-    }
-
-    /// <summary>A named f32 scalar constant, created once.</summary>
-    string Float(string name, float v)
-    {
-        if (!_initializers.TryGetValue(name, out var n)) _initializers[name] = n = b.Initializer(name, Tensor.Scalar(v));
-        return n;
-    }
 
     string Linear(string x, string prefix, bool bias)
     {
@@ -182,17 +159,14 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
     }
 
     /// <summary>Gemma's <c>1 + weight</c>, computed once in float32 as HF does.</summary>
-    string PlusOne(string name)
+    string PlusOne(string name) => Weights.Derived(name + ".plus1", () =>
     {
-        string key = name + ".plus1";
-        if (_initializers.TryGetValue(key, out var v)) return v;
-        var t = w[name];
-        var src = t.Span<float>();
-        var dst = Tensor.Uninitialized(DType.Float32, t.Shape);
+        var src = w[name].Span<float>();
+        var dst = Tensor.Uninitialized(DType.Float32, w[name].Shape);
         var d = dst.Span<float>();
         for (int i = 0; i < src.Length; i++) d[i] = 1f + src[i];
-        return _initializers[key] = b.Initializer(key, dst);
-    }
+        return dst;
+    });
 
     /// <summary>cos/sin tables [batch, 1, seq, rotary_dim] from position_ids: <c>freqs = pos * inv_freq</c>,
     /// <c>emb = cat(freqs, freqs)</c>, times the attention factor (1 except longrope). longrope switches to the

@@ -1,14 +1,8 @@
 using Tapml.Core;
+using Tapml.Platforms.Cpu;
 using Tapml.Ir.Safetensors;
 
 namespace Tapml.Models;
-
-/// <summary>One checkpoint tensor a model needs: its Hugging Face name and the shape the config implies
-/// (elements per dimension, PyTorch layout: a Linear weight is [out, in]).</summary>
-public sealed record WeightSpec(string Name, long[] Shape)
-{
-    public override string ToString() => $"{Name} {ShapeUtil.Format(Shape)}";
-}
 
 /// <summary>The explicit Hugging Face weight-name map of <c>LlamaForCausalLM</c> and the checked loading of it:
 /// every tensor the config implies must be present with exactly that shape, and every tensor in the checkpoint
@@ -71,31 +65,16 @@ public static class LlamaWeights
             weights[s.Name] = t.DType switch
             {
                 DType.Float32 => t,
-                DType.Float16 or DType.BFloat16 or DType.Float64 => ToFloat32(t),
+                DType.Float16 or DType.BFloat16 or DType.Float64 => TensorConvert.To(t, DType.Float32),
                 _ => throw new TapmlException($"{checkpoint.Dir}: tensor '{s.Name}' is {DTypes.Name(t.DType)}; expected a floating-point weight"),
             };
         }
         return weights;
     }
 
-    /// <summary>Checks <paramref name="available"/> (tensor name → shape) against the config's map: missing
-    /// tensors, unused tensors and shape mismatches are all listed in one <see cref="TapmlException"/> naming
-    /// <paramref name="origin"/> (the checkpoint folder).</summary>
-    public static void Check(HfConfig c, IReadOnlyList<WeightSpec> specs, IReadOnlyDictionary<string, long[]> available, string origin)
-    {
-        var expected = specs.ToDictionary(s => s.Name);
-        var missing = specs.Where(s => !available.ContainsKey(s.Name)).Select(s => s.ToString()).ToList();
-        // NOTE: with tied embeddings some exports still save lm_head.weight (a copy of the embedding); HF ignores it.
-        var unused = available.Keys.Where(n => !expected.ContainsKey(n) && !IsBuffer(n) && !(c.TieWordEmbeddings && n == "lm_head.weight")).Order().ToList();
-        var wrongShape = specs.Where(s => available.TryGetValue(s.Name, out var shape) && !shape.AsSpan().SequenceEqual(s.Shape))
-            .Select(s => $"'{s.Name}' is {ShapeUtil.Format(available[s.Name])}, config {c.Path} implies {ShapeUtil.Format(s.Shape)}").ToList();
-        if (missing.Count == 0 && unused.Count == 0 && wrongShape.Count == 0) return;
-        var parts = new List<string>();
-        if (missing.Count > 0) parts.Add($"missing {missing.Count} weight(s): {string.Join(", ", missing)}");
-        if (unused.Count > 0) parts.Add($"{unused.Count} unused weight(s): {string.Join(", ", unused)}");
-        if (wrongShape.Count > 0) parts.Add($"wrong shape: {string.Join("; ", wrongShape)}");
-        throw new TapmlException($"checkpoint {origin} does not match a {c.ModelType} model: {string.Join("; ", parts)}");
-    }
+    /// <summary>Checks a checkpoint's tensors against the config's map (see <see cref="WeightMap.Check"/>).</summary>
+    public static void Check(HfConfig c, IReadOnlyList<WeightSpec> specs, IReadOnlyDictionary<string, long[]> available, string origin) =>
+        WeightMap.Check(c, specs, available, origin, IsBuffer);
 
     /// <summary>The graph's view of the weights: fused tensors split by rows into the Llama names
     /// (<c>qkv_proj</c> → q, k, v in that order; <c>gate_up_proj</c> → first half gate, second half up).</summary>
@@ -126,14 +105,6 @@ public static class LlamaWeights
             if (o.FusedQkv) Split(p + "self_attn.qkv_proj", [(p + "self_attn.q_proj", q), (p + "self_attn.k_proj", kv), (p + "self_attn.v_proj", kv)]);
             if (o.FusedGateUp) Split(p + "mlp.gate_up_proj", [(p + "mlp.gate_proj", inter), (p + "mlp.up_proj", inter)]);
         }
-        return r;
-    }
-
-    static Tensor ToFloat32(Tensor t)
-    {
-        var r = Tensor.Uninitialized(DType.Float32, t.Shape);
-        var d = r.Span<float>();
-        for (long i = 0; i < t.Length; i++) d[(int)i] = (float)t.GetDouble(i);
         return r;
     }
 }

@@ -1,0 +1,48 @@
+using Tapml.Core;
+using Tapml.Ir.Builders;
+
+namespace Tapml.Models;
+
+/// <summary>Initializers of an architecture's graph, made from checkpoint weights (keyed by Hugging Face name)
+/// and created once each, however many nodes read them.</summary>
+sealed class GraphWeights(GraphBuilder b, IReadOnlyDictionary<string, Tensor> w)
+{
+    readonly Dictionary<string, string> _names = new();
+
+    /// <summary>The weight as stored.</summary>
+    public string Weight(string name)
+    {
+        if (!_names.TryGetValue(name, out var v)) _names[name] = v = b.Initializer(name, w[name]);
+        return v;
+    }
+
+    /// <summary>An [out, in] matrix (a Linear weight, or the embedding for a tied lm_head) stored as [in, out], so
+    /// the graph computes <c>x @ W^T</c> with one MatMul.</summary>
+    public string Transposed(string name)
+    {
+        string key = name + ".T";
+        if (_names.TryGetValue(key, out var v)) return v;
+        var t = w[name];
+        int rows = (int)t.Shape[0], cols = (int)t.Shape[1];
+        var src = t.Span<float>();
+        var dst = Tensor.Uninitialized(DType.Float32, cols, rows);
+        var d = dst.Span<float>();
+        for (int r = 0; r < rows; r++)
+            for (int k = 0; k < cols; k++) d[k * rows + r] = src[r * cols + k];
+        return _names[key] = b.Initializer(key, dst);
+    }
+
+    /// <summary>A tensor computed once from the weights (e.g. Gemma's 1 + w), stored under <paramref name="key"/>.</summary>
+    public string Derived(string key, Func<Tensor> make)
+    {
+        if (!_names.TryGetValue(key, out var v)) _names[key] = v = b.Initializer(key, make());
+        return v;
+    }
+
+    /// <summary>A named f32 scalar constant.</summary>
+    public string Float(string name, float v)
+    {
+        if (!_names.TryGetValue(name, out var n)) _names[name] = n = b.Initializer(name, Tensor.Scalar(v));
+        return n;
+    }
+}
