@@ -12,9 +12,10 @@ using Xunit;
 
 namespace Tapml.Tests;
 
-/// <summary>Qwen2, Mistral, Gemma and Phi-3 (the Llama decoder with each architecture's switches) against what
-/// transformers itself computed (../shared/models/hf-tiny/&lt;arch&gt;), on the CPU reference and through ONNX
-/// Runtime; published configs of each model type shrunk and built.</summary>
+/// <summary>Every architecture against what transformers itself computed (../shared/models/hf-tiny/&lt;arch&gt;): prefill
+/// logits and 16 greedy tokens through the KV cache on the CPU reference, and the exported .onnx through ONNX
+/// Runtime; plus the Llama-family specifics (Qwen2, Mistral, Gemma, Phi-3: the Llama decoder with each
+/// architecture's switches) and their published configs shrunk and built.</summary>
 public class LlamaFamilyTests
 {
     static readonly Tolerance HfTol = new(1e-4, 1e-4);
@@ -27,7 +28,8 @@ public class LlamaFamilyTests
         ["phi3"] = Phi3.Options,
     };
 
-    public static TheoryData<string> Archs() => new("qwen2", "mistral", "gemma", "phi3");
+    /// <summary>All six architectures of ../shared/models/hf-tiny: the reference rows below run for each.</summary>
+    public static TheoryData<string> Archs() => new("llama", "qwen2", "mistral", "gemma", "phi3", "gpt2");
 
     sealed record Reference(Model Model, HfConfig Config, long[] InputIds, Tensor Logits, long[] Generated);
 
