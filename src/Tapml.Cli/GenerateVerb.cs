@@ -21,10 +21,15 @@ static class GenerateVerb
         var prompt = new Option<string?>("--prompt") { Description = "prompt text (needs a tokenizer; not supported yet, use --input-ids)" };
         var inputIds = new Option<string?>("--input-ids") { Description = "prompt token ids, comma-separated (e.g. 1,17,305)" };
         var maxTokens = new Option<int>("--max-tokens") { Description = "new tokens to generate at most", DefaultValueFactory = _ => 16 };
-        var seed = new Option<int?>("--seed") { Description = "seed for sampling (decoding is greedy, so it changes nothing yet)" };
+        var seed = new Option<int>("--seed") { Description = "seed of the sampling draw (with --temperature, --top-k or --top-p)", DefaultValueFactory = _ => 0 };
+        var temperature = new Option<double?>("--temperature") { Description = "sample with this temperature (default: greedy)" };
+        var topK = new Option<int?>("--top-k") { Description = "sample among the k most likely tokens" };
+        var topP = new Option<double?>("--top-p") { Description = "sample among the most likely tokens whose probability reaches p" };
+        var repetition = new Option<double>("--repetition-penalty") { Description = "divide positive (multiply negative) logits of tokens already seen", DefaultValueFactory = _ => 1.0 };
+        var stop = new Option<string?>("--stop") { Description = "token ids that end generation, comma-separated (besides the model's eos ids)" };
         var json = new Option<string?>("--json") { Description = "write {tokens, text, prefill_tokens_per_s, decode_tokens_per_s} here" };
         var logitsOut = new Option<string?>("--logits-out") { Description = "write the prefill logits here as safetensors tensor 'logits' [1, seq, vocab]" };
-        var cmd = new Command("generate", "generate tokens greedily with the model's KV cache") { model, platform, prompt, inputIds, maxTokens, seed, json, logitsOut };
+        var cmd = new Command("generate", "generate tokens with the model's KV cache (greedy unless --temperature, --top-k or --top-p is given)") { model, platform, prompt, inputIds, maxTokens, seed, temperature, topK, topP, repetition, stop, json, logitsOut };
         cmd.Action(pr =>
         {
             if (pr.GetValue(prompt) is not null && pr.GetValue(inputIds) is null)
@@ -35,7 +40,18 @@ static class GenerateVerb
             IReadOnlyCollection<int>? eos = Directory.Exists(spec) && HfModels.IsHfFolder(spec) ? HfConfig.Load(spec).EosTokenIds : null;
             using var p = PlatformRegistry.Create(pr.GetValue(platform)!);
             var exec = new Executor(p) { PreferWholeGraph = true };
-            var r = Generation.Greedy(exec, m, ids, pr.GetValue(maxTokens), eos);
+            // DESIGN: greedy unless --temperature, --top-k or --top-p is given; then --seed fixes the draw.
+            bool sample = pr.GetValue(temperature) is not null || pr.GetValue(topK) is not null || pr.GetValue(topP) is not null;
+            var sampling = new SamplingOptions
+            {
+                Temperature = sample ? pr.GetValue(temperature) ?? 1.0 : 0,
+                TopK = pr.GetValue(topK) ?? 0,
+                TopP = pr.GetValue(topP) ?? 1.0,
+                RepetitionPenalty = pr.GetValue(repetition),
+                Seed = pr.GetValue(seed),
+                StopTokens = pr.GetValue(stop) is { } st ? ParseIds(st).Select(x => (int)x).ToArray() : [],
+            };
+            var r = Generation.Run(exec, m, ids, pr.GetValue(maxTokens), sampling, eos);
 
             Console.WriteLine($"tokens: {string.Join(",", r.Tokens)}");
             Console.WriteLine($"prefill {r.PromptTokens} tokens in {r.PrefillMs:F1} ms ({r.PrefillTokensPerSecond:F1} tokens/s); decode {r.DecodeSteps} tokens in {r.DecodeMs:F1} ms ({r.DecodeTokensPerSecond:F1} tokens/s) on {p.Name}");

@@ -31,8 +31,17 @@ public static class Generation
 
     /// <summary>Greedy decoding (argmax, first index on ties, as torch) of up to <paramref name="maxNewTokens"/>
     /// tokens after <paramref name="prompt"/>, batch 1. Stops after any id in <paramref name="eosTokenIds"/>.</summary>
-    public static GenerationResult Greedy(Executor executor, Model model, ReadOnlySpan<long> prompt, int maxNewTokens, IReadOnlyCollection<int>? eosTokenIds = null)
+    public static GenerationResult Greedy(Executor executor, Model model, ReadOnlySpan<long> prompt, int maxNewTokens, IReadOnlyCollection<int>? eosTokenIds = null) =>
+        Run(executor, model, prompt, maxNewTokens, SamplingOptions.Greedy, eosTokenIds);
+
+    /// <summary>Generation with <paramref name="sampling"/> (greedy by default); stops after an id in
+    /// <paramref name="eosTokenIds"/> or in the options' stop tokens.</summary>
+    public static GenerationResult Run(Executor executor, Model model, ReadOnlySpan<long> prompt, int maxNewTokens, SamplingOptions sampling, IReadOnlyCollection<int>? eosTokenIds = null)
     {
+        sampling.Validate();
+        var sampler = new Sampler(sampling);
+        var stops = new HashSet<int>(sampling.StopTokens);
+        if (eosTokenIds != null) stops.UnionWith(eosTokenIds);
         if (prompt.Length == 0) throw new TapmlException("generation needs at least one prompt token");
         if (maxNewTokens < 1) throw new TapmlException($"max new tokens must be at least 1, got {maxNewTokens}");
         var pastInputs = model.Graph.Inputs.Where(i => i.Name.StartsWith(PastPrefix, StringComparison.Ordinal)).ToList();
@@ -47,11 +56,14 @@ public static class Generation
         double prefillMs = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
         var prefillLogits = (Tensor)outs["logits"];
 
-        var tokens = new List<long> { LastArgmax(prefillLogits) };
+        var seen = new List<long>(ids);
+        var tokens = new List<long>();
+        void Take(Tensor logits) { long t = sampler.Next(LastRow(logits), seen); tokens.Add(t); seen.Add(t); }
+        Take(prefillLogits);
         double decodeMs = 0;
         int steps = 0;
         long position = ids.Length;
-        while (tokens.Count < maxNewTokens && !(eosTokenIds?.Contains((int)tokens[^1]) ?? false))
+        while (tokens.Count < maxNewTokens && !stops.Contains((int)tokens[^1]))
         {
             foreach (var p in pastInputs) feeds[p.Name] = outs["present." + p.Name[PastPrefix.Length..]];
             feeds["input_ids"] = Tensor.FromArray(new[] { tokens[^1] }, 1, 1);
@@ -60,7 +72,7 @@ public static class Generation
             outs = executor.Run(model, feeds);
             decodeMs += Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
             steps++;
-            tokens.Add(LastArgmax((Tensor)outs["logits"]));
+            Take((Tensor)outs["logits"]);
         }
         return new GenerationResult(tokens.ToArray(), prefillLogits, ids.Length, prefillMs, decodeMs, steps);
     }
@@ -74,13 +86,10 @@ public static class Generation
         return Tensor.Zeros(input.Type!.ElemType, 1, heads, 0, dim);
     }
 
-    /// <summary>Argmax over the vocabulary at the last position of logits [1, seq, vocab].</summary>
-    static long LastArgmax(Tensor logits)
+    /// <summary>The logits row of the last position of logits [1, seq, vocab].</summary>
+    static ReadOnlySpan<float> LastRow(Tensor logits)
     {
         int vocab = (int)logits.Shape[^1];
-        var row = logits.Span<float>()[^vocab..];
-        int best = 0;
-        for (int i = 1; i < row.Length; i++) if (row[i] > row[best]) best = i;
-        return best;
+        return logits.Span<float>()[^vocab..];
     }
 }
