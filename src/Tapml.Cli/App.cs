@@ -15,6 +15,7 @@ public static class App
         root.Subcommands.Add(GenerateVerb.Create());
         root.Subcommands.Add(BenchVerb.Create());
         root.Subcommands.Add(InspectVerb.Create());
+        root.Subcommands.Add(CheckpointVerb.Create());
         if (args.Length > 0 && !args[0].StartsWith('-') && root.Subcommands.All(c => c.Name != args[0]))
         {
             Console.Error.WriteLine($"error: unknown command '{args[0]}' (commands: {string.Join(", ", root.Subcommands.Select(c => c.Name))})");

@@ -102,6 +102,8 @@ static class ModelSpec
             if (Models.HfModels.IsHfFolder(spec)) return Models.HfModels.Load(spec);
             throw new TapmlException($"'{spec}' is a folder with neither model.onnx nor config.json");
         }
+        if (spec.StartsWith("builtin:tiny-"))
+            return Models.HfModels.Load(Models.TinyCheckpoint.Materialize(spec["builtin:tiny-".Length..]));
         if (spec.StartsWith("builtin:"))
             return Ir.Builders.SampleModels.Create(spec["builtin:".Length..])
                 ?? throw new TapmlException($"unknown built-in model '{spec}' (built-in: {string.Join(", ", Ir.Builders.SampleModels.Names.Select(n => "builtin:" + n))})");

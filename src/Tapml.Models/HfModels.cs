@@ -17,6 +17,17 @@ public static class HfModels
         ["gpt2"] = Gpt2.Load,
     };
 
+    /// <summary>The Llama-decoder options of a Llama-family model type.</summary>
+    public static DecoderOptions DecoderOptionsFor(HfConfig c) => c.ModelType switch
+    {
+        "llama" => Llama.Options(c),
+        "qwen2" => Qwen2.Options(c),
+        "mistral" => Mistral.Options(c),
+        "gemma" => Gemma.Options(c),
+        "phi3" => Phi3.Options(c),
+        _ => throw c.Error("model_type", $"'{c.ModelType}' is not a Llama-family architecture"),
+    };
+
     /// <summary>Whether <paramref name="dir"/> looks like a Hugging Face model folder (has config.json).</summary>
     public static bool IsHfFolder(string dir) => File.Exists(Path.Combine(dir, "config.json"));
 

@@ -1,0 +1,36 @@
+using System.CommandLine;
+using Tapml.Core;
+using Tapml.Models;
+
+namespace Tapml.Cli;
+
+/// <summary><c>tapml checkpoint new --arch A [--seed S] [--layers L --hidden H --heads N --kv-heads K --vocab V] --out DIR</c>:
+/// a tiny deterministic checkpoint in the real Hugging Face layout.</summary>
+static class CheckpointVerb
+{
+    public static Command Create()
+    {
+        var arch = new Option<string>("--arch") { Description = $"architecture: {string.Join(", ", TinyCheckpoint.Architectures)}", Required = true };
+        var seed = new Option<int>("--seed") { Description = "weights seed", DefaultValueFactory = _ => 0 };
+        var outDir = new Option<string>("--out") { Description = "folder to write config.json and model.safetensors into", Required = true };
+        var d = new TinyCheckpoint.Sizes();
+        var layers = new Option<int>("--layers") { DefaultValueFactory = _ => d.Layers };
+        var hidden = new Option<int>("--hidden") { DefaultValueFactory = _ => d.Hidden };
+        var heads = new Option<int>("--heads") { DefaultValueFactory = _ => d.Heads };
+        var kvHeads = new Option<int>("--kv-heads") { DefaultValueFactory = _ => d.KvHeads };
+        var intermediate = new Option<int>("--intermediate") { DefaultValueFactory = _ => d.Intermediate };
+        var vocab = new Option<int>("--vocab") { DefaultValueFactory = _ => d.Vocab };
+        var create = new Command("new", "write a tiny deterministic checkpoint (config.json + model.safetensors)") { arch, seed, outDir, layers, hidden, heads, kvHeads, intermediate, vocab };
+        create.Action(pr =>
+        {
+            var sizes = new TinyCheckpoint.Sizes(pr.GetValue(layers), pr.GetValue(hidden), pr.GetValue(heads), pr.GetValue(kvHeads), pr.GetValue(intermediate), pr.GetValue(vocab));
+            if (sizes.Layers < 1 || sizes.Hidden < 1 || sizes.Heads < 1 || sizes.KvHeads < 1 || sizes.Intermediate < 1 || sizes.Vocab < 1)
+                throw new TapmlException("sizes must be positive");
+            string dir = pr.GetValue(outDir)!;
+            TinyCheckpoint.Write(pr.GetValue(arch)!, pr.GetValue(seed), dir, sizes);
+            Console.WriteLine($"wrote tiny-{pr.GetValue(arch)} (seed {pr.GetValue(seed)}) to {dir}");
+            return 0;
+        });
+        return new Command("checkpoint", "tiny checkpoints for tests and bring-up") { create };
+    }
+}

@@ -1,0 +1,69 @@
+using System.Security.Cryptography;
+using Tapml.Ir.Onnx;
+using Tapml.Models;
+using Tapml.Platforms.Cpu;
+using Tapml.Platforms.Execution;
+using Tapml.Platforms.OnnxRuntime;
+using Tapml.Testing;
+using Xunit;
+
+namespace Tapml.Tests;
+
+/// <summary>Tiny checkpoints of every architecture: deterministic files in the HF layout whose graphs give the same
+/// greedy tokens on cpu and on onnxruntime (the exported .onnx), with prefill logits within 1e-4.</summary>
+public class TinyCheckpointTests
+{
+    public static TheoryData<string> Archs() => new(TinyCheckpoint.Architectures.ToArray());
+
+    [Theory, MemberData(nameof(Archs))]
+    public void Builtin_tiny_model_agrees_on_cpu_and_onnxruntime(string arch)
+    {
+        var model = HfModels.Load(TinyCheckpoint.Materialize(arch));
+        long[] prompt = [1, 17, 305, 42, 999, 7];
+        var cpu = Generation.Greedy(new Executor(new CpuPlatform()), model, prompt, 16);
+        string path = Path.Combine(Path.GetTempPath(), $"tapml-tiny-{arch}-{Guid.NewGuid():N}.onnx");
+        try
+        {
+            OnnxExporter.Save(model, path);
+            var ort = Generation.Greedy(new Executor(new OrtPlatform("onnxruntime")) { PreferWholeGraph = true }, OnnxImporter.Load(path), prompt, 16);
+            var cmp = Comparison.Compare("logits", cpu.PrefillLogits, ort.PrefillLogits, new Tolerance(1e-4, 1e-5));
+            Assert.True(cmp.Passed, cmp.Failure);
+            Assert.Equal(cpu.Tokens, ort.Tokens);
+            Assert.Equal(16, cpu.Tokens.Length);
+        }
+        finally { File.Delete(path); }
+    }
+
+    [Fact]
+    public void Same_seed_same_bytes_other_seed_other_weights()
+    {
+        string root = Directory.CreateTempSubdirectory("tapml-tiny-").FullName;
+        try
+        {
+            string Hash(string d) => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(Path.Combine(d, "model.safetensors"))));
+            TinyCheckpoint.Write("llama", 5, Path.Combine(root, "a"));
+            TinyCheckpoint.Write("llama", 5, Path.Combine(root, "b"));
+            TinyCheckpoint.Write("llama", 6, Path.Combine(root, "c"));
+            Assert.Equal(Hash(Path.Combine(root, "a")), Hash(Path.Combine(root, "b")));
+            Assert.NotEqual(Hash(Path.Combine(root, "a")), Hash(Path.Combine(root, "c")));
+        }
+        finally { Directory.Delete(root, true); }
+    }
+
+    [Fact]
+    public void Checkpoint_verb_writes_a_loadable_folder()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"tapml-ckpt-{Guid.NewGuid():N}");
+        try
+        {
+            var r = CliRunner.Run("checkpoint", "new", "--arch", "qwen2", "--seed", "3", "--layers", "1", "--out", dir);
+            Assert.True(r.ExitCode == 0, r.Stderr);
+            var c = HfConfig.Load(dir);
+            Assert.Equal(1, c.NumLayers);
+            var g = CliRunner.Run("generate", "--model", dir, "--input-ids", "1,2,3", "--max-tokens", "3");
+            Assert.True(g.ExitCode == 0, g.Stderr);
+            Assert.Equal(2, CliRunner.Run("checkpoint", "new", "--arch", "rwkv", "--out", dir + "x").ExitCode);
+        }
+        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+    }
+}
