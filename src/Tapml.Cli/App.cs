@@ -16,6 +16,7 @@ public static class App
         root.Subcommands.Add(BenchVerb.Create());
         root.Subcommands.Add(InspectVerb.Create());
         root.Subcommands.Add(CheckpointVerb.Create());
+        root.Subcommands.Add(ExportOnnxVerb.Create());
         if (args.Length > 0 && !args[0].StartsWith('-') && root.Subcommands.All(c => c.Name != args[0]))
         {
             Console.Error.WriteLine($"error: unknown command '{args[0]}' (commands: {string.Join(", ", root.Subcommands.Select(c => c.Name))})");

@@ -66,4 +66,19 @@ public class TinyCheckpointTests
         }
         finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
     }
+
+    [Fact]
+    public void Export_onnx_verb_writes_a_model_onnxruntime_runs()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"tapml-export-{Guid.NewGuid():N}.onnx");
+        try
+        {
+            var r = CliRunner.Run("export-onnx", "--model", "builtin:tiny-gemma", "--out", path);
+            Assert.True(r.ExitCode == 0, r.Stderr);
+            var cpu = Generation.Greedy(new Executor(new CpuPlatform()), HfModels.Load(TinyCheckpoint.Materialize("gemma")), [5, 6, 7], 4);
+            var ort = Generation.Greedy(new Executor(new OrtPlatform("onnxruntime")) { PreferWholeGraph = true }, OnnxImporter.Load(path), [5, 6, 7], 4);
+            Assert.Equal(cpu.Tokens, ort.Tokens);
+        }
+        finally { File.Delete(path); }
+    }
 }
