@@ -11,14 +11,14 @@ namespace Tapml.Cli;
 
 /// <summary><c>tapml generate --model M --platform P --input-ids 1,2,3 [--max-tokens N] [--json F]
 /// [--logits-out F.safetensors]</c>: greedy generation through the model's KV-cache graph (prefill, then one
-/// run per token), with prefill and decode throughput. <c>--prompt</c> needs a tokenizer, which is not there yet.</summary>
+/// run per token), with prefill and decode throughput. <c>--prompt</c> is encoded with the model's tokenizer.</summary>
 static class GenerateVerb
 {
     public static Command Create()
     {
         var model = new Option<string>("--model", "-m") { Description = "model: Hugging Face folder (config.json + safetensors) or .onnx with past_key_values/present I/O", Required = true };
         var platform = Cli.PlatformOption();
-        var prompt = new Option<string?>("--prompt") { Description = "prompt text (needs a tokenizer; not supported yet, use --input-ids)" };
+        var prompt = new Option<string?>("--prompt") { Description = "prompt text, encoded with the model folder's tokenizer.json" };
         var inputIds = new Option<string?>("--input-ids") { Description = "prompt token ids, comma-separated (e.g. 1,17,305)" };
         var maxTokens = new Option<int>("--max-tokens") { Description = "new tokens to generate at most", DefaultValueFactory = _ => 16 };
         var seed = new Option<int>("--seed") { Description = "seed of the sampling draw (with --temperature, --top-k or --top-p)", DefaultValueFactory = _ => 0 };
@@ -32,10 +32,8 @@ static class GenerateVerb
         var cmd = new Command("generate", "generate tokens with the model's KV cache (greedy unless --temperature, --top-k or --top-p is given)") { model, platform, prompt, inputIds, maxTokens, seed, temperature, topK, topP, repetition, stop, json, logitsOut };
         cmd.Action(pr =>
         {
-            if (pr.GetValue(prompt) is not null && pr.GetValue(inputIds) is null)
-                throw new TapmlException("--prompt needs a tokenizer, which tapml does not load yet; give token ids with --input-ids 1,17,305");
-            var ids = ParseIds(pr.GetValue(inputIds) ?? throw new TapmlException("give the prompt as --input-ids 1,17,305"));
             string spec = pr.GetValue(model)!;
+            var (ids, tokenizer) = PromptArgs.Resolve(spec, pr.GetValue(prompt), pr.GetValue(inputIds));
             var m = ModelSpec.Load(spec);
             IReadOnlyCollection<int>? eos = Directory.Exists(spec) && HfModels.IsHfFolder(spec) ? HfConfig.Load(spec).EosTokenIds : null;
             using var p = PlatformRegistry.Create(pr.GetValue(platform)!);
@@ -49,7 +47,7 @@ static class GenerateVerb
                 TopP = pr.GetValue(topP) ?? 1.0,
                 RepetitionPenalty = pr.GetValue(repetition),
                 Seed = pr.GetValue(seed),
-                StopTokens = pr.GetValue(stop) is { } st ? ParseIds(st).Select(x => (int)x).ToArray() : [],
+                StopTokens = pr.GetValue(stop) is { } st ? PromptArgs.ParseIds(st).Select(x => (int)x).ToArray() : [],
             };
             var r = Generation.Run(exec, m, ids, pr.GetValue(maxTokens), sampling, eos);
 
@@ -60,7 +58,7 @@ static class GenerateVerb
                 var o = new JsonObject
                 {
                     ["tokens"] = new JsonArray(r.Tokens.Select(t => (JsonNode)JsonValue.Create(t)).ToArray()),
-                    ["text"] = "",
+                    ["text"] = tokenizer?.Decode(r.Tokens.Select(t => (int)t)) ?? "",
                     ["prefill_tokens_per_s"] = r.PrefillTokensPerSecond,
                     ["decode_tokens_per_s"] = r.DecodeTokensPerSecond,
                 };
@@ -71,13 +69,5 @@ static class GenerateVerb
             return 0;
         });
         return cmd;
-    }
-
-    static long[] ParseIds(string s)
-    {
-        var parts = s.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
-        if (parts.Length == 0) throw new TapmlException("--input-ids is empty; give comma-separated token ids like 1,17,305");
-        return parts.Select(x => long.TryParse(x, NumberStyles.Integer, CultureInfo.InvariantCulture, out long v) && v >= 0 ? v
-            : throw new TapmlException($"--input-ids: '{x}' is not a token id (a non-negative integer)")).ToArray();
     }
 }

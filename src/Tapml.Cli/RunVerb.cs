@@ -93,6 +93,15 @@ sealed class Profiler : IExecutionObserver
 /// (config.json + safetensors), or <c>builtin:NAME</c>.</summary>
 static class ModelSpec
 {
+    /// <summary>The folder holding the model's files (HF checkpoint or model.onnx folder; for
+    /// <c>builtin:tiny-ARCH</c> the materialized checkpoint), or null for a bare .onnx file or sample model.</summary>
+    public static string? Folder(string spec)
+    {
+        if (Directory.Exists(spec)) return spec;
+        if (spec.StartsWith("builtin:tiny-")) return Models.TinyCheckpoint.Materialize(spec["builtin:tiny-".Length..]);
+        return null;
+    }
+
     public static Model Load(string spec)
     {
         if (Directory.Exists(spec))
