@@ -28,11 +28,17 @@ public sealed class NodeEvent
 public interface IExecutionObserver
 {
     void OnNodeRun(NodeEvent e);
+
+    /// <summary>Called before the nodes of a top-level run; <paramref name="run"/> counts this executor's runs
+    /// from 0 (generation: run 0 is the prefill, run k the k-th decode step).</summary>
+    void OnRunStart(Model model, long run) { }
 }
 
 /// <summary>Counters of one or more runs: nodes, transfers between platforms, peak live bytes.</summary>
 public sealed class ExecutionStats
 {
+    /// <summary>Top-level runs started (graph runs handed whole to a platform included).</summary>
+    public long Runs;
     public long NodesRun;
     public long Transfers;
     public long BytesMoved;
@@ -75,8 +81,10 @@ public sealed class Executor
         Model = model;
         var g = model.Graph;
         InputCheck.Validate(model, feeds, CheckInputShapes);
+        long run = Stats.Runs++;
         if (PreferWholeGraph && _single is IGraphPlatform whole && Observers.Count == 0)
             return whole.RunGraph(model, feeds);
+        foreach (var o in Observers) o.OnRunStart(model, run);
         var scope = new Scope(null);
         foreach (var (k, t) in g.Initializers) scope.Set(k, t);
         foreach (var (k, v) in feeds) scope.Set(k, v);
