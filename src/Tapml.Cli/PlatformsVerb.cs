@@ -18,9 +18,10 @@ static class PlatformsVerb
             foreach (var e in PlatformRegistry.Entries)
             {
                 var o = new JsonObject { ["name"] = e.Name, ["summary"] = e.Summary };
+                if (e.Example is not null) o["example"] = e.Example;
                 try
                 {
-                    using var p = PlatformRegistry.Create(e.Name);
+                    using var p = PlatformRegistry.Create(e.Example ?? e.Name);
                     o["available"] = true;
                     o["description"] = p.Description;
                     o["limits"] = new JsonObject

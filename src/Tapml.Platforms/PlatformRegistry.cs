@@ -6,12 +6,15 @@ namespace Tapml.Platforms;
 /// <summary>Creates platforms from the specs users write (<c>cpu</c>, <c>onnxruntime</c>, …) and lists them.</summary>
 public static class PlatformRegistry
 {
-    public sealed record Entry(string Name, string Summary, Func<string, IPlatform> Create);
+    /// <param name="Example">A full spec that creates this kind, for listing and probing (wrappers such as
+    /// <c>faulty</c> need an inner platform); null: the bare name.</param>
+    public sealed record Entry(string Name, string Summary, Func<string, IPlatform> Create, string? Example = null);
 
     static readonly List<Entry> _entries =
     [
         new("cpu", "tapml's exact reference kernels (the source platform)", _ => new CpuPlatform()),
         new("onnxruntime", "ONNX Runtime CPU execution provider (oracle): whole graphs and single nodes", spec => new OnnxRuntime.OrtPlatform(spec)),
+        new("faulty", "faulty:INNER?node=N|op=T&kind=scale|offset|nan|zero-tail|stale|transpose: INNER with corrupted outputs (proves localization)", spec => new Faulty.FaultyPlatform(spec), "faulty:cpu?op=Softmax&kind=scale"),
     ];
 
     public static IReadOnlyList<Entry> Entries => _entries;
