@@ -7,6 +7,8 @@ public enum CaseStatus { Passed, Failed, Skipped, Error }
 public sealed record CaseResult(string Name, CaseStatus Status, string? Reason, Metrics? Metrics, double Seconds)
 {
     public List<OutputComparison> Outputs { get; init; } = new();
+    /// <summary>The tolerance the case was judged with, where it is per case (replay).</summary>
+    public Tolerance? Tolerance { get; init; }
     /// <summary>Command line that reproduces this case alone.</summary>
     public string? Repro { get; init; }
 }

@@ -1,0 +1,77 @@
+using Tapml.Core;
+using Tapml.Ir;
+using Tapml.Ir.Onnx;
+using Tapml.Platforms;
+
+namespace Tapml.Testing.Carving;
+
+/// <summary>Replays carved cases on a platform: each case is loaded as a one-node model with its blobs as inputs and
+/// the source's outputs as expected values, and run by <see cref="CaseRunner"/> — the engine conformance uses.</summary>
+public sealed class Replayer(CarvedStore store, IPlatform platform, Tolerances tolerances)
+{
+    public CaseResult Run(CarvedCase c)
+    {
+        var tol = ToleranceOf(c);
+        var r = CaseRunner.Run(c.Name, () => Load(store, c), platform, tol);
+        r = r with { Tolerance = tol };
+        return r.Status is CaseStatus.Failed or CaseStatus.Error
+            ? r with { Repro = $"./tapml replay {CaseRunner.Quote(store.Dir)} --case {c.Id} --platform {CaseRunner.Quote(platform.Name)}" }
+            : r;
+    }
+
+    public Tolerance ToleranceOf(CarvedCase c)
+    {
+        var intAttrs = new Dictionary<string, long>();
+        foreach (var (k, v) in c.Attributes)
+            if (v?["type"]?.GetValue<string>() == "INT" && v["value"] is { } x) intAttrs[k] = x.GetValue<long>();
+        long k2 = Tolerances.ReducedLength(c.OpType, c.Inputs.Select(t => t.Blob is null ? null : t.Shape).ToList(), c.Outputs.Select(t => t.Shape).ToList(), intAttrs);
+        var outType = c.Outputs.Select(o => o.DType).FirstOrDefault(DTypes.IsFloat, c.Outputs.FirstOrDefault()?.DType ?? DType.Float32);
+        return tolerances.For(c.OpType, outType, k2);
+    }
+
+    /// <summary>The case's one-node model and its one data set, blobs checked by hash.</summary>
+    public static (Model Model, IReadOnlyList<DataSet> Sets) Load(CarvedStore store, CarvedCase c)
+    {
+        var model = c.ToModel();
+        var inputs = new Dictionary<string, Value>();
+        foreach (var t in c.Inputs)
+            if (t.Blob is { } sha) inputs[t.Name] = Checked(store.Read(sha, c.Id), t, c);
+        var expected = c.Outputs.Select(t => (t.Name, (Value)Checked(store.Read(t.Blob!, c.Id), t, c))).ToList();
+        return (model, [new DataSet("carved", inputs, expected)]);
+    }
+
+    static Tensor Checked(Tensor t, TensorRef r, CarvedCase c) =>
+        t.DType == r.DType && t.Shape.AsSpan().SequenceEqual(r.Shape) ? t
+            : throw new TapmlException($"case {c.Id}: blob {r.Blob} holds {t.Describe()}, the manifest says {DTypes.Name(r.DType)}{ShapeUtil.Format(r.Shape)} for '{r.Name}'");
+
+    /// <summary>Writes cases in the ONNX backend-test layout: <c>DIR/test_&lt;id&gt;/model.onnx</c> and
+    /// <c>test_data_set_0/input_i.pb, output_i.pb</c>, which <c>tapml conformance</c> (and ONNX's own runner) reads.</summary>
+    public static int ExportOnnx(CarvedStore store, string dir, Action<CarvedCase>? progress = null)
+    {
+        Directory.CreateDirectory(dir);
+        int n = 0;
+        foreach (var c in store.Cases)
+        {
+            string caseDir = Path.Combine(dir, "test_" + c.Id);
+            string data = Path.Combine(caseDir, "test_data_set_0");
+            Directory.CreateDirectory(data);
+            var (_, sets) = Load(store, c);
+            int i = 0;
+            foreach (var t in c.Inputs.Where(t => t.Blob is not null))
+                WriteAtomic(Path.Combine(data, $"input_{i++}.pb"), TensorProtos.Serialize(sets[0].Inputs[t.Name], t.Name));
+            i = 0;
+            foreach (var (name, v) in sets[0].Expected)
+                WriteAtomic(Path.Combine(data, $"output_{i++}.pb"), TensorProtos.Serialize(v, name));
+            WriteAtomic(Path.Combine(caseDir, "model.onnx"), Google.Protobuf.MessageExtensions.ToByteArray(c.ToModelProto()));
+            progress?.Invoke(c);
+            n++;
+        }
+        return n;
+    }
+
+    static void WriteAtomic(string path, byte[] bytes)
+    {
+        File.WriteAllBytes(path + ".tmp", bytes);
+        File.Move(path + ".tmp", path, overwrite: true);
+    }
+}

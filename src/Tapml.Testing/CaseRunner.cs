@@ -1,0 +1,57 @@
+using System.Diagnostics;
+using Tapml.Core;
+using Tapml.Ir;
+using Tapml.Platforms;
+using Tapml.Platforms.Execution;
+
+namespace Tapml.Testing;
+
+/// <summary>One set of inputs and expected outputs of a test case.</summary>
+public sealed record DataSet(string Label, Dictionary<string, Value> Inputs, List<(string Name, Value Value)> Expected);
+
+/// <summary>The one engine behind <c>conformance</c> and <c>replay</c>: runs a case's model on a platform through the
+/// <see cref="Executor"/>, compares every output with <see cref="Comparison"/>, and turns what happened into a
+/// verdict (unsupported → skipped with the reason, a TapmlException → error with its message).</summary>
+public static class CaseRunner
+{
+    /// <param name="load">Loads the model and its data sets (inside the verdict: a bad case is an error, not a crash).</param>
+    public static CaseResult Run(string name, Func<(Model Model, IReadOnlyList<DataSet> Sets)> load, IPlatform platform, Tolerance tol)
+    {
+        var sw = Stopwatch.StartNew();
+        try
+        {
+            var (model, sets) = load();
+            if (sets.Count == 0) return new CaseResult(name, CaseStatus.Error, "no data set: nothing to compare", null, sw.Elapsed.TotalSeconds);
+            var outputs = new List<OutputComparison>();
+            foreach (var set in sets)
+            {
+                if (set.Expected.Count == 0)
+                    return new CaseResult(name, CaseStatus.Error, $"{set.Label} has no expected outputs: nothing to compare", null, sw.Elapsed.TotalSeconds);
+                var exec = new Executor(platform) { PreferWholeGraph = true, CheckInputShapes = false };
+                var actual = exec.Run(model, set.Inputs);
+                foreach (var (output, value) in set.Expected)
+                    outputs.Add(Comparison.Compare(sets.Count > 1 ? $"{set.Label}/{output}" : output, value, actual.GetValueOrDefault(output), tol));
+            }
+            var worst = outputs.FirstOrDefault(o => !o.Passed);
+            var metrics = outputs.MaxBy(o => o.Metrics.MaxAbs)!.Metrics;
+            return worst is null
+                ? new CaseResult(name, CaseStatus.Passed, null, metrics, sw.Elapsed.TotalSeconds) { Outputs = outputs }
+                : new CaseResult(name, CaseStatus.Failed, $"output '{worst.Name}': {worst.Failure}", worst.Metrics, sw.Elapsed.TotalSeconds) { Outputs = outputs };
+        }
+        catch (UnsupportedException e)
+        {
+            return new CaseResult(name, CaseStatus.Skipped, e.Message, null, sw.Elapsed.TotalSeconds);
+        }
+        catch (TapmlException e)
+        {
+            return new CaseResult(name, CaseStatus.Error, e.Message, null, sw.Elapsed.TotalSeconds);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            return new CaseResult(name, CaseStatus.Error, $"{e.GetType().Name}: {e.Message}", null, sw.Elapsed.TotalSeconds);
+        }
+    }
+
+    /// <summary>Quotes a command-line argument for a POSIX shell when it needs it.</summary>
+    public static string Quote(string s) => s.Length > 0 && s.All(ch => char.IsLetterOrDigit(ch) || "/._-:=,+@".Contains(ch)) ? s : "'" + s.Replace("'", "'\\''") + "'";
+}
