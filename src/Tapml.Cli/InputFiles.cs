@@ -11,9 +11,12 @@ static class InputFiles
     public static string FileName(string tensorName) =>
         string.Concat(tensorName.Select(ch => char.IsLetterOrDigit(ch) || ch is '_' or '-' or '.' ? ch : '_')) + ".pb";
 
+    /// <summary>Reads <c>&lt;input name&gt;.pb</c> files, or an ONNX backend-test data set (<c>input_0.pb</c>, …).</summary>
     public static Dictionary<string, Value> Read(Model m, string dir)
     {
         if (!Directory.Exists(dir)) throw new TapmlException($"inputs folder '{dir}' not found");
+        // NOTE: an ONNX backend-test data set (input_0.pb, …) binds by stored name or position.
+        if (File.Exists(Path.Combine(dir, "input_0.pb"))) return Testing.Conformance.OnnxCase.LoadDataSet(m, dir).Inputs;
         var feeds = new Dictionary<string, Value>();
         foreach (var input in m.Graph.RequiredInputs)
         {
