@@ -44,13 +44,8 @@ public static class Generation
         if (eosTokenIds != null) stops.UnionWith(eosTokenIds);
         if (prompt.Length == 0) throw new TapmlException("generation needs at least one prompt token");
         if (maxNewTokens < 1) throw new TapmlException($"max new tokens must be at least 1, got {maxNewTokens}");
-        var pastInputs = model.Graph.Inputs.Where(i => i.Name.StartsWith(PastPrefix, StringComparison.Ordinal)).ToList();
-        var feeds = new Dictionary<string, Value>();
-        foreach (var p in pastInputs) feeds[p.Name] = EmptyPast(p);
-
+        var feeds = PrefillFeeds(model, prompt);
         var ids = prompt.ToArray();
-        feeds["input_ids"] = Tensor.FromArray(ids, 1, ids.Length);
-        feeds["position_ids"] = Tensor.FromArray(Enumerable.Range(0, ids.Length).Select(i => (long)i).ToArray(), 1, ids.Length);
         long t0 = Stopwatch.GetTimestamp();
         var outs = executor.Run(model, feeds);
         double prefillMs = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
@@ -65,9 +60,7 @@ public static class Generation
         long position = ids.Length;
         while (tokens.Count < maxNewTokens && !stops.Contains((int)tokens[^1]))
         {
-            foreach (var p in pastInputs) feeds[p.Name] = outs["present." + p.Name[PastPrefix.Length..]];
-            feeds["input_ids"] = Tensor.FromArray(new[] { tokens[^1] }, 1, 1);
-            feeds["position_ids"] = Tensor.FromArray(new[] { position++ }, 1, 1);
+            feeds = NextFeeds(model, outs, tokens[^1], position++);
             t0 = Stopwatch.GetTimestamp();
             outs = executor.Run(model, feeds);
             decodeMs += Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
@@ -75,6 +68,39 @@ public static class Generation
             Take((Tensor)outs["logits"]);
         }
         return new GenerationResult(tokens.ToArray(), prefillLogits, ids.Length, prefillMs, decodeMs, steps);
+    }
+
+    /// <summary>Feeds of the prefill run: the prompt as input_ids [1, n], positions 0..n-1, empty KV cache.</summary>
+    public static Dictionary<string, Value> PrefillFeeds(Model model, ReadOnlySpan<long> prompt)
+    {
+        var feeds = new Dictionary<string, Value>();
+        foreach (var p in model.Graph.Inputs.Where(i => i.Name.StartsWith(PastPrefix, StringComparison.Ordinal))) feeds[p.Name] = EmptyPast(p);
+        var ids = prompt.ToArray();
+        feeds["input_ids"] = Tensor.FromArray(ids, 1, ids.Length);
+        feeds["position_ids"] = Tensor.FromArray(Enumerable.Range(0, ids.Length).Select(i => (long)i).ToArray(), 1, ids.Length);
+        return feeds;
+    }
+
+    /// <summary>Feeds of the decode step after a run with outputs <paramref name="outs"/>: the chosen
+    /// <paramref name="token"/> at <paramref name="position"/>, the KV cache from the present.* outputs.</summary>
+    public static Dictionary<string, Value> NextFeeds(Model model, IReadOnlyDictionary<string, Value> outs, long token, long position)
+    {
+        var feeds = new Dictionary<string, Value>();
+        foreach (var p in model.Graph.Inputs.Where(i => i.Name.StartsWith(PastPrefix, StringComparison.Ordinal)))
+            feeds[p.Name] = outs.TryGetValue("present." + p.Name[PastPrefix.Length..], out var v) ? v
+                : throw new TapmlException($"the model has input '{p.Name}' but no output 'present.{p.Name[PastPrefix.Length..]}'");
+        feeds["input_ids"] = Tensor.FromArray(new[] { token }, 1, 1);
+        feeds["position_ids"] = Tensor.FromArray(new[] { position }, 1, 1);
+        return feeds;
+    }
+
+    /// <summary>Greedy choice (argmax of the last position's logits, first index on ties).</summary>
+    public static long ArgmaxLast(Tensor logits)
+    {
+        var row = LastRow(logits);
+        int best = 0;
+        for (int i = 1; i < row.Length; i++) if (row[i] > row[best]) best = i;
+        return best;
     }
 
     /// <summary>A [1, kv_heads, 0, head_dim] tensor for a past input declared [batch, kv_heads, past_seq, head_dim].</summary>

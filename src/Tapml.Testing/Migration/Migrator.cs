@@ -1,0 +1,323 @@
+using System.Diagnostics;
+using Tapml.Core;
+using Tapml.Ir;
+using Tapml.Platforms;
+using Tapml.Platforms.Execution;
+using Tapml.Testing.Carving;
+
+namespace Tapml.Testing.Migration;
+
+/// <summary>Inputs of a migration: one run of an ONNX model, or an LLM's prefill and decode steps (the decode
+/// steps' feeds come from the source's reference run, so source and target always see the same feeds).</summary>
+public sealed record MigrationInput(Dictionary<string, Value>? Feeds = null, long[]? PromptIds = null, int DecodeSteps = 0);
+
+/// <summary>Moves a model from the source platform to the target step by step and finds the first node whose own
+/// kernel is wrong (TapML's migration). Three strategies over the one <see cref="Executor"/>:
+/// <list type="bullet">
+/// <item><c>lockstep</c>: every node on the target; the source shadows each node, compares, frees.</item>
+/// <item><c>bisect</c>: the first k nodes on the target, the rest on the source, binary search on k comparing the
+/// graph outputs with the source's: ⌈log2 n⌉ + 2 whole runs at most, for a target observed only at its outputs.</item>
+/// <item><c>by-kind</c>: op types moved to the target one at a time (in order of first use), outputs compared after
+/// each stage; the first stage that diverges is localized in lockstep.</item>
+/// </list>
+/// The target is created afresh for every whole run (state of one run, such as a stale buffer, must not leak into
+/// the next).</summary>
+public sealed class Migrator
+{
+    readonly Model _model;
+    readonly string _sourceSpec, _targetSpec;
+    readonly MigrationInput _input;
+    readonly Tolerances _nodeTolerances;
+    readonly Tolerance _outputTolerance;
+    readonly List<Node> _nodes;
+    List<(string Phase, Dictionary<string, Value> Feeds, Dictionary<string, Value> Outputs)>? _reference;
+
+    public Action<string>? Progress { get; init; }
+
+    /// <param name="nodeTolerances">Per-node comparisons (lockstep): the replay defaults.</param>
+    /// <param name="outputTolerance">Graph outputs of whole mixed runs (bisect, by-kind stages).</param>
+    public Migrator(Model model, string sourceSpec, string targetSpec, MigrationInput input, Tolerances nodeTolerances, Tolerance outputTolerance)
+    {
+        _model = model; _sourceSpec = sourceSpec; _targetSpec = targetSpec; _input = input;
+        _nodeTolerances = nodeTolerances; _outputTolerance = outputTolerance;
+        _nodes = model.Graph.Nodes.ToList();
+        if (input.Feeds is null && input.PromptIds is null) throw new TapmlException("migration needs inputs (feeds) or a prompt");
+        using var probe = PlatformRegistry.Create(targetSpec); // NOTE: a bad target spec fails before any run
+    }
+
+    MigrationResult NewResult(string strategy) => new() { Strategy = strategy, Source = _sourceSpec, Target = _targetSpec, Nodes = _nodes.Count };
+
+    public MigrationResult Run(string strategy) => strategy switch
+    {
+        "lockstep" => Lockstep(),
+        "bisect" => Bisect(),
+        "by-kind" => ByKind(),
+        _ => throw new TapmlException($"--strategy {strategy} is not one of lockstep, bisect, by-kind"),
+    };
+
+    // --- reference run ------------------------------------------------------------------------------------------
+
+    /// <summary>The source's run over every phase: feeds and graph outputs (one whole run).</summary>
+    List<(string Phase, Dictionary<string, Value> Feeds, Dictionary<string, Value> Outputs)> Reference(MigrationResult r)
+    {
+        if (_reference is not null) return _reference;
+        using var source = PlatformRegistry.Create(_sourceSpec);
+        var exec = new Executor(source) { PreferWholeGraph = true };
+        var list = new List<(string, Dictionary<string, Value>, Dictionary<string, Value>)>();
+        if (_input.PromptIds is { } ids)
+        {
+            var feeds = Models.Generation.PrefillFeeds(_model, ids);
+            long position = ids.Length;
+            for (int step = 0; step <= _input.DecodeSteps; step++)
+            {
+                var outs = exec.Run(_model, feeds);
+                list.Add((step == 0 ? "prefill" : $"decode:{step}", feeds, outs));
+                if (step < _input.DecodeSteps)
+                    feeds = Models.Generation.NextFeeds(_model, outs, Models.Generation.ArgmaxLast((Tensor)outs["logits"]), position++);
+            }
+        }
+        else list.Add(("run", _input.Feeds!, exec.Run(_model, _input.Feeds!)));
+        r.Runs++;
+        return _reference = list;
+    }
+
+    /// <summary>One whole run with <paramref name="placement"/> over every phase; the first phase whose graph outputs
+    /// differ from the reference, with the worst output, or null.</summary>
+    string? MixedRun(MigrationResult r, Func<Node, bool> onTarget, IExecutionObserver? observer = null)
+    {
+        var reference = Reference(r);
+        using var source = PlatformRegistry.Create(_sourceSpec);
+        using var target = PlatformRegistry.Create(_targetSpec);
+        var exec = new Executor(n => onTarget(n) ? target : source);
+        if (observer is not null) exec.Observers.Add(observer);
+        r.Runs++;
+        try
+        {
+            foreach (var (phase, feeds, expected) in reference)
+            {
+                var actual = exec.Run(_model, feeds);
+                foreach (var (name, value) in expected)
+                {
+                    var c = Comparison.Compare(name, value, actual.GetValueOrDefault(name), _outputTolerance);
+                    if (!c.Passed) return $"{phase}: output '{name}': {c.Failure}";
+                }
+            }
+            return null;
+        }
+        catch (TapmlException e) { return $"the run failed: {e.Message}"; }
+        finally { r.BytesMoved += exec.Stats.BytesMoved; r.Transfers += exec.Stats.Transfers; r.PeakMemoryBytes = Math.Max(r.PeakMemoryBytes, exec.Stats.PeakLiveBytes); }
+    }
+
+    // --- lockstep -----------------------------------------------------------------------------------------------
+
+    public MigrationResult Lockstep() => Lockstep(NewResult("lockstep"), _ => true);
+
+    MigrationResult Lockstep(MigrationResult r, Func<Node, bool> onTarget)
+    {
+        var sw = Stopwatch.StartNew();
+        var reference = Reference(r);
+        using var source = PlatformRegistry.Create(_sourceSpec);
+        using var target = PlatformRegistry.Create(_targetSpec);
+        var exec = new Executor(n => onTarget(n) ? target : source);
+        var shadow = new Lockstep(source, _nodeTolerances, r, exec);
+        exec.Observers.Add(shadow);
+        r.Runs++;
+        foreach (var (phase, feeds, _) in reference)
+        {
+            Progress?.Invoke($"lockstep {phase}");
+            shadow.Phase = phase;
+            try { exec.Run(_model, feeds); }
+            catch (TapmlException e) { r.TargetError = $"{phase}: {e.Message}"; }
+            if (r.FirstDivergent is not null || r.TargetError is not null) break;   // NOTE: later phases only inherit the error
+        }
+        r.BytesMoved += exec.Stats.BytesMoved;
+        r.Transfers += exec.Stats.Transfers;
+        r.AllIntermediatesBytes = Math.Max(r.AllIntermediatesBytes, shadow.AllIntermediates);
+        if (r.FirstDivergent is null && r.TargetError is not null)
+        {
+            // The target threw before any output differed: the node it threw in is the culprit.
+            var failing = _nodes.Select((n, i) => (n, i)).FirstOrDefault(x => r.TargetError.Contains($"'{x.n.Name}'"));
+            if (failing.n is not null)
+                r.FirstDivergent = new NodeRecord(failing.i, failing.n.Name, failing.n.OpType, r.TargetError.Split(':')[0], _targetSpec,
+                    new NodeError(new Metrics(), false, r.TargetError), new NodeError(new Metrics(), false, r.TargetError));
+        }
+        if (shadow.CulpritCase is { } c) WriteRepro(r, c.Node, c.Opset, c.Inputs, c.Outputs);
+        r.Seconds += sw.Elapsed.TotalSeconds;
+        return r;
+    }
+
+    // --- bisect -------------------------------------------------------------------------------------------------
+
+    public MigrationResult Bisect()
+    {
+        var sw = Stopwatch.StartNew();
+        var r = NewResult("bisect");
+        Reference(r);
+        var index = _nodes.Select((n, i) => (n, i)).ToDictionary(x => x.n, x => x.i, ReferenceEqualityComparer.Instance);
+        Func<Node, bool> Prefix(int k) => n => index.TryGetValue(n, out int i) && i < k;
+        // Invariant: the first lo nodes on the target do not diverge (lo = 0: the reference itself); hi nodes do.
+        int lo = 0, hi = _nodes.Count;
+        bool hiTested = false;
+        string? hiDetail = null;
+        while (hi - lo > 1)
+        {
+            int mid = lo + (hi - lo) / 2;
+            Progress?.Invoke($"bisect: first {mid} of {_nodes.Count} nodes on the target");
+            var d = MixedRun(r, Prefix(mid));
+            if (d is null) lo = mid; else { hi = mid; hiTested = true; hiDetail = d; }
+        }
+        if (!hiTested)
+        {
+            hiDetail = MixedRun(r, Prefix(hi));
+            if (hiDetail is null) { r.Seconds = sw.Elapsed.TotalSeconds; return r; }   // the whole graph on the target agrees
+        }
+        int culprit = hi - 1;
+        EvaluateCulprit(r, culprit, hiDetail!);
+        r.Seconds = sw.Elapsed.TotalSeconds;
+        return r;
+    }
+
+    /// <summary>Isolated and accumulated error of one node: a source run of the graph's prefix up to the node gives
+    /// its source inputs (a partial run); the target's run of the same prefix gives its accumulated inputs.</summary>
+    void EvaluateCulprit(MigrationResult r, int culprit, string detail)
+    {
+        var node = _nodes[culprit];
+        var prefix = PrefixModel(culprit);
+        using var source = PlatformRegistry.Create(_sourceSpec);
+        using var target = PlatformRegistry.Create(_targetSpec);
+        r.PartialRuns += 2;
+        var tol = default(Tolerance);
+        foreach (var (phase, feeds, _) in Reference(r))
+        {
+            var src = new Executor(source).Run(prefix, feeds);
+            Dictionary<string, Value> tgt;
+            try { tgt = new Executor(target).Run(prefix, feeds); }
+            catch (TapmlException e) { tgt = new(); detail = e.Message; }
+            Value?[] Pick(Dictionary<string, Value> d, string[] names) => names.Select(n => n.Length == 0 ? null : d.GetValueOrDefault(n)).ToArray();
+            var srcIn = Pick(src, node.Inputs.Select(n => _model.Graph.Initializers.ContainsKey(n) || feeds.ContainsKey(n) ? "" : n).ToArray())
+                .Select((v, i) => v ?? (node.Inputs[i].Length == 0 ? null : _model.Graph.Initializers.GetValueOrDefault(node.Inputs[i]) as Value ?? feeds.GetValueOrDefault(node.Inputs[i]))).ToArray();
+            var srcOut = Pick(src, node.Outputs);
+            var tgtOut = Pick(tgt, node.Outputs);
+            // isolated: the target kernel alone, fed the source's inputs (a one-node model: no whole run)
+            var oneNode = OneNodeModel(node, srcIn);
+            Dictionary<string, Value>? iso = null;
+            string? isoError = null;
+            try { iso = new Executor(target) { CheckInputShapes = false }.Run(oneNode.Model, oneNode.Feeds); }
+            catch (TapmlException e) { isoError = e.Message; }
+            var ints = node.Attributes.Where(a => a.Value.Type == AttrType.Int).ToDictionary(a => a.Key, a => a.Value.I);
+            long k = Tolerances.ReducedLength(node.OpType, srcIn.Select(v => (v as Tensor)?.Shape).ToList(), srcOut.OfType<Tensor>().Select(t => t.Shape).ToList(), ints);
+            tol = _nodeTolerances.For(node.OpType, srcOut.OfType<Tensor>().Select(t => t.DType).FirstOrDefault(DTypes.IsFloat, DType.Float32), k);
+            var isoErr = isoError is not null ? new NodeError(new Metrics(), false, isoError) : Worst(srcOut, node.Outputs.Select(n => iso!.GetValueOrDefault(n)).ToArray(), tol);
+            var accErr = Worst(srcOut, tgtOut, tol);
+            if (isoErr.Passed && accErr.Passed) continue;
+            r.FirstDivergent = new NodeRecord(culprit, node.Name, node.OpType, phase, _targetSpec, isoErr, accErr);
+            r.Records.Add(r.FirstDivergent);
+            WriteRepro(r, node, _model.Opset(node.Domain), srcIn.Select(v => v as Tensor).ToArray(), srcOut.Select(v => v as Tensor).ToArray());
+            return;
+        }
+        // NOTE: the outputs diverged with this node on the target, yet its own outputs match in every phase: the
+        // difference is in how values cross platforms, not in a kernel.
+        r.FirstDivergent = new NodeRecord(culprit, node.Name, node.OpType, "?", _targetSpec,
+            new NodeError(new Metrics(), true, null), new NodeError(new Metrics(), false, detail));
+    }
+
+    static NodeError Worst(Value?[] expected, Value?[] actual, Tolerance tol)
+    {
+        NodeError? worst = null;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            if (expected[i] is not { } e) continue;
+            var c = Comparison.Compare($"output {i}", e, actual[i], tol);
+            var ne = new NodeError(c.Metrics, c.Passed, c.Failure is null ? null : $"output {i}: {c.Failure}");
+            if (worst is null || !ne.Passed && worst.Passed || ne.Passed == worst.Passed && ne.Metrics.MaxRel > worst.Metrics.MaxRel) worst = ne;
+        }
+        return worst ?? new NodeError(new Metrics(), true, null);
+    }
+
+    /// <summary>The graph's first <paramref name="upTo"/> + 1 nodes, with the last node's inputs and outputs as outputs.</summary>
+    Model PrefixModel(int upTo)
+    {
+        var g = new Graph { Name = _model.Graph.Name + $"_prefix{upTo}" };
+        g.Nodes.AddRange(_nodes.Take(upTo + 1));
+        g.Inputs.AddRange(_model.Graph.Inputs);
+        foreach (var (k, v) in _model.Graph.Initializers) g.Initializers[k] = v;
+        var produced = g.Nodes.SelectMany(n => n.Outputs).Where(n => n.Length > 0).ToHashSet();
+        var node = _nodes[upTo];
+        foreach (var name in node.Inputs.Concat(node.Outputs).Where(n => n.Length > 0 && produced.Contains(n)).Distinct())
+            g.Outputs.Add(new ValueInfo(name, null));
+        return new Model { Graph = g, Opsets = _model.Opsets, IrVersion = _model.IrVersion, Path = _model.Path };
+    }
+
+    (Model Model, Dictionary<string, Value> Feeds) OneNodeModel(Node node, Value?[] inputs)
+    {
+        var g = new Graph { Name = node.Name };
+        var feeds = new Dictionary<string, Value>();
+        var names = new string[node.Inputs.Length];
+        for (int i = 0; i < names.Length; i++)
+        {
+            if (inputs[i] is not { } v) { names[i] = ""; continue; }
+            names[i] = $"input_{i}";
+            g.Inputs.Add(new ValueInfo(names[i], Executor.TypeOf(v)));
+            feeds[names[i]] = v;
+        }
+        g.Nodes.Add(new Node { Name = node.Name, OpType = node.OpType, Domain = node.Domain, Inputs = names, Outputs = node.Outputs, Attributes = node.Attributes });
+        foreach (var o in node.Outputs.Where(o => o.Length > 0)) g.Outputs.Add(new ValueInfo(o, null));
+        return (new Model { Graph = g, Opsets = _model.Opsets, IrVersion = _model.IrVersion }, feeds);
+    }
+
+    // --- by kind ------------------------------------------------------------------------------------------------
+
+    public MigrationResult ByKind()
+    {
+        var sw = Stopwatch.StartNew();
+        var r = NewResult("by-kind");
+        Reference(r);
+        var kinds = _nodes.Select(n => n.OpType).Distinct().ToList();
+        var moved = new HashSet<string>();
+        for (int s = 0; s < kinds.Count; s++)
+        {
+            moved.Add(kinds[s]);
+            var onTarget = new HashSet<string>(moved);
+            Progress?.Invoke($"by-kind stage {s + 1}/{kinds.Count}: {kinds[s]} to the target");
+            string? d = MixedRun(r, n => onTarget.Contains(n.OpType));
+            r.Stages.Add(new StageRecord(s + 1, kinds[s], _nodes.Count(n => onTarget.Contains(n.OpType)), d is not null, d));
+            if (d is null) continue;
+            Lockstep(r, n => onTarget.Contains(n.OpType));
+            break;
+        }
+        r.Seconds = sw.Elapsed.TotalSeconds;
+        return r;
+    }
+
+    // --- reproducer ---------------------------------------------------------------------------------------------
+
+    /// <summary>Where the culprit's carved case is written (null: not written).</summary>
+    public string? ReproDir { get; init; }
+
+    void WriteRepro(MigrationResult r, Node node, int opset, Tensor?[] inputs, Tensor?[] outputs)
+    {
+        if (ReproDir is null || inputs.Any(t => t is { DType: DType.String }) || outputs.Any(t => t is null or { DType: DType.String })) return;
+        string dir = Path.Combine(ReproDir, "culprit-store");
+        if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        var store = CarvedStore.Create(dir, _model.Path ?? _model.Graph.Name, "", _sourceSpec);
+        string Put(Tensor t) => store.Put(t, out _);
+        var ins = inputs.Select((t, i) => new TensorRef($"input_{i}", t?.DType ?? DType.Float32, t?.Shape ?? [], t is null ? null : Put(t))).ToList();
+        while (ins.Count > 0 && ins[^1].Blob is null) ins.RemoveAt(ins.Count - 1);
+        var c = new CarvedCase
+        {
+            Id = $"{node.OpType}-{node.Name.Replace('/', '_')}".Replace(' ', '_'),
+            OpType = node.OpType,
+            Domain = node.Domain,
+            Opset = opset,
+            Attributes = CarvedCase.AttributesJson(node),
+            Inputs = ins,
+            Outputs = outputs.Select((t, i) => new TensorRef($"output_{i}", t!.DType, t.Shape, Put(t))).ToList(),
+            Provenance = new Provenance(node.Name, r.FirstDivergent?.Phase ?? "run", 1),
+            Signature = "",
+        };
+        store.Cases.Add(c);
+        store.SaveManifest();
+        r.ReproCase = c.Id;
+        r.Repro = $"./tapml replay {CaseRunner.Quote(dir)} --case {c.Id} --platform {CaseRunner.Quote(_targetSpec)}";
+    }
+}
