@@ -27,8 +27,8 @@ static class CheckpointVerb
             if (sizes.Layers < 1 || sizes.Hidden < 1 || sizes.Heads < 1 || sizes.KvHeads < 1 || sizes.Intermediate < 1 || sizes.Vocab < 1)
                 throw new TapmlException("sizes must be positive");
             string dir = pr.GetValue(outDir)!;
-            TinyCheckpoint.Write(pr.GetValue(arch)!, pr.GetValue(seed), dir, sizes);
-            Console.WriteLine($"wrote tiny-{pr.GetValue(arch)} (seed {pr.GetValue(seed)}) to {dir}");
+            string? noTokenizer = TinyCheckpoint.Write(pr.GetValue(arch)!, pr.GetValue(seed), dir, sizes);
+            Console.WriteLine($"wrote tiny-{pr.GetValue(arch)} (seed {pr.GetValue(seed)}) to {dir}" + (noTokenizer is null ? " with its tokenizer" : $"; no tokenizer: {noTokenizer}"));
             return 0;
         });
         return new Command("checkpoint", "tiny checkpoints for tests and bring-up") { create };

