@@ -14,7 +14,7 @@ static class BenchVerb
 {
     public static Command Create()
     {
-        var scenario = new Argument<string>("SCENARIO") { Description = $"workload: {string.Join(", ", BenchScenarios.Names)}" };
+        var scenario = new Argument<string>("SCENARIO") { Description = $"workload: {string.Join(", ", BenchScenarios.Names.Concat(BenchWorkflows.Names))}" };
         var platform = Cli.PlatformOption();
         var reference = new Option<string>("--reference") { Description = "peer platform to compare with", DefaultValueFactory = _ => "onnxruntime" };
         var threads = new Option<int>("--threads") { Description = "threads for both sides (0 = all cores)", DefaultValueFactory = _ => 0 };
@@ -26,6 +26,8 @@ static class BenchVerb
         {
             int n = pr.GetValue(threads);
             if (n > 0) CpuThreads.Limit(n);
+            if (BenchWorkflows.Names.Contains(pr.GetValue(scenario)!))
+                return BenchWorkflows.Run(pr.GetValue(scenario)!, Path.Combine(Directory.GetCurrentDirectory(), "..", "shared"), Math.Max(1, Math.Min(pr.GetValue(runs), 5)));
             string refSpec = pr.GetValue(reference)!;
             if (n > 0 && refSpec.StartsWith("onnxruntime") && !refSpec.Contains("threads=")) refSpec += (refSpec.Contains('?') ? "&" : "?") + $"threads={n}";
             using var target = PlatformRegistry.Create(pr.GetValue(platform)!);

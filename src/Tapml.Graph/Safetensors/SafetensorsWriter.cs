@@ -12,6 +12,21 @@ public static class SafetensorsWriter
     public static void Write(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
         var list = tensors.OrderBy(t => t.Key, StringComparer.Ordinal).ToList();
+        byte[] header = Header(list, metadata);
+        string tmp = path + ".tmp";
+        using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+        {
+            fs.Write(header);
+            foreach (var (_, t) in list) fs.Write(t.Bytes());
+        }
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    /// <summary>The bytes before the tensor data: the 8-byte little-endian header length and the padded JSON header
+    /// for <paramref name="sorted"/> (tensors sorted by name, data in that order).</summary>
+    public static byte[] Header(IReadOnlyList<KeyValuePair<string, Tensor>> sorted, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        var list = sorted;
         var header = new MemoryStream();
         using (var w = new Utf8JsonWriter(header))
         {
@@ -42,14 +57,9 @@ public static class SafetensorsWriter
         }
         int pad = (int)((8 - header.Length % 8) % 8);
         for (int i = 0; i < pad; i++) header.WriteByte((byte)' ');
-        string tmp = path + ".tmp";
-        using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
-        {
-            fs.Write(BitConverter.GetBytes((ulong)header.Length));
-            header.Position = 0;
-            header.CopyTo(fs);
-            foreach (var (_, t) in list) fs.Write(t.Bytes());
-        }
-        File.Move(tmp, path, overwrite: true);
+        var r = new byte[8 + header.Length];
+        BitConverter.GetBytes((ulong)header.Length).CopyTo(r, 0);
+        header.ToArray().CopyTo(r, 8);
+        return r;
     }
 }

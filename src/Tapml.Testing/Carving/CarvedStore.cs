@@ -72,6 +72,7 @@ public sealed class CarvedStore
     /// <summary>Rewrites manifest.json atomically.</summary>
     public void SaveManifest()
     {
+        Drain();
         var o = new JsonObject
         {
             ["format"] = FormatName,
@@ -87,18 +88,64 @@ public sealed class CarvedStore
 
     public string BlobPath(string sha) => Path.Combine(BlobDir, sha + ".safetensors");
 
-    /// <summary>Stores <paramref name="t"/> as a blob (unless an identical one exists) and returns its hash.
-    /// Returns the bytes newly written in <paramref name="written"/> (0 when deduplicated).</summary>
+    readonly HashSet<string> _pending = new();
+    System.Collections.Concurrent.BlockingCollection<(string Sha, byte[] Header, Tensor Tensor)>? _queue;
+    Task? _writer;
+    Exception? _writeError;
+
+    /// <summary>Stores <paramref name="t"/> as a blob (unless an identical one exists) and returns its hash, the
+    /// SHA-256 of the blob file's bytes (computed in memory). The file is written by a background writer; call
+    /// <see cref="Drain"/> before a manifest refers to it. Returns the bytes queued in <paramref name="written"/> (0
+    /// when deduplicated). The tensor must not change afterwards (executor values never do).</summary>
     public string Put(Tensor t, out long written)
     {
-        string tmp = Path.Combine(BlobDir, $".tmp-{Environment.ProcessId}-{Guid.NewGuid():N}");
-        SafetensorsWriter.Write(tmp, [new(BlobTensorName, t)]);
-        string sha;
-        using (var f = File.OpenRead(tmp)) sha = Convert.ToHexStringLower(SHA256.HashData(f));
-        string path = BlobPath(sha);
-        if (File.Exists(path)) { File.Delete(tmp); written = 0; }
-        else { written = new FileInfo(tmp).Length; File.Move(tmp, path, overwrite: true); }
+        byte[] header = SafetensorsWriter.Header([new(BlobTensorName, t)]);
+        using var h = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        h.AppendData(header);
+        h.AppendData(t.Bytes());
+        string sha = Convert.ToHexStringLower(h.GetHashAndReset());
+        written = 0;
+        if (_pending.Contains(sha) || File.Exists(BlobPath(sha))) return sha;
+        _pending.Add(sha);
+        written = header.Length + t.ByteSize;
+        if (_queue is null)
+        {
+            _queue = new(boundedCapacity: 64);
+            _writer = Task.Factory.StartNew(WriteLoop, TaskCreationOptions.LongRunning);
+        }
+        _queue.Add((sha, header, t));
         return sha;
+    }
+
+    void WriteLoop()
+    {
+        foreach (var (sha, header, t) in _queue!.GetConsumingEnumerable())
+        {
+            if (_writeError is not null) continue;
+            try
+            {
+                string tmp = Path.Combine(BlobDir, $".tmp-{Environment.ProcessId}-{sha}");
+                using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16))
+                {
+                    fs.Write(header);
+                    fs.Write(t.Bytes());
+                }
+                File.Move(tmp, BlobPath(sha), overwrite: true);
+            }
+            catch (IOException e) { _writeError = e; }
+            catch (UnauthorizedAccessException e) { _writeError = e; }
+        }
+    }
+
+    /// <summary>Waits until every queued blob is on disk (then a manifest may refer to them).</summary>
+    public void Drain()
+    {
+        if (_queue is null) return;
+        _queue.CompleteAdding();
+        _writer!.Wait();
+        _queue = null;
+        _pending.Clear();
+        if (_writeError is { } e) throw new TapmlException($"{BlobDir}: cannot write a blob ({e.Message})", e);
     }
 
     /// <summary>Reads a blob after checking its hash; a missing or corrupt blob is an error naming the case.</summary>

@@ -25,6 +25,7 @@ public sealed class Recorder : IExecutionObserver, IDisposable
     readonly Dictionary<string, SignatureState> _signatures = new();
     readonly ConditionalWeakTable<Tensor, string> _hashes = new(); // NOTE: weights are the same Tensor objects every run
     readonly Dictionary<string, long> _notCarved = new();
+    readonly Dictionary<Node, (System.Text.Json.Nodes.JsonObject Json, string Text)> _attrs = new(ReferenceEqualityComparer.Instance);
     readonly Stopwatch _sinceSave = Stopwatch.StartNew();
     string _phase = "run";
 
@@ -80,10 +81,12 @@ public sealed class Recorder : IExecutionObserver, IDisposable
         }
         if (inputs.Concat(outputs).Any(t => t?.DType == DType.String)) { Skip("string tensors (safetensors has no string dtype)"); return; }
 
-        var attrs = CarvedCase.AttributesJson(node);
+        if (!_attrs.TryGetValue(node, out var a)) _attrs[node] = a = (CarvedCase.AttributesJson(node), "");
+        if (a.Text.Length == 0) _attrs[node] = a = (a.Json, a.Json.ToJsonString());
+        var attrs = a.Json;
         int opset = e.Context.Opset;
         var sig = new StringBuilder().Append(node.Domain).Append("::").Append(node.OpType).Append('|').Append(opset).Append('|')
-            .Append(attrs.ToJsonString()).Append('|');
+            .Append(a.Text).Append('|');
         foreach (var t in inputs) sig.Append(t is null ? "-" : t.Describe()).Append(';');
         string signature = sig.ToString();
         if (!_signatures.TryGetValue(signature, out var state)) _signatures[signature] = state = new SignatureState();
@@ -112,7 +115,7 @@ public sealed class Recorder : IExecutionObserver, IDisposable
                     OpType = node.OpType,
                     Domain = node.Domain,
                     Opset = opset,
-                    Attributes = attrs,
+                    Attributes = (System.Text.Json.Nodes.JsonObject)attrs.DeepClone(),
                     Inputs = Refs(node.Inputs, inputs, "input"),
                     Outputs = Refs(node.Outputs, outputs, "output"),
                     Provenance = new Provenance(node.Name, _phase, state.Count),

@@ -1,0 +1,102 @@
+using System.Diagnostics;
+using Spectre.Console;
+using Tapml.Core;
+using Tapml.Ir;
+using Tapml.Ir.Onnx;
+using Tapml.Models;
+using Tapml.Platforms;
+using Tapml.Platforms.Execution;
+using Tapml.Testing;
+using Tapml.Testing.Carving;
+using Tapml.Testing.Migration;
+using Recorder = Tapml.Testing.Carving.Recorder;
+
+namespace Tapml.Cli;
+
+/// <summary><c>tapml bench carve</c> and <c>tapml bench migrate</c>: the cost of the TapML workflow itself, measured
+/// against a plain run of the same model in the same process.</summary>
+static class BenchWorkflows
+{
+    public static IReadOnlyList<string> Names => ["carve", "migrate"];
+
+    sealed record Subject(string Name, Model Model, Action<Executor> Run, MigrationInput Input);
+
+    static IEnumerable<Subject> Subjects(string shared)
+    {
+        var llama = HfModels.Load(TinyCheckpoint.Materialize("llama"));
+        long[] prompt = [1, 17, 305, 42, 7, 99, 100, 3];
+        yield return new Subject("tiny-llama (prefill 8 + 16 decode)", llama, e => Generation.Greedy(e, llama, prompt, 17), new MigrationInput(PromptIds: prompt, DecodeSteps: 16));
+        string dir = Path.Combine(shared, "conformance", "onnx", "light-cases", "test_light_resnet50");
+        if (!Directory.Exists(dir)) { Console.Error.WriteLine($"bench: {dir} is absent; resnet50-light skipped"); yield break; }
+        var resnet = OnnxImporter.Load(Path.Combine(dir, "model.onnx"));
+        var feeds = Testing.Conformance.OnnxCase.LoadDataSet(resnet, Path.Combine(dir, "test_data_set_0")).Inputs;
+        yield return new Subject("resnet50-light", resnet, e => e.Run(resnet, feeds), new MigrationInput(Feeds: feeds));
+    }
+
+    static double Median(int runs, Action a)
+    {
+        var t = new List<double>();
+        a();                                        // warm-up
+        for (int i = 0; i < runs; i++) { var sw = Stopwatch.StartNew(); a(); t.Add(sw.Elapsed.TotalMilliseconds); }
+        t.Sort();
+        return t[t.Count / 2];
+    }
+
+    public static int Run(string scenario, string shared, int runs)
+    {
+        var table = scenario == "carve"
+            ? new Table().AddColumns("model", "plain run ms", "carve ms", "carve ÷ plain", "cases", "blobs (after dedup)", "tensors (before dedup)", "replay cases/s")
+            : new Table().AddColumns("model", "strategy", "found", "runs", "partial", "bytes moved", "time ms");
+        foreach (var s in Subjects(shared))
+        {
+            using var cpu = PlatformRegistry.Create("cpu");
+            if (scenario == "carve")
+            {
+                double plain = Median(runs, () => s.Run(new Executor(cpu)));
+                CarvedStore? store = null;
+                Recorder? last = null;
+                var dirs = new List<string>();
+                double carve = Median(runs, () =>
+                {
+                    string dir = Path.Combine(Path.GetTempPath(), $"tapml-bench-carve-{Guid.NewGuid():N}");
+                    dirs.Add(dir);
+                    store = CarvedStore.Create(dir, s.Name, "", "cpu");
+                    var exec = new Executor(cpu);
+                    var rec = new Recorder(store, new CarveOptions()) { PhaseOf = r => r == 0 ? "prefill" : $"decode:{r}" };
+                    exec.Observers.Add(rec);
+                    s.Run(exec);
+                    rec.Dispose();
+                    last = rec;
+                });
+                var replayer = new Replayer(store!, cpu, new Tolerances());
+                var sw = Stopwatch.StartNew();
+                foreach (var c in store!.Cases) replayer.Run(c);
+                double perS = store.Cases.Count / sw.Elapsed.TotalSeconds;
+                table.AddRow(Markup.Escape(s.Name), $"{plain:F1}", $"{carve:F1}", $"{carve / plain:F2}×", store.Cases.Count.ToString(),
+                    Format.Bytes(store.ReferencedBlobBytes()), Format.Bytes(last!.BytesBeforeDedup), $"{perS:F0}");
+                Console.Error.WriteLine($"bench carve: {s.Name}: plain {plain:F1} ms, carve {carve:F1} ms ({carve / plain:F2}×)");
+                foreach (var d in dirs) try { Directory.Delete(d, true); } catch (IOException) { }
+            }
+            else
+            {
+                // NOTE: the fault goes on the node two thirds along the graph, a MatMul/Conv where there is one.
+                var nodes = s.Model.Graph.Nodes;
+                var victim = nodes.Skip(nodes.Count * 2 / 3).FirstOrDefault(n => n.OpType is "MatMul" or "Conv") ?? nodes[nodes.Count * 2 / 3];
+                string target = $"faulty:cpu?node={victim.Name}&kind=scale";
+                foreach (var strategy in new[] { "lockstep", "bisect", "by-kind" })
+                {
+                    var sw = Stopwatch.StartNew();
+                    var r = new Migrator(s.Model, "cpu", target, s.Input, new Tolerances(), new Tolerance(1e-3, 1e-4)).Run(strategy);
+                    double ms = sw.Elapsed.TotalMilliseconds;
+                    table.AddRow(Markup.Escape(s.Name), strategy, r.FirstDivergent?.Node == victim.Name ? $"[green]{Markup.Escape(victim.Name)}[/]" : $"[red]{Markup.Escape(r.FirstDivergent?.Node ?? "none")}[/]",
+                        r.Runs.ToString(), r.PartialRuns.ToString(), Format.Bytes(r.BytesMoved), $"{ms:F0}");
+                    Console.Error.WriteLine($"bench migrate: {s.Name} {strategy}: {ms:F0} ms, {r.Runs} runs");
+                }
+            }
+        }
+        table.Caption(scenario == "carve" ? $"median of {runs} runs after a warm-up; cpu source; store per carve in the temp folder"
+                                          : "fault faulty:cpu?node=N&kind=scale two thirds along the graph; lockstep includes the reference run");
+        AnsiConsole.Write(table);
+        return 0;
+    }
+}
