@@ -11,6 +11,8 @@ fi
 need=()
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# chromium: the HTML reports are checked in headless Chromium (and its SwiftShader serves the GPU platforms)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
