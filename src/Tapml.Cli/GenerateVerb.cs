@@ -49,9 +49,22 @@ static class GenerateVerb
                 Seed = pr.GetValue(seed),
                 StopTokens = pr.GetValue(stop) is { } st ? PromptArgs.ParseIds(st).Select(x => (int)x).ToArray() : [],
             };
-            var r = Generation.Run(exec, m, ids, pr.GetValue(maxTokens), sampling, eos);
-
-            Console.WriteLine($"tokens: {string.Join(",", r.Tokens)}");
+            // Streaming: each token is printed as soon as it is chosen, as text when the model has a tokenizer (the
+            // new suffix of the decoded text, so multi-byte characters split over tokens print whole), else as ids.
+            var streamed = new List<int>();
+            string shown = "";
+            if (tokenizer is null) Console.Write("tokens: ");
+            var r = Generation.Run(exec, m, ids, pr.GetValue(maxTokens), sampling, eos, t =>
+            {
+                streamed.Add((int)t);
+                if (tokenizer is null) { Console.Write(streamed.Count == 1 ? $"{t}" : $",{t}"); return; }
+                string text = tokenizer.Decode(streamed);
+                if (text.EndsWith('\uFFFD')) return;          // an incomplete UTF-8 sequence: wait for the next token
+                Console.Write(text.StartsWith(shown, StringComparison.Ordinal) ? text[shown.Length..] : "\n" + text);
+                shown = text;
+            });
+            Console.WriteLine();
+            if (tokenizer is not null) Console.WriteLine($"tokens: {string.Join(",", r.Tokens)}");
             Console.WriteLine($"prefill {r.PromptTokens} tokens in {r.PrefillMs:F1} ms ({r.PrefillTokensPerSecond:F1} tokens/s); decode {r.DecodeSteps} tokens in {r.DecodeMs:F1} ms ({r.DecodeTokensPerSecond:F1} tokens/s) on {p.Name}");
             if (pr.GetValue(json) is { } jsonPath)
             {

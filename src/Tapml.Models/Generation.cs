@@ -36,7 +36,8 @@ public static class Generation
 
     /// <summary>Generation with <paramref name="sampling"/> (greedy by default); stops after an id in
     /// <paramref name="eosTokenIds"/> or in the options' stop tokens.</summary>
-    public static GenerationResult Run(Executor executor, Model model, ReadOnlySpan<long> prompt, int maxNewTokens, SamplingOptions sampling, IReadOnlyCollection<int>? eosTokenIds = null)
+    /// <param name="onToken">Called with each new token as soon as it is chosen (streaming).</param>
+    public static GenerationResult Run(Executor executor, Model model, ReadOnlySpan<long> prompt, int maxNewTokens, SamplingOptions sampling, IReadOnlyCollection<int>? eosTokenIds = null, Action<long>? onToken = null)
     {
         sampling.Validate();
         var sampler = new Sampler(sampling);
@@ -53,7 +54,7 @@ public static class Generation
 
         var seen = new List<long>(ids);
         var tokens = new List<long>();
-        void Take(Tensor logits) { long t = sampler.Next(LastRow(logits), seen); tokens.Add(t); seen.Add(t); }
+        void Take(Tensor logits) { long t = sampler.Next(LastRow(logits), seen); tokens.Add(t); seen.Add(t); onToken?.Invoke(t); }
         Take(prefillLogits);
         double decodeMs = 0;
         int steps = 0;
