@@ -131,3 +131,34 @@ public class TinyTokenizerTests
         File.Delete(json);
     }
 }
+
+/// <summary>export-onnx with external data: the weights in F.onnx.data, read back by tapml's importer and by ONNX
+/// Runtime itself from the file path.</summary>
+public class ExternalDataExportTests
+{
+    [Fact]
+    public void Exported_external_data_loads_in_tapml_and_onnxruntime()
+    {
+        string dir = Directory.CreateTempSubdirectory("tapml-ext-").FullName;
+        try
+        {
+            string path = Path.Combine(dir, "tiny.onnx");
+            var r = CliRunner.Run("export-onnx", "--model", "builtin:tiny-llama", "--out", path, "--external-data");
+            Assert.True(r.ExitCode == 0, r.Stderr);
+            long onnxBytes = new FileInfo(path).Length, dataBytes = new FileInfo(path + ".data").Length;
+            Assert.True(dataBytes > 800_000 && onnxBytes < 100_000, $"onnx {onnxBytes} B, data {dataBytes} B");
+            var model = HfModels.Load(TinyCheckpoint.Materialize("llama"));
+            var imported = OnnxImporter.Load(path);
+            foreach (var (name, t) in model.Graph.Initializers)
+                Assert.True(t.Bytes().SequenceEqual(imported.Graph.Initializers[name].Bytes()), name);
+            // ONNX Runtime opens the file itself (it resolves F.onnx.data beside it)
+            using var session = new Microsoft.ML.OnnxRuntime.InferenceSession(path);
+            Assert.Contains("logits", session.OutputMetadata.Keys);
+            long[] ids = [1, 17, 305, 42];
+            var want = Generation.Greedy(new Executor(new CpuPlatform()), model, ids, 4).Tokens;
+            var got = Generation.Greedy(new Executor(new OrtPlatform("onnxruntime")) { PreferWholeGraph = true }, imported, ids, 4).Tokens;
+            Assert.Equal(want, got);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+}

@@ -22,10 +22,46 @@ public static class OnnxExporter
         File.Move(tmp, path, overwrite: true);
     }
 
-    public static GraphProto ToProto(Graph g)
+    /// <summary>Writes <paramref name="model"/> with every main-graph initializer of at least
+    /// <paramref name="minBytes"/> bytes in one side file (ONNX external data: <c>location</c>, <c>offset</c>,
+    /// <c>length</c>; offsets aligned to 64 bytes), named after the .onnx file plus <c>.data</c>, in the same folder.
+    /// Needed above protobuf's 2 GiB message limit; readers (tapml, ONNX Runtime, onnx) find the file beside the model.</summary>
+    public static void SaveWithExternalData(Model model, string path, long minBytes = 1024)
+    {
+        string dataName = Path.GetFileName(path) + ".data";
+        string dataPath = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, dataName);
+        var p = ToProto(new Model { Graph = new Graph { Name = model.Graph.Name }, Opsets = model.Opsets, IrVersion = model.IrVersion });
+        var gp = ToProto(model.Graph, withInitializers: false);
+        using (var fs = new FileStream(dataPath + ".tmp", FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+        {
+            foreach (var (name, t) in model.Graph.Initializers)
+            {
+                if (t.DType == DType.String || t.ByteSize < minBytes) { gp.Initializer.Add(TensorProtos.FromTensor(t, name)); continue; }
+                long pad = (64 - fs.Position % 64) % 64;
+                for (long i = 0; i < pad; i++) fs.WriteByte(0);
+                long offset = fs.Position;
+                fs.Write(t.Bytes());
+                var tp = new TensorProto { Name = name, DataType = (int)t.DType, DataLocation = TensorProto.Types.DataLocation.External };
+                tp.Dims.AddRange(t.Shape);
+                tp.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = dataName });
+                tp.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = offset.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+                tp.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = t.ByteSize.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+                gp.Initializer.Add(tp);
+            }
+        }
+        p.Graph = gp;
+        var bytes = p.ToByteArray();
+        File.Move(dataPath + ".tmp", dataPath, overwrite: true);
+        File.WriteAllBytes(path + ".tmp", bytes);
+        File.Move(path + ".tmp", path, overwrite: true);
+    }
+
+    public static GraphProto ToProto(Graph g) => ToProto(g, withInitializers: true);
+
+    static GraphProto ToProto(Graph g, bool withInitializers)
     {
         var gp = new GraphProto { Name = g.Name };
-        foreach (var (name, t) in g.Initializers) gp.Initializer.Add(TensorProtos.FromTensor(t, name));
+        if (withInitializers) foreach (var (name, t) in g.Initializers) gp.Initializer.Add(TensorProtos.FromTensor(t, name));
         gp.Input.AddRange(g.Inputs.Select(ToProto));
         gp.Output.AddRange(g.Outputs.Select(ToProto));
         gp.ValueInfo.AddRange(g.ValueInfos.Select(ToProto));
