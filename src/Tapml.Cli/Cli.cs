@@ -7,6 +7,13 @@ namespace Tapml.Cli;
 /// exits 2; a stack trace only with --verbose.</summary>
 static class Cli
 {
+    /// <summary>The <c>--filter</c> regular expression, or a clear error when it does not compile.</summary>
+    public static System.Text.RegularExpressions.Regex FilterRegex(string pattern)
+    {
+        try { return new System.Text.RegularExpressions.Regex(pattern); }
+        catch (ArgumentException e) { throw new Core.TapmlException($"--filter '{pattern}' is not a valid regular expression: {e.Message}"); }
+    }
+
     public static readonly Option<bool> Verbose = new("--verbose") { Description = "print stack traces with errors", Recursive = true };
 
     public static Option<string> PlatformOption(string dflt = "cpu") => new("--platform", "-p")

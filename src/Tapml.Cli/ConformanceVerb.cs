@@ -30,8 +30,7 @@ static class ConformanceVerb
             var cases = OnnxCase.Discover(pr.GetValue(dirs)!);
             if (pr.GetValue(filter) is { } f)
             {
-                Regex re;
-                try { re = new Regex(f); } catch (ArgumentException e) { throw new TapmlException($"--filter '{f}' is not a valid regular expression: {e.Message}"); }
+                var re = Cli.FilterRegex(f);
                 cases = cases.Where(c => re.IsMatch(c.Name)).ToList();
             }
             if (cases.Count == 0) throw new TapmlException("no cases found (a case is a folder with model.onnx and test_data_set_*/)");

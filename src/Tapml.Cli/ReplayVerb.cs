@@ -37,8 +37,7 @@ static class ReplayVerb
             if (pr.GetValue(caseId) is { } id) cases = [store.Find(id)];
             if (pr.GetValue(filter) is { } f)
             {
-                Regex re;
-                try { re = new Regex(f); } catch (ArgumentException e) { throw new TapmlException($"--filter '{f}' is not a valid regular expression: {e.Message}"); }
+                var re = Cli.FilterRegex(f);
                 cases = cases.Where(c => re.IsMatch(c.Id)).ToList();
             }
             string spec = pr.GetValue(platform)!;

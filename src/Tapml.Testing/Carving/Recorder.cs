@@ -63,22 +63,9 @@ public sealed class Recorder : IExecutionObserver, IDisposable
         Calls++;
         var node = e.Node;
         if (node.Subgraphs.Any()) { Skip("has subgraph attributes (If/Loop/Scan): carved only as part of the whole model"); return; }
-        var inputs = new Tensor?[node.Inputs.Length];
-        for (int i = 0; i < inputs.Length; i++)
-        {
-            var v = e.HostInput(i);
-            if (v is null) continue;
-            if (v is not Tensor t) { Skip("sequence or optional values (safetensors blobs hold tensors only)"); return; }
-            inputs[i] = t;
-        }
-        var outputs = new Tensor?[node.Outputs.Length];
-        for (int i = 0; i < outputs.Length; i++)
-        {
-            var v = e.HostOutput(i);
-            if (v is null) continue;
-            if (v is not Tensor t) { Skip("sequence or optional values (safetensors blobs hold tensors only)"); return; }
-            outputs[i] = t;
-        }
+        var inputs = HostTensors(node.Inputs.Length, e.HostInput);
+        var outputs = inputs is null ? null : HostTensors(node.Outputs.Length, e.HostOutput);
+        if (inputs is null || outputs is null) { Skip("sequence or optional values (safetensors blobs hold tensors only)"); return; }
         if (inputs.Concat(outputs).Any(t => t?.DType == DType.String)) { Skip("string tensors (safetensors has no string dtype)"); return; }
 
         if (!_attrs.TryGetValue(node, out var a)) _attrs[node] = a = (CarvedCase.AttributesJson(node), "");
@@ -127,6 +114,21 @@ public sealed class Recorder : IExecutionObserver, IDisposable
             }
         }
         if (_sinceSave.ElapsedMilliseconds > 1000) Flush();
+    }
+
+    /// <summary>Host tensors of a node's inputs or outputs (null entries for omitted ones); null when one is a
+    /// sequence or optional value.</summary>
+    static Tensor?[]? HostTensors(int count, Func<int, Value?> get)
+    {
+        var r = new Tensor?[count];
+        for (int i = 0; i < count; i++)
+        {
+            var v = get(i);
+            if (v is null) continue;
+            if (v is not Tensor t) return null;
+            r[i] = t;
+        }
+        return r;
     }
 
     static bool IsPowerOfTwo(long n) => n > 0 && (n & (n - 1)) == 0;
