@@ -144,14 +144,17 @@ public class CarvingTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
         foreach (var a in new[] { "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--dump-dom", new Uri(html).AbsoluteUri }) psi.ArgumentList.Add(a);
         psi.Environment["XDG_RUNTIME_DIR"] = Directory.CreateTempSubdirectory("tapml-xdg").FullName;
         using var p = Process.Start(psi)!;
-        var err = p.StandardError.ReadToEndAsync();
+        string err = "";
+        p.ErrorDataReceived += (_, a) => { if (a.Data is not null) lock (psi) err += a.Data + "\n"; };
+        p.BeginErrorReadLine();
         string dom = p.StandardOutput.ReadToEnd();
         Assert.True(p.WaitForExit(60_000), "chromium did not finish in 60 s");
         int n = CarvedStore.Open(tiny.Store).Cases.Count;
         // the script ran (it writes the count) and the table has every case
         Assert.Contains($"{n} of {n} shown", dom);
         Assert.Equal(n, dom.Split("<tr class=").Length - 1);
-        Assert.DoesNotContain("Uncaught", err.Result);
+        p.WaitForExit();
+        lock (psi) Assert.DoesNotContain("Uncaught", err);
     }
 
     static Exception SkipException(string why) { Assert.Skip(why); return new InvalidOperationException(); }

@@ -153,7 +153,8 @@ public sealed class Migrator
         var sw = Stopwatch.StartNew();
         var r = NewResult("bisect");
         Reference(r);
-        var index = _nodes.Select((n, i) => (n, i)).ToDictionary(x => x.n, x => x.i, ReferenceEqualityComparer.Instance);
+        var index = new Dictionary<Node, int>(ReferenceEqualityComparer.Instance);
+        for (int i = 0; i < _nodes.Count; i++) index[_nodes[i]] = i;
         Func<Node, bool> Prefix(int k) => n => index.TryGetValue(n, out int i) && i < k;
         // Invariant: the first lo nodes on the target do not diverge (lo = 0: the reference itself); hi nodes do.
         int lo = 0, hi = _nodes.Count;
