@@ -7,6 +7,7 @@ using Tapml.Models;
 using Tapml.Platforms;
 using Tapml.Platforms.Execution;
 using Tapml.Testing.Carving;
+using Tapml.Testing.Migration;
 
 namespace Tapml.Cli;
 
@@ -33,42 +34,10 @@ static class CarveVerb
         {
             string spec = pr.GetValue(model)!, dir = pr.GetValue(output)!;
             int steps = pr.GetValue(decodeSteps);
-            if (steps < 0) throw new TapmlException($"--decode-steps must not be negative (got {steps})");
             var m = ModelSpec.Load(spec);
-            bool llm = IsLlm(spec);
+            var input = ResolveInput(spec, m, pr.GetValue(prompt), pr.GetValue(inputIds), pr.GetValue(inputs), pr.GetValue(seed), steps);
             using var platform = PlatformRegistry.Create(pr.GetValue(source)!);
-            var store = CarvedStore.Create(dir, spec, ModelHash(spec, m), platform.Name);
-            store.Notes["carve"] = $"per-signature {pr.GetValue(perSignature)}, max-bytes {pr.GetValue(maxBytes)}" + (llm ? $", decode-steps {steps}" : "");
-            var exec = new Executor(platform);
-            var recorder = new Recorder(store, new CarveOptions(pr.GetValue(perSignature), pr.GetValue(maxBytes)))
-            {
-                PhaseOf = llm ? run => run == 0 ? "prefill" : $"decode:{run}" : _ => "run",
-            };
-            exec.Observers.Add(recorder);
-            var sw = Stopwatch.StartNew();
-            using (recorder)
-            {
-                if (llm)
-                {
-                    var (ids, _) = PromptArgs.Resolve(spec, pr.GetValue(prompt), pr.GetValue(inputIds));
-                    // NOTE: no eos ids: the carve runs exactly the requested decode steps.
-                    var r = Generation.Greedy(exec, m, ids, steps + 1);
-                    Console.WriteLine($"ran prefill of {ids.Length} tokens and {r.DecodeSteps} decode steps on {platform.Name}");
-                }
-                else
-                {
-                    if (pr.GetValue(prompt) is not null || pr.GetValue(inputIds) is not null)
-                        throw new TapmlException($"--prompt/--input-ids are for LLM checkpoints; '{spec}' is an ONNX model (use --inputs DIR)");
-                    var feeds = pr.GetValue(inputs) is { } d ? InputFiles.Read(m, d) : GeneratedInputs(m, pr.GetValue(seed));
-                    exec.Run(m, feeds);
-                    Console.WriteLine($"ran {m.Graph.Nodes.Count} nodes on {platform.Name}");
-                }
-            }
-            sw.Stop();
-            Console.WriteLine($"carved {store.Cases.Count} cases from {recorder.Calls} operator calls in {sw.Elapsed.TotalSeconds:F2} s: " +
-                              $"{Format.Bytes(store.ReferencedBlobBytes())} of blobs ({Format.Bytes(recorder.BytesBeforeDedup)} before dedup)");
-            foreach (var (why, n) in recorder.NotCarved) Console.WriteLine($"  not carved: {n} calls: {why}");
-            if (recorder.Capped) Console.WriteLine($"  {store.Notes["capped"]}");
+            var store = Carve(spec, m, platform, dir, new CarveOptions(pr.GetValue(perSignature), pr.GetValue(maxBytes)), input);
             if (pr.GetValue(exportOnnx) is { } onnxDir)
             {
                 int n = Replayer.ExportOnnx(store, onnxDir);
@@ -81,6 +50,50 @@ static class CarveVerb
     }
 
     static string CaseRunnerQuote(string s) => Testing.CaseRunner.Quote(s);
+
+    /// <summary>The run a driver makes: an LLM's prompt ids and decode steps, or an ONNX model's feeds
+    /// (<c>--inputs DIR</c>, else seeded generated inputs).</summary>
+    public static MigrationInput ResolveInput(string spec, Model m, string? prompt, string? inputIds, string? inputsDir, int seed, int decodeSteps)
+    {
+        if (decodeSteps < 0) throw new TapmlException($"--decode-steps must not be negative (got {decodeSteps})");
+        if (IsLlm(spec)) return new MigrationInput(PromptIds: PromptArgs.Resolve(spec, prompt, inputIds).Ids, DecodeSteps: decodeSteps);
+        if (prompt is not null || inputIds is not null)
+            throw new TapmlException($"--prompt/--input-ids are for LLM checkpoints; '{spec}' is an ONNX model (use --inputs DIR)");
+        return new MigrationInput(Feeds: inputsDir is not null ? InputFiles.Read(m, inputsDir) : GeneratedInputs(m, seed));
+    }
+
+    /// <summary>Runs <paramref name="input"/> on <paramref name="platform"/> with a <see cref="Recorder"/> into a new
+    /// store at <paramref name="dir"/>, printing what was carved.</summary>
+    public static CarvedStore Carve(string spec, Model m, IPlatform platform, string dir, CarveOptions options, MigrationInput input)
+    {
+        bool llm = input.PromptIds is not null;
+        var store = CarvedStore.Create(dir, spec, ModelHash(spec, m), platform.Name);
+        store.Notes["carve"] = $"per-signature {options.PerSignature}, max-bytes {options.MaxBytes}" + (llm ? $", decode-steps {input.DecodeSteps}" : "");
+        var exec = new Executor(platform);
+        var recorder = new Recorder(store, options) { PhaseOf = llm ? run => run == 0 ? "prefill" : $"decode:{run}" : _ => "run" };
+        exec.Observers.Add(recorder);
+        var sw = Stopwatch.StartNew();
+        using (recorder)
+        {
+            if (input.PromptIds is { } ids)
+            {
+                // NOTE: no eos ids: the carve runs exactly the requested decode steps.
+                var r = Generation.Greedy(exec, m, ids, input.DecodeSteps + 1);
+                Console.WriteLine($"ran prefill of {ids.Length} tokens and {r.DecodeSteps} decode steps on {platform.Name}");
+            }
+            else
+            {
+                exec.Run(m, input.Feeds!);
+                Console.WriteLine($"ran {m.Graph.Nodes.Count} nodes on {platform.Name}");
+            }
+        }
+        sw.Stop();
+        Console.WriteLine($"carved {store.Cases.Count} cases from {recorder.Calls} operator calls in {sw.Elapsed.TotalSeconds:F2} s: " +
+                          $"{Format.Bytes(store.ReferencedBlobBytes())} of blobs ({Format.Bytes(recorder.BytesBeforeDedup)} before dedup)");
+        foreach (var (why, n) in recorder.NotCarved) Console.WriteLine($"  not carved: {n} calls: {why}");
+        if (recorder.Capped) Console.WriteLine($"  {store.Notes["capped"]}");
+        return store;
+    }
 
     /// <summary>LLM checkpoints (Hugging Face folders and builtin:tiny-*) carve prefill and decode.</summary>
     public static bool IsLlm(string spec) =>

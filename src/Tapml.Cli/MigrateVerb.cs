@@ -34,17 +34,8 @@ static class MigrateVerb
         {
             string spec = pr.GetValue(model)!, strat = pr.GetValue(strategy)!;
             if (strat is not ("lockstep" or "bisect" or "by-kind")) throw new TapmlException($"--strategy {strat} is not one of lockstep, bisect, by-kind");
-            int steps = pr.GetValue(decodeSteps);
-            if (steps < 0) throw new TapmlException($"--decode-steps must not be negative (got {steps})");
             var m = ModelSpec.Load(spec);
-            MigrationInput input;
-            if (CarveVerb.IsLlm(spec)) input = new MigrationInput(PromptIds: PromptArgs.Resolve(spec, pr.GetValue(prompt), pr.GetValue(inputIds)).Ids, DecodeSteps: steps);
-            else
-            {
-                if (pr.GetValue(prompt) is not null || pr.GetValue(inputIds) is not null)
-                    throw new TapmlException($"--prompt/--input-ids are for LLM checkpoints; '{spec}' is an ONNX model (use --inputs DIR)");
-                input = new MigrationInput(Feeds: pr.GetValue(inputs) is { } d ? InputFiles.Read(m, d) : CarveVerb.GeneratedInputs(m, pr.GetValue(seed)));
-            }
+            var input = CarveVerb.ResolveInput(spec, m, pr.GetValue(prompt), pr.GetValue(inputIds), pr.GetValue(inputs), pr.GetValue(seed), pr.GetValue(decodeSteps));
             var nodeTol = new Tolerances { Rtol = pr.GetValue(rtol), Atol = pr.GetValue(atol) };
             var outTol = new Tolerance(pr.GetValue(rtol) ?? 1e-3, pr.GetValue(atol) ?? 1e-4);
             string repro = pr.GetValue(outDir) ?? Path.Combine(Path.GetTempPath(), $"tapml-migrate-{Environment.ProcessId}");

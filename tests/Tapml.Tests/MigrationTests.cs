@@ -226,4 +226,27 @@ public class MigrationTests
         Assert.True(r.PeakMemoryBytes <= weights + 3 * activation, $"peak {r.PeakMemoryBytes} > weights {weights} + 3 × {activation}");
         Assert.Equal(2 * ops.Length * activation, r.AllIntermediatesBytes);
     }
+
+    [Theory]
+    [InlineData("cpu", null)]
+    [InlineData("faulty:cpu?node=Tanh&kind=offset", "Tanh")]
+    public void Debug_carves_replays_and_migrates_in_one_command(string target, string? culprit)
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"tapml-debug-{Guid.NewGuid():N}");
+        try
+        {
+            string json = Path.Combine(dir, "debug.json");
+            Directory.CreateDirectory(dir);
+            var r = CliRunner.Run("debug", "--model", "builtin:tiny-gpt2", "--target", target, "--input-ids", "1,17,305", "--out", Path.Combine(dir, "run"), "--json", json);
+            Assert.True(r.ExitCode == (culprit is null ? 0 : 1), r.Stdout + r.Stderr);
+            var d = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(json))!;
+            Assert.Equal(culprit, (string?)d["first_divergent"]?["node"]);
+            int failed = (int)d["replay"]!["failed"]!;
+            Assert.True(culprit is null ? failed == 0 : failed > 0, $"replay failed {failed}");
+            Assert.True((int)d["replay"]!["passed"]! > 50);
+            foreach (var f in new[] { "replay.html", "replay.json", "migrate.html", "migrate.json", "store/manifest.json" })
+                Assert.True(File.Exists(Path.Combine(dir, "run", f)), f);
+        }
+        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+    }
 }
