@@ -13,6 +13,9 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 # chromium: the HTML reports are checked in headless Chromium (and its SwiftShader serves the GPU platforms)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# webgpu: Dawn dlopens the Vulkan loader (SwiftShader's ICD comes with chromium) and EGL/GLES for webgpu:gles
+ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1 ' || need+=(libvulkan1)
+ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1 ' || need+=(libegl1 libgles2 libegl-mesa0 libgl1-mesa-dri)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -22,4 +25,5 @@ dotnet restore tapml.sln -v quiet
 dotnet build tapml.sln -c Release -v quiet -nologo -clp:ErrorsOnly
 ./tapml platforms >/dev/null
 bash scripts/fetch-tokenizers.sh
+bash scripts/fetch-webgpu.sh
 echo "setup: done"

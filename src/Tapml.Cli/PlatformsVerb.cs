@@ -24,6 +24,7 @@ static class PlatformsVerb
                     using var p = PlatformRegistry.Create(e.Example ?? e.Name);
                     o["available"] = true;
                     o["description"] = p.Description;
+                    if (p is Tapml.Platforms.WebGpu.WebGpuPlatform gpu) o["details"] = new JsonArray(gpu.Details().Select(d => (JsonNode)d).ToArray());
                     o["limits"] = new JsonObject
                     {
                         ["max_buffer_bytes"] = p.Limits.MaxBufferBytes,
@@ -46,6 +47,9 @@ static class PlatformsVerb
                     Markup.Escape((string?)r["description"] ?? (string?)r["reason"] ?? ""),
                     r["limits"] is JsonObject l ? Format.Bytes((long)l["max_buffer_bytes"]!) : "");
             AnsiConsole.Write(table);
+            foreach (var r in rows)
+                if (r!["details"] is JsonArray d)
+                    foreach (var line in d) Console.WriteLine($"{r["name"]}: {line}");
             return 0;
         });
         return cmd;

@@ -1,0 +1,446 @@
+using System.Runtime.InteropServices;
+using Tapml.Core;
+using Tapml.Platforms.WebGpu.Native;
+
+namespace Tapml.Platforms.WebGpu;
+
+/// <summary>What the adapter is and what it allows (bytes for sizes).</summary>
+public sealed record GpuAdapterInfo(string Vendor, string Architecture, string Device, string Description, string Backend,
+    string AdapterType, int SubgroupMin, int SubgroupMax, bool ShaderF16, bool TimestampQuery);
+
+public sealed record GpuLimits(long MaxStorageBindingBytes, long MaxBufferBytes, int MaxWorkgroupSizeX, int MaxInvocationsPerWorkgroup,
+    int MaxWorkgroupStorageBytes, int MaxWorkgroupsPerDimension, int MaxStorageBuffersPerStage, int MinStorageOffsetAlignment);
+
+/// <summary>A compiled compute pipeline and its bind-group layout.</summary>
+public sealed class GpuPipeline(nint handle, nint layout, string label, string code)
+{
+    internal nint Handle = handle;
+    internal nint Layout = layout;
+    public string Label { get; } = label;
+    public string Code { get; } = code;
+}
+
+/// <summary>The Dawn runtime: instance, adapter, device and queue; buffers, pipelines (cached by WGSL text),
+/// dispatches recorded into one compute pass and submitted on <see cref="Flush"/>, readback, error capture.
+/// Knows nothing about ONNX: kernels are generated elsewhere (<see cref="Kernels"/>).</summary>
+public sealed unsafe class DawnDevice : IDisposable
+{
+    nint _instance, _adapter, _device, _queue;
+    nint _encoder, _pass;
+    readonly List<nint> _bindGroups = new();
+    readonly Dictionary<string, GpuPipeline> _pipelines = new();
+    readonly Dictionary<ulong, Stack<nint>> _pool = new();
+    GCHandle _eventSink;
+    string? _error;
+    bool _lost;
+    // Shape/stride metadata of every dispatch goes into one storage buffer, bound at an aligned offset.
+    nint _meta;
+    readonly byte[] _metaHost;
+    int _metaUsed;
+    readonly int _metaAlign;
+    const int MetaBytes = 1 << 20;
+
+    public GpuAdapterInfo Info { get; }
+    public GpuLimits Limits { get; }
+    /// <summary>Node (or what) the dispatches being recorded belong to, for error messages.</summary>
+    public string Context { get; set; } = "";
+    public long Dispatches { get; private set; }
+    public long Submits { get; private set; }
+    public long PooledBytes { get; private set; }
+
+    /// <param name="backend">"" (best adapter), "vulkan" or "gles".</param>
+    /// <param name="maxBindingBytes">Lower maxStorageBufferBindingSize to this (0: the adapter's maximum).</param>
+    public DawnDevice(string backend, long maxBindingBytes = 0)
+    {
+        Wgpu.Load();
+        PrepareEnvironment(backend);
+        var idesc = new InstanceDescriptor { TimedWaitAnyEnable = 1, TimedWaitAnyMaxCount = 1 };
+        _instance = Wgpu.CreateInstance(&idesc);
+        if (_instance == 0) throw new TapmlException("webgpu: wgpuCreateInstance failed");
+        var opts = new RequestAdapterOptions
+        {
+            FeatureLevel = backend == "gles" ? Wgpu.FeatureLevelCompatibility : Wgpu.FeatureLevelCore,
+            PowerPreference = Wgpu.PowerHighPerformance,
+            BackendType = backend switch { "vulkan" => Wgpu.BackendVulkan, "gles" => Wgpu.BackendOpenGLES, _ => Wgpu.BackendUndefined },
+        };
+        var inst = _instance;
+        nint po = (nint)(&opts);
+        var ra = Wgpu.Await(inst, Wgpu.HandleCallback, info => Wgpu.InstanceRequestAdapter(inst, (RequestAdapterOptions*)po, info), "an adapter");
+        if (ra.Status != Wgpu.StatusSuccess || ra.Handle == 0)
+            throw new UnsupportedException($"webgpu: no adapter{(backend == "" ? "" : $" for backend {backend}")}: {ra.Message}" +
+                " (Vulkan needs libvulkan1 and an ICD: here chromium's SwiftShader, /usr/lib/chromium/vk_swiftshader_icd.json; GLES needs Mesa EGL)");
+        _adapter = ra.Handle;
+
+        NativeAdapterInfo ai;
+        Wgpu.AdapterGetInfo(_adapter, &ai);
+        NativeLimits al;
+        al.Next = 0;
+        if (Wgpu.AdapterGetLimits(_adapter, &al) != Wgpu.StatusSuccess) throw new TapmlException("webgpu: wgpuAdapterGetLimits failed");
+        bool f16 = Wgpu.AdapterHasFeature(_adapter, Wgpu.FeatureShaderF16) != 0;
+        bool ts = Wgpu.AdapterHasFeature(_adapter, Wgpu.FeatureTimestampQuery) != 0;
+        Info = new GpuAdapterInfo(ai.Vendor.ToString(), ai.Architecture.ToString(), ai.Device.ToString(), ai.Description.ToString(),
+            ai.BackendType switch { 6 => "vulkan", 7 => "opengl", 8 => "gles", 5 => "metal", 4 => "d3d12", var b => $"backend {b}" },
+            ai.AdapterType switch { 1 => "discrete GPU", 2 => "integrated GPU", 3 => "CPU", _ => "unknown" },
+            (int)ai.SubgroupMinSize, (int)ai.SubgroupMaxSize, f16, ts);
+        Wgpu.AdapterInfoFreeMembers(ai);
+
+        // NOTE: device limits default to WebGPU's base values (128 MiB bindings); ask for the adapter's maximums.
+        var req = al;
+        req.Next = 0;
+        if (maxBindingBytes > 0) req.MaxStorageBufferBindingSize = Math.Min(req.MaxStorageBufferBindingSize, (ulong)maxBindingBytes);
+        var features = stackalloc uint[2];
+        int nf = 0;
+        if (ts) features[nf++] = Wgpu.FeatureTimestampQuery;
+        _eventSink = GCHandle.Alloc((Action<uint, string>)OnDeviceEvent);
+        var ddesc = new DeviceDescriptor
+        {
+            RequiredFeatureCount = (nuint)nf,
+            RequiredFeatures = (nint)features,
+            RequiredLimits = (nint)(&req),
+            DeviceLost = new CallbackInfo { Mode = 3 /* AllowSpontaneous */, Callback = Wgpu.DeviceEventCallback, Userdata1 = GCHandle.ToIntPtr(_eventSink) },
+            UncapturedError = new UncapturedErrorCallbackInfo { Callback = Wgpu.DeviceEventCallback, Userdata1 = GCHandle.ToIntPtr(_eventSink) },
+        };
+        var adapter = _adapter;
+        nint pd = (nint)(&ddesc);
+        var rd = Wgpu.Await(inst, Wgpu.HandleCallback, info => Wgpu.AdapterRequestDevice(adapter, (DeviceDescriptor*)pd, info), "a device");
+        if (rd.Status != Wgpu.StatusSuccess || rd.Handle == 0) throw new TapmlException($"webgpu: requestDevice failed: {rd.Message}");
+        _device = rd.Handle;
+        _queue = Wgpu.DeviceGetQueue(_device);
+        NativeLimits dl;
+        dl.Next = 0;
+        Wgpu.DeviceGetLimits(_device, &dl);
+        Limits = new GpuLimits((long)Math.Min(dl.MaxStorageBufferBindingSize, long.MaxValue), (long)Math.Min(dl.MaxBufferSize, long.MaxValue),
+            (int)dl.MaxComputeWorkgroupSizeX, (int)dl.MaxComputeInvocationsPerWorkgroup, (int)dl.MaxComputeWorkgroupStorageSize,
+            (int)dl.MaxComputeWorkgroupsPerDimension, (int)dl.MaxStorageBuffersPerShaderStage, (int)dl.MinStorageBufferOffsetAlignment);
+        _metaAlign = Math.Max(16, Limits.MinStorageOffsetAlignment);
+        _metaHost = new byte[MetaBytes];
+        _meta = CreateRaw(MetaBytes, Wgpu.UsageStorage | Wgpu.UsageCopyDst, "tapml-meta");
+    }
+
+    /// <summary>Makes Dawn find a usable adapter without the user exporting variables: Vulkan ICDs other than
+    /// Mesa's lavapipe (which Dawn rejects) plus chromium's SwiftShader; surfaceless EGL for GLES; a private
+    /// XDG_RUNTIME_DIR. Variables the user set are kept.</summary>
+    static void PrepareEnvironment(string backend)
+    {
+        if (string.IsNullOrEmpty(Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR")))
+        {
+            var dir = Path.Combine(Path.GetTempPath(), $"tapml-xdg-{Environment.UserName}");
+            Directory.CreateDirectory(dir);
+            if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(dir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            Wgpu.SetNativeEnv("XDG_RUNTIME_DIR", dir);
+        }
+        if (backend == "gles" && string.IsNullOrEmpty(Environment.GetEnvironmentVariable("EGL_PLATFORM")))
+            Wgpu.SetNativeEnv("EGL_PLATFORM", "surfaceless");
+        if (string.IsNullOrEmpty(Environment.GetEnvironmentVariable("VK_ICD_FILENAMES")) && string.IsNullOrEmpty(Environment.GetEnvironmentVariable("VK_DRIVER_FILES")))
+        {
+            var icds = new List<string>();
+            foreach (var dir in new[] { "/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d" })
+                if (Directory.Exists(dir))
+                    icds.AddRange(Directory.GetFiles(dir, "*.json").Where(f => !Path.GetFileName(f).StartsWith("lvp_", StringComparison.Ordinal)).Order());
+            const string swiftshader = "/usr/lib/chromium/vk_swiftshader_icd.json";
+            if (File.Exists(swiftshader)) icds.Add(swiftshader);
+            if (icds.Count > 0) Wgpu.SetNativeEnv("VK_DRIVER_FILES", string.Join(':', icds));
+        }
+    }
+
+    void OnDeviceEvent(uint kind, string message)
+    {
+        // Both device-lost (reason) and uncaptured errors (type) land here; the first message is kept.
+        if (message.Contains("Destroyed", StringComparison.OrdinalIgnoreCase) && _disposing) return;
+        _error ??= message;
+        if (kind is 1 or 4 && message.Contains("lost", StringComparison.OrdinalIgnoreCase)) _lost = true;
+    }
+
+    bool _disposing;
+
+    void ThrowIfFailed(string what)
+    {
+        if (_error is null) return;
+        var e = _error;
+        _error = null;
+        throw new TapmlException($"webgpu: {what}{(Context.Length > 0 ? $" ({Context})" : "")} failed: {e.Trim()}");
+    }
+
+    void CheckUsable()
+    {
+        if (_lost) throw new TapmlException("webgpu: the device was lost; create the platform again");
+    }
+
+    nint CreateRaw(ulong size, ulong usage, string label)
+    {
+        var sv = Wgpu.Utf8(label, out var mem);
+        try
+        {
+            var d = new BufferDescriptor { Label = sv, Usage = usage, Size = size };
+            Wgpu.DevicePushErrorScope(_device, Wgpu.ErrorFilterOutOfMemory);
+            var b = Wgpu.DeviceCreateBuffer(_device, &d);
+            var dev = _device;
+            var r = Wgpu.Await(_instance, Wgpu.ErrorScopeCallback, info => Wgpu.DevicePopErrorScope(dev, info), "a buffer allocation");
+            if (r.Kind != Wgpu.ErrorTypeNoError)
+            {
+                if (b != 0) Wgpu.BufferRelease(b);
+                throw new TapmlException($"webgpu: cannot allocate a {Bytes((long)size)} buffer{(Context.Length > 0 ? $" for {Context}" : "")}: {r.Message.Trim()}");
+            }
+            ThrowIfFailed($"allocating {Bytes((long)size)}");
+            return b;
+        }
+        finally { Marshal.FreeHGlobal(mem); }
+    }
+
+    /// <summary>Rounds a request to a pool bucket: 256 B steps below 64 KiB, then four steps per power of two.</summary>
+    public static ulong Bucket(ulong bytes)
+    {
+        bytes = Math.Max(bytes, 16);
+        if (bytes <= 65536) return (bytes + 255) & ~255UL;
+        int p = 63 - System.Numerics.BitOperations.LeadingZeroCount(bytes - 1);
+        ulong step = 1UL << (p - 2);
+        return (bytes + step - 1) / step * step;
+    }
+
+    /// <summary>A storage buffer of at least <paramref name="bytes"/> (pooled). Checks the device limits first.</summary>
+    public nint Allocate(ulong bytes, out ulong size)
+    {
+        CheckUsable();
+        size = Bucket(bytes);
+        if (_pool.TryGetValue(size, out var s) && s.Count > 0) { PooledBytes -= (long)size; return s.Pop(); }
+        if ((long)size > Limits.MaxBufferBytes && (long)bytes <= Limits.MaxBufferBytes) size = (bytes + 15) & ~15UL;
+        if ((long)size > Limits.MaxBufferBytes)
+            throw new TapmlException($"webgpu: a {Bytes((long)bytes)} buffer{(Context.Length > 0 ? $" for {Context}" : "")} is over this device's maxBufferSize ({Bytes(Limits.MaxBufferBytes)})");
+        try { return CreateRaw(size, Wgpu.UsageStorage | Wgpu.UsageCopySrc | Wgpu.UsageCopyDst, "tapml"); }
+        catch (TapmlException) when (PooledBytes > 0)
+        {
+            TrimPool();
+            return CreateRaw(size, Wgpu.UsageStorage | Wgpu.UsageCopySrc | Wgpu.UsageCopyDst, "tapml");
+        }
+    }
+
+    public void Release(nint buffer, ulong size)
+    {
+        if (!_pool.TryGetValue(size, out var s)) _pool[size] = s = new Stack<nint>();
+        s.Push(buffer);
+        PooledBytes += (long)size;
+    }
+
+    /// <summary>Destroys every pooled buffer (after pending work finished).</summary>
+    public void TrimPool()
+    {
+        Flush();
+        foreach (var s in _pool.Values)
+            while (s.Count > 0) { var b = s.Pop(); Wgpu.BufferDestroy(b); Wgpu.BufferRelease(b); }
+        PooledBytes = 0;
+    }
+
+    public void Write(nint buffer, ulong offset, ReadOnlySpan<byte> data)
+    {
+        CheckUsable();
+        if (data.Length == 0) return;
+        // NOTE: writeBuffer runs on the queue before work recorded but not yet submitted; a pooled buffer may still
+        // be read or written by that work, so submit it first. writeBuffer needs a multiple of 4 bytes; callers pad.
+        Flush();
+        fixed (byte* p = data) Wgpu.QueueWriteBuffer(_queue, buffer, offset, p, (nuint)data.Length);
+        ThrowIfFailed("a buffer upload");
+    }
+
+    /// <summary>The pipeline for <paramref name="code"/> (entry point <c>main</c>), compiled once; a WGSL or
+    /// validation error names <paramref name="label"/> and carries the source.</summary>
+    public GpuPipeline Pipeline(string code, string label)
+    {
+        if (_pipelines.TryGetValue(code, out var p)) return p;
+        CheckUsable();
+        var csv = Wgpu.Utf8(code, out var cmem);
+        var lsv = Wgpu.Utf8(label, out var lmem);
+        var esv = Wgpu.Utf8("main", out var emem);
+        try
+        {
+            var src = new ShaderSourceWgsl { SType = Wgpu.STypeShaderSourceWgsl, Code = csv };
+            var md = new ShaderModuleDescriptor { Next = (nint)(&src), Label = lsv };
+            Wgpu.DevicePushErrorScope(_device, Wgpu.ErrorFilterValidation);
+            var module = Wgpu.DeviceCreateShaderModule(_device, &md);
+            var pd = new ComputePipelineDescriptor { Label = lsv, Module = module, EntryPoint = esv };
+            var pipe = Wgpu.DeviceCreateComputePipeline(_device, &pd);
+            var dev = _device;
+            var r = Wgpu.Await(_instance, Wgpu.ErrorScopeCallback, info => Wgpu.DevicePopErrorScope(dev, info), "shader compilation");
+            if (module != 0) Wgpu.ShaderModuleRelease(module);
+            if (r.Kind != Wgpu.ErrorTypeNoError)
+            {
+                if (pipe != 0) Wgpu.ComputePipelineRelease(pipe);
+                throw new TapmlException($"webgpu: kernel {label}{(Context.Length > 0 ? $" for {Context}" : "")} does not compile: {r.Message.Trim()}\n--- WGSL ---\n{code}");
+            }
+            ThrowIfFailed($"compiling {label}");
+            p = new GpuPipeline(pipe, Wgpu.ComputePipelineGetBindGroupLayout(pipe, 0), label, code);
+            _pipelines[code] = p;
+            return p;
+        }
+        finally { Marshal.FreeHGlobal(cmem); Marshal.FreeHGlobal(lmem); Marshal.FreeHGlobal(emem); }
+    }
+
+    /// <summary>A byte count for messages (B, KiB, MiB, GiB).</summary>
+    public static string Bytes(long b) => b switch
+    {
+        < 1024 => $"{b} B",
+        < 1 << 20 => $"{b / 1024.0:0.#} KiB",
+        < 1 << 30 => $"{b / 1048576.0:0.#} MiB",
+        _ => $"{b / 1073741824.0:0.##} GiB",
+    };
+
+    public int PipelineCount => _pipelines.Count;
+
+    /// <summary>Records one dispatch: bindings 0..n-1 are <paramref name="buffers"/> (whole-size bindings of
+    /// <paramref name="sizes"/> bytes), binding n the metadata words. Submitted by <see cref="Flush"/>.</summary>
+    public void Dispatch(GpuPipeline p, ReadOnlySpan<nint> buffers, ReadOnlySpan<ulong> sizes, ReadOnlySpan<uint> meta, uint gx, uint gy = 1, uint gz = 1)
+    {
+        CheckUsable();
+        int metaBytes = Math.Max(16, (meta.Length * 4 + 15) & ~15);
+        if (_metaUsed + metaBytes > MetaBytes) Flush();
+        int metaOffset = _metaUsed;
+        MemoryMarshal.AsBytes(meta).CopyTo(_metaHost.AsSpan(metaOffset));
+        _metaUsed = (metaOffset + metaBytes + _metaAlign - 1) / _metaAlign * _metaAlign;
+
+        int n = buffers.Length;
+        var entries = stackalloc BindGroupEntry[n + 1];
+        for (int i = 0; i < n; i++)
+            entries[i] = new BindGroupEntry { Binding = (uint)i, Buffer = buffers[i], Offset = 0, Size = Math.Max(4, (sizes[i] + 3) & ~3UL) };
+        entries[n] = new BindGroupEntry { Binding = (uint)n, Buffer = _meta, Offset = (ulong)metaOffset, Size = (ulong)metaBytes };
+        var bd = new BindGroupDescriptor { Layout = p.Layout, EntryCount = (nuint)(n + 1), Entries = (nint)entries };
+        var bg = Wgpu.DeviceCreateBindGroup(_device, &bd);
+        ThrowIfFailed($"binding {p.Label}");
+        _bindGroups.Add(bg);
+        if (_encoder == 0) _encoder = Wgpu.DeviceCreateCommandEncoder(_device, 0);
+        if (_pass == 0) _pass = Wgpu.CommandEncoderBeginComputePass(_encoder, 0);
+        Wgpu.ComputePassSetPipeline(_pass, p.Handle);
+        Wgpu.ComputePassSetBindGroup(_pass, 0, bg, 0, null);
+        Wgpu.ComputePassDispatch(_pass, gx, gy, gz);
+        Dispatches++;
+        ThrowIfFailed($"dispatching {p.Label}");
+    }
+
+    /// <summary>Records a buffer-to-buffer copy (ends the current compute pass).</summary>
+    public void Copy(nint src, ulong srcOffset, nint dst, ulong dstOffset, ulong bytes)
+    {
+        CheckUsable();
+        if (bytes == 0) return;
+        if (_encoder == 0) _encoder = Wgpu.DeviceCreateCommandEncoder(_device, 0);
+        EndPass();
+        Wgpu.CommandEncoderCopyBufferToBuffer(_encoder, src, srcOffset, dst, dstOffset, bytes);
+        ThrowIfFailed("a buffer copy");
+    }
+
+    void EndPass()
+    {
+        if (_pass == 0) return;
+        Wgpu.ComputePassEnd(_pass);
+        Wgpu.ComputePassRelease(_pass);
+        _pass = 0;
+    }
+
+    /// <summary>Submits everything recorded so far (metadata first).</summary>
+    public void Flush()
+    {
+        if (_encoder == 0) return;
+        CheckUsable();
+        EndPass();
+        if (_metaUsed > 0)
+        {
+            fixed (byte* m = _metaHost) Wgpu.QueueWriteBuffer(_queue, _meta, 0, m, (nuint)_metaUsed);
+            _metaUsed = 0;
+        }
+        var cb = Wgpu.CommandEncoderFinish(_encoder, 0);
+        Wgpu.CommandEncoderRelease(_encoder);
+        _encoder = 0;
+        Wgpu.QueueSubmit(_queue, 1, &cb);
+        Wgpu.CommandBufferRelease(cb);
+        foreach (var bg in _bindGroups) Wgpu.BindGroupRelease(bg);
+        _bindGroups.Clear();
+        Submits++;
+        ThrowIfFailed("submitting work");
+    }
+
+    /// <summary>Copies <paramref name="bytes"/> of <paramref name="buffer"/> to the host (waits for all work).</summary>
+    public void Read(nint buffer, ulong offset, Span<byte> dest)
+    {
+        CheckUsable();
+        ulong bytes = (ulong)dest.Length;
+        if (bytes == 0) return;
+        if (buffer == 0) throw new TapmlException("webgpu: read of a buffer that was never created (internal error)");
+        ulong size = (bytes + 3) & ~3UL;
+        var staging = CreateRaw(size, Wgpu.UsageMapRead | Wgpu.UsageCopyDst, "tapml-readback");
+        try
+        {
+            Copy(buffer, offset, staging, 0, size);
+            Flush();
+            var st = staging;
+            var r = Wgpu.Await(_instance, Wgpu.StatusCallback, info => Wgpu.BufferMapAsync(st, Wgpu.MapModeRead, 0, (nuint)size, info), "a readback");
+            ThrowIfFailed("the work before a readback");
+            if (r.Status != Wgpu.StatusSuccess) throw new TapmlException($"webgpu: mapping a readback buffer failed: {r.Message}");
+            var src = Wgpu.BufferGetConstMappedRange(staging, 0, (nuint)size);
+            new ReadOnlySpan<byte>(src, dest.Length).CopyTo(dest);
+            Wgpu.BufferUnmap(staging);
+        }
+        finally { Wgpu.BufferDestroy(staging); Wgpu.BufferRelease(staging); }
+    }
+
+    /// <summary>Waits until the queue is idle (by reading back 4 bytes of the metadata buffer).</summary>
+    public void Synchronize()
+    {
+        Span<byte> b = stackalloc byte[4];
+        Read(_meta, 0, b);
+    }
+
+    /// <summary>GPU time of <paramref name="record"/>'s dispatches, from timestamp queries around one compute
+    /// pass (ms); null when the adapter has no timestamp-query feature.</summary>
+    public double? TimeGpu(Action record)
+    {
+        if (!Info.TimestampQuery) return null;
+        Flush();
+        var qd = new QuerySetDescriptor { Type = Wgpu.QueryTypeTimestamp, Count = 2 };
+        var qs = Wgpu.DeviceCreateQuerySet(_device, &qd);
+        var resolve = CreateRaw(256, Wgpu.UsageQueryResolve | Wgpu.UsageCopySrc, "tapml-timestamps");
+        try
+        {
+            _encoder = Wgpu.DeviceCreateCommandEncoder(_device, 0);
+            // NOTE: timestampWrites on the pass descriptor time the whole pass on the GPU.
+            var tw = stackalloc nint[3]; // {next, querySet, begin|end}
+            tw[0] = 0; tw[1] = qs; ((uint*)&tw[2])[0] = 0; ((uint*)&tw[2])[1] = 1;
+            var pd = stackalloc nint[4]; // {next, label.data, label.length, timestampWrites}
+            pd[0] = 0; pd[1] = 0; pd[2] = 0; pd[3] = (nint)tw;
+            _pass = Wgpu.CommandEncoderBeginComputePass(_encoder, (nint)pd);
+            record();
+            EndPass();
+            Wgpu.CommandEncoderResolveQuerySet(_encoder, qs, 0, 2, resolve, 0);
+            Flush();
+            Span<byte> t = stackalloc byte[16];
+            Read(resolve, 0, t);
+            ulong t0 = MemoryMarshal.Read<ulong>(t), t1 = MemoryMarshal.Read<ulong>(t[8..]);
+            return (t1 - t0) / 1e6;
+        }
+        finally { Wgpu.QuerySetRelease(qs); Wgpu.BufferDestroy(resolve); Wgpu.BufferRelease(resolve); }
+    }
+
+    public void Dispose()
+    {
+        if (_device == 0) return;
+        _disposing = true;
+        try { if (!_lost) Flush(); } catch (TapmlException) { }
+        foreach (var p in _pipelines.Values) { Wgpu.BindGroupLayoutRelease(p.Layout); Wgpu.ComputePipelineRelease(p.Handle); }
+        _pipelines.Clear();
+        foreach (var s in _pool.Values) while (s.Count > 0) { var b = s.Pop(); Wgpu.BufferDestroy(b); Wgpu.BufferRelease(b); }
+        if (_meta != 0) { Wgpu.BufferDestroy(_meta); Wgpu.BufferRelease(_meta); _meta = 0; }
+        Wgpu.QueueRelease(_queue);
+        Wgpu.DeviceDestroy(_device);
+        Wgpu.DeviceRelease(_device);
+        Wgpu.AdapterRelease(_adapter);
+        Wgpu.InstanceProcessEvents(_instance);
+        Wgpu.InstanceRelease(_instance);
+        _device = 0;
+        // NOTE: the event sink's GCHandle is never freed: Dawn may still deliver the device-lost callback of a
+        // destroyed device later (from another instance's event processing); a freed handle would crash there.
+    }
+
+    /// <summary>Destroys a buffer now (weights evicted, device values of a disposed platform).</summary>
+    public void Destroy(nint buffer)
+    {
+        if (_device == 0) return;
+        Wgpu.BufferDestroy(buffer);
+        Wgpu.BufferRelease(buffer);
+    }
+}

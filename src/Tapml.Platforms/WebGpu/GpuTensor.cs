@@ -1,0 +1,64 @@
+using Tapml.Core;
+using Tapml.Platforms.Execution;
+
+namespace Tapml.Platforms.WebGpu;
+
+/// <summary>How a tensor's elements sit in a GPU buffer. WGSL has 32-bit scalars only (f16 needs an optional
+/// feature), so every ONNX type maps to one of these; the logical <see cref="GpuTensor.DType"/> is kept.</summary>
+public enum GpuStorage
+{
+    /// <summary>f32 per element (f32, and f16/bf16 computed in f32 and rounded to their precision on store).</summary>
+    F32,
+    /// <summary>i32 per element (int8/16/32, and int64 within the 32-bit range: checked on upload).</summary>
+    I32,
+    /// <summary>u32 per element (bool as 0/1, uint8/16/32).</summary>
+    U32,
+    /// <summary>f16 packed two per u32 (uploaded f16 tensors: weights keep half the bytes; unpacked in the shader).</summary>
+    F16x2,
+}
+
+/// <summary>A reference-counted GPU buffer (aliases such as Reshape share one). An upload's buffer is created
+/// when a kernel first binds it (<see cref="Pending"/> holds the bytes until then), so weights that only a
+/// MatMul reads in transposed form never take GPU memory in their original layout.</summary>
+public sealed class GpuBuffer(nint handle, ulong size, bool pooled)
+{
+    internal nint Handle = handle;
+    internal byte[]? Pending;
+    public ulong Size { get; internal set; } = size;
+    internal bool Pooled = pooled;
+    internal int Refs = 1;
+}
+
+/// <summary>A tensor resident on the webgpu platform.</summary>
+public sealed class GpuTensor : Value, IDeviceValue
+{
+    internal GpuTensor(WebGpuPlatform owner, DType dtype, long[] shape, GpuBuffer buffer, GpuStorage storage)
+    {
+        Platform = owner; DType = dtype; Shape = shape; Buffer = buffer; Storage = storage;
+        Length = ShapeUtil.Size(shape);
+    }
+
+    internal WebGpuPlatform Platform { get; }
+    public IPlatform Owner => Platform;
+    public DType DType { get; }
+    public long[] Shape { get; }
+    public GpuBuffer Buffer { get; }
+    public GpuStorage Storage { get; }
+    public long Length { get; }
+    public int Rank => Shape.Length;
+    /// <summary>Logical bytes (as the host tensor would hold them), for the executor's accounting.</summary>
+    public long ByteSize => Length * DTypes.Size(DType);
+    /// <summary>Bytes the elements take in the buffer.</summary>
+    public ulong StorageBytes => Storage == GpuStorage.F16x2 ? (ulong)((Length + 1) / 2 * 4) : (ulong)(Length * 4);
+    /// <summary>A host copy of a small integer tensor uploaded from the host (shape inputs read it instead of a readback).</summary>
+    internal Tensor? HostCopy { get; init; }
+    /// <summary>The host tensor an upload came from (weights: MatMul keeps a transposed copy of it).</summary>
+    internal Tensor? Source { get; init; }
+    /// <summary>Uploaded int64 values were clamped to the 32-bit range (only host-copy readers may use them).</summary>
+    internal bool Saturated { get; init; }
+    /// <summary>Owned by the upload cache: the executor's Free leaves it alone.</summary>
+    internal bool Pinned { get; init; }
+    internal bool Freed;
+
+    public override string Describe() => $"{DTypes.Name(DType)}[{string.Join(",", Shape)}]@webgpu";
+}

@@ -1,0 +1,197 @@
+using Tapml.Core;
+
+namespace Tapml.Platforms.WebGpu.Kernels;
+
+/// <summary>MatMul and Gemm. Two kernels: a 64×64 tiled GEMM through workgroup memory (4×4 outputs per thread,
+/// any strides, so transposes are free) and, for decode-shaped products (few rows) against a 2-D weight, a
+/// matrix-vector kernel over the weight transposed once to [N,K]: a workgroup per 4 outputs, 64 threads reading
+/// each weight row contiguously (vec4 loads; f16 weights stay packed two per u32), tree-reduced in workgroup
+/// memory.</summary>
+public static class MatMul
+{
+    /// <summary>At most this many rows use the matrix-vector kernel (each row re-reads the weight).</summary>
+    public const int MatVecMaxRows = 4;
+
+    public static void Register(Action<GpuOp> add)
+    {
+        add(new GpuOp("", "MatMul", 1, (g, ctx, ins) => [Run(g, ctx, GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx))], FloatOnly));
+        add(new GpuOp("", "Gemm", 1, (g, ctx, ins) =>
+        {
+            var a = GpuOps.In(ins, 0, ctx);
+            var b = GpuOps.In(ins, 1, ctx);
+            if (a.Rank != 2 || b.Rank != 2) throw ctx.Error($"Gemm needs 2-D A and B, got {ShapeUtil.Format(a.Shape)} and {ShapeUtil.Format(b.Shape)}");
+            bool ta = ctx.Int("transA", 0) != 0, tb = ctx.Int("transB", 0) != 0;
+            long m = ta ? a.Shape[1] : a.Shape[0], k = ta ? a.Shape[0] : a.Shape[1];
+            long kb = tb ? b.Shape[1] : b.Shape[0], n = tb ? b.Shape[0] : b.Shape[1];
+            if (k != kb) throw ctx.Error($"inner dimensions differ: A {ShapeUtil.Format(a.Shape)}{(ta ? "ᵀ" : "")}, B {ShapeUtil.Format(b.Shape)}{(tb ? "ᵀ" : "")}");
+            var c = ins.Length > 2 ? ins[2] : null;
+            var y = g.Empty(a.DType, [m, n]);
+            long[] cStrides = [0, 0];
+            if (c is not null)
+            {
+                if (ShapeUtil.Broadcast(c.Shape, [m, n]) is not [var bm, var bn] || bm != m || bn != n)
+                    throw ctx.Error($"C {ShapeUtil.Format(c.Shape)} does not broadcast to [{m},{n}]");
+                cStrides = ShapeUtil.BroadcastStrides(c.Shape, [m, n]);
+            }
+            Tiled(g, a, b, c, y, m, n, k, [], [], [],
+                ta ? (1, m) : (k, 1), tb ? (1, k) : (n, 1), (cStrides[0], cStrides[1]), ctx.Float("alpha", 1f), ctx.Float("beta", 1f), "Gemm");
+            return [y];
+        }, FloatOnly));
+    }
+
+    static string? FloatOnly(Tapml.Platforms.NodeContext ctx, IReadOnlyList<Tapml.Ir.TypeRef?> t) =>
+        t.Count > 0 && t[0] is { } a && a.ElemType is not (DType.Float32 or DType.Float16 or DType.BFloat16)
+            ? $"{ctx.Node.OpType} on {DTypes.Name(a.ElemType)} is not implemented on webgpu (floats only)" : null;
+
+    static GpuTensor Run(WebGpuPlatform g, Tapml.Platforms.NodeContext ctx, GpuTensor a, GpuTensor b)
+    {
+        // numpy matmul: 1-D A gets a leading 1, 1-D B a trailing 1 (both removed from the result).
+        var ash = a.Rank == 1 ? new[] { 1L, a.Shape[0] } : a.Shape;
+        var bsh = b.Rank == 1 ? new[] { b.Shape[0], 1L } : b.Shape;
+        long m = ash[^2], k = ash[^1], n = bsh[^1];
+        if (bsh[^2] != k) throw ctx.Error($"inner dimensions differ: {ShapeUtil.Format(a.Shape)} × {ShapeUtil.Format(b.Shape)}");
+        var batch = ShapeUtil.Broadcast(ash[..^2], bsh[..^2]);
+        var outShape = batch.Concat(a.Rank == 1 ? [] : new[] { m }).Concat(b.Rank == 1 ? [] : new[] { n }).ToArray();
+        var y = g.Empty(a.DType, outShape);
+        if (y.Length == 0) return y;
+        if (k == 0) return ShapeOps.Fill(g, a.DType, outShape, 0);
+        long rows = ShapeUtil.Size(batch) * m;
+        var aB = ShapeUtil.BroadcastStrides(ash[..^2], batch).Select(s => s * m * k).ToArray();
+        // A weight (an upload of a 2-D tensor) is read transposed: [N,K] rows contiguous.
+        bool weight = b.Rank == 2 && b.Source is not null && b.Storage is GpuStorage.F32 or GpuStorage.F16x2;
+        if (weight)
+        {
+            var bt = g.TransposedWeight(b);
+            bool contiguousA = ash[..^2].SequenceEqual(batch);
+            if (rows <= MatVecMaxRows && contiguousA) MatVec(g, a, bt, y, rows, n, k);
+            else Tiled(g, a, bt, null, y, m, n, k, batch, aB, new long[batch.Length], (k, 1), (1, k), (0, 0), 1f, 0f, "MatMul");
+            return y;
+        }
+        var bBatch = ShapeUtil.BroadcastStrides(bsh[..^2], batch).Select(s => s * k * n).ToArray();
+        Tiled(g, a, b, null, y, m, n, k, batch, aB, bBatch, (k, 1), (n, 1), (0, 0), 1f, 0f, "MatMul");
+        return y;
+    }
+
+    /// <summary>y[b] = alpha·A[b]·B[b] + beta·C for a batch of [M,K]×[K,N] with element strides
+    /// (row, col) for A and B; batches addressed through broadcast batch strides.</summary>
+    static void Tiled(WebGpuPlatform g, GpuTensor a, GpuTensor b, GpuTensor? c, GpuTensor y, long m, long n, long k,
+        long[] batch, long[] aBatch, long[] bBatch, (long R, long C) sa, (long R, long C) sb, (long R, long C) sc, float alpha, float beta, string label)
+    {
+        long batches = ShapeUtil.Size(batch);
+        if (batches > g.Device.Limits.MaxWorkgroupsPerDimension) throw new TapmlException($"webgpu: {label} batch of {batches} is over maxComputeWorkgroupsPerDimension");
+        var meta = new Meta();
+        meta.Add(y.Length);
+        meta.Add(m); meta.Add(n); meta.Add(k);
+        meta.Add(sa.R); meta.Add(sa.C); meta.Add(sb.R); meta.Add(sb.C); meta.Add(sc.R); meta.Add(sc.C);
+        meta.AddFloat(alpha); meta.AddFloat(beta);
+        int r = batch.Length;
+        int shapeAt = meta.AddAll(batch);
+        int aAt = meta.AddAll(aBatch);
+        int bAt = meta.AddAll(bBatch);
+        var w = new Wgsl(256).In("a", a).In("b", b);
+        if (c is not null) w.In("c", c);
+        w.Out("y", y.DType);
+        w.Decl("var<workgroup> As: array<f32, 1024>;\nvar<workgroup> Bs: array<f32, 1024>;");
+        string cterm = c is null ? "" : " + bitcast<f32>(md[11]) * c(gm * md[8] + gn * md[9])";
+        string body = Wgsl.Offsets("wid.z", r, shapeAt, ("a", aAt, -1), ("b", bAt, -1)) + $$"""
+  let M = md[1]; let N = md[2]; let K = md[3];
+  let abase = u32(o_a); let bbase = u32(o_b);
+  let tx = lid.x % 16u; let ty = lid.x / 16u;
+  let row0 = wid.y * 64u; let col0 = wid.x * 64u;
+  var acc: array<f32, 16>;
+  for (var k0 = 0u; k0 < K; k0 += 16u) {
+    for (var l = 0u; l < 4u; l++) {
+      let e = lid.x + l * 256u;
+      let am = e / 16u; let ak = e % 16u;
+      let gm = row0 + am; let gk = k0 + ak;
+      var av = 0.0;
+      if (gm < M && gk < K) { av = f32(a(abase + gm * md[4] + gk * md[5])); }
+      As[ak * 64u + am] = av;
+      let bk = e / 64u; let bn = e % 64u;
+      let gk2 = k0 + bk; let gn = col0 + bn;
+      var bv = 0.0;
+      if (gk2 < K && gn < N) { bv = f32(b(bbase + gk2 * md[6] + gn * md[7])); }
+      Bs[bk * 64u + bn] = bv;
+    }
+    workgroupBarrier();
+    for (var kk = 0u; kk < 16u; kk++) {
+      let a0 = As[kk * 64u + ty * 4u]; let a1 = As[kk * 64u + ty * 4u + 1u];
+      let a2 = As[kk * 64u + ty * 4u + 2u]; let a3 = As[kk * 64u + ty * 4u + 3u];
+      for (var cc = 0u; cc < 4u; cc++) {
+        let bv = Bs[kk * 64u + tx * 4u + cc];
+        acc[cc] += a0 * bv; acc[4u + cc] += a1 * bv; acc[8u + cc] += a2 * bv; acc[12u + cc] += a3 * bv;
+      }
+    }
+    workgroupBarrier();
+  }
+  let ybase = wid.z * M * N;
+  for (var rr = 0u; rr < 4u; rr++) {
+    for (var cc = 0u; cc < 4u; cc++) {
+      let gm = row0 + ty * 4u + rr; let gn = col0 + tx * 4u + cc;
+      if (gm < M && gn < N) { y_st(ybase + gm * N + gn, bitcast<f32>(md[10]) * acc[rr * 4u + cc]{{cterm}}); }
+    }
+  }
+""";
+        string code = w.Build(body, elementwise: false);
+        g.LaunchGroups(code, $"{label}_tiled_b{r}{(c is null ? "" : "_c")}", c is null ? [a, b, y] : [a, b, c, y], meta,
+            (uint)((n + 63) / 64), (uint)((m + 63) / 64), (uint)batches);
+    }
+
+    /// <summary>y[r, j] = Σ_k x[r, k]·wt[j, k] for a few rows r: 4 outputs per workgroup, 64 threads per output.</summary>
+    static void MatVec(WebGpuPlatform g, GpuTensor x, GpuTensor wt, GpuTensor y, long rows, long n, long k)
+    {
+        var meta = new Meta();
+        meta.Add(n); meta.Add(k); meta.Add(rows);
+        bool packed = wt.Storage == GpuStorage.F16x2;
+        bool vec = packed ? k % 8 == 0 : k % 4 == 0;
+        var w = new Wgsl(256).In("x", x).Out("y", y.DType);
+        string wdecl = packed
+            ? (vec ? "@group(0) @binding(2) var<storage, read> wt_b: array<vec4<u32>>;" : "@group(0) @binding(2) var<storage, read> wt_b: array<u32>;")
+            : (vec ? "@group(0) @binding(2) var<storage, read> wt_b: array<vec4<f32>>;" : "@group(0) @binding(2) var<storage, read> wt_b: array<f32>;");
+        // NOTE: bindings: x=0, y=1, wt=2, meta=3 (Wgsl numbers x and y; the weight is declared by hand for vector loads).
+        string load = (packed, vec) switch
+        {
+            (false, true) => """
+    let wv = wt_b[wrow * (K / 4u) + kk];
+    let xb = r * K + kk * 4u;
+    part[r] += wv.x * f32(x(xb)) + wv.y * f32(x(xb + 1u)) + wv.z * f32(x(xb + 2u)) + wv.w * f32(x(xb + 3u));
+""",
+            (true, true) => """
+    let wv = wt_b[wrow * (K / 8u) + kk];
+    let xb = r * K + kk * 8u;
+    let w0 = unpack2x16float(wv.x); let w1 = unpack2x16float(wv.y); let w2 = unpack2x16float(wv.z); let w3 = unpack2x16float(wv.w);
+    part[r] += w0.x * f32(x(xb)) + w0.y * f32(x(xb + 1u)) + w1.x * f32(x(xb + 2u)) + w1.y * f32(x(xb + 3u))
+             + w2.x * f32(x(xb + 4u)) + w2.y * f32(x(xb + 5u)) + w3.x * f32(x(xb + 6u)) + w3.y * f32(x(xb + 7u));
+""",
+            (false, false) => "    part[r] += wt_b[wrow * K + kk] * f32(x(r * K + kk));\n",
+            (true, false) => "    let e = wrow * K + kk;\n    part[r] += unpack2x16float(wt_b[e >> 1u])[e & 1u] * f32(x(r * K + kk));\n",
+        };
+        int per = packed && vec ? 8 : vec ? 4 : 1;
+        w.Decl(wdecl + "\nvar<workgroup> red: array<f32, 256>;");
+        string body = $$"""
+  let N = md[0]; let K = md[1]; let R = md[2];
+  let t = lid.x % 64u;
+  let wrow = (wid.x + wid.y * nwg.x) * 4u + lid.x / 64u;
+  var part = array<f32, {{MatVecMaxRows}}>(0.0, 0.0, 0.0, 0.0);
+  if (wrow < N) {
+    for (var kk = t; kk < K / {{per}}u; kk += 64u) {
+      for (var r = 0u; r < R; r++) {
+{{load}}      }
+    }
+  }
+  for (var r = 0u; r < R; r++) {
+    red[lid.x] = part[r];
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+      if (t < s) { red[lid.x] += red[lid.x + s]; }
+      workgroupBarrier();
+    }
+    if (t == 0u && wrow < N) { y_st(r * N + wrow, red[lid.x]); }
+    workgroupBarrier();
+  }
+""";
+        string code = w.Build(body, elementwise: false).Replace("@binding(2) var<storage, read> md", "@binding(3) var<storage, read> md");
+        var (gx, gy) = Wgsl.Grid(n * 64, 256, g.Device.Limits.MaxWorkgroupsPerDimension);
+        g.LaunchGroups(code, $"MatVec{(packed ? "_f16" : "")}{(vec ? "_v" : "")}", [x, y, wt], meta, gx, gy);
+    }
+}

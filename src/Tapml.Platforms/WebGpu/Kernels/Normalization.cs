@@ -1,0 +1,130 @@
+using Tapml.Core;
+
+namespace Tapml.Platforms.WebGpu.Kernels;
+
+/// <summary>LayerNormalization (a workgroup per row: mean, then variance of the centred values, then the
+/// write), BatchNormalization (inference) and LRN (element kernels).</summary>
+public static class Normalization
+{
+    public static void Register(Action<GpuOp> add)
+    {
+        add(new GpuOp("", "LayerNormalization", 17, (g, ctx, ins) => LayerNorm(g, ctx, ins), Reductions.FloatOnly));
+        add(new GpuOp("", "BatchNormalization", 1, (g, ctx, ins) =>
+        {
+            var x = GpuOps.In(ins, 0, ctx);
+            if (ctx.Int("training_mode", 0) != 0) throw new UnsupportedException("BatchNormalization in training mode is not implemented on webgpu");
+            if (ctx.Opset < 7 && ctx.Int("spatial", 1) == 0) throw new UnsupportedException("BatchNormalization with spatial=0 is not implemented on webgpu");
+            var p = Enumerable.Range(1, 4).Select(i => GpuOps.In(ins, i, ctx)).ToArray();
+            long c = x.Rank > 1 ? x.Shape[1] : 1, inner = x.Rank > 2 ? ShapeUtil.Size(x.Shape.AsSpan(2)) : 1;
+            foreach (var t in p) if (t.Length != c) throw ctx.Error($"parameter {t.Describe()} does not have {c} channels");
+            var y = g.Empty(x.DType, x.Shape);
+            if (y.Length == 0) return [y];
+            var meta = new Meta();
+            meta.Add(y.Length); meta.Add(inner); meta.Add(c); meta.AddFloat(ctx.Float("epsilon", 1e-5f));
+            var w = new Wgsl(g.Workgroup).In("x", x).In("sc", p[0]).In("bi", p[1]).In("mu", p[2]).In("va", p[3]).Out("y", x.DType);
+            string code = w.Build("  let ch = (i / md[1]) % md[2];\n  y_st(i, (f32(x(i)) - f32(mu(ch))) / sqrt(f32(va(ch)) + bitcast<f32>(md[3])) * f32(sc(ch)) + f32(bi(ch)));");
+            g.Launch(code, "BatchNormalization", [x, p[0], p[1], p[2], p[3], y], meta, y.Length);
+            return [y];
+        }, Reductions.FloatOnly));
+        add(new GpuOp("", "LRN", 1, (g, ctx, ins) =>
+        {
+            var x = GpuOps.In(ins, 0, ctx);
+            if (x.Rank < 3) throw ctx.Error($"LRN needs [N,C,…], got {ShapeUtil.Format(x.Shape)}");
+            long size = ctx.Int("size");
+            long c = x.Shape[1], inner = ShapeUtil.Size(x.Shape.AsSpan(2));
+            var y = g.Empty(x.DType, x.Shape);
+            if (y.Length == 0) return [y];
+            var meta = new Meta();
+            meta.Add(y.Length); meta.Add(inner); meta.Add(c);
+            meta.Add((size - 1) / 2); meta.Add((size - 1 + 1) / 2);
+            meta.AddFloat(ctx.Float("alpha", 1e-4f) / size); meta.AddFloat(ctx.Float("beta", 0.75f)); meta.AddFloat(ctx.Float("bias", 1f));
+            var w = new Wgsl(g.Workgroup).In("x", x).Out("y", x.DType);
+            // ONNX LRN: square_sum over channels [c - floor((size-1)/2), c + ceil((size-1)/2)].
+            string code = w.Build("""
+  let inner = md[1]; let C = i32(md[2]);
+  let ch = i32((i / inner) % md[2]);
+  let base = i - u32(ch) * inner;
+  var s = 0.0;
+  for (var k = max(0, ch - i32(md[3])); k <= min(C - 1, ch + i32(md[4])); k++) { let v = f32(x(base + u32(k) * inner)); s += v * v; }
+  y_st(i, f32(x(i)) / pow(bitcast<f32>(md[7]) + bitcast<f32>(md[5]) * s, bitcast<f32>(md[6])));
+""");
+            g.Launch(code, "LRN", [x, y], meta, y.Length);
+            return [y];
+        }, Reductions.FloatOnly));
+    }
+
+    static Value?[] LayerNorm(WebGpuPlatform g, Tapml.Platforms.NodeContext ctx, GpuTensor?[] ins)
+    {
+        var x = GpuOps.In(ins, 0, ctx);
+        var scale = GpuOps.In(ins, 1, ctx);
+        var bias = ins.Length > 2 ? ins[2] : null;
+        int r = x.Rank;
+        int axis = ShapeUtil.Axis(ctx.Int("axis", -1), r);
+        long rows = ShapeUtil.Size(x.Shape.AsSpan(0, axis)), len = ShapeUtil.Size(x.Shape.AsSpan(axis));
+        foreach (var p in new[] { scale, bias })
+            if (p is not null && !TrailingOf(p.Shape, x.Shape[axis..]))
+                throw new UnsupportedException($"LayerNormalization with {p.Describe()} broadcast other than over leading dimensions is not implemented on webgpu");
+        var y = g.Empty(x.DType, x.Shape);
+        var statShape = x.Shape.Select((d, i) => i < axis ? d : 1L).ToArray();
+        var stashType = (DType)ctx.Int("stash_type", (long)DType.Float32);
+        int outs = ctx.Node.Outputs.Length;
+        var mean = outs > 1 && ctx.Node.Outputs[1].Length > 0 ? g.Empty(stashType, statShape) : null;
+        var inv = outs > 2 && ctx.Node.Outputs[2].Length > 0 ? g.Empty(stashType, statShape) : null;
+        if (y.Length > 0)
+        {
+            var meta = new Meta();
+            meta.Add(rows); meta.Add(len); meta.Add(scale.Length); meta.Add(bias?.Length ?? 1); meta.AddFloat(ctx.Float("epsilon", 1e-5f));
+            var w = new Wgsl(256).In("x", x).In("sc", scale);
+            if (bias is not null) w.In("bi", bias);
+            w.Out("y", x.DType);
+            if (mean is not null) w.Out("mean", mean.DType);
+            if (inv is not null) w.Out("inv", inv.DType);
+            w.Decl("var<workgroup> red: array<f32, 256>;");
+            string body = $$"""
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= md[0]) { return; }
+  let L = md[1];
+  let base = row * L;
+  var acc = 0.0;
+  for (var j = lid.x; j < L; j += 256u) { acc += f32(x(base + j)); }
+  red[lid.x] = acc;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) { if (lid.x < s) { red[lid.x] += red[lid.x + s]; } workgroupBarrier(); }
+  let mu = red[0] / f32(L);
+  workgroupBarrier();
+  acc = 0.0;
+  for (var j = lid.x; j < L; j += 256u) { let d = f32(x(base + j)) - mu; acc += d * d; }
+  red[lid.x] = acc;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) { if (lid.x < s) { red[lid.x] += red[lid.x + s]; } workgroupBarrier(); }
+  let rstd = 1.0 / sqrt(red[0] / f32(L) + bitcast<f32>(md[4]));
+  for (var j = lid.x; j < L; j += 256u) {
+    y_st(base + j, (f32(x(base + j)) - mu) * rstd * f32(sc(j % md[2])){{(bias is null ? "" : " + f32(bi(j % md[3]))")}});
+  }
+{{(mean is null ? "" : "  if (lid.x == 0u) { mean_st(row, mu); }")}}
+{{(inv is null ? "" : "  if (lid.x == 0u) { inv_st(row, rstd); }")}}
+""";
+            var (gx, gy) = Wgsl.Grid(rows, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
+            var bindings = new List<GpuTensor> { x, scale };
+            if (bias is not null) bindings.Add(bias);
+            bindings.Add(y);
+            if (mean is not null) bindings.Add(mean);
+            if (inv is not null) bindings.Add(inv);
+            g.LaunchGroups(w.Build(body, elementwise: false), "LayerNormalization", bindings.ToArray(), meta, gx, gy);
+        }
+        var result = new Value?[outs];
+        result[0] = y;
+        if (outs > 1) result[1] = mean;
+        if (outs > 2) result[2] = inv;
+        return result;
+    }
+
+    /// <summary>Whether <paramref name="p"/> broadcasts to <paramref name="norm"/> by leading ones only (its
+    /// elements repeat with period p.Length along the flattened normalized dimensions).</summary>
+    static bool TrailingOf(long[] p, long[] norm)
+    {
+        var core = p.SkipWhile(d => d == 1).ToArray();
+        if (core.Length > norm.Length) return false;
+        return core.SequenceEqual(norm[(norm.Length - core.Length)..]);
+    }
+}

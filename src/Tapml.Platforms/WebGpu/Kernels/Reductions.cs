@@ -1,0 +1,169 @@
+using Tapml.Core;
+
+namespace Tapml.Platforms.WebGpu.Kernels;
+
+/// <summary>Reduce* and Softmax/LogSoftmax: one workgroup per output row reduces a strided run of L elements
+/// (tree reduction in workgroup memory, f32 accumulation). Non-adjacent reduced axes are first moved last.</summary>
+public static class Reductions
+{
+    // (init, combine(acc, v), map(v), finish(acc, L))
+    static readonly Dictionary<string, (string Init, string Combine, string Map, string Finish)> Ops = new()
+    {
+        ["ReduceSum"] = ("0.0", "a + b", "v", "acc"),
+        ["ReduceMean"] = ("0.0", "a + b", "v", "acc / f32(L)"),
+        ["ReduceMax"] = ("bits_(0xff800000u)", "select(max(a, b), a + b, a != a || b != b)", "v", "acc"),
+        ["ReduceMin"] = ("bits_(0x7f800000u)", "select(min(a, b), a + b, a != a || b != b)", "v", "acc"),
+        ["ReduceProd"] = ("1.0", "a * b", "v", "acc"),
+        ["ReduceSumSquare"] = ("0.0", "a + b", "v * v", "acc"),
+        ["ReduceL1"] = ("0.0", "a + b", "abs(v)", "acc"),
+        ["ReduceL2"] = ("0.0", "a + b", "v * v", "sqrt(acc)"),
+        ["ReduceLogSum"] = ("0.0", "a + b", "v", "log(acc)"),
+    };
+
+    public static void Register(Action<GpuOp> add)
+    {
+        foreach (var name in Ops.Keys.Append("ReduceLogSumExp"))
+            add(new GpuOp("", name, 1, (g, ctx, ins) => [Reduce(g, ctx, ins, name)], FloatOnly));
+        add(new GpuOp("", "Softmax", 1, (g, ctx, ins) => [Softmax(g, ctx, GpuOps.In(ins, 0, ctx), log: false)], FloatOnly));
+        add(new GpuOp("", "LogSoftmax", 1, (g, ctx, ins) => [Softmax(g, ctx, GpuOps.In(ins, 0, ctx), log: true)], FloatOnly));
+    }
+
+    internal static string? FloatOnly(Tapml.Platforms.NodeContext ctx, IReadOnlyList<Tapml.Ir.TypeRef?> t) =>
+        t.Count > 0 && t[0] is { } a && a.ElemType is not (DType.Float32 or DType.Float16 or DType.BFloat16)
+            ? $"{ctx.Node.OpType} on {DTypes.Name(a.ElemType)} is not implemented on webgpu (floats only)" : null;
+
+    static GpuTensor Reduce(WebGpuPlatform g, Tapml.Platforms.NodeContext ctx, GpuTensor?[] ins, string op)
+    {
+        var x = GpuOps.In(ins, 0, ctx);
+        int r = x.Rank;
+        bool axesAsInput = op == "ReduceSum" ? ctx.Opset >= 13 : ctx.Opset >= 18;
+        long[]? axesRaw = axesAsInput ? (ins.Length > 1 && ins[1] is { } a ? g.Ints(a) : null) : ctx.Ints("axes");
+        bool keep = ctx.Int("keepdims", 1) != 0;
+        if ((axesRaw is null || axesRaw.Length == 0) && ctx.Int("noop_with_empty_axes", 0) != 0) return g.Alias(x, x.Shape);
+        var axes = (axesRaw is null || axesRaw.Length == 0 ? Enumerable.Range(0, r) : axesRaw.Select(v => ShapeUtil.Axis(v, r))).Distinct().Order().ToArray();
+        var outShape = keep ? x.Shape.Select((d, i) => axes.Contains(i) ? 1L : d).ToArray() : x.Shape.Where((d, i) => !axes.Contains(i)).ToArray();
+        bool contiguous = axes.Length == 0 || axes[^1] - axes[0] + 1 == axes.Length;
+        var src = x;
+        long outer, len, inner;
+        if (contiguous)
+        {
+            outer = ShapeUtil.Size(x.Shape.AsSpan(0, axes.Length == 0 ? 0 : axes[0]));
+            len = axes.Aggregate(1L, (p, d) => p * x.Shape[d]);
+            inner = axes.Length == 0 ? 1 : ShapeUtil.Size(x.Shape.AsSpan(axes[^1] + 1));
+        }
+        else
+        {
+            // Move the reduced axes last (one strided copy), then reduce contiguous rows.
+            var perm = Enumerable.Range(0, r).Where(d => !axes.Contains(d)).Concat(axes).ToArray();
+            var st = ShapeUtil.Strides(x.Shape);
+            var pshape = perm.Select(p => x.Shape[p]).ToArray();
+            src = g.Empty(x.DType, pshape);
+            DataMovement.Copy(g, x, src, pshape, perm.Select(p => st[p]).ToArray(), 0, ShapeUtil.Strides(pshape), 0, "ReduceTranspose");
+            len = axes.Aggregate(1L, (p, d) => p * x.Shape[d]);
+            outer = ShapeUtil.Size(pshape) / Math.Max(1, len);
+            inner = 1;
+        }
+        var y = g.Empty(x.DType, outShape);
+        if (y.Length > 0)
+        {
+            if (op == "ReduceLogSumExp") TwoPass(g, src, y, outer * inner, len, inner, "logsumexp", op);
+            else RowReduce(g, src, y, outer * inner, len, inner, Ops[op], op);
+        }
+        if (!ReferenceEquals(src, x)) g.Free(src);
+        return y;
+    }
+
+    static void RowReduce(WebGpuPlatform g, GpuTensor x, GpuTensor y, long rows, long len, long inner, (string Init, string Combine, string Map, string Finish) f, string label)
+    {
+        var meta = new Meta();
+        meta.Add(rows); meta.Add(len); meta.Add(Math.Max(1, inner));
+        var w = new Wgsl(256).In("x", x).Out("y", y.DType);
+        w.Decl($"var<workgroup> red: array<f32, 256>;\nfn comb(a: f32, b: f32) -> f32 {{ return {f.Combine}; }}");
+        string body = $$"""
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= md[0]) { return; }
+  let L = md[1]; let inner = md[2];
+  let base = (row / inner) * L * inner + row % inner;
+  var acc = {{f.Init}};
+  for (var j = lid.x; j < L; j += 256u) { let v = f32(x(base + j * inner)); acc = comb(acc, {{f.Map}}); }
+  red[lid.x] = acc;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (lid.x < s) { red[lid.x] = comb(red[lid.x], red[lid.x + s]); }
+    workgroupBarrier();
+  }
+  if (lid.x == 0u) { let acc = red[0]; y_st(row, {{f.Finish}}); }
+""";
+        var (gx, gy) = Wgsl.Grid(rows, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
+        g.LaunchGroups(w.Build(body, elementwise: false), label, [x, y], meta, gx, gy);
+    }
+
+    /// <summary>Max, then sum of exp(v − max), per row: writes softmax / log-softmax rows or log-sum-exp values.</summary>
+    static void TwoPass(WebGpuPlatform g, GpuTensor x, GpuTensor y, long rows, long len, long inner, string mode, string label)
+    {
+        var meta = new Meta();
+        meta.Add(rows); meta.Add(len); meta.Add(Math.Max(1, inner));
+        var w = new Wgsl(256).In("x", x).Out("y", y.DType);
+        w.Decl("var<workgroup> red: array<f32, 256>;");
+        string write = mode switch
+        {
+            "softmax" => "  for (var j = lid.x; j < L; j += 256u) { let e = base + j * inner; y_st(e, exp(f32(x(e)) - mx) / sum); }",
+            "logsoftmax" => "  for (var j = lid.x; j < L; j += 256u) { let e = base + j * inner; y_st(e, f32(x(e)) - mx - log(sum)); }",
+            _ => "  if (lid.x == 0u) { y_st(row, mx + log(sum)); }",
+        };
+        string body = $$"""
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= md[0]) { return; }
+  let L = md[1]; let inner = md[2];
+  let base = (row / inner) * L * inner + row % inner;
+  var m = bits_(0xff800000u);
+  for (var j = lid.x; j < L; j += 256u) { m = max(m, f32(x(base + j * inner))); }
+  red[lid.x] = m;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (lid.x < s) { red[lid.x] = max(red[lid.x], red[lid.x + s]); }
+    workgroupBarrier();
+  }
+  var mx = red[0];
+  // NOTE: a row of -inf (fully masked) gives NaN like the reference (exp(-inf - -inf)).
+  workgroupBarrier();
+  var acc = 0.0;
+  for (var j = lid.x; j < L; j += 256u) { acc += exp(f32(x(base + j * inner)) - mx); }
+  red[lid.x] = acc;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (lid.x < s) { red[lid.x] += red[lid.x + s]; }
+    workgroupBarrier();
+  }
+  let sum = red[0];
+{{write}}
+""";
+        var (gx, gy) = Wgsl.Grid(rows, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
+        g.LaunchGroups(w.Build(body, elementwise: false), label, [x, y], meta, gx, gy);
+    }
+
+    static GpuTensor Softmax(WebGpuPlatform g, Tapml.Platforms.NodeContext ctx, GpuTensor x, bool log)
+    {
+        int r = x.Rank;
+        var y = g.Empty(x.DType, x.Shape);
+        if (y.Length == 0) return y;
+        long outer, len, inner;
+        if (ctx.Opset < 13)
+        {
+            // Before opset 13: the input is coerced to 2-D at axis (default 1) and rows are normalized whole.
+            int axis = ShapeUtil.Axis(ctx.Int("axis", 1), Math.Max(r, 1));
+            outer = ShapeUtil.Size(x.Shape.AsSpan(0, axis));
+            len = ShapeUtil.Size(x.Shape.AsSpan(axis));
+            inner = 1;
+        }
+        else
+        {
+            int axis = ShapeUtil.Axis(ctx.Int("axis", -1), r);
+            outer = ShapeUtil.Size(x.Shape.AsSpan(0, axis));
+            len = x.Shape[axis];
+            inner = ShapeUtil.Size(x.Shape.AsSpan(axis + 1));
+        }
+        TwoPass(g, x, y, outer * inner, len, inner, log ? "logsoftmax" : "softmax", ctx.Node.OpType);
+        return y;
+    }
+}

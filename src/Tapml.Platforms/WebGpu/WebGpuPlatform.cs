@@ -1,0 +1,396 @@
+using System.Collections.Concurrent;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using Tapml.Core;
+using Tapml.Ir;
+using Tapml.Platforms.WebGpu.Kernels;
+
+namespace Tapml.Platforms.WebGpu;
+
+/// <summary>The native WebGPU target: Dawn (webgpu.h) with WGSL kernels generated per op family.
+/// Spec: <c>webgpu[:vulkan|:gles][?max-binding=BYTES]</c>. Values stay on the GPU between nodes; host tensors
+/// uploaded (weights) are cached per tensor object, so a model's weights cross the bus once.</summary>
+public sealed class WebGpuPlatform : IPlatform
+{
+    readonly ConditionalWeakTable<Tensor, UploadEntry> _uploads = new();
+    readonly ConcurrentQueue<GpuBuffer> _deadUploads = new();
+    readonly string _backend;
+
+    public DawnDevice Device { get; }
+    public string Name { get; }
+    public string Description { get; }
+    public PlatformLimits Limits { get; }
+    public GpuAdapterInfo Info => Device.Info;
+
+    public WebGpuPlatform(string spec = "webgpu")
+    {
+        string head = spec.Split('?', 2)[0];
+        _backend = head.Contains(':') ? head[(head.IndexOf(':') + 1)..] : "";
+        if (_backend is not ("" or "vulkan" or "gles"))
+            throw new TapmlException($"platform '{spec}': unknown webgpu backend '{_backend}' (use webgpu, webgpu:vulkan or webgpu:gles)");
+        long maxBinding = 0;
+        foreach (var (k, v) in PlatformSpec.Query(spec))
+        {
+            if (k == "max-binding" && long.TryParse(v, out maxBinding) && maxBinding >= 16) continue;
+            throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (webgpu takes max-binding=BYTES, at least 16)");
+        }
+        Name = spec;
+        Device = new DawnDevice(_backend, maxBinding);
+        var i = Device.Info;
+        Description = $"{(i.Device.Length > 0 ? i.Device : i.Description)} ({i.Vendor}, {i.Backend}, {i.AdapterType}) via Dawn {Path.GetFileName(Native.Wgpu.LibraryPath)}" +
+            $"; max binding {DawnDevice.Bytes(Device.Limits.MaxStorageBindingBytes)}, max buffer {DawnDevice.Bytes(Device.Limits.MaxBufferBytes)}, workgroup ≤ {Device.Limits.MaxInvocationsPerWorkgroup}" +
+            $"{(i.ShaderF16 ? ", shader-f16" : ", no shader-f16 (f16 weights packed in u32)")}";
+        Limits = new PlatformLimits(Device.Limits.MaxBufferBytes, Device.Limits.MaxStorageBindingBytes, Device.Limits.MaxInvocationsPerWorkgroup, 0);
+        Workgroup = Math.Min(256, Device.Limits.MaxInvocationsPerWorkgroup);
+    }
+
+    /// <summary>Threads per workgroup the element kernels use (256, or less on a small adapter).</summary>
+    public int Workgroup { get; }
+
+    /// <summary>Adapter, backend and limits, one per line (for <c>tapml platforms</c>).</summary>
+    public IEnumerable<string> Details()
+    {
+        var i = Device.Info;
+        var l = Device.Limits;
+        yield return $"adapter: {i.Device} — {i.Description} (vendor {i.Vendor}, architecture {i.Architecture}, {i.AdapterType})";
+        yield return $"backend: {i.Backend}; features: {(i.ShaderF16 ? "shader-f16" : "no shader-f16")}, {(i.TimestampQuery ? "timestamp-query" : "no timestamp-query")}; subgroup {i.SubgroupMin}–{i.SubgroupMax}";
+        yield return $"limits: maxStorageBufferBindingSize {l.MaxStorageBindingBytes}, maxBufferSize {l.MaxBufferBytes}, maxComputeWorkgroupSizeX {l.MaxWorkgroupSizeX}, " +
+            $"maxComputeInvocationsPerWorkgroup {l.MaxInvocationsPerWorkgroup}, maxComputeWorkgroupStorageSize {l.MaxWorkgroupStorageBytes}, " +
+            $"maxComputeWorkgroupsPerDimension {l.MaxWorkgroupsPerDimension}, maxStorageBuffersPerShaderStage {l.MaxStorageBuffersPerStage}";
+        yield return $"library: {Native.Wgpu.LibraryPath}";
+    }
+
+    public Support Supports(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes)
+    {
+        var op = GpuOps.Find(node.Domain, node.OpType);
+        if (op is null)
+            return Support.No($"operator {(node.Domain is "" ? "" : node.Domain + ".")}{node.OpType} has no WGSL kernel on webgpu");
+        if (ctx.Opset < op.SinceOpset)
+            return Support.No($"{node.OpType} at opset {ctx.Opset} is not implemented on webgpu (from opset {op.SinceOpset})");
+        foreach (var t in inputTypes)
+            if (t is { Kind: TypeKind.Tensor } tt && Wgsl.StorageOf(tt.ElemType) is null && !op.AnyInputType)
+                return Support.No($"{DTypes.Name(tt.ElemType)} tensors have no WGSL type (webgpu computes in 32-bit f32/i32/u32)");
+            else if (t is { Kind: not TypeKind.Tensor })
+                return Support.No($"{t.Kind} values are not supported on webgpu (tensors only)");
+        string? why = op.Support?.Invoke(ctx, inputTypes);
+        return why is null ? Support.Yes : Support.No(why);
+    }
+
+    public IKernel Prepare(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes)
+    {
+        var s = Supports(node, ctx, inputTypes);
+        if (!s.IsSupported) throw new UnsupportedException(s.Reason!);
+        return new GpuKernel(node, GpuOps.Find(node.Domain, node.OpType)!);
+    }
+
+    public Value?[] Run(IKernel kernel, NodeContext ctx, Value?[] inputs)
+    {
+        DrainDeadUploads();
+        var k = (GpuKernel)kernel;
+        var ins = new GpuTensor?[inputs.Length];
+        for (int i = 0; i < inputs.Length; i++)
+            ins[i] = inputs[i] switch
+            {
+                null => null,
+                GpuTensor g when g.Platform == this => g,
+                var v => throw new TapmlException($"input {i} is {v.Describe()}, not a tensor on this webgpu device"),
+            };
+        Device.Context = $"node '{k.Node.Name}' ({k.Node.OpType})";
+        try { return k.Op.Run(this, ctx, ins); }
+        finally { Device.Context = ""; }
+    }
+
+    sealed record GpuKernel(Node Node, GpuOp Op) : IKernel;
+
+    // ---- values ----------------------------------------------------------------------------------------
+
+    public bool IsResident(Value v) => v is GpuTensor g && g.Platform == this;
+
+    /// <summary>Checks a tensor of <paramref name="bytes"/> against the binding limit (every kernel binds whole tensors).</summary>
+    internal void CheckBinding(long bytes, DType dtype, long[] shape, string what)
+    {
+        if (bytes > Device.Limits.MaxStorageBindingBytes)
+            throw new TapmlException($"webgpu: {what} {DTypes.Name(dtype)}[{string.Join(",", shape)}] takes {DawnDevice.Bytes(bytes)} on the GPU, " +
+                $"over this device's maxStorageBufferBindingSize ({DawnDevice.Bytes(Device.Limits.MaxStorageBindingBytes)}); it cannot be bound to a kernel");
+    }
+
+    /// <summary>A new uninitialized tensor (buffer from the pool).</summary>
+    public GpuTensor Empty(DType dtype, long[] shape)
+    {
+        var storage = Wgsl.StorageOf(dtype) ?? throw new UnsupportedException($"{DTypes.Name(dtype)} tensors have no WGSL type");
+        long n = ShapeUtil.Size(shape);
+        CheckBinding(n * 4, dtype, shape, "output");
+        var h = Device.Allocate((ulong)Math.Max(4, n * 4), out var size);
+        return new GpuTensor(this, dtype, shape, new GpuBuffer(h, size, pooled: true), storage);
+    }
+
+    /// <summary>A tensor sharing <paramref name="t"/>'s buffer with another shape (Reshape and friends).</summary>
+    public GpuTensor Alias(GpuTensor t, long[] shape)
+    {
+        t.Buffer.Refs++;
+        return new GpuTensor(this, t.DType, shape, t.Buffer, t.Storage) { HostCopy = t.HostCopy?.Reshape(shape), Saturated = t.Saturated };
+    }
+
+    sealed class UploadEntry(WebGpuPlatform owner, GpuTensor t)
+    {
+        public readonly GpuTensor Tensor = t;
+        ~UploadEntry() => owner._deadUploads.Enqueue(Tensor.Buffer);
+    }
+
+    void DrainDeadUploads()
+    {
+        while (_deadUploads.TryDequeue(out var b))
+            if (--b.Refs <= 0 && b.Handle != 0) Device.Destroy(b.Handle);
+    }
+
+    Value IPlatform.Upload(Value host) => host switch
+    {
+        Tensor t => Upload(t),
+        GpuTensor g when g.Platform == this => g,
+        _ => throw new UnsupportedException($"{host.Describe()} cannot live on webgpu (tensors only)"),
+    };
+
+    /// <summary>Copies a host tensor to the GPU once per tensor object (weights, feeds); f16 stays packed.</summary>
+    public GpuTensor Upload(Tensor t)
+    {
+        if (_uploads.TryGetValue(t, out var u)) return u.Tensor;
+        DrainDeadUploads();
+        var g = UploadNew(t);
+        _uploads.AddOrUpdate(t, new UploadEntry(this, g));
+        return g;
+    }
+
+    GpuTensor UploadNew(Tensor t)
+    {
+        var storage = t.DType == DType.Float16 ? GpuStorage.F16x2
+            : Wgsl.StorageOf(t.DType) ?? throw new UnsupportedException($"{DTypes.Name(t.DType)} tensors have no WGSL type (webgpu computes in 32-bit f32/i32/u32)");
+        long n = t.Length;
+        bool saturated = false;
+        byte[] bytes;
+        switch (t.DType)
+        {
+            case DType.Float32: bytes = MemoryMarshal.AsBytes(((float[])t.Data).AsSpan()).ToArray(); break;
+            case DType.Float16:
+                {
+                    var h = (Half[])t.Data;
+                    var w = new ushort[(n + 1) / 2 * 2];
+                    for (long i = 0; i < n; i++) w[i] = BitConverter.HalfToUInt16Bits(h[i]);
+                    bytes = MemoryMarshal.AsBytes(w.AsSpan()).ToArray();
+                    break;
+                }
+            case DType.BFloat16:
+                {
+                    var f = new float[n];
+                    var b = (BFloat16[])t.Data;
+                    for (long i = 0; i < n; i++) f[i] = (float)b[i];
+                    bytes = MemoryMarshal.AsBytes(f.AsSpan()).ToArray();
+                    break;
+                }
+            case DType.Int64:
+                {
+                    var src = (long[])t.Data;
+                    var w = new int[n];
+                    for (long i = 0; i < n; i++)
+                    {
+                        long v = src[i];
+                        if (v is > int.MaxValue or < int.MinValue) { saturated = true; v = Math.Clamp(v, int.MinValue, int.MaxValue); }
+                        w[i] = (int)v;
+                    }
+                    bytes = MemoryMarshal.AsBytes(w.AsSpan()).ToArray();
+                    break;
+                }
+            default:
+                {
+                    // Narrow and 32-bit integers, bool: widen to 32 bits.
+                    var w = new uint[n];
+                    switch (t.Data)
+                    {
+                        case int[] a: for (long i = 0; i < n; i++) w[i] = (uint)a[i]; break;
+                        case short[] a: for (long i = 0; i < n; i++) w[i] = (uint)a[i]; break;
+                        case sbyte[] a: for (long i = 0; i < n; i++) w[i] = (uint)a[i]; break;
+                        case uint[] a: for (long i = 0; i < n; i++) w[i] = a[i]; break;
+                        case ushort[] a: for (long i = 0; i < n; i++) w[i] = a[i]; break;
+                        case byte[] a: for (long i = 0; i < n; i++) w[i] = a[i]; break;
+                        case bool[] a: for (long i = 0; i < n; i++) w[i] = a[i] ? 1u : 0u; break;
+                        default: throw new UnsupportedException($"{DTypes.Name(t.DType)} tensors have no WGSL type");
+                    }
+                    bytes = MemoryMarshal.AsBytes(w.AsSpan()).ToArray();
+                    break;
+                }
+        }
+        CheckBinding(bytes.Length, t.DType, t.Shape, "tensor");
+        int padded = Math.Max(16, (bytes.Length + 15) & ~15);
+        if (padded != bytes.Length) Array.Resize(ref bytes, padded);
+        // Small integer tensors keep a host copy: shape-like inputs (Reshape, Slice, Range …) read it, no readback.
+        var host = t.DType is DType.Int64 or DType.Int32 && n <= 64 ? t : null;
+        var buffer = new GpuBuffer(0, (ulong)bytes.Length, pooled: false) { Pending = bytes };
+        return new GpuTensor(this, t.DType, t.Shape, buffer, storage) { HostCopy = host, Saturated = saturated, Pinned = true, Source = t };
+    }
+
+    /// <summary>Creates and fills a pending upload's buffer (first time a kernel binds it or it is read).</summary>
+    internal void Materialize(GpuBuffer b)
+    {
+        if (b.Pending is not { } bytes) return;
+        var handle = Device.Allocate((ulong)bytes.Length, out var size);
+        Device.Write(handle, 0, bytes);
+        b.Handle = handle;
+        b.Size = size;
+        b.Pending = null;
+    }
+
+    /// <summary>Uploads a tensor made for one run (not cached: freed like any kernel output).</summary>
+    public GpuTensor UploadTemporary(Tensor t)
+    {
+        var g = UploadNew(t);
+        var b = g.Buffer;
+        Materialize(b);
+        b.Pooled = true;
+        return new GpuTensor(this, g.DType, g.Shape, b, g.Storage) { HostCopy = g.HostCopy, Saturated = g.Saturated };
+    }
+
+    readonly ConditionalWeakTable<Tensor, UploadEntry> _transposed = new();
+
+    /// <summary>A 2-D weight [K,N] as [N,K] (transposed on the host once, uploaded in its storage format): the
+    /// matrix-vector kernel reads each output's weights contiguously.</summary>
+    public GpuTensor TransposedWeight(GpuTensor b)
+    {
+        var src = b.Source ?? throw new TapmlException("webgpu: TransposedWeight needs an uploaded host tensor");
+        if (_transposed.TryGetValue(src, out var u)) return u.Tensor;
+        long k = src.Shape[0], n = src.Shape[1];
+        Array data = src.Data switch
+        {
+            float[] f => Transpose2D(f, k, n),
+            Half[] h => Transpose2D(h, k, n),
+            BFloat16[] h => Transpose2D(h, k, n),
+            _ => throw new UnsupportedException($"MatMul weight of {DTypes.Name(src.DType)} on webgpu"),
+        };
+        var t = new Tensor(src.DType, [n, k], data);
+        var g = UploadNew(t);
+        _transposed.AddOrUpdate(src, new UploadEntry(this, g));
+        return g;
+    }
+
+    public Value Download(Value v) => v switch
+    {
+        GpuTensor g => Download(g),
+        Tensor t => t,
+        _ => throw new TapmlException($"webgpu: cannot download {v.Describe()}"),
+    };
+
+    public Tensor Download(GpuTensor g)
+    {
+        if (g.Freed) throw new TapmlException($"webgpu: {g.Describe()} was read after it was freed (internal error)");
+        if (g.HostCopy is { } hc) return hc;
+        if (g.Source is { } src && g.Buffer.Pending is not null) return src;
+        Materialize(g.Buffer);
+        long n = g.Length;
+        var bytes = new byte[g.StorageBytes];
+        Device.Read(g.Buffer.Handle, 0, bytes);
+        var r = Tensor.Uninitialized(g.DType, (long[])g.Shape.Clone());
+        switch (g.Storage)
+        {
+            case GpuStorage.F16x2:
+                {
+                    var w = MemoryMarshal.Cast<byte, ushort>(bytes);
+                    var h = (Half[])r.Data;
+                    for (long i = 0; i < n; i++) h[i] = BitConverter.UInt16BitsToHalf(w[(int)i]);
+                    break;
+                }
+            case GpuStorage.F32:
+                {
+                    var f = MemoryMarshal.Cast<byte, float>(bytes);
+                    switch (r.Data)
+                    {
+                        case float[] a: f[..(int)n].CopyTo(a); break;
+                        case Half[] a: for (int i = 0; i < n; i++) a[i] = (Half)f[i]; break;
+                        case BFloat16[] a: for (int i = 0; i < n; i++) a[i] = (BFloat16)f[i]; break;
+                    }
+                    break;
+                }
+            default:
+                {
+                    var w = MemoryMarshal.Cast<byte, int>(bytes);
+                    switch (r.Data)
+                    {
+                        case long[] a: for (int i = 0; i < n; i++) a[i] = w[i]; break;
+                        case int[] a: w[..(int)n].CopyTo(a); break;
+                        case short[] a: for (int i = 0; i < n; i++) a[i] = (short)w[i]; break;
+                        case sbyte[] a: for (int i = 0; i < n; i++) a[i] = (sbyte)w[i]; break;
+                        case uint[] a: for (int i = 0; i < n; i++) a[i] = (uint)w[i]; break;
+                        case ushort[] a: for (int i = 0; i < n; i++) a[i] = (ushort)w[i]; break;
+                        case byte[] a: for (int i = 0; i < n; i++) a[i] = (byte)w[i]; break;
+                        case bool[] a: for (int i = 0; i < n; i++) a[i] = w[i] != 0; break;
+                    }
+                    break;
+                }
+        }
+        return r;
+    }
+
+    /// <summary>Integer values of a shape-like input (host copy when there is one, else a readback).</summary>
+    public long[] Ints(GpuTensor t)
+    {
+        var h = Download(t);
+        return h.Data switch
+        {
+            long[] a => a,
+            int[] a => Array.ConvertAll(a, x => (long)x),
+            _ => throw new TapmlException($"expected an integer tensor, got {t.Describe()}"),
+        };
+    }
+
+    static T[] Transpose2D<T>(T[] a, long k, long n)
+    {
+        var r = new T[a.LongLength];
+        // NOTE: blocked so both sides stay in cache; runs once per weight.
+        const int B = 64;
+        for (long k0 = 0; k0 < k; k0 += B)
+            for (long n0 = 0; n0 < n; n0 += B)
+                for (long kk = k0; kk < Math.Min(k, k0 + B); kk++)
+                    for (long nn = n0; nn < Math.Min(n, n0 + B); nn++)
+                        r[nn * k + kk] = a[kk * n + nn];
+        return r;
+    }
+
+    public void Free(Value v)
+    {
+        if (v is not GpuTensor g || g.Pinned || g.Freed) return;
+        g.Freed = true;
+        if (--g.Buffer.Refs > 0) return;
+        if (g.Buffer.Pooled) Device.Release(g.Buffer.Handle, g.Buffer.Size);
+        else Device.Destroy(g.Buffer.Handle);
+    }
+
+    public void Synchronize() => Device.Synchronize();
+
+    // ---- dispatch helpers used by the kernels ------------------------------------------------------------
+
+    /// <summary>Compiles (cached) and records one dispatch over <paramref name="threads"/> element threads.</summary>
+    public void Launch(string code, string label, GpuTensor[] bindings, Meta meta, long threads)
+    {
+        var (x, y) = Wgsl.Grid(threads, Workgroup, Device.Limits.MaxWorkgroupsPerDimension);
+        LaunchGroups(code, label, bindings, meta, x, y);
+    }
+
+    /// <summary>Records one dispatch of <paramref name="gx"/>×<paramref name="gy"/> workgroups.</summary>
+    public void LaunchGroups(string code, string label, GpuTensor[] bindings, Meta meta, uint gx, uint gy = 1, uint gz = 1)
+    {
+        if (gx > Device.Limits.MaxWorkgroupsPerDimension || gy > Device.Limits.MaxWorkgroupsPerDimension)
+            throw new TapmlException($"webgpu: kernel {label} needs {gx}×{gy} workgroups, over maxComputeWorkgroupsPerDimension {Device.Limits.MaxWorkgroupsPerDimension}");
+        var p = Device.Pipeline(code, label);
+        Span<nint> handles = stackalloc nint[bindings.Length];
+        Span<ulong> sizes = stackalloc ulong[bindings.Length];
+        for (int i = 0; i < bindings.Length; i++)
+        {
+            if (bindings[i].Buffer.Pending is not null) Materialize(bindings[i].Buffer);
+            handles[i] = bindings[i].Buffer.Handle;
+            sizes[i] = Math.Max(4, bindings[i].StorageBytes);
+        }
+        Device.Dispatch(p, handles, sizes, meta.ToArray(), gx, gy, gz);
+    }
+
+    public void Dispose()
+    {
+        Device.Dispose();
+    }
+}
