@@ -52,8 +52,11 @@ public class CarvingTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
     [Theory]
     [InlineData("cpu")]
     [InlineData("onnxruntime")]
+    [InlineData("webgpu")]
+    [InlineData("webgpu:gles")]
     public void Carved_cases_replay_clean(string platform)
     {
+        WebGpuTests.SkipIfNoDawn(platform);
         string json = Path.Combine(tiny.Dir, $"replay-{platform}.json");
         var r = CliRunner.Run("replay", tiny.Store, "--platform", platform, "--json", json);
         Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
@@ -66,8 +69,10 @@ public class CarvingTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
     [Theory]
     [InlineData("cpu")]
     [InlineData("onnxruntime")]
+    [InlineData("webgpu")]
     public void Exported_onnx_layout_passes_conformance(string platform)
     {
+        WebGpuTests.SkipIfNoDawn(platform);
         var r = CliRunner.Run("conformance", tiny.Onnx, "--platform", platform);
         int n = Directory.GetDirectories(tiny.Onnx).Length;
         Assert.True(n > 0);

@@ -117,7 +117,13 @@ public sealed class Executor
                 string name = node.Inputs[i];
                 if (name.Length == 0) continue;
                 var v = scope.Get(name) ?? throw new TapmlException($"node '{node.Name}' ({node.OpType}): input '{name}' has no value");
-                inputs[i] = Move(v, platform);
+                try { inputs[i] = Move(v, platform); }
+                catch (TapmlException e) when (!e.Message.Contains($"'{node.Name}'"))
+                {
+                    // NOTE: uploads check the target's limits; say which node and input needed the value.
+                    throw e is UnsupportedException ? new UnsupportedException($"node '{node.Name}' ({node.OpType}) input '{name}' on {platform.Name}: {e.Message}")
+                        : new TapmlException($"node '{node.Name}' ({node.OpType}) input '{name}' on {platform.Name}: {e.Message}", e);
+                }
             }
             var types = inputs.Select(v => v is null ? null : TypeOf(v)).ToArray();
             string sig = string.Join(";", types.Select(t => t?.ToString() ?? "-"));

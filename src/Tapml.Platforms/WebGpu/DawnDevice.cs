@@ -109,7 +109,10 @@ public sealed unsafe class DawnDevice : IDisposable
         NativeLimits dl;
         dl.Next = 0;
         Wgpu.DeviceGetLimits(_device, &dl);
-        Limits = new GpuLimits((long)Math.Min(dl.MaxStorageBufferBindingSize, long.MaxValue), (long)Math.Min(dl.MaxBufferSize, long.MaxValue),
+        // NOTE: Dawn may grant more than requested (limit tiers); a lowered binding limit is enforced by tapml itself.
+        long binding = (long)Math.Min(dl.MaxStorageBufferBindingSize, long.MaxValue);
+        if (maxBindingBytes > 0) binding = Math.Min(binding, maxBindingBytes);
+        Limits = new GpuLimits(binding, (long)Math.Min(dl.MaxBufferSize, long.MaxValue),
             (int)dl.MaxComputeWorkgroupSizeX, (int)dl.MaxComputeInvocationsPerWorkgroup, (int)dl.MaxComputeWorkgroupStorageSize,
             (int)dl.MaxComputeWorkgroupsPerDimension, (int)dl.MaxStorageBuffersPerShaderStage, (int)dl.MinStorageBufferOffsetAlignment);
         _metaAlign = Math.Max(16, Limits.MinStorageOffsetAlignment);

@@ -119,13 +119,13 @@ public static class Elementwise
         {
             var x = GpuOps.In(ins, 0, ctx);
             var to = (DType)ctx.Int("to");
-            return x.DType == to ? [g.Alias(x, x.Shape)] : Map(g, ctx, [x], to, (e, s, c) => Convert(e[0], s[0], to));
+            return x.DType == to ? [g.Alias(x, x.Shape)] : Map(g, ctx, [x], to, (e, s, c) => CastExpr(e[0], s[0], to, c));
         }, (ctx, t) => Wgsl.StorageOf((DType)ctx.Int("to", 0)) is null ? $"Cast to {DTypes.Name((DType)ctx.Int("to", 0))}: no WGSL type" : null));
         add(new GpuOp("", "CastLike", 15, (g, ctx, ins) =>
         {
             var x = GpuOps.In(ins, 0, ctx);
             var to = GpuOps.In(ins, 1, ctx).DType;
-            return x.DType == to ? [g.Alias(x, x.Shape)] : Map(g, ctx, [x], to, (e, s, c) => Convert(e[0], s[0], to));
+            return x.DType == to ? [g.Alias(x, x.Shape)] : Map(g, ctx, [x], to, (e, s, c) => CastExpr(e[0], s[0], to, c));
         }));
         add(new GpuOp("", "Clip", 1, (g, ctx, ins) =>
         {
@@ -158,6 +158,11 @@ public static class Elementwise
     public static string F(float v) => float.IsFinite(v)
         ? $"bitcast<f32>({BitConverter.SingleToUInt32Bits(v)}u)"
         : $"bits_({BitConverter.SingleToUInt32Bits(v)}u)";
+
+    /// <summary>Cast: as <see cref="Convert"/>, but float → bfloat16 before opset 19 truncates (as the cpu reference
+    /// and ONNX's test data of that era do).</summary>
+    static string CastExpr(string x, GpuStorage from, DType to, NodeContext ctx) =>
+        to == DType.BFloat16 && IsFloat(from) && ctx.Opset < 19 ? $"bitcast<f32>(bitcast<u32>({x}) & 0xffff0000u)" : Convert(x, from, to);
 
     /// <summary>Converts a loaded value of storage <paramref name="from"/> to the storage of <paramref name="to"/>.</summary>
     public static string Convert(string x, GpuStorage from, DType to)

@@ -1,0 +1,112 @@
+using System.Text.Json.Nodes;
+using Tapml.Core;
+using Tapml.Ir;
+using Tapml.Platforms;
+using Tapml.Platforms.Execution;
+using Tapml.Platforms.WebGpu;
+using Xunit;
+
+namespace Tapml.Tests;
+
+/// <summary>The webgpu platform on this machine's adapters (SwiftShader Vulkan from chromium, Mesa llvmpipe GLES).</summary>
+public class WebGpuTests
+{
+    /// <summary>Skips a webgpu row only where Dawn is not installed (CI installs it in scripts/setup.sh).</summary>
+    internal static void SkipIfNoDawn(string platform)
+    {
+        if (platform.StartsWith("webgpu", StringComparison.Ordinal) && WebGpuPlatform.Unavailable() is { } why) Assert.Skip(why);
+    }
+
+    [Theory]
+    [InlineData("webgpu")]
+    [InlineData("webgpu:vulkan")]
+    [InlineData("webgpu:gles")]
+    public void Tiny_llama_generates_the_cpu_tokens(string platform)
+    {
+        SkipIfNoDawn(platform);
+        var cpu = CliRunner.Run("generate", "--model", "builtin:tiny-llama", "--platform", "cpu", "--input-ids", "1,17,305,42", "--max-tokens", "6");
+        var gpu = CliRunner.Run("generate", "--model", "builtin:tiny-llama", "--platform", platform, "--input-ids", "1,17,305,42", "--max-tokens", "6");
+        Assert.True(cpu.ExitCode == 0, cpu.Stderr);
+        Assert.True(gpu.ExitCode == 0, gpu.Stdout + gpu.Stderr);
+        string Tokens(string s) => s.Split('\n').Single(l => l.StartsWith("tokens:", StringComparison.Ordinal));
+        Assert.Equal(Tokens(cpu.Stdout), Tokens(gpu.Stdout));
+    }
+
+    [Fact]
+    public void A_lowered_binding_limit_is_a_clear_error_naming_node_and_tensor()
+    {
+        SkipIfNoDawn("webgpu");
+        var r = CliRunner.Run("generate", "--model", "builtin:tiny-llama", "--platform", "webgpu?max-binding=4096", "--input-ids", "1,17", "--max-tokens", "2");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("maxStorageBufferBindingSize (4 KiB)", r.Stderr);
+        Assert.Contains("model.embed_tokens.weight", r.Stderr);
+        Assert.Contains("f32[1024,64]", r.Stderr);
+        Assert.DoesNotContain("   at ", r.Stderr); // no stack trace
+    }
+
+    [Fact]
+    public void Platforms_lists_adapter_backend_and_limits()
+    {
+        SkipIfNoDawn("webgpu");
+        var r = CliRunner.Run("platforms", "--json");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var gpu = JsonNode.Parse(r.Stdout)!["platforms"]!.AsArray().Single(p => (string)p!["name"]! == "webgpu")!;
+        Assert.True((bool)gpu["available"]!, (string?)gpu["reason"]);
+        var details = string.Join("\n", gpu["details"]!.AsArray().Select(d => (string)d!));
+        Assert.Contains("maxStorageBufferBindingSize", details);
+        Assert.Contains("backend: ", details);
+        Assert.True((long)gpu["limits"]!["max_binding_bytes"]! > 0);
+    }
+
+    [Fact]
+    public void Core_onnx_node_cases_pass_or_skip_with_a_reason()
+    {
+        SkipIfNoDawn("webgpu");
+        string node = SharedData.Require("conformance", "onnx", "node");
+        string json = Path.Combine(Path.GetTempPath(), $"tapml-webgpu-conf-{Guid.NewGuid():N}.json");
+        var r = CliRunner.Run("conformance", node, "--platform", "webgpu", "--json", json,
+            "--filter", "^test_(matmul|gemm|softmax|logsoftmax|reduce_mean|reduce_sum|layer_normalization|gather_[01]|concat|slice|transpose|expand|where|cast_FLOAT|conv_with|maxpool_2d|averagepool_2d|relu|add|mul|sub|div|pow|sqrt|sin|cos|neg|sigmoid|tanh|range|unsqueeze|reshape|batchnorm|split|erf|clip)");
+        var d = JsonNode.Parse(File.ReadAllText(json))!;
+        File.Delete(json);
+        Assert.True((int)d["passed"]! >= 100, r.Stdout);
+        Assert.True((int)d["failed"]! == 0 && (int)d["errors"]! == 0, r.Stdout);
+        foreach (var c in d["cases"]!.AsArray().Where(c => (string)c!["status"]! == "skipped"))
+            Assert.False(string.IsNullOrWhiteSpace((string?)c!["reason"]), (string)c["name"]!);
+    }
+
+    /// <summary>MatMul against a weight initializer: the matrix-vector kernel (few rows) and the tiled kernel (many
+    /// rows) over the transposed weight, f32 and packed f16, odd sizes included; results equal cpu within tolerance.</summary>
+    [Theory]
+    [InlineData(1, 64, 96, DType.Float32)]
+    [InlineData(3, 70, 33, DType.Float32)]
+    [InlineData(1, 128, 40, DType.Float16)]
+    [InlineData(2, 9, 7, DType.Float16)]
+    [InlineData(37, 64, 80, DType.Float32)]
+    [InlineData(65, 130, 67, DType.Float16)]
+    public void Matmul_against_a_weight_matches_cpu(int rows, int k, int n, DType wtype)
+    {
+        SkipIfNoDawn("webgpu");
+        var rng = new Random(rows * 1000 + k * 10 + n);
+        var w = new float[k * n];
+        for (int i = 0; i < w.Length; i++) w[i] = (float)(rng.NextDouble() * 2 - 1);
+        var weight = wtype == DType.Float16 ? new Tensor(DType.Float16, [k, n], w.Select(v => (Half)v).ToArray()) : new Tensor(DType.Float32, [k, n], w);
+        var g = new Graph { Name = "mm" };
+        g.Inputs.Add(new ValueInfo("x", TypeRef.TensorOf(wtype, 1L, rows, k)));
+        g.Outputs.Add(new ValueInfo("y", TypeRef.TensorOf(wtype, 1L, rows, n)));
+        g.Initializers["w"] = weight;
+        g.Nodes.Add(new Node { Name = "mm", OpType = "MatMul", Inputs = ["x", "w"], Outputs = ["y"] });
+        var model = new Model { Graph = g, Opsets = { [""] = 17 } };
+        var xs = new float[rows * k];
+        for (int i = 0; i < xs.Length; i++) xs[i] = (float)(rng.NextDouble() * 2 - 1);
+        var x = wtype == DType.Float16 ? new Tensor(DType.Float16, [1, rows, k], xs.Select(v => (Half)v).ToArray()) : new Tensor(DType.Float32, [1, rows, k], xs);
+        var feeds = new Dictionary<string, Value> { ["x"] = x };
+        var want = (Tensor)new Executor(PlatformRegistry.Create("cpu")).Run(model, feeds)["y"];
+        using var gpu = PlatformRegistry.Create("webgpu");
+        var got = (Tensor)new Executor(gpu).Run(model, feeds)["y"];
+        Assert.Equal(want.Shape, got.Shape);
+        double tol = wtype == DType.Float16 ? 2e-2 : 1e-4 * Math.Sqrt(k);
+        var a = want.Data.Cast<object>().Select(v => v is Half h ? (double)h : Convert.ToDouble(v)).ToArray();
+        var b = got.Data.Cast<object>().Select(v => v is Half h ? (double)h : Convert.ToDouble(v)).ToArray();
+        for (int i = 0; i < a.Length; i++) Assert.True(Math.Abs(a[i] - b[i]) <= tol * (1 + Math.Abs(a[i])), $"element {i}: cpu {a[i]}, webgpu {b[i]}");
+    }
+}
