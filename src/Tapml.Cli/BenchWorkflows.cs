@@ -17,7 +17,7 @@ namespace Tapml.Cli;
 /// against a plain run of the same model in the same process.</summary>
 static class BenchWorkflows
 {
-    public static IReadOnlyList<string> Names => ["carve", "migrate", "llm"];
+    public static IReadOnlyList<string> Names => ["carve", "migrate", "llm", "gpu"];
 
     sealed record Subject(string Name, Model Model, Action<Executor> Run, MigrationInput Input);
 
@@ -48,7 +48,9 @@ static class BenchWorkflows
         const int newTokens = 33;                       // the prefill's token + 32 decode steps
         var table = new Table().AddColumns("platform", "prefill tokens/s", "decode tokens/s", "decode ms/token", "peak live bytes", "process peak working set");
         var results = new List<(string, GenerationResult)>();
-        foreach (var spec in new[] { "onnxruntime", "cpu" })
+        var specs = new List<string> { "onnxruntime", "cpu" };
+        if (Tapml.Platforms.WebGpu.WebGpuPlatform.Unavailable() is null) specs.Add("webgpu");
+        foreach (var spec in specs)
         {
             using var p = PlatformRegistry.Create(spec);
             var exec = new Executor(p) { PreferWholeGraph = true };
@@ -62,7 +64,7 @@ static class BenchWorkflows
             results.Add((spec, best!));
             long peakWs = Process.GetCurrentProcess().PeakWorkingSet64;
             table.AddRow(spec, $"{best!.PrefillTokensPerSecond:F1}", $"{best.DecodeTokensPerSecond:F1}", $"{best.DecodeMs / Math.Max(1, best.DecodeSteps):F1}",
-                spec == "cpu" ? Format.Bytes(exec.Stats.PeakLiveBytes) : "(inside ORT)", Format.Bytes(peakWs));
+                spec == "onnxruntime" ? "(inside ORT)" : Format.Bytes(exec.Stats.PeakLiveBytes), Format.Bytes(peakWs));
             Console.Error.WriteLine($"bench llm: {spec}: prefill {best.PrefillTokensPerSecond:F1} tokens/s, decode {best.DecodeTokensPerSecond:F1} tokens/s");
         }
         var (ort, cpuR) = (results[0].Item2, results[1].Item2);
@@ -71,7 +73,58 @@ static class BenchWorkflows
                       $"cpu/ORT: prefill {cpuR.PrefillTokensPerSecond / ort.PrefillTokensPerSecond:F2}×, decode {cpuR.DecodeTokensPerSecond / ort.DecodeTokensPerSecond:F2}×; " +
                       $"greedy tokens {(same ? "identical" : "DIFFER")}; process peak working set is cumulative (ORT ran first)");
         AnsiConsole.Write(table);
+        if (results.Count > 2)
+        {
+            var gpu = results[2].Item2;
+            bool gsame = gpu.Tokens.SequenceEqual(cpuR.Tokens);
+            Console.WriteLine($"webgpu: decode {gpu.DecodeTokensPerSecond:F1} tokens/s = {gpu.DecodeTokensPerSecond / cpuR.DecodeTokensPerSecond:F2}× cpu, {gpu.DecodeTokensPerSecond / ort.DecodeTokensPerSecond:F2}× onnxruntime; " +
+                              $"prefill {gpu.PrefillTokensPerSecond:F1} tokens/s; weights {Format.Bytes(parameters * 4)} read per decode step; greedy tokens {(gsame ? "identical to cpu" : "DIFFER from cpu")}");
+            same &= gsame;
+        }
         return same ? 0 : 1;
+    }
+
+    /// <summary>WebGPU kernels alone, GPU time from timestamp queries: decode-shaped matrix-vector products (weight
+    /// bytes ÷ time = achieved bandwidth) and a prefill-shaped matmul (FLOP/s), 50 dispatches per measurement, best of runs.</summary>
+    static int Gpu(int runs)
+    {
+        using var g = new Tapml.Platforms.WebGpu.WebGpuPlatform("webgpu");
+        Console.WriteLine($"device: {g.Description}");
+        var table = new Table().AddColumns("kernel", "shape", "weights", "GPU ms / call", "achieved");
+        var mm = Tapml.Platforms.WebGpu.GpuOps.Find("", "MatMul")!;
+        var node = new Tapml.Ir.Node { Name = "bench", OpType = "MatMul", Inputs = ["x", "w"], Outputs = ["y"] };
+        var ctx = new NodeContext(node, 17);
+        var rng = new Random(1);
+        foreach (var (rows, k, n, half) in new[] { (1, 8192, 8192, false), (1, 4096, 14336, false), (1, 14336, 4096, false), (1, 8192, 8192, true), (1, 4096, 14336, true), (512, 4096, 4096, false) })
+        {
+            var wdata = new float[(long)k * n];
+            for (long i = 0; i < wdata.LongLength; i++) wdata[i] = (float)(rng.NextDouble() - 0.5);
+            var w = half ? new Tensor(DType.Float16, [k, n], wdata.Select(v => (Half)v).ToArray()) : new Tensor(DType.Float32, [k, n], wdata);
+            wdata = null;
+            var xd = new float[rows * k];
+            for (int i = 0; i < xd.Length; i++) xd[i] = (float)(rng.NextDouble() - 0.5);
+            var x = g.Upload(new Tensor(DType.Float32, [1, rows, k], xd));
+            var wg = g.Upload(w);
+            void Once() { var y = mm.Run(g, ctx, [x, wg]); g.Free(y[0]!); }
+            Once();
+            g.Synchronize();
+            const int calls = 50;
+            double best = double.MaxValue;
+            for (int r = 0; r < Math.Max(3, runs); r++)
+            {
+                var ms = g.Device.TimeGpu(() => { for (int c = 0; c < calls; c++) Once(); });
+                if (ms is null) { Console.Error.WriteLine("bench gpu: the adapter has no timestamp queries"); return 2; }
+                best = Math.Min(best, ms.Value / calls);
+            }
+            long wbytes = (long)k * n * (half ? 2 : 4);
+            string achieved = rows <= Tapml.Platforms.WebGpu.Kernels.MatMul.MatVecMaxRows
+                ? $"{wbytes / (best / 1e3) / 1e12:F2} TB/s"
+                : $"{2.0 * rows * k * n / (best / 1e3) / 1e12:F2} TFLOP/s";
+            table.AddRow(rows <= 4 ? "matrix-vector (decode)" : "tiled matmul (prefill)", $"{rows}×{k} · {k}×{n}", half ? "f16 (packed)" : "f32", $"{best:F4}", achieved);
+            Console.Error.WriteLine($"bench gpu: {rows}x{k}x{n} {(half ? "f16" : "f32")}: {best:F4} ms, {achieved}");
+        }
+        AnsiConsole.Write(table);
+        return 0;
     }
 
     static double Median(int runs, Action a)
@@ -86,6 +139,7 @@ static class BenchWorkflows
     public static int Run(string scenario, string shared, int runs)
     {
         if (scenario == "llm") return Llm(runs);
+        if (scenario == "gpu") return Gpu(runs);
         var table = scenario == "carve"
             ? new Table().AddColumns("model", "plain run ms", "carve ms", "carve ÷ plain", "cases", "blobs (after dedup)", "tensors (before dedup)", "replay cases/s")
             : new Table().AddColumns("model", "strategy", "found", "runs", "partial", "bytes moved", "time ms");

@@ -83,6 +83,8 @@ public sealed unsafe class DawnDevice : IDisposable
             ai.AdapterType switch { 1 => "discrete GPU", 2 => "integrated GPU", 3 => "CPU", _ => "unknown" },
             (int)ai.SubgroupMinSize, (int)ai.SubgroupMaxSize, f16, ts);
         Wgpu.AdapterInfoFreeMembers(ai);
+        if (ai.BackendType == 1)
+            throw new UnsupportedException("webgpu: Dawn offers only its Null backend here (no Vulkan or GL driver loaded; Vulkan needs libvulkan1 and an ICD: here chromium's SwiftShader, /usr/lib/chromium/vk_swiftshader_icd.json)");
 
         // NOTE: device limits default to WebGPU's base values (128 MiB bindings); ask for the adapter's maximums.
         var req = al;
@@ -117,7 +119,7 @@ public sealed unsafe class DawnDevice : IDisposable
             (int)dl.MaxComputeWorkgroupsPerDimension, (int)dl.MaxStorageBuffersPerShaderStage, (int)dl.MinStorageBufferOffsetAlignment);
         _metaAlign = Math.Max(16, Limits.MinStorageOffsetAlignment);
         _metaHost = new byte[MetaBytes];
-        _meta = CreateRaw(MetaBytes, Wgpu.UsageStorage | Wgpu.UsageCopyDst, "tapml-meta");
+        _meta = CreateRaw(MetaBytes, Wgpu.UsageStorage | Wgpu.UsageCopyDst | Wgpu.UsageCopySrc, "tapml-meta");
     }
 
     /// <summary>Makes Dawn find a usable adapter without the user exporting variables: Vulkan ICDs other than
