@@ -48,7 +48,7 @@ public static class Generation
         var feeds = PrefillFeeds(model, prompt);
         var ids = prompt.ToArray();
         long t0 = Stopwatch.GetTimestamp();
-        var outs = executor.Run(model, feeds);
+        var outs = executor.Run(model, feeds, KeepOnDevice);
         double prefillMs = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
         var prefillLogits = (Tensor)outs["logits"];
 
@@ -63,12 +63,28 @@ public static class Generation
         {
             feeds = NextFeeds(model, outs, tokens[^1], position++);
             t0 = Stopwatch.GetTimestamp();
-            outs = executor.Run(model, feeds);
+            outs = executor.Run(model, feeds, KeepOnDevice);
+            FreeDevicePasts(feeds);
             decodeMs += Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
             steps++;
             Take((Tensor)outs["logits"]);
         }
+        foreach (var (name, v) in outs) if (KeepOnDevice(name)) FreeDevice(v);
         return new GenerationResult(tokens.ToArray(), prefillLogits, ids.Length, prefillMs, decodeMs, steps);
+    }
+
+    /// <summary>The KV cache (present.*) stays on the platform that made it and is fed back as the next pasts:
+    /// on a GPU it never crosses the bus (host platforms return host tensors either way).</summary>
+    static bool KeepOnDevice(string output) => output.StartsWith("present.", StringComparison.Ordinal);
+
+    static void FreeDevicePasts(Dictionary<string, Value> feeds)
+    {
+        foreach (var (name, v) in feeds) if (name.StartsWith(PastPrefix, StringComparison.Ordinal)) FreeDevice(v);
+    }
+
+    static void FreeDevice(Value v)
+    {
+        if (v is IDeviceValue d) d.Owner.Free(v);
     }
 
     /// <summary>Feeds of the prefill run: the prompt as input_ids [1, n], positions 0..n-1, empty KV cache.</summary>

@@ -74,9 +74,11 @@ public sealed class Executor
     /// <summary>Mixed placement: <paramref name="placement"/> picks each node's platform.</summary>
     public Executor(Func<Node, IPlatform> placement) => _placement = placement;
 
-    /// <summary>Runs the model's main graph with <paramref name="feeds"/> (host values by graph input name);
-    /// returns the graph outputs on the host.</summary>
-    public Dictionary<string, Value> Run(Model model, IReadOnlyDictionary<string, Value> feeds)
+    /// <summary>Runs the model's main graph with <paramref name="feeds"/> (host values by graph input name, or
+    /// device values an earlier run kept); returns the graph outputs on the host, except those
+    /// <paramref name="keepOnDevice"/> names: they stay where they were made (generation keeps the KV cache on the
+    /// GPU and feeds it back; the caller frees them with their owner's <see cref="IPlatform.Free"/>).</summary>
+    public Dictionary<string, Value> Run(Model model, IReadOnlyDictionary<string, Value> feeds, Func<string, bool>? keepOnDevice = null)
     {
         Model = model;
         var g = model.Graph;
@@ -91,7 +93,7 @@ public sealed class Executor
         var outs = RunGraph(model, g, scope, 0);
         var result = new Dictionary<string, Value>();
         for (int i = 0; i < g.Outputs.Count; i++)
-            result[g.Outputs[i].Name] = outs[i] is { } v ? ToHost(v)
+            result[g.Outputs[i].Name] = outs[i] is { } v ? (keepOnDevice?.Invoke(g.Outputs[i].Name) == true ? v : ToHost(v))
                 : throw new TapmlException($"graph output '{g.Outputs[i].Name}' was not produced");
         return result;
     }

@@ -25,18 +25,27 @@ public static class InputCheck
                 if (input.Type?.Kind == TypeKind.Optional) continue;
                 throw new TapmlException($"{origin}: input '{input.Name}' ({input.Type}) was not given");
             }
-            if (input.Type is null || v is not Tensor t || input.Type.Kind != TypeKind.Tensor) continue;
+            if (input.Type is null || input.Type.Kind != TypeKind.Tensor) continue;
+            // Device values (a KV cache kept on the GPU between generation steps) are checked like host tensors.
+            var (dtype, shape, what) = v switch
+            {
+                Tensor ht => (ht.DType, ht.Shape, ht.Describe()),
+                IDeviceValue d => (d.DType, d.Shape, v.Describe()),
+                _ => (DType.Undefined, null!, ""),
+            };
+            if (shape is null) continue;
+            var t = (DType: dtype, Shape: shape, Rank: shape.Length);
             var want = input.Type;
             if (want.ElemType != DType.Undefined && want.ElemType != t.DType)
-                throw new TapmlException($"{origin}: input '{input.Name}' must be {want}, got {t.Describe()}");
+                throw new TapmlException($"{origin}: input '{input.Name}' must be {want}, got {what}");
             if (want.Shape is null || !checkShapes) continue;
             if (want.Shape.Length != t.Rank)
-                throw new TapmlException($"{origin}: input '{input.Name}' must be {want}, got {t.Describe()} (rank {t.Rank}, expected {want.Shape.Length})");
+                throw new TapmlException($"{origin}: input '{input.Name}' must be {want}, got {what} (rank {t.Rank}, expected {want.Shape.Length})");
             for (int d = 0; d < t.Rank; d++)
             {
                 var dim = want.Shape[d];
                 if (dim.Value is long fixedDim && fixedDim >= 0 && fixedDim != t.Shape[d])
-                    throw new TapmlException($"{origin}: input '{input.Name}' must be {want}, got {t.Describe()} (dimension {d} is {t.Shape[d]}, expected {fixedDim})");
+                    throw new TapmlException($"{origin}: input '{input.Name}' must be {want}, got {what} (dimension {d} is {t.Shape[d]}, expected {fixedDim})");
                 if (dim.Param is { Length: > 0 } p)
                 {
                     if (symbols.TryGetValue(p, out long seen) && seen != t.Shape[d])

@@ -28,6 +28,8 @@ public sealed unsafe class DawnDevice : IDisposable
     nint _instance, _adapter, _device, _queue;
     nint _encoder, _pass;
     readonly List<nint> _bindGroups = new();
+    // Buffers the recorded (not yet submitted) work binds: a queue write to one of them must submit that work first.
+    readonly HashSet<nint> _recorded = new();
     readonly Dictionary<string, GpuPipeline> _pipelines = new();
     readonly Dictionary<ulong, Stack<nint>> _pool = new();
     GCHandle _eventSink;
@@ -240,8 +242,8 @@ public sealed unsafe class DawnDevice : IDisposable
         CheckUsable();
         if (data.Length == 0) return;
         // NOTE: writeBuffer runs on the queue before work recorded but not yet submitted; a pooled buffer may still
-        // be read or written by that work, so submit it first. writeBuffer needs a multiple of 4 bytes; callers pad.
-        Flush();
+        // be read or written by that work, so submit it first (only then). writeBuffer needs a multiple of 4 bytes; callers pad.
+        if (_recorded.Contains(buffer)) Flush();
         fixed (byte* p = data) Wgpu.QueueWriteBuffer(_queue, buffer, offset, p, (nuint)data.Length);
         ThrowIfFailed("a buffer upload");
     }
@@ -303,6 +305,7 @@ public sealed unsafe class DawnDevice : IDisposable
 
         int n = buffers.Length;
         var entries = stackalloc BindGroupEntry[n + 1];
+        for (int i = 0; i < n; i++) _recorded.Add(buffers[i]);
         for (int i = 0; i < n; i++)
             entries[i] = new BindGroupEntry { Binding = (uint)i, Buffer = buffers[i], Offset = 0, Size = Math.Max(4, (sizes[i] + 3) & ~3UL) };
         entries[n] = new BindGroupEntry { Binding = (uint)n, Buffer = _meta, Offset = (ulong)metaOffset, Size = (ulong)metaBytes };
@@ -326,6 +329,7 @@ public sealed unsafe class DawnDevice : IDisposable
         if (bytes == 0) return;
         if (_encoder == 0) _encoder = Wgpu.DeviceCreateCommandEncoder(_device, 0);
         EndPass();
+        _recorded.Add(src); _recorded.Add(dst);
         Wgpu.CommandEncoderCopyBufferToBuffer(_encoder, src, srcOffset, dst, dstOffset, bytes);
         ThrowIfFailed("a buffer copy");
     }
@@ -356,6 +360,7 @@ public sealed unsafe class DawnDevice : IDisposable
         Wgpu.CommandBufferRelease(cb);
         foreach (var bg in _bindGroups) Wgpu.BindGroupRelease(bg);
         _bindGroups.Clear();
+        _recorded.Clear();
         Submits++;
         ThrowIfFailed("submitting work");
     }

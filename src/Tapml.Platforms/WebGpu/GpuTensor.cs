@@ -52,6 +52,9 @@ public sealed class GpuTensor : Value, IDeviceValue
     public ulong StorageBytes => Storage == GpuStorage.F16x2 ? (ulong)((Length + 1) / 2 * 4) : (ulong)(Length * 4);
     /// <summary>A host copy of a small integer tensor uploaded from the host (shape inputs read it instead of a readback).</summary>
     internal Tensor? HostCopy { get; init; }
+    /// <summary>The host's own computation of a small integer value (shape arithmetic), for sizing reads only: never
+    /// returned by a download, so the GPU kernel's result is what tests compare.</summary>
+    internal Tensor? Shadow { get; set; }
     /// <summary>The host tensor an upload came from (weights: MatMul keeps a transposed copy of it).</summary>
     internal Tensor? Source { get; init; }
     /// <summary>Uploaded int64 values were clamped to the 32-bit range (only host-copy readers may use them).</summary>

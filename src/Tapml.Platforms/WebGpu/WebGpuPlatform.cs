@@ -100,11 +100,67 @@ public sealed class WebGpuPlatform : IPlatform
                 var v => throw new TapmlException($"input {i} is {v.Describe()}, not a tensor on this webgpu device"),
             };
         Device.Context = $"node '{k.Node.Name}' ({k.Node.OpType})";
-        try { return k.Op.Run(this, ctx, ins); }
+        try
+        {
+            var outs = k.Op.Run(this, ctx, ins);
+            Shadow(k, ctx, ins, outs);
+            return outs;
+        }
         finally { Device.Context = ""; }
     }
 
-    sealed record GpuKernel(Node Node, GpuOp Op) : IKernel;
+    /// <summary>What a generated kernel's WGSL depends on: a family name, a variant string (storages, ranks, flags),
+    /// and for kernels whose text comes from node attributes (element-wise expressions) the node itself.</summary>
+    public readonly record struct KernelKey(string Family, string Variant, Node? Node = null);
+
+    sealed class GpuKernel(Node node, GpuOp op) : IKernel
+    {
+        public Node Node { get; } = node;
+        public GpuOp Op { get; } = op;
+        /// <summary>The cpu kernel computing host shadows of this node's small integer outputs (made on first need).</summary>
+        public IKernel? HostKernel;
+        public bool NoShadow;
+    }
+
+    // ---- host shadows of shape values ------------------------------------------------------------------
+
+    /// <summary>Shape-like values (at most this many elements) get a host shadow when every input has one.</summary>
+    const int ShadowMaxElements = 64;
+    readonly Cpu.CpuPlatform _host = new();
+
+    /// <summary>Shape arithmetic (Shape → Gather → Add → Range, Concat of dims …) also runs on the host when all its
+    /// inputs are known there, so a later Range/Reshape/Expand reads the value without a GPU readback (which would
+    /// stall the queue). The GPU kernel still ran and its buffer is what <see cref="Download"/> returns: a wrong
+    /// WGSL kernel still shows in conformance and replay. Only sizes and indices are read from shadows.</summary>
+    void Shadow(GpuKernel k, NodeContext ctx, GpuTensor?[] ins, Value?[] outs)
+    {
+        if (k.NoShadow) return;
+        foreach (var o in outs)
+            if (o is GpuTensor g && (g.Length > ShadowMaxElements || g.Storage == GpuStorage.F32 || g.Storage == GpuStorage.F16x2)) return;
+        var host = new Value?[ins.Length];
+        for (int i = 0; i < ins.Length; i++)
+        {
+            if (ins[i] is not { } t) continue;
+            if (t.Length > ShadowMaxElements || HostValue(t) is not { } h) return;
+            host[i] = h;
+        }
+        try
+        {
+            if (k.HostKernel is null)
+            {
+                var types = host.Select(v => v is Tensor t ? TypeRef.TensorOf(t.DType, t.Shape) : null).ToArray();
+                if (!_host.Supports(k.Node, ctx, types).IsSupported) { k.NoShadow = true; return; }
+                k.HostKernel = _host.Prepare(k.Node, ctx, types);
+            }
+            var r = _host.Run(k.HostKernel, ctx, host);
+            for (int i = 0; i < outs.Length && i < r.Length; i++)
+                if (outs[i] is GpuTensor g && r[i] is Tensor t && ShapeUtil.SameShape(t.Shape, g.Shape) && t.DType == g.DType) g.Shadow = t;
+        }
+        catch (TapmlException) { k.NoShadow = true; }
+    }
+
+    /// <summary>The value of <paramref name="t"/> as the host knows it without a readback (upload source or shadow).</summary>
+    static Tensor? HostValue(GpuTensor t) => t.HostCopy ?? t.Shadow ?? (t.Source is { } s && t.Length <= ShadowMaxElements ? s : null);
 
     // ---- values ----------------------------------------------------------------------------------------
 
@@ -132,7 +188,7 @@ public sealed class WebGpuPlatform : IPlatform
     public GpuTensor Alias(GpuTensor t, long[] shape)
     {
         t.Buffer.Refs++;
-        return new GpuTensor(this, t.DType, shape, t.Buffer, t.Storage) { HostCopy = t.HostCopy?.Reshape(shape), Saturated = t.Saturated };
+        return new GpuTensor(this, t.DType, shape, t.Buffer, t.Storage) { HostCopy = t.HostCopy?.Reshape(shape), Shadow = t.Shadow?.Reshape(shape), Saturated = t.Saturated };
     }
 
     sealed class UploadEntry(WebGpuPlatform owner, GpuTensor t)
@@ -331,10 +387,13 @@ public sealed class WebGpuPlatform : IPlatform
         return r;
     }
 
-    /// <summary>Integer values of a shape-like input (host copy when there is one, else a readback).</summary>
+    /// <summary>A small input's values for sizing decisions (Range bounds): host copy or shadow, else a readback.</summary>
+    public Tensor HostOrDownload(GpuTensor t) => HostValue(t) ?? Download(t);
+
+    /// <summary>Integer values of a shape-like input (host copy or shadow when there is one, else a readback).</summary>
     public long[] Ints(GpuTensor t)
     {
-        var h = Download(t);
+        var h = HostOrDownload(t);
         return h.Data switch
         {
             long[] a => a,
@@ -369,6 +428,19 @@ public sealed class WebGpuPlatform : IPlatform
 
     // ---- dispatch helpers used by the kernels ------------------------------------------------------------
 
+    readonly Dictionary<KernelKey, GpuPipeline> _kernels = new();
+
+    /// <summary>The pipeline of a generated kernel, looked up by <paramref name="key"/> before any WGSL is written:
+    /// <paramref name="build"/> runs once per key (a decode step reruns ~700 nodes; regenerating and hashing their
+    /// WGSL text each time was most of the host time). The key must name everything the text depends on.</summary>
+    public GpuPipeline Kernel(in KernelKey key, Func<string> build, string label)
+    {
+        if (_kernels.TryGetValue(key, out var p)) return p;
+        p = Device.Pipeline(build(), label);
+        _kernels[key] = p;
+        return p;
+    }
+
     /// <summary>Compiles (cached) and records one dispatch over <paramref name="threads"/> element threads.</summary>
     public void Launch(string code, string label, GpuTensor[] bindings, Meta meta, long threads)
     {
@@ -376,12 +448,25 @@ public sealed class WebGpuPlatform : IPlatform
         LaunchGroups(code, label, bindings, meta, x, y);
     }
 
-    /// <summary>Records one dispatch of <paramref name="gx"/>×<paramref name="gy"/> workgroups.</summary>
-    public void LaunchGroups(string code, string label, GpuTensor[] bindings, Meta meta, uint gx, uint gy = 1, uint gz = 1)
+    /// <summary>Records one dispatch over <paramref name="threads"/> element threads of a keyed kernel.</summary>
+    public void Launch(in KernelKey key, Func<string> build, string label, GpuTensor[] bindings, Meta meta, long threads)
     {
-        if (gx > Device.Limits.MaxWorkgroupsPerDimension || gy > Device.Limits.MaxWorkgroupsPerDimension)
-            throw new TapmlException($"webgpu: kernel {label} needs {gx}×{gy} workgroups, over maxComputeWorkgroupsPerDimension {Device.Limits.MaxWorkgroupsPerDimension}");
-        var p = Device.Pipeline(code, label);
+        var (x, y) = Wgsl.Grid(threads, Workgroup, Device.Limits.MaxWorkgroupsPerDimension);
+        Record(Kernel(key, build, label), bindings, meta, x, y, 1);
+    }
+
+    /// <summary>Records one dispatch of <paramref name="gx"/>×<paramref name="gy"/> workgroups of a keyed kernel.</summary>
+    public void LaunchGroups(in KernelKey key, Func<string> build, string label, GpuTensor[] bindings, Meta meta, uint gx, uint gy = 1, uint gz = 1) =>
+        Record(Kernel(key, build, label), bindings, meta, gx, gy, gz);
+
+    /// <summary>Records one dispatch of <paramref name="gx"/>×<paramref name="gy"/> workgroups.</summary>
+    public void LaunchGroups(string code, string label, GpuTensor[] bindings, Meta meta, uint gx, uint gy = 1, uint gz = 1) =>
+        Record(Device.Pipeline(code, label), bindings, meta, gx, gy, gz);
+
+    void Record(GpuPipeline p, GpuTensor[] bindings, Meta meta, uint gx, uint gy, uint gz)
+    {
+        if (gx > Device.Limits.MaxWorkgroupsPerDimension || gy > Device.Limits.MaxWorkgroupsPerDimension || gz > Device.Limits.MaxWorkgroupsPerDimension)
+            throw new TapmlException($"webgpu: kernel {p.Label} needs {gx}×{gy}×{gz} workgroups, over maxComputeWorkgroupsPerDimension {Device.Limits.MaxWorkgroupsPerDimension}");
         Span<nint> handles = stackalloc nint[bindings.Length];
         Span<ulong> sizes = stackalloc ulong[bindings.Length];
         for (int i = 0; i < bindings.Length; i++)
@@ -390,7 +475,7 @@ public sealed class WebGpuPlatform : IPlatform
             handles[i] = bindings[i].Buffer.Handle;
             sizes[i] = Math.Max(4, bindings[i].StorageBytes);
         }
-        Device.Dispatch(p, handles, sizes, meta.ToArray(), gx, gy, gz);
+        Device.Dispatch(p, handles, sizes, meta.Words, gx, gy, gz);
     }
 
     public void Dispose()

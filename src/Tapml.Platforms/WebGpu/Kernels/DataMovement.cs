@@ -216,9 +216,8 @@ public static class DataMovement
         long inner = ShapeUtil.Size(x.Shape.AsSpan(axis + 1));
         var meta = new Meta();
         meta.Add(y.Length); meta.Add(Math.Max(1, inner)); meta.Add(Math.Max(1, idx.Length)); meta.Add(x.Shape[axis]);
-        var w = new Wgsl(g.Workgroup).In("x", x).In("idx", idx).Out("y", x.DType);
         string s = Wgsl.Scalar(Wgsl.StorageOf(x.DType)!.Value);
-        string code = w.Build($$"""
+        g.Launch(new WebGpuPlatform.KernelKey("gather", $"{x.Storage}|{idx.Storage}|{x.DType}"), () => new Wgsl(g.Workgroup).In("x", x).In("idx", idx).Out("y", x.DType).Build($$"""
   let inner = i % md[1];
   let t = i / md[1];
   let j = t % md[2];
@@ -227,8 +226,7 @@ public static class DataMovement
   if (k < 0) { k += i32(md[3]); }
   k = clamp(k, 0, i32(md[3]) - 1);
   y_st(i, {{s}}(x((outer * md[3] + u32(k)) * md[1] + inner)));
-""");
-        g.Launch(code, "Gather", [x, idx, y], meta, y.Length);
+"""), "Gather", [x, idx, y], meta, y.Length);
         return y;
     }
 
@@ -245,9 +243,8 @@ public static class DataMovement
         int sOff = meta.AddSigned(srcOffset);
         int dAt = meta.AddAllSigned(dstStrides);
         int dOff = meta.AddSigned(dstOffset);
-        var w = new Wgsl(g.Workgroup).In("x", x).Out("y", y.DType);
         string s = Wgsl.Scalar(Wgsl.StorageOf(y.DType)!.Value);
-        string code = w.Build(Wgsl.Offsets("i", r, shapeAt, ("s", sAt, sOff), ("d", dAt, dOff)) + $"  y_st(u32(o_d), {s}(x(u32(o_s))));");
-        g.Launch(code, $"Copy_r{r}", [x, y], meta, n);
+        g.Launch(new WebGpuPlatform.KernelKey("copy", $"{r}|{x.Storage}|{y.DType}"), () => new Wgsl(g.Workgroup).In("x", x).Out("y", y.DType)
+            .Build(Wgsl.Offsets("i", r, shapeAt, ("s", sAt, sOff), ("d", dAt, dOff)) + $"  y_st(u32(o_d), {s}(x(u32(o_s))));"), $"Copy_r{r}", [x, y], meta, n);
     }
 }

@@ -241,19 +241,22 @@ fn mod_u32(a: u32, b: u32) -> u32 { return select(a % b, 0u, b == 0u); }
         int shapeAt = meta.AddAll(outShape);
         var targets = new (string, int, int)[inputs.Length];
         for (int k = 0; k < inputs.Length; k++) targets[k] = ($"x{k}", meta.AddAll(ShapeUtil.BroadcastStrides(inputs[k].Shape, outShape)), -1);
-        var w = new Wgsl(g.Workgroup);
-        for (int k = 0; k < inputs.Length; k++) w.In($"in{k}", inputs[k]);
-        w.Out("y", outType);
-        string scalarOut = Wgsl.Scalar(Wgsl.StorageOf(outType)!.Value);
-        // Helpers typed max_/min_ resolve by the input scalar.
-        string ins = string.Join("", Enumerable.Range(0, inputs.Length).Select(k => $"  let x{k} = in{k}({(flat ? "i" : $"u32(o_x{k})")});\n"));
-        string body = (flat ? "" : Wgsl.Offsets("i", rank, shapeAt, targets)) + ins +
-            $"  y_st(i, {scalarOut}({expr(Enumerable.Range(0, inputs.Length).Select(k => $"x{k}").ToArray(), storages, ctx)}));";
-        string s0 = Wgsl.Scalar(storages[0]);
-        w.Decl(Helpers);
-        if (s0 != "f32") w.Decl($"fn max_{s0}(a: {s0}, b: {s0}) -> {s0} {{ return max(a, b); }}\nfn min_{s0}(a: {s0}, b: {s0}) -> {s0} {{ return min(a, b); }}");
-        string code = w.Build(body.Replace("max_(", $"max_{s0}(").Replace("min_(", $"min_{s0}("));
-        g.Launch(code, $"{ctx.Node.OpType}_r{rank}{(flat ? "_flat" : "")}", [.. inputs, y], meta, y.Length);
+        var key = new WebGpuPlatform.KernelKey("map", $"{string.Join(",", storages)}|{rank}|{flat}|{outType}", ctx.Node);
+        g.Launch(key, () =>
+        {
+            var w = new Wgsl(g.Workgroup);
+            for (int k = 0; k < inputs.Length; k++) w.In($"in{k}", storages[k]);
+            w.Out("y", outType);
+            string scalarOut = Wgsl.Scalar(Wgsl.StorageOf(outType)!.Value);
+            // Helpers typed max_/min_ resolve by the input scalar.
+            string ins = string.Join("", Enumerable.Range(0, inputs.Length).Select(k => $"  let x{k} = in{k}({(flat ? "i" : $"u32(o_x{k})")});\n"));
+            string body = (flat ? "" : Wgsl.Offsets("i", rank, shapeAt, targets)) + ins +
+                $"  y_st(i, {scalarOut}({expr(Enumerable.Range(0, inputs.Length).Select(k => $"x{k}").ToArray(), storages, ctx)}));";
+            string s0 = Wgsl.Scalar(storages[0]);
+            w.Decl(Helpers);
+            if (s0 != "f32") w.Decl($"fn max_{s0}(a: {s0}, b: {s0}) -> {s0} {{ return max(a, b); }}\nfn min_{s0}(a: {s0}, b: {s0}) -> {s0} {{ return min(a, b); }}");
+            return w.Build(body.Replace("max_(", $"max_{s0}(").Replace("min_(", $"min_{s0}("));
+        }, $"{ctx.Node.OpType}_r{rank}{(flat ? "_flat" : "")}", [.. inputs, y], meta, y.Length);
         return [y];
     }
 }

@@ -88,10 +88,6 @@ public static class MatMul
         int shapeAt = meta.AddAll(batch);
         int aAt = meta.AddAll(aBatch);
         int bAt = meta.AddAll(bBatch);
-        var w = new Wgsl(256).In("a", a).In("b", b);
-        if (c is not null) w.In("c", c);
-        w.Out("y", y.DType);
-        w.Decl("var<workgroup> As: array<f32, 1024>;\nvar<workgroup> Bs: array<f32, 1024>;");
         string cterm = c is null ? "" : " + bitcast<f32>(md[11]) * c(gm * md[8] + gn * md[9])";
         string body = Wgsl.Offsets("wid.z", r, shapeAt, ("a", aAt, -1), ("b", bAt, -1)) + $$"""
   let M = md[1]; let N = md[2]; let K = md[3];
@@ -132,66 +128,89 @@ public static class MatMul
     }
   }
 """;
-        string code = w.Build(body, elementwise: false);
-        g.LaunchGroups(code, $"{label}_tiled_b{r}{(c is null ? "" : "_c")}", c is null ? [a, b, y] : [a, b, c, y], meta,
+        var key = new WebGpuPlatform.KernelKey("tiled", $"{r}|{a.Storage}|{b.Storage}|{c?.Storage.ToString() ?? "-"}|{y.DType}");
+        g.LaunchGroups(key, () =>
+        {
+            var w = new Wgsl(256).In("a", a).In("b", b);
+            if (c is not null) w.In("c", c);
+            w.Out("y", y.DType);
+            w.Decl("var<workgroup> As: array<f32, 1024>;\nvar<workgroup> Bs: array<f32, 1024>;");
+            return w.Build(body, elementwise: false);
+        }, $"{label}_tiled_b{r}{(c is null ? "" : "_c")}", c is null ? [a, b, y] : [a, b, c, y], meta,
             (uint)((n + 63) / 64), (uint)((m + 63) / 64), (uint)batches);
     }
 
-    /// <summary>y[r, j] = Σ_k x[r, k]·wt[j, k] for a few rows r: 4 outputs per workgroup, 64 threads per output.</summary>
+    /// <summary>y[r, j] = Σ_k x[r, k]·wt[j, k] for a few rows r. <c>T</c> threads per output (256 for long rows,
+    /// 64 for short, 32 for packed f16: 8 halves per load), 256 per workgroup; each thread strides the row in 16-byte
+    /// loads of the weight and of x (when x is f32 and K a multiple of 4), every weight element read once for all
+    /// rows; partial sums tree-reduced in workgroup memory.</summary>
     static void MatVec(WebGpuPlatform g, GpuTensor x, GpuTensor wt, GpuTensor y, long rows, long n, long k)
     {
         var meta = new Meta();
         meta.Add(n); meta.Add(k); meta.Add(rows);
         bool packed = wt.Storage == GpuStorage.F16x2;
         bool vec = packed ? k % 8 == 0 : k % 4 == 0;
-        var w = new Wgsl(256).In("x", x).Out("y", y.DType);
-        string wdecl = packed
-            ? (vec ? "@group(0) @binding(2) var<storage, read> wt_b: array<vec4<u32>>;" : "@group(0) @binding(2) var<storage, read> wt_b: array<u32>;")
-            : (vec ? "@group(0) @binding(2) var<storage, read> wt_b: array<vec4<f32>>;" : "@group(0) @binding(2) var<storage, read> wt_b: array<f32>;");
-        // NOTE: bindings: x=0, y=1, wt=2, meta=3 (Wgsl numbers x and y; the weight is declared by hand for vector loads).
+        bool xvec = vec && x.Storage == GpuStorage.F32;
+        int per = packed && vec ? 8 : vec ? 4 : 1;
+        // Threads per output: enough 16-byte loads to cover the row in a few strides (a warp at least).
+        int t = packed ? 32 : (int)Math.Clamp(System.Numerics.BitOperations.RoundUpToPowerOf2((ulong)Math.Max(1, k / per / 4)), 32, 256);
+        int wg = Math.Min(256, g.Device.Limits.MaxInvocationsPerWorkgroup);
+        t = Math.Min(t, wg);
+        int outsPerGroup = wg / t;
+        string key = $"{packed}|{vec}|{xvec}|{t}|{wg}|{x.Storage}|{y.DType}";
+        var (gx, gy) = Wgsl.Grid(n, outsPerGroup, g.Device.Limits.MaxWorkgroupsPerDimension);
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("matvec", key), () => MatVecCode(x, y, packed, vec, xvec, per, t, wg),
+            $"MatVec{(packed ? "_f16" : "")}{(vec ? "_v" : "")}_t{t}", [x, y, wt], meta, gx, gy);
+    }
+
+    static string MatVecCode(GpuTensor x, GpuTensor y, bool packed, bool vec, bool xvec, int per, int t, int wg)
+    {
+        // NOTE: bindings: x=0, y=1, wt=2, meta=3; x and the weight are declared by hand for vector loads.
+        var w = new Wgsl(wg);
+        if (xvec) w.Reserve().Decl("@group(0) @binding(0) var<storage, read> xv_b: array<vec4<f32>>;");
+        else w.In("x", x);
+        w.Out("y", y.DType);
+        string elem = packed ? (vec ? "vec4<u32>" : "u32") : (vec ? "vec4<f32>" : "f32");
+        string xs(string at) => xvec ? $"xv_b[({at}) / 4u]" : $"vec4<f32>(f32(x({at})), f32(x({at} + 1u)), f32(x({at} + 2u)), f32(x({at} + 3u)))";
         string load = (packed, vec) switch
         {
-            (false, true) => """
-    let wv = wt_b[wrow * (K / 4u) + kk];
-    let xb = r * K + kk * 4u;
-    part[r] += wv.x * f32(x(xb)) + wv.y * f32(x(xb + 1u)) + wv.z * f32(x(xb + 2u)) + wv.w * f32(x(xb + 3u));
-""",
-            (true, true) => """
-    let wv = wt_b[wrow * (K / 8u) + kk];
+            (false, true) => $"    part[r] += dot(wv, {xs("r * K + kk * 4u")});\n",
+            (true, true) => $"""
     let xb = r * K + kk * 8u;
-    let w0 = unpack2x16float(wv.x); let w1 = unpack2x16float(wv.y); let w2 = unpack2x16float(wv.z); let w3 = unpack2x16float(wv.w);
-    part[r] += w0.x * f32(x(xb)) + w0.y * f32(x(xb + 1u)) + w1.x * f32(x(xb + 2u)) + w1.y * f32(x(xb + 3u))
-             + w2.x * f32(x(xb + 4u)) + w2.y * f32(x(xb + 5u)) + w3.x * f32(x(xb + 6u)) + w3.y * f32(x(xb + 7u));
+    part[r] += dot(vec4<f32>(unpack2x16float(wv.x), unpack2x16float(wv.y)), {xs("xb")})
+             + dot(vec4<f32>(unpack2x16float(wv.z), unpack2x16float(wv.w)), {xs("xb + 4u")});
+
 """,
-            (false, false) => "    part[r] += wt_b[wrow * K + kk] * f32(x(r * K + kk));\n",
-            (true, false) => "    let e = wrow * K + kk;\n    part[r] += unpack2x16float(wt_b[e >> 1u])[e & 1u] * f32(x(r * K + kk));\n",
+            (false, false) => "    part[r] += wv * f32(x(r * K + kk));\n",
+            (true, false) => "    part[r] += unpack2x16float(wt_b[e >> 1u])[e & 1u] * f32(x(r * K + kk));\n",
         };
-        int per = packed && vec ? 8 : vec ? 4 : 1;
-        w.Decl(wdecl + "\nvar<workgroup> red: array<f32, 256>;");
+        string fetch = packed && !vec ? "    let e = wrow * K + kk;\n" : $"    let wv = wt_b[wrow * (K / {per}u) + kk];\n";
+        w.Decl($"@group(0) @binding(2) var<storage, read> wt_b: array<{elem}>;\nvar<workgroup> red: array<f32, {wg * MatVecMaxRows}>;");
         string body = $$"""
   let N = md[0]; let K = md[1]; let R = md[2];
-  let t = lid.x % 64u;
-  let wrow = (wid.x + wid.y * nwg.x) * 4u + lid.x / 64u;
+  let t = lid.x % {{t}}u;
+  let slot = lid.x / {{t}}u;
+  let wrow = (wid.x + wid.y * nwg.x) * {{wg / t}}u + slot;
   var part = array<f32, {{MatVecMaxRows}}>(0.0, 0.0, 0.0, 0.0);
   if (wrow < N) {
-    for (var kk = t; kk < K / {{per}}u; kk += 64u) {
-      for (var r = 0u; r < R; r++) {
+    for (var kk = t; kk < K / {{per}}u; kk += {{t}}u) {
+{{fetch}}      for (var r = 0u; r < R; r++) {
 {{load}}      }
     }
   }
-  for (var r = 0u; r < R; r++) {
-    red[lid.x] = part[r];
-    workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-      if (t < s) { red[lid.x] += red[lid.x + s]; }
-      workgroupBarrier();
+  for (var r = 0u; r < {{MatVecMaxRows}}u; r++) { red[r * {{wg}}u + lid.x] = part[r]; }
+  workgroupBarrier();
+  for (var s = {{t / 2}}u; s > 0u; s >>= 1u) {
+    if (t < s) {
+      for (var r = 0u; r < R; r++) { red[r * {{wg}}u + lid.x] += red[r * {{wg}}u + lid.x + s]; }
     }
-    if (t == 0u && wrow < N) { y_st(r * N + wrow, red[lid.x]); }
     workgroupBarrier();
   }
+  if (t == 0u && wrow < N) {
+    for (var r = 0u; r < R; r++) { y_st(r * N + wrow, red[r * {{wg}}u + lid.x]); }
+  }
 """;
-        string code = w.Build(body, elementwise: false).Replace("@binding(2) var<storage, read> md", "@binding(3) var<storage, read> md");
-        var (gx, gy) = Wgsl.Grid(n * 64, 256, g.Device.Limits.MaxWorkgroupsPerDimension);
-        g.LaunchGroups(code, $"MatVec{(packed ? "_f16" : "")}{(vec ? "_v" : "")}", [x, y, wt], meta, gx, gy);
+        string code = w.Build(body, elementwise: false);
+        return code.Replace("@binding(2) var<storage, read> md", "@binding(3) var<storage, read> md");
     }
 }

@@ -77,8 +77,6 @@ public static class Reductions
     {
         var meta = new Meta();
         meta.Add(rows); meta.Add(len); meta.Add(Math.Max(1, inner));
-        var w = new Wgsl(256).In("x", x).Out("y", y.DType);
-        w.Decl($"var<workgroup> red: array<f32, 256>;\nfn comb(a: f32, b: f32) -> f32 {{ return {f.Combine}; }}");
         string body = $$"""
   let row = wid.x + wid.y * nwg.x;
   if (row >= md[0]) { return; }
@@ -95,7 +93,9 @@ public static class Reductions
   if (lid.x == 0u) { let acc = red[0]; y_st(row, {{f.Finish}}); }
 """;
         var (gx, gy) = Wgsl.Grid(rows, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
-        g.LaunchGroups(w.Build(body, elementwise: false), label, [x, y], meta, gx, gy);
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("reduce", $"{label}|{x.Storage}|{y.DType}"), () => new Wgsl(256).In("x", x).Out("y", y.DType)
+            .Decl($"var<workgroup> red: array<f32, 256>;\nfn comb(a: f32, b: f32) -> f32 {{ return {f.Combine}; }}")
+            .Build(body, elementwise: false), label, [x, y], meta, gx, gy);
     }
 
     /// <summary>Max, then sum of exp(v − max), per row: writes softmax / log-softmax rows or log-sum-exp values.</summary>
@@ -103,8 +103,6 @@ public static class Reductions
     {
         var meta = new Meta();
         meta.Add(rows); meta.Add(len); meta.Add(Math.Max(1, inner));
-        var w = new Wgsl(256).In("x", x).Out("y", y.DType);
-        w.Decl("var<workgroup> red: array<f32, 256>;");
         string write = mode switch
         {
             "softmax" => "  for (var j = lid.x; j < L; j += 256u) { let e = base + j * inner; y_st(e, exp(f32(x(e)) - mx) / sum); }",
@@ -139,7 +137,8 @@ public static class Reductions
 {{write}}
 """;
         var (gx, gy) = Wgsl.Grid(rows, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
-        g.LaunchGroups(w.Build(body, elementwise: false), label, [x, y], meta, gx, gy);
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("twopass", $"{mode}|{x.Storage}|{y.DType}"), () => new Wgsl(256).In("x", x).Out("y", y.DType)
+            .Decl("var<workgroup> red: array<f32, 256>;").Build(body, elementwise: false), label, [x, y], meta, gx, gy);
     }
 
     static GpuTensor Softmax(WebGpuPlatform g, Tapml.Platforms.NodeContext ctx, GpuTensor x, bool log)

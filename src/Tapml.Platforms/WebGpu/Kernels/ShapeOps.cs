@@ -55,17 +55,16 @@ public static class ShapeOps
             if (f) { meta.AddFloat((float)start); meta.AddFloat((float)delta); }
             else { meta.AddSigned((long)start); meta.AddSigned((long)delta); }
             string s = Wgsl.Scalar(Wgsl.StorageOf(dtype)!.Value);
-            var w = new Wgsl(g.Workgroup).Out("y", dtype);
-            string code = w.Build(f ? "  y_st(i, bitcast<f32>(md[1]) + f32(i) * bitcast<f32>(md[2]));"
-                : $"  y_st(i, {s}(bitcast<i32>(md[1]) + i32(i) * bitcast<i32>(md[2])));");
-            g.Launch(code, "Range", [y], meta, n);
+            g.Launch(new WebGpuPlatform.KernelKey("range", $"{dtype}"), () => new Wgsl(g.Workgroup).Out("y", dtype).Build(f
+                ? "  y_st(i, bitcast<f32>(md[1]) + f32(i) * bitcast<f32>(md[2]));"
+                : $"  y_st(i, {s}(bitcast<i32>(md[1]) + i32(i) * bitcast<i32>(md[2])));"), "Range", [y], meta, n);
             return [y];
         }));
     }
 
     static double Scalar(WebGpuPlatform g, GpuTensor t)
     {
-        var h = g.Download(t);
+        var h = g.HostOrDownload(t);
         if (h.Length != 1) throw new TapmlException($"expected a scalar, got {t.Describe()}");
         var v = h.Data.GetValue(0)!;
         return v switch { Half x => (double)x, BFloat16 x => (float)x, _ => System.Convert.ToDouble(v) };
@@ -83,8 +82,8 @@ public static class ShapeOps
         else if (storage == GpuStorage.I32) meta.AddSigned(checked((long)value));
         else meta.Add(checked((long)value));
         string s = Wgsl.Scalar(storage);
-        var w = new Wgsl(g.Workgroup).Out("y", dtype);
-        g.Launch(w.Build($"  y_st(i, bitcast<{s}>(md[1]));"), "Fill", [y], meta, y.Length);
+        g.Launch(new WebGpuPlatform.KernelKey("fill", $"{dtype}"), () => new Wgsl(g.Workgroup).Out("y", dtype).Build($"  y_st(i, bitcast<{s}>(md[1]));"),
+            "Fill", [y], meta, y.Length);
         return y;
     }
 }

@@ -14,6 +14,7 @@ public sealed class Meta
     public int AddAll(IEnumerable<long> vs) { int at = _w.Count; foreach (var v in vs) Add(v); return at; }
     public int AddAllSigned(IEnumerable<long> vs) { int at = _w.Count; foreach (var v in vs) AddSigned(v); return at; }
     public uint[] ToArray() => _w.ToArray();
+    public ReadOnlySpan<uint> Words => System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_w);
 }
 
 /// <summary>Writes one WGSL compute kernel: storage bindings with typed load/store helpers (a binding's
@@ -52,6 +53,9 @@ public sealed class Wgsl
     }
 
     public Wgsl In(string name, GpuTensor t) => In(name, t.Storage);
+
+    /// <summary>Skips a binding number (the caller declares that binding by hand, e.g. as vec4 loads).</summary>
+    public Wgsl Reserve() { _binding++; return this; }
 
     /// <summary>An output: <c>name_st(i, v)</c> rounds to the logical type (f16, bf16, narrow integers).</summary>
     public Wgsl Out(string name, DType logical)
