@@ -56,11 +56,26 @@ static class BenchWorkflows
             var exec = new Executor(p) { PreferWholeGraph = true };
             Generation.Greedy(exec, model, prompt.AsSpan(0, 8), 3);          // warm-up (ORT builds its session here)
             GenerationResult? best = null;
+            string counters = "";
             for (int i = 0; i < runs; i++)
             {
+                var dev = (p as Tapml.Platforms.WebGpu.WebGpuPlatform)?.Device;
+                var (d0, s0, r0, w0) = dev is null ? (0L, 0L, 0L, 0.0) : (dev.Dispatches, dev.Submits, dev.Readbacks, dev.WaitMs);
                 var r = Generation.Greedy(exec, model, prompt, newTokens);
-                if (best is null || r.DecodeTokensPerSecond > best.DecodeTokensPerSecond) best = r;
+                if (best is null || r.DecodeTokensPerSecond > best.DecodeTokensPerSecond)
+                {
+                    best = r;
+                    // Per run (prefill and decode steps run the same graph): dispatches, submits and readbacks per step,
+                    // and the share of the run's wall time the host spent waiting for the GPU.
+                    if (dev is not null)
+                    {
+                        int steps = r.DecodeSteps + 1;
+                        counters = $"{(dev.Dispatches - d0) / (double)steps:F0} dispatches, {(dev.Submits - s0) / (double)steps:F1} submits, " +
+                                   $"{(dev.Readbacks - r0) / (double)steps:F1} readbacks per step; waiting for the GPU {(dev.WaitMs - w0) / (r.PrefillMs + r.DecodeMs) * 100:F0}% of the run";
+                    }
+                }
             }
+            if (counters.Length > 0) Console.WriteLine($"{spec}: {counters}");
             results.Add((spec, best!));
             long peakWs = Process.GetCurrentProcess().PeakWorkingSet64;
             table.AddRow(spec, $"{best!.PrefillTokensPerSecond:F1}", $"{best.DecodeTokensPerSecond:F1}", $"{best.DecodeMs / Math.Max(1, best.DecodeSteps):F1}",

@@ -48,6 +48,9 @@ public sealed unsafe class DawnDevice : IDisposable
     public string Context { get; set; } = "";
     public long Dispatches { get; private set; }
     public long Submits { get; private set; }
+    public long Readbacks { get; private set; }
+    /// <summary>Host time spent waiting for readbacks (the GPU finishing queued work), milliseconds.</summary>
+    public double WaitMs { get; private set; }
     public long PooledBytes { get; private set; }
 
     /// <param name="backend">"" (best adapter), "vulkan" or "gles".</param>
@@ -379,7 +382,10 @@ public sealed unsafe class DawnDevice : IDisposable
             Copy(buffer, offset, staging, 0, size);
             Flush();
             var st = staging;
+            long w0 = System.Diagnostics.Stopwatch.GetTimestamp();
+            Readbacks++;
             var r = Wgpu.Await(_instance, Wgpu.StatusCallback, info => Wgpu.BufferMapAsync(st, Wgpu.MapModeRead, 0, (nuint)size, info), "a readback");
+            WaitMs += System.Diagnostics.Stopwatch.GetElapsedTime(w0).TotalMilliseconds;
             ThrowIfFailed("the work before a readback");
             if (r.Status != Wgpu.StatusSuccess) throw new TapmlException($"webgpu: mapping a readback buffer failed: {r.Message}");
             var src = Wgpu.BufferGetConstMappedRange(staging, 0, (nuint)size);
