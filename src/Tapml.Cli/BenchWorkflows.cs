@@ -41,8 +41,8 @@ static class BenchWorkflows
         var sizes = new TinyCheckpoint.Sizes(Layers: 12, Hidden: 768, Heads: 12, KvHeads: 4, Intermediate: 2048, Vocab: 32000);
         string dir = Path.Combine(Path.GetTempPath(), "tapml-bench-llama-125m");
         if (!File.Exists(Path.Combine(dir, "model.safetensors"))) TinyCheckpoint.Write("llama", 1, dir, sizes);
-        var model = HfModels.Load(dir);
-        long parameters = model.Graph.Initializers.Values.Where(t => t.Rank >= 1 && t.Length > 1000).Sum(t => t.Length);
+        var plain = HfModels.Load(dir);
+        long parameters = plain.Graph.Initializers.Values.Where(t => t.Rank >= 1 && t.Length > 1000).Sum(t => t.Length);
         var rng = new Random(3);
         long[] prompt = Enumerable.Range(0, 64).Select(_ => (long)rng.Next(32000)).ToArray();
         const int newTokens = 33;                       // the prefill's token + 32 decode steps
@@ -54,6 +54,12 @@ static class BenchWorkflows
         {
             using var p = PlatformRegistry.Create(spec);
             var exec = new Executor(p) { PreferWholeGraph = true };
+            var model = plain;
+            if (GenerateVerb.FusesByDefault(p))
+            {
+                model = Fusion.Fuse(plain, out var fr);
+                Console.WriteLine($"{spec}: fused {fr}");
+            }
             Generation.Greedy(exec, model, prompt.AsSpan(0, 8), 3);          // warm-up (ORT builds its session here)
             GenerationResult? best = null;
             string counters = "";

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json.Nodes;
 using Tapml.Core;
+using Tapml.Ir;
 using Tapml.Ir.Safetensors;
 using Tapml.Models;
 using Tapml.Platforms;
@@ -14,6 +15,9 @@ namespace Tapml.Cli;
 /// run per token), with prefill and decode throughput. <c>--prompt</c> is encoded with the model's tokenizer.</summary>
 static class GenerateVerb
 {
+    /// <summary>Platforms where fused regions pay (one dispatch instead of several); elsewhere the graph runs as written.</summary>
+    public static bool FusesByDefault(IPlatform p) => p is Tapml.Platforms.WebGpu.WebGpuPlatform;
+
     public static Command Create()
     {
         var model = new Option<string>("--model", "-m") { Description = "model: Hugging Face folder (config.json + safetensors) or .onnx with past_key_values/present I/O", Required = true };
@@ -29,7 +33,9 @@ static class GenerateVerb
         var stop = new Option<string?>("--stop") { Description = "token ids that end generation, comma-separated (besides the model's eos ids)" };
         var json = new Option<string?>("--json") { Description = "write {tokens, text, prefill_tokens_per_s, decode_tokens_per_s} here" };
         var logitsOut = new Option<string?>("--logits-out") { Description = "write the prefill logits here as safetensors tensor 'logits' [1, seq, vocab]" };
-        var cmd = new Command("generate", "generate tokens with the model's KV cache (greedy unless --temperature, --top-k or --top-p is given)") { model, platform, prompt, inputIds, maxTokens, seed, temperature, topK, topP, repetition, stop, json, logitsOut };
+        var fuse = new Option<string>("--fuse") { Description = "fuse RMSNorm, rotary and element-wise chains into one kernel each (tapml.Fused nodes): auto (on for webgpu), on, off", DefaultValueFactory = _ => "auto" };
+        fuse.AcceptOnlyFromAmong("auto", "on", "off");
+        var cmd = new Command("generate", "generate tokens with the model's KV cache (greedy unless --temperature, --top-k or --top-p is given)") { model, platform, prompt, inputIds, maxTokens, seed, temperature, topK, topP, repetition, stop, json, logitsOut, fuse };
         cmd.Action(pr =>
         {
             string spec = pr.GetValue(model)!;
@@ -38,6 +44,11 @@ static class GenerateVerb
             IReadOnlyCollection<int>? eos = Directory.Exists(spec) && HfModels.IsHfFolder(spec) ? HfConfig.Load(spec).EosTokenIds : null;
             using var p = PlatformRegistry.Create(pr.GetValue(platform)!);
             var exec = new Executor(p) { PreferWholeGraph = true };
+            if (pr.GetValue(fuse) == "on" || pr.GetValue(fuse) == "auto" && FusesByDefault(p))
+            {
+                m = Fusion.Fuse(m, out var fr);
+                Console.Error.WriteLine($"fused: {fr}");
+            }
             // DESIGN: greedy unless --temperature, --top-k or --top-p is given; then --seed fixes the draw.
             bool sample = pr.GetValue(temperature) is not null || pr.GetValue(topK) is not null || pr.GetValue(topP) is not null;
             var sampling = new SamplingOptions

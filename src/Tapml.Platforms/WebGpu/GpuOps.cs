@@ -31,6 +31,7 @@ public static class GpuOps
         Reductions.Register(Add);
         Normalization.Register(Add);
         ConvPool.Register(Add);
+        Fused.Register(Add);
         return d;
     }
 

@@ -12,6 +12,15 @@ public sealed class ControlFlow : ICpuOpFamily
         r.Add("If", If);
         r.Add("Loop", Loop);
         r.Add("Scan", Scan, sinceOpset: 8);
+        r.Add(Tapml.Ir.Fusion.OpType, Fused, domain: Tapml.Ir.Fusion.Domain);
+    }
+
+    // tapml.Fused (Tapml.Ir.Fusion): the region's original nodes, run as they were; a GPU runs them as one kernel.
+    static Value?[] Fused(NodeContext ctx, Value?[] inputs)
+    {
+        var outs = ctx.Subgraph(ctx.Graph("body"), inputs);
+        if (outs.Length < 1 || outs[0] is null) throw ctx.Error("the fused body produced no output");
+        return outs;
     }
 
     // If: runs then_branch when cond is true, else_branch otherwise; the branch's outputs are the node's outputs

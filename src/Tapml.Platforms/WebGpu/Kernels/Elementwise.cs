@@ -9,7 +9,16 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 public static class Elementwise
 {
     /// <summary>Expression of an op given its input expressions and their storages; returns WGSL of the output scalar.</summary>
-    delegate string Expr(string[] x, GpuStorage[] s, NodeContext ctx);
+    public delegate string Expr(string[] x, GpuStorage[] s, NodeContext ctx);
+
+    /// <summary>Expressions of the ops whose kernel is one <see cref="Map"/> with the first input's type (the
+    /// fused element-wise kernel composes them).</summary>
+    static readonly Dictionary<string, Expr> Exprs = new();
+
+    public static Expr? ExprOf(string op) => Exprs.GetValueOrDefault(op);
+
+    /// <summary>Shared WGSL helpers of element-wise expressions (erf_, sincos_, pow_ …).</summary>
+    public static string HelperFunctions => Helpers;
 
     static readonly string[] FloatOnly = ["Sqrt", "Exp", "Log", "Sin", "Cos", "Tan", "Tanh", "Sigmoid", "Reciprocal", "Floor", "Ceil", "Round", "Erf",
         "Softplus", "Softsign", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "LeakyRelu", "Elu", "Selu", "HardSigmoid",
@@ -17,10 +26,16 @@ public static class Elementwise
 
     public static void Register(Action<GpuOp> add)
     {
-        void Unary(string op, Func<string, string> f, int since = 1) =>
+        void Unary(string op, Func<string, string> f, int since = 1)
+        {
+            Exprs[op] = (x, s, c) => f(x[0]);
             add(new GpuOp("", op, since, (g, ctx, ins) => Map(g, ctx, [GpuOps.In(ins, 0, ctx)], ins[0]!.DType, (x, s, c) => f(x[0])), FloatSupport(op)));
-        void UnaryAttr(string op, Func<string, NodeContext, string> f) =>
+        }
+        void UnaryAttr(string op, Func<string, NodeContext, string> f)
+        {
+            Exprs[op] = (x, s, c) => f(x[0], c);
             add(new GpuOp("", op, 1, (g, ctx, ins) => Map(g, ctx, [GpuOps.In(ins, 0, ctx)], ins[0]!.DType, (x, s, c) => f(x[0], c)), FloatSupport(op)));
+        }
 
         Unary("Neg", x => $"-{x}");
         Unary("Abs", x => $"abs({x})");
@@ -71,14 +86,17 @@ public static class Elementwise
             ? $"(0.5 * {x[0]} * (1.0 + tanh(clamp(0.7978845608 * ({x[0]} + 0.044715 * {x[0]} * {x[0]} * {x[0]}), -20.0, 20.0))))"
             : $"(0.5 * {x[0]} * (1.0 + erf_({x[0]} * 0.70710678118654752)))"), FloatSupport("Gelu")));
 
-        void Binary(string op, Func<string, string, GpuStorage, string> f, Func<NodeContext, IReadOnlyList<TypeRef?>, string?>? support = null) =>
+        void Binary(string op, Func<string, string, GpuStorage, string> f, Func<NodeContext, IReadOnlyList<TypeRef?>, string?>? support = null)
+        {
+            Exprs[op] = (x, s, c) => f(x[0], x[1], s[0]);
             add(new GpuOp("", op, 1, (g, ctx, ins) => Map(g, ctx, [GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx)], ins[0]!.DType, (x, s, c) => f(x[0], x[1], s[0])), support));
+        }
         Binary("Add", (a, b, s) => $"({a} + {b})");
         Binary("Sub", (a, b, s) => $"({a} - {b})");
         Binary("Mul", (a, b, s) => $"({a} * {b})");
         Binary("Div", (a, b, s) => s == GpuStorage.F32 || s == GpuStorage.F16x2 ? $"({a} / {b})" : $"div_{Wgsl.Scalar(s)}({a}, {b})");
-        add(new GpuOp("", "Pow", 1, (g, ctx, ins) => Map(g, ctx, [GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx)], ins[0]!.DType,
-            (x, s, c) => IsFloat(s[0]) ? $"pow_({x[0]}, f32({x[1]}))" : $"{Wgsl.Scalar(s[0])}(pow_(f32({x[0]}), f32({x[1]})))"), FloatSupport("Pow")));
+        Exprs["Pow"] = (x, s, c) => IsFloat(s[0]) ? $"pow_({x[0]}, f32({x[1]}))" : $"{Wgsl.Scalar(s[0])}(pow_(f32({x[0]}), f32({x[1]})))";
+        add(new GpuOp("", "Pow", 1, (g, ctx, ins) => Map(g, ctx, [GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx)], ins[0]!.DType, Exprs["Pow"]), FloatSupport("Pow")));
         add(new GpuOp("", "PRelu", 1, (g, ctx, ins) => Map(g, ctx, [GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx)], ins[0]!.DType,
             (x, s, c) => $"select({x[0]} * {x[1]}, {x[0]}, {x[0]} >= {Zero(x[0], s[0])})")));
         add(new GpuOp("", "Mod", 10, (g, ctx, ins) => Map(g, ctx, [GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx)], ins[0]!.DType, (x, s, c) =>
@@ -94,8 +112,8 @@ public static class Elementwise
         Binary("And", (a, b, s) => $"({a} & {b})");
         Binary("Or", (a, b, s) => $"({a} | {b})");
         Binary("Xor", (a, b, s) => $"({a} ^ {b})");
-        add(new GpuOp("", "Where", 9, (g, ctx, ins) => Map(g, ctx, [GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx), GpuOps.In(ins, 2, ctx)], ins[1]!.DType,
-            (x, s, c) => $"select({x[2]}, {x[1]}, {x[0]} != 0u)")));
+        Exprs["Where"] = (x, s, c) => $"select({x[2]}, {x[1]}, {x[0]} != 0u)";
+        add(new GpuOp("", "Where", 9, (g, ctx, ins) => Map(g, ctx, [GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx), GpuOps.In(ins, 2, ctx)], ins[1]!.DType, Exprs["Where"])));
 
         void Variadic(string op, Func<string, string, string> fold, Func<string, int, string>? finish = null) =>
             add(new GpuOp("", op, 1, (g, ctx, ins) =>
