@@ -55,6 +55,8 @@ public sealed class GpuTensor : Value, IDeviceValue
     /// <summary>The host's own computation of a small integer value (shape arithmetic), for sizing reads only: never
     /// returned by a download, so the GPU kernel's result is what tests compare.</summary>
     internal Tensor? Shadow { get; set; }
+    /// <summary>Derived from a Shape/Size output by host-computed shape arithmetic (see WebGpuPlatform.OnHost).</summary>
+    internal bool FromShape { get; init; }
     /// <summary>The host tensor an upload came from (weights: MatMul keeps a transposed copy of it).</summary>
     internal Tensor? Source { get; init; }
     /// <summary>Uploaded int64 values were clamped to the 32-bit range (only host-copy readers may use them).</summary>

@@ -99,9 +99,10 @@ public sealed class WebGpuPlatform : IPlatform
                 GpuTensor g when g.Platform == this => g,
                 var v => throw new TapmlException($"input {i} is {v.Describe()}, not a tensor on this webgpu device"),
             };
-        Device.Context = $"node '{k.Node.Name}' ({k.Node.OpType})";
+        Device.Context = k.Label;
         try
         {
+            if (OnHost(k, ctx, ins) is { } hostOuts) return hostOuts;
             var outs = k.Op.Run(this, ctx, ins);
             Shadow(k, ctx, ins, outs);
             return outs;
@@ -117,6 +118,7 @@ public sealed class WebGpuPlatform : IPlatform
     {
         public Node Node { get; } = node;
         public GpuOp Op { get; } = op;
+        public string Label { get; } = $"node '{node.Name}' ({node.OpType})";
         /// <summary>The cpu kernel computing host shadows of this node's small integer outputs (made on first need).</summary>
         public IKernel? HostKernel;
         public bool NoShadow;
@@ -159,6 +161,60 @@ public sealed class WebGpuPlatform : IPlatform
         catch (TapmlException) { k.NoShadow = true; }
     }
 
+    /// <summary>Shape arithmetic on the host: a node whose inputs are all known there (small), at least one of
+    /// them derived from a Shape/Size (<see cref="GpuTensor.FromShape"/>), runs on the cpu reference and its outputs
+    /// become deferred uploads (a GPU buffer only if a kernel binds them), as ONNX Runtime keeps shape subgraphs on
+    /// the CPU. A decode step's Shape → Gather → Add → Range → mask chain then costs no dispatch and no readback.
+    /// Values fed from outside (graph inputs, initializers) never start such a chain, so conformance and replay of
+    /// one node always run its WGSL kernel.</summary>
+    Value?[]? OnHost(GpuKernel k, NodeContext ctx, GpuTensor?[] ins)
+    {
+        if (k.NoShadow || k.Node.OpType is "Shape" or "Size") return null;
+        bool fromShape = false;
+        var host = new Value?[ins.Length];
+        for (int i = 0; i < ins.Length; i++)
+        {
+            if (ins[i] is not { } t) continue;
+            if (t.Length > ShadowMaxElements || HostValue(t) is not { } h) return null;
+            fromShape |= t.FromShape;
+            host[i] = h;
+        }
+        if (!fromShape) return null;
+        Value?[] r;
+        try
+        {
+            if (k.HostKernel is null)
+            {
+                var types = host.Select(v => v is Tensor t ? TypeRef.TensorOf(t.DType, t.Shape) : null).ToArray();
+                if (!_host.Supports(k.Node, ctx, types).IsSupported) { k.NoShadow = true; return null; }
+                k.HostKernel = _host.Prepare(k.Node, ctx, types);
+            }
+            r = _host.Run(k.HostKernel, ctx, host);
+        }
+        catch (TapmlException) { k.NoShadow = true; return null; }
+        var outs = new Value?[r.Length];
+        for (int i = 0; i < r.Length; i++)
+        {
+            if (r[i] is not Tensor t) { outs[i] = r[i]; continue; }
+            if (t.Length > ShadowMaxElements || Wgsl.StorageOf(t.DType) is null) return DiscardHost(k);
+            outs[i] = Deferred(t);
+        }
+        return outs;
+    }
+
+    /// <summary>The output of Shape/Size: metadata, uploaded only if a kernel binds it.</summary>
+    public GpuTensor ShapeValue(Tensor t) => Deferred(t);
+
+    Value?[]? DiscardHost(GpuKernel k) { k.NoShadow = true; return null; }
+
+    /// <summary>A small host-computed value as a GPU tensor whose buffer is made when a kernel first binds it.</summary>
+    GpuTensor Deferred(Tensor t)
+    {
+        var g = UploadNew(t);
+        g.Buffer.Pooled = true;
+        return new GpuTensor(this, g.DType, g.Shape, g.Buffer, g.Storage) { HostCopy = t, Saturated = g.Saturated, FromShape = true };
+    }
+
     /// <summary>The value of <paramref name="t"/> as the host knows it without a readback (upload source or shadow).</summary>
     static Tensor? HostValue(GpuTensor t) => t.HostCopy ?? t.Shadow ?? (t.Source is { } s && t.Length <= ShadowMaxElements ? s : null);
 
@@ -188,7 +244,7 @@ public sealed class WebGpuPlatform : IPlatform
     public GpuTensor Alias(GpuTensor t, long[] shape)
     {
         t.Buffer.Refs++;
-        return new GpuTensor(this, t.DType, shape, t.Buffer, t.Storage) { HostCopy = t.HostCopy?.Reshape(shape), Shadow = t.Shadow?.Reshape(shape), Saturated = t.Saturated };
+        return new GpuTensor(this, t.DType, shape, t.Buffer, t.Storage) { HostCopy = t.HostCopy?.Reshape(shape), Shadow = t.Shadow?.Reshape(shape), Saturated = t.Saturated, FromShape = t.FromShape };
     }
 
     sealed class UploadEntry(WebGpuPlatform owner, GpuTensor t)
@@ -420,6 +476,7 @@ public sealed class WebGpuPlatform : IPlatform
         if (v is not GpuTensor g || g.Pinned || g.Freed) return;
         g.Freed = true;
         if (--g.Buffer.Refs > 0) return;
+        if (g.Buffer.Handle == 0) { g.Buffer.Pending = null; return; }   // a deferred upload no kernel bound
         if (g.Buffer.Pooled) Device.Release(g.Buffer.Handle, g.Buffer.Size);
         else Device.Destroy(g.Buffer.Handle);
     }

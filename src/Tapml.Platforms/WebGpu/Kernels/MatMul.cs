@@ -157,58 +157,56 @@ public static class MatMul
         int wg = Math.Min(256, g.Device.Limits.MaxInvocationsPerWorkgroup);
         t = Math.Min(t, wg);
         int outsPerGroup = wg / t;
-        string key = $"{packed}|{vec}|{xvec}|{t}|{wg}|{x.Storage}|{y.DType}";
+        string key = $"{packed}|{vec}|{xvec}|{t}|{wg}|{rows}|{x.Storage}|{y.DType}";
         var (gx, gy) = Wgsl.Grid(n, outsPerGroup, g.Device.Limits.MaxWorkgroupsPerDimension);
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("matvec", key), () => MatVecCode(x, y, packed, vec, xvec, per, t, wg),
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("matvec", key), () => MatVecCode(x, y, packed, vec, xvec, per, t, wg, (int)rows),
             $"MatVec{(packed ? "_f16" : "")}{(vec ? "_v" : "")}_t{t}", [x, y, wt], meta, gx, gy);
     }
 
-    static string MatVecCode(GpuTensor x, GpuTensor y, bool packed, bool vec, bool xvec, int per, int t, int wg)
+    static string MatVecCode(GpuTensor x, GpuTensor y, bool packed, bool vec, bool xvec, int per, int t, int wg, int rows)
     {
-        // NOTE: bindings: x=0, y=1, wt=2, meta=3; x and the weight are declared by hand for vector loads.
+        // NOTE: bindings: x=0, y=1, wt=2, meta=3; x and the weight are declared by hand for vector loads. The rows are
+        // unrolled (one accumulator each, no dynamically indexed private array: drivers spill those to memory).
         var w = new Wgsl(wg);
         if (xvec) w.Reserve().Decl("@group(0) @binding(0) var<storage, read> xv_b: array<vec4<f32>>;");
         else w.In("x", x);
         w.Out("y", y.DType);
         string elem = packed ? (vec ? "vec4<u32>" : "u32") : (vec ? "vec4<f32>" : "f32");
         string xs(string at) => xvec ? $"xv_b[({at}) / 4u]" : $"vec4<f32>(f32(x({at})), f32(x({at} + 1u)), f32(x({at} + 2u)), f32(x({at} + 3u)))";
-        string load = (packed, vec) switch
+        string Load(int r) => (packed, vec) switch
         {
-            (false, true) => $"    part[r] += dot(wv, {xs("r * K + kk * 4u")});\n",
-            (true, true) => $"""
-    let xb = r * K + kk * 8u;
-    part[r] += dot(vec4<f32>(unpack2x16float(wv.x), unpack2x16float(wv.y)), {xs("xb")})
-             + dot(vec4<f32>(unpack2x16float(wv.z), unpack2x16float(wv.w)), {xs("xb + 4u")});
-
-""",
-            (false, false) => "    part[r] += wv * f32(x(r * K + kk));\n",
-            (true, false) => "    part[r] += unpack2x16float(wt_b[e >> 1u])[e & 1u] * f32(x(r * K + kk));\n",
+            (false, true) => $"    p{r} += dot(wv, {xs($"{r}u * K + kk * 4u")});\n",
+            (true, true) => $"    p{r} += dot(w01, {xs($"{r}u * K + kk * 8u")}) + dot(w23, {xs($"{r}u * K + kk * 8u + 4u")});\n",
+            (false, false) => $"    p{r} += wv * f32(x({r}u * K + kk));\n",
+            (true, false) => $"    p{r} += wv * f32(x({r}u * K + kk));\n",
         };
-        string fetch = packed && !vec ? "    let e = wrow * K + kk;\n" : $"    let wv = wt_b[wrow * (K / {per}u) + kk];\n";
-        w.Decl($"@group(0) @binding(2) var<storage, read> wt_b: array<{elem}>;\nvar<workgroup> red: array<f32, {wg * MatVecMaxRows}>;");
+        string fetch = (packed, vec) switch
+        {
+            (true, true) => $"    let wv = wt_b[wrow * (K / {per}u) + kk];\n    let w01 = vec4<f32>(unpack2x16float(wv.x), unpack2x16float(wv.y));\n    let w23 = vec4<f32>(unpack2x16float(wv.z), unpack2x16float(wv.w));\n",
+            (true, false) => "    let e = wrow * K + kk;\n    let wv = unpack2x16float(wt_b[e >> 1u])[e & 1u];\n",
+            _ => $"    let wv = wt_b[wrow * (K / {per}u) + kk];\n",
+        };
+        var rs = Enumerable.Range(0, rows).ToArray();
+        w.Decl($"@group(0) @binding(2) var<storage, read> wt_b: array<{elem}>;\nvar<workgroup> red: array<f32, {wg * rows}>;");
         string body = $$"""
-  let N = md[0]; let K = md[1]; let R = md[2];
+  let N = md[0]; let K = md[1];
   let t = lid.x % {{t}}u;
   let slot = lid.x / {{t}}u;
   let wrow = (wid.x + wid.y * nwg.x) * {{wg / t}}u + slot;
-  var part = array<f32, {{MatVecMaxRows}}>(0.0, 0.0, 0.0, 0.0);
+{{string.Concat(rs.Select(r => $"  var p{r} = 0.0;\n"))}}
   if (wrow < N) {
     for (var kk = t; kk < K / {{per}}u; kk += {{t}}u) {
-{{fetch}}      for (var r = 0u; r < R; r++) {
-{{load}}      }
-    }
+{{fetch}}{{string.Concat(rs.Select(Load))}}    }
   }
-  for (var r = 0u; r < {{MatVecMaxRows}}u; r++) { red[r * {{wg}}u + lid.x] = part[r]; }
+{{string.Concat(rs.Select(r => $"  red[{r * wg}u + lid.x] = p{r};\n"))}}
   workgroupBarrier();
   for (var s = {{t / 2}}u; s > 0u; s >>= 1u) {
     if (t < s) {
-      for (var r = 0u; r < R; r++) { red[r * {{wg}}u + lid.x] += red[r * {{wg}}u + lid.x + s]; }
-    }
+{{string.Concat(rs.Select(r => $"      red[{r * wg}u + lid.x] += red[{r * wg}u + lid.x + s];\n"))}}    }
     workgroupBarrier();
   }
   if (t == 0u && wrow < N) {
-    for (var r = 0u; r < R; r++) { y_st(r * N + wrow, red[r * {{wg}}u + lid.x]); }
-  }
+{{string.Concat(rs.Select(r => $"    y_st({r}u * N + wrow, red[{r * wg}u + lid.x]);\n"))}}  }
 """;
         string code = w.Build(body, elementwise: false);
         return code.Replace("@binding(2) var<storage, read> md", "@binding(3) var<storage, read> md");

@@ -18,9 +18,9 @@ public static class ShapeOps
             start = Math.Clamp(start, 0, r);
             end = Math.Clamp(end, start, r);
             var dims = x.Shape[(int)start..(int)end];
-            return [g.UploadTemporary(new Tensor(DType.Int64, [dims.Length], dims))];
+            return [g.ShapeValue(new Tensor(DType.Int64, [dims.Length], dims))];
         }, AnyInputType: true));
-        add(new GpuOp("", "Size", 1, (g, ctx, ins) => [g.UploadTemporary(Tensor.Scalar(GpuOps.In(ins, 0, ctx).Length))], AnyInputType: true));
+        add(new GpuOp("", "Size", 1, (g, ctx, ins) => [g.ShapeValue(Tensor.Scalar(GpuOps.In(ins, 0, ctx).Length))], AnyInputType: true));
         add(new GpuOp("", "Constant", 1, (g, ctx, ins) =>
         {
             if (ctx.Tensor("value") is { } t) return [g.Upload(t)];
