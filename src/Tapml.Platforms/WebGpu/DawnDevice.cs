@@ -31,7 +31,7 @@ public sealed unsafe class DawnDevice : IDisposable
     // Buffers the recorded (not yet submitted) work binds: a queue write to one of them must submit that work first.
     readonly HashSet<nint> _recorded = new();
     readonly Dictionary<string, GpuPipeline> _pipelines = new();
-    readonly Dictionary<ulong, Stack<nint>> _pool = new();
+    readonly Dictionary<ulong, List<nint>> _pool = new();
     GCHandle _eventSink;
     string? _error;
     bool _lost;
@@ -208,11 +208,24 @@ public sealed unsafe class DawnDevice : IDisposable
     }
 
     /// <summary>A storage buffer of at least <paramref name="bytes"/> (pooled). Checks the device limits first.</summary>
-    public nint Allocate(ulong bytes, out ulong size)
+    /// <param name="forWrite">The caller fills it with a queue write next: take a pooled buffer the recorded work does
+    /// not bind (a write to one would have to submit that work first).</param>
+    public nint Allocate(ulong bytes, out ulong size, bool forWrite = false)
     {
         CheckUsable();
         size = Bucket(bytes);
-        if (_pool.TryGetValue(size, out var s) && s.Count > 0) { PooledBytes -= (long)size; return s.Pop(); }
+        if (_pool.TryGetValue(size, out var s) && s.Count > 0)
+        {
+            for (int i = s.Count - 1; i >= 0; i--)
+            {
+                if (forWrite && _recorded.Contains(s[i])) continue;
+                var b = s[i];
+                s[i] = s[^1];
+                s.RemoveAt(s.Count - 1);
+                PooledBytes -= (long)size;
+                return b;
+            }
+        }
         if ((long)size > Limits.MaxBufferBytes && (long)bytes <= Limits.MaxBufferBytes) size = (bytes + 15) & ~15UL;
         if ((long)size > Limits.MaxBufferBytes)
             throw new TapmlException($"webgpu: a {Bytes((long)bytes)} buffer{(Context.Length > 0 ? $" for {Context}" : "")} is over this device's maxBufferSize ({Bytes(Limits.MaxBufferBytes)})");
@@ -226,8 +239,8 @@ public sealed unsafe class DawnDevice : IDisposable
 
     public void Release(nint buffer, ulong size)
     {
-        if (!_pool.TryGetValue(size, out var s)) _pool[size] = s = new Stack<nint>();
-        s.Push(buffer);
+        if (!_pool.TryGetValue(size, out var s)) _pool[size] = s = new List<nint>();
+        s.Add(buffer);
         PooledBytes += (long)size;
     }
 
@@ -236,7 +249,7 @@ public sealed unsafe class DawnDevice : IDisposable
     {
         Flush();
         foreach (var s in _pool.Values)
-            while (s.Count > 0) { var b = s.Pop(); Wgpu.BufferDestroy(b); Wgpu.BufferRelease(b); }
+            { foreach (var b in s) { Wgpu.BufferDestroy(b); Wgpu.BufferRelease(b); } s.Clear(); }
         PooledBytes = 0;
     }
 
@@ -439,7 +452,7 @@ public sealed unsafe class DawnDevice : IDisposable
         try { if (!_lost) Flush(); } catch (TapmlException) { }
         foreach (var p in _pipelines.Values) { Wgpu.BindGroupLayoutRelease(p.Layout); Wgpu.ComputePipelineRelease(p.Handle); }
         _pipelines.Clear();
-        foreach (var s in _pool.Values) while (s.Count > 0) { var b = s.Pop(); Wgpu.BufferDestroy(b); Wgpu.BufferRelease(b); }
+        foreach (var s in _pool.Values) { foreach (var b in s) { Wgpu.BufferDestroy(b); Wgpu.BufferRelease(b); } s.Clear(); }
         if (_meta != 0) { Wgpu.BufferDestroy(_meta); Wgpu.BufferRelease(_meta); _meta = 0; }
         Wgpu.QueueRelease(_queue);
         Wgpu.DeviceDestroy(_device);

@@ -347,7 +347,7 @@ public sealed class WebGpuPlatform : IPlatform
     internal void Materialize(GpuBuffer b)
     {
         if (b.Pending is not { } bytes) return;
-        var handle = Device.Allocate((ulong)bytes.Length, out var size);
+        var handle = Device.Allocate((ulong)bytes.Length, out var size, forWrite: true);
         Device.Write(handle, 0, bytes);
         b.Handle = handle;
         b.Size = size;
