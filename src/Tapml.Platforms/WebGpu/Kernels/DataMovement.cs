@@ -17,6 +17,9 @@ public static class DataMovement
             if (perm.Length != r) throw ctx.Error($"perm has {perm.Length} entries for a rank-{r} input");
             var st = ShapeUtil.Strides(x.Shape);
             var shape = perm.Select(p => x.Shape[ShapeUtil.Axis(p, r, "perm")]).ToArray();
+            // A permutation that moves only size-1 dimensions keeps the element order (decode's [1,1,h,d] → [1,h,1,d]
+            // head split): a view, no copy.
+            if (KeepsOrder(x.Shape, perm)) return [g.Alias(x, shape)];
             var y = g.Empty(x.DType, shape);
             Copy(g, x, y, shape, perm.Select(p => st[p]).ToArray(), 0, ShapeUtil.Strides(shape), 0, "Transpose");
             return [y];
@@ -43,6 +46,7 @@ public static class DataMovement
                 for (int d = 0; d < r; d++)
                     if (d != axis && t.Shape[d] != shape[d]) throw ctx.Error($"input shapes {string.Join(" and ", xs.Select(v => ShapeUtil.Format(v.Shape)))} differ outside axis {axis}");
             var y = g.Empty(xs[0].DType, shape);
+            if (xs.Length > 1 && xs.Length + 2 <= g.Device.Limits.MaxStorageBuffersPerStage) { ConcatOnce(g, xs, y, axis); return [y]; }
             var yst = ShapeUtil.Strides(shape);
             long at = 0;
             foreach (var t in xs)
@@ -228,6 +232,53 @@ public static class DataMovement
   y_st(i, {{s}}(x((outer * md[3] + u32(k)) * md[1] + inner)));
 """), "Gather", [x, idx, y], meta, y.Length);
         return y;
+    }
+
+    /// <summary>Concat in one dispatch: each output element finds its input by its coordinate along the axis
+    /// (the KV cache's Concat(past, new) is two copies otherwise).</summary>
+    static void ConcatOnce(WebGpuPlatform g, GpuTensor[] xs, GpuTensor y, int axis)
+    {
+        if (y.Length == 0) return;
+        long inner = Math.Max(1, ShapeUtil.Size(y.Shape.AsSpan(axis + 1)));
+        var meta = new Meta();
+        meta.Add(y.Length); meta.Add(inner); meta.Add(y.Shape[axis]);
+        int startAt = meta.Add(0);
+        long at = 0;
+        foreach (var t in xs) { at += t.Shape[axis]; meta.Add(at); }   // md[3 + k] = start of input k, md[3 + n] = total
+        string s = Wgsl.Scalar(Wgsl.StorageOf(y.DType)!.Value);
+        int n = xs.Length;
+        g.Launch(new WebGpuPlatform.KernelKey("concat", $"{n}|{string.Join(",", xs.Select(t => t.Storage))}|{y.DType}"), () =>
+        {
+            var w = new Wgsl(g.Workgroup);
+            for (int k = 0; k < n; k++) w.In($"x{k}", xs[k]);
+            w.Out("y", y.DType);
+            var b = new System.Text.StringBuilder("""
+  let inner = md[1]; let A = md[2];
+  let ii = i % inner; let t = i / inner;
+  let a = t % A; let o = t / A;
+
+""");
+            for (int k = 0; k < n; k++)
+            {
+                string cond = k == n - 1 ? "" : $"if (a < md[{startAt + k + 1}]) ";
+                b.Append($"  {(k == 0 ? "" : "else ")}{cond}{{ let len = md[{startAt + k + 1}] - md[{startAt + k}]; " +
+                         $"y_st(i, {s}(x{k}((o * len + a - md[{startAt + k}]) * inner + ii))); }}\n");
+            }
+            return w.Build(b.ToString());
+        }, $"Concat{n}", [.. xs, y], meta, y.Length);
+    }
+
+    static bool KeepsOrder(long[] shape, long[] perm)
+    {
+        int last = -1;
+        foreach (var p in perm)
+        {
+            int d = (int)(p < 0 ? p + shape.Length : p);
+            if (shape[d] == 1) continue;
+            if (d < last) return false;
+            last = d;
+        }
+        return true;
     }
 
     /// <summary>y[dst + Σ c·dstStrides] = x[src + Σ c·srcStrides] for every coordinate c of <paramref name="shape"/>.</summary>
