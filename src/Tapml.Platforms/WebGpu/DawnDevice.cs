@@ -248,6 +248,7 @@ public sealed unsafe class DawnDevice : IDisposable
     public void TrimPool()
     {
         Flush();
+        ClearBindGroups();
         foreach (var s in _pool.Values)
             { foreach (var b in s) { Wgpu.BufferDestroy(b); Wgpu.BufferRelease(b); } s.Clear(); }
         PooledBytes = 0;
@@ -325,10 +326,7 @@ public sealed unsafe class DawnDevice : IDisposable
         for (int i = 0; i < n; i++)
             entries[i] = new BindGroupEntry { Binding = (uint)i, Buffer = buffers[i], Offset = 0, Size = Math.Max(4, (sizes[i] + 3) & ~3UL) };
         entries[n] = new BindGroupEntry { Binding = (uint)n, Buffer = _meta, Offset = (ulong)metaOffset, Size = (ulong)metaBytes };
-        var bd = new BindGroupDescriptor { Layout = p.Layout, EntryCount = (nuint)(n + 1), Entries = (nint)entries };
-        var bg = Wgpu.DeviceCreateBindGroup(_device, &bd);
-        ThrowIfFailed($"binding {p.Label}");
-        _bindGroups.Add(bg);
+        var bg = CachedBindGroup(p, entries, n + 1);
         if (_encoder == 0) _encoder = Wgpu.DeviceCreateCommandEncoder(_device, 0);
         if (_pass == 0) _pass = Wgpu.CommandEncoderBeginComputePass(_encoder, 0);
         Wgpu.ComputePassSetPipeline(_pass, p.Handle);
@@ -336,6 +334,63 @@ public sealed unsafe class DawnDevice : IDisposable
         Wgpu.ComputePassDispatch(_pass, gx, gy, gz);
         Dispatches++;
         ThrowIfFailed($"dispatching {p.Label}");
+    }
+
+    // Bind groups by (layout, buffers, sizes, meta offset): a decode step repeats the last one's dispatches with the
+    // same pooled buffers at the same metadata offsets, so most of its bind groups already exist. Entries naming a
+    // destroyed buffer are released with it (a handle value can come back for a new buffer).
+    sealed class CachedGroup(nint group, nint layout, BindGroupEntry[] entries)
+    {
+        public readonly nint Group = group, Layout = layout;
+        public readonly BindGroupEntry[] Entries = entries;
+    }
+    readonly Dictionary<ulong, CachedGroup> _groups = new();
+    readonly Dictionary<nint, List<ulong>> _groupsByBuffer = new();
+    const int MaxCachedGroups = 8192;
+
+    nint CachedBindGroup(GpuPipeline p, BindGroupEntry* entries, int count)
+    {
+        var h = new HashCode();
+        h.Add(p.Layout);
+        for (int i = 0; i < count; i++) { h.Add(entries[i].Buffer); h.Add(entries[i].Offset); h.Add(entries[i].Size); }
+        ulong key = (ulong)(uint)h.ToHashCode() | (ulong)(uint)count << 32 | (ulong)(p.Layout & 0xffff) << 40;
+        if (_groups.TryGetValue(key, out var c) && c.Layout == p.Layout && c.Entries.Length == count)
+        {
+            bool same = true;
+            for (int i = 0; i < count && same; i++)
+                same = c.Entries[i].Buffer == entries[i].Buffer && c.Entries[i].Offset == entries[i].Offset && c.Entries[i].Size == entries[i].Size;
+            if (same) return c.Group;
+        }
+        var bd = new BindGroupDescriptor { Layout = p.Layout, EntryCount = (nuint)count, Entries = (nint)entries };
+        var bg = Wgpu.DeviceCreateBindGroup(_device, &bd);
+        ThrowIfFailed($"binding {p.Label}");
+        if (_groups.ContainsKey(key)) { _bindGroups.Add(bg); return bg; }   // a hash collision: use once, release at submit
+        if (_groups.Count >= MaxCachedGroups) ClearBindGroups();
+        var copy = new BindGroupEntry[count];
+        for (int i = 0; i < count; i++) copy[i] = entries[i];
+        _groups[key] = new CachedGroup(bg, p.Layout, copy);
+        for (int i = 0; i < count; i++)
+        {
+            if (!_groupsByBuffer.TryGetValue(entries[i].Buffer, out var list)) _groupsByBuffer[entries[i].Buffer] = list = new List<ulong>();
+            list.Add(key);
+        }
+        return bg;
+    }
+
+    /// <summary>Releases cached bind groups that bind <paramref name="buffer"/> (before it is destroyed). Recorded work
+    /// holds its own references, so releasing is safe before a submit.</summary>
+    void ForgetBuffer(nint buffer)
+    {
+        if (!_groupsByBuffer.Remove(buffer, out var keys)) return;
+        foreach (var k in keys)
+            if (_groups.Remove(k, out var c)) Wgpu.BindGroupRelease(c.Group);
+    }
+
+    void ClearBindGroups()
+    {
+        foreach (var c in _groups.Values) Wgpu.BindGroupRelease(c.Group);
+        _groups.Clear();
+        _groupsByBuffer.Clear();
     }
 
     /// <summary>Records a buffer-to-buffer copy (ends the current compute pass).</summary>
@@ -452,6 +507,7 @@ public sealed unsafe class DawnDevice : IDisposable
         try { if (!_lost) Flush(); } catch (TapmlException) { }
         foreach (var p in _pipelines.Values) { Wgpu.BindGroupLayoutRelease(p.Layout); Wgpu.ComputePipelineRelease(p.Handle); }
         _pipelines.Clear();
+        ClearBindGroups();
         foreach (var s in _pool.Values) { foreach (var b in s) { Wgpu.BufferDestroy(b); Wgpu.BufferRelease(b); } s.Clear(); }
         if (_meta != 0) { Wgpu.BufferDestroy(_meta); Wgpu.BufferRelease(_meta); _meta = 0; }
         Wgpu.QueueRelease(_queue);
@@ -469,6 +525,7 @@ public sealed unsafe class DawnDevice : IDisposable
     public void Destroy(nint buffer)
     {
         if (_device == 0) return;
+        ForgetBuffer(buffer);
         Wgpu.BufferDestroy(buffer);
         Wgpu.BufferRelease(buffer);
     }
