@@ -17,6 +17,8 @@ public sealed record FusionReport(int NodesBefore, int NodesAfter, IReadOnlyDict
 /// Reciprocal → Mul(x, ·)) → Mul(·, weight); attribute <c>epsilon</c>.</item>
 /// <item><c>rotary</c>: x·cos + Concat(−x[h:2h], x[:h])·sin on the last axis (rotate-half); attribute
 /// <c>half</c>.</item>
+/// <item><c>matmul_add</c>: Add(MatMul(x, W), r) with W a 2-D initializer (a residual or bias added in the
+/// matrix-vector kernel's epilogue).</item>
 /// <item><c>elementwise</c>: a tree of float element-wise ops (broadcasting) whose intermediates have no
 /// other consumer.</item>
 /// </list>
@@ -42,6 +44,8 @@ public static class Fusion
             if (!taken[i] && ctx.RmsNorm(i) is { } r) Take(r.Nodes, r.Inputs, "rms_norm", new() { ["epsilon"] = Attr.Of(r.Eps) });
         for (int i = 0; i < g.Nodes.Count; i++)
             if (!taken[i] && ctx.Rotary(i, taken) is { } r) Take(r.Nodes, r.Inputs, "rotary", new() { ["half"] = Attr.Of(r.Half), ["rank4"] = Attr.Of(r.Rank4 ? 1L : 0L) });
+        for (int i = 0; i < g.Nodes.Count; i++)
+            if (!taken[i] && ctx.MatMulAdd(i, taken) is { } r) Take(r.Nodes, r.Inputs, "matmul_add", new());
         // Element-wise trees, grown backwards from each sink (last node first, so a sink takes its whole tree).
         for (int i = g.Nodes.Count - 1; i >= 0; i--)
         {
@@ -206,6 +210,20 @@ public static class Fusion
                     foreach (var n in new[] { h, l }) foreach (var s in n.Inputs.Skip(1)) if (!inputs.Contains(s)) inputs.Add(s);
                     return (nodes, inputs, half, rank4);
                 }
+            }
+            return null;
+        }
+
+        public (List<int> Nodes, List<string> Inputs)? MatMulAdd(int addIdx, bool[] taken)
+        {
+            var add = N(addIdx);
+            if (add.OpType != "Add" || add.Domain is not ("" or "ai.onnx") || add.Inputs.Length != 2) return null;
+            for (int side = 0; side < 2; side++)
+            {
+                if (Only(add.Inputs[side], "MatMul") is not int mm || taken[mm]) continue;
+                var m = N(mm);
+                if (!_g.Initializers.TryGetValue(m.Inputs[1], out var w) || w.Rank != 2) continue;
+                return ([.. new[] { mm, addIdx }.Order()], [m.Inputs[0], m.Inputs[1], add.Inputs[1 - side]]);
             }
             return null;
         }

@@ -24,6 +24,7 @@ public static class Fused
             "elementwise" => Elementwise(g, ctx, body, opset, ins),
             "rms_norm" => RmsNorm(g, ctx, body, ins),
             "rotary" => Rotary(g, ctx, ins),
+            "matmul_add" => ins.Length == 3 && ins[0] is { } a && ins[1] is { } b && ins[2] is { } r ? MatMul.MatVecAdd(g, a, b, r) : null,
             _ => null,
         };
         return [y ?? NodeByNode(g, ctx, body, opset, ins)];

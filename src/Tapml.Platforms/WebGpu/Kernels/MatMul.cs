@@ -72,6 +72,22 @@ public static class MatMul
         return y;
     }
 
+    /// <summary>x·W + r in one matrix-vector dispatch (r added in the epilogue), or null when that kernel does not
+    /// apply (W not a 2-D weight, more rows than <see cref="MatVecMaxRows"/>, r not of the product's shape, non-f32).</summary>
+    public static GpuTensor? MatVecAdd(WebGpuPlatform g, GpuTensor a, GpuTensor b, GpuTensor r)
+    {
+        if (a.Rank < 2 || b.Rank != 2 || b.Source is null || b.Storage is not (GpuStorage.F32 or GpuStorage.F16x2)) return null;
+        if (a.DType != DType.Float32 || a.Storage != GpuStorage.F32 || r.DType != DType.Float32 || r.Storage != GpuStorage.F32) return null;
+        long k = a.Shape[^1], n = b.Shape[1];
+        if (b.Shape[0] != k || k == 0) return null;
+        long rows = a.Length / k;
+        var outShape = a.Shape[..^1].Append(n).ToArray();
+        if (rows > MatVecMaxRows || rows == 0 || !ShapeUtil.SameShape(r.Shape, outShape)) return null;
+        var y = g.Empty(DType.Float32, outShape);
+        MatVec(g, a, g.TransposedWeight(b), y, rows, n, k, r);
+        return y;
+    }
+
     /// <summary>y[b] = alpha·A[b]·B[b] + beta·C for a batch of [M,K]×[K,N] with element strides
     /// (row, col) for A and B; batches addressed through broadcast batch strides.</summary>
     static void Tiled(WebGpuPlatform g, GpuTensor a, GpuTensor b, GpuTensor? c, GpuTensor y, long m, long n, long k,
@@ -144,7 +160,7 @@ public static class MatMul
     /// 64 for short, 32 for packed f16: 8 halves per load), 256 per workgroup; each thread strides the row in 16-byte
     /// loads of the weight and of x (when x is f32 and K a multiple of 4), every weight element read once for all
     /// rows; partial sums tree-reduced in workgroup memory.</summary>
-    static void MatVec(WebGpuPlatform g, GpuTensor x, GpuTensor wt, GpuTensor y, long rows, long n, long k)
+    static void MatVec(WebGpuPlatform g, GpuTensor x, GpuTensor wt, GpuTensor y, long rows, long n, long k, GpuTensor? res = null)
     {
         var meta = new Meta();
         meta.Add(n); meta.Add(k); meta.Add(rows);
@@ -157,13 +173,13 @@ public static class MatMul
         int wg = Math.Min(256, g.Device.Limits.MaxInvocationsPerWorkgroup);
         t = Math.Min(t, wg);
         int outsPerGroup = wg / t;
-        string key = $"{packed}|{vec}|{xvec}|{t}|{wg}|{rows}|{x.Storage}|{y.DType}";
+        string key = $"{packed}|{vec}|{xvec}|{t}|{wg}|{rows}|{x.Storage}|{y.DType}|{res is not null}";
         var (gx, gy) = Wgsl.Grid(n, outsPerGroup, g.Device.Limits.MaxWorkgroupsPerDimension);
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("matvec", key), () => MatVecCode(x, y, packed, vec, xvec, per, t, wg, (int)rows),
-            $"MatVec{(packed ? "_f16" : "")}{(vec ? "_v" : "")}_t{t}", [x, y, wt], meta, gx, gy);
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("matvec", key), () => MatVecCode(x, y, packed, vec, xvec, per, t, wg, (int)rows, res is not null),
+            $"MatVec{(packed ? "_f16" : "")}{(vec ? "_v" : "")}_t{t}{(res is null ? "" : "_add")}", res is null ? [x, y, wt] : [x, y, wt, res], meta, gx, gy);
     }
 
-    static string MatVecCode(GpuTensor x, GpuTensor y, bool packed, bool vec, bool xvec, int per, int t, int wg, int rows)
+    static string MatVecCode(GpuTensor x, GpuTensor y, bool packed, bool vec, bool xvec, int per, int t, int wg, int rows, bool res)
     {
         // NOTE: bindings: x=0, y=1, wt=2, meta=3; x and the weight are declared by hand for vector loads. The rows are
         // unrolled (one accumulator each, no dynamically indexed private array: drivers spill those to memory).
@@ -187,7 +203,9 @@ public static class MatMul
             _ => $"    let wv = wt_b[wrow * (K / {per}u) + kk];\n",
         };
         var rs = Enumerable.Range(0, rows).ToArray();
-        w.Decl($"@group(0) @binding(2) var<storage, read> wt_b: array<{elem}>;\nvar<workgroup> red: array<f32, {wg * rows}>;");
+        w.Decl($"@group(0) @binding(2) var<storage, read> wt_b: array<{elem}>;\nvar<workgroup> red: array<f32, {wg * rows}>;" +
+               (res ? "\n@group(0) @binding(3) var<storage, read> res_b: array<f32>;" : ""));
+        string plus(int r) => res ? $" + res_b[{r}u * N + wrow]" : "";
         string body = $$"""
   let N = md[0]; let K = md[1];
   let t = lid.x % {{t}}u;
@@ -206,9 +224,9 @@ public static class MatMul
     workgroupBarrier();
   }
   if (t == 0u && wrow < N) {
-{{string.Concat(rs.Select(r => $"    y_st({r}u * N + wrow, red[{r * wg}u + lid.x]);\n"))}}  }
+{{string.Concat(rs.Select(r => $"    y_st({r}u * N + wrow, red[{r * wg}u + lid.x]{plus(r)});\n"))}}  }
 """;
         string code = w.Build(body, elementwise: false);
-        return code.Replace("@binding(2) var<storage, read> md", "@binding(3) var<storage, read> md");
+        return code.Replace("@binding(2) var<storage, read> md", $"@binding({(res ? 4 : 3)}) var<storage, read> md");
     }
 }
