@@ -245,6 +245,18 @@ fn mod_u32(a: u32, b: u32) -> u32 { return select(a % b, 0u, b == 0u); }
 
     /// <summary>Runs <paramref name="expr"/> over the broadcast of <paramref name="inputs"/> into a new tensor of
     /// <paramref name="outType"/>.</summary>
+    /// <summary>Metadata of a broadcast kernel over inputs <c>x0, x1, …</c>: element count, output shape, each
+    /// input's broadcast strides (offset targets for <see cref="Wgsl.Offsets"/>); flat when no input broadcasts.</summary>
+    public static (Meta Meta, int ShapeAt, (string, int, int)[] Targets, bool Flat, int Rank) Layout(GpuTensor[] inputs, long[] outShape, long length)
+    {
+        var meta = new Meta();
+        meta.Add(length);
+        int shapeAt = meta.AddAll(outShape);
+        var targets = new (string, int, int)[inputs.Length];
+        for (int k = 0; k < inputs.Length; k++) targets[k] = ($"x{k}", meta.AddAll(ShapeUtil.BroadcastStrides(inputs[k].Shape, outShape)), -1);
+        return (meta, shapeAt, targets, inputs.All(t => ShapeUtil.SameShape(t.Shape, outShape)), outShape.Length);
+    }
+
     static Value?[] Map(WebGpuPlatform g, NodeContext ctx, GpuTensor[] inputs, DType outType, Expr expr)
     {
         var outShape = ShapeUtil.Broadcast(inputs.Select(t => t.Shape).ToArray());
@@ -252,13 +264,7 @@ fn mod_u32(a: u32, b: u32) -> u32 { return select(a % b, 0u, b == 0u); }
         foreach (var t in inputs) if (t.Storage == GpuStorage.I32) GpuOps.CheckNotSaturated(t, ctx);
         var y = g.Empty(outType, outShape);
         if (y.Length == 0) return [y];
-        bool flat = inputs.All(t => ShapeUtil.SameShape(t.Shape, outShape));
-        int rank = outShape.Length;
-        var meta = new Meta();
-        meta.Add(y.Length);
-        int shapeAt = meta.AddAll(outShape);
-        var targets = new (string, int, int)[inputs.Length];
-        for (int k = 0; k < inputs.Length; k++) targets[k] = ($"x{k}", meta.AddAll(ShapeUtil.BroadcastStrides(inputs[k].Shape, outShape)), -1);
+        var (meta, shapeAt, targets, flat, rank) = Kernels.Elementwise.Layout(inputs, outShape, y.Length);
         var key = new WebGpuPlatform.KernelKey("map", $"{string.Join(",", storages)}|{rank}|{flat}|{outType}", ctx.Node);
         g.Launch(key, () =>
         {

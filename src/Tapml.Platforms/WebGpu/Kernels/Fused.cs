@@ -64,13 +64,7 @@ public static class Fused
         var outShape = ShapeUtil.Broadcast(inputs.Select(t => t.Shape).ToArray());
         var y = g.Empty(DType.Float32, outShape);
         if (y.Length == 0) return y;
-        bool flat = inputs.All(t => ShapeUtil.SameShape(t.Shape, outShape));
-        int rank = outShape.Length;
-        var meta = new Meta();
-        meta.Add(y.Length);
-        int shapeAt = meta.AddAll(outShape);
-        var targets = new (string, int, int)[inputs.Length];
-        for (int k = 0; k < inputs.Length; k++) targets[k] = ($"x{k}", meta.AddAll(ShapeUtil.BroadcastStrides(inputs[k].Shape, outShape)), -1);
+        var (meta, shapeAt, targets, flat, rank) = Kernels.Elementwise.Layout(inputs, outShape, y.Length);
         var storages = inputs.Select(t => t.Storage).ToArray();
         var key = new WebGpuPlatform.KernelKey("fused", $"{string.Join(",", storages)}|{rank}|{flat}", ctx.Node);
         g.Launch(key, () =>
