@@ -30,6 +30,9 @@ public sealed unsafe class DawnDevice : IDisposable
     readonly List<nint> _bindGroups = new();
     // Buffers the recorded (not yet submitted) work binds: a queue write to one of them must submit that work first.
     readonly HashSet<nint> _recorded = new();
+    int _sinceSubmit;
+    bool _timing;
+    const int AutoSubmit = 48;
     readonly Dictionary<string, GpuPipeline> _pipelines = new();
     readonly Dictionary<ulong, List<nint>> _pool = new();
     GCHandle _eventSink;
@@ -334,6 +337,9 @@ public sealed unsafe class DawnDevice : IDisposable
         Wgpu.ComputePassDispatch(_pass, gx, gy, gz);
         Dispatches++;
         ThrowIfFailed($"dispatching {p.Label}");
+        // Submit every AutoSubmit dispatches so the GPU runs while the host records the rest (a decode step would
+        // otherwise reach the GPU only at its readback). Not inside a timed pass.
+        if (++_sinceSubmit >= AutoSubmit && !_timing) Flush();
     }
 
     // Bind groups by (layout, buffers, sizes, meta offset): a decode step repeats the last one's dispatches with the
@@ -432,6 +438,7 @@ public sealed unsafe class DawnDevice : IDisposable
         foreach (var bg in _bindGroups) Wgpu.BindGroupRelease(bg);
         _bindGroups.Clear();
         _recorded.Clear();
+        _sinceSubmit = 0;
         Submits++;
         ThrowIfFailed("submitting work");
     }
@@ -488,7 +495,9 @@ public sealed unsafe class DawnDevice : IDisposable
             var pd = stackalloc nint[4]; // {next, label.data, label.length, timestampWrites}
             pd[0] = 0; pd[1] = 0; pd[2] = 0; pd[3] = (nint)tw;
             _pass = Wgpu.CommandEncoderBeginComputePass(_encoder, (nint)pd);
-            record();
+            _timing = true;
+            try { record(); }
+            finally { _timing = false; }
             EndPass();
             Wgpu.CommandEncoderResolveQuerySet(_encoder, qs, 0, 2, resolve, 0);
             Flush();
