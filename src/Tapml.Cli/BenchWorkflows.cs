@@ -69,7 +69,7 @@ static class BenchWorkflows
             for (int i = 0; i < runs; i++)
             {
                 var dev = (p as Tapml.Platforms.WebGpu.WebGpuPlatform)?.Device;
-                var (d0, s0, r0, w0) = dev is null ? (0L, 0L, 0L, 0.0) : (dev.Dispatches, dev.Submits, dev.Readbacks, dev.WaitMs);
+                var before = dev?.Counters ?? default;
                 var r = Generation.Greedy(exec, model, prompt, newTokens);
                 if (best is null || r.DecodeTokensPerSecond > best.DecodeTokensPerSecond)
                 {
@@ -78,9 +78,8 @@ static class BenchWorkflows
                     // and the share of the run's wall time the host spent waiting for the GPU.
                     if (dev is not null)
                     {
-                        int steps = r.DecodeSteps + 1;
-                        counters = $"{(dev.Dispatches - d0) / (double)steps:F0} dispatches, {(dev.Submits - s0) / (double)steps:F1} submits, " +
-                                   $"{(dev.Readbacks - r0) / (double)steps:F1} readbacks per step; waiting for the GPU {(dev.WaitMs - w0) / (r.PrefillMs + r.DecodeMs) * 100:F0}% of the run";
+                        var run = dev.Counters - before;
+                        counters = $"{run.PerStep(r.DecodeSteps + 1)}; waiting for the GPU {run.WaitMs / (r.PrefillMs + r.DecodeMs) * 100:F0}% of the run";
                     }
                 }
             }

@@ -77,8 +77,7 @@ static class GenerateVerb
             Console.WriteLine();
             if (tokenizer is not null) Console.WriteLine($"tokens: {string.Join(",", r.Tokens)}");
             if (p is Tapml.Platforms.WebGpu.WebGpuPlatform wg)
-                Console.Error.WriteLine($"webgpu: {wg.Device.Dispatches / (double)(r.DecodeSteps + 1):F0} dispatches, {wg.Device.Submits / (double)(r.DecodeSteps + 1):F1} submits, " +
-                    $"{wg.Device.Readbacks / (double)(r.DecodeSteps + 1):F1} readbacks per run (prefill and decode steps); {wg.Device.PipelineCount} pipelines");
+                Console.Error.WriteLine($"webgpu: {wg.Device.Counters.PerStep(r.DecodeSteps + 1)} (prefill and decode steps); {wg.Device.PipelineCount} pipelines");
             Console.WriteLine($"prefill {r.PromptTokens} tokens in {r.PrefillMs:F1} ms ({r.PrefillTokensPerSecond:F1} tokens/s); decode {r.DecodeSteps} tokens in {r.DecodeMs:F1} ms ({r.DecodeTokensPerSecond:F1} tokens/s) on {p.Name}");
             if (pr.GetValue(json) is { } jsonPath)
             {

@@ -11,6 +11,17 @@ public sealed record GpuAdapterInfo(string Vendor, string Architecture, string D
 public sealed record GpuLimits(long MaxStorageBindingBytes, long MaxBufferBytes, int MaxWorkgroupSizeX, int MaxInvocationsPerWorkgroup,
     int MaxWorkgroupStorageBytes, int MaxWorkgroupsPerDimension, int MaxStorageBuffersPerStage, int MinStorageOffsetAlignment);
 
+/// <summary>Dispatches, submits and readbacks recorded, and host time spent waiting for readbacks (ms).</summary>
+public readonly record struct DeviceCounters(long Dispatches, long Submits, long Readbacks, double WaitMs)
+{
+    public static DeviceCounters operator -(DeviceCounters a, DeviceCounters b) =>
+        new(a.Dispatches - b.Dispatches, a.Submits - b.Submits, a.Readbacks - b.Readbacks, a.WaitMs - b.WaitMs);
+
+    /// <summary>"N dispatches, N submits, N readbacks per step" over <paramref name="steps"/> graph runs.</summary>
+    public string PerStep(int steps) =>
+        $"{Dispatches / (double)steps:F0} dispatches, {Submits / (double)steps:F1} submits, {Readbacks / (double)steps:F1} readbacks per step";
+}
+
 /// <summary>A compiled compute pipeline and its bind-group layout.</summary>
 public sealed class GpuPipeline(nint handle, nint layout, string label, string code)
 {
@@ -55,6 +66,9 @@ public sealed unsafe class DawnDevice : IDisposable
     /// <summary>Host time spent waiting for readbacks (the GPU finishing queued work), milliseconds.</summary>
     public double WaitMs { get; private set; }
     public long PooledBytes { get; private set; }
+
+    /// <summary>The work counters now (subtract two to measure a stretch of work).</summary>
+    public DeviceCounters Counters => new(Dispatches, Submits, Readbacks, WaitMs);
 
     /// <param name="backend">"" (best adapter), "vulkan" or "gles".</param>
     /// <param name="maxBindingBytes">Lower maxStorageBufferBindingSize to this (0: the adapter's maximum).</param>
@@ -251,9 +265,13 @@ public sealed unsafe class DawnDevice : IDisposable
     public void TrimPool()
     {
         Flush();
+        DestroyPool();
+    }
+
+    void DestroyPool()
+    {
         ClearBindGroups();
-        foreach (var s in _pool.Values)
-            { foreach (var b in s) { Wgpu.BufferDestroy(b); Wgpu.BufferRelease(b); } s.Clear(); }
+        foreach (var s in _pool.Values) { foreach (var b in s) { Wgpu.BufferDestroy(b); Wgpu.BufferRelease(b); } s.Clear(); }
         PooledBytes = 0;
     }
 
@@ -345,13 +363,13 @@ public sealed unsafe class DawnDevice : IDisposable
     // Bind groups by (layout, buffers, sizes, meta offset): a decode step repeats the last one's dispatches with the
     // same pooled buffers at the same metadata offsets, so most of its bind groups already exist. Entries naming a
     // destroyed buffer are released with it (a handle value can come back for a new buffer).
-    sealed class CachedGroup(nint group, nint layout, BindGroupEntry[] entries)
+    sealed class CachedGroup(nint group, BindGroupEntry[] entries)
     {
-        public readonly nint Group = group, Layout = layout;
+        public readonly nint Group = group;
         public readonly BindGroupEntry[] Entries = entries;
     }
-    readonly Dictionary<ulong, CachedGroup> _groups = new();
-    readonly Dictionary<nint, List<ulong>> _groupsByBuffer = new();
+    readonly Dictionary<(nint Layout, int Hash), CachedGroup> _groups = new();
+    readonly Dictionary<nint, List<(nint, int)>> _groupsByBuffer = new();
     const int MaxCachedGroups = 8192;
 
     nint CachedBindGroup(GpuPipeline p, BindGroupEntry* entries, int count)
@@ -359,8 +377,8 @@ public sealed unsafe class DawnDevice : IDisposable
         var h = new HashCode();
         h.Add(p.Layout);
         for (int i = 0; i < count; i++) { h.Add(entries[i].Buffer); h.Add(entries[i].Offset); h.Add(entries[i].Size); }
-        ulong key = (ulong)(uint)h.ToHashCode() | (ulong)(uint)count << 32 | (ulong)(p.Layout & 0xffff) << 40;
-        if (_groups.TryGetValue(key, out var c) && c.Layout == p.Layout && c.Entries.Length == count)
+        var key = (p.Layout, h.ToHashCode());
+        if (_groups.TryGetValue(key, out var c) && c.Entries.Length == count)
         {
             bool same = true;
             for (int i = 0; i < count && same; i++)
@@ -374,10 +392,10 @@ public sealed unsafe class DawnDevice : IDisposable
         if (_groups.Count >= MaxCachedGroups) ClearBindGroups();
         var copy = new BindGroupEntry[count];
         for (int i = 0; i < count; i++) copy[i] = entries[i];
-        _groups[key] = new CachedGroup(bg, p.Layout, copy);
+        _groups[key] = new CachedGroup(bg, copy);
         for (int i = 0; i < count; i++)
         {
-            if (!_groupsByBuffer.TryGetValue(entries[i].Buffer, out var list)) _groupsByBuffer[entries[i].Buffer] = list = new List<ulong>();
+            if (!_groupsByBuffer.TryGetValue(entries[i].Buffer, out var list)) _groupsByBuffer[entries[i].Buffer] = list = new();
             list.Add(key);
         }
         return bg;
@@ -516,8 +534,7 @@ public sealed unsafe class DawnDevice : IDisposable
         try { if (!_lost) Flush(); } catch (TapmlException) { }
         foreach (var p in _pipelines.Values) { Wgpu.BindGroupLayoutRelease(p.Layout); Wgpu.ComputePipelineRelease(p.Handle); }
         _pipelines.Clear();
-        ClearBindGroups();
-        foreach (var s in _pool.Values) { foreach (var b in s) { Wgpu.BufferDestroy(b); Wgpu.BufferRelease(b); } s.Clear(); }
+        DestroyPool();
         if (_meta != 0) { Wgpu.BufferDestroy(_meta); Wgpu.BufferRelease(_meta); _meta = 0; }
         Wgpu.QueueRelease(_queue);
         Wgpu.DeviceDestroy(_device);

@@ -136,14 +136,23 @@ public sealed class WebGpuPlatform : IPlatform
     /// WGSL kernel still shows in conformance and replay. Only sizes and indices are read from shadows.</summary>
     void Shadow(GpuKernel k, NodeContext ctx, GpuTensor?[] ins, Value?[] outs)
     {
-        if (k.NoShadow) return;
         foreach (var o in outs)
             if (o is GpuTensor g && (g.Length > ShadowMaxElements || g.Storage == GpuStorage.F32 || g.Storage == GpuStorage.F16x2)) return;
+        if (RunOnHost(k, ctx, ins) is not { } r) return;
+        for (int i = 0; i < outs.Length && i < r.Length; i++)
+            if (outs[i] is GpuTensor g && r[i] is Tensor t && ShapeUtil.SameShape(t.Shape, g.Shape) && t.DType == g.DType) g.Shadow = t;
+    }
+
+    /// <summary>Runs the node on the cpu reference when every input is small and known on the host (else null).
+    /// A node the cpu cannot run this way is not tried again.</summary>
+    Value?[]? RunOnHost(GpuKernel k, NodeContext ctx, GpuTensor?[] ins)
+    {
+        if (k.NoShadow) return null;
         var host = new Value?[ins.Length];
         for (int i = 0; i < ins.Length; i++)
         {
             if (ins[i] is not { } t) continue;
-            if (t.Length > ShadowMaxElements || HostValue(t) is not { } h) return;
+            if (t.Length > ShadowMaxElements || HostValue(t) is not { } h) return null;
             host[i] = h;
         }
         try
@@ -151,14 +160,12 @@ public sealed class WebGpuPlatform : IPlatform
             if (k.HostKernel is null)
             {
                 var types = host.Select(v => v is Tensor t ? TypeRef.TensorOf(t.DType, t.Shape) : null).ToArray();
-                if (!_host.Supports(k.Node, ctx, types).IsSupported) { k.NoShadow = true; return; }
+                if (!_host.Supports(k.Node, ctx, types).IsSupported) { k.NoShadow = true; return null; }
                 k.HostKernel = _host.Prepare(k.Node, ctx, types);
             }
-            var r = _host.Run(k.HostKernel, ctx, host);
-            for (int i = 0; i < outs.Length && i < r.Length; i++)
-                if (outs[i] is GpuTensor g && r[i] is Tensor t && ShapeUtil.SameShape(t.Shape, g.Shape) && t.DType == g.DType) g.Shadow = t;
+            return _host.Run(k.HostKernel, ctx, host);
         }
-        catch (TapmlException) { k.NoShadow = true; }
+        catch (TapmlException) { k.NoShadow = true; return null; }
     }
 
     /// <summary>Shape arithmetic on the host: a node whose inputs are all known there (small), at least one of
@@ -169,34 +176,14 @@ public sealed class WebGpuPlatform : IPlatform
     /// one node always run its WGSL kernel.</summary>
     Value?[]? OnHost(GpuKernel k, NodeContext ctx, GpuTensor?[] ins)
     {
-        if (k.NoShadow || k.Node.OpType is "Shape" or "Size") return null;
-        bool fromShape = false;
-        var host = new Value?[ins.Length];
-        for (int i = 0; i < ins.Length; i++)
-        {
-            if (ins[i] is not { } t) continue;
-            if (t.Length > ShadowMaxElements || HostValue(t) is not { } h) return null;
-            fromShape |= t.FromShape;
-            host[i] = h;
-        }
-        if (!fromShape) return null;
-        Value?[] r;
-        try
-        {
-            if (k.HostKernel is null)
-            {
-                var types = host.Select(v => v is Tensor t ? TypeRef.TensorOf(t.DType, t.Shape) : null).ToArray();
-                if (!_host.Supports(k.Node, ctx, types).IsSupported) { k.NoShadow = true; return null; }
-                k.HostKernel = _host.Prepare(k.Node, ctx, types);
-            }
-            r = _host.Run(k.HostKernel, ctx, host);
-        }
-        catch (TapmlException) { k.NoShadow = true; return null; }
+        if (k.Node.OpType is "Shape" or "Size" || !ins.Any(t => t is { FromShape: true })) return null;
+        if (RunOnHost(k, ctx, ins) is not { } r) return null;
         var outs = new Value?[r.Length];
         for (int i = 0; i < r.Length; i++)
         {
             if (r[i] is not Tensor t) { outs[i] = r[i]; continue; }
-            if (t.Length > ShadowMaxElements || Wgsl.StorageOf(t.DType) is null) return DiscardHost(k);
+            // A result too large (or of no WGSL type) to keep as shape metadata: this node runs its kernel from now on.
+            if (t.Length > ShadowMaxElements || Wgsl.StorageOf(t.DType) is null) { k.NoShadow = true; return null; }
             outs[i] = Deferred(t);
         }
         return outs;
@@ -204,8 +191,6 @@ public sealed class WebGpuPlatform : IPlatform
 
     /// <summary>The output of Shape/Size: metadata, uploaded only if a kernel binds it.</summary>
     public GpuTensor ShapeValue(Tensor t) => Deferred(t);
-
-    Value?[]? DiscardHost(GpuKernel k) { k.NoShadow = true; return null; }
 
     /// <summary>A small host-computed value as a GPU tensor whose buffer is made when a kernel first binds it.</summary>
     GpuTensor Deferred(Tensor t)

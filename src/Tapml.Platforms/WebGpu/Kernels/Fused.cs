@@ -6,7 +6,7 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 
 /// <summary><c>tapml.Fused</c> regions (<see cref="Fusion"/>) as one kernel each: <c>elementwise</c> composes the
 /// body's expressions into one broadcast kernel, <c>rms_norm</c> reduces and scales a row in one workgroup,
-/// <c>rotary</c> rotates halves of the last axis. A region outside what a kernel handles (other dtypes, a shape the
+/// <c>rotary</c> rotates halves of the last axis, <c>matmul_add</c> adds in the matrix-vector epilogue. A region outside what a kernel handles (other dtypes, a shape the
 /// pattern did not promise, too many bindings) runs its body node by node on the GPU: same result, more dispatches.</summary>
 public static class Fused
 {

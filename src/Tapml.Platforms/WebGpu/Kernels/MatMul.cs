@@ -156,14 +156,14 @@ public static class MatMul
             (uint)((n + 63) / 64), (uint)((m + 63) / 64), (uint)batches);
     }
 
-    /// <summary>y[r, j] = Σ_k x[r, k]·wt[j, k] for a few rows r. <c>T</c> threads per output (256 for long rows,
-    /// 64 for short, 32 for packed f16: 8 halves per load), 256 per workgroup; each thread strides the row in 16-byte
+    /// <summary>y[r, j] = Σ_k x[r, k]·wt[j, k] (+ res[r, j]) for a few rows r. <c>T</c> threads per output (32–256 by
+    /// row length; 32 for packed f16: 8 halves per load), 256 per workgroup; each thread strides the row in 16-byte
     /// loads of the weight and of x (when x is f32 and K a multiple of 4), every weight element read once for all
     /// rows; partial sums tree-reduced in workgroup memory.</summary>
     static void MatVec(WebGpuPlatform g, GpuTensor x, GpuTensor wt, GpuTensor y, long rows, long n, long k, GpuTensor? res = null)
     {
         var meta = new Meta();
-        meta.Add(n); meta.Add(k); meta.Add(rows);
+        meta.Add(n); meta.Add(k);                   // the row count is baked into the kernel
         bool packed = wt.Storage == GpuStorage.F16x2;
         bool vec = packed ? k % 8 == 0 : k % 4 == 0;
         bool xvec = vec && x.Storage == GpuStorage.F32;
@@ -181,7 +181,7 @@ public static class MatMul
 
     static string MatVecCode(GpuTensor x, GpuTensor y, bool packed, bool vec, bool xvec, int per, int t, int wg, int rows, bool res)
     {
-        // NOTE: bindings: x=0, y=1, wt=2, meta=3; x and the weight are declared by hand for vector loads. The rows are
+        // NOTE: bindings: x=0, y=1, wt=2, res=3 when there is one, then meta; x and the weight are declared by hand for vector loads. The rows are
         // unrolled (one accumulator each, no dynamically indexed private array: drivers spill those to memory).
         var w = new Wgsl(wg);
         if (xvec) w.Reserve().Decl("@group(0) @binding(0) var<storage, read> xv_b: array<vec4<f32>>;");
@@ -193,8 +193,7 @@ public static class MatMul
         {
             (false, true) => $"    p{r} += dot(wv, {xs($"{r}u * K + kk * 4u")});\n",
             (true, true) => $"    p{r} += dot(w01, {xs($"{r}u * K + kk * 8u")}) + dot(w23, {xs($"{r}u * K + kk * 8u + 4u")});\n",
-            (false, false) => $"    p{r} += wv * f32(x({r}u * K + kk));\n",
-            (true, false) => $"    p{r} += wv * f32(x({r}u * K + kk));\n",
+            (_, false) => $"    p{r} += wv * f32(x({r}u * K + kk));\n",
         };
         string fetch = (packed, vec) switch
         {
