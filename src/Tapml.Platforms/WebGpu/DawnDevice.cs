@@ -551,6 +551,9 @@ public sealed unsafe class DawnDevice : IDisposable
     public void Destroy(nint buffer)
     {
         if (_device == 0) return;
+        // Work recorded but not yet submitted may bind it (a weight or feed whose host tensor was just collected):
+        // submit that first, a destroyed buffer cannot be used in a submit.
+        if (_recorded.Contains(buffer)) Flush();
         ForgetBuffer(buffer);
         Wgpu.BufferDestroy(buffer);
         Wgpu.BufferRelease(buffer);
