@@ -19,6 +19,14 @@ public sealed record FusionReport(int NodesBefore, int NodesAfter, IReadOnlyDict
 /// <c>half</c>.</item>
 /// <item><c>matmul_add</c>: Add(MatMul(x, W), r) with W a 2-D initializer (a residual or bias added in the
 /// matrix-vector kernel's epilogue).</item>
+/// <item><c>attention</c>: Softmax(mask(MatMul(q, Transpose(K′, [0,1,3,2])) · scale)) → MatMul(·, V′) on rank-4
+/// [batch, heads, seq, head_dim] values, where the mask is optional Where(cond, ·, fill) or Add(·, m), the scale an
+/// optional Mul/Div by a constant, and K′/V′ either K/V or HF's repeat_kv (Unsqueeze(axis 2) → Expand → Reshape) of
+/// them; an operand's Transpose from [batch, seq, heads, head_dim] is read through strides instead. Kernel inputs
+/// q, K, V, [mask]; attributes <c>scale</c>, <c>mask</c> (none|where|add), <c>fill</c>, <c>q_layout</c>/<c>k_layout</c>/
+/// <c>v_layout</c> (bthd when read that way), <c>k_expand</c>/<c>k_reshape</c>/<c>v_expand</c>/<c>v_reshape</c> (the
+/// repeat_kv constants; absent without it). The
+/// kernel checks at run time that the shapes mean what the pattern assumes, else the body runs.</item>
 /// <item><c>elementwise</c>: a tree of float element-wise ops (broadcasting) whose intermediates have no
 /// other consumer.</item>
 /// </list>
@@ -44,6 +52,8 @@ public static class Fusion
             if (!taken[i] && ctx.RmsNorm(i) is { } r) Take(r.Nodes, r.Inputs, "rms_norm", new() { ["epsilon"] = Attr.Of(r.Eps) });
         for (int i = 0; i < g.Nodes.Count; i++)
             if (!taken[i] && ctx.Rotary(i, taken) is { } r) Take(r.Nodes, r.Inputs, "rotary", new() { ["half"] = Attr.Of(r.Half), ["rank4"] = Attr.Of(r.Rank4 ? 1L : 0L) });
+        for (int i = 0; i < g.Nodes.Count; i++)
+            if (!taken[i] && ctx.Attention(i, taken) is { } r) Take(r.Nodes, r.Inputs, "attention", r.Attrs);
         for (int i = 0; i < g.Nodes.Count; i++)
             if (!taken[i] && ctx.MatMulAdd(i, taken) is { } r) Take(r.Nodes, r.Inputs, "matmul_add", new());
         // Element-wise trees, grown backwards from each sink (last node first, so a sink takes its whole tree).
@@ -102,6 +112,7 @@ public static class Fusion
         readonly int _opset;
         readonly Dictionary<string, int> _producer = new();
         readonly Dictionary<string, int> _uses = new();
+        readonly Dictionary<string, List<int>> _consumers = new();
 
         public Matcher(Graph g, int opset)
         {
@@ -110,7 +121,13 @@ public static class Fusion
             for (int i = 0; i < g.Nodes.Count; i++)
             {
                 foreach (var o in g.Nodes[i].Outputs) if (o.Length > 0) _producer[o] = i;
-                foreach (var s in g.Nodes[i].Inputs) if (s.Length > 0) _uses[s] = _uses.GetValueOrDefault(s) + 1;
+                foreach (var s in g.Nodes[i].Inputs)
+                {
+                    if (s.Length == 0) continue;
+                    _uses[s] = _uses.GetValueOrDefault(s) + 1;
+                    if (!_consumers.TryGetValue(s, out var list)) _consumers[s] = list = new();
+                    list.Add(i);
+                }
                 foreach (var sub in g.Nodes[i].Subgraphs)
                     foreach (var s in sub.OuterReferences()) _uses[s] = _uses.GetValueOrDefault(s) + 1;
             }
@@ -193,7 +210,8 @@ public static class Fusion
                     if (h.Inputs[0] != l.Inputs[0] || h.Inputs.Length < 4 || l.Inputs.Length < 4 || _opset < 10) continue;
                     string x = h.Inputs[0];
                     long[]? hs = Ints(h.Inputs[1]), he = Ints(h.Inputs[2]), ha = Ints(h.Inputs[3]), ls = Ints(l.Inputs[1]), le = Ints(l.Inputs[2]), la = Ints(l.Inputs[3]);
-                    if (hs is not [var half] || ls is not [0] || le is not [var half2] || half != half2 || half <= 0 || he is not [var end] || end != 2 * half) continue;
+                    if (hs is not [var half] || ls is not [0] || le is not [var half2] || half != half2 || half <= 0 || he is not [var end] || end < 2 * half) continue;
+                    // An end past 2·half (PyTorch writes INT64_MAX) clamps to it: the kernel checks the last dim is 2·half.
                     // Every axis names the last one: -1, or 3 (then the kernel checks that x has rank 4).
                     if (ha is not ([-1] or [3]) || la is not ([-1] or [3])) continue;
                     bool rank4 = ha[0] == 3 || la[0] == 3 || c.Attributes.GetValueOrDefault("axis")?.I == 3;
@@ -226,6 +244,123 @@ public static class Fusion
                 return ([.. new[] { mm, addIdx }.Order()], [m.Inputs[0], m.Inputs[1], add.Inputs[1 - side]]);
             }
             return null;
+        }
+
+        static bool Default(Node n) => n.Domain is "" or "ai.onnx";
+
+        /// <summary>Scaled-dot-product attention ending in <paramref name="smIdx"/>'s Softmax (see the class summary).</summary>
+        public (List<int> Nodes, List<string> Inputs, Dictionary<string, Attr> Attrs)? Attention(int smIdx, bool[] taken)
+        {
+            var sm = N(smIdx);
+            if (sm.OpType != "Softmax" || !Default(sm) || sm.Inputs.Length != 1) return null;
+            long axis = sm.Attributes.GetValueOrDefault("axis")?.I ?? (_opset >= 13 ? -1 : 1);
+            if (axis is not (-1 or 3)) return null;
+            if (_uses.GetValueOrDefault(sm.Outputs[0]) != 1 || _consumers[sm.Outputs[0]] is not [int pvIdx]) return null;
+            var pv = N(pvIdx);
+            if (pv.OpType != "MatMul" || !Default(pv) || pv.Inputs[0] != sm.Outputs[0]) return null;
+            var nodes = new List<int> { smIdx, pvIdx };
+            var attrs = new Dictionary<string, Attr>();
+            string cur = sm.Inputs[0];
+            string? mask = null;
+            string maskKind = "none";
+            if (Only(cur, "Where") is int wh && Const(N(wh).Inputs[2]) is double fill)
+            {
+                mask = N(wh).Inputs[0]; cur = N(wh).Inputs[1]; maskKind = "where";
+                attrs["fill"] = Attr.Of((float)fill);
+                nodes.Add(wh);
+            }
+            else if (Only(cur, "Add") is int ad)
+            {
+                // The side that leads to the q·kᵀ product is the scores; the other is an additive mask.
+                var a = N(ad);
+                int side = LeadsToScores(a.Inputs[0]) ? 0 : LeadsToScores(a.Inputs[1]) ? 1 : -1;
+                if (side < 0) return null;
+                cur = a.Inputs[side]; mask = a.Inputs[1 - side]; maskKind = "add";
+                nodes.Add(ad);
+            }
+            double scale = 1;
+            if (Only(cur, "Mul") is int mu)
+            {
+                var m = N(mu);
+                int cs = Const(m.Inputs[1]) is not null ? 1 : Const(m.Inputs[0]) is not null ? 0 : -1;
+                if (cs < 0) return null;
+                scale = Const(m.Inputs[cs])!.Value; cur = m.Inputs[1 - cs];
+                nodes.Add(mu);
+            }
+            else if (Only(cur, "Div") is int dv && Const(N(dv).Inputs[1]) is double div)
+            {
+                scale = 1 / div; cur = N(dv).Inputs[0];
+                nodes.Add(dv);
+            }
+            if (Only(cur, "MatMul") is not int qk) return null;
+            if (Only(N(qk).Inputs[1], "Transpose") is not int tr) return null;
+            nodes.Add(qk); nodes.Add(tr);
+            string q = HeadsFirst(N(qk).Inputs[0], nodes, attrs, "q");
+            string? k, v;
+            switch (N(tr).Attributes.GetValueOrDefault("perm")?.Ints)
+            {
+                case [0, 1, 3, 2]:
+                    k = RepeatKv(N(tr).Inputs[0], nodes, attrs, "k");
+                    if (k == N(tr).Inputs[0]) k = HeadsFirst(k, nodes, attrs, "k");
+                    break;
+                case [0, 2, 3, 1]:          // kᵀ straight from [batch, seq, heads, head_dim] (GPT-2's export)
+                    k = N(tr).Inputs[0];
+                    attrs["k_layout"] = Attr.Of("bthd");
+                    break;
+                default: return null;
+            }
+            v = RepeatKv(pv.Inputs[1], nodes, attrs, "v");
+            if (v == pv.Inputs[1]) v = HeadsFirst(v, nodes, attrs, "v");
+            if (k is null || v is null) return null;
+            if (nodes.Any(n => taken[n])) return null;
+            nodes.Sort();
+            attrs["scale"] = Attr.Of((float)scale);
+            attrs["mask"] = Attr.Of(maskKind);
+            var inputs = new List<string> { q, k, v };
+            if (mask is not null) inputs.Add(mask);
+            var inside = new HashSet<string>(nodes.Select(n => N(n).Outputs[0]));
+            foreach (var s in nodes.SelectMany(n => N(n).Inputs))
+                if (s.Length > 0 && !inside.Contains(s) && !inputs.Contains(s)) inputs.Add(s);
+            // Kernel order is q, K, V, mask: a value appearing twice (K = V, mask = q …) cannot keep that order.
+            if (inputs.Take(mask is null ? 3 : 4).Distinct().Count() != (mask is null ? 3 : 4)) return null;
+            return (nodes, inputs, attrs);
+        }
+
+        /// <summary>A [batch, heads, seq, head_dim] operand made by Transpose(x, [0,2,1,3]) of a [batch, seq, heads,
+        /// head_dim] x used only here: the kernel reads x with those strides (<c>X_layout</c> = bthd) instead.</summary>
+        string HeadsFirst(string value, List<int> nodes, Dictionary<string, Attr> attrs, string which)
+        {
+            if (Only(value, "Transpose") is not int tr || N(tr).Attributes.GetValueOrDefault("perm")?.Ints is not [0, 2, 1, 3]) return value;
+            nodes.Add(tr);
+            attrs[which + "_layout"] = Attr.Of("bthd");
+            return N(tr).Inputs[0];
+        }
+
+        bool LeadsToScores(string value)
+        {
+            if (Only(value, "Mul") is int mu) value = N(mu).Inputs[Const(N(mu).Inputs[1]) is not null ? 0 : 1];
+            else if (Only(value, "Div") is int dv) value = N(dv).Inputs[0];
+            return Only(value, "MatMul") is int qk && Only(N(qk).Inputs[1], "Transpose") is not null;
+        }
+
+        /// <summary>HF repeat_kv (Unsqueeze axis 2 → Expand to a constant 5-D shape → Reshape to a constant 4-D
+        /// shape) of the value it returns, or <paramref name="value"/> itself when it is not one.</summary>
+        string? RepeatKv(string value, List<int> nodes, Dictionary<string, Attr> attrs, string which)
+        {
+            if (Only(value, "Reshape") is not int rs) return value;
+            var r = N(rs);
+            // allowzero=1 reads a 0 as a zero-sized dim: the same as 0 (copy the input's) only when no entry is 0.
+            if (r.Inputs.Length < 2 || Ints(r.Inputs[1]) is not { Length: 4 } shape) return null;
+            if ((r.Attributes.GetValueOrDefault("allowzero")?.I ?? 0) != 0 && shape.Contains(0)) return null;
+            if (Only(r.Inputs[0], "Expand") is not int ex || Ints(N(ex).Inputs[1]) is not { Length: 5 } expand) return null;
+            if (Only(N(ex).Inputs[0], "Unsqueeze") is not int un) return null;
+            var u = N(un);
+            long[]? axes = _opset >= 13 ? (u.Inputs.Length > 1 ? Ints(u.Inputs[1]) : null) : u.Attributes.GetValueOrDefault("axes")?.Ints;
+            if (axes is not [2]) return null;
+            nodes.AddRange([rs, ex, un]);
+            attrs[which + "_expand"] = Attr.Of(expand);
+            attrs[which + "_reshape"] = Attr.Of(shape);
+            return u.Inputs[0];
         }
 
         public bool IsElementwise(int i)

@@ -34,6 +34,7 @@ public class FusionTests
             Assert.Equal(m.Graph.Nodes.Count(n => n.OpType == "ReduceMean"), report.Regions["rms_norm"]);
             Assert.True(report.Regions.GetValueOrDefault("rotary") == 2 * m.Graph.Nodes.Count(n => n.OpType == "Softmax"), report.ToString());
         }
+        Assert.True(report.Regions.GetValueOrDefault("attention") == m.Graph.Nodes.Count(n => n.OpType == "Softmax"), report.ToString());
         using var cpu = new Tapml.Platforms.Cpu.CpuPlatform();
         var a = new Executor(cpu).Run(m, Feeds(m));
         var b = new Executor(cpu).Run(f, Feeds(f));
@@ -106,5 +107,143 @@ public class FusionTests
         Assert.DoesNotContain("fused: ", cpu.Stderr);
         string Tokens(string s) => s.Split('\n').Single(l => l.StartsWith("tokens:", StringComparison.Ordinal));
         Assert.Equal(Tokens(cpu.Stdout), Tokens(gpu.Stdout));
+    }
+
+    /// <summary>One attention block as the builtin and HF-exported graphs write it: q·kᵀ (K, V through repeat_kv when
+    /// <paramref name="hk"/> &lt; <paramref name="h"/>), scale, mask, Softmax, ·V.</summary>
+    static (Model Model, Dictionary<string, Value> Feeds) AttentionGraph(int b, int h, int hk, int s, int t, int d, int dv, string mask, string scaleOp,
+        Func<int, int, bool>? allowed = null, long[]? expandOverride = null)
+    {
+        var g = new Graph { Name = "attn" };
+        var rng = new Random(b * 1000 + h * 100 + t);
+        Tensor Rand(params long[] shape)
+        {
+            var a = new float[ShapeUtil.Size(shape)];
+            for (int i = 0; i < a.Length; i++) a[i] = (float)(rng.NextDouble() * 2 - 1);
+            return new Tensor(DType.Float32, shape, a);
+        }
+        var feeds = new Dictionary<string, Value> { ["q"] = Rand(b, h, s, d), ["k"] = Rand(b, hk, t, d), ["v"] = Rand(b, hk, t, dv) };
+        foreach (var (name, tensor) in feeds) g.Inputs.Add(new ValueInfo(name, TypeRef.TensorOf(DType.Float32, ((Tensor)tensor).Shape)));
+        int n = 0;
+        string Node(string op, string[] ins, Dictionary<string, Attr>? attrs = null)
+        {
+            string o = $"{op.ToLowerInvariant()}_{n++}";
+            g.Nodes.Add(new Node { Name = o, OpType = op, Inputs = ins, Outputs = [o], Attributes = attrs ?? new() });
+            return o;
+        }
+        string Repeat(string x, long width)
+        {
+            if (hk == h) return x;
+            g.Initializers["axis2"] = Tensor.FromArray(new long[] { 2 }, 1);
+            g.Initializers[$"expand_{width}"] = Tensor.FromArray(expandOverride ?? [1, 1, h / hk, 1, 1], 5);
+            g.Initializers[$"merge_{width}"] = Tensor.FromArray(new long[] { 0, h, -1, width }, 4);
+            return Node("Reshape", [Node("Expand", [Node("Unsqueeze", [x, "axis2"]), $"expand_{width}"]), $"merge_{width}"]);
+        }
+        string scores = Node("MatMul", ["q", Node("Transpose", [Repeat("k", d)], new() { ["perm"] = Attr.Of(new long[] { 0, 1, 3, 2 }) })]);
+        g.Initializers["scale"] = Tensor.Scalar(scaleOp == "Div" ? (float)Math.Sqrt(d) : (float)(1 / Math.Sqrt(d)));
+        if (scaleOp != "none") scores = Node(scaleOp, [scores, "scale"]);
+        allowed ??= (i, j) => j <= t - s + i;
+        if (mask == "where")
+        {
+            var cond = new bool[s * t];
+            for (int i = 0; i < s; i++) for (int j = 0; j < t; j++) cond[i * t + j] = allowed(i, j);
+            feeds["cond"] = new Tensor(DType.Bool, [s, t], cond);
+            g.Inputs.Add(new ValueInfo("cond", TypeRef.TensorOf(DType.Bool, s, t)));
+            g.Initializers["neg_inf"] = Tensor.Scalar(float.NegativeInfinity);
+            scores = Node("Where", ["cond", scores, "neg_inf"]);
+        }
+        else if (mask == "add")
+        {
+            var add = new float[s * t];
+            for (int i = 0; i < s; i++) for (int j = 0; j < t; j++) add[i * t + j] = allowed(i, j) ? 0 : float.MinValue;
+            g.Initializers["addmask"] = new Tensor(DType.Float32, [1, 1, s, t], add);
+            scores = Node("Add", [scores, "addmask"]);
+        }
+        string probs = Node("Softmax", [scores], new() { ["axis"] = Attr.Of(-1L) });
+        string y = Node("MatMul", [probs, Repeat("v", dv)]);
+        g.Outputs.Add(new ValueInfo(y, null));
+        return (new Model { Graph = g, Opsets = new() { [""] = 17 } }, feeds);
+    }
+
+    /// <summary>The attention kernel against the cpu reference on the original graph: GQA and plain heads, one and
+    /// several query rows, more keys than one 64-key chunk, head sizes that are not powers of two, Where and additive
+    /// masks, Mul/Div/no scale, and a sliding-window mask that hides every key of the first chunk. Exactly one dispatch.</summary>
+    [Theory]
+    [InlineData("webgpu", 1, 12, 4, 1, 37, 64, 64, "where", "Mul", 0)]
+    [InlineData("webgpu:gles", 1, 12, 4, 1, 37, 64, 64, "where", "Mul", 0)]
+    [InlineData("webgpu", 2, 4, 4, 5, 150, 80, 48, "add", "Div", 0)]
+    [InlineData("webgpu", 1, 6, 2, 3, 200, 16, 130, "none", "none", 0)]
+    [InlineData("webgpu:gles", 1, 8, 2, 4, 160, 32, 32, "where", "Mul", 40)]
+    [InlineData("webgpu", 1, 2, 1, 64, 64, 16, 16, "add", "Mul", 0)]
+    public void Attention_kernel_matches_the_reference(string platform, int b, int h, int hk, int s, int t, int d, int dv, string mask, string scaleOp, int window)
+    {
+        WebGpuTests.SkipIfNoDawn(platform);
+        Func<int, int, bool>? allowed = window > 0 ? (i, j) => j <= t - s + i && j > t - s + i - window : null;
+        var (m, feeds) = AttentionGraph(b, h, hk, s, t, d, dv, mask, scaleOp, allowed);
+        var f = Fusion.Fuse(m, out var report);
+        Assert.Equal(1, report.Regions.GetValueOrDefault("attention"));
+        Assert.Single(f.Graph.Nodes);
+        using var cpu = new Tapml.Platforms.Cpu.CpuPlatform();
+        using var gpu = new WebGpuPlatform(platform);
+        var want = (Tensor)new Executor(cpu).Run(m, feeds).Values.Single();
+        long d0 = gpu.Device.Dispatches;
+        var got = (Tensor)new Executor(gpu).Run(f, feeds).Values.Single();
+        Assert.Equal(1, gpu.Device.Dispatches - d0);
+        AssertClose(want, got);
+    }
+
+    /// <summary>A pattern whose constants do not mean repeat_kv for the shapes it meets (an Expand that also
+    /// broadcasts the batch) runs the body node by node: the reference's result, more than one dispatch.</summary>
+    [Fact]
+    public void Attention_outside_the_kernel_runs_its_body()
+    {
+        WebGpuTests.SkipIfNoDawn("webgpu");
+        var (m, feeds) = AttentionGraph(1, 4, 2, 1, 10, 16, 16, "where", "Mul", expandOverride: [2, 1, 2, 1, 1]);
+        var f = Fusion.Fuse(m, out var report);
+        Assert.Equal(1, report.Regions.GetValueOrDefault("attention"));
+        using var cpu = new Tapml.Platforms.Cpu.CpuPlatform();
+        using var gpu = new WebGpuPlatform("webgpu");
+        var want = (Tensor)new Executor(cpu).Run(m, feeds).Values.Single();
+        long d0 = gpu.Device.Dispatches;
+        var got = (Tensor)new Executor(gpu).Run(f, feeds).Values.Single();
+        Assert.True(gpu.Device.Dispatches - d0 > 1);
+        AssertClose(want, got);
+    }
+
+    /// <summary>Graphs PyTorch exported (HF repeat_kv with concrete shapes, an additive mask constant, GPT-2's kᵀ
+    /// straight from [batch, seq, heads, head_dim]): every Softmax
+    /// becomes an attention region, and the fused graph on webgpu gives transformers' logits within 1e-4.</summary>
+    [Theory]
+    [InlineData("test_hf_llama")]
+    [InlineData("test_hf_qwen2")]
+    [InlineData("test_hf_gpt2")]
+    [InlineData("test_hf_gemma")]
+    [InlineData("test_hf_phi3")]
+    [InlineData("test_hf_mistral")]
+    public void Exported_graphs_fuse_attention_and_keep_their_logits(string name)
+    {
+        WebGpuTests.SkipIfNoDawn("webgpu:gles");
+        string dir = SharedData.Require("conformance", "hf-onnx", name);
+        var m = Tapml.Ir.Onnx.OnnxImporter.Load(Path.Combine(dir, "model.onnx"));
+        var (feeds, outputs) = Tapml.Testing.Conformance.OnnxCase.LoadDataSet(m, Path.Combine(dir, "test_data_set_0"));
+        var f = Fusion.Fuse(m, out var report);
+        Assert.Equal(m.Graph.Nodes.Count(n => n.OpType == "Softmax"), report.Regions.GetValueOrDefault("attention"));
+        using var gpu = new WebGpuPlatform("webgpu:gles");
+        var got = new Executor(gpu).Run(f, feeds);
+        var (outName, want) = outputs.Single();
+        var e = ((Tensor)want).Span<float>();
+        var a = ((Tensor)got[outName]).Span<float>();
+        Assert.Equal(e.Length, a.Length);
+        for (int i = 0; i < e.Length; i++)
+            Assert.True(Math.Abs(a[i] - e[i]) <= 1e-4 + 1e-3 * Math.Abs(e[i]), $"{outName}[{i}]: {a[i]} vs {e[i]}");
+    }
+
+    static void AssertClose(Tensor want, Tensor got)
+    {
+        Assert.Equal(want.Shape, got.Shape);
+        var e = want.Span<float>();
+        var a = got.Span<float>();
+        for (int i = 0; i < e.Length; i++)
+            Assert.True(Math.Abs(a[i] - e[i]) <= 1e-5 + 1e-4 * Math.Abs(e[i]), $"y[{i}]: {a[i]} vs {e[i]}");
     }
 }

@@ -6,7 +6,8 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 
 /// <summary><c>tapml.Fused</c> regions (<see cref="Fusion"/>) as one kernel each: <c>elementwise</c> composes the
 /// body's expressions into one broadcast kernel, <c>rms_norm</c> reduces and scales a row in one workgroup,
-/// <c>rotary</c> rotates halves of the last axis, <c>matmul_add</c> adds in the matrix-vector epilogue. A region outside what a kernel handles (other dtypes, a shape the
+/// <c>rotary</c> rotates halves of the last axis, <c>matmul_add</c> adds in the matrix-vector epilogue,
+/// <c>attention</c> runs q·kᵀ, mask, softmax and ·V for one query row per workgroup (online softmax over key chunks). A region outside what a kernel handles (other dtypes, a shape the
 /// pattern did not promise, too many bindings) runs its body node by node on the GPU: same result, more dispatches.</summary>
 public static class Fused
 {
@@ -24,6 +25,7 @@ public static class Fused
             "elementwise" => Elementwise(g, ctx, body, opset, ins),
             "rms_norm" => RmsNorm(g, ctx, body, ins),
             "rotary" => Rotary(g, ctx, ins),
+            "attention" => Attention(g, ctx, ins),
             "matmul_add" => ins.Length == 3 && ins[0] is { } a && ins[1] is { } b && ins[2] is { } r ? MatMul.MatVecAdd(g, a, b, r) : null,
             _ => null,
         };
@@ -156,6 +158,167 @@ public static class Fused
   let pair = select(x(i - h), -x(i + h), d < h);
   y_st(i, x(i) * cs(u32(o_c)) + pair * sn(u32(o_s)));
 """), "Rotary", [x, cos, sin, y], meta, y.Length);
+        return y;
+    }
+
+    /// <summary>Query heads served by each kv head after repeat_kv (<c>X_expand</c>/<c>X_reshape</c> attributes), or null
+    /// when those constants do not mean "repeat each of the <paramref name="kv"/>'s heads rep times" for its shape.</summary>
+    static long? Repeat(NodeContext ctx, string which, long[] kv)
+    {
+        if (ctx.Ints(which + "_expand") is not { } ex || ctx.Ints(which + "_reshape") is not { } rs) return 1;
+        long[] unsq = [kv[0], kv[1], 1, kv[2], kv[3]];
+        long[] expanded;
+        try { expanded = ShapeUtil.Broadcast(unsq, ex); }
+        catch (TapmlException) { return null; }
+        long rep = expanded[2];
+        if (!ShapeUtil.SameShape(expanded, [kv[0], kv[1], rep, kv[2], kv[3]])) return null;
+        // Reshape (allowzero 0): 0 copies the input dim, one -1 takes the rest.
+        var target = new long[4];
+        int infer = -1;
+        for (int d = 0; d < 4; d++)
+        {
+            if (rs[d] == 0) target[d] = expanded[d];
+            else if (rs[d] == -1) { if (infer >= 0) return null; infer = d; }
+            else if (rs[d] < 0) return null;
+            else target[d] = rs[d];
+        }
+        long total = ShapeUtil.Size(expanded);
+        if (infer >= 0)
+        {
+            long known = target.Where((_, d) => d != infer).Aggregate(1L, (a, b) => a * b);
+            if (known == 0 || total % known != 0) return null;
+            target[infer] = total / known;
+        }
+        return ShapeUtil.SameShape(target, [kv[0], kv[1] * rep, kv[2], kv[3]]) ? rep : null;
+    }
+
+    /// <summary>An operand as [batch, heads, seq, head_dim] with its (batch, head, seq) strides: as stored, or read
+    /// from [batch, seq, heads, head_dim] (<c>X_layout</c> = bthd).</summary>
+    static (long[] Shape, long[] Strides) Heads(NodeContext ctx, string which, GpuTensor x)
+    {
+        var st = ShapeUtil.Strides(x.Shape);
+        return ctx.String(which + "_layout", "bhtd") == "bthd"
+            ? ([x.Shape[0], x.Shape[2], x.Shape[1], x.Shape[3]], [st[0], st[2], st[1]])
+            : (x.Shape, [st[0], st[1], st[2]]);
+    }
+
+    const int AttnThreads = 64, AttnMaxHeadDim = 256;
+
+    /// <summary>softmax(mask(q·kᵀ·scale))·v for q [B,H,S,D], K [B,Hk,T,D], V [B,Hk,T,Dv] (head h reads kv head h / rep):
+    /// a workgroup per query row, 64 threads; each chunk of 64 keys gets one score per thread, the chunk's max
+    /// rescales the running sums (online softmax), and thread t accumulates output dims t, t+64, ….</summary>
+    static GpuTensor? Attention(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
+    {
+        string maskKind = ctx.String("mask", "none");
+        int nIn = maskKind == "none" ? 3 : 4;
+        if (ins.Length < nIn || ins.Take(nIn).Any(t => t is null)) return null;
+        var (q, k, v) = (ins[0]!, ins[1]!, ins[2]!);
+        var mask = nIn == 4 ? ins[3] : null;
+        if (!IsF32(q) || !IsF32(k) || !IsF32(v) || q.Rank != 4 || k.Rank != 4 || v.Rank != 4) return null;
+        // Constants of the body (scale, fill, repeat_kv shapes) must not raise the rank of what they touch.
+        for (int i = nIn; i < ins.Length; i++) if (ins[i] is { Rank: > 4 }) return null;
+        // Logical [batch, heads, seq, head_dim] shapes and element strides of (batch, head, seq) per operand.
+        var (qs, qStr) = Heads(ctx, "q", q);
+        var (ks, kStr) = Heads(ctx, "k", k);
+        var (vs, vStr) = Heads(ctx, "v", v);
+        long b = qs[0], h = qs[1], s = qs[2], d = qs[3];
+        long hk = ks[1], t = ks[2], dv = vs[3];
+        if (Repeat(ctx, "k", ks) is not long repK || Repeat(ctx, "v", vs) is not long repV || repK != repV) return null;
+        if (ks[0] != b || vs[0] != b || ks[3] != d || vs[1] != hk || vs[2] != t || hk * repK != h) return null;
+        if (d > AttnMaxHeadDim || dv > AttnMaxHeadDim || t == 0 || d == 0) return null;
+        long[] scores = [b, h, s, t];
+        long[] maskStrides = [0, 0, 0, 0];
+        if (mask is not null)
+        {
+            bool ok = maskKind == "where" ? mask.DType == DType.Bool : IsF32(mask);
+            long[] shape;
+            try { shape = ShapeUtil.Broadcast(mask.Shape, scores); }
+            catch (TapmlException) { return null; }
+            if (!ok || !ShapeUtil.SameShape(shape, scores)) return null;
+            maskStrides = ShapeUtil.BroadcastStrides(mask.Shape, scores);
+        }
+        var y = g.Empty(DType.Float32, [b, h, s, dv]);
+        long rows = b * h * s;
+        if (rows == 0 || dv == 0) return y;
+        var meta = new Meta();
+        meta.Add(rows); meta.Add(h); meta.Add(s); meta.Add(t); meta.Add(d); meta.Add(dv); meta.Add(repK); meta.Add(hk);
+        meta.AddFloat(ctx.Float("scale", 1f)); meta.AddFloat(ctx.Float("fill", 0f));
+        meta.AddAll(maskStrides);
+        meta.AddAll(qStr); meta.AddAll(kStr); meta.AddAll(vStr);
+        var (gx, gy) = Wgsl.Grid(rows, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
+        const int W = AttnThreads, Acc = AttnMaxHeadDim / AttnThreads;
+        string apply = maskKind switch
+        {
+            "where" => "if (mk(mo + j * md[13]) == 0u) { sc = fill; }",
+            "add" => "sc = sc + mk(mo + j * md[13]);",
+            _ => "",
+        };
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention", maskKind), () =>
+        {
+            var w = new Wgsl(W).In("q", q).In("k", k).In("v", v);
+            if (mask is not null) w.In("mk", mask);
+            w.Out("y", DType.Float32);
+            w.Decl($"var<workgroup> qs: array<f32, {AttnMaxHeadDim}>;\nvar<workgroup> ps: array<f32, {W}>;\nvar<workgroup> red: array<f32, {W}>;");
+            string accDecl = string.Join(" ", Enumerable.Range(0, Acc).Select(a => $"var a{a} = 0.0;"));
+            string rescale = string.Join(" ", Enumerable.Range(0, Acc).Select(a => $"a{a} = a{a} * corr;"));
+            string gather = string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"      if (t + {a * W}u < Dv) {{ a{a} += pj * v(vr + t + {a * W}u); }}"));
+            string store = string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"  if (t + {a * W}u < Dv) {{ y_st(row * Dv + t + {a * W}u, a{a} / total); }}"));
+            return w.Build($$"""
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= md[0]) { return; }
+  let H = md[1]; let S = md[2]; let T = md[3]; let D = md[4]; let Dv = md[5];
+  let scale = bitcast<f32>(md[8]); let fill = bitcast<f32>(md[9]);
+  let i = row % S; let hh = (row / S) % H; let bb = row / (S * H);
+  let kvh = hh / md[6];
+  let qb = bb * md[14] + hh * md[15] + i * md[16];
+  let kb = bb * md[17] + kvh * md[18]; let ks = md[19];
+  let vb = bb * md[20] + kvh * md[21]; let vs = md[22];
+  let mo = bb * md[10] + hh * md[11] + i * md[12];
+  let t = lid.x;
+  let ninf = bits_(0xff800000u);
+  for (var e = t; e < D; e += {{W}}u) { qs[e] = q(qb + e); }
+  workgroupBarrier();
+  var m = ninf;
+  var lsum = 0.0;
+  {{accDecl}}
+  for (var j0 = 0u; j0 < T; j0 += {{W}}u) {
+    let j = j0 + t;
+    var sc = ninf;
+    if (j < T) {
+      var dot = 0.0;
+      let kr = kb + j * ks;
+      for (var e = 0u; e < D; e++) { dot += qs[e] * k(kr + e); }
+      sc = dot * scale;
+      {{apply}}
+    }
+    red[t] = sc;
+    workgroupBarrier();
+    for (var w = {{W / 2}}u; w > 0u; w >>= 1u) { if (t < w) { red[t] = max(red[t], red[t + w]); } workgroupBarrier(); }
+    let mnew = max(m, red[0]);
+    // Nothing is accumulated while every score so far is -inf; a -inf score weighs 0.
+    let corr = select(exp(m - mnew), 1.0, mnew == ninf);
+    var p = 0.0;
+    if (j < T && sc != ninf) { p = exp(sc - mnew); }
+    ps[t] = p;
+    lsum = lsum * corr + p;
+    {{rescale}}
+    workgroupBarrier();
+    let n = min({{W}}u, T - j0);
+    for (var jj = 0u; jj < n; jj++) {
+      let pj = ps[jj];
+      let vr = vb + (j0 + jj) * vs;
+{{gather}}
+    }
+    m = mnew;
+    workgroupBarrier();
+  }
+  red[t] = lsum;
+  workgroupBarrier();
+  for (var w = {{W / 2}}u; w > 0u; w >>= 1u) { if (t < w) { red[t] += red[t + w]; } workgroupBarrier(); }
+  let total = red[0];
+{{store}}
+""", elementwise: false);
+        }, "Attention", mask is null ? [q, k, v, y] : [q, k, v, mask, y], meta, gx, gy);
         return y;
     }
 }

@@ -73,7 +73,8 @@ public static class MatMul
     }
 
     /// <summary>x·W + r in one matrix-vector dispatch (r added in the epilogue), or null when that kernel does not
-    /// apply (W not a 2-D weight, more rows than <see cref="MatVecMaxRows"/>, r not of the product's shape, non-f32).</summary>
+    /// apply (W not a 2-D weight, more rows than <see cref="MatVecMaxRows"/>, r neither of the product's shape nor a
+    /// [N] bias broadcast to every row, non-f32).</summary>
     public static GpuTensor? MatVecAdd(WebGpuPlatform g, GpuTensor a, GpuTensor b, GpuTensor r)
     {
         if (a.Rank < 2 || b.Rank != 2 || b.Source is null || b.Storage is not (GpuStorage.F32 or GpuStorage.F16x2)) return null;
@@ -82,9 +83,11 @@ public static class MatMul
         if (b.Shape[0] != k || k == 0) return null;
         long rows = a.Length / k;
         var outShape = a.Shape[..^1].Append(n).ToArray();
-        if (rows > MatVecMaxRows || rows == 0 || !ShapeUtil.SameShape(r.Shape, outShape)) return null;
+        // r is the product's shape (a residual) or one row of N broadcast to every row (a bias).
+        bool bias = r.Length == n && r.Rank <= outShape.Length && r.Shape.Take(r.Rank - 1).All(d => d == 1) && (r.Rank == 0 ? n == 1 : r.Shape[^1] == n);
+        if (rows > MatVecMaxRows || rows == 0 || !(bias || ShapeUtil.SameShape(r.Shape, outShape))) return null;
         var y = g.Empty(DType.Float32, outShape);
-        MatVec(g, a, g.TransposedWeight(b), y, rows, n, k, r);
+        MatVec(g, a, g.TransposedWeight(b), y, rows, n, k, r, bias);
         return y;
     }
 
@@ -160,7 +163,7 @@ public static class MatMul
     /// row length; 32 for packed f16: 8 halves per load), 256 per workgroup; each thread strides the row in 16-byte
     /// loads of the weight and of x (when x is f32 and K a multiple of 4), every weight element read once for all
     /// rows; partial sums tree-reduced in workgroup memory.</summary>
-    static void MatVec(WebGpuPlatform g, GpuTensor x, GpuTensor wt, GpuTensor y, long rows, long n, long k, GpuTensor? res = null)
+    static void MatVec(WebGpuPlatform g, GpuTensor x, GpuTensor wt, GpuTensor y, long rows, long n, long k, GpuTensor? res = null, bool bias = false)
     {
         var meta = new Meta();
         meta.Add(n); meta.Add(k);                   // the row count is baked into the kernel
@@ -173,13 +176,13 @@ public static class MatMul
         int wg = Math.Min(256, g.Device.Limits.MaxInvocationsPerWorkgroup);
         t = Math.Min(t, wg);
         int outsPerGroup = wg / t;
-        string key = $"{packed}|{vec}|{xvec}|{t}|{wg}|{rows}|{x.Storage}|{y.DType}|{res is not null}";
+        string key = $"{packed}|{vec}|{xvec}|{t}|{wg}|{rows}|{x.Storage}|{y.DType}|{res is not null}|{bias}";
         var (gx, gy) = Wgsl.Grid(n, outsPerGroup, g.Device.Limits.MaxWorkgroupsPerDimension);
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("matvec", key), () => MatVecCode(x, y, packed, vec, xvec, per, t, wg, (int)rows, res is not null),
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("matvec", key), () => MatVecCode(x, y, packed, vec, xvec, per, t, wg, (int)rows, res is not null, bias),
             $"MatVec{(packed ? "_f16" : "")}{(vec ? "_v" : "")}_t{t}{(res is null ? "" : "_add")}", res is null ? [x, y, wt] : [x, y, wt, res], meta, gx, gy);
     }
 
-    static string MatVecCode(GpuTensor x, GpuTensor y, bool packed, bool vec, bool xvec, int per, int t, int wg, int rows, bool res)
+    static string MatVecCode(GpuTensor x, GpuTensor y, bool packed, bool vec, bool xvec, int per, int t, int wg, int rows, bool res, bool bias)
     {
         // NOTE: bindings: x=0, y=1, wt=2, res=3 when there is one, then meta; x and the weight are declared by hand for vector loads. The rows are
         // unrolled (one accumulator each, no dynamically indexed private array: drivers spill those to memory).
@@ -204,7 +207,7 @@ public static class MatMul
         var rs = Enumerable.Range(0, rows).ToArray();
         w.Decl($"@group(0) @binding(2) var<storage, read> wt_b: array<{elem}>;\nvar<workgroup> red: array<f32, {wg * rows}>;" +
                (res ? "\n@group(0) @binding(3) var<storage, read> res_b: array<f32>;" : ""));
-        string plus(int r) => res ? $" + res_b[{r}u * N + wrow]" : "";
+        string plus(int r) => !res ? "" : bias ? " + res_b[wrow]" : $" + res_b[{r}u * N + wrow]";
         string body = $$"""
   let N = md[0]; let K = md[1];
   let t = lid.x % {{t}}u;
