@@ -39,6 +39,11 @@ public interface IPlatform : IDisposable
     /// returns one value per node output (null for an omitted optional output).</summary>
     Value?[] Run(IKernel kernel, NodeContext ctx, Value?[] inputs);
 
+    /// <summary>True when what <see cref="Prepare"/> returns depends only on the inputs' element types and ranks
+    /// (the kernel reads shapes when it runs): the executor then reuses a node's kernel as its inputs' sizes change
+    /// (a decode step's KV-cache length), instead of preparing one per shape.</summary>
+    bool KernelsServeAnyShape => false;
+
     /// <summary>Whether <paramref name="v"/> already lives on this platform.</summary>
     bool IsResident(Value v);
     /// <summary>Copies a host value to the platform.</summary>

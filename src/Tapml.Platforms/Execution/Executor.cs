@@ -82,15 +82,18 @@ public sealed class Executor
             _ => null,
         };
 
-        /// <summary>Same platform and every input a tensor of the same type and shape (other values: no fast path).</summary>
+        /// <summary>Same platform and every input a tensor of the same type and shape (other values: no fast path);
+        /// of the same type and rank only where the platform's kernels serve any shape.</summary>
         public bool Matches(IPlatform platform, Value?[] inputs)
         {
             if (!ReferenceEquals(platform, _platform) || inputs.Length != _dtypes.Length) return false;
+            bool anyShape = platform.KernelsServeAnyShape;
             for (int i = 0; i < inputs.Length; i++)
             {
                 var v = inputs[i];
                 if (v is null) { if (_shapes[i] is not null || _dtypes[i] != default) return false; continue; }
-                if (Describe(v) is not var (d, s) || _shapes[i] is not { } want || d != _dtypes[i] || !s.AsSpan().SequenceEqual(want)) return false;
+                if (Describe(v) is not var (d, s) || _shapes[i] is not { } want || d != _dtypes[i]) return false;
+                if (anyShape ? s.Length != want.Length : !s.AsSpan().SequenceEqual(want)) return false;
             }
             return true;
         }

@@ -214,11 +214,13 @@ public sealed unsafe class DawnDevice : IDisposable
         finally { Marshal.FreeHGlobal(mem); }
     }
 
-    /// <summary>Rounds a request to a pool bucket: 256 B steps below 64 KiB, then four steps per power of two.</summary>
+    /// <summary>Rounds a request to a pool bucket: 256 B steps up to 4 KiB, then four steps per power of two (at most
+    /// 25% over). Coarse on purpose: a KV cache one row longer each decode step lands in the bucket the previous
+    /// step's cache freed, instead of creating a buffer per step.</summary>
     public static ulong Bucket(ulong bytes)
     {
         bytes = Math.Max(bytes, 16);
-        if (bytes <= 65536) return (bytes + 255) & ~255UL;
+        if (bytes <= 4096) return (bytes + 255) & ~255UL;
         int p = 63 - System.Numerics.BitOperations.LeadingZeroCount(bytes - 1);
         ulong step = 1UL << (p - 2);
         return (bytes + step - 1) / step * step;

@@ -87,6 +87,9 @@ public sealed class WebGpuPlatform : IPlatform
         return new GpuKernel(node, GpuOps.Find(node.Domain, node.OpType)!);
     }
 
+    /// <summary>Supports/Prepare look at element types and ranks only; every kernel reads shapes when it runs.</summary>
+    public bool KernelsServeAnyShape => true;
+
     public Value?[] Run(IKernel kernel, NodeContext ctx, Value?[] inputs)
     {
         DrainDeadUploads();

@@ -166,10 +166,15 @@ public static class Fused
     static long? Repeat(NodeContext ctx, string which, long[] kv)
     {
         if (ctx.Ints(which + "_expand") is not { } ex || ctx.Ints(which + "_reshape") is not { } rs) return 1;
+        // Expand of [b, hk, 1, t, d] (numpy broadcast, both ranks 5).
         long[] unsq = [kv[0], kv[1], 1, kv[2], kv[3]];
-        long[] expanded;
-        try { expanded = ShapeUtil.Broadcast(unsq, ex); }
-        catch (TapmlException) { return null; }
+        if (ex.Length != 5) return null;
+        var expanded = new long[5];
+        for (int i = 0; i < 5; i++)
+        {
+            if (unsq[i] != ex[i] && unsq[i] != 1 && ex[i] != 1) return null;
+            expanded[i] = unsq[i] == 1 ? ex[i] : unsq[i];
+        }
         long rep = expanded[2];
         if (!ShapeUtil.SameShape(expanded, [kv[0], kv[1], rep, kv[2], kv[3]])) return null;
         // Reshape (allowzero 0): 0 copies the input dim, one -1 takes the rest.
@@ -185,7 +190,8 @@ public static class Fused
         long total = ShapeUtil.Size(expanded);
         if (infer >= 0)
         {
-            long known = target.Where((_, d) => d != infer).Aggregate(1L, (a, b) => a * b);
+            long known = 1;
+            for (int d = 0; d < 4; d++) if (d != infer) known *= target[d];
             if (known == 0 || total % known != 0) return null;
             target[infer] = total / known;
         }

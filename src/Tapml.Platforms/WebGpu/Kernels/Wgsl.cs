@@ -7,7 +7,7 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 /// so one compiled kernel serves every shape of a rank. The position of each word is baked into the WGSL.</summary>
 public sealed class Meta
 {
-    readonly List<uint> _w = new();
+    readonly List<uint> _w = new(32);
     public int Add(long v) { _w.Add(checked((uint)v)); return _w.Count - 1; }
     public int AddSigned(long v) { _w.Add(unchecked((uint)checked((int)v))); return _w.Count - 1; }
     public int AddFloat(float v) { _w.Add(BitConverter.SingleToUInt32Bits(v)); return _w.Count - 1; }
