@@ -148,7 +148,40 @@ static class BenchWorkflows
             Console.Error.WriteLine($"bench gpu: {rows}x{k}x{n} {(half ? "f16" : "f32")}: {best:F4} ms, {achieved}");
         }
         AnsiConsole.Write(table);
+        DispatchFloor(g, runs);
         return 0;
+    }
+
+    /// <summary>The per-dispatch cost no kernel can go under: a chain of dependent 768-wide Neg dispatches (the
+    /// size of a decode step's element-wise work), as GPU time per dispatch (timestamp queries) and as host
+    /// wall time per dispatch (record, submit and wait).</summary>
+    static void DispatchFloor(Tapml.Platforms.WebGpu.WebGpuPlatform g, int runs)
+    {
+        var neg = Tapml.Platforms.WebGpu.GpuOps.Find("", "Neg")!;
+        var ctx = new NodeContext(new Tapml.Ir.Node { Name = "floor", OpType = "Neg", Inputs = ["x"], Outputs = ["y"] }, 17);
+        var x = g.Upload(new Tensor(DType.Float32, [1, 1, 768], new float[768]));
+        const int chain = 400;
+        void Chain()
+        {
+            var cur = x;
+            for (int i = 0; i < chain; i++) { var y = (Tapml.Platforms.WebGpu.GpuTensor)neg.Run(g, ctx, [cur])[0]!; if (!ReferenceEquals(cur, x)) g.Free(cur); cur = y; }
+            g.Free(cur);
+        }
+        Chain();
+        g.Synchronize();
+        double gpu = double.MaxValue, wall = double.MaxValue;
+        for (int r = 0; r < Math.Max(3, runs); r++)
+        {
+            if (g.Device.TimeGpu(Chain) is { } ms) gpu = Math.Min(gpu, ms * 1e3 / chain);
+            var sw = Stopwatch.StartNew();
+            Chain();
+            g.Synchronize();
+            wall = Math.Min(wall, sw.Elapsed.TotalMilliseconds * 1e3 / chain);
+        }
+        var t = new Table().AddColumns("dispatch floor", "GPU µs / dispatch", "host wall µs / dispatch");
+        t.AddRow($"{chain} dependent 768-wide Neg dispatches", gpu == double.MaxValue ? "n/a" : $"{gpu:F2}", $"{wall:F2}");
+        AnsiConsole.Write(t);
+        Console.Error.WriteLine($"bench gpu: dispatch floor: {(gpu == double.MaxValue ? "n/a" : gpu.ToString("F2"))} µs GPU, {wall:F2} µs wall per dispatch");
     }
 
     static double Median(int runs, Action a)

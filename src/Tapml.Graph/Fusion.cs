@@ -46,14 +46,22 @@ public static class Fusion
     {
         var g = model.Graph;
         var ctx = new Matcher(g, model.Opset(""));
-        var regions = new List<(string Kind, List<int> Nodes, List<string> Inputs, Dictionary<string, Attr> Attrs)>();
+        var regions = new List<(string Kind, List<int> Nodes, List<string> Inputs, Dictionary<string, Attr> Attrs, List<string>? Outputs)>();
         var taken = new bool[g.Nodes.Count];
+        // An RMSNorm whose output feeds only matrix products against weights: norm, products and their element-wise
+        // epilogue become one region (then the plain RMSNorm pass takes the rest).
+        for (int i = 0; i < g.Nodes.Count; i++)
+            if (!taken[i] && ctx.RmsNorm(i) is { } n && ctx.Projections(g.Nodes[i].Outputs[0], n.Nodes, taken) is { } p)
+                Take(p.Nodes, p.Inputs, "projections", new() { ["norm"] = Attr.Of("rms"), ["epsilon"] = Attr.Of(n.Eps) }, p.Outputs);
         for (int i = 0; i < g.Nodes.Count; i++)
             if (!taken[i] && ctx.RmsNorm(i) is { } r) Take(r.Nodes, r.Inputs, "rms_norm", new() { ["epsilon"] = Attr.Of(r.Eps) });
         for (int i = 0; i < g.Nodes.Count; i++)
             if (!taken[i] && ctx.Rotary(i, taken) is { } r) Take(r.Nodes, r.Inputs, "rotary", new() { ["half"] = Attr.Of(r.Half), ["rank4"] = Attr.Of(r.Rank4 ? 1L : 0L) });
         for (int i = 0; i < g.Nodes.Count; i++)
             if (!taken[i] && ctx.Attention(i, taken) is { } r) Take(r.Nodes, r.Inputs, "attention", r.Attrs);
+        // Several products of one (un-normalized) value against weights.
+        foreach (var h in ctx.SharedProductInputs(taken))
+            if (ctx.Projections(h, null, taken) is { } p) Take(p.Nodes, p.Inputs, "projections", new() { ["norm"] = Attr.Of("none") }, p.Outputs);
         for (int i = 0; i < g.Nodes.Count; i++)
             if (!taken[i] && ctx.MatMulAdd(i, taken) is { } r) Take(r.Nodes, r.Inputs, "matmul_add", new());
         // Element-wise trees, grown backwards from each sink (last node first, so a sink takes its whole tree).
@@ -69,10 +77,12 @@ public static class Fusion
             Take(nodes, inputs, "elementwise", new());
         }
 
-        void Take(List<int> nodes, List<string> inputs, string kind, Dictionary<string, Attr> attrs)
+        // A region with several outputs (projections) stands where its first node stood: its inputs come before
+        // that (the shared input and constants), and outputs made early inside it may be used before its last node.
+        void Take(List<int> nodes, List<string> inputs, string kind, Dictionary<string, Attr> attrs, List<string>? outputs = null)
         {
             foreach (var n in nodes) taken[n] = true;
-            regions.Add((kind, nodes, inputs, attrs));
+            regions.Add((kind, nodes, inputs, attrs, outputs));
         }
 
         var result = new Graph { Name = g.Name };
@@ -81,23 +91,24 @@ public static class Fusion
         result.ValueInfos.AddRange(g.ValueInfos);
         foreach (var (k, t) in g.Initializers) result.Initializers[k] = t;
         var sinkOf = new Dictionary<int, int>();
-        for (int r = 0; r < regions.Count; r++) sinkOf[regions[r].Nodes[^1]] = r;
+        for (int r = 0; r < regions.Count; r++) sinkOf[regions[r].Outputs is null ? regions[r].Nodes[^1] : regions[r].Nodes[0]] = r;
         var counts = new Dictionary<string, int>();
         for (int i = 0; i < g.Nodes.Count; i++)
         {
             if (!taken[i]) { result.Nodes.Add(g.Nodes[i]); continue; }
             if (!sinkOf.TryGetValue(i, out int r)) continue;
-            var (kind, nodes, inputs, attrs) = regions[r];
+            var (kind, nodes, inputs, attrs, outputs) = regions[r];
             var sink = g.Nodes[nodes[^1]];
+            outputs ??= [sink.Outputs[0]];
             // Constant inputs (initializers) stay inputs of the fused node: the GPU uploads them once like any weight.
             var body = new Graph { Name = $"{kind}_{sink.Name}" };
             foreach (var s in inputs) body.Inputs.Add(new ValueInfo(s, null));
             foreach (var n in nodes) body.Nodes.Add(g.Nodes[n]);
-            body.Outputs.Add(new ValueInfo(sink.Outputs[0], null));
+            foreach (var o in outputs) body.Outputs.Add(new ValueInfo(o, null));
             attrs["kind"] = Attr.Of(kind);
             attrs["opset"] = Attr.Of((long)model.Opset(""));
             attrs["body"] = Attr.Of(body);
-            result.Nodes.Add(new Node { Name = $"fused_{kind}_{sink.Name}", OpType = OpType, Domain = Domain, Inputs = inputs.ToArray(), Outputs = [sink.Outputs[0]], Attributes = attrs });
+            result.Nodes.Add(new Node { Name = $"fused_{kind}_{sink.Name}", OpType = OpType, Domain = Domain, Inputs = inputs.ToArray(), Outputs = outputs.ToArray(), Attributes = attrs });
             counts[kind] = counts.GetValueOrDefault(kind) + 1;
         }
         var opsets = new Dictionary<string, int>(model.Opsets) { [Domain] = 1 };
@@ -247,6 +258,63 @@ public static class Fusion
         }
 
         static bool Default(Node n) => n.Domain is "" or "ai.onnx";
+
+        /// <summary>A MatMul of <paramref name="h"/> by a 2-D weight initializer, not yet in a region.</summary>
+        bool IsProduct(int i, string h, bool[] taken) =>
+            !taken[i] && N(i) is { OpType: "MatMul" } m && Default(m) && m.Inputs.Length == 2 && m.Inputs[0] == h && m.Outputs.Length == 1
+            && _g.Initializers.TryGetValue(m.Inputs[1], out var w) && w.Rank == 2;
+
+        /// <summary>Values (not initializers) that at least two <see cref="IsProduct"/> MatMuls read.</summary>
+        public List<string> SharedProductInputs(bool[] taken) =>
+            [.. _consumers.Where(c => !_g.Initializers.ContainsKey(c.Key) && c.Value.Count(i => IsProduct(i, c.Key, taken)) >= 2).Select(c => c.Key)];
+
+        /// <summary>Products of <paramref name="h"/> by weights (with the RMSNorm <paramref name="norm"/> that makes
+        /// h, whose output then feeds nothing else) and their element-wise epilogue: later float element-wise nodes
+        /// whose inputs are products, epilogue values or constants (scalars or one value per column). Outputs: every
+        /// value of the region read outside it. Inputs in kernel order: the norm's x and weight (with a norm), the
+        /// product weights, then the other constants.</summary>
+        public (List<int> Nodes, List<string> Inputs, List<string> Outputs)? Projections(string h, List<int>? norm, bool[] taken)
+        {
+            if (!_consumers.TryGetValue(h, out var cons)) return null;
+            var products = cons.Where(i => IsProduct(i, h, taken)).Distinct().Order().ToList();
+            if (norm is null ? products.Count < 2 : products.Count != cons.Count || products.Count == 0 || _uses.GetValueOrDefault(h) != cons.Count) return null;
+            if (norm is not null && norm.Any(n => taken[n])) return null;
+            if (products.Select(i => _g.Initializers[N(i).Inputs[1]].Shape[0]).Distinct().Count() != 1) return null;
+            var inside = new HashSet<string>(products.Select(i => N(i).Outputs[0]));
+            var nodes = new List<int>(products);
+            bool Small(string s) => _g.Initializers.TryGetValue(s, out var t) && t.Rank <= 4 && t.Shape.SkipLast(1).All(d => d == 1);
+            for (int j = products[0] + 1; j < _g.Nodes.Count; j++)
+            {
+                var n = N(j);
+                if (taken[j] || nodes.Contains(j) || !Default(n) || n.OpType == "Where" || !ElementwiseOps.Contains(n.OpType)) continue;
+                if (n.Outputs.Length != 1 || n.Outputs[0].Length == 0 || n.Inputs.Length is 0 or > 2) continue;
+                if (!n.Inputs.Any(inside.Contains) || !n.Inputs.All(s => inside.Contains(s) || Small(s))) continue;
+                nodes.Add(j);
+                inside.Add(n.Outputs[0]);
+            }
+            // Outputs: values of the region read by a node outside it (or a subgraph, or the graph's outputs).
+            var set = new HashSet<int>(nodes);
+            var outputs = nodes.Select(i => N(i).Outputs[0]).Where(v =>
+                _uses.GetValueOrDefault(v) > _consumers.GetValueOrDefault(v, []).Count(c => set.Contains(c))).ToList();
+            // Epilogue nodes nothing outside needs are dropped again (a trailing node's value only the region reads).
+            if (outputs.Count == 0) return null;
+            string? x = null, gamma = null;
+            if (norm is not null)
+            {
+                x = norm.Select(N).First(n => n.OpType == "Pow").Inputs[0];
+                var normInside = new HashSet<string>(norm.Select(i => N(i).Outputs[0]));
+                gamma = N(norm.Max()).Inputs.First(s => !normInside.Contains(s));
+                nodes.AddRange(norm);
+            }
+            nodes.Sort();
+            var inputs = new List<string>();
+            if (norm is not null) { inputs.Add(x!); inputs.Add(gamma!); } else inputs.Add(h);
+            foreach (var i in products) if (!inputs.Contains(N(i).Inputs[1])) inputs.Add(N(i).Inputs[1]);
+            var made = new HashSet<string>(nodes.Select(i => N(i).Outputs[0]));
+            foreach (var s in nodes.SelectMany(i => N(i).Inputs))
+                if (s.Length > 0 && !made.Contains(s) && !inputs.Contains(s)) inputs.Add(s);
+            return (nodes, inputs, outputs);
+        }
 
         /// <summary>Scaled-dot-product attention ending in <paramref name="smIdx"/>'s Softmax (see the class summary).</summary>
         public (List<int> Nodes, List<string> Inputs, Dictionary<string, Attr> Attrs)? Attention(int smIdx, bool[] taken)

@@ -31,7 +31,10 @@ public class FusionTests
         Assert.Equal(m.Graph.Nodes.Count, f.Graph.Nodes.Count(n => n.OpType != Fusion.OpType) + bodies.Count());
         if (arch != "gpt2")
         {
-            Assert.Equal(m.Graph.Nodes.Count(n => n.OpType == "ReduceMean"), report.Regions["rms_norm"]);
+            // Every RMSNorm is a region: alone, or folded into the products it feeds (all of them here: q/k/v, gate/up, lm_head).
+            int normed = f.Graph.Nodes.Count(n => n.OpType == Fusion.OpType && n.Attributes["kind"].Str == "projections" && n.Attributes["norm"].Str == "rms");
+            Assert.Equal(m.Graph.Nodes.Count(n => n.OpType == "ReduceMean"), report.Regions.GetValueOrDefault("rms_norm") + normed);
+            Assert.Equal(m.Graph.Nodes.Count(n => n.OpType == "ReduceMean"), normed);
             Assert.True(report.Regions.GetValueOrDefault("rotary") == 2 * m.Graph.Nodes.Count(n => n.OpType == "Softmax"), report.ToString());
         }
         Assert.True(report.Regions.GetValueOrDefault("attention") == m.Graph.Nodes.Count(n => n.OpType == "Softmax"), report.ToString());
@@ -103,7 +106,7 @@ public class FusionTests
         var gpu = CliRunner.Run("generate", "--model", "builtin:tiny-qwen2", "--platform", "webgpu", "--input-ids", "1,17,305,42", "--max-tokens", "8");
         Assert.True(gpu.ExitCode == 0, gpu.Stdout + gpu.Stderr);
         Assert.Contains("fused: ", gpu.Stderr);
-        Assert.Contains("rms_norm", gpu.Stderr);
+        Assert.Contains("projections", gpu.Stderr);
         Assert.DoesNotContain("fused: ", cpu.Stderr);
         string Tokens(string s) => s.Split('\n').Single(l => l.StartsWith("tokens:", StringComparison.Ordinal));
         Assert.Equal(Tokens(cpu.Stdout), Tokens(gpu.Stdout));
@@ -236,6 +239,115 @@ public class FusionTests
         Assert.Equal(e.Length, a.Length);
         for (int i = 0; i < e.Length; i++)
             Assert.True(Math.Abs(a[i] - e[i]) <= 1e-4 + 1e-3 * Math.Abs(e[i]), $"{outName}[{i}]: {a[i]} vs {e[i]}");
+    }
+
+    /// <summary>Products of one value by weights as the builtin and HF-exported graphs write them: an optional RMSNorm
+    /// in front, and per structure the outputs q/k/v (GQA widths), q/k with a bias (Qwen2), silu(gate)·up (Llama's MLP),
+    /// a tanh-GELU(gate)·up with scalar constants (Gemma), or two plain products. x is [1, rows, k].</summary>
+    static (Model Model, Dictionary<string, Value> Feeds) ProjectionsGraph(int rows, int k, bool norm, string structure, DType dtype)
+    {
+        var g = new Graph { Name = "proj" };
+        var rng = new Random(rows * 100 + k);
+        Tensor Of(long[] shape, Func<float> f)
+        {
+            var a = new float[ShapeUtil.Size(shape)];
+            for (int i = 0; i < a.Length; i++) a[i] = f();
+            var t = new Tensor(DType.Float32, shape, a);
+            return dtype == DType.Float16 ? new Tensor(DType.Float16, shape, a.Select(v => (Half)v).ToArray()) : t;
+        }
+        Tensor Rand(params long[] shape) => Of(shape, () => (float)(rng.NextDouble() * 2 - 1));
+        string Const(string name, Tensor t) { g.Initializers[name] = t; return name; }
+        var feeds = new Dictionary<string, Value> { ["x_in"] = Rand(1, rows, k) };
+        g.Inputs.Add(new ValueInfo("x_in", TypeRef.TensorOf(dtype, 1, rows, k)));
+        int n = 0;
+        string Node(string op, string[] ins, Dictionary<string, Attr>? attrs = null)
+        {
+            string o = $"{op.ToLowerInvariant()}_{n++}";
+            g.Nodes.Add(new Node { Name = o, OpType = op, Inputs = ins, Outputs = [o], Attributes = attrs ?? new() });
+            return o;
+        }
+        Tensor Scalar(float v) => Of([], () => v);
+        // x is computed (an uploaded f16 input is stored packed; activations are not).
+        string x = Node("Add", ["x_in", Const("zero", Scalar(0))]);
+        string h = x;
+        if (norm)
+        {
+            string ms = Node("ReduceMean", [Node("Pow", [x, Const("two", Scalar(2))])], new() { ["axes"] = Attr.Of(new long[] { -1 }), ["keepdims"] = Attr.Of(1L) });
+            h = Node("Mul", [Node("Div", [x, Node("Sqrt", [Node("Add", [ms, Const("eps", Scalar(1e-5f))])])]), Const("gamma", Rand(k))]);
+        }
+        string Product(string name, long width) => Node("MatMul", [h, Const(name, Rand(k, width))]);
+        var outs = new List<string>();
+        switch (structure)
+        {
+            case "qkv":
+                outs.AddRange([Product("wq", 64), Product("wk", 32), Product("wv", 32)]);
+                break;
+            case "qkv_bias":
+                outs.AddRange([Node("Add", [Product("wq", 64), Const("bq", Rand(64))]), Node("Add", [Const("bk", Rand(32)), Product("wk", 32)]), Product("wv", 32)]);
+                break;
+            case "swiglu":
+                {
+                    string gate = Product("wg", 96);
+                    outs.Add(Node("Mul", [Node("Mul", [gate, Node("Sigmoid", [gate])]), Product("wu", 96)]));
+                    break;
+                }
+            case "gelu_tanh":
+                {
+                    string gate = Product("wg", 40);
+                    string inner = Node("Mul", [Const("c0", Scalar(0.7978846f)), Node("Add", [gate, Node("Mul", [Const("c1", Scalar(0.044715f)), Node("Pow", [gate, Const("three", Scalar(3))])])])]);
+                    string gelu = Node("Mul", [Node("Mul", [gate, Const("half", Scalar(0.5f))]), Node("Add", [Const("one", Scalar(1)), Node("Tanh", [inner])])]);
+                    outs.Add(Node("Mul", [gelu, Product("wu", 40)]));
+                    break;
+                }
+            default:
+                outs.AddRange([Product("wa", 48), Product("wb", 16)]);
+                break;
+        }
+        foreach (var o in outs) g.Outputs.Add(new ValueInfo(o, null));
+        return (new Model { Graph = g, Opsets = new() { [""] = 17 } }, feeds);
+    }
+
+    /// <summary>The projections kernel against the cpu reference on the original graph: norm or not, one to four rows,
+    /// GQA widths, bias and SwiGLU/GELU epilogues, f16 weights read packed. Exactly one dispatch (plus x's Add).
+    /// Outside the kernel (five rows, a row length not a multiple of 4) the body runs node by node: same values.</summary>
+    [Theory]
+    [InlineData("webgpu", 1, 64, true, "qkv", false, true)]
+    [InlineData("webgpu:gles", 3, 64, true, "qkv_bias", false, true)]
+    [InlineData("webgpu", 2, 128, true, "swiglu", false, true)]
+    [InlineData("webgpu", 4, 64, true, "gelu_tanh", false, true)]
+    [InlineData("webgpu:gles", 1, 72, false, "pair", false, true)]
+    [InlineData("webgpu", 2, 64, true, "swiglu", true, true)]
+    [InlineData("webgpu:gles", 1, 64, true, "qkv_bias", true, true)]
+    [InlineData("webgpu", 5, 64, true, "swiglu", false, false)]
+    [InlineData("webgpu", 1, 30, true, "qkv", false, false)]
+    public void Projections_kernel_matches_the_reference(string platform, int rows, int k, bool norm, string structure, bool f16, bool oneKernel)
+    {
+        WebGpuTests.SkipIfNoDawn(platform);
+        var (m, feeds) = ProjectionsGraph(rows, k, norm, structure, f16 ? DType.Float16 : DType.Float32);
+        var f = Fusion.Fuse(m, out var report);
+        Assert.True(report.Regions.GetValueOrDefault("projections") == 1, report.ToString());
+        var fused = Assert.Single(f.Graph.Nodes, n => n.OpType == Fusion.OpType);
+        Assert.Equal(m.Graph.Outputs.Select(o => o.Name).Order(), fused.Outputs.Order());
+        Assert.Equal(2, f.Graph.Nodes.Count);
+        using var cpu = new Tapml.Platforms.Cpu.CpuPlatform();
+        using var gpu = new WebGpuPlatform(platform);
+        var want = new Executor(cpu).Run(m, feeds);
+        long d0 = gpu.Device.Dispatches;
+        var got = new Executor(gpu).Run(f, feeds);
+        long dispatches = gpu.Device.Dispatches - d0;
+        if (oneKernel) Assert.Equal(2, dispatches);
+        else Assert.True(dispatches > 3, $"{dispatches} dispatches");
+        foreach (var (name, v) in want)
+        {
+            float[] F(Tensor t) => t.Data is Half[] hs ? hs.Select(x => (float)x).ToArray() : t.Span<float>().ToArray();
+            var e = F((Tensor)v);
+            var a = F((Tensor)got[name]);
+            Assert.Equal(((Tensor)v).Shape, ((Tensor)got[name]).Shape);
+            Assert.Equal(((Tensor)v).DType, ((Tensor)got[name]).DType);
+            double abs = f16 ? 5e-3 : 1e-5, rel = f16 ? 1e-2 : 1e-4;
+            for (int i = 0; i < e.Length; i++)
+                Assert.True(Math.Abs(a[i] - e[i]) <= abs + rel * Math.Abs(e[i]), $"{name}[{i}]: {a[i]} vs {e[i]}");
+        }
     }
 
     static void AssertClose(Tensor want, Tensor got)

@@ -374,6 +374,52 @@ public sealed class WebGpuPlatform : IPlatform
         return g;
     }
 
+    sealed class ConcatEntry(WebGpuPlatform owner, Tensor[] parts, GpuTensor t)
+    {
+        public readonly Tensor[] Parts = parts;
+        public readonly GpuTensor Tensor = t;
+        ~ConcatEntry() => owner._deadUploads.Enqueue(Tensor.Buffer);
+    }
+
+    readonly ConditionalWeakTable<Tensor, ConcatEntry> _concatenated = new();
+
+    /// <summary>Host tensors uploaded once as one buffer, <paramref name="make"/> laying them out (cached on the
+    /// first part while the same parts ask again): several weights or bias vectors one kernel binds as one.</summary>
+    public GpuTensor Concatenated(Tensor[] parts, Func<Tensor> make)
+    {
+        if (_concatenated.TryGetValue(parts[0], out var e) && e.Parts.Length == parts.Length && e.Parts.Zip(parts).All(p => ReferenceEquals(p.First, p.Second)))
+            return e.Tensor;
+        var g = UploadNew(make());
+        _concatenated.AddOrUpdate(parts[0], new ConcatEntry(this, parts, g));
+        return g;
+    }
+
+    /// <summary>2-D weights [K,Nᵢ] (one dtype) as one [ΣNᵢ, K] tensor: each transposed, stacked by rows.</summary>
+    public GpuTensor TransposedWeights(Tensor[] ws) => Concatenated(ws, () =>
+    {
+        long k = ws[0].Shape[0], rows = ws.Sum(w => w.Shape[1]);
+        Array Stack<T>() where T : struct
+        {
+            var all = new T[rows * k];
+            long at = 0;
+            foreach (var w in ws)
+            {
+                var t = Transpose2D((T[])w.Data, k, w.Shape[1]);
+                Array.Copy(t, 0, all, at, t.LongLength);
+                at += t.LongLength;
+            }
+            return all;
+        }
+        Array data = ws[0].Data switch
+        {
+            float[] => Stack<float>(),
+            Half[] => Stack<Half>(),
+            BFloat16[] => Stack<BFloat16>(),
+            _ => throw new UnsupportedException($"MatMul weight of {DTypes.Name(ws[0].DType)} on webgpu"),
+        };
+        return new Tensor(ws[0].DType, [rows, k], data);
+    });
+
     public Value Download(Value v) => v switch
     {
         GpuTensor g => Download(g),
@@ -503,6 +549,9 @@ public sealed class WebGpuPlatform : IPlatform
     /// <summary>Records one dispatch of <paramref name="gx"/>×<paramref name="gy"/> workgroups of a keyed kernel.</summary>
     public void LaunchGroups(in KernelKey key, Func<string> build, string label, GpuTensor[] bindings, Meta meta, uint gx, uint gy = 1, uint gz = 1) =>
         Record(Kernel(key, build, label), bindings, meta, gx, gy, gz);
+
+    /// <summary>Records one dispatch of <paramref name="gx"/>×<paramref name="gy"/> workgroups of a compiled kernel.</summary>
+    public void LaunchGroups(GpuPipeline p, GpuTensor[] bindings, Meta meta, uint gx, uint gy = 1, uint gz = 1) => Record(p, bindings, meta, gx, gy, gz);
 
     /// <summary>Records one dispatch of <paramref name="gx"/>×<paramref name="gy"/> workgroups.</summary>
     public void LaunchGroups(string code, string label, GpuTensor[] bindings, Meta meta, uint gx, uint gy = 1, uint gz = 1) =>

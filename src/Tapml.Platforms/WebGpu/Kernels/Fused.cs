@@ -20,6 +20,7 @@ public static class Fused
     {
         var body = ctx.Graph("body");
         int opset = (int)ctx.Int("opset", 17);
+        if (ctx.String("kind", "") == "projections") return Projections.Run(g, ctx, body, opset, ins) ?? NodeByNode(g, ctx, body, opset, ins);
         GpuTensor? y = ctx.String("kind", "") switch
         {
             "elementwise" => Elementwise(g, ctx, body, opset, ins),
@@ -29,13 +30,14 @@ public static class Fused
             "matmul_add" => ins.Length == 3 && ins[0] is { } a && ins[1] is { } b && ins[2] is { } r ? MatMul.MatVecAdd(g, a, b, r) : null,
             _ => null,
         };
-        return [y ?? NodeByNode(g, ctx, body, opset, ins)];
+        return y is not null ? [y] : NodeByNode(g, ctx, body, opset, ins);
     }
 
     static bool IsF32(GpuTensor? t) => t is { DType: DType.Float32, Storage: GpuStorage.F32 };
 
-    /// <summary>The body's nodes one after another with the ordinary kernels (values stay on the GPU).</summary>
-    static GpuTensor NodeByNode(WebGpuPlatform g, NodeContext ctx, Graph body, int opset, GpuTensor?[] ins)
+    /// <summary>The body's nodes one after another with the ordinary kernels (values stay on the GPU); the body's
+    /// outputs.</summary>
+    static GpuTensor[] NodeByNode(WebGpuPlatform g, NodeContext ctx, Graph body, int opset, GpuTensor?[] ins)
     {
         var values = new Dictionary<string, GpuTensor>();
         for (int i = 0; i < body.Inputs.Count && i < ins.Length; i++) if (ins[i] is { } t) values[body.Inputs[i].Name] = t;
@@ -49,9 +51,9 @@ public static class Fused
             for (int o = 0; o < n.Outputs.Length && o < outs.Length; o++)
                 if (outs[o] is GpuTensor t && n.Outputs[o].Length > 0) { values[n.Outputs[o]] = t; made.Add(t); }
         }
-        var result = values[body.Outputs[0].Name];
-        foreach (var t in made) if (!ReferenceEquals(t, result) && !ReferenceEquals(t.Buffer, result.Buffer)) g.Free(t);
-        return result;
+        var results = body.Outputs.Select(o => values.TryGetValue(o.Name, out var v) ? v : throw ctx.Error($"body output '{o.Name}' was not produced")).ToArray();
+        foreach (var t in made) if (!results.Any(r => ReferenceEquals(t, r) || ReferenceEquals(t.Buffer, r.Buffer))) g.Free(t);
+        return results;
     }
 
     static GpuTensor? Elementwise(WebGpuPlatform g, NodeContext ctx, Graph body, int opset, GpuTensor?[] ins)
