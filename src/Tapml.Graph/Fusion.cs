@@ -42,7 +42,11 @@ public static class Fusion
     static readonly HashSet<string> ElementwiseOps = ["Add", "Sub", "Mul", "Div", "Neg", "Sqrt", "Sigmoid", "Tanh", "Exp", "Log", "Relu",
         "Erf", "Reciprocal", "Abs", "Pow", "Where", "Softplus"];
 
-    public static Model Fuse(Model model, out FusionReport report)
+    public static Model Fuse(Model model, out FusionReport report) => Fuse(model, out report, projections: true);
+
+    /// <summary><see cref="Fuse(Model, out FusionReport)"/>, optionally without <c>projections</c> regions (what a GPU
+    /// runs of a projections region it cannot take as one kernel: its norm and epilogue still fused).</summary>
+    public static Model Fuse(Model model, out FusionReport report, bool projections)
     {
         var g = model.Graph;
         var ctx = new Matcher(g, model.Opset(""));
@@ -50,7 +54,7 @@ public static class Fusion
         var taken = new bool[g.Nodes.Count];
         // An RMSNorm whose output feeds only matrix products against weights: norm, products and their element-wise
         // epilogue become one region (then the plain RMSNorm pass takes the rest).
-        for (int i = 0; i < g.Nodes.Count; i++)
+        for (int i = 0; i < g.Nodes.Count && projections; i++)
             if (!taken[i] && ctx.RmsNorm(i) is { } n && ctx.Projections(g.Nodes[i].Outputs[0], n.Nodes, taken) is { } p)
                 Take(p.Nodes, p.Inputs, "projections", new() { ["norm"] = Attr.Of("rms"), ["epsilon"] = Attr.Of(n.Eps) }, p.Outputs);
         for (int i = 0; i < g.Nodes.Count; i++)
@@ -60,7 +64,7 @@ public static class Fusion
         for (int i = 0; i < g.Nodes.Count; i++)
             if (!taken[i] && ctx.Attention(i, taken) is { } r) Take(r.Nodes, r.Inputs, "attention", r.Attrs);
         // Several products of one (un-normalized) value against weights.
-        foreach (var h in ctx.SharedProductInputs(taken))
+        foreach (var h in projections ? ctx.SharedProductInputs(taken) : [])
             if (ctx.Projections(h, null, taken) is { } p) Take(p.Nodes, p.Inputs, "projections", new() { ["norm"] = Attr.Of("none") }, p.Outputs);
         for (int i = 0; i < g.Nodes.Count; i++)
             if (!taken[i] && ctx.MatMulAdd(i, taken) is { } r) Take(r.Nodes, r.Inputs, "matmul_add", new());

@@ -20,7 +20,8 @@ public static class Fused
     {
         var body = ctx.Graph("body");
         int opset = (int)ctx.Int("opset", 17);
-        if (ctx.String("kind", "") == "projections") return Projections.Run(g, ctx, body, opset, ins) ?? NodeByNode(g, ctx, body, opset, ins);
+        if (ctx.String("kind", "") == "projections")
+            return Projections.Run(g, ctx, body, opset, ins) ?? NodeByNode(g, ctx, Unprojected.GetValue(ctx.Node, _ => Unproject(body, opset, ins)), opset, ins);
         GpuTensor? y = ctx.String("kind", "") switch
         {
             "elementwise" => Elementwise(g, ctx, body, opset, ins),
@@ -31,6 +32,22 @@ public static class Fused
             _ => null,
         };
         return y is not null ? [y] : NodeByNode(g, ctx, body, opset, ins);
+    }
+
+    /// <summary>A projections body refused without that kind (its norm and epilogue as their own regions), per node:
+    /// prefill-shaped x runs the tiled products between one norm and one epilogue dispatch.</summary>
+    static readonly System.Runtime.CompilerServices.ConditionalWeakTable<Node, Graph> Unprojected = new();
+
+    static Graph Unproject(Graph body, int opset, GpuTensor?[] ins)
+    {
+        // The patterns look for constants among initializers: uploaded inputs (weights, eps) are given as such.
+        var g = new Graph { Name = body.Name };
+        g.Inputs.AddRange(body.Inputs);
+        g.Outputs.AddRange(body.Outputs);
+        g.Nodes.AddRange(body.Nodes);
+        for (int i = 0; i < body.Inputs.Count && i < ins.Length; i++)
+            if (ins[i]?.Source is { } src) g.Initializers[body.Inputs[i].Name] = src;
+        return Fusion.Fuse(new Model { Graph = g, Opsets = new() { [""] = opset } }, out _, projections: false).Graph;
     }
 
     static bool IsF32(GpuTensor? t) => t is { DType: DType.Float32, Storage: GpuStorage.F32 };
