@@ -55,7 +55,16 @@ public sealed class Tensor : Value
     {
         long n = ShapeUtil.Size(shape);
         CheckLimits(dtype, shape, n);
-        Array data = Array.CreateInstance(DTypes.ClrType(dtype), n);
+        // NOTE: typed allocation for the common types; Array.CreateInstance goes through reflection (it showed in
+        // a webgpu decode step's host profile, which downloads its logits every step).
+        Array data = dtype switch
+        {
+            DType.Float32 => new float[n],
+            DType.Int64 => new long[n],
+            DType.Int32 => new int[n],
+            DType.Bool => new bool[n],
+            _ => Array.CreateInstance(DTypes.ClrType(dtype), n),
+        };
         if (dtype == DType.String) Array.Fill((string[])data, "");
         return new Tensor(dtype, shape, data);
     }
@@ -66,7 +75,7 @@ public sealed class Tensor : Value
     {
         if (dtype is DType.String or DType.Bool) return Zeros(dtype, shape);
         long n = ShapeUtil.Size(shape);
-        if (n < 1 << 16) return Zeros(dtype, shape);
+        if (n * DTypes.Size(dtype) < 2048) return Zeros(dtype, shape);   // the GC clears arrays this small anyway
         CheckLimits(dtype, shape, n);
         Array data = dtype switch
         {

@@ -188,6 +188,13 @@ public sealed unsafe class DawnDevice : IDisposable
         throw new TapmlException($"webgpu: {what}{(Context.Length > 0 ? $" ({Context})" : "")} failed: {e.Trim()}");
     }
 
+    /// <summary><see cref="ThrowIfFailed(string)"/> for "<paramref name="verb"/> <paramref name="label"/>", the message
+    /// formatted only when there is an error (this runs once per dispatch).</summary>
+    void ThrowIfFailed(string verb, string label)
+    {
+        if (_error is not null) ThrowIfFailed($"{verb} {label}");
+    }
+
     void CheckUsable()
     {
         if (_lost) throw new TapmlException("webgpu: the device was lost; create the platform again");
@@ -356,7 +363,7 @@ public sealed unsafe class DawnDevice : IDisposable
         Wgpu.ComputePassSetBindGroup(_pass, 0, bg, 0, null);
         Wgpu.ComputePassDispatch(_pass, gx, gy, gz);
         Dispatches++;
-        ThrowIfFailed($"dispatching {p.Label}");
+        ThrowIfFailed("dispatching", p.Label);
         // Submit every AutoSubmit dispatches so the GPU runs while the host records the rest (a decode step would
         // otherwise reach the GPU only at its readback). Not inside a timed pass.
         if (++_sinceSubmit >= AutoSubmit && !_timing) Flush();
@@ -389,7 +396,7 @@ public sealed unsafe class DawnDevice : IDisposable
         }
         var bd = new BindGroupDescriptor { Layout = p.Layout, EntryCount = (nuint)count, Entries = (nint)entries };
         var bg = Wgpu.DeviceCreateBindGroup(_device, &bd);
-        ThrowIfFailed($"binding {p.Label}");
+        ThrowIfFailed("binding", p.Label);
         if (_groups.ContainsKey(key)) { _bindGroups.Add(bg); return bg; }   // a hash collision: use once, release at submit
         if (_groups.Count >= MaxCachedGroups) ClearBindGroups();
         var copy = new BindGroupEntry[count];
@@ -471,15 +478,15 @@ public sealed unsafe class DawnDevice : IDisposable
         if (bytes == 0) return;
         if (buffer == 0) throw new TapmlException("webgpu: read of a buffer that was never created (internal error)");
         ulong size = (bytes + 3) & ~3UL;
-        var staging = CreateRaw(size, Wgpu.UsageMapRead | Wgpu.UsageCopyDst, "tapml-readback");
+        bool keep = size <= StagingKeepBytes;
+        var staging = keep ? Staging(size) : CreateRaw(size, Wgpu.UsageMapRead | Wgpu.UsageCopyDst, "tapml-readback");
         try
         {
             Copy(buffer, offset, staging, 0, size);
             Flush();
-            var st = staging;
             long w0 = System.Diagnostics.Stopwatch.GetTimestamp();
             Readbacks++;
-            var r = Wgpu.Await(_instance, Wgpu.StatusCallback, info => Wgpu.BufferMapAsync(st, Wgpu.MapModeRead, 0, (nuint)size, info), "a readback");
+            var r = Wgpu.Await(_instance, Wgpu.StatusCallback, info => Wgpu.BufferMapAsync(staging, Wgpu.MapModeRead, 0, (nuint)size, info), "a readback");
             WaitMs += System.Diagnostics.Stopwatch.GetElapsedTime(w0).TotalMilliseconds;
             ThrowIfFailed("the work before a readback");
             if (r.Status != Wgpu.StatusSuccess) throw new TapmlException($"webgpu: mapping a readback buffer failed: {r.Message}");
@@ -487,7 +494,35 @@ public sealed unsafe class DawnDevice : IDisposable
             new ReadOnlySpan<byte>(src, dest.Length).CopyTo(dest);
             Wgpu.BufferUnmap(staging);
         }
-        finally { Wgpu.BufferDestroy(staging); Wgpu.BufferRelease(staging); }
+        finally
+        {
+            if (!keep) { Wgpu.BufferDestroy(staging); Wgpu.BufferRelease(staging); }
+        }
+    }
+
+    // One map-read buffer for readbacks up to StagingKeepBytes, kept between them: a decode step reads its logits back
+    // every step, and creating a buffer is an error-scope round trip. Grown (to the next pool bucket) for a larger read.
+    nint _staging;
+    ulong _stagingSize;
+    const ulong StagingKeepBytes = 64UL << 20;
+
+    nint Staging(ulong size)
+    {
+        if (_staging != 0 && _stagingSize >= size) return _staging;
+        DestroyStaging();
+        ulong want = Math.Min(Bucket(size), StagingKeepBytes);
+        _staging = CreateRaw(want, Wgpu.UsageMapRead | Wgpu.UsageCopyDst, "tapml-readback");
+        _stagingSize = want;
+        return _staging;
+    }
+
+    void DestroyStaging()
+    {
+        if (_staging == 0) return;
+        Wgpu.BufferDestroy(_staging);
+        Wgpu.BufferRelease(_staging);
+        _staging = 0;
+        _stagingSize = 0;
     }
 
     /// <summary>Waits until the queue is idle (by reading back 4 bytes of the metadata buffer).</summary>
@@ -537,6 +572,7 @@ public sealed unsafe class DawnDevice : IDisposable
         foreach (var p in _pipelines.Values) { Wgpu.BindGroupLayoutRelease(p.Layout); Wgpu.ComputePipelineRelease(p.Handle); }
         _pipelines.Clear();
         DestroyPool();
+        DestroyStaging();
         if (_meta != 0) { Wgpu.BufferDestroy(_meta); Wgpu.BufferRelease(_meta); _meta = 0; }
         Wgpu.QueueRelease(_queue);
         Wgpu.DeviceDestroy(_device);

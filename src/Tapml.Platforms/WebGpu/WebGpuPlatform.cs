@@ -434,9 +434,22 @@ public sealed class WebGpuPlatform : IPlatform
         if (g.Source is { } src && g.Buffer.Pending is not null) return src;
         Materialize(g.Buffer);
         long n = g.Length;
+        var r = Tensor.Uninitialized(g.DType, (long[])g.Shape.Clone());
+        // 32-bit values whose host type has the storage's layout (f32, i32, u32) are read straight into the result
+        // (a decode step reads 32000 logits each step: no second large array).
+        if (r.Data is float[] or int[] or uint[] && g.Storage != GpuStorage.F16x2 && n > 0)
+        {
+            Device.Read(g.Buffer.Handle, 0, MemoryMarshal.AsBytes(r.Data switch
+            {
+                float[] f => f.AsSpan(),
+                int[] i => MemoryMarshal.Cast<int, float>(i.AsSpan()),
+                uint[] u => MemoryMarshal.Cast<uint, float>(u.AsSpan()),
+                _ => default,
+            }));
+            return r;
+        }
         var bytes = new byte[g.StorageBytes];
         Device.Read(g.Buffer.Handle, 0, bytes);
-        var r = Tensor.Uninitialized(g.DType, (long[])g.Shape.Clone());
         switch (g.Storage)
         {
             case GpuStorage.F16x2:
@@ -563,11 +576,16 @@ public sealed class WebGpuPlatform : IPlatform
             throw new TapmlException($"webgpu: kernel {p.Label} needs {gx}×{gy}×{gz} workgroups, over maxComputeWorkgroupsPerDimension {Device.Limits.MaxWorkgroupsPerDimension}");
         Span<nint> handles = stackalloc nint[bindings.Length];
         Span<ulong> sizes = stackalloc ulong[bindings.Length];
+        ulong maxBinding = (ulong)Device.Limits.MaxStorageBindingBytes;
         for (int i = 0; i < bindings.Length; i++)
         {
             if (bindings[i].Buffer.Pending is not null) Materialize(bindings[i].Buffer);
             handles[i] = bindings[i].Buffer.Handle;
-            sizes[i] = Math.Max(4, bindings[i].StorageBytes);
+            // NOTE: the whole (pooled, bucket-sized) buffer is bound, not just the tensor's bytes: a KV cache one row
+            // longer each step then keeps its buffer and its bind group until it outgrows the bucket (kernels bound
+            // every access by the sizes in their metadata, none reads arrayLength).
+            ulong whole = bindings[i].Buffer.Size;
+            sizes[i] = whole >= bindings[i].StorageBytes && whole <= maxBinding ? whole : Math.Max(4, bindings[i].StorageBytes);
         }
         Device.Dispatch(p, handles, sizes, meta.Words, gx, gy, gz);
     }

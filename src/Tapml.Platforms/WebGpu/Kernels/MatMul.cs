@@ -176,11 +176,17 @@ public static class MatMul
         int wg = Math.Min(256, g.Device.Limits.MaxInvocationsPerWorkgroup);
         t = Math.Min(t, wg);
         int outsPerGroup = wg / t;
-        string key = $"{packed}|{vec}|{xvec}|{t}|{wg}|{rows}|{x.Storage}|{y.DType}|{res is not null}|{bias}";
+        // NOTE: the key and label strings are made once per variant, not per call (a decode step runs ~25 of these).
+        var (key, label) = MatVecNames.GetOrAdd((packed, vec, xvec, t, wg, rows, x.Storage, y.DType, res is not null, bias), v =>
+            ($"{v.Packed}|{v.Vec}|{v.XVec}|{v.T}|{v.Wg}|{v.Rows}|{v.X}|{v.Y}|{v.Res}|{v.Bias}",
+             $"MatVec{(v.Packed ? "_f16" : "")}{(v.Vec ? "_v" : "")}_t{v.T}{(v.Res ? "_add" : "")}"));
         var (gx, gy) = Wgsl.Grid(n, outsPerGroup, g.Device.Limits.MaxWorkgroupsPerDimension);
         g.LaunchGroups(new WebGpuPlatform.KernelKey("matvec", key), () => MatVecCode(x, y, packed, vec, xvec, per, t, wg, (int)rows, res is not null, bias),
-            $"MatVec{(packed ? "_f16" : "")}{(vec ? "_v" : "")}_t{t}{(res is null ? "" : "_add")}", res is null ? [x, y, wt] : [x, y, wt, res], meta, gx, gy);
+            label, res is null ? [x, y, wt] : [x, y, wt, res], meta, gx, gy);
     }
+
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<(bool Packed, bool Vec, bool XVec, int T, int Wg, long Rows, GpuStorage X, DType Y, bool Res, bool Bias),
+        (string Key, string Label)> MatVecNames = new();
 
     static string MatVecCode(GpuTensor x, GpuTensor y, bool packed, bool vec, bool xvec, int per, int t, int wg, int rows, bool res, bool bias)
     {
