@@ -23,7 +23,9 @@ public sealed class Attr
     public TypeRef? Tp { get; init; }
     public TypeRef[] Tps { get; init; } = [];
 
-    public string Str => System.Text.Encoding.UTF8.GetString(S);
+    /// <summary><see cref="S"/> as UTF-8 text, decoded once (kernels read attributes like a fused node's kind per run).</summary>
+    public string Str => _str ??= System.Text.Encoding.UTF8.GetString(S);
+    string? _str;
 
     public static Attr Of(float f) => new() { Type = AttrType.Float, F = f };
     public static Attr Of(long i) => new() { Type = AttrType.Int, I = i };

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Tapml.Core;
 using Tapml.Ir;
+using Tapml.Platforms;
 using Tapml.Platforms.Execution;
 
 namespace Tapml.Models;
@@ -54,8 +55,12 @@ public static class Generation
 
         var seen = new List<long>(ids);
         var tokens = new List<long>();
-        void Take(Tensor logits) { long t = sampler.Next(LastRow(logits), seen); tokens.Add(t); seen.Add(t); onToken?.Invoke(t); }
-        Take(prefillLogits);
+        void Add(long t) { tokens.Add(t); seen.Add(t); onToken?.Invoke(t); }
+        Add(sampler.Next(LastRow(prefillLogits), seen));
+        // Greedy decode steps leave their logits where they were made: on a GPU the argmax runs there and one index
+        // crosses the bus per token instead of the vocabulary's logits.
+        var argmax = sampler.IsGreedy ? new DeviceArgmax() : null;
+        Func<string, bool> keep = argmax is null ? KeepOnDevice : name => KeepOnDevice(name) || name == "logits";
         double decodeMs = 0;
         int steps = 0;
         long position = ids.Length;
@@ -63,14 +68,49 @@ public static class Generation
         {
             feeds = NextFeeds(model, outs, tokens[^1], position++);
             t0 = Stopwatch.GetTimestamp();
-            outs = executor.Run(model, feeds, KeepOnDevice);
+            outs = executor.Run(model, feeds, keep);
             FreeDevicePasts(feeds);
+            var logits = outs["logits"];
+            long next = argmax?.TryNext(logits) ?? sampler.Next(LastRow(ToHost(logits)), seen);
+            FreeDevice(logits);
             decodeMs += Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
             steps++;
-            Take((Tensor)outs["logits"]);
+            Add(next);
         }
         foreach (var (name, v) in outs) if (KeepOnDevice(name)) FreeDevice(v);
         return new GenerationResult(tokens.ToArray(), prefillLogits, ids.Length, prefillMs, decodeMs, steps);
+    }
+
+    static Tensor ToHost(Value v) => v is IDeviceValue d ? (Tensor)d.Owner.Download(v) : (Tensor)v;
+
+    /// <summary>ArgMax (last axis, first index on ties) of a [1, 1, vocab] logits value on the device platform that made
+    /// it; null (the caller samples on the host) for host values, other shapes, or a platform without ArgMax. A NaN
+    /// logit is the argmax there (ONNX/numpy order), where the host sampler skips it: tokens differ only for NaN logits.</summary>
+    sealed class DeviceArgmax
+    {
+        static readonly Node Node = new()
+        {
+            Name = "greedy_argmax", OpType = "ArgMax", Inputs = ["logits"], Outputs = ["token"],
+            Attributes = { ["axis"] = Attr.Of(-1L), ["keepdims"] = Attr.Of(0L) },
+        };
+        IPlatform? _platform;
+        IKernel? _kernel;
+        readonly NodeContext _ctx = new(Node, 13);
+
+        public long? TryNext(Value logits)
+        {
+            if (logits is not IDeviceValue d || d.Shape is not [1, 1, > 0] || d.DType is not (DType.Float32 or DType.Float16 or DType.BFloat16)) return null;
+            if (!ReferenceEquals(_platform, d.Owner))
+            {
+                _platform = d.Owner;
+                var types = new[] { TypeRef.TensorOf(d.DType, d.Shape) };
+                _kernel = d.Owner.Supports(Node, _ctx, types).IsSupported ? d.Owner.Prepare(Node, _ctx, types) : null;
+            }
+            if (_kernel is null) return null;
+            var token = d.Owner.Run(_kernel, _ctx, [logits])[0]!;
+            try { return ((Tensor)d.Owner.Download(token)).Span<long>()[0]; }
+            finally { d.Owner.Free(token); }
+        }
     }
 
     /// <summary>The KV cache (present.*) stays on the platform that made it and is fed back as the next pasts:

@@ -33,12 +33,15 @@ public sealed class Sampler(SamplingOptions o)
 {
     readonly Random _rng = new(o.Seed);
 
+    /// <summary>Plain argmax: no penalty, no temperature, no top-k/top-p (the token depends on the logits alone).</summary>
+    public bool IsGreedy => o.RepetitionPenalty == 1 && o.Temperature == 0 && o.TopK == 0 && o.TopP >= 1;
+
     /// <summary>The next token from one row of logits, given every token so far (prompt and generated).</summary>
     public long Next(ReadOnlySpan<float> logits, IReadOnlyCollection<long> seen)
     {
         // Greedy: the first largest logit, straight from the row (no copy: a 32000-entry double row is a
         // large-object allocation per token, which cost more than the argmax).
-        if (o.RepetitionPenalty == 1 && o.Temperature == 0 && o.TopK == 0 && o.TopP >= 1)
+        if (IsGreedy)
         {
             int best = 0;
             for (int i = 1; i < logits.Length; i++) if (logits[i] > logits[best]) best = i;

@@ -109,4 +109,39 @@ public class WebGpuTests
         var b = got.Data.Cast<object>().Select(v => v is Half h ? (double)h : Convert.ToDouble(v)).ToArray();
         for (int i = 0; i < a.Length; i++) Assert.True(Math.Abs(a[i] - b[i]) <= tol * (1 + Math.Abs(a[i])), $"element {i}: cpu {a[i]}, webgpu {b[i]}");
     }
+
+    /// <summary>ArgMax/ArgMin over rows longer than a workgroup, with ties spread across threads, NaNs and infinities:
+    /// the indices equal the cpu reference's (numpy order: the first NaN, else the first extreme; the last ones with
+    /// select_last_index), for f32 and int32 input.</summary>
+    [Theory]
+    [InlineData("ArgMax", 1, 0, DType.Float32)]
+    [InlineData("ArgMax", 1, 1, DType.Float32)]
+    [InlineData("ArgMin", 0, 0, DType.Float32)]
+    [InlineData("ArgMin", 1, 1, DType.Float32)]
+    [InlineData("ArgMax", 1, 0, DType.Int32)]
+    [InlineData("ArgMin", 1, 1, DType.Int32)]
+    public void Arg_reductions_match_cpu_with_ties_and_nans(string op, int axis, int last, DType dtype)
+    {
+        SkipIfNoDawn("webgpu");
+        long[] shape = [4, 3001];
+        var rng = new Random(axis * 10 + last);
+        var v = new float[4 * 3001];
+        for (int i = 0; i < v.Length; i++) v[i] = rng.Next(-50, 50);   // many ties
+        v[1 * 3001 + 2900] = float.NaN; v[1 * 3001 + 17] = float.NaN; // row 1: two NaNs
+        v[2 * 3001 + 5] = float.PositiveInfinity; v[2 * 3001 + 2999] = float.NegativeInfinity;
+        for (int j = 0; j < 3001; j++) v[3 * 3001 + j] = 7;           // row 3: all equal
+        var x = dtype == DType.Int32 ? new Tensor(DType.Int32, shape, v.Select(f => float.IsFinite(f) ? (int)f : 0).ToArray()) : new Tensor(DType.Float32, shape, v);
+        var g = new Graph { Name = "arg" };
+        g.Inputs.Add(new ValueInfo("x", TypeRef.TensorOf(dtype, shape)));
+        g.Outputs.Add(new ValueInfo("y", TypeRef.TensorOf(DType.Int64)));
+        g.Nodes.Add(new Node { Name = "arg", OpType = op, Inputs = ["x"], Outputs = ["y"],
+            Attributes = { ["axis"] = Attr.Of((long)axis), ["keepdims"] = Attr.Of(0L), ["select_last_index"] = Attr.Of((long)last) } });
+        var model = new Model { Graph = g, Opsets = { [""] = 13 } };
+        var feeds = new Dictionary<string, Value> { ["x"] = x };
+        var want = (Tensor)new Executor(PlatformRegistry.Create("cpu")).Run(model, feeds)["y"];
+        using var gpu = PlatformRegistry.Create("webgpu");
+        var got = (Tensor)new Executor(gpu).Run(model, feeds)["y"];
+        Assert.Equal(want.Shape, got.Shape);
+        Assert.Equal((long[])want.Data, (long[])got.Data);
+    }
 }

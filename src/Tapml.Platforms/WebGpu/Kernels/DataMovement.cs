@@ -221,7 +221,7 @@ public static class DataMovement
         var meta = new Meta();
         meta.Add(y.Length); meta.Add(Math.Max(1, inner)); meta.Add(Math.Max(1, idx.Length)); meta.Add(x.Shape[axis]);
         string s = Wgsl.Scalar(Wgsl.StorageOf(x.DType)!.Value);
-        g.Launch(new WebGpuPlatform.KernelKey("gather", $"{x.Storage}|{idx.Storage}|{x.DType}"), () => new Wgsl(g.Workgroup).In("x", x).In("idx", idx).Out("y", x.DType).Build($$"""
+        g.Launch(new WebGpuPlatform.KernelKey("gather", $"{(int)x.Storage}|{(int)idx.Storage}|{(int)x.DType}"), () => new Wgsl(g.Workgroup).In("x", x).In("idx", idx).Out("y", x.DType).Build($$"""
   let inner = i % md[1];
   let t = i / md[1];
   let j = t % md[2];
@@ -247,7 +247,7 @@ public static class DataMovement
         foreach (var t in xs) { at += t.Shape[axis]; meta.Add(at); }   // md[3 + k] = start of input k, md[3 + n] = total
         string s = Wgsl.Scalar(Wgsl.StorageOf(y.DType)!.Value);
         int n = xs.Length;
-        g.Launch(new WebGpuPlatform.KernelKey("concat", $"{n}|{string.Join(",", xs.Select(t => t.Storage))}|{y.DType}"), () =>
+        g.Launch(new WebGpuPlatform.KernelKey("concat", $"{n}|{Wgsl.Letters(Array.ConvertAll(xs, t => t.Storage))}|{(int)y.DType}"), () =>
         {
             var w = new Wgsl(g.Workgroup);
             for (int k = 0; k < n; k++) w.In($"x{k}", xs[k]);
@@ -295,7 +295,7 @@ public static class DataMovement
         int dAt = meta.AddAllSigned(dstStrides);
         int dOff = meta.AddSigned(dstOffset);
         string s = Wgsl.Scalar(Wgsl.StorageOf(y.DType)!.Value);
-        g.Launch(new WebGpuPlatform.KernelKey("copy", $"{r}|{x.Storage}|{y.DType}"), () => new Wgsl(g.Workgroup).In("x", x).Out("y", y.DType)
+        g.Launch(new WebGpuPlatform.KernelKey("copy", $"{r}|{(int)x.Storage}|{(int)y.DType}"), () => new Wgsl(g.Workgroup).In("x", x).Out("y", y.DType)
             .Build(Wgsl.Offsets("i", r, shapeAt, ("s", sAt, sOff), ("d", dAt, dOff)) + $"  y_st(u32(o_d), {s}(x(u32(o_s))));"), $"Copy_r{r}", [x, y], meta, n);
     }
 }

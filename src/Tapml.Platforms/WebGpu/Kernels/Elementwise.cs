@@ -265,7 +265,7 @@ fn mod_u32(a: u32, b: u32) -> u32 { return select(a % b, 0u, b == 0u); }
         var y = g.Empty(outType, outShape);
         if (y.Length == 0) return [y];
         var (meta, shapeAt, targets, flat, rank) = Kernels.Elementwise.Layout(inputs, outShape, y.Length);
-        var key = new WebGpuPlatform.KernelKey("map", $"{string.Join(",", storages)}|{rank}|{flat}|{outType}", ctx.Node);
+        var key = new WebGpuPlatform.KernelKey("map", $"{Wgsl.Letters(storages)}|{rank}|{flat}|{(int)outType}", ctx.Node);
         g.Launch(key, () =>
         {
             var w = new Wgsl(g.Workgroup);

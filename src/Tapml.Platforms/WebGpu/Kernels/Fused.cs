@@ -87,7 +87,7 @@ public static class Fused
         if (y.Length == 0) return y;
         var (meta, shapeAt, targets, flat, rank) = Kernels.Elementwise.Layout(inputs, outShape, y.Length);
         var storages = inputs.Select(t => t.Storage).ToArray();
-        var key = new WebGpuPlatform.KernelKey("fused", $"{string.Join(",", storages)}|{rank}|{flat}", ctx.Node);
+        var key = new WebGpuPlatform.KernelKey("fused", $"{Wgsl.Letters(storages)}|{rank}|{flat}", ctx.Node);
         g.Launch(key, () =>
         {
             var w = new Wgsl(g.Workgroup);
@@ -133,7 +133,7 @@ public static class Fused
         meta.Add(rows); meta.Add(len); meta.AddFloat(ctx.Float("epsilon", 1e-6f));
         var (gx, gy) = Wgsl.Grid(rows, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
         int wg = Math.Min(256, g.Device.Limits.MaxInvocationsPerWorkgroup);
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("rmsnorm", $"{w.Storage}|{wg}"), () => new Wgsl(wg).In("x", x).In("sc", w).Out("y", DType.Float32)
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("rmsnorm", $"{(int)w.Storage}|{wg}"), () => new Wgsl(wg).In("x", x).In("sc", w).Out("y", DType.Float32)
             .Decl($"var<workgroup> red: array<f32, {wg}>;").Build($$"""
   let row = wid.x + wid.y * nwg.x;
   if (row >= md[0]) { return; }

@@ -147,7 +147,7 @@ public static class MatMul
     }
   }
 """;
-        var key = new WebGpuPlatform.KernelKey("tiled", $"{r}|{a.Storage}|{b.Storage}|{c?.Storage.ToString() ?? "-"}|{y.DType}");
+        var key = new WebGpuPlatform.KernelKey("tiled", $"{r}|{(int)a.Storage}|{(int)b.Storage}|{c?.Storage.ToString() ?? "-"}|{(int)y.DType}");
         g.LaunchGroups(key, () =>
         {
             var w = new Wgsl(256).In("a", a).In("b", b);

@@ -186,7 +186,7 @@ static class Projections
         long columns = plan.Outputs.Sum(o => o.N);
         var (gx, gy) = Wgsl.Grid(columns, wg / threads, lim.MaxWorkgroupsPerDimension);
         float eps = ctx.Float("epsilon", 1e-6f);
-        var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections", $"{rows}|{packed}|{threads}|{wg}|{x.DType}", ctx.Node),
+        var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections", $"{rows}|{packed}|{threads}|{wg}|{(int)x.DType}", ctx.Node),
             () => Code(plan, ws, rows, packed, threads, wg, eps, x.DType), $"Projections_{outs}x{plan.P}{(plan.Norm ? "_rms" : "")}{(packed ? "_f16" : "")}_r{rows}");
         g.LaunchGroups(pipeline, [.. list], meta, gx, gy);
         return ys;

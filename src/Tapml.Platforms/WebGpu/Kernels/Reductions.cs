@@ -24,6 +24,8 @@ public static class Reductions
     {
         foreach (var name in Ops.Keys.Append("ReduceLogSumExp"))
             add(new GpuOp("", name, 1, (g, ctx, ins) => [Reduce(g, ctx, ins, name)], FloatOnly));
+        add(new GpuOp("", "ArgMax", 1, (g, ctx, ins) => [Arg(g, ctx, GpuOps.In(ins, 0, ctx), max: true)]));
+        add(new GpuOp("", "ArgMin", 1, (g, ctx, ins) => [Arg(g, ctx, GpuOps.In(ins, 0, ctx), max: false)]));
         add(new GpuOp("", "Softmax", 1, (g, ctx, ins) => [Softmax(g, ctx, GpuOps.In(ins, 0, ctx), log: false)], FloatOnly));
         add(new GpuOp("", "LogSoftmax", 1, (g, ctx, ins) => [Softmax(g, ctx, GpuOps.In(ins, 0, ctx), log: true)], FloatOnly));
     }
@@ -93,9 +95,66 @@ public static class Reductions
   if (lid.x == 0u) { let acc = red[0]; y_st(row, {{f.Finish}}); }
 """;
         var (gx, gy) = Wgsl.Grid(rows, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("reduce", $"{label}|{x.Storage}|{y.DType}"), () => new Wgsl(256).In("x", x).Out("y", y.DType)
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("reduce", $"{label}|{(int)x.Storage}|{(int)y.DType}"), () => new Wgsl(256).In("x", x).Out("y", y.DType)
             .Decl($"var<workgroup> red: array<f32, 256>;\nfn comb(a: f32, b: f32) -> f32 {{ return {f.Combine}; }}")
             .Build(body, elementwise: false), label, [x, y], meta, gx, gy);
+    }
+
+    /// <summary>ArgMax/ArgMin along one axis, int64 out: one workgroup per output, each thread keeps its best
+    /// (value, index), then a tree reduction. numpy's order, as the cpu reference: a NaN beats every number (the first
+    /// NaN, or the last with select_last_index), then the extreme value, ties to the first (last) index.</summary>
+    static GpuTensor Arg(WebGpuPlatform g, Tapml.Platforms.NodeContext ctx, GpuTensor x, bool max)
+    {
+        if (x.Rank == 0) throw ctx.Error("input must have rank >= 1");
+        if (x.Storage == GpuStorage.I32) GpuOps.CheckNotSaturated(x, ctx);
+        int axis;
+        try { axis = ShapeUtil.Axis(ctx.Int("axis", 0), x.Rank); }
+        catch (TapmlException e) { throw ctx.Error(e.Message); }
+        bool keep = ctx.Int("keepdims", 1) != 0;
+        bool last = ctx.Opset >= 12 && ctx.Int("select_last_index", 0) != 0;
+        long len = x.Shape[axis];
+        if (len == 0) throw ctx.Error("cannot take the arg of an empty axis");
+        if (len > uint.MaxValue) throw ctx.Error($"axis {axis} has {len} elements, over the 2³² a u32 index holds");
+        var outShape = keep ? x.Shape.Select((d, i) => i == axis ? 1L : d).ToArray() : x.Shape.Where((_, i) => i != axis).ToArray();
+        var y = g.Empty(DType.Int64, outShape);
+        if (y.Length == 0) return y;
+        long inner = ShapeUtil.Size(x.Shape.AsSpan(axis + 1));
+        var meta = new Meta();
+        meta.Add(y.Length); meta.Add(len); meta.Add(Math.Max(1, inner));
+        string s = Wgsl.Scalar(x.Storage);
+        bool isFloat = s == "f32";
+        // better(a, ia, b, ib): does (a, ia) come before (b, ib)?
+        string nan(string v) => isFloat ? $"((bitcast<u32>({v}) & 0x7fffffffu) > 0x7f800000u)" : "false";
+        string ext = max ? ">" : "<";
+        string tie = last ? ">" : "<";
+        string better = $$"""
+fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
+  let na = {{nan("a")}}; let nb = {{nan("b")}};
+  if (na || nb) { return (na && !nb) || (na && nb && ia {{tie}} ib); }
+  return a {{ext}} b || (a == b && ia {{tie}} ib);
+}
+""";
+        string body = """
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= md[0]) { return; }
+  let L = md[1]; let inner = md[2];
+  let base = (row / inner) * L * inner + row % inner;
+  var bi = min(lid.x, L - 1u);
+  var bv = x(base + bi * inner);
+  for (var j = lid.x + 256u; j < L; j += 256u) { let v = x(base + j * inner); if (better(v, j, bv, bi)) { bv = v; bi = j; } }
+  rv[lid.x] = bv; ri[lid.x] = bi;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (lid.x < s && better(rv[lid.x + s], ri[lid.x + s], rv[lid.x], ri[lid.x])) { rv[lid.x] = rv[lid.x + s]; ri[lid.x] = ri[lid.x + s]; }
+    workgroupBarrier();
+  }
+  if (lid.x == 0u) { y_st(row, i32(ri[0])); }
+""";
+        var (gx, gy) = Wgsl.Grid(y.Length, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("arg", $"{max}|{last}|{(int)x.Storage}"), () => new Wgsl(256).In("x", x).Out("y", DType.Int64)
+            .Decl($"var<workgroup> rv: array<{s}, 256>;\nvar<workgroup> ri: array<u32, 256>;\n{better}")
+            .Build(body, elementwise: false), max ? "ArgMax" : "ArgMin", [x, y], meta, gx, gy);
+        return y;
     }
 
     /// <summary>Max, then sum of exp(v − max), per row: writes softmax / log-softmax rows or log-sum-exp values.</summary>
@@ -137,7 +196,7 @@ public static class Reductions
 {{write}}
 """;
         var (gx, gy) = Wgsl.Grid(rows, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("twopass", $"{mode}|{x.Storage}|{y.DType}"), () => new Wgsl(256).In("x", x).Out("y", y.DType)
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("twopass", $"{mode}|{(int)x.Storage}|{(int)y.DType}"), () => new Wgsl(256).In("x", x).Out("y", y.DType)
             .Decl("var<workgroup> red: array<f32, 256>;").Build(body, elementwise: false), label, [x, y], meta, gx, gy);
     }
 

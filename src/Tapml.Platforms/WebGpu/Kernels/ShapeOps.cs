@@ -55,7 +55,7 @@ public static class ShapeOps
             if (f) { meta.AddFloat((float)start); meta.AddFloat((float)delta); }
             else { meta.AddSigned((long)start); meta.AddSigned((long)delta); }
             string s = Wgsl.Scalar(Wgsl.StorageOf(dtype)!.Value);
-            g.Launch(new WebGpuPlatform.KernelKey("range", $"{dtype}"), () => new Wgsl(g.Workgroup).Out("y", dtype).Build(f
+            g.Launch(new WebGpuPlatform.KernelKey("range", $"{(int)dtype}"), () => new Wgsl(g.Workgroup).Out("y", dtype).Build(f
                 ? "  y_st(i, bitcast<f32>(md[1]) + f32(i) * bitcast<f32>(md[2]));"
                 : $"  y_st(i, {s}(bitcast<i32>(md[1]) + i32(i) * bitcast<i32>(md[2])));"), "Range", [y], meta, n);
             return [y];
@@ -82,7 +82,7 @@ public static class ShapeOps
         else if (storage == GpuStorage.I32) meta.AddSigned(checked((long)value));
         else meta.Add(checked((long)value));
         string s = Wgsl.Scalar(storage);
-        g.Launch(new WebGpuPlatform.KernelKey("fill", $"{dtype}"), () => new Wgsl(g.Workgroup).Out("y", dtype).Build($"  y_st(i, bitcast<{s}>(md[1]));"),
+        g.Launch(new WebGpuPlatform.KernelKey("fill", $"{(int)dtype}"), () => new Wgsl(g.Workgroup).Out("y", dtype).Build($"  y_st(i, bitcast<{s}>(md[1]));"),
             "Fill", [y], meta, y.Length);
         return y;
     }

@@ -29,6 +29,13 @@ public sealed class Wgsl
 
     public Wgsl(int workgroup = 256) => Workgroup = workgroup;
 
+    /// <summary>Storages as a short key string, one letter each (f32 f, i32 i, u32 u, packed f16 h): kernel keys are
+    /// made per dispatch, and enum names are slow to format.</summary>
+    public static string Letters(IReadOnlyList<GpuStorage> storages) => string.Create(storages.Count, storages, static (span, st) =>
+    {
+        for (int i = 0; i < span.Length; i++) span[i] = st[i] switch { GpuStorage.F32 => 'f', GpuStorage.I32 => 'i', GpuStorage.U32 => 'u', _ => 'h' };
+    });
+
     /// <summary>WGSL scalar a storage computes in.</summary>
     public static string Scalar(GpuStorage s) => s switch { GpuStorage.F32 or GpuStorage.F16x2 => "f32", GpuStorage.I32 => "i32", _ => "u32" };
 
