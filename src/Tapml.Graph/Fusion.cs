@@ -115,9 +115,107 @@ public static class Fusion
             result.Nodes.Add(new Node { Name = $"fused_{kind}_{sink.Name}", OpType = OpType, Domain = Domain, Inputs = inputs.ToArray(), Outputs = outputs.ToArray(), Attributes = attrs });
             counts[kind] = counts.GetValueOrDefault(kind) + 1;
         }
+        FoldIntoAttention(result, counts, model.Opset(""));
         var opsets = new Dictionary<string, int>(model.Opsets) { [Domain] = 1 };
         report = new FusionReport(g.Nodes.Count, result.Nodes.Count, counts);
         return new Model { Graph = result, Opsets = opsets, IrVersion = model.IrVersion, ProducerName = model.ProducerName, Path = model.Path };
+    }
+
+    static string? Kind(Node n) => n.Domain == Domain && n.OpType == OpType && n.Attributes.TryGetValue("kind", out var k) ? k.Str : null;
+
+    /// <summary>Second pass over the fused graph, around each attention region: the rotary region making its q (used only
+    /// there) is folded into it (attribute <c>rotary_q</c>: the kernel rotates q as it loads it; the rotary's x, cos, sin
+    /// and constants are appended to its inputs, cos at index <c>rotary_at</c>), and the two Concats along the sequence
+    /// axis that append this step's K and V to the cache (with the rotary region making the new K, used only there)
+    /// become one <c>kv_append</c> region: inputs past K, new K, past V, new V [, cos, sin, rotary constants], outputs the
+    /// two presents, attributes <c>axis</c> and, with a rotary, <c>half</c>. A decode step saves three dispatches a layer.</summary>
+    static void FoldIntoAttention(Graph g, Dictionary<string, int> counts, int opset)
+    {
+        var producer = new Dictionary<string, Node>();
+        var uses = new Dictionary<string, int>();
+        foreach (var n in g.Nodes)
+        {
+            foreach (var o in n.Outputs) if (o.Length > 0) producer[o] = n;
+            foreach (var i in n.Inputs) if (i.Length > 0) uses[i] = uses.GetValueOrDefault(i) + 1;
+            foreach (var sub in n.Subgraphs) foreach (var i in sub.OuterReferences()) uses[i] = uses.GetValueOrDefault(i) + 1;
+        }
+        foreach (var o in g.Outputs) uses[o.Name] = uses.GetValueOrDefault(o.Name) + 1000;
+        Node? OnlyRotary(string value) => producer.TryGetValue(value, out var p) && Kind(p) == "rotary" && uses.GetValueOrDefault(value) == 1 ? p : null;
+        long? SeqConcat(Node n) => n.OpType == "Concat" && n.Domain is "" or "ai.onnx" && n.Inputs.Length == 2 && n.Outputs.Length == 1
+            && n.Attributes.GetValueOrDefault("axis")?.I is long a && a is 2 or -2 ? a : null;
+        var remove = new HashSet<Node>();
+        var replace = new Dictionary<Node, Node>();
+        IEnumerable<Node> Between(Node a, Node b)
+        {
+            int i = g.Nodes.IndexOf(a), j = g.Nodes.IndexOf(b);
+            return g.Nodes.Skip(Math.Min(i, j) + 1).Take(Math.Abs(i - j) - 1);
+        }
+        foreach (var att in g.Nodes.Where(n => Kind(n) == "attention").ToList())
+        {
+            if (att.Inputs.Length < 3) continue;
+            var attrs = new Dictionary<string, Attr>(att.Attributes);
+            var inputs = att.Inputs.ToList();
+            var bodyNodes = new List<Node>();
+            // NOTE: a fused node's inputs are its body's inputs, position for position: a fold that would repeat a value is skipped.
+            if (!attrs.ContainsKey("q_layout") && OnlyRotary(inputs[0]) is { } rq && !inputs.Skip(1).Concat(rq.Inputs).GroupBy(v => v).Any(v => v.Count() > 1))
+            {
+                var rb = rq.Attributes["body"].G!;
+                inputs[0] = rq.Inputs[0];
+                attrs["rotary_q"] = Attr.Of(rq.Attributes["half"].I);
+                attrs["rotary_at"] = Attr.Of((long)inputs.Count);
+                inputs.AddRange(rq.Inputs.Skip(1));
+                bodyNodes.AddRange(rb.Nodes);
+                remove.Add(rq);
+                counts["rotary"]--;
+            }
+            // The K and V inputs: each a Concat(past, new) along the sequence axis made for this attention only (and the
+            // graph's present outputs), the pair next to each other in the graph.
+            if (producer.TryGetValue(att.Inputs[1], out var ck) && producer.TryGetValue(att.Inputs[2], out var cv) && ck != cv
+                && SeqConcat(ck) is long axis && SeqConcat(cv) == axis && !remove.Contains(ck) && !remove.Contains(cv) && !replace.ContainsKey(ck) && !replace.ContainsKey(cv)
+                && new[] { ck.Inputs[0], ck.Inputs[1], cv.Inputs[0], cv.Inputs[1] }.Distinct().Count() == 4
+                && !Between(ck, cv).Any(n => n.Inputs.Contains(ck.Outputs[0]) || n.Inputs.Contains(cv.Outputs[0])))
+            {
+                var ka = new Dictionary<string, Attr> { ["axis"] = Attr.Of(axis), ["kind"] = Attr.Of("kv_append"), ["opset"] = Attr.Of((long)opset) };
+                var kIns = new List<string> { ck.Inputs[0], ck.Inputs[1], cv.Inputs[0], cv.Inputs[1] };
+                var kBody = new Graph { Name = $"kv_append_{ck.Name}" };
+                var rk = OnlyRotary(ck.Inputs[1]);
+                if (rk is not null && !kIns.Where((_, i) => i != 1).Concat(rk.Inputs).GroupBy(v => v).Any(v => v.Count() > 1))
+                {
+                    kIns[1] = rk.Inputs[0];
+                    ka["half"] = Attr.Of(rk.Attributes["half"].I);
+                    kIns.AddRange(rk.Inputs.Skip(1));
+                    kBody.Nodes.AddRange(rk.Attributes["body"].G!.Nodes);
+                    remove.Add(rk);
+                    counts["rotary"]--;
+                }
+                kBody.Nodes.Add(ck);
+                kBody.Nodes.Add(cv);
+                foreach (var i in kIns) kBody.Inputs.Add(new ValueInfo(i, null));
+                kBody.Outputs.Add(new ValueInfo(ck.Outputs[0], null));
+                kBody.Outputs.Add(new ValueInfo(cv.Outputs[0], null));
+                ka["body"] = Attr.Of(kBody);
+                // The new node stands where the later Concat stood: everything it reads is made before that.
+                var later = g.Nodes.IndexOf(ck) > g.Nodes.IndexOf(cv) ? ck : cv;
+                replace[later] = new Node { Name = $"fused_kv_append_{ck.Name}", OpType = OpType, Domain = Domain, Inputs = kIns.ToArray(), Outputs = [ck.Outputs[0], cv.Outputs[0]], Attributes = ka };
+                remove.Add(later == ck ? cv : ck);
+                counts["kv_append"] = counts.GetValueOrDefault("kv_append") + 1;
+            }
+            if (bodyNodes.Count == 0) continue;
+            var ab = att.Attributes["body"].G!;
+            var body = new Graph { Name = ab.Name };
+            foreach (var i in inputs) body.Inputs.Add(new ValueInfo(i, null));
+            body.Nodes.AddRange(bodyNodes);
+            body.Nodes.AddRange(ab.Nodes);
+            body.Outputs.AddRange(ab.Outputs);
+            attrs["body"] = Attr.Of(body);
+            replace[att] = new Node { Name = att.Name, OpType = OpType, Domain = Domain, Inputs = inputs.ToArray(), Outputs = att.Outputs, Attributes = attrs };
+        }
+        for (int i = g.Nodes.Count - 1; i >= 0; i--)
+        {
+            if (remove.Contains(g.Nodes[i])) g.Nodes.RemoveAt(i);
+            else if (replace.TryGetValue(g.Nodes[i], out var r)) g.Nodes[i] = r;
+        }
+        if (counts.GetValueOrDefault("rotary") == 0) counts.Remove("rotary");
     }
 
     /// <summary>Pattern queries over one graph: producers, consumer counts, constant values.</summary>

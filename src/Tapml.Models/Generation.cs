@@ -38,7 +38,10 @@ public static class Generation
     /// <summary>Generation with <paramref name="sampling"/> (greedy by default); stops after an id in
     /// <paramref name="eosTokenIds"/> or in the options' stop tokens.</summary>
     /// <param name="onToken">Called with each new token as soon as it is chosen (streaming).</param>
-    public static GenerationResult Run(Executor executor, Model model, ReadOnlySpan<long> prompt, int maxNewTokens, SamplingOptions sampling, IReadOnlyCollection<int>? eosTokenIds = null, Action<long>? onToken = null)
+    /// <param name="argmaxOnDevice">Greedy decode steps take the argmax on the device that made the logits (false: the
+    /// logits are read back and the host picks, as for sampling).</param>
+    public static GenerationResult Run(Executor executor, Model model, ReadOnlySpan<long> prompt, int maxNewTokens, SamplingOptions sampling, IReadOnlyCollection<int>? eosTokenIds = null, Action<long>? onToken = null,
+        bool argmaxOnDevice = true)
     {
         sampling.Validate();
         var sampler = new Sampler(sampling);
@@ -59,7 +62,7 @@ public static class Generation
         Add(sampler.Next(LastRow(prefillLogits), seen));
         // Greedy decode steps leave their logits where they were made: on a GPU the argmax runs there and one index
         // crosses the bus per token instead of the vocabulary's logits.
-        var argmax = sampler.IsGreedy ? new DeviceArgmax() : null;
+        var argmax = sampler.IsGreedy && argmaxOnDevice ? new DeviceArgmax() : null;
         Func<string, bool> keep = argmax is null ? KeepOnDevice : name => KeepOnDevice(name) || name == "logits";
         double decodeMs = 0;
         int steps = 0;

@@ -22,6 +22,8 @@ public static class Fused
         int opset = (int)ctx.Int("opset", 17);
         if (ctx.String("kind", "") == "projections")
             return Projections.Run(g, ctx, body, opset, ins) ?? NodeByNode(g, ctx, Unprojected.GetValue(ctx.Node, _ => Unproject(body, opset, ins)), opset, ins);
+        if (ctx.String("kind", "") == "kv_append")
+            return KvAppend(g, ctx, ins) ?? NodeByNode(g, ctx, body, opset, ins);
         GpuTensor? y = ctx.String("kind", "") switch
         {
             "elementwise" => Elementwise(g, ctx, body, opset, ins),
@@ -240,8 +242,19 @@ public static class Fused
         var (q, k, v) = (ins[0]!, ins[1]!, ins[2]!);
         var mask = nIn == 4 ? ins[3] : null;
         if (!IsF32(q) || !IsF32(k) || !IsF32(v) || q.Rank != 4 || k.Rank != 4 || v.Rank != 4) return null;
+        // With rotary_q, input 0 is q before its rotary embedding; cos and sin stand at rotary_at (see Fusion).
+        long rotHalf = ctx.Int("rotary_q", 0);
+        GpuTensor? rcos = null, rsin = null;
+        if (rotHalf > 0)
+        {
+            int at = (int)ctx.Int("rotary_at", -1);
+            if (at < nIn || at + 1 >= ins.Length || ins[at] is not { } c || ins[at + 1] is not { } sn || !IsF32(c) || !IsF32(sn)) return null;
+            if (q.Shape[3] != 2 * rotHalf || !BroadcastsTo(c, q.Shape) || !BroadcastsTo(sn, q.Shape)) return null;
+            (rcos, rsin) = (c, sn);
+        }
         // Constants of the body (scale, fill, repeat_kv shapes) must not raise the rank of what they touch.
         for (int i = nIn; i < ins.Length; i++) if (ins[i] is { Rank: > 4 }) return null;
+        if (nIn + (rcos is null ? 0 : 2) + 2 > g.Device.Limits.MaxStorageBuffersPerStage) return null;   // + output, metadata
         // Logical [batch, heads, seq, head_dim] shapes and element strides of (batch, head, seq) per operand.
         var (qs, qStr) = Heads(ctx, "q", q);
         var (ks, kStr) = Heads(ctx, "k", k);
@@ -270,7 +283,26 @@ public static class Fused
         meta.AddFloat(ctx.Float("scale", 1f)); meta.AddFloat(ctx.Float("fill", 0f));
         meta.AddAll(maskStrides);
         meta.AddAll(qStr); meta.AddAll(kStr); meta.AddAll(vStr);
-        var (gx, gy) = Wgsl.Grid(rows, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
+        // Long key ranges with few query rows (decode late in a long generation) are split over several workgroups
+        // per row (flash-decoding): each reduces a chunk of keys to its max, sum and unnormalized output, and a second
+        // dispatch combines the chunks. Short ones stay one pass: a dispatch costs the host more than they take.
+        long chunks = 1, chunk = t;
+        if (t >= AttnSplitFrom)
+        {
+            chunks = Math.Clamp((AttnTargetGroups + rows - 1) / rows, 1, (t + AttnThreads - 1) / AttnThreads);
+            chunk = ((t + chunks - 1) / chunks + AttnThreads - 1) / AttnThreads * AttnThreads;
+            chunks = (t + chunk - 1) / chunk;
+        }
+        meta.Add(chunk); meta.Add(chunks);
+        if (rcos is not null)
+        {
+            meta.Add(rotHalf);                                                   // md[25]
+            meta.AddAll(ShapeUtil.BroadcastStrides(rcos.Shape, q.Shape));        // md[26..29]
+            meta.AddAll(ShapeUtil.BroadcastStrides(rsin!.Shape, q.Shape));       // md[30..33]
+        }
+        bool split = chunks > 1;
+        var parts = split ? g.Empty(DType.Float32, [rows * chunks * (dv + 2)]) : null;
+        var (gx, gy) = Wgsl.Grid(rows * chunks, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
         const int W = AttnThreads, Acc = AttnMaxHeadDim / AttnThreads;
         string apply = maskKind switch
         {
@@ -278,20 +310,39 @@ public static class Fused
             "add" => "sc = sc + mk(mo + j * md[13]);",
             _ => "",
         };
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention", maskKind), () =>
+        bool rot = rcos is not null;
+        // q's load: rotated as it is read (x·cos + rotate_half(x)·sin, q's last axis contiguous) with rotary_q.
+        string loadQ = rot
+            ? $$"""
+  for (var e = t; e < D; e += {{W}}u) {
+    let hf = md[25]; let lo = e < hf;
+    let pv = q(qb + select(e - hf, e + hf, lo));
+    let co = bb * md[26] + hh * md[27] + i * md[28] + e * md[29];
+    let so = bb * md[30] + hh * md[31] + i * md[32] + e * md[33];
+    qs[e] = q(qb + e) * rc(co) + select(pv, -pv, lo) * rs(so);
+  }
+"""
+            : $"  for (var e = t; e < D; e += {W}u) {{ qs[e] = q(qb + e); }}\n";
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention", $"{maskKind}|{split}|{rot}"), () =>
         {
             var w = new Wgsl(W).In("q", q).In("k", k).In("v", v);
             if (mask is not null) w.In("mk", mask);
+            if (rot) w.In("rc", rcos!).In("rs", rsin!);
             w.Out("y", DType.Float32);
             w.Decl($"var<workgroup> qs: array<f32, {AttnMaxHeadDim}>;\nvar<workgroup> ps: array<f32, {W}>;\nvar<workgroup> red: array<f32, {W}>;");
             string accDecl = string.Join(" ", Enumerable.Range(0, Acc).Select(a => $"var a{a} = 0.0;"));
             string rescale = string.Join(" ", Enumerable.Range(0, Acc).Select(a => $"a{a} = a{a} * corr;"));
             string gather = string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"      if (t + {a * W}u < Dv) {{ a{a} += pj * v(vr + t + {a * W}u); }}"));
-            string store = string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"  if (t + {a * W}u < Dv) {{ y_st(row * Dv + t + {a * W}u, a{a} / total); }}"));
+            // One pass: y = acc / total. Split: y holds, per (row, chunk), [max, total, acc 0..Dv-1].
+            string store = split
+                ? "  let pb = wi * (Dv + 2u);\n  if (t == 0u) { y_st(pb, m); y_st(pb + 1u, total); }\n" +
+                  string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"  if (t + {a * W}u < Dv) {{ y_st(pb + 2u + t + {a * W}u, a{a}); }}"))
+                : string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"  if (t + {a * W}u < Dv) {{ y_st(row * Dv + t + {a * W}u, a{a} / total); }}"));
             return w.Build($$"""
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= md[0]) { return; }
-  let H = md[1]; let S = md[2]; let T = md[3]; let D = md[4]; let Dv = md[5];
+  let wi = wid.x + wid.y * nwg.x;
+  if (wi >= md[0] * md[24]) { return; }
+  let row = wi / md[24]; let jb = (wi % md[24]) * md[23]; let je = min(md[3], jb + md[23]);
+  let H = md[1]; let S = md[2]; let D = md[4]; let Dv = md[5];
   let scale = bitcast<f32>(md[8]); let fill = bitcast<f32>(md[9]);
   let i = row % S; let hh = (row / S) % H; let bb = row / (S * H);
   let kvh = hh / md[6];
@@ -301,15 +352,15 @@ public static class Fused
   let mo = bb * md[10] + hh * md[11] + i * md[12];
   let t = lid.x;
   let ninf = bits_(0xff800000u);
-  for (var e = t; e < D; e += {{W}}u) { qs[e] = q(qb + e); }
+{{loadQ}}
   workgroupBarrier();
   var m = ninf;
   var lsum = 0.0;
   {{accDecl}}
-  for (var j0 = 0u; j0 < T; j0 += {{W}}u) {
+  for (var j0 = jb; j0 < je; j0 += {{W}}u) {
     let j = j0 + t;
     var sc = ninf;
-    if (j < T) {
+    if (j < je) {
       var dot = 0.0;
       let kr = kb + j * ks;
       for (var e = 0u; e < D; e++) { dot += qs[e] * k(kr + e); }
@@ -323,12 +374,12 @@ public static class Fused
     // Nothing is accumulated while every score so far is -inf; a -inf score weighs 0.
     let corr = select(exp(m - mnew), 1.0, mnew == ninf);
     var p = 0.0;
-    if (j < T && sc != ninf) { p = exp(sc - mnew); }
+    if (j < je && sc != ninf) { p = exp(sc - mnew); }
     ps[t] = p;
     lsum = lsum * corr + p;
     {{rescale}}
     workgroupBarrier();
-    let n = min({{W}}u, T - j0);
+    let n = min({{W}}u, je - j0);
     for (var jj = 0u; jj < n; jj++) {
       let pj = ps[jj];
       let vr = vb + (j0 + jj) * vs;
@@ -343,7 +394,106 @@ public static class Fused
   let total = red[0];
 {{store}}
 """, elementwise: false);
-        }, "Attention", mask is null ? [q, k, v, y] : [q, k, v, mask, y], meta, gx, gy);
+        }, split ? "AttentionChunks" : "Attention",
+            [q, k, v, .. (mask is null ? Array.Empty<GpuTensor>() : [mask]), .. (rot ? new[] { rcos!, rsin! } : []), split ? parts! : y], meta, gx, gy);
+        if (!split) return y;
+        // Combine: per row, weights exp(max_c − M) (1 while every score is -inf, as the one-pass kernel: 0/0 = NaN).
+        var cm = new Meta();
+        cm.Add(rows); cm.Add(chunks); cm.Add(dv);
+        var (cx, cy) = Wgsl.Grid(rows, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention_combine", ""), () => new Wgsl(W).In("pt", parts!).Out("y", DType.Float32).Build($$"""
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= md[0]) { return; }
+  let C = md[1]; let Dv = md[2]; let pb = row * C * (Dv + 2u);
+  let ninf = bits_(0xff800000u);
+  var mx = ninf;
+  for (var c = 0u; c < C; c++) { mx = max(mx, pt(pb + c * (Dv + 2u))); }
+  var total = 0.0;
+  for (var c = 0u; c < C; c++) { let o = pb + c * (Dv + 2u); total += pt(o + 1u) * select(exp(pt(o) - mx), 1.0, mx == ninf); }
+  for (var e = lid.x; e < Dv; e += {{W}}u) {
+    var acc = 0.0;
+    for (var c = 0u; c < C; c++) { let o = pb + c * (Dv + 2u); acc += pt(o + 2u + e) * select(exp(pt(o) - mx), 1.0, mx == ninf); }
+    y_st(row * Dv + e, acc / total);
+  }
+""", elementwise: false), "AttentionCombine", [parts!, y], cm, cx, cy);
+        g.Free(parts!);
         return y;
     }
+
+    static bool BroadcastsTo(GpuTensor t, long[] shape)
+    {
+        try { return ShapeUtil.SameShape(ShapeUtil.Broadcast(t.Shape, shape), shape); }
+        catch (TapmlException) { return false; }
+    }
+
+    /// <summary>The KV cache append of a layer in one dispatch: present K = Concat(past K, new K) and present V =
+    /// Concat(past V, new V) along the sequence axis of [batch, kv_heads, seq, head_dim] values, the new K rotated
+    /// (rotary embedding, <c>half</c>) as it is written when the region holds its rotary. Inputs past K, new K, past V,
+    /// new V [, cos, sin, …]; null (the body runs) when the shapes are not what the pattern assumes.</summary>
+    static Value?[]? KvAppend(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
+    {
+        if (ins.Length < 4 || ins[0] is not { } pk || ins[1] is not { } xk || ins[2] is not { } pv || ins[3] is not { } xv) return null;
+        if (new[] { pk, xk, pv, xv }.Any(t => !IsF32(t) || t.Rank != 4)) return null;
+        if (ctx.Int("axis", 2) is not (2 or -2)) return null;
+        if (pk.Shape[0] != xk.Shape[0] || pk.Shape[1] != xk.Shape[1] || pk.Shape[3] != xk.Shape[3]) return null;
+        if (pv.Shape[0] != xv.Shape[0] || pv.Shape[1] != xv.Shape[1] || pv.Shape[3] != xv.Shape[3]) return null;
+        long half = ctx.Int("half", 0);
+        GpuTensor? cos = null, sin = null;
+        if (half > 0)
+        {
+            if (ins.Length < 6 || ins[4] is not { } c || ins[5] is not { } sn || !IsF32(c) || !IsF32(sn)) return null;
+            if (xk.Shape[3] != 2 * half || !BroadcastsTo(c, xk.Shape) || !BroadcastsTo(sn, xk.Shape)) return null;
+            (cos, sin) = (c, sn);
+        }
+        if ((cos is null ? 4 : 6) + 3 > g.Device.Limits.MaxStorageBuffersPerStage) return null;                 // + 2 outputs, metadata
+        var yk = g.Empty(DType.Float32, [pk.Shape[0], pk.Shape[1], pk.Shape[2] + xk.Shape[2], pk.Shape[3]]);
+        var yv = g.Empty(DType.Float32, [pv.Shape[0], pv.Shape[1], pv.Shape[2] + xv.Shape[2], pv.Shape[3]]);
+        long nk = yk.Length, n = nk + yv.Length;
+        if (n == 0) return [yk, yv];
+        var meta = new Meta();
+        meta.Add(n); meta.Add(nk);
+        meta.Add(pk.Shape[2]); meta.Add(xk.Shape[2]); meta.Add(pk.Shape[3]); meta.Add(pk.Shape[1]);   // md[2..5]: Tk, S, D, H
+        meta.Add(pv.Shape[2]); meta.Add(xv.Shape[2]); meta.Add(pv.Shape[3]);                          // md[6..8]: Tv, Sv, Dv
+        bool rot = cos is not null;
+        if (rot)
+        {
+            meta.Add(half);                                                      // md[9]
+            meta.AddAll(ShapeUtil.BroadcastStrides(cos!.Shape, xk.Shape));       // md[10..13]
+            meta.AddAll(ShapeUtil.BroadcastStrides(sin!.Shape, xk.Shape));       // md[14..17]
+        }
+        string newK = rot
+            ? """
+      let hf = md[9]; let lo = e < hf; let b = bh / md[5]; let h = bh % md[5];
+      let xi = (bh * S + tn) * D;
+      let pr = xk(xi + select(e - hf, e + hf, lo));
+      let co = b * md[10] + h * md[11] + tn * md[12] + e * md[13];
+      let so = b * md[14] + h * md[15] + tn * md[16] + e * md[17];
+      yk_st(i, xk(xi + e) * cs(co) + select(pr, -pr, lo) * sn(so));
+"""
+            : "      yk_st(i, xk((bh * S + tn) * D + e));\n";
+        g.Launch(new WebGpuPlatform.KernelKey("kv_append", $"{rot}"), () =>
+        {
+            var w = new Wgsl(g.Workgroup).In("pk", pk).In("xk", xk).In("pv", pv).In("xv", xv);
+            if (rot) w.In("cs", cos!).In("sn", sin!);
+            return w.Out("yk", DType.Float32).Out("yv", DType.Float32).Build($$"""
+  if (i < md[1]) {
+    let Tp = md[2]; let S = md[3]; let D = md[4]; let T = Tp + S;
+    let e = i % D; let tt = (i / D) % T; let bh = i / (D * T);
+    if (tt < Tp) { yk_st(i, pk((bh * Tp + tt) * D + e)); }
+    else {
+      let tn = tt - Tp;
+{{newK}}    }
+  } else {
+    let j = i - md[1];
+    let Tp = md[6]; let S = md[7]; let D = md[8]; let T = Tp + S;
+    let e = j % D; let tt = (j / D) % T; let bh = j / (D * T);
+    if (tt < Tp) { yv_st(j, pv((bh * Tp + tt) * D + e)); } else { yv_st(j, xv((bh * S + tt - Tp) * D + e)); }
+  }
+""");
+        }, rot ? "KvAppendRotary" : "KvAppend", [pk, xk, pv, xv, .. (rot ? new[] { cos!, sin! } : []), yk, yv], meta, n);
+        return [yk, yv];
+    }
+
+    /// <summary>Key count from which decode-shaped attention splits the keys over workgroups, and the workgroups it aims at.</summary>
+    const long AttnSplitFrom = 256, AttnTargetGroups = 256;
 }

@@ -100,9 +100,11 @@ public static class Reductions
             .Build(body, elementwise: false), label, [x, y], meta, gx, gy);
     }
 
-    /// <summary>ArgMax/ArgMin along one axis, int64 out: one workgroup per output, each thread keeps its best
-    /// (value, index), then a tree reduction. numpy's order, as the cpu reference: a NaN beats every number (the first
-    /// NaN, or the last with select_last_index), then the extreme value, ties to the first (last) index.</summary>
+    /// <summary>ArgMax/ArgMin along one axis, int64 out. Each workgroup reduces up to <see cref="ArgChunk"/> elements of a
+    /// row (each thread keeps its best (value, index), then a tree reduction); a longer row (a vocabulary's logits) is
+    /// split over several workgroups whose (value, index) pairs a second dispatch reduces, so the row is read by many
+    /// SMs at once. numpy's order, as the cpu reference: a NaN beats every number (the first NaN, or the last with
+    /// select_last_index), then the extreme value, ties to the first (last) index.</summary>
     static GpuTensor Arg(WebGpuPlatform g, Tapml.Platforms.NodeContext ctx, GpuTensor x, bool max)
     {
         if (x.Rank == 0) throw ctx.Error("input must have rank >= 1");
@@ -118,43 +120,68 @@ public static class Reductions
         var outShape = keep ? x.Shape.Select((d, i) => i == axis ? 1L : d).ToArray() : x.Shape.Where((_, i) => i != axis).ToArray();
         var y = g.Empty(DType.Int64, outShape);
         if (y.Length == 0) return y;
-        long inner = ShapeUtil.Size(x.Shape.AsSpan(axis + 1));
+        long rows = y.Length, inner = Math.Max(1, ShapeUtil.Size(x.Shape.AsSpan(axis + 1)));
+        long parts = (len + ArgChunk - 1) / ArgChunk;
+        if (parts == 1) { ArgPass(g, x, null, [y], rows, len, inner, 1, max, last); return y; }
+        // NOTE: partial values keep x's storage type (f16/bf16 values are exact in it), indices are u32.
+        var pv = g.Empty(x.Storage == GpuStorage.F32 || x.Storage == GpuStorage.F16x2 ? DType.Float32 : x.Storage == GpuStorage.I32 ? DType.Int32 : DType.UInt32, [rows * parts]);
+        var pi = g.Empty(DType.UInt32, [rows * parts]);
+        try
+        {
+            ArgPass(g, x, null, [pv, pi], rows, len, inner, parts, max, last);
+            ArgPass(g, pv, pi, [y], rows, parts, 1, 1, max, last);
+        }
+        finally { g.Free(pv); g.Free(pi); }
+        return y;
+    }
+
+    /// <summary>Elements one workgroup of <see cref="Arg"/> reduces.</summary>
+    const long ArgChunk = 2048;
+
+    /// <summary>One pass of <see cref="Arg"/>: <paramref name="rows"/> × <paramref name="parts"/> workgroups, each over
+    /// its chunk of a row of <paramref name="len"/> (stride <paramref name="inner"/>). Values from <paramref name="x"/>,
+    /// indices the positions or, with <paramref name="idx"/>, read from it; writes the index (one output) or the pair.</summary>
+    static void ArgPass(WebGpuPlatform g, GpuTensor x, GpuTensor? idx, GpuTensor[] outs, long rows, long len, long inner, long parts, bool max, bool last)
+    {
         var meta = new Meta();
-        meta.Add(y.Length); meta.Add(len); meta.Add(Math.Max(1, inner));
+        meta.Add(rows * parts); meta.Add(len); meta.Add(inner); meta.Add(parts); meta.Add(Math.Min(len, ArgChunk));
         string s = Wgsl.Scalar(x.Storage);
-        bool isFloat = s == "f32";
-        // better(a, ia, b, ib): does (a, ia) come before (b, ib)?
-        string nan(string v) => isFloat ? $"((bitcast<u32>({v}) & 0x7fffffffu) > 0x7f800000u)" : "false";
-        string ext = max ? ">" : "<";
-        string tie = last ? ">" : "<";
+        bool pairs = idx is not null, final = outs.Length == 1;
+        string nan(string v) => s == "f32" ? $"((bitcast<u32>({v}) & 0x7fffffffu) > 0x7f800000u)" : "false";
         string better = $$"""
 fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
   let na = {{nan("a")}}; let nb = {{nan("b")}};
-  if (na || nb) { return (na && !nb) || (na && nb && ia {{tie}} ib); }
-  return a {{ext}} b || (a == b && ia {{tie}} ib);
+  if (na || nb) { return (na && !nb) || (na && nb && ia {{(last ? ">" : "<")}} ib); }
+  return a {{(max ? ">" : "<")}} b || (a == b && ia {{(last ? ">" : "<")}} ib);
 }
 """;
-        string body = """
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= md[0]) { return; }
-  let L = md[1]; let inner = md[2];
+        string at(string j) => pairs ? $"xi(base + {j})" : j;
+        string body = $$"""
+  let w = wid.x + wid.y * nwg.x;
+  if (w >= md[0]) { return; }
+  let L = md[1]; let inner = md[2]; let row = w / md[3]; let part = w % md[3];
   let base = (row / inner) * L * inner + row % inner;
-  var bi = min(lid.x, L - 1u);
-  var bv = x(base + bi * inner);
-  for (var j = lid.x + 256u; j < L; j += 256u) { let v = x(base + j * inner); if (better(v, j, bv, bi)) { bv = v; bi = j; } }
+  let j0 = part * md[4]; let j1 = min(L, j0 + md[4]);
+  var bj = min(j0 + lid.x, j1 - 1u);
+  var bv = x(base + bj * inner); var bi = {{at("bj")}};
+  for (var j = j0 + lid.x + 256u; j < j1; j += 256u) { let v = x(base + j * inner); let vi = {{at("j")}}; if (better(v, vi, bv, bi)) { bv = v; bi = vi; } }
   rv[lid.x] = bv; ri[lid.x] = bi;
   workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (lid.x < s && better(rv[lid.x + s], ri[lid.x + s], rv[lid.x], ri[lid.x])) { rv[lid.x] = rv[lid.x + s]; ri[lid.x] = ri[lid.x + s]; }
+  for (var t = 128u; t > 0u; t >>= 1u) {
+    if (lid.x < t && better(rv[lid.x + t], ri[lid.x + t], rv[lid.x], ri[lid.x])) { rv[lid.x] = rv[lid.x + t]; ri[lid.x] = ri[lid.x + t]; }
     workgroupBarrier();
   }
-  if (lid.x == 0u) { y_st(row, i32(ri[0])); }
+  if (lid.x == 0u) { {{(final ? "y_st(w, i32(ri[0]));" : "pv_st(w, rv[0]); pi_st(w, ri[0]);")}} }
 """;
-        var (gx, gy) = Wgsl.Grid(y.Length, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("arg", $"{max}|{last}|{(int)x.Storage}"), () => new Wgsl(256).In("x", x).Out("y", DType.Int64)
-            .Decl($"var<workgroup> rv: array<{s}, 256>;\nvar<workgroup> ri: array<u32, 256>;\n{better}")
-            .Build(body, elementwise: false), max ? "ArgMax" : "ArgMin", [x, y], meta, gx, gy);
-        return y;
+        var (gx, gy) = Wgsl.Grid(rows * parts, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("arg", $"{max}|{last}|{pairs}|{final}|{(int)x.Storage}"), () =>
+        {
+            var w = new Wgsl(256).In("x", x);
+            if (pairs) w.In("xi", idx!);
+            if (final) w.Out("y", DType.Int64);
+            else w.Out("pv", outs[0].DType).Out("pi", DType.UInt32);
+            return w.Decl($"var<workgroup> rv: array<{s}, 256>;\nvar<workgroup> ri: array<u32, 256>;\n{better}").Build(body, elementwise: false);
+        }, max ? "ArgMax" : "ArgMin", [x, .. (pairs ? new[] { idx! } : []), .. outs], meta, gx, gy);
     }
 
     /// <summary>Max, then sum of exp(v − max), per row: writes softmax / log-softmax rows or log-sum-exp values.</summary>
