@@ -17,7 +17,7 @@ namespace Tapml.Cli;
 /// against a plain run of the same model in the same process.</summary>
 static class BenchWorkflows
 {
-    public static IReadOnlyList<string> Names => ["carve", "migrate", "llm", "gpu"];
+    public static IReadOnlyList<string> Names => ["carve", "migrate", "llm", "llm-large", "gpu"];
 
     sealed record Subject(string Name, Model Model, Action<Executor> Run, MigrationInput Input);
 
@@ -117,6 +117,52 @@ static class BenchWorkflows
         return same ? 0 : 1;
     }
 
+    /// <summary>Decode where weight bandwidth, not dispatches, sets the pace: four layers of Llama-3-8B's shape (hidden
+    /// 4096, 32 heads, 8 KV heads, intermediate 14336; vocab 32000): 0.94B parameters, 3.5 GiB f32 read per token.
+    /// webgpu against cpu in one process (ORT is left out: the graph's 3.5 GiB are over protobuf's 2 GiB, and its
+    /// session would take minutes); prompt 16, 16 decode steps. Prints the effective weight bandwidth of a decode step
+    /// (bytes read ÷ time), to set against the matrix-vector bandwidth <c>bench gpu</c> measures.</summary>
+    static int LlmLarge(int runs)
+    {
+        var sizes = new TinyCheckpoint.Sizes(Layers: 4, Hidden: 4096, Heads: 32, KvHeads: 8, Intermediate: 14336, Vocab: 32000);
+        string dir = Path.Combine(Path.GetTempPath(), "tapml-bench-llama-4x4096");
+        if (!File.Exists(Path.Combine(dir, "model.safetensors"))) TinyCheckpoint.Write("llama", 1, dir, sizes);
+        var plain = HfModels.Load(dir);
+        long parameters = plain.Graph.Initializers.Values.Where(t => t.Rank >= 1 && t.Length > 1000).Sum(t => t.Length);
+        var gatherOnly = plain.Graph.Initializers.Keys.Where(k => plain.Graph.Nodes.Where(n => n.Inputs.Contains(k)).All(n => n.OpType == "Gather")).ToHashSet();
+        long readBytes = plain.Graph.Initializers.Where(kv => !gatherOnly.Contains(kv.Key)).Sum(kv => kv.Value.Length * DTypes.Size(kv.Value.DType));
+        var rng = new Random(3);
+        long[] prompt = Enumerable.Range(0, 16).Select(_ => (long)rng.Next(32000)).ToArray();
+        const int newTokens = 17;
+        if (Tapml.Platforms.WebGpu.WebGpuPlatform.Unavailable() is { } why) { Console.Error.WriteLine($"bench llm-large: {why}"); return 2; }
+        var table = new Table().AddColumns("platform", "prefill tokens/s", "decode tokens/s", "decode ms/token", "weight bandwidth of a decode step");
+        var results = new List<GenerationResult>();
+        foreach (var spec in new[] { "cpu", "webgpu" })
+        {
+            using var p = PlatformRegistry.Create(spec);
+            var exec = new Executor(p) { PreferWholeGraph = true };
+            var model = GenerateVerb.FusesByDefault(p) ? Fusion.Fuse(plain, out _) : plain;
+            Generation.Greedy(exec, model, prompt.AsSpan(0, 4), 2);
+            GenerationResult? best = null;
+            for (int i = 0; i < (spec == "cpu" ? 1 : runs); i++)
+            {
+                var r = Generation.Greedy(exec, model, prompt, newTokens);
+                if (best is null || r.DecodeTokensPerSecond > best.DecodeTokensPerSecond) best = r;
+            }
+            results.Add(best!);
+            table.AddRow(spec, $"{best!.PrefillTokensPerSecond:F1}", $"{best.DecodeTokensPerSecond:F1}", $"{best.DecodeMs / Math.Max(1, best.DecodeSteps):F2}",
+                $"{readBytes * best.DecodeTokensPerSecond / 1e12:F2} TB/s");
+            Console.Error.WriteLine($"bench llm-large: {spec}: prefill {best.PrefillTokensPerSecond:F1} tokens/s, decode {best.DecodeTokensPerSecond:F1} tokens/s");
+        }
+        bool same = results[0].Tokens.SequenceEqual(results[1].Tokens);
+        table.Caption($"llama {parameters / 1e9:F2}B parameters (4 layers of 4096/14336, f32), {Format.Bytes(readBytes)} read per decode step, prompt 16, 16 decode steps; " +
+                      $"webgpu best of {runs}, cpu one run; greedy tokens {(same ? "identical" : "DIFFER")}");
+        AnsiConsole.Write(table);
+        Console.WriteLine($"webgpu: decode {results[1].DecodeTokensPerSecond:F1} tokens/s = {results[1].DecodeTokensPerSecond / results[0].DecodeTokensPerSecond:F1}× cpu; " +
+                          $"{readBytes} B of weights per step at {readBytes * results[1].DecodeTokensPerSecond / 1e12:F2} TB/s");
+        return same ? 0 : 1;
+    }
+
     /// <summary>WebGPU kernels alone, GPU time from timestamp queries: decode-shaped matrix-vector products (weight
     /// bytes ÷ time = achieved bandwidth) and a prefill-shaped matmul (FLOP/s), 50 dispatches per measurement, best of runs.</summary>
     static int Gpu(int runs)
@@ -206,6 +252,7 @@ static class BenchWorkflows
     public static int Run(string scenario, string shared, int runs)
     {
         if (scenario == "llm") return Llm(runs);
+        if (scenario == "llm-large") return LlmLarge(runs);
         if (scenario == "gpu") return Gpu(runs);
         var table = scenario == "carve"
             ? new Table().AddColumns("model", "plain run ms", "carve ms", "carve ÷ plain", "cases", "blobs (after dedup)", "tensors (before dedup)", "replay cases/s")
