@@ -150,6 +150,12 @@ static class BenchWorkflows
                 if (best is null || r.DecodeTokensPerSecond > best.DecodeTokensPerSecond) best = r;
             }
             results.Add(best!);
+            // One more run with GPU time per kernel (each dispatch in a pass of its own: slower, not the measurement).
+            if (p is Tapml.Platforms.WebGpu.WebGpuPlatform wg && wg.Device.StartProfile())
+            {
+                var pr = Generation.Greedy(exec, model, prompt, newTokens);
+                GenerateVerb.PrintProfile(wg.Device.StopProfile(), pr.DecodeSteps + 1);
+            }
             table.AddRow(spec, $"{best!.PrefillTokensPerSecond:F1}", $"{best.DecodeTokensPerSecond:F1}", $"{best.DecodeMs / Math.Max(1, best.DecodeSteps):F2}",
                 $"{readBytes * best.DecodeTokensPerSecond / 1e12:F2} TB/s");
             Console.Error.WriteLine($"bench llm-large: {spec}: prefill {best.PrefillTokensPerSecond:F1} tokens/s, decode {best.DecodeTokensPerSecond:F1} tokens/s");

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json.Nodes;
+using Spectre.Console;
 using Tapml.Core;
 using Tapml.Ir;
 using Tapml.Ir.Safetensors;
@@ -35,7 +36,8 @@ static class GenerateVerb
         var logitsOut = new Option<string?>("--logits-out") { Description = "write the prefill logits here as safetensors tensor 'logits' [1, seq, vocab]" };
         var fuse = new Option<string>("--fuse") { Description = "fuse RMSNorm, rotary and element-wise chains into one kernel each (tapml.Fused nodes): auto (on for webgpu), on, off", DefaultValueFactory = _ => "auto" };
         fuse.AcceptOnlyFromAmong("auto", "on", "off");
-        var cmd = new Command("generate", "generate tokens with the model's KV cache (greedy unless --temperature, --top-k or --top-p is given)") { model, platform, prompt, inputIds, maxTokens, seed, temperature, topK, topP, repetition, stop, json, logitsOut, fuse };
+        var profile = new Option<bool>("--profile") { Description = "webgpu: GPU time per kernel (timestamp queries around each dispatch, which then runs in a compute pass of its own), printed after the run" };
+        var cmd = new Command("generate", "generate tokens with the model's KV cache (greedy unless --temperature, --top-k or --top-p is given)") { model, platform, prompt, inputIds, maxTokens, seed, temperature, topK, topP, repetition, stop, json, logitsOut, fuse, profile };
         cmd.Action(pr =>
         {
             string spec = pr.GetValue(model)!;
@@ -43,6 +45,8 @@ static class GenerateVerb
             var m = ModelSpec.Load(spec);
             IReadOnlyCollection<int>? eos = Directory.Exists(spec) && HfModels.IsHfFolder(spec) ? HfConfig.Load(spec).EosTokenIds : null;
             using var p = PlatformRegistry.Create(pr.GetValue(platform)!);
+            if (pr.GetValue(profile) && !(p is Tapml.Platforms.WebGpu.WebGpuPlatform pw && pw.Device.StartProfile()))
+                throw new TapmlException($"--profile needs a webgpu platform whose adapter has timestamp queries ({p.Name} has not)");
             var exec = new Executor(p) { PreferWholeGraph = true };
             if (pr.GetValue(fuse) == "on" || pr.GetValue(fuse) == "auto" && FusesByDefault(p))
             {
@@ -77,7 +81,10 @@ static class GenerateVerb
             Console.WriteLine();
             if (tokenizer is not null) Console.WriteLine($"tokens: {string.Join(",", r.Tokens)}");
             if (p is Tapml.Platforms.WebGpu.WebGpuPlatform wg)
+            {
                 Console.Error.WriteLine($"webgpu: {wg.Device.Counters.PerStep(r.DecodeSteps + 1)} (prefill and decode steps); {wg.Device.PipelineCount} pipelines");
+                if (pr.GetValue(profile)) PrintProfile(wg.Device.StopProfile(), r.DecodeSteps + 1);
+            }
             Console.WriteLine($"prefill {r.PromptTokens} tokens in {r.PrefillMs:F1} ms ({r.PrefillTokensPerSecond:F1} tokens/s); decode {r.DecodeSteps} tokens in {r.DecodeMs:F1} ms ({r.DecodeTokensPerSecond:F1} tokens/s) on {p.Name}");
             if (pr.GetValue(json) is { } jsonPath)
             {
@@ -95,5 +102,16 @@ static class GenerateVerb
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>GPU time per kernel of a profiled run (to stderr): calls, total, share, per call and per step.</summary>
+    internal static void PrintProfile(List<(string Kernel, long Calls, double Ms)> rows, int steps)
+    {
+        double total = rows.Sum(r => r.Ms);
+        var t = new Table().AddColumns("kernel", "calls", "GPU ms", "share", "µs / call", "ms / step");
+        foreach (var (k, c, ms) in rows)
+            t.AddRow(Markup.Escape(k), $"{c}", $"{ms:F3}", $"{ms / Math.Max(total, 1e-9) * 100:F1}%", $"{ms * 1e3 / c:F1}", $"{ms / steps:F3}");
+        t.Caption($"GPU time of {rows.Sum(r => r.Calls)} dispatches over {steps} steps (prefill and decode): {total:F2} ms, {total / steps:F3} ms a step; each dispatch ran in a pass of its own");
+        AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) }).Write(t);
     }
 }

@@ -32,6 +32,28 @@ public class WebGpuTests
         Assert.Equal(Tokens(cpu.Stdout), Tokens(gpu.Stdout));
     }
 
+    /// <summary><c>generate --profile</c> on webgpu: GPU time per kernel (each dispatch timed in a pass of its own)
+    /// for the run's dispatches, and the same tokens as without it; on cpu it is a clear error.</summary>
+    [Fact]
+    public void Generate_profile_lists_gpu_time_per_kernel_and_keeps_the_tokens()
+    {
+        SkipIfNoDawn("webgpu");
+        string[] args = ["generate", "--model", "builtin:tiny-llama", "--input-ids", "1,17,305,42", "--max-tokens", "4"];
+        var plain = CliRunner.Run([.. args, "--platform", "webgpu"]);
+        var prof = CliRunner.Run([.. args, "--platform", "webgpu", "--profile"]);
+        Assert.True(prof.ExitCode == 0, prof.Stderr);
+        string Tokens(string s) => s.Split('\n').Single(l => l.StartsWith("tokens:", StringComparison.Ordinal));
+        Assert.Equal(Tokens(plain.Stdout), Tokens(prof.Stdout));
+        Assert.Contains("KvAppendRotary", prof.Stderr);
+        Assert.Contains("Attention", prof.Stderr);
+        var m = System.Text.RegularExpressions.Regex.Match(prof.Stderr, @"GPU time of (\d+) dispatches over 4 steps");
+        Assert.True(m.Success, prof.Stderr);
+        Assert.True(int.Parse(m.Groups[1].Value) >= 4 * 12, prof.Stderr);
+        var cpu = CliRunner.Run([.. args, "--platform", "cpu", "--profile"]);
+        Assert.Equal(2, cpu.ExitCode);
+        Assert.Contains("--profile needs a webgpu platform", cpu.Stderr);
+    }
+
     [Fact]
     public void A_lowered_binding_limit_is_a_clear_error_naming_node_and_tensor()
     {

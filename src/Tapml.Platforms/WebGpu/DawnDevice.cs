@@ -344,6 +344,7 @@ public sealed unsafe class DawnDevice : IDisposable
     public void Dispatch(GpuPipeline p, ReadOnlySpan<nint> buffers, ReadOnlySpan<ulong> sizes, ReadOnlySpan<uint> meta, uint gx, uint gy = 1, uint gz = 1)
     {
         CheckUsable();
+        if (_profile is not null && _profilePending.Count == ProfileSlots) Flush();
         int metaBytes = Math.Max(16, (meta.Length * 4 + 15) & ~15);
         if (_metaUsed + metaBytes > MetaBytes) Flush();
         int metaOffset = _metaUsed;
@@ -358,11 +359,13 @@ public sealed unsafe class DawnDevice : IDisposable
         entries[n] = new BindGroupEntry { Binding = (uint)n, Buffer = _meta, Offset = (ulong)metaOffset, Size = (ulong)metaBytes };
         var bg = CachedBindGroup(p, entries, n + 1);
         if (_encoder == 0) _encoder = Wgpu.DeviceCreateCommandEncoder(_device, 0);
+        if (_profile is not null && !_timing) BeginProfiledPass(p.Label);
         if (_pass == 0) _pass = Wgpu.CommandEncoderBeginComputePass(_encoder, 0);
         Wgpu.ComputePassSetPipeline(_pass, p.Handle);
         Wgpu.ComputePassSetBindGroup(_pass, 0, bg, 0, null);
         Wgpu.ComputePassDispatch(_pass, gx, gy, gz);
         Dispatches++;
+        if (_profile is not null && !_timing) EndPass();
         ThrowIfFailed("dispatching", p.Label);
         // Submit every AutoSubmit dispatches so the GPU runs while the host records the rest (a decode step would
         // otherwise reach the GPU only at its readback). Not inside a timed pass.
@@ -446,12 +449,76 @@ public sealed unsafe class DawnDevice : IDisposable
         _pass = 0;
     }
 
+    // ---- profiling: each dispatch in a pass of its own with timestamps at its start and end ----------------------
+
+    Dictionary<string, (long Calls, double Ms)>? _profile;
+    nint _profileQueries, _profileResolve;
+    readonly List<string> _profilePending = new();
+    const int ProfileSlots = 1024;
+
+    /// <summary>Starts attributing GPU time to kernels (by label): from now on every dispatch runs in a compute pass of
+    /// its own between two timestamps, which costs GPU time of its own; read with <see cref="StopProfile"/>. False when
+    /// the adapter has no timestamp queries.</summary>
+    public bool StartProfile()
+    {
+        if (!Info.TimestampQuery) return false;
+        Flush();
+        if (_profileQueries == 0)
+        {
+            var qd = new QuerySetDescriptor { Type = Wgpu.QueryTypeTimestamp, Count = 2 * ProfileSlots };
+            _profileQueries = Wgpu.DeviceCreateQuerySet(_device, &qd);
+            _profileResolve = CreateRaw(16UL * ProfileSlots, Wgpu.UsageQueryResolve | Wgpu.UsageCopySrc, "tapml-profile");
+        }
+        _profile = new();
+        return true;
+    }
+
+    /// <summary>GPU milliseconds and calls per kernel label since <see cref="StartProfile"/>, most time first; stops it.</summary>
+    public List<(string Kernel, long Calls, double Ms)> StopProfile()
+    {
+        Flush();
+        var r = (_profile ?? new()).Select(kv => (kv.Key, kv.Value.Calls, kv.Value.Ms)).OrderByDescending(t => t.Ms).ToList();
+        _profile = null;
+        return r;
+    }
+
+    void BeginProfiledPass(string label)
+    {
+        EndPass();
+        uint slot = (uint)_profilePending.Count;
+        var tw = stackalloc nint[3]; // {next, querySet, begin|end}
+        tw[0] = 0; tw[1] = _profileQueries; ((uint*)&tw[2])[0] = 2 * slot; ((uint*)&tw[2])[1] = 2 * slot + 1;
+        var pd = stackalloc nint[4]; // {next, label.data, label.length, timestampWrites}
+        pd[0] = 0; pd[1] = 0; pd[2] = 0; pd[3] = (nint)tw;
+        _pass = Wgpu.CommandEncoderBeginComputePass(_encoder, (nint)pd);
+        _profilePending.Add(label);
+    }
+
+    /// <summary>Resolves the pending timestamps into the profile (after their work was submitted).</summary>
+    void CollectProfile()
+    {
+        int n = _profilePending.Count;
+        var labels = _profilePending.ToArray();
+        _profilePending.Clear();
+        var bytes = new byte[16 * n];
+        Read(_profileResolve, 0, bytes, shared: false);
+        var ts = MemoryMarshal.Cast<byte, ulong>(bytes);
+        for (int i = 0; i < n; i++)
+        {
+            double ms = ts[2 * i + 1] >= ts[2 * i] ? (ts[2 * i + 1] - ts[2 * i]) / 1e6 : 0;
+            var (c, t) = _profile!.GetValueOrDefault(labels[i]);
+            _profile[labels[i]] = (c + 1, t + ms);
+        }
+    }
+
     /// <summary>Submits everything recorded so far (metadata first).</summary>
     public void Flush()
     {
         if (_encoder == 0) return;
         CheckUsable();
         EndPass();
+        bool profiled = _profilePending.Count > 0 && _profile is not null;
+        if (profiled) Wgpu.CommandEncoderResolveQuerySet(_encoder, _profileQueries, 0, (uint)(2 * _profilePending.Count), _profileResolve, 0);
         if (_metaUsed > 0)
         {
             fixed (byte* m = _metaHost) Wgpu.QueueWriteBuffer(_queue, _meta, 0, m, (nuint)_metaUsed);
@@ -468,17 +535,22 @@ public sealed unsafe class DawnDevice : IDisposable
         _sinceSubmit = 0;
         Submits++;
         ThrowIfFailed("submitting work");
+        if (profiled) CollectProfile();
     }
 
     /// <summary>Copies <paramref name="bytes"/> of <paramref name="buffer"/> to the host (waits for all work).</summary>
-    public void Read(nint buffer, ulong offset, Span<byte> dest)
+    public void Read(nint buffer, ulong offset, Span<byte> dest) => Read(buffer, offset, dest, shared: true);
+
+    /// <param name="shared">Use the kept staging buffer (false: a buffer of its own, for a read made while another
+    /// read's copy into the kept one is pending: the profile's timestamps, collected inside that read's submit).</param>
+    void Read(nint buffer, ulong offset, Span<byte> dest, bool shared)
     {
         CheckUsable();
         ulong bytes = (ulong)dest.Length;
         if (bytes == 0) return;
         if (buffer == 0) throw new TapmlException("webgpu: read of a buffer that was never created (internal error)");
         ulong size = (bytes + 3) & ~3UL;
-        bool keep = size <= StagingKeepBytes;
+        bool keep = shared && size <= StagingKeepBytes;
         var staging = keep ? Staging(size) : CreateRaw(size, Wgpu.UsageMapRead | Wgpu.UsageCopyDst, "tapml-readback");
         try
         {
@@ -573,6 +645,7 @@ public sealed unsafe class DawnDevice : IDisposable
         _pipelines.Clear();
         DestroyPool();
         DestroyStaging();
+        if (_profileQueries != 0) { Wgpu.QuerySetRelease(_profileQueries); Wgpu.BufferDestroy(_profileResolve); Wgpu.BufferRelease(_profileResolve); _profileQueries = 0; }
         if (_meta != 0) { Wgpu.BufferDestroy(_meta); Wgpu.BufferRelease(_meta); _meta = 0; }
         Wgpu.QueueRelease(_queue);
         Wgpu.DeviceDestroy(_device);
