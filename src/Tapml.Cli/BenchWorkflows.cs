@@ -38,14 +38,7 @@ static class BenchWorkflows
     /// graph, run whole by ORT) in one process, with the process's peak working set and the executor's peak live bytes.</summary>
     static int Llm(int runs)
     {
-        var sizes = new TinyCheckpoint.Sizes(Layers: 12, Hidden: 768, Heads: 12, KvHeads: 4, Intermediate: 2048, Vocab: 32000);
-        string dir = Path.Combine(Path.GetTempPath(), "tapml-bench-llama-125m");
-        if (!File.Exists(Path.Combine(dir, "model.safetensors"))) TinyCheckpoint.Write("llama", 1, dir, sizes);
-        var plain = HfModels.Load(dir);
-        long parameters = plain.Graph.Initializers.Values.Where(t => t.Rank >= 1 && t.Length > 1000).Sum(t => t.Length);
-        // Bytes a decode step must read: every weight except tables only a Gather reads (one row of the embedding).
-        var gatherOnly = plain.Graph.Initializers.Keys.Where(k => plain.Graph.Nodes.Where(n => n.Inputs.Contains(k)).All(n => n.OpType == "Gather")).ToHashSet();
-        long readBytes = plain.Graph.Initializers.Where(kv => !gatherOnly.Contains(kv.Key)).Sum(kv => kv.Value.Length * DTypes.Size(kv.Value.DType));
+        var (plain, parameters, readBytes) = BenchLlama("tapml-bench-llama-125m", new TinyCheckpoint.Sizes(Layers: 12, Hidden: 768, Heads: 12, KvHeads: 4, Intermediate: 2048, Vocab: 32000));
         var rng = new Random(3);
         long[] prompt = Enumerable.Range(0, 64).Select(_ => (long)rng.Next(32000)).ToArray();
         const int newTokens = 33;                       // the prefill's token + 32 decode steps
@@ -117,6 +110,20 @@ static class BenchWorkflows
         return same ? 0 : 1;
     }
 
+    /// <summary>A Llama checkpoint of <paramref name="sizes"/> (seed 1; written into the temp folder <paramref name="name"/>
+    /// once), its parameter count and the bytes a decode step reads: every weight except tables only a Gather reads
+    /// (one row of the embedding).</summary>
+    static (Tapml.Ir.Model Model, long Parameters, long ReadBytes) BenchLlama(string name, TinyCheckpoint.Sizes sizes)
+    {
+        string dir = Path.Combine(Path.GetTempPath(), name);
+        if (!File.Exists(Path.Combine(dir, "model.safetensors"))) TinyCheckpoint.Write("llama", 1, dir, sizes);
+        var m = HfModels.Load(dir);
+        long parameters = m.Graph.Initializers.Values.Where(t => t.Rank >= 1 && t.Length > 1000).Sum(t => t.Length);
+        var gatherOnly = m.Graph.Initializers.Keys.Where(k => m.Graph.Nodes.Where(n => n.Inputs.Contains(k)).All(n => n.OpType == "Gather")).ToHashSet();
+        long readBytes = m.Graph.Initializers.Where(kv => !gatherOnly.Contains(kv.Key)).Sum(kv => kv.Value.Length * DTypes.Size(kv.Value.DType));
+        return (m, parameters, readBytes);
+    }
+
     /// <summary>Decode where weight bandwidth, not dispatches, sets the pace: four layers of Llama-3-8B's shape (hidden
     /// 4096, 32 heads, 8 KV heads, intermediate 14336; vocab 32000): 0.94B parameters, 3.5 GiB f32 read per token.
     /// webgpu against cpu in one process (ORT is left out: the graph's 3.5 GiB are over protobuf's 2 GiB, and its
@@ -124,13 +131,7 @@ static class BenchWorkflows
     /// (bytes read ÷ time), to set against the matrix-vector bandwidth <c>bench gpu</c> measures.</summary>
     static int LlmLarge(int runs)
     {
-        var sizes = new TinyCheckpoint.Sizes(Layers: 4, Hidden: 4096, Heads: 32, KvHeads: 8, Intermediate: 14336, Vocab: 32000);
-        string dir = Path.Combine(Path.GetTempPath(), "tapml-bench-llama-4x4096");
-        if (!File.Exists(Path.Combine(dir, "model.safetensors"))) TinyCheckpoint.Write("llama", 1, dir, sizes);
-        var plain = HfModels.Load(dir);
-        long parameters = plain.Graph.Initializers.Values.Where(t => t.Rank >= 1 && t.Length > 1000).Sum(t => t.Length);
-        var gatherOnly = plain.Graph.Initializers.Keys.Where(k => plain.Graph.Nodes.Where(n => n.Inputs.Contains(k)).All(n => n.OpType == "Gather")).ToHashSet();
-        long readBytes = plain.Graph.Initializers.Where(kv => !gatherOnly.Contains(kv.Key)).Sum(kv => kv.Value.Length * DTypes.Size(kv.Value.DType));
+        var (plain, parameters, readBytes) = BenchLlama("tapml-bench-llama-4x4096", new TinyCheckpoint.Sizes(Layers: 4, Hidden: 4096, Heads: 32, KvHeads: 8, Intermediate: 14336, Vocab: 32000));
         var rng = new Random(3);
         long[] prompt = Enumerable.Range(0, 16).Select(_ => (long)rng.Next(32000)).ToArray();
         const int newTokens = 17;
