@@ -46,7 +46,8 @@ public static class Fusion
 
     /// <summary><see cref="Fuse(Model, out FusionReport)"/>, optionally without <c>projections</c> regions (what a GPU
     /// runs of a projections region it cannot take as one kernel: its norm and epilogue still fused).</summary>
-    public static Model Fuse(Model model, out FusionReport report, bool projections)
+    /// <param name="foldAttention">Run the second pass (<see cref="FoldIntoAttention"/>).</param>
+    public static Model Fuse(Model model, out FusionReport report, bool projections, bool foldAttention = true)
     {
         var g = model.Graph;
         var ctx = new Matcher(g, model.Opset(""));
@@ -115,7 +116,7 @@ public static class Fusion
             result.Nodes.Add(new Node { Name = $"fused_{kind}_{sink.Name}", OpType = OpType, Domain = Domain, Inputs = inputs.ToArray(), Outputs = outputs.ToArray(), Attributes = attrs });
             counts[kind] = counts.GetValueOrDefault(kind) + 1;
         }
-        FoldIntoAttention(result, counts, model.Opset(""));
+        if (foldAttention) FoldIntoAttention(result, counts, model.Opset(""));
         var opsets = new Dictionary<string, int>(model.Opsets) { [Domain] = 1 };
         report = new FusionReport(g.Nodes.Count, result.Nodes.Count, counts);
         return new Model { Graph = result, Opsets = opsets, IrVersion = model.IrVersion, ProducerName = model.ProducerName, Path = model.Path };
