@@ -96,8 +96,9 @@ public class WebGpuTests
             Assert.False(string.IsNullOrWhiteSpace((string?)c!["reason"]), (string)c["name"]!);
     }
 
-    /// <summary>MatMul against a weight initializer: the matrix-vector kernel (few rows) and the tiled kernel (many
-    /// rows) over the transposed weight, f32 and packed f16, odd sizes included; results equal cpu within tolerance.</summary>
+    /// <summary>MatMul against a weight initializer: the matrix-vector kernel (few rows; four outputs a thread past K =
+    /// 4096) and the tiled kernel (many rows) over the transposed weight, f32 and packed f16, odd sizes included;
+    /// results equal cpu within tolerance.</summary>
     [Theory]
     [InlineData(1, 64, 96, DType.Float32)]
     [InlineData(3, 70, 33, DType.Float32)]
@@ -105,6 +106,8 @@ public class WebGpuTests
     [InlineData(2, 9, 7, DType.Float16)]
     [InlineData(37, 64, 80, DType.Float32)]
     [InlineData(65, 130, 67, DType.Float16)]
+    [InlineData(1, 8200, 50, DType.Float32)]
+    [InlineData(3, 4100, 9, DType.Float32)]
     public void Matmul_against_a_weight_matches_cpu(int rows, int k, int n, DType wtype)
     {
         SkipIfNoDawn("webgpu");
@@ -130,6 +133,40 @@ public class WebGpuTests
         var a = want.Data.Cast<object>().Select(v => v is Half h ? (double)h : Convert.ToDouble(v)).ToArray();
         var b = got.Data.Cast<object>().Select(v => v is Half h ? (double)h : Convert.ToDouble(v)).ToArray();
         for (int i = 0; i < a.Length; i++) Assert.True(Math.Abs(a[i] - b[i]) <= tol * (1 + Math.Abs(a[i])), $"element {i}: cpu {a[i]}, webgpu {b[i]}");
+    }
+
+    /// <summary>Add(MatMul(x, W), r) fused as matmul_add, r a residual [1, rows, n] or a bias [n], on rows long enough
+    /// for four outputs a thread (K past 4096) and short ones: equal to cpu within tolerance, one dispatch.</summary>
+    [Theory]
+    [InlineData(1, 8200, 37, false)]
+    [InlineData(2, 8200, 40, true)]
+    [InlineData(1, 512, 33, true)]
+    public void Matmul_add_matches_cpu(int rows, int k, int n, bool bias)
+    {
+        SkipIfNoDawn("webgpu");
+        var rng = new Random(k + n);
+        float[] R(int len) => Enumerable.Range(0, len).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        var g = new Graph { Name = "mma" };
+        g.Inputs.Add(new ValueInfo("x", TypeRef.TensorOf(DType.Float32, 1L, rows, k)));
+        g.Outputs.Add(new ValueInfo("y", TypeRef.TensorOf(DType.Float32, 1L, rows, n)));
+        g.Initializers["w"] = new Tensor(DType.Float32, [k, n], R(k * n));
+        var feeds = new Dictionary<string, Value> { ["x"] = new Tensor(DType.Float32, [1, rows, k], R(rows * k)) };
+        if (bias) g.Initializers["r"] = new Tensor(DType.Float32, [n], R(n));
+        else { g.Inputs.Add(new ValueInfo("r", TypeRef.TensorOf(DType.Float32, 1L, rows, n))); feeds["r"] = new Tensor(DType.Float32, [1, rows, n], R(rows * n)); }
+        g.Nodes.Add(new Node { Name = "mm", OpType = "MatMul", Inputs = ["x", "w"], Outputs = ["p"] });
+        g.Nodes.Add(new Node { Name = "add", OpType = "Add", Inputs = ["p", "r"], Outputs = ["y"] });
+        var model = new Model { Graph = g, Opsets = { [""] = 17 } };
+        var fused = Fusion.Fuse(model, out var report);
+        Assert.Equal(1, report.Regions.GetValueOrDefault("matmul_add"));
+        var want = (Tensor)new Executor(PlatformRegistry.Create("cpu")).Run(model, feeds)["y"];
+        using var gpu = new WebGpuPlatform("webgpu");
+        var exec = new Executor(gpu);
+        exec.Run(fused, feeds);                                        // uploads the weight
+        long d0 = gpu.Device.Dispatches;
+        var got = (Tensor)exec.Run(fused, feeds)["y"];
+        Assert.Equal(1, gpu.Device.Dispatches - d0);
+        var a = want.Span<float>(); var b = got.Span<float>();
+        for (int i = 0; i < a.Length; i++) Assert.True(Math.Abs(a[i] - b[i]) <= 1e-4 * Math.Sqrt(k) * (1 + Math.Abs(a[i])), $"y[{i}]: cpu {a[i]}, webgpu {b[i]}");
     }
 
     /// <summary>ArgMax/ArgMin over rows longer than a workgroup, with ties spread across threads, NaNs and infinities:
