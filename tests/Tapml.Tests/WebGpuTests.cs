@@ -96,9 +96,9 @@ public class WebGpuTests
             Assert.False(string.IsNullOrWhiteSpace((string?)c!["reason"]), (string)c["name"]!);
     }
 
-    /// <summary>MatMul against a weight initializer: the matrix-vector kernel (few rows; four outputs a thread past K =
-    /// 4096) and the tiled kernel (many rows) over the transposed weight, f32 and packed f16, odd sizes included;
-    /// results equal cpu within tolerance.</summary>
+    /// <summary>MatMul against a weight initializer: the matrix-vector kernel (few rows, long rows included) and the
+    /// tiled kernel (many rows) over the transposed weight, f32 and packed f16, odd sizes included; results equal cpu
+    /// within tolerance.</summary>
     [Theory]
     [InlineData(1, 64, 96, DType.Float32)]
     [InlineData(3, 70, 33, DType.Float32)]
@@ -135,8 +135,8 @@ public class WebGpuTests
         for (int i = 0; i < a.Length; i++) Assert.True(Math.Abs(a[i] - b[i]) <= tol * (1 + Math.Abs(a[i])), $"element {i}: cpu {a[i]}, webgpu {b[i]}");
     }
 
-    /// <summary>Add(MatMul(x, W), r) fused as matmul_add, r a residual [1, rows, n] or a bias [n], on rows long enough
-    /// for four outputs a thread (K past 4096) and short ones: equal to cpu within tolerance, one dispatch.</summary>
+    /// <summary>Add(MatMul(x, W), r) fused as matmul_add, r a residual [1, rows, n] or a bias [n], long and short rows:
+    /// equal to cpu within tolerance, one dispatch.</summary>
     [Theory]
     [InlineData(1, 8200, 37, false)]
     [InlineData(2, 8200, 40, true)]

@@ -176,66 +176,16 @@ public static class MatMul
         int wg = Math.Min(256, g.Device.Limits.MaxInvocationsPerWorkgroup);
         t = Math.Min(t, wg);
         int outsPerGroup = wg / t;
-        // Long rows (x past 16 KiB): each thread computes 4 outputs, so one x load serves 4 weight loads (x read 4× less
-        // from L2) and 4 independent weight loads are in flight per thread. Measured on the H200: 14336×4096 f32 at
-        // 1.47 TB/s with one output a thread (the same kernel at 3.7–3.9 TB/s on K = 4096–8192 rows).
-        int cols = !packed && xvec && k > 4096 ? 4 : 1;
         // NOTE: the key and label strings are made once per variant, not per call (a decode step runs ~25 of these).
-        var (key, label) = MatVecNames.GetOrAdd((packed, vec, xvec, t, wg, rows, x.Storage, y.DType, res is not null, bias, cols), v =>
-            ($"{v.Packed}|{v.Vec}|{v.XVec}|{v.T}|{v.Wg}|{v.Rows}|{v.X}|{v.Y}|{v.Res}|{v.Bias}|{v.Cols}",
-             $"MatVec{(v.Packed ? "_f16" : "")}{(v.Vec ? "_v" : "")}_t{v.T}{(v.Cols > 1 ? $"_c{v.Cols}" : "")}{(v.Res ? "_add" : "")}"));
-        var (gx, gy) = Wgsl.Grid((n + cols - 1) / cols, outsPerGroup, g.Device.Limits.MaxWorkgroupsPerDimension);
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("matvec", key),
-            () => cols > 1 ? MatVecColsCode(y, t, wg, (int)rows, cols, res is not null, bias) : MatVecCode(x, y, packed, vec, xvec, per, t, wg, (int)rows, res is not null, bias),
+        var (key, label) = MatVecNames.GetOrAdd((packed, vec, xvec, t, wg, rows, x.Storage, y.DType, res is not null, bias), v =>
+            ($"{v.Packed}|{v.Vec}|{v.XVec}|{v.T}|{v.Wg}|{v.Rows}|{v.X}|{v.Y}|{v.Res}|{v.Bias}",
+             $"MatVec{(v.Packed ? "_f16" : "")}{(v.Vec ? "_v" : "")}_t{v.T}{(v.Res ? "_add" : "")}"));
+        var (gx, gy) = Wgsl.Grid(n, outsPerGroup, g.Device.Limits.MaxWorkgroupsPerDimension);
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("matvec", key), () => MatVecCode(x, y, packed, vec, xvec, per, t, wg, (int)rows, res is not null, bias),
             label, res is null ? [x, y, wt] : [x, y, wt, res], meta, gx, gy);
     }
 
-    /// <summary>The f32, vec4-x matrix-vector kernel with <paramref name="cols"/> outputs per thread (see <see cref="MatVec"/>).</summary>
-    static string MatVecColsCode(GpuTensor y, int t, int wg, int rows, int cols, bool res, bool bias)
-    {
-        var w = new Wgsl(wg);
-        w.Reserve().Decl("@group(0) @binding(0) var<storage, read> xv_b: array<vec4<f32>>;");
-        w.Out("y", y.DType);
-        var rs = Enumerable.Range(0, rows).ToArray();
-        var cs = Enumerable.Range(0, cols).ToArray();
-        w.Decl($"@group(0) @binding(2) var<storage, read> wt_b: array<vec4<f32>>;\nvar<workgroup> red: array<f32, {wg * rows * cols}>;" +
-               (res ? "\n@group(0) @binding(3) var<storage, read> res_b: array<f32>;" : ""));
-        string R(int r, int c) => $"red[{(r * cols + c) * wg}u + lid.x]";
-        string plus(int r, int c) => !res ? "" : bias ? $" + res_b[wrow + {c}u]" : $" + res_b[{r}u * N + wrow + {c}u]";
-        string decl = string.Concat(rs.SelectMany(r => cs.Select(c => $"  var p{r}_{c} = 0.0;\n")));
-        string bases = string.Concat(cs.Select(c => $"    let b{c} = min(wrow + {c}u, N - 1u) * KV;\n"));
-        string loads = string.Concat(cs.Select(c => $"      let w{c} = wt_b[b{c} + kk];\n"))
-            + string.Concat(rs.Select(r => $"      let x{r} = xv_b[{r}u * KV + kk];\n" + string.Concat(cs.Select(c => $"      p{r}_{c} += dot(w{c}, x{r});\n"))));
-        string park = string.Concat(rs.SelectMany(r => cs.Select(c => $"  {R(r, c)} = p{r}_{c};\n")));
-        string tree = string.Concat(rs.SelectMany(r => cs.Select(c => $"      {R(r, c)} += red[{(r * cols + c) * wg}u + lid.x + s];\n")));
-        string store = string.Concat(rs.SelectMany(r => cs.Select(c => "    if (wrow + " + c + "u < N) { y_st(" + r + "u * N + wrow + " + c + "u, " + R(r, c) + plus(r, c) + "); }\n")));
-        string body = $$"""
-  let N = md[0]; let K = md[1]; let KV = K / 4u;
-  let t = lid.x % {{t}}u;
-  let slot = lid.x / {{t}}u;
-  let wrow = ((wid.x + wid.y * nwg.x) * {{wg / t}}u + slot) * {{cols}}u;
-{{decl}}
-  if (wrow < N) {
-{{bases}}
-    for (var kk = t; kk < KV; kk += {{t}}u) {
-{{loads}}    }
-  }
-{{park}}
-  workgroupBarrier();
-  for (var s = {{t / 2}}u; s > 0u; s >>= 1u) {
-    if (t < s) {
-{{tree}}    }
-    workgroupBarrier();
-  }
-  if (t == 0u) {
-{{store}}  }
-""";
-
-        string code = w.Build(body, elementwise: false);
-        return code.Replace("@binding(2) var<storage, read> md", $"@binding({(res ? 4 : 3)}) var<storage, read> md");
-    }
-
-    static readonly System.Collections.Concurrent.ConcurrentDictionary<(bool Packed, bool Vec, bool XVec, int T, int Wg, long Rows, GpuStorage X, DType Y, bool Res, bool Bias, int Cols),
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<(bool Packed, bool Vec, bool XVec, int T, int Wg, long Rows, GpuStorage X, DType Y, bool Res, bool Bias),
         (string Key, string Label)> MatVecNames = new();
 
     static string MatVecCode(GpuTensor x, GpuTensor y, bool packed, bool vec, bool xvec, int per, int t, int wg, int rows, bool res, bool bias)
