@@ -134,8 +134,8 @@ static class BenchWorkflows
     }
 
     /// <summary>Decode where weight bandwidth, not dispatches, sets the pace: four layers of Llama-3-8B's shape (hidden
-    /// 4096, 32 heads, 8 KV heads, intermediate 14336; vocab 32000): 0.94B parameters, 3.5 GiB f32 read per token.
-    /// webgpu against cpu in one process (ORT is left out: the graph's 3.5 GiB are over protobuf's 2 GiB, and its
+    /// 4096, 32 heads, 8 KV heads, intermediate 14336; vocab 32000): 1.13B parameters, 3.7 GiB f32 read per token.
+    /// webgpu against cpu in one process (ORT is left out: the graph's 4.5 GiB are over protobuf's 2 GiB, and its
     /// session would take minutes); prompt 16, 16 decode steps. Prints the effective weight bandwidth of a decode step
     /// (bytes read ÷ time), to set against the matrix-vector bandwidth <c>bench gpu</c> measures.</summary>
     static int LlmLarge(int runs)
