@@ -77,9 +77,9 @@ public sealed class Tensor : Value
         long n = ShapeUtil.Size(shape);
         if (n * DTypes.Size(dtype) < 2048) return Zeros(dtype, shape);   // the GC clears arrays this small anyway
         CheckLimits(dtype, shape, n);
-        Array data = dtype switch
+        Array? data = dtype switch
         {
-            DType.Float32 => GC.AllocateUninitializedArray<float>((int)n),
+            DType.Float32 => (Array)GC.AllocateUninitializedArray<float>((int)n),
             DType.Float64 => GC.AllocateUninitializedArray<double>((int)n),
             DType.Float16 => GC.AllocateUninitializedArray<Half>((int)n),
             DType.BFloat16 => GC.AllocateUninitializedArray<BFloat16>((int)n),
@@ -91,8 +91,8 @@ public sealed class Tensor : Value
             DType.UInt32 => GC.AllocateUninitializedArray<uint>((int)n),
             DType.Int64 => GC.AllocateUninitializedArray<long>((int)n),
             DType.UInt64 => GC.AllocateUninitializedArray<ulong>((int)n),
-            _ => throw new TapmlException($"no uninitialized storage for {DTypes.Name(dtype)}"),
-        };
+            _ => null,
+        } ?? Zeros(dtype, shape).Data;                        // other types (complex …): cleared storage
         return new Tensor(dtype, shape, data);
     }
 
