@@ -503,11 +503,12 @@ public sealed unsafe class DawnDevice : IDisposable
         var bytes = new byte[16 * n];
         Read(_profileResolve, 0, bytes, shared: false);
         var ts = MemoryMarshal.Cast<byte, ulong>(bytes);
+        var profile = _profile!;
         for (int i = 0; i < n; i++)
         {
             double ms = ts[2 * i + 1] >= ts[2 * i] ? (ts[2 * i + 1] - ts[2 * i]) / 1e6 : 0;
-            var (c, t) = _profile!.GetValueOrDefault(labels[i]);
-            _profile[labels[i]] = (c + 1, t + ms);
+            var (c, t) = profile.GetValueOrDefault(labels[i]);
+            profile[labels[i]] = (c + 1, t + ms);
         }
     }
 
