@@ -116,7 +116,7 @@ public static class Fusion
             result.Nodes.Add(new Node { Name = $"fused_{kind}_{sink.Name}", OpType = OpType, Domain = Domain, Inputs = inputs.ToArray(), Outputs = outputs.ToArray(), Attributes = attrs });
             counts[kind] = counts.GetValueOrDefault(kind) + 1;
         }
-        if (foldAttention) FoldIntoAttention(result, counts, model.Opset(""));
+        if (foldAttention) FoldIntoAttention(result, new Matcher(result, model.Opset("")), counts, model.Opset(""));
         var opsets = new Dictionary<string, int>(model.Opsets) { [Domain] = 1 };
         report = new FusionReport(g.Nodes.Count, result.Nodes.Count, counts);
         return new Model { Graph = result, Opsets = opsets, IrVersion = model.IrVersion, ProducerName = model.ProducerName, Path = model.Path };
@@ -130,18 +130,9 @@ public static class Fusion
     /// axis that append this step's K and V to the cache (with the rotary region making the new K, used only there)
     /// become one <c>kv_append</c> region: inputs past K, new K, past V, new V [, cos, sin, rotary constants], outputs the
     /// two presents, attributes <c>axis</c> and, with a rotary, <c>half</c>. A decode step saves three dispatches a layer.</summary>
-    static void FoldIntoAttention(Graph g, Dictionary<string, int> counts, int opset)
+    static void FoldIntoAttention(Graph g, Matcher m, Dictionary<string, int> counts, int opset)
     {
-        var producer = new Dictionary<string, Node>();
-        var uses = new Dictionary<string, int>();
-        foreach (var n in g.Nodes)
-        {
-            foreach (var o in n.Outputs) if (o.Length > 0) producer[o] = n;
-            foreach (var i in n.Inputs) if (i.Length > 0) uses[i] = uses.GetValueOrDefault(i) + 1;
-            foreach (var sub in n.Subgraphs) foreach (var i in sub.OuterReferences()) uses[i] = uses.GetValueOrDefault(i) + 1;
-        }
-        foreach (var o in g.Outputs) uses[o.Name] = uses.GetValueOrDefault(o.Name) + 1000;
-        Node? OnlyRotary(string value) => producer.TryGetValue(value, out var p) && Kind(p) == "rotary" && uses.GetValueOrDefault(value) == 1 ? p : null;
+        Node? OnlyRotary(string value) => m.Producer(value) is { } p && Kind(p) == "rotary" && m.Uses(value) == 1 ? p : null;
         long? SeqConcat(Node n) => n.OpType == "Concat" && n.Domain is "" or "ai.onnx" && n.Inputs.Length == 2 && n.Outputs.Length == 1
             && n.Attributes.GetValueOrDefault("axis")?.I is long a && a is 2 or -2 ? a : null;
         var remove = new HashSet<Node>();
@@ -171,7 +162,7 @@ public static class Fusion
             }
             // The K and V inputs: each a Concat(past, new) along the sequence axis made for this attention only (and the
             // graph's present outputs), the pair next to each other in the graph.
-            if (producer.TryGetValue(att.Inputs[1], out var ck) && producer.TryGetValue(att.Inputs[2], out var cv) && ck != cv
+            if (m.Producer(att.Inputs[1]) is { } ck && m.Producer(att.Inputs[2]) is { } cv && ck != cv
                 && SeqConcat(ck) is long axis && SeqConcat(cv) == axis && !remove.Contains(ck) && !remove.Contains(cv) && !replace.ContainsKey(ck) && !replace.ContainsKey(cv)
                 && new[] { ck.Inputs[0], ck.Inputs[1], cv.Inputs[0], cv.Inputs[1] }.Distinct().Count() == 4
                 && !Between(ck, cv).Any(n => n.Inputs.Contains(ck.Outputs[0]) || n.Inputs.Contains(cv.Outputs[0])))
@@ -249,6 +240,12 @@ public static class Fusion
         }
 
         Node N(int i) => _g.Nodes[i];
+
+        /// <summary>The node making <paramref name="value"/>, or null for a graph input, an initializer or a missing name.</summary>
+        public Node? Producer(string value) => _producer.TryGetValue(value, out int p) ? N(p) : null;
+
+        /// <summary>How many node inputs (and subgraph references) read <paramref name="value"/>; 1000 more for a graph output.</summary>
+        public int Uses(string value) => _uses.GetValueOrDefault(value);
 
         /// <summary>The node producing <paramref name="value"/> if it is <paramref name="op"/> (default domain) and
         /// its output has exactly one consumer.</summary>

@@ -437,17 +437,14 @@ public sealed class WebGpuPlatform : IPlatform
         var r = Tensor.Uninitialized(g.DType, (long[])g.Shape.Clone());
         // 32-bit values whose host type has the storage's layout (f32, i32, u32) are read straight into the result
         // (a decode step reads 32000 logits each step: no second large array).
-        if (r.Data is float[] or int[] or uint[] && g.Storage != GpuStorage.F16x2 && n > 0)
+        Span<byte> direct = r.Data switch
         {
-            Device.Read(g.Buffer.Handle, 0, MemoryMarshal.AsBytes(r.Data switch
-            {
-                float[] f => f.AsSpan(),
-                int[] i => MemoryMarshal.Cast<int, float>(i.AsSpan()),
-                uint[] u => MemoryMarshal.Cast<uint, float>(u.AsSpan()),
-                _ => default,
-            }));
-            return r;
-        }
+            float[] a => MemoryMarshal.AsBytes(a.AsSpan()),
+            int[] a => MemoryMarshal.AsBytes(a.AsSpan()),
+            uint[] a => MemoryMarshal.AsBytes(a.AsSpan()),
+            _ => default,
+        };
+        if (!direct.IsEmpty) { Device.Read(g.Buffer.Handle, 0, direct); return r; }
         var bytes = new byte[g.StorageBytes];
         Device.Read(g.Buffer.Handle, 0, bytes);
         switch (g.Storage)

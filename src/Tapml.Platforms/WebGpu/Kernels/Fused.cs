@@ -159,10 +159,7 @@ public static class Fused
         long half = ctx.Int("half", 0);
         if (!IsF32(x) || !IsF32(cos) || !IsF32(sin) || x.Rank == 0 || x.Shape[^1] != 2 * half || half <= 0) return null;
         if (ctx.Int("rank4", 0) != 0 && x.Rank != 4) return null;        // an axis 3 in the pattern is the last one only then
-        long[] outShape;
-        try { outShape = ShapeUtil.Broadcast(x.Shape, cos.Shape, sin.Shape); }
-        catch (TapmlException) { return null; }
-        if (!ShapeUtil.SameShape(outShape, x.Shape)) return null;
+        if (!BroadcastsTo(cos, x.Shape) || !BroadcastsTo(sin, x.Shape)) return null;
         var y = g.Empty(DType.Float32, x.Shape);
         if (y.Length == 0) return y;
         int rank = x.Rank;
@@ -173,14 +170,19 @@ public static class Fused
         int cAt = meta.AddAll(ShapeUtil.BroadcastStrides(cos.Shape, x.Shape));
         int sAt = meta.AddAll(ShapeUtil.BroadcastStrides(sin.Shape, x.Shape));
         g.Launch(new WebGpuPlatform.KernelKey("rotary", $"{rank}"), () => new Wgsl(g.Workgroup).In("x", x).In("cs", cos).In("sn", sin).Out("y", DType.Float32)
-            .Build(Wgsl.Offsets("i", rank, shapeAt, ("c", cAt, -1), ("s", sAt, -1)) + """
+            .Build(Wgsl.Offsets("i", rank, shapeAt, ("c", cAt, -1), ("s", sAt, -1)) + $"""
   let h = md[1];
   let d = i % (2u * h);
-  let pair = select(x(i - h), -x(i + h), d < h);
-  y_st(i, x(i) * cs(u32(o_c)) + pair * sn(u32(o_s)));
+  y_st(i, {RotatedValue("x", "i", "d", "h", "cs(u32(o_c))", "sn(u32(o_s))")});
 """), "Rotary", [x, cos, sin, y], meta, y.Length);
         return y;
     }
+
+    /// <summary>WGSL for one element of the rotary embedding: x·cos + rotate_half(x)·sin, where the element is
+    /// <paramref name="x"/>(<paramref name="at"/>) at coordinate <paramref name="e"/> of a contiguous last axis 2·half long
+    /// and rotate_half(x)[e] is −x[e + half] below half, x[e − half] from half on.</summary>
+    static string RotatedValue(string x, string at, string e, string half, string cos, string sin) =>
+        $"{x}({at}) * {cos} + select({x}({at} - {half}), -{x}({at} + {half}), {e} < {half}) * {sin}";
 
     /// <summary>Query heads served by each kv head after repeat_kv (<c>X_expand</c>/<c>X_reshape</c> attributes), or null
     /// when those constants do not mean "repeat each of the <paramref name="kv"/>'s heads rep times" for its shape.</summary>
@@ -269,10 +271,7 @@ public static class Fused
         if (mask is not null)
         {
             bool ok = maskKind == "where" ? mask.DType == DType.Bool : IsF32(mask);
-            long[] shape;
-            try { shape = ShapeUtil.Broadcast(mask.Shape, scores); }
-            catch (TapmlException) { return null; }
-            if (!ok || !ShapeUtil.SameShape(shape, scores)) return null;
+            if (!ok || !BroadcastsTo(mask, scores)) return null;
             maskStrides = ShapeUtil.BroadcastStrides(mask.Shape, scores);
         }
         var y = g.Empty(DType.Float32, [b, h, s, dv]);
@@ -315,11 +314,10 @@ public static class Fused
         string loadQ = rot
             ? $$"""
   for (var e = t; e < D; e += {{W}}u) {
-    let hf = md[25]; let lo = e < hf;
-    let pv = q(qb + select(e - hf, e + hf, lo));
+    let hf = md[25];
     let co = bb * md[26] + hh * md[27] + i * md[28] + e * md[29];
     let so = bb * md[30] + hh * md[31] + i * md[32] + e * md[33];
-    qs[e] = q(qb + e) * rc(co) + select(pv, -pv, lo) * rs(so);
+    qs[e] = {{RotatedValue("q", "qb + e", "e", "hf", "rc(co)", "rs(so)")}};
   }
 """
             : $"  for (var e = t; e < D; e += {W}u) {{ qs[e] = q(qb + e); }}\n";
@@ -420,6 +418,7 @@ public static class Fused
         return y;
     }
 
+    /// <summary>Whether <paramref name="t"/> broadcasts to exactly <paramref name="shape"/>.</summary>
     static bool BroadcastsTo(GpuTensor t, long[] shape)
     {
         try { return ShapeUtil.SameShape(ShapeUtil.Broadcast(t.Shape, shape), shape); }
@@ -462,13 +461,12 @@ public static class Fused
             meta.AddAll(ShapeUtil.BroadcastStrides(sin!.Shape, xk.Shape));       // md[14..17]
         }
         string newK = rot
-            ? """
-      let hf = md[9]; let lo = e < hf; let b = bh / md[5]; let h = bh % md[5];
+            ? $"""
+      let hf = md[9]; let b = bh / md[5]; let h = bh % md[5];
       let xi = (bh * S + tn) * D;
-      let pr = xk(xi + select(e - hf, e + hf, lo));
       let co = b * md[10] + h * md[11] + tn * md[12] + e * md[13];
       let so = b * md[14] + h * md[15] + tn * md[16] + e * md[17];
-      yk_st(i, xk(xi + e) * cs(co) + select(pr, -pr, lo) * sn(so));
+      yk_st(i, {RotatedValue("xk", "xi + e", "e", "hf", "cs(co)", "sn(so)")});
 """
             : "      yk_st(i, xk((bh * S + tn) * D + e));\n";
         g.Launch(new WebGpuPlatform.KernelKey("kv_append", $"{rot}"), () =>
