@@ -63,25 +63,84 @@ public static class Generation
         // Greedy decode steps leave their logits where they were made: on a GPU the argmax runs there and one index
         // crosses the bus per token instead of the vocabulary's logits.
         var argmax = sampler.IsGreedy && argmaxOnDevice ? new DeviceArgmax() : null;
-        Func<string, bool> keep = argmax is null ? KeepOnDevice : name => KeepOnDevice(name) || name == "logits";
         double decodeMs = 0;
         int steps = 0;
         long position = ids.Length;
+        if (argmax is not null && tokens.Count < maxNewTokens && !stops.Contains((int)tokens[^1]))
+            outs = PipelinedGreedy(executor, model, outs, argmax, tokens[^1], ref position, maxNewTokens, stops, Add, tokens, ref decodeMs, ref steps);
         while (tokens.Count < maxNewTokens && !stops.Contains((int)tokens[^1]))
         {
             feeds = NextFeeds(model, outs, tokens[^1], position++);
             t0 = Stopwatch.GetTimestamp();
-            outs = executor.Run(model, feeds, keep);
+            outs = executor.Run(model, feeds, KeepOnDevice);
             FreeDevicePasts(feeds);
-            var logits = outs["logits"];
-            long next = argmax?.TryNext(logits) ?? sampler.Next(LastRow(ToHost(logits)), seen);
-            FreeDevice(logits);
+            long next = sampler.Next(LastRow((Tensor)outs["logits"]), seen);
             decodeMs += Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
             steps++;
             Add(next);
         }
         foreach (var (name, v) in outs) if (KeepOnDevice(name)) FreeDevice(v);
         return new GenerationResult(tokens.ToArray(), prefillLogits, ids.Length, prefillMs, decodeMs, steps);
+    }
+
+    /// <summary>Greedy decode with the token staying on the device: step k+1's input_ids is step k's ArgMax output,
+    /// so the host records step k+1 (and the GPU queues it) before it waits for step k's token. The wait then
+    /// overlaps the GPU's work instead of leaving the GPU idle while the host records. A step recorded after the
+    /// end-of-sequence token it could not yet see is discarded (its work is wasted, its time counted). Tokens
+    /// are those of the one-step-at-a-time loop: the same kernels run on the same inputs.</summary>
+    static Dictionary<string, Value> PipelinedGreedy(Executor executor, Model model, Dictionary<string, Value> outs, DeviceArgmax argmax, long first,
+        ref long position, int maxNewTokens, HashSet<int> stops, Action<long> add, List<long> tokens, ref double decodeMs, ref int steps)
+    {
+        Value input = Tensor.FromArray(new[] { first }, 1, 1);
+        IPendingDownload? pending = null;
+        Func<string, bool> keep = name => KeepOnDevice(name) || name == "logits";
+        while (true)
+        {
+            bool more = tokens.Count + (pending is null ? 0 : 1) < maxNewTokens;
+            IPendingDownload? read = null;
+            Value? token = null;
+            long t0 = Stopwatch.GetTimestamp();
+            if (more)
+            {
+                var feeds = NextFeeds(model, outs, input, position++);
+                outs = executor.Run(model, feeds, keep);
+                FreeDevicePasts(feeds);
+                FreeDevice(input);
+                var logits = outs["logits"];
+                token = argmax.Run(logits);
+                read = token is { } d && ((IDeviceValue)d).Owner is IAsyncDownload a ? a.BeginDownload(d)
+                    : new Known(Tensor.FromArray(new[] { token is null ? ArgmaxLast(ToHost(logits)) : ((Tensor)ToHost(token)).Span<long>()[0] }, 1, 1));
+                FreeDevice(logits);
+                outs.Remove("logits");
+                steps++;
+            }
+            if (pending is not null)
+            {
+                long t = ((Tensor)pending.Wait()).Span<long>()[0];
+                add(t);
+                if (stops.Contains((int)t) && read is not null)
+                {
+                    // The step just recorded followed the end token: wait for it (its staging buffer) and drop it.
+                    read.Wait();
+                    if (token is not null) FreeDevice(token);
+                    steps--;
+                    more = false;
+                }
+            }
+            decodeMs += Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+            if (!more)
+            {
+                if (read is null) FreeDevice(input);
+                return outs;
+            }
+            input = token ?? ((Tensor)read!.Wait());
+            pending = read;
+        }
+    }
+
+    sealed class Known(Value v) : IPendingDownload
+    {
+        public Value Wait() => v;
     }
 
     static Tensor ToHost(Value v) => v is IDeviceValue d ? (Tensor)d.Owner.Download(v) : (Tensor)v;
@@ -100,7 +159,8 @@ public static class Generation
         IKernel? _kernel;
         readonly NodeContext _ctx = new(Node, 13);
 
-        public long? TryNext(Value logits)
+        /// <summary>The argmax as a [1, 1] int64 value on the logits' device (the next step's input_ids), or null.</summary>
+        public Value? Run(Value logits)
         {
             if (logits is not IDeviceValue d || d.Shape is not [1, 1, > 0] || d.DType is not (DType.Float32 or DType.Float16 or DType.BFloat16)) return null;
             if (!ReferenceEquals(_platform, d.Owner))
@@ -109,10 +169,7 @@ public static class Generation
                 var types = new[] { TypeRef.TensorOf(d.DType, d.Shape) };
                 _kernel = d.Owner.Supports(Node, _ctx, types).IsSupported ? d.Owner.Prepare(Node, _ctx, types) : null;
             }
-            if (_kernel is null) return null;
-            var token = d.Owner.Run(_kernel, _ctx, [logits])[0]!;
-            try { return ((Tensor)d.Owner.Download(token)).Span<long>()[0]; }
-            finally { d.Owner.Free(token); }
+            return _kernel is null ? null : d.Owner.Run(_kernel, _ctx, [logits])[0];
         }
     }
 
@@ -143,13 +200,18 @@ public static class Generation
 
     /// <summary>Feeds of the decode step after a run with outputs <paramref name="outs"/>: the chosen
     /// <paramref name="token"/> at <paramref name="position"/>, the KV cache from the present.* outputs.</summary>
-    public static Dictionary<string, Value> NextFeeds(Model model, IReadOnlyDictionary<string, Value> outs, long token, long position)
+    public static Dictionary<string, Value> NextFeeds(Model model, IReadOnlyDictionary<string, Value> outs, long token, long position) =>
+        NextFeeds(model, outs, Tensor.FromArray(new[] { token }, 1, 1), position);
+
+    /// <summary>Feeds of the next decode step with the token as a [1, 1] int64 value (a device value: the previous
+    /// step's argmax, never read back to feed it).</summary>
+    public static Dictionary<string, Value> NextFeeds(Model model, IReadOnlyDictionary<string, Value> outs, Value token, long position)
     {
         var feeds = new Dictionary<string, Value>();
         foreach (var p in model.Graph.Inputs.Where(i => i.Name.StartsWith(PastPrefix, StringComparison.Ordinal)))
             feeds[p.Name] = outs.TryGetValue("present." + p.Name[PastPrefix.Length..], out var v) ? v
                 : throw new TapmlException($"the model has input '{p.Name}' but no output 'present.{p.Name[PastPrefix.Length..]}'");
-        feeds["input_ids"] = Tensor.FromArray(new[] { token }, 1, 1);
+        feeds["input_ids"] = token;
         feeds["position_ids"] = Tensor.FromArray(new[] { position }, 1, 1);
         return feeds;
     }

@@ -54,6 +54,21 @@ public interface IPlatform : IDisposable
     void Synchronize();
 }
 
+/// <summary>A device platform that can start a download and let the host go on: generation records the next decode
+/// step while the GPU still runs the one whose token it waits for.</summary>
+public interface IAsyncDownload
+{
+    /// <summary>Starts copying <paramref name="v"/> to the host; the value may be freed right after.</summary>
+    IPendingDownload BeginDownload(Value v);
+}
+
+/// <summary>A download <see cref="IAsyncDownload.BeginDownload"/> started.</summary>
+public interface IPendingDownload
+{
+    /// <summary>Waits for the copy and returns the host value (the same one on a second call).</summary>
+    Value Wait();
+}
+
 /// <summary>A platform that can also run a whole model at once (ONNX Runtime, a remote server).</summary>
 public interface IGraphPlatform : IPlatform
 {

@@ -32,6 +32,38 @@ public class WebGpuTests
         Assert.Equal(Tokens(cpu.Stdout), Tokens(gpu.Stdout));
     }
 
+    /// <summary>Greedy decode on webgpu keeps each token on the GPU and feeds it to the next step before reading it
+    /// back (one small readback a step, overlapped): the tokens are the cpu's, with and without an end token that
+    /// stops generation while the step after it is already recorded (that step is discarded, not counted).</summary>
+    [Fact]
+    public void Pipelined_greedy_decode_gives_the_cpu_tokens_and_stops_at_an_end_token()
+    {
+        SkipIfNoDawn("webgpu");
+        var m = Tapml.Models.HfModels.Load(Tapml.Models.TinyCheckpoint.Materialize("llama"));
+        var f = Fusion.Fuse(m, out _);
+        long[] prompt = [1, 17, 305, 42];
+        using var gpu = new WebGpuPlatform("webgpu");
+        var ec = new Executor(new Tapml.Platforms.Cpu.CpuPlatform());
+        var eg = new Executor(gpu);
+        var want = Tapml.Models.Generation.Greedy(ec, m, prompt, 8).Tokens;
+        long r0 = gpu.Device.Readbacks;
+        var got = Tapml.Models.Generation.Greedy(eg, f, prompt, 8);
+        Assert.Equal(want, got.Tokens);
+        Assert.Equal(7, got.DecodeSteps);
+        // The prefill's logits, then one token a decode step.
+        Assert.Equal(1 + 7, gpu.Device.Readbacks - r0);
+        // An end token whose first appearance is in the middle: generation stops right after it.
+        int at = Enumerable.Range(1, want.Length - 2).First(i => Array.IndexOf(want, want[i]) == i);
+        var eos = new[] { (int)want[at] };
+        var wantEos = Tapml.Models.Generation.Greedy(ec, m, prompt, 8, eos);
+        var gotEos = Tapml.Models.Generation.Greedy(eg, f, prompt, 8, eos);
+        Assert.Equal(want[..(at + 1)], wantEos.Tokens);
+        Assert.Equal(wantEos.Tokens, gotEos.Tokens);
+        Assert.Equal(at, gotEos.DecodeSteps);
+        // The executor still runs after a discarded step (its KV cache and token were freed, not left bound).
+        Assert.Equal(want, Tapml.Models.Generation.Greedy(eg, f, prompt, 8).Tokens);
+    }
+
     /// <summary><c>generate --profile</c> on webgpu: GPU time per kernel (each dispatch timed in a pass of its own)
     /// for the run's dispatches, and the same tokens as without it; on cpu it is a clear error.</summary>
     [Fact]

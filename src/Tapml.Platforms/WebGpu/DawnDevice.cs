@@ -573,6 +573,75 @@ public sealed unsafe class DawnDevice : IDisposable
         }
     }
 
+    /// <summary>A readback <see cref="BeginRead"/> started: its copy is submitted and its staging buffer's map
+    /// requested; <see cref="EndRead"/> waits for it.</summary>
+    public sealed class PendingRead
+    {
+        internal nint Staging;
+        internal ulong Size;
+        internal int Bytes;
+        internal Wgpu.Pending? Map;
+    }
+
+    readonly Dictionary<ulong, Stack<nint>> _asyncStaging = new();
+    readonly HashSet<PendingRead> _pendingReads = new();
+
+    /// <summary>Starts copying <paramref name="bytes"/> of <paramref name="buffer"/> to the host and returns at
+    /// once: the work recorded so far is submitted, and the host may record more while the GPU runs it (a decode
+    /// step records the next step before it waits for this one's token). Each read has a staging buffer of its own
+    /// (a mapped buffer cannot be used by a submit), taken from a small pool.</summary>
+    public PendingRead BeginRead(nint buffer, ulong offset, int bytes)
+    {
+        CheckUsable();
+        if (buffer == 0) throw new TapmlException("webgpu: read of a buffer that was never created (internal error)");
+        if (bytes <= 0 || (ulong)bytes > StagingKeepBytes)
+            throw new TapmlException($"webgpu: an asynchronous read of {Bytes(bytes)} (1 B to {Bytes((long)StagingKeepBytes)}) (internal error)");
+        ulong size = Bucket(((ulong)bytes + 3) & ~3UL);
+        var staging = _asyncStaging.TryGetValue(size, out var free) && free.Count > 0 ? free.Pop()
+            : CreateRaw(size, Wgpu.UsageMapRead | Wgpu.UsageCopyDst, "tapml-readback-async");
+        var r = new PendingRead { Staging = staging, Size = size, Bytes = bytes };
+        try
+        {
+            Copy(buffer, offset, staging, 0, ((ulong)bytes + 3) & ~3UL);
+            Flush();
+            r.Map = Wgpu.Begin(Wgpu.StatusCallback, info => Wgpu.BufferMapAsync(staging, Wgpu.MapModeRead, 0, (nuint)size, info));
+        }
+        catch { ReturnStaging(r); throw; }
+        _pendingReads.Add(r);
+        Readbacks++;
+        return r;
+    }
+
+    /// <summary>Waits for <paramref name="r"/> and copies its bytes into <paramref name="dest"/> (its length or more).</summary>
+    public void EndRead(PendingRead r, Span<byte> dest)
+    {
+        if (r.Map is not { } map) throw new TapmlException("webgpu: a readback was waited for twice (internal error)");
+        r.Map = null;
+        _pendingReads.Remove(r);
+        try
+        {
+            long w0 = System.Diagnostics.Stopwatch.GetTimestamp();
+            var reply = Wgpu.End(_instance, map, "a readback");
+            WaitMs += System.Diagnostics.Stopwatch.GetElapsedTime(w0).TotalMilliseconds;
+            ThrowIfFailed("the work before a readback");
+            if (reply.Status != Wgpu.StatusSuccess) throw new TapmlException($"webgpu: mapping a readback buffer failed: {reply.Message}");
+            var src = Wgpu.BufferGetConstMappedRange(r.Staging, 0, (nuint)r.Size);
+            new ReadOnlySpan<byte>(src, r.Bytes).CopyTo(dest);
+            Wgpu.BufferUnmap(r.Staging);
+        }
+        finally { ReturnStaging(r); }
+    }
+
+    void ReturnStaging(PendingRead r)
+    {
+        if (r.Staging == 0) return;
+        if (!_asyncStaging.TryGetValue(r.Size, out var free)) _asyncStaging[r.Size] = free = new Stack<nint>();
+        // A few per size serve a pipeline of reads; more are dropped.
+        if (free.Count < 4) free.Push(r.Staging);
+        else { Wgpu.BufferDestroy(r.Staging); Wgpu.BufferRelease(r.Staging); }
+        r.Staging = 0;
+    }
+
     // One map-read buffer for readbacks up to StagingKeepBytes, kept between them: a decode step reads its logits back
     // every step, and creating a buffer is an error-scope round trip. Grown (to the next pool bucket) for a larger read.
     nint _staging;
@@ -644,8 +713,15 @@ public sealed unsafe class DawnDevice : IDisposable
         try { if (!_lost) Flush(); } catch (TapmlException) { }
         foreach (var p in _pipelines.Values) { Wgpu.BindGroupLayoutRelease(p.Layout); Wgpu.ComputePipelineRelease(p.Handle); }
         _pipelines.Clear();
+        // Reads begun and never waited for: their callbacks hold handles into managed memory; wait for them first.
+        foreach (var r in _pendingReads.ToArray())
+        {
+            try { EndRead(r, new byte[r.Bytes]); } catch (TapmlException) { }
+        }
         DestroyPool();
         DestroyStaging();
+        foreach (var free in _asyncStaging.Values) foreach (var b in free) { Wgpu.BufferDestroy(b); Wgpu.BufferRelease(b); }
+        _asyncStaging.Clear();
         if (_profileQueries != 0) { Wgpu.QuerySetRelease(_profileQueries); Wgpu.BufferDestroy(_profileResolve); Wgpu.BufferRelease(_profileResolve); _profileQueries = 0; }
         if (_meta != 0) { Wgpu.BufferDestroy(_meta); Wgpu.BufferRelease(_meta); _meta = 0; }
         Wgpu.QueueRelease(_queue);

@@ -10,7 +10,7 @@ namespace Tapml.Platforms.WebGpu;
 /// <summary>The native WebGPU target: Dawn (webgpu.h) with WGSL kernels generated per op family.
 /// Spec: <c>webgpu[:vulkan|:gles][?max-binding=BYTES]</c>. Values stay on the GPU between nodes; host tensors
 /// uploaded (weights) are cached per tensor object, so a model's weights cross the bus once.</summary>
-public sealed class WebGpuPlatform : IPlatform
+public sealed class WebGpuPlatform : IPlatform, IAsyncDownload
 {
     readonly ConditionalWeakTable<Tensor, UploadEntry> _uploads = new();
     readonly ConcurrentQueue<GpuBuffer> _deadUploads = new();
@@ -433,7 +433,6 @@ public sealed class WebGpuPlatform : IPlatform
         if (g.HostCopy is { } hc) return hc;
         if (g.Source is { } src && g.Buffer.Pending is not null) return src;
         Materialize(g.Buffer);
-        long n = g.Length;
         var r = Tensor.Uninitialized(g.DType, (long[])g.Shape.Clone());
         // 32-bit values whose host type has the storage's layout (f32, i32, u32) are read straight into the result
         // (a decode step reads 32000 logits each step: no second large array).
@@ -447,7 +446,43 @@ public sealed class WebGpuPlatform : IPlatform
         if (!direct.IsEmpty) { Device.Read(g.Buffer.Handle, 0, direct); return r; }
         var bytes = new byte[g.StorageBytes];
         Device.Read(g.Buffer.Handle, 0, bytes);
-        switch (g.Storage)
+        return Decode(g.Storage, bytes, r);
+    }
+
+    /// <summary>Starts a download and returns at once (<see cref="IPendingDownload.Wait"/> waits): the work recorded so
+    /// far is submitted and the host goes on recording while the GPU runs it. The value may be freed after this call.</summary>
+    public IPendingDownload BeginDownload(Value v)
+    {
+        if (v is not GpuTensor g || g.HostCopy is not null || g.StorageBytes == 0 || g.StorageBytes > 1UL << 20) return new Downloaded(Download(v));
+        if (g.Freed) throw new TapmlException($"webgpu: {g.Describe()} was read after it was freed (internal error)");
+        Materialize(g.Buffer);
+        var read = Device.BeginRead(g.Buffer.Handle, 0, (int)g.StorageBytes);
+        return new PendingGpuDownload(this, read, g.DType, (long[])g.Shape.Clone(), g.Storage, (int)g.StorageBytes);
+    }
+
+    sealed class Downloaded(Value v) : IPendingDownload
+    {
+        public Value Wait() => v;
+    }
+
+    sealed class PendingGpuDownload(WebGpuPlatform owner, DawnDevice.PendingRead read, DType dtype, long[] shape, GpuStorage storage, int bytes) : IPendingDownload
+    {
+        Value? _value;
+
+        public Value Wait()
+        {
+            if (_value is not null) return _value;
+            var data = new byte[bytes];
+            owner.Device.EndRead(read, data);
+            return _value = Decode(storage, data, Tensor.Uninitialized(dtype, shape));
+        }
+    }
+
+    /// <summary>Fills host tensor <paramref name="r"/> from the buffer bytes of its <paramref name="storage"/>.</summary>
+    static Tensor Decode(GpuStorage storage, ReadOnlySpan<byte> bytes, Tensor r)
+    {
+        long n = r.Length;
+        switch (storage)
         {
             case GpuStorage.F16x2:
                 {

@@ -395,20 +395,42 @@ static unsafe class Wgpu
     public static nint DeviceEventCallback => (nint)(delegate* unmanaged[Cdecl]<nint*, uint, StringView, nint, nint, void>)&OnDeviceEvent;
 
     /// <summary>Calls <paramref name="start"/> with a WaitAnyOnly callback info and blocks until the callback ran.</summary>
-    public static Reply Await(nint instance, nint callback, Func<CallbackInfo, ulong> start, string what)
+    public static Reply Await(nint instance, nint callback, Func<CallbackInfo, ulong> start, string what) =>
+        End(instance, Begin(callback, start), what);
+
+    /// <summary>An operation started by <see cref="Begin"/>: its future and the reply its callback fills.</summary>
+    public sealed class Pending(ulong future, Reply reply, GCHandle handle)
+    {
+        public readonly ulong Future = future;
+        public readonly Reply Reply = reply;
+        internal GCHandle Handle = handle;
+    }
+
+    /// <summary>Calls <paramref name="start"/> with a WaitAnyOnly callback info and returns without waiting
+    /// (<see cref="End"/> waits): a readback's map runs while the host records the next work.</summary>
+    public static Pending Begin(nint callback, Func<CallbackInfo, ulong> start)
     {
         var reply = new Reply();
         var h = GCHandle.Alloc(reply);
         try
         {
             var info = new CallbackInfo { Mode = CallbackWaitAnyOnly, Callback = callback, Userdata1 = GCHandle.ToIntPtr(h) };
-            ulong future = start(info);
-            var w = new FutureWaitInfo { Future = future };
-            uint status = InstanceWaitAny(instance, 1, &w, ulong.MaxValue);
-            if (status != StatusSuccess || !reply.Done)
-                throw new TapmlException($"webgpu: waiting for {what} failed (wait status {status})");
-            return reply;
+            return new Pending(start(info), reply, h);
         }
-        finally { h.Free(); }
+        catch { h.Free(); throw; }
+    }
+
+    /// <summary>Blocks until <paramref name="p"/>'s callback ran; frees its handle.</summary>
+    public static Reply End(nint instance, Pending p, string what)
+    {
+        try
+        {
+            var w = new FutureWaitInfo { Future = p.Future };
+            uint status = InstanceWaitAny(instance, 1, &w, ulong.MaxValue);
+            if (status != StatusSuccess || !p.Reply.Done)
+                throw new TapmlException($"webgpu: waiting for {what} failed (wait status {status})");
+            return p.Reply;
+        }
+        finally { if (p.Handle.IsAllocated) p.Handle.Free(); }
     }
 }
