@@ -211,7 +211,8 @@ public class FusionTests
 
     /// <summary>The attention kernel against the cpu reference on the original graph: GQA and plain heads, one and
     /// several query rows, more keys than one 64-key chunk, head sizes that are not powers of two, Where and additive
-    /// masks, Mul/Div/no scale, and a sliding-window mask that hides every key of the first chunk; long key ranges split
+    /// masks, Mul/Div/no scale, and a sliding-window mask that hides every key of the first chunk (so one of a
+    /// workgroup's key groups sees only masked keys); one, two and four key groups a workgroup; long key ranges split
     /// over workgroups (a window hiding whole chunks of them). One dispatch, two when split.</summary>
     [Theory]
     [InlineData("webgpu", 1, 12, 4, 1, 37, 64, 64, "where", "Mul", 0)]
@@ -220,6 +221,8 @@ public class FusionTests
     [InlineData("webgpu", 1, 6, 2, 3, 200, 16, 130, "none", "none", 0)]
     [InlineData("webgpu:gles", 1, 8, 2, 4, 160, 32, 32, "where", "Mul", 40)]
     [InlineData("webgpu", 1, 2, 1, 64, 64, 16, 16, "add", "Mul", 0)]
+    [InlineData("webgpu", 1, 12, 4, 1, 100, 64, 64, "where", "Mul", 0)]
+    [InlineData("webgpu:gles", 1, 4, 2, 1, 120, 32, 32, "where", "Mul", 30)]
     [InlineData("webgpu", 1, 12, 4, 1, 600, 64, 64, "where", "Mul", 0)]
     [InlineData("webgpu:gles", 1, 8, 2, 2, 700, 32, 40, "where", "Mul", 100)]
     [InlineData("webgpu", 1, 4, 4, 3, 300, 16, 16, "add", "Div", 0)]

@@ -130,8 +130,8 @@ public sealed class Executor
         if (PreferWholeGraph && _single is IGraphPlatform whole && Observers.Count == 0)
             return whole.RunGraph(model, feeds);
         foreach (var o in Observers) o.OnRunStart(model, run);
-        var scope = new Scope(null);
-        foreach (var (k, t) in g.Initializers) scope.Set(k, t);
+        // NOTE: initializers are looked up in the graph, not copied into the scope each run (a decode step is a run).
+        var scope = new Scope(null, g.Initializers);
         foreach (var (k, v) in feeds) scope.Set(k, v);
         var outs = RunGraph(model, g, scope, 0);
         var result = new Dictionary<string, Value>();
@@ -252,8 +252,7 @@ public sealed class Executor
 
     Value?[] RunSubgraph(Model model, Graph body, IReadOnlyList<Value?> inputs, Scope outer, int depth)
     {
-        var scope = new Scope(outer);
-        foreach (var (k, t) in body.Initializers) scope.Set(k, t);
+        var scope = new Scope(outer, body.Initializers);
         for (int i = 0; i < body.Inputs.Count; i++)
             if (i < inputs.Count && inputs[i] is { } v) scope.Set(body.Inputs[i].Name, v);
         var outs = RunGraph(model, body, scope, depth);
@@ -326,12 +325,13 @@ public sealed class Executor
 
     sealed record Plan(Dictionary<string, int> UseCounts, List<string>[] Consumed, HashSet<string> Produced, Dictionary<string, TypeRef> Declared);
 
-    /// <summary>Names to values, falling back to the enclosing graph's scope (ONNX lexical scoping).</summary>
-    sealed class Scope(Scope? parent)
+    /// <summary>Names to values: those set in this graph's run (feeds and node outputs, which shadow initializers of the
+    /// same name), then the graph's initializers, then the enclosing graph's scope (ONNX lexical scoping).</summary>
+    sealed class Scope(Scope? parent, IReadOnlyDictionary<string, Tensor> initializers)
     {
         readonly Dictionary<string, Value> _values = new();
         public void Set(string name, Value v) => _values[name] = v;
-        public Value? Get(string name) => _values.TryGetValue(name, out var v) ? v : parent?.Get(name);
+        public Value? Get(string name) => _values.TryGetValue(name, out var v) ? v : initializers.TryGetValue(name, out var t) ? t : parent?.Get(name);
         public Value? Remove(string name) => _values.Remove(name, out var v) ? v : null;
     }
 }

@@ -234,8 +234,9 @@ public static class Fused
     const int AttnThreads = 64, AttnMaxHeadDim = 256;
 
     /// <summary>softmax(mask(q·kᵀ·scale))·v for q [B,H,S,D], K [B,Hk,T,D], V [B,Hk,T,Dv] (head h reads kv head h / rep):
-    /// a workgroup per query row, 64 threads; each chunk of 64 keys gets one score per thread, the chunk's max
-    /// rescales the running sums (online softmax), and thread t accumulates output dims t, t+64, ….</summary>
+    /// a workgroup per query row (per chunk of its keys when split), one to four groups of 64 threads by key count; each
+    /// group takes every G-th chunk of 64 keys, one score per thread, the chunk's max rescaling the group's running
+    /// sums (online softmax), thread t accumulating output dims t, t+64, …; the groups merge in workgroup memory.</summary>
     static GpuTensor? Attention(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
     {
         string maskKind = ctx.String("mask", "none");
@@ -293,6 +294,9 @@ public static class Fused
             chunks = (t + chunk - 1) / chunk;
         }
         meta.Add(chunk); meta.Add(chunks);
+        // Key groups of 64 threads a workgroup, each on its own 64-key chunks of the range, merged at the end: a decode
+        // row's keys run in parallel without a second dispatch (decode has one workgroup per head).
+        int groups = chunk <= AttnThreads ? 1 : chunk <= 2 * AttnThreads ? 2 : 4;
         if (rcos is not null)
         {
             meta.Add(rotHalf);                                                   // md[25]
@@ -303,7 +307,7 @@ public static class Fused
         var parts = split ? g.Empty(DType.Float32, [rows * chunks * (dv + 2)]) : null;
         var (gx, gy) = Wgsl.Grid(rows * chunks, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
         const int W = AttnThreads, Acc = AttnMaxHeadDim / AttnThreads;
-        string apply = maskKind switch
+        string Apply() => maskKind switch
         {
             "where" => "if (mk(mo + j * md[13]) == 0u) { sc = fill; }",
             "add" => "sc = sc + mk(mo + j * md[13]);",
@@ -311,31 +315,36 @@ public static class Fused
         };
         bool rot = rcos is not null;
         // q's load: rotated as it is read (x·cos + rotate_half(x)·sin, q's last axis contiguous) with rotary_q.
-        string loadQ = rot
+        string LoadQ() => rot
             ? $$"""
-  for (var e = t; e < D; e += {{W}}u) {
+  for (var e = lid.x; e < D; e += {{W * groups}}u) {
     let hf = md[25];
     let co = bb * md[26] + hh * md[27] + i * md[28] + e * md[29];
     let so = bb * md[30] + hh * md[31] + i * md[32] + e * md[33];
     qs[e] = {{RotatedValue("q", "qb + e", "e", "hf", "rc(co)", "rs(so)")}};
   }
 """
-            : $"  for (var e = t; e < D; e += {W}u) {{ qs[e] = q(qb + e); }}\n";
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention", $"{maskKind}|{split}|{rot}"), () =>
+            : $"  for (var e = lid.x; e < D; e += {W * groups}u) {{ qs[e] = q(qb + e); }}\n";
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention", $"{maskKind}|{split}|{rot}|{groups}"), () =>
         {
-            var w = new Wgsl(W).In("q", q).In("k", k).In("v", v);
+            var w = new Wgsl(W * groups).In("q", q).In("k", k).In("v", v);
             if (mask is not null) w.In("mk", mask);
             if (rot) w.In("rc", rcos!).In("rs", rsin!);
             w.Out("y", DType.Float32);
-            w.Decl($"var<workgroup> qs: array<f32, {AttnMaxHeadDim}>;\nvar<workgroup> ps: array<f32, {W}>;\nvar<workgroup> red: array<f32, {W}>;");
+            w.Decl($"var<workgroup> qs: array<f32, {AttnMaxHeadDim}>;\nvar<workgroup> ps: array<f32, {W * groups}>;\nvar<workgroup> red: array<f32, {W * groups}>;\n" +
+                   $"var<workgroup> gm: array<f32, {groups}>;\nvar<workgroup> gt: array<f32, {groups}>;\nvar<workgroup> ga: array<f32, {groups * AttnMaxHeadDim}>;");
             string accDecl = string.Join(" ", Enumerable.Range(0, Acc).Select(a => $"var a{a} = 0.0;"));
             string rescale = string.Join(" ", Enumerable.Range(0, Acc).Select(a => $"a{a} = a{a} * corr;"));
             string gather = string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"      if (t + {a * W}u < Dv) {{ a{a} += pj * v(vr + t + {a * W}u); }}"));
-            // One pass: y = acc / total. Split: y holds, per (row, chunk), [max, total, acc 0..Dv-1].
+            // The groups' (max, sum, acc) merged to the workgroup's max M: acc = Σ_g acc_g·exp(m_g − M) (weights 1 while
+            // every score is -inf, as one group alone: 0/0 = NaN). One pass: y = acc / total. Split: y holds, per (row,
+            // chunk), [max, total, acc 0..Dv-1].
+            string park = string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"  if (t + {a * W}u < Dv) {{ ga[grp * {AttnMaxHeadDim}u + t + {a * W}u] = a{a}; }}"));
+            string merged = $"ga[e] * select(exp(gm[0] - mx), 1.0, mx == ninf)" + string.Concat(Enumerable.Range(1, groups - 1).Select(g2 =>
+                $" + ga[{g2 * AttnMaxHeadDim}u + e] * select(exp(gm[{g2}] - mx), 1.0, mx == ninf)"));
             string store = split
-                ? "  let pb = wi * (Dv + 2u);\n  if (t == 0u) { y_st(pb, m); y_st(pb + 1u, total); }\n" +
-                  string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"  if (t + {a * W}u < Dv) {{ y_st(pb + 2u + t + {a * W}u, a{a}); }}"))
-                : string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"  if (t + {a * W}u < Dv) {{ y_st(row * Dv + t + {a * W}u, a{a} / total); }}"));
+                ? $"  let pb = wi * (Dv + 2u);\n  if (lid.x == 0u) {{ y_st(pb, mx); y_st(pb + 1u, total); }}\n  for (var e = lid.x; e < Dv; e += {W * groups}u) {{ y_st(pb + 2u + e, {merged}); }}"
+                : $"  for (var e = lid.x; e < Dv; e += {W * groups}u) {{ y_st(row * Dv + e, ({merged}) / total); }}";
             return w.Build($$"""
   let wi = wid.x + wid.y * nwg.x;
   if (wi >= md[0] * md[24]) { return; }
@@ -348,14 +357,16 @@ public static class Fused
   let kb = bb * md[17] + kvh * md[18]; let ks = md[19];
   let vb = bb * md[20] + kvh * md[21]; let vs = md[22];
   let mo = bb * md[10] + hh * md[11] + i * md[12];
-  let t = lid.x;
+  let t = lid.x % {{W}}u; let grp = lid.x / {{W}}u; let slot = lid.x;
   let ninf = bits_(0xff800000u);
-{{loadQ}}
+{{LoadQ()}}
   workgroupBarrier();
   var m = ninf;
   var lsum = 0.0;
   {{accDecl}}
-  for (var j0 = jb; j0 < je; j0 += {{W}}u) {
+  let rounds = (je - jb + {{W * groups - 1}}u) / {{W * groups}}u;
+  for (var it = 0u; it < rounds; it++) {
+    let j0 = jb + (it * {{groups}}u + grp) * {{W}}u;
     let j = j0 + t;
     var sc = ninf;
     if (j < je) {
@@ -363,33 +374,39 @@ public static class Fused
       let kr = kb + j * ks;
       for (var e = 0u; e < D; e++) { dot += qs[e] * k(kr + e); }
       sc = dot * scale;
-      {{apply}}
+      {{Apply()}}
     }
-    red[t] = sc;
+    red[slot] = sc;
     workgroupBarrier();
-    for (var w = {{W / 2}}u; w > 0u; w >>= 1u) { if (t < w) { red[t] = max(red[t], red[t + w]); } workgroupBarrier(); }
-    let mnew = max(m, red[0]);
+    for (var w = {{W / 2}}u; w > 0u; w >>= 1u) { if (t < w) { red[slot] = max(red[slot], red[slot + w]); } workgroupBarrier(); }
+    let mnew = max(m, red[grp * {{W}}u]);
     // Nothing is accumulated while every score so far is -inf; a -inf score weighs 0.
     let corr = select(exp(m - mnew), 1.0, mnew == ninf);
     var p = 0.0;
     if (j < je && sc != ninf) { p = exp(sc - mnew); }
-    ps[t] = p;
+    ps[slot] = p;
     lsum = lsum * corr + p;
     {{rescale}}
     workgroupBarrier();
-    let n = min({{W}}u, je - j0);
+    let n = select(0u, min({{W}}u, je - j0), j0 < je);
     for (var jj = 0u; jj < n; jj++) {
-      let pj = ps[jj];
+      let pj = ps[grp * {{W}}u + jj];
       let vr = vb + (j0 + jj) * vs;
 {{gather}}
     }
     m = mnew;
     workgroupBarrier();
   }
-  red[t] = lsum;
+  red[slot] = lsum;
   workgroupBarrier();
-  for (var w = {{W / 2}}u; w > 0u; w >>= 1u) { if (t < w) { red[t] += red[t + w]; } workgroupBarrier(); }
-  let total = red[0];
+  for (var w = {{W / 2}}u; w > 0u; w >>= 1u) { if (t < w) { red[slot] += red[slot + w]; } workgroupBarrier(); }
+  if (t == 0u) { gm[grp] = m; gt[grp] = red[slot]; }
+{{park}}
+  workgroupBarrier();
+  var mx = gm[0];
+  for (var g2 = 1u; g2 < {{groups}}u; g2++) { mx = max(mx, gm[g2]); }
+  var total = 0.0;
+  for (var g2 = 0u; g2 < {{groups}}u; g2++) { total += gt[g2] * select(exp(gm[g2] - mx), 1.0, mx == ninf); }
 {{store}}
 """, elementwise: false);
         }, split ? "AttentionChunks" : "Attention",
@@ -460,7 +477,7 @@ public static class Fused
             meta.AddAll(ShapeUtil.BroadcastStrides(cos!.Shape, xk.Shape));       // md[10..13]
             meta.AddAll(ShapeUtil.BroadcastStrides(sin!.Shape, xk.Shape));       // md[14..17]
         }
-        string newK = rot
+        string NewK() => rot
             ? $"""
       let hf = md[9]; let b = bh / md[5]; let h = bh % md[5];
       let xi = (bh * S + tn) * D;
@@ -480,7 +497,7 @@ public static class Fused
     if (tt < Tp) { yk_st(i, pk((bh * Tp + tt) * D + e)); }
     else {
       let tn = tt - Tp;
-{{newK}}    }
+{{NewK()}}    }
   } else {
     let j = i - md[1];
     let Tp = md[6]; let S = md[7]; let D = md[8]; let T = Tp + S;

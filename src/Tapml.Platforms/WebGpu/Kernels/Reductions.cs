@@ -148,7 +148,8 @@ public static class Reductions
         string s = Wgsl.Scalar(x.Storage);
         bool pairs = idx is not null, final = outs.Length == 1;
         string nan(string v) => s == "f32" ? $"((bitcast<u32>({v}) & 0x7fffffffu) > 0x7f800000u)" : "false";
-        string better = $$"""
+        // NOTE: the WGSL strings are functions: made only when the kernel is compiled, not on every call.
+        string Better() => $$"""
 fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
   let na = {{nan("a")}}; let nb = {{nan("b")}};
   if (na || nb) { return (na && !nb) || (na && nb && ia {{(last ? ">" : "<")}} ib); }
@@ -156,7 +157,7 @@ fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
 }
 """;
         string at(string j) => pairs ? $"xi(base + {j})" : j;
-        string body = $$"""
+        string Body() => $$"""
   let w = wid.x + wid.y * nwg.x;
   if (w >= md[0]) { return; }
   let L = md[1]; let inner = md[2]; let row = w / md[3]; let part = w % md[3];
@@ -180,7 +181,7 @@ fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
             if (pairs) w.In("xi", idx!);
             if (final) w.Out("y", DType.Int64);
             else w.Out("pv", outs[0].DType).Out("pi", DType.UInt32);
-            return w.Decl($"var<workgroup> rv: array<{s}, 256>;\nvar<workgroup> ri: array<u32, 256>;\n{better}").Build(body, elementwise: false);
+            return w.Decl($"var<workgroup> rv: array<{s}, 256>;\nvar<workgroup> ri: array<u32, 256>;\n{Better()}").Build(Body(), elementwise: false);
         }, max ? "ArgMax" : "ArgMin", [x, .. (pairs ? new[] { idx! } : []), .. outs], meta, gx, gy);
     }
 
