@@ -69,6 +69,15 @@ public class FusionTests
         var want = ec.Run(m, feeds);
         var got = eg.Run(f, feeds);
         int layers = m.Graph.Nodes.Count(n => n.OpType == "Softmax");
+        // The prefill (5 rows) ran each projections region node by node over views of the stacked weight its decode
+        // kernel reads: a region's weights share one GPU buffer.
+        foreach (var n in f.Graph.Nodes.Where(n => n.OpType == Fusion.OpType && n.Attributes["kind"].Str == "projections"))
+        {
+            var views = n.Inputs.Where(i => f.Graph.Initializers.TryGetValue(i, out var t) && t.Rank == 2 && t.Length > 64)
+                .Select(i => gpu.TransposedWeight(gpu.Upload(f.Graph.Initializers[i]))).ToList();
+            Assert.NotEmpty(views);
+            Assert.All(views, v => Assert.Same(views[0].Buffer, v.Buffer));
+        }
         for (int step = 0; step < 3; step++)
         {
             foreach (var (name, v) in want) AssertClose((Tensor)v, (Tensor)got[name]);

@@ -341,7 +341,12 @@ public sealed unsafe class DawnDevice : IDisposable
 
     /// <summary>Records one dispatch: bindings 0..n-1 are <paramref name="buffers"/> (whole-size bindings of
     /// <paramref name="sizes"/> bytes), binding n the metadata words. Submitted by <see cref="Flush"/>.</summary>
-    public void Dispatch(GpuPipeline p, ReadOnlySpan<nint> buffers, ReadOnlySpan<ulong> sizes, ReadOnlySpan<uint> meta, uint gx, uint gy = 1, uint gz = 1)
+    public void Dispatch(GpuPipeline p, ReadOnlySpan<nint> buffers, ReadOnlySpan<ulong> sizes, ReadOnlySpan<uint> meta, uint gx, uint gy = 1, uint gz = 1) =>
+        Dispatch(p, buffers, default, sizes, meta, gx, gy, gz);
+
+    /// <summary>As above, binding i from byte <paramref name="offsets"/>[i] (empty: all from 0; each a multiple of
+    /// minStorageBufferOffsetAlignment).</summary>
+    public void Dispatch(GpuPipeline p, ReadOnlySpan<nint> buffers, ReadOnlySpan<ulong> offsets, ReadOnlySpan<ulong> sizes, ReadOnlySpan<uint> meta, uint gx, uint gy = 1, uint gz = 1)
     {
         CheckUsable();
         if (_profile is not null && _profilePending.Count == ProfileSlots) Flush();
@@ -355,7 +360,7 @@ public sealed unsafe class DawnDevice : IDisposable
         var entries = stackalloc BindGroupEntry[n + 1];
         for (int i = 0; i < n; i++) _recorded.Add(buffers[i]);
         for (int i = 0; i < n; i++)
-            entries[i] = new BindGroupEntry { Binding = (uint)i, Buffer = buffers[i], Offset = 0, Size = Math.Max(4, (sizes[i] + 3) & ~3UL) };
+            entries[i] = new BindGroupEntry { Binding = (uint)i, Buffer = buffers[i], Offset = offsets.IsEmpty ? 0 : offsets[i], Size = Math.Max(4, (sizes[i] + 3) & ~3UL) };
         entries[n] = new BindGroupEntry { Binding = (uint)n, Buffer = _meta, Offset = (ulong)metaOffset, Size = (ulong)metaBytes };
         var bg = CachedBindGroup(p, entries, n + 1);
         if (_encoder == 0) _encoder = Wgpu.DeviceCreateCommandEncoder(_device, 0);

@@ -61,6 +61,8 @@ public sealed class GpuTensor : Value, IDeviceValue
     internal Tensor? Source { get; init; }
     /// <summary>Uploaded int64 values were clamped to the 32-bit range (only host-copy readers may use them).</summary>
     internal bool Saturated { get; init; }
+    /// <summary>Where the tensor starts in its buffer (a weight's rows inside a stacked weight; 0 for all else).</summary>
+    internal ulong ByteOffset { get; init; }
     /// <summary>Owned by the upload cache: the executor's Free leaves it alone.</summary>
     internal bool Pinned { get; init; }
     internal bool Freed;

@@ -394,8 +394,31 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload
         return g;
     }
 
-    /// <summary>2-D weights [K,Nᵢ] (one dtype) as one [ΣNᵢ, K] tensor: each transposed, stacked by rows.</summary>
-    public GpuTensor TransposedWeights(Tensor[] ws) => Concatenated(ws, () =>
+    /// <summary>2-D weights [K,Nᵢ] (one dtype) as one [ΣNᵢ, K] tensor: each transposed, stacked by rows. Each weight's
+    /// rows also serve as its <see cref="TransposedWeight"/> (a view at its offset, where that offset meets the binding
+    /// alignment), so a product run alone (prefill) reads the same buffer: the weights are on the GPU once.</summary>
+    public GpuTensor TransposedWeights(Tensor[] ws)
+    {
+        var stacked = Stacked(ws);
+        ulong align = (ulong)Math.Max(4, Device.Limits.MinStorageOffsetAlignment);
+        ulong at = 0;
+        foreach (var w in ws)
+        {
+            long k = w.Shape[0], n = w.Shape[1];
+            ulong bytes = stacked.Storage == GpuStorage.F16x2 ? (ulong)(n * k) * 2 : (ulong)(n * k) * 4;
+            bool aligned = at % align == 0 && (stacked.Storage != GpuStorage.F16x2 || n * k % 2 == 0);
+            if (aligned && !_transposed.TryGetValue(w, out _))
+            {
+                stacked.Buffer.Refs++;
+                var view = new GpuTensor(this, stacked.DType, [n, k], stacked.Buffer, stacked.Storage) { ByteOffset = at, Pinned = true };
+                _transposed.AddOrUpdate(w, new UploadEntry(this, view));
+            }
+            at += bytes;
+        }
+        return stacked;
+    }
+
+    GpuTensor Stacked(Tensor[] ws) => Concatenated(ws, () =>
     {
         long k = ws[0].Shape[0], rows = ws.Sum(w => w.Shape[1]);
         Array Stack<T>() where T : struct
@@ -443,9 +466,9 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload
             uint[] a => MemoryMarshal.AsBytes(a.AsSpan()),
             _ => default,
         };
-        if (!direct.IsEmpty) { Device.Read(g.Buffer.Handle, 0, direct); return r; }
+        if (!direct.IsEmpty) { Device.Read(g.Buffer.Handle, g.ByteOffset, direct); return r; }
         var bytes = new byte[g.StorageBytes];
-        Device.Read(g.Buffer.Handle, 0, bytes);
+        Device.Read(g.Buffer.Handle, g.ByteOffset, bytes);
         return Decode(g.Storage, bytes, r);
     }
 
@@ -456,7 +479,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload
         if (v is not GpuTensor g || g.HostCopy is not null || g.StorageBytes == 0 || g.StorageBytes > 1UL << 20) return new Downloaded(Download(v));
         if (g.Freed) throw new TapmlException($"webgpu: {g.Describe()} was read after it was freed (internal error)");
         Materialize(g.Buffer);
-        var read = Device.BeginRead(g.Buffer.Handle, 0, (int)g.StorageBytes);
+        var read = Device.BeginRead(g.Buffer.Handle, g.ByteOffset, (int)g.StorageBytes);
         return new PendingGpuDownload(this, read, g.DType, (long[])g.Shape.Clone(), g.Storage, (int)g.StorageBytes);
     }
 
@@ -607,19 +630,21 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload
         if (gx > Device.Limits.MaxWorkgroupsPerDimension || gy > Device.Limits.MaxWorkgroupsPerDimension || gz > Device.Limits.MaxWorkgroupsPerDimension)
             throw new TapmlException($"webgpu: kernel {p.Label} needs {gx}×{gy}×{gz} workgroups, over maxComputeWorkgroupsPerDimension {Device.Limits.MaxWorkgroupsPerDimension}");
         Span<nint> handles = stackalloc nint[bindings.Length];
+        Span<ulong> offsets = stackalloc ulong[bindings.Length];
         Span<ulong> sizes = stackalloc ulong[bindings.Length];
         ulong maxBinding = (ulong)Device.Limits.MaxStorageBindingBytes;
         for (int i = 0; i < bindings.Length; i++)
         {
             if (bindings[i].Buffer.Pending is not null) Materialize(bindings[i].Buffer);
             handles[i] = bindings[i].Buffer.Handle;
+            offsets[i] = bindings[i].ByteOffset;
             // NOTE: the whole (pooled, bucket-sized) buffer is bound, not just the tensor's bytes: a KV cache one row
             // longer each step then keeps its buffer and its bind group until it outgrows the bucket (kernels bound
-            // every access by the sizes in their metadata, none reads arrayLength).
-            ulong whole = bindings[i].Buffer.Size;
+            // every access by the sizes in their metadata, none reads arrayLength). A view binds from its offset on.
+            ulong whole = bindings[i].Buffer.Size - offsets[i];
             sizes[i] = whole >= bindings[i].StorageBytes && whole <= maxBinding ? whole : Math.Max(4, bindings[i].StorageBytes);
         }
-        Device.Dispatch(p, handles, sizes, meta.Words, gx, gy, gz);
+        Device.Dispatch(p, handles, offsets, sizes, meta.Words, gx, gy, gz);
     }
 
     public void Dispose()

@@ -137,8 +137,8 @@ static class Projections
     {
         if (ins.Length == 0 || ins[0] is not { } x || x.DType is not (DType.Float32 or DType.Float16 or DType.BFloat16) || !IsFloat(x, x.DType) || x.Rank == 0) return null;
         long k = x.Shape[^1];
-        if (k == 0 || x.Length / k is < 1 or > MatMul.MatVecMaxRows) return null;
-        int rows = (int)(x.Length / k);
+        if (k == 0 || x.Length == 0) return null;
+        long rowCount = x.Length / k;
         if (!Plans.TryGetValue(ctx.Node, out var plan)) { plan = Build(ctx, body, opset, ins); Plans.AddOrUpdate(ctx.Node, plan); }
         if (plan.Unsupported is not null) return null;
         GpuTensor? gamma = null;
@@ -157,6 +157,15 @@ static class Projections
             if (i > 0 && (src.DType != ws[0].DType || w.Storage != ins[plan.Weights[0]]!.Storage)) return null;
             ws[i] = src;
         }
+        if (rowCount > MatMul.MatVecMaxRows)
+        {
+            // Prefill runs the body node by node; its products read their weights as views of the stacked buffer the
+            // decode kernel reads (made here when it fits one binding), so the weights are not on the GPU twice.
+            long stackedBytes = ws.Sum(w => w.Length) * (ins[plan.Weights[0]]!.Storage == GpuStorage.F16x2 ? 2 : 4);
+            if (stackedBytes <= g.Device.Limits.MaxStorageBindingBytes && stackedBytes <= g.Device.Limits.MaxBufferBytes) g.TransposedWeights(ws);
+            return null;
+        }
+        int rows = (int)rowCount;
         foreach (var v in plan.Vectors) if (ins[v] is not { Source: not null } t || t.DType != x.DType || t.Rank > x.Rank) return null;
         bool packed = ins[plan.Weights[0]]!.Storage == GpuStorage.F16x2;
         int per = packed ? 8 : 4;
