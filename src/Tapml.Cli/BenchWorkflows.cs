@@ -17,7 +17,7 @@ namespace Tapml.Cli;
 /// against a plain run of the same model in the same process.</summary>
 static class BenchWorkflows
 {
-    public static IReadOnlyList<string> Names => ["carve", "migrate", "llm", "llm-large", "gpu"];
+    public static IReadOnlyList<string> Names => ["carve", "migrate", "llm", "llm-large", "gpu", "matvec-sweep"];
 
     sealed record Subject(string Name, Model Model, Action<Executor> Run, MigrationInput Input);
 
@@ -224,6 +224,50 @@ static class BenchWorkflows
         return 0;
     }
 
+    /// <summary>The f32 matrix-vector kernel's achieved bandwidth (GPU time, 50 dispatches, best of runs) over the
+    /// decode shapes of the 125M and 8B-class Llamas, for each target of 16-byte loads a thread (which sets the threads
+    /// per output): the data behind <see cref="Tapml.Platforms.WebGpu.Kernels.MatMul.LoadsPerThread"/>.</summary>
+    static int MatVecSweep(int runs)
+    {
+        using var g = new Tapml.Platforms.WebGpu.WebGpuPlatform("webgpu");
+        Console.WriteLine($"device: {g.Description}");
+        var mm = Tapml.Platforms.WebGpu.GpuOps.Find("", "MatMul")!;
+        var ctx = new NodeContext(new Tapml.Ir.Node { Name = "sweep", OpType = "MatMul", Inputs = ["x", "w"], Outputs = ["y"] }, 17);
+        int[] targets = [1, 2, 4, 8, 16, 32];
+        var table = new Table().AddColumns(["shape (K×N)", .. targets.Select(l => $"{l} loads/thread")]);
+        var rng = new Random(1);
+        int saved = Tapml.Platforms.WebGpu.Kernels.MatMul.LoadsPerThread;
+        try
+        {
+            foreach (var (k, n) in new[] { (768, 768), (768, 2048), (2048, 768), (768, 32000), (4096, 4096), (4096, 6144), (4096, 14336), (14336, 4096), (8192, 8192), (4096, 32000) })
+            {
+                var wdata = new float[(long)k * n];
+                for (long i = 0; i < wdata.LongLength; i++) wdata[i] = (float)(rng.NextDouble() - 0.5);
+                var w = g.Upload(new Tensor(DType.Float32, [k, n], wdata));
+                var x = g.Upload(new Tensor(DType.Float32, [1, 1, k], Enumerable.Range(0, k).Select(i => (float)(i % 7) - 3).ToArray()));
+                var cells = new List<string> { $"{k}×{n}" };
+                foreach (int l in targets)
+                {
+                    Tapml.Platforms.WebGpu.Kernels.MatMul.LoadsPerThread = l;
+                    void Once() { var y = mm.Run(g, ctx, [x, w]); g.Free(y[0]!); }
+                    Once();
+                    g.Synchronize();
+                    double best = double.MaxValue;
+                    for (int r = 0; r < Math.Max(3, runs); r++)
+                        if (g.Device.TimeGpu(() => { for (int c = 0; c < 50; c++) Once(); }) is { } ms) best = Math.Min(best, ms / 50);
+                    if (best == double.MaxValue) { Console.Error.WriteLine("bench matvec-sweep: the adapter has no timestamp queries"); return 2; }
+                    int t = Tapml.Platforms.WebGpu.Kernels.MatMul.MatVecThreads(k / 4);
+                    cells.Add($"{(long)k * n * 4 / (best / 1e3) / 1e12:F2} TB/s (t{t})");
+                }
+                table.AddRow(cells.ToArray());
+                Console.Error.WriteLine($"bench matvec-sweep: {string.Join("  ", cells)}");
+            }
+        }
+        finally { Tapml.Platforms.WebGpu.Kernels.MatMul.LoadsPerThread = saved; }
+        AnsiConsole.Write(table);
+        return 0;
+    }
+
     /// <summary>The per-dispatch cost no kernel can go under: a chain of dependent 768-wide Neg dispatches (the
     /// size of a decode step's element-wise work), as GPU time per dispatch (timestamp queries) and as host
     /// wall time per dispatch (record, submit and wait).</summary>
@@ -270,6 +314,7 @@ static class BenchWorkflows
         if (scenario == "llm") return Llm(runs);
         if (scenario == "llm-large") return LlmLarge(runs);
         if (scenario == "gpu") return Gpu(runs);
+        if (scenario == "matvec-sweep") return MatVecSweep(runs);
         var table = scenario == "carve"
             ? new Table().AddColumns("model", "plain run ms", "carve ms", "carve ÷ plain", "cases", "blobs (after dedup)", "tensors (before dedup)", "replay cases/s")
             : new Table().AddColumns("model", "strategy", "found", "runs", "partial", "bytes moved", "time ms");

@@ -12,6 +12,13 @@ public static class MatMul
     /// <summary>At most this many rows use the matrix-vector kernel (each row re-reads the weight).</summary>
     public const int MatVecMaxRows = 4;
 
+    /// <summary>Threads per output of the matrix-vector kernels for a row of <paramref name="loads"/> 16-byte loads:
+    /// about <see cref="LoadsPerThread"/> loads a thread, a warp at least, 256 at most.</summary>
+    public static int MatVecThreads(long loads) => (int)Math.Clamp(System.Numerics.BitOperations.RoundUpToPowerOf2((ulong)Math.Max(1, loads / LoadsPerThread)), 32, 256);
+
+    /// <summary>Target 16-byte loads a thread of the matrix-vector kernels (<c>bench matvec-sweep</c> measures others).</summary>
+    public static int LoadsPerThread { get; set; } = 4;
+
     public static void Register(Action<GpuOp> add)
     {
         add(new GpuOp("", "MatMul", 1, (g, ctx, ins) => [Run(g, ctx, GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx))], FloatOnly));
@@ -172,7 +179,7 @@ public static class MatMul
         bool xvec = vec && x.Storage == GpuStorage.F32;
         int per = packed && vec ? 8 : vec ? 4 : 1;
         // Threads per output: enough 16-byte loads to cover the row in a few strides (a warp at least).
-        int t = packed ? 32 : (int)Math.Clamp(System.Numerics.BitOperations.RoundUpToPowerOf2((ulong)Math.Max(1, k / per / 4)), 32, 256);
+        int t = packed ? 32 : MatVecThreads(k / per);
         int wg = Math.Min(256, g.Device.Limits.MaxInvocationsPerWorkgroup);
         t = Math.Min(t, wg);
         int outsPerGroup = wg / t;
