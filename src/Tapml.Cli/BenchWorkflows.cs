@@ -63,18 +63,28 @@ static class BenchWorkflows
             // machine load): the logits read back and the argmax taken on the host; no folds into attention (q's rotary
             // and the KV append as their own dispatches).
             var variants = p is Tapml.Platforms.WebGpu.WebGpuPlatform
-                ? new (string Name, Tapml.Ir.Model Model, bool DeviceArgmax)[]
+                ? new (string Name, Tapml.Ir.Model Model, bool DeviceArgmax, int AttentionGroups)[]
                   {
-                      ("the logits read back and the argmax on the host", model, false),
-                      ("no folds into attention (rotary and KV concats as their own dispatches)", Fusion.Fuse(plain, out _, projections: true, foldAttention: false), true),
+                      ("the logits read back and the argmax on the host (no pipelining)", model, false, 4),
+                      ("no folds into attention (rotary and KV concats as their own dispatches)", Fusion.Fuse(plain, out _, projections: true, foldAttention: false), true, 4),
+                      ("one key group an attention workgroup", model, true, 1),
                   }
                 : [];
             var variantBest = new double[variants.Length];
-            foreach (var v in variants) Generation.Greedy(exec, v.Model, prompt.AsSpan(0, 8), 3);
+            foreach (var v in variants)
+            {
+                Tapml.Platforms.WebGpu.Kernels.Fused.MaxAttentionGroups = v.AttentionGroups;
+                try { Generation.Greedy(exec, v.Model, prompt.AsSpan(0, 8), 3); }
+                finally { Tapml.Platforms.WebGpu.Kernels.Fused.MaxAttentionGroups = 4; }
+            }
             for (int i = 0; i < runs; i++)
             {
                 for (int k = 0; k < variants.Length; k++)
-                    variantBest[k] = Math.Max(variantBest[k], Generation.Run(exec, variants[k].Model, prompt, newTokens, SamplingOptions.Greedy, argmaxOnDevice: variants[k].DeviceArgmax).DecodeTokensPerSecond);
+                {
+                    Tapml.Platforms.WebGpu.Kernels.Fused.MaxAttentionGroups = variants[k].AttentionGroups;
+                    try { variantBest[k] = Math.Max(variantBest[k], Generation.Run(exec, variants[k].Model, prompt, newTokens, SamplingOptions.Greedy, argmaxOnDevice: variants[k].DeviceArgmax).DecodeTokensPerSecond); }
+                    finally { Tapml.Platforms.WebGpu.Kernels.Fused.MaxAttentionGroups = 4; }
+                }
                 var dev = (p as Tapml.Platforms.WebGpu.WebGpuPlatform)?.Device;
                 var before = dev?.Counters ?? default;
                 int gc0 = GC.CollectionCount(0), gc2 = GC.CollectionCount(2);
@@ -225,18 +235,17 @@ static class BenchWorkflows
     }
 
     /// <summary>The f32 matrix-vector kernel's achieved bandwidth (GPU time, 50 dispatches, best of runs) over the
-    /// decode shapes of the 125M and 8B-class Llamas, for each target of 16-byte loads a thread (which sets the threads
-    /// per output): the data behind <see cref="Tapml.Platforms.WebGpu.Kernels.MatMul.LoadsPerThread"/>.</summary>
+    /// decode shapes of the 125M and 8B-class Llamas, for 32 to 256 threads per output and for the rule the kernels use
+    /// (<see cref="Tapml.Platforms.WebGpu.Kernels.MatMul.MatVecThreads"/>).</summary>
     static int MatVecSweep(int runs)
     {
         using var g = new Tapml.Platforms.WebGpu.WebGpuPlatform("webgpu");
         Console.WriteLine($"device: {g.Description}");
         var mm = Tapml.Platforms.WebGpu.GpuOps.Find("", "MatMul")!;
         var ctx = new NodeContext(new Tapml.Ir.Node { Name = "sweep", OpType = "MatMul", Inputs = ["x", "w"], Outputs = ["y"] }, 17);
-        int[] targets = [1, 2, 4, 8, 16, 32];
-        var table = new Table().AddColumns(["shape (K×N)", .. targets.Select(l => $"{l} loads/thread")]);
+        int?[] threads = [32, 64, 128, 256, null];
+        var table = new Table().AddColumns(["shape (K×N)", .. threads.Select(t => t is null ? "rule" : $"{t} threads")]);
         var rng = new Random(1);
-        int saved = Tapml.Platforms.WebGpu.Kernels.MatMul.LoadsPerThread;
         try
         {
             foreach (var (k, n) in new[] { (768, 768), (768, 2048), (2048, 768), (768, 32000), (4096, 4096), (4096, 6144), (4096, 14336), (14336, 4096), (8192, 8192), (4096, 32000) })
@@ -246,9 +255,9 @@ static class BenchWorkflows
                 var w = g.Upload(new Tensor(DType.Float32, [k, n], wdata));
                 var x = g.Upload(new Tensor(DType.Float32, [1, 1, k], Enumerable.Range(0, k).Select(i => (float)(i % 7) - 3).ToArray()));
                 var cells = new List<string> { $"{k}×{n}" };
-                foreach (int l in targets)
+                foreach (var t in threads)
                 {
-                    Tapml.Platforms.WebGpu.Kernels.MatMul.LoadsPerThread = l;
+                    Tapml.Platforms.WebGpu.Kernels.MatMul.ThreadsPerOutput = t;
                     void Once() { var y = mm.Run(g, ctx, [x, w]); g.Free(y[0]!); }
                     Once();
                     g.Synchronize();
@@ -256,14 +265,13 @@ static class BenchWorkflows
                     for (int r = 0; r < Math.Max(3, runs); r++)
                         if (g.Device.TimeGpu(() => { for (int c = 0; c < 50; c++) Once(); }) is { } ms) best = Math.Min(best, ms / 50);
                     if (best == double.MaxValue) { Console.Error.WriteLine("bench matvec-sweep: the adapter has no timestamp queries"); return 2; }
-                    int t = Tapml.Platforms.WebGpu.Kernels.MatMul.MatVecThreads(k / 4);
-                    cells.Add($"{(long)k * n * 4 / (best / 1e3) / 1e12:F2} TB/s (t{t})");
+                    cells.Add($"{(long)k * n * 4 / (best / 1e3) / 1e12:F2} TB/s{(t is null ? $" (t{Tapml.Platforms.WebGpu.Kernels.MatMul.MatVecThreads(k / 4)})" : "")}");
                 }
                 table.AddRow(cells.ToArray());
                 Console.Error.WriteLine($"bench matvec-sweep: {string.Join("  ", cells)}");
             }
         }
-        finally { Tapml.Platforms.WebGpu.Kernels.MatMul.LoadsPerThread = saved; }
+        finally { Tapml.Platforms.WebGpu.Kernels.MatMul.ThreadsPerOutput = null; }
         AnsiConsole.Write(table);
         return 0;
     }

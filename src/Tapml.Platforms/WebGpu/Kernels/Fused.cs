@@ -296,7 +296,7 @@ public static class Fused
         meta.Add(chunk); meta.Add(chunks);
         // Key groups of 64 threads a workgroup, each on its own 64-key chunks of the range, merged at the end: a decode
         // row's keys run in parallel without a second dispatch (decode has one workgroup per head).
-        int groups = chunk <= AttnThreads ? 1 : chunk <= 2 * AttnThreads ? 2 : 4;
+        int groups = Math.Min(MaxAttentionGroups, chunk <= AttnThreads ? 1 : chunk <= 2 * AttnThreads ? 2 : 4);
         if (rcos is not null)
         {
             meta.Add(rotHalf);                                                   // md[25]
@@ -508,6 +508,9 @@ public static class Fused
         }, rot ? "KvAppendRotary" : "KvAppend", [pk, xk, pv, xv, .. (rot ? new[] { cos!, sin! } : []), yk, yv], meta, n);
         return [yk, yv];
     }
+
+    /// <summary>Most key groups an attention workgroup has (1, 2 or 4); <c>bench llm</c> runs a variant with 1.</summary>
+    public static int MaxAttentionGroups { get; set; } = 4;
 
     /// <summary>Key count from which decode-shaped attention splits the keys over workgroups, and the workgroups it aims at.</summary>
     const long AttnSplitFrom = 256, AttnTargetGroups = 256;
