@@ -332,7 +332,7 @@ public static class Fused
             if (rot) w.In("rc", rcos!).In("rs", rsin!);
             w.Out("y", DType.Float32);
             w.Decl($"var<workgroup> qs: array<f32, {AttnMaxHeadDim}>;\nvar<workgroup> ps: array<f32, {W * groups}>;\nvar<workgroup> red: array<f32, {W * groups}>;\n" +
-                   $"var<workgroup> gm: array<f32, {groups}>;\nvar<workgroup> gt: array<f32, {groups}>;\nvar<workgroup> ga: array<f32, {groups * AttnMaxHeadDim}>;");
+                   (groups == 1 ? "" : $"var<workgroup> gm: array<f32, {groups}>;\nvar<workgroup> gt: array<f32, {groups}>;\nvar<workgroup> ga: array<f32, {groups * AttnMaxHeadDim}>;"));
             string accDecl = string.Join(" ", Enumerable.Range(0, Acc).Select(a => $"var a{a} = 0.0;"));
             string rescale = string.Join(" ", Enumerable.Range(0, Acc).Select(a => $"a{a} = a{a} * corr;"));
             string gather = string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"      if (t + {a * W}u < Dv) {{ a{a} += pj * v(vr + t + {a * W}u); }}"));
@@ -342,9 +342,25 @@ public static class Fused
             string park = string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"  if (t + {a * W}u < Dv) {{ ga[grp * {AttnMaxHeadDim}u + t + {a * W}u] = a{a}; }}"));
             string merged = $"ga[e] * select(exp(gm[0] - mx), 1.0, mx == ninf)" + string.Concat(Enumerable.Range(1, groups - 1).Select(g2 =>
                 $" + ga[{g2 * AttnMaxHeadDim}u + e] * select(exp(gm[{g2}] - mx), 1.0, mx == ninf)"));
-            string store = split
-                ? $"  let pb = wi * (Dv + 2u);\n  if (lid.x == 0u) {{ y_st(pb, mx); y_st(pb + 1u, total); }}\n  for (var e = lid.x; e < Dv; e += {W * groups}u) {{ y_st(pb + 2u + e, {merged}); }}"
-                : $"  for (var e = lid.x; e < Dv; e += {W * groups}u) {{ y_st(row * Dv + e, ({merged}) / total); }}";
+            // One group has nothing to merge: its registers are the result.
+            string merge = groups == 1 ? "  let mx = m;\n  let total = red[0];\n" : $$"""
+  if (t == 0u) { gm[grp] = m; gt[grp] = red[slot]; }
+{{park}}
+  workgroupBarrier();
+  var mx = gm[0];
+  for (var g2 = 1u; g2 < {{groups}}u; g2++) { mx = max(mx, gm[g2]); }
+  var total = 0.0;
+  for (var g2 = 0u; g2 < {{groups}}u; g2++) { total += gt[g2] * select(exp(gm[g2] - mx), 1.0, mx == ninf); }
+
+""";
+            string store = groups == 1
+                ? split
+                    ? "  let pb = wi * (Dv + 2u);\n  if (t == 0u) { y_st(pb, mx); y_st(pb + 1u, total); }\n" +
+                      string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"  if (t + {a * W}u < Dv) {{ y_st(pb + 2u + t + {a * W}u, a{a}); }}"))
+                    : string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"  if (t + {a * W}u < Dv) {{ y_st(row * Dv + t + {a * W}u, a{a} / total); }}"))
+                : split
+                    ? $"  let pb = wi * (Dv + 2u);\n  if (lid.x == 0u) {{ y_st(pb, mx); y_st(pb + 1u, total); }}\n  for (var e = lid.x; e < Dv; e += {W * groups}u) {{ y_st(pb + 2u + e, {merged}); }}"
+                    : $"  for (var e = lid.x; e < Dv; e += {W * groups}u) {{ y_st(row * Dv + e, ({merged}) / total); }}";
             return w.Build($$"""
   let wi = wid.x + wid.y * nwg.x;
   if (wi >= md[0] * md[24]) { return; }
@@ -400,14 +416,7 @@ public static class Fused
   red[slot] = lsum;
   workgroupBarrier();
   for (var w = {{W / 2}}u; w > 0u; w >>= 1u) { if (t < w) { red[slot] += red[slot + w]; } workgroupBarrier(); }
-  if (t == 0u) { gm[grp] = m; gt[grp] = red[slot]; }
-{{park}}
-  workgroupBarrier();
-  var mx = gm[0];
-  for (var g2 = 1u; g2 < {{groups}}u; g2++) { mx = max(mx, gm[g2]); }
-  var total = 0.0;
-  for (var g2 = 0u; g2 < {{groups}}u; g2++) { total += gt[g2] * select(exp(gm[g2] - mx), 1.0, mx == ninf); }
-{{store}}
+{{merge}}{{store}}
 """, elementwise: false);
         }, split ? "AttentionChunks" : "Attention",
             [q, k, v, .. (mask is null ? Array.Empty<GpuTensor>() : [mask]), .. (rot ? new[] { rcos!, rsin! } : []), split ? parts! : y], meta, gx, gy);
