@@ -234,9 +234,9 @@ static class BenchWorkflows
         return 0;
     }
 
-    /// <summary>The f32 matrix-vector kernel's achieved bandwidth (GPU time, 50 dispatches, best of runs) over the
-    /// decode shapes of the 125M and 8B-class Llamas, for 32 to 256 threads per output and for the rule the kernels use
-    /// (<see cref="Tapml.Platforms.WebGpu.Kernels.MatMul.MatVecThreads"/>).</summary>
+    /// <summary>The matrix-vector kernel's achieved bandwidth (GPU time, 50 dispatches, best of runs) over the decode
+    /// shapes of the 125M and 8B-class Llamas (f32, and packed f16 for the large ones), for 32 to 256 threads per output
+    /// and for the rule the kernels use (<see cref="Tapml.Platforms.WebGpu.Kernels.MatMul.MatVecThreads"/>; 32 for f16).</summary>
     static int MatVecSweep(int runs)
     {
         using var g = new Tapml.Platforms.WebGpu.WebGpuPlatform("webgpu");
@@ -248,13 +248,14 @@ static class BenchWorkflows
         var rng = new Random(1);
         try
         {
-            foreach (var (k, n) in new[] { (768, 768), (768, 2048), (2048, 768), (768, 32000), (4096, 4096), (4096, 6144), (4096, 14336), (14336, 4096), (8192, 8192), (4096, 32000) })
+            foreach (var (k, n, half) in new[] { (768, 768, false), (768, 2048, false), (2048, 768, false), (768, 32000, false), (4096, 4096, false), (4096, 6144, false),
+                         (4096, 14336, false), (14336, 4096, false), (8192, 8192, false), (4096, 32000, false), (4096, 4096, true), (4096, 14336, true), (14336, 4096, true), (8192, 8192, true) })
             {
                 var wdata = new float[(long)k * n];
                 for (long i = 0; i < wdata.LongLength; i++) wdata[i] = (float)(rng.NextDouble() - 0.5);
-                var w = g.Upload(new Tensor(DType.Float32, [k, n], wdata));
+                var w = g.Upload(half ? new Tensor(DType.Float16, [k, n], Array.ConvertAll(wdata, v => (Half)v)) : new Tensor(DType.Float32, [k, n], wdata));
                 var x = g.Upload(new Tensor(DType.Float32, [1, 1, k], Enumerable.Range(0, k).Select(i => (float)(i % 7) - 3).ToArray()));
-                var cells = new List<string> { $"{k}×{n}" };
+                var cells = new List<string> { $"{k}×{n}{(half ? " f16" : "")}" };
                 foreach (var t in threads)
                 {
                     Tapml.Platforms.WebGpu.Kernels.MatMul.ThreadsPerOutput = t;
@@ -265,7 +266,7 @@ static class BenchWorkflows
                     for (int r = 0; r < Math.Max(3, runs); r++)
                         if (g.Device.TimeGpu(() => { for (int c = 0; c < 50; c++) Once(); }) is { } ms) best = Math.Min(best, ms / 50);
                     if (best == double.MaxValue) { Console.Error.WriteLine("bench matvec-sweep: the adapter has no timestamp queries"); return 2; }
-                    cells.Add($"{(long)k * n * 4 / (best / 1e3) / 1e12:F2} TB/s{(t is null ? $" (t{Tapml.Platforms.WebGpu.Kernels.MatMul.MatVecThreads(k / 4)})" : "")}");
+                    cells.Add($"{(long)k * n * (half ? 2 : 4) / (best / 1e3) / 1e12:F2} TB/s{(t is null && !half ? $" (t{Tapml.Platforms.WebGpu.Kernels.MatMul.MatVecThreads(k / 4)})" : "")}");
                 }
                 table.AddRow(cells.ToArray());
                 Console.Error.WriteLine($"bench matvec-sweep: {string.Join("  ", cells)}");

@@ -182,7 +182,7 @@ public static class MatMul
         bool xvec = vec && x.Storage == GpuStorage.F32;
         int per = packed && vec ? 8 : vec ? 4 : 1;
         // Threads per output: enough 16-byte loads to cover the row in a few strides (a warp at least).
-        int t = packed ? 32 : MatVecThreads(k / per);
+        int t = packed ? ThreadsPerOutput ?? 32 : MatVecThreads(k / per);
         int wg = Math.Min(256, g.Device.Limits.MaxInvocationsPerWorkgroup);
         t = Math.Min(t, wg);
         int outsPerGroup = wg / t;
