@@ -236,15 +236,17 @@ static class BenchWorkflows
 
     /// <summary>The matrix-vector kernel's achieved bandwidth (GPU time, 50 dispatches, best of runs) over the decode
     /// shapes of the 125M and 8B-class Llamas (f32, and packed f16 for the large ones), for 32 to 256 threads per output
-    /// and for the rule the kernels use (<see cref="Tapml.Platforms.WebGpu.Kernels.MatMul.MatVecThreads"/>; 32 for f16).</summary>
+    /// and for the rule the kernels use (<see cref="Tapml.Platforms.WebGpu.Kernels.MatMul.MatVecThreads"/>; 32 for f16), the
+    /// rule also with each row split in 2 and 4 parts (<see cref="Tapml.Platforms.WebGpu.Kernels.MatMul.SplitK"/>; GPU
+    /// time of both dispatches).</summary>
     static int MatVecSweep(int runs)
     {
         using var g = new Tapml.Platforms.WebGpu.WebGpuPlatform("webgpu");
         Console.WriteLine($"device: {g.Description}");
         var mm = Tapml.Platforms.WebGpu.GpuOps.Find("", "MatMul")!;
         var ctx = new NodeContext(new Tapml.Ir.Node { Name = "sweep", OpType = "MatMul", Inputs = ["x", "w"], Outputs = ["y"] }, 17);
-        int?[] threads = [32, 64, 128, 256, null];
-        var table = new Table().AddColumns(["shape (K×N)", .. threads.Select(t => t is null ? "rule" : $"{t} threads")]);
+        (int? Threads, int Split)[] configs = [(32, 1), (64, 1), (128, 1), (256, 1), (null, 1), (null, 2), (null, 4)];
+        var table = new Table().AddColumns(["shape (K×N)", .. configs.Select(c => (c.Threads is null ? "rule" : $"{c.Threads} threads") + (c.Split > 1 ? $", rows in {c.Split}" : ""))]);
         var rng = new Random(1);
         try
         {
@@ -256,9 +258,10 @@ static class BenchWorkflows
                 var w = g.Upload(half ? new Tensor(DType.Float16, [k, n], Array.ConvertAll(wdata, v => (Half)v)) : new Tensor(DType.Float32, [k, n], wdata));
                 var x = g.Upload(new Tensor(DType.Float32, [1, 1, k], Enumerable.Range(0, k).Select(i => (float)(i % 7) - 3).ToArray()));
                 var cells = new List<string> { $"{k}×{n}{(half ? " f16" : "")}" };
-                foreach (var t in threads)
+                foreach (var (t, split) in configs)
                 {
                     Tapml.Platforms.WebGpu.Kernels.MatMul.ThreadsPerOutput = t;
+                    Tapml.Platforms.WebGpu.Kernels.MatMul.SplitK = split;
                     void Once() { var y = mm.Run(g, ctx, [x, w]); g.Free(y[0]!); }
                     Once();
                     g.Synchronize();
@@ -272,7 +275,7 @@ static class BenchWorkflows
                 Console.Error.WriteLine($"bench matvec-sweep: {string.Join("  ", cells)}");
             }
         }
-        finally { Tapml.Platforms.WebGpu.Kernels.MatMul.ThreadsPerOutput = null; }
+        finally { Tapml.Platforms.WebGpu.Kernels.MatMul.ThreadsPerOutput = null; Tapml.Platforms.WebGpu.Kernels.MatMul.SplitK = 1; }
         AnsiConsole.Write(table);
         return 0;
     }

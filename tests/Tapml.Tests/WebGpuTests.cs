@@ -4,6 +4,7 @@ using Tapml.Ir;
 using Tapml.Platforms;
 using Tapml.Platforms.Execution;
 using Tapml.Platforms.WebGpu;
+using Tapml.Platforms.WebGpu.Kernels;
 using Xunit;
 
 namespace Tapml.Tests;
@@ -140,9 +141,20 @@ public class WebGpuTests
     [InlineData(65, 130, 67, DType.Float16)]
     [InlineData(1, 8200, 50, DType.Float32)]
     [InlineData(3, 4100, 9, DType.Float32)]
-    public void Matmul_against_a_weight_matches_cpu(int rows, int k, int n, DType wtype)
+    [InlineData(1, 8200, 50, DType.Float32, 3)]
+    [InlineData(2, 4100, 9, DType.Float32, 4)]
+    [InlineData(1, 4096, 40, DType.Float16, 2)]
+    public void Matmul_against_a_weight_matches_cpu(int rows, int k, int n, DType wtype, int split = 1)
     {
         SkipIfNoDawn("webgpu");
+        // split > 1: each weight row in that many parts (workgroups), their partial sums added by a second dispatch.
+        MatMul.SplitK = split;
+        try { MatmulAgainstAWeight(rows, k, n, wtype); }
+        finally { MatMul.SplitK = 1; }
+    }
+
+    static void MatmulAgainstAWeight(int rows, int k, int n, DType wtype)
+    {
         var rng = new Random(rows * 1000 + k * 10 + n);
         var w = new float[k * n];
         for (int i = 0; i < w.Length; i++) w[i] = (float)(rng.NextDouble() * 2 - 1);
@@ -168,14 +180,23 @@ public class WebGpuTests
     }
 
     /// <summary>Add(MatMul(x, W), r) fused as matmul_add, r a residual [1, rows, n] or a bias [n], long and short rows:
-    /// equal to cpu within tolerance, one dispatch.</summary>
+    /// equal to cpu within tolerance, one dispatch (two with the rows split: r is added by the second).</summary>
     [Theory]
     [InlineData(1, 8200, 37, false)]
     [InlineData(2, 8200, 40, true)]
     [InlineData(1, 512, 33, true)]
-    public void Matmul_add_matches_cpu(int rows, int k, int n, bool bias)
+    [InlineData(1, 8200, 37, false, 3)]
+    [InlineData(2, 8200, 40, true, 2)]
+    public void Matmul_add_matches_cpu(int rows, int k, int n, bool bias, int split = 1)
     {
         SkipIfNoDawn("webgpu");
+        MatMul.SplitK = split;
+        try { MatmulAdd(rows, k, n, bias, split); }
+        finally { MatMul.SplitK = 1; }
+    }
+
+    static void MatmulAdd(int rows, int k, int n, bool bias, int split)
+    {
         var rng = new Random(k + n);
         float[] R(int len) => Enumerable.Range(0, len).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
         var g = new Graph { Name = "mma" };
@@ -196,7 +217,7 @@ public class WebGpuTests
         exec.Run(fused, feeds);                                        // uploads the weight
         long d0 = gpu.Device.Dispatches;
         var got = (Tensor)exec.Run(fused, feeds)["y"];
-        Assert.Equal(1, gpu.Device.Dispatches - d0);
+        Assert.Equal(split == 1 ? 1 : 2, gpu.Device.Dispatches - d0);
         var a = want.Span<float>(); var b = got.Span<float>();
         for (int i = 0; i < a.Length; i++) Assert.True(Math.Abs(a[i] - b[i]) <= 1e-4 * Math.Sqrt(k) * (1 + Math.Abs(a[i])), $"y[{i}]: cpu {a[i]}, webgpu {b[i]}");
     }

@@ -519,7 +519,8 @@ public static class Fused
     }
 
     /// <summary>Most key groups an attention workgroup has (1, 2 or 4); <c>bench llm</c> runs a variant with 1.</summary>
-    public static int MaxAttentionGroups { get; set; } = 4;
+    public static int MaxAttentionGroups { get => _maxAttentionGroups == 0 ? 4 : _maxAttentionGroups; set => _maxAttentionGroups = value; }
+    [ThreadStatic] static int _maxAttentionGroups;    // per thread: the benchmark's variant changes its own runs only
 
     /// <summary>Key count from which decode-shaped attention splits the keys over workgroups, and the workgroups it aims at.</summary>
     const long AttnSplitFrom = 256, AttnTargetGroups = 256;

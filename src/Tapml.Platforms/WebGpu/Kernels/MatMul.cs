@@ -20,7 +20,14 @@ public static class MatMul
 
     /// <summary>Threads per output for every matrix-vector kernel (a power of two, 32–256), set only by
     /// <c>bench matvec-sweep</c>; null: <see cref="MatVecThreads"/>'s rule.</summary>
-    public static int? ThreadsPerOutput { get; set; }
+    public static int? ThreadsPerOutput { get => _threadsPerOutput == 0 ? null : _threadsPerOutput; set => _threadsPerOutput = value ?? 0; }
+    [ThreadStatic] static int _threadsPerOutput;      // per thread: a benchmark or test sets it for its own runs only
+
+    /// <summary>Parts each weight row of the matrix-vector kernel is split into (1: none), set only by
+    /// <c>bench matvec-sweep</c>: each part is a workgroup of its own writing partial sums, and a second dispatch adds
+    /// them (with the residual or bias). Per thread, as <see cref="ThreadsPerOutput"/>.</summary>
+    public static int SplitK { get => Math.Max(1, _splitK); set => _splitK = value; }
+    [ThreadStatic] static int _splitK;
 
     public static void Register(Action<GpuOp> add)
     {
@@ -191,14 +198,41 @@ public static class MatMul
             ($"{v.Packed}|{v.Vec}|{v.XVec}|{v.T}|{v.Wg}|{v.Rows}|{v.X}|{v.Y}|{v.Res}|{v.Bias}",
              $"MatVec{(v.Packed ? "_f16" : "")}{(v.Vec ? "_v" : "")}_t{v.T}{(v.Res ? "_add" : "")}"));
         var (gx, gy) = Wgsl.Grid(n, outsPerGroup, g.Device.Limits.MaxWorkgroupsPerDimension);
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("matvec", key), () => MatVecCode(x, y, packed, vec, xvec, per, t, wg, (int)rows, res is not null, bias),
-            label, res is null ? [x, y, wt] : [x, y, wt, res], meta, gx, gy);
+        long loads = k / per;
+        int splits = (int)Math.Clamp(SplitK, 1, Math.Max(1, loads / t));
+        if (splits == 1)
+        {
+            g.LaunchGroups(new WebGpuPlatform.KernelKey("matvec", key), () => MatVecCode(x, y, packed, vec, xvec, per, t, wg, (int)rows, res is not null, bias, 1),
+                label, res is null ? [x, y, wt] : [x, y, wt, res], meta, gx, gy);
+            return;
+        }
+        // Split rows: part s of every row in workgroup z = s, partial sums [splits, rows, N], then their sum (+ r).
+        meta.Add((loads + splits - 1) / splits);
+        var part = g.Empty(DType.Float32, [splits * rows * n]);
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("matvec_split", key), () => MatVecCode(x, part, packed, vec, xvec, per, t, wg, (int)rows, false, false, splits),
+            label + "_split", [x, part, wt], meta, gx, gy, (uint)splits);
+        var cm = new Meta();
+        cm.Add(rows * n); cm.Add(n); cm.Add(splits);
+        string add = res is null ? "" : bias ? " + res(i % md[1])" : " + res(i)";
+        g.Launch(new WebGpuPlatform.KernelKey("matvec_sum", $"{res is not null}|{bias}|{(int)y.DType}|{(int)(res?.Storage ?? GpuStorage.F32)}"), () =>
+        {
+            var w = new Wgsl(g.Workgroup).In("pt", part);
+            if (res is not null) w.In("res", res);
+            return w.Out("y", y.DType).Build($$"""
+  if (i < md[0]) {
+    var acc = 0.0;
+    for (var s = 0u; s < md[2]; s++) { acc += pt(s * md[0] + i); }
+    y_st(i, acc{{add}});
+  }
+""");
+        }, "MatVecSum", res is null ? [part, y] : [part, res, y], cm, rows * n);
+        g.Free(part);
     }
 
     static readonly System.Collections.Concurrent.ConcurrentDictionary<(bool Packed, bool Vec, bool XVec, int T, int Wg, long Rows, GpuStorage X, DType Y, bool Res, bool Bias),
         (string Key, string Label)> MatVecNames = new();
 
-    static string MatVecCode(GpuTensor x, GpuTensor y, bool packed, bool vec, bool xvec, int per, int t, int wg, int rows, bool res, bool bias)
+    static string MatVecCode(GpuTensor x, GpuTensor y, bool packed, bool vec, bool xvec, int per, int t, int wg, int rows, bool res, bool bias, int splits)
     {
         // NOTE: bindings: x=0, y=1, wt=2, res=3 when there is one, then meta; x and the weight are declared by hand for vector loads. The rows are
         // unrolled (one accumulator each, no dynamically indexed private array: drivers spill those to memory).
@@ -231,7 +265,7 @@ public static class MatMul
   let wrow = (wid.x + wid.y * nwg.x) * {{wg / t}}u + slot;
 {{string.Concat(rs.Select(r => $"  var p{r} = 0.0;\n"))}}
   if (wrow < N) {
-    for (var kk = t; kk < K / {{per}}u; kk += {{t}}u) {
+    for (var kk = {{(splits == 1 ? "t" : "wid.z * md[2] + t")}}; kk < {{(splits == 1 ? $"K / {per}u" : $"min(K / {per}u, (wid.z + 1u) * md[2])")}}; kk += {{t}}u) {
 {{fetch}}{{string.Concat(rs.Select(Load))}}    }
   }
 {{string.Concat(rs.Select(r => $"  red[{r * wg}u + lid.x] = p{r};\n"))}}
@@ -242,7 +276,7 @@ public static class MatMul
     workgroupBarrier();
   }
   if (t == 0u && wrow < N) {
-{{string.Concat(rs.Select(r => $"    y_st({r}u * N + wrow, red[{r * wg}u + lid.x]{plus(r)});\n"))}}  }
+{{string.Concat(rs.Select(r => $"    y_st({(splits == 1 ? "" : $"wid.z * {rows}u * N + ")}{r}u * N + wrow, red[{r * wg}u + lid.x]{plus(r)});\n"))}}  }
 """;
         string code = w.Build(body, elementwise: false);
         return code.Replace("@binding(2) var<storage, read> md", $"@binding({(res ? 4 : 3)}) var<storage, read> md");
