@@ -109,7 +109,7 @@ public static class Generation
                 var logits = outs["logits"];
                 token = argmax.Run(logits);
                 read = token is { } d && ((IDeviceValue)d).Owner is IAsyncDownload a ? a.BeginDownload(d)
-                    : new Known(Tensor.FromArray(new[] { token is null ? ArgmaxLast(ToHost(logits)) : ((Tensor)ToHost(token)).Span<long>()[0] }, 1, 1));
+                    : new CompletedDownload(Tensor.FromArray(new[] { token is null ? ArgmaxLast(ToHost(logits)) : ((Tensor)ToHost(token)).Span<long>()[0] }, 1, 1));
                 FreeDevice(logits);
                 outs.Remove("logits");
                 steps++;
@@ -136,11 +136,6 @@ public static class Generation
             input = token ?? ((Tensor)read!.Wait());
             pending = read;
         }
-    }
-
-    sealed class Known(Value v) : IPendingDownload
-    {
-        public Value Wait() => v;
     }
 
     static Tensor ToHost(Value v) => v is IDeviceValue d ? (Tensor)d.Owner.Download(v) : (Tensor)v;

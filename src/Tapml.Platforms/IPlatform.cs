@@ -69,6 +69,12 @@ public interface IPendingDownload
     Value Wait();
 }
 
+/// <summary>A download that finished when it began (a host value, or one read back at once).</summary>
+public sealed class CompletedDownload(Value v) : IPendingDownload
+{
+    public Value Wait() => v;
+}
+
 /// <summary>A platform that can also run a whole model at once (ONNX Runtime, a remote server).</summary>
 public interface IGraphPlatform : IPlatform
 {

@@ -476,16 +476,11 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload
     /// far is submitted and the host goes on recording while the GPU runs it. The value may be freed after this call.</summary>
     public IPendingDownload BeginDownload(Value v)
     {
-        if (v is not GpuTensor g || g.HostCopy is not null || g.StorageBytes == 0 || g.StorageBytes > 1UL << 20) return new Downloaded(Download(v));
+        if (v is not GpuTensor g || g.HostCopy is not null || g.StorageBytes == 0 || g.StorageBytes > 1UL << 20) return new CompletedDownload(Download(v));
         if (g.Freed) throw new TapmlException($"webgpu: {g.Describe()} was read after it was freed (internal error)");
         Materialize(g.Buffer);
         var read = Device.BeginRead(g.Buffer.Handle, g.ByteOffset, (int)g.StorageBytes);
         return new PendingGpuDownload(this, read, g.DType, (long[])g.Shape.Clone(), g.Storage, (int)g.StorageBytes);
-    }
-
-    sealed class Downloaded(Value v) : IPendingDownload
-    {
-        public Value Wait() => v;
     }
 
     sealed class PendingGpuDownload(WebGpuPlatform owner, DawnDevice.PendingRead read, DType dtype, long[] shape, GpuStorage storage, int bytes) : IPendingDownload
