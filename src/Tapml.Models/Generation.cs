@@ -108,8 +108,8 @@ public static class Generation
                 FreeDevice(input);
                 var logits = outs["logits"];
                 token = argmax.Run(logits);
-                read = token is { } d && ((IDeviceValue)d).Owner is IAsyncDownload a ? a.BeginDownload(d)
-                    : new CompletedDownload(Tensor.FromArray(new[] { token is null ? ArgmaxLast(ToHost(logits)) : ((Tensor)ToHost(token)).Span<long>()[0] }, 1, 1));
+                read = token is null ? new CompletedDownload(Tensor.FromArray(new[] { ArgmaxLast(ToHost(logits)) }, 1, 1))
+                    : ((IDeviceValue)token).Owner is IAsyncDownload a ? a.BeginDownload(token) : new CompletedDownload(ToHost(token));
                 FreeDevice(logits);
                 outs.Remove("logits");
                 steps++;

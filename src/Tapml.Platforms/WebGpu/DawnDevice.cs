@@ -339,13 +339,9 @@ public sealed unsafe class DawnDevice : IDisposable
 
     public int PipelineCount => _pipelines.Count;
 
-    /// <summary>Records one dispatch: bindings 0..n-1 are <paramref name="buffers"/> (whole-size bindings of
-    /// <paramref name="sizes"/> bytes), binding n the metadata words. Submitted by <see cref="Flush"/>.</summary>
-    public void Dispatch(GpuPipeline p, ReadOnlySpan<nint> buffers, ReadOnlySpan<ulong> sizes, ReadOnlySpan<uint> meta, uint gx, uint gy = 1, uint gz = 1) =>
-        Dispatch(p, buffers, default, sizes, meta, gx, gy, gz);
-
-    /// <summary>As above, binding i from byte <paramref name="offsets"/>[i] (empty: all from 0; each a multiple of
-    /// minStorageBufferOffsetAlignment).</summary>
+    /// <summary>Records one dispatch: bindings 0..n-1 are <paramref name="buffers"/> from byte <paramref name="offsets"/>[i]
+    /// (each a multiple of minStorageBufferOffsetAlignment) for <paramref name="sizes"/>[i] bytes, binding n the metadata
+    /// words. Submitted by <see cref="Flush"/>.</summary>
     public void Dispatch(GpuPipeline p, ReadOnlySpan<nint> buffers, ReadOnlySpan<ulong> offsets, ReadOnlySpan<ulong> sizes, ReadOnlySpan<uint> meta, uint gx, uint gy = 1, uint gz = 1)
     {
         CheckUsable();
@@ -360,7 +356,7 @@ public sealed unsafe class DawnDevice : IDisposable
         var entries = stackalloc BindGroupEntry[n + 1];
         for (int i = 0; i < n; i++) _recorded.Add(buffers[i]);
         for (int i = 0; i < n; i++)
-            entries[i] = new BindGroupEntry { Binding = (uint)i, Buffer = buffers[i], Offset = offsets.IsEmpty ? 0 : offsets[i], Size = Math.Max(4, (sizes[i] + 3) & ~3UL) };
+            entries[i] = new BindGroupEntry { Binding = (uint)i, Buffer = buffers[i], Offset = offsets[i], Size = Math.Max(4, (sizes[i] + 3) & ~3UL) };
         entries[n] = new BindGroupEntry { Binding = (uint)n, Buffer = _meta, Offset = (ulong)metaOffset, Size = (ulong)metaBytes };
         var bg = CachedBindGroup(p, entries, n + 1);
         if (_encoder == 0) _encoder = Wgpu.DeviceCreateCommandEncoder(_device, 0);
@@ -558,24 +554,34 @@ public sealed unsafe class DawnDevice : IDisposable
         ulong size = (bytes + 3) & ~3UL;
         bool keep = shared && size <= StagingKeepBytes;
         var staging = keep ? Staging(size) : CreateRaw(size, Wgpu.UsageMapRead | Wgpu.UsageCopyDst, "tapml-readback");
-        try
-        {
-            Copy(buffer, offset, staging, 0, size);
-            Flush();
-            long w0 = System.Diagnostics.Stopwatch.GetTimestamp();
-            Readbacks++;
-            var r = Wgpu.Await(_instance, Wgpu.StatusCallback, info => Wgpu.BufferMapAsync(staging, Wgpu.MapModeRead, 0, (nuint)size, info), "a readback");
-            WaitMs += System.Diagnostics.Stopwatch.GetElapsedTime(w0).TotalMilliseconds;
-            ThrowIfFailed("the work before a readback");
-            if (r.Status != Wgpu.StatusSuccess) throw new TapmlException($"webgpu: mapping a readback buffer failed: {r.Message}");
-            var src = Wgpu.BufferGetConstMappedRange(staging, 0, (nuint)size);
-            new ReadOnlySpan<byte>(src, dest.Length).CopyTo(dest);
-            Wgpu.BufferUnmap(staging);
-        }
+        try { FinishMap(StartMap(buffer, offset, staging, size, size), staging, size, dest); }
         finally
         {
             if (!keep) { Wgpu.BufferDestroy(staging); Wgpu.BufferRelease(staging); }
         }
+    }
+
+    /// <summary>Records the copy of <paramref name="bytes"/> (a multiple of 4) into <paramref name="staging"/>, submits
+    /// everything recorded, and requests the map of its first <paramref name="mapSize"/> bytes (not waited for).</summary>
+    Wgpu.Pending StartMap(nint buffer, ulong offset, nint staging, ulong bytes, ulong mapSize)
+    {
+        Copy(buffer, offset, staging, 0, bytes);
+        Flush();
+        Readbacks++;
+        return Wgpu.Begin(Wgpu.StatusCallback, info => Wgpu.BufferMapAsync(staging, Wgpu.MapModeRead, 0, (nuint)mapSize, info));
+    }
+
+    /// <summary>Waits for <see cref="StartMap"/>'s map and copies the staging bytes into <paramref name="dest"/>.</summary>
+    void FinishMap(Wgpu.Pending map, nint staging, ulong mapSize, Span<byte> dest)
+    {
+        long w0 = System.Diagnostics.Stopwatch.GetTimestamp();
+        var reply = Wgpu.End(_instance, map, "a readback");
+        WaitMs += System.Diagnostics.Stopwatch.GetElapsedTime(w0).TotalMilliseconds;
+        ThrowIfFailed("the work before a readback");
+        if (reply.Status != Wgpu.StatusSuccess) throw new TapmlException($"webgpu: mapping a readback buffer failed: {reply.Message}");
+        var src = Wgpu.BufferGetConstMappedRange(staging, 0, (nuint)mapSize);
+        new ReadOnlySpan<byte>(src, dest.Length).CopyTo(dest);
+        Wgpu.BufferUnmap(staging);
     }
 
     /// <summary>A readback <see cref="BeginRead"/> started: its copy is submitted and its staging buffer's map
@@ -605,15 +611,9 @@ public sealed unsafe class DawnDevice : IDisposable
         var staging = _asyncStaging.TryGetValue(size, out var free) && free.Count > 0 ? free.Pop()
             : CreateRaw(size, Wgpu.UsageMapRead | Wgpu.UsageCopyDst, "tapml-readback-async");
         var r = new PendingRead { Staging = staging, Size = size, Bytes = bytes };
-        try
-        {
-            Copy(buffer, offset, staging, 0, ((ulong)bytes + 3) & ~3UL);
-            Flush();
-            r.Map = Wgpu.Begin(Wgpu.StatusCallback, info => Wgpu.BufferMapAsync(staging, Wgpu.MapModeRead, 0, (nuint)size, info));
-        }
+        try { r.Map = StartMap(buffer, offset, staging, ((ulong)bytes + 3) & ~3UL, size); }
         catch { ReturnStaging(r); throw; }
         _pendingReads.Add(r);
-        Readbacks++;
         return r;
     }
 
@@ -623,17 +623,7 @@ public sealed unsafe class DawnDevice : IDisposable
         if (r.Map is not { } map) throw new TapmlException("webgpu: a readback was waited for twice (internal error)");
         r.Map = null;
         _pendingReads.Remove(r);
-        try
-        {
-            long w0 = System.Diagnostics.Stopwatch.GetTimestamp();
-            var reply = Wgpu.End(_instance, map, "a readback");
-            WaitMs += System.Diagnostics.Stopwatch.GetElapsedTime(w0).TotalMilliseconds;
-            ThrowIfFailed("the work before a readback");
-            if (reply.Status != Wgpu.StatusSuccess) throw new TapmlException($"webgpu: mapping a readback buffer failed: {reply.Message}");
-            var src = Wgpu.BufferGetConstMappedRange(r.Staging, 0, (nuint)r.Size);
-            new ReadOnlySpan<byte>(src, r.Bytes).CopyTo(dest);
-            Wgpu.BufferUnmap(r.Staging);
-        }
+        try { FinishMap(map, r.Staging, r.Size, dest[..r.Bytes]); }
         finally { ReturnStaging(r); }
     }
 

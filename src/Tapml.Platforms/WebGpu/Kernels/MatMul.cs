@@ -18,6 +18,9 @@ public static class MatMul
     /// to 256 threads) lost up to 4× (4096×32000): with one output a workgroup, each workgroup also re-reads all of x.</summary>
     public static int MatVecThreads(long loads) => ThreadsPerOutput ?? (loads >= 64 ? 64 : 32);
 
+    /// <summary><see cref="MatVecThreads"/> for f32 weights; packed f16 weights (8 halves a load): 32.</summary>
+    public static int MatVecThreads(long loads, bool packed) => packed ? ThreadsPerOutput ?? 32 : MatVecThreads(loads);
+
     /// <summary>Threads per output for every matrix-vector kernel (a power of two, 32–256), set only by
     /// <c>bench matvec-sweep</c>; null: <see cref="MatVecThreads"/>'s rule.</summary>
     public static int? ThreadsPerOutput { get => _threadsPerOutput == 0 ? null : _threadsPerOutput; set => _threadsPerOutput = value ?? 0; }
@@ -188,8 +191,7 @@ public static class MatMul
         bool vec = packed ? k % 8 == 0 : k % 4 == 0;
         bool xvec = vec && x.Storage == GpuStorage.F32;
         int per = packed && vec ? 8 : vec ? 4 : 1;
-        // Threads per output: enough 16-byte loads to cover the row in a few strides (a warp at least).
-        int t = packed ? ThreadsPerOutput ?? 32 : MatVecThreads(k / per);
+        int t = MatVecThreads(k / per, packed);
         int wg = Math.Min(256, g.Device.Limits.MaxInvocationsPerWorkgroup);
         t = Math.Min(t, wg);
         int outsPerGroup = wg / t;

@@ -175,7 +175,7 @@ static class Projections
         int wg = Math.Min(256, lim.MaxInvocationsPerWorkgroup);
         int bindings = 1 + (plan.Norm ? 1 : 0) + 1 + (plan.Vectors.Length > 0 ? 1 : 0) + outs + 1;
         if (bindings > lim.MaxStorageBuffersPerStage || (long)wg * accs * 4 > lim.MaxWorkgroupStorageBytes) return null;
-        int threads = packed ? 32 : MatMul.MatVecThreads(k / per);
+        int threads = MatMul.MatVecThreads(k / per, packed);
         threads = Math.Min(threads, wg);
 
         var wt = g.TransposedWeights(ws);
