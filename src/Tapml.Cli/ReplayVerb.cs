@@ -70,13 +70,15 @@ static class ReplayVerb
     static void PrintByOp(RunSummary s, Dictionary<string, CarvedCase> byId)
     {
         var console = Console.IsOutputRedirected ? AnsiConsole.Create(new AnsiConsoleSettings { Ansi = AnsiSupport.No, ColorSystem = ColorSystemSupport.NoColors, Out = new AnsiConsoleOutput(Console.Out) }) : AnsiConsole.Console;
-        var table = new Table().AddColumns("op", "passed", "failed", "error", "skipped", "worst max_rel", "worst max_abs");
+        var table = new Table().AddColumns("op", "passed", "failed", "error", "skipped", "rule", "worst ÷ allowed", "worst max_rel", "worst max_abs");
         foreach (var g in s.Cases.GroupBy(c => byId.TryGetValue(c.Name, out var cc) ? cc.OpType : "?").OrderBy(g => g.Key, StringComparer.Ordinal))
         {
             int failed = g.Count(c => c.Status == CaseStatus.Failed), errors = g.Count(c => c.Status == CaseStatus.Error);
             var metrics = g.Select(c => c.Metrics).OfType<Metrics>().ToList();
             table.AddRow(Markup.Escape(g.Key), g.Count(c => c.Status == CaseStatus.Passed).ToString(),
                 failed > 0 ? $"[red]{failed}[/]" : "0", errors > 0 ? $"[red]{errors}[/]" : "0", g.Count(c => c.Status == CaseStatus.Skipped).ToString(),
+                string.Join(",", metrics.Select(m => m.Rule).OfType<string>().Distinct()),
+                metrics.Select(m => m.BoundRatio).OfType<double>().DefaultIfEmpty(double.NaN).Max() is var b && double.IsNaN(b) ? "" : b.ToString("G3"),
                 metrics.Count == 0 ? "" : metrics.Max(m => m.MaxRel).ToString("G3"), metrics.Count == 0 ? "" : metrics.Max(m => m.MaxAbs).ToString("G3"));
         }
         table.Caption($"platform {Markup.Escape(s.Platform)}");

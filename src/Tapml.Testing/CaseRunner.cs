@@ -15,7 +15,9 @@ public sealed record DataSet(string Label, Dictionary<string, Value> Inputs, Lis
 public static class CaseRunner
 {
     /// <param name="load">Loads the model and its data sets (inside the verdict: a bad case is an error, not a crash).</param>
-    public static CaseResult Run(string name, Func<(Model Model, IReadOnlyList<DataSet> Sets)> load, IPlatform platform, Tolerance tol)
+    /// <param name="magnitudes">For the accumulation rule: the magnitude of the terms of each output of a one-node model
+    /// (see <see cref="Magnitudes"/>), asked for only when an output fails the bound with m = |expected|.</param>
+    public static CaseResult Run(string name, Func<(Model Model, IReadOnlyList<DataSet> Sets)> load, IPlatform platform, Tolerance tol, bool magnitudes = false)
     {
         var sw = Stopwatch.StartNew();
         try
@@ -29,11 +31,20 @@ public static class CaseRunner
                     return new CaseResult(name, CaseStatus.Error, $"{set.Label} has no expected outputs: nothing to compare", null, sw.Elapsed.TotalSeconds);
                 var exec = new Executor(platform) { PreferWholeGraph = true, CheckInputShapes = false };
                 var actual = exec.Run(model, set.Inputs);
+                Tensor?[]? mags = null;
+                Func<Tensor?>? Magnitude(string output)
+                {
+                    if (!magnitudes || model.Graph.Nodes.Count != 1) return null;
+                    var node = model.Graph.Nodes[0];
+                    int o = Array.IndexOf(node.Outputs, output);
+                    return o < 0 ? null : () => (mags ??= Magnitudes.Of(node, model.Opset(node.Domain),
+                        node.Inputs.Select(i => i.Length == 0 ? null : set.Inputs.GetValueOrDefault(i) ?? (Value?)model.Graph.Initializers.GetValueOrDefault(i)).ToArray()))[o];
+                }
                 foreach (var (output, value) in set.Expected)
-                    outputs.Add(Comparison.Compare(sets.Count > 1 ? $"{set.Label}/{output}" : output, value, actual.GetValueOrDefault(output), tol));
+                    outputs.Add(Comparison.Compare(sets.Count > 1 ? $"{set.Label}/{output}" : output, value, actual.GetValueOrDefault(output), tol, Magnitude(output)));
             }
             var worst = outputs.FirstOrDefault(o => !o.Passed);
-            var metrics = outputs.MaxBy(o => o.Metrics.MaxAbs)!.Metrics;
+            var metrics = outputs.MaxBy(o => o.Metrics.BoundRatio ?? o.Metrics.MaxAbs)!.Metrics;
             return worst is null
                 ? new CaseResult(name, CaseStatus.Passed, null, metrics, sw.Elapsed.TotalSeconds) { Outputs = outputs }
                 : new CaseResult(name, CaseStatus.Failed, $"output '{worst.Name}': {worst.Failure}", worst.Metrics, sw.Elapsed.TotalSeconds) { Outputs = outputs };

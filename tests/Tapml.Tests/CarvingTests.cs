@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Tapml.Core;
+using Tapml.Ir;
 using Tapml.Platforms;
 using Tapml.Testing;
 using Tapml.Testing.Carving;
@@ -296,22 +297,32 @@ public class CarvingTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
         Assert.Contains("already holds a carved store", r.Stderr);
     }
 
+    static Node N(string op, params (string, Attr)[] attrs) => new() { Name = "n", OpType = op, Inputs = ["a", "b"], Outputs = ["y"], Attributes = attrs.ToDictionary(x => x.Item1, x => x.Item2) };
+
     [Fact]
-    public void Tolerances_scale_with_the_reduced_length_and_take_overrides()
+    public void Tolerances_pick_a_rule_per_op_family_count_terms_and_take_overrides()
     {
-        var noAttrs = new Dictionary<string, long>();
-        Assert.Equal(64, Tolerances.ReducedLength("MatMul", [[1, 4, 64], [64, 32]], [[1, 4, 32]], noAttrs));
-        Assert.Equal(16, Tolerances.ReducedLength("Gemm", [[16, 8], [16, 4]], [[8, 4]], new Dictionary<string, long> { ["transA"] = 1 }));
-        Assert.Equal(3 * 7 * 7, Tolerances.ReducedLength("Conv", [[1, 3, 224, 224], [64, 3, 7, 7]], [[1, 64, 112, 112]], noAttrs));
-        Assert.Equal(10, Tolerances.ReducedLength("ReduceMean", [[2, 10]], [[2, 1]], noAttrs));
-        Assert.Equal(1, Tolerances.ReducedLength("Add", [[2, 10], [10]], [[2, 10]], noAttrs));
+        Assert.Equal(64, Tolerances.ReducedLength(N("MatMul"), [[1, 4, 64], [64, 32]], [[1, 4, 32]]));
+        Assert.Equal(16, Tolerances.ReducedLength(N("Gemm", ("transA", Attr.Of(1L))), [[16, 8], [16, 4]], [[8, 4]]));
+        Assert.Equal(3 * 7 * 7, Tolerances.ReducedLength(N("Conv"), [[1, 3, 224, 224], [64, 3, 7, 7]], [[1, 64, 112, 112]]));
+        Assert.Equal(8 * 3 * 3, Tolerances.ReducedLength(N("Conv", ("group", Attr.Of(4L))), [[1, 32, 9, 9], [16, 8, 3, 3]], [[1, 16, 7, 7]]));
+        Assert.Equal(16 * 4 * 4, Tolerances.ReducedLength(N("ConvTranspose", ("group", Attr.Of(2L))), [[1, 32, 9, 9], [32, 5, 4, 4]], [[1, 10, 20, 20]]));
+        Assert.Equal(10, Tolerances.ReducedLength(N("ReduceMean"), [[2, 10]], [[2, 1]]));
+        Assert.Equal(1, Tolerances.ReducedLength(N("Add"), [[2, 10], [10]], [[2, 10]]));
+        Assert.Equal(7, Tolerances.ReducedLength(N("Einsum", ("equation", Attr.Of("bij,bjk->bik"))), [[5, 3, 7], [5, 7, 2]], [[5, 3, 2]]));
+        Assert.Equal(7 * 3, Tolerances.ReducedLength(N("Einsum", ("equation", Attr.Of("...ij,...ij"))), [[5, 3, 7], [5, 3, 7]], [[5]]));
         var t = new Tolerances();
-        Assert.Equal(1e-5 * 8, t.For("MatMul", DType.Float32, 64).Atol, 12);
-        Assert.Equal(1e-2, t.For("Add", DType.Float16, 1).Rtol);
+        var mm = t.For(N("MatMul"), [[1, 4, 64], [64, 32]], [[1, 4, 32]], DType.Float32);
+        Assert.Equal(ToleranceRule.Accumulation, mm.Rule);
+        Assert.Equal(Math.Pow(2, -23) * 66, mm.MagnitudeScale, 15);
+        Assert.Equal(ToleranceRule.Nmse, t.For(N("Softmax"), [[2, 128]], [[2, 128]], DType.Float32).Rule);
+        Assert.Equal(1e-7, t.For(N("LayerNormalization"), [[2, 128]], [[2, 128]], DType.Float32).MaxNmse);
+        var add = t.For(N("Add"), [[2, 10], [10]], [[2, 10]], DType.Float16);
+        Assert.Equal((ToleranceRule.Elementwise, 1e-2), (add.Rule, add.Rtol));
         t.AddOverride("Softmax=1e-3,1e-6");
-        Assert.Equal(new Tolerance(1e-3, 1e-6), t.For("Softmax", DType.Float32, 128));
+        Assert.Equal(new Tolerance(1e-3, 1e-6), t.For(N("Softmax"), [[2, 128]], [[2, 128]], DType.Float32));
         Assert.Throws<TapmlException>(() => t.AddOverride("Softmax=abc"));
-        Assert.Equal(new Tolerance(0.5, 0.25), new Tolerances { Rtol = 0.5, Atol = 0.25 }.For("MatMul", DType.Float32, 1024));
+        Assert.Equal(new Tolerance(0.5, 0.25), new Tolerances { Rtol = 0.5, Atol = 0.25 }.For(N("MatMul"), [[1, 1024], [1024, 1]], [[1, 1]], DType.Float32));
     }
 
     static void CopyDir(string from, string to)

@@ -12,7 +12,7 @@ public sealed class Replayer(CarvedStore store, IPlatform platform, Tolerances t
     public CaseResult Run(CarvedCase c)
     {
         var tol = ToleranceOf(c);
-        var r = CaseRunner.Run(c.Name, () => Load(store, c), platform, tol);
+        var r = CaseRunner.Run(c.Name, () => Load(store, c), platform, tol, magnitudes: tol.Rule == ToleranceRule.Accumulation);
         r = r with { Tolerance = tol };
         return r.Status is CaseStatus.Failed or CaseStatus.Error
             ? r with { Repro = $"./tapml replay {CaseRunner.Quote(store.Dir)} --case {c.Id} --platform {CaseRunner.Quote(platform.Name)}" }
@@ -21,12 +21,9 @@ public sealed class Replayer(CarvedStore store, IPlatform platform, Tolerances t
 
     public Tolerance ToleranceOf(CarvedCase c)
     {
-        var intAttrs = new Dictionary<string, long>();
-        foreach (var (k, v) in c.Attributes)
-            if (v?["type"]?.GetValue<string>() == "INT" && v["value"] is { } x) intAttrs[k] = x.GetValue<long>();
-        long k2 = Tolerances.ReducedLength(c.OpType, c.Inputs.Select(t => t.Blob is null ? null : t.Shape).ToList(), c.Outputs.Select(t => t.Shape).ToList(), intAttrs);
+        var node = c.ToModel().Graph.Nodes[0];
         var outType = c.Outputs.Select(o => o.DType).FirstOrDefault(DTypes.IsFloat, c.Outputs.FirstOrDefault()?.DType ?? DType.Float32);
-        return tolerances.For(c.OpType, outType, k2);
+        return tolerances.For(node, c.Inputs.Select(t => t.Blob is null ? null : t.Shape).ToList(), c.Outputs.Select(t => t.Shape).ToList(), outType);
     }
 
     /// <summary>The case's one-node model and its one data set, blobs checked by hash.</summary>

@@ -70,13 +70,13 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
         _runProduced += tgtOut.Sum(Bytes);
         AllIntermediates = Math.Max(AllIntermediates, _runProduced);
 
-        var tol = ToleranceOf(node, srcIn, srcOut);
-        var acc = Compare(node, srcOut, tgtOut, tol);
+        var tol = tolerances.For(node, srcIn, srcOut);
+        var acc = NodeJudge.Compare(node, e.Context.Opset, srcIn, srcOut, tgtOut, tol);
         NodeError iso;
         if (inputsEqual) iso = acc;
         else
         {
-            try { iso = Compare(node, srcOut, RunOn(e.Platform, node, e.Context, srcIn), tol); }
+            try { iso = NodeJudge.Compare(node, e.Context.Opset, srcIn, srcOut, RunOn(e.Platform, node, e.Context, srcIn), tol); }
             catch (TapmlException ex) { iso = new NodeError(new Metrics(), false, $"{e.Platform.Name} fed the source's inputs failed: {ex.Message}"); }
         }
         var rec = new NodeRecord(e.Index, node.Name, node.OpType, Phase, e.Platform.Name, iso, acc);
@@ -122,28 +122,6 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
         for (int i = 0; i < inputs.Length; i++) if (inputs[i] is { } v && !ReferenceEquals(v, hostInputs[i])) p.Free(v);
         for (int i = 0; i < outs.Length; i++) if (outs[i] is { } v && !ReferenceEquals(v, host[i])) p.Free(v);
         return host;
-    }
-
-    Tolerance ToleranceOf(Node node, Value?[] inputs, Value?[] outputs)
-    {
-        var ints = node.Attributes.Where(a => a.Value.Type == AttrType.Int).ToDictionary(a => a.Key, a => a.Value.I);
-        long k = Tolerances.ReducedLength(node.OpType, inputs.Select(v => (v as Tensor)?.Shape).ToList(),
-                                          outputs.OfType<Tensor>().Select(t => t.Shape).ToList(), ints);
-        var dt = outputs.OfType<Tensor>().Select(t => t.DType).FirstOrDefault(DTypes.IsFloat, DType.Float32);
-        return tolerances.For(node.OpType, dt, k);
-    }
-
-    static NodeError Compare(Node node, Value?[] expected, Value?[] actual, Tolerance tol)
-    {
-        OutputComparison? worst = null;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            // NOTE: outputs the graph omits (empty names) are not compared: platforms need not produce them.
-            if (expected[i] is not { } e || i >= node.Outputs.Length || node.Outputs[i].Length == 0) continue;
-            var c = Comparison.Compare($"output {i}", e, i < actual.Length ? actual[i] : null, tol);
-            if (worst is null || !c.Passed && worst.Passed || c.Passed == worst.Passed && c.Metrics.MaxRel > worst.Metrics.MaxRel) worst = c;
-        }
-        return worst is null ? new NodeError(new Metrics(), true, null) : new NodeError(worst.Metrics, worst.Passed, worst.Failure is null ? null : $"{worst.Name}: {worst.Failure}");
     }
 
     /// <summary>Bit-for-bit equality of two host values (NaNs with equal bits are equal).</summary>

@@ -187,7 +187,6 @@ public sealed class Migrator
         using var source = PlatformRegistry.Create(_sourceSpec);
         using var target = PlatformRegistry.Create(_targetSpec);
         r.PartialRuns += 2;
-        var tol = default(Tolerance);
         foreach (var (phase, feeds, _) in Reference(r))
         {
             var src = new Executor(source).Run(prefix, feeds);
@@ -205,11 +204,10 @@ public sealed class Migrator
             string? isoError = null;
             try { iso = new Executor(target) { CheckInputShapes = false }.Run(oneNode.Model, oneNode.Feeds); }
             catch (TapmlException e) { isoError = e.Message; }
-            var ints = node.Attributes.Where(a => a.Value.Type == AttrType.Int).ToDictionary(a => a.Key, a => a.Value.I);
-            long k = Tolerances.ReducedLength(node.OpType, srcIn.Select(v => (v as Tensor)?.Shape).ToList(), srcOut.OfType<Tensor>().Select(t => t.Shape).ToList(), ints);
-            tol = _nodeTolerances.For(node.OpType, srcOut.OfType<Tensor>().Select(t => t.DType).FirstOrDefault(DTypes.IsFloat, DType.Float32), k);
-            var isoErr = isoError is not null ? new NodeError(new Metrics(), false, isoError) : Worst(srcOut, node.Outputs.Select(n => iso!.GetValueOrDefault(n)).ToArray(), tol);
-            var accErr = Worst(srcOut, tgtOut, tol);
+            var tol = _nodeTolerances.For(node, srcIn, srcOut);
+            int opset = _model.Opset(node.Domain);
+            var isoErr = isoError is not null ? new NodeError(new Metrics(), false, isoError) : NodeJudge.Compare(node, opset, srcIn, srcOut, node.Outputs.Select(n => iso!.GetValueOrDefault(n)).ToArray(), tol);
+            var accErr = NodeJudge.Compare(node, opset, srcIn, srcOut, tgtOut, tol);
             if (isoErr.Passed && accErr.Passed) continue;
             r.FirstDivergent = new NodeRecord(culprit, node.Name, node.OpType, phase, _targetSpec, isoErr, accErr);
             r.Records.Add(r.FirstDivergent);
@@ -220,19 +218,6 @@ public sealed class Migrator
         // difference is in how values cross platforms, not in a kernel.
         r.FirstDivergent = new NodeRecord(culprit, node.Name, node.OpType, "?", _targetSpec,
             new NodeError(new Metrics(), true, null), new NodeError(new Metrics(), false, detail));
-    }
-
-    static NodeError Worst(Value?[] expected, Value?[] actual, Tolerance tol)
-    {
-        NodeError? worst = null;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            if (expected[i] is not { } e) continue;
-            var c = Comparison.Compare($"output {i}", e, actual[i], tol);
-            var ne = new NodeError(c.Metrics, c.Passed, c.Failure is null ? null : $"output {i}: {c.Failure}");
-            if (worst is null || !ne.Passed && worst.Passed || ne.Passed == worst.Passed && ne.Metrics.MaxRel > worst.Metrics.MaxRel) worst = ne;
-        }
-        return worst ?? new NodeError(new Metrics(), true, null);
     }
 
     /// <summary>The graph's first <paramref name="upTo"/> + 1 nodes, with the last node's inputs and outputs as outputs.</summary>

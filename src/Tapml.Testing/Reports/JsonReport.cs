@@ -20,6 +20,7 @@ public static class JsonReport
                 ["seconds"] = Math.Round(c.Seconds, 4),
             };
             if (c.Metrics is { } m) o["metrics"] = Metrics(m);
+            if (c.Tolerance is { } t) o["tolerance"] = t.ToString();
             if (c.Repro is { } r) o["repro"] = r;
             cases.Add(o);
         }
@@ -47,6 +48,8 @@ public static class JsonReport
             ["elements"] = m.Elements,
         };
         if (m.Agreement is { } a) o["agreement"] = Num(a);
+        if (m.Rule is { } rule) o["rule"] = rule;
+        if (m.BoundRatio is { } r) o["bound_ratio"] = Num(r);
         return o;
     }
 

@@ -1,0 +1,27 @@
+using Tapml.Core;
+using Tapml.Ir;
+
+namespace Tapml.Testing.Migration;
+
+/// <summary>Judges one node's outputs against the source's (lockstep, bisect's culprit): the tolerance its op family
+/// gets from <see cref="Tolerances"/>, the magnitude of the terms from the source's inputs when the accumulation rule
+/// needs it, and the worst output as a <see cref="NodeError"/>.</summary>
+static class NodeJudge
+{
+    /// <param name="sourceInputs">The inputs <paramref name="expected"/> was computed from (for the magnitude).</param>
+    public static NodeError Compare(Node node, int opset, Value?[] sourceInputs, Value?[] expected, Value?[] actual, Tolerance tol)
+    {
+        Tensor?[]? mags = null;
+        OutputComparison? worst = null;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            // NOTE: outputs the graph omits (empty names) are not compared: platforms need not produce them.
+            if (expected[i] is not { } e || i >= node.Outputs.Length || node.Outputs[i].Length == 0) continue;
+            int o = i;
+            var c = Comparison.Compare($"output {i}", e, i < actual.Length ? actual[i] : null, tol,
+                tol.Rule == ToleranceRule.Accumulation ? () => (mags ??= Magnitudes.Of(node, opset, sourceInputs))[o] : null);
+            if (worst is null || !c.Passed && worst.Passed || c.Passed == worst.Passed && (c.Metrics.BoundRatio ?? c.Metrics.MaxRel) > (worst.Metrics.BoundRatio ?? worst.Metrics.MaxRel)) worst = c;
+        }
+        return worst is null ? new NodeError(new Metrics(), true, null) : new NodeError(worst.Metrics, worst.Passed, worst.Failure is null ? null : $"{worst.Name}: {worst.Failure}");
+    }
+}
