@@ -1,6 +1,8 @@
 using System.CommandLine;
 using Tapml.Core;
 
+using Tapml.Platforms.Execution;
+
 namespace Tapml.Cli;
 
 /// <summary>Options and error handling shared by every verb: a user error prints one line on stderr and
@@ -21,6 +23,24 @@ static class Cli
         Description = "platform spec: cpu, onnxruntime[?threads=N], …",
         DefaultValueFactory = _ => dflt,
     };
+
+    /// <summary><c>--fallback P</c>: where nodes the platform cannot run go (run, generate).</summary>
+    public static Option<string?> FallbackOption() => new("--fallback")
+    {
+        Description = "run nodes the platform cannot run (no kernel, dtype, limit) on this platform instead (e.g. cpu); counted and printed",
+    };
+
+    /// <summary>One line on the nodes an executor ran on its fallback and what crossing platforms cost (stderr).</summary>
+    public static void PrintFallbacks(Executor exec)
+    {
+        if (exec.Fallback is not { } fb) return;
+        var kept = exec.Fallbacks;
+        if (kept.Count == 0) { Console.Error.WriteLine($"fallback {fb.Name}: no node needed it"); return; }
+        var ops = kept.GroupBy(k => k.OpType).Select(g => $"{g.Key} ×{g.Count()}");
+        Console.Error.WriteLine($"fallback {fb.Name}: {kept.Count} nodes ({string.Join(", ", ops)}); {exec.Stats.Transfers} transfers, {Format.Bytes(exec.Stats.BytesMoved)} moved");
+        foreach (var k in kept.Take(5)) Console.Error.WriteLine($"  {k.Reason}");
+        if (kept.Count > 5) Console.Error.WriteLine($"  … {kept.Count - 5} more");
+    }
 
     /// <summary>Runs a verb body; turns user errors into exit code 2 with one clear line.</summary>
     public static void Action(this Command cmd, Func<ParseResult, int> body) => cmd.SetAction(pr =>

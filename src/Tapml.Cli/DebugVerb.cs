@@ -61,12 +61,8 @@ static class DebugVerb
             var mig = new Migrator(m, sourceSpec, targetSpec, input, new Tolerances(), new Tolerance(1e-3, 1e-4)) { ReproDir = dir }.Lockstep();
             File.WriteAllText(Path.Combine(dir, "migrate.json"), mig.ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             MigrationHtml.Write(mig, Path.Combine(dir, "migrate.html"), $"tapml debug: migrate {spec} → {targetSpec}");
-            if (mig.FirstDivergent is { } f)
-            {
-                Console.WriteLine($"   first divergent node: {f.Node} ({f.OpType}, index {f.Index}, {f.Phase}); isolated max_rel {f.Isolated.Metrics.MaxRel:G4}, accumulated {f.Accumulated.Metrics.MaxRel:G4}; {mig.Affected.Count} affected nodes");
-                if (mig.Repro is not null) Console.WriteLine($"   reproduce: {mig.Repro}");
-            }
-            else Console.WriteLine(mig.TargetError is null ? "   no divergence" : $"   target failed: {mig.TargetError}");
+            MigrateVerb.PrintKept(mig, "   ");
+            MigrateVerb.PrintVerdict(mig, "   ");
             foreach (var r in summary.Cases.Where(c => c.Repro is not null).Take(3)) Console.WriteLine($"   failing case: {r.Repro}");
             Console.WriteLine($"reports: {Path.Combine(dir, "replay.html")}, {Path.Combine(dir, "migrate.html")}");
             if (pr.GetValue(json) is { } j)

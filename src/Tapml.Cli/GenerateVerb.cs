@@ -37,7 +37,8 @@ static class GenerateVerb
         var fuse = new Option<string>("--fuse") { Description = "fuse RMSNorm, rotary and element-wise chains into one kernel each (tapml.Fused nodes): auto (on for webgpu), on, off", DefaultValueFactory = _ => "auto" };
         fuse.AcceptOnlyFromAmong("auto", "on", "off");
         var profile = new Option<bool>("--profile") { Description = "webgpu: GPU time per kernel (timestamp queries around each dispatch, which then runs in a compute pass of its own), printed after the run" };
-        var cmd = new Command("generate", "generate tokens with the model's KV cache (greedy unless --temperature, --top-k or --top-p is given)") { model, platform, prompt, inputIds, maxTokens, seed, temperature, topK, topP, repetition, stop, json, logitsOut, fuse, profile };
+        var fallback = Cli.FallbackOption();
+        var cmd = new Command("generate", "generate tokens with the model's KV cache (greedy unless --temperature, --top-k or --top-p is given)") { model, platform, prompt, inputIds, maxTokens, seed, temperature, topK, topP, repetition, stop, json, logitsOut, fuse, profile, fallback };
         cmd.Action(pr =>
         {
             string spec = pr.GetValue(model)!;
@@ -47,7 +48,8 @@ static class GenerateVerb
             using var p = PlatformRegistry.Create(pr.GetValue(platform)!);
             if (pr.GetValue(profile) && !(p is Tapml.Platforms.WebGpu.WebGpuPlatform pw && pw.Device.StartProfile()))
                 throw new TapmlException($"--profile needs a webgpu platform whose adapter has timestamp queries ({p.Name} has not)");
-            var exec = new Executor(p) { PreferWholeGraph = true };
+            using var fb = pr.GetValue(fallback) is { } fbSpec ? PlatformRegistry.Create(fbSpec) : null;
+            var exec = new Executor(p) { PreferWholeGraph = true, Fallback = fb };
             if (pr.GetValue(fuse) == "on" || pr.GetValue(fuse) == "auto" && FusesByDefault(p))
             {
                 m = Fusion.Fuse(m, out var fr);
@@ -85,6 +87,7 @@ static class GenerateVerb
                 Console.Error.WriteLine($"webgpu: {wg.Device.Counters.PerStep(r.DecodeSteps + 1)} (prefill and decode steps); {wg.Device.PipelineCount} pipelines");
                 if (pr.GetValue(profile)) PrintProfile(wg.Device.StopProfile(), r.DecodeSteps + 1);
             }
+            Cli.PrintFallbacks(exec);
             Console.WriteLine($"prefill {r.PromptTokens} tokens in {r.PrefillMs:F1} ms ({r.PrefillTokensPerSecond:F1} tokens/s); decode {r.DecodeSteps} tokens in {r.DecodeMs:F1} ms ({r.DecodeTokensPerSecond:F1} tokens/s) on {p.Name}");
             if (pr.GetValue(json) is { } jsonPath)
             {

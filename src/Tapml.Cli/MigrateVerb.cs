@@ -57,23 +57,48 @@ static class MigrateVerb
         return cmd;
     }
 
+    /// <summary>The nodes kept on the source, grouped by op type and reason, one line each.</summary>
+    internal static void PrintKept(MigrationResult r, string indent = "")
+    {
+        if (r.KeptOnSource.Count == 0) return;
+        Console.WriteLine($"{indent}kept on the source ({r.Source}): {r.KeptOnSource.Count} nodes the target cannot run");
+        foreach (var g in r.KeptOnSource.GroupBy(k => (k.OpType, Reason: ReasonOf(k))))
+            Console.WriteLine($"{indent}  {g.Key.OpType} ×{g.Count()} ({string.Join(", ", g.Take(3).Select(k => k.Node))}{(g.Count() > 3 ? ", …" : "")}): {g.Key.Reason}");
+    }
+
+    /// <summary>A fallback reason without the node prefix the executor puts on it (grouped over nodes).</summary>
+    static string ReasonOf(Platforms.Execution.FallbackRecord k)
+    {
+        string prefix = $"node '{k.Node}' ({k.OpType}) on {k.Platform}: ";
+        return k.Reason.StartsWith(prefix, StringComparison.Ordinal) ? k.Reason[prefix.Length..] : k.Reason;
+    }
+
+    /// <summary>The culprit (with the failure text when it failed by error), or why there is none.</summary>
+    internal static void PrintVerdict(MigrationResult r, string indent = "")
+    {
+        if (r.FirstDivergent is { } f)
+        {
+            Console.WriteLine($"{indent}first divergent node: {f.Node} ({f.OpType}, index {f.Index}, {f.Phase}) on {f.Platform}");
+            Console.WriteLine($"{indent}  isolated:    {Describe(f.Isolated)}");
+            Console.WriteLine($"{indent}  accumulated: {Describe(f.Accumulated)}");
+            if (r.Affected.Count > 0)
+                Console.WriteLine($"{indent}  affected (inherit the error, not blamed): {r.Affected.Count} nodes, first {string.Join(", ", r.Affected.Take(5).Select(a => $"{a.Node} ({a.OpType})"))}");
+            if (r.Repro is not null) Console.WriteLine($"{indent}  reproduce: {r.Repro}");
+        }
+        else Console.WriteLine(indent + (r.TargetError is null ? "no divergence: every compared output agrees within tolerance" : $"target failed: {r.TargetError}"));
+    }
+
     static void Print(MigrationResult r)
     {
         Console.WriteLine($"{r.Strategy}: {r.Nodes} nodes, {r.Runs} runs ({r.PartialRuns} partial), {r.Transfers} transfers, {Format.Bytes(r.BytesMoved)} moved, peak {Format.Bytes(r.PeakMemoryBytes)}" +
                           (r.AllIntermediatesBytes > 0 ? $" (all intermediates of a run: {Format.Bytes(r.AllIntermediatesBytes)})" : "") + $", {r.Seconds:F2} s");
         foreach (var s in r.Stages) Console.WriteLine($"  stage {s.Stage}: +{s.OpType} ({s.NodesOnTarget} nodes on the target): {(s.Diverged ? "diverged: " + s.Detail : "agrees")}");
-        if (r.FirstDivergent is { } f)
-        {
-            Console.WriteLine($"first divergent node: {f.Node} ({f.OpType}, index {f.Index}, {f.Phase}) on {f.Platform}");
-            Console.WriteLine($"  isolated:    {Describe(f.Isolated)}");
-            Console.WriteLine($"  accumulated: {Describe(f.Accumulated)}");
-            if (r.Affected.Count > 0)
-                Console.WriteLine($"  affected (inherit the error, not blamed): {r.Affected.Count} nodes, first {string.Join(", ", r.Affected.Take(5).Select(a => $"{a.Node} ({a.OpType})"))}");
-            if (r.Repro is not null) Console.WriteLine($"  reproduce: {r.Repro}");
-        }
-        else Console.WriteLine(r.TargetError is null ? "no divergence: every compared output agrees within tolerance" : $"target failed: {r.TargetError}");
+        PrintKept(r);
+        PrintVerdict(r);
     }
 
     static string Describe(NodeError e) =>
-        $"{(e.Passed ? "passes" : "FAILS")} max_abs {e.Metrics.MaxAbs:G4}, max_rel {e.Metrics.MaxRel:G4}, cosine {e.Metrics.Cosine:G6}" + (e.Failure is null ? "" : $" — {e.Failure}");
+        (e.Metrics.Elements == 0 && !e.Passed ? "FAILS by error" :
+        $"{(e.Passed ? "passes" : "FAILS")} {e.Metrics.Rule ?? "max_abs"}{(e.Metrics.BoundRatio is { } b ? $" {b:G3}× allowed," : "")} max_abs {e.Metrics.MaxAbs:G4}, max_rel {e.Metrics.MaxRel:G4}, cosine {e.Metrics.Cosine:G6}")
+        + (e.Failure is null ? "" : $" — {e.Failure}");
 }

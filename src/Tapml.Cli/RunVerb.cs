@@ -24,13 +24,15 @@ static class RunVerb
         var rtol = new Option<double>("--rtol") { Description = "relative tolerance for --compare", DefaultValueFactory = _ => 1e-3 };
         var atol = new Option<double>("--atol") { Description = "absolute tolerance for --compare", DefaultValueFactory = _ => 1e-5 };
         var profile = new Option<bool>("--profile") { Description = "time every node (node by node, no whole-graph hand-off) and print the time per operator type" };
-        var cmd = new Command("run", "run one inference of a model on a platform") { model, platform, inputs, outputs, compare, rtol, atol, profile };
+        var fallback = Cli.FallbackOption();
+        var cmd = new Command("run", "run one inference of a model on a platform") { model, platform, inputs, outputs, compare, rtol, atol, profile, fallback };
         cmd.Action(pr =>
         {
             var m = ModelSpec.Load(pr.GetValue(model)!);
             var feeds = pr.GetValue(inputs) is { } dir ? InputFiles.Read(m, dir) : InputFiles.Generate(m);
             using var p = PlatformRegistry.Create(pr.GetValue(platform)!);
-            var exec = new Executor(p) { PreferWholeGraph = true };
+            using var fb = pr.GetValue(fallback) is { } fbSpec ? PlatformRegistry.Create(fbSpec) : null;
+            var exec = new Executor(p) { PreferWholeGraph = true, Fallback = fb };
             var prof = pr.GetValue(profile) ? new Profiler() : null;
             if (prof != null) { exec.Observers.Add(prof); exec.Run(m, feeds); prof.Clear(); } // warm-up run
             var sw = Stopwatch.StartNew();
@@ -50,6 +52,7 @@ static class RunVerb
                 Console.WriteLine($"wrote {result.Count} outputs to {outDir}");
             }
             Console.WriteLine($"ran {m.Graph.Nodes.Count} nodes on {p.Name} in {sw.Elapsed.TotalMilliseconds:F1} ms");
+            Cli.PrintFallbacks(exec);
             if (pr.GetValue(compare) is not { } other) return 0;
             using var q = PlatformRegistry.Create(other);
             sw.Restart();

@@ -99,6 +99,15 @@ public sealed class Executor
         }
     }
 
+    readonly Dictionary<Node, FallbackRecord> _fallbacks = new(ReferenceEqualityComparer.Instance);
+
+    /// <summary>Where a node runs when its placed platform cannot run it (no kernel, dtype, limit): the node is run
+    /// there instead, from then on, and listed in <see cref="Fallbacks"/>. Null: unsupported is an error.</summary>
+    public IPlatform? Fallback { get; init; }
+
+    /// <summary>Nodes run on <see cref="Fallback"/> so far, in the order they were first moved, and why.</summary>
+    public IReadOnlyCollection<FallbackRecord> Fallbacks => _fallbacks.Values;
+
     public List<IExecutionObserver> Observers { get; } = new();
     public ExecutionStats Stats { get; } = new();
     public Model? Model { get; private set; }
@@ -150,64 +159,33 @@ public sealed class Executor
         for (int idx = 0; idx < g.Nodes.Count; idx++)
         {
             var node = g.Nodes[idx];
-            var platform = _placement(node);
+            var platform = Fallback is { } f && _fallbacks.ContainsKey(node) ? f : _placement(node);
             var ctx = new NodeContext(node, model.Opset(node.Domain))
             {
                 Owner = g,
                 RunSubgraph = node.Attributes.Count == 0 ? null : (body, inputs) => RunSubgraph(model, body, inputs, scope, depth + 1),
             };
-            var inputs = new Value?[node.Inputs.Length];
-            for (int i = 0; i < inputs.Length; i++)
+            Value?[] inputs, outputs;
+            long t0;
+            while (true)
             {
-                string name = node.Inputs[i];
-                if (name.Length == 0) continue;
-                var v = scope.Get(name) ?? throw new TapmlException($"node '{node.Name}' ({node.OpType}): input '{name}' has no value");
-                try { inputs[i] = Move(v, platform); }
-                catch (TapmlException e) when (!e.Message.Contains($"'{node.Name}'"))
+                Value?[]? moved = null;
+                try
                 {
-                    // NOTE: uploads check the target's limits; say which node and input needed the value.
-                    throw e is UnsupportedException ? new UnsupportedException($"node '{node.Name}' ({node.OpType}) input '{name}' on {platform.Name}: {e.Message}")
-                        : new TapmlException($"node '{node.Name}' ({node.OpType}) input '{name}' on {platform.Name}: {e.Message}", e);
+                    moved = MoveInputs(node, scope, platform);
+                    t0 = Stopwatch.GetTimestamp();
+                    outputs = Execute(node, ctx, platform, moved);
+                    inputs = moved;
+                    break;
                 }
-            }
-            Value?[] outputs;
-            long t0 = Stopwatch.GetTimestamp();
-            try
-            {
-                // NOTE: a decode step reruns every node with the inputs' types of the last step; compare those first
-                // instead of formatting a signature string per node (host time per node is what a GPU decode pays).
-                if (!_lastKernel.TryGetValue(node, out var last) || !last.Matches(platform, inputs))
+                catch (UnsupportedException e) when (Fallback is { } fb && !ReferenceEquals(platform, fb))
                 {
-                    var types = inputs.Select(v => v is null ? null : TypeOf(v)).ToArray();
-                    string sig = string.Join(";", types.Select(t => t?.ToString() ?? "-"));
-                    if (!_kernels.TryGetValue((node, platform, sig), out var prepared))
-                        _kernels[(node, platform, sig)] = prepared = platform.Prepare(node, ctx, types);
-                    _lastKernel[node] = last = new LastKernel(platform, inputs, prepared);
+                    // NOTE: a node its platform cannot run (no kernel, dtype, limit) runs on the fallback, counted and
+                    // reported; never silently, and never for an error that is not "unsupported".
+                    if (moved is not null) FreeMoved(node, scope, moved);
+                    _fallbacks[node] = new FallbackRecord(idx, depth, node.Name, node.OpType, platform.Name, e.Message);
+                    platform = fb;
                 }
-                var kernel = last.Kernel;
-                outputs = platform.Run(kernel, ctx, inputs);
-            }
-            catch (UnsupportedException e)
-            {
-                throw new UnsupportedException(e.Message.Contains($"'{node.Name}'") ? e.Message : $"node '{node.Name}' ({node.OpType}) on {platform.Name}: {e.Message}");
-            }
-            catch (TapmlException e) when (!e.Message.Contains($"'{node.Name}'"))
-            {
-                throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name}: {e.Message}", e);
-            }
-            catch (OverflowException e)
-            {
-                // NOTE: kernels convert sizes and attribute values with checked casts on purpose: an overflow is a value
-                // out of the range they handle (a huge pad, kernel or dimension), i.e. a verdict on the input.
-                throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name}: a size or attribute value is out of the range this kernel handles (inputs {string.Join(", ", inputs.Select(v => v?.Describe() ?? "-"))})", e);
-            }
-            catch (OutOfMemoryException e)
-            {
-                throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name} ran out of host memory (inputs {string.Join(", ", inputs.Select(v => v?.Describe() ?? "-"))})", e);
-            }
-            catch (Exception e) when (e is not TapmlException and not OperationCanceledException)
-            {
-                throw new InternalErrorException($"node '{node.Name}' ({node.OpType}) on {platform.Name} failed with an internal error: {e.GetType().Name}: {e.Message}", e);
             }
             var elapsed = Stopwatch.GetElapsedTime(t0);
             Stats.NodesRun++;
@@ -248,6 +226,77 @@ public sealed class Executor
             }
         }
         return g.Outputs.Select(o => scope.Get(o.Name)).ToArray();
+    }
+
+    /// <summary>The node's inputs from <paramref name="scope"/>, moved to <paramref name="platform"/>. When one cannot go
+    /// there (a limit), those already moved are freed before the error leaves.</summary>
+    Value?[] MoveInputs(Node node, Scope scope, IPlatform platform)
+    {
+        var inputs = new Value?[node.Inputs.Length];
+        for (int i = 0; i < inputs.Length; i++)
+        {
+            string name = node.Inputs[i];
+            if (name.Length == 0) continue;
+            var v = scope.Get(name) ?? throw new TapmlException($"node '{node.Name}' ({node.OpType}): input '{name}' has no value");
+            try { inputs[i] = Move(v, platform); }
+            catch (TapmlException e)
+            {
+                FreeMoved(node, scope, inputs);
+                if (e.Message.Contains($"'{node.Name}'")) throw;
+                // NOTE: uploads check the target's limits; say which node and input needed the value.
+                throw e is UnsupportedException ? new UnsupportedException($"node '{node.Name}' ({node.OpType}) input '{name}' on {platform.Name}: {e.Message}")
+                    : new TapmlException($"node '{node.Name}' ({node.OpType}) input '{name}' on {platform.Name}: {e.Message}", e);
+            }
+        }
+        return inputs;
+    }
+
+    /// <summary>Frees the copies <see cref="MoveInputs"/> made (values not in the scope as they are).</summary>
+    static void FreeMoved(Node node, Scope scope, Value?[] inputs)
+    {
+        for (int i = 0; i < inputs.Length; i++)
+            if (inputs[i] is IDeviceValue d && !ReferenceEquals(inputs[i], scope.Get(node.Inputs[i]))) d.Owner.Free(inputs[i]!);
+    }
+
+    /// <summary>Prepares (cached by input signature) and runs one node on <paramref name="platform"/>; errors name the node.</summary>
+    Value?[] Execute(Node node, NodeContext ctx, IPlatform platform, Value?[] inputs)
+    {
+        try
+        {
+            // NOTE: a decode step reruns every node with the inputs' types of the last step; compare those first
+            // instead of formatting a signature string per node (host time per node is what a GPU decode pays).
+            if (!_lastKernel.TryGetValue(node, out var last) || !last.Matches(platform, inputs))
+            {
+                var types = inputs.Select(v => v is null ? null : TypeOf(v)).ToArray();
+                string sig = string.Join(";", types.Select(t => t?.ToString() ?? "-"));
+                if (!_kernels.TryGetValue((node, platform, sig), out var prepared))
+                    _kernels[(node, platform, sig)] = prepared = platform.Prepare(node, ctx, types);
+                _lastKernel[node] = last = new LastKernel(platform, inputs, prepared);
+            }
+            return platform.Run(last.Kernel, ctx, inputs);
+        }
+        catch (UnsupportedException e)
+        {
+            throw new UnsupportedException(e.Message.Contains($"'{node.Name}'") ? e.Message : $"node '{node.Name}' ({node.OpType}) on {platform.Name}: {e.Message}");
+        }
+        catch (TapmlException e) when (!e.Message.Contains($"'{node.Name}'"))
+        {
+            throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name}: {e.Message}", e);
+        }
+        catch (OverflowException e)
+        {
+            // NOTE: kernels convert sizes and attribute values with checked casts on purpose: an overflow is a value
+            // out of the range they handle (a huge pad, kernel or dimension), i.e. a verdict on the input.
+            throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name}: a size or attribute value is out of the range this kernel handles (inputs {string.Join(", ", inputs.Select(v => v?.Describe() ?? "-"))})", e);
+        }
+        catch (OutOfMemoryException e)
+        {
+            throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name} ran out of host memory (inputs {string.Join(", ", inputs.Select(v => v?.Describe() ?? "-"))})", e);
+        }
+        catch (Exception e) when (e is not TapmlException and not OperationCanceledException)
+        {
+            throw new InternalErrorException($"node '{node.Name}' ({node.OpType}) on {platform.Name} failed with an internal error: {e.GetType().Name}: {e.Message}", e);
+        }
     }
 
     Value?[] RunSubgraph(Model model, Graph body, IReadOnlyList<Value?> inputs, Scope outer, int depth)
@@ -335,6 +384,10 @@ public sealed class Executor
         public Value? Remove(string name) => _values.Remove(name, out var v) ? v : null;
     }
 }
+
+/// <summary>A node that ran on the executor's fallback platform: where it is (index in its graph, depth 0 for the main
+/// graph), the platform that could not run it, and that platform's reason.</summary>
+public sealed record FallbackRecord(int Index, int Depth, string Node, string OpType, string Platform, string Reason);
 
 /// <summary>A value held by a device platform (GPU buffer, remote handle).</summary>
 public interface IDeviceValue

@@ -29,8 +29,10 @@ public enum FaultKind
 /// <param name="Ops">Op types to corrupt, every node of each (empty: none by type).</param>
 /// <param name="Output">Only this output index (null: every output).</param>
 /// <param name="FromCall">Corrupt only from this call of a matching node on (0-based, counted per node).</param>
+/// <param name="Refuse">Op types the platform says it cannot run (<c>refuse=Resize,Pad</c>): an injected gap, to prove
+/// that placement keeps such nodes on the source instead of blaming them.</param>
 public sealed record FaultSpec(string Inner, IReadOnlySet<string> Nodes, IReadOnlySet<string> Ops, FaultKind Kind,
-                               double Amount, int? Output, int FromCall)
+                               double Amount, int? Output, int FromCall, IReadOnlySet<string>? Refuse = null)
 {
     public static readonly IReadOnlyList<string> KindNames = ["scale", "offset", "nan", "zero-tail", "stale", "transpose"];
 
@@ -52,16 +54,20 @@ public sealed record FaultSpec(string Inner, IReadOnlySet<string> Nodes, IReadOn
         string inner = q < 0 ? spec["faulty:".Length..] : spec["faulty:".Length..q];
         if (inner.Length == 0) throw new TapmlException($"platform '{spec}': no inner platform after 'faulty:' (e.g. faulty:cpu?op=Softmax&kind=scale)");
         var query = PlatformSpec.Query(spec);
-        string[] known = ["node", "op", "kind", "amount", "output", "from"];
+        string[] known = ["node", "op", "kind", "amount", "output", "from", "refuse"];
         foreach (var k in query.Keys)
             if (!known.Contains(k, StringComparer.OrdinalIgnoreCase))
                 throw new TapmlException($"platform '{spec}': unknown option '{k}' (options: {string.Join(", ", known)})");
         static HashSet<string> List(string? v) => v is null ? [] : [.. v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)];
         var nodes = List(query.GetValueOrDefault("node"));
         var ops = List(query.GetValueOrDefault("op"));
-        if (nodes.Count == 0 && ops.Count == 0)
-            throw new TapmlException($"platform '{spec}': say which nodes to corrupt with node=NAME or op=TYPE");
-        var kind = ParseKind(query.GetValueOrDefault("kind") ?? throw new TapmlException($"platform '{spec}': no kind= (kinds: {string.Join(", ", KindNames)})"), spec);
+        var refuse = List(query.GetValueOrDefault("refuse"));
+        if (nodes.Count == 0 && ops.Count == 0 && refuse.Count == 0)
+            throw new TapmlException($"platform '{spec}': say which nodes to corrupt with node=NAME or op=TYPE (or which op types to refuse with refuse=TYPE)");
+        string? kindText = query.GetValueOrDefault("kind");
+        if (kindText is null && (nodes.Count > 0 || ops.Count > 0))
+            throw new TapmlException($"platform '{spec}': no kind= (kinds: {string.Join(", ", KindNames)})");
+        var kind = kindText is null ? FaultKind.Scale : ParseKind(kindText, spec);
         double amount = kind switch { FaultKind.Scale => 1.5, FaultKind.Offset => 1.0, FaultKind.ZeroTail => 0.25, _ => 0 };
         if (query.TryGetValue("amount", out var a))
         {
@@ -72,6 +78,6 @@ public sealed record FaultSpec(string Inner, IReadOnlySet<string> Nodes, IReadOn
         }
         int? output = query.TryGetValue("output", out var o) ? PlatformSpec.Int(spec, "output", o) : null;
         int from = query.TryGetValue("from", out var f) ? PlatformSpec.Int(spec, "from", f) : 0;
-        return new FaultSpec(inner, nodes, ops, kind, amount, output, from);
+        return new FaultSpec(inner, nodes, ops, kind, amount, output, from, refuse);
     }
 }

@@ -28,17 +28,21 @@ public sealed class FaultyPlatform : IPlatform
     }
 
     public string Name { get; }
-    public string Description => $"{_inner.Description}; corrupts {Describe(Spec)}";
+    public string Description => $"{_inner.Description}; {(Spec.Nodes.Count + Spec.Ops.Count > 0 ? "corrupts " : "")}{Describe(Spec)}";
     public PlatformLimits Limits => _inner.Limits;
 
     static string Describe(FaultSpec s)
     {
         var what = s.Nodes.Select(n => $"node {n}").Concat(s.Ops.Select(o => $"every {o}"));
-        return $"{string.Join(", ", what)} with {FaultSpec.Name(s.Kind)}";
+        string refused = s.Refuse is { Count: > 0 } r ? $"refuses {string.Join(", ", r)}" : "";
+        return what.Any() ? $"{string.Join(", ", what)} with {FaultSpec.Name(s.Kind)}" + (refused.Length > 0 ? "; " + refused : "") : refused;
     }
 
-    public Support Supports(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes) => _inner.Supports(node, ctx, inputTypes);
-    public IKernel Prepare(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes) => _inner.Prepare(node, ctx, inputTypes);
+    public Support Supports(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes) =>
+        Spec.Refuse?.Contains(node.OpType) == true ? Support.No($"{node.OpType} is refused by this faulty platform (refuse={node.OpType})") : _inner.Supports(node, ctx, inputTypes);
+
+    public IKernel Prepare(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes) =>
+        Spec.Refuse?.Contains(node.OpType) == true ? throw new UnsupportedException(Supports(node, ctx, inputTypes).Reason!) : _inner.Prepare(node, ctx, inputTypes);
 
     public Value?[] Run(IKernel kernel, NodeContext ctx, Value?[] inputs)
     {

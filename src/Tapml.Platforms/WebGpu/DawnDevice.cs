@@ -254,7 +254,7 @@ public sealed unsafe class DawnDevice : IDisposable
         }
         if ((long)size > Limits.MaxBufferBytes && (long)bytes <= Limits.MaxBufferBytes) size = (bytes + 15) & ~15UL;
         if ((long)size > Limits.MaxBufferBytes)
-            throw new TapmlException($"webgpu: a {Bytes((long)bytes)} buffer{(Context.Length > 0 ? $" for {Context}" : "")} is over this device's maxBufferSize ({Bytes(Limits.MaxBufferBytes)})");
+            throw new UnsupportedException($"webgpu: a {Bytes((long)bytes)} buffer{(Context.Length > 0 ? $" for {Context}" : "")} is over this device's maxBufferSize ({Bytes(Limits.MaxBufferBytes)})");
         try { return CreateRaw(size, Wgpu.UsageStorage | Wgpu.UsageCopySrc | Wgpu.UsageCopyDst, "tapml"); }
         catch (TapmlException) when (PooledBytes > 0)
         {

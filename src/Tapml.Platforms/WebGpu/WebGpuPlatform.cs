@@ -214,7 +214,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload
     internal void CheckBinding(long bytes, DType dtype, long[] shape, string what)
     {
         if (bytes > Device.Limits.MaxStorageBindingBytes)
-            throw new TapmlException($"webgpu: {what} {DTypes.Name(dtype)}[{string.Join(",", shape)}] takes {DawnDevice.Bytes(bytes)} on the GPU, " +
+            throw new UnsupportedException($"webgpu: {what} {DTypes.Name(dtype)}[{string.Join(",", shape)}] takes {DawnDevice.Bytes(bytes)} on the GPU, " +
                 $"over this device's maxStorageBufferBindingSize ({DawnDevice.Bytes(Device.Limits.MaxStorageBindingBytes)}); it cannot be bound to a kernel");
     }
 
@@ -623,7 +623,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload
     void Record(GpuPipeline p, GpuTensor[] bindings, Meta meta, uint gx, uint gy, uint gz)
     {
         if (gx > Device.Limits.MaxWorkgroupsPerDimension || gy > Device.Limits.MaxWorkgroupsPerDimension || gz > Device.Limits.MaxWorkgroupsPerDimension)
-            throw new TapmlException($"webgpu: kernel {p.Label} needs {gx}×{gy}×{gz} workgroups, over maxComputeWorkgroupsPerDimension {Device.Limits.MaxWorkgroupsPerDimension}");
+            throw new UnsupportedException($"webgpu: kernel {p.Label} needs {gx}×{gy}×{gz} workgroups, over maxComputeWorkgroupsPerDimension {Device.Limits.MaxWorkgroupsPerDimension}");
         Span<nint> handles = stackalloc nint[bindings.Length];
         Span<ulong> offsets = stackalloc ulong[bindings.Length];
         Span<ulong> sizes = stackalloc ulong[bindings.Length];

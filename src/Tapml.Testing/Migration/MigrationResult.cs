@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using Tapml.Platforms.Execution;
 using Tapml.Testing.Reports;
 
 namespace Tapml.Testing.Migration;
@@ -50,6 +51,17 @@ public sealed class MigrationResult
     /// <summary>The culprit as an ONNX backend-test case and the command that reproduces it alone.</summary>
     public string? ReproCase { get; set; }
     public string? Repro { get; set; }
+    /// <summary>Nodes placed on the target that it cannot run (no kernel, dtype, limit), kept on the source, with the
+    /// target's reason; never blamed.</summary>
+    public List<FallbackRecord> KeptOnSource { get; } = new();
+
+    /// <summary>Adds the nodes an executor ran on its fallback (each node once, top-level nodes by index).</summary>
+    public void Keep(IEnumerable<FallbackRecord> fallbacks)
+    {
+        foreach (var f in fallbacks)
+            if (!KeptOnSource.Any(k => k.Node == f.Node && k.Depth == f.Depth)) KeptOnSource.Add(f);
+        KeptOnSource.Sort((a, b) => a.Depth != b.Depth ? a.Depth.CompareTo(b.Depth) : a.Index.CompareTo(b.Index));
+    }
 
     public JsonObject ToJson()
     {
@@ -76,6 +88,10 @@ public sealed class MigrationResult
             ["target_error"] = TargetError,
             ["repro_case"] = ReproCase,
             ["repro"] = Repro,
+            ["kept_on_source"] = new JsonArray(KeptOnSource.Select(k => (JsonNode)new JsonObject
+            {
+                ["node"] = k.Node, ["op_type"] = k.OpType, ["index"] = k.Index, ["depth"] = k.Depth, ["reason"] = k.Reason,
+            }).ToArray()),
             ["stages"] = new JsonArray(Stages.Select(s => (JsonNode)new JsonObject
             {
                 ["stage"] = s.Stage, ["op_type"] = s.OpType, ["nodes_on_target"] = s.NodesOnTarget, ["diverged"] = s.Diverged, ["detail"] = s.Detail,

@@ -88,7 +88,7 @@ public sealed class Migrator
         var reference = Reference(r);
         using var source = PlatformRegistry.Create(_sourceSpec);
         using var target = PlatformRegistry.Create(_targetSpec);
-        var exec = new Executor(n => onTarget(n) ? target : source);
+        var exec = new Executor(n => onTarget(n) ? target : source) { Fallback = source };
         if (observer is not null) exec.Observers.Add(observer);
         r.Runs++;
         try
@@ -105,7 +105,11 @@ public sealed class Migrator
             return null;
         }
         catch (TapmlException e) { return $"the run failed: {e.Message}"; }
-        finally { r.BytesMoved += exec.Stats.BytesMoved; r.Transfers += exec.Stats.Transfers; r.PeakMemoryBytes = Math.Max(r.PeakMemoryBytes, exec.Stats.PeakLiveBytes); }
+        finally
+        {
+            r.BytesMoved += exec.Stats.BytesMoved; r.Transfers += exec.Stats.Transfers; r.PeakMemoryBytes = Math.Max(r.PeakMemoryBytes, exec.Stats.PeakLiveBytes);
+            r.Keep(exec.Fallbacks);
+        }
     }
 
     // --- lockstep -----------------------------------------------------------------------------------------------
@@ -118,22 +122,26 @@ public sealed class Migrator
         var reference = Reference(r);
         using var source = PlatformRegistry.Create(_sourceSpec);
         using var target = PlatformRegistry.Create(_targetSpec);
-        var exec = new Executor(n => onTarget(n) ? target : source);
+        var exec = new Executor(n => onTarget(n) ? target : source) { Fallback = source };
         var shadow = new Lockstep(source, _nodeTolerances, r, exec);
         exec.Observers.Add(shadow);
         r.Runs++;
+        bool unsupported = false;
         foreach (var (phase, feeds, _) in reference)
         {
             Progress?.Invoke($"lockstep {phase}");
             shadow.Phase = phase;
             try { exec.Run(_model, feeds); }
+            catch (UnsupportedException e) { r.TargetError = $"{phase}: {e.Message}"; unsupported = true; }
             catch (TapmlException e) { r.TargetError = $"{phase}: {e.Message}"; }
             if (r.FirstDivergent is not null || r.TargetError is not null) break;   // NOTE: later phases only inherit the error
         }
         r.BytesMoved += exec.Stats.BytesMoved;
         r.Transfers += exec.Stats.Transfers;
+        r.Keep(exec.Fallbacks);
         r.AllIntermediatesBytes = Math.Max(r.AllIntermediatesBytes, shadow.AllIntermediates);
-        if (r.FirstDivergent is null && r.TargetError is not null)
+        // NOTE: unsupported on the source too (the fallback) is no target failure: it is reported, never blamed.
+        if (r.FirstDivergent is null && r.TargetError is not null && !unsupported)
         {
             // The target threw before any output differed: the node it threw in is the culprit.
             var failing = _nodes.Select((n, i) => (n, i)).FirstOrDefault(x => r.TargetError.Contains($"'{x.n.Name}'"));
@@ -191,7 +199,7 @@ public sealed class Migrator
         {
             var src = new Executor(source).Run(prefix, feeds);
             Dictionary<string, Value> tgt;
-            try { tgt = new Executor(target).Run(prefix, feeds); }
+            try { tgt = new Executor(target) { Fallback = source }.Run(prefix, feeds); }
             catch (TapmlException e) { tgt = new(); detail = e.Message; }
             Value?[] Pick(Dictionary<string, Value> d, string[] names) => names.Select(n => n.Length == 0 ? null : d.GetValueOrDefault(n)).ToArray();
             var srcIn = Pick(src, node.Inputs.Select(n => _model.Graph.Initializers.ContainsKey(n) || feeds.ContainsKey(n) ? "" : n).ToArray())
