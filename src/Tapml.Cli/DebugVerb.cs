@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Tapml.Core;
+using Tapml.Ir;
 using Tapml.Platforms;
 using Tapml.Testing;
 using Tapml.Testing.Carving;
@@ -16,10 +17,28 @@ namespace Tapml.Cli;
 /// replay.json, migrate.html, migrate.json). Exit 0 when the target agrees everywhere, 1 otherwise.</summary>
 static class DebugVerb
 {
+    /// <summary>The demo's target: <c>faulty:T?node=N&amp;kind=scale</c> around the best platform here (webgpu when it
+    /// starts, else cpu; or <paramref name="wanted"/>), N the middle MatMul of the model.</summary>
+    static (string Target, string Node) DemoTarget(Model m, string? wanted)
+    {
+        string inner = wanted ?? "cpu";
+        if (wanted is null)
+        {
+            try { using var gpu = PlatformRegistry.Create("webgpu"); inner = "webgpu"; }
+            catch (TapmlException e) { Console.WriteLine($"demo: webgpu is not available here ({e.Message}); using cpu as the target"); }
+        }
+        var matmuls = m.Graph.Nodes.Where(n => n.OpType == "MatMul").ToList();
+        var node = (matmuls.Count > 0 ? matmuls[matmuls.Count / 2] : m.Graph.Nodes[m.Graph.Nodes.Count / 2]).Name;
+        string target = $"faulty:{inner}?node={node}&kind=scale";
+        Console.WriteLine($"demo: the target is {target} — {inner} with node {node} made wrong (its outputs ×1.5); debug must find it");
+        return (target, node);
+    }
+
     public static Command Create()
     {
-        var model = new Option<string>("--model", "-m") { Description = "model: .onnx, model folder, Hugging Face folder or builtin:NAME", Required = true };
-        var target = new Option<string>("--target") { Description = "platform being brought up", Required = true };
+        var model = new Option<string?>("--model", "-m") { Description = "model: .onnx, model folder, Hugging Face folder or builtin:NAME (required unless --demo)" };
+        var target = new Option<string?>("--target") { Description = "platform being brought up (required unless --demo)" };
+        var demo = new Option<bool>("--demo") { Description = "inject a fault into one node of builtin:tiny-llama on the best target here (webgpu, else cpu) and show that debug finds it; exit 0 when it does" };
         var source = new Option<string>("--source") { Description = "trusted platform", DefaultValueFactory = _ => "cpu" };
         var outDir = new Option<string?>("--out") { Description = "folder for the store and reports (default: tapml-debug-<time> in the temp folder)" };
         var prompt = new Option<string?>("--prompt") { Description = "LLMs: prompt text" };
@@ -28,15 +47,30 @@ static class DebugVerb
         var seed = new Option<int>("--seed") { Description = "ONNX models: seed of generated inputs", DefaultValueFactory = _ => 0 };
         var decodeSteps = new Option<int>("--decode-steps") { Description = "LLMs: decode steps carved and migrated", DefaultValueFactory = _ => 2 };
         var json = new Option<string?>("--json") { Description = "write {first_divergent, runs, nodes, peak_memory_bytes, replay{…}} here" };
-        var cmd = new Command("debug", "carve on the source, replay on the target, migrate to the first wrong operator, report") { model, target, source, outDir, prompt, inputIds, inputs, seed, decodeSteps, json };
+        var cmd = new Command("debug", "carve on the source, replay on the target, migrate to the first wrong operator, report") { model, target, source, outDir, prompt, inputIds, inputs, seed, decodeSteps, json, demo };
         cmd.Action(pr =>
         {
-            string spec = pr.GetValue(model)!, targetSpec = pr.GetValue(target)!, sourceSpec = pr.GetValue(source)!;
+            string sourceSpec = pr.GetValue(source)!;
             string dir = pr.GetValue(outDir) ?? Path.Combine(Path.GetTempPath(), $"tapml-debug-{DateTime.UtcNow:yyyyMMdd-HHmmss}");
             if (File.Exists(Path.Combine(dir, "store", "manifest.json"))) throw new TapmlException($"{dir} already holds a debug run; choose another --out");
+            string? injected = null;
+            string spec, targetSpec;
+            Model m;
+            if (pr.GetValue(demo))
+            {
+                spec = pr.GetValue(model) ?? "builtin:tiny-llama";
+                m = ModelSpec.Load(spec);
+                (targetSpec, injected) = DemoTarget(m, pr.GetValue(target));
+            }
+            else
+            {
+                spec = pr.GetValue(model) ?? throw new TapmlException("debug needs --model M (or --demo)");
+                targetSpec = pr.GetValue(target) ?? throw new TapmlException("debug needs --target P (or --demo)");
+                m = ModelSpec.Load(spec);
+            }
             Directory.CreateDirectory(dir);
-            var m = ModelSpec.Load(spec);
-            var input = CarveVerb.ResolveInput(spec, m, pr.GetValue(prompt), pr.GetValue(inputIds), pr.GetValue(inputs), pr.GetValue(seed), pr.GetValue(decodeSteps));
+            var input = CarveVerb.ResolveInput(spec, m, pr.GetValue(prompt), pr.GetValue(inputIds) ?? (injected is not null && pr.GetValue(prompt) is null ? "1,17,305,42" : null),
+                pr.GetValue(inputs), pr.GetValue(seed), pr.GetValue(decodeSteps));
 
             Console.WriteLine($"1/3 carve on {sourceSpec}");
             CarvedStore store;
@@ -71,6 +105,13 @@ static class DebugVerb
                 o["replay"] = new JsonObject { ["passed"] = summary.Passed, ["failed"] = summary.Failed, ["errors"] = summary.Errors, ["skipped"] = summary.Skipped, ["store"] = store.Dir };
                 File.WriteAllText(j + ".tmp", o.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
                 File.Move(j + ".tmp", j, overwrite: true);
+            }
+            if (injected is not null)
+            {
+                bool found = mig.FirstDivergent?.Node == injected;
+                Console.WriteLine(found ? $"demo: found the injected node {injected} ✓ (first divergent, isolated error; the nodes after it only inherit it)"
+                                        : $"demo: the injected node {injected} was NOT found (first divergent: {mig.FirstDivergent?.Node ?? "none"})");
+                return found ? 0 : 1;
             }
             bool clean = mig.FirstDivergent is null && mig.TargetError is null && summary.Failed + summary.Errors == 0;
             return clean ? 0 : 1;
