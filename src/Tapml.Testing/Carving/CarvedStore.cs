@@ -157,15 +157,46 @@ public sealed class CarvedStore
     {
         var w = _writer ?? throw new TapmlException($"{Dir}: the store was opened for reading; carve into a new store");
         byte[] header = SafetensorsWriter.Header([new(BlobTensorName, t)]);
-        string sha = Sha(header, t);
-        written = 0;
-        if (_index.TryGetValue(sha, out var existing) && existing is not WeightBlob) return sha;
         long length = header.Length + t.ByteSize;
+        string sha;
+        written = 0;
+        if (length <= SmallBlobBytes)
+        {
+            // NOTE: small blobs are copied into a batch the writer appends whole (one hand-over per ~1 MiB, not per blob).
+            var image = _batch.AsSpan(_batchLength, (int)length);
+            header.CopyTo(image);
+            t.Bytes().CopyTo(image[header.Length..]);
+            sha = Convert.ToHexStringLower(SHA256.HashData(image));
+            if (_index.TryGetValue(sha, out var existing) && existing is not WeightBlob) return sha;
+            _batchLength += (int)length;
+        }
+        else
+        {
+            sha = Sha(header, t);
+            if (_index.TryGetValue(sha, out var existing) && existing is not WeightBlob) return sha;
+            HandOverBatch();
+            w.Append(header, t);
+        }
         _index[sha] = new PackedBlob(0, _packEnd, length);
         _packEnd += length;
         written = length;
-        w.Append(header, t);
+        if (_batchLength >= BatchBytes) HandOverBatch();
         return sha;
+    }
+
+    const int SmallBlobBytes = 64 << 10, BatchBytes = 1 << 20;
+    // NOTE: batch buffers go round between the carve and the writer (fresh 1 MiB arrays would be large-object
+    // allocations, and those bring full garbage collections over the model's weights).
+    readonly ConcurrentBag<byte[]> _freeBatches = new();
+    byte[] _batch = new byte[BatchBytes + SmallBlobBytes];
+    int _batchLength;
+
+    void HandOverBatch()
+    {
+        if (_batchLength == 0) return;
+        _writer!.AppendBytes(_batch, _batchLength);
+        _batch = _freeBatches.TryTake(out var b) ? b : new byte[BatchBytes + SmallBlobBytes];
+        _batchLength = 0;
     }
 
     /// <summary>Records <paramref name="t"/>, a model weight whose bytes <paramref name="source"/> gives back, by
@@ -199,6 +230,7 @@ public sealed class CarvedStore
     public void QueueManifest()
     {
         var w = _writer ?? throw new TapmlException($"{Dir}: the store was opened for reading; carve into a new store");
+        HandOverBatch();
         w.Manifest(Cases.ToArray(), (JsonObject)Notes.DeepClone());
     }
 
@@ -213,7 +245,8 @@ public sealed class CarvedStore
     byte[] ManifestBytes(CarvedCase[] cases, JsonObject notes)
     {
         var buffer = new System.Buffers.ArrayBufferWriter<byte>(1 << 16);
-        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
+        // NOTE: compact and with relaxed escaping: signatures hold JSON text, and the final manifest is on the carve's critical path.
+        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
         {
             w.WriteStartObject();
             w.WriteString("format", FormatName);
@@ -269,9 +302,11 @@ public sealed class CarvedStore
         // NOTE: queued tensors stay alive until written; past this many bytes the carve waits for the disk.
         const long MaxQueuedBytes = 256L << 20;
         readonly CarvedStore _s;
-        readonly Queue<(byte[]? Header, Tensor? Tensor, CarvedCase[]? Cases, JsonObject? Notes)> _queue = new();
+        // NOTE: an item is a blob (Header + Tensor), a batch of blob images (Header = the buffer, Length bytes of it) or a manifest.
+        readonly Queue<(byte[]? Header, Tensor? Tensor, CarvedCase[]? Cases, JsonObject? Notes, int Length)> _queue = new();
         readonly object _lock = new();
         long _queuedBytes, _queued, _done;
+        bool _idle;
         Thread? _thread;
         FileStream? _pack;
         bool _opened;
@@ -279,10 +314,11 @@ public sealed class CarvedStore
 
         public Writer(CarvedStore s) => _s = s;
 
-        public void Append(byte[] header, Tensor t) => Enqueue((header, t, null, null), header.Length + t.ByteSize);
-        public void Manifest(CarvedCase[] cases, JsonObject notes) => Enqueue((null, null, cases, notes), 0);
+        public void Append(byte[] header, Tensor t) => Enqueue((header, t, null, null, 0), header.Length + t.ByteSize);
+        public void AppendBytes(byte[] batch, int length) => Enqueue((batch, null, null, null, length), length);
+        public void Manifest(CarvedCase[] cases, JsonObject notes) => Enqueue((null, null, cases, notes, 0), 0);
 
-        void Enqueue((byte[]?, Tensor?, CarvedCase[]?, JsonObject?) item, long bytes)
+        void Enqueue((byte[]?, Tensor?, CarvedCase[]?, JsonObject?, int) item, long bytes)
         {
             lock (_lock)
             {
@@ -295,7 +331,7 @@ public sealed class CarvedStore
                     _thread = new Thread(Loop) { IsBackground = true, Name = "carved store writer" };
                     _thread.Start();
                 }
-                Monitor.PulseAll(_lock);
+                if (_idle) Monitor.PulseAll(_lock);
             }
         }
 
@@ -309,10 +345,11 @@ public sealed class CarvedStore
         {
             while (true)
             {
-                (byte[]? Header, Tensor? Tensor, CarvedCase[]? Cases, JsonObject? Notes) item;
+                (byte[]? Header, Tensor? Tensor, CarvedCase[]? Cases, JsonObject? Notes, int Length) item;
                 lock (_lock)
                 {
-                    while (_queue.Count == 0) Monitor.Wait(_lock);
+                    while (_queue.Count == 0) { _idle = true; Monitor.Wait(_lock); }
+                    _idle = false;
                     item = _queue.Dequeue();
                 }
                 long bytes = 0;
@@ -326,11 +363,17 @@ public sealed class CarvedStore
                             Pack().Write(item.Header);
                             Pack().Write(t.Bytes());
                         }
+                        else if (item.Header is { } batch)
+                        {
+                            bytes = item.Length;
+                            Pack().Write(batch, 0, item.Length);
+                            _s._freeBatches.Add(batch);
+                        }
                         else WriteManifest(item.Cases!, item.Notes!);
                     }
                     catch (Exception e) when (e is not OutOfMemoryException) { Error = e; }   // NOTE: rethrown by Drain
                 }
-                else if (item.Tensor is { } t) bytes = item.Header!.Length + t.ByteSize;
+                else bytes = item.Tensor is { } t2 ? item.Header!.Length + t2.ByteSize : item.Length;
                 lock (_lock)
                 {
                     _queuedBytes -= bytes;
