@@ -12,7 +12,7 @@ using Tapml.Testing.Migration;
 namespace Tapml.Cli;
 
 /// <summary><c>tapml carve --model M --out STORE [--prompt S | --input-ids …] [--decode-steps N] [--inputs DIR]
-/// [--per-signature K] [--max-bytes B] [--export-onnx DIR]</c>: runs the model on the source platform and records
+/// [--per-signature K] [--max-bytes B] [--embed-weights] [--export-onnx DIR]</c>: runs the model on the source platform and records
 /// every operator call into a carved store (LLMs: the prefill and N decode steps, provenance prefill / decode:k).</summary>
 static class CarveVerb
 {
@@ -29,7 +29,8 @@ static class CarveVerb
         var perSignature = new Option<int>("--per-signature") { Description = "cases kept per signature (op, attributes, input shapes): the first and later ones", DefaultValueFactory = _ => 2 };
         var maxBytes = new Option<long>("--max-bytes") { Description = "stop adding cases once the blobs reach this many bytes (0: no cap)", DefaultValueFactory = _ => 0 };
         var exportOnnx = new Option<string?>("--export-onnx") { Description = "also write the cases in the ONNX backend-test layout here" };
-        var cmd = new Command("carve", "record every operator call of a source run as replayable unit tests") { model, output, source, prompt, inputIds, decodeSteps, inputs, seed, perSignature, maxBytes, exportOnnx };
+        var embedWeights = new Option<bool>("--embed-weights") { Description = "copy model weights into the store (self-contained, for shipping to a device) instead of naming them in the model file" };
+        var cmd = new Command("carve", "record every operator call of a source run as replayable unit tests") { model, output, source, prompt, inputIds, decodeSteps, inputs, seed, perSignature, maxBytes, exportOnnx, embedWeights };
         cmd.Action(pr =>
         {
             string spec = pr.GetValue(model)!, dir = pr.GetValue(output)!;
@@ -37,7 +38,7 @@ static class CarveVerb
             var m = ModelSpec.Load(spec);
             var input = ResolveInput(spec, m, pr.GetValue(prompt), pr.GetValue(inputIds), pr.GetValue(inputs), pr.GetValue(seed), steps);
             using var platform = PlatformRegistry.Create(pr.GetValue(source)!);
-            var store = Carve(spec, m, platform, dir, new CarveOptions(pr.GetValue(perSignature), pr.GetValue(maxBytes)), input);
+            var store = Carve(spec, m, platform, dir, new CarveOptions(pr.GetValue(perSignature), pr.GetValue(maxBytes), pr.GetValue(embedWeights)), input);
             if (pr.GetValue(exportOnnx) is { } onnxDir)
             {
                 int n = Replayer.ExportOnnx(store, onnxDir);
@@ -68,7 +69,8 @@ static class CarveVerb
     {
         bool llm = input.PromptIds is not null;
         var store = CarvedStore.Create(dir, spec, ModelHash(spec, m), platform.Name);
-        store.Notes["carve"] = $"per-signature {options.PerSignature}, max-bytes {options.MaxBytes}" + (llm ? $", decode-steps {input.DecodeSteps}" : "");
+        store.Notes["carve"] = $"per-signature {options.PerSignature}, max-bytes {options.MaxBytes}" + (llm ? $", decode-steps {input.DecodeSteps}" : "")
+                               + (options.EmbedWeights ? ", embed-weights" : "");
         var exec = new Executor(platform);
         var recorder = new Recorder(store, options) { PhaseOf = llm ? run => run == 0 ? "prefill" : $"decode:{run}" : _ => "run" };
         exec.Observers.Add(recorder);
@@ -89,7 +91,8 @@ static class CarveVerb
         }
         sw.Stop();
         Console.WriteLine($"carved {store.Cases.Count} cases from {recorder.Calls} operator calls in {sw.Elapsed.TotalSeconds:F2} s: " +
-                          $"{Format.Bytes(store.ReferencedBlobBytes())} of blobs ({Format.Bytes(recorder.BytesBeforeDedup)} before dedup)");
+                          $"{Format.Bytes(store.ReferencedBlobBytes())} of blobs ({Format.Bytes(recorder.BytesBeforeDedup)} before dedup)" +
+                          (store.ReferencedWeightBytes() is > 0 and var w ? $", {Format.Bytes(w)} of weights by reference to the model's files" : ""));
         foreach (var (why, n) in recorder.NotCarved) Console.WriteLine($"  not carved: {n} calls: {why}");
         if (recorder.Capped) Console.WriteLine($"  {store.Notes["capped"]}");
         return store;

@@ -47,7 +47,8 @@ static class DebugVerb
         var seed = new Option<int>("--seed") { Description = "ONNX models: seed of generated inputs", DefaultValueFactory = _ => 0 };
         var decodeSteps = new Option<int>("--decode-steps") { Description = "LLMs: decode steps carved and migrated", DefaultValueFactory = _ => 2 };
         var json = new Option<string?>("--json") { Description = "write {first_divergent, runs, nodes, peak_memory_bytes, replay{…}} here" };
-        var cmd = new Command("debug", "carve on the source, replay on the target, migrate to the first wrong operator, report") { model, target, source, outDir, prompt, inputIds, inputs, seed, decodeSteps, json, demo };
+        var embedWeights = new Option<bool>("--embed-weights") { Description = "copy model weights into the store (self-contained) instead of naming them in the model file" };
+        var cmd = new Command("debug", "carve on the source, replay on the target, migrate to the first wrong operator, report") { model, target, source, outDir, prompt, inputIds, inputs, seed, decodeSteps, json, demo, embedWeights };
         cmd.Action(pr =>
         {
             string sourceSpec = pr.GetValue(source)!;
@@ -75,7 +76,7 @@ static class DebugVerb
             Console.WriteLine($"1/3 carve on {sourceSpec}");
             CarvedStore store;
             using (var src = PlatformRegistry.Create(sourceSpec))
-                store = CarveVerb.Carve(spec, m, src, Path.Combine(dir, "store"), new CarveOptions(), input);
+                store = CarveVerb.Carve(spec, m, src, Path.Combine(dir, "store"), new CarveOptions(EmbedWeights: pr.GetValue(embedWeights)), input);
 
             Console.WriteLine($"2/3 replay {store.Cases.Count} cases on {targetSpec}");
             var summary = new RunSummary { Platform = targetSpec };

@@ -40,6 +40,8 @@ static class ReplayVerb
                 var re = Cli.FilterRegex(f);
                 cases = cases.Where(c => re.IsMatch(c.Id)).ToList();
             }
+            // NOTE: a corrupt blob or a moved model file is bad input (one line, exit 2), not a failing case.
+            store.Verify(cases);
             string spec = pr.GetValue(platform)!;
             using var p = PlatformRegistry.Create(spec);
             var replayer = new Replayer(store, p, tolerances);

@@ -148,6 +148,10 @@ public sealed class Model
     public string ProducerName { get; init; } = "";
     /// <summary>File the model came from, when it came from one (used in error messages).</summary>
     public string? Path { get; init; }
+    /// <summary>Where main-graph initializers were read from, by initializer name, for those whose bytes can be
+    /// read back from a file (carving stores them by reference); initializers made by the builder (derived,
+    /// split or constant tensors) are absent.</summary>
+    public Dictionary<string, InitializerSource> InitializerSources { get; init; } = new();
 
     public int Opset(string domain)
     {
@@ -155,3 +159,9 @@ public sealed class Model
         return Opsets.TryGetValue(d, out int v) ? v : d == "" ? 21 : 1;
     }
 }
+
+/// <summary>The file an initializer's bytes come from: <paramref name="File"/> (a .safetensors file or an .onnx
+/// model, absolute), the tensor's name in it, and <paramref name="Transform"/>: <c>""</c> (as stored, converted
+/// to the initializer's dtype when the file's differs) or <c>"transpose"</c> (a matrix stored [out, in] read as
+/// [in, out]).</summary>
+public sealed record InitializerSource(string File, string Tensor, string Transform = "");

@@ -26,12 +26,17 @@ public static class Gpt2
     {
         var config = HfConfig.Load(dir);
         using var checkpoint = new SafetensorsCheckpoint(dir);
-        return Build(config, Gpt2Weights.Load(config, checkpoint));
+        var model = Build(config, Gpt2Weights.Load(config, checkpoint), out var g);
+        var fileName = checkpoint.Entries.Keys.ToDictionary(Gpt2Weights.Canonical(checkpoint.Entries.Keys));
+        g.Weights.Describe(model, w => fileName.TryGetValue(w, out var n) && checkpoint.FileOf(n) is { } f ? (f, n) : null);
+        return model;
     }
 
     /// <summary>Builds the graph from a config and float32 weights keyed by Hugging Face name (see
     /// <see cref="Gpt2Weights.Specs"/>); names and shapes are checked first.</summary>
-    public static Model Build(HfConfig config, IReadOnlyDictionary<string, Tensor> weights)
+    public static Model Build(HfConfig config, IReadOnlyDictionary<string, Tensor> weights) => Build(config, weights, out _);
+
+    static Model Build(HfConfig config, IReadOnlyDictionary<string, Tensor> weights, out Gpt2Graph graph)
     {
         if (!Activations.Contains(config.HiddenAct))
             throw config.Error("activation_function", $"is '{config.HiddenAct}'; GPT-2 supports {string.Join(", ", Activations)}");
@@ -41,7 +46,7 @@ public static class Gpt2
             throw config.Error("n_head", $"{config.NumHeads} heads must split n_embd {config.HiddenSize} evenly (GPT-2 has no separate head_dim or kv heads)");
         var specs = Gpt2Weights.Specs(config);
         Gpt2Weights.Check(config, specs, weights.ToDictionary(w => w.Key, w => w.Value.Shape), Path.GetDirectoryName(config.Path) ?? config.Path);
-        var g = new Gpt2Graph(config, weights);
+        var g = graph = new Gpt2Graph(config, weights);
         return new Model { Graph = g.Build(), Opsets = new() { [""] = Opset }, ProducerName = "tapml" };
     }
 }
@@ -92,7 +97,7 @@ sealed class Gpt2Graph(HfConfig c, IReadOnlyDictionary<string, Tensor> w)
     // ---- weights and constants -------------------------------------------------------------------------
 
     GraphWeights? _weights;
-    GraphWeights Weights => _weights ??= new(b, w);
+    public GraphWeights Weights => _weights ??= new(b, w);
     string Weight(string name) => Weights.Weight(name);
     string TransposedWeight(string name) => Weights.Transposed(name);
     string Float(string name, float v) => Weights.Float(name, v);

@@ -54,7 +54,7 @@ public static partial class Gpt2Weights
     /// <summary>Checkpoint name → the name of <see cref="Specs"/>. Checkpoints saved from the bare
     /// <c>GPT2Model</c> (as the original openai-community/gpt2 files) lack the <c>transformer.</c> prefix that
     /// transformers adds when loading them into <c>GPT2LMHeadModel</c>; they get it here.</summary>
-    static Func<string, string> Canonical(IEnumerable<string> names)
+    internal static Func<string, string> Canonical(IEnumerable<string> names)
     {
         var list = names.ToList();
         bool bare = !list.Any(n => n.StartsWith(Prefix, StringComparison.Ordinal)) && list.Contains("wte.weight");

@@ -9,10 +9,18 @@ sealed class GraphWeights(GraphBuilder b, IReadOnlyDictionary<string, Tensor> w)
 {
     readonly Dictionary<string, string> _names = new();
 
+    /// <summary>Initializers that are a checkpoint weight as stored or transposed: initializer name → (weight
+    /// name, transform), what a carve stores by reference instead of copying.</summary>
+    public Dictionary<string, (string Weight, string Transform)> Sources { get; } = new();
+
     /// <summary>The weight as stored.</summary>
     public string Weight(string name)
     {
-        if (!_names.TryGetValue(name, out var v)) _names[name] = v = b.Initializer(name, w[name]);
+        if (!_names.TryGetValue(name, out var v))
+        {
+            _names[name] = v = b.Initializer(name, w[name]);
+            Sources[v] = (name, "");
+        }
         return v;
     }
 
@@ -29,7 +37,18 @@ sealed class GraphWeights(GraphBuilder b, IReadOnlyDictionary<string, Tensor> w)
         var d = dst.Span<float>();
         for (int r = 0; r < rows; r++)
             for (int k = 0; k < cols; k++) d[k * rows + r] = src[r * cols + k];
-        return _names[key] = b.Initializer(key, dst);
+        v = _names[key] = b.Initializer(key, dst);
+        Sources[v] = (name, "transpose");
+        return v;
+    }
+
+    /// <summary>Fills <paramref name="m"/>'s <see cref="Ir.Model.InitializerSources"/> from <see cref="Sources"/>:
+    /// <paramref name="fileOf"/> gives a weight's file and name in it (null: not read from a file as is, e.g. split
+    /// from a fused tensor).</summary>
+    public void Describe(Ir.Model m, Func<string, (string File, string Tensor)?> fileOf)
+    {
+        foreach (var (init, (weight, transform)) in Sources)
+            if (fileOf(weight) is { } f) m.InitializerSources[init] = new Ir.InitializerSource(f.File, f.Tensor, transform);
     }
 
     /// <summary>A tensor computed once from the weights (e.g. Gemma's 1 + w), stored under <paramref name="key"/>.</summary>

@@ -39,12 +39,16 @@ public static class Llama
         var config = HfConfig.Load(dir);
         var o = options(config);
         using var checkpoint = new SafetensorsCheckpoint(dir);
-        return Build(config, LlamaWeights.Load(config, checkpoint, o), o);
+        return Build(config, LlamaWeights.Load(config, checkpoint, o), o, checkpoint);
     }
 
     /// <summary>The Llama decoder with an architecture's switches; <paramref name="weights"/> are keyed by the
     /// checkpoint's own names (fused tensors are split here, so the graph is always the Llama graph).</summary>
-    public static Model Build(HfConfig config, IReadOnlyDictionary<string, Tensor> weights, DecoderOptions options)
+    public static Model Build(HfConfig config, IReadOnlyDictionary<string, Tensor> weights, DecoderOptions options) => Build(config, weights, options, null);
+
+    /// <summary>As the public Build; with the <paramref name="checkpoint"/> the weights came from, the model names
+    /// the file of every initializer that is a checkpoint tensor as stored or transposed.</summary>
+    static Model Build(HfConfig config, IReadOnlyDictionary<string, Tensor> weights, DecoderOptions options, SafetensorsCheckpoint? checkpoint)
     {
         if (options.Activation is not ("silu" or "gelu_pytorch_tanh" or "gelu_new" or "gelu"))
             throw config.Error("hidden_act", $"is '{options.Activation}'; supported: silu, gelu_pytorch_tanh, gelu_new, gelu");
@@ -53,7 +57,9 @@ public static class Llama
         var specs = LlamaWeights.Specs(config, options);
         LlamaWeights.Check(config, specs, weights.ToDictionary(w => w.Key, w => w.Value.Shape), Path.GetDirectoryName(config.Path) ?? config.Path);
         var g = new LlamaGraph(config, LlamaWeights.Unfuse(config, weights, options), options);
-        return new Model { Graph = g.Build(), Opsets = new() { [""] = Opset }, ProducerName = "tapml" };
+        var model = new Model { Graph = g.Build(), Opsets = new() { [""] = Opset }, ProducerName = "tapml" };
+        if (checkpoint is not null) g.Weights.Describe(model, w => checkpoint.FileOf(w) is { } f ? (f, w) : null);
+        return model;
     }
 }
 
@@ -134,7 +140,7 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
     // ---- weights and constants -------------------------------------------------------------------------
 
     GraphWeights? _weights;
-    GraphWeights Weights => _weights ??= new(b, w);
+    public GraphWeights Weights => _weights ??= new(b, w);
     string Weight(string name) => Weights.Weight(name);
     string TransposedWeight(string name) => Weights.Transposed(name);
     string Float(string name, float v) => Weights.Float(name, v);

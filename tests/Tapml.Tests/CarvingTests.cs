@@ -104,35 +104,55 @@ public class CarvingTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
     public void Weights_are_stored_once_and_blobs_match_the_manifest()
     {
         var store = CarvedStore.Open(tiny.Store);
+        Assert.Equal(CarvedStore.FormatName, store.Format);
         var referenced = store.Cases.SelectMany(c => c.Blobs).ToHashSet();
-        var files = Directory.GetFiles(store.BlobDir).Select(Path.GetFileNameWithoutExtension).ToHashSet();
-        Assert.Equal(referenced.Order(), files.Order());          // no orphan, no missing blob, no leftover temp file
-        // the embedding table [vocab, hidden] is one blob even though every step's Gather reads it
+        Assert.Equal(referenced.Order(), store.Blobs.Keys.Order());   // the index lists exactly the blobs cases name
+        Assert.False(Directory.Exists(store.BlobDir));                  // v2: small blobs live in the pack
+        Assert.Equal(["0.pack"], Directory.GetFiles(store.PackDir).Select(Path.GetFileName));
+        // the embedding table [vocab, hidden] is one blob even though every step's Gather reads it, and it is a
+        // reference to the checkpoint, not a copy
         var gathers = store.Cases.Where(c => c.OpType == "Gather" && c.Inputs[0].Shape.Length == 2 && c.Inputs[0].Shape[0] == 1024).ToList();
         Assert.True(gathers.Count >= 2);
-        Assert.Single(gathers.Select(c => c.Inputs[0].Blob).Distinct());
+        var blob = Assert.Single(gathers.Select(c => c.Inputs[0].Blob).Distinct());
+        var w = Assert.IsType<WeightBlob>(store.Blobs[blob!]);
+        Assert.Equal("model.embed_tokens.weight", w.Source.Tensor);
+        Assert.EndsWith("model.safetensors", w.Source.File);
+        Assert.True(Path.IsPathRooted(w.Source.File));
+        // transposed projections are references too; no weight is in the pack
+        Assert.Contains(store.Blobs.Values, b => b is WeightBlob { Source.Transform: "transpose" });
         Assert.Contains("before dedup", tiny.Carve.Stdout);
+        Assert.Contains("of weights by reference", tiny.Carve.Stdout);
     }
 
     [Fact]
-    public void A_corrupt_blob_is_detected_by_its_hash()
+    public void A_corrupt_pack_is_one_clear_line_naming_the_blob_and_case()
     {
         string dir = Temp();
         try
         {
             CopyDir(tiny.Store, dir);
             var store = CarvedStore.Open(dir);
-            var c = store.Cases.First(x => x.OpType == "MatMul");
-            string blob = store.BlobPath(c.Inputs[0].Blob!);
-            var bytes = File.ReadAllBytes(blob);
-            bytes[^1] ^= 0x40;
-            File.WriteAllBytes(blob, bytes);
+            var c = store.Cases.First(x => x.OpType == "MatMul" && store.Blobs[x.Inputs[0].Blob!] is PackedBlob);
+            var at = (PackedBlob)store.Blobs[c.Inputs[0].Blob!];
+            using (var f = File.Open(store.PackPath(at.Pack), FileMode.Open))
+            {
+                f.Position = at.Offset + at.Length - 1;
+                int b = f.ReadByte();
+                f.Position--;
+                f.WriteByte((byte)(b ^ 0x40));
+            }
             var r = CliRunner.Run("replay", dir, "--platform", "cpu", "--case", c.Id);
-            Assert.Equal(1, r.ExitCode);
-            Assert.Contains($"blob of case {c.Id} is corrupt", r.Stdout);
-            Assert.Contains(c.Inputs[0].Blob!, r.Stdout);
+            AssertOneLine(r, $"blob of case {c.Id} is corrupt", c.Inputs[0].Blob!, store.PackPath(at.Pack));
         }
         finally { Directory.Delete(dir, true); }
+    }
+
+    static void AssertOneLine(CliRunner.Result r, params string[] parts)
+    {
+        Assert.True(r.ExitCode == 2, $"exit {r.ExitCode}: {r.Stdout}{r.Stderr}");
+        var lines = r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Single(lines);
+        foreach (var p in parts) Assert.Contains(p, lines[0]);
     }
 
     [Fact]
@@ -268,7 +288,7 @@ public class CarvingTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
             var store = CarvedStore.Open(dir);
             Assert.True(store.Notes["capped"] is not null, "the manifest notes the cap");
             Assert.Contains("--max-bytes 200000 reached", c.Stdout);
-            long bytes = Directory.GetFiles(store.BlobDir).Sum(f => new FileInfo(f).Length);
+            long bytes = Directory.GetFiles(store.PackDir).Sum(f => new FileInfo(f).Length);
             Assert.True(bytes <= 200000 + 64 * 1024, $"{bytes} blob bytes");   // headers are not counted in the cap
             Assert.NotEmpty(store.Cases);
         }

@@ -45,6 +45,11 @@ public static class OnnxImporter
         var ctx = new Ctx(origin, path is null ? null : Path.GetDirectoryName(Path.GetFullPath(path)), proto.Functions.ToList());
         var g = ctx.ReadGraph(proto.Graph, new HashSet<string>());
         var model = new Model { Graph = g, Opsets = opsets, IrVersion = proto.IrVersion, ProducerName = proto.ProducerName, Path = path };
+        if (path is not null)
+        {
+            string full = Path.GetFullPath(path);
+            foreach (var t in proto.Graph.Initializer) model.InitializerSources[t.Name] = new InitializerSource(full, t.Name);
+        }
         GraphValidator.Validate(model);
         return model;
     }

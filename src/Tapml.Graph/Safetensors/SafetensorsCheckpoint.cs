@@ -83,6 +83,9 @@ public sealed class SafetensorsCheckpoint : IDisposable
 
     public bool Contains(string name) => _byTensor.ContainsKey(name);
 
+    /// <summary>The full path of the file holding tensor <paramref name="name"/>, or null when there is none.</summary>
+    public string? FileOf(string name) => _byTensor.TryGetValue(name, out var f) ? Path.GetFullPath(f.Path) : null;
+
     public Tensor Read(string name) =>
         _byTensor.TryGetValue(name, out var f) ? f.Read(name) : throw new TapmlException($"checkpoint {Dir} has no tensor '{name}'");
 

@@ -61,6 +61,18 @@ public sealed class SafetensorsFile : IDisposable
         return new SafetensorsFile(path, entries, metadata, dataStart, fileLength);
     }
 
+    /// <summary>Reads tensor <paramref name="name"/> from a whole safetensors file held in memory (a carved blob),
+    /// with the header checks of <see cref="Open"/>; <paramref name="origin"/> names it in errors.</summary>
+    public static Tensor ReadFromBytes(ReadOnlySpan<byte> file, string name, string origin)
+    {
+        if (file.Length < 8) throw new TapmlException($"{origin}: {file.Length} bytes is too short for a safetensors file");
+        ulong n = BitConverter.ToUInt64(file[..8]);
+        if (n > MaxHeaderBytes || (long)n > file.Length - 8) throw new TapmlException($"{origin}: header length {n} bytes runs past the end of the {file.Length}-byte file");
+        var (entries, _) = ParseHeader(origin, file.Slice(8, (int)n).ToArray(), file.Length - 8 - (long)n);
+        if (!entries.TryGetValue(name, out var e)) throw new TapmlException($"{origin}: no tensor named '{name}'");
+        return Tensor.FromBytes(e.DType, e.Shape, file.Slice(8 + (int)n + (int)e.Begin, (int)e.ByteLength));
+    }
+
     static (Dictionary<string, SafetensorsEntry>, Dictionary<string, string>) ParseHeader(string path, byte[] header, long dataLength)
     {
         JsonDocument doc;

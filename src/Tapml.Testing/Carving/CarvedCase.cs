@@ -26,6 +26,9 @@ public sealed record CarvedCase
     /// <summary>Attributes as JSON: <c>{"axis": {"type": "INT", "value": 1}}</c>; tensor, graph and type
     /// attributes carry the ONNX AttributeProto bytes in base64 under <c>"onnx"</c>.</summary>
     public JsonObject Attributes { get; init; } = new();
+    /// <summary><see cref="Attributes"/> as JSON text when the creator has it already (the recorder renders a
+    /// node's attributes once for all its calls); null: rendered when written.</summary>
+    public string? AttributesText { get; init; }
     public required IReadOnlyList<TensorRef> Inputs { get; init; }
     public required IReadOnlyList<TensorRef> Outputs { get; init; }
     public required Provenance Provenance { get; init; }
@@ -127,6 +130,47 @@ public sealed record CarvedCase
         ["provenance"] = new JsonObject { ["node"] = Provenance.Node, ["phase"] = Provenance.Phase, ["count"] = Provenance.Count },
         ["signature"] = Signature,
     };
+
+    /// <summary>Writes the manifest form (<see cref="ToJson"/>) straight to <paramref name="w"/>.</summary>
+    public void WriteJson(System.Text.Json.Utf8JsonWriter w)
+    {
+        w.WriteStartObject();
+        w.WriteString("id", Id);
+        w.WriteString("name", Name);
+        w.WriteString("op_type", OpType);
+        w.WriteString("domain", Domain);
+        w.WriteNumber("opset", Opset);
+        w.WritePropertyName("attributes");
+        if (AttributesText is { } text) w.WriteRawValue(text, skipInputValidation: true);
+        else Attributes.WriteTo(w);
+        WriteTensors(w, "inputs", Inputs);
+        WriteTensors(w, "outputs", Outputs);
+        w.WriteStartObject("provenance");
+        w.WriteString("node", Provenance.Node);
+        w.WriteString("phase", Provenance.Phase);
+        w.WriteNumber("count", Provenance.Count);
+        w.WriteEndObject();
+        w.WriteString("signature", Signature);
+        w.WriteEndObject();
+    }
+
+    static void WriteTensors(System.Text.Json.Utf8JsonWriter w, string key, IReadOnlyList<TensorRef> tensors)
+    {
+        w.WriteStartArray(key);
+        foreach (var t in tensors)
+        {
+            w.WriteStartObject();
+            w.WriteString("name", t.Name);
+            w.WriteString("dtype", DTypes.Name(t.DType));
+            w.WriteStartArray("shape");
+            foreach (var d in t.Shape) w.WriteNumberValue(d);
+            w.WriteEndArray();
+            if (t.Blob is null) w.WriteNull("blob");
+            else w.WriteString("blob", t.Blob);
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+    }
 
     static JsonNode TensorJson(TensorRef t) => new JsonObject
     {

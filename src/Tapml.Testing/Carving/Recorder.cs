@@ -12,12 +12,16 @@ namespace Tapml.Testing.Carving;
 /// <param name="PerSignature">Cases kept per signature: the first ones, and the last slot taken again by the
 /// 2nd, 4th, 8th… call (a later call: decode steps with the same shapes). At least 1.</param>
 /// <param name="MaxBytes">Blob bytes at most; once reached, new cases are not added (the store notes it). 0: no cap.</param>
-public sealed record CarveOptions(int PerSignature = 2, long MaxBytes = 0);
+/// <param name="EmbedWeights">Copy model weights into the store (self-contained, for shipping to a device) instead
+/// of naming them by reference (model file + tensor name + SHA-256).</param>
+public sealed record CarveOptions(int PerSignature = 2, long MaxBytes = 0, bool EmbedWeights = false);
 
 /// <summary>Executor observer that carves every top-level operator call of a source run into a
 /// <see cref="CarvedStore"/>, deduplicated by signature (op type, domain, opset, attributes, input dtypes and shapes).
 /// Nodes inside If/Loop/Scan bodies run as part of their parent; parents with subgraph attributes, and calls with
-/// sequence, optional or string values, are counted as not carved (with the reason) instead.</summary>
+/// sequence, optional or string values, are counted as not carved (with the reason) instead. Inputs that are model
+/// weights read from a file (<see cref="Model.InitializerSources"/>) are stored by reference unless
+/// <see cref="CarveOptions.EmbedWeights"/>.</summary>
 public sealed class Recorder : IExecutionObserver, IDisposable
 {
     readonly CarvedStore _store;
@@ -25,15 +29,31 @@ public sealed class Recorder : IExecutionObserver, IDisposable
     readonly Dictionary<string, SignatureState> _signatures = new();
     readonly ConditionalWeakTable<Tensor, string> _hashes = new(); // NOTE: weights are the same Tensor objects every run
     readonly Dictionary<string, long> _notCarved = new();
-    readonly Dictionary<Node, (System.Text.Json.Nodes.JsonObject Json, string Text)> _attrs = new(ReferenceEqualityComparer.Instance);
+    readonly Dictionary<Node, NodeState> _nodes = new(ReferenceEqualityComparer.Instance);
     readonly Stopwatch _sinceSave = Stopwatch.StartNew();
     string _phase = "run";
+    Model? _model;
+    HashSet<string> _graphInputs = new();
 
     sealed class SignatureState
     {
         public long Count;
+        public string? Hash;
         /// <summary>Indexes of this signature's cases in the store's case list.</summary>
         public readonly List<int> Slots = new();
+    }
+
+    /// <summary>What a node's calls share: its attributes (JSON and text), whether it can be carved at all, and the
+    /// signature of its last call with the input dtypes and shapes that gave it (decode steps repeat them).</summary>
+    sealed class NodeState
+    {
+        public required System.Text.Json.Nodes.JsonObject Attrs;
+        public required string AttrText;
+        public required bool HasSubgraphs;
+        public DType[] Types = [];
+        public long[]?[] Shapes = [];
+        public string? Signature;
+        public SignatureState? State;
     }
 
     /// <summary>Phase label for a run of the executor (0-based): <c>run</c> by default; LLM carving sets
@@ -55,28 +75,34 @@ public sealed class Recorder : IExecutionObserver, IDisposable
         _options = options;
     }
 
-    public void OnRunStart(Model model, long run) => _phase = PhaseOf(run);
+    public void OnRunStart(Model model, long run)
+    {
+        _phase = PhaseOf(run);
+        if (!ReferenceEquals(model, _model))
+        {
+            _model = model;
+            _graphInputs = model.Graph.Inputs.Select(i => i.Name).ToHashSet();
+        }
+    }
 
     public void OnNodeRun(NodeEvent e)
     {
         if (e.Depth > 0) return;
         Calls++;
         var node = e.Node;
-        if (node.Subgraphs.Any()) { Skip("has subgraph attributes (If/Loop/Scan): carved only as part of the whole model"); return; }
+        if (!_nodes.TryGetValue(node, out var ns))
+        {
+            var json = CarvedCase.AttributesJson(node);
+            _nodes[node] = ns = new NodeState { Attrs = json, AttrText = json.ToJsonString(), HasSubgraphs = node.Subgraphs.Any() };
+        }
+        if (ns.HasSubgraphs) { Skip("has subgraph attributes (If/Loop/Scan): carved only as part of the whole model"); return; }
         var inputs = HostTensors(node.Inputs.Length, e.HostInput);
         var outputs = inputs is null ? null : HostTensors(node.Outputs.Length, e.HostOutput);
         if (inputs is null || outputs is null) { Skip("sequence or optional values (safetensors blobs hold tensors only)"); return; }
-        if (inputs.Concat(outputs).Any(t => t?.DType == DType.String)) { Skip("string tensors (safetensors has no string dtype)"); return; }
+        if (HasString(inputs) || HasString(outputs)) { Skip("string tensors (safetensors has no string dtype)"); return; }
 
-        if (!_attrs.TryGetValue(node, out var a)) _attrs[node] = a = (CarvedCase.AttributesJson(node), "");
-        if (a.Text.Length == 0) _attrs[node] = a = (a.Json, a.Json.ToJsonString());
-        var attrs = a.Json;
         int opset = e.Context.Opset;
-        var sig = new StringBuilder().Append(node.Domain).Append("::").Append(node.OpType).Append('|').Append(opset).Append('|')
-            .Append(a.Text).Append('|');
-        foreach (var t in inputs) sig.Append(t is null ? "-" : t.Describe()).Append(';');
-        string signature = sig.ToString();
-        if (!_signatures.TryGetValue(signature, out var state)) _signatures[signature] = state = new SignatureState();
+        var state = SignatureOf(node, ns, opset, inputs);
         state.Count++;
 
         int keep = _options.PerSignature;
@@ -84,8 +110,9 @@ public sealed class Recorder : IExecutionObserver, IDisposable
         bool replaceLater = !add && keep >= 2 && state.Slots.Count == keep && IsPowerOfTwo(state.Count);
         if ((add || replaceLater) && !Capped)
         {
-            long bytes = inputs.Concat(outputs).Sum(t => t?.ByteSize ?? 0);
-            long fresh = inputs.Concat(outputs).Sum(t => t is null || _hashes.TryGetValue(t, out _) ? 0 : t.ByteSize);
+            long bytes = 0, fresh = 0;
+            foreach (var t in inputs) Sizes(t, ref bytes, ref fresh);
+            foreach (var t in outputs) Sizes(t, ref bytes, ref fresh);
             if (_options.MaxBytes > 0 && BytesWritten + fresh > _options.MaxBytes)
             {
                 Capped = true;
@@ -93,7 +120,8 @@ public sealed class Recorder : IExecutionObserver, IDisposable
             }
             else
             {
-                string hash = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(signature)))[..12];
+                string signature = ns.Signature!;
+                string hash = state.Hash ??= Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(signature)))[..12];
                 int slot = add ? state.Slots.Count : keep - 1;
                 string id = slot == 0 ? $"{node.OpType}-{hash}" : $"{node.OpType}-{hash}-{slot + 1}";
                 var c = new CarvedCase
@@ -102,7 +130,9 @@ public sealed class Recorder : IExecutionObserver, IDisposable
                     OpType = node.OpType,
                     Domain = node.Domain,
                     Opset = opset,
-                    Attributes = (System.Text.Json.Nodes.JsonObject)attrs.DeepClone(),
+                    // NOTE: shared by the node's cases; a case's attributes are never changed.
+                    Attributes = ns.Attrs,
+                    AttributesText = ns.AttrText,
                     Inputs = Refs(node.Inputs, inputs, "input"),
                     Outputs = Refs(node.Outputs, outputs, "output"),
                     Provenance = new Provenance(node.Name, _phase, state.Count),
@@ -113,7 +143,46 @@ public sealed class Recorder : IExecutionObserver, IDisposable
                 else _store.Cases[state.Slots[slot]] = c;
             }
         }
-        if (_sinceSave.ElapsedMilliseconds > 1000) Flush();
+        if (_sinceSave.ElapsedMilliseconds > 1000) Flush(wait: false);
+    }
+
+    void Sizes(Tensor? t, ref long bytes, ref long fresh)
+    {
+        if (t is null) return;
+        bytes += t.ByteSize;
+        if (!_hashes.TryGetValue(t, out _)) fresh += t.ByteSize;
+    }
+
+    static bool HasString(Tensor?[] ts)
+    {
+        foreach (var t in ts) if (t?.DType == DType.String) return true;
+        return false;
+    }
+
+    /// <summary>The call's signature state: the node's last one when the input dtypes and shapes are those of its
+    /// last call (no text is built), else looked up by the signature text.</summary>
+    SignatureState SignatureOf(Node node, NodeState ns, int opset, Tensor?[] inputs)
+    {
+        if (ns.State is { } last && ns.Types.Length == inputs.Length)
+        {
+            bool same = true;
+            for (int i = 0; i < inputs.Length && same; i++)
+            {
+                var t = inputs[i];
+                same = t is null ? ns.Shapes[i] is null : ns.Shapes[i] is { } s && t.DType == ns.Types[i] && t.Shape.AsSpan().SequenceEqual(s);
+            }
+            if (same) return last;
+        }
+        var sig = new StringBuilder().Append(node.Domain).Append("::").Append(node.OpType).Append('|').Append(opset).Append('|')
+            .Append(ns.AttrText).Append('|');
+        foreach (var t in inputs) sig.Append(t is null ? "-" : t.Describe()).Append(';');
+        string signature = sig.ToString();
+        if (!_signatures.TryGetValue(signature, out var state)) _signatures[signature] = state = new SignatureState();
+        ns.Signature = signature;
+        ns.State = state;
+        ns.Types = inputs.Select(t => t?.DType ?? default).ToArray();
+        ns.Shapes = inputs.Select(t => t is null ? null : (long[])t.Shape.Clone()).ToArray();
+        return state;
     }
 
     /// <summary>Host tensors of a node's inputs or outputs (null entries for omitted ones); null when one is a
@@ -135,7 +204,7 @@ public sealed class Recorder : IExecutionObserver, IDisposable
 
     List<TensorRef> Refs(string[] names, Tensor?[] values, string kind)
     {
-        var r = new List<TensorRef>();
+        var r = new List<TensorRef>(values.Length);
         for (int i = 0; i < values.Length; i++)
         {
             // NOTE: graph value names can be anything; case-local names keep the one-node model valid and readable.
@@ -143,8 +212,12 @@ public sealed class Recorder : IExecutionObserver, IDisposable
             if (values[i] is not { } t) { if (kind == "input") r.Add(new TensorRef(name, DType.Float32, [], null)); continue; }
             if (!_hashes.TryGetValue(t, out var sha))
             {
-                sha = _store.Put(t, out long written);
-                BytesWritten += written;
+                if (kind == "input" && WeightSource(names[i], t) is { } src) sha = _store.PutWeight(t, src);
+                else
+                {
+                    sha = _store.Put(t, out long written);
+                    BytesWritten += written;
+                }
                 _hashes.AddOrUpdate(t, sha);
             }
             r.Add(new TensorRef(name, t.DType, (long[])t.Shape.Clone(), sha));
@@ -154,24 +227,43 @@ public sealed class Recorder : IExecutionObserver, IDisposable
         return r;
     }
 
+    /// <summary>Where the weight <paramref name="t"/> (the value of graph name <paramref name="name"/>) can be read
+    /// back from, when it is a model initializer read from a file and weights are not embedded.</summary>
+    InitializerSource? WeightSource(string name, Tensor t)
+    {
+        if (_options.EmbedWeights || _model is null || !_model.InitializerSources.TryGetValue(name, out var src)) return null;
+        if (!_model.Graph.Initializers.TryGetValue(name, out var init)) return null;
+        // NOTE: a graph input may override the initializer of its name; then only the initializer object itself is.
+        if (_graphInputs.Contains(name) && !ReferenceEquals(init, t)) return null;
+        return init.DType == t.DType && init.Shape.AsSpan().SequenceEqual(t.Shape) ? src : null;
+    }
+
     void Skip(string reason) => _notCarved[reason] = _notCarved.GetValueOrDefault(reason) + 1;
 
-    /// <summary>Writes the manifest now (it is also written every second while carving, and by <see cref="Dispose"/>).</summary>
-    public void Flush()
+    /// <summary>Queues a manifest of the cases so far (also done every second while carving); with
+    /// <paramref name="wait"/>, returns once it is on disk.</summary>
+    public void Flush(bool wait = true)
+    {
+        UpdateCounts();
+        if (wait) _store.SaveManifest();
+        else _store.QueueManifest();
+        _sinceSave.Restart();
+    }
+
+    void UpdateCounts()
     {
         foreach (var st in _signatures.Values)
             foreach (int i in st.Slots)
                 if (_store.Cases[i].Provenance.Count != st.Count)
                     _store.Cases[i] = _store.Cases[i] with { Provenance = _store.Cases[i].Provenance with { Count = st.Count } };
         _store.Notes["not_carved"] = new System.Text.Json.Nodes.JsonObject(_notCarved.Select(kv => KeyValuePair.Create(kv.Key, (System.Text.Json.Nodes.JsonNode?)kv.Value)));
-        _store.SaveManifest();
-        _sinceSave.Restart();
     }
 
-    /// <summary>Final manifest, then blobs of replaced cases are deleted.</summary>
+    /// <summary>Final manifest; the pack is closed.</summary>
     public void Dispose()
     {
-        Flush();
+        UpdateCounts();
+        _store.Close();
         _store.RemoveUnreferencedBlobs();
     }
 }

@@ -1,0 +1,173 @@
+using System.Text.Json.Nodes;
+using Tapml.Core;
+using Tapml.Ir.Safetensors;
+using Tapml.Models;
+using Tapml.Testing.Carving;
+using Xunit;
+
+namespace Tapml.Tests;
+
+/// <summary>The carved store's format (docs/carving.md "Store format"): v2 packs and weight references, v1 still
+/// read, and every way a store's bytes can go bad is one clear line with exit 2.</summary>
+public class CarvedStoreFormatTests
+{
+    static string Temp() => Path.Combine(Path.GetTempPath(), $"tapml-store-{Guid.NewGuid():N}");
+
+    /// <summary>A private copy of tiny-llama's checkpoint (the tests move and damage it) and a carve of it.</summary>
+    static (string Root, string Model, string Store) CarveCopy(params string[] extra)
+    {
+        string root = Temp(), model = Path.Combine(root, "tiny-llama"), store = Path.Combine(root, "store");
+        Directory.CreateDirectory(model);
+        foreach (var f in Directory.GetFiles(TinyCheckpoint.Materialize("llama"))) File.Copy(f, Path.Combine(model, Path.GetFileName(f)));
+        var r = CliRunner.Run(["carve", "--model", model, "--out", store, "--input-ids", "1,17,305", "--decode-steps", "1", .. extra]);
+        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+        return (root, model, store);
+    }
+
+    static void AssertOneLine(CliRunner.Result r, params string[] parts)
+    {
+        Assert.True(r.ExitCode == 2, $"exit {r.ExitCode}: {r.Stdout}{r.Stderr}");
+        var lines = r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Single(lines);
+        foreach (var p in parts) Assert.Contains(p, lines[0]);
+    }
+
+    static void AssertReplaysClean(string store)
+    {
+        var r = CliRunner.Run("replay", store, "--platform", "cpu");
+        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+        Assert.EndsWith($"{CarvedStore.Open(store).Cases.Count} passed, 0 failed, 0 skipped", r.Stdout.TrimEnd());
+    }
+
+    [Fact]
+    public void A_v2_store_round_trips_every_dtype_through_the_pack()
+    {
+        string dir = Temp();
+        try
+        {
+            var store = CarvedStore.Create(dir, "m", "", "cpu");
+            Tensor[] tensors =
+            [
+                Tensor.FromArray(new[] { 1f, -2.5f, float.NaN, 4f }, 2, 2),
+                Tensor.FromArray(new[] { 3L, -7L }, 2),
+                Tensor.FromArray(new[] { true, false, true }, 3),
+                Tensor.FromArray(new[] { (Half)1.5, (Half)(-0.25) }, 2),
+                Tensor.Zeros(DType.Float32, 0, 3),
+            ];
+            var shas = tensors.Select(t => store.Put(t, out _)).ToList();
+            Assert.Equal(shas[0], store.Put(tensors[0].Clone(), out long again));   // content-addressed: stored once
+            Assert.Equal(0, again);
+            var refs = tensors.Select((t, i) => new TensorRef($"input_{i}", t.DType, t.Shape, shas[i])).ToList();
+            store.Cases.Add(new CarvedCase { Id = "Identity-0", OpType = "Identity", Opset = 17, Inputs = refs, Outputs = refs, Provenance = new("n", "run", 1), Signature = "s" });
+            store.SaveManifest();
+            var back = CarvedStore.Open(dir);
+            Assert.Equal(CarvedStore.FormatName, back.Format);
+            for (int i = 0; i < tensors.Length; i++)
+            {
+                var t = back.Read(shas[i], "Identity-0");
+                Assert.Equal(tensors[i].DType, t.DType);
+                Assert.Equal(tensors[i].Shape, t.Shape);
+                Assert.True(tensors[i].Bytes().SequenceEqual(t.Bytes()));
+                Assert.IsType<PackedBlob>(back.Blobs[shas[i]]);
+            }
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Fact]
+    public void A_v1_store_still_loads_and_replays()
+    {
+        var (root, _, store) = CarveCopy();
+        try
+        {
+            // the v1 layout written by the v1 carver: one blobs/<sha>.safetensors per blob, weights copied, no index
+            string v1 = Path.Combine(root, "v1");
+            var s = CarvedStore.Open(store);
+            Directory.CreateDirectory(Path.Combine(v1, "blobs"));
+            foreach (var c in s.Cases)
+                foreach (var sha in c.Blobs)
+                {
+                    string path = Path.Combine(v1, "blobs", sha + ".safetensors");
+                    if (!File.Exists(path)) SafetensorsWriter.Write(path, [new("tensor", s.Read(sha, c.Id))]);
+                }
+            var manifest = JsonNode.Parse(File.ReadAllText(s.ManifestPath))!.AsObject();
+            manifest["format"] = CarvedStore.FormatV1;
+            manifest.Remove("blobs");
+            File.WriteAllText(Path.Combine(v1, "manifest.json"), manifest.ToJsonString());
+            var opened = CarvedStore.Open(v1);
+            Assert.Equal(CarvedStore.FormatV1, opened.Format);
+            Assert.All(opened.Blobs.Values, b => Assert.IsType<FileBlob>(b));
+            AssertReplaysClean(v1);
+        }
+        finally { Directory.Delete(root, true); }
+    }
+
+    [Fact]
+    public void Weights_are_read_from_the_model_file_by_reference()
+    {
+        var (root, model, store) = CarveCopy();
+        try
+        {
+            var s = CarvedStore.Open(store);
+            var weights = s.Blobs.Values.OfType<WeightBlob>().ToList();
+            Assert.NotEmpty(weights);
+            Assert.All(weights, w => Assert.Equal(Path.GetFullPath(Path.Combine(model, "model.safetensors")), w.Source.File));
+            Assert.Equal(0, new FileInfo(s.PackPath(0)).Length / (1 << 20));   // the weights (≈1 MiB) were not copied
+            AssertReplaysClean(store);
+        }
+        finally { Directory.Delete(root, true); }
+    }
+
+    [Fact]
+    public void A_moved_model_file_is_one_clear_line_naming_store_case_file_and_tensor()
+    {
+        var (root, model, store) = CarveCopy();
+        try
+        {
+            string file = Path.GetFullPath(Path.Combine(model, "model.safetensors"));
+            Directory.Move(model, model + "-moved");
+            var r = CliRunner.Run("replay", store, "--platform", "cpu");
+            var s = CarvedStore.Open(store);
+            var first = s.Cases.First(c => c.Blobs.Any(b => s.Blobs[b] is WeightBlob));
+            var tensor = ((WeightBlob)s.Blobs[first.Blobs.First(b => s.Blobs[b] is WeightBlob)]).Source.Tensor;
+            AssertOneLine(r, store, $"case {first.Id}", file, $"'{tensor}'", "missing", "--embed-weights");
+            Assert.True(File.Exists(s.ManifestPath));                         // nothing lost
+        }
+        finally { Directory.Delete(root, true); }
+    }
+
+    [Fact]
+    public void A_changed_weight_is_one_clear_line_naming_its_hash()
+    {
+        var (root, model, store) = CarveCopy();
+        try
+        {
+            string file = Path.Combine(model, "model.safetensors");
+            string tensor = CarvedStore.Open(store).Blobs.Values.OfType<WeightBlob>().First().Source.Tensor;
+            SafetensorsEntry e;
+            using (var st = SafetensorsFile.Open(file)) e = st.Entries[tensor];
+            var bytes = File.ReadAllBytes(file);
+            long dataStart = 8 + BitConverter.ToInt64(bytes.AsSpan(0, 8));
+            bytes[dataStart + e.Begin + 1] ^= 0x10;
+            File.WriteAllBytes(file, bytes);
+            var r = CliRunner.Run("replay", store, "--platform", "cpu");
+            AssertOneLine(r, store, $"'{tensor}'", Path.GetFullPath(file), "changed since the carve", "SHA-256");
+        }
+        finally { Directory.Delete(root, true); }
+    }
+
+    [Fact]
+    public void An_embedded_weights_store_replays_without_the_model()
+    {
+        var (root, model, store) = CarveCopy("--embed-weights");
+        try
+        {
+            Directory.Delete(model, true);
+            var s = CarvedStore.Open(store);
+            Assert.DoesNotContain(s.Blobs.Values, b => b is WeightBlob);
+            Assert.Contains("embed-weights", s.Notes["carve"]!.GetValue<string>());
+            AssertReplaysClean(store);
+        }
+        finally { Directory.Delete(root, true); }
+    }
+}
