@@ -23,8 +23,9 @@ static class SetupVerb
         {
             string root = Path.GetFullPath(pr.GetValue(cache) ?? NpmPackages.CacheRoot());
             var options = new NpmInstaller.Options(root, pr.GetValue(offline), pr.GetValue(force));
-            var results = Run(NpmPackages.Pins, options);
-            NpmInstaller.RemoveEmptyTemp(root);
+            List<(NpmPackages.Pin Pin, NpmInstaller.Result Result)> results;
+            try { results = Run(NpmPackages.Pins, options); }
+            finally { NpmInstaller.RemoveEmptyTemp(root); }
             Console.WriteLine($"setup: {results.Count(r => r.Result.Downloaded is not null)} installed, {results.Count(r => r.Result.Downloaded is null)} already there; cache folder {root}");
             if (root != NpmPackages.CacheRoot())
                 Console.WriteLine($"setup: tapml looks in {NpmPackages.CacheRoot()}; set TAPML_HOME={root} to use this folder");
@@ -175,7 +176,8 @@ public static class NpmInstaller
         }
         catch (Exception e) when (e is HttpRequestException or HttpIOException or TaskCanceledException || e is IOException { InnerException: System.Net.Sockets.SocketException })
         {
-            string why = e is TaskCanceledException ? "timed out" : e.InnerException is { } inner ? $"{e.Message} ({inner.Message})" : e.Message;
+            string why = e is TaskCanceledException ? "timed out"
+                : e.InnerException is { } inner && !e.Message.Contains(inner.Message, StringComparison.Ordinal) ? $"{e.Message} ({inner.Message})" : e.Message;
             throw new TapmlException($"{pin.Name} {pin.Version}: cannot download {url}: {why} (is the npm registry reachable? else copy the .tgz files over and use --offline-from DIR)", e);
         }
         return url;
