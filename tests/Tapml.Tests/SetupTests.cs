@@ -48,6 +48,8 @@ public class SetupTests : IDisposable
         Assert.Equal(Lockfiles[tool], pin.Group);
         Assert.Equal((string)locked["version"]!, pin.Version);
         Assert.Equal((string)locked["integrity"]!, pin.Integrity);
+        Assert.Equal((string?)locked["os"]?.AsArray().Single(), pin.Os);
+        Assert.Equal((string?)locked["cpu"]?.AsArray().Single(), pin.Cpu);
     }
 
     [Fact]
