@@ -24,6 +24,9 @@ fi
 dotnet restore tapml.sln -v quiet
 dotnet build tapml.sln -c Release -v quiet -nologo -clp:ErrorsOnly
 ./tapml platforms >/dev/null
+# NOTE: a checkout installs with npm ci into .tapml/, not with `tapml setup`: the tests run the JavaScript reference
+# tokenizers, which need the whole locked tree (setup installs only the files tapml reads), and
+# scripts/device-bundle.sh reads .tapml/webgpu. The installed .NET tool uses `tapml setup` (README).
 bash scripts/fetch-tokenizers.sh
 bash scripts/fetch-webgpu.sh
 echo "setup: done"

@@ -21,6 +21,7 @@ public static class App
         root.Subcommands.Add(ReplayVerb.Create());
         root.Subcommands.Add(MigrateVerb.Create());
         root.Subcommands.Add(DebugVerb.Create());
+        root.Subcommands.Add(SetupVerb.Create());
         if (args.Length > 0 && !args[0].StartsWith('-') && root.Subcommands.All(c => c.Name != args[0]))
         {
             Console.Error.WriteLine($"error: unknown command '{args[0]}' (commands: {string.Join(", ", root.Subcommands.Select(c => c.Name))})");

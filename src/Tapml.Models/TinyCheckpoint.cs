@@ -84,7 +84,7 @@ public static class TinyCheckpoint
         // NOTE: v2: checkpoints with a tokenizer; a folder written without one (packages absent) is rewritten later.
         string dir = Path.Combine(Path.GetTempPath(), "tapml-builtin", $"tiny-{arch}-{seed}-v2");
         bool hasTokenizer = File.Exists(Path.Combine(dir, "tokenizer.json")) || File.Exists(Path.Combine(dir, "encoder.json"));
-        if (File.Exists(Path.Combine(dir, "model.safetensors")) && File.Exists(Path.Combine(dir, "config.json")) && (hasTokenizer || TinyTokenizer.NpmModules() is null)) return dir;
+        if (File.Exists(Path.Combine(dir, "model.safetensors")) && File.Exists(Path.Combine(dir, "config.json")) && (hasTokenizer || TinyTokenizer.PackageDir(arch) is null)) return dir;
         if (Directory.Exists(dir)) try { Directory.Delete(dir, true); } catch (IOException) { }
         string tmp = dir + $".{Environment.ProcessId}.tmp";
         Write(arch, seed, tmp);

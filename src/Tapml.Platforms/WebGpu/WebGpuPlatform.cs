@@ -45,8 +45,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload
     }
 
     /// <summary>Null when the Dawn library is installed here, else why not (tests skip with it on a user's machine).</summary>
-    public static string? Unavailable() => Native.Wgpu.FindLibrary() is null
-        ? "Dawn (npm bun-webgpu-linux-x64 0.1.7) is not installed: run scripts/fetch-webgpu.sh" : null;
+    public static string? Unavailable() => Native.Wgpu.FindLibrary() is null ? Native.Wgpu.NotInstalled : null;
 
     /// <summary>Threads per workgroup the element kernels use (256, or less on a small adapter).</summary>
     public int Workgroup { get; }

@@ -256,23 +256,24 @@ static unsafe class Wgpu
         Environment.SetEnvironmentVariable(name, value);
     }
 
-    /// <summary>Where the Dawn library is: $TAPML_WEBGPU_LIB, else .tapml/webgpu/… (scripts/fetch-webgpu.sh)
-    /// found upward from the application folder or the working directory.</summary>
-    public static string? FindLibrary()
-    {
-        var env = Environment.GetEnvironmentVariable("TAPML_WEBGPU_LIB");
-        if (!string.IsNullOrEmpty(env)) return env;
-        const string rel = ".tapml/webgpu/node_modules/bun-webgpu-linux-x64/libwebgpu_wrapper.so";
-        foreach (var start in new[] { AppContext.BaseDirectory, Environment.CurrentDirectory })
-            for (var d = new DirectoryInfo(start); d is not null; d = d.Parent)
-            {
-                var p = Path.Combine(d.FullName, rel);
-                if (File.Exists(p)) return p;
-                var beside = Path.Combine(d.FullName, "libwebgpu_wrapper.so");
-                if (File.Exists(beside)) return beside;
-            }
-        return null;
-    }
+    /// <summary>Where the Dawn library is: $TAPML_WEBGPU_LIB, else <see cref="NpmPackages.Find(string, string, string?)"/>
+    /// (a checkout's .tapml/webgpu/… from scripts/fetch-webgpu.sh, else the user cache folder from <c>tapml setup</c>).</summary>
+    public static string? FindLibrary() =>
+        Environment.GetEnvironmentVariable("TAPML_WEBGPU_LIB") is { Length: > 0 } env ? env : NpmPackages.Find("webgpu", LibraryInPackage, LibraryFile);
+
+    /// <summary>The library's file name; a bare copy beside the program (or above it) is also used: how a device
+    /// bundle may ship Dawn.</summary>
+    public const string LibraryFile = "libwebgpu_wrapper.so";
+
+    /// <summary>The library's path relative to the webgpu group's node_modules.</summary>
+    public static string LibraryInPackage => Path.Combine(Dawn.Name, LibraryFile);
+
+    /// <summary>The pinned Dawn package (npm bun-webgpu-linux-x64).</summary>
+    public static NpmPackages.Pin Dawn => NpmPackages.Get("bun-webgpu-linux-x64");
+
+    /// <summary>Why webgpu cannot load: the library is missing, and how to install it.</summary>
+    public static string NotInstalled =>
+        $"webgpu: Dawn (npm {Dawn.Name} {Dawn.Version}) is not installed: {NpmPackages.InstallHint("fetch-webgpu.sh")}, or set TAPML_WEBGPU_LIB to {LibraryFile}";
 
     /// <summary>Loads the library once; throws a <see cref="TapmlException"/> saying how to install it when absent.</summary>
     public static void Load()
@@ -280,8 +281,7 @@ static unsafe class Wgpu
         if (_lib != 0) return;
         if (!OperatingSystem.IsLinux() || RuntimeInformation.ProcessArchitecture != Architecture.X64)
             throw new UnsupportedException($"webgpu: the pinned Dawn build (npm bun-webgpu-linux-x64 0.1.7) is for linux x64; this is {RuntimeInformation.OSDescription} {RuntimeInformation.ProcessArchitecture}");
-        var path = FindLibrary() ?? throw new UnsupportedException(
-            "webgpu: Dawn library not found (run scripts/fetch-webgpu.sh, which installs npm bun-webgpu-linux-x64 0.1.7 into .tapml/webgpu, or set TAPML_WEBGPU_LIB to libwebgpu_wrapper.so)");
+        var path = FindLibrary() ?? throw new UnsupportedException(NotInstalled);
         if (!File.Exists(path)) throw new UnsupportedException($"webgpu: TAPML_WEBGPU_LIB={path} does not exist");
         nint lib;
         try { lib = NativeLibrary.Load(path); }
