@@ -159,7 +159,14 @@ public class RealModelTests
     /// <summary>A fault injected through faulty:INNER into a random node (seeded) is localized exactly in ≥ 95 % of
     /// the draws that change that node's output; a draw that changes nothing is never blamed on another node.
     /// faulty:cpu for every model (a clean inner platform, so only the fault can diverge), faulty:webgpu where the
-    /// model migrates cleanly to webgpu today.</summary>
+    /// model migrates cleanly to webgpu today. Measured with TAPML_REAL_MODEL_DRAWS=40: every faulty:cpu row 100 %
+    /// (30–40 changing draws each). EXPECTED TO FAIL on both faulty:webgpu rows (40 draws: oww-embedding 32/39,
+    /// ocr-cls 32/36; every miss is kind=stale, every other kind 100 %): where the node's webgpu inputs drift from
+    /// cpu's, lockstep re-runs the target kernel on the source's inputs through the same faulty platform, whose
+    /// second call serves the first call's clean output, so the isolated check passes; and migrate then reports
+    /// "no divergence" although 27 nodes after it diverge accumulated (cosine 0). Fixed by either a stale fault that
+    /// serves what its buffer last held (the served output, not the clean one) or an isolated re-run that does not
+    /// count as the node's next call — and migrate must not call that run clean.</summary>
     [Theory]
     [MemberData(nameof(FaultSubjects))]
     public void Injected_faults_are_localized_at_their_node(string name, string inner)
@@ -170,7 +177,9 @@ public class RealModelTests
         var rng = new Random(name.Sum(c => c) * 31 + inner.Length);    // NOTE: string.GetHashCode is randomized per process
         // Constants are folded or trivially small; the interesting nodes compute.
         var candidates = m.Graph.Nodes.Where(n => n.OpType != "Constant").ToList();
-        int draws = inner == "webgpu" ? 4 : name is "minilm-l6" or "ocr-rec" ? 6 : 10, exact = 0, changed = 0;
+        // TAPML_REAL_MODEL_DRAWS=N draws more (the defaults keep each row under ~30 s on 2 cores)
+        int draws = int.TryParse(Environment.GetEnvironmentVariable("TAPML_REAL_MODEL_DRAWS"), out int n) && n > 0 ? n
+            : inner == "webgpu" ? 4 : name is "minilm-l6" or "ocr-rec" ? 6 : 10, exact = 0, changed = 0;
         var misses = new List<string>();
         for (int d = 0; d < draws; d++)
         {
@@ -189,6 +198,7 @@ public class RealModelTests
             if (r.FirstDivergent?.Node == node.Name) { exact++; continue; }
             misses.Add($"{spec} ({node.OpType}): got {r.FirstDivergent?.Node ?? "no divergence"} {r.TargetError}");
         }
+        TestContext.Current.SendDiagnosticMessage($"{name} on faulty:{inner}: {exact}/{changed} exact of {draws} draws; misses: {string.Join("; ", misses)}");
         Assert.True(changed > 0, "no draw changed anything: the test tested nothing");
         Assert.True(exact >= Math.Ceiling(0.95 * changed), $"{name}: {exact}/{changed} exact; misses: {string.Join("; ", misses)}");
     }
