@@ -38,7 +38,7 @@ public class MigrationTests
     /// <summary>Independent oracle: does the fault change the node's own output in the first run beyond the node's
     /// tolerance? (A plain executor over the faulty platform vs cpu, the node's outputs compared directly; an offset
     /// of 1 on activations of 10^6 is within tolerance and counts as no change.)</summary>
-    static bool FaultChangesNode(Model m, MigrationInput input, string spec, string node)
+    internal static bool FaultChangesNode(Model m, MigrationInput input, string spec, string node)
     {
         var feeds = input.Feeds ?? Generation.PrefillFeeds(m, input.PromptIds!);
         Grab Run(IPlatform p)
