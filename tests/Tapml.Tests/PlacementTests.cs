@@ -118,3 +118,18 @@ public class PlacementTests
         Directory.Delete(dir, true);
     }
 }
+
+/// <summary>The README's first command: the demo finds the fault it injects, end to end, on the best target here.</summary>
+public class DemoTests
+{
+    [Fact]
+    public void Debug_demo_finds_the_injected_node()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"tapml-demo-{Guid.NewGuid():N}");
+        var r = CliRunner.Run("debug", "--demo", "--out", dir);
+        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+        Assert.Contains("demo: found the injected node", r.Stdout);
+        Assert.Contains("reproduce: ./tapml replay", r.Stdout);
+        Directory.Delete(dir, true);
+    }
+}

@@ -147,6 +147,9 @@ public class RealModelTests
         Assert.True(r.TargetError is null, $"{name}: target error: {r.TargetError}");
         Assert.True(r.FirstDivergent is null,
             $"{name}: {r.FirstDivergent?.Node} ({r.FirstDivergent?.OpType}) blamed: {r.FirstDivergent?.Isolated.Failure}");
+        // nodes webgpu cannot run stay on cpu with its reason, and the walk reaches the last node
+        Assert.All(r.KeptOnSource, k => Assert.False(string.IsNullOrEmpty(k.Reason)));
+        Assert.Contains(r.Records, x => x.Index == m.Graph.Nodes.Count - 1);
     }
 
     public static TheoryData<string, string> FaultSubjects => new()

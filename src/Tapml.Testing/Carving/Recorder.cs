@@ -16,9 +16,9 @@ namespace Tapml.Testing.Carving;
 /// of naming them by reference (model file + tensor name + SHA-256).</param>
 public sealed record CarveOptions(int PerSignature = 2, long MaxBytes = 0, bool EmbedWeights = false);
 
-/// <summary>Executor observer that carves every top-level operator call of a source run into a
+/// <summary>Executor observer that carves every operator call of a source run into a
 /// <see cref="CarvedStore"/>, deduplicated by signature (op type, domain, opset, attributes, input dtypes and shapes).
-/// Nodes inside If/Loop/Scan bodies run as part of their parent; parents with subgraph attributes, and calls with
+/// Nodes inside If/Loop/Scan bodies are carved too (outer-scope values as inputs); parents with subgraph attributes, and calls with
 /// sequence, optional or string values, are counted as not carved (with the reason) instead. Inputs that are model
 /// weights read from a file (<see cref="Model.InitializerSources"/>) are stored by reference unless
 /// <see cref="CarveOptions.EmbedWeights"/>.</summary>
@@ -85,17 +85,21 @@ public sealed class Recorder : IExecutionObserver, IDisposable
         }
     }
 
+    int _depth;
+
     public void OnNodeRun(NodeEvent e)
     {
-        if (e.Depth > 0) return;
+        // NOTE: nodes inside If/Loop/Scan bodies are carved like any other (their outer-scope inputs arrive resolved);
+        // only the parent, whose attributes hold graphs, is not.
         Calls++;
+        _depth = e.Depth;
         var node = e.Node;
         if (!_nodes.TryGetValue(node, out var ns))
         {
             var json = CarvedCase.AttributesJson(node);
             _nodes[node] = ns = new NodeState { Attrs = json, AttrText = json.ToJsonString(), HasSubgraphs = node.Subgraphs.Any() };
         }
-        if (ns.HasSubgraphs) { Skip("has subgraph attributes (If/Loop/Scan): carved only as part of the whole model"); return; }
+        if (ns.HasSubgraphs) { Skip("has subgraph attributes (If/Loop/Scan): its body's nodes are carved one by one instead"); return; }
         var inputs = HostTensors(node.Inputs.Length, e.HostInput);
         var outputs = inputs is null ? null : HostTensors(node.Outputs.Length, e.HostOutput);
         if (inputs is null || outputs is null) { Skip("sequence or optional values (safetensors blobs hold tensors only)"); return; }
@@ -234,7 +238,7 @@ public sealed class Recorder : IExecutionObserver, IDisposable
         if (_options.EmbedWeights || _model is null || !_model.InitializerSources.TryGetValue(name, out var src)) return null;
         if (!_model.Graph.Initializers.TryGetValue(name, out var init)) return null;
         // NOTE: a graph input may override the initializer of its name; then only the initializer object itself is.
-        if (_graphInputs.Contains(name) && !ReferenceEquals(init, t)) return null;
+        if ((_graphInputs.Contains(name) || _depth > 0) && !ReferenceEquals(init, t)) return null;   // a body may shadow the name too
         return init.DType == t.DType && init.Shape.AsSpan().SequenceEqual(t.Shape) ? src : null;
     }
 

@@ -11,8 +11,13 @@ namespace Tapml.Testing.Migration;
 /// the source's, the node's own platform is also fed the source's inputs (isolated error); otherwise isolated and
 /// accumulated error are the same call. A source output equal to the target's bit for bit is not kept twice: the
 /// target's host value stands for both.</summary>
-sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult result, Executor runUnderTest) : IExecutionObserver
+/// <param name="isolatedTarget">Makes the target instance isolated re-runs use: a second one, so that state the run
+/// under test left in the first (a stale buffer, the previous call's output) cannot make a wrong kernel look right.</param>
+sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult result, Executor runUnderTest, Func<IPlatform> isolatedTarget) : IExecutionObserver, IDisposable
 {
+    IPlatform? _isolated;
+    public void Dispose() => _isolated?.Dispose();
+
     readonly Dictionary<(Node, IPlatform, string), IKernel> _kernels = new();
     Dictionary<string, Value> _values = new();
     Dictionary<string, int> _remaining = new();
@@ -76,7 +81,8 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
         if (inputsEqual) iso = acc;
         else
         {
-            try { iso = NodeJudge.Compare(node, e.Context.Opset, srcIn, srcOut, RunOn(e.Platform, node, e.Context, srcIn), tol); }
+            var p = ReferenceEquals(e.Platform, source) ? source : _isolated ??= isolatedTarget();
+            try { iso = NodeJudge.Compare(node, e.Context.Opset, srcIn, srcOut, RunOn(p, node, e.Context, srcIn), tol); }
             catch (TapmlException ex) { iso = new NodeError(new Metrics(), false, $"{e.Platform.Name} fed the source's inputs failed: {ex.Message}"); }
         }
         var rec = new NodeRecord(e.Index, node.Name, node.OpType, Phase, e.Platform.Name, iso, acc);

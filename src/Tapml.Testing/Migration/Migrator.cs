@@ -123,7 +123,7 @@ public sealed class Migrator
         using var source = PlatformRegistry.Create(_sourceSpec);
         using var target = PlatformRegistry.Create(_targetSpec);
         var exec = new Executor(n => onTarget(n) ? target : source) { Fallback = source };
-        var shadow = new Lockstep(source, _nodeTolerances, r, exec);
+        using var shadow = new Lockstep(source, _nodeTolerances, r, exec, () => PlatformRegistry.Create(_targetSpec));
         exec.Observers.Add(shadow);
         r.Runs++;
         bool unsupported = false;
@@ -210,7 +210,8 @@ public sealed class Migrator
             var oneNode = OneNodeModel(node, srcIn);
             Dictionary<string, Value>? iso = null;
             string? isoError = null;
-            try { iso = new Executor(target) { CheckInputShapes = false }.Run(oneNode.Model, oneNode.Feeds); }
+            // NOTE: a second target instance, so the prefix run's state (a stale buffer) cannot mask the kernel's own error.
+            try { using var fresh = PlatformRegistry.Create(_targetSpec); iso = new Executor(fresh) { CheckInputShapes = false, Fallback = source }.Run(oneNode.Model, oneNode.Feeds); }
             catch (TapmlException e) { isoError = e.Message; }
             var tol = _nodeTolerances.For(node, srcIn, srcOut);
             int opset = _model.Opset(node.Domain);
