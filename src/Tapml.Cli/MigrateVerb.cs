@@ -85,7 +85,11 @@ static class MigrateVerb
                 Console.WriteLine($"{indent}  affected (inherit the error, not blamed): {r.Affected.Count} nodes, first {string.Join(", ", r.Affected.Take(5).Select(a => $"{a.Node} ({a.OpType})"))}");
             if (r.Repro is not null) Console.WriteLine($"{indent}  reproduce: {r.Repro}");
         }
-        else Console.WriteLine(indent + (r.TargetError is null ? "no divergence: every compared output agrees within tolerance" : $"target failed: {r.TargetError}"));
+        else if (r.TargetError is not null) Console.WriteLine($"{indent}target failed: {r.TargetError}");
+        else if (r.Affected.Count > 0)
+            Console.WriteLine($"{indent}no node's own kernel fails (isolated), yet {r.Affected.Count} nodes fail accumulated, first {r.Affected[0].Node} ({r.Affected[0].OpType}, {r.Affected[0].Phase}): " +
+                              "small errors build up past tolerance there, or the target's result depends on state");
+        else Console.WriteLine($"{indent}no divergence: every compared output agrees within tolerance");
     }
 
     static void Print(MigrationResult r)

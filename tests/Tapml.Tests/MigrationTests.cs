@@ -18,7 +18,7 @@ public class MigrationTests
 {
     static readonly long[] Prompt = [1, 17, 305, 42];
 
-    static (Model Model, MigrationInput Input) Subject(string name)
+    internal static (Model Model, MigrationInput Input) Subject(string name)
     {
         if (name.StartsWith("tiny-", StringComparison.Ordinal))
             return (HfModels.Load(TinyCheckpoint.Materialize(name["tiny-".Length..])), new MigrationInput(PromptIds: Prompt, DecodeSteps: 0));

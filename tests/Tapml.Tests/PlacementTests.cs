@@ -16,19 +16,7 @@ namespace Tapml.Tests;
 /// real fault after such nodes is still found at its node.</summary>
 public class PlacementTests
 {
-    static (Model Model, MigrationInput Input) Squeezenet()
-    {
-        var m = OnnxImporter.Load(SharedData.Require("conformance", "onnx", "light", "light_squeezenet.onnx"));
-        var feeds = new Dictionary<string, Value>();
-        var rng = new Random(1);
-        foreach (var i in m.Graph.RequiredInputs)
-        {
-            var t = Tensor.Zeros(i.Type!.ElemType, i.Type.Shape!.Select(d => d.Value ?? 1).ToArray());
-            for (long k = 0; k < t.Length; k++) t.SetDouble(k, rng.NextDouble() * 2 - 1);
-            feeds[i.Name] = t;
-        }
-        return (m, new MigrationInput(Feeds: feeds));
-    }
+    static (Model Model, MigrationInput Input) Squeezenet() => MigrationTests.Subject("squeezenet");
 
     [Theory]
     [InlineData("lockstep")]

@@ -162,14 +162,9 @@ public class RealModelTests
     /// <summary>A fault injected through faulty:INNER into a random node (seeded) is localized exactly in ≥ 95 % of
     /// the draws that change that node's output; a draw that changes nothing is never blamed on another node.
     /// faulty:cpu for every model (a clean inner platform, so only the fault can diverge), faulty:webgpu where the
-    /// model migrates cleanly to webgpu today. Measured with TAPML_REAL_MODEL_DRAWS=40: every faulty:cpu row 100 %
-    /// (30–40 changing draws each). EXPECTED TO FAIL on both faulty:webgpu rows (40 draws: oww-embedding 32/39,
-    /// ocr-cls 32/36; every miss is kind=stale, every other kind 100 %): where the node's webgpu inputs drift from
-    /// cpu's, lockstep re-runs the target kernel on the source's inputs through the same faulty platform, whose
-    /// second call serves the first call's clean output, so the isolated check passes; and migrate then reports
-    /// "no divergence" although 27 nodes after it diverge accumulated (cosine 0). Fixed by either a stale fault that
-    /// serves what its buffer last held (the served output, not the clean one) or an isolated re-run that does not
-    /// count as the node's next call — and migrate must not call that run clean.</summary>
+    /// model migrates cleanly to webgpu today. Isolated re-runs use a second target instance: before that, a stale
+    /// fault served the run's clean output to the re-run of a node whose webgpu inputs had drifted, and hid itself
+    /// (40 draws: oww-embedding 32/39, ocr-cls 32/36 exact).</summary>
     [Theory]
     [MemberData(nameof(FaultSubjects))]
     public void Injected_faults_are_localized_at_their_node(string name, string inner)
