@@ -76,9 +76,9 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
         AllIntermediates = Math.Max(AllIntermediates, _runProduced);
 
         var tol = tolerances.For(node, srcIn, srcOut);
-        var acc = NodeJudge.Compare(node, e.Context.Opset, srcIn, srcOut, tgtOut, tol);
+        var acc = NodeJudge.CompareAccumulated(node, e.Context.Opset, srcIn, srcOut, tgtOut, tol);
         NodeError iso;
-        if (inputsEqual) iso = acc;
+        if (inputsEqual) iso = NodeJudge.Compare(node, e.Context.Opset, srcIn, srcOut, tgtOut, tol);
         else
         {
             var p = ReferenceEquals(e.Platform, source) ? source : _isolated ??= isolatedTarget();

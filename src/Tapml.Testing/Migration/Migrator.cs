@@ -216,7 +216,7 @@ public sealed class Migrator
             var tol = _nodeTolerances.For(node, srcIn, srcOut);
             int opset = _model.Opset(node.Domain);
             var isoErr = isoError is not null ? new NodeError(new Metrics(), false, isoError) : NodeJudge.Compare(node, opset, srcIn, srcOut, node.Outputs.Select(n => iso!.GetValueOrDefault(n)).ToArray(), tol);
-            var accErr = NodeJudge.Compare(node, opset, srcIn, srcOut, tgtOut, tol);
+            var accErr = NodeJudge.CompareAccumulated(node, opset, srcIn, srcOut, tgtOut, tol);
             if (isoErr.Passed && accErr.Passed) continue;
             r.FirstDivergent = new NodeRecord(culprit, node.Name, node.OpType, phase, _targetSpec, isoErr, accErr);
             r.Records.Add(r.FirstDivergent);
