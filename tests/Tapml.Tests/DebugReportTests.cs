@@ -55,5 +55,8 @@ public class DebugReportTests : IDisposable
         Assert.Contains("<td>Softmax</td>", kept);
         Assert.Contains("refused by this faulty platform", kept);
         Assert.Contains("target agrees", html[..html.IndexOf("id='failures'", StringComparison.Ordinal)]);
+        // The four skipped Softmax cases (two nodes, prefill and decode) share one reason once the node prefix is gone.
+        string skipped = html[html.IndexOf("id='skipped'", StringComparison.Ordinal)..html.IndexOf("id='environment'", StringComparison.Ordinal)];
+        Assert.Contains("<td class='why'>Softmax is refused by this faulty platform (refuse=Softmax)</td><td>4</td>", skipped);
     }
 }

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Net;
 using System.Text;
+using System.Text.RegularExpressions;
 
 namespace Tapml.Testing.Reports;
 
@@ -72,7 +73,9 @@ public static class CaseSections
         var skipped = s.Cases.Where(c => c.Status == CaseStatus.Skipped).ToList();
         if (skipped.Count == 0) return "<p>no case was skipped.</p>";
         var sb = new StringBuilder("<table><tr><th>reason</th><th>cases</th><th>op types</th><th>examples</th></tr>");
-        foreach (var g in skipped.GroupBy(c => c.Reason ?? "").OrderByDescending(g => g.Count()))
+        // NOTE: the executor prefixes reasons with "node 'N' (Op) on P: "; without it, one reason groups many nodes.
+        var prefix = new Regex($"^node '.*?' \\([^)]*\\) on {Regex.Escape(s.Platform)}: ");
+        foreach (var g in skipped.GroupBy(c => prefix.Replace(c.Reason ?? "", "")).OrderByDescending(g => g.Count()))
             sb.Append($"<tr><td class='why'>{E(g.Key)}</td><td>{g.Count()}</td><td>{E(string.Join(", ", g.Select(opOf).Distinct()))}</td><td>{E(string.Join(", ", g.Take(3).Select(c => c.Name)) + (g.Count() > 3 ? ", …" : ""))}</td></tr>");
         return sb.Append("</table>").ToString();
     }

@@ -23,7 +23,7 @@ public static class Svg
         double xMin = all.Count == 0 ? 0 : all.Min(p => p.X), xMax = all.Count == 0 ? 1 : all.Max(p => p.X);
         if (xMax <= xMin) xMax = xMin + 1;
         var ys = all.Select(p => p.Y).Concat(hlines?.Select(h => h.Y) ?? []).Where(y => y > 0 && double.IsFinite(y)).ToList();
-        double lo = Math.Floor(Math.Log10(ys.Count == 0 ? floor : Math.Max(ys.Min(), floor))), hi = Math.Ceiling(Math.Log10(ys.Count == 0 ? 1 : ys.Max()));
+        double lo = Math.Floor(Math.Log10(ys.Count == 0 ? 0.1 : Math.Max(ys.Min(), floor))), hi = Math.Ceiling(Math.Log10(ys.Count == 0 ? 1 : ys.Max()));
         if (hi <= lo) hi = lo + 1;
         // NOTE: exact zeros (common: a node that agrees bit for bit) get their own bottom decade labelled 0, so they
         // do not read as errors of the smallest nonzero size.
