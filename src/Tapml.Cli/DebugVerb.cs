@@ -13,8 +13,8 @@ namespace Tapml.Cli;
 
 /// <summary><c>tapml debug --model M --target P [--source cpu] [--out DIR] [--prompt S | --input-ids … | --inputs DIR]
 /// [--decode-steps N] [--json F]</c>: the main job in one command — carve on the source, replay every case on the
-/// target, migrate in lockstep to the first wrong operator, and write the reports to DIR (store/, replay.html,
-/// replay.json, migrate.html, migrate.json). Exit 0 when the target agrees everywhere, 1 otherwise.</summary>
+/// target, migrate in lockstep to the first wrong operator, and write the reports to DIR (store/, report.html,
+/// replay.html, replay.json, migrate.html, migrate.json). Exit 0 when the target agrees everywhere, 1 otherwise.</summary>
 static class DebugVerb
 {
     /// <summary>The demo's target: <c>faulty:T?node=N&amp;kind=scale</c> around the best platform here (webgpu when it
@@ -75,13 +75,18 @@ static class DebugVerb
 
             Console.WriteLine($"1/3 carve on {sourceSpec}");
             CarvedStore store;
+            PlatformInfo srcInfo, tgtInfo;
             using (var src = PlatformRegistry.Create(sourceSpec))
+            {
+                srcInfo = PlatformInfo.Of("source", src);
                 store = CarveVerb.Carve(spec, m, src, Path.Combine(dir, "store"), new CarveOptions(EmbedWeights: pr.GetValue(embedWeights)), input);
+            }
 
             Console.WriteLine($"2/3 replay {store.Cases.Count} cases on {targetSpec}");
             var summary = new RunSummary { Platform = targetSpec };
             using (var tgt = PlatformRegistry.Create(targetSpec))
             {
+                tgtInfo = PlatformInfo.Of("target", tgt);
                 var replayer = new Replayer(store, tgt, new Tolerances());
                 Progress.Each(store.Cases, $"replay on {targetSpec}", c => { var r = replayer.Run(c); summary.Cases.Add(r); return r; });
             }
@@ -96,10 +101,12 @@ static class DebugVerb
             var mig = new Migrator(m, sourceSpec, targetSpec, input, new Tolerances(), new Tolerance(1e-3, 1e-4)) { ReproDir = dir }.Lockstep();
             File.WriteAllText(Path.Combine(dir, "migrate.json"), mig.ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             MigrationHtml.Write(mig, Path.Combine(dir, "migrate.html"), $"tapml debug: migrate {spec} → {targetSpec}");
+            DebugReport.Write(summary, r => byId.TryGetValue(r.Name, out var c) ? c.OpType : "?", mig, ReportEnvironment.Here(srcInfo, tgtInfo),
+                Path.Combine(dir, "report.html"), $"tapml debug: {spec} on {targetSpec}");
             MigrateVerb.PrintKept(mig, "   ");
             MigrateVerb.PrintVerdict(mig, "   ");
             foreach (var r in summary.Cases.Where(c => c.Repro is not null).Take(3)) Console.WriteLine($"   failing case: {r.Repro}");
-            Console.WriteLine($"reports: {Path.Combine(dir, "replay.html")}, {Path.Combine(dir, "migrate.html")}");
+            Console.WriteLine($"reports: {Path.Combine(dir, "report.html")} (also replay.html, migrate.html)");
             if (pr.GetValue(json) is { } j)
             {
                 var o = mig.ToJson();

@@ -67,11 +67,7 @@ static class MigrateVerb
     }
 
     /// <summary>A fallback reason without the node prefix the executor puts on it (grouped over nodes).</summary>
-    static string ReasonOf(Platforms.Execution.FallbackRecord k)
-    {
-        string prefix = $"node '{k.Node}' ({k.OpType}) on {k.Platform}: ";
-        return k.Reason.StartsWith(prefix, StringComparison.Ordinal) ? k.Reason[prefix.Length..] : k.Reason;
-    }
+    static string ReasonOf(Platforms.Execution.FallbackRecord k) => k.ReasonWithoutNode;
 
     /// <summary>The culprit (with the failure text when it failed by error), or why there is none.</summary>
     internal static void PrintVerdict(MigrationResult r, string indent = "")

@@ -24,7 +24,7 @@ static class PlatformsVerb
                     using var p = PlatformRegistry.Create(e.Example ?? e.Name);
                     o["available"] = true;
                     o["description"] = p.Description;
-                    if (p is Tapml.Platforms.WebGpu.WebGpuPlatform gpu) o["details"] = new JsonArray(gpu.Details().Select(d => (JsonNode)d).ToArray());
+                    if (p is IPlatformDetails pd && pd.Details().ToList() is { Count: > 0 } lines) o["details"] = new JsonArray(lines.Select(d => (JsonNode)d).ToArray());
                     o["limits"] = new JsonObject
                     {
                         ["max_buffer_bytes"] = p.Limits.MaxBufferBytes,

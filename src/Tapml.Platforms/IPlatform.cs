@@ -54,6 +54,13 @@ public interface IPlatform : IDisposable
     void Synchronize();
 }
 
+/// <summary>A platform that can say more about where it runs than its one-line <see cref="IPlatform.Description"/>:
+/// adapter, driver/backend, features, limits, library path, one fact per line (<c>tapml platforms</c>, reports).</summary>
+public interface IPlatformDetails
+{
+    IEnumerable<string> Details();
+}
+
 /// <summary>A device platform that can start a download and let the host go on: generation records the next decode
 /// step while the GPU still runs the one whose token it waits for.</summary>
 public interface IAsyncDownload

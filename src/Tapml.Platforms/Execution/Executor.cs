@@ -387,7 +387,18 @@ public sealed class Executor
 
 /// <summary>A node that ran on the executor's fallback platform: where it is (index in its graph, depth 0 for the main
 /// graph), the platform that could not run it, and that platform's reason.</summary>
-public sealed record FallbackRecord(int Index, int Depth, string Node, string OpType, string Platform, string Reason);
+public sealed record FallbackRecord(int Index, int Depth, string Node, string OpType, string Platform, string Reason)
+{
+    /// <summary>The reason without the "node 'N' (Op) on P: " prefix the executor puts on it (to group over nodes).</summary>
+    public string ReasonWithoutNode
+    {
+        get
+        {
+            string prefix = $"node '{Node}' ({OpType}) on {Platform}: ";
+            return Reason.StartsWith(prefix, StringComparison.Ordinal) ? Reason[prefix.Length..] : Reason;
+        }
+    }
+}
 
 /// <summary>A value held by a device platform (GPU buffer, remote handle).</summary>
 public interface IDeviceValue

@@ -8,7 +8,7 @@ namespace Tapml.Platforms.Faulty;
 /// Float outputs get the fault as named; integer outputs too where it has a meaning (scale multiplies and rounds,
 /// offset adds, nan becomes the type's maximum); bool outputs are negated for scale/offset/nan. A fault that leaves
 /// the data unchanged (transpose of a [1, n] tensor, zero-tail of zeros) is counted in <see cref="Unchanged"/>.</summary>
-public sealed class FaultyPlatform : IPlatform
+public sealed class FaultyPlatform : IPlatform, IPlatformDetails
 {
     readonly IPlatform _inner;
     readonly Dictionary<(string Node, int Output), Tensor> _previous = new();
@@ -30,6 +30,9 @@ public sealed class FaultyPlatform : IPlatform
     public string Name { get; }
     public string Description => $"{_inner.Description}; {(Spec.Nodes.Count + Spec.Ops.Count > 0 ? "corrupts " : "")}{Describe(Spec)}";
     public PlatformLimits Limits => _inner.Limits;
+
+    /// <summary>The inner platform's details (adapter, driver), where it has them.</summary>
+    public IEnumerable<string> Details() => _inner is IPlatformDetails d ? d.Details() : [];
 
     static string Describe(FaultSpec s)
     {

@@ -10,7 +10,7 @@ namespace Tapml.Platforms.WebGpu;
 /// <summary>The native WebGPU target: Dawn (webgpu.h) with WGSL kernels generated per op family.
 /// Spec: <c>webgpu[:vulkan|:gles][?max-binding=BYTES]</c>. Values stay on the GPU between nodes; host tensors
 /// uploaded (weights) are cached per tensor object, so a model's weights cross the bus once.</summary>
-public sealed class WebGpuPlatform : IPlatform, IAsyncDownload
+public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
 {
     readonly ConditionalWeakTable<Tensor, UploadEntry> _uploads = new();
     readonly ConcurrentQueue<GpuBuffer> _deadUploads = new();

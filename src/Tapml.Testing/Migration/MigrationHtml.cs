@@ -23,20 +23,7 @@ public static class MigrationHtml
         }
         else sb.Append("<p id='verdict'>no divergence: every compared output agrees within tolerance</p>");
         if (r.TargetError is not null) sb.Append($"<p>target error: {E(r.TargetError)}</p>");
-        if (r.Records.Count > 0)
-        {
-            var phases = r.Records.Select(x => x.Phase).Distinct().ToList();
-            foreach (var phase in phases)
-            {
-                var recs = r.Records.Where(x => x.Phase == phase).ToList();
-                double? mark = r.FirstDivergent is { } c && c.Phase == phase ? c.Index : null;
-                sb.Append(Svg.LogScatter($"error along the graph ({phase})", "node index (topological order)", "max rel error",
-                [
-                    new Svg.Series("accumulated", "#1565c0", recs.Select(x => ((double)x.Index, x.Accumulated.Metrics.MaxRel, $"{x.Node} ({x.OpType}) accumulated {N(x.Accumulated.Metrics.MaxRel)}")).ToList(), Line: true),
-                    new Svg.Series("isolated", "#c62828", recs.Select(x => ((double)x.Index, x.Isolated.Metrics.MaxRel, $"{x.Node} ({x.OpType}) isolated {N(x.Isolated.Metrics.MaxRel)}")).ToList()),
-                ], markX: mark, width: 900, height: 260));
-            }
-        }
+        sb.Append(Curves(r));
         if (r.Stages.Count > 0)
         {
             sb.Append("<h2>Stages</h2><table><tr><th>stage</th><th>op type moved</th><th>nodes on target</th><th>diverged</th><th>detail</th></tr>");
@@ -50,6 +37,25 @@ public static class MigrationHtml
             sb.Append($"<tr class='{(v == "ok" ? "passed" : "failed")}'><td>{x.Index}</td><td>{E(x.Phase)}</td><td>{E(x.Node)}</td><td>{E(x.OpType)}</td><td>{E(x.Platform)}</td><td>{N(x.Isolated.Metrics.MaxRel)}</td><td>{N(x.Accumulated.Metrics.MaxRel)}</td><td class='s'>{v}</td></tr>");
         }
         sb.Append("</table></body></html>");
+        return sb.ToString();
+    }
+
+    /// <summary>The per-node error curve along the graph, one chart per phase: isolated and accumulated max relative
+    /// error by node index, the culprit's index marked (migrate.html and the debug report draw the same charts).</summary>
+    public static string Curves(MigrationResult r, int width = 900, int height = 260)
+    {
+        static string N(double v) => v.ToString("G4", CultureInfo.InvariantCulture);
+        var sb = new StringBuilder();
+        foreach (var phase in r.Records.Select(x => x.Phase).Distinct())
+        {
+            var recs = r.Records.Where(x => x.Phase == phase).ToList();
+            double? mark = r.FirstDivergent is { } c && c.Phase == phase ? c.Index : null;
+            sb.Append(Svg.LogScatter($"error along the graph ({phase})", "node index (topological order)", "max rel error",
+            [
+                new Svg.Series("accumulated", "#1565c0", recs.Select(x => ((double)x.Index, x.Accumulated.Metrics.MaxRel, $"{x.Node} ({x.OpType}) accumulated {N(x.Accumulated.Metrics.MaxRel)}")).ToList(), Line: true),
+                new Svg.Series("isolated", "#c62828", recs.Select(x => ((double)x.Index, x.Isolated.Metrics.MaxRel, $"{x.Node} ({x.OpType}) isolated {N(x.Isolated.Metrics.MaxRel)}")).ToList()),
+            ], markX: mark, width: width, height: height));
+        }
         return sb.ToString();
     }
 

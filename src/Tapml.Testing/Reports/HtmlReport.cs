@@ -4,8 +4,9 @@ using System.Text;
 
 namespace Tapml.Testing.Reports;
 
-/// <summary>A self-contained HTML report of a case run (replay or conformance): summary, a max-relative-error
-/// chart per op type against each case's tolerance, and the case table with status and text filters. One file,
+/// <summary>A self-contained HTML report of a case run (replay or conformance): the verdict, the failures first, the
+/// per-op summary, a max-relative-error chart per op type against each case's tolerance, the skips by reason and the
+/// case table with status and text filters. One file,
 /// inline CSS/JS/SVG, nothing fetched from the network.</summary>
 public static class HtmlReport
 {
@@ -16,7 +17,11 @@ public static class HtmlReport
         static string N(double? v) => v is double d ? d.ToString("G4", CultureInfo.InvariantCulture) : "";
         var sb = new StringBuilder();
         sb.Append("<!DOCTYPE html><html><head><meta charset='utf-8'><title>").Append(E(title)).Append("</title><style>").Append(Svg.Css).Append("</style></head><body>");
-        sb.Append($"<h1>{E(title)}</h1><p id='summary'>platform <code>{E(s.Platform)}</code>: <b>{s.Passed}</b> passed, <b>{s.Failed}</b> failed, <b>{s.Errors}</b> errors, <b>{s.Skipped}</b> skipped</p>");
+        bool bad = s.Failed + s.Errors > 0;
+        sb.Append($"<h1>{E(title)}</h1><p id='verdict' class='banner {(bad ? "bad" : "ok")}'>{E(CaseSections.Verdict(s, opOf))}</p>");
+        sb.Append($"<p id='summary'>platform <code>{E(s.Platform)}</code>: <b>{s.Passed}</b> passed, <b>{s.Failed}</b> failed, <b>{s.Errors}</b> errors, <b>{s.Skipped}</b> skipped</p>");
+        if (bad) sb.Append("<h2 id='failures'>Failures</h2>").Append(CaseSections.Failures(s, opOf));
+        sb.Append("<h2 id='ops'>Per op type</h2>").Append(CaseSections.OpTable(s, opOf));
 
         sb.Append("<h2>Error per op type</h2><div class='charts'>");
         foreach (var g in s.Cases.Where(c => c.Metrics is not null).GroupBy(opOf).OrderBy(g => g.Key, StringComparer.Ordinal))
@@ -31,10 +36,11 @@ public static class HtmlReport
             var tol = list.Select(c => c.Tolerance?.Rtol).OfType<double>().DefaultIfEmpty(0).Max();
             sb.Append(Svg.LogScatter($"{g.Key} ({list.Count} cases)", "case", "max rel error",
                 [new Svg.Series("passed", "#2e7d32", pass), new Svg.Series("failed", "#c62828", fail)],
-                tol > 0 ? [(tol, $"rtol {tol:G2}")] : null, width: 360, height: 180));
+                tol > 0 ? [(tol, $"rtol {tol:G2}")] : null, width: 360, height: 200));
         }
         sb.Append("</div>");
 
+        if (s.Skipped > 0) sb.Append("<h2 id='skipped'>Skipped, by reason</h2>").Append(CaseSections.Skipped(s, opOf));
         sb.Append("<h2>Cases</h2><div class='bar'>");
         foreach (var st in new[] { "passed", "failed", "error", "skipped" })
             sb.Append($"<label><input type='checkbox' class='st' value='{st}' checked> {st}</label> ");
