@@ -325,7 +325,7 @@ static class BenchWorkflows
         if (scenario == "gpu") return Gpu(runs);
         if (scenario == "matvec-sweep") return MatVecSweep(runs);
         var table = scenario == "carve"
-            ? new Table().AddColumns("model", "plain run ms", "carve ms", "carve ÷ plain", "cases", "blobs (after dedup)", "weights by reference", "tensors (before dedup)", "replay cases/s")
+            ? new Table().AddColumns("model", "plain run ms", "carve ms", "carve ÷ plain", "cases", "blobs (after dedup)", "splats", "weights by reference", "tensors (before dedup)", "replay cases/s")
             : new Table().AddColumns("model", "strategy", "found", "runs", "partial", "bytes moved", "time ms");
         var ratios = new List<string>();
         foreach (var s in Subjects(shared))
@@ -354,8 +354,8 @@ static class BenchWorkflows
                 foreach (var c in store!.Cases) replayer.Run(c);
                 double perS = store.Cases.Count / sw.Elapsed.TotalSeconds;
                 table.AddRow(Markup.Escape(s.Name), $"{plain:F1}", $"{carve:F1}", $"{carve / plain:F2}×", store.Cases.Count.ToString(),
-                    Format.Bytes(store.ReferencedBlobBytes()), Format.Bytes(store.ReferencedWeightBytes()), Format.Bytes(last!.BytesBeforeDedup), $"{perS:F0}");
-                Console.Error.WriteLine($"bench carve: {s.Name}: plain {plain:F1} ms, carve {carve:F1} ms ({carve / plain:F2}×)");
+                    Format.Bytes(store.ReferencedBlobBytes()), Format.Bytes(store.ReferencedSplatBytes()), Format.Bytes(store.ReferencedWeightBytes()), Format.Bytes(last!.BytesBeforeDedup), $"{perS:F0}");
+                Console.Error.WriteLine($"bench carve: {s.Name}: plain {plain:F1} ms, carve {carve:F1} ms ({carve / plain:F2}×), {Format.Bytes(last.BytesWritten)} appended to the pack");
                 ratios.Add($"{s.Name} {carve / plain:F2}×");
                 foreach (var d in dirs) try { Directory.Delete(d, true); } catch (IOException) { }
             }
