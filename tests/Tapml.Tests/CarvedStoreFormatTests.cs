@@ -158,6 +158,18 @@ public class CarvedStoreFormatTests
     }
 
     [Fact]
+    public void The_hand_written_blob_header_equals_the_safetensors_writers()
+    {
+        Tensor[] ts =
+        [
+            Tensor.Scalar(1f), Tensor.Zeros(DType.Float32, 0, 3), Tensor.Zeros(DType.BFloat16, 1, 7), Tensor.Zeros(DType.Bool, 5),
+            Tensor.Zeros(DType.Int64, 1, 2, 3, 4, 5, 6), Tensor.Zeros(DType.UInt8, 1234567), Tensor.Zeros(DType.Float16, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+        ];
+        foreach (var t in ts)
+            Assert.Equal(SafetensorsWriter.Header([new("tensor", t)]), CarvedStore.BlobHeader(t));
+    }
+
+    [Fact]
     public void A_v1_store_still_loads_and_replays()
     {
         var (root, _, store) = CarveCopy();
