@@ -27,7 +27,7 @@ static class BenchVerb
             int n = pr.GetValue(threads);
             if (n > 0) CpuThreads.Limit(n);
             if (BenchWorkflows.Names.Contains(pr.GetValue(scenario)!))
-                return BenchWorkflows.Run(pr.GetValue(scenario)!, Path.Combine(Directory.GetCurrentDirectory(), "..", "shared"), Math.Max(1, Math.Min(pr.GetValue(runs), 5)));
+                return BenchWorkflows.Run(pr.GetValue(scenario)!, Path.Combine(Directory.GetCurrentDirectory(), "..", "shared"), Math.Max(1, Math.Min(pr.GetValue(runs), pr.GetValue(scenario) == "carve" ? 15 : 5)));   // NOTE: carve's runs are short and noisy; up to 15
             string refSpec = pr.GetValue(reference)!;
             if (n > 0 && refSpec.StartsWith("onnxruntime") && !refSpec.Contains("threads=")) refSpec += (refSpec.Contains('?') ? "&" : "?") + $"threads={n}";
             using var target = PlatformRegistry.Create(pr.GetValue(platform)!);

@@ -309,6 +309,8 @@ static class BenchWorkflows
         Console.Error.WriteLine($"bench gpu: dispatch floor: {(gpu == double.MaxValue ? "n/a" : gpu.ToString("F2"))} µs GPU, {wall:F2} µs wall per dispatch");
     }
 
+    static double Mid(List<double> xs) { var t = xs.Skip(1).Order().ToList(); return t.Count == 0 ? 0 : t[t.Count / 2]; }   // NOTE: without the warm-up
+
     static double Median(int runs, Action a)
     {
         var t = new List<double>();
@@ -325,7 +327,7 @@ static class BenchWorkflows
         if (scenario == "gpu") return Gpu(runs);
         if (scenario == "matvec-sweep") return MatVecSweep(runs);
         var table = scenario == "carve"
-            ? new Table().AddColumns("model", "plain run ms", "carve ms", "carve ÷ plain", "cases", "blobs (after dedup)", "weights by reference", "tensors (before dedup)", "replay cases/s")
+            ? new Table().AddColumns("model", "plain run ms", "carve ms", "carve ÷ plain", "cases", "blobs (after dedup)", "splats", "weights by reference", "tensors (before dedup)", "replay cases/s")
             : new Table().AddColumns("model", "strategy", "found", "runs", "partial", "bytes moved", "time ms");
         var ratios = new List<string>();
         foreach (var s in Subjects(shared))
@@ -337,6 +339,7 @@ static class BenchWorkflows
                 CarvedStore? store = null;
                 Recorder? last = null;
                 var dirs = new List<string>();
+                List<double> runMs = [], closeMs = [];
                 double carve = Median(runs, () =>
                 {
                     string dir = Path.Combine(Path.GetTempPath(), $"tapml-bench-carve-{Guid.NewGuid():N}");
@@ -345,8 +348,12 @@ static class BenchWorkflows
                     var exec = new Executor(cpu);
                     var rec = new Recorder(store, new CarveOptions()) { PhaseOf = r => r == 0 ? "prefill" : $"decode:{r}" };
                     exec.Observers.Add(rec);
+                    long t0 = Stopwatch.GetTimestamp();
                     s.Run(exec);
+                    long t1 = Stopwatch.GetTimestamp();
                     rec.Dispose();
+                    closeMs.Add(Stopwatch.GetElapsedTime(t1).TotalMilliseconds);
+                    runMs.Add(Stopwatch.GetElapsedTime(t0, t1).TotalMilliseconds);
                     last = rec;
                 });
                 var replayer = new Replayer(store!, cpu, new Tolerances());
@@ -354,8 +361,8 @@ static class BenchWorkflows
                 foreach (var c in store!.Cases) replayer.Run(c);
                 double perS = store.Cases.Count / sw.Elapsed.TotalSeconds;
                 table.AddRow(Markup.Escape(s.Name), $"{plain:F1}", $"{carve:F1}", $"{carve / plain:F2}×", store.Cases.Count.ToString(),
-                    Format.Bytes(store.ReferencedBlobBytes()), Format.Bytes(store.ReferencedWeightBytes()), Format.Bytes(last!.BytesBeforeDedup), $"{perS:F0}");
-                Console.Error.WriteLine($"bench carve: {s.Name}: plain {plain:F1} ms, carve {carve:F1} ms ({carve / plain:F2}×)");
+                    Format.Bytes(store.ReferencedBlobBytes()), Format.Bytes(store.ReferencedSplatBytes()), Format.Bytes(store.ReferencedWeightBytes()), Format.Bytes(last!.BytesBeforeDedup), $"{perS:F0}");
+                Console.Error.WriteLine($"bench carve: {s.Name}: plain {plain:F1} ms, carve {carve:F1} ms ({carve / plain:F2}×), {Format.Bytes(last.BytesWritten)} appended to the pack; run with the recorder {Mid(runMs):F1} ms, final manifest + close {Mid(closeMs):F1} ms (medians)");
                 ratios.Add($"{s.Name} {carve / plain:F2}×");
                 foreach (var d in dirs) try { Directory.Delete(d, true); } catch (IOException) { }
             }

@@ -75,6 +75,101 @@ public class CarvedStoreFormatTests
     }
 
     [Fact]
+    public void Uniform_tensors_are_splat_entries_with_no_bytes_and_round_trip_bit_exact()
+    {
+        string dir = Temp();
+        try
+        {
+            var store = CarvedStore.Create(dir, "m", "", "cpu");
+            float nan = BitConverter.Int32BitsToSingle(0x7fc01234);   // a NaN with a payload: bits, not values
+            Tensor[] splats =
+            [
+                Tensor.FromArray(Enumerable.Repeat(1f, 6).ToArray(), 2, 3),
+                Tensor.FromArray(Enumerable.Repeat(nan, 4).ToArray(), 4),
+                Tensor.Zeros(DType.Int64, 1, 2, 5, 4),
+                Tensor.FromArray(new[] { true, true, true }, 3),
+                Tensor.FromArray(Enumerable.Repeat((Half)(-0.5), 7).ToArray(), 7),
+                Tensor.FromArray(Enumerable.Repeat((byte)9, 33).ToArray(), 33),
+                Tensor.Scalar(42),
+            ];
+            var shas = splats.Select(t => { string sha = store.Put(t, out long w); Assert.Equal(0, w); return sha; }).ToList();
+            Assert.Equal(shas.Count, shas.Distinct().Count());
+            Assert.Equal(shas[0], store.Put(Tensor.FromArray(Enumerable.Repeat(1f, 6).ToArray(), 2, 3), out _));
+            Assert.NotEqual(shas[0], store.Put(Tensor.FromArray(Enumerable.Repeat(1f, 6).ToArray(), 3, 2), out _));   // the shape is part of the name
+            var ramp = Tensor.FromArray(new[] { 1f, 1f, 1f, 2f }, 4);                                             // differs only at the end
+            string rampSha = store.Put(ramp, out long rampBytes);
+            Assert.True(rampBytes > 0);
+            var all = splats.Append(ramp).ToArray();
+            var ids = shas.Append(rampSha).ToArray();
+            var refs = all.Select((t, i) => new TensorRef($"input_{i}", t.DType, t.Shape, ids[i])).ToList();
+            store.Cases.Add(new CarvedCase { Id = "Identity-0", OpType = "Identity", Opset = 17, Inputs = refs, Outputs = refs, Provenance = new("n", "run", 1), Signature = "s" });
+            store.Close();
+            var manifest = JsonNode.Parse(File.ReadAllText(store.ManifestPath))!["blobs"]!;
+            Assert.Equal("0000803f", manifest[shas[0]]!["splat"]!.GetValue<string>());
+            var back = CarvedStore.Open(dir);
+            back.Verify(back.Cases);
+            for (int i = 0; i < all.Length; i++)
+            {
+                var t = back.Read(ids[i], "Identity-0");
+                Assert.Equal(all[i].DType, t.DType);
+                Assert.Equal(all[i].Shape, t.Shape);
+                Assert.True(all[i].Bytes().SequenceEqual(t.Bytes()), $"tensor {i}");
+                if (i < splats.Length) Assert.IsType<SplatBlob>(back.Blobs[ids[i]]);
+                else Assert.IsType<PackedBlob>(back.Blobs[ids[i]]);
+            }
+            Assert.Equal(rampBytes, back.ReferencedBlobBytes());
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Fact]
+    public void A_carve_stores_constant_fills_as_splats_and_replays_them()
+    {
+        var (root, _, store) = CarveCopy("--embed-weights");
+        try
+        {
+            var s = CarvedStore.Open(store);
+            Assert.Contains(s.Blobs.Values, b => b is SplatBlob);
+            AssertReplaysClean(store);
+        }
+        finally { Directory.Delete(root, true); }
+    }
+
+    [Fact]
+    public void A_corrupt_splat_entry_is_one_clear_line()
+    {
+        var (root, _, store) = CarveCopy();
+        try
+        {
+            string path = Path.Combine(store, "manifest.json");
+            var manifest = JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+            var (sha, entry) = manifest["blobs"]!.AsObject().First(kv => kv.Value!["splat"] is not null && kv.Value!["dtype"]!.GetValue<string>() != "bool");
+            string value = entry!["splat"]!.GetValue<string>();
+            entry["splat"] = (value[0] == '0' ? "1" : "0") + value[1..];     // still well-formed, another value
+            File.WriteAllText(path, manifest.ToJsonString());
+            var s = CarvedStore.Open(store);
+            var victim = s.Cases.First(c => c.Blobs.Contains(sha));
+            AssertOneLine(CliRunner.Run("replay", store, "--platform", "cpu"), store, "splat", sha[..16], "corrupt", $"case {victim.Id}");
+            entry["splat"] = "zz";                                             // malformed: refused when the store opens
+            File.WriteAllText(path, manifest.ToJsonString());
+            AssertOneLine(CliRunner.Run("replay", store, "--platform", "cpu"), store, sha, "splat");
+        }
+        finally { Directory.Delete(root, true); }
+    }
+
+    [Fact]
+    public void The_hand_written_blob_header_equals_the_safetensors_writers()
+    {
+        Tensor[] ts =
+        [
+            Tensor.Scalar(1f), Tensor.Zeros(DType.Float32, 0, 3), Tensor.Zeros(DType.BFloat16, 1, 7), Tensor.Zeros(DType.Bool, 5),
+            Tensor.Zeros(DType.Int64, 1, 2, 3, 4, 5, 6), Tensor.Zeros(DType.UInt8, 1234567), Tensor.Zeros(DType.Float16, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+        ];
+        foreach (var t in ts)
+            Assert.Equal(SafetensorsWriter.Header([new("tensor", t)]), CarvedStore.BlobHeader(t));
+    }
+
+    [Fact]
     public void A_v1_store_still_loads_and_replays()
     {
         var (root, _, store) = CarveCopy();
@@ -84,13 +179,18 @@ public class CarvedStoreFormatTests
             string v1 = Path.Combine(root, "v1");
             var s = CarvedStore.Open(store);
             Directory.CreateDirectory(Path.Combine(v1, "blobs"));
+            string text = File.ReadAllText(s.ManifestPath);
             foreach (var c in s.Cases)
                 foreach (var sha in c.Blobs)
                 {
-                    string path = Path.Combine(v1, "blobs", sha + ".safetensors");
-                    if (!File.Exists(path)) SafetensorsWriter.Write(path, [new("tensor", s.Read(sha, c.Id))]);
+                    // v1 had no splats: a uniform tensor was a blob file named by the hash of its bytes
+                    var t = s.Read(sha, c.Id);
+                    string name = s.Blobs[sha] is SplatBlob ? CarvedStore.BlobSha(t) : sha;
+                    text = text.Replace(sha, name);
+                    string path = Path.Combine(v1, "blobs", name + ".safetensors");
+                    if (!File.Exists(path)) SafetensorsWriter.Write(path, [new("tensor", t)]);
                 }
-            var manifest = JsonNode.Parse(File.ReadAllText(s.ManifestPath))!.AsObject();
+            var manifest = JsonNode.Parse(text)!.AsObject();
             manifest["format"] = CarvedStore.FormatV1;
             manifest.Remove("blobs");
             File.WriteAllText(Path.Combine(v1, "manifest.json"), manifest.ToJsonString());

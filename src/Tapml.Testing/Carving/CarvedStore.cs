@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Security.Cryptography;
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Microsoft.Win32.SafeHandles;
@@ -20,6 +21,10 @@ public sealed record FileBlob : BlobLocation;
 /// <see cref="InitializerSource.File"/> (transformed as it says), which must be <paramref name="DType"/>
 /// <paramref name="Shape"/> and hash to the blob's name.</summary>
 public sealed record WeightBlob(InitializerSource Source, DType DType, long[] Shape) : BlobLocation;
+/// <summary>A uniform ("splat") tensor: every element of <paramref name="DType"/> <paramref name="Shape"/> has the
+/// bytes <paramref name="Value"/> (one element, little-endian). Nothing is stored; its blob name is
+/// <see cref="CarvedStore.SplatSha"/> of these fields, which is what replay checks.</summary>
+public sealed record SplatBlob(DType DType, long[] Shape, byte[] Value) : BlobLocation;
 
 /// <summary>A carved test store (DESIGN.md, docs/carving.md "Store format"): <c>manifest.json</c> and the blobs its
 /// cases name, each blob one tensor as a one-tensor safetensors image named by the SHA-256 of those bytes, so a
@@ -126,6 +131,17 @@ public sealed class CarvedStore
                 return new PackedBlob(pack.GetValue<int>(), offset, length);
             }
             if (e["file"] is not null) return new FileBlob();
+            if (e["splat"] is { } splat)
+            {
+                var dtype = DTypes.Parse(e["dtype"]?.GetValue<string>() ?? throw new TapmlException($"{where}: no \"dtype\""));
+                var shape = (e["shape"] as JsonArray ?? throw new TapmlException($"{where}: no \"shape\"")).Select(d => d!.GetValue<long>()).ToArray();
+                string hex = splat.GetValue<string>();
+                int size = dtype == DType.String ? 0 : DTypes.Size(dtype);
+                if (size is not (1 or 2 or 4 or 8) || !DTypes.IsSupported(dtype)) throw new TapmlException($"{where}: a splat cannot be {DTypes.Name(dtype)}");
+                if (hex.Length != 2 * size || !hex.All(char.IsAsciiHexDigitLower)) throw new TapmlException($"{where}: \"splat\" must be {size} bytes in lower-case hex");
+                if (shape.Any(d => d < 0) || ShapeUtil.Size(shape) < 1) throw new TapmlException($"{where}: a splat needs a shape with at least one element");
+                return new SplatBlob(dtype, shape, Convert.FromHexString(hex));
+            }
             if (e["model_file"] is { } file)
             {
                 var dtype = DTypes.Parse(e["dtype"]?.GetValue<string>() ?? throw new TapmlException($"{where}: no \"dtype\""));
@@ -140,7 +156,7 @@ public sealed class CarvedStore
         {
             throw new TapmlException($"{where}: malformed entry ({x.Message})", x);
         }
-        throw new TapmlException($"{where}: neither \"pack\", \"file\" nor \"model_file\"");
+        throw new TapmlException($"{where}: neither \"pack\", \"file\", \"model_file\" nor \"splat\"");
     }
 
     // --- writing --------------------------------------------------------------------------------------------------
@@ -156,10 +172,17 @@ public sealed class CarvedStore
     public string Put(Tensor t, out long written)
     {
         var w = _writer ?? throw new TapmlException($"{Dir}: the store was opened for reading; carve into a new store");
-        byte[] header = SafetensorsWriter.Header([new(BlobTensorName, t)]);
+        written = 0;
+        if (UniformValue(t) is { } value)
+        {
+            // NOTE: constant fills (ConstantOfShape weights, zero caches, masks) are named by their fields, not hashed.
+            string id = SplatSha(t.DType, t.Shape, value);
+            _index.TryAdd(id, new SplatBlob(t.DType, (long[])t.Shape.Clone(), value));
+            return id;
+        }
+        byte[] header = BlobHeader(t);
         long length = header.Length + t.ByteSize;
         string sha;
-        written = 0;
         if (length <= SmallBlobBytes)
         {
             // NOTE: small blobs are copied into a batch the writer appends whole (one hand-over per ~1 MiB, not per blob).
@@ -208,8 +231,72 @@ public sealed class CarvedStore
         return sha;
     }
 
+    /// <summary>The bytes of the one element <paramref name="t"/> repeats when all its elements have the same bit
+    /// pattern (and it has at least one), else null. Vectorized; stops at the first element that differs.</summary>
+    public static byte[]? UniformValue(Tensor t)
+    {
+        if (t.DType == DType.String || t.Length == 0) return null;
+        ReadOnlySpan<byte> b = t.Bytes();
+        int size = DTypes.Size(t.DType);
+        bool uniform = size switch
+        {
+            1 => b.IndexOfAnyExcept(b[0]) < 0,
+            2 => Except(MemoryMarshal.Cast<byte, ushort>(b)),
+            4 => Except(MemoryMarshal.Cast<byte, uint>(b)),
+            8 => Except(MemoryMarshal.Cast<byte, ulong>(b)),
+            _ => false,
+        };
+        return uniform ? b[..size].ToArray() : null;
+
+        static bool Except<T>(ReadOnlySpan<T> s) where T : unmanaged, IEquatable<T> => s.IndexOfAnyExcept(s[0]) < 0;
+    }
+
+    /// <summary>The blob name of a splat: SHA-256 of <c>tapml-splat|DTYPE|D0,D1,…|VALUEHEX</c> (UTF-8).</summary>
+    public static string SplatSha(DType dtype, long[] shape, ReadOnlySpan<byte> value) =>
+        Convert.ToHexStringLower(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(
+            $"tapml-splat|{DTypes.Name(dtype)}|{string.Join(",", shape)}|{Convert.ToHexStringLower(value)}")));
+
+    static Tensor Materialize(SplatBlob s)
+    {
+        var t = Tensor.Uninitialized(s.DType, (long[])s.Shape.Clone());
+        Span<byte> b = t.Bytes();
+        switch (s.Value.Length)
+        {
+            case 1: b.Fill(s.DType == DType.Bool && s.Value[0] > 1 ? (byte)1 : s.Value[0]); break;
+            case 2: MemoryMarshal.Cast<byte, ushort>(b).Fill(BitConverter.ToUInt16(s.Value)); break;
+            case 4: MemoryMarshal.Cast<byte, uint>(b).Fill(BitConverter.ToUInt32(s.Value)); break;
+            default: MemoryMarshal.Cast<byte, ulong>(b).Fill(BitConverter.ToUInt64(s.Value)); break;
+        }
+        return t;
+    }
+
     /// <summary>The blob hash of <paramref name="t"/>: the SHA-256 of its one-tensor safetensors image.</summary>
-    public static string BlobSha(Tensor t) => Sha(SafetensorsWriter.Header([new(BlobTensorName, t)]), t);
+    public static string BlobSha(Tensor t) => Sha(BlobHeader(t), t);
+
+    /// <summary>The header of <paramref name="t"/>'s blob image, the same bytes as
+    /// <c>SafetensorsWriter.Header([new("tensor", t)])</c> (length, JSON, spaces to a multiple of 8), written by hand:
+    /// it is built for every blob a carve stores, and the JSON writer's setup cost more than hashing a small blob.</summary>
+    public static byte[] BlobHeader(Tensor t)
+    {
+        if (t.Rank > 32) return SafetensorsWriter.Header([new(BlobTensorName, t)]);
+        Span<byte> json = stackalloc byte[128 + 21 * 34];
+        int n = 0;
+        void Put(ReadOnlySpan<byte> b, Span<byte> dst) { b.CopyTo(dst[n..]); n += b.Length; }
+        void Num(long v, Span<byte> dst) { v.TryFormat(dst[n..], out int w, default, System.Globalization.CultureInfo.InvariantCulture); n += w; }
+        Put("{\"tensor\":{\"dtype\":\""u8, json);
+        n += System.Text.Encoding.ASCII.GetBytes(SafetensorsFile.DTypeName(t.DType), json[n..]);
+        Put("\",\"shape\":["u8, json);
+        for (int i = 0; i < t.Shape.Length; i++) { if (i > 0) Put(","u8, json); Num(t.Shape[i], json); }
+        Put("],\"data_offsets\":[0,"u8, json);
+        Num(t.Length * DTypes.Size(t.DType), json);
+        Put("]}}"u8, json);
+        int pad = (8 - n % 8) % 8;
+        var r = new byte[8 + n + pad];
+        BitConverter.TryWriteBytes(r, (ulong)(n + pad));
+        json[..n].CopyTo(r.AsSpan(8));
+        r.AsSpan(8 + n).Fill((byte)' ');
+        return r;
+    }
 
     static string Sha(byte[] header, Tensor t)
     {
@@ -281,6 +368,13 @@ public sealed class CarvedStore
                             w.WriteString("dtype", DTypes.Name(r.DType));
                             w.WriteStartArray("shape");
                             foreach (var d in r.Shape) w.WriteNumberValue(d);
+                            w.WriteEndArray();
+                            break;
+                        case SplatBlob z:
+                            w.WriteString("splat", Convert.ToHexStringLower(z.Value));
+                            w.WriteString("dtype", DTypes.Name(z.DType));
+                            w.WriteStartArray("shape");
+                            foreach (var d in z.Shape) w.WriteNumberValue(d);
                             w.WriteEndArray();
                             break;
                     }
@@ -429,6 +523,14 @@ public sealed class CarvedStore
             throw new TapmlException($"{Dir}: case {caseId} needs blob {sha}, which the manifest does not list");
         Tensor t;
         if (loc is WeightBlob r) t = ReadWeight(sha, r, caseId);
+        else if (loc is SplatBlob z)
+        {
+            string actual = SplatSha(z.DType, z.Shape, z.Value);
+            if (actual != sha)
+                throw new TapmlException($"{ManifestPath}: splat blob {sha[..16]}… of case {caseId} is corrupt (its dtype, shape and value hash to {actual[..16]}…)");
+            _checked.Add(sha);
+            t = Materialize(z);
+        }
         else
         {
             _writer?.Wait();
@@ -511,6 +613,10 @@ public sealed class CarvedStore
             };
         return sum;
     }
+
+    /// <summary>Bytes of the uniform tensors the cases name as splats (each once; nothing is stored for them).</summary>
+    public long ReferencedSplatBytes() => Cases.SelectMany(c => c.Blobs).Distinct()
+        .Sum(b => _index.GetValueOrDefault(b) is SplatBlob z ? ShapeUtil.Size(z.Shape) * z.Value.Length : 0);
 
     /// <summary>Bytes of the model weights the cases read by reference (each once).</summary>
     public long ReferencedWeightBytes() => Cases.SelectMany(c => c.Blobs).Distinct()
