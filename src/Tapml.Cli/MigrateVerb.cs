@@ -83,8 +83,8 @@ static class MigrateVerb
         }
         else if (r.TargetError is not null) Console.WriteLine($"{indent}target failed: {r.TargetError}");
         else if (r.Affected.Count > 0)
-            Console.WriteLine($"{indent}no node's own kernel fails (isolated), yet {r.Affected.Count} nodes fail accumulated, first {r.Affected[0].Node} ({r.Affected[0].OpType}, {r.Affected[0].Phase}): " +
-                              "small errors build up past tolerance there, or the target's result depends on state");
+            Console.WriteLine($"{indent}no divergence: every node's own kernel agrees within tolerance (isolated); {r.Affected.Count} nodes drift past it fed the target's own " +
+                              $"inputs (accumulated), first {r.Affected[0].Node} ({r.Affected[0].OpType}, {r.Affected[0].Phase}): rounding inherited along the graph, or a result that depends on state");
         else Console.WriteLine($"{indent}no divergence: every compared output agrees within tolerance");
     }
 

@@ -319,6 +319,21 @@ public class CarvingTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
         Assert.Contains("already holds a carved store", r.Stderr);
     }
 
+    [Fact]
+    public void The_nodes_of_a_Scan_body_are_carved_with_their_outer_values_and_replay()
+    {
+        string d = SharedData.Require("conformance", "onnx", "node", "test_scan_sum");
+        string store = Path.Combine(Path.GetTempPath(), $"tapml-scan-{Guid.NewGuid():N}");
+        var r = CliRunner.Run("carve", "--model", Path.Combine(d, "model.onnx"), "--inputs", Path.Combine(d, "test_data_set_0"), "--out", store);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var cases = CarvedStore.Open(store).Cases;
+        Assert.Contains(cases, c => c.OpType == "Add" && c.Provenance.Count == 3);   // the body's Add, once per iteration
+        Assert.DoesNotContain(cases, c => c.OpType == "Scan");
+        var replay = CliRunner.Run("replay", store, "--platform", "onnxruntime");
+        Assert.True(replay.ExitCode == 0, replay.Stdout + replay.Stderr);
+        Directory.Delete(store, true);
+    }
+
     static Node N(string op, params (string, Attr)[] attrs) => new() { Name = "n", OpType = op, Inputs = ["a", "b"], Outputs = ["y"], Attributes = attrs.ToDictionary(x => x.Item1, x => x.Item2) };
 
     [Fact]

@@ -53,7 +53,8 @@ public static class DebugReport
         if (mig.TargetError is not null) return ($"target failed: {mig.TargetError}", false);
         int bad = replay.Failed + replay.Errors;
         if (bad > 0) return ($"the whole model agrees, but {bad} replayed case{(bad == 1 ? "" : "s")} fail on {replay.Platform}", false);
-        return ($"target agrees: every compared output of {mig.Target} is within tolerance", true);
+        string drift = mig.Affected.Count == 0 ? "" : $"; {mig.Affected.Count} nodes drift past tolerance fed the target's own inputs (accumulated), first {mig.Affected[0].Node}";
+        return ($"target agrees: every node's kernel on {mig.Target} is within tolerance of the source's{drift}", true);
     }
 
     public static string Build(RunSummary replay, Func<CaseResult, string> opOf, MigrationResult mig, ReportEnvironment env, string title)
