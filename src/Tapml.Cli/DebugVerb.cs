@@ -69,6 +69,7 @@ static class DebugVerb
                 targetSpec = pr.GetValue(target) ?? throw new TapmlException("debug needs --target P (or --demo)");
                 m = ModelSpec.Load(spec);
             }
+            using (PlatformRegistry.Create(targetSpec)) { }   // NOTE: a bad target spec fails before the carve, not after it
             Directory.CreateDirectory(dir);
             var input = CarveVerb.ResolveInput(spec, m, pr.GetValue(prompt), pr.GetValue(inputIds) ?? (injected is not null && pr.GetValue(prompt) is null ? "1,17,305,42" : null),
                 pr.GetValue(inputs), pr.GetValue(seed), pr.GetValue(decodeSteps));

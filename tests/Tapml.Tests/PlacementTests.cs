@@ -120,4 +120,17 @@ public class DemoTests
         Assert.Contains("reproduce: ./tapml replay", r.Stdout);
         Directory.Delete(dir, true);
     }
+
+    [Theory]
+    [InlineData("gpu9", "unknown platform 'gpu9'")]
+    [InlineData("faulty:cpu?refuse=", "say which nodes to corrupt")]
+    public void Debug_with_a_bad_target_stops_before_carving_with_one_line(string target, string message)
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"tapml-badtarget-{Guid.NewGuid():N}");
+        var r = CliRunner.Run("debug", "--model", "builtin:sample-cnn", "--target", target, "--out", dir);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains(message, r.Stderr);
+        Assert.Single(r.Stderr.Trim().Split('\n'));
+        Assert.False(Directory.Exists(dir), "the carve ran although the target spec was bad");
+    }
 }
