@@ -47,6 +47,36 @@ public class PlacementTests
         Assert.All(r.KeptOnSource, k => Assert.Equal(0, k.Depth));
     }
 
+    /// <summary>x → If(c){ then: x·2 ("body_mul") | else: x } → Relu. The target refuses If, so the If runs on the source
+    /// while its body runs on the target, where body_mul is wrong: the shadow must run the body on the source (it used to
+    /// run it through the run under test, and the fault went unseen), and the If is the first divergent node.</summary>
+    [Fact]
+    public void A_fault_inside_the_body_of_an_If_kept_on_the_source_is_found_at_the_If()
+    {
+        var f32 = TypeRef.TensorOf(DType.Float32, [2, 3]);
+        var then = new Graph { Name = "then" };
+        then.Initializers["two"] = Tensor.Scalar(2f);
+        then.Nodes.Add(new Node { Name = "body_mul", OpType = "Mul", Inputs = ["x", "two"], Outputs = ["y_then"] });
+        then.Outputs.Add(new ValueInfo("y_then", f32));
+        var @else = new Graph { Name = "else" };
+        @else.Nodes.Add(new Node { Name = "body_id", OpType = "Identity", Inputs = ["x"], Outputs = ["y_else"] });
+        @else.Outputs.Add(new ValueInfo("y_else", f32));
+        var b = new GraphBuilder("if-body");
+        string x = b.Input("x", DType.Float32, 2, 3);
+        string c = b.Input("c", DType.Bool, Array.Empty<long>());
+        string y = b.Node("If", [c], new() { ["then_branch"] = Attr.Of(then), ["else_branch"] = Attr.Of(@else) }, name: "the_if");
+        b.Output(b.Node("Relu", [y], name: "relu", outputName: "out"));
+        var model = new Model { Graph = b.Graph, Opsets = new() { [""] = 17 }, IrVersion = 8 };
+        var feeds = new Dictionary<string, Value> { ["x"] = Tensor.FromArray(new float[] { 1, -2, 3, 4, -5, 6 }, 2, 3), ["c"] = Tensor.Scalar(true) };
+        var r = new Migrator(model, "cpu", "faulty:cpu?refuse=If&node=body_mul&kind=scale", new MigrationInput(Feeds: feeds), new Tolerances(), new Tolerance(1e-3, 1e-4)).Lockstep();
+        Assert.Contains(r.KeptOnSource, k => k.Node == "the_if");
+        Assert.NotNull(r.FirstDivergent);
+        Assert.Equal("the_if", r.FirstDivergent!.Node);
+        Assert.False(r.FirstDivergent.Isolated.Passed);
+        var clean = new Migrator(model, "cpu", "faulty:cpu?refuse=If", new MigrationInput(Feeds: feeds), new Tolerances(), new Tolerance(1e-3, 1e-4)).Lockstep();
+        Assert.Null(clean.FirstDivergent);
+    }
+
     [Fact]
     public void Run_without_fallback_refuses_with_one_line_and_with_it_counts_the_nodes()
     {

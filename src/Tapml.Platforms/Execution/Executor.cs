@@ -299,6 +299,17 @@ public sealed class Executor
         }
     }
 
+    /// <summary>Runs an If/Loop/Scan body on this executor's placement with names from the enclosing graph resolved by
+    /// <paramref name="outer"/> (a shadow run gives its own values: lockstep runs a node with a body on the source
+    /// with the source's values, never through the run under test).</summary>
+    public Value?[] RunBody(Model model, Graph body, IReadOnlyList<Value?> inputs, Func<string, Value?> outer)
+    {
+        Model = model;
+        return RunSubgraph(model, body, inputs, new Scope(null, EmptyInitializers, outer), 1);
+    }
+
+    static readonly IReadOnlyDictionary<string, Tensor> EmptyInitializers = new Dictionary<string, Tensor>();
+
     Value?[] RunSubgraph(Model model, Graph body, IReadOnlyList<Value?> inputs, Scope outer, int depth)
     {
         var scope = new Scope(outer, body.Initializers);
@@ -376,11 +387,11 @@ public sealed class Executor
 
     /// <summary>Names to values: those set in this graph's run (feeds and node outputs, which shadow initializers of the
     /// same name), then the graph's initializers, then the enclosing graph's scope (ONNX lexical scoping).</summary>
-    sealed class Scope(Scope? parent, IReadOnlyDictionary<string, Tensor> initializers)
+    sealed class Scope(Scope? parent, IReadOnlyDictionary<string, Tensor> initializers, Func<string, Value?>? outer = null)
     {
         readonly Dictionary<string, Value> _values = new();
         public void Set(string name, Value v) => _values[name] = v;
-        public Value? Get(string name) => _values.TryGetValue(name, out var v) ? v : initializers.TryGetValue(name, out var t) ? t : parent?.Get(name);
+        public Value? Get(string name) => _values.TryGetValue(name, out var v) ? v : initializers.TryGetValue(name, out var t) ? t : parent is not null ? parent.Get(name) : outer?.Invoke(name);
         public Value? Remove(string name) => _values.Remove(name, out var v) ? v : null;
     }
 }

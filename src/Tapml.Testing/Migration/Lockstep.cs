@@ -69,7 +69,7 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
         }
         var tgtOut = Enumerable.Range(0, node.Outputs.Length).Select(e.HostOutput).ToArray();
         Value?[] srcOut;
-        try { srcOut = RunOn(source, node, e.Context, srcIn); }
+        try { srcOut = RunOn(source, node, ShadowContext(e, source), srcIn); }
         catch (TapmlException ex) { throw new TapmlException($"the source platform {source.Name} failed on node '{node.Name}' ({node.OpType}): {ex.Message}", ex); }
         long transient = srcOut.Sum(Bytes);
         _runProduced += tgtOut.Sum(Bytes);
@@ -78,13 +78,17 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
         var tol = tolerances.For(node, srcIn, srcOut);
         var acc = NodeJudge.CompareAccumulated(node, e.Context.Opset, srcIn, srcOut, tgtOut, tol);
         NodeError iso;
-        if (inputsEqual) iso = NodeJudge.Compare(node, e.Context.Opset, srcIn, srcOut, tgtOut, tol);
+        Value?[]? isoOut = null;
+        if (inputsEqual) iso = NodeJudge.Compare(node, e.Context.Opset, srcIn, srcOut, isoOut = tgtOut, tol);
         else
         {
             var p = ReferenceEquals(e.Platform, source) ? source : _isolated ??= isolatedTarget();
-            try { iso = NodeJudge.Compare(node, e.Context.Opset, srcIn, srcOut, RunOn(p, node, e.Context, srcIn), tol); }
+            // NOTE: a body ran on the target even when its If/Loop/Scan was kept on the source: re-run it there too.
+            var bodyOn = node.Subgraphs.Any() ? _isolated ??= isolatedTarget() : p;
+            try { iso = NodeJudge.Compare(node, e.Context.Opset, srcIn, srcOut, isoOut = RunOn(p, node, ShadowContext(e, bodyOn), srcIn), tol); }
             catch (TapmlException ex) { iso = new NodeError(new Metrics(), false, $"{e.Platform.Name} fed the source's inputs failed: {ex.Message}"); }
         }
+        if (!iso.Passed && isoOut is not null && node.Subgraphs.Any()) iso = InBody(e, srcIn, iso, isoOut, tol);
         var rec = new NodeRecord(e.Index, node.Name, node.OpType, Phase, e.Platform.Name, iso, acc);
         result.Records.Add(rec);
         if (!iso.Passed && result.FirstDivergent is null)
@@ -115,6 +119,73 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
     void Drop(string name)
     {
         if (_values.Remove(name, out var dead) && _counted.Remove(name)) _ownBytes -= Bytes(dead);
+    }
+
+    /// <summary>A node with a body (If/Loop/Scan) whose outputs fail isolated: its body runs again, node by node in a
+    /// nested lockstep on the isolated target, each body node judged by its own rule. A body node that fails isolated
+    /// makes the parent the culprit (the failure names it); when every body node passes, the parent's difference is
+    /// rounding accumulated over the body, not a wrong kernel.</summary>
+    NodeError InBody(NodeEvent e, Value?[] srcIn, NodeError iso, Value?[] isoOut, Tolerance tol)
+    {
+        NodeRecord? found = null;
+        var model = _model!;
+        var target = _isolated ??= isolatedTarget();
+        Value? Outer(string name) => _values.GetValueOrDefault(name) ?? model.Graph.Initializers.GetValueOrDefault(name) ?? Feeds.GetValueOrDefault(name);
+        var ctx = new NodeContext(e.Node, e.Context.Opset)
+        {
+            Owner = e.Context.Owner,
+            RunSubgraph = (body, inputs) =>
+            {
+                var g = new Graph { Name = body.Name };
+                g.Nodes.AddRange(body.Nodes);
+                foreach (var (k, v) in body.Initializers) g.Initializers[k] = v;
+                var feeds = new Dictionary<string, Value>();
+                for (int i = 0; i < body.Inputs.Count && i < inputs.Count; i++)
+                    if (inputs[i] is { } v) { g.Inputs.Add(new ValueInfo(body.Inputs[i].Name, Executor.TypeOf(v))); feeds[body.Inputs[i].Name] = v; }
+                foreach (var r in body.OuterReferences())
+                    if (!feeds.ContainsKey(r) && !g.Initializers.ContainsKey(r) && Outer(r) is { } v) { g.Inputs.Add(new ValueInfo(r, Executor.TypeOf(v))); feeds[r] = v; }
+                g.Outputs.AddRange(body.Outputs);
+                var bodyModel = new Model { Graph = g, Opsets = model.Opsets, IrVersion = model.IrVersion };
+                var nested = new MigrationResult { Strategy = "lockstep", Source = source.Name, Target = target.Name, Nodes = g.Nodes.Count };
+                var exec = new Executor(target) { Fallback = source, CheckInputShapes = false };
+                using var shadow = new Lockstep(source, tolerances, nested, exec, isolatedTarget) { Phase = Phase, Feeds = feeds };
+                exec.Observers.Add(shadow);
+                var outs = exec.Run(bodyModel, feeds);
+                found ??= nested.FirstDivergent;
+                return body.Outputs.Select(o => outs.GetValueOrDefault(o.Name)).ToArray();
+            },
+        };
+        // The parent's kernel on the source composing the target's body outputs: what the target's parent should give.
+        Value?[] withTargetBody;
+        try { withTargetBody = RunOn(source, e.Node, ctx, srcIn); }
+        catch (TapmlException ex) { return new NodeError(iso.Metrics, false, $"inside its body the target failed: {ex.Message}"); }
+        // NOTE: kept on the source, the parent's own kernel is the reference's: only its body can be wrong.
+        if (!ReferenceEquals(e.Platform, source))
+        {
+            var own = NodeJudge.Compare(e.Node, e.Context.Opset, srcIn, withTargetBody, isoOut, tol);
+            if (!own.Passed) return new NodeError(iso.Metrics, false, $"the {e.Node.OpType} itself, not its body: {own.Failure}");
+        }
+        if (found is { } f)
+            return new NodeError(iso.Metrics, false, $"inside its body, node '{f.Node}' ({f.OpType}) fails isolated: {f.Isolated.Failure}; the body's outputs: {iso.Failure}");
+        return new NodeError(iso.Metrics, true, null);
+    }
+
+    /// <summary>Graph inputs of the phase being run (bodies may read them from the enclosing scope).</summary>
+    public IReadOnlyDictionary<string, Value> Feeds { get; set; } = new Dictionary<string, Value>();
+
+    readonly Dictionary<IPlatform, Executor> _bodies = new(ReferenceEqualityComparer.Instance);
+
+    /// <summary>The node's context for a shadow run on <paramref name="p"/>: a body (If/Loop/Scan) runs wholly on
+    /// <paramref name="p"/> (the source, or the isolated target with the source as fallback) and reads the enclosing
+    /// scope's source values — never through the run under test, whose bodies run on the target.</summary>
+    NodeContext ShadowContext(NodeEvent e, IPlatform p)
+    {
+        if (!e.Node.Subgraphs.Any()) return e.Context;
+        if (!_bodies.TryGetValue(p, out var exec))
+            _bodies[p] = exec = ReferenceEquals(p, source) ? new Executor(source) : new Executor(p) { Fallback = source };
+        var model = _model!;
+        Value? Outer(string name) => _values.GetValueOrDefault(name) ?? model.Graph.Initializers.GetValueOrDefault(name) ?? Feeds.GetValueOrDefault(name);
+        return new NodeContext(e.Node, e.Context.Opset) { Owner = e.Context.Owner, RunSubgraph = (body, inputs) => exec.RunBody(model, body, inputs, Outer) };
     }
 
     Value?[] RunOn(IPlatform p, Node node, NodeContext ctx, Value?[] hostInputs)

@@ -131,6 +131,7 @@ public sealed class Migrator
         {
             Progress?.Invoke($"lockstep {phase}");
             shadow.Phase = phase;
+            shadow.Feeds = feeds;
             try { exec.Run(_model, feeds); }
             catch (UnsupportedException e) { r.TargetError = $"{phase}: {e.Message}"; unsupported = true; }
             catch (TapmlException e) { r.TargetError = $"{phase}: {e.Message}"; }
