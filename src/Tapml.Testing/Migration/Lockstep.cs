@@ -130,7 +130,6 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
         NodeRecord? found = null;
         var model = _model!;
         var target = _isolated ??= isolatedTarget();
-        Value? Outer(string name) => _values.GetValueOrDefault(name) ?? model.Graph.Initializers.GetValueOrDefault(name) ?? Feeds.GetValueOrDefault(name);
         var ctx = new NodeContext(e.Node, e.Context.Opset)
         {
             Owner = e.Context.Owner,
@@ -170,6 +169,9 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
         return new NodeError(iso.Metrics, true, null);
     }
 
+    /// <summary>A name a body reads from the enclosing scope, as the source computed it.</summary>
+    Value? Outer(string name) => _values.GetValueOrDefault(name) ?? _model!.Graph.Initializers.GetValueOrDefault(name) ?? Feeds.GetValueOrDefault(name);
+
     /// <summary>Graph inputs of the phase being run (bodies may read them from the enclosing scope).</summary>
     public IReadOnlyDictionary<string, Value> Feeds { get; set; } = new Dictionary<string, Value>();
 
@@ -184,7 +186,6 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
         if (!_bodies.TryGetValue(p, out var exec))
             _bodies[p] = exec = ReferenceEquals(p, source) ? new Executor(source) : new Executor(p) { Fallback = source };
         var model = _model!;
-        Value? Outer(string name) => _values.GetValueOrDefault(name) ?? model.Graph.Initializers.GetValueOrDefault(name) ?? Feeds.GetValueOrDefault(name);
         return new NodeContext(e.Node, e.Context.Opset) { Owner = e.Context.Owner, RunSubgraph = (body, inputs) => exec.RunBody(model, body, inputs, Outer) };
     }
 
