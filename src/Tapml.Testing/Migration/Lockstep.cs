@@ -76,19 +76,20 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
         AllIntermediates = Math.Max(AllIntermediates, _runProduced);
 
         var tol = tolerances.For(node, srcIn, srcOut);
-        var acc = NodeJudge.CompareAccumulated(node, e.Context.Opset, srcIn, srcOut, tgtOut, tol);
+        var judge = new NodeJudge(node, e.Context.Opset, srcIn, tol);
+        var acc = judge.CompareAccumulated(srcOut, tgtOut);
         NodeError iso;
         Value?[]? isoOut = null;
-        if (inputsEqual) iso = NodeJudge.Compare(node, e.Context.Opset, srcIn, srcOut, isoOut = tgtOut, tol);
+        if (inputsEqual) iso = judge.Compare(srcOut, isoOut = tgtOut);
         else
         {
             var p = ReferenceEquals(e.Platform, source) ? source : _isolated ??= isolatedTarget();
             // NOTE: a body ran on the target even when its If/Loop/Scan was kept on the source: re-run it there too.
             var bodyOn = node.Subgraphs.Any() ? _isolated ??= isolatedTarget() : p;
-            try { iso = NodeJudge.Compare(node, e.Context.Opset, srcIn, srcOut, isoOut = RunOn(p, node, ShadowContext(e, bodyOn), srcIn), tol); }
+            try { iso = judge.Compare(srcOut, isoOut = RunOn(p, node, ShadowContext(e, bodyOn), srcIn)); }
             catch (TapmlException ex) { iso = new NodeError(new Metrics(), false, $"{e.Platform.Name} fed the source's inputs failed: {ex.Message}"); }
         }
-        if (!iso.Passed && isoOut is not null && node.Subgraphs.Any()) iso = InBody(e, srcIn, iso, isoOut, tol);
+        if (!iso.Passed && isoOut is not null && node.Subgraphs.Any()) iso = InBody(e, srcIn, iso, isoOut, judge);
         var rec = new NodeRecord(e.Index, node.Name, node.OpType, Phase, e.Platform.Name, iso, acc);
         result.Records.Add(rec);
         if (!iso.Passed && result.FirstDivergent is null)
@@ -125,7 +126,7 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
     /// nested lockstep on the isolated target, each body node judged by its own rule. A body node that fails isolated
     /// makes the parent the culprit (the failure names it); when every body node passes, the parent's difference is
     /// rounding accumulated over the body, not a wrong kernel.</summary>
-    NodeError InBody(NodeEvent e, Value?[] srcIn, NodeError iso, Value?[] isoOut, Tolerance tol)
+    NodeError InBody(NodeEvent e, Value?[] srcIn, NodeError iso, Value?[] isoOut, NodeJudge judge)
     {
         NodeRecord? found = null;
         var model = _model!;
@@ -161,7 +162,7 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
         // NOTE: kept on the source, the parent's own kernel is the reference's: only its body can be wrong.
         if (!ReferenceEquals(e.Platform, source))
         {
-            var own = NodeJudge.Compare(e.Node, e.Context.Opset, srcIn, withTargetBody, isoOut, tol);
+            var own = judge.Compare(withTargetBody, isoOut);
             if (!own.Passed) return new NodeError(iso.Metrics, false, $"the {e.Node.OpType} itself, not its body: {own.Failure}");
         }
         if (found is { } f)

@@ -216,8 +216,9 @@ public sealed class Migrator
             catch (TapmlException e) { isoError = e.Message; }
             var tol = _nodeTolerances.For(node, srcIn, srcOut);
             int opset = _model.Opset(node.Domain);
-            var isoErr = isoError is not null ? new NodeError(new Metrics(), false, isoError) : NodeJudge.Compare(node, opset, srcIn, srcOut, node.Outputs.Select(n => iso!.GetValueOrDefault(n)).ToArray(), tol);
-            var accErr = NodeJudge.CompareAccumulated(node, opset, srcIn, srcOut, tgtOut, tol);
+            var judge = new NodeJudge(node, opset, srcIn, tol);
+            var isoErr = isoError is not null ? new NodeError(new Metrics(), false, isoError) : judge.Compare(srcOut, node.Outputs.Select(n => iso!.GetValueOrDefault(n)).ToArray());
+            var accErr = judge.CompareAccumulated(srcOut, tgtOut);
             if (isoErr.Passed && accErr.Passed) continue;
             r.FirstDivergent = new NodeRecord(culprit, node.Name, node.OpType, phase, _targetSpec, isoErr, accErr);
             r.Records.Add(r.FirstDivergent);
