@@ -11,25 +11,30 @@ public sealed class Replayer(CarvedStore store, IPlatform platform, Tolerances t
 {
     public CaseResult Run(CarvedCase c)
     {
-        var tol = ToleranceOf(c);
-        var r = CaseRunner.Run(c.Name, () => Load(store, c), platform, tol, magnitudes: tol.Rule == ToleranceRule.Accumulation);
+        // NOTE: one one-node model per case serves the tolerance and the run (building it parses the case's proto).
+        Model model;
+        try { model = c.ToModel(); }
+        catch (TapmlException e) { return new CaseResult(c.Name, CaseStatus.Error, e.Message, null, 0); }
+        catch (Exception e) when (e is not OutOfMemoryException) { return new CaseResult(c.Name, CaseStatus.Error, $"{e.GetType().Name}: {e.Message}", null, 0); }
+        var tol = ToleranceOf(c, model.Graph.Nodes[0]);
+        var r = CaseRunner.Run(c.Name, () => Load(store, c, model), platform, tol, magnitudes: tol.Rule == ToleranceRule.Accumulation);
         r = r with { Tolerance = tol };
         return r.Status is CaseStatus.Failed or CaseStatus.Error
             ? r with { Repro = $"./tapml replay {CaseRunner.Quote(store.Dir)} --case {c.Id} --platform {CaseRunner.Quote(platform.Name)}" }
             : r;
     }
 
-    public Tolerance ToleranceOf(CarvedCase c)
+    Tolerance ToleranceOf(CarvedCase c, Node node)
     {
-        var node = c.ToModel().Graph.Nodes[0];
         var outType = c.Outputs.Select(o => o.DType).FirstOrDefault(DTypes.IsFloat, c.Outputs.FirstOrDefault()?.DType ?? DType.Float32);
         return tolerances.For(node, c.Inputs.Select(t => t.Blob is null ? null : t.Shape).ToList(), c.Outputs.Select(t => t.Shape).ToList(), outType);
     }
 
     /// <summary>The case's one-node model and its one data set, blobs checked by hash.</summary>
-    public static (Model Model, IReadOnlyList<DataSet> Sets) Load(CarvedStore store, CarvedCase c)
+    public static (Model Model, IReadOnlyList<DataSet> Sets) Load(CarvedStore store, CarvedCase c) => Load(store, c, c.ToModel());
+
+    static (Model Model, IReadOnlyList<DataSet> Sets) Load(CarvedStore store, CarvedCase c, Model model)
     {
-        var model = c.ToModel();
         var inputs = new Dictionary<string, Value>();
         foreach (var t in c.Inputs)
             if (t.Blob is { } sha) inputs[t.Name] = Checked(store.Read(sha, c.Id), t, c);
