@@ -236,6 +236,36 @@ public class CarvedStoreFormatTests
         finally { Directory.Delete(root, true); }
     }
 
+    /// <summary>A manifest names its model files itself: a pipe in the model's place, a relative path or a file that
+    /// is no model are one line each, at once (a pipe used to block the replay forever).</summary>
+    [Theory]
+    [InlineData("fifo", "not a regular file with data")]
+    [InlineData("relative", "must name an absolute path")]
+    [InlineData("passwd", "must name an absolute path to a .safetensors or .onnx file")]
+    public void A_weight_reference_to_a_pipe_or_a_non_model_path_is_one_clear_line(string kind, string message)
+    {
+        var (root, model, store) = CarveCopy();
+        try
+        {
+            string file = Path.GetFullPath(Path.Combine(model, "model.safetensors"));
+            if (kind == "fifo")
+            {
+                File.Delete(file);
+                using var mk = System.Diagnostics.Process.Start("mkfifo", [file]);
+                mk.WaitForExit();
+            }
+            else
+            {
+                string manifest = Path.Combine(store, "manifest.json");
+                string to = kind == "relative" ? "../model/model.safetensors" : "/etc/passwd";
+                File.WriteAllText(manifest, File.ReadAllText(manifest).Replace(System.Text.Json.JsonEncodedText.Encode(file).ToString(), to));
+            }
+            var r = CliRunner.Run("replay", store, "--platform", "cpu");
+            AssertOneLine(r, store, message);
+        }
+        finally { Directory.Delete(root, true); }
+    }
+
     [Fact]
     public void A_changed_weight_is_one_clear_line_naming_its_hash()
     {

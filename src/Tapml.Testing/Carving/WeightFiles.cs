@@ -18,8 +18,16 @@ sealed class WeightFiles
     /// <param name="what">Names the store, case, file and tensor in errors.</param>
     public Tensor Load(InitializerSource src, DType dtype, string what)
     {
-        if (!File.Exists(src.File))
+        // NOTE: the path comes from a manifest that may have come from elsewhere: only an absolute path to a model file
+        // is followed, and only to a regular file with data (a named pipe or a device would block or never end).
+        string ext = Path.GetExtension(src.File).ToLowerInvariant();
+        if (!Path.IsPathFullyQualified(src.File) || ext is not (".safetensors" or ".onnx"))
+            throw new TapmlException($"{what}: a weight reference must name an absolute path to a .safetensors or .onnx file");
+        var info = new FileInfo(src.File);
+        if (!info.Exists)
             throw new TapmlException($"{what}, which is missing (the model moved or was deleted?); restore it, or carve with --embed-weights for a self-contained store");
+        if ((info.LinkTarget is null ? info : info.ResolveLinkTarget(true)) is not FileInfo { Exists: true, Length: > 0 })
+            throw new TapmlException($"{what}, which is not a regular file with data (a pipe, a device, an empty file or a dangling link)");
         Tensor t;
         if (src.File.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
         {
