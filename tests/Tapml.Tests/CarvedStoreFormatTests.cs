@@ -7,7 +7,7 @@ using Xunit;
 
 namespace Tapml.Tests;
 
-/// <summary>The carved store's format (docs/carving.md "Store format"): v2 packs and weight references, v1 still
+/// <summary>The carved store's format (docs/carving.md "Store format"): v3 packs and weight references, v2 and v1 still
 /// read, and every way a store's bytes can go bad is one clear line with exit 2.</summary>
 public class CarvedStoreFormatTests
 {
@@ -40,7 +40,7 @@ public class CarvedStoreFormatTests
     }
 
     [Fact]
-    public void A_v2_store_round_trips_every_dtype_through_the_pack()
+    public void A_v3_store_round_trips_every_dtype_through_the_pack()
     {
         string dir = Temp();
         try
@@ -69,6 +69,50 @@ public class CarvedStoreFormatTests
                 Assert.Equal(tensors[i].Shape, t.Shape);
                 Assert.True(tensors[i].Bytes().SequenceEqual(t.Bytes()));
                 Assert.IsType<PackedBlob>(back.Blobs[shas[i]]);
+            }
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    /// <summary>Blobs larger than a staging chunk, blobs across chunk boundaries and manifests between them (each
+    /// hands a partial chunk to the writer) come back bit-exact, and the pack ends where its last blob does; on a
+    /// file system without direct I/O (tmpfs) too.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Blobs_across_staging_chunks_and_manifests_round_trip(bool tmpfs)
+    {
+        if (tmpfs && !Directory.Exists("/dev/shm")) Assert.Skip("no /dev/shm (tmpfs) on this machine");
+        string dir = tmpfs ? Path.Combine("/dev/shm", $"tapml-store-{Guid.NewGuid():N}") : Temp();
+        try
+        {
+            var store = CarvedStore.Create(dir, "m", "", "cpu");
+            var rng = new Random(7);
+            var tensors = new List<Tensor>();
+            var names = new List<string>();
+            long expectedEnd = 0;
+            foreach (int n in new[] { 3, 1_500_000, 11, 700_001, 5, 2_000_000, 1, 4093 })
+            {
+                var data = new float[n];
+                for (int i = 0; i < n; i++) data[i] = (float)rng.NextDouble();
+                var t = Tensor.FromArray(data, n);
+                names.Add(store.Put(t, out long written));
+                tensors.Add(t);
+                expectedEnd += written;
+                var refs = names.Select((b, i) => new TensorRef($"input_{i}", DType.Float32, tensors[i].Shape, b)).ToList();
+                store.Cases.Clear();
+                store.Cases.Add(new CarvedCase { Id = "Identity-0", OpType = "Identity", Opset = 17, Inputs = refs, Outputs = refs, Provenance = new("n", "run", 1), Signature = "s" });
+                store.SaveManifest();
+                var partial = CarvedStore.Open(dir);                       // every manifest names only written bytes
+                for (int i = 0; i < names.Count; i++) Assert.True(tensors[i].Bytes().SequenceEqual(partial.Read(names[i], "Identity-0").Bytes()));
+            }
+            store.Close();
+            Assert.Equal(expectedEnd, new FileInfo(store.PackPath(0)).Length);
+            var back = CarvedStore.Open(dir);
+            for (int i = 0; i < names.Count; i++)
+            {
+                Assert.Matches("^[0-9a-f]{32}$", names[i]);
+                Assert.True(tensors[i].Bytes().SequenceEqual(back.Read(names[i], "Identity-0").Bytes()));
             }
         }
         finally { Directory.Delete(dir, true); }
@@ -175,19 +219,19 @@ public class CarvedStoreFormatTests
         var (root, _, store) = CarveCopy();
         try
         {
-            // the v1 layout written by the v1 carver: one blobs/<sha>.safetensors per blob, weights copied, no index
+            // the v1 layout written by the v1 carver: one blobs/<sha256>.safetensors per blob, weights copied, no index
             string v1 = Path.Combine(root, "v1");
             var s = CarvedStore.Open(store);
             Directory.CreateDirectory(Path.Combine(v1, "blobs"));
             string text = File.ReadAllText(s.ManifestPath);
             foreach (var c in s.Cases)
-                foreach (var sha in c.Blobs)
+                foreach (var name in c.Blobs)
                 {
-                    // v1 had no splats: a uniform tensor was a blob file named by the hash of its bytes
-                    var t = s.Read(sha, c.Id);
-                    string name = s.Blobs[sha] is SplatBlob ? CarvedStore.BlobSha(t) : sha;
-                    text = text.Replace(sha, name);
-                    string path = Path.Combine(v1, "blobs", name + ".safetensors");
+                    // v1 had no splats and named every blob by the SHA-256 of its bytes
+                    var t = s.Read(name, c.Id);
+                    string sha = CarvedStore.BlobSha(t);
+                    text = text.Replace(name, sha);
+                    string path = Path.Combine(v1, "blobs", sha + ".safetensors");
                     if (!File.Exists(path)) SafetensorsWriter.Write(path, [new("tensor", t)]);
                 }
             var manifest = JsonNode.Parse(text)!.AsObject();
@@ -198,6 +242,51 @@ public class CarvedStoreFormatTests
             Assert.Equal(CarvedStore.FormatV1, opened.Format);
             Assert.All(opened.Blobs.Values, b => Assert.IsType<FileBlob>(b));
             AssertReplaysClean(v1);
+        }
+        finally { Directory.Delete(root, true); }
+    }
+
+    [Fact]
+    public void A_v2_store_with_sha256_names_still_loads_and_replays()
+    {
+        var (root, _, store) = CarveCopy();
+        try
+        {
+            // v2: the same pack and entries, every name a SHA-256 (splats: of their description), weights without "sha256"
+            string v2 = Path.Combine(root, "v2");
+            var s = CarvedStore.Open(store);
+            Assert.Equal(CarvedStore.FormatName, s.Format);
+            var manifest = JsonNode.Parse(File.ReadAllText(s.ManifestPath))!.AsObject();
+            var renamed = new Dictionary<string, string>();
+            var blobs = new JsonObject();
+            foreach (var (name, entry) in manifest["blobs"]!.AsObject().ToList())
+            {
+                Assert.Matches("^[0-9a-f]{32}$", name);
+                var loc = s.Blobs[name];
+                string sha = loc is SplatBlob z ? CarvedStore.SplatName(z.DType, z.Shape, z.Value, sha256: true) : CarvedStore.BlobSha(s.Read(name, "v2"));
+                if (loc is WeightBlob w) Assert.Equal(w.Sha256, sha);
+                var e = entry!.DeepClone().AsObject();
+                e.Remove("sha256");
+                blobs[sha] = e;
+                renamed[name] = sha;
+            }
+            manifest["blobs"] = blobs;
+            manifest["format"] = CarvedStore.FormatV2;
+            string text = manifest.ToJsonString();
+            foreach (var (name, sha) in renamed) text = text.Replace($"\"{name}\"", $"\"{sha}\"");
+            Directory.CreateDirectory(Path.Combine(v2, "packs"));
+            File.Copy(s.PackPath(0), Path.Combine(v2, "packs", "0.pack"));
+            File.WriteAllText(Path.Combine(v2, "manifest.json"), text);
+            var opened = CarvedStore.Open(v2);
+            Assert.Equal(CarvedStore.FormatV2, opened.Format);
+            Assert.All(opened.Blobs.Keys, k => Assert.Equal(64, k.Length));
+            AssertReplaysClean(v2);
+            // a flipped byte is still caught by the v2 names
+            var bytes = File.ReadAllBytes(opened.PackPath(0));
+            var victim = opened.Blobs.First(b => b.Value is PackedBlob);
+            bytes[((PackedBlob)victim.Value).Offset + ((PackedBlob)victim.Value).Length - 1] ^= 1;
+            File.WriteAllBytes(opened.PackPath(0), bytes);
+            AssertOneLine(CliRunner.Run("replay", v2, "--platform", "cpu"), "corrupt", "SHA-256", victim.Key);
         }
         finally { Directory.Delete(root, true); }
     }

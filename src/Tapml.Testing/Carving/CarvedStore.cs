@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.IO.Hashing;
 using System.Security.Cryptography;
 using System.Runtime.InteropServices;
 using System.Text.Json;
@@ -10,32 +11,34 @@ using Tapml.Ir.Safetensors;
 
 namespace Tapml.Testing.Carving;
 
-/// <summary>Where a blob's bytes are: a range of a pack file, a file of its own (<c>blobs/&lt;sha256&gt;.safetensors</c>,
+/// <summary>Where a blob's bytes are: a range of a pack file, a file of its own (<c>blobs/&lt;name&gt;.safetensors</c>,
 /// every v1 blob), or a model weight read from the model's own file.</summary>
 public abstract record BlobLocation;
 /// <summary><paramref name="Length"/> bytes at <paramref name="Offset"/> of <c>packs/&lt;Pack&gt;.pack</c>.</summary>
 public sealed record PackedBlob(int Pack, long Offset, long Length) : BlobLocation;
-/// <summary><c>blobs/&lt;sha256&gt;.safetensors</c>.</summary>
+/// <summary><c>blobs/&lt;name&gt;.safetensors</c>.</summary>
 public sealed record FileBlob : BlobLocation;
 /// <summary>A model weight stored by reference: tensor <see cref="InitializerSource.Tensor"/> of
 /// <see cref="InitializerSource.File"/> (transformed as it says), which must be <paramref name="DType"/>
-/// <paramref name="Shape"/> and hash to the blob's name.</summary>
-public sealed record WeightBlob(InitializerSource Source, DType DType, long[] Shape) : BlobLocation;
+/// <paramref name="Shape"/> and whose blob image has the SHA-256 <paramref name="Sha256"/> (v2: the blob's name).</summary>
+public sealed record WeightBlob(InitializerSource Source, DType DType, long[] Shape, string Sha256) : BlobLocation;
 /// <summary>A uniform ("splat") tensor: every element of <paramref name="DType"/> <paramref name="Shape"/> has the
-/// bytes <paramref name="Value"/> (one element, little-endian). Nothing is stored; its blob name is
-/// <see cref="CarvedStore.SplatSha"/> of these fields, which is what replay checks.</summary>
+/// bytes <paramref name="Value"/> (one element, little-endian). Nothing is stored; its blob name is the hash of
+/// these fields (<see cref="CarvedStore.SplatName"/>), which is what replay checks.</summary>
 public sealed record SplatBlob(DType DType, long[] Shape, byte[] Value) : BlobLocation;
 
 /// <summary>A carved test store (DESIGN.md, docs/carving.md "Store format"): <c>manifest.json</c> and the blobs its
-/// cases name, each blob one tensor as a one-tensor safetensors image named by the SHA-256 of those bytes, so a
-/// tensor used by many cases is stored once. Format v2 (written) appends blobs to <c>packs/0.pack</c> and stores
-/// model weights by reference (unless asked to embed them); v1 (<c>blobs/&lt;sha256&gt;.safetensors</c>, one file
-/// each) is read too. A background writer appends blobs; the manifest, rewritten atomically (temporary file +
-/// rename) after the pack is flushed, names only blobs whose bytes are written, so a store whose writer was killed
-/// still loads, with the cases of its last manifest. Every blob is checked against its SHA-256 when read.</summary>
+/// cases name, each blob one tensor as a one-tensor safetensors image named by the hash of those bytes, so a
+/// tensor used by many cases is stored once. Format v3 (written) appends blobs to <c>packs/0.pack</c>, names them by
+/// XXH3-128 and stores model weights by reference with their SHA-256 (unless asked to embed them); v2 (the same
+/// layout, every name a SHA-256) and v1 (<c>blobs/&lt;sha256&gt;.safetensors</c>, one file each) are read too. A
+/// background writer appends blobs; the manifest, rewritten atomically (temporary file + rename) after the pack's
+/// bytes are written, names only blobs whose bytes are written, so a store whose writer was killed still loads,
+/// with the cases of its last manifest. Every blob is checked against its name when read.</summary>
 public sealed class CarvedStore
 {
-    public const string FormatName = "tapml-carved-store/2";
+    public const string FormatName = "tapml-carved-store/3";
+    public const string FormatV2 = "tapml-carved-store/2";
     public const string FormatV1 = "tapml-carved-store/1";
     const string BlobTensorName = "tensor";
 
@@ -46,7 +49,7 @@ public sealed class CarvedStore
     WeightFiles? _weightFiles;
 
     public string Dir { get; }
-    /// <summary>The store's format: <see cref="FormatName"/> or <see cref="FormatV1"/>.</summary>
+    /// <summary>The store's format: <see cref="FormatName"/>, <see cref="FormatV2"/> or <see cref="FormatV1"/>.</summary>
     public string Format { get; private set; } = FormatName;
     public string ManifestPath => Path.Combine(Dir, "manifest.json");
     public string BlobDir => Path.Combine(Dir, "blobs");
@@ -57,13 +60,16 @@ public sealed class CarvedStore
     public List<CarvedCase> Cases { get; } = new();
     /// <summary>Extra manifest fields (carve options, counts of nodes not carved and why).</summary>
     public JsonObject Notes { get; } = new();
-    /// <summary>Where each blob is, by SHA-256 (v1 stores: every blob a case names, as a <see cref="FileBlob"/>).</summary>
+    /// <summary>Where each blob is, by name (v1 stores: every blob a case names, as a <see cref="FileBlob"/>).</summary>
     public IReadOnlyDictionary<string, BlobLocation> Blobs => _index;
 
     CarvedStore(string dir) => Dir = dir;
 
     public string PackPath(int pack) => Path.Combine(PackDir, $"{pack}.pack");
-    public string BlobPath(string sha) => Path.Combine(BlobDir, sha + ".safetensors");
+    public string BlobPath(string name) => Path.Combine(BlobDir, name + ".safetensors");
+
+    /// <summary>v3 names every blob by XXH3-128 (32 hex digits); v1 and v2 by SHA-256 (64).</summary>
+    bool Sha256Names => Format != FormatName;
 
     /// <summary>Starts a new store (format v2) in <paramref name="dir"/> (created; must not hold a store already).
     /// Its folders and empty manifest are written by the background writer, first thing.</summary>
@@ -89,7 +95,7 @@ public sealed class CarvedStore
         catch (JsonException e) { throw new TapmlException($"{s.ManifestPath}: not valid JSON ({e.Message})", e); }
         if (root is not JsonObject o) throw new TapmlException($"{s.ManifestPath}: not a JSON object");
         string? format = o["format"] is JsonValue fv && fv.TryGetValue(out string? f) ? f : null;
-        if (format is not (FormatName or FormatV1)) throw new TapmlException($"{s.ManifestPath}: format '{format}' is not {FormatName} (or {FormatV1})");
+        if (format is not (FormatName or FormatV2 or FormatV1)) throw new TapmlException($"{s.ManifestPath}: format '{format}' is not {FormatName} (or {FormatV2}, {FormatV1})");
         s.Format = format;
         s.ModelName = o["model"]?["name"]?.GetValue<string>() ?? "";
         s.ModelSha256 = o["model"]?["sha256"]?.GetValue<string>() ?? "";
@@ -110,17 +116,19 @@ public sealed class CarvedStore
             return s;
         }
         if (o["blobs"] is not JsonObject blobs) throw new TapmlException($"{s.ManifestPath}: no \"blobs\" object");
-        foreach (var (sha, entry) in blobs) s._index[sha] = ParseLocation(sha, entry, s.ManifestPath);
+        foreach (var (name, entry) in blobs) s._index[name] = ParseLocation(name, entry, s.ManifestPath, s.Sha256Names);
         foreach (var c in s.Cases)
             foreach (var b in c.Blobs)
                 if (!s._index.ContainsKey(b)) throw new TapmlException($"{s.ManifestPath}: case {c.Id} names blob {b}, which \"blobs\" does not list");
         return s;
     }
 
-    static BlobLocation ParseLocation(string sha, JsonNode? entry, string origin)
+    static bool IsHex(string? s, int length) => s is not null && s.Length == length && s.All(char.IsAsciiHexDigitLower);
+
+    static BlobLocation ParseLocation(string name, JsonNode? entry, string origin, bool sha256Names)
     {
-        string where = $"{origin}: blob {sha}";
-        if (sha.Length != 64 || !sha.All(char.IsAsciiHexDigitLower)) throw new TapmlException($"{where}: not a SHA-256 in lower-case hex");
+        string where = $"{origin}: blob {name}";
+        if (!IsHex(name, sha256Names ? 64 : 32)) throw new TapmlException($"{where}: not {(sha256Names ? "a SHA-256" : "an XXH3-128")} in lower-case hex");
         if (entry is not JsonObject e) throw new TapmlException($"{where}: not a JSON object");
         try
         {
@@ -149,7 +157,9 @@ public sealed class CarvedStore
                 var src = new InitializerSource(file.GetValue<string>(), e["tensor"]?.GetValue<string>() ?? throw new TapmlException($"{where}: no \"tensor\""),
                                                 e["transform"]?.GetValue<string>() ?? "");
                 if (src.Transform is not ("" or "transpose")) throw new TapmlException($"{where}: unknown transform '{src.Transform}'");
-                return new WeightBlob(src, dtype, shape);
+                string? sha = sha256Names ? name : e["sha256"]?.GetValue<string>();
+                if (!IsHex(sha, 64)) throw new TapmlException($"{where}: \"sha256\" must be a SHA-256 in lower-case hex");
+                return new WeightBlob(src, dtype, shape, sha!);
             }
         }
         catch (Exception x) when (x is FormatException or InvalidOperationException)
@@ -162,73 +172,88 @@ public sealed class CarvedStore
     // --- writing --------------------------------------------------------------------------------------------------
 
     Writer? _writer;
-    long _packEnd;
 
-    /// <summary>Stores <paramref name="t"/> as a blob (unless an identical one exists) and returns its hash, the
-    /// SHA-256 of the blob's bytes (computed here). The bytes are appended to the pack by the background writer; a
-    /// manifest written later names them only after they are written. Returns the bytes queued in
-    /// <paramref name="written"/> (0 when deduplicated). The tensor must not change afterwards (executor values
-    /// never do).</summary>
+    /// <summary>Stores <paramref name="t"/> as a blob (unless an identical one exists) and returns its name, the
+    /// XXH3-128 of the blob's bytes (computed here). The bytes are copied into the pack's staging chunks, which the
+    /// background writer appends; a manifest written later names them only after they are written. Returns the bytes
+    /// staged in <paramref name="written"/> (0 when deduplicated).</summary>
     public string Put(Tensor t, out long written)
     {
-        var w = _writer ?? throw new TapmlException($"{Dir}: the store was opened for reading; carve into a new store");
+        _ = _writer ?? throw new TapmlException($"{Dir}: the store was opened for reading; carve into a new store");
         written = 0;
         if (UniformValue(t) is { } value)
         {
             // NOTE: constant fills (ConstantOfShape weights, zero caches, masks) are named by their fields, not hashed.
-            string id = SplatSha(t.DType, t.Shape, value);
+            string id = SplatName(t.DType, t.Shape, value);
             _index.TryAdd(id, new SplatBlob(t.DType, (long[])t.Shape.Clone(), value));
             return id;
         }
         byte[] header = BlobHeader(t);
+        _hasher.Append(header);
+        _hasher.Append(t.Bytes());
+        string name = Hex(_hasher);
+        if (_index.TryGetValue(name, out var existing) && existing is not WeightBlob) return name;
         long length = header.Length + t.ByteSize;
-        string sha;
-        if (length <= SmallBlobBytes)
-        {
-            // NOTE: small blobs are copied into a batch the writer appends whole (one hand-over per ~1 MiB, not per blob).
-            var image = _batch.AsSpan(_batchLength, (int)length);
-            header.CopyTo(image);
-            t.Bytes().CopyTo(image[header.Length..]);
-            sha = Convert.ToHexStringLower(SHA256.HashData(image));
-            if (_index.TryGetValue(sha, out var existing) && existing is not WeightBlob) return sha;
-            _batchLength += (int)length;
-        }
-        else
-        {
-            sha = Sha(header, t);
-            if (_index.TryGetValue(sha, out var existing) && existing is not WeightBlob) return sha;
-            HandOverBatch();
-            w.Append(header, t);
-        }
-        _index[sha] = new PackedBlob(0, _packEnd, length);
-        _packEnd += length;
+        _index[name] = new PackedBlob(0, _packEnd, length);
+        Stage(header);
+        Stage(t.Bytes());
         written = length;
-        if (_batchLength >= BatchBytes) HandOverBatch();
-        return sha;
+        return name;
     }
 
-    const int SmallBlobBytes = 64 << 10, BatchBytes = 1 << 20;
-    // NOTE: batch buffers go round between the carve and the writer (fresh 1 MiB arrays would be large-object
-    // allocations, and those bring full garbage collections over the model's weights).
-    readonly ConcurrentBag<byte[]> _freeBatches = new();
-    byte[] _batch = new byte[BatchBytes + SmallBlobBytes];
-    int _batchLength;
+    // NOTE: XXH3-128, not SHA-256: hashing the distinct activations was most of a carve's cost (docs/benchmarks.md).
+    readonly XxHash128 _hasher = new();
 
-    void HandOverBatch()
+    static string Hex(XxHash128 h)
     {
-        if (_batchLength == 0) return;
-        _writer!.AppendBytes(_batch, _batchLength);
-        _batch = _freeBatches.TryTake(out var b) ? b : new byte[BatchBytes + SmallBlobBytes];
-        _batchLength = 0;
+        Span<byte> b = stackalloc byte[16];
+        h.GetHashAndReset(b);
+        return Convert.ToHexStringLower(b);
+    }
+    // NOTE: the carve copies blobs into staging chunks (so the run's tensors are not kept alive for the disk); the pack
+    // ends at _chunkOffset + _chunkLength, and _chunkOffset is always a multiple of DirectFile.Align.
+    PackChunk? _chunk;
+    long _chunkOffset;
+    int _chunkLength;
+    bool _staged;
+
+    long _packEnd => _chunkOffset + _chunkLength;
+
+    void Stage(ReadOnlySpan<byte> bytes)
+    {
+        while (bytes.Length > 0)
+        {
+            var chunk = _chunk ??= _writer!.TakeChunk();
+            int n = Math.Min(bytes.Length, DirectFile.ChunkBytes - _chunkLength);
+            bytes[..n].CopyTo(chunk.Span[_chunkLength..]);
+            _chunkLength += n;
+            _staged = true;
+            bytes = bytes[n..];
+            if (_chunkLength < DirectFile.ChunkBytes) continue;
+            _writer!.Append(chunk, _chunkOffset, _chunkLength);
+            (_chunk, _chunkOffset, _chunkLength, _staged) = (null, _chunkOffset + _chunkLength, 0, false);
+        }
+    }
+
+    /// <summary>Hands the staged bytes to the writer (before a manifest names them); the last partial block stays
+    /// staged, at the start of a fresh chunk, since the next write covers it again.</summary>
+    void HandOverStaged()
+    {
+        if (!_staged || _chunk is not { } chunk) return;
+        int aligned = _chunkLength / DirectFile.Align * DirectFile.Align, tail = _chunkLength - aligned;
+        var next = _writer!.TakeChunk();
+        chunk.Span.Slice(aligned, tail).CopyTo(next.Span);
+        _writer.Append(chunk, _chunkOffset, _chunkLength);
+        (_chunk, _chunkOffset, _chunkLength, _staged) = (next, _chunkOffset + aligned, tail, false);
     }
 
     /// <summary>Records <paramref name="t"/>, a model weight whose bytes <paramref name="source"/> gives back, by
-    /// reference (nothing is written); returns its blob hash (the same as <see cref="Put"/> would give).</summary>
+    /// reference with its SHA-256 (nothing is written); returns its blob name (the same as <see cref="Put"/> would give).</summary>
     public string PutWeight(Tensor t, InitializerSource source)
     {
-        string sha = BlobSha(t);
-        _index.TryAdd(sha, new WeightBlob(source, t.DType, (long[])t.Shape.Clone()));
-        return sha;
+        string name = BlobName(t);
+        if (!_index.ContainsKey(name)) _index.TryAdd(name, new WeightBlob(source, t.DType, (long[])t.Shape.Clone(), BlobSha(t)));
+        return name;
     }
 
     /// <summary>The bytes of the one element <paramref name="t"/> repeats when all its elements have the same bit
@@ -251,10 +276,12 @@ public sealed class CarvedStore
         static bool Except<T>(ReadOnlySpan<T> s) where T : unmanaged, IEquatable<T> => s.IndexOfAnyExcept(s[0]) < 0;
     }
 
-    /// <summary>The blob name of a splat: SHA-256 of <c>tapml-splat|DTYPE|D0,D1,…|VALUEHEX</c> (UTF-8).</summary>
-    public static string SplatSha(DType dtype, long[] shape, ReadOnlySpan<byte> value) =>
-        Convert.ToHexStringLower(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(
-            $"tapml-splat|{DTypes.Name(dtype)}|{string.Join(",", shape)}|{Convert.ToHexStringLower(value)}")));
+    /// <summary>The blob name of a splat: the XXH3-128 (v2: SHA-256) of <c>tapml-splat|DTYPE|D0,D1,…|VALUEHEX</c> (UTF-8).</summary>
+    public static string SplatName(DType dtype, long[] shape, ReadOnlySpan<byte> value, bool sha256 = false)
+    {
+        var text = System.Text.Encoding.UTF8.GetBytes($"tapml-splat|{DTypes.Name(dtype)}|{string.Join(",", shape)}|{Convert.ToHexStringLower(value)}");
+        return Convert.ToHexStringLower(sha256 ? SHA256.HashData(text) : XxHash128.Hash(text));
+    }
 
     static Tensor Materialize(SplatBlob s)
     {
@@ -270,8 +297,21 @@ public sealed class CarvedStore
         return t;
     }
 
-    /// <summary>The blob hash of <paramref name="t"/>: the SHA-256 of its one-tensor safetensors image.</summary>
+    /// <summary>The SHA-256 of <paramref name="t"/>'s one-tensor safetensors image (a v2 blob name; a v3 weight's check).</summary>
     public static string BlobSha(Tensor t) => Sha(BlobHeader(t), t);
+
+    /// <summary>The v3 blob name of <paramref name="t"/>: the XXH3-128 of its one-tensor safetensors image, as the 16
+    /// bytes of its canonical (big-endian) form in lower-case hex.</summary>
+    public static string BlobName(Tensor t)
+    {
+        var h = new XxHash128();
+        h.Append(BlobHeader(t));
+        h.Append(t.Bytes());
+        return Hex(h);
+    }
+
+    /// <summary>The name this store's format gives to the blob image <paramref name="image"/>.</summary>
+    string NameOf(ReadOnlySpan<byte> image) => Convert.ToHexStringLower(Sha256Names ? SHA256.HashData(image) : XxHash128.Hash(image));
 
     /// <summary>The header of <paramref name="t"/>'s blob image, the same bytes as
     /// <c>SafetensorsWriter.Header([new("tensor", t)])</c> (length, JSON, spaces to a multiple of 8), written by hand:
@@ -317,7 +357,7 @@ public sealed class CarvedStore
     public void QueueManifest()
     {
         var w = _writer ?? throw new TapmlException($"{Dir}: the store was opened for reading; carve into a new store");
-        HandOverBatch();
+        HandOverStaged();
         w.Manifest(Cases.ToArray(), (JsonObject)Notes.DeepClone());
     }
 
@@ -362,6 +402,7 @@ public sealed class CarvedStore
                             w.WriteString("file", Path.GetRelativePath(Dir, BlobPath(sha)));
                             break;
                         case WeightBlob r:
+                            w.WriteString("sha256", r.Sha256);
                             w.WriteString("model_file", r.Source.File);
                             w.WriteString("tensor", r.Source.Tensor);
                             if (r.Source.Transform != "") w.WriteString("transform", r.Source.Transform);
@@ -389,36 +430,61 @@ public sealed class CarvedStore
         return buffer.WrittenSpan.ToArray();
     }
 
-    /// <summary>The background writer: one thread that creates the folders, appends blobs to the pack and writes
+    /// <summary>The background writer: one thread that creates the folders, writes the pack's chunks and the
     /// manifests, in the order they were queued (so a manifest follows the blobs it names).</summary>
     sealed class Writer
     {
-        // NOTE: queued tensors stay alive until written; past this many bytes the carve waits for the disk.
-        const long MaxQueuedBytes = 256L << 20;
+        // NOTE: at most this many staging chunks exist; when all wait for the disk, the carve waits too.
+        const int MaxChunks = 6;
         readonly CarvedStore _s;
-        // NOTE: an item is a blob (Header + Tensor), a batch of blob images (Header = the buffer, Length bytes of it) or a manifest.
-        readonly Queue<(byte[]? Header, Tensor? Tensor, CarvedCase[]? Cases, JsonObject? Notes, int Length)> _queue = new();
+        // NOTE: an item is a chunk (Length bytes at file Offset) or a manifest.
+        readonly Queue<(PackChunk? Chunk, long Offset, int Length, CarvedCase[]? Cases, JsonObject? Notes)> _queue = new();
+        readonly Stack<PackChunk> _free = new();
         readonly object _lock = new();
-        long _queuedBytes, _queued, _done;
+        long _queued, _done;
+        int _chunks;
         bool _idle;
         Thread? _thread;
-        FileStream? _pack;
+        DirectFile? _pack;
+        PackChunk? _scratch;
         bool _opened;
         public Exception? Error;
 
         public Writer(CarvedStore s) => _s = s;
 
-        public void Append(byte[] header, Tensor t) => Enqueue((header, t, null, null, 0), header.Length + t.ByteSize);
-        public void AppendBytes(byte[] batch, int length) => Enqueue((batch, null, null, null, length), length);
-        public void Manifest(CarvedCase[] cases, JsonObject notes) => Enqueue((null, null, cases, notes, 0), 0);
+        public void Append(PackChunk chunk, long offset, int length) => Enqueue((chunk, offset, length, null, null));
+        public void Manifest(CarvedCase[] cases, JsonObject notes) => Enqueue((null, 0, 0, cases, notes));
 
-        void Enqueue((byte[]?, Tensor?, CarvedCase[]?, JsonObject?, int) item, long bytes)
+        /// <summary>A free staging chunk; waits for the writer when <see cref="MaxChunks"/> are in use.</summary>
+        public PackChunk TakeChunk()
         {
             lock (_lock)
             {
-                while (_queuedBytes > MaxQueuedBytes && Error is null) Monitor.Wait(_lock);
+                while (_free.Count == 0 && _chunks >= MaxChunks) Monitor.Wait(_lock);
+                if (_free.Count > 0) return _free.Pop();
+                _chunks++;
+            }
+            return Spare.TryTake(out var c) ? c : new PackChunk();
+        }
+
+        // NOTE: chunks outlive their store (pinned, already touched): the next carve of the process starts with them.
+        static readonly ConcurrentBag<PackChunk> Spare = new();
+
+        void ReturnChunks()
+        {
+            lock (_lock)
+            {
+                while (_free.Count > 0) { Spare.Add(_free.Pop()); _chunks--; }
+            if (_scratch is { } s) Spare.Add(s);
+            _scratch = null;
+            }
+        }
+
+        void Enqueue((PackChunk?, long, int, CarvedCase[]?, JsonObject?) item)
+        {
+            lock (_lock)
+            {
                 _queue.Enqueue(item);
-                _queuedBytes += bytes;
                 _queued++;
                 if (_thread is null)
                 {
@@ -439,50 +505,37 @@ public sealed class CarvedStore
         {
             while (true)
             {
-                (byte[]? Header, Tensor? Tensor, CarvedCase[]? Cases, JsonObject? Notes, int Length) item;
+                (PackChunk? Chunk, long Offset, int Length, CarvedCase[]? Cases, JsonObject? Notes) item;
                 lock (_lock)
                 {
                     while (_queue.Count == 0) { _idle = true; Monitor.Wait(_lock); }
                     _idle = false;
                     item = _queue.Dequeue();
                 }
-                long bytes = 0;
                 if (Error is null)
                 {
                     try
                     {
-                        if (item.Tensor is { } t)
-                        {
-                            bytes = item.Header!.Length + t.ByteSize;
-                            Pack().Write(item.Header);
-                            Pack().Write(t.Bytes());
-                        }
-                        else if (item.Header is { } batch)
-                        {
-                            bytes = item.Length;
-                            Pack().Write(batch, 0, item.Length);
-                            _s._freeBatches.Add(batch);
-                        }
+                        if (item.Chunk is { } chunk) Pack().Write(chunk, item.Offset, item.Length);
                         else WriteManifest(item.Cases!, item.Notes!);
                     }
                     catch (Exception e) when (e is not OutOfMemoryException) { Error = e; }   // NOTE: rethrown by Drain
                 }
-                else bytes = item.Tensor is { } t2 ? item.Header!.Length + t2.ByteSize : item.Length;
                 lock (_lock)
                 {
-                    _queuedBytes -= bytes;
+                    if (item.Chunk is { } chunk) _free.Push(chunk);
                     _done++;
                     Monitor.PulseAll(_lock);
                 }
             }
         }
 
-        FileStream Pack()
+        DirectFile Pack()
         {
             if (_pack is not null) return _pack;
             Directory.CreateDirectory(_s.PackDir);
-            // NOTE: the pack is only ever appended to; a killed writer leaves bytes past the last manifest's, never read.
-            _pack = new FileStream(_s.PackPath(0), _opened ? FileMode.Append : FileMode.Create, FileAccess.Write, FileShare.Read, 1 << 20);
+            // NOTE: a killed writer leaves bytes past the last manifest's, never read.
+            _pack = new DirectFile(_s.PackPath(0), create: !_opened);
             _opened = true;
             return _pack;
         }
@@ -490,17 +543,20 @@ public sealed class CarvedStore
         void WriteManifest(CarvedCase[] cases, JsonObject notes)
         {
             Directory.CreateDirectory(_s.Dir);
-            _pack?.Flush();
             string tmp = _s.ManifestPath + ".tmp";
-            File.WriteAllBytes(tmp, _s.ManifestBytes(cases, notes));
+            // NOTE: the writer's own chunk: taking one from the carve's could wait for chunks queued behind this manifest.
+            _scratch ??= Spare.TryTake(out var c) ? c : new PackChunk();
+            DirectFile.WriteAll(tmp, _s.ManifestBytes(cases, notes), _scratch);
             File.Move(tmp, _s.ManifestPath, overwrite: true);
         }
 
-        public void Close()
+        /// <summary>Waits for the queue, then cuts the pack at <paramref name="end"/> and closes it.</summary>
+        public void Close(long end)
         {
             Wait();
-            _pack?.Dispose();
+            _pack?.Close(end);
             _pack = null;
+            ReturnChunks();
         }
     }
 
@@ -509,7 +565,7 @@ public sealed class CarvedStore
     {
         if (_writer is not { } w) return;
         SaveManifest();
-        w.Close();
+        w.Close(_packEnd);
     }
 
     // --- reading --------------------------------------------------------------------------------------------------
@@ -525,7 +581,7 @@ public sealed class CarvedStore
         if (loc is WeightBlob r) t = ReadWeight(sha, r, caseId);
         else if (loc is SplatBlob z)
         {
-            string actual = SplatSha(z.DType, z.Shape, z.Value);
+            string actual = SplatName(z.DType, z.Shape, z.Value, Sha256Names);
             if (actual != sha)
                 throw new TapmlException($"{ManifestPath}: splat blob {sha[..16]}… of case {caseId} is corrupt (its dtype, shape and value hash to {actual[..16]}…)");
             _checked.Add(sha);
@@ -533,13 +589,13 @@ public sealed class CarvedStore
         }
         else
         {
-            _writer?.Wait();
+            if (_writer is { } w) { HandOverStaged(); w.Wait(); }
             var (bytes, path) = ReadBlobBytes(sha, loc, caseId);
             if (!_checked.Contains(sha))
             {
-                string actual = Convert.ToHexStringLower(SHA256.HashData(bytes));
+                string actual = NameOf(bytes);
                 if (actual != sha)
-                    throw new TapmlException($"{path}: blob of case {caseId} is corrupt (its SHA-256 is {actual[..16]}…, the store names it {sha})");
+                    throw new TapmlException($"{path}: blob of case {caseId} is corrupt (its {(Sha256Names ? "SHA-256" : "XXH3-128")} is {actual[..16]}…, the store names it {sha})");
                 _checked.Add(sha);
             }
             t = SafetensorsFile.ReadFromBytes(bytes, BlobTensorName, $"{path}: blob {sha} of case {caseId}");
@@ -590,8 +646,8 @@ public sealed class CarvedStore
         if (t.DType != r.DType || !t.Shape.AsSpan().SequenceEqual(r.Shape))
             throw new TapmlException($"{what}: it is {t.Describe()} now, the store says {DTypes.Name(r.DType)}{ShapeUtil.Format(r.Shape)} (the model changed since the carve?)");
         string actual = BlobSha(t);
-        if (actual != sha)
-            throw new TapmlException($"{what}: its bytes changed since the carve (SHA-256 {actual[..16]}…, the store says {sha[..16]}…); carve again, or carve with --embed-weights");
+        if (actual != r.Sha256)
+            throw new TapmlException($"{what}: its bytes changed since the carve (SHA-256 {actual[..16]}…, the store says {r.Sha256[..16]}…); carve again, or carve with --embed-weights");
         _checked.Add(sha);
         return t;
     }

@@ -313,7 +313,7 @@ public sealed class Migrator
             Signature = "",
         };
         store.Cases.Add(c);
-        store.SaveManifest();
+        store.Close();
         r.ReproCase = c.Id;
         r.Repro = $"./tapml replay {CaseRunner.Quote(dir)} --case {c.Id} --platform {CaseRunner.Quote(_targetSpec)}";
     }
