@@ -118,6 +118,31 @@ public class CarvedStoreFormatTests
         finally { Directory.Delete(dir, true); }
     }
 
+    /// <summary>The writer renders cases while the carve runs and splices their call counts in at the end: the
+    /// manifest on disk must say exactly what the cases in memory say, counts included.</summary>
+    [Fact]
+    public void The_manifest_rendered_during_the_carve_equals_the_cases_with_their_final_counts()
+    {
+        string dir = Temp();
+        try
+        {
+            var llama = HfModels.Load(TinyCheckpoint.Materialize("llama"));
+            var store = CarvedStore.Create(dir, "tiny-llama", "", "cpu");
+            using var cpu = Tapml.Platforms.PlatformRegistry.Create("cpu");
+            var exec = new Tapml.Platforms.Execution.Executor(cpu);
+            var rec = new Recorder(store, new CarveOptions()) { PhaseOf = r => r == 0 ? "prefill" : $"decode:{r}" };
+            exec.Observers.Add(rec);
+            Generation.Greedy(exec, llama, [1, 17, 305, 42], 9);
+            rec.Dispose();
+            Assert.Contains(store.Cases, c => c.Provenance.Count > 2);      // counts grew after the cases were rendered
+            var onDisk = CarvedStore.Open(dir).Cases;
+            Assert.Equal(store.Cases.Count, onDisk.Count);
+            for (int i = 0; i < onDisk.Count; i++)
+                Assert.True(JsonNode.DeepEquals(store.Cases[i].ToJson(), onDisk[i].ToJson()), $"case {i}: {store.Cases[i].ToJson()} vs {onDisk[i].ToJson()}");
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
     [Fact]
     public void Uniform_tensors_are_splat_entries_with_no_bytes_and_round_trip_bit_exact()
     {

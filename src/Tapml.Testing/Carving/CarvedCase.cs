@@ -134,6 +134,19 @@ public sealed record CarvedCase
     /// <summary>Writes the manifest form (<see cref="ToJson"/>) straight to <paramref name="w"/>.</summary>
     public void WriteJson(System.Text.Json.Utf8JsonWriter w)
     {
+        WriteJsonHead(w);
+        w.WriteStartObject("provenance");
+        w.WriteString("node", Provenance.Node);
+        w.WriteString("phase", Provenance.Phase);
+        w.WriteNumber("count", Provenance.Count);
+        w.WriteEndObject();
+        w.WriteEndObject();
+    }
+
+    /// <summary>Opens the case's object and writes every field but the provenance (whose count grows while a carve
+    /// runs; the store's writer renders the rest ahead of the manifest).</summary>
+    public void WriteJsonHead(System.Text.Json.Utf8JsonWriter w)
+    {
         w.WriteStartObject();
         w.WriteString("id", Id);
         w.WriteString("name", Name);
@@ -145,13 +158,7 @@ public sealed record CarvedCase
         else Attributes.WriteTo(w);
         WriteTensors(w, "inputs", Inputs);
         WriteTensors(w, "outputs", Outputs);
-        w.WriteStartObject("provenance");
-        w.WriteString("node", Provenance.Node);
-        w.WriteString("phase", Provenance.Phase);
-        w.WriteNumber("count", Provenance.Count);
-        w.WriteEndObject();
         w.WriteString("signature", Signature);
-        w.WriteEndObject();
     }
 
     static void WriteTensors(System.Text.Json.Utf8JsonWriter w, string key, IReadOnlyList<TensorRef> tensors)

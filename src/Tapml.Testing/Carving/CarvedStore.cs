@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Collections.Concurrent;
 using System.IO.Hashing;
 using System.Security.Cryptography;
@@ -197,6 +198,8 @@ public sealed class CarvedStore
         _index[name] = new PackedBlob(0, _packEnd, length);
         Stage(header);
         Stage(t.Bytes());
+        // NOTE: an idle writer gets the staged bytes early, so that a short carve does not end with all of them to write.
+        if (_chunkLength >= EarlyHandOverBytes && _writer!.Idle) HandOverStaged();
         written = length;
         return name;
     }
@@ -218,6 +221,7 @@ public sealed class CarvedStore
     bool _staged;
 
     long _packEnd => _chunkOffset + _chunkLength;
+    const int EarlyHandOverBytes = 256 << 10;
 
     void Stage(ReadOnlySpan<byte> bytes)
     {
@@ -369,11 +373,12 @@ public sealed class CarvedStore
         if (w.Error is { } e) throw new TapmlException($"{Dir}: cannot write the store ({e.Message})", e);
     }
 
-    byte[] ManifestBytes(CarvedCase[] cases, JsonObject notes)
+    /// <summary>Writes the manifest of <paramref name="cases"/> into <paramref name="buffer"/> (cleared first).</summary>
+    void ManifestBytes(CarvedCase[] cases, JsonObject notes, System.Buffers.ArrayBufferWriter<byte> buffer)
     {
-        var buffer = new System.Buffers.ArrayBufferWriter<byte>(1 << 16);
+        buffer.ResetWrittenCount();
         // NOTE: compact and with relaxed escaping: signatures hold JSON text, and the final manifest is on the carve's critical path.
-        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
+        using (var w = new Utf8JsonWriter(buffer, ManifestJson))
         {
             w.WriteStartObject();
             w.WriteString("format", FormatName);
@@ -387,47 +392,141 @@ public sealed class CarvedStore
             w.WriteStartObject("blobs");
             var seen = new HashSet<string>();
             foreach (var c in cases)
-                foreach (var sha in c.Blobs)
-                {
-                    if (!seen.Add(sha)) continue;
-                    w.WriteStartObject(sha);
-                    switch (_index[sha])
+                foreach (var name in c.Blobs)
+                    if (seen.Add(name))
                     {
-                        case PackedBlob p:
-                            w.WriteNumber("pack", p.Pack);
-                            w.WriteNumber("offset", p.Offset);
-                            w.WriteNumber("length", p.Length);
-                            break;
-                        case FileBlob:
-                            w.WriteString("file", Path.GetRelativePath(Dir, BlobPath(sha)));
-                            break;
-                        case WeightBlob r:
-                            w.WriteString("sha256", r.Sha256);
-                            w.WriteString("model_file", r.Source.File);
-                            w.WriteString("tensor", r.Source.Tensor);
-                            if (r.Source.Transform != "") w.WriteString("transform", r.Source.Transform);
-                            w.WriteString("dtype", DTypes.Name(r.DType));
-                            w.WriteStartArray("shape");
-                            foreach (var d in r.Shape) w.WriteNumberValue(d);
-                            w.WriteEndArray();
-                            break;
-                        case SplatBlob z:
-                            w.WriteString("splat", Convert.ToHexStringLower(z.Value));
-                            w.WriteString("dtype", DTypes.Name(z.DType));
-                            w.WriteStartArray("shape");
-                            foreach (var d in z.Shape) w.WriteNumberValue(d);
-                            w.WriteEndArray();
-                            break;
+                        w.WritePropertyName(name);
+                        w.WriteRawValue(BlobEntry(name), skipInputValidation: true);
                     }
-                    w.WriteEndObject();
-                }
             w.WriteEndObject();
             w.WriteStartArray("cases");
-            foreach (var c in cases) c.WriteJson(w);
+            var one = _rendered.Scratch;
+            foreach (var c in cases)
+            {
+                one.ResetWrittenCount();
+                one.Write(CaseHead(c));
+                one.Write(",\"provenance\":{\"node\":"u8);
+                WriteJsonString(one, c.Provenance.Node);
+                one.Write(",\"phase\":"u8);
+                WriteJsonString(one, c.Provenance.Phase);
+                one.Write(",\"count\":"u8);
+                Span<byte> digits = stackalloc byte[24];
+                c.Provenance.Count.TryFormat(digits, out int n, default, System.Globalization.CultureInfo.InvariantCulture);
+                one.Write(digits[..n]);
+                one.Write("}}"u8);
+                w.WriteRawValue(one.WrittenSpan, skipInputValidation: true);
+            }
             w.WriteEndArray();
             w.WriteEndObject();
         }
-        return buffer.WrittenSpan.ToArray();
+    }
+
+    static readonly JsonWriterOptions ManifestJson = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping, SkipValidation = true };
+
+    static void WriteJsonString(System.Buffers.ArrayBufferWriter<byte> b, string s)
+    {
+        b.Write("\""u8);
+        b.Write(JsonEncodedText.Encode(s, ManifestJson.Encoder).EncodedUtf8Bytes);
+        b.Write("\""u8);
+    }
+
+    /// <summary>What the writer thread renders ahead of the manifests while the carve runs (<see cref="Prepare"/>): each
+    /// case's JSON but its provenance, and each blob's entry. Used by the writer thread only, but for the hand-over of
+    /// a rendering to a case whose provenance changed (<see cref="UpdateProvenance"/>).</summary>
+    sealed class Rendered
+    {
+        public readonly ConcurrentQueue<CarvedCase> Pending = new();
+        public readonly ConcurrentDictionary<CarvedCase, byte[]> Cases = new(ReferenceEqualityComparer.Instance);
+        public readonly Dictionary<string, (BlobLocation Where, byte[] Json)> Blobs = new();
+        public readonly System.Buffers.ArrayBufferWriter<byte> Scratch = new(1 << 12), Buffer = new(1 << 12);
+        public Utf8JsonWriter? Writer;
+        public int SinceNudge;
+    }
+
+    readonly Rendered _rendered = new();
+
+    /// <summary>Asks the writer thread to render <paramref name="c"/>'s manifest entry (and its blobs' entries) while
+    /// the carve goes on, so the final manifest mostly copies bytes. Call after the case's blobs are put.</summary>
+    public void Prepare(CarvedCase c)
+    {
+        _rendered.Pending.Enqueue(c);
+        if (++_rendered.SinceNudge >= 32) { _rendered.SinceNudge = 0; _writer?.Nudge(); }
+    }
+
+    /// <summary>Replaces the provenance of case <paramref name="index"/> (the recorder's call counts), keeping what was
+    /// rendered of it.</summary>
+    public void UpdateProvenance(int index, Provenance provenance)
+    {
+        var old = Cases[index];
+        var updated = old with { Provenance = provenance };
+        Cases[index] = updated;
+        if (_rendered.Cases.TryRemove(old, out var json)) _rendered.Cases.TryAdd(updated, json);
+    }
+
+    /// <summary>Renders up to 64 pending cases (writer thread, when nothing else is queued).</summary>
+    void RenderPending()
+    {
+        for (int i = 0; i < 64 && _rendered.Pending.TryDequeue(out var c); i++)
+        {
+            if (!_rendered.Cases.ContainsKey(c)) _rendered.Cases.TryAdd(c, CaseHead(c));
+            foreach (var name in c.Blobs) BlobEntry(name);
+        }
+    }
+
+    byte[] CaseHead(CarvedCase c)
+    {
+        if (_rendered.Cases.TryGetValue(c, out var cached)) return cached;
+        var b = _rendered.Buffer;
+        b.ResetWrittenCount();
+        var w = _rendered.Writer ??= new Utf8JsonWriter(b, ManifestJson);
+        w.Reset(b);
+        c.WriteJsonHead(w);
+        w.Flush();
+        return b.WrittenSpan.ToArray();
+    }
+
+    byte[] BlobEntry(string name)
+    {
+        var where = _index[name];
+        if (_rendered.Blobs.TryGetValue(name, out var cached) && ReferenceEquals(cached.Where, where)) return cached.Json;
+        var b = _rendered.Buffer;
+        b.ResetWrittenCount();
+        var w = _rendered.Writer ??= new Utf8JsonWriter(b, ManifestJson);
+        w.Reset(b);
+        w.WriteStartObject();
+        switch (where)
+        {
+            case PackedBlob p:
+                w.WriteNumber("pack", p.Pack);
+                w.WriteNumber("offset", p.Offset);
+                w.WriteNumber("length", p.Length);
+                break;
+            case FileBlob:
+                w.WriteString("file", Path.GetRelativePath(Dir, BlobPath(name)));
+                break;
+            case WeightBlob r:
+                w.WriteString("sha256", r.Sha256);
+                w.WriteString("model_file", r.Source.File);
+                w.WriteString("tensor", r.Source.Tensor);
+                if (r.Source.Transform != "") w.WriteString("transform", r.Source.Transform);
+                w.WriteString("dtype", DTypes.Name(r.DType));
+                w.WriteStartArray("shape");
+                foreach (var d in r.Shape) w.WriteNumberValue(d);
+                w.WriteEndArray();
+                break;
+            case SplatBlob z:
+                w.WriteString("splat", Convert.ToHexStringLower(z.Value));
+                w.WriteString("dtype", DTypes.Name(z.DType));
+                w.WriteStartArray("shape");
+                foreach (var d in z.Shape) w.WriteNumberValue(d);
+                w.WriteEndArray();
+                break;
+        }
+        w.WriteEndObject();
+        w.Flush();
+        var json = b.WrittenSpan.ToArray();
+        _rendered.Blobs[name] = (where, json);
+        return json;
     }
 
     /// <summary>The background writer: one thread that creates the folders, writes the pack's chunks and the
@@ -443,10 +542,11 @@ public sealed class CarvedStore
         readonly object _lock = new();
         long _queued, _done;
         int _chunks;
-        bool _idle;
+        volatile bool _idle;
         Thread? _thread;
         DirectFile? _pack;
         PackChunk? _scratch;
+        System.Buffers.ArrayBufferWriter<byte>? _json;
         bool _opened;
         public Exception? Error;
 
@@ -469,6 +569,7 @@ public sealed class CarvedStore
 
         // NOTE: chunks outlive their store (pinned, already touched): the next carve of the process starts with them.
         static readonly ConcurrentBag<PackChunk> Spare = new();
+        static readonly ConcurrentBag<System.Buffers.ArrayBufferWriter<byte>> SpareJson = new();
 
         void ReturnChunks()
         {
@@ -476,7 +577,8 @@ public sealed class CarvedStore
             {
                 while (_free.Count > 0) { Spare.Add(_free.Pop()); _chunks--; }
             if (_scratch is { } s) Spare.Add(s);
-            _scratch = null;
+            if (_json is { Capacity: <= DirectFile.ChunkBytes } j) SpareJson.Add(j);
+            (_scratch, _json) = (null, null);
             }
         }
 
@@ -495,6 +597,16 @@ public sealed class CarvedStore
             }
         }
 
+        /// <summary>The writer sleeps: nothing queued, nothing to render (read without the lock: a hint).</summary>
+        public bool Idle => _idle;
+
+        /// <summary>Wakes the writer if it sleeps (cases to render).</summary>
+        public void Nudge()
+        {
+            lock (_lock)
+                if (_idle) Monitor.PulseAll(_lock);
+        }
+
         public void Wait()
         {
             lock (_lock)
@@ -506,11 +618,18 @@ public sealed class CarvedStore
             while (true)
             {
                 (PackChunk? Chunk, long Offset, int Length, CarvedCase[]? Cases, JsonObject? Notes) item;
+                bool render;
                 lock (_lock)
                 {
-                    while (_queue.Count == 0) { _idle = true; Monitor.Wait(_lock); }
+                    while (_queue.Count == 0 && _s._rendered.Pending.IsEmpty) { _idle = true; Monitor.Wait(_lock); }
                     _idle = false;
-                    item = _queue.Dequeue();
+                    render = _queue.Count == 0;
+                    item = render ? default : _queue.Dequeue();
+                }
+                if (render)
+                {
+                    if (Error is null) try { _s.RenderPending(); } catch (Exception e) when (e is not OutOfMemoryException) { Error = e; }
+                    continue;
                 }
                 if (Error is null)
                 {
@@ -546,7 +665,10 @@ public sealed class CarvedStore
             string tmp = _s.ManifestPath + ".tmp";
             // NOTE: the writer's own chunk: taking one from the carve's could wait for chunks queued behind this manifest.
             _scratch ??= Spare.TryTake(out var c) ? c : new PackChunk();
-            DirectFile.WriteAll(tmp, _s.ManifestBytes(cases, notes), _scratch);
+            // NOTE: one JSON buffer per writer, reused: a fresh one per manifest grows through large-object arrays.
+            _json ??= SpareJson.TryTake(out var b) ? b : new System.Buffers.ArrayBufferWriter<byte>(1 << 16);
+            _s.ManifestBytes(cases, notes, _json);
+            DirectFile.WriteAll(tmp, _json.WrittenSpan, _scratch);
             File.Move(tmp, _s.ManifestPath, overwrite: true);
         }
 
@@ -683,16 +805,17 @@ public sealed class CarvedStore
     public int RemoveUnreferencedBlobs()
     {
         _writer?.Wait();
+        // NOTE: a v3 carve writes no blob files, and the entries of replaced cases in its index are never written out.
+        if (!Directory.Exists(BlobDir)) return 0;
         var keep = Cases.SelectMany(c => c.Blobs).ToHashSet();
         int removed = 0;
-        if (Directory.Exists(BlobDir))
-            foreach (var f in Directory.EnumerateFiles(BlobDir))
-            {
-                string name = Path.GetFileName(f);
-                if (name.EndsWith(".safetensors", StringComparison.Ordinal) && keep.Contains(name[..^".safetensors".Length])) continue;
-                File.Delete(f);
-                removed++;
-            }
+        foreach (var f in Directory.EnumerateFiles(BlobDir))
+        {
+            string name = Path.GetFileName(f);
+            if (name.EndsWith(".safetensors", StringComparison.Ordinal) && keep.Contains(name[..^".safetensors".Length])) continue;
+            File.Delete(f);
+            removed++;
+        }
         foreach (var sha in _index.Keys.Where(k => !keep.Contains(k)).ToList()) _index.TryRemove(sha, out _);
         return removed;
     }
