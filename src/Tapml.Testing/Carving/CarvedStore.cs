@@ -256,8 +256,29 @@ public sealed class CarvedStore
     public string PutWeight(Tensor t, InitializerSource source)
     {
         string name = BlobName(t);
-        if (!_index.ContainsKey(name)) _index.TryAdd(name, new WeightBlob(source, t.DType, (long[])t.Shape.Clone(), BlobSha(t)));
+        if (_index.ContainsKey(name)) return name;
+        // NOTE: the SHA-256 is computed by the writer thread when it renders the entry (a model's weights are hundreds of MB).
+        lock (_pendingWeights) _pendingWeights[name] = t;
+        _index.TryAdd(name, new WeightBlob(source, t.DType, (long[])t.Shape.Clone(), ""));
         return name;
+    }
+
+    readonly Dictionary<string, Tensor> _pendingWeights = new();
+
+    /// <summary>The weight entry <paramref name="r"/> of blob <paramref name="name"/> with its SHA-256 (computed now if
+    /// the carve left it to the writer).</summary>
+    WeightBlob WithSha(string name, WeightBlob r)
+    {
+        if (r.Sha256 != "") return r;
+        lock (_pendingWeights)
+        {
+            if (_index.TryGetValue(name, out var now) && now is WeightBlob { Sha256: not "" } done) return done;
+            var t = _pendingWeights[name];
+            var hashed = r with { Sha256 = BlobSha(t) };
+            _index[name] = hashed;
+            _pendingWeights.Remove(name);
+            return hashed;
+        }
     }
 
     /// <summary>The bytes of the one element <paramref name="t"/> repeats when all its elements have the same bit
@@ -488,6 +509,7 @@ public sealed class CarvedStore
     byte[] BlobEntry(string name)
     {
         var where = _index[name];
+        if (where is WeightBlob pending) where = WithSha(name, pending);
         if (_rendered.Blobs.TryGetValue(name, out var cached) && ReferenceEquals(cached.Where, where)) return cached.Json;
         var b = _rendered.Buffer;
         b.ResetWrittenCount();
@@ -700,7 +722,7 @@ public sealed class CarvedStore
         if (!_index.TryGetValue(sha, out var loc))
             throw new TapmlException($"{Dir}: case {caseId} needs blob {sha}, which the manifest does not list");
         Tensor t;
-        if (loc is WeightBlob r) t = ReadWeight(sha, r, caseId);
+        if (loc is WeightBlob r) t = ReadWeight(sha, WithSha(sha, r), caseId);
         else if (loc is SplatBlob z)
         {
             string actual = SplatName(z.DType, z.Shape, z.Value, Sha256Names);
