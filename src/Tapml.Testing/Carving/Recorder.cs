@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
-using System.Security.Cryptography;
 using System.Text;
 using Tapml.Core;
 using Tapml.Ir;
@@ -125,7 +124,7 @@ public sealed class Recorder : IExecutionObserver, IDisposable
             else
             {
                 string signature = ns.Signature!;
-                string hash = state.Hash ??= Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(signature)))[..12];
+                string hash = state.Hash ??= Convert.ToHexStringLower(System.IO.Hashing.XxHash128.Hash(Encoding.UTF8.GetBytes(signature)))[..12];
                 int slot = add ? state.Slots.Count : keep - 1;
                 string id = slot == 0 ? $"{node.OpType}-{hash}" : $"{node.OpType}-{hash}-{slot + 1}";
                 var c = new CarvedCase
@@ -213,7 +212,7 @@ public sealed class Recorder : IExecutionObserver, IDisposable
         for (int i = 0; i < values.Length; i++)
         {
             // NOTE: graph value names can be anything; case-local names keep the one-node model valid and readable.
-            string name = $"{kind}_{i}";
+            string name = LocalName(kind, i);
             if (values[i] is not { } t) { if (kind == "input") r.Add(new TensorRef(name, DType.Float32, [], null)); continue; }
             if (!_hashes.TryGetValue(t, out var sha))
             {
@@ -231,6 +230,12 @@ public sealed class Recorder : IExecutionObserver, IDisposable
         while (r.Count > 0 && kind == "input" && r[^1].Blob is null) r.RemoveAt(r.Count - 1);
         return r;
     }
+
+    static readonly string[] InputNames = Enumerable.Range(0, 16).Select(i => $"input_{i}").ToArray();
+    static readonly string[] OutputNames = Enumerable.Range(0, 16).Select(i => $"output_{i}").ToArray();
+
+    static string LocalName(string kind, int i) =>
+        i < 16 ? (kind == "input" ? InputNames : OutputNames)[i] : $"{kind}_{i}";
 
     /// <summary>Where the weight <paramref name="t"/> (the value of graph name <paramref name="name"/>) can be read
     /// back from, when it is a model initializer read from a file and weights are not embedded.</summary>
