@@ -198,8 +198,6 @@ public sealed class CarvedStore
         _index[name] = new PackedBlob(0, _packEnd, length);
         Stage(header);
         Stage(t.Bytes());
-        // NOTE: an idle writer gets the staged bytes early, so that a short carve does not end with all of them to write.
-        if (_chunkLength >= EarlyHandOverBytes && _writer!.Idle) HandOverStaged();
         written = length;
         return name;
     }
@@ -221,7 +219,6 @@ public sealed class CarvedStore
     bool _staged;
 
     long _packEnd => _chunkOffset + _chunkLength;
-    const int EarlyHandOverBytes = 256 << 10;
 
     void Stage(ReadOnlySpan<byte> bytes)
     {
@@ -451,28 +448,18 @@ public sealed class CarvedStore
         b.Write("\""u8);
     }
 
-    /// <summary>What the writer thread renders ahead of the manifests while the carve runs (<see cref="Prepare"/>): each
-    /// case's JSON but its provenance, and each blob's entry. Used by the writer thread only, but for the hand-over of
-    /// a rendering to a case whose provenance changed (<see cref="UpdateProvenance"/>).</summary>
+    /// <summary>What earlier manifests rendered, reused by the next (a carve rewrites its manifest every second): each
+    /// case's JSON but its provenance (whose count still grows), and each blob's entry. Used by the writer thread only,
+    /// but for the hand-over of a rendering to a case whose provenance changed (<see cref="UpdateProvenance"/>).</summary>
     sealed class Rendered
     {
-        public readonly ConcurrentQueue<CarvedCase> Pending = new();
         public readonly ConcurrentDictionary<CarvedCase, byte[]> Cases = new(ReferenceEqualityComparer.Instance);
         public readonly Dictionary<string, (BlobLocation Where, byte[] Json)> Blobs = new();
         public readonly System.Buffers.ArrayBufferWriter<byte> Scratch = new(1 << 12), Buffer = new(1 << 12);
         public Utf8JsonWriter? Writer;
-        public int SinceNudge;
     }
 
     readonly Rendered _rendered = new();
-
-    /// <summary>Asks the writer thread to render <paramref name="c"/>'s manifest entry (and its blobs' entries) while
-    /// the carve goes on, so the final manifest mostly copies bytes. Call after the case's blobs are put.</summary>
-    public void Prepare(CarvedCase c)
-    {
-        _rendered.Pending.Enqueue(c);
-        if (++_rendered.SinceNudge >= 32) { _rendered.SinceNudge = 0; _writer?.Nudge(); }
-    }
 
     /// <summary>Replaces the provenance of case <paramref name="index"/> (the recorder's call counts), keeping what was
     /// rendered of it.</summary>
@@ -484,16 +471,6 @@ public sealed class CarvedStore
         if (_rendered.Cases.TryRemove(old, out var json)) _rendered.Cases.TryAdd(updated, json);
     }
 
-    /// <summary>Renders up to 64 pending cases (writer thread, when nothing else is queued).</summary>
-    void RenderPending()
-    {
-        for (int i = 0; i < 64 && _rendered.Pending.TryDequeue(out var c); i++)
-        {
-            if (!_rendered.Cases.ContainsKey(c)) _rendered.Cases.TryAdd(c, CaseHead(c));
-            foreach (var name in c.Blobs) BlobEntry(name);
-        }
-    }
-
     byte[] CaseHead(CarvedCase c)
     {
         if (_rendered.Cases.TryGetValue(c, out var cached)) return cached;
@@ -503,7 +480,9 @@ public sealed class CarvedStore
         w.Reset(b);
         c.WriteJsonHead(w);
         w.Flush();
-        return b.WrittenSpan.ToArray();
+        var json = b.WrittenSpan.ToArray();
+        _rendered.Cases.TryAdd(c, json);
+        return json;
     }
 
     byte[] BlobEntry(string name)
@@ -564,7 +543,7 @@ public sealed class CarvedStore
         readonly object _lock = new();
         long _queued, _done;
         int _chunks;
-        volatile bool _idle;
+        bool _idle;
         Thread? _thread;
         DirectFile? _pack;
         PackChunk? _scratch;
@@ -619,16 +598,6 @@ public sealed class CarvedStore
             }
         }
 
-        /// <summary>The writer sleeps: nothing queued, nothing to render (read without the lock: a hint).</summary>
-        public bool Idle => _idle;
-
-        /// <summary>Wakes the writer if it sleeps (cases to render).</summary>
-        public void Nudge()
-        {
-            lock (_lock)
-                if (_idle) Monitor.PulseAll(_lock);
-        }
-
         public void Wait()
         {
             lock (_lock)
@@ -640,18 +609,11 @@ public sealed class CarvedStore
             while (true)
             {
                 (PackChunk? Chunk, long Offset, int Length, CarvedCase[]? Cases, JsonObject? Notes) item;
-                bool render;
                 lock (_lock)
                 {
-                    while (_queue.Count == 0 && _s._rendered.Pending.IsEmpty) { _idle = true; Monitor.Wait(_lock); }
+                    while (_queue.Count == 0) { _idle = true; Monitor.Wait(_lock); }
                     _idle = false;
-                    render = _queue.Count == 0;
-                    item = render ? default : _queue.Dequeue();
-                }
-                if (render)
-                {
-                    if (Error is null) try { _s.RenderPending(); } catch (Exception e) when (e is not OutOfMemoryException) { Error = e; }
-                    continue;
+                    item = _queue.Dequeue();
                 }
                 if (Error is null)
                 {

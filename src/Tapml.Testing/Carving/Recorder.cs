@@ -144,7 +144,6 @@ public sealed class Recorder : IExecutionObserver, IDisposable
                 BytesBeforeDedup += bytes;
                 if (add) { state.Slots.Add(_store.Cases.Count); _store.Cases.Add(c); }
                 else _store.Cases[state.Slots[slot]] = c;
-                _store.Prepare(c);
             }
         }
         if (_sinceSave.ElapsedMilliseconds > 1000) Flush(wait: false);
