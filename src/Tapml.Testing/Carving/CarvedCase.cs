@@ -199,20 +199,21 @@ public sealed record CarvedCase
             Opset = (int)ManifestJson.Long(o, "opset", where, 1, 1000),
             Attributes = attributes,
             Inputs = Tensors(o, "inputs", where),
-            Outputs = Tensors(o, "outputs", where),
+            Outputs = Tensors(o, "outputs", where, blobRequired: true),
             Provenance = new Provenance(ManifestJson.Str(p, "node", where), ManifestJson.OptStr(p, "phase", where) ?? "run",
                                         ManifestJson.Long(p, "count", where, 0, long.MaxValue, 1)),
             Signature = ManifestJson.OptStr(o, "signature", where) ?? "",
         };
     }
 
-    static List<TensorRef> Tensors(JsonObject o, string key, string where) => ManifestJson.Array(o[key], $"\"{key}\"", where, (x, field) =>
+    static List<TensorRef> Tensors(JsonObject o, string key, string where, bool blobRequired = false) => ManifestJson.Array(o[key], $"\"{key}\"", where, (x, field) =>
     {
         if (x is not JsonObject t) throw ManifestJson.Wrong(where, field, "an object", x);
         string at = $"{where}: {field}";
         string dt = ManifestJson.Str(t, "dtype", at);
         DType dtype;
         try { dtype = DTypes.Parse(dt); } catch (TapmlException) { throw new TapmlException($"{at}: unknown dtype '{TapmlException.Bounded(dt, 40)}'"); }
-        return new TensorRef(ManifestJson.Str(t, "name", at), dtype, ManifestJson.Shape(t, "shape", at), ManifestJson.OptStr(t, "blob", at));
+        string? blob = blobRequired ? ManifestJson.Str(t, "blob", at) : ManifestJson.OptStr(t, "blob", at);
+        return new TensorRef(ManifestJson.Str(t, "name", at), dtype, ManifestJson.Shape(t, "shape", at), blob);
     });
 }
