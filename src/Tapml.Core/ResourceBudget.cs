@@ -43,7 +43,7 @@ public static class ResourceBudget
     }
 
     /// <summary>A tighter budget for the current async flow (and the threads it starts) until disposed: a replayed
-    /// case's own bound, or a test's. <paramref name="name"/> says which budget it is in messages.</summary>
+    /// case's own bound, or a test's. <paramref name="name"/> says which budget it is and its size, for messages.</summary>
     public static IDisposable Scope(long bytes, string name)
     {
         var outer = _scope.Value;
@@ -63,7 +63,7 @@ public static class ResourceBudget
     public static void Reserve(long bytes, string what)
     {
         if (_scope.Value is { } scope && bytes > scope.Bytes && scope.Bytes < _max)
-            throw new ResourceLimitException($"{what} needs {Format(bytes)}, over {scope.Name} of {Format(scope.Bytes)}");
+            throw new ResourceLimitException($"{what} needs {Format(bytes)}, over {scope.Name}");
         if (bytes > _max) throw Over(what, bytes, 0);
         if (bytes < HeapCheckFrom) return;
         long live = GC.GetTotalMemory(false);

@@ -47,7 +47,7 @@ public class FuzzTests
         string dir = Directory.CreateTempSubdirectory("tapml-fuzz-").FullName;
         int ran = 0, rejected = 0, total = 0;
         var unexpected = new List<string>();
-        using var budget = ResourceBudget.Scope(FuzzBudget, "the fuzz test's budget");
+        using var budget = ResourceBudget.Scope(FuzzBudget, $"the fuzz test's budget of {FuzzBudget >> 20} MiB");
         try
         {
             foreach (var (name, seed) in Seeds())
@@ -105,7 +105,7 @@ public class FuzzTests
         int total = 0, replayed = 0, caseErrors = 0, rejected = 0;
         var unexpected = new List<string>();
         var sw = System.Diagnostics.Stopwatch.StartNew();
-        using var budget = ResourceBudget.Scope(FuzzBudget, "the fuzz test's budget");
+        using var budget = ResourceBudget.Scope(FuzzBudget, $"the fuzz test's budget of {FuzzBudget >> 20} MiB");
         try
         {
             string seed = HostileOnnxStoreTests.SeedStore(Path.Combine(root, "seed"));

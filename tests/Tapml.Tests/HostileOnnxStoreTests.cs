@@ -24,12 +24,15 @@ public class HostileOnnxStoreTests : IDisposable
     /// <summary>What a measured CLI run gave: the result, its wall time and its peak resident memory (VmHWM).</summary>
     public sealed record Measured(CliRunner.Result R, double Seconds, long PeakBytes);
 
-    /// <summary>Runs the CLI under a 2 GiB GC heap limit (a blow-up fails the test, not the machine), polling
-    /// /proc/PID/status for VmHWM (the peak resident set so far).</summary>
+    /// <summary>Runs the CLI under a 2 GiB GC heap limit (a blow-up fails the test, not the machine) and measures its
+    /// peak resident memory: with GNU time's %M where installed, else by polling /proc/PID/status for VmHWM.</summary>
     public static Measured RunMeasured(params string[] args)
     {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = SharedData.RepoRoot };
+        const string GnuTime = "/usr/bin/time";
+        string? maxRss = File.Exists(GnuTime) ? Path.GetTempFileName() : null;
+        var psi = new ProcessStartInfo(maxRss is null ? "dotnet" : GnuTime) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = SharedData.RepoRoot };
         psi.Environment["DOTNET_GCHeapHardLimit"] = "0x80000000";
+        if (maxRss is not null) foreach (var a in (string[])["-f", "%M", "-o", maxRss, "dotnet"]) psi.ArgumentList.Add(a);
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "tapml.dll"));
         foreach (var a in args) psi.ArgumentList.Add(a);
         var sw = Stopwatch.StartNew();
@@ -47,6 +50,11 @@ public class HostileOnnxStoreTests : IDisposable
             }
             catch (IOException) { }
             if (sw.Elapsed > TimeSpan.FromSeconds(60)) { p.Kill(true); throw new TimeoutException($"tapml {string.Join(" ", args)} did not finish in 60 s"); }
+        }
+        if (maxRss is not null)
+        {
+            if (long.TryParse(File.ReadAllText(maxRss).Trim().Split('\n')[^1], out long kb)) peak = kb * 1024;
+            File.Delete(maxRss);
         }
         return new Measured(new CliRunner.Result(p.ExitCode, stdout.Result, stderr.Result), sw.Elapsed.TotalSeconds, peak);
     }

@@ -20,7 +20,8 @@ public sealed class Replayer(CarvedStore store, IPlatform platform, Tolerances t
         CaseResult r;
         try
         {
-            using (ResourceBudget.Scope(CaseBudget(c), $"the budget of case {c.Id} ({CaseBudgetFactor} × its inputs and outputs + {ResourceBudget.Format(CaseBudgetBase)})"))
+            long budget = CaseBudget(c);
+            using (ResourceBudget.Scope(budget, $"the case's budget of {ResourceBudget.Format(budget)} ({CaseBudgetFactor} × its carved inputs and outputs + {ResourceBudget.Format(CaseBudgetBase)})"))
                 r = CaseRunner.Run(c.Name, () => Load(store, c, model), platform, tol, magnitudes: tol.Rule == ToleranceRule.Accumulation);
         }
         catch (TapmlException e) when (ResourceBudget.IsOverrun(e))
