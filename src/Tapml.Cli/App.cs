@@ -9,6 +9,7 @@ public static class App
     {
         var root = new RootCommand("tapml: bring ML models up on new platforms top-down (carve tests on a trusted source, replay and migrate on the target)");
         root.Options.Add(Cli.Verbose);
+        root.Options.Add(Cli.MaxMemory);
         root.Subcommands.Add(PlatformsVerb.Create());
         root.Subcommands.Add(ConformanceVerb.Create());
         root.Subcommands.Add(RunVerb.Create());

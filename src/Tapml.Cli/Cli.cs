@@ -18,6 +18,13 @@ static class Cli
 
     public static readonly Option<bool> Verbose = new("--verbose") { Description = "print stack traces with errors", Recursive = true };
 
+    /// <summary><c>--max-memory SIZE</c> (every verb): the run's memory budget (<see cref="ResourceBudget"/>).</summary>
+    public static readonly Option<string?> MaxMemory = new("--max-memory")
+    {
+        Description = "memory budget of the run, e.g. 4G or 512M (default: 3/4 of the memory this process may use); going over is an error naming what asked",
+        Recursive = true,
+    };
+
     public static Option<string> PlatformOption(string dflt = "cpu") => new("--platform", "-p")
     {
         Description = "platform spec: cpu, onnxruntime[?threads=N], …",
@@ -42,11 +49,26 @@ static class Cli
         if (kept.Count > 5) Console.Error.WriteLine($"  … {kept.Count - 5} more");
     }
 
+    /// <summary>Runs <paramref name="f"/>; a budget overrun inside also names <paramref name="file"/> (a node's name
+    /// alone does not say which model asked).</summary>
+    public static T Naming<T>(string file, Func<T> f)
+    {
+        try { return f(); }
+        catch (TapmlException e) when (ResourceBudget.IsOverrun(e) && !e.Message.Contains(file))
+        {
+            throw new ResourceLimitException($"{file}: {e.Message}", e);
+        }
+    }
+
     /// <summary>Runs a verb body; turns user errors into exit code 2 with one clear line.</summary>
     public static void Action(this Command cmd, Func<ParseResult, int> body) => cmd.SetAction(pr =>
     {
         bool verbose = pr.GetValue(Verbose);
-        try { return body(pr); }
+        try
+        {
+            if (pr.GetValue(MaxMemory) is { } max) ResourceBudget.SetMaxBytes(ResourceBudget.ParseSize(max, "--max-memory"));
+            return body(pr);
+        }
         catch (TapmlException e)
         {
             Console.Error.WriteLine($"error: {OneLine(e.Message)}");
@@ -68,5 +90,6 @@ static class Cli
         }
     });
 
-    static string OneLine(string s) => s.ReplaceLineEndings(" ");
+    /// <summary>A message as one line of at most <see cref="TapmlException.MaxMessageChars"/> characters.</summary>
+    public static string OneLine(string? s) => TapmlException.Bounded(s).ReplaceLineEndings(" ");
 }

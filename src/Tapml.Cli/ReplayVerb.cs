@@ -11,7 +11,8 @@ namespace Tapml.Cli;
 
 /// <summary><c>tapml replay STORE --platform P [--case ID] [--filter RE] [--json F] [--junit F] [--html F]
 /// [--rtol R] [--atol A] [--tol OP=R,A]</c>: runs carved cases on a platform and compares with the source's outputs.
-/// Last line <c>N passed, N failed, N skipped</c>; exit 0 iff nothing failed or errored.</summary>
+/// Last line <c>N passed, N failed, N skipped</c>; exit 0 iff nothing failed or errored. A case's error is also one line
+/// on stderr; a store that cannot be read, or a case going over the memory budget, ends the replay with exit 2.</summary>
 static class ReplayVerb
 {
     public static Command Create()
@@ -53,6 +54,8 @@ static class ReplayVerb
             {
                 var r = replayer.Run(c);
                 summary.Cases.Add(r);
+                // NOTE: one case's bad data is that case's error (stderr, the replay goes on); an unusable store is exit 2.
+                if (r.Status == CaseStatus.Error) Console.Error.WriteLine($"error: {store.ManifestPath}: case {c.Id}: {Cli.OneLine(r.Reason)}");
                 return r;
             });
             sw.Stop();

@@ -34,9 +34,10 @@ static class RunVerb
             using var fb = pr.GetValue(fallback) is { } fbSpec ? PlatformRegistry.Create(fbSpec) : null;
             var exec = new Executor(p) { PreferWholeGraph = true, Fallback = fb };
             var prof = pr.GetValue(profile) ? new Profiler() : null;
-            if (prof != null) { exec.Observers.Add(prof); exec.Run(m, feeds); prof.Clear(); } // warm-up run
+            string modelSpec = pr.GetValue(model)!;
+            if (prof != null) { exec.Observers.Add(prof); Cli.Naming(modelSpec, () => exec.Run(m, feeds)); prof.Clear(); } // warm-up run
             var sw = Stopwatch.StartNew();
-            var result = exec.Run(m, feeds);
+            var result = Cli.Naming(modelSpec, () => exec.Run(m, feeds));
             sw.Stop();
             prof?.Print(sw.Elapsed.TotalMilliseconds);
             foreach (var (name, v) in result) Console.WriteLine($"{name}: {v.Describe()}{Preview(v)}");

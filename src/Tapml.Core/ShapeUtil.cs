@@ -23,7 +23,11 @@ public static class ShapeUtil
         return s;
     }
 
-    public static string Format(ReadOnlySpan<long> shape) => "[" + string.Join(",", shape.ToArray()) + "]";
+    /// <summary><c>[2,3,4]</c>; shapes of more than 16 dimensions show the first 16 and how many more (shapes read
+    /// from files can be long, and end up in messages).</summary>
+    public static string Format(ReadOnlySpan<long> shape) => shape.Length <= 16
+        ? "[" + string.Join(",", shape.ToArray()) + "]"
+        : "[" + string.Join(",", shape[..16].ToArray()) + $",… {shape.Length - 16} more]";
 
     /// <summary>Normalizes a possibly negative axis into [0, rank); throws naming the op when out of range.</summary>
     public static int Axis(long axis, int rank, string what = "axis")

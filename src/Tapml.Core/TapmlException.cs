@@ -4,8 +4,23 @@ namespace Tapml.Core;
 /// The CLI prints <see cref="Exception.Message"/> as one line and exits with code 2.</summary>
 public class TapmlException : Exception
 {
-    public TapmlException(string message) : base(message) { }
-    public TapmlException(string message, Exception inner) : base(message, inner) { }
+    /// <summary>The longest message that reaches the user, in characters; the rest is cut with a note of how much.</summary>
+    public const int MaxMessageChars = 2048;
+
+    public TapmlException(string message) : base(Bounded(message)) { }
+    public TapmlException(string message, Exception inner) : base(Bounded(message), inner) { }
+
+    /// <summary><paramref name="s"/>, cut to <paramref name="max"/> characters with "… (N more characters)".</summary>
+    public static string Bounded(string? s, int max = MaxMessageChars) =>
+        s is null || s.Length <= max ? s ?? "" : $"{s[..max]}… ({s.Length - max} more characters)";
+}
+
+/// <summary>Going over the run's memory budget (<see cref="ResourceBudget"/>): ends the run with one line and exit
+/// code 2, also where other errors are per case (replay, conformance).</summary>
+public sealed class ResourceLimitException : TapmlException
+{
+    public ResourceLimitException(string message) : base(message) { }
+    public ResourceLimitException(string message, Exception inner) : base(message, inner) { }
 }
 
 /// <summary>An operator, attribute combination or dtype a platform does not implement. Reported as a

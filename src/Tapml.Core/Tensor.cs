@@ -27,7 +27,7 @@ public sealed class Tensor : Value
         if (data.GetType().GetElementType() != DTypes.ClrType(dtype))
             throw new ArgumentException($"data is {data.GetType().Name}, dtype is {DTypes.Name(dtype)}");
         if (data.LongLength != n)
-            throw new ArgumentException($"data has {data.LongLength} elements, shape [{string.Join(",", shape)}] needs {n}");
+            throw new ArgumentException($"data has {data.LongLength} elements, shape {ShapeUtil.Format(shape)} needs {n}");
         DType = dtype;
         Shape = shape;
         Data = data;
@@ -96,13 +96,18 @@ public sealed class Tensor : Value
         return new Tensor(dtype, shape, data);
     }
 
-    static void CheckLimits(DType dtype, long[] shape, long n)
+    /// <summary>Checks that a host tensor of <paramref name="dtype"/> <paramref name="shape"/> (<paramref name="n"/>
+    /// elements) fits one buffer, the per-tensor limit and the run's <see cref="ResourceBudget"/>, before it is allocated.</summary>
+    public static void CheckLimits(DType dtype, long[] shape, long n)
     {
+        int size = Math.Max(DTypes.Size(dtype), 1);
+        long bytes = n > long.MaxValue / size ? long.MaxValue : n * size;
+        string what = $"tensor {DTypes.Name(dtype)}{ShapeUtil.Format(shape)}";
+        ResourceBudget.Reserve(bytes, what);
         if (n > Array.MaxLength)
-            throw new TapmlException($"tensor {DTypes.Name(dtype)}[{string.Join(",", shape)}] has {n} elements, over the {Array.MaxLength} one host buffer can hold");
-        long bytes = n * Math.Max(DTypes.Size(dtype), 1);
+            throw new ResourceLimitException($"{what} has {n} elements, over the {Array.MaxLength} one host buffer can hold");
         if (bytes > MaxBytes)
-            throw new TapmlException($"tensor {DTypes.Name(dtype)}[{string.Join(",", shape)}] needs {bytes / (1 << 20)} MiB, over the host limit of {MaxBytes / (1 << 20)} MiB for one tensor (set TAPML_MAX_TENSOR_MB to change it)");
+            throw new ResourceLimitException($"{what} needs {bytes / (1 << 20)} MiB, over the host limit of {MaxBytes / (1 << 20)} MiB for one tensor (set TAPML_MAX_TENSOR_MB to change it)");
     }
 
     public static Tensor FromArray<T>(T[] data, params long[] shape) => new(DTypes.FromClr(typeof(T)), shape, data);
@@ -136,7 +141,7 @@ public sealed class Tensor : Value
         var t = Zeros(dtype, shape);
         Span<byte> dst = t.Bytes();
         if (bytes.Length != dst.Length)
-            throw new TapmlException($"{DTypes.Name(dtype)}[{string.Join(",", shape)}] needs {dst.Length} bytes, got {bytes.Length}");
+            throw new TapmlException($"{DTypes.Name(dtype)}{ShapeUtil.Format(shape)} needs {dst.Length} bytes, got {bytes.Length}");
         bytes.CopyTo(dst);
         if (dtype == DType.Bool)
             for (int i = 0; i < dst.Length; i++) if (dst[i] > 1) dst[i] = 1;

@@ -53,13 +53,14 @@ public static class CaseRunner
         {
             return new CaseResult(name, CaseStatus.Skipped, e.Message, null, sw.Elapsed.TotalSeconds);
         }
-        catch (TapmlException e)
+        // NOTE: going over the memory budget ends the run (exit 2), it is not one case's verdict.
+        catch (TapmlException e) when (!ResourceBudget.IsOverrun(e))
         {
             return new CaseResult(name, CaseStatus.Error, e.Message, null, sw.Elapsed.TotalSeconds);
         }
-        catch (Exception e) when (e is not OutOfMemoryException)
+        catch (Exception e) when (e is not OutOfMemoryException && !ResourceBudget.IsOverrun(e))
         {
-            return new CaseResult(name, CaseStatus.Error, $"{e.GetType().Name}: {e.Message}", null, sw.Elapsed.TotalSeconds);
+            return new CaseResult(name, CaseStatus.Error, TapmlException.Bounded($"{e.GetType().Name}: {e.Message}"), null, sw.Elapsed.TotalSeconds);
         }
     }
 

@@ -5,12 +5,16 @@ using Tapml.Ir.Builders;
 using Tapml.Ir.Onnx;
 using Tapml.Platforms.Cpu;
 using Tapml.Platforms.Execution;
+using Tapml.Testing;
+using Tapml.Testing.Carving;
+using System.Text.Json.Nodes;
 using Xunit;
 
 namespace Tapml.Tests;
 
 /// <summary>Thousands of mutated model files: loading and running each must either work or fail with a
-/// <see cref="TapmlException"/> (the CLI's exit-2 error) — never another exception, a crash or a hang.</summary>
+/// <see cref="TapmlException"/> (the CLI's exit-2 error) — never another exception, a crash or a hang. Everything runs
+/// under a tight <see cref="ResourceBudget"/> scope, so a blow-up fails the test instead of the machine.</summary>
 public class FuzzTests
 {
     static readonly string[] NodeSeeds =
@@ -24,6 +28,7 @@ public class FuzzTests
     {
         yield return ("sample-mlp", OnnxExporter.ToProto(SampleModels.SampleMlp()).ToByteArray());
         yield return ("sample-cnn", OnnxExporter.ToProto(SampleModels.SampleCnn()).ToByteArray());
+        yield return ("functions", HostileOnnxStoreTests.FunctionBomb(4).ToByteArray());
         string node = SharedData.PathOf("conformance", "onnx", "node");
         if (!Directory.Exists(node)) yield break;
         foreach (var name in NodeSeeds)
@@ -42,6 +47,7 @@ public class FuzzTests
         string dir = Directory.CreateTempSubdirectory("tapml-fuzz-").FullName;
         int ran = 0, rejected = 0, total = 0;
         var unexpected = new List<string>();
+        using var budget = ResourceBudget.Scope(FuzzBudget, $"the fuzz test's budget of {FuzzBudget >> 20} MiB");
         try
         {
             foreach (var (name, seed) in Seeds())
@@ -83,6 +89,106 @@ public class FuzzTests
         Assert.True(unexpected.Count == 0, $"{unexpected.Count} of {total} mutated models crashed (ran {ran}, rejected {rejected}):\n" + string.Join("\n", unexpected.Take(5)));
         Assert.True(rejected > 0 && ran > 0, $"ran {ran}, rejected {rejected}: the mutations should produce both");
         TestContext.Current.SendDiagnosticMessage($"fuzz: {total} mutated models, {ran} ran, {rejected} rejected with a clear error");
+    }
+
+    /// <summary>The most one allocation of a fuzzed input may take.</summary>
+    const long FuzzBudget = 256L << 20;
+
+    /// <summary>Seeded JSON-aware mutations of a carved store's manifest (type swaps, nulls, huge and negative numbers,
+    /// deleted keys, deep nesting, duplicate keys) and byte flips in its pack, each opened and replayed on cpu: every
+    /// outcome is a replay (cases passing, failing or erroring one by one) or one <see cref="TapmlException"/>.</summary>
+    [Fact]
+    public void Mutated_carved_stores_fail_cleanly()
+    {
+        var rng = new Random(20261218);
+        string root = Directory.CreateTempSubdirectory("tapml-fuzz-store-").FullName;
+        int total = 0, replayed = 0, caseErrors = 0, rejected = 0;
+        var unexpected = new List<string>();
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        using var budget = ResourceBudget.Scope(FuzzBudget, $"the fuzz test's budget of {FuzzBudget >> 20} MiB");
+        try
+        {
+            string seed = HostileOnnxStoreTests.SeedStore(Path.Combine(root, "seed"));
+            string manifest = File.ReadAllText(Path.Combine(seed, "manifest.json"));
+            byte[] pack = File.ReadAllBytes(Path.Combine(seed, "packs", "0.pack"));
+            string store = Path.Combine(root, "store");
+            Directory.CreateDirectory(Path.Combine(store, "packs"));
+            var cpu = new CpuPlatform();
+            for (int i = 0; i < 3000; i++)
+            {
+                total++;
+                bool flipPack = i % 6 == 5;
+                File.WriteAllText(Path.Combine(store, "manifest.json"), flipPack ? manifest : MutateJson(manifest, rng));
+                File.WriteAllBytes(Path.Combine(store, "packs", "0.pack"), flipPack ? Mutate(pack, rng) : pack);
+                try
+                {
+                    var s = CarvedStore.Open(store);
+                    s.Verify(s.Cases);
+                    var replayer = new Replayer(s, cpu, new Tolerances());
+                    foreach (var c in s.Cases)
+                    {
+                        var r = replayer.Run(c);
+                        if (r.Status == CaseStatus.Error)
+                        {
+                            caseErrors++;
+                            // NOTE: a non-TapmlException inside a case becomes "TypeName: message" or an internal error.
+                            if (r.Reason is { } why && (why.Contains("internal error") || System.Text.RegularExpressions.Regex.IsMatch(why, @"^\w+Exception: ")))
+                                unexpected.Add($"#{i} case {c.Id}: {why}");
+                        }
+                    }
+                    replayed++;
+                }
+                catch (TapmlException) { rejected++; }
+                catch (Exception e) { unexpected.Add($"#{i}: {e.GetType().Name}: {e.Message}\n{e.StackTrace}"); }
+            }
+        }
+        finally { Directory.Delete(root, true); }
+        Assert.True(unexpected.Count == 0, $"{unexpected.Count} of {total} mutated stores crashed:\n" + string.Join("\n", unexpected.Take(5)));
+        Assert.True(replayed > 0 && rejected > 0, $"replayed {replayed}, rejected {rejected}: the mutations should produce both");
+        TestContext.Current.SendDiagnosticMessage($"store fuzz: {total} mutated stores in {sw.Elapsed.TotalSeconds:F1} s, {replayed} replayed ({caseErrors} case errors), {rejected} rejected with one line");
+    }
+
+    /// <summary>One JSON-aware change to a manifest: a value anywhere replaced by another type, a null, a huge,
+    /// negative or fractional number, a deep nest; a key deleted or duplicated; or a few bytes of the text changed.</summary>
+    static string MutateJson(string text, Random rng)
+    {
+        if (rng.Next(8) == 0) return System.Text.Encoding.UTF8.GetString(Mutate(System.Text.Encoding.UTF8.GetBytes(text), rng));
+        var root = JsonNode.Parse(text)!;
+        var all = new List<JsonNode>();
+        void Walk(JsonNode n)
+        {
+            all.Add(n);
+            if (n is JsonObject o) foreach (var (_, v) in o) { if (v is not null) Walk(v); }
+            else if (n is JsonArray a) foreach (var v in a) { if (v is not null) Walk(v); }
+        }
+        Walk(root);
+        var target = all[1 + rng.Next(all.Count - 1)];
+        var parent = target.Parent!;
+        JsonNode?[] replacements =
+        [
+            null, JsonValue.Create("17"), JsonValue.Create(long.MaxValue), JsonValue.Create(-1), JsonValue.Create(1e300), JsonValue.Create(1.5),
+            JsonValue.Create((1L << 40) + 1), JsonValue.Create(true), new JsonObject(), new JsonArray(), new JsonArray(JsonValue.Create(30000), null),
+            JsonValue.Create(new string('x', 5000)), JsonValue.Create(""), JsonValue.Create("../../etc/passwd"),
+        ];
+        int kind = rng.Next(4);
+        string? key = parent is JsonObject po ? po.First(kv => ReferenceEquals(kv.Value, target)).Key : null;
+        if (kind == 0 && key is not null) { ((JsonObject)parent).Remove(key); return root.ToJsonString(); }
+        if (kind == 1 && key is not null)
+        {
+            // A duplicate key, written as text (JsonObject cannot hold one).
+            string json = root.ToJsonString();
+            string needle = $"\"{key}\":";
+            int at = json.IndexOf(needle, StringComparison.Ordinal);
+            return at < 0 ? json : json.Insert(at, $"{needle}0,");
+        }
+        JsonNode? replacement = kind == 2
+            ? Nest(rng.Next(2) == 0 ? 10 : 200)
+            : replacements[rng.Next(replacements.Length)]?.DeepClone();
+        if (parent is JsonObject obj) obj[key!] = replacement;
+        else if (parent is JsonArray arr) arr[arr.IndexOf(target)] = replacement;
+        return root.ToJsonString(new System.Text.Json.JsonSerializerOptions { MaxDepth = 1000 });
+
+        static JsonNode Nest(int depth) { JsonNode n = JsonValue.Create(1); for (int d = 0; d < depth; d++) n = new JsonArray(n); return n; }
     }
 
     static Exception Unwrap(Exception e) => e is AggregateException { InnerException: { } i } ? Unwrap(i) : e;

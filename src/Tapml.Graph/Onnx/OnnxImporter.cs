@@ -43,6 +43,7 @@ public static class OnnxImporter
         }
         if (!opsets.ContainsKey("")) opsets[""] = proto.IrVersion >= 3 || proto.OpsetImport.Count > 0 ? 1 : 1;
         var ctx = new Ctx(origin, path is null ? null : Path.GetDirectoryName(Path.GetFullPath(path)), proto.Functions.ToList());
+        ctx.ReserveExpansion(proto.Graph);
         var g = ctx.ReadGraph(proto.Graph, new HashSet<string>());
         var model = new Model { Graph = g, Opsets = opsets, IrVersion = proto.IrVersion, ProducerName = proto.ProducerName, Path = path };
         if (path is not null)
@@ -50,15 +51,69 @@ public static class OnnxImporter
             string full = Path.GetFullPath(path);
             foreach (var t in proto.Graph.Initializer) model.InitializerSources[t.Name] = new InitializerSource(full, t.Name);
         }
-        GraphValidator.Validate(model);
+        try { GraphValidator.Validate(model); }
+        catch (Exception e) when (e is not TapmlException and not OutOfMemoryException)
+        {
+            throw new TapmlException($"{origin}: the graph is malformed ({e.GetType().Name}: {e.Message})", e);
+        }
         return model;
     }
+
+    /// <summary>How deep model-local function calls and subgraphs may nest.</summary>
+    const int MaxNesting = 64;
+    /// <summary>Bytes one imported node is counted for against the <see cref="ResourceBudget"/> (a node, its names,
+    /// its attribute dictionary; a generous estimate).</summary>
+    const long NodeBytes = 1024;
 
     sealed class Ctx(string origin, string? baseDir, List<FunctionProto> functions)
     {
         readonly Dictionary<(string, string), FunctionProto> _functions = functions
             .GroupBy(f => (f.Domain, f.Name)).ToDictionary(g => g.Key, g => g.Last());
         int _inlineCounter;
+        readonly Dictionary<FunctionProto, long> _expansion = new(ReferenceEqualityComparer.Instance);
+        readonly HashSet<FunctionProto> _expanding = new(ReferenceEqualityComparer.Instance);
+        const long Saturated = long.MaxValue / 4;
+
+        /// <summary>Counts the nodes <paramref name="main"/> becomes once every model-local function call is inlined
+        /// (a few KB of nested functions that each call the next twice become billions) and checks them against the
+        /// budget before anything is expanded, naming the function that expands most.</summary>
+        public void ReserveExpansion(GraphProto main)
+        {
+            if (_functions.Count == 0) return;
+            long total = Expanded(main.Node, 0);
+            if (_expansion.Count == 0) return;
+            var (fn, n) = _expansion.MaxBy(kv => kv.Value);
+            ResourceBudget.Reserve(total >= Saturated / NodeBytes ? Saturated : total * NodeBytes,
+                $"{origin}: model-local function '{TapmlException.Bounded(fn.Name, 100)}' expands to {Count(n)} nodes ({Count(total)} in the model), which");
+        }
+
+        static string Count(long n) => n >= Saturated ? "more than 10^18" : n.ToString();
+
+        long Expanded(IEnumerable<NodeProto> nodes, int depth)
+        {
+            if (depth > MaxNesting) throw new TapmlException($"{origin}: model-local functions and subgraphs nest deeper than {MaxNesting}");
+            long n = 0;
+            foreach (var np in nodes)
+            {
+                long k = _functions.TryGetValue((np.Domain, np.OpType), out var fn) ? Expanded(fn, depth + 1) : 1;
+                foreach (var a in np.Attribute)
+                {
+                    if (a.G is { } g) k = Math.Min(k + Expanded(g.Node, depth + 1), Saturated);
+                    foreach (var sub in a.Graphs) k = Math.Min(k + Expanded(sub.Node, depth + 1), Saturated);
+                }
+                n = Math.Min(n + k, Saturated);
+            }
+            return n;
+        }
+
+        long Expanded(FunctionProto fn, int depth)
+        {
+            if (_expansion.TryGetValue(fn, out long n)) return n;
+            if (!_expanding.Add(fn)) throw new TapmlException($"{origin}: function '{TapmlException.Bounded(fn.Name, 100)}' expands recursively (it calls itself, directly or through others)");
+            n = Expanded(fn.Node, depth);
+            _expanding.Remove(fn);
+            return _expansion[fn] = n;
+        }
 
         public Graph ReadGraph(GraphProto gp, HashSet<string> usedNodeNames)
         {
@@ -85,7 +140,12 @@ public static class OnnxImporter
                 Inline(g, np, fn, used, rename, depth);
                 return;
             }
-            var node = ReadNode(np, used, rename);
+            Node node;
+            try { node = ReadNode(np, used, rename); }
+            catch (Exception e) when (e is not TapmlException and not OutOfMemoryException)
+            {
+                throw new TapmlException($"{origin}: node '{TapmlException.Bounded(np.Name, 100)}' ({TapmlException.Bounded(np.OpType, 60)}) is malformed ({e.GetType().Name}: {e.Message})", e);
+            }
             g.Nodes.Add(node);
         }
 

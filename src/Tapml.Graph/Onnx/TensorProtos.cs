@@ -75,11 +75,8 @@ public static class TensorProtos
         }
         if (string.IsNullOrEmpty(location)) throw new TapmlException($"{what} is marked external but names no location");
         if (dtype == DType.String) throw new TapmlException($"{what}: string tensors cannot be stored externally");
-        string root = Path.GetFullPath(baseDir ?? ".");
-        string path = Path.GetFullPath(Path.Combine(root, location));
-        if (Path.IsPathRooted(location) || !path.StartsWith(root.TrimEnd(Path.DirectorySeparatorChar) + Path.DirectorySeparatorChar, StringComparison.Ordinal))
-            throw new TapmlException($"{what}: external data location '{location}' must be a relative path inside the model's folder");
-        if (!File.Exists(path)) throw new TapmlException($"{what}: external data file '{path}' not found");
+        // NOTE: checked before anything is opened: relative, inside the model's folder once links are resolved, a regular file.
+        string path = SafePaths.Contained(Path.GetFullPath(baseDir ?? "."), location, $"{what}: external data location");
         long need = n * DTypes.Size(dtype);
         if (length >= 0 && length != need) throw new TapmlException($"{what}: external data length {length} bytes, {DTypes.Name(dtype)}{ShapeUtil.Format(shape)} needs {need}");
         using var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);

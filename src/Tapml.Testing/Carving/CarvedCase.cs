@@ -65,30 +65,32 @@ public sealed record CarvedCase
         return o;
     }
 
-    static AttributeProto AttributeProtoOf(string caseId, string name, JsonNode? json)
+    static AttributeProto AttributeProtoOf(string where, string name, JsonNode? json)
     {
-        if (json is not JsonObject o || o["type"]?.GetValue<string>() is not { } type)
-            throw new TapmlException($"case {caseId}: attribute '{name}' has no type");
+        string at = $"{where}: attribute '{TapmlException.Bounded(name, 100)}'";
+        if (json is not JsonObject o) throw ManifestJson.Wrong(at, "attribute", "an object", json);
+        string type = ManifestJson.Str(o, "type", at);
         try
         {
-            if (o["onnx"] is { } b64) return AttributeProto.Parser.ParseFrom(Convert.FromBase64String(b64.GetValue<string>()));
+            if (ManifestJson.OptStr(o, "onnx", at) is { } b64) return AttributeProto.Parser.ParseFrom(Convert.FromBase64String(b64));
             var p = new AttributeProto { Name = name };
-            var v = o["value"] ?? throw new TapmlException($"case {caseId}: attribute '{name}' has no value");
+            var v = o["value"] ?? throw new TapmlException($"{at} has no value");
+            const System.Text.Json.JsonValueKind Num = System.Text.Json.JsonValueKind.Number, Text = System.Text.Json.JsonValueKind.String;
             switch (type)
             {
-                case "FLOAT": p.Type = AttributeProto.Types.AttributeType.Float; p.F = v.GetValue<float>(); break;
-                case "INT": p.Type = AttributeProto.Types.AttributeType.Int; p.I = v.GetValue<long>(); break;
-                case "STRING": p.Type = AttributeProto.Types.AttributeType.String; p.S = ByteString.CopyFromUtf8(v.GetValue<string>()); break;
-                case "FLOATS": p.Type = AttributeProto.Types.AttributeType.Floats; p.Floats.AddRange(v.AsArray().Select(x => x!.GetValue<float>())); break;
-                case "INTS": p.Type = AttributeProto.Types.AttributeType.Ints; p.Ints.AddRange(v.AsArray().Select(x => x!.GetValue<long>())); break;
-                case "STRINGS": p.Type = AttributeProto.Types.AttributeType.Strings; p.Strings.AddRange(v.AsArray().Select(x => ByteString.CopyFromUtf8(x!.GetValue<string>()))); break;
-                default: throw new TapmlException($"case {caseId}: attribute '{name}' has unknown type {type}");
+                case "FLOAT": p.Type = AttributeProto.Types.AttributeType.Float; p.F = ManifestJson.Scalar<float>(v, "\"value\"", at, Num); break;
+                case "INT": p.Type = AttributeProto.Types.AttributeType.Int; p.I = ManifestJson.Scalar<long>(v, "\"value\"", at, Num); break;
+                case "STRING": p.Type = AttributeProto.Types.AttributeType.String; p.S = ByteString.CopyFromUtf8(ManifestJson.Scalar<string>(v, "\"value\"", at, Text)); break;
+                case "FLOATS": p.Type = AttributeProto.Types.AttributeType.Floats; p.Floats.AddRange(ManifestJson.Array(v, "\"value\"", at, (x, f) => ManifestJson.Scalar<float>(x, f, at, Num))); break;
+                case "INTS": p.Type = AttributeProto.Types.AttributeType.Ints; p.Ints.AddRange(ManifestJson.Array(v, "\"value\"", at, (x, f) => ManifestJson.Scalar<long>(x, f, at, Num))); break;
+                case "STRINGS": p.Type = AttributeProto.Types.AttributeType.Strings; p.Strings.AddRange(ManifestJson.Array(v, "\"value\"", at, (x, f) => ByteString.CopyFromUtf8(ManifestJson.Scalar<string>(x, f, at, Text)))); break;
+                default: throw new TapmlException($"{at} has unknown type '{TapmlException.Bounded(type, 40)}'");
             }
             return p;
         }
-        catch (Exception e) when (e is FormatException or InvalidOperationException or InvalidProtocolBufferException)
+        catch (Exception e) when (e is FormatException or InvalidProtocolBufferException)
         {
-            throw new TapmlException($"case {caseId}: attribute '{name}' is malformed ({e.Message})", e);
+            throw new TapmlException($"{at} is malformed ({e.Message})", e);
         }
     }
 
@@ -101,7 +103,7 @@ public sealed record CarvedCase
         var node = new NodeProto { Name = Provenance.Node, OpType = OpType, Domain = Domain };
         node.Input.AddRange(Inputs.Select(t => t.Blob is null ? "" : t.Name));
         node.Output.AddRange(Outputs.Select(t => t.Name));
-        foreach (var (name, json) in Attributes) node.Attribute.Add(AttributeProtoOf(Id, name, json));
+        foreach (var (name, json) in Attributes) node.Attribute.Add(AttributeProtoOf($"case {Id}", name, json));
         var g = new GraphProto { Name = Id };
         g.Node.Add(node);
         foreach (var t in Inputs.Where(t => t.Blob is not null)) g.Input.Add(OnnxExporter.ToProto(new ValueInfo(t.Name, TypeRef.TensorOf(t.DType, t.Shape))));
@@ -190,39 +192,35 @@ public sealed record CarvedCase
     public static CarvedCase FromJson(JsonNode? node, string origin)
     {
         if (node is not JsonObject o) throw new TapmlException($"{origin}: a case is not a JSON object");
-        string id = Str(o, "id", origin);
-        string where = $"{origin}: case {id}";
-        var p = o["provenance"] as JsonObject ?? throw new TapmlException($"{where}: no provenance");
+        string id = ManifestJson.Str(o, "id", $"{origin}: a case");
+        string where = $"{origin}: case {TapmlException.Bounded(id, 100)}";
+        if (o["provenance"] is not JsonObject p) throw ManifestJson.Wrong(where, "provenance", "an object", o["provenance"]);
+        if (o["attributes"] is not (null or JsonObject)) throw ManifestJson.Wrong(where, "attributes", "an object", o["attributes"]);
+        var attributes = (o["attributes"] as JsonObject)?.DeepClone().AsObject() ?? new JsonObject();
+        foreach (var (name, json) in attributes) AttributeProtoOf(where, name, json);   // checked here: one line per bad manifest
         return new CarvedCase
         {
             Id = id,
-            OpType = Str(o, "op_type", where),
-            Domain = o["domain"]?.GetValue<string>() ?? "",
-            Opset = o["opset"]?.GetValue<int>() ?? throw new TapmlException($"{where}: no opset"),
-            Attributes = (o["attributes"] as JsonObject)?.DeepClone().AsObject() ?? new JsonObject(),
+            OpType = ManifestJson.Str(o, "op_type", where),
+            Domain = ManifestJson.OptStr(o, "domain", where) ?? "",
+            Opset = (int)ManifestJson.Long(o, "opset", where, 1, 1000),
+            Attributes = attributes,
             Inputs = Tensors(o, "inputs", where),
-            Outputs = Tensors(o, "outputs", where),
-            Provenance = new Provenance(Str(p, "node", where), p["phase"]?.GetValue<string>() ?? "run", p["count"]?.GetValue<long>() ?? 1),
-            Signature = o["signature"]?.GetValue<string>() ?? "",
+            Outputs = Tensors(o, "outputs", where, blobRequired: true),
+            Provenance = new Provenance(ManifestJson.Str(p, "node", where), ManifestJson.OptStr(p, "phase", where) ?? "run",
+                                        ManifestJson.Long(p, "count", where, 0, long.MaxValue, 1)),
+            Signature = ManifestJson.OptStr(o, "signature", where) ?? "",
         };
     }
 
-    static string Str(JsonObject o, string key, string where) =>
-        o[key] is JsonValue v && v.TryGetValue(out string? s) ? s : throw new TapmlException($"{where}: missing \"{key}\"");
-
-    static List<TensorRef> Tensors(JsonObject o, string key, string where)
+    static List<TensorRef> Tensors(JsonObject o, string key, string where, bool blobRequired = false) => ManifestJson.Array(o[key], $"\"{key}\"", where, (x, field) =>
     {
-        if (o[key] is not JsonArray a) throw new TapmlException($"{where}: missing \"{key}\"");
-        var r = new List<TensorRef>();
-        foreach (var x in a)
-        {
-            if (x is not JsonObject t) throw new TapmlException($"{where}: {key} entry is not an object");
-            string dt = Str(t, "dtype", where);
-            DType dtype;
-            try { dtype = DTypes.Parse(dt); } catch (TapmlException) { throw new TapmlException($"{where}: unknown dtype '{dt}'"); }
-            var shape = (t["shape"] as JsonArray ?? throw new TapmlException($"{where}: {key} entry has no shape")).Select(d => d!.GetValue<long>()).ToArray();
-            r.Add(new TensorRef(Str(t, "name", where), dtype, shape, t["blob"]?.GetValue<string>()));
-        }
-        return r;
-    }
+        if (x is not JsonObject t) throw ManifestJson.Wrong(where, field, "an object", x);
+        string at = $"{where}: {field}";
+        string dt = ManifestJson.Str(t, "dtype", at);
+        DType dtype;
+        try { dtype = DTypes.Parse(dt); } catch (TapmlException) { throw new TapmlException($"{at}: unknown dtype '{TapmlException.Bounded(dt, 40)}'"); }
+        string? blob = blobRequired ? ManifestJson.Str(t, "blob", at) : ManifestJson.OptStr(t, "blob", at);
+        return new TensorRef(ManifestJson.Str(t, "name", at), dtype, ManifestJson.Shape(t, "shape", at), blob);
+    });
 }

@@ -90,84 +90,89 @@ public sealed class CarvedStore
     {
         var s = new CarvedStore(dir);
         if (!Directory.Exists(dir)) throw new TapmlException($"carved store '{dir}' not found");
-        if (!File.Exists(s.ManifestPath)) throw new TapmlException($"{dir} is not a carved store (no manifest.json)");
-        JsonNode? root;
-        try { root = JsonNode.Parse(File.ReadAllBytes(s.ManifestPath)); }
-        catch (JsonException e) { throw new TapmlException($"{s.ManifestPath}: not valid JSON ({e.Message})", e); }
+        if (!File.Exists(s.ManifestPath) && !Directory.Exists(s.ManifestPath)) throw new TapmlException($"{dir} is not a carved store (no manifest.json)");
+        string manifest = SafePaths.Contained(dir, "manifest.json", s.ManifestPath);
+        long size = new FileInfo(manifest).Length;
+        // NOTE: a parsed JSON tree takes several times the text's bytes.
+        ResourceBudget.Reserve(ManifestParseFactor * size, $"{s.ManifestPath} ({ResourceBudget.Format(size)}) parsed");
+        var root = ManifestJson.Parse(File.ReadAllBytes(manifest), s.ManifestPath);
         if (root is not JsonObject o) throw new TapmlException($"{s.ManifestPath}: not a JSON object");
         string? format = o["format"] is JsonValue fv && fv.TryGetValue(out string? f) ? f : null;
-        if (format is not (FormatName or FormatV2 or FormatV1)) throw new TapmlException($"{s.ManifestPath}: format '{format}' is not {FormatName} (or {FormatV2}, {FormatV1})");
+        if (format is not (FormatName or FormatV2 or FormatV1)) throw new TapmlException($"{s.ManifestPath}: format '{TapmlException.Bounded(format, 60)}' is not {FormatName} (or {FormatV2}, {FormatV1})");
         s.Format = format;
-        s.ModelName = o["model"]?["name"]?.GetValue<string>() ?? "";
-        s.ModelSha256 = o["model"]?["sha256"]?.GetValue<string>() ?? "";
-        s.Source = o["source"]?.GetValue<string>() ?? "";
+        if (o["model"] is not (null or JsonObject)) throw ManifestJson.Wrong(s.ManifestPath, "model", "an object", o["model"]);
+        var model = o["model"] as JsonObject ?? new JsonObject();
+        s.ModelName = ManifestJson.OptStr(model, "name", $"{s.ManifestPath}: model") ?? "";
+        s.ModelSha256 = ManifestJson.OptStr(model, "sha256", $"{s.ManifestPath}: model") ?? "";
+        s.Source = ManifestJson.OptStr(o, "source", s.ManifestPath) ?? "";
         if (o["notes"] is JsonObject notes) foreach (var (k, v) in notes) s.Notes[k] = v?.DeepClone();
-        if (o["cases"] is not JsonArray cases) throw new TapmlException($"{s.ManifestPath}: no \"cases\" array");
+        if (o["cases"] is not JsonArray cases) throw ManifestJson.Wrong(s.ManifestPath, "cases", "an array", o["cases"]);
         var ids = new HashSet<string>();
         foreach (var c in cases)
         {
             var cc = CarvedCase.FromJson(c, s.ManifestPath);
-            if (!ids.Add(cc.Id)) throw new TapmlException($"{s.ManifestPath}: case id {cc.Id} appears twice");
+            if (!ids.Add(cc.Id)) throw new TapmlException($"{s.ManifestPath}: case id {TapmlException.Bounded(cc.Id, 100)} appears twice");
             s.Cases.Add(cc);
         }
         if (format == FormatV1)
         {
             foreach (var c in s.Cases)
-                foreach (var b in c.Blobs) s._index[b] = new FileBlob();
+                foreach (var b in c.Blobs)
+                    s._index[b] = IsHex(b, 64) ? new FileBlob() : throw new TapmlException($"{s.ManifestPath}: case {c.Id}: blob '{TapmlException.Bounded(b, 80)}' is not a SHA-256 in lower-case hex");
             return s;
         }
-        if (o["blobs"] is not JsonObject blobs) throw new TapmlException($"{s.ManifestPath}: no \"blobs\" object");
+        if (o["blobs"] is not JsonObject blobs) throw ManifestJson.Wrong(s.ManifestPath, "blobs", "an object", o["blobs"]);
         foreach (var (name, entry) in blobs) s._index[name] = ParseLocation(name, entry, s.ManifestPath, s.Sha256Names);
         foreach (var c in s.Cases)
             foreach (var b in c.Blobs)
-                if (!s._index.ContainsKey(b)) throw new TapmlException($"{s.ManifestPath}: case {c.Id} names blob {b}, which \"blobs\" does not list");
+                if (!s._index.ContainsKey(b)) throw new TapmlException($"{s.ManifestPath}: case {c.Id} names blob {TapmlException.Bounded(b, 80)}, which \"blobs\" does not list");
         return s;
     }
 
     static bool IsHex(string? s, int length) => s is not null && s.Length == length && s.All(char.IsAsciiHexDigitLower);
 
+    const int ManifestParseFactor = 8;
+
     static BlobLocation ParseLocation(string name, JsonNode? entry, string origin, bool sha256Names)
     {
-        string where = $"{origin}: blob {name}";
+        string where = $"{origin}: blob {TapmlException.Bounded(name, 80)}";
         if (!IsHex(name, sha256Names ? 64 : 32)) throw new TapmlException($"{where}: not {(sha256Names ? "a SHA-256" : "an XXH3-128")} in lower-case hex");
-        if (entry is not JsonObject e) throw new TapmlException($"{where}: not a JSON object");
-        try
+        if (entry is not JsonObject e) throw ManifestJson.Wrong(where, "entry", "a JSON object", entry);
+        if (e["pack"] is not null)
         {
-            if (e["pack"] is { } pack)
-            {
-                long offset = e["offset"]?.GetValue<long>() ?? -1, length = e["length"]?.GetValue<long>() ?? -1;
-                if (offset < 0 || length < 8) throw new TapmlException($"{where}: \"offset\" and \"length\" must be byte counts");
-                return new PackedBlob(pack.GetValue<int>(), offset, length);
-            }
-            if (e["file"] is not null) return new FileBlob();
-            if (e["splat"] is { } splat)
-            {
-                var dtype = DTypes.Parse(e["dtype"]?.GetValue<string>() ?? throw new TapmlException($"{where}: no \"dtype\""));
-                var shape = (e["shape"] as JsonArray ?? throw new TapmlException($"{where}: no \"shape\"")).Select(d => d!.GetValue<long>()).ToArray();
-                string hex = splat.GetValue<string>();
-                int size = dtype == DType.String ? 0 : DTypes.Size(dtype);
-                if (size is not (1 or 2 or 4 or 8) || !DTypes.IsSupported(dtype)) throw new TapmlException($"{where}: a splat cannot be {DTypes.Name(dtype)}");
-                if (hex.Length != 2 * size || !hex.All(char.IsAsciiHexDigitLower)) throw new TapmlException($"{where}: \"splat\" must be {size} bytes in lower-case hex");
-                if (shape.Any(d => d < 0) || ShapeUtil.Size(shape) < 1) throw new TapmlException($"{where}: a splat needs a shape with at least one element");
-                return new SplatBlob(dtype, shape, Convert.FromHexString(hex));
-            }
-            if (e["model_file"] is { } file)
-            {
-                var dtype = DTypes.Parse(e["dtype"]?.GetValue<string>() ?? throw new TapmlException($"{where}: no \"dtype\""));
-                var shape = (e["shape"] as JsonArray ?? throw new TapmlException($"{where}: no \"shape\"")).Select(d => d!.GetValue<long>()).ToArray();
-                var src = new InitializerSource(file.GetValue<string>(), e["tensor"]?.GetValue<string>() ?? throw new TapmlException($"{where}: no \"tensor\""),
-                                                e["transform"]?.GetValue<string>() ?? "");
-                if (src.Transform is not ("" or "transpose")) throw new TapmlException($"{where}: unknown transform '{src.Transform}'");
-                string? sha = sha256Names ? name : e["sha256"]?.GetValue<string>();
-                if (!IsHex(sha, 64)) throw new TapmlException($"{where}: \"sha256\" must be a SHA-256 in lower-case hex");
-                return new WeightBlob(src, dtype, shape, sha!);
-            }
+            long offset = ManifestJson.Long(e, "offset", where, 0, long.MaxValue), length = ManifestJson.Long(e, "length", where, 8, Array.MaxLength);
+            return new PackedBlob((int)ManifestJson.Long(e, "pack", where, 0, 1 << 20), offset, length);
         }
-        catch (Exception x) when (x is FormatException or InvalidOperationException)
+        if (e["file"] is not null) { ManifestJson.Str(e, "file", where); return new FileBlob(); }
+        if (e["splat"] is not null)
         {
-            throw new TapmlException($"{where}: malformed entry ({x.Message})", x);
+            var dtype = ParseDType(e, where);
+            var shape = ManifestJson.Shape(e, "shape", where);
+            string hex = ManifestJson.Str(e, "splat", where);
+            int size = dtype == DType.String ? 0 : DTypes.Size(dtype);
+            if (size is not (1 or 2 or 4 or 8) || !DTypes.IsSupported(dtype)) throw new TapmlException($"{where}: a splat cannot be {DTypes.Name(dtype)}");
+            if (hex.Length != 2 * size || !hex.All(char.IsAsciiHexDigitLower)) throw new TapmlException($"{where}: \"splat\" must be {size} bytes in lower-case hex");
+            if (ShapeUtil.Size(shape) < 1) throw new TapmlException($"{where}: a splat needs a shape with at least one element");
+            return new SplatBlob(dtype, shape, Convert.FromHexString(hex));
+        }
+        if (e["model_file"] is not null)
+        {
+            var dtype = ParseDType(e, where);
+            var shape = ManifestJson.Shape(e, "shape", where);
+            var src = new InitializerSource(ManifestJson.Str(e, "model_file", where), ManifestJson.Str(e, "tensor", where), ManifestJson.OptStr(e, "transform", where) ?? "");
+            if (src.Transform is not ("" or "transpose")) throw new TapmlException($"{where}: unknown transform '{TapmlException.Bounded(src.Transform, 40)}'");
+            string? sha = sha256Names ? name : ManifestJson.OptStr(e, "sha256", where);
+            if (!IsHex(sha, 64)) throw new TapmlException($"{where}: \"sha256\" must be a SHA-256 in lower-case hex");
+            return new WeightBlob(src, dtype, shape, sha!);
         }
         throw new TapmlException($"{where}: neither \"pack\", \"file\", \"model_file\" nor \"splat\"");
+    }
+
+    static DType ParseDType(JsonObject e, string where)
+    {
+        string dt = ManifestJson.Str(e, "dtype", where);
+        try { return DTypes.Parse(dt); }
+        catch (TapmlException) { throw new TapmlException($"{where}: unknown dtype '{TapmlException.Bounded(dt, 40)}'"); }
     }
 
     // --- writing --------------------------------------------------------------------------------------------------
@@ -687,10 +692,9 @@ public sealed class CarvedStore
         if (loc is WeightBlob r) t = ReadWeight(sha, WithSha(sha, r), caseId);
         else if (loc is SplatBlob z)
         {
-            string actual = SplatName(z.DType, z.Shape, z.Value, Sha256Names);
-            if (actual != sha)
-                throw new TapmlException($"{ManifestPath}: splat blob {sha[..16]}… of case {caseId} is corrupt (its dtype, shape and value hash to {actual[..16]}…)");
-            _checked.Add(sha);
+            CheckSplat(sha, z, caseId);
+            long bytes = ShapeUtil.Size(z.Shape) * z.Value.Length;
+            ResourceBudget.Reserve(bytes, $"{ManifestPath}: splat blob {sha[..16]}… of case {caseId} ({DTypes.Name(z.DType)}{ShapeUtil.Format(z.Shape)})");
             t = Materialize(z);
         }
         else
@@ -712,13 +716,23 @@ public sealed class CarvedStore
         return t;
     }
 
+    void CheckSplat(string sha, SplatBlob z, string caseId)
+    {
+        if (_checked.Contains(sha)) return;
+        string actual = SplatName(z.DType, z.Shape, z.Value, Sha256Names);
+        if (actual != sha)
+            throw new TapmlException($"{ManifestPath}: splat blob {sha[..16]}… of case {caseId} is corrupt (its dtype, shape and value hash to {actual[..16]}…)");
+        _checked.Add(sha);
+    }
+
     /// <summary>Checks every blob <paramref name="cases"/> name (hashes, weight files) before a replay, so a damaged
     /// or moved store is one error up front instead of one per case.</summary>
     public void Verify(IEnumerable<CarvedCase> cases)
     {
         foreach (var c in cases)
             foreach (var sha in c.Blobs)
-                if (!_checked.Contains(sha) && !_verified.ContainsKey(sha)) Read(sha, c.Id);
+                if (_index.GetValueOrDefault(sha) is SplatBlob z) CheckSplat(sha, z, c.Id);   // NOTE: nothing to read: not materialized
+                else if (!_checked.Contains(sha) && !_verified.ContainsKey(sha)) Read(sha, c.Id);
     }
 
     (byte[] Bytes, string Path) ReadBlobBytes(string sha, BlobLocation loc, string caseId)
@@ -726,18 +740,23 @@ public sealed class CarvedStore
         if (loc is FileBlob)
         {
             string path = BlobPath(sha);
-            if (!File.Exists(path)) throw new TapmlException($"{Dir}: case {caseId} needs blob {sha}, which is missing ({path})");
-            return (File.ReadAllBytes(path), path);
+            if (!File.Exists(path) && !Directory.Exists(path)) throw new TapmlException($"{Dir}: case {caseId} needs blob {sha}, which is missing ({path})");
+            string real = SafePaths.Contained(Dir, Path.GetRelativePath(Dir, path), $"{path} (blob of case {caseId})");
+            long length = new FileInfo(real).Length;
+            ResourceBudget.Reserve(length, $"{path} (blob of case {caseId})");
+            return (File.ReadAllBytes(real), path);
         }
         var p = (PackedBlob)loc;
         string pack = PackPath(p.Pack);
         if (!_packs.TryGetValue(p.Pack, out var handle))
         {
-            if (!File.Exists(pack)) throw new TapmlException($"{Dir}: case {caseId} needs blob {sha} from {pack}, which is missing");
-            _packs[p.Pack] = handle = File.OpenHandle(pack, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            if (!File.Exists(pack) && !Directory.Exists(pack)) throw new TapmlException($"{Dir}: case {caseId} needs blob {sha} from {pack}, which is missing");
+            string real = SafePaths.Contained(Dir, Path.GetRelativePath(Dir, pack), pack);
+            _packs[p.Pack] = handle = File.OpenHandle(real, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
         }
-        if (p.Length > Array.MaxLength || p.Offset + p.Length > RandomAccess.GetLength(handle))
-            throw new TapmlException($"{pack}: blob of case {caseId} is corrupt (bytes [{p.Offset}, {p.Offset + p.Length}) of {sha} run past the pack's end)");
+        if (p.Length > Array.MaxLength || p.Offset > RandomAccess.GetLength(handle) - p.Length)
+            throw new TapmlException($"{pack}: blob of case {caseId} is corrupt (bytes [{p.Offset}, {p.Offset}+{p.Length}) of {sha} run past the pack's end)");
+        ResourceBudget.Reserve(p.Length, $"{pack}: blob {sha} of case {caseId}");
         var bytes = GC.AllocateUninitializedArray<byte>((int)p.Length);
         int n = RandomAccess.Read(handle, bytes, p.Offset);
         if (n != bytes.Length) throw new TapmlException($"{pack}: short read of blob {sha} of case {caseId}");

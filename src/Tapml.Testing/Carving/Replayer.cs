@@ -17,11 +17,35 @@ public sealed class Replayer(CarvedStore store, IPlatform platform, Tolerances t
         catch (TapmlException e) { return new CaseResult(c.Name, CaseStatus.Error, e.Message, null, 0); }
         catch (Exception e) when (e is not OutOfMemoryException) { return new CaseResult(c.Name, CaseStatus.Error, $"{e.GetType().Name}: {e.Message}", null, 0); }
         var tol = ToleranceOf(c, model.Graph.Nodes[0]);
-        var r = CaseRunner.Run(c.Name, () => Load(store, c, model), platform, tol, magnitudes: tol.Rule == ToleranceRule.Accumulation);
+        CaseResult r;
+        try
+        {
+            long budget = CaseBudget(c);
+            using (ResourceBudget.Scope(budget, $"the case's budget of {ResourceBudget.Format(budget)} ({CaseBudgetFactor} × its carved inputs and outputs + {ResourceBudget.Format(CaseBudgetBase)})"))
+                r = CaseRunner.Run(c.Name, () => Load(store, c, model), platform, tol, magnitudes: tol.Rule == ToleranceRule.Accumulation);
+        }
+        catch (TapmlException e) when (ResourceBudget.IsOverrun(e))
+        {
+            throw new ResourceLimitException($"{store.ManifestPath}: case {c.Id}: {e.Message}", e);
+        }
         r = r with { Tolerance = tol };
         return r.Status is CaseStatus.Failed or CaseStatus.Error
             ? r with { Repro = $"./tapml replay {CaseRunner.Quote(store.Dir)} --case {c.Id} --platform {CaseRunner.Quote(platform.Name)}" }
             : r;
+    }
+
+    // NOTE: a case's kernel needs about what its carved inputs and outputs hold; one that asks for far more (a Pad
+    // with huge pads, an Expand to a huge shape) is hostile data, stopped before it allocates.
+    const int CaseBudgetFactor = 16;
+    const long CaseBudgetBase = 256L << 20;
+
+    /// <summary>The most bytes one allocation of <paramref name="c"/>'s run may take.</summary>
+    static long CaseBudget(CarvedCase c)
+    {
+        long declared = 0;
+        foreach (var t in c.Inputs.Concat(c.Outputs))
+            declared = Math.Min(declared + ShapeUtil.Size(t.Shape) * Math.Max(DTypes.Size(t.DType), 1), long.MaxValue / (2 * CaseBudgetFactor));
+        return CaseBudgetFactor * declared + CaseBudgetBase;
     }
 
     Tolerance ToleranceOf(CarvedCase c, Node node)

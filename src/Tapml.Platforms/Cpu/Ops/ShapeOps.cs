@@ -153,8 +153,9 @@ public sealed class ShapeOps : ICpuOpFamily
         var v = ctx.Tensor("value") ?? Tensor.Scalar(0f);
         if (v.Length != 1) throw ctx.Error($"value must hold one element, got {v.Describe()}");
         foreach (long d in shape) if (d < 0) throw ctx.Error($"negative dimension in shape {ShapeUtil.Format(shape)}");
-        if (v.DType == DType.Float32 && ShapeUtil.Size(shape) * 4 <= Tensor.MaxBytes)
+        if (v.DType == DType.Float32)
         {
+            Tensor.CheckLimits(DType.Float32, shape, ShapeUtil.Size(shape));
             // NOTE: f32 fills (CNN weights in the light models) skip the zeroing of a fresh array: Fill writes it all.
             var data = GC.AllocateUninitializedArray<float>(checked((int)ShapeUtil.Size(shape)));
             float fill = v.As<float>()[0];
@@ -184,6 +185,7 @@ public sealed class ShapeOps : ICpuOpFamily
                 float a = s.As<float>()[0], lim = l.As<float>()[0], del = d.As<float>()[0];
                 if (del == 0) throw ctx.Error("delta is 0");
                 long n = Math.Max((long)Math.Ceiling(((double)lim - a) / del), 0);
+                Tensor.CheckLimits(DType.Float32, [n], n);
                 var o = new float[n];
                 // numpy fills with start + i·(buffer[1] − start), in the element type.
                 float step = (a + del) - a;
@@ -195,6 +197,7 @@ public sealed class ShapeOps : ICpuOpFamily
                 double a = s.As<double>()[0], lim = l.As<double>()[0], del = d.As<double>()[0];
                 if (del == 0) throw ctx.Error("delta is 0");
                 long n = Math.Max((long)Math.Ceiling((lim - a) / del), 0);
+                Tensor.CheckLimits(DType.Float64, [n], n);
                 var o = new double[n];
                 double step = (a + del) - a;
                 for (long i = 0; i < n; i++) o[i] = i == 0 ? a : i == 1 ? a + del : a + i * step;
