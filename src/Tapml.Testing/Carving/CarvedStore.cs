@@ -401,7 +401,7 @@ public sealed class CarvedStore
     {
         buffer.ResetWrittenCount();
         // NOTE: compact and with relaxed escaping: signatures hold JSON text, and the final manifest is on the carve's critical path.
-        using (var w = new Utf8JsonWriter(buffer, ManifestJson))
+        using (var w = new Utf8JsonWriter(buffer, ManifestWriting))
         {
             w.WriteStartObject();
             w.WriteString("format", FormatName);
@@ -444,12 +444,12 @@ public sealed class CarvedStore
         }
     }
 
-    static readonly JsonWriterOptions ManifestJson = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping, SkipValidation = true };
+    static readonly JsonWriterOptions ManifestWriting = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping, SkipValidation = true };
 
     static void WriteJsonString(System.Buffers.ArrayBufferWriter<byte> b, string s)
     {
         b.Write("\""u8);
-        b.Write(JsonEncodedText.Encode(s, ManifestJson.Encoder).EncodedUtf8Bytes);
+        b.Write(JsonEncodedText.Encode(s, ManifestWriting.Encoder).EncodedUtf8Bytes);
         b.Write("\""u8);
     }
 
@@ -481,7 +481,7 @@ public sealed class CarvedStore
         if (_rendered.Cases.TryGetValue(c, out var cached)) return cached;
         var b = _rendered.Buffer;
         b.ResetWrittenCount();
-        var w = _rendered.Writer ??= new Utf8JsonWriter(b, ManifestJson);
+        var w = _rendered.Writer ??= new Utf8JsonWriter(b, ManifestWriting);
         w.Reset(b);
         c.WriteJsonHead(w);
         w.Flush();
@@ -497,7 +497,7 @@ public sealed class CarvedStore
         if (_rendered.Blobs.TryGetValue(name, out var cached) && ReferenceEquals(cached.Where, where)) return cached.Json;
         var b = _rendered.Buffer;
         b.ResetWrittenCount();
-        var w = _rendered.Writer ??= new Utf8JsonWriter(b, ManifestJson);
+        var w = _rendered.Writer ??= new Utf8JsonWriter(b, ManifestWriting);
         w.Reset(b);
         w.WriteStartObject();
         switch (where)
