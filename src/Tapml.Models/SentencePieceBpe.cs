@@ -53,7 +53,7 @@ sealed class SentencePieceBpe
         }
         if (root.TryGetProperty("decoder", out var dec) && dec.ValueKind == JsonValueKind.Object) ReadDecoder(dec);
         if (added.Count > 0)
-            _addedSplit = new Regex(string.Join("|", added.Keys.OrderByDescending(k => k.Length).Select(Regex.Escape)), RegexOptions.CultureInvariant);
+            _addedSplit = new Regex(string.Join("|", added.Keys.OrderByDescending(k => k.Length).Select(Regex.Escape)), RegexOptions.CultureInvariant, Tokenizer.RegexTimeout);
         void ReadNormalizer(string p, JsonElement n)
         {
             string type = n.GetProperty("type").GetString() ?? "";
