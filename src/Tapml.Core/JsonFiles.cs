@@ -26,12 +26,15 @@ public static class JsonFiles
         return bytes;
     }
 
+    // NOTE: the parser quotes the offending text, which a hostile file can make megabytes long.
+    static string Shorten(string s) => s.Length <= 300 ? s : s[..300] + "…";
+
     /// <summary>The parsed document of <paramref name="path"/> (see <see cref="ReadBytes"/>).</summary>
     public static JsonDocument Document(string path, long maxBytes)
     {
         var bytes = ReadBytes(path, maxBytes);
         try { return JsonDocument.Parse(bytes, Strict); }
-        catch (JsonException e) { throw new TapmlException($"{path}: not valid JSON ({e.Message})", e); }
+        catch (JsonException e) { throw new TapmlException($"{path}: not valid JSON ({Shorten(e.Message)})", e); }
     }
 
     /// <summary>The parsed tree of <paramref name="path"/> (see <see cref="ReadBytes"/>).</summary>
@@ -39,6 +42,6 @@ public static class JsonFiles
     {
         var bytes = ReadBytes(path, maxBytes);
         try { return JsonNode.Parse(bytes, null, Strict); }
-        catch (JsonException e) { throw new TapmlException($"{path}: not valid JSON ({e.Message})", e); }
+        catch (JsonException e) { throw new TapmlException($"{path}: not valid JSON ({Shorten(e.Message)})", e); }
     }
 }

@@ -68,7 +68,7 @@ public static partial class Gpt2Weights
         var canonical = Canonical(checkpoint.Entries.Keys);
         var fileName = new Dictionary<string, string>();
         foreach (var name in checkpoint.Entries.Keys)
-            if (!fileName.TryAdd(canonical(name), name)) throw new TapmlException($"checkpoint {checkpoint.Dir}: tensors '{fileName[canonical(name)]}' and '{name}' are the same GPT-2 weight");
+            if (!fileName.TryAdd(canonical(name), name)) throw new TapmlException($"checkpoint {checkpoint.Dir}: tensors '{Tokenizer.Shorten(fileName[canonical(name)])}' and '{Tokenizer.Shorten(name)}' are the same GPT-2 weight");
         var available = checkpoint.Entries.ToDictionary(e => canonical(e.Key), e => e.Value.Shape);
         CheckSizes(c, available, checkpoint.Dir);
         var specs = Specs(c);

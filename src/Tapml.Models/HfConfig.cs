@@ -54,6 +54,8 @@ public sealed class HfConfig
     /// <summary>Largest config.json read (published ones are a few kilobytes).</summary>
     public const long MaxBytes = 4 << 20;
 
+    const int MaxName = 256;
+
     HfConfig(string path, JsonObject raw)
     {
         Path = path;
@@ -141,7 +143,7 @@ public sealed class HfConfig
     string? Str(JsonObject o, string block, string key) => o[key] switch
     {
         null => null,
-        JsonValue v when v.TryGetValue(out string? s) => s,
+        JsonValue v when v.TryGetValue(out string? s) => s.Length <= MaxName ? s : throw Error($"{block}.{key}", $"is {s.Length} characters long (a name is at most {MaxName})"),
         var v => throw Error($"{block}.{key}", $"must be a string (got {Shorten(v.ToJsonString())})"),
     };
 
@@ -207,7 +209,7 @@ public sealed class HfConfig
     public string? Str(string key) => Raw[key] switch
     {
         null => null,
-        JsonValue v when v.TryGetValue(out string? s) => s,
+        JsonValue v when v.TryGetValue(out string? s) => s.Length <= MaxName ? s : throw Error(key, $"is {s.Length} characters long (a name is at most {MaxName})"),
         var v => throw Error(key, $"must be a string, got {Shorten(v.ToJsonString())}"),
     };
 
@@ -215,7 +217,7 @@ public sealed class HfConfig
     public IReadOnlyList<string>? StrList(string key) => Raw[key] switch
     {
         null => null,
-        JsonArray a => a.Select((x, i) => x is JsonValue v && v.TryGetValue(out string? s) ? s
+        JsonArray a => a.Select((x, i) => x is JsonValue v && v.TryGetValue(out string? s) && s.Length <= MaxName ? s
             : throw Error(key, $"entry {i} must be a string (got {Shorten(x?.ToJsonString() ?? "null")})")).ToList(),
         var v => throw Error(key, $"must be a list of strings, got {Shorten(v.ToJsonString())}"),
     };

@@ -124,7 +124,7 @@ public sealed class Tokenizer
         return merge;
     }
 
-    static string Shorten(string s) => s.Length <= 80 ? s : s[..80] + "…";
+    internal static string Shorten(string s) => s.Length <= 80 ? s : s[..80] + "…";
 
     /// <summary>An HF <c>tokenizer.json</c> with a byte-level BPE model.</summary>
     public static Tokenizer FromTokenizerJson(string path)
@@ -143,7 +143,7 @@ public sealed class Tokenizer
             throw new TapmlException($"{path}: no \"model\" object");
         string type = model.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString()! : "";
         if (type != "BPE")
-            throw new UnsupportedException($"{path}: tokenizer model type '{type}' is not supported (only byte-level BPE)");
+            throw new UnsupportedException($"{path}: tokenizer model type '{Shorten(type)}' is not supported (only byte-level BPE)");
         if (!model.TryGetProperty("vocab", out var vocabEl) || !model.TryGetProperty("merges", out var mergesEl))
             throw new TapmlException($"{path}: the BPE model lacks \"vocab\" or \"merges\"");
 
@@ -197,7 +197,7 @@ public sealed class Tokenizer
         if (root.TryGetProperty("normalizer", out var norm) && norm.ValueKind == JsonValueKind.Object)
         {
             string nt = norm.GetProperty("type").GetString() ?? "";
-            if (nt != "NFC") throw new UnsupportedException($"{path}: normalizer '{nt}' is not supported (only NFC or none)");
+            if (nt != "NFC") throw new UnsupportedException($"{path}: normalizer '{Shorten(nt)}' is not supported (only NFC or none)");
             nfc = true;
         }
 
@@ -225,7 +225,7 @@ public sealed class Tokenizer
                 string behavior = pre.TryGetProperty("behavior", out var b) ? b.GetString() ?? "" : "";
                 bool invert = pre.TryGetProperty("invert", out var inv) && inv.GetBoolean();
                 if (behavior != "Isolated" || invert)
-                    throw new UnsupportedException($"{path}: Split behavior '{behavior}' (invert={invert}) is not supported (only Isolated)");
+                    throw new UnsupportedException($"{path}: Split behavior '{Shorten(behavior)}' (invert={invert}) is not supported (only Isolated)");
                 pattern = re.ValueKind == JsonValueKind.String ? re.GetString() : throw new TapmlException($"{path}: pre_tokenizer Split pattern.Regex must be a string");
                 break;
             case "ByteLevel":
@@ -240,7 +240,7 @@ public sealed class Tokenizer
                 }
                 break;
             default:
-                throw new UnsupportedException($"{path}: pre-tokenizer '{type}' is not supported");
+                throw new UnsupportedException($"{path}: pre-tokenizer '{Shorten(type)}' is not supported");
         }
     }
 

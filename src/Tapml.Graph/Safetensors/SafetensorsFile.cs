@@ -80,7 +80,7 @@ public sealed class SafetensorsFile : IDisposable
         if (!System.Text.Unicode.Utf8.IsValid(header)) throw new TapmlException($"{path}: the header is not valid UTF-8");
         JsonDocument doc;
         try { doc = JsonDocument.Parse(header, JsonFiles.Strict); }
-        catch (JsonException e) { throw new TapmlException($"{path}: the header is not valid JSON ({e.Message})"); }
+        catch (JsonException e) { throw new TapmlException($"{path}: the header is not valid JSON ({Shorten(e.Message)})"); }
         using (doc)
         {
             if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new TapmlException($"{path}: the header must be a JSON object");
