@@ -222,6 +222,25 @@ public class HostileHfTests : IDisposable
         Assert.True(outside.Count == 0, $"opened outside the folder: {string.Join(", ", outside)}");
     }
 
+    [Theory]
+    [InlineData("generate")]
+    [InlineData("run")]
+    public void Non_finite_logits_are_an_error_of_the_run(string verb)
+    {
+        string dir = Model();
+        string path = Path.Combine(dir, "model.safetensors");
+        var bytes = File.ReadAllBytes(path);
+        long n = BitConverter.ToInt64(bytes, 0);
+        long begin = JsonNode.Parse(bytes.AsSpan(8, (int)n))!["model.norm.weight"]!["data_offsets"]![0]!.GetValue<long>();
+        for (int i = 0; i < 64; i++) BitConverter.TryWriteBytes(bytes.AsSpan((int)(8 + n + begin + 4 * i)), float.NaN);
+        File.WriteAllBytes(path, bytes);
+        string[] args = verb == "run" ? ["run", "--model", dir, "--platform", "cpu"] : ["generate", "-m", dir, "--platform", "cpu", "--input-ids", "1,2,3", "--max-tokens", "2"];
+        var r = CappedCli.Run(strace: false, CliLimit, args);
+        string line = AssertOneLine(r, "logits", ["NaN", "position"]);
+        Assert.DoesNotContain("tokens:", r.Stdout);
+        TestContext.Current.SendDiagnosticMessage($"{verb} with NaN weights: {line}");
+    }
+
     // ---- seeded mutations, in process ----------------------------------------------------------------------
 
     /// <summary>Outcomes of one format's mutations: ran, clean error (one TapmlException line), anything else.</summary>
@@ -435,6 +454,7 @@ public class HostileHfTests : IDisposable
             if (r.ExitCode == 0) ok++;
             else if (r.ExitCode == 2 && lines.Length == 1 && !lines[0].Contains("internal error") && lines[0].Length < 1000) clean++;
             else other.Add($"#{i}: exit {r.ExitCode}: {r.Stderr}");
+            TestContext.Current.SendDiagnosticMessage($"cli sweep #{i}: exit {r.ExitCode} {(lines.Length > 0 ? lines[0][..Math.Min(160, lines[0].Length)] : "")}");
             Directory.Delete(d, true);
         }
         TestContext.Current.SendDiagnosticMessage($"cli sweep: 24 folders, {ok} ok, {clean} clean errors, {other.Count} other, peak {peak >> 20} MB, {wall.TotalSeconds:F1} s");
