@@ -90,7 +90,7 @@ public class HostileHfTests : IDisposable
         "bomb-num_hidden_layers", "bomb-vocab_size", "bomb-hidden_size", "bomb-header-length",
         "hang-empty-added-token", "hang-null-added-token", "hang-backtracking-regex",
         "number-rope_theta-0", "number-rms_norm_eps-negative", "number-num_attention_heads-0", "number-rope_theta-inf",
-        "number-partial_rotary_factor-2", "number-rope_scaling-factor-nan-literal", "number-vocab-id-huge",
+        "number-partial_rotary_factor-2", "number-rope_scaling-factor-nan-literal", "number-vocab-id-huge", "number-tokenizer-id-past-vocab_size",
         "type-hidden_size-string", "type-eos_token_id-null-entry", "type-architectures-number", "type-rope_scaling-string",
         "type-vocab-id-string", "type-merge-numbers", "type-merge-unknown-token", "type-config-duplicate-key",
         "header-invalid-utf8", "header-overlap", "header-offsets-past-end", "header-dtype-shape-mismatch", "header-null-in-shape",
@@ -145,6 +145,7 @@ public class HostileHfTests : IDisposable
             case "number-partial_rotary_factor-2": Config("partial_rotary_factor", 2); return ("config.json", ["partial_rotary_factor"], hello);
             case "number-rope_scaling-factor-nan-literal": File.WriteAllText(config, File.ReadAllText(config).TrimEnd().TrimEnd('}') + ", \"rope_scaling\": {\"type\": \"linear\", \"factor\": NaN}}"); return ("config.json", ["not valid JSON"], hello);
             case "number-vocab-id-huge": Tok(o => o["model"]!["vocab"]!["a"] = 2_000_000_000); return ("tokenizer.json", ["model.vocab['a']"], hello);
+            case "number-tokenizer-id-past-vocab_size": Tok(o => o["model"]!["vocab"]!["h"] = 100_000); return ("config.json", ["vocab_size", "100000", "tokenizer.json"], "h");
             case "type-hidden_size-string": Config("hidden_size", "64"); return ("config.json", ["hidden_size"], hello);
             case "type-eos_token_id-null-entry": Config("eos_token_id", new JsonArray(1, null)); return ("config.json", ["eos_token_id"], hello);
             case "type-architectures-number": Config("architectures", new JsonArray(1)); return ("config.json", ["architectures"], hello);
