@@ -13,6 +13,8 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 # chromium: the HTML reports are checked in headless Chromium (and its SwiftShader serves the GPU platforms)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# strace: the hostile-input tests check that nothing outside a model folder is opened
+command -v strace >/dev/null 2>&1 || need+=(strace)
 # webgpu: Dawn dlopens the Vulkan loader (SwiftShader's ICD comes with chromium) and EGL/GLES for webgpu:gles
 ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1 ' || need+=(libvulkan1)
 ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1 ' || need+=(libegl1 libgles2 libegl-mesa0 libgl1-mesa-dri)

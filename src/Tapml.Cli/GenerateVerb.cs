@@ -44,7 +44,11 @@ static class GenerateVerb
             string spec = pr.GetValue(model)!;
             var (ids, tokenizer) = PromptArgs.Resolve(spec, pr.GetValue(prompt), pr.GetValue(inputIds));
             var m = ModelSpec.Load(spec);
-            IReadOnlyCollection<int>? eos = Directory.Exists(spec) && HfModels.IsHfFolder(spec) ? HfConfig.Load(spec).EosTokenIds : null;
+            var hf = Directory.Exists(spec) && HfModels.IsHfFolder(spec) ? HfConfig.Load(spec) : null;
+            IReadOnlyCollection<int>? eos = hf?.EosTokenIds;
+            if (hf is not null && ids.FirstOrDefault(i => i >= hf.VocabSize, -1) is var outside and >= 0)
+                throw new TapmlException($"prompt token id {outside} is outside the model's vocabulary ({hf.Path}: vocab_size {hf.VocabSize})" +
+                                         (tokenizer is null ? "" : $"; {tokenizer.Source} gave it"));
             using var p = PlatformRegistry.Create(pr.GetValue(platform)!);
             if (pr.GetValue(profile) && !(p is Tapml.Platforms.WebGpu.WebGpuPlatform pw && pw.Device.StartProfile()))
                 throw new TapmlException($"--profile needs a webgpu platform whose adapter has timestamp queries ({p.Name} has not)");

@@ -40,6 +40,8 @@ static class RunVerb
             var result = Cli.Naming(modelSpec, () => exec.Run(m, feeds));
             sw.Stop();
             prof?.Print(sw.Elapsed.TotalMilliseconds);
+            if (ModelSpec.IsCheckpoint(pr.GetValue(model)!) && result.TryGetValue("logits", out var logits) && logits is Tensor lt)
+                Models.Generation.CheckFinite(lt, "the run");
             foreach (var (name, v) in result) Console.WriteLine($"{name}: {v.Describe()}{Preview(v)}");
             if (pr.GetValue(outputs) is { } outDir)
             {
@@ -105,6 +107,11 @@ static class ModelSpec
         if (spec.StartsWith("builtin:tiny-")) return Models.TinyCheckpoint.Materialize(spec["builtin:tiny-".Length..]);
         return null;
     }
+
+    /// <summary>Whether the spec is a Hugging Face checkpoint (a folder with config.json and no model.onnx, or
+    /// <c>builtin:tiny-ARCH</c>): an LLM tapml built, whose logits must be finite.</summary>
+    public static bool IsCheckpoint(string spec) => spec.StartsWith("builtin:tiny-", StringComparison.Ordinal)
+        || Directory.Exists(spec) && !File.Exists(Path.Combine(spec, "model.onnx")) && Models.HfModels.IsHfFolder(spec);
 
     public static Model Load(string spec)
     {

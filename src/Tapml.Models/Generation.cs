@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Numerics;
 using Tapml.Core;
 using Tapml.Ir;
 using Tapml.Platforms;
@@ -55,6 +56,7 @@ public static class Generation
         var outs = executor.Run(model, feeds, KeepOnDevice);
         double prefillMs = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
         var prefillLogits = (Tensor)outs["logits"];
+        CheckFinite(prefillLogits, "the prompt run");
 
         var seen = new List<long>(ids);
         var tokens = new List<long>();
@@ -74,7 +76,9 @@ public static class Generation
             t0 = Stopwatch.GetTimestamp();
             outs = executor.Run(model, feeds, KeepOnDevice);
             FreeDevicePasts(feeds);
-            long next = sampler.Next(LastRow((Tensor)outs["logits"]), seen);
+            var logits = (Tensor)outs["logits"];
+            CheckFinite(logits, $"decode step {steps + 1}", position - 1);
+            long next = sampler.Next(LastRow(logits), seen);
             decodeMs += Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
             steps++;
             Add(next);
@@ -108,7 +112,7 @@ public static class Generation
                 FreeDevice(input);
                 var logits = outs["logits"];
                 token = argmax.Run(logits);
-                read = token is null ? new CompletedDownload(Tensor.FromArray(new[] { ArgmaxLast(ToHost(logits)) }, 1, 1))
+                read = token is null ? new CompletedDownload(Tensor.FromArray(new[] { ArgmaxLast(CheckFinite(ToHost(logits), $"decode step {steps + 1}", position - 1)) }, 1, 1))
                     : ((IDeviceValue)token).Owner is IAsyncDownload a ? a.BeginDownload(token) : new CompletedDownload(ToHost(token));
                 FreeDevice(logits);
                 outs.Remove("logits");
@@ -209,6 +213,35 @@ public static class Generation
         feeds["input_ids"] = token;
         feeds["position_ids"] = Tensor.FromArray(new[] { position }, 1, 1);
         return feeds;
+    }
+
+    /// <summary>Checks that float32 <paramref name="logits"/> [.., seq, vocab] are all finite: NaN or ±Inf means the
+    /// model computes nonsense (a config value or weight out of range) and is an error of the run naming
+    /// <paramref name="step"/> and the position, never tokens. Greedy steps whose argmax runs on a GPU are not
+    /// checked (their logits stay there).</summary>
+    /// <param name="firstPosition">Sequence position of the first row (decode steps: the token's position).</param>
+    public static Tensor CheckFinite(Tensor logits, string step, long firstPosition = 0)
+    {
+        if (logits.DType != DType.Float32 || logits.Shape.Length == 0) return logits;
+        var x = logits.Span<float>();
+        int bad = FirstNonFinite(x);
+        if (bad < 0) return logits;
+        long vocab = Math.Max(1, logits.Shape[^1]);
+        throw new TapmlException($"the model's logits are {x[bad]} in {step} at position {firstPosition + bad / vocab} (token id {bad % vocab}): " +
+                                 "the model computes non-finite values (check the config's rms_norm_eps, rope_theta and the weights)");
+    }
+
+    static int FirstNonFinite(ReadOnlySpan<float> x)
+    {
+        int i = 0;
+        // NOTE: v - v is 0 for finite lanes and NaN for NaN or ±Inf ones.
+        for (; i + Vector<float>.Count <= x.Length; i += Vector<float>.Count)
+        {
+            var v = new Vector<float>(x[i..]);
+            if (!Vector.EqualsAll(v - v, Vector<float>.Zero)) break;
+        }
+        for (; i < x.Length; i++) if (!float.IsFinite(x[i])) return i;
+        return -1;
     }
 
     /// <summary>Greedy choice (argmax of the last position's logits, first index on ties).</summary>

@@ -44,8 +44,11 @@ public static class Gpt2
             throw config.Error("add_cross_attention", "is true; cross-attention (encoder-decoder use) is not supported");
         if (config.NumKvHeads != config.NumHeads || (long)config.NumHeads * config.HeadDim != config.HiddenSize)
             throw config.Error("n_head", $"{config.NumHeads} heads must split n_embd {config.HiddenSize} evenly (GPT-2 has no separate head_dim or kv heads)");
+        var available = weights.ToDictionary(w => w.Key, w => w.Value.Shape);
+        string origin = Path.GetDirectoryName(config.Path) ?? config.Path;
+        Gpt2Weights.CheckSizes(config, available, origin);
         var specs = Gpt2Weights.Specs(config);
-        Gpt2Weights.Check(config, specs, weights.ToDictionary(w => w.Key, w => w.Value.Shape), Path.GetDirectoryName(config.Path) ?? config.Path);
+        Gpt2Weights.Check(config, specs, available, origin);
         var g = graph = new Gpt2Graph(config, weights);
         return new Model { Graph = g.Build(), Opsets = new() { [""] = Opset }, ProducerName = "tapml" };
     }

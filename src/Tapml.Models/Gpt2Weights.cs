@@ -65,10 +65,14 @@ public static partial class Gpt2Weights
     /// names and shapes first (nothing is read when something is missing or extra).</summary>
     public static Dictionary<string, Tensor> Load(HfConfig c, SafetensorsCheckpoint checkpoint)
     {
-        var specs = Specs(c);
         var canonical = Canonical(checkpoint.Entries.Keys);
-        var fileName = checkpoint.Entries.Keys.ToDictionary(canonical);
-        Check(c, specs, checkpoint.Entries.ToDictionary(e => canonical(e.Key), e => e.Value.Shape), checkpoint.Dir);
+        var fileName = new Dictionary<string, string>();
+        foreach (var name in checkpoint.Entries.Keys)
+            if (!fileName.TryAdd(canonical(name), name)) throw new TapmlException($"checkpoint {checkpoint.Dir}: tensors '{Tokenizer.Shorten(fileName[canonical(name)])}' and '{Tokenizer.Shorten(name)}' are the same GPT-2 weight");
+        var available = checkpoint.Entries.ToDictionary(e => canonical(e.Key), e => e.Value.Shape);
+        CheckSizes(c, available, checkpoint.Dir);
+        var specs = Specs(c);
+        Check(c, specs, available, checkpoint.Dir);
         var weights = new Dictionary<string, Tensor>();
         foreach (var s in specs)
         {
@@ -82,6 +86,10 @@ public static partial class Gpt2Weights
         }
         return weights;
     }
+
+    /// <summary>The config's layer count, vocabulary and hidden size against the checkpoint (see <see cref="WeightMap.CheckSizes"/>).</summary>
+    public static void CheckSizes(HfConfig c, IReadOnlyDictionary<string, long[]> available, string origin) =>
+        WeightMap.CheckSizes(c, available, origin, Prefix + "h.", Prefix + "wte.weight");
 
     /// <summary>Checks a checkpoint's tensors against the config's map (see <see cref="WeightMap.Check"/>).</summary>
     public static void Check(HfConfig c, IReadOnlyList<WeightSpec> specs, IReadOnlyDictionary<string, long[]> available, string origin) =>

@@ -46,99 +46,190 @@ public sealed class HfConfig
     public int? BosTokenId { get; }
     public IReadOnlyList<int> EosTokenIds { get; }
 
+    /// <summary>The keys (first is the name used in messages) each aliased size is read from.</summary>
+    public static readonly string[] HiddenKeys = ["hidden_size", "n_embd", "d_model"];
+    public static readonly string[] LayerKeys = ["num_hidden_layers", "n_layer", "num_layers"];
+    public static readonly string[] HeadKeys = ["num_attention_heads", "n_head"];
+
+    /// <summary>Largest config.json read (published ones are a few kilobytes).</summary>
+    public const long MaxBytes = 4 << 20;
+
+    const int MaxName = 256;
+
     HfConfig(string path, JsonObject raw)
     {
         Path = path;
         Raw = raw;
         ModelType = Str("model_type") ?? throw Error("model_type", "is missing");
-        Architectures = raw["architectures"] is JsonArray a ? a.Select(x => x?.GetValue<string>() ?? "").ToList() : [];
-        VocabSize = Int("vocab_size") ?? throw Error("vocab_size", "is missing");
-        HiddenSize = Int("hidden_size", "n_embd", "d_model") ?? throw Error("hidden_size", "is missing");
-        NumLayers = Int("num_hidden_layers", "n_layer", "num_layers") ?? throw Error("num_hidden_layers", "is missing");
-        NumHeads = Int("num_attention_heads", "n_head") ?? throw Error("num_attention_heads", "is missing");
-        NumKvHeads = Int("num_key_value_heads") ?? NumHeads;
-        IntermediateSize = Int("intermediate_size", "n_inner") ?? 4 * HiddenSize;
-        HeadDim = Int("head_dim") ?? (HiddenSize % NumHeads == 0 ? HiddenSize / NumHeads : throw Error("hidden_size", $"{HiddenSize} is not divisible by {NumHeads} heads and head_dim is not given"));
-        MaxPositions = Int("max_position_embeddings", "n_positions", "n_ctx") ?? 2048;
-        NormEps = Double("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps") ?? 1e-5;
+        Architectures = StrList("architectures") ?? [];
+        VocabSize = Positive("vocab_size") ?? throw Error("vocab_size", "is missing");
+        HiddenSize = Positive(HiddenKeys) ?? throw Error("hidden_size", "is missing");
+        NumLayers = Positive(LayerKeys) ?? throw Error("num_hidden_layers", "is missing");
+        NumHeads = Positive(HeadKeys) ?? throw Error("num_attention_heads", "is missing");
+        NumKvHeads = Positive("num_key_value_heads") ?? NumHeads;
+        IntermediateSize = Positive("intermediate_size", "n_inner")
+            ?? (HiddenSize <= int.MaxValue / 4 ? 4 * HiddenSize : throw Error(KeyOf(HiddenKeys), $"{HiddenSize} is too large (4 × it, the default intermediate_size, overflows)"));
+        HeadDim = Positive("head_dim") ?? (HiddenSize % NumHeads == 0 ? HiddenSize / NumHeads : throw Error(KeyOf(HiddenKeys), $"{HiddenSize} is not divisible by {NumHeads} heads and head_dim is not given"));
+        MaxPositions = Positive("max_position_embeddings", "n_positions", "n_ctx") ?? 2048;
+        NormEps = PositiveReal("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps") ?? 1e-5;
         HiddenAct = Str("hidden_act") ?? Str("hidden_activation") ?? Str("activation_function") ?? "silu";
         TieWordEmbeddings = Bool("tie_word_embeddings") ?? ModelType is "gpt2" or "gemma" or "gemma2";
-        SlidingWindow = Int("sliding_window");
-        BosTokenId = Int("bos_token_id");
-        EosTokenIds = raw["eos_token_id"] switch
+        SlidingWindow = Positive("sliding_window");
+        BosTokenId = TokenId("bos_token_id", Raw["bos_token_id"]);
+        EosTokenIds = Raw["eos_token_id"] switch
         {
-            JsonArray arr => arr.Select(x => x!.GetValue<int>()).ToList(),
-            JsonValue v when v.TryGetValue(out int e) => [e],
-            _ => [],
+            null => [],
+            JsonArray arr => arr.Select(x => TokenId("eos_token_id", x) ?? throw Error("eos_token_id", "holds null; every entry must be a token id")).ToList(),
+            var v => [TokenId("eos_token_id", v)!.Value],
         };
-        if (NumKvHeads <= 0 || NumHeads % NumKvHeads != 0) throw Error("num_key_value_heads", $"{NumKvHeads} does not divide {NumHeads} attention heads");
+        if (NumHeads % NumKvHeads != 0) throw Error("num_key_value_heads", $"{NumKvHeads} does not divide {NumHeads} attention heads");
         Rope = ReadRope();
     }
 
+    /// <summary>Reads and checks <c>config.json</c>: a folder's (which must be a regular file inside it, not a link
+    /// out of it) or the file named. Every field the builders use is range-checked with the field named.</summary>
     public static HfConfig Load(string pathOrDir)
     {
+        if (pathOrDir.Contains('\0')) throw new TapmlException("the config path contains a NUL character");
         string path = Directory.Exists(pathOrDir) ? System.IO.Path.Combine(pathOrDir, "config.json") : pathOrDir;
         if (!File.Exists(path)) throw new TapmlException($"config file '{path}' not found");
-        JsonNode? node;
-        try { node = JsonNode.Parse(File.ReadAllText(path)); }
-        catch (JsonException e) { throw new TapmlException($"{path} is not valid JSON ({e.Message})"); }
-        if (node is not JsonObject obj) throw new TapmlException($"{path} must hold a JSON object");
-        try { return new HfConfig(path, obj); }
-        catch (Exception e) when (e is InvalidOperationException or FormatException)
-        {
-            throw new TapmlException($"{path}: a value has the wrong type ({e.Message})");
-        }
+        string real = Directory.Exists(pathOrDir) ? SafePaths.Contained(pathOrDir, "config.json", path) : path;
+        if (JsonFiles.Node(real, MaxBytes) is not JsonObject obj) throw new TapmlException($"{path} must hold a JSON object");
+        return new HfConfig(path, obj);
     }
 
     RopeConfig ReadRope()
     {
         // transformers ≥ 5: everything in rope_parameters; older files: rope_theta + rope_scaling (may be null).
-        var p = Raw["rope_parameters"] as JsonObject ?? Raw["rope_scaling"] as JsonObject;
-        double theta = (p is null ? null : Num(p, "rope_theta")) ?? Double("rope_theta") ?? 10000;
-        double partial = (p is null ? null : Num(p, "partial_rotary_factor")) ?? Double("partial_rotary_factor", "rotary_pct") ?? 1;
+        string blockKey = Raw["rope_parameters"] is not null ? "rope_parameters" : "rope_scaling";
+        var p = Raw[blockKey] switch
+        {
+            null => null,
+            JsonObject o => o,
+            var other => throw Error(blockKey, $"must be an object or null, got {Shorten(other.ToJsonString())}"),
+        };
+        double theta = (p is null ? null : Num(p, blockKey, "rope_theta")) ?? PositiveReal("rope_theta") ?? 10000;
+        double partial = (p is null ? null : Num(p, blockKey, "partial_rotary_factor")) ?? PositiveReal("partial_rotary_factor", "rotary_pct") ?? 1;
+        if (!(partial > 0 && partial <= 1)) throw Error("partial_rotary_factor", $"must be in (0, 1] (got {partial})");
         if (p is null) return new RopeConfig { Theta = theta, PartialRotaryFactor = partial };
-        string type = (p["rope_type"] ?? p["type"])?.GetValue<string>() ?? "default";
+        string type = Str(p, blockKey, "rope_type") ?? Str(p, blockKey, "type") ?? "default";
         if (type == "su") type = "longrope";
+        double? original = Num(p, blockKey, "original_max_position_embeddings") ?? PositiveReal("original_max_position_embeddings");
+        if (original is double om && (om != Math.Floor(om) || om > int.MaxValue))
+            throw Error("original_max_position_embeddings", $"must be a positive integer (got {om})");
         return new RopeConfig
         {
             Type = type,
             Theta = theta,
-            Factor = Num(p, "factor") ?? 1,
-            LowFreqFactor = Num(p, "low_freq_factor") ?? 1,
-            HighFreqFactor = Num(p, "high_freq_factor") ?? 4,
-            OriginalMaxPositions = (long?)(Num(p, "original_max_position_embeddings") ?? Double("original_max_position_embeddings")),
+            Factor = Num(p, blockKey, "factor") ?? 1,
+            LowFreqFactor = Num(p, blockKey, "low_freq_factor") ?? 1,
+            HighFreqFactor = Num(p, blockKey, "high_freq_factor") ?? 4,
+            OriginalMaxPositions = (long?)original,
             PartialRotaryFactor = partial,
-            ShortFactor = (p["short_factor"] as JsonArray)?.Select(x => x!.GetValue<double>()).ToArray(),
-            LongFactor = (p["long_factor"] as JsonArray)?.Select(x => x!.GetValue<double>()).ToArray(),
-            AttentionFactor = Num(p, "attention_factor"),
+            ShortFactor = Factors(p, blockKey, "short_factor"),
+            LongFactor = Factors(p, blockKey, "long_factor"),
+            AttentionFactor = Num(p, blockKey, "attention_factor"),
         };
     }
 
-    static double? Num(JsonObject o, string key) => o[key] is JsonValue v && v.TryGetValue(out double d) ? d : null;
+    // Every number inside a RoPE block is a scale, a frequency factor or a length: positive and finite.
+    double? Num(JsonObject o, string block, string key) => o[key] switch
+    {
+        null => null,
+        JsonValue v when v.TryGetValue(out double d) && d > 0 && double.IsFinite(d) => d,
+        var v => throw Error($"{block}.{key}", $"must be a positive finite number (got {Shorten(v.ToJsonString())})"),
+    };
 
+    string? Str(JsonObject o, string block, string key) => o[key] switch
+    {
+        null => null,
+        JsonValue v when v.TryGetValue(out string? s) => s.Length <= MaxName ? s : throw Error($"{block}.{key}", $"is {s.Length} characters long (a name is at most {MaxName})"),
+        var v => throw Error($"{block}.{key}", $"must be a string (got {Shorten(v.ToJsonString())})"),
+    };
+
+    double[]? Factors(JsonObject o, string block, string key)
+    {
+        if (o[key] is null) return null;
+        if (o[key] is not JsonArray a) throw Error($"{block}.{key}", $"must be a list of numbers (got {Shorten(o[key]!.ToJsonString())})");
+        var f = new double[a.Count];
+        for (int i = 0; i < f.Length; i++)
+            f[i] = a[i] is JsonValue v && v.TryGetValue(out double d) && d > 0 && double.IsFinite(d) ? d
+                : throw Error($"{block}.{key}", $"entry {i} must be a positive finite number (got {Shorten(a[i]?.ToJsonString() ?? "null")})");
+        return f;
+    }
+
+    /// <summary>The first of <paramref name="keys"/> the file has (null counts as absent), else the first key.</summary>
+    public string KeyOf(params string[] keys) => keys.FirstOrDefault(k => Raw[k] is not null) ?? keys[0];
+
+    /// <summary>The first present of <paramref name="keys"/> as an integer (a whole number in int range).</summary>
     public int? Int(params string[] keys)
     {
         foreach (var k in keys)
         {
-            if (Raw[k] is not JsonValue v) continue;
-            if (v.TryGetValue(out int i)) return i;
-            if (v.TryGetValue(out double d) && d == Math.Floor(d) && Math.Abs(d) < int.MaxValue) return (int)d;
-            throw Error(k, $"must be an integer, got {v.ToJsonString()}");
+            if (Raw[k] is null) continue;
+            if (Raw[k] is JsonValue v)
+            {
+                if (v.TryGetValue(out int i)) return i;
+                if (v.TryGetValue(out double d) && d == Math.Floor(d) && Math.Abs(d) < int.MaxValue) return (int)d;
+            }
+            throw Error(k, $"must be an integer, got {Shorten(Raw[k]!.ToJsonString())}");
         }
         return null;
+    }
+
+    /// <summary>As <see cref="Int"/>, and it must be positive (a size, a count).</summary>
+    public int? Positive(params string[] keys)
+    {
+        int? v = Int(keys);
+        return v is null or > 0 ? v : throw Error(KeyOf(keys), $"must be a positive integer (got {v})");
+    }
+
+    /// <summary>The first present of <paramref name="keys"/> as a positive finite number (an epsilon, a theta).</summary>
+    public double? PositiveReal(params string[] keys)
+    {
+        double? v = Double(keys);
+        return v is null || v > 0 && double.IsFinite(v.Value) ? v : throw Error(KeyOf(keys), $"must be a positive finite number (got {v})");
     }
 
     public double? Double(params string[] keys)
     {
         foreach (var k in keys)
-            if (Raw[k] is JsonValue v)
-                return v.TryGetValue(out double d) ? d : throw Error(k, $"must be a number, got {v.ToJsonString()}");
+            if (Raw[k] is not null)
+                return Raw[k] is JsonValue v && v.TryGetValue(out double d) ? d : throw Error(k, $"must be a number, got {Shorten(Raw[k]!.ToJsonString())}");
         return null;
     }
 
-    public bool? Bool(string key) => Raw[key] is JsonValue v ? (v.TryGetValue(out bool b) ? b : throw Error(key, $"must be true or false, got {v.ToJsonString()}")) : null;
+    public bool? Bool(string key) => Raw[key] switch
+    {
+        null => null,
+        JsonValue v when v.TryGetValue(out bool b) => b,
+        var v => throw Error(key, $"must be true or false, got {Shorten(v.ToJsonString())}"),
+    };
 
-    public string? Str(string key) => Raw[key] is JsonValue v ? (v.TryGetValue(out string? s) ? s : throw Error(key, $"must be a string, got {v.ToJsonString()}")) : null;
+    public string? Str(string key) => Raw[key] switch
+    {
+        null => null,
+        JsonValue v when v.TryGetValue(out string? s) => s.Length <= MaxName ? s : throw Error(key, $"is {s.Length} characters long (a name is at most {MaxName})"),
+        var v => throw Error(key, $"must be a string, got {Shorten(v.ToJsonString())}"),
+    };
+
+    /// <summary>A list of strings (no nulls), or null when the key is absent.</summary>
+    public IReadOnlyList<string>? StrList(string key) => Raw[key] switch
+    {
+        null => null,
+        JsonArray a => a.Select((x, i) => x is JsonValue v && v.TryGetValue(out string? s) && s.Length <= MaxName ? s
+            : throw Error(key, $"entry {i} must be a string (got {Shorten(x?.ToJsonString() ?? "null")})")).ToList(),
+        var v => throw Error(key, $"must be a list of strings, got {Shorten(v.ToJsonString())}"),
+    };
+
+    int? TokenId(string key, JsonNode? n) => n switch
+    {
+        null => null,
+        JsonValue v when v.TryGetValue(out int id) && id >= 0 => id,
+        _ => throw Error(key, $"must be a token id (a non-negative integer), got {Shorten(n.ToJsonString())}"),
+    };
+
+    static string Shorten(string s) => s.Length <= 80 ? s : s[..80] + "…";
 
     public TapmlException Error(string key, string what) => new($"{Path}: '{key}' {what}");
 }

@@ -54,8 +54,14 @@ public static class Llama
             throw config.Error("hidden_act", $"is '{options.Activation}'; supported: silu, gelu_pytorch_tanh, gelu_new, gelu");
         if (config.Rope.PartialRotaryFactor != 1 && !options.PartialRotary)
             throw config.Error("partial_rotary_factor", $"is {config.Rope.PartialRotaryFactor}; only full rotary embeddings are supported for {config.ModelType}");
+        int rotaryDim = (int)(config.HeadDim * config.Rope.PartialRotaryFactor);
+        if (rotaryDim < 2 || rotaryDim % 2 != 0)
+            throw config.Error("head_dim", $"{config.HeadDim} × partial_rotary_factor {config.Rope.PartialRotaryFactor} gives {rotaryDim} rotary channels; RoPE rotates pairs, so it must be even and at least 2");
+        var available = weights.ToDictionary(w => w.Key, w => w.Value.Shape);
+        string origin = Path.GetDirectoryName(config.Path) ?? config.Path;
+        LlamaWeights.CheckSizes(config, available, origin);
         var specs = LlamaWeights.Specs(config, options);
-        LlamaWeights.Check(config, specs, weights.ToDictionary(w => w.Key, w => w.Value.Shape), Path.GetDirectoryName(config.Path) ?? config.Path);
+        LlamaWeights.Check(config, specs, available, origin);
         var g = new LlamaGraph(config, LlamaWeights.Unfuse(config, weights, options), options);
         var model = new Model { Graph = g.Build(), Opsets = new() { [""] = Opset }, ProducerName = "tapml" };
         if (checkpoint is not null) g.Weights.Describe(model, w => checkpoint.FileOf(w) is { } f ? (f, w) : null);

@@ -56,8 +56,10 @@ public static class LlamaWeights
     /// <summary>As <see cref="Load(HfConfig, SafetensorsCheckpoint)"/> for the architecture's <paramref name="o"/>.</summary>
     public static Dictionary<string, Tensor> Load(HfConfig c, SafetensorsCheckpoint checkpoint, DecoderOptions o)
     {
+        var available = checkpoint.Entries.ToDictionary(e => e.Key, e => e.Value.Shape);
+        CheckSizes(c, available, checkpoint.Dir);
         var specs = Specs(c, o);
-        Check(c, specs, checkpoint.Entries.ToDictionary(e => e.Key, e => e.Value.Shape), checkpoint.Dir);
+        Check(c, specs, available, checkpoint.Dir);
         var weights = new Dictionary<string, Tensor>();
         foreach (var s in specs)
         {
@@ -71,6 +73,10 @@ public static class LlamaWeights
         }
         return weights;
     }
+
+    /// <summary>The config's layer count, vocabulary and hidden size against the checkpoint (see <see cref="WeightMap.CheckSizes"/>).</summary>
+    public static void CheckSizes(HfConfig c, IReadOnlyDictionary<string, long[]> available, string origin) =>
+        WeightMap.CheckSizes(c, available, origin, "model.layers.", "model.embed_tokens.weight");
 
     /// <summary>Checks a checkpoint's tensors against the config's map (see <see cref="WeightMap.Check"/>).</summary>
     public static void Check(HfConfig c, IReadOnlyList<WeightSpec> specs, IReadOnlyDictionary<string, long[]> available, string origin) =>

@@ -10,15 +10,16 @@ public static class Qwen2
     public static DecoderOptions Options(HfConfig c)
     {
         bool sliding = (c.Bool("use_sliding_window") ?? false) && c.SlidingWindow is not null;
-        var layerTypes = (c.Raw["layer_types"] as System.Text.Json.Nodes.JsonArray)?.Select(x => x?.GetValue<string>()).ToArray();
+        var layerTypes = c.StrList("layer_types");
         int maxWindowLayers = c.Int("max_window_layers") ?? c.NumLayers;
+        if (maxWindowLayers < 0) throw c.Error("max_window_layers", $"must not be negative (got {maxWindowLayers})");
         return new DecoderOptions
         {
             Family = "qwen2",
             QkvBias = true,
             Activation = c.HiddenAct,
             SlidingWindow = sliding ? c.SlidingWindow : null,
-            IsSliding = layerTypes is { } t && t.Length == c.NumLayers ? i => t[i] == "sliding_attention" : i => i >= maxWindowLayers,
+            IsSliding = layerTypes is { } t && t.Count == c.NumLayers ? i => t[i] == "sliding_attention" : i => i >= maxWindowLayers,
         };
     }
 

@@ -45,7 +45,7 @@ sealed class SentencePieceBpe
         if (root.TryGetProperty("pre_tokenizer", out var pre) && pre.ValueKind == JsonValueKind.Object)
         {
             string type = pre.GetProperty("type").GetString() ?? "";
-            if (type != "Metaspace") throw new UnsupportedException($"{path}: pre-tokenizer '{type}' with a SentencePiece-style BPE is not supported (only Metaspace or none)");
+            if (type != "Metaspace") throw new UnsupportedException($"{path}: pre-tokenizer '{Tokenizer.Shorten(type)}' with a SentencePiece-style BPE is not supported (only Metaspace or none)");
             _metaspace = true;
             _metaspaceSplit = !pre.TryGetProperty("split", out var sp) || sp.ValueKind == JsonValueKind.True;
             _prependScheme = pre.TryGetProperty("prepend_scheme", out var ps) ? ps.GetString() ?? "always"
@@ -53,7 +53,7 @@ sealed class SentencePieceBpe
         }
         if (root.TryGetProperty("decoder", out var dec) && dec.ValueKind == JsonValueKind.Object) ReadDecoder(dec);
         if (added.Count > 0)
-            _addedSplit = new Regex(string.Join("|", added.Keys.OrderByDescending(k => k.Length).Select(Regex.Escape)), RegexOptions.CultureInvariant);
+            _addedSplit = new Regex(string.Join("|", added.Keys.OrderByDescending(k => k.Length).Select(Regex.Escape)), RegexOptions.CultureInvariant, Tokenizer.RegexTimeout);
         void ReadNormalizer(string p, JsonElement n)
         {
             string type = n.GetProperty("type").GetString() ?? "";
@@ -65,7 +65,7 @@ sealed class SentencePieceBpe
                     if (n.GetProperty("pattern").TryGetProperty("String", out var s) && s.GetString() == " " && n.GetProperty("content").GetString() == Meta.ToString()) _replaceSpace = true;
                     else throw new UnsupportedException($"{p}: Replace normalizer other than ' ' → '▁' is not supported");
                     break;
-                default: throw new UnsupportedException($"{p}: normalizer '{type}' with a SentencePiece-style BPE is not supported");
+                default: throw new UnsupportedException($"{p}: normalizer '{Tokenizer.Shorten(type)}' with a SentencePiece-style BPE is not supported");
             }
         }
         void ReadDecoder(JsonElement d)
@@ -144,7 +144,7 @@ sealed class SentencePieceBpe
                 lastUnk = false;
                 continue;
             }
-            if (_unk is not int unkId) throw new TapmlException($"'{sym}' is not in the vocabulary and the tokenizer has no unk token");
+            if (_unk is not int unkId) throw new TapmlException($"'{Tokenizer.Shorten(sym)}' is not in the vocabulary and the tokenizer has no unk token");
             if (!(_fuseUnk && lastUnk)) ids.Add(unkId);
             lastUnk = true;
         }

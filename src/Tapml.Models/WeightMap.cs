@@ -1,3 +1,4 @@
+using System.Globalization;
 using Tapml.Core;
 
 namespace Tapml.Models;
@@ -25,9 +26,34 @@ public static class WeightMap
             .Select(s => $"'{s.Name}' is {ShapeUtil.Format(available[s.Name])}, config {c.Path} implies {ShapeUtil.Format(s.Shape)}").ToList();
         if (missing.Count == 0 && unused.Count == 0 && wrongShape.Count == 0) return;
         var parts = new List<string>();
-        if (missing.Count > 0) parts.Add($"missing {missing.Count} weight(s): {string.Join(", ", missing)}");
-        if (unused.Count > 0) parts.Add($"{unused.Count} unused weight(s): {string.Join(", ", unused)}");
-        if (wrongShape.Count > 0) parts.Add($"wrong shape: {string.Join("; ", wrongShape)}");
+        if (missing.Count > 0) parts.Add($"missing {missing.Count} weight(s): {Few(missing, ", ")}");
+        if (unused.Count > 0) parts.Add($"{unused.Count} unused weight(s): {Few(unused, ", ")}");
+        if (wrongShape.Count > 0) parts.Add($"wrong shape: {Few(wrongShape, "; ")}");
         throw new TapmlException($"checkpoint {origin} does not match a {c.ModelType} model: {string.Join("; ", parts)}");
+    }
+
+    // NOTE: a hostile checkpoint can hold a million names; the line lists the first few (each shortened) and counts the rest.
+    static string Few(List<string> items, string separator) =>
+        string.Join(separator, items.Take(8).Select(s => s.Length <= 200 ? s : s[..200] + "…")) + (items.Count > 8 ? $"{separator}… {items.Count - 8} more" : "");
+
+    /// <summary>Checks the config sizes that decide how much is built against the checkpoint before anything is: the
+    /// layer count against the layers the weights have (names <c>{layerPrefix}{i}.…</c>), vocab_size and hidden_size
+    /// against the embedding <paramref name="embedding"/> [vocab, hidden]. A config claiming a million layers over a
+    /// two-layer checkpoint fails here, naming the field, instead of allocating a million layers' worth of graph.</summary>
+    public static void CheckSizes(HfConfig c, IReadOnlyDictionary<string, long[]> available, string origin, string layerPrefix, string embedding)
+    {
+        var layers = new HashSet<long>();
+        foreach (var name in available.Keys)
+        {
+            if (!name.StartsWith(layerPrefix, StringComparison.Ordinal)) continue;
+            int dot = name.IndexOf('.', layerPrefix.Length);
+            if (dot > layerPrefix.Length && long.TryParse(name.AsSpan(layerPrefix.Length, dot - layerPrefix.Length), NumberStyles.None, CultureInfo.InvariantCulture, out long i))
+                layers.Add(i);
+        }
+        if (layers.Count != c.NumLayers)
+            throw c.Error(c.KeyOf(HfConfig.LayerKeys), $"is {c.NumLayers}, but checkpoint {origin} has weights for {layers.Count} layer(s)");
+        if (!available.TryGetValue(embedding, out var e) || e.Length != 2) return;
+        if (e[0] != c.VocabSize) throw c.Error("vocab_size", $"is {c.VocabSize}, but '{embedding}' in checkpoint {origin} has {e[0]} rows");
+        if (e[1] != c.HiddenSize) throw c.Error(c.KeyOf(HfConfig.HiddenKeys), $"is {c.HiddenSize}, but '{embedding}' in checkpoint {origin} is {e[1]} wide");
     }
 }

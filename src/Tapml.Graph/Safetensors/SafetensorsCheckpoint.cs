@@ -16,28 +16,31 @@ public sealed class SafetensorsCheckpoint : IDisposable
     /// <summary>Every tensor's entry (name, dtype, shape) across shards.</summary>
     public IReadOnlyDictionary<string, SafetensorsEntry> Entries { get; }
 
+    /// <summary>Largest shard index read (real ones are well under a megabyte).</summary>
+    public const long MaxIndexBytes = 64 << 20;
+
     public SafetensorsCheckpoint(string dir)
     {
         Dir = dir;
+        if (dir.Contains('\0')) throw new TapmlException("the checkpoint folder's path contains a NUL character");
         if (!Directory.Exists(dir)) throw new TapmlException($"checkpoint folder '{dir}' not found");
         var entries = new Dictionary<string, SafetensorsEntry>();
         string index = Path.Combine(dir, "model.safetensors.index.json");
         try
         {
-            if (File.Exists(index))
+            if (File.Exists(index) || Directory.Exists(index))
             {
-                var map = ReadIndex(index);
-                foreach (var file in map.Values.Distinct())
-                {
-                    string p = Path.Combine(dir, file);
-                    if (!File.Exists(p)) throw new TapmlException($"{index} names shard '{file}', which is not in {dir}");
-                    _files.Add(SafetensorsFile.Open(p));
-                }
-                var byName = _files.ToDictionary(f => Path.GetFileName(f.Path));
+                var map = ReadIndex(SafePaths.Contained(dir, "model.safetensors.index.json", index), index);
+                // Shards by the name the index gives them; every name is checked to stay inside the folder before it is opened.
+                var byName = new Dictionary<string, SafetensorsFile>();
                 foreach (var (tensor, file) in map)
                 {
-                    var f = byName[file];
-                    if (!f.Entries.TryGetValue(tensor, out var e)) throw new TapmlException($"{index} says '{tensor}' is in {file}, but that file has no such tensor");
+                    if (!byName.TryGetValue(file, out var f))
+                    {
+                        f = byName[file] = SafetensorsFile.Open(SafePaths.Contained(dir, file, $"{index}: weight_map['{Shorten(tensor)}']"));
+                        _files.Add(f);
+                    }
+                    if (!f.Entries.TryGetValue(tensor, out var e)) throw new TapmlException($"{index}: weight_map says '{Shorten(tensor)}' is in {Shorten(file)}, but that file has no such tensor");
                     _byTensor[tensor] = f;
                     entries[tensor] = e;
                 }
@@ -48,11 +51,11 @@ public sealed class SafetensorsCheckpoint : IDisposable
                 if (files.Count == 0) throw new TapmlException($"{dir} has no model.safetensors (and no model.safetensors.index.json)");
                 foreach (var p in files)
                 {
-                    var f = SafetensorsFile.Open(p);
+                    var f = SafetensorsFile.Open(SafePaths.Contained(dir, Path.GetFileName(p), p));
                     _files.Add(f);
                     foreach (var (name, e) in f.Entries)
                     {
-                        if (!_byTensor.TryAdd(name, f)) throw new TapmlException($"tensor '{name}' is in both {Path.GetFileName(_byTensor[name].Path)} and {Path.GetFileName(p)}");
+                        if (!_byTensor.TryAdd(name, f)) throw new TapmlException($"tensor '{Shorten(name)}' is in both {Path.GetFileName(_byTensor[name].Path)} and {Path.GetFileName(p)}");
                         entries[name] = e;
                     }
                 }
@@ -66,20 +69,18 @@ public sealed class SafetensorsCheckpoint : IDisposable
         Entries = entries;
     }
 
-    static Dictionary<string, string> ReadIndex(string path)
+    static Dictionary<string, string> ReadIndex(string path, string shownAs)
     {
-        try
-        {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
-            if (!doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
-                throw new TapmlException($"{path} has no weight_map object");
-            var map = new Dictionary<string, string>();
-            foreach (var p in wm.EnumerateObject())
-                map[p.Name] = p.Value.ValueKind == JsonValueKind.String ? p.Value.GetString()! : throw new TapmlException($"{path}: weight_map['{p.Name}'] is not a file name");
-            return map;
-        }
-        catch (JsonException e) { throw new TapmlException($"{path} is not valid JSON ({e.Message})"); }
+        using var doc = JsonFiles.Document(path, MaxIndexBytes);
+        if (doc.RootElement.ValueKind != JsonValueKind.Object || !doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
+            throw new TapmlException($"{shownAs}: no weight_map object");
+        var map = new Dictionary<string, string>();
+        foreach (var p in wm.EnumerateObject())
+            map[p.Name] = p.Value.ValueKind == JsonValueKind.String ? p.Value.GetString()! : throw new TapmlException($"{shownAs}: weight_map['{Shorten(p.Name)}'] is not a file name (got {p.Value.ValueKind})");
+        return map;
     }
+
+    static string Shorten(string s) => s.Length <= 200 ? s : s[..200] + "…";
 
     public bool Contains(string name) => _byTensor.ContainsKey(name);
 

@@ -43,11 +43,13 @@ public sealed class SafetensorsFile : IDisposable
     public static SafetensorsFile Open(string path)
     {
         if (!File.Exists(path)) throw new TapmlException($"safetensors file '{path}' not found");
-        long fileLength = new FileInfo(path).Length;
-        if (fileLength < 8) throw new TapmlException($"{path}: {fileLength} bytes is too short for a safetensors file (the 8-byte header length is missing)");
+        SafePaths.RegularFile(path, path);
         byte[] header;
+        long fileLength;
         using (var fs = File.OpenRead(path))
         {
+            fileLength = fs.Length;
+            if (fileLength < 8) throw new TapmlException($"{path}: {fileLength} bytes is too short for a safetensors file (the 8-byte header length is missing)");
             Span<byte> len = stackalloc byte[8];
             fs.ReadExactly(len);
             ulong n = BitConverter.ToUInt64(len);
@@ -75,9 +77,10 @@ public sealed class SafetensorsFile : IDisposable
 
     static (Dictionary<string, SafetensorsEntry>, Dictionary<string, string>) ParseHeader(string path, byte[] header, long dataLength)
     {
+        if (!System.Text.Unicode.Utf8.IsValid(header)) throw new TapmlException($"{path}: the header is not valid UTF-8");
         JsonDocument doc;
-        try { doc = JsonDocument.Parse(header); }
-        catch (JsonException e) { throw new TapmlException($"{path}: the header is not valid JSON ({e.Message})"); }
+        try { doc = JsonDocument.Parse(header, JsonFiles.Strict); }
+        catch (JsonException e) { throw new TapmlException($"{path}: the header is not valid JSON ({Shorten(e.Message)})"); }
         using (doc)
         {
             if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new TapmlException($"{path}: the header must be a JSON object");
@@ -89,10 +92,10 @@ public sealed class SafetensorsFile : IDisposable
                 {
                     if (prop.Value.ValueKind != JsonValueKind.Object) throw new TapmlException($"{path}: __metadata__ must be an object of strings");
                     foreach (var m in prop.Value.EnumerateObject())
-                        metadata[m.Name] = m.Value.ValueKind == JsonValueKind.String ? m.Value.GetString()! : throw new TapmlException($"{path}: __metadata__ value '{m.Name}' is not a string");
+                        metadata[m.Name] = m.Value.ValueKind == JsonValueKind.String ? m.Value.GetString()! : throw new TapmlException($"{path}: __metadata__ value '{Shorten(m.Name)}' is not a string");
                     continue;
                 }
-                if (entries.ContainsKey(prop.Name)) throw new TapmlException($"{path}: tensor '{prop.Name}' appears twice in the header");
+                if (entries.ContainsKey(prop.Name)) throw new TapmlException($"{path}: tensor '{Shorten(prop.Name)}' appears twice in the header");
                 entries[prop.Name] = ParseEntry(path, prop, dataLength);
             }
             // Byte ranges must not overlap (the format also asks that they cover the data section without holes).
@@ -100,7 +103,7 @@ public sealed class SafetensorsFile : IDisposable
             foreach (var e in entries.Values.Where(e => e.ByteLength > 0).OrderBy(e => e.Begin))
             {
                 if (prev != null && e.Begin < prev.End)
-                    throw new TapmlException($"{path}: tensors '{prev.Name}' [{prev.Begin},{prev.End}) and '{e.Name}' [{e.Begin},{e.End}) overlap");
+                    throw new TapmlException($"{path}: tensors '{Shorten(prev.Name)}' [{prev.Begin},{prev.End}) and '{Shorten(e.Name)}' [{e.Begin},{e.End}) overlap");
                 prev = e;
             }
             return (entries, metadata);
@@ -109,7 +112,7 @@ public sealed class SafetensorsFile : IDisposable
 
     static SafetensorsEntry ParseEntry(string path, JsonProperty prop, long dataLength)
     {
-        string what = $"{path}: tensor '{prop.Name}'";
+        string what = $"{path}: tensor '{Shorten(prop.Name)}'";
         var v = prop.Value;
         if (v.ValueKind != JsonValueKind.Object) throw new TapmlException($"{what}: entry must be an object");
         if (!v.TryGetProperty("dtype", out var dt) || dt.ValueKind != JsonValueKind.String) throw new TapmlException($"{what}: missing dtype");
@@ -121,7 +124,7 @@ public sealed class SafetensorsFile : IDisposable
         int i = 0;
         foreach (var d in sh.EnumerateArray())
         {
-            if (d.ValueKind != JsonValueKind.Number || !d.TryGetInt64(out long x) || x < 0) throw new TapmlException($"{what}: shape has an invalid dimension {d}");
+            if (d.ValueKind != JsonValueKind.Number || !d.TryGetInt64(out long x) || x < 0) throw new TapmlException($"{what}: shape has an invalid dimension {Shorten(d.GetRawText())}");
             shape[i++] = x;
         }
         long begin = Offset(off[0], what), end = Offset(off[1], what);
@@ -135,7 +138,9 @@ public sealed class SafetensorsFile : IDisposable
     }
 
     static long Offset(JsonElement e, string what) =>
-        e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out long v) && v >= 0 ? v : throw new TapmlException($"{what}: data offset {e} is not a byte offset");
+        e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out long v) && v >= 0 ? v : throw new TapmlException($"{what}: data offset {Shorten(e.GetRawText())} is not a byte offset");
+
+    static string Shorten(string s) => s.Length <= 200 ? s : s[..200] + "…";
 
     /// <summary>safetensors dtype names (F32, BF16, …) to tapml types.</summary>
     public static DType ParseDType(string s, string what) => s switch
@@ -153,7 +158,7 @@ public sealed class SafetensorsFile : IDisposable
         "U32" => DType.UInt32,
         "U64" => DType.UInt64,
         "BOOL" => DType.Bool,
-        _ => throw new UnsupportedException($"{what}: dtype {s} is not supported"),
+        _ => throw new UnsupportedException($"{what}: dtype {Shorten(s)} is not supported"),
     };
 
     public static string DTypeName(DType t) => t switch
