@@ -23,7 +23,7 @@ public static class SafePaths
         if (!IsInside(root, lexical))
             throw new TapmlException($"{what}: '{Shorten(relative)}' leads outside {folder}");
         string real = Resolve(lexical) ?? throw new TapmlException($"{what}: {lexical} not found");
-        if (!IsInside(root, real))
+        if (!IsInside(root, real) && !IsHubCacheBlob(root, real))
             throw new TapmlException($"{what}: '{Shorten(relative)}' is a link to {real}, outside {folder}");
         RegularFile(real, what);
         return real;
@@ -40,6 +40,20 @@ public static class SafePaths
             case FileKind.Directory: throw new TapmlException($"{what}: {path} is a folder, not a file");
             case FileKind.Other: throw new TapmlException($"{what}: {path} is not a regular file (a named pipe, socket or device)");
         }
+    }
+
+    /// <summary>True when <paramref name="root"/> is a Hugging Face Hub cache snapshot
+    /// (<c>…/models--ORG--NAME/snapshots/REV</c>, where every file is a link to <c>../../blobs/HASH</c>) and
+    /// <paramref name="real"/> is in that repository's <c>blobs</c> folder: the Hub's own layout, not an escape.</summary>
+    static bool IsHubCacheBlob(string root, string real)
+    {
+        string? snapshots = Path.GetDirectoryName(Path.TrimEndingDirectorySeparator(root));
+        string? repo = snapshots is null ? null : Path.GetDirectoryName(snapshots);
+        if (repo is null || Path.GetFileName(snapshots) != "snapshots") return false;
+        string name = Path.GetFileName(repo);
+        if (!name.StartsWith("models--", StringComparison.Ordinal) && !name.StartsWith("datasets--", StringComparison.Ordinal)) return false;
+        string blobs = Path.Combine(repo, "blobs");
+        return IsInside(blobs, real) && Path.GetDirectoryName(real) == blobs;
     }
 
     /// <summary>True when <paramref name="path"/> is inside (or is) <paramref name="root"/>; both full paths.</summary>

@@ -65,4 +65,28 @@ public class SafePathsTests
         }
         finally { Directory.Delete(d, true); }
     }
+
+    /// <summary>The Hugging Face Hub cache links each snapshot file to its repository's blobs folder; that layout is
+    /// followed, a link from the snapshot anywhere else is not.</summary>
+    [Fact]
+    public void A_hub_cache_snapshot_may_link_into_its_own_blobs_folder_only()
+    {
+        if (!OperatingSystem.IsLinux()) Assert.Skip("realpath: Linux");
+        string root = Path.Combine(Path.GetTempPath(), $"tapml-hub-{Guid.NewGuid():N}");
+        string repo = Path.Combine(root, "models--org--name"), snap = Path.Combine(repo, "snapshots", "abc123");
+        try
+        {
+            Directory.CreateDirectory(Path.Combine(repo, "blobs"));
+            Directory.CreateDirectory(snap);
+            File.WriteAllText(Path.Combine(repo, "blobs", "f00d"), "{}");
+            File.CreateSymbolicLink(Path.Combine(snap, "config.json"), "../../blobs/f00d");
+            Assert.Equal(SafePaths.Resolve(Path.Combine(repo, "blobs", "f00d")), SafePaths.Contained(snap, "config.json", "x"));
+            File.WriteAllText(Path.Combine(repo, "secret"), "no");
+            File.CreateSymbolicLink(Path.Combine(snap, "other.json"), "../../secret");
+            Assert.Contains("outside", Assert.Throws<TapmlException>(() => SafePaths.Contained(snap, "other.json", "x")).Message);
+            File.CreateSymbolicLink(Path.Combine(snap, "passwd"), "/etc/passwd");
+            Assert.Contains("outside", Assert.Throws<TapmlException>(() => SafePaths.Contained(snap, "passwd", "x")).Message);
+        }
+        finally { Directory.Delete(root, true); }
+    }
 }
