@@ -12,6 +12,7 @@ public static class OnnxImporter
     public static Model Load(string path)
     {
         if (!File.Exists(path)) throw new TapmlException($"model file '{path}' not found");
+        SafePaths.RegularFile(path, "model file");
         var info = new FileInfo(path);
         if (info.Length == 0) throw new TapmlException($"{path} is empty, not an ONNX model");
         if (info.Length > int.MaxValue) throw new TapmlException($"{path} is {info.Length} bytes; protobuf files are limited to 2 GiB (store weights as external data)");
