@@ -53,11 +53,11 @@ public static class CaseRunner
         {
             return new CaseResult(name, CaseStatus.Skipped, e.Message, null, sw.Elapsed.TotalSeconds);
         }
-        catch (TapmlException e)
+        catch (TapmlException e) when (e is not PlatformLostException)
         {
             return new CaseResult(name, CaseStatus.Error, e.Message, null, sw.Elapsed.TotalSeconds);
         }
-        catch (Exception e) when (e is not OutOfMemoryException)
+        catch (Exception e) when (e is not OutOfMemoryException and not PlatformLostException)
         {
             return new CaseResult(name, CaseStatus.Error, $"{e.GetType().Name}: {e.Message}", null, sw.Elapsed.TotalSeconds);
         }
