@@ -93,7 +93,8 @@ public sealed class RemotePlatform : IGraphPlatform, IPlatformDetails
         _client = new Device.DeviceClient(_channel);
         _headers = new Metadata { { Wire.SessionHeader, Guid.NewGuid().ToString("N") } };
         if (Environment.GetEnvironmentVariable("TAPML_TOKEN") is { Length: > 0 } token) _headers.Add("authorization", "Bearer " + token);
-        _far = Call(o => _client.Describe(new DescribeRequest(), o), "describe");
+        try { _far = Call(o => _client.Describe(new DescribeRequest(), o), "describe"); }
+        catch (PlatformLostException e) { throw new TapmlException($"{Name}: cannot reach the server ({((RpcException)e.InnerException!).Status.Detail}); is `tapml serve` running there?"); }
         if (_far.Protocol != Wire.Protocol) throw new TapmlException($"{Name}: the server speaks protocol {_far.Protocol}, this client {Wire.Protocol} (use the same tapml on both sides)");
         Limits = new PlatformLimits(_far.MaxBufferBytes, _far.MaxBindingBytes, _far.MaxWorkgroupSize, _far.SessionMemoryBytes);
     }
