@@ -47,9 +47,10 @@ static class ReplayVerb
             string spec = pr.GetValue(platform)!;
             if (pr.GetValue(resume) && pr.GetValue(outDir) is null) throw new TapmlException("--resume needs --out DIR (the folder an earlier run wrote)");
             var summary = new RunSummary { Platform = spec };
+            using var p = PlatformRegistry.Create(spec);
             var byId = cases.ToDictionary(c => c.Id);
             List<CaseResult> done = [];
-            using var log = pr.GetValue(outDir) is { } od ? ResultLog.Open(od, spec, Path.GetFullPath(store.Dir), pr.GetValue(resume), out done) : null;
+            using var log = pr.GetValue(outDir) is { } od ? ResultLog.Open(od, spec, p.Description, Path.GetFullPath(store.Dir), pr.GetValue(resume), out done) : null;
             if (log is not null)
             {
                 var had = done.Where(r => byId.ContainsKey(r.Name)).ToList();
@@ -58,7 +59,6 @@ static class ReplayVerb
                 if (had.Count > 0) Console.WriteLine($"resuming: {had.Count} of {cases.Count} cases already done in {pr.GetValue(outDir)}");
                 cases = cases.Where(c => !seen.Contains(c.Id)).ToList();
             }
-            using var p = PlatformRegistry.Create(spec);
             var replayer = new Replayer(store, p, tolerances);
             if (byId.Count == 0) Console.WriteLine(store.Cases.Count == 0 ? $"{store.Dir}: the store has no cases yet" : "no case matches");
             var sw = System.Diagnostics.Stopwatch.StartNew();

@@ -52,7 +52,8 @@ public sealed class RemotePlatform : IGraphPlatform, IPlatformDetails
 
     public string Name { get; }
     public string Url { get; }
-    public string Description => $"{_far.Description} (served by {Url}, platform {_far.Platform})";
+    /// <summary>The far platform's description (the same whichever port serves it; <see cref="Details"/> names the server).</summary>
+    public string Description => $"{_far.Description} (remote, platform {_far.Platform})";
     public PlatformLimits Limits { get; }
     public bool KernelsServeAnyShape => _far.KernelsServeAnyShape;
     /// <summary>What the server said about itself (protocol, limits, adapter).</summary>

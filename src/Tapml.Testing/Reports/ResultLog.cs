@@ -5,7 +5,8 @@ namespace Tapml.Testing.Reports;
 
 /// <summary><c>DIR/results.jsonl</c>: one line per finished case, appended and flushed as each case ends, so a run that
 /// was cut off (a remote server died, Ctrl-C) can resume with what it already has. The first line names the platform
-/// and store; a torn last line (killed mid-write) is dropped on reading.</summary>
+/// (spec and description) and store; a resumed run must target the same store and a platform of the same description
+/// (a restarted server on another port is the same target); a torn last line (killed mid-write) is dropped on reading.</summary>
 public sealed class ResultLog : IDisposable
 {
     public const string FileName = "results.jsonl";
@@ -15,7 +16,7 @@ public sealed class ResultLog : IDisposable
 
     /// <summary>Opens the log for appending: a fresh one unless <paramref name="resume"/>, then returns the cases it holds.
     /// A log of another platform or store is an error, never mixed in.</summary>
-    public static ResultLog Open(string dir, string platform, string store, bool resume, out List<CaseResult> done)
+    public static ResultLog Open(string dir, string platform, string description, string store, bool resume, out List<CaseResult> done)
     {
         Directory.CreateDirectory(dir);
         string path = Path.Combine(dir, FileName);
@@ -33,8 +34,8 @@ public sealed class ResultLog : IDisposable
                 if (o is null) continue;
                 if (i == 0)
                 {
-                    if ((string?)o["platform"] != platform || (string?)o["store"] != store)
-                        throw new Core.TapmlException($"{path} holds results of {o["store"]} on {o["platform"]}, not {store} on {platform}; use another --out or remove it");
+                    if ((string?)o["description"] != description || (string?)o["store"] != store)
+                        throw new Core.TapmlException($"{path} holds results of {o["store"]} on {o["platform"]} ({o["description"]}), not {store} on {platform} ({description}); use another --out or remove it");
                     continue;
                 }
                 done.Add(JsonReport.ReadCase(o));
@@ -44,7 +45,7 @@ public sealed class ResultLog : IDisposable
             File.Move(path + ".tmp", path, overwrite: true);
         }
         var w = new StreamWriter(new FileStream(path, resume && exists ? FileMode.Append : FileMode.Create, FileAccess.Write, FileShare.Read));
-        if (!(resume && exists)) { w.WriteLine(new JsonObject { ["platform"] = platform, ["store"] = store }.ToJsonString()); w.Flush(); }
+        if (!(resume && exists)) { w.WriteLine(new JsonObject { ["platform"] = platform, ["description"] = description, ["store"] = store }.ToJsonString()); w.Flush(); }
         return new ResultLog(w);
     }
 
