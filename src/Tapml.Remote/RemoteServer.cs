@@ -17,7 +17,7 @@ namespace Tapml.Remote;
 
 /// <summary><c>tapml serve</c>: Kestrel on HTTP/2 hosting one platform for remote clients. Loopback unless told
 /// otherwise; any other address needs a token.</summary>
-public sealed class RemoteServer : IAsyncDisposable
+public sealed class RemoteServer : IAsyncDisposable, IDisposable
 {
     readonly WebApplication _app;
     readonly Sessions _sessions;
@@ -100,6 +100,8 @@ public sealed class RemoteServer : IAsyncDisposable
 
     /// <summary>Sessions held now (tests, status lines).</summary>
     public int SessionCount => _sessions.Count;
+
+    public void Dispose() => DisposeAsync().AsTask().GetAwaiter().GetResult();
 
     public async ValueTask DisposeAsync()
     {
