@@ -27,10 +27,7 @@ static class ServeVerb
                 (long)pr.GetValue(maxMessage) << 20, (long)pr.GetValue(maxMemory) << 20);
             var server = RemoteServer.StartAsync(options, pr.GetValue(listen)!, pr.GetValue(cert), pr.GetValue(key), w => Console.Error.WriteLine($"warning: {w}")).GetAwaiter().GetResult();
             Console.WriteLine($"listening on {server.Url}");
-            using var stop = new ManualResetEventSlim();
-            Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.Set(); };
-            AppDomain.CurrentDomain.ProcessExit += (_, _) => stop.Set();
-            stop.Wait();
+            server.Stopping.WaitHandle.WaitOne();
             server.DisposeAsync().AsTask().GetAwaiter().GetResult();
             return 0;
         });

@@ -98,6 +98,9 @@ public sealed class RemoteServer : IAsyncDisposable, IDisposable
         return (ip, p);
     }
 
+    /// <summary>Fires when the host stops (SIGTERM, Ctrl-C: ASP.NET's console lifetime handles both).</summary>
+    public CancellationToken Stopping => _app.Lifetime.ApplicationStopping;
+
     /// <summary>Sessions held now (tests, status lines).</summary>
     public int SessionCount => _sessions.Count;
 
