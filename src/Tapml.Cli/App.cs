@@ -7,6 +7,7 @@ public static class App
 {
     public static int Run(string[] args)
     {
+        Remote.RemotePlatform.Register();
         var root = new RootCommand("tapml: bring ML models up on new platforms top-down (carve tests on a trusted source, replay and migrate on the target)");
         root.Options.Add(Cli.Verbose);
         root.Options.Add(Cli.MaxMemory);
@@ -23,6 +24,7 @@ public static class App
         root.Subcommands.Add(MigrateVerb.Create());
         root.Subcommands.Add(DebugVerb.Create());
         root.Subcommands.Add(SetupVerb.Create());
+        root.Subcommands.Add(ServeVerb.Create());
         if (args.Length > 0 && !args[0].StartsWith('-') && root.Subcommands.All(c => c.Name != args[0]))
         {
             Console.Error.WriteLine($"error: unknown command '{args[0]}' (commands: {string.Join(", ", root.Subcommands.Select(c => c.Name))})");

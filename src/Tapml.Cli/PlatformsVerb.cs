@@ -11,11 +11,20 @@ static class PlatformsVerb
     public static Command Create()
     {
         var json = new Option<bool>("--json") { Description = "print JSON instead of a table" };
-        var cmd = new Command("platforms", "list platforms, whether they are available here, their adapter and limits") { json };
+        var remote = new Option<string?>("--remote") { Description = "show what the `tapml serve` at this URL serves (http://HOST:PORT)" };
+        var cmd = new Command("platforms", "list platforms, whether they are available here, their adapter and limits") { json, remote };
         cmd.Action(pr =>
         {
             var rows = new JsonArray();
-            foreach (var e in PlatformRegistry.Entries)
+            var entries = PlatformRegistry.Entries;
+            if (pr.GetValue(remote) is { } url)
+            {
+                string spec = url.StartsWith("remote:", StringComparison.Ordinal) ? url : "remote:" + url;
+                // NOTE: asked about one server, an unreachable one is an error (exit 2), not a row saying "no".
+                PlatformRegistry.Create(spec).Dispose();
+                entries = [new PlatformRegistry.Entry(spec, $"served by {url}", PlatformRegistry.Create)];
+            }
+            foreach (var e in entries)
             {
                 var o = new JsonObject { ["name"] = e.Name, ["summary"] = e.Summary };
                 if (e.Example is not null) o["example"] = e.Example;

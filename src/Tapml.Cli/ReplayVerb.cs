@@ -27,7 +27,9 @@ static class ReplayVerb
         var rtol = new Option<double?>("--rtol") { Description = "relative tolerance for every op (default: per dtype, see docs/carving.md)" };
         var atol = new Option<double?>("--atol") { Description = "absolute tolerance for every op (default: per dtype, widened with √(reduced length))" };
         var tol = new Option<string[]>("--tol") { Description = "per-op tolerance OP=RTOL,ATOL (repeatable), e.g. --tol Softmax=1e-3,1e-5", AllowMultipleArgumentsPerToken = false };
-        var cmd = new Command("replay", "run carved operator tests on a platform and compare with the source") { storeArg, platform, caseId, filter, json, junit, html, rtol, atol, tol };
+        var outDir = new Option<string?>("--out") { Description = "folder for results.jsonl: each verdict is written as its case ends" };
+        var resume = new Option<bool>("--resume") { Description = "with --out: keep the verdicts the folder already holds and run only the other cases" };
+        var cmd = new Command("replay", "run carved operator tests on a platform and compare with the source") { storeArg, platform, caseId, filter, json, junit, html, rtol, atol, tol, outDir, resume };
         cmd.Action(pr =>
         {
             var store = CarvedStore.Open(pr.GetValue(storeArg)!);
@@ -44,11 +46,22 @@ static class ReplayVerb
             // NOTE: a corrupt blob or a moved model file is bad input (one line, exit 2), not a failing case.
             store.Verify(cases);
             string spec = pr.GetValue(platform)!;
-            using var p = PlatformRegistry.Create(spec);
-            var replayer = new Replayer(store, p, tolerances);
+            if (pr.GetValue(resume) && pr.GetValue(outDir) is null) throw new TapmlException("--resume needs --out DIR (the folder an earlier run wrote)");
             var summary = new RunSummary { Platform = spec };
-            if (cases.Count == 0) Console.WriteLine(store.Cases.Count == 0 ? $"{store.Dir}: the store has no cases yet" : "no case matches");
+            using var p = PlatformRegistry.Create(spec);
             var byId = cases.ToDictionary(c => c.Id);
+            List<CaseResult> done = [];
+            using var log = pr.GetValue(outDir) is { } od ? ResultLog.Open(od, spec, p.Description, Path.GetFullPath(store.Dir), pr.GetValue(resume), out done) : null;
+            if (log is not null)
+            {
+                var had = done.Where(r => byId.ContainsKey(r.Name)).ToList();
+                summary.Cases.AddRange(had);
+                var seen = had.Select(r => r.Name).ToHashSet();
+                if (had.Count > 0) Console.WriteLine($"resuming: {had.Count} of {cases.Count} cases already done in {pr.GetValue(outDir)}");
+                cases = cases.Where(c => !seen.Contains(c.Id)).ToList();
+            }
+            var replayer = new Replayer(store, p, tolerances);
+            if (byId.Count == 0) Console.WriteLine(store.Cases.Count == 0 ? $"{store.Dir}: the store has no cases yet" : "no case matches");
             var sw = System.Diagnostics.Stopwatch.StartNew();
             Progress.Each(cases, $"replay on {spec}", c =>
             {
@@ -56,6 +69,7 @@ static class ReplayVerb
                 summary.Cases.Add(r);
                 // NOTE: one case's bad data is that case's error (stderr, the replay goes on); an unusable store is exit 2.
                 if (r.Status == CaseStatus.Error) Console.Error.WriteLine($"error: {store.ManifestPath}: case {c.Id}: {Cli.OneLine(r.Reason)}");
+                log?.Add(r);
                 return r;
             });
             sw.Stop();

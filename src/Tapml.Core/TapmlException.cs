@@ -30,6 +30,13 @@ public sealed class UnsupportedException : TapmlException
     public UnsupportedException(string reason) : base(reason) { }
 }
 
+/// <summary>The platform itself is gone (a remote server died, a connection dropped): no later operation on it can
+/// succeed, so drivers stop with this one line instead of recording it against every remaining case or node.</summary>
+public sealed class PlatformLostException : TapmlException
+{
+    public PlatformLostException(string message, Exception? inner = null) : base(message, inner!) { }
+}
+
 /// <summary>A bug of tapml's surfaced while running a node (a kernel threw something other than a
 /// <see cref="TapmlException"/>): still one clear line for the user, but counted apart by tests.</summary>
 public sealed class InternalErrorException : TapmlException

@@ -53,12 +53,12 @@ public static class CaseRunner
         {
             return new CaseResult(name, CaseStatus.Skipped, e.Message, null, sw.Elapsed.TotalSeconds);
         }
-        // NOTE: going over the memory budget ends the run (exit 2), it is not one case's verdict.
-        catch (TapmlException e) when (!ResourceBudget.IsOverrun(e))
+        // NOTE: going over the memory budget or losing the platform ends the run (exit 2); it is not one case's verdict.
+        catch (TapmlException e) when (!EndsRun(e))
         {
             return new CaseResult(name, CaseStatus.Error, e.Message, null, sw.Elapsed.TotalSeconds);
         }
-        catch (Exception e) when (e is not OutOfMemoryException && !ResourceBudget.IsOverrun(e))
+        catch (Exception e) when (e is not OutOfMemoryException && !EndsRun(e))
         {
             return new CaseResult(name, CaseStatus.Error, TapmlException.Bounded($"{e.GetType().Name}: {e.Message}"), null, sw.Elapsed.TotalSeconds);
         }
@@ -66,4 +66,8 @@ public static class CaseRunner
 
     /// <summary>Quotes a command-line argument for a POSIX shell when it needs it.</summary>
     public static string Quote(string s) => s.Length > 0 && s.All(ch => char.IsLetterOrDigit(ch) || "/._-:=,+@".Contains(ch)) ? s : "'" + s.Replace("'", "'\\''") + "'";
+
+    /// <summary>Errors that end a whole run instead of being one case's verdict: the memory budget ran out, or the
+    /// platform was lost (a remote server died).</summary>
+    public static bool EndsRun(Exception e) => ResourceBudget.IsOverrun(e) || e is PlatformLostException;
 }

@@ -239,7 +239,7 @@ public sealed class Executor
             if (name.Length == 0) continue;
             var v = scope.Get(name) ?? throw new TapmlException($"node '{node.Name}' ({node.OpType}): input '{name}' has no value");
             try { inputs[i] = Move(v, platform); }
-            catch (TapmlException e)
+            catch (TapmlException e) when (e is not PlatformLostException)
             {
                 FreeMoved(node, scope, inputs);
                 if (e.Message.Contains($"'{node.Name}'")) throw;
@@ -279,7 +279,7 @@ public sealed class Executor
         {
             throw new UnsupportedException(e.Message.Contains($"'{node.Name}'") ? e.Message : $"node '{node.Name}' ({node.OpType}) on {platform.Name}: {e.Message}");
         }
-        catch (TapmlException e) when (!e.Message.Contains($"'{node.Name}'"))
+        catch (TapmlException e) when (e is not PlatformLostException && !e.Message.Contains($"'{node.Name}'"))
         {
             throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name}: {e.Message}", e);
         }

@@ -685,6 +685,12 @@ public sealed class CarvedStore
     /// model file moved or changed) is an error naming the store, the case and the file.</summary>
     public Tensor Read(string sha, string caseId)
     {
+        // NOTE: one store may serve several replays at once (one per target); its caches and pack handles are shared.
+        lock (_verified) return ReadLocked(sha, caseId);
+    }
+
+    Tensor ReadLocked(string sha, string caseId)
+    {
         if (_verified.TryGetValue(sha, out var cached)) return cached;
         if (!_index.TryGetValue(sha, out var loc))
             throw new TapmlException($"{Dir}: case {caseId} needs blob {sha}, which the manifest does not list");
@@ -729,10 +735,11 @@ public sealed class CarvedStore
     /// or moved store is one error up front instead of one per case.</summary>
     public void Verify(IEnumerable<CarvedCase> cases)
     {
-        foreach (var c in cases)
-            foreach (var sha in c.Blobs)
-                if (_index.GetValueOrDefault(sha) is SplatBlob z) CheckSplat(sha, z, c.Id);   // NOTE: nothing to read: not materialized
-                else if (!_checked.Contains(sha) && !_verified.ContainsKey(sha)) Read(sha, c.Id);
+        lock (_verified)
+            foreach (var c in cases)
+                foreach (var sha in c.Blobs)
+                    if (_index.GetValueOrDefault(sha) is SplatBlob z) CheckSplat(sha, z, c.Id);   // NOTE: nothing to read: not materialized
+                    else if (!_checked.Contains(sha) && !_verified.ContainsKey(sha)) Read(sha, c.Id);
     }
 
     (byte[] Bytes, string Path) ReadBlobBytes(string sha, BlobLocation loc, string caseId)

@@ -14,8 +14,8 @@ public sealed class Replayer(CarvedStore store, IPlatform platform, Tolerances t
         // NOTE: one one-node model per case serves the tolerance and the run (building it parses the case's proto).
         Model model;
         try { model = c.ToModel(); }
-        catch (TapmlException e) { return new CaseResult(c.Name, CaseStatus.Error, e.Message, null, 0); }
-        catch (Exception e) when (e is not OutOfMemoryException) { return new CaseResult(c.Name, CaseStatus.Error, $"{e.GetType().Name}: {e.Message}", null, 0); }
+        catch (TapmlException e) when (!CaseRunner.EndsRun(e)) { return new CaseResult(c.Name, CaseStatus.Error, e.Message, null, 0); }
+        catch (Exception e) when (e is not OutOfMemoryException && !CaseRunner.EndsRun(e)) { return new CaseResult(c.Name, CaseStatus.Error, $"{e.GetType().Name}: {e.Message}", null, 0); }
         var tol = ToleranceOf(c, model.Graph.Nodes[0]);
         CaseResult r;
         try

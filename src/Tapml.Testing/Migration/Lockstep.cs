@@ -70,7 +70,7 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
         var tgtOut = Enumerable.Range(0, node.Outputs.Length).Select(e.HostOutput).ToArray();
         Value?[] srcOut;
         try { srcOut = RunOn(source, node, ShadowContext(e, source), srcIn); }
-        catch (TapmlException ex) { throw new TapmlException($"the source platform {source.Name} failed on node '{node.Name}' ({node.OpType}): {ex.Message}", ex); }
+        catch (TapmlException ex) when (ex is not PlatformLostException) { throw new TapmlException($"the source platform {source.Name} failed on node '{node.Name}' ({node.OpType}): {ex.Message}", ex); }
         long transient = srcOut.Sum(Bytes);
         _runProduced += tgtOut.Sum(Bytes);
         AllIntermediates = Math.Max(AllIntermediates, _runProduced);
@@ -87,7 +87,7 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
             // NOTE: a body ran on the target even when its If/Loop/Scan was kept on the source: re-run it there too.
             var bodyOn = node.Subgraphs.Any() ? _isolated ??= isolatedTarget() : p;
             try { iso = judge.Compare(srcOut, isoOut = RunOn(p, node, ShadowContext(e, bodyOn), srcIn)); }
-            catch (TapmlException ex) { iso = new NodeError(new Metrics(), false, $"{e.Platform.Name} fed the source's inputs failed: {ex.Message}"); }
+            catch (TapmlException ex) when (ex is not PlatformLostException) { iso = new NodeError(new Metrics(), false, $"{e.Platform.Name} fed the source's inputs failed: {ex.Message}"); }
         }
         if (!iso.Passed && isoOut is not null && node.Subgraphs.Any()) iso = InBody(e, srcIn, iso, isoOut, judge);
         var rec = new NodeRecord(e.Index, node.Name, node.OpType, Phase, e.Platform.Name, iso, acc);
@@ -158,7 +158,7 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
         // The parent's kernel on the source composing the target's body outputs: what the target's parent should give.
         Value?[] withTargetBody;
         try { withTargetBody = RunOn(source, e.Node, ctx, srcIn); }
-        catch (TapmlException ex) { return new NodeError(iso.Metrics, false, $"inside its body the target failed: {ex.Message}"); }
+        catch (TapmlException ex) when (ex is not PlatformLostException) { return new NodeError(iso.Metrics, false, $"inside its body the target failed: {ex.Message}"); }
         // NOTE: kept on the source, the parent's own kernel is the reference's: only its body can be wrong.
         if (!ReferenceEquals(e.Platform, source))
         {

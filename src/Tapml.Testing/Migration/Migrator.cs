@@ -104,7 +104,7 @@ public sealed class Migrator
             }
             return null;
         }
-        catch (TapmlException e) { return $"the run failed: {e.Message}"; }
+        catch (TapmlException e) when (e is not PlatformLostException) { return $"the run failed: {e.Message}"; }
         finally
         {
             r.BytesMoved += exec.Stats.BytesMoved; r.Transfers += exec.Stats.Transfers; r.PeakMemoryBytes = Math.Max(r.PeakMemoryBytes, exec.Stats.PeakLiveBytes);
@@ -134,7 +134,7 @@ public sealed class Migrator
             shadow.Feeds = feeds;
             try { exec.Run(_model, feeds); }
             catch (UnsupportedException e) { r.TargetError = $"{phase}: {e.Message}"; unsupported = true; }
-            catch (TapmlException e) { r.TargetError = $"{phase}: {e.Message}"; }
+            catch (TapmlException e) when (e is not PlatformLostException) { r.TargetError = $"{phase}: {e.Message}"; }
             if (r.FirstDivergent is not null || r.TargetError is not null) break;   // NOTE: later phases only inherit the error
         }
         r.BytesMoved += exec.Stats.BytesMoved;
@@ -201,7 +201,7 @@ public sealed class Migrator
             var src = new Executor(source).Run(prefix, feeds);
             Dictionary<string, Value> tgt;
             try { tgt = new Executor(target) { Fallback = source }.Run(prefix, feeds); }
-            catch (TapmlException e) { tgt = new(); detail = e.Message; }
+            catch (TapmlException e) when (e is not PlatformLostException) { tgt = new(); detail = e.Message; }
             Value?[] Pick(Dictionary<string, Value> d, string[] names) => names.Select(n => n.Length == 0 ? null : d.GetValueOrDefault(n)).ToArray();
             var srcIn = Pick(src, node.Inputs.Select(n => _model.Graph.Initializers.ContainsKey(n) || feeds.ContainsKey(n) ? "" : n).ToArray())
                 .Select((v, i) => v ?? (node.Inputs[i].Length == 0 ? null : _model.Graph.Initializers.GetValueOrDefault(node.Inputs[i]) as Value ?? feeds.GetValueOrDefault(node.Inputs[i]))).ToArray();
@@ -213,7 +213,7 @@ public sealed class Migrator
             string? isoError = null;
             // NOTE: a second target instance, so the prefix run's state (a stale buffer) cannot mask the kernel's own error.
             try { using var fresh = PlatformRegistry.Create(_targetSpec); iso = new Executor(fresh) { CheckInputShapes = false, Fallback = source }.Run(oneNode.Model, oneNode.Feeds); }
-            catch (TapmlException e) { isoError = e.Message; }
+            catch (TapmlException e) when (e is not PlatformLostException) { isoError = e.Message; }
             var tol = _nodeTolerances.For(node, srcIn, srcOut);
             int opset = _model.Opset(node.Domain);
             var judge = new NodeJudge(node, opset, srcIn, tol);

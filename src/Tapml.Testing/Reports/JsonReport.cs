@@ -10,20 +10,7 @@ public static class JsonReport
     public static JsonObject Build(RunSummary s)
     {
         var cases = new JsonArray();
-        foreach (var c in s.Cases)
-        {
-            var o = new JsonObject
-            {
-                ["name"] = c.Name,
-                ["status"] = c.Status.ToString().ToLowerInvariant(),
-                ["reason"] = c.Reason,
-                ["seconds"] = Math.Round(c.Seconds, 4),
-            };
-            if (c.Metrics is { } m) o["metrics"] = Metrics(m);
-            if (c.Tolerance is { } t) o["tolerance"] = t.ToString();
-            if (c.Repro is { } r) o["repro"] = r;
-            cases.Add(o);
-        }
+        foreach (var c in s.Cases) cases.Add(Case(c));
         return new JsonObject
         {
             ["platform"] = s.Platform,
@@ -33,6 +20,36 @@ public static class JsonReport
             ["errors"] = s.Errors,
             ["cases"] = cases,
         };
+    }
+
+    /// <summary>One case as the report's <c>cases[]</c> holds it.</summary>
+    public static JsonObject Case(CaseResult c)
+    {
+        var o = new JsonObject
+        {
+            ["name"] = c.Name,
+            ["status"] = c.Status.ToString().ToLowerInvariant(),
+            ["reason"] = c.Reason,
+            ["seconds"] = Math.Round(c.Seconds, 4),
+        };
+        if (c.Metrics is { } m) o["metrics"] = Metrics(m);
+        if (c.Tolerance is { } t) o["tolerance"] = t.ToString();
+        if (c.Repro is { } r) o["repro"] = r;
+        return o;
+    }
+
+    /// <summary>A case back from <see cref="Case"/>'s JSON (a resumed run's earlier verdicts); the tolerance stays text.</summary>
+    public static CaseResult ReadCase(JsonObject o)
+    {
+        static double D(JsonNode? n, double dflt = double.NaN) => n is null ? dflt : (double)n;
+        Metrics? m = o["metrics"] is JsonObject j ? new Metrics
+        {
+            MaxAbs = D(j["max_abs"]), MaxRel = D(j["max_rel"]), MeanAbs = D(j["mean_abs"]), Cosine = D(j["cosine"]), Nmse = D(j["nmse"]),
+            NanInfMismatches = (long?)j["nan_inf_mismatches"] ?? 0, Elements = (long?)j["elements"] ?? 0,
+            Agreement = (double?)j["agreement"], Rule = (string?)j["rule"], BoundRatio = (double?)j["bound_ratio"],
+        } : null;
+        var status = Enum.Parse<CaseStatus>((string)o["status"]!, ignoreCase: true);
+        return new CaseResult((string)o["name"]!, status, (string?)o["reason"], m, D(o["seconds"], 0)) { Repro = (string?)o["repro"] };
     }
 
     public static JsonObject Metrics(Metrics m)

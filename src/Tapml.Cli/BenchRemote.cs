@@ -1,0 +1,107 @@
+using System.Diagnostics;
+using Spectre.Console;
+using Tapml.Core;
+using Tapml.Ir;
+using Tapml.Models;
+using Tapml.Platforms;
+using Tapml.Platforms.Execution;
+using Tapml.Remote;
+using Tapml.Testing;
+using Tapml.Testing.Migration;
+
+namespace Tapml.Cli;
+
+/// <summary><c>tapml bench remote</c>: what the remote layer costs on loopback, against the local platform in the same
+/// process: a small node's round trip, upload/download throughput, and a tiny-llama migration.</summary>
+static class BenchRemote
+{
+    public static int Run(string platform, int runs)
+    {
+        using var server = RemoteServer.StartAsync(new ServeOptions(platform), "127.0.0.1:0").GetAwaiter().GetResult();
+        string spec = "remote:" + server.Url;
+        using var local = PlatformRegistry.Create(platform);
+        using var remote = new RemotePlatform(spec);
+        var table = new Table().AddColumns("measure", Markup.Escape($"{platform} (local)"), "remote (loopback)", "ratio / target");
+        void Row(params string[] cells) => table.AddRow(cells.Select(Markup.Escape).ToArray());
+
+        // A small node: Add of two f32[16]; inputs stay uploaded (cached per host tensor), one Run call per node.
+        var add = new Node { Name = "add", OpType = "Add", Inputs = ["a", "b"], Outputs = ["y"] };
+        var g = new Graph { Name = "add" };
+        g.Inputs.Add(new ValueInfo("a", TypeRef.TensorOf(DType.Float32, [16])));
+        g.Inputs.Add(new ValueInfo("b", TypeRef.TensorOf(DType.Float32, [16])));
+        g.Outputs.Add(new ValueInfo("y", TypeRef.TensorOf(DType.Float32, [16])));
+        g.Nodes.Add(add);
+        var m = new Model { Graph = g, Opsets = new() { [""] = 17 } };
+        var feeds = new Dictionary<string, Value> { ["a"] = Tensor.FromArray(new float[16], 16), ["b"] = Tensor.FromArray(new float[16], 16) };
+        double PerCall(IPlatform p)
+        {
+            var e = new Executor(p);
+            for (int i = 0; i < 200; i++) e.Run(m, feeds);
+            var t = new List<double>();
+            for (int r = 0; r < Math.Max(3, runs); r++)
+            {
+                var sw = Stopwatch.StartNew();
+                for (int i = 0; i < 1000; i++) e.Run(m, feeds);
+                t.Add(sw.Elapsed.TotalMilliseconds / 1000);
+            }
+            t.Sort();
+            return t[t.Count / 2];
+        }
+        double lRt = PerCall(local), rRt = PerCall(remote);
+        Row("small node round trip (Add f32[16]), ms", $"{lRt:F4}", $"{rRt:F4}", $"{rRt:F3} ms (target ≤ 0.3 ms)");
+
+        // Throughput: 64 MiB f32 tensors, new content each time (the server's content cache does not help).
+        const int n = 16 << 20;
+        var big = Tensor.FromArray(new float[n], n);
+        var id = new Node { Name = "id", OpType = "Identity", Inputs = ["x"], Outputs = ["y"] };
+        var ctx = new NodeContext(id, 17);
+        var kernel = remote.Prepare(id, ctx, [TypeRef.TensorOf(DType.Float32, [n])]);
+        List<double> up = [], down = [];
+        for (int r = 0; r < Math.Max(3, runs); r++)
+        {
+            big.Span<float>()[0] = r + 1;
+            var copy = big.Clone();
+            var sw = Stopwatch.StartNew();
+            var v = remote.Upload(copy);
+            up.Add(sw.Elapsed.TotalSeconds);
+            var o = remote.Run(kernel, ctx, [v])[0]!;
+            sw.Restart();
+            remote.Download(o);
+            down.Add(sw.Elapsed.TotalSeconds);
+            remote.Free(o);
+        }
+        up.Sort(); down.Sort();
+        double mb = n * 4 / 1e6, upMBs = mb / up[up.Count / 2], downMBs = mb / down[down.Count / 2];
+        Row("upload 64 MiB (hash + chunks), MB/s", "—", $"{upMBs:F0}", "target ≥ 1000 MB/s");
+        Row("download 64 MiB, MB/s", "—", $"{downMBs:F0}", "target ≥ 1000 MB/s");
+
+        // Migration of tiny-llama (prefill 8 + 16 decode), a nan fault behind each side, so both localize it.
+        var llama = HfModels.Load(TinyCheckpoint.Materialize("llama"));
+        var input = new MigrationInput(PromptIds: [1, 17, 305, 42, 7, 99, 100, 3], DecodeSteps: 16);
+        string fault = $"?node={llama.Graph.Nodes[llama.Graph.Nodes.Count * 2 / 3].Name}&kind=nan";
+        using var faultyServer = RemoteServer.StartAsync(new ServeOptions($"faulty:{platform}{fault}"), "127.0.0.1:0").GetAwaiter().GetResult();
+        foreach (var strategy in new[] { "lockstep", "bisect" })
+        {
+            double Time(string target)
+            {
+                var t = new List<double>();
+                string? found = null;
+                for (int r = 0; r < Math.Max(1, Math.Min(runs, 3)); r++)
+                {
+                    var sw = Stopwatch.StartNew();
+                    var res = new Migrator(llama, "cpu", target, input, new Tolerances(), new Tolerance(1e-3, 1e-4)).Run(strategy);
+                    t.Add(sw.Elapsed.TotalMilliseconds);
+                    found = res.FirstDivergent?.Node;
+                }
+                if (found is null) throw new TapmlException($"bench remote: migration to {target} found no culprit");
+                t.Sort();
+                return t[t.Count / 2];
+            }
+            double l = Time($"faulty:{platform}{fault}"), r = Time("remote:" + faultyServer.Url);
+            Row($"migrate tiny-llama ({strategy}), ms", $"{l:F0}", $"{r:F0}", $"{r / l:F2}× (target ≤ 2×)");
+        }
+        table.Caption(Markup.Escape($"loopback gRPC (h2c) to an in-process `serve --platform {platform}`; medians; {Environment.ProcessorCount} cores"));
+        AnsiConsole.Write(table);
+        return 0;
+    }
+}

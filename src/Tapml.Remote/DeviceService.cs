@@ -1,0 +1,226 @@
+using System.Collections.Concurrent;
+using Google.Protobuf;
+using Grpc.Core;
+using Tapml.Core;
+using Tapml.Ir;
+using Tapml.Platforms;
+using Tapml.Platforms.Execution;
+using Tapml.Remote.Proto;
+
+namespace Tapml.Remote;
+
+/// <summary>What a server serves and the limits it holds every client to.</summary>
+/// <param name="MaxMessageBytes">Largest request message accepted.</param>
+/// <param name="SessionMemoryBytes">Bytes of tensors one session may hold (its cache gives way first).</param>
+public sealed record ServeOptions(string Platform, string? Token = null, long MaxMessageBytes = 16 << 20, long SessionMemoryBytes = 4L << 30,
+    int MaxSessions = 64, TimeSpan? IdleTimeout = null);
+
+/// <summary>The sessions of one server: made on a client's first call, ended by Close or when idle.</summary>
+public sealed class Sessions(ServeOptions options) : IDisposable
+{
+    readonly ConcurrentDictionary<string, Session> _all = new();
+    public ServeOptions Options => options;
+    public int Count => _all.Count;
+
+    public Session Get(ServerCallContext ctx)
+    {
+        string id = ctx.RequestHeaders.GetValue(Wire.SessionHeader) ?? throw new RpcException(new Status(StatusCode.InvalidArgument, $"missing '{Wire.SessionHeader}' header"));
+        if (id.Length is 0 or > 64) throw new RpcException(new Status(StatusCode.InvalidArgument, $"bad '{Wire.SessionHeader}' header"));
+        if (_all.TryGetValue(id, out var s)) return s;
+        Reap();
+        if (_all.Count >= options.MaxSessions) throw new RpcException(new Status(StatusCode.ResourceExhausted, $"the server holds {options.MaxSessions} sessions already"));
+        lock (_all)
+        {
+            if (_all.TryGetValue(id, out s)) return s;
+            // NOTE: each session has its own platform instance: its own memory, kernels and (faulty:) call counters.
+            s = new Session(id, PlatformRegistry.Create(options.Platform), options.SessionMemoryBytes);
+            _all[id] = s;
+            return s;
+        }
+    }
+
+    public void End(string id)
+    {
+        if (_all.TryRemove(id, out var s)) lock (s.Gate) s.Dispose();
+    }
+
+    /// <summary>Ends sessions no call touched for the idle timeout (a client that died without Close).</summary>
+    void Reap()
+    {
+        var idle = options.IdleTimeout ?? TimeSpan.FromMinutes(10);
+        foreach (var s in _all.Values)
+            if (DateTime.UtcNow - s.LastUse > idle) End(s.Id);
+    }
+
+    public void Dispose() { foreach (var id in _all.Keys) End(id); }
+}
+
+/// <summary>The gRPC service: every call runs in the caller's session under its lock; tapml errors become gRPC
+/// statuses (limits → ResourceExhausted, unknown handles and out-of-order calls → FailedPrecondition, bad input →
+/// InvalidArgument, an op the platform cannot run → Unimplemented "unsupported: …").</summary>
+public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
+{
+    T Call<T>(ServerCallContext ctx, Func<Session, T> body)
+    {
+        var s = sessions.Get(ctx);
+        lock (s.Gate)
+        {
+            s.LastUse = DateTime.UtcNow;
+            try { return body(s); }
+            catch (Exception e) { throw Status(e); }
+        }
+    }
+
+    internal static RpcException Status(Exception e) => e switch
+    {
+        RpcException r => r,
+        RemoteLimitException => new(new Status(StatusCode.ResourceExhausted, e.Message)),
+        RemoteStateException => new(new Status(StatusCode.FailedPrecondition, e.Message)),
+        UnsupportedException => new(new Status(StatusCode.Unimplemented, "unsupported: " + e.Message)),
+        TapmlException or OverflowException => new(new Status(StatusCode.InvalidArgument, e.Message)),
+        OutOfMemoryException => new(new Status(StatusCode.ResourceExhausted, "the server ran out of memory")),
+        _ => new(new Status(StatusCode.Internal, $"{e.GetType().Name}: {e.Message}")),
+    };
+
+    public override Task<DescribeReply> Describe(DescribeRequest request, ServerCallContext context) => Task.FromResult(Call(context, s =>
+    {
+        var p = s.Platform;
+        var r = new DescribeReply
+        {
+            Protocol = Wire.Protocol, Platform = sessions.Options.Platform, Description = p.Description,
+            MaxBufferBytes = p.Limits.MaxBufferBytes, MaxBindingBytes = p.Limits.MaxBindingBytes, MaxWorkgroupSize = p.Limits.MaxWorkgroupSize,
+            MemoryBytes = p.Limits.MemoryBytes, MaxMessageBytes = sessions.Options.MaxMessageBytes, ChunkBytes = Wire.ChunkBytes,
+            SessionMemoryBytes = s.MemoryLimit, InlineBytes = Wire.InlineBytes, KernelsServeAnyShape = p.KernelsServeAnyShape,
+        };
+        if (p is IPlatformDetails d) r.Details.Add(d.Details());
+        return r;
+    }));
+
+    public override Task<AllocateReply> Allocate(AllocateRequest request, ServerCallContext context) => Task.FromResult(Call(context, s =>
+    {
+        var (dtype, shape, bytes) = Wire.Check(request.Type);
+        if (request.Hash.Length != 16) throw new TapmlException("Allocate needs the 16-byte XXH3-128 hash of the tensor's bytes");
+        var hash = Wire.Key(request.Hash.Span);
+        if (s.FromCache(hash, dtype, shape) is { } cached) return new AllocateReply { Handle = cached, Cached = true };
+        ulong h = s.Reserve(dtype, shape, bytes, hash, request.KeepOnHost);
+        if (request.Data.Length == 0 && bytes > 0) return new AllocateReply { Handle = h };
+        try { s.Fill(h, Receive(dtype, shape, bytes, request.Hash.Span, request.Data.Span)); }
+        catch { s.Free(h); throw; }
+        return new AllocateReply { Handle = h, Cached = true };
+    }));
+
+    /// <summary>The tensor from bytes a client sent, checked against the size and hash it announced.</summary>
+    static Tensor Receive(DType dtype, long[] shape, long bytes, ReadOnlySpan<byte> hash, ReadOnlySpan<byte> data)
+    {
+        if (data.Length != bytes) throw new TapmlException($"{DTypes.Name(dtype)}{ShapeUtil.Format(shape)} needs {bytes} bytes, {data.Length} came");
+        if (!Wire.Hash(data).AsSpan().SequenceEqual(hash)) throw new TapmlException("the uploaded bytes do not match their hash (corrupted in transit?)");
+        return Tensor.FromBytes(dtype, shape, data);
+    }
+
+    public override async Task<UploadReply> Upload(IAsyncStreamReader<UploadChunk> requestStream, ServerCallContext context)
+    {
+        if (!await requestStream.MoveNext(context.CancellationToken)) throw new RpcException(new Status(StatusCode.InvalidArgument, "empty upload"));
+        ulong h = requestStream.Current.Handle;
+        var (dtype, shape, bytes, hash, _) = Call(context, s => s.Pending(h));
+        // NOTE: the destination was counted against the session's memory by Allocate; a chunk past it is refused.
+        var buf = GC.AllocateUninitializedArray<byte>(checked((int)bytes));
+        int at = 0;
+        do
+        {
+            var d = requestStream.Current.Data;
+            if (at + d.Length > buf.Length) throw new RpcException(new Status(StatusCode.InvalidArgument, $"upload into handle {h} brings more than its {bytes} bytes"));
+            d.Span.CopyTo(buf.AsSpan(at));
+            at += d.Length;
+        } while (await requestStream.MoveNext(context.CancellationToken));
+        var hb = Wire.KeyBytes(hash);
+        Call(context, s =>
+        {
+            s.Pending(h);
+            s.Fill(h, Receive(dtype, shape, bytes, hb, buf.AsSpan(0, at)));
+            return 0;
+        });
+        return new UploadReply();
+    }
+
+    public override async Task Download(DownloadRequest request, IServerStreamWriter<DownloadChunk> responseStream, ServerCallContext context)
+    {
+        var t = Call(context, s => s.Platform.Download(s.Get(request.Handle)) as Tensor ?? throw new UnsupportedException("only tensors can be downloaded"));
+        var bytes = t.DType == DType.String ? throw new UnsupportedException("string tensors do not travel") : Wire.Bytes(t);
+        for (int at = 0; at < bytes.Length; at += Wire.ChunkBytes)
+            await responseStream.WriteAsync(new DownloadChunk { Data = UnsafeByteOperations.UnsafeWrap(bytes.Slice(at, Math.Min(Wire.ChunkBytes, bytes.Length - at))) });
+    }
+
+    public override Task<Empty> Free(FreeRequest request, ServerCallContext context) => Task.FromResult(Call(context, s =>
+    {
+        foreach (var h in request.Handles) s.Free(h);
+        return new Empty();
+    }));
+
+    public override Task<PrepareReply> Prepare(PrepareRequest request, ServerCallContext context) => Task.FromResult(Call(context, s =>
+    {
+        var model = Wire.ParseModel(request.NodeModel.Span);
+        if (model.Graph.Nodes.Count != 1) throw new TapmlException($"Prepare takes a model of one node, not {model.Graph.Nodes.Count}");
+        var node = model.Graph.Nodes[0];
+        var p = s.Platform;
+        var ctx = new NodeContext(node, model.Opset(node.Domain))
+        {
+            Owner = model.Graph,
+            // NOTE: bodies run here on the served platform; names from outside the node cannot be reached from here.
+            RunSubgraph = (body, inputs) => new Executor(p).RunBody(model, body, inputs, name => throw new TapmlException($"a subgraph of node '{node.Name}' reads '{name}' from outside it, which a remote node cannot see")),
+        };
+        var types = model.Graph.Inputs.Select(i => (TypeRef?)i.Type).ToList();
+        // Graph inputs are the node's present inputs only: put them back at their positions.
+        var byPos = new TypeRef?[node.Inputs.Length];
+        for (int i = 0, j = 0; i < node.Inputs.Length; i++) if (node.Inputs[i].Length > 0) byPos[i] = types[j++];
+        var support = p.Supports(node, ctx, byPos);
+        if (!support.IsSupported) return new PrepareReply { Unsupported = support.Reason ?? "not supported" };
+        try { return new PrepareReply { Kernel = s.AddKernel(p.Prepare(node, ctx, byPos), ctx) }; }
+        catch (UnsupportedException e) { return new PrepareReply { Unsupported = e.Message }; }
+    }));
+
+    public override Task<RunReply> Run(RunRequest request, ServerCallContext context) => Task.FromResult(Call(context, s =>
+    {
+        foreach (var h in request.Free) s.Free(h);
+        var (kernel, ctx) = s.GetKernel(request.Kernel);
+        var inputs = request.Inputs.Select(h => h == 0 ? null : s.Get(h)).ToArray();
+        var outs = s.Platform.Run(kernel, ctx, inputs);
+        var r = new RunReply();
+        foreach (var v in outs) r.Outputs.Add(Register(s, v));
+        return r;
+    }));
+
+    /// <summary>A value the platform made, as a handle (small host tensors travel inline too).</summary>
+    static Output Register(Session s, Value? v)
+    {
+        if (v is null) return new Output();
+        var (dtype, shape) = v switch
+        {
+            Tensor t when t.DType != DType.String => (t.DType, t.Shape),
+            IDeviceValue d => (d.DType, d.Shape),
+            _ => throw new UnsupportedException($"{v.Describe()} values do not travel (tensors only)"),
+        };
+        long bytes = ShapeUtil.Size(shape) * DTypes.Size(dtype);
+        var o = new Output { Handle = s.Add(v, dtype, shape, bytes), Type = Wire.Info(dtype, shape) };
+        if (v is Tensor host && bytes <= Wire.InlineBytes) { o.Data = ByteString.CopyFrom(Wire.Bytes(host).Span); o.HasData = true; }
+        return o;
+    }
+
+    public override Task<Empty> Synchronize(Empty request, ServerCallContext context) => Task.FromResult(Call(context, s => { s.Platform.Synchronize(); return new Empty(); }));
+
+    public override Task<RunGraphReply> RunGraph(RunGraphRequest request, ServerCallContext context) => Task.FromResult(Call(context, s =>
+    {
+        var model = s.ModelFor(s.HashOf(request.Model) ?? throw new RemoteStateException($"unknown model handle {request.Model}"),
+            () => Wire.ParseModel(Wire.Bytes((Tensor)s.Get(request.Model)).Span));
+        var feeds = request.Feeds.ToDictionary(f => f.Name, f => s.Get(f.Handle));
+        var outs = new Executor(s.Platform) { PreferWholeGraph = true }.Run(model, feeds, keepOnDevice: _ => true);
+        var r = new RunGraphReply();
+        foreach (var (name, v) in outs) r.Outputs.Add(new NamedOutput { Name = name, Value = Register(s, v) });
+        return r;
+    }));
+
+    public override Task<Empty> Close(Empty request, ServerCallContext context)
+    {
+        sessions.End(sessions.Get(context).Id);
+        return Task.FromResult(new Empty());
+    }
+}

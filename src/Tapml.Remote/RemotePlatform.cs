@@ -1,0 +1,301 @@
+using System.Collections.Concurrent;
+using System.Runtime.CompilerServices;
+using Google.Protobuf;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Tapml.Core;
+using Tapml.Ir;
+using Tapml.Ir.Onnx;
+using Tapml.Platforms;
+using Tapml.Platforms.Execution;
+using Tapml.Remote.Proto;
+
+namespace Tapml.Remote;
+
+/// <summary>A tensor held by a remote server's session; <see cref="Host"/> is its bytes here when they are known
+/// (an upload, a small output that came inline, a finished download).</summary>
+public sealed class RemoteValue : Value, IDeviceValue
+{
+    readonly RemotePlatform _owner;
+    internal RemoteValue(RemotePlatform owner, ulong handle, DType dtype, long[] shape) { _owner = owner; Handle = handle; DType = dtype; Shape = shape; }
+    public ulong Handle { get; }
+    public IPlatform Owner => _owner;
+    public DType DType { get; }
+    public long[] Shape { get; }
+    public long ByteSize => ShapeUtil.Size(Shape) * DTypes.Size(DType);
+    internal Tensor? Host;
+    /// <summary>An upload kept for its host tensor's lifetime: <see cref="RemotePlatform.Free"/> leaves it alone.</summary>
+    internal bool Cached;
+    internal bool Freed;
+    public override string Describe() => $"{DTypes.Name(DType)}{ShapeUtil.Format(Shape)} on {_owner.Name}";
+
+    // NOTE: a value nobody freed (an upload whose host tensor died, an output kept by a caller) is freed on the server
+    // with the next call instead of living there until the session ends.
+    ~RemoteValue() { if (!Freed) _owner.Dead.Enqueue(Handle); }
+}
+
+/// <summary><c>remote:http(s)://HOST:PORT[?timeout=SECONDS&amp;insecure=1]</c>: a platform served by <c>tapml serve</c> on
+/// another machine (or process). Every call has a deadline; a server that dies or a connection that drops is a
+/// <see cref="PlatformLostException"/> within seconds. Tensors cross once: uploads are cached per host tensor here
+/// and by content hash on the server. The token comes from <c>TAPML_TOKEN</c>.</summary>
+public sealed class RemotePlatform : IGraphPlatform, IPlatformDetails
+{
+    readonly GrpcChannel _channel;
+    readonly Device.DeviceClient _client;
+    readonly Metadata _headers;
+    readonly TimeSpan _timeout;
+    readonly DescribeReply _far;
+    readonly ConditionalWeakTable<Tensor, RemoteValue> _uploads = new();
+    readonly ConditionalWeakTable<Model, RemoteValue> _models = new();
+    readonly Dictionary<(Node, string), PrepareReply> _prepared = new();
+    internal readonly ConcurrentQueue<ulong> Dead = new();
+
+    public string Name { get; }
+    public string Url { get; }
+    /// <summary>The far platform's description (the same whichever port serves it; <see cref="Details"/> names the server).</summary>
+    public string Description => $"{_far.Description} (remote, platform {_far.Platform})";
+    public PlatformLimits Limits { get; }
+    public bool KernelsServeAnyShape => _far.KernelsServeAnyShape;
+    /// <summary>What the server said about itself (protocol, limits, adapter).</summary>
+    public DescribeReply Far => _far;
+
+    public static void Register() => PlatformRegistry.Register(new("remote",
+        "remote:http(s)://HOST:PORT: a platform served by `tapml serve` elsewhere (token from TAPML_TOKEN; ?timeout=SECONDS per call)",
+        spec => new RemotePlatform(spec), "remote:http://127.0.0.1:7411"));
+
+    public RemotePlatform(string spec)
+    {
+        Name = spec;
+        string rest = spec.StartsWith("remote:", StringComparison.Ordinal) ? spec["remote:".Length..] : "";
+        int q = rest.IndexOf('?');
+        Url = (q < 0 ? rest : rest[..q]).TrimEnd('/');
+        if (!Uri.TryCreate(Url, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https"))
+            throw new TapmlException($"platform '{spec}': give the server's address, remote:http://HOST:PORT (what `tapml serve` printed)");
+        double timeout = 60;
+        bool insecure = false;
+        foreach (var (k, v) in PlatformSpec.Query(q < 0 ? "" : rest[q..]))
+        {
+            if (k == "timeout" && double.TryParse(v, System.Globalization.CultureInfo.InvariantCulture, out timeout) && timeout > 0) continue;
+            if (k == "insecure" && v is "1" or "true") { insecure = true; continue; }
+            throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (remote takes timeout=SECONDS, insecure=1)");
+        }
+        _timeout = TimeSpan.FromSeconds(timeout);
+        var handler = new SocketsHttpHandler
+        {
+            ConnectTimeout = TimeSpan.FromSeconds(5),
+            // NOTE: pings find a connection that dropped silently (a device unplugged) within 5 s, not at the deadline.
+            KeepAlivePingDelay = TimeSpan.FromSeconds(2),
+            KeepAlivePingTimeout = TimeSpan.FromSeconds(3),
+            KeepAlivePingPolicy = HttpKeepAlivePingPolicy.WithActiveRequests,
+            EnableMultipleHttp2Connections = true,
+        };
+        if (insecure) handler.SslOptions.RemoteCertificateValidationCallback = (_, _, _, _) => true;
+        _channel = GrpcChannel.ForAddress(Url, new GrpcChannelOptions { HttpHandler = handler, MaxReceiveMessageSize = null, MaxSendMessageSize = null });
+        _client = new Device.DeviceClient(_channel);
+        _headers = new Metadata { { Wire.SessionHeader, Guid.NewGuid().ToString("N") } };
+        if (Environment.GetEnvironmentVariable("TAPML_TOKEN") is { Length: > 0 } token) _headers.Add("authorization", "Bearer " + token);
+        try { _far = Call(o => _client.Describe(new DescribeRequest(), o), "describe"); }
+        catch (PlatformLostException e) { throw new TapmlException($"{Name}: cannot reach the server ({((RpcException)e.InnerException!).Status.Detail}); is `tapml serve` running there?"); }
+        if (_far.Protocol != Wire.Protocol) throw new TapmlException($"{Name}: the server speaks protocol {_far.Protocol}, this client {Wire.Protocol} (use the same tapml on both sides)");
+        Limits = new PlatformLimits(_far.MaxBufferBytes, _far.MaxBindingBytes, _far.MaxWorkgroupSize, _far.SessionMemoryBytes);
+    }
+
+    public IEnumerable<string> Details()
+    {
+        yield return $"server: {Url}, platform {_far.Platform}, protocol {_far.Protocol}; session memory {_far.SessionMemoryBytes} bytes, max message {_far.MaxMessageBytes} bytes, chunk {_far.ChunkBytes} bytes";
+        foreach (var d in _far.Details) yield return d;
+    }
+
+    CallOptions Options() => new(_headers, DateTime.UtcNow + _timeout);
+
+    /// <summary>Runs one call; gRPC statuses become tapml errors naming the server.</summary>
+    T Call<T>(Func<CallOptions, T> call, string what)
+    {
+        try { return call(Options()); }
+        catch (RpcException e) { throw Error(e, what); }
+    }
+
+    internal TapmlException Error(RpcException e, string what)
+    {
+        string detail = e.Status.Detail.ReplaceLineEndings(" ");
+        return e.StatusCode switch
+        {
+            StatusCode.Unauthenticated => new TapmlException($"{Name}: the server refused the token ({detail}); set TAPML_TOKEN to the server's --token"),
+            StatusCode.Unimplemented when detail.StartsWith("unsupported: ", StringComparison.Ordinal) => new UnsupportedException(detail["unsupported: ".Length..]),
+            StatusCode.Unavailable or StatusCode.Cancelled or StatusCode.Aborted => new PlatformLostException($"{Name}: connection lost during {what} ({detail}); is `tapml serve` still running there?", e),
+            StatusCode.DeadlineExceeded => new PlatformLostException($"{Name}: no answer to {what} within {_timeout.TotalSeconds:G} s (raise ?timeout=SECONDS for slow nodes)", e),
+            StatusCode.ResourceExhausted => new TapmlException($"{Name}: server limit reached during {what}: {detail}"),
+            StatusCode.Internal when e.Status.DebugException is HttpRequestException or IOException
+                => new PlatformLostException($"{Name}: connection lost during {what} ({detail})", e),
+            _ => new TapmlException($"{Name}: {what} failed on the server: {detail}"),
+        };
+    }
+
+    /// <summary>The handles freed here since the last call (sent along with the next one).</summary>
+    ulong[] DrainDead()
+    {
+        if (Dead.IsEmpty) return [];
+        var list = new List<ulong>();
+        while (Dead.TryDequeue(out var h)) list.Add(h);
+        return list.ToArray();
+    }
+
+    PrepareReply Prepared(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes)
+    {
+        string sig = string.Join(";", inputTypes.Select(t => t?.ToString() ?? "-"));
+        if (_prepared.TryGetValue((node, sig), out var r)) return r;
+        r = Local(node, inputTypes) is { } why ? new PrepareReply { Unsupported = why } : Send(node, ctx, inputTypes);
+        _prepared[(node, sig)] = r;
+        return r;
+    }
+
+    PrepareReply Send(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes)
+    {
+        var bytes = Wire.NodeModel(node, ctx, inputTypes);
+        if (bytes.Length > _far.MaxMessageBytes - 1024)
+            return new PrepareReply { Unsupported = $"its attributes take {bytes.Length} bytes, over the server's {_far.MaxMessageBytes}-byte message limit" };
+        return Call(o => _client.Prepare(new PrepareRequest { NodeModel = bytes }, o), $"prepare of node '{node.Name}'");
+    }
+
+    /// <summary>Why a node cannot go over the wire at all, or null.</summary>
+    static string? Local(Node node, IReadOnlyList<TypeRef?> inputTypes)
+    {
+        foreach (var t in inputTypes)
+            if (t is { Kind: not TypeKind.Tensor } || t is { ElemType: DType.String })
+                return $"{t} values do not travel to a remote platform (fixed-width tensors only)";
+        foreach (var g in node.Subgraphs)
+            if (g.OuterReferences().Count > 0)
+                return $"{node.OpType} with a subgraph that reads outer-scope values cannot run as a single remote node";
+        return null;
+    }
+
+    public Support Supports(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes) =>
+        Prepared(node, ctx, inputTypes) is { Unsupported.Length: > 0 } r ? Support.No(r.Unsupported) : Support.Yes;
+
+    public IKernel Prepare(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes)
+    {
+        var r = Prepared(node, ctx, inputTypes);
+        return r.Unsupported.Length > 0 ? throw new UnsupportedException(r.Unsupported) : new RemoteKernel(node, r.Kernel);
+    }
+
+    sealed record RemoteKernel(Node Node, ulong Id) : IKernel;
+
+    public Value?[] Run(IKernel kernel, NodeContext ctx, Value?[] inputs)
+    {
+        var req = new RunRequest { Kernel = ((RemoteKernel)kernel).Id };
+        foreach (var v in inputs) req.Inputs.Add(v is null ? 0 : Mine(v).Handle);
+        req.Free.Add(DrainDead());
+        var reply = Call(o => _client.Run(req, o), $"node '{kernel.Node.Name}' ({kernel.Node.OpType})");
+        return reply.Outputs.Select(Value).ToArray();
+    }
+
+    Value? Value(Output o)
+    {
+        if (o.Handle == 0) return null;
+        var (dtype, shape, _) = Wire.Check(o.Type);
+        var v = new RemoteValue(this, o.Handle, dtype, shape);
+        if (o.HasData) v.Host = Tensor.FromBytes(dtype, shape, o.Data.Span);
+        return v;
+    }
+
+    RemoteValue Mine(Value v) => v is RemoteValue r && ReferenceEquals(r.Owner, this) && !r.Freed ? r
+        : throw new TapmlException($"{Name}: {v.Describe()} is not a live tensor of this remote session");
+
+    public bool IsResident(Value v) => v is RemoteValue r && ReferenceEquals(r.Owner, this);
+
+    public Value Upload(Value host) => Upload(host, keepOnHost: false);
+
+    RemoteValue Upload(Value host, bool keepOnHost)
+    {
+        if (host is not Tensor t || t.DType == DType.String) throw new UnsupportedException($"{host.Describe()} values do not travel to a remote platform (fixed-width tensors only)");
+        if (_uploads.TryGetValue(t, out var known) && !known.Freed) return known;
+        var bytes = Wire.Bytes(t);
+        var hash = Wire.Hash(bytes.Span);
+        var req = new AllocateRequest { Type = Wire.Info(t.DType, t.Shape), Hash = UnsafeByteOperations.UnsafeWrap(hash), KeepOnHost = keepOnHost };
+        if (bytes.Length <= _far.InlineBytes) req.Data = UnsafeByteOperations.UnsafeWrap(bytes);
+        var a = Call(o => _client.Allocate(req, o), $"upload of {t.Describe()}");
+        var v = new RemoteValue(this, a.Handle, t.DType, t.Shape) { Host = t, Cached = true };
+        _uploads.AddOrUpdate(t, v);
+        if (!a.Cached) Send(a.Handle, bytes, t);
+        return v;
+    }
+
+    void Send(ulong handle, ReadOnlyMemory<byte> bytes, Tensor t)
+    {
+        try
+        {
+            using var call = _client.Upload(Options());
+            int chunk = (int)Math.Min(_far.ChunkBytes, Wire.ChunkBytes);
+            for (int at = 0; at < bytes.Length; at += chunk)
+                call.RequestStream.WriteAsync(new UploadChunk { Handle = at == 0 ? handle : 0, Data = UnsafeByteOperations.UnsafeWrap(bytes.Slice(at, Math.Min(chunk, bytes.Length - at))) }).GetAwaiter().GetResult();
+            call.RequestStream.CompleteAsync().GetAwaiter().GetResult();
+            call.ResponseAsync.GetAwaiter().GetResult();
+        }
+        catch (RpcException e) { throw Error(e, $"upload of {t.Describe()}"); }
+    }
+
+    public Value Download(Value v)
+    {
+        if (v is not RemoteValue) return v;
+        var r = Mine(v);
+        if (r.Host is { } known) return known;
+        var t = Tensor.Uninitialized(r.DType, r.Shape);
+        var dst = Wire.Bytes(t);
+        int at = 0;
+        try
+        {
+            using var call = _client.Download(new DownloadRequest { Handle = r.Handle }, Options());
+            var stream = call.ResponseStream;
+            while (stream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
+            {
+                var d = stream.Current.Data;
+                if (at + d.Length > dst.Length) throw new TapmlException($"{Name}: the server sent more than the {dst.Length} bytes of {r.Describe()}");
+                d.Span.CopyTo(Wire.Writable(t).Slice(at));
+                at += d.Length;
+            }
+        }
+        catch (RpcException e) { throw Error(e, $"download of {r.Describe()}"); }
+        if (at != dst.Length) throw new TapmlException($"{Name}: the server sent {at} of the {dst.Length} bytes of {r.Describe()}");
+        r.Host = t;
+        return t;
+    }
+
+    public void Free(Value v)
+    {
+        if (v is not RemoteValue r || !ReferenceEquals(r.Owner, this) || r.Cached || r.Freed) return;
+        r.Freed = true;
+        GC.SuppressFinalize(r);
+        Dead.Enqueue(r.Handle);
+    }
+
+    public void Synchronize()
+    {
+        if (DrainDead() is { Length: > 0 } dead) Call(o => _client.Free(new FreeRequest { Handles = { dead } }, o), "free");
+        Call(o => _client.Synchronize(new Empty(), o), "synchronize");
+    }
+
+    public Dictionary<string, Value> RunGraph(Model model, IReadOnlyDictionary<string, Value> feeds)
+    {
+        if (!_models.TryGetValue(model, out var m))
+        {
+            var bytes = OnnxExporter.ToProto(model).ToByteArray();
+            m = Upload(Tensor.FromArray(bytes, bytes.LongLength), keepOnHost: true);
+            _models.AddOrUpdate(model, m);
+        }
+        var req = new RunGraphRequest { Model = m.Handle };
+        foreach (var (name, v) in feeds) req.Feeds.Add(new NamedHandle { Name = name, Handle = ((RemoteValue)(IsResident(v) ? v : Upload(v))).Handle });
+        var reply = Call(o => _client.RunGraph(req, o), $"graph {model.Graph.Name}");
+        var result = new Dictionary<string, Value>();
+        foreach (var o in reply.Outputs)
+            if (Value(o.Value) is { } v) { result[o.Name] = Download(v); Free(v); }
+        return result;
+    }
+
+    public void Dispose()
+    {
+        try { _client.Close(new Empty(), new CallOptions(_headers, DateTime.UtcNow.AddSeconds(1))); }
+        // NOTE: a server already gone has ended the session itself; closing is a courtesy, not a result.
+        catch (RpcException) { }
+        _channel.Dispose();
+    }
+}

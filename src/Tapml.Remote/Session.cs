@@ -1,0 +1,154 @@
+using Tapml.Core;
+using Tapml.Ir;
+using Tapml.Platforms;
+using Tapml.Platforms.Execution;
+
+namespace Tapml.Remote;
+
+/// <summary>One client's state on the server: its own platform instance, tensors by handle, prepared kernels,
+/// and a bounded content-addressed cache of uploaded tensors (a weight crosses the wire once per session).
+/// Every byte it holds counts against <see cref="MemoryLimit"/>; the cache gives way first. Calls are serialized
+/// by the service (one lock per session).</summary>
+public sealed class Session : IDisposable
+{
+    /// <summary>A value on the platform; shared by every handle (and the cache entry) that names it.</summary>
+    sealed class Slot(Value? value, long bytes, UInt128? hash)
+    {
+        public Value? Value = value;      // null while an upload is pending
+        public readonly long Bytes = bytes;
+        public readonly UInt128? Hash = hash;
+        public DType DType; public long[] Shape = [];
+        public bool KeepOnHost;
+        public int Refs;
+        public bool Cached;
+        public LinkedListNode<Slot>? Lru;
+    }
+
+    sealed record Kernel(IKernel K, NodeContext Ctx);
+
+    readonly Dictionary<ulong, Slot> _handles = new();
+    readonly Dictionary<UInt128, Slot> _cache = new();
+    readonly LinkedList<Slot> _lru = new();
+    readonly Dictionary<ulong, Kernel> _kernels = new();
+    readonly Dictionary<UInt128, Model> _models = new();
+    ulong _next = 1;
+
+    public string Id { get; }
+    public IPlatform Platform { get; }
+    public long MemoryLimit { get; }
+    /// <summary>Bytes held (handles and cache), as the host tensors would hold them.</summary>
+    public long MemoryBytes { get; private set; }
+    public DateTime LastUse { get; set; } = DateTime.UtcNow;
+    public object Gate { get; } = new();
+
+    public Session(string id, IPlatform platform, long memoryLimit) { Id = id; Platform = platform; MemoryLimit = memoryLimit; }
+
+    /// <summary>Reserves room for <paramref name="bytes"/>, evicting unused cache entries first.</summary>
+    void Reserve(long bytes)
+    {
+        while (MemoryBytes + bytes > MemoryLimit && _lru.First is { } oldest) Uncache(oldest.Value);
+        if (MemoryBytes + bytes > MemoryLimit)
+            throw new RemoteLimitException($"session memory limit: {MemoryBytes} bytes held + {bytes} requested is over the {MemoryLimit}-byte limit (--max-memory-mb on the server)");
+        MemoryBytes += bytes;
+    }
+
+    void Uncache(Slot s)
+    {
+        _lru.Remove(s.Lru!);
+        s.Lru = null;
+        s.Cached = false;
+        _cache.Remove(s.Hash!.Value);
+        if (s.Refs == 0) Release(s);
+    }
+
+    void Release(Slot s)
+    {
+        MemoryBytes -= s.Bytes;
+        if (s.Value is IDeviceValue) Platform.Free(s.Value);
+        s.Value = null;
+    }
+
+    ulong NewHandle(Slot s) { s.Refs++; _handles[_next] = s; return _next++; }
+
+    /// <summary>A handle for cached content with this hash and type, or null.</summary>
+    public ulong? FromCache(UInt128 hash, DType dtype, long[] shape)
+    {
+        if (!_cache.TryGetValue(hash, out var s) || s.DType != dtype || !s.Shape.AsSpan().SequenceEqual(shape)) return null;
+        _lru.Remove(s.Lru!);
+        _lru.AddLast(s.Lru!);
+        return NewHandle(s);
+    }
+
+    /// <summary>A handle whose bytes an Upload will bring.</summary>
+    public ulong Reserve(DType dtype, long[] shape, long bytes, UInt128 hash, bool keepOnHost)
+    {
+        Reserve(bytes);
+        return NewHandle(new Slot(null, bytes, hash) { DType = dtype, Shape = shape, KeepOnHost = keepOnHost });
+    }
+
+    /// <summary>What an Upload into <paramref name="handle"/> must bring, or an error when none is pending there.</summary>
+    public (DType DType, long[] Shape, long Bytes, UInt128 Hash, bool KeepOnHost) Pending(ulong handle)
+    {
+        if (!_handles.TryGetValue(handle, out var s)) throw new RemoteStateException($"upload into unknown handle {handle}");
+        if (s.Value is not null || s.Hash is null) throw new RemoteStateException($"handle {handle} is not waiting for an upload");
+        return (s.DType, s.Shape, s.Bytes, s.Hash.Value, s.KeepOnHost);
+    }
+
+    /// <summary>Completes an upload: the host tensor goes to the platform and into the cache.</summary>
+    public void Fill(ulong handle, Tensor t)
+    {
+        var s = _handles[handle];
+        s.Value = s.KeepOnHost || Platform.IsResident(t) ? t : Platform.Upload(t);
+        if (_cache.ContainsKey(s.Hash!.Value)) return;
+        _cache[s.Hash.Value] = s;
+        s.Cached = true;
+        s.Lru = _lru.AddLast(s);
+    }
+
+    /// <summary>Registers a value the platform made (a kernel's output); null for an omitted one.</summary>
+    public ulong Add(Value v, DType dtype, long[] shape, long bytes)
+    {
+        try { Reserve(bytes); }
+        catch { if (v is IDeviceValue) Platform.Free(v); throw; }
+        return NewHandle(new Slot(v, bytes, null) { DType = dtype, Shape = shape });
+    }
+
+    public Value Get(ulong handle) =>
+        _handles.TryGetValue(handle, out var s) ? s.Value ?? throw new RemoteStateException($"handle {handle} is still waiting for its upload")
+            : throw new RemoteStateException($"unknown tensor handle {handle} (freed, or never made in this session)");
+
+    public void Free(ulong handle)
+    {
+        if (!_handles.Remove(handle, out var s)) return;
+        if (--s.Refs == 0 && !s.Cached) Release(s);
+    }
+
+    public ulong AddKernel(IKernel k, NodeContext ctx) { _kernels[_next] = new Kernel(k, ctx); return _next++; }
+
+    public (IKernel Kernel, NodeContext Ctx) GetKernel(ulong id) =>
+        _kernels.TryGetValue(id, out var k) ? (k.K, k.Ctx) : throw new RemoteStateException($"unknown kernel handle {id} (Prepare first)");
+
+    public Model ModelFor(UInt128 hash, Func<Model> parse)
+    {
+        if (!_models.TryGetValue(hash, out var m)) _models[hash] = m = parse();
+        return m;
+    }
+
+    /// <summary>The content hash of an uploaded tensor (models are cached by it).</summary>
+    public UInt128? HashOf(ulong handle) => _handles.TryGetValue(handle, out var s) ? s.Hash : null;
+
+    public void Dispose()
+    {
+        foreach (var s in _handles.Values.Concat(_cache.Values).Distinct())
+            if (s.Value is IDeviceValue) Platform.Free(s.Value);
+        _handles.Clear();
+        _cache.Clear();
+        Platform.Dispose();
+    }
+}
+
+/// <summary>A request that would go past a server limit (memory, message size): gRPC ResourceExhausted.</summary>
+public sealed class RemoteLimitException(string message) : TapmlException(message);
+
+/// <summary>A request that names what the session does not hold, or comes out of order: gRPC FailedPrecondition.</summary>
+public sealed class RemoteStateException(string message) : TapmlException(message);

@@ -1,0 +1,206 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using System.Text.Json.Nodes;
+using Google.Protobuf;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Tapml.Core;
+using Tapml.Platforms.WebGpu;
+using Tapml.Remote;
+using Tapml.Remote.Proto;
+using Tapml.Testing;
+using Tapml.Testing.Carving;
+using Xunit;
+
+namespace Tapml.Tests;
+
+/// <summary>remote:URL against `tapml serve` over real gRPC on loopback: the same verdicts and tokens as local,
+/// faults localized across the connection, tokens, limits, garbage, a server killed mid-run, many clients.</summary>
+public class RemoteTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
+{
+    static Task<RemoteServer> Serve(string platform, string? token = null, long maxMessage = 16 << 20) =>
+        RemoteServer.StartAsync(new ServeOptions(platform, token, maxMessage), "127.0.0.1:0");
+
+    static Dictionary<string, string> Verdicts(string json) =>
+        ((JsonArray)JsonNode.Parse(File.ReadAllText(json))!["cases"]!).ToDictionary(c => (string)c!["name"]!, c => (string)c!["status"]!);
+
+    static string Temp(string name) => Path.Combine(Path.GetTempPath(), $"tapml-remote-{name}-{Guid.NewGuid():N}");
+
+    [Fact]
+    public async Task Replay_over_remote_gives_the_same_verdicts_as_local()
+    {
+        await using var server = await Serve("cpu");
+        string local = Temp("local.json"), remote = Temp("remote.json");
+        var l = CliRunner.Run("replay", tiny.Store, "--platform", "cpu", "--json", local);
+        var r = CliRunner.Run("replay", tiny.Store, "--platform", "remote:" + server.Url, "--json", remote);
+        Assert.True(r.ExitCode == 0, r.Stderr + r.Stdout);
+        Assert.Equal(Verdicts(local), Verdicts(remote));
+        Assert.Equal(l.Stdout.Trim().Split('\n')[^1], r.Stdout.Trim().Split('\n')[^1]);
+    }
+
+    [Fact]
+    public async Task Generate_over_remote_gives_the_same_greedy_tokens_as_local()
+    {
+        await using var server = await Serve("cpu");
+        string local = Temp("g-local.json"), remote = Temp("g-remote.json");
+        CliRunner.Run("generate", "--model", "builtin:tiny-llama", "--platform", "cpu", "--input-ids", "1,17,305", "--max-tokens", "6", "--json", local);
+        var r = CliRunner.Run("generate", "--model", "builtin:tiny-llama", "--platform", "remote:" + server.Url, "--input-ids", "1,17,305", "--max-tokens", "6", "--json", remote);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Equal(JsonNode.Parse(File.ReadAllText(local))!["tokens"]!.ToJsonString(), JsonNode.Parse(File.ReadAllText(remote))!["tokens"]!.ToJsonString());
+    }
+
+    [Fact]
+    public async Task A_fault_behind_the_server_is_localized_exactly_over_the_connection()
+    {
+        await using var server = await Serve("faulty:cpu?node=Softmax_1&kind=nan");
+        string json = Temp("m.json");
+        var r = CliRunner.Run("migrate", "--model", "builtin:tiny-llama", "--input-ids", "1,17,305", "--target", "remote:" + server.Url, "--json", json);
+        Assert.True(r.ExitCode == 1, r.Stderr + r.Stdout);
+        var f = JsonNode.Parse(File.ReadAllText(json))!["first_divergent"]!;
+        Assert.Equal("Softmax_1", (string)f["node"]!);
+    }
+
+    [Theory]
+    [InlineData(null)]
+    [InlineData("wrong")]
+    public async Task A_missing_or_wrong_token_is_exit_2_and_one_clear_line(string? token)
+    {
+        await using var server = await Serve("cpu", token: "s3cret");
+        var r = CliRunner.RunWith(new Dictionary<string, string?> { ["TAPML_TOKEN"] = token }, "platforms", "--remote", server.Url);
+        Assert.Equal(2, r.ExitCode);
+        var line = Assert.Single(r.Stderr.Trim().Split('\n'));
+        Assert.Contains("refused the token", line);
+        var ok = CliRunner.RunWith(new Dictionary<string, string?> { ["TAPML_TOKEN"] = "s3cret" }, "platforms", "--remote", server.Url);
+        Assert.True(ok.ExitCode == 0, ok.Stderr);
+    }
+
+    [Fact]
+    public void A_non_loopback_address_without_a_token_is_refused()
+    {
+        var r = CliRunner.Run("serve", "--platform", "cpu", "--listen", "0.0.0.0:0");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("--token", r.Stderr);
+    }
+
+    static (Device.DeviceClient, CallOptions, GrpcChannel) Raw(string url)
+    {
+        var channel = GrpcChannel.ForAddress(url, new GrpcChannelOptions { MaxSendMessageSize = null });
+        return (new Device.DeviceClient(channel), new CallOptions(new Metadata { { Wire.SessionHeader, Guid.NewGuid().ToString("N") } }, DateTime.UtcNow.AddSeconds(10)), channel);
+    }
+
+    [Fact]
+    public async Task Oversized_malformed_and_out_of_order_requests_get_a_status_and_the_server_keeps_serving()
+    {
+        await using var server = await Serve("cpu", maxMessage: 1 << 20);
+        var (c, o, channel) = Raw(server.Url);
+        using var _ = channel;
+        var big = new byte[2 << 20];
+        var req = new AllocateRequest { Type = Wire.Info(DType.UInt8, [big.Length]), Hash = ByteString.CopyFrom(Wire.Hash(big)), Data = ByteString.CopyFrom(big) };
+        Assert.Equal(StatusCode.ResourceExhausted, Assert.Throws<RpcException>(() => c.Allocate(req, o)).StatusCode);
+        var huge = new AllocateRequest { Type = Wire.Info(DType.Float32, [1L << 40, 1L << 40]), Hash = ByteString.CopyFrom(new byte[16]) };
+        Assert.Equal(StatusCode.InvalidArgument, Assert.Throws<RpcException>(() => c.Allocate(huge, o)).StatusCode);
+        Assert.Equal(StatusCode.FailedPrecondition, Assert.Throws<RpcException>(() => c.Run(new RunRequest { Kernel = 99, Inputs = { 7 } }, o)).StatusCode);
+        Assert.Equal(StatusCode.InvalidArgument, Assert.Throws<RpcException>(() => c.Prepare(new PrepareRequest { NodeModel = ByteString.CopyFrom(1, 2, 3) }, o)).StatusCode);
+        Assert.Equal(StatusCode.InvalidArgument, Assert.Throws<RpcException>(() => c.Describe(new DescribeRequest(), new CallOptions(deadline: DateTime.UtcNow.AddSeconds(10)))).StatusCode);
+        using var p = new RemotePlatform("remote:" + server.Url);
+        Assert.Contains("cpu", p.Description);
+    }
+
+    [Fact]
+    public async Task Garbage_bytes_to_the_port_do_not_crash_the_server()
+    {
+        await using var server = await Serve("cpu");
+        var uri = new Uri(server.Url);
+        var rng = new Random(7);
+        foreach (var payload in new[] { "GET / HTTP/1.1\r\nHost: x\r\n\r\n"u8.ToArray(), "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\xff\x04"u8.ToArray(), Enumerable.Range(0, 64 << 10).Select(_ => (byte)rng.Next()).ToArray() })
+        {
+            using var tcp = new TcpClient();
+            await tcp.ConnectAsync(uri.Host, uri.Port);
+            var s = tcp.GetStream();
+            try { await s.WriteAsync(payload); await s.ReadAsync(new byte[256]).AsTask().WaitAsync(TimeSpan.FromSeconds(2)); }
+            catch (Exception e) when (e is IOException or TimeoutException) { } // NOTE: the server may close on us: that is the point
+        }
+        using var p = new RemotePlatform("remote:" + server.Url);
+        Assert.Contains("cpu", p.Description);
+    }
+
+    [Fact]
+    public void A_server_killed_mid_replay_is_one_clear_line_within_5_s_then_resume_completes()
+    {
+        string outDir = Temp("out");
+        using (var first = ServeProcess())
+        {
+            var replay = CliProcess("replay", tiny.Store, "--platform", "remote:" + first.Url, "--out", outDir);
+            string log = Path.Combine(outDir, "results.jsonl");
+            var until = DateTime.UtcNow.AddSeconds(60);
+            while ((!File.Exists(log) || File.ReadAllLines(log).Length < 20) && !replay.HasExited && DateTime.UtcNow < until) Thread.Sleep(5);
+            Assert.False(replay.HasExited, "the replay ended before the server was killed");
+            first.Kill();
+            var killed = Stopwatch.StartNew();
+            Assert.True(replay.WaitForExit(TimeSpan.FromSeconds(5)), "no error within 5 s of the server's death");
+            Assert.True(killed.Elapsed < TimeSpan.FromSeconds(5));
+            Assert.Equal(2, replay.ExitCode);
+            var line = Assert.Single(replay.StandardError.ReadToEnd().Trim().Split('\n'));
+            Assert.Contains("connection lost", line);
+        }
+        using var second = ServeProcess();
+        string json = Temp("resumed.json");
+        var r = CliRunner.Run("replay", tiny.Store, "--platform", "remote:" + second.Url, "--out", outDir, "--resume", "--json", json);
+        Assert.True(r.ExitCode == 0, r.Stderr + r.Stdout);
+        Assert.Contains("resuming:", r.Stdout);
+        Assert.Equal(CarvedStore.Open(tiny.Store).Cases.Count, Verdicts(json).Count);
+        Assert.All(Verdicts(json).Values, v => Assert.Equal("passed", v));
+    }
+
+    [Fact]
+    public async Task Eight_clients_at_once_each_get_their_own_session_and_correct_results()
+    {
+        await using var server = await Serve("cpu");
+        var store = CarvedStore.Open(tiny.Store);
+        var cases = store.Cases.Take(40).ToList();
+        var results = await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Task.Run(() =>
+        {
+            using var p = new RemotePlatform("remote:" + server.Url);
+            var replayer = new Replayer(store, p, new Tolerances());
+            return cases.Select(c => replayer.Run(c).Status).ToList();
+        })));
+        Assert.All(results, r => Assert.All(r, s => Assert.Equal(CaseStatus.Passed, s)));
+    }
+
+    [Fact]
+    public async Task Webgpu_behind_the_server_gives_the_same_verdicts_as_local_webgpu()
+    {
+        WebGpuTests.SkipIfNoDawn("webgpu");
+        await using var server = await Serve("webgpu");
+        string local = Temp("w-local.json"), remote = Temp("w-remote.json");
+        CliRunner.Run("replay", tiny.Store, "--platform", "webgpu", "--filter", "^(MatMul|Softmax|Mul|Add)", "--json", local);
+        var r = CliRunner.Run("replay", tiny.Store, "--platform", "remote:" + server.Url, "--filter", "^(MatMul|Softmax|Mul|Add)", "--json", remote);
+        Assert.True(r.ExitCode == 0, r.Stderr + r.Stdout);
+        Assert.Equal(Verdicts(local), Verdicts(remote));
+    }
+
+    /// <summary>`tapml serve` as a child process on a free port (killed with the whole tree on dispose).</summary>
+    sealed class ServeChild : IDisposable
+    {
+        public required Process Process { get; init; }
+        public required string Url { get; init; }
+        public void Kill() { if (!Process.HasExited) { Process.Kill(true); Process.WaitForExit(); } }
+        public void Dispose() { Kill(); Process.Dispose(); }
+    }
+
+    static ServeChild ServeProcess()
+    {
+        var p = CliProcess("serve", "--platform", "cpu", "--listen", "127.0.0.1:0");
+        var line = p.StandardOutput.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(30)).GetAwaiter().GetResult();
+        Assert.True(line?.StartsWith("listening on ") == true, $"serve printed '{line}'");
+        return new ServeChild { Process = p, Url = line!["listening on ".Length..] };
+    }
+
+    static Process CliProcess(params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = SharedData.RepoRoot };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "tapml.dll"));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        return Process.Start(psi)!;
+    }
+}
