@@ -118,10 +118,10 @@ public class CarvedStoreFormatTests
         finally { Directory.Delete(dir, true); }
     }
 
-    /// <summary>A manifest reuses what the previous one rendered of each case and splices the call counts in: the
-    /// manifest on disk must say exactly what the cases in memory say, counts included.</summary>
+    /// <summary>Manifests written mid-carve and at the end: the last one on disk says exactly what the cases in
+    /// memory say, call counts included.</summary>
     [Fact]
-    public void A_manifest_reusing_earlier_renderings_equals_the_cases_with_their_final_counts()
+    public void The_final_manifest_equals_the_cases_with_their_final_counts()
     {
         string dir = Temp();
         try

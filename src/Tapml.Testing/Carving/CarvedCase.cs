@@ -136,19 +136,6 @@ public sealed record CarvedCase
     /// <summary>Writes the manifest form (<see cref="ToJson"/>) straight to <paramref name="w"/>.</summary>
     public void WriteJson(System.Text.Json.Utf8JsonWriter w)
     {
-        WriteJsonHead(w);
-        w.WriteStartObject("provenance");
-        w.WriteString("node", Provenance.Node);
-        w.WriteString("phase", Provenance.Phase);
-        w.WriteNumber("count", Provenance.Count);
-        w.WriteEndObject();
-        w.WriteEndObject();
-    }
-
-    /// <summary>Opens the case's object and writes every field but the provenance (whose count grows while a carve
-    /// runs; the store's writer renders the rest ahead of the manifest).</summary>
-    public void WriteJsonHead(System.Text.Json.Utf8JsonWriter w)
-    {
         w.WriteStartObject();
         w.WriteString("id", Id);
         w.WriteString("name", Name);
@@ -161,6 +148,12 @@ public sealed record CarvedCase
         WriteTensors(w, "inputs", Inputs);
         WriteTensors(w, "outputs", Outputs);
         w.WriteString("signature", Signature);
+        w.WriteStartObject("provenance");
+        w.WriteString("node", Provenance.Node);
+        w.WriteString("phase", Provenance.Phase);
+        w.WriteNumber("count", Provenance.Count);
+        w.WriteEndObject();
+        w.WriteEndObject();
     }
 
     static void WriteTensors(System.Text.Json.Utf8JsonWriter w, string key, IReadOnlyList<TensorRef> tensors)

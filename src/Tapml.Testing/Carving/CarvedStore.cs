@@ -419,26 +419,11 @@ public sealed class CarvedStore
                     if (seen.Add(name))
                     {
                         w.WritePropertyName(name);
-                        w.WriteRawValue(BlobEntry(name), skipInputValidation: true);
+                        WriteBlobEntry(w, name);
                     }
             w.WriteEndObject();
             w.WriteStartArray("cases");
-            var one = _rendered.Scratch;
-            foreach (var c in cases)
-            {
-                one.ResetWrittenCount();
-                one.Write(CaseHead(c));
-                one.Write(",\"provenance\":{\"node\":"u8);
-                WriteJsonString(one, c.Provenance.Node);
-                one.Write(",\"phase\":"u8);
-                WriteJsonString(one, c.Provenance.Phase);
-                one.Write(",\"count\":"u8);
-                Span<byte> digits = stackalloc byte[24];
-                c.Provenance.Count.TryFormat(digits, out int n, default, System.Globalization.CultureInfo.InvariantCulture);
-                one.Write(digits[..n]);
-                one.Write("}}"u8);
-                w.WriteRawValue(one.WrittenSpan, skipInputValidation: true);
-            }
+            foreach (var c in cases) c.WriteJson(w);
             w.WriteEndArray();
             w.WriteEndObject();
         }
@@ -446,61 +431,10 @@ public sealed class CarvedStore
 
     static readonly JsonWriterOptions ManifestWriting = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping, SkipValidation = true };
 
-    static void WriteJsonString(System.Buffers.ArrayBufferWriter<byte> b, string s)
+    void WriteBlobEntry(Utf8JsonWriter w, string name)
     {
-        b.Write("\""u8);
-        b.Write(JsonEncodedText.Encode(s, ManifestWriting.Encoder).EncodedUtf8Bytes);
-        b.Write("\""u8);
-    }
-
-    /// <summary>What earlier manifests rendered, reused by the next (a carve rewrites its manifest every second): each
-    /// case's JSON but its provenance (whose count still grows), and each blob's entry. Used by the writer thread only,
-    /// but for the hand-over of a rendering to a case whose provenance changed (<see cref="UpdateProvenance"/>).</summary>
-    sealed class Rendered
-    {
-        public readonly ConcurrentDictionary<CarvedCase, byte[]> Cases = new(ReferenceEqualityComparer.Instance);
-        public readonly Dictionary<string, (BlobLocation Where, byte[] Json)> Blobs = new();
-        public readonly System.Buffers.ArrayBufferWriter<byte> Scratch = new(1 << 12), Buffer = new(1 << 12);
-        public Utf8JsonWriter? Writer;
-    }
-
-    readonly Rendered _rendered = new();
-
-    /// <summary>Replaces the provenance of case <paramref name="index"/> (the recorder's call counts), keeping what was
-    /// rendered of it.</summary>
-    public void UpdateProvenance(int index, Provenance provenance)
-    {
-        var old = Cases[index];
-        var updated = old with { Provenance = provenance };
-        Cases[index] = updated;
-        if (_rendered.Cases.TryRemove(old, out var json)) _rendered.Cases.TryAdd(updated, json);
-    }
-
-    byte[] CaseHead(CarvedCase c)
-    {
-        if (_rendered.Cases.TryGetValue(c, out var cached)) return cached;
-        var b = _rendered.Buffer;
-        b.ResetWrittenCount();
-        var w = _rendered.Writer ??= new Utf8JsonWriter(b, ManifestWriting);
-        w.Reset(b);
-        c.WriteJsonHead(w);
-        w.Flush();
-        var json = b.WrittenSpan.ToArray();
-        _rendered.Cases.TryAdd(c, json);
-        return json;
-    }
-
-    byte[] BlobEntry(string name)
-    {
-        var where = _index[name];
-        if (where is WeightBlob pending) where = WithSha(name, pending);
-        if (_rendered.Blobs.TryGetValue(name, out var cached) && ReferenceEquals(cached.Where, where)) return cached.Json;
-        var b = _rendered.Buffer;
-        b.ResetWrittenCount();
-        var w = _rendered.Writer ??= new Utf8JsonWriter(b, ManifestWriting);
-        w.Reset(b);
         w.WriteStartObject();
-        switch (where)
+        switch (_index[name])
         {
             case PackedBlob p:
                 w.WriteNumber("pack", p.Pack);
@@ -511,7 +445,7 @@ public sealed class CarvedStore
                 w.WriteString("file", Path.GetRelativePath(Dir, BlobPath(name)));
                 break;
             case WeightBlob r:
-                w.WriteString("sha256", r.Sha256);
+                w.WriteString("sha256", WithSha(name, r).Sha256);
                 w.WriteString("model_file", r.Source.File);
                 w.WriteString("tensor", r.Source.Tensor);
                 if (r.Source.Transform != "") w.WriteString("transform", r.Source.Transform);
@@ -529,10 +463,6 @@ public sealed class CarvedStore
                 break;
         }
         w.WriteEndObject();
-        w.Flush();
-        var json = b.WrittenSpan.ToArray();
-        _rendered.Blobs[name] = (where, json);
-        return json;
     }
 
     /// <summary>The background writer: one thread that creates the folders, writes the pack's chunks and the

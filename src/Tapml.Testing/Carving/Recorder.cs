@@ -264,7 +264,7 @@ public sealed class Recorder : IExecutionObserver, IDisposable
         foreach (var st in _signatures.Values)
             foreach (int i in st.Slots)
                 if (_store.Cases[i].Provenance.Count != st.Count)
-                    _store.UpdateProvenance(i, _store.Cases[i].Provenance with { Count = st.Count });
+                    _store.Cases[i] = _store.Cases[i] with { Provenance = _store.Cases[i].Provenance with { Count = st.Count } };
         _store.Notes["not_carved"] = new System.Text.Json.Nodes.JsonObject(_notCarved.Select(kv => KeyValuePair.Create(kv.Key, (System.Text.Json.Nodes.JsonNode?)kv.Value)));
     }
 
