@@ -137,38 +137,51 @@ public sealed record CarvedCase
     public void WriteJson(System.Text.Json.Utf8JsonWriter w)
     {
         w.WriteStartObject();
-        w.WriteString("id", Id);
-        w.WriteString("name", Name);
-        w.WriteString("op_type", OpType);
-        w.WriteString("domain", Domain);
-        w.WriteNumber("opset", Opset);
-        w.WritePropertyName("attributes");
+        w.WriteString(K.Id, Id);
+        w.WriteString(K.Name, Name);
+        w.WriteString(K.OpType, OpType);
+        w.WriteString(K.Domain, Domain);
+        w.WriteNumber(K.Opset, Opset);
+        w.WritePropertyName(K.Attributes);
         if (AttributesText is { } text) w.WriteRawValue(text, skipInputValidation: true);
         else Attributes.WriteTo(w);
-        WriteTensors(w, "inputs", Inputs);
-        WriteTensors(w, "outputs", Outputs);
-        w.WriteString("signature", Signature);
-        w.WriteStartObject("provenance");
-        w.WriteString("node", Provenance.Node);
-        w.WriteString("phase", Provenance.Phase);
-        w.WriteNumber("count", Provenance.Count);
+        WriteTensors(w, K.Inputs, Inputs);
+        WriteTensors(w, K.Outputs, Outputs);
+        w.WriteString(K.Signature, Signature);
+        w.WriteStartObject(K.Provenance);
+        w.WriteString(K.Node, Provenance.Node);
+        w.WriteString(K.Phase, Provenance.Phase);
+        w.WriteNumber(K.Count, Provenance.Count);
         w.WriteEndObject();
         w.WriteEndObject();
     }
 
-    static void WriteTensors(System.Text.Json.Utf8JsonWriter w, string key, IReadOnlyList<TensorRef> tensors)
+    /// <summary>The manifest's keys, encoded once (a carve's final manifest is on its critical path).</summary>
+    static class K
+    {
+        public static readonly System.Text.Json.JsonEncodedText Id = E("id"), Name = E("name"), OpType = E("op_type"), Domain = E("domain"),
+            Opset = E("opset"), Attributes = E("attributes"), Inputs = E("inputs"), Outputs = E("outputs"), Signature = E("signature"),
+            Provenance = E("provenance"), Node = E("node"), Phase = E("phase"), Count = E("count"), DType = E("dtype"), Shape = E("shape"),
+            Blob = E("blob");
+        static System.Text.Json.JsonEncodedText E(string s) => System.Text.Json.JsonEncodedText.Encode(s);
+        public static readonly Dictionary<DType, System.Text.Json.JsonEncodedText> DTypeNames =
+            Enum.GetValues<DType>().Where(DTypes.IsSupported).ToDictionary(d => d, d => E(DTypes.Name(d)));
+    }
+
+    static void WriteTensors(System.Text.Json.Utf8JsonWriter w, System.Text.Json.JsonEncodedText key, IReadOnlyList<TensorRef> tensors)
     {
         w.WriteStartArray(key);
         foreach (var t in tensors)
         {
             w.WriteStartObject();
-            w.WriteString("name", t.Name);
-            w.WriteString("dtype", DTypes.Name(t.DType));
-            w.WriteStartArray("shape");
+            w.WriteString(K.Name, t.Name);
+            if (K.DTypeNames.TryGetValue(t.DType, out var dt)) w.WriteString(K.DType, dt);
+            else w.WriteString(K.DType, DTypes.Name(t.DType));
+            w.WriteStartArray(K.Shape);
             foreach (var d in t.Shape) w.WriteNumberValue(d);
             w.WriteEndArray();
-            if (t.Blob is null) w.WriteNull("blob");
-            else w.WriteString("blob", t.Blob);
+            if (t.Blob is null) w.WriteNull(K.Blob);
+            else w.WriteString(K.Blob, t.Blob);
             w.WriteEndObject();
         }
         w.WriteEndArray();

@@ -413,14 +413,18 @@ public sealed class CarvedStore
             w.WritePropertyName("notes");
             notes.WriteTo(w);
             w.WriteStartObject("blobs");
-            var seen = new HashSet<string>();
+            var seen = new HashSet<string>(StringComparer.Ordinal);
             foreach (var c in cases)
-                foreach (var name in c.Blobs)
-                    if (seen.Add(name))
-                    {
-                        w.WritePropertyName(name);
-                        WriteBlobEntry(w, name);
-                    }
+            {
+                foreach (var t in c.Inputs) Entry(t.Blob);
+                foreach (var t in c.Outputs) Entry(t.Blob);
+            }
+            void Entry(string? name)
+            {
+                if (name is null || !seen.Add(name)) return;
+                w.WritePropertyName(name);
+                WriteBlobEntry(w, name);
+            }
             w.WriteEndObject();
             w.WriteStartArray("cases");
             foreach (var c in cases) c.WriteJson(w);
@@ -473,7 +477,7 @@ public sealed class CarvedStore
         const int MaxChunks = 6;
         readonly CarvedStore _s;
         // NOTE: an item is a chunk (Length bytes at file Offset) or a manifest.
-        readonly Queue<(PackChunk? Chunk, long Offset, int Length, CarvedCase[]? Cases, JsonObject? Notes)> _queue = new();
+        readonly Queue<(PackChunk? Chunk, long Offset, int Length, CarvedCase[]? Cases, JsonObject? Notes, ArrayBufferWriter<byte>? Rendered)> _queue = new();
         readonly Stack<PackChunk> _free = new();
         readonly object _lock = new();
         long _queued, _done;
@@ -488,8 +492,10 @@ public sealed class CarvedStore
 
         public Writer(CarvedStore s) => _s = s;
 
-        public void Append(PackChunk chunk, long offset, int length) => Enqueue((chunk, offset, length, null, null));
-        public void Manifest(CarvedCase[] cases, JsonObject notes) => Enqueue((null, 0, 0, cases, notes));
+        public void Append(PackChunk chunk, long offset, int length) => Enqueue((chunk, offset, length, null, null, null));
+        public void Manifest(CarvedCase[] cases, JsonObject notes) => Enqueue((null, 0, 0, cases, notes, null));
+        /// <summary>A manifest already rendered (the final one, rendered by the carve while this thread writes the pack's tail).</summary>
+        public void Manifest(ArrayBufferWriter<byte> rendered) => Enqueue((null, 0, 0, null, null, rendered));
 
         /// <summary>A free staging chunk; waits for the writer when <see cref="MaxChunks"/> are in use.</summary>
         public PackChunk TakeChunk()
@@ -505,7 +511,8 @@ public sealed class CarvedStore
 
         // NOTE: chunks outlive their store (pinned, already touched): the next carve of the process starts with them.
         static readonly ConcurrentBag<PackChunk> Spare = new();
-        static readonly ConcurrentBag<System.Buffers.ArrayBufferWriter<byte>> SpareJson = new();
+        // NOTE: manifest buffers outlive their store too (a fresh one grows through large-object arrays, ~1 ms for 300 KB).
+        internal static readonly ConcurrentBag<ArrayBufferWriter<byte>> SpareJson = new();
 
         void ReturnChunks()
         {
@@ -518,7 +525,7 @@ public sealed class CarvedStore
             }
         }
 
-        void Enqueue((PackChunk?, long, int, CarvedCase[]?, JsonObject?) item)
+        void Enqueue((PackChunk?, long, int, CarvedCase[]?, JsonObject?, ArrayBufferWriter<byte>?) item)
         {
             lock (_lock)
             {
@@ -543,7 +550,7 @@ public sealed class CarvedStore
         {
             while (true)
             {
-                (PackChunk? Chunk, long Offset, int Length, CarvedCase[]? Cases, JsonObject? Notes) item;
+                (PackChunk? Chunk, long Offset, int Length, CarvedCase[]? Cases, JsonObject? Notes, ArrayBufferWriter<byte>? Rendered) item;
                 lock (_lock)
                 {
                     while (_queue.Count == 0) { _idle = true; Monitor.Wait(_lock); }
@@ -555,7 +562,7 @@ public sealed class CarvedStore
                     try
                     {
                         if (item.Chunk is { } chunk) Pack().Write(chunk, item.Offset, item.Length);
-                        else WriteManifest(item.Cases!, item.Notes!);
+                        else WriteManifest(item.Cases, item.Notes, item.Rendered);
                     }
                     catch (Exception e) when (e is not OutOfMemoryException) { Error = e; }   // NOTE: rethrown by Drain
                 }
@@ -578,16 +585,20 @@ public sealed class CarvedStore
             return _pack;
         }
 
-        void WriteManifest(CarvedCase[] cases, JsonObject notes)
+        void WriteManifest(CarvedCase[]? cases, JsonObject? notes, ArrayBufferWriter<byte>? rendered)
         {
             Directory.CreateDirectory(_s.Dir);
             string tmp = _s.ManifestPath + ".tmp";
             // NOTE: the writer's own chunk: taking one from the carve's could wait for chunks queued behind this manifest.
             _scratch ??= Spare.TryTake(out var c) ? c : new PackChunk();
             // NOTE: one JSON buffer per writer, reused: a fresh one per manifest grows through large-object arrays.
-            _json ??= SpareJson.TryTake(out var b) ? b : new System.Buffers.ArrayBufferWriter<byte>(1 << 16);
-            _s.ManifestBytes(cases, notes, _json);
-            DirectFile.WriteAll(tmp, _json.WrittenSpan, _scratch);
+            if (rendered is null)
+            {
+                _json ??= SpareJson.TryTake(out var b) ? b : new System.Buffers.ArrayBufferWriter<byte>(1 << 16);
+                _s.ManifestBytes(cases!, notes!, _json);
+                rendered = _json;
+            }
+            DirectFile.WriteAll(tmp, rendered.WrittenSpan, _scratch);
             File.Move(tmp, _s.ManifestPath, overwrite: true);
         }
 
@@ -605,8 +616,14 @@ public sealed class CarvedStore
     public void Close()
     {
         if (_writer is not { } w) return;
-        SaveManifest();
+        // NOTE: the last manifest is rendered here while the writer writes the pack's tail, then written after it.
+        HandOverStaged();
+        var json = Writer.SpareJson.TryTake(out var spare) ? spare : new ArrayBufferWriter<byte>(1 << 16);
+        ManifestBytes(Cases.ToArray(), Notes, json);
+        w.Manifest(json);
+        Drain();
         w.Close(_packEnd);
+        if (json.Capacity <= DirectFile.ChunkBytes) Writer.SpareJson.Add(json);
     }
 
     // --- reading --------------------------------------------------------------------------------------------------
