@@ -24,39 +24,11 @@ public class HostileOnnxStoreTests : IDisposable
     /// <summary>What a measured CLI run gave: the result, its wall time and its peak resident memory (VmHWM).</summary>
     public sealed record Measured(CliRunner.Result R, double Seconds, long PeakBytes);
 
-    /// <summary>Runs the CLI under a 2 GiB GC heap limit (a blow-up fails the test, not the machine) and measures its
-    /// peak resident memory: with GNU time's %M where installed, else by polling /proc/PID/status for VmHWM.</summary>
+    /// <summary>Runs the CLI under <see cref="CappedCli"/>'s heap cap and a 60 s limit, measuring its peak memory.</summary>
     public static Measured RunMeasured(params string[] args)
     {
-        const string GnuTime = "/usr/bin/time";
-        string? maxRss = File.Exists(GnuTime) ? Path.GetTempFileName() : null;
-        var psi = new ProcessStartInfo(maxRss is null ? "dotnet" : GnuTime) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = SharedData.RepoRoot };
-        psi.Environment["DOTNET_GCHeapHardLimit"] = "0x80000000";
-        if (maxRss is not null) foreach (var a in (string[])["-f", "%M", "-o", maxRss, "dotnet"]) psi.ArgumentList.Add(a);
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "tapml.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        var sw = Stopwatch.StartNew();
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        long peak = 0;
-        string status = $"/proc/{p.Id}/status";
-        while (!p.WaitForExit(20))
-        {
-            try
-            {
-                foreach (var line in File.ReadLines(status))
-                    if (line.StartsWith("VmHWM:")) peak = Math.Max(peak, long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024);
-            }
-            catch (IOException) { }
-            if (sw.Elapsed > TimeSpan.FromSeconds(60)) { p.Kill(true); throw new TimeoutException($"tapml {string.Join(" ", args)} did not finish in 60 s"); }
-        }
-        if (maxRss is not null)
-        {
-            if (long.TryParse(File.ReadAllText(maxRss).Trim().Split('\n')[^1], out long kb)) peak = kb * 1024;
-            File.Delete(maxRss);
-        }
-        return new Measured(new CliRunner.Result(p.ExitCode, stdout.Result, stderr.Result), sw.Elapsed.TotalSeconds, peak);
+        var r = CappedCli.Run(strace: false, TimeSpan.FromSeconds(60), args);
+        return new Measured(new CliRunner.Result(r.ExitCode, r.Stdout, r.Stderr), r.Wall.TotalSeconds, r.PeakBytes);
     }
 
     /// <summary>Exit 2, one stderr line starting "error: " that names every part, under 30 s and 1.5 GiB peak.</summary>
@@ -191,30 +163,12 @@ public class HostileOnnxStoreTests : IDisposable
     /// <summary>Under strace: the CLI never opens <paramref name="path"/> (skipped with a message when strace is absent).</summary>
     static void AssertNothingOpened(string[] args, string path)
     {
-        if (!File.Exists("/usr/bin/strace") && !File.Exists("/bin/strace"))
-        {
-            TestContext.Current.SendDiagnosticMessage("strace is not installed: the check that nothing outside the folder is opened was skipped");
-            return;
-        }
-        string log = Path.GetTempFileName();
-        try
-        {
-            var psi = new ProcessStartInfo("strace") { RedirectStandardOutput = true, RedirectStandardError = true };
-            foreach (var a in (string[])["-f", "-qq", "-e", "trace=open,openat,openat2", "-o", log, "dotnet", Path.Combine(AppContext.BaseDirectory, "tapml.dll"), .. args])
-                psi.ArgumentList.Add(a);
-            using var p = Process.Start(psi)!;
-            _ = p.StandardOutput.ReadToEndAsync();
-            _ = p.StandardError.ReadToEndAsync();
-            Assert.True(p.WaitForExit(TimeSpan.FromSeconds(60)), "strace run did not finish");
-            if (p.ExitCode != 2 && File.ReadAllText(log).Length == 0)
-            {
-                TestContext.Current.SendDiagnosticMessage("strace cannot trace here (ptrace not permitted): the open check was skipped");
-                return;
-            }
-            var opens = File.ReadLines(log).Where(l => l.Contains(path)).ToList();
-            Assert.True(opens.Count == 0, $"{path} was opened:\n{string.Join("\n", opens)}");
-        }
-        finally { File.Delete(log); }
+        if (!CappedCli.HasStrace) Assert.Skip("strace is not installed (scripts/setup.sh installs it): the open calls cannot be listed");
+        var r = CappedCli.Run(strace: true, TimeSpan.FromSeconds(60), args);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains(r.Opened!, p => p.EndsWith("tapml.dll", StringComparison.Ordinal));
+        var opens = r.Opened!.Where(p => p.Contains(path)).ToList();
+        Assert.True(opens.Count == 0, $"{path} was opened:\n{string.Join("\n", opens)}");
     }
 
     // --- carved stores ----------------------------------------------------------------------------------------------
