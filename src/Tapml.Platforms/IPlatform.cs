@@ -88,6 +88,29 @@ public interface IGraphPlatform : IPlatform
     Dictionary<string, Value> RunGraph(Model model, IReadOnlyDictionary<string, Value> feeds);
 }
 
+/// <summary>A platform whose every call costs far more than a small kernel does (a server across a connection): the
+/// executor hands it each run of two or more consecutive nodes placed on it as one sub-graph, one call instead of one
+/// per node.</summary>
+public interface ISegmentPlatform : IPlatform
+{
+    /// <summary>Runs the nodes of <paramref name="segment"/> in order, fed <paramref name="feeds"/> (values resident
+    /// here, or host values: the platform moves them, with the call where it can). Returns the segment graph's outputs, kept here (the small ones with their host bytes too when
+    /// <paramref name="hostCopies"/>), or, when one of its nodes cannot run here, that node's position in the
+    /// segment and the reason, and nothing else (what ran before it is dropped; the executor splits the segment).</summary>
+    SegmentResult RunSegment(Model segment, IReadOnlyDictionary<string, Value> feeds, bool hostCopies);
+}
+
+/// <summary>What <see cref="ISegmentPlatform.RunSegment"/> gave: outputs by name, or the first node it cannot run.</summary>
+public sealed record SegmentResult(Dictionary<string, Value> Outputs, int UnsupportedNode = -1, string? Reason = null);
+
+/// <summary>A platform that makes a fresh instance of itself for less than its spec costs: one with none of this
+/// instance's tensors, kernels or state, sharing only what takes time to set up (a remote server's connection).
+/// Migration makes a fresh target for every run.</summary>
+public interface IFreshInstance
+{
+    IPlatform NewInstance();
+}
+
 /// <summary>Base for platforms whose values live in host memory (cpu, onnxruntime, wrappers).</summary>
 public abstract class HostPlatform : IPlatform
 {

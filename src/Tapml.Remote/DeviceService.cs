@@ -96,7 +96,9 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
         return r;
     }));
 
-    public override Task<AllocateReply> Allocate(AllocateRequest request, ServerCallContext context) => Task.FromResult(Call(context, s =>
+    public override Task<AllocateReply> Allocate(AllocateRequest request, ServerCallContext context) => Task.FromResult(Call(context, s => Allocate(s, request)));
+
+    static AllocateReply Allocate(Session s, AllocateRequest request)
     {
         var (dtype, shape, bytes) = Wire.Check(request.Type);
         if (request.Hash.Length != 16) throw new TapmlException("Allocate needs the 16-byte XXH3-128 hash of the tensor's bytes");
@@ -107,7 +109,7 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
         try { s.Fill(h, Receive(dtype, shape, bytes, request.Hash.Span, request.Data.Span)); }
         catch { s.Free(h); throw; }
         return new AllocateReply { Handle = h, Cached = true };
-    }));
+    }
 
     /// <summary>The tensor from bytes a client sent, checked against the size and hash it announced.</summary>
     static Tensor Receive(DType dtype, long[] shape, long bytes, ReadOnlySpan<byte> hash, ReadOnlySpan<byte> data)
@@ -190,7 +192,7 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
     }));
 
     /// <summary>A value the platform made, as a handle (small host tensors travel inline too).</summary>
-    static Output Register(Session s, Value? v)
+    static Output Register(Session s, Value? v, bool hostCopy = false)
     {
         if (v is null) return new Output();
         var (dtype, shape) = v switch
@@ -201,7 +203,8 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
         };
         long bytes = ShapeUtil.Size(shape) * DTypes.Size(dtype);
         var o = new Output { Handle = s.Add(v, dtype, shape, bytes), Type = Wire.Info(dtype, shape) };
-        if (v is Tensor host && bytes <= Wire.InlineBytes) { o.Data = ByteString.CopyFrom(Wire.Bytes(host).Span); o.HasData = true; }
+        if (bytes <= Wire.InlineBytes && (v is Tensor || hostCopy) && s.Platform.Download(v) is Tensor host)
+        { o.Data = ByteString.CopyFrom(Wire.Bytes(host).Span); o.HasData = true; }
         return o;
     }
 
@@ -209,14 +212,55 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
 
     public override Task<RunGraphReply> RunGraph(RunGraphRequest request, ServerCallContext context) => Task.FromResult(Call(context, s =>
     {
+        foreach (var h in request.Free) s.Free(h);
         var model = s.ModelFor(s.HashOf(request.Model) ?? throw new RemoteStateException($"unknown model handle {request.Model}"),
             () => Wire.ParseModel(Wire.Bytes((Tensor)s.Get(request.Model)).Span));
-        var feeds = request.Feeds.ToDictionary(f => f.Name, f => s.Get(f.Handle));
-        var outs = new Executor(s.Platform) { PreferWholeGraph = true }.Run(model, feeds, keepOnDevice: _ => true);
-        var r = new RunGraphReply();
-        foreach (var (name, v) in outs) r.Outputs.Add(new NamedOutput { Name = name, Value = Register(s, v) });
-        return r;
+        var fed = new List<ulong>();
+        var inline = new List<ulong>();
+        try
+        {
+            var feeds = new Dictionary<string, Value>();
+            foreach (var f in request.Feeds)
+            {
+                ulong h = f.Handle;
+                if (h == 0 && f.Tensor is not null)
+                {
+                    var a = Allocate(s, f.Tensor);
+                    inline.Add(h = a.Handle);
+                    if (!a.Cached) throw new TapmlException($"feed '{f.Name}' came inline without its bytes");
+                }
+                fed.Add(h);
+                if (!feeds.TryAdd(f.Name, s.Get(h))) throw new TapmlException($"feed '{f.Name}' given twice");
+            }
+            var exec = new Executor(s.Platform) { PreferWholeGraph = !request.Partial };
+            var ran = new RanNodes();
+            if (request.Partial) exec.Observers.Add(ran);
+            Dictionary<string, Value> outs;
+            try { outs = exec.Run(model, feeds, keepOnDevice: _ => true); }
+            catch (UnsupportedException e) when (request.Partial && ran.Count < model.Graph.Nodes.Count)
+            {
+                var n = model.Graph.Nodes[ran.Count];
+                string prefix = $"node '{n.Name}' ({n.OpType}) on {s.Platform.Name}: ";
+                return new RunGraphReply { UnsupportedAt = (uint)ran.Count + 1, Unsupported = e.Message.StartsWith(prefix, StringComparison.Ordinal) ? e.Message[prefix.Length..] : e.Message, Fed = { fed } };
+            }
+            var r = new RunGraphReply { Fed = { fed } };
+            foreach (var (name, v) in outs) r.Outputs.Add(new NamedOutput { Name = name, Value = Register(s, v, request.HostOutputs) });
+            return r;
+        }
+        catch
+        {
+            // NOTE: the client learns the handles of tensors it sent inline only from a reply: without one they go.
+            foreach (var h in inline) s.Free(h);
+            throw;
+        }
     }));
+
+    /// <summary>Counts the main-graph nodes that ran (a partial run's unsupported node is the next one).</summary>
+    sealed class RanNodes : IExecutionObserver
+    {
+        public int Count;
+        public void OnNodeRun(NodeEvent e) { if (e.Depth == 0) Count++; }
+    }
 
     public override Task<Empty> Close(Empty request, ServerCallContext context)
     {

@@ -38,9 +38,11 @@ public sealed class RemoteValue : Value, IDeviceValue
 /// another machine (or process). Every call has a deadline; a server that dies or a connection that drops is a
 /// <see cref="PlatformLostException"/> within seconds. Tensors cross once: uploads are cached per host tensor here
 /// and by content hash on the server. The token comes from <c>TAPML_TOKEN</c>.</summary>
-public sealed class RemotePlatform : IGraphPlatform, IPlatformDetails
+public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshInstance, IPlatformDetails
 {
     readonly GrpcChannel _channel;
+    /// <summary>Instances on the channel (<see cref="NewInstance"/> shares it); the last one disposed closes it.</summary>
+    readonly StrongBox<int> _channelUsers;
     readonly Device.DeviceClient _client;
     readonly Metadata _headers;
     readonly TimeSpan _timeout;
@@ -92,12 +94,31 @@ public sealed class RemotePlatform : IGraphPlatform, IPlatformDetails
         if (insecure) handler.SslOptions.RemoteCertificateValidationCallback = (_, _, _, _) => true;
         _channel = GrpcChannel.ForAddress(Url, new GrpcChannelOptions { HttpHandler = handler, MaxReceiveMessageSize = null, MaxSendMessageSize = null });
         _client = new Device.DeviceClient(_channel);
-        _headers = new Metadata { { Wire.SessionHeader, Guid.NewGuid().ToString("N") } };
-        if (Environment.GetEnvironmentVariable("TAPML_TOKEN") is { Length: > 0 } token) _headers.Add("authorization", "Bearer " + token);
+        _channelUsers = new StrongBox<int>(1);
+        _headers = NewSession();
         try { _far = Call(o => _client.Describe(new DescribeRequest(), o), "describe"); }
         catch (PlatformLostException e) { throw new TapmlException($"{Name}: cannot reach the server ({((RpcException)e.InnerException!).Status.Detail}); is `tapml serve` running there?"); }
         if (_far.Protocol != Wire.Protocol) throw new TapmlException($"{Name}: the server speaks protocol {_far.Protocol}, this client {Wire.Protocol} (use the same tapml on both sides)");
         Limits = new PlatformLimits(_far.MaxBufferBytes, _far.MaxBindingBytes, _far.MaxWorkgroupSize, _far.SessionMemoryBytes);
+    }
+
+    /// <summary>A fresh instance: a new session on the server (its own platform instance, no tensors or kernels of
+    /// this one) over the same connection, without connecting and describing again.</summary>
+    public IPlatform NewInstance() => new RemotePlatform(this);
+
+    RemotePlatform(RemotePlatform like)
+    {
+        Name = like.Name; Url = like.Url; _timeout = like._timeout; _far = like._far; Limits = like.Limits;
+        _channel = like._channel; _client = like._client; _channelUsers = like._channelUsers;
+        lock (_channelUsers) _channelUsers.Value++;
+        _headers = NewSession();
+    }
+
+    static Metadata NewSession()
+    {
+        var headers = new Metadata { { Wire.SessionHeader, Guid.NewGuid().ToString("N") } };
+        if (Environment.GetEnvironmentVariable("TAPML_TOKEN") is { Length: > 0 } token) headers.Add("authorization", "Bearer " + token);
+        return headers;
     }
 
     public IEnumerable<string> Details()
@@ -106,7 +127,10 @@ public sealed class RemotePlatform : IGraphPlatform, IPlatformDetails
         foreach (var d in _far.Details) yield return d;
     }
 
-    CallOptions Options() => new(_headers, DateTime.UtcNow + _timeout);
+    /// <summary>Calls made to the server by this instance (benchmarks and tests: what a run costs in round trips).</summary>
+    public long Calls { get; private set; }
+
+    CallOptions Options() { Calls++; return new(_headers, DateTime.UtcNow + _timeout); }
 
     /// <summary>Runs one call; gRPC statuses become tapml errors naming the server.</summary>
     T Call<T>(Func<CallOptions, T> call, string what)
@@ -274,16 +298,23 @@ public sealed class RemotePlatform : IGraphPlatform, IPlatformDetails
         Call(o => _client.Synchronize(new Empty(), o), "synchronize");
     }
 
-    public Dictionary<string, Value> RunGraph(Model model, IReadOnlyDictionary<string, Value> feeds)
+    /// <summary>The model's bytes on the server (sent once per session; the server parses them once).</summary>
+    RemoteValue ModelHandle(Model model)
     {
-        if (!_models.TryGetValue(model, out var m))
+        if (!_models.TryGetValue(model, out var m) || m.Freed)
         {
             var bytes = OnnxExporter.ToProto(model).ToByteArray();
             m = Upload(Tensor.FromArray(bytes, bytes.LongLength), keepOnHost: true);
             _models.AddOrUpdate(model, m);
         }
-        var req = new RunGraphRequest { Model = m.Handle };
+        return m;
+    }
+
+    public Dictionary<string, Value> RunGraph(Model model, IReadOnlyDictionary<string, Value> feeds)
+    {
+        var req = new RunGraphRequest { Model = ModelHandle(model).Handle };
         foreach (var (name, v) in feeds) req.Feeds.Add(new NamedHandle { Name = name, Handle = ((RemoteValue)(IsResident(v) ? v : Upload(v))).Handle });
+        req.Free.Add(DrainDead());
         var reply = Call(o => _client.RunGraph(req, o), $"graph {model.Graph.Name}");
         var result = new Dictionary<string, Value>();
         foreach (var o in reply.Outputs)
@@ -291,11 +322,40 @@ public sealed class RemotePlatform : IGraphPlatform, IPlatformDetails
         return result;
     }
 
+    public SegmentResult RunSegment(Model segment, IReadOnlyDictionary<string, Value> feeds, bool hostCopies)
+    {
+        var req = new RunGraphRequest { Model = ModelHandle(segment).Handle, Partial = true, HostOutputs = hostCopies };
+        // NOTE: small host tensors not on the server yet travel with the call (a weight's first use costs no round trip).
+        var inline = new List<(int At, Tensor T)>();
+        foreach (var (name, v) in feeds)
+        {
+            if (IsResident(v)) { req.Feeds.Add(new NamedHandle { Name = name, Handle = Mine(v).Handle }); continue; }
+            if (v is Tensor t && t.DType != DType.String && (!_uploads.TryGetValue(t, out var known) || known.Freed) && t.Length * DTypes.Size(t.DType) <= _far.InlineBytes)
+            {
+                var bytes = Wire.Bytes(t);
+                inline.Add((req.Feeds.Count, t));
+                req.Feeds.Add(new NamedHandle { Name = name, Tensor = new AllocateRequest { Type = Wire.Info(t.DType, t.Shape), Hash = UnsafeByteOperations.UnsafeWrap(Wire.Hash(bytes.Span)), Data = UnsafeByteOperations.UnsafeWrap(bytes) } });
+                continue;
+            }
+            req.Feeds.Add(new NamedHandle { Name = name, Handle = Upload(v, keepOnHost: false).Handle });
+        }
+        req.Free.Add(DrainDead());
+        var first = segment.Graph.Nodes[0];
+        var reply = Call(o => _client.RunGraph(req, o), $"nodes '{first.Name}' ({first.OpType}) … '{segment.Graph.Nodes[^1].Name}'");
+        foreach (var (at, t) in inline)
+            if (at < reply.Fed.Count && reply.Fed[at] != 0) _uploads.AddOrUpdate(t, new RemoteValue(this, reply.Fed[at], t.DType, t.Shape) { Host = t, Cached = true });
+        if (reply.UnsupportedAt > 0) return new SegmentResult(new(), (int)reply.UnsupportedAt - 1, reply.Unsupported);
+        var outs = new Dictionary<string, Value>();
+        foreach (var o in reply.Outputs) if (Value(o.Value) is { } v) outs[o.Name] = v;
+        return new SegmentResult(outs);
+    }
+
     public void Dispose()
     {
         try { _client.Close(new Empty(), new CallOptions(_headers, DateTime.UtcNow.AddSeconds(1))); }
         // NOTE: a server already gone has ended the session itself; closing is a courtesy, not a result.
         catch (RpcException) { }
+        lock (_channelUsers) if (--_channelUsers.Value > 0) return;
         _channel.Dispose();
     }
 }

@@ -16,7 +16,7 @@ namespace Tapml.Remote;
 /// carries, and the checks a server applies to what a client sends.</summary>
 public static class Wire
 {
-    public const int Protocol = 1;
+    public const int Protocol = 2;
     public const string SessionHeader = "tapml-session";
     /// <summary>Upload/Download chunk size in bytes.</summary>
     public const int ChunkBytes = 1 << 20;

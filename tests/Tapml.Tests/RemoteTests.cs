@@ -153,6 +153,30 @@ public class RemoteTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
     }
 
     [Fact]
+    public async Task Consecutive_remote_nodes_run_as_one_call_and_an_unsupported_node_inside_falls_back()
+    {
+        await using var server = await Serve("faulty:cpu?refuse=Mul");
+        var llama = Tapml.Models.HfModels.Load(Tapml.Models.TinyCheckpoint.Materialize("llama"));
+        var feeds = Tapml.Models.Generation.PrefillFeeds(llama, [1, 17, 305, 42]);
+        using var cpu = Tapml.Platforms.PlatformRegistry.Create("cpu");
+        var expected = new Tapml.Platforms.Execution.Executor(cpu).Run(llama, feeds);
+        using var remote = new RemotePlatform("remote:" + server.Url);
+        var exec = new Tapml.Platforms.Execution.Executor(remote) { Fallback = cpu };
+        exec.Run(llama, feeds);
+        long before = remote.Calls;
+        var actual = exec.Run(llama, feeds);
+        long calls = remote.Calls - before;
+        int muls = llama.Graph.Nodes.Count(n => n.OpType == "Mul");
+        Assert.True(muls > 2, "the model needs Mul nodes between segments");
+        // Every Mul on the fallback, listed with the server's reason; nothing else moved.
+        Assert.Equal(muls, exec.Fallbacks.Count);
+        Assert.All(exec.Fallbacks, f => { Assert.Equal("Mul", f.OpType); Assert.Contains("refuse", f.Reason); });
+        foreach (var (name, v) in expected) Assert.True(((Tensor)v).Bytes().SequenceEqual(((Tensor)actual[name]).Bytes()), $"output '{name}' differs");
+        // One call per segment between Muls (and the uploads of Mul outputs), not one per node.
+        Assert.True(calls <= 2 * (muls + 1), $"{calls} calls for {llama.Graph.Nodes.Count} nodes with {muls} Muls on the fallback");
+    }
+
+    [Fact]
     public async Task Eight_clients_at_once_each_get_their_own_session_and_correct_results()
     {
         await using var server = await Serve("cpu");

@@ -158,13 +158,10 @@ public sealed class Executor
         var remaining = new Dictionary<string, int>(plan.UseCounts);
         for (int idx = 0; idx < g.Nodes.Count; idx++)
         {
+            if (depth == 0 && RunSegment(model, g, scope, plan, remaining, idx) is int next) { idx = next - 1; continue; }
             var node = g.Nodes[idx];
             var platform = Fallback is { } f && _fallbacks.ContainsKey(node) ? f : _placement(node);
-            var ctx = new NodeContext(node, model.Opset(node.Domain))
-            {
-                Owner = g,
-                RunSubgraph = node.Attributes.Count == 0 ? null : (body, inputs) => RunSubgraph(model, body, inputs, scope, depth + 1),
-            };
+            var ctx = Context(model, g, node, scope, depth);
             Value?[] inputs, outputs;
             long t0;
             while (true)
@@ -187,45 +184,155 @@ public sealed class Executor
                     platform = fb;
                 }
             }
-            var elapsed = Stopwatch.GetElapsedTime(t0);
-            Stats.NodesRun++;
-            if (outputs.Length < node.Outputs.Length)
-                throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name} returned {outputs.Length} outputs, expected {node.Outputs.Length}");
-            for (int o = 0; o < node.Outputs.Length; o++)
-            {
-                if (node.Outputs[o].Length == 0 || outputs[o] is null) continue;
-                if (plan.Declared.TryGetValue(node.Outputs[o], out var want) && ElemType(outputs[o]!) is { } got && got != want.ElemType)
-                    throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name} produced {DTypes.Name(got)} for '{node.Outputs[o]}', but the graph declares it {want}");
-                scope.Set(node.Outputs[o], outputs[o]!);
-                Stats.LiveBytes += Bytes(outputs[o]!);
-            }
-            Stats.PeakLiveBytes = Math.Max(Stats.PeakLiveBytes, Stats.LiveBytes);
-            if (Observers.Count > 0)
-            {
-                var e = new NodeEvent { Node = node, Index = idx, Depth = depth, Platform = platform, Context = ctx, Inputs = inputs, Outputs = outputs, Elapsed = elapsed };
-                foreach (var ob in Observers) ob.OnNodeRun(e);
-            }
-            // Free every value whose last consumer was this node (graph outputs and outer values are kept).
-            foreach (var name in plan.Consumed[idx])
-            {
-                if (--remaining[name] > 0) continue;
-                if (scope.Remove(name) is { } dead)
-                {
-                    Stats.LiveBytes -= Bytes(dead);
-                    if (dead is IDeviceValue d) d.Owner.Free(dead);
-                }
-            }
-            for (int o = 0; o < node.Outputs.Length; o++)
-            {
-                string name = node.Outputs[o];
-                if (name.Length > 0 && !plan.UseCounts.ContainsKey(name) && scope.Remove(name) is { } unused)
-                {
-                    Stats.LiveBytes -= Bytes(unused);
-                    if (unused is IDeviceValue d) d.Owner.Free(unused);
-                }
-            }
+            Finish(g, plan, remaining, scope, idx, depth, platform, ctx, inputs, outputs, Stopwatch.GetElapsedTime(t0));
         }
         return g.Outputs.Select(o => scope.Get(o.Name)).ToArray();
+    }
+
+    NodeContext Context(Model model, Graph g, Node node, Scope scope, int depth) => new(node, model.Opset(node.Domain))
+    {
+        Owner = g,
+        RunSubgraph = node.Attributes.Count == 0 ? null : (body, inputs) => RunSubgraph(model, body, inputs, scope, depth + 1),
+    };
+
+    /// <summary>After node <paramref name="idx"/> ran: its outputs into the scope (checked against declared types),
+    /// counters, observers, and every value whose last consumer it was freed.</summary>
+    void Finish(Graph g, Plan plan, Dictionary<string, int> remaining, Scope scope, int idx, int depth, IPlatform platform, NodeContext ctx,
+        Value?[] inputs, Value?[] outputs, TimeSpan elapsed)
+    {
+        var node = g.Nodes[idx];
+        Stats.NodesRun++;
+        if (outputs.Length < node.Outputs.Length)
+            throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name} returned {outputs.Length} outputs, expected {node.Outputs.Length}");
+        for (int o = 0; o < node.Outputs.Length; o++)
+        {
+            if (node.Outputs[o].Length == 0 || outputs[o] is null) continue;
+            if (plan.Declared.TryGetValue(node.Outputs[o], out var want) && ElemType(outputs[o]!) is { } got && got != want.ElemType)
+                throw new TapmlException($"node '{node.Name}' ({node.OpType}) on {platform.Name} produced {DTypes.Name(got)} for '{node.Outputs[o]}', but the graph declares it {want}");
+            scope.Set(node.Outputs[o], outputs[o]!);
+            Stats.LiveBytes += Bytes(outputs[o]!);
+        }
+        Stats.PeakLiveBytes = Math.Max(Stats.PeakLiveBytes, Stats.LiveBytes);
+        if (Observers.Count > 0)
+        {
+            var e = new NodeEvent { Node = node, Index = idx, Depth = depth, Platform = platform, Context = ctx, Inputs = inputs, Outputs = outputs, Elapsed = elapsed };
+            foreach (var ob in Observers) ob.OnNodeRun(e);
+        }
+        // Free every value whose last consumer was this node (graph outputs and outer values are kept).
+        foreach (var name in plan.Consumed[idx])
+        {
+            if (--remaining[name] > 0) continue;
+            if (scope.Remove(name) is { } dead)
+            {
+                Stats.LiveBytes -= Bytes(dead);
+                if (dead is IDeviceValue d) d.Owner.Free(dead);
+            }
+        }
+        for (int o = 0; o < node.Outputs.Length; o++)
+        {
+            string name = node.Outputs[o];
+            if (name.Length > 0 && !plan.UseCounts.ContainsKey(name) && scope.Remove(name) is { } unused)
+            {
+                Stats.LiveBytes -= Bytes(unused);
+                if (unused is IDeviceValue d) d.Owner.Free(unused);
+            }
+        }
+    }
+
+    // --- segments -----------------------------------------------------------------------------------------------
+
+    /// <summary>A run of consecutive main-graph nodes as a model of their own: its inputs are the values it reads
+    /// from outside (feeds, initializers, earlier nodes' outputs), its outputs those read after it (every node output
+    /// when observers watch).</summary>
+    sealed record Segment(Model Model, string[] Inputs, int End);
+
+    readonly Dictionary<(Graph, int, int, bool), Segment> _segments = new();
+    readonly HashSet<(Graph, int)> _noSegment = new();
+
+    /// <summary>Runs nodes <paramref name="idx"/>… as one segment when they are two or more in a row on an
+    /// <see cref="ISegmentPlatform"/>; returns the index after the last node it ran, or null (run node by node).</summary>
+    int? RunSegment(Model model, Graph g, Scope scope, Plan plan, Dictionary<string, int> remaining, int idx)
+    {
+        while (true)
+        {
+            var first = g.Nodes[idx];
+            if (_fallbacks.ContainsKey(first) || _placement(first) is not ISegmentPlatform sp || _noSegment.Contains((g, idx))) return null;
+            int end = idx + 1;
+            while (end < g.Nodes.Count && !_fallbacks.ContainsKey(g.Nodes[end]) && ReferenceEquals(_placement(g.Nodes[end]), sp)) end++;
+            if (end - idx < 2) return null;
+            bool watch = Observers.Count > 0;
+            if (!_segments.TryGetValue((g, idx, end, watch), out var seg)) _segments[(g, idx, end, watch)] = seg = MakeSegment(model, g, plan, idx, end, watch);
+            var feeds = new Dictionary<string, Value>();
+            SegmentResult result;
+            long t0 = Stopwatch.GetTimestamp();
+            try
+            {
+                foreach (var name in seg.Inputs)
+                {
+                    var v = scope.Get(name) ?? throw new TapmlException($"segment from node '{first.Name}': input '{name}' has no value");
+                    feeds[name] = sp.IsResident(v) ? v : ToHost(v);
+                    if (!sp.IsResident(v)) { Stats.Transfers++; Stats.BytesMoved += Bytes(v); }
+                }
+                result = sp.RunSegment(seg.Model, feeds, hostCopies: watch);
+            }
+            catch (UnsupportedException)
+            {
+                // NOTE: a value that cannot travel there as a segment's input or output (a sequence, strings): these
+                // nodes run one by one, where each gets its own verdict or fallback.
+                _noSegment.Add((g, idx));
+                return null;
+            }
+            var elapsed = Stopwatch.GetElapsedTime(t0) / (end - idx);
+            if (result.UnsupportedNode >= 0)
+            {
+                int k = idx + result.UnsupportedNode;
+                var bad = g.Nodes[k];
+                string why = $"node '{bad.Name}' ({bad.OpType}) on {sp.Name}: {result.Reason}";
+                if (Fallback is not { } fb || ReferenceEquals(fb, sp)) throw new UnsupportedException(why);
+                // NOTE: the node goes to the fallback from now on; the nodes before it run again as a shorter segment.
+                _fallbacks[bad] = new FallbackRecord(k, 0, bad.Name, bad.OpType, sp.Name, why);
+                continue;
+            }
+            for (int i = idx; i < end; i++)
+            {
+                var node = g.Nodes[i];
+                var inputs = node.Inputs.Select(n => n.Length == 0 ? null : feeds.GetValueOrDefault(n) ?? result.Outputs.GetValueOrDefault(n)).ToArray();
+                var outputs = node.Outputs.Select(n => n.Length == 0 ? null : result.Outputs.GetValueOrDefault(n)).ToArray();
+                Finish(g, plan, remaining, scope, i, 0, sp, Context(model, g, node, scope, 0), inputs, outputs, elapsed);
+            }
+            return end;
+        }
+    }
+
+    static Segment MakeSegment(Model model, Graph g, Plan plan, int from, int end, bool all)
+    {
+        var sg = new Graph { Name = $"{g.Name}[{from}..{end})" };
+        var produced = new HashSet<string>();
+        var inputs = new List<string>();
+        var usesInside = new Dictionary<string, int>();
+        for (int i = from; i < end; i++)
+        {
+            var n = g.Nodes[i];
+            var names = new HashSet<string>(n.Inputs.Where(s => s.Length > 0));
+            foreach (var sub in n.Subgraphs) names.UnionWith(sub.OuterReferences());
+            foreach (var name in names)
+            {
+                usesInside[name] = usesInside.GetValueOrDefault(name) + 1;
+                if (!produced.Contains(name) && !inputs.Contains(name)) inputs.Add(name);
+            }
+            produced.UnionWith(n.Outputs.Where(s => s.Length > 0));
+            sg.Nodes.Add(n);
+        }
+        foreach (var name in inputs) sg.Inputs.Add(new ValueInfo(name, null));
+        foreach (var name in g.Nodes.Skip(from).Take(end - from).SelectMany(n => n.Outputs).Where(s => s.Length > 0).Distinct())
+        {
+            // NOTE: UseCounts counts consuming nodes (graph outputs count as many): more than inside means read after.
+            bool later = plan.UseCounts.TryGetValue(name, out int uses) && uses > usesInside.GetValueOrDefault(name);
+            if (later || all) sg.Outputs.Add(new ValueInfo(name, plan.Declared.GetValueOrDefault(name)));
+        }
+        foreach (var v in g.ValueInfos) if (produced.Contains(v.Name)) sg.ValueInfos.Add(v);
+        var m = new Model { Graph = sg, Opsets = model.Opsets, IrVersion = model.IrVersion, ProducerName = "tapml segment", Path = model.Path };
+        return new Segment(m, inputs.ToArray(), end);
     }
 
     /// <summary>The node's inputs from <paramref name="scope"/>, moved to <paramref name="platform"/>. When one cannot go

@@ -21,7 +21,8 @@ public sealed record MigrationInput(Dictionary<string, Value>? Feeds = null, lon
 /// each stage; the first stage that diverges is localized in lockstep.</item>
 /// </list>
 /// The target is created afresh for every whole run (state of one run, such as a stale buffer, must not leak into
-/// the next).</summary>
+/// the next); a platform that makes fresh instances cheaply (<see cref="IFreshInstance"/>: a remote server's new
+/// session over the same connection) makes them that way.</summary>
 public sealed class Migrator
 {
     readonly Model _model;
@@ -31,6 +32,7 @@ public sealed class Migrator
     readonly Tolerance _outputTolerance;
     readonly List<Node> _nodes;
     List<(string Phase, Dictionary<string, Value> Feeds, Dictionary<string, Value> Outputs)>? _reference;
+    IPlatform? _targetRoot;   // an IFreshInstance target that fresh ones are made from, while a strategy runs
 
     public Action<string>? Progress { get; init; }
 
@@ -43,6 +45,23 @@ public sealed class Migrator
         _nodes = model.Graph.Nodes.ToList();
         if (input.Feeds is null && input.PromptIds is null) throw new TapmlException("migration needs inputs (feeds) or a prompt");
         using var probe = PlatformRegistry.Create(targetSpec); // NOTE: a bad target spec fails before any run
+    }
+
+    /// <summary>A fresh target instance (disposed by the caller).</summary>
+    IPlatform NewTarget()
+    {
+        if (_targetRoot is IFreshInstance root) return root.NewInstance();
+        var p = PlatformRegistry.Create(_targetSpec);
+        if (_targetRoot is not null || p is not IFreshInstance f) return p;
+        _targetRoot = p;
+        return f.NewInstance();
+    }
+
+    /// <summary>Runs one strategy; the instance fresh targets are made from lives as long as it.</summary>
+    MigrationResult Strategy(Func<MigrationResult> run)
+    {
+        try { return run(); }
+        finally { _targetRoot?.Dispose(); _targetRoot = null; }
     }
 
     MigrationResult NewResult(string strategy) => new() { Strategy = strategy, Source = _sourceSpec, Target = _targetSpec, Nodes = _nodes.Count };
@@ -87,7 +106,7 @@ public sealed class Migrator
     {
         var reference = Reference(r);
         using var source = PlatformRegistry.Create(_sourceSpec);
-        using var target = PlatformRegistry.Create(_targetSpec);
+        using var target = NewTarget();
         var exec = new Executor(n => onTarget(n) ? target : source) { Fallback = source };
         if (observer is not null) exec.Observers.Add(observer);
         r.Runs++;
@@ -114,16 +133,16 @@ public sealed class Migrator
 
     // --- lockstep -----------------------------------------------------------------------------------------------
 
-    public MigrationResult Lockstep() => Lockstep(NewResult("lockstep"), _ => true);
+    public MigrationResult Lockstep() => Strategy(() => Lockstep(NewResult("lockstep"), _ => true));
 
     MigrationResult Lockstep(MigrationResult r, Func<Node, bool> onTarget)
     {
         var sw = Stopwatch.StartNew();
         var reference = Reference(r);
         using var source = PlatformRegistry.Create(_sourceSpec);
-        using var target = PlatformRegistry.Create(_targetSpec);
+        using var target = NewTarget();
         var exec = new Executor(n => onTarget(n) ? target : source) { Fallback = source };
-        using var shadow = new Lockstep(source, _nodeTolerances, r, exec, () => PlatformRegistry.Create(_targetSpec));
+        using var shadow = new Lockstep(source, _nodeTolerances, r, exec, NewTarget);
         exec.Observers.Add(shadow);
         r.Runs++;
         bool unsupported = false;
@@ -157,7 +176,9 @@ public sealed class Migrator
 
     // --- bisect -------------------------------------------------------------------------------------------------
 
-    public MigrationResult Bisect()
+    public MigrationResult Bisect() => Strategy(BisectRuns);
+
+    MigrationResult BisectRuns()
     {
         var sw = Stopwatch.StartNew();
         var r = NewResult("bisect");
@@ -194,7 +215,7 @@ public sealed class Migrator
         var node = _nodes[culprit];
         var prefix = PrefixModel(culprit);
         using var source = PlatformRegistry.Create(_sourceSpec);
-        using var target = PlatformRegistry.Create(_targetSpec);
+        using var target = NewTarget();
         r.PartialRuns += 2;
         foreach (var (phase, feeds, _) in Reference(r))
         {
@@ -212,7 +233,7 @@ public sealed class Migrator
             Dictionary<string, Value>? iso = null;
             string? isoError = null;
             // NOTE: a second target instance, so the prefix run's state (a stale buffer) cannot mask the kernel's own error.
-            try { using var fresh = PlatformRegistry.Create(_targetSpec); iso = new Executor(fresh) { CheckInputShapes = false, Fallback = source }.Run(oneNode.Model, oneNode.Feeds); }
+            try { using var fresh = NewTarget(); iso = new Executor(fresh) { CheckInputShapes = false, Fallback = source }.Run(oneNode.Model, oneNode.Feeds); }
             catch (TapmlException e) when (e is not PlatformLostException) { isoError = e.Message; }
             var tol = _nodeTolerances.For(node, srcIn, srcOut);
             int opset = _model.Opset(node.Domain);
@@ -264,7 +285,9 @@ public sealed class Migrator
 
     // --- by kind ------------------------------------------------------------------------------------------------
 
-    public MigrationResult ByKind()
+    public MigrationResult ByKind() => Strategy(ByKindRuns);
+
+    MigrationResult ByKindRuns()
     {
         var sw = Stopwatch.StartNew();
         var r = NewResult("by-kind");
