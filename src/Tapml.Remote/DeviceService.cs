@@ -158,9 +158,11 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
         return new Empty();
     }));
 
-    public override Task<PrepareReply> Prepare(PrepareRequest request, ServerCallContext context) => Task.FromResult(Call(context, s =>
+    public override Task<PrepareReply> Prepare(PrepareRequest request, ServerCallContext context) => Task.FromResult(Call(context, s => Prepare(s, request.NodeModel)));
+
+    static PrepareReply Prepare(Session s, ByteString nodeModel)
     {
-        var model = Wire.ParseModel(request.NodeModel.Span);
+        var model = Wire.ParseModel(nodeModel.Span);
         if (model.Graph.Nodes.Count != 1) throw new TapmlException($"Prepare takes a model of one node, not {model.Graph.Nodes.Count}");
         var node = model.Graph.Nodes[0];
         var p = s.Platform;
@@ -178,18 +180,43 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
         if (!support.IsSupported) return new PrepareReply { Unsupported = support.Reason ?? "not supported" };
         try { return new PrepareReply { Kernel = s.AddKernel(p.Prepare(node, ctx, byPos), ctx) }; }
         catch (UnsupportedException e) { return new PrepareReply { Unsupported = e.Message }; }
-    }));
+    }
 
     public override Task<RunReply> Run(RunRequest request, ServerCallContext context) => Task.FromResult(Call(context, s =>
     {
         foreach (var h in request.Free) s.Free(h);
-        var (kernel, ctx) = s.GetKernel(request.Kernel);
-        var inputs = request.Inputs.Select(h => h == 0 ? null : s.Get(h)).ToArray();
-        var outs = s.Platform.Run(kernel, ctx, inputs);
         var r = new RunReply();
-        foreach (var v in outs) r.Outputs.Add(Register(s, v));
-        return r;
+        try
+        {
+            foreach (var u in request.Uploads)
+            {
+                var a = Allocate(s, u);
+                r.Uploaded.Add(a.Handle);
+                if (!a.Cached) throw new TapmlException("a tensor sent with a run came without its bytes");
+            }
+            ulong kernelId = request.Kernel;
+            if (kernelId == 0 && request.NodeModel.Length > 0)
+            {
+                var prepared = Prepare(s, request.NodeModel);
+                if (prepared.Unsupported.Length > 0) { r.Unsupported = prepared.Unsupported; return r; }
+                r.Kernel = kernelId = prepared.Kernel;
+            }
+            var (kernel, ctx) = s.GetKernel(kernelId);
+            var inputs = request.Inputs.Select(h => h == 0 ? null : s.Get(h >= Wire.SentWith ? Sent(r, h) : h)).ToArray();
+            var outs = s.Platform.Run(kernel, ctx, inputs);
+            foreach (var v in outs) r.Outputs.Add(Register(s, v));
+            return r;
+        }
+        catch
+        {
+            // NOTE: the client learns the handles of what it sent with the call only from a reply: without one they go.
+            foreach (var h in r.Uploaded) s.Free(h);
+            throw;
+        }
     }));
+
+    static ulong Sent(RunReply r, ulong marker) =>
+        marker - Wire.SentWith < (ulong)r.Uploaded.Count ? r.Uploaded[(int)(marker - Wire.SentWith)] : throw new RemoteStateException($"input {marker - Wire.SentWith} of the run's uploads does not exist");
 
     /// <summary>A value the platform made, as a handle (small host tensors travel inline too).</summary>
     static Output Register(Session s, Value? v, bool hostCopy = false)

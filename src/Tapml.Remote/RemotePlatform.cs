@@ -18,7 +18,8 @@ public sealed class RemoteValue : Value, IDeviceValue
 {
     readonly RemotePlatform _owner;
     internal RemoteValue(RemotePlatform owner, ulong handle, DType dtype, long[] shape) { _owner = owner; Handle = handle; DType = dtype; Shape = shape; }
-    public ulong Handle { get; }
+    /// <summary>The server's handle; 0 while a small upload waits to travel with the next call that uses it.</summary>
+    public ulong Handle { get; internal set; }
     public IPlatform Owner => _owner;
     public DType DType { get; }
     public long[] Shape { get; }
@@ -31,7 +32,7 @@ public sealed class RemoteValue : Value, IDeviceValue
 
     // NOTE: a value nobody freed (an upload whose host tensor died, an output kept by a caller) is freed on the server
     // with the next call instead of living there until the session ends.
-    ~RemoteValue() { if (!Freed) _owner.Dead.Enqueue(Handle); }
+    ~RemoteValue() { if (!Freed && Handle != 0) _owner.Dead.Enqueue(Handle); }
 }
 
 /// <summary><c>remote:http(s)://HOST:PORT[?timeout=SECONDS&amp;insecure=1]</c>: a platform served by <c>tapml serve</c> on
@@ -49,7 +50,7 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
     readonly DescribeReply _far;
     readonly ConditionalWeakTable<Tensor, RemoteValue> _uploads = new();
     readonly ConditionalWeakTable<Model, RemoteValue> _models = new();
-    readonly Dictionary<(Node, string), PrepareReply> _prepared = new();
+    readonly Dictionary<(Node, string), RemoteKernel> _prepared = new();
     internal readonly ConcurrentQueue<ulong> Dead = new();
 
     public string Name { get; }
@@ -164,21 +165,29 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
         return list.ToArray();
     }
 
-    PrepareReply Prepared(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes)
+    /// <summary>The node's kernel for these input types: known to the server, known not to run there, or (made here
+    /// and not sent yet) prepared by the first run that uses it.</summary>
+    RemoteKernel Kernel(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes)
     {
         string sig = string.Join(";", inputTypes.Select(t => t?.ToString() ?? "-"));
-        if (_prepared.TryGetValue((node, sig), out var r)) return r;
-        r = Local(node, inputTypes) is { } why ? new PrepareReply { Unsupported = why } : Send(node, ctx, inputTypes);
-        _prepared[(node, sig)] = r;
-        return r;
+        if (_prepared.TryGetValue((node, sig), out var k)) return k;
+        k = new RemoteKernel(node);
+        if (Local(node, inputTypes) is { } why) k.Unsupported = why;
+        else
+        {
+            k.Model = Wire.NodeModel(node, ctx, inputTypes);
+            if (k.Model.Length > _far.MaxMessageBytes / 2)
+                k.Unsupported = $"its attributes take {k.Model.Length} bytes, over half the server's {_far.MaxMessageBytes}-byte message limit";
+        }
+        return _prepared[(node, sig)] = k;
     }
 
-    PrepareReply Send(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes)
+    /// <summary>Asks the server now whether a kernel not sent yet can run there.</summary>
+    void Resolve(RemoteKernel k)
     {
-        var bytes = Wire.NodeModel(node, ctx, inputTypes);
-        if (bytes.Length > _far.MaxMessageBytes - 1024)
-            return new PrepareReply { Unsupported = $"its attributes take {bytes.Length} bytes, over the server's {_far.MaxMessageBytes}-byte message limit" };
-        return Call(o => _client.Prepare(new PrepareRequest { NodeModel = bytes }, o), $"prepare of node '{node.Name}'");
+        if (k.Id != 0 || k.Unsupported is not null) return;
+        var r = Call(o => _client.Prepare(new PrepareRequest { NodeModel = k.Model }, o), $"prepare of node '{k.Node.Name}'");
+        if (r.Unsupported.Length > 0) k.Unsupported = r.Unsupported; else k.Id = r.Kernel;
     }
 
     /// <summary>Why a node cannot go over the wire at all, or null.</summary>
@@ -193,24 +202,66 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
         return null;
     }
 
-    public Support Supports(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes) =>
-        Prepared(node, ctx, inputTypes) is { Unsupported.Length: > 0 } r ? Support.No(r.Unsupported) : Support.Yes;
+    public Support Supports(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes)
+    {
+        var k = Kernel(node, ctx, inputTypes);
+        Resolve(k);
+        return k.Unsupported is { } why ? Support.No(why) : Support.Yes;
+    }
 
     public IKernel Prepare(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes)
     {
-        var r = Prepared(node, ctx, inputTypes);
-        return r.Unsupported.Length > 0 ? throw new UnsupportedException(r.Unsupported) : new RemoteKernel(node, r.Kernel);
+        var k = Kernel(node, ctx, inputTypes);
+        return k.Unsupported is { } why ? throw new UnsupportedException(why) : k;
     }
 
-    sealed record RemoteKernel(Node Node, ulong Id) : IKernel;
+    sealed class RemoteKernel(Node node) : IKernel
+    {
+        public Node Node => node;
+        public ulong Id;
+        public ByteString Model = ByteString.Empty;
+        public string? Unsupported;
+    }
 
     public Value?[] Run(IKernel kernel, NodeContext ctx, Value?[] inputs)
     {
-        var req = new RunRequest { Kernel = ((RemoteKernel)kernel).Id };
-        foreach (var v in inputs) req.Inputs.Add(v is null ? 0 : Mine(v).Handle);
+        var k = (RemoteKernel)kernel;
+        if (k.Unsupported is { } why) throw new UnsupportedException(why);
+        var req = new RunRequest { Kernel = k.Id };
+        if (k.Id == 0) req.NodeModel = k.Model;
+        var sent = new List<RemoteValue>();
+        long budget = _far.MaxMessageBytes / 2 - k.Model.Length;
+        foreach (var v in inputs)
+        {
+            if (v is null) { req.Inputs.Add(0); continue; }
+            var r = Mine(v);
+            if (r.Handle == 0 && sent.IndexOf(r) is int at and >= 0) { req.Inputs.Add(Wire.SentWith + (ulong)at); continue; }
+            if (r.Handle == 0 && (budget -= r.ByteSize) < 0) Send(r);
+            if (r.Handle != 0) { req.Inputs.Add(r.Handle); continue; }
+            req.Inputs.Add(Wire.SentWith + (ulong)sent.Count);
+            req.Uploads.Add(Pending(r));
+            sent.Add(r);
+        }
         req.Free.Add(DrainDead());
         var reply = Call(o => _client.Run(req, o), $"node '{kernel.Node.Name}' ({kernel.Node.OpType})");
+        for (int i = 0; i < sent.Count && i < reply.Uploaded.Count; i++) sent[i].Handle = reply.Uploaded[i];
+        if (reply.Unsupported.Length > 0) { k.Unsupported = reply.Unsupported; throw new UnsupportedException(reply.Unsupported); }
+        if (k.Id == 0) { k.Id = reply.Kernel; k.Model = ByteString.Empty; }
         return reply.Outputs.Select(Value).ToArray();
+    }
+
+    /// <summary>A small upload not sent yet, as it travels with a call.</summary>
+    static AllocateRequest Pending(RemoteValue r)
+    {
+        var bytes = Wire.Bytes((Tensor)r.Host!);
+        return new AllocateRequest { Type = Wire.Info(r.DType, r.Shape), Hash = UnsafeByteOperations.UnsafeWrap(Wire.Hash(bytes.Span)), Data = UnsafeByteOperations.UnsafeWrap(bytes) };
+    }
+
+    /// <summary>Sends a small upload on its own (it would not fit in the call that needs it).</summary>
+    void Send(RemoteValue r)
+    {
+        var a = Call(o => _client.Allocate(Pending(r), o), $"upload of {r.Describe()}");
+        r.Handle = a.Handle;
     }
 
     Value? Value(Output o)
@@ -233,6 +284,14 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
     {
         if (host is not Tensor t || t.DType == DType.String) throw new UnsupportedException($"{host.Describe()} values do not travel to a remote platform (fixed-width tensors only)");
         if (_uploads.TryGetValue(t, out var known) && !known.Freed) return known;
+        long size = t.Length * DTypes.Size(t.DType);
+        if (!keepOnHost && size <= _far.InlineBytes)
+        {
+            // NOTE: a small tensor travels with the first call that uses it instead of costing a round trip of its own.
+            var pending = new RemoteValue(this, 0, t.DType, t.Shape) { Host = t, Cached = true };
+            _uploads.AddOrUpdate(t, pending);
+            return pending;
+        }
         var bytes = Wire.Bytes(t);
         var hash = Wire.Hash(bytes.Span);
         var req = new AllocateRequest { Type = Wire.Info(t.DType, t.Shape), Hash = UnsafeByteOperations.UnsafeWrap(hash), KeepOnHost = keepOnHost };
@@ -313,9 +372,7 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
     public Dictionary<string, Value> RunGraph(Model model, IReadOnlyDictionary<string, Value> feeds)
     {
         var req = new RunGraphRequest { Model = ModelHandle(model).Handle };
-        foreach (var (name, v) in feeds) req.Feeds.Add(new NamedHandle { Name = name, Handle = ((RemoteValue)(IsResident(v) ? v : Upload(v))).Handle });
-        req.Free.Add(DrainDead());
-        var reply = Call(o => _client.RunGraph(req, o), $"graph {model.Graph.Name}");
+        var reply = RunGraph(req, feeds, $"graph {model.Graph.Name}");
         var result = new Dictionary<string, Value>();
         foreach (var o in reply.Outputs)
             if (Value(o.Value) is { } v) { result[o.Name] = Download(v); Free(v); }
@@ -325,29 +382,32 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
     public SegmentResult RunSegment(Model segment, IReadOnlyDictionary<string, Value> feeds, bool hostCopies)
     {
         var req = new RunGraphRequest { Model = ModelHandle(segment).Handle, Partial = true, HostOutputs = hostCopies };
-        // NOTE: small host tensors not on the server yet travel with the call (a weight's first use costs no round trip).
-        var inline = new List<(int At, Tensor T)>();
-        foreach (var (name, v) in feeds)
-        {
-            if (IsResident(v)) { req.Feeds.Add(new NamedHandle { Name = name, Handle = Mine(v).Handle }); continue; }
-            if (v is Tensor t && t.DType != DType.String && (!_uploads.TryGetValue(t, out var known) || known.Freed) && t.Length * DTypes.Size(t.DType) <= _far.InlineBytes)
-            {
-                var bytes = Wire.Bytes(t);
-                inline.Add((req.Feeds.Count, t));
-                req.Feeds.Add(new NamedHandle { Name = name, Tensor = new AllocateRequest { Type = Wire.Info(t.DType, t.Shape), Hash = UnsafeByteOperations.UnsafeWrap(Wire.Hash(bytes.Span)), Data = UnsafeByteOperations.UnsafeWrap(bytes) } });
-                continue;
-            }
-            req.Feeds.Add(new NamedHandle { Name = name, Handle = Upload(v, keepOnHost: false).Handle });
-        }
-        req.Free.Add(DrainDead());
         var first = segment.Graph.Nodes[0];
-        var reply = Call(o => _client.RunGraph(req, o), $"nodes '{first.Name}' ({first.OpType}) … '{segment.Graph.Nodes[^1].Name}'");
-        foreach (var (at, t) in inline)
-            if (at < reply.Fed.Count && reply.Fed[at] != 0) _uploads.AddOrUpdate(t, new RemoteValue(this, reply.Fed[at], t.DType, t.Shape) { Host = t, Cached = true });
+        var reply = RunGraph(req, feeds, $"nodes '{first.Name}' ({first.OpType}) … '{segment.Graph.Nodes[^1].Name}'");
         if (reply.UnsupportedAt > 0) return new SegmentResult(new(), (int)reply.UnsupportedAt - 1, reply.Unsupported);
         var outs = new Dictionary<string, Value>();
         foreach (var o in reply.Outputs) if (Value(o.Value) is { } v) outs[o.Name] = v;
         return new SegmentResult(outs);
+    }
+
+    /// <summary>A RunGraph call with <paramref name="feeds"/> (here or on the host); small uploads not sent yet travel
+    /// with it.</summary>
+    RunGraphReply RunGraph(RunGraphRequest req, IReadOnlyDictionary<string, Value> feeds, string what)
+    {
+        var sent = new List<(int At, RemoteValue V)>();
+        long budget = _far.MaxMessageBytes / 2;
+        foreach (var (name, v) in feeds)
+        {
+            var r = IsResident(v) ? Mine(v) : Upload(v, keepOnHost: false);
+            if (r.Handle == 0 && (budget -= r.ByteSize) < 0) Send(r);
+            if (r.Handle != 0) { req.Feeds.Add(new NamedHandle { Name = name, Handle = r.Handle }); continue; }
+            sent.Add((req.Feeds.Count, r));
+            req.Feeds.Add(new NamedHandle { Name = name, Tensor = Pending(r) });
+        }
+        req.Free.Add(DrainDead());
+        var reply = Call(o => _client.RunGraph(req, o), what);
+        foreach (var (at, r) in sent) if (at < reply.Fed.Count) r.Handle = reply.Fed[at];
+        return reply;
     }
 
     public void Dispose()

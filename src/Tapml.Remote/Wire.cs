@@ -23,6 +23,8 @@ public static class Wire
     /// <summary>Tensors up to this many bytes travel inside Allocate requests and Run replies.</summary>
     public const int InlineBytes = 64 << 10;
     const int MaxRank = 32;
+    /// <summary>A run's input 2^63 + i names the i-th tensor sent with that run.</summary>
+    public const ulong SentWith = 1UL << 63;
 
     /// <summary>XXH3-128 of the bytes (content address of an uploaded tensor).</summary>
     public static byte[] Hash(ReadOnlySpan<byte> bytes) => XxHash128.Hash(bytes);
