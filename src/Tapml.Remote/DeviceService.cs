@@ -89,7 +89,7 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
         {
             Protocol = Wire.Protocol, Platform = sessions.Options.Platform, Description = p.Description,
             MaxBufferBytes = p.Limits.MaxBufferBytes, MaxBindingBytes = p.Limits.MaxBindingBytes, MaxWorkgroupSize = p.Limits.MaxWorkgroupSize,
-            MemoryBytes = p.Limits.MemoryBytes, MaxMessageBytes = sessions.Options.MaxMessageBytes, ChunkBytes = Wire.ChunkBytes,
+            MemoryBytes = p.Limits.MemoryBytes, MaxMessageBytes = sessions.Options.MaxMessageBytes, ChunkBytes = Math.Min(Wire.ChunkBytes, sessions.Options.MaxMessageBytes / 2),
             SessionMemoryBytes = s.MemoryLimit, InlineBytes = Wire.InlineBytes, KernelsServeAnyShape = p.KernelsServeAnyShape,
         };
         if (p is IPlatformDetails d) r.Details.Add(d.Details());
@@ -125,20 +125,24 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
         ulong h = requestStream.Current.Handle;
         var (dtype, shape, bytes, hash, _) = Call(context, s => s.Pending(h));
         // NOTE: the destination was counted against the session's memory by Allocate; a chunk past it is refused.
-        var buf = GC.AllocateUninitializedArray<byte>(checked((int)bytes));
-        int at = 0;
+        // Chunks go straight into the tensor and into the hash as they come: no second copy, no second pass.
+        var t = Tensor.Uninitialized(dtype, shape);
+        var hasher = new System.IO.Hashing.XxHash128();
+        long at = 0;
         do
         {
             var d = requestStream.Current.Data;
-            if (at + d.Length > buf.Length) throw new RpcException(new Status(StatusCode.InvalidArgument, $"upload into handle {h} brings more than its {bytes} bytes"));
-            d.Span.CopyTo(buf.AsSpan(at));
+            if (at + d.Length > bytes) throw new RpcException(new Status(StatusCode.InvalidArgument, $"upload into handle {h} brings more than its {bytes} bytes"));
+            d.Span.CopyTo(Wire.Writable(t)[(int)at..]);
+            hasher.Append(d.Span);
             at += d.Length;
         } while (await requestStream.MoveNext(context.CancellationToken));
-        var hb = Wire.KeyBytes(hash);
+        if (at != bytes) throw new RpcException(new Status(StatusCode.InvalidArgument, $"upload into handle {h} brought {at} of its {bytes} bytes"));
+        if (Wire.Key(hasher.GetCurrentHash()) != hash) throw new RpcException(new Status(StatusCode.InvalidArgument, "the uploaded bytes do not match their hash (corrupted in transit?)"));
         Call(context, s =>
         {
             s.Pending(h);
-            s.Fill(h, Receive(dtype, shape, bytes, hb, buf.AsSpan(0, at)));
+            s.Fill(h, t);
             return 0;
         });
         return new UploadReply();

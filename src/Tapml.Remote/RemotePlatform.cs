@@ -91,6 +91,8 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
             KeepAlivePingTimeout = TimeSpan.FromSeconds(3),
             KeepAlivePingPolicy = HttpKeepAlivePingPolicy.WithActiveRequests,
             EnableMultipleHttp2Connections = true,
+            // NOTE: downloads are megabytes in one stream: start with a window that does not stall them.
+            InitialHttp2StreamWindowSize = 16 << 20,
         };
         if (insecure) handler.SslOptions.RemoteCertificateValidationCallback = (_, _, _, _) => true;
         _channel = GrpcChannel.ForAddress(Url, new GrpcChannelOptions { HttpHandler = handler, MaxReceiveMessageSize = null, MaxSendMessageSize = null });

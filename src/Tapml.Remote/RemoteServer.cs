@@ -53,6 +53,11 @@ public sealed class RemoteServer : IAsyncDisposable, IDisposable
             k.Limits.MaxRequestBodySize = null;   // NOTE: gRPC's per-message limit applies; streams may exceed one message
             k.Limits.Http2.KeepAlivePingDelay = TimeSpan.FromSeconds(10);
             k.Limits.Http2.KeepAlivePingTimeout = TimeSpan.FromSeconds(10);
+            // NOTE: HTTP/2 flow-control windows and frames far above Kestrel's defaults (1 MiB, 768 KiB, 16 KiB): a
+            // tensor upload is megabytes in one stream, and small windows stall it on every round trip.
+            k.Limits.Http2.InitialConnectionWindowSize = 64 << 20;
+            k.Limits.Http2.InitialStreamWindowSize = 32 << 20;
+            k.Limits.Http2.MaxFrameSize = (1 << 24) - 1;
             k.Listen(ip, port, l =>
             {
                 l.Protocols = HttpProtocols.Http2;

@@ -18,8 +18,8 @@ public static class Wire
 {
     public const int Protocol = 2;
     public const string SessionHeader = "tapml-session";
-    /// <summary>Upload/Download chunk size in bytes.</summary>
-    public const int ChunkBytes = 1 << 20;
+    /// <summary>Upload/Download chunk size in bytes (uploads: at most half the server's message limit).</summary>
+    public const int ChunkBytes = 4 << 20;
     /// <summary>Tensors up to this many bytes travel inside Allocate requests and Run replies.</summary>
     public const int InlineBytes = 64 << 10;
     const int MaxRank = 32;
