@@ -26,10 +26,11 @@ static class MigrateVerb
         var decodeSteps = new Option<int>("--decode-steps") { Description = "LLMs: decode steps after the prefill", DefaultValueFactory = _ => 2 };
         var json = new Option<string?>("--json") { Description = "write {first_divergent, runs, nodes, peak_memory_bytes, …} here" };
         var html = new Option<string?>("--html") { Description = "write a self-contained HTML report (error curve along the graph) here" };
-        var outDir = new Option<string?>("--out") { Description = "folder for the culprit's carved case (default: a temporary folder)" };
+        var outDir = new Option<string?>("--out") { Description = "folder for the culprit's carved case and the journal of finished runs, migration.jsonl (default: a temporary folder)" };
+        var resume = new Option<bool>("--resume") { Description = "with --out: take the runs and clean lockstep phases the folder's journal holds and run only the rest" };
         var rtol = new Option<double?>("--rtol") { Description = "relative tolerance (node comparisons and graph outputs)" };
         var atol = new Option<double?>("--atol") { Description = "absolute tolerance (node comparisons and graph outputs)" };
-        var cmd = new Command("migrate", "move a model to the target node by node and find the first wrong operator") { model, target, source, strategy, inputs, seed, prompt, inputIds, decodeSteps, json, html, outDir, rtol, atol };
+        var cmd = new Command("migrate", "move a model to the target node by node and find the first wrong operator") { model, target, source, strategy, inputs, seed, prompt, inputIds, decodeSteps, json, html, outDir, resume, rtol, atol };
         cmd.Action(pr =>
         {
             string spec = pr.GetValue(model)!, strat = pr.GetValue(strategy)!;
@@ -38,12 +39,16 @@ static class MigrateVerb
             var input = CarveVerb.ResolveInput(spec, m, pr.GetValue(prompt), pr.GetValue(inputIds), pr.GetValue(inputs), pr.GetValue(seed), pr.GetValue(decodeSteps));
             var nodeTol = new Tolerances { Rtol = pr.GetValue(rtol), Atol = pr.GetValue(atol) };
             var outTol = new Tolerance(pr.GetValue(rtol) ?? 1e-3, pr.GetValue(atol) ?? 1e-4);
+            if (pr.GetValue(resume) && pr.GetValue(outDir) is null) throw new TapmlException("--resume needs --out DIR (the folder an earlier migration wrote)");
             string repro = pr.GetValue(outDir) ?? Path.Combine(Path.GetTempPath(), $"tapml-migrate-{Environment.ProcessId}");
             var migrator = new Migrator(m, pr.GetValue(source)!, pr.GetValue(target)!, input, nodeTol, outTol)
             {
                 ReproDir = repro,
                 Progress = Console.IsOutputRedirected ? null : s => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(s)}[/]"),
             };
+            using var journal = pr.GetValue(outDir) is { } od ? MigrationJournal.Open(od, migrator.JournalHeader(strat), pr.GetValue(resume)) : null;
+            if (journal is { Held: > 0 }) Console.WriteLine($"resuming: {journal.Held} finished runs and phases in {Path.Combine(pr.GetValue(outDir)!, MigrationJournal.FileName)}");
+            migrator.Journal = journal;
             var r = migrator.Run(strat);
             Print(r);
             if (pr.GetValue(json) is { } j)
@@ -90,7 +95,7 @@ static class MigrateVerb
 
     static void Print(MigrationResult r)
     {
-        Console.WriteLine($"{r.Strategy}: {r.Nodes} nodes, {r.Runs} runs ({r.PartialRuns} partial), {r.Transfers} transfers, {Format.Bytes(r.BytesMoved)} moved, peak {Format.Bytes(r.PeakMemoryBytes)}" +
+        Console.WriteLine($"{r.Strategy}: {r.Nodes} nodes, {r.Runs} runs ({r.PartialRuns} partial{(r.Resumed > 0 ? $", {r.Resumed} runs or phases taken from the journal" : "")}), {r.Transfers} transfers, {Format.Bytes(r.BytesMoved)} moved, peak {Format.Bytes(r.PeakMemoryBytes)}" +
                           (r.AllIntermediatesBytes > 0 ? $" (all intermediates of a run: {Format.Bytes(r.AllIntermediatesBytes)})" : "") + $", {r.Seconds:F2} s");
         foreach (var s in r.Stages) Console.WriteLine($"  stage {s.Stage}: +{s.OpType} ({s.NodesOnTarget} nodes on the target): {(s.Diverged ? "diverged: " + s.Detail : "agrees")}");
         PrintKept(r);

@@ -239,4 +239,44 @@ public class MigrationTests
         }
         finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
     }
+    // NOTE: lockstep runs every phase on one target instance, so a fault counted in calls (from=) would move on resume:
+    // its resume is checked on a clean target; bisect's runs each have a fresh target.
+    [Theory]
+    [InlineData("lockstep", false, 2)]
+    [InlineData("bisect", true, 3)]
+    public void A_migration_cut_off_resumes_from_its_journal_with_the_same_result(string strategy, bool faulty, int keep)
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"tapml-mresume-{Guid.NewGuid():N}");
+        try
+        {
+            var m = HfModels.Load(TinyCheckpoint.Materialize("llama"));
+            var node = m.Graph.Nodes.First(n => n.OpType == "Softmax");
+            string target = faulty ? $"faulty:cpu?node={node.Name}&kind=offset&from=2" : "cpu";
+            string[] Args(string json, params string[] more) => ["migrate", "--model", "builtin:tiny-llama", "--target", target, "--input-ids", "1,17,305",
+                "--decode-steps", "3", "--strategy", strategy, "--out", Path.Combine(dir, "out"), "--json", json, .. more];
+            var full = CliRunner.Run(Args(Path.Combine(dir, "full.json")));
+            Assert.True(full.ExitCode == (faulty ? 1 : 0), full.Stdout + full.Stderr);
+            string journal = Path.Combine(dir, "out", "migration.jsonl");
+            var lines = File.ReadAllLines(journal);
+            Assert.True(lines.Length > keep + 1, string.Join("\n", lines));
+            // Cut off after `keep` entries, mid-way through writing the next one.
+            File.WriteAllText(journal, string.Join("\n", lines.Take(keep + 1)) + "\n" + lines[keep + 1][..(lines[keep + 1].Length / 2)]);
+            var resumed = CliRunner.Run(Args(Path.Combine(dir, "resumed.json"), "--resume"));
+            Assert.True(resumed.ExitCode == (faulty ? 1 : 0), resumed.Stdout + resumed.Stderr);
+            Assert.Contains($"resuming: {keep} finished", resumed.Stdout);
+            var a = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "full.json")))!;
+            var b = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "resumed.json")))!;
+            Assert.Equal(keep, (int)b["resumed"]!);
+            Assert.Equal(faulty ? node.Name : null, (string?)b["first_divergent"]?["node"]);
+            Assert.Equal(a["first_divergent"]?.ToJsonString(), b["first_divergent"]?.ToJsonString());
+            Assert.Equal(((System.Text.Json.Nodes.JsonArray)a["records"]!).Count, ((System.Text.Json.Nodes.JsonArray)b["records"]!).Count);
+            Assert.Equal((int)a["runs"]!, (int)b["runs"]! + (strategy == "bisect" ? keep : 0));
+            // A journal of another migration is never mixed in.
+            var other = CliRunner.Run(["migrate", "--model", "builtin:tiny-llama", "--target", target, "--input-ids", "1,17,306", "--decode-steps", "3",
+                "--strategy", strategy, "--out", Path.Combine(dir, "out"), "--resume"]);
+            Assert.Equal(2, other.ExitCode);
+            Assert.Contains("journal of another migration", other.Stderr);
+        }
+        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+    }
 }

@@ -40,6 +40,8 @@ public sealed class MigrationResult
     public int Runs { get; set; }
     /// <summary>Runs over a prefix of the graph (bisect: the culprit's source inputs for its isolated error).</summary>
     public int PartialRuns { get; set; }
+    /// <summary>Whole runs and lockstep phases taken from a resumed migration's journal instead of run again.</summary>
+    public int Resumed { get; set; }
     public long BytesMoved { get; set; }
     public long Transfers { get; set; }
     public long PeakMemoryBytes { get; set; }
@@ -79,6 +81,7 @@ public sealed class MigrationResult
             ["affected"] = new JsonArray(Affected.Select(r => (JsonNode)Rec(r)).ToArray()),
             ["runs"] = Runs,
             ["partial_runs"] = PartialRuns,
+            ["resumed"] = Resumed,
             ["nodes"] = Nodes,
             ["bytes_moved"] = BytesMoved,
             ["transfers"] = Transfers,

@@ -32,6 +32,7 @@ public sealed class Migrator
     readonly Tolerance _outputTolerance;
     readonly List<Node> _nodes;
     List<(string Phase, Dictionary<string, Value> Feeds, Dictionary<string, Value> Outputs)>? _reference;
+    readonly string _targetDescription;
     IPlatform? _targetRoot;   // an IFreshInstance target that fresh ones are made from, while a strategy runs
 
     public Action<string>? Progress { get; init; }
@@ -45,6 +46,37 @@ public sealed class Migrator
         _nodes = model.Graph.Nodes.ToList();
         if (input.Feeds is null && input.PromptIds is null) throw new TapmlException("migration needs inputs (feeds) or a prompt");
         using var probe = PlatformRegistry.Create(targetSpec); // NOTE: a bad target spec fails before any run
+        _targetDescription = probe.Description;
+    }
+
+    /// <summary>Where finished runs and clean lockstep phases are written as they end, and read back from on resume.</summary>
+    public MigrationJournal? Journal { get; set; }
+
+    /// <summary>What a journal must match to be resumed: model, input, source, target (by description: a restarted
+    /// server on another port is the same target), strategy and tolerances.</summary>
+    public System.Text.Json.Nodes.JsonObject JournalHeader(string strategy) => new()
+    {
+        ["format"] = "tapml-migration-journal/1",
+        ["model"] = _model.Path ?? _model.Graph.Name,
+        ["nodes"] = _nodes.Count,
+        ["input"] = InputKey(),
+        ["source"] = _sourceSpec,
+        ["target"] = _targetDescription,
+        ["strategy"] = strategy,
+        ["tolerances"] = $"nodes rtol={_nodeTolerances.Rtol?.ToString("R") ?? "default"} atol={_nodeTolerances.Atol?.ToString("R") ?? "default"}; outputs {_outputTolerance}",
+    };
+
+    string InputKey()
+    {
+        if (_input.PromptIds is { } ids) return $"ids {string.Join(",", ids)}, {_input.DecodeSteps} decode steps";
+        var h = new System.IO.Hashing.XxHash128();
+        foreach (var (name, v) in _input.Feeds!.OrderBy(f => f.Key, StringComparer.Ordinal))
+        {
+            h.Append(System.Text.Encoding.UTF8.GetBytes(name + "=" + v.Describe() + ";"));
+            if (v is Tensor t && t.DType != DType.String) h.Append(t.Bytes());
+            else if (v is Tensor st) foreach (var x in st.As<string>()) h.Append(System.Text.Encoding.UTF8.GetBytes(x + "\0"));
+        }
+        return "feeds xxh3-128 " + Convert.ToHexStringLower(h.GetCurrentHash());
     }
 
     /// <summary>A fresh target instance (disposed by the caller).</summary>
@@ -102,13 +134,20 @@ public sealed class Migrator
 
     /// <summary>One whole run with <paramref name="placement"/> over every phase; the first phase whose graph outputs
     /// differ from the reference, with the worst output, or null.</summary>
-    string? MixedRun(MigrationResult r, Func<Node, bool> onTarget, IExecutionObserver? observer = null)
+    string? MixedRun(MigrationResult r, Func<Node, bool> onTarget, string key)
     {
         var reference = Reference(r);
+        if (Journal?.TryRun(key, out var known) == true) { r.Resumed++; return known; }
+        var d = MixedRun(r, onTarget, reference);
+        Journal?.Run(key, d);
+        return d;
+    }
+
+    string? MixedRun(MigrationResult r, Func<Node, bool> onTarget, List<(string Phase, Dictionary<string, Value> Feeds, Dictionary<string, Value> Outputs)> reference)
+    {
         using var source = PlatformRegistry.Create(_sourceSpec);
         using var target = NewTarget();
         var exec = new Executor(n => onTarget(n) ? target : source) { Fallback = source };
-        if (observer is not null) exec.Observers.Add(observer);
         r.Runs++;
         try
         {
@@ -133,9 +172,9 @@ public sealed class Migrator
 
     // --- lockstep -----------------------------------------------------------------------------------------------
 
-    public MigrationResult Lockstep() => Strategy(() => Lockstep(NewResult("lockstep"), _ => true));
+    public MigrationResult Lockstep() => Strategy(() => Lockstep(NewResult("lockstep"), _ => true, "lockstep"));
 
-    MigrationResult Lockstep(MigrationResult r, Func<Node, bool> onTarget)
+    MigrationResult Lockstep(MigrationResult r, Func<Node, bool> onTarget, string scope)
     {
         var sw = Stopwatch.StartNew();
         var reference = Reference(r);
@@ -148,13 +187,24 @@ public sealed class Migrator
         bool unsupported = false;
         foreach (var (phase, feeds, _) in reference)
         {
+            string key = $"{scope}:{phase}";
+            if (Journal?.TryPhase(key, out var done, out var kept) == true)
+            {
+                r.Resumed++;
+                r.Records.AddRange(done);
+                r.Affected.AddRange(done.Where(x => x.Isolated.Passed && !x.Accumulated.Passed));
+                r.Keep(kept);
+                continue;
+            }
             Progress?.Invoke($"lockstep {phase}");
             shadow.Phase = phase;
             shadow.Feeds = feeds;
+            int before = r.Records.Count;
             try { exec.Run(_model, feeds); }
             catch (UnsupportedException e) { r.TargetError = $"{phase}: {e.Message}"; unsupported = true; }
             catch (TapmlException e) when (e is not PlatformLostException) { r.TargetError = $"{phase}: {e.Message}"; }
             if (r.FirstDivergent is not null || r.TargetError is not null) break;   // NOTE: later phases only inherit the error
+            Journal?.Phase(key, r.Records.Skip(before).ToList(), exec.Fallbacks.ToList());
         }
         r.BytesMoved += exec.Stats.BytesMoved;
         r.Transfers += exec.Stats.Transfers;
@@ -194,12 +244,12 @@ public sealed class Migrator
         {
             int mid = lo + (hi - lo) / 2;
             Progress?.Invoke($"bisect: first {mid} of {_nodes.Count} nodes on the target");
-            var d = MixedRun(r, Prefix(mid));
+            var d = MixedRun(r, Prefix(mid), $"bisect:{mid}");
             if (d is null) lo = mid; else { hi = mid; hiTested = true; hiDetail = d; }
         }
         if (!hiTested)
         {
-            hiDetail = MixedRun(r, Prefix(hi));
+            hiDetail = MixedRun(r, Prefix(hi), $"bisect:{hi}");
             if (hiDetail is null) { r.Seconds = sw.Elapsed.TotalSeconds; return r; }   // the whole graph on the target agrees
         }
         int culprit = hi - 1;
@@ -299,10 +349,10 @@ public sealed class Migrator
             moved.Add(kinds[s]);
             var onTarget = new HashSet<string>(moved);
             Progress?.Invoke($"by-kind stage {s + 1}/{kinds.Count}: {kinds[s]} to the target");
-            string? d = MixedRun(r, n => onTarget.Contains(n.OpType));
+            string? d = MixedRun(r, n => onTarget.Contains(n.OpType), $"by-kind:{s + 1}");
             r.Stages.Add(new StageRecord(s + 1, kinds[s], _nodes.Count(n => onTarget.Contains(n.OpType)), d is not null, d));
             if (d is null) continue;
-            Lockstep(r, n => onTarget.Contains(n.OpType));
+            Lockstep(r, n => onTarget.Contains(n.OpType), $"by-kind:{s + 1}");
             break;
         }
         r.Seconds = sw.Elapsed.TotalSeconds;

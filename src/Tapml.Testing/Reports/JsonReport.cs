@@ -41,16 +41,20 @@ public static class JsonReport
     /// <summary>A case back from <see cref="Case"/>'s JSON (a resumed run's earlier verdicts); the tolerance stays text.</summary>
     public static CaseResult ReadCase(JsonObject o)
     {
-        static double D(JsonNode? n, double dflt = double.NaN) => n is null ? dflt : (double)n;
-        Metrics? m = o["metrics"] is JsonObject j ? new Metrics
-        {
-            MaxAbs = D(j["max_abs"]), MaxRel = D(j["max_rel"]), MeanAbs = D(j["mean_abs"]), Cosine = D(j["cosine"]), Nmse = D(j["nmse"]),
-            NanInfMismatches = (long?)j["nan_inf_mismatches"] ?? 0, Elements = (long?)j["elements"] ?? 0,
-            Agreement = (double?)j["agreement"], Rule = (string?)j["rule"], BoundRatio = (double?)j["bound_ratio"],
-        } : null;
+        Metrics? m = o["metrics"] is JsonObject j ? ReadMetrics(j) : null;
         var status = Enum.Parse<CaseStatus>((string)o["status"]!, ignoreCase: true);
         return new CaseResult((string)o["name"]!, status, (string?)o["reason"], m, D(o["seconds"], 0)) { Repro = (string?)o["repro"] };
     }
+
+    static double D(JsonNode? n, double dflt = double.NaN) => n is null ? dflt : (double)n;
+
+    /// <summary>Metrics back from <see cref="Metrics(Metrics)"/>'s JSON (values JSON cannot hold come back as NaN).</summary>
+    public static Metrics ReadMetrics(JsonObject j) => new()
+    {
+        MaxAbs = D(j["max_abs"]), MaxRel = D(j["max_rel"]), MeanAbs = D(j["mean_abs"]), Cosine = D(j["cosine"]), Nmse = D(j["nmse"]),
+        NanInfMismatches = (long?)j["nan_inf_mismatches"] ?? 0, Elements = (long?)j["elements"] ?? 0,
+        Agreement = (double?)j["agreement"], Rule = (string?)j["rule"], BoundRatio = (double?)j["bound_ratio"],
+    };
 
     public static JsonObject Metrics(Metrics m)
     {
