@@ -111,6 +111,13 @@ public interface IFreshInstance
     IPlatform NewInstance();
 }
 
+/// <summary>A platform that can list the operators it has kernels for (a kernel may still refuse some inputs: dtypes,
+/// limits; <see cref="IPlatform.Supports"/> has the last word). A remote server describes its platform with it.</summary>
+public interface IOpList
+{
+    IEnumerable<(string Domain, string OpType, int SinceOpset)> Ops { get; }
+}
+
 /// <summary>Base for platforms whose values live in host memory (cpu, onnxruntime, wrappers).</summary>
 public abstract class HostPlatform : IPlatform
 {

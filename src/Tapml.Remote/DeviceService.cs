@@ -93,6 +93,9 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
             SessionMemoryBytes = s.MemoryLimit, InlineBytes = Wire.InlineBytes, KernelsServeAnyShape = p.KernelsServeAnyShape,
         };
         if (p is IPlatformDetails d) r.Details.Add(d.Details());
+        if (p is IOpList l)
+            r.Ops.Add(l.Ops.OrderBy(o => o.Domain, StringComparer.Ordinal).ThenBy(o => o.OpType, StringComparer.Ordinal)
+                .Select(o => new OpSupport { Domain = o.Domain, OpType = o.OpType, SinceOpset = o.SinceOpset }));
         return r;
     }));
 

@@ -39,7 +39,7 @@ public sealed class RemoteValue : Value, IDeviceValue
 /// another machine (or process). Every call has a deadline; a server that dies or a connection that drops is a
 /// <see cref="PlatformLostException"/> within seconds. Tensors cross once: uploads are cached per host tensor here
 /// and by content hash on the server. The token comes from <c>TAPML_TOKEN</c>.</summary>
-public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshInstance, IPlatformDetails
+public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshInstance, IPlatformDetails, IOpList
 {
     readonly GrpcChannel _channel;
     /// <summary>Instances on the channel (<see cref="NewInstance"/> shares it); the last one disposed closes it.</summary>
@@ -124,8 +124,13 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
         return headers;
     }
 
+    /// <summary>The far platform's operators, as its server listed them (empty when it lists none).</summary>
+    public IEnumerable<(string Domain, string OpType, int SinceOpset)> Ops => _far.Ops.Select(o => (o.Domain, o.OpType, o.SinceOpset));
+
     public IEnumerable<string> Details()
     {
+        if (_far.Ops.Count > 0)
+            yield return $"ops: {_far.Ops.Count} ({string.Join(", ", _far.Ops.Select(o => o.Domain.Length == 0 ? o.OpType : $"{o.Domain}.{o.OpType}"))})";
         yield return $"server: {Url}, platform {_far.Platform}, protocol {_far.Protocol}; session memory {_far.SessionMemoryBytes} bytes, max message {_far.MaxMessageBytes} bytes, chunk {_far.ChunkBytes} bytes";
         foreach (var d in _far.Details) yield return d;
     }

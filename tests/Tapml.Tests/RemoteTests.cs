@@ -177,6 +177,44 @@ public class RemoteTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
     }
 
     [Fact]
+    public async Task Debug_over_remote_gives_the_same_replay_verdicts_and_culprit_as_local()
+    {
+        const string faulty = "faulty:cpu?node=Softmax_1&kind=nan";
+        await using var server = await Serve(faulty);
+        string dir = Temp("debug");
+        try
+        {
+            JsonNode Debug(string target, string name)
+            {
+                string json = Path.Combine(dir, name + ".json");
+                var r = CliRunner.Run("debug", "--model", "builtin:tiny-llama", "--target", target, "--input-ids", "1,17,305", "--out", Path.Combine(dir, name), "--json", json);
+                Assert.True(r.ExitCode == 1, r.Stdout + r.Stderr);
+                return JsonNode.Parse(File.ReadAllText(json))!;
+            }
+            var local = Debug(faulty, "local");
+            var remote = Debug("remote:" + server.Url, "remote");
+            Assert.Equal("Softmax_1", (string?)remote["first_divergent"]?["node"]);
+            Assert.Equal((string?)local["first_divergent"]?["phase"], (string?)remote["first_divergent"]?["phase"]);
+            foreach (var k in new[] { "passed", "failed", "skipped" }) Assert.Equal((int)local["replay"]![k]!, (int)remote["replay"]![k]!);
+            Assert.True((int)remote["replay"]!["failed"]! > 0);
+        }
+        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+    }
+
+    [Fact]
+    public async Task Describe_lists_the_served_platforms_operators()
+    {
+        await using var server = await Serve("faulty:cpu?refuse=Mul");
+        using var remote = new RemotePlatform("remote:" + server.Url);
+        using var cpu = new Tapml.Platforms.Cpu.CpuPlatform();
+        var ops = remote.Ops.Select(o => (o.Domain, o.OpType)).ToHashSet();
+        Assert.Contains(("", "Add"), ops);
+        Assert.DoesNotContain(("", "Mul"), ops);
+        Assert.Equal(cpu.Ops.Count(o => o.OpType != "Mul"), ops.Count);
+        Assert.Contains(remote.Details(), d => d.StartsWith("ops: ", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task Eight_clients_at_once_each_get_their_own_session_and_correct_results()
     {
         await using var server = await Serve("cpu");

@@ -6,7 +6,7 @@ namespace Tapml.Platforms.Cpu;
 /// <summary>The reference platform: exact ONNX semantics, deterministic, readable kernels (one file per op
 /// family). Speed comes from TensorPrimitives and Parallel.For, never from changing results beyond float
 /// reassociation in reductions and matmul.</summary>
-public sealed class CpuPlatform : HostPlatform
+public sealed class CpuPlatform : HostPlatform, IOpList
 {
     readonly CpuOpRegistry _ops;
 
@@ -34,6 +34,8 @@ public sealed class CpuPlatform : HostPlatform
     }
 
     public override Value?[] Run(IKernel kernel, NodeContext ctx, Value?[] inputs) => ((CpuKernel)kernel).Op.Run(ctx, inputs);
+
+    public IEnumerable<(string Domain, string OpType, int SinceOpset)> Ops => _ops.All.Select(o => (o.Domain, o.OpType, o.SinceOpset));
 
     public IEnumerable<string> OpTypes => _ops.All.Select(o => o.Domain == "" ? o.OpType : $"{o.Domain}.{o.OpType}").Order();
 

@@ -8,7 +8,7 @@ namespace Tapml.Platforms.Faulty;
 /// Float outputs get the fault as named; integer outputs too where it has a meaning (scale multiplies and rounds,
 /// offset adds, nan becomes the type's maximum); bool outputs are negated for scale/offset/nan. A fault that leaves
 /// the data unchanged (transpose of a [1, n] tensor, zero-tail of zeros) is counted in <see cref="Unchanged"/>.</summary>
-public sealed class FaultyPlatform : IPlatform, IPlatformDetails
+public sealed class FaultyPlatform : IPlatform, IPlatformDetails, IOpList
 {
     readonly IPlatform _inner;
     readonly Dictionary<(string Node, int Output), Tensor> _previous = new();
@@ -32,6 +32,9 @@ public sealed class FaultyPlatform : IPlatform, IPlatformDetails
     public PlatformLimits Limits => _inner.Limits;
 
     /// <summary>The inner platform's details (adapter, driver), where it has them.</summary>
+    public IEnumerable<(string Domain, string OpType, int SinceOpset)> Ops =>
+        _inner is IOpList l ? l.Ops.Where(o => Spec.Refuse?.Contains(o.OpType) != true) : [];
+
     public IEnumerable<string> Details() => _inner is IPlatformDetails d ? d.Details() : [];
 
     static string Describe(FaultSpec s)

@@ -10,8 +10,10 @@ namespace Tapml.Platforms.WebGpu;
 /// <summary>The native WebGPU target: Dawn (webgpu.h) with WGSL kernels generated per op family.
 /// Spec: <c>webgpu[:vulkan|:gles][?max-binding=BYTES]</c>. Values stay on the GPU between nodes; host tensors
 /// uploaded (weights) are cached per tensor object, so a model's weights cross the bus once.</summary>
-public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
+public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails, IOpList
 {
+    public IEnumerable<(string Domain, string OpType, int SinceOpset)> Ops => GpuOps.All.Select(o => (o.Domain, o.OpType, o.SinceOpset));
+
     readonly ConditionalWeakTable<Tensor, UploadEntry> _uploads = new();
     readonly ConcurrentQueue<GpuBuffer> _deadUploads = new();
     readonly string _backend;
