@@ -211,7 +211,7 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
             var (kernel, ctx) = s.GetKernel(kernelId);
             var inputs = request.Inputs.Select(h => h == 0 ? null : s.Get(h >= Wire.SentWith ? Sent(r, h) : h)).ToArray();
             var outs = s.Platform.Run(kernel, ctx, inputs);
-            foreach (var v in outs) r.Outputs.Add(Register(s, v));
+            foreach (var v in outs) r.Outputs.Add(Register(s, v, request.HostOutputs));
             return r;
         }
         catch

@@ -234,7 +234,9 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
     {
         var k = (RemoteKernel)kernel;
         if (k.Unsupported is { } why) throw new UnsupportedException(why);
-        var req = new RunRequest { Kernel = k.Id };
+        // NOTE: a node run on its own is nearly always followed by a download (replay, a lockstep re-run, a value moving
+        // back to the source): its small outputs come with the reply instead of costing another round trip.
+        var req = new RunRequest { Kernel = k.Id, HostOutputs = true };
         if (k.Id == 0) req.NodeModel = k.Model;
         var sent = new List<RemoteValue>();
         long budget = _far.MaxMessageBytes / 2 - k.Model.Length;
