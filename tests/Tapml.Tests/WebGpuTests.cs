@@ -47,12 +47,12 @@ public class WebGpuTests
         var ec = new Executor(new Tapml.Platforms.Cpu.CpuPlatform());
         var eg = new Executor(gpu);
         var want = Tapml.Models.Generation.Greedy(ec, m, prompt, 8).Tokens;
-        long r0 = gpu.Device.Readbacks;
+        long r0 = gpu.Device.Counters.Readbacks;
         var got = Tapml.Models.Generation.Greedy(eg, f, prompt, 8);
         Assert.Equal(want, got.Tokens);
         Assert.Equal(7, got.DecodeSteps);
         // The prefill's logits, then one token a decode step.
-        Assert.Equal(1 + 7, gpu.Device.Readbacks - r0);
+        Assert.Equal(1 + 7, gpu.Device.Counters.Readbacks - r0);
         // An end token whose first appearance is in the middle: generation stops right after it.
         int at = Enumerable.Range(1, want.Length - 2).First(i => Array.IndexOf(want, want[i]) == i);
         var eos = new[] { (int)want[at] };

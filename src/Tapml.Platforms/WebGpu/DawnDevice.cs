@@ -34,7 +34,7 @@ public sealed class GpuPipeline(nint handle, nint layout, string label, string c
 /// <summary>The Dawn runtime: instance, adapter, device and queue; buffers, pipelines (cached by WGSL text),
 /// dispatches recorded into one compute pass and submitted on <see cref="Flush"/>, readback, error capture.
 /// Knows nothing about ONNX: kernels are generated elsewhere (<see cref="Kernels"/>).</summary>
-public sealed unsafe class DawnDevice : IDisposable
+public sealed unsafe class DawnDevice : IGpuDevice
 {
     nint _instance, _adapter, _device, _queue;
     nint _encoder, _pass;
@@ -58,6 +58,7 @@ public sealed unsafe class DawnDevice : IDisposable
 
     public GpuAdapterInfo Info { get; }
     public GpuLimits Limits { get; }
+    public string Runtime => $"Dawn {Path.GetFileName(Wgpu.LibraryPath)}";
     /// <summary>Node (or what) the dispatches being recorded belong to, for error messages.</summary>
     public string Context { get; set; } = "";
     public long Dispatches { get; private set; }
@@ -586,7 +587,7 @@ public sealed unsafe class DawnDevice : IDisposable
 
     /// <summary>A readback <see cref="BeginRead"/> started: its copy is submitted and its staging buffer's map
     /// requested; <see cref="EndRead"/> waits for it.</summary>
-    public sealed class PendingRead
+    public sealed class PendingRead : GpuPendingRead
     {
         internal nint Staging;
         internal ulong Size;
@@ -601,7 +602,7 @@ public sealed unsafe class DawnDevice : IDisposable
     /// once: the work recorded so far is submitted, and the host may record more while the GPU runs it (a decode
     /// step records the next step before it waits for this one's token). Each read has a staging buffer of its own
     /// (a mapped buffer cannot be used by a submit), taken from a small pool.</summary>
-    public PendingRead BeginRead(nint buffer, ulong offset, int bytes)
+    public GpuPendingRead BeginRead(nint buffer, ulong offset, int bytes)
     {
         CheckUsable();
         if (buffer == 0) throw new TapmlException("webgpu: read of a buffer that was never created (internal error)");
@@ -618,8 +619,9 @@ public sealed unsafe class DawnDevice : IDisposable
     }
 
     /// <summary>Waits for <paramref name="r"/> and copies its bytes into <paramref name="dest"/> (its length or more).</summary>
-    public void EndRead(PendingRead r, Span<byte> dest)
+    public void EndRead(GpuPendingRead pending, Span<byte> dest)
     {
+        var r = (PendingRead)pending;
         if (r.Map is not { } map) throw new TapmlException("webgpu: a readback was waited for twice (internal error)");
         r.Map = null;
         _pendingReads.Remove(r);

@@ -18,7 +18,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     readonly ConcurrentQueue<GpuBuffer> _deadUploads = new();
     readonly string _backend;
 
-    public DawnDevice Device { get; }
+    public IGpuDevice Device { get; }
     public string Name { get; }
     public string Description { get; }
     public PlatformLimits Limits { get; }
@@ -38,12 +38,26 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         }
         Name = spec;
         Device = new DawnDevice(_backend, maxBinding);
-        var i = Device.Info;
-        Description = $"{(i.Device.Length > 0 ? i.Device : i.Description)} ({i.Vendor}, {i.Backend}, {i.AdapterType}) via Dawn {Path.GetFileName(Native.Wgpu.LibraryPath)}" +
-            $"; max binding {DawnDevice.Bytes(Device.Limits.MaxStorageBindingBytes)}, max buffer {DawnDevice.Bytes(Device.Limits.MaxBufferBytes)}, workgroup ≤ {Device.Limits.MaxInvocationsPerWorkgroup}" +
+        (Description, Limits, Workgroup) = Describe(Device);
+    }
+
+    /// <summary>The platform over another implementation of the WebGPU API (a browser's), with the same kernels.</summary>
+    public WebGpuPlatform(string spec, IGpuDevice device)
+    {
+        Name = spec;
+        _backend = "";
+        Device = device;
+        (Description, Limits, Workgroup) = Describe(Device);
+    }
+
+    static (string, PlatformLimits, int) Describe(IGpuDevice device)
+    {
+        var i = device.Info;
+        string description = $"{(i.Device.Length > 0 ? i.Device : i.Description.Length > 0 ? i.Description : i.Architecture)} ({i.Vendor}, {i.Backend}, {i.AdapterType}) via {device.Runtime}" +
+            $"; max binding {DawnDevice.Bytes(device.Limits.MaxStorageBindingBytes)}, max buffer {DawnDevice.Bytes(device.Limits.MaxBufferBytes)}, workgroup ≤ {device.Limits.MaxInvocationsPerWorkgroup}" +
             $"{(i.ShaderF16 ? ", shader-f16" : ", no shader-f16 (f16 weights packed in u32)")}";
-        Limits = new PlatformLimits(Device.Limits.MaxBufferBytes, Device.Limits.MaxStorageBindingBytes, Device.Limits.MaxInvocationsPerWorkgroup, 0);
-        Workgroup = Math.Min(256, Device.Limits.MaxInvocationsPerWorkgroup);
+        return (description, new PlatformLimits(device.Limits.MaxBufferBytes, device.Limits.MaxStorageBindingBytes, device.Limits.MaxInvocationsPerWorkgroup, 0),
+            Math.Min(256, device.Limits.MaxInvocationsPerWorkgroup));
     }
 
     /// <summary>Null when the Dawn library is installed here, else why not (tests skip with it on a user's machine).</summary>
@@ -484,7 +498,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         return new PendingGpuDownload(this, read, g.DType, (long[])g.Shape.Clone(), g.Storage, (int)g.StorageBytes);
     }
 
-    sealed class PendingGpuDownload(WebGpuPlatform owner, DawnDevice.PendingRead read, DType dtype, long[] shape, GpuStorage storage, int bytes) : IPendingDownload
+    sealed class PendingGpuDownload(WebGpuPlatform owner, GpuPendingRead read, DType dtype, long[] shape, GpuStorage storage, int bytes) : IPendingDownload
     {
         Value? _value;
 
