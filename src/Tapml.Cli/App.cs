@@ -8,6 +8,7 @@ public static class App
     public static int Run(string[] args)
     {
         Remote.RemotePlatform.Register();
+        Browser.BrowserPlatform.Register();
         var root = new RootCommand("tapml: bring ML models up on new platforms top-down (carve tests on a trusted source, replay and migrate on the target)");
         root.Options.Add(Cli.Verbose);
         root.Options.Add(Cli.MaxMemory);

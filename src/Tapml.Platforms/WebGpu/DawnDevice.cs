@@ -27,6 +27,8 @@ public sealed class GpuPipeline(nint handle, nint layout, string label, string c
 {
     internal nint Handle = handle;
     internal nint Layout = layout;
+    /// <summary>The implementation's handle of it (a Dawn pipeline, a browser bridge's id).</summary>
+    public nint Id => Handle;
     public string Label { get; } = label;
     public string Code { get; } = code;
 }
