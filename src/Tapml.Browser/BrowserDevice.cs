@@ -36,6 +36,8 @@ public sealed class BrowserDevice : IGpuDevice
     public long Dispatches { get; private set; }
     public DeviceCounters Counters => new(Dispatches, _submits, _readbacks, _waitMs);
     public int PipelineCount => _pipelines.Count;
+    /// <summary>The browser process tapml launched, when it launched one (tests close the tab by killing it).</summary>
+    public int? BrowserProcessId { get; init; }
     /// <summary>What the page said about itself (adapter, limits, features, user agent).</summary>
     public JsonObject Hello => _s.Hello;
 

@@ -1,0 +1,87 @@
+using System.Diagnostics;
+using System.Net.WebSockets;
+using System.Text;
+using System.Text.Json.Nodes;
+using Tapml.Browser;
+using Tapml.Core;
+using Tapml.Platforms.WebGpu;
+using Tapml.Testing;
+using Tapml.Testing.Carving;
+using Xunit;
+
+namespace Tapml.Tests;
+
+/// <summary>The `browser` platform in headless Chromium (WebGPU on SwiftShader): the same kernels as native webgpu,
+/// driven over a WebSocket; and the bridge's failure paths (a tab closed mid-run, another origin, a wrong token).</summary>
+public class BrowserTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
+{
+    static void SkipUnlessChromium() { if (BrowserPlatform.Unavailable() is { } why) Assert.Skip(why); }
+
+    static string Temp(string name) => Path.Combine(Path.GetTempPath(), $"tapml-browser-{name}-{Guid.NewGuid():N}");
+
+    [Fact]
+    public void Carved_tiny_llama_replays_clean_and_generate_gives_cpus_greedy_tokens()
+    {
+        SkipUnlessChromium();
+        string json = Temp("replay.json");
+        var r = CliRunner.Run("replay", tiny.Store, "--platform", "browser", "--json", json);
+        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+        var cases = (JsonArray)JsonNode.Parse(File.ReadAllText(json))!["cases"]!;
+        Assert.Equal(CarvedStore.Open(tiny.Store).Cases.Count, cases.Count);
+        Assert.All(cases, c => Assert.Equal("passed", (string?)c!["status"]));
+
+        string Tokens(string platform)
+        {
+            string j = Temp("g.json");
+            var g = CliRunner.Run("generate", "--model", "builtin:tiny-llama", "--platform", platform, "--input-ids", "1,17,305", "--max-tokens", "8", "--json", j);
+            Assert.True(g.ExitCode == 0, g.Stdout + g.Stderr);
+            return JsonNode.Parse(File.ReadAllText(j))!["tokens"]!.ToJsonString();
+        }
+        Assert.Equal(Tokens("cpu"), Tokens("browser"));
+    }
+
+    [Fact]
+    public void A_tab_closed_mid_replay_is_one_clear_error_within_5_s()
+    {
+        SkipUnlessChromium();
+        using var p = (WebGpuPlatform)BrowserPlatform.Create("browser");
+        var device = (BrowserDevice)p.Device;
+        var store = CarvedStore.Open(tiny.Store);
+        var replayer = new Replayer(store, p, new Tolerances());
+        Assert.Equal(CaseStatus.Passed, replayer.Run(store.Cases[0]).Status);
+        using (var chromium = Process.GetProcessById(device.BrowserProcessId!.Value)) chromium.Kill(entireProcessTree: true);
+        var sw = Stopwatch.StartNew();
+        var e = Assert.ThrowsAny<TapmlException>(() => { foreach (var c in store.Cases) replayer.Run(c); });
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(5), $"the error took {sw.Elapsed.TotalSeconds:F1} s");
+        Assert.IsType<PlatformLostException>(e);
+        Assert.StartsWith("browser: ", e.Message);
+        Assert.DoesNotContain("\n", e.Message);
+    }
+
+    [Fact]
+    public async Task Another_origin_and_a_wrong_token_are_refused()
+    {
+        await using var bridge = BrowserBridge.Start("127.0.0.1:0", "sesame");
+        var ws = new Uri(bridge.Url.Replace("http://", "ws://") + "/ws");
+        // A page from another origin: refused before the socket opens.
+        using (var evil = new ClientWebSocket())
+        {
+            evil.Options.SetRequestHeader("Origin", "http://evil.example");
+            await Assert.ThrowsAsync<WebSocketException>(() => evil.ConnectAsync(ws, CancellationToken.None));
+        }
+        // The right origin with a wrong token: closed with a policy violation, and no page is handed to tapml.
+        using (var wrong = new ClientWebSocket())
+        {
+            wrong.Options.SetRequestHeader("Origin", bridge.Url);
+            await wrong.ConnectAsync(ws, CancellationToken.None);
+            await wrong.SendAsync(Encoding.UTF8.GetBytes("{\"token\":\"open\",\"hello\":{}}"), WebSocketMessageType.Text, true, CancellationToken.None);
+            var r = await wrong.ReceiveAsync(new byte[256], new CancellationTokenSource(5000).Token);
+            Assert.Equal(WebSocketMessageType.Close, r.MessageType);
+            Assert.Equal(WebSocketCloseStatus.PolicyViolation, wrong.CloseStatus);
+        }
+        Assert.Null(bridge.WaitForPage(TimeSpan.FromMilliseconds(200)));
+        // A non-loopback address without a token is refused outright.
+        var e = Assert.Throws<TapmlException>(() => BrowserBridge.Start("0.0.0.0:0", null));
+        Assert.Contains("token", e.Message);
+    }
+}
