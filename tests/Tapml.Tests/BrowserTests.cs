@@ -41,6 +41,27 @@ public class BrowserTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
     }
 
     [Fact]
+    public void Onnx_node_conformance_passes_the_same_cases_as_native_webgpu()
+    {
+        SkipUnlessChromium();
+        if (WebGpuPlatform.Unavailable() is { } why) Assert.Skip(why);
+        string node = SharedData.Require("conformance", "onnx", "node");
+        Dictionary<string, string> Statuses(string platform)
+        {
+            string json = Temp(platform + ".json");
+            var r = CliRunner.Run("conformance", node, "--platform", platform, "--json", json);
+            Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+            return ((JsonArray)JsonNode.Parse(File.ReadAllText(json))!["cases"]!).ToDictionary(c => (string)c!["name"]!, c => (string)c!["status"]!);
+        }
+        var native = Statuses("webgpu");
+        var browser = Statuses("browser");
+        Assert.DoesNotContain("failed", browser.Values);
+        Assert.True(browser.Count(x => x.Value == "passed") > 300, $"{browser.Count(x => x.Value == "passed")} passed");
+        var differ = native.Keys.Union(browser.Keys).Where(k => native.GetValueOrDefault(k) != browser.GetValueOrDefault(k)).ToList();
+        Assert.True(differ.Count == 0, "statuses differ: " + string.Join(", ", differ.Take(20).Select(k => $"{k} {native.GetValueOrDefault(k)}/{browser.GetValueOrDefault(k)}")));
+    }
+
+    [Fact]
     public void A_tab_closed_mid_replay_is_one_clear_error_within_5_s()
     {
         SkipUnlessChromium();
