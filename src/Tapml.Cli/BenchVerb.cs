@@ -26,6 +26,7 @@ static class BenchVerb
         {
             int n = pr.GetValue(threads);
             if (n > 0) CpuThreads.Limit(n);
+            if (pr.GetValue(scenario) == "browser") return BenchBrowser.Run(pr.GetValue(runs));
             if (pr.GetValue(scenario) == "remote") return BenchRemote.Run(pr.GetResult(platform) is null ? "cpu" : pr.GetValue(platform)!, pr.GetValue(runs));
             if (BenchWorkflows.Names.Contains(pr.GetValue(scenario)!))
                 return BenchWorkflows.Run(pr.GetValue(scenario)!, Path.Combine(Directory.GetCurrentDirectory(), "..", "shared"), Math.Max(1, Math.Min(pr.GetValue(runs), pr.GetValue(scenario) == "carve" ? 15 : 5)));   // NOTE: carve's runs are short and noisy; up to 15

@@ -16,7 +16,7 @@ function log(s) {
 function status(s) { statusEl.textContent = s; }
 
 let ws, device, queue, metaBuffer;
-const buffers = new Map(), pipelines = new Map();
+const buffers = new Map(), pipelines = new Map(), groups = new Map();
 let encoder = null, pass = null, meta = new Uint8Array(META_BYTES), metaUsed = 0, metaAlign = 256;
 let dispatches = 0, submits = 0;
 
@@ -32,6 +32,19 @@ function reply(kind, request, payload) {
   ws.send(out);
 }
 function replyError(request, text) { reply(REPLY.ERROR, request, new TextEncoder().encode(text)); }
+
+// Map-read buffers for readbacks, kept by power-of-two size: a decode step reads its logits back every step.
+const stagingPool = new Map();
+function stagingSize(n) { let s = 256; while (s < n) s *= 2; return s; }
+function takeStaging(n) {
+  const size = stagingSize(n), free = stagingPool.get(size);
+  if (free && free.length) return free.pop();
+  return device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+}
+function giveStaging(b) {
+  const free = stagingPool.get(b.size) || [];
+  if (free.length < 4 && b.size <= (64 << 20)) { free.push(b); stagingPool.set(b.size, free); } else b.destroy();
+}
 
 function endPass() { if (pass) { pass.end(); pass = null; } }
 function submit() {
@@ -62,7 +75,7 @@ async function run(data) {
           buffers.set(id, device.createBuffer({ size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST }));
           break;
         }
-        case OP.DESTROY: { const id = u32(); const b = buffers.get(id); if (b) { b.destroy(); buffers.delete(id); } break; }
+        case OP.DESTROY: { const id = u32(); const b = buffers.get(id); if (b) { b.destroy(); buffers.delete(id); groups.clear(); } break; }
         case OP.WRITE: {
           const id = u32(), offset = u32(), n = u32();
           const b = bytes(n);
@@ -89,8 +102,10 @@ async function run(data) {
           const pid = u32(), n = u32();
           const p = pipelines.get(pid);
           const entries = [];
+          let key = `${pid}`;
           for (let i = 0; i < n; i++) {
             const id = u32(), offset = u32(), size = u32();
+            key += `,${id}:${offset}:${size}`;
             entries.push({ binding: i, resource: { buffer: buffers.get(id), offset, size } });
           }
           const words = u32();
@@ -100,8 +115,15 @@ async function run(data) {
           meta.set(bytes(words * 4), metaAt);
           metaUsed = Math.ceil((metaAt + metaSize) / metaAlign) * metaAlign;
           entries.push({ binding: n, resource: { buffer: metaBuffer, offset: metaAt, size: metaSize } });
+          key += `|${metaAt}:${metaSize}`;
           const gx = u32(), gy = u32(), gz = u32();
-          const group = device.createBindGroup({ layout: p.layout, entries });
+          // Bind groups by pipeline, buffers and metadata slot: a decode step repeats the last one's.
+          let group = groups.get(key);
+          if (!group) {
+            if (groups.size >= 8192) groups.clear();
+            group = device.createBindGroup({ layout: p.layout, entries });
+            groups.set(key, group);
+          }
           if (!pass) pass = enc().beginComputePass();
           pass.setPipeline(p.p);
           pass.setBindGroup(0, group);
@@ -119,14 +141,14 @@ async function run(data) {
           request = u32();
           const id = u32(), offset = u32(), n = u32();
           const size = (n + 3) & ~3;
-          const staging = device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+          const staging = takeStaging(size);
           endPass();
           enc().copyBufferToBuffer(buffers.get(id), offset, staging, 0, size);
           submit();
           const r = request;
           staging.mapAsync(GPUMapMode.READ).then(() => {
-            const copy = new Uint8Array(staging.getMappedRange()).slice(0, n);
-            staging.unmap(); staging.destroy();
+            const copy = new Uint8Array(staging.getMappedRange(0, size)).slice(0, n);
+            staging.unmap(); giveStaging(staging);
             reply(REPLY.READ, r, copy);
           }, e => replyError(r, `readback failed: ${e.message}`));
           break;
