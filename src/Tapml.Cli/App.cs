@@ -26,6 +26,7 @@ public static class App
         root.Subcommands.Add(DebugVerb.Create());
         root.Subcommands.Add(SetupVerb.Create());
         root.Subcommands.Add(ServeVerb.Create());
+        root.Subcommands.Add(BrowserVerb.Create());
         if (args.Length > 0 && !args[0].StartsWith('-') && root.Subcommands.All(c => c.Name != args[0]))
         {
             Console.Error.WriteLine($"error: unknown command '{args[0]}' (commands: {string.Join(", ", root.Subcommands.Select(c => c.Name))})");

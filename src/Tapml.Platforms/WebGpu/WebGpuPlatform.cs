@@ -76,7 +76,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         yield return $"limits: maxStorageBufferBindingSize {l.MaxStorageBindingBytes}, maxBufferSize {l.MaxBufferBytes}, maxComputeWorkgroupSizeX {l.MaxWorkgroupSizeX}, " +
             $"maxComputeInvocationsPerWorkgroup {l.MaxInvocationsPerWorkgroup}, maxComputeWorkgroupStorageSize {l.MaxWorkgroupStorageBytes}, " +
             $"maxComputeWorkgroupsPerDimension {l.MaxWorkgroupsPerDimension}, maxStorageBuffersPerShaderStage {l.MaxStorageBuffersPerStage}";
-        yield return $"library: {Native.Wgpu.LibraryPath}";
+        yield return Device is DawnDevice ? $"library: {Native.Wgpu.LibraryPath}" : $"runtime: {Device.Runtime}";
     }
 
     public Support Supports(Node node, NodeContext ctx, IReadOnlyList<TypeRef?> inputTypes)
