@@ -62,6 +62,36 @@ public class BrowserTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
     }
 
     [Fact]
+    public void Six_architectures_give_cpus_greedy_tokens_in_one_tab()
+    {
+        SkipUnlessChromium();
+        using var browser = (WebGpuPlatform)BrowserPlatform.Create("browser");
+        using var cpu = Tapml.Platforms.PlatformRegistry.Create("cpu");
+        long[] prompt = [1, 17, 305, 42];
+        foreach (var arch in new[] { "llama", "qwen2", "mistral", "gemma", "phi3", "gpt2" })
+        {
+            var m = Tapml.Models.HfModels.Load(Tapml.Models.TinyCheckpoint.Materialize(arch));
+            var expected = Tapml.Models.Generation.Greedy(new Tapml.Platforms.Execution.Executor(cpu), m, prompt, 8).Tokens;
+            var fused = Tapml.Ir.Fusion.Fuse(m, out _);
+            var actual = Tapml.Models.Generation.Greedy(new Tapml.Platforms.Execution.Executor(browser) { PreferWholeGraph = true }, fused, prompt, 8).Tokens;
+            Assert.True(expected.SequenceEqual(actual), $"{arch}: cpu {string.Join(",", expected)}, browser {string.Join(",", actual)}");
+        }
+    }
+
+    [Fact]
+    public void Debug_localizes_a_fault_injected_behind_the_browser()
+    {
+        SkipUnlessChromium();
+        string dir = Temp("debug");
+        string json = dir + ".json";
+        var r = CliRunner.Run("debug", "--model", "builtin:tiny-llama", "--target", "faulty:browser?node=Softmax_1&kind=nan", "--input-ids", "1,17,305", "--out", dir, "--json", json);
+        Assert.True(r.ExitCode == 1, r.Stdout + r.Stderr);
+        var d = JsonNode.Parse(File.ReadAllText(json))!;
+        Assert.Equal("Softmax_1", (string?)d["first_divergent"]?["node"]);
+        Assert.True((int)d["replay"]!["failed"]! > 0);
+    }
+
+    [Fact]
     public void A_tab_closed_mid_replay_is_one_clear_error_within_5_s()
     {
         SkipUnlessChromium();
