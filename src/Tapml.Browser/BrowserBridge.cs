@@ -53,6 +53,13 @@ public sealed class BrowserBridge : IAsyncDisposable
         builder.WebHost.ConfigureKestrel(k => k.Listen(ip, port));
         var app = builder.Build();
         app.UseWebSockets(new WebSocketOptions { KeepAliveInterval = TimeSpan.FromSeconds(2) });
+        // NOTE: the page loads and talks to nothing but this origin.
+        app.Use(async (ctx, next) =>
+        {
+            ctx.Response.Headers.ContentSecurityPolicy = "default-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'";
+            ctx.Response.Headers.XContentTypeOptions = "nosniff";
+            await next();
+        });
         BrowserBridge? bridge = null;
         app.MapGet("/", () => Page("index.html", "text/html; charset=utf-8"));
         app.MapGet("/bridge.js", () => Page("bridge.js", "text/javascript; charset=utf-8"));
