@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Spectre.Console;
 using Tapml.Core;
 using Tapml.Ir;
@@ -21,28 +20,7 @@ static class BenchBrowser
         void Row(params string[] cells) => table.AddRow(cells.Select(Markup.Escape).ToArray());
 
         // A submit's round trip: Add of two f32[16] (inputs uploaded once), its dispatch submitted and read back.
-        var g = new Graph { Name = "add" };
-        g.Inputs.Add(new ValueInfo("a", TypeRef.TensorOf(DType.Float32, [16])));
-        g.Inputs.Add(new ValueInfo("b", TypeRef.TensorOf(DType.Float32, [16])));
-        g.Outputs.Add(new ValueInfo("y", TypeRef.TensorOf(DType.Float32, [16])));
-        g.Nodes.Add(new Node { Name = "add", OpType = "Add", Inputs = ["a", "b"], Outputs = ["y"] });
-        var add = new Model { Graph = g, Opsets = new() { [""] = 17 } };
-        var feeds = new Dictionary<string, Value> { ["a"] = Tensor.FromArray(new float[16], 16), ["b"] = Tensor.FromArray(new float[16], 16) };
-        double RoundTrip(IPlatform p)
-        {
-            var e = new Executor(p);
-            for (int i = 0; i < 20; i++) e.Run(add, feeds);
-            var t = new List<double>();
-            for (int r = 0; r < Math.Max(3, runs); r++)
-            {
-                var sw = Stopwatch.StartNew();
-                for (int i = 0; i < 100; i++) e.Run(add, feeds);
-                t.Add(sw.Elapsed.TotalMilliseconds / 100);
-            }
-            t.Sort();
-            return t[t.Count / 2];
-        }
-        double rn = RoundTrip(native), rb = RoundTrip(browser);
+        double rn = RoundTrip.Median(native, 20, 100, runs), rb = RoundTrip.Median(browser, 20, 100, runs);
         Row("submit round trip (Add f32[16] + readback), ms", $"{rn:F3}", $"{rb:F3}", $"{rn / rb:F2}× speed");
 
         // Decode: tiny-llama, fused as generate fuses for webgpu, greedy, 32 new tokens after an 8-token prompt.

@@ -25,29 +25,7 @@ static class BenchRemote
         void Row(params string[] cells) => table.AddRow(cells.Select(Markup.Escape).ToArray());
 
         // A small node: Add of two f32[16]; inputs stay uploaded (cached per host tensor), one Run call per node.
-        var add = new Node { Name = "add", OpType = "Add", Inputs = ["a", "b"], Outputs = ["y"] };
-        var g = new Graph { Name = "add" };
-        g.Inputs.Add(new ValueInfo("a", TypeRef.TensorOf(DType.Float32, [16])));
-        g.Inputs.Add(new ValueInfo("b", TypeRef.TensorOf(DType.Float32, [16])));
-        g.Outputs.Add(new ValueInfo("y", TypeRef.TensorOf(DType.Float32, [16])));
-        g.Nodes.Add(add);
-        var m = new Model { Graph = g, Opsets = new() { [""] = 17 } };
-        var feeds = new Dictionary<string, Value> { ["a"] = Tensor.FromArray(new float[16], 16), ["b"] = Tensor.FromArray(new float[16], 16) };
-        double PerCall(IPlatform p)
-        {
-            var e = new Executor(p);
-            for (int i = 0; i < 200; i++) e.Run(m, feeds);
-            var t = new List<double>();
-            for (int r = 0; r < Math.Max(3, runs); r++)
-            {
-                var sw = Stopwatch.StartNew();
-                for (int i = 0; i < 1000; i++) e.Run(m, feeds);
-                t.Add(sw.Elapsed.TotalMilliseconds / 1000);
-            }
-            t.Sort();
-            return t[t.Count / 2];
-        }
-        double lRt = PerCall(local), rRt = PerCall(remote);
+        double lRt = RoundTrip.Median(local, 200, 1000, runs), rRt = RoundTrip.Median(remote, 200, 1000, runs);
         Row("small node round trip (Add f32[16]), ms", $"{lRt:F4}", $"{rRt:F4}", $"{rRt:F3} ms (target ≤ 0.3 ms)");
 
         // Throughput: 64 MiB f32 tensors, new content each time (the server's content cache does not help).
