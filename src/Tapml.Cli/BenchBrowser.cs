@@ -21,6 +21,21 @@ static class BenchBrowser
 
         // A submit's round trip: Add of two f32[16] (inputs uploaded once), its dispatch submitted and read back.
         double rn = RoundTrip.Median(native, 20, 100, runs), rb = RoundTrip.Median(browser, 20, 100, runs);
+        double Sync(WebGpuPlatform p)
+        {
+            for (int i = 0; i < 20; i++) p.Synchronize();
+            var t = new List<double>();
+            for (int r = 0; r < Math.Max(3, runs); r++)
+            {
+                var sw = System.Diagnostics.Stopwatch.StartNew();
+                for (int i = 0; i < 100; i++) p.Synchronize();
+                t.Add(sw.Elapsed.TotalMilliseconds / 100);
+            }
+            t.Sort();
+            return t[t.Count / 2];
+        }
+        double sn = Sync(native), sb = Sync(browser);
+        Row("synchronize (no work: native reads 4 bytes back, the page waits for its queue), ms", $"{sn:F3}", $"{sb:F3}", $"{sn / sb:F2}× speed");
         Row("submit round trip (Add f32[16] + readback), ms", $"{rn:F3}", $"{rb:F3}", $"{rn / rb:F2}× speed");
 
         // Decode: tiny-llama, fused as generate fuses for webgpu, greedy, 32 new tokens after an 8-token prompt.
