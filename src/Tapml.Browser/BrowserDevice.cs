@@ -4,6 +4,7 @@ using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json.Nodes;
 using Tapml.Core;
+using Tapml.Platforms;
 using Tapml.Platforms.WebGpu;
 
 namespace Tapml.Browser;

@@ -82,7 +82,7 @@ static class BenchWorkflows
             {
                 for (int k = 0; k < variants.Length; k++)
                     variantBest[k] = Math.Max(variantBest[k], RunVariant(k, prompt.Length, newTokens).DecodeTokensPerSecond);
-                var dev = (p as Tapml.Platforms.WebGpu.WebGpuPlatform)?.Device;
+                var dev = p as IKernelProfile;
                 var before = dev?.Counters ?? default;
                 int gc0 = GC.CollectionCount(0), gc2 = GC.CollectionCount(2);
                 var pause0 = GC.GetTotalPauseDuration();
@@ -168,10 +168,10 @@ static class BenchWorkflows
             }
             results.Add(best!);
             // One more run with GPU time per kernel (each dispatch in a pass of its own: slower, not the measurement).
-            if (p is Tapml.Platforms.WebGpu.WebGpuPlatform wg && wg.Device.StartProfile())
+            if (p is IKernelProfile wg && wg.StartProfile())
             {
                 var pr = Generation.Greedy(exec, model, prompt, newTokens);
-                GenerateVerb.PrintProfile(wg.Device.StopProfile(), pr.DecodeSteps + 1);
+                GenerateVerb.PrintProfile(wg.StopProfile(), pr.DecodeSteps + 1);
             }
             table.AddRow(spec, $"{best!.PrefillTokensPerSecond:F1}", $"{best.DecodeTokensPerSecond:F1}", $"{best.DecodeMs / Math.Max(1, best.DecodeSteps):F2}",
                 $"{readBytes * best.DecodeTokensPerSecond / 1e12:F2} TB/s");

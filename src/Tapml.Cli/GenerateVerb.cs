@@ -17,7 +17,7 @@ namespace Tapml.Cli;
 static class GenerateVerb
 {
     /// <summary>Platforms where fused regions pay (one dispatch instead of several); elsewhere the graph runs as written.</summary>
-    public static bool FusesByDefault(IPlatform p) => p is Tapml.Platforms.WebGpu.WebGpuPlatform;
+    public static bool FusesByDefault(IPlatform p) => p.PrefersFusedGraphs;
 
     public static Command Create()
     {
@@ -50,8 +50,8 @@ static class GenerateVerb
                 throw new TapmlException($"prompt token id {outside} is outside the model's vocabulary ({hf.Path}: vocab_size {hf.VocabSize})" +
                                          (tokenizer is null ? "" : $"; {tokenizer.Source} gave it"));
             using var p = PlatformRegistry.Create(pr.GetValue(platform)!);
-            if (pr.GetValue(profile) && !(p is Tapml.Platforms.WebGpu.WebGpuPlatform pw && pw.Device.StartProfile()))
-                throw new TapmlException($"--profile needs a webgpu platform whose adapter has timestamp queries ({p.Name} has not)");
+            if (pr.GetValue(profile) && !(p is IKernelProfile pw && pw.StartProfile()))
+                throw new TapmlException($"--profile needs a platform that times its kernels on the device (webgpu with timestamp queries; {p.Name} cannot)");
             using var fb = pr.GetValue(fallback) is { } fbSpec ? PlatformRegistry.Create(fbSpec) : null;
             var exec = new Executor(p) { PreferWholeGraph = true, Fallback = fb };
             if (pr.GetValue(fuse) == "on" || pr.GetValue(fuse) == "auto" && FusesByDefault(p))
@@ -86,10 +86,10 @@ static class GenerateVerb
             });
             Console.WriteLine();
             if (tokenizer is not null) Console.WriteLine($"tokens: {string.Join(",", r.Tokens)}");
-            if (p is Tapml.Platforms.WebGpu.WebGpuPlatform wg)
+            if (p is IKernelProfile wg)
             {
-                Console.Error.WriteLine($"webgpu: {wg.Device.Counters.PerStep(r.DecodeSteps + 1)} (prefill and decode steps); {wg.Device.PipelineCount} pipelines");
-                if (pr.GetValue(profile)) PrintProfile(wg.Device.StopProfile(), r.DecodeSteps + 1);
+                Console.Error.WriteLine($"{p.Name}: {wg.Counters.PerStep(r.DecodeSteps + 1)} (prefill and decode steps); {wg.KernelCount} kernels compiled");
+                if (pr.GetValue(profile)) PrintProfile(wg.StopProfile(), r.DecodeSteps + 1);
             }
             Cli.PrintFallbacks(exec);
             Console.WriteLine($"prefill {r.PromptTokens} tokens in {r.PrefillMs:F1} ms ({r.PrefillTokensPerSecond:F1} tokens/s); decode {r.DecodeSteps} tokens in {r.DecodeMs:F1} ms ({r.DecodeTokensPerSecond:F1} tokens/s) on {p.Name}");

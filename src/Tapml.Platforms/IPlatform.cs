@@ -44,6 +44,11 @@ public interface IPlatform : IDisposable
     /// (a decode step's KV-cache length), instead of preparing one per shape.</summary>
     bool KernelsServeAnyShape => false;
 
+    /// <summary>True when the platform runs fused graphs (tapml.Fused nodes: projections, attention, element-wise chains)
+    /// faster than plain ones, so <c>generate</c> and the benchmarks fuse by default (each dispatch costs more than a
+    /// small kernel's work on a GPU).</summary>
+    bool PrefersFusedGraphs => false;
+
     /// <summary>Whether <paramref name="v"/> already lives on this platform.</summary>
     bool IsResident(Value v);
     /// <summary>Copies a host value to the platform.</summary>
@@ -116,6 +121,30 @@ public interface IFreshInstance
 public interface IOpList
 {
     IEnumerable<(string Domain, string OpType, int SinceOpset)> Ops { get; }
+}
+
+/// <summary>Dispatches, submits and readbacks recorded, and host time spent waiting for readbacks (ms).</summary>
+public readonly record struct DeviceCounters(long Dispatches, long Submits, long Readbacks, double WaitMs)
+{
+    public static DeviceCounters operator -(DeviceCounters a, DeviceCounters b) =>
+        new(a.Dispatches - b.Dispatches, a.Submits - b.Submits, a.Readbacks - b.Readbacks, a.WaitMs - b.WaitMs);
+
+    /// <summary>"N dispatches, N submits, N readbacks per step" over <paramref name="steps"/> graph runs.</summary>
+    public string PerStep(int steps) =>
+        $"{Dispatches / (double)steps:F0} dispatches, {Submits / (double)steps:F1} submits, {Readbacks / (double)steps:F1} readbacks per step";
+}
+
+/// <summary>A device platform that counts its work and can time its kernels on the device: <c>generate --profile</c>,
+/// the benchmarks' per-step counters.</summary>
+public interface IKernelProfile
+{
+    DeviceCounters Counters { get; }
+    /// <summary>Compiled kernels (pipelines, programs) held.</summary>
+    int KernelCount { get; }
+    /// <summary>Starts attributing device time to kernels; false when the device cannot time them.</summary>
+    bool StartProfile();
+    /// <summary>Device time per kernel label since <see cref="StartProfile"/>.</summary>
+    List<(string Kernel, long Calls, double Ms)> StopProfile();
 }
 
 /// <summary>Base for platforms whose values live in host memory (cpu, onnxruntime, wrappers).</summary>

@@ -11,17 +11,6 @@ public sealed record GpuAdapterInfo(string Vendor, string Architecture, string D
 public sealed record GpuLimits(long MaxStorageBindingBytes, long MaxBufferBytes, int MaxWorkgroupSizeX, int MaxInvocationsPerWorkgroup,
     int MaxWorkgroupStorageBytes, int MaxWorkgroupsPerDimension, int MaxStorageBuffersPerStage, int MinStorageOffsetAlignment);
 
-/// <summary>Dispatches, submits and readbacks recorded, and host time spent waiting for readbacks (ms).</summary>
-public readonly record struct DeviceCounters(long Dispatches, long Submits, long Readbacks, double WaitMs)
-{
-    public static DeviceCounters operator -(DeviceCounters a, DeviceCounters b) =>
-        new(a.Dispatches - b.Dispatches, a.Submits - b.Submits, a.Readbacks - b.Readbacks, a.WaitMs - b.WaitMs);
-
-    /// <summary>"N dispatches, N submits, N readbacks per step" over <paramref name="steps"/> graph runs.</summary>
-    public string PerStep(int steps) =>
-        $"{Dispatches / (double)steps:F0} dispatches, {Submits / (double)steps:F1} submits, {Readbacks / (double)steps:F1} readbacks per step";
-}
-
 /// <summary>A compiled compute pipeline and its bind-group layout.</summary>
 public sealed class GpuPipeline(nint handle, nint layout, string label, string code)
 {

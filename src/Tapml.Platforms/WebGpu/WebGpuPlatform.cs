@@ -10,7 +10,7 @@ namespace Tapml.Platforms.WebGpu;
 /// <summary>The native WebGPU target: Dawn (webgpu.h) with WGSL kernels generated per op family.
 /// Spec: <c>webgpu[:vulkan|:gles][?max-binding=BYTES]</c>. Values stay on the GPU between nodes; host tensors
 /// uploaded (weights) are cached per tensor object, so a model's weights cross the bus once.</summary>
-public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails, IOpList
+public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails, IOpList, IKernelProfile
 {
     public IEnumerable<(string Domain, string OpType, int SinceOpset)> Ops => GpuOps.All.Select(o => (o.Domain, o.OpType, o.SinceOpset));
 
@@ -19,6 +19,11 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     readonly string _backend;
 
     public IGpuDevice Device { get; }
+    public bool PrefersFusedGraphs => true;
+    public DeviceCounters Counters => Device.Counters;
+    public int KernelCount => Device.PipelineCount;
+    public bool StartProfile() => Device.StartProfile();
+    public List<(string Kernel, long Calls, double Ms)> StopProfile() => Device.StopProfile();
     public string Name { get; }
     public string Description { get; }
     public PlatformLimits Limits { get; }
