@@ -28,7 +28,12 @@ public sealed class BrowserDevice : IGpuDevice
     const int AutoSubmit = 48;
     const int BatchBytes = 8 << 20;
 
-    enum Op : uint { Buffer = 1, Destroy = 2, Write = 3, Pipeline = 4, Dispatch = 5, Copy = 6, Read = 7, Sync = 8 }
+    enum Op : uint { Buffer = 1, Destroy = 2, Write = 3, Pipeline = 4, Dispatch = 5, Copy = 6, Read = 7, Sync = 8,
+                     ProfileOn = 9, ProfileRead = 10, ProfileOff = 11, TimeBegin = 12, TimeEnd = 13 }
+    const int ProfileSlots = 1024;
+    bool _timing;
+    List<string>? _profileLabels;
+    Dictionary<string, (long Calls, double Ms)>? _profile;
 
     public GpuAdapterInfo Info { get; }
     public GpuLimits Limits { get; }
@@ -51,7 +56,7 @@ public sealed class BrowserDevice : IGpuDevice
         var features = ((JsonArray?)h["features"])?.Select(f => (string?)f).ToHashSet() ?? [];
         Info = new GpuAdapterInfo((string?)h["vendor"] ?? "", (string?)h["architecture"] ?? "", (string?)h["device"] ?? "", (string?)h["description"] ?? "",
             "browser", (bool?)h["fallback"] == true ? "CPU (fallback adapter)" : "GPU", (int?)(double?)h["subgroupMin"] ?? 0, (int?)(double?)h["subgroupMax"] ?? 0,
-            features.Contains("shader-f16"), false);
+            features.Contains("shader-f16"), features.Contains("timestamp-query"));
         Limits = new GpuLimits(L("maxStorageBufferBindingSize"), L("maxBufferSize"), (int)L("maxComputeWorkgroupSizeX"), (int)L("maxComputeInvocationsPerWorkgroup"),
             (int)L("maxComputeWorkgroupStorageSize"), (int)L("maxComputeWorkgroupsPerDimension"), (int)L("maxStorageBuffersPerShaderStage"), (int)L("minStorageBufferOffsetAlignment"));
         string ua = (string?)h["userAgent"] ?? "a browser";
@@ -82,6 +87,7 @@ public sealed class BrowserDevice : IGpuDevice
     /// <summary>Sends what was recorded as one message (one submit in the page).</summary>
     void Flush()
     {
+        if (_timing) return;   // NOTE: a timed region is one pass in one message; the page ends passes at a message's end
         CheckError();
         if (_batch.WrittenCount == 0) return;
         _s.Send(_batch.WrittenMemory);
@@ -160,6 +166,11 @@ public sealed class BrowserDevice : IGpuDevice
         m.CopyTo(_batch.GetSpan(m.Length)); _batch.Advance(m.Length);
         U32(gx); U32(gy); U32(gz);
         Dispatches++;
+        if (_profileLabels is { } labels && !_timing)
+        {
+            labels.Add(p.Label);
+            if (labels.Count == ProfileSlots) CollectProfile();
+        }
         if (++_sinceSubmit >= AutoSubmit || _batch.WrittenCount > BatchBytes) Flush();
     }
 
@@ -207,9 +218,66 @@ public sealed class BrowserDevice : IGpuDevice
         Await(reply, "synchronize");
     }
 
-    public double? TimeGpu(Action record) => null;
-    public bool StartProfile() => false;
-    public List<(string Kernel, long Calls, double Ms)> StopProfile() => [];
+    /// <summary>Nanosecond timestamp pairs the page resolved, as milliseconds per pair.</summary>
+    static double[] Durations(byte[] data)
+    {
+        var ts = MemoryMarshal.Cast<byte, ulong>(data);
+        var ms = new double[ts.Length / 2];
+        for (int i = 0; i < ms.Length; i++) ms[i] = ts[2 * i + 1] >= ts[2 * i] ? (ts[2 * i + 1] - ts[2 * i]) / 1e6 : 0;
+        return ms;
+    }
+
+    public double? TimeGpu(Action record)
+    {
+        if (!Info.TimestampQuery) return null;
+        Flush();
+        Op_(Op.TimeBegin);
+        _timing = true;
+        try { record(); }
+        finally { _timing = false; }
+        uint req = _s.NextRequest();
+        Op_(Op.TimeEnd); U32(req);
+        var reply = _s.Expect(req);
+        Flush();
+        return Durations(Await(reply, "GPU timestamps"))[0];
+    }
+
+    public bool StartProfile()
+    {
+        if (!Info.TimestampQuery) return false;
+        Flush();
+        Op_(Op.ProfileOn);
+        _profileLabels = new();
+        _profile = new();
+        return true;
+    }
+
+    void CollectProfile()
+    {
+        var labels = _profileLabels!;
+        uint req = _s.NextRequest();
+        Op_(Op.ProfileRead); U32(req);
+        var reply = _s.Expect(req);
+        Flush();
+        var ms = Durations(Await(reply, "kernel timestamps"));
+        for (int i = 0; i < labels.Count && i < ms.Length; i++)
+        {
+            var (c, t) = _profile!.GetValueOrDefault(labels[i]);
+            _profile[labels[i]] = (c + 1, t + ms[i]);
+        }
+        labels.Clear();
+    }
+
+    public List<(string Kernel, long Calls, double Ms)> StopProfile()
+    {
+        if (_profileLabels is null) return [];
+        CollectProfile();
+        Op_(Op.ProfileOff);
+        var r = _profile!.Select(kv => (kv.Key, kv.Value.Calls, kv.Value.Ms)).OrderByDescending(x => x.Ms).ToList();
+        _profileLabels = null;
+        _profile = null;
+        return r;
+    }
 
     public void Dispose()
     {

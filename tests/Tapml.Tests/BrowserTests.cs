@@ -92,6 +92,19 @@ public class BrowserTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
     }
 
     [Fact]
+    public void Generate_profile_times_kernels_in_the_tab_and_keeps_the_tokens()
+    {
+        SkipUnlessChromium();
+        var cpu = CliRunner.Run("generate", "--model", "builtin:tiny-llama", "--platform", "cpu", "--input-ids", "1,17,305", "--max-tokens", "4");
+        var prof = CliRunner.Run("generate", "--model", "builtin:tiny-llama", "--platform", "browser", "--input-ids", "1,17,305", "--max-tokens", "4", "--profile");
+        Assert.True(prof.ExitCode == 0, prof.Stdout + prof.Stderr);
+        Assert.Contains("GPU time of", prof.Stderr);
+        Assert.Contains("Attention", prof.Stderr);
+        string Tokens(string stdout) => stdout.Split('\n').First(l => l.StartsWith("tokens: ", StringComparison.Ordinal));
+        Assert.Equal(Tokens(cpu.Stdout), Tokens(prof.Stdout));
+    }
+
+    [Fact]
     public void A_tab_closed_mid_replay_is_one_clear_error_within_5_s()
     {
         SkipUnlessChromium();

@@ -2,7 +2,8 @@
 // One binary message per submit: a sequence of commands (little-endian u32 fields, byte payloads padded to 4).
 // Replies are binary too: [u8 kind][u8 0 0 0][u32 request][payload]. Adapter facts go once, as a text message.
 "use strict";
-const OP = { BUFFER: 1, DESTROY: 2, WRITE: 3, PIPELINE: 4, DISPATCH: 5, COPY: 6, READ: 7, SYNC: 8 };
+const OP = { BUFFER: 1, DESTROY: 2, WRITE: 3, PIPELINE: 4, DISPATCH: 5, COPY: 6, READ: 7, SYNC: 8,
+             PROFILE_ON: 9, PROFILE_READ: 10, PROFILE_OFF: 11, TIME_BEGIN: 12, TIME_END: 13 };
 const REPLY = { READ: 1, ERROR: 2, PIPELINE: 3, SYNC: 4 };
 const META_BYTES = 1 << 20;
 
@@ -19,6 +20,10 @@ let ws, device, queue, metaBuffer;
 const buffers = new Map(), pipelines = new Map(), groups = new Map();
 let encoder = null, pass = null, meta = new Uint8Array(META_BYTES), metaUsed = 0, metaAlign = 256;
 let dispatches = 0, submits = 0;
+// GPU timestamps: a profile puts every dispatch in a pass of its own between two timestamps (slots resolved on
+// PROFILE_READ); a timed region (TIME_BEGIN … TIME_END) is one pass with timestamps at its start and end.
+const PROFILE_SLOTS = 1024;
+let profiling = false, profSlot = 0, profQs = null, timeQs = null, tsResolve = null;
 
 function reply(kind, request, payload) {
   const head = new Uint8Array(8);
@@ -124,11 +129,52 @@ async function run(data) {
             group = device.createBindGroup({ layout: p.layout, entries });
             groups.set(key, group);
           }
+          if (profiling) {
+            endPass();
+            const i = profSlot++;
+            pass = enc().beginComputePass({ timestampWrites: { querySet: profQs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } });
+          }
           if (!pass) pass = enc().beginComputePass();
           pass.setPipeline(p.p);
           pass.setBindGroup(0, group);
           pass.dispatchWorkgroups(gx, gy, gz);
+          if (profiling) endPass();
           dispatches++;
+          break;
+        }
+        case OP.PROFILE_ON: {
+          if (!profQs) profQs = device.createQuerySet({ type: "timestamp", count: 2 * PROFILE_SLOTS });
+          if (!tsResolve) tsResolve = device.createBuffer({ size: 16 * PROFILE_SLOTS, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+          profiling = true; profSlot = 0;
+          break;
+        }
+        case OP.PROFILE_OFF: profiling = false; break;
+        case OP.PROFILE_READ: case OP.TIME_END: {
+          request = u32();
+          const timed = op === OP.TIME_END;
+          const n = timed ? 1 : profSlot;
+          endPass();
+          const bytes = Math.max(16, 16 * n);
+          const staging = takeStaging(bytes);
+          if (n > 0) {
+            enc().resolveQuerySet(timed ? timeQs : profQs, 0, 2 * n, tsResolve, 0);
+            enc().copyBufferToBuffer(tsResolve, 0, staging, 0, 16 * n);
+          }
+          submit();
+          if (!timed) profSlot = 0;
+          const r = request;
+          staging.mapAsync(GPUMapMode.READ).then(() => {
+            const copy = new Uint8Array(staging.getMappedRange(0, staging.size)).slice(0, 16 * n);
+            staging.unmap(); giveStaging(staging);
+            reply(REPLY.READ, r, copy);
+          }, e => replyError(r, `reading timestamps failed: ${e.message}`));
+          break;
+        }
+        case OP.TIME_BEGIN: {
+          if (!timeQs) timeQs = device.createQuerySet({ type: "timestamp", count: 2 });
+          if (!tsResolve) tsResolve = device.createBuffer({ size: 16 * PROFILE_SLOTS, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+          endPass();
+          pass = enc().beginComputePass({ timestampWrites: { querySet: timeQs, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } });
           break;
         }
         case OP.COPY: {
@@ -180,7 +226,7 @@ async function main() {
   for (const k of ["maxStorageBufferBindingSize", "maxBufferSize", "maxComputeWorkgroupSizeX", "maxComputeInvocationsPerWorkgroup",
                    "maxComputeWorkgroupStorageSize", "maxComputeWorkgroupsPerDimension", "maxStorageBuffersPerShaderStage"]) want[k] = adapter.limits[k];
   const features = ["shader-f16", "timestamp-query"].filter(f => adapter.features.has(f));
-  device = await adapter.requestDevice({ requiredLimits: want, requiredFeatures: features.filter(f => f === "shader-f16") });
+  device = await adapter.requestDevice({ requiredLimits: want, requiredFeatures: features });
   queue = device.queue;
   metaAlign = device.limits.minStorageBufferOffsetAlignment;
   metaBuffer = device.createBuffer({ size: META_BYTES, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
