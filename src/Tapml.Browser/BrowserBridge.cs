@@ -79,7 +79,12 @@ public sealed class BrowserBridge : IAsyncDisposable
                 await ws.CloseAsync(WebSocketCloseStatus.PolicyViolation, "wrong or missing token", default);
                 return;
             }
-            var session = new BrowserSession(ws, (JsonObject)hello["hello"]!);
+            if (hello["hello"] is not JsonObject facts || facts["limits"] is not JsonObject)
+            {
+                await ws.CloseAsync(WebSocketCloseStatus.ProtocolError, "the hello names no adapter limits", default);
+                return;
+            }
+            var session = new BrowserSession(ws, facts);
             bridge._pages.Add(session);
             await session.Run(ctx.RequestAborted);
         });
@@ -144,6 +149,9 @@ public sealed class BrowserSession
 
     public uint NextRequest() => Interlocked.Increment(ref _next);
 
+    /// <summary>Largest message the page may send (a readback of the largest buffer, and its header).</summary>
+    public long MaxMessageBytes { get; set; } = 1L << 30;
+
     internal async Task Run(CancellationToken stop)
     {
         var buf = new byte[1 << 16];
@@ -157,6 +165,12 @@ public sealed class BrowserSession
                 {
                     r = await _ws.ReceiveAsync(buf, stop);
                     if (r.MessageType == WebSocketMessageType.Close) { Lose($"the browser tab closed the connection ({r.CloseStatusDescription})"); return; }
+                    if (m.Length + r.Count > MaxMessageBytes)
+                    {
+                        Lose($"the page sent a message over {MaxMessageBytes} bytes");
+                        await _ws.CloseAsync(WebSocketCloseStatus.MessageTooBig, "message too big", CancellationToken.None);
+                        return;
+                    }
                     m.Write(buf, 0, r.Count);
                 } while (!r.EndOfMessage);
                 if (r.MessageType == WebSocketMessageType.Text) continue;

@@ -62,6 +62,8 @@ public sealed class BrowserDevice : IGpuDevice
         string ua = (string?)h["userAgent"] ?? "a browser";
         int at = ua.IndexOf("Chrome/", StringComparison.Ordinal);
         Runtime = at >= 0 ? $"{ua[at..].Split(' ')[0]} over a WebSocket" : "a browser over a WebSocket";
+        // NOTE: nothing the page may send back is larger than a readback of its largest buffer.
+        session.MaxMessageBytes = Limits.MaxBufferBytes + 64;
     }
 
     // --- the command stream ---------------------------------------------------------------------------------------

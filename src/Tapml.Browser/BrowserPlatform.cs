@@ -62,7 +62,12 @@ public static class BrowserPlatform
             var session = bridge.WaitForPage(TimeSpan.FromSeconds(connect ? timeout : Math.Min(timeout, 60)))
                 ?? throw new TapmlException($"platform '{spec}': no page connected{(proc is { HasExited: true } ? $" (Chromium exited with code {proc.ExitCode})" : "")}; " +
                     (connect ? $"was {bridge.PageUrl} opened?" : "does this Chromium have WebGPU (--enable-unsafe-webgpu)?"));
-            var device = new BrowserDevice(session, TimeSpan.FromSeconds(timeout), () => Stop(bridge, proc, profile)) { BrowserProcessId = proc?.Id };
+            BrowserDevice device;
+            try { device = new BrowserDevice(session, TimeSpan.FromSeconds(timeout), () => Stop(bridge, proc, profile)) { BrowserProcessId = proc?.Id }; }
+            catch (Exception e) when (e is InvalidCastException or InvalidOperationException or NullReferenceException or FormatException or OverflowException)
+            {
+                throw new TapmlException($"platform '{spec}': the page's description of its adapter is malformed ({e.Message})");
+            }
             return new WebGpuPlatform(spec, device);
         }
         catch
