@@ -153,6 +153,40 @@ public class RemoteTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
     }
 
     [Fact]
+    public void A_server_killed_mid_migration_is_one_clear_line_then_resume_finds_the_same_culprit()
+    {
+        const string faulty = "faulty:cpu?node=Softmax_1&kind=nan";
+        string outDir = Temp("mout");
+        string[] Args(string url, params string[] more) => ["migrate", "--model", "builtin:tiny-llama", "--input-ids", "1,17,305", "--decode-steps", "300",
+            "--strategy", "bisect", "--target", "remote:" + url, "--out", outDir, .. more];
+        using (var first = ServeProcess(faulty))
+        {
+            var migrate = CliProcess(Args(first.Url));
+            var stdout = migrate.StandardOutput.ReadToEndAsync();
+            var stderr = migrate.StandardError.ReadToEndAsync();
+            string journal = Path.Combine(outDir, "migration.jsonl");
+            var until = DateTime.UtcNow.AddSeconds(60);
+            while ((!File.Exists(journal) || File.ReadAllLines(journal).Length < 3) && !migrate.HasExited && DateTime.UtcNow < until) Thread.Sleep(5);
+            if (migrate.HasExited) Assert.Fail("the migration ended before the server was killed: " + stdout.Result);
+            first.Kill();
+            var killed = Stopwatch.StartNew();
+            Assert.True(migrate.WaitForExit(TimeSpan.FromSeconds(5)), "no error within 5 s of the server's death");
+            string err = stderr.Result;
+            Assert.True(migrate.ExitCode == 2, $"exit {migrate.ExitCode}: {err} {stdout.Result}");
+            var line = Assert.Single(err.Trim().Split('\n'));
+            Assert.Contains("connection lost", line);
+        }
+        using var second = ServeProcess(faulty);
+        string json = Temp("mresumed.json");
+        var r = CliRunner.Run(Args(second.Url, "--resume", "--json", json));
+        Assert.True(r.ExitCode == 1, r.Stderr + r.Stdout);
+        Assert.Contains("resuming:", r.Stdout);
+        var d = JsonNode.Parse(File.ReadAllText(json))!;
+        Assert.Equal("Softmax_1", (string?)d["first_divergent"]?["node"]);
+        Assert.True((int)d["resumed"]! >= 2, $"resumed {d["resumed"]}");
+    }
+
+    [Fact]
     public async Task Consecutive_remote_nodes_run_as_one_call_and_an_unsupported_node_inside_falls_back()
     {
         await using var server = await Serve("faulty:cpu?refuse=Mul");
@@ -250,9 +284,9 @@ public class RemoteTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
         public void Dispose() { Kill(); Process.Dispose(); }
     }
 
-    static ServeChild ServeProcess()
+    static ServeChild ServeProcess(string platform = "cpu")
     {
-        var p = CliProcess("serve", "--platform", "cpu", "--listen", "127.0.0.1:0");
+        var p = CliProcess("serve", "--platform", platform, "--listen", "127.0.0.1:0");
         var line = p.StandardOutput.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(30)).GetAwaiter().GetResult();
         Assert.True(line?.StartsWith("listening on ") == true, $"serve printed '{line}'");
         return new ServeChild { Process = p, Url = line!["listening on ".Length..] };
