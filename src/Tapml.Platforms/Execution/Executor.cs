@@ -136,7 +136,8 @@ public sealed class Executor
         var g = model.Graph;
         InputCheck.Validate(model, feeds, CheckInputShapes);
         long run = Stats.Runs++;
-        if (PreferWholeGraph && _single is IGraphPlatform whole && Observers.Count == 0)
+        // NOTE: a segment platform runs the whole graph as one segment anyway, and keeps keepOnDevice values there.
+        if (PreferWholeGraph && _single is IGraphPlatform whole and not ISegmentPlatform && Observers.Count == 0)
             return whole.RunGraph(model, feeds);
         foreach (var o in Observers) o.OnRunStart(model, run);
         // NOTE: initializers are looked up in the graph, not copied into the scope each run (a decode step is a run).
