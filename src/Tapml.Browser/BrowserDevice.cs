@@ -265,7 +265,7 @@ public sealed class BrowserDevice : IGpuDevice
         for (int i = 0; i < labels.Count && i < ms.Length; i++)
         {
             var (c, t) = _profile!.GetValueOrDefault(labels[i]);
-            _profile[labels[i]] = (c + 1, t + ms[i]);
+            _profile![labels[i]] = (c + 1, t + ms[i]);
         }
         labels.Clear();
     }
