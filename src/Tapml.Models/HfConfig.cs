@@ -73,7 +73,7 @@ public sealed class HfConfig
         MaxPositions = Positive("max_position_embeddings", "n_positions", "n_ctx") ?? 2048;
         NormEps = PositiveReal("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps") ?? 1e-5;
         HiddenAct = Str("hidden_act") ?? Str("hidden_activation") ?? Str("activation_function") ?? "silu";
-        TieWordEmbeddings = Bool("tie_word_embeddings") ?? ModelType is "gpt2" or "gemma" or "gemma2";
+        TieWordEmbeddings = Bool("tie_word_embeddings") ?? Models.Architectures.Find(ModelType)?.TiedByDefault ?? false;
         SlidingWindow = Positive("sliding_window");
         BosTokenId = TokenId("bos_token_id", Raw["bos_token_id"]);
         EosTokenIds = Raw["eos_token_id"] switch
