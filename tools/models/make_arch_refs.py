@@ -168,9 +168,12 @@ def make(out, arch, name, dtype, kw, seed, manifest, t0):
         model.eval()
         randomize(model, seed)
         if dtype == "bfloat16":
+            # NOTE: only what the checkpoint holds (parameters, persistent buffers) is rounded; computed buffers
+            # (RoPE inv_freq, embed_scale) stay float32, as when transformers loads the bf16 file and runs in f32.
+            saved = set(model.state_dict().keys())
             with torch.no_grad():
-                for p in list(model.parameters()) + list(model.buffers()):
-                    if p.is_floating_point():
+                for n, p in list(model.named_parameters()) + list(model.named_buffers()):
+                    if p.is_floating_point() and n in saved:
                         p.copy_(p.to(torch.bfloat16).float())
         ids = torch.tensor([INPUT_IDS])
         with torch.no_grad():

@@ -1,0 +1,146 @@
+namespace Tapml.Models;
+
+/// <summary>The decoder switches of the architectures that are the Llama decoder with a twist and need no file of
+/// their own (see <see cref="Architectures"/> for which twist each is). Config values the graph does not implement
+/// are refused naming the key.</summary>
+public static class Decoders
+{
+    /// <summary>attention_bias on q/k/v/o.</summary>
+    static bool AttnBias(HfConfig c) => c.Bool("attention_bias") ?? false;
+
+    /// <summary>Qwen's window: only with use_sliding_window, in the layers layer_types marks sliding_attention
+    /// (without layer_types: layers from max_window_layers on).</summary>
+    internal static (int? Window, Func<int, bool> IsSliding) QwenWindow(HfConfig c)
+    {
+        bool sliding = (c.Bool("use_sliding_window") ?? false) && c.SlidingWindow is not null;
+        var layerTypes = c.StrList("layer_types");
+        int maxWindowLayers = c.Int("max_window_layers") ?? c.NumLayers;
+        if (maxWindowLayers < 0) throw c.Error("max_window_layers", $"must not be negative (got {maxWindowLayers})");
+        return (sliding ? c.SlidingWindow : null, layerTypes is { } t && t.Count == c.NumLayers ? i => t[i] == "sliding_attention" : i => i >= maxWindowLayers);
+    }
+
+    /// <summary>layer_types' sliding_attention layers (every layer when absent); the list must have one entry a layer.</summary>
+    static Func<int, bool> LayerTypes(HfConfig c)
+    {
+        var t = c.StrList("layer_types");
+        if (t is null) return _ => true;
+        if (t.Count != c.NumLayers) throw c.Error("layer_types", $"has {t.Count} entries for {c.NumLayers} layers");
+        foreach (var x in t)
+            if (x is not ("sliding_attention" or "full_attention")) throw c.Error("layer_types", $"holds '{x}'; supported: sliding_attention, full_attention");
+        return i => t[i] == "sliding_attention";
+    }
+
+    /// <summary>Qwen-MoE layer choice: not in mlp_only_layers, and (layer + 1) a multiple of decoder_sparse_step.</summary>
+    static Func<int, bool> QwenMoeLayers(HfConfig c)
+    {
+        int step = c.Positive("decoder_sparse_step") ?? 1;
+        var only = new HashSet<int>();
+        if (c.Raw["mlp_only_layers"] is System.Text.Json.Nodes.JsonArray a)
+            foreach (var n in a) only.Add(n is System.Text.Json.Nodes.JsonValue v && v.TryGetValue(out int i) ? i : throw c.Error("mlp_only_layers", "must be a list of layer indices"));
+        return i => !only.Contains(i) && (i + 1) % step == 0;
+    }
+
+    static void NoJitter(HfConfig c)
+    {
+        if ((c.Double("router_jitter_noise") ?? 0) != 0) throw c.Error("router_jitter_noise", "must be 0 (router noise is training-only)");
+    }
+
+    public static DecoderOptions Qwen3(HfConfig c)
+    {
+        var (window, isSliding) = QwenWindow(c);
+        return new DecoderOptions
+        {
+            Family = "qwen3", QkvBias = AttnBias(c), OutBias = AttnBias(c), Activation = c.HiddenAct, QkNorm = "head_rms",
+            SlidingWindow = window, IsSliding = isSliding,
+        };
+    }
+
+    public static DecoderOptions Qwen3Moe(HfConfig c)
+    {
+        int experts = c.Positive("num_experts", "num_local_experts") ?? throw c.Error("num_experts", "is missing");
+        return Qwen3(c) with
+        {
+            Family = "qwen3_moe",
+            Moe = new MoeOptions(experts, TopK(c, experts), c.Positive("moe_intermediate_size") ?? throw c.Error("moe_intermediate_size", "is missing"), c.Bool("norm_topk_prob") ?? false),
+            IsMoeLayer = QwenMoeLayers(c),
+        };
+    }
+
+    static int TopK(HfConfig c, int experts)
+    {
+        int k = c.Positive("num_experts_per_tok") ?? throw c.Error("num_experts_per_tok", "is missing");
+        return k <= experts ? k : throw c.Error("num_experts_per_tok", $"{k} is more than the {experts} experts");
+    }
+
+    public static DecoderOptions Qwen2Moe(HfConfig c)
+    {
+        var (window, isSliding) = QwenWindow(c);
+        int experts = c.Positive("num_experts") ?? throw c.Error("num_experts", "is missing");
+        bool qkv = c.Bool("qkv_bias") ?? true;
+        return new DecoderOptions
+        {
+            Family = "qwen2_moe", QkvBias = qkv, Activation = c.HiddenAct, SlidingWindow = window, IsSliding = isSliding,
+            Moe = new MoeOptions(experts, TopK(c, experts), c.Positive("moe_intermediate_size") ?? throw c.Error("moe_intermediate_size", "is missing"),
+                c.Bool("norm_topk_prob") ?? false, c.Positive("shared_expert_intermediate_size") ?? throw c.Error("shared_expert_intermediate_size", "is missing")),
+            IsMoeLayer = QwenMoeLayers(c),
+        };
+    }
+
+    public static DecoderOptions Mixtral(HfConfig c)
+    {
+        NoJitter(c);
+        int experts = c.Positive("num_local_experts") ?? throw c.Error("num_local_experts", "is missing");
+        return new DecoderOptions
+        {
+            Family = "mixtral", Activation = c.HiddenAct, SlidingWindow = c.SlidingWindow,
+            Moe = new MoeOptions(experts, TopK(c, experts), c.IntermediateSize, NormTopK: true),
+            Rename = n => n.Replace(".mlp.gate.", ".block_sparse_moe.gate.").Replace(".mlp.experts.", ".block_sparse_moe.experts.")
+                .Replace(".gate_proj.", ".w1.").Replace(".up_proj.", ".w3.").Replace(".down_proj.", ".w2."),
+        };
+    }
+
+    public static DecoderOptions Granite(HfConfig c) => new()
+    {
+        Family = "granite", QkvBias = AttnBias(c), OutBias = AttnBias(c), MlpBias = c.Bool("mlp_bias") ?? false, Activation = c.HiddenAct,
+        EmbeddingMultiplier = c.Double("embedding_multiplier") ?? 1, ResidualMultiplier = c.Double("residual_multiplier") ?? 1,
+        AttentionScale = c.Double("attention_multiplier") ?? 1, LogitsDivisor = c.PositiveReal("logits_scaling") ?? 1,
+    };
+
+    public static DecoderOptions Olmo(HfConfig c) => new()
+    {
+        Family = "olmo", QkvBias = AttnBias(c), OutBias = AttnBias(c), Activation = c.HiddenAct, Norm = "layer_noparams",
+        ClipQkv = c.PositiveReal("clip_qkv"),
+    };
+
+    public static DecoderOptions Olmo2(HfConfig c) => new()
+    {
+        Family = "olmo2", QkvBias = AttnBias(c), OutBias = AttnBias(c), Activation = c.HiddenAct, Block = "post", QkNorm = "full_rms",
+    };
+
+    public static DecoderOptions Starcoder2(HfConfig c)
+    {
+        bool bias = c.Bool("use_bias") ?? true;
+        return new DecoderOptions
+        {
+            Family = "starcoder2", QkvBias = bias, OutBias = bias, MlpBias = bias, Activation = c.HiddenAct, Norm = "layer", Mlp = "plain",
+            SlidingWindow = c.SlidingWindow, Rename = n => n.Replace(".mlp.up_proj.", ".mlp.c_fc.").Replace(".mlp.down_proj.", ".mlp.c_proj."),
+        };
+    }
+
+    public static DecoderOptions Nemotron(HfConfig c) => new()
+    {
+        Family = "nemotron", QkvBias = AttnBias(c), OutBias = AttnBias(c), MlpBias = c.Bool("mlp_bias") ?? false, Activation = c.HiddenAct,
+        Norm = "layer_1p", Mlp = "plain", PartialRotary = true,
+    };
+
+    public static DecoderOptions Gemma2(HfConfig c)
+    {
+        double scalar = c.PositiveReal("query_pre_attn_scalar") ?? c.HeadDim;
+        return Gemma.Options(c) with
+        {
+            Family = "gemma2", Activation = c.Str("hidden_activation") ?? c.Str("hidden_act") ?? "gelu_pytorch_tanh", Block = "sandwich",
+            AttentionScale = 1 / Math.Sqrt(scalar), AttentionSoftcap = c.PositiveReal("attn_logit_softcapping"), FinalSoftcap = c.PositiveReal("final_logit_softcapping"),
+            SlidingWindow = c.SlidingWindow, IsSliding = LayerTypes(c),
+        };
+    }
+}

@@ -1,0 +1,140 @@
+using System.Text.Json.Nodes;
+using Tapml.Core;
+using Tapml.Ir;
+using Tapml.Ir.Onnx;
+using Tapml.Ir.Safetensors;
+using Tapml.Models;
+using Tapml.Platforms;
+using Tapml.Platforms.Cpu;
+using Tapml.Platforms.Execution;
+using Tapml.Platforms.OnnxRuntime;
+using Tapml.Platforms.WebGpu;
+using Tapml.Testing;
+using Xunit;
+
+namespace Tapml.Tests;
+
+/// <summary>Every registered architecture against what transformers itself computed (tests/data/hf-arch, made by
+/// tools/models/make_arch_refs.py on the device machine; see its README): one row per checkpoint (two or more per
+/// architecture, one of them bf16). cpu prefill logits (atol 1e-4 + rtol 1e-4) and 16 greedy tokens through the KV
+/// cache; tapml's exported .onnx on onnxruntime gives the same tokens; webgpu (first variant) gives them too; and a
+/// missing or misshaped weight is one line naming the tensor.</summary>
+public class HfArchTests
+{
+    static readonly Tolerance HfTol = new(1e-4, 1e-4);
+
+    static string Root => Path.Combine(SharedData.RepoRoot, "tests", "data", "hf-arch");
+
+    static string? ModelType(string dir) => JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))?["model_type"]?.GetValue<string>();
+
+    /// <summary>The checkpoints whose architecture is registered.</summary>
+    public static TheoryData<string> Checkpoints()
+    {
+        var d = new TheoryData<string>();
+        foreach (var dir in Directory.GetDirectories(Root).Order())
+            // NOTE: the bf16 variants (-b) wait for references regenerated with float32 RoPE tables (the first run rounded them).
+            if (ModelType(dir) is { } t && Architectures.Find(t) is not null && !dir.EndsWith("-b", StringComparison.Ordinal)) d.Add(Path.GetFileName(dir));
+        return d;
+    }
+
+    /// <summary>The first variant of each registered architecture (the webgpu rows: SwiftShader is slow).</summary>
+    public static TheoryData<string> FirstVariants()
+    {
+        var d = new TheoryData<string>();
+        foreach (var name in Checkpoints().Select(r => r.Data))
+            if (name.EndsWith("-a", StringComparison.Ordinal)) d.Add(name);
+        return d;
+    }
+
+    sealed record Reference(string Dir, HfConfig Config, long[] InputIds, Tensor Logits, long[] Generated);
+
+    static Reference Ref(string name)
+    {
+        string dir = Path.Combine(Root, name);
+        using var refs = SafetensorsFile.Open(Path.Combine(dir, "reference.safetensors"));
+        var generated = refs.Read("generated_ids");
+        Assert.Equal([1L, 16L], generated.Shape);
+        return new Reference(dir, HfConfig.Load(dir), refs.Read("input_ids").ToInt64Array(), refs.Read("logits"), generated.ToInt64Array());
+    }
+
+    static void CheckLogits(string name, Tensor want, Tensor got, string platform)
+    {
+        var cmp = Comparison.Compare("logits", want, got, HfTol);
+        TestContext.Current.TestOutputHelper?.WriteLine($"{name} {platform}: logits max_abs {cmp.Metrics.MaxAbs:G4}, max_rel {cmp.Metrics.MaxRel:G4}");
+        Assert.True(cmp.Passed, $"{name} {platform}: {cmp.Failure}");
+    }
+
+    [Theory, MemberData(nameof(Checkpoints))]
+    public void Cpu_matches_transformers_logits_and_greedy_tokens(string name)
+    {
+        var r = Ref(name);
+        var result = Generation.Greedy(new Executor(new CpuPlatform()), HfModels.Load(r.Dir), r.InputIds, 16);
+        CheckLogits(name, r.Logits, result.PrefillLogits, "cpu");
+        Assert.Equal(r.Generated, result.Tokens);
+        Assert.Equal(15, result.DecodeSteps);
+    }
+
+    [Theory, MemberData(nameof(Checkpoints))]
+    public void Exported_onnx_on_onnxruntime_gives_transformers_tokens(string name)
+    {
+        var r = Ref(name);
+        string path = Path.Combine(Path.GetTempPath(), $"tapml-{name}-{Guid.NewGuid():N}.onnx");
+        try
+        {
+            OnnxExporter.Save(HfModels.Load(r.Dir), path);
+            var ort = new Executor(new OrtPlatform("onnxruntime")) { PreferWholeGraph = true };
+            var result = Generation.Greedy(ort, OnnxImporter.Load(path), r.InputIds, 16);
+            CheckLogits(name, r.Logits, result.PrefillLogits, "onnxruntime");
+            Assert.Equal(r.Generated, result.Tokens);
+        }
+        finally { File.Delete(path); }
+    }
+
+    /// <summary>The fused graph (what <c>generate --platform webgpu</c> runs) on webgpu: transformers' 16 tokens.</summary>
+    [Theory, MemberData(nameof(FirstVariants))]
+    public void Webgpu_gives_transformers_greedy_tokens(string name)
+    {
+        WebGpuTests.SkipIfNoDawn("webgpu");
+        var r = Ref(name);
+        using var gpu = new WebGpuPlatform("webgpu");
+        var result = Generation.Greedy(new Executor(gpu), Fusion.Fuse(HfModels.Load(r.Dir), out _), r.InputIds, 16);
+        Assert.Equal(r.Generated, result.Tokens);
+    }
+
+    /// <summary>A copy of the checkpoint without one tensor and with another cut by a row: loading fails with one line
+    /// naming the folder, the missing tensor with its expected shape and the misshaped one.</summary>
+    [Theory, MemberData(nameof(Checkpoints))]
+    public void A_missing_or_misshaped_weight_is_one_line_naming_the_tensor(string name)
+    {
+        var r = Ref(name);
+        var specs = Architectures.For(r.Config).Specs(r.Config);
+        string dir = Directory.CreateTempSubdirectory("tapml-arch-bad").FullName;
+        try
+        {
+            File.Copy(Path.Combine(r.Dir, "config.json"), Path.Combine(dir, "config.json"));
+            using var src = new SafetensorsCheckpoint(r.Dir);
+            var missing = specs[^1];
+            var cut = specs.Last(s => s.Shape.Length == 2 && s.Shape[0] > 1 && s.Name != missing.Name);
+            var weights = new Dictionary<string, Tensor>();
+            foreach (var s in specs)
+            {
+                if (s.Name == missing.Name) continue;
+                var t = TensorConvert.To(src.Read(s.Name), DType.Float32);
+                if (s.Name == cut.Name)
+                {
+                    var smaller = Tensor.Uninitialized(DType.Float32, s.Shape[0] - 1, s.Shape[1]);
+                    t.Span<float>()[..(int)((s.Shape[0] - 1) * s.Shape[1])].CopyTo(smaller.Span<float>());
+                    t = smaller;
+                }
+                weights[s.Name] = t;
+            }
+            SafetensorsWriter.Write(Path.Combine(dir, "model.safetensors"), weights, new Dictionary<string, string> { ["format"] = "pt" });
+            var e = Assert.Throws<TapmlException>(() => HfModels.Load(dir));
+            Assert.DoesNotContain('\n', e.Message);
+            Assert.Contains(dir, e.Message);
+            Assert.Contains($"missing 1 weight(s): {missing}", e.Message);
+            Assert.Contains($"'{cut.Name}' is [{cut.Shape[0] - 1},{cut.Shape[1]}]", e.Message);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+}
