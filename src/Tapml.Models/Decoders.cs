@@ -170,4 +170,66 @@ public static class Decoders
         Rename = n => n.Replace(".o_proj.", ".dense.").Replace(".mlp.up_proj.", ".mlp.fc1.").Replace(".mlp.down_proj.", ".mlp.fc2.")
             .Replace("model.norm.", "model.final_layernorm.").Replace(".q_norm.", ".q_layernorm.").Replace(".k_norm.", ".k_layernorm."),
     };
+
+    /// <summary>Ordered substring replacements, canonical → checkpoint name.</summary>
+    static Func<string, string> Names(params (string From, string To)[] map) => n =>
+    {
+        foreach (var (from, to) in map) n = n.Replace(from, to);
+        return n;
+    };
+
+    public static DecoderOptions GptNeox(HfConfig c)
+    {
+        bool bias = c.Bool("attention_bias") ?? true;
+        return new DecoderOptions
+        {
+            Family = "gpt_neox", QkvBias = bias, OutBias = bias, MlpBias = true, Activation = c.HiddenAct, Norm = "layer", Mlp = "plain",
+            FusedQkv = true, FusedQkvLayout = "per_head", PartialRotary = true, Parallel = (c.Bool("use_parallel_residual") ?? true) ? "separate" : "none",
+            Rename = Names(("model.embed_tokens.", "gpt_neox.embed_in."), ("model.layers.", "gpt_neox.layers."), (".self_attn.qkv_proj.", ".attention.query_key_value."),
+                (".self_attn.o_proj.", ".attention.dense."), (".mlp.up_proj.", ".mlp.dense_h_to_4h."), (".mlp.down_proj.", ".mlp.dense_4h_to_h."),
+                ("model.norm.", "gpt_neox.final_layer_norm."), ("lm_head.", "embed_out.")),
+        };
+    }
+
+    public static DecoderOptions GptJ(HfConfig c) => new()
+    {
+        Family = "gptj", MlpBias = true, Activation = c.HiddenAct, Norm = "layer", Mlp = "plain", Parallel = "shared", PartialRotary = true,
+        RopeInterleaved = true, LmHeadBias = true,
+        Rename = Names(("model.embed_tokens.", "transformer.wte."), ("model.layers.", "transformer.h."), (".input_layernorm.", ".ln_1."),
+            (".self_attn.o_proj.", ".attn.out_proj."), (".self_attn.", ".attn."), (".mlp.up_proj.", ".mlp.fc_in."), (".mlp.down_proj.", ".mlp.fc_out."),
+            ("model.norm.", "transformer.ln_f.")),
+    };
+
+    public static DecoderOptions GptBigCode(HfConfig c)
+    {
+        if (!(c.Bool("scale_attn_weights") ?? true)) throw c.Error("scale_attn_weights", "must be true (unscaled attention is not supported)");
+        if (c.Bool("add_cross_attention") ?? false) throw c.Error("add_cross_attention", "is true; cross-attention is not supported");
+        return new DecoderOptions
+        {
+            Family = "gpt_bigcode", QkvBias = true, OutBias = true, MlpBias = true, Activation = c.HiddenAct, Norm = "layer", Mlp = "plain",
+            FusedQkv = true, FusedQkvLayout = c.NumKvHeads == 1 && c.NumHeads > 1 ? "concat" : "per_head", NoRope = true, LearnedPositions = true,
+            Rename = Names(("model.embed_tokens.", "transformer.wte."), ("model.embed_positions.", "transformer.wpe."), ("model.layers.", "transformer.h."),
+                (".input_layernorm.", ".ln_1."), (".post_attention_layernorm.", ".ln_2."), (".self_attn.qkv_proj.", ".attn.c_attn."), (".self_attn.o_proj.", ".attn.c_proj."),
+                (".mlp.up_proj.", ".mlp.c_fc."), (".mlp.down_proj.", ".mlp.c_proj."), ("model.norm.", "transformer.ln_f.")),
+        };
+    }
+
+    public static DecoderOptions Falcon(HfConfig c)
+    {
+        if (c.Bool("alibi") ?? false) throw c.Error("alibi", "is true; Falcon's ALiBi (bf16-rounded slopes added to the mask) is not supported");
+        bool newArch = c.Bool("new_decoder_architecture") ?? false, parallel = c.Bool("parallel_attn") ?? true, bias = c.Bool("bias") ?? false;
+        int lns = c.Int("num_ln_in_parallel_attn") ?? (newArch ? 2 : 1);
+        string layout = newArch ? "grouped" : c.NumKvHeads == 1 && c.NumHeads > 1 ? "concat" : "per_head";
+        var names = new List<(string, string)> { ("model.embed_tokens.", "transformer.word_embeddings."), ("model.layers.", "transformer.h.") };
+        if (newArch && lns == 2) names.AddRange([(".input_layernorm.", ".ln_attn."), (".post_attention_layernorm.", ".ln_mlp.")]);
+        names.AddRange([(".self_attn.qkv_proj.", ".self_attention.query_key_value."), (".self_attn.o_proj.", ".self_attention.dense."),
+            (".mlp.up_proj.", ".mlp.dense_h_to_4h."), (".mlp.down_proj.", ".mlp.dense_4h_to_h."), ("model.norm.", "transformer.ln_f.")]);
+        return new DecoderOptions
+        {
+            Family = "falcon", QkvBias = bias, OutBias = bias, MlpBias = bias, Activation = c.Str("activation") ?? "gelu", Norm = "layer", Mlp = "plain",
+            FusedQkv = true, FusedQkvLayout = layout,
+            Parallel = newArch ? (lns == 2 ? "separate" : "shared") : parallel ? "shared" : "none",
+            Rename = Names([.. names]),
+        };
+    }
 }

@@ -69,8 +69,16 @@ public sealed class HfConfig
         HiddenSize = Positive(HiddenKeys) ?? throw Error("hidden_size", "is missing");
         NumLayers = Positive(LayerKeys) ?? throw Error("num_hidden_layers", "is missing");
         NumHeads = Positive(HeadKeys) ?? throw Error("num_attention_heads", "is missing");
-        NumKvHeads = Positive("num_key_value_heads") ?? NumHeads;
-        IntermediateSize = Positive("intermediate_size", "n_inner")
+        // NOTE: Falcon and GPT-BigCode say kv heads through multi_query / new_decoder_architecture + num_kv_heads.
+        // GPT-NeoX, GPT-J, BLOOM and OPT are multi-head only (transformers ignores a num_key_value_heads there).
+        NumKvHeads = ModelType switch
+        {
+            "falcon" => (Bool("new_decoder_architecture") ?? false) || !(Bool("multi_query") ?? true) ? Positive("num_kv_heads") ?? NumHeads : 1,
+            "gpt_bigcode" => (Bool("multi_query") ?? true) ? 1 : NumHeads,
+            "gpt_neox" or "gptj" or "bloom" or "opt" => NumHeads,
+            _ => Positive("num_key_value_heads") ?? NumHeads,
+        };
+        IntermediateSize = Positive("intermediate_size", "n_inner", "ffn_hidden_size", "ffn_dim")
             ?? (HiddenSize <= int.MaxValue / 4 ? 4 * HiddenSize : throw Error(KeyOf(HiddenKeys), $"{HiddenSize} is too large (4 × it, the default intermediate_size, overflows)"));
         HeadDim = Positive("head_dim") ?? (HiddenSize % NumHeads == 0 ? HiddenSize / NumHeads : throw Error(KeyOf(HiddenKeys), $"{HiddenSize} is not divisible by {NumHeads} heads and head_dim is not given"));
         MaxPositions = Positive("max_position_embeddings", "n_positions", "n_ctx") ?? 2048;
@@ -124,7 +132,9 @@ public sealed class HfConfig
     RopeConfig ReadRope(JsonObject? p, string blockKey)
     {
         double theta = (p is null ? null : Num(p, blockKey, "rope_theta")) ?? PositiveReal("rope_theta") ?? 10000;
-        double partial = (p is null ? null : Num(p, blockKey, "partial_rotary_factor")) ?? PositiveReal("partial_rotary_factor", "rotary_pct") ?? 1;
+        // NOTE: GPT-J gives the rotary channels as a count (rotary_dim), not a factor.
+        double partial = (p is null ? null : Num(p, blockKey, "partial_rotary_factor")) ?? PositiveReal("partial_rotary_factor", "rotary_pct")
+            ?? (Positive("rotary_dim") is int rd ? (rd <= HeadDim ? (double)rd / HeadDim : throw Error("rotary_dim", $"{rd} is more than head_dim {HeadDim}")) : 1);
         if (!(partial > 0 && partial <= 1)) throw Error("partial_rotary_factor", $"must be in (0, 1] (got {partial})");
         if (p is null) return new RopeConfig { Theta = theta, PartialRotaryFactor = partial };
         string type = Str(p, blockKey, "rope_type") ?? Str(p, blockKey, "type") ?? "default";

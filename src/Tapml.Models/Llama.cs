@@ -143,6 +143,14 @@ public sealed record DecoderOptions
     public bool LmHeadBias { get; init; }
     /// <summary>Gemma 3: sliding layers use <see cref="HfConfig.LocalRope"/>.</summary>
     public bool LocalRope { get; init; }
+    /// <summary>How a fused <c>qkv_proj</c>'s rows are laid out: concat, per_head or grouped (see LlamaWeights.QkvBlocks).</summary>
+    public string FusedQkvLayout { get; init; } = "concat";
+    /// <summary>Learned absolute position embeddings (<c>model.embed_positions.weight</c>, [max_positions + offset,
+    /// hidden]) added to the token embeddings at <c>position_ids + PositionOffset</c> (GPT-BigCode; OPT: offset 2).</summary>
+    public bool LearnedPositions { get; init; }
+    public int PositionOffset { get; init; }
+    /// <summary>No rotary embedding (learned positions or ALiBi instead).</summary>
+    public bool NoRope { get; init; }
     /// <summary>Canonical (Llama) weight name → the checkpoint's name (identity when null).</summary>
     public Func<string, string>? Rename { get; init; }
 
@@ -179,11 +187,16 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
         for (int i = 0; i < c.NumLayers; i++)
             pasts[i] = (b.Input($"past_key_values.{i}.key", DType.Float32, kvShape), b.Input($"past_key_values.{i}.value", DType.Float32, kvShape));
 
-        RotaryTables(pos);
+        if (!o.NoRope) RotaryTables(pos);
         CausalMask(ids, pasts[0].Key);
         string x = b.Node("Gather", [Weight("model.embed_tokens.weight"), ids], new() { ["axis"] = Attr.Of(0L) });
         if (o.ScaleEmbeddings) x = b.Node("Mul", [x, Float("embed_scale", (float)Math.Sqrt(c.HiddenSize))]);
         if (o.EmbeddingMultiplier != 1) x = b.Node("Mul", [x, Float("embedding_multiplier", (float)o.EmbeddingMultiplier)]);
+        if (o.LearnedPositions)
+        {
+            string at = o.PositionOffset == 0 ? pos : b.Node("Add", [pos, b.Initializer("position_offset", Tensor.Scalar((long)o.PositionOffset))]);
+            x = b.Node("Add", [x, b.Node("Gather", [Weight("model.embed_positions.weight"), at], new() { ["axis"] = Attr.Of(0L) })]);
+        }
         var presents = new List<string>();
         for (int i = 0; i < c.NumLayers; i++)
         {
@@ -397,7 +410,7 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
         q = SplitHeads(q, c.NumHeads); k = SplitHeads(k, c.NumKvHeads); v = SplitHeads(v, c.NumKvHeads);
         if (o.QkNorm != "none" && o.QkNorm != "full_rms") { q = HeadNorm(q, p + "q_norm", c.NumHeads); k = HeadNorm(k, p + "k_norm", c.NumKvHeads); }
         bool local = o.LocalRope && o.Sliding(layer) && c.LocalRope is not null;
-        q = ApplyRope(q, local); k = ApplyRope(k, local);
+        if (!o.NoRope) { q = ApplyRope(q, local); k = ApplyRope(k, local); }
         string key = b.Node("Concat", [past.Key, k], new() { ["axis"] = Attr.Of(2L) }, outputName: $"present.{layer}.key");
         string value = b.Node("Concat", [past.Value, v], new() { ["axis"] = Attr.Of(2L) }, outputName: $"present.{layer}.value");
         string kT = b.Node("Transpose", [RepeatKv(key)], new() { ["perm"] = Attr.Of(new long[] { 0, 1, 3, 2 }) });

@@ -26,6 +26,7 @@ public static class LlamaWeights
     {
         long h = c.HiddenSize, q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim, inter = c.IntermediateSize;
         var specs = new List<WeightSpec> { new("model.embed_tokens.weight", [c.VocabSize, h]) };
+        if (o.LearnedPositions) specs.Add(new("model.embed_positions.weight", [c.MaxPositions + o.PositionOffset, h]));
         void Linear(string name, long outDim, long inDim, bool bias)
         {
             specs.Add(new(name + ".weight", [outDim, inDim]));
@@ -153,12 +154,42 @@ public static class LlamaWeights
                 }
             }
         }
+        var order = o.FusedQkv ? QkvBlocks(c, o.FusedQkvLayout) : null;
         for (int i = 0; i < c.NumLayers; i++)
         {
             string p = $"model.layers.{i}.";
+            if (order is not null && o.FusedQkvLayout != "concat")
+                foreach (var suffix in new[] { ".weight", ".bias" })
+                    if (r.TryGetValue(p + "self_attn.qkv_proj" + suffix, out var t)) r[p + "self_attn.qkv_proj" + suffix] = Reorder(t, order, c.HeadDim);
             if (o.FusedQkv) Split(p + "self_attn.qkv_proj", [(p + "self_attn.q_proj", q), (p + "self_attn.k_proj", kv), (p + "self_attn.v_proj", kv)]);
             if (o.FusedGateUp) Split(p + "mlp.gate_up_proj", [(p + "mlp.gate_proj", inter), (p + "mlp.up_proj", inter)]);
         }
         return r;
+    }
+
+    /// <summary>For each head_dim-row block of [q heads, k heads, v heads], the block of the fused tensor it is:
+    /// concat (rows q, k, v: Phi-3, GPT-BigCode multi-query, Falcon multi-query); per_head ([heads, 3, head_dim]:
+    /// GPT-NeoX, BLOOM, GPT-BigCode); grouped ([kv_heads, heads/kv_heads + 2, head_dim]: Falcon's new decoder).</summary>
+    static int[] QkvBlocks(HfConfig c, string layout)
+    {
+        int h = c.NumHeads, kv = c.NumKvHeads, rep = h / kv;
+        return layout switch
+        {
+            "concat" => Enumerable.Range(0, h + 2 * kv).ToArray(),
+            "per_head" => [.. Enumerable.Range(0, h).Select(j => 3 * j), .. Enumerable.Range(0, kv).Select(j => 3 * j + 1), .. Enumerable.Range(0, kv).Select(j => 3 * j + 2)],
+            "grouped" => [.. Enumerable.Range(0, h).Select(j => j / rep * (rep + 2) + j % rep), .. Enumerable.Range(0, kv).Select(g => g * (rep + 2) + rep), .. Enumerable.Range(0, kv).Select(g => g * (rep + 2) + rep + 1)],
+            _ => throw new TapmlException($"unknown fused q/k/v layout '{layout}'"),
+        };
+    }
+
+    static Tensor Reorder(Tensor t, int[] blocks, int headDim)
+    {
+        long cols = t.Shape.Length == 2 ? t.Shape[1] : 1;
+        int block = (int)(headDim * cols);
+        var dst = Tensor.Uninitialized(DType.Float32, t.Shape);
+        var s = t.Span<float>();
+        var d = dst.Span<float>();
+        for (int i = 0; i < blocks.Length; i++) s.Slice(blocks[i] * block, block).CopyTo(d.Slice(i * block, block));
+        return dst;
     }
 }
