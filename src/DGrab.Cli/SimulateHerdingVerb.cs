@@ -71,7 +71,7 @@ public static class SimulateHerdingVerb
         {
             var row = new JsonObject { ["round"] = k };
             foreach (var o in Registry.Names) row[Key(o)] = run.Bounds[o][k];
-            rows.Add(row);
+            rows.Add((JsonNode)row);
         }
         return new JsonObject { ["workers"] = run.Workers, ["seed"] = run.Seed, ["rounds"] = rows };
     }

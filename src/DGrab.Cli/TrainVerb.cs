@@ -120,7 +120,7 @@ public static class TrainVerb
                 if (target is { } t)
                     for (int k = 0; k < mine[0].Epochs.Count && reach is null; k++)
                         if (Stats.MeanStd(mine.Select(x => x.Epochs[k].TrainLoss).ToList()).Mean <= t) reach = mine[0].Epochs[k].Epoch;
-                rows.Add(new JsonObject
+                rows.Add((JsonNode)new JsonObject
                 {
                     ["order"] = o, ["lr"] = lr, ["seeds"] = mine.Count,
                     ["final_train_loss"] = loss.Mean, ["final_train_loss_std"] = loss.Std,

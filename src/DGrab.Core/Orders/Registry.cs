@@ -3,7 +3,7 @@ namespace DGrab.Orders;
 /// <summary>The one list of order policies: the CLI, the tests and the docs read it.</summary>
 public static class Registry
 {
-    public static readonly IReadOnlyList<string> Names = ["cd-grab", "d-rr", "id-grab-bal", "id-grab-pairbal"];
+    public static readonly IReadOnlyList<string> Names = ["cd-grab", "id-grab-bal", "id-grab-pairbal", "d-rr"];
 
     /// <summary>Whether the policy balances pairs (needs an even shard and an even local batch).</summary>
     public static bool UsesPairs(string name) => name is "cd-grab" or "id-grab-pairbal";
