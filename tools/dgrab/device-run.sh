@@ -6,14 +6,14 @@ set -u
 cd "$(dirname "${BASH_SOURCE[0]}")"
 OUT="${OUT:-out}"; mkdir -p "$OUT"
 { echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"; } | tee "$OUT/summary.txt"
-t0=$(date +%s)
-./dgrab simulate-herding --workers 5,20,100 --seed 0,1,2 --rounds 16 --vectors 1000000 --dim 16 \
-  --json "$OUT/herding.json" --plot "$OUT/herding.svg" >>"$OUT/summary.txt" 2>>"$OUT/progress.log"
-t1=$(date +%s); echo "herding: $((t1 - t0)) s" | tee -a "$OUT/summary.txt"
+# NOTE: the herding simulation (dgrab simulate-herding --workers 5,20,100 --seed 0,1,2) takes 2.6 min on 2 cores and
+# ran there; this machine gets the training grids only.
+t1=$(date +%s)
 ./dgrab train --data . --model logreg --order cd-grab,id-grab-bal,id-grab-pairbal,d-rr --workers 4 --batch 16 \
   --lr 0.001,0.005,0.01 --epochs 50 --seed 0,1,2,3,4 --json "$OUT/logreg.json" --plot "$OUT/logreg.svg" >>"$OUT/summary.txt" 2>>"$OUT/progress.log"
 t2=$(date +%s); echo "logreg grid: $((t2 - t1)) s" | tee -a "$OUT/summary.txt"
-timeout "${MLP_LIMIT:-300}" ./dgrab train --data . --model mlp --order cd-grab,id-grab-bal,id-grab-pairbal,d-rr --workers 4 --batch 16 \
-  --lr 0.001,0.005,0.01 --epochs 30 --seed 0,1,2 --json "$OUT/mlp.json" --plot "$OUT/mlp.svg" >>"$OUT/summary.txt" 2>>"$OUT/progress.log"
+# NOTE: the MLP grid is cut off before the call's 600 s limit so the logreg results always come back.
+timeout $((540 - (t2 - t1))) ./dgrab train --data . --model mlp --order cd-grab,id-grab-bal,id-grab-pairbal,d-rr --workers 4 --batch 16 \
+  --lr 0.001,0.005,0.01 --epochs 50 --seed 0,1,2 --json "$OUT/mlp.json" --plot "$OUT/mlp.svg" >>"$OUT/summary.txt" 2>>"$OUT/progress.log"
 rc=$?; t3=$(date +%s); echo "mlp grid: $((t3 - t2)) s (exit $rc)" | tee -a "$OUT/summary.txt"
 tail -c 6000 "$OUT/summary.txt"
