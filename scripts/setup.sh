@@ -24,6 +24,9 @@ command -v glslc >/dev/null 2>&1 || need+=(glslc)
 # opencl: the ICD loader and PoCL (a CPU driver)
 ldconfig -p 2>/dev/null | grep -q 'libOpenCL.so.1 ' || need+=(ocl-icd-libopencl1)
 [ -f /etc/OpenCL/vendors/pocl.icd ] || need+=(pocl-opencl-icd)
+# dgrab: workers as MPI processes (Open MPI's mpirun and libmpi) and the Fashion-MNIST data set it trains on
+command -v mpirun >/dev/null 2>&1 || need+=(openmpi-bin)
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

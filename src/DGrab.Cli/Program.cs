@@ -1,0 +1,1 @@
+return DGrab.Cli.App.Run(args);
