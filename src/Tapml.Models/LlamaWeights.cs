@@ -25,7 +25,9 @@ public static class LlamaWeights
     static List<WeightSpec> GraphSpecs(HfConfig c, DecoderOptions o)
     {
         long h = c.HiddenSize, q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim, inter = c.IntermediateSize;
-        var specs = new List<WeightSpec> { new("model.embed_tokens.weight", [c.VocabSize, h]) };
+        long embed = o.EmbedProjDim ?? h;
+        var specs = new List<WeightSpec> { new("model.embed_tokens.weight", [c.VocabSize, embed]) };
+        if (o.EmbedProjDim is not null) specs.Add(new("model.project_in.weight", [h, embed]));
         if (o.LearnedPositions) specs.Add(new("model.embed_positions.weight", [c.MaxPositions + o.PositionOffset, h]));
         void Linear(string name, long outDim, long inDim, bool bias)
         {
@@ -43,6 +45,7 @@ public static class LlamaWeights
             Linear(p + "up_proj", i, h, bias);
             Linear(p + "down_proj", h, i, bias);
         }
+        if (o.EmbeddingNorm) Norm("model.embed_norm");
         for (int i = 0; i < c.NumLayers; i++)
         {
             string p = $"model.layers.{i}.";
@@ -78,8 +81,9 @@ public static class LlamaWeights
             else if (o.Mlp == "plain") { Linear(p + "mlp.up_proj", inter, h, o.MlpBias); Linear(p + "mlp.down_proj", h, inter, o.MlpBias); }
             else Gated(p + "mlp.", inter, o.MlpBias);
         }
-        Norm("model.norm");
-        if (!c.TieWordEmbeddings) specs.Add(new("lm_head.weight", [c.VocabSize, h]));
+        if (o.FinalNorm) Norm("model.norm");
+        if (o.EmbedProjDim is not null) specs.Add(new("model.project_out.weight", [embed, h]));
+        if (!c.TieWordEmbeddings) specs.Add(new("lm_head.weight", [c.VocabSize, embed]));
         if (o.LmHeadBias) specs.Add(new("lm_head.bias", [c.VocabSize]));
         return specs;
     }
@@ -118,7 +122,8 @@ public static class LlamaWeights
     public static void CheckSizes(HfConfig c, IReadOnlyDictionary<string, long[]> available, string origin, DecoderOptions o)
     {
         var r = o.Rename ?? (n => n);
-        WeightMap.CheckSizes(c, available, origin, r("model.layers."), r("model.embed_tokens.weight"));
+        // NOTE: with OPT's project_in the embedding is narrower than hidden_size; its shape is checked by the map instead.
+        WeightMap.CheckSizes(c, available, origin, r("model.layers."), o.EmbedProjDim is null ? r("model.embed_tokens.weight") : "");
     }
 
     /// <summary>Checks a checkpoint's tensors against the config's map (see <see cref="WeightMap.Check"/>).</summary>
