@@ -19,11 +19,13 @@ public static class Decoders
         return (sliding ? c.SlidingWindow : null, layerTypes is { } t && t.Count == c.NumLayers ? i => t[i] == "sliding_attention" : i => i >= maxWindowLayers);
     }
 
-    /// <summary>layer_types' sliding_attention layers (every layer when absent); the list must have one entry a layer.</summary>
-    static Func<int, bool> LayerTypes(HfConfig c)
+    /// <summary>layer_types' sliding_attention layers; when absent, transformers' default for the architecture: every
+    /// <paramref name="pattern"/>-th layer is full attention, the others slide (Gemma 2: 2, Gemma 3: sliding_window_pattern,
+    /// default 6). The list must have one entry a layer.</summary>
+    static Func<int, bool> LayerTypes(HfConfig c, int pattern)
     {
         var t = c.StrList("layer_types");
-        if (t is null) return _ => true;
+        if (t is null) return i => (i + 1) % pattern != 0;
         if (t.Count != c.NumLayers) throw c.Error("layer_types", $"has {t.Count} entries for {c.NumLayers} layers");
         foreach (var x in t)
             if (x is not ("sliding_attention" or "full_attention")) throw c.Error("layer_types", $"holds '{x}'; supported: sliding_attention, full_attention");
@@ -140,7 +142,7 @@ public static class Decoders
         {
             Family = "gemma2", Activation = c.Str("hidden_activation") ?? c.Str("hidden_act") ?? "gelu_pytorch_tanh", Block = "sandwich",
             AttentionScale = 1 / Math.Sqrt(scalar), AttentionSoftcap = c.PositiveReal("attn_logit_softcapping"), FinalSoftcap = c.PositiveReal("final_logit_softcapping"),
-            SlidingWindow = c.SlidingWindow, IsSliding = LayerTypes(c),
+            SlidingWindow = c.SlidingWindow, IsSliding = LayerTypes(c, 2),
         };
     }
 
@@ -148,6 +150,7 @@ public static class Decoders
     {
         // NOTE: transformers' Gemma 3 attention does not apply attn_logit_softcapping (only the final one); neither do we.
         Family = "gemma3_text", AttentionSoftcap = null, QkNorm = "head_rms", LocalRope = true,
+        IsSliding = LayerTypes(c, c.Positive("sliding_window_pattern", "_sliding_window_pattern") ?? 6),
     };
 
     public static DecoderOptions Cohere(HfConfig c) => new()
