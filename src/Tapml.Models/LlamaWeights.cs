@@ -80,7 +80,7 @@ public static class LlamaWeights
             Linear(p + "self_attn.o_proj", h, q, o.OutBias);
             if (o.Parallel != "shared") Norm(p + "post_attention_layernorm");
             if (o.Block == "sandwich") Norm(p + "pre_feedforward_layernorm");
-            if (o.Block != "pre") Norm(p + "post_feedforward_layernorm");
+            if (o.Block is "sandwich" or "post") Norm(p + "post_feedforward_layernorm");
             if (o.MoeLayer(i))
             {
                 var m = o.Moe!;
