@@ -82,6 +82,33 @@ public class HfArchTests
         Assert.Contains($"'{Refused[name]}'", e.Message);
     }
 
+    /// <summary>Config values a held-out checkpoint may carry that the graph does not implement: each is one line naming
+    /// the file and the key (checkpoint, key, JSON value, key named).</summary>
+    [Theory]
+    [InlineData("deepseek_v3-a", "rope_parameters", "{\"rope_type\":\"yarn\",\"factor\":40,\"rope_theta\":10000,\"original_max_position_embeddings\":64}", "rope_type")]
+    [InlineData("mixtral-a", "router_jitter_noise", "0.1", "router_jitter_noise")]
+    [InlineData("gemma2-a", "layer_types", "[\"sliding_attention\",\"chunked_attention\"]", "layer_types")]
+    [InlineData("qwen3_moe-a", "num_experts_per_tok", "9", "num_experts_per_tok")]
+    [InlineData("gpt_bigcode-a", "scale_attn_weights", "false", "scale_attn_weights")]
+    [InlineData("opt-a", "layer_norm_elementwise_affine", "false", "layer_norm_elementwise_affine")]
+    [InlineData("phi-a", "hidden_act", "\"quick_gelu\"", "hidden_act")]
+    public void An_unimplemented_config_value_is_one_line_naming_the_key(string name, string key, string json, string named)
+    {
+        string dir = Directory.CreateTempSubdirectory("tapml-arch-cfg").FullName;
+        try
+        {
+            var raw = JsonNode.Parse(File.ReadAllText(Path.Combine(Root, name, "config.json")))!.AsObject();
+            raw[key] = JsonNode.Parse(json);
+            File.WriteAllText(Path.Combine(dir, "config.json"), raw.ToJsonString());
+            File.Copy(Path.Combine(Root, name, "model.safetensors"), Path.Combine(dir, "model.safetensors"));
+            var e = Assert.Throws<TapmlException>(() => HfModels.Load(dir));
+            Assert.DoesNotContain('\n', e.Message);
+            Assert.Contains(Path.Combine(dir, "config.json"), e.Message);
+            Assert.Contains($"'{named}'", e.Message);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
     [Theory, MemberData(nameof(Checkpoints))]
     public void Cpu_matches_transformers_logits_and_greedy_tokens(string name)
     {
