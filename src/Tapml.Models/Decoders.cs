@@ -19,11 +19,13 @@ public static class Decoders
         return (sliding ? c.SlidingWindow : null, layerTypes is { } t && t.Count == c.NumLayers ? i => t[i] == "sliding_attention" : i => i >= maxWindowLayers);
     }
 
-    /// <summary>layer_types' sliding_attention layers (every layer when absent); the list must have one entry a layer.</summary>
-    static Func<int, bool> LayerTypes(HfConfig c)
+    /// <summary>layer_types' sliding_attention layers; when absent, transformers' default for the architecture: every
+    /// <paramref name="pattern"/>-th layer is full attention, the others slide (Gemma 2: 2, Gemma 3: sliding_window_pattern,
+    /// default 6). The list must have one entry a layer.</summary>
+    static Func<int, bool> LayerTypes(HfConfig c, int pattern)
     {
         var t = c.StrList("layer_types");
-        if (t is null) return _ => true;
+        if (t is null) return i => (i + 1) % pattern != 0;
         if (t.Count != c.NumLayers) throw c.Error("layer_types", $"has {t.Count} entries for {c.NumLayers} layers");
         foreach (var x in t)
             if (x is not ("sliding_attention" or "full_attention")) throw c.Error("layer_types", $"holds '{x}'; supported: sliding_attention, full_attention");
@@ -140,7 +142,7 @@ public static class Decoders
         {
             Family = "gemma2", Activation = c.Str("hidden_activation") ?? c.Str("hidden_act") ?? "gelu_pytorch_tanh", Block = "sandwich",
             AttentionScale = 1 / Math.Sqrt(scalar), AttentionSoftcap = c.PositiveReal("attn_logit_softcapping"), FinalSoftcap = c.PositiveReal("final_logit_softcapping"),
-            SlidingWindow = c.SlidingWindow, IsSliding = LayerTypes(c),
+            SlidingWindow = c.SlidingWindow, IsSliding = LayerTypes(c, 2),
         };
     }
 
@@ -148,6 +150,7 @@ public static class Decoders
     {
         // NOTE: transformers' Gemma 3 attention does not apply attn_logit_softcapping (only the final one); neither do we.
         Family = "gemma3_text", AttentionSoftcap = null, QkNorm = "head_rms", LocalRope = true,
+        IsSliding = LayerTypes(c, c.Positive("sliding_window_pattern", "_sliding_window_pattern") ?? 6),
     };
 
     public static DecoderOptions Cohere(HfConfig c) => new()
@@ -230,6 +233,59 @@ public static class Decoders
             FusedQkv = true, FusedQkvLayout = layout,
             Parallel = newArch ? (lns == 2 ? "separate" : "shared") : parallel ? "shared" : "none",
             Rename = Names([.. names]),
+        };
+    }
+
+    public static DecoderOptions Bloom(HfConfig c) => new()
+    {
+        Family = "bloom", QkvBias = true, OutBias = true, MlpBias = true, Activation = "gelu_new", Norm = "layer", Mlp = "plain",
+        FusedQkv = true, FusedQkvLayout = "per_head", NoRope = true, Alibi = true, EmbeddingNorm = true,
+        ResidualFromNorm = c.Bool("apply_residual_connection_post_layernorm") ?? false,
+        Rename = Names(("model.embed_tokens.", "transformer.word_embeddings."), ("model.embed_norm.", "transformer.word_embeddings_layernorm."),
+            ("model.layers.", "transformer.h."), (".self_attn.qkv_proj.", ".self_attention.query_key_value."), (".self_attn.o_proj.", ".self_attention.dense."),
+            (".mlp.up_proj.", ".mlp.dense_h_to_4h."), (".mlp.down_proj.", ".mlp.dense_4h_to_h."), ("model.norm.", "transformer.ln_f.")),
+    };
+
+    public static DecoderOptions Opt(HfConfig c)
+    {
+        if (!(c.Bool("layer_norm_elementwise_affine") ?? true)) throw c.Error("layer_norm_elementwise_affine", "must be true (LayerNorms without weights are not supported for OPT)");
+        bool pre = c.Bool("do_layer_norm_before") ?? true, bias = c.Bool("enable_bias") ?? true;
+        int proj = c.Positive("word_embed_proj_dim") ?? c.HiddenSize;
+        return new DecoderOptions
+        {
+            Family = "opt", QkvBias = bias, OutBias = bias, MlpBias = bias, Activation = c.HiddenAct, Norm = "layer", Mlp = "plain",
+            NoRope = true, LearnedPositions = true, PositionOffset = 2, Block = pre ? "pre" : "postln",
+            FinalNorm = pre && !(c.Bool("_remove_final_layer_norm") ?? false), EmbedProjDim = proj != c.HiddenSize ? proj : null,
+            Rename = Names(("model.embed_tokens.", "model.decoder.embed_tokens."), ("model.embed_positions.", "model.decoder.embed_positions."),
+                ("model.project_in.", "model.decoder.project_in."), ("model.project_out.", "model.decoder.project_out."), ("model.layers.", "model.decoder.layers."),
+                (".input_layernorm.", ".self_attn_layer_norm."), (".post_attention_layernorm.", ".final_layer_norm."), (".self_attn.o_proj.", ".self_attn.out_proj."),
+                (".mlp.up_proj.", ".fc1."), (".mlp.down_proj.", ".fc2."), ("model.norm.", "model.decoder.final_layer_norm.")),
+        };
+    }
+
+    public static DecoderOptions DeepSeekV3(HfConfig c)
+    {
+        if (c.Rope.Type != "default") throw c.Error("rope_type", $"is '{c.Rope.Type}'; DeepSeek-V3 is supported with default RoPE only (yarn and its mscale are not implemented)");
+        int Need(string key) => c.Positive(key) ?? throw c.Error(key, "is missing");
+        int experts = c.Positive("n_routed_experts", "num_local_experts") ?? throw c.Error("n_routed_experts", "is missing");
+        int groups = c.Positive("n_group") ?? 1, topkGroup = c.Positive("topk_group") ?? 1;
+        if (experts % groups != 0 || experts / groups < 2) throw c.Error("n_group", $"{groups} groups must split {experts} experts into groups of at least 2");
+        if (topkGroup > groups) throw c.Error("topk_group", $"{topkGroup} is more than n_group {groups}");
+        int k = TopK(c, experts);
+        if (k > topkGroup * (experts / groups)) throw c.Error("num_experts_per_tok", $"{k} is more than the experts of {topkGroup} group(s)");
+        int rope = Need("qk_rope_head_dim");
+        if (rope % 2 != 0) throw c.Error("qk_rope_head_dim", $"{rope} must be even");
+        int shared = c.Int("n_shared_experts") ?? 0, first = c.Int("first_k_dense_replace") ?? 0;
+        return new DecoderOptions
+        {
+            Family = "deepseek_v3", QkvBias = AttnBias(c), OutBias = AttnBias(c), Activation = c.HiddenAct, RopeInterleaved = c.Bool("rope_interleave") ?? true,
+            Mla = new MlaOptions(c.Positive("q_lora_rank"), Need("kv_lora_rank"), rope, Need("qk_nope_head_dim"), Need("v_head_dim")),
+            Moe = new MoeOptions(experts, k, Need("moe_intermediate_size"), c.Bool("norm_topk_prob") ?? true, shared > 0 ? shared * Need("moe_intermediate_size") : null)
+            {
+                DeepSeekRouter = true, Groups = groups, TopKGroups = topkGroup, ScalingFactor = c.Double("routed_scaling_factor") ?? 1,
+                SharedName = "shared_experts", SharedGated = false,
+            },
+            IsMoeLayer = i => i >= first,
         };
     }
 }

@@ -100,6 +100,8 @@ public sealed class HfConfig
             LocalRope = ReadRope(rp["sliding_attention"] as JsonObject, "rope_parameters.sliding_attention");
         else if (PositiveReal("rope_local_base_freq") is double local)
             LocalRope = new RopeConfig { Theta = local };
+        else if (ModelType == "gemma3_text")
+            LocalRope = new RopeConfig { Theta = 10000 }; // transformers' default rope_local_base_freq
     }
 
     /// <summary>Reads and checks <c>config.json</c>: a folder's (which must be a regular file inside it, not a link
@@ -131,7 +133,7 @@ public sealed class HfConfig
 
     RopeConfig ReadRope(JsonObject? p, string blockKey)
     {
-        double theta = (p is null ? null : Num(p, blockKey, "rope_theta")) ?? PositiveReal("rope_theta") ?? 10000;
+        double theta = (p is null ? null : Num(p, blockKey, "rope_theta")) ?? PositiveReal("rope_theta", "rotary_emb_base") ?? 10000;
         // NOTE: GPT-J gives the rotary channels as a count (rotary_dim), not a factor.
         double partial = (p is null ? null : Num(p, blockKey, "partial_rotary_factor")) ?? PositiveReal("partial_rotary_factor", "rotary_pct")
             ?? (Positive("rotary_dim") is int rd ? (rd <= HeadDim ? (double)rd / HeadDim : throw Error("rotary_dim", $"{rd} is more than head_dim {HeadDim}")) : 1);

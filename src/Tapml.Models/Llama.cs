@@ -110,7 +110,8 @@ public sealed record DecoderOptions
     /// <summary>MLP: gated (<c>down(act(gate(x)) · up(x))</c>) or plain (<c>down(act(up(x)))</c>; the names are the
     /// canonical up_proj/down_proj, renamed to the checkpoint's by <see cref="Rename"/>).</summary>
     public string Mlp { get; init; } = "gated";
-    /// <summary>Block layout: pre (x + attn(norm(x)), then x + mlp(norm(x))); sandwich (Gemma 2/3: also a norm on
+    /// <summary>Block layout: pre (x + attn(norm(x)), then x + mlp(norm(x))); postln (OPT-350m: norm(x + attn(x)),
+    /// then norm(x + mlp(x)), with input_layernorm and post_attention_layernorm); sandwich (Gemma 2/3: also a norm on
     /// each sub-block's output, post_attention_layernorm / pre_feedforward_layernorm / post_feedforward_layernorm);
     /// post (OLMo 2: only the output norms, post_attention_layernorm / post_feedforward_layernorm).</summary>
     public string Block { get; init; } = "pre";
@@ -151,6 +152,19 @@ public sealed record DecoderOptions
     public int PositionOffset { get; init; }
     /// <summary>No rotary embedding (learned positions or ALiBi instead).</summary>
     public bool NoRope { get; init; }
+    /// <summary>ALiBi (BLOOM): scores + slope_h · key position, slopes as transformers' build_alibi_tensor.</summary>
+    public bool Alibi { get; init; }
+    /// <summary>BLOOM: a norm (<c>model.embed_norm</c>) right after the embedding.</summary>
+    public bool EmbeddingNorm { get; init; }
+    /// <summary>BLOOM's apply_residual_connection_post_layernorm: the residual is the normed input, not the input.</summary>
+    public bool ResidualFromNorm { get; init; }
+    /// <summary>A final norm (<c>model.norm</c>) before lm_head (OPT post-LN has none).</summary>
+    public bool FinalNorm { get; init; } = true;
+    /// <summary>OPT: embeddings (and the tied lm_head) are this wide, with <c>model.project_in</c> /
+    /// <c>model.project_out</c> ([hidden, dim] / [dim, hidden], no bias) around the decoder.</summary>
+    public int? EmbedProjDim { get; init; }
+    /// <summary>Multi-head latent attention (DeepSeek-V3) instead of q/k/v projections.</summary>
+    public MlaOptions? Mla { get; init; }
     /// <summary>Canonical (Llama) weight name → the checkpoint's name (identity when null).</summary>
     public Func<string, string>? Rename { get; init; }
 
@@ -166,14 +180,32 @@ public sealed record DecoderOptions
 /// <see cref="SharedIntermediate"/> is set, a shared expert scaled by <c>sigmoid(shared_expert_gate(x))</c>
 /// (Qwen2-MoE). Names (canonical, Qwen-MoE's): <c>mlp.gate</c>, <c>mlp.experts.{e}.gate_proj|up_proj|down_proj</c>,
 /// <c>mlp.shared_expert.*</c>, <c>mlp.shared_expert_gate</c>.</summary>
-public sealed record MoeOptions(int Experts, int TopK, int Intermediate, bool NormTopK, int? SharedIntermediate = null);
+public sealed record MoeOptions(int Experts, int TopK, int Intermediate, bool NormTopK, int? SharedIntermediate = null)
+{
+    /// <summary>DeepSeek-V3's router instead of softmax: sigmoid scores; choice by scores + <c>gate.e_score_correction_bias</c>
+    /// within the <see cref="TopKGroups"/> best of <see cref="Groups"/> groups (a group's score: its two best);
+    /// weights are the chosen sigmoid scores (renormalized when <see cref="MoeOptions.NormTopK"/>) × <see cref="ScalingFactor"/>.</summary>
+    public bool DeepSeekRouter { get; init; }
+    public int Groups { get; init; } = 1;
+    public int TopKGroups { get; init; } = 1;
+    public double ScalingFactor { get; init; } = 1;
+    /// <summary>The shared expert's name under mlp. and whether sigmoid(shared_expert_gate(x)) scales it (Qwen2-MoE).</summary>
+    public string SharedName { get; init; } = "shared_expert";
+    public bool SharedGated { get; init; } = true;
+}
+
+/// <summary>DeepSeek's multi-head latent attention: q through an optional low-rank (q_a_proj, q_a_layernorm, q_b_proj)
+/// or q_proj; keys and values from a compressed latent (kv_a_proj_with_mqa → kv_a_layernorm, kv_b_proj) plus one
+/// shared rotary key. The KV cache holds the normed latent (key, [batch, 1, seq, kv_lora_rank]) and the rotated
+/// shared key (value, [batch, 1, seq, qk_rope_head_dim]), as transformers' cache does.</summary>
+public sealed record MlaOptions(int? QLoraRank, int KvLoraRank, int RopeDim, int NopeDim, int VDim);
 
 /// <summary>The node-by-node construction of <see cref="Llama"/>; one method per block of the HF module tree.</summary>
 sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, DecoderOptions o)
 {
     readonly GraphBuilder b = new(c.Architectures.FirstOrDefault() ?? o.Family);
-    readonly int rotaryDim = (int)(c.HeadDim * c.Rope.PartialRotaryFactor);
-    string cos = "", sin = "", localCos = "", localSin = "", mask = "", slidingMask = "";
+    readonly int rotaryDim = o.Mla?.RopeDim ?? (int)(c.HeadDim * c.Rope.PartialRotaryFactor);
+    string cos = "", sin = "", localCos = "", localSin = "", mask = "", slidingMask = "", keyPositions = "", alibi = "";
 
     static Dim Sym(string name) => new(null, name);
 
@@ -182,26 +214,38 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
         var batch = Sym("batch"); var seq = Sym("seq"); var past = Sym("past_seq"); var total = Sym("total_seq");
         string ids = b.Input("input_ids", DType.Int64, batch, seq);
         string pos = b.Input("position_ids", DType.Int64, batch, seq);
-        var kvShape = new[] { batch, new Dim(c.NumKvHeads, null), past, new Dim(c.HeadDim, null) };
+        Dim[] Kv(long heads, long dim, Dim len) => [batch, new Dim(heads, null), len, new Dim(dim, null)];
+        var (keyShape, valueShape) = o.Mla is { } mla ? (Kv(1, mla.KvLoraRank, past), Kv(1, mla.RopeDim, past)) : (Kv(c.NumKvHeads, c.HeadDim, past), Kv(c.NumKvHeads, c.HeadDim, past));
         var pasts = new (string Key, string Value)[c.NumLayers];
         for (int i = 0; i < c.NumLayers; i++)
-            pasts[i] = (b.Input($"past_key_values.{i}.key", DType.Float32, kvShape), b.Input($"past_key_values.{i}.value", DType.Float32, kvShape));
+            pasts[i] = (b.Input($"past_key_values.{i}.key", DType.Float32, keyShape), b.Input($"past_key_values.{i}.value", DType.Float32, valueShape));
 
         if (!o.NoRope) RotaryTables(pos);
         CausalMask(ids, pasts[0].Key);
         string x = b.Node("Gather", [Weight("model.embed_tokens.weight"), ids], new() { ["axis"] = Attr.Of(0L) });
         if (o.ScaleEmbeddings) x = b.Node("Mul", [x, Float("embed_scale", (float)Math.Sqrt(c.HiddenSize))]);
         if (o.EmbeddingMultiplier != 1) x = b.Node("Mul", [x, Float("embedding_multiplier", (float)o.EmbeddingMultiplier)]);
+        if (o.EmbedProjDim is not null) x = b.Node("MatMul", [x, TransposedWeight("model.project_in.weight")]);
         if (o.LearnedPositions)
         {
             string at = o.PositionOffset == 0 ? pos : b.Node("Add", [pos, b.Initializer("position_offset", Tensor.Scalar((long)o.PositionOffset))]);
             x = b.Node("Add", [x, b.Node("Gather", [Weight("model.embed_positions.weight"), at], new() { ["axis"] = Attr.Of(0L) })]);
         }
+        if (o.EmbeddingNorm) x = Norm(x, "model.embed_norm");
         var presents = new List<string>();
         for (int i = 0; i < c.NumLayers; i++)
         {
             string p = $"model.layers.{i}.";
+            if (o.Block == "postln")
+            {
+                var (a, k, v) = Attention(x, p + "self_attn.", pasts[i], i);
+                presents.Add(k); presents.Add(v);
+                x = Norm(b.Node("Add", [x, a]), p + "input_layernorm");
+                x = Norm(b.Node("Add", [x, Mlp(x, p + "mlp.")]), p + "post_attention_layernorm");
+                continue;
+            }
             string h = o.Block == "post" ? x : Norm(x, p + "input_layernorm");
+            if (o.ResidualFromNorm) x = h;
             var (attn, key, value) = Attention(h, p + "self_attn.", pasts[i], i);
             presents.Add(key); presents.Add(value);
             if (o.Parallel != "none")
@@ -213,11 +257,13 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
             if (o.Block != "pre") attn = Norm(attn, p + "post_attention_layernorm");
             x = Residual(x, attn);
             h = o.Block switch { "pre" => Norm(x, p + "post_attention_layernorm"), "sandwich" => Norm(x, p + "pre_feedforward_layernorm"), _ => x };
-            string m = o.MoeLayer(i) ? Moe(h, p + "mlp.") : Mlp(h, p + "mlp.");
-            if (o.Block != "pre") m = Norm(m, p + "post_feedforward_layernorm");
-            x = Residual(x, m);
+            if (o.ResidualFromNorm) x = h;
+            string ff = o.MoeLayer(i) ? Moe(h, p + "mlp.") : Mlp(h, p + "mlp.");
+            if (o.Block != "pre") ff = Norm(ff, p + "post_feedforward_layernorm");
+            x = Residual(x, ff);
         }
-        x = Norm(x, "model.norm");
+        if (o.FinalNorm) x = Norm(x, "model.norm");
+        if (o.EmbedProjDim is not null) x = b.Node("MatMul", [x, TransposedWeight("model.project_out.weight")]);
         bool divide = o.LogitsDivisor != 1, cap = o.FinalSoftcap is not null, scale = o.LogitScale != 1;
         string logits = b.Node("MatMul", [x, TransposedWeight(c.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight")], outputName: divide || cap || scale || o.LmHeadBias ? null : "logits");
         if (o.LmHeadBias) logits = b.Node("Add", [logits, Weight("lm_head.bias")], outputName: divide || cap || scale ? null : "logits");
@@ -225,8 +271,8 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
         if (divide) logits = b.Node("Div", [logits, Float("logits_scaling", (float)o.LogitsDivisor)], outputName: cap ? null : "logits");
         if (cap) logits = Softcap(logits, "final_softcap", o.FinalSoftcap!.Value, "logits");
         b.Output(logits, type: TypeRef.TensorOf(DType.Float32, [batch, seq, new Dim(c.VocabSize, null)]));
-        var presentShape = TypeRef.TensorOf(DType.Float32, [batch, new Dim(c.NumKvHeads, null), total, new Dim(c.HeadDim, null)]);
-        foreach (var name in presents) b.Output(name, type: presentShape);
+        var (presentKey, presentValue) = o.Mla is { } ml ? (Kv(1, ml.KvLoraRank, total), Kv(1, ml.RopeDim, total)) : (Kv(c.NumKvHeads, c.HeadDim, total), Kv(c.NumKvHeads, c.HeadDim, total));
+        for (int i = 0; i < presents.Count; i++) b.Output(presents[i], type: TypeRef.TensorOf(DType.Float32, i % 2 == 0 ? presentKey : presentValue));
         return b.Graph;
     }
 
@@ -345,6 +391,7 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
         string keys = b.Node("Range", [zero, total, one]);
         string queries = b.Node("Unsqueeze", [b.Node("Range", [past, total, one]), b.Ints("axis_col", 1)]);
         mask = b.Node("LessOrEqual", [keys, queries]);
+        keyPositions = keys;
         if (o.SlidingWindow is int window && Enumerable.Range(0, c.NumLayers).Any(o.Sliding))
         {
             // transformers' sliding_window_overlay: kv_idx > q_idx - sliding_window, on top of the causal mask.
@@ -360,7 +407,8 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
         long half = rotaryDim / 2;
         string cos = local ? localCos : this.cos, sin = local ? localSin : this.sin;
         string axis = b.Ints("axis3", 3);
-        string xr = rotaryDim == c.HeadDim ? x : b.Node("Slice", [x, b.Ints("s0", 0), b.Ints("s_rot", rotaryDim), axis]);
+        bool whole = rotaryDim == c.HeadDim || o.Mla is not null;
+        string xr = whole ? x : b.Node("Slice", [x, b.Ints("s0", 0), b.Ints("s_rot", rotaryDim), axis]);
         string y;
         if (o.RopeInterleaved)
         {
@@ -380,7 +428,7 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
             string rotated = b.Node("Concat", [b.Node("Neg", [x2]), x1], new() { ["axis"] = Attr.Of(-1L) });
             y = b.Node("Add", [b.Node("Mul", [xr, cos]), b.Node("Mul", [rotated, sin])]);
         }
-        if (rotaryDim == c.HeadDim) return y;
+        if (whole) return y;
         string pass = b.Node("Slice", [x, b.Ints("s_rot", rotaryDim), b.Ints("s_end", c.HeadDim), axis]);
         return b.Node("Concat", [y, pass], new() { ["axis"] = Attr.Of(-1L) });
     }
@@ -400,6 +448,7 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
 
     (string Out, string Key, string Value) Attention(string h, string p, (string Key, string Value) past, int layer)
     {
+        if (o.Mla is not null) return LatentAttention(h, p, past, layer);
         string q = Linear(h, p + "q_proj", o.QkvBias), k = Linear(h, p + "k_proj", o.QkvBias), v = Linear(h, p + "v_proj", o.QkvBias);
         if (o.ClipQkv is double clip)
         {
@@ -416,11 +465,65 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
         string kT = b.Node("Transpose", [RepeatKv(key)], new() { ["perm"] = Attr.Of(new long[] { 0, 1, 3, 2 }) });
         string scores = b.Node("Mul", [b.Node("MatMul", [q, kT]), Float("attn_scale", (float)(o.AttentionScale ?? 1.0 / Math.Sqrt(c.HeadDim)))]);
         if (o.AttentionSoftcap is double cap) scores = Softcap(scores, "attn_softcap", cap);
+        if (o.Alibi) scores = b.Node("Add", [scores, AlibiBias()]);
         scores = b.Node("Where", [o.Sliding(layer) ? slidingMask : mask, scores, Float("neg_inf", float.NegativeInfinity)]);
         string probs = b.Node("Softmax", [scores], new() { ["axis"] = Attr.Of(-1L) });
         string ctx = b.Node("Transpose", [b.Node("MatMul", [probs, RepeatKv(value)])], new() { ["perm"] = Attr.Of(new long[] { 0, 2, 1, 3 }) });
         ctx = b.Node("Reshape", [ctx, b.Ints("merge_shape", 0, 0, (long)c.NumHeads * c.HeadDim)]);
         return (Linear(ctx, p + "o_proj", o.OutBias), key, value);
+    }
+
+    /// <summary>DeepSeek's multi-head latent attention (see <see cref="MlaOptions"/>).</summary>
+    (string Out, string Key, string Value) LatentAttention(string h, string p, (string Key, string Value) past, int layer)
+    {
+        var m = o.Mla!;
+        int qk = m.NopeDim + m.RopeDim;
+        string axis3 = b.Ints("axis3", 3);
+        string q = m.QLoraRank is null ? Linear(h, p + "q_proj", false)
+            : Linear(RmsNorm(Linear(h, p + "q_a_proj", o.QkvBias), p + "q_a_layernorm.weight"), p + "q_b_proj", false);
+        q = b.Node("Transpose", [b.Node("Reshape", [q, b.Ints("mla_q_shape", 0, 0, c.NumHeads, qk)])], new() { ["perm"] = Attr.Of(new long[] { 0, 2, 1, 3 }) });
+        string qPass = b.Node("Slice", [q, b.Ints("s0", 0), b.Ints("mla_nope", m.NopeDim), axis3]);
+        string qRot = ApplyRope(b.Node("Slice", [q, b.Ints("mla_nope", m.NopeDim), b.Ints("mla_qk", qk), axis3]));
+        string ckv = Linear(h, p + "kv_a_proj_with_mqa", o.QkvBias);
+        string axis2 = b.Ints("axis_last", -1), one = b.Ints("axis1", 1);
+        string latent = RmsNorm(b.Node("Slice", [ckv, b.Ints("s0", 0), b.Ints("mla_rank", m.KvLoraRank), axis2]), p + "kv_a_layernorm.weight");
+        string kRot = ApplyRope(b.Node("Unsqueeze", [b.Node("Slice", [ckv, b.Ints("mla_rank", m.KvLoraRank), b.Ints("mla_rank_rope", m.KvLoraRank + m.RopeDim), axis2]), one]));
+        string key = b.Node("Concat", [past.Key, b.Node("Unsqueeze", [latent, one])], new() { ["axis"] = Attr.Of(2L) }, outputName: $"present.{layer}.key");
+        string value = b.Node("Concat", [past.Value, kRot], new() { ["axis"] = Attr.Of(2L) }, outputName: $"present.{layer}.value");
+        // Expand the cached latents: kv_b_proj → per head [nope | v]; the shared rotary key joins every head.
+        string kv = b.Node("MatMul", [b.Node("Squeeze", [key, one]), TransposedWeight(p + "kv_b_proj.weight")]);
+        kv = b.Node("Transpose", [b.Node("Reshape", [kv, b.Ints("mla_kv_shape", 0, 0, c.NumHeads, m.NopeDim + m.VDim)])], new() { ["perm"] = Attr.Of(new long[] { 0, 2, 1, 3 }) });
+        string kNope = b.Node("Slice", [kv, b.Ints("s0", 0), b.Ints("mla_nope", m.NopeDim), axis3]);
+        string v = b.Node("Slice", [kv, b.Ints("mla_nope", m.NopeDim), b.Ints("mla_nope_v", m.NopeDim + m.VDim), axis3]);
+        string kRotAll = b.Node("Mul", [value, Weights.Derived("ones_heads", () => { var t = Ones(c.NumHeads); return t.Reshape(1, c.NumHeads, 1, 1); })]);
+        string k = b.Node("Concat", [kNope, kRotAll], new() { ["axis"] = Attr.Of(-1L) });
+        q = b.Node("Concat", [qPass, qRot], new() { ["axis"] = Attr.Of(-1L) });
+        string kT = b.Node("Transpose", [k], new() { ["perm"] = Attr.Of(new long[] { 0, 1, 3, 2 }) });
+        string scores = b.Node("Mul", [b.Node("MatMul", [q, kT]), Float("attn_scale", (float)(o.AttentionScale ?? 1.0 / Math.Sqrt(qk)))]);
+        scores = b.Node("Where", [o.Sliding(layer) ? slidingMask : mask, scores, Float("neg_inf", float.NegativeInfinity)]);
+        string probs = b.Node("Softmax", [scores], new() { ["axis"] = Attr.Of(-1L) });
+        string ctx = b.Node("Transpose", [b.Node("MatMul", [probs, v])], new() { ["perm"] = Attr.Of(new long[] { 0, 2, 1, 3 }) });
+        ctx = b.Node("Reshape", [ctx, b.Ints("mla_merge", 0, 0, (long)c.NumHeads * m.VDim)]);
+        return (Linear(ctx, p + "o_proj", o.OutBias), key, value);
+    }
+
+    /// <summary>[heads, 1, total_seq]: slope_h · j for key position j (transformers' build_alibi_tensor: slopes
+    /// 2^(-8/n)^k over the closest power of two n, then the odd powers of 2^(-4/n) for the remaining heads).</summary>
+    string AlibiBias()
+    {
+        if (alibi != "") return alibi;
+        int heads = c.NumHeads, n = 1 << (int)Math.Floor(Math.Log2(heads));
+        var slopes = new float[heads];
+        float baseF = (float)Math.Pow(2, -Math.Pow(2, -(Math.Log2(n) - 3)));
+        for (int k = 0; k < n && k < heads; k++) slopes[k] = MathF.Pow(baseF, k + 1);
+        if (n != heads)
+        {
+            float extra = (float)Math.Pow(2, -Math.Pow(2, -(Math.Log2(2 * n) - 3)));
+            for (int k = 0; k < Math.Min(n, heads - n); k++) slopes[n + k] = MathF.Pow(extra, 2 * k + 1);
+        }
+        string s = b.Initializer("alibi_slopes", Tensor.FromArray(slopes, heads, 1, 1));
+        string pos = b.Node("Cast", [keyPositions], new() { ["to"] = Attr.Of((long)DType.Float32) });
+        return alibi = b.Node("Mul", [s, pos]);
     }
 
     /// <summary>The per-head norm of q or k ([batch, heads, seq, head_dim]; see <see cref="DecoderOptions.QkNorm"/>).</summary>
@@ -449,13 +552,27 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
     string Moe(string h, string p)
     {
         var m = o.Moe!;
-        string probs = b.Node("Softmax", [b.Node("MatMul", [h, TransposedWeight(p + "gate.weight")])], new() { ["axis"] = Attr.Of(-1L) });
-        // NOTE: top-k as a rank test (expert e is chosen when fewer than k experts have a larger probability) rather
-        // than TopK + ScatterElements: standard ops every platform has; ties (measure zero) would choose more than k.
-        string pe = b.Node("Unsqueeze", [probs, b.Ints("axis_last", -1)]), pj = b.Node("Unsqueeze", [probs, b.Ints("axis_m2", -2)]);
-        string larger = b.Node("ReduceSum", [b.Node("Cast", [b.Node("Greater", [pj, pe])], new() { ["to"] = Attr.Of((long)DType.Float32) }), b.Ints("axis_last", -1)], new() { ["keepdims"] = Attr.Of(0L) });
-        string dense = b.Node("Where", [b.Node("Less", [larger, Float("moe_k", m.TopK)]), probs, Float("zero_f", 0f)]);
-        if (m.NormTopK) dense = b.Node("Div", [dense, b.Node("ReduceSum", [dense, b.Ints("axis_last", -1)], new() { ["keepdims"] = Attr.Of(1L) })]);
+        string logits = b.Node("MatMul", [h, TransposedWeight(p + "gate.weight")]);
+        string dense;
+        if (!m.DeepSeekRouter)
+        {
+            string probs = b.Node("Softmax", [logits], new() { ["axis"] = Attr.Of(-1L) });
+            dense = b.Node("Where", [TopK(probs, m.TopK, "moe"), probs, Float("zero_f", 0f)]);
+            if (m.NormTopK) dense = b.Node("Div", [dense, b.Node("ReduceSum", [dense, b.Ints("axis_last", -1)], new() { ["keepdims"] = Attr.Of(1L) })]);
+        }
+        else
+        {
+            string scores = b.Node("Sigmoid", [logits]);
+            string choice = b.Node("Add", [scores, Weight(p + "gate.e_score_correction_bias")]);
+            int per = m.Experts / m.Groups;
+            string grouped = b.Node("Reshape", [choice, b.Ints("moe_groups_shape", 0, 0, m.Groups, per)]);
+            string groupScores = b.Node("ReduceSum", [b.Node("Where", [TopK(grouped, 2, "moe_pair"), grouped, Float("zero_f", 0f)]), b.Ints("axis_last", -1)], new() { ["keepdims"] = Attr.Of(1L) });
+            string groupChosen = b.Node("Transpose", [TopK(b.Node("Transpose", [groupScores], new() { ["perm"] = Attr.Of(new long[] { 0, 1, 3, 2 }) }), m.TopKGroups, "moe_group")], new() { ["perm"] = Attr.Of(new long[] { 0, 1, 3, 2 }) });
+            string masked = b.Node("Reshape", [b.Node("Where", [groupChosen, grouped, Float("neg_inf", float.NegativeInfinity)]), b.Ints("moe_flat_shape", 0, 0, m.Experts)]);
+            dense = b.Node("Where", [TopK(masked, m.TopK, "moe"), scores, Float("zero_f", 0f)]);
+            if (m.NormTopK) dense = b.Node("Div", [dense, b.Node("Add", [b.Node("ReduceSum", [dense, b.Ints("axis_last", -1)], new() { ["keepdims"] = Attr.Of(1L) }), Float("moe_eps", 1e-20f)])]);
+            if (m.ScalingFactor != 1) dense = b.Node("Mul", [dense, Float("routed_scaling_factor", (float)m.ScalingFactor)]);
+        }
         string? sum = null;
         for (int e = 0; e < m.Experts; e++)
         {
@@ -466,10 +583,20 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
         }
         if (m.SharedIntermediate is not null)
         {
-            string gate = b.Node("Sigmoid", [b.Node("MatMul", [h, TransposedWeight(p + "shared_expert_gate.weight")])]);
-            sum = b.Node("Add", [sum!, b.Node("Mul", [gate, GatedMlp(h, p + "shared_expert.", false)])]);
+            string shared = GatedMlp(h, $"{p}{m.SharedName}.", false);
+            if (m.SharedGated) shared = b.Node("Mul", [b.Node("Sigmoid", [b.Node("MatMul", [h, TransposedWeight(p + "shared_expert_gate.weight")])]), shared]);
+            sum = b.Node("Add", [sum!, shared]);
         }
         return sum!;
+    }
+
+    /// <summary>Bool mask of the <paramref name="k"/> largest along the last axis, as a rank test: an entry is chosen when
+    /// fewer than k entries are larger (standard ops every platform has; ties, of measure zero, would choose more).</summary>
+    string TopK(string x, int k, string name)
+    {
+        string pe = b.Node("Unsqueeze", [x, b.Ints("axis_last", -1)]), pj = b.Node("Unsqueeze", [x, b.Ints("axis_m2", -2)]);
+        string larger = b.Node("ReduceSum", [b.Node("Cast", [b.Node("Greater", [pj, pe])], new() { ["to"] = Attr.Of((long)DType.Float32) }), b.Ints("axis_last", -1)], new() { ["keepdims"] = Attr.Of(0L) });
+        return b.Node("Less", [larger, Float(name + "_k", k)]);
     }
 
     /// <summary>The dense MLP: gated <c>down(act(gate(x)) * up(x))</c> or plain <c>down(act(up(x)))</c>.</summary>

@@ -25,7 +25,9 @@ public static class LlamaWeights
     static List<WeightSpec> GraphSpecs(HfConfig c, DecoderOptions o)
     {
         long h = c.HiddenSize, q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim, inter = c.IntermediateSize;
-        var specs = new List<WeightSpec> { new("model.embed_tokens.weight", [c.VocabSize, h]) };
+        long embed = o.EmbedProjDim ?? h;
+        var specs = new List<WeightSpec> { new("model.embed_tokens.weight", [c.VocabSize, embed]) };
+        if (o.EmbedProjDim is not null) specs.Add(new("model.project_in.weight", [h, embed]));
         if (o.LearnedPositions) specs.Add(new("model.embed_positions.weight", [c.MaxPositions + o.PositionOffset, h]));
         void Linear(string name, long outDim, long inDim, bool bias)
         {
@@ -43,11 +45,27 @@ public static class LlamaWeights
             Linear(p + "up_proj", i, h, bias);
             Linear(p + "down_proj", h, i, bias);
         }
+        if (o.EmbeddingNorm) Norm("model.embed_norm");
         for (int i = 0; i < c.NumLayers; i++)
         {
             string p = $"model.layers.{i}.";
             if (o.Block != "post") Norm(p + "input_layernorm");
-            if (o.FusedQkv) Linear(p + "self_attn.qkv_proj", q + 2 * kv, h, o.QkvBias);
+            if (o.Mla is { } mla)
+            {
+                long qk = mla.NopeDim + mla.RopeDim;
+                if (mla.QLoraRank is int qr)
+                {
+                    Linear(p + "self_attn.q_a_proj", qr, h, o.QkvBias);
+                    specs.Add(new(p + "self_attn.q_a_layernorm.weight", [qr]));
+                    Linear(p + "self_attn.q_b_proj", c.NumHeads * qk, qr, false);
+                }
+                else Linear(p + "self_attn.q_proj", c.NumHeads * qk, h, false);
+                Linear(p + "self_attn.kv_a_proj_with_mqa", mla.KvLoraRank + mla.RopeDim, h, o.QkvBias);
+                specs.Add(new(p + "self_attn.kv_a_layernorm.weight", [mla.KvLoraRank]));
+                Linear(p + "self_attn.kv_b_proj", (long)c.NumHeads * (mla.NopeDim + mla.VDim), mla.KvLoraRank, false);
+                q = (long)c.NumHeads * mla.VDim; // o_proj's input
+            }
+            else if (o.FusedQkv) Linear(p + "self_attn.qkv_proj", q + 2 * kv, h, o.QkvBias);
             else
                 foreach (var (name, outDim) in new[] { ("q_proj", q), ("k_proj", kv), ("v_proj", kv) })
                     Linear($"{p}self_attn.{name}", outDim, h, o.QkvBias);
@@ -62,24 +80,26 @@ public static class LlamaWeights
             Linear(p + "self_attn.o_proj", h, q, o.OutBias);
             if (o.Parallel != "shared") Norm(p + "post_attention_layernorm");
             if (o.Block == "sandwich") Norm(p + "pre_feedforward_layernorm");
-            if (o.Block != "pre") Norm(p + "post_feedforward_layernorm");
+            if (o.Block is "sandwich" or "post") Norm(p + "post_feedforward_layernorm");
             if (o.MoeLayer(i))
             {
                 var m = o.Moe!;
                 specs.Add(new(p + "mlp.gate.weight", [m.Experts, h]));
+                if (m.DeepSeekRouter) specs.Add(new(p + "mlp.gate.e_score_correction_bias", [m.Experts]));
                 for (int e = 0; e < m.Experts; e++) Gated($"{p}mlp.experts.{e}.", m.Intermediate, false);
                 if (m.SharedIntermediate is int si)
                 {
-                    Gated(p + "mlp.shared_expert.", si, false);
-                    specs.Add(new(p + "mlp.shared_expert_gate.weight", [1, h]));
+                    Gated($"{p}mlp.{m.SharedName}.", si, false);
+                    if (m.SharedGated) specs.Add(new(p + "mlp.shared_expert_gate.weight", [1, h]));
                 }
             }
             else if (o.FusedGateUp) { Linear(p + "mlp.gate_up_proj", 2 * inter, h, o.MlpBias); Linear(p + "mlp.down_proj", h, inter, o.MlpBias); }
             else if (o.Mlp == "plain") { Linear(p + "mlp.up_proj", inter, h, o.MlpBias); Linear(p + "mlp.down_proj", h, inter, o.MlpBias); }
             else Gated(p + "mlp.", inter, o.MlpBias);
         }
-        Norm("model.norm");
-        if (!c.TieWordEmbeddings) specs.Add(new("lm_head.weight", [c.VocabSize, h]));
+        if (o.FinalNorm) Norm("model.norm");
+        if (o.EmbedProjDim is not null) specs.Add(new("model.project_out.weight", [embed, h]));
+        if (!c.TieWordEmbeddings) specs.Add(new("lm_head.weight", [c.VocabSize, embed]));
         if (o.LmHeadBias) specs.Add(new("lm_head.bias", [c.VocabSize]));
         return specs;
     }
@@ -118,7 +138,8 @@ public static class LlamaWeights
     public static void CheckSizes(HfConfig c, IReadOnlyDictionary<string, long[]> available, string origin, DecoderOptions o)
     {
         var r = o.Rename ?? (n => n);
-        WeightMap.CheckSizes(c, available, origin, r("model.layers."), r("model.embed_tokens.weight"));
+        // NOTE: with OPT's project_in the embedding is narrower than hidden_size; its shape is checked by the map instead.
+        WeightMap.CheckSizes(c, available, origin, r("model.layers."), o.EmbedProjDim is null ? r("model.embed_tokens.weight") : "");
     }
 
     /// <summary>Checks a checkpoint's tensors against the config's map (see <see cref="WeightMap.Check"/>).</summary>

@@ -211,6 +211,55 @@ def make(out, arch, name, dtype, kw, seed, manifest, t0):
         rec["onnx"] = {"exported": False, "why": f"{type(e).__name__}: {e}"[:400]}
 
 
+README_HEAD = """# Tiny checkpoints written by transformers, with transformers' own outputs (external reference)
+
+Made by `tools/models/make_arch_refs.py` on the device machine ({date}), transformers {transformers},
+torch {torch}, CPU, float32, eager attention:
+
+    python3 tools/models/make_arch_refs.py OUT
+
+For each architecture the script builds the model from a transformers config class (`AutoConfig.for_model`),
+randomizes it with a fixed seed (matrices N(0, 0.15²); vectors — norm scales, biases, DeepSeek's
+`e_score_correction_bias` — perturbed by N(0, 0.1²) around their init so every one of them matters) and saves it
+with `save_pretrained` (safetensors). Variant `b` (and only it) is bfloat16: its weights are rounded to bf16
+first, so its references are the float32 computation over exactly the bf16 values in the file. Nobody on this
+project wrote these weights or the code that computed the references.
+
+`reference.safetensors` in each folder:
+- `input_ids` int64 [1, 12] = {ids}
+- `logits` float32 [1, 12, 256]: transformers' prefill logits for `input_ids`
+- `generated_ids` int64 [1, 16]: `generate(input_ids, max_new_tokens=16, do_sample=False)` with its KV cache, no EOS stop
+
+Tolerance: atol 1e-4 + rtol 1e-4. There is no tokenizer (vocabulary 256); tests feed ids.
+Some random models greedily repeat one token (noted in `manifest.json`'s `generated`); their logits still differ
+everywhere, and the logits row is the strict check for them.
+
+PyTorch's ONNX exporter (TorchScript, opset 17) was tried on variant `a` of each architecture: it fails on
+transformers 5's mask construction (`aten::diff`) for most; where it managed, onnxruntime ran the export and
+greedy-decoded 16 tokens (full re-prefill each step). Those .onnx files are not kept here (the tests check
+tapml's own export on onnxruntime against transformers' tokens instead). `manifest.json` holds everything the
+script recorded.
+
+"""
+
+
+def write_readme(out, info):
+    """The folder's README: provenance, then one row per checkpoint (from manifest.json's records)."""
+    rows = []
+    for c in info["checkpoints"]:
+        if "error" in c:
+            rows.append(f"| `{c['arch']}-{c['variant']}` | — | {c['dtype']} | — | not made: {c['error'][:120]} |")
+            continue
+        o = c.get("onnx")
+        if isinstance(o, dict):
+            o = (f"exported; onnxruntime prefill max_abs {o['ort_prefill_max_abs']:.1e}, 16 tokens {'match' if o['ort_tokens_match'] else 'DIFFER'}"
+                 if o.get("exported") else "exporter failed: " + o["why"].split(" to ONNX")[0].split(":")[-1].strip())
+        rows.append(f"| `{c['arch']}-{c['variant']}` | {c['class']} | {c['dtype']} | {c['bytes']:,} | {o} |")
+    head = README_HEAD.format(date=info["date"], transformers=info["transformers"], torch=info["torch"], ids=" ".join(map(str, info["input_ids"])))
+    with open(os.path.join(out, "README.md"), "w") as f:
+        f.write(head + "| checkpoint | class | dtype | bytes | PyTorch ONNX export |\n| --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n")
+
+
 def main():
     out = sys.argv[1]
     only = sys.argv[2:]
@@ -228,6 +277,7 @@ def main():
             "date": time.strftime("%Y-%m-%d", time.gmtime()), "command": "python3 tools/models/make_arch_refs.py OUT", "checkpoints": manifest}
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(info, f, indent=1)
+    write_readme(out, info)
 
 
 if __name__ == "__main__":
