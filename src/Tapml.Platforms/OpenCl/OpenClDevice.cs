@@ -16,7 +16,7 @@ public sealed unsafe class OpenClDevice : IGpuDevice
 {
     readonly CL _cl;
     nint _context, _device, _queue;
-    readonly Dictionary<ulong, List<nint>> _pool = new();
+    readonly BufferPool _pool = new();
     readonly Dictionary<nint, ulong> _sizes = new();
 
     sealed class Kernel
@@ -154,21 +154,14 @@ public sealed unsafe class OpenClDevice : IGpuDevice
 
     public nint Allocate(ulong bytes, out ulong size, bool forWrite = false)
     {
-        size = DawnDevice.Bucket(bytes);
-        if (_pool.TryGetValue(size, out var s) && s.Count > 0)
-        {
-            var b = s[^1];
-            s.RemoveAt(s.Count - 1);
-            return b;
-        }
-        if ((long)size > Limits.MaxBufferBytes && (long)bytes <= Limits.MaxBufferBytes) size = (bytes + 15) & ~15UL;
-        if ((long)size > Limits.MaxBufferBytes)
-            throw new UnsupportedException($"opencl: a {DawnDevice.Bytes((long)bytes)} buffer{(Context.Length > 0 ? $" for {Context}" : "")} is over this device's CL_DEVICE_MAX_MEM_ALLOC_SIZE ({DawnDevice.Bytes(Limits.MaxBufferBytes)})");
+        var pooled = _pool.Take(bytes, out size, Limits.MaxBufferBytes, "opencl", Context);
+        if (pooled != 0) return pooled;
         int err;
         var m = _cl.CreateBuffer(_context, MemFlags.ReadWrite, (nuint)size, null, &err);
-        if (err != 0 && _pool.Values.Any(l => l.Count > 0))
+        if (err != 0 && _pool.PooledBytes > 0)
         {
-            TrimPool();
+            Synchronize();
+            foreach (var b in _pool.Drain()) Destroy(b);
             m = _cl.CreateBuffer(_context, MemFlags.ReadWrite, (nuint)size, null, &err);
         }
         Check(err, $"clCreateBuffer of {DawnDevice.Bytes((long)size)}");
@@ -176,17 +169,7 @@ public sealed unsafe class OpenClDevice : IGpuDevice
         return m;
     }
 
-    void TrimPool()
-    {
-        Synchronize();
-        foreach (var s in _pool.Values) { foreach (var b in s) Destroy(b); s.Clear(); }
-    }
-
-    public void Release(nint buffer, ulong size)
-    {
-        if (!_pool.TryGetValue(size, out var s)) _pool[size] = s = new List<nint>();
-        s.Add(buffer);
-    }
+    public void Release(nint buffer, ulong size) => _pool.Add(buffer, size);
 
     /// <summary>Releases a buffer (OpenCL keeps it alive until enqueued work that uses it is done).</summary>
     public void Destroy(nint buffer)

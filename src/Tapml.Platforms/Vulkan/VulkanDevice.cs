@@ -38,7 +38,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice
 
     readonly Dictionary<nint, VkBuf> _buffers = new();
     nint _nextId = 1;
-    readonly Dictionary<ulong, List<nint>> _pool = new();
+    readonly BufferPool _pool = new();
 
     sealed class Kernel
     {
@@ -269,24 +269,11 @@ public sealed unsafe class VulkanDevice : IGpuDevice
 
     public nint Allocate(ulong bytes, out ulong size, bool forWrite = false)
     {
-        size = DawnDevice.Bucket(bytes);
-        if (_pool.TryGetValue(size, out var s) && s.Count > 0)
-        {
-            for (int i = s.Count - 1; i >= 0; i--)
-            {
-                if (forWrite && _recorded.Contains(s[i])) continue;
-                var id = s[i];
-                s[i] = s[^1];
-                s.RemoveAt(s.Count - 1);
-                return id;
-            }
-        }
-        if ((long)size > Limits.MaxBufferBytes && (long)bytes <= Limits.MaxBufferBytes) size = (bytes + 15) & ~15UL;
-        if ((long)size > Limits.MaxBufferBytes)
-            throw new UnsupportedException($"vulkan: a {DawnDevice.Bytes((long)bytes)} buffer{(Context.Length > 0 ? $" for {Context}" : "")} is over this device's memory budget ({DawnDevice.Bytes(Limits.MaxBufferBytes)})");
+        var pooled = _pool.Take(bytes, out size, Limits.MaxBufferBytes, "vulkan", Context, forWrite ? _recorded.Contains : null);
+        if (pooled != 0) return pooled;
         VkBuf b;
         try { b = CreateBuffer(size, _deviceType, BufferUsageFlags.StorageBufferBit | BufferUsageFlags.TransferSrcBit | BufferUsageFlags.TransferDstBit, map: _deviceHostVisible); }
-        catch (TapmlException) when (_pool.Values.Any(l => l.Count > 0))
+        catch (TapmlException) when (_pool.PooledBytes > 0)
         {
             TrimPool();
             b = CreateBuffer(size, _deviceType, BufferUsageFlags.StorageBufferBit | BufferUsageFlags.TransferSrcBit | BufferUsageFlags.TransferDstBit, map: _deviceHostVisible);
@@ -296,16 +283,12 @@ public sealed unsafe class VulkanDevice : IGpuDevice
         return nid;
     }
 
-    public void Release(nint buffer, ulong size)
-    {
-        if (!_pool.TryGetValue(size, out var s)) _pool[size] = s = new List<nint>();
-        s.Add(buffer);
-    }
+    public void Release(nint buffer, ulong size) => _pool.Add(buffer, size);
 
     void TrimPool()
     {
         Flush();
-        foreach (var s in _pool.Values) { foreach (var id in s) Destroy(id); s.Clear(); }
+        foreach (var id in _pool.Drain()) Destroy(id);
         WaitAll();
     }
 
