@@ -157,20 +157,23 @@ public sealed unsafe class VulkanDevice : IGpuDevice
         _vk.GetDeviceQueue(_dev, _family, 0, out _queue);
 
         _vk.GetPhysicalDeviceMemoryProperties(_pd, out var mem);
-        uint Find(MemoryPropertyFlags want, MemoryPropertyFlags prefer)
+        // The first memory type with every wanted flag, preferring one with the preferred flags and without the avoided ones.
+        uint Find(MemoryPropertyFlags want, MemoryPropertyFlags prefer, MemoryPropertyFlags avoid)
         {
-            int best = -1;
+            int best = -1, bestScore = -1;
             for (int i = 0; i < mem.MemoryTypeCount; i++)
             {
                 var f = mem.MemoryTypes[i].PropertyFlags;
                 if ((f & want) != want) continue;
-                if (best < 0 || ((f & prefer) == prefer && (mem.MemoryTypes[best].PropertyFlags & prefer) != prefer)) best = i;
+                int score = ((f & prefer) == prefer ? 2 : 0) + ((f & avoid) == 0 ? 1 : 0);
+                if (score > bestScore) { best = i; bestScore = score; }
             }
             return best < 0 ? throw new UnsupportedException($"vulkan: no memory type with {want}") : (uint)best;
         }
-        _deviceType = Find(MemoryPropertyFlags.DeviceLocalBit, MemoryPropertyFlags.DeviceLocalBit);
-        _hostType = Find(MemoryPropertyFlags.HostVisibleBit | MemoryPropertyFlags.HostCoherentBit, MemoryPropertyFlags.None);
-        _readType = Find(MemoryPropertyFlags.HostVisibleBit | MemoryPropertyFlags.HostCoherentBit, MemoryPropertyFlags.HostCachedBit);
+        // NOTE: a GPU's host-visible device memory (the BAR) is small; weights and activations go to plain device memory.
+        _deviceType = Find(MemoryPropertyFlags.DeviceLocalBit, MemoryPropertyFlags.None, MemoryPropertyFlags.HostVisibleBit);
+        _hostType = Find(MemoryPropertyFlags.HostVisibleBit | MemoryPropertyFlags.HostCoherentBit, MemoryPropertyFlags.None, MemoryPropertyFlags.DeviceLocalBit);
+        _readType = Find(MemoryPropertyFlags.HostVisibleBit | MemoryPropertyFlags.HostCoherentBit, MemoryPropertyFlags.HostCachedBit, MemoryPropertyFlags.None);
         _deviceHostVisible = (mem.MemoryTypes[(int)_deviceType].PropertyFlags & MemoryPropertyFlags.HostVisibleBit) != 0;
         ulong heap = mem.MemoryHeaps[(int)mem.MemoryTypes[(int)_deviceType].HeapIndex].Size;
 
@@ -313,10 +316,18 @@ public sealed unsafe class VulkanDevice : IGpuDevice
             data.CopyTo(new Span<byte>(b.Mapped + offset, data.Length));
             return;
         }
+        Begin();
+        if (data.Length <= 65536 && data.Length % 4 == 0 && offset % 4 == 0)
+        {
+            // Small writes travel inside the command buffer (no staging buffer).
+            fixed (byte* d = data) _vk.CmdUpdateBuffer(_cb, b.Buffer, offset, (ulong)data.Length, d);
+            Barrier();
+            _recorded.Add(buffer);
+            return;
+        }
         var staging = CreateBuffer((ulong)data.Length, _hostType, BufferUsageFlags.TransferSrcBit, map: true);
         data.CopyTo(new Span<byte>(staging.Mapped, data.Length));
         _batchTemps.Add(staging);
-        Begin();
         var region = new BufferCopy { SrcOffset = 0, DstOffset = offset, Size = (ulong)data.Length };
         _vk.CmdCopyBuffer(_cb, staging.Buffer, b.Buffer, 1, &region);
         Barrier();
@@ -554,7 +565,8 @@ public sealed unsafe class VulkanDevice : IGpuDevice
     public GpuPendingRead BeginRead(nint buffer, ulong offset, int bytes)
     {
         var b = Buf(buffer);
-        var staging = CreateBuffer((ulong)Math.Max(4, bytes), _readType, BufferUsageFlags.TransferDstBit, map: true);
+        ulong ssize = DawnDevice.Bucket((ulong)Math.Max(4, bytes));
+        var staging = _readStaging.TryGetValue(ssize, out var free) && free.Count > 0 ? free.Pop() : CreateBuffer(ssize, _readType, BufferUsageFlags.TransferDstBit, map: true);
         Begin();
         var region = new BufferCopy { SrcOffset = offset, DstOffset = 0, Size = (ulong)bytes };
         _vk.CmdCopyBuffer(_cb, b.Buffer, staging.Buffer, 1, &region);
@@ -576,8 +588,16 @@ public sealed unsafe class VulkanDevice : IGpuDevice
             WaitFor(r.Serial);
             new ReadOnlySpan<byte>(s.Mapped, r.Bytes).CopyTo(dest);
         }
-        finally { DestroyNow(s); }
+        finally
+        {
+            // A few staging buffers per size serve a pipeline of reads (a token per decode step); more are dropped.
+            if (!_readStaging.TryGetValue(s.Size, out var free)) _readStaging[s.Size] = free = new Stack<VkBuf>();
+            if (free.Count < 4 && s.Size <= 64UL << 20) free.Push(s);
+            else DestroyNow(s);
+        }
     }
+
+    readonly Dictionary<ulong, Stack<VkBuf>> _readStaging = new();
 
     public void Synchronize()
     {
@@ -681,6 +701,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice
         foreach (var (_, b) in _garbage) DestroyNow(b);
         _garbage.Clear();
         foreach (var b in _batchTemps) DestroyNow(b);
+        foreach (var free in _readStaging.Values) foreach (var b in free) DestroyNow(b);
         foreach (var b in _buffers.Values) DestroyNow(b);
         _buffers.Clear();
         DestroyNow(_meta);
