@@ -33,6 +33,20 @@ public class GpuPlatformTests
             Assert.False(string.IsNullOrWhiteSpace((string?)c!["reason"]), (string)c["name"]!);
     }
 
+    /// <summary>The exported Hugging Face graphs (../shared/conformance/hf-onnx) at their suite's tolerance.</summary>
+    [Theory]
+    [InlineData("vulkan")]
+    [InlineData("opencl")]
+    public void Hf_onnx_cases_pass(string platform)
+    {
+        SkipIfUnavailable(platform);
+        string dir = SharedData.Require("conformance", "hf-onnx");
+        var r = CliRunner.Run("conformance", dir, "--platform", platform, "--rtol", "1e-3", "--atol", "1e-4");
+        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+        Assert.Contains(" 0 failed", r.Stdout);
+        Assert.Contains(" 0 skipped", r.Stdout);
+    }
+
     [Theory]
     [InlineData("vulkan", "llama")]
     [InlineData("vulkan", "gpt2")]

@@ -93,7 +93,10 @@ public sealed unsafe class OpenClDevice : IGpuDevice
 
         string pname = PlatformString(platforms[platform], PlatformInfo.Name), pver = PlatformString(platforms[platform], PlatformInfo.Version);
         string dname = DeviceString(_device, DeviceInfo.Name), dver = DeviceString(_device, DeviceInfo.Version);
-        string drv = DeviceString(_device, DeviceInfo.DriverVersion), clc = DeviceString(_device, DeviceInfo.OpenclCVersion);
+        string drv = DeviceString(_device, DeviceInfo.DriverVersion);
+#pragma warning disable CS0618 // NOTE: deprecated in OpenCL 3.0, still what a 1.2/2.x driver answers
+        string clc = DeviceString(_device, DeviceInfo.OpenclCVersion);
+#pragma warning restore CS0618
         ulong maxAlloc = DeviceInt<ulong>(_device, DeviceInfo.MaxMemAllocSize), global = DeviceInt<ulong>(_device, DeviceInfo.GlobalMemSize);
         ulong local = DeviceInt<ulong>(_device, DeviceInfo.LocalMemSize);
         nuint maxWg = DeviceInt<nuint>(_device, DeviceInfo.MaxWorkGroupSize);

@@ -211,6 +211,8 @@ public sealed unsafe class VulkanDevice : IGpuDevice
                 ?? throw new UnsupportedException("vulkan: lavapipe is not installed (apt-get install mesa-vulkan-drivers)");
         if (icd.Length > 0) return File.Exists(icd) ? Path.GetFullPath(icd) : throw new TapmlException($"vulkan: icd={icd}: no such driver manifest");
         if (Environment.GetEnvironmentVariable("VK_ICD_FILENAMES") is { Length: > 0 } user) return user;
+        // Set by the user, or by Dawn in this process (the installed drivers but lavapipe, plus SwiftShader).
+        if (Environment.GetEnvironmentVariable("VK_DRIVER_FILES") is { Length: > 0 } files) return files;
         if (File.Exists(SwiftShader)) installed.Add(SwiftShader);
         return string.Join(':', installed);
     }
@@ -443,18 +445,17 @@ public sealed unsafe class VulkanDevice : IGpuDevice
         for (int i = 0; i < ids.Length; i++) { h.Add(ids[i]); h.Add(offsets[i]); h.Add(sizes[i]); }
         var key = (kernel, h.ToHashCode());
         if (_sets.TryGetValue(key, out var c) && ids.SequenceEqual(c.Ids) && offsets.SequenceEqual(c.Offsets) && sizes.SequenceEqual(c.Sizes)) return c.Set;
-        if (_sets.Count >= MaxSets)
-        {
-            // NOTE: the pool is full: recorded work still binds its sets, so it must finish before the reset.
-            Flush();
-            WaitAll();
-            _vk.ResetDescriptorPool(_dev, _descPool, 0);
-            _sets.Clear();
-        }
+        if (_sets.Count >= MaxSets) ResetSets();
         var layout = k.SetLayout;
         var ai = new DescriptorSetAllocateInfo { SType = StructureType.DescriptorSetAllocateInfo, DescriptorPool = _descPool, DescriptorSetCount = 1, PSetLayouts = &layout };
         DescriptorSet set;
-        Check(_vk.AllocateDescriptorSets(_dev, &ai, &set), "vkAllocateDescriptorSets");
+        var r = _vk.AllocateDescriptorSets(_dev, &ai, &set);
+        if (r is Result.ErrorOutOfPoolMemory or Result.ErrorFragmentedPool)
+        {
+            ResetSets();
+            r = _vk.AllocateDescriptorSets(_dev, &ai, &set);
+        }
+        Check(r, "vkAllocateDescriptorSets");
         int n = ids.Length + 1;
         var infos = stackalloc DescriptorBufferInfo[n];
         var writes = stackalloc WriteDescriptorSet[n];
@@ -474,6 +475,15 @@ public sealed unsafe class VulkanDevice : IGpuDevice
         _vk.UpdateDescriptorSets(_dev, (uint)n, writes, 0, null);
         _sets[key] = (set, ids.ToArray(), offsets.ToArray(), sizes.ToArray());
         return set;
+    }
+
+    /// <summary>Empties the descriptor pool (full): recorded work still binds its sets, so it finishes first.</summary>
+    void ResetSets()
+    {
+        Flush();
+        WaitAll();
+        Check(_vk.ResetDescriptorPool(_dev, _descPool, 0), "vkResetDescriptorPool");
+        _sets.Clear();
     }
 
     /// <summary>Submits what was recorded (with a fence), returns its serial.</summary>
