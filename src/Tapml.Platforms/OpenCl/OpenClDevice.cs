@@ -12,7 +12,7 @@ namespace Tapml.Platforms.OpenCl;
 /// One in-order queue with profiling on; buffers pooled by size bucket; each dispatch's metadata words go through a
 /// host ring into a device ring buffer (non-blocking writes, ordered before the kernel by the queue). Buffer handles
 /// given out are the <c>cl_mem</c> values.</summary>
-public sealed unsafe class OpenClDevice : IGpuDevice
+public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
 {
     readonly CL _cl;
     nint _context, _device, _queue;
@@ -43,6 +43,9 @@ public sealed unsafe class OpenClDevice : IGpuDevice
     public DeviceCounters Counters => new(Dispatches, 0, Readbacks, WaitMs);
     public int PipelineCount => _pipelines.Count;
     readonly string _buildOptions = "-cl-std=CL1.2";
+
+    readonly string[] _details;
+    public IEnumerable<string> Details() => [.. _details, $"kernels: WGSL rendered to OpenCL C 1.2, built with '{_buildOptions}' (profiling events for timing)"];
 
     /// <summary>Platform, device and OpenCL C versions (for details).</summary>
     public string Versions { get; }
@@ -97,7 +100,7 @@ public sealed unsafe class OpenClDevice : IGpuDevice
 #pragma warning disable CS0618 // NOTE: deprecated in OpenCL 3.0, still what a 1.2/2.x driver answers
         string clc = DeviceString(_device, DeviceInfo.OpenclCVersion);
 #pragma warning restore CS0618
-        ulong maxAlloc = DeviceInt<ulong>(_device, DeviceInfo.MaxMemAllocSize), global = DeviceInt<ulong>(_device, DeviceInfo.GlobalMemSize);
+        ulong maxAlloc = DeviceInt<ulong>(_device, DeviceInfo.MaxMemAllocSize);
         ulong local = DeviceInt<ulong>(_device, DeviceInfo.LocalMemSize);
         nuint maxWg = DeviceInt<nuint>(_device, DeviceInfo.MaxWorkGroupSize);
         ulong type = DeviceInt<ulong>(_device, DeviceInfo.Type);
@@ -109,30 +112,33 @@ public sealed unsafe class OpenClDevice : IGpuDevice
             (type & (ulong)DeviceType.Gpu) != 0 ? "GPU" : (type & (ulong)DeviceType.Cpu) != 0 ? "CPU" : (type & (ulong)DeviceType.Accelerator) != 0 ? "accelerator" : "unknown",
             0, 0, false, true);
         Runtime = $"OpenCL ICD loader, {pname} {drv}";
+        _details =
+        [
+            $"platform: {pname} ({pver}), platform {platform} of {n}",
+            $"device: {dname} ({Info.AdapterType}, {vendor}), {dver}, driver {drv}, {clc}",
+            $"limits: CL_DEVICE_MAX_MEM_ALLOC_SIZE {maxAlloc}, CL_DEVICE_GLOBAL_MEM_SIZE {DeviceInt<ulong>(_device, DeviceInfo.GlobalMemSize)}, " +
+            $"CL_DEVICE_LOCAL_MEM_SIZE {local}, CL_DEVICE_MAX_WORK_GROUP_SIZE {maxWg}",
+        ];
         // NOTE: PoCL 3.1's optimizer runs a strided loop after a barrier loop once for work-items past its bound
         // (LayerNormalization with rows shorter than the workgroup wrote past its output); unoptimized it is right.
         if (pname.Contains("Portable Computing Language", StringComparison.Ordinal)) _buildOptions += " -cl-opt-disable";
-        _ = global;
         _meta = _cl.CreateBuffer(_context, MemFlags.ReadOnly, (nuint)MetaBytes, null, &err);
         Check(err, "clCreateBuffer (metadata ring)");
         _metaHost = (byte*)NativeMemory.AlignedAlloc(MetaBytes, 4096);
     }
 
-    string PlatformString(nint p, PlatformInfo what)
-    {
-        nuint size;
-        Check(_cl.GetPlatformInfo(p, what, 0, null, &size), "clGetPlatformInfo");
-        var b = new byte[size];
-        fixed (byte* q = b) Check(_cl.GetPlatformInfo(p, what, size, q, null), "clGetPlatformInfo");
-        return Encoding.UTF8.GetString(b).TrimEnd('\0').Trim();
-    }
+    string PlatformString(nint p, PlatformInfo what) => InfoString((n, v, size) => _cl.GetPlatformInfo(p, what, n, v, size), "clGetPlatformInfo");
+    string DeviceString(nint d, DeviceInfo what) => InfoString((n, v, size) => _cl.GetDeviceInfo(d, what, n, v, size), "clGetDeviceInfo");
 
-    string DeviceString(nint d, DeviceInfo what)
+    delegate int InfoQuery(nuint size, void* value, nuint* sizeRet);
+
+    /// <summary>A string-valued clGet*Info: its size first, then its bytes.</summary>
+    string InfoString(InfoQuery query, string call)
     {
         nuint size;
-        Check(_cl.GetDeviceInfo(d, what, 0, null, &size), "clGetDeviceInfo");
+        Check(query(0, null, &size), call);
         var b = new byte[size];
-        fixed (byte* q = b) Check(_cl.GetDeviceInfo(d, what, size, q, null), "clGetDeviceInfo");
+        fixed (byte* q = b) Check(query(size, q, null), call);
         return Encoding.UTF8.GetString(b).TrimEnd('\0').Trim();
     }
 

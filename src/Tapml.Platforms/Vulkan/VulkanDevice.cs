@@ -14,7 +14,7 @@ namespace Tapml.Platforms.Vulkan;
 /// metadata words as a dynamic storage buffer (a host-visible ring), descriptor sets cached by their buffers,
 /// dispatches recorded into one command buffer with a barrier after each and submitted in batches, timestamp queries
 /// for GPU time. Buffer handles given out are ids (never reused), not Vulkan handles.</summary>
-public sealed unsafe class VulkanDevice : IGpuDevice
+public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
 {
     readonly Vk _vk;
     Instance _instance;
@@ -87,6 +87,8 @@ public sealed unsafe class VulkanDevice : IGpuDevice
     /// <summary>Vulkan API version the device reports, driver name and info (for details).</summary>
     public string Driver { get; } = "";
     public string IcdFiles { get; }
+    readonly string[] _details;
+    public IEnumerable<string> Details() => _details;
 
     [DllImport("libc", EntryPoint = "setenv")] static extern int SetEnv(string name, string value, int overwrite);
     [DllImport("libc", EntryPoint = "unsetenv")] static extern int UnsetEnv(string name);
@@ -197,6 +199,16 @@ public sealed unsafe class VulkanDevice : IGpuDevice
             0, 0, false, timestamps);
         Runtime = $"Vulkan loader ({(icd.Length > 0 ? icd : "installed drivers")}), GLSL through glslc";
         _metaAlign = Limits.MinStorageOffsetAlignment;
+        _details =
+        [
+            $"device: {name} ({Info.AdapterType}, vendor {vendor} 0x{props.VendorID:x4}, device 0x{props.DeviceID:x4}), {Driver}",
+            $"drivers offered to the loader: {(IcdFiles.Length > 0 ? IcdFiles : "the loader's defaults")}",
+            $"limits: maxStorageBufferRange {lim.MaxStorageBufferRange}, device-local heap {heap}, maxComputeWorkGroupInvocations {lim.MaxComputeWorkGroupInvocations}, " +
+            $"maxComputeWorkGroupSize {lim.MaxComputeWorkGroupSize[0]}×{lim.MaxComputeWorkGroupSize[1]}×{lim.MaxComputeWorkGroupSize[2]}, maxComputeWorkGroupCount {lim.MaxComputeWorkGroupCount[0]}, " +
+            $"maxComputeSharedMemorySize {lim.MaxComputeSharedMemorySize}, maxPerStageDescriptorStorageBuffers {lim.MaxPerStageDescriptorStorageBuffers}, minStorageBufferOffsetAlignment {lim.MinStorageBufferOffsetAlignment}",
+            $"features: {(timestamps ? $"timestamp queries ({_timestampPeriod} ns a tick)" : "no timestamp queries")}; device memory {(_deviceHostVisible ? "host-visible (written directly)" : "device-only (uploads through staging)")}",
+            $"kernels: WGSL rendered to GLSL 4.50, SPIR-V from {Glslc.Find() ?? "glslc"} (cached in {Path.Combine(NpmPackages.CacheRoot(), "spirv")})",
+        ];
         _meta = CreateBuffer(MetaBytes + MetaSlot, _hostType, BufferUsageFlags.StorageBufferBit, map: true);
     }
 

@@ -79,6 +79,12 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     /// <summary>Adapter, backend and limits, one per line (for <c>tapml platforms</c>).</summary>
     public IEnumerable<string> Details()
     {
+        // A device with details of its own (vulkan, opencl) names its limits in its API's words.
+        if (Device is IPlatformDetails own)
+        {
+            foreach (var line in own.Details()) yield return line;
+            yield break;
+        }
         var i = Device.Info;
         var l = Device.Limits;
         yield return $"adapter: {i.Device} — {i.Description} (vendor {i.Vendor}, architecture {i.Architecture}, {i.AdapterType})";
