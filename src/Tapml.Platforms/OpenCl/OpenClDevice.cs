@@ -52,7 +52,8 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
 
     /// <param name="platform">Index of the OpenCL platform (-1: the first with a GPU, else the first).</param>
     /// <param name="device">Index of the device on it.</param>
-    public OpenClDevice(int platform, int device)
+    /// <param name="optimize">Build with the compiler's optimizer (null: yes, except on PoCL, see below).</param>
+    public OpenClDevice(int platform, int device, bool? optimize = null)
     {
         try
         {
@@ -121,7 +122,7 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
         ];
         // NOTE: PoCL 3.1's optimizer runs a strided loop after a barrier loop once for work-items past its bound
         // (LayerNormalization with rows shorter than the workgroup wrote past its output); unoptimized it is right.
-        if (pname.Contains("Portable Computing Language", StringComparison.Ordinal)) _buildOptions += " -cl-opt-disable";
+        if (!(optimize ?? !pname.Contains("Portable Computing Language", StringComparison.Ordinal))) _buildOptions += " -cl-opt-disable";
         _meta = _cl.CreateBuffer(_context, MemFlags.ReadOnly, (nuint)MetaBytes, null, &err);
         Check(err, "clCreateBuffer (metadata ring)");
         _metaHost = (byte*)NativeMemory.AlignedAlloc(MetaBytes, 4096);
