@@ -12,11 +12,11 @@ namespace Tapml.Platforms.OpenCl;
 /// One in-order queue with profiling on; buffers pooled by size bucket; each dispatch's metadata words go through a
 /// host ring into a device ring buffer (non-blocking writes, ordered before the kernel by the queue). Buffer handles
 /// given out are the <c>cl_mem</c> values.</summary>
-public sealed unsafe class OpenClDevice : IGpuDevice
+public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
 {
     readonly CL _cl;
     nint _context, _device, _queue;
-    readonly Dictionary<ulong, List<nint>> _pool = new();
+    readonly BufferPool _pool = new();
     readonly Dictionary<nint, ulong> _sizes = new();
 
     sealed class Kernel
@@ -42,12 +42,18 @@ public sealed unsafe class OpenClDevice : IGpuDevice
     public double WaitMs { get; private set; }
     public DeviceCounters Counters => new(Dispatches, 0, Readbacks, WaitMs);
     public int PipelineCount => _pipelines.Count;
+    readonly string _buildOptions = "-cl-std=CL1.2";
+
+    readonly string[] _details;
+    public IEnumerable<string> Details() => [.. _details, $"kernels: WGSL rendered to OpenCL C 1.2, built with '{_buildOptions}' (profiling events for timing)"];
+
     /// <summary>Platform, device and OpenCL C versions (for details).</summary>
     public string Versions { get; }
 
     /// <param name="platform">Index of the OpenCL platform (-1: the first with a GPU, else the first).</param>
     /// <param name="device">Index of the device on it.</param>
-    public OpenClDevice(int platform, int device)
+    /// <param name="optimize">Build with the compiler's optimizer (null: yes, except on PoCL, see below).</param>
+    public OpenClDevice(int platform, int device, bool? optimize = null)
     {
         try
         {
@@ -91,8 +97,11 @@ public sealed unsafe class OpenClDevice : IGpuDevice
 
         string pname = PlatformString(platforms[platform], PlatformInfo.Name), pver = PlatformString(platforms[platform], PlatformInfo.Version);
         string dname = DeviceString(_device, DeviceInfo.Name), dver = DeviceString(_device, DeviceInfo.Version);
-        string drv = DeviceString(_device, DeviceInfo.DriverVersion), clc = DeviceString(_device, DeviceInfo.OpenclCVersion);
-        ulong maxAlloc = DeviceInt<ulong>(_device, DeviceInfo.MaxMemAllocSize), global = DeviceInt<ulong>(_device, DeviceInfo.GlobalMemSize);
+        string drv = DeviceString(_device, DeviceInfo.DriverVersion);
+#pragma warning disable CS0618 // NOTE: deprecated in OpenCL 3.0, still what a 1.2/2.x driver answers
+        string clc = DeviceString(_device, DeviceInfo.OpenclCVersion);
+#pragma warning restore CS0618
+        ulong maxAlloc = DeviceInt<ulong>(_device, DeviceInfo.MaxMemAllocSize);
         ulong local = DeviceInt<ulong>(_device, DeviceInfo.LocalMemSize);
         nuint maxWg = DeviceInt<nuint>(_device, DeviceInfo.MaxWorkGroupSize);
         ulong type = DeviceInt<ulong>(_device, DeviceInfo.Type);
@@ -104,27 +113,33 @@ public sealed unsafe class OpenClDevice : IGpuDevice
             (type & (ulong)DeviceType.Gpu) != 0 ? "GPU" : (type & (ulong)DeviceType.Cpu) != 0 ? "CPU" : (type & (ulong)DeviceType.Accelerator) != 0 ? "accelerator" : "unknown",
             0, 0, false, true);
         Runtime = $"OpenCL ICD loader, {pname} {drv}";
-        _ = global;
+        _details =
+        [
+            $"platform: {pname} ({pver}), platform {platform} of {n}",
+            $"device: {dname} ({Info.AdapterType}, {vendor}), {dver}, driver {drv}, {clc}",
+            $"limits: CL_DEVICE_MAX_MEM_ALLOC_SIZE {maxAlloc}, CL_DEVICE_GLOBAL_MEM_SIZE {DeviceInt<ulong>(_device, DeviceInfo.GlobalMemSize)}, " +
+            $"CL_DEVICE_LOCAL_MEM_SIZE {local}, CL_DEVICE_MAX_WORK_GROUP_SIZE {maxWg}",
+        ];
+        // NOTE: PoCL 3.1's optimizer runs a strided loop after a barrier loop once for work-items past its bound
+        // (LayerNormalization with rows shorter than the workgroup wrote past its output); unoptimized it is right.
+        if (!(optimize ?? !pname.Contains("Portable Computing Language", StringComparison.Ordinal))) _buildOptions += " -cl-opt-disable";
         _meta = _cl.CreateBuffer(_context, MemFlags.ReadOnly, (nuint)MetaBytes, null, &err);
         Check(err, "clCreateBuffer (metadata ring)");
         _metaHost = (byte*)NativeMemory.AlignedAlloc(MetaBytes, 4096);
     }
 
-    string PlatformString(nint p, PlatformInfo what)
-    {
-        nuint size;
-        Check(_cl.GetPlatformInfo(p, what, 0, null, &size), "clGetPlatformInfo");
-        var b = new byte[size];
-        fixed (byte* q = b) Check(_cl.GetPlatformInfo(p, what, size, q, null), "clGetPlatformInfo");
-        return Encoding.UTF8.GetString(b).TrimEnd('\0').Trim();
-    }
+    string PlatformString(nint p, PlatformInfo what) => InfoString((n, v, size) => _cl.GetPlatformInfo(p, what, n, v, size), "clGetPlatformInfo");
+    string DeviceString(nint d, DeviceInfo what) => InfoString((n, v, size) => _cl.GetDeviceInfo(d, what, n, v, size), "clGetDeviceInfo");
 
-    string DeviceString(nint d, DeviceInfo what)
+    delegate int InfoQuery(nuint size, void* value, nuint* sizeRet);
+
+    /// <summary>A string-valued clGet*Info: its size first, then its bytes.</summary>
+    string InfoString(InfoQuery query, string call)
     {
         nuint size;
-        Check(_cl.GetDeviceInfo(d, what, 0, null, &size), "clGetDeviceInfo");
+        Check(query(0, null, &size), call);
         var b = new byte[size];
-        fixed (byte* q = b) Check(_cl.GetDeviceInfo(d, what, size, q, null), "clGetDeviceInfo");
+        fixed (byte* q = b) Check(query(size, q, null), call);
         return Encoding.UTF8.GetString(b).TrimEnd('\0').Trim();
     }
 
@@ -149,21 +164,14 @@ public sealed unsafe class OpenClDevice : IGpuDevice
 
     public nint Allocate(ulong bytes, out ulong size, bool forWrite = false)
     {
-        size = DawnDevice.Bucket(bytes);
-        if (_pool.TryGetValue(size, out var s) && s.Count > 0)
-        {
-            var b = s[^1];
-            s.RemoveAt(s.Count - 1);
-            return b;
-        }
-        if ((long)size > Limits.MaxBufferBytes && (long)bytes <= Limits.MaxBufferBytes) size = (bytes + 15) & ~15UL;
-        if ((long)size > Limits.MaxBufferBytes)
-            throw new UnsupportedException($"opencl: a {DawnDevice.Bytes((long)bytes)} buffer{(Context.Length > 0 ? $" for {Context}" : "")} is over this device's CL_DEVICE_MAX_MEM_ALLOC_SIZE ({DawnDevice.Bytes(Limits.MaxBufferBytes)})");
+        var pooled = _pool.Take(bytes, out size, Limits.MaxBufferBytes, "opencl", Context);
+        if (pooled != 0) return pooled;
         int err;
         var m = _cl.CreateBuffer(_context, MemFlags.ReadWrite, (nuint)size, null, &err);
-        if (err != 0 && _pool.Values.Any(l => l.Count > 0))
+        if (err != 0 && _pool.PooledBytes > 0)
         {
-            TrimPool();
+            Synchronize();
+            foreach (var b in _pool.Drain()) Destroy(b);
             m = _cl.CreateBuffer(_context, MemFlags.ReadWrite, (nuint)size, null, &err);
         }
         Check(err, $"clCreateBuffer of {DawnDevice.Bytes((long)size)}");
@@ -171,17 +179,7 @@ public sealed unsafe class OpenClDevice : IGpuDevice
         return m;
     }
 
-    void TrimPool()
-    {
-        Synchronize();
-        foreach (var s in _pool.Values) { foreach (var b in s) Destroy(b); s.Clear(); }
-    }
-
-    public void Release(nint buffer, ulong size)
-    {
-        if (!_pool.TryGetValue(size, out var s)) _pool[size] = s = new List<nint>();
-        s.Add(buffer);
-    }
+    public void Release(nint buffer, ulong size) => _pool.Add(buffer, size);
 
     /// <summary>Releases a buffer (OpenCL keeps it alive until enqueued work that uses it is done).</summary>
     public void Destroy(nint buffer)
@@ -210,7 +208,7 @@ public sealed unsafe class OpenClDevice : IGpuDevice
         var prog = _cl.CreateProgramWithSource(_context, 1, [src], &lens, &err);
         Check(err, "clCreateProgramWithSource");
         var dev = _device;
-        int built = _cl.BuildProgram(prog, 1, &dev, "-cl-std=CL1.2", null, null);
+        int built = _cl.BuildProgram(prog, 1, &dev, _buildOptions, null, null);
         if (built != 0)
         {
             nuint size;

@@ -8,7 +8,7 @@ namespace Tapml.Platforms.Vulkan;
 /// <summary>GLSL → SPIR-V with shaderc's <c>glslc</c> (apt <c>glslc</c>), results cached on disk by the hash of the
 /// source (<c>$cache/spirv/</c>): a kernel compiles once per machine.</summary>
 /// <remarks>NOTE: a process per kernel, not libshaderc through P/Invoke: Debian 12's libshaderc1 does not load
-/// (undefined symbol <c>spvtools::utils::Timer</c>'s vtable), glslc is linked statically.</remarks>
+/// alone (undefined symbol <c>spvtools::utils::Timer</c>'s vtable, which the glslc executable itself provides).</remarks>
 public static class Glslc
 {
     /// <summary>The compiler: <c>$TAPML_GLSLC</c>, else <c>glslc</c> on PATH; null when there is none.</summary>

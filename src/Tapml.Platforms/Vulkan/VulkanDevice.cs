@@ -14,7 +14,7 @@ namespace Tapml.Platforms.Vulkan;
 /// metadata words as a dynamic storage buffer (a host-visible ring), descriptor sets cached by their buffers,
 /// dispatches recorded into one command buffer with a barrier after each and submitted in batches, timestamp queries
 /// for GPU time. Buffer handles given out are ids (never reused), not Vulkan handles.</summary>
-public sealed unsafe class VulkanDevice : IGpuDevice
+public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
 {
     readonly Vk _vk;
     Instance _instance;
@@ -38,7 +38,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice
 
     readonly Dictionary<nint, VkBuf> _buffers = new();
     nint _nextId = 1;
-    readonly Dictionary<ulong, List<nint>> _pool = new();
+    readonly BufferPool _pool = new();
 
     sealed class Kernel
     {
@@ -87,6 +87,8 @@ public sealed unsafe class VulkanDevice : IGpuDevice
     /// <summary>Vulkan API version the device reports, driver name and info (for details).</summary>
     public string Driver { get; } = "";
     public string IcdFiles { get; }
+    readonly string[] _details;
+    public IEnumerable<string> Details() => _details;
 
     [DllImport("libc", EntryPoint = "setenv")] static extern int SetEnv(string name, string value, int overwrite);
     [DllImport("libc", EntryPoint = "unsetenv")] static extern int UnsetEnv(string name);
@@ -157,20 +159,23 @@ public sealed unsafe class VulkanDevice : IGpuDevice
         _vk.GetDeviceQueue(_dev, _family, 0, out _queue);
 
         _vk.GetPhysicalDeviceMemoryProperties(_pd, out var mem);
-        uint Find(MemoryPropertyFlags want, MemoryPropertyFlags prefer)
+        // The first memory type with every wanted flag, preferring one with the preferred flags and without the avoided ones.
+        uint Find(MemoryPropertyFlags want, MemoryPropertyFlags prefer, MemoryPropertyFlags avoid)
         {
-            int best = -1;
+            int best = -1, bestScore = -1;
             for (int i = 0; i < mem.MemoryTypeCount; i++)
             {
                 var f = mem.MemoryTypes[i].PropertyFlags;
                 if ((f & want) != want) continue;
-                if (best < 0 || ((f & prefer) == prefer && (mem.MemoryTypes[best].PropertyFlags & prefer) != prefer)) best = i;
+                int score = ((f & prefer) == prefer ? 2 : 0) + ((f & avoid) == 0 ? 1 : 0);
+                if (score > bestScore) { best = i; bestScore = score; }
             }
             return best < 0 ? throw new UnsupportedException($"vulkan: no memory type with {want}") : (uint)best;
         }
-        _deviceType = Find(MemoryPropertyFlags.DeviceLocalBit, MemoryPropertyFlags.DeviceLocalBit);
-        _hostType = Find(MemoryPropertyFlags.HostVisibleBit | MemoryPropertyFlags.HostCoherentBit, MemoryPropertyFlags.None);
-        _readType = Find(MemoryPropertyFlags.HostVisibleBit | MemoryPropertyFlags.HostCoherentBit, MemoryPropertyFlags.HostCachedBit);
+        // NOTE: a GPU's host-visible device memory (the BAR) is small; weights and activations go to plain device memory.
+        _deviceType = Find(MemoryPropertyFlags.DeviceLocalBit, MemoryPropertyFlags.None, MemoryPropertyFlags.HostVisibleBit);
+        _hostType = Find(MemoryPropertyFlags.HostVisibleBit | MemoryPropertyFlags.HostCoherentBit, MemoryPropertyFlags.None, MemoryPropertyFlags.DeviceLocalBit);
+        _readType = Find(MemoryPropertyFlags.HostVisibleBit | MemoryPropertyFlags.HostCoherentBit, MemoryPropertyFlags.HostCachedBit, MemoryPropertyFlags.None);
         _deviceHostVisible = (mem.MemoryTypes[(int)_deviceType].PropertyFlags & MemoryPropertyFlags.HostVisibleBit) != 0;
         ulong heap = mem.MemoryHeaps[(int)mem.MemoryTypes[(int)_deviceType].HeapIndex].Size;
 
@@ -194,6 +199,16 @@ public sealed unsafe class VulkanDevice : IGpuDevice
             0, 0, false, timestamps);
         Runtime = $"Vulkan loader ({(icd.Length > 0 ? icd : "installed drivers")}), GLSL through glslc";
         _metaAlign = Limits.MinStorageOffsetAlignment;
+        _details =
+        [
+            $"device: {name} ({Info.AdapterType}, vendor {vendor} 0x{props.VendorID:x4}, device 0x{props.DeviceID:x4}), {Driver}",
+            $"drivers offered to the loader: {(IcdFiles.Length > 0 ? IcdFiles : "the loader's defaults")}",
+            $"limits: maxStorageBufferRange {lim.MaxStorageBufferRange}, device-local heap {heap}, maxComputeWorkGroupInvocations {lim.MaxComputeWorkGroupInvocations}, " +
+            $"maxComputeWorkGroupSize {lim.MaxComputeWorkGroupSize[0]}×{lim.MaxComputeWorkGroupSize[1]}×{lim.MaxComputeWorkGroupSize[2]}, maxComputeWorkGroupCount {lim.MaxComputeWorkGroupCount[0]}, " +
+            $"maxComputeSharedMemorySize {lim.MaxComputeSharedMemorySize}, maxPerStageDescriptorStorageBuffers {lim.MaxPerStageDescriptorStorageBuffers}, minStorageBufferOffsetAlignment {lim.MinStorageBufferOffsetAlignment}",
+            $"features: {(timestamps ? $"timestamp queries ({_timestampPeriod} ns a tick)" : "no timestamp queries")}; device memory {(_deviceHostVisible ? "host-visible (written directly)" : "device-only (uploads through staging)")}",
+            $"kernels: WGSL rendered to GLSL 4.50, SPIR-V from {Glslc.Find() ?? "glslc"} (cached in {Path.Combine(NpmPackages.CacheRoot(), "spirv")})",
+        ];
         _meta = CreateBuffer(MetaBytes + MetaSlot, _hostType, BufferUsageFlags.StorageBufferBit, map: true);
     }
 
@@ -208,6 +223,8 @@ public sealed unsafe class VulkanDevice : IGpuDevice
                 ?? throw new UnsupportedException("vulkan: lavapipe is not installed (apt-get install mesa-vulkan-drivers)");
         if (icd.Length > 0) return File.Exists(icd) ? Path.GetFullPath(icd) : throw new TapmlException($"vulkan: icd={icd}: no such driver manifest");
         if (Environment.GetEnvironmentVariable("VK_ICD_FILENAMES") is { Length: > 0 } user) return user;
+        // Set by the user, or by Dawn in this process (the installed drivers but lavapipe, plus SwiftShader).
+        if (Environment.GetEnvironmentVariable("VK_DRIVER_FILES") is { Length: > 0 } files) return files;
         if (File.Exists(SwiftShader)) installed.Add(SwiftShader);
         return string.Join(':', installed);
     }
@@ -269,24 +286,11 @@ public sealed unsafe class VulkanDevice : IGpuDevice
 
     public nint Allocate(ulong bytes, out ulong size, bool forWrite = false)
     {
-        size = DawnDevice.Bucket(bytes);
-        if (_pool.TryGetValue(size, out var s) && s.Count > 0)
-        {
-            for (int i = s.Count - 1; i >= 0; i--)
-            {
-                if (forWrite && _recorded.Contains(s[i])) continue;
-                var id = s[i];
-                s[i] = s[^1];
-                s.RemoveAt(s.Count - 1);
-                return id;
-            }
-        }
-        if ((long)size > Limits.MaxBufferBytes && (long)bytes <= Limits.MaxBufferBytes) size = (bytes + 15) & ~15UL;
-        if ((long)size > Limits.MaxBufferBytes)
-            throw new UnsupportedException($"vulkan: a {DawnDevice.Bytes((long)bytes)} buffer{(Context.Length > 0 ? $" for {Context}" : "")} is over this device's memory budget ({DawnDevice.Bytes(Limits.MaxBufferBytes)})");
+        var pooled = _pool.Take(bytes, out size, Limits.MaxBufferBytes, "vulkan", Context, forWrite ? _recorded.Contains : null);
+        if (pooled != 0) return pooled;
         VkBuf b;
         try { b = CreateBuffer(size, _deviceType, BufferUsageFlags.StorageBufferBit | BufferUsageFlags.TransferSrcBit | BufferUsageFlags.TransferDstBit, map: _deviceHostVisible); }
-        catch (TapmlException) when (_pool.Values.Any(l => l.Count > 0))
+        catch (TapmlException) when (_pool.PooledBytes > 0)
         {
             TrimPool();
             b = CreateBuffer(size, _deviceType, BufferUsageFlags.StorageBufferBit | BufferUsageFlags.TransferSrcBit | BufferUsageFlags.TransferDstBit, map: _deviceHostVisible);
@@ -296,16 +300,12 @@ public sealed unsafe class VulkanDevice : IGpuDevice
         return nid;
     }
 
-    public void Release(nint buffer, ulong size)
-    {
-        if (!_pool.TryGetValue(size, out var s)) _pool[size] = s = new List<nint>();
-        s.Add(buffer);
-    }
+    public void Release(nint buffer, ulong size) => _pool.Add(buffer, size);
 
     void TrimPool()
     {
         Flush();
-        foreach (var s in _pool.Values) { foreach (var id in s) Destroy(id); s.Clear(); }
+        foreach (var id in _pool.Drain()) Destroy(id);
         WaitAll();
     }
 
@@ -330,10 +330,18 @@ public sealed unsafe class VulkanDevice : IGpuDevice
             data.CopyTo(new Span<byte>(b.Mapped + offset, data.Length));
             return;
         }
+        Begin();
+        if (data.Length <= 65536 && data.Length % 4 == 0 && offset % 4 == 0)
+        {
+            // Small writes travel inside the command buffer (no staging buffer).
+            fixed (byte* d = data) _vk.CmdUpdateBuffer(_cb, b.Buffer, offset, (ulong)data.Length, d);
+            Barrier();
+            _recorded.Add(buffer);
+            return;
+        }
         var staging = CreateBuffer((ulong)data.Length, _hostType, BufferUsageFlags.TransferSrcBit, map: true);
         data.CopyTo(new Span<byte>(staging.Mapped, data.Length));
         _batchTemps.Add(staging);
-        Begin();
         var region = new BufferCopy { SrcOffset = 0, DstOffset = offset, Size = (ulong)data.Length };
         _vk.CmdCopyBuffer(_cb, staging.Buffer, b.Buffer, 1, &region);
         Barrier();
@@ -449,18 +457,17 @@ public sealed unsafe class VulkanDevice : IGpuDevice
         for (int i = 0; i < ids.Length; i++) { h.Add(ids[i]); h.Add(offsets[i]); h.Add(sizes[i]); }
         var key = (kernel, h.ToHashCode());
         if (_sets.TryGetValue(key, out var c) && ids.SequenceEqual(c.Ids) && offsets.SequenceEqual(c.Offsets) && sizes.SequenceEqual(c.Sizes)) return c.Set;
-        if (_sets.Count >= MaxSets)
-        {
-            // NOTE: the pool is full: recorded work still binds its sets, so it must finish before the reset.
-            Flush();
-            WaitAll();
-            _vk.ResetDescriptorPool(_dev, _descPool, 0);
-            _sets.Clear();
-        }
+        if (_sets.Count >= MaxSets) ResetSets();
         var layout = k.SetLayout;
         var ai = new DescriptorSetAllocateInfo { SType = StructureType.DescriptorSetAllocateInfo, DescriptorPool = _descPool, DescriptorSetCount = 1, PSetLayouts = &layout };
         DescriptorSet set;
-        Check(_vk.AllocateDescriptorSets(_dev, &ai, &set), "vkAllocateDescriptorSets");
+        var r = _vk.AllocateDescriptorSets(_dev, &ai, &set);
+        if (r is Result.ErrorOutOfPoolMemory or Result.ErrorFragmentedPool)
+        {
+            ResetSets();
+            r = _vk.AllocateDescriptorSets(_dev, &ai, &set);
+        }
+        Check(r, "vkAllocateDescriptorSets");
         int n = ids.Length + 1;
         var infos = stackalloc DescriptorBufferInfo[n];
         var writes = stackalloc WriteDescriptorSet[n];
@@ -480,6 +487,15 @@ public sealed unsafe class VulkanDevice : IGpuDevice
         _vk.UpdateDescriptorSets(_dev, (uint)n, writes, 0, null);
         _sets[key] = (set, ids.ToArray(), offsets.ToArray(), sizes.ToArray());
         return set;
+    }
+
+    /// <summary>Empties the descriptor pool (full): recorded work still binds its sets, so it finishes first.</summary>
+    void ResetSets()
+    {
+        Flush();
+        WaitAll();
+        Check(_vk.ResetDescriptorPool(_dev, _descPool, 0), "vkResetDescriptorPool");
+        _sets.Clear();
     }
 
     /// <summary>Submits what was recorded (with a fence), returns its serial.</summary>
@@ -571,7 +587,8 @@ public sealed unsafe class VulkanDevice : IGpuDevice
     public GpuPendingRead BeginRead(nint buffer, ulong offset, int bytes)
     {
         var b = Buf(buffer);
-        var staging = CreateBuffer((ulong)Math.Max(4, bytes), _readType, BufferUsageFlags.TransferDstBit, map: true);
+        ulong ssize = DawnDevice.Bucket((ulong)Math.Max(4, bytes));
+        var staging = _readStaging.TryGetValue(ssize, out var free) && free.Count > 0 ? free.Pop() : CreateBuffer(ssize, _readType, BufferUsageFlags.TransferDstBit, map: true);
         Begin();
         var region = new BufferCopy { SrcOffset = offset, DstOffset = 0, Size = (ulong)bytes };
         _vk.CmdCopyBuffer(_cb, b.Buffer, staging.Buffer, 1, &region);
@@ -593,8 +610,16 @@ public sealed unsafe class VulkanDevice : IGpuDevice
             WaitFor(r.Serial);
             new ReadOnlySpan<byte>(s.Mapped, r.Bytes).CopyTo(dest);
         }
-        finally { DestroyNow(s); }
+        finally
+        {
+            // A few staging buffers per size serve a pipeline of reads (a token per decode step); more are dropped.
+            if (!_readStaging.TryGetValue(s.Size, out var free)) _readStaging[s.Size] = free = new Stack<VkBuf>();
+            if (free.Count < 4 && s.Size <= 64UL << 20) free.Push(s);
+            else DestroyNow(s);
+        }
     }
+
+    readonly Dictionary<ulong, Stack<VkBuf>> _readStaging = new();
 
     public void Synchronize()
     {
@@ -698,6 +723,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice
         foreach (var (_, b) in _garbage) DestroyNow(b);
         _garbage.Clear();
         foreach (var b in _batchTemps) DestroyNow(b);
+        foreach (var free in _readStaging.Values) foreach (var b in free) DestroyNow(b);
         foreach (var b in _buffers.Values) DestroyNow(b);
         _buffers.Clear();
         DestroyNow(_meta);

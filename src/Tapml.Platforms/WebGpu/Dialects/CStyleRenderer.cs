@@ -266,10 +266,10 @@ public abstract class CStyleRenderer
     /// <summary>The integer and float helpers with WGSL semantics, in C syntax (<paramref name="f"/>/<paramref name="i"/>
     /// /<paramref name="u"/> are the dialect's float/int/uint type names).</summary>
     protected static string CHelpers(string f, string i, string u, string fsuf, string toInt, string toUint, string intMin) => $$"""
-{{i}} tp_idiv({{i}} a, {{i}} b) { return (b == 0 || (a == {{intMin}} && b == -1)) ? a : a / b; }
-{{u}} tp_udiv({{u}} a, {{u}} b) { return b == 0u ? a : a / b; }
-{{i}} tp_irem({{i}} a, {{i}} b) { return (b == 0 || (a == {{intMin}} && b == -1)) ? 0 : a - b * (a / b); }
-{{u}} tp_urem({{u}} a, {{u}} b) { return b == 0u ? 0u : a % b; }
+{{i}} tp_idiv({{i}} a, {{i}} b) { bool z = b == 0 || (a == {{intMin}} && b == -1); {{i}} q = a / (z ? 1 : b); return z ? a : q; }
+{{u}} tp_udiv({{u}} a, {{u}} b) { {{u}} q = a / max(b, 1u); return b == 0u ? a : q; }
+{{i}} tp_irem({{i}} a, {{i}} b) { bool z = b == 0 || (a == {{intMin}} && b == -1); {{i}} q = a / (z ? 1 : b); return z ? 0 : a - b * q; }
+{{u}} tp_urem({{u}} a, {{u}} b) { {{u}} r = a % max(b, 1u); return b == 0u ? 0u : r; }
 {{f}} tp_fmod({{f}} a, {{f}} b) { return a - b * trunc(a / b); }
 {{i}} tp_f2i({{f}} x) { return isnan(x) ? 0 : x <= -2147483648.0{{fsuf}} ? {{intMin}} : x >= 2147483520.0{{fsuf}} ? 2147483647 : {{toInt}}; }
 {{u}} tp_f2u({{f}} x) { return isnan(x) ? 0u : x <= 0.0{{fsuf}} ? 0u : x >= 4294967040.0{{fsuf}} ? 4294967295u : {{toUint}}; }
