@@ -47,6 +47,21 @@ public class GpuPlatformTests
         Assert.Contains(" 0 skipped", r.Stdout);
     }
 
+    /// <summary>MatMul against a weight initializer: the matrix-vector kernel (f32 vec4 loads, packed f16 weights
+    /// unpacked in the kernel) and the tiled kernel, as webgpu's rows check them.</summary>
+    [Theory]
+    [InlineData("vulkan", 1, 128, 40, DType.Float16)]
+    [InlineData("vulkan", 3, 70, 33, DType.Float32)]
+    [InlineData("vulkan", 65, 130, 67, DType.Float16)]
+    [InlineData("opencl", 1, 128, 40, DType.Float16)]
+    [InlineData("opencl", 3, 70, 33, DType.Float32)]
+    [InlineData("opencl", 65, 130, 67, DType.Float16)]
+    public void Matmul_against_a_weight_matches_cpu(string platform, int rows, int k, int n, DType wtype)
+    {
+        SkipIfUnavailable(platform);
+        WebGpuTests.MatmulAgainstAWeight(rows, k, n, wtype, platform);
+    }
+
     [Theory]
     [InlineData("vulkan", "llama")]
     [InlineData("vulkan", "gpt2")]

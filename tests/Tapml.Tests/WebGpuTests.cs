@@ -153,7 +153,7 @@ public class WebGpuTests
         finally { MatMul.SplitK = 1; }
     }
 
-    static void MatmulAgainstAWeight(int rows, int k, int n, DType wtype)
+    internal static void MatmulAgainstAWeight(int rows, int k, int n, DType wtype, string platform = "webgpu")
     {
         var rng = new Random(rows * 1000 + k * 10 + n);
         var w = new float[k * n];
@@ -170,13 +170,13 @@ public class WebGpuTests
         var x = wtype == DType.Float16 ? new Tensor(DType.Float16, [1, rows, k], xs.Select(v => (Half)v).ToArray()) : new Tensor(DType.Float32, [1, rows, k], xs);
         var feeds = new Dictionary<string, Value> { ["x"] = x };
         var want = (Tensor)new Executor(PlatformRegistry.Create("cpu")).Run(model, feeds)["y"];
-        using var gpu = PlatformRegistry.Create("webgpu");
+        using var gpu = PlatformRegistry.Create(platform);
         var got = (Tensor)new Executor(gpu).Run(model, feeds)["y"];
         Assert.Equal(want.Shape, got.Shape);
         double tol = wtype == DType.Float16 ? 2e-2 : 1e-4 * Math.Sqrt(k);
         var a = want.Data.Cast<object>().Select(v => v is Half h ? (double)h : Convert.ToDouble(v)).ToArray();
         var b = got.Data.Cast<object>().Select(v => v is Half h ? (double)h : Convert.ToDouble(v)).ToArray();
-        for (int i = 0; i < a.Length; i++) Assert.True(Math.Abs(a[i] - b[i]) <= tol * (1 + Math.Abs(a[i])), $"element {i}: cpu {a[i]}, webgpu {b[i]}");
+        for (int i = 0; i < a.Length; i++) Assert.True(Math.Abs(a[i] - b[i]) <= tol * (1 + Math.Abs(a[i])), $"element {i}: cpu {a[i]}, {platform} {b[i]}");
     }
 
     /// <summary>Add(MatMul(x, W), r) fused as matmul_add, r a residual [1, rows, n] or a bias [n], long and short rows:

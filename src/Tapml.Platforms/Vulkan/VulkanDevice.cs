@@ -10,8 +10,8 @@ namespace Tapml.Platforms.Vulkan;
 
 /// <summary>Vulkan compute through Silk.NET.Vulkan: the same kernels as webgpu, rendered to GLSL
 /// (<see cref="GlslRenderer"/>) and compiled to SPIR-V (<see cref="Glslc"/>). Device-local buffers (pooled by size
-/// bucket), uploads and readbacks through host-visible staging buffers, one descriptor set layout per kernel with the
-/// metadata words as a dynamic storage buffer (a host-visible ring), descriptor sets cached by their buffers,
+/// bucket), uploads and readbacks through host-visible staging buffers, the metadata words (shapes, strides) as push
+/// constants, or where they do not fit as a dynamic storage buffer (a host-visible ring), descriptor sets cached by their buffers,
 /// dispatches recorded into one command buffer with a barrier after each and submitted in batches, timestamp queries
 /// for GPU time. Buffer handles given out are ids (never reused), not Vulkan handles.</summary>
 public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
@@ -40,14 +40,26 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     nint _nextId = 1;
     readonly BufferPool _pool = new();
 
-    sealed class Kernel
+    /// <summary>A compiled kernel: its metadata words as push constants (when they fit) or in the dynamic buffer.</summary>
+    sealed class Variant
     {
+        public int Id;
         public Pipeline Pipeline;
         public PipelineLayout Layout;
         public DescriptorSetLayout SetLayout;
+        /// <summary>Storage buffers bound (the metadata buffer included when it is one).</summary>
         public int Bindings;
+        public bool Push;
+    }
+
+    sealed class Kernel
+    {
+        public required string Code, Label;
+        public Variant? Push, Buffer;
     }
     readonly List<Kernel> _kernels = new();
+    readonly List<Variant> _variants = new();
+    readonly int _pushBytes;
     readonly Dictionary<string, GpuPipeline> _pipelines = new();
 
     // Recording and submission.
@@ -199,6 +211,8 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             0, 0, false, timestamps);
         Runtime = $"Vulkan loader ({(icd.Length > 0 ? icd : "installed drivers")}), GLSL through glslc";
         _metaAlign = Limits.MinStorageOffsetAlignment;
+        // Metadata words go in push constants up to 64 words (256 B; every device has at least 128 B).
+        _pushBytes = (int)Math.Min(lim.MaxPushConstantsSize, 256u) & ~3;
         _details =
         [
             $"device: {name} ({Info.AdapterType}, vendor {vendor} 0x{props.VendorID:x4}, device 0x{props.DeviceID:x4}), {Driver}",
@@ -350,27 +364,43 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
 
     // ---- pipelines --------------------------------------------------------------------------------------------------
 
-    static readonly GlslRenderer Glsl = new();
-
     public GpuPipeline Pipeline(string code, string label)
     {
         if (_pipelines.TryGetValue(code, out var gp)) return gp;
-        string glsl = Glsl.Render(code);
-        int bindings = WgslModule.Parse(code).Globals.Count(g => g.Space == "storage");
-        var spv = Glslc.Compile(glsl, label);
+        var k = new Kernel { Code = code, Label = label };
+        // NOTE: most kernels' metadata fits the push constants; the buffer variant is compiled on first need.
+        var first = Build(k, push: _pushBytes > 0);
+        if (first.Push) k.Push = first;
+        else k.Buffer = first;
+        _kernels.Add(k);
+        gp = new GpuPipeline(_kernels.Count - 1, _kernels.Count - 1, label, code);
+        _pipelines[code] = gp;
+        return gp;
+    }
+
+    /// <summary>Renders, compiles and links one variant of a kernel: metadata words as push constants (an array of
+    /// <see cref="_pushBytes"/>/4 words) or as a dynamic storage buffer (the last binding).</summary>
+    Variant Build(Kernel k, bool push)
+    {
+        var r = new GlslRenderer { PushConstantWords = push ? _pushBytes / 4 : 0 };
+        string glsl = r.Render(k.Code);
+        push = r.UsesPushConstants;
+        int bindings = r.StorageBindings;
+        var spv = Glslc.Compile(glsl, k.Label);
         ShaderModule sm;
         fixed (byte* p = spv)
         {
             var smi = new ShaderModuleCreateInfo { SType = StructureType.ShaderModuleCreateInfo, CodeSize = (nuint)spv.Length, PCode = (uint*)p };
-            Check(_vk.CreateShaderModule(_dev, &smi, null, &sm), $"vkCreateShaderModule ({label})");
+            Check(_vk.CreateShaderModule(_dev, &smi, null, &sm), $"vkCreateShaderModule ({k.Label})");
         }
-        var lb = stackalloc DescriptorSetLayoutBinding[bindings];
+        var lb = stackalloc DescriptorSetLayoutBinding[Math.Max(1, bindings)];
         for (int i = 0; i < bindings; i++)
-            lb[i] = new DescriptorSetLayoutBinding { Binding = (uint)i, DescriptorType = i == bindings - 1 ? DescriptorType.StorageBufferDynamic : DescriptorType.StorageBuffer, DescriptorCount = 1, StageFlags = ShaderStageFlags.ComputeBit };
+            lb[i] = new DescriptorSetLayoutBinding { Binding = (uint)i, DescriptorType = !push && i == bindings - 1 ? DescriptorType.StorageBufferDynamic : DescriptorType.StorageBuffer, DescriptorCount = 1, StageFlags = ShaderStageFlags.ComputeBit };
         var dli = new DescriptorSetLayoutCreateInfo { SType = StructureType.DescriptorSetLayoutCreateInfo, BindingCount = (uint)bindings, PBindings = lb };
         DescriptorSetLayout dsl;
         Check(_vk.CreateDescriptorSetLayout(_dev, &dli, null, &dsl), "vkCreateDescriptorSetLayout");
-        var pli = new PipelineLayoutCreateInfo { SType = StructureType.PipelineLayoutCreateInfo, SetLayoutCount = 1, PSetLayouts = &dsl };
+        var range = new PushConstantRange { StageFlags = ShaderStageFlags.ComputeBit, Offset = 0, Size = (uint)_pushBytes };
+        var pli = new PipelineLayoutCreateInfo { SType = StructureType.PipelineLayoutCreateInfo, SetLayoutCount = 1, PSetLayouts = &dsl, PushConstantRangeCount = push ? 1u : 0u, PPushConstantRanges = &range };
         PipelineLayout pl;
         Check(_vk.CreatePipelineLayout(_dev, &pli, null, &pl), "vkCreatePipelineLayout");
         var entry = "main\0"u8;
@@ -379,13 +409,12 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         {
             var stage = new PipelineShaderStageCreateInfo { SType = StructureType.PipelineShaderStageCreateInfo, Stage = ShaderStageFlags.ComputeBit, Module = sm, PName = e };
             var cpi = new ComputePipelineCreateInfo { SType = StructureType.ComputePipelineCreateInfo, Stage = stage, Layout = pl };
-            Check(_vk.CreateComputePipelines(_dev, default, 1, &cpi, null, &pipe), $"vkCreateComputePipelines ({label})");
+            Check(_vk.CreateComputePipelines(_dev, default, 1, &cpi, null, &pipe), $"vkCreateComputePipelines ({k.Label})");
         }
         _vk.DestroyShaderModule(_dev, sm, null);
-        _kernels.Add(new Kernel { Pipeline = pipe, Layout = pl, SetLayout = dsl, Bindings = bindings });
-        gp = new GpuPipeline(_kernels.Count - 1, _kernels.Count - 1, label, code);
-        _pipelines[code] = gp;
-        return gp;
+        var v = new Variant { Id = _variants.Count, Pipeline = pipe, Layout = pl, SetLayout = dsl, Bindings = bindings, Push = push };
+        _variants.Add(v);
+        return v;
     }
 
     // ---- recording --------------------------------------------------------------------------------------------------
@@ -422,26 +451,34 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     public void Dispatch(GpuPipeline p, ReadOnlySpan<nint> buffers, ReadOnlySpan<ulong> offsets, ReadOnlySpan<ulong> sizes, ReadOnlySpan<uint> meta, uint gx, uint gy = 1, uint gz = 1)
     {
         var k = _kernels[(int)p.Id];
-        int metaBytes = Math.Max(16, (meta.Length * 4 + 15) & ~15);
-        if (metaBytes > MetaSlot) throw new UnsupportedException($"vulkan: kernel {p.Label} has {meta.Length} metadata words, over {MetaSlot / 4}");
-        if (_metaUsed + metaBytes > MetaBytes)
+        bool push = meta.Length * 4 <= _pushBytes && k.Push is not null;
+        var v = push ? k.Push! : k.Buffer ??= Build(k, push: false);
+        int metaOffset = 0;
+        if (!push)
         {
-            // The ring is full: wait for the work that reads it, then start over.
-            Flush();
-            WaitAll();
-            _metaUsed = 0;
+            int metaBytes = Math.Max(16, (meta.Length * 4 + 15) & ~15);
+            if (metaBytes > MetaSlot) throw new UnsupportedException($"vulkan: kernel {p.Label} has {meta.Length} metadata words, over {MetaSlot / 4}");
+            if (_metaUsed + metaBytes > MetaBytes)
+            {
+                // The ring is full: wait for the work that reads it, then start over.
+                Flush();
+                WaitAll();
+                _metaUsed = 0;
+            }
+            metaOffset = _metaUsed;
+            MemoryMarshal.AsBytes(meta).CopyTo(new Span<byte>(_meta.Mapped + metaOffset, meta.Length * 4));
+            _metaUsed = (metaOffset + metaBytes + _metaAlign - 1) / _metaAlign * _metaAlign;
         }
-        int metaOffset = _metaUsed;
-        MemoryMarshal.AsBytes(meta).CopyTo(new Span<byte>(_meta.Mapped + metaOffset, meta.Length * 4));
-        _metaUsed = (metaOffset + metaBytes + _metaAlign - 1) / _metaAlign * _metaAlign;
 
-        var set = CachedSet((int)p.Id, k, buffers, offsets, sizes, p.Label);
+        var set = CachedSet(v, buffers, offsets, sizes, p.Label);
         for (int i = 0; i < buffers.Length; i++) _recorded.Add(buffers[i]);
         Begin();
         if (_profile is not null && !_timing) ProfileStamp(p.Label, begin: true);
-        _vk.CmdBindPipeline(_cb, PipelineBindPoint.Compute, k.Pipeline);
+        _vk.CmdBindPipeline(_cb, PipelineBindPoint.Compute, v.Pipeline);
         uint dyn = (uint)metaOffset;
-        _vk.CmdBindDescriptorSets(_cb, PipelineBindPoint.Compute, k.Layout, 0, 1, &set, 1, &dyn);
+        _vk.CmdBindDescriptorSets(_cb, PipelineBindPoint.Compute, v.Layout, 0, 1, &set, push ? 0u : 1u, &dyn);
+        if (push && meta.Length > 0)
+            fixed (uint* m = meta) _vk.CmdPushConstants(_cb, v.Layout, ShaderStageFlags.ComputeBit, 0, (uint)(meta.Length * 4), m);
         _vk.CmdDispatch(_cb, gx, gy, gz);
         Barrier();
         if (_profile is not null && !_timing) ProfileStamp(p.Label, begin: false);
@@ -449,9 +486,11 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         if (++_sinceSubmit >= AutoSubmit && !_timing) Flush();
     }
 
-    DescriptorSet CachedSet(int kernel, Kernel k, ReadOnlySpan<nint> ids, ReadOnlySpan<ulong> offsets, ReadOnlySpan<ulong> sizes, string label)
+    DescriptorSet CachedSet(Variant k, ReadOnlySpan<nint> ids, ReadOnlySpan<ulong> offsets, ReadOnlySpan<ulong> sizes, string label)
     {
-        if (ids.Length != k.Bindings - 1) throw new TapmlException($"vulkan: kernel {label} binds {k.Bindings - 1} buffers, the dispatch gave {ids.Length} (internal error)");
+        int want = k.Push ? k.Bindings : k.Bindings - 1;
+        if (ids.Length != want) throw new TapmlException($"vulkan: kernel {label} binds {want} buffers, the dispatch gave {ids.Length} (internal error)");
+        int kernel = k.Id;
         var h = new HashCode();
         h.Add(kernel);
         for (int i = 0; i < ids.Length; i++) { h.Add(ids[i]); h.Add(offsets[i]); h.Add(sizes[i]); }
@@ -468,12 +507,12 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             r = _vk.AllocateDescriptorSets(_dev, &ai, &set);
         }
         Check(r, "vkAllocateDescriptorSets");
-        int n = ids.Length + 1;
-        var infos = stackalloc DescriptorBufferInfo[n];
-        var writes = stackalloc WriteDescriptorSet[n];
+        int n = k.Bindings;
+        var infos = stackalloc DescriptorBufferInfo[Math.Max(1, n)];
+        var writes = stackalloc WriteDescriptorSet[Math.Max(1, n)];
         for (int i = 0; i < n; i++)
         {
-            bool isMeta = i == n - 1;
+            bool isMeta = !k.Push && i == n - 1;
             var b = isMeta ? _meta : Buf(ids[i]);
             ulong off = isMeta ? 0 : offsets[i];
             ulong range = isMeta ? MetaSlot : Math.Min(sizes[i], b.Size - off);
@@ -727,12 +766,13 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         foreach (var b in _buffers.Values) DestroyNow(b);
         _buffers.Clear();
         DestroyNow(_meta);
-        foreach (var k in _kernels)
+        foreach (var k in _variants)
         {
             _vk.DestroyPipeline(_dev, k.Pipeline, null);
             _vk.DestroyPipelineLayout(_dev, k.Layout, null);
             _vk.DestroyDescriptorSetLayout(_dev, k.SetLayout, null);
         }
+        _variants.Clear();
         _kernels.Clear();
         foreach (var f in _freeFences) _vk.DestroyFence(_dev, f, null);
         foreach (var s in _inFlight) _vk.DestroyFence(_dev, s.Fence, null);

@@ -20,6 +20,7 @@ public abstract class CStyleRenderer
         var m = WgslModule.Parse(wgsl);
         var sb = new StringBuilder();
         Module = m;
+        Source = wgsl;
         Header(sb);
         sb.Append(Helpers);
         Globals(sb);
@@ -37,6 +38,8 @@ public abstract class CStyleRenderer
     }
 
     protected WgslModule Module { get; private set; } = null!;
+    /// <summary>The WGSL text being rendered.</summary>
+    protected string Source { get; private set; } = "";
     /// <summary>The function being printed.</summary>
     protected FnDecl Fn { get; private set; } = null!;
 

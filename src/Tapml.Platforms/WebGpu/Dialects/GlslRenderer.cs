@@ -8,6 +8,19 @@ public sealed class GlslRenderer : CStyleRenderer
 {
     public override string Dialect => "glsl";
 
+    /// <summary>0: the metadata words (<c>md</c>, the last storage binding) stay a storage buffer; N: they are an array of
+    /// N push-constant words instead.</summary>
+    public int PushConstantWords { get; init; }
+
+    /// <summary>Storage bindings of the last kernel rendered (the metadata buffer excluded when it became push constants).</summary>
+    public int StorageBindings { get; private set; }
+
+    /// <summary>Whether the last kernel rendered reads its metadata from push constants (not when it names a word
+    /// past <see cref="PushConstantWords"/>).</summary>
+    public bool UsesPushConstants { get; private set; }
+
+    static readonly System.Text.RegularExpressions.Regex MetaWord = new(@"\bmd\[(\d+)u?\]", System.Text.RegularExpressions.RegexOptions.Compiled);
+
     protected override void Header(StringBuilder sb)
     {
         var ws = Module.Entry.WorkgroupSize!;
@@ -19,9 +32,19 @@ public sealed class GlslRenderer : CStyleRenderer
 
     protected override void Globals(StringBuilder sb)
     {
+        int last = Module.Globals.Where(g => g.Space == "storage").Select(g => g.Binding).DefaultIfEmpty(-1).Max();
+        StorageBindings = last + 1;
+        UsesPushConstants = false;
+        int maxWord = MetaWord.Matches(Source).Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).DefaultIfEmpty(0).Max();
         foreach (var g in Module.Globals)
         {
-            if (g.Space == "storage")
+            if (g.Space == "storage" && PushConstantWords > maxWord && g.Binding == last && g.Name == "md" && !g.Writable)
+            {
+                sb.Append($"layout(push_constant) uniform tp_PC {{ {TypeName(g.Type.Elem!)} {Name(g.Name)}[{PushConstantWords}]; }};\n");
+                StorageBindings = last;
+                UsesPushConstants = true;
+            }
+            else if (g.Space == "storage")
                 sb.Append($"layout(std430, set = 0, binding = {g.Binding}) {(g.Writable ? "" : "readonly ")}buffer tp_B{g.Binding} {{ {TypeName(g.Type.Elem!)} {Name(g.Name)}[]; }};\n");
             else if (g.Type.IsArray)
                 sb.Append($"shared {TypeName(g.Type.Elem!)} {Name(g.Name)}[{g.Type.Len}];\n");
