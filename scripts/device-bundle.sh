@@ -7,6 +7,7 @@
 #                              generate, serve + remote generate/replay, browser, conformance, debug --demo)
 #   lib/libwebgpu_wrapper.so.gz  Dawn, stripped, gzipped (16.7 MB stripped would push the folder past 60 MiB)
 #   debs/*.deb                 Debian 12 libvulkan1 + libglvnd (libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+#                              + glslc and libshaderc1 (the vulkan platform compiles its GLSL kernels with glslc)
 #   setup-remote.sh            makes those usable there, then execs its arguments
 #   run.sh                     scripts/device-run.sh (older entry point: runs bin/tapml "$@")
 # Then, device `run` with carry [".device"] and command e.g.
@@ -18,7 +19,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 max_mib="${DEVICE_BUNDLE_MAX_MIB:-60}"
 dawn=.tapml/webgpu/node_modules/bun-webgpu-linux-x64/libwebgpu_wrapper.so
-debs=(libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+debs=(libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2 glslc libshaderc1)
 
 if command -v npm >/dev/null 2>&1; then bash scripts/fetch-webgpu.sh   # idempotent; pins the Dawn build
 elif [ ! -f "$dawn" ]; then echo "device-bundle: $dawn is missing and npm is not on PATH (scripts/fetch-webgpu.sh)" >&2; exit 2
@@ -95,6 +96,14 @@ case "$mode" in
     export LD_LIBRARY_PATH="$sys/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ;;
   *) echo "setup-remote: TAPML_DEVICE_LOADER=$mode (expected auto, system, local or none)" >&2; exit 2 ;;
 esac
+
+# glslc (vulkan's GLSL → SPIR-V) where the machine has none and the loader step did not unpack it.
+if ! command -v glslc >/dev/null 2>&1; then
+  gl="$state/glslc"
+  if [ ! -x "$gl/usr/bin/glslc" ]; then mkdir -p "$gl"; for d in "$here"/debs/glslc_*.deb "$here"/debs/libshaderc1_*.deb; do dpkg -x "$d" "$gl"; done; fi
+  export TAPML_GLSLC="$gl/usr/bin/glslc"
+  export LD_LIBRARY_PATH="$gl/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 
 # Only where the usual folders hold no NVIDIA ICD but the driver's mount does (../.library/device/README.md).
 if ! ls /usr/share/vulkan/icd.d/nvidia* /etc/vulkan/icd.d/nvidia* >/dev/null 2>&1 && [ -z "${VK_DRIVER_FILES:-}${VK_ICD_FILENAMES:-}" ] \

@@ -18,6 +18,12 @@ command -v strace >/dev/null 2>&1 || need+=(strace)
 # webgpu: Dawn dlopens the Vulkan loader (SwiftShader's ICD comes with chromium) and EGL/GLES for webgpu:gles
 ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1 ' || need+=(libvulkan1)
 ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1 ' || need+=(libegl1 libgles2 libegl-mesa0 libgl1-mesa-dri)
+# vulkan: kernels rendered to GLSL are compiled to SPIR-V by glslc; lavapipe is a second software driver
+command -v glslc >/dev/null 2>&1 || need+=(glslc)
+[ -f /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || need+=(mesa-vulkan-drivers)
+# opencl: the ICD loader and PoCL (a CPU driver)
+ldconfig -p 2>/dev/null | grep -q 'libOpenCL.so.1 ' || need+=(ocl-icd-libopencl1)
+[ -f /etc/OpenCL/vendors/pocl.icd ] || need+=(pocl-opencl-icd)
 # dgrab: workers as MPI processes (Open MPI's mpirun and libmpi) and the Fashion-MNIST data set it trains on
 command -v mpirun >/dev/null 2>&1 || need+=(openmpi-bin)
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)

@@ -29,7 +29,8 @@ static class BenchVerb
             if (pr.GetValue(scenario) == "browser") return BenchBrowser.Run(pr.GetValue(runs));
             if (pr.GetValue(scenario) == "remote") return BenchRemote.Run(pr.GetResult(platform) is null ? "cpu" : pr.GetValue(platform)!, pr.GetValue(runs));
             if (BenchWorkflows.Names.Contains(pr.GetValue(scenario)!))
-                return BenchWorkflows.Run(pr.GetValue(scenario)!, Path.Combine(Directory.GetCurrentDirectory(), "..", "shared"), Math.Max(1, Math.Min(pr.GetValue(runs), pr.GetValue(scenario) == "carve" ? 15 : 5)));   // NOTE: carve's runs are short and noisy; up to 15
+                return BenchWorkflows.Run(pr.GetValue(scenario)!, Path.Combine(Directory.GetCurrentDirectory(), "..", "shared"), Math.Max(1, Math.Min(pr.GetValue(runs), pr.GetValue(scenario) == "carve" ? 15 : 5)),
+                    pr.GetResult(platform) is null ? "webgpu" : pr.GetValue(platform)!);   // NOTE: carve's runs are short and noisy; up to 15
             string refSpec = pr.GetValue(reference)!;
             if (n > 0 && refSpec.StartsWith("onnxruntime") && !refSpec.Contains("threads=")) refSpec += (refSpec.Contains('?') ? "&" : "?") + $"threads={n}";
             using var target = PlatformRegistry.Create(pr.GetValue(platform)!);

@@ -36,7 +36,7 @@ static class BenchWorkflows
     /// <summary>Prefill and decode tokens/s of a ~100M-parameter Llama-shaped checkpoint (12 layers, hidden 768,
     /// 12 heads, 4 KV heads, intermediate 2048, vocab 32000: 125M parameters, f32) on cpu and onnxruntime (the same
     /// graph, run whole by ORT) in one process, with the process's peak working set and the executor's peak live bytes.</summary>
-    static int Llm(int runs)
+    static int Llm(int runs, string gpu)
     {
         var (plain, parameters, readBytes) = BenchLlama("tapml-bench-llama-125m", new TinyCheckpoint.Sizes(Layers: 12, Hidden: 768, Heads: 12, KvHeads: 4, Intermediate: 2048, Vocab: 32000));
         var rng = new Random(3);
@@ -45,7 +45,7 @@ static class BenchWorkflows
         var table = new Table().AddColumns("platform", "prefill tokens/s", "decode tokens/s", "decode ms/token", "peak live bytes", "process peak working set");
         var results = new List<(string, GenerationResult)>();
         var specs = new List<string> { "onnxruntime", "cpu" };
-        if (Tapml.Platforms.WebGpu.WebGpuPlatform.Unavailable() is null) specs.Add("webgpu");
+        if (gpu != "webgpu" || Tapml.Platforms.WebGpu.WebGpuPlatform.Unavailable() is null) specs.Add(gpu);
         foreach (var spec in specs)
         {
             using var p = PlatformRegistry.Create(spec);
@@ -117,10 +117,10 @@ static class BenchWorkflows
         AnsiConsole.Write(table);
         if (results.Count > 2)
         {
-            var gpu = results[2].Item2;
-            bool gsame = gpu.Tokens.SequenceEqual(cpuR.Tokens);
-            Console.WriteLine($"webgpu: decode {gpu.DecodeTokensPerSecond:F1} tokens/s = {gpu.DecodeTokensPerSecond / cpuR.DecodeTokensPerSecond:F2}× cpu, {gpu.DecodeTokensPerSecond / ort.DecodeTokensPerSecond:F2}× onnxruntime; " +
-                              $"prefill {gpu.PrefillTokensPerSecond:F1} tokens/s; {Format.Bytes(readBytes)} of weights read per decode step ({readBytes} B; the embedding table only by row); greedy tokens {(gsame ? "identical to cpu" : "DIFFER from cpu")}");
+            var g = results[2].Item2;
+            bool gsame = g.Tokens.SequenceEqual(cpuR.Tokens);
+            Console.WriteLine($"{results[2].Item1}: decode {g.DecodeTokensPerSecond:F1} tokens/s = {g.DecodeTokensPerSecond / cpuR.DecodeTokensPerSecond:F2}× cpu, {g.DecodeTokensPerSecond / ort.DecodeTokensPerSecond:F2}× onnxruntime; " +
+                              $"prefill {g.PrefillTokensPerSecond:F1} tokens/s; {Format.Bytes(readBytes)} of weights read per decode step ({readBytes} B; the embedding table only by row); greedy tokens {(gsame ? "identical to cpu" : "DIFFER from cpu")}");
             same &= gsame;
         }
         return same ? 0 : 1;
@@ -145,16 +145,16 @@ static class BenchWorkflows
     /// webgpu against cpu in one process (ORT is left out: the graph's 4.5 GiB are over protobuf's 2 GiB, and its
     /// session would take minutes); prompt 16, 16 decode steps. Prints the effective weight bandwidth of a decode step
     /// (bytes read ÷ time), to set against the matrix-vector bandwidth <c>bench gpu</c> measures.</summary>
-    static int LlmLarge(int runs)
+    static int LlmLarge(int runs, string gpu)
     {
         var (plain, parameters, readBytes) = BenchLlama("tapml-bench-llama-4x4096", new TinyCheckpoint.Sizes(Layers: 4, Hidden: 4096, Heads: 32, KvHeads: 8, Intermediate: 14336, Vocab: 32000));
         var rng = new Random(3);
         long[] prompt = Enumerable.Range(0, 16).Select(_ => (long)rng.Next(32000)).ToArray();
         const int newTokens = 17;
-        if (Tapml.Platforms.WebGpu.WebGpuPlatform.Unavailable() is { } why) { Console.Error.WriteLine($"bench llm-large: {why}"); return 2; }
+        if (gpu == "webgpu" && Tapml.Platforms.WebGpu.WebGpuPlatform.Unavailable() is { } why) { Console.Error.WriteLine($"bench llm-large: {why}"); return 2; }
         var table = new Table().AddColumns("platform", "prefill tokens/s", "decode tokens/s", "decode ms/token", "weight bandwidth of a decode step");
         var results = new List<GenerationResult>();
-        foreach (var spec in new[] { "cpu", "webgpu" })
+        foreach (var spec in new[] { "cpu", gpu })
         {
             using var p = PlatformRegistry.Create(spec);
             var exec = new Executor(p) { PreferWholeGraph = true };
@@ -179,18 +179,18 @@ static class BenchWorkflows
         }
         bool same = results[0].Tokens.SequenceEqual(results[1].Tokens);
         table.Caption($"llama {parameters / 1e9:F2}B parameters (4 layers of 4096/14336, f32), {Format.Bytes(readBytes)} read per decode step, prompt 16, 16 decode steps; " +
-                      $"webgpu best of {runs}, cpu one run; greedy tokens {(same ? "identical" : "DIFFER")}");
+                      $"{gpu} best of {runs}, cpu one run; greedy tokens {(same ? "identical" : "DIFFER")}");
         AnsiConsole.Write(table);
-        Console.WriteLine($"webgpu: decode {results[1].DecodeTokensPerSecond:F1} tokens/s = {results[1].DecodeTokensPerSecond / results[0].DecodeTokensPerSecond:F1}× cpu; " +
+        Console.WriteLine($"{gpu}: decode {results[1].DecodeTokensPerSecond:F1} tokens/s = {results[1].DecodeTokensPerSecond / results[0].DecodeTokensPerSecond:F1}× cpu; " +
                           $"{readBytes} B of weights per step at {readBytes * results[1].DecodeTokensPerSecond / 1e12:F2} TB/s");
         return same ? 0 : 1;
     }
 
     /// <summary>WebGPU kernels alone, GPU time from timestamp queries: decode-shaped matrix-vector products (weight
     /// bytes ÷ time = achieved bandwidth) and a prefill-shaped matmul (FLOP/s), 50 dispatches per measurement, best of runs.</summary>
-    static int Gpu(int runs)
+    static int Gpu(int runs, string gpu)
     {
-        using var g = new Tapml.Platforms.WebGpu.WebGpuPlatform("webgpu");
+        using var g = GpuPlatform(gpu);
         Console.WriteLine($"device: {g.Description}");
         var table = new Table().AddColumns("kernel", "shape", "weights", "GPU ms / call", "achieved");
         var mm = Tapml.Platforms.WebGpu.GpuOps.Find("", "MatMul")!;
@@ -236,9 +236,9 @@ static class BenchWorkflows
     /// and for the rule the kernels use (<see cref="Tapml.Platforms.WebGpu.Kernels.MatMul.MatVecThreads"/>; 32 for f16), the
     /// rule also with each row split in 2 and 4 parts (<see cref="Tapml.Platforms.WebGpu.Kernels.MatMul.SplitK"/>; GPU
     /// time of both dispatches).</summary>
-    static int MatVecSweep(int runs)
+    static int MatVecSweep(int runs, string gpu)
     {
-        using var g = new Tapml.Platforms.WebGpu.WebGpuPlatform("webgpu");
+        using var g = GpuPlatform(gpu);
         Console.WriteLine($"device: {g.Description}");
         var mm = Tapml.Platforms.WebGpu.GpuOps.Find("", "MatMul")!;
         var ctx = new NodeContext(new Tapml.Ir.Node { Name = "sweep", OpType = "MatMul", Inputs = ["x", "w"], Outputs = ["y"] }, 17);
@@ -275,6 +275,15 @@ static class BenchWorkflows
         finally { Tapml.Platforms.WebGpu.Kernels.MatMul.ThreadsPerOutput = null; Tapml.Platforms.WebGpu.Kernels.MatMul.SplitK = 1; }
         AnsiConsole.Write(table);
         return 0;
+    }
+
+    /// <summary>A platform running tapml's GPU kernels (webgpu, vulkan, opencl, browser): the GPU benches time its kernels.</summary>
+    static Tapml.Platforms.WebGpu.WebGpuPlatform GpuPlatform(string spec)
+    {
+        var p = PlatformRegistry.Create(spec);
+        if (p is Tapml.Platforms.WebGpu.WebGpuPlatform g) return g;
+        p.Dispose();
+        throw new TapmlException($"bench: '{spec}' does not run tapml's GPU kernels (use webgpu, vulkan or opencl)");
     }
 
     /// <summary>The per-dispatch cost no kernel can go under: a chain of dependent 768-wide Neg dispatches (the
@@ -320,12 +329,13 @@ static class BenchWorkflows
         return t[t.Count / 2];
     }
 
-    public static int Run(string scenario, string shared, int runs)
+    /// <param name="gpu">The GPU platform spec llm, llm-large, gpu and matvec-sweep measure (webgpu, vulkan, opencl …).</param>
+    public static int Run(string scenario, string shared, int runs, string gpu = "webgpu")
     {
-        if (scenario == "llm") return Llm(runs);
-        if (scenario == "llm-large") return LlmLarge(runs);
-        if (scenario == "gpu") return Gpu(runs);
-        if (scenario == "matvec-sweep") return MatVecSweep(runs);
+        if (scenario == "llm") return Llm(runs, gpu);
+        if (scenario == "llm-large") return LlmLarge(runs, gpu);
+        if (scenario == "gpu") return Gpu(runs, gpu);
+        if (scenario == "matvec-sweep") return MatVecSweep(runs, gpu);
         var table = scenario == "carve"
             ? new Table().AddColumns("model", "plain run ms", "carve ms", "carve ÷ plain", "cases", "blobs (after dedup)", "splats", "weights by reference", "tensors (before dedup)", "replay cases/s")
             : new Table().AddColumns("model", "strategy", "found", "runs", "partial", "bytes moved", "time ms");

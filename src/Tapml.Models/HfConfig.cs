@@ -43,6 +43,9 @@ public sealed class HfConfig
     public bool TieWordEmbeddings { get; }
     public int? SlidingWindow { get; }
     public RopeConfig Rope { get; }
+    /// <summary>Gemma 3: the RoPE of the sliding-window layers (rope_parameters.sliding_attention, or the older
+    /// rope_local_base_freq); null when the config has no per-layer-type RoPE.</summary>
+    public RopeConfig? LocalRope { get; }
     public int? BosTokenId { get; }
     public IReadOnlyList<int> EosTokenIds { get; }
 
@@ -66,15 +69,24 @@ public sealed class HfConfig
         HiddenSize = Positive(HiddenKeys) ?? throw Error("hidden_size", "is missing");
         NumLayers = Positive(LayerKeys) ?? throw Error("num_hidden_layers", "is missing");
         NumHeads = Positive(HeadKeys) ?? throw Error("num_attention_heads", "is missing");
-        NumKvHeads = Positive("num_key_value_heads") ?? NumHeads;
-        IntermediateSize = Positive("intermediate_size", "n_inner")
+        // NOTE: Falcon and GPT-BigCode say kv heads through multi_query / new_decoder_architecture + num_kv_heads.
+        // GPT-NeoX, GPT-J, BLOOM and OPT are multi-head only (transformers ignores a num_key_value_heads there).
+        NumKvHeads = ModelType switch
+        {
+            "falcon" => (Bool("new_decoder_architecture") ?? false) || !(Bool("multi_query") ?? true) ? Positive("num_kv_heads") ?? NumHeads : 1,
+            "gpt_bigcode" => (Bool("multi_query") ?? true) ? 1 : NumHeads,
+            "gpt_neox" or "gptj" or "bloom" or "opt" => NumHeads,
+            _ => Positive("num_key_value_heads") ?? NumHeads,
+        };
+        IntermediateSize = Positive("intermediate_size", "n_inner", "ffn_hidden_size", "ffn_dim")
             ?? (HiddenSize <= int.MaxValue / 4 ? 4 * HiddenSize : throw Error(KeyOf(HiddenKeys), $"{HiddenSize} is too large (4 × it, the default intermediate_size, overflows)"));
         HeadDim = Positive("head_dim") ?? (HiddenSize % NumHeads == 0 ? HiddenSize / NumHeads : throw Error(KeyOf(HiddenKeys), $"{HiddenSize} is not divisible by {NumHeads} heads and head_dim is not given"));
         MaxPositions = Positive("max_position_embeddings", "n_positions", "n_ctx") ?? 2048;
-        NormEps = PositiveReal("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps") ?? 1e-5;
+        NormEps = PositiveReal("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", "norm_epsilon", "norm_eps") ?? 1e-5;
         HiddenAct = Str("hidden_act") ?? Str("hidden_activation") ?? Str("activation_function") ?? "silu";
-        TieWordEmbeddings = Bool("tie_word_embeddings") ?? ModelType is "gpt2" or "gemma" or "gemma2";
-        SlidingWindow = Positive("sliding_window");
+        TieWordEmbeddings = Bool("tie_word_embeddings") ?? Models.Architectures.Find(ModelType)?.TiedByDefault ?? false;
+        // NOTE: transformers writes sliding_window 0 for "no window" in some configs (Qwen2-MoE).
+        SlidingWindow = Int("sliding_window") is int sw && sw != 0 ? (sw > 0 ? sw : throw Error("sliding_window", $"must be a positive integer (got {sw})")) : null;
         BosTokenId = TokenId("bos_token_id", Raw["bos_token_id"]);
         EosTokenIds = Raw["eos_token_id"] switch
         {
@@ -84,6 +96,12 @@ public sealed class HfConfig
         };
         if (NumHeads % NumKvHeads != 0) throw Error("num_key_value_heads", $"{NumKvHeads} does not divide {NumHeads} attention heads");
         Rope = ReadRope();
+        if (Raw["rope_parameters"] is JsonObject rp && rp["full_attention"] is JsonObject)
+            LocalRope = ReadRope(rp["sliding_attention"] as JsonObject, "rope_parameters.sliding_attention");
+        else if (PositiveReal("rope_local_base_freq") is double local)
+            LocalRope = new RopeConfig { Theta = local };
+        else if (ModelType == "gemma3_text")
+            LocalRope = new RopeConfig { Theta = 10000 }; // transformers' default rope_local_base_freq
     }
 
     /// <summary>Reads and checks <c>config.json</c>: a folder's (which must be a regular file inside it, not a link
@@ -100,7 +118,8 @@ public sealed class HfConfig
 
     RopeConfig ReadRope()
     {
-        // transformers ≥ 5: everything in rope_parameters; older files: rope_theta + rope_scaling (may be null).
+        // transformers ≥ 5: everything in rope_parameters (Gemma 3: one block per layer type); older files:
+        // rope_theta + rope_scaling (may be null).
         string blockKey = Raw["rope_parameters"] is not null ? "rope_parameters" : "rope_scaling";
         var p = Raw[blockKey] switch
         {
@@ -108,8 +127,16 @@ public sealed class HfConfig
             JsonObject o => o,
             var other => throw Error(blockKey, $"must be an object or null, got {Shorten(other.ToJsonString())}"),
         };
-        double theta = (p is null ? null : Num(p, blockKey, "rope_theta")) ?? PositiveReal("rope_theta") ?? 10000;
-        double partial = (p is null ? null : Num(p, blockKey, "partial_rotary_factor")) ?? PositiveReal("partial_rotary_factor", "rotary_pct") ?? 1;
+        if (p?["full_attention"] is JsonObject full) { p = full; blockKey += ".full_attention"; }
+        return ReadRope(p, blockKey);
+    }
+
+    RopeConfig ReadRope(JsonObject? p, string blockKey)
+    {
+        double theta = (p is null ? null : Num(p, blockKey, "rope_theta")) ?? PositiveReal("rope_theta", "rotary_emb_base") ?? 10000;
+        // NOTE: GPT-J gives the rotary channels as a count (rotary_dim), not a factor.
+        double partial = (p is null ? null : Num(p, blockKey, "partial_rotary_factor")) ?? PositiveReal("partial_rotary_factor", "rotary_pct")
+            ?? (Positive("rotary_dim") is int rd ? (rd <= HeadDim ? (double)rd / HeadDim : throw Error("rotary_dim", $"{rd} is more than head_dim {HeadDim}")) : 1);
         if (!(partial > 0 && partial <= 1)) throw Error("partial_rotary_factor", $"must be in (0, 1] (got {partial})");
         if (p is null) return new RopeConfig { Theta = theta, PartialRotaryFactor = partial };
         string type = Str(p, blockKey, "rope_type") ?? Str(p, blockKey, "type") ?? "default";

@@ -13,9 +13,10 @@ public static class Rope
 
     /// <summary>Inverse frequencies and attention factor for every supported scaling type (default, linear,
     /// llama3, longrope/su) over the first <paramref name="rotaryDim"/> channels of a head.</summary>
-    public static RotaryTables Tables(HfConfig config, int rotaryDim)
+    public static RotaryTables Tables(HfConfig config, int rotaryDim, RopeConfig? rope = null)
     {
-        if (config.Rope.Type != "longrope") return new(InverseFrequencies(config, rotaryDim), null, 0, 1f);
+        if (rope is not null && rope.Type == "longrope") throw config.Error("rope_type", "longrope is supported for the main RoPE only");
+        if ((rope ?? config.Rope).Type != "longrope") return new(InverseFrequencies(config, rotaryDim, rope), null, 0, 1f);
         return LongRope(config, rotaryDim);
     }
 
@@ -44,9 +45,9 @@ public static class Rope
 
     /// <summary><c>inv_freq[i] = 1 / theta^(2i / dim)</c>, then adjusted for the config's scaling type
     /// (default, linear, llama3). Other types are refused with the config file named.</summary>
-    public static float[] InverseFrequencies(HfConfig config, int rotaryDim)
+    public static float[] InverseFrequencies(HfConfig config, int rotaryDim, RopeConfig? rope = null)
     {
-        var r = config.Rope;
+        var r = rope ?? config.Rope;
         var inv = new float[rotaryDim / 2];
         float theta = (float)r.Theta;
         for (int i = 0; i < inv.Length; i++)
@@ -60,6 +61,7 @@ public static class Rope
                 for (int i = 0; i < inv.Length; i++) inv[i] /= (float)r.Factor;
                 return inv;
             case "llama3":
+                if (rope is not null) throw config.Error("rope_type", "llama3 scaling is supported for the main RoPE only");
                 return Llama3(config, inv);
             default:
                 throw config.Error("rope_type", $"'{r.Type}' is not supported (supported: default, linear, llama3, longrope)");

@@ -10,7 +10,8 @@ namespace Tapml.Models;
 /// stay in a sane range; the same (arch, seed, sizes) always gives the same bytes.</summary>
 public static class TinyCheckpoint
 {
-    public static IReadOnlyList<string> Architectures => ["llama", "qwen2", "mistral", "gemma", "phi3", "gpt2"];
+    /// <summary>The architectures with a tiny checkpoint (<see cref="Architecture.TinyConfig"/>), in registry order.</summary>
+    public static IReadOnlyList<string> Architectures => Models.Architectures.WithTiny;
 
     /// <summary>Sizes of a tiny model (defaults: 2 layers, hidden 64, 4 heads of 16, 2 KV heads, vocab 1024).</summary>
     public sealed record Sizes(int Layers = 2, int Hidden = 64, int Heads = 4, int KvHeads = 2, int Intermediate = 160, int Vocab = 1024);
@@ -19,32 +20,36 @@ public static class TinyCheckpoint
     {
         if (s.Hidden % s.Heads != 0 || s.Heads % s.KvHeads != 0)
             throw new TapmlException($"tiny {arch}: hidden {s.Hidden} must split into {s.Heads} heads and the heads into {s.KvHeads} KV heads");
-        if (arch == "gpt2")
-            return new JsonObject
-            {
-                ["architectures"] = new JsonArray("GPT2LMHeadModel"), ["model_type"] = "gpt2", ["vocab_size"] = s.Vocab,
-                ["n_embd"] = s.Hidden, ["n_layer"] = s.Layers, ["n_head"] = s.Heads, ["n_inner"] = s.Intermediate,
-                ["n_positions"] = 256, ["activation_function"] = "gelu_new", ["layer_norm_epsilon"] = 1e-5,
-                ["tie_word_embeddings"] = true, ["bos_token_id"] = 1, ["eos_token_id"] = 2,
-            };
-        string cls = arch switch
-        {
-            "llama" => "LlamaForCausalLM", "qwen2" => "Qwen2ForCausalLM", "mistral" => "MistralForCausalLM",
-            "gemma" => "GemmaForCausalLM", "phi3" => "Phi3ForCausalLM",
-            _ => throw new TapmlException($"no tiny checkpoint for architecture '{arch}' (known: {string.Join(", ", Architectures)})"),
-        };
+        var make = Models.Architectures.Find(arch)?.TinyConfig
+            ?? throw new TapmlException($"no tiny checkpoint for architecture '{arch}' (known: {string.Join(", ", Architectures)})");
+        return make(s);
+    }
+
+    /// <summary>The tiny config of a Llama-family architecture: Llama's keys, then <paramref name="tweak"/> for the
+    /// keys the architecture needs to be exercised.</summary>
+    public static JsonObject LlamaLike(string modelType, string cls, Sizes s, Action<JsonObject>? tweak = null)
+    {
         var c = new JsonObject
         {
-            ["architectures"] = new JsonArray(cls), ["model_type"] = arch, ["vocab_size"] = s.Vocab,
+            ["architectures"] = new JsonArray(cls), ["model_type"] = modelType, ["vocab_size"] = s.Vocab,
             ["hidden_size"] = s.Hidden, ["intermediate_size"] = s.Intermediate, ["num_hidden_layers"] = s.Layers,
-            ["num_attention_heads"] = s.Heads, ["num_key_value_heads"] = arch == "phi3" ? s.Heads : s.KvHeads,
+            ["num_attention_heads"] = s.Heads, ["num_key_value_heads"] = s.KvHeads,
             ["head_dim"] = s.Hidden / s.Heads, ["max_position_embeddings"] = 256, ["rms_norm_eps"] = 1e-6,
-            ["rope_theta"] = 10000.0, ["hidden_act"] = arch == "gemma" ? "gelu_pytorch_tanh" : "silu",
-            ["tie_word_embeddings"] = arch is "qwen2" or "gemma", ["bos_token_id"] = 1, ["eos_token_id"] = 2,
+            ["rope_theta"] = 10000.0, ["hidden_act"] = "silu",
+            ["tie_word_embeddings"] = false, ["bos_token_id"] = 1, ["eos_token_id"] = 2,
         };
-        if (arch == "mistral") c["sliding_window"] = 8;
+        tweak?.Invoke(c);
         return c;
     }
+
+    /// <summary>GPT-2's tiny config (its own key names).</summary>
+    public static JsonObject Gpt2Config(Sizes s) => new()
+    {
+        ["architectures"] = new JsonArray("GPT2LMHeadModel"), ["model_type"] = "gpt2", ["vocab_size"] = s.Vocab,
+        ["n_embd"] = s.Hidden, ["n_layer"] = s.Layers, ["n_head"] = s.Heads, ["n_inner"] = s.Intermediate,
+        ["n_positions"] = 256, ["activation_function"] = "gelu_new", ["layer_norm_epsilon"] = 1e-5,
+        ["tie_word_embeddings"] = true, ["bos_token_id"] = 1, ["eos_token_id"] = 2,
+    };
 
     /// <summary>Writes config.json and model.safetensors for <paramref name="arch"/> into <paramref name="dir"/>.</summary>
     /// <returns>Null when a tokenizer was written beside the weights, else why not.</returns>
@@ -58,7 +63,9 @@ public static class TinyCheckpoint
         File.WriteAllText(cfgPath + ".tmp", config.ToJsonString(new() { WriteIndented = true }));
         File.Move(cfgPath + ".tmp", cfgPath, true);
         var hf = HfConfig.Load(dir);
-        var specs = arch == "gpt2" ? Gpt2Weights.Specs(hf) : LlamaWeights.Specs(hf, HfModels.DecoderOptionsFor(hf));
+        var entry = Models.Architectures.For(hf);
+        var specs = entry.Specs(hf);
+        bool zeroCenteredNorms = entry.Options?.Invoke(hf).NormAddsOne ?? false;
         var rng = new Random(seed);
         var weights = new Dictionary<string, Tensor>();
         foreach (var spec in specs.OrderBy(s => s.Name, StringComparer.Ordinal))
@@ -66,17 +73,14 @@ public static class TinyCheckpoint
             var t = Tensor.Zeros(DType.Float32, spec.Shape);
             var d = t.Span<float>();
             bool norm = spec.Shape.Length == 1 && spec.Name.EndsWith(".weight", StringComparison.Ordinal);
-            double center = norm ? (arch == "gemma" ? 0 : 1) : 0;
-            double scale = norm || spec.Shape.Length == 1 ? 0.1 : 2 / Math.Sqrt(FanIn(arch, spec));
+            double center = norm ? (zeroCenteredNorms ? 0 : 1) : 0;
+            double scale = norm || spec.Shape.Length == 1 ? 0.1 : 2 / Math.Sqrt(entry.InOutLinears && spec.Name.Contains(".c_") ? spec.Shape[0] : spec.Shape[^1]);
             for (int i = 0; i < d.Length; i++) d[i] = (float)(center + scale * (rng.NextDouble() * 2 - 1));
             weights[spec.Name] = t;
         }
         SafetensorsWriter.Write(Path.Combine(dir, "model.safetensors"), weights, new Dictionary<string, string> { ["format"] = "pt", ["tapml"] = $"tiny-{arch} seed {seed}" });
         return noTokenizer;
     }
-
-    // NOTE: GPT-2's Conv1D weights are stored [in, out]; everything else is [out, in] (nn.Linear, embeddings).
-    static long FanIn(string arch, WeightSpec s) => arch == "gpt2" && s.Name.Contains(".c_") ? s.Shape[0] : s.Shape[^1];
 
     /// <summary>The folder of <c>builtin:tiny-ARCH</c> (seed 0), written once under the temp folder.</summary>
     public static string Materialize(string arch, int seed = 0)

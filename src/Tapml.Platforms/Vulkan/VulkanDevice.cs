@@ -1,0 +1,746 @@
+using System.Runtime.InteropServices;
+using Silk.NET.Core.Native;
+using Silk.NET.Vulkan;
+using Tapml.Core;
+using Tapml.Platforms.WebGpu;
+using Tapml.Platforms.WebGpu.Dialects;
+using Buffer = Silk.NET.Vulkan.Buffer;
+
+namespace Tapml.Platforms.Vulkan;
+
+/// <summary>Vulkan compute through Silk.NET.Vulkan: the same kernels as webgpu, rendered to GLSL
+/// (<see cref="GlslRenderer"/>) and compiled to SPIR-V (<see cref="Glslc"/>). Device-local buffers (pooled by size
+/// bucket), uploads and readbacks through host-visible staging buffers, one descriptor set layout per kernel with the
+/// metadata words as a dynamic storage buffer (a host-visible ring), descriptor sets cached by their buffers,
+/// dispatches recorded into one command buffer with a barrier after each and submitted in batches, timestamp queries
+/// for GPU time. Buffer handles given out are ids (never reused), not Vulkan handles.</summary>
+public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
+{
+    readonly Vk _vk;
+    Instance _instance;
+    PhysicalDevice _pd;
+    Device _dev;
+    Queue _queue;
+    readonly uint _family;
+    CommandPool _cmdPool;
+    DescriptorPool _descPool;
+    readonly uint _deviceType, _hostType, _readType;
+    readonly bool _deviceHostVisible;
+    readonly float _timestampPeriod;
+
+    sealed class VkBuf
+    {
+        public Buffer Buffer;
+        public DeviceMemory Memory;
+        public ulong Size;
+        public byte* Mapped;
+    }
+
+    readonly Dictionary<nint, VkBuf> _buffers = new();
+    nint _nextId = 1;
+    readonly BufferPool _pool = new();
+
+    sealed class Kernel
+    {
+        public Pipeline Pipeline;
+        public PipelineLayout Layout;
+        public DescriptorSetLayout SetLayout;
+        public int Bindings;
+    }
+    readonly List<Kernel> _kernels = new();
+    readonly Dictionary<string, GpuPipeline> _pipelines = new();
+
+    // Recording and submission.
+    CommandBuffer _cb;
+    bool _recording;
+    int _sinceSubmit;
+    bool _timing;
+    const int AutoSubmit = 48;
+    readonly HashSet<nint> _recorded = new();
+    ulong _serial, _done;
+    sealed record Submitted(ulong Serial, Fence Fence, CommandBuffer Cb);
+    readonly Queue<Submitted> _inFlight = new();
+    readonly List<(ulong Serial, VkBuf Buf)> _garbage = new();
+    readonly List<VkBuf> _batchTemps = new();
+    readonly Stack<Fence> _freeFences = new();
+    readonly Stack<CommandBuffer> _freeCbs = new();
+
+    // Metadata words: a host-visible ring bound as a dynamic storage buffer.
+    readonly VkBuf _meta;
+    int _metaUsed;
+    readonly int _metaAlign;
+    const int MetaBytes = 4 << 20, MetaSlot = 4096;
+
+    readonly Dictionary<(int Kernel, int Hash), (DescriptorSet Set, nint[] Ids, ulong[] Offsets, ulong[] Sizes)> _sets = new();
+    const int MaxSets = 4096;
+
+    public GpuAdapterInfo Info { get; }
+    public GpuLimits Limits { get; }
+    public string Runtime { get; }
+    public string Context { get; set; } = "";
+    public long Dispatches { get; private set; }
+    public long Submits { get; private set; }
+    public long Readbacks { get; private set; }
+    public double WaitMs { get; private set; }
+    public DeviceCounters Counters => new(Dispatches, Submits, Readbacks, WaitMs);
+    public int PipelineCount => _pipelines.Count;
+    /// <summary>Vulkan API version the device reports, driver name and info (for details).</summary>
+    public string Driver { get; } = "";
+    public string IcdFiles { get; }
+    readonly string[] _details;
+    public IEnumerable<string> Details() => _details;
+
+    [DllImport("libc", EntryPoint = "setenv")] static extern int SetEnv(string name, string value, int overwrite);
+    [DllImport("libc", EntryPoint = "unsetenv")] static extern int UnsetEnv(string name);
+
+    /// <summary>Standard places of Vulkan driver manifests, plus chromium's SwiftShader.</summary>
+    public const string SwiftShader = "/usr/lib/chromium/vk_swiftshader_icd.json";
+
+    /// <param name="icd">"" (every installed driver), "swiftshader", "lavapipe", or a path to an ICD manifest.</param>
+    /// <param name="deviceIndex">Physical device to use (-1: the best: discrete, integrated, virtual, then CPU).</param>
+    public VulkanDevice(string icd, int deviceIndex, long maxBindingBytes = 0)
+    {
+        try { _vk = Vk.GetApi(); }
+        catch (Exception e) when (e is DllNotFoundException or FileNotFoundException or PlatformNotSupportedException or InvalidOperationException)
+        {
+            throw new UnsupportedException($"vulkan: the Vulkan loader libvulkan.so.1 is not installed (apt-get install libvulkan1): {e.Message}");
+        }
+        if (Glslc.Unavailable() is { } noGlslc) throw new UnsupportedException(noGlslc);
+        IcdFiles = IcdList(icd);
+        // NOTE: the loader reads VK_DRIVER_FILES when an instance is made; Dawn sets it too, so it is restored after.
+        string? before = Environment.GetEnvironmentVariable("VK_DRIVER_FILES");
+        if (IcdFiles.Length > 0) SetEnv("VK_DRIVER_FILES", IcdFiles, 1);
+        try
+        {
+            var app = new ApplicationInfo { SType = StructureType.ApplicationInfo, ApiVersion = Vk.Version11 };
+            var ici = new InstanceCreateInfo { SType = StructureType.InstanceCreateInfo, PApplicationInfo = &app };
+            Instance inst;
+            var r = _vk.CreateInstance(&ici, null, &inst);
+            if (r != Result.Success) throw new UnsupportedException($"vulkan: vkCreateInstance failed ({r}); drivers tried: {(IcdFiles.Length > 0 ? IcdFiles : "the loader's defaults")}");
+            _instance = inst;
+        }
+        finally
+        {
+            if (before is null) UnsetEnv("VK_DRIVER_FILES"); else SetEnv("VK_DRIVER_FILES", before, 1);
+        }
+
+        uint n = 0;
+        Check(_vk.EnumeratePhysicalDevices(_instance, &n, null), "vkEnumeratePhysicalDevices");
+        if (n == 0) throw new UnsupportedException($"vulkan: no physical device (drivers tried: {(IcdFiles.Length > 0 ? IcdFiles : "the loader's defaults")})");
+        var pds = new PhysicalDevice[n];
+        fixed (PhysicalDevice* p = pds) Check(_vk.EnumeratePhysicalDevices(_instance, &n, p), "vkEnumeratePhysicalDevices");
+        int pick = deviceIndex;
+        if (pick >= n) throw new UnsupportedException($"vulkan: device={deviceIndex}, but this machine has {n} Vulkan device(s)");
+        if (pick < 0)
+        {
+            int Rank(PhysicalDevice d) { _vk.GetPhysicalDeviceProperties(d, out var pp); return pp.DeviceType switch { PhysicalDeviceType.DiscreteGpu => 0, PhysicalDeviceType.IntegratedGpu => 1, PhysicalDeviceType.VirtualGpu => 2, _ => 3 }; }
+            pick = Enumerable.Range(0, (int)n).OrderBy(i => Rank(pds[i])).ThenBy(i => i).First();
+        }
+        _pd = pds[pick];
+        _vk.GetPhysicalDeviceProperties(_pd, out var props);
+        var lim = props.Limits;
+
+        uint nq = 0;
+        _vk.GetPhysicalDeviceQueueFamilyProperties(_pd, &nq, null);
+        var qf = new QueueFamilyProperties[nq];
+        fixed (QueueFamilyProperties* q = qf) _vk.GetPhysicalDeviceQueueFamilyProperties(_pd, &nq, q);
+        int fam = Array.FindIndex(qf, q => (q.QueueFlags & QueueFlags.ComputeBit) != 0);
+        if (fam < 0) throw new UnsupportedException("vulkan: the device has no compute queue");
+        _family = (uint)fam;
+        bool timestamps = qf[fam].TimestampValidBits > 0 && lim.TimestampPeriod > 0;
+        _timestampPeriod = lim.TimestampPeriod;
+
+        float prio = 1f;
+        var qci = new DeviceQueueCreateInfo { SType = StructureType.DeviceQueueCreateInfo, QueueFamilyIndex = _family, QueueCount = 1, PQueuePriorities = &prio };
+        var dci = new DeviceCreateInfo { SType = StructureType.DeviceCreateInfo, QueueCreateInfoCount = 1, PQueueCreateInfos = &qci };
+        Device dev;
+        Check(_vk.CreateDevice(_pd, &dci, null, &dev), "vkCreateDevice");
+        _dev = dev;
+        _vk.GetDeviceQueue(_dev, _family, 0, out _queue);
+
+        _vk.GetPhysicalDeviceMemoryProperties(_pd, out var mem);
+        // The first memory type with every wanted flag, preferring one with the preferred flags and without the avoided ones.
+        uint Find(MemoryPropertyFlags want, MemoryPropertyFlags prefer, MemoryPropertyFlags avoid)
+        {
+            int best = -1, bestScore = -1;
+            for (int i = 0; i < mem.MemoryTypeCount; i++)
+            {
+                var f = mem.MemoryTypes[i].PropertyFlags;
+                if ((f & want) != want) continue;
+                int score = ((f & prefer) == prefer ? 2 : 0) + ((f & avoid) == 0 ? 1 : 0);
+                if (score > bestScore) { best = i; bestScore = score; }
+            }
+            return best < 0 ? throw new UnsupportedException($"vulkan: no memory type with {want}") : (uint)best;
+        }
+        // NOTE: a GPU's host-visible device memory (the BAR) is small; weights and activations go to plain device memory.
+        _deviceType = Find(MemoryPropertyFlags.DeviceLocalBit, MemoryPropertyFlags.None, MemoryPropertyFlags.HostVisibleBit);
+        _hostType = Find(MemoryPropertyFlags.HostVisibleBit | MemoryPropertyFlags.HostCoherentBit, MemoryPropertyFlags.None, MemoryPropertyFlags.DeviceLocalBit);
+        _readType = Find(MemoryPropertyFlags.HostVisibleBit | MemoryPropertyFlags.HostCoherentBit, MemoryPropertyFlags.HostCachedBit, MemoryPropertyFlags.None);
+        _deviceHostVisible = (mem.MemoryTypes[(int)_deviceType].PropertyFlags & MemoryPropertyFlags.HostVisibleBit) != 0;
+        ulong heap = mem.MemoryHeaps[(int)mem.MemoryTypes[(int)_deviceType].HeapIndex].Size;
+
+        var cpi = new CommandPoolCreateInfo { SType = StructureType.CommandPoolCreateInfo, QueueFamilyIndex = _family, Flags = CommandPoolCreateFlags.ResetCommandBufferBit };
+        CommandPool cp;
+        Check(_vk.CreateCommandPool(_dev, &cpi, null, &cp), "vkCreateCommandPool");
+        _cmdPool = cp;
+        CreateDescriptorPool();
+
+        string name = SilkMarshal.PtrToString((nint)props.DeviceName) ?? "?";
+        long binding = Math.Min(lim.MaxStorageBufferRange, (long)int.MaxValue);
+        if (maxBindingBytes > 0) binding = Math.Min(binding, maxBindingBytes);
+        Limits = new GpuLimits(binding, (long)Math.Min(heap / 2, 1UL << 40), (int)lim.MaxComputeWorkGroupSize[0], (int)lim.MaxComputeWorkGroupInvocations,
+            (int)lim.MaxComputeSharedMemorySize, (int)Math.Min(lim.MaxComputeWorkGroupCount[0], Math.Min(lim.MaxComputeWorkGroupCount[1], 65535u)),
+            (int)Math.Min(lim.MaxPerStageDescriptorStorageBuffers, 64u), (int)Math.Max(16, lim.MinStorageBufferOffsetAlignment));
+        string vendor = props.VendorID switch { 0x10de => "nvidia", 0x1002 => "amd", 0x8086 => "intel", 0x13b5 => "arm", 0x5143 => "qualcomm", 0x1ae0 => "google", 0x10005 => "mesa", _ => $"0x{props.VendorID:x4}" };
+        string api = $"{props.ApiVersion >> 22}.{(props.ApiVersion >> 12) & 0x3ff}.{props.ApiVersion & 0xfff}";
+        Driver = $"Vulkan {api}, driver version 0x{props.DriverVersion:x}";
+        Info = new GpuAdapterInfo(vendor, "", name, Driver, "vulkan",
+            props.DeviceType switch { PhysicalDeviceType.DiscreteGpu => "discrete GPU", PhysicalDeviceType.IntegratedGpu => "integrated GPU", PhysicalDeviceType.Cpu => "CPU", PhysicalDeviceType.VirtualGpu => "virtual GPU", _ => "unknown" },
+            0, 0, false, timestamps);
+        Runtime = $"Vulkan loader ({(icd.Length > 0 ? icd : "installed drivers")}), GLSL through glslc";
+        _metaAlign = Limits.MinStorageOffsetAlignment;
+        _details =
+        [
+            $"device: {name} ({Info.AdapterType}, vendor {vendor} 0x{props.VendorID:x4}, device 0x{props.DeviceID:x4}), {Driver}",
+            $"drivers offered to the loader: {(IcdFiles.Length > 0 ? IcdFiles : "the loader's defaults")}",
+            $"limits: maxStorageBufferRange {lim.MaxStorageBufferRange}, device-local heap {heap}, maxComputeWorkGroupInvocations {lim.MaxComputeWorkGroupInvocations}, " +
+            $"maxComputeWorkGroupSize {lim.MaxComputeWorkGroupSize[0]}×{lim.MaxComputeWorkGroupSize[1]}×{lim.MaxComputeWorkGroupSize[2]}, maxComputeWorkGroupCount {lim.MaxComputeWorkGroupCount[0]}, " +
+            $"maxComputeSharedMemorySize {lim.MaxComputeSharedMemorySize}, maxPerStageDescriptorStorageBuffers {lim.MaxPerStageDescriptorStorageBuffers}, minStorageBufferOffsetAlignment {lim.MinStorageBufferOffsetAlignment}",
+            $"features: {(timestamps ? $"timestamp queries ({_timestampPeriod} ns a tick)" : "no timestamp queries")}; device memory {(_deviceHostVisible ? "host-visible (written directly)" : "device-only (uploads through staging)")}",
+            $"kernels: WGSL rendered to GLSL 4.50, SPIR-V from {Glslc.Find() ?? "glslc"} (cached in {Path.Combine(NpmPackages.CacheRoot(), "spirv")})",
+        ];
+        _meta = CreateBuffer(MetaBytes + MetaSlot, _hostType, BufferUsageFlags.StorageBufferBit, map: true);
+    }
+
+    static string IcdList(string icd)
+    {
+        if (icd == "swiftshader")
+            return File.Exists(SwiftShader) ? SwiftShader : throw new UnsupportedException($"vulkan: SwiftShader's driver manifest {SwiftShader} is not here (it comes with chromium)");
+        string[] dirs = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d"];
+        var installed = dirs.Where(Directory.Exists).SelectMany(d => Directory.GetFiles(d, "*.json")).Order().ToList();
+        if (icd == "lavapipe")
+            return installed.FirstOrDefault(f => Path.GetFileName(f).StartsWith("lvp_", StringComparison.Ordinal))
+                ?? throw new UnsupportedException("vulkan: lavapipe is not installed (apt-get install mesa-vulkan-drivers)");
+        if (icd.Length > 0) return File.Exists(icd) ? Path.GetFullPath(icd) : throw new TapmlException($"vulkan: icd={icd}: no such driver manifest");
+        if (Environment.GetEnvironmentVariable("VK_ICD_FILENAMES") is { Length: > 0 } user) return user;
+        // Set by the user, or by Dawn in this process (the installed drivers but lavapipe, plus SwiftShader).
+        if (Environment.GetEnvironmentVariable("VK_DRIVER_FILES") is { Length: > 0 } files) return files;
+        if (File.Exists(SwiftShader)) installed.Add(SwiftShader);
+        return string.Join(':', installed);
+    }
+
+    /// <summary>Turns a failed Vulkan status into an exception naming the call.</summary>
+    void Check(Result r, string call)
+    {
+        if (r == Result.Success) return;
+        if (r is Result.ErrorOutOfDeviceMemory or Result.ErrorOutOfHostMemory)
+            throw new TapmlException($"vulkan: {call} failed: out of {(r == Result.ErrorOutOfDeviceMemory ? "device" : "host")} memory{(Context.Length > 0 ? $" ({Context})" : "")}");
+        throw new TapmlException($"vulkan: {call} failed with {r}{(Context.Length > 0 ? $" ({Context})" : "")}");
+    }
+
+    void CreateDescriptorPool()
+    {
+        var sizes = stackalloc DescriptorPoolSize[2];
+        sizes[0] = new DescriptorPoolSize { Type = DescriptorType.StorageBuffer, DescriptorCount = MaxSets * 12 };
+        sizes[1] = new DescriptorPoolSize { Type = DescriptorType.StorageBufferDynamic, DescriptorCount = MaxSets };
+        var dpi = new DescriptorPoolCreateInfo { SType = StructureType.DescriptorPoolCreateInfo, MaxSets = MaxSets, PoolSizeCount = 2, PPoolSizes = sizes };
+        DescriptorPool dp;
+        Check(_vk.CreateDescriptorPool(_dev, &dpi, null, &dp), "vkCreateDescriptorPool");
+        _descPool = dp;
+    }
+
+    VkBuf CreateBuffer(ulong size, uint memType, BufferUsageFlags usage, bool map)
+    {
+        var bci = new BufferCreateInfo { SType = StructureType.BufferCreateInfo, Size = size, Usage = usage, SharingMode = SharingMode.Exclusive };
+        Buffer b;
+        Check(_vk.CreateBuffer(_dev, &bci, null, &b), "vkCreateBuffer");
+        _vk.GetBufferMemoryRequirements(_dev, b, out var req);
+        if ((req.MemoryTypeBits & (1u << (int)memType)) == 0) { _vk.DestroyBuffer(_dev, b, null); throw new TapmlException("vulkan: the buffer cannot live in the chosen memory type (internal error)"); }
+        var mai = new MemoryAllocateInfo { SType = StructureType.MemoryAllocateInfo, AllocationSize = req.Size, MemoryTypeIndex = memType };
+        DeviceMemory m;
+        var r = _vk.AllocateMemory(_dev, &mai, null, &m);
+        if (r != Result.Success)
+        {
+            _vk.DestroyBuffer(_dev, b, null);
+            throw new TapmlException($"vulkan: cannot allocate a {DawnDevice.Bytes((long)size)} buffer{(Context.Length > 0 ? $" for {Context}" : "")}: vkAllocateMemory gave {r}");
+        }
+        Check(_vk.BindBufferMemory(_dev, b, m, 0), "vkBindBufferMemory");
+        var vb = new VkBuf { Buffer = b, Memory = m, Size = size };
+        if (map)
+        {
+            void* p;
+            Check(_vk.MapMemory(_dev, m, 0, Vk.WholeSize, 0, &p), "vkMapMemory");
+            vb.Mapped = (byte*)p;
+        }
+        return vb;
+    }
+
+    void DestroyNow(VkBuf b)
+    {
+        if (b.Mapped != null) _vk.UnmapMemory(_dev, b.Memory);
+        _vk.DestroyBuffer(_dev, b.Buffer, null);
+        _vk.FreeMemory(_dev, b.Memory, null);
+    }
+
+    // ---- buffers ----------------------------------------------------------------------------------------------------
+
+    public nint Allocate(ulong bytes, out ulong size, bool forWrite = false)
+    {
+        var pooled = _pool.Take(bytes, out size, Limits.MaxBufferBytes, "vulkan", Context, forWrite ? _recorded.Contains : null);
+        if (pooled != 0) return pooled;
+        VkBuf b;
+        try { b = CreateBuffer(size, _deviceType, BufferUsageFlags.StorageBufferBit | BufferUsageFlags.TransferSrcBit | BufferUsageFlags.TransferDstBit, map: _deviceHostVisible); }
+        catch (TapmlException) when (_pool.PooledBytes > 0)
+        {
+            TrimPool();
+            b = CreateBuffer(size, _deviceType, BufferUsageFlags.StorageBufferBit | BufferUsageFlags.TransferSrcBit | BufferUsageFlags.TransferDstBit, map: _deviceHostVisible);
+        }
+        var nid = _nextId++;
+        _buffers[nid] = b;
+        return nid;
+    }
+
+    public void Release(nint buffer, ulong size) => _pool.Add(buffer, size);
+
+    void TrimPool()
+    {
+        Flush();
+        foreach (var id in _pool.Drain()) Destroy(id);
+        WaitAll();
+    }
+
+    public void Destroy(nint buffer)
+    {
+        if (!_buffers.Remove(buffer, out var b)) return;
+        if (_recorded.Contains(buffer)) Flush();
+        // NOTE: submitted work may still use it: destroyed once everything submitted so far is done.
+        if (_serial > _done) _garbage.Add((_serial, b));
+        else DestroyNow(b);
+    }
+
+    VkBuf Buf(nint id) => _buffers.TryGetValue(id, out var b) ? b : throw new TapmlException("vulkan: use of a buffer that was destroyed (internal error)");
+
+    public void Write(nint buffer, ulong offset, ReadOnlySpan<byte> data)
+    {
+        if (data.Length == 0) return;
+        var b = Buf(buffer);
+        // Host-visible memory no recorded or running work uses: copy straight in.
+        if (b.Mapped != null && !_recorded.Contains(buffer) && (_serial == _done || Poll() && _serial == _done))
+        {
+            data.CopyTo(new Span<byte>(b.Mapped + offset, data.Length));
+            return;
+        }
+        Begin();
+        if (data.Length <= 65536 && data.Length % 4 == 0 && offset % 4 == 0)
+        {
+            // Small writes travel inside the command buffer (no staging buffer).
+            fixed (byte* d = data) _vk.CmdUpdateBuffer(_cb, b.Buffer, offset, (ulong)data.Length, d);
+            Barrier();
+            _recorded.Add(buffer);
+            return;
+        }
+        var staging = CreateBuffer((ulong)data.Length, _hostType, BufferUsageFlags.TransferSrcBit, map: true);
+        data.CopyTo(new Span<byte>(staging.Mapped, data.Length));
+        _batchTemps.Add(staging);
+        var region = new BufferCopy { SrcOffset = 0, DstOffset = offset, Size = (ulong)data.Length };
+        _vk.CmdCopyBuffer(_cb, staging.Buffer, b.Buffer, 1, &region);
+        Barrier();
+        _recorded.Add(buffer);
+    }
+
+    // ---- pipelines --------------------------------------------------------------------------------------------------
+
+    static readonly GlslRenderer Glsl = new();
+
+    public GpuPipeline Pipeline(string code, string label)
+    {
+        if (_pipelines.TryGetValue(code, out var gp)) return gp;
+        string glsl = Glsl.Render(code);
+        int bindings = WgslModule.Parse(code).Globals.Count(g => g.Space == "storage");
+        var spv = Glslc.Compile(glsl, label);
+        ShaderModule sm;
+        fixed (byte* p = spv)
+        {
+            var smi = new ShaderModuleCreateInfo { SType = StructureType.ShaderModuleCreateInfo, CodeSize = (nuint)spv.Length, PCode = (uint*)p };
+            Check(_vk.CreateShaderModule(_dev, &smi, null, &sm), $"vkCreateShaderModule ({label})");
+        }
+        var lb = stackalloc DescriptorSetLayoutBinding[bindings];
+        for (int i = 0; i < bindings; i++)
+            lb[i] = new DescriptorSetLayoutBinding { Binding = (uint)i, DescriptorType = i == bindings - 1 ? DescriptorType.StorageBufferDynamic : DescriptorType.StorageBuffer, DescriptorCount = 1, StageFlags = ShaderStageFlags.ComputeBit };
+        var dli = new DescriptorSetLayoutCreateInfo { SType = StructureType.DescriptorSetLayoutCreateInfo, BindingCount = (uint)bindings, PBindings = lb };
+        DescriptorSetLayout dsl;
+        Check(_vk.CreateDescriptorSetLayout(_dev, &dli, null, &dsl), "vkCreateDescriptorSetLayout");
+        var pli = new PipelineLayoutCreateInfo { SType = StructureType.PipelineLayoutCreateInfo, SetLayoutCount = 1, PSetLayouts = &dsl };
+        PipelineLayout pl;
+        Check(_vk.CreatePipelineLayout(_dev, &pli, null, &pl), "vkCreatePipelineLayout");
+        var entry = "main\0"u8;
+        Pipeline pipe;
+        fixed (byte* e = entry)
+        {
+            var stage = new PipelineShaderStageCreateInfo { SType = StructureType.PipelineShaderStageCreateInfo, Stage = ShaderStageFlags.ComputeBit, Module = sm, PName = e };
+            var cpi = new ComputePipelineCreateInfo { SType = StructureType.ComputePipelineCreateInfo, Stage = stage, Layout = pl };
+            Check(_vk.CreateComputePipelines(_dev, default, 1, &cpi, null, &pipe), $"vkCreateComputePipelines ({label})");
+        }
+        _vk.DestroyShaderModule(_dev, sm, null);
+        _kernels.Add(new Kernel { Pipeline = pipe, Layout = pl, SetLayout = dsl, Bindings = bindings });
+        gp = new GpuPipeline(_kernels.Count - 1, _kernels.Count - 1, label, code);
+        _pipelines[code] = gp;
+        return gp;
+    }
+
+    // ---- recording --------------------------------------------------------------------------------------------------
+
+    void Begin()
+    {
+        if (_recording) return;
+        if (_freeCbs.Count > 0) _cb = _freeCbs.Pop();
+        else
+        {
+            var ai = new CommandBufferAllocateInfo { SType = StructureType.CommandBufferAllocateInfo, CommandPool = _cmdPool, Level = CommandBufferLevel.Primary, CommandBufferCount = 1 };
+            CommandBuffer cb;
+            Check(_vk.AllocateCommandBuffers(_dev, &ai, &cb), "vkAllocateCommandBuffers");
+            _cb = cb;
+        }
+        var bi = new CommandBufferBeginInfo { SType = StructureType.CommandBufferBeginInfo, Flags = CommandBufferUsageFlags.OneTimeSubmitBit };
+        Check(_vk.BeginCommandBuffer(_cb, &bi), "vkBeginCommandBuffer");
+        _recording = true;
+    }
+
+    /// <summary>Makes every shader and transfer write visible to every later shader and transfer access.</summary>
+    void Barrier()
+    {
+        var mb = new MemoryBarrier
+        {
+            SType = StructureType.MemoryBarrier,
+            SrcAccessMask = AccessFlags.ShaderWriteBit | AccessFlags.TransferWriteBit,
+            DstAccessMask = AccessFlags.ShaderReadBit | AccessFlags.ShaderWriteBit | AccessFlags.TransferReadBit | AccessFlags.TransferWriteBit,
+        };
+        _vk.CmdPipelineBarrier(_cb, PipelineStageFlags.ComputeShaderBit | PipelineStageFlags.TransferBit, PipelineStageFlags.ComputeShaderBit | PipelineStageFlags.TransferBit,
+            0, 1, &mb, 0, null, 0, null);
+    }
+
+    public void Dispatch(GpuPipeline p, ReadOnlySpan<nint> buffers, ReadOnlySpan<ulong> offsets, ReadOnlySpan<ulong> sizes, ReadOnlySpan<uint> meta, uint gx, uint gy = 1, uint gz = 1)
+    {
+        var k = _kernels[(int)p.Id];
+        int metaBytes = Math.Max(16, (meta.Length * 4 + 15) & ~15);
+        if (metaBytes > MetaSlot) throw new UnsupportedException($"vulkan: kernel {p.Label} has {meta.Length} metadata words, over {MetaSlot / 4}");
+        if (_metaUsed + metaBytes > MetaBytes)
+        {
+            // The ring is full: wait for the work that reads it, then start over.
+            Flush();
+            WaitAll();
+            _metaUsed = 0;
+        }
+        int metaOffset = _metaUsed;
+        MemoryMarshal.AsBytes(meta).CopyTo(new Span<byte>(_meta.Mapped + metaOffset, meta.Length * 4));
+        _metaUsed = (metaOffset + metaBytes + _metaAlign - 1) / _metaAlign * _metaAlign;
+
+        var set = CachedSet((int)p.Id, k, buffers, offsets, sizes, p.Label);
+        for (int i = 0; i < buffers.Length; i++) _recorded.Add(buffers[i]);
+        Begin();
+        if (_profile is not null && !_timing) ProfileStamp(p.Label, begin: true);
+        _vk.CmdBindPipeline(_cb, PipelineBindPoint.Compute, k.Pipeline);
+        uint dyn = (uint)metaOffset;
+        _vk.CmdBindDescriptorSets(_cb, PipelineBindPoint.Compute, k.Layout, 0, 1, &set, 1, &dyn);
+        _vk.CmdDispatch(_cb, gx, gy, gz);
+        Barrier();
+        if (_profile is not null && !_timing) ProfileStamp(p.Label, begin: false);
+        Dispatches++;
+        if (++_sinceSubmit >= AutoSubmit && !_timing) Flush();
+    }
+
+    DescriptorSet CachedSet(int kernel, Kernel k, ReadOnlySpan<nint> ids, ReadOnlySpan<ulong> offsets, ReadOnlySpan<ulong> sizes, string label)
+    {
+        if (ids.Length != k.Bindings - 1) throw new TapmlException($"vulkan: kernel {label} binds {k.Bindings - 1} buffers, the dispatch gave {ids.Length} (internal error)");
+        var h = new HashCode();
+        h.Add(kernel);
+        for (int i = 0; i < ids.Length; i++) { h.Add(ids[i]); h.Add(offsets[i]); h.Add(sizes[i]); }
+        var key = (kernel, h.ToHashCode());
+        if (_sets.TryGetValue(key, out var c) && ids.SequenceEqual(c.Ids) && offsets.SequenceEqual(c.Offsets) && sizes.SequenceEqual(c.Sizes)) return c.Set;
+        if (_sets.Count >= MaxSets) ResetSets();
+        var layout = k.SetLayout;
+        var ai = new DescriptorSetAllocateInfo { SType = StructureType.DescriptorSetAllocateInfo, DescriptorPool = _descPool, DescriptorSetCount = 1, PSetLayouts = &layout };
+        DescriptorSet set;
+        var r = _vk.AllocateDescriptorSets(_dev, &ai, &set);
+        if (r is Result.ErrorOutOfPoolMemory or Result.ErrorFragmentedPool)
+        {
+            ResetSets();
+            r = _vk.AllocateDescriptorSets(_dev, &ai, &set);
+        }
+        Check(r, "vkAllocateDescriptorSets");
+        int n = ids.Length + 1;
+        var infos = stackalloc DescriptorBufferInfo[n];
+        var writes = stackalloc WriteDescriptorSet[n];
+        for (int i = 0; i < n; i++)
+        {
+            bool isMeta = i == n - 1;
+            var b = isMeta ? _meta : Buf(ids[i]);
+            ulong off = isMeta ? 0 : offsets[i];
+            ulong range = isMeta ? MetaSlot : Math.Min(sizes[i], b.Size - off);
+            infos[i] = new DescriptorBufferInfo { Buffer = b.Buffer, Offset = off, Range = range };
+            writes[i] = new WriteDescriptorSet
+            {
+                SType = StructureType.WriteDescriptorSet, DstSet = set, DstBinding = (uint)i, DescriptorCount = 1,
+                DescriptorType = isMeta ? DescriptorType.StorageBufferDynamic : DescriptorType.StorageBuffer, PBufferInfo = &infos[i],
+            };
+        }
+        _vk.UpdateDescriptorSets(_dev, (uint)n, writes, 0, null);
+        _sets[key] = (set, ids.ToArray(), offsets.ToArray(), sizes.ToArray());
+        return set;
+    }
+
+    /// <summary>Empties the descriptor pool (full): recorded work still binds its sets, so it finishes first.</summary>
+    void ResetSets()
+    {
+        Flush();
+        WaitAll();
+        Check(_vk.ResetDescriptorPool(_dev, _descPool, 0), "vkResetDescriptorPool");
+        _sets.Clear();
+    }
+
+    /// <summary>Submits what was recorded (with a fence), returns its serial.</summary>
+    ulong Flush()
+    {
+        if (!_recording) return _serial;
+        Check(_vk.EndCommandBuffer(_cb), "vkEndCommandBuffer");
+        Fence fence;
+        if (_freeFences.Count > 0) fence = _freeFences.Pop();
+        else
+        {
+            var fi = new FenceCreateInfo { SType = StructureType.FenceCreateInfo };
+            Check(_vk.CreateFence(_dev, &fi, null, &fence), "vkCreateFence");
+        }
+        var cb = _cb;
+        var si = new SubmitInfo { SType = StructureType.SubmitInfo, CommandBufferCount = 1, PCommandBuffers = &cb };
+        Check(_vk.QueueSubmit(_queue, 1, &si, fence), "vkQueueSubmit");
+        _recording = false;
+        _serial++;
+        _inFlight.Enqueue(new Submitted(_serial, fence, cb));
+        foreach (var t in _batchTemps) _garbage.Add((_serial, t));
+        _batchTemps.Clear();
+        _recorded.Clear();
+        _sinceSubmit = 0;
+        Submits++;
+        return _serial;
+    }
+
+    /// <summary>Retires finished submits; true when at least one was checked.</summary>
+    bool Poll()
+    {
+        while (_inFlight.Count > 0)
+        {
+            var s = _inFlight.Peek();
+            var r = _vk.GetFenceStatus(_dev, s.Fence);
+            if (r == Result.NotReady) return true;
+            Check(r, "vkGetFenceStatus");
+            Retire(_inFlight.Dequeue());
+        }
+        return true;
+    }
+
+    void Retire(Submitted s)
+    {
+        var f = s.Fence;
+        Check(_vk.ResetFences(_dev, 1, &f), "vkResetFences");
+        _freeFences.Push(f);
+        Check(_vk.ResetCommandBuffer(s.Cb, 0), "vkResetCommandBuffer");
+        _freeCbs.Push(s.Cb);
+        _done = s.Serial;
+        for (int i = _garbage.Count - 1; i >= 0; i--)
+            if (_garbage[i].Serial <= _done) { DestroyNow(_garbage[i].Buf); _garbage.RemoveAt(i); }
+    }
+
+    /// <summary>Waits until the submit with <paramref name="serial"/> (and all before it) finished.</summary>
+    void WaitFor(ulong serial)
+    {
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+        while (_done < serial && _inFlight.Count > 0)
+        {
+            var s = _inFlight.Peek();
+            var f = s.Fence;
+            var r = _vk.WaitForFences(_dev, 1, &f, true, ulong.MaxValue);
+            if (r == Result.ErrorDeviceLost) throw new TapmlException($"vulkan: the device was lost{(Context.Length > 0 ? $" ({Context})" : "")}; create the platform again");
+            Check(r, "vkWaitForFences");
+            Retire(_inFlight.Dequeue());
+        }
+        WaitMs += System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+    }
+
+    void WaitAll() => WaitFor(_serial);
+
+    // ---- readback -----------------------------------------------------------------------------------------------
+
+    public void Read(nint buffer, ulong offset, Span<byte> dest)
+    {
+        if (dest.Length == 0) return;
+        var p = (PendingRead)BeginRead(buffer, offset, dest.Length);
+        EndRead(p, dest);
+    }
+
+    sealed class PendingRead : GpuPendingRead
+    {
+        public VkBuf? Staging;
+        public ulong Serial;
+        public int Bytes;
+    }
+
+    public GpuPendingRead BeginRead(nint buffer, ulong offset, int bytes)
+    {
+        var b = Buf(buffer);
+        ulong ssize = DawnDevice.Bucket((ulong)Math.Max(4, bytes));
+        var staging = _readStaging.TryGetValue(ssize, out var free) && free.Count > 0 ? free.Pop() : CreateBuffer(ssize, _readType, BufferUsageFlags.TransferDstBit, map: true);
+        Begin();
+        var region = new BufferCopy { SrcOffset = offset, DstOffset = 0, Size = (ulong)bytes };
+        _vk.CmdCopyBuffer(_cb, b.Buffer, staging.Buffer, 1, &region);
+        var mb = new MemoryBarrier { SType = StructureType.MemoryBarrier, SrcAccessMask = AccessFlags.TransferWriteBit, DstAccessMask = AccessFlags.HostReadBit };
+        _vk.CmdPipelineBarrier(_cb, PipelineStageFlags.TransferBit, PipelineStageFlags.HostBit, 0, 1, &mb, 0, null, 0, null);
+        Barrier();
+        var serial = Flush();
+        Readbacks++;
+        return new PendingRead { Staging = staging, Serial = serial, Bytes = bytes };
+    }
+
+    public void EndRead(GpuPendingRead pending, Span<byte> dest)
+    {
+        var r = (PendingRead)pending;
+        if (r.Staging is not { } s) throw new TapmlException("vulkan: a readback was waited for twice (internal error)");
+        r.Staging = null;
+        try
+        {
+            WaitFor(r.Serial);
+            new ReadOnlySpan<byte>(s.Mapped, r.Bytes).CopyTo(dest);
+        }
+        finally
+        {
+            // A few staging buffers per size serve a pipeline of reads (a token per decode step); more are dropped.
+            if (!_readStaging.TryGetValue(s.Size, out var free)) _readStaging[s.Size] = free = new Stack<VkBuf>();
+            if (free.Count < 4 && s.Size <= 64UL << 20) free.Push(s);
+            else DestroyNow(s);
+        }
+    }
+
+    readonly Dictionary<ulong, Stack<VkBuf>> _readStaging = new();
+
+    public void Synchronize()
+    {
+        Flush();
+        WaitAll();
+    }
+
+    // ---- timing -------------------------------------------------------------------------------------------------
+
+    QueryPool _queries;
+    const int QuerySlots = 2048;
+
+    void EnsureQueries()
+    {
+        if (_queries.Handle != 0) return;
+        var qpi = new QueryPoolCreateInfo { SType = StructureType.QueryPoolCreateInfo, QueryType = QueryType.Timestamp, QueryCount = QuerySlots };
+        QueryPool qp;
+        Check(_vk.CreateQueryPool(_dev, &qpi, null, &qp), "vkCreateQueryPool");
+        _queries = qp;
+    }
+
+    double[] ReadStamps(int count)
+    {
+        var ts = new ulong[count];
+        fixed (ulong* p = ts)
+            Check(_vk.GetQueryPoolResults(_dev, _queries, 0, (uint)count, (nuint)(count * 8), p, 8, QueryResultFlags.Result64Bit | QueryResultFlags.ResultWaitBit), "vkGetQueryPoolResults");
+        return ts.Select(t => t * (double)_timestampPeriod / 1e6).ToArray();
+    }
+
+    public double? TimeGpu(Action record)
+    {
+        if (!Info.TimestampQuery) return null;
+        EnsureQueries();
+        Synchronize();
+        Begin();
+        _vk.CmdResetQueryPool(_cb, _queries, 0, 2);
+        _vk.CmdWriteTimestamp(_cb, PipelineStageFlags.TopOfPipeBit, _queries, 0);
+        _timing = true;
+        try { record(); }
+        finally { _timing = false; }
+        Begin();
+        _vk.CmdWriteTimestamp(_cb, PipelineStageFlags.BottomOfPipeBit, _queries, 1);
+        Synchronize();
+        var t = ReadStamps(2);
+        return Math.Max(0, t[1] - t[0]);
+    }
+
+    Dictionary<string, (long Calls, double Ms)>? _profile;
+    readonly List<string> _profileLabels = new();
+
+    /// <summary>Timestamps around every dispatch from now on, attributed to kernel labels (<see cref="StopProfile"/>).</summary>
+    public bool StartProfile()
+    {
+        if (!Info.TimestampQuery) return false;
+        EnsureQueries();
+        Synchronize();
+        _profile = new();
+        return true;
+    }
+
+    void ProfileStamp(string label, bool begin)
+    {
+        if (begin)
+        {
+            if (_profileLabels.Count * 2 + 2 > QuerySlots) CollectProfile();
+            Begin();
+            int slot = _profileLabels.Count * 2;
+            _vk.CmdResetQueryPool(_cb, _queries, (uint)slot, 2);
+            _vk.CmdWriteTimestamp(_cb, PipelineStageFlags.TopOfPipeBit, _queries, (uint)slot);
+            _profileLabels.Add(label);
+        }
+        else _vk.CmdWriteTimestamp(_cb, PipelineStageFlags.BottomOfPipeBit, _queries, (uint)(_profileLabels.Count * 2 - 1));
+    }
+
+    void CollectProfile()
+    {
+        Synchronize();
+        if (_profileLabels.Count == 0 || _profile is null) return;
+        var t = ReadStamps(_profileLabels.Count * 2);
+        for (int i = 0; i < _profileLabels.Count; i++)
+        {
+            var (c, ms) = _profile.GetValueOrDefault(_profileLabels[i]);
+            _profile[_profileLabels[i]] = (c + 1, ms + Math.Max(0, t[2 * i + 1] - t[2 * i]));
+        }
+        _profileLabels.Clear();
+    }
+
+    public List<(string Kernel, long Calls, double Ms)> StopProfile()
+    {
+        CollectProfile();
+        var r = (_profile ?? new()).Select(kv => (kv.Key, kv.Value.Calls, kv.Value.Ms)).OrderByDescending(t => t.Ms).ToList();
+        _profile = null;
+        return r;
+    }
+
+    public void Dispose()
+    {
+        if (_dev.Handle == 0) return;
+        try { Synchronize(); } catch (TapmlException) { }
+        _vk.DeviceWaitIdle(_dev);
+        foreach (var (_, b) in _garbage) DestroyNow(b);
+        _garbage.Clear();
+        foreach (var b in _batchTemps) DestroyNow(b);
+        foreach (var free in _readStaging.Values) foreach (var b in free) DestroyNow(b);
+        foreach (var b in _buffers.Values) DestroyNow(b);
+        _buffers.Clear();
+        DestroyNow(_meta);
+        foreach (var k in _kernels)
+        {
+            _vk.DestroyPipeline(_dev, k.Pipeline, null);
+            _vk.DestroyPipelineLayout(_dev, k.Layout, null);
+            _vk.DestroyDescriptorSetLayout(_dev, k.SetLayout, null);
+        }
+        _kernels.Clear();
+        foreach (var f in _freeFences) _vk.DestroyFence(_dev, f, null);
+        foreach (var s in _inFlight) _vk.DestroyFence(_dev, s.Fence, null);
+        if (_queries.Handle != 0) _vk.DestroyQueryPool(_dev, _queries, null);
+        _vk.DestroyDescriptorPool(_dev, _descPool, null);
+        _vk.DestroyCommandPool(_dev, _cmdPool, null);
+        _vk.DestroyDevice(_dev, null);
+        _vk.DestroyInstance(_instance, null);
+        _dev = default;
+    }
+}
