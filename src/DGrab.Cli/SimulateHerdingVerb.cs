@@ -104,6 +104,6 @@ public static class SimulateHerdingVerb
             }).ToList();
             return new Panel($"m = {m} workers ({mine.Count} seeds)", "reorder round", "parallel herding bound", series, LogY: true);
         }).ToList();
-        return Svg.Figure($"Parallel herding bound, N = {vectors:N0} vectors z ~ U[0,1]^{dim} (mean ± std)", panels, ms.Length);
+        return Svg.Figure($"Parallel herding bound, N = {vectors:N0} vectors z ~ U[0,1]^{dim} (mean ± std)", panels, ms.Length, Registry.Names);
     }
 }

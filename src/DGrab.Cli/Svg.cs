@@ -15,21 +15,25 @@ public static class Svg
     static readonly string[] Colors = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
     const int W = 360, H = 260, ML = 62, MR = 14, MT = 30, MB = 44;
 
-    public static string Figure(string title, IReadOnlyList<Panel> panels, int columns)
+    /// <param name="palette">labels in color order: a label keeps its color in every figure, whichever others it has
+    /// (labels not listed follow them).</param>
+    public static string Figure(string title, IReadOnlyList<Panel> panels, int columns, IReadOnlyList<string>? palette = null)
     {
         columns = Math.Max(1, Math.Min(columns, panels.Count));
         int rows = (panels.Count + columns - 1) / columns;
-        var labels = panels.SelectMany(p => p.Series.Select(s => s.Label)).Distinct().ToList();
-        int width = columns * W, height = rows * H + 60;
+        var present = panels.SelectMany(p => p.Series.Select(s => s.Label)).Distinct().ToList();
+        var labels = (palette ?? []).Concat(present).Distinct().ToList();
+        int width = Math.Max(columns * W, Math.Max(40 + present.Count * 150, 40 + title.Length * 8)), height = rows * H + 60;
         var sb = new StringBuilder();
         sb.Append($"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"11\">\n");
         sb.Append($"<rect width=\"{width}\" height=\"{height}\" fill=\"white\"/>\n");
         sb.Append($"<text x=\"{width / 2}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">{Esc(title)}</text>\n");
-        for (int i = 0; i < labels.Count; i++)
+        int slot = 0;
+        foreach (var label in labels.Where(present.Contains))
         {
-            int x = 20 + i * 150;
-            sb.Append($"<line x1=\"{x}\" y1=\"36\" x2=\"{x + 22}\" y2=\"36\" stroke=\"{Colors[i % Colors.Length]}\" stroke-width=\"2.5\"/>");
-            sb.Append($"<text x=\"{x + 27}\" y=\"40\">{Esc(labels[i])}</text>\n");
+            int x = 20 + slot++ * 150;
+            sb.Append($"<line x1=\"{x}\" y1=\"36\" x2=\"{x + 22}\" y2=\"36\" stroke=\"{Colors[labels.IndexOf(label) % Colors.Length]}\" stroke-width=\"2.5\"/>");
+            sb.Append($"<text x=\"{x + 27}\" y=\"40\">{Esc(label)}</text>\n");
         }
         for (int k = 0; k < panels.Count; k++)
             DrawPanel(sb, panels[k], (k % columns) * W, 50 + (k / columns) * H, labels);

@@ -175,6 +175,6 @@ public static class TrainVerb
                 panels.Add(new Panel(string.Create(CultureInfo.InvariantCulture, $"{title}, lr = {lr}"), "epoch", title, series, LogY: false));
             }
         int seeds = runs.Select(x => x.Seed).Distinct().Count();
-        return Svg.Figure($"Fashion-MNIST {model}, m = {m} workers, B = {b}: mean ± std over {seeds} seed(s)", panels, lrs.Length);
+        return Svg.Figure($"Fashion-MNIST {model}, m = {m} workers, B = {b}: mean ± std over {seeds} seed(s)", panels, lrs.Length, Registry.Names);
     }
 }
