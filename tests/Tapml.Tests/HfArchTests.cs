@@ -36,10 +36,7 @@ public class HfArchTests
     {
         var d = new TheoryData<string>();
         foreach (var dir in Directory.GetDirectories(Root).Order().Where(x => !Refused.ContainsKey(Path.GetFileName(x))))
-            // NOTE: the bf16 variants (-b) of RoPE architectures wait for references regenerated with float32 RoPE tables
-            // (the first run rounded inv_freq to bf16 too); those without RoPE (learned positions, ALiBi) are unaffected.
-            if (ModelType(dir) is { } t && Architectures.Find(t) is not null
-                && (!dir.EndsWith("-b", StringComparison.Ordinal) || t is "opt" or "gpt_bigcode" or "bloom"))
+            if (ModelType(dir) is { } t && Architectures.Find(t) is not null)
                 d.Add(Path.GetFileName(dir));
         return d;
     }
