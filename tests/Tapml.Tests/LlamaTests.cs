@@ -95,14 +95,7 @@ public class LlamaTests
             Assert.Equal([64L], byName["model.norm.weight"]);
             Assert.Equal(!full.TieWordEmbeddings, byName.ContainsKey("lm_head.weight"));
 
-            var rng = new Random(5);
-            var weights = specs.ToDictionary(s => s.Name, s =>
-            {
-                var t = Tensor.Zeros(DType.Float32, s.Shape);
-                var v = t.Span<float>();
-                for (int i = 0; i < v.Length; i++) v[i] = s.Shape.Length == 1 ? 1 + 0.1f * (float)(rng.NextDouble() - 0.5) : 0.2f * (float)(rng.NextDouble() - 0.5);
-                return t;
-            });
+            var weights = TestWeights.Random(specs);
             var model = Llama.Build(c, weights);
             long[] prompt = [1, 5, 99, 7];
             var cpu = Generation.Greedy(new Executor(new CpuPlatform()), model, prompt, 4);
