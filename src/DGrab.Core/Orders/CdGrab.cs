@@ -20,7 +20,7 @@ public sealed class CdGrab : OrderPolicy
     {
         if (shardSize % 2 != 0) throw new DGrabException($"cd-grab needs an even number of examples per worker (got {shardSize})");
         runSum = new float[dim];
-        first = IdGrabBalance.Jagged(workers, dim);
+        first = Jagged(workers, dim);
         next = new int[workers][];
         for (int w = 0; w < workers; w++) next[w] = new int[shardSize];
         Reset();

@@ -73,6 +73,14 @@ public abstract class OrderPolicy
 
     /// <summary>The sign Balance gives <paramref name="v"/> against <paramref name="sum"/>: +1 when
     /// ‖sum + v‖₂ ≤ ‖sum − v‖₂, which is ⟨sum, v⟩ ≤ 0 (the squares differ by 4⟨sum, v⟩).</summary>
+    /// <summary>A rows × cols array of zeroed rows.</summary>
+    protected static float[][] Jagged(int rows, int cols)
+    {
+        var a = new float[rows][];
+        for (int i = 0; i < rows; i++) a[i] = new float[cols];
+        return a;
+    }
+
     internal static bool PlusSign(ReadOnlySpan<float> sum, ReadOnlySpan<float> v) =>
         System.Numerics.Tensors.TensorPrimitives.Dot(sum, v) <= 0f;
 }
