@@ -8,6 +8,7 @@
 #   lib/libwebgpu_wrapper.so.gz  Dawn, stripped, gzipped (16.7 MB stripped would push the folder past 60 MiB)
 #   debs/*.deb                 Debian 12 libvulkan1 + libglvnd (libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
 #                              + glslc and libshaderc1 (the vulkan platform compiles its GLSL kernels with glslc)
+#                              + ocl-icd-libopencl1 (the OpenCL ICD loader, for NVIDIA's OpenCL library there)
 #   setup-remote.sh            makes those usable there, then execs its arguments
 #   run.sh                     scripts/device-run.sh (older entry point: runs bin/tapml "$@")
 # Then, device `run` with carry [".device"] and command e.g.
@@ -19,7 +20,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 max_mib="${DEVICE_BUNDLE_MAX_MIB:-60}"
 dawn=.tapml/webgpu/node_modules/bun-webgpu-linux-x64/libwebgpu_wrapper.so
-debs=(libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2 glslc libshaderc1)
+debs=(libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2 glslc libshaderc1 ocl-icd-libopencl1)
 
 if command -v npm >/dev/null 2>&1; then bash scripts/fetch-webgpu.sh   # idempotent; pins the Dawn build
 elif [ ! -f "$dawn" ]; then echo "device-bundle: $dawn is missing and npm is not on PATH (scripts/fetch-webgpu.sh)" >&2; exit 2
@@ -113,10 +114,24 @@ if ! ls /usr/share/vulkan/icd.d/nvidia* /etc/vulkan/icd.d/nvidia* >/dev/null 2>&
     export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 fi
 
+# OpenCL: the ICD loader where the machine has none, and NVIDIA's library as the vendor where the driver mount has it
+# (/etc/OpenCL/vendors there lists only PoCL). TAPML_DEVICE_OPENCL=keep leaves OCL_ICD_VENDORS alone.
+if ! "$ldc" -p 2>/dev/null | tr -s ' ' | cut -d' ' -f2 | tr '\n' ' ' | { read -r l; [[ " $l " == *" libOpenCL.so.1 "* ]]; }; then
+  oc="$state/ocl-icd"
+  if [ ! -e "$oc/usr/lib/x86_64-linux-gnu/libOpenCL.so.1" ]; then mkdir -p "$oc"; dpkg -x "$here"/debs/ocl-icd-libopencl1_*.deb "$oc"; fi
+  export LD_LIBRARY_PATH="$oc/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+if [ "${TAPML_DEVICE_OPENCL:-}" != keep ] && [ -z "${OCL_ICD_VENDORS:-}" ] && [ -f /usr/local/nvidia/lib64/libnvidia-opencl.so.1 ]; then
+  mkdir -p "$state/ocl-vendors"
+  echo /usr/local/nvidia/lib64/libnvidia-opencl.so.1 > "$state/ocl-vendors/nvidia.icd"
+  for f in /etc/OpenCL/vendors/*.icd; do [ -f "$f" ] && cp -f "$f" "$state/ocl-vendors/"; done
+  export OCL_ICD_VENDORS="$state/ocl-vendors"
+fi
+
 mkdir -p "$state/xdg" "$state/bundle"; chmod 700 "$state/xdg"
 export XDG_RUNTIME_DIR="$state/xdg"
 export DOTNET_BUNDLE_EXTRACT_BASE_DIR="${DOTNET_BUNDLE_EXTRACT_BASE_DIR:-$state/bundle}"   # libonnxruntime.so
-echo "setup-remote: loader $mode; TAPML_WEBGPU_LIB=$TAPML_WEBGPU_LIB${VK_DRIVER_FILES:+; VK_DRIVER_FILES=$VK_DRIVER_FILES}" >&2
+echo "setup-remote: loader $mode; TAPML_WEBGPU_LIB=$TAPML_WEBGPU_LIB${VK_DRIVER_FILES:+; VK_DRIVER_FILES=$VK_DRIVER_FILES}${OCL_ICD_VENDORS:+; OCL_ICD_VENDORS=$OCL_ICD_VENDORS}" >&2
 exec "$@"
 EOF
 chmod +x "$stage/setup-remote.sh"
