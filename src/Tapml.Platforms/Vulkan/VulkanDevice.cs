@@ -336,6 +336,13 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
 
     public void Write(nint buffer, ulong offset, ReadOnlySpan<byte> data)
     {
+        long t0 = Stats ? System.Diagnostics.Stopwatch.GetTimestamp() : 0;
+        WriteCore(buffer, offset, data);
+        if (Stats) Stat(data.Length <= 65536 ? "write ≤ 64 KiB" : "write > 64 KiB", t0);
+    }
+
+    void WriteCore(nint buffer, ulong offset, ReadOnlySpan<byte> data)
+    {
         if (data.Length == 0) return;
         var b = Buf(buffer);
         // Host-visible memory no recorded or running work uses: copy straight in.
@@ -448,7 +455,23 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             0, 1, &mb, 0, null, 0, null);
     }
 
+    /// <summary>TAPML_VULKAN_STATS=1: host time per device call kind, printed to stderr when the device is disposed.</summary>
+    static readonly bool Stats = Environment.GetEnvironmentVariable("TAPML_VULKAN_STATS") == "1";
+    readonly Dictionary<string, (long Calls, long Ticks)> _stats = new();
+    void Stat(string what, long t0)
+    {
+        var (c, t) = _stats.GetValueOrDefault(what);
+        _stats[what] = (c + 1, t + System.Diagnostics.Stopwatch.GetTimestamp() - t0);
+    }
+
     public void Dispatch(GpuPipeline p, ReadOnlySpan<nint> buffers, ReadOnlySpan<ulong> offsets, ReadOnlySpan<ulong> sizes, ReadOnlySpan<uint> meta, uint gx, uint gy = 1, uint gz = 1)
+    {
+        long t0 = Stats ? System.Diagnostics.Stopwatch.GetTimestamp() : 0;
+        DispatchCore(p, buffers, offsets, sizes, meta, gx, gy, gz);
+        if (Stats) Stat("dispatch", t0);
+    }
+
+    void DispatchCore(GpuPipeline p, ReadOnlySpan<nint> buffers, ReadOnlySpan<ulong> offsets, ReadOnlySpan<ulong> sizes, ReadOnlySpan<uint> meta, uint gx, uint gy, uint gz)
     {
         var k = _kernels[(int)p.Id];
         bool push = meta.Length * 4 <= _pushBytes && k.Push is not null;
@@ -496,7 +519,8 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         for (int i = 0; i < ids.Length; i++) { h.Add(ids[i]); h.Add(offsets[i]); h.Add(sizes[i]); }
         var key = (kernel, h.ToHashCode());
         if (_sets.TryGetValue(key, out var c) && ids.SequenceEqual(c.Ids) && offsets.SequenceEqual(c.Offsets) && sizes.SequenceEqual(c.Sizes)) return c.Set;
-        if (_sets.Count >= MaxSets) ResetSets();
+        if (Stats) Stat("descriptor set miss", System.Diagnostics.Stopwatch.GetTimestamp());
+        if (_sets.Count >= MaxSets) { if (Stats) Stat("descriptor pool reset", System.Diagnostics.Stopwatch.GetTimestamp()); ResetSets(); }
         var layout = k.SetLayout;
         var ai = new DescriptorSetAllocateInfo { SType = StructureType.DescriptorSetAllocateInfo, DescriptorPool = _descPool, DescriptorSetCount = 1, PSetLayouts = &layout };
         DescriptorSet set;
@@ -551,7 +575,9 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         }
         var cb = _cb;
         var si = new SubmitInfo { SType = StructureType.SubmitInfo, CommandBufferCount = 1, PCommandBuffers = &cb };
+        long t0 = Stats ? System.Diagnostics.Stopwatch.GetTimestamp() : 0;
         Check(_vk.QueueSubmit(_queue, 1, &si, fence), "vkQueueSubmit");
+        if (Stats) Stat("vkQueueSubmit", t0);
         _recording = false;
         _serial++;
         _inFlight.Enqueue(new Submitted(_serial, fence, cb));
@@ -646,7 +672,9 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         r.Staging = null;
         try
         {
+            long t0 = Stats ? System.Diagnostics.Stopwatch.GetTimestamp() : 0;
             WaitFor(r.Serial);
+            if (Stats) Stat("readback wait", t0);
             new ReadOnlySpan<byte>(s.Mapped, r.Bytes).CopyTo(dest);
         }
         finally
@@ -757,6 +785,9 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     public void Dispose()
     {
         if (_dev.Handle == 0) return;
+        if (Stats)
+            foreach (var (what, (calls, ticks)) in _stats.OrderByDescending(kv => kv.Value.Ticks))
+                Console.Error.WriteLine($"vulkan stats: {what}: {calls} calls, {ticks * 1000.0 / System.Diagnostics.Stopwatch.Frequency:F1} ms, {ticks * 1e6 / System.Diagnostics.Stopwatch.Frequency / Math.Max(1, calls):F2} µs/call");
         try { Synchronize(); } catch (TapmlException) { }
         _vk.DeviceWaitIdle(_dev);
         foreach (var (_, b) in _garbage) DestroyNow(b);
