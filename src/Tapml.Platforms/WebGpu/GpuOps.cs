@@ -33,6 +33,7 @@ public static class GpuOps
         ConvPool.Register(Add);
         Fused.Register(Add);
         Resize.Register(Add);
+        Spatial.Register(Add);
         return d;
     }
 
