@@ -39,12 +39,29 @@ public sealed class ConvTransposeOps : ICpuOpFamily
         if (w.Shape[0] != c) throw ctx.Error($"W {w.Describe()} must have C = {c} rows (X {x.Describe()})");
         int mg = checked((int)w.Shape[1]), m = mg * group, cg = c / group;
         if (b is not null && b.Length != m) throw ctx.Error($"B {b.Describe()} must have M = {m} elements");
-        var kernel = ConvHelpers.Kernel(ctx, w.Shape);
+        var g = Geometry(ctx, x.Shape, w.Shape);
+        var outDims = g.In;
+        var outShape = new long[r + 2];
+        outShape[0] = n; outShape[1] = m;
+        for (int i = 0; i < r; i++) outShape[i + 2] = outDims[i];
+        if (x.DType == DType.Float64)
+            return [new Tensor(DType.Float64, outShape, Core(x.As<double>(), w.As<double>(), b?.As<double>(), n, cg, mg, group, g))];
+        var y = new Tensor(DType.Float32, outShape, Core(TensorConvert.ToF32(x).As<float>(), TensorConvert.ToF32(w).As<float>(),
+            b is null ? null : TensorConvert.ToF32(b).As<float>(), n, cg, mg, group, g));
+        return [TensorConvert.To(y, x.DType)];
+    }
+
+    /// <summary>ConvTranspose's geometry in col2im terms ("In" is the output image, "Out" the input grid): output
+    /// size from output_shape, auto_pad or pads + output_padding (shared with the webgpu kernel).</summary>
+    internal static ConvGeom Geometry(NodeContext ctx, long[] xShape, long[] wShape)
+    {
+        int r = xShape.Length - 2;
+        var kernel = ConvHelpers.Kernel(ctx, wShape);
         var s = Ints(ctx, "strides", r, 1);
         var d = Ints(ctx, "dilations", r, 1);
         var outPad = Ints(ctx, "output_padding", r, 0);
         var inDims = new int[r];
-        for (int i = 0; i < r; i++) inDims[i] = checked((int)x.Shape[i + 2]);
+        for (int i = 0; i < r; i++) inDims[i] = checked((int)xShape[i + 2]);
         var padB = new int[r];
         var padE = new int[r];
         var outDims = new int[r];
@@ -96,14 +113,7 @@ public sealed class ConvTransposeOps : ICpuOpFamily
         // col2im geometry: "In" is the output image, "Out" the input grid (window positions).
         var g = new ConvGeom { R = r, In = outDims, K = kernel, Out = inDims, S = s, D = d, PadB = padB, PadE = padE };
         g.Finish();
-        var outShape = new long[r + 2];
-        outShape[0] = n; outShape[1] = m;
-        for (int i = 0; i < r; i++) outShape[i + 2] = outDims[i];
-        if (x.DType == DType.Float64)
-            return [new Tensor(DType.Float64, outShape, Core(x.As<double>(), w.As<double>(), b?.As<double>(), n, cg, mg, group, g))];
-        var y = new Tensor(DType.Float32, outShape, Core(TensorConvert.ToF32(x).As<float>(), TensorConvert.ToF32(w).As<float>(),
-            b is null ? null : TensorConvert.ToF32(b).As<float>(), n, cg, mg, group, g));
-        return [TensorConvert.To(y, x.DType)];
+        return g;
     }
 
     /// <summary>Per (image, group): col[Mg·K, XSize] = W_gᵀ · X_g, then col2im into Y, then bias.</summary>

@@ -19,7 +19,7 @@ public sealed class Resize : ICpuOpFamily
     // ---------------------------------------------------------------- Resize / Upsample
 
     /// <summary>Everything that fixes how one output coordinate maps back to the input.</summary>
-    sealed class ResizeSpec
+    internal sealed class ResizeSpec
     {
         public string Mode = "nearest";
         public string Ctm = "half_pixel";
@@ -33,35 +33,53 @@ public sealed class Resize : ICpuOpFamily
     static Value?[] UpsampleOp(NodeContext ctx, Value?[] inputs)
     {
         var x = inputs.T(0, ctx);
+        var (spec, scales, outShape, roiS, roiE) = UpsamplePlan(ctx, x.Shape, ctx.Opset < 9 ? null : inputs.T(1, ctx));
+        return [Run(ctx, x, spec, scales, outShape, roiS, roiE)];
+    }
+
+    /// <summary>Upsample (asymmetric, legacy nearest rounding) as a Resize plan.</summary>
+    internal static (ResizeSpec Spec, double[] Scales, long[] OutShape, double[] RoiS, double[] RoiE) UpsamplePlan(
+        NodeContext ctx, long[] xShape, Tensor? scalesT)
+    {
+        int r = xShape.Length;
         double[] scales;
-        if (ctx.Opset < 9)
+        if (scalesT is null)
         {
             var f = ctx.Floats("scales") ?? throw ctx.Error("Upsample-7 needs the scales attribute");
             scales = f.Select(v => (double)v).ToArray();
         }
-        else scales = inputs.T(1, ctx).ToDoubleArray();
-        if (scales.Length != x.Rank) throw ctx.Error($"scales has {scales.Length} values, input rank is {x.Rank}");
+        else scales = scalesT.ToDoubleArray();
+        if (scales.Length != r) throw ctx.Error($"scales has {scales.Length} values, input rank is {r}");
         string mode = ctx.String("mode", "nearest");
         if (mode == "bilinear") mode = "linear";
         var spec = new ResizeSpec { Mode = mode, Ctm = "asymmetric", NearestMode = "legacy" };
-        var outShape = new long[x.Rank];
-        for (int d = 0; d < x.Rank; d++)
+        var outShape = new long[r];
+        for (int d = 0; d < r; d++)
         {
             if (!(scales[d] > 0)) throw ctx.Error($"scale {scales[d]} must be positive");
-            outShape[d] = (long)Math.Floor(scales[d] * x.Shape[d]);
+            outShape[d] = (long)Math.Floor(scales[d] * xShape[d]);
         }
-        var roiS = new double[x.Rank]; var roiE = Enumerable.Repeat(1.0, x.Rank).ToArray();
-        return [Run(ctx, x, spec, scales, outShape, roiS, roiE)];
+        var roiS = new double[r]; var roiE = Enumerable.Repeat(1.0, r).ToArray();
+        return (spec, scales, outShape, roiS, roiE);
     }
 
     static Value?[] ResizeOp(NodeContext ctx, Value?[] inputs)
     {
         var x = inputs.T(0, ctx);
-        int r = x.Rank;
-        int opset = ctx.Opset;
         Tensor? roiT = null, scalesT, sizesT = null;
-        if (opset < 11) scalesT = inputs.T(1, ctx);
+        if (ctx.Opset < 11) scalesT = inputs.T(1, ctx);
         else { roiT = inputs.OptT(1); scalesT = inputs.OptT(2); sizesT = inputs.OptT(3); }
+        var (spec, scales, outShape, roiS, roiE) = Plan(ctx, x.Shape, roiT, scalesT, sizesT);
+        return [Run(ctx, x, spec, scales, outShape, roiS, roiE)];
+    }
+
+    /// <summary>Resize's attributes and roi/scales/sizes inputs as one mapping per axis (shared with the webgpu
+    /// kernel, which computes the same taps on the host).</summary>
+    internal static (ResizeSpec Spec, double[] Scales, long[] OutShape, double[] RoiS, double[] RoiE) Plan(
+        NodeContext ctx, long[] xShape, Tensor? roiT, Tensor? scalesT, Tensor? sizesT)
+    {
+        int r = xShape.Length;
+        int opset = ctx.Opset;
         if (roiT is { Length: 0 }) roiT = null;
         if (scalesT is { Length: 0 }) scalesT = null;
         if (sizesT is { Length: 0 }) sizesT = null;
@@ -105,7 +123,7 @@ public sealed class Resize : ICpuOpFamily
         }
 
         var scales = Enumerable.Repeat(1.0, r).ToArray();
-        var outShape = (long[])x.Shape.Clone();
+        var outShape = (long[])xShape.Clone();
         if (scalesT is not null && sizesT is not null) throw ctx.Error("only one of scales and sizes may be given");
         if (scalesT is not null)
         {
@@ -117,7 +135,7 @@ public sealed class Resize : ICpuOpFamily
                 scales[axes[i]] = s[i];
             }
             // output_dimension = floor(input_dimension * scale)
-            for (int d = 0; d < r; d++) outShape[d] = (long)Math.Floor(scales[d] * x.Shape[d]);
+            for (int d = 0; d < r; d++) outShape[d] = (long)Math.Floor(scales[d] * xShape[d]);
         }
         else if (sizesT is not null)
         {
@@ -128,7 +146,7 @@ public sealed class Resize : ICpuOpFamily
                 if (sz[i] < 0) throw ctx.Error("sizes must be non-negative");
                 outShape[axes[i]] = sz[i];
             }
-            for (int d = 0; d < r; d++) scales[d] = x.Shape[d] == 0 ? 1.0 : (double)outShape[d] / x.Shape[d];
+            for (int d = 0; d < r; d++) scales[d] = xShape[d] == 0 ? 1.0 : (double)outShape[d] / xShape[d];
             if (policy != "stretch")
             {
                 double sc = policy == "not_larger" ? double.MaxValue : double.MinValue;
@@ -136,7 +154,7 @@ public sealed class Resize : ICpuOpFamily
                 foreach (int a in axes)
                 {
                     scales[a] = sc;
-                    outShape[a] = (long)(sc * x.Shape[a] + 0.5); // round half up
+                    outShape[a] = (long)(sc * xShape[a] + 0.5); // round half up
                 }
             }
         }
@@ -150,12 +168,12 @@ public sealed class Resize : ICpuOpFamily
             for (int i = 0; i < axes.Length; i++) { roiS[axes[i]] = roi[i]; roiE[axes[i]] = roi[axes.Length + i]; }
         }
         else if (spec.Ctm == "tf_crop_and_resize") throw ctx.Error("tf_crop_and_resize needs the roi input");
-        return [Run(ctx, x, spec, scales, outShape, roiS, roiE)];
+        return (spec, scales, outShape, roiS, roiE);
     }
 
     /// <summary>Taps of one output index along one axis: input indices (already clamped, i.e. edge-padded) and weights;
     /// Extrapolate marks tf_crop_and_resize points outside the input.</summary>
-    struct Taps { public int[] Idx; public double[] W; public bool Extrapolate; }
+    internal struct Taps { public int[] Idx; public double[] W; public bool Extrapolate; }
 
     static Tensor Run(NodeContext ctx, Tensor x, ResizeSpec spec, double[] scales, long[] outShape, double[] roiS, double[] roiE)
     {
@@ -253,7 +271,7 @@ public sealed class Resize : ICpuOpFamily
     }
 
     /// <summary>Maps output index j back to the input (ONNX Resize coordinate transformation) and returns its taps.</summary>
-    static Taps AxisTaps(NodeContext ctx, ResizeSpec s, long j, long inLen, double scale, long outLenInt, double roiS, double roiE)
+    internal static Taps AxisTaps(NodeContext ctx, ResizeSpec s, long j, long inLen, double scale, long outLenInt, double roiS, double roiE)
     {
         double outW = scale * inLen; // length_resized as a real number (the reference uses scale * input length)
         double xo;

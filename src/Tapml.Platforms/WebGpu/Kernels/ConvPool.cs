@@ -1,177 +1,299 @@
+using System.Text;
 using Tapml.Core;
+using Tapml.Platforms.Cpu.Ops;
 
 namespace Tapml.Platforms.WebGpu.Kernels;
 
-/// <summary>Conv (direct, one thread per output element; groups, strides, dilations, pads, auto_pad), MaxPool,
-/// AveragePool and the global pools, for 1-D and 2-D spatial inputs (1-D runs as H = 1).</summary>
+/// <summary>Conv and ConvTranspose (direct, one thread per output element; groups, strides, dilations, pads,
+/// auto_pad, output_padding/output_shape), MaxPool (with Indices), AveragePool, LpPool, the global pools and
+/// MaxUnpool, for 1 to 3 spatial dimensions. Geometry (output sizes, pads) is the cpu reference's; the kernels loop
+/// only over the spatial dimensions the input has.</summary>
 public static class ConvPool
 {
     public static void Register(Action<GpuOp> add)
     {
         add(new GpuOp("", "Conv", 1, (g, ctx, ins) => [Conv(g, ctx, GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx), ins.Length > 2 ? ins[2] : null)], Spatial));
-        add(new GpuOp("", "MaxPool", 1, (g, ctx, ins) => Pool(g, ctx, GpuOps.In(ins, 0, ctx), max: true), Spatial));
-        add(new GpuOp("", "AveragePool", 1, (g, ctx, ins) => Pool(g, ctx, GpuOps.In(ins, 0, ctx), max: false), Spatial));
+        add(new GpuOp("", "ConvTranspose", 1, (g, ctx, ins) => [ConvTranspose(g, ctx, GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx), ins.Length > 2 ? ins[2] : null)], Spatial));
+        add(new GpuOp("", "MaxPool", 1, (g, ctx, ins) => Pool(g, ctx, GpuOps.In(ins, 0, ctx), PoolKind.Max), Spatial));
+        add(new GpuOp("", "AveragePool", 1, (g, ctx, ins) => Pool(g, ctx, GpuOps.In(ins, 0, ctx), PoolKind.Avg), Spatial));
+        add(new GpuOp("", "LpPool", 1, (g, ctx, ins) => Pool(g, ctx, GpuOps.In(ins, 0, ctx), PoolKind.Lp), Spatial));
         add(new GpuOp("", "GlobalAveragePool", 1, (g, ctx, ins) => [Global(g, ctx, GpuOps.In(ins, 0, ctx), "ReduceMean")], Reductions.FloatOnly));
         add(new GpuOp("", "GlobalMaxPool", 1, (g, ctx, ins) => [Global(g, ctx, GpuOps.In(ins, 0, ctx), "ReduceMax")], Reductions.FloatOnly));
+        add(new GpuOp("", "GlobalLpPool", 2, (g, ctx, ins) => Pool(g, ctx, GpuOps.In(ins, 0, ctx), PoolKind.Lp, global: true), Spatial));
+        add(new GpuOp("", "MaxUnpool", 9, (g, ctx, ins) => [MaxUnpool(g, ctx, ins)], Spatial));
     }
 
-    static string? Spatial(Tapml.Platforms.NodeContext ctx, IReadOnlyList<Tapml.Ir.TypeRef?> t)
+    static string? Spatial(NodeContext ctx, IReadOnlyList<Tapml.Ir.TypeRef?> t)
     {
         if (Reductions.FloatOnly(ctx, t) is { } why) return why;
-        if (t.Count > 0 && t[0] is { Shape: { } s } && s.Length is not (3 or 4))
-            return $"{ctx.Node.OpType} with {s.Length - 2} spatial dimensions is not implemented on webgpu (1-D and 2-D are)";
-        if (ctx.Node.OpType == "MaxPool" && ctx.Node.Outputs.Length > 1 && ctx.Node.Outputs[1].Length > 0)
-            return "MaxPool's Indices output is not implemented on webgpu";
+        if (t.Count > 0 && t[0] is { Shape: { } s } && s.Length is not (3 or 4 or 5))
+            return $"{ctx.Node.OpType} with {s.Length - 2} spatial dimensions is not implemented on webgpu (1 to 3 are)";
         return null;
     }
 
-    /// <summary>Output size and leading pad of one spatial dimension (ONNX auto_pad / pads / ceil_mode).</summary>
-    static (long Out, long PadBegin) Dim(Tapml.Platforms.NodeContext ctx, long size, long k, long stride, long dil, long padB, long padE, bool ceil)
+    enum PoolKind { Max, Avg, Lp }
+
+    // meta words: 0 n, 1 C, 2..4 In, 5..7 K, 8..10 Out, 11..13 S, 14..16 Dil, 17..19 PadB (signed), 20.. op-specific.
+    // Spatial dimensions are right-aligned in the three slots (a 2-D input has In = [1, H, W]).
+    const int MIn = 2, MK = 5, MOut = 8, MS = 11, MDil = 14, MPad = 17, MOp = 20;
+
+    /// <summary>Adds the geometry words: <paramref name="inDims"/>/<paramref name="outDims"/> are the spatial sizes
+    /// of the kernel's input and output, padded to 3 with leading 1s.</summary>
+    static void AddGeo(Meta m, long c, int r, int[] inDims, int[] k, int[] outDims, int[] s, int[] d, int[] padB)
     {
-        long eff = (k - 1) * dil + 1;
-        string auto = ctx.String("auto_pad", "NOTSET");
-        switch (auto)
+        m.Add(c);
+        void Three(int[] v, int dflt, bool signed)
         {
-            case "SAME_UPPER" or "SAME_LOWER":
-                {
-                    long o = (size + stride - 1) / stride;
-                    long total = Math.Max(0, (o - 1) * stride + eff - size);
-                    return (o, auto == "SAME_UPPER" ? total / 2 : total - total / 2);
-                }
-            case "VALID": return ((size - eff) / stride + 1, 0);
-            default:
-                {
-                    long span = size + padB + padE - eff;
-                    long o = ceil ? (span + stride - 1) / stride + 1 : span / stride + 1;
-                    // ceil_mode: the last window must start inside the input or the leading pad.
-                    if (ceil && (o - 1) * stride >= size + padB) o--;
-                    return (o, padB);
-                }
+            for (int a = 0; a < 3; a++)
+            {
+                long x = a < 3 - r ? dflt : v[a - (3 - r)];
+                if (signed) m.AddSigned(x); else m.Add(x);
+            }
         }
+        Three(inDims, 1, false); Three(k, 1, false); Three(outDims, 1, false); Three(s, 1, false); Three(d, 1, false); Three(padB, 0, true);
     }
 
-    record Geometry(long N, long C, long H, long W, long KH, long KW, long OH, long OW, long SH, long SW, long DH, long DW, long PH, long PW);
+    /// <summary>The loop slots of <paramref name="r"/> spatial dimensions.</summary>
+    static int[] Dims(int r) => r switch { 1 => [2], 2 => [1, 2], _ => [0, 1, 2] };
 
-    static Geometry Geo(Tapml.Platforms.NodeContext ctx, long[] x, long kh, long kw, long c)
-    {
-        bool oneD = x.Length == 3;
-        long h = oneD ? 1 : x[2], w = x[^1];
-        var strides = ctx.Ints("strides") ?? (oneD ? [1] : [1, 1]);
-        var dil = ctx.Ints("dilations") ?? (oneD ? [1] : [1, 1]);
-        var pads = ctx.Ints("pads") ?? new long[oneD ? 2 : 4];
-        bool ceil = ctx.Int("ceil_mode", 0) != 0;
-        if (oneD)
-        {
-            var (ow, pw) = Dim(ctx, w, kw, strides[0], dil[0], pads[0], pads[1], ceil);
-            return new Geometry(x[0], c, 1, w, 1, kw, 1, ow, 1, strides[0], 1, dil[0], 0, pw);
-        }
-        var (oh, ph) = Dim(ctx, h, kh, strides[0], dil[0], pads[0], pads[2], ceil);
-        var (ow2, pw2) = Dim(ctx, w, kw, strides[1], dil[1], pads[1], pads[3], ceil);
-        return new Geometry(x[0], c, h, w, kh, kw, oh, ow2, strides[0], strides[1], dil[0], dil[1], ph, pw2);
-    }
-
-    static void AddGeo(Meta m, Geometry q)
-    {
-        m.Add(q.C); m.Add(q.H); m.Add(q.W); m.Add(q.KH); m.Add(q.KW); m.Add(q.OH); m.Add(q.OW);
-        m.Add(q.SH); m.Add(q.SW); m.Add(q.DH); m.Add(q.DW); m.AddSigned(q.PH); m.AddSigned(q.PW);
-    }
-
-    // meta: 0 n, 1 C, 2 H, 3 W, 4 KH, 5 KW, 6 OH, 7 OW, 8 SH, 9 SW, 10 DH, 11 DW, 12 PH, 13 PW, then op-specific.
+    /// <summary>Output coordinates o0..o2 of element <c>i</c> and the sizes isz (input plane), osz (output plane), ksz.</summary>
     const string Coords = """
-  let C = md[1]; let H = i32(md[2]); let W = i32(md[3]); let KH = md[4]; let KW = md[5];
-  let OH = md[6]; let OW = md[7];
-  let ox = i % OW; let oy = (i / OW) % OH;
+  let C = md[1];
+  let o2 = i % md[10]; let o1 = (i / md[10]) % md[9]; let o0 = (i / (md[10] * md[9])) % md[8];
+  let isz = md[2] * md[3] * md[4]; let osz = md[8] * md[9] * md[10]; let ksz = md[5] * md[6] * md[7];
+
 """;
 
-    static GpuTensor Conv(WebGpuPlatform g, Tapml.Platforms.NodeContext ctx, GpuTensor x, GpuTensor wt, GpuTensor? bias)
+    /// <summary>Row-major flat index of coordinates <c>{p}0..{p}2</c> over the slots in use (sizes at meta <paramref name="sizeAt"/>).</summary>
+    static string Flat(int[] dims, string p, int sizeAt)
+    {
+        string acc = $"u32({p}{dims[0]})";
+        for (int q = 1; q < dims.Length; q++) acc = $"({acc}) * md[{sizeAt + dims[q]}] + u32({p}{dims[q]})";
+        return acc;
+    }
+
+    /// <summary>Nested kernel-window loops over the slots in use; <paramref name="head"/> writes each loop's first lines.</summary>
+    static string Loops(int[] dims, Func<int, string> head, string inner)
+    {
+        var sb = new StringBuilder();
+        foreach (int a in dims)
+            sb.Append($"  for (var k{a} = 0u; k{a} < md[{MK + a}]; k{a}++) {{\n").Append(head(a));
+        sb.Append(inner);
+        foreach (int _ in dims) sb.Append("  }\n");
+        return sb.ToString();
+    }
+
+    static GpuTensor Conv(WebGpuPlatform g, NodeContext ctx, GpuTensor x, GpuTensor wt, GpuTensor? bias)
     {
         if (x.Rank != wt.Rank) throw ctx.Error($"input {ShapeUtil.Format(x.Shape)} and weight {ShapeUtil.Format(wt.Shape)} ranks differ");
         long group = ctx.Int("group", 1);
         long m = wt.Shape[0], cg = wt.Shape[1];
         if (x.Shape[1] != cg * group || m % group != 0) throw ctx.Error($"channels: input {x.Shape[1]}, weight {ShapeUtil.Format(wt.Shape)}, group {group}");
-        bool oneD = x.Rank == 3;
-        var q = Geo(ctx, x.Shape, oneD ? 1 : wt.Shape[2], wt.Shape[^1], x.Shape[1]);
-        var outShape = oneD ? new[] { q.N, m, q.OW } : new[] { q.N, m, q.OH, q.OW };
+        var geo = ConvHelpers.Forward(ctx, x.Shape, ConvHelpers.Kernel(ctx, wt.Shape), false);
+        int r = geo.R;
+        var y = g.Empty(x.DType, ConvHelpers.OutShape(x.Shape[0], m, geo));
+        if (y.Length == 0) return y;
+        var meta = new Meta();
+        meta.Add(y.Length);
+        AddGeo(meta, x.Shape[1], r, geo.In, geo.K, geo.Out, geo.S, geo.D, geo.PadB);
+        meta.Add(m); meta.Add(cg); meta.Add(m / group);
+        var dims = Dims(r);
+        g.Launch(new WebGpuPlatform.KernelKey("conv", $"{r}|{bias is not null}|{Wgsl.Letters([x.Storage, wt.Storage, bias?.Storage ?? GpuStorage.F32])}|{(int)x.DType}"), () =>
+        {
+            var w = new Wgsl(g.Workgroup).In("x", x).In("w", wt);
+            if (bias is not null) w.In("b", bias);
+            w.Out("y", x.DType);
+            return w.Build(Coords + $$"""
+  let M = md[{{MOp}}]; let CG = md[{{MOp + 1}}]; let MG = md[{{MOp + 2}}];
+  let oc = (i / osz) % M; let n = i / (osz * M);
+  let c0 = (oc / MG) * CG;
+  var acc = {{(bias is null ? "0.0" : "f32(b(oc))")}};
+  for (var c = 0u; c < CG; c++) {
+    let xb = (n * C + c0 + c) * isz;
+    let wb = (oc * CG + c) * ksz;
+{{Loops(dims, a => $"    let i{a} = i32(o{a} * md[{MS + a}] + k{a} * md[{MDil + a}]) - bitcast<i32>(md[{MPad + a}]);\n    if (i{a} < 0 || i{a} >= i32(md[{MIn + a}])) {{ continue; }}\n",
+    $"    acc += f32(x(xb + {Flat(dims, "i", MIn)})) * f32(w(wb + {Flat(dims, "k", MK)}));\n")}}
+  }
+  y_st(i, acc);
+""");
+        }, $"Conv{r}d{(bias is null ? "" : "_bias")}", bias is null ? [x, wt, y] : [x, wt, bias, y], meta, y.Length);
+        return y;
+    }
+
+    /// <summary>ConvTranspose as a gather: each output element sums the input positions whose window covers it
+    /// (o + pad − k·dilation divisible by the stride); W is [C, M/group, k…].</summary>
+    static GpuTensor ConvTranspose(WebGpuPlatform g, NodeContext ctx, GpuTensor x, GpuTensor wt, GpuTensor? bias)
+    {
+        if (x.Rank != wt.Rank) throw ctx.Error($"input {ShapeUtil.Format(x.Shape)} and weight {ShapeUtil.Format(wt.Shape)} ranks differ");
+        long group = ctx.Int("group", 1);
+        long c = x.Shape[1], mg = wt.Shape[1], m = mg * group;
+        if (group < 1 || c % group != 0 || wt.Shape[0] != c) throw ctx.Error($"channels: input {c}, weight {ShapeUtil.Format(wt.Shape)}, group {group}");
+        if (bias is not null && bias.Length != m) throw ctx.Error($"B {bias.Describe()} must have M = {m} elements");
+        // col2im terms: geo.In is the output image, geo.Out the input grid.
+        var geo = ConvTransposeOps.Geometry(ctx, x.Shape, wt.Shape);
+        int r = geo.R;
+        var outShape = new long[r + 2];
+        outShape[0] = x.Shape[0]; outShape[1] = m;
+        for (int i = 0; i < r; i++) outShape[i + 2] = geo.In[i];
         var y = g.Empty(x.DType, outShape);
         if (y.Length == 0) return y;
         var meta = new Meta();
         meta.Add(y.Length);
-        AddGeo(meta, q);
-        meta.Add(m); meta.Add(cg); meta.Add(m / group);
-        var w = new Wgsl(g.Workgroup).In("x", x).In("w", wt);
-        if (bias is not null) w.In("b", bias);
-        w.Out("y", x.DType);
-        string code = w.Build(Coords + $$"""
-  let M = md[14]; let CG = md[15]; let MG = md[16];
-  let oc = (i / (OW * OH)) % M; let n = i / (OW * OH * M);
-  let c0 = (oc / MG) * CG;
+        AddGeo(meta, c, r, geo.Out, geo.K, geo.In, geo.S, geo.D, geo.PadB);
+        meta.Add(m); meta.Add(c / group); meta.Add(mg);
+        var dims = Dims(r);
+        g.Launch(new WebGpuPlatform.KernelKey("convtranspose", $"{r}|{bias is not null}|{Wgsl.Letters([x.Storage, wt.Storage, bias?.Storage ?? GpuStorage.F32])}|{(int)x.DType}"), () =>
+        {
+            var w = new Wgsl(g.Workgroup).In("x", x).In("w", wt);
+            if (bias is not null) w.In("b", bias);
+            w.Out("y", x.DType);
+            return w.Build(Coords + $$"""
+  let M = md[{{MOp}}]; let CG = md[{{MOp + 1}}]; let MG = md[{{MOp + 2}}];
+  let oc = (i / osz) % M; let n = i / (osz * M);
+  let gi = oc / MG; let mm = oc % MG;
   var acc = {{(bias is null ? "0.0" : "f32(b(oc))")}};
   for (var c = 0u; c < CG; c++) {
-    let xb = (n * C + c0 + c) * u32(H) * u32(W);
-    let wb = (oc * CG + c) * KH * KW;
-    for (var ky = 0u; ky < KH; ky++) {
-      let iy = i32(oy * md[8] + ky * md[10]) - bitcast<i32>(md[12]);
-      if (iy < 0 || iy >= H) { continue; }
-      for (var kx = 0u; kx < KW; kx++) {
-        let ix = i32(ox * md[9] + kx * md[11]) - bitcast<i32>(md[13]);
-        if (ix < 0 || ix >= W) { continue; }
-        acc += f32(x(xb + u32(iy) * u32(W) + u32(ix))) * f32(w(wb + ky * KW + kx));
-      }
-    }
+    let xc = gi * CG + c;
+    let xb = (n * C + xc) * isz;
+    let wb = (xc * MG + mm) * ksz;
+{{Loops(dims, a => $"    let t{a} = i32(o{a}) + bitcast<i32>(md[{MPad + a}]) - i32(k{a} * md[{MDil + a}]);\n" +
+                   $"    if (t{a} < 0 || t{a} % i32(md[{MS + a}]) != 0) {{ continue; }}\n" +
+                   $"    let i{a} = t{a} / i32(md[{MS + a}]);\n    if (i{a} >= i32(md[{MIn + a}])) {{ continue; }}\n",
+    $"    acc += f32(x(xb + {Flat(dims, "i", MIn)})) * f32(w(wb + {Flat(dims, "k", MK)}));\n")}}
   }
   y_st(i, acc);
 """);
-        g.Launch(code, $"Conv{(bias is null ? "" : "_bias")}", bias is null ? [x, wt, y] : [x, wt, bias, y], meta, y.Length);
+        }, $"ConvTranspose{r}d{(bias is null ? "" : "_bias")}", bias is null ? [x, wt, y] : [x, wt, bias, y], meta, y.Length);
         return y;
     }
 
-    static Value?[] Pool(WebGpuPlatform g, Tapml.Platforms.NodeContext ctx, GpuTensor x, bool max)
+    /// <summary>LpPool's p: a float attribute at opset 1, an int later; 2 by default.</summary>
+    static double LpP(NodeContext ctx)
     {
-        var ks = ctx.Ints("kernel_shape") ?? throw ctx.Error("kernel_shape is missing");
-        bool oneD = x.Rank == 3;
-        var q = Geo(ctx, x.Shape, oneD ? 1 : ks[0], ks[^1], x.Shape[1]);
-        var outShape = oneD ? new[] { q.N, q.C, q.OW } : new[] { q.N, q.C, q.OH, q.OW };
-        var y = g.Empty(x.DType, outShape);
-        if (y.Length == 0) return [y];
-        var meta = new Meta();
-        meta.Add(y.Length);
-        AddGeo(meta, q);
-        meta.Add(ctx.Int("count_include_pad", 0));
-        // count_include_pad counts the explicit pads (not the ceil_mode overhang): the padded extent bounds the window.
-        var pads = ctx.Ints("pads") ?? new long[oneD ? 2 : 4];
-        meta.Add(oneD ? q.H : q.H + pads[0] + pads[2]); meta.Add(q.W + (oneD ? pads[0] + pads[1] : pads[1] + pads[3]));
-        var w = new Wgsl(g.Workgroup).In("x", x).Out("y", x.DType);
-        string code = w.Build(Coords + $$"""
-  let nc = i / (OW * OH);
-  let xb = nc * u32(H) * u32(W);
-  var acc = {{(max ? "bits_(0xff800000u)" : "0.0")}};
-  var cnt = 0u;
-  var padded = 0u;
-  for (var ky = 0u; ky < KH; ky++) {
-    let py = i32(oy * md[8] + ky * md[10]);
-    let iy = py - bitcast<i32>(md[12]);
-    for (var kx = 0u; kx < KW; kx++) {
-      let px = i32(ox * md[9] + kx * md[11]);
-      let ix = px - bitcast<i32>(md[13]);
-      if (py < i32(md[15]) && px < i32(md[16])) { padded++; }
-      if (iy < 0 || iy >= H || ix < 0 || ix >= W) { continue; }
-      let v = f32(x(xb + u32(iy) * u32(W) + u32(ix)));
-      {{(max ? "acc = select(max(acc, v), v, v != v);" : "acc += v;")}}
-      cnt++;
-    }
-  }
-  {{(max ? "y_st(i, acc);" : "y_st(i, acc / f32(select(cnt, padded, md[14] != 0u)));")}}
-""");
-        g.Launch(code, max ? "MaxPool" : "AveragePool", [x, y], meta, y.Length);
-        return [y];
+        if (!ctx.Has("p")) return 2;
+        var a = ctx.Get("p");
+        return a.Type == Tapml.Ir.AttrType.Float ? a.F : a.I;
     }
 
-    static GpuTensor Global(WebGpuPlatform g, Tapml.Platforms.NodeContext ctx, GpuTensor x, string reduce)
+    /// <summary>Window pools. A window reads positions start + k·dilation: inside the input they count as data, in
+    /// [-pad_begin, in + pad_end) as padding (count_include_pad), beyond (the ceil_mode overhang) they are ignored.</summary>
+    static Value?[] Pool(WebGpuPlatform g, NodeContext ctx, GpuTensor x, PoolKind kind, bool global = false)
+    {
+        if (x.Rank < 3) throw ctx.Error($"X must have rank 3 or more (N, C, spatial...), got {x.Describe()}");
+        ConvGeom geo;
+        if (global)
+        {
+            int gr = x.Rank - 2;
+            var sp = x.Shape[2..].Select(v => checked((int)v)).ToArray();
+            geo = new ConvGeom { R = gr, In = sp, K = sp, Out = Enumerable.Repeat(1, gr).ToArray(), S = Enumerable.Repeat(1, gr).ToArray(), D = Enumerable.Repeat(1, gr).ToArray(), PadB = new int[gr], PadE = new int[gr] };
+            geo.Finish();
+        }
+        else
+        {
+            var ks = ctx.Ints("kernel_shape") ?? throw ctx.Error("kernel_shape is missing");
+            if (ks.Length != x.Rank - 2) throw ctx.Error($"kernel_shape has {ks.Length} dims, X {x.Describe()} has {x.Rank - 2} spatial dims");
+            geo = ConvHelpers.Forward(ctx, x.Shape, ks.Select(k => checked((int)k)).ToArray(), ctx.Int("ceil_mode", 0) != 0);
+        }
+        int r = geo.R;
+        var outShape = ConvHelpers.OutShape(x.Shape[0], x.Shape[1], geo);
+        var y = g.Empty(x.DType, outShape);
+        bool wantIdx = kind == PoolKind.Max && ctx.Node.Outputs.Length > 1 && ctx.Node.Outputs[1].Length > 0;
+        var ind = wantIdx ? g.Empty(DType.Int64, outShape) : null;
+        var result = wantIdx ? new Value?[] { y, ind } : [y];
+        if (y.Length == 0) return result;
+        double p = kind == PoolKind.Lp ? LpP(ctx) : 0;
+        var meta = new Meta();
+        meta.Add(y.Length);
+        AddGeo(meta, x.Shape[1], r, geo.In, geo.K, geo.Out, geo.S, geo.D, geo.PadB);
+        for (int a = 0; a < 3; a++) meta.Add(a < 3 - r ? 1 : geo.In[a - (3 - r)] + geo.PadB[a - (3 - r)] + geo.PadE[a - (3 - r)]);   // 20..22 padded extent
+        meta.Add(ctx.Int("count_include_pad", 0));   // 23
+        meta.AddFloat((float)p);                     // 24
+        meta.Add(ctx.Int("storage_order", 0));       // 25
+        var dims = Dims(r);
+        string pk = p == 1 ? "1" : p == 2 ? "2" : "n";
+        string step = kind switch
+        {
+            PoolKind.Max => "    if (v > acc || cnt == 0u) { acc = v; best = li; }\n",
+            PoolKind.Avg => "    acc += v;\n",
+            _ => p == 1 ? "    acc += abs(v);\n" : p == 2 ? "    acc += v * v;\n" : $"    acc += pow(abs(v), bitcast<f32>(md[{MOp + 4}]));\n",
+        };
+        string inside = string.Join(" || ", dims.Select(a => $"i{a} < 0 || i{a} >= i32(md[{MIn + a}])"));
+        string finish = kind switch
+        {
+            PoolKind.Max => "  y_st(i, acc);\n" + (wantIdx ? $$"""
+  let b2 = best % md[4]; let b1 = (best / md[4]) % md[3]; let b0 = best / (md[4] * md[3]);
+  let inPlane = select(best, (b2 * md[3] + b1) * md[2] + b0, md[{{MOp + 5}}] != 0u);
+  ind_st(i, select(-1, i32(nc * isz + inPlane), cnt > 0u));
+
+""" : ""),
+            PoolKind.Avg => $"  let div = select(cnt, padded, md[{MOp + 3}] != 0u);\n  y_st(i, select(acc / f32(div), bits_(0x7fc00000u), div == 0u));\n",
+            _ => p == 1 ? "  y_st(i, acc);\n" : p == 2 ? "  y_st(i, sqrt(acc));\n" : $"  y_st(i, pow(acc, 1.0 / bitcast<f32>(md[{MOp + 4}])));\n",
+        };
+        g.Launch(new WebGpuPlatform.KernelKey("pool", $"{kind}|{pk}|{r}|{wantIdx}|{(int)x.Storage}|{(int)x.DType}"), () =>
+        {
+            var w = new Wgsl(g.Workgroup).In("x", x).Out("y", x.DType);
+            if (wantIdx) w.Out("ind", DType.Int64);
+            return w.Build(Coords + $$"""
+  let nc = i / osz;
+  let xb = nc * isz;
+  var acc = {{(kind == PoolKind.Max ? "bits_(0xff800000u)" : "0.0")}};
+  var best = 0u;
+  var cnt = 0u;
+  var padded = 0u;
+{{Loops(dims, a => $"    let p{a} = o{a} * md[{MS + a}] + k{a} * md[{MDil + a}];\n    if (p{a} >= md[{MOp + a}]) {{ continue; }}\n" +
+                   $"    let i{a} = i32(p{a}) - bitcast<i32>(md[{MPad + a}]);\n",
+    $"    padded++;\n    if ({inside}) {{ continue; }}\n    let li = {Flat(dims, "i", MIn)};\n    let v = f32(x(xb + li));\n{step}    cnt++;\n")}}
+{{finish}}
+""");
+        }, $"{ctx.Node.OpType}{r}d", wantIdx ? [x, y, ind!] : [x, y], meta, y.Length);
+        return result;
+    }
+
+    static GpuTensor Global(WebGpuPlatform g, NodeContext ctx, GpuTensor x, string reduce)
     {
         if (x.Rank < 3) throw ctx.Error($"needs [N,C,…], got {ShapeUtil.Format(x.Shape)}");
         var axes = Enumerable.Range(2, x.Rank - 2).Select(a => (long)a).ToArray();
         var node = new Tapml.Ir.Node { Name = ctx.Node.Name, OpType = reduce, Inputs = ["x"], Outputs = ["y"], Attributes = new() { ["axes"] = Tapml.Ir.Attr.Of(axes), ["keepdims"] = Tapml.Ir.Attr.Of(1L) } };
-        var rctx = new Tapml.Platforms.NodeContext(node, 13);
+        var rctx = new NodeContext(node, 13);
         return (GpuTensor)GpuOps.Find("", reduce)!.Run(g, rctx, [x])[0]!;
+    }
+
+    /// <summary>MaxUnpool: zeros, then y.flat[I[k]] = X[k] with I indexing the unpooled shape ((in−1)·stride + kernel
+    /// − pads); a larger output_shape holds that shape at its origin.</summary>
+    static GpuTensor MaxUnpool(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
+    {
+        var x = GpuOps.In(ins, 0, ctx);
+        var ind = GpuOps.In(ins, 1, ctx);
+        GpuOps.CheckNotSaturated(ind, ctx);
+        if (!ShapeUtil.SameShape(x.Shape, ind.Shape)) throw ctx.Error($"I {ind.Describe()} must have the shape of X {x.Describe()}");
+        int r = x.Rank - 2;
+        var k = ctx.Ints("kernel_shape") ?? throw ctx.Error("kernel_shape is missing");
+        var s = ctx.Ints("strides") is { Length: > 0 } sa ? sa : Enumerable.Repeat(1L, r).ToArray();
+        var pads = ctx.Ints("pads") is { Length: > 0 } pa ? pa : new long[2 * r];
+        if (k.Length != r || s.Length != r || pads.Length != 2 * r) throw ctx.Error("kernel_shape/strides/pads do not match the spatial rank");
+        var inferred = new long[x.Rank];
+        inferred[0] = x.Shape[0]; inferred[1] = x.Shape[1];
+        for (int i = 0; i < r; i++) inferred[i + 2] = (x.Shape[i + 2] - 1) * s[i] + k[i] - pads[i] - pads[i + r];
+        var outShape = inferred;
+        if (ins.Length > 2 && ins[2] is { } os)
+        {
+            outShape = g.Ints(os);
+            if (outShape.Length != x.Rank) throw ctx.Error($"output_shape {ShapeUtil.Format(outShape)} must have rank {x.Rank}");
+            for (int i = 0; i < x.Rank; i++)
+                if (outShape[i] < inferred[i]) throw ctx.Error($"output_shape {ShapeUtil.Format(outShape)} is smaller than the unpooled shape {ShapeUtil.Format(inferred)}");
+        }
+        var y = ShapeOps.Fill(g, x.DType, outShape, 0);
+        if (x.Length == 0) return y;
+        var meta = new Meta();
+        meta.Add(x.Length);
+        meta.Add(ShapeUtil.Size(inferred));
+        int shapeAt = meta.AddAll(inferred);
+        int strideAt = meta.AddAllSigned(ShapeUtil.Strides(outShape));
+        int rank = x.Rank;
+        g.Launch(new WebGpuPlatform.KernelKey("maxunpool", $"{rank}|{(int)x.Storage}|{(int)ind.Storage}|{(int)x.DType}"), () =>
+            new Wgsl(g.Workgroup).In("x", x).In("ind", ind).Out("y", x.DType).Build(
+                "  let j = ind(i);\n  if (j < 0 || u32(j) >= md[1]) { return; }\n" + Wgsl.Offsets("u32(j)", rank, shapeAt, ("d", strideAt, -1)) + "  y_st(u32(o_d), x(i));"),
+            "MaxUnpool", [x, ind, y], meta, x.Length);
+        return y;
     }
 }

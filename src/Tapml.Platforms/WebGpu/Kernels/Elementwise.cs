@@ -97,8 +97,12 @@ public static class Elementwise
         Binary("Div", (a, b, s) => s == GpuStorage.F32 || s == GpuStorage.F16x2 ? $"({a} / {b})" : $"div_{Wgsl.Scalar(s)}({a}, {b})");
         Exprs["Pow"] = (x, s, c) => IsFloat(s[0]) ? $"pow_({x[0]}, f32({x[1]}))" : $"{Wgsl.Scalar(s[0])}(pow_(f32({x[0]}), f32({x[1]})))";
         add(new GpuOp("", "Pow", 1, (g, ctx, ins) => Map(g, ctx, [GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx)], ins[0]!.DType, Exprs["Pow"]), FloatSupport("Pow")));
-        add(new GpuOp("", "PRelu", 1, (g, ctx, ins) => Map(g, ctx, [GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx)], ins[0]!.DType,
-            (x, s, c) => $"select({x[0]} * {x[1]}, {x[0]}, {x[0]} >= {Zero(x[0], s[0])})")));
+        add(new GpuOp("", "PRelu", 1, (g, ctx, ins) =>
+        {
+            var slope = Spatial.PReluSlope(g, ctx, GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx));
+            try { return Map(g, ctx, [GpuOps.In(ins, 0, ctx), slope], ins[0]!.DType, (x, s, c) => $"select({x[0]} * {x[1]}, {x[0]}, {x[0]} >= {Zero(x[0], s[0])})"); }
+            finally { if (!ReferenceEquals(slope, ins[1])) g.Free(slope); }
+        }));
         add(new GpuOp("", "Mod", 10, (g, ctx, ins) => Map(g, ctx, [GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx)], ins[0]!.DType, (x, s, c) =>
             c.Int("fmod", 0) != 0 || IsFloat(s[0]) ? $"({x[0]} % {x[1]})" : $"mod_{Wgsl.Scalar(s[0])}({x[0]}, {x[1]})"),
             (ctx, t) => t[0] is { } a && IsFloatType(a.ElemType) && ctx.Int("fmod", 0) == 0 ? "Mod on floats needs fmod=1" : null));

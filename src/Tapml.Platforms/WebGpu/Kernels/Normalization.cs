@@ -2,12 +2,14 @@ using Tapml.Core;
 
 namespace Tapml.Platforms.WebGpu.Kernels;
 
-/// <summary>LayerNormalization (a workgroup per row: mean, then variance of the centred values, then the
-/// write), BatchNormalization (inference) and LRN (element kernels).</summary>
+/// <summary>LayerNormalization, InstanceNormalization, GroupNormalization and MeanVarianceNormalization (a workgroup
+/// per row: mean, then variance of the centred values, then the write), BatchNormalization (inference) and LRN
+/// (element kernels).</summary>
 public static class Normalization
 {
     public static void Register(Action<GpuOp> add)
     {
+        RegisterRowNorms(add);
         add(new GpuOp("", "LayerNormalization", 17, (g, ctx, ins) => LayerNorm(g, ctx, ins), Reductions.FloatOnly));
         add(new GpuOp("", "BatchNormalization", 1, (g, ctx, ins) =>
         {
@@ -51,6 +53,110 @@ public static class Normalization
             g.Launch(code, "LRN", [x, y], meta, y.Length);
             return [y];
         }, Reductions.FloatOnly));
+    }
+
+    static void RegisterRowNorms(Action<GpuOp> add)
+    {
+        add(new GpuOp("", "InstanceNormalization", 1, (g, ctx, ins) =>
+        {
+            var x = GpuOps.In(ins, 0, ctx);
+            if (x.Rank < 3) throw ctx.Error($"input must have rank 3 or more, got {x.Describe()}");
+            long c = x.Shape[1], hw = ShapeUtil.Size(x.Shape.AsSpan(2));
+            var (sc, bi) = (GpuOps.In(ins, 1, ctx), GpuOps.In(ins, 2, ctx));
+            if (sc.Length != c || bi.Length != c) throw ctx.Error($"scale {sc.Describe()} and B {bi.Describe()} must have {c} elements");
+            return [RowNorm(g, x, x.Shape[0] * c, c, hw, hw, sc, bi, ctx.Float("epsilon", 1e-5f), mvn: false, "InstanceNormalization")];
+        }, Reductions.FloatOnly));
+        add(new GpuOp("", "GroupNormalization", 18, (g, ctx, ins) =>
+        {
+            var x = GpuOps.In(ins, 0, ctx);
+            if (x.Rank < 2) throw ctx.Error($"X must have rank 2 or more, got {x.Describe()}");
+            long groups = ctx.Int("num_groups"), c = x.Shape[1], hw = ShapeUtil.Size(x.Shape.AsSpan(2));
+            if (groups < 1 || c % groups != 0) throw ctx.Error($"num_groups {groups} must divide the {c} channels");
+            // Opset 21 scales per channel, opset 18 per group.
+            bool perChannel = ctx.Opset >= 21;
+            var (sc, bi) = (GpuOps.In(ins, 1, ctx), GpuOps.In(ins, 2, ctx));
+            long want = perChannel ? c : groups;
+            if (sc.Length != want || bi.Length != want) throw ctx.Error($"scale {sc.Describe()} and bias {bi.Describe()} must have {want} elements");
+            long len = c / groups * hw;
+            return [RowNorm(g, x, x.Shape[0] * groups, groups, len, perChannel ? hw : len, sc, bi, ctx.Float("epsilon", 1e-5f), mvn: false, "GroupNormalization")];
+        }, (ctx, t) => Reductions.FloatOnly(ctx, t) ?? (ctx.Opset >= 21 && ctx.Int("stash_type", 1) != 1 ? "GroupNormalization with a stash_type other than float is not implemented on webgpu" : null)));
+        add(new GpuOp("", "MeanVarianceNormalization", 9, (g, ctx, ins) =>
+        {
+            var x = GpuOps.In(ins, 0, ctx);
+            int r = x.Rank;
+            var red = new bool[r];
+            foreach (var a in ctx.Ints("axes") ?? [0, 2, 3]) red[ShapeUtil.Axis(a, r, "axes")] = true;
+            // Kept axes first, reduced axes last: each kept coordinate is one contiguous row.
+            var perm = Enumerable.Range(0, r).Where(d => !red[d]).Concat(Enumerable.Range(0, r).Where(d => red[d])).ToArray();
+            var pShape = perm.Select(d => x.Shape[d]).ToArray();
+            long len = ShapeUtil.Size(perm.Where(d => red[d]).Select(d => x.Shape[d]).ToArray()), rows = x.Length / Math.Max(1, len);
+            if (x.Length == 0) return [g.Empty(x.DType, x.Shape)];
+            var xst = ShapeUtil.Strides(x.Shape);
+            var permSt = perm.Select(d => xst[d]).ToArray();
+            bool identity = perm.Select((d, k) => d == k).All(b => b);
+            var t = x;
+            if (!identity)
+            {
+                t = g.Empty(x.DType, pShape);
+                DataMovement.Copy(g, x, t, pShape, permSt, 0, ShapeUtil.Strides(pShape), 0, "MVN_permute");
+            }
+            var u = RowNorm(g, t, rows, 1, len, len, null, null, 0, mvn: true, "MeanVarianceNormalization");
+            if (identity) return [g.Alias(u, x.Shape)];
+            g.Free(t);
+            var y = g.Empty(x.DType, x.Shape);
+            DataMovement.Copy(g, u, y, pShape, ShapeUtil.Strides(pShape), 0, permSt, 0, "MVN_permute");
+            g.Free(u);
+            return [y];
+        }, Reductions.FloatOnly));
+    }
+
+    /// <summary>Normalizes <paramref name="rows"/> contiguous rows of <paramref name="len"/> elements (a workgroup
+    /// per row): y = (x − mean)·rsqrt(var + eps)·sc[ch] + bi[ch] with ch = ((row mod R)·len + j) / per, or for
+    /// MeanVarianceNormalization (x − mean) / (std + 1e-9).</summary>
+    static GpuTensor RowNorm(WebGpuPlatform g, GpuTensor x, long rows, long rowsPerImage, long len, long per, GpuTensor? sc, GpuTensor? bi, float eps, bool mvn, string label)
+    {
+        var y = g.Empty(x.DType, x.Shape);
+        if (y.Length == 0) return y;
+        var meta = new Meta();
+        meta.Add(rows); meta.Add(len); meta.Add(rowsPerImage); meta.Add(Math.Max(1, per)); meta.AddFloat(eps);
+        bool affine = sc is not null && bi is not null;
+        string write = mvn ? "(f32(x(base + j)) - mu) / (sqrt(var_) + 1e-9)"
+            : "(f32(x(base + j)) - mu) * rstd * f32(sc(ch)) + f32(bi(ch))";
+        var bindings = affine ? new[] { x, sc!, bi!, y } : [x, y];
+        var (gx, gy) = Wgsl.Grid(rows, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("rownorm", $"{mvn}|{Wgsl.Letters(bindings[..^1].Select(b => b.Storage).ToArray())}|{(int)x.DType}"), () =>
+        {
+            var w = new Wgsl(256).In("x", x);
+            if (affine) w.In("sc", sc!).In("bi", bi!);
+            w.Out("y", x.DType);
+            w.Decl("var<workgroup> red: array<f32, 256>;");
+            return w.Build($$"""
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= md[0]) { return; }
+  let L = md[1];
+  let base = row * L;
+  var acc = 0.0;
+  for (var j = lid.x; j < L; j += 256u) { acc += f32(x(base + j)); }
+  red[lid.x] = acc;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) { if (lid.x < s) { red[lid.x] += red[lid.x + s]; } workgroupBarrier(); }
+  let mu = red[0] / f32(L);
+  workgroupBarrier();
+  acc = 0.0;
+  for (var j = lid.x; j < L; j += 256u) { let d = f32(x(base + j)) - mu; acc += d * d; }
+  red[lid.x] = acc;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) { if (lid.x < s) { red[lid.x] += red[lid.x + s]; } workgroupBarrier(); }
+  let var_ = red[0] / f32(L);
+  let rstd = 1.0 / sqrt(var_ + bitcast<f32>(md[4]));
+  let r0 = (row % md[2]) * L;
+  for (var j = lid.x; j < L; j += 256u) {
+    let ch = (r0 + j) / md[3];
+    y_st(base + j, {{write}});
+  }
+""", elementwise: false);
+        }, label, bindings, meta, gx, gy);
+        return y;
     }
 
     static Value?[] LayerNorm(WebGpuPlatform g, Tapml.Platforms.NodeContext ctx, GpuTensor?[] ins)
