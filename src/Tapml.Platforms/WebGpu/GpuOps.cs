@@ -32,6 +32,9 @@ public static class GpuOps
         Normalization.Register(Add);
         ConvPool.Register(Add);
         Fused.Register(Add);
+        Indexing.Register(Add);
+        Losses.Register(Add);
+        Misc.Register(Add);
         return d;
     }
 
