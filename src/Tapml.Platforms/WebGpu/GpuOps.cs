@@ -35,6 +35,7 @@ public static class GpuOps
         Indexing.Register(Add);
         Losses.Register(Add);
         Misc.Register(Add);
+        Detection.Register(Add);
         return d;
     }
 
