@@ -34,6 +34,10 @@ public static class GpuOps
         Fused.Register(Add);
         Resize.Register(Add);
         Spatial.Register(Add);
+        Indexing.Register(Add);
+        Losses.Register(Add);
+        Misc.Register(Add);
+        Detection.Register(Add);
         return d;
     }
 

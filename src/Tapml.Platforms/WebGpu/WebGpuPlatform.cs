@@ -338,14 +338,16 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
                 {
                     // Narrow and 32-bit integers, bool: widen to 32 bits.
                     var w = new uint[n];
+                    // NOTE: by DType, not by array type: the CLR lets a byte[] match `sbyte[]` (and the reverse), which
+                    // would sign-extend uint8 values of 128 and above.
                     switch (t.Data)
                     {
                         case int[] a: for (long i = 0; i < n; i++) w[i] = (uint)a[i]; break;
-                        case short[] a: for (long i = 0; i < n; i++) w[i] = (uint)a[i]; break;
-                        case sbyte[] a: for (long i = 0; i < n; i++) w[i] = (uint)a[i]; break;
                         case uint[] a: for (long i = 0; i < n; i++) w[i] = a[i]; break;
-                        case ushort[] a: for (long i = 0; i < n; i++) w[i] = a[i]; break;
-                        case byte[] a: for (long i = 0; i < n; i++) w[i] = a[i]; break;
+                        case Array a when t.DType is DType.Int16: { var v = (short[])a; for (long i = 0; i < n; i++) w[i] = (uint)v[i]; break; }
+                        case Array a when t.DType is DType.UInt16: { var v = (ushort[])a; for (long i = 0; i < n; i++) w[i] = v[i]; break; }
+                        case Array a when t.DType is DType.Int8: { var v = (sbyte[])a; for (long i = 0; i < n; i++) w[i] = (uint)v[i]; break; }
+                        case Array a when t.DType is DType.UInt8: { var v = (byte[])a; for (long i = 0; i < n; i++) w[i] = v[i]; break; }
                         case bool[] a: for (long i = 0; i < n; i++) w[i] = a[i] ? 1u : 0u; break;
                         default: throw new UnsupportedException($"{DTypes.Name(t.DType)} tensors have no WGSL type");
                     }

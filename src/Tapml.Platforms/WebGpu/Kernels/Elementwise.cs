@@ -22,7 +22,7 @@ public static class Elementwise
 
     static readonly string[] FloatOnly = ["Sqrt", "Exp", "Log", "Sin", "Cos", "Tan", "Tanh", "Sigmoid", "Reciprocal", "Floor", "Ceil", "Round", "Erf",
         "Softplus", "Softsign", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "LeakyRelu", "Elu", "Selu", "HardSigmoid",
-        "ThresholdedRelu", "Celu", "HardSwish", "Mish", "Gelu", "IsNaN", "IsInf"];
+        "ThresholdedRelu", "Celu", "HardSwish", "Mish", "Gelu", "IsNaN", "IsInf", "Shrink"];
 
     public static void Register(Action<GpuOp> add)
     {
@@ -82,6 +82,8 @@ public static class Elementwise
         UnaryAttr("HardSigmoid", (x, c) => $"max(0.0, min(1.0, {F(c.Float("alpha", 0.2f))} * {x} + {F(c.Float("beta", 0.5f))}))");
         UnaryAttr("ThresholdedRelu", (x, c) => $"select(0.0, {x}, {x} > {F(c.Float("alpha", 1f))})");
         UnaryAttr("Celu", (x, c) => $"(max(0.0, {x}) + min(0.0, {F(c.Float("alpha", 1f))} * (exp({x} / {F(c.Float("alpha", 1f))}) - 1.0)))");
+        // ONNX Shrink: x + bias below -lambd, x - bias above lambd, 0 between.
+        UnaryAttr("Shrink", (x, c) => $"select(select(0.0, {x} - {F(c.Float("bias", 0f))}, {x} > {F(c.Float("lambd", 0.5f))}), {x} + {F(c.Float("bias", 0f))}, {x} < -{F(c.Float("lambd", 0.5f))})");
         add(new GpuOp("", "Gelu", 20, (g, ctx, ins) => Map(g, ctx, [GpuOps.In(ins, 0, ctx)], ins[0]!.DType, (x, s, c) => c.String("approximate", "none") == "tanh"
             ? $"(0.5 * {x[0]} * (1.0 + tanh(clamp(0.7978845608 * ({x[0]} + 0.044715 * {x[0]} * {x[0]} * {x[0]}), -20.0, 20.0))))"
             : $"(0.5 * {x[0]} * (1.0 + erf_({x[0]} * 0.70710678118654752)))"), FloatSupport("Gelu")));
@@ -106,6 +108,11 @@ public static class Elementwise
         add(new GpuOp("", "Mod", 10, (g, ctx, ins) => Map(g, ctx, [GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx)], ins[0]!.DType, (x, s, c) =>
             c.Int("fmod", 0) != 0 || IsFloat(s[0]) ? $"({x[0]} % {x[1]})" : $"mod_{Wgsl.Scalar(s[0])}({x[0]}, {x[1]})"),
             (ctx, t) => t[0] is { } a && IsFloatType(a.ElemType) && ctx.Int("fmod", 0) == 0 ? "Mod on floats needs fmod=1" : null));
+        // Shifts of 32 or more bits give 0 (WGSL would take the amount modulo 32); narrower types are masked on store.
+        add(new GpuOp("", "BitShift", 11, (g, ctx, ins) => Map(g, ctx, [GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx)], ins[0]!.DType, (x, s, c) =>
+            $"select(0u, {x[0]} {(c.String("direction", "") == "LEFT" ? "<<" : ">>")} {x[1]}, {x[1]} < 32u)"),
+            (ctx, t) => ctx.String("direction", "") is "LEFT" or "RIGHT" ? t[0] is { } a && Wgsl.StorageOf(a.ElemType) != GpuStorage.U32 ? $"BitShift on {DTypes.Name(a.ElemType)}: unsigned integers only" : null
+                : $"BitShift direction '{ctx.String("direction", "")}' must be LEFT or RIGHT"));
         void Compare(string op, string cmp) =>
             add(new GpuOp("", op, 1, (g, ctx, ins) => Map(g, ctx, [GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx)], DType.Bool, (x, s, c) => $"select(0u, 1u, {x[0]} {cmp} {x[1]})")));
         Compare("Equal", "==");
@@ -232,9 +239,13 @@ fn pow_(x: f32, y: f32) -> f32 {
   if (y == 1.0) { return x; }
   if (y == 2.0) { return x * x; }
   if (y == 0.5) { return sqrt(x); }
-  if (x < 0.0 && y == round(y)) {
+  if (isnan_(x) || isnan_(y)) { return x + y; }
+  if (x < 0.0) {
+    // ONNX (numpy) Pow: a negative base has a real power only for integer exponents; NaN otherwise (WGSL's pow is
+    // undefined for x < 0 and differs by driver).
+    if (y != floor(y)) { return bits_(0x7fc00000u); }
     let r = pow(-x, y);
-    return select(r, -r, (i32(y) & 1) == 1);
+    return select(r, -r, abs(y) < 16777216.0 && (i32(y) & 1) == 1);
   }
   if (x == 0.0) { return select(0.0, bits_(0x7f800000u), y < 0.0); }
   return pow(x, y);
