@@ -32,6 +32,8 @@ public static class GpuOps
         Normalization.Register(Add);
         ConvPool.Register(Add);
         Fused.Register(Add);
+        ControlFlow.Register(Add);
+        Recurrent.Register(Add);
         return d;
     }
 
