@@ -8,6 +8,14 @@ namespace Tapml.Platforms;
 /// through the enclosing run.</summary>
 public delegate Value?[] SubgraphRunner(Graph body, IReadOnlyList<Value?> inputs);
 
+/// <summary>Runs a subgraph and leaves its outputs where the body made them (device values stay on their device).</summary>
+public delegate SubgraphOutputs ResidentSubgraphRunner(Graph body, IReadOnlyList<Value?> inputs);
+
+/// <summary>A body's outputs as it left them. <paramref name="Owned"/>[i]: output i was made by the body's nodes and now
+/// belongs to the caller (it frees it); otherwise it is a value the body passed through (one of its inputs, an outer
+/// value, an initializer), owned elsewhere.</summary>
+public readonly record struct SubgraphOutputs(Value?[] Values, bool[] Owned);
+
 /// <summary>What a kernel knows about the node it runs: attributes (typed, with defaults), the opset version
 /// of its domain, and a way to run subgraphs.</summary>
 public sealed class NodeContext
@@ -16,6 +24,9 @@ public sealed class NodeContext
     /// <summary>Opset version in effect for the node's domain.</summary>
     public int Opset { get; }
     public SubgraphRunner? RunSubgraph { get; init; }
+    /// <summary>Where the caller can take a body's outputs as they are (a GPU's control flow keeps loop-carried tensors
+    /// on the device); null where only <see cref="RunSubgraph"/> is offered.</summary>
+    public ResidentSubgraphRunner? RunSubgraphResident { get; init; }
     /// <summary>The graph this node belongs to (ops such as Gradient read the nodes around them).</summary>
     public Graph? Owner { get; init; }
 

@@ -194,6 +194,7 @@ public sealed class Executor
     {
         Owner = g,
         RunSubgraph = node.Attributes.Count == 0 ? null : (body, inputs) => RunSubgraph(model, body, inputs, scope, depth + 1),
+        RunSubgraphResident = node.Attributes.Count == 0 ? null : (body, inputs) => RunSubgraphResident(model, body, inputs, scope, depth + 1),
     };
 
     /// <summary>After node <paramref name="idx"/> ran: its outputs into the scope (checked against declared types),
@@ -420,6 +421,21 @@ public sealed class Executor
 
     Value?[] RunSubgraph(Model model, Graph body, IReadOnlyList<Value?> inputs, Scope outer, int depth)
     {
+        var (outs, owned) = RunSubgraphResident(model, body, inputs, outer, depth);
+        var host = new Value?[outs.Length];
+        for (int i = 0; i < outs.Length; i++)
+        {
+            if (outs[i] is not { } v) continue;
+            host[i] = ToHost(v);
+            // NOTE: a device value the body made is downloaded for the caller and given back here (the same value
+            // named by two outputs is given back once).
+            if (owned[i] && v is IDeviceValue d && Array.IndexOf(outs, v) == i) d.Owner.Free(v);
+        }
+        return host;
+    }
+
+    SubgraphOutputs RunSubgraphResident(Model model, Graph body, IReadOnlyList<Value?> inputs, Scope outer, int depth)
+    {
         var scope = new Scope(outer, body.Initializers);
         for (int i = 0; i < body.Inputs.Count; i++)
             if (i < inputs.Count && inputs[i] is { } v) scope.Set(body.Inputs[i].Name, v);
@@ -428,9 +444,15 @@ public sealed class Executor
         // calling node's outputs are counted again by its own graph), so a Loop/Scan does not grow LiveBytes
         // by its body outputs on every iteration.
         var produced = GetPlan(body).Produced;
-        foreach (var o in body.Outputs)
-            if (produced.Contains(o.Name) && scope.Remove(o.Name) is { } v) Stats.LiveBytes -= Bytes(v);
-        return outs.Select(v => v is null ? null : ToHost(v)).ToArray();
+        var owned = new bool[outs.Length];
+        for (int i = 0; i < body.Outputs.Count && i < outs.Length; i++)
+        {
+            string name = body.Outputs[i].Name;
+            if (!produced.Contains(name)) continue;
+            owned[i] = true;
+            if (scope.Remove(name) is { } v) Stats.LiveBytes -= Bytes(v);
+        }
+        return new SubgraphOutputs(outs, owned);
     }
 
     Value Move(Value v, IPlatform to)

@@ -38,6 +38,8 @@ public static class GpuOps
         Losses.Register(Add);
         Misc.Register(Add);
         Detection.Register(Add);
+        ControlFlow.Register(Add);
+        Recurrent.Register(Add);
         return d;
     }
 

@@ -155,7 +155,8 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         public string Label { get; } = $"node '{node.Name}' ({node.OpType})";
         /// <summary>The cpu kernel computing host shadows of this node's small integer outputs (made on first need).</summary>
         public IKernel? HostKernel;
-        public bool NoShadow;
+        // NOTE: a node with a body (If/Loop/Scan) is never re-run on the host for shadows: its body would run twice.
+        public bool NoShadow = node.Subgraphs.Any();
     }
 
     // ---- host shadows of shape values ------------------------------------------------------------------
@@ -225,6 +226,16 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
 
     /// <summary>The output of Shape/Size: metadata, uploaded only if a kernel binds it.</summary>
     public GpuTensor ShapeValue(Tensor t) => Deferred(t);
+
+    /// <summary>A small value the host made (a Loop's iteration number and cond): its host copy serves shape reads
+    /// and conditions, its buffer is made when a kernel first binds it. Unlike <see cref="ShapeValue"/> it starts no
+    /// host-computed chain: the kernels that read it still run.</summary>
+    public GpuTensor HostKnown(Tensor t)
+    {
+        var g = UploadNew(t);
+        g.Buffer.Pooled = true;
+        return new GpuTensor(this, g.DType, g.Shape, g.Buffer, g.Storage) { HostCopy = t, Saturated = g.Saturated };
+    }
 
     /// <summary>A small host-computed value as a GPU tensor whose buffer is made when a kernel first binds it.</summary>
     GpuTensor Deferred(Tensor t)

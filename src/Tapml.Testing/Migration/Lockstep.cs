@@ -67,6 +67,9 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
             srcIn[i] = v;
             inputsEqual &= Same(v, tgtIn[i]);
         }
+        // NOTE: a body reads values of the enclosing graph that are not the node's inputs: the target's may have
+        // drifted, so equal inputs do not make the run under test an isolated one.
+        if (node.Subgraphs.Any(b => b.OuterReferences().Any())) inputsEqual = false;
         var tgtOut = Enumerable.Range(0, node.Outputs.Length).Select(e.HostOutput).ToArray();
         Value?[] srcOut;
         try { srcOut = RunOn(source, node, ShadowContext(e, source), srcIn); }

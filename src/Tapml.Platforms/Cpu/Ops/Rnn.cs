@@ -22,12 +22,12 @@ internal static class RnnHelpers
 {
     public enum Cell { Rnn, Gru, Lstm }
 
-    enum ActKind { Relu, Tanh, Sigmoid, Affine, LeakyRelu, ThresholdedRelu, ScaledTanh, HardSigmoid, Elu, Softsign, Softplus }
+    internal enum ActKind { Relu, Tanh, Sigmoid, Affine, LeakyRelu, ThresholdedRelu, ScaledTanh, HardSigmoid, Elu, Softsign, Softplus }
 
-    readonly record struct Act(ActKind Kind, float Alpha, float Beta);
+    internal readonly record struct Act(ActKind Kind, float Alpha, float Beta);
 
-    static int Gates(Cell c) => c switch { Cell.Rnn => 1, Cell.Gru => 3, _ => 4 };
-    static int ActCount(Cell c) => c switch { Cell.Rnn => 1, Cell.Gru => 2, _ => 3 };
+    internal static int Gates(Cell c) => c switch { Cell.Rnn => 1, Cell.Gru => 3, _ => 4 };
+    internal static int ActCount(Cell c) => c switch { Cell.Rnn => 1, Cell.Gru => 2, _ => 3 };
 
     static string[] DefaultActs(Cell c) => c switch
     {
@@ -38,7 +38,7 @@ internal static class RnnHelpers
 
     /// <summary>Activation list for all directions: alphas/betas are consumed in list order by the functions that
     /// take them (defaults of the matching ONNX operators otherwise).</summary>
-    static Act[] ParseActs(NodeContext ctx, Cell cell, int numDir)
+    internal static Act[] ParseActs(NodeContext ctx, Cell cell, int numDir)
     {
         int per = ActCount(cell);
         string[] names = ctx.Strings("activations") ?? [];
