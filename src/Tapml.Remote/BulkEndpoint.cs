@@ -16,6 +16,7 @@ namespace Tapml.Remote;
 static class BulkEndpoint
 {
     public const string Prefix = "/tapml/v1/tensor/";
+    const int SliceBytes = 1 << 20;
 
     public static void Map(IEndpointRouteBuilder app, Sessions sessions, TokenCheck tokens)
     {
@@ -121,6 +122,8 @@ static class BulkEndpoint
         var bytes = Wire.Bytes(t);
         c.Response.ContentType = "application/octet-stream";
         c.Response.ContentLength = bytes.Length;
-        await c.Response.Body.WriteAsync(bytes, c.RequestAborted);
+        // NOTE: in slices, so Kestrel's output buffer holds a few blocks at a time, not a copy of the whole tensor.
+        for (int at = 0; at < bytes.Length; at += SliceBytes)
+            await c.Response.Body.WriteAsync(bytes.Slice(at, Math.Min(SliceBytes, bytes.Length - at)), c.RequestAborted);
     }
 }

@@ -84,6 +84,7 @@ public sealed class RemoteServer : IAsyncDisposable, IDisposable
         var tokens = new TokenCheck(options.Token);
         builder.Services.AddSingleton(sessions);
         builder.Services.AddSingleton(tokens);
+        builder.Services.AddSingleton<Microsoft.AspNetCore.Connections.IMemoryPoolFactory<byte>>(new LargeBlockPoolFactory());
         builder.Services.AddGrpc(o =>
         {
             o.MaxReceiveMessageSize = (int)Math.Min(int.MaxValue, options.MaxMessageBytes);
