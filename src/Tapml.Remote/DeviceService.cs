@@ -21,6 +21,11 @@ public sealed class Sessions(ServeOptions options) : IDisposable
     readonly ConcurrentDictionary<string, Session> _all = new();
     public ServeOptions Options => options;
     public int Count => _all.Count;
+    /// <summary>The bulk endpoint's port (DescribeReply.bulk_port; 0: none).</summary>
+    public int BulkPort { get; internal set; }
+
+    /// <summary>A session that exists already (the bulk endpoint makes none: a client's Allocate did), or null.</summary>
+    public Session? Find(string? id) => id is not null && _all.TryGetValue(id, out var s) ? s : null;
 
     public Session Get(ServerCallContext ctx)
     {
@@ -91,6 +96,7 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
             MaxBufferBytes = p.Limits.MaxBufferBytes, MaxBindingBytes = p.Limits.MaxBindingBytes, MaxWorkgroupSize = p.Limits.MaxWorkgroupSize,
             MemoryBytes = p.Limits.MemoryBytes, MaxMessageBytes = sessions.Options.MaxMessageBytes, ChunkBytes = Math.Min(Wire.ChunkBytes, sessions.Options.MaxMessageBytes / 2),
             SessionMemoryBytes = s.MemoryLimit, InlineBytes = Wire.InlineBytes, KernelsServeAnyShape = p.KernelsServeAnyShape,
+            BulkPort = sessions.BulkPort,
         };
         if (p is IPlatformDetails d) r.Details.Add(d.Details());
         if (p is IOpList l)

@@ -35,16 +35,19 @@ public sealed class RemoteValue : Value, IDeviceValue
     ~RemoteValue() { if (!Freed && Handle != 0) _owner.Dead.Enqueue(Handle); }
 }
 
-/// <summary><c>remote:http(s)://HOST:PORT[?timeout=SECONDS&amp;insecure=1]</c>: a platform served by <c>tapml serve</c> on
-/// another machine (or process). Every call has a deadline; a server that dies or a connection that drops is a
+/// <summary><c>remote:http(s)://HOST:PORT[?timeout=SECONDS&amp;insecure=1&amp;bulk=0]</c>: a platform served by <c>tapml serve</c>
+/// on another machine (or process). Every call has a deadline; a server that dies or a connection that drops is a
 /// <see cref="PlatformLostException"/> within seconds. Tensors cross once: uploads are cached per host tensor here
-/// and by content hash on the server. The token comes from <c>TAPML_TOKEN</c>.</summary>
+/// and by content hash on the server; their bytes take the server's bulk HTTP/1.1 port when it has one and it can be
+/// reached (bulk=0: the gRPC streams always). The token comes from <c>TAPML_TOKEN</c>.</summary>
 public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshInstance, IPlatformDetails, IOpList
 {
     readonly GrpcChannel _channel;
     /// <summary>Instances on the channel (<see cref="NewInstance"/> shares it); the last one disposed closes it.</summary>
     readonly StrongBox<int> _channelUsers;
     readonly Device.DeviceClient _client;
+    /// <summary>The server's bulk endpoint (shared like the channel); null: none, or turned off with ?bulk=0.</summary>
+    readonly BulkClient? _bulk;
     readonly Metadata _headers;
     readonly TimeSpan _timeout;
     readonly DescribeReply _far;
@@ -75,12 +78,13 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
         if (!Uri.TryCreate(Url, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https"))
             throw new TapmlException($"platform '{spec}': give the server's address, remote:http://HOST:PORT (what `tapml serve` printed)");
         double timeout = 60;
-        bool insecure = false;
+        bool insecure = false, bulk = true;
         foreach (var (k, v) in PlatformSpec.Query(q < 0 ? "" : rest[q..]))
         {
             if (k == "timeout" && double.TryParse(v, System.Globalization.CultureInfo.InvariantCulture, out timeout) && timeout > 0) continue;
             if (k == "insecure" && v is "1" or "true") { insecure = true; continue; }
-            throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (remote takes timeout=SECONDS, insecure=1)");
+            if (k == "bulk" && v is "0" or "1") { bulk = v == "1"; continue; }
+            throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (remote takes timeout=SECONDS, insecure=1, bulk=0)");
         }
         _timeout = TimeSpan.FromSeconds(timeout);
         var handler = new SocketsHttpHandler
@@ -103,6 +107,7 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
         catch (PlatformLostException e) { throw new TapmlException($"{Name}: cannot reach the server ({((RpcException)e.InnerException!).Status.Detail}); is `tapml serve` running there?"); }
         if (_far.Protocol != Wire.Protocol) throw new TapmlException($"{Name}: the server speaks protocol {_far.Protocol}, this client {Wire.Protocol} (use the same tapml on both sides)");
         Limits = new PlatformLimits(_far.MaxBufferBytes, _far.MaxBindingBytes, _far.MaxWorkgroupSize, _far.SessionMemoryBytes);
+        if (bulk && _far.BulkPort is > 0 and <= 65535) _bulk = new BulkClient(Name, uri, _far.BulkPort, _timeout, insecure);
     }
 
     /// <summary>A fresh instance: a new session on the server (its own platform instance, no tensors or kernels of
@@ -112,10 +117,13 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
     RemotePlatform(RemotePlatform like)
     {
         Name = like.Name; Url = like.Url; _timeout = like._timeout; _far = like._far; Limits = like.Limits;
-        _channel = like._channel; _client = like._client; _channelUsers = like._channelUsers;
+        _channel = like._channel; _client = like._client; _channelUsers = like._channelUsers; _bulk = like._bulk;
         lock (_channelUsers) _channelUsers.Value++;
         _headers = NewSession();
     }
+
+    string Session => _headers.GetValue(Wire.SessionHeader)!;
+    string? Authorization => _headers.GetValue("authorization");
 
     static Metadata NewSession()
     {
@@ -131,7 +139,8 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
     {
         if (_far.Ops.Count > 0)
             yield return $"ops: {_far.Ops.Count} ({string.Join(", ", _far.Ops.Select(o => o.Domain.Length == 0 ? o.OpType : $"{o.Domain}.{o.OpType}"))})";
-        yield return $"server: {Url}, platform {_far.Platform}, protocol {_far.Protocol}; session memory {_far.SessionMemoryBytes} bytes, max message {_far.MaxMessageBytes} bytes, chunk {_far.ChunkBytes} bytes";
+        yield return $"server: {Url}, platform {_far.Platform}, protocol {_far.Protocol}; session memory {_far.SessionMemoryBytes} bytes, max message {_far.MaxMessageBytes} bytes, chunk {_far.ChunkBytes} bytes, "
+            + (_far.BulkPort > 0 ? $"bulk port {_far.BulkPort}{(_bulk is null ? " (not used: bulk=0)" : _bulk.Off ? " (unreachable: gRPC chunks)" : "")}" : "no bulk port");
         foreach (var d in _far.Details) yield return d;
     }
 
@@ -314,6 +323,7 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
 
     void Send(ulong handle, ReadOnlyMemory<byte> bytes, Tensor t)
     {
+        if (_bulk is { Off: false } && _bulk.Upload(handle, bytes, Session, Authorization, $"upload of {t.Describe()}")) { Calls++; return; }
         try
         {
             using var call = _client.Upload(Options());
@@ -332,6 +342,12 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
         var r = Mine(v);
         if (r.Host is { } known) return known;
         var t = Tensor.Uninitialized(r.DType, r.Shape);
+        if (_bulk is { Off: false } && _bulk.Download(r.Handle, Wire.WritableMemory(t), Session, Authorization, $"download of {r.Describe()}"))
+        {
+            Calls++;
+            r.Host = t;
+            return t;
+        }
         var dst = Wire.Bytes(t);
         int at = 0;
         try
@@ -426,5 +442,6 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
         catch (RpcException) { }
         lock (_channelUsers) if (--_channelUsers.Value > 0) return;
         _channel.Dispose();
+        _bulk?.Dispose();
     }
 }

@@ -28,10 +28,15 @@ public sealed class RemoteServer : IAsyncDisposable, IDisposable
     RemoteServer(WebApplication app, Sessions sessions, string url) { _app = app; _sessions = sessions; Url = url; }
 
     /// <summary>Starts serving. <paramref name="listen"/>: HOST:PORT or PORT (port 0: any free port).
-    /// <paramref name="warn"/> gets warnings (no TLS on a non-loopback address).</summary>
-    public static async Task<RemoteServer> StartAsync(ServeOptions options, string listen = "127.0.0.1:0", string? tlsCert = null, string? tlsKey = null, Action<string>? warn = null)
+    /// <paramref name="warn"/> gets warnings (no TLS on a non-loopback address). <paramref name="bulkPort"/>: the port
+    /// of the bulk tensor endpoint on the same address (null: the listen port + 1, or any free port when that is 0;
+    /// 0: any free port; -1: none, tensors travel in gRPC chunks only).</summary>
+    public static async Task<RemoteServer> StartAsync(ServeOptions options, string listen = "127.0.0.1:0", string? tlsCert = null, string? tlsKey = null, Action<string>? warn = null, int? bulkPort = null)
     {
         var (ip, port) = ParseListen(listen);
+        int bulk = bulkPort ?? (port is 0 or 65535 ? 0 : port + 1);
+        if (bulk is < -1 or > 65535) throw new TapmlException($"--bulk-port {bulk}: not a port (0–65535, or -1 for none)");
+        if (bulk > 0 && bulk == port) throw new TapmlException($"--bulk-port {bulk} is the gRPC port itself: give another (or -1 for none)");
         bool loopback = IPAddress.IsLoopback(ip);
         if (!loopback && string.IsNullOrEmpty(options.Token))
             throw new TapmlException($"--listen {listen} is not a loopback address: give --token T (clients set TAPML_TOKEN) to serve on it");
@@ -46,6 +51,7 @@ public sealed class RemoteServer : IAsyncDisposable, IDisposable
         // NOTE: the platform must be creatable here: a server that cannot serve says so before it listens.
         PlatformSpecCheck(options.Platform);
 
+        ListenOptions? bulkListen = null;
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
         builder.WebHost.ConfigureKestrel(k =>
@@ -63,10 +69,22 @@ public sealed class RemoteServer : IAsyncDisposable, IDisposable
                 l.Protocols = HttpProtocols.Http2;
                 if (cert is not null) l.UseHttps(cert);
             });
+            // NOTE: tensor bytes on plain HTTP/1.1 beside it: one socket write/read per buffer instead of 16 KiB HTTP/2
+            // frames and protobuf copies on both sides (3× the throughput on loopback; docs/remote.md "Bulk transfers").
+            // Kestrel refuses h2c and HTTP/1.1 on one cleartext port, hence a port of its own.
+            if (bulk >= 0)
+                k.Listen(ip, bulk, l =>
+                {
+                    bulkListen = l;
+                    l.Protocols = HttpProtocols.Http1;
+                    if (cert is not null) l.UseHttps(cert);
+                });
         });
         var sessions = new Sessions(options);
+        var tokens = new TokenCheck(options.Token);
         builder.Services.AddSingleton(sessions);
-        builder.Services.AddSingleton(new TokenCheck(options.Token));
+        builder.Services.AddSingleton(tokens);
+        builder.Services.AddSingleton<Microsoft.AspNetCore.Connections.IMemoryPoolFactory<byte>>(new LargeBlockPoolFactory());
         builder.Services.AddGrpc(o =>
         {
             o.MaxReceiveMessageSize = (int)Math.Min(int.MaxValue, options.MaxMessageBytes);
@@ -76,10 +94,13 @@ public sealed class RemoteServer : IAsyncDisposable, IDisposable
         });
         var app = builder.Build();
         app.MapGrpcService<DeviceService>();
+        if (bulkListen is not null) BulkEndpoint.Map(app, sessions, tokens);
         try { await app.StartAsync(); }
-        catch (IOException e) { throw new TapmlException($"cannot listen on {listen}: {e.Message}"); }
+        catch (IOException e) { throw new TapmlException($"cannot listen on {listen}{(bulk > 0 ? $" and bulk port {bulk}" : "")}: {e.Message}{(bulk > 0 ? " (--bulk-port N picks another bulk port, -1 none)" : "")}"); }
         var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         string url = new Uri(bound).Port is int p ? $"{(cert is null ? "http" : "https")}://{(ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{ip}]" : ip.ToString())}:{p}" : bound;
+        // NOTE: Kestrel writes the bound endpoint back into the listen options (port 0 → the port it got).
+        sessions.BulkPort = bulkListen?.IPEndPoint?.Port ?? 0;
         return new RemoteServer(app, sessions, url);
     }
 
@@ -106,6 +127,9 @@ public sealed class RemoteServer : IAsyncDisposable, IDisposable
     /// <summary>Fires when the host stops (SIGTERM, Ctrl-C: ASP.NET's console lifetime handles both).</summary>
     public CancellationToken Stopping => _app.Lifetime.ApplicationStopping;
 
+    /// <summary>The bulk tensor endpoint's port (0: none).</summary>
+    public int BulkPort => _sessions.BulkPort;
+
     /// <summary>Sessions held now (tests, status lines).</summary>
     public int SessionCount => _sessions.Count;
 
@@ -124,14 +148,20 @@ sealed class TokenCheck(string? token) : Interceptor
 {
     readonly byte[]? _want = token is { Length: > 0 } ? SHA256.HashData(Encoding.UTF8.GetBytes(token)) : null;
 
+    /// <summary>Why an <c>authorization</c> header value is refused, or null when it is accepted (gRPC calls and the
+    /// bulk endpoint alike).</summary>
+    public string? Refusal(string? authorization)
+    {
+        if (_want is null) return null;
+        string given = authorization is not null && authorization.StartsWith("Bearer ", StringComparison.Ordinal) ? authorization[7..] : "";
+        // NOTE: hashing both sides first makes the compare's time independent of the token's length too.
+        if (CryptographicOperations.FixedTimeEquals(SHA256.HashData(Encoding.UTF8.GetBytes(given)), _want)) return null;
+        return authorization is null ? "this server needs a token (set TAPML_TOKEN)" : "wrong token";
+    }
+
     void Check(ServerCallContext ctx)
     {
-        if (_want is null) return;
-        string? h = ctx.RequestHeaders.GetValue("authorization");
-        string given = h is not null && h.StartsWith("Bearer ", StringComparison.Ordinal) ? h[7..] : "";
-        // NOTE: hashing both sides first makes the compare's time independent of the token's length too.
-        if (!CryptographicOperations.FixedTimeEquals(SHA256.HashData(Encoding.UTF8.GetBytes(given)), _want))
-            throw new RpcException(new Status(StatusCode.Unauthenticated, h is null ? "this server needs a token (set TAPML_TOKEN)" : "wrong token"));
+        if (Refusal(ctx.RequestHeaders.GetValue("authorization")) is { } why) throw new RpcException(new Status(StatusCode.Unauthenticated, why));
     }
 
     public override Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)

@@ -45,6 +45,9 @@ public static class Wire
     /// <summary>A tensor's element bytes to write into.</summary>
     public static Span<byte> Writable(Tensor t) => t.Bytes();
 
+    /// <summary>A tensor's element bytes to write into, as memory (an asynchronous read fills it).</summary>
+    public static Memory<byte> WritableMemory(Tensor t) => t.Length == 0 ? Memory<byte>.Empty : new TensorBytes(t).Memory;
+
     sealed unsafe class TensorBytes(Tensor t) : MemoryManager<byte>
     {
         public override Span<byte> GetSpan() => t.Bytes();

@@ -107,6 +107,88 @@ public class RemoteTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
     }
 
     [Fact]
+    public async Task Bulk_transfers_with_a_wrong_hash_a_short_body_or_too_many_bytes_are_refused_with_a_clear_reason()
+    {
+        await using var server = await Serve("cpu", token: "sesame");
+        Assert.True(server.BulkPort > 0);
+        var (c, _, channel) = Raw(server.Url);
+        using var __ = channel;
+        string session = Guid.NewGuid().ToString("N");
+        var o = new CallOptions(new Metadata { { Wire.SessionHeader, session }, { "authorization", "Bearer sesame" } }, DateTime.UtcNow.AddSeconds(10));
+        var rng = new Random(3);
+        var data = new byte[1 << 20];
+        rng.NextBytes(data);
+        ulong Reserve(byte[] d) => c.Allocate(new AllocateRequest { Type = Wire.Info(DType.UInt8, [d.Length]), Hash = ByteString.CopyFrom(Wire.Hash(d)) }, o).Handle;
+        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{server.BulkPort}/tapml/v1/tensor/"), Timeout = TimeSpan.FromSeconds(10) };
+        async Task<(int Code, string Body)> Send(HttpMethod m, string path, HttpContent? content = null, string token = "sesame", string? sessionId = null)
+        {
+            using var req = new HttpRequestMessage(m, path) { Content = content };
+            req.Headers.Add(Wire.SessionHeader, sessionId ?? session);
+            req.Headers.Add("Authorization", "Bearer " + token);
+            using var resp = await http.SendAsync(req);
+            return ((int)resp.StatusCode, await resp.Content.ReadAsStringAsync());
+        }
+
+        ulong h = Reserve(data);
+        var corrupt = (byte[])data.Clone();
+        corrupt[12345] ^= 1;
+        var r = await Send(HttpMethod.Put, $"{h}", new ByteArrayContent(corrupt));
+        Assert.Equal((400, "the uploaded bytes do not match their hash (corrupted in transit?)"), r);
+        r = await Send(HttpMethod.Put, $"{h}", new ByteArrayContent(data, 0, data.Length / 2));
+        Assert.Equal(400, r.Code);
+        Assert.Contains($"announces {data.Length / 2} bytes", r.Body);
+        // No Content-Length (chunked): the count is checked as the bytes arrive.
+        r = await Send(HttpMethod.Put, $"{h}", new StreamContent(new MemoryStream(data.Concat(new byte[] { 1 }).ToArray())) { Headers = { ContentLength = null } });
+        Assert.Equal((400, $"upload into handle {h} brings more than its {data.Length} bytes"), r);
+        r = await Send(HttpMethod.Put, $"{h}", new StreamContent(new MemoryStream(data, 0, 1000)) { Headers = { ContentLength = null } });
+        Assert.Equal((400, $"upload into handle {h} brought 1000 of its {data.Length} bytes"), r);
+        Assert.Equal(401, (await Send(HttpMethod.Put, $"{h}", new ByteArrayContent(data), token: "guess")).Code);
+        Assert.Equal(409, (await Send(HttpMethod.Put, $"{h}", new ByteArrayContent(data), sessionId: "nobody")).Code);
+        Assert.Equal(409, (await Send(HttpMethod.Get, "999")).Code);
+        Assert.Equal(400, (await Send(HttpMethod.Get, "x1")).Code);
+        Assert.Equal(404, (await Send(HttpMethod.Get, "..%2F..%2Fetc%2Fpasswd/x")).Code);
+
+        // A body cut off mid-way (the client dies): that request ends, the handle stays pending, the server serves on.
+        using (var tcp = new TcpClient())
+        {
+            await tcp.ConnectAsync("127.0.0.1", server.BulkPort);
+            var ns = tcp.GetStream();
+            await ns.WriteAsync(System.Text.Encoding.ASCII.GetBytes($"PUT /tapml/v1/tensor/{h} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sesame\r\n{Wire.SessionHeader}: {session}\r\nContent-Length: {data.Length}\r\n\r\n"));
+            await ns.WriteAsync(data.AsMemory(0, 4096));
+            tcp.Client.Shutdown(SocketShutdown.Send);
+            var reply = new byte[512];
+            int n;
+            // NOTE: Kestrel takes the half-closed connection as the client gone: it closes or resets it, or answers 400.
+            try { n = await ns.ReadAsync(reply).AsTask().WaitAsync(TimeSpan.FromSeconds(5)); }
+            catch (IOException) { n = 0; }
+            string answer = System.Text.Encoding.ASCII.GetString(reply, 0, n);
+            Assert.True(n == 0 || answer.StartsWith("HTTP/1.1 400", StringComparison.Ordinal), answer);
+        }
+
+        // The right bytes still go in, and come back the same, over the bulk port and over gRPC.
+        Assert.Equal(204, (await Send(HttpMethod.Put, $"{h}", new ByteArrayContent(data))).Code);
+        Assert.Equal(409, (await Send(HttpMethod.Put, $"{h}", new ByteArrayContent(data))).Code);
+        using (var req = new HttpRequestMessage(HttpMethod.Get, $"{h}"))
+        {
+            req.Headers.Add(Wire.SessionHeader, session);
+            req.Headers.Add("Authorization", "Bearer sesame");
+            using var resp = await http.SendAsync(req);
+            Assert.Equal(data, await resp.Content.ReadAsByteArrayAsync());
+        }
+        await using var open = await Serve("cpu");
+        foreach (var spec in new[] { "", "?bulk=0" })
+        {
+            using var p = new RemotePlatform("remote:" + open.Url + spec);
+            Assert.Contains(p.Details(), d => d.EndsWith(spec.Length == 0 ? $"bulk port {open.BulkPort}" : "(not used: bulk=0)", StringComparison.Ordinal));
+            var v = p.Upload(Tensor.FromBytes(DType.UInt8, [data.Length], data));
+            var id = new Tapml.Ir.Node { Name = "id", OpType = "Identity", Inputs = ["x"], Outputs = ["y"] };
+            var ctx = new Tapml.Platforms.NodeContext(id, 17);
+            var y = p.Run(p.Prepare(id, ctx, [Tapml.Ir.TypeRef.TensorOf(DType.UInt8, [data.Length])]), ctx, [v])[0]!;
+            Assert.Equal(data, ((Tensor)p.Download(y)).Bytes().ToArray());
+        }
+    }
+
+    [Fact]
     public async Task Garbage_bytes_to_the_port_do_not_crash_the_server()
     {
         await using var server = await Serve("cpu");
