@@ -1,0 +1,18 @@
+namespace Tapml.Core;
+
+/// <summary>This process's memory as the operating system counts it.</summary>
+public static class ProcessMemory
+{
+    /// <summary>Peak resident set size in bytes since the process started (Linux: VmHWM of /proc/self/status, which
+    /// counts mapped file pages that were read as well as the heap); null where the system does not say.</summary>
+    public static long? PeakResidentBytes()
+    {
+        const string status = "/proc/self/status";
+        if (!File.Exists(status)) return null;
+        foreach (var line in File.ReadLines(status))
+            if (line.StartsWith("VmHWM:", StringComparison.Ordinal)
+                && long.TryParse(line.AsSpan(6).Trim().TrimEnd("kB").Trim(), out long kb))
+                return kb * 1024;
+        return null;
+    }
+}
