@@ -2,14 +2,16 @@ using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Tapml.Core;
 using Tapml.Ir.Safetensors;
+using Tapml.Models;
 
 namespace Tapml.Cli;
 
 /// <summary><c>tapml bench memory --model DIR [--platform P]</c>: the peak resident memory of one decode step of a
 /// checkpoint against its weight bytes. A child tapml process runs <c>generate --max-tokens 2</c> (prefill of 4
 /// tokens, then one decode step) and reports its own peak RSS (VmHWM: heap plus the mapped checkpoint pages it read);
-/// a second child does the same on builtin:tiny-llama, the runtime's fixed overhead. Make the checkpoint with
-/// <c>tapml checkpoint new</c> (e.g. Llama-3-8B's shape in bf16). Exit 0 when peak ≤ 1.25 × weight bytes.</summary>
+/// a second child does the same on a tiny llama with the model's tokenizer: the fixed overhead of the runtime and the
+/// tokenizer. Make the checkpoint with <c>tapml checkpoint new</c> (e.g. Llama-3-8B's shape in bf16). Exit 0 when
+/// peak ≤ 1.25 × weight bytes + that fixed overhead.</summary>
 static class BenchMemory
 {
     /// <summary>Peak RSS over weight bytes this scenario accepts.</summary>
@@ -25,16 +27,31 @@ static class BenchMemory
             weights = ck.Entries.Values.Sum(e => e.ByteLength);
             dtypes = string.Join("+", ck.Entries.Values.Select(e => DTypes.Name(e.DType)).Distinct().Order());
         }
-        var baseline = Child("builtin:tiny-llama", platform);
-        var run = Child(modelDir, platform);
+        // The fixed part: the same steps on a tiny llama beside the model's own tokenizer files (a 128k-entry
+        // tokenizer alone takes about 110 MB).
+        string tiny = Directory.CreateTempSubdirectory("tapml-bench-memory-").FullName;
+        ChildRun baseline, run;
+        try
+        {
+            TinyCheckpoint.Write("llama", 0, tiny);
+            foreach (var f in Directory.GetFiles(modelDir))
+            {
+                string name = Path.GetFileName(f);
+                if (name.StartsWith("tokenizer", StringComparison.Ordinal) || name is "vocab.json" or "merges.txt" or "special_tokens_map.json")
+                    File.Copy(f, Path.Combine(tiny, name), overwrite: true);
+            }
+            baseline = Child(tiny, platform);
+        }
+        finally { Directory.Delete(tiny, true); }
+        run = Child(modelDir, platform);
         double ratio = run.Peak / (double)weights;
-        bool ok = run.Peak <= Budget * weights;
+        bool ok = run.Peak <= Budget * weights + baseline.Peak;
         Console.WriteLine($"weights: {Format.Bytes(weights)} ({weights} B, {dtypes}) in {modelDir}");
-        Console.WriteLine($"runtime alone (builtin:tiny-llama, same steps): peak RSS {Format.Bytes(baseline.Peak)} ({baseline.Peak} B)");
+        Console.WriteLine($"runtime and tokenizer alone (a tiny llama with the model's tokenizer, same steps): peak RSS {Format.Bytes(baseline.Peak)} ({baseline.Peak} B)");
         Console.WriteLine($"one decode step on {platform}: peak RSS {Format.Bytes(run.Peak)} ({run.Peak} B) = {ratio:F3}× the weight bytes " +
                           $"({(run.Peak - baseline.Peak) / (double)weights:F3}× without the runtime's {Format.Bytes(baseline.Peak)}); " +
                           $"{run.Seconds:F1} s; tokens {string.Join(",", run.Tokens)}");
-        Console.WriteLine(ok ? $"within {Budget}× the weight bytes" : $"OVER {Budget}× the weight bytes");
+        Console.WriteLine(ok ? $"within {Budget}× the weight bytes + the runtime's {Format.Bytes(baseline.Peak)}" : $"OVER {Budget}× the weight bytes + the runtime's {Format.Bytes(baseline.Peak)}");
         if (jsonPath is not null)
             Testing.Reports.JsonReport.WriteAtomic(jsonPath, new JsonObject
             {

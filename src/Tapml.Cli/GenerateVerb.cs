@@ -102,6 +102,8 @@ static class GenerateVerb
                     ["prefill_tokens_per_s"] = r.PrefillTokensPerSecond,
                     ["decode_tokens_per_s"] = r.DecodeTokensPerSecond,
                     ["peak_rss_bytes"] = ProcessMemory.PeakResidentBytes(),
+                    ["rss_anon_bytes"] = ProcessMemory.ResidentBytes().Anonymous,
+                    ["rss_file_bytes"] = ProcessMemory.ResidentBytes().File,
                 };
                 File.WriteAllText(jsonPath, o.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
             }
