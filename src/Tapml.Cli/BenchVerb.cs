@@ -21,12 +21,14 @@ static class BenchVerb
         var runs = new Option<int>("--runs") { Description = "measured runs per case (median reported)", DefaultValueFactory = _ => 10 };
         var json = new Option<string?>("--json") { Description = "write results as JSON" };
         var filter = new Option<string?>("--filter") { Description = "regular expression on case names" };
-        var cmd = new Command("bench", "measure a platform against a peer (ratios, GFLOP/s)") { scenario, platform, reference, threads, runs, json, filter };
+        var model = new Option<string?>("--model") { Description = "memory: the checkpoint folder to measure (tapml checkpoint new makes one)" };
+        var cmd = new Command("bench", "measure a platform against a peer (ratios, GFLOP/s)") { scenario, platform, reference, threads, runs, json, filter, model };
         cmd.Action(pr =>
         {
             int n = pr.GetValue(threads);
             if (n > 0) CpuThreads.Limit(n);
             if (pr.GetValue(scenario) == "browser") return BenchBrowser.Run(pr.GetValue(runs));
+            if (pr.GetValue(scenario) == "memory") return BenchMemory.Run(pr.GetValue(model), pr.GetResult(platform) is null ? "cpu" : pr.GetValue(platform)!, pr.GetValue(json));
             if (pr.GetValue(scenario) == "remote") return BenchRemote.Run(pr.GetResult(platform) is null ? "cpu" : pr.GetValue(platform)!, pr.GetValue(runs));
             if (BenchWorkflows.Names.Contains(pr.GetValue(scenario)!))
                 return BenchWorkflows.Run(pr.GetValue(scenario)!, Path.Combine(Directory.GetCurrentDirectory(), "..", "shared"), Math.Max(1, Math.Min(pr.GetValue(runs), pr.GetValue(scenario) == "carve" ? 15 : 5)),

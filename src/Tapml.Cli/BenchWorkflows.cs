@@ -17,7 +17,7 @@ namespace Tapml.Cli;
 /// against a plain run of the same model in the same process.</summary>
 static class BenchWorkflows
 {
-    public static IReadOnlyList<string> Names => ["carve", "migrate", "llm", "llm-large", "gpu", "matvec-sweep", "remote", "browser"];
+    public static IReadOnlyList<string> Names => ["carve", "migrate", "llm", "llm-large", "gpu", "matvec-sweep", "remote", "browser", "memory"];
 
     sealed record Subject(string Name, Model Model, Action<Executor> Run, MigrationInput Input);
 

@@ -32,7 +32,7 @@ static class GenerateVerb
         var topP = new Option<double?>("--top-p") { Description = "sample among the most likely tokens whose probability reaches p" };
         var repetition = new Option<double>("--repetition-penalty") { Description = "divide positive (multiply negative) logits of tokens already seen", DefaultValueFactory = _ => 1.0 };
         var stop = new Option<string?>("--stop") { Description = "token ids that end generation, comma-separated (besides the model's eos ids)" };
-        var json = new Option<string?>("--json") { Description = "write {tokens, text, prefill_tokens_per_s, decode_tokens_per_s} here" };
+        var json = new Option<string?>("--json") { Description = "write {tokens, text, prefill_tokens_per_s, decode_tokens_per_s, peak_rss_bytes} here" };
         var logitsOut = new Option<string?>("--logits-out") { Description = "write the prefill logits here as safetensors tensor 'logits' [1, seq, vocab]" };
         var fuse = new Option<string>("--fuse") { Description = "fuse RMSNorm, rotary and element-wise chains into one kernel each (tapml.Fused nodes): auto (on for webgpu), on, off", DefaultValueFactory = _ => "auto" };
         fuse.AcceptOnlyFromAmong("auto", "on", "off");
@@ -101,6 +101,9 @@ static class GenerateVerb
                     ["text"] = tokenizer?.Decode(r.Tokens.Select(t => (int)t)) ?? "",
                     ["prefill_tokens_per_s"] = r.PrefillTokensPerSecond,
                     ["decode_tokens_per_s"] = r.DecodeTokensPerSecond,
+                    ["peak_rss_bytes"] = ProcessMemory.PeakResidentBytes(),
+                    ["rss_anon_bytes"] = ProcessMemory.ResidentBytes().Anonymous,
+                    ["rss_file_bytes"] = ProcessMemory.ResidentBytes().File,
                 };
                 File.WriteAllText(jsonPath, o.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
             }

@@ -17,9 +17,25 @@ public abstract class Value
 /// f16 and bf16 are kept bit-exact.</summary>
 public sealed class Tensor : Value
 {
+    readonly Array? _data;
+    readonly long _length;
+    WeakReference<Array>? _converted;
+    int _materializations;
+
     public DType DType { get; }
     public long[] Shape { get; }
-    public Array Data { get; }
+
+    /// <summary>The elements. For a tensor over <see cref="External"/> memory this is a converted copy, made on first
+    /// read and held only while a reader holds it (so a weight is never held twice for long); kernels that can read
+    /// <see cref="External"/> directly never ask for it.</summary>
+    public Array Data => _data ?? Converted();
+
+    /// <summary>Memory the elements are read from in place (a weight in a memory-mapped checkpoint), or null for a
+    /// tensor that owns its array.</summary>
+    public ExternalData? External { get; }
+
+    /// <summary>How many times <see cref="Data"/> of an external tensor was converted into an array (0: only read in place).</summary>
+    public int Materializations => _materializations;
 
     public Tensor(DType dtype, long[] shape, Array data)
     {
@@ -30,7 +46,33 @@ public sealed class Tensor : Value
             throw new ArgumentException($"data has {data.LongLength} elements, shape {ShapeUtil.Format(shape)} needs {n}");
         DType = dtype;
         Shape = shape;
-        Data = data;
+        _data = data;
+        _length = n;
+    }
+
+    /// <summary>A tensor of logical <paramref name="dtype"/> and <paramref name="shape"/> read from <paramref name="external"/>
+    /// (same element count; dtype f32, or the stored type when the view is not transposed).</summary>
+    public Tensor(DType dtype, long[] shape, ExternalData external)
+    {
+        long n = ShapeUtil.Size(shape);
+        if (n != external.Length) throw new ArgumentException($"{external.Origin} has {external.Length} elements, shape {ShapeUtil.Format(shape)} needs {n}");
+        if (dtype != DType.Float32 && (dtype != external.Stored || external.Transposed))
+            throw new ArgumentException($"{external.Origin} is {DTypes.Name(external.Stored)}; it can be read as f32 or as stored");
+        DType = dtype;
+        Shape = shape;
+        External = external;
+        _length = n;
+    }
+
+    Array Converted()
+    {
+        if (_converted is not null && _converted.TryGetTarget(out var a)) return a;
+        CheckLimits(DType, Shape, _length);
+        a = External!.Materialize(DType);
+        Interlocked.Increment(ref _materializations);
+        if (_converted is null) _converted = new WeakReference<Array>(a);
+        else _converted.SetTarget(a);
+        return a;
     }
 
     /// <summary>Largest single host tensor in bytes: half the memory this process may use, or
@@ -45,7 +87,7 @@ public sealed class Tensor : Value
     }
 
     public int Rank => Shape.Length;
-    public long Length => Data.LongLength;
+    public long Length => _length;
     /// <summary>Bytes of element storage (strings count their UTF-8 length).</summary>
     public long ByteSize => DType == DType.String
         ? ((string[])Data).Sum(s => (long)Encoding.UTF8.GetByteCount(s ?? ""))
@@ -149,7 +191,8 @@ public sealed class Tensor : Value
     }
 
     /// <summary>Same data, new shape (no copy).</summary>
-    public Tensor Reshape(params long[] shape) => new(DType, shape, Data);
+    public Tensor Reshape(params long[] shape) =>
+        External is { Transposed: false } e && ShapeUtil.Size(shape) == _length ? new(DType, shape, e) : new(DType, shape, Data);
 
     public Tensor Clone() => new(DType, (long[])Shape.Clone(), (Array)Data.Clone());
 

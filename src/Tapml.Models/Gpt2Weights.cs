@@ -61,8 +61,9 @@ public static partial class Gpt2Weights
         return bare ? n => n == "lm_head.weight" ? n : Prefix + n : n => n;
     }
 
-    /// <summary>Reads every tensor of <see cref="Specs"/> from <paramref name="checkpoint"/> as float32, checking
-    /// names and shapes first (nothing is read when something is missing or extra).</summary>
+    /// <summary>Every tensor of <see cref="Specs"/> from <paramref name="checkpoint"/> as float32 (matrices as views of
+    /// the mapped file, see <see cref="WeightMap.Read"/>), checking names and shapes first (nothing is read when
+    /// something is missing or extra).</summary>
     public static Dictionary<string, Tensor> Load(HfConfig c, SafetensorsCheckpoint checkpoint)
     {
         var canonical = Canonical(checkpoint.Entries.Keys);
@@ -74,16 +75,7 @@ public static partial class Gpt2Weights
         var specs = Specs(c);
         Check(c, specs, available, checkpoint.Dir);
         var weights = new Dictionary<string, Tensor>();
-        foreach (var s in specs)
-        {
-            var t = checkpoint.Read(fileName[s.Name]);
-            weights[s.Name] = t.DType switch
-            {
-                DType.Float32 => t,
-                DType.Float16 or DType.BFloat16 or DType.Float64 => TensorConvert.To(t, DType.Float32),
-                _ => throw new TapmlException($"{checkpoint.Dir}: tensor '{fileName[s.Name]}' is {DTypes.Name(t.DType)}; expected a floating-point weight"),
-            };
-        }
+        foreach (var s in specs) weights[s.Name] = WeightMap.Read(checkpoint, fileName[s.Name]);
         return weights;
     }
 

@@ -24,13 +24,20 @@ sealed class GraphWeights(GraphBuilder b, IReadOnlyDictionary<string, Tensor> w)
         return v;
     }
 
-    /// <summary>An [out, in] matrix (a Linear weight, or the embedding for a tied lm_head) stored as [in, out], so
-    /// the graph computes <c>x @ W^T</c> with one MatMul.</summary>
+    /// <summary>An [out, in] matrix (a Linear weight, or the embedding for a tied lm_head) as the [in, out] initializer
+    /// the graph multiplies by (<c>x @ W^T</c>, one MatMul). A weight read in place is not copied: the initializer is a
+    /// transposed view of the same mapped bytes (a tied lm_head and the embedding share them).</summary>
     public string Transposed(string name)
     {
         string key = name + ".T";
         if (_names.TryGetValue(key, out var v)) return v;
         var t = w[name];
+        if (t.External is { Transposed: false } e && t.Rank == 2)
+        {
+            v = _names[key] = b.Initializer(key, new Tensor(DType.Float32, [t.Shape[1], t.Shape[0]], e.Transpose()));
+            Sources[v] = (name, "transpose");
+            return v;
+        }
         int rows = (int)t.Shape[0], cols = (int)t.Shape[1];
         var src = t.Span<float>();
         var dst = Tensor.Uninitialized(DType.Float32, cols, rows);

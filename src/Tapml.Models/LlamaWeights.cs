@@ -104,8 +104,9 @@ public static class LlamaWeights
         return specs;
     }
 
-    /// <summary>Reads every tensor of <see cref="Specs"/> from <paramref name="checkpoint"/> as float32, checking
-    /// names and shapes first (nothing is read when something is missing or extra).</summary>
+    /// <summary>Every tensor of <see cref="Specs"/> from <paramref name="checkpoint"/> as float32, checking names and
+    /// shapes first (nothing is read when something is missing or extra). Matrices are not read here: they are views
+    /// of the memory-mapped file in their stored dtype (see <see cref="WeightMap.Read"/>).</summary>
     public static Dictionary<string, Tensor> Load(HfConfig c, SafetensorsCheckpoint checkpoint) => Load(c, checkpoint, Llama.Options(c));
 
     /// <summary>As <see cref="Load(HfConfig, SafetensorsCheckpoint)"/> for the architecture's <paramref name="o"/>.</summary>
@@ -116,16 +117,7 @@ public static class LlamaWeights
         var specs = Specs(c, o);
         Check(c, specs, available, checkpoint.Dir);
         var weights = new Dictionary<string, Tensor>();
-        foreach (var s in specs)
-        {
-            var t = checkpoint.Read(s.Name);
-            weights[s.Name] = t.DType switch
-            {
-                DType.Float32 => t,
-                DType.Float16 or DType.BFloat16 or DType.Float64 => TensorConvert.To(t, DType.Float32),
-                _ => throw new TapmlException($"{checkpoint.Dir}: tensor '{s.Name}' is {DTypes.Name(t.DType)}; expected a floating-point weight"),
-            };
-        }
+        foreach (var s in specs) weights[s.Name] = WeightMap.Read(checkpoint, s.Name);
         return weights;
     }
 
@@ -165,6 +157,16 @@ public static class LlamaWeights
             {
                 if (!r.Remove(fused + suffix, out var t)) continue;
                 long cols = t.Shape.Length == 2 ? t.Shape[1] : 1, start = 0;
+                if (t.External is { Transposed: false } e && t.Shape.Length == 2)
+                {
+                    // In place: each part is a row range of the mapped fused tensor.
+                    foreach (var (name, rows) in parts)
+                    {
+                        r[name + suffix] = new Tensor(DType.Float32, [rows, cols], e.RowRange(start, rows, $"{e.Origin} rows [{start}, {start + rows})"));
+                        start += rows;
+                    }
+                    continue;
+                }
                 var src = t.Span<float>();
                 foreach (var (name, rows) in parts)
                 {

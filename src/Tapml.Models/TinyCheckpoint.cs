@@ -51,11 +51,15 @@ public static class TinyCheckpoint
         ["tie_word_embeddings"] = true, ["bos_token_id"] = 1, ["eos_token_id"] = 2,
     };
 
-    /// <summary>Writes config.json and model.safetensors for <paramref name="arch"/> into <paramref name="dir"/>.</summary>
+    /// <summary>Writes config.json and model.safetensors for <paramref name="arch"/> into <paramref name="dir"/>, weights
+    /// in <paramref name="dtype"/> (f32, or bf16/f16: the f32 values rounded), tensor by tensor (a checkpoint of 8B
+    /// parameters never sits in memory); <paramref name="tie"/> overrides the config's tie_word_embeddings.</summary>
     /// <returns>Null when a tokenizer was written beside the weights, else why not.</returns>
-    public static string? Write(string arch, int seed, string dir, Sizes? sizes = null)
+    public static string? Write(string arch, int seed, string dir, Sizes? sizes = null, DType dtype = DType.Float32, bool? tie = null)
     {
+        if (dtype is not (DType.Float32 or DType.BFloat16 or DType.Float16)) throw new TapmlException($"tiny checkpoints are f32, bf16 or f16, not {DTypes.Name(dtype)}");
         var config = Config(arch, sizes ?? new Sizes());
+        if (tie is bool t) config["tie_word_embeddings"] = t;
         Directory.CreateDirectory(dir);
         var special = TinyTokenizer.Write(arch, config["vocab_size"]!.GetValue<int>(), dir, out string? noTokenizer);
         if (special is { } ids) { config["bos_token_id"] = ids.Bos; config["eos_token_id"] = ids.Eos; }
@@ -67,19 +71,41 @@ public static class TinyCheckpoint
         var specs = entry.Specs(hf);
         bool zeroCenteredNorms = entry.Options?.Invoke(hf).NormAddsOne ?? false;
         var rng = new Random(seed);
-        var weights = new Dictionary<string, Tensor>();
-        foreach (var spec in specs.OrderBy(s => s.Name, StringComparer.Ordinal))
+        var sorted = specs.OrderBy(s => s.Name, StringComparer.Ordinal).ToList();
+        var chunk = new float[1 << 20];
+        var bytes = new byte[chunk.Length * 4];
+        SafetensorsWriter.WriteStreaming(Path.Combine(dir, "model.safetensors"), sorted.Select(s => (s.Name, dtype, s.Shape)).ToList(), (i, stream) =>
         {
-            var t = Tensor.Zeros(DType.Float32, spec.Shape);
-            var d = t.Span<float>();
+            var spec = sorted[i];
             bool norm = spec.Shape.Length == 1 && spec.Name.EndsWith(".weight", StringComparison.Ordinal);
             double center = norm ? (zeroCenteredNorms ? 0 : 1) : 0;
             double scale = norm || spec.Shape.Length == 1 ? 0.1 : 2 / Math.Sqrt(entry.InOutLinears && spec.Name.Contains(".c_") ? spec.Shape[0] : spec.Shape[^1]);
-            for (int i = 0; i < d.Length; i++) d[i] = (float)(center + scale * (rng.NextDouble() * 2 - 1));
-            weights[spec.Name] = t;
-        }
-        SafetensorsWriter.Write(Path.Combine(dir, "model.safetensors"), weights, new Dictionary<string, string> { ["format"] = "pt", ["tapml"] = $"tiny-{arch} seed {seed}" });
+            // NOTE: one stream of draws in name order, chunk by chunk: the same values as drawing whole tensors.
+            for (long left = ShapeUtil.Size(spec.Shape); left > 0;)
+            {
+                int n = (int)Math.Min(chunk.Length, left);
+                for (int k = 0; k < n; k++) chunk[k] = (float)(center + scale * (rng.NextDouble() * 2 - 1));
+                int size = Encode(chunk.AsSpan(0, n), dtype, bytes);
+                stream.Write(bytes, 0, size);
+                left -= n;
+            }
+        }, new Dictionary<string, string> { ["format"] = "pt", ["tapml"] = $"tiny-{arch} seed {seed}" + (dtype == DType.Float32 ? "" : $" {DTypes.Name(dtype)}") });
         return noTokenizer;
+    }
+
+    /// <summary>f32 values as little-endian <paramref name="dtype"/> bytes (bf16/f16 rounded to nearest even); the byte count.</summary>
+    static int Encode(ReadOnlySpan<float> src, DType dtype, byte[] dst)
+    {
+        switch (dtype)
+        {
+            case DType.Float32: System.Runtime.InteropServices.MemoryMarshal.AsBytes(src).CopyTo(dst); return src.Length * 4;
+            case DType.BFloat16:
+                for (int i = 0; i < src.Length; i++) System.Buffers.Binary.BinaryPrimitives.WriteUInt16LittleEndian(dst.AsSpan(2 * i), ((BFloat16)src[i]).Bits);
+                return src.Length * 2;
+            default:
+                for (int i = 0; i < src.Length; i++) System.Buffers.Binary.BinaryPrimitives.WriteHalfLittleEndian(dst.AsSpan(2 * i), (Half)src[i]);
+                return src.Length * 2;
+        }
     }
 
     /// <summary>The folder of <c>builtin:tiny-ARCH</c> (seed 0), written once under the temp folder.</summary>

@@ -1,5 +1,7 @@
 using System.Globalization;
 using Tapml.Core;
+using Tapml.Ir.Safetensors;
+using Tapml.Platforms.Cpu;
 
 namespace Tapml.Models;
 
@@ -30,6 +32,25 @@ public static class WeightMap
         if (unused.Count > 0) parts.Add($"{unused.Count} unused weight(s): {Few(unused, ", ")}");
         if (wrongShape.Count > 0) parts.Add($"wrong shape: {Few(wrongShape, "; ")}");
         throw new TapmlException($"checkpoint {origin} does not match a {c.ModelType} model: {string.Join("; ", parts)}");
+    }
+
+    /// <summary>Matrices of fewer elements are read into memory at load; larger ones stay in the mapped file. (Counted in
+    /// elements, not bytes, so that one weight takes the same path, and gives the same bits, whatever its dtype.)</summary>
+    public const long InPlaceFromElements = 1024;
+
+    /// <summary>Checkpoint tensor <paramref name="name"/> as an f32 weight. A matrix (rank ≥ 2) of at least
+    /// <see cref="InPlaceFromElements"/> elements stored as f32, f16 or bf16 is not read: the tensor is a view of the memory-mapped
+    /// file in its stored dtype (<see cref="ExternalData"/>), so loading reads nothing, the weight is held once (by the
+    /// page cache, shared with every view of it), and cpu's MatMul and Gather read it in place, converting a tile at a
+    /// time. Vectors and small matrices are read and widened to f32 here. Other dtypes are an error naming the tensor.</summary>
+    public static Tensor Read(SafetensorsCheckpoint checkpoint, string name)
+    {
+        var e = checkpoint.Entries[name];
+        if (e.DType is not (DType.Float32 or DType.Float16 or DType.BFloat16 or DType.Float64))
+            throw new TapmlException($"{checkpoint.Dir}: tensor '{name}' is {DTypes.Name(e.DType)}; expected a floating-point weight");
+        if (e.Shape.Length >= 2 && ShapeUtil.Size(e.Shape) >= InPlaceFromElements && checkpoint.View(name) is { } view)
+            return new Tensor(DType.Float32, e.Shape, view);
+        return TensorConvert.To(checkpoint.Read(name), DType.Float32);
     }
 
     // NOTE: a hostile checkpoint can hold a million names; the line lists the first few (each shortened) and counts the rest.

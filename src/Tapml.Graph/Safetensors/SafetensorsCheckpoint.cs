@@ -90,6 +90,11 @@ public sealed class SafetensorsCheckpoint : IDisposable
     public Tensor Read(string name) =>
         _byTensor.TryGetValue(name, out var f) ? f.Read(name) : throw new TapmlException($"checkpoint {Dir} has no tensor '{name}'");
 
+    /// <summary>Tensor <paramref name="name"/> read in place (see <see cref="SafetensorsFile.View"/>); null when it
+    /// cannot be (empty, or a dtype other than f32/f16/bf16): <see cref="Read"/> it instead.</summary>
+    public ExternalData? View(string name) =>
+        _byTensor.TryGetValue(name, out var f) ? f.View(name) : throw new TapmlException($"checkpoint {Dir} has no tensor '{name}'");
+
     public void Dispose()
     {
         foreach (var f in _files) f.Dispose();

@@ -198,8 +198,29 @@ public sealed class SafetensorsFile : IDisposable
         return t;
     }
 
+    /// <summary>Tensor <paramref name="name"/> read in place from the memory map: no byte is read until a kernel
+    /// reads it, and the pages are the file's (the system can drop and re-read them). Null for an empty tensor or a
+    /// dtype kept only by copy (anything but f32, f16, bf16). Once a view exists, <see cref="Dispose"/> leaves the map
+    /// to the views: it is unmapped when this file and every tensor over it are unreachable.</summary>
+    public unsafe ExternalData? View(string name)
+    {
+        if (!Entries.TryGetValue(name, out var e)) throw new TapmlException($"{Path}: no tensor named '{name}'");
+        if (e.ByteLength == 0 || e.DType is not (DType.Float32 or DType.Float16 or DType.BFloat16)) return null;
+        byte* p = null;
+        var h = _view!.SafeMemoryMappedViewHandle;
+        h.AcquirePointer(ref p);
+        try { p += _view.PointerOffset + _dataStart + e.Begin; }
+        finally { h.ReleasePointer(); }
+        _viewed = true;
+        long cols = e.Shape.Length == 0 ? 1 : e.Shape[^1];
+        return new ExternalData(this, p, e.DType, cols == 0 ? 0 : ShapeUtil.Size(e.Shape) / cols, cols, false, $"{Path}: tensor '{name}'");
+    }
+
+    bool _viewed;
+
     public void Dispose()
     {
+        if (_viewed) return;
         _view?.Dispose();
         _map?.Dispose();
     }

@@ -19,9 +19,10 @@ public static class Blas
     const int SmallM = 4;
     const long ParallelWork = 1 << 16;
 
-    /// <summary>Row-major SGEMM. <paramref name="transA"/>/<paramref name="transB"/> read A as [k,m] / B as [n,k].</summary>
+    /// <summary>Row-major SGEMM. <paramref name="transA"/>/<paramref name="transB"/> read A as [k,m] / B as [n,k].
+    /// <paramref name="threads"/> false keeps the call on the calling thread (a caller that parallelizes over tiles).</summary>
     public static void Sgemm(bool transA, bool transB, int m, int n, int k, float alpha,
-        ReadOnlySpan<float> a, int lda, ReadOnlySpan<float> b, int ldb, float beta, Span<float> c, int ldc)
+        ReadOnlySpan<float> a, int lda, ReadOnlySpan<float> b, int ldb, float beta, Span<float> c, int ldc, bool threads = true)
     {
         if (m == 0 || n == 0) return;
         if (beta == 0) for (int i = 0; i < m; i++) c.Slice(i * ldc, n).Clear();
@@ -37,7 +38,7 @@ public static class Blas
             fixed (float* pa = a, pb = b, pc = c)
             {
                 var g = new GemmArgs { A = pa, B = pb, C = pc, Lda = lda, Ldb = ldb, Ldc = ldc, M = m, N = n, K = k, Alpha = alpha, TransA = transA, TransB = transB };
-                bool parallel = (long)m * n * k >= ParallelWork && CpuThreads.Max > 1;
+                bool parallel = threads && (long)m * n * k >= ParallelWork && CpuThreads.Max > 1;
                 if (m < SmallM) SmallRows(g, parallel);
                 else Packed(g, parallel);
             }

@@ -63,6 +63,13 @@ public sealed class MatMulOps : ICpuOpFamily
         var b = x.T(1, ctx);
         if (a.DType != b.DType) throw ctx.Error($"A is {DTypes.Name(a.DType)}, B is {DTypes.Name(b.DType)}");
         var p = Plan.Make(ctx, a.Shape, b.Shape);
+        if (InPlaceWeights.Handles(a, b) && p.BUnbatched)
+        {
+            // A weight read in place from the checkpoint (stored dtype and layout): no widened or transposed copy.
+            var y = Tensor.Zeros(DType.Float32, p.OutShape);
+            InPlaceWeights.MatMul(a.As<float>(), b, y.As<float>(), checked((int)(p.Batch * p.M)));
+            return [y];
+        }
         return [Compute(ctx, a, b, p)];
     }
 
