@@ -32,6 +32,7 @@ public static class GpuOps
         Normalization.Register(Add);
         ConvPool.Register(Add);
         Fused.Register(Add);
+        MatMulNBits.Register(Add);
         return d;
     }
 
