@@ -11,13 +11,24 @@ public sealed class MatMulNBitsOps : ICpuOpFamily
 {
     public void Register(CpuOpRegistry r) => r.Add("MatMulNBits", Run, domain: ContribOps.Ms);
 
+    sealed record Entry(Tensor Scales, Tensor? Zeros, float[] W);
+    static readonly System.Runtime.CompilerServices.ConditionalWeakTable<Tensor, Entry> Dequantized = new();
+
     static Value?[] Run(NodeContext ctx, Value?[] x)
     {
         var a = x.T(0, ctx);
-        var q = NBitsWeight.Of(ctx, a.DType, a.Shape, x.T(1, ctx), x.T(2, ctx), x.OptT(3), x.OptT(4) is not null, x.OptT(5));
+        Tensor b = x.T(1, ctx), scales = x.T(2, ctx);
+        var zeros = x.OptT(3);
+        var q = NBitsWeight.Of(ctx, a.DType, a.Shape, b, scales, zeros, x.OptT(4) is not null, x.OptT(5));
         int K = q.K, N = q.N;
         int M = checked((int)(a.Length / K));
-        var w = q.Dequantize();
+        // NOTE: a weight is dequantized once per (B, scales, zero points) and kept while B lives: decode steps reuse it.
+        if (!Dequantized.TryGetValue(b, out var d) || !ReferenceEquals(d.Scales, scales) || !ReferenceEquals(d.Zeros, zeros))
+        {
+            d = new Entry(scales, zeros, q.Dequantize());
+            Dequantized.AddOrUpdate(b, d);
+        }
+        var w = d.W;
         var af = TensorConvert.ToF32(a).As<float>();
         var y = new float[(long)M * N];
         if (y.Length > 0) Blas.Sgemm(false, false, M, N, K, 1f, af, K, w, N, 0f, y, N);

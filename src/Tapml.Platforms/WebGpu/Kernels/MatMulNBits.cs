@@ -11,8 +11,10 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 /// per block (zero points unpacked from nibbles once on the host; absent: the constant 8). Two kernels:
 /// <list type="bullet">
 /// <item>decode (at most <see cref="MatMul.MatVecMaxRows"/> rows of A): a matrix-vector kernel, T threads per output
-/// column striding its words, each word dequantized in registers to two vec4s, <c>(q − zero)·scale</c> as the cpu
-/// reference computes it, and dotted with x; partial sums tree-reduced in workgroup memory;</item>
+/// column striding its words (16-byte loads of a whole block of 32 — one scale and zero point — where x is f32, K a
+/// multiple of 32 and blocks hold at least 32; else one u32 of 8 values), each word dequantized in registers to two
+/// vec4s, <c>(q − zero)·scale</c> as the cpu reference computes it, and dotted with x; partial sums tree-reduced in
+/// workgroup memory;</item>
 /// <item>prefill: a 64×64 tiled product (as MatMul's) whose B tile is dequantized from the packed words while it is
 /// staged in workgroup memory.</item>
 /// </list></summary>
@@ -92,13 +94,15 @@ static class MatMulNBits
         if (rows <= MatMul.MatVecMaxRows)
         {
             bool fast = x.Storage == GpuStorage.F32 && w.K % 8 == 0;
-            int t = MatMul.MatVecThreads((w.K + 7) / 8);
+            // Whole blocks of 32 in one 16-byte load (one scale and zero point each) where K and the blocks allow it.
+            bool wide = fast && w.K % 32 == 0 && w.BlockSize >= 32;
+            int t = MatMul.MatVecThreads(wide ? w.K / 32 : (w.K + 7) / 8);
             int wg = Math.Min(256, g.Device.Limits.MaxInvocationsPerWorkgroup);
             t = Math.Min(t, wg);
             var (gx, gy) = Wgsl.Grid(w.N, wg / t, g.Device.Limits.MaxWorkgroupsPerDimension);
-            g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{fast}|{t}|{wg}|{rows}"),
-                () => MatVecCode(x, y.DType, w.BlockSize, p.Zeros is not null, p.Bias is not null, fast, t, wg, (int)rows),
-                $"MatMulNBits_matvec_t{t}{(fast ? "_v" : "")}_r{rows}", [.. bindings], meta, gx, gy);
+            g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{fast}|{wide}|{t}|{wg}|{rows}"),
+                () => MatVecCode(x, y.DType, w.BlockSize, p.Zeros is not null, p.Bias is not null, fast, wide, t, wg, (int)rows),
+                $"MatMulNBits_matvec_t{t}{(wide ? "_w" : fast ? "_v" : "")}_r{rows}", [.. bindings], meta, gx, gy);
         }
         else
         {
@@ -113,16 +117,19 @@ static class MatMulNBits
 
     /// <summary>Declares x, y, the weight words, scales, zero points and bias (in the bindings' order) and
     /// <c>dq(col, k)</c>, the dequantized weight of column <c>col</c> at row k of B.</summary>
-    static Wgsl Declare(GpuTensor x, DType y, int block, bool zeros, bool bias, bool xvec, int wg)
+    static Wgsl Declare(GpuTensor x, DType y, int block, bool zeros, bool bias, bool xvec, int wg, bool wide = false)
     {
         var w = new Wgsl(wg);
         if (xvec) w.Reserve().Decl("@group(0) @binding(0) var<storage, read> xv_b: array<vec4<f32>>;");
         else w.In("x", x);
-        w.Out("y", y).In("bw", GpuStorage.U32).In("sc", GpuStorage.F32);
+        w.Out("y", y);
+        if (wide) w.Reserve().Decl("@group(0) @binding(2) var<storage, read> bv_b: array<vec4<u32>>;");
+        else w.In("bw", GpuStorage.U32);
+        w.In("sc", GpuStorage.F32);
         if (zeros) w.In("zp", GpuStorage.F32);
         if (bias) w.In("bias", GpuStorage.F32);
         w.Decl($"fn zero_(b: u32) -> f32 {{ {(zeros ? "return zp(b);" : "return 8.0;")} }}");
-        w.Decl($$"""
+        if (!wide) w.Decl($$"""
 fn dq(col: u32, k: u32) -> f32 {
   let word = bw(col * md[2] + k / 8u);
   let b = col * md[3] + k / {{block}}u;
@@ -132,21 +139,17 @@ fn dq(col: u32, k: u32) -> f32 {
         return w;
     }
 
-    static string MatVecCode(GpuTensor x, DType y, int block, bool zeros, bool bias, bool fast, int t, int wg, int rows)
+    static string MatVecCode(GpuTensor x, DType y, int block, bool zeros, bool bias, bool fast, bool wide, int t, int wg, int rows)
     {
-        var w = Declare(x, y, block, zeros, bias, fast, wg);
+        var w = Declare(x, y, block, zeros, bias, fast, wg, wide);
         if (!fast) w.Decl("fn xg(i: u32, k: u32, K: u32) -> f32 { if (k < K) { return f32(x(i)); } return 0.0; }");
         w.Decl($"var<workgroup> red: array<f32, {wg * rows}>;");
         var rs = Enumerable.Range(0, rows).ToArray();
         string X(int r, string k) => fast ? $"xv_b[({r}u * K + {k}) / 4u]"
             : $"vec4<f32>(xg({r}u * K + {k}, {k}, K), xg({r}u * K + {k} + 1u, {k} + 1u, K), xg({r}u * K + {k} + 2u, {k} + 2u, K), xg({r}u * K + {k} + 3u, {k} + 3u, K))";
-        string Q(int shift) => $"(f32((word >> {shift}u) & 15u) - z) * s";
-        string body = $$"""
-  let N = md[0]; let K = md[1]; let RW = md[2]; let KB = md[3];
-  let t = lid.x % {{t}}u;
-  let col = (wid.x + wid.y * nwg.x) * {{wg / t}}u + lid.x / {{t}}u;
-{{string.Concat(rs.Select(r => $"  var p{r} = 0.0;\n"))}}
-  if (col < N) {
+        string Q(int shift, string word = "word") => $"(f32(({word} >> {shift}u) & 15u) - z) * s";
+        // The inner loop: one u32 (8 values) a step, or with wide loads one vec4<u32> (a block of 32) a step.
+        string loop = !wide ? $$"""
     let KW = (K + 7u) / 8u;
     for (var kw = t; kw < KW; kw += {{t}}u) {
       let word = bw(col * RW + kw);
@@ -157,7 +160,26 @@ fn dq(col: u32, k: u32) -> f32 {
       let wa = vec4<f32>({{Q(0)}}, {{Q(4)}}, {{Q(8)}}, {{Q(12)}});
       let wb = vec4<f32>({{Q(16)}}, {{Q(20)}}, {{Q(24)}}, {{Q(28)}});
 {{string.Concat(rs.Select(r => $"      p{r} += dot(wa, {X(r, "k0")}) + dot(wb, {X(r, "k0 + 4u")});\n"))}}    }
-  }
+""" : $$"""
+    let KV = K / 32u;
+    for (var kv = t; kv < KV; kv += {{t}}u) {
+      let wv = bv_b[col * (RW / 4u) + kv];
+      let b = col * KB + (kv * 32u) / {{block}}u;
+      let s = sc(b);
+      let z = zero_(b);
+      let k0 = kv * 32u;
+{{string.Concat(new[] { "x", "y", "z", "w" }.Select((c, i) =>
+    $"      let wa{c} = vec4<f32>({Q(0, "wv." + c)}, {Q(4, "wv." + c)}, {Q(8, "wv." + c)}, {Q(12, "wv." + c)});\n" +
+    $"      let wb{c} = vec4<f32>({Q(16, "wv." + c)}, {Q(20, "wv." + c)}, {Q(24, "wv." + c)}, {Q(28, "wv." + c)});\n" +
+    string.Concat(rs.Select(r => $"      p{r} += dot(wa{c}, {X(r, $"k0 + {8 * i}u")}) + dot(wb{c}, {X(r, $"k0 + {8 * i + 4}u")});\n"))))}}    }
+""";
+        string body = $$"""
+  let N = md[0]; let K = md[1]; let RW = md[2]; let KB = md[3];
+  let t = lid.x % {{t}}u;
+  let col = (wid.x + wid.y * nwg.x) * {{wg / t}}u + lid.x / {{t}}u;
+{{string.Concat(rs.Select(r => $"  var p{r} = 0.0;\n"))}}
+  if (col < N) {
+{{loop}}  }
 {{string.Concat(rs.Select(r => $"  red[{r * wg}u + lid.x] = p{r};\n"))}}
   workgroupBarrier();
   for (var st = {{t / 2}}u; st > 0u; st >>= 1u) {
