@@ -137,6 +137,20 @@ public class MatMulNBitsTests
         }
     }
 
+    /// <summary>One node run on two webgpu platforms in turn (debug's source-fed and accumulated runs do this): each
+    /// binds its own copy of the weight.</summary>
+    [Fact]
+    public void One_node_runs_on_two_webgpu_platforms_in_turn()
+    {
+        WebGpuTests.SkipIfNoDawn("webgpu");
+        var model = Case(1, 64, 24, 32, Zp.Packed, DType.Float32, false, out var feeds);
+        var cpu = new Executor(new CpuPlatform()).Run(model, feeds)["Y"];
+        using var first = PlatformRegistry.Create("webgpu");
+        using var second = PlatformRegistry.Create("webgpu");
+        foreach (var p in new[] { first, second, first })
+            AssertVerdict(model, feeds, cpu, new Executor(p).Run(model, feeds)["Y"], "webgpu vs cpu");
+    }
+
     /// <summary>The quantizer's output dequantizes to within half a step of every weight (the round-to-nearest
     /// promise; symmetric blocks clamp the end opposite their largest value at 7, so one step there), for both schemes
     /// and a K that is not a multiple of the block.</summary>

@@ -32,9 +32,10 @@ static class MatMulNBits
         return null;
     }
 
-    /// <summary>A node's weight on the GPU, made once from its host tensors.</summary>
+    /// <summary>A node's weight on the GPU, made once from its host tensors (per platform: debug runs several).</summary>
     sealed class Prepared
     {
+        public required WebGpuPlatform Owner;
         public required Tensor?[] Sources;
         public required NBitsWeight W;
         public required GpuTensor Words, Scales;
@@ -52,14 +53,14 @@ static class MatMulNBits
             sources[i] = t.Source ?? throw new UnsupportedException(
                 $"node '{ctx.Node.Name}' (MatMulNBits): webgpu needs B, scales, zero_points and bias as initializers (input {i} is computed)");
         }
-        if (Cache.TryGetValue(ctx.Node, out var p) && p.Sources.AsSpan().SequenceEqual(sources, ReferenceComparer.Instance)) return p;
+        if (Cache.TryGetValue(ctx.Node, out var p) && p.Owner == g && p.Sources.AsSpan().SequenceEqual(sources, ReferenceComparer.Instance)) return p;
         var b = sources[1] ?? throw ctx.Error("input B is missing");
         var s = sources[2] ?? throw ctx.Error("input scales is missing");
         var w = NBitsWeight.Of(ctx, x.DType, x.Shape, b, s, sources[3], sources[4] is not null, sources[5]);
         GpuTensor F32(Tensor src, float[] values) => g.Concatenated([src], () => new Tensor(DType.Float32, [values.Length], values));
         p = new Prepared
         {
-            Sources = sources, W = w,
+            Owner = g, Sources = sources, W = w,
             Words = g.Concatenated([b], () => new Tensor(DType.UInt32, [b.Length / 4], MemoryMarshal.Cast<byte, uint>(b.As<byte>()).ToArray())),
             Scales = F32(s, w.Scales),
             Zeros = w.Zeros is { } z ? F32(sources[3]!, z) : null,
