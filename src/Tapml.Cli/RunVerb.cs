@@ -120,7 +120,7 @@ static class ModelSpec
     {
         var scheme = quantize is null ? null : QuantizeScheme.Parse(quantize);   // NOTE: a bad name fails before the load
         var m = Load(spec);
-        if (scheme is not null) WeightQuantizer.Apply(m, scheme);
+        if (scheme is not null) Console.Error.WriteLine($"{scheme.Name}: {WeightQuantizer.Apply(m, scheme)}");
         return m;
     }
 

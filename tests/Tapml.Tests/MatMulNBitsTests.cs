@@ -187,6 +187,39 @@ public class MatMulNBitsTests
         }
     }
 
+    /// <summary>The pass on an f16 graph: MatMul against an f16 weight becomes MatMulNBits with f16 scales (ONNX Runtime
+    /// wants A's type), which ONNX Runtime runs with cpu's result; the quantized product stays near the f32 one.</summary>
+    [Theory]
+    [InlineData("q4")]
+    [InlineData("q4sym")]
+    public void Quantize_pass_on_f16_weights_gives_f16_scales_that_onnxruntime_runs(string scheme)
+    {
+        var rng = new Random(11);
+        int m = 3, k = 96, n = 40;
+        Half[] R(int len) => Enumerable.Range(0, len).Select(_ => (Half)(rng.NextDouble() * 2 - 1)).ToArray();
+        var b = new GraphBuilder("mm16");
+        b.Input("A", DType.Float16, 1, m, k);
+        b.Node("MatMul", ["A", b.Initializer("W", new Tensor(DType.Float16, [k, n], R(k * n)))], null, "mm", "Y");
+        b.Output("Y");
+        var model = new Model { Graph = b.Graph, Opsets = new() { [""] = 21 }, IrVersion = 10 };
+        var feeds = new Dictionary<string, Value> { ["A"] = new Tensor(DType.Float16, [1, m, k], R(m * k)) };
+        var plain = (Tensor)new Executor(new CpuPlatform()).Run(model, feeds)["Y"];
+        var report = WeightQuantizer.Apply(model, QuantizeScheme.Parse(scheme));
+        Assert.Equal(1, report.Products);
+        var node = Assert.Single(model.Graph.Nodes);
+        Assert.Equal(("MatMulNBits", WeightQuantizer.MsDomain), (node.OpType, node.Domain));
+        Assert.Equal(DType.Float16, model.Graph.Initializers[node.Inputs[2]].DType);
+        Assert.False(model.Graph.Initializers.ContainsKey("W"));
+        var cpu = new Executor(new CpuPlatform()).Run(model, feeds)["Y"];
+        var ort = new Executor(new OrtPlatform("onnxruntime")) { PreferWholeGraph = true }.Run(model, feeds)["Y"];
+        AssertVerdict(model, feeds, ort, cpu, "cpu vs onnxruntime (quantized f16)");
+        // 4-bit weights of uniform values: the product's relative error is a few percent, not more.
+        var (p, q) = (plain.As<Half>(), ((Tensor)cpu).As<Half>());
+        double num = 0, den = 0;
+        for (int i = 0; i < p.Length; i++) { num += Math.Pow((double)p[i] - (double)q[i], 2); den += Math.Pow((double)p[i], 2); }
+        Assert.True(num / den < 0.01, $"NMSE of the q4 product against the f16 one: {num / den:G3}");
+    }
+
     static readonly string[] Gen = ["generate", "--input-ids", "1,17,305,42", "--max-tokens", "6", "--quantize", "q4"];
 
     static string Tokens(CliRunner.Result r)
