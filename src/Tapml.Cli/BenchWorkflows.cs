@@ -17,7 +17,7 @@ namespace Tapml.Cli;
 /// against a plain run of the same model in the same process.</summary>
 static class BenchWorkflows
 {
-    public static IReadOnlyList<string> Names => ["carve", "migrate", "llm", "llm-large", "gpu", "matvec-sweep", "remote", "browser", "memory"];
+    public static IReadOnlyList<string> Names => ["carve", "migrate", "llm", "llm-large", "gpu", "matvec-sweep", "remote", "browser", "memory", .. BenchQ4.Names];
 
     sealed record Subject(string Name, Model Model, Action<Executor> Run, MigrationInput Input);
 
@@ -129,7 +129,7 @@ static class BenchWorkflows
     /// <summary>A Llama checkpoint of <paramref name="sizes"/> (seed 1; written into the temp folder <paramref name="name"/>
     /// once), its parameter count and the bytes a decode step reads: every weight except tables only a Gather reads
     /// (one row of the embedding).</summary>
-    static (Tapml.Ir.Model Model, long Parameters, long ReadBytes) BenchLlama(string name, TinyCheckpoint.Sizes sizes)
+    internal static (Tapml.Ir.Model Model, long Parameters, long ReadBytes) BenchLlama(string name, TinyCheckpoint.Sizes sizes)
     {
         string dir = Path.Combine(Path.GetTempPath(), name);
         if (!File.Exists(Path.Combine(dir, "model.safetensors"))) TinyCheckpoint.Write("llama", 1, dir, sizes);
@@ -336,6 +336,7 @@ static class BenchWorkflows
         if (scenario == "llm-large") return LlmLarge(runs, gpu);
         if (scenario == "gpu") return Gpu(runs, gpu);
         if (scenario == "matvec-sweep") return MatVecSweep(runs, gpu);
+        if (BenchQ4.Names.Contains(scenario)) return BenchQ4.Run(scenario, runs, gpu);
         var table = scenario == "carve"
             ? new Table().AddColumns("model", "plain run ms", "carve ms", "carve ÷ plain", "cases", "blobs (after dedup)", "splats", "weights by reference", "tensors (before dedup)", "replay cases/s")
             : new Table().AddColumns("model", "strategy", "found", "runs", "partial", "bytes moved", "time ms");

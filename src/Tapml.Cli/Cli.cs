@@ -37,6 +37,12 @@ static class Cli
         Description = "run nodes the platform cannot run (no kernel, dtype, limit) on this platform instead (e.g. cpu); counted and printed",
     };
 
+    /// <summary><c>--quantize SCHEME</c>: quantize the model's MatMul weights at load (<see cref="Ir.WeightQuantizer"/>).</summary>
+    public static Option<string?> QuantizeOption() => new("--quantize")
+    {
+        Description = "quantize MatMul weights at load into com.microsoft MatMulNBits: q4 (4-bit, blocks of 32, scale + zero point per block) or q4sym (scale only)",
+    };
+
     /// <summary>One line on the nodes an executor ran on its fallback and what crossing platforms cost (stderr).</summary>
     public static void PrintFallbacks(Executor exec)
     {

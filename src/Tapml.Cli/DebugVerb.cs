@@ -48,7 +48,8 @@ static class DebugVerb
         var decodeSteps = new Option<int>("--decode-steps") { Description = "LLMs: decode steps carved and migrated", DefaultValueFactory = _ => 2 };
         var json = new Option<string?>("--json") { Description = "write {first_divergent, runs, nodes, peak_memory_bytes, replay{…}} here" };
         var embedWeights = new Option<bool>("--embed-weights") { Description = "copy model weights into the store (self-contained) instead of naming them in the model file" };
-        var cmd = new Command("debug", "carve on the source, replay on the target, migrate to the first wrong operator, report") { model, target, source, outDir, prompt, inputIds, inputs, seed, decodeSteps, json, demo, embedWeights };
+        var quantize = Cli.QuantizeOption();
+        var cmd = new Command("debug", "carve on the source, replay on the target, migrate to the first wrong operator, report") { model, target, source, outDir, prompt, inputIds, inputs, seed, decodeSteps, json, demo, embedWeights, quantize };
         cmd.Action(pr =>
         {
             string sourceSpec = pr.GetValue(source)!;
@@ -60,14 +61,14 @@ static class DebugVerb
             if (pr.GetValue(demo))
             {
                 spec = pr.GetValue(model) ?? "builtin:tiny-llama";
-                m = ModelSpec.Load(spec);
+                m = ModelSpec.Load(spec, pr.GetValue(quantize));
                 (targetSpec, injected) = DemoTarget(m, pr.GetValue(target));
             }
             else
             {
                 spec = pr.GetValue(model) ?? throw new TapmlException("debug needs --model M (or --demo)");
                 targetSpec = pr.GetValue(target) ?? throw new TapmlException("debug needs --target P (or --demo)");
-                m = ModelSpec.Load(spec);
+                m = ModelSpec.Load(spec, pr.GetValue(quantize));
             }
             using (PlatformRegistry.Create(targetSpec)) { }   // NOTE: a bad target spec fails before the carve, not after it
             Directory.CreateDirectory(dir);

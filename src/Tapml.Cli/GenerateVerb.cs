@@ -38,12 +38,13 @@ static class GenerateVerb
         fuse.AcceptOnlyFromAmong("auto", "on", "off");
         var profile = new Option<bool>("--profile") { Description = "webgpu: GPU time per kernel (timestamp queries around each dispatch, which then runs in a compute pass of its own), printed after the run" };
         var fallback = Cli.FallbackOption();
-        var cmd = new Command("generate", "generate tokens with the model's KV cache (greedy unless --temperature, --top-k or --top-p is given)") { model, platform, prompt, inputIds, maxTokens, seed, temperature, topK, topP, repetition, stop, json, logitsOut, fuse, profile, fallback };
+        var quantize = Cli.QuantizeOption();
+        var cmd = new Command("generate", "generate tokens with the model's KV cache (greedy unless --temperature, --top-k or --top-p is given)") { model, platform, prompt, inputIds, maxTokens, seed, temperature, topK, topP, repetition, stop, json, logitsOut, fuse, profile, fallback, quantize };
         cmd.Action(pr =>
         {
             string spec = pr.GetValue(model)!;
             var (ids, tokenizer) = PromptArgs.Resolve(spec, pr.GetValue(prompt), pr.GetValue(inputIds));
-            var m = ModelSpec.Load(spec);
+            var m = ModelSpec.Load(spec, pr.GetValue(quantize));
             var hf = Directory.Exists(spec) && HfModels.IsHfFolder(spec) ? HfConfig.Load(spec) : null;
             IReadOnlyCollection<int>? eos = hf?.EosTokenIds;
             if (hf is not null && ids.FirstOrDefault(i => i >= hf.VocabSize, -1) is var outside and >= 0)

@@ -25,10 +25,11 @@ static class RunVerb
         var atol = new Option<double>("--atol") { Description = "absolute tolerance for --compare", DefaultValueFactory = _ => 1e-5 };
         var profile = new Option<bool>("--profile") { Description = "time every node (node by node, no whole-graph hand-off) and print the time per operator type" };
         var fallback = Cli.FallbackOption();
-        var cmd = new Command("run", "run one inference of a model on a platform") { model, platform, inputs, outputs, compare, rtol, atol, profile, fallback };
+        var quantize = Cli.QuantizeOption();
+        var cmd = new Command("run", "run one inference of a model on a platform") { model, platform, inputs, outputs, compare, rtol, atol, profile, fallback, quantize };
         cmd.Action(pr =>
         {
-            var m = ModelSpec.Load(pr.GetValue(model)!);
+            var m = ModelSpec.Load(pr.GetValue(model)!, pr.GetValue(quantize));
             var feeds = pr.GetValue(inputs) is { } dir ? InputFiles.Read(m, dir) : InputFiles.Generate(m);
             using var p = PlatformRegistry.Create(pr.GetValue(platform)!);
             using var fb = pr.GetValue(fallback) is { } fbSpec ? PlatformRegistry.Create(fbSpec) : null;
@@ -112,6 +113,16 @@ static class ModelSpec
     /// <c>builtin:tiny-ARCH</c>): an LLM tapml built, whose logits must be finite.</summary>
     public static bool IsCheckpoint(string spec) => spec.StartsWith("builtin:tiny-", StringComparison.Ordinal)
         || Directory.Exists(spec) && !File.Exists(Path.Combine(spec, "model.onnx")) && Models.HfModels.IsHfFolder(spec);
+
+    /// <summary>The model of <paramref name="spec"/>, its MatMul weights quantized when <paramref name="quantize"/>
+    /// names a scheme (<see cref="QuantizeScheme"/>).</summary>
+    public static Model Load(string spec, string? quantize)
+    {
+        var scheme = quantize is null ? null : QuantizeScheme.Parse(quantize);   // NOTE: a bad name fails before the load
+        var m = Load(spec);
+        if (scheme is not null) Console.Error.WriteLine($"{scheme.Name}: {WeightQuantizer.Apply(m, scheme)}");
+        return m;
+    }
 
     public static Model Load(string spec)
     {

@@ -40,6 +40,7 @@ public static class GpuOps
         Detection.Register(Add);
         ControlFlow.Register(Add);
         Recurrent.Register(Add);
+        MatMulNBits.Register(Add);
         return d;
     }
 
