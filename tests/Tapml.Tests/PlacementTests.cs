@@ -103,36 +103,35 @@ public class PlacementTests
         Assert.Equal(Tokens(cpu.Stdout), Tokens(gpu.Stdout));
     }
 
-    /// <summary>Conv → Resize → Relu: webgpu has no Resize kernel (issue 23 adds it); the debug run must keep it on cpu
-    /// and reach the end with no culprit.</summary>
+    /// <summary>Conv → Det → Relu: webgpu has no Det kernel; the debug run must keep it on cpu and reach the end with
+    /// no culprit.</summary>
     [Fact]
     public void Debug_to_webgpu_keeps_an_op_without_a_kernel_on_cpu_and_reaches_the_end()
     {
         WebGpuTests.SkipIfNoDawn("webgpu");
         using (var probe = PlatformRegistry.Create("webgpu"))
         {
-            var n = new Node { Name = "r", OpType = "Resize", Inputs = ["x", "", "s"], Outputs = ["y"] };
-            if (probe.Supports(n, new NodeContext(n, 17), [TypeRef.TensorOf(DType.Float32, [1, 2, 4, 4]), null, TypeRef.TensorOf(DType.Float32, [4])]).IsSupported)
-                Assert.Skip("webgpu now has a Resize kernel: pick another op it lacks for this test");
+            var n = new Node { Name = "d", OpType = "Det", Inputs = ["x"], Outputs = ["y"] };
+            if (probe.Supports(n, new NodeContext(n, 17), [TypeRef.TensorOf(DType.Float32, [1, 4, 8, 8])]).IsSupported)
+                Assert.Skip("webgpu now has a Det kernel: pick another op it lacks for this test");
         }
-        var b = new GraphBuilder("resize");
+        var b = new GraphBuilder("det");
         string x = b.Input("x", DType.Float32, 1, 3, 8, 8);
         string w = b.Initializer("w", Tensor.FromArray(Enumerable.Range(0, 4 * 3 * 9).Select(i => (float)Math.Sin(i)).ToArray(), 4, 3, 3, 3));
         string c = b.Node("Conv", [x, w], new() { ["pads"] = Attr.Of(new long[] { 1, 1, 1, 1 }) }, name: "conv");
-        string s = b.Initializer("scales", Tensor.FromArray(new float[] { 1, 1, 2, 2 }, 4));
-        string r = b.Node("Resize", [c, "", s], new() { ["mode"] = Attr.Of("nearest") }, name: "resize");
+        string r = b.Node("Det", [c], name: "det");
         b.Output(b.Node("Relu", [r], name: "relu", outputName: "y"));
         var model = new Model { Graph = b.Graph, Opsets = new() { [""] = 17 }, IrVersion = 8 };
         string dir = Path.Combine(Path.GetTempPath(), $"tapml-placement-{Guid.NewGuid():N}");
         Directory.CreateDirectory(dir);
-        string path = Path.Combine(dir, "resize.onnx");
+        string path = Path.Combine(dir, "det.onnx");
         OnnxExporter.Save(model, path);
         var res = CliRunner.Run("debug", "--model", path, "--target", "webgpu", "--out", Path.Combine(dir, "dbg"), "--json", Path.Combine(dir, "d.json"));
         Assert.True(res.ExitCode == 0, res.Stdout + res.Stderr);
         Assert.Contains("kept on the source (cpu): 1 nodes", res.Stdout);
         var j = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "d.json")))!;
         Assert.Null(j["first_divergent"]);
-        Assert.Equal("resize", (string)j["kept_on_source"]![0]!["node"]!);
+        Assert.Equal("det", (string)j["kept_on_source"]![0]!["node"]!);
         Directory.Delete(dir, true);
     }
 }

@@ -41,7 +41,7 @@ public class WebGpuVisionOpsTests
         "test_depthtospace_crd_mode_example", "test_depthtospace_example", "test_spacetodepth",
         "test_gridsample", "test_gridsample_aligncorners_true", "test_gridsample_bicubic", "test_gridsample_bilinear",
         "test_gridsample_border_padding", "test_gridsample_nearest", "test_gridsample_zeros_padding",
-        "test_instancenorm_epsilon", "test_instancenorm_example", "test_mvn",
+        "test_instancenorm_epsilon", "test_instancenorm_example", "test_mvn", "test_roialign_aligned_false",
     ];
 
     [Theory]
@@ -89,6 +89,9 @@ public class WebGpuVisionOpsTests
             A(("group", 2), ("dilations", new long[] { 2, 1, 2 }), ("strides", new long[] { 1, 2, 1 }), ("pads", new long[] { 1, 0, 1, 0, 1, 1 }))),
         ["Pad_reflect_negative_axes"] = () => new("Pad", "", 19,
             [R(10, 2, 3, 5, 6), I64([2, -1, 1, 3], 4), null, I64([-1, 2], 2)], A(("mode", "reflect"))),
+        ["RoiAlign_max_output_half_pixel"] = () => new("RoiAlign", "", 16,
+            [R(14, 2, 3, 10, 12), F([0.5f, 1f, 7.5f, 6f, 2f, 0f, 11f, 9.5f, -1f, 3f, 4f, 12f], 3, 4), I64([1, 0, 1], 3)],
+            A(("mode", "max"), ("coordinate_transformation_mode", "output_half_pixel"), ("output_height", 3), ("output_width", 4), ("sampling_ratio", 2), ("spatial_scale", 0.9f))),
         ["GroupNorm_opset21_per_channel"] = () => new("GroupNormalization", "", 21,
             [R(11, 2, 6, 3, 4), R(12, 6), R(13, 6)], A(("num_groups", 3))),
     };

@@ -119,47 +119,12 @@ public sealed class Detection : ICpuOpFamily
         var xd = SpecialHelpers.ToDoubles(x);
         var rois = SpecialHelpers.ToDoubles(roisT);
         var y = new double[nR * C * oh * ow];
-        bool f64 = x.DType == DType.Float64;
-        double R(double v) => f64 ? v : (float)v;
+        var spec = new RoiSpec(H, W, oh, ow, sr, scale, halfPixel, x.DType == DType.Float64);
         Parallel.For(0, nR, CpuThreads.Options, n =>
         {
             long b = bi[n];
             if (b < 0 || b >= N) throw ctx.Error($"batch index {b} out of range [0, {N})");
-            // ROI geometry and bilinear weights in the input's precision (f32 for f32 data), as the reference
-            // and ORT compute them: the sample-grid size ceil(roi / bins) is sensitive to that rounding.
-            double off = halfPixel ? 0.5 : 0.0;
-            double sw = R(R(rois[n * 4 + 0] * scale) - off), sh = R(R(rois[n * 4 + 1] * scale) - off);
-            double ew = R(R(rois[n * 4 + 2] * scale) - off), eh = R(R(rois[n * 4 + 3] * scale) - off);
-            double rw = R(ew - sw), rh = R(eh - sh);
-            if (!halfPixel) { rw = Math.Max(rw, 1.0); rh = Math.Max(rh, 1.0); } // malformed ROIs become 1x1
-            double bh = R(rh / oh), bw = R(rw / ow);
-            long gh = sr > 0 ? sr : (long)Math.Ceiling(R(rh / oh));
-            long gw = sr > 0 ? sr : (long)Math.Ceiling(R(rw / ow));
-            long count = Math.Max(gh * gw, 1);
-            // bilinear sample points shared by all channels: 4 positions and weights each
-            int np = (int)(oh * ow * gh * gw);
-            var pos = new long[np * 4]; var wt = new double[np * 4];
-            int pi = 0;
-            for (long ph = 0; ph < oh; ph++)
-                for (long pw = 0; pw < ow; pw++)
-                    for (long iy = 0; iy < gh; iy++)
-                    {
-                        double yy = R(R(sh + R(ph * bh)) + R(R((iy + 0.5) * bh) / gh));
-                        for (long ix = 0; ix < gw; ix++, pi++)
-                        {
-                            double xx = R(R(sw + R(pw * bw)) + R(R((ix + 0.5) * bw) / gw));
-                            double yv = yy, xv = xx;
-                            if (yv < -1.0 || yv > H || xv < -1.0 || xv > W) continue; // outside: weights stay 0
-                            yv = Math.Max(yv, 0); xv = Math.Max(xv, 0);
-                            long yl = (long)yv, xl = (long)xv, yhi, xhi;
-                            if (yl >= H - 1) { yhi = yl = H - 1; yv = yl; } else yhi = yl + 1;
-                            if (xl >= W - 1) { xhi = xl = W - 1; xv = xl; } else xhi = xl + 1;
-                            double ly = R(yv - yl), lx = R(xv - xl), hy = R(1 - ly), hx = R(1 - lx);
-                            pos[pi * 4 + 0] = yl * W + xl; pos[pi * 4 + 1] = yl * W + xhi;
-                            pos[pi * 4 + 2] = yhi * W + xl; pos[pi * 4 + 3] = yhi * W + xhi;
-                            wt[pi * 4 + 0] = R(hy * hx); wt[pi * 4 + 1] = R(hy * lx); wt[pi * 4 + 2] = R(ly * hx); wt[pi * 4 + 3] = R(ly * lx);
-                        }
-                    }
+            var (pos, wt, gh, gw, count) = Samples(spec, rois.AsSpan((int)n * 4, 4));
             for (long c = 0; c < C; c++)
             {
                 long bd = (b * C + c) * H * W;
@@ -187,5 +152,53 @@ public sealed class Detection : ICpuOpFamily
             }
         });
         return [SpecialHelpers.FromDoubles(y, x.DType, [nR, C, oh, ow])];
+    }
+
+    /// <summary>RoiAlign's sampling geometry (shared with the webgpu kernel).</summary>
+    internal sealed record RoiSpec(long H, long W, long OH, long OW, long SamplingRatio, double Scale, bool HalfPixel, bool F64);
+
+    /// <summary>One ROI's bilinear sample points: for each of OH·OW bins gh·gw samples, 4 input positions (within a
+    /// [H, W] plane) and weights each; samples outside the input keep weight 0. Averages divide by count.</summary>
+    internal static (long[] Pos, double[] Wt, long Gh, long Gw, long Count) Samples(RoiSpec q, ReadOnlySpan<double> roi)
+    {
+        long H = q.H, W = q.W, oh = q.OH, ow = q.OW, sr = q.SamplingRatio;
+        double scale = q.Scale;
+        bool halfPixel = q.HalfPixel, f64 = q.F64;
+        double R(double v) => f64 ? v : (float)v;
+        // ROI geometry and bilinear weights in the input's precision (f32 for f32 data), as the reference
+        // and ORT compute them: the sample-grid size ceil(roi / bins) is sensitive to that rounding.
+        double off = halfPixel ? 0.5 : 0.0;
+        double sw = R(R(roi[0] * scale) - off), sh = R(R(roi[1] * scale) - off);
+        double ew = R(R(roi[2] * scale) - off), eh = R(R(roi[3] * scale) - off);
+        double rw = R(ew - sw), rh = R(eh - sh);
+        if (!halfPixel) { rw = Math.Max(rw, 1.0); rh = Math.Max(rh, 1.0); } // malformed ROIs become 1x1
+        double bh = R(rh / oh), bw = R(rw / ow);
+        long gh = sr > 0 ? sr : (long)Math.Ceiling(R(rh / oh));
+        long gw = sr > 0 ? sr : (long)Math.Ceiling(R(rw / ow));
+        long count = Math.Max(gh * gw, 1);
+        int np = (int)(oh * ow * gh * gw);
+        var pos = new long[np * 4]; var wt = new double[np * 4];
+        int pi = 0;
+        for (long ph = 0; ph < oh; ph++)
+            for (long pw = 0; pw < ow; pw++)
+                for (long iy = 0; iy < gh; iy++)
+                {
+                    double yy = R(R(sh + R(ph * bh)) + R(R((iy + 0.5) * bh) / gh));
+                    for (long ix = 0; ix < gw; ix++, pi++)
+                    {
+                        double xx = R(R(sw + R(pw * bw)) + R(R((ix + 0.5) * bw) / gw));
+                        double yv = yy, xv = xx;
+                        if (yv < -1.0 || yv > H || xv < -1.0 || xv > W) continue; // outside: weights stay 0
+                        yv = Math.Max(yv, 0); xv = Math.Max(xv, 0);
+                        long yl = (long)yv, xl = (long)xv, yhi, xhi;
+                        if (yl >= H - 1) { yhi = yl = H - 1; yv = yl; } else yhi = yl + 1;
+                        if (xl >= W - 1) { xhi = xl = W - 1; xv = xl; } else xhi = xl + 1;
+                        double ly = R(yv - yl), lx = R(xv - xl), hy = R(1 - ly), hx = R(1 - lx);
+                        pos[pi * 4 + 0] = yl * W + xl; pos[pi * 4 + 1] = yl * W + xhi;
+                        pos[pi * 4 + 2] = yhi * W + xl; pos[pi * 4 + 3] = yhi * W + xhi;
+                        wt[pi * 4 + 0] = R(hy * hx); wt[pi * 4 + 1] = R(hy * lx); wt[pi * 4 + 2] = R(ly * hx); wt[pi * 4 + 3] = R(ly * lx);
+                    }
+                }
+        return (pos, wt, gh, gw, count);
     }
 }

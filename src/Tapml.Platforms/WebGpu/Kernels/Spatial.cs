@@ -5,7 +5,8 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 
 /// <summary>Ops that rearrange or sample image-like tensors: Pad (constant, reflect, edge, wrap; axes; negative pads),
 /// Tile, DepthToSpace and SpaceToDepth (strided copies), GridSample (2-D: nearest, linear, cubic; zeros, border,
-/// reflection padding), and PRelu's slope of one channel axis.</summary>
+/// reflection padding), RoiAlign (sample points from the host: one readback of the ROIs), and PRelu's slope of one
+/// channel axis.</summary>
 public static class Spatial
 {
     public static void Register(Action<GpuOp> add)
@@ -57,6 +58,7 @@ public static class Spatial
             if (b <= 0 || h % b != 0 || w % b != 0) throw ctx.Error($"spatial size {h}x{w} is not divisible by blocksize {b}");
             return [Permuted(g, x, [n, c, h / b, b, w / b, b], [0, 3, 5, 1, 2, 4], [n, c * b * b, h / b, w / b])];
         }));
+        add(new GpuOp("", "RoiAlign", 10, (g, ctx, ins) => [RoiAlign(g, ctx, ins)], Reductions.FloatOnly));
         add(new GpuOp("", "GridSample", 16, (g, ctx, ins) => [GridSample(g, ctx, GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx))], (ctx, t) =>
         {
             if (Reductions.FloatOnly(ctx, t) is { } why) return why;
@@ -185,6 +187,61 @@ public static class Spatial
             b.Append($"  if (outside) {{ y_st(i, {(s == "u32" ? $"md[{valueAt}]" : $"bitcast<{s}>(md[{valueAt}])")}); return; }}\n  y_st(i, {s}(x(u32(off))));");
             return new Wgsl(g.Workgroup).In("x", x).Out("y", x.DType).Build(b.ToString());
         }, $"Pad_{mode}", [x, y], meta, y.Length);
+        return y;
+    }
+
+    /// <summary>RoiAlign: the ROIs and batch indices are read on the host (one readback when a kernel made them) and
+    /// turned into the cpu reference's sample points; one thread per output element sums (or maxes) its bin's samples.</summary>
+    static GpuTensor RoiAlign(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
+    {
+        var x = GpuOps.In(ins, 0, ctx);
+        var rois = g.HostOrDownload(GpuOps.In(ins, 1, ctx)).ToDoubleArray();
+        var bi = g.Ints(GpuOps.In(ins, 2, ctx));
+        if (x.Rank != 4) throw ctx.Error($"X must be [N, C, H, W], got {x.Describe()}");
+        if (rois.Length != bi.Length * 4) throw ctx.Error($"rois ({rois.Length} values) and batch_indices [{bi.Length}] do not match");
+        string mode = ctx.String("mode", "avg");
+        if (mode is not ("avg" or "max")) throw new UnsupportedException($"RoiAlign mode '{mode}' is not implemented on webgpu");
+        string ctm = ctx.Opset >= 16 ? ctx.String("coordinate_transformation_mode", "half_pixel") : "output_half_pixel";
+        if (ctm is not ("half_pixel" or "output_half_pixel")) throw new UnsupportedException($"RoiAlign coordinate_transformation_mode '{ctm}' is not implemented on webgpu");
+        long n = x.Shape[0], c = x.Shape[1], h = x.Shape[2], w = x.Shape[3], oh = ctx.Int("output_height", 1), ow = ctx.Int("output_width", 1);
+        var spec = new Tapml.Platforms.Cpu.Ops.Detection.RoiSpec(h, w, oh, ow, ctx.Int("sampling_ratio", 0), ctx.Float("spatial_scale", 1f), ctm == "half_pixel", false);
+        var y = g.Empty(x.DType, [bi.Length, c, oh, ow]);
+        if (y.Length == 0) return y;
+        // info per ROI: first sample, samples per bin, divisor, batch index.
+        var info = new int[bi.Length * 4];
+        var pos = new List<int>(); var wt = new List<float>();
+        for (int r = 0; r < bi.Length; r++)
+        {
+            if (bi[r] < 0 || bi[r] >= n) throw ctx.Error($"batch index {bi[r]} out of range [0, {n})");
+            var smp = Tapml.Platforms.Cpu.Ops.Detection.Samples(spec, rois.AsSpan(r * 4, 4));
+            info[r * 4] = pos.Count / 4; info[r * 4 + 1] = checked((int)(smp.Gh * smp.Gw)); info[r * 4 + 2] = checked((int)smp.Count); info[r * 4 + 3] = (int)bi[r];
+            foreach (var p in smp.Pos) pos.Add(checked((int)p));
+            foreach (var v in smp.Wt) wt.Add((float)v);
+        }
+        if (pos.Count == 0) { pos.AddRange([0, 0, 0, 0]); wt.AddRange([0f, 0f, 0f, 0f]); }
+        var tInfo = g.UploadTemporary(Tensor.FromArray(info, [info.Length]));
+        var tPos = g.UploadTemporary(Tensor.FromArray(pos.ToArray(), [pos.Count]));
+        var tWt = g.UploadTemporary(Tensor.FromArray(wt.ToArray(), [wt.Count]));
+        var meta = new Meta();
+        meta.Add(y.Length); meta.Add(c); meta.Add(oh * ow); meta.Add(h * w);
+        bool max = mode == "max";
+        g.Launch(new WebGpuPlatform.KernelKey("roialign", $"{mode}|{(int)x.Storage}|{(int)x.DType}"), () =>
+            new Wgsl(g.Workgroup).In("x", x).In("info", GpuStorage.I32).In("pos", GpuStorage.I32).In("wt", GpuStorage.F32).Out("y", x.DType).Build($$"""
+  let C = md[1]; let B = md[2]; let HW = md[3];
+  let bin = i % B; let rc = i / B; let ch = rc % C; let r = rc / C;
+  let S = u32(info(r * 4u + 1u));
+  let p0 = u32(info(r * 4u)) + bin * S;
+  let bd = (u32(info(r * 4u + 3u)) * C + ch) * HW;
+  var acc = 0.0;
+  for (var s = 0u; s < S; s++) {
+    let q = (p0 + s) * 4u;
+    let v0 = wt(q) * f32(x(bd + u32(pos(q)))); let v1 = wt(q + 1u) * f32(x(bd + u32(pos(q + 1u))));
+    let v2 = wt(q + 2u) * f32(x(bd + u32(pos(q + 2u)))); let v3 = wt(q + 3u) * f32(x(bd + u32(pos(q + 3u))));
+{{(max ? "    let v = max(max(v0, v1), max(v2, v3));\n    acc = select(max(acc, v), v, s == 0u);" : "    acc += v0 + v1 + v2 + v3;")}}
+  }
+  y_st(i, {{(max ? "acc" : "acc / f32(info(r * 4u + 2u))")}});
+"""), $"RoiAlign_{mode}", [x, tInfo, tPos, tWt, y], meta, y.Length);
+        g.Free(tInfo); g.Free(tPos); g.Free(tWt);
         return y;
     }
 
