@@ -16,7 +16,7 @@ public class WebGpuIndexOpsTests
 {
     /// <summary>Node cases of these ops, by name; every one must run its WGSL kernel and pass.</summary>
     const string Ops = "gather_elements|gathernd|scatter_elements|scatter_with|scatternd|onehot|tril|triu|eyelike|reversesequence|compress|nonzero|" +
-        "nllloss|sce_|top_k|hardmax|shrink|bitshift_.*int(8|16|32)$|det_2d|quantizelinear|hannwindow|hammingwindow|blackmanwindow|nonmaxsuppression|test_pow";
+        "nllloss|sce_|top_k|hardmax|shrink|bitshift_.*int(8|16|32)$|det_2d|quantizelinear|hannwindow|hammingwindow|blackmanwindow|nonmaxsuppression|unique|test_pow";
 
     [Fact]
     public void Node_cases_of_the_indexing_loss_and_quantize_ops_pass_on_webgpu()
@@ -74,6 +74,8 @@ public class WebGpuIndexOpsTests
         ["Trilu_lower_k_neg_3d"] = () => new("Trilu", "", 14, [R(14, 2, 4, 5), I64([-1], 1)], A(("upper", 0))),
         ["Compress_axis1"] = () => new("Compress", "", 11, [R(15, 3, 4, 2), Tensor.FromArray(new[] { true, false, true }, 3)], A(("axis", 1))),
         ["NonZero_3d_i32"] = () => new("NonZero", "", 13, [I32([0, 1, 0, 2, 3, 0, 0, 0, -4, 5, 0, 6], 2, 3, 2)]),
+        ["Unique_unsorted_axis1"] = () => new("Unique", "", 11, [F([1, 2, 1, 3, 2, 4, 0, 4, 5, 0], 2, 5)], A(("axis", 1), ("sorted", 0)), 4),
+        ["Unique_sorted_i32_flat"] = () => new("Unique", "", 11, [I32([5, -1, 5, 3, -1, 0, 3, 3], 2, 4)], null, 4),
         ["Hardmax_ties_axis1"] = () => new("Hardmax", "", 13, [F([1, 3, 3, 2, 0, 0, 5, 5, -1, 4, 4, 4], 2, 3, 2)], A(("axis", 1))),
         ["Det_batch_3x3"] = () => new("Det", "", 13, [R(16, 4, 3, 3)]),
         ["NegativeLogLikelihoodLoss_f16_mean"] = () => new("NegativeLogLikelihoodLoss", "", 13,
