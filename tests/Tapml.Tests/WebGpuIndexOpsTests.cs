@@ -16,7 +16,7 @@ public class WebGpuIndexOpsTests
 {
     /// <summary>Node cases of these ops, by name; every one must run its WGSL kernel and pass.</summary>
     const string Ops = "gather_elements|gathernd|scatter_elements|scatter_with|scatternd|onehot|tril|triu|eyelike|reversesequence|compress|nonzero|" +
-        "nllloss|sce_|top_k|hardmax|shrink|bitshift_.*int(8|16|32)$|det_2d|quantizelinear|hannwindow|hammingwindow|blackmanwindow|nonmaxsuppression|unique|test_pow";
+        "nllloss|sce_|top_k|hardmax|shrink|bitshift_.*int(8|16|32)$|det_2d|quantizelinear|hannwindow|hammingwindow|blackmanwindow|nonmaxsuppression|unique|tile|depthtospace|spacetodepth|test_pow";
 
     [Fact]
     public void Node_cases_of_the_indexing_loss_and_quantize_ops_pass_on_webgpu()

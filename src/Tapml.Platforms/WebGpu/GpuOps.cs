@@ -36,6 +36,7 @@ public static class GpuOps
         Losses.Register(Add);
         Misc.Register(Add);
         Detection.Register(Add);
+        Rearrange.Register(Add);
         return d;
     }
 
