@@ -4,7 +4,7 @@ using Tapml.Core;
 namespace Tapml.Platforms.WebGpu.Kernels;
 
 /// <summary>Index-driven ops: GatherElements, GatherND, ScatterElements/Scatter, ScatterND, OneHot, Trilu, EyeLike,
-/// ReverseSequence, and the data-dependent Compress and NonZero (a GPU scan of the kept positions, then one
+/// ReverseSequence, and the data-dependent Compress, NonZero and Unique (a GPU scan of the kept positions, then one
 /// readback of the count to size the output). Scatters copy the data, then each thread owns the updates that can
 /// meet on one output element and applies them in order, so duplicates reduce deterministically without atomics.</summary>
 public static class Indexing
@@ -23,6 +23,7 @@ public static class Indexing
         add(new GpuOp("", "ReverseSequence", 10, (g, ctx, ins) => [ReverseSequence(g, ctx, GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx))]));
         add(new GpuOp("", "Compress", 9, (g, ctx, ins) => [Compress(g, ctx, GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx))]));
         add(new GpuOp("", "NonZero", 9, (g, ctx, ins) => [NonZero(g, ctx, GpuOps.In(ins, 0, ctx))]));
+        add(new GpuOp("", "Unique", 11, (g, ctx, ins) => Unique(g, ctx, GpuOps.In(ins, 0, ctx))));
     }
 
     static string? ReductionSupport(Tapml.Platforms.NodeContext ctx, IReadOnlyList<Tapml.Ir.TypeRef?> t) =>
@@ -392,5 +393,88 @@ public static class Indexing
             return y;
         }
         finally { g.Free(pos); }
+    }
+
+    /// <summary>Unique over slices along an axis (or elements when there is none): one thread per slice finds its first
+    /// equal slice and its count, then its group's rank (sorted: distinct smaller slices; else earlier first
+    /// occurrences), then the first of each group writes the outputs. The group count is read back once.</summary>
+    static Value?[] Unique(WebGpuPlatform g, Tapml.Platforms.NodeContext ctx, GpuTensor x)
+    {
+        if (x.Storage == GpuStorage.I32) GpuOps.CheckNotSaturated(x, ctx);
+        bool sorted = ctx.Int("sorted", 1) != 0;
+        var xs = ctx.Has("axis") ? x.Shape : [x.Length];
+        int axis = ctx.Has("axis") ? ShapeUtil.Axis(ctx.Int("axis", 0), x.Rank) : 0;
+        long dim = xs[axis], outer = ShapeUtil.Size(xs.AsSpan(0, axis)), inner = ShapeUtil.Size(xs.AsSpan(axis + 1));
+        var first = g.Empty(DType.UInt32, [Math.Max(1, dim)]);
+        var cnt = g.Empty(DType.UInt32, [Math.Max(1, dim)]);
+        var isFirst = g.Empty(DType.UInt32, [Math.Max(1, dim)]);
+        var rank = g.Empty(DType.UInt32, [Math.Max(1, dim)]);
+        var meta = new Meta();
+        meta.Add(dim); meta.Add(outer); meta.Add(inner);
+        string s = Wgsl.Scalar(x.Storage);
+        string nan(string v) => x.Storage is GpuStorage.F32 or GpuStorage.F16x2 ? $"((bitcast<u32>({v}) & 0x7fffffffu) > 0x7f800000u)" : "false";
+        // Slices compare element by element (o-major, then inner); numbers in numeric order, NaN last and equal to NaN.
+        string decl = $$"""
+fn cmp(a: u32, b: u32) -> i32 {
+  let D = md[0]; let inner = md[2];
+  for (var o = 0u; o < md[1]; o++) {
+    for (var n = 0u; n < inner; n++) {
+      let p = x((o * D + a) * inner + n); let q = x((o * D + b) * inner + n);
+      let pn = {{nan("p")}}; let qn = {{nan("q")}};
+      if (pn || qn) { if (pn && qn) { continue; } return select(-1, 1, pn); }
+      if (p < q) { return -1; }
+      if (p > q) { return 1; }
+    }
+  }
+  return 0;
+}
+""";
+        var key = $"{(int)x.Storage}|{(int)x.DType}";
+        if (dim > 0)
+        {
+            g.Launch(new WebGpuPlatform.KernelKey("unique_groups", key), () => new Wgsl(g.Workgroup).In("x", x).Out("first", DType.UInt32).Out("cnt", DType.UInt32).Out("isf", DType.UInt32).Decl(decl).Build("""
+  var f = i; var c = 0u;
+  for (var j = 0u; j < md[0]; j++) { if (cmp(i, j) == 0) { c += 1u; f = min(f, j); } }
+  first_st(i, f); cnt_st(i, c); isf_st(i, select(0u, 1u, f == i));
+"""), "UniqueGroups", [x, first, cnt, isFirst], meta, dim);
+        }
+        var (pos, groups) = Positions(g, isFirst, dim, "v != 0u", "Unique");
+        g.Free(pos);
+        var yShape = (long[])xs.Clone();
+        yShape[axis] = groups;
+        if (!ctx.Has("axis")) yShape = [groups];
+        var y = g.Empty(x.DType, yShape);
+        var idx = g.Empty(DType.Int64, [groups]);
+        var inv = g.Empty(DType.Int64, [dim]);
+        var counts = g.Empty(DType.Int64, [groups]);
+        if (dim > 0)
+        {
+            string rankBody = sorted
+                ? "  var r = 0u;\n  for (var j = 0u; j < md[0]; j++) { if (isf(j) != 0u && cmp(j, i) < 0) { r += 1u; } }\n  rank_st(i, r);"
+                : "  var r = 0u;\n  for (var j = 0u; j < first(i); j++) { r += isf(j); }\n  rank_st(i, r);";
+            // NOTE: each variant binds only what it reads (Dawn's derived layout leaves unused bindings out).
+            if (sorted)
+                g.Launch(new WebGpuPlatform.KernelKey("unique_rank", $"{sorted}|{key}"), () => new Wgsl(g.Workgroup).In("x", x).In("isf", GpuStorage.U32)
+                    .Out("rank", DType.UInt32).Decl(decl).Build(rankBody), "UniqueRank", [x, isFirst, rank], meta, dim);
+            else
+                g.Launch(new WebGpuPlatform.KernelKey("unique_rank", $"{sorted}"), () => new Wgsl(g.Workgroup).In("first", GpuStorage.U32).In("isf", GpuStorage.U32)
+                    .Out("rank", DType.UInt32).Build(rankBody), "UniqueRank", [first, isFirst, rank], meta, dim);
+            var m2 = new Meta();
+            m2.Add(dim); m2.Add(outer); m2.Add(inner); m2.Add(groups);
+            string sc = S(x.DType);
+            g.Launch(new WebGpuPlatform.KernelKey("unique_out", key), () => new Wgsl(g.Workgroup).In("x", x).In("first", GpuStorage.U32).In("cnt", GpuStorage.U32).In("rank", GpuStorage.U32)
+                .Out("y", x.DType).Out("idx", DType.Int64).Out("inv", DType.Int64).Out("counts", DType.Int64).Build($$"""
+  let r = rank(i);
+  inv_st(i, i32(r));
+  if (first(i) != i) { return; }
+  idx_st(r, i32(i)); counts_st(r, i32(cnt(i)));
+  let D = md[0]; let inner = md[2]; let G = md[3];
+  for (var o = 0u; o < md[1]; o++) {
+    for (var n = 0u; n < inner; n++) { y_st((o * G + r) * inner + n, {{sc}}(x((o * D + i) * inner + n))); }
+  }
+"""), "Unique", [x, first, cnt, rank, y, idx, inv, counts], m2, dim);
+        }
+        g.Free(first); g.Free(cnt); g.Free(isFirst); g.Free(rank);
+        return [y, idx, inv, counts];
     }
 }
