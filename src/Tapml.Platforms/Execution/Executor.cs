@@ -427,9 +427,9 @@ public sealed class Executor
         {
             if (outs[i] is not { } v) continue;
             host[i] = ToHost(v);
-            // NOTE: a device value the body made is downloaded for the caller and given back here (the same value
-            // named by two outputs is given back once).
-            if (owned[i] && v is IDeviceValue d && Array.IndexOf(outs, v) == i) d.Owner.Free(v);
+            // NOTE: a device value the body made is downloaded for the caller and given back here (once, however
+            // many outputs name it; never one of the body's inputs that a kernel returned as it was).
+            if (owned[i] && v is IDeviceValue d && Array.IndexOf(outs, v) == i && !inputs.Any(x => ReferenceEquals(x, v))) d.Owner.Free(v);
         }
         return host;
     }
