@@ -96,7 +96,11 @@ public sealed class RemoteServer : IAsyncDisposable, IDisposable
         app.MapGrpcService<DeviceService>();
         if (bulkListen is not null) BulkEndpoint.Map(app, sessions, tokens);
         try { await app.StartAsync(); }
-        catch (IOException e) { throw new TapmlException($"cannot listen on {listen}{(bulk > 0 ? $" and bulk port {bulk}" : "")}: {e.Message}{(bulk > 0 ? " (--bulk-port N picks another bulk port, -1 none)" : "")}"); }
+        catch (IOException e)
+        {
+            bool bulkBusy = bulk > 0 && e.Message.Contains($":{bulk}", StringComparison.Ordinal);
+            throw new TapmlException($"cannot listen on {listen}{(bulk > 0 ? $" and bulk port {bulk}" : "")}: {e.Message}{(bulkBusy ? " (--bulk-port N picks another bulk port, -1 none)" : "")}");
+        }
         var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         string url = new Uri(bound).Port is int p ? $"{(cert is null ? "http" : "https")}://{(ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{ip}]" : ip.ToString())}:{p}" : bound;
         // NOTE: Kestrel writes the bound endpoint back into the listen options (port 0 → the port it got).
