@@ -72,8 +72,9 @@ static class BenchMemory
         {
             UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true,
         };
-        string dll = typeof(BenchMemory).Assembly.Location;
-        if (dll.EndsWith(".dll", StringComparison.OrdinalIgnoreCase) && Path.GetFileNameWithoutExtension(psi.FileName) == "dotnet") psi.ArgumentList.Add(dll);
+        // NOTE: under the dotnet host the first argument is tapml.dll; a single-file bundle is the executable itself.
+        string first = Environment.GetCommandLineArgs()[0];
+        if (Path.GetFileNameWithoutExtension(psi.FileName) == "dotnet" && first.EndsWith(".dll", StringComparison.OrdinalIgnoreCase)) psi.ArgumentList.Add(first);
         foreach (var a in new[] { "generate", "--model", model, "--platform", platform, "--input-ids", "1,2,3,4", "--max-tokens", "2", "--json", json })
             psi.ArgumentList.Add(a);
         var sw = Stopwatch.StartNew();

@@ -110,6 +110,10 @@ public class InPlaceWeightsTests
             for (int j = 0; j < 3; j++)
                 for (int c = 0; c < 40; c++) Assert.Equal(w.GetDouble(rows[j] * 40 + c), g.GetDouble(j * 40 + c));
             Assert.Equal(0, b.Materializations);
+            // A view reshaped so that a slice is no longer whole stored rows is left to the general kernel.
+            Assert.True(InPlaceWeights.HandlesGather(b, 0));
+            Assert.False(InPlaceWeights.HandlesGather(b.Reshape(2000), 0));
+            Assert.False(InPlaceWeights.Handles(Tensor.Zeros(DType.Float32, 1, 25), b.Reshape(25, 80)));
         }
         finally { File.Delete(path); }
     }

@@ -12,7 +12,14 @@ public static class InPlaceWeights
 {
     /// <summary>Whether MatMul(<paramref name="a"/>, <paramref name="b"/>) runs here: f32 A, B an f32 matrix read in place.</summary>
     public static bool Handles(Tensor a, Tensor b) =>
-        b.External is not null && b.Rank == 2 && a.DType == DType.Float32 && b.DType == DType.Float32;
+        b.External is { } e && b.Rank == 2 && a.DType == DType.Float32 && b.DType == DType.Float32
+        && (e.Transposed ? e.Rows : e.Cols) == b.Shape[1];     // stored as [N, K] or [K, N], not reshaped otherwise
+
+    /// <summary>Whether Gather along axis 0 of <paramref name="data"/> runs here: an f32 tensor read in place, untransposed,
+    /// whose slices along axis 0 are whole stored rows.</summary>
+    public static bool HandlesGather(Tensor data, int axis) =>
+        axis == 0 && data.External is { Transposed: false } e && data.DType == DType.Float32 && data.Rank >= 1
+        && data.Shape[0] > 0 && data.Length / data.Shape[0] % e.Cols == 0;
 
     /// <summary>Y[rows, N] = A[rows, K] · B[K, N] for B in place (logical [K, N]: stored [N, K] transposed, or [K, N]).</summary>
     public static void MatMul(ReadOnlySpan<float> a, Tensor b, Span<float> y, int rows)

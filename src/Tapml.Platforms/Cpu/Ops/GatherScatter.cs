@@ -38,7 +38,7 @@ public sealed class GatherScatterOps : ICpuOpFamily
         long dim = x.Shape[axis];
         for (int i = 0; i < idx.Length; i++) idx[i] = Index(ctx, idx[i], dim);
         // An embedding read in place: only the rows asked for are read (and converted from the stored dtype).
-        if (axis == 0 && x.External is { Transposed: false } && x.DType == DType.Float32) return [InPlaceWeights.Gather(x, idx, it.Shape)];
+        if (InPlaceWeights.HandlesGather(x, axis)) return [InPlaceWeights.Gather(x, idx, it.Shape)];
         return [ShapeKit.GatherAxis(x, axis, idx, it.Shape)];
     }
 
