@@ -74,6 +74,7 @@ public class MatMulNBitsTests
         { 1, 100, 17, 32, Zp.Packed, "f32", false },    // K not a multiple of 8
         { 5, 128, 48, 32, Zp.Packed, "f32", false },
         { 70, 96, 65, 32, Zp.None, "f32", true },
+        { 9, 100, 17, 32, Zp.Packed, "f32", false },    // tiled, K not a multiple of 8
         { 3, 64, 24, 32, Zp.Float, "f32", false },
         { 1, 128, 32, 32, Zp.Packed, "f16", false },
         { 6, 64, 40, 16, Zp.None, "f16", true },

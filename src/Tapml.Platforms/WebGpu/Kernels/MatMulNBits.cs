@@ -15,8 +15,8 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 /// multiple of 32 and blocks hold at least 32; else one u32 of 8 values), each word dequantized in registers to two
 /// vec4s, <c>(q − zero)·scale</c> as the cpu reference computes it, and dotted with x; partial sums tree-reduced in
 /// workgroup memory;</item>
-/// <item>prefill: a 64×64 tiled product (as MatMul's) whose B tile is dequantized from the packed words while it is
-/// staged in workgroup memory.</item>
+/// <item>prefill: a 64×64 tiled product (as MatMul's) whose B tile is dequantized while it is staged in workgroup
+/// memory, one packed word (8 values) a thread.</item>
 /// </list></summary>
 static class MatMulNBits
 {
@@ -116,9 +116,9 @@ static class MatMulNBits
         return [y];
     }
 
-    /// <summary>Declares x, y, the weight words, scales, zero points and bias (in the bindings' order) and
-    /// <c>dq(col, k)</c>, the dequantized weight of column <c>col</c> at row k of B.</summary>
-    static Wgsl Declare(GpuTensor x, DType y, int block, bool zeros, bool bias, bool xvec, int wg, bool wide = false)
+    /// <summary>Declares x, y, the weight words (u32, or vec4 for wide loads), scales, zero points and bias, in the
+    /// bindings' order, and <c>zero_(block)</c>.</summary>
+    static Wgsl Declare(GpuTensor x, DType y, bool zeros, bool bias, bool xvec, int wg, bool wide = false)
     {
         var w = new Wgsl(wg);
         if (xvec) w.Reserve().Decl("@group(0) @binding(0) var<storage, read> xv_b: array<vec4<f32>>;");
@@ -130,19 +130,12 @@ static class MatMulNBits
         if (zeros) w.In("zp", GpuStorage.F32);
         if (bias) w.In("bias", GpuStorage.F32);
         w.Decl($"fn zero_(b: u32) -> f32 {{ {(zeros ? "return zp(b);" : "return 8.0;")} }}");
-        if (!wide) w.Decl($$"""
-fn dq(col: u32, k: u32) -> f32 {
-  let word = bw(col * md[2] + k / 8u);
-  let b = col * md[3] + k / {{block}}u;
-  return (f32((word >> ((k % 8u) * 4u)) & 15u) - zero_(b)) * sc(b);
-}
-""");
         return w;
     }
 
     static string MatVecCode(GpuTensor x, DType y, int block, bool zeros, bool bias, bool fast, bool wide, int t, int wg, int rows)
     {
-        var w = Declare(x, y, block, zeros, bias, fast, wg, wide);
+        var w = Declare(x, y, zeros, bias, fast, wg, wide);
         if (!fast) w.Decl("fn xg(i: u32, k: u32, K: u32) -> f32 { if (k < K) { return f32(x(i)); } return 0.0; }");
         w.Decl($"var<workgroup> red: array<f32, {wg * rows}>;");
         var rs = Enumerable.Range(0, rows).ToArray();
@@ -196,7 +189,7 @@ fn dq(col: u32, k: u32) -> f32 {
 
     static string TiledCode(GpuTensor x, DType y, int block, bool zeros, bool bias)
     {
-        var w = Declare(x, y, block, zeros, bias, false, 256);
+        var w = Declare(x, y, zeros, bias, false, 256);
         w.Decl("var<workgroup> As: array<f32, 1024>;\nvar<workgroup> Bs: array<f32, 1024>;");
         string body = $$"""
   let N = md[0]; let K = md[1]; let M = md[4];
@@ -211,11 +204,22 @@ fn dq(col: u32, k: u32) -> f32 {
       var av = 0.0;
       if (gm < M && gk < K) { av = f32(x(gm * K + gk)); }
       As[ak * 64u + am] = av;
-      let bn = e / 16u; let bk = e % 16u;
-      let gn = col0 + bn; let gk2 = k0 + bk;
-      var bv = 0.0;
-      if (gk2 < K && gn < N) { bv = dq(gn, gk2); }
-      Bs[bk * 64u + bn] = bv;
+    }
+    // B's tile: 128 threads each read one word (8 values of one column, one block) and dequantize it.
+    if (lid.x < 128u) {
+      let bn = lid.x / 2u; let kh = (lid.x % 2u) * 8u;
+      let gn = col0 + bn; let gk = k0 + kh;
+      var word = 0u; var s = 0.0; var z = 0.0;
+      if (gn < N && gk < K) {
+        word = bw(gn * md[2] + gk / 8u);
+        let b = gn * md[3] + gk / {{block}}u;
+        s = sc(b); z = zero_(b);
+      }
+      for (var j = 0u; j < 8u; j++) {
+        var v = 0.0;
+        if (gn < N && gk + j < K) { v = (f32((word >> (j * 4u)) & 15u) - z) * s; }
+        Bs[(kh + j) * 64u + bn] = v;
+      }
     }
     workgroupBarrier();
     for (var kk = 0u; kk < 16u; kk++) {
