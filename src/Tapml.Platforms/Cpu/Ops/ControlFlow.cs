@@ -118,18 +118,7 @@ public sealed class ControlFlow : ICpuOpFamily
     static Value?[] Scan9(NodeContext ctx, Value?[] inputs)
     {
         var body = ctx.Graph("body");
-        int m = (int)ctx.Int("num_scan_inputs");
-        int n = inputs.Length - m;
-        if (m < 1 || n < 0) throw ctx.Error($"num_scan_inputs {m} does not fit {inputs.Length} inputs");
-        int k = body.Outputs.Count - n;
-        if (k < 0 || body.Inputs.Count != n + m)
-            throw ctx.Error($"body has {body.Inputs.Count} inputs and {body.Outputs.Count} outputs; expected {n + m} inputs and at least {n} outputs");
-        long[] inAxes = ctx.Ints("scan_input_axes") ?? new long[m];
-        long[] inDirs = ctx.Ints("scan_input_directions") ?? new long[m];
-        long[] outAxes = ctx.Ints("scan_output_axes") ?? new long[k];
-        long[] outDirs = ctx.Ints("scan_output_directions") ?? new long[k];
-        if (inAxes.Length != m || inDirs.Length != m) throw ctx.Error("scan_input_axes/scan_input_directions must have num_scan_inputs entries");
-        if (outAxes.Length != k || outDirs.Length != k) throw ctx.Error($"scan_output_axes/scan_output_directions must have {k} entries");
+        var (m, n, k, inAxes, inDirs, outAxes, outDirs) = ControlFlowHelpers.Scan9Attributes(ctx, body, inputs.Length);
 
         var scanIn = new Tensor[m];
         var axes = new int[m];
@@ -278,6 +267,25 @@ public sealed class ControlFlow : ICpuOpFamily
 /// <summary>Slicing, stacking and scalar reads shared by the control-flow kernels.</summary>
 internal static class ControlFlowHelpers
 {
+    /// <summary>Scan-9+'s counts (m scan inputs, n states, k scan outputs) and its axis/direction attributes, checked
+    /// against the body and the node's <paramref name="inputCount"/> inputs.</summary>
+    public static (int M, int N, int K, long[] InAxes, long[] InDirs, long[] OutAxes, long[] OutDirs) Scan9Attributes(NodeContext ctx, Graph body, int inputCount)
+    {
+        int m = (int)ctx.Int("num_scan_inputs");
+        int n = inputCount - m;
+        if (m < 1 || n < 0) throw ctx.Error($"num_scan_inputs {m} does not fit {inputCount} inputs");
+        int k = body.Outputs.Count - n;
+        if (k < 0 || body.Inputs.Count != n + m)
+            throw ctx.Error($"body has {body.Inputs.Count} inputs and {body.Outputs.Count} outputs; expected {n + m} inputs and at least {n} outputs");
+        long[] inAxes = ctx.Ints("scan_input_axes") ?? new long[m];
+        long[] inDirs = ctx.Ints("scan_input_directions") ?? new long[m];
+        long[] outAxes = ctx.Ints("scan_output_axes") ?? new long[k];
+        long[] outDirs = ctx.Ints("scan_output_directions") ?? new long[k];
+        if (inAxes.Length != m || inDirs.Length != m) throw ctx.Error("scan_input_axes/scan_input_directions must have num_scan_inputs entries");
+        if (outAxes.Length != k || outDirs.Length != k) throw ctx.Error($"scan_output_axes/scan_output_directions must have {k} entries");
+        return (m, n, k, inAxes, inDirs, outAxes, outDirs);
+    }
+
     public static bool Bool(Tensor t, NodeContext ctx, string what)
     {
         if (t.Length != 1) throw ctx.Error($"{what} must hold exactly one element, got {t.Describe()}");

@@ -124,18 +124,7 @@ public static class ControlFlow
     static Value?[] Scan9(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
     {
         var body = ctx.Graph("body");
-        int m = (int)ctx.Int("num_scan_inputs");
-        int n = ins.Length - m;
-        if (m < 1 || n < 0) throw ctx.Error($"num_scan_inputs {m} does not fit {ins.Length} inputs");
-        int k = body.Outputs.Count - n;
-        if (k < 0 || body.Inputs.Count != n + m)
-            throw ctx.Error($"body has {body.Inputs.Count} inputs and {body.Outputs.Count} outputs; expected {n + m} inputs and at least {n} outputs");
-        long[] inAxes = ctx.Ints("scan_input_axes") ?? new long[m];
-        long[] inDirs = ctx.Ints("scan_input_directions") ?? new long[m];
-        long[] outAxes = ctx.Ints("scan_output_axes") ?? new long[k];
-        long[] outDirs = ctx.Ints("scan_output_directions") ?? new long[k];
-        if (inAxes.Length != m || inDirs.Length != m) throw ctx.Error("scan_input_axes/scan_input_directions must have num_scan_inputs entries");
-        if (outAxes.Length != k || outDirs.Length != k) throw ctx.Error($"scan_output_axes/scan_output_directions must have {k} entries");
+        var (m, n, k, inAxes, inDirs, outAxes, outDirs) = Cpu.Ops.ControlFlowHelpers.Scan9Attributes(ctx, body, ins.Length);
         var scanIn = new GpuTensor[m];
         var axes = new int[m];
         long len = -1;
