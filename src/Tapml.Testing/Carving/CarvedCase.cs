@@ -136,6 +136,16 @@ public sealed record CarvedCase
     /// <summary>Writes the manifest form (<see cref="ToJson"/>) straight to <paramref name="w"/>.</summary>
     public void WriteJson(System.Text.Json.Utf8JsonWriter w)
     {
+        WriteJsonHead(w);
+        w.WriteNumberValue(Provenance.Count);
+        w.WriteEndObject();
+        w.WriteEndObject();
+    }
+
+    /// <summary>The manifest form up to the value of <c>provenance.count</c> (the one field a carve still changes once
+    /// the case exists): <see cref="WriteJson"/> is this, the count and two closing braces.</summary>
+    public void WriteJsonHead(System.Text.Json.Utf8JsonWriter w)
+    {
         w.WriteStartObject();
         w.WriteString(K.Id, Id);
         w.WriteString(K.Name, Name);
@@ -151,9 +161,7 @@ public sealed record CarvedCase
         w.WriteStartObject(K.Provenance);
         w.WriteString(K.Node, Provenance.Node);
         w.WriteString(K.Phase, Provenance.Phase);
-        w.WriteNumber(K.Count, Provenance.Count);
-        w.WriteEndObject();
-        w.WriteEndObject();
+        w.WritePropertyName(K.Count);
     }
 
     /// <summary>The manifest's keys, encoded once (a carve's final manifest is on its critical path).</summary>

@@ -427,11 +427,48 @@ public sealed class CarvedStore
             }
             w.WriteEndObject();
             w.WriteStartArray("cases");
-            foreach (var c in cases) c.WriteJson(w);
-            w.WriteEndArray();
-            w.WriteEndObject();
+            w.Flush();
+            // NOTE: the cases are the manifest's last member; each is its head rendered while carving (or now) plus its count.
+            Span<byte> digits = stackalloc byte[24];
+            for (int i = 0; i < cases.Length; i++)
+            {
+                var c = cases[i];
+                if (i > 0) buffer.Write(","u8);
+                if (_heads.TryGetValue(c.Inputs, out var h) && SameHead(h.Case, c)) buffer.Write(h.Head);
+                else RenderHead(c, buffer);
+                System.Buffers.Text.Utf8Formatter.TryFormat(c.Provenance.Count, digits, out int n);
+                buffer.Write(digits[..n]);
+                buffer.Write("}}"u8);
+            }
+            buffer.Write("]}"u8);
         }
     }
+
+    /// <summary>Rendered case heads (<see cref="CarvedCase.WriteJsonHead"/>), keyed by the case's input list: a case
+    /// whose count changed (<c>with</c>) shares it; a case in a new slot has a new one.</summary>
+    readonly ConcurrentDictionary<object, (CarvedCase Case, byte[] Head)> _heads = new(ReferenceEqualityComparer.Instance);
+
+    /// <summary>Renders <paramref name="c"/>'s manifest head now (the carving thread does, off the run), so the
+    /// final manifest copies it; <paramref name="replaced"/>'s is dropped.</summary>
+    public void PreRender(CarvedCase c, CarvedCase? replaced = null)
+    {
+        if (replaced is not null) _heads.TryRemove(replaced.Inputs, out _);
+        var b = new ArrayBufferWriter<byte>(1024);
+        RenderHead(c, b);
+        _heads[c.Inputs] = (c, b.WrittenSpan.ToArray());
+    }
+
+    static void RenderHead(CarvedCase c, IBufferWriter<byte> buffer)
+    {
+        using var w = new Utf8JsonWriter(buffer, ManifestWriting);
+        c.WriteJsonHead(w);
+    }
+
+    /// <summary>Whether <paramref name="b"/> renders to <paramref name="a"/>'s head: the same case but for its count.</summary>
+    static bool SameHead(CarvedCase a, CarvedCase b) =>
+        ReferenceEquals(a, b) || ReferenceEquals(a.Outputs, b.Outputs) && ReferenceEquals(a.Id, b.Id) && ReferenceEquals(a.Signature, b.Signature)
+        && a.Opset == b.Opset && a.Domain == b.Domain && ReferenceEquals(a.AttributesText, b.AttributesText) && ReferenceEquals(a.Attributes, b.Attributes)
+        && a.Provenance.Node == b.Provenance.Node && a.Provenance.Phase == b.Provenance.Phase;
 
     static readonly JsonWriterOptions ManifestWriting = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping, SkipValidation = true };
 

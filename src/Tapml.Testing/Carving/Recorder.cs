@@ -30,8 +30,10 @@ public sealed class Recorder : IExecutionObserver, IDisposable
     readonly Dictionary<string, long> _notCarved = new();
     readonly Dictionary<Node, NodeState> _nodes = new(ReferenceEqualityComparer.Instance);
     readonly Stopwatch _sinceSave = Stopwatch.StartNew();
-    string _phase = "run";
-    Model? _model;
+    // NOTE: _runPhase/_runModel belong to the run's thread; _phase/_model/_depth to the carving thread (the call's).
+    string _runPhase = "run", _phase = "run";
+    Model? _runModel, _model;
+    int _depth;
     HashSet<string> _graphInputs = new();
 
     sealed class SignatureState
@@ -76,35 +78,126 @@ public sealed class Recorder : IExecutionObserver, IDisposable
 
     public void OnRunStart(Model model, long run)
     {
-        _phase = PhaseOf(run);
-        if (!ReferenceEquals(model, _model))
-        {
-            _model = model;
-            _graphInputs = model.Graph.Inputs.Select(i => i.Name).ToHashSet();
-        }
+        _runPhase = PhaseOf(run);
+        _runModel = model;
     }
 
-    int _depth;
+    /// <summary>One observed call, handed from the run's thread to the carving thread.</summary>
+    sealed record Call(Node Node, NodeState State, int Opset, int Depth, string Phase, Model? Model, Tensor?[]? Inputs, Tensor?[]? Outputs, string? Skip, ManualResetEventSlim? Flushed = null);
+
+    // NOTE: the run's thread only collects each call's host tensors (immutable values the executor hands over) and
+    // queues them; signatures, dedup, hashing and staging run on the carving thread, so they overlap the run
+    // (docs/benchmarks.md "Carving off the run's thread"). Calls are processed in order, so a carve is deterministic.
+    readonly System.Collections.Concurrent.ConcurrentQueue<Call> _queue = new();
+    readonly ManualResetEventSlim _wake = new(false), _roomy = new(true);
+    Thread? _carver;
+    volatile bool _done;
+    int _sleeping;
+    long _queuedBytes, _queuedCalls;
+    Exception? _error;
+    /// <summary>Bytes of queued calls' outputs (the values the run would otherwise free) at most before the run waits.</summary>
+    const long QueueBytes = 256L << 20;
+    const long QueueCalls = 1 << 14;
 
     public void OnNodeRun(NodeEvent e)
     {
-        // NOTE: nodes inside If/Loop/Scan bodies are carved like any other (their outer-scope inputs arrive resolved);
-        // only the parent, whose attributes hold graphs, is not.
+        if (_error is { } err) Rethrow(err);
         Calls++;
-        _depth = e.Depth;
         var node = e.Node;
         if (!_nodes.TryGetValue(node, out var ns))
         {
             var json = CarvedCase.AttributesJson(node);
             _nodes[node] = ns = new NodeState { Attrs = json, AttrText = json.ToJsonString(), HasSubgraphs = node.Subgraphs.Any() };
         }
-        if (ns.HasSubgraphs) { Skip("has subgraph attributes (If/Loop/Scan): its body's nodes are carved one by one instead"); return; }
-        var inputs = HostTensors(node.Inputs.Length, e.HostInput);
-        var outputs = inputs is null ? null : HostTensors(node.Outputs.Length, e.HostOutput);
-        if (inputs is null || outputs is null) { Skip("sequence or optional values (safetensors blobs hold tensors only)"); return; }
-        if (HasString(inputs) || HasString(outputs)) { Skip("string tensors (safetensors has no string dtype)"); return; }
+        Call call;
+        if (ns.HasSubgraphs) call = new Call(node, ns, 0, 0, _runPhase, null, null, null, "has subgraph attributes (If/Loop/Scan): its body's nodes are carved one by one instead");
+        else
+        {
+            var inputs = HostTensors(node.Inputs.Length, e.HostInput);
+            var outputs = inputs is null ? null : HostTensors(node.Outputs.Length, e.HostOutput);
+            string? skip = inputs is null || outputs is null ? "sequence or optional values (safetensors blobs hold tensors only)"
+                : HasString(inputs) || HasString(outputs) ? "string tensors (safetensors has no string dtype)" : null;
+            call = new Call(node, ns, e.Context.Opset, e.Depth, _runPhase, _runModel, inputs, outputs, skip);
+        }
+        Enqueue(call);
+    }
 
-        int opset = e.Context.Opset;
+    void Enqueue(Call call)
+    {
+        long bytes = 0;
+        if (call.Outputs is { } outs) foreach (var t in outs) bytes += t?.ByteSize ?? 0;
+        if (Interlocked.Add(ref _queuedBytes, bytes) > QueueBytes | Interlocked.Increment(ref _queuedCalls) > QueueCalls) _roomy.Reset();
+        _queue.Enqueue(call);
+        _carver ??= StartCarver();
+        if (Volatile.Read(ref _sleeping) == 1) _wake.Set();
+        // NOTE: back-pressure: a run far ahead of the carving thread waits instead of holding every activation alive.
+        while (!_roomy.IsSet && (Volatile.Read(ref _queuedBytes) > QueueBytes || Volatile.Read(ref _queuedCalls) > QueueCalls) && _error is null && _carver.IsAlive)
+            _roomy.Wait(50);
+    }
+
+    Thread StartCarver()
+    {
+        var t = new Thread(CarveLoop) { IsBackground = true, Name = "tapml carve" };
+        t.Start();
+        return t;
+    }
+
+    void CarveLoop()
+    {
+        try
+        {
+            while (true)
+            {
+                while (_queue.TryDequeue(out var call))
+                {
+                    long bytes = 0;
+                    if (call.Outputs is { } outs) foreach (var t in outs) bytes += t?.ByteSize ?? 0;
+                    Process(call);
+                    long leftBytes = Interlocked.Add(ref _queuedBytes, -bytes), leftCalls = Interlocked.Decrement(ref _queuedCalls);
+                    if (leftBytes <= QueueBytes / 2 && leftCalls <= QueueCalls / 2) _roomy.Set();
+                }
+                if (_done && _queue.IsEmpty) return;
+                Interlocked.Exchange(ref _sleeping, 1);
+                if (_queue.IsEmpty && !_done) _wake.Wait();
+                _wake.Reset();
+                Interlocked.Exchange(ref _sleeping, 0);
+            }
+        }
+        catch (Exception ex)
+        {
+            _error = ex;
+            _roomy.Set();
+        }
+    }
+
+    static void Rethrow(Exception e) => System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e).Throw();
+
+    /// <summary>Waits until the carving thread has processed every queued call.</summary>
+    void Finish()
+    {
+        _done = true;
+        _wake.Set();
+        _carver?.Join();
+        _carver = null;
+        if (_error is { } e) Rethrow(e);
+    }
+
+    Model? _carvingModel;
+
+    void Process(Call call)
+    {
+        if (call.Flushed is { } flushed) { Save(wait: true); flushed.Set(); return; }
+        if (call.Skip is { } why) { Skip(why); return; }
+        var (node, ns, inputs, outputs) = (call.Node, call.State, call.Inputs!, call.Outputs!);
+        if (!ReferenceEquals(call.Model, _carvingModel))
+        {
+            _carvingModel = call.Model;
+            _graphInputs = call.Model?.Graph.Inputs.Select(i => i.Name).ToHashSet() ?? [];
+        }
+        _depth = call.Depth;
+        _phase = call.Phase;
+        _model = call.Model;
+        int opset = call.Opset;
         var state = SignatureOf(node, ns, opset, inputs);
         state.Count++;
 
@@ -142,11 +235,11 @@ public sealed class Recorder : IExecutionObserver, IDisposable
                     Signature = signature,
                 };
                 BytesBeforeDedup += bytes;
-                if (add) { state.Slots.Add(_store.Cases.Count); _store.Cases.Add(c); }
-                else _store.Cases[state.Slots[slot]] = c;
+                if (add) { state.Slots.Add(_store.Cases.Count); _store.Cases.Add(c); _store.PreRender(c); }
+                else { _store.PreRender(c, _store.Cases[state.Slots[slot]]); _store.Cases[state.Slots[slot]] = c; }
             }
         }
-        if (_sinceSave.ElapsedMilliseconds > 1000) Flush(wait: false);
+        if (_sinceSave.ElapsedMilliseconds > 1000) Save(wait: false);
     }
 
     void Sizes(Tensor? t, ref long bytes, ref long fresh)
@@ -249,9 +342,20 @@ public sealed class Recorder : IExecutionObserver, IDisposable
 
     void Skip(string reason) => _notCarved[reason] = _notCarved.GetValueOrDefault(reason) + 1;
 
-    /// <summary>Queues a manifest of the cases so far (also done every second while carving); with
-    /// <paramref name="wait"/>, returns once it is on disk.</summary>
-    public void Flush(bool wait = true)
+    /// <summary>Writes a manifest of the calls so far (one is also queued every second while carving); returns once it
+    /// is on disk.</summary>
+    public void Flush()
+    {
+        if (_carver is null) { Save(wait: true); return; }
+        using var flushed = new ManualResetEventSlim(false);
+        Enqueue(new Call(null!, null!, 0, 0, _runPhase, null, null, null, null, flushed));
+        while (!flushed.Wait(50))
+            if (_error is { } e) Rethrow(e);
+            else if (_carver is not { IsAlive: true }) throw new InvalidOperationException("the carving thread stopped");
+    }
+
+    /// <summary>Queues a manifest of the cases so far; with <paramref name="wait"/>, returns once it is on disk.</summary>
+    void Save(bool wait)
     {
         UpdateCounts();
         if (wait) _store.SaveManifest();
@@ -271,8 +375,19 @@ public sealed class Recorder : IExecutionObserver, IDisposable
     /// <summary>Final manifest; the pack is closed.</summary>
     public void Dispose()
     {
-        UpdateCounts();
-        _store.Close();
-        _store.RemoveUnreferencedBlobs();
+        Exception? failed = null;
+        try { Finish(); }
+        catch (Exception e) { failed = e; }
+        // NOTE: what was carved before a failure is still saved; the failure is the error reported.
+        try
+        {
+            UpdateCounts();
+            _store.Close();
+            _store.RemoveUnreferencedBlobs();
+        }
+        catch when (failed is not null) { }
+        _wake.Dispose();
+        _roomy.Dispose();
+        if (failed is not null) Rethrow(failed);
     }
 }
