@@ -86,7 +86,7 @@ static class BulkEndpoint
             throw new TapmlException($"upload into handle {h} announces {announced} bytes; {DTypes.Name(dtype)}{ShapeUtil.Format(shape)} has {bytes}");
         // NOTE: the destination was counted against the session's memory by Allocate. The body goes straight into the
         // tensor and into the hash as it arrives: one copy, one pass.
-        var t = Tensor.Uninitialized(dtype, shape);
+        var t = Locked(session, s => s.UploadTarget(h));
         var dst = Wire.WritableMemory(t);
         var hasher = new XxHash128();
         var reader = c.Request.BodyReader;

@@ -135,7 +135,7 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
         var (dtype, shape, bytes, hash, _) = Call(context, s => s.Pending(h));
         // NOTE: the destination was counted against the session's memory by Allocate; a chunk past it is refused.
         // Chunks go straight into the tensor and into the hash as they come: no second copy, no second pass.
-        var t = Tensor.Uninitialized(dtype, shape);
+        var t = Call(context, s => s.UploadTarget(h));
         var hasher = new System.IO.Hashing.XxHash128();
         long at = 0;
         do

@@ -342,6 +342,7 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
         var r = Mine(v);
         if (r.Host is { } known) return known;
         var t = Tensor.Uninitialized(r.DType, r.Shape);
+        _ = Prefault.Start(t);   // NOTE: its pages are mapped while the request goes out and the server answers
         if (_bulk is { Off: false } && _bulk.Download(r.Handle, Wire.WritableMemory(t), Session, Authorization, $"download of {r.Describe()}"))
         {
             Calls++;

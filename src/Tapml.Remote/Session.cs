@@ -19,6 +19,8 @@ public sealed class Session : IDisposable
         public readonly UInt128? Hash = hash;
         public DType DType; public long[] Shape = [];
         public bool KeepOnHost;
+        /// <summary>The tensor an upload will fill, made (and its pages mapped) when the handle was reserved.</summary>
+        public Tensor? Staging;
         public int Refs;
         public bool Cached;
         public LinkedListNode<Slot>? Lru;
@@ -66,6 +68,7 @@ public sealed class Session : IDisposable
         MemoryBytes -= s.Bytes;
         if (s.Value is IDeviceValue) Platform.Free(s.Value);
         s.Value = null;
+        s.Staging = null;
     }
 
     ulong NewHandle(Slot s) { s.Refs++; _handles[_next] = s; return _next++; }
@@ -83,7 +86,23 @@ public sealed class Session : IDisposable
     public ulong Reserve(DType dtype, long[] shape, long bytes, UInt128 hash, bool keepOnHost)
     {
         Reserve(bytes);
-        return NewHandle(new Slot(null, bytes, hash) { DType = dtype, Shape = shape, KeepOnHost = keepOnHost });
+        var s = new Slot(null, bytes, hash) { DType = dtype, Shape = shape, KeepOnHost = keepOnHost };
+        if (bytes >= Prefault.MinBytes)
+        {
+            // NOTE: the destination's pages are mapped while the client is still sending (Prefault).
+            s.Staging = Tensor.Uninitialized(dtype, shape);
+            _ = Prefault.Start(s.Staging);
+        }
+        return NewHandle(s);
+    }
+
+    /// <summary>The tensor an upload into <paramref name="handle"/> writes into (made at <see cref="Reserve(DType, long[], long, UInt128, bool)"/> for large ones).</summary>
+    public Tensor UploadTarget(ulong handle)
+    {
+        var s = _handles[handle];
+        var t = s.Staging ?? Tensor.Uninitialized(s.DType, s.Shape);
+        s.Staging = null;
+        return t;
     }
 
     /// <summary>What an Upload into <paramref name="handle"/> must bring, or an error when none is pending there.</summary>
