@@ -341,7 +341,13 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
         }
     }
 
-    public void Synchronize() => Check(_cl.Finish(_queue), "clFinish");
+    public void Synchronize()
+    {
+        Check(_cl.Finish(_queue), "clFinish");
+        // Nothing queued reads the host rings any more.
+        _upUsed = 0;
+        _metaUsed = 0;
+    }
 
     // ---- timing -----------------------------------------------------------------------------------------------------
 
