@@ -205,6 +205,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         if (pushDescriptors)
         {
             var f = _vk.GetDeviceProcAddr(_dev, "vkCmdPushDescriptorSetKHR");
+            if (f.Handle == null) throw new TapmlException("vulkan: the driver lists VK_KHR_push_descriptor but gives no vkCmdPushDescriptorSetKHR; use vulkan?push-descriptors=off");
             _cmdPushDescriptorSet = (delegate* unmanaged<CommandBuffer, PipelineBindPoint, PipelineLayout, uint, uint, WriteDescriptorSet*, void>)(nint)f.Handle;
         }
 
