@@ -66,7 +66,9 @@ public class GpuPlatformTests
     [InlineData("vulkan", "llama")]
     [InlineData("vulkan", "gpt2")]
     [InlineData("vulkan?icd=lavapipe", "qwen2")]
+    [InlineData("vulkan?icd=lavapipe&push-descriptors=off&barriers=all&writes=inline&batch=4", "llama")]
     [InlineData("opencl", "llama")]
+    [InlineData("opencl?writes=blocking&batch=4", "llama")]
     [InlineData("opencl", "gpt2")]
     public void Greedy_tokens_equal_cpu(string platform, string arch)
     {
@@ -77,5 +79,40 @@ public class GpuPlatformTests
         Assert.True(gpu.ExitCode == 0, gpu.Stderr);
         string Tokens(string s) => s.Split('\n').First(l => l.StartsWith("tokens:", StringComparison.Ordinal));
         Assert.Equal(Tokens(cpu.Stdout), Tokens(gpu.Stdout));
+    }
+
+    /// <summary>Writes through vulkan's upload ring, more bytes than it holds (so it fills, submits, waits and starts
+    /// over) while a dispatch that binds the buffer is recorded, read back intact; on lavapipe, which has
+    /// VK_KHR_push_descriptor (the dispatch pushes its descriptors).</summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Vulkan_writes_through_a_full_upload_ring_read_back_intact(bool pushDescriptors)
+    {
+        Tapml.Platforms.Vulkan.VulkanDevice dev;
+        try { dev = new Tapml.Platforms.Vulkan.VulkanDevice("lavapipe", -1, 0, new Tapml.Platforms.Vulkan.VulkanOptions(PushDescriptors: pushDescriptors)); }
+        catch (UnsupportedException e) { Assert.Skip(e.Message); return; }
+        using (dev)
+        {
+            Assert.Contains(dev.Details(), d => d.Contains(pushDescriptors ? "VK_KHR_push_descriptor;" : "VK_KHR_push_descriptor (not used", StringComparison.Ordinal));
+            const int chunk = 1 << 20, chunks = 12;   // 12 MiB through an 8 MiB ring
+            var buf = dev.Allocate(chunk * chunks, out _);
+            var p = dev.Pipeline("""
+                @group(0) @binding(0) var<storage, read_write> a: array<u32>;
+                @group(0) @binding(1) var<storage, read> md: array<u32>;
+                @compute @workgroup_size(1) fn main() { a[md[0]] = a[md[0]] + 1u; }
+                """, "ring-test");
+            var expect = new byte[chunk * chunks];
+            new Random(5).NextBytes(expect);
+            for (int c = 0; c < chunks; c++)
+            {
+                // A recorded dispatch binds the buffer, so the write cannot go straight into mapped memory.
+                dev.Dispatch(p, [buf], [0UL], [(ulong)(chunk * chunks)], [(uint)(c * chunk / 4)], 1);
+                dev.Write(buf, (ulong)(c * chunk), expect.AsSpan(c * chunk, chunk));
+            }
+            var got = new byte[expect.Length];
+            dev.Read(buf, 0, got);
+            Assert.True(expect.AsSpan().SequenceEqual(got), "bytes read back differ from the bytes written");
+        }
     }
 }

@@ -10,8 +10,10 @@ namespace Tapml.Platforms.OpenCl;
 /// <summary>OpenCL through Silk.NET.OpenCL and the ICD loader: the same kernels as webgpu, rendered to OpenCL C
 /// (<see cref="OpenClRenderer"/>) and built once per source (a program cache; PoCL also caches binaries on disk).
 /// One in-order queue with profiling on; buffers pooled by size bucket; each dispatch's metadata words go through a
-/// host ring into a device ring buffer (non-blocking writes, ordered before the kernel by the queue). Buffer handles
-/// given out are the <c>cl_mem</c> values.</summary>
+/// host ring into a device ring buffer (non-blocking writes, ordered before the kernel by the queue); writes of up to
+/// 2 MiB are copied into a host ring and enqueued without blocking; the queue is flushed every
+/// <see cref="OpenClOptions.Batch"/> dispatches so the device starts while the host records. Buffer handles given out
+/// are the <c>cl_mem</c> values.</summary>
 public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
 {
     readonly CL _cl;
@@ -33,6 +35,14 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
     int _metaUsed;
     const int MetaBytes = 4 << 20, MetaAlign = 256;
 
+    // Writes: a host ring the queue copies from (reused after a clFinish).
+    readonly byte* _upHost;
+    int _upUsed;
+    const int UploadBytes = 8 << 20, UploadMax = 2 << 20;
+    readonly OpenClOptions _opt;
+    int _sinceFlush;
+    public long Flushes { get; private set; }
+
     public GpuAdapterInfo Info { get; }
     public GpuLimits Limits { get; }
     public string Runtime { get; }
@@ -40,7 +50,7 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
     public long Dispatches { get; private set; }
     public long Readbacks { get; private set; }
     public double WaitMs { get; private set; }
-    public DeviceCounters Counters => new(Dispatches, 0, Readbacks, WaitMs);
+    public DeviceCounters Counters => new(Dispatches, Flushes, Readbacks, WaitMs);
     public int PipelineCount => _pipelines.Count;
     readonly string _buildOptions = "-cl-std=CL1.2";
 
@@ -53,8 +63,9 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
     /// <param name="platform">Index of the OpenCL platform (-1: the first with a GPU, else the first).</param>
     /// <param name="device">Index of the device on it.</param>
     /// <param name="optimize">Build with the compiler's optimizer (null: yes, except on PoCL, see below).</param>
-    public OpenClDevice(int platform, int device, bool? optimize = null)
+    public OpenClDevice(int platform, int device, bool? optimize = null, OpenClOptions? options = null)
     {
+        _opt = options ?? new OpenClOptions();
         try
         {
             _cl = CL.GetApi();
@@ -126,6 +137,7 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
         _meta = _cl.CreateBuffer(_context, MemFlags.ReadOnly, (nuint)MetaBytes, null, &err);
         Check(err, "clCreateBuffer (metadata ring)");
         _metaHost = (byte*)NativeMemory.AlignedAlloc(MetaBytes, 4096);
+        _upHost = (byte*)NativeMemory.AlignedAlloc(UploadBytes, 4096);
     }
 
     string PlatformString(nint p, PlatformInfo what) => InfoString((n, v, size) => _cl.GetPlatformInfo(p, what, n, v, size), "clGetPlatformInfo");
@@ -191,6 +203,21 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
     public void Write(nint buffer, ulong offset, ReadOnlySpan<byte> data)
     {
         if (data.Length == 0) return;
+        if (_opt.RingWrites && data.Length <= UploadMax)
+        {
+            // NOTE: a blocking write would wait for everything queued before it (a decode step's start would wait for
+            // the last step's end); the host ring keeps the bytes until the queue copied them.
+            if (_upUsed + data.Length > UploadBytes)
+            {
+                Synchronize();
+                _upUsed = 0;
+            }
+            int at = _upUsed;
+            data.CopyTo(new Span<byte>(_upHost + at, data.Length));
+            _upUsed = (at + data.Length + 63) & ~63;
+            Check(_cl.EnqueueWriteBuffer(_queue, buffer, false, (nuint)offset, (nuint)data.Length, _upHost + at, 0, null, null), "clEnqueueWriteBuffer");
+            return;
+        }
         fixed (byte* p = data) Check(_cl.EnqueueWriteBuffer(_queue, buffer, true, (nuint)offset, (nuint)data.Length, p, 0, null, null), "clEnqueueWriteBuffer");
     }
 
@@ -256,6 +283,12 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
         Check(_cl.EnqueueNdrangeKernel(_queue, k.Handle, 3, null, global, local, 0, null, timed ? &ev : null), $"clEnqueueNDRangeKernel ({p.Label})");
         if (timed) _events!.Add((p.Label, ev));
         Dispatches++;
+        if (++_sinceFlush >= _opt.Batch)
+        {
+            Check(_cl.Flush(_queue), "clFlush");
+            _sinceFlush = 0;
+            Flushes++;
+        }
     }
 
     // ---- readback ---------------------------------------------------------------------------------------------------
@@ -282,6 +315,8 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
         nint ev;
         Check(_cl.EnqueueReadBuffer(_queue, buffer, false, (nuint)offset, (nuint)bytes, host, 0, null, &ev), "clEnqueueReadBuffer");
         _cl.Flush(_queue);
+        _sinceFlush = 0;
+        Flushes++;
         Readbacks++;
         return new PendingRead { Event = ev, Host = host, Bytes = bytes };
     }
@@ -306,7 +341,13 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
         }
     }
 
-    public void Synchronize() => Check(_cl.Finish(_queue), "clFinish");
+    public void Synchronize()
+    {
+        Check(_cl.Finish(_queue), "clFinish");
+        // Nothing queued reads the host rings any more.
+        _upUsed = 0;
+        _metaUsed = 0;
+    }
 
     // ---- timing -----------------------------------------------------------------------------------------------------
 
@@ -387,6 +428,7 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
         _sizes.Clear();
         _cl.ReleaseMemObject(_meta);
         NativeMemory.AlignedFree(_metaHost);
+        NativeMemory.AlignedFree(_upHost);
         foreach (var k in _kernels) { _cl.ReleaseKernel(k.Handle); _cl.ReleaseProgram(k.Program); }
         _kernels.Clear();
         _cl.ReleaseCommandQueue(_queue);

@@ -11,9 +11,11 @@ namespace Tapml.Platforms.Vulkan;
 /// <summary>Vulkan compute through Silk.NET.Vulkan: the same kernels as webgpu, rendered to GLSL
 /// (<see cref="GlslRenderer"/>) and compiled to SPIR-V (<see cref="Glslc"/>). Device-local buffers (pooled by size
 /// bucket), uploads and readbacks through host-visible staging buffers, the metadata words (shapes, strides) as push
-/// constants, or where they do not fit as a dynamic storage buffer (a host-visible ring), descriptor sets cached by their buffers,
-/// dispatches recorded into one command buffer with a barrier after each and submitted in batches, timestamp queries
-/// for GPU time. Buffer handles given out are ids (never reused), not Vulkan handles.</summary>
+/// constants, or where they do not fit as a storage buffer range of a host-visible ring; buffers bound by push
+/// descriptors (VK_KHR_push_descriptor) where the device has them, else by descriptor sets cached by their buffers;
+/// writes copied from a persistently mapped upload ring; dispatches recorded into one command buffer, a memory barrier
+/// only before a command that depends on an earlier one, submitted in batches; timestamp queries for GPU time. Buffer
+/// handles given out are ids (never reused), not Vulkan handles. Choices: <see cref="VulkanOptions"/>.</summary>
 public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
 {
     readonly Vk _vk;
@@ -50,6 +52,10 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         /// <summary>Storage buffers bound (the metadata buffer included when it is one).</summary>
         public int Bindings;
         public bool Push;
+        /// <summary>Its buffers are bound by vkCmdPushDescriptorSetKHR (the set layout is a push-descriptor one).</summary>
+        public bool PushDescriptors;
+        /// <summary>Per binding (the metadata buffer excluded): whether the kernel may write it.</summary>
+        public required bool[] Writable;
     }
 
     sealed class Kernel
@@ -67,7 +73,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     bool _recording;
     int _sinceSubmit;
     bool _timing;
-    const int AutoSubmit = 48;
+    readonly VulkanOptions _opt;
     readonly HashSet<nint> _recorded = new();
     ulong _serial, _done;
     sealed record Submitted(ulong Serial, Fence Fence, CommandBuffer Cb);
@@ -82,6 +88,22 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     int _metaUsed;
     readonly int _metaAlign;
     const int MetaBytes = 4 << 20, MetaSlot = 4096;
+
+    // Push descriptors (VK_KHR_push_descriptor): the command, when the device has it and the options want it.
+    readonly delegate* unmanaged<CommandBuffer, PipelineBindPoint, PipelineLayout, uint, uint, WriteDescriptorSet*, void> _cmdPushDescriptorSet;
+    const int MaxPushDescriptors = 32;   // the least maxPushDescriptors the extension allows
+
+    // Barrier tracking: buffers written, and read, by commands recorded since the last barrier.
+    readonly HashSet<nint> _written = new(), _read = new();
+
+    // Writes: a host-visible ring; each submit's share is free once its fence signalled.
+    readonly VkBuf _upload;
+    ulong _upHead, _upAllocated, _upFreed;
+    readonly Queue<(ulong Serial, ulong Allocated)> _upMarks = new();
+    const ulong UploadBytes = 8 << 20, UploadMax = 2 << 20;
+
+    // Host-path counters (TAPML_VULKAN_STATS=1 prints them).
+    long _pushes, _setBinds, _barriers, _commands, _ringWrites, _inlineWrites, _stagedWrites, _directWrites;
 
     readonly Dictionary<(int Kernel, int Hash), (DescriptorSet Set, nint[] Ids, ulong[] Offsets, ulong[] Sizes)> _sets = new();
     const int MaxSets = 4096;
@@ -110,8 +132,10 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
 
     /// <param name="icd">"" (every installed driver), "swiftshader", "lavapipe", or a path to an ICD manifest.</param>
     /// <param name="deviceIndex">Physical device to use (-1: the best: discrete, integrated, virtual, then CPU).</param>
-    public VulkanDevice(string icd, int deviceIndex, long maxBindingBytes = 0)
+    /// <param name="options">Host-path choices (null: the defaults).</param>
+    public VulkanDevice(string icd, int deviceIndex, long maxBindingBytes = 0, VulkanOptions? options = null)
     {
+        _opt = options ?? new VulkanOptions();
         try { _vk = Vk.GetApi(); }
         catch (Exception e) when (e is DllNotFoundException or FileNotFoundException or PlatformNotSupportedException or InvalidOperationException)
         {
@@ -162,13 +186,28 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         bool timestamps = qf[fam].TimestampValidBits > 0 && lim.TimestampPeriod > 0;
         _timestampPeriod = lim.TimestampPeriod;
 
+        uint ne = 0;
+        Check(_vk.EnumerateDeviceExtensionProperties(_pd, (byte*)null, &ne, null), "vkEnumerateDeviceExtensionProperties");
+        var exts = new ExtensionProperties[ne];
+        fixed (ExtensionProperties* e = exts) Check(_vk.EnumerateDeviceExtensionProperties(_pd, (byte*)null, &ne, e), "vkEnumerateDeviceExtensionProperties");
+        bool hasPushDescriptors = exts.Any(e => SilkMarshal.PtrToString((nint)e.ExtensionName) == PushDescriptorExtension);
+        bool pushDescriptors = hasPushDescriptors && _opt.PushDescriptors;
+
         float prio = 1f;
         var qci = new DeviceQueueCreateInfo { SType = StructureType.DeviceQueueCreateInfo, QueueFamilyIndex = _family, QueueCount = 1, PQueuePriorities = &prio };
-        var dci = new DeviceCreateInfo { SType = StructureType.DeviceCreateInfo, QueueCreateInfoCount = 1, PQueueCreateInfos = &qci };
+        var extNames = pushDescriptors ? (byte**)SilkMarshal.StringArrayToPtr([PushDescriptorExtension]) : null;
+        var dci = new DeviceCreateInfo { SType = StructureType.DeviceCreateInfo, QueueCreateInfoCount = 1, PQueueCreateInfos = &qci, EnabledExtensionCount = pushDescriptors ? 1u : 0u, PpEnabledExtensionNames = extNames };
         Device dev;
-        Check(_vk.CreateDevice(_pd, &dci, null, &dev), "vkCreateDevice");
+        try { Check(_vk.CreateDevice(_pd, &dci, null, &dev), "vkCreateDevice"); }
+        finally { if (extNames != null) SilkMarshal.Free((nint)extNames); }
         _dev = dev;
         _vk.GetDeviceQueue(_dev, _family, 0, out _queue);
+        if (pushDescriptors)
+        {
+            var f = _vk.GetDeviceProcAddr(_dev, "vkCmdPushDescriptorSetKHR");
+            if (f.Handle == null) throw new TapmlException("vulkan: the driver lists VK_KHR_push_descriptor but gives no vkCmdPushDescriptorSetKHR; use vulkan?push-descriptors=off");
+            _cmdPushDescriptorSet = (delegate* unmanaged<CommandBuffer, PipelineBindPoint, PipelineLayout, uint, uint, WriteDescriptorSet*, void>)(nint)f.Handle;
+        }
 
         _vk.GetPhysicalDeviceMemoryProperties(_pd, out var mem);
         // The first memory type with every wanted flag, preferring one with the preferred flags and without the avoided ones.
@@ -220,11 +259,16 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             $"limits: maxStorageBufferRange {lim.MaxStorageBufferRange}, device-local heap {heap}, maxComputeWorkGroupInvocations {lim.MaxComputeWorkGroupInvocations}, " +
             $"maxComputeWorkGroupSize {lim.MaxComputeWorkGroupSize[0]}×{lim.MaxComputeWorkGroupSize[1]}×{lim.MaxComputeWorkGroupSize[2]}, maxComputeWorkGroupCount {lim.MaxComputeWorkGroupCount[0]}, " +
             $"maxComputeSharedMemorySize {lim.MaxComputeSharedMemorySize}, maxPerStageDescriptorStorageBuffers {lim.MaxPerStageDescriptorStorageBuffers}, minStorageBufferOffsetAlignment {lim.MinStorageBufferOffsetAlignment}",
-            $"features: {(timestamps ? $"timestamp queries ({_timestampPeriod} ns a tick)" : "no timestamp queries")}; device memory {(_deviceHostVisible ? "host-visible (written directly)" : "device-only (uploads through staging)")}",
+            $"features: {(timestamps ? $"timestamp queries ({_timestampPeriod} ns a tick)" : "no timestamp queries")}; " +
+            $"{(hasPushDescriptors ? $"{PushDescriptorExtension}{(pushDescriptors ? "" : " (not used: push-descriptors=off)")}" : $"no {PushDescriptorExtension} (descriptor sets cached by their buffers)")}; device memory {(_deviceHostVisible ? "host-visible (written directly)" : "device-only (uploads through staging)")}",
             $"kernels: WGSL rendered to GLSL 4.50, SPIR-V from {Glslc.Find() ?? "glslc"} (cached in {Path.Combine(NpmPackages.CacheRoot(), "spirv")})",
+            $"host path: barriers {(_opt.TrackedBarriers ? "only between dependent commands" : "after every command")}, writes {(_opt.UploadRing ? $"through a {UploadBytes >> 20} MiB upload ring" : "inline (vkCmdUpdateBuffer) or staged")}, {_opt.Batch} dispatches a submit",
         ];
         _meta = CreateBuffer(MetaBytes + MetaSlot, _hostType, BufferUsageFlags.StorageBufferBit, map: true);
+        _upload = CreateBuffer(UploadBytes, _hostType, BufferUsageFlags.TransferSrcBit, map: true);
     }
+
+    const string PushDescriptorExtension = "VK_KHR_push_descriptor";
 
     static string IcdList(string icd)
     {
@@ -349,24 +393,81 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         if (b.Mapped != null && !_recorded.Contains(buffer) && (_serial == _done || Poll() && _serial == _done))
         {
             data.CopyTo(new Span<byte>(b.Mapped + offset, data.Length));
+            _directWrites++;
             return;
         }
-        Begin();
-        if (data.Length <= 65536 && data.Length % 4 == 0 && offset % 4 == 0)
+        if (_opt.UploadRing && data.Length <= (int)UploadMax)
+        {
+            // NOTE: taking ring space may submit and wait (a full ring), so it comes before the recording starts.
+            ulong at = UploadAlloc(data.Length);
+            data.CopyTo(new Span<byte>(_upload.Mapped + at, data.Length));
+            Begin();
+            Hazard(buffer, write: true);
+            var region = new BufferCopy { SrcOffset = at, DstOffset = offset, Size = (ulong)data.Length };
+            _vk.CmdCopyBuffer(_cb, _upload.Buffer, b.Buffer, 1, &region);
+            _ringWrites++;
+        }
+        else if (data.Length <= 65536 && data.Length % 4 == 0 && offset % 4 == 0)
         {
             // Small writes travel inside the command buffer (no staging buffer).
+            Begin();
+            Hazard(buffer, write: true);
             fixed (byte* d = data) _vk.CmdUpdateBuffer(_cb, b.Buffer, offset, (ulong)data.Length, d);
-            Barrier();
-            _recorded.Add(buffer);
-            return;
+            _inlineWrites++;
         }
-        var staging = CreateBuffer((ulong)data.Length, _hostType, BufferUsageFlags.TransferSrcBit, map: true);
-        data.CopyTo(new Span<byte>(staging.Mapped, data.Length));
-        _batchTemps.Add(staging);
-        var region = new BufferCopy { SrcOffset = 0, DstOffset = offset, Size = (ulong)data.Length };
-        _vk.CmdCopyBuffer(_cb, staging.Buffer, b.Buffer, 1, &region);
-        Barrier();
+        else
+        {
+            var staging = CreateBuffer((ulong)data.Length, _hostType, BufferUsageFlags.TransferSrcBit, map: true);
+            data.CopyTo(new Span<byte>(staging.Mapped, data.Length));
+            Begin();
+            _batchTemps.Add(staging);
+            Hazard(buffer, write: true);
+            var region = new BufferCopy { SrcOffset = 0, DstOffset = offset, Size = (ulong)data.Length };
+            _vk.CmdCopyBuffer(_cb, staging.Buffer, b.Buffer, 1, &region);
+            _stagedWrites++;
+        }
+        _written.Add(buffer);
         _recorded.Add(buffer);
+        Recorded();
+    }
+
+    /// <summary>Offset of <paramref name="bytes"/> of the upload ring that no submitted work still reads; a full ring
+    /// submits what was recorded and waits for the oldest submit that reads it.</summary>
+    ulong UploadAlloc(int bytes)
+    {
+        ulong n = ((ulong)bytes + 15) & ~15UL;
+        while (true)
+        {
+            ulong live = _upAllocated - _upFreed;
+            if (live == 0) _upHead = 0;
+            // What is left past the head is skipped when the bytes do not fit there (the ring wraps).
+            ulong skip = _upHead + n > UploadBytes ? UploadBytes - _upHead : 0;
+            if (live + skip + n <= UploadBytes)
+            {
+                if (skip > 0) { _upAllocated += skip; _upHead = 0; }
+                ulong at = _upHead;
+                _upHead += n;
+                _upAllocated += n;
+                return at;
+            }
+            Flush();
+            if (_upMarks.Count == 0) throw new TapmlException("vulkan: the upload ring is full and no submit frees it (internal error)");
+            WaitFor(_upMarks.Peek().Serial);
+        }
+    }
+
+    /// <summary>Before a command that touches <paramref name="buffer"/>: a barrier when a command since the last one
+    /// wrote it, or read it and this one writes it.</summary>
+    void Hazard(nint buffer, bool write)
+    {
+        if (_written.Contains(buffer) || write && _read.Contains(buffer)) Barrier();
+    }
+
+    /// <summary>After a command: with <c>barriers=all</c> (or while profiling, so that kernels do not overlap), a barrier.</summary>
+    void Recorded()
+    {
+        _commands++;
+        if (!_opt.TrackedBarriers || _profile is not null) Barrier();
     }
 
     // ---- pipelines --------------------------------------------------------------------------------------------------
@@ -393,6 +494,8 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         string glsl = r.Render(k.Code);
         push = r.UsesPushConstants;
         int bindings = r.StorageBindings;
+        bool pushDescriptors = _cmdPushDescriptorSet != null && bindings <= MaxPushDescriptors;
+        var writable = r.WritableBindings[..(push ? bindings : bindings - 1)];
         var spv = Glslc.Compile(glsl, k.Label);
         ShaderModule sm;
         fixed (byte* p = spv)
@@ -402,8 +505,17 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         }
         var lb = stackalloc DescriptorSetLayoutBinding[Math.Max(1, bindings)];
         for (int i = 0; i < bindings; i++)
-            lb[i] = new DescriptorSetLayoutBinding { Binding = (uint)i, DescriptorType = !push && i == bindings - 1 ? DescriptorType.StorageBufferDynamic : DescriptorType.StorageBuffer, DescriptorCount = 1, StageFlags = ShaderStageFlags.ComputeBit };
-        var dli = new DescriptorSetLayoutCreateInfo { SType = StructureType.DescriptorSetLayoutCreateInfo, BindingCount = (uint)bindings, PBindings = lb };
+            lb[i] = new DescriptorSetLayoutBinding
+            {
+                Binding = (uint)i, DescriptorCount = 1, StageFlags = ShaderStageFlags.ComputeBit,
+                // NOTE: push descriptors cannot be dynamic: the metadata range is pushed with its offset instead.
+                DescriptorType = !push && !pushDescriptors && i == bindings - 1 ? DescriptorType.StorageBufferDynamic : DescriptorType.StorageBuffer,
+            };
+        var dli = new DescriptorSetLayoutCreateInfo
+        {
+            SType = StructureType.DescriptorSetLayoutCreateInfo, BindingCount = (uint)bindings, PBindings = lb,
+            Flags = pushDescriptors ? DescriptorSetLayoutCreateFlags.PushDescriptorBitKhr : 0,
+        };
         DescriptorSetLayout dsl;
         Check(_vk.CreateDescriptorSetLayout(_dev, &dli, null, &dsl), "vkCreateDescriptorSetLayout");
         var range = new PushConstantRange { StageFlags = ShaderStageFlags.ComputeBit, Offset = 0, Size = (uint)_pushBytes };
@@ -419,7 +531,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             Check(_vk.CreateComputePipelines(_dev, default, 1, &cpi, null, &pipe), $"vkCreateComputePipelines ({k.Label})");
         }
         _vk.DestroyShaderModule(_dev, sm, null);
-        var v = new Variant { Id = _variants.Count, Pipeline = pipe, Layout = pl, SetLayout = dsl, Bindings = bindings, Push = push };
+        var v = new Variant { Id = _variants.Count, Pipeline = pipe, Layout = pl, SetLayout = dsl, Bindings = bindings, Push = push, PushDescriptors = pushDescriptors, Writable = writable };
         _variants.Add(v);
         return v;
     }
@@ -445,6 +557,9 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     /// <summary>Makes every shader and transfer write visible to every later shader and transfer access.</summary>
     void Barrier()
     {
+        _written.Clear();
+        _read.Clear();
+        _barriers++;
         var mb = new MemoryBarrier
         {
             SType = StructureType.MemoryBarrier,
@@ -493,26 +608,53 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             _metaUsed = (metaOffset + metaBytes + _metaAlign - 1) / _metaAlign * _metaAlign;
         }
 
-        var set = CachedSet(v, buffers, offsets, sizes, p.Label);
-        for (int i = 0; i < buffers.Length; i++) _recorded.Add(buffers[i]);
+        int want = v.Push ? v.Bindings : v.Bindings - 1;
+        if (buffers.Length != want) throw new TapmlException($"vulkan: kernel {p.Label} binds {want} buffers, the dispatch gave {buffers.Length} (internal error)");
+        var set = v.PushDescriptors ? default : CachedSet(v, buffers, offsets, sizes, p.Label);
         Begin();
+        bool hazard = false;
+        for (int i = 0; i < buffers.Length && !hazard; i++) hazard = _written.Contains(buffers[i]) || v.Writable[i] && _read.Contains(buffers[i]);
+        if (hazard) Barrier();
+        for (int i = 0; i < buffers.Length; i++)
+        {
+            _recorded.Add(buffers[i]);
+            (v.Writable[i] ? _written : _read).Add(buffers[i]);
+        }
         if (_profile is not null && !_timing) ProfileStamp(p.Label, begin: true);
         _vk.CmdBindPipeline(_cb, PipelineBindPoint.Compute, v.Pipeline);
-        uint dyn = (uint)metaOffset;
-        _vk.CmdBindDescriptorSets(_cb, PipelineBindPoint.Compute, v.Layout, 0, 1, &set, push ? 0u : 1u, &dyn);
+        if (v.PushDescriptors)
+        {
+            int n = v.Bindings;
+            var infos = stackalloc DescriptorBufferInfo[Math.Max(1, n)];
+            var writes = stackalloc WriteDescriptorSet[Math.Max(1, n)];
+            for (int i = 0; i < n; i++)
+            {
+                bool isMeta = !v.Push && i == n - 1;
+                var b = isMeta ? _meta : Buf(buffers[i]);
+                ulong off = isMeta ? (ulong)metaOffset : offsets[i];
+                infos[i] = new DescriptorBufferInfo { Buffer = b.Buffer, Offset = off, Range = isMeta ? MetaSlot : Math.Min(sizes[i], b.Size - off) };
+                writes[i] = new WriteDescriptorSet { SType = StructureType.WriteDescriptorSet, DstBinding = (uint)i, DescriptorCount = 1, DescriptorType = DescriptorType.StorageBuffer, PBufferInfo = &infos[i] };
+            }
+            _cmdPushDescriptorSet(_cb, PipelineBindPoint.Compute, v.Layout, 0, (uint)n, writes);
+            _pushes++;
+        }
+        else
+        {
+            uint dyn = (uint)metaOffset;
+            _vk.CmdBindDescriptorSets(_cb, PipelineBindPoint.Compute, v.Layout, 0, 1, &set, push ? 0u : 1u, &dyn);
+            _setBinds++;
+        }
         if (push && meta.Length > 0)
             fixed (uint* m = meta) _vk.CmdPushConstants(_cb, v.Layout, ShaderStageFlags.ComputeBit, 0, (uint)(meta.Length * 4), m);
         _vk.CmdDispatch(_cb, gx, gy, gz);
-        Barrier();
+        Recorded();
         if (_profile is not null && !_timing) ProfileStamp(p.Label, begin: false);
         Dispatches++;
-        if (++_sinceSubmit >= AutoSubmit && !_timing) Flush();
+        if (++_sinceSubmit >= _opt.Batch && !_timing) Flush();
     }
 
     DescriptorSet CachedSet(Variant k, ReadOnlySpan<nint> ids, ReadOnlySpan<ulong> offsets, ReadOnlySpan<ulong> sizes, string label)
     {
-        int want = k.Push ? k.Bindings : k.Bindings - 1;
-        if (ids.Length != want) throw new TapmlException($"vulkan: kernel {label} binds {want} buffers, the dispatch gave {ids.Length} (internal error)");
         int kernel = k.Id;
         var h = new HashCode();
         h.Add(kernel);
@@ -581,6 +723,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         _recording = false;
         _serial++;
         _inFlight.Enqueue(new Submitted(_serial, fence, cb));
+        if (_upMarks.Count == 0 ? _upAllocated != _upFreed : _upMarks.Last().Allocated != _upAllocated) _upMarks.Enqueue((_serial, _upAllocated));
         foreach (var t in _batchTemps) _garbage.Add((_serial, t));
         _batchTemps.Clear();
         _recorded.Clear();
@@ -611,6 +754,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         Check(_vk.ResetCommandBuffer(s.Cb, 0), "vkResetCommandBuffer");
         _freeCbs.Push(s.Cb);
         _done = s.Serial;
+        while (_upMarks.Count > 0 && _upMarks.Peek().Serial <= s.Serial) _upFreed = _upMarks.Dequeue().Allocated;
         for (int i = _garbage.Count - 1; i >= 0; i--)
             if (_garbage[i].Serial <= _done) { DestroyNow(_garbage[i].Buf); _garbage.RemoveAt(i); }
     }
@@ -655,11 +799,13 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         ulong ssize = DawnDevice.Bucket((ulong)Math.Max(4, bytes));
         var staging = _readStaging.TryGetValue(ssize, out var free) && free.Count > 0 ? free.Pop() : CreateBuffer(ssize, _readType, BufferUsageFlags.TransferDstBit, map: true);
         Begin();
+        Hazard(buffer, write: false);
         var region = new BufferCopy { SrcOffset = offset, DstOffset = 0, Size = (ulong)bytes };
         _vk.CmdCopyBuffer(_cb, b.Buffer, staging.Buffer, 1, &region);
         var mb = new MemoryBarrier { SType = StructureType.MemoryBarrier, SrcAccessMask = AccessFlags.TransferWriteBit, DstAccessMask = AccessFlags.HostReadBit };
         _vk.CmdPipelineBarrier(_cb, PipelineStageFlags.TransferBit, PipelineStageFlags.HostBit, 0, 1, &mb, 0, null, 0, null);
-        Barrier();
+        _read.Add(buffer);
+        Recorded();
         var serial = Flush();
         Readbacks++;
         return new PendingRead { Staging = staging, Serial = serial, Bytes = bytes };
@@ -788,6 +934,12 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         if (Stats)
             foreach (var (what, (calls, ticks)) in _stats.OrderByDescending(kv => kv.Value.Ticks))
                 Console.Error.WriteLine($"vulkan stats: {what}: {calls} calls, {ticks * 1000.0 / System.Diagnostics.Stopwatch.Frequency:F1} ms, {ticks * 1e6 / System.Diagnostics.Stopwatch.Frequency / Math.Max(1, calls):F2} µs/call");
+        if (Stats)
+        {
+            Console.Error.WriteLine($"vulkan stats: {_commands} commands (dispatches, copies), {_barriers} barriers ({_commands - _barriers} commands without one{(_opt.TrackedBarriers ? "" : ", barriers=all")}); " +
+                $"{Dispatches} dispatches: {_pushes} with push descriptors, {_setBinds} with descriptor sets; {Submits} submits");
+            Console.Error.WriteLine($"vulkan stats: writes: {_ringWrites} through the upload ring, {_inlineWrites} inline (vkCmdUpdateBuffer), {_stagedWrites} through a staging buffer each, {_directWrites} into mapped device memory");
+        }
         try { Synchronize(); } catch (TapmlException) { }
         _vk.DeviceWaitIdle(_dev);
         foreach (var (_, b) in _garbage) DestroyNow(b);
@@ -797,6 +949,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         foreach (var b in _buffers.Values) DestroyNow(b);
         _buffers.Clear();
         DestroyNow(_meta);
+        DestroyNow(_upload);
         foreach (var k in _variants)
         {
             _vk.DestroyPipeline(_dev, k.Pipeline, null);

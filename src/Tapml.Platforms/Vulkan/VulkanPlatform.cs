@@ -5,7 +5,9 @@ namespace Tapml.Platforms.Vulkan;
 
 /// <summary>The <c>vulkan</c> platform: tapml's GPU platform (kernels, fusion, decode pipeline of
 /// <see cref="WebGpuPlatform"/>) over a <see cref="VulkanDevice"/>. Spec:
-/// <c>vulkan[?icd=swiftshader|lavapipe|PATH][&amp;device=N][&amp;max-binding=BYTES]</c>.</summary>
+/// <c>vulkan[?icd=swiftshader|lavapipe|PATH][&amp;device=N][&amp;max-binding=BYTES]</c> plus the host-path knobs of
+/// <see cref="VulkanOptions"/>: <c>push-descriptors=on|off</c>, <c>barriers=tracked|all</c>, <c>writes=ring|inline</c>,
+/// <c>batch=N</c>.</summary>
 public static class VulkanPlatform
 {
     public static IPlatform Create(string spec)
@@ -13,6 +15,8 @@ public static class VulkanPlatform
         string icd = "";
         int device = -1;
         long maxBinding = 0;
+        var o = new VulkanOptions();
+        const string takes = "vulkan takes icd=swiftshader|lavapipe|PATH, device=N, max-binding=BYTES, push-descriptors=on|off, barriers=tracked|all, writes=ring|inline, batch=N";
         foreach (var (k, v) in PlatformSpec.Query(spec))
         {
             switch (k)
@@ -20,10 +24,29 @@ public static class VulkanPlatform
                 case "icd" when v.Length > 0: icd = v; break;
                 case "device": device = PlatformSpec.Int(spec, k, v); break;
                 case "max-binding" when long.TryParse(v, out maxBinding) && maxBinding >= 16: break;
-                default: throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (vulkan takes icd=swiftshader|lavapipe|PATH, device=N, max-binding=BYTES)");
+                case "push-descriptors" when v is "on" or "off": o = o with { PushDescriptors = v == "on" }; break;
+                case "barriers" when v is "tracked" or "all": o = o with { TrackedBarriers = v == "tracked" }; break;
+                case "writes" when v is "ring" or "inline": o = o with { UploadRing = v == "ring" }; break;
+                case "batch" when int.TryParse(v, out int n) && n >= 1: o = o with { Batch = n }; break;
+                default: throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' ({takes})");
             }
         }
         if (spec.Split('?', 2)[0] != "vulkan") throw new TapmlException($"platform '{spec}': write vulkan[?icd=…&device=N]");
-        return new WebGpuPlatform(spec, new VulkanDevice(icd, device, maxBinding));
+        return new WebGpuPlatform(spec, new VulkanDevice(icd, device, maxBinding, o));
     }
 }
+
+/// <summary>Host-path choices of a <see cref="VulkanDevice"/> (platform-spec options, so that both sides of each can be
+/// measured in one run).</summary>
+/// <param name="PushDescriptors">Bind buffers with <c>vkCmdPushDescriptorSetKHR</c> where the device has
+/// VK_KHR_push_descriptor (<c>push-descriptors=on</c>, the default); off: descriptor sets allocated, written and
+/// cached by their buffers.</param>
+/// <param name="TrackedBarriers">A memory barrier only before a command that touches a buffer written (or, to write
+/// it, one read) since the last barrier (<c>barriers=tracked</c>, the default); <c>all</c>: one after every
+/// command.</param>
+/// <param name="UploadRing">Writes of up to 2 MiB are copied through a persistently mapped upload ring
+/// (<c>writes=ring</c>, the default); <c>inline</c>: up to 64 KiB as <c>vkCmdUpdateBuffer</c>, larger ones through a
+/// staging buffer each.</param>
+/// <param name="Batch">Dispatches recorded per command buffer before it is submitted (<c>batch=N</c>, default 48 as
+/// webgpu's).</param>
+public sealed record VulkanOptions(bool PushDescriptors = true, bool TrackedBarriers = true, bool UploadRing = true, int Batch = 48);

@@ -19,6 +19,9 @@ public sealed class GlslRenderer : CStyleRenderer
     /// past <see cref="PushConstantWords"/>).</summary>
     public bool UsesPushConstants { get; private set; }
 
+    /// <summary>Per storage binding of the last kernel rendered: whether it is writable (not <c>readonly</c>).</summary>
+    public bool[] WritableBindings { get; private set; } = [];
+
     static readonly System.Text.RegularExpressions.Regex MetaWord = new(@"\bmd\[(\d+)u?\]", System.Text.RegularExpressions.RegexOptions.Compiled);
 
     protected override void Header(StringBuilder sb)
@@ -35,6 +38,8 @@ public sealed class GlslRenderer : CStyleRenderer
         int last = Module.Globals.Where(g => g.Space == "storage").Select(g => g.Binding).DefaultIfEmpty(-1).Max();
         StorageBindings = last + 1;
         UsesPushConstants = false;
+        WritableBindings = new bool[last + 1];
+        foreach (var g in Module.Globals) if (g.Space == "storage") WritableBindings[g.Binding] = g.Writable;
         int maxWord = MetaWord.Matches(Source).Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).DefaultIfEmpty(0).Max();
         foreach (var g in Module.Globals)
         {
