@@ -12,7 +12,7 @@ public static class Prefault
     /// <summary>Below this, faulting in place is cheap enough.</summary>
     public const long MinBytes = 4 << 20;
     const int MadvPopulateWrite = 23;
-    static volatile bool _unsupported = !OperatingSystem.IsLinux() || Environment.GetEnvironmentVariable("TAPML_NOPREFAULT") == "1";
+    static volatile bool _unsupported = !OperatingSystem.IsLinux();
 
     /// <summary>Starts populating <paramref name="t"/>'s pages; the task ends when they are (or at once when it cannot).</summary>
     public static Task Start(Tensor t)
