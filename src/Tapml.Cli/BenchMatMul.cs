@@ -8,8 +8,8 @@ namespace Tapml.Cli;
 
 /// <summary><c>bench matmul-sweep</c>: the tiled matmul's TFLOP/s (2·M·K·N ÷ GPU time from timestamp queries, best of runs)
 /// for each tile of <see cref="Tiles"/> and the 64×64 legacy kernel, on prefill-shaped products of the 125M Llama
-/// (768/2048/3072) and the Llama-3-8B shape (4096/14336) at M = 64, 512 and 2048 rows, weights f32 (and packed f16 for one
-/// 8B shape); the column "rule" is the tile <see cref="MatMulTiled.Choose"/> picks. Each tile's product is checked against
+/// (768/2048/3072) and the Llama-3-8B shape (4096/14336) at M = 16, 64, 512 and 2048 rows (bench llm-large's
+/// and llm's prompts are 16 and 64), weights f32 (and packed f16 for one 8B shape); the column "rule" is the tile <see cref="MatMulTiled.Choose"/> picks. Each tile's product is checked against
 /// the legacy kernel's. <c>bench matmul-sweep-tiny</c>: small shapes, for software adapters (wall time where the adapter
 /// has no timestamp queries).</summary>
 static class BenchMatMul
@@ -17,7 +17,7 @@ static class BenchMatMul
     public static IReadOnlyList<string> Names => ["matmul-sweep", "matmul-sweep-tiny"];
 
     /// <summary>Tiles measured besides the ladder's (<see cref="MatMulTiled.Ladder"/>).</summary>
-    static readonly string[] Extra = ["128x128x16/8x8", "128x64x8/8x4", "64x64x16/4x4", "64x64x8/8x8", "128x256x8/8x16", "256x128x8/16x8", "128x128x32/8x8"];
+    static readonly string[] Extra = ["128x128x16/8x8", "128x64x8/8x4", "64x64x16/4x4", "64x64x8/8x8", "128x256x8/8x16", "256x128x8/16x8", "128x128x32/8x8", "32x128x8/4x8", "32x64x16/4x4"];
 
     static IEnumerable<MatMulTiled.Tile> Tiles() =>
         new[] { MatMulTiled.Tile.Legacy }.Concat(MatMulTiled.Ladder).Concat(Extra.Select(s => MatMulTiled.Tile.Parse(s)!.Value)).Distinct();
@@ -27,11 +27,11 @@ static class BenchMatMul
         using var g = BenchWorkflows.GpuPlatform(gpu);
         Console.WriteLine($"device: {g.Description}");
         bool tiny = scenario == "matmul-sweep-tiny";
+        int[] prompts = [16, 64, 512, 2048];
         var shapes = tiny
-            ? new[] { (37, 96, 80, false), (130, 64, 130, false), (64, 128, 96, true) }
-            : (from m in new[] { 64, 512, 2048 }
-               from kn in new[] { (768, 768), (768, 2048), (2048, 768), (768, 3072), (4096, 4096), (4096, 14336), (14336, 4096) }
-               select (m, kn.Item1, kn.Item2, false)).Append((512, 4096, 14336, true)).ToArray();
+            ? new[] { (96, 80, false, new[] { 37 }), (64, 130, false, [130]), (128, 96, true, [64]) }
+            : [(768, 768, false, prompts), (768, 2048, false, prompts), (2048, 768, false, prompts), (768, 3072, false, prompts), (4096, 4096, false, prompts),
+               (4096, 14336, false, prompts), (14336, 4096, false, prompts), (4096, 14336, true, [16, 512])];
         var tiles = Tiles().Where(t => t.Unfit(g.Device.Limits) is null).ToList();
         foreach (var t in Tiles().Where(t => t.Unfit(g.Device.Limits) is { }))
             Console.WriteLine($"tile {t}: skipped, {t.Unfit(g.Device.Limits)}");
@@ -47,54 +47,57 @@ static class BenchMatMul
         var forced = g.MatMulTile;
         try
         {
-            foreach (var (m, k, n, half) in shapes)
+            foreach (var (k, n, half, rowCounts) in shapes)
             {
                 var wd = new float[(long)k * n];
                 for (long i = 0; i < wd.LongLength; i++) wd[i] = (float)(rng.NextDouble() - 0.5);
                 var w = g.Upload(half ? new Tensor(DType.Float16, [k, n], Array.ConvertAll(wd, v => (Half)v)) : new Tensor(DType.Float32, [k, n], wd));
                 wd = null;
-                var xd = new float[(long)m * k];
-                for (long i = 0; i < xd.LongLength; i++) xd[i] = (float)(rng.NextDouble() - 0.5);
-                var x = g.Upload(new Tensor(DType.Float32, [1, m, k], xd));
-                double flop = 2.0 * m * k * n;
-                // NOTE: about 0.1 TFLOP a measurement (a few ms on a large GPU), at least one call.
-                int calls = tiny ? 3 : (int)Math.Clamp(1e11 / flop, 1, 50);
-                string label = $"{m}×{k}·{k}×{n}{(half ? " f16" : "")}";
-                var cells = new List<string> { label };
-                float[]? reference = null;
-                double bestRate = 0; string bestTile = "";
-                var rates = new Dictionary<MatMulTiled.Tile, double>();
-                foreach (var tile in tiles)
+                foreach (int m in rowCounts)
                 {
-                    g.MatMulTile = tile;
-                    GpuTensor Once() => (GpuTensor)mm.Run(g, ctx, [x, w])[0]!;
-                    var y = Once();
-                    var got = g.Download(y).Span<float>().ToArray();
-                    g.Free(y);
-                    double err = 0;
-                    if (reference is null) reference = got;
-                    else for (int i = 0; i < got.Length; i++) err = Math.Max(err, Math.Abs(got[i] - reference[i]) / (1 + Math.Abs(reference[i])));
-                    bool same = err <= 1e-4 * Math.Sqrt(k);
-                    allSame &= same;
-                    double best = double.MaxValue;
-                    for (int r = 0; r < Math.Max(3, runs); r++)
+                    var xd = new float[(long)m * k];
+                    for (long i = 0; i < xd.LongLength; i++) xd[i] = (float)(rng.NextDouble() - 0.5);
+                    var x = g.Upload(new Tensor(DType.Float32, [1, m, k], xd));
+                    double flop = 2.0 * m * k * n;
+                    // NOTE: about 0.1 TFLOP a measurement (a few ms on a large GPU), at least one call.
+                    int calls = tiny ? 3 : (int)Math.Clamp(1e11 / flop, 1, 50);
+                    string label = $"{m}×{k}·{k}×{n}{(half ? " f16" : "")}";
+                    var cells = new List<string> { label };
+                    float[]? reference = null;
+                    double bestRate = 0; string bestTile = "";
+                    var rates = new Dictionary<MatMulTiled.Tile, double>();
+                    foreach (var tile in tiles)
                     {
-                        double? ms;
-                        if (timestamps) ms = g.Device.TimeGpu(() => { for (int c = 0; c < calls; c++) g.Free(Once()); });
-                        else { var sw = Stopwatch.StartNew(); for (int c = 0; c < calls; c++) g.Free(Once()); g.Synchronize(); ms = sw.Elapsed.TotalMilliseconds; }
-                        if (ms is { } v) best = Math.Min(best, v / calls);
+                        g.MatMulTile = tile;
+                        GpuTensor Once() => (GpuTensor)mm.Run(g, ctx, [x, w])[0]!;
+                        var y = Once();
+                        var got = g.Download(y).Span<float>().ToArray();
+                        g.Free(y);
+                        double err = 0;
+                        if (reference is null) reference = got;
+                        else for (int i = 0; i < got.Length; i++) err = Math.Max(err, Math.Abs(got[i] - reference[i]) / (1 + Math.Abs(reference[i])));
+                        bool same = err <= 1e-4 * Math.Sqrt(k);
+                        allSame &= same;
+                        double best = double.MaxValue;
+                        for (int r = 0; r < Math.Max(3, runs); r++)
+                        {
+                            double? ms;
+                            if (timestamps) ms = g.Device.TimeGpu(() => { for (int c = 0; c < calls; c++) g.Free(Once()); });
+                            else { var sw = Stopwatch.StartNew(); for (int c = 0; c < calls; c++) g.Free(Once()); g.Synchronize(); ms = sw.Elapsed.TotalMilliseconds; }
+                            if (ms is { } v) best = Math.Min(best, v / calls);
+                        }
+                        double rate = flop / (best / 1e3) / scale;
+                        rates[tile] = rate;
+                        if (rate > bestRate) { bestRate = rate; bestTile = tile.ToString(); }
+                        cells.Add(same ? $"{rate:F2}" : $"{rate:F2} DIFF {err:E1}");
                     }
-                    double rate = flop / (best / 1e3) / scale;
-                    rates[tile] = rate;
-                    if (rate > bestRate) { bestRate = rate; bestTile = tile.ToString(); }
-                    cells.Add(same ? $"{rate:F2}" : $"{rate:F2} DIFF {err:E1}");
+                    g.MatMulTile = forced;
+                    var rule = MatMulTiled.Choose(g, m, n, 1);
+                    cells.Add($"{rule} {(rates.TryGetValue(rule, out var rr) ? rr.ToString("F2") : "")}");
+                    cells.Add($"{bestTile} {bestRate:F2}");
+                    rows.Add(cells.ToArray());
+                    Console.Error.WriteLine($"bench {scenario}: {label}: {string.Join("  ", tiles.Select(t => $"{t} {rates[t]:F2}"))}; rule {rule}; best {bestTile} {bestRate:F2} {unit}");
                 }
-                g.MatMulTile = forced;
-                var rule = MatMulTiled.Choose(g, m, n, 1);
-                cells.Add($"{rule} {(rates.TryGetValue(rule, out var rr) ? rr.ToString("F2") : "")}");
-                cells.Add($"{bestTile} {bestRate:F2}");
-                rows.Add(cells.ToArray());
-                Console.Error.WriteLine($"bench {scenario}: {label}: {string.Join("  ", tiles.Select(t => $"{t} {rates[t]:F2}"))}; rule {rule}; best {bestTile} {bestRate:F2} {unit}");
             }
         }
         finally { g.MatMulTile = forced; }

@@ -63,7 +63,7 @@ public static class MatMulTiled
 
     /// <summary>The tiles tried by default, largest first: the first whose grid has at least <see cref="MinGroups"/>
     /// workgroups (or the last that fits the adapter) runs. <c>bench matmul-sweep</c> measures each.</summary>
-    public static readonly Tile[] Ladder = [new(128, 128, 8, 8, 8), new(64, 128, 8, 4, 8), new(64, 64, 8, 4, 4), new(32, 64, 8, 4, 4)];
+    public static readonly Tile[] Ladder = [new(128, 128, 8, 8, 8), new(64, 128, 8, 4, 8), new(64, 64, 8, 4, 4), new(32, 64, 8, 4, 4), new(16, 64, 16, 4, 4)];
 
     /// <summary>Workgroups a grid should have before a larger tile is preferred (a few per compute unit of a large GPU).</summary>
     public const int MinGroups = 256;
