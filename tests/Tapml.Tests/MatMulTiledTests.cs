@@ -46,7 +46,6 @@ public class MatMulTiledTests
     [InlineData("webgpu", 130, 67, 129, DType.Float32, "128x128x8/8x8")]
     [InlineData("webgpu", 600, 40, 33, DType.Float32, "64x128x8/4x8")]
     [InlineData("webgpu", 70, 45, 70, DType.Float32, "64x64x16/4x4")]
-    [InlineData("webgpu", 66, 36, 68, DType.Float32, "64x64x8/8x8")]
     [InlineData("webgpu", 65, 130, 67, DType.Float16, "128x128x8/8x8")]
     [InlineData("webgpu", 9, 33, 70, DType.Float16, "64x64x8/4x4")]
     [InlineData("webgpu", 37, 64, 80, DType.Float32, "legacy")]
@@ -72,7 +71,7 @@ public class MatMulTiledTests
     /// <summary>A [2, 3, M, K] · B [3, K, N], both graph inputs: B broadcast over the first batch axis, read N fastest.</summary>
     [Theory]
     [InlineData("webgpu", 19, 21, 23, "32x64x8/4x4")]
-    [InlineData("webgpu", 70, 9, 66, "128x128x8/8x8")]
+    [InlineData("webgpu", 70, 9, 66, "64x64x8/8x8")]
     [InlineData("vulkan", 19, 21, 23, "64x128x8/4x8")]
     [InlineData("opencl", 19, 21, 23, "64x128x8/4x8")]
     public void Batched_activation_matmul_matches_cpu(string platform, int m, int k, int n, string tile)
@@ -95,7 +94,7 @@ public class MatMulTiledTests
     /// <summary>Gemm: y = alpha·A'·B' + beta·C with A and B transposed (A read M fastest) and C a bias row.</summary>
     [Theory]
     [InlineData("webgpu", 70, 45, 33, 1, 1, "64x64x8/4x4")]
-    [InlineData("webgpu", 131, 20, 130, 0, 1, "128x128x8/8x8")]
+    [InlineData("webgpu", 131, 20, 130, 0, 1, "64x128x8/4x8")]
     [InlineData("webgpu", 12, 13, 14, 1, 0, "32x64x8/4x4")]
     public void Gemm_with_transposes_and_bias_matches_cpu(string platform, int m, int k, int n, int transA, int transB, string tile)
     {
