@@ -56,6 +56,32 @@ public class MatMulTiledTests
     public void Matmul_against_a_weight_matches_cpu(string platform, int m, int k, int n, DType wtype, string tile)
     {
         var gpu = Gpu(platform, tile);
+        var (model, feeds) = WeightProduct(m, k, n, wtype);
+        AssertClose(model, feeds, gpu, k, wtype == DType.Float16 ? 4e-3 : 1e-5);
+    }
+
+    /// <summary>Few rows and columns against a long K: the default splits K over workgroups (two dispatches: partial
+    /// products, their sum); a forced tile does not (one).</summary>
+    [Theory]
+    [InlineData("webgpu", 5, 1100, 40, DType.Float32, "rule", 2)]
+    [InlineData("webgpu", 9, 1030, 20, DType.Float16, "rule", 2)]
+    [InlineData("webgpu", 5, 1100, 40, DType.Float32, "16x64x16/4x4", 1)]
+    [InlineData("vulkan", 5, 1100, 40, DType.Float32, "rule", 2)]
+    [InlineData("opencl", 5, 1100, 40, DType.Float32, "rule", 2)]
+    public void A_small_grid_splits_k_and_matches_cpu(string platform, int m, int k, int n, DType wtype, string tile, int dispatches)
+    {
+        var gpu = Gpu(platform, tile);
+        var (model, feeds) = WeightProduct(m, k, n, wtype);
+        var exec = new Executor(gpu);
+        exec.Run(model, feeds);                                        // uploads the weight
+        long d0 = gpu.Device.Dispatches;
+        exec.Run(model, feeds);
+        Assert.Equal(dispatches, gpu.Device.Dispatches - d0);
+        AssertClose(model, feeds, gpu, k, wtype == DType.Float16 ? 4e-3 : 1e-5);
+    }
+
+    static (Model, Dictionary<string, Value>) WeightProduct(int m, int k, int n, DType wtype)
+    {
         var rng = new Random(m * 1000 + k * 10 + n);
         var w = Random(rng, k * n);
         var g = new Graph { Name = "mm" };
@@ -65,7 +91,7 @@ public class MatMulTiledTests
         g.Nodes.Add(new Node { Name = "mm", OpType = "MatMul", Inputs = ["x", "w"], Outputs = ["y"] });
         var xs = Random(rng, m * k);
         var x = wtype == DType.Float16 ? new Tensor(DType.Float16, [1, m, k], xs.Select(v => (Half)v).ToArray()) : new Tensor(DType.Float32, [1, m, k], xs);
-        AssertClose(new Model { Graph = g, Opsets = { [""] = 17 } }, new() { ["x"] = x }, gpu, k, wtype == DType.Float16 ? 4e-3 : 1e-5);
+        return (new Model { Graph = g, Opsets = { [""] = 17 } }, new() { ["x"] = x });
     }
 
     /// <summary>A [2, 3, M, K] · B [3, K, N], both graph inputs: B broadcast over the first batch axis, read N fastest.</summary>

@@ -9,7 +9,8 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 /// stored as vec4 along M (A) and N (B) so the inner loop reads 16 bytes a load; two buffers, the next tile's elements
 /// fetched into registers while the current one is multiplied (one barrier a tile). Interior tiles load without bounds
 /// checks; edge tiles (M, N or K past a multiple of the tile) check each element. Elements are read through the storage
-/// helpers, so any strides (transposes), packed f16 and broadcast batches work as in the 64×64 kernel it replaces.</summary>
+/// helpers, so any strides (transposes), packed f16 and broadcast batches work as in the 64×64 kernel it replaces. A
+/// grid of few workgroups (a short prompt's product) splits K: partial products, then a dispatch that adds them.</summary>
 public static class MatMulTiled
 {
     /// <summary>A tile configuration: the workgroup's block of y (BM×BN), the K step (BK) and each thread's block (TM×TN,
@@ -68,6 +69,9 @@ public static class MatMulTiled
     /// <summary>Workgroups a grid should have before a larger tile is preferred (a few per compute unit of a large GPU).</summary>
     public const int MinGroups = 256;
 
+    /// <summary>K a workgroup sums at least, when a small grid splits K (see <see cref="TryRun"/>).</summary>
+    public const int SplitMinK = 512;
+
     /// <summary>The tile for an [M,K]×[K,N] product of <paramref name="batches"/> batches: the platform's forced tile
     /// (<c>webgpu?matmul-tile=…</c>) where set, else the ladder's pick.</summary>
     public static Tile Choose(WebGpuPlatform g, long m, long n, long batches)
@@ -102,18 +106,37 @@ public static class MatMulTiled
         int shapeAt = meta.AddAll(batch);
         int aAt = meta.AddAll(aBatch);
         int bAt = meta.AddAll(bBatch);
+        // A grid too small for the GPU (few rows, few columns: prefill of a short prompt) splits K over workgroups that
+        // write partial products, added by a second dispatch. Only the ladder splits (a forced tile runs as given).
+        long groups = Math.Max(1, (m + tile.BM - 1) / tile.BM * ((n + tile.BN - 1) / tile.BN) * batches);
+        int splits = g.MatMulTile is null && batches == 1 && c is null && groups < MinGroups / 2
+            ? (int)Math.Clamp(Math.Min(MinGroups / groups, k / SplitMinK), 1, 16) : 1;
+        long kc = Math.Max(tile.BK, ((k + splits - 1) / splits + tile.BK - 1) / tile.BK * tile.BK);
+        splits = (int)Math.Max(1, (k + kc - 1) / kc);
+        int kcAt = meta.Add(kc);
         // A is read with K fastest across threads when its K stride is 1 (rows of a row-major A), else M fastest; B with K
         // fastest when its K stride is 1 (a transposed weight [N,K]), else N fastest: neighbouring threads read neighbours.
         bool aK = sa.C == 1, bK = sb.R == 1;
-        var key = new WebGpuPlatform.KernelKey("tiled2", $"{tile}|{r}|{Wgsl.Letters([a.Storage, b.Storage])}|{(c is null ? "-" : Wgsl.Letters([c.Storage]))}|{(int)y.DType}|{aK}|{bK}");
-        g.LaunchGroups(key, () => Code(tile, r, shapeAt, aAt, bAt, a, b, c, y.DType, aK, bK),
-            $"{label}_tiled{tile.BM}x{tile.BN}x{tile.BK}_{tile.TM}x{tile.TN}_b{r}{(c is null ? "" : "_c")}", c is null ? [a, b, y] : [a, b, c, y], meta,
-            (uint)((n + tile.BN - 1) / tile.BN), (uint)((m + tile.BM - 1) / tile.BM), (uint)batches);
+        bool split = splits > 1;
+        var target = split ? g.Empty(DType.Float32, [splits * m * n]) : y;
+        var key = new WebGpuPlatform.KernelKey("tiled2", $"{tile}|{r}|{Wgsl.Letters([a.Storage, b.Storage])}|{(c is null ? "-" : Wgsl.Letters([c.Storage]))}|{(int)target.DType}|{aK}|{bK}|{split}");
+        g.LaunchGroups(key, () => Code(tile, r, shapeAt, aAt, bAt, kcAt, split, a, b, c, target.DType, aK, bK),
+            $"{label}_tiled{tile.BM}x{tile.BN}x{tile.BK}_{tile.TM}x{tile.TN}_b{r}{(c is null ? "" : "_c")}{(split ? "_split" : "")}", c is null ? [a, b, target] : [a, b, c, target], meta,
+            (uint)((n + tile.BN - 1) / tile.BN), (uint)((m + tile.BM - 1) / tile.BM), (uint)(split ? splits : batches));
+        if (!split) return true;
+        var sm = new Meta();
+        sm.Add(m * n); sm.Add(splits);
+        g.Launch(new WebGpuPlatform.KernelKey("tiled2_sum", $"{(int)y.DType}"), () => new Wgsl(g.Workgroup).In("pt", target).Out("y", y.DType).Build("""
+  var acc = 0.0;
+  for (var s = 0u; s < md[1]; s++) { acc += pt(s * md[0] + i); }
+  y_st(i, acc);
+"""), $"{label}_tiled_sum", [target, y], sm, m * n);
+        g.Free(target);
         return true;
     }
 
     /// <summary>The kernel text for one tile, batch rank, storages and read orders.</summary>
-    static string Code(Tile t, int rank, int shapeAt, int aAt, int bAt, GpuTensor a, GpuTensor b, GpuTensor? c, DType y, bool aK, bool bK)
+    static string Code(Tile t, int rank, int shapeAt, int aAt, int bAt, int kcAt, bool split, GpuTensor a, GpuTensor b, GpuTensor? c, DType y, bool aK, bool bK)
     {
         int threads = t.Threads, tx = t.BN / t.TN;
         int aps = t.BM / 4 + 1, bps = t.BN / 4 + 1;          // vec4s a row of K in workgroup memory
@@ -130,6 +153,7 @@ public static class MatMulTiled
   let row0 = wid.y * {t.BM}u; let col0 = wid.x * {t.BN}u;
   let tx = lid.x % {tx}u; let ty = lid.x / {tx}u;
   let interior = row0 + {t.BM}u <= M && col0 + {t.BN}u <= N;
+  let kb = {(split ? $"wid.z * md[{kcAt}]" : "0u")}; let ke = {(split ? $"min(K, kb + md[{kcAt}])" : "K")};
 
 """);
         // Each operand is loaded in units of 4 elements along M (A) or N (B) at one k: a unit is one vec4 of workgroup memory.
@@ -137,11 +161,11 @@ public static class MatMulTiled
         var bUnits = Units("b", t.BN, t.BK, threads, bK, "col0", "sbn", "sbk", "N", "u32(o_b)", s);
         for (int i = 0; i < t.TM * t.TN / 4; i++) s.Append($"  var c{i} = vec4<f32>(0.0);\n");
         string Load(string k0) =>
-            $"    if (interior && {k0} + {t.BK}u <= K) {{\n{aUnits.Load(k0, false)}{bUnits.Load(k0, false)}    }} else {{\n{aUnits.Load(k0, true)}{bUnits.Load(k0, true)}    }}\n";
+            $"    if (interior && {k0} + {t.BK}u <= ke) {{\n{aUnits.Load(k0, false)}{bUnits.Load(k0, false)}    }} else {{\n{aUnits.Load(k0, true)}{bUnits.Load(k0, true)}    }}\n";
         string Store(string buf) => aUnits.Store("As", buf, aps, asz) + bUnits.Store("Bs", buf, bps, bsz);
-        s.Append($"  let nt = (K + {t.BK - 1}u) / {t.BK}u;\n  {{\n{Load("0u")}{Store("0u")}  }}\n  workgroupBarrier();\n");
+        s.Append($"  let nt = (ke - kb + {t.BK - 1}u) / {t.BK}u;\n  {{\n{Load("kb")}{Store("0u")}  }}\n  workgroupBarrier();\n");
         s.Append("  for (var kt = 0u; kt < nt; kt++) {\n    let cur = kt & 1u;\n");
-        s.Append($"    if (kt + 1u < nt) {{\n  let k1 = (kt + 1u) * {t.BK}u;\n{Load("k1")}    }}\n");
+        s.Append($"    if (kt + 1u < nt) {{\n  let k1 = kb + (kt + 1u) * {t.BK}u;\n{Load("k1")}    }}\n");
         s.Append($"    let ao = cur * {asz}u + ty; let bo = cur * {bsz}u + tx;\n");
         for (int kk = 0; kk < t.BK; kk++)
         {
@@ -204,7 +228,7 @@ public static class MatMulTiled
                 {
                     string read = $"{Name}({Name}o{l}_{i} + kk{Name}{l} * {StrideK})";
                     s.Append(guarded
-                        ? $"{pad}{Name}p{l}_{i} = 0.0; if ({Name}r{l} + {i}u < {Limit} && kk{Name}{l} < K) {{ {Name}p{l}_{i} = f32({read}); }}\n"
+                        ? $"{pad}{Name}p{l}_{i} = 0.0; if ({Name}r{l} + {i}u < {Limit} && kk{Name}{l} < ke) {{ {Name}p{l}_{i} = f32({read}); }}\n"
                         : $"{pad}{Name}p{l}_{i} = f32({read});\n");
                 }
                 if (partial) s.Append("      }\n");
