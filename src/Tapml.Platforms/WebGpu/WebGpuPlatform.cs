@@ -41,7 +41,8 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         foreach (var (k, v) in PlatformSpec.Query(spec))
         {
             if (k == "max-binding" && long.TryParse(v, out maxBinding) && maxBinding >= 16) continue;
-            throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (webgpu takes max-binding=BYTES, at least 16)");
+            if (k == "matmul-tile" && Kernels.MatMulTiled.Tile.Parse(v) is { } tile) { MatMulTile = tile; continue; }
+            throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (webgpu takes max-binding=BYTES, at least 16, and matmul-tile=BMxBNxBK/TMxTN or legacy)");
         }
         Name = spec;
         Kind = "webgpu";
@@ -72,6 +73,10 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
 
     /// <summary>Null when the Dawn library is installed here, else why not (tests skip with it on a user's machine).</summary>
     public static string? Unavailable() => Native.Wgpu.FindLibrary() is null ? Native.Wgpu.NotInstalled : null;
+
+    /// <summary>The tile every tiled matmul uses (<c>webgpu?matmul-tile=BMxBNxBK/TMxTN</c>, or <c>legacy</c> for the
+    /// 64×64 kernel); null: <see cref="Kernels.MatMulTiled.Choose"/>'s ladder by shape. Benchmarks set it per run.</summary>
+    public Kernels.MatMulTiled.Tile? MatMulTile { get; set; }
 
     /// <summary>Threads per workgroup the element kernels use (256, or less on a small adapter).</summary>
     public int Workgroup { get; }

@@ -116,6 +116,7 @@ public static class MatMul
     static void Tiled(WebGpuPlatform g, GpuTensor a, GpuTensor b, GpuTensor? c, GpuTensor y, long m, long n, long k,
         long[] batch, long[] aBatch, long[] bBatch, (long R, long C) sa, (long R, long C) sb, (long R, long C) sc, float alpha, float beta, string label)
     {
+        if (MatMulTiled.TryRun(g, a, b, c, y, m, n, k, batch, aBatch, bBatch, sa, sb, sc, alpha, beta, label)) return;
         long batches = ShapeUtil.Size(batch);
         if (batches > g.Device.Limits.MaxWorkgroupsPerDimension) throw new TapmlException($"webgpu: {label} batch of {batches} is over maxComputeWorkgroupsPerDimension");
         var meta = new Meta();
