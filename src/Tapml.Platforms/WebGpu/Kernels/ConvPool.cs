@@ -13,6 +13,7 @@ public static class ConvPool
     public static void Register(Action<GpuOp> add)
     {
         add(new GpuOp("", "Conv", 1, (g, ctx, ins) => [Conv(g, ctx, GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx), ins.Length > 2 ? ins[2] : null)], Spatial));
+        add(new GpuOp("", "ConvInteger", 10, (g, ctx, ins) => [ConvInteger(g, ctx, ins)], IntegerSpatial));
         add(new GpuOp("", "ConvTranspose", 1, (g, ctx, ins) => [ConvTranspose(g, ctx, GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx), ins.Length > 2 ? ins[2] : null)], Spatial));
         add(new GpuOp("", "MaxPool", 1, (g, ctx, ins) => Pool(g, ctx, GpuOps.In(ins, 0, ctx), PoolKind.Max), Spatial));
         add(new GpuOp("", "AveragePool", 1, (g, ctx, ins) => Pool(g, ctx, GpuOps.In(ins, 0, ctx), PoolKind.Avg), Spatial));
@@ -83,7 +84,39 @@ public static class ConvPool
         return sb.ToString();
     }
 
-    static GpuTensor Conv(WebGpuPlatform g, NodeContext ctx, GpuTensor x, GpuTensor wt, GpuTensor? bias)
+    static GpuTensor Conv(WebGpuPlatform g, NodeContext ctx, GpuTensor x, GpuTensor wt, GpuTensor? bias) => Conv(g, ctx, x, wt, bias, null);
+
+    /// <summary>Integer zero points of ConvInteger: x's (a scalar) and w's (a scalar or one per output channel), either absent.</summary>
+    sealed record IntegerConv(GpuTensor? XZero, GpuTensor? WZero);
+
+    /// <summary>ConvInteger: y (int32) = conv(x − x_zero_point, w − w_zero_point), exact in 32-bit integers; padding
+    /// adds nothing (it is zero after the shift).</summary>
+    static GpuTensor ConvInteger(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
+    {
+        var x = GpuOps.In(ins, 0, ctx);
+        var w = GpuOps.In(ins, 1, ctx);
+        GpuTensor? Zero(int i, GpuTensor of, long perChannel, string what)
+        {
+            if (ins.Length <= i || ins[i] is not { } z || z.Length == 0) return null;
+            if (z.DType != of.DType) throw ctx.Error($"{what} zero point {z.Describe()} must have the type of {what} ({DTypes.Name(of.DType)})");
+            if (z.Length != 1 && !(perChannel > 0 && z.Rank == 1 && z.Length == perChannel))
+                throw ctx.Error($"{what} zero point {z.Describe()} must be a scalar{(perChannel > 0 ? $" or have {perChannel} elements" : "")}");
+            return z;
+        }
+        return Conv(g, ctx, x, w, null, new IntegerConv(Zero(2, x, 0, "x"), Zero(3, w, w.Shape[0], "w")));
+    }
+
+    static string? IntegerSpatial(NodeContext ctx, IReadOnlyList<Tapml.Ir.TypeRef?> t)
+    {
+        for (int i = 0; i < Math.Min(2, t.Count); i++)
+            if (t[i] is { } a && a.ElemType is not (DType.UInt8 or DType.Int8))
+                return $"{ctx.Node.OpType} takes 8-bit integers, got {DTypes.Name(a.ElemType)}";
+        if (t.Count > 0 && t[0] is { Shape: { } s } && s.Length is not (3 or 4 or 5))
+            return $"{ctx.Node.OpType} with {s.Length - 2} spatial dimensions is not implemented on webgpu (1 to 3 are)";
+        return null;
+    }
+
+    static GpuTensor Conv(WebGpuPlatform g, NodeContext ctx, GpuTensor x, GpuTensor wt, GpuTensor? bias, IntegerConv? integer)
     {
         if (x.Rank != wt.Rank) throw ctx.Error($"input {ShapeUtil.Format(x.Shape)} and weight {ShapeUtil.Format(wt.Shape)} ranks differ");
         long group = ctx.Int("group", 1);
@@ -91,32 +124,48 @@ public static class ConvPool
         if (x.Shape[1] != cg * group || m % group != 0) throw ctx.Error($"channels: input {x.Shape[1]}, weight {ShapeUtil.Format(wt.Shape)}, group {group}");
         var geo = ConvHelpers.Forward(ctx, x.Shape, ConvHelpers.Kernel(ctx, wt.Shape), false);
         int r = geo.R;
-        var y = g.Empty(x.DType, ConvHelpers.OutShape(x.Shape[0], m, geo));
+        var y = g.Empty(integer is null ? x.DType : DType.Int32, ConvHelpers.OutShape(x.Shape[0], m, geo));
         if (y.Length == 0) return y;
         var meta = new Meta();
         meta.Add(y.Length);
         AddGeo(meta, x.Shape[1], r, geo.In, geo.K, geo.Out, geo.S, geo.D, geo.PadB);
         meta.Add(m); meta.Add(cg); meta.Add(m / group);
         var dims = Dims(r);
-        g.Launch(new WebGpuPlatform.KernelKey("conv", $"{r}|{bias is not null}|{Wgsl.Letters([x.Storage, wt.Storage, bias?.Storage ?? GpuStorage.F32])}|{(int)x.DType}"), () =>
+        var (xz, wz) = (integer?.XZero, integer?.WZero);
+        bool wzPer = wz is { Length: > 1 };
+        // Integer: exact i32 sums of shifted 8-bit values; float: f32 sums.
+        string acc0 = integer is not null ? "0" : bias is null ? "0.0" : "f32(b(oc))";
+        string term(string xv, string wv) => integer is null ? $"f32({xv}) * f32({wv})" : $"(i32({xv}) - xzv) * (i32({wv}) - wzv)";
+        string zeros = integer is null ? "" :
+            $"  let xzv = {(xz is null ? "0" : "i32(xz(0u))")}; let wzv = {(wz is null ? "0" : wzPer ? "i32(wz(oc))" : "i32(wz(0u))")};\n";
+        var bound = new List<GpuTensor> { x, wt };
+        if (bias is not null) bound.Add(bias);
+        if (xz is not null) bound.Add(xz);
+        if (wz is not null) bound.Add(wz);
+        bound.Add(y);
+        string variant = $"{r}|{bias is not null}|{Wgsl.Letters(bound.Select(t => t.Storage).ToList())}|{(int)y.DType}|" +
+                         (integer is null ? "f" : $"i{xz is not null}{wz is not null}{wzPer}");
+        g.Launch(new WebGpuPlatform.KernelKey("conv", variant), () =>
         {
             var w = new Wgsl(g.Workgroup).In("x", x).In("w", wt);
             if (bias is not null) w.In("b", bias);
-            w.Out("y", x.DType);
+            if (xz is not null) w.In("xz", xz);
+            if (wz is not null) w.In("wz", wz);
+            w.Out("y", y.DType);
             return w.Build(Coords + $$"""
   let M = md[{{MOp}}]; let CG = md[{{MOp + 1}}]; let MG = md[{{MOp + 2}}];
   let oc = (i / osz) % M; let n = i / (osz * M);
   let c0 = (oc / MG) * CG;
-  var acc = {{(bias is null ? "0.0" : "f32(b(oc))")}};
+{{zeros}}  var acc = {{acc0}};
   for (var c = 0u; c < CG; c++) {
     let xb = (n * C + c0 + c) * isz;
     let wb = (oc * CG + c) * ksz;
 {{Loops(dims, a => $"    let i{a} = i32(o{a} * md[{MS + a}] + k{a} * md[{MDil + a}]) - bitcast<i32>(md[{MPad + a}]);\n    if (i{a} < 0 || i{a} >= i32(md[{MIn + a}])) {{ continue; }}\n",
-    $"    acc += f32(x(xb + {Flat(dims, "i", MIn)})) * f32(w(wb + {Flat(dims, "k", MK)}));\n")}}
+    $"    acc += {term($"x(xb + {Flat(dims, "i", MIn)})", $"w(wb + {Flat(dims, "k", MK)})")};\n")}}
   }
   y_st(i, acc);
 """);
-        }, $"Conv{r}d{(bias is null ? "" : "_bias")}", bias is null ? [x, wt, y] : [x, wt, bias, y], meta, y.Length);
+        }, integer is not null ? $"ConvInteger{r}d" : $"Conv{r}d{(bias is null ? "" : "_bias")}", bound.ToArray(), meta, y.Length);
         return y;
     }
 
