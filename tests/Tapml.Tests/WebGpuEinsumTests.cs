@@ -65,6 +65,26 @@ public class WebGpuEinsumTests
         }
     }
 
+    /// <summary>Which kernel ran (the device profile's labels): matrix-product equations the tiled MatMul, others the
+    /// generic kernel.</summary>
+    [Theory]
+    [InlineData("batched bij,bjk->bik", "Einsum_tiled")]
+    [InlineData("transposed operands bji,bkj->bik", "Einsum_tiled")]
+    [InlineData("broadcast batch ...ij,...jk->...ik", "Einsum_tiled")]
+    [InlineData("output batch reordered bij,bjk->ibk (generic)", "Einsum_r3_s1")]
+    [InlineData("three operands ij,jk,kl->il", "Einsum_r2_s2")]
+    public void Matrix_product_equations_take_the_tiled_kernel(string name, string kernel)
+    {
+        WebGpuTests.SkipIfNoDawn("webgpu");
+        var model = Build(Rows[name](), out var feeds);
+        using var gpu = new WebGpuPlatform("webgpu");
+        if (!gpu.StartProfile()) Assert.Skip("this adapter has no timestamp queries");
+        new Executor(gpu).Run(model, feeds);
+        var labels = gpu.StopProfile().Select(r => r.Kernel).ToList();
+        Assert.True(labels.Any(l => l.StartsWith(kernel, StringComparison.Ordinal)), $"{name}: ran {string.Join(", ", labels)}");
+        Assert.Equal("Einsum", Assert.Single(gpu.OpTimes).OpType);
+    }
+
     /// <summary>vulkan and opencl render the same kernels to their dialects: one equation on each route.</summary>
     [Theory]
     [InlineData("vulkan", "batched bij,bjk->bik")]

@@ -4,8 +4,8 @@ using Tapml.Core;
 namespace Tapml.Platforms.WebGpu.Kernels;
 
 /// <summary>Einsum (the equation read by the shared <see cref="EinsumEquation"/>). A two-operand float equation that is a
-/// (batched) matrix product — batch labels in both operands and the output, one row label, one column label and one
-/// summed label, output ordered batch…, row, column — runs on the tiled MatMul kernel with the operands' strides (so
+/// (batched) matrix product — one row label, one column label and one summed label, the output ordered batch…, row,
+/// column, batch labels broadcast — runs on the tiled MatMul kernel with the operands' strides (so
 /// transposed operands are free). Everything else: one thread per output element loops over the summed labels' index
 /// space, each operand addressed through per-label strides (a repeated label's strides add up: a diagonal; a size-1
 /// dim broadcast has stride 0), accumulating in f32 (floats) or 32-bit integers, as webgpu computes integers.</summary>
@@ -104,9 +104,9 @@ public static class Einsum
         if (o.Count < 2) return false;
         int m = o[^2], n = o[^1], k = summed[0];
         var batch = o.Take(o.Count - 2).ToList();
-        // Row label only in A, column label only in B, the summed label in both, batch labels in both.
+        // Row label only in A, column label only in B, the summed label in both; every other label is a batch label of
+        // the output (one an operand lacks or has as a size-1 dim broadcasts: stride 0).
         if (!a.Contains(m) || b.Contains(m) || !b.Contains(n) || a.Contains(n) || !a.Contains(k) || !b.Contains(k)) return false;
-        if (batch.Any(l => !a.Contains(l) || !b.Contains(l)) || a.Count != batch.Count + 2 || b.Count != batch.Count + 2) return false;
         var bshape = batch.Select(l => size[l]).ToArray();
         if (ShapeUtil.Size(bshape) > g.Device.Limits.MaxWorkgroupsPerDimension) return false;
         MatMul.Tiled(g, ins[0], ins[1], null, y, size[m], size[n], size[k], bshape,
