@@ -31,7 +31,7 @@ static class Cli
         DefaultValueFactory = _ => dflt,
     };
 
-    /// <summary><c>--fallback P</c>: where nodes the platform cannot run go (run, generate).</summary>
+    /// <summary><c>--fallback P</c>: where nodes the platform cannot run go (run, generate, conformance).</summary>
     public static Option<string?> FallbackOption() => new("--fallback")
     {
         Description = "run nodes the platform cannot run (no kernel, dtype, limit) on this platform instead (e.g. cpu); counted and printed",

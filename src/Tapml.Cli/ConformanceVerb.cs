@@ -22,7 +22,8 @@ static class ConformanceVerb
         var junit = new Option<string?>("--junit") { Description = "write a JUnit XML report here" };
         var rtol = new Option<double?>("--rtol") { Description = "relative tolerance (default 1e-3, the ONNX runner's)" };
         var atol = new Option<double?>("--atol") { Description = "absolute tolerance (default 1e-7, the ONNX runner's)" };
-        var cmd = new Command("conformance", "run ONNX backend-test cases on a platform") { dirs, platform, filter, json, junit, rtol, atol };
+        var fallback = Cli.FallbackOption();
+        var cmd = new Command("conformance", "run ONNX backend-test cases on a platform") { dirs, platform, filter, json, junit, rtol, atol, fallback };
         cmd.Action(pr =>
         {
             var tol = new Tolerance(pr.GetValue(rtol) ?? Tolerance.OnnxDefault.Rtol, pr.GetValue(atol) ?? Tolerance.OnnxDefault.Atol);
@@ -36,8 +37,9 @@ static class ConformanceVerb
             if (cases.Count == 0) throw new TapmlException("no cases found (a case is a folder with model.onnx and test_data_set_*/)");
             string spec = pr.GetValue(platform)!;
             using var p = PlatformRegistry.Create(spec);
-            var runner = new ConformanceRunner(p, tol);
-            var summary = new RunSummary { Platform = spec };
+            using var fb = pr.GetValue(fallback) is { } fbSpec ? PlatformRegistry.Create(fbSpec) : null;
+            var runner = new ConformanceRunner(p, tol, fb);
+            var summary = new RunSummary { Platform = spec, FallbackPlatform = fb?.Name };
             Progress.Each(cases, $"conformance on {spec}", c =>
             {
                 var r = runner.Run(c);

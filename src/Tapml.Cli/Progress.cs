@@ -20,7 +20,7 @@ static class Progress
                 foreach (var item in items)
                 {
                     var r = run(item);
-                    if (r.Status is CaseStatus.Failed or CaseStatus.Error) AnsiConsole.MarkupLine(Line(r));
+                    if (r.Status is CaseStatus.Failed or CaseStatus.Error || r.Fallback is not null) AnsiConsole.MarkupLine(Line(r));
                     task.Increment(1);
                 }
             });
@@ -28,12 +28,14 @@ static class Progress
 
     static void Report(CaseResult r)
     {
-        if (r.Status is CaseStatus.Failed or CaseStatus.Error) Console.WriteLine(Markup.Remove(Line(r)));
+        if (r.Status is CaseStatus.Failed or CaseStatus.Error || r.Fallback is not null) Console.WriteLine(Markup.Remove(Line(r)));
     }
 
-    static string Line(CaseResult r) =>
-        $"[red]{r.Status.ToString().ToUpperInvariant()}[/] {Markup.Escape(r.Name)}: {Markup.Escape(r.Reason ?? "")}" +
-        (r.Repro is null ? "" : $"\n  reproduce: {Markup.Escape(r.Repro)}");
+    static string Line(CaseResult r) => r.Status == CaseStatus.Passed
+        ? $"[green]passed[/] {Markup.Escape(r.Name)} ({Markup.Escape(r.Fallback ?? "")})"
+        : $"[red]{r.Status.ToString().ToUpperInvariant()}[/] {Markup.Escape(r.Name)}: {Markup.Escape(r.Reason ?? "")}" +
+          (r.Fallback is null ? "" : $" (nodes on {Markup.Escape(r.Fallback)})") +
+          (r.Repro is null ? "" : $"\n  reproduce: {Markup.Escape(r.Repro)}");
 }
 
 /// <summary>End-of-run summary: counts and skip reasons grouped.</summary>
@@ -43,6 +45,7 @@ static class Summaries
     {
         var table = new Table().AddColumns("status", "cases");
         table.AddRow("[green]passed[/]", s.Passed.ToString());
+        if (s.FallbackPlatform is { } fb) table.AddRow($"[green]  of which with nodes on {Markup.Escape(fb)}[/]", s.PassedOnFallback.ToString());
         table.AddRow("[red]failed[/]", s.Failed.ToString());
         table.AddRow("[red]error[/]", s.Errors.ToString());
         table.AddRow("[yellow]skipped[/]", s.Skipped.ToString());
@@ -53,6 +56,12 @@ static class Summaries
         {
             console.WriteLine("skipped:");
             foreach (var g in skips) console.WriteLine($"  {g.Count(),4} × {g.Key}  ({string.Join(", ", g.Take(3).Select(c => c.Name))}{(g.Count() > 3 ? ", …" : "")})");
+        }
+        var onFallback = s.Cases.Where(c => c.Status == CaseStatus.Passed && c.Fallback is not null).GroupBy(c => c.Fallback!).OrderByDescending(g => g.Count()).ToList();
+        if (onFallback.Count > 0)
+        {
+            console.WriteLine($"passed with nodes on {s.FallbackPlatform}:");
+            foreach (var g in onFallback) console.WriteLine($"  {g.Count(),4} × {g.Key}  ({string.Join(", ", g.Take(3).Select(c => c.Name))}{(g.Count() > 3 ? ", …" : "")})");
         }
         console.Write(table);
     }

@@ -23,7 +23,7 @@ static class RunVerb
         var compare = new Option<string?>("--compare") { Description = "also run on this platform (e.g. onnxruntime) and compare every output" };
         var rtol = new Option<double>("--rtol") { Description = "relative tolerance for --compare", DefaultValueFactory = _ => 1e-3 };
         var atol = new Option<double>("--atol") { Description = "absolute tolerance for --compare", DefaultValueFactory = _ => 1e-5 };
-        var profile = new Option<bool>("--profile") { Description = "time every node (node by node, no whole-graph hand-off) and print the time per operator type" };
+        var profile = new Option<bool>("--profile") { Description = "time every node (node by node, no whole-graph hand-off) and print the time per operator type; on a GPU that times its kernels, also the GPU time per op family" };
         var fallback = Cli.FallbackOption();
         var quantize = Cli.QuantizeOption();
         var cmd = new Command("run", "run one inference of a model on a platform") { model, platform, inputs, outputs, compare, rtol, atol, profile, fallback, quantize };
@@ -37,10 +37,13 @@ static class RunVerb
             var prof = pr.GetValue(profile) ? new Profiler() : null;
             string modelSpec = pr.GetValue(model)!;
             if (prof != null) { exec.Observers.Add(prof); Cli.Naming(modelSpec, () => exec.Run(m, feeds)); prof.Clear(); } // warm-up run
+            // NOTE: a device that times its kernels also gives GPU time per op family (each dispatch in a pass of its own).
+            var device = prof != null && p is IKernelProfile kp && kp.StartProfile() ? kp : null;
             var sw = Stopwatch.StartNew();
             var result = Cli.Naming(modelSpec, () => exec.Run(m, feeds));
             sw.Stop();
             prof?.Print(sw.Elapsed.TotalMilliseconds);
+            if (device != null) { device.StopProfile(); Profiler.PrintFamilies(device.OpTimes, p.Name); }
             if (ModelSpec.IsCheckpoint(pr.GetValue(model)!) && result.TryGetValue("logits", out var logits) && logits is Tensor lt)
                 Models.Generation.CheckFinite(lt, "the run");
             foreach (var (name, v) in result) Console.WriteLine($"{name}: {v.Describe()}{Preview(v)}");
@@ -92,6 +95,22 @@ sealed class Profiler : IExecutionObserver
         foreach (var (op, (c, ms)) in _byOp.OrderByDescending(x => x.Value.Ms))
             table.AddRow(op, c.ToString(), ms.ToString("F2"), (ms / totalMs).ToString("P1"));
         table.Caption($"total {totalMs:F1} ms");
+        AnsiConsole.Write(table);
+    }
+
+    /// <summary>Device time per op family (<see cref="OpFamilies"/>) and, within each, per op type, with its share of
+    /// the run's device time.</summary>
+    public static void PrintFamilies(IReadOnlyList<(string OpType, long Calls, double Ms)> ops, string platform)
+    {
+        double total = ops.Sum(o => o.Ms);
+        var table = new Table().AddColumns("op family", "op types (GPU ms)", "dispatches", "GPU ms", "share");
+        foreach (var f in ops.GroupBy(o => o.OpType.Length == 0 ? "(outside nodes)" : OpFamilies.Of(o.OpType)).OrderByDescending(g => g.Sum(o => o.Ms)))
+        {
+            double ms = f.Sum(o => o.Ms);
+            string types = string.Join(", ", f.OrderByDescending(o => o.Ms).Select(o => $"{(o.OpType.Length == 0 ? "-" : o.OpType)} {o.Ms:F2}"));
+            table.AddRow(Markup.Escape(f.Key), Markup.Escape(types), $"{f.Sum(o => o.Calls)}", $"{ms:F2}", $"{ms / Math.Max(total, 1e-9) * 100:F1}%");
+        }
+        table.Caption($"GPU time on {Markup.Escape(platform)}: {total:F2} ms in {ops.Sum(o => o.Calls)} dispatches (each timed in a pass of its own)");
         AnsiConsole.Write(table);
     }
 }

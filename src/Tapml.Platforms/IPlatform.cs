@@ -145,6 +145,9 @@ public interface IKernelProfile
     bool StartProfile();
     /// <summary>Device time per kernel label since <see cref="StartProfile"/>.</summary>
     List<(string Kernel, long Calls, double Ms)> StopProfile();
+    /// <summary>The same device time per op type of the node that recorded each dispatch (most first; "" for work
+    /// outside a node: uploads' conversions, transfers), as of the last <see cref="StopProfile"/>.</summary>
+    IReadOnlyList<(string OpType, long Calls, double Ms)> OpTimes { get; }
 }
 
 /// <summary>Base for platforms whose values live in host memory (cpu, onnxruntime, wrappers).</summary>

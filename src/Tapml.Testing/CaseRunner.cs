@@ -17,7 +17,10 @@ public static class CaseRunner
     /// <param name="load">Loads the model and its data sets (inside the verdict: a bad case is an error, not a crash).</param>
     /// <param name="magnitudes">For the accumulation rule: the magnitude of the terms of each output of a one-node model
     /// (see <see cref="Magnitudes"/>), asked for only when an output fails the bound with m = |expected|.</param>
-    public static CaseResult Run(string name, Func<(Model Model, IReadOnlyList<DataSet> Sets)> load, IPlatform platform, Tolerance tol, bool magnitudes = false)
+    /// <param name="fallback">Where nodes <paramref name="platform"/> cannot run go (the executor's <see cref="Executor.Fallback"/>);
+    /// the verdict then names them (<see cref="CaseResult.Fallback"/>). Null: unsupported skips the case.</param>
+    public static CaseResult Run(string name, Func<(Model Model, IReadOnlyList<DataSet> Sets)> load, IPlatform platform, Tolerance tol, bool magnitudes = false,
+        IPlatform? fallback = null)
     {
         var sw = Stopwatch.StartNew();
         try
@@ -25,12 +28,14 @@ public static class CaseRunner
             var (model, sets) = load();
             if (sets.Count == 0) return new CaseResult(name, CaseStatus.Error, "no data set: nothing to compare", null, sw.Elapsed.TotalSeconds);
             var outputs = new List<OutputComparison>();
+            var kept = new List<FallbackRecord>();
             foreach (var set in sets)
             {
                 if (set.Expected.Count == 0)
                     return new CaseResult(name, CaseStatus.Error, $"{set.Label} has no expected outputs: nothing to compare", null, sw.Elapsed.TotalSeconds);
-                var exec = new Executor(platform) { PreferWholeGraph = true, CheckInputShapes = false };
+                var exec = new Executor(platform) { PreferWholeGraph = true, CheckInputShapes = false, Fallback = fallback };
                 var actual = exec.Run(model, set.Inputs);
+                foreach (var f in exec.Fallbacks) if (!kept.Any(k => k.Node == f.Node && k.Depth == f.Depth)) kept.Add(f);
                 Tensor?[]? mags = null;
                 Func<Tensor?>? Magnitude(string output)
                 {
@@ -45,9 +50,10 @@ public static class CaseRunner
             }
             var worst = outputs.FirstOrDefault(o => !o.Passed);
             var metrics = outputs.MaxBy(o => o.Metrics.BoundRatio ?? o.Metrics.MaxAbs)!.Metrics;
+            string? onFallback = kept.Count == 0 ? null : FallbackMarker(fallback!.Name, kept);
             return worst is null
-                ? new CaseResult(name, CaseStatus.Passed, null, metrics, sw.Elapsed.TotalSeconds) { Outputs = outputs }
-                : new CaseResult(name, CaseStatus.Failed, $"output '{worst.Name}': {worst.Failure}", worst.Metrics, sw.Elapsed.TotalSeconds) { Outputs = outputs };
+                ? new CaseResult(name, CaseStatus.Passed, null, metrics, sw.Elapsed.TotalSeconds) { Outputs = outputs, Fallback = onFallback }
+                : new CaseResult(name, CaseStatus.Failed, $"output '{worst.Name}': {worst.Failure}", worst.Metrics, sw.Elapsed.TotalSeconds) { Outputs = outputs, Fallback = onFallback };
         }
         catch (UnsupportedException e)
         {
@@ -63,6 +69,15 @@ public static class CaseRunner
             return new CaseResult(name, CaseStatus.Error, TapmlException.Bounded($"{e.GetType().Name}: {e.Message}"), null, sw.Elapsed.TotalSeconds);
         }
     }
+
+    /// <summary><c>cpu: Add ×2 — f64 tensors have no WGSL type …</c>: the op types that ran on the fallback, each with the
+    /// first reason its platform gave (without the node's name).</summary>
+    public static string FallbackMarker(string fallback, IReadOnlyCollection<FallbackRecord> kept) =>
+        $"{fallback}: " + string.Join("; ", kept.GroupBy(k => k.OpType).Select(g => $"{g.Key} ×{g.Count()} — {WithoutNode(g.First().Reason)}"));
+
+    /// <summary>A reason without the <c>node 'N' (Op) [input 'x'] on P: </c> prefix the platforms put on it.</summary>
+    public static string WithoutNode(string reason) =>
+        System.Text.RegularExpressions.Regex.Replace(reason, @"^node '[^']*' \([^)]*\)( input '[^']*')? on [^:]*: ", "");
 
     /// <summary>Quotes a command-line argument for a POSIX shell when it needs it.</summary>
     public static string Quote(string s) => s.Length > 0 && s.All(ch => char.IsLetterOrDigit(ch) || "/._-:=,+@".Contains(ch)) ? s : "'" + s.Replace("'", "'\\''") + "'";

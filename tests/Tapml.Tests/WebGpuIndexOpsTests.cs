@@ -10,13 +10,13 @@ using static Tapml.Tests.NewOpsHarness;
 
 namespace Tapml.Tests;
 
-/// <summary>The webgpu kernels of indexing, loss, quantization and row-wise ops (Kernels/Indexing.cs, Losses.cs,
+/// <summary>The webgpu kernels of indexing, loss, quantization (ConvInteger, QLinearConv too) and row-wise ops (Kernels/Indexing.cs, Losses.cs,
 /// Misc.cs, Detection.cs): their ONNX node cases pass (none skipped), and cases the suite lacks match the cpu.</summary>
 public class WebGpuIndexOpsTests
 {
     /// <summary>Node cases of these ops, by name; every one must run its WGSL kernel and pass.</summary>
     const string Ops = "gather_elements|gathernd|scatter_elements|scatter_with|scatternd|onehot|tril|triu|eyelike|reversesequence|compress|nonzero|" +
-        "nllloss|sce_|top_k|hardmax|shrink|bitshift_.*int(8|16|32)$|det_2d|quantizelinear|hannwindow|hammingwindow|blackmanwindow|nonmaxsuppression|unique|tile|depthtospace|spacetodepth|test_pow";
+        "nllloss|sce_|top_k|convinteger|qlinearconv|hardmax|shrink|bitshift_.*int(8|16|32)$|det_2d|quantizelinear|hannwindow|hammingwindow|blackmanwindow|nonmaxsuppression|unique|tile|depthtospace|spacetodepth|test_pow";
 
     [Fact]
     public void Node_cases_of_the_indexing_loss_and_quantize_ops_pass_on_webgpu()
@@ -49,6 +49,7 @@ public class WebGpuIndexOpsTests
         long l => Attr.Of(l),
         float f => Attr.Of(f),
         string s => Attr.Of(s),
+        long[] a => Attr.Of(a),
         _ => throw new ArgumentException(x.k),
     });
 
@@ -81,8 +82,22 @@ public class WebGpuIndexOpsTests
         ["NegativeLogLikelihoodLoss_f16_mean"] = () => new("NegativeLogLikelihoodLoss", "", 13,
             [TensorConvert.To(R(17, 3, 4, 2), DType.Float16), I64([0, 3, 1, 2, 2, -1], 3, 2), TensorConvert.To(R(18, 4), DType.Float16)], A(("ignore_index", -1))),
         ["QuantizeLinear_int8_per_axis"] = () => new("QuantizeLinear", "", 13, [Rand(19, 3, 2, 3, 4), F([0.02f, 0.05f, 0.1f], 3), Tensor.FromArray(new sbyte[] { 0, -3, 5 }, 3)]),
+        ["ConvInteger_i8_group2_stride2_pads_per_channel_w_zero"] = () => new("ConvInteger", "", 10,
+            [I8(1, 1, 4, 5, 5), I8(2, 4, 2, 3, 3), Tensor.FromArray(new sbyte[] { -3 }), Tensor.FromArray(new sbyte[] { 1, -2, 0, 5 }, 4)],
+            A(("group", 2), ("strides", new long[] { 2, 2 }), ("pads", new long[] { 1, 0, 1, 2 }))),
+        ["ConvInteger_u8_1d_dilated_no_zero_points"] = () => new("ConvInteger", "", 10,
+            [Tensor.FromArray(Enumerable.Range(0, 2 * 3 * 9).Select(i => (byte)(i * 37 % 256)).ToArray(), 2, 3, 9), Tensor.FromArray(Enumerable.Range(0, 2 * 3 * 3).Select(i => (byte)(i * 91 % 256)).ToArray(), 2, 3, 3)],
+            A(("dilations", new long[] { 2 }))),
+        ["QLinearConv_i8_per_channel_scales_bias_pads"] = () => new("QLinearConv", "", 10,
+            [I8(3, 1, 3, 6, 6), F([0.05f], 1), Tensor.FromArray(new sbyte[] { 2 }), I8(4, 4, 3, 3, 3), F([0.01f, 0.02f, 0.015f, 0.03f], 4),
+             Tensor.FromArray(new sbyte[] { 0, 0, 0, 0 }, 4), F([0.7f], 1), Tensor.FromArray(new sbyte[] { -5 }), Tensor.FromArray(new[] { 100, -250, 0, 37 }, 4)],
+            A(("pads", new long[] { 1, 1, 1, 1 }))),
         ["DequantizeLinear_uint8_per_axis"] = () => new("DequantizeLinear", "", 13, [Tensor.FromArray(new byte[] { 0, 128, 255, 7, 200, 13 }, 2, 3), F([0.5f, 2f], 2), Tensor.FromArray(new byte[] { 128, 3 }, 2)], A(("axis", 0))),
     };
+
+    /// <summary>int8 values spread over the whole range (seeded).</summary>
+    static Tensor I8(int seed, params long[] shape) =>
+        Tensor.FromArray(Enumerable.Range(0, (int)shape.Aggregate(1L, (a, b) => a * b)).Select(i => (sbyte)((i * 73 + seed * 29) % 256 - 128)).ToArray(), shape);
 
     public static TheoryData<string> ExtraNames()
     {

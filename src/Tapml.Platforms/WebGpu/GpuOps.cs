@@ -41,6 +41,7 @@ public static class GpuOps
         ControlFlow.Register(Add);
         Recurrent.Register(Add);
         MatMulNBits.Register(Add);
+        Einsum.Register(Add);
         return d;
     }
 

@@ -22,8 +22,49 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     public bool PrefersFusedGraphs => true;
     public DeviceCounters Counters => Device.Counters;
     public int KernelCount => Device.PipelineCount;
-    public bool StartProfile() => Device.StartProfile();
-    public List<(string Kernel, long Calls, double Ms)> StopProfile() => Device.StopProfile();
+    public bool StartProfile()
+    {
+        _profiling = Device.StartProfile();
+        _opTimes = [];
+        return _profiling;
+    }
+
+    public List<(string Kernel, long Calls, double Ms)> StopProfile()
+    {
+        var rows = Device.StopProfile();
+        _profiling = false;
+        var byKernel = new Dictionary<string, (long Calls, double Ms)>();
+        var byOp = new Dictionary<string, (long Calls, double Ms)>();
+        foreach (var (label, calls, ms) in rows)
+        {
+            int at = label.IndexOf(ScopeMark, StringComparison.Ordinal);
+            string op = at < 0 ? "" : label[..at], kernel = at < 0 ? label : label[(at + ScopeMark.Length)..];
+            var k = byKernel.GetValueOrDefault(kernel);
+            byKernel[kernel] = (k.Calls + calls, k.Ms + ms);
+            var o = byOp.GetValueOrDefault(op);
+            byOp[op] = (o.Calls + calls, o.Ms + ms);
+        }
+        _opTimes = byOp.Select(kv => (kv.Key, kv.Value.Calls, kv.Value.Ms)).OrderByDescending(r => r.Ms).ToList();
+        return byKernel.Select(kv => (kv.Key, kv.Value.Calls, kv.Value.Ms)).OrderByDescending(r => r.Ms).ToList();
+    }
+
+    public IReadOnlyList<(string OpType, long Calls, double Ms)> OpTimes => _opTimes;
+
+    // NOTE: while profiling, each dispatch is recorded under a copy of its pipeline labelled "OpType»kernel" (the op
+    // type of the node being run), so device time splits by op type on every device without a device knowing nodes.
+    const string ScopeMark = "»";
+    bool _profiling;
+    string _profileOp = "";
+    List<(string OpType, long Calls, double Ms)> _opTimes = [];
+    readonly Dictionary<(GpuPipeline, string), GpuPipeline> _scoped = new();
+
+    GpuPipeline Scoped(GpuPipeline p)
+    {
+        if (!_profiling || _profileOp.Length == 0) return p;
+        if (!_scoped.TryGetValue((p, _profileOp), out var s))
+            _scoped[(p, _profileOp)] = s = new GpuPipeline(p.Handle, p.Layout, _profileOp + ScopeMark + p.Label, p.Code);
+        return s;
+    }
     public string Name { get; }
     /// <summary>The platform kind for messages: the spec's head (webgpu, vulkan, opencl, browser).</summary>
     public string Kind { get; }
@@ -139,6 +180,8 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
                 var v => throw new TapmlException($"input {i} is {v.Describe()}, not a tensor on this {Kind} device"),
             };
         Device.Context = k.Label;
+        string outerOp = _profileOp;
+        if (_profiling) _profileOp = k.Node.OpType;
         try
         {
             if (OnHost(k, ctx, ins) is { } hostOuts) return hostOuts;
@@ -146,7 +189,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             Shadow(k, ctx, ins, outs);
             return outs;
         }
-        finally { Device.Context = ""; }
+        finally { Device.Context = ""; _profileOp = outerOp; }
     }
 
     /// <summary>What a generated kernel's WGSL depends on: a family name, a variant string (storages, ranks, flags),
@@ -688,7 +731,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             ulong whole = bindings[i].Buffer.Size - offsets[i];
             sizes[i] = whole >= bindings[i].StorageBytes && whole <= maxBinding ? whole : Math.Max(4, bindings[i].StorageBytes);
         }
-        Device.Dispatch(p, handles, offsets, sizes, meta.Words, gx, gy, gz);
+        Device.Dispatch(Scoped(p), handles, offsets, sizes, meta.Words, gx, gy, gz);
     }
 
     public void Dispose()

@@ -5,7 +5,8 @@ namespace Tapml.Testing.Conformance;
 
 /// <summary>Runs ONNX backend-test cases on one platform: the backend-test loader over <see cref="CaseRunner"/>
 /// (the engine <c>replay</c> shares).</summary>
-public sealed class ConformanceRunner(IPlatform platform, Tolerance tolerance)
+/// <param name="fallback">Where nodes the platform cannot run go (<c>--fallback</c>), or null: such a case is skipped.</param>
+public sealed class ConformanceRunner(IPlatform platform, Tolerance tolerance, IPlatform? fallback = null)
 {
     public CaseResult Run(OnnxCase c)
     {
@@ -19,9 +20,9 @@ public sealed class ConformanceRunner(IPlatform platform, Tolerance tolerance)
             }).ToList();
             if (sets.Count == 0) throw new Core.TapmlException($"{c.Dir} has no test_data_set_* folder");
             return (model, sets);
-        }, platform, tolerance);
+        }, platform, tolerance, fallback: fallback);
         return r.Status is CaseStatus.Failed or CaseStatus.Error
-            ? r with { Repro = $"./tapml conformance {CaseRunner.Quote(c.Dir)} --platform {CaseRunner.Quote(platform.Name)} --rtol {tolerance.Rtol:G6} --atol {tolerance.Atol:G6}" }
+            ? r with { Repro = $"./tapml conformance {CaseRunner.Quote(c.Dir)} --platform {CaseRunner.Quote(platform.Name)} --rtol {tolerance.Rtol:G6} --atol {tolerance.Atol:G6}{(fallback is null ? "" : $" --fallback {CaseRunner.Quote(fallback.Name)}")}" }
             : r;
     }
 }

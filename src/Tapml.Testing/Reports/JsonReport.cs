@@ -11,15 +11,17 @@ public static class JsonReport
     {
         var cases = new JsonArray();
         foreach (var c in s.Cases) cases.Add(Case(c));
-        return new JsonObject
+        var o = new JsonObject
         {
             ["platform"] = s.Platform,
             ["passed"] = s.Passed,
             ["failed"] = s.Failed,
             ["skipped"] = s.Skipped,
             ["errors"] = s.Errors,
-            ["cases"] = cases,
         };
+        if (s.FallbackPlatform is { } fb) { o["fallback"] = fb; o["passed_with_fallback"] = s.PassedOnFallback; }
+        o["cases"] = cases;
+        return o;
     }
 
     /// <summary>One case as the report's <c>cases[]</c> holds it.</summary>
@@ -35,6 +37,7 @@ public static class JsonReport
         if (c.Metrics is { } m) o["metrics"] = Metrics(m);
         if (c.Tolerance is { } t) o["tolerance"] = t.ToString();
         if (c.Repro is { } r) o["repro"] = r;
+        if (c.Fallback is { } f) o["fallback"] = f;
         return o;
     }
 
@@ -43,7 +46,7 @@ public static class JsonReport
     {
         Metrics? m = o["metrics"] is JsonObject j ? ReadMetrics(j) : null;
         var status = Enum.Parse<CaseStatus>((string)o["status"]!, ignoreCase: true);
-        return new CaseResult((string)o["name"]!, status, (string?)o["reason"], m, D(o["seconds"], 0)) { Repro = (string?)o["repro"] };
+        return new CaseResult((string)o["name"]!, status, (string?)o["reason"], m, D(o["seconds"], 0)) { Repro = (string?)o["repro"], Fallback = (string?)o["fallback"] };
     }
 
     static double D(JsonNode? n, double dflt = double.NaN) => n is null ? dflt : (double)n;

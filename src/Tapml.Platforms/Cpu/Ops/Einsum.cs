@@ -13,8 +13,6 @@ public sealed class EinsumOps : ICpuOpFamily
 {
     public void Register(CpuOpRegistry r) => r.Add("Einsum", Einsum, sinceOpset: 12);
 
-    const int EllipsisBase = 1000;
-
     sealed class Operand<T>
     {
         public required T[] Data;
@@ -30,113 +28,32 @@ public sealed class EinsumOps : ICpuOpFamily
         if (ins.Count == 0) throw ctx.Error("Einsum needs at least one input");
         DType dt = ins[0].DType;
         foreach (var t in ins) if (t.DType != dt) throw ctx.Error("all inputs must have one element type");
-        var (labels, outLabels) = Parse(ctx, eq, ins);
+        var e = EinsumEquation.Parse(ctx, eq, ins.Select(t => t.Rank).ToList());
         if (IsHalfLike(dt))
         {
             var f = ins.Select(TensorConvert.ToF32).ToList();
-            return [TensorConvert.To(Run<float>(ctx, f, labels, outLabels), dt)];
+            return [TensorConvert.To(Run<float>(ctx, f, e), dt)];
         }
         return dt switch
         {
-            DType.Float32 => [Run<float>(ctx, ins, labels, outLabels)],
-            DType.Float64 => [Run<double>(ctx, ins, labels, outLabels)],
-            DType.Int32 => [Run<int>(ctx, ins, labels, outLabels)],
-            DType.Int64 => [Run<long>(ctx, ins, labels, outLabels)],
-            DType.UInt32 => [Run<uint>(ctx, ins, labels, outLabels)],
-            DType.UInt64 => [Run<ulong>(ctx, ins, labels, outLabels)],
-            DType.Int8 => [Run<sbyte>(ctx, ins, labels, outLabels)],
-            DType.UInt8 => [Run<byte>(ctx, ins, labels, outLabels)],
-            DType.Int16 => [Run<short>(ctx, ins, labels, outLabels)],
-            DType.UInt16 => [Run<ushort>(ctx, ins, labels, outLabels)],
+            DType.Float32 => [Run<float>(ctx, ins, e)],
+            DType.Float64 => [Run<double>(ctx, ins, e)],
+            DType.Int32 => [Run<int>(ctx, ins, e)],
+            DType.Int64 => [Run<long>(ctx, ins, e)],
+            DType.UInt32 => [Run<uint>(ctx, ins, e)],
+            DType.UInt64 => [Run<ulong>(ctx, ins, e)],
+            DType.Int8 => [Run<sbyte>(ctx, ins, e)],
+            DType.UInt8 => [Run<byte>(ctx, ins, e)],
+            DType.Int16 => [Run<short>(ctx, ins, e)],
+            DType.UInt16 => [Run<ushort>(ctx, ins, e)],
             _ => throw ctx.Unsupported($"Einsum on {DTypes.Name(dt)} is not supported"),
         };
     }
 
-    /// <summary>Per input, one label per dim (ellipsis dims become labels EllipsisBase+j, right-aligned over the
-    /// widest ellipsis); and the output labels (implicit: ellipsis dims, then labels used exactly once, sorted).</summary>
-    static (List<int>[] inputs, List<int> output) Parse(NodeContext ctx, string eq, List<Tensor> ins)
+    static Tensor Run<T>(NodeContext ctx, List<Tensor> ins, EinsumEquation e) where T : struct, INumber<T>
     {
-        string lhs = eq, rhs = "";
-        bool explicitOut = eq.Contains("->");
-        if (explicitOut) { int p = eq.IndexOf("->"); lhs = eq[..p]; rhs = eq[(p + 2)..]; }
-        var terms = lhs.Split(',');
-        if (terms.Length != ins.Count) throw ctx.Error($"equation '{eq}' has {terms.Length} operands, {ins.Count} inputs given");
-        int ell = 0;
-        var letters = new List<int>[terms.Length];
-        var ellAt = new int[terms.Length];
-        for (int i = 0; i < terms.Length; i++)
-        {
-            (letters[i], ellAt[i]) = Term(ctx, terms[i], eq);
-            int nEll = ins[i].Rank - letters[i].Count;
-            if (ellAt[i] < 0 ? nEll != 0 : nEll < 0)
-                throw ctx.Error($"operand {i} '{terms[i]}' does not match its rank {ins[i].Rank}");
-            ell = Math.Max(ell, nEll);
-        }
-        var inputs = new List<int>[terms.Length];
-        for (int i = 0; i < terms.Length; i++)
-        {
-            var l = new List<int>(letters[i]);
-            if (ellAt[i] >= 0)
-            {
-                int nEll = ins[i].Rank - letters[i].Count;
-                l.InsertRange(ellAt[i], Enumerable.Range(EllipsisBase + ell - nEll, nEll));
-            }
-            inputs[i] = l;
-        }
-        List<int> output;
-        if (explicitOut)
-        {
-            var (ol, oe) = Term(ctx, rhs, eq);
-            if (ol.Distinct().Count() != ol.Count) throw ctx.Error($"output '{rhs}' repeats a label");
-            output = new List<int>(ol);
-            if (oe >= 0) output.InsertRange(oe, Enumerable.Range(EllipsisBase, ell));
-            foreach (int lab in output)
-                if (!inputs.Any(l => l.Contains(lab)) && lab < EllipsisBase)
-                    throw ctx.Error($"output label '{(char)lab}' does not appear in the inputs");
-        }
-        else
-        {
-            var counts = new SortedDictionary<int, int>();
-            foreach (var l in letters) foreach (int lab in l) counts[lab] = counts.GetValueOrDefault(lab) + 1;
-            output = Enumerable.Range(EllipsisBase, ell).ToList();
-            output.AddRange(counts.Where(kv => kv.Value == 1).Select(kv => kv.Key));
-        }
-        return (inputs, output);
-    }
-
-    static (List<int> letters, int ellAt) Term(NodeContext ctx, string term, string eq)
-    {
-        var l = new List<int>();
-        int ellAt = -1;
-        for (int i = 0; i < term.Length; i++)
-        {
-            char c = term[i];
-            if (c == '.')
-            {
-                if (ellAt >= 0 || i + 3 > term.Length || term.Substring(i, 3) != "...")
-                    throw ctx.Error($"bad ellipsis in equation '{eq}'");
-                ellAt = l.Count;
-                i += 2;
-            }
-            else if (char.IsAsciiLetter(c)) l.Add(c);
-            else throw ctx.Error($"bad character '{c}' in equation '{eq}'");
-        }
-        return (l, ellAt);
-    }
-
-    static Tensor Run<T>(NodeContext ctx, List<Tensor> ins, List<int>[] labels, List<int> output) where T : struct, INumber<T>
-    {
-        // Label sizes (size-1 dims broadcast).
-        var size = new Dictionary<int, long>();
-        for (int i = 0; i < ins.Count; i++)
-            for (int d = 0; d < labels[i].Count; d++)
-            {
-                int lab = labels[i][d];
-                long s = ins[i].Shape[d];
-                if (!size.TryGetValue(lab, out long have) || have == 1) size[lab] = s;
-                else if (s != have && s != 1) throw ctx.Error($"label {Name(lab)} has sizes {have} and {s}");
-            }
-        foreach (int lab in output) size.TryAdd(lab, 1);
+        var (labels, output) = (e.Inputs, e.Output);
+        var size = e.Sizes(ctx, ins.Select(t => t.Shape).ToList());
 
         var ops = new List<Operand<T>>();
         for (int i = 0; i < ins.Count; i++)
@@ -171,7 +88,7 @@ public sealed class EinsumOps : ICpuOpFamily
         return Tensor.FromArray(Strided(acc.Data, outShape, strides, 0), outShape);
     }
 
-    static string Name(int lab) => lab >= EllipsisBase ? $"...[{lab - EllipsisBase}]" : $"'{(char)lab}'";
+    static string Name(int lab) => EinsumEquation.Name(lab);
 
     /// <summary>Copies a strided view of src (origin off) into a new row-major array of <paramref name="shape"/>.</summary>
     static T[] Strided<T>(T[] src, long[] shape, long[] strides, long off)

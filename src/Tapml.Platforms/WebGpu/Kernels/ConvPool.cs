@@ -13,6 +13,8 @@ public static class ConvPool
     public static void Register(Action<GpuOp> add)
     {
         add(new GpuOp("", "Conv", 1, (g, ctx, ins) => [Conv(g, ctx, GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx), ins.Length > 2 ? ins[2] : null)], Spatial));
+        add(new GpuOp("", "ConvInteger", 10, (g, ctx, ins) => [ConvInteger(g, ctx, ins)], IntegerSpatial));
+        add(new GpuOp("", "QLinearConv", 10, (g, ctx, ins) => [QLinearConv(g, ctx, ins)], IntegerSpatial));
         add(new GpuOp("", "ConvTranspose", 1, (g, ctx, ins) => [ConvTranspose(g, ctx, GpuOps.In(ins, 0, ctx), GpuOps.In(ins, 1, ctx), ins.Length > 2 ? ins[2] : null)], Spatial));
         add(new GpuOp("", "MaxPool", 1, (g, ctx, ins) => Pool(g, ctx, GpuOps.In(ins, 0, ctx), PoolKind.Max), Spatial));
         add(new GpuOp("", "AveragePool", 1, (g, ctx, ins) => Pool(g, ctx, GpuOps.In(ins, 0, ctx), PoolKind.Avg), Spatial));
@@ -83,7 +85,75 @@ public static class ConvPool
         return sb.ToString();
     }
 
-    static GpuTensor Conv(WebGpuPlatform g, NodeContext ctx, GpuTensor x, GpuTensor wt, GpuTensor? bias)
+    static GpuTensor Conv(WebGpuPlatform g, NodeContext ctx, GpuTensor x, GpuTensor wt, GpuTensor? bias) => Conv(g, ctx, x, wt, bias, null);
+
+    /// <summary>Integer zero points of ConvInteger: x's (a scalar) and w's (a scalar or one per output channel), either absent.
+    /// QLinearConv adds the requantization: per output channel x_scale·w_scale/y_scale (f32, as the cpu reference rounds
+    /// it), y's zero point and type.</summary>
+    sealed record IntegerConv(GpuTensor? XZero, GpuTensor? WZero, GpuTensor? Scales = null, GpuTensor? YZero = null, DType Out = DType.Int32);
+
+    /// <summary>ConvInteger: y (int32) = conv(x − x_zero_point, w − w_zero_point), exact in 32-bit integers; padding
+    /// adds nothing (it is zero after the shift).</summary>
+    static GpuTensor ConvInteger(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
+    {
+        var x = GpuOps.In(ins, 0, ctx);
+        var w = GpuOps.In(ins, 1, ctx);
+        GpuTensor? Zero(int i, GpuTensor of, long perChannel, string what)
+        {
+            if (ins.Length <= i || ins[i] is not { } z || z.Length == 0) return null;
+            if (z.DType != of.DType) throw ctx.Error($"{what} zero point {z.Describe()} must have the type of {what} ({DTypes.Name(of.DType)})");
+            if (z.Length != 1 && !(perChannel > 0 && z.Rank == 1 && z.Length == perChannel))
+                throw ctx.Error($"{what} zero point {z.Describe()} must be a scalar{(perChannel > 0 ? $" or have {perChannel} elements" : "")}");
+            return z;
+        }
+        return Conv(g, ctx, x, w, null, new IntegerConv(Zero(2, x, 0, "x"), Zero(3, w, w.Shape[0], "w")));
+    }
+
+    /// <summary>QLinearConv: y = saturate(round_half_even((conv(x − x_zp, w − w_zp) + B) · x_scale·w_scale/y_scale) + y_zp).
+    /// The integer part is ConvInteger's; the scale multiply and rounding run in f32 (the cpu reference in double).</summary>
+    static GpuTensor QLinearConv(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
+    {
+        var x = GpuOps.In(ins, 0, ctx);
+        var w = GpuOps.In(ins, 3, ctx);
+        long m = w.Shape[0];
+        GpuTensor? Opt(int i) => ins.Length > i && ins[i] is { Length: > 0 } t ? t : null;
+        GpuTensor? Zero(int i, DType of, long perChannel, string what)
+        {
+            if (Opt(i) is not { } z) return null;
+            if (z.DType != of) throw ctx.Error($"{what} zero point {z.Describe()} must have the type of {what} ({DTypes.Name(of)})");
+            if (z.Length != 1 && !(perChannel > 0 && z.Rank == 1 && z.Length == perChannel))
+                throw ctx.Error($"{what} zero point {z.Describe()} must be a scalar{(perChannel > 0 ? $" or have {perChannel} elements" : "")}");
+            return z;
+        }
+        var xScale = g.HostOrDownload(GpuOps.In(ins, 1, ctx));
+        var wScale = g.HostOrDownload(GpuOps.In(ins, 4, ctx));
+        var yScale = g.HostOrDownload(GpuOps.In(ins, 6, ctx));
+        if (xScale.Length != 1 || yScale.Length != 1) throw ctx.Error("x_scale and y_scale must be scalars");
+        if (wScale.Length != 1 && wScale.Length != m) throw ctx.Error($"w_scale must be a scalar or have M = {m} elements");
+        var yz = Opt(7);
+        if (yz is not null && yz.Length != 1) throw ctx.Error($"y zero point {yz.Describe()} must be a scalar");
+        var bias = Opt(8);
+        if (bias is not null && (bias.Length != m || bias.Storage != GpuStorage.I32)) throw ctx.Error($"B {bias.Describe()} must be int32 with M = {m} elements");
+        float xs = (float)xScale.GetDouble(0), ys = (float)yScale.GetDouble(0);
+        var scales = new float[m];
+        for (int i = 0; i < m; i++) scales[i] = xs * (float)wScale.GetDouble(wScale.Length == 1 ? 0 : i) / ys;
+        var sc = g.UploadTemporary(Tensor.FromArray(scales, m));
+        var y = Conv(g, ctx, x, w, bias, new IntegerConv(Zero(2, x.DType, 0, "x"), Zero(5, w.DType, m, "w"), sc, yz, yz?.DType ?? x.DType));
+        g.Free(sc);
+        return y;
+    }
+
+    static string? IntegerSpatial(NodeContext ctx, IReadOnlyList<Tapml.Ir.TypeRef?> t)
+    {
+        foreach (int i in ctx.Node.OpType == "QLinearConv" ? [0, 3] : new[] { 0, 1 })
+            if (i < t.Count && t[i] is { } a && a.ElemType is not (DType.UInt8 or DType.Int8))
+                return $"{ctx.Node.OpType} takes 8-bit integers, got {DTypes.Name(a.ElemType)}";
+        if (t.Count > 0 && t[0] is { Shape: { } s } && s.Length is not (3 or 4 or 5))
+            return $"{ctx.Node.OpType} with {s.Length - 2} spatial dimensions is not implemented on webgpu (1 to 3 are)";
+        return null;
+    }
+
+    static GpuTensor Conv(WebGpuPlatform g, NodeContext ctx, GpuTensor x, GpuTensor wt, GpuTensor? bias, IntegerConv? integer)
     {
         if (x.Rank != wt.Rank) throw ctx.Error($"input {ShapeUtil.Format(x.Shape)} and weight {ShapeUtil.Format(wt.Shape)} ranks differ");
         long group = ctx.Int("group", 1);
@@ -91,32 +161,57 @@ public static class ConvPool
         if (x.Shape[1] != cg * group || m % group != 0) throw ctx.Error($"channels: input {x.Shape[1]}, weight {ShapeUtil.Format(wt.Shape)}, group {group}");
         var geo = ConvHelpers.Forward(ctx, x.Shape, ConvHelpers.Kernel(ctx, wt.Shape), false);
         int r = geo.R;
-        var y = g.Empty(x.DType, ConvHelpers.OutShape(x.Shape[0], m, geo));
+        var y = g.Empty(integer?.Out ?? x.DType, ConvHelpers.OutShape(x.Shape[0], m, geo));
         if (y.Length == 0) return y;
         var meta = new Meta();
         meta.Add(y.Length);
         AddGeo(meta, x.Shape[1], r, geo.In, geo.K, geo.Out, geo.S, geo.D, geo.PadB);
         meta.Add(m); meta.Add(cg); meta.Add(m / group);
         var dims = Dims(r);
-        g.Launch(new WebGpuPlatform.KernelKey("conv", $"{r}|{bias is not null}|{Wgsl.Letters([x.Storage, wt.Storage, bias?.Storage ?? GpuStorage.F32])}|{(int)x.DType}"), () =>
+        var (xz, wz) = (integer?.XZero, integer?.WZero);
+        bool wzPer = wz is { Length: > 1 };
+        // Integer: exact i32 sums of shifted 8-bit values; float: f32 sums.
+        string acc0 = integer is not null ? bias is null ? "0" : "i32(b(oc))" : bias is null ? "0.0" : "f32(b(oc))";
+        var (sc, yz) = (integer?.Scales, integer?.YZero);
+        // QLinearConv: scale, add y's zero point, saturate, round half to even (WGSL's round).
+        var (lo, hi) = y.DType == DType.Int8 ? (-128, 127) : (0, 255);
+        string store = sc is null ? "y_st(i, acc);" :
+            $"y_st(i, {Wgsl.Scalar(y.Storage)}(round(clamp(f32(acc) * sc(oc) + {(yz is null ? "0.0" : "f32(yz(0u))")}, {lo}.0, {hi}.0))));";
+        string term(string xv, string wv) => integer is null ? $"f32({xv}) * f32({wv})" : $"(i32({xv}) - xzv) * (i32({wv}) - wzv)";
+        string zeros = integer is null ? "" :
+            $"  let xzv = {(xz is null ? "0" : "i32(xz(0u))")}; let wzv = {(wz is null ? "0" : wzPer ? "i32(wz(oc))" : "i32(wz(0u))")};\n";
+        var bound = new List<GpuTensor> { x, wt };
+        if (bias is not null) bound.Add(bias);
+        if (xz is not null) bound.Add(xz);
+        if (wz is not null) bound.Add(wz);
+        if (sc is not null) bound.Add(sc);
+        if (yz is not null) bound.Add(yz);
+        bound.Add(y);
+        string variant = $"{r}|{bias is not null}|{Wgsl.Letters(bound.Select(t => t.Storage).ToList())}|{(int)y.DType}|" +
+                         (integer is null ? "f" : $"i{xz is not null}{wz is not null}{wzPer}{sc is not null}{yz is not null}");
+        g.Launch(new WebGpuPlatform.KernelKey("conv", variant), () =>
         {
             var w = new Wgsl(g.Workgroup).In("x", x).In("w", wt);
             if (bias is not null) w.In("b", bias);
-            w.Out("y", x.DType);
+            if (xz is not null) w.In("xz", xz);
+            if (wz is not null) w.In("wz", wz);
+            if (sc is not null) w.In("sc", sc);
+            if (yz is not null) w.In("yz", yz);
+            w.Out("y", y.DType);
             return w.Build(Coords + $$"""
   let M = md[{{MOp}}]; let CG = md[{{MOp + 1}}]; let MG = md[{{MOp + 2}}];
   let oc = (i / osz) % M; let n = i / (osz * M);
   let c0 = (oc / MG) * CG;
-  var acc = {{(bias is null ? "0.0" : "f32(b(oc))")}};
+{{zeros}}  var acc = {{acc0}};
   for (var c = 0u; c < CG; c++) {
     let xb = (n * C + c0 + c) * isz;
     let wb = (oc * CG + c) * ksz;
 {{Loops(dims, a => $"    let i{a} = i32(o{a} * md[{MS + a}] + k{a} * md[{MDil + a}]) - bitcast<i32>(md[{MPad + a}]);\n    if (i{a} < 0 || i{a} >= i32(md[{MIn + a}])) {{ continue; }}\n",
-    $"    acc += f32(x(xb + {Flat(dims, "i", MIn)})) * f32(w(wb + {Flat(dims, "k", MK)}));\n")}}
+    $"    acc += {term($"x(xb + {Flat(dims, "i", MIn)})", $"w(wb + {Flat(dims, "k", MK)})")};\n")}}
   }
-  y_st(i, acc);
+  {{store}}
 """);
-        }, $"Conv{r}d{(bias is null ? "" : "_bias")}", bias is null ? [x, wt, y] : [x, wt, bias, y], meta, y.Length);
+        }, sc is not null ? $"QLinearConv{r}d" : integer is not null ? $"ConvInteger{r}d" : $"Conv{r}d{(bias is null ? "" : "_bias")}", bound.ToArray(), meta, y.Length);
         return y;
     }
 

@@ -113,7 +113,7 @@ public static class MatMul
 
     /// <summary>y[b] = alpha·A[b]·B[b] + beta·C for a batch of [M,K]×[K,N] with element strides
     /// (row, col) for A and B; batches addressed through broadcast batch strides.</summary>
-    static void Tiled(WebGpuPlatform g, GpuTensor a, GpuTensor b, GpuTensor? c, GpuTensor y, long m, long n, long k,
+    internal static void Tiled(WebGpuPlatform g, GpuTensor a, GpuTensor b, GpuTensor? c, GpuTensor y, long m, long n, long k,
         long[] batch, long[] aBatch, long[] bBatch, (long R, long C) sa, (long R, long C) sb, (long R, long C) sc, float alpha, float beta, string label)
     {
         if (MatMulTiled.TryRun(g, a, b, c, y, m, n, k, batch, aBatch, bBatch, sa, sb, sc, alpha, beta, label)) return;
