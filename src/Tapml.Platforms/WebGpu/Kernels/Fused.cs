@@ -14,7 +14,8 @@ public static class Fused
     public static void Register(Action<GpuOp> add) =>
         add(new GpuOp(Fusion.Domain, Fusion.OpType, 1, Run, (ctx, t) =>
             ctx.Graph("body").Nodes.FirstOrDefault(n => GpuOps.Find(n.Domain, n.OpType) is null) is { } missing
-                ? $"fused region holds {missing.OpType}, which has no WGSL kernel" : null, AnyInputType: true));
+                ? $"fused region holds {missing.OpType}, which has no WGSL kernel" : null, AnyInputType: true,
+            TakesStrided: ctx => ctx.String("kind", "") is "attention" or "kv_append"));
 
     static Value?[] Run(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
     {
@@ -66,7 +67,7 @@ public static class Fused
             var op = GpuOps.Find(n.Domain, n.OpType) ?? throw new UnsupportedException($"fused region '{ctx.Node.Name}': {n.OpType} has no WGSL kernel");
             var args = n.Inputs.Select(s => s.Length == 0 ? null : values.TryGetValue(s, out var v) ? v
                 : throw ctx.Error($"body input '{s}' has no value")).ToArray();
-            var outs = op.Run(g, new NodeContext(n, opset), args);
+            var outs = g.RunOp(op, new NodeContext(n, opset), args);
             for (int o = 0; o < n.Outputs.Length && o < outs.Length; o++)
                 if (outs[o] is GpuTensor t && n.Outputs[o].Length > 0) { values[n.Outputs[o]] = t; made.Add(t); }
         }
@@ -225,7 +226,7 @@ public static class Fused
     /// from [batch, seq, heads, head_dim] (<c>X_layout</c> = bthd).</summary>
     static (long[] Shape, long[] Strides) Heads(NodeContext ctx, string which, GpuTensor x)
     {
-        var st = ShapeUtil.Strides(x.Shape);
+        var st = x.Strides;
         return ctx.String(which + "_layout", "bhtd") == "bthd"
             ? ([x.Shape[0], x.Shape[2], x.Shape[1], x.Shape[3]], [st[0], st[2], st[1]])
             : (x.Shape, [st[0], st[1], st[2]]);
@@ -245,6 +246,8 @@ public static class Fused
         var (q, k, v) = (ins[0]!, ins[1]!, ins[2]!);
         var mask = nIn == 4 ? ins[3] : null;
         if (!IsF32(q) || !IsF32(k) || !IsF32(v) || q.Rank != 4 || k.Rank != 4 || v.Rank != 4) return null;
+        // Only K and V (a KV cache) are read through their strides.
+        if (ins.Where((t, i) => i is not (1 or 2) && t is { IsStrided: true }).Any()) return null;
         // With rotary_q, input 0 is q before its rotary embedding; cos and sin stand at rotary_at (see Fusion).
         long rotHalf = ctx.Int("rotary_q", 0);
         GpuTensor? rcos = null, rsin = null;
@@ -289,7 +292,7 @@ public static class Fused
         long chunks = 1, chunk = t;
         if (t >= AttnSplitFrom)
         {
-            chunks = Math.Clamp((AttnTargetGroups + rows - 1) / rows, 1, (t + AttnThreads - 1) / AttnThreads);
+            chunks = Math.Clamp((g.AttentionTargetGroups + rows - 1) / rows, 1, (t + AttnThreads - 1) / AttnThreads);
             chunk = ((t + chunks - 1) / chunks + AttnThreads - 1) / AttnThreads * AttnThreads;
             chunks = (t + chunk - 1) / chunk;
         }
@@ -454,11 +457,14 @@ public static class Fused
     /// <summary>The KV cache append of a layer in one dispatch: present K = Concat(past K, new K) and present V =
     /// Concat(past V, new V) along the sequence axis of [batch, kv_heads, seq, head_dim] values, the new K rotated
     /// (rotary embedding, <c>half</c>) as it is written when the region holds its rotary. Inputs past K, new K, past V,
-    /// new V [, cos, sin, …]; null (the body runs) when the shapes are not what the pattern assumes.</summary>
+    /// new V [, cos, sin, …]; null (the body runs) when the shapes are not what the pattern assumes. The presents have a
+    /// row capacity (<see cref="WebGpuPlatform.WithCapacity"/>): when both pasts are the longest views of capacity
+    /// buffers with room for the new rows, the presents are longer views of the same buffers and only the new rows are
+    /// written; otherwise the pasts are copied into new buffers with room to grow.</summary>
     static Value?[]? KvAppend(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
     {
         if (ins.Length < 4 || ins[0] is not { } pk || ins[1] is not { } xk || ins[2] is not { } pv || ins[3] is not { } xv) return null;
-        if (new[] { pk, xk, pv, xv }.Any(t => !IsF32(t) || t.Rank != 4)) return null;
+        if (new[] { pk, xk, pv, xv }.Any(t => !IsF32(t) || t.Rank != 4) || xk.IsStrided || xv.IsStrided) return null;
         if (ctx.Int("axis", 2) is not (2 or -2)) return null;
         if (pk.Shape[0] != xk.Shape[0] || pk.Shape[1] != xk.Shape[1] || pk.Shape[3] != xk.Shape[3]) return null;
         if (pv.Shape[0] != xv.Shape[0] || pv.Shape[1] != xv.Shape[1] || pv.Shape[3] != xv.Shape[3]) return null;
@@ -471,57 +477,82 @@ public static class Fused
             (cos, sin) = (c, sn);
         }
         if ((cos is null ? 4 : 6) + 3 > g.Device.Limits.MaxStorageBuffersPerStage) return null;                 // + 2 outputs, metadata
-        var yk = g.Empty(DType.Float32, [pk.Shape[0], pk.Shape[1], pk.Shape[2] + xk.Shape[2], pk.Shape[3]]);
-        var yv = g.Empty(DType.Float32, [pv.Shape[0], pv.Shape[1], pv.Shape[2] + xv.Shape[2], pv.Shape[3]]);
-        long nk = yk.Length, n = nk + yv.Length;
+        long tk = pk.Shape[2] + xk.Shape[2], tv = pv.Shape[2] + xv.Shape[2];
+        long[] kShape = [pk.Shape[0], pk.Shape[1], tk, pk.Shape[3]], vShape = [pv.Shape[0], pv.Shape[1], tv, pv.Shape[3]];
+        // NOTE: in place never binds the pasts: they share the presents' buffers, which a dispatch may not bind twice
+        // when one binding writes.
+        bool inPlace = g.KvInPlace && Appendable(pk, tk) && Appendable(pv, tv) && pk.Buffer != pv.Buffer;
+        GpuTensor yk, yv;
+        if (inPlace) (yk, yv) = (g.Extended(pk, tk), g.Extended(pv, tv));
+        else if (g.KvInPlace) (yk, yv) = (g.WithCapacity(kShape), g.WithCapacity(vShape));
+        else (yk, yv) = (g.Empty(DType.Float32, kShape), g.Empty(DType.Float32, vShape));
+        long k0 = inPlace ? pk.Shape[2] : 0, v0 = inPlace ? pv.Shape[2] : 0;                  // first row written
+        long nk = kShape[0] * kShape[1] * kShape[3] * (tk - k0), n = nk + vShape[0] * vShape[1] * vShape[3] * (tv - v0);
         if (n == 0) return [yk, yv];
         var meta = new Meta();
         meta.Add(n); meta.Add(nk);
-        meta.Add(pk.Shape[2]); meta.Add(xk.Shape[2]); meta.Add(pk.Shape[3]); meta.Add(pk.Shape[1]);   // md[2..5]: Tk, S, D, H
-        meta.Add(pv.Shape[2]); meta.Add(xv.Shape[2]); meta.Add(pv.Shape[3]);                          // md[6..8]: Tv, Sv, Dv
+        // md[2..9]: first row written, T, past rows, new rows, D, heads, present capacity, past capacity (K); md[10..16]: V.
+        meta.Add(k0); meta.Add(tk); meta.Add(pk.Shape[2]); meta.Add(xk.Shape[2]); meta.Add(pk.Shape[3]); meta.Add(pk.Shape[1]); meta.Add(Rows(yk)); meta.Add(Rows(pk));
+        meta.Add(v0); meta.Add(tv); meta.Add(pv.Shape[2]); meta.Add(xv.Shape[2]); meta.Add(pv.Shape[3]); meta.Add(Rows(yv)); meta.Add(Rows(pv));
         bool rot = cos is not null;
         if (rot)
         {
-            meta.Add(half);                                                      // md[9]
-            meta.AddAll(ShapeUtil.BroadcastStrides(cos!.Shape, xk.Shape));       // md[10..13]
-            meta.AddAll(ShapeUtil.BroadcastStrides(sin!.Shape, xk.Shape));       // md[14..17]
+            meta.Add(half);                                                      // md[17]
+            meta.AddAll(ShapeUtil.BroadcastStrides(cos!.Shape, xk.Shape));       // md[18..21]
+            meta.AddAll(ShapeUtil.BroadcastStrides(sin!.Shape, xk.Shape));       // md[22..25]
         }
         string NewK() => rot
             ? $"""
-      let hf = md[9]; let b = bh / md[5]; let h = bh % md[5];
+      let hf = md[17]; let b = bh / md[7]; let h = bh % md[7];
       let xi = (bh * S + tn) * D;
-      let co = b * md[10] + h * md[11] + tn * md[12] + e * md[13];
-      let so = b * md[14] + h * md[15] + tn * md[16] + e * md[17];
-      yk_st(i, {RotatedValue("xk", "xi + e", "e", "hf", "cs(co)", "sn(so)")});
+      let co = b * md[18] + h * md[19] + tn * md[20] + e * md[21];
+      let so = b * md[22] + h * md[23] + tn * md[24] + e * md[25];
+      yk_st(o, {RotatedValue("xk", "xi + e", "e", "hf", "cs(co)", "sn(so)")});
 """
-            : "      yk_st(i, xk((bh * S + tn) * D + e));\n";
-        g.Launch(new WebGpuPlatform.KernelKey("kv_append", $"{rot}"), () =>
+            : "      yk_st(o, xk((bh * S + tn) * D + e));\n";
+        g.Launch(new WebGpuPlatform.KernelKey("kv_append", $"{rot}|{inPlace}"), () =>
         {
-            var w = new Wgsl(g.Workgroup).In("pk", pk).In("xk", xk).In("pv", pv).In("xv", xv);
+            var w = new Wgsl(g.Workgroup);
+            if (!inPlace) w.In("pk", pk);
+            w.In("xk", xk);
+            if (!inPlace) w.In("pv", pv);
+            w.In("xv", xv);
             if (rot) w.In("cs", cos!).In("sn", sin!);
+            string pastK = inPlace ? "" : "if (tt < Tp) { yk_st(o, pk((bh * P + tt) * D + e)); } else ";
+            string pastV = inPlace ? "" : "if (tt < Tp) { yv_st(o, pv((bh * P + tt) * D + e)); } else ";
             return w.Out("yk", DType.Float32).Out("yv", DType.Float32).Build($$"""
   if (i < md[1]) {
-    let Tp = md[2]; let S = md[3]; let D = md[4]; let T = Tp + S;
-    let e = i % D; let tt = (i / D) % T; let bh = i / (D * T);
-    if (tt < Tp) { yk_st(i, pk((bh * Tp + tt) * D + e)); }
-    else {
+    let r0 = md[2]; let T = md[3]; let Tp = md[4]; let S = md[5]; let D = md[6]; let C = md[8]; let P = md[9];
+    let e = i % D; let r = i / D; let tt = r0 + r % (T - r0); let bh = r / (T - r0);
+    let o = (bh * C + tt) * D + e;
+    {{pastK}}{
       let tn = tt - Tp;
 {{NewK()}}    }
   } else {
     let j = i - md[1];
-    let Tp = md[6]; let S = md[7]; let D = md[8]; let T = Tp + S;
-    let e = j % D; let tt = (j / D) % T; let bh = j / (D * T);
-    if (tt < Tp) { yv_st(j, pv((bh * Tp + tt) * D + e)); } else { yv_st(j, xv((bh * S + tt - Tp) * D + e)); }
+    let r0 = md[10]; let T = md[11]; let Tp = md[12]; let S = md[13]; let D = md[14]; let C = md[15]; let P = md[16];
+    let e = j % D; let r = j / D; let tt = r0 + r % (T - r0); let bh = r / (T - r0);
+    let o = (bh * C + tt) * D + e;
+    {{pastV}}{ yv_st(o, xv((bh * S + tt - Tp) * D + e)); }
   }
 """);
-        }, rot ? "KvAppendRotary" : "KvAppend", [pk, xk, pv, xv, .. (rot ? new[] { cos!, sin! } : []), yk, yv], meta, n);
+        }, rot ? "KvAppendRotary" : "KvAppend", [.. (inPlace ? [] : new[] { pk }), xk, .. (inPlace ? [] : new[] { pv }), xv, .. (rot ? new[] { cos!, sin! } : []), yk, yv], meta, n);
         return [yk, yv];
     }
+
+    /// <summary>Whether <paramref name="past"/> is the longest view of a capacity buffer with room for
+    /// <paramref name="rows"/> rows.</summary>
+    static bool Appendable(GpuTensor past, long rows) =>
+        past.Capacity >= rows && past.Buffer.KvRows == past.Shape[2] && !past.Freed && past.ByteOffset == 0 && past.Buffer.Handle != 0;
+
+    /// <summary>Rows allocated along axis 2 of a rank-4 tensor.</summary>
+    static long Rows(GpuTensor t) => t.IsStrided ? t.Capacity : t.Shape[2];
 
     /// <summary>Most key groups an attention workgroup has (1, 2 or 4); <c>bench llm</c> runs a variant with 1.</summary>
     public static int MaxAttentionGroups { get => _maxAttentionGroups == 0 ? 4 : _maxAttentionGroups; set => _maxAttentionGroups = value; }
     [ThreadStatic] static int _maxAttentionGroups;    // per thread: the benchmark's variant changes its own runs only
 
-    /// <summary>Key count from which decode-shaped attention splits the keys over workgroups, and the workgroups it aims at.</summary>
-    const long AttnSplitFrom = 256, AttnTargetGroups = 256;
+    /// <summary>Key count from which decode-shaped attention splits the keys over workgroups (the workgroups it aims at:
+    /// <see cref="WebGpuPlatform.AttentionTargetGroups"/>).</summary>
+    const long AttnSplitFrom = 256;
 }
