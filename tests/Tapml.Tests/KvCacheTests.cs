@@ -105,6 +105,30 @@ public class KvCacheTests
         finally { try { Directory.Delete(dir, true); } catch (IOException) { } }
     }
 
+    /// <summary>A 200-token prompt on the fused graph (attention by tiles of query rows, q rotated as it loads) gives the
+    /// cpu's logits and presents within tolerance, and the next decode step appends to that cache in place.</summary>
+    [Fact]
+    public void A_long_prompt_matches_cpu_and_decodes_on()
+    {
+        WebGpuTests.SkipIfNoDawn("webgpu");
+        var m = Tiny("llama");
+        var f = Fusion.Fuse(m, out _);
+        var rng = new Random(5);
+        long[] prompt = Enumerable.Range(0, 200).Select(_ => (long)rng.Next(1024)).ToArray();
+        using var cpu = new Tapml.Platforms.Cpu.CpuPlatform();
+        using var gpu = new WebGpuPlatform("webgpu");
+        var (ec, eg) = (new Executor(cpu), new Executor(gpu));
+        var want = ec.Run(m, Generation.PrefillFeeds(m, prompt));
+        var got = eg.Run(f, Generation.PrefillFeeds(f, prompt), KeepKv);
+        foreach (var (name, v) in want) AssertClose((Tensor)v, (Tensor)gpu.Download(got[name]), $"{name} of the prompt");
+        long token = Generation.ArgmaxLast((Tensor)want["logits"]);
+        var gf = Generation.NextFeeds(f, got, token, prompt.Length);
+        want = ec.Run(m, Generation.NextFeeds(m, want, token, prompt.Length));
+        got = eg.Run(f, gf, KeepKv);
+        Assert.Same(((GpuTensor)gf["past_key_values.1.value"]).Buffer, ((GpuTensor)got["present.1.value"]).Buffer);
+        foreach (var (name, v) in want) AssertClose((Tensor)v, (Tensor)gpu.Download(got[name]), $"{name} of the decode step");
+    }
+
     internal static void AssertClose(Tensor want, Tensor got, string what)
     {
         Assert.Equal(want.Shape, got.Shape);

@@ -43,7 +43,9 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             if (k == "max-binding" && long.TryParse(v, out maxBinding) && maxBinding >= 16) continue;
             if (k == "kv" && v is "inplace" or "copy") { KvInPlace = v == "inplace"; continue; }
             if (k == "attn-groups" && int.TryParse(v, out int groups) && groups >= 1) { AttentionTargetGroups = groups; continue; }
-            throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (webgpu takes max-binding=BYTES (at least 16), kv=inplace|copy, attn-groups=N (at least 1))");
+            if (k == "attn-tiled" && int.TryParse(v, out int from) && from >= 0) { AttentionTiledFrom = from; continue; }
+            throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (webgpu takes max-binding=BYTES (at least 16), kv=inplace|copy, " +
+                                     "attn-groups=N (at least 1), attn-tiled=ROWS (0: never))");
         }
         Name = spec;
         Kind = "webgpu";
@@ -83,6 +85,10 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     /// <summary>Workgroups decode-shaped attention over a long key range aims at when it splits the keys (option
     /// <c>attn-groups=N</c>, default 256).</summary>
     public int AttentionTargetGroups { get; } = 256;
+
+    /// <summary>Query rows from which attention runs tiled (flash attention over tiles of query rows; option
+    /// <c>attn-tiled=ROWS</c>, default 32, 0 never): prompts; decode and short prompts keep one workgroup per row.</summary>
+    public int AttentionTiledFrom { get; } = 32;
 
     /// <summary>Threads per workgroup the element kernels use (256, or less on a small adapter).</summary>
     public int Workgroup { get; }
@@ -565,12 +571,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         if (g.Freed) throw new TapmlException($"webgpu: {g.Describe()} was read after it was freed (internal error)");
         if (g.HostCopy is { } hc) return hc;
         if (g.Source is { } src && g.Buffer.Pending is not null) return src;
-        if (g.IsStrided)
-        {
-            var c = Contiguous(g);
-            try { return Download(c); }
-            finally { Free(c); }
-        }
+        if (g.IsStrided) return DownloadRows(g);
         Materialize(g.Buffer);
         var r = Tensor.Uninitialized(g.DType, (long[])g.Shape.Clone());
         // 32-bit values whose host type has the storage's layout (f32, i32, u32) are read straight into the result
@@ -586,6 +587,21 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         var bytes = new byte[g.StorageBytes];
         Device.Read(g.Buffer.Handle, g.ByteOffset, bytes);
         return Decode(g.Storage, bytes, r);
+    }
+
+    /// <summary>A tensor with a row capacity read whole (its allocated extent) and its rows gathered on the host: no
+    /// dispatch, and at most twice the bytes.</summary>
+    Tensor DownloadRows(GpuTensor g)
+    {
+        var all = new float[g.StorageBytes / 4];
+        Device.Read(g.Buffer.Handle, g.ByteOffset, MemoryMarshal.AsBytes(all.AsSpan()));
+        var r = Tensor.Uninitialized(g.DType, (long[])g.Shape.Clone());
+        int rowLen = (int)g.Shape[^1], rows = (int)g.Shape[^2];
+        long blocks = ShapeUtil.Size(g.Shape.AsSpan(0, g.Rank - 2));
+        var dst = r.Span<float>();
+        for (long b = 0; b < blocks; b++)
+            all.AsSpan((int)(b * g.Capacity * rowLen), rows * rowLen).CopyTo(dst.Slice((int)(b * rows * rowLen), rows * rowLen));
+        return r;
     }
 
     /// <summary>Starts a download and returns at once (<see cref="IPendingDownload.Wait"/> waits): the work recorded so

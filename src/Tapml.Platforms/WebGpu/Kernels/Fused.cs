@@ -306,16 +306,13 @@ public static class Fused
             meta.AddAll(ShapeUtil.BroadcastStrides(rcos.Shape, q.Shape));        // md[26..29]
             meta.AddAll(ShapeUtil.BroadcastStrides(rsin!.Shape, q.Shape));       // md[30..33]
         }
+        // Prompt-shaped attention (many query rows) by tiles of query rows sharing each tile of keys.
+        if (chunks == 1 && g.AttentionTiledFrom > 0 && s >= g.AttentionTiledFrom && Tiled(g, q, k, v, mask, rcos, rsin, meta, b * h, s, d, dv, maskKind, y)) return y;
         bool split = chunks > 1;
         var parts = split ? g.Empty(DType.Float32, [rows * chunks * (dv + 2)]) : null;
         var (gx, gy) = Wgsl.Grid(rows * chunks, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
         const int W = AttnThreads, Acc = AttnMaxHeadDim / AttnThreads;
-        string Apply() => maskKind switch
-        {
-            "where" => "if (mk(mo + j * md[13]) == 0u) { sc = fill; }",
-            "add" => "sc = sc + mk(mo + j * md[13]);",
-            _ => "",
-        };
+        string Apply() => MaskApply(maskKind);
         bool rot = rcos is not null;
         // q's load: rotated as it is read (x·cos + rotate_half(x)·sin, q's last axis contiguous) with rotary_q.
         string LoadQ() => rot
@@ -445,6 +442,124 @@ public static class Fused
 """, elementwise: false), "AttentionCombine", [parts!, y], cm, cx, cy);
         g.Free(parts!);
         return y;
+    }
+
+    /// <summary>WGSL applying the mask to score <c>sc</c> of key <c>j</c> (mask offset <c>mo</c> of the query row).</summary>
+    static string MaskApply(string maskKind) => maskKind switch
+    {
+        "where" => "if (mk(mo + j * md[13]) == 0u) { sc = fill; }",
+        "add" => "sc = sc + mk(mo + j * md[13]);",
+        _ => "",
+    };
+
+    /// <summary>Flash attention for prompt-shaped inputs: a workgroup per (batch·head, tile of BR query rows); each
+    /// tile of BC keys is loaded into workgroup memory once for all BR rows, thread (r, c) scores query r against key c,
+    /// and each row keeps a running max and sum (online softmax) while thread (r, c) accumulates output dims c, c+BC, ….
+    /// The [heads, seq, seq] scores never exist; K and V are read once per BR query rows instead of once per row. Same
+    /// metadata as the row kernel (md[0..22], rotary at md[25..33]). False when head dims or workgroup limits do not fit.</summary>
+    static bool Tiled(WebGpuPlatform g, GpuTensor q, GpuTensor k, GpuTensor v, GpuTensor? mask, GpuTensor? rcos, GpuTensor? rsin, Meta meta,
+        long heads, long s, long d, long dv, string maskKind, GpuTensor y)
+    {
+        var lim = g.Device.Limits;
+        int dmax = Math.Max(d, dv) <= 64 ? 64 : Math.Max(d, dv) <= 128 ? 128 : 0;
+        if (dmax == 0) return false;
+        int bc = dmax == 64 ? 16 : 8;
+        int br = Math.Min(16, lim.MaxInvocationsPerWorkgroup / bc);
+        int stride = dmax + 1;                                   // NOTE: padded rows: the threads of a row read distinct banks
+        int floats = br * stride + bc * stride + br * bc;
+        if (br < 4 || floats * 4 > lim.MaxWorkgroupStorageBytes) return false;
+        int nt = br * bc, acc = dmax / bc;
+        long tiles = (s + br - 1) / br;
+        var (gx, gy) = Wgsl.Grid(heads * tiles, 1, lim.MaxWorkgroupsPerDimension);
+        bool rot = rcos is not null;
+        string load = rot
+            ? $"{RotatedValue("q", "qb + e", "e", "md[25]", "rc(bb * md[26] + hh * md[27] + ii * md[28] + e * md[29])", "rs(bb * md[30] + hh * md[31] + ii * md[32] + e * md[33])")}"
+            : "q(qb + e)";
+        string accDecl = string.Join(" ", Enumerable.Range(0, acc).Select(a => $"var a{a} = 0.0;"));
+        string rescale = string.Join(" ", Enumerable.Range(0, acc).Select(a => $"a{a} = a{a} * corr;"));
+        string gather = string.Join("\n", Enumerable.Range(0, acc).Select(a => $"      if (c + {a * bc}u < Dv) {{ a{a} += p * kvs[jj * {stride}u + c + {a * bc}u]; }}"));
+        string store = string.Join("\n", Enumerable.Range(0, acc).Select(a => $"    if (c + {a * bc}u < Dv) {{ y_st(ob + c + {a * bc}u, a{a} / l); }}"));
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention_tiled", $"{maskKind}|{rot}|{dmax}|{br}"), () =>
+        {
+            var w = new Wgsl(nt).In("q", q).In("k", k).In("v", v);
+            if (mask is not null) w.In("mk", mask);
+            if (rot) w.In("rc", rcos!).In("rs", rsin!);
+            w.Out("y", DType.Float32);
+            w.Decl($"var<workgroup> qs: array<f32, {br * stride}>;\nvar<workgroup> kvs: array<f32, {bc * stride}>;\nvar<workgroup> ss: array<f32, {br * bc}>;");
+            return w.Build($$"""
+  let wi = wid.x + wid.y * nwg.x;
+  let H = md[1]; let S = md[2]; let T = md[3]; let D = md[4]; let Dv = md[5];
+  let tiles = (S + {{br - 1}}u) / {{br}}u;
+  if (wi >= md[0] / S * tiles) { return; }
+  let bh = wi / tiles; let i0 = (wi % tiles) * {{br}}u;
+  let hh = bh % H; let bb = bh / H; let kvh = hh / md[6];
+  let scale = bitcast<f32>(md[8]); let fill = bitcast<f32>(md[9]);
+  let r = lid.x / {{bc}}u; let c = lid.x % {{bc}}u;
+  let i = i0 + r;
+  let live = i < S;
+  let ninf = bits_(0xff800000u);
+  for (var x = lid.x; x < {{br}}u * D; x += {{nt}}u) {
+    let rr = x / D; let e = x % D; let ii = i0 + rr;
+    var qv = 0.0;
+    if (ii < S) { let qb = bb * md[14] + hh * md[15] + ii * md[16]; qv = {{load}}; }
+    qs[rr * {{stride}}u + e] = qv;
+  }
+  let kb = bb * md[17] + kvh * md[18]; let ks = md[19];
+  let vb = bb * md[20] + kvh * md[21]; let vs = md[22];
+  let mo = bb * md[10] + hh * md[11] + min(i, S - 1u) * md[12];
+  var m = ninf;
+  var l = 0.0;
+  {{accDecl}}
+  for (var j0 = 0u; j0 < T; j0 += {{bc}}u) {
+    for (var x = lid.x; x < {{bc}}u * D; x += {{nt}}u) {
+      let jj = x / D; let e = x % D;
+      var kv = 0.0;
+      if (j0 + jj < T) { kv = k(kb + (j0 + jj) * ks + e); }
+      kvs[jj * {{stride}}u + e] = kv;
+    }
+    workgroupBarrier();
+    let j = j0 + c;
+    var sc = ninf;
+    if (live && j < T) {
+      var dot = 0.0;
+      for (var e = 0u; e < D; e++) { dot += qs[r * {{stride}}u + e] * kvs[c * {{stride}}u + e]; }
+      sc = dot * scale;
+      {{MaskApply(maskKind)}}
+    }
+    ss[r * {{bc}}u + c] = sc;
+    workgroupBarrier();
+    for (var x = lid.x; x < {{bc}}u * Dv; x += {{nt}}u) {
+      let jj = x / Dv; let e = x % Dv;
+      var vv = 0.0;
+      if (j0 + jj < T) { vv = v(vb + (j0 + jj) * vs + e); }
+      kvs[jj * {{stride}}u + e] = vv;
+    }
+    var tmax = ninf;
+    for (var jj = 0u; jj < {{bc}}u; jj++) { tmax = max(tmax, ss[r * {{bc}}u + jj]); }
+    let mnew = max(m, tmax);
+    // Nothing is accumulated while every score so far is -inf; a -inf score weighs 0.
+    let corr = select(exp(m - mnew), 1.0, mnew == ninf);
+    {{rescale}}
+    workgroupBarrier();
+    var psum = 0.0;
+    for (var jj = 0u; jj < {{bc}}u; jj++) {
+      let s2 = ss[r * {{bc}}u + jj];
+      var p = 0.0;
+      if (s2 != ninf) { p = exp(s2 - mnew); }
+      psum += p;
+{{gather}}
+    }
+    l = l * corr + psum;
+    m = mnew;
+    workgroupBarrier();
+  }
+  if (live) {
+    let ob = ((bb * H + hh) * S + i) * Dv;
+{{store}}
+  }
+""", elementwise: false);
+        }, "AttentionTiled", [q, k, v, .. (mask is null ? Array.Empty<GpuTensor>() : [mask]), .. (rot ? new[] { rcos!, rsin! } : []), y], meta, gx, gy);
+        return true;
     }
 
     /// <summary>Whether <paramref name="t"/> broadcasts to exactly <paramref name="shape"/>.</summary>
