@@ -7,7 +7,8 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 /// <summary><c>tapml.Fused</c> regions (<see cref="Fusion"/>) as one kernel each: <c>elementwise</c> composes the
 /// body's expressions into one broadcast kernel, <c>rms_norm</c> reduces and scales a row in one workgroup,
 /// <c>rotary</c> rotates halves of the last axis, <c>matmul_add</c> adds in the matrix-vector epilogue,
-/// <c>attention</c> runs q·kᵀ, mask, softmax and ·V for one query row per workgroup (online softmax over key chunks). A region outside what a kernel handles (other dtypes, a shape the
+/// <c>attention</c> runs q·kᵀ, mask, softmax and ·V for one query row per workgroup (online softmax over key chunks), or
+/// for prompts per tile of query rows, <c>kv_append</c> writes the new rows of a KV cache kept with room to grow. A region outside what a kernel handles (other dtypes, a shape the
 /// pattern did not promise, too many bindings) runs its body node by node on the GPU: same result, more dispatches.</summary>
 public static class Fused
 {
