@@ -42,6 +42,7 @@ static class GenerateVerb
         var cmd = new Command("generate", "generate tokens with the model's KV cache (greedy unless --temperature, --top-k or --top-p is given)") { model, platform, prompt, inputIds, maxTokens, seed, temperature, topK, topP, repetition, stop, json, logitsOut, fuse, profile, fallback, quantize };
         cmd.Action(pr =>
         {
+            long start = System.Diagnostics.Stopwatch.GetTimestamp();
             string spec = pr.GetValue(model)!;
             var (ids, tokenizer) = PromptArgs.Resolve(spec, pr.GetValue(prompt), pr.GetValue(inputIds));
             var m = ModelSpec.Load(spec, pr.GetValue(quantize));
@@ -76,8 +77,13 @@ static class GenerateVerb
             var streamed = new List<int>();
             string shown = "";
             if (tokenizer is null) Console.Write("tokens: ");
+            // Load: reading the model, starting the platform, fusing. Time to first token: the prompt run (with the GPU's
+            // weight uploads and kernel compilation on a first run) and the first choice.
+            double loadMs = System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMilliseconds, firstTokenMs = 0;
+            long runStart = System.Diagnostics.Stopwatch.GetTimestamp();
             var r = Generation.Run(exec, m, ids, pr.GetValue(maxTokens), sampling, eos, t =>
             {
+                if (streamed.Count == 0) firstTokenMs = System.Diagnostics.Stopwatch.GetElapsedTime(runStart).TotalMilliseconds;
                 streamed.Add((int)t);
                 if (tokenizer is null) { Console.Write(streamed.Count == 1 ? $"{t}" : $",{t}"); return; }
                 string text = tokenizer.Decode(streamed);
@@ -93,6 +99,7 @@ static class GenerateVerb
                 if (pr.GetValue(profile)) PrintProfile(wg.StopProfile(), r.DecodeSteps + 1);
             }
             Cli.PrintFallbacks(exec);
+            Console.Error.WriteLine($"load {loadMs:F1} ms (model, platform, fusion); time to first token {firstTokenMs:F1} ms (prompt run, with uploads and kernel compilation)");
             Console.WriteLine($"prefill {r.PromptTokens} tokens in {r.PrefillMs:F1} ms ({r.PrefillTokensPerSecond:F1} tokens/s); decode {r.DecodeSteps} tokens in {r.DecodeMs:F1} ms ({r.DecodeTokensPerSecond:F1} tokens/s) on {p.Name}");
             if (pr.GetValue(json) is { } jsonPath)
             {
@@ -102,6 +109,8 @@ static class GenerateVerb
                     ["text"] = tokenizer?.Decode(r.Tokens.Select(t => (int)t)) ?? "",
                     ["prefill_tokens_per_s"] = r.PrefillTokensPerSecond,
                     ["decode_tokens_per_s"] = r.DecodeTokensPerSecond,
+                    ["load_ms"] = loadMs,
+                    ["time_to_first_token_ms"] = firstTokenMs,
                     ["peak_rss_bytes"] = ProcessMemory.PeakResidentBytes(),
                     ["rss_anon_bytes"] = ProcessMemory.ResidentBytes().Anonymous,
                     ["rss_file_bytes"] = ProcessMemory.ResidentBytes().File,

@@ -223,7 +223,8 @@ public class FusionTests
     /// several query rows, more keys than one 64-key chunk, head sizes that are not powers of two, Where and additive
     /// masks, Mul/Div/no scale, and a sliding-window mask that hides every key of the first chunk (so one of a
     /// workgroup's key groups sees only masked keys); one, two and four key groups a workgroup; long key ranges split
-    /// over workgroups (a window hiding whole chunks of them). One dispatch, two when split.</summary>
+    /// over workgroups (a window hiding whole chunks of them); prompt-shaped rows (32 or more) by tiles of query rows
+    /// (head dims up to 64 and up to 128, a tile partly past the last row). One dispatch, two when split.</summary>
     [Theory]
     [InlineData("webgpu", 1, 12, 4, 1, 37, 64, 64, "where", "Mul", 0)]
     [InlineData("webgpu:gles", 1, 12, 4, 1, 37, 64, 64, "where", "Mul", 0)]
@@ -236,6 +237,10 @@ public class FusionTests
     [InlineData("webgpu", 1, 12, 4, 1, 600, 64, 64, "where", "Mul", 0)]
     [InlineData("webgpu:gles", 1, 8, 2, 2, 700, 32, 40, "where", "Mul", 100)]
     [InlineData("webgpu", 1, 4, 4, 3, 300, 16, 16, "add", "Div", 0)]
+    [InlineData("webgpu", 1, 8, 2, 100, 100, 64, 64, "where", "Mul", 0)]
+    [InlineData("webgpu:gles", 1, 4, 4, 40, 140, 128, 96, "add", "Div", 0)]
+    [InlineData("webgpu", 2, 4, 2, 33, 33, 24, 40, "where", "Mul", 10)]
+    [InlineData("webgpu", 1, 2, 2, 48, 48, 16, 16, "none", "none", 0)]
     public void Attention_kernel_matches_the_reference(string platform, int b, int h, int hk, int s, int t, int d, int dv, string mask, string scaleOp, int window)
     {
         WebGpuTests.SkipIfNoDawn(platform);

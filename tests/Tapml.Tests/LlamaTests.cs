@@ -108,7 +108,8 @@ public class LlamaTests
         finally { Directory.Delete(dir, true); }
     }
 
-    /// <summary><c>tapml generate</c> on the HF folder: the reference tokens in --json, prefill logits in --logits-out.</summary>
+    /// <summary><c>tapml generate</c> on the HF folder: the reference tokens in --json (with load time and time to first
+    /// token), prefill logits in --logits-out.</summary>
     [Fact]
     public void Generate_verb_writes_tokens_and_logits()
     {
@@ -124,6 +125,10 @@ public class LlamaTests
             var o = JsonNode.Parse(File.ReadAllText(json))!;
             Assert.Equal(r.Generated, o["tokens"]!.AsArray().Select(t => t!.GetValue<long>()).ToArray());
             Assert.True(o["decode_tokens_per_s"]!.GetValue<double>() > 0);
+            // Load and time to first token are reported apart: the first token comes after the prompt run.
+            Assert.True(o["load_ms"]!.GetValue<double>() > 0);
+            Assert.True(o["time_to_first_token_ms"]!.GetValue<double>() > 0);
+            Assert.Matches(@"load [\d.]+ ms .*; time to first token [\d.]+ ms", res.Stderr);
             using var f = SafetensorsFile.Open(logits);
             Assert.True(Comparison.Compare("logits", r.Logits, f.Read("logits"), HfTol).Passed);
         }

@@ -9,8 +9,10 @@ public delegate Value?[] GpuRun(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] 
 
 /// <param name="Support">Returns why a node cannot run (attributes, types), or null.</param>
 /// <param name="AnyInputType">Inputs of any type are accepted (metadata ops such as Shape).</param>
+/// <param name="TakesStrided">The kernel reads inputs with a row <see cref="GpuTensor.Capacity"/> (a KV cache) through
+/// their strides; without it, or when it says no for a node, such inputs are copied contiguous first.</param>
 public sealed record GpuOp(string Domain, string OpType, int SinceOpset, GpuRun Run,
-    Func<NodeContext, IReadOnlyList<TypeRef?>, string?>? Support = null, bool AnyInputType = false);
+    Func<NodeContext, IReadOnlyList<TypeRef?>, string?>? Support = null, bool AnyInputType = false, Func<NodeContext, bool>? TakesStrided = null);
 
 /// <summary>The webgpu op registry: one entry per ONNX op type, registered by the kernel family files.</summary>
 public static class GpuOps

@@ -27,6 +27,9 @@ public sealed class GpuBuffer(nint handle, ulong size, bool pooled)
     public ulong Size { get; internal set; } = size;
     internal bool Pooled = pooled;
     internal int Refs = 1;
+    /// <summary>For a KV-cache capacity buffer: the rows (along axis −2) its longest view holds. An append writes in
+    /// place only from a view of exactly this length, so no two views ever claim the same rows.</summary>
+    internal long KvRows;
 }
 
 /// <summary>A tensor resident on the webgpu platform.</summary>
@@ -48,8 +51,26 @@ public sealed class GpuTensor : Value, IDeviceValue
     public int Rank => Shape.Length;
     /// <summary>Logical bytes (as the host tensor would hold them), for the executor's accounting.</summary>
     public long ByteSize => Length * DTypes.Size(DType);
-    /// <summary>Bytes the elements take in the buffer.</summary>
-    public ulong StorageBytes => Storage == GpuStorage.F16x2 ? (ulong)((Length + 1) / 2 * 4) : (ulong)(Length * 4);
+    /// <summary>Bytes the elements take in the buffer (with <see cref="Capacity"/>, up to the end of the last row).</summary>
+    public ulong StorageBytes => Storage == GpuStorage.F16x2 ? (ulong)((Length + 1) / 2 * 4)
+        : IsStrided ? (ulong)(ShapeUtil.Size(Shape.AsSpan(0, Rank - 2)) * Capacity * Shape[^1] * 4) : (ulong)(Length * 4);
+    /// <summary>Rows allocated along axis −2 (a KV cache of [batch, heads, capacity, head_dim] whose first
+    /// <c>Shape[^2]</c> rows per head are the value), or 0: the elements are contiguous. Only kernels that say so
+    /// (<see cref="GpuOp.TakesStrided"/>) see such a tensor; the others get a contiguous copy.</summary>
+    internal long Capacity { get; init; }
+    /// <summary>The rows of axis −2 are <see cref="Capacity"/> apart, not <c>Shape[^2]</c>.</summary>
+    internal bool IsStrided => Capacity > 0 && Rank >= 2 && Capacity != Shape[^2];
+    /// <summary>Element strides per axis (row-major over the allocated extent).</summary>
+    internal long[] Strides
+    {
+        get
+        {
+            if (!IsStrided) return ShapeUtil.Strides(Shape);
+            var alloc = (long[])Shape.Clone();
+            alloc[^2] = Capacity;
+            return ShapeUtil.Strides(alloc);
+        }
+    }
     /// <summary>A host copy of a small integer tensor uploaded from the host (shape inputs read it instead of a readback).</summary>
     internal Tensor? HostCopy { get; init; }
     /// <summary>The host's own computation of a small integer value (shape arithmetic), for sizing reads only: never

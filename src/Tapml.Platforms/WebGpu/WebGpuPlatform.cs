@@ -83,7 +83,11 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         {
             if (k == "max-binding" && long.TryParse(v, out maxBinding) && maxBinding >= 16) continue;
             if (k == "matmul-tile" && Kernels.MatMulTiled.Tile.Parse(v) is { } tile) { MatMulTile = tile; continue; }
-            throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (webgpu takes max-binding=BYTES, at least 16, and matmul-tile=BMxBNxBK/TMxTN or legacy)");
+            if (k == "kv" && v is "inplace" or "copy") { KvInPlace = v == "inplace"; continue; }
+            if (k == "attn-groups" && int.TryParse(v, out int groups) && groups >= 1) { AttentionTargetGroups = groups; continue; }
+            if (k == "attn-tiled" && int.TryParse(v, out int from) && from >= 0) { AttentionTiledFrom = from; continue; }
+            throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (webgpu takes max-binding=BYTES (at least 16), kv=inplace|copy, " +
+                                     "attn-groups=N (at least 1), attn-tiled=ROWS (0: never), matmul-tile=BMxBNxBK/TMxTN or legacy)");
         }
         Name = spec;
         Kind = "webgpu";
@@ -118,6 +122,19 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     /// <summary>The tile every tiled matmul uses (<c>webgpu?matmul-tile=BMxBNxBK/TMxTN</c>, or <c>legacy</c> for the
     /// 64×64 kernel); null: <see cref="Kernels.MatMulTiled.Choose"/>'s ladder by shape. Benchmarks set it per run.</summary>
     public Kernels.MatMulTiled.Tile? MatMulTile { get; set; }
+
+    /// <summary>The KV cache is appended in place (option <c>kv=inplace</c>, the default): a layer's present K/V live in a
+    /// buffer with room for more rows, and a decode step writes only its new row; <c>kv=copy</c> writes the whole cache
+    /// into a new buffer each step.</summary>
+    public bool KvInPlace { get; } = true;
+
+    /// <summary>Workgroups decode-shaped attention over a long key range aims at when it splits the keys (option
+    /// <c>attn-groups=N</c>, default 256).</summary>
+    public int AttentionTargetGroups { get; } = 256;
+
+    /// <summary>Query rows from which attention runs tiled (flash attention over tiles of query rows; option
+    /// <c>attn-tiled=ROWS</c>, default 32, 0 never): prompts; decode and short prompts keep one workgroup per row.</summary>
+    public int AttentionTiledFrom { get; } = 32;
 
     /// <summary>Threads per workgroup the element kernels use (256, or less on a small adapter).</summary>
     public int Workgroup { get; }
@@ -185,11 +202,38 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         try
         {
             if (OnHost(k, ctx, ins) is { } hostOuts) return hostOuts;
-            var outs = k.Op.Run(this, ctx, ins);
+            var outs = RunOp(k.Op, ctx, ins);
             Shadow(k, ctx, ins, outs);
             return outs;
         }
         finally { Device.Context = ""; _profileOp = outerOp; }
+    }
+
+    /// <summary>Runs <paramref name="op"/>'s kernel; inputs with a row capacity (KV caches appended in place) are first
+    /// copied contiguous unless the kernel reads strides (<see cref="GpuOp.TakesStrided"/>).</summary>
+    internal Value?[] RunOp(GpuOp op, NodeContext ctx, GpuTensor?[] ins)
+    {
+        List<GpuTensor>? temps = null;
+        if (op.TakesStrided?.Invoke(ctx) != true)
+            for (int i = 0; i < ins.Length; i++)
+                if (ins[i] is { IsStrided: true } s)
+                {
+                    if (temps is null) { temps = new(); ins = (GpuTensor?[])ins.Clone(); }
+                    ins[i] = Contiguous(s);
+                    temps.Add(ins[i]!);
+                }
+        var outs = op.Run(this, ctx, ins);
+        if (temps is not null)
+            foreach (var t in temps) if (Array.IndexOf(outs, t) < 0) Free(t);
+        return outs;
+    }
+
+    /// <summary>A contiguous copy of a tensor with a row capacity.</summary>
+    internal GpuTensor Contiguous(GpuTensor t)
+    {
+        var y = Empty(t.DType, t.Shape);
+        DataMovement.Copy(this, t, y, t.Shape, t.Strides, 0, ShapeUtil.Strides(t.Shape), 0, "Contiguous");
+        return y;
     }
 
     /// <summary>What a generated kernel's WGSL depends on: a family name, a variant string (storages, ranks, flags),
@@ -318,9 +362,37 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         return new GpuTensor(this, dtype, shape, new GpuBuffer(h, size, pooled: true), storage);
     }
 
+    /// <summary>A new f32 tensor of rank ≥ 2 with room for more rows along axis −2 than <paramref name="shape"/> holds (a KV
+    /// cache to append to in place): about twice its rows (at least 64), and whatever more the pool's size bucket
+    /// gives, within the binding limit. Regrowing by doubling keeps the copies a long generation makes to one per
+    /// doubling.</summary>
+    internal GpuTensor WithCapacity(long[] shape)
+    {
+        long rows = shape[^2], rowElems = ShapeUtil.Size(shape.AsSpan(0, shape.Length - 2)) * shape[^1];
+        if (rowElems == 0) return Empty(DType.Float32, shape);
+        long maxRows = Device.Limits.MaxStorageBindingBytes / (rowElems * 4);
+        long want = Math.Min(Math.Max(64, rows * 2), maxRows);
+        if (want <= rows) return Empty(DType.Float32, shape);
+        var h = Device.Allocate((ulong)(want * rowElems * 4), out var size);
+        long cap = Math.Min((long)size / (rowElems * 4), maxRows);
+        return new GpuTensor(this, DType.Float32, shape, new GpuBuffer(h, size, pooled: true) { KvRows = rows }, GpuStorage.F32) { Capacity = cap };
+    }
+
+    /// <summary>A view of <paramref name="t"/>'s capacity buffer <paramref name="rows"/> rows long along axis −2 (rows
+    /// within its capacity); the buffer's <see cref="GpuBuffer.KvRows"/> becomes <paramref name="rows"/>.</summary>
+    internal GpuTensor Extended(GpuTensor t, long rows)
+    {
+        var shape = (long[])t.Shape.Clone();
+        shape[^2] = rows;
+        t.Buffer.Refs++;
+        t.Buffer.KvRows = rows;
+        return new GpuTensor(this, t.DType, shape, t.Buffer, t.Storage) { Capacity = t.Capacity };
+    }
+
     /// <summary>A tensor sharing <paramref name="t"/>'s buffer with another shape (Reshape and friends).</summary>
     public GpuTensor Alias(GpuTensor t, long[] shape)
     {
+        if (t.IsStrided) throw new TapmlException($"webgpu: a view of {t.Describe()} with a row capacity (internal error: kernels get such tensors contiguous)");
         t.Buffer.Refs++;
         return new GpuTensor(this, t.DType, shape, t.Buffer, t.Storage) { HostCopy = t.HostCopy?.Reshape(shape), Shadow = t.Shadow?.Reshape(shape), Saturated = t.Saturated, FromShape = t.FromShape };
     }
@@ -547,6 +619,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         if (g.Freed) throw new TapmlException($"webgpu: {g.Describe()} was read after it was freed (internal error)");
         if (g.HostCopy is { } hc) return hc;
         if (g.Source is { } src && g.Buffer.Pending is not null) return src;
+        if (g.IsStrided) return DownloadRows(g);
         Materialize(g.Buffer);
         var r = Tensor.Uninitialized(g.DType, (long[])g.Shape.Clone());
         // 32-bit values whose host type has the storage's layout (f32, i32, u32) are read straight into the result
@@ -564,11 +637,26 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         return Decode(g.Storage, bytes, r);
     }
 
+    /// <summary>A tensor with a row capacity read whole (its allocated extent) and its rows gathered on the host: no
+    /// dispatch, and at most twice the bytes.</summary>
+    Tensor DownloadRows(GpuTensor g)
+    {
+        var all = new float[g.StorageBytes / 4];
+        Device.Read(g.Buffer.Handle, g.ByteOffset, MemoryMarshal.AsBytes(all.AsSpan()));
+        var r = Tensor.Uninitialized(g.DType, (long[])g.Shape.Clone());
+        int rowLen = (int)g.Shape[^1], rows = (int)g.Shape[^2];
+        long blocks = ShapeUtil.Size(g.Shape.AsSpan(0, g.Rank - 2));
+        var dst = r.Span<float>();
+        for (long b = 0; b < blocks; b++)
+            all.AsSpan((int)(b * g.Capacity * rowLen), rows * rowLen).CopyTo(dst.Slice((int)(b * rows * rowLen), rows * rowLen));
+        return r;
+    }
+
     /// <summary>Starts a download and returns at once (<see cref="IPendingDownload.Wait"/> waits): the work recorded so
     /// far is submitted and the host goes on recording while the GPU runs it. The value may be freed after this call.</summary>
     public IPendingDownload BeginDownload(Value v)
     {
-        if (v is not GpuTensor g || g.HostCopy is not null || g.StorageBytes == 0 || g.StorageBytes > 1UL << 20) return new CompletedDownload(Download(v));
+        if (v is not GpuTensor g || g.HostCopy is not null || g.IsStrided || g.StorageBytes == 0 || g.StorageBytes > 1UL << 20) return new CompletedDownload(Download(v));
         if (g.Freed) throw new TapmlException($"webgpu: {g.Describe()} was read after it was freed (internal error)");
         Materialize(g.Buffer);
         var read = Device.BeginRead(g.Buffer.Handle, g.ByteOffset, (int)g.StorageBytes);

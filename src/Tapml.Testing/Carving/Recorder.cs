@@ -106,8 +106,11 @@ public sealed class Recorder : IExecutionObserver, IDisposable
         var node = e.Node;
         if (!_nodes.TryGetValue(node, out var ns))
         {
-            var json = CarvedCase.AttributesJson(node);
-            _nodes[node] = ns = new NodeState { Attrs = json, AttrText = json.ToJsonString(), HasSubgraphs = node.Subgraphs.Any() };
+            // NOTE: a node with a body is never carved, so its attributes (a fused region's fill may be -inf, which JSON
+            // cannot hold) are not written.
+            bool bodies = node.Subgraphs.Any();
+            var json = bodies ? new System.Text.Json.Nodes.JsonObject() : CarvedCase.AttributesJson(node);
+            _nodes[node] = ns = new NodeState { Attrs = json, AttrText = bodies ? "" : json.ToJsonString(), HasSubgraphs = bodies };
         }
         Call call;
         if (ns.HasSubgraphs) call = new Call(node, ns, 0, 0, _runPhase, null, null, null, "has subgraph attributes (If/Loop/Scan): its body's nodes are carved one by one instead");

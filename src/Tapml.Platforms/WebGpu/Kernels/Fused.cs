@@ -7,14 +7,16 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 /// <summary><c>tapml.Fused</c> regions (<see cref="Fusion"/>) as one kernel each: <c>elementwise</c> composes the
 /// body's expressions into one broadcast kernel, <c>rms_norm</c> reduces and scales a row in one workgroup,
 /// <c>rotary</c> rotates halves of the last axis, <c>matmul_add</c> adds in the matrix-vector epilogue,
-/// <c>attention</c> runs q·kᵀ, mask, softmax and ·V for one query row per workgroup (online softmax over key chunks). A region outside what a kernel handles (other dtypes, a shape the
+/// <c>attention</c> runs q·kᵀ, mask, softmax and ·V for one query row per workgroup (online softmax over key chunks), or
+/// for prompts per tile of query rows, <c>kv_append</c> writes the new rows of a KV cache kept with room to grow. A region outside what a kernel handles (other dtypes, a shape the
 /// pattern did not promise, too many bindings) runs its body node by node on the GPU: same result, more dispatches.</summary>
 public static class Fused
 {
     public static void Register(Action<GpuOp> add) =>
         add(new GpuOp(Fusion.Domain, Fusion.OpType, 1, Run, (ctx, t) =>
             ctx.Graph("body").Nodes.FirstOrDefault(n => GpuOps.Find(n.Domain, n.OpType) is null) is { } missing
-                ? $"fused region holds {missing.OpType}, which has no WGSL kernel" : null, AnyInputType: true));
+                ? $"fused region holds {missing.OpType}, which has no WGSL kernel" : null, AnyInputType: true,
+            TakesStrided: ctx => ctx.String("kind", "") is "attention" or "kv_append"));
 
     static Value?[] Run(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
     {
@@ -66,7 +68,7 @@ public static class Fused
             var op = GpuOps.Find(n.Domain, n.OpType) ?? throw new UnsupportedException($"fused region '{ctx.Node.Name}': {n.OpType} has no WGSL kernel");
             var args = n.Inputs.Select(s => s.Length == 0 ? null : values.TryGetValue(s, out var v) ? v
                 : throw ctx.Error($"body input '{s}' has no value")).ToArray();
-            var outs = op.Run(g, new NodeContext(n, opset), args);
+            var outs = g.RunOp(op, new NodeContext(n, opset), args);
             for (int o = 0; o < n.Outputs.Length && o < outs.Length; o++)
                 if (outs[o] is GpuTensor t && n.Outputs[o].Length > 0) { values[n.Outputs[o]] = t; made.Add(t); }
         }
@@ -225,7 +227,7 @@ public static class Fused
     /// from [batch, seq, heads, head_dim] (<c>X_layout</c> = bthd).</summary>
     static (long[] Shape, long[] Strides) Heads(NodeContext ctx, string which, GpuTensor x)
     {
-        var st = ShapeUtil.Strides(x.Shape);
+        var st = x.Strides;
         return ctx.String(which + "_layout", "bhtd") == "bthd"
             ? ([x.Shape[0], x.Shape[2], x.Shape[1], x.Shape[3]], [st[0], st[2], st[1]])
             : (x.Shape, [st[0], st[1], st[2]]);
@@ -245,6 +247,8 @@ public static class Fused
         var (q, k, v) = (ins[0]!, ins[1]!, ins[2]!);
         var mask = nIn == 4 ? ins[3] : null;
         if (!IsF32(q) || !IsF32(k) || !IsF32(v) || q.Rank != 4 || k.Rank != 4 || v.Rank != 4) return null;
+        // Only K and V (a KV cache) are read through their strides.
+        if (ins.Where((t, i) => i is not (1 or 2) && t is { IsStrided: true }).Any()) return null;
         // With rotary_q, input 0 is q before its rotary embedding; cos and sin stand at rotary_at (see Fusion).
         long rotHalf = ctx.Int("rotary_q", 0);
         GpuTensor? rcos = null, rsin = null;
@@ -289,7 +293,7 @@ public static class Fused
         long chunks = 1, chunk = t;
         if (t >= AttnSplitFrom)
         {
-            chunks = Math.Clamp((AttnTargetGroups + rows - 1) / rows, 1, (t + AttnThreads - 1) / AttnThreads);
+            chunks = Math.Clamp((g.AttentionTargetGroups + rows - 1) / rows, 1, (t + AttnThreads - 1) / AttnThreads);
             chunk = ((t + chunks - 1) / chunks + AttnThreads - 1) / AttnThreads * AttnThreads;
             chunks = (t + chunk - 1) / chunk;
         }
@@ -303,16 +307,13 @@ public static class Fused
             meta.AddAll(ShapeUtil.BroadcastStrides(rcos.Shape, q.Shape));        // md[26..29]
             meta.AddAll(ShapeUtil.BroadcastStrides(rsin!.Shape, q.Shape));       // md[30..33]
         }
+        // Prompt-shaped attention (many query rows) by tiles of query rows sharing each tile of keys.
+        if (chunks == 1 && g.AttentionTiledFrom > 0 && s >= g.AttentionTiledFrom && Tiled(g, q, k, v, mask, rcos, rsin, meta, b * h, s, d, dv, maskKind, y)) return y;
         bool split = chunks > 1;
         var parts = split ? g.Empty(DType.Float32, [rows * chunks * (dv + 2)]) : null;
         var (gx, gy) = Wgsl.Grid(rows * chunks, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
         const int W = AttnThreads, Acc = AttnMaxHeadDim / AttnThreads;
-        string Apply() => maskKind switch
-        {
-            "where" => "if (mk(mo + j * md[13]) == 0u) { sc = fill; }",
-            "add" => "sc = sc + mk(mo + j * md[13]);",
-            _ => "",
-        };
+        string Apply() => MaskApply(maskKind);
         bool rot = rcos is not null;
         // q's load: rotated as it is read (x·cos + rotate_half(x)·sin, q's last axis contiguous) with rotary_q.
         string LoadQ() => rot
@@ -444,6 +445,124 @@ public static class Fused
         return y;
     }
 
+    /// <summary>WGSL applying the mask to score <c>sc</c> of key <c>j</c> (mask offset <c>mo</c> of the query row).</summary>
+    static string MaskApply(string maskKind) => maskKind switch
+    {
+        "where" => "if (mk(mo + j * md[13]) == 0u) { sc = fill; }",
+        "add" => "sc = sc + mk(mo + j * md[13]);",
+        _ => "",
+    };
+
+    /// <summary>Flash attention for prompt-shaped inputs: a workgroup per (batch·head, tile of BR query rows); each
+    /// tile of BC keys is loaded into workgroup memory once for all BR rows, thread (r, c) scores query r against key c,
+    /// and each row keeps a running max and sum (online softmax) while thread (r, c) accumulates output dims c, c+BC, ….
+    /// The [heads, seq, seq] scores never exist; K and V are read once per BR query rows instead of once per row. Same
+    /// metadata as the row kernel (md[0..22], rotary at md[25..33]). False when head dims or workgroup limits do not fit.</summary>
+    static bool Tiled(WebGpuPlatform g, GpuTensor q, GpuTensor k, GpuTensor v, GpuTensor? mask, GpuTensor? rcos, GpuTensor? rsin, Meta meta,
+        long heads, long s, long d, long dv, string maskKind, GpuTensor y)
+    {
+        var lim = g.Device.Limits;
+        int dmax = Math.Max(d, dv) <= 64 ? 64 : Math.Max(d, dv) <= 128 ? 128 : 0;
+        if (dmax == 0) return false;
+        int bc = dmax == 64 ? 16 : 8;
+        int br = Math.Min(16, lim.MaxInvocationsPerWorkgroup / bc);
+        int stride = dmax + 1;                                   // NOTE: padded rows: the threads of a row read distinct banks
+        int floats = br * stride + bc * stride + br * bc;
+        if (br < 4 || floats * 4 > lim.MaxWorkgroupStorageBytes) return false;
+        int nt = br * bc, acc = dmax / bc;
+        long tiles = (s + br - 1) / br;
+        var (gx, gy) = Wgsl.Grid(heads * tiles, 1, lim.MaxWorkgroupsPerDimension);
+        bool rot = rcos is not null;
+        string load = rot
+            ? $"{RotatedValue("q", "qb + e", "e", "md[25]", "rc(bb * md[26] + hh * md[27] + ii * md[28] + e * md[29])", "rs(bb * md[30] + hh * md[31] + ii * md[32] + e * md[33])")}"
+            : "q(qb + e)";
+        string accDecl = string.Join(" ", Enumerable.Range(0, acc).Select(a => $"var a{a} = 0.0;"));
+        string rescale = string.Join(" ", Enumerable.Range(0, acc).Select(a => $"a{a} = a{a} * corr;"));
+        string gather = string.Join("\n", Enumerable.Range(0, acc).Select(a => $"      if (c + {a * bc}u < Dv) {{ a{a} += p * kvs[jj * {stride}u + c + {a * bc}u]; }}"));
+        string store = string.Join("\n", Enumerable.Range(0, acc).Select(a => $"    if (c + {a * bc}u < Dv) {{ y_st(ob + c + {a * bc}u, a{a} / l); }}"));
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention_tiled", $"{maskKind}|{rot}|{dmax}|{br}"), () =>
+        {
+            var w = new Wgsl(nt).In("q", q).In("k", k).In("v", v);
+            if (mask is not null) w.In("mk", mask);
+            if (rot) w.In("rc", rcos!).In("rs", rsin!);
+            w.Out("y", DType.Float32);
+            w.Decl($"var<workgroup> qs: array<f32, {br * stride}>;\nvar<workgroup> kvs: array<f32, {bc * stride}>;\nvar<workgroup> ss: array<f32, {br * bc}>;");
+            return w.Build($$"""
+  let wi = wid.x + wid.y * nwg.x;
+  let H = md[1]; let S = md[2]; let T = md[3]; let D = md[4]; let Dv = md[5];
+  let tiles = (S + {{br - 1}}u) / {{br}}u;
+  if (wi >= md[0] / S * tiles) { return; }
+  let bh = wi / tiles; let i0 = (wi % tiles) * {{br}}u;
+  let hh = bh % H; let bb = bh / H; let kvh = hh / md[6];
+  let scale = bitcast<f32>(md[8]); let fill = bitcast<f32>(md[9]);
+  let r = lid.x / {{bc}}u; let c = lid.x % {{bc}}u;
+  let i = i0 + r;
+  let live = i < S;
+  let ninf = bits_(0xff800000u);
+  for (var x = lid.x; x < {{br}}u * D; x += {{nt}}u) {
+    let rr = x / D; let e = x % D; let ii = i0 + rr;
+    var qv = 0.0;
+    if (ii < S) { let qb = bb * md[14] + hh * md[15] + ii * md[16]; qv = {{load}}; }
+    qs[rr * {{stride}}u + e] = qv;
+  }
+  let kb = bb * md[17] + kvh * md[18]; let ks = md[19];
+  let vb = bb * md[20] + kvh * md[21]; let vs = md[22];
+  let mo = bb * md[10] + hh * md[11] + min(i, S - 1u) * md[12];
+  var m = ninf;
+  var l = 0.0;
+  {{accDecl}}
+  for (var j0 = 0u; j0 < T; j0 += {{bc}}u) {
+    for (var x = lid.x; x < {{bc}}u * D; x += {{nt}}u) {
+      let jj = x / D; let e = x % D;
+      var kv = 0.0;
+      if (j0 + jj < T) { kv = k(kb + (j0 + jj) * ks + e); }
+      kvs[jj * {{stride}}u + e] = kv;
+    }
+    workgroupBarrier();
+    let j = j0 + c;
+    var sc = ninf;
+    if (live && j < T) {
+      var dot = 0.0;
+      for (var e = 0u; e < D; e++) { dot += qs[r * {{stride}}u + e] * kvs[c * {{stride}}u + e]; }
+      sc = dot * scale;
+      {{MaskApply(maskKind)}}
+    }
+    ss[r * {{bc}}u + c] = sc;
+    workgroupBarrier();
+    for (var x = lid.x; x < {{bc}}u * Dv; x += {{nt}}u) {
+      let jj = x / Dv; let e = x % Dv;
+      var vv = 0.0;
+      if (j0 + jj < T) { vv = v(vb + (j0 + jj) * vs + e); }
+      kvs[jj * {{stride}}u + e] = vv;
+    }
+    var tmax = ninf;
+    for (var jj = 0u; jj < {{bc}}u; jj++) { tmax = max(tmax, ss[r * {{bc}}u + jj]); }
+    let mnew = max(m, tmax);
+    // Nothing is accumulated while every score so far is -inf; a -inf score weighs 0.
+    let corr = select(exp(m - mnew), 1.0, mnew == ninf);
+    {{rescale}}
+    workgroupBarrier();
+    var psum = 0.0;
+    for (var jj = 0u; jj < {{bc}}u; jj++) {
+      let s2 = ss[r * {{bc}}u + jj];
+      var p = 0.0;
+      if (s2 != ninf) { p = exp(s2 - mnew); }
+      psum += p;
+{{gather}}
+    }
+    l = l * corr + psum;
+    m = mnew;
+    workgroupBarrier();
+  }
+  if (live) {
+    let ob = ((bb * H + hh) * S + i) * Dv;
+{{store}}
+  }
+""", elementwise: false);
+        }, "AttentionTiled", [q, k, v, .. (mask is null ? Array.Empty<GpuTensor>() : [mask]), .. (rot ? new[] { rcos!, rsin! } : []), y], meta, gx, gy);
+        return true;
+    }
+
     /// <summary>Whether <paramref name="t"/> broadcasts to exactly <paramref name="shape"/>.</summary>
     static bool BroadcastsTo(GpuTensor t, long[] shape)
     {
@@ -454,11 +573,14 @@ public static class Fused
     /// <summary>The KV cache append of a layer in one dispatch: present K = Concat(past K, new K) and present V =
     /// Concat(past V, new V) along the sequence axis of [batch, kv_heads, seq, head_dim] values, the new K rotated
     /// (rotary embedding, <c>half</c>) as it is written when the region holds its rotary. Inputs past K, new K, past V,
-    /// new V [, cos, sin, …]; null (the body runs) when the shapes are not what the pattern assumes.</summary>
+    /// new V [, cos, sin, …]; null (the body runs) when the shapes are not what the pattern assumes. The presents have a
+    /// row capacity (<see cref="WebGpuPlatform.WithCapacity"/>): when both pasts are the longest views of capacity
+    /// buffers with room for the new rows, the presents are longer views of the same buffers and only the new rows are
+    /// written; otherwise the pasts are copied into new buffers with room to grow.</summary>
     static Value?[]? KvAppend(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
     {
         if (ins.Length < 4 || ins[0] is not { } pk || ins[1] is not { } xk || ins[2] is not { } pv || ins[3] is not { } xv) return null;
-        if (new[] { pk, xk, pv, xv }.Any(t => !IsF32(t) || t.Rank != 4)) return null;
+        if (new[] { pk, xk, pv, xv }.Any(t => !IsF32(t) || t.Rank != 4) || xk.IsStrided || xv.IsStrided) return null;
         if (ctx.Int("axis", 2) is not (2 or -2)) return null;
         if (pk.Shape[0] != xk.Shape[0] || pk.Shape[1] != xk.Shape[1] || pk.Shape[3] != xk.Shape[3]) return null;
         if (pv.Shape[0] != xv.Shape[0] || pv.Shape[1] != xv.Shape[1] || pv.Shape[3] != xv.Shape[3]) return null;
@@ -471,57 +593,82 @@ public static class Fused
             (cos, sin) = (c, sn);
         }
         if ((cos is null ? 4 : 6) + 3 > g.Device.Limits.MaxStorageBuffersPerStage) return null;                 // + 2 outputs, metadata
-        var yk = g.Empty(DType.Float32, [pk.Shape[0], pk.Shape[1], pk.Shape[2] + xk.Shape[2], pk.Shape[3]]);
-        var yv = g.Empty(DType.Float32, [pv.Shape[0], pv.Shape[1], pv.Shape[2] + xv.Shape[2], pv.Shape[3]]);
-        long nk = yk.Length, n = nk + yv.Length;
+        long tk = pk.Shape[2] + xk.Shape[2], tv = pv.Shape[2] + xv.Shape[2];
+        long[] kShape = [pk.Shape[0], pk.Shape[1], tk, pk.Shape[3]], vShape = [pv.Shape[0], pv.Shape[1], tv, pv.Shape[3]];
+        // NOTE: in place never binds the pasts: they share the presents' buffers, which a dispatch may not bind twice
+        // when one binding writes.
+        bool inPlace = g.KvInPlace && Appendable(pk, tk) && Appendable(pv, tv) && pk.Buffer != pv.Buffer;
+        GpuTensor yk, yv;
+        if (inPlace) (yk, yv) = (g.Extended(pk, tk), g.Extended(pv, tv));
+        else if (g.KvInPlace) (yk, yv) = (g.WithCapacity(kShape), g.WithCapacity(vShape));
+        else (yk, yv) = (g.Empty(DType.Float32, kShape), g.Empty(DType.Float32, vShape));
+        long k0 = inPlace ? pk.Shape[2] : 0, v0 = inPlace ? pv.Shape[2] : 0;                  // first row written
+        long nk = kShape[0] * kShape[1] * kShape[3] * (tk - k0), n = nk + vShape[0] * vShape[1] * vShape[3] * (tv - v0);
         if (n == 0) return [yk, yv];
         var meta = new Meta();
         meta.Add(n); meta.Add(nk);
-        meta.Add(pk.Shape[2]); meta.Add(xk.Shape[2]); meta.Add(pk.Shape[3]); meta.Add(pk.Shape[1]);   // md[2..5]: Tk, S, D, H
-        meta.Add(pv.Shape[2]); meta.Add(xv.Shape[2]); meta.Add(pv.Shape[3]);                          // md[6..8]: Tv, Sv, Dv
+        // md[2..9]: first row written, T, past rows, new rows, D, heads, present capacity, past capacity (K); md[10..16]: V.
+        meta.Add(k0); meta.Add(tk); meta.Add(pk.Shape[2]); meta.Add(xk.Shape[2]); meta.Add(pk.Shape[3]); meta.Add(pk.Shape[1]); meta.Add(Rows(yk)); meta.Add(Rows(pk));
+        meta.Add(v0); meta.Add(tv); meta.Add(pv.Shape[2]); meta.Add(xv.Shape[2]); meta.Add(pv.Shape[3]); meta.Add(Rows(yv)); meta.Add(Rows(pv));
         bool rot = cos is not null;
         if (rot)
         {
-            meta.Add(half);                                                      // md[9]
-            meta.AddAll(ShapeUtil.BroadcastStrides(cos!.Shape, xk.Shape));       // md[10..13]
-            meta.AddAll(ShapeUtil.BroadcastStrides(sin!.Shape, xk.Shape));       // md[14..17]
+            meta.Add(half);                                                      // md[17]
+            meta.AddAll(ShapeUtil.BroadcastStrides(cos!.Shape, xk.Shape));       // md[18..21]
+            meta.AddAll(ShapeUtil.BroadcastStrides(sin!.Shape, xk.Shape));       // md[22..25]
         }
         string NewK() => rot
             ? $"""
-      let hf = md[9]; let b = bh / md[5]; let h = bh % md[5];
+      let hf = md[17]; let b = bh / md[7]; let h = bh % md[7];
       let xi = (bh * S + tn) * D;
-      let co = b * md[10] + h * md[11] + tn * md[12] + e * md[13];
-      let so = b * md[14] + h * md[15] + tn * md[16] + e * md[17];
-      yk_st(i, {RotatedValue("xk", "xi + e", "e", "hf", "cs(co)", "sn(so)")});
+      let co = b * md[18] + h * md[19] + tn * md[20] + e * md[21];
+      let so = b * md[22] + h * md[23] + tn * md[24] + e * md[25];
+      yk_st(o, {RotatedValue("xk", "xi + e", "e", "hf", "cs(co)", "sn(so)")});
 """
-            : "      yk_st(i, xk((bh * S + tn) * D + e));\n";
-        g.Launch(new WebGpuPlatform.KernelKey("kv_append", $"{rot}"), () =>
+            : "      yk_st(o, xk((bh * S + tn) * D + e));\n";
+        g.Launch(new WebGpuPlatform.KernelKey("kv_append", $"{rot}|{inPlace}"), () =>
         {
-            var w = new Wgsl(g.Workgroup).In("pk", pk).In("xk", xk).In("pv", pv).In("xv", xv);
+            var w = new Wgsl(g.Workgroup);
+            if (!inPlace) w.In("pk", pk);
+            w.In("xk", xk);
+            if (!inPlace) w.In("pv", pv);
+            w.In("xv", xv);
             if (rot) w.In("cs", cos!).In("sn", sin!);
+            string pastK = inPlace ? "" : "if (tt < Tp) { yk_st(o, pk((bh * P + tt) * D + e)); } else ";
+            string pastV = inPlace ? "" : "if (tt < Tp) { yv_st(o, pv((bh * P + tt) * D + e)); } else ";
             return w.Out("yk", DType.Float32).Out("yv", DType.Float32).Build($$"""
   if (i < md[1]) {
-    let Tp = md[2]; let S = md[3]; let D = md[4]; let T = Tp + S;
-    let e = i % D; let tt = (i / D) % T; let bh = i / (D * T);
-    if (tt < Tp) { yk_st(i, pk((bh * Tp + tt) * D + e)); }
-    else {
+    let r0 = md[2]; let T = md[3]; let Tp = md[4]; let S = md[5]; let D = md[6]; let C = md[8]; let P = md[9];
+    let e = i % D; let r = i / D; let tt = r0 + r % (T - r0); let bh = r / (T - r0);
+    let o = (bh * C + tt) * D + e;
+    {{pastK}}{
       let tn = tt - Tp;
 {{NewK()}}    }
   } else {
     let j = i - md[1];
-    let Tp = md[6]; let S = md[7]; let D = md[8]; let T = Tp + S;
-    let e = j % D; let tt = (j / D) % T; let bh = j / (D * T);
-    if (tt < Tp) { yv_st(j, pv((bh * Tp + tt) * D + e)); } else { yv_st(j, xv((bh * S + tt - Tp) * D + e)); }
+    let r0 = md[10]; let T = md[11]; let Tp = md[12]; let S = md[13]; let D = md[14]; let C = md[15]; let P = md[16];
+    let e = j % D; let r = j / D; let tt = r0 + r % (T - r0); let bh = r / (T - r0);
+    let o = (bh * C + tt) * D + e;
+    {{pastV}}{ yv_st(o, xv((bh * S + tt - Tp) * D + e)); }
   }
 """);
-        }, rot ? "KvAppendRotary" : "KvAppend", [pk, xk, pv, xv, .. (rot ? new[] { cos!, sin! } : []), yk, yv], meta, n);
+        }, rot ? "KvAppendRotary" : "KvAppend", [.. (inPlace ? [] : new[] { pk }), xk, .. (inPlace ? [] : new[] { pv }), xv, .. (rot ? new[] { cos!, sin! } : []), yk, yv], meta, n);
         return [yk, yv];
     }
+
+    /// <summary>Whether <paramref name="past"/> is the longest view of a capacity buffer with room for
+    /// <paramref name="rows"/> rows.</summary>
+    static bool Appendable(GpuTensor past, long rows) =>
+        past.Capacity >= rows && past.Buffer.KvRows == past.Shape[2] && !past.Freed && past.ByteOffset == 0 && past.Buffer.Handle != 0;
+
+    /// <summary>Rows allocated along axis 2 of a rank-4 tensor.</summary>
+    static long Rows(GpuTensor t) => t.IsStrided ? t.Capacity : t.Shape[2];
 
     /// <summary>Most key groups an attention workgroup has (1, 2 or 4); <c>bench llm</c> runs a variant with 1.</summary>
     public static int MaxAttentionGroups { get => _maxAttentionGroups == 0 ? 4 : _maxAttentionGroups; set => _maxAttentionGroups = value; }
     [ThreadStatic] static int _maxAttentionGroups;    // per thread: the benchmark's variant changes its own runs only
 
-    /// <summary>Key count from which decode-shaped attention splits the keys over workgroups, and the workgroups it aims at.</summary>
-    const long AttnSplitFrom = 256, AttnTargetGroups = 256;
+    /// <summary>Key count from which decode-shaped attention splits the keys over workgroups (the workgroups it aims at:
+    /// <see cref="WebGpuPlatform.AttentionTargetGroups"/>).</summary>
+    const long AttnSplitFrom = 256;
 }

@@ -19,8 +19,8 @@ public static class ShapeOps
             end = Math.Clamp(end, start, r);
             var dims = x.Shape[(int)start..(int)end];
             return [g.ShapeValue(new Tensor(DType.Int64, [dims.Length], dims))];
-        }, AnyInputType: true));
-        add(new GpuOp("", "Size", 1, (g, ctx, ins) => [g.ShapeValue(Tensor.Scalar(GpuOps.In(ins, 0, ctx).Length))], AnyInputType: true));
+        }, AnyInputType: true, TakesStrided: _ => true));        // metadata only: a KV cache's shape needs no copy
+        add(new GpuOp("", "Size", 1, (g, ctx, ins) => [g.ShapeValue(Tensor.Scalar(GpuOps.In(ins, 0, ctx).Length))], AnyInputType: true, TakesStrided: _ => true));
         add(new GpuOp("", "Constant", 1, (g, ctx, ins) =>
         {
             if (ctx.Tensor("value") is { } t) return [g.Upload(t)];
