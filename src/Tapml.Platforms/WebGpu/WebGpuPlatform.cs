@@ -8,7 +8,7 @@ using Tapml.Platforms.WebGpu.Kernels;
 namespace Tapml.Platforms.WebGpu;
 
 /// <summary>The native WebGPU target: Dawn (webgpu.h) with WGSL kernels generated per op family.
-/// Spec: <c>webgpu[:vulkan|:gles][?max-binding=BYTES]</c>. Values stay on the GPU between nodes; host tensors
+/// Spec: <c>webgpu[:vulkan|:gles][?max-binding=BYTES][&amp;KNOB=V…]</c> (KNOB: <see cref="MatVecTuning"/>'s). Values stay on the GPU between nodes; host tensors
 /// uploaded (weights) are cached per tensor object, so a model's weights cross the bus once.</summary>
 public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails, IOpList, IKernelProfile
 {
@@ -25,6 +25,9 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     public bool StartProfile() => Device.StartProfile();
     public List<(string Kernel, long Calls, double Ms)> StopProfile() => Device.StopProfile();
     public string Name { get; }
+    /// <summary>Knobs of the decode matrix-vector kernels for 4-bit and packed f16 weights (spec options; a benchmark
+    /// may set it between runs: kernels are cached by their layout).</summary>
+    public MatVecTuning MatVec { get; set; } = MatVecTuning.Rule;
     /// <summary>The platform kind for messages: the spec's head (webgpu, vulkan, opencl, browser).</summary>
     public string Kind { get; }
     public string Description { get; }
@@ -41,7 +44,8 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         foreach (var (k, v) in PlatformSpec.Query(spec))
         {
             if (k == "max-binding" && long.TryParse(v, out maxBinding) && maxBinding >= 16) continue;
-            throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (webgpu takes max-binding=BYTES, at least 16)");
+            if (MatVec.With(spec, k, v) is { } tuned) { MatVec = tuned; continue; }
+            throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (webgpu takes max-binding=BYTES, at least 16, and {MatVecTuning.Help})");
         }
         Name = spec;
         Kind = "webgpu";
