@@ -280,7 +280,7 @@ static class BenchWorkflows
     }
 
     /// <summary>A platform running tapml's GPU kernels (webgpu, vulkan, opencl, browser): the GPU benches time its kernels.</summary>
-    static Tapml.Platforms.WebGpu.WebGpuPlatform GpuPlatform(string spec)
+    internal static Tapml.Platforms.WebGpu.WebGpuPlatform GpuPlatform(string spec)
     {
         var p = PlatformRegistry.Create(spec);
         if (p is Tapml.Platforms.WebGpu.WebGpuPlatform g) return g;
