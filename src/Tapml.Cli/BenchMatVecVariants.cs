@@ -131,30 +131,35 @@ static class BenchMatVecVariants
     static List<Variant> Q4Variants(bool tiny)
     {
         var v = new List<Variant> { new("rule", MatVecTuning.Rule) };
-        int[] threads = tiny ? [8, 32] : [8, 16, 32, 64];
-        int[] rows = tiny ? [1, 4] : [1, 2, 4, 8];
-        int[] wgs = tiny ? [128] : [128, 256];
-        foreach (int wg in wgs)
-            foreach (int t in threads)
-                foreach (int r in rows)
-                    if (r < 8 || t is 16 or 32)
-                        v.Add(new($"t{t} r{r} wg{wg}", new MatVecTuning { Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4SharedX = false }));
-        foreach (var (t, r, wg) in tiny ? [(16, 2, 128)] : new[] { (16, 2, 128), (16, 4, 128), (32, 2, 256), (32, 4, 256) })
-            v.Add(new($"t{t} r{r} wg{wg} xs", new MatVecTuning { Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4SharedX = true }));
+        void Add(int t, int r, int wg, bool xs = false) =>
+            v.Add(new($"t{t} r{r} wg{wg}{(xs ? " xs" : "")}", new MatVecTuning { Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4SharedX = xs }));
+        if (tiny) { Add(8, 1, 128); Add(32, 4, 128); Add(4, 8, 32); Add(16, 2, 128, xs: true); return v; }
+        foreach (int t in new[] { 16, 32, 64 })
+            foreach (int r in new[] { 2, 4, 8 })
+                Add(t, r, 128);
+        foreach (var (t, r, wg) in new[] { (32, 4, 256), (64, 4, 256), (128, 2, 128), (128, 4, 128), (128, 4, 256), (64, 2, 64), (64, 4, 64), (32, 4, 64), (32, 8, 64) })
+            Add(t, r, wg);
+        foreach (var (t, r, wg) in new[] { (32, 4, 128), (64, 4, 128), (32, 8, 128) })
+            Add(t, r, wg, xs: true);
         return v;
     }
 
     static List<Variant> F16Variants(bool tiny)
     {
         var v = new List<Variant> { new("rule", MatVecTuning.Rule) };
-        int[] threads = tiny ? [8, 32] : [8, 16, 32, 64];
-        int[] rows = tiny ? [1, 4] : [1, 2, 4];
-        foreach (bool native in new[] { false, true })
-            foreach (int t in threads)
-                foreach (int r in rows)
-                    v.Add(new($"t{t} r{r} wg256{(native ? " native" : "")}", new MatVecTuning { F16Threads = t, F16Rows = r, F16Workgroup = 256, F16SharedX = false, F16Native = native }));
-        foreach (var (t, r, wg) in tiny ? [(32, 2, 256)] : new[] { (16, 2, 128), (32, 2, 128), (32, 2, 256), (32, 4, 256) })
-            v.Add(new($"t{t} r{r} wg{wg} xs", new MatVecTuning { F16Threads = t, F16Rows = r, F16Workgroup = wg, F16SharedX = true, F16Native = false }));
+        void Add(int t, int r, int wg, bool native, bool xs = false) =>
+            v.Add(new($"t{t} r{r} wg{wg}{(native ? "" : " bits")}{(xs ? " xs" : "")}",
+                new MatVecTuning { F16Threads = t, F16Rows = r, F16Workgroup = wg, F16SharedX = xs, F16Native = native }));
+        if (tiny) { Add(8, 1, 256, true); Add(32, 4, 256, false); Add(4, 8, 32, false); Add(32, 2, 256, true, xs: true); return v; }
+        foreach (int t in new[] { 16, 32, 64 })
+            foreach (int r in new[] { 1, 2, 4 })
+                Add(t, r, 256, true);
+        foreach (var (t, r, wg) in new[] { (128, 1, 256), (128, 2, 256), (64, 2, 128), (64, 1, 64), (64, 2, 512) })
+            Add(t, r, wg, true);
+        Add(32, 2, 256, false);
+        Add(64, 2, 256, false);
+        Add(32, 2, 256, true, xs: true);
+        Add(64, 2, 256, true, xs: true);
         return v;
     }
 

@@ -29,8 +29,8 @@ public sealed record MatVecTuning
     public int F16Rows { get; init; }
     public int F16Workgroup { get; init; }
     public bool? F16SharedX { get; init; }
-    /// <summary>Widen halves with <c>unpack2x16float</c> (true) or with bit moves (false, the default; a weight holding an
-    /// infinity or NaN always takes unpack2x16float).</summary>
+    /// <summary>Widen halves with <c>unpack2x16float</c> (true, the default: 1.1–2.4× the bit moves' speed on an H100)
+    /// or with bit moves (false; a weight holding an infinity or NaN still takes unpack2x16float).</summary>
     public bool? F16Native { get; init; }
 
     public static readonly MatVecTuning Rule = new();
@@ -64,16 +64,30 @@ public sealed record MatVecTuning
         return t;
     }
 
-    /// <summary>The 4-bit kernel's layout for N rows of <paramref name="units"/> loads each. Rule: 16 threads a row (32
-    /// from 256 loads), 2 rows a thread, 128 threads a workgroup, x from the storage buffer.</summary>
-    public MatVecShape Q4(long n, long units, int maxWorkgroup) =>
-        Fit(Q4Threads > 0 ? Q4Threads : units >= 256 ? 32 : 16, Q4Rows > 0 ? Q4Rows : 2, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, n, maxWorkgroup);
+    /// <summary>The 4-bit kernel's layout for N rows of <paramref name="units"/> loads each. Rule (<c>bench q4-sweep</c> on
+    /// H100s, docs/benchmarks.md): 64 threads a row (32 for N ≥ 65536, an lm_head; never more than the row has units),
+    /// as many rows a thread (up to 8) as keep N·threads/rows at 65536 threads or more, 128 threads a workgroup, x from
+    /// the storage buffer.</summary>
+    public MatVecShape Q4(long n, long units, int maxWorkgroup)
+    {
+        int t = Q4Threads > 0 ? Q4Threads : Math.Min(n >= 65536 ? 32 : 64, Math.Max(4, FloorPow2(units)));
+        int r = Q4Rows > 0 ? Q4Rows : (int)Math.Clamp(FloorPow2(n * t / 65536), 1, 8);
+        return Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup);
+    }
 
-    /// <summary>The packed f16 kernel's layout. Rule: 32 threads a row, 2 rows a thread, 256 threads a workgroup.</summary>
-    public MatVecShape F16(long n, long units, int maxWorkgroup) =>
-        Fit(F16Threads > 0 ? F16Threads : 32, F16Rows > 0 ? F16Rows : 2, F16Workgroup > 0 ? F16Workgroup : 256, F16SharedX ?? false, n, maxWorkgroup);
+    /// <summary>The packed f16 kernel's layout. Rule (<c>bench q4-sweep</c> on H100s): 64 threads a row (never more than
+    /// the row has units), 2 rows a thread (1 where that leaves under 65536 threads), 256 threads a workgroup, halves
+    /// widened by <c>unpack2x16float</c>.</summary>
+    public MatVecShape F16(long n, long units, int maxWorkgroup)
+    {
+        int t = F16Threads > 0 ? F16Threads : Math.Min(64, Math.Max(4, FloorPow2(units)));
+        int r = F16Rows > 0 ? F16Rows : n * t >= 2 * 65536 ? 2 : 1;
+        return Fit(t, r, F16Workgroup > 0 ? F16Workgroup : 256, F16SharedX ?? false, maxWorkgroup);
+    }
 
-    static MatVecShape Fit(int threads, int rows, int wg, bool xs, long n, int maxWorkgroup)
+    static int FloorPow2(long v) => v <= 1 ? 1 : (int)Math.Min(1 << 30, 1L << (63 - System.Numerics.BitOperations.LeadingZeroCount((ulong)v)));
+
+    static MatVecShape Fit(int threads, int rows, int wg, bool xs, int maxWorkgroup)
     {
         threads = Math.Min(threads, maxWorkgroup);
         wg = Math.Max(threads, Math.Min(wg, maxWorkgroup) / threads * threads);

@@ -237,15 +237,16 @@ public static class MatMul
     }
 
     /// <summary>Packed f16 weights [N, K] (K a multiple of 8): <see cref="BlockedMatVec"/>'s layout from the platform's
-    /// <see cref="MatVecTuning"/>, one 16-byte load (8 halves) a unit. Halves are widened by bit moves — a half's
-    /// exponent and mantissa shifted into an f32's, times 2^112, is the same value, subnormals included — unless the
-    /// tuning asks for <c>unpack2x16float</c> or the weight holds an infinity or NaN (which the bit moves would not keep).</summary>
+    /// <see cref="MatVecTuning"/>, one 16-byte load (8 halves) a unit. Halves are widened by <c>unpack2x16float</c>, or
+    /// where the tuning asks for it by bit moves — a half's exponent and mantissa shifted into an f32's, times 2^112, is
+    /// the same value, subnormals included — unless the weight holds an infinity or NaN (which the bit moves would not keep).</summary>
     static void MatVecF16(WebGpuPlatform g, GpuTensor x, GpuTensor wt, GpuTensor y, long rows, long n, long k, GpuTensor? res, bool bias, Tensor? source, Meta meta)
     {
         long units = k / 8;
         bool xvec = x.Storage == GpuStorage.F32;
         var shape = g.MatVec.F16(n, units, g.Device.Limits.MaxInvocationsPerWorkgroup);
-        bool native = g.MatVec.F16Native ?? (source is null || HasNonFinite(source));
+        bool native = g.MatVec.F16Native ?? true;
+        if (!native && (source is null || HasNonFinite(source))) native = true;
         meta.Add(units);
         var (gx, gy) = BlockedMatVec.Grid(g, n, shape);
         var (key, label) = F16Names.GetOrAdd((shape, native, xvec, rows, x.Storage, y.DType, res is not null, bias), v =>

@@ -159,6 +159,11 @@ static class MatMulNBits
         return w;
     }
 
+    /// <summary>A sum as a balanced tree of additions: a short chain of dependent adds (a left-to-right sum of a unit's
+    /// eight dot products would chain 32 dependent multiply-adds).</summary>
+    static string Tree(IReadOnlyList<string> terms) =>
+        terms.Count == 1 ? terms[0] : $"({Tree(terms.Take(terms.Count / 2).ToList())} + {Tree(terms.Skip(terms.Count / 2).ToList())})";
+
     static string MatVecCode(WebGpuPlatform g, GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, GpuTensor scales, int words, bool vec, MatVecShape shape, int rows)
     {
         var w = Declare(x, y, zeros, bias, scales, vec, shape.Workgroup, wide: words == 4);
@@ -187,7 +192,7 @@ static class MatMulNBits
                     sb.Append($"        let qb{i} = (bitcast<vec4<f32>>((vec4<u32>({word} >> 16u) & NM) | NB) - c){zc};\n");
                     for (int m = 0; m < rows; m++) { terms[m].Add($"dot(qa{i}, xq{m}_{2 * wi})"); terms[m].Add($"dot(qb{i}, xq{m}_{2 * wi + 1})"); }
                 }
-                for (int m = 0; m < rows; m++) sb.Append($"        a{r}_{m} += s * ({string.Join(" + ", terms[m])});\n");
+                for (int m = 0; m < rows; m++) sb.Append($"        a{r}_{m} += s * {Tree(terms[m])};\n");
                 sb.Append("      }\n");
             }
             return sb.Append("    }\n").ToString();
