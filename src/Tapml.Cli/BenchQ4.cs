@@ -14,10 +14,11 @@ namespace Tapml.Cli;
 /// same on a tiny checkpoint (a smoke test for software adapters).</summary>
 static class BenchQ4
 {
-    public static IReadOnlyList<string> Names => ["llm-q4", "llm-q4-tiny"];
+    public static IReadOnlyList<string> Names => ["llm-q4", "llm-q4-tiny", "q4-sweep", "q4-sweep-tiny"];
 
     public static int Run(string scenario, int runs, string gpu)
     {
+        if (scenario.StartsWith("q4-sweep", StringComparison.Ordinal)) return BenchMatVecVariants.Run(scenario == "q4-sweep-tiny", runs, gpu);
         if (gpu == "webgpu" && Tapml.Platforms.WebGpu.WebGpuPlatform.Unavailable() is { } why) { Console.Error.WriteLine($"bench {scenario}: {why}"); return 2; }
         var shapes = scenario == "llm-q4-tiny"
             ? new[] { ("tiny", "tapml-bench-llama-tiny", new TinyCheckpoint.Sizes(Layers: 2, Hidden: 256, Heads: 4, KvHeads: 2, Intermediate: 512, Vocab: 1024), 16, 9, 9) }

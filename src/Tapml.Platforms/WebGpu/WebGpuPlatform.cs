@@ -8,7 +8,7 @@ using Tapml.Platforms.WebGpu.Kernels;
 namespace Tapml.Platforms.WebGpu;
 
 /// <summary>The native WebGPU target: Dawn (webgpu.h) with WGSL kernels generated per op family.
-/// Spec: <c>webgpu[:vulkan|:gles][?max-binding=BYTES]</c>. Values stay on the GPU between nodes; host tensors
+/// Spec: <c>webgpu[:vulkan|:gles][?max-binding=BYTES][&amp;KNOB=V…]</c> (KNOB: <see cref="MatVecTuning"/>'s). Values stay on the GPU between nodes; host tensors
 /// uploaded (weights) are cached per tensor object, so a model's weights cross the bus once.</summary>
 public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails, IOpList, IKernelProfile
 {
@@ -66,6 +66,9 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         return s;
     }
     public string Name { get; }
+    /// <summary>Knobs of the decode matrix-vector kernels for 4-bit and packed f16 weights (spec options; a benchmark
+    /// may set it between runs: kernels are cached by their layout).</summary>
+    public MatVecTuning MatVec { get; set; } = MatVecTuning.Rule;
     /// <summary>The platform kind for messages: the spec's head (webgpu, vulkan, opencl, browser).</summary>
     public string Kind { get; }
     public string Description { get; }
@@ -86,8 +89,9 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             if (k == "kv" && v is "inplace" or "copy") { KvInPlace = v == "inplace"; continue; }
             if (k == "attn-groups" && int.TryParse(v, out int groups) && groups >= 1) { AttentionTargetGroups = groups; continue; }
             if (k == "attn-tiled" && int.TryParse(v, out int from) && from >= 0) { AttentionTiledFrom = from; continue; }
+            if (MatVec.With(spec, k, v) is { } tuned) { MatVec = tuned; continue; }
             throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (webgpu takes max-binding=BYTES (at least 16), kv=inplace|copy, " +
-                                     "attn-groups=N (at least 1), attn-tiled=ROWS (0: never), matmul-tile=BMxBNxBK/TMxTN or legacy)");
+                                     $"attn-groups=N (at least 1), attn-tiled=ROWS (0: never), matmul-tile=BMxBNxBK/TMxTN or legacy, {MatVecTuning.Help})");
         }
         Name = spec;
         Kind = "webgpu";

@@ -83,7 +83,7 @@ public static class MatMul
         {
             var bt = g.TransposedWeight(b);
             bool contiguousA = ash[..^2].SequenceEqual(batch);
-            if (rows <= MatVecMaxRows && contiguousA) MatVec(g, a, bt, y, rows, n, k);
+            if (rows <= MatVecMaxRows && contiguousA) MatVec(g, a, bt, y, rows, n, k, source: b.Source);
             else Tiled(g, a, bt, null, y, m, n, k, batch, aB, new long[batch.Length], (k, 1), (1, k), (0, 0), 1f, 0f, "MatMul");
             return y;
         }
@@ -107,7 +107,7 @@ public static class MatMul
         bool bias = r.Length == n && r.Rank <= outShape.Length && r.Shape.Take(r.Rank - 1).All(d => d == 1) && (r.Rank == 0 ? n == 1 : r.Shape[^1] == n);
         if (rows > MatVecMaxRows || rows == 0 || !(bias || ShapeUtil.SameShape(r.Shape, outShape))) return null;
         var y = g.Empty(DType.Float32, outShape);
-        MatVec(g, a, g.TransposedWeight(b), y, rows, n, k, r, bias);
+        MatVec(g, a, g.TransposedWeight(b), y, rows, n, k, r, bias, b.Source);
         return y;
     }
 
@@ -184,12 +184,17 @@ public static class MatMul
     /// row length; 32 for packed f16: 8 halves per load), 256 per workgroup; each thread strides the row in 16-byte
     /// loads of the weight and of x (when x is f32 and K a multiple of 4), every weight element read once for all
     /// rows; partial sums tree-reduced in workgroup memory.</summary>
-    static void MatVec(WebGpuPlatform g, GpuTensor x, GpuTensor wt, GpuTensor y, long rows, long n, long k, GpuTensor? res = null, bool bias = false)
+    static void MatVec(WebGpuPlatform g, GpuTensor x, GpuTensor wt, GpuTensor y, long rows, long n, long k, GpuTensor? res = null, bool bias = false, Tensor? source = null)
     {
         var meta = new Meta();
         meta.Add(n); meta.Add(k);                   // the row count is baked into the kernel
         bool packed = wt.Storage == GpuStorage.F16x2;
         bool vec = packed ? k % 8 == 0 : k % 4 == 0;
+        if (packed && vec)
+        {
+            MatVecF16(g, x, wt, y, rows, n, k, res, bias, source, meta);
+            return;
+        }
         bool xvec = vec && x.Storage == GpuStorage.F32;
         int per = packed && vec ? 8 : vec ? 4 : 1;
         int t = MatVecThreads(k / per, packed);
@@ -230,6 +235,75 @@ public static class MatMul
 """);
         }, "MatVecSum", res is null ? [part, y] : [part, res, y], cm, rows * n);
         g.Free(part);
+    }
+
+    /// <summary>Packed f16 weights [N, K] (K a multiple of 8): <see cref="BlockedMatVec"/>'s layout from the platform's
+    /// <see cref="MatVecTuning"/>, one 16-byte load (8 halves) a unit. Halves are widened by <c>unpack2x16float</c>, or
+    /// where the tuning asks for it by bit moves — a half's exponent and mantissa shifted into an f32's, times 2^112, is
+    /// the same value, subnormals included — unless the weight holds an infinity or NaN (which the bit moves would not keep).</summary>
+    static void MatVecF16(WebGpuPlatform g, GpuTensor x, GpuTensor wt, GpuTensor y, long rows, long n, long k, GpuTensor? res, bool bias, Tensor? source, Meta meta)
+    {
+        long units = k / 8;
+        bool xvec = x.Storage == GpuStorage.F32;
+        var shape = g.MatVec.F16(n, units, g.Device.Limits.MaxInvocationsPerWorkgroup);
+        bool native = g.MatVec.F16Native ?? true;
+        if (!native && (source is null || HasNonFinite(source))) native = true;
+        meta.Add(units);
+        var (gx, gy) = BlockedMatVec.Grid(g, n, shape);
+        var (key, label) = F16Names.GetOrAdd((shape, native, xvec, rows, x.Storage, y.DType, res is not null, bias), v =>
+            ($"{v.Shape}|{v.Native}|{v.XVec}|{v.Rows}|{v.X}|{v.Y}|{v.Res}|{v.Bias}", $"MatVec_f16_t{v.Shape.Threads}r{v.Shape.Rows}{(v.Res ? "_add" : "")}"));
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("matvec_f16", key), () =>
+        {
+            var w = new Wgsl(shape.Workgroup);
+            BlockedMatVec.DeclareX(w, x, xvec);
+            w.Out("y", y.DType);
+            w.Reserve().Decl("@group(0) @binding(2) var<storage, read> wt_b: array<vec4<u32>>;");
+            if (res is not null) w.In("res", res);
+            string Row(int r)
+            {
+                string load = $"      let wv = wt_b[row{r} * U + u];\n";
+                if (native)
+                    return $"    {{\n{load}      let lo = vec4<f32>(unpack2x16float(wv.x), unpack2x16float(wv.y));\n      let hi = vec4<f32>(unpack2x16float(wv.z), unpack2x16float(wv.w));\n" +
+                        string.Concat(Enumerable.Range(0, (int)rows).Select(m => $"      a{r}_{m} += dot(lo, xq{m}_0) + dot(hi, xq{m}_1);\n")) + "    }\n";
+                // lo: halves 0, 2, 4, 6 (the low half of each word); hi: halves 1, 3, 5, 7.
+                return $"    {{\n{load}      let lo = bitcast<vec4<f32>>(((wv << vec4<u32>(13u)) & EM) | ((wv << vec4<u32>(16u)) & SM)) * H112;\n" +
+                       "      let hi = bitcast<vec4<f32>>(((wv >> vec4<u32>(3u)) & EM) | (wv & SM)) * H112;\n" +
+                       string.Concat(Enumerable.Range(0, (int)rows).Select(m => $"      a{r}_{m} += dot(lo, xe{m}) + dot(hi, xo{m});\n")) + "    }\n";
+            }
+            var f = new BlockedMatVec.Format
+            {
+                UnitValues = 8,
+                Prologue = native ? "" : "  let EM = vec4<u32>(268427264u);\n  let SM = vec4<u32>(2147483648u);\n  let H112 = bits_(2004877312u);\n",
+                PerUnit = native ? null : m => $"    let xe{m} = vec4<f32>(xq{m}_0.x, xq{m}_0.z, xq{m}_1.x, xq{m}_1.z);\n    let xo{m} = vec4<f32>(xq{m}_0.y, xq{m}_0.w, xq{m}_1.y, xq{m}_1.w);\n",
+                Row = Row,
+                Store = (m, row, sum) => $"y_st({m}u * N + {row}, {sum}{(res is null ? "" : bias ? $" + res({row})" : $" + res({m}u * N + {row})")});",
+            };
+            return w.Build(BlockedMatVec.Body(w, f, shape, (int)rows, xvec, g.Device.Limits.MaxWorkgroupStorageBytes), elementwise: false);
+        }, label, res is null ? [x, y, wt] : [x, y, wt, res], meta, gx, gy);
+    }
+
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<(MatVecShape Shape, bool Native, bool XVec, long Rows, GpuStorage X, DType Y, bool Res, bool Bias),
+        (string Key, string Label)> F16Names = new();
+
+    static readonly System.Runtime.CompilerServices.ConditionalWeakTable<Tensor, object> NonFinite = new();
+
+    /// <summary>Whether an f16 weight holds an infinity or NaN (exponent bits all ones); checked once per weight.</summary>
+    static bool HasNonFinite(Tensor t)
+    {
+        if (NonFinite.TryGetValue(t, out var known)) return (bool)known;
+        bool any = true;
+        if (t.Data is Half[] h)
+        {
+            var bits = System.Runtime.InteropServices.MemoryMarshal.Cast<Half, ushort>(h.AsSpan());
+            var mask = new System.Numerics.Vector<ushort>(0x7C00);
+            int i = 0;
+            any = false;
+            for (; i + System.Numerics.Vector<ushort>.Count <= bits.Length && !any; i += System.Numerics.Vector<ushort>.Count)
+                any = System.Numerics.Vector.EqualsAny(new System.Numerics.Vector<ushort>(bits[i..]) & mask, mask);
+            for (; i < bits.Length && !any; i++) any = (bits[i] & 0x7C00) == 0x7C00;
+        }
+        NonFinite.AddOrUpdate(t, any);
+        return any;
     }
 
     static readonly System.Collections.Concurrent.ConcurrentDictionary<(bool Packed, bool Vec, bool XVec, int T, int Wg, long Rows, GpuStorage X, DType Y, bool Res, bool Bias),

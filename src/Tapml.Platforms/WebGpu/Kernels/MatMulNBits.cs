@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using System.Text;
 using Tapml.Core;
 using Tapml.Ir;
 using Tapml.Platforms.Cpu.Ops;
@@ -7,14 +8,17 @@ using Tapml.Platforms.Cpu.Ops;
 namespace Tapml.Platforms.WebGpu.Kernels;
 
 /// <summary><c>com.microsoft</c> MatMulNBits with 4-bit weights. B stays packed on the GPU: its bytes uploaded as
-/// u32 words (8 values each, low nibble first, each output column's K contiguous), scales and zero points as f32
-/// per block (zero points unpacked from nibbles once on the host; absent: the constant 8). Two kernels:
+/// u32 words (8 values each, low nibble first, each output column's K contiguous); scales as f32, or packed two per u32
+/// where they are f16 (exact either way); zero points as bytes packed four per u32 where they are whole numbers (packed
+/// nibbles always are), else f32 (absent: the constant 8). Two kernels:
 /// <list type="bullet">
-/// <item>decode (at most <see cref="MatMul.MatVecMaxRows"/> rows of A): a matrix-vector kernel, T threads per output
-/// column striding its words (16-byte loads of a whole block of 32 — one scale and zero point — where x is f32, K a
-/// multiple of 32 and blocks hold at least 32; else one u32 of 8 values), each word dequantized in registers to two
-/// vec4s, <c>(q − zero)·scale</c> as the cpu reference computes it, and dotted with x; partial sums tree-reduced in
-/// workgroup memory;</item>
+/// <item>decode (at most <see cref="MatMul.MatVecMaxRows"/> rows of A): <see cref="BlockedMatVec"/>'s layout (threads per
+/// row, rows per thread, workgroup size and x in workgroup memory from <see cref="MatVecTuning"/>), one 16-byte load of
+/// 32 values a unit where each row's words are 16-byte aligned, else one u32 of 8. A nibble is made a float without a
+/// conversion instruction: the nibble at bit 4i of a half-word, or-ed into the mantissa of 2^23, is 2^23 + q·16^i
+/// exactly, and subtracting 2^23 + zero·16^i gives (q − zero)·16^i exactly; x was scaled by 16^−i (a power of two,
+/// exact) as it was loaded, so each product is (q − zero)·x as the cpu reference computes it, and the block's sum is
+/// multiplied by its scale once;</item>
 /// <item>prefill: a 64×64 tiled product (as MatMul's) whose B tile is dequantized while it is staged in workgroup
 /// memory, one packed word (8 values) a thread.</item>
 /// </list></summary>
@@ -40,6 +44,8 @@ static class MatMulNBits
         public required NBitsWeight W;
         public required GpuTensor Words, Scales;
         public GpuTensor? Zeros, Bias;
+        /// <summary>Zero points are whole numbers stored as bytes (else f32, or none).</summary>
+        public bool ByteZeros;
     }
 
     static readonly ConditionalWeakTable<Node, Prepared> Cache = new();
@@ -58,16 +64,26 @@ static class MatMulNBits
         var s = sources[2] ?? throw ctx.Error("input scales is missing");
         var w = NBitsWeight.Of(ctx, x.DType, x.Shape, b, s, sources[3], sources[4] is not null, sources[5]);
         GpuTensor F32(Tensor src, float[] values) => g.Concatenated([src], () => new Tensor(DType.Float32, [values.Length], values));
+        bool byteZeros = w.Zeros is { } zs && Array.TrueForAll(zs, v => v >= 0 && v <= 255 && v == MathF.Floor(v));
         p = new Prepared
         {
-            Owner = g, Sources = sources, W = w,
+            Owner = g, Sources = sources, W = w, ByteZeros = byteZeros,
             Words = g.Concatenated([b], () => new Tensor(DType.UInt32, [b.Length / 4], MemoryMarshal.Cast<byte, uint>(b.As<byte>()).ToArray())),
-            Scales = F32(s, w.Scales),
-            Zeros = w.Zeros is { } z ? F32(sources[3]!, z) : null,
+            // NOTE: f16 scales stay f16 (packed two per u32, widened exactly in the kernel): fewer bytes a decode step reads.
+            Scales = s.DType == DType.Float16 ? g.Concatenated([s], () => new Tensor(DType.Float16, [w.Scales.Length], Array.ConvertAll(w.Scales, v => (Half)v))) : F32(s, w.Scales),
+            Zeros = w.Zeros is not { } z ? null : byteZeros ? g.Concatenated([sources[3]!], () => PackBytes(z)) : F32(sources[3]!, z),
             Bias = w.Bias is { } bias ? F32(sources[5]!, bias) : null,
         };
         Cache.AddOrUpdate(ctx.Node, p);
         return p;
+    }
+
+    /// <summary>Whole-number zero points as bytes, four per u32 (block b in byte b % 4 of word b / 4).</summary>
+    static Tensor PackBytes(float[] z)
+    {
+        var words = new uint[(z.Length + 3) / 4];
+        for (int i = 0; i < z.Length; i++) words[i / 4] |= (uint)z[i] << (i % 4 * 8);
+        return new Tensor(DType.UInt32, [words.Length], words);
     }
 
     sealed class ReferenceComparer : IEqualityComparer<Tensor?>
@@ -91,105 +107,120 @@ static class MatMulNBits
         if (p.Bias is not null) bindings.Add(p.Bias);
         var meta = new Meta();
         meta.Add(w.N); meta.Add(w.K); meta.Add((long)w.KBlocks * w.BlobSize / 4); meta.Add(w.KBlocks); meta.Add(rows);
-        string variant = $"{w.BlockSize}|{p.Zeros is not null}|{p.Bias is not null}|{Wgsl.Letters([x.Storage])}|{(int)y.DType}";
+        string variant = $"{w.BlockSize}|{Zero(p)}|{p.Bias is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)y.DType}";
         if (rows <= MatMul.MatVecMaxRows)
         {
-            bool fast = x.Storage == GpuStorage.F32 && w.K % 8 == 0;
-            // Whole blocks of 32 in one 16-byte load (one scale and zero point each) where K and the blocks allow it.
-            bool wide = fast && w.K % 32 == 0 && w.BlockSize >= 32;
-            int t = MatMul.MatVecThreads(wide ? w.K / 32 : (w.K + 7) / 8);
-            int wg = Math.Min(256, g.Device.Limits.MaxInvocationsPerWorkgroup);
-            t = Math.Min(t, wg);
-            var (gx, gy) = Wgsl.Grid(w.N, wg / t, g.Device.Limits.MaxWorkgroupsPerDimension);
-            g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{fast}|{wide}|{t}|{wg}|{rows}"),
-                () => MatVecCode(x, y.DType, w.BlockSize, p.Zeros is not null, p.Bias is not null, fast, wide, t, wg, (int)rows),
-                $"MatMulNBits_matvec_t{t}{(wide ? "_w" : fast ? "_v" : "")}_r{rows}", [.. bindings], meta, gx, gy);
+            // A unit is one 16-byte load (32 values) where every row's words start 16-byte aligned, else one u32 (8 values).
+            long rowWords = (long)w.KBlocks * w.BlobSize / 4;
+            int words = rowWords % 4 == 0 ? 4 : 1;
+            long units = rowWords / words;
+            bool vec = x.Storage == GpuStorage.F32 && units * words * 8 == w.K;
+            var shape = g.MatVec.Q4(w.N, units, g.Device.Limits.MaxInvocationsPerWorkgroup);
+            meta.Add(units);
+            var (gx, gy) = BlockedMatVec.Grid(g, w.N, shape);
+            g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{words}|{vec}|{shape}|{rows}"),
+                () => MatVecCode(g, x, y.DType, w.BlockSize, Zero(p), p.Bias is not null, p.Scales, words, vec, shape, (int)rows),
+                $"MatMulNBits_matvec_t{shape.Threads}r{shape.Rows}{(words == 4 ? "_w" : "")}_r{rows}", [.. bindings], meta, gx, gy);
         }
         else
         {
             if ((rows + 63) / 64 > g.Device.Limits.MaxWorkgroupsPerDimension)
                 throw new UnsupportedException($"node '{ctx.Node.Name}' (MatMulNBits): {rows} rows need more than maxComputeWorkgroupsPerDimension tiles");
             g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_tiled", variant),
-                () => TiledCode(x, y.DType, w.BlockSize, p.Zeros is not null, p.Bias is not null),
+                () => TiledCode(x, y.DType, w.BlockSize, Zero(p), p.Bias is not null, p.Scales),
                 "MatMulNBits_tiled", [.. bindings], meta, (uint)((w.N + 63) / 64), (uint)((rows + 63) / 64));
         }
         return [y];
     }
 
-    /// <summary>Declares x, y, the weight words (u32, or vec4 for wide loads), scales, zero points and bias, in the
+    enum ZeroKind { None, Bytes, Floats }
+
+    static ZeroKind Zero(Prepared p) => p.Zeros is null ? ZeroKind.None : p.ByteZeros ? ZeroKind.Bytes : ZeroKind.Floats;
+
+    /// <summary>Declares x, y, the weight words (u32, or vec4 for 16-byte units), scales, zero points and bias, in the
     /// bindings' order, and <c>zero_(block)</c>.</summary>
-    static Wgsl Declare(GpuTensor x, DType y, bool zeros, bool bias, bool xvec, int wg, bool wide = false)
+    static Wgsl Declare(GpuTensor x, DType y, ZeroKind zeros, bool bias, GpuTensor scales, bool xvec, int wg, bool wide = false)
     {
         var w = new Wgsl(wg);
-        if (xvec) w.Reserve().Decl("@group(0) @binding(0) var<storage, read> xv_b: array<vec4<f32>>;");
-        else w.In("x", x);
+        BlockedMatVec.DeclareX(w, x, xvec);
         w.Out("y", y);
-        if (wide) w.Reserve().Decl("@group(0) @binding(2) var<storage, read> bv_b: array<vec4<u32>>;");
+        if (wide) w.Reserve().Decl("@group(0) @binding(2) var<storage, read> bq_b: array<vec4<u32>>;");
         else w.In("bw", GpuStorage.U32);
-        w.In("sc", GpuStorage.F32);
-        if (zeros) w.In("zp", GpuStorage.F32);
+        w.In("sc", scales);
+        if (zeros == ZeroKind.Bytes) w.In("zp", GpuStorage.U32);
+        if (zeros == ZeroKind.Floats) w.In("zp", GpuStorage.F32);
         if (bias) w.In("bias", GpuStorage.F32);
-        w.Decl($"fn zero_(b: u32) -> f32 {{ {(zeros ? "return zp(b);" : "return 8.0;")} }}");
+        w.Decl($"fn zero_(b: u32) -> f32 {{ {zeros switch
+        {
+            ZeroKind.Bytes => "return f32((zp(b >> 2u) >> ((b & 3u) * 8u)) & 255u);",
+            ZeroKind.Floats => "return zp(b);",
+            _ => "return 8.0;",
+        }} }}");
         return w;
     }
 
-    static string MatVecCode(GpuTensor x, DType y, int block, bool zeros, bool bias, bool fast, bool wide, int t, int wg, int rows)
+    /// <summary>A sum as a balanced tree of additions: a short chain of dependent adds (a left-to-right sum of a unit's
+    /// eight dot products would chain 32 dependent multiply-adds).</summary>
+    static string Tree(IReadOnlyList<string> terms) =>
+        terms.Count == 1 ? terms[0] : $"({Tree(terms.Take(terms.Count / 2).ToList())} + {Tree(terms.Skip(terms.Count / 2).ToList())})";
+
+    static string MatVecCode(WebGpuPlatform g, GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, GpuTensor scales, int words, bool vec, MatVecShape shape, int rows)
     {
-        var w = Declare(x, y, zeros, bias, fast, wg, wide);
-        if (!fast) w.Decl("fn xg(i: u32, k: u32, K: u32) -> f32 { if (k < K) { return f32(x(i)); } return 0.0; }");
-        w.Decl($"var<workgroup> red: array<f32, {wg * rows}>;");
-        var rs = Enumerable.Range(0, rows).ToArray();
-        string X(int r, string k) => fast ? $"xv_b[({r}u * K + {k}) / 4u]"
-            : $"vec4<f32>(xg({r}u * K + {k}, {k}, K), xg({r}u * K + {k} + 1u, {k} + 1u, K), xg({r}u * K + {k} + 2u, {k} + 2u, K), xg({r}u * K + {k} + 3u, {k} + 3u, K))";
-        string Q(int shift, string word = "word") => $"(f32(({word} >> {shift}u) & 15u) - z) * s";
-        // The inner loop: one u32 (8 values) a step, or with wide loads one vec4<u32> (a block of 32) a step.
-        string loop = !wide ? $$"""
-    let KW = (K + 7u) / 8u;
-    for (var kw = t; kw < KW; kw += {{t}}u) {
-      let word = bw(col * RW + kw);
-      let b = col * KB + (kw * 8u) / {{block}}u;
-      let s = sc(b);
-      let z = zero_(b);
-      let k0 = kw * 8u;
-      let wa = vec4<f32>({{Q(0)}}, {{Q(4)}}, {{Q(8)}}, {{Q(12)}});
-      let wb = vec4<f32>({{Q(16)}}, {{Q(20)}}, {{Q(24)}}, {{Q(28)}});
-{{string.Concat(rs.Select(r => $"      p{r} += dot(wa, {X(r, "k0")}) + dot(wb, {X(r, "k0 + 4u")});\n"))}}    }
-""" : $$"""
-    let KV = K / 32u;
-    for (var kv = t; kv < KV; kv += {{t}}u) {
-      let wv = bv_b[col * (RW / 4u) + kv];
-      let b = col * KB + (kv * 32u) / {{block}}u;
-      let s = sc(b);
-      let z = zero_(b);
-      let k0 = kv * 32u;
-{{string.Concat(new[] { "x", "y", "z", "w" }.Select((c, i) =>
-    $"      let wa{c} = vec4<f32>({Q(0, "wv." + c)}, {Q(4, "wv." + c)}, {Q(8, "wv." + c)}, {Q(12, "wv." + c)});\n" +
-    $"      let wb{c} = vec4<f32>({Q(16, "wv." + c)}, {Q(20, "wv." + c)}, {Q(24, "wv." + c)}, {Q(28, "wv." + c)});\n" +
-    string.Concat(rs.Select(r => $"      p{r} += dot(wa{c}, {X(r, $"k0 + {8 * i}u")}) + dot(wb{c}, {X(r, $"k0 + {8 * i + 4}u")});\n"))))}}    }
-""";
-        string body = $$"""
-  let N = md[0]; let K = md[1]; let RW = md[2]; let KB = md[3];
-  let t = lid.x % {{t}}u;
-  let col = (wid.x + wid.y * nwg.x) * {{wg / t}}u + lid.x / {{t}}u;
-{{string.Concat(rs.Select(r => $"  var p{r} = 0.0;\n"))}}
-  if (col < N) {
-{{loop}}  }
-{{string.Concat(rs.Select(r => $"  red[{r * wg}u + lid.x] = p{r};\n"))}}
-  workgroupBarrier();
-  for (var st = {{t / 2}}u; st > 0u; st >>= 1u) {
-    if (t < st) {
-{{string.Concat(rs.Select(r => $"      red[{r * wg}u + lid.x] += red[{r * wg}u + lid.x + st];\n"))}}    }
-    workgroupBarrier();
-  }
-  if (t == 0u && col < N) {
-{{string.Concat(rs.Select(r => $"    y_st({r}u * N + col, red[{r * wg}u + lid.x]{(bias ? " + bias(col)" : "")});\n"))}}  }
-""";
+        var w = Declare(x, y, zeros, bias, scales, vec, shape.Workgroup, wide: words == 4);
+        string weights = words == 4 ? "bq_b" : "bw_b";
+        int S = Math.Min(words, block / 8);                 // words of one block inside a unit
+        string Row(int r)
+        {
+            var sb = new StringBuilder($"    {{\n      let wq = {weights}[row{r} * U + u];\n");
+            for (int seg = 0; seg < words / S; seg++)
+            {
+                string bi = block >= 8 * words ? (block == 8 * words ? "u" : $"u / {block / (8 * words)}u") : $"u * {8 * words / block}u + {seg}u";
+                sb.Append($"      {{\n        let b = row{r} * KB + {bi};\n        let s = sc(b);\n");
+                sb.Append(zeros switch
+                {
+                    ZeroKind.None => "        let c = C8;\n",
+                    ZeroKind.Bytes => "        let c = MAG + zero_(b) * P16;\n",
+                    _ => "        let c = MAG;\n        let zc = zero_(b) * P16;\n",
+                });
+                string zc = zeros == ZeroKind.Floats ? " - zc" : "";
+                var terms = Enumerable.Range(0, rows).Select(_ => new List<string>()).ToArray();
+                for (int i = 0; i < S; i++)
+                {
+                    int wi = seg * S + i;
+                    string word = words == 1 ? "wq" : $"wq.{"xyzw"[wi]}";
+                    sb.Append($"        let qa{i} = (bitcast<vec4<f32>>((vec4<u32>({word}) & NM) | NB) - c){zc};\n");
+                    sb.Append($"        let qb{i} = (bitcast<vec4<f32>>((vec4<u32>({word} >> 16u) & NM) | NB) - c){zc};\n");
+                    for (int m = 0; m < rows; m++) { terms[m].Add($"dot(qa{i}, xq{m}_{2 * wi})"); terms[m].Add($"dot(qb{i}, xq{m}_{2 * wi + 1})"); }
+                }
+                for (int m = 0; m < rows; m++) sb.Append($"        a{r}_{m} += s * {Tree(terms[m])};\n");
+                sb.Append("      }\n");
+            }
+            return sb.Append("    }\n").ToString();
+        }
+        var f = new BlockedMatVec.Format
+        {
+            UnitValues = 8 * words,
+            XScale = "vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625)",
+            Prologue = """
+  let KB = md[3];
+  let NM = vec4<u32>(15u, 240u, 3840u, 61440u);
+  let NB = vec4<u32>(1258291200u);
+  let MAG = vec4<f32>(8388608.0);
+  let P16 = vec4<f32>(1.0, 16.0, 256.0, 4096.0);
+  let C8 = MAG + 8.0 * P16;
+
+""",
+            Row = Row,
+            Store = (m, row, sum) => $"y_st({m}u * N + {row}, {sum}{(bias ? $" + bias({row})" : "")});",
+        };
+        // NOTE: md here is N, K, words per row (the tiled kernel's), k_blocks, rows, units per row: the skeleton reads units from md[2].
+        string body = BlockedMatVec.Body(w, f, shape, rows, vec, g.Device.Limits.MaxWorkgroupStorageBytes).Replace("let U = md[2];", "let U = md[5];");
         return w.Build(body, elementwise: false);
     }
 
-    static string TiledCode(GpuTensor x, DType y, int block, bool zeros, bool bias)
+    static string TiledCode(GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, GpuTensor scales)
     {
-        var w = Declare(x, y, zeros, bias, false, 256);
+        var w = Declare(x, y, zeros, bias, scales, false, 256);
         w.Decl("var<workgroup> As: array<f32, 1024>;\nvar<workgroup> Bs: array<f32, 1024>;");
         string body = $$"""
   let N = md[0]; let K = md[1]; let M = md[4];

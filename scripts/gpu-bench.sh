@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The GPU-machine benchmark set in one device call, most important first, each section under its own time limit
+# and all of them under one deadline (a device command may run 10 minutes). Build the bundle first
+# (`bash scripts/device-bundle.sh`), then device `run` with carry [".device"] (add ".tapml/dm1" for the real-model
+# profiles: the .onnx files of ocr-det, silero-vad-v5, oww-hey-jarvis, ocr-rec and their inputs from
+# tools/models/make-inputs.py) and command `bash scripts/gpu-bench.sh`.
+# Output: a filtered summary on stdout, everything in $OUT/gpu-bench.log.
+# Environment: GPU_BENCH_SECONDS (default 540), GPU_BENCH_ONLY (space-separated section names).
+set -u
+T="bash .device/setup-remote.sh .device/bin/tapml"
+out="${OUT:-/tmp}"; log="$out/gpu-bench.log"; : > "$log"
+deadline=$(( $(date +%s) + ${GPU_BENCH_SECONDS:-540} ))
+keep='^(bench |peer: |carve ÷|decode|prefill|ran |outputs |GPU time|vulkan stats|  )|tokens/s|×|ratio|share|TFLOP|GB/s|MB/s|round trip|lockstep|bisect|error|Error'
+
+section() {
+  local name=$1 limit=$2; shift 2
+  if [ -n "${GPU_BENCH_ONLY:-}" ] && [[ " $GPU_BENCH_ONLY " != *" $name "* ]]; then return; fi
+  local left=$(( deadline - $(date +%s) ))
+  if [ "$left" -lt 20 ]; then echo "=== $name: skipped (deadline)" | tee -a "$log"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "=== $name (limit ${limit}s, $(date +%T))" | tee -a "$log"
+  timeout "$limit" bash -c "$*" >>"$log" 2>&1; local rc=$?
+  [ $rc -eq 124 ] && echo "    (cut at ${limit}s)" | tee -a "$log"
+  awk -v from="=== $name (" 'index($0, from) == 1 { on = 1; next } on' "$log" | grep -E "$keep" | grep -vE '^[│┌└├╭╰─ ]*$' | cut -c1-220 | head -40
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$log"
+# Issue 24: f32 vs q4 decode and prefill on the 125M and 4-layer 8B-shape checkpoints (webgpu, one process).
+section llm-q4 170 "$T bench llm-q4 --platform webgpu --runs 3"
+# PyTorch/transformers on the same checkpoints (the folders bench wrote), eager.
+section peer-eager 80 "python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-125m --prompt 64 --new 33 --mode eager;
+  python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-4x4096 --prompt 16 --new 17 --mode eager"
+# Issue 24: decode at 32 vs 2,000 steps (KV cache in place), 1,024-token prefill.
+section llm-long 110 "$T bench llm-long --platform webgpu --runs 2"
+# Issue 21: the same 125M decode on webgpu and vulkan (and ORT/cpu) in this call.
+section llm-webgpu 50 "$T bench llm --platform webgpu --runs 3"
+section llm-vulkan 50 "TAPML_VULKAN_STATS=1 $T bench llm --platform vulkan --runs 3"
+# Issue 19: loopback remote (cpu served).
+section remote 50 "$T bench remote --runs 5"
+# Issue 23: per-op-family GPU time of real models.
+section profiles 50 "for n in ocr-det silero-vad-v5 oww-hey-jarvis ocr-rec; do [ -f .tapml/dm1/\$n.onnx ] || continue;
+  $T run --model .tapml/dm1/\$n.onnx --platform webgpu --inputs .tapml/dm1/in-\$n --profile --compare cpu; done"
+section peer-compile 150 "python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-125m --prompt 64 --new 33 --mode compile"
+section llm-opencl 50 "$T bench llm --platform opencl --runs 3"
+section matmul-sweep 150 "$T bench matmul-sweep --platform webgpu --runs 2"
+echo "=== done $(date +%T)" | tee -a "$log"

@@ -1,0 +1,201 @@
+using System.Text;
+using Tapml.Core;
+
+namespace Tapml.Platforms.WebGpu.Kernels;
+
+/// <summary>How a decode matrix-vector kernel over 4-bit (MatMulNBits) or packed f16 weights lays out its work:
+/// <see cref="Threads"/> threads share one weight row, striding it in units of one 16-byte load (4 bytes where a row
+/// is not 16-byte aligned); each thread carries <see cref="Rows"/> weight rows, so one load of x serves all of them; a
+/// workgroup is <see cref="Workgroup"/> threads (<see cref="RowsPerWorkgroup"/> rows); <see cref="SharedX"/> stages
+/// x in workgroup memory, chunk by chunk, instead of each thread reading it from the storage buffer.</summary>
+public readonly record struct MatVecShape(int Threads, int Rows, int Workgroup, bool SharedX)
+{
+    public int RowsPerWorkgroup => Workgroup / Threads * Rows;
+    public override string ToString() => $"t{Threads} r{Rows} wg{Workgroup}{(SharedX ? " xs" : "")}";
+}
+
+/// <summary>The decode matrix-vector kernels' knobs, as webgpu platform-spec options (<c>webgpu?q4-threads=16&amp;q4-rows=2</c>):
+/// for MatMulNBits <c>q4-threads</c> (threads per weight row), <c>q4-rows</c> (weight rows per thread), <c>q4-wg</c>
+/// (threads per workgroup), <c>q4-xs=0|1</c> (x through workgroup memory); the same with <c>f16-</c> for packed f16
+/// weights, plus <c>f16-unpack=bits|native</c> (halves widened by integer bit moves and one multiply, or by
+/// <c>unpack2x16float</c>). An absent knob takes <see cref="Q4"/>'s / <see cref="F16"/>'s rule.</summary>
+public sealed record MatVecTuning
+{
+    public int Q4Threads { get; init; }
+    public int Q4Rows { get; init; }
+    public int Q4Workgroup { get; init; }
+    public bool? Q4SharedX { get; init; }
+    public int F16Threads { get; init; }
+    public int F16Rows { get; init; }
+    public int F16Workgroup { get; init; }
+    public bool? F16SharedX { get; init; }
+    /// <summary>Widen halves with <c>unpack2x16float</c> (true, the default: 1.1–2.4× the bit moves' speed on an H100)
+    /// or with bit moves (false; a weight holding an infinity or NaN still takes unpack2x16float).</summary>
+    public bool? F16Native { get; init; }
+
+    public static readonly MatVecTuning Rule = new();
+
+    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unpack=bits|native";
+
+    /// <summary>This tuning with one spec option applied, or null when <paramref name="key"/> is not a matrix-vector knob.</summary>
+    public MatVecTuning? With(string spec, string key, string value)
+    {
+        int Count(int max)
+        {
+            if (!int.TryParse(value, out int v) || v < 1 || v > max) throw new TapmlException($"platform '{spec}': {key}={value} must be an integer from 1 to {max}");
+            return v;
+        }
+        bool Flag() => value switch { "1" or "true" or "" => true, "0" or "false" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be 0 or 1") };
+        var t = key switch
+        {
+            "q4-threads" => this with { Q4Threads = Count(256) },
+            "q4-rows" => this with { Q4Rows = Count(16) },
+            "q4-wg" => this with { Q4Workgroup = Count(1024) },
+            "q4-xs" => this with { Q4SharedX = Flag() },
+            "f16-threads" => this with { F16Threads = Count(256) },
+            "f16-rows" => this with { F16Rows = Count(16) },
+            "f16-wg" => this with { F16Workgroup = Count(1024) },
+            "f16-xs" => this with { F16SharedX = Flag() },
+            "f16-unpack" => this with { F16Native = value switch { "native" => true, "bits" => false, _ => throw new TapmlException($"platform '{spec}': f16-unpack={value} must be bits or native") } },
+            _ => null,
+        };
+        if (t is not null && (t.Q4Workgroup > 0 && t.Q4Threads > 0 && t.Q4Workgroup % t.Q4Threads != 0 || t.F16Workgroup > 0 && t.F16Threads > 0 && t.F16Workgroup % t.F16Threads != 0))
+            throw new TapmlException($"platform '{spec}': a workgroup size must be a multiple of the threads per row");
+        return t;
+    }
+
+    /// <summary>The 4-bit kernel's layout for N rows of <paramref name="units"/> loads each. Rule (<c>bench q4-sweep</c> on
+    /// H100s, docs/benchmarks.md): 64 threads a row (32 for N ≥ 65536, an lm_head; never more than the row has units),
+    /// as many rows a thread (up to 8) as keep N·threads/rows at 65536 threads or more, 128 threads a workgroup, x from
+    /// the storage buffer.</summary>
+    public MatVecShape Q4(long n, long units, int maxWorkgroup)
+    {
+        int t = Q4Threads > 0 ? Q4Threads : Math.Min(n >= 65536 ? 32 : 64, Math.Max(4, FloorPow2(units)));
+        int r = Q4Rows > 0 ? Q4Rows : (int)Math.Clamp(FloorPow2(n * t / 65536), 1, 8);
+        return Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup);
+    }
+
+    /// <summary>The packed f16 kernel's layout. Rule (<c>bench q4-sweep</c> on H100s): 64 threads a row (never more than
+    /// the row has units), 2 rows a thread (1 where that leaves under 65536 threads), 256 threads a workgroup, halves
+    /// widened by <c>unpack2x16float</c>.</summary>
+    public MatVecShape F16(long n, long units, int maxWorkgroup)
+    {
+        int t = F16Threads > 0 ? F16Threads : Math.Min(64, Math.Max(4, FloorPow2(units)));
+        int r = F16Rows > 0 ? F16Rows : n * t >= 2 * 65536 ? 2 : 1;
+        return Fit(t, r, F16Workgroup > 0 ? F16Workgroup : 256, F16SharedX ?? false, maxWorkgroup);
+    }
+
+    static int FloorPow2(long v) => v <= 1 ? 1 : (int)Math.Min(1 << 30, 1L << (63 - System.Numerics.BitOperations.LeadingZeroCount((ulong)v)));
+
+    static MatVecShape Fit(int threads, int rows, int wg, bool xs, int maxWorkgroup)
+    {
+        threads = Math.Min(threads, maxWorkgroup);
+        wg = Math.Max(threads, Math.Min(wg, maxWorkgroup) / threads * threads);
+        return new MatVecShape(threads, rows, wg, xs);
+    }
+}
+
+/// <summary>The skeleton both decode kernels share: y[m, row] = Σ_k x[m, k]·W[row, k] for M ≤ 4 rows of x, W in units
+/// of <c>UnitValues</c> values of K (one u32 or vec4&lt;u32&gt; load each). Each unit's x values are loaded once (as
+/// vec4, multiplied by the format's <c>XScale</c>) into <c>xq{m}_{j}</c> and serve every row a thread carries; the
+/// format's row code adds into <c>a{r}_{m}</c>. Partial sums go to workgroup memory once; after one barrier a thread per
+/// output adds its row's partials (no tree, no subgroups).</summary>
+internal static class BlockedMatVec
+{
+    public sealed class Format
+    {
+        /// <summary>Values of K per unit (a multiple of 4).</summary>
+        public required int UnitValues;
+        /// <summary>A vec4 x is multiplied by as it is loaded (null: none).</summary>
+        public string? XScale;
+        /// <summary>Code for weight row <c>r</c> of unit <c>u</c> (row index <c>row{r}</c>, clamped to N−1).</summary>
+        public required Func<int, string> Row;
+        /// <summary>Code once per unit after x's loads, for x row m (values derived from x that every row uses).</summary>
+        public Func<int, string>? PerUnit;
+        /// <summary>Lets at the top of main (constants the row code uses).</summary>
+        public string Prologue = "";
+        /// <summary>The store of one output: (m, row expression, sum expression) → statement.</summary>
+        public required Func<int, string, string, string> Store;
+    }
+
+    /// <summary>Declares x at binding 0: <c>xv_b</c> (vec4&lt;f32&gt;) when <paramref name="vec"/>, else the accessor <c>x(i)</c>.</summary>
+    public static void DeclareX(Wgsl w, GpuTensor x, bool vec)
+    {
+        if (vec) w.Reserve().Decl("@group(0) @binding(0) var<storage, read> xv_b: array<vec4<f32>>;");
+        else w.In("x", x);
+    }
+
+    /// <summary>The kernel body; meta words: md[0] = N, md[1] = K, md[2] = units per row. <paramref name="vec"/>: x is
+    /// <c>xv_b</c> and every unit lies inside K (K = units·UnitValues, a multiple of 4), so x needs no bounds checks.</summary>
+    public static string Body(Wgsl w, Format f, MatVecShape s, int rows, bool vec, int maxWorkgroupBytes)
+    {
+        int T = s.Threads, R = s.Rows, WG = s.Workgroup, G = WG / T, M = rows, UV = f.UnitValues, J = UV / 4;
+        // Partial sums of all R·M outputs at once if they fit in half the workgroup memory, else in passes.
+        int slots = R * M, perPass = Math.Clamp(maxWorkgroupBytes / 2 / (WG * 4), 1, slots);
+        int chunk = 0;
+        if (s.SharedX) chunk = Math.Max(1, Math.Min(4096, (maxWorkgroupBytes - WG * perPass * 4) / 4) / (M * UV));
+        w.Decl($"var<workgroup> red: array<f32, {WG * perPass}>;");
+        if (s.SharedX) w.Decl($"var<workgroup> xsh: array<vec4<f32>, {M * chunk * J}>;");
+        if (!vec) w.Decl("fn xg(m: u32, k: u32) -> f32 { if (k < md[1]) { return f32(x(m * md[1] + k)); } return 0.0; }");
+        string scale = f.XScale is null ? "" : $" * {f.XScale}";
+        string X4(string m, string k) => vec ? $"xv_b[({m} * K + {k}) / 4u]"
+            : $"vec4<f32>(xg({m}, {k}), xg({m}, {k} + 1u), xg({m}, {k} + 2u), xg({m}, {k} + 3u))";
+        var rs = Enumerable.Range(0, R).ToArray();
+        var ms = Enumerable.Range(0, M).ToArray();
+        string rowsCode = string.Concat(rs.Select(f.Row));
+        string perUnit = f.PerUnit is null ? "" : string.Concat(ms.Select(f.PerUnit));
+        var b = new StringBuilder();
+        b.Append($"  let N = md[0]; let K = md[1]; let U = md[2];\n{f.Prologue}");
+        b.Append($"  let t = lid.x % {T}u;\n  let wgi = wid.x + wid.y * nwg.x;\n  let rowBase = (wgi * {G}u + lid.x / {T}u) * {R}u;\n");
+        foreach (int r in rs) b.Append($"  let row{r} = min(rowBase + {r}u, N - 1u);\n");
+        foreach (int r in rs) foreach (int m in ms) b.Append($"  var a{r}_{m} = 0.0;\n");
+        if (!s.SharedX)
+        {
+            b.Append($"  for (var u = t; u < U; u += {T}u) {{\n    let k0 = u * {UV}u;\n");
+            foreach (int m in ms)
+                for (int j = 0; j < J; j++) b.Append($"    let xq{m}_{j} = {X4($"{m}u", $"k0 + {4 * j}u")}{scale};\n");
+            b.Append(perUnit).Append(rowsCode).Append("  }\n");
+        }
+        else
+        {
+            int cj = chunk * J;
+            b.Append($$"""
+  for (var c0 = 0u; c0 < U; c0 += {{chunk}}u) {
+    workgroupBarrier();
+    for (var e = lid.x; e < {{M * cj}}u; e += {{WG}}u) {
+      let m = e / {{cj}}u;
+      let k = c0 * {{UV}}u + (e % {{cj}}u) * 4u;
+      var v = vec4<f32>(0.0);
+      if (k < K) { v = {{X4("m", "k")}}; }
+      xsh[e] = v{{scale}};
+    }
+    workgroupBarrier();
+    let ce = min(c0 + {{chunk}}u, U);
+    for (var u = c0 + t; u < ce; u += {{T}}u) {
+      let xo = (u - c0) * {{J}}u;
+
+""");
+            foreach (int m in ms)
+                for (int j = 0; j < J; j++) b.Append($"      let xq{m}_{j} = xsh[{m * cj}u + xo + {j}u];\n");
+            b.Append(perUnit).Append(rowsCode).Append("    }\n  }\n");
+        }
+        // Reduction: slot sl of output (r, m) = r·M + m; thread (g, t) writes red[sl·WG + g·T + t]; one thread per (slot, g) adds T partials.
+        for (int p0 = 0; p0 < slots; p0 += perPass)
+        {
+            int n = Math.Min(perPass, slots - p0);
+            if (p0 > 0) b.Append("  workgroupBarrier();\n");
+            for (int sl = p0; sl < p0 + n; sl++) b.Append($"  red[{(sl - p0) * WG}u + lid.x] = a{sl / M}_{sl % M};\n");
+            b.Append("  workgroupBarrier();\n");
+            b.Append($"  for (var o = lid.x; o < {G * n}u; o += {WG}u) {{\n    let sl = o / {G}u; let gg = o % {G}u;\n    var sum = 0.0;\n");
+            b.Append($"    for (var i = 0u; i < {T}u; i++) {{ sum += red[sl * {WG}u + gg * {T}u + i]; }}\n");
+            b.Append($"    let slot = sl + {p0}u;\n    let row = (wgi * {G}u + gg) * {R}u + slot / {M}u;\n    if (row < N) {{\n");
+            foreach (int m in ms) b.Append($"      if (slot % {M}u == {m}u) {{ {f.Store(m, "row", "sum")} }}\n");
+            b.Append("    }\n  }\n");
+        }
+        return b.ToString();
+    }
+
+    /// <summary>Workgroups for N rows at <paramref name="s"/>'s rows per workgroup.</summary>
+    public static (uint X, uint Y) Grid(WebGpuPlatform g, long n, MatVecShape s) =>
+        Wgsl.Grid(n, s.RowsPerWorkgroup, g.Device.Limits.MaxWorkgroupsPerDimension);
+}
