@@ -19,17 +19,13 @@ public class MatVecVariantTests
     static readonly (int M, int K, int N, int Block, Zp Zp, DType T, bool Bias)[] Q4Cases =
     [
         (1, 99, 17, 32, Zp.Packed, DType.Float32, false),     // odd K: the last block padded, x read with bounds checks
-        (1, 96, 20, 64, Zp.None, DType.Float32, true),        // K not a multiple of the block
-        (2, 128, 40, 16, Zp.Packed, DType.Float32, false),    // blocks of 16: two blocks in a 16-byte unit
+        (2, 128, 40, 16, Zp.Packed, DType.Float32, true),     // blocks of 16: two blocks in a 16-byte unit; bias
         (1, 48, 33, 16, Zp.Packed, DType.Float32, false),     // 3 blocks of 16 a row: rows not 16-byte aligned, u32 units
-        (4, 256, 9, 128, Zp.Float, DType.Float32, false),     // float zero points, 4 rows of A
-        (1, 64, 24, 32, Zp.Packed, DType.Float16, true),      // f16 scales and A
-        (3, 200, 31, 64, Zp.None, DType.Float16, false),
-        (1, 1024, 70, 32, Zp.Packed, DType.Float32, false),   // rows longer than the threads a row
+        (4, 320, 9, 128, Zp.Float, DType.Float32, false),     // float zero points, 4 rows of A, K not a multiple of the block
+        (3, 200, 31, 64, Zp.None, DType.Float16, false),      // f16 scales and A, no zero points
     ];
 
     [Theory]
-    [InlineData("webgpu")]
     [InlineData("webgpu?q4-threads=8&q4-rows=4&q4-wg=64")]
     [InlineData("webgpu?q4-threads=32&q4-rows=1&q4-wg=256")]
     [InlineData("webgpu?q4-threads=16&q4-rows=3&q4-wg=128&q4-xs=1")]
@@ -50,11 +46,10 @@ public class MatVecVariantTests
     /// <summary>(M, K, N, A computed on the GPU: f32 storage, vector loads of x; else the f16 feed, packed).</summary>
     static readonly (int M, int K, int N, bool Computed)[] F16Cases =
     [
-        (1, 64, 24, true), (1, 64, 24, false), (2, 136, 33, true), (3, 200, 17, false), (4, 8, 5, true), (1, 4096, 40, true),
+        (1, 64, 24, true), (3, 200, 17, false), (4, 8, 5, true), (2, 1040, 33, true),
     ];
 
     [Theory]
-    [InlineData("webgpu")]
     [InlineData("webgpu?f16-threads=8&f16-rows=4&f16-wg=64")]
     [InlineData("webgpu?f16-threads=32&f16-rows=1&f16-wg=256&f16-unpack=native")]
     [InlineData("webgpu?f16-threads=16&f16-rows=3&f16-wg=128&f16-xs=1")]

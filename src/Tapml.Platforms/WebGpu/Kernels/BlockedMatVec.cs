@@ -136,10 +136,11 @@ internal static class BlockedMatVec
         if (s.SharedX) chunk = Math.Max(1, Math.Min(4096, (maxWorkgroupBytes - WG * perPass * 4) / 4) / (M * UV));
         w.Decl($"var<workgroup> red: array<f32, {WG * perPass}>;");
         if (s.SharedX) w.Decl($"var<workgroup> xsh: array<vec4<f32>, {M * chunk * J}>;");
-        if (!vec) w.Decl("fn xg(m: u32, k: u32) -> f32 { if (k < md[1]) { return f32(x(m * md[1] + k)); } return 0.0; }");
+        // NOTE: K is a parameter, not md[1] read inside the helper (the vulkan dialect's rows stalled reading md there).
+        if (!vec) w.Decl("fn xg(m: u32, k: u32, K: u32) -> f32 { if (k < K) { return f32(x(m * K + k)); } return 0.0; }");
         string scale = f.XScale is null ? "" : $" * {f.XScale}";
         string X4(string m, string k) => vec ? $"xv_b[({m} * K + {k}) / 4u]"
-            : $"vec4<f32>(xg({m}, {k}), xg({m}, {k} + 1u), xg({m}, {k} + 2u), xg({m}, {k} + 3u))";
+            : $"vec4<f32>(xg({m}, {k}, K), xg({m}, {k} + 1u, K), xg({m}, {k} + 2u, K), xg({m}, {k} + 3u, K))";
         var rs = Enumerable.Range(0, R).ToArray();
         var ms = Enumerable.Range(0, M).ToArray();
         string rowsCode = string.Concat(rs.Select(f.Row));

@@ -4,9 +4,9 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 
 /// <summary>MatMul and Gemm. Two kernels: a 64×64 tiled GEMM through workgroup memory (4×4 outputs per thread,
 /// any strides, so transposes are free) and, for decode-shaped products (few rows) against a 2-D weight, a
-/// matrix-vector kernel over the weight transposed once to [N,K]: a workgroup per 4 outputs, 64 threads reading
-/// each weight row contiguously (vec4 loads; f16 weights stay packed two per u32), tree-reduced in workgroup
-/// memory.</summary>
+/// matrix-vector kernel over the weight transposed once to [N,K]: for f32 weights a workgroup per 4 outputs, 64
+/// threads reading each weight row contiguously (vec4 loads), tree-reduced in workgroup memory; packed f16 weights
+/// (two per u32) through <see cref="BlockedMatVec"/>'s layout (<see cref="MatVecF16"/>).</summary>
 public static class MatMul
 {
     /// <summary>At most this many rows use the matrix-vector kernel (each row re-reads the weight).</summary>
