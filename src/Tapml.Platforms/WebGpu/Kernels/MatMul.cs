@@ -111,6 +111,19 @@ public static class MatMul
         return y;
     }
 
+    /// <summary>The metadata both tiled kernels read: md[0] = |y|, md[1..3] = M, N, K, md[4..9] = the (row, col) strides
+    /// of A, B and C, md[10..11] = alpha, beta, then the batch shape and A's and B's batch strides (their offsets returned).</summary>
+    internal static (Meta Meta, int ShapeAt, int AAt, int BAt) TiledMeta(GpuTensor y, long m, long n, long k, long[] batch, long[] aBatch, long[] bBatch,
+        (long R, long C) sa, (long R, long C) sb, (long R, long C) sc, float alpha, float beta)
+    {
+        var meta = new Meta();
+        meta.Add(y.Length);
+        meta.Add(m); meta.Add(n); meta.Add(k);
+        meta.Add(sa.R); meta.Add(sa.C); meta.Add(sb.R); meta.Add(sb.C); meta.Add(sc.R); meta.Add(sc.C);
+        meta.AddFloat(alpha); meta.AddFloat(beta);
+        return (meta, meta.AddAll(batch), meta.AddAll(aBatch), meta.AddAll(bBatch));
+    }
+
     /// <summary>y[b] = alpha·A[b]·B[b] + beta·C for a batch of [M,K]×[K,N] with element strides
     /// (row, col) for A and B; batches addressed through broadcast batch strides.</summary>
     internal static void Tiled(WebGpuPlatform g, GpuTensor a, GpuTensor b, GpuTensor? c, GpuTensor y, long m, long n, long k,
@@ -119,15 +132,8 @@ public static class MatMul
         if (MatMulTiled.TryRun(g, a, b, c, y, m, n, k, batch, aBatch, bBatch, sa, sb, sc, alpha, beta, label)) return;
         long batches = ShapeUtil.Size(batch);
         if (batches > g.Device.Limits.MaxWorkgroupsPerDimension) throw new TapmlException($"webgpu: {label} batch of {batches} is over maxComputeWorkgroupsPerDimension");
-        var meta = new Meta();
-        meta.Add(y.Length);
-        meta.Add(m); meta.Add(n); meta.Add(k);
-        meta.Add(sa.R); meta.Add(sa.C); meta.Add(sb.R); meta.Add(sb.C); meta.Add(sc.R); meta.Add(sc.C);
-        meta.AddFloat(alpha); meta.AddFloat(beta);
+        var (meta, shapeAt, aAt, bAt) = MatMul.TiledMeta(y, m, n, k, batch, aBatch, bBatch, sa, sb, sc, alpha, beta);
         int r = batch.Length;
-        int shapeAt = meta.AddAll(batch);
-        int aAt = meta.AddAll(aBatch);
-        int bAt = meta.AddAll(bBatch);
         string cterm = c is null ? "" : " + bitcast<f32>(md[11]) * c(gm * md[8] + gn * md[9])";
         string body = Wgsl.Offsets("wid.z", r, shapeAt, ("a", aAt, -1), ("b", bAt, -1)) + $$"""
   let M = md[1]; let N = md[2]; let K = md[3];

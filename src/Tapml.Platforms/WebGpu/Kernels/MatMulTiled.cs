@@ -97,15 +97,8 @@ public static class MatMulTiled
         if (tile.IsLegacy) return false;
         if (tile.Unfit(g.Device.Limits) is { } why) throw new UnsupportedException($"webgpu: matmul tile {tile}: {why}");
         if (batches > g.Device.Limits.MaxWorkgroupsPerDimension) throw new TapmlException($"webgpu: {label} batch of {batches} is over maxComputeWorkgroupsPerDimension");
-        var meta = new Meta();
-        meta.Add(y.Length);
-        meta.Add(m); meta.Add(n); meta.Add(k);
-        meta.Add(sa.R); meta.Add(sa.C); meta.Add(sb.R); meta.Add(sb.C); meta.Add(sc.R); meta.Add(sc.C);
-        meta.AddFloat(alpha); meta.AddFloat(beta);
+        var (meta, shapeAt, aAt, bAt) = MatMul.TiledMeta(y, m, n, k, batch, aBatch, bBatch, sa, sb, sc, alpha, beta);
         int r = batch.Length;
-        int shapeAt = meta.AddAll(batch);
-        int aAt = meta.AddAll(aBatch);
-        int bAt = meta.AddAll(bBatch);
         // A grid too small for the GPU (few rows, few columns: prefill of a short prompt) splits K over workgroups that
         // write partial products, added by a second dispatch. Only the ladder splits (a forced tile runs as given).
         long groups = Math.Max(1, (m + tile.BM - 1) / tile.BM * ((n + tile.BN - 1) / tile.BN) * batches);
