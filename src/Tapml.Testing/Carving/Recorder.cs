@@ -83,7 +83,18 @@ public sealed class Recorder : IExecutionObserver, IDisposable
     }
 
     /// <summary>One observed call, handed from the run's thread to the carving thread.</summary>
-    sealed record Call(Node Node, NodeState State, int Opset, int Depth, string Phase, Model? Model, Tensor?[]? Inputs, Tensor?[]? Outputs, string? Skip, ManualResetEventSlim? Flushed = null);
+    sealed record Call(Node Node, NodeState State, int Opset, int Depth, string Phase, Model? Model, Tensor?[]? Inputs, Tensor?[]? Outputs, string? Skip, ManualResetEventSlim? Flushed = null)
+    {
+        /// <summary>Bytes of the outputs the queue holds alive (counted once, by the run's thread and the carving thread alike).</summary>
+        public long OutputBytes { get; } = Bytes(Outputs);
+
+        static long Bytes(Tensor?[]? ts)
+        {
+            long n = 0;
+            if (ts is not null) foreach (var t in ts) n += t?.ByteSize ?? 0;
+            return n;
+        }
+    }
 
     // NOTE: the run's thread only collects each call's host tensors (immutable values the executor hands over) and
     // queues them; signatures, dedup, hashing and staging run on the carving thread, so they overlap the run
@@ -127,9 +138,7 @@ public sealed class Recorder : IExecutionObserver, IDisposable
 
     void Enqueue(Call call)
     {
-        long bytes = 0;
-        if (call.Outputs is { } outs) foreach (var t in outs) bytes += t?.ByteSize ?? 0;
-        if (Interlocked.Add(ref _queuedBytes, bytes) > QueueBytes | Interlocked.Increment(ref _queuedCalls) > QueueCalls) _roomy.Reset();
+        if (Interlocked.Add(ref _queuedBytes, call.OutputBytes) > QueueBytes | Interlocked.Increment(ref _queuedCalls) > QueueCalls) _roomy.Reset();
         _queue.Enqueue(call);
         _carver ??= StartCarver();
         if (Volatile.Read(ref _sleeping) == 1) _wake.Set();
@@ -153,10 +162,8 @@ public sealed class Recorder : IExecutionObserver, IDisposable
             {
                 while (_queue.TryDequeue(out var call))
                 {
-                    long bytes = 0;
-                    if (call.Outputs is { } outs) foreach (var t in outs) bytes += t?.ByteSize ?? 0;
                     Process(call);
-                    long leftBytes = Interlocked.Add(ref _queuedBytes, -bytes), leftCalls = Interlocked.Decrement(ref _queuedCalls);
+                    long leftBytes = Interlocked.Add(ref _queuedBytes, -call.OutputBytes), leftCalls = Interlocked.Decrement(ref _queuedCalls);
                     if (leftBytes <= QueueBytes / 2 && leftCalls <= QueueCalls / 2) _roomy.Set();
                 }
                 if (_done && _queue.IsEmpty) return;
