@@ -236,15 +236,7 @@ public sealed class ControlFlow : ICpuOpFamily
         {
             Tensor? first = null;
             for (long b = 0; b < batch && first is null; b++) if (scanOuts[j, b].Count > 0) first = scanOuts[j, b][0];
-            long[] elemShape;
-            DType dt;
-            if (first is not null) { elemShape = first.Shape; dt = first.DType; }
-            else
-            {
-                var empty = ControlFlowHelpers.EmptyScan(body.Outputs[n + j], 0, ctx);
-                elemShape = empty.Shape[1..];
-                dt = empty.DType;
-            }
+            var (elemShape, dt) = ControlFlowHelpers.ScanElement(first?.Shape, first?.DType, body.Outputs[n + j], ctx);
             var shape = new long[elemShape.Length + 2];
             shape[0] = batch; shape[1] = maxLen;
             elemShape.CopyTo(shape, 2);
@@ -323,6 +315,15 @@ internal static class ControlFlowHelpers
             for (long o = 0; o < outer; o++)
                 Array.Copy(items[t].Data, o * inner, r.Data, (o * count + t) * inner, inner);
         return r;
+    }
+
+    /// <summary>The element type and shape of a batched scan output: those of its first element, or after zero
+    /// iterations the body output's declared ones (see <see cref="EmptyScan"/>).</summary>
+    public static (long[] Shape, DType DType) ScanElement(long[]? firstShape, DType? firstType, ValueInfo decl, NodeContext ctx)
+    {
+        if (firstShape is not null && firstType is { } dt) return (firstShape, dt);
+        var empty = EmptyScan(decl, 0, ctx);
+        return (empty.Shape[1..], empty.DType);
     }
 
     /// <summary>A scan output after zero iterations: 0 at <paramref name="axis"/>, the body output's declared

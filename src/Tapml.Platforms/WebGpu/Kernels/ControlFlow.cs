@@ -243,15 +243,7 @@ public static class ControlFlow
             {
                 GpuTensor? first = null;
                 for (long b = 0; b < batch && first is null; b++) if (perBatch[j, b].Count > 0) first = perBatch[j, b][0];
-                long[] elemShape;
-                DType dt;
-                if (first is not null) { elemShape = first.Shape; dt = first.DType; }
-                else
-                {
-                    var empty = ControlFlowHelpers.EmptyScan(body.Outputs[n + j], 0, ctx);
-                    elemShape = empty.Shape[1..];
-                    dt = empty.DType;
-                }
+                var (elemShape, dt) = ControlFlowHelpers.ScanElement(first?.Shape, first?.DType, body.Outputs[n + j], ctx);
                 long[] shape = [batch, maxLen, .. elemShape];
                 var y = ShapeOps.Fill(g, dt, shape, 0);
                 result[n + j] = y;

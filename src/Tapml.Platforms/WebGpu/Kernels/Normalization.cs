@@ -110,6 +110,29 @@ public static class Normalization
         }, Reductions.FloatOnly));
     }
 
+    /// <summary>The shared head of the row-normalization kernels: one workgroup a row (md[0] rows of md[1]), two
+    /// workgroup reductions give the row's mean <c>mu</c>, variance <c>var_</c> and <c>rstd</c> (epsilon in md[4]).</summary>
+    const string RowMoments = """
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= md[0]) { return; }
+  let L = md[1];
+  let base = row * L;
+  var acc = 0.0;
+  for (var j = lid.x; j < L; j += 256u) { acc += f32(x(base + j)); }
+  red[lid.x] = acc;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) { if (lid.x < s) { red[lid.x] += red[lid.x + s]; } workgroupBarrier(); }
+  let mu = red[0] / f32(L);
+  workgroupBarrier();
+  acc = 0.0;
+  for (var j = lid.x; j < L; j += 256u) { let d = f32(x(base + j)) - mu; acc += d * d; }
+  red[lid.x] = acc;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) { if (lid.x < s) { red[lid.x] += red[lid.x + s]; } workgroupBarrier(); }
+  let var_ = red[0] / f32(L);
+  let rstd = 1.0 / sqrt(var_ + bitcast<f32>(md[4]));
+""";
+
     /// <summary>Normalizes <paramref name="rows"/> contiguous rows of <paramref name="len"/> elements (a workgroup
     /// per row): y = (x − mean)·rsqrt(var + eps)·sc[ch] + bi[ch] with ch = ((row mod R)·len + j) / per, or for
     /// MeanVarianceNormalization (x − mean) / (std + 1e-9).</summary>
@@ -131,24 +154,7 @@ public static class Normalization
             w.Out("y", x.DType);
             w.Decl("var<workgroup> red: array<f32, 256>;");
             return w.Build($$"""
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= md[0]) { return; }
-  let L = md[1];
-  let base = row * L;
-  var acc = 0.0;
-  for (var j = lid.x; j < L; j += 256u) { acc += f32(x(base + j)); }
-  red[lid.x] = acc;
-  workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) { if (lid.x < s) { red[lid.x] += red[lid.x + s]; } workgroupBarrier(); }
-  let mu = red[0] / f32(L);
-  workgroupBarrier();
-  acc = 0.0;
-  for (var j = lid.x; j < L; j += 256u) { let d = f32(x(base + j)) - mu; acc += d * d; }
-  red[lid.x] = acc;
-  workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) { if (lid.x < s) { red[lid.x] += red[lid.x + s]; } workgroupBarrier(); }
-  let var_ = red[0] / f32(L);
-  let rstd = 1.0 / sqrt(var_ + bitcast<f32>(md[4]));
+{{RowMoments}}
   let r0 = (row % md[2]) * L;
   for (var j = lid.x; j < L; j += 256u) {
     let ch = (r0 + j) / md[3];
@@ -187,23 +193,7 @@ public static class Normalization
             if (inv is not null) w.Out("inv", inv.DType);
             w.Decl("var<workgroup> red: array<f32, 256>;");
             string body = $$"""
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= md[0]) { return; }
-  let L = md[1];
-  let base = row * L;
-  var acc = 0.0;
-  for (var j = lid.x; j < L; j += 256u) { acc += f32(x(base + j)); }
-  red[lid.x] = acc;
-  workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) { if (lid.x < s) { red[lid.x] += red[lid.x + s]; } workgroupBarrier(); }
-  let mu = red[0] / f32(L);
-  workgroupBarrier();
-  acc = 0.0;
-  for (var j = lid.x; j < L; j += 256u) { let d = f32(x(base + j)) - mu; acc += d * d; }
-  red[lid.x] = acc;
-  workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) { if (lid.x < s) { red[lid.x] += red[lid.x + s]; } workgroupBarrier(); }
-  let rstd = 1.0 / sqrt(red[0] / f32(L) + bitcast<f32>(md[4]));
+{{RowMoments}}
   for (var j = lid.x; j < L; j += 256u) {
     y_st(base + j, (f32(x(base + j)) - mu) * rstd * f32(sc(j % md[2])){{(bias is null ? "" : " + f32(bi(j % md[3]))")}});
   }
