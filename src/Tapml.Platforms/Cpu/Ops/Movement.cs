@@ -179,39 +179,12 @@ public sealed class MovementOps : ICpuOpFamily
             if (ctx.Opset >= 18 && inputs.OptT(3) is { } at) axes = ShapeKit.Ints(at);
         }
         value ??= Tensor.Zeros(x.DType, 1);
-        var begin = new long[r]; var end = new long[r];
-        if (axes is null)
-        {
-            if (raw.Length != 2 * r) throw ctx.Error($"pads {ShapeUtil.Format(raw)} must have {2 * r} values for rank {r}");
-            for (int i = 0; i < r; i++) { begin[i] = raw[i]; end[i] = raw[i + r]; }
-        }
-        else
-        {
-            int k = axes.Length;
-            if (raw.Length != 2 * k) throw ctx.Error($"pads {ShapeUtil.Format(raw)} must have {2 * k} values for {k} axes");
-            for (int i = 0; i < k; i++)
-            {
-                int ax = ShapeOps.NormAxis(ctx, axes[i], r);
-                begin[ax] = raw[i]; end[ax] = raw[i + k];
-            }
-        }
         if (mode is not ("constant" or "reflect" or "edge" or "wrap") || mode == "wrap" && ctx.Opset < 19)
             throw ctx.Unsupported($"mode '{mode}' at opset {ctx.Opset}");
 
         // Negative pads crop first; the crop is a view of x.
+        var (begin, _, cropShape, cropOff, outShape) = PadGeometry.Of(ctx, raw, axes, x.Shape, x.Describe());
         var st = ShapeUtil.Strides(x.Shape);
-        var cropShape = new long[r];
-        long cropOff = 0;
-        for (int i = 0; i < r; i++)
-        {
-            long cb = Math.Max(-begin[i], 0), ce = Math.Max(-end[i], 0);
-            cropShape[i] = x.Shape[i] - cb - ce;
-            if (cropShape[i] < 0) throw ctx.Error($"pads {ShapeUtil.Format(raw)} remove more than axis {i} of {x.Describe()} holds");
-            cropOff += cb * st[i];
-            begin[i] = Math.Max(begin[i], 0); end[i] = Math.Max(end[i], 0);
-        }
-        var outShape = new long[r];
-        for (int i = 0; i < r; i++) outShape[i] = cropShape[i] + begin[i] + end[i];
         if (ShapeUtil.Size(outShape) == 0) return [Tensor.Zeros(x.DType, outShape)];
         if (ShapeUtil.Size(cropShape) == 0 && mode != "constant")
             throw ctx.Error($"mode '{mode}' cannot pad an empty tensor");

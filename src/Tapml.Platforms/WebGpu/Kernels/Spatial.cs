@@ -124,36 +124,9 @@ public static class Spatial
             }
             if (ctx.Opset >= 18 && ins.Length > 3 && ins[3] is { } at) axes = g.Ints(at);
         }
-        var begin = new long[r]; var end = new long[r];
-        if (axes is null)
-        {
-            if (raw.Length != 2 * r) throw ctx.Error($"pads {ShapeUtil.Format(raw)} must have {2 * r} values for rank {r}");
-            for (int i = 0; i < r; i++) { begin[i] = raw[i]; end[i] = raw[i + r]; }
-        }
-        else
-        {
-            int k = axes.Length;
-            if (raw.Length != 2 * k) throw ctx.Error($"pads {ShapeUtil.Format(raw)} must have {2 * k} values for {k} axes");
-            for (int i = 0; i < k; i++)
-            {
-                int ax = ShapeUtil.Axis(axes[i], r);
-                begin[ax] = raw[i]; end[ax] = raw[i + k];
-            }
-        }
         // Negative pads crop first: the crop is an offset and a smaller extent of x.
+        var (begin, _, crop, cropOff, outShape) = PadGeometry.Of(ctx, raw, axes, x.Shape, x.Describe());
         var st = ShapeUtil.Strides(x.Shape);
-        var crop = new long[r];
-        long cropOff = 0;
-        for (int i = 0; i < r; i++)
-        {
-            long cb = Math.Max(-begin[i], 0), ce = Math.Max(-end[i], 0);
-            crop[i] = x.Shape[i] - cb - ce;
-            if (crop[i] < 0) throw ctx.Error($"pads {ShapeUtil.Format(raw)} remove more than axis {i} of {x.Describe()} holds");
-            cropOff += cb * st[i];
-            begin[i] = Math.Max(begin[i], 0); end[i] = Math.Max(end[i], 0);
-        }
-        var outShape = new long[r];
-        for (int i = 0; i < r; i++) outShape[i] = crop[i] + begin[i] + end[i];
         var y = g.Empty(x.DType, outShape);
         if (y.Length == 0) return y;
         if (ShapeUtil.Size(crop) == 0 && mode != "constant") throw ctx.Error($"mode '{mode}' cannot pad an empty tensor");
