@@ -251,7 +251,7 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
     /// <summary>Builds OpenCL C <paramref name="src"/> (entry <see cref="OpenClRenderer.EntryName"/>) into a kernel; a build
     /// error is a <see cref="TapmlException"/> naming clBuildProgram, the status and <paramref name="label"/>, with the
     /// compiler's log and the source on the lines after.</summary>
-    internal GpuPipeline Build(string src, string label, string key, int bindings, int[] workgroup)
+    GpuPipeline Build(string src, string label, string key, int bindings, int[] workgroup)
     {
         int err;
         var lens = (nuint)Encoding.UTF8.GetByteCount(src);
