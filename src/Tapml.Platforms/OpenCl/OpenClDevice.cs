@@ -17,19 +17,28 @@ namespace Tapml.Platforms.OpenCl;
 public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
 {
     readonly CL _cl;
-    nint _context, _device, _queue;
+    // NOTE: device ids of a platform's own devices are not reference counted (nothing to release).
+    readonly nint _device;
+    readonly ClHandle _context, _queueHandle;
+    // The queue's value, for the calls of every dispatch.
+    readonly nint _queue;
     readonly BufferPool _pool = new();
-    readonly Dictionary<nint, ulong> _sizes = new();
+    // Every buffer this device created and not yet released, by its cl_mem value (the ids given out).
+    readonly Dictionary<nint, ClHandle> _mems = new();
+    bool _disposed;
 
     sealed class Kernel
     {
-        public nint Program, Handle;
+        public required ClHandle Program, KernelHandle;
+        /// <summary>The kernel's value, for the calls of every dispatch.</summary>
+        public nint Handle;
         public int Bindings;
         public int[] Workgroup = [256, 1, 1];
     }
     readonly List<Kernel> _kernels = new();
     readonly Dictionary<string, GpuPipeline> _pipelines = new();
 
+    readonly ClHandle _metaMem;
     readonly nint _meta;
     readonly byte* _metaHost;
     int _metaUsed;
@@ -71,7 +80,7 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
             _cl = CL.GetApi();
             uint np = 0;
             int r0 = _cl.GetPlatformIDs(0, null, &np);
-            if (r0 != 0 || np == 0) throw new UnsupportedException($"opencl: no OpenCL platform (clGetPlatformIDs: {(ErrorCodes)r0}); install an ICD, e.g. apt-get install pocl-opencl-icd");
+            if (r0 != 0 || np == 0) throw new UnsupportedException($"opencl: no OpenCL platform (clGetPlatformIDs: {ClNative.Name(r0)}); install an ICD, e.g. apt-get install pocl-opencl-icd");
         }
         catch (Exception e) when (e is DllNotFoundException or FileNotFoundException or PlatformNotSupportedException or InvalidOperationException)
         {
@@ -101,10 +110,12 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
 
         int err;
         var dev = _device;
-        _context = _cl.CreateContext(null, 1, &dev, null, null, &err);
+        var context = _cl.CreateContext(null, 1, &dev, null, null, &err);
         Check(err, "clCreateContext");
-        _queue = _cl.CreateCommandQueue(_context, _device, CommandQueueProperties.ProfilingEnable, &err);
+        _context = new ClHandle(_cl, ClKind.Context, context, null);
+        _queue = _cl.CreateCommandQueue(context, _device, CommandQueueProperties.ProfilingEnable, &err);
         Check(err, "clCreateCommandQueue");
+        _queueHandle = new ClHandle(_cl, ClKind.CommandQueue, _queue, _context);
 
         string pname = PlatformString(platforms[platform], PlatformInfo.Name), pver = PlatformString(platforms[platform], PlatformInfo.Version);
         string dname = DeviceString(_device, DeviceInfo.Name), dver = DeviceString(_device, DeviceInfo.Version);
@@ -134,8 +145,9 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
         // NOTE: PoCL 3.1's optimizer runs a strided loop after a barrier loop once for work-items past its bound
         // (LayerNormalization with rows shorter than the workgroup wrote past its output); unoptimized it is right.
         if (!(optimize ?? !pname.Contains("Portable Computing Language", StringComparison.Ordinal))) _buildOptions += " -cl-opt-disable";
-        _meta = _cl.CreateBuffer(_context, MemFlags.ReadOnly, (nuint)MetaBytes, null, &err);
+        _meta = _cl.CreateBuffer(context, MemFlags.ReadOnly, (nuint)MetaBytes, null, &err);
         Check(err, "clCreateBuffer (metadata ring)");
+        _metaMem = new ClHandle(_cl, ClKind.Mem, _meta, _context);
         _metaHost = (byte*)NativeMemory.AlignedAlloc(MetaBytes, 4096);
         _upHost = (byte*)NativeMemory.AlignedAlloc(UploadBytes, 4096);
     }
@@ -162,32 +174,34 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
         return v;
     }
 
-    /// <summary>Turns a failed OpenCL status into an exception naming the call.</summary>
-    void Check(int status, string call)
+    /// <summary><see cref="ClNative.Check"/> with the node being recorded.</summary>
+    void Check(int status, string call, string? what = null)
     {
-        if (status == 0) return;
-        var code = (ErrorCodes)status;
-        if (code is ErrorCodes.MemObjectAllocationFailure or ErrorCodes.OutOfResources or ErrorCodes.OutOfHostMemory)
-            throw new TapmlException($"opencl: {call} failed: {code} (out of memory{(Context.Length > 0 ? $", {Context}" : "")})");
-        throw new TapmlException($"opencl: {call} failed with {code} ({status}){(Context.Length > 0 ? $" ({Context})" : "")}");
+        if (status != 0) ClNative.Check(status, call, what, Context);
+    }
+
+    void CheckUsable()
+    {
+        if (_disposed) throw new ObjectDisposedException("opencl device", "opencl: the platform was disposed; create it again");
     }
 
     // ---- buffers ----------------------------------------------------------------------------------------------------
 
     public nint Allocate(ulong bytes, out ulong size, bool forWrite = false)
     {
+        CheckUsable();
         var pooled = _pool.Take(bytes, out size, Limits.MaxBufferBytes, "opencl", Context);
         if (pooled != 0) return pooled;
         int err;
-        var m = _cl.CreateBuffer(_context, MemFlags.ReadWrite, (nuint)size, null, &err);
+        var m = _cl.CreateBuffer(_context.Value, MemFlags.ReadWrite, (nuint)size, null, &err);
         if (err != 0 && _pool.PooledBytes > 0)
         {
             Synchronize();
             foreach (var b in _pool.Drain()) Destroy(b);
-            m = _cl.CreateBuffer(_context, MemFlags.ReadWrite, (nuint)size, null, &err);
+            m = _cl.CreateBuffer(_context.Value, MemFlags.ReadWrite, (nuint)size, null, &err);
         }
-        Check(err, $"clCreateBuffer of {DawnDevice.Bytes((long)size)}");
-        _sizes[m] = size;
+        Check(err, "clCreateBuffer", DawnDevice.Bytes((long)size));
+        _mems[m] = new ClHandle(_cl, ClKind.Mem, m, _context);
         return m;
     }
 
@@ -196,13 +210,13 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
     /// <summary>Releases a buffer (OpenCL keeps it alive until enqueued work that uses it is done).</summary>
     public void Destroy(nint buffer)
     {
-        if (!_sizes.Remove(buffer)) return;
-        _cl.ReleaseMemObject(buffer);
+        if (_mems.Remove(buffer, out var h)) h.Dispose();
     }
 
     public void Write(nint buffer, ulong offset, ReadOnlySpan<byte> data)
     {
         if (data.Length == 0) return;
+        CheckUsable();
         if (_opt.RingWrites && data.Length <= UploadMax)
         {
             // NOTE: a blocking write would wait for everything queued before it (a decode step's start would wait for
@@ -228,33 +242,51 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
     public GpuPipeline Pipeline(string code, string label)
     {
         if (_pipelines.TryGetValue(code, out var gp)) return gp;
+        CheckUsable();
         string src = Renderer.Render(code);
         var module = WgslModule.Parse(code);
+        return Build(src, label, code, module.Globals.Count(g => g.Space == "storage"), module.Entry.WorkgroupSize!);
+    }
+
+    /// <summary>Builds OpenCL C <paramref name="src"/> (entry <see cref="OpenClRenderer.EntryName"/>) into a kernel; a build
+    /// error is a <see cref="TapmlException"/> naming clBuildProgram, the status and <paramref name="label"/>, with the
+    /// compiler's log and the source on the lines after.</summary>
+    GpuPipeline Build(string src, string label, string key, int bindings, int[] workgroup)
+    {
         int err;
         var lens = (nuint)Encoding.UTF8.GetByteCount(src);
-        var prog = _cl.CreateProgramWithSource(_context, 1, [src], &lens, &err);
-        Check(err, "clCreateProgramWithSource");
-        var dev = _device;
-        int built = _cl.BuildProgram(prog, 1, &dev, _buildOptions, null, null);
-        if (built != 0)
+        var prog = _cl.CreateProgramWithSource(_context.Value, 1, [src], &lens, &err);
+        Check(err, "clCreateProgramWithSource", label);
+        var program = new ClHandle(_cl, ClKind.Program, prog, _context);
+        try
         {
-            nuint size;
-            _cl.GetProgramBuildInfo(prog, _device, ProgramBuildInfo.BuildLog, 0, null, &size);
-            var log = new byte[size];
-            fixed (byte* l = log) _cl.GetProgramBuildInfo(prog, _device, ProgramBuildInfo.BuildLog, size, l, null);
-            _cl.ReleaseProgram(prog);
-            throw new TapmlException($"opencl: kernel {label} does not build ({(ErrorCodes)built}): {Encoding.UTF8.GetString(log).TrimEnd('\0').Trim()}\n--- OpenCL C ---\n{src}");
+            var dev = _device;
+            int built = _cl.BuildProgram(prog, 1, &dev, _buildOptions, null, null);
+            if (built != 0)
+            {
+                nuint size;
+                string log = "";
+                if (_cl.GetProgramBuildInfo(prog, _device, ProgramBuildInfo.BuildLog, 0, null, &size) == 0)
+                {
+                    var bytes = new byte[size];
+                    fixed (byte* l = bytes) Check(_cl.GetProgramBuildInfo(prog, _device, ProgramBuildInfo.BuildLog, size, l, null), "clGetProgramBuildInfo");
+                    log = Encoding.UTF8.GetString(bytes).TrimEnd('\0').Trim();
+                }
+                ClNative.Check(built, "clBuildProgram", label, Context, $"{log}\n--- OpenCL C ---\n{src}");
+            }
+            var k = _cl.CreateKernel(prog, OpenClRenderer.EntryName, &err);
+            Check(err, "clCreateKernel", label);
+            _kernels.Add(new Kernel { Program = program, KernelHandle = new ClHandle(_cl, ClKind.Kernel, k, program), Handle = k, Bindings = bindings, Workgroup = workgroup });
         }
-        var k = _cl.CreateKernel(prog, OpenClRenderer.EntryName, &err);
-        Check(err, "clCreateKernel");
-        _kernels.Add(new Kernel { Program = prog, Handle = k, Bindings = module.Globals.Count(g => g.Space == "storage"), Workgroup = module.Entry.WorkgroupSize! });
-        gp = new GpuPipeline(_kernels.Count - 1, 0, label, code);
-        _pipelines[code] = gp;
+        catch { program.Dispose(); throw; }
+        var gp = new GpuPipeline(_kernels.Count - 1, 0, label, key);
+        _pipelines[key] = gp;
         return gp;
     }
 
     public void Dispatch(GpuPipeline p, ReadOnlySpan<nint> buffers, ReadOnlySpan<ulong> offsets, ReadOnlySpan<ulong> sizes, ReadOnlySpan<uint> meta, uint gx, uint gy = 1, uint gz = 1)
     {
+        CheckUsable();
         var k = _kernels[(int)p.Id];
         if (buffers.Length != k.Bindings - 1) throw new TapmlException($"opencl: kernel {p.Label} binds {k.Bindings - 1} buffers, the dispatch gave {buffers.Length} (internal error)");
         int metaBytes = Math.Max(16, meta.Length * 4);
@@ -273,14 +305,14 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
         {
             nint mem = i < buffers.Length ? buffers[i] : _meta;
             uint off = i < buffers.Length ? checked((uint)offsets[i]) : (uint)metaOffset;
-            Check(_cl.SetKernelArg(k.Handle, (uint)(2 * i), (nuint)sizeof(nint), &mem), $"clSetKernelArg ({p.Label})");
-            Check(_cl.SetKernelArg(k.Handle, (uint)(2 * i + 1), sizeof(uint), &off), $"clSetKernelArg ({p.Label})");
+            Check(_cl.SetKernelArg(k.Handle, (uint)(2 * i), (nuint)sizeof(nint), &mem), "clSetKernelArg", p.Label);
+            Check(_cl.SetKernelArg(k.Handle, (uint)(2 * i + 1), sizeof(uint), &off), "clSetKernelArg", p.Label);
         }
         var global = stackalloc nuint[3] { (nuint)(gx * (uint)k.Workgroup[0]), (nuint)(gy * (uint)k.Workgroup[1]), (nuint)(gz * (uint)k.Workgroup[2]) };
         var local = stackalloc nuint[3] { (nuint)k.Workgroup[0], (nuint)k.Workgroup[1], (nuint)k.Workgroup[2] };
         nint ev = 0;
         bool timed = _events is not null;
-        Check(_cl.EnqueueNdrangeKernel(_queue, k.Handle, 3, null, global, local, 0, null, timed ? &ev : null), $"clEnqueueNDRangeKernel ({p.Label})");
+        Check(_cl.EnqueueNdrangeKernel(_queue, k.Handle, 3, null, global, local, 0, null, timed ? &ev : null), "clEnqueueNDRangeKernel", p.Label);
         if (timed) _events!.Add((p.Label, ev));
         Dispatches++;
         if (++_sinceFlush >= _opt.Batch)
@@ -296,6 +328,7 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
     public void Read(nint buffer, ulong offset, Span<byte> dest)
     {
         if (dest.Length == 0) return;
+        CheckUsable();
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         fixed (byte* p = dest) Check(_cl.EnqueueReadBuffer(_queue, buffer, true, (nuint)offset, (nuint)dest.Length, p, 0, null, null), "clEnqueueReadBuffer");
         WaitMs += System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
@@ -311,10 +344,15 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
 
     public GpuPendingRead BeginRead(nint buffer, ulong offset, int bytes)
     {
+        CheckUsable();
         var host = (byte*)NativeMemory.Alloc((nuint)Math.Max(4, bytes));
         nint ev;
-        Check(_cl.EnqueueReadBuffer(_queue, buffer, false, (nuint)offset, (nuint)bytes, host, 0, null, &ev), "clEnqueueReadBuffer");
-        _cl.Flush(_queue);
+        try
+        {
+            Check(_cl.EnqueueReadBuffer(_queue, buffer, false, (nuint)offset, (nuint)bytes, host, 0, null, &ev), "clEnqueueReadBuffer");
+        }
+        catch { NativeMemory.Free(host); throw; }
+        Check(_cl.Flush(_queue), "clFlush");
         _sinceFlush = 0;
         Flushes++;
         Readbacks++;
@@ -343,6 +381,7 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
 
     public void Synchronize()
     {
+        CheckUsable();
         Check(_cl.Finish(_queue), "clFinish");
         // Nothing queued reads the host rings any more.
         _upUsed = 0;
@@ -419,20 +458,26 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
         return profile.Select(kv => (kv.Key, kv.Value.Calls, kv.Value.Ms)).OrderByDescending(t => t.Ms).ToList();
     }
 
+    /// <summary>Waits for the queue, then releases what this device holds; the context goes last (every child handle
+    /// holds a reference on it). A second call does nothing; buffers freed afterwards are ignored.</summary>
     public void Dispose()
     {
-        if (_queue == 0) return;
+        if (_disposed) return;
         try { Synchronize(); } catch (TapmlException) { }
+        _disposed = true;
         if (_events is not null) foreach (var (_, ev) in _events) _cl.ReleaseEvent(ev);
-        foreach (var m in _sizes.Keys) _cl.ReleaseMemObject(m);
-        _sizes.Clear();
-        _cl.ReleaseMemObject(_meta);
+        _events = null;
+        foreach (var m in _mems.Values) m.Dispose();
+        _mems.Clear();
+        _pool.Drain();
+        _metaMem.Dispose();
+        // NOTE: the host rings are not finalizable memory: the queue was finished above, nothing reads them now.
         NativeMemory.AlignedFree(_metaHost);
         NativeMemory.AlignedFree(_upHost);
-        foreach (var k in _kernels) { _cl.ReleaseKernel(k.Handle); _cl.ReleaseProgram(k.Program); }
+        foreach (var k in _kernels) { k.KernelHandle.Dispose(); k.Program.Dispose(); }
         _kernels.Clear();
-        _cl.ReleaseCommandQueue(_queue);
-        _cl.ReleaseContext(_context);
-        _queue = 0;
+        _pipelines.Clear();
+        _queueHandle.Dispose();
+        _context.Dispose();
     }
 }

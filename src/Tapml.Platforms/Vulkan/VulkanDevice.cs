@@ -19,26 +19,24 @@ namespace Tapml.Platforms.Vulkan;
 public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
 {
     readonly Vk _vk;
-    Instance _instance;
+    readonly VkInstanceHandle _instance;
+    readonly VkDeviceHandle _device;
     PhysicalDevice _pd;
-    Device _dev;
+    // The device's value, for the calls of every dispatch (valid until Dispose).
+    readonly Device _dev;
     Queue _queue;
     readonly uint _family;
-    CommandPool _cmdPool;
-    DescriptorPool _descPool;
+    readonly VkObject _cmdPoolHandle, _descPoolHandle;
+    readonly CommandPool _cmdPool;
+    readonly DescriptorPool _descPool;
+    // Every fence ever created (the free stack and the in-flight queue hold their values).
+    readonly List<VkObject> _fences = new();
+    bool _disposed;
     readonly uint _deviceType, _hostType, _readType;
     readonly bool _deviceHostVisible;
     readonly float _timestampPeriod;
 
-    sealed class VkBuf
-    {
-        public Buffer Buffer;
-        public DeviceMemory Memory;
-        public ulong Size;
-        public byte* Mapped;
-    }
-
-    readonly Dictionary<nint, VkBuf> _buffers = new();
+    readonly Dictionary<nint, VkBufferHandle> _buffers = new();
     nint _nextId = 1;
     readonly BufferPool _pool = new();
 
@@ -49,6 +47,8 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         public Pipeline Pipeline;
         public PipelineLayout Layout;
         public DescriptorSetLayout SetLayout;
+        /// <summary>The pipeline, its layout and its set layout, released in that order.</summary>
+        public required VkObject[] Owned;
         /// <summary>Storage buffers bound (the metadata buffer included when it is one).</summary>
         public int Bindings;
         public bool Push;
@@ -78,13 +78,13 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     ulong _serial, _done;
     sealed record Submitted(ulong Serial, Fence Fence, CommandBuffer Cb);
     readonly Queue<Submitted> _inFlight = new();
-    readonly List<(ulong Serial, VkBuf Buf)> _garbage = new();
-    readonly List<VkBuf> _batchTemps = new();
+    readonly List<(ulong Serial, VkBufferHandle Buf)> _garbage = new();
+    readonly List<VkBufferHandle> _batchTemps = new();
     readonly Stack<Fence> _freeFences = new();
     readonly Stack<CommandBuffer> _freeCbs = new();
 
     // Metadata words: a host-visible ring bound as a dynamic storage buffer.
-    readonly VkBuf _meta;
+    readonly VkBufferHandle _meta;
     int _metaUsed;
     readonly int _metaAlign;
     const int MetaBytes = 4 << 20, MetaSlot = 4096;
@@ -97,7 +97,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     readonly HashSet<nint> _written = new(), _read = new();
 
     // Writes: a host-visible ring; each submit's share is free once its fence signalled.
-    readonly VkBuf _upload;
+    readonly VkBufferHandle _upload;
     ulong _upHead, _upAllocated, _upFreed;
     readonly Queue<(ulong Serial, ulong Allocated)> _upMarks = new();
     const ulong UploadBytes = 8 << 20, UploadMax = 2 << 20;
@@ -152,8 +152,8 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             var ici = new InstanceCreateInfo { SType = StructureType.InstanceCreateInfo, PApplicationInfo = &app };
             Instance inst;
             var r = _vk.CreateInstance(&ici, null, &inst);
-            if (r != Result.Success) throw new UnsupportedException($"vulkan: vkCreateInstance failed ({r}); drivers tried: {(IcdFiles.Length > 0 ? IcdFiles : "the loader's defaults")}");
-            _instance = inst;
+            if (r != Result.Success) throw new UnsupportedException($"vulkan: vkCreateInstance failed: {VkNative.Name(r)}; drivers tried: {(IcdFiles.Length > 0 ? IcdFiles : "the loader's defaults")}");
+            _instance = new VkInstanceHandle(_vk, inst);
         }
         finally
         {
@@ -161,10 +161,11 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         }
 
         uint n = 0;
-        Check(_vk.EnumeratePhysicalDevices(_instance, &n, null), "vkEnumeratePhysicalDevices");
+        var instance = _instance.Instance;
+        Check(_vk.EnumeratePhysicalDevices(instance, &n, null), "vkEnumeratePhysicalDevices");
         if (n == 0) throw new UnsupportedException($"vulkan: no physical device (drivers tried: {(IcdFiles.Length > 0 ? IcdFiles : "the loader's defaults")})");
         var pds = new PhysicalDevice[n];
-        fixed (PhysicalDevice* p = pds) Check(_vk.EnumeratePhysicalDevices(_instance, &n, p), "vkEnumeratePhysicalDevices");
+        fixed (PhysicalDevice* p = pds) Check(_vk.EnumeratePhysicalDevices(instance, &n, p), "vkEnumeratePhysicalDevices");
         int pick = deviceIndex;
         if (pick >= n) throw new UnsupportedException($"vulkan: device={deviceIndex}, but this machine has {n} Vulkan device(s)");
         if (pick < 0)
@@ -200,6 +201,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         Device dev;
         try { Check(_vk.CreateDevice(_pd, &dci, null, &dev), "vkCreateDevice"); }
         finally { if (extNames != null) SilkMarshal.Free((nint)extNames); }
+        _device = new VkDeviceHandle(_instance, dev);
         _dev = dev;
         _vk.GetDeviceQueue(_dev, _family, 0, out _queue);
         if (pushDescriptors)
@@ -233,8 +235,16 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         var cpi = new CommandPoolCreateInfo { SType = StructureType.CommandPoolCreateInfo, QueueFamilyIndex = _family, Flags = CommandPoolCreateFlags.ResetCommandBufferBit };
         CommandPool cp;
         Check(_vk.CreateCommandPool(_dev, &cpi, null, &cp), "vkCreateCommandPool");
+        _cmdPoolHandle = new VkObject(_device, VkKind.CommandPool, cp.Handle);
         _cmdPool = cp;
-        CreateDescriptorPool();
+        var sizes = stackalloc DescriptorPoolSize[2];
+        sizes[0] = new DescriptorPoolSize { Type = DescriptorType.StorageBuffer, DescriptorCount = MaxSets * 12 };
+        sizes[1] = new DescriptorPoolSize { Type = DescriptorType.StorageBufferDynamic, DescriptorCount = MaxSets };
+        var dpi = new DescriptorPoolCreateInfo { SType = StructureType.DescriptorPoolCreateInfo, MaxSets = MaxSets, PoolSizeCount = 2, PPoolSizes = sizes };
+        DescriptorPool dp;
+        Check(_vk.CreateDescriptorPool(_dev, &dpi, null, &dp), "vkCreateDescriptorPool");
+        _descPoolHandle = new VkObject(_device, VkKind.DescriptorPool, dp.Handle);
+        _descPool = dp;
 
         string name = SilkMarshal.PtrToString((nint)props.DeviceName) ?? "?";
         long binding = Math.Min(lim.MaxStorageBufferRange, (long)int.MaxValue);
@@ -287,66 +297,54 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         return string.Join(':', installed);
     }
 
-    /// <summary>Turns a failed Vulkan status into an exception naming the call.</summary>
-    void Check(Result r, string call)
+    /// <summary><see cref="VkNative.Check"/> with the node being recorded.</summary>
+    void Check(Result r, string call, string? what = null)
     {
-        if (r == Result.Success) return;
-        if (r is Result.ErrorOutOfDeviceMemory or Result.ErrorOutOfHostMemory)
-            throw new TapmlException($"vulkan: {call} failed: out of {(r == Result.ErrorOutOfDeviceMemory ? "device" : "host")} memory{(Context.Length > 0 ? $" ({Context})" : "")}");
-        throw new TapmlException($"vulkan: {call} failed with {r}{(Context.Length > 0 ? $" ({Context})" : "")}");
+        if (r != Result.Success) VkNative.Check(r, call, what, Context);
     }
 
-    void CreateDescriptorPool()
+    void CheckUsable()
     {
-        var sizes = stackalloc DescriptorPoolSize[2];
-        sizes[0] = new DescriptorPoolSize { Type = DescriptorType.StorageBuffer, DescriptorCount = MaxSets * 12 };
-        sizes[1] = new DescriptorPoolSize { Type = DescriptorType.StorageBufferDynamic, DescriptorCount = MaxSets };
-        var dpi = new DescriptorPoolCreateInfo { SType = StructureType.DescriptorPoolCreateInfo, MaxSets = MaxSets, PoolSizeCount = 2, PPoolSizes = sizes };
-        DescriptorPool dp;
-        Check(_vk.CreateDescriptorPool(_dev, &dpi, null, &dp), "vkCreateDescriptorPool");
-        _descPool = dp;
+        if (_disposed) throw new ObjectDisposedException("vulkan device", "vulkan: the platform was disposed; create it again");
     }
 
-    VkBuf CreateBuffer(ulong size, uint memType, BufferUsageFlags usage, bool map)
+    VkBufferHandle CreateBuffer(ulong size, uint memType, BufferUsageFlags usage, bool map)
     {
         var bci = new BufferCreateInfo { SType = StructureType.BufferCreateInfo, Size = size, Usage = usage, SharingMode = SharingMode.Exclusive };
         Buffer b;
-        Check(_vk.CreateBuffer(_dev, &bci, null, &b), "vkCreateBuffer");
+        Check(_vk.CreateBuffer(_dev, &bci, null, &b), "vkCreateBuffer", DawnDevice.Bytes((long)size));
         _vk.GetBufferMemoryRequirements(_dev, b, out var req);
         if ((req.MemoryTypeBits & (1u << (int)memType)) == 0) { _vk.DestroyBuffer(_dev, b, null); throw new TapmlException("vulkan: the buffer cannot live in the chosen memory type (internal error)"); }
         var mai = new MemoryAllocateInfo { SType = StructureType.MemoryAllocateInfo, AllocationSize = req.Size, MemoryTypeIndex = memType };
         DeviceMemory m;
         var r = _vk.AllocateMemory(_dev, &mai, null, &m);
-        if (r != Result.Success)
+        if (r != Result.Success) _vk.DestroyBuffer(_dev, b, null);
+        Check(r, "vkAllocateMemory", DawnDevice.Bytes((long)size));
+        var vb = new VkBufferHandle(_device, b, m, size);
+        try
         {
-            _vk.DestroyBuffer(_dev, b, null);
-            throw new TapmlException($"vulkan: cannot allocate a {DawnDevice.Bytes((long)size)} buffer{(Context.Length > 0 ? $" for {Context}" : "")}: vkAllocateMemory gave {r}");
+            Check(_vk.BindBufferMemory(_dev, b, m, 0), "vkBindBufferMemory");
+            if (map)
+            {
+                void* p;
+                Check(_vk.MapMemory(_dev, m, 0, Vk.WholeSize, 0, &p), "vkMapMemory");
+                vb.Mapped = (byte*)p;
+            }
         }
-        Check(_vk.BindBufferMemory(_dev, b, m, 0), "vkBindBufferMemory");
-        var vb = new VkBuf { Buffer = b, Memory = m, Size = size };
-        if (map)
-        {
-            void* p;
-            Check(_vk.MapMemory(_dev, m, 0, Vk.WholeSize, 0, &p), "vkMapMemory");
-            vb.Mapped = (byte*)p;
-        }
+        catch { vb.Dispose(); throw; }
         return vb;
     }
 
-    void DestroyNow(VkBuf b)
-    {
-        if (b.Mapped != null) _vk.UnmapMemory(_dev, b.Memory);
-        _vk.DestroyBuffer(_dev, b.Buffer, null);
-        _vk.FreeMemory(_dev, b.Memory, null);
-    }
+    static void DestroyNow(VkBufferHandle b) => b.Dispose();
 
     // ---- buffers ----------------------------------------------------------------------------------------------------
 
     public nint Allocate(ulong bytes, out ulong size, bool forWrite = false)
     {
+        CheckUsable();
         var pooled = _pool.Take(bytes, out size, Limits.MaxBufferBytes, "vulkan", Context, forWrite ? _recorded.Contains : null);
         if (pooled != 0) return pooled;
-        VkBuf b;
+        VkBufferHandle b;
         try { b = CreateBuffer(size, _deviceType, BufferUsageFlags.StorageBufferBit | BufferUsageFlags.TransferSrcBit | BufferUsageFlags.TransferDstBit, map: _deviceHostVisible); }
         catch (TapmlException) when (_pool.PooledBytes > 0)
         {
@@ -376,7 +374,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         else DestroyNow(b);
     }
 
-    VkBuf Buf(nint id) => _buffers.TryGetValue(id, out var b) ? b : throw new TapmlException("vulkan: use of a buffer that was destroyed (internal error)");
+    VkBufferHandle Buf(nint id) => _buffers.TryGetValue(id, out var b) ? b : throw new TapmlException("vulkan: use of a buffer that was destroyed (internal error)");
 
     public void Write(nint buffer, ulong offset, ReadOnlySpan<byte> data)
     {
@@ -388,6 +386,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     void WriteCore(nint buffer, ulong offset, ReadOnlySpan<byte> data)
     {
         if (data.Length == 0) return;
+        CheckUsable();
         var b = Buf(buffer);
         // Host-visible memory no recorded or running work uses: copy straight in.
         if (b.Mapped != null && !_recorded.Contains(buffer) && (_serial == _done || Poll() && _serial == _done))
@@ -475,6 +474,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     public GpuPipeline Pipeline(string code, string label)
     {
         if (_pipelines.TryGetValue(code, out var gp)) return gp;
+        CheckUsable();
         var k = new Kernel { Code = code, Label = label };
         // NOTE: most kernels' metadata fits the push constants; the buffer variant is compiled on first need.
         var first = Build(k, push: _pushBytes > 0);
@@ -501,8 +501,9 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         fixed (byte* p = spv)
         {
             var smi = new ShaderModuleCreateInfo { SType = StructureType.ShaderModuleCreateInfo, CodeSize = (nuint)spv.Length, PCode = (uint*)p };
-            Check(_vk.CreateShaderModule(_dev, &smi, null, &sm), $"vkCreateShaderModule ({k.Label})");
+            Check(_vk.CreateShaderModule(_dev, &smi, null, &sm), "vkCreateShaderModule", k.Label);
         }
+        using var module = new VkObject(_device, VkKind.ShaderModule, sm.Handle);
         var lb = stackalloc DescriptorSetLayoutBinding[Math.Max(1, bindings)];
         for (int i = 0; i < bindings; i++)
             lb[i] = new DescriptorSetLayoutBinding
@@ -517,23 +518,30 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             Flags = pushDescriptors ? DescriptorSetLayoutCreateFlags.PushDescriptorBitKhr : 0,
         };
         DescriptorSetLayout dsl;
-        Check(_vk.CreateDescriptorSetLayout(_dev, &dli, null, &dsl), "vkCreateDescriptorSetLayout");
-        var range = new PushConstantRange { StageFlags = ShaderStageFlags.ComputeBit, Offset = 0, Size = (uint)_pushBytes };
-        var pli = new PipelineLayoutCreateInfo { SType = StructureType.PipelineLayoutCreateInfo, SetLayoutCount = 1, PSetLayouts = &dsl, PushConstantRangeCount = push ? 1u : 0u, PPushConstantRanges = &range };
-        PipelineLayout pl;
-        Check(_vk.CreatePipelineLayout(_dev, &pli, null, &pl), "vkCreatePipelineLayout");
-        var entry = "main\0"u8;
-        Pipeline pipe;
-        fixed (byte* e = entry)
+        Check(_vk.CreateDescriptorSetLayout(_dev, &dli, null, &dsl), "vkCreateDescriptorSetLayout", k.Label);
+        var setLayout = new VkObject(_device, VkKind.DescriptorSetLayout, dsl.Handle);
+        VkObject? layout = null;
+        try
         {
-            var stage = new PipelineShaderStageCreateInfo { SType = StructureType.PipelineShaderStageCreateInfo, Stage = ShaderStageFlags.ComputeBit, Module = sm, PName = e };
-            var cpi = new ComputePipelineCreateInfo { SType = StructureType.ComputePipelineCreateInfo, Stage = stage, Layout = pl };
-            Check(_vk.CreateComputePipelines(_dev, default, 1, &cpi, null, &pipe), $"vkCreateComputePipelines ({k.Label})");
+            var range = new PushConstantRange { StageFlags = ShaderStageFlags.ComputeBit, Offset = 0, Size = (uint)_pushBytes };
+            var pli = new PipelineLayoutCreateInfo { SType = StructureType.PipelineLayoutCreateInfo, SetLayoutCount = 1, PSetLayouts = &dsl, PushConstantRangeCount = push ? 1u : 0u, PPushConstantRanges = &range };
+            PipelineLayout pl;
+            Check(_vk.CreatePipelineLayout(_dev, &pli, null, &pl), "vkCreatePipelineLayout", k.Label);
+            layout = new VkObject(_device, VkKind.PipelineLayout, pl.Handle);
+            var entry = "main\0"u8;
+            Pipeline pipe;
+            fixed (byte* e = entry)
+            {
+                var stage = new PipelineShaderStageCreateInfo { SType = StructureType.PipelineShaderStageCreateInfo, Stage = ShaderStageFlags.ComputeBit, Module = sm, PName = e };
+                var cpi = new ComputePipelineCreateInfo { SType = StructureType.ComputePipelineCreateInfo, Stage = stage, Layout = pl };
+                Check(_vk.CreateComputePipelines(_dev, default, 1, &cpi, null, &pipe), "vkCreateComputePipelines", k.Label);
+            }
+            var owned = new[] { new VkObject(_device, VkKind.Pipeline, pipe.Handle), layout, setLayout };
+            var v = new Variant { Id = _variants.Count, Pipeline = pipe, Layout = pl, SetLayout = dsl, Bindings = bindings, Push = push, PushDescriptors = pushDescriptors, Writable = writable, Owned = owned };
+            _variants.Add(v);
+            return v;
         }
-        _vk.DestroyShaderModule(_dev, sm, null);
-        var v = new Variant { Id = _variants.Count, Pipeline = pipe, Layout = pl, SetLayout = dsl, Bindings = bindings, Push = push, PushDescriptors = pushDescriptors, Writable = writable };
-        _variants.Add(v);
-        return v;
+        catch { layout?.Dispose(); setLayout.Dispose(); throw; }
     }
 
     // ---- recording --------------------------------------------------------------------------------------------------
@@ -588,6 +596,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
 
     void DispatchCore(GpuPipeline p, ReadOnlySpan<nint> buffers, ReadOnlySpan<ulong> offsets, ReadOnlySpan<ulong> sizes, ReadOnlySpan<uint> meta, uint gx, uint gy, uint gz)
     {
+        CheckUsable();
         var k = _kernels[(int)p.Id];
         bool push = meta.Length * 4 <= _pushBytes && k.Push is not null;
         var v = push ? k.Push! : k.Buffer ??= Build(k, push: false);
@@ -714,6 +723,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         {
             var fi = new FenceCreateInfo { SType = StructureType.FenceCreateInfo };
             Check(_vk.CreateFence(_dev, &fi, null, &fence), "vkCreateFence");
+            _fences.Add(new VkObject(_device, VkKind.Fence, fence.Handle));
         }
         var cb = _cb;
         var si = new SubmitInfo { SType = StructureType.SubmitInfo, CommandBufferCount = 1, PCommandBuffers = &cb };
@@ -767,9 +777,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         {
             var s = _inFlight.Peek();
             var f = s.Fence;
-            var r = _vk.WaitForFences(_dev, 1, &f, true, ulong.MaxValue);
-            if (r == Result.ErrorDeviceLost) throw new TapmlException($"vulkan: the device was lost{(Context.Length > 0 ? $" ({Context})" : "")}; create the platform again");
-            Check(r, "vkWaitForFences");
+            Check(_vk.WaitForFences(_dev, 1, &f, true, ulong.MaxValue), "vkWaitForFences");
             Retire(_inFlight.Dequeue());
         }
         WaitMs += System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
@@ -788,13 +796,14 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
 
     sealed class PendingRead : GpuPendingRead
     {
-        public VkBuf? Staging;
+        public VkBufferHandle? Staging;
         public ulong Serial;
         public int Bytes;
     }
 
     public GpuPendingRead BeginRead(nint buffer, ulong offset, int bytes)
     {
+        CheckUsable();
         var b = Buf(buffer);
         ulong ssize = DawnDevice.Bucket((ulong)Math.Max(4, bytes));
         var staging = _readStaging.TryGetValue(ssize, out var free) && free.Count > 0 ? free.Pop() : CreateBuffer(ssize, _readType, BufferUsageFlags.TransferDstBit, map: true);
@@ -826,16 +835,17 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         finally
         {
             // A few staging buffers per size serve a pipeline of reads (a token per decode step); more are dropped.
-            if (!_readStaging.TryGetValue(s.Size, out var free)) _readStaging[s.Size] = free = new Stack<VkBuf>();
+            if (!_readStaging.TryGetValue(s.Size, out var free)) _readStaging[s.Size] = free = new Stack<VkBufferHandle>();
             if (free.Count < 4 && s.Size <= 64UL << 20) free.Push(s);
             else DestroyNow(s);
         }
     }
 
-    readonly Dictionary<ulong, Stack<VkBuf>> _readStaging = new();
+    readonly Dictionary<ulong, Stack<VkBufferHandle>> _readStaging = new();
 
     public void Synchronize()
     {
+        CheckUsable();
         Flush();
         WaitAll();
     }
@@ -843,6 +853,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     // ---- timing -------------------------------------------------------------------------------------------------
 
     QueryPool _queries;
+    VkObject? _queriesHandle;
     const int QuerySlots = 2048;
 
     void EnsureQueries()
@@ -851,6 +862,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         var qpi = new QueryPoolCreateInfo { SType = StructureType.QueryPoolCreateInfo, QueryType = QueryType.Timestamp, QueryCount = QuerySlots };
         QueryPool qp;
         Check(_vk.CreateQueryPool(_dev, &qpi, null, &qp), "vkCreateQueryPool");
+        _queriesHandle = new VkObject(_device, VkKind.QueryPool, qp.Handle);
         _queries = qp;
     }
 
@@ -928,9 +940,12 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         return r;
     }
 
+    /// <summary>Waits for the device, then releases what it holds; the device and the instance go last (every
+    /// object made from them holds a reference on their handles). A second call does nothing; buffers freed
+    /// afterwards are ignored.</summary>
     public void Dispose()
     {
-        if (_dev.Handle == 0) return;
+        if (_disposed) return;
         if (Stats)
             foreach (var (what, (calls, ticks)) in _stats.OrderByDescending(kv => kv.Value.Ticks))
                 Console.Error.WriteLine($"vulkan stats: {what}: {calls} calls, {ticks * 1000.0 / System.Diagnostics.Stopwatch.Frequency:F1} ms, {ticks * 1e6 / System.Diagnostics.Stopwatch.Frequency / Math.Max(1, calls):F2} µs/call");
@@ -941,7 +956,9 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             Console.Error.WriteLine($"vulkan stats: writes: {_ringWrites} through the upload ring, {_inlineWrites} inline (vkCmdUpdateBuffer), {_stagedWrites} through a staging buffer each, {_directWrites} into mapped device memory");
         }
         try { Synchronize(); } catch (TapmlException) { }
-        _vk.DeviceWaitIdle(_dev);
+        _disposed = true;
+        // NOTE: its status does not matter: a lost device has nothing left running either.
+        _ = _vk.DeviceWaitIdle(_dev);
         foreach (var (_, b) in _garbage) DestroyNow(b);
         _garbage.Clear();
         foreach (var b in _batchTemps) DestroyNow(b);
@@ -950,21 +967,19 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         _buffers.Clear();
         DestroyNow(_meta);
         DestroyNow(_upload);
-        foreach (var k in _variants)
-        {
-            _vk.DestroyPipeline(_dev, k.Pipeline, null);
-            _vk.DestroyPipelineLayout(_dev, k.Layout, null);
-            _vk.DestroyDescriptorSetLayout(_dev, k.SetLayout, null);
-        }
+        _pool.Drain();
+        foreach (var k in _variants) foreach (var h in k.Owned) h.Dispose();
         _variants.Clear();
         _kernels.Clear();
-        foreach (var f in _freeFences) _vk.DestroyFence(_dev, f, null);
-        foreach (var s in _inFlight) _vk.DestroyFence(_dev, s.Fence, null);
-        if (_queries.Handle != 0) _vk.DestroyQueryPool(_dev, _queries, null);
-        _vk.DestroyDescriptorPool(_dev, _descPool, null);
-        _vk.DestroyCommandPool(_dev, _cmdPool, null);
-        _vk.DestroyDevice(_dev, null);
-        _vk.DestroyInstance(_instance, null);
-        _dev = default;
+        _pipelines.Clear();
+        foreach (var f in _fences) f.Dispose();
+        _fences.Clear();
+        _freeFences.Clear();
+        _inFlight.Clear();
+        _queriesHandle?.Dispose();
+        _descPoolHandle.Dispose();
+        _cmdPoolHandle.Dispose();
+        _device.Dispose();
+        _instance.Dispose();
     }
 }

@@ -27,7 +27,17 @@ public sealed class GpuPipeline(nint handle, nint layout, string label, string c
 /// Knows nothing about ONNX: kernels are generated elsewhere (<see cref="Kernels"/>).</summary>
 public sealed unsafe class DawnDevice : IGpuDevice
 {
-    nint _instance, _adapter, _device, _queue;
+    readonly WgpuHandle _instanceHandle = null!, _adapterHandle = null!, _deviceHandle = null!, _queueHandle = null!;
+    // Their values, for the calls of every dispatch (valid until Dispose).
+    readonly nint _instance, _adapter, _device, _queue;
+    // Every buffer this device created and not yet destroyed (pooled, metadata, staging), by its value.
+    readonly Dictionary<nint, WgpuHandle> _buffers = new();
+    // Pipelines and their bind-group layouts.
+    readonly List<WgpuHandle> _pipelineHandles = new();
+    bool _disposed;
+    // NOTE: per-submit objects (command encoder, compute pass, command buffer) and bind groups stay raw values: an
+    // object per dispatch on the decode path would be an allocation each. Bind groups live in a cache released by
+    // ForgetBuffer/ClearBindGroups before their buffers, and everything is released before the device in Dispose.
     nint _encoder, _pass;
     readonly List<nint> _bindGroups = new();
     // Buffers the recorded (not yet submitted) work binds: a queue write to one of them must submit that work first.
@@ -38,7 +48,7 @@ public sealed unsafe class DawnDevice : IGpuDevice
     readonly Dictionary<string, GpuPipeline> _pipelines = new();
     readonly Dictionary<ulong, List<nint>> _pool = new();
     GCHandle _eventSink;
-    string? _error;
+    string? _error, _errorStatus;
     bool _lost;
     // Shape/stride metadata of every dispatch goes into one storage buffer, bound at an aligned offset.
     nint _meta;
@@ -69,71 +79,84 @@ public sealed unsafe class DawnDevice : IGpuDevice
         Wgpu.Load();
         PrepareEnvironment(backend);
         var idesc = new InstanceDescriptor { TimedWaitAnyEnable = 1, TimedWaitAnyMaxCount = 1 };
-        _instance = Wgpu.CreateInstance(&idesc);
-        if (_instance == 0) throw new TapmlException("webgpu: wgpuCreateInstance failed");
-        var opts = new RequestAdapterOptions
+        _instance = Wgpu.Created(Wgpu.CreateInstance(&idesc), "wgpuCreateInstance");
+        _instanceHandle = new WgpuHandle(WgpuKind.Instance, _instance, null);
+        try
         {
-            FeatureLevel = backend == "gles" ? Wgpu.FeatureLevelCompatibility : Wgpu.FeatureLevelCore,
-            PowerPreference = Wgpu.PowerHighPerformance,
-            BackendType = backend switch { "vulkan" => Wgpu.BackendVulkan, "gles" => Wgpu.BackendOpenGLES, _ => Wgpu.BackendUndefined },
-        };
-        var inst = _instance;
-        nint po = (nint)(&opts);
-        var ra = Wgpu.Await(inst, Wgpu.HandleCallback, info => Wgpu.InstanceRequestAdapter(inst, (RequestAdapterOptions*)po, info), "an adapter");
-        if (ra.Status != Wgpu.StatusSuccess || ra.Handle == 0)
-            throw new UnsupportedException($"webgpu: no adapter{(backend == "" ? "" : $" for backend {backend}")}: {ra.Message}" +
-                " (Vulkan needs libvulkan1 and an ICD: here chromium's SwiftShader, /usr/lib/chromium/vk_swiftshader_icd.json; GLES needs Mesa EGL)");
-        _adapter = ra.Handle;
+            var opts = new RequestAdapterOptions
+            {
+                FeatureLevel = backend == "gles" ? Wgpu.FeatureLevelCompatibility : Wgpu.FeatureLevelCore,
+                PowerPreference = Wgpu.PowerHighPerformance,
+                BackendType = backend switch { "vulkan" => Wgpu.BackendVulkan, "gles" => Wgpu.BackendOpenGLES, _ => Wgpu.BackendUndefined },
+            };
+            var inst = _instance;
+            nint po = (nint)(&opts);
+            var ra = Wgpu.Await(inst, Wgpu.HandleCallback, info => Wgpu.InstanceRequestAdapter(inst, (RequestAdapterOptions*)po, info), "an adapter");
+            if (ra.Status != Wgpu.StatusSuccess || ra.Handle == 0)
+                throw new UnsupportedException($"webgpu: no adapter{(backend == "" ? "" : $" for backend {backend}")} (wgpuInstanceRequestAdapter: WGPURequestAdapterStatus {ra.Status}): {ra.Message}" +
+                    " (Vulkan needs libvulkan1 and an ICD: here chromium's SwiftShader, /usr/lib/chromium/vk_swiftshader_icd.json; GLES needs Mesa EGL)");
+            _adapter = ra.Handle;
+            _adapterHandle = new WgpuHandle(WgpuKind.Adapter, _adapter, _instanceHandle);
 
-        NativeAdapterInfo ai;
-        Wgpu.AdapterGetInfo(_adapter, &ai);
-        NativeLimits al;
-        al.Next = 0;
-        if (Wgpu.AdapterGetLimits(_adapter, &al) != Wgpu.StatusSuccess) throw new TapmlException("webgpu: wgpuAdapterGetLimits failed");
-        bool f16 = Wgpu.AdapterHasFeature(_adapter, Wgpu.FeatureShaderF16) != 0;
-        bool ts = Wgpu.AdapterHasFeature(_adapter, Wgpu.FeatureTimestampQuery) != 0;
-        Info = new GpuAdapterInfo(ai.Vendor.ToString(), ai.Architecture.ToString(), ai.Device.ToString(), ai.Description.ToString(),
-            ai.BackendType switch { 6 => "vulkan", 7 => "opengl", 8 => "gles", 5 => "metal", 4 => "d3d12", var b => $"backend {b}" },
-            ai.AdapterType switch { 1 => "discrete GPU", 2 => "integrated GPU", 3 => "CPU", _ => "unknown" },
-            (int)ai.SubgroupMinSize, (int)ai.SubgroupMaxSize, f16, ts);
-        Wgpu.AdapterInfoFreeMembers(ai);
-        if (ai.BackendType == 1)
-            throw new UnsupportedException("webgpu: Dawn offers only its Null backend here (no Vulkan or GL driver loaded; Vulkan needs libvulkan1 and an ICD: here chromium's SwiftShader, /usr/lib/chromium/vk_swiftshader_icd.json)");
+            NativeAdapterInfo ai;
+            Wgpu.Check(Wgpu.AdapterGetInfo(_adapter, &ai), "wgpuAdapterGetInfo");
+            NativeLimits al;
+            al.Next = 0;
+            Wgpu.Check(Wgpu.AdapterGetLimits(_adapter, &al), "wgpuAdapterGetLimits");
+            bool f16 = Wgpu.AdapterHasFeature(_adapter, Wgpu.FeatureShaderF16) != 0;
+            bool ts = Wgpu.AdapterHasFeature(_adapter, Wgpu.FeatureTimestampQuery) != 0;
+            Info = new GpuAdapterInfo(ai.Vendor.ToString(), ai.Architecture.ToString(), ai.Device.ToString(), ai.Description.ToString(),
+                ai.BackendType switch { 6 => "vulkan", 7 => "opengl", 8 => "gles", 5 => "metal", 4 => "d3d12", var b => $"backend {b}" },
+                ai.AdapterType switch { 1 => "discrete GPU", 2 => "integrated GPU", 3 => "CPU", _ => "unknown" },
+                (int)ai.SubgroupMinSize, (int)ai.SubgroupMaxSize, f16, ts);
+            Wgpu.AdapterInfoFreeMembers(ai);
+            if (ai.BackendType == 1)
+                throw new UnsupportedException("webgpu: Dawn offers only its Null backend here (no Vulkan or GL driver loaded; Vulkan needs libvulkan1 and an ICD: here chromium's SwiftShader, /usr/lib/chromium/vk_swiftshader_icd.json)");
 
-        // NOTE: device limits default to WebGPU's base values (128 MiB bindings); ask for the adapter's maximums.
-        var req = al;
-        req.Next = 0;
-        if (maxBindingBytes > 0) req.MaxStorageBufferBindingSize = Math.Min(req.MaxStorageBufferBindingSize, (ulong)maxBindingBytes);
-        var features = stackalloc uint[2];
-        int nf = 0;
-        if (ts) features[nf++] = Wgpu.FeatureTimestampQuery;
-        _eventSink = GCHandle.Alloc((Action<uint, string>)OnDeviceEvent);
-        var ddesc = new DeviceDescriptor
+            // NOTE: device limits default to WebGPU's base values (128 MiB bindings); ask for the adapter's maximums.
+            var req = al;
+            req.Next = 0;
+            if (maxBindingBytes > 0) req.MaxStorageBufferBindingSize = Math.Min(req.MaxStorageBufferBindingSize, (ulong)maxBindingBytes);
+            var features = stackalloc uint[2];
+            int nf = 0;
+            if (ts) features[nf++] = Wgpu.FeatureTimestampQuery;
+            _eventSink = GCHandle.Alloc((Action<uint, uint, string>)OnDeviceEvent);
+            var ddesc = new DeviceDescriptor
+            {
+                RequiredFeatureCount = (nuint)nf,
+                RequiredFeatures = (nint)features,
+                RequiredLimits = (nint)(&req),
+                DeviceLost = new CallbackInfo { Mode = 3 /* AllowSpontaneous */, Callback = Wgpu.DeviceEventCallback, Userdata1 = GCHandle.ToIntPtr(_eventSink), Userdata2 = Wgpu.DeviceLostSource },
+                UncapturedError = new UncapturedErrorCallbackInfo { Callback = Wgpu.DeviceEventCallback, Userdata1 = GCHandle.ToIntPtr(_eventSink), Userdata2 = Wgpu.UncapturedErrorSource },
+            };
+            var adapter = _adapter;
+            nint pd = (nint)(&ddesc);
+            var rd = Wgpu.Await(inst, Wgpu.HandleCallback, info => Wgpu.AdapterRequestDevice(adapter, (DeviceDescriptor*)pd, info), "a device");
+            Wgpu.Check(rd.Status, "wgpuAdapterRequestDevice", "WGPURequestDeviceStatus", rd.Message);
+            _device = Wgpu.Created(rd.Handle, "wgpuAdapterRequestDevice");
+            _deviceHandle = new WgpuHandle(WgpuKind.Device, _device, _adapterHandle);
+            _queue = Wgpu.Created(Wgpu.DeviceGetQueue(_device), "wgpuDeviceGetQueue");
+            _queueHandle = new WgpuHandle(WgpuKind.Queue, _queue, _deviceHandle);
+            NativeLimits dl;
+            dl.Next = 0;
+            Wgpu.Check(Wgpu.DeviceGetLimits(_device, &dl), "wgpuDeviceGetLimits");
+            // NOTE: Dawn may grant more than requested (limit tiers); a lowered binding limit is enforced by tapml itself.
+            long binding = (long)Math.Min(dl.MaxStorageBufferBindingSize, long.MaxValue);
+            if (maxBindingBytes > 0) binding = Math.Min(binding, maxBindingBytes);
+            Limits = new GpuLimits(binding, (long)Math.Min(dl.MaxBufferSize, long.MaxValue),
+                (int)dl.MaxComputeWorkgroupSizeX, (int)dl.MaxComputeInvocationsPerWorkgroup, (int)dl.MaxComputeWorkgroupStorageSize,
+                (int)dl.MaxComputeWorkgroupsPerDimension, (int)dl.MaxStorageBuffersPerShaderStage, (int)dl.MinStorageBufferOffsetAlignment);
+            _metaAlign = Math.Max(16, Limits.MinStorageOffsetAlignment);
+            _metaHost = new byte[MetaBytes];
+            _meta = CreateRaw(MetaBytes, Wgpu.UsageStorage | Wgpu.UsageCopyDst | Wgpu.UsageCopySrc, "tapml-meta");
+        }
+        catch
         {
-            RequiredFeatureCount = (nuint)nf,
-            RequiredFeatures = (nint)features,
-            RequiredLimits = (nint)(&req),
-            DeviceLost = new CallbackInfo { Mode = 3 /* AllowSpontaneous */, Callback = Wgpu.DeviceEventCallback, Userdata1 = GCHandle.ToIntPtr(_eventSink) },
-            UncapturedError = new UncapturedErrorCallbackInfo { Callback = Wgpu.DeviceEventCallback, Userdata1 = GCHandle.ToIntPtr(_eventSink) },
-        };
-        var adapter = _adapter;
-        nint pd = (nint)(&ddesc);
-        var rd = Wgpu.Await(inst, Wgpu.HandleCallback, info => Wgpu.AdapterRequestDevice(adapter, (DeviceDescriptor*)pd, info), "a device");
-        if (rd.Status != Wgpu.StatusSuccess || rd.Handle == 0) throw new TapmlException($"webgpu: requestDevice failed: {rd.Message}");
-        _device = rd.Handle;
-        _queue = Wgpu.DeviceGetQueue(_device);
-        NativeLimits dl;
-        dl.Next = 0;
-        Wgpu.DeviceGetLimits(_device, &dl);
-        // NOTE: Dawn may grant more than requested (limit tiers); a lowered binding limit is enforced by tapml itself.
-        long binding = (long)Math.Min(dl.MaxStorageBufferBindingSize, long.MaxValue);
-        if (maxBindingBytes > 0) binding = Math.Min(binding, maxBindingBytes);
-        Limits = new GpuLimits(binding, (long)Math.Min(dl.MaxBufferSize, long.MaxValue),
-            (int)dl.MaxComputeWorkgroupSizeX, (int)dl.MaxComputeInvocationsPerWorkgroup, (int)dl.MaxComputeWorkgroupStorageSize,
-            (int)dl.MaxComputeWorkgroupsPerDimension, (int)dl.MaxStorageBuffersPerShaderStage, (int)dl.MinStorageBufferOffsetAlignment);
-        _metaAlign = Math.Max(16, Limits.MinStorageOffsetAlignment);
-        _metaHost = new byte[MetaBytes];
-        _meta = CreateRaw(MetaBytes, Wgpu.UsageStorage | Wgpu.UsageCopyDst | Wgpu.UsageCopySrc, "tapml-meta");
+            _disposing = true;
+            foreach (var b in _buffers.Values) b.Dispose();
+            _queueHandle?.Dispose(); _deviceHandle?.Dispose(); _adapterHandle?.Dispose(); _instanceHandle.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Makes Dawn find a usable adapter without the user exporting variables: Vulkan ICDs other than
@@ -162,33 +185,40 @@ public sealed unsafe class DawnDevice : IGpuDevice
         }
     }
 
-    void OnDeviceEvent(uint kind, string message)
+    void OnDeviceEvent(uint source, uint kind, string message)
     {
         // Both device-lost (reason) and uncaptured errors (type) land here; the first message is kept.
         if (message.Contains("Destroyed", StringComparison.OrdinalIgnoreCase) && _disposing) return;
-        _error ??= message;
+        if (_error is null)
+        {
+            _error = message;
+            _errorStatus = source == Wgpu.DeviceLostSource ? $"device lost (WGPUDeviceLostReason {kind})" : Wgpu.ErrorTypeName(kind);
+        }
         if (kind is 1 or 4 && message.Contains("lost", StringComparison.OrdinalIgnoreCase)) _lost = true;
     }
 
     bool _disposing;
 
-    void ThrowIfFailed(string what)
+    /// <summary>Dawn reports most errors through its uncaptured-error callback, after the call that caused them: throws
+    /// the first one since the last check as <see cref="Wgpu.Failure"/> of <paramref name="call"/> (the call just made).</summary>
+    void ThrowIfFailed(string call)
     {
         if (_error is null) return;
-        var e = _error;
-        _error = null;
-        throw new TapmlException($"webgpu: {what}{(Context.Length > 0 ? $" ({Context})" : "")} failed: {e.Trim()}");
+        var (e, status) = (_error, _errorStatus ?? "error");
+        _error = _errorStatus = null;
+        throw Wgpu.Failure(call, status, e, Context);
     }
 
-    /// <summary><see cref="ThrowIfFailed(string)"/> for "<paramref name="verb"/> <paramref name="label"/>", the message
+    /// <summary><see cref="ThrowIfFailed(string)"/> for "<paramref name="call"/> (<paramref name="label"/>)", the message
     /// formatted only when there is an error (this runs once per dispatch).</summary>
-    void ThrowIfFailed(string verb, string label)
+    void ThrowIfFailed(string call, string label)
     {
-        if (_error is not null) ThrowIfFailed($"{verb} {label}");
+        if (_error is not null) ThrowIfFailed($"{call} ({label})");
     }
 
     void CheckUsable()
     {
+        if (_disposed) throw new ObjectDisposedException("webgpu device", "webgpu: the platform was disposed; create it again");
         if (_lost) throw new TapmlException("webgpu: the device was lost; create the platform again");
     }
 
@@ -200,14 +230,19 @@ public sealed unsafe class DawnDevice : IGpuDevice
             var d = new BufferDescriptor { Label = sv, Usage = usage, Size = size };
             Wgpu.DevicePushErrorScope(_device, Wgpu.ErrorFilterOutOfMemory);
             var b = Wgpu.DeviceCreateBuffer(_device, &d);
+            var h = b != 0 ? new WgpuHandle(WgpuKind.Buffer, b, _deviceHandle) : null;
             var dev = _device;
-            var r = Wgpu.Await(_instance, Wgpu.ErrorScopeCallback, info => Wgpu.DevicePopErrorScope(dev, info), "a buffer allocation");
-            if (r.Kind != Wgpu.ErrorTypeNoError)
+            var r = Wgpu.Await(_instance, Wgpu.ErrorScopeCallback, info => Wgpu.DevicePopErrorScope(dev, info), "wgpuDevicePopErrorScope");
+            string call = $"wgpuDeviceCreateBuffer ({Bytes((long)size)} {label})";
+            try
             {
-                if (b != 0) Wgpu.BufferRelease(b);
-                throw new TapmlException($"webgpu: cannot allocate a {Bytes((long)size)} buffer{(Context.Length > 0 ? $" for {Context}" : "")}: {r.Message.Trim()}");
+                Wgpu.Check(r.Status, "wgpuDevicePopErrorScope", "WGPUPopErrorScopeStatus", r.Message, Context);
+                if (r.Kind != Wgpu.ErrorTypeNoError) throw Wgpu.Failure(call, Wgpu.ErrorTypeName(r.Kind), r.Message, Context);
+                ThrowIfFailed(call);
+                Wgpu.Created(b, call, Context);
             }
-            ThrowIfFailed($"allocating {Bytes((long)size)}");
+            catch { h?.Dispose(); throw; }
+            _buffers[b] = h!;
             return b;
         }
         finally { Marshal.FreeHGlobal(mem); }
@@ -272,8 +307,14 @@ public sealed unsafe class DawnDevice : IGpuDevice
     void DestroyPool()
     {
         ClearBindGroups();
-        foreach (var s in _pool.Values) { foreach (var b in s) { Wgpu.BufferDestroy(b); Wgpu.BufferRelease(b); } s.Clear(); }
+        foreach (var s in _pool.Values) { foreach (var b in s) DestroyBuffer(b); s.Clear(); }
         PooledBytes = 0;
+    }
+
+    /// <summary>Destroys and releases a buffer this device created (nothing when it already was).</summary>
+    void DestroyBuffer(nint b)
+    {
+        if (_buffers.Remove(b, out var h)) h.Dispose();
     }
 
     public void Write(nint buffer, ulong offset, ReadOnlySpan<byte> data)
@@ -284,7 +325,7 @@ public sealed unsafe class DawnDevice : IGpuDevice
         // be read or written by that work, so submit it first (only then). writeBuffer needs a multiple of 4 bytes; callers pad.
         if (_recorded.Contains(buffer)) Flush();
         fixed (byte* p = data) Wgpu.QueueWriteBuffer(_queue, buffer, offset, p, (nuint)data.Length);
-        ThrowIfFailed("a buffer upload");
+        ThrowIfFailed("wgpuQueueWriteBuffer");
     }
 
     /// <summary>The pipeline for <paramref name="code"/> (entry point <c>main</c>), compiled once; a WGSL or
@@ -302,18 +343,26 @@ public sealed unsafe class DawnDevice : IGpuDevice
             var md = new ShaderModuleDescriptor { Next = (nint)(&src), Label = lsv };
             Wgpu.DevicePushErrorScope(_device, Wgpu.ErrorFilterValidation);
             var module = Wgpu.DeviceCreateShaderModule(_device, &md);
+            using var moduleHandle = module != 0 ? new WgpuHandle(WgpuKind.ShaderModule, module, _deviceHandle) : null;
             var pd = new ComputePipelineDescriptor { Label = lsv, Module = module, EntryPoint = esv };
             var pipe = Wgpu.DeviceCreateComputePipeline(_device, &pd);
+            var pipeHandle = pipe != 0 ? new WgpuHandle(WgpuKind.ComputePipeline, pipe, _deviceHandle) : null;
             var dev = _device;
-            var r = Wgpu.Await(_instance, Wgpu.ErrorScopeCallback, info => Wgpu.DevicePopErrorScope(dev, info), "shader compilation");
-            if (module != 0) Wgpu.ShaderModuleRelease(module);
-            if (r.Kind != Wgpu.ErrorTypeNoError)
+            var r = Wgpu.Await(_instance, Wgpu.ErrorScopeCallback, info => Wgpu.DevicePopErrorScope(dev, info), "wgpuDevicePopErrorScope");
+            string call = $"wgpuDeviceCreateComputePipeline ({label})";
+            nint layout;
+            try
             {
-                if (pipe != 0) Wgpu.ComputePipelineRelease(pipe);
-                throw new TapmlException($"webgpu: kernel {label}{(Context.Length > 0 ? $" for {Context}" : "")} does not compile: {r.Message.Trim()}\n--- WGSL ---\n{code}");
+                Wgpu.Check(r.Status, "wgpuDevicePopErrorScope", "WGPUPopErrorScopeStatus", r.Message, Context);
+                if (r.Kind != Wgpu.ErrorTypeNoError) throw Wgpu.Failure(call, Wgpu.ErrorTypeName(r.Kind), $"{r.Message.Trim()}\n--- WGSL ---\n{code}", Context);
+                ThrowIfFailed(call);
+                Wgpu.Created(pipe, call, Context);
+                layout = Wgpu.Created(Wgpu.ComputePipelineGetBindGroupLayout(pipe, 0), "wgpuComputePipelineGetBindGroupLayout", Context);
             }
-            ThrowIfFailed($"compiling {label}");
-            p = new GpuPipeline(pipe, Wgpu.ComputePipelineGetBindGroupLayout(pipe, 0), label, code);
+            catch { pipeHandle?.Dispose(); throw; }
+            _pipelineHandles.Add(pipeHandle!);
+            _pipelineHandles.Add(new WgpuHandle(WgpuKind.BindGroupLayout, layout, _deviceHandle));
+            p = new GpuPipeline(pipe, layout, label, code);
             _pipelines[code] = p;
             return p;
         }
@@ -359,7 +408,7 @@ public sealed unsafe class DawnDevice : IGpuDevice
         Wgpu.ComputePassDispatch(_pass, gx, gy, gz);
         Dispatches++;
         if (_profile is not null && !_timing) EndPass();
-        ThrowIfFailed("dispatching", p.Label);
+        ThrowIfFailed("wgpuComputePassEncoderDispatchWorkgroups", p.Label);
         // Submit every AutoSubmit dispatches so the GPU runs while the host records the rest (a decode step would
         // otherwise reach the GPU only at its readback). Not inside a timed pass.
         if (++_sinceSubmit >= AutoSubmit && !_timing) Flush();
@@ -392,7 +441,7 @@ public sealed unsafe class DawnDevice : IGpuDevice
         }
         var bd = new BindGroupDescriptor { Layout = p.Layout, EntryCount = (nuint)count, Entries = (nint)entries };
         var bg = Wgpu.DeviceCreateBindGroup(_device, &bd);
-        ThrowIfFailed("binding", p.Label);
+        ThrowIfFailed("wgpuDeviceCreateBindGroup", p.Label);
         if (_groups.ContainsKey(key)) { _bindGroups.Add(bg); return bg; }   // a hash collision: use once, release at submit
         if (_groups.Count >= MaxCachedGroups) ClearBindGroups();
         var copy = new BindGroupEntry[count];
@@ -431,7 +480,7 @@ public sealed unsafe class DawnDevice : IGpuDevice
         EndPass();
         _recorded.Add(src); _recorded.Add(dst);
         Wgpu.CommandEncoderCopyBufferToBuffer(_encoder, src, srcOffset, dst, dstOffset, bytes);
-        ThrowIfFailed("a buffer copy");
+        ThrowIfFailed("wgpuCommandEncoderCopyBufferToBuffer");
     }
 
     void EndPass()
@@ -446,6 +495,7 @@ public sealed unsafe class DawnDevice : IGpuDevice
 
     Dictionary<string, (long Calls, double Ms)>? _profile;
     nint _profileQueries, _profileResolve;
+    WgpuHandle? _profileQueriesHandle;
     readonly List<string> _profilePending = new();
     const int ProfileSlots = 1024;
 
@@ -459,7 +509,8 @@ public sealed unsafe class DawnDevice : IGpuDevice
         if (_profileQueries == 0)
         {
             var qd = new QuerySetDescriptor { Type = Wgpu.QueryTypeTimestamp, Count = 2 * ProfileSlots };
-            _profileQueries = Wgpu.DeviceCreateQuerySet(_device, &qd);
+            _profileQueries = Wgpu.Created(Wgpu.DeviceCreateQuerySet(_device, &qd), "wgpuDeviceCreateQuerySet");
+            _profileQueriesHandle = new WgpuHandle(WgpuKind.QuerySet, _profileQueries, _deviceHandle);
             _profileResolve = CreateRaw(16UL * ProfileSlots, Wgpu.UsageQueryResolve | Wgpu.UsageCopySrc, "tapml-profile");
         }
         _profile = new();
@@ -528,7 +579,7 @@ public sealed unsafe class DawnDevice : IGpuDevice
         _recorded.Clear();
         _sinceSubmit = 0;
         Submits++;
-        ThrowIfFailed("submitting work");
+        ThrowIfFailed("wgpuQueueSubmit");
         if (profiled) CollectProfile();
     }
 
@@ -549,7 +600,7 @@ public sealed unsafe class DawnDevice : IGpuDevice
         try { FinishMap(StartMap(buffer, offset, staging, size, size), staging, size, dest); }
         finally
         {
-            if (!keep) { Wgpu.BufferDestroy(staging); Wgpu.BufferRelease(staging); }
+            if (!keep) DestroyBuffer(staging);
         }
     }
 
@@ -567,10 +618,10 @@ public sealed unsafe class DawnDevice : IGpuDevice
     void FinishMap(Wgpu.Pending map, nint staging, ulong mapSize, Span<byte> dest)
     {
         long w0 = System.Diagnostics.Stopwatch.GetTimestamp();
-        var reply = Wgpu.End(_instance, map, "a readback");
+        var reply = Wgpu.End(_instance, map, "wgpuBufferMapAsync");
         WaitMs += System.Diagnostics.Stopwatch.GetElapsedTime(w0).TotalMilliseconds;
-        ThrowIfFailed("the work before a readback");
-        if (reply.Status != Wgpu.StatusSuccess) throw new TapmlException($"webgpu: mapping a readback buffer failed: {reply.Message}");
+        ThrowIfFailed("wgpuBufferMapAsync (a readback)");
+        Wgpu.Check(reply.Status, "wgpuBufferMapAsync (a readback)", "WGPUMapAsyncStatus", reply.Message, Context);
         var src = Wgpu.BufferGetConstMappedRange(staging, 0, (nuint)mapSize);
         new ReadOnlySpan<byte>(src, dest.Length).CopyTo(dest);
         Wgpu.BufferUnmap(staging);
@@ -626,7 +677,7 @@ public sealed unsafe class DawnDevice : IGpuDevice
         if (!_asyncStaging.TryGetValue(r.Size, out var free)) _asyncStaging[r.Size] = free = new Stack<nint>();
         // A few per size serve a pipeline of reads; more are dropped.
         if (free.Count < 4) free.Push(r.Staging);
-        else { Wgpu.BufferDestroy(r.Staging); Wgpu.BufferRelease(r.Staging); }
+        else DestroyBuffer(r.Staging);
         r.Staging = 0;
     }
 
@@ -649,8 +700,7 @@ public sealed unsafe class DawnDevice : IGpuDevice
     void DestroyStaging()
     {
         if (_staging == 0) return;
-        Wgpu.BufferDestroy(_staging);
-        Wgpu.BufferRelease(_staging);
+        DestroyBuffer(_staging);
         _staging = 0;
         _stagingSize = 0;
     }
@@ -669,7 +719,8 @@ public sealed unsafe class DawnDevice : IGpuDevice
         if (!Info.TimestampQuery) return null;
         Flush();
         var qd = new QuerySetDescriptor { Type = Wgpu.QueryTypeTimestamp, Count = 2 };
-        var qs = Wgpu.DeviceCreateQuerySet(_device, &qd);
+        var qs = Wgpu.Created(Wgpu.DeviceCreateQuerySet(_device, &qd), "wgpuDeviceCreateQuerySet");
+        using var qsHandle = new WgpuHandle(WgpuKind.QuerySet, qs, _deviceHandle);
         var resolve = CreateRaw(256, Wgpu.UsageQueryResolve | Wgpu.UsageCopySrc, "tapml-timestamps");
         try
         {
@@ -691,34 +742,44 @@ public sealed unsafe class DawnDevice : IGpuDevice
             ulong t0 = MemoryMarshal.Read<ulong>(t), t1 = MemoryMarshal.Read<ulong>(t[8..]);
             return (t1 - t0) / 1e6;
         }
-        finally { Wgpu.QuerySetRelease(qs); Wgpu.BufferDestroy(resolve); Wgpu.BufferRelease(resolve); }
+        finally { DestroyBuffer(resolve); }
     }
 
+    /// <summary>Waits for pending work and reads, then releases everything this device holds; the device, adapter and
+    /// instance go last (every object made from them holds a reference on their handles). A second call does
+    /// nothing; buffers freed afterwards are ignored.</summary>
     public void Dispose()
     {
-        if (_device == 0) return;
+        if (_disposed) return;
         _disposing = true;
         try { if (!_lost) Flush(); } catch (TapmlException) { }
-        foreach (var p in _pipelines.Values) { Wgpu.BindGroupLayoutRelease(p.Layout); Wgpu.ComputePipelineRelease(p.Handle); }
-        _pipelines.Clear();
         // Reads begun and never waited for: their callbacks hold handles into managed memory; wait for them first.
         foreach (var r in _pendingReads.ToArray())
         {
             try { EndRead(r, new byte[r.Bytes]); } catch (TapmlException) { }
         }
-        DestroyPool();
-        DestroyStaging();
-        foreach (var free in _asyncStaging.Values) foreach (var b in free) { Wgpu.BufferDestroy(b); Wgpu.BufferRelease(b); }
+        _disposed = true;
+        // Work a failed flush left recorded, and bind groups used once (released at submit otherwise).
+        if (_pass != 0) { Wgpu.ComputePassRelease(_pass); _pass = 0; }
+        if (_encoder != 0) { Wgpu.CommandEncoderRelease(_encoder); _encoder = 0; }
+        foreach (var bg in _bindGroups) Wgpu.BindGroupRelease(bg);
+        _bindGroups.Clear();
+        ClearBindGroups();
+        foreach (var h in _pipelineHandles) h.Dispose();
+        _pipelineHandles.Clear();
+        _pipelines.Clear();
+        foreach (var h in _buffers.Values) h.Dispose();
+        _buffers.Clear();
+        foreach (var s in _pool.Values) s.Clear();
+        PooledBytes = 0;
         _asyncStaging.Clear();
-        if (_profileQueries != 0) { Wgpu.QuerySetRelease(_profileQueries); Wgpu.BufferDestroy(_profileResolve); Wgpu.BufferRelease(_profileResolve); _profileQueries = 0; }
-        if (_meta != 0) { Wgpu.BufferDestroy(_meta); Wgpu.BufferRelease(_meta); _meta = 0; }
-        Wgpu.QueueRelease(_queue);
-        Wgpu.DeviceDestroy(_device);
-        Wgpu.DeviceRelease(_device);
-        Wgpu.AdapterRelease(_adapter);
-        Wgpu.InstanceProcessEvents(_instance);
-        Wgpu.InstanceRelease(_instance);
-        _device = 0;
+        _staging = _meta = _profileResolve = 0;
+        _profileQueriesHandle?.Dispose();
+        _profileQueries = 0;
+        _queueHandle.Dispose();
+        _deviceHandle.Dispose();
+        _adapterHandle.Dispose();
+        _instanceHandle.Dispose();
         // NOTE: the event sink's GCHandle is never freed: Dawn may still deliver the device-lost callback of a
         // destroyed device later (from another instance's event processing); a freed handle would crash there.
     }
@@ -726,12 +787,11 @@ public sealed unsafe class DawnDevice : IGpuDevice
     /// <summary>Destroys a buffer now (weights evicted, device values of a disposed platform).</summary>
     public void Destroy(nint buffer)
     {
-        if (_device == 0) return;
+        if (_disposed) return;
         // Work recorded but not yet submitted may bind it (a weight or feed whose host tensor was just collected):
         // submit that first, a destroyed buffer cannot be used in a submit.
         if (_recorded.Contains(buffer)) Flush();
         ForgetBuffer(buffer);
-        Wgpu.BufferDestroy(buffer);
-        Wgpu.BufferRelease(buffer);
+        DestroyBuffer(buffer);
     }
 }

@@ -5,7 +5,8 @@ using Tapml.Core;
 
 namespace Tapml.Platforms.WebGpu.Native;
 
-// All native calls of the webgpu platform live in this file: Dawn's C ABI (webgpu.h, the 2025 revision with
+// All native calls of the webgpu platform live in this file (the binding, the one status check Wgpu.Check and the
+// handle type WgpuHandle): Dawn's C ABI (webgpu.h, the 2025 revision with
 // WGPUStringView labels and *CallbackInfo structs passed by value) as shipped by the npm package
 // bun-webgpu-linux-x64 0.1.7 (libwebgpu_wrapper.so). Struct layouts were checked against the library's DWARF
 // (see ../shared/PLATFORMS.md §1); enum values are those of Dawn's webgpu.h of that revision.
@@ -341,6 +342,39 @@ static unsafe class Wgpu
         _lib = lib;
     }
 
+    // ---- the one status check -------------------------------------------------------------------------------------
+
+    /// <summary>Throws a <see cref="TapmlException"/> naming <paramref name="call"/> and the status unless it is
+    /// success (1 in every WGPU*Status enum): <c>webgpu: wgpuBufferMapAsync failed: WGPUMapAsyncStatus 3: …</c>.</summary>
+    /// <param name="enumName">The status enum (<c>WGPUStatus</c>, <c>WGPUMapAsyncStatus</c>), for the message.</param>
+    /// <param name="message">What the callback said (blank: nothing).</param>
+    /// <param name="context">The node being recorded (blank: none).</param>
+    public static void Check(uint status, string call, string enumName = "WGPUStatus", string message = "", string context = "")
+    {
+        if (status != StatusSuccess) throw Failure(call, StatusName(enumName, status), message, context);
+    }
+
+    /// <summary>A created object, or a <see cref="TapmlException"/> naming <paramref name="call"/> when it returned null.</summary>
+    public static nint Created(nint handle, string call, string context = "") =>
+        handle != 0 ? handle : throw Failure(call, "returned null", "", context);
+
+    /// <summary>The one message format of a failed Dawn call: <c>webgpu: {call} ({context}) failed: {status}: {message}</c>.
+    /// Also for errors Dawn reports through an error scope or the uncaptured-error callback (status: the error type).</summary>
+    public static TapmlException Failure(string call, string status, string message, string context)
+    {
+        message = message.Trim();
+        return new TapmlException($"webgpu: {call}{(context.Length > 0 ? $" ({context})" : "")} failed: {status}{(message.Length > 0 ? $": {message}" : "")}");
+    }
+
+    static string StatusName(string enumName, uint status) => enumName == "WGPUStatus" && status == 2 ? "WGPUStatus_Error (2)" : $"{enumName} {status}";
+
+    /// <summary>A WGPUErrorType as webgpu.h names it (<c>WGPUErrorType_OutOfMemory</c>).</summary>
+    public static string ErrorTypeName(uint type) => type switch
+    {
+        1 => "WGPUErrorType_NoError", 2 => "WGPUErrorType_Validation", 3 => "WGPUErrorType_OutOfMemory",
+        4 => "WGPUErrorType_Internal", 5 => "WGPUErrorType_Unknown", _ => $"WGPUErrorType {type}",
+    };
+
     /// <summary>A UTF-8 copy of <paramref name="s"/> on the native heap (free with <see cref="Marshal.FreeHGlobal"/>).</summary>
     public static StringView Utf8(string s, out nint mem)
     {
@@ -386,12 +420,16 @@ static unsafe class Wgpu
     static void OnDeviceEvent(nint* device, uint reason, StringView msg, nint u1, nint u2)
     {
         if (u1 == 0) return;
-        if (GCHandle.FromIntPtr(u1).Target is Action<uint, string> sink) sink(reason, msg.ToString());
+        // userdata2 says which callback it is: DeviceLostSource or UncapturedErrorSource.
+        if (GCHandle.FromIntPtr(u1).Target is Action<uint, uint, string> sink) sink((uint)u2, reason, msg.ToString());
     }
 
     public static nint HandleCallback => (nint)(delegate* unmanaged[Cdecl]<uint, nint, StringView, nint, nint, void>)&OnHandle;
     public static nint StatusCallback => (nint)(delegate* unmanaged[Cdecl]<uint, StringView, nint, nint, void>)&OnStatus;
     public static nint ErrorScopeCallback => (nint)(delegate* unmanaged[Cdecl]<uint, uint, StringView, nint, nint, void>)&OnErrorScope;
+    /// <summary>Userdata2 of the device-lost and the uncaptured-error callback info (<see cref="DeviceEventCallback"/>
+    /// serves both; the sink gets it first, then the reason or error type, then the message).</summary>
+    public const nint DeviceLostSource = 1, UncapturedErrorSource = 2;
     public static nint DeviceEventCallback => (nint)(delegate* unmanaged[Cdecl]<nint*, uint, StringView, nint, nint, void>)&OnDeviceEvent;
 
     /// <summary>Calls <paramref name="start"/> with a WaitAnyOnly callback info and blocks until the callback ran.</summary>
@@ -426,11 +464,38 @@ static unsafe class Wgpu
         try
         {
             var w = new FutureWaitInfo { Future = p.Future };
-            uint status = InstanceWaitAny(instance, 1, &w, ulong.MaxValue);
-            if (status != StatusSuccess || !p.Reply.Done)
-                throw new TapmlException($"webgpu: waiting for {what} failed (wait status {status})");
+            Check(InstanceWaitAny(instance, 1, &w, ulong.MaxValue), $"wgpuInstanceWaitAny ({what})", "WGPUWaitStatus");
+            if (!p.Reply.Done) throw Failure($"wgpuInstanceWaitAny ({what})", "returned before the callback ran", "", "");
             return p.Reply;
         }
         finally { if (p.Handle.IsAllocated) p.Handle.Free(); }
+    }
+}
+
+/// <summary>The kinds of Dawn object a <see cref="WgpuHandle"/> holds (each with its own release function).</summary>
+enum WgpuKind { Instance, Adapter, Device, Queue, Buffer, ShaderModule, ComputePipeline, BindGroupLayout, QuerySet }
+
+/// <summary>A reference to a Dawn object tapml holds: released (a buffer or device also destroyed first) exactly once.
+/// Children keep their parent's handle alive (adapter → instance, device → adapter, the rest → device), so the device
+/// goes after its last buffer and pipeline whatever order they are disposed in. Bind groups, command encoders,
+/// passes and command buffers are not wrapped (see <c>DawnDevice</c>): they live for one submit or in a cache.</summary>
+sealed unsafe class WgpuHandle(WgpuKind kind, nint value, WgpuHandle? parent) : Tapml.Platforms.NativeHandle(value, parent)
+{
+    public WgpuKind Kind { get; } = kind;
+
+    protected override void Free(nint h)
+    {
+        switch (Kind)
+        {
+            case WgpuKind.Instance: Wgpu.InstanceProcessEvents(h); Wgpu.InstanceRelease(h); break;
+            case WgpuKind.Adapter: Wgpu.AdapterRelease(h); break;
+            case WgpuKind.Device: Wgpu.DeviceDestroy(h); Wgpu.DeviceRelease(h); break;
+            case WgpuKind.Queue: Wgpu.QueueRelease(h); break;
+            case WgpuKind.Buffer: Wgpu.BufferDestroy(h); Wgpu.BufferRelease(h); break;
+            case WgpuKind.ShaderModule: Wgpu.ShaderModuleRelease(h); break;
+            case WgpuKind.ComputePipeline: Wgpu.ComputePipelineRelease(h); break;
+            case WgpuKind.BindGroupLayout: Wgpu.BindGroupLayoutRelease(h); break;
+            default: Wgpu.QuerySetRelease(h); break;
+        }
     }
 }
