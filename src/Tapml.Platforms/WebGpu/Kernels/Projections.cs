@@ -49,6 +49,8 @@ static class Projections
         for (int p = 0; p < products.Count; p++)
         {
             int wi = Idx(products[p].Inputs[1]);
+            // A half weight (--weights f16) reaches its product through a Cast in the body: the kernel reads the half input.
+            if (wi < 0 && body.Nodes.FirstOrDefault(n => n.OpType == "Cast" && n.Outputs[0] == products[p].Inputs[1]) is { } cast) wi = Idx(cast.Inputs[0]);
             if (wi < 0 || ins[wi] is not { Source: { Rank: 2 } }) return new Plan { Unsupported = "a product's weight is not an uploaded 2-D tensor" };
             if (!weights.Contains(wi)) weights.Add(wi);
             productWeight[p] = weights.IndexOf(wi);
