@@ -43,10 +43,16 @@ static class BenchQ4
             var results = new Dictionary<string, GenerationResult>();
             using (var p = PlatformRegistry.Create(gpu))
             {
-                var exec = new Executor(p) { PreferWholeGraph = true };
-                foreach (var (weights, m) in new[] { ("f32", plain), ("f16", half), ("q4", quantized) })
+                var rows = new List<(string, Model, IPlatform)> { ("f32", plain, p), ("f16", half, p) };
+                // NOTE: the f16 products also node by node (each through the blocked packed-f16 matrix-vector), on a second
+                // platform of the same adapter: webgpu?f16-proj=split.
+                using var split = gpu.StartsWith("webgpu", StringComparison.Ordinal) ? PlatformRegistry.Create(gpu + (gpu.Contains('?') ? "&" : "?") + "f16-proj=split") : null;
+                if (split is not null) rows.Add(("f16 split", half, split));
+                rows.Add(("q4", quantized, p));
+                foreach (var (weights, m, platform) in rows)
                 {
-                    var model = GenerateVerb.FusesByDefault(p) ? Fusion.Fuse(m, out _) : m;
+                    var exec = new Executor(platform) { PreferWholeGraph = true };
+                    var model = GenerateVerb.FusesByDefault(platform) ? Fusion.Fuse(m, out _) : m;
                     Generation.Greedy(exec, model, prompt.AsSpan(0, Math.Min(4, prompt.Length)), 2);     // warm-up: pipelines, uploads
                     GenerationResult? best = null;
                     for (int i = 0; i < runs; i++)
@@ -54,7 +60,7 @@ static class BenchQ4
                         var r = Generation.Greedy(exec, model, prompt, newTokens);
                         if (best is null || r.DecodeTokensPerSecond > best.DecodeTokensPerSecond) best = r;
                     }
-                    long bytes = ReadBytes(m);
+                    long bytes = BenchWorkflows.DecodeReadBytes(m);
                     decode[weights] = best!.DecodeTokensPerSecond;
                     results[weights] = best;
                     table.AddRow(label, weights, $"{best.PrefillTokensPerSecond:F1}", $"{best.DecodeTokensPerSecond:F1}", $"{best.DecodeMs / Math.Max(1, best.DecodeSteps):F2}",
@@ -71,19 +77,13 @@ static class BenchQ4
                 allSame &= same[weights];
             }
             string Same(string w) => same[w] ? "identical to" : "DIFFER from";
-            summary.Add($"{label}: decode f16 {decode["f16"] / decode["f32"]:F2}× f32, q4 {decode["q4"] / decode["f32"]:F2}× f32; prefill f16 {results["f16"].PrefillTokensPerSecond / results["f32"].PrefillTokensPerSecond:F2}× f32, " +
+            string splitRatio = decode.TryGetValue("f16 split", out var sd) ? $" (f16-proj=split {sd / decode["f32"]:F2}×)" : "";
+            summary.Add($"{label}: decode f16 {decode["f16"] / decode["f32"]:F2}× f32{splitRatio}, q4 {decode["q4"] / decode["f32"]:F2}× f32; prefill f16 {results["f16"].PrefillTokensPerSecond / results["f32"].PrefillTokensPerSecond:F2}× f32, " +
                         $"q4 {results["q4"].PrefillTokensPerSecond / results["f32"].PrefillTokensPerSecond:F2}× f32 on {gpu}; greedy tokens: f16 {Same("f16")}, q4 {Same("q4")} cpu's ({cpuTokens} tokens)");
         }
-        table.Caption($"{gpu}, best of {runs}; f16 = the checkpoint stored in f16, --weights f16 (packed f16 read by the matrix kernels); q4 = MatMulNBits, 4-bit, blocks of 32, f32 scale + 4-bit zero point per block");
+        table.Caption($"{gpu}, best of {runs}; f16 = the checkpoint stored in f16, --weights f16 (packed f16 read by the matrix kernels; f16 split: webgpu?f16-proj=split); q4 = MatMulNBits, 4-bit, blocks of 32, f32 scale + 4-bit zero point per block");
         AnsiConsole.Write(table);
         foreach (var s in summary) Console.WriteLine(s);
         return allSame ? 0 : 1;
-    }
-
-    /// <summary>Bytes of the initializers a decode step reads: all but tables only a Gather reads (one row of them).</summary>
-    static long ReadBytes(Model m)
-    {
-        var gatherOnly = m.Graph.Initializers.Keys.Where(k => m.Graph.Nodes.Where(n => n.Inputs.Contains(k)).All(n => n.OpType == "Gather")).ToHashSet();
-        return m.Graph.Initializers.Where(kv => !gatherOnly.Contains(kv.Key)).Sum(kv => kv.Value.Length * DTypes.Size(kv.Value.DType));
     }
 }

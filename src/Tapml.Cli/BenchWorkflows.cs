@@ -140,9 +140,16 @@ static class BenchWorkflows
         long parameters = m.Graph.Initializers.Values.Where(t => t.Rank >= 1 && t.Length > 1000).Sum(t => t.Length);
         if (quantize is not null) Console.WriteLine($"{name}: weights quantized, {quantize.Name}: {WeightQuantizer.Apply(m, quantize)}");
         if (half) Console.WriteLine($"{name}: f16: {HalfWeights.Apply(m)}");
-        var gatherOnly = m.Graph.Initializers.Keys.Where(k => m.Graph.Nodes.Where(n => n.Inputs.Contains(k)).All(n => n.OpType == "Gather")).ToHashSet();
-        long readBytes = m.Graph.Initializers.Where(kv => !gatherOnly.Contains(kv.Key)).Sum(kv => kv.Value.Length * DTypes.Size(kv.Value.DType));
-        return (m, parameters, readBytes);
+        return (m, parameters, DecodeReadBytes(m));
+    }
+
+    /// <summary>Bytes of the initializers a decode step reads: all but tables only a Gather reads (one row of them),
+    /// directly or through a Cast (<c>--weights f16</c>).</summary>
+    internal static long DecodeReadBytes(Tapml.Ir.Model m)
+    {
+        var nodes = m.Graph.Nodes;
+        bool GatherOnly(string v) => nodes.Where(n => n.Inputs.Contains(v)).All(n => n.OpType == "Gather" || n.OpType == "Cast" && GatherOnly(n.Outputs[0]));
+        return m.Graph.Initializers.Where(kv => !GatherOnly(kv.Key)).Sum(kv => kv.Value.Length * DTypes.Size(kv.Value.DType));
     }
 
     /// <summary>Decode where weight bandwidth, not dispatches, sets the pace: four layers of Llama-3-8B's shape (hidden

@@ -140,13 +140,15 @@ public class HalfWeightsTests
     /// <summary>The projections kernel and its prefill path (node by node over the stacked weights) with half weights
     /// behind Casts, against cpu on the same graph: as many dispatches as with f32 weights (the Casts cost none).</summary>
     [Theory]
-    [InlineData(1, 64, true, "qkv", 2)]
-    [InlineData(3, 64, true, "swiglu", 2)]
-    [InlineData(2, 64, false, "pair", 2)]
-    [InlineData(6, 64, true, "swiglu", 5)]
-    public void Webgpu_projections_over_half_weights_match_cpu(int rows, int k, bool norm, string structure, int expectedDispatches)
+    [InlineData("webgpu", 1, 64, true, "qkv", 2)]
+    [InlineData("webgpu", 3, 64, true, "swiglu", 2)]
+    [InlineData("webgpu", 2, 64, false, "pair", 2)]
+    [InlineData("webgpu", 6, 64, true, "swiglu", 5)]
+    [InlineData("webgpu?f16-proj=split", 1, 64, true, "qkv", 5)]        // x's Add, the norm, a packed-f16 matrix-vector per product
+    [InlineData("webgpu?f16-proj=split", 2, 64, true, "swiglu", 5)]     // … and the epilogue
+    public void Webgpu_projections_over_half_weights_match_cpu(string platform, int rows, int k, bool norm, string structure, int expectedDispatches)
     {
-        WebGpuTests.SkipIfNoDawn("webgpu");
+        WebGpuTests.SkipIfNoDawn(platform);
         var (m, feeds) = FusionTests.ProjectionsGraph(rows, k, norm, structure, DType.Float32);
         foreach (var (name, t) in m.Graph.Initializers.ToList())
             if (t.Rank == 2) m.Graph.Initializers[name] = new Tensor(DType.Float32, t.Shape, t.Span<float>().ToArray().Select(v => (float)(Half)v).ToArray());
@@ -156,7 +158,7 @@ public class HalfWeightsTests
         Assert.True(fr.Regions.GetValueOrDefault("projections") == 1, fr.ToString());
         Assert.Equal(2, f.Graph.Nodes.Count);
         using var cpu = new CpuPlatform();
-        using var gpu = new WebGpuPlatform("webgpu");
+        using var gpu = new WebGpuPlatform(platform);
         var want = new Executor(cpu).Run(m, feeds);
         long d0 = gpu.Device.Dispatches;
         var got = new Executor(gpu).Run(f, feeds);
@@ -202,6 +204,21 @@ public class HalfWeightsTests
         var a = ((Tensor)got["y"]).Span<float>().ToArray();
         for (int i = 0; i < e.Length; i++) Assert.True(Math.Abs(a[i] - e[i]) <= 1e-5 + 1e-4 * Math.Abs(e[i]), $"y[{i}]: {a[i]} vs {e[i]}");
     }
+
+    /// <summary>export-onnx --weights f16 writes f16 initializers behind Casts that ONNX Runtime runs, with cpu's tokens.</summary>
+    [Fact]
+    public void Exported_f16_model_runs_on_onnxruntime_with_the_cpu_tokens() => WithHalfLlama(dir =>
+    {
+        string path = Path.Combine(dir, "model.onnx");
+        var r = CliRunner.Run("export-onnx", "--model", dir, "--weights", "f16", "--out", path);
+        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+        var model = Tapml.Ir.Onnx.OnnxImporter.Load(path);
+        Assert.Contains(model.Graph.Initializers.Values, t => t.DType == DType.Float16 && t.Rank == 2);
+        var cpu = Generation.Greedy(new Executor(new CpuPlatform()), model, Prompt, 6);
+        var ort = Generation.Greedy(new Executor(new Tapml.Platforms.OnnxRuntime.OrtPlatform("onnxruntime")) { PreferWholeGraph = true }, model, Prompt, 6);
+        Assert.Equal(cpu.Tokens, ort.Tokens);
+        File.Delete(path);        // the folder holds model.onnx now: the checkpoint loader would take it
+    });
 
     /// <summary>The CLI: generate --weights f16 on an f16 checkpoint gives cpu's tokens on webgpu; a bad name is one line.</summary>
     [Fact]

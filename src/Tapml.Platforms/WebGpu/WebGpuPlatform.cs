@@ -89,9 +89,10 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             if (k == "kv" && v is "inplace" or "copy") { KvInPlace = v == "inplace"; continue; }
             if (k == "attn-groups" && int.TryParse(v, out int groups) && groups >= 1) { AttentionTargetGroups = groups; continue; }
             if (k == "attn-tiled" && int.TryParse(v, out int from) && from >= 0) { AttentionTiledFrom = from; continue; }
+            if (k == "f16-proj" && v is "fused" or "split") { HalfProjectionsFused = v == "fused"; continue; }
             if (MatVec.With(spec, k, v) is { } tuned) { MatVec = tuned; continue; }
             throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (webgpu takes max-binding=BYTES (at least 16), kv=inplace|copy, " +
-                                     $"attn-groups=N (at least 1), attn-tiled=ROWS (0: never), matmul-tile=BMxBNxBK/TMxTN or legacy, {MatVecTuning.Help})");
+                                     $"attn-groups=N (at least 1), attn-tiled=ROWS (0: never), f16-proj=fused|split, matmul-tile=BMxBNxBK/TMxTN or legacy, {MatVecTuning.Help})");
         }
         Name = spec;
         Kind = "webgpu";
@@ -131,6 +132,12 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     /// buffer with room for more rows, and a decode step writes only its new row; <c>kv=copy</c> writes the whole cache
     /// into a new buffer each step.</summary>
     public bool KvInPlace { get; } = true;
+
+    /// <summary>Decode-shaped projections regions over packed f16 weights run as one kernel (option <c>f16-proj=fused</c>,
+    /// the default: norm, products and epilogue in one dispatch) or node by node (<c>split</c>: each product through
+    /// <see cref="Kernels.BlockedMatVec"/>'s packed-f16 matrix-vector, with the norm and epilogue dispatches around it).
+    /// <c>bench llm-weights</c> measures both.</summary>
+    public bool HalfProjectionsFused { get; } = true;
 
     /// <summary>Workgroups decode-shaped attention over a long key range aims at when it splits the keys (option
     /// <c>attn-groups=N</c>, default 256).</summary>

@@ -170,6 +170,7 @@ static class Projections
         int rows = (int)rowCount;
         foreach (var v in plan.Vectors) if (ins[v] is not { Source: not null } t || t.DType != x.DType || t.Rank > x.Rank) return null;
         bool packed = ins[plan.Weights[0]]!.Storage == GpuStorage.F16x2;
+        if (packed && !g.HalfProjectionsFused) return null;
         int per = packed ? 8 : 4;
         if (k % per != 0) return null;
         int outs = plan.Outputs.Length, accs = rows * (plan.P + (plan.Norm ? 1 : 0));
