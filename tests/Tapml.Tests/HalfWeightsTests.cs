@@ -118,7 +118,8 @@ public class HalfWeightsTests
     }
 
     /// <summary>The fused graph of the f16 checkpoint on webgpu (packed f16 decode kernels, prefill through the tiled
-    /// matmul) gives cpu's greedy tokens, and its decode kernels are the packed f16 ones.</summary>
+    /// matmul) gives cpu's greedy tokens, its decode kernels are the packed f16 ones, and its uploads move about half the
+    /// bytes of the same checkpoint loaded without <c>--weights f16</c> (no weight is widened to f32 on its way).</summary>
     [Fact]
     public void Greedy_tokens_of_an_f16_checkpoint_are_the_same_on_cpu_and_webgpu() => WithHalfLlama(dir =>
     {
@@ -135,6 +136,10 @@ public class HalfWeightsTests
         Assert.Equal(want.Tokens, got.Tokens);
         Assert.Contains(kernels, k => k.StartsWith("Projections_", StringComparison.Ordinal) && k.Contains("_f16"));
         Assert.Contains(kernels, k => k.StartsWith("MatVec_f16", StringComparison.Ordinal));
+        using var wide = new WebGpuPlatform("webgpu");
+        var plain = Generation.Greedy(new Executor(wide) { PreferWholeGraph = true }, Fusion.Fuse(HfModels.Load(dir), out _), prompt, 8);
+        Assert.Equal(want.Tokens, plain.Tokens);
+        Assert.True(gpu.UploadedBytes < 0.55 * wide.UploadedBytes, $"uploaded {gpu.UploadedBytes} B with --weights f16, {wide.UploadedBytes} B without");
     });
 
     /// <summary>The projections kernel and its prefill path (node by node over the stacked weights) with half weights

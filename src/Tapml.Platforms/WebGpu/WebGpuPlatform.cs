@@ -518,10 +518,14 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         return new GpuTensor(this, t.DType, t.Shape, buffer, storage) { HostCopy = host, Saturated = saturated, Pinned = true, Source = t };
     }
 
+    /// <summary>Bytes host uploads have written to GPU buffers so far (weights, feeds, host-made values).</summary>
+    public long UploadedBytes { get; private set; }
+
     /// <summary>Creates and fills a pending upload's buffer (first time a kernel binds it or it is read).</summary>
     internal void Materialize(GpuBuffer b)
     {
         if (b.Pending is not { } bytes) return;
+        UploadedBytes += bytes.Length;
         var handle = Device.Allocate((ulong)bytes.Length, out var size, forWrite: true);
         Device.Write(handle, 0, bytes);
         b.Handle = handle;
