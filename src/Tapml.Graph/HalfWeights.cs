@@ -111,6 +111,17 @@ public static class HalfWeights
     static Tensor? ToHalf(Tensor w)
     {
         if (w.External is { Stored: DType.Float16 } e) return new Tensor(DType.Float16, w.Shape, e);
+        if (w.External is { } other)
+        {
+            // NOTE: checked a stored row at a time first (exactness does not depend on the layout): a bf16 weight f16 cannot
+            // hold is refused without widening the whole matrix.
+            var row = new float[other.Cols];
+            for (long r = 0; r < other.Rows; r++)
+            {
+                other.RowsToF32(r, 1, row);
+                foreach (var v in row) if (BitConverter.SingleToUInt32Bits((float)(Half)v) != BitConverter.SingleToUInt32Bits(v)) return null;
+            }
+        }
         var f = w.Span<float>();
         var h = new Half[f.Length];
         for (int i = 0; i < f.Length; i++)

@@ -104,6 +104,29 @@ public class HalfWeightsTests
         Assert.All(g.Initializers.Values.Where(t => t.External is not null), t => Assert.Equal(0, t.Materializations));
     });
 
+    /// <summary>A bf16 checkpoint: each weight becomes f16 only if every value is one (else it stays f32, counted); either
+    /// way cpu's logits are bit-identical to the graph without the option.</summary>
+    [Fact]
+    public void A_bf16_checkpoint_converts_only_exact_weights_and_keeps_cpu_logits()
+    {
+        string root = Directory.CreateTempSubdirectory("tapml-bf16w-").FullName;
+        try
+        {
+            string dir = Path.Combine(root, "bf16");
+            WriteHalfCopy(SharedData.Require("models", "hf-tiny", "llama"), dir, DType.BFloat16);
+            var plain = HfModels.Load(dir);
+            var half = HfModels.Load(dir);
+            var report = HalfWeights.Apply(half);
+            int products = plain.Graph.Nodes.Count(n => n.OpType == "MatMul" && plain.Graph.Initializers.ContainsKey(n.Inputs[1])) + 1;
+            Assert.Equal(products, report.Weights + report.Inexact);
+            Assert.Equal(report.Weights, half.Graph.Initializers.Values.Count(t => t.DType == DType.Float16));
+            var a = Generation.Greedy(new Executor(new CpuPlatform()), plain, Prompt, 1).PrefillLogits;
+            var b = Generation.Greedy(new Executor(new CpuPlatform()), half, Prompt, 1).PrefillLogits;
+            Assert.True(a.Bytes().SequenceEqual(b.Bytes()), $"logits differ ({report})");
+        }
+        finally { Directory.Delete(root, true); }
+    }
+
     /// <summary>Weights not exactly f16 (the tiny checkpoint as written, in f32) stay f32: nothing is rounded.</summary>
     [Fact]
     public void Weights_f16_cannot_hold_exactly_stay_f32()
