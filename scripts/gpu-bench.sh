@@ -25,11 +25,14 @@ section() {
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$log"
-# Issue 24: f32 vs q4 decode and prefill on the 125M and 4-layer 8B-shape checkpoints (webgpu, one process).
-section llm-q4 170 "$T bench llm-q4 --platform webgpu --runs 3"
-# PyTorch/transformers on the same checkpoints (the folders bench wrote), eager.
-section peer-eager 80 "python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-125m --prompt 64 --new 33 --mode eager;
-  python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-4x4096 --prompt 16 --new 17 --mode eager"
+# Issue 24: f32, f16 (--weights f16 over the f16 copy) and q4 decode and prefill on the 125M and 4-layer 8B-shape
+# checkpoints (webgpu, one process).
+section llm-weights 230 "$T bench llm-weights --platform webgpu --runs 3"
+# PyTorch/transformers on the same checkpoints (the folders bench wrote), eager, f32 and f16.
+section peer-eager 120 "python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-125m --prompt 64 --new 33 --mode eager;
+  python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-4x4096 --prompt 16 --new 17 --mode eager;
+  python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-125m-f16 --dtype float16 --prompt 64 --new 33 --mode eager;
+  python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-4x4096-f16 --dtype float16 --prompt 16 --new 17 --mode eager"
 # Issue 24: decode at 32 vs 2,000 steps (KV cache in place), 1,024-token prefill.
 section llm-long 110 "$T bench llm-long --platform webgpu --runs 2"
 # Issue 21: the same 125M decode on webgpu and vulkan (and ORT/cpu) in this call.

@@ -7,20 +7,21 @@ using Tapml.Platforms.Execution;
 
 namespace Tapml.Cli;
 
-/// <summary><c>bench llm-q4</c>: prefill and decode tokens/s of f32 and <c>--quantize q4</c> weights on the GPU platform,
-/// on the 125M Llama shape and four layers of Llama-3-8B's shape (the checkpoints <c>bench llm</c> and
-/// <c>bench llm-large</c> write), with the weight bytes a decode step reads and their rate; the q4 graph's greedy tokens
-/// checked against cpu running the same q4 graph (the 8B shape: the first 4 tokens). <c>bench llm-q4-tiny</c> runs the
-/// same on a tiny checkpoint (a smoke test for software adapters).</summary>
+/// <summary><c>bench llm-weights</c> (alias <c>llm-q4</c>): prefill and decode tokens/s of f32, f16 (<c>--weights f16</c>
+/// over the same checkpoint stored in f16) and <c>--quantize q4</c> weights on the GPU platform, on the 125M Llama shape
+/// and four layers of Llama-3-8B's shape (the checkpoints <c>bench llm</c> and <c>bench llm-large</c> write, and their
+/// f16 copies), with the weight bytes a decode step reads and their rate; the f16 and q4 graphs' greedy tokens checked
+/// against cpu running the same graph (the 8B shape: the first 4 tokens). <c>bench llm-weights-tiny</c> (alias
+/// <c>llm-q4-tiny</c>) runs the same on a tiny checkpoint (a smoke test for software adapters).</summary>
 static class BenchQ4
 {
-    public static IReadOnlyList<string> Names => ["llm-q4", "llm-q4-tiny", "q4-sweep", "q4-sweep-tiny"];
+    public static IReadOnlyList<string> Names => ["llm-weights", "llm-weights-tiny", "llm-q4", "llm-q4-tiny", "q4-sweep", "q4-sweep-tiny"];
 
     public static int Run(string scenario, int runs, string gpu)
     {
         if (scenario.StartsWith("q4-sweep", StringComparison.Ordinal)) return BenchMatVecVariants.Run(scenario == "q4-sweep-tiny", runs, gpu);
         if (gpu == "webgpu" && Tapml.Platforms.WebGpu.WebGpuPlatform.Unavailable() is { } why) { Console.Error.WriteLine($"bench {scenario}: {why}"); return 2; }
-        var shapes = scenario == "llm-q4-tiny"
+        var shapes = scenario.EndsWith("-tiny", StringComparison.Ordinal)
             ? new[] { ("tiny", "tapml-bench-llama-tiny", new TinyCheckpoint.Sizes(Layers: 2, Hidden: 256, Heads: 4, KvHeads: 2, Intermediate: 512, Vocab: 1024), 16, 9, 9) }
             : [
                 ("125M", "tapml-bench-llama-125m", new TinyCheckpoint.Sizes(Layers: 12, Hidden: 768, Heads: 12, KvHeads: 4, Intermediate: 2048, Vocab: 32000), 64, 33, 33),
@@ -32,19 +33,26 @@ static class BenchQ4
         foreach (var (label, folder, sizes, promptLength, newTokens, cpuTokens) in shapes)
         {
             var (plain, _, _) = BenchWorkflows.BenchLlama(folder, sizes);
+            var (half, _, _) = BenchWorkflows.BenchLlama(folder, sizes, half: true);
             var quantized = HfModels.Load(Path.Combine(Path.GetTempPath(), folder));
             var report = WeightQuantizer.Apply(quantized, QuantizeScheme.Parse("q4"));
             Console.WriteLine($"{label}: q4: {report}");
             var rng = new Random(3);
             long[] prompt = Enumerable.Range(0, promptLength).Select(_ => (long)rng.Next(sizes.Vocab)).ToArray();
             var decode = new Dictionary<string, double>();
-            GenerationResult? q4Result = null;
+            var results = new Dictionary<string, GenerationResult>();
             using (var p = PlatformRegistry.Create(gpu))
             {
-                var exec = new Executor(p) { PreferWholeGraph = true };
-                foreach (var (weights, m) in new[] { ("f32", plain), ("q4", quantized) })
+                var rows = new List<(string, Model, IPlatform)> { ("f32", plain, p), ("f16", half, p) };
+                // NOTE: the f16 products also node by node (each through the blocked packed-f16 matrix-vector), on a second
+                // platform of the same adapter: webgpu?f16-proj=split.
+                using var split = gpu.StartsWith("webgpu", StringComparison.Ordinal) ? PlatformRegistry.Create(gpu + (gpu.Contains('?') ? "&" : "?") + "f16-proj=split") : null;
+                if (split is not null) rows.Add(("f16 split", half, split));
+                rows.Add(("q4", quantized, p));
+                foreach (var (weights, m, platform) in rows)
                 {
-                    var model = GenerateVerb.FusesByDefault(p) ? Fusion.Fuse(m, out _) : m;
+                    var exec = new Executor(platform) { PreferWholeGraph = true };
+                    var model = GenerateVerb.FusesByDefault(platform) ? Fusion.Fuse(m, out _) : m;
                     Generation.Greedy(exec, model, prompt.AsSpan(0, Math.Min(4, prompt.Length)), 2);     // warm-up: pipelines, uploads
                     GenerationResult? best = null;
                     for (int i = 0; i < runs; i++)
@@ -52,30 +60,30 @@ static class BenchQ4
                         var r = Generation.Greedy(exec, model, prompt, newTokens);
                         if (best is null || r.DecodeTokensPerSecond > best.DecodeTokensPerSecond) best = r;
                     }
-                    long bytes = ReadBytes(m);
+                    long bytes = BenchWorkflows.DecodeReadBytes(m);
                     decode[weights] = best!.DecodeTokensPerSecond;
-                    if (weights == "q4") q4Result = best;
+                    results[weights] = best;
                     table.AddRow(label, weights, $"{best.PrefillTokensPerSecond:F1}", $"{best.DecodeTokensPerSecond:F1}", $"{best.DecodeMs / Math.Max(1, best.DecodeSteps):F2}",
                         Format.Bytes(bytes), $"{bytes * best.DecodeTokensPerSecond / 1e9:F1} GB/s");
                     Console.Error.WriteLine($"bench {scenario}: {label} {weights}: prefill {best.PrefillTokensPerSecond:F1} tokens/s, decode {best.DecodeTokensPerSecond:F1} tokens/s");
                 }
             }
             using var cpu = PlatformRegistry.Create("cpu");
-            var reference = Generation.Greedy(new Executor(cpu) { PreferWholeGraph = true }, quantized, prompt, cpuTokens);
-            bool same = q4Result!.Tokens.Take(cpuTokens).SequenceEqual(reference.Tokens);
-            allSame &= same;
-            summary.Add($"{label}: q4 decode {decode["q4"] / decode["f32"]:F2}× f32 on {gpu}; q4 greedy tokens {(same ? "identical to" : "DIFFER from")} cpu's ({cpuTokens} tokens)");
+            var same = new Dictionary<string, bool>();
+            foreach (var (weights, m) in new[] { ("f16", half), ("q4", quantized) })
+            {
+                var reference = Generation.Greedy(new Executor(cpu) { PreferWholeGraph = true }, m, prompt, cpuTokens);
+                same[weights] = results[weights].Tokens.Take(cpuTokens).SequenceEqual(reference.Tokens);
+                allSame &= same[weights];
+            }
+            string Same(string w) => same[w] ? "identical to" : "DIFFER from";
+            string splitRatio = decode.TryGetValue("f16 split", out var sd) ? $" (f16-proj=split {sd / decode["f32"]:F2}×)" : "";
+            summary.Add($"{label}: decode f16 {decode["f16"] / decode["f32"]:F2}× f32{splitRatio}, q4 {decode["q4"] / decode["f32"]:F2}× f32; prefill f16 {results["f16"].PrefillTokensPerSecond / results["f32"].PrefillTokensPerSecond:F2}× f32, " +
+                        $"q4 {results["q4"].PrefillTokensPerSecond / results["f32"].PrefillTokensPerSecond:F2}× f32 on {gpu}; greedy tokens: f16 {Same("f16")}, q4 {Same("q4")} cpu's ({cpuTokens} tokens)");
         }
-        table.Caption($"{gpu}, best of {runs}; q4 = MatMulNBits, 4-bit, blocks of 32, f32 scale + 4-bit zero point per block");
+        table.Caption($"{gpu}, best of {runs}; f16 = the checkpoint stored in f16, --weights f16 (packed f16 read by the matrix kernels; f16 split: webgpu?f16-proj=split); q4 = MatMulNBits, 4-bit, blocks of 32, f32 scale + 4-bit zero point per block");
         AnsiConsole.Write(table);
         foreach (var s in summary) Console.WriteLine(s);
         return allSame ? 0 : 1;
-    }
-
-    /// <summary>Bytes of the initializers a decode step reads: all but tables only a Gather reads (one row of them).</summary>
-    static long ReadBytes(Model m)
-    {
-        var gatherOnly = m.Graph.Initializers.Keys.Where(k => m.Graph.Nodes.Where(n => n.Inputs.Contains(k)).All(n => n.OpType == "Gather")).ToHashSet();
-        return m.Graph.Initializers.Where(kv => !gatherOnly.Contains(kv.Key)).Sum(kv => kv.Value.Length * DTypes.Size(kv.Value.DType));
     }
 }

@@ -25,7 +25,8 @@ static class BenchVerb
         var filter = new Option<string?>("--filter") { Description = "regular expression on case names" };
         var model = new Option<string?>("--model") { Description = "memory: the checkpoint folder to measure (tapml checkpoint new makes one)" };
         var quantize = Cli.QuantizeOption();
-        var cmd = new Command("bench", "measure a platform against a peer (ratios, GFLOP/s)") { scenario, platform, reference, threads, runs, json, filter, model, quantize };
+        var weights = Cli.WeightsOption();
+        var cmd = new Command("bench", "measure a platform against a peer (ratios, GFLOP/s)") { scenario, platform, reference, threads, runs, json, filter, model, quantize, weights };
         cmd.Action(pr =>
         {
             int n = pr.GetValue(threads);
@@ -34,11 +35,12 @@ static class BenchVerb
             if (pr.GetValue(scenario) == "memory") return BenchMemory.Run(pr.GetValue(model), pr.GetResult(platform) is null ? "cpu" : pr.GetValue(platform)!, pr.GetValue(json));
             if (pr.GetValue(scenario) == "remote") return BenchRemote.Run(pr.GetResult(platform) is null ? "cpu" : pr.GetValue(platform)!, pr.GetValue(runs));
             var scheme = pr.GetValue(quantize) is { } q ? QuantizeScheme.Parse(q) : null;
-            if (scheme is not null && !BenchWorkflows.Names.Contains(pr.GetValue(scenario)!))
-                throw new TapmlException($"bench --quantize applies to the llm and llm-large scenarios, not {pr.GetValue(scenario)}");
+            bool half = pr.GetValue(weights) is { } wf && HalfWeights.Parse(wf);
+            if ((scheme is not null || half) && !BenchWorkflows.Names.Contains(pr.GetValue(scenario)!))
+                throw new TapmlException($"bench --{(scheme is not null ? "quantize" : "weights")} applies to the llm and llm-large scenarios, not {pr.GetValue(scenario)}");
             if (BenchWorkflows.Names.Contains(pr.GetValue(scenario)!))
                 return BenchWorkflows.Run(pr.GetValue(scenario)!, Path.Combine(Directory.GetCurrentDirectory(), "..", "shared"), Math.Max(1, Math.Min(pr.GetValue(runs), pr.GetValue(scenario) == "carve" ? 15 : 5)),
-                    pr.GetResult(platform) is null ? "webgpu" : pr.GetValue(platform)!, scheme);   // NOTE: carve's runs are short and noisy; up to 15
+                    pr.GetResult(platform) is null ? "webgpu" : pr.GetValue(platform)!, scheme, half);   // NOTE: carve's runs are short and noisy; up to 15
             string refSpec = pr.GetValue(reference)!;
             if (n > 0 && refSpec.StartsWith("onnxruntime") && !refSpec.Contains("threads=")) refSpec += (refSpec.Contains('?') ? "&" : "?") + $"threads={n}";
             using var target = PlatformRegistry.Create(pr.GetValue(platform)!);

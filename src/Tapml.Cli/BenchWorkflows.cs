@@ -36,9 +36,9 @@ static class BenchWorkflows
     /// <summary>Prefill and decode tokens/s of a ~100M-parameter Llama-shaped checkpoint (12 layers, hidden 768,
     /// 12 heads, 4 KV heads, intermediate 2048, vocab 32000: 125M parameters, f32) on cpu and onnxruntime (the same
     /// graph, run whole by ORT) in one process, with the process's peak working set and the executor's peak live bytes.</summary>
-    static int Llm(int runs, string gpu, QuantizeScheme? quantize)
+    static int Llm(int runs, string gpu, QuantizeScheme? quantize, bool half)
     {
-        var (plain, parameters, readBytes) = BenchLlama("tapml-bench-llama-125m", new TinyCheckpoint.Sizes(Layers: 12, Hidden: 768, Heads: 12, KvHeads: 4, Intermediate: 2048, Vocab: 32000), quantize);
+        var (plain, parameters, readBytes) = BenchLlama("tapml-bench-llama-125m", new TinyCheckpoint.Sizes(Layers: 12, Hidden: 768, Heads: 12, KvHeads: 4, Intermediate: 2048, Vocab: 32000), quantize, half);
         var rng = new Random(3);
         long[] prompt = Enumerable.Range(0, 64).Select(_ => (long)rng.Next(32000)).ToArray();
         const int newTokens = 33;                       // the prefill's token + 32 decode steps
@@ -129,17 +129,27 @@ static class BenchWorkflows
     /// <summary>A Llama checkpoint of <paramref name="sizes"/> (seed 1; written into the temp folder <paramref name="name"/>
     /// once), its parameter count and the bytes a decode step reads: every weight except tables only a Gather reads
     /// (one row of the embedding); with <paramref name="quantize"/>, its MatMul weights quantized (the bytes read are
-    /// then the packed weights').</summary>
-    internal static (Tapml.Ir.Model Model, long Parameters, long ReadBytes) BenchLlama(string name, TinyCheckpoint.Sizes sizes, QuantizeScheme? quantize = null)
+    /// then the packed weights'). With <paramref name="half"/>, the same checkpoint stored in f16 (the f32 values rounded
+    /// to nearest; folder <paramref name="name"/>-f16) loaded with <c>--weights f16</c>.</summary>
+    internal static (Tapml.Ir.Model Model, long Parameters, long ReadBytes) BenchLlama(string name, TinyCheckpoint.Sizes sizes, QuantizeScheme? quantize = null, bool half = false)
     {
+        if (half) name += "-f16";
         string dir = Path.Combine(Path.GetTempPath(), name);
-        if (!File.Exists(Path.Combine(dir, "model.safetensors"))) TinyCheckpoint.Write("llama", 1, dir, sizes);
+        if (!File.Exists(Path.Combine(dir, "model.safetensors"))) TinyCheckpoint.Write("llama", 1, dir, sizes, half ? DType.Float16 : DType.Float32);
         var m = HfModels.Load(dir);
         long parameters = m.Graph.Initializers.Values.Where(t => t.Rank >= 1 && t.Length > 1000).Sum(t => t.Length);
         if (quantize is not null) Console.WriteLine($"{name}: weights quantized, {quantize.Name}: {WeightQuantizer.Apply(m, quantize)}");
-        var gatherOnly = m.Graph.Initializers.Keys.Where(k => m.Graph.Nodes.Where(n => n.Inputs.Contains(k)).All(n => n.OpType == "Gather")).ToHashSet();
-        long readBytes = m.Graph.Initializers.Where(kv => !gatherOnly.Contains(kv.Key)).Sum(kv => kv.Value.Length * DTypes.Size(kv.Value.DType));
-        return (m, parameters, readBytes);
+        if (half) Console.WriteLine($"{name}: f16: {HalfWeights.Apply(m)}");
+        return (m, parameters, DecodeReadBytes(m));
+    }
+
+    /// <summary>Bytes of the initializers a decode step reads: all but tables only a Gather reads (one row of them),
+    /// directly or through a Cast (<c>--weights f16</c>).</summary>
+    internal static long DecodeReadBytes(Tapml.Ir.Model m)
+    {
+        var nodes = m.Graph.Nodes;
+        bool GatherOnly(string v) => nodes.Where(n => n.Inputs.Contains(v)).All(n => n.OpType == "Gather" || n.OpType == "Cast" && GatherOnly(n.Outputs[0]));
+        return m.Graph.Initializers.Where(kv => !GatherOnly(kv.Key)).Sum(kv => kv.Value.Length * DTypes.Size(kv.Value.DType));
     }
 
     /// <summary>Decode where weight bandwidth, not dispatches, sets the pace: four layers of Llama-3-8B's shape (hidden
@@ -147,9 +157,9 @@ static class BenchWorkflows
     /// webgpu against cpu in one process (ORT is left out: the graph's 4.5 GiB are over protobuf's 2 GiB, and its
     /// session would take minutes); prompt 16, 16 decode steps. Prints the effective weight bandwidth of a decode step
     /// (bytes read ÷ time), to set against the matrix-vector bandwidth <c>bench gpu</c> measures.</summary>
-    static int LlmLarge(int runs, string gpu, QuantizeScheme? quantize)
+    static int LlmLarge(int runs, string gpu, QuantizeScheme? quantize, bool half)
     {
-        var (plain, parameters, readBytes) = BenchLlama("tapml-bench-llama-4x4096", new TinyCheckpoint.Sizes(Layers: 4, Hidden: 4096, Heads: 32, KvHeads: 8, Intermediate: 14336, Vocab: 32000), quantize);
+        var (plain, parameters, readBytes) = BenchLlama("tapml-bench-llama-4x4096", new TinyCheckpoint.Sizes(Layers: 4, Hidden: 4096, Heads: 32, KvHeads: 8, Intermediate: 14336, Vocab: 32000), quantize, half);
         var rng = new Random(3);
         long[] prompt = Enumerable.Range(0, 16).Select(_ => (long)rng.Next(32000)).ToArray();
         const int newTokens = 17;
@@ -332,12 +342,12 @@ static class BenchWorkflows
     }
 
     /// <param name="gpu">The GPU platform spec llm, llm-large, gpu and matvec-sweep measure (webgpu, vulkan, opencl …).</param>
-    public static int Run(string scenario, string shared, int runs, string gpu = "webgpu", QuantizeScheme? quantize = null)
+    public static int Run(string scenario, string shared, int runs, string gpu = "webgpu", QuantizeScheme? quantize = null, bool half = false)
     {
-        if (quantize is not null && scenario is not ("llm" or "llm-large"))
-            throw new TapmlException($"bench --quantize applies to the llm and llm-large scenarios, not {scenario} (llm-q4 compares f32 and q4 itself)");
-        if (scenario == "llm") return Llm(runs, gpu, quantize);
-        if (scenario == "llm-large") return LlmLarge(runs, gpu, quantize);
+        if ((quantize is not null || half) && scenario is not ("llm" or "llm-large"))
+            throw new TapmlException($"bench --{(quantize is not null ? "quantize" : "weights")} applies to the llm and llm-large scenarios, not {scenario} (llm-weights compares f32, f16 and q4 itself)");
+        if (scenario == "llm") return Llm(runs, gpu, quantize, half);
+        if (scenario == "llm-large") return LlmLarge(runs, gpu, quantize, half);
         if (scenario == "gpu") return Gpu(runs, gpu);
         if (scenario == "matvec-sweep") return MatVecSweep(runs, gpu);
         if (BenchQ4.Names.Contains(scenario)) return BenchQ4.Run(scenario, runs, gpu);

@@ -31,12 +31,13 @@ static class CarveVerb
         var exportOnnx = new Option<string?>("--export-onnx") { Description = "also write the cases in the ONNX backend-test layout here" };
         var embedWeights = new Option<bool>("--embed-weights") { Description = "copy model weights into the store (self-contained, for shipping to a device) instead of naming them in the model file" };
         var quantize = Cli.QuantizeOption();
-        var cmd = new Command("carve", "record every operator call of a source run as replayable unit tests") { model, output, source, prompt, inputIds, decodeSteps, inputs, seed, perSignature, maxBytes, exportOnnx, embedWeights, quantize };
+        var weights = Cli.WeightsOption();
+        var cmd = new Command("carve", "record every operator call of a source run as replayable unit tests") { model, output, source, prompt, inputIds, decodeSteps, inputs, seed, perSignature, maxBytes, exportOnnx, embedWeights, quantize, weights };
         cmd.Action(pr =>
         {
             string spec = pr.GetValue(model)!, dir = pr.GetValue(output)!;
             int steps = pr.GetValue(decodeSteps);
-            var m = ModelSpec.Load(spec, pr.GetValue(quantize));
+            var m = ModelSpec.Load(spec, pr.GetValue(quantize), pr.GetValue(weights));
             var input = ResolveInput(spec, m, pr.GetValue(prompt), pr.GetValue(inputIds), pr.GetValue(inputs), pr.GetValue(seed), steps);
             using var platform = PlatformRegistry.Create(pr.GetValue(source)!);
             var store = Carve(spec, m, platform, dir, new CarveOptions(pr.GetValue(perSignature), pr.GetValue(maxBytes), pr.GetValue(embedWeights)), input);

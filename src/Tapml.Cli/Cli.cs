@@ -43,6 +43,13 @@ static class Cli
         Description = "quantize MatMul weights at load into com.microsoft MatMulNBits: q4 (4-bit, blocks of 32, scale + zero point per block) or q4sym (scale only)",
     };
 
+    /// <summary><c>--weights f16</c>: keep half weights half at load (<see cref="Ir.HalfWeights"/>).</summary>
+    public static Option<string?> WeightsOption() => new("--weights")
+    {
+        Description = "f16: hold the MatMul and Gather weights in f16 (a Cast to f32 in front of each; exact: f16 checkpoints as stored, " +
+                      "f32/bf16 weights only where every value is an f16), so GPUs read half the bytes; f32 (default): as loaded",
+    };
+
     /// <summary>One line on the nodes an executor ran on its fallback and what crossing platforms cost (stderr).</summary>
     public static void PrintFallbacks(Executor exec)
     {

@@ -49,7 +49,8 @@ static class DebugVerb
         var json = new Option<string?>("--json") { Description = "write {first_divergent, runs, nodes, peak_memory_bytes, replay{…}} here" };
         var embedWeights = new Option<bool>("--embed-weights") { Description = "copy model weights into the store (self-contained) instead of naming them in the model file" };
         var quantize = Cli.QuantizeOption();
-        var cmd = new Command("debug", "carve on the source, replay on the target, migrate to the first wrong operator, report") { model, target, source, outDir, prompt, inputIds, inputs, seed, decodeSteps, json, demo, embedWeights, quantize };
+        var weights = Cli.WeightsOption();
+        var cmd = new Command("debug", "carve on the source, replay on the target, migrate to the first wrong operator, report") { model, target, source, outDir, prompt, inputIds, inputs, seed, decodeSteps, json, demo, embedWeights, quantize, weights };
         cmd.Action(pr =>
         {
             string sourceSpec = pr.GetValue(source)!;
@@ -61,14 +62,14 @@ static class DebugVerb
             if (pr.GetValue(demo))
             {
                 spec = pr.GetValue(model) ?? "builtin:tiny-llama";
-                m = ModelSpec.Load(spec, pr.GetValue(quantize));
+                m = ModelSpec.Load(spec, pr.GetValue(quantize), pr.GetValue(weights));
                 (targetSpec, injected) = DemoTarget(m, pr.GetValue(target));
             }
             else
             {
                 spec = pr.GetValue(model) ?? throw new TapmlException("debug needs --model M (or --demo)");
                 targetSpec = pr.GetValue(target) ?? throw new TapmlException("debug needs --target P (or --demo)");
-                m = ModelSpec.Load(spec, pr.GetValue(quantize));
+                m = ModelSpec.Load(spec, pr.GetValue(quantize), pr.GetValue(weights));
             }
             using (PlatformRegistry.Create(targetSpec)) { }   // NOTE: a bad target spec fails before the carve, not after it
             Directory.CreateDirectory(dir);

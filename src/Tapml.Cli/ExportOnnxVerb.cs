@@ -14,10 +14,11 @@ static class ExportOnnxVerb
         var output = new Option<string>("--out") { Description = "the .onnx file to write", Required = true };
         var external = new Option<bool>("--external-data") { Description = "write weights of 1 KiB or more to F.onnx.data beside the model (automatic above 2 GiB)" };
         var quantize = Cli.QuantizeOption();
-        var cmd = new Command("export-onnx", "write a model's graph as an .onnx file") { model, output, external, quantize };
+        var weights = Cli.WeightsOption();
+        var cmd = new Command("export-onnx", "write a model's graph as an .onnx file") { model, output, external, quantize, weights };
         cmd.Action(pr =>
         {
-            var m = ModelSpec.Load(pr.GetValue(model)!, pr.GetValue(quantize));
+            var m = ModelSpec.Load(pr.GetValue(model)!, pr.GetValue(quantize), pr.GetValue(weights));
             long bytes = m.Graph.Initializers.Values.Sum(t => t.ByteSize);
             // NOTE: protobuf messages are limited to 2 GiB: larger weights go to an external data file.
             bool ext = pr.GetValue(external) || bytes > int.MaxValue - (64L << 20);

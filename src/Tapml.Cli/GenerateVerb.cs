@@ -39,13 +39,14 @@ static class GenerateVerb
         var profile = new Option<bool>("--profile") { Description = "webgpu: GPU time per kernel (timestamp queries around each dispatch, which then runs in a compute pass of its own), printed after the run" };
         var fallback = Cli.FallbackOption();
         var quantize = Cli.QuantizeOption();
-        var cmd = new Command("generate", "generate tokens with the model's KV cache (greedy unless --temperature, --top-k or --top-p is given)") { model, platform, prompt, inputIds, maxTokens, seed, temperature, topK, topP, repetition, stop, json, logitsOut, fuse, profile, fallback, quantize };
+        var weights = Cli.WeightsOption();
+        var cmd = new Command("generate", "generate tokens with the model's KV cache (greedy unless --temperature, --top-k or --top-p is given)") { model, platform, prompt, inputIds, maxTokens, seed, temperature, topK, topP, repetition, stop, json, logitsOut, fuse, profile, fallback, quantize, weights };
         cmd.Action(pr =>
         {
             long start = System.Diagnostics.Stopwatch.GetTimestamp();
             string spec = pr.GetValue(model)!;
             var (ids, tokenizer) = PromptArgs.Resolve(spec, pr.GetValue(prompt), pr.GetValue(inputIds));
-            var m = ModelSpec.Load(spec, pr.GetValue(quantize));
+            var m = ModelSpec.Load(spec, pr.GetValue(quantize), pr.GetValue(weights));
             var hf = Directory.Exists(spec) && HfModels.IsHfFolder(spec) ? HfConfig.Load(spec) : null;
             IReadOnlyCollection<int>? eos = hf?.EosTokenIds;
             if (hf is not null && ids.FirstOrDefault(i => i >= hf.VocabSize, -1) is var outside and >= 0)

@@ -26,10 +26,11 @@ static class RunVerb
         var profile = new Option<bool>("--profile") { Description = "time every node (node by node, no whole-graph hand-off) and print the time per operator type; on a GPU that times its kernels, also the GPU time per op family" };
         var fallback = Cli.FallbackOption();
         var quantize = Cli.QuantizeOption();
-        var cmd = new Command("run", "run one inference of a model on a platform") { model, platform, inputs, outputs, compare, rtol, atol, profile, fallback, quantize };
+        var weights = Cli.WeightsOption();
+        var cmd = new Command("run", "run one inference of a model on a platform") { model, platform, inputs, outputs, compare, rtol, atol, profile, fallback, quantize, weights };
         cmd.Action(pr =>
         {
-            var m = ModelSpec.Load(pr.GetValue(model)!, pr.GetValue(quantize));
+            var m = ModelSpec.Load(pr.GetValue(model)!, pr.GetValue(quantize), pr.GetValue(weights));
             var feeds = pr.GetValue(inputs) is { } dir ? InputFiles.Read(m, dir) : InputFiles.Generate(m);
             using var p = PlatformRegistry.Create(pr.GetValue(platform)!);
             using var fb = pr.GetValue(fallback) is { } fbSpec ? PlatformRegistry.Create(fbSpec) : null;
@@ -134,12 +135,15 @@ static class ModelSpec
         || Directory.Exists(spec) && !File.Exists(Path.Combine(spec, "model.onnx")) && Models.HfModels.IsHfFolder(spec);
 
     /// <summary>The model of <paramref name="spec"/>, its MatMul weights quantized when <paramref name="quantize"/>
-    /// names a scheme (<see cref="QuantizeScheme"/>).</summary>
-    public static Model Load(string spec, string? quantize)
+    /// names a scheme (<see cref="QuantizeScheme"/>), then its other weights held in f16 when <paramref name="weights"/>
+    /// is f16 (<see cref="HalfWeights"/>).</summary>
+    public static Model Load(string spec, string? quantize, string? weights = null)
     {
-        var scheme = quantize is null ? null : QuantizeScheme.Parse(quantize);   // NOTE: a bad name fails before the load
+        var scheme = quantize is null ? null : QuantizeScheme.Parse(quantize);   // NOTE: bad names fail before the load
+        bool half = weights is not null && HalfWeights.Parse(weights);
         var m = Load(spec);
         if (scheme is not null) Console.Error.WriteLine($"{scheme.Name}: {WeightQuantizer.Apply(m, scheme)}");
+        if (half) Console.Error.WriteLine($"f16: {HalfWeights.Apply(m)}");
         return m;
     }
 

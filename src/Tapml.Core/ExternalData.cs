@@ -110,15 +110,17 @@ public sealed unsafe class ExternalData
         for (; i < src.Length; i++) dst[i] = BitConverter.Int32BitsToSingle(src[i] << 16);
     }
 
-    /// <summary>The logical tensor's elements as a new array of <paramref name="logical"/> (f32, or the stored type when
-    /// untransposed and the same).</summary>
+    /// <summary>The logical tensor's elements as a new array of <paramref name="logical"/> (f32, or the stored type).</summary>
     public Array Materialize(DType logical)
     {
         long n = Length;
-        if (logical == Stored && !Transposed)
+        if (logical == Stored)
         {
             var copy = Array.CreateInstance(DTypes.ClrType(logical), n);
-            new ReadOnlySpan<byte>(_p, checked((int)ByteLength)).CopyTo(MemoryMarshal.AsBytes(AsSpanOf(copy)));
+            var bytes = MemoryMarshal.AsBytes(AsSpanOf(copy));
+            if (!Transposed) { new ReadOnlySpan<byte>(_p, checked((int)ByteLength)).CopyTo(bytes); return copy; }
+            if (DTypes.Size(Stored) == 2) TransposeInto(new ReadOnlySpan<ushort>(_p, checked((int)n)), MemoryMarshal.Cast<byte, ushort>(bytes));
+            else TransposeInto(new ReadOnlySpan<uint>(_p, checked((int)n)), MemoryMarshal.Cast<byte, uint>(bytes));
             return copy;
         }
         if (logical != DType.Float32) throw new TapmlException($"{Origin}: {DTypes.Name(Stored)} weight read as {DTypes.Name(logical)}");
@@ -131,6 +133,16 @@ public sealed unsafe class ExternalData
             for (long c = 0; c < Cols; c++) f[c * Rows + r] = row[c];
         }
         return f;
+    }
+
+    /// <summary>The stored [Rows, Cols] elements into <paramref name="dst"/> as [Cols, Rows] (blocked, so both sides stay in cache).</summary>
+    void TransposeInto<T>(ReadOnlySpan<T> src, Span<T> dst) where T : unmanaged
+    {
+        const int B = 64;
+        for (long r0 = 0; r0 < Rows; r0 += B)
+            for (long c0 = 0; c0 < Cols; c0 += B)
+                for (long r = r0; r < Math.Min(Rows, r0 + B); r++)
+                    for (long c = c0; c < Math.Min(Cols, c0 + B); c++) dst[(int)(c * Rows + r)] = src[(int)(r * Cols + c)];
     }
 
     static Span<byte> AsSpanOf(Array a) => a switch

@@ -51,12 +51,12 @@ public sealed class Tensor : Value
     }
 
     /// <summary>A tensor of logical <paramref name="dtype"/> and <paramref name="shape"/> read from <paramref name="external"/>
-    /// (same element count; dtype f32, or the stored type when the view is not transposed).</summary>
+    /// (same element count; dtype f32, or the stored type).</summary>
     public Tensor(DType dtype, long[] shape, ExternalData external)
     {
         long n = ShapeUtil.Size(shape);
         if (n != external.Length) throw new ArgumentException($"{external.Origin} has {external.Length} elements, shape {ShapeUtil.Format(shape)} needs {n}");
-        if (dtype != DType.Float32 && (dtype != external.Stored || external.Transposed))
+        if (dtype != DType.Float32 && dtype != external.Stored)
             throw new ArgumentException($"{external.Origin} is {DTypes.Name(external.Stored)}; it can be read as f32 or as stored");
         DType = dtype;
         Shape = shape;

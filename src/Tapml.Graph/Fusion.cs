@@ -257,6 +257,17 @@ public static class Fusion
             return p;
         }
 
+        /// <summary>The weight a product's B reads: a 2-D initializer, or a half one widened by a Cast(to = float) that only
+        /// this product reads (<c>--weights f16</c>; the Cast joins the region and the half initializer is its input).
+        /// Null for anything else.</summary>
+        (string Name, Tensor Tensor, int? Cast)? Weight(string b)
+        {
+            if (_g.Initializers.TryGetValue(b, out var w)) return w.Rank == 2 ? (b, w, null) : null;
+            if (Only(b, "Cast") is not int c || N(c).Inputs.Length != 1 || N(c).Attributes.GetValueOrDefault("to")?.I != (long)DType.Float32) return null;
+            string h = N(c).Inputs[0];
+            return _g.Initializers.TryGetValue(h, out var hw) && hw.Rank == 2 && hw.DType is DType.Float16 or DType.BFloat16 ? (h, hw, c) : null;
+        }
+
         /// <summary>A scalar (or one-element) float or int initializer's value.</summary>
         double? Const(string value)
         {
@@ -351,8 +362,8 @@ public static class Fusion
             {
                 if (Only(add.Inputs[side], "MatMul") is not int mm || taken[mm]) continue;
                 var m = N(mm);
-                if (!_g.Initializers.TryGetValue(m.Inputs[1], out var w) || w.Rank != 2) continue;
-                return ([.. new[] { mm, addIdx }.Order()], [m.Inputs[0], m.Inputs[1], add.Inputs[1 - side]]);
+                if (m.Inputs.Length != 2 || Weight(m.Inputs[1]) is not { } w || w.Cast is int c0 && taken[c0]) continue;
+                return ([.. (w.Cast is int c ? new[] { c, mm, addIdx } : [mm, addIdx]).Order()], [m.Inputs[0], w.Name, add.Inputs[1 - side]]);
             }
             return null;
         }
@@ -362,7 +373,7 @@ public static class Fusion
         /// <summary>A MatMul of <paramref name="h"/> by a 2-D weight initializer, not yet in a region.</summary>
         bool IsProduct(int i, string h, bool[] taken) =>
             !taken[i] && N(i) is { OpType: "MatMul" } m && Default(m) && m.Inputs.Length == 2 && m.Inputs[0] == h && m.Outputs.Length == 1
-            && _g.Initializers.TryGetValue(m.Inputs[1], out var w) && w.Rank == 2;
+            && Weight(m.Inputs[1]) is { } w && (w.Cast is not int c || !taken[c]);
 
         /// <summary>Values (not initializers) that at least two <see cref="IsProduct"/> MatMuls read.</summary>
         public List<string> SharedProductInputs(bool[] taken) =>
@@ -379,7 +390,7 @@ public static class Fusion
             var products = cons.Where(i => IsProduct(i, h, taken)).Distinct().Order().ToList();
             if (norm is null ? products.Count < 2 : products.Count != cons.Count || products.Count == 0 || _uses.GetValueOrDefault(h) != cons.Count) return null;
             if (norm is not null && norm.Any(n => taken[n])) return null;
-            if (products.Select(i => _g.Initializers[N(i).Inputs[1]].Shape[0]).Distinct().Count() != 1) return null;
+            if (products.Select(i => Weight(N(i).Inputs[1])!.Value.Tensor.Shape[0]).Distinct().Count() != 1) return null;
             var inside = new HashSet<string>(products.Select(i => N(i).Outputs[0]));
             var nodes = new List<int>(products);
             bool Small(string s) => _g.Initializers.TryGetValue(s, out var t) && t.Rank <= 4 && t.Shape.SkipLast(1).All(d => d == 1);
@@ -406,10 +417,11 @@ public static class Fusion
                 gamma = N(norm.Max()).Inputs.First(s => !normInside.Contains(s));
                 nodes.AddRange(norm);
             }
+            foreach (var i in products) if (Weight(N(i).Inputs[1])!.Value.Cast is int c) nodes.Add(c);
             nodes.Sort();
             var inputs = new List<string>();
             if (norm is not null) { inputs.Add(x!); inputs.Add(gamma!); } else inputs.Add(h);
-            foreach (var i in products) if (!inputs.Contains(N(i).Inputs[1])) inputs.Add(N(i).Inputs[1]);
+            foreach (var i in products) if (Weight(N(i).Inputs[1])!.Value.Name is var wn && !inputs.Contains(wn)) inputs.Add(wn);
             var made = new HashSet<string>(nodes.Select(i => N(i).Outputs[0]));
             foreach (var s in nodes.SelectMany(i => N(i).Inputs))
                 if (s.Length > 0 && !made.Contains(s) && !inputs.Contains(s)) inputs.Add(s);

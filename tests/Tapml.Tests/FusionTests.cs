@@ -308,7 +308,7 @@ public class FusionTests
     /// <summary>Products of one value by weights as the builtin and HF-exported graphs write them: an optional RMSNorm
     /// in front, and per structure the outputs q/k/v (GQA widths), q/k with a bias (Qwen2), silu(gate)·up (Llama's MLP),
     /// a tanh-GELU(gate)·up with scalar constants (Gemma), or two plain products. x is [1, rows, k].</summary>
-    static (Model Model, Dictionary<string, Value> Feeds) ProjectionsGraph(int rows, int k, bool norm, string structure, DType dtype)
+    internal static (Model Model, Dictionary<string, Value> Feeds) ProjectionsGraph(int rows, int k, bool norm, string structure, DType dtype)
     {
         var g = new Graph { Name = "proj" };
         var rng = new Random(rows * 100 + k);

@@ -23,32 +23,10 @@ public class HalfCheckpointTests
         try
         {
             string half = Path.Combine(root, "half"), full = Path.Combine(root, "f32");
-            Directory.CreateDirectory(half);
-            Directory.CreateDirectory(full);
-            foreach (var f in Directory.GetFiles(src).Where(f => !f.EndsWith(".safetensors")))
-            {
-                File.Copy(f, Path.Combine(half, Path.GetFileName(f)));
-                File.Copy(f, Path.Combine(full, Path.GetFileName(f)));
-            }
-            var halves = new Dictionary<string, Tensor>();
-            var rounded = new Dictionary<string, Tensor>();
-            using (var st = SafetensorsFile.Open(Path.Combine(src, "model.safetensors")))
-                foreach (var name in st.Entries.Keys)
-                {
-                    var t = st.Read(name);
-                    if (t.DType != DType.Float32) { halves[name] = t; rounded[name] = t; continue; }
-                    var h = Tensor.Zeros(dtype == "bf16" ? DType.BFloat16 : DType.Float16, t.Shape);
-                    var r = Tensor.Zeros(DType.Float32, t.Shape);
-                    for (long i = 0; i < t.Length; i++)
-                    {
-                        h.SetDouble(i, t.GetDouble(i));
-                        r.SetDouble(i, h.GetDouble(i));      // the value the half tensor holds, exactly
-                    }
-                    halves[name] = h;
-                    rounded[name] = r;
-                }
-            Assert.Contains(halves.Values, t => t.DType != DType.Float32);
-            SafetensorsWriter.Write(Path.Combine(half, "model.safetensors"), halves);
+            var rounded = HalfWeightsTests.WriteHalfCopy(src, half, dtype == "bf16" ? DType.BFloat16 : DType.Float16);
+            using (var written = SafetensorsFile.Open(Path.Combine(half, "model.safetensors")))
+                Assert.Contains(written.Entries.Values, e => e.DType != DType.Float32);
+            HalfWeightsTests.CopyConfig(src, full);
             SafetensorsWriter.Write(Path.Combine(full, "model.safetensors"), rounded);
             long[] ids = [1, 17, 305, 42];
             Tensor Logits(string dir) => Generation.Greedy(new Executor(new CpuPlatform()), HfModels.Load(dir), ids, 1).PrefillLogits;

@@ -6,6 +6,7 @@ runtime dependency). Loads the same Hugging Face folder the tapml bench wrote (/
   python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-125m --dtype f32 --prompt 64 --new 33 --mode eager
   ... --mode compile   # torch.compile(mode="reduce-overhead") over a static cache, CUDA graphs
   ... --context 2048   # decode rate averaged over a 2,000-token generation (eager)
+  ... --dtype float16  # the same checkpoint in f16 (or the -f16 copy `bench llm-weights` writes: the same values)
 
 One line per measurement: `peer: <model> <dtype> <mode> prefill P tokens/s decode D tokens/s (prompt N, new M)`.
 """
@@ -72,7 +73,9 @@ def compiled(model, ids, new, runs):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
-    ap.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"])
+    ap.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16", "float32", "float16", "bfloat16"],
+                    help="weights and activations: the checkpoint converted at load (float16: an f32 checkpoint rounded to nearest, "
+                         "the values of the -f16 copy tapml's bench writes)")
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--new", type=int, default=33, help="tokens generated: the prefill's + (new - 1) decode steps")
     ap.add_argument("--mode", default="eager", choices=["eager", "compile"])
@@ -81,6 +84,7 @@ def main():
     a = ap.parse_args()
     if not torch.cuda.is_available():
         print("peer: no CUDA device", file=sys.stderr); return 2
+    a.dtype = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(a.dtype, a.dtype)
     dt = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
     model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=dt, attn_implementation="sdpa").cuda().eval()
     vocab = model.config.vocab_size

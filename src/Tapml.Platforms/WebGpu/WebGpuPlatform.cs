@@ -89,9 +89,10 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             if (k == "kv" && v is "inplace" or "copy") { KvInPlace = v == "inplace"; continue; }
             if (k == "attn-groups" && int.TryParse(v, out int groups) && groups >= 1) { AttentionTargetGroups = groups; continue; }
             if (k == "attn-tiled" && int.TryParse(v, out int from) && from >= 0) { AttentionTiledFrom = from; continue; }
+            if (k == "f16-proj" && v is "fused" or "split") { HalfProjectionsFused = v == "fused"; continue; }
             if (MatVec.With(spec, k, v) is { } tuned) { MatVec = tuned; continue; }
             throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (webgpu takes max-binding=BYTES (at least 16), kv=inplace|copy, " +
-                                     $"attn-groups=N (at least 1), attn-tiled=ROWS (0: never), matmul-tile=BMxBNxBK/TMxTN or legacy, {MatVecTuning.Help})");
+                                     $"attn-groups=N (at least 1), attn-tiled=ROWS (0: never), f16-proj=fused|split, matmul-tile=BMxBNxBK/TMxTN or legacy, {MatVecTuning.Help})");
         }
         Name = spec;
         Kind = "webgpu";
@@ -131,6 +132,12 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     /// buffer with room for more rows, and a decode step writes only its new row; <c>kv=copy</c> writes the whole cache
     /// into a new buffer each step.</summary>
     public bool KvInPlace { get; } = true;
+
+    /// <summary>Decode-shaped projections regions over packed f16 weights run as one kernel (option <c>f16-proj=fused</c>,
+    /// the default: norm, products and epilogue in one dispatch) or node by node (<c>split</c>: each product through
+    /// <see cref="Kernels.BlockedMatVec"/>'s packed-f16 matrix-vector, with the norm and epilogue dispatches around it).
+    /// <c>bench llm-weights</c> measures both.</summary>
+    public bool HalfProjectionsFused { get; } = true;
 
     /// <summary>Workgroups decode-shaped attention over a long key range aims at when it splits the keys (option
     /// <c>attn-groups=N</c>, default 256).</summary>
@@ -393,6 +400,18 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         return new GpuTensor(this, t.DType, shape, t.Buffer, t.Storage) { Capacity = t.Capacity };
     }
 
+    /// <summary>An uploaded f16 weight (packed two per u32) seen as f32 without a copy or a dispatch: Cast(to = float) of
+    /// a <c>--weights f16</c> weight. Every kernel reads its elements through the storage helpers (which widen them) and
+    /// the matrix kernels read the packed buffer directly (<see cref="GpuTensor.Source"/> is the f16 weight), so the f32
+    /// values never take GPU memory. Null when <paramref name="x"/> is not such a weight.</summary>
+    public GpuTensor? HalfWeightAsF32(GpuTensor x)
+    {
+        // NOTE: weights only (matrices of at least 1024 elements): small values may be read on the host as shape data.
+        if (x.Storage != GpuStorage.F16x2 || x.DType != DType.Float16 || x.Source is not { Rank: 2 } src || src.Length < 1024 || x.IsStrided) return null;
+        x.Buffer.Refs++;
+        return new GpuTensor(this, DType.Float32, x.Shape, x.Buffer, GpuStorage.F16x2) { Source = src, ByteOffset = x.ByteOffset };
+    }
+
     /// <summary>A tensor sharing <paramref name="t"/>'s buffer with another shape (Reshape and friends).</summary>
     public GpuTensor Alias(GpuTensor t, long[] shape)
     {
@@ -499,10 +518,14 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         return new GpuTensor(this, t.DType, t.Shape, buffer, storage) { HostCopy = host, Saturated = saturated, Pinned = true, Source = t };
     }
 
+    /// <summary>Bytes host uploads have written to GPU buffers so far (weights, feeds, host-made values).</summary>
+    public long UploadedBytes { get; private set; }
+
     /// <summary>Creates and fills a pending upload's buffer (first time a kernel binds it or it is read).</summary>
     internal void Materialize(GpuBuffer b)
     {
         if (b.Pending is not { } bytes) return;
+        UploadedBytes += bytes.Length;
         var handle = Device.Allocate((ulong)bytes.Length, out var size, forWrite: true);
         Device.Write(handle, 0, bytes);
         b.Handle = handle;
@@ -529,14 +552,13 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         var src = b.Source ?? throw new TapmlException("webgpu: TransposedWeight needs an uploaded host tensor");
         if (_transposed.TryGetValue(src, out var u)) return u.Tensor;
         long k = src.Shape[0], n = src.Shape[1];
-        Array data = src.Data switch
+        var t = new Tensor(src.DType, [n, k], src.DType switch
         {
-            float[] f => Transpose2D(f, k, n),
-            Half[] h => Transpose2D(h, k, n),
-            BFloat16[] h => Transpose2D(h, k, n),
+            DType.Float32 => TransposedData<float>(src),
+            DType.Float16 => TransposedData<Half>(src),
+            DType.BFloat16 => TransposedData<BFloat16>(src),
             _ => throw new UnsupportedException($"MatMul weight of {DTypes.Name(src.DType)} on webgpu"),
-        };
-        var t = new Tensor(src.DType, [n, k], data);
+        });
         var g = UploadNew(t);
         _transposed.AddOrUpdate(src, new UploadEntry(this, g));
         return g;
@@ -589,23 +611,23 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     GpuTensor Stacked(Tensor[] ws) => Concatenated(ws, () =>
     {
         long k = ws[0].Shape[0], rows = ws.Sum(w => w.Shape[1]);
-        Array Stack<T>() where T : struct
+        Array Stack<T>() where T : unmanaged
         {
             var all = new T[rows * k];
             long at = 0;
             foreach (var w in ws)
             {
-                var t = Transpose2D((T[])w.Data, k, w.Shape[1]);
+                var t = TransposedData<T>(w);
                 Array.Copy(t, 0, all, at, t.LongLength);
                 at += t.LongLength;
             }
             return all;
         }
-        Array data = ws[0].Data switch
+        Array data = ws[0].DType switch
         {
-            float[] => Stack<float>(),
-            Half[] => Stack<Half>(),
-            BFloat16[] => Stack<BFloat16>(),
+            DType.Float32 => Stack<float>(),
+            DType.Float16 => Stack<Half>(),
+            DType.BFloat16 => Stack<BFloat16>(),
             _ => throw new UnsupportedException($"MatMul weight of {DTypes.Name(ws[0].DType)} on webgpu"),
         };
         return new Tensor(ws[0].DType, [rows, k], data);
@@ -622,13 +644,13 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     {
         if (g.Freed) throw new TapmlException($"webgpu: {g.Describe()} was read after it was freed (internal error)");
         if (g.HostCopy is { } hc) return hc;
-        if (g.Source is { } src && g.Buffer.Pending is not null) return src;
+        if (g.Source is { } src && g.Buffer.Pending is not null) return src.DType == g.DType ? src : Cpu.TensorConvert.To(src, g.DType);
         if (g.IsStrided) return DownloadRows(g);
         Materialize(g.Buffer);
         var r = Tensor.Uninitialized(g.DType, (long[])g.Shape.Clone());
         // 32-bit values whose host type has the storage's layout (f32, i32, u32) are read straight into the result
         // (a decode step reads 32000 logits each step: no second large array).
-        Span<byte> direct = r.Data switch
+        Span<byte> direct = g.Storage == GpuStorage.F16x2 ? default : r.Data switch
         {
             float[] a => MemoryMarshal.AsBytes(a.AsSpan()),
             int[] a => MemoryMarshal.AsBytes(a.AsSpan()),
@@ -689,8 +711,13 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             case GpuStorage.F16x2:
                 {
                     var w = MemoryMarshal.Cast<byte, ushort>(bytes);
-                    var h = (Half[])r.Data;
-                    for (long i = 0; i < n; i++) h[i] = BitConverter.UInt16BitsToHalf(w[(int)i]);
+                    if (r.Data is float[] f)         // an f16 weight seen as f32 (HalfWeightAsF32)
+                        for (long i = 0; i < n; i++) f[i] = (float)BitConverter.UInt16BitsToHalf(w[(int)i]);
+                    else
+                    {
+                        var h = (Half[])r.Data;
+                        for (long i = 0; i < n; i++) h[i] = BitConverter.UInt16BitsToHalf(w[(int)i]);
+                    }
                     break;
                 }
             case GpuStorage.F32:
@@ -737,6 +764,16 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             int[] a => Array.ConvertAll(a, x => (long)x),
             _ => throw new TapmlException($"expected an integer tensor, got {t.Describe()}"),
         };
+    }
+
+    /// <summary>A 2-D [K,N] weight's elements as [N,K]. A weight that is a transposed view of a checkpoint matrix stored
+    /// [N,K] in its own dtype (a Linear weight) is copied as stored: no transpose on the host, and nothing widened.</summary>
+    static T[] TransposedData<T>(Tensor w) where T : unmanaged
+    {
+        long k = w.Shape[0], n = w.Shape[1];
+        if (w.External is { Transposed: true } e && e.Stored == w.DType && e.Rows == n && e.Cols == k)
+            return e.StoredRows<T>(0, checked((int)n)).ToArray();
+        return Transpose2D((T[])w.Data, k, n);
     }
 
     static T[] Transpose2D<T>(T[] a, long k, long n)

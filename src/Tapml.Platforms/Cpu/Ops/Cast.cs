@@ -30,6 +30,10 @@ public sealed class CastOps : ICpuOpFamily
     {
         if (!DTypes.IsSupported(to)) throw ctx.Unsupported($"Cast to {DTypes.Name(to)}: tapml cannot hold tensors of this type");
         if (x.DType == to) return x;
+        // A half weight read in place (--weights f16) widens exactly: the f32 view of the same mapped bytes, which
+        // MatMul and Gather read in place as they read an f32 weight over a half checkpoint.
+        if (to == DType.Float32 && x.External is { } e && e.Stored == x.DType && x.DType is DType.Float16 or DType.BFloat16)
+            return new Tensor(DType.Float32, x.Shape, e);
         if (to == DType.String) return ToStrings(x);
         if (x.DType == DType.String) return FromStrings(ctx, x, to);
         if (to == DType.BFloat16) return ToBf16(ctx, x.DType == DType.BFloat16 ? x : ctx.Opset >= 19 && x.DType == DType.Float64 ? RoundToOddF32(x) : TensorConvert.ToF32(x));

@@ -148,6 +148,7 @@ public static class Elementwise
         {
             var x = GpuOps.In(ins, 0, ctx);
             var to = (DType)ctx.Int("to");
+            if (to == DType.Float32 && g.HalfWeightAsF32(x) is { } widened) return [widened];
             return x.DType == to ? [g.Alias(x, x.Shape)] : Map(g, ctx, [x], to, (e, s, c) => CastExpr(e[0], s[0], to, c));
         }, (ctx, t) => Wgsl.StorageOf((DType)ctx.Int("to", 0)) is null ? $"Cast to {DTypes.Name((DType)ctx.Int("to", 0))}: no WGSL type" : null));
         add(new GpuOp("", "CastLike", 15, (g, ctx, ins) =>

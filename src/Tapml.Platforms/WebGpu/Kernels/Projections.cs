@@ -49,6 +49,8 @@ static class Projections
         for (int p = 0; p < products.Count; p++)
         {
             int wi = Idx(products[p].Inputs[1]);
+            // A half weight (--weights f16) reaches its product through a Cast in the body: the kernel reads the half input.
+            if (wi < 0 && body.Nodes.FirstOrDefault(n => n.OpType == "Cast" && n.Outputs[0] == products[p].Inputs[1]) is { } cast) wi = Idx(cast.Inputs[0]);
             if (wi < 0 || ins[wi] is not { Source: { Rank: 2 } }) return new Plan { Unsupported = "a product's weight is not an uploaded 2-D tensor" };
             if (!weights.Contains(wi)) weights.Add(wi);
             productWeight[p] = weights.IndexOf(wi);
@@ -168,6 +170,7 @@ static class Projections
         int rows = (int)rowCount;
         foreach (var v in plan.Vectors) if (ins[v] is not { Source: not null } t || t.DType != x.DType || t.Rank > x.Rank) return null;
         bool packed = ins[plan.Weights[0]]!.Storage == GpuStorage.F16x2;
+        if (packed && !g.HalfProjectionsFused) return null;
         int per = packed ? 8 : 4;
         if (k % per != 0) return null;
         int outs = plan.Outputs.Length, accs = rows * (plan.P + (plan.Norm ? 1 : 0));
