@@ -82,7 +82,7 @@ static class BenchSkinny
                         if (best < bestMs) { bestMs = best; bestName = name; }
                         bool same = err <= 1e-4 * Math.Sqrt(k);
                         allSame &= same;
-                        cells.Add($"{Gbs(weightBytes, best)} GB/s {2.0 * m * k * n / (best / 1e3) / 1e12:F2}{(same ? "" : $" DIFF {err:E1}")}");
+                        cells.Add($"{Gbs(weightBytes, best)} GB/s {Tflops(2.0 * m * k * n, best)}{(same ? "" : $" DIFF {err:E1}")}");
                     }
                     g.Free(x);
                     cells.Add($"{bestName} {Gbs(weightBytes, bestMs)} GB/s");
@@ -101,6 +101,8 @@ static class BenchSkinny
                           $"products {(allSame ? "equal the default's within 1e-4·√K" : "DIFFER (DIFF cells) from the default's")}");
         return allSame ? 0 : 1;
     }
+
+    static string Tflops(double flop, double ms) => flop / (ms / 1e3) / 1e12 is var v && v >= 0.1 ? $"{v:F2}" : $"{v:E1}";
 
     static string Gbs(long bytes, double ms) => bytes / (ms / 1e3) / 1e9 is var v && v >= 10 ? $"{v:F0}" : $"{v:F3}";
 }
