@@ -34,7 +34,11 @@ section peer-eager 120 "python3 tools/bench/torch_llm.py --model /tmp/tapml-benc
   python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-125m-f16 --dtype float16 --prompt 64 --new 33 --mode eager;
   python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-4x4096-f16 --dtype float16 --prompt 16 --new 17 --mode eager"
 # Issue 24: decode at 32 vs 2,000 steps (KV cache in place), 1,024-token prefill.
-section llm-long 110 "$T bench llm-long --platform webgpu --runs 2"
+section llm-long 130 "$T bench llm-long --platform webgpu --runs 2"
+# Issue 24 prefill: the same llm-q4 with the earlier prefill path (tiled products for short prompts, first tile ladder)
+# against the llm-q4 section above (skinny products, ladder v2), then the skinny kernel's layouts per product shape.
+section prefill-before 120 "$T bench llm-q4 --platform 'webgpu?skinny-m=0&matmul-ladder=v1' --runs 3"
+section skinny-sweep 150 "$T bench skinny-sweep --platform webgpu --runs 2"
 # Issue 21: the same 125M decode on webgpu and vulkan (and ORT/cpu) in this call.
 section llm-webgpu 50 "$T bench llm --platform webgpu --runs 3"
 section llm-vulkan 50 "TAPML_VULKAN_STATS=1 $T bench llm --platform vulkan --runs 3"
@@ -45,5 +49,5 @@ section profiles 50 "for n in ocr-det silero-vad-v5 oww-hey-jarvis ocr-rec; do [
   $T run --model .tapml/dm1/\$n.onnx --platform webgpu --inputs .tapml/dm1/in-\$n --profile --compare cpu; done"
 section peer-compile 150 "python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-125m --prompt 64 --new 33 --mode compile"
 section llm-opencl 50 "$T bench llm --platform opencl --runs 3"
-section matmul-sweep 150 "$T bench matmul-sweep --platform webgpu --runs 2"
+section matmul-sweep 180 "$T bench matmul-sweep --platform webgpu --runs 2"
 echo "=== done $(date +%T)" | tee -a "$log"

@@ -11,7 +11,8 @@ namespace Tapml.Cli;
 /// steps, averaged over the whole generation) on the GPU platform, on the 125M Llama shape <c>bench llm</c> writes, and
 /// their ratio (the target: ≥ 0.8). Variants of the platform spec run in the same process: the KV cache
 /// appended in place (default), copied whole every step (<c>kv=copy</c>, as before), and decode attention split over
-/// more workgroups (<c>attn-groups=N</c>), and prompt attention one workgroup per query row (<c>attn-tiled=0</c>); each
+/// more workgroups (<c>attn-groups=N</c>), prompt attention by tiles in the first layout (<c>attn-tile=v1</c>; the
+/// default is v2) and one workgroup per query row (<c>attn-tiled=0</c>); each
 /// also prefills a 1,024-token prompt (tokens/s: the tiled prompt attention against the row kernel). The long run's greedy tokens are checked equal across variants. <c>bench
 /// llm-long-tiny</c> runs the same on a tiny checkpoint, 100 decode steps (a smoke test for software adapters).</summary>
 static class BenchLong
@@ -37,7 +38,8 @@ static class BenchLong
             variants.Add((With("kv=copy"), "KV cache copied whole every step (before)"));
             variants.Add((With("attn-groups=1024"), "in place; decode attention aims at 1024 workgroups"));
             variants.Add((With("attn-groups=4096"), "in place; decode attention aims at 4096 workgroups"));
-            variants.Add((With("attn-tiled=0"), "prompt attention one workgroup per query row (before)"));
+            variants.Add((With("attn-tile=v1"), "prompt attention tiled, first layout (16 keys a tile)"));
+            variants.Add((With("attn-tiled=0"), "prompt attention one workgroup per query row"));
         }
         var table = new Table().AddColumns("platform", "variant", $"decode tokens/s, {shortSteps} steps", $"decode tokens/s, {longSteps} steps", "ratio (target ≥ 0.8)", $"prefill tokens/s, {longPrompt.Length}-token prompt");
         long[]? reference = null;

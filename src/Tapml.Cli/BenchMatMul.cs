@@ -16,11 +16,11 @@ static class BenchMatMul
 {
     public static IReadOnlyList<string> Names => ["matmul-sweep", "matmul-sweep-tiny"];
 
-    /// <summary>Tiles measured besides the ladder's (<see cref="MatMulTiled.Ladder"/>).</summary>
+    /// <summary>Tiles measured besides the ladders' (<see cref="MatMulTiled.TileLadder"/>).</summary>
     static readonly string[] Extra = ["128x128x16/8x8", "128x64x8/8x4", "64x64x16/4x4", "64x64x8/8x8", "128x256x8/8x16", "256x128x8/16x8", "128x128x32/8x8", "32x128x8/4x8", "32x64x16/4x4"];
 
     static IEnumerable<MatMulTiled.Tile> Tiles() =>
-        new[] { MatMulTiled.Tile.Legacy }.Concat(MatMulTiled.Ladder).Concat(Extra.Select(s => MatMulTiled.Tile.Parse(s)!.Value)).Distinct();
+        new[] { MatMulTiled.Tile.Legacy }.Concat(MatMulTiled.TileLadder.V2.Tiles).Concat(MatMulTiled.TileLadder.V1.Tiles).Concat(Extra.Select(s => MatMulTiled.Tile.Parse(s)!.Value)).Distinct();
 
     public static int Run(string scenario, int runs, string gpu)
     {
@@ -39,12 +39,16 @@ static class BenchMatMul
         double scale = tiny ? 1e9 : 1e12;
         string unit = (tiny ? "GFLOP/s" : "TFLOP/s") + (timestamps ? "" : " (wall time)");
         // NOTE: a plain fixed-width table (one column a tile): a Spectre table folds 13 columns into an 80-column log.
-        List<string[]> rows = [["M×K·K×N", .. tiles.Select(t => t.ToString()), "rule", "best"]];
+        List<string[]> rows = [["M×K·K×N", .. tiles.Select(t => t.ToString()), "rule v1", "rule", "best"]];
         var mm = GpuOps.Find("", "MatMul")!;
         var ctx = new NodeContext(new Tapml.Ir.Node { Name = "sweep", OpType = "MatMul", Inputs = ["x", "w"], Outputs = ["y"] }, 17);
         var rng = new Random(1);
         bool allSame = true;
         var forced = g.MatMulTile;
+        var ladder = g.MatMulLadder;
+        var skinny = g.Skinny;
+        // NOTE: tiled kernels only: short products would otherwise take the skinny kernel (bench skinny-sweep measures it).
+        g.Skinny = skinny with { MaxRows = 0 };
         try
         {
             foreach (var (k, n, half, rowCounts) in shapes)
@@ -100,22 +104,27 @@ static class BenchMatMul
                         if (res.Rate > bestRate) { bestRate = res.Rate; bestTile = tile.ToString(); }
                         cells.Add(Cell(res));
                     }
-                    // The default: the ladder's tile, with K split where its grid is small.
+                    // The default: the ladder's tile, with K split where its grid is small; the first ladder beside it.
+                    g.MatMulLadder = MatMulTiled.TileLadder.V1;
+                    var v1Rate = Measure(forced);
+                    var v1 = MatMulTiled.Choose(g, m, n, 1);
+                    g.MatMulLadder = ladder;
                     var ruleRate = Measure(forced);
                     var rule = MatMulTiled.Choose(g, m, n, 1);
+                    cells.Add($"{v1} {Cell(v1Rate)}");
                     cells.Add($"{rule} {Cell(ruleRate)}");
                     cells.Add($"{bestTile} {bestRate:F2}");
                     rows.Add(cells.ToArray());
-                    Console.Error.WriteLine($"bench {scenario}: {label}: {string.Join("  ", tiles.Select(t => $"{t} {rates[t]:F2}"))}; rule {rule} {ruleRate.Rate:F2}; best {bestTile} {bestRate:F2} {unit}");
+                    Console.Error.WriteLine($"bench {scenario}: {label}: {string.Join("  ", tiles.Select(t => $"{t} {rates[t]:F2}"))}; rule v1 {v1} {v1Rate.Rate:F2}; rule {rule} {ruleRate.Rate:F2}; best {bestTile} {bestRate:F2} {unit}");
                 }
             }
         }
-        finally { g.MatMulTile = forced; }
+        finally { g.MatMulTile = forced; g.MatMulLadder = ladder; g.Skinny = skinny; }
         var widths = Enumerable.Range(0, rows[0].Length).Select(c => rows.Max(r => r[c].Length)).ToArray();
         foreach (var r in rows) Console.WriteLine(string.Join("  ", r.Select((v, c) => c == 0 ? v.PadRight(widths[c]) : v.PadLeft(widths[c]))));
         Console.WriteLine($"{unit} (2·M·K·N ÷ {(timestamps ? "GPU time, timestamp queries" : "wall time")}), best of {Math.Max(3, runs)}; legacy = the 64×64 kernel; " +
-                          $"rule = the default: the ladder's pick ({string.Join(", ", MatMulTiled.Ladder)}; the first with ≥ {MatMulTiled.MinGroups} workgroups), " +
-                          $"K split where that grid has under {MatMulTiled.MinGroups / 2} (at least {MatMulTiled.SplitMinK} of K a split); " +
+                          $"rule = the default: the ladder's pick ({ladder}), K split where that grid has under half the ladder's workgroups " +
+                          $"(at least {MatMulTiled.SplitMinK} of K a split); rule v1 = the same with matmul-ladder=v1 ({MatMulTiled.TileLadder.V1}); skinny products off (bench skinny-sweep); " +
                           $"products {(allSame ? "equal the legacy kernel's within 1e-4·√K" : "DIFFER (DIFF cells) from the legacy kernel's")}");
         return allSame ? 0 : 1;
     }

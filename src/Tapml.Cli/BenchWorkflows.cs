@@ -17,7 +17,7 @@ namespace Tapml.Cli;
 /// against a plain run of the same model in the same process.</summary>
 static class BenchWorkflows
 {
-    public static IReadOnlyList<string> Names => ["carve", "migrate", "llm", "llm-large", "gpu", "matvec-sweep", "remote", "browser", "memory", .. BenchQ4.Names, .. BenchMatMul.Names, .. BenchLong.Names];
+    public static IReadOnlyList<string> Names => ["carve", "migrate", "llm", "llm-large", "gpu", "matvec-sweep", "remote", "browser", "memory", .. BenchQ4.Names, .. BenchMatMul.Names, .. BenchLong.Names, .. BenchSkinny.Names];
 
     sealed record Subject(string Name, Model Model, Action<Executor> Run, MigrationInput Input);
 
@@ -352,6 +352,7 @@ static class BenchWorkflows
         if (scenario == "matvec-sweep") return MatVecSweep(runs, gpu);
         if (BenchQ4.Names.Contains(scenario)) return BenchQ4.Run(scenario, runs, gpu);
         if (BenchMatMul.Names.Contains(scenario)) return BenchMatMul.Run(scenario, runs, gpu);
+        if (BenchSkinny.Names.Contains(scenario)) return BenchSkinny.Run(scenario, runs, gpu);
         if (BenchLong.Names.Contains(scenario)) return BenchLong.Run(scenario, Math.Min(runs, 3), gpu);
         var table = scenario == "carve"
             ? new Table().AddColumns("model", "plain run ms", "carve ms", "carve ÷ plain", "cases", "blobs (after dedup)", "splats", "weights by reference", "tensors (before dedup)", "replay cases/s")

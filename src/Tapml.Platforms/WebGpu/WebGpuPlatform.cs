@@ -90,9 +90,12 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             if (k == "attn-groups" && int.TryParse(v, out int groups) && groups >= 1) { AttentionTargetGroups = groups; continue; }
             if (k == "attn-tiled" && int.TryParse(v, out int from) && from >= 0) { AttentionTiledFrom = from; continue; }
             if (k == "f16-proj" && v is "fused" or "split") { HalfProjectionsFused = v == "fused"; continue; }
+            if (k == "attn-tile" && v is "v1" or "v2") { AttentionTileLayout = v == "v1" ? 1 : 2; continue; }
+            if (k == "matmul-ladder" && Kernels.MatMulTiled.TileLadder.Parse(v) is { } ladder) { MatMulLadder = ladder; continue; }
             if (MatVec.With(spec, k, v) is { } tuned) { MatVec = tuned; continue; }
+            if (Skinny.With(spec, k, v) is { } skinny) { Skinny = skinny; continue; }
             throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (webgpu takes max-binding=BYTES (at least 16), kv=inplace|copy, " +
-                                     $"attn-groups=N (at least 1), attn-tiled=ROWS (0: never), f16-proj=fused|split, matmul-tile=BMxBNxBK/TMxTN or legacy, {MatVecTuning.Help})");
+                                     $"attn-groups=N (at least 1), attn-tiled=ROWS (0: never), attn-tile=v2|v1, f16-proj=fused|split, matmul-tile=BMxBNxBK/TMxTN or legacy, matmul-ladder=v2|v1, {MatVecTuning.Help}, {Kernels.SkinnyTuning.Help})");
         }
         Name = spec;
         Kind = "webgpu";
@@ -128,6 +131,14 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     /// 64×64 kernel); null: <see cref="Kernels.MatMulTiled.Choose"/>'s ladder by shape. Benchmarks set it per run.</summary>
     public Kernels.MatMulTiled.Tile? MatMulTile { get; set; }
 
+    /// <summary>The tiles <see cref="Kernels.MatMulTiled.Choose"/> tries and the grid size that stops it
+    /// (<c>webgpu?matmul-ladder=v2</c>, the default, or <c>v1</c>, the earlier ladder).</summary>
+    public Kernels.MatMulTiled.TileLadder MatMulLadder { get; set; } = Kernels.MatMulTiled.TileLadder.V2;
+
+    /// <summary>Layout of products of a few rows against a weight (short prompts; spec options <c>skinny-…</c>, see
+    /// <see cref="Kernels.SkinnyTuning"/>; a benchmark may set it between runs: kernels are cached by their layout).</summary>
+    public Kernels.SkinnyTuning Skinny { get; set; } = Kernels.SkinnyTuning.Rule;
+
     /// <summary>The KV cache is appended in place (option <c>kv=inplace</c>, the default): a layer's present K/V live in a
     /// buffer with room for more rows, and a decode step writes only its new row; <c>kv=copy</c> writes the whole cache
     /// into a new buffer each step.</summary>
@@ -146,6 +157,10 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     /// <summary>Query rows from which attention runs tiled (flash attention over tiles of query rows; option
     /// <c>attn-tiled=ROWS</c>, default 32, 0 never): prompts; decode and short prompts keep one workgroup per row.</summary>
     public int AttentionTiledFrom { get; } = 32;
+
+    /// <summary>The tiled prompt attention's layout (option <c>attn-tile=v2</c>, the default: <see cref="Kernels.AttentionTiles"/>,
+    /// 64 keys a tile, vec4 workgroup reads; <c>v1</c>: the first layout, 16 keys a tile, one score a thread).</summary>
+    public int AttentionTileLayout { get; } = 2;
 
     /// <summary>Threads per workgroup the element kernels use (256, or less on a small adapter).</summary>
     public int Workgroup { get; }

@@ -183,7 +183,7 @@ public static class Fused
     /// <summary>WGSL for one element of the rotary embedding: x·cos + rotate_half(x)·sin, where the element is
     /// <paramref name="x"/>(<paramref name="at"/>) at coordinate <paramref name="e"/> of a contiguous last axis 2·half long
     /// and rotate_half(x)[e] is −x[e + half] below half, x[e − half] from half on.</summary>
-    static string RotatedValue(string x, string at, string e, string half, string cos, string sin) =>
+    internal static string RotatedValue(string x, string at, string e, string half, string cos, string sin) =>
         $"{x}({at}) * {cos} + select({x}({at} - {half}), -{x}({at} + {half}), {e} < {half}) * {sin}";
 
     /// <summary>Query heads served by each kv head after repeat_kv (<c>X_expand</c>/<c>X_reshape</c> attributes), or null
@@ -308,7 +308,8 @@ public static class Fused
             meta.AddAll(ShapeUtil.BroadcastStrides(rsin!.Shape, q.Shape));       // md[30..33]
         }
         // Prompt-shaped attention (many query rows) by tiles of query rows sharing each tile of keys.
-        if (chunks == 1 && g.AttentionTiledFrom > 0 && s >= g.AttentionTiledFrom && Tiled(g, q, k, v, mask, rcos, rsin, meta, b * h, s, d, dv, maskKind, y)) return y;
+        if (chunks == 1 && g.AttentionTiledFrom > 0 && s >= g.AttentionTiledFrom &&
+            (g.AttentionTileLayout == 2 && AttentionTiles.Run(g, q, k, v, mask, rcos, rsin, meta, b * h, s, d, dv, maskKind, y) || Tiled(g, q, k, v, mask, rcos, rsin, meta, b * h, s, d, dv, maskKind, y))) return y;
         bool split = chunks > 1;
         var parts = split ? g.Empty(DType.Float32, [rows * chunks * (dv + 2)]) : null;
         var (gx, gy) = Wgsl.Grid(rows * chunks, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
@@ -446,7 +447,7 @@ public static class Fused
     }
 
     /// <summary>WGSL applying the mask to score <c>sc</c> of key <c>j</c> (mask offset <c>mo</c> of the query row).</summary>
-    static string MaskApply(string maskKind) => maskKind switch
+    internal static string MaskApply(string maskKind) => maskKind switch
     {
         "where" => "if (mk(mo + j * md[13]) == 0u) { sc = fill; }",
         "add" => "sc = sc + mk(mo + j * md[13]);",

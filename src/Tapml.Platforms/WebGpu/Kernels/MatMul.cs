@@ -83,7 +83,7 @@ public static class MatMul
         {
             var bt = g.TransposedWeight(b);
             bool contiguousA = ash[..^2].SequenceEqual(batch);
-            if (rows <= MatVecMaxRows && contiguousA) MatVec(g, a, bt, y, rows, n, k, source: b.Source);
+            if (contiguousA && (rows <= MatVecMaxRows || g.Skinny.Takes(rows, bt.Storage, k))) MatVec(g, a, bt, y, rows, n, k, source: b.Source);
             else Tiled(g, a, bt, null, y, m, n, k, batch, aB, new long[batch.Length], (k, 1), (1, k), (0, 0), 1f, 0f, "MatMul");
             return y;
         }
@@ -105,7 +105,7 @@ public static class MatMul
         var outShape = a.Shape[..^1].Append(n).ToArray();
         // r is the product's shape (a residual) or one row of N broadcast to every row (a bias).
         bool bias = r.Length == n && r.Rank <= outShape.Length && r.Shape.Take(r.Rank - 1).All(d => d == 1) && (r.Rank == 0 ? n == 1 : r.Shape[^1] == n);
-        if (rows > MatVecMaxRows || rows == 0 || !(bias || ShapeUtil.SameShape(r.Shape, outShape))) return null;
+        if (rows > MatVecMaxRows && !g.Skinny.Takes(rows, b.Storage, k) || rows == 0 || !(bias || ShapeUtil.SameShape(r.Shape, outShape))) return null;
         var y = g.Empty(DType.Float32, outShape);
         MatVec(g, a, g.TransposedWeight(b), y, rows, n, k, r, bias, b.Source);
         return y;
@@ -201,6 +201,11 @@ public static class MatMul
             MatVecF16(g, x, wt, y, rows, n, k, res, bias, source, meta);
             return;
         }
+        if (rows > MatVecMaxRows)
+        {
+            MatMulSkinny.Run(g, x, wt, y, rows, n, k, res, bias);
+            return;
+        }
         bool xvec = vec && x.Storage == GpuStorage.F32;
         int per = packed && vec ? 8 : vec ? 4 : 1;
         int t = MatVecThreads(k / per, packed);
@@ -251,7 +256,7 @@ public static class MatMul
     {
         long units = k / 8;
         bool xvec = x.Storage == GpuStorage.F32;
-        var shape = g.MatVec.F16(n, units, g.Device.Limits.MaxInvocationsPerWorkgroup);
+        var shape = rows > MatVecMaxRows ? g.Skinny.Shape(n, units, (int)rows, g.Device.Limits.MaxInvocationsPerWorkgroup) : g.MatVec.F16(n, units, g.Device.Limits.MaxInvocationsPerWorkgroup);
         bool native = g.MatVec.F16Native ?? true;
         if (!native && (source is null || HasNonFinite(source))) native = true;
         meta.Add(units);

@@ -62,12 +62,28 @@ public static class MatMulTiled
             : null;
     }
 
-    /// <summary>The tiles tried by default, largest first: the first whose grid has at least <see cref="MinGroups"/>
-    /// workgroups (or the last that fits the adapter) runs. <c>bench matmul-sweep</c> measures each.</summary>
-    public static readonly Tile[] Ladder = [new(128, 128, 8, 8, 8), new(64, 128, 8, 4, 8), new(64, 64, 8, 4, 4), new(32, 64, 8, 4, 4), new(16, 64, 16, 4, 4)];
+    /// <summary>A ladder of tiles, largest first: the first that fits the adapter and whose grid has at least
+    /// <see cref="MinGroups"/> workgroups (or the last that fits) runs; a grid under MinGroups/2 splits K.</summary>
+    public sealed record TileLadder(string Name, Tile[] Tiles, int MinGroups)
+    {
+        /// <summary>The first ladder (2026-12-05): on an H100 its pick ran 21.4–37.5 TFLOP/s on M = 512/2048 × 4096-wide
+        /// weights where 128x128x16/8x8 ran 39.7–40.3 (<c>matmul-ladder=v1</c>).</summary>
+        public static readonly TileLadder V1 = new("v1", [new(128, 128, 8, 8, 8), new(64, 128, 8, 4, 8), new(64, 64, 8, 4, 4), new(32, 64, 8, 4, 4), new(16, 64, 16, 4, 4)], 256);
 
-    /// <summary>Workgroups a grid should have before a larger tile is preferred (a few per compute unit of a large GPU).</summary>
-    public const int MinGroups = 256;
+        /// <summary>The default: 128x128x16/8x8 first (where the adapter's workgroup memory, 33 KB, allows it), and a
+        /// grid of 128 workgroups (about one per SM of an H100) enough for it.</summary>
+        public static readonly TileLadder V2 = new("v2", [new(128, 128, 16, 8, 8), .. V1.Tiles], 128);
+
+        public static TileLadder? Parse(string s) => s switch { "v1" => V1, "v2" => V2, _ => null };
+
+        public override string ToString() => $"{Name}: {string.Join(", ", Tiles)}; ≥ {MinGroups} workgroups";
+    }
+
+    /// <summary>The default ladder's tiles (<see cref="TileLadder.V2"/>). <c>bench matmul-sweep</c> measures each.</summary>
+    public static Tile[] Ladder => TileLadder.V2.Tiles;
+
+    /// <summary>The default ladder's grid size (<see cref="TileLadder.V2"/>).</summary>
+    public static int MinGroups => TileLadder.V2.MinGroups;
 
     /// <summary>K a workgroup sums at least, when a small grid splits K (see <see cref="TryRun"/>).</summary>
     public const int SplitMinK = 512;
@@ -78,11 +94,11 @@ public static class MatMulTiled
     {
         if (g.MatMulTile is { } forced) return forced;
         Tile? last = null;
-        foreach (var t in Ladder)
+        foreach (var t in g.MatMulLadder.Tiles)
         {
             if (t.Unfit(g.Device.Limits) is not null) continue;
             last = t;
-            if ((m + t.BM - 1) / t.BM * ((n + t.BN - 1) / t.BN) * batches >= MinGroups) return t;
+            if ((m + t.BM - 1) / t.BM * ((n + t.BN - 1) / t.BN) * batches >= g.MatMulLadder.MinGroups) return t;
         }
         return last ?? Tile.Legacy;
     }
@@ -102,8 +118,9 @@ public static class MatMulTiled
         // A grid too small for the GPU (few rows, few columns: prefill of a short prompt) splits K over workgroups that
         // write partial products, added by a second dispatch. Only the ladder splits (a forced tile runs as given).
         long groups = Math.Max(1, (m + tile.BM - 1) / tile.BM * ((n + tile.BN - 1) / tile.BN) * batches);
-        int splits = g.MatMulTile is null && batches == 1 && c is null && groups < MinGroups / 2
-            ? (int)Math.Clamp(Math.Min(MinGroups / groups, k / SplitMinK), 1, 16) : 1;
+        int minGroups = g.MatMulLadder.MinGroups;
+        int splits = g.MatMulTile is null && batches == 1 && c is null && groups < minGroups / 2
+            ? (int)Math.Clamp(Math.Min(minGroups / groups, k / SplitMinK), 1, 16) : 1;
         long kc = Math.Max(tile.BK, ((k + splits - 1) / splits + tile.BK - 1) / tile.BK * tile.BK);
         splits = (int)Math.Max(1, (k + kc - 1) / kc);
         int kcAt = meta.Add(kc);
