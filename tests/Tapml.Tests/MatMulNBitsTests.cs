@@ -112,10 +112,10 @@ public class MatMulNBitsTests
         GpuMatchesCpu("webgpu", m, k, n, block, zp, type, bias);
 
     [Theory]
-    [InlineData("vulkan", 1, 96, 20, 64, Zp.Packed, "f32", false, Skip = "hangs on SwiftShader Vulkan since the blocked decode matvec (BlockedMatVec.cs), though Dawn on the same SwiftShader and PoCL pass: known issue, see docs/platforms.md")]      // 16-byte weight loads, a padded block
-    [InlineData("vulkan", 1, 128, 40, 16, Zp.Packed, "f32", true, Skip = "hangs on SwiftShader Vulkan since the blocked decode matvec (BlockedMatVec.cs), though Dawn on the same SwiftShader and PoCL pass: known issue, see docs/platforms.md")]      // u32 weight loads, vec4 x
+    [InlineData("vulkan", 1, 96, 20, 64, Zp.Packed, "f32", false)]      // 16-byte weight loads, a padded block
+    [InlineData("vulkan", 1, 128, 40, 16, Zp.Packed, "f32", true)]      // u32 weight loads, vec4 x
     [InlineData("vulkan", 70, 96, 65, 32, Zp.None, "f32", true)]        // tiled
-    [InlineData("vulkan", 2, 64, 24, 32, Zp.Float, "f16", false, Skip = "hangs on SwiftShader Vulkan since the blocked decode matvec (BlockedMatVec.cs), though Dawn on the same SwiftShader and PoCL pass: known issue, see docs/platforms.md")]       // scalar x (packed f16 feed)
+    [InlineData("vulkan", 2, 64, 24, 32, Zp.Float, "f16", false)]       // scalar x (packed f16 feed)
     [InlineData("opencl", 1, 256, 33, 128, Zp.None, "f32", false)]
     [InlineData("opencl", 1, 100, 17, 32, Zp.Packed, "f32", false)]     // K not a multiple of 8: guarded x
     [InlineData("opencl", 6, 64, 40, 16, Zp.None, "f16", true)]
