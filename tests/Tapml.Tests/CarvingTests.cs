@@ -53,11 +53,11 @@ public class CarvingTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
     [Theory]
     [InlineData("cpu")]
     [InlineData("onnxruntime")]
-    [InlineData("webgpu")]
+    [MemberData(nameof(TestPlatforms.Gpu), MemberType = typeof(TestPlatforms))]
     [InlineData("webgpu:gles")]
     public void Carved_cases_replay_clean(string platform)
     {
-        WebGpuTests.SkipIfNoDawn(platform);
+        TestPlatforms.SkipIfUnavailable(platform);
         string json = Path.Combine(tiny.Dir, $"replay-{platform}.json");
         var r = CliRunner.Run("replay", tiny.Store, "--platform", platform, "--json", json);
         Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);

@@ -57,6 +57,49 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation
         Assert.DoesNotContain(" 0.5)", c);
     }
 
+    /// <summary>Early returns in a helper become one return at its end in GLSL, as Tint does for SPIR-V (inlined early
+    /// returns make if/else diamonds, and SwiftShader's compile time doubles with each one inside a loop: the vulkan
+    /// decode matrix-vector kernels never finished compiling); OpenCL C keeps the early returns.</summary>
+    [Fact]
+    public void Glsl_helpers_leave_through_one_return()
+    {
+        const string helpers = """
+@group(0) @binding(0) var<storage, read_write> y_b: array<f32>;
+@group(0) @binding(1) var<storage, read> md: array<u32>;
+fn act(k: u32, x: f32) -> f32 {
+  if (k == 0u) { return max(x, 0.0); }
+  let t = x * 2.0;
+  if (k == 1u) { let u = t + 1.0; return u; } else if (k == 2u) { return -t; }
+  return t;
+}
+fn find(n: u32) -> u32 {
+  for (var i = 0u; i < n; i++) { if (md[i] == 7u) { return i; } }
+  return n;
+}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  if (gid.x >= md[0]) { return; }
+  y_b[gid.x] = act(md[1], f32(gid.x)) + f32(find(md[2]));
+}
+""";
+        var g = new GlslRenderer().Render(helpers);
+        string act = g[g.IndexOf("float act(uint k, float x) {", StringComparison.Ordinal)..g.IndexOf("uint find(uint n) {", StringComparison.Ordinal)];
+        Assert.Equal(1, act.Split("return").Length - 1);
+        Assert.Contains("float tp_ret = 0.0;", act);
+        Assert.Contains("bool tp_go = true;", act);
+        Assert.Contains("tp_ret = max(x, 0.0);", act);
+        Assert.Contains("tp_ret = (-t);", act);
+        Assert.Contains("tp_ret = t;", act);
+        Assert.EndsWith("return tp_ret;\n}\n", act);
+        string find = g[g.IndexOf("uint find(uint n) {", StringComparison.Ordinal)..g.IndexOf("void main()", StringComparison.Ordinal)];
+        Assert.Equal(1, find.Split("return").Length - 1);
+        Assert.Contains("tp_ret = i;", find);            // a return inside a loop leaves it through break
+        Assert.Contains("break;", find);
+        Assert.Contains("if (tp_go) {", find);           // the code after the loop runs only where it did not return
+        Assert.Contains("return;", g[g.IndexOf("void main()", StringComparison.Ordinal)..]);   // the entry point keeps its own
+        Assert.DoesNotContain(MergeReturns.Result, new OpenClRenderer().Render(helpers));
+    }
+
     [Fact]
     public void A_construct_outside_the_subset_is_unsupported_with_its_name()
     {

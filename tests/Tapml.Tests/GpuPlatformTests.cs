@@ -5,20 +5,16 @@ using Xunit;
 
 namespace Tapml.Tests;
 
-/// <summary>The GPU platforms that run the webgpu kernels rendered to another dialect (vulkan: GLSL → SPIR-V;
-/// opencl: OpenCL C), on this machine's software drivers (SwiftShader/lavapipe, PoCL). A platform that cannot
-/// start here skips with its reason.</summary>
+/// <summary>Every kernel platform of the registry (<see cref="TestPlatforms"/>: webgpu, and vulkan and opencl, which run
+/// the webgpu kernels rendered to GLSL → SPIR-V and OpenCL C) against the cpu, on this machine's software drivers
+/// (SwiftShader/lavapipe, PoCL): a conformance folder is one aggregate run a platform (a row per case would cost a
+/// platform start each on SwiftShader). A platform that cannot start here skips with its reason.</summary>
 public class GpuPlatformTests
 {
-    static void SkipIfUnavailable(string spec)
-    {
-        try { using var p = PlatformRegistry.Create(spec); }
-        catch (UnsupportedException e) { Assert.Skip(e.Message); }
-    }
+    static void SkipIfUnavailable(string spec) => TestPlatforms.SkipIfUnavailable(spec);
 
     [Theory]
-    [InlineData("vulkan")]
-    [InlineData("opencl")]
+    [MemberData(nameof(TestPlatforms.Gpu), MemberType = typeof(TestPlatforms))]
     public void Onnx_node_cases_pass_as_many_as_webgpu_and_none_fail(string platform)
     {
         SkipIfUnavailable(platform);
@@ -35,8 +31,7 @@ public class GpuPlatformTests
 
     /// <summary>The exported Hugging Face graphs (../shared/conformance/hf-onnx) at their suite's tolerance.</summary>
     [Theory]
-    [InlineData("vulkan")]
-    [InlineData("opencl")]
+    [MemberData(nameof(TestPlatforms.Gpu), MemberType = typeof(TestPlatforms))]
     public void Hf_onnx_cases_pass(string platform)
     {
         SkipIfUnavailable(platform);
@@ -49,27 +44,29 @@ public class GpuPlatformTests
 
     /// <summary>MatMul against a weight initializer: the matrix-vector kernel (f32 vec4 loads, packed f16 weights
     /// unpacked in the kernel) and the tiled kernel, as webgpu's rows check them.</summary>
+    public static IEnumerable<object[]> MatmulRows() => TestPlatforms.Cross(
+    [
+        [1, 128, 40, DType.Float16],
+        [3, 70, 33, DType.Float32],
+        [65, 130, 67, DType.Float16],
+    ]);
+
     [Theory]
-    [InlineData("vulkan", 1, 128, 40, DType.Float16)]
-    [InlineData("vulkan", 3, 70, 33, DType.Float32)]
-    [InlineData("vulkan", 65, 130, 67, DType.Float16)]
-    [InlineData("opencl", 1, 128, 40, DType.Float16)]
-    [InlineData("opencl", 3, 70, 33, DType.Float32)]
-    [InlineData("opencl", 65, 130, 67, DType.Float16)]
+    [MemberData(nameof(MatmulRows))]
     public void Matmul_against_a_weight_matches_cpu(string platform, int rows, int k, int n, DType wtype)
     {
         SkipIfUnavailable(platform);
         WebGpuTests.MatmulAgainstAWeight(rows, k, n, wtype, platform);
     }
 
+    public static IEnumerable<object[]> GreedyRows() => TestPlatforms.Cross([["llama"], ["gpt2"]]);
+
     [Theory]
-    [InlineData("vulkan", "llama")]
-    [InlineData("vulkan", "gpt2")]
+    [MemberData(nameof(GreedyRows))]
+    // NOTE: rows about one platform's own options (drivers, host paths), beside the registry's rows.
     [InlineData("vulkan?icd=lavapipe", "qwen2")]
     [InlineData("vulkan?icd=lavapipe&push-descriptors=off&barriers=all&writes=inline&batch=4", "llama")]
-    [InlineData("opencl", "llama")]
     [InlineData("opencl?writes=blocking&batch=4", "llama")]
-    [InlineData("opencl", "gpt2")]
     public void Greedy_tokens_equal_cpu(string platform, string arch)
     {
         SkipIfUnavailable(platform);

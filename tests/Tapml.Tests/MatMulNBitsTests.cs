@@ -106,29 +106,17 @@ public class MatMulNBitsTests
         AssertVerdict(model, feeds, ort, cpu, "cpu vs onnxruntime (8 bits)");
     }
 
-    [Theory]
-    [MemberData(nameof(Rows))]
-    public void Webgpu_matches_cpu(int m, int k, int n, int block, Zp zp, string type, bool bias) =>
-        GpuMatchesCpu("webgpu", m, k, n, block, zp, type, bias);
+    /// <summary>The catalog on every kernel platform of the registry.</summary>
+    public static IEnumerable<object[]> GpuRows() => TestPlatforms.Cross(Rows.Select(r => ((ITheoryDataRow)r).GetData()!));
 
     [Theory]
-    [InlineData("vulkan", 1, 96, 20, 64, Zp.Packed, "f32", false, Skip = "hangs on SwiftShader Vulkan since the blocked decode matvec (BlockedMatVec.cs), though Dawn on the same SwiftShader and PoCL pass: known issue, see docs/platforms.md")]      // 16-byte weight loads, a padded block
-    [InlineData("vulkan", 1, 128, 40, 16, Zp.Packed, "f32", true, Skip = "hangs on SwiftShader Vulkan since the blocked decode matvec (BlockedMatVec.cs), though Dawn on the same SwiftShader and PoCL pass: known issue, see docs/platforms.md")]      // u32 weight loads, vec4 x
-    [InlineData("vulkan", 70, 96, 65, 32, Zp.None, "f32", true)]        // tiled
-    [InlineData("vulkan", 2, 64, 24, 32, Zp.Float, "f16", false, Skip = "hangs on SwiftShader Vulkan since the blocked decode matvec (BlockedMatVec.cs), though Dawn on the same SwiftShader and PoCL pass: known issue, see docs/platforms.md")]       // scalar x (packed f16 feed)
-    [InlineData("opencl", 1, 256, 33, 128, Zp.None, "f32", false)]
-    [InlineData("opencl", 1, 100, 17, 32, Zp.Packed, "f32", false)]     // K not a multiple of 8: guarded x
-    [InlineData("opencl", 6, 64, 40, 16, Zp.None, "f16", true)]
-    public void Other_gpu_dialects_match_cpu(string platform, int m, int k, int n, int block, Zp zp, string type, bool bias) =>
+    [MemberData(nameof(GpuRows))]
+    public void Gpu_matches_cpu(string platform, int m, int k, int n, int block, Zp zp, string type, bool bias) =>
         GpuMatchesCpu(platform, m, k, n, block, zp, type, bias);
 
     static void GpuMatchesCpu(string platform, int m, int k, int n, int block, Zp zp, string type, bool bias)
     {
-        WebGpuTests.SkipIfNoDawn(platform);
-        IPlatform gpu;
-        try { gpu = PlatformRegistry.Create(platform); }
-        catch (UnsupportedException e) { Assert.Skip(e.Message); return; }
-        using (gpu)
+        using (var gpu = TestPlatforms.CreateOrSkip(platform))
         {
             var model = Case(m, k, n, block, zp, T(type), bias, out var feeds);
             var cpu = new Executor(new CpuPlatform()).Run(model, feeds)["Y"];

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Tapml.Core;
 using Tapml.Ir;
 using Tapml.Platforms;
@@ -11,16 +12,18 @@ namespace Tapml.Tests;
 /// <summary>The register-tiled matmul (<see cref="MatMulTiled"/>) against cpu: each tile forced on products whose M, N and
 /// K are not multiples of it (edge tiles, a K tail, load rounds with fewer units than threads), weights in f32 and packed
 /// f16, broadcast batches of two activations (B read N-fastest), and Gemm with transposes, alpha, beta and a C bias; on
-/// webgpu and on the platforms that render the same WGSL (vulkan: GLSL, opencl: OpenCL C).</summary>
+/// every kernel platform of the registry (<see cref="TestPlatforms"/>) runs the core rows; webgpu runs the others too.</summary>
 public class MatMulTiledTests
 {
     static WebGpuPlatform Gpu(string platform, string tile)
     {
-        WebGpuTests.SkipIfNoDawn(platform);
-        IPlatform p;
-        try { p = PlatformRegistry.Create(platform); }
-        catch (UnsupportedException e) { Assert.Skip(e.Message); throw; }
-        var g = Assert.IsType<WebGpuPlatform>(p);
+        var p = TestPlatforms.CreateOrSkip(platform);
+        if (p is not WebGpuPlatform g)
+        {
+            p.Dispose();
+            Assert.Skip($"{platform} does not run the webgpu kernels: the tile option and dispatch counts are theirs");
+            throw new UnreachableException();
+        }
         g.Skinny = g.Skinny with { MaxRows = 0 };                     // short products would take the skinny kernel (MatMulSkinnyTests)
         if (tile != "rule") g.MatMulTile = MatMulTiled.Tile.Parse(tile) ?? throw new ArgumentException(tile);
         return g;
@@ -40,20 +43,21 @@ public class MatMulTiledTests
         for (int i = 0; i < a.Length; i++) Assert.True(Math.Abs(a[i] - b[i]) <= t * (1 + Math.Abs(a[i])), $"y[{i}]: cpu {a[i]}, {gpu.Name} {b[i]}");
     }
 
+    public static IEnumerable<object[]> CoreWeightRows() => TestPlatforms.Cross(
+    [
+        [130, 67, 129, DType.Float32, "128x128x8/8x8"],
+        [9, 33, 70, DType.Float16, "64x64x8/4x4"],
+    ]);
+
     /// <summary>x [1, M, K] · W [K, N] (an initializer: read as its transpose [N, K], K fastest).</summary>
     [Theory]
+    [MemberData(nameof(CoreWeightRows))]
     [InlineData("webgpu", 5, 17, 9, DType.Float32, "32x64x8/4x4")]
     [InlineData("webgpu", 37, 64, 80, DType.Float32, "rule")]
-    [InlineData("webgpu", 130, 67, 129, DType.Float32, "128x128x8/8x8")]
     [InlineData("webgpu", 600, 40, 33, DType.Float32, "64x128x8/4x8")]
     [InlineData("webgpu", 70, 45, 70, DType.Float32, "64x64x16/4x4")]
     [InlineData("webgpu", 65, 130, 67, DType.Float16, "128x128x8/8x8")]
-    [InlineData("webgpu", 9, 33, 70, DType.Float16, "64x64x8/4x4")]
     [InlineData("webgpu", 37, 64, 80, DType.Float32, "legacy")]
-    [InlineData("vulkan", 130, 67, 129, DType.Float32, "128x128x8/8x8")]
-    [InlineData("vulkan", 9, 33, 70, DType.Float16, "64x64x8/4x4")]
-    [InlineData("opencl", 130, 67, 129, DType.Float32, "128x128x8/8x8")]
-    [InlineData("opencl", 9, 33, 70, DType.Float16, "64x64x8/4x4")]
     public void Matmul_against_a_weight_matches_cpu(string platform, int m, int k, int n, DType wtype, string tile)
     {
         var gpu = Gpu(platform, tile);
@@ -63,12 +67,12 @@ public class MatMulTiledTests
 
     /// <summary>Few rows and columns against a long K: the default splits K over workgroups (two dispatches: partial
     /// products, their sum); a forced tile does not (one).</summary>
+    public static IEnumerable<object[]> CoreSplitRows() => TestPlatforms.Cross([[5, 1100, 40, DType.Float32, "rule", 2]]);
+
     [Theory]
-    [InlineData("webgpu", 5, 1100, 40, DType.Float32, "rule", 2)]
+    [MemberData(nameof(CoreSplitRows))]
     [InlineData("webgpu", 9, 1030, 20, DType.Float16, "rule", 2)]
     [InlineData("webgpu", 5, 1100, 40, DType.Float32, "16x64x16/4x4", 1)]
-    [InlineData("vulkan", 5, 1100, 40, DType.Float32, "rule", 2)]
-    [InlineData("opencl", 5, 1100, 40, DType.Float32, "rule", 2)]
     public void A_small_grid_splits_k_and_matches_cpu(string platform, int m, int k, int n, DType wtype, string tile, int dispatches)
     {
         var gpu = Gpu(platform, tile);
@@ -96,11 +100,12 @@ public class MatMulTiledTests
     }
 
     /// <summary>A [2, 3, M, K] · B [3, K, N], both graph inputs: B broadcast over the first batch axis, read N fastest.</summary>
+    public static IEnumerable<object[]> CoreBatchedRows() => TestPlatforms.Cross([[19, 21, 23, "64x128x8/4x8"]]);
+
     [Theory]
+    [MemberData(nameof(CoreBatchedRows))]
     [InlineData("webgpu", 19, 21, 23, "32x64x8/4x4")]
     [InlineData("webgpu", 70, 9, 66, "64x64x8/8x8")]
-    [InlineData("vulkan", 19, 21, 23, "64x128x8/4x8")]
-    [InlineData("opencl", 19, 21, 23, "64x128x8/4x8")]
     public void Batched_activation_matmul_matches_cpu(string platform, int m, int k, int n, string tile)
     {
         var gpu = Gpu(platform, tile);

@@ -18,8 +18,8 @@ public class WebGpuTests
         if (platform.StartsWith("webgpu", StringComparison.Ordinal) && WebGpuPlatform.Unavailable() is { } why) Assert.Skip(why);
     }
 
+    /// <summary>Each Dawn backend (plain <c>webgpu</c> is a registry row of GpuPlatformTests).</summary>
     [Theory]
-    [InlineData("webgpu")]
     [InlineData("webgpu:vulkan")]
     [InlineData("webgpu:gles")]
     public void Tiny_llama_generates_the_cpu_tokens(string platform)
@@ -113,32 +113,13 @@ public class WebGpuTests
         Assert.True((long)gpu["limits"]!["max_binding_bytes"]! > 0);
     }
 
-    [Fact]
-    public void Core_onnx_node_cases_pass_or_skip_with_a_reason()
-    {
-        SkipIfNoDawn("webgpu");
-        string node = SharedData.Require("conformance", "onnx", "node");
-        string json = Path.Combine(Path.GetTempPath(), $"tapml-webgpu-conf-{Guid.NewGuid():N}.json");
-        var r = CliRunner.Run("conformance", node, "--platform", "webgpu", "--json", json,
-            "--filter", "^test_(matmul|gemm|softmax|logsoftmax|reduce_mean|reduce_sum|layer_normalization|gather_[01]|concat|slice|transpose|expand|where|cast_FLOAT|conv_with|maxpool_2d|averagepool_2d|relu|add|mul|sub|div|pow|sqrt|sin|cos|neg|sigmoid|tanh|range|unsqueeze|reshape|batchnorm|split|erf|clip)");
-        var d = JsonNode.Parse(File.ReadAllText(json))!;
-        File.Delete(json);
-        Assert.True((int)d["passed"]! >= 100, r.Stdout);
-        Assert.True((int)d["failed"]! == 0 && (int)d["errors"]! == 0, r.Stdout);
-        foreach (var c in d["cases"]!.AsArray().Where(c => (string)c!["status"]! == "skipped"))
-            Assert.False(string.IsNullOrWhiteSpace((string?)c!["reason"]), (string)c["name"]!);
-    }
-
     /// <summary>MatMul against a weight initializer: the matrix-vector kernel (few rows, long rows included) and the
     /// tiled kernel (many rows) over the transposed weight, f32 and packed f16, odd sizes included; results equal cpu
-    /// within tolerance.</summary>
+    /// within tolerance. Beside GpuPlatformTests' rows, which every kernel platform runs.</summary>
     [Theory]
     [InlineData(1, 64, 96, DType.Float32)]
-    [InlineData(3, 70, 33, DType.Float32)]
-    [InlineData(1, 128, 40, DType.Float16)]
     [InlineData(2, 9, 7, DType.Float16)]
     [InlineData(37, 64, 80, DType.Float32)]
-    [InlineData(65, 130, 67, DType.Float16)]
     [InlineData(1, 8200, 50, DType.Float32)]
     [InlineData(3, 4100, 9, DType.Float32)]
     [InlineData(1, 8200, 50, DType.Float32, 3)]

@@ -29,7 +29,7 @@ public abstract class CStyleRenderer
         {
             Fn = f;
             sb.Append(Signature(f)).Append(' ');
-            Block(sb, f.Body, 0);
+            Block(sb, SingleReturn ? MergeReturns.Apply(f) : f.Body, 0);
             sb.Append('\n');
         }
         Fn = m.Entry;
@@ -69,6 +69,8 @@ public abstract class CStyleRenderer
     protected virtual string Swizzle(string member) => member;
     protected virtual string VectorIndex(string v, Ty vt, Expr index, string i) => $"{v}[{i}]";
     protected abstract HashSet<string> Reserved { get; }
+    /// <summary>Print helper functions with one return at their end (<see cref="MergeReturns"/>).</summary>
+    protected virtual bool SingleReturn => false;
 
     /// <summary>A WGSL name as printed: names the dialect reserves get a trailing underscore.</summary>
     protected string Name(string n) => Reserved.Contains(n) ? n + "_x" : n;

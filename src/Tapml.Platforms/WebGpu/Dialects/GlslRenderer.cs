@@ -121,6 +121,9 @@ public sealed class GlslRenderer : CStyleRenderer
 
     protected override string VectorSelect(string f, string t, string cond, Ty type) => $"mix({f}, {t}, {cond})";
 
+    // NOTE: early returns in inlined helpers make SwiftShader's compile time exponential (see MergeReturns).
+    protected override bool SingleReturn => true;
+
     protected override string Barrier(string wgsl) => wgsl == "workgroupBarrier" ? "memoryBarrierShared(); barrier();" : "memoryBarrierBuffer(); barrier();";
 
     protected override HashSet<string> Reserved { get; } =
