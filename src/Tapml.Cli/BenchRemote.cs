@@ -64,6 +64,7 @@ static class BenchRemote
         var llama = HfModels.Load(TinyCheckpoint.Materialize("llama"));
         var input = new MigrationInput(PromptIds: [1, 17, 305, 42, 7, 99, 100, 3], DecodeSteps: 16);
         string fault = $"?node={llama.Graph.Nodes[llama.Graph.Nodes.Count * 2 / 3].Name}&kind=nan";
+        if (RemoteStats.On) RemoteStats.Report("discarded");
         using var faultyServer = RemoteServer.StartAsync(new ServeOptions($"faulty:{platform}{fault}"), "127.0.0.1:0").GetAwaiter().GetResult();
         foreach (var strategy in new[] { "lockstep", "bisect" })
         {
@@ -79,6 +80,7 @@ static class BenchRemote
                     found = res.FirstDivergent?.Node;
                 }
                 if (found is null) throw new TapmlException($"bench remote: migration to {target} found no culprit");
+                if (RemoteStats.On) Console.Error.Write(RemoteStats.Report($"{strategy} to {target}, {t.Count} runs"));
                 t.Sort();
                 return t[t.Count / 2];
             }

@@ -67,12 +67,14 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
 {
     T Call<T>(ServerCallContext ctx, Func<Session, T> body)
     {
+        long t0 = RemoteStats.On ? System.Diagnostics.Stopwatch.GetTimestamp() : 0;
         var s = sessions.Get(ctx);
         lock (s.Gate)
         {
             s.LastUse = DateTime.UtcNow;
             try { return body(s); }
             catch (Exception e) { throw Status(e); }
+            finally { if (RemoteStats.On) RemoteStats.Served(ctx.Method[(ctx.Method.LastIndexOf('/') + 1)..], t0); }
         }
     }
 
@@ -253,12 +255,23 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
     public override Task<RunGraphReply> RunGraph(RunGraphRequest request, ServerCallContext context) => Task.FromResult(Call(context, s =>
     {
         foreach (var h in request.Free) s.Free(h);
-        var model = s.ModelFor(s.HashOf(request.Model) ?? throw new RemoteStateException($"unknown model handle {request.Model}"),
-            () => Wire.ParseModel(Wire.Bytes((Tensor)s.Get(request.Model)).Span));
         var fed = new List<ulong>();
         var inline = new List<ulong>();
         try
         {
+            ulong modelHandle = request.Model, sentModel = 0;
+            if (modelHandle == 0 && request.ModelTensor is { } mt)
+            {
+                // NOTE: a small model travels with its first run instead of costing an Allocate of its own (protocol 3).
+                if (!mt.KeepOnHost) throw new TapmlException("a model sent with RunGraph must be marked keep_on_host");
+                if (mt.Data.Length > Wire.InlineBytes)
+                    throw new RemoteLimitException($"a model sent with RunGraph takes {mt.Data.Length} bytes, over the {Wire.InlineBytes}-byte inline size (Allocate and upload it)");
+                var a = Allocate(s, mt);
+                inline.Add(modelHandle = sentModel = a.Handle);
+                if (!a.Cached) throw new TapmlException("the model sent with RunGraph came without its bytes");
+            }
+            var model = s.ModelFor(s.HashOf(modelHandle) ?? throw new RemoteStateException($"unknown model handle {modelHandle}"),
+                () => Wire.ParseModel(Wire.Bytes((Tensor)s.Get(modelHandle)).Span));
             var feeds = new Dictionary<string, Value>();
             foreach (var f in request.Feeds)
             {
@@ -281,9 +294,9 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
             {
                 var n = model.Graph.Nodes[ran.Count];
                 string prefix = $"node '{n.Name}' ({n.OpType}) on {s.Platform.Name}: ";
-                return new RunGraphReply { UnsupportedAt = (uint)ran.Count + 1, Unsupported = e.Message.StartsWith(prefix, StringComparison.Ordinal) ? e.Message[prefix.Length..] : e.Message, Fed = { fed } };
+                return new RunGraphReply { UnsupportedAt = (uint)ran.Count + 1, Unsupported = e.Message.StartsWith(prefix, StringComparison.Ordinal) ? e.Message[prefix.Length..] : e.Message, Fed = { fed }, ModelHandle = sentModel };
             }
-            var r = new RunGraphReply { Fed = { fed } };
+            var r = new RunGraphReply { Fed = { fed }, ModelHandle = sentModel };
             foreach (var (name, v) in outs) r.Outputs.Add(new NamedOutput { Name = name, Value = Register(s, v, request.HostOutputs) });
             return r;
         }

@@ -28,6 +28,8 @@ public sealed class RemoteValue : Value, IDeviceValue
     /// <summary>An upload kept for its host tensor's lifetime: <see cref="RemotePlatform.Free"/> leaves it alone.</summary>
     internal bool Cached;
     internal bool Freed;
+    /// <summary>A model's bytes for RunGraph, kept as bytes on the server (not uploaded to its platform).</summary>
+    internal bool KeepOnHost;
     public override string Describe() => $"{DTypes.Name(DType)}{ShapeUtil.Format(Shape)} on {_owner.Name}";
 
     // NOTE: a value nobody freed (an upload whose host tensor died, an output kept by a caller) is freed on the server
@@ -103,7 +105,7 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
         _client = new Device.DeviceClient(_channel);
         _channelUsers = new StrongBox<int>(1);
         _headers = NewSession();
-        try { _far = Call(o => _client.Describe(new DescribeRequest(), o), "describe"); }
+        try { _far = Call(new DescribeRequest(), o => _client.Describe(new DescribeRequest(), o), "describe"); }
         catch (PlatformLostException e) { throw new TapmlException($"{Name}: cannot reach the server ({((RpcException)e.InnerException!).Status.Detail}); is `tapml serve` running there?"); }
         if (_far.Protocol != Wire.Protocol) throw new TapmlException($"{Name}: the server speaks protocol {_far.Protocol}, this client {Wire.Protocol} (use the same tapml on both sides)");
         Limits = new PlatformLimits(_far.MaxBufferBytes, _far.MaxBindingBytes, _far.MaxWorkgroupSize, _far.SessionMemoryBytes);
@@ -150,9 +152,15 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
     CallOptions Options() { Calls++; return new(_headers, DateTime.UtcNow + _timeout); }
 
     /// <summary>Runs one call; gRPC statuses become tapml errors naming the server.</summary>
-    T Call<T>(Func<CallOptions, T> call, string what)
+    T Call<T>(IMessage request, Func<CallOptions, T> call, string what) where T : IMessage
     {
-        try { return call(Options()); }
+        long t0 = RemoteStats.On ? System.Diagnostics.Stopwatch.GetTimestamp() : 0;
+        try
+        {
+            var reply = call(Options());
+            if (RemoteStats.On) RemoteStats.Call(request is Empty ? "Synchronize" : request.Descriptor.Name.Replace("Request", ""), request.CalculateSize(), reply.CalculateSize(), t0);
+            return reply;
+        }
         catch (RpcException e) { throw Error(e, what); }
     }
 
@@ -202,7 +210,8 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
     void Resolve(RemoteKernel k)
     {
         if (k.Id != 0 || k.Unsupported is not null) return;
-        var r = Call(o => _client.Prepare(new PrepareRequest { NodeModel = k.Model }, o), $"prepare of node '{k.Node.Name}'");
+        var pr = new PrepareRequest { NodeModel = k.Model };
+        var r = Call(pr, o => _client.Prepare(pr, o), $"prepare of node '{k.Node.Name}'");
         if (r.Unsupported.Length > 0) k.Unsupported = r.Unsupported; else k.Id = r.Kernel;
     }
 
@@ -261,7 +270,7 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
             sent.Add(r);
         }
         req.Free.Add(DrainDead());
-        var reply = Call(o => _client.Run(req, o), $"node '{kernel.Node.Name}' ({kernel.Node.OpType})");
+        var reply = Call(req, o => _client.Run(req, o), $"node '{kernel.Node.Name}' ({kernel.Node.OpType})");
         for (int i = 0; i < sent.Count && i < reply.Uploaded.Count; i++) sent[i].Handle = reply.Uploaded[i];
         if (reply.Unsupported.Length > 0) { k.Unsupported = reply.Unsupported; throw new UnsupportedException(reply.Unsupported); }
         if (k.Id == 0) { k.Id = reply.Kernel; k.Model = ByteString.Empty; }
@@ -272,13 +281,14 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
     static AllocateRequest Pending(RemoteValue r)
     {
         var bytes = Wire.Bytes((Tensor)r.Host!);
-        return new AllocateRequest { Type = Wire.Info(r.DType, r.Shape), Hash = UnsafeByteOperations.UnsafeWrap(Wire.Hash(bytes.Span)), Data = UnsafeByteOperations.UnsafeWrap(bytes) };
+        return new AllocateRequest { Type = Wire.Info(r.DType, r.Shape), Hash = UnsafeByteOperations.UnsafeWrap(Wire.Hash(bytes.Span)), Data = UnsafeByteOperations.UnsafeWrap(bytes), KeepOnHost = r.KeepOnHost };
     }
 
     /// <summary>Sends a small upload on its own (it would not fit in the call that needs it).</summary>
     void Send(RemoteValue r)
     {
-        var a = Call(o => _client.Allocate(Pending(r), o), $"upload of {r.Describe()}");
+        var pending = Pending(r);
+        var a = Call(pending, o => _client.Allocate(pending, o), $"upload of {r.Describe()}");
         r.Handle = a.Handle;
     }
 
@@ -303,10 +313,10 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
         if (host is not Tensor t || t.DType == DType.String) throw new UnsupportedException($"{host.Describe()} values do not travel to a remote platform (fixed-width tensors only)");
         if (_uploads.TryGetValue(t, out var known) && !known.Freed) return known;
         long size = t.Length * DTypes.Size(t.DType);
-        if (!keepOnHost && size <= _far.InlineBytes)
+        if (size <= _far.InlineBytes)
         {
             // NOTE: a small tensor travels with the first call that uses it instead of costing a round trip of its own.
-            var pending = new RemoteValue(this, 0, t.DType, t.Shape) { Host = t, Cached = true };
+            var pending = new RemoteValue(this, 0, t.DType, t.Shape) { Host = t, Cached = true, KeepOnHost = keepOnHost };
             _uploads.AddOrUpdate(t, pending);
             return pending;
         }
@@ -314,7 +324,7 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
         var hash = Wire.Hash(bytes.Span);
         var req = new AllocateRequest { Type = Wire.Info(t.DType, t.Shape), Hash = UnsafeByteOperations.UnsafeWrap(hash), KeepOnHost = keepOnHost };
         if (bytes.Length <= _far.InlineBytes) req.Data = UnsafeByteOperations.UnsafeWrap(bytes);
-        var a = Call(o => _client.Allocate(req, o), $"upload of {t.Describe()}");
+        var a = Call(req, o => _client.Allocate(req, o), $"upload of {t.Describe()}");
         var v = new RemoteValue(this, a.Handle, t.DType, t.Shape) { Host = t, Cached = true };
         _uploads.AddOrUpdate(t, v);
         if (!a.Cached) Send(a.Handle, bytes, t);
@@ -323,7 +333,13 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
 
     void Send(ulong handle, ReadOnlyMemory<byte> bytes, Tensor t)
     {
-        if (_bulk is { Off: false } && _bulk.Upload(handle, bytes, Session, Authorization, $"upload of {t.Describe()}")) { Calls++; return; }
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+        if (_bulk is { Off: false } && _bulk.Upload(handle, bytes, Session, Authorization, $"upload of {t.Describe()}"))
+        {
+            Calls++;
+            if (RemoteStats.On) RemoteStats.Call("bulk PUT", bytes.Length, 0, t0);
+            return;
+        }
         try
         {
             using var call = _client.Upload(Options());
@@ -332,6 +348,7 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
                 call.RequestStream.WriteAsync(new UploadChunk { Handle = at == 0 ? handle : 0, Data = UnsafeByteOperations.UnsafeWrap(bytes.Slice(at, Math.Min(chunk, bytes.Length - at))) }).GetAwaiter().GetResult();
             call.RequestStream.CompleteAsync().GetAwaiter().GetResult();
             call.ResponseAsync.GetAwaiter().GetResult();
+            if (RemoteStats.On) RemoteStats.Call("Upload", bytes.Length, 0, t0);
         }
         catch (RpcException e) { throw Error(e, $"upload of {t.Describe()}"); }
     }
@@ -343,9 +360,11 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
         if (r.Host is { } known) return known;
         var t = Tensor.Uninitialized(r.DType, r.Shape);
         _ = Prefault.Start(t);   // NOTE: its pages are mapped while the request goes out and the server answers
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         if (_bulk is { Off: false } && _bulk.Download(r.Handle, Wire.WritableMemory(t), Session, Authorization, $"download of {r.Describe()}"))
         {
             Calls++;
+            if (RemoteStats.On) RemoteStats.Call("bulk GET", 0, r.ByteSize, t0);
             r.Host = t;
             return t;
         }
@@ -365,6 +384,7 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
         }
         catch (RpcException e) { throw Error(e, $"download of {r.Describe()}"); }
         if (at != dst.Length) throw new TapmlException($"{Name}: the server sent {at} of the {dst.Length} bytes of {r.Describe()}");
+        if (RemoteStats.On) RemoteStats.Call("Download", 0, at, t0);
         r.Host = t;
         return t;
     }
@@ -379,8 +399,8 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
 
     public void Synchronize()
     {
-        if (DrainDead() is { Length: > 0 } dead) Call(o => _client.Free(new FreeRequest { Handles = { dead } }, o), "free");
-        Call(o => _client.Synchronize(new Empty(), o), "synchronize");
+        if (DrainDead() is { Length: > 0 } dead) { var fr = new FreeRequest { Handles = { dead } }; Call(fr, o => _client.Free(fr, o), "free"); }
+        Call(new Empty(), o => _client.Synchronize(new Empty(), o), "synchronize");
     }
 
     /// <summary>The model's bytes on the server (sent once per session; the server parses them once).</summary>
@@ -397,8 +417,8 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
 
     public Dictionary<string, Value> RunGraph(Model model, IReadOnlyDictionary<string, Value> feeds)
     {
-        var req = new RunGraphRequest { Model = ModelHandle(model).Handle };
-        var reply = RunGraph(req, feeds, $"graph {model.Graph.Name}");
+        var req = new RunGraphRequest();
+        var reply = RunGraph(req, ModelHandle(model), feeds, $"graph {model.Graph.Name}");
         var result = new Dictionary<string, Value>();
         foreach (var o in reply.Outputs)
             if (Value(o.Value) is { } v) { result[o.Name] = Download(v); Free(v); }
@@ -407,9 +427,9 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
 
     public SegmentResult RunSegment(Model segment, IReadOnlyDictionary<string, Value> feeds, bool hostCopies)
     {
-        var req = new RunGraphRequest { Model = ModelHandle(segment).Handle, Partial = true, HostOutputs = hostCopies };
+        var req = new RunGraphRequest { Partial = true, HostOutputs = hostCopies };
         var first = segment.Graph.Nodes[0];
-        var reply = RunGraph(req, feeds, $"nodes '{first.Name}' ({first.OpType}) … '{segment.Graph.Nodes[^1].Name}'");
+        var reply = RunGraph(req, ModelHandle(segment), feeds, $"nodes '{first.Name}' ({first.OpType}) … '{segment.Graph.Nodes[^1].Name}'");
         if (reply.UnsupportedAt > 0) return new SegmentResult(new(), (int)reply.UnsupportedAt - 1, reply.Unsupported);
         var outs = new Dictionary<string, Value>();
         foreach (var o in reply.Outputs) if (Value(o.Value) is { } v) outs[o.Name] = v;
@@ -418,10 +438,13 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
 
     /// <summary>A RunGraph call with <paramref name="feeds"/> (here or on the host); small uploads not sent yet travel
     /// with it.</summary>
-    RunGraphReply RunGraph(RunGraphRequest req, IReadOnlyDictionary<string, Value> feeds, string what)
+    RunGraphReply RunGraph(RunGraphRequest req, RemoteValue model, IReadOnlyDictionary<string, Value> feeds, string what)
     {
         var sent = new List<(int At, RemoteValue V)>();
         long budget = _far.MaxMessageBytes / 2;
+        // NOTE: a small model not sent yet travels with its first run (the reply names its handle).
+        if (model.Handle == 0) { budget -= model.ByteSize; req.ModelTensor = Pending(model); }
+        else req.Model = model.Handle;
         foreach (var (name, v) in feeds)
         {
             var r = IsResident(v) ? Mine(v) : Upload(v, keepOnHost: false);
@@ -431,8 +454,9 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
             req.Feeds.Add(new NamedHandle { Name = name, Tensor = Pending(r) });
         }
         req.Free.Add(DrainDead());
-        var reply = Call(o => _client.RunGraph(req, o), what);
+        var reply = Call(req, o => _client.RunGraph(req, o), what);
         foreach (var (at, r) in sent) if (at < reply.Fed.Count) r.Handle = reply.Fed[at];
+        if (model.Handle == 0) model.Handle = reply.ModelHandle;
         return reply;
     }
 

@@ -107,6 +107,51 @@ public class RemoteTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
     }
 
     [Fact]
+    public async Task A_model_sent_with_its_first_run_gives_what_an_uploaded_one_gives_and_an_oversized_one_is_refused()
+    {
+        await using var server = await Serve("cpu");
+        var (c, o, channel) = Raw(server.Url);
+        using var _ = channel;
+        var g = new Tapml.Ir.Graph { Name = "add" };
+        g.Nodes.Add(new Tapml.Ir.Node { Name = "add", OpType = "Add", Inputs = ["x", "y"], Outputs = ["z"] });
+        g.Inputs.Add(new Tapml.Ir.ValueInfo("x", Tapml.Ir.TypeRef.TensorOf(DType.Float32, [4])));
+        g.Inputs.Add(new Tapml.Ir.ValueInfo("y", Tapml.Ir.TypeRef.TensorOf(DType.Float32, [4])));
+        g.Outputs.Add(new Tapml.Ir.ValueInfo("z", null));
+        var model = new Tapml.Ir.Model { Graph = g, Opsets = new() { [""] = 17 } };
+        var bytes = Tapml.Ir.Onnx.OnnxExporter.ToProto(model).ToByteArray();
+        AllocateRequest Tensor(DType dtype, long[] shape, byte[] data, bool keep = false) =>
+            new() { Type = Wire.Info(dtype, shape), Hash = ByteString.CopyFrom(Wire.Hash(data)), Data = ByteString.CopyFrom(data), KeepOnHost = keep };
+        byte[] F32(params float[] v) => System.Runtime.InteropServices.MemoryMarshal.AsBytes(v.AsSpan()).ToArray();
+        RunGraphRequest Request() => new()
+        {
+            HostOutputs = true,
+            Feeds = { new NamedHandle { Name = "x", Tensor = Tensor(DType.Float32, [4], F32(1, 2, 3, 4)) }, new NamedHandle { Name = "y", Tensor = Tensor(DType.Float32, [4], F32(10, 20, 30, 40)) } },
+        };
+        var withModel = Request();
+        withModel.ModelTensor = Tensor(DType.UInt8, [bytes.Length], bytes, keep: true);
+        var sent = c.RunGraph(withModel, o);
+        Assert.NotEqual(0UL, sent.ModelHandle);
+        Assert.Equal(F32(11, 22, 33, 44), sent.Outputs.Single(x => x.Name == "z").Value.Data.ToByteArray());
+        // The handle it named serves the next run; a model uploaded by Allocate (protocol 2's way) gives the same.
+        var again = Request();
+        again.Model = sent.ModelHandle;
+        Assert.Equal(F32(11, 22, 33, 44), c.RunGraph(again, o).Outputs.Single(x => x.Name == "z").Value.Data.ToByteArray());
+        var uploaded = Request();
+        uploaded.Model = c.Allocate(Tensor(DType.UInt8, [bytes.Length], bytes, keep: true), o).Handle;
+        Assert.Equal(F32(11, 22, 33, 44), c.RunGraph(uploaded, o).Outputs.Single(x => x.Name == "z").Value.Data.ToByteArray());
+        // Over the inline size: refused with the reason, nothing kept; a model not marked keep_on_host: refused too.
+        var big = new byte[Wire.InlineBytes + 1];
+        var oversized = Request();
+        oversized.ModelTensor = Tensor(DType.UInt8, [big.Length], big, keep: true);
+        var e = Assert.Throws<RpcException>(() => c.RunGraph(oversized, o));
+        Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+        Assert.Contains("inline size", e.Status.Detail);
+        var notKept = Request();
+        notKept.ModelTensor = Tensor(DType.UInt8, [bytes.Length], bytes);
+        Assert.Equal(StatusCode.InvalidArgument, Assert.Throws<RpcException>(() => c.RunGraph(notKept, o)).StatusCode);
+    }
+
+    [Fact]
     public async Task Bulk_transfers_with_a_wrong_hash_a_short_body_or_too_many_bytes_are_refused_with_a_clear_reason()
     {
         await using var server = await Serve("cpu", token: "sesame");
@@ -293,6 +338,34 @@ public class RemoteTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
         foreach (var (name, v) in expected) Assert.True(((Tensor)v).Bytes().SequenceEqual(((Tensor)actual[name]).Bytes()), $"output '{name}' differs");
         // One call per segment between Muls (and the uploads of Mul outputs), not one per node.
         Assert.True(calls <= 2 * (muls + 1), $"{calls} calls for {llama.Graph.Nodes.Count} nodes with {muls} Muls on the fallback");
+    }
+
+    [Fact]
+    public async Task Lockstep_over_remote_gives_every_record_local_gives_with_isolated_reruns_batched()
+    {
+        var llama = Tapml.Models.HfModels.Load(Tapml.Models.TinyCheckpoint.Materialize("llama"));
+        // NOTE: a fault early in the graph, so that most nodes after it are fed drifted inputs and re-run isolated
+        // (over remote: in batches of unconnected nodes, one call each).
+        string fault = $"faulty:cpu?node={llama.Graph.Nodes[llama.Graph.Nodes.Count / 4].Name}&kind=offset";
+        await using var server = await Serve(fault);
+        JsonNode Lockstep(string target)
+        {
+            string json = Temp("lockstep.json");
+            var r = CliRunner.Run("migrate", "--model", "builtin:tiny-llama", "--input-ids", "1,17,305,42", "--decode-steps", "1", "--target", target, "--json", json);
+            Assert.True(r.ExitCode == 1, r.Stderr + r.Stdout);
+            return JsonNode.Parse(File.ReadAllText(json))!;
+        }
+        var local = Lockstep(fault);
+        var remote = Lockstep("remote:" + server.Url);
+        // Same nodes in the same order, the same verdicts both ways and the same errors to the last bit.
+        static string[] Rows(JsonNode d, string key) => ((JsonArray)d[key]!).Select(x =>
+            $"{x!["index"]} {x["node"]} {x["phase"]} {x["isolated"]!.ToJsonString()} {x["accumulated"]!.ToJsonString()}").ToArray();
+        Assert.Equal(Rows(local, "records"), Rows(remote, "records"));
+        Assert.Equal(Rows(local, "affected"), Rows(remote, "affected"));
+        Assert.Equal(local["first_divergent"]!["node"]!.ToJsonString(), remote["first_divergent"]!["node"]!.ToJsonString());
+        int culprit = (int)remote["first_divergent"]!["index"]!;
+        int rerun = ((JsonArray)remote["records"]!).Count(x => (int)x!["index"]! > culprit);
+        Assert.True(rerun > 20, $"only {rerun} nodes after the fault: the test needs isolated re-runs to batch");
     }
 
     [Fact]

@@ -9,8 +9,10 @@ namespace Tapml.Testing.Migration;
 /// topological order, runs the node on the source platform with the source's own values, compares the outputs as
 /// soon as both exist, and frees each source value after its last consumer. Where the target's inputs differ from
 /// the source's, the node's own platform is also fed the source's inputs (isolated error); otherwise isolated and
-/// accumulated error are the same call. A source output equal to the target's bit for bit is not kept twice: the
-/// target's host value stands for both.</summary>
+/// accumulated error are the same call. On a target that takes segments (<see cref="ISegmentPlatform"/>: a remote one)
+/// those isolated re-runs are queued and sent as one graph of unconnected nodes per batch, then judged and recorded in
+/// node order (<see cref="Flush"/>). A source output equal to the target's bit for bit is not kept twice: the target's
+/// host value stands for both.</summary>
 /// <param name="isolatedTarget">Makes the target instance isolated re-runs use: a second one, so that state the run
 /// under test left in the first (a stale buffer, the previous call's output) cannot make a wrong kernel look right.</param>
 sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult result, Executor runUnderTest, Func<IPlatform> isolatedTarget) : IExecutionObserver, IDisposable
@@ -81,26 +83,32 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
         var tol = tolerances.For(node, srcIn, srcOut);
         var judge = new NodeJudge(node, e.Context.Opset, srcIn, tol);
         var acc = judge.CompareAccumulated(srcOut, tgtOut);
-        NodeError iso;
-        Value?[]? isoOut = null;
-        if (inputsEqual) iso = judge.Compare(srcOut, isoOut = tgtOut);
+        var entry = new Pending(e.Index, node, e.Context, Phase, e.Platform.Name, srcIn, srcOut, judge, acc);
+        if (inputsEqual) entry.Iso = judge.Compare(srcOut, tgtOut);
         else
         {
             var p = ReferenceEquals(e.Platform, source) ? source : _isolated ??= isolatedTarget();
-            // NOTE: a body ran on the target even when its If/Loop/Scan was kept on the source: re-run it there too.
-            var bodyOn = node.Subgraphs.Any() ? _isolated ??= isolatedTarget() : p;
-            try { iso = judge.Compare(srcOut, isoOut = RunOn(p, node, ShadowContext(e, bodyOn), srcIn)); }
-            catch (TapmlException ex) when (ex is not PlatformLostException) { iso = new NodeError(new Metrics(), false, $"{e.Platform.Name} fed the source's inputs failed: {ex.Message}"); }
+            entry.Target = p;
+            if (p is ISegmentPlatform && !ReferenceEquals(p, source) && !node.Subgraphs.Any())
+            {
+                // NOTE: the isolated re-run is queued: the queue's nodes go to the target as one batch (one call over a
+                // remote link instead of one per node), judged in order when it comes back.
+                _pendingBytes += srcIn.Sum(Bytes) + srcOut.Sum(Bytes);
+            }
+            else
+            {
+                Flush();
+                // NOTE: a body ran on the target even when its If/Loop/Scan was kept on the source: re-run it there too.
+                var bodyOn = node.Subgraphs.Any() ? _isolated ??= isolatedTarget() : p;
+                Value?[]? isoOut = null;
+                NodeError iso;
+                try { iso = judge.Compare(srcOut, isoOut = RunOn(p, node, ShadowContext(e, bodyOn), srcIn)); }
+                catch (TapmlException ex) when (ex is not PlatformLostException) { iso = new NodeError(new Metrics(), false, $"{e.Platform.Name} fed the source's inputs failed: {ex.Message}"); }
+                if (!iso.Passed && isoOut is not null && node.Subgraphs.Any()) iso = InBody(e, srcIn, iso, isoOut, judge);
+                entry.Iso = iso;
+            }
         }
-        if (!iso.Passed && isoOut is not null && node.Subgraphs.Any()) iso = InBody(e, srcIn, iso, isoOut, judge);
-        var rec = new NodeRecord(e.Index, node.Name, node.OpType, Phase, e.Platform.Name, iso, acc);
-        result.Records.Add(rec);
-        if (!iso.Passed && result.FirstDivergent is null)
-        {
-            result.FirstDivergent = rec;
-            CulpritCase = (node, e.Context.Opset, srcIn.Select(v => v as Tensor).ToArray(), srcOut.Select(v => v as Tensor).ToArray());
-        }
-        else if (iso.Passed && !acc.Passed) result.Affected.Add(rec);
+        _pending.Add(entry);
 
         // keep the source outputs (the target's when identical), free what this node consumed last
         for (int o = 0; o < node.Outputs.Length; o++)
@@ -110,7 +118,7 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
             _values[node.Outputs[o]] = shared ? tgtOut[o]! : v;
             if (!shared && _counted.Add(node.Outputs[o])) _ownBytes += Bytes(v);
         }
-        result.PeakMemoryBytes = Math.Max(result.PeakMemoryBytes, runUnderTest.Stats.LiveBytes + _ownBytes + transient);
+        result.PeakMemoryBytes = Math.Max(result.PeakMemoryBytes, runUnderTest.Stats.LiveBytes + _ownBytes + transient + _pendingBytes);
         foreach (var name in node.Inputs)
         {
             if (name.Length == 0 || !_remaining.ContainsKey(name) || --_remaining[name] > 0 || _graphOutputs.Contains(name)) continue;
@@ -118,6 +126,109 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
         }
         foreach (var name in node.Outputs)
             if (name.Length > 0 && !_remaining.ContainsKey(name) && !_graphOutputs.Contains(name)) Drop(name);
+        if (_pending.Count >= MaxBatchNodes || _pendingBytes >= MaxBatchBytes || e.Index == _model.Graph.Nodes.Count - 1 || _pending.All(x => x.Iso is not null)) Flush();
+    }
+
+    /// <summary>A node's verdicts waiting for its isolated re-run (<see cref="Iso"/> null) or for one queued before it.</summary>
+    sealed class Pending(int index, Node node, NodeContext ctx, string phase, string platform, Value?[] srcIn, Value?[] srcOut, NodeJudge judge, NodeError acc)
+    {
+        public readonly int Index = index;
+        public readonly Node Node = node;
+        public readonly NodeContext Context = ctx;
+        public readonly string Phase = phase, Platform = platform;
+        public readonly Value?[] SourceInputs = srcIn, SourceOutputs = srcOut;
+        public readonly NodeJudge Judge = judge;
+        public readonly NodeError Accumulated = acc;
+        public NodeError? Iso;
+        public IPlatform? Target;
+    }
+
+    // NOTE: bounds of a batch: its inputs travel with one call (the remote client splits what passes half the server's
+    // message limit) and its small outputs come back in one reply.
+    const int MaxBatchNodes = 64;
+    const long MaxBatchBytes = 4 << 20;
+    List<Pending> _pending = new();
+    long _pendingBytes;
+
+    /// <summary>Runs the queued isolated re-runs (as one batch where the target takes segments) and records every
+    /// queued node in order. The run's driver calls it after a run; the last node of a run calls it too.</summary>
+    public void Flush()
+    {
+        if (_pending.Count == 0) return;
+        var batch = _pending;
+        _pending = new();
+        _pendingBytes = 0;
+        var waiting = batch.Where(x => x.Iso is null).ToList();
+        var outs = waiting.Count > 0 && waiting[0].Target is ISegmentPlatform sp ? RunBatch(sp, waiting) : null;
+        for (int i = 0; i < waiting.Count; i++)
+        {
+            var x = waiting[i];
+            if (outs is not null) { x.Iso = x.Judge.Compare(x.SourceOutputs, outs[i]); continue; }
+            // NOTE: a batch the target refused (a node it cannot run, a value that cannot travel) runs node by node, so
+            // each node gets its own verdict and error.
+            try { x.Iso = x.Judge.Compare(x.SourceOutputs, RunOn(x.Target!, x.Node, x.Context, x.SourceInputs)); }
+            catch (TapmlException ex) when (ex is not PlatformLostException) { x.Iso = new NodeError(new Metrics(), false, $"{x.Platform} fed the source's inputs failed: {ex.Message}"); }
+        }
+        foreach (var x in batch) Record(x, x.Iso!);
+    }
+
+    void Record(Pending x, NodeError iso)
+    {
+        var rec = new NodeRecord(x.Index, x.Node.Name, x.Node.OpType, x.Phase, x.Platform, iso, x.Accumulated);
+        result.Records.Add(rec);
+        if (!iso.Passed && result.FirstDivergent is null)
+        {
+            result.FirstDivergent = rec;
+            CulpritCase = (x.Node, x.Context.Opset, x.SourceInputs.Select(v => v as Tensor).ToArray(), x.SourceOutputs.Select(v => v as Tensor).ToArray());
+        }
+        else if (iso.Passed && !x.Accumulated.Passed) result.Affected.Add(rec);
+    }
+
+    /// <summary>The queued nodes as one graph of unconnected nodes (each fed the source's inputs: one graph input per
+    /// distinct value), run on <paramref name="p"/> in their order; each node's outputs on the host, or null when the
+    /// target refused the batch.</summary>
+    Value?[][]? RunBatch(ISegmentPlatform p, List<Pending> nodes)
+    {
+        var g = new Graph { Name = "lockstep_isolated" };
+        var names = new Dictionary<Value, string>(ReferenceEqualityComparer.Instance);
+        var feeds = new Dictionary<string, Value>();
+        for (int k = 0; k < nodes.Count; k++)
+        {
+            var x = nodes[k];
+            var ins = new string[x.Node.Inputs.Length];
+            for (int i = 0; i < ins.Length; i++)
+            {
+                if (x.SourceInputs[i] is not { } v) { ins[i] = ""; continue; }
+                if (!names.TryGetValue(v, out var name))
+                {
+                    names[v] = name = $"in{names.Count}";
+                    feeds[name] = v;
+                    g.Inputs.Add(new ValueInfo(name, Executor.TypeOf(v)));
+                }
+                ins[i] = name;
+            }
+            var outNames = x.Node.Outputs.Select((o, j) => o.Length == 0 ? "" : $"out{k}_{j}").ToArray();
+            foreach (var o in outNames) if (o.Length > 0) g.Outputs.Add(new ValueInfo(o, null));
+            g.Nodes.Add(new Node { Name = x.Node.Name, OpType = x.Node.OpType, Domain = x.Node.Domain, Inputs = ins, Outputs = outNames, Attributes = x.Node.Attributes });
+        }
+        var model = new Model { Graph = g, Opsets = _model!.Opsets, IrVersion = _model.IrVersion, ProducerName = "tapml lockstep" };
+        SegmentResult r;
+        try { r = p.RunSegment(model, feeds, hostCopies: true); }
+        catch (TapmlException ex) when (ex is not PlatformLostException) { return null; }
+        try
+        {
+            if (r.UnsupportedNode >= 0) return null;
+            var result = new Value?[nodes.Count][];
+            for (int k = 0; k < nodes.Count; k++)
+            {
+                var outputs = nodes[k].Node.Outputs;
+                result[k] = new Value?[outputs.Length];
+                for (int j = 0; j < outputs.Length; j++)
+                    if (outputs[j].Length > 0 && r.Outputs.GetValueOrDefault($"out{k}_{j}") is { } v) result[k][j] = p.Download(v);
+            }
+            return result;
+        }
+        finally { foreach (var v in r.Outputs.Values) p.Free(v); }
     }
 
     void Drop(string name)
@@ -154,6 +265,7 @@ sealed class Lockstep(IPlatform source, Tolerances tolerances, MigrationResult r
                 using var shadow = new Lockstep(source, tolerances, nested, exec, isolatedTarget) { Phase = Phase, Feeds = feeds };
                 exec.Observers.Add(shadow);
                 var outs = exec.Run(bodyModel, feeds);
+                shadow.Flush();
                 found ??= nested.FirstDivergent;
                 return body.Outputs.Select(o => outs.GetValueOrDefault(o.Name)).ToArray();
             },

@@ -34,6 +34,7 @@ public sealed class Migrator
     List<(string Phase, Dictionary<string, Value> Feeds, Dictionary<string, Value> Outputs)>? _reference;
     readonly string _targetDescription;
     IPlatform? _targetRoot;   // an IFreshInstance target that fresh ones are made from, while a strategy runs
+    IPlatform? _probe;        // the instance the constructor described the target with, kept as the first strategy's root
 
     public Action<string>? Progress { get; init; }
 
@@ -45,8 +46,11 @@ public sealed class Migrator
         _nodeTolerances = nodeTolerances; _outputTolerance = outputTolerance;
         _nodes = model.Graph.Nodes.ToList();
         if (input.Feeds is null && input.PromptIds is null) throw new TapmlException("migration needs inputs (feeds) or a prompt");
-        using var probe = PlatformRegistry.Create(targetSpec); // NOTE: a bad target spec fails before any run
+        var probe = PlatformRegistry.Create(targetSpec); // NOTE: a bad target spec fails before any run
         _targetDescription = probe.Description;
+        // NOTE: a remote target's probe is a connection already made and described: the first strategy makes its fresh
+        // instances from it instead of connecting again.
+        if (probe is IFreshInstance) _probe = probe; else probe.Dispose();
     }
 
     /// <summary>Where finished runs and clean lockstep phases are written as they end, and read back from on resume.</summary>
@@ -82,6 +86,7 @@ public sealed class Migrator
     /// <summary>A fresh target instance (disposed by the caller).</summary>
     IPlatform NewTarget()
     {
+        if (_targetRoot is null && _probe is not null) { _targetRoot = _probe; _probe = null; }
         if (_targetRoot is IFreshInstance root) return root.NewInstance();
         var p = PlatformRegistry.Create(_targetSpec);
         if (_targetRoot is not null || p is not IFreshInstance f) return p;
@@ -203,6 +208,7 @@ public sealed class Migrator
             try { exec.Run(_model, feeds); }
             catch (UnsupportedException e) { r.TargetError = $"{phase}: {e.Message}"; unsupported = true; }
             catch (TapmlException e) when (e is not PlatformLostException) { r.TargetError = $"{phase}: {e.Message}"; }
+            shadow.Flush();   // NOTE: the isolated re-runs still queued are judged before the phase's verdict is read
             if (r.FirstDivergent is not null || r.TargetError is not null) break;   // NOTE: later phases only inherit the error
             Journal?.Phase(key, r.Records.Skip(before).ToList(), exec.Fallbacks.ToList());
         }
