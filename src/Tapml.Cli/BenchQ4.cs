@@ -9,7 +9,8 @@ namespace Tapml.Cli;
 
 /// <summary><c>bench llm-q4</c>: prefill and decode tokens/s of f32 and <c>--quantize q4</c> weights on the GPU platform,
 /// on the 125M Llama shape and four layers of Llama-3-8B's shape (the checkpoints <c>bench llm</c> and
-/// <c>bench llm-large</c> write), with the weight bytes a decode step reads and their rate; the q4 graph's greedy tokens
+/// <c>bench llm-large</c> write), with the dispatches a decode step records (f32, q4 fused as f32 is, and q4 with its
+/// MatMulNBits products unfused: the baseline), the weight bytes a decode step reads and their rate; the q4 graph's greedy tokens
 /// checked against cpu running the same q4 graph (the 8B shape: the first 4 tokens). <c>bench llm-q4-tiny</c> runs the
 /// same on a tiny checkpoint (a smoke test for software adapters).</summary>
 static class BenchQ4
@@ -26,7 +27,7 @@ static class BenchQ4
                 ("125M", "tapml-bench-llama-125m", new TinyCheckpoint.Sizes(Layers: 12, Hidden: 768, Heads: 12, KvHeads: 4, Intermediate: 2048, Vocab: 32000), 64, 33, 33),
                 ("4x4096 (Llama-3-8B shape)", "tapml-bench-llama-4x4096", new TinyCheckpoint.Sizes(Layers: 4, Hidden: 4096, Heads: 32, KvHeads: 8, Intermediate: 14336, Vocab: 32000), 16, 17, 4),
             ];
-        var table = new Table().AddColumns("model", "weights", "prefill tokens/s", "decode tokens/s", "decode ms/token", "bytes read per decode step", "weight bandwidth");
+        var table = new Table().AddColumns("model", "weights", "prefill tokens/s", "decode tokens/s", "decode ms/token", "dispatches per decode step", "bytes read per decode step", "weight bandwidth");
         bool allSame = true;
         var summary = new List<string>();
         foreach (var (label, folder, sizes, promptLength, newTokens, cpuTokens) in shapes)
@@ -38,14 +39,26 @@ static class BenchQ4
             var rng = new Random(3);
             long[] prompt = Enumerable.Range(0, promptLength).Select(_ => (long)rng.Next(sizes.Vocab)).ToArray();
             var decode = new Dictionary<string, double>();
-            GenerationResult? q4Result = null;
+            var dispatches = new Dictionary<string, double>();
+            GenerationResult? q4Result = null, unfusedResult = null;
             using (var p = PlatformRegistry.Create(gpu))
             {
                 var exec = new Executor(p) { PreferWholeGraph = true };
-                foreach (var (weights, m) in new[] { ("f32", plain), ("q4", quantized) })
+                // "q4 unfused": the same q4 graph with its MatMulNBits products left out of the fused regions (one dispatch
+                // each, norm and epilogues apart): the baseline of 4-bit fusion.
+                foreach (var (weights, m, nbits) in new[] { ("f32", plain, true), ("q4", quantized, true), ("q4 unfused", quantized, false) })
                 {
-                    var model = GenerateVerb.FusesByDefault(p) ? Fusion.Fuse(m, out _) : m;
+                    var model = GenerateVerb.FusesByDefault(p) ? Fusion.Fuse(m, out _, projections: true, nbits: nbits) : m;
                     Generation.Greedy(exec, model, prompt.AsSpan(0, Math.Min(4, prompt.Length)), 2);     // warm-up: pipelines, uploads
+                    string perStep = "–";
+                    if (p is IKernelProfile prof)
+                    {
+                        // Decode steps alone: a run of 5 new tokens (4 decode steps) less a run of 1 (prefill only).
+                        long Dispatches(int n) { var c0 = prof.Counters; Generation.Greedy(exec, model, prompt.AsSpan(0, Math.Min(4, prompt.Length)), n); return (prof.Counters - c0).Dispatches; }
+                        double d = (Dispatches(5) - Dispatches(1)) / 4.0;
+                        perStep = $"{d:F0}";
+                        dispatches[weights] = d;
+                    }
                     GenerationResult? best = null;
                     for (int i = 0; i < runs; i++)
                     {
@@ -55,16 +68,18 @@ static class BenchQ4
                     long bytes = ReadBytes(m);
                     decode[weights] = best!.DecodeTokensPerSecond;
                     if (weights == "q4") q4Result = best;
+                    if (weights == "q4 unfused") unfusedResult = best;
                     table.AddRow(label, weights, $"{best.PrefillTokensPerSecond:F1}", $"{best.DecodeTokensPerSecond:F1}", $"{best.DecodeMs / Math.Max(1, best.DecodeSteps):F2}",
-                        Format.Bytes(bytes), $"{bytes * best.DecodeTokensPerSecond / 1e9:F1} GB/s");
+                        perStep, Format.Bytes(bytes), $"{bytes * best.DecodeTokensPerSecond / 1e9:F1} GB/s");
                     Console.Error.WriteLine($"bench {scenario}: {label} {weights}: prefill {best.PrefillTokensPerSecond:F1} tokens/s, decode {best.DecodeTokensPerSecond:F1} tokens/s");
                 }
             }
             using var cpu = PlatformRegistry.Create("cpu");
             var reference = Generation.Greedy(new Executor(cpu) { PreferWholeGraph = true }, quantized, prompt, cpuTokens);
-            bool same = q4Result!.Tokens.Take(cpuTokens).SequenceEqual(reference.Tokens);
+            bool same = q4Result!.Tokens.Take(cpuTokens).SequenceEqual(reference.Tokens) && unfusedResult!.Tokens.Take(cpuTokens).SequenceEqual(reference.Tokens);
             allSame &= same;
-            summary.Add($"{label}: q4 decode {decode["q4"] / decode["f32"]:F2}× f32 on {gpu}; q4 greedy tokens {(same ? "identical to" : "DIFFER from")} cpu's ({cpuTokens} tokens)");
+            summary.Add($"{label}: q4 decode {decode["q4"] / decode["f32"]:F2}× f32 on {gpu} ({decode["q4 unfused"] / decode["f32"]:F2}× with the products unfused); q4 greedy tokens (fused and unfused) {(same ? "identical to" : "DIFFER from")} cpu's ({cpuTokens} tokens)"
+                + (dispatches.Count == 3 ? $"; dispatches per decode step f32 {dispatches["f32"]:F0}, q4 {dispatches["q4"]:F0}, q4 unfused {dispatches["q4 unfused"]:F0}" : ""));
         }
         table.Caption($"{gpu}, best of {runs}; q4 = MatMulNBits, 4-bit, blocks of 32, f32 scale + 4-bit zero point per block");
         AnsiConsole.Write(table);
