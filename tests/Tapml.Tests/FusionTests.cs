@@ -417,7 +417,8 @@ public class FusionTests
     /// <summary>The projections kernel over <c>--quantize q4</c> products (MatMulNBits, stacked nibbles) against the cpu
     /// running the same quantized graph unfused: norm or not, one to four rows, GQA widths, bias and SwiGLU/GELU
     /// epilogues, a K that is not a multiple of the block (72: the last block padded, x read with bounds checks). One
-    /// dispatch (plus x's Add); five rows run the body (x's Add, one norm, a tiled MatMulNBits each, one epilogue).</summary>
+    /// dispatch (plus x's Add); five rows run the body (x's Add, one norm, a tiled MatMulNBits each, one epilogue), each
+    /// product reading its rows of the stacked buffers where their offsets meet the binding alignment.</summary>
     [Theory]
     [InlineData("webgpu", 1, 64, true, "qkv", 2)]
     [InlineData("webgpu", 3, 64, true, "qkv_bias", 2)]
@@ -426,6 +427,7 @@ public class FusionTests
     [InlineData("webgpu", 1, 72, false, "pair", 2)]
     [InlineData("webgpu", 1, 72, true, "swiglu", 2)]
     [InlineData("webgpu", 5, 64, true, "swiglu", 5)]
+    [InlineData("webgpu", 5, 256, true, "qkv", 5)]         // the products' rows start 256-byte aligned: prefill reads views of the stack
     public void Q4_projections_kernel_matches_cpu(string platform, int rows, int k, bool norm, string structure, int expectedDispatches)
     {
         WebGpuTests.SkipIfNoDawn(platform);

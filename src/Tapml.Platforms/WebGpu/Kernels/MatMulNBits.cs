@@ -78,6 +78,34 @@ static class MatMulNBits
         return p;
     }
 
+    /// <summary>Makes <paramref name="product"/>'s weight on the GPU views of a stacked region's buffers (its rows from
+    /// <paramref name="firstRow"/> on), so the node run alone (prefill) reads the buffers the fused decode kernel reads
+    /// and the weight is on the GPU once; nothing is done where a view's offset misses the binding alignment or the node
+    /// already has its weight.</summary>
+    internal static void Share(WebGpuPlatform g, Node product, Tensor b, Tensor s, Tensor? z, NBitsWeight w, long firstRow,
+        GpuTensor words, GpuTensor scales, GpuTensor? zeros, bool byteZeros)
+    {
+        if (Cache.TryGetValue(product, out var old) && old.Owner == g) return;
+        ulong align = (ulong)Math.Max(4, g.Device.Limits.MinStorageOffsetAlignment);
+        long blocks = firstRow * w.KBlocks;
+        ulong wordsAt = (ulong)(firstRow * w.KBlocks * w.BlobSize), scalesAt = (ulong)(blocks * (scales.Storage == GpuStorage.F16x2 ? 2 : 4));
+        ulong zerosAt = zeros is null ? 0 : (ulong)(blocks * (byteZeros ? 1 : 4));
+        if (wordsAt % align != 0 || scalesAt % align != 0 || zerosAt % align != 0) return;
+        GpuTensor View(GpuTensor t, long length, ulong at)
+        {
+            t.Buffer.Refs++;
+            return new GpuTensor(g, t.DType, [length], t.Buffer, t.Storage) { ByteOffset = at, Pinned = true };
+        }
+        long n = w.N;
+        Cache.AddOrUpdate(product, new Prepared
+        {
+            Owner = g, Sources = [null, b, s, z, null, null], W = w, ByteZeros = byteZeros,
+            Words = View(words, n * w.KBlocks * w.BlobSize / 4, wordsAt),
+            Scales = View(scales, n * w.KBlocks, scalesAt),
+            Zeros = zeros is null ? null : View(zeros, byteZeros ? (n * w.KBlocks + 3) / 4 : n * w.KBlocks, zerosAt),
+        });
+    }
+
     /// <summary>Whole-number zero points as bytes, four per u32 (block b in byte b % 4 of word b / 4).</summary>
     internal static Tensor PackBytes(float[] z)
     {

@@ -99,6 +99,13 @@ static class ProjectionsNBits
             }),
         };
         Cache.AddOrUpdate(node, st);
+        // Each product run alone (prefill runs the body) reads its rows of the stacked buffers.
+        for (int p = 0; p < plan.Products.Length; p++)
+        {
+            int i = plan.ProductWeight[p];
+            if (plan.Products[p].Inputs.Length == parts[i].Product.Inputs.Length)
+                MatMulNBits.Share(g, plan.Products[p], parts[i].B, parts[i].S, parts[i].Z, ws[i], rowAt[i], st.Words, st.Scales, st.Zeros, kind == MatMulNBits.ZeroKind.Bytes);
+        }
         return st;
     }
 
@@ -109,11 +116,11 @@ static class ProjectionsNBits
     {
         long k = x.Shape[^1];
         long rowCount = x.Length / k;
-        if (rowCount > MatMul.MatVecMaxRows) return null;                     // prefill: the body runs (tiled MatMulNBits)
         if (plan.Norm && (ins.Length < 2 || ins[1] is not { Source: { } gs } gm || gs.Length != k || gm.DType != x.DType || gm.Rank > x.Rank)) return null;
         foreach (var v in plan.Vectors) if (ins[v] is not { Source: not null } t || t.DType != x.DType || t.Rank > x.Rank) return null;
         var st = Prepare(g, ctx, plan, opset, x, ins);
         if (st is null || st.K != k) return null;
+        if (rowCount > MatMul.MatVecMaxRows) return null;                     // prefill: the body runs (tiled MatMulNBits over views of the stack)
         int rows = (int)rowCount, P = plan.P, outs = plan.Outputs.Length;
         long columns = plan.Outputs.Sum(o => o.N);
         int words = st.RowWords % 4 == 0 ? 4 : 1;
