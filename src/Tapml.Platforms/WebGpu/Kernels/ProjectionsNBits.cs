@@ -33,8 +33,8 @@ static class ProjectionsNBits
         public required long RowWords;
         /// <summary>First stacked row of each weight (plan order).</summary>
         public required long[] RowAt;
-        /// <summary>Float offset of γ in <see cref="Consts"/> (after the epilogue's per-column vectors).</summary>
-        public required long GammaAt;
+        /// <summary>Float offset of the epilogue's per-column vectors in <see cref="Consts"/> (after γ, padded to vec4s).</summary>
+        public required long VectorsAt;
     }
 
     static readonly ConditionalWeakTable<Node, Stacked> Cache = new();
@@ -74,11 +74,11 @@ static class ProjectionsNBits
         for (int i = 1; i < nw; i++) rowAt[i] = rowAt[i - 1] + ws[i - 1].N;
         Tensor[] keys = [Key(), Key(), Key(), Key()];
         float[] Concat(Func<NBitsWeight, float[]> f) => ws.SelectMany(f).ToArray();
-        long gammaAt = vectors.Sum(v => v.Length);
+        long vectorsAt = gamma is null ? 0 : (gamma.Length + 3) / 4 * 4;
         st = new Stacked
         {
             Owner = g, Sources = [.. sources], Keys = keys, ZeroKind = kind,
-            K = w0.K, BlockSize = w0.BlockSize, KBlocks = w0.KBlocks, RowWords = (long)w0.KBlocks * w0.BlobSize / 4, RowAt = rowAt, GammaAt = gammaAt,
+            K = w0.K, BlockSize = w0.BlockSize, KBlocks = w0.KBlocks, RowWords = (long)w0.KBlocks * w0.BlobSize / 4, RowAt = rowAt, VectorsAt = vectorsAt,
             Words = g.Concatenated([keys[0], .. parts.Select(p => p.B)], () =>
             {
                 var bytes = new byte[ws.Sum(w => (long)w.B.Length)];
@@ -92,9 +92,13 @@ static class ProjectionsNBits
                 : new Tensor(DType.Float32, [ws.Sum(w => (long)w.Scales.Length)], Concat(w => w.Scales))),
             Zeros = kind == MatMulNBits.ZeroKind.None ? null : g.Concatenated([keys[2], .. parts.Select(p => p.Z!)], () =>
                 kind == MatMulNBits.ZeroKind.Bytes ? MatMulNBits.PackBytes(Concat(w => w.Zeros!)) : new Tensor(DType.Float32, [ws.Sum(w => (long)w.Zeros!.Length)], Concat(w => w.Zeros!))),
-            Consts = gamma is null && vectors.Length == 0 ? null : g.Concatenated([keys[3], .. vectors, .. (gamma is null ? Array.Empty<Tensor>() : [gamma])], () =>
+            // γ then the epilogue's vectors, read as vec4s (γ four lanes at a time as x is).
+            Consts = gamma is null && vectors.Length == 0 ? null : g.Concatenated([keys[3], .. (gamma is null ? Array.Empty<Tensor>() : [gamma]), .. vectors], () =>
             {
-                var all = vectors.SelectMany(Projections.Floats).Concat(gamma is null ? [] : Projections.Floats(gamma)).ToArray();
+                var all = new float[(vectorsAt + vectors.Sum(v => v.Length) + 3) / 4 * 4];
+                if (gamma is not null) Projections.Floats(gamma).CopyTo(all, 0);
+                long at = vectorsAt;
+                foreach (var v in vectors) { Projections.Floats(v).CopyTo(all, at); at += v.Length; }
                 return new Tensor(DType.Float32, [all.Length], all);
             }),
         };
@@ -153,6 +157,14 @@ static class ProjectionsNBits
         return ys;
     }
 
+    /// <summary>An epilogue's per-column constants (<see cref="Projections"/> writes <c>vecs_b[OFFSETu + j]</c>) read from
+    /// the consts buffer, where they start at <paramref name="at"/>.</summary>
+    static string Vectors(string code, long at)
+    {
+        var s = System.Text.RegularExpressions.Regex.Replace(code, @"vecs_b\[(\d+)u \+ j\]", m => $"cv_({long.Parse(m.Groups[1].Value) + at}u + j)");
+        return s.Contains("vecs_b", StringComparison.Ordinal) ? throw new InvalidOperationException("projections: an epilogue reads vecs_b other than per column") : s;
+    }
+
     /// <summary>Kernel text; meta words md[0] = K, md[1] = units per row, md[2] = blocks per row, md[3] = columns.</summary>
     static string Code(Projections.Plan plan, Stacked st, GpuTensor x, int M, MatVecShape layout, int words, bool vec, float eps, DType dtype)
     {
@@ -161,7 +173,11 @@ static class ProjectionsNBits
         var w = new Wgsl(WG);
         BlockedMatVec.DeclareX(w, x, vec);
         int binding = 1;
-        if (st.Consts is not null) { w.In("vecs", GpuStorage.F32); binding++; }
+        if (st.Consts is not null)
+        {
+            w.Reserve().Decl("@group(0) @binding(1) var<storage, read> cv_b: array<vec4<f32>>;\nfn cv_(i: u32) -> f32 { return cv_b[i >> 2u][i & 3u]; }");
+            binding++;
+        }
         if (words == 4) w.Reserve().Decl($"@group(0) @binding({binding}) var<storage, read> bq_b: array<vec4<u32>>;");
         else w.In("bw", GpuStorage.U32);
         w.In("sc", st.Scales);
@@ -173,7 +189,7 @@ static class ProjectionsNBits
         int normAt = R * P * M, slots = normAt + (norm ? M : 0);
         w.Decl($"var<workgroup> red: array<f32, {WG * slots}>;");
         if (!vec) w.Decl("fn xg(m: u32, k: u32, K: u32) -> f32 { if (k < K) { return f32(x(m * K + k)); } return 0.0; }");
-        if (norm) w.Decl($"fn gm_(k: u32, K: u32) -> f32 {{ if (k < K) {{ return vecs_b[{st.GammaAt}u + k]; }} return 0.0; }}");
+        if (norm && !vec) w.Decl("fn gm_(k: u32, K: u32) -> f32 { if (k < K) { return cv_(k); } return 0.0; }");
         string weights = words == 4 ? "bq_b" : "bw_b";
         // Stacked weight row of product q of a column c: its output's first column and its weight's first row.
         var starts = new long[outs];
@@ -202,10 +218,10 @@ static class ProjectionsNBits
         }
         if (norm) for (int m = 0; m < M; m++) b.Append($"  var s{m} = 0.0;\n");
         b.Append($"  for (var u = t; u < U; u += {T}u) {{\n    let k0 = u * {UV}u;\n");
-        string Lane(string k) => vec ? $"vecs_b[{st.GammaAt}u + {k}]" : $"gm_({k}, K)";
         if (norm)
             for (int j = 0; j < J; j++)
-                b.Append($"    let g{j} = vec4<f32>({string.Join(", ", Enumerable.Range(0, 4).Select(i => Lane($"k0 + {4 * j + i}u")))});\n");
+                b.Append(vec ? $"    let g{j} = cv_b[u * {J}u + {j}u];\n"
+                    : $"    let g{j} = vec4<f32>({string.Join(", ", Enumerable.Range(0, 4).Select(i => $"gm_(k0 + {4 * j + i}u, K)"))});\n");
         for (int m = 0; m < M; m++)
             for (int j = 0; j < J; j++)
             {
@@ -250,7 +266,7 @@ static class ProjectionsNBits
             for (int o = 0; o < outs; o++)
             {
                 var op = plan.Outputs[o];
-                b.Append($"      {(o == 0 ? "" : "else ")}if (o == {o}u) {{\n{op.Code}      y{o}_st({m}u * {op.N}u + j, v);\n      }}\n");
+                b.Append($"      {(o == 0 ? "" : "else ")}if (o == {o}u) {{\n{Vectors(op.Code, st.VectorsAt)}      y{o}_st({m}u * {op.N}u + j, v);\n      }}\n");
             }
             b.Append("    }\n");
         }
