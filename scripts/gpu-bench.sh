@@ -26,7 +26,7 @@ section() {
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$log"
 # Issue 24: f32 vs q4 decode and prefill on the 125M and 4-layer 8B-shape checkpoints (webgpu, one process).
-section llm-q4 170 "$T bench llm-q4 --platform webgpu --runs 3"
+section llm-q4 220 "$T bench llm-q4 --platform webgpu --runs 3"
 # PyTorch/transformers on the same checkpoints (the folders bench wrote), eager.
 section peer-eager 80 "python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-125m --prompt 64 --new 33 --mode eager;
   python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-4x4096 --prompt 16 --new 17 --mode eager"
