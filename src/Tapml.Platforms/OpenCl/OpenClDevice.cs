@@ -228,7 +228,9 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
     public GpuPipeline Pipeline(string code, string label)
     {
         if (_pipelines.TryGetValue(code, out var gp)) return gp;
-        string src = Renderer.Render(code);
+        string src;
+        // NOTE: the renderer keeps per-render state and is shared by every device: two platforms compiling at once raced.
+        lock (Renderer) src = Renderer.Render(code);
         var module = WgslModule.Parse(code);
         int err;
         var lens = (nuint)Encoding.UTF8.GetByteCount(src);

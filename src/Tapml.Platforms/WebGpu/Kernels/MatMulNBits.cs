@@ -21,7 +21,9 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 /// multiplied by its scale once;</item>
 /// <item>prefill: a 64×64 tiled product (as MatMul's) whose B tile is dequantized while it is staged in workgroup
 /// memory, one packed word (8 values) a thread.</item>
-/// </list></summary>
+/// </list>
+/// The decode kernel also serves the <c>matmul_add</c> region (<see cref="FusedAdd"/>: a residual added in its store); its
+/// unit code serves <see cref="ProjectionsNBits"/>.</summary>
 static class MatMulNBits
 {
     public static void Register(Action<GpuOp> add) =>
@@ -174,7 +176,7 @@ static class MatMulNBits
 
     /// <summary>The <c>matmul_add</c> region over a MatMulNBits product (inputs x, B, scales [, zero_points], r): y =
     /// MatMulNBits(x) + r with r added in the decode kernel's store; null (the body runs) for prefill-shaped x, an r not
-    /// of y's shape, or a non-float x.</summary>
+    /// of y's shape, or a non-f32 x.</summary>
     public static GpuTensor? FusedAdd(WebGpuPlatform g, NodeContext ctx, Graph body, int opset, GpuTensor?[] ins)
     {
         if (body.Nodes is not [{ OpType: "MatMulNBits" } product, { OpType: "Add" } add] || ins.Length != ctx.Node.Inputs.Length) return null;
@@ -182,7 +184,8 @@ static class MatMulNBits
         var productIns = product.Inputs.Select(In).ToArray();
         string rName = add.Inputs[0] == product.Outputs[0] ? add.Inputs[1] : add.Inputs[0];
         if (productIns.Length < 3 || productIns[0] is not { } x || In(rName) is not { } r) return null;
-        if (x.DType is not (DType.Float32 or DType.Float16 or DType.BFloat16) || x.Storage != GpuStorage.F32 || x.Rank == 0) return null;
+        // NOTE: f32 only (as MatMul's matmul_add): an f16 graph rounds the product before the Add, the store rounds once.
+        if (x.DType != DType.Float32 || x.Storage != GpuStorage.F32 || x.Rank == 0) return null;
         if (productIns.Skip(1).Any(t => t is { Source: null })) return null;
         if (r.DType != x.DType || r.Storage != GpuStorage.F32 || r.IsStrided) return null;
         var pctx = new NodeContext(product, opset);
