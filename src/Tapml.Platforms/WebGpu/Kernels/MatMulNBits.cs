@@ -48,6 +48,8 @@ static class MatMulNBits
         public GpuTensor? Zeros, Bias;
         /// <summary>Zero points are whole numbers stored as bytes (else f32, or none).</summary>
         public bool ByteZeros;
+        /// <summary>For views of a region's stacked buffers: the cache keys that keep those buffers alive.</summary>
+        public object? Keep;
     }
 
     static readonly ConditionalWeakTable<Node, Prepared> Cache = new();
@@ -84,8 +86,9 @@ static class MatMulNBits
     /// <paramref name="firstRow"/> on), so the node run alone (prefill) reads the buffers the fused decode kernel reads
     /// and the weight is on the GPU once; nothing is done where a view's offset misses the binding alignment or the node
     /// already has its weight.</summary>
+    /// <param name="keep">What keeps the stacked buffers alive (their upload cache keys): the views hold it.</param>
     internal static void Share(WebGpuPlatform g, Node product, Tensor b, Tensor s, Tensor? z, NBitsWeight w, long firstRow,
-        GpuTensor words, GpuTensor scales, GpuTensor? zeros, bool byteZeros)
+        GpuTensor words, GpuTensor scales, GpuTensor? zeros, bool byteZeros, object keep)
     {
         if (Cache.TryGetValue(product, out var old) && old.Owner == g) return;
         ulong align = (ulong)Math.Max(4, g.Device.Limits.MinStorageOffsetAlignment);
@@ -93,15 +96,11 @@ static class MatMulNBits
         ulong wordsAt = (ulong)(firstRow * w.KBlocks * w.BlobSize), scalesAt = (ulong)(blocks * (scales.Storage == GpuStorage.F16x2 ? 2 : 4));
         ulong zerosAt = zeros is null ? 0 : (ulong)(blocks * (byteZeros ? 1 : 4));
         if (wordsAt % align != 0 || scalesAt % align != 0 || zerosAt % align != 0) return;
-        GpuTensor View(GpuTensor t, long length, ulong at)
-        {
-            t.Buffer.Refs++;
-            return new GpuTensor(g, t.DType, [length], t.Buffer, t.Storage) { ByteOffset = at, Pinned = true };
-        }
+        GpuTensor View(GpuTensor t, long length, ulong at) => new(g, t.DType, [length], t.Buffer, t.Storage) { ByteOffset = at, Pinned = true };
         long n = w.N;
         Cache.AddOrUpdate(product, new Prepared
         {
-            Owner = g, Sources = [null, b, s, z, null, null], W = w, ByteZeros = byteZeros,
+            Owner = g, Sources = [null, b, s, z, null, null], W = w, ByteZeros = byteZeros, Keep = keep,
             Words = View(words, n * w.KBlocks * w.BlobSize / 4, wordsAt),
             Scales = View(scales, n * w.KBlocks, scalesAt),
             Zeros = zeros is null ? null : View(zeros, byteZeros ? (n * w.KBlocks + 3) / 4 : n * w.KBlocks, zerosAt),

@@ -108,7 +108,7 @@ static class ProjectionsNBits
         {
             int i = plan.ProductWeight[p];
             if (plan.Products[p].Inputs.Length == parts[i].Product.Inputs.Length)
-                MatMulNBits.Share(g, plan.Products[p], parts[i].B, parts[i].S, parts[i].Z, ws[i], rowAt[i], st.Words, st.Scales, st.Zeros, kind == MatMulNBits.ZeroKind.Bytes);
+                MatMulNBits.Share(g, plan.Products[p], parts[i].B, parts[i].S, parts[i].Z, ws[i], rowAt[i], st.Words, st.Scales, st.Zeros, kind == MatMulNBits.ZeroKind.Bytes, st.Keys);
         }
         return st;
     }
