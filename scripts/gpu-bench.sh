@@ -25,9 +25,9 @@ section() {
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$log"
-# Issue 24: f32, f16 (--weights f16 over the f16 copy) and q4 decode and prefill on the 125M and 4-layer 8B-shape
+# Issue 24: f32, f16 (--weights f16 over the f16 copy) q4 and q4-unfused decode and prefill on the 125M and 4-layer 8B-shape
 # checkpoints (webgpu, one process).
-section llm-weights 230 "$T bench llm-weights --platform webgpu --runs 3"
+section llm-weights 280 "$T bench llm-weights --platform webgpu --runs 3"
 # PyTorch/transformers on the same checkpoints (the folders bench wrote), eager, f32 and f16.
 section peer-eager 120 "python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-125m --prompt 64 --new 33 --mode eager;
   python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-4x4096 --prompt 16 --new 17 --mode eager;

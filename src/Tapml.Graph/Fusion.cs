@@ -18,7 +18,10 @@ public sealed record FusionReport(int NodesBefore, int NodesAfter, IReadOnlyDict
 /// <item><c>rotary</c>: x·cos + Concat(−x[h:2h], x[:h])·sin on the last axis (rotate-half); attribute
 /// <c>half</c>.</item>
 /// <item><c>matmul_add</c>: Add(MatMul(x, W), r) with W a 2-D initializer (a residual or bias added in the
-/// matrix-vector kernel's epilogue).</item>
+/// matrix-vector kernel's epilogue), or Add(MatMulNBits(x, B, scales[, zero_points]), r) of initializers (inputs x, B,
+/// scales[, zero_points], r).</item>
+/// <item><c>projections</c>: products of one value (MatMul by 2-D weights, or all MatMulNBits of initializers as
+/// <c>--quantize q4</c> writes) with the RMSNorm making it and their element-wise epilogue.</item>
 /// <item><c>attention</c>: Softmax(mask(MatMul(q, Transpose(K′, [0,1,3,2])) · scale)) → MatMul(·, V′) on rank-4
 /// [batch, heads, seq, head_dim] values, where the mask is optional Where(cond, ·, fill) or Add(·, m), the scale an
 /// optional Mul/Div by a constant, and K′/V′ either K/V or HF's repeat_kv (Unsqueeze(axis 2) → Expand → Reshape) of
@@ -47,10 +50,12 @@ public static class Fusion
     /// <summary><see cref="Fuse(Model, out FusionReport)"/>, optionally without <c>projections</c> regions (what a GPU
     /// runs of a projections region it cannot take as one kernel: its norm and epilogue still fused).</summary>
     /// <param name="foldAttention">Run the second pass (<see cref="FoldIntoAttention"/>).</param>
-    public static Model Fuse(Model model, out FusionReport report, bool projections, bool foldAttention = true)
+    /// <param name="nbits">Take MatMulNBits products into projections and matmul_add regions (false: they stay nodes of
+    /// their own, as before 4-bit fusion; <c>bench llm-q4</c>'s baseline).</param>
+    public static Model Fuse(Model model, out FusionReport report, bool projections, bool foldAttention = true, bool nbits = true)
     {
         var g = model.Graph;
-        var ctx = new Matcher(g, model.Opset(""));
+        var ctx = new Matcher(g, model.Opset("")) { NBits = nbits };
         var regions = new List<(string Kind, List<int> Nodes, List<string> Inputs, Dictionary<string, Attr> Attrs, List<string>? Outputs)>();
         var taken = new bool[g.Nodes.Count];
         // An RMSNorm whose output feeds only matrix products against weights: norm, products and their element-wise
@@ -241,6 +246,9 @@ public static class Fusion
 
         Node N(int i) => _g.Nodes[i];
 
+        /// <summary>Whether MatMulNBits products may join regions.</summary>
+        public bool NBits { get; init; } = true;
+
         /// <summary>The node making <paramref name="value"/>, or null for a graph input, an initializer or a missing name.</summary>
         public Node? Producer(string value) => _producer.TryGetValue(value, out int p) ? N(p) : null;
 
@@ -360,20 +368,37 @@ public static class Fusion
             if (add.OpType != "Add" || add.Domain is not ("" or "ai.onnx") || add.Inputs.Length != 2) return null;
             for (int side = 0; side < 2; side++)
             {
+                string r = add.Inputs[1 - side];
+                // A 4-bit product (MatMulNBits of initializers): inputs x, B, scales [, zero_points], r.
+                if (_producer.TryGetValue(add.Inputs[side], out int nb) && !taken[nb] && _uses.GetValueOrDefault(add.Inputs[side]) == 1
+                    && IsNBitsProduct(N(nb)) && !N(nb).Inputs.Contains(r))
+                    return ([.. new[] { nb, addIdx }.Order()], [.. N(nb).Inputs, r]);
                 if (Only(add.Inputs[side], "MatMul") is not int mm || taken[mm]) continue;
                 var m = N(mm);
                 if (m.Inputs.Length != 2 || Weight(m.Inputs[1]) is not { } w || w.Cast is int c0 && taken[c0]) continue;
-                return ([.. (w.Cast is int c ? new[] { c, mm, addIdx } : [mm, addIdx]).Order()], [m.Inputs[0], w.Name, add.Inputs[1 - side]]);
+                return ([.. (w.Cast is int c ? new[] { c, mm, addIdx } : [mm, addIdx]).Order()], [m.Inputs[0], w.Name, r]);
             }
             return null;
         }
 
         static bool Default(Node n) => n.Domain is "" or "ai.onnx";
 
-        /// <summary>A MatMul of <paramref name="h"/> by a 2-D weight initializer, not yet in a region.</summary>
+        /// <summary>A com.microsoft MatMulNBits (4 bits, as <c>--quantize q4</c> writes) whose B, scales and zero points are
+        /// initializers, without bias or g_idx: a product against a constant weight like MatMul's.</summary>
+        bool IsNBitsProduct(Node m) =>
+            NBits && m is { OpType: "MatMulNBits", Domain: "com.microsoft" } && m.Inputs.Length is 3 or 4 && m.Outputs.Length == 1
+            && (m.Attributes.GetValueOrDefault("bits")?.I ?? 4) == 4 && m.Attributes.GetValueOrDefault("K")?.I is > 0
+            && m.Inputs.Skip(1).All(s => _g.Initializers.ContainsKey(s));
+
+        /// <summary>A MatMul of <paramref name="h"/> by a 2-D weight initializer, or a MatMulNBits of it
+        /// (<see cref="IsNBitsProduct"/>), not yet in a region.</summary>
         bool IsProduct(int i, string h, bool[] taken) =>
-            !taken[i] && N(i) is { OpType: "MatMul" } m && Default(m) && m.Inputs.Length == 2 && m.Inputs[0] == h && m.Outputs.Length == 1
-            && Weight(m.Inputs[1]) is { } w && (w.Cast is not int c || !taken[c]);
+            !taken[i] && N(i) is var m && m.Inputs.Length > 0 && m.Inputs[0] == h && m.Outputs.Length == 1
+            && (m.OpType == "MatMul" && Default(m) && m.Inputs.Length == 2 && Weight(m.Inputs[1]) is { } w && (w.Cast is not int c || !taken[c])
+                || IsNBitsProduct(m));
+
+        /// <summary>K of a product (<see cref="IsProduct"/>): the weight's rows, or MatMulNBits' K.</summary>
+        long ProductK(int i) => N(i).OpType == "MatMulNBits" ? N(i).Attributes["K"].I : Weight(N(i).Inputs[1])!.Value.Tensor.Shape[0];
 
         /// <summary>Values (not initializers) that at least two <see cref="IsProduct"/> MatMuls read.</summary>
         public List<string> SharedProductInputs(bool[] taken) =>
@@ -390,7 +415,7 @@ public static class Fusion
             var products = cons.Where(i => IsProduct(i, h, taken)).Distinct().Order().ToList();
             if (norm is null ? products.Count < 2 : products.Count != cons.Count || products.Count == 0 || _uses.GetValueOrDefault(h) != cons.Count) return null;
             if (norm is not null && norm.Any(n => taken[n])) return null;
-            if (products.Select(i => Weight(N(i).Inputs[1])!.Value.Tensor.Shape[0]).Distinct().Count() != 1) return null;
+            if (products.Select(ProductK).Distinct().Count() != 1 || products.Select(i => N(i).OpType).Distinct().Count() != 1) return null;
             var inside = new HashSet<string>(products.Select(i => N(i).Outputs[0]));
             var nodes = new List<int>(products);
             bool Small(string s) => _g.Initializers.TryGetValue(s, out var t) && t.Rank <= 4 && t.Shape.SkipLast(1).All(d => d == 1);
@@ -417,11 +442,12 @@ public static class Fusion
                 gamma = N(norm.Max()).Inputs.First(s => !normInside.Contains(s));
                 nodes.AddRange(norm);
             }
-            foreach (var i in products) if (Weight(N(i).Inputs[1])!.Value.Cast is int c) nodes.Add(c);
+            foreach (var i in products) if (N(i).OpType == "MatMul" && Weight(N(i).Inputs[1]) is { Cast: int c }) nodes.Add(c);
             nodes.Sort();
             var inputs = new List<string>();
             if (norm is not null) { inputs.Add(x!); inputs.Add(gamma!); } else inputs.Add(h);
-            foreach (var i in products) if (Weight(N(i).Inputs[1])!.Value.Name is var wn && !inputs.Contains(wn)) inputs.Add(wn);
+            foreach (var i in products)
+                if ((N(i).OpType == "MatMul" ? Weight(N(i).Inputs[1])!.Value.Name : N(i).Inputs[1]) is var wn && !inputs.Contains(wn)) inputs.Add(wn);
             var made = new HashSet<string>(nodes.Select(i => N(i).Outputs[0]));
             foreach (var s in nodes.SelectMany(i => N(i).Inputs))
                 if (s.Length > 0 && !made.Contains(s) && !inputs.Contains(s)) inputs.Add(s);

@@ -414,6 +414,100 @@ public class FusionTests
         }
     }
 
+    /// <summary>The projections kernel over <c>--quantize q4</c> products (MatMulNBits, stacked nibbles) against the cpu
+    /// running the same quantized graph unfused: norm or not, one to four rows, GQA widths, bias and SwiGLU/GELU
+    /// epilogues, a K that is not a multiple of the block (72: the last block padded, x read with bounds checks). One
+    /// dispatch (plus x's Add); five rows run the body (x's Add, one norm, a tiled MatMulNBits each, one epilogue), each
+    /// product reading its rows of the stacked buffers where their offsets meet the binding alignment.</summary>
+    [Theory]
+    [InlineData("webgpu", 1, 64, true, "qkv", 2)]
+    [InlineData("webgpu", 3, 64, true, "qkv_bias", 2)]
+    [InlineData("webgpu", 2, 128, true, "swiglu", 2)]
+    [InlineData("webgpu:gles", 4, 64, true, "gelu_tanh", 2)]
+    [InlineData("webgpu", 1, 72, false, "pair", 2)]
+    [InlineData("webgpu", 1, 72, true, "swiglu", 2)]
+    [InlineData("webgpu", 5, 64, true, "swiglu", 5)]
+    [InlineData("webgpu", 5, 256, true, "qkv", 5)]         // the products' rows start 256-byte aligned: prefill reads views of the stack
+    [InlineData("opencl", 3, 64, true, "qkv_bias", 2)]
+    [InlineData("opencl", 1, 72, true, "swiglu", 2)]
+    public void Q4_projections_kernel_matches_cpu(string platform, int rows, int k, bool norm, string structure, int expectedDispatches)
+    {
+        WebGpuTests.SkipIfNoDawn(platform);
+        IPlatform made;
+        try { made = PlatformRegistry.Create(platform); }
+        catch (UnsupportedException e) { Assert.Skip(e.Message); return; }
+        var (m, feeds) = ProjectionsGraph(rows, k, norm, structure, DType.Float32);
+        var q = WeightQuantizer.Apply(m, QuantizeScheme.Parse("q4"));
+        Assert.True(q.Products >= 2, q.ToString());
+        var f = Fusion.Fuse(m, out var report);
+        Assert.True(report.Regions.GetValueOrDefault("projections") == 1, report.ToString());
+        var fused = Assert.Single(f.Graph.Nodes, n => n.OpType == Fusion.OpType);
+        Assert.All(fused.Attributes["body"].G!.Nodes.Where(n => n.OpType.StartsWith("MatMul", StringComparison.Ordinal)), n => Assert.Equal("MatMulNBits", n.OpType));
+        using var cpu = new Tapml.Platforms.Cpu.CpuPlatform();
+        using var gpu = (WebGpuPlatform)made;
+        var want = new Executor(cpu).Run(m, feeds);
+        long d0 = gpu.Device.Dispatches;
+        var got = new Executor(gpu).Run(f, feeds);
+        Assert.Equal(expectedDispatches, gpu.Device.Dispatches - d0);
+        foreach (var (name, v) in want) AssertClose((Tensor)v, (Tensor)got[name], 1e-5, 1e-4);
+    }
+
+    /// <summary><c>--quantize q4</c> on the tiny Llama, fused: every product is in a region (q/k/v and gate/up with their
+    /// norm, o/down with the residual add, lm_head with the final norm) and the cpu runs the fused graph bit-identically
+    /// to the unfused one; a decode step on webgpu takes as many dispatches
+    /// as the f32 graph's (six a layer, plus seven) with logits and presents within tolerance of the cpu on the unfused
+    /// quantized graph; and greedy generation gives the same tokens on cpu, fused and unfused on the GPU (webgpu; opencl
+    /// renders the same kernels).</summary>
+    [Theory]
+    [InlineData("webgpu")]
+    [InlineData("opencl")]
+    public void Q4_decode_steps_fuse_like_f32_and_give_the_cpu_tokens(string platform)
+    {
+        WebGpuTests.SkipIfNoDawn(platform);
+        IPlatform made;
+        try { made = PlatformRegistry.Create(platform); }
+        catch (UnsupportedException e) { Assert.Skip(e.Message); return; }
+        var m = Tiny("llama");
+        WeightQuantizer.Apply(m, QuantizeScheme.Parse("q4"));
+        int layers = m.Graph.Nodes.Count(n => n.OpType == "Softmax");
+        var f = Fusion.Fuse(m, out var report);
+        Assert.Equal(2 * layers + 1, report.Regions.GetValueOrDefault("projections"));
+        Assert.Equal(2 * layers, report.Regions.GetValueOrDefault("matmul_add"));
+        Assert.DoesNotContain(f.Graph.Nodes, n => n.OpType == "MatMulNBits");
+        using var cpu = new Tapml.Platforms.Cpu.CpuPlatform();
+        using var gpu = (WebGpuPlatform)made;
+        var (ec, eg) = (new Executor(cpu), new Executor(gpu));
+        var feeds = Feeds(m);
+        var want = ec.Run(m, feeds);
+        // The cpu runs the fused q4 graph's bodies node by node: bit-identical to the unfused graph.
+        foreach (var (name, v) in ec.Run(f, feeds))
+            Assert.Equal(((Tensor)want[name]).Span<float>().ToArray(), ((Tensor)v).Span<float>().ToArray());
+        var got = eg.Run(f, feeds);
+        for (int step = 0; step < 2; step++)
+        {
+            long token = 11 + step, position = 5 + step;
+            want = ec.Run(m, Generation.NextFeeds(m, want, token, position));
+            long d0 = gpu.Device.Dispatches;
+            got = eg.Run(f, Generation.NextFeeds(f, got, token, position));
+            long perStep = gpu.Device.Dispatches - d0;
+            Assert.True(perStep <= 6 * layers + 7, $"{perStep} dispatches in a q4 decode step of {layers} layers");
+            foreach (var (name, v) in want) AssertClose((Tensor)v, (Tensor)got[name], 1e-4, 1e-3);
+        }
+        long[] prompt = [1, 17, 305, 42];
+        var reference = Generation.Greedy(new Executor(cpu) { PreferWholeGraph = true }, m, prompt, 6).Tokens;
+        Assert.Equal(reference, Generation.Greedy(new Executor(gpu) { PreferWholeGraph = true }, f, prompt, 6).Tokens);
+        Assert.Equal(reference, Generation.Greedy(new Executor(gpu) { PreferWholeGraph = true }, m, prompt, 6).Tokens);
+    }
+
+    static void AssertClose(Tensor want, Tensor got, double abs, double rel)
+    {
+        Assert.Equal(want.Shape, got.Shape);
+        var e = want.Span<float>();
+        var a = got.Span<float>();
+        for (int i = 0; i < e.Length; i++)
+            Assert.True(Math.Abs(a[i] - e[i]) <= abs + rel * Math.Abs(e[i]), $"y[{i}]: {a[i]} vs {e[i]}");
+    }
+
     static void AssertClose(Tensor want, Tensor got)
     {
         Assert.Equal(want.Shape, got.Shape);

@@ -243,7 +243,9 @@ public sealed unsafe class OpenClDevice : IGpuDevice, IPlatformDetails
     {
         if (_pipelines.TryGetValue(code, out var gp)) return gp;
         CheckUsable();
-        string src = Renderer.Render(code);
+        string src;
+        // NOTE: the renderer keeps per-render state and is shared by every device: two platforms compiling at once raced.
+        lock (Renderer) src = Renderer.Render(code);
         var module = WgslModule.Parse(code);
         return Build(src, label, code, module.Globals.Count(g => g.Space == "storage"), module.Entry.WorkgroupSize!);
     }

@@ -32,6 +32,7 @@ public static class Fused
             "rms_norm" => RmsNorm(g, ctx, body, ins),
             "rotary" => Rotary(g, ctx, ins),
             "attention" => Attention(g, ctx, ins),
+            "matmul_add" when body.Nodes[0].OpType == "MatMulNBits" => MatMulNBits.FusedAdd(g, ctx, body, opset, ins),
             "matmul_add" => ins.Length == 3 && ins[0] is { } a && ins[1] is { } b && ins[2] is { } r ? MatMul.MatVecAdd(g, a, b, r) : null,
             _ => null,
         };

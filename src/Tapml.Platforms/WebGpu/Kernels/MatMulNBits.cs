@@ -21,7 +21,9 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 /// multiplied by its scale once;</item>
 /// <item>prefill: a 64×64 tiled product (as MatMul's) whose B tile is dequantized while it is staged in workgroup
 /// memory, one packed word (8 values) a thread.</item>
-/// </list></summary>
+/// </list>
+/// The decode kernel also serves the <c>matmul_add</c> region (<see cref="FusedAdd"/>: a residual added in its store); its
+/// unit code serves <see cref="ProjectionsNBits"/>.</summary>
 static class MatMulNBits
 {
     public static void Register(Action<GpuOp> add) =>
@@ -46,6 +48,8 @@ static class MatMulNBits
         public GpuTensor? Zeros, Bias;
         /// <summary>Zero points are whole numbers stored as bytes (else f32, or none).</summary>
         public bool ByteZeros;
+        /// <summary>For views of a region's stacked buffers: the cache keys that keep those buffers alive.</summary>
+        public object? Keep;
     }
 
     static readonly ConditionalWeakTable<Node, Prepared> Cache = new();
@@ -78,8 +82,33 @@ static class MatMulNBits
         return p;
     }
 
+    /// <summary>Makes <paramref name="product"/>'s weight on the GPU views of a stacked region's buffers (its rows from
+    /// <paramref name="firstRow"/> on), so the node run alone (prefill) reads the buffers the fused decode kernel reads
+    /// and the weight is on the GPU once; nothing is done where a view's offset misses the binding alignment or the node
+    /// already has its weight.</summary>
+    /// <param name="keep">What keeps the stacked buffers alive (their upload cache keys): the views hold it.</param>
+    internal static void Share(WebGpuPlatform g, Node product, Tensor b, Tensor s, Tensor? z, NBitsWeight w, long firstRow,
+        GpuTensor words, GpuTensor scales, GpuTensor? zeros, bool byteZeros, object keep)
+    {
+        if (Cache.TryGetValue(product, out var old) && old.Owner == g) return;
+        ulong align = (ulong)Math.Max(4, g.Device.Limits.MinStorageOffsetAlignment);
+        long blocks = firstRow * w.KBlocks;
+        ulong wordsAt = (ulong)(firstRow * w.KBlocks * w.BlobSize), scalesAt = (ulong)(blocks * (scales.Storage == GpuStorage.F16x2 ? 2 : 4));
+        ulong zerosAt = zeros is null ? 0 : (ulong)(blocks * (byteZeros ? 1 : 4));
+        if (wordsAt % align != 0 || scalesAt % align != 0 || zerosAt % align != 0) return;
+        GpuTensor View(GpuTensor t, long length, ulong at) => new(g, t.DType, [length], t.Buffer, t.Storage) { ByteOffset = at, Pinned = true };
+        long n = w.N;
+        Cache.AddOrUpdate(product, new Prepared
+        {
+            Owner = g, Sources = [null, b, s, z, null, null], W = w, ByteZeros = byteZeros, Keep = keep,
+            Words = View(words, n * w.KBlocks * w.BlobSize / 4, wordsAt),
+            Scales = View(scales, n * w.KBlocks, scalesAt),
+            Zeros = zeros is null ? null : View(zeros, byteZeros ? (n * w.KBlocks + 3) / 4 : n * w.KBlocks, zerosAt),
+        });
+    }
+
     /// <summary>Whole-number zero points as bytes, four per u32 (block b in byte b % 4 of word b / 4).</summary>
-    static Tensor PackBytes(float[] z)
+    internal static Tensor PackBytes(float[] z)
     {
         var words = new uint[(z.Length + 3) / 4];
         for (int i = 0; i < z.Length; i++) words[i / 4] |= (uint)z[i] << (i % 4 * 8);
@@ -102,28 +131,15 @@ static class MatMulNBits
         long rows = x.Length / w.K;
         var y = g.Empty(x.DType, [.. x.Shape[..^1], w.N]);
         if (y.Length == 0) return [y];
-        var bindings = new List<GpuTensor> { x, y, p.Words, p.Scales };
-        if (p.Zeros is not null) bindings.Add(p.Zeros);
-        if (p.Bias is not null) bindings.Add(p.Bias);
-        var meta = new Meta();
-        meta.Add(w.N); meta.Add(w.K); meta.Add((long)w.KBlocks * w.BlobSize / 4); meta.Add(w.KBlocks); meta.Add(rows);
-        string variant = $"{w.BlockSize}|{Zero(p)}|{p.Bias is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)y.DType}";
-        if (rows <= MatMul.MatVecMaxRows)
-        {
-            // A unit is one 16-byte load (32 values) where every row's words start 16-byte aligned, else one u32 (8 values).
-            long rowWords = (long)w.KBlocks * w.BlobSize / 4;
-            int words = rowWords % 4 == 0 ? 4 : 1;
-            long units = rowWords / words;
-            bool vec = x.Storage == GpuStorage.F32 && units * words * 8 == w.K;
-            var shape = g.MatVec.Q4(w.N, units, g.Device.Limits.MaxInvocationsPerWorkgroup);
-            meta.Add(units);
-            var (gx, gy) = BlockedMatVec.Grid(g, w.N, shape);
-            g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{words}|{vec}|{shape}|{rows}"),
-                () => MatVecCode(g, x, y.DType, w.BlockSize, Zero(p), p.Bias is not null, p.Scales, words, vec, shape, (int)rows),
-                $"MatMulNBits_matvec_t{shape.Threads}r{shape.Rows}{(words == 4 ? "_w" : "")}_r{rows}", [.. bindings], meta, gx, gy);
-        }
+        if (rows <= MatMul.MatVecMaxRows) MatVec(g, x, y, p, rows, null);
         else
         {
+            var bindings = new List<GpuTensor> { x, y, p.Words, p.Scales };
+            if (p.Zeros is not null) bindings.Add(p.Zeros);
+            if (p.Bias is not null) bindings.Add(p.Bias);
+            var meta = new Meta();
+            meta.Add(w.N); meta.Add(w.K); meta.Add((long)w.KBlocks * w.BlobSize / 4); meta.Add(w.KBlocks); meta.Add(rows);
+            string variant = $"{w.BlockSize}|{Zero(p)}|{p.Bias is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)y.DType}";
             if ((rows + 63) / 64 > g.Device.Limits.MaxWorkgroupsPerDimension)
                 throw new UnsupportedException($"node '{ctx.Node.Name}' (MatMulNBits): {rows} rows need more than maxComputeWorkgroupsPerDimension tiles");
             g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_tiled", variant),
@@ -133,13 +149,64 @@ static class MatMulNBits
         return [y];
     }
 
-    enum ZeroKind { None, Bytes, Floats }
+    /// <summary>The decode kernel for <paramref name="rows"/> rows of x into y, plus <paramref name="residual"/> (y's
+    /// shape, f32 words) in the store when given (the <c>matmul_add</c> region).</summary>
+    static void MatVec(WebGpuPlatform g, GpuTensor x, GpuTensor y, Prepared p, long rows, GpuTensor? residual)
+    {
+        var w = p.W;
+        var bindings = new List<GpuTensor> { x, y, p.Words, p.Scales };
+        if (p.Zeros is not null) bindings.Add(p.Zeros);
+        if (p.Bias is not null) bindings.Add(p.Bias);
+        if (residual is not null) bindings.Add(residual);
+        // A unit is one 16-byte load (32 values) where every row's words start 16-byte aligned, else one u32 (8 values).
+        long rowWords = (long)w.KBlocks * w.BlobSize / 4;
+        int words = rowWords % 4 == 0 ? 4 : 1;
+        long units = rowWords / words;
+        bool vec = x.Storage == GpuStorage.F32 && units * words * 8 == w.K;
+        var shape = g.MatVec.Q4(w.N, units, g.Device.Limits.MaxInvocationsPerWorkgroup);
+        var meta = new Meta();
+        meta.Add(w.N); meta.Add(w.K); meta.Add(rowWords); meta.Add(w.KBlocks); meta.Add(rows); meta.Add(units);
+        string variant = $"{w.BlockSize}|{Zero(p)}|{p.Bias is not null}|{residual is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)y.DType}";
+        var (gx, gy) = BlockedMatVec.Grid(g, w.N, shape);
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{words}|{vec}|{shape}|{rows}"),
+            () => MatVecCode(g, x, y.DType, w.BlockSize, Zero(p), p.Bias is not null, residual is not null, p.Scales, words, vec, shape, (int)rows),
+            $"MatMulNBits_matvec_t{shape.Threads}r{shape.Rows}{(words == 4 ? "_w" : "")}{(residual is null ? "" : "_add")}_r{rows}", [.. bindings], meta, gx, gy);
+    }
+
+    /// <summary>The <c>matmul_add</c> region over a MatMulNBits product (inputs x, B, scales [, zero_points], r): y =
+    /// MatMulNBits(x) + r with r added in the decode kernel's store; null (the body runs) for prefill-shaped x, an r not
+    /// of y's shape, or a non-f32 x.</summary>
+    public static GpuTensor? FusedAdd(WebGpuPlatform g, NodeContext ctx, Graph body, int opset, GpuTensor?[] ins)
+    {
+        if (body.Nodes is not [{ OpType: "MatMulNBits" } product, { OpType: "Add" } add] || ins.Length != ctx.Node.Inputs.Length) return null;
+        GpuTensor? In(string s) => s.Length == 0 ? null : Array.IndexOf(ctx.Node.Inputs, s) is int i and >= 0 ? ins[i] : null;
+        var productIns = product.Inputs.Select(In).ToArray();
+        string rName = add.Inputs[0] == product.Outputs[0] ? add.Inputs[1] : add.Inputs[0];
+        if (productIns.Length < 3 || productIns[0] is not { } x || In(rName) is not { } r) return null;
+        // NOTE: f32 only (as MatMul's matmul_add): an f16 graph rounds the product before the Add, the store rounds once.
+        if (x.DType != DType.Float32 || x.Storage != GpuStorage.F32 || x.Rank == 0) return null;
+        if (productIns.Skip(1).Any(t => t is { Source: null })) return null;
+        if (r.DType != x.DType || r.Storage != GpuStorage.F32 || r.IsStrided) return null;
+        var pctx = new NodeContext(product, opset);
+        var p = Prepare(g, pctx, x, productIns);
+        var w = p.W;
+        NBitsWeight.CheckA(pctx, x.DType, x.Shape, w.K);
+        long rows = x.Length / w.K;
+        long[] shape = [.. x.Shape[..^1], w.N];
+        if (rows == 0 || rows > MatMul.MatVecMaxRows || !ShapeUtil.SameShape(r.Shape, shape)) return null;
+        if (5 + (p.Zeros is null ? 0 : 1) + (p.Bias is null ? 0 : 1) + 1 > g.Device.Limits.MaxStorageBuffersPerStage) return null;
+        var y = g.Empty(x.DType, shape);
+        MatVec(g, x, y, p, rows, r);
+        return y;
+    }
+
+    internal enum ZeroKind { None, Bytes, Floats }
 
     static ZeroKind Zero(Prepared p) => p.Zeros is null ? ZeroKind.None : p.ByteZeros ? ZeroKind.Bytes : ZeroKind.Floats;
 
     /// <summary>Declares x, y, the weight words (u32, or vec4 for 16-byte units), scales, zero points and bias, in the
     /// bindings' order, and <c>zero_(block)</c>.</summary>
-    static Wgsl Declare(GpuTensor x, DType y, ZeroKind zeros, bool bias, GpuTensor scales, bool xvec, int wg, bool wide = false)
+    static Wgsl Declare(GpuTensor x, DType y, ZeroKind zeros, bool bias, GpuTensor scales, bool xvec, int wg, bool wide = false, bool residual = false)
     {
         var w = new Wgsl(wg);
         BlockedMatVec.DeclareX(w, x, xvec);
@@ -150,68 +217,83 @@ static class MatMulNBits
         if (zeros == ZeroKind.Bytes) w.In("zp", GpuStorage.U32);
         if (zeros == ZeroKind.Floats) w.In("zp", GpuStorage.F32);
         if (bias) w.In("bias", GpuStorage.F32);
-        w.Decl($"fn zero_(b: u32) -> f32 {{ {zeros switch
-        {
-            ZeroKind.Bytes => "return f32((zp(b >> 2u) >> ((b & 3u) * 8u)) & 255u);",
-            ZeroKind.Floats => "return zp(b);",
-            _ => "return 8.0;",
-        }} }}");
+        if (residual) w.In("rs", GpuStorage.F32);
+        w.Decl(ZeroFunction(zeros));
         return w;
     }
 
-    /// <summary>A sum as a balanced tree of additions: a short chain of dependent adds (a left-to-right sum of a unit's
-    /// eight dot products would chain 32 dependent multiply-adds).</summary>
-    static string Tree(IReadOnlyList<string> terms) =>
-        terms.Count == 1 ? terms[0] : $"({Tree(terms.Take(terms.Count / 2).ToList())} + {Tree(terms.Skip(terms.Count / 2).ToList())})";
-
-    static string MatVecCode(WebGpuPlatform g, GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, GpuTensor scales, int words, bool vec, MatVecShape shape, int rows)
+    /// <summary><c>zero_(block)</c>: a block's zero point from <c>zp</c> (bytes four per u32, or f32), or 8.</summary>
+    internal static string ZeroFunction(ZeroKind zeros) => $"fn zero_(b: u32) -> f32 {{ {zeros switch
     {
-        var w = Declare(x, y, zeros, bias, scales, vec, shape.Workgroup, wide: words == 4);
-        string weights = words == 4 ? "bq_b" : "bw_b";
-        int S = Math.Min(words, block / 8);                 // words of one block inside a unit
-        string Row(int r)
-        {
-            var sb = new StringBuilder($"    {{\n      let wq = {weights}[row{r} * U + u];\n");
-            for (int seg = 0; seg < words / S; seg++)
-            {
-                string bi = block >= 8 * words ? (block == 8 * words ? "u" : $"u / {block / (8 * words)}u") : $"u * {8 * words / block}u + {seg}u";
-                sb.Append($"      {{\n        let b = row{r} * KB + {bi};\n        let s = sc(b);\n");
-                sb.Append(zeros switch
-                {
-                    ZeroKind.None => "        let c = C8;\n",
-                    ZeroKind.Bytes => "        let c = MAG + zero_(b) * P16;\n",
-                    _ => "        let c = MAG;\n        let zc = zero_(b) * P16;\n",
-                });
-                string zc = zeros == ZeroKind.Floats ? " - zc" : "";
-                var terms = Enumerable.Range(0, rows).Select(_ => new List<string>()).ToArray();
-                for (int i = 0; i < S; i++)
-                {
-                    int wi = seg * S + i;
-                    string word = words == 1 ? "wq" : $"wq.{"xyzw"[wi]}";
-                    sb.Append($"        let qa{i} = (bitcast<vec4<f32>>((vec4<u32>({word}) & NM) | NB) - c){zc};\n");
-                    sb.Append($"        let qb{i} = (bitcast<vec4<f32>>((vec4<u32>({word} >> 16u) & NM) | NB) - c){zc};\n");
-                    for (int m = 0; m < rows; m++) { terms[m].Add($"dot(qa{i}, xq{m}_{2 * wi})"); terms[m].Add($"dot(qb{i}, xq{m}_{2 * wi + 1})"); }
-                }
-                for (int m = 0; m < rows; m++) sb.Append($"        a{r}_{m} += s * {Tree(terms[m])};\n");
-                sb.Append("      }\n");
-            }
-            return sb.Append("    }\n").ToString();
-        }
-        var f = new BlockedMatVec.Format
-        {
-            UnitValues = 8 * words,
-            XScale = "vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625)",
-            Prologue = """
-  let KB = md[3];
+        ZeroKind.Bytes => "return f32((zp(b >> 2u) >> ((b & 3u) * 8u)) & 255u);",
+        ZeroKind.Floats => "return zp(b);",
+        _ => "return 8.0;",
+    }} }}";
+
+    /// <summary>Constants the unit code reads (<c>let</c>s at the top of main): nibble masks and the 2^23 magic.</summary>
+    internal const string UnitPrologue = """
   let NM = vec4<u32>(15u, 240u, 3840u, 61440u);
   let NB = vec4<u32>(1258291200u);
   let MAG = vec4<f32>(8388608.0);
   let P16 = vec4<f32>(1.0, 16.0, 256.0, 4096.0);
   let C8 = MAG + 8.0 * P16;
 
-""",
+""";
+
+    /// <summary>x's vec4 scale as it is loaded: lane i times 16^−i (exact), matching nibble i's place in a half-word.</summary>
+    internal const string XScale = "vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625)";
+
+    /// <summary>WGSL adding one unit (<paramref name="words"/> u32 words: 8 values each) of weight row <paramref name="row"/>
+    /// (words at <c>row·U + u</c> of <paramref name="weights"/>, blocks at <c>row·KB</c>) times x's unit (<c>xq{m}_{j}</c>,
+    /// scaled by <see cref="XScale"/>) into <paramref name="acc"/>(m) for each of <paramref name="rows"/> x rows.</summary>
+    internal static string UnitCode(string weights, string row, Func<int, string> acc, int block, ZeroKind zeros, int words, int rows)
+    {
+        int S = Math.Min(words, block / 8);                 // words of one block inside a unit
+        var sb = new StringBuilder($"    {{\n      let wq = {weights}[{row} * U + u];\n");
+        for (int seg = 0; seg < words / S; seg++)
+        {
+            string bi = block >= 8 * words ? (block == 8 * words ? "u" : $"u / {block / (8 * words)}u") : $"u * {8 * words / block}u + {seg}u";
+            sb.Append($"      {{\n        let b = {row} * KB + {bi};\n        let s = sc(b);\n");
+            sb.Append(zeros switch
+            {
+                ZeroKind.None => "        let c = C8;\n",
+                ZeroKind.Bytes => "        let c = MAG + zero_(b) * P16;\n",
+                _ => "        let c = MAG;\n        let zc = zero_(b) * P16;\n",
+            });
+            string zc = zeros == ZeroKind.Floats ? " - zc" : "";
+            var terms = Enumerable.Range(0, rows).Select(_ => new List<string>()).ToArray();
+            for (int i = 0; i < S; i++)
+            {
+                int wi = seg * S + i;
+                string word = words == 1 ? "wq" : $"wq.{"xyzw"[wi]}";
+                sb.Append($"        let qa{i} = (bitcast<vec4<f32>>((vec4<u32>({word}) & NM) | NB) - c){zc};\n");
+                sb.Append($"        let qb{i} = (bitcast<vec4<f32>>((vec4<u32>({word} >> 16u) & NM) | NB) - c){zc};\n");
+                for (int m = 0; m < rows; m++) { terms[m].Add($"dot(qa{i}, xq{m}_{2 * wi})"); terms[m].Add($"dot(qb{i}, xq{m}_{2 * wi + 1})"); }
+            }
+            for (int m = 0; m < rows; m++) sb.Append($"        {acc(m)} += s * {Tree(terms[m])};\n");
+            sb.Append("      }\n");
+        }
+        return sb.Append("    }\n").ToString();
+    }
+
+    /// <summary>A sum as a balanced tree of additions: a short chain of dependent adds (a left-to-right sum of a unit's
+    /// eight dot products would chain 32 dependent multiply-adds).</summary>
+    internal static string Tree(IReadOnlyList<string> terms) =>
+        terms.Count == 1 ? terms[0] : $"({Tree(terms.Take(terms.Count / 2).ToList())} + {Tree(terms.Skip(terms.Count / 2).ToList())})";
+
+    static string MatVecCode(WebGpuPlatform g, GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, bool residual, GpuTensor scales, int words, bool vec, MatVecShape shape, int rows)
+    {
+        var w = Declare(x, y, zeros, bias, scales, vec, shape.Workgroup, wide: words == 4, residual: residual);
+        string weights = words == 4 ? "bq_b" : "bw_b";
+        string Row(int r) => UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, words, rows);
+        var f = new BlockedMatVec.Format
+        {
+            UnitValues = 8 * words,
+            XScale = XScale,
+            Prologue = "  let KB = md[3];\n" + UnitPrologue,
             Row = Row,
-            Store = (m, row, sum) => $"y_st({m}u * N + {row}, {sum}{(bias ? $" + bias({row})" : "")});",
+            // NOTE: (sum + bias) + r: the order the cpu reference adds MatMulNBits' bias and then the region's Add.
+            Store = (m, row, sum) => $"y_st({m}u * N + {row}, {(residual ? "(" : "")}{sum}{(bias ? $" + bias({row})" : "")}{(residual ? $") + rs({m}u * N + {row})" : "")});",
         };
         // NOTE: md here is N, K, words per row (the tiled kernel's), k_blocks, rows, units per row: the skeleton reads units from md[2].
         string body = BlockedMatVec.Body(w, f, shape, rows, vec, g.Device.Limits.MaxWorkgroupStorageBytes).Replace("let U = md[2];", "let U = md[5];");

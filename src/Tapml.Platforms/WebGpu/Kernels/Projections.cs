@@ -15,11 +15,15 @@ static class Projections
 {
     /// <summary>An output: its products (indices into <see cref="Plan.Products"/>), column count, and the WGSL
     /// statements computing <c>v</c> from <c>m0…</c> (the products' dot values) and column <c>j</c>.</summary>
-    sealed record Output(int[] Products, long N, string Code);
+    internal sealed record Output(int[] Products, long N, string Code);
 
     /// <summary>What a node's body means for the kernel, worked out once per node.</summary>
-    sealed class Plan
+    internal sealed class Plan
     {
+        /// <summary>The products are MatMulNBits (<see cref="ProjectionsNBits"/> runs the region).</summary>
+        public bool NBits;
+        /// <summary>Per product, its body node (body order).</summary>
+        public Node[] Products = [];
         public bool Norm;
         public int[] Weights = [];             // node input indices of the distinct weights, stacking order
         public int[] ProductWeight = [];       // product → index into Weights
@@ -31,19 +35,21 @@ static class Projections
 
     static readonly ConditionalWeakTable<Node, Plan> Plans = new();
 
-    static string Literal(float v) => $"bits_(0x{BitConverter.SingleToUInt32Bits(v):x}u)";
+    internal static string Literal(float v) => $"bits_(0x{BitConverter.SingleToUInt32Bits(v):x}u)";
 
     static Plan Build(NodeContext ctx, Graph body, int opset, GpuTensor?[] ins)
     {
         var node = ctx.Node;
         var plan = new Plan { Norm = ctx.String("norm", "none") == "rms" };
         int Idx(string s) => Array.IndexOf(node.Inputs, s);
-        var products = body.Nodes.Where(n => n.OpType == "MatMul").ToList();
+        bool nbits = body.Nodes.Any(n => n.OpType == "MatMulNBits");
+        bool IsProduct(Node n) => n.OpType == (nbits ? "MatMulNBits" : "MatMul");
+        var products = body.Nodes.Where(IsProduct).ToList();
         var productOf = new Dictionary<string, int>();
         for (int p = 0; p < products.Count; p++) productOf[products[p].Outputs[0]] = p;
         var epilogue = new Dictionary<string, Node>();
         foreach (var n in body.Nodes)
-            if (n.OpType != "MatMul" && n.Inputs.Any(s => productOf.ContainsKey(s) || epilogue.ContainsKey(s))) epilogue[n.Outputs[0]] = n;
+            if (!IsProduct(n) && n.Inputs.Any(s => productOf.ContainsKey(s) || epilogue.ContainsKey(s))) epilogue[n.Outputs[0]] = n;
         var weights = new List<int>();
         var productWeight = new int[products.Count];
         for (int p = 0; p < products.Count; p++)
@@ -51,11 +57,11 @@ static class Projections
             int wi = Idx(products[p].Inputs[1]);
             // A half weight (--weights f16) reaches its product through a Cast in the body: the kernel reads the half input.
             if (wi < 0 && body.Nodes.FirstOrDefault(n => n.OpType == "Cast" && n.Outputs[0] == products[p].Inputs[1]) is { } cast) wi = Idx(cast.Inputs[0]);
-            if (wi < 0 || ins[wi] is not { Source: { Rank: 2 } }) return new Plan { Unsupported = "a product's weight is not an uploaded 2-D tensor" };
+            if (wi < 0 || ins[wi] is not { Source: { } ws } || ws.Rank != (nbits ? 3 : 2)) return new Plan { Unsupported = "a product's weight is not an uploaded 2-D tensor (3-D packed for MatMulNBits)" };
             if (!weights.Contains(wi)) weights.Add(wi);
             productWeight[p] = weights.IndexOf(wi);
         }
-        long NOf(int p) => ins[weights[productWeight[p]]]!.Shape[1];
+        long NOf(int p) => nbits ? products[p].Attributes.GetValueOrDefault("N")?.I ?? 0 : ins[weights[productWeight[p]]]!.Shape[1];
         var vectors = new List<int>();
         var outputs = new List<Output>();
         foreach (var o in body.Outputs)
@@ -116,6 +122,8 @@ static class Projections
             for (int o = 0; o < outs.Length; o++) outs[o] = outs[o] with { Code = outs[o].Code.Replace($"VEC{v}u", $"{at}u") };
             at += ins[vectors[v]]!.Length;
         }
+        plan.NBits = nbits;
+        plan.Products = [.. products];
         plan.Weights = [.. weights];
         plan.ProductWeight = productWeight;
         plan.Vectors = [.. vectors];
@@ -123,10 +131,17 @@ static class Projections
         return plan;
     }
 
+    /// <summary>What <paramref name="ctx"/>'s body means for a kernel (made once per node).</summary>
+    internal static Plan PlanOf(NodeContext ctx, Graph body, int opset, GpuTensor?[] ins)
+    {
+        if (!Plans.TryGetValue(ctx.Node, out var plan)) { plan = Build(ctx, body, opset, ins); Plans.AddOrUpdate(ctx.Node, plan); }
+        return plan;
+    }
+
     /// <summary>A float value held as f32 words (f16/bf16 activations too: the kernel rounds its outputs to the dtype).</summary>
     static bool IsFloat(GpuTensor? t, DType dtype) => t is { Storage: GpuStorage.F32 } && t.DType == dtype;
 
-    static float[] Floats(Tensor t) => t.Data switch
+    internal static float[] Floats(Tensor t) => t.Data switch
     {
         float[] f => f,
         Half[] h => h.Select(v => (float)v).ToArray(),
@@ -141,8 +156,9 @@ static class Projections
         long k = x.Shape[^1];
         if (k == 0 || x.Length == 0) return null;
         long rowCount = x.Length / k;
-        if (!Plans.TryGetValue(ctx.Node, out var plan)) { plan = Build(ctx, body, opset, ins); Plans.AddOrUpdate(ctx.Node, plan); }
+        var plan = PlanOf(ctx, body, opset, ins);
         if (plan.Unsupported is not null) return null;
+        if (plan.NBits) return ProjectionsNBits.Run(g, ctx, plan, opset, x, ins);
         GpuTensor? gamma = null;
         if (plan.Norm)
         {

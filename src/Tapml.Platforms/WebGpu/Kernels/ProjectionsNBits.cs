@@ -1,0 +1,276 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Text;
+using Tapml.Core;
+using Tapml.Ir;
+using Tapml.Platforms.Cpu.Ops;
+
+namespace Tapml.Platforms.WebGpu.Kernels;
+
+/// <summary>The <c>projections</c> region (<see cref="Fusion"/>) over MatMulNBits products (<c>--quantize q4</c>) as one
+/// dispatch for decode-shaped x (at most <see cref="MatMul.MatVecMaxRows"/> rows). The products' packed nibbles, scales
+/// and zero points are stacked row after row, one buffer each (every product's rows are K long, so stacked row i is
+/// simply row i); T threads share an output column, striding its units with MatMulNBits' decode unit code (16-byte
+/// loads, nibbles made floats exactly); a thread group carries R columns, each with its P weight rows (SwiGLU's gate and
+/// up), so one load of x serves R·P rows. The RMSNorm is folded in (x·γ as x is loaded, Σ x² from the same loads, the
+/// finished sums divided by the rms) and the element-wise epilogue applied by the thread that adds a column's partial
+/// sums. Layout: <see cref="MatVecTuning.Q4"/>'s rule over the R·P rows a group reads (<c>q4-*</c> platform options).
+/// Null (the body runs node by node) for prefill-shaped x and what the kernel does not take.</summary>
+static class ProjectionsNBits
+{
+    /// <summary>A region's weights stacked on the GPU, made once per node and platform.</summary>
+    sealed class Stacked
+    {
+        public required WebGpuPlatform Owner;
+        public required Tensor?[] Sources;
+        /// <summary>Own cache keys for the uploads (<see cref="WebGpuPlatform.Concatenated"/> keys on the first part; a
+        /// product's own tensors there would collide with its unfused upload).</summary>
+        public required Tensor[] Keys;
+        public required GpuTensor Words, Scales;
+        public GpuTensor? Zeros, Consts;
+        public required MatMulNBits.ZeroKind ZeroKind;
+        public required int K, BlockSize, KBlocks;
+        public required long RowWords;
+        /// <summary>First stacked row of each weight (plan order).</summary>
+        public required long[] RowAt;
+        /// <summary>Float offset of the epilogue's per-column vectors in <see cref="Consts"/> (after γ, padded to vec4s).</summary>
+        public required long VectorsAt;
+    }
+
+    static readonly ConditionalWeakTable<Node, Stacked> Cache = new();
+
+    static Stacked? Prepare(WebGpuPlatform g, NodeContext ctx, Projections.Plan plan, int opset, GpuTensor x, GpuTensor?[] ins)
+    {
+        var node = ctx.Node;
+        int nw = plan.Weights.Length;
+        var parts = new (Node Product, Tensor B, Tensor S, Tensor? Z)[nw];
+        var sources = new List<Tensor?>();
+        for (int i = 0; i < nw; i++)
+        {
+            var pn = plan.Products[Array.IndexOf(plan.ProductWeight, i)];
+            if (pn.Inputs.Length is < 3 or > 4) return null;                    // bias or g_idx
+            Tensor? Src(int k) => k < pn.Inputs.Length && pn.Inputs[k].Length > 0 && Array.IndexOf(node.Inputs, pn.Inputs[k]) is int at and >= 0 ? ins[at]?.Source : null;
+            if (Src(1) is not { } b || Src(2) is not { } s) return null;
+            var z = Src(3);
+            if (pn.Inputs.Length == 4 && pn.Inputs[3].Length > 0 && z is null) return null;
+            parts[i] = (pn, b, s, z);
+            sources.AddRange([b, s, z]);
+        }
+        var gamma = plan.Norm ? ins[1]?.Source : null;
+        if (plan.Norm && gamma is null) return null;
+        var vectors = plan.Vectors.Select(v => ins[v]!.Source!).ToArray();
+        sources.Add(gamma);
+        sources.AddRange(vectors);
+        if (Cache.TryGetValue(node, out var st) && st.Owner == g && st.Sources.Length == sources.Count
+            && st.Sources.Zip(sources).All(p => ReferenceEquals(p.First, p.Second)))
+            return st;
+        var ws = parts.Select(p => NBitsWeight.Of(new NodeContext(p.Product, opset), x.DType, x.Shape, p.B, p.S, p.Z, false, null)).ToArray();
+        var w0 = ws[0];
+        if (ws.Any(w => w.Bits != 4 || w.K != w0.K || w.BlockSize != w0.BlockSize || (w.Zeros is null) != (w0.Zeros is null))) return null;
+        if (parts.Any(p => p.S.DType != parts[0].S.DType)) return null;
+        bool byteZeros = ws.All(w => w.Zeros is { } zs && Array.TrueForAll(zs, v => v >= 0 && v <= 255 && v == MathF.Floor(v)));
+        var kind = w0.Zeros is null ? MatMulNBits.ZeroKind.None : byteZeros ? MatMulNBits.ZeroKind.Bytes : MatMulNBits.ZeroKind.Floats;
+        var rowAt = new long[nw];
+        for (int i = 1; i < nw; i++) rowAt[i] = rowAt[i - 1] + ws[i - 1].N;
+        Tensor[] keys = [Key(), Key(), Key(), Key()];
+        float[] Concat(Func<NBitsWeight, float[]> f) => ws.SelectMany(f).ToArray();
+        long vectorsAt = gamma is null ? 0 : (gamma.Length + 3) / 4 * 4;
+        st = new Stacked
+        {
+            Owner = g, Sources = [.. sources], Keys = keys, ZeroKind = kind,
+            K = w0.K, BlockSize = w0.BlockSize, KBlocks = w0.KBlocks, RowWords = (long)w0.KBlocks * w0.BlobSize / 4, RowAt = rowAt, VectorsAt = vectorsAt,
+            Words = g.Concatenated([keys[0], .. parts.Select(p => p.B)], () =>
+            {
+                var bytes = new byte[ws.Sum(w => (long)w.B.Length)];
+                long at = 0;
+                foreach (var w in ws) { w.B.CopyTo(bytes, at); at += w.B.Length; }
+                return new Tensor(DType.UInt32, [bytes.Length / 4], MemoryMarshal.Cast<byte, uint>(bytes).ToArray());
+            }),
+            // NOTE: f16 scales stay f16 (packed two per u32), as the unfused kernel keeps them.
+            Scales = g.Concatenated([keys[1], .. parts.Select(p => p.S)], () => parts[0].S.DType == DType.Float16
+                ? new Tensor(DType.Float16, [ws.Sum(w => (long)w.Scales.Length)], Array.ConvertAll(Concat(w => w.Scales), v => (Half)v))
+                : new Tensor(DType.Float32, [ws.Sum(w => (long)w.Scales.Length)], Concat(w => w.Scales))),
+            Zeros = kind == MatMulNBits.ZeroKind.None ? null : g.Concatenated([keys[2], .. parts.Select(p => p.Z!)], () =>
+                kind == MatMulNBits.ZeroKind.Bytes ? MatMulNBits.PackBytes(Concat(w => w.Zeros!)) : new Tensor(DType.Float32, [ws.Sum(w => (long)w.Zeros!.Length)], Concat(w => w.Zeros!))),
+            // γ then the epilogue's vectors, read as vec4s (γ four lanes at a time as x is).
+            Consts = gamma is null && vectors.Length == 0 ? null : g.Concatenated([keys[3], .. (gamma is null ? Array.Empty<Tensor>() : [gamma]), .. vectors], () =>
+            {
+                var all = new float[(vectorsAt + vectors.Sum(v => v.Length) + 3) / 4 * 4];
+                if (gamma is not null) Projections.Floats(gamma).CopyTo(all, 0);
+                long at = vectorsAt;
+                foreach (var v in vectors) { Projections.Floats(v).CopyTo(all, at); at += v.Length; }
+                return new Tensor(DType.Float32, [all.Length], all);
+            }),
+        };
+        Cache.AddOrUpdate(node, st);
+        // Each product run alone (prefill runs the body) reads its rows of the stacked buffers.
+        for (int p = 0; p < plan.Products.Length; p++)
+        {
+            int i = plan.ProductWeight[p];
+            if (plan.Products[p].Inputs.Length == parts[i].Product.Inputs.Length)
+                MatMulNBits.Share(g, plan.Products[p], parts[i].B, parts[i].S, parts[i].Z, ws[i], rowAt[i], st.Words, st.Scales, st.Zeros, kind == MatMulNBits.ZeroKind.Bytes, st.Keys);
+        }
+        return st;
+    }
+
+    static Tensor Key() => new(DType.UInt8, [1], new byte[1]);
+
+    /// <summary>The outputs, or null when the kernel does not apply (the caller runs the body).</summary>
+    public static GpuTensor[]? Run(WebGpuPlatform g, NodeContext ctx, Projections.Plan plan, int opset, GpuTensor x, GpuTensor?[] ins)
+    {
+        long k = x.Shape[^1];
+        long rowCount = x.Length / k;
+        if (plan.Norm && (ins.Length < 2 || ins[1] is not { Source: { } gs } gm || gs.Length != k || gm.DType != x.DType || gm.Rank > x.Rank)) return null;
+        foreach (var v in plan.Vectors) if (ins[v] is not { Source: not null } t || t.DType != x.DType || t.Rank > x.Rank) return null;
+        var st = Prepare(g, ctx, plan, opset, x, ins);
+        if (st is null || st.K != k) return null;
+        if (rowCount > MatMul.MatVecMaxRows) return null;                     // prefill: the body runs (tiled MatMulNBits over views of the stack)
+        int rows = (int)rowCount, P = plan.P, outs = plan.Outputs.Length;
+        long columns = plan.Outputs.Sum(o => o.N);
+        int words = st.RowWords % 4 == 0 ? 4 : 1;
+        long units = st.RowWords / words;
+        bool vec = units * words * 8 == k;
+        var lim = g.Device.Limits;
+        var shape = g.MatVec.Q4(columns * P, units, lim.MaxInvocationsPerWorkgroup);
+        int T = shape.Threads, WG = shape.Workgroup, R = Math.Max(1, shape.Rows / P);
+        int Slots(int r) => r * P * rows + (plan.Norm ? rows : 0);
+        while (R > 1 && (long)Slots(R) * WG * 4 > lim.MaxWorkgroupStorageBytes) R /= 2;
+        if ((long)Slots(R) * WG * 4 > lim.MaxWorkgroupStorageBytes) return null;
+        int bindings = 1 + (st.Consts is null ? 0 : 1) + 2 + (st.Zeros is null ? 0 : 1) + outs + 1;
+        if (bindings > lim.MaxStorageBuffersPerStage) return null;
+        var list = new List<GpuTensor>(bindings) { x };
+        if (st.Consts is not null) list.Add(st.Consts);
+        list.Add(st.Words);
+        list.Add(st.Scales);
+        if (st.Zeros is not null) list.Add(st.Zeros);
+        var ys = new GpuTensor[outs];
+        var lead = x.Shape[..^1];
+        for (int o = 0; o < outs; o++) { ys[o] = g.Empty(x.DType, [.. lead, plan.Outputs[o].N]); list.Add(ys[o]); }
+        var meta = new Meta();
+        meta.Add(k); meta.Add(units); meta.Add(st.KBlocks); meta.Add(columns);
+        var (gx, gy) = Wgsl.Grid(columns, WG / T * R, lim.MaxWorkgroupsPerDimension);
+        float eps = ctx.Float("epsilon", 1e-6f);
+        var layout = new MatVecShape(T, R, WG, false);
+        var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}", ctx.Node),
+            () => Code(plan, st, x, rows, layout, words, vec, eps, x.DType), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}_t{T}c{R}_r{rows}");
+        g.LaunchGroups(pipeline, [.. list], meta, gx, gy);
+        return ys;
+    }
+
+    /// <summary>An epilogue's per-column constants (<see cref="Projections"/> writes <c>vecs_b[OFFSETu + j]</c>) read from
+    /// the consts buffer, where they start at <paramref name="at"/>.</summary>
+    static string Vectors(string code, long at)
+    {
+        var s = System.Text.RegularExpressions.Regex.Replace(code, @"vecs_b\[(\d+)u \+ j\]", m => $"cv_({long.Parse(m.Groups[1].Value) + at}u + j)");
+        return s.Contains("vecs_b", StringComparison.Ordinal) ? throw new InvalidOperationException("projections: an epilogue reads vecs_b other than per column") : s;
+    }
+
+    /// <summary>Kernel text; meta words md[0] = K, md[1] = units per row, md[2] = blocks per row, md[3] = columns.</summary>
+    static string Code(Projections.Plan plan, Stacked st, GpuTensor x, int M, MatVecShape layout, int words, bool vec, float eps, DType dtype)
+    {
+        int P = plan.P, outs = plan.Outputs.Length, T = layout.Threads, R = layout.Rows, WG = layout.Workgroup, G = WG / T, UV = 8 * words, J = UV / 4;
+        bool norm = plan.Norm;
+        var w = new Wgsl(WG);
+        BlockedMatVec.DeclareX(w, x, vec);
+        int binding = 1;
+        if (st.Consts is not null)
+        {
+            w.Reserve().Decl("@group(0) @binding(1) var<storage, read> cv_b: array<vec4<f32>>;\nfn cv_(i: u32) -> f32 { return cv_b[i >> 2u][i & 3u]; }");
+            binding++;
+        }
+        if (words == 4) w.Reserve().Decl($"@group(0) @binding({binding}) var<storage, read> bq_b: array<vec4<u32>>;");
+        else w.In("bw", GpuStorage.U32);
+        w.In("sc", st.Scales);
+        if (st.ZeroKind == MatMulNBits.ZeroKind.Bytes) w.In("zp", GpuStorage.U32);
+        if (st.ZeroKind == MatMulNBits.ZeroKind.Floats) w.In("zp", GpuStorage.F32);
+        for (int o = 0; o < outs; o++) w.Out($"y{o}", dtype);
+        w.Decl(MatMulNBits.ZeroFunction(st.ZeroKind));
+        w.Decl(Elementwise.HelperFunctions);
+        int normAt = R * P * M, slots = normAt + (norm ? M : 0);
+        w.Decl($"var<workgroup> red: array<f32, {WG * slots}>;");
+        if (!vec) w.Decl("fn xg(m: u32, k: u32, K: u32) -> f32 { if (k < K) { return f32(x(m * K + k)); } return 0.0; }");
+        if (norm && !vec) w.Decl("fn gm_(k: u32, K: u32) -> f32 { if (k < K) { return cv_(k); } return 0.0; }");
+        string weights = words == 4 ? "bq_b" : "bw_b";
+        // Stacked weight row of product q of a column c: its output's first column and its weight's first row.
+        var starts = new long[outs];
+        for (int o = 1; o < outs; o++) starts[o] = starts[o - 1] + plan.Outputs[o - 1].N;
+        string Select(string c, Func<int, string> assign, string indent = "  ")
+        {
+            var sb = new StringBuilder();
+            for (int o = 0; o < outs; o++)
+            {
+                string cond = o == outs - 1 ? "" : $"if ({c} < {starts[o] + plan.Outputs[o].N}u) ";
+                sb.Append($"{indent}{(o == 0 ? "" : "else ")}{cond}{{ {assign(o)} }}\n");
+            }
+            return sb.ToString();
+        }
+        string RowOf(int o, int q, string c) => $"{st.RowAt[plan.ProductWeight[plan.Outputs[o].Products[q]]]}u + {c} - {starts[o]}u";
+        var b = new StringBuilder();
+        b.Append("  let K = md[0]; let U = md[1]; let KB = md[2]; let C = md[3];\n").Append(MatMulNBits.UnitPrologue);
+        b.Append($"  let t = lid.x % {T}u;\n  let wgi = wid.x + wid.y * nwg.x;\n  let cb = (wgi * {G}u + lid.x / {T}u) * {R}u;\n");
+        for (int r = 0; r < R; r++)
+        {
+            b.Append($"  let c{r} = min(cb + {r}u, C - 1u);\n");
+            for (int q = 0; q < P; q++) b.Append($"  var w{r}_{q} = 0u;\n");
+            int rr = r;
+            b.Append(Select($"c{r}", o => string.Concat(Enumerable.Range(0, P).Select(q => $"w{rr}_{q} = {RowOf(o, q, $"c{rr}")}; "))));
+            for (int q = 0; q < P; q++) for (int m = 0; m < M; m++) b.Append($"  var a{r}_{q}_{m} = 0.0;\n");
+        }
+        if (norm) for (int m = 0; m < M; m++) b.Append($"  var s{m} = 0.0;\n");
+        b.Append($"  for (var u = t; u < U; u += {T}u) {{\n    let k0 = u * {UV}u;\n");
+        if (norm)
+            for (int j = 0; j < J; j++)
+                b.Append(vec ? $"    let g{j} = cv_b[u * {J}u + {j}u];\n"
+                    : $"    let g{j} = vec4<f32>({string.Join(", ", Enumerable.Range(0, 4).Select(i => $"gm_(k0 + {4 * j + i}u, K)"))});\n");
+        for (int m = 0; m < M; m++)
+            for (int j = 0; j < J; j++)
+            {
+                string k4 = $"k0 + {4 * j}u";
+                string load = vec ? $"xv_b[({m}u * K + {k4}) / 4u]"
+                    : $"vec4<f32>(xg({m}u, {k4}, K), xg({m}u, {k4} + 1u, K), xg({m}u, {k4} + 2u, K), xg({m}u, {k4} + 3u, K))";
+                b.Append($"    let xr{m}_{j} = {load};\n");
+                if (norm) b.Append($"    s{m} += dot(xr{m}_{j}, xr{m}_{j});\n");
+                b.Append($"    let xq{m}_{j} = xr{m}_{j}{(norm ? $" * g{j}" : "")} * {MatMulNBits.XScale};\n");
+            }
+        for (int r = 0; r < R; r++)
+            for (int q = 0; q < P; q++)
+            {
+                int rr = r, qq = q;
+                b.Append(MatMulNBits.UnitCode(weights, $"w{r}_{q}", m => $"a{rr}_{qq}_{m}", st.BlockSize, st.ZeroKind, words, M));
+            }
+        b.Append("  }\n");
+        // Partials: slot (r·P + q)·M + m, then Σ x² of x row m at slot R·P·M + m; thread (group gi, t) writes red[slot·WG + gi·T + t].
+        for (int r = 0; r < R; r++) for (int q = 0; q < P; q++) for (int m = 0; m < M; m++)
+            b.Append($"  red[{((r * P + q) * M + m) * WG}u + lid.x] = a{r}_{q}_{m};\n");
+        if (norm) for (int m = 0; m < M; m++) b.Append($"  red[{(normAt + m) * WG}u + lid.x] = s{m};\n");
+        b.Append("  workgroupBarrier();\n");
+        b.Append($"  for (var e = lid.x; e < {G * R}u; e += {WG}u) {{\n    let gi = e / {R}u; let r = e % {R}u;\n");
+        b.Append($"    let c = (wgi * {G}u + gi) * {R}u + r;\n    if (c >= C) {{ continue; }}\n    let pb = gi * {T}u;\n");
+        b.Append("    var o = 0u; var j = c;\n");
+        b.Append(Select("c", o => $"o = {o}u; j = c - {starts[o]}u;", "    "));
+        for (int m = 0; m < M; m++)
+        {
+            b.Append("    {\n");
+            string inv = "";
+            if (norm)
+            {
+                b.Append($"      var ss = 0.0;\n      for (var i = 0u; i < {T}u; i++) {{ ss += red[{(normAt + m) * WG}u + pb + i]; }}\n");
+                b.Append($"      let rms = sqrt(ss / f32(K) + {Projections.Literal(eps)});\n");
+                inv = " / rms";
+            }
+            for (int q = 0; q < P; q++)
+            {
+                b.Append($"      var p{q} = 0.0;\n      for (var i = 0u; i < {T}u; i++) {{ p{q} += red[((r * {P}u + {q}u) * {M}u + {m}u) * {WG}u + pb + i]; }}\n");
+                b.Append($"      let m{q} = p{q}{inv};\n");
+            }
+            for (int o = 0; o < outs; o++)
+            {
+                var op = plan.Outputs[o];
+                b.Append($"      {(o == 0 ? "" : "else ")}if (o == {o}u) {{\n{Vectors(op.Code, st.VectorsAt)}      y{o}_st({m}u * {op.N}u + j, v);\n      }}\n");
+            }
+            b.Append("    }\n");
+        }
+        b.Append("  }\n");
+        return w.Build(b.ToString(), elementwise: false);
+    }
+}
