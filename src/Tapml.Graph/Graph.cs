@@ -119,6 +119,24 @@ public sealed class Graph
     /// <summary>Inputs the caller must feed: graph inputs that are not initializers.</summary>
     public IEnumerable<ValueInfo> RequiredInputs => Inputs.Where(i => !Initializers.ContainsKey(i.Name));
 
+    /// <summary>How many times each name is read: by a node input here or in a nested subgraph, or as a graph output
+    /// (weight rewrites use it to leave alone a weight something else also reads).</summary>
+    public Dictionary<string, int> CountUses()
+    {
+        var uses = new Dictionary<string, int>();
+        void Count(Graph gr)
+        {
+            foreach (var n in gr.Nodes)
+            {
+                foreach (var s in n.Inputs) if (s.Length > 0) uses[s] = uses.GetValueOrDefault(s) + 1;
+                foreach (var sub in n.Subgraphs) Count(sub);
+            }
+            foreach (var o in gr.Outputs) uses[o.Name] = uses.GetValueOrDefault(o.Name) + 1;
+        }
+        Count(this);
+        return uses;
+    }
+
     /// <summary>Names this graph reads from enclosing scopes (used by nodes here or in nested subgraphs
     /// but not produced in this graph).</summary>
     public HashSet<string> OuterReferences()

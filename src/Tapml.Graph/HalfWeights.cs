@@ -37,17 +37,7 @@ public static class HalfWeights
     public static HalfWeightsReport Apply(Model model)
     {
         var g = model.Graph;
-        var uses = new Dictionary<string, int>();
-        void Count(Graph gr)
-        {
-            foreach (var n in gr.Nodes)
-            {
-                foreach (var s in n.Inputs) if (s.Length > 0) uses[s] = uses.GetValueOrDefault(s) + 1;
-                foreach (var sub in n.Subgraphs) Count(sub);
-            }
-            foreach (var o in gr.Outputs) uses[o.Name] = uses.GetValueOrDefault(o.Name) + 1;
-        }
-        Count(g);
+        var uses = g.CountUses();
         var inputs = g.Inputs.Select(v => v.Name).ToHashSet();
         var cast = new Dictionary<string, string?>();      // weight → its f32 Cast output (null: kept in f32)
         int weights = 0, inexact = 0;

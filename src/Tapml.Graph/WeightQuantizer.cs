@@ -48,17 +48,7 @@ public static class WeightQuantizer
     public static QuantizeReport Apply(Model model, QuantizeScheme scheme)
     {
         var g = model.Graph;
-        var uses = new Dictionary<string, int>();
-        void Count(Graph gr)
-        {
-            foreach (var n in gr.Nodes)
-            {
-                foreach (var s in n.Inputs) if (s.Length > 0) uses[s] = uses.GetValueOrDefault(s) + 1;
-                foreach (var sub in n.Subgraphs) Count(sub);
-            }
-            foreach (var o in gr.Outputs) uses[o.Name] = uses.GetValueOrDefault(o.Name) + 1;
-        }
-        Count(g);
+        var uses = g.CountUses();
         var done = new Dictionary<string, (string B, string Scales, string? Zeros)>();
         int products = 0;
         long before = 0, after = 0;
