@@ -308,14 +308,20 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
 
     public Value Upload(Value host) => Upload(host, keepOnHost: false);
 
+    /// <summary>Uploads up to this size wait for the first call that uses them and travel inside it (its message budget,
+    /// half the server's limit, sends any that do not fit with an Allocate of their own first): 1 MiB, or a quarter of
+    /// the server's message limit where that is smaller. Larger ones go at once, by Allocate and the bulk port.</summary>
+    long DeferredBytes => Math.Max(_far.InlineBytes, Math.Min(1L << 20, _far.MaxMessageBytes / 4));
+
     RemoteValue Upload(Value host, bool keepOnHost)
     {
         if (host is not Tensor t || t.DType == DType.String) throw new UnsupportedException($"{host.Describe()} values do not travel to a remote platform (fixed-width tensors only)");
         if (_uploads.TryGetValue(t, out var known) && !known.Freed) return known;
         long size = t.Length * DTypes.Size(t.DType);
-        if (size <= _far.InlineBytes)
+        if (size <= (keepOnHost ? _far.InlineBytes : DeferredBytes))
         {
-            // NOTE: a small tensor travels with the first call that uses it instead of costing a round trip of its own.
+            // NOTE: a small tensor travels with the first call that uses it instead of costing a round trip of its own
+            // (a model only up to the server's inline size: RunGraph takes no larger one).
             var pending = new RemoteValue(this, 0, t.DType, t.Shape) { Host = t, Cached = true, KeepOnHost = keepOnHost };
             _uploads.AddOrUpdate(t, pending);
             return pending;

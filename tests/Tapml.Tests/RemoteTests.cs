@@ -151,6 +151,41 @@ public class RemoteTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
         Assert.Equal(StatusCode.InvalidArgument, Assert.Throws<RpcException>(() => c.RunGraph(notKept, o)).StatusCode);
     }
 
+    /// <summary>Weights up to 1 MiB (a quarter of the server's message limit where smaller) wait for the run that needs
+    /// them and travel inside it; those past the run's message budget go by Allocate first. Against a server taking
+    /// 1 MiB messages five 240 KB weights (1.2 MB) cannot all ride in one run: the result must still be cpu's.</summary>
+    [Fact]
+    public async Task Weights_sent_with_their_first_run_stay_within_the_servers_message_limit()
+    {
+        await using var server = await Serve("cpu", maxMessage: 1 << 20);
+        const int n = 60_000;
+        var g = new Tapml.Ir.Graph { Name = "adds" };
+        g.Inputs.Add(new Tapml.Ir.ValueInfo("x", Tapml.Ir.TypeRef.TensorOf(DType.Float32, [n])));
+        string last = "x";
+        for (int i = 0; i < 5; i++)
+        {
+            var w = Tensor.Zeros(DType.Float32, [n]);
+            var d = (float[])w.Data;
+            for (int j = 0; j < n; j++) d[j] = (i + 1) * 0.5f + j % 7;
+            g.Initializers[$"w{i}"] = w;
+            g.Inputs.Add(new Tapml.Ir.ValueInfo($"w{i}", Tapml.Ir.TypeRef.TensorOf(DType.Float32, [n])));
+            g.Nodes.Add(new Tapml.Ir.Node { Name = $"add{i}", OpType = "Add", Inputs = [last, $"w{i}"], Outputs = [$"s{i}"] });
+            last = $"s{i}";
+        }
+        g.Outputs.Add(new Tapml.Ir.ValueInfo(last, null));
+        var model = new Tapml.Ir.Model { Graph = g, Opsets = new() { [""] = 17 } };
+        var x = Tensor.Zeros(DType.Float32, [n]);
+        for (int j = 0; j < n; j++) ((float[])x.Data)[j] = j * 1e-3f;
+        var feeds = new Dictionary<string, Value> { ["x"] = x };
+        var want = (Tensor)new Tapml.Platforms.Execution.Executor(Tapml.Platforms.PlatformRegistry.Create("cpu")).Run(model, feeds)[last];
+        using var remote = new RemotePlatform("remote:" + server.Url);
+        foreach (bool whole in new[] { true, false })
+        {
+            var got = (Tensor)new Tapml.Platforms.Execution.Executor(remote) { PreferWholeGraph = whole }.Run(model, feeds)[last];
+            Assert.Equal((float[])want.Data, (float[])got.Data);
+        }
+    }
+
     [Fact]
     public async Task Bulk_transfers_with_a_wrong_hash_a_short_body_or_too_many_bytes_are_refused_with_a_clear_reason()
     {
