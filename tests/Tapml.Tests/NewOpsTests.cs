@@ -1,6 +1,7 @@
 using Tapml.Core;
 using Tapml.Ir;
 using Tapml.Ir.Builders;
+using Tapml.Platforms;
 using Tapml.Platforms.Cpu;
 using Tapml.Platforms.Execution;
 using Tapml.Platforms.OnnxRuntime;
@@ -49,6 +50,19 @@ public static class NewOpsHarness
         var opsets = new Dictionary<string, int> { [""] = c.Domain == "" ? c.Opset : 21 };
         if (c.Domain != "") opsets[c.Domain] = c.Opset;
         return new Model { Graph = b.Graph, Opsets = opsets, IrVersion = 10 };
+    }
+
+    /// <summary>Runs <paramref name="model"/> on cpu (the oracle) and on <paramref name="target"/> and asserts every
+    /// graph output within <paramref name="tolerance"/> of cpu's (per output; default <see cref="Tol"/>).</summary>
+    public static void AssertMatchesCpu(string name, Model model, Dictionary<string, Value> feeds, IPlatform target, Func<Value, Tolerance>? tolerance = null)
+    {
+        var want = new Executor(new CpuPlatform()).Run(model, feeds);
+        var got = new Executor(target).Run(model, feeds);
+        foreach (var o in model.Graph.Outputs)
+        {
+            var cmp = Comparison.Compare(o.Name, want[o.Name], got.GetValueOrDefault(o.Name), tolerance?.Invoke(want[o.Name]) ?? Tol);
+            Assert.True(cmp.Passed, $"{name} {o.Name}: {cmp.Failure}");
+        }
     }
 
     /// <summary>Runs the case on both; returns (null, comparisons) or (ORT's unsupported reason, empty).</summary>

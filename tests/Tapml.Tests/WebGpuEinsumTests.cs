@@ -39,12 +39,7 @@ public class WebGpuEinsumTests
         ["f16 matmul ij,jk->ik"] = () => E("ij,jk->ik", TensorConvert.To(R(29, 4, 6), DType.Float16), TensorConvert.To(R(30, 6, 3), DType.Float16)),
     };
 
-    public static TheoryData<string> Names()
-    {
-        var d = new TheoryData<string>();
-        foreach (var k in Rows.Keys) d.Add(k);
-        return d;
-    }
+    public static TheoryData<string> Names() => new(Rows.Keys);
 
     static readonly Lazy<WebGpuPlatform> Gpu = new(() => new WebGpuPlatform("webgpu"));
 
@@ -54,15 +49,8 @@ public class WebGpuEinsumTests
     {
         WebGpuTests.SkipIfNoDawn("webgpu");
         var model = Build(Rows[name](), out var feeds);
-        var want = new Executor(new CpuPlatform()).Run(model, feeds);
-        var got = new Executor(Gpu.Value).Run(model, feeds);
-        foreach (var o in model.Graph.Outputs)
-        {
-            // NOTE: f16 outputs are rounded from f32 sums added in another order: one f16 ulp apart at most.
-            var tol = want[o.Name] is Tensor { DType: DType.Float16 } ? new Tolerance(2e-3, 1e-3) : new Tolerance(1e-4, 1e-5);
-            var cmp = Comparison.Compare(o.Name, want[o.Name], got.GetValueOrDefault(o.Name), tol);
-            Assert.True(cmp.Passed, $"{name} {o.Name}: {cmp.Failure}");
-        }
+        // NOTE: f16 outputs are rounded from f32 sums added in another order: one f16 ulp apart at most.
+        AssertMatchesCpu(name, model, feeds, Gpu.Value, want => want is Tensor { DType: DType.Float16 } ? new Tolerance(2e-3, 1e-3) : Tol);
     }
 
     /// <summary>Which kernel ran (the device profile's labels): matrix-product equations the tiled MatMul, others the
@@ -97,11 +85,7 @@ public class WebGpuEinsumTests
         using (p)
         {
             var model = Build(Rows[name](), out var feeds);
-            var want = new Executor(new CpuPlatform()).Run(model, feeds);
-            var got = new Executor(p).Run(model, feeds);
-            var o = model.Graph.Outputs[0].Name;
-            var cmp = Comparison.Compare(o, want[o], got.GetValueOrDefault(o), new Tolerance(1e-4, 1e-5));
-            Assert.True(cmp.Passed, $"{platform} {name}: {cmp.Failure}");
+            AssertMatchesCpu($"{platform} {name}", model, feeds, p);
         }
     }
 }

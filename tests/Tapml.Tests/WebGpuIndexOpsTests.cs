@@ -99,12 +99,7 @@ public class WebGpuIndexOpsTests
     static Tensor I8(int seed, params long[] shape) =>
         Tensor.FromArray(Enumerable.Range(0, (int)shape.Aggregate(1L, (a, b) => a * b)).Select(i => (sbyte)((i * 73 + seed * 29) % 256 - 128)).ToArray(), shape);
 
-    public static TheoryData<string> ExtraNames()
-    {
-        var d = new TheoryData<string>();
-        foreach (var k in Extra.Keys) d.Add(k);
-        return d;
-    }
+    public static TheoryData<string> ExtraNames() => new(Extra.Keys);
 
     static readonly Lazy<WebGpuPlatform> Gpu = new(() => new WebGpuPlatform("webgpu"));
 
@@ -115,12 +110,6 @@ public class WebGpuIndexOpsTests
         WebGpuTests.SkipIfNoDawn("webgpu");
         var c = Extra[name]();
         var model = Build(c, out var feeds);
-        var want = new Executor(new CpuPlatform()).Run(model, feeds);
-        var got = new Executor(Gpu.Value).Run(model, feeds);
-        foreach (var o in model.Graph.Outputs)
-        {
-            var cmp = Comparison.Compare(o.Name, want[o.Name], got.GetValueOrDefault(o.Name), new Tolerance(1e-4, 1e-5));
-            Assert.True(cmp.Passed, $"{name} {o.Name}: {cmp.Failure}");
-        }
+        AssertMatchesCpu(name, model, feeds, Gpu.Value);
     }
 }
