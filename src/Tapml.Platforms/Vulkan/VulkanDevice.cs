@@ -636,14 +636,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             int n = v.Bindings;
             var infos = stackalloc DescriptorBufferInfo[Math.Max(1, n)];
             var writes = stackalloc WriteDescriptorSet[Math.Max(1, n)];
-            for (int i = 0; i < n; i++)
-            {
-                bool isMeta = !v.Push && i == n - 1;
-                var b = isMeta ? _meta : Buf(buffers[i]);
-                ulong off = isMeta ? (ulong)metaOffset : offsets[i];
-                infos[i] = new DescriptorBufferInfo { Buffer = b.Buffer, Offset = off, Range = isMeta ? MetaSlot : Math.Min(sizes[i], b.Size - off) };
-                writes[i] = new WriteDescriptorSet { SType = StructureType.WriteDescriptorSet, DstBinding = (uint)i, DescriptorCount = 1, DescriptorType = DescriptorType.StorageBuffer, PBufferInfo = &infos[i] };
-            }
+            DescribeBindings(v, buffers, offsets, sizes, default, (ulong)metaOffset, DescriptorType.StorageBuffer, infos, writes);
             _cmdPushDescriptorSet(_cb, PipelineBindPoint.Compute, v.Layout, 0, (uint)n, writes);
             _pushes++;
         }
@@ -685,22 +678,32 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         int n = k.Bindings;
         var infos = stackalloc DescriptorBufferInfo[Math.Max(1, n)];
         var writes = stackalloc WriteDescriptorSet[Math.Max(1, n)];
-        for (int i = 0; i < n; i++)
-        {
-            bool isMeta = !k.Push && i == n - 1;
-            var b = isMeta ? _meta : Buf(ids[i]);
-            ulong off = isMeta ? 0 : offsets[i];
-            ulong range = isMeta ? MetaSlot : Math.Min(sizes[i], b.Size - off);
-            infos[i] = new DescriptorBufferInfo { Buffer = b.Buffer, Offset = off, Range = range };
-            writes[i] = new WriteDescriptorSet
-            {
-                SType = StructureType.WriteDescriptorSet, DstSet = set, DstBinding = (uint)i, DescriptorCount = 1,
-                DescriptorType = isMeta ? DescriptorType.StorageBufferDynamic : DescriptorType.StorageBuffer, PBufferInfo = &infos[i],
-            };
-        }
+        DescribeBindings(k, ids, offsets, sizes, set, 0, DescriptorType.StorageBufferDynamic, infos, writes);
         _vk.UpdateDescriptorSets(_dev, (uint)n, writes, 0, null);
         _sets[key] = (set, ids.ToArray(), offsets.ToArray(), sizes.ToArray());
         return set;
+    }
+
+    /// <summary>One descriptor write per binding of <paramref name="v"/> into <paramref name="infos"/>/<paramref name="writes"/>
+    /// (room for <c>v.Bindings</c>): each buffer's range, and where the metadata rides in a buffer (no push constants)
+    /// the last binding is the meta ring's slot at <paramref name="metaOffset"/>, of <paramref name="metaType"/> (pushed
+    /// descriptors: a plain storage buffer at the slot; cached sets: dynamic, the slot's offset given at bind).</summary>
+    void DescribeBindings(Variant v, ReadOnlySpan<nint> ids, ReadOnlySpan<ulong> offsets, ReadOnlySpan<ulong> sizes, DescriptorSet dst,
+        ulong metaOffset, DescriptorType metaType, DescriptorBufferInfo* infos, WriteDescriptorSet* writes)
+    {
+        int n = v.Bindings;
+        for (int i = 0; i < n; i++)
+        {
+            bool isMeta = !v.Push && i == n - 1;
+            var b = isMeta ? _meta : Buf(ids[i]);
+            ulong off = isMeta ? metaOffset : offsets[i];
+            infos[i] = new DescriptorBufferInfo { Buffer = b.Buffer, Offset = off, Range = isMeta ? MetaSlot : Math.Min(sizes[i], b.Size - off) };
+            writes[i] = new WriteDescriptorSet
+            {
+                SType = StructureType.WriteDescriptorSet, DstSet = dst, DstBinding = (uint)i, DescriptorCount = 1,
+                DescriptorType = isMeta ? metaType : DescriptorType.StorageBuffer, PBufferInfo = &infos[i],
+            };
+        }
     }
 
     /// <summary>Empties the descriptor pool (full): recorded work still binds its sets, so it finishes first.</summary>
