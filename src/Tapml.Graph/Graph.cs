@@ -119,6 +119,15 @@ public sealed class Graph
     /// <summary>Inputs the caller must feed: graph inputs that are not initializers.</summary>
     public IEnumerable<ValueInfo> RequiredInputs => Inputs.Where(i => !Initializers.ContainsKey(i.Name));
 
+    /// <summary><paramref name="name"/>, or <c>name_1</c>, <c>name_2</c>… the first that no initializer, input or node output
+    /// of this graph uses (for a value a graph rewrite adds).</summary>
+    public string FreshName(string name)
+    {
+        string n = name;
+        for (int i = 1; Initializers.ContainsKey(n) || Inputs.Any(v => v.Name == n) || Nodes.Any(x => x.Outputs.Contains(n)); i++) n = $"{name}_{i}";
+        return n;
+    }
+
     /// <summary>How many times each name is read: by a node input here or in a nested subgraph, or as a graph output
     /// (weight rewrites use it to leave alone a weight something else also reads).</summary>
     public Dictionary<string, int> CountUses()

@@ -59,10 +59,10 @@ public static class HalfWeights
             {
                 var half = ToHalf(w);
                 if (half is null) { cast[wName] = null; inexact++; continue; }
-                string hName = Fresh(g, wName + "_f16");
+                string hName = g.FreshName(wName + "_f16");
                 g.Initializers[hName] = half;
                 if (half.External is not null && model.InitializerSources.TryGetValue(wName, out var src)) model.InitializerSources[hName] = src;
-                castOut = cast[wName] = Fresh(g, wName + "_f16_as_f32");
+                castOut = cast[wName] = g.FreshName(wName + "_f16_as_f32");
                 // NOTE: the Cast stands right before the first reader: its input is an initializer, so the order stays topological.
                 g.Nodes.Insert(i, new Node
                 {
@@ -89,12 +89,6 @@ public static class HalfWeights
         return new HalfWeightsReport(weights, before, after, inexact);
     }
 
-    static string Fresh(Graph g, string name)
-    {
-        string n = name;
-        for (int i = 1; g.Initializers.ContainsKey(n) || g.Nodes.Any(x => x.Outputs.Contains(n)); i++) n = $"{name}_{i}";
-        return n;
-    }
 
     /// <summary>The f32 weight as an f16 tensor holding the same values, or null when one is not an f16. A view of
     /// f16 bytes in a mapped file stays a view (of the same bytes, as f16).</summary>

@@ -63,7 +63,7 @@ public static class WeightQuantizer
             if (!done.TryGetValue(wName, out var q))
             {
                 var (b, scales, zeros) = Quantize(w, scheme);
-                q = (Fresh(g, wName + "_Q4"), Fresh(g, wName + "_scales"), zeros is null ? null : Fresh(g, wName + "_zero_points"));
+                q = (g.FreshName(wName + "_Q4"), g.FreshName(wName + "_scales"), zeros is null ? null : g.FreshName(wName + "_zero_points"));
                 g.Initializers[q.B] = b;
                 g.Initializers[q.Scales] = scales;
                 if (q.Zeros is not null) g.Initializers[q.Zeros] = zeros!;
@@ -93,13 +93,6 @@ public static class WeightQuantizer
             }
         if (products > 0 && !model.Opsets.ContainsKey(MsDomain)) model.Opsets[MsDomain] = 1;
         return new QuantizeReport(products, before, after);
-    }
-
-    static string Fresh(Graph g, string name)
-    {
-        string n = name;
-        for (int i = 1; g.Initializers.ContainsKey(n); i++) n = $"{name}_{i}";
-        return n;
     }
 
     static float ToF32(Tensor w, long i) => w.Data switch
