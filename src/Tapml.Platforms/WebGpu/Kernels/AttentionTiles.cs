@@ -38,27 +38,14 @@ static class AttentionTiles
         int nt = BR * TC;
         g.LaunchGroups(new WebGpuPlatform.KernelKey("attention_tiles", $"{maskKind}|{rot}|{dmax}|{bc}"), () =>
         {
-            var w = new Wgsl(nt).In("q", q).In("k", k).In("v", v);
-            if (mask is not null) w.In("mk", mask);
-            if (rot) w.In("rc", rcos!).In("rs", rsin!);
-            w.Out("y", DType.Float32);
+            var w = Fused.TiledAttentionBindings(nt, q, k, v, mask, rcos, rsin);
             w.Decl($"var<workgroup> qs: array<vec4<f32>, {BR * stride}>;\nvar<workgroup> kvs: array<vec4<f32>, {bc * stride}>;\n" +
                    $"var<workgroup> ps: array<f32, {BR * bc}>;\nvar<workgroup> rm: array<f32, {BR * TC}>;");
             // NOTE: guarded reads through a helper (key rows past T are zeros); D and Dv are multiples of 4.
             w.Decl("fn kg(i: u32, ok: bool) -> f32 { if (ok) { return k(i); } return 0.0; }\nfn vg(i: u32, ok: bool) -> f32 { if (ok) { return v(i); } return 0.0; }");
             var b = new StringBuilder();
+            b.Append(Fused.TiledAttentionHead(BR, TC)).Append('\n');
             b.Append($$"""
-  let wi = wid.x + wid.y * nwg.x;
-  let H = md[1]; let S = md[2]; let T = md[3]; let D = md[4]; let Dv = md[5];
-  let tiles = (S + {{BR - 1}}u) / {{BR}}u;
-  if (wi >= md[0] / S * tiles) { return; }
-  let bh = wi / tiles; let i0 = (wi % tiles) * {{BR}}u;
-  let hh = bh % H; let bb = bh / H; let kvh = hh / md[6];
-  let scale = bitcast<f32>(md[8]); let fill = bitcast<f32>(md[9]);
-  let r = lid.x / {{TC}}u; let c = lid.x % {{TC}}u;
-  let i = i0 + r;
-  let live = i < S;
-  let ninf = bits_(0xff800000u);
   let D4 = D / 4u; let Dv4 = Dv / 4u;
   for (var x = lid.x; x < {{BR * (dmax / 4)}}u; x += {{nt}}u) {
     let rr = x / {{dmax / 4}}u; let e = (x % {{dmax / 4}}u) * 4u; let ii = i0 + rr;

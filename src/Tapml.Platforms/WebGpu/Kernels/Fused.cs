@@ -455,6 +455,33 @@ public static class Fused
         _ => "",
     };
 
+    /// <summary>The bindings of the tiled prompt-attention kernels (both layouts): q, k, v, the mask, the rotary tables
+    /// where given, y.</summary>
+    internal static Wgsl TiledAttentionBindings(int threads, GpuTensor q, GpuTensor k, GpuTensor v, GpuTensor? mask, GpuTensor? rcos, GpuTensor? rsin)
+    {
+        var w = new Wgsl(threads).In("q", q).In("k", k).In("v", v);
+        if (mask is not null) w.In("mk", mask);
+        if (rcos is not null) w.In("rc", rcos).In("rs", rsin!);
+        return w.Out("y", DType.Float32);
+    }
+
+    /// <summary>The start of the tiled prompt-attention kernels' body: the workgroup's (batch·head, tile of
+    /// <paramref name="rows"/> query rows) from the row kernel's metadata, and thread (r, c) of <paramref name="perRow"/>
+    /// threads a row; a workgroup past the last tile returns.</summary>
+    internal static string TiledAttentionHead(int rows, int perRow) => $$"""
+  let wi = wid.x + wid.y * nwg.x;
+  let H = md[1]; let S = md[2]; let T = md[3]; let D = md[4]; let Dv = md[5];
+  let tiles = (S + {{rows - 1}}u) / {{rows}}u;
+  if (wi >= md[0] / S * tiles) { return; }
+  let bh = wi / tiles; let i0 = (wi % tiles) * {{rows}}u;
+  let hh = bh % H; let bb = bh / H; let kvh = hh / md[6];
+  let scale = bitcast<f32>(md[8]); let fill = bitcast<f32>(md[9]);
+  let r = lid.x / {{perRow}}u; let c = lid.x % {{perRow}}u;
+  let i = i0 + r;
+  let live = i < S;
+  let ninf = bits_(0xff800000u);
+""";
+
     /// <summary>Flash attention for prompt-shaped inputs: a workgroup per (batch·head, tile of BR query rows); each
     /// tile of BC keys is loaded into workgroup memory once for all BR rows, thread (r, c) scores query r against key c,
     /// and each row keeps a running max and sum (online softmax) while thread (r, c) accumulates output dims c, c+BC, ….
@@ -484,23 +511,10 @@ public static class Fused
         string store = string.Join("\n", Enumerable.Range(0, acc).Select(a => $"    if (c + {a * bc}u < Dv) {{ y_st(ob + c + {a * bc}u, a{a} / l); }}"));
         g.LaunchGroups(new WebGpuPlatform.KernelKey("attention_tiled", $"{maskKind}|{rot}|{dmax}|{br}"), () =>
         {
-            var w = new Wgsl(nt).In("q", q).In("k", k).In("v", v);
-            if (mask is not null) w.In("mk", mask);
-            if (rot) w.In("rc", rcos!).In("rs", rsin!);
-            w.Out("y", DType.Float32);
+            var w = TiledAttentionBindings(nt, q, k, v, mask, rcos, rsin);
             w.Decl($"var<workgroup> qs: array<f32, {br * stride}>;\nvar<workgroup> kvs: array<f32, {bc * stride}>;\nvar<workgroup> ss: array<f32, {br * bc}>;");
             return w.Build($$"""
-  let wi = wid.x + wid.y * nwg.x;
-  let H = md[1]; let S = md[2]; let T = md[3]; let D = md[4]; let Dv = md[5];
-  let tiles = (S + {{br - 1}}u) / {{br}}u;
-  if (wi >= md[0] / S * tiles) { return; }
-  let bh = wi / tiles; let i0 = (wi % tiles) * {{br}}u;
-  let hh = bh % H; let bb = bh / H; let kvh = hh / md[6];
-  let scale = bitcast<f32>(md[8]); let fill = bitcast<f32>(md[9]);
-  let r = lid.x / {{bc}}u; let c = lid.x % {{bc}}u;
-  let i = i0 + r;
-  let live = i < S;
-  let ninf = bits_(0xff800000u);
+{{TiledAttentionHead(br, bc)}}
   for (var x = lid.x; x < {{br}}u * D; x += {{nt}}u) {
     let rr = x / D; let e = x % D; let ii = i0 + rr;
     var qv = 0.0;
