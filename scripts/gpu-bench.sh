@@ -27,9 +27,9 @@ section() {
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$log"
 # Issue 24: f32, f16 (--weights f16 over the f16 copy) q4 and q4-unfused decode and prefill on the 125M and 4-layer 8B-shape
 # checkpoints (webgpu, one process).
-section llm-weights 280 "$T bench llm-weights --platform webgpu --runs 3"
+section llm-weights 330 "$T bench llm-weights --platform webgpu --runs 3"
 # PyTorch/transformers on the same checkpoints (the folders bench wrote), eager, f32 and f16.
-section peer-eager 120 "python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-125m --prompt 64 --new 33 --mode eager;
+section peer-eager 100 "python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-125m --prompt 64 --new 33 --mode eager;
   python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-4x4096 --prompt 16 --new 17 --mode eager;
   python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-125m-f16 --dtype float16 --prompt 64 --new 33 --mode eager;
   python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-4x4096-f16 --dtype float16 --prompt 16 --new 17 --mode eager"
@@ -42,6 +42,10 @@ section skinny-sweep 150 "$T bench skinny-sweep --platform webgpu --runs 2"
 # Issue 21: the same 125M decode on webgpu and vulkan (and ORT/cpu) in this call.
 section llm-webgpu 50 "$T bench llm --platform webgpu --runs 3"
 section llm-vulkan 50 "TAPML_VULKAN_STATS=1 $T bench llm --platform vulkan --runs 3"
+# Issue 21: the 1.1B shape (four layers of Llama-3-8B's) on both, and the isolated matrix-vector kernels on vulkan.
+section large-webgpu 100 "$T bench llm-large --platform webgpu --runs 3"
+section large-vulkan 100 "TAPML_VULKAN_STATS=1 $T bench llm-large --platform vulkan --runs 3"
+section gpu-vulkan 80 "$T bench gpu --platform vulkan --runs 3"
 # Issue 19: loopback remote (cpu served).
 section remote 50 "$T bench remote --runs 5"
 # Issue 23: per-op-family GPU time of real models.
