@@ -10,7 +10,7 @@ set -u
 T="bash .device/setup-remote.sh .device/bin/tapml"
 out="${OUT:-/tmp}"; log="$out/gpu-bench.log"; : > "$log"
 deadline=$(( $(date +%s) + ${GPU_BENCH_SECONDS:-540} ))
-keep='^(bench |peer: |carve ÷|decode|prefill|ran |outputs |GPU time|vulkan stats|  )|tokens/s|×|ratio|share|TFLOP|GB/s|MB/s|round trip|lockstep|bisect|error|Error'
+keep='^(load |bench |peer: |carve ÷|decode|prefill|ran |outputs |GPU time|vulkan stats|  )|tokens/s|×|ratio|share|TFLOP|GB/s|MB/s|round trip|lockstep|bisect|error|Error'
 
 section() {
   local name=$1 limit=$2; shift 2
@@ -42,6 +42,9 @@ section skinny-sweep 150 "$T bench skinny-sweep --platform webgpu --runs 2"
 # Issue 21: the same 125M decode on webgpu and vulkan (and ORT/cpu) in this call.
 section llm-webgpu 50 "$T bench llm --platform webgpu --runs 3"
 section llm-vulkan 50 "TAPML_VULKAN_STATS=1 $T bench llm --platform vulkan --runs 3"
+# Issue 24 cold start: load and time to first token of a fresh process (twice: the second with the OS's file cache warm).
+section cold 60 "for i in 1 2; do $T generate --model /tmp/tapml-bench-llama-125m --platform webgpu --input-ids 1,2,3,4,5,6,7,8 --max-tokens 8; done;
+  [ -d /tmp/tapml-bench-llama-4x4096 ] && $T generate --model /tmp/tapml-bench-llama-4x4096 --platform webgpu --input-ids 1,2,3,4 --max-tokens 4"
 # Issue 21: the 1.1B shape (four layers of Llama-3-8B's) on both, and the isolated matrix-vector kernels on vulkan.
 section large-webgpu 100 "$T bench llm-large --platform webgpu --runs 3"
 section large-vulkan 100 "TAPML_VULKAN_STATS=1 $T bench llm-large --platform vulkan --runs 3"
