@@ -42,9 +42,10 @@ section skinny-sweep 150 "$T bench skinny-sweep --platform webgpu --runs 2"
 # Issue 21: the same 125M decode on webgpu and vulkan (and ORT/cpu) in this call.
 section llm-webgpu 50 "$T bench llm --platform webgpu --runs 3"
 section llm-vulkan 50 "TAPML_VULKAN_STATS=1 $T bench llm --platform vulkan --runs 3"
-# Issue 24 cold start: load and time to first token of a fresh process (twice: the second with the OS's file cache warm).
-section cold 60 "for i in 1 2; do $T generate --model /tmp/tapml-bench-llama-125m --platform webgpu --input-ids 1,2,3,4,5,6,7,8 --max-tokens 8; done;
-  [ -d /tmp/tapml-bench-llama-4x4096 ] && $T generate --model /tmp/tapml-bench-llama-4x4096 --platform webgpu --input-ids 1,2,3,4 --max-tokens 4"
+# Issue 24 cold start: load and time to first token of fresh processes: the first fills the model's kernel list, the
+# second compiles from it in parallel, the third with kernel-cache=off (the driver's own shader cache warm in both).
+section cold 60 "for p in webgpu webgpu 'webgpu?kernel-cache=off'; do $T generate --model /tmp/tapml-bench-llama-125m --platform \"\$p\" --input-ids 1,2,3,4,5,6,7,8 --max-tokens 8; done;
+  [ -d /tmp/tapml-bench-llama-4x4096 ] && for p in webgpu webgpu 'webgpu?kernel-cache=off'; do $T generate --model /tmp/tapml-bench-llama-4x4096 --platform \"\$p\" --input-ids 1,2,3,4 --max-tokens 4; done"
 # Issue 21: the 1.1B shape (four layers of Llama-3-8B's) on both, and the isolated matrix-vector kernels on vulkan.
 section large-webgpu 100 "$T bench llm-large --platform webgpu --runs 3"
 section large-vulkan 100 "TAPML_VULKAN_STATS=1 $T bench llm-large --platform vulkan --runs 3"

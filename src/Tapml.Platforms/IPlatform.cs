@@ -116,6 +116,13 @@ public interface IFreshInstance
     IPlatform NewInstance();
 }
 
+/// <summary>A platform that prepares for a model it has run before (a GPU platform compiles, in parallel, the kernels
+/// that model needed last time): the executor names the model at the start of every run.</summary>
+public interface IModelWarmup
+{
+    void Warm(Model model);
+}
+
 /// <summary>A platform that can list the operators it has kernels for (a kernel may still refuse some inputs: dtypes,
 /// limits; <see cref="IPlatform.Supports"/> has the last word). A remote server describes its platform with it.</summary>
 public interface IOpList

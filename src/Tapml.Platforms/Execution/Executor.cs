@@ -136,6 +136,7 @@ public sealed class Executor
         var g = model.Graph;
         InputCheck.Validate(model, feeds, CheckInputShapes);
         long run = Stats.Runs++;
+        if (_single is IModelWarmup warm) warm.Warm(model);
         // NOTE: a segment platform runs the whole graph as one segment anyway, and keeps keepOnDevice values there.
         if (PreferWholeGraph && _single is IGraphPlatform whole and not ISegmentPlatform && Observers.Count == 0)
             return whole.RunGraph(model, feeds);

@@ -25,7 +25,7 @@ public sealed class GpuPipeline(nint handle, nint layout, string label, string c
 /// <summary>The Dawn runtime: instance, adapter, device and queue; buffers, pipelines (cached by WGSL text),
 /// dispatches recorded into one compute pass and submitted on <see cref="Flush"/>, readback, error capture.
 /// Knows nothing about ONNX: kernels are generated elsewhere (<see cref="Kernels"/>).</summary>
-public sealed unsafe class DawnDevice : IGpuDevice
+public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
 {
     readonly WgpuHandle _instanceHandle = null!, _adapterHandle = null!, _deviceHandle = null!, _queueHandle = null!;
     // Their values, for the calls of every dispatch (valid until Dispose).
@@ -334,6 +334,7 @@ public sealed unsafe class DawnDevice : IGpuDevice
     {
         if (_pipelines.TryGetValue(code, out var p)) return p;
         CheckUsable();
+        if (_compiling.Remove(code, out var started) && Finish(started, code) is { } done) return done;
         var csv = Wgpu.Utf8(code, out var cmem);
         var lsv = Wgpu.Utf8(label, out var lmem);
         var esv = Wgpu.Utf8("main", out var emem);
@@ -360,13 +361,73 @@ public sealed unsafe class DawnDevice : IGpuDevice
                 layout = Wgpu.Created(Wgpu.ComputePipelineGetBindGroupLayout(pipe, 0), "wgpuComputePipelineGetBindGroupLayout", Context);
             }
             catch { pipeHandle?.Dispose(); throw; }
-            _pipelineHandles.Add(pipeHandle!);
-            _pipelineHandles.Add(new WgpuHandle(WgpuKind.BindGroupLayout, layout, _deviceHandle));
-            p = new GpuPipeline(pipe, layout, label, code);
-            _pipelines[code] = p;
-            return p;
+            return Register(pipeHandle!, layout, label, code);
         }
         finally { Marshal.FreeHGlobal(cmem); Marshal.FreeHGlobal(lmem); Marshal.FreeHGlobal(emem); }
+    }
+
+    GpuPipeline Register(WgpuHandle pipe, nint layout, string label, string code)
+    {
+        _pipelineHandles.Add(pipe);
+        _pipelineHandles.Add(new WgpuHandle(WgpuKind.BindGroupLayout, layout, _deviceHandle));
+        var p = new GpuPipeline(pipe.Value, layout, label, code);
+        _pipelines[code] = p;
+        Compiled?.Invoke(code, label);
+        return p;
+    }
+
+    /// <summary>A pipeline Dawn compiles on its worker threads: the shader module's error scope and the creation.</summary>
+    sealed record Compiling(Wgpu.Pending Scope, Wgpu.Pending? Creation, string Label);
+    readonly Dictionary<string, Compiling> _compiling = new();
+
+    public Action<string, string>? Compiled { get; set; }
+
+    /// <summary>Pipelines started by <see cref="Precompile"/> and not yet asked for.</summary>
+    public int Precompiling => _compiling.Count;
+
+    /// <summary>Starts compiling <paramref name="code"/> on Dawn's worker threads and returns at once: a later
+    /// <see cref="Pipeline"/> of the same text waits for it (kernels known ahead compile in parallel, while weights
+    /// upload). Nothing when it is compiled or started already. A text that fails here is compiled again, synchronously,
+    /// when asked for, so its error is reported where it is used.</summary>
+    public void Precompile(string code, string label)
+    {
+        if (_disposed || _lost || _pipelines.ContainsKey(code) || _compiling.ContainsKey(code)) return;
+        var csv = Wgpu.Utf8(code, out var cmem);
+        var lsv = Wgpu.Utf8(label, out var lmem);
+        var esv = Wgpu.Utf8("main", out var emem);
+        try
+        {
+            var src = new ShaderSourceWgsl { SType = Wgpu.STypeShaderSourceWgsl, Code = csv };
+            var md = new ShaderModuleDescriptor { Next = (nint)(&src), Label = lsv };
+            var dev = _device;
+            Wgpu.DevicePushErrorScope(dev, Wgpu.ErrorFilterValidation);
+            var module = Wgpu.DeviceCreateShaderModule(dev, &md);
+            Wgpu.Pending? creation = null;
+            if (module != 0)
+            {
+                using var moduleHandle = new WgpuHandle(WgpuKind.ShaderModule, module, _deviceHandle);
+                var pd = new ComputePipelineDescriptor { Label = lsv, Module = module, EntryPoint = esv };
+                var ppd = &pd;
+                creation = Wgpu.Begin(Wgpu.HandleCallback, info => Wgpu.DeviceCreateComputePipelineAsync(dev, ppd, info));
+            }
+            var scope = Wgpu.Begin(Wgpu.ErrorScopeCallback, info => Wgpu.DevicePopErrorScope(dev, info));
+            _compiling[code] = new Compiling(scope, creation, label);
+        }
+        finally { Marshal.FreeHGlobal(cmem); Marshal.FreeHGlobal(lmem); Marshal.FreeHGlobal(emem); }
+    }
+
+    /// <summary>Waits for a pipeline <see cref="Precompile"/> started; null when it failed (the caller compiles it
+    /// synchronously and reports the error).</summary>
+    GpuPipeline? Finish(Compiling c, string code)
+    {
+        var scope = Wgpu.End(_instance, c.Scope, "wgpuDevicePopErrorScope");
+        if (c.Creation is null) return null;
+        var r = Wgpu.End(_instance, c.Creation, $"wgpuDeviceCreateComputePipelineAsync ({c.Label})");
+        if (r.Handle == 0) return null;
+        var pipe = new WgpuHandle(WgpuKind.ComputePipeline, r.Handle, _deviceHandle);
+        nint layout = r.Status == Wgpu.StatusSuccess && scope.Kind == Wgpu.ErrorTypeNoError ? Wgpu.ComputePipelineGetBindGroupLayout(r.Handle, 0) : 0;
+        if (layout == 0) { pipe.Dispose(); return null; }
+        return Register(pipe, layout, c.Label, code);
     }
 
     /// <summary>A byte count for messages (B, KiB, MiB, GiB).</summary>
@@ -765,6 +826,12 @@ public sealed unsafe class DawnDevice : IGpuDevice
         foreach (var bg in _bindGroups) Wgpu.BindGroupRelease(bg);
         _bindGroups.Clear();
         ClearBindGroups();
+        // Compilations started and never asked for: wait for their callbacks (which hold handles into managed memory).
+        foreach (var (code, c) in _compiling.ToArray())
+        {
+            try { Finish(c, code); } catch (TapmlException) { }
+        }
+        _compiling.Clear();
         foreach (var h in _pipelineHandles) h.Dispose();
         _pipelineHandles.Clear();
         _pipelines.Clear();

@@ -44,3 +44,14 @@ public interface IGpuDevice : IDisposable
 
 /// <summary>A readback in flight (<see cref="IGpuDevice.BeginRead"/>).</summary>
 public abstract class GpuPendingRead;
+
+/// <summary>A device that can compile pipelines ahead of their first use, in parallel (Dawn's
+/// <c>wgpuDeviceCreateComputePipelineAsync</c>), and says when it compiled one (what <see cref="KernelList"/> keeps).</summary>
+public interface IPrecompile
+{
+    /// <summary>Starts compiling <paramref name="code"/> and returns at once; the first <see cref="IGpuDevice.Pipeline"/>
+    /// of the same text waits for it.</summary>
+    void Precompile(string code, string label);
+    /// <summary>Called with the text and label of every pipeline this device compiled and kept.</summary>
+    Action<string, string>? Compiled { get; set; }
+}

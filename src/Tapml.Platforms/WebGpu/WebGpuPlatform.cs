@@ -10,7 +10,7 @@ namespace Tapml.Platforms.WebGpu;
 /// <summary>The native WebGPU target: Dawn (webgpu.h) with WGSL kernels generated per op family.
 /// Spec: <c>webgpu[:vulkan|:gles][?max-binding=BYTES][&amp;KNOB=V…]</c> (KNOB: <see cref="MatVecTuning"/>'s). Values stay on the GPU between nodes; host tensors
 /// uploaded (weights) are cached per tensor object, so a model's weights cross the bus once.</summary>
-public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails, IOpList, IKernelProfile
+public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails, IOpList, IKernelProfile, IModelWarmup
 {
     public IEnumerable<(string Domain, string OpType, int SinceOpset)> Ops => GpuOps.All.Select(o => (o.Domain, o.OpType, o.SinceOpset));
 
@@ -92,10 +92,11 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             if (k == "f16-proj" && v is "fused" or "split") { HalfProjectionsFused = v == "fused"; continue; }
             if (k == "attn-tile" && v is "v1" or "v2") { AttentionTileLayout = v == "v1" ? 1 : 2; continue; }
             if (k == "matmul-ladder" && Kernels.MatMulTiled.TileLadder.Parse(v) is { } ladder) { MatMulLadder = ladder; continue; }
+            if (k == "kernel-cache" && (v is "on" or "off" || Path.IsPathRooted(v))) { _kernelCache = v != "off"; _kernelCacheRoot = Path.IsPathRooted(v) ? v : null; continue; }
             if (MatVec.With(spec, k, v) is { } tuned) { MatVec = tuned; continue; }
             if (Skinny.With(spec, k, v) is { } skinny) { Skinny = skinny; continue; }
             throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (webgpu takes max-binding=BYTES (at least 16), kv=inplace|copy, " +
-                                     $"attn-groups=N (at least 1), attn-tiled=ROWS (0: never), attn-tile=v2|v1, f16-proj=fused|split, matmul-tile=BMxBNxBK/TMxTN or legacy, matmul-ladder=v2|v1, {MatVecTuning.Help}, {Kernels.SkinnyTuning.Help})");
+                                     $"attn-groups=N (at least 1), attn-tiled=ROWS (0: never), kernel-cache=on|off|DIR, attn-tile=v2|v1, f16-proj=fused|split, matmul-tile=BMxBNxBK/TMxTN or legacy, matmul-ladder=v2|v1, {MatVecTuning.Help}, {Kernels.SkinnyTuning.Help})");
         }
         Name = spec;
         Kind = "webgpu";
@@ -122,6 +123,31 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             $"{(i.ShaderF16 ? ", shader-f16" : ", no shader-f16 (f16 weights packed in u32)")}";
         return (description, new PlatformLimits(device.Limits.MaxBufferBytes, device.Limits.MaxStorageBindingBytes, device.Limits.MaxInvocationsPerWorkgroup, 0),
             Math.Min(256, device.Limits.MaxInvocationsPerWorkgroup));
+    }
+
+    // ---- kernels of a model compiled ahead (KernelList) ------------------------------------------------------
+
+    bool? _kernelCache;
+    string? _kernelCacheRoot;
+    readonly ConditionalWeakTable<Model, KernelList> _kernelLists = new();
+    KernelList? _kernelList;
+
+    /// <summary>Starts compiling, in parallel, the kernels <paramref name="model"/> compiled on this adapter with these
+    /// options last time (<see cref="KernelList"/>); kernels compiled from now on are added to its list. Off with
+    /// <c>kernel-cache=off</c> (<c>kernel-cache=DIR</c> keeps the lists in DIR; <c>on</c> also on CPU adapters, where it
+    /// is off by default), and on devices that cannot compile ahead.</summary>
+    public void Warm(Model model)
+    {
+        // NOTE: auto is off on CPU adapters: SwiftShader compiled the kernels of a model one at a time whether asked ahead
+        // or not (tiny Llama: 3.4 s either way), so there a list only adds the kernels of earlier shapes to compile.
+        if (!(_kernelCache ?? Device.Info.AdapterType != "CPU") || Device is not IPrecompile pre) return;
+        if (_kernelLists.TryGetValue(model, out var known)) { _kernelList = known; return; }
+        var i = Device.Info;
+        var list = new KernelList($"{Device.Runtime}\n{i.Vendor}|{i.Architecture}|{i.Device}|{i.Description}|{i.Backend}\n{Name}", model, _kernelCacheRoot);
+        _kernelLists.Add(model, list);
+        _kernelList = list;
+        pre.Compiled ??= (code, label) => _kernelList?.Add(code, label);
+        foreach (var (code, label) in list.Load()) pre.Precompile(code, label);
     }
 
     /// <summary>Null when the Dawn library is installed here, else why not (tests skip with it on a user's machine).</summary>

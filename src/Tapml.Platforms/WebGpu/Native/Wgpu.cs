@@ -212,6 +212,8 @@ static unsafe class Wgpu
     public static delegate* unmanaged[Cdecl]<nint, BufferDescriptor*, nint> DeviceCreateBuffer;
     public static delegate* unmanaged[Cdecl]<nint, ShaderModuleDescriptor*, nint> DeviceCreateShaderModule;
     public static delegate* unmanaged[Cdecl]<nint, ComputePipelineDescriptor*, nint> DeviceCreateComputePipeline;
+    /// <summary>Compiles on Dawn's worker threads; the callback (<see cref="HandleCallback"/>'s shape) gives the pipeline.</summary>
+    public static delegate* unmanaged[Cdecl]<nint, ComputePipelineDescriptor*, CallbackInfo, ulong> DeviceCreateComputePipelineAsync;
     public static delegate* unmanaged[Cdecl]<nint, BindGroupDescriptor*, nint> DeviceCreateBindGroup;
     public static delegate* unmanaged[Cdecl]<nint, nint, nint> DeviceCreateCommandEncoder;
     public static delegate* unmanaged[Cdecl]<nint, QuerySetDescriptor*, nint> DeviceCreateQuerySet;
@@ -305,6 +307,7 @@ static unsafe class Wgpu
         DeviceCreateBuffer = (delegate* unmanaged[Cdecl]<nint, BufferDescriptor*, nint>)F("wgpuDeviceCreateBuffer");
         DeviceCreateShaderModule = (delegate* unmanaged[Cdecl]<nint, ShaderModuleDescriptor*, nint>)F("wgpuDeviceCreateShaderModule");
         DeviceCreateComputePipeline = (delegate* unmanaged[Cdecl]<nint, ComputePipelineDescriptor*, nint>)F("wgpuDeviceCreateComputePipeline");
+        DeviceCreateComputePipelineAsync = (delegate* unmanaged[Cdecl]<nint, ComputePipelineDescriptor*, CallbackInfo, ulong>)F("wgpuDeviceCreateComputePipelineAsync");
         DeviceCreateBindGroup = (delegate* unmanaged[Cdecl]<nint, BindGroupDescriptor*, nint>)F("wgpuDeviceCreateBindGroup");
         DeviceCreateCommandEncoder = (delegate* unmanaged[Cdecl]<nint, nint, nint>)F("wgpuDeviceCreateCommandEncoder");
         DeviceCreateQuerySet = (delegate* unmanaged[Cdecl]<nint, QuerySetDescriptor*, nint>)F("wgpuDeviceCreateQuerySet");

@@ -1,0 +1,89 @@
+using Tapml.Core;
+using Tapml.Ir;
+using Tapml.Ir.Builders;
+using Tapml.Platforms.Execution;
+using Tapml.Platforms.WebGpu;
+using Xunit;
+
+namespace Tapml.Tests;
+
+/// <summary>The kernel lists webgpu keeps per model (<see cref="KernelList"/>): what a model compiled on its first run
+/// compiles ahead, in parallel, on the next platform's first run, with the same results; a damaged list is skipped.</summary>
+public class KernelListTests
+{
+    static string TempDir() => Directory.CreateTempSubdirectory("tapml-kernels-").FullName;
+
+    [Fact]
+    public void A_list_gives_back_what_was_added_and_skips_damaged_entries()
+    {
+        var dir = TempDir();
+        try
+        {
+            var model = SampleModels.SampleMlp();
+            var list = new KernelList("adapter", model, dir);
+            list.Add("@compute @workgroup_size(1) fn main() {}", "empty");
+            list.Add("@compute @workgroup_size(2) fn main() {}", "two\nlines");
+            list.Add("@compute @workgroup_size(1) fn main() {}", "empty again");   // known: not added twice
+            var back = new KernelList("adapter", model, dir).Load();
+            Assert.Equal(["empty", "two lines"], back.Select(k => k.Label));
+            Assert.Equal("@compute @workgroup_size(2) fn main() {}", back[1].Code);
+            // Another adapter, or another model (a different initializer shape), has a list of its own.
+            Assert.Empty(new KernelList("other adapter", model, dir).Load());
+            Assert.Empty(new KernelList("adapter", SampleModels.SampleCnn(), dir).Load());
+            Assert.NotEqual(KernelList.Fingerprint(model), KernelList.Fingerprint(SampleModels.SampleCnn()));
+            Assert.Equal(KernelList.Fingerprint(model), KernelList.Fingerprint(SampleModels.SampleMlp(seed: 5)));   // values do not count
+            // A text whose bytes no longer match its hash, a truncated line and garbage are skipped.
+            var texts = Directory.GetFiles(dir, "*.wgsl");
+            File.WriteAllText(texts.Single(f => File.ReadAllText(f).Contains("(1)")), "tampered");
+            var listFile = Directory.GetFiles(Path.Combine(dir, "lists")).Single();
+            File.AppendAllText(listFile, "0123abc\nnot a line at all\n");
+            Assert.Equal(["two lines"], new KernelList("adapter", model, dir).Load().Select(k => k.Label));
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    static void AssertClose(Dictionary<string, Value> want, Dictionary<string, Value> got)
+    {
+        Assert.Equal(want.Keys.Order(), got.Keys.Order());
+        foreach (var (name, w) in want)
+        {
+            Tensor a = (Tensor)w, b = (Tensor)got[name];
+            Assert.Equal(a.Shape, b.Shape);
+            for (long i = 0; i < a.Length; i++)
+                Assert.True(Math.Abs(a.GetDouble(i) - b.GetDouble(i)) <= 1e-4 + 1e-4 * Math.Abs(a.GetDouble(i)), $"{name}[{i}]: {b.GetDouble(i)} vs cpu {a.GetDouble(i)}");
+        }
+    }
+
+    [Fact]
+    public void A_second_platform_compiles_the_models_kernels_ahead_with_the_same_outputs()
+    {
+        WebGpuTests.SkipIfNoDawn("webgpu");
+        var dir = TempDir();
+        try
+        {
+            var model = SampleModels.SampleMlp();
+            var feeds = new Dictionary<string, Value> { ["x"] = Tensor.FromArray(Enumerable.Range(0, 128).Select(i => (i % 9) * 0.25f - 1).ToArray(), 2, 64) };
+            var want = new Executor(new Tapml.Platforms.Cpu.CpuPlatform()).Run(model, feeds);
+            Dictionary<string, Value> RunOn(WebGpuPlatform p) => new Executor(p).Run(model, feeds);
+            string spec = $"webgpu?kernel-cache={dir}";
+            using (var first = new WebGpuPlatform(spec))
+            {
+                first.Warm(model);
+                Assert.Equal(0, ((DawnDevice)first.Device).Precompiling);   // nothing known yet
+                AssertClose(want, RunOn(first));
+                Assert.True(first.KernelCount > 0);
+            }
+            using var second = new WebGpuPlatform(spec);
+            second.Warm(model);
+            int ahead = ((DawnDevice)second.Device).Precompiling;
+            Assert.True(ahead > 0, "the second platform started no compilation ahead");
+            AssertClose(want, RunOn(second));
+            Assert.Equal(0, ((DawnDevice)second.Device).Precompiling);   // every one was used
+            // Off: nothing compiled ahead, nothing written.
+            using var off = new WebGpuPlatform("webgpu?kernel-cache=off");
+            off.Warm(model);
+            Assert.Equal(0, ((DawnDevice)off.Device).Precompiling);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+}
