@@ -8,7 +8,8 @@ using Xunit;
 namespace Tapml.Tests;
 
 /// <summary>The kernel lists webgpu keeps per model (<see cref="KernelList"/>): what a model compiled on its first run
-/// compiles ahead, in parallel, on the next platform's first run, with the same results; a damaged list is skipped.</summary>
+/// compiles ahead, in parallel, on the next platform's first run, with the same results, and what Dawn compiled
+/// comes from its blob cache; a damaged list is skipped.</summary>
 public class KernelListTests
 {
     static string TempDir() => Directory.CreateTempSubdirectory("tapml-kernels-").FullName;
@@ -72,17 +73,25 @@ public class KernelListTests
                 Assert.Equal(0, ((DawnDevice)first.Device).Precompiling);   // nothing known yet
                 AssertClose(want, RunOn(first));
                 Assert.True(first.KernelCount > 0);
+                Assert.True(((DawnDevice)first.Device).Blobs!.Stores > 0, "Dawn stored nothing in its blob cache");
             }
+            Assert.NotEmpty(Directory.GetFiles(Path.Combine(dir, "blobs")));
             using var second = new WebGpuPlatform(spec);
             second.Warm(model);
             int ahead = ((DawnDevice)second.Device).Precompiling;
             Assert.True(ahead > 0, "the second platform started no compilation ahead");
             AssertClose(want, RunOn(second));
             Assert.Equal(0, ((DawnDevice)second.Device).Precompiling);   // every one was used
-            // Off: nothing compiled ahead, nothing written.
-            using var off = new WebGpuPlatform("webgpu?kernel-cache=off");
-            off.Warm(model);
-            Assert.Equal(0, ((DawnDevice)off.Device).Precompiling);
+            Assert.True(((DawnDevice)second.Device).Blobs!.Hits > 0, "Dawn found nothing in its blob cache");
+            // Off (and auto on this CPU adapter): nothing compiled ahead, no blob cache.
+            foreach (var s in new[] { "webgpu?kernel-cache=off", "webgpu" })
+            {
+                using var off = new WebGpuPlatform(s);
+                if (s == "webgpu" && off.Info.AdapterType != "CPU") continue;
+                off.Warm(model);
+                Assert.Equal(0, ((DawnDevice)off.Device).Precompiling);
+                Assert.Null(((DawnDevice)off.Device).Blobs);
+            }
         }
         finally { Directory.Delete(dir, true); }
     }

@@ -74,7 +74,8 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
 
     /// <param name="backend">"" (best adapter), "vulkan" or "gles".</param>
     /// <param name="maxBindingBytes">Lower maxStorageBufferBindingSize to this (0: the adapter's maximum).</param>
-    public DawnDevice(string backend, long maxBindingBytes = 0)
+    /// <param name="blobCache">Given the adapter, the folder of Dawn's blob cache (<see cref="DawnBlobCache"/>), or null for none.</param>
+    public DawnDevice(string backend, long maxBindingBytes = 0, Func<GpuAdapterInfo, string?>? blobCache = null)
     {
         Wgpu.Load();
         PrepareEnvironment(backend);
@@ -129,6 +130,13 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
                 DeviceLost = new CallbackInfo { Mode = 3 /* AllowSpontaneous */, Callback = Wgpu.DeviceEventCallback, Userdata1 = GCHandle.ToIntPtr(_eventSink), Userdata2 = Wgpu.DeviceLostSource },
                 UncapturedError = new UncapturedErrorCallbackInfo { Callback = Wgpu.DeviceEventCallback, Userdata1 = GCHandle.ToIntPtr(_eventSink), Userdata2 = Wgpu.UncapturedErrorSource },
             };
+            var cacheDesc = new DawnCacheDeviceDescriptor();
+            if (blobCache?.Invoke(Info) is { } blobDir)
+            {
+                Blobs = new DawnBlobCache(blobDir);
+                Blobs.Describe(ref cacheDesc);
+                ddesc.Next = (nint)(&cacheDesc);
+            }
             var adapter = _adapter;
             nint pd = (nint)(&ddesc);
             var rd = Wgpu.Await(inst, Wgpu.HandleCallback, info => Wgpu.AdapterRequestDevice(adapter, (DeviceDescriptor*)pd, info), "a device");
@@ -381,6 +389,8 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
     readonly Dictionary<string, Compiling> _compiling = new();
 
     public Action<string, string>? Compiled { get; set; }
+    /// <summary>Dawn's blob cache on disk, when this device has one.</summary>
+    public DawnBlobCache? Blobs { get; }
 
     /// <summary>Pipelines started by <see cref="Precompile"/> and not yet asked for.</summary>
     public int Precompiling => _compiling.Count;
@@ -845,6 +855,7 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
         _profileQueries = 0;
         _queueHandle.Dispose();
         _deviceHandle.Dispose();
+        Blobs?.Dispose();
         _adapterHandle.Dispose();
         _instanceHandle.Dispose();
         // NOTE: the event sink's GCHandle is never freed: Dawn may still deliver the device-lost callback of a

@@ -100,7 +100,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         }
         Name = spec;
         Kind = "webgpu";
-        Device = new DawnDevice(_backend, maxBinding);
+        Device = new DawnDevice(_backend, maxBinding, info => KernelCacheOn(info) ? Path.Combine(_kernelCacheRoot ?? KernelList.Root, "blobs") : null);
         (Description, Limits, Workgroup) = Describe(Device);
     }
 
@@ -132,15 +132,18 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     readonly ConditionalWeakTable<Model, KernelList> _kernelLists = new();
     KernelList? _kernelList;
 
+    // NOTE: auto is off on CPU adapters: SwiftShader compiled the kernels of a model one at a time whether asked ahead
+    // or not, and Dawn's blob cache did not shorten it (tiny Llama's 17 kernels: 3.3-3.5 s in each case), so there the
+    // cache would only add the kernels of earlier shapes to compile.
+    bool KernelCacheOn(GpuAdapterInfo info) => _kernelCache ?? info.AdapterType != "CPU";
+
     /// <summary>Starts compiling, in parallel, the kernels <paramref name="model"/> compiled on this adapter with these
     /// options last time (<see cref="KernelList"/>); kernels compiled from now on are added to its list. Off with
     /// <c>kernel-cache=off</c> (<c>kernel-cache=DIR</c> keeps the lists in DIR; <c>on</c> also on CPU adapters, where it
     /// is off by default), and on devices that cannot compile ahead.</summary>
     public void Warm(Model model)
     {
-        // NOTE: auto is off on CPU adapters: SwiftShader compiled the kernels of a model one at a time whether asked ahead
-        // or not (tiny Llama: 3.4 s either way), so there a list only adds the kernels of earlier shapes to compile.
-        if (!(_kernelCache ?? Device.Info.AdapterType != "CPU") || Device is not IPrecompile pre) return;
+        if (!KernelCacheOn(Device.Info) || Device is not IPrecompile pre) return;
         if (_kernelLists.TryGetValue(model, out var known)) { _kernelList = known; return; }
         var i = Device.Info;
         var list = new KernelList($"{Device.Runtime}\n{i.Vendor}|{i.Architecture}|{i.Device}|{i.Description}|{i.Backend}\n{Name}", model, _kernelCacheRoot);

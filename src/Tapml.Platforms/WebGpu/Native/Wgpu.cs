@@ -111,6 +111,18 @@ struct BufferDescriptor
     public uint MappedAtCreation;
 }
 
+/// <summary>Chained into the device descriptor: Dawn's blob cache functions (<see cref="Tapml.Platforms.WebGpu.DawnBlobCache"/>).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct DawnCacheDeviceDescriptor
+{
+    public nint ChainNext;
+    public uint SType;
+    public StringView IsolationKey;
+    public nint Load;
+    public nint Store;
+    public nint Userdata;
+}
+
 [StructLayout(LayoutKind.Sequential)]
 struct ShaderSourceWgsl
 {
@@ -186,6 +198,9 @@ static unsafe class Wgpu
     public const uint FeatureLevelCompatibility = 1, FeatureLevelCore = 2;
     public const uint PowerHighPerformance = 2;
     public const uint STypeShaderSourceWgsl = 2;
+    /// <summary>WGPUSType_DawnCacheDeviceDescriptor (Dawn's extension range; checked on this build: Dawn calls the
+    /// functions it names, KernelListTests).</summary>
+    public const uint STypeDawnCacheDeviceDescriptor = 0x00050007;
     public const uint FeatureTimestampQuery = 3, FeatureShaderF16 = 0x0A, FeatureSubgroups = 0x11;
     public const uint ErrorFilterValidation = 1, ErrorFilterOutOfMemory = 2, ErrorFilterInternal = 3;
     public const uint ErrorTypeNoError = 1;
