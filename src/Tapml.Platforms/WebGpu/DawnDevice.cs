@@ -343,18 +343,9 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
         if (_pipelines.TryGetValue(code, out var p)) return p;
         CheckUsable();
         if (_compiling.Remove(code, out var started) && Finish(started, code) is { } done) return done;
-        var csv = Wgpu.Utf8(code, out var cmem);
-        var lsv = Wgpu.Utf8(label, out var lmem);
-        var esv = Wgpu.Utf8("main", out var emem);
-        try
+        return WithModule(code, label, (module, pd) =>
         {
-            var src = new ShaderSourceWgsl { SType = Wgpu.STypeShaderSourceWgsl, Code = csv };
-            var md = new ShaderModuleDescriptor { Next = (nint)(&src), Label = lsv };
-            Wgpu.DevicePushErrorScope(_device, Wgpu.ErrorFilterValidation);
-            var module = Wgpu.DeviceCreateShaderModule(_device, &md);
-            using var moduleHandle = module != 0 ? new WgpuHandle(WgpuKind.ShaderModule, module, _deviceHandle) : null;
-            var pd = new ComputePipelineDescriptor { Label = lsv, Module = module, EntryPoint = esv };
-            var pipe = Wgpu.DeviceCreateComputePipeline(_device, &pd);
+            var pipe = Wgpu.DeviceCreateComputePipeline(_device, (ComputePipelineDescriptor*)pd);
             var pipeHandle = pipe != 0 ? new WgpuHandle(WgpuKind.ComputePipeline, pipe, _deviceHandle) : null;
             var dev = _device;
             var r = Wgpu.Await(_instance, Wgpu.ErrorScopeCallback, info => Wgpu.DevicePopErrorScope(dev, info), "wgpuDevicePopErrorScope");
@@ -370,6 +361,26 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
             }
             catch { pipeHandle?.Dispose(); throw; }
             return Register(pipeHandle!, layout, label, code);
+        });
+    }
+
+    /// <summary>Makes <paramref name="code"/>'s shader module inside a validation error scope (popped by
+    /// <paramref name="make"/>) and calls <paramref name="make"/> with it (0 when it failed) and a pipeline descriptor
+    /// naming it (a <c>ComputePipelineDescriptor*</c>, valid during the call).</summary>
+    T WithModule<T>(string code, string label, Func<nint, nint, T> make)
+    {
+        var csv = Wgpu.Utf8(code, out var cmem);
+        var lsv = Wgpu.Utf8(label, out var lmem);
+        var esv = Wgpu.Utf8("main", out var emem);
+        try
+        {
+            var src = new ShaderSourceWgsl { SType = Wgpu.STypeShaderSourceWgsl, Code = csv };
+            var md = new ShaderModuleDescriptor { Next = (nint)(&src), Label = lsv };
+            Wgpu.DevicePushErrorScope(_device, Wgpu.ErrorFilterValidation);
+            var module = Wgpu.DeviceCreateShaderModule(_device, &md);
+            using var moduleHandle = module != 0 ? new WgpuHandle(WgpuKind.ShaderModule, module, _deviceHandle) : null;
+            var pd = new ComputePipelineDescriptor { Label = lsv, Module = module, EntryPoint = esv };
+            return make(module, (nint)(&pd));
         }
         finally { Marshal.FreeHGlobal(cmem); Marshal.FreeHGlobal(lmem); Marshal.FreeHGlobal(emem); }
     }
@@ -402,28 +413,13 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
     public void Precompile(string code, string label)
     {
         if (_disposed || _lost || _pipelines.ContainsKey(code) || _compiling.ContainsKey(code)) return;
-        var csv = Wgpu.Utf8(code, out var cmem);
-        var lsv = Wgpu.Utf8(label, out var lmem);
-        var esv = Wgpu.Utf8("main", out var emem);
-        try
+        var dev = _device;
+        _compiling[code] = WithModule(code, label, (module, pd) =>
         {
-            var src = new ShaderSourceWgsl { SType = Wgpu.STypeShaderSourceWgsl, Code = csv };
-            var md = new ShaderModuleDescriptor { Next = (nint)(&src), Label = lsv };
-            var dev = _device;
-            Wgpu.DevicePushErrorScope(dev, Wgpu.ErrorFilterValidation);
-            var module = Wgpu.DeviceCreateShaderModule(dev, &md);
-            Wgpu.Pending? creation = null;
-            if (module != 0)
-            {
-                using var moduleHandle = new WgpuHandle(WgpuKind.ShaderModule, module, _deviceHandle);
-                var pd = new ComputePipelineDescriptor { Label = lsv, Module = module, EntryPoint = esv };
-                var ppd = &pd;
-                creation = Wgpu.Begin(Wgpu.HandleCallback, info => Wgpu.DeviceCreateComputePipelineAsync(dev, ppd, info));
-            }
-            var scope = Wgpu.Begin(Wgpu.ErrorScopeCallback, info => Wgpu.DevicePopErrorScope(dev, info));
-            _compiling[code] = new Compiling(scope, creation, label);
-        }
-        finally { Marshal.FreeHGlobal(cmem); Marshal.FreeHGlobal(lmem); Marshal.FreeHGlobal(emem); }
+            var creation = module == 0 ? null
+                : Wgpu.Begin(Wgpu.HandleCallback, info => Wgpu.DeviceCreateComputePipelineAsync(dev, (ComputePipelineDescriptor*)pd, info));
+            return new Compiling(Wgpu.Begin(Wgpu.ErrorScopeCallback, info => Wgpu.DevicePopErrorScope(dev, info)), creation, label);
+        });
     }
 
     /// <summary>Waits for a pipeline <see cref="Precompile"/> started; null when it failed (the caller compiles it
