@@ -33,6 +33,8 @@ section peer-eager 100 "python3 tools/bench/torch_llm.py --model /tmp/tapml-benc
   python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-4x4096 --prompt 16 --new 17 --mode eager;
   python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-125m-f16 --dtype float16 --prompt 64 --new 33 --mode eager;
   python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-4x4096-f16 --dtype float16 --prompt 16 --new 17 --mode eager"
+# torch.compile (reduce-overhead: CUDA graphs, static cache) on the 125M, in the same call as llm-weights.
+section peer-compile 150 "python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-125m --prompt 64 --new 33 --mode compile"
 # Issue 24: decode at 32 vs 2,000 steps (KV cache in place), 1,024-token prefill.
 section llm-long 130 "$T bench llm-long --platform webgpu --runs 2"
 # Issue 24 prefill: the same llm-q4 with the earlier prefill path (tiled products for short prompts, first tile ladder)
@@ -55,7 +57,6 @@ section remote 50 "$T bench remote --runs 5"
 # Issue 23: per-op-family GPU time of real models.
 section profiles 50 "for n in ocr-det silero-vad-v5 oww-hey-jarvis ocr-rec; do [ -f .tapml/dm1/\$n.onnx ] || continue;
   $T run --model .tapml/dm1/\$n.onnx --platform webgpu --inputs .tapml/dm1/in-\$n --profile --compare cpu; done"
-section peer-compile 150 "python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-125m --prompt 64 --new 33 --mode compile"
 section llm-opencl 50 "$T bench llm --platform opencl --runs 3"
 section matmul-sweep 180 "$T bench matmul-sweep --platform webgpu --runs 2"
 echo "=== done $(date +%T)" | tee -a "$log"
