@@ -35,6 +35,8 @@ section peer-eager 100 "python3 tools/bench/torch_llm.py --model /tmp/tapml-benc
   python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-4x4096-f16 --dtype float16 --prompt 16 --new 17 --mode eager"
 # torch.compile (reduce-overhead: CUDA graphs, static cache) on the 125M, in the same call as llm-weights.
 section peer-compile 150 "python3 tools/bench/torch_llm.py --model /tmp/tapml-bench-llama-125m --prompt 64 --new 33 --mode compile"
+# Issue 19: loopback remote (cpu served).
+section remote 50 "$T bench remote --runs 5"
 # Issue 24: decode at 32 vs 2,000 steps (KV cache in place), 1,024-token prefill.
 section llm-long 130 "$T bench llm-long --platform webgpu --runs 2"
 # Issue 24 prefill: the same llm-q4 with the earlier prefill path (tiled products for short prompts, first tile ladder)
@@ -52,8 +54,6 @@ section cold 60 "for p in webgpu webgpu 'webgpu?kernel-cache=off'; do $T generat
 section large-webgpu 100 "$T bench llm-large --platform webgpu --runs 3"
 section large-vulkan 100 "TAPML_VULKAN_STATS=1 $T bench llm-large --platform vulkan --runs 3"
 section gpu-vulkan 80 "$T bench gpu --platform vulkan --runs 3"
-# Issue 19: loopback remote (cpu served).
-section remote 50 "$T bench remote --runs 5"
 # Issue 23: per-op-family GPU time of real models.
 section profiles 50 "for n in ocr-det silero-vad-v5 oww-hey-jarvis ocr-rec; do [ -f .tapml/dm1/\$n.onnx ] || continue;
   $T run --model .tapml/dm1/\$n.onnx --platform webgpu --inputs .tapml/dm1/in-\$n --profile --compare cpu; done"
