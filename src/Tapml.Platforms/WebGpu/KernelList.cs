@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Security.Cryptography;
 using System.Text;
 using Tapml.Core;
@@ -10,7 +11,7 @@ namespace Tapml.Platforms.WebGpu;
 /// each kernel's first dispatch. In <c>CACHE/webgpu-kernels/</c> (CACHE: <c>$TAPML_HOME</c>, <c>$XDG_CACHE_HOME/tapml</c>
 /// or <c>~/.cache/tapml</c>): <c>HASH.wgsl</c> per kernel text (SHA-256 of the text, written whole then renamed) and
 /// <c>lists/KEY.txt</c> per workload, one <c>HASH label</c> line per kernel in the order they were first compiled.
-/// A cache, not a source of truth: a missing, truncated or foreign file is skipped, an I/O error turns the list off,
+/// Bounded: <see cref="MaxKernels"/> a list, <see cref="MaxTexts"/> texts a folder. A cache, not a source of truth: a missing, truncated or foreign file is skipped, an I/O error turns the list off,
 /// and a kernel that fails to compile ahead is compiled again where it is used (its error reported there).</summary>
 public sealed class KernelList
 {
@@ -18,6 +19,9 @@ public sealed class KernelList
     public const int MaxKernels = 4096;
     /// <summary>Largest kernel text read back (a generated kernel is a few KiB).</summary>
     const long MaxCodeBytes = 1 << 20;
+    /// <summary>Kernel texts a cache folder holds at most (all lists together): new ones are not kept past it.</summary>
+    public const int MaxTexts = 65536;
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<string, StrongBox<int>> Texts = new();
 
     public static string Root => Path.Combine(NpmPackages.CacheRoot(), "webgpu-kernels");
 
@@ -68,6 +72,8 @@ public sealed class KernelList
             var file = Path.Combine(_dir, hash + ".wgsl");
             if (!File.Exists(file))
             {
+                var count = Texts.GetOrAdd(_dir, d => new StrongBox<int>(Directory.Exists(d) ? Directory.EnumerateFiles(d, "*.wgsl").Count() : 0));
+                if (Interlocked.Increment(ref count.Value) > MaxTexts) { _off = true; return; }
                 var tmp = $"{file}.{Environment.ProcessId}.{Environment.CurrentManagedThreadId}.tmp";
                 File.WriteAllText(tmp, code);
                 File.Move(tmp, file, overwrite: true);
