@@ -1,7 +1,6 @@
 using Tapml.Core;
 using Tapml.Ir;
 using Tapml.Ir.Builders;
-using Tapml.Platforms.Execution;
 using Tapml.Platforms.WebGpu;
 using Xunit;
 
@@ -43,18 +42,6 @@ public class KernelListTests
         finally { Directory.Delete(dir, true); }
     }
 
-    static void AssertClose(Dictionary<string, Value> want, Dictionary<string, Value> got)
-    {
-        Assert.Equal(want.Keys.Order(), got.Keys.Order());
-        foreach (var (name, w) in want)
-        {
-            Tensor a = (Tensor)w, b = (Tensor)got[name];
-            Assert.Equal(a.Shape, b.Shape);
-            for (long i = 0; i < a.Length; i++)
-                Assert.True(Math.Abs(a.GetDouble(i) - b.GetDouble(i)) <= 1e-4 + 1e-4 * Math.Abs(a.GetDouble(i)), $"{name}[{i}]: {b.GetDouble(i)} vs cpu {a.GetDouble(i)}");
-        }
-    }
-
     [Fact]
     public void A_second_platform_compiles_the_models_kernels_ahead_with_the_same_outputs()
     {
@@ -64,14 +51,12 @@ public class KernelListTests
         {
             var model = SampleModels.SampleMlp();
             var feeds = new Dictionary<string, Value> { ["x"] = Tensor.FromArray(Enumerable.Range(0, 128).Select(i => (i % 9) * 0.25f - 1).ToArray(), 2, 64) };
-            var want = new Executor(new Tapml.Platforms.Cpu.CpuPlatform()).Run(model, feeds);
-            Dictionary<string, Value> RunOn(WebGpuPlatform p) => new Executor(p).Run(model, feeds);
             string spec = $"webgpu?kernel-cache={dir}";
             using (var first = new WebGpuPlatform(spec))
             {
                 first.Warm(model);
                 Assert.Equal(0, ((DawnDevice)first.Device).Precompiling);   // nothing known yet
-                AssertClose(want, RunOn(first));
+                NewOpsHarness.AssertMatchesCpu("first platform", model, feeds, first);
                 Assert.True(first.KernelCount > 0);
                 Assert.True(((DawnDevice)first.Device).Blobs!.Stores > 0, "Dawn stored nothing in its blob cache");
             }
@@ -80,7 +65,7 @@ public class KernelListTests
             second.Warm(model);
             int ahead = ((DawnDevice)second.Device).Precompiling;
             Assert.True(ahead > 0, "the second platform started no compilation ahead");
-            AssertClose(want, RunOn(second));
+            NewOpsHarness.AssertMatchesCpu("second platform", model, feeds, second);
             Assert.Equal(0, ((DawnDevice)second.Device).Precompiling);   // every one was used
             Assert.True(((DawnDevice)second.Device).Blobs!.Hits > 0, "Dawn found nothing in its blob cache");
             // Off (and auto on this CPU adapter): nothing compiled ahead, no blob cache.

@@ -17,7 +17,8 @@ public sealed unsafe class DawnBlobCache : IDisposable
     public string Dir { get; }
     long _folderBytes = -1;
     GCHandle _self;
-    public long Hits, Misses, Stores;
+    /// <summary>Blobs found and blobs written (by Dawn's worker threads too).</summary>
+    public long Hits, Stores;
 
     public DawnBlobCache(string dir)
     {
@@ -45,7 +46,7 @@ public sealed unsafe class DawnBlobCache : IDisposable
         {
             var c = (DawnBlobCache)GCHandle.FromIntPtr(user).Target!;
             var f = new FileInfo(c.FileOf(key, keySize));
-            if (!f.Exists || f.Length > MaxBlobBytes) { if (value == 0) Interlocked.Increment(ref c.Misses); return 0; }
+            if (!f.Exists || f.Length > MaxBlobBytes) return 0;
             if (value == 0) return (nuint)f.Length;
             var bytes = File.ReadAllBytes(f.FullName);
             if ((nuint)bytes.Length > valueSize) return 0;
