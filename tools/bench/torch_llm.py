@@ -65,8 +65,8 @@ def compiled(model, ids, new, runs):
                 out = step(input_ids=tok, past_key_values=cache, cache_position=p, use_cache=True)
                 tok = out.logits[:, -1:].argmax(-1).clone()
             sync(); t2 = time.perf_counter()
-            if r >= 2 and (best is None or t2 - t1 < best[1]):
-                best = (t1 - t0, t2 - t1)
+            if r >= 2:
+                best = (t1 - t0, t2 - t1) if best is None else (min(best[0], t1 - t0), min(best[1], t2 - t1))
     return best
 
 
@@ -97,7 +97,7 @@ def main():
         best = None
         for _ in range(1 if a.context else a.runs):
             r = eager(model, ids, new)
-            if best is None or r[1] < best[1]: best = r
+            best = r if best is None else (min(best[0], r[0]), min(best[1], r[1]))  # each phase its best run, as tapml's bench
     else:
         best = compiled(model, ids, new, a.runs)
     pre, dec = best
