@@ -54,9 +54,9 @@ static class BenchLong
             double prefill = 0;
             for (int i = 0; i < runs; i++)
             {
-                prefill = Math.Max(prefill, Generation.Greedy(exec, model, longPrompt, 1).PrefillTokensPerSecond);
-                var s = Generation.Greedy(exec, model, prompt, shortSteps + 1);
-                var l = Generation.Greedy(exec, model, prompt, longSteps + 1);
+                prefill = Math.Max(prefill, Generation.Greedy(exec, model, longPrompt, 1, keepPromptLogits: false).PrefillTokensPerSecond);
+                var s = Generation.Greedy(exec, model, prompt, shortSteps + 1, keepPromptLogits: false);
+                var l = Generation.Greedy(exec, model, prompt, longSteps + 1, keepPromptLogits: false);
                 if (bestShort is null || s.DecodeTokensPerSecond > bestShort.DecodeTokensPerSecond) bestShort = s;
                 if (bestLong is null || l.DecodeTokensPerSecond > bestLong.DecodeTokensPerSecond) bestLong = l;
             }

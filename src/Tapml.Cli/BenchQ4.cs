@@ -79,7 +79,7 @@ static class BenchQ4
                 for (int i = 0; i < runs; i++)
                     foreach (var (weights, _, exec, model, _) in prepared)
                     {
-                        var r = Generation.Greedy(exec, model, prompt, newTokens);
+                        var r = Generation.Greedy(exec, model, prompt, newTokens, keepPromptLogits: false);
                         if (!results.TryGetValue(weights, out var b) || r.DecodeTokensPerSecond > b.DecodeTokensPerSecond) results[weights] = r;
                         prefill[weights] = Math.Max(prefill.GetValueOrDefault(weights), r.PrefillTokensPerSecond);
                     }

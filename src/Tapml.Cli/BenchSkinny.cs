@@ -18,7 +18,8 @@ static class BenchSkinny
 
     /// <summary>Skinny layouts measured besides the rule: (threads per weight row, weight rows a thread, workgroup, x shared).</summary>
     static readonly (int T, int R, int Wg, bool Xs)[] Layouts =
-        [(32, 1, 128, false), (32, 2, 128, false), (64, 1, 128, false), (64, 2, 128, false), (64, 4, 128, false), (32, 4, 128, false), (128, 2, 128, false), (64, 4, 256, false), (64, 2, 128, true)];
+        [(32, 1, 128, false), (32, 2, 128, false), (64, 1, 128, false), (64, 2, 128, false), (64, 4, 128, false), (32, 4, 128, false), (128, 2, 128, false), (64, 4, 256, false), (64, 2, 128, true),
+         (16, 2, 128, false), (16, 4, 256, true), (32, 2, 256, true), (32, 4, 256, true), (64, 1, 512, true), (64, 2, 512, true), (64, 1, 1024, true)];
 
     public static int Run(string scenario, int runs, string gpu)
     {

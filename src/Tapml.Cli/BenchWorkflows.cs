@@ -86,7 +86,7 @@ static class BenchWorkflows
                 var before = dev?.Counters ?? default;
                 int gc0 = GC.CollectionCount(0), gc2 = GC.CollectionCount(2);
                 var pause0 = GC.GetTotalPauseDuration();
-                var r = Generation.Greedy(exec, model, prompt, newTokens);
+                var r = Generation.Greedy(exec, model, prompt, newTokens, keepPromptLogits: false);
                 string gc = $"{GC.CollectionCount(0) - gc0} GCs ({GC.CollectionCount(2) - gc2} full), {(GC.GetTotalPauseDuration() - pause0).TotalMilliseconds:F1} ms paused";
                 if (best is null || r.DecodeTokensPerSecond > best.DecodeTokensPerSecond)
                 {
@@ -175,14 +175,14 @@ static class BenchWorkflows
             GenerationResult? best = null;
             for (int i = 0; i < (spec == "cpu" ? 1 : runs); i++)
             {
-                var r = Generation.Greedy(exec, model, prompt, newTokens);
+                var r = Generation.Greedy(exec, model, prompt, newTokens, keepPromptLogits: false);
                 if (best is null || r.DecodeTokensPerSecond > best.DecodeTokensPerSecond) best = r;
             }
             results.Add(best!);
             // One more run with GPU time per kernel (each dispatch in a pass of its own: slower, not the measurement).
             if (p is IKernelProfile wg && wg.StartProfile())
             {
-                var pr = Generation.Greedy(exec, model, prompt, newTokens);
+                var pr = Generation.Greedy(exec, model, prompt, newTokens, keepPromptLogits: false);
                 GenerateVerb.PrintProfile(wg.StopProfile(), pr.DecodeSteps + 1);
             }
             table.AddRow(spec, $"{best!.PrefillTokensPerSecond:F1}", $"{best.DecodeTokensPerSecond:F1}", $"{best.DecodeMs / Math.Max(1, best.DecodeSteps):F2}",

@@ -91,7 +91,7 @@ static class GenerateVerb
                 if (text.EndsWith('\uFFFD')) return;          // an incomplete UTF-8 sequence: wait for the next token
                 Console.Write(text.StartsWith(shown, StringComparison.Ordinal) ? text[shown.Length..] : "\n" + text);
                 shown = text;
-            });
+            }, keepPromptLogits: pr.GetValue(logitsOut) is not null);
             Console.WriteLine();
             if (tokenizer is not null) Console.WriteLine($"tokens: {string.Join(",", r.Tokens)}");
             if (p is IKernelProfile wg)

@@ -10,7 +10,8 @@ namespace Tapml.Models;
 /// <summary>What one <see cref="Generation.Greedy"/> call produced.</summary>
 /// <param name="Tokens">The new token ids only (not the prompt), at most the requested count; generation stops
 /// after an end-of-sequence id, which is included.</param>
-/// <param name="PrefillLogits">Logits of the prompt run, f32 [1, prompt_len, vocab].</param>
+/// <param name="PrefillLogits">Logits of the prompt run, f32 [1, prompt_len, vocab]; [1, 0, vocab] when the run was
+/// asked not to keep them and took its first token's argmax on the device (<c>keepPromptLogits: false</c>).</param>
 /// <param name="PrefillMs">Wall time of the prompt run, milliseconds.</param>
 /// <param name="DecodeMs">Wall time of all single-token runs, milliseconds.</param>
 /// <param name="DecodeSteps">Number of single-token runs (new tokens − 1 when the limit is reached).</param>
@@ -33,16 +34,23 @@ public static class Generation
 
     /// <summary>Greedy decoding (argmax, first index on ties, as torch) of up to <paramref name="maxNewTokens"/>
     /// tokens after <paramref name="prompt"/>, batch 1. Stops after any id in <paramref name="eosTokenIds"/>.</summary>
-    public static GenerationResult Greedy(Executor executor, Model model, ReadOnlySpan<long> prompt, int maxNewTokens, IReadOnlyCollection<int>? eosTokenIds = null) =>
-        Run(executor, model, prompt, maxNewTokens, SamplingOptions.Greedy, eosTokenIds);
+    /// <param name="keepPromptLogits">Read the prompt run's logits back (all positions) as
+    /// <see cref="GenerationResult.PrefillLogits"/>; false: the first token's argmax runs on the device (where the
+    /// platform has one) and one index per prompt position crosses the bus instead of prompt_len × vocab logits.</param>
+    public static GenerationResult Greedy(Executor executor, Model model, ReadOnlySpan<long> prompt, int maxNewTokens, IReadOnlyCollection<int>? eosTokenIds = null,
+        bool keepPromptLogits = true) =>
+        Run(executor, model, prompt, maxNewTokens, SamplingOptions.Greedy, eosTokenIds, keepPromptLogits: keepPromptLogits);
 
     /// <summary>Generation with <paramref name="sampling"/> (greedy by default); stops after an id in
     /// <paramref name="eosTokenIds"/> or in the options' stop tokens.</summary>
     /// <param name="onToken">Called with each new token as soon as it is chosen (streaming).</param>
     /// <param name="argmaxOnDevice">Greedy decode steps take the argmax on the device that made the logits (false: the
     /// logits are read back and the host picks, as for sampling).</param>
+    /// <param name="keepPromptLogits">Read the prompt run's logits back as <see cref="GenerationResult.PrefillLogits"/>
+    /// (false: greedy runs with <paramref name="argmaxOnDevice"/> take the first token's argmax on the device and leave
+    /// PrefillLogits [1, 0, vocab]; their prompt logits are then not checked for NaN, as decode steps' are not).</param>
     public static GenerationResult Run(Executor executor, Model model, ReadOnlySpan<long> prompt, int maxNewTokens, SamplingOptions sampling, IReadOnlyCollection<int>? eosTokenIds = null, Action<long>? onToken = null,
-        bool argmaxOnDevice = true)
+        bool argmaxOnDevice = true, bool keepPromptLogits = true)
     {
         sampling.Validate();
         var sampler = new Sampler(sampling);
@@ -52,19 +60,37 @@ public static class Generation
         if (maxNewTokens < 1) throw new TapmlException($"max new tokens must be at least 1, got {maxNewTokens}");
         var feeds = PrefillFeeds(model, prompt);
         var ids = prompt.ToArray();
+        // Greedy steps leave their logits where they were made: on a GPU the argmax runs there and one index crosses the
+        // bus per position instead of the vocabulary's logits.
+        var argmax = sampler.IsGreedy && argmaxOnDevice ? new DeviceArgmax() : null;
+        bool promptOnDevice = argmax is not null && !keepPromptLogits;
         long t0 = Stopwatch.GetTimestamp();
-        var outs = executor.Run(model, feeds, KeepOnDevice);
+        var outs = executor.Run(model, feeds, promptOnDevice ? name => KeepOnDevice(name) || name == "logits" : KeepOnDevice);
+        long? firstToken = null;
+        Tensor prefillLogits;
+        if (promptOnDevice && argmax!.Run(outs["logits"]) is { } promptTokens)
+        {
+            // One argmax per prompt position ([1, prompt_len] int64); the last is the first new token.
+            var picked = ToHost(promptTokens);
+            FreeDevice(promptTokens);
+            firstToken = picked.Span<long>()[^1];
+            var v = outs["logits"];
+            prefillLogits = Tensor.Zeros(DType.Float32, 1, 0, v is IDeviceValue d ? d.Shape[^1] : ((Tensor)v).Shape[^1]);
+            FreeDevice(v);
+        }
+        else
+        {
+            prefillLogits = ToHost(outs["logits"]);
+            FreeDevice(outs["logits"]);
+            CheckFinite(prefillLogits, "the prompt run");
+        }
+        outs.Remove("logits");
         double prefillMs = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
-        var prefillLogits = (Tensor)outs["logits"];
-        CheckFinite(prefillLogits, "the prompt run");
 
         var seen = new List<long>(ids);
         var tokens = new List<long>();
         void Add(long t) { tokens.Add(t); seen.Add(t); onToken?.Invoke(t); }
-        Add(sampler.Next(LastRow(prefillLogits), seen));
-        // Greedy decode steps leave their logits where they were made: on a GPU the argmax runs there and one index
-        // crosses the bus per token instead of the vocabulary's logits.
-        var argmax = sampler.IsGreedy && argmaxOnDevice ? new DeviceArgmax() : null;
+        Add(firstToken ?? sampler.Next(LastRow(prefillLogits), seen));
         double decodeMs = 0;
         int steps = 0;
         long position = ids.Length;
@@ -144,7 +170,7 @@ public static class Generation
 
     static Tensor ToHost(Value v) => v is IDeviceValue d ? (Tensor)d.Owner.Download(v) : (Tensor)v;
 
-    /// <summary>ArgMax (last axis, first index on ties) of a [1, 1, vocab] logits value on the device platform that made
+    /// <summary>ArgMax (last axis, first index on ties) of a [1, seq, vocab] logits value on the device platform that made
     /// it; null (the caller samples on the host) for host values, other shapes, or a platform without ArgMax. A NaN
     /// logit is the argmax there (ONNX/numpy order), where the host sampler skips it: tokens differ only for NaN logits.</summary>
     sealed class DeviceArgmax
@@ -155,16 +181,19 @@ public static class Generation
             Attributes = { ["axis"] = Attr.Of(-1L), ["keepdims"] = Attr.Of(0L) },
         };
         IPlatform? _platform;
+        long[] _shape = [];
         IKernel? _kernel;
         readonly NodeContext _ctx = new(Node, 13);
 
-        /// <summary>The argmax as a [1, 1] int64 value on the logits' device (the next step's input_ids), or null.</summary>
+        /// <summary>The argmax of each position as a [1, seq] int64 value on the logits' device (for one position, the
+        /// next step's input_ids), or null.</summary>
         public Value? Run(Value logits)
         {
-            if (logits is not IDeviceValue d || d.Shape is not [1, 1, > 0] || d.DType is not (DType.Float32 or DType.Float16 or DType.BFloat16)) return null;
-            if (!ReferenceEquals(_platform, d.Owner))
+            if (logits is not IDeviceValue d || d.Shape is not [1, > 0, > 0] || d.DType is not (DType.Float32 or DType.Float16 or DType.BFloat16)) return null;
+            if (!ReferenceEquals(_platform, d.Owner) || !d.Shape.AsSpan().SequenceEqual(_shape))
             {
                 _platform = d.Owner;
+                _shape = d.Shape.ToArray();
                 var types = new[] { TypeRef.TensorOf(d.DType, d.Shape) };
                 _kernel = d.Owner.Supports(Node, _ctx, types).IsSupported ? d.Owner.Prepare(Node, _ctx, types) : null;
             }

@@ -72,6 +72,28 @@ public class KvCacheTests
         Assert.Equal(want, got);
     }
 
+    /// <summary>With <c>keepPromptLogits: false</c> the prompt's argmax runs on webgpu: the same tokens as cpu's (whose
+    /// prompt logits are read back), no prompt logits crossing the bus ([1, 0, vocab]); the default keeps all of them.</summary>
+    [Fact]
+    public void The_prompt_argmax_on_the_device_gives_the_cpu_tokens()
+    {
+        WebGpuTests.SkipIfNoDawn("webgpu");
+        var m = Tiny("llama");
+        var f = Fusion.Fuse(m, out _);
+        long[] prompt = [1, 17, 305, 42, 7, 99, 100, 3, 12, 5, 64];
+        using var cpu = new Tapml.Platforms.Cpu.CpuPlatform();
+        using var gpu = new WebGpuPlatform("webgpu");
+        var want = Generation.Greedy(new Executor(cpu), m, prompt, 6, keepPromptLogits: false);
+        Assert.Equal([1L, prompt.Length, 1024], want.PrefillLogits.Shape);
+        var exec = new Executor(gpu) { PreferWholeGraph = true };
+        var got = Generation.Greedy(exec, f, prompt, 6, keepPromptLogits: false);
+        Assert.Equal(want.Tokens, got.Tokens);
+        Assert.Equal([1L, 0, 1024], got.PrefillLogits.Shape);
+        var kept = Generation.Greedy(exec, f, prompt, 6);
+        Assert.Equal(want.Tokens, kept.Tokens);
+        Assert.Equal([1L, prompt.Length, 1024], kept.PrefillLogits.Shape);
+    }
+
     /// <summary>A generation carved on webgpu (fused graph, cache appended in place) records plain tensors of the
     /// values' logical shapes, and its cases replay clean on cpu and webgpu.</summary>
     [Fact]
