@@ -14,7 +14,7 @@ namespace Tapml.Cli;
 /// shapes for software adapters (wall time where the adapter has no timestamp queries).</summary>
 static class BenchSkinny
 {
-    public static IReadOnlyList<string> Names => ["skinny-sweep", "skinny-sweep-tiny"];
+    public static IReadOnlyList<string> Names => ["skinny-sweep", "skinny-sweep-tiny", "skinny-rotate", "skinny-rotate-tiny"];
 
     /// <summary>Skinny layouts measured besides the rule: (threads per weight row, weight rows a thread, workgroup, x shared).</summary>
     static readonly (int T, int R, int Wg, bool Xs)[] Layouts =
@@ -23,6 +23,7 @@ static class BenchSkinny
 
     public static int Run(string scenario, int runs, string gpu)
     {
+        if (scenario.StartsWith("skinny-rotate", StringComparison.Ordinal)) return Rotate(scenario.EndsWith("-tiny", StringComparison.Ordinal), runs, gpu);
         using var g = BenchWorkflows.GpuPlatform(gpu);
         Console.WriteLine($"device: {g.Description}");
         bool tiny = scenario == "skinny-sweep-tiny";
@@ -101,6 +102,60 @@ static class BenchSkinny
                           $"skinny rule / tN rN wgN = skinny-m=64 with that layout (skinny-threads, skinny-rows, skinny-wg, xs: skinny-xs=1); " +
                           $"products {(allSame ? "equal the default's within 1e-4·√K" : "DIFFER (DIFF cells) from the default's")}");
         return allSame ? 0 : 1;
+    }
+
+    /// <summary><c>bench skinny-rotate</c>: the same products (M = 1 and 16 rows against 4096×14336 f32) timed two ways: a
+    /// call repeated on one weight (as <c>skinny-sweep</c> measures) and calls that go round 8 distinct weights of that
+    /// shape (as a model reads each weight once a step), per skinny layout; GB/s of weight read.</summary>
+    static int Rotate(bool tiny, int runs, string gpu)
+    {
+        using var g = BenchWorkflows.GpuPlatform(gpu);
+        Console.WriteLine($"device: {g.Description}");
+        var (k, n, count) = tiny ? (256, 512, 3) : (4096, 14336, 8);
+        var rng = new Random(1);
+        var wd = new float[(long)k * n];
+        for (long i = 0; i < wd.LongLength; i++) wd[i] = (float)(rng.NextDouble() - 0.5);
+        var ws = Enumerable.Range(0, count).Select(_ => g.Upload(new Tensor(DType.Float32, [k, n], wd))).ToArray();
+        long weightBytes = (long)k * n * 4;
+        var mm = GpuOps.Find("", "MatMul")!;
+        var ctx = new NodeContext(new Tapml.Ir.Node { Name = "skinny", OpType = "MatMul", Inputs = ["x", "w"], Outputs = ["y"] }, 17);
+        var start = g.Skinny;
+        var layouts = new (string Name, SkinnyTuning Tuning)[]
+        {
+            ("rule", start), ("t16 r2 wg128", start with { Threads = 16, Rows = 2, Workgroup = 128 }), ("t32 r4 wg128", start with { Threads = 32, Rows = 4, Workgroup = 128 }),
+            ("t64 r1 wg128", start with { Threads = 64, Rows = 1, Workgroup = 128 }),
+        };
+        try
+        {
+            foreach (int m in new[] { 1, 16 })
+            {
+                var xd = new float[(long)m * k];
+                for (long i = 0; i < xd.LongLength; i++) xd[i] = (float)(rng.NextDouble() - 0.5);
+                var x = g.Upload(new Tensor(DType.Float32, [1, m, k], xd));
+                foreach (var (name, tuning) in m <= MatMul.MatVecMaxRows ? layouts[..1] : layouts)
+                {
+                    g.Skinny = tuning;
+                    foreach (var w in ws) g.Free(mm.Run(g, ctx, [x, w])[0]!);     // transposed weights, kernels
+                    double Best(Func<int, GpuTensor> pick)
+                    {
+                        double best = double.MaxValue;
+                        for (int r = 0; r < Math.Max(3, runs); r++)
+                        {
+                            var sw = Stopwatch.StartNew();
+                            double? ms = g.Info.TimestampQuery ? g.Device.TimeGpu(() => { for (int c = 0; c < count; c++) g.Free((GpuTensor)mm.Run(g, ctx, [x, pick(c)])[0]!); }) : null;
+                            if (ms is null) { g.Synchronize(); ms = sw.Elapsed.TotalMilliseconds; }
+                            best = Math.Min(best, ms.Value / count);
+                        }
+                        return best;
+                    }
+                    double one = Best(_ => ws[0]), round = Best(c => ws[c]);
+                    Console.WriteLine($"bench skinny-rotate: {m}×{k}·{k}×{n} {(m <= MatMul.MatVecMaxRows ? "matrix-vector" : name)}: one weight {Gbs(weightBytes, one)} GB/s, {count} weights in turn {Gbs(weightBytes, round)} GB/s ({one / round:F2}× the one-weight speed)");
+                }
+                g.Free(x);
+            }
+        }
+        finally { g.Skinny = start; foreach (var w in ws) g.Free(w); }
+        return 0;
     }
 
     static string Tflops(double flop, double ms) => flop / (ms / 1e3) / 1e12 is var v && v >= 0.1 ? $"{v:F2}" : $"{v:E1}";
