@@ -82,6 +82,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         if (_backend is not ("" or "vulkan" or "gles"))
             throw new TapmlException($"platform '{spec}': unknown webgpu backend '{_backend}' (use webgpu, webgpu:vulkan or webgpu:gles)");
         long maxBinding = 0;
+        int minGroups = 0;
         foreach (var (k, v) in PlatformSpec.Query(spec))
         {
             if (k == "max-binding" && long.TryParse(v, out maxBinding) && maxBinding >= 16) continue;
@@ -92,12 +93,14 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             if (k == "f16-proj" && v is "fused" or "split") { HalfProjectionsFused = v == "fused"; continue; }
             if (k == "attn-tile" && v is "v1" or "v2") { AttentionTileLayout = v == "v1" ? 1 : 2; continue; }
             if (k == "matmul-ladder" && Kernels.MatMulTiled.TileLadder.Parse(v) is { } ladder) { MatMulLadder = ladder; continue; }
+            if (k == "matmul-groups" && int.TryParse(v, out minGroups) && minGroups is >= 1 and <= 65536) continue;
             if (k == "kernel-cache" && (v is "on" or "off" || Path.IsPathRooted(v))) { _kernelCache = v != "off"; _kernelCacheRoot = Path.IsPathRooted(v) ? v : null; continue; }
             if (MatVec.With(spec, k, v) is { } tuned) { MatVec = tuned; continue; }
             if (Skinny.With(spec, k, v) is { } skinny) { Skinny = skinny; continue; }
             throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (webgpu takes max-binding=BYTES (at least 16), kv=inplace|copy, " +
-                                     $"attn-groups=N (at least 1), attn-tiled=ROWS (0: never), kernel-cache=on|off|DIR, attn-tile=v2|v1, f16-proj=fused|split, matmul-tile=BMxBNxBK/TMxTN or legacy, matmul-ladder=v2|v1, {MatVecTuning.Help}, {Kernels.SkinnyTuning.Help})");
+                                     $"attn-groups=N (at least 1), attn-tiled=ROWS (0: never), kernel-cache=on|off|DIR, attn-tile=v2|v1, f16-proj=fused|split, matmul-tile=BMxBNxBK/TMxTN or legacy, matmul-ladder=v2|v1, matmul-groups=N (1 to 65536), {MatVecTuning.Help}, {Kernels.SkinnyTuning.Help})");
         }
+        if (minGroups > 0) MatMulLadder = MatMulLadder with { Name = $"{MatMulLadder.Name}, {minGroups} groups", MinGroups = minGroups };
         Name = spec;
         Kind = "webgpu";
         Device = new DawnDevice(_backend, maxBinding, info => KernelCacheOn(info) ? Path.Combine(_kernelCacheRoot ?? KernelList.Root, "blobs") : null);
@@ -161,7 +164,8 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     public Kernels.MatMulTiled.Tile? MatMulTile { get; set; }
 
     /// <summary>The tiles <see cref="Kernels.MatMulTiled.Choose"/> tries and the grid size that stops it
-    /// (<c>webgpu?matmul-ladder=v2</c>, the default, or <c>v1</c>, the earlier ladder).</summary>
+    /// (<c>webgpu?matmul-ladder=v2</c>, the default, or <c>v1</c>, the earlier ladder; <c>matmul-groups=N</c> sets the grid
+    /// size a tile must reach, below which the smallest tile's product splits K over workgroups).</summary>
     public Kernels.MatMulTiled.TileLadder MatMulLadder { get; set; } = Kernels.MatMulTiled.TileLadder.V2;
 
     /// <summary>Layout of products of a few rows against a weight (short prompts; spec options <c>skinny-…</c>, see
