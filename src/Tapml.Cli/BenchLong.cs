@@ -50,6 +50,7 @@ static class BenchLong
             var exec = new Executor(p) { PreferWholeGraph = true };
             var model = GenerateVerb.FusesByDefault(p) ? Fusion.Fuse(plain, out _) : plain;
             Generation.Greedy(exec, model, prompt.AsSpan(0, 4), 2);            // warm-up: pipelines, uploads
+            BenchWorkflows.SteadyClocks(p, () => Generation.Greedy(exec, model, prompt, shortSteps + 1, keepPromptLogits: false));
             GenerationResult? bestShort = null, bestLong = null;
             double prefill = 0;
             for (int i = 0; i < runs; i++)

@@ -76,6 +76,7 @@ static class BenchQ4
                 // NOTE: runs interleave the rows (f32, f16, …, f32, f16, …) so that every row sees the same machine state;
                 // prefill and decode are each the best of the runs.
                 var prefill = new Dictionary<string, double>();
+                BenchWorkflows.SteadyClocks(p, () => { foreach (var row in prepared) Generation.Greedy(row.Exec, row.Model, prompt, newTokens, keepPromptLogits: false); });
                 for (int i = 0; i < runs; i++)
                     foreach (var (weights, _, exec, model, _) in prepared)
                     {
