@@ -23,7 +23,9 @@ public enum GpuStorage
 public sealed class GpuBuffer(nint handle, ulong size, bool pooled)
 {
     internal nint Handle = handle;
-    internal byte[]? Pending;
+    /// <summary>The elements to write when the buffer is created (an array whose bytes are the GPU layout, at most
+    /// <see cref="Size"/> bytes; the rest of the buffer is zeroed).</summary>
+    internal Array? Pending;
     public ulong Size { get; internal set; } = size;
     internal bool Pooled = pooled;
     internal int Refs = 1;

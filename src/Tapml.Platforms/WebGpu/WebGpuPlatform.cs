@@ -503,16 +503,17 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             : Wgsl.StorageOf(t.DType) ?? throw new UnsupportedException($"{DTypes.Name(t.DType)} tensors have no WGSL type (webgpu computes in 32-bit f32/i32/u32)");
         long n = t.Length;
         bool saturated = false;
-        byte[] bytes;
+        Array bytes;
         switch (t.DType)
         {
-            case DType.Float32: bytes = MemoryMarshal.AsBytes(((float[])t.Data).AsSpan()).ToArray(); break;
+            // NOTE: the array itself is the payload (no copy): a tensor's elements are not changed after it is made.
+            case DType.Float32: bytes = t.Data; break;
             case DType.Float16:
                 {
                     var h = (Half[])t.Data;
                     var w = new ushort[(n + 1) / 2 * 2];
                     for (long i = 0; i < n; i++) w[i] = BitConverter.HalfToUInt16Bits(h[i]);
-                    bytes = MemoryMarshal.AsBytes(w.AsSpan()).ToArray();
+                    bytes = w;
                     break;
                 }
             case DType.BFloat16:
@@ -520,7 +521,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
                     var f = new float[n];
                     var b = (BFloat16[])t.Data;
                     for (long i = 0; i < n; i++) f[i] = (float)b[i];
-                    bytes = MemoryMarshal.AsBytes(f.AsSpan()).ToArray();
+                    bytes = f;
                     break;
                 }
             case DType.Int64:
@@ -533,7 +534,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
                         if (v is > int.MaxValue or < int.MinValue) { saturated = true; v = Math.Clamp(v, int.MinValue, int.MaxValue); }
                         w[i] = (int)v;
                     }
-                    bytes = MemoryMarshal.AsBytes(w.AsSpan()).ToArray();
+                    bytes = w;
                     break;
                 }
             default:
@@ -553,16 +554,16 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
                         case bool[] a: for (long i = 0; i < n; i++) w[i] = a[i] ? 1u : 0u; break;
                         default: throw new UnsupportedException($"{DTypes.Name(t.DType)} tensors have no WGSL type");
                     }
-                    bytes = MemoryMarshal.AsBytes(w.AsSpan()).ToArray();
+                    bytes = w;
                     break;
                 }
         }
-        CheckBinding(bytes.Length, t.DType, t.Shape, "tensor");
-        int padded = Math.Max(16, (bytes.Length + 15) & ~15);
-        if (padded != bytes.Length) Array.Resize(ref bytes, padded);
+        long length = bytes.LongLength * (t.DType == DType.Float16 ? 2 : 4);
+        CheckBinding(length, t.DType, t.Shape, "tensor");
+        long padded = Math.Max(16, (length + 15) & ~15L);
         // Small integer tensors keep a host copy: shape-like inputs (Reshape, Slice, Range …) read it, no readback.
         var host = t.DType is DType.Int64 or DType.Int32 && n <= 64 ? t : null;
-        var buffer = new GpuBuffer(0, (ulong)bytes.Length, pooled: false) { Pending = bytes };
+        var buffer = new GpuBuffer(0, (ulong)padded, pooled: false) { Pending = bytes };
         return new GpuTensor(this, t.DType, t.Shape, buffer, storage) { HostCopy = host, Saturated = saturated, Pinned = true, Source = t };
     }
 
@@ -572,10 +573,12 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     /// <summary>Creates and fills a pending upload's buffer (first time a kernel binds it or it is read).</summary>
     internal void Materialize(GpuBuffer b)
     {
-        if (b.Pending is not { } bytes) return;
-        UploadedBytes += bytes.Length;
-        var handle = Device.Allocate((ulong)bytes.Length, out var size, forWrite: true);
+        if (b.Pending is not { } data) return;
+        var bytes = MemoryMarshal.CreateReadOnlySpan(ref MemoryMarshal.GetArrayDataReference(data), checked((int)Math.Min((long)b.Size, data.LongLength * Marshal.SizeOf(data.GetType().GetElementType()!))));
+        UploadedBytes += (long)b.Size;
+        var handle = Device.Allocate(b.Size, out var size, forWrite: true);
         Device.Write(handle, 0, bytes);
+        if ((ulong)bytes.Length < b.Size) Device.Write(handle, (ulong)bytes.Length, new byte[b.Size - (ulong)bytes.Length]);
         b.Handle = handle;
         b.Size = size;
         b.Pending = null;
@@ -823,8 +826,8 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     }
 
     /// <summary>Weight [K, N] written transposed ([N, K], rows contiguous) into <paramref name="dst"/> from
-    /// <paramref name="at"/>.</summary>
-    static void TransposedInto<T>(Tensor w, T[] dst, long at) where T : unmanaged
+    /// <paramref name="at"/>, read in place from a mapped checkpoint where it is stored in this type.</summary>
+    static unsafe void TransposedInto<T>(Tensor w, T[] dst, long at) where T : unmanaged
     {
         long k = w.Shape[0], n = w.Shape[1];
         if (w.External is { Transposed: true } e && e.Stored == w.DType && e.Rows == n && e.Cols == k)
@@ -832,21 +835,36 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             e.StoredRows<T>(0, checked((int)n)).CopyTo(dst.AsSpan(checked((int)at)));
             return;
         }
-        var a = (T[])w.Data;
-        // NOTE: blocked so both sides stay in cache, and blocks of K over the host's cores: a model's weights are
-        // transposed once, before its first run (4.4 GB for four Llama-3-8B layers).
-        const int B = 64;
-        void Block(long kb)
+        var pin = default(GCHandle);
+        T* src;
+        if (w.External is { Transposed: false } x && x.Stored == w.DType && x.Rows == k && x.Cols == n) src = (T*)x.Address;
+        else
         {
-            long k0 = kb * B, k1 = Math.Min(k, k0 + B);
-            for (long n0 = 0; n0 < n; n0 += B)
-                for (long kk = k0; kk < k1; kk++)
-                    for (long nn = n0; nn < Math.Min(n, n0 + B); nn++)
-                        dst[at + nn * k + kk] = a[kk * n + nn];
+            pin = GCHandle.Alloc((T[])w.Data, GCHandleType.Pinned);
+            src = (T*)pin.AddrOfPinnedObject();
         }
-        long blocks = (k + B - 1) / B;
-        if (k * n < 1 << 20) for (long kb = 0; kb < blocks; kb++) Block(kb);
-        else Parallel.For(0L, blocks, Block);
+        try
+        {
+            fixed (T* d0 = dst)
+            {
+                T* d = d0 + at;
+                // NOTE: blocked so both sides stay in cache, and blocks of K over the host's cores: a model's weights are
+                // transposed once, before its first run (4.4 GB for four Llama-3-8B layers).
+                const int B = 64;
+                void Block(long kb)
+                {
+                    long k0 = kb * B, k1 = Math.Min(k, k0 + B);
+                    for (long n0 = 0; n0 < n; n0 += B)
+                        for (long kk = k0; kk < k1; kk++)
+                            for (long nn = n0; nn < Math.Min(n, n0 + B); nn++)
+                                d[nn * k + kk] = src[kk * n + nn];
+                }
+                long blocks = (k + B - 1) / B;
+                if (k * n < 1 << 20) for (long kb = 0; kb < blocks; kb++) Block(kb);
+                else Parallel.For(0L, blocks, Block);
+            }
+        }
+        finally { if (pin.IsAllocated) pin.Free(); }
     }
 
     public void Free(Value v)
