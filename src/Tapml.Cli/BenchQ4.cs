@@ -75,24 +75,22 @@ static class BenchQ4
                 }
                 // NOTE: runs interleave the rows (f32, f16, …, f32, f16, …) so that every row sees the same machine state;
                 // prefill and decode are each the best of the runs.
-                var prefill = new Dictionary<string, double>();
                 BenchWorkflows.SteadyClocks(p, () => { foreach (var row in prepared) Generation.Greedy(row.Exec, row.Model, prompt, newTokens, keepPromptLogits: false); });
                 for (int i = 0; i < runs; i++)
                     foreach (var (weights, _, exec, model, _) in prepared)
                     {
                         var r = Generation.Greedy(exec, model, prompt, newTokens, keepPromptLogits: false);
                         if (!results.TryGetValue(weights, out var b) || r.DecodeTokensPerSecond > b.DecodeTokensPerSecond) results[weights] = r;
-                        prefill[weights] = Math.Max(prefill.GetValueOrDefault(weights), r.PrefillTokensPerSecond);
+                        prefills[weights] = Math.Max(prefills.GetValueOrDefault(weights), r.PrefillTokensPerSecond);
                     }
                 foreach (var (weights, m, _, _, perStep) in prepared)
                 {
                     var best = results[weights];
                     long bytes = BenchWorkflows.DecodeReadBytes(m);
                     decode[weights] = best.DecodeTokensPerSecond;
-                    prefills[weights] = prefill[weights];
-                    table.AddRow(label, weights, $"{prefill[weights]:F1}", $"{best.DecodeTokensPerSecond:F1}", $"{best.DecodeMs / Math.Max(1, best.DecodeSteps):F2}",
+                    table.AddRow(label, weights, $"{prefills[weights]:F1}", $"{best.DecodeTokensPerSecond:F1}", $"{best.DecodeMs / Math.Max(1, best.DecodeSteps):F2}",
                         perStep, Format.Bytes(bytes), $"{bytes * best.DecodeTokensPerSecond / 1e9:F1} GB/s");
-                    Console.Error.WriteLine($"bench {scenario}: {label} {weights}: prefill {prefill[weights]:F1} tokens/s, decode {best.DecodeTokensPerSecond:F1} tokens/s");
+                    Console.Error.WriteLine($"bench {scenario}: {label} {weights}: prefill {prefills[weights]:F1} tokens/s, decode {best.DecodeTokensPerSecond:F1} tokens/s");
                 }
             }
             using var cpu = PlatformRegistry.Create("cpu");

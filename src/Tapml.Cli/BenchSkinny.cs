@@ -73,14 +73,7 @@ static class BenchSkinny
                         double err = 0;
                         if (reference is null) reference = got;
                         else for (int i = 0; i < got.Length; i++) err = Math.Max(err, Math.Abs(got[i] - reference[i]) / (1 + Math.Abs(reference[i])));
-                        double best = double.MaxValue;
-                        for (int r = 0; r < Math.Max(3, runs); r++)
-                        {
-                            double? ms1;
-                            if (timestamps) ms1 = g.Device.TimeGpu(() => { for (int c = 0; c < calls; c++) g.Free(Once()); });
-                            else { var sw = Stopwatch.StartNew(); for (int c = 0; c < calls; c++) g.Free(Once()); g.Synchronize(); ms1 = sw.Elapsed.TotalMilliseconds; }
-                            if (ms1 is { } v) best = Math.Min(best, v / calls);
-                        }
+                        double best = BestPerCall(g, runs, calls, _ => g.Free(Once()));
                         if (best < bestMs) { bestMs = best; bestName = name; }
                         bool same = err <= 1e-4 * Math.Sqrt(k);
                         allSame &= same;
@@ -136,19 +129,8 @@ static class BenchSkinny
                 {
                     g.Skinny = tuning;
                     foreach (var w in ws) g.Free(mm.Run(g, ctx, [x, w])[0]!);     // transposed weights, kernels
-                    double Best(Func<int, GpuTensor> pick)
-                    {
-                        double best = double.MaxValue;
-                        for (int r = 0; r < Math.Max(3, runs); r++)
-                        {
-                            var sw = Stopwatch.StartNew();
-                            double? ms = g.Info.TimestampQuery ? g.Device.TimeGpu(() => { for (int c = 0; c < count; c++) g.Free((GpuTensor)mm.Run(g, ctx, [x, pick(c)])[0]!); }) : null;
-                            if (ms is null) { g.Synchronize(); ms = sw.Elapsed.TotalMilliseconds; }
-                            best = Math.Min(best, ms.Value / count);
-                        }
-                        return best;
-                    }
-                    double one = Best(_ => ws[0]), round = Best(c => ws[c]);
+                    double one = BestPerCall(g, runs, count, _ => g.Free(mm.Run(g, ctx, [x, ws[0]])[0]!));
+                    double round = BestPerCall(g, runs, count, c => g.Free(mm.Run(g, ctx, [x, ws[c]])[0]!));
                     Console.WriteLine($"bench skinny-rotate: {m}×{k}·{k}×{n} {(m <= MatMul.MatVecMaxRows ? "matrix-vector" : name)}: one weight {Gbs(weightBytes, one)} GB/s, {count} weights in turn {Gbs(weightBytes, round)} GB/s ({one / round:F2}× the one-weight speed)");
                 }
                 g.Free(x);
@@ -156,6 +138,21 @@ static class BenchSkinny
         }
         finally { g.Skinny = start; foreach (var w in ws) g.Free(w); }
         return 0;
+    }
+
+    /// <summary>Milliseconds a call of <paramref name="call"/> (given its index), the best of max(3, runs) batches of
+    /// <paramref name="calls"/>: GPU time from timestamp queries, wall time to a synchronize where the adapter has none.</summary>
+    static double BestPerCall(WebGpuPlatform g, int runs, int calls, Action<int> call)
+    {
+        double best = double.MaxValue;
+        for (int r = 0; r < Math.Max(3, runs); r++)
+        {
+            double? ms = null;
+            if (g.Info.TimestampQuery) ms = g.Device.TimeGpu(() => { for (int c = 0; c < calls; c++) call(c); });
+            else { var sw = Stopwatch.StartNew(); for (int c = 0; c < calls; c++) call(c); g.Synchronize(); ms = sw.Elapsed.TotalMilliseconds; }
+            if (ms is { } v) best = Math.Min(best, v / calls);
+        }
+        return best;
     }
 
     static string Tflops(double flop, double ms) => flop / (ms / 1e3) / 1e12 is var v && v >= 0.1 ? $"{v:F2}" : $"{v:E1}";

@@ -74,9 +74,8 @@ public static class Generation
             var picked = ToHost(promptTokens);
             FreeDevice(promptTokens);
             firstToken = picked.Span<long>()[^1];
-            var v = outs["logits"];
-            prefillLogits = Tensor.Zeros(DType.Float32, 1, 0, v is IDeviceValue d ? d.Shape[^1] : ((Tensor)v).Shape[^1]);
-            FreeDevice(v);
+            prefillLogits = Tensor.Zeros(DType.Float32, 1, 0, ((IDeviceValue)outs["logits"]).Shape[^1]);
+            FreeDevice(outs["logits"]);
         }
         else
         {

@@ -574,7 +574,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     internal void Materialize(GpuBuffer b)
     {
         if (b.Pending is not { } data) return;
-        var bytes = MemoryMarshal.CreateReadOnlySpan(ref MemoryMarshal.GetArrayDataReference(data), checked((int)Math.Min((long)b.Size, data.LongLength * Marshal.SizeOf(data.GetType().GetElementType()!))));
+        var bytes = MemoryMarshal.CreateReadOnlySpan(ref MemoryMarshal.GetArrayDataReference(data), (int)Math.Min(b.Size, (ulong)System.Buffer.ByteLength(data)));
         UploadedBytes += (long)b.Size;
         var handle = Device.Allocate(b.Size, out var size, forWrite: true);
         Device.Write(handle, 0, bytes);
