@@ -68,6 +68,7 @@ public class MatMulSkinnyTests
     [InlineData("webgpu", 1, 130, 67, DType.Float32, false, "")]                  // the matrix-vector kernel beside it
     [InlineData("webgpu", 3, 64, 33, DType.Float32, false, "")]
     [InlineData("webgpu", 2, 1030, 1027, DType.Float32, false, "")]               // over 2^20 elements: transposed on the host's cores
+    [InlineData("webgpu", 1, 8192, 8200, DType.Float32, false, "")]               // 269 MB: written to the GPU in two pieces
     [InlineData("webgpu", 16, 130, 67, DType.Float32, false, "")]                 // K % 4 = 2: scalar weight reads
     [InlineData("webgpu", 17, 1030, 45, DType.Float32, false, "")]
     [InlineData("webgpu", 33, 67, 33, DType.Float32, false, "skinny-m=40")]

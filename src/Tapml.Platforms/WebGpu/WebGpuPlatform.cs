@@ -570,15 +570,21 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     /// <summary>Bytes host uploads have written to GPU buffers so far (weights, feeds, host-made values).</summary>
     public long UploadedBytes { get; private set; }
 
+    const long WriteChunkBytes = 256L << 20;
+
     /// <summary>Creates and fills a pending upload's buffer (first time a kernel binds it or it is read).</summary>
     internal void Materialize(GpuBuffer b)
     {
         if (b.Pending is not { } data) return;
-        var bytes = MemoryMarshal.CreateReadOnlySpan(ref MemoryMarshal.GetArrayDataReference(data), (int)Math.Min(b.Size, (ulong)System.Buffer.ByteLength(data)));
+        long have = Math.Min((long)b.Size, data.LongLength * Marshal.SizeOf(data.GetType().GetElementType()!));
         UploadedBytes += (long)b.Size;
         var handle = Device.Allocate(b.Size, out var size, forWrite: true);
-        Device.Write(handle, 0, bytes);
-        if ((ulong)bytes.Length < b.Size) Device.Write(handle, (ulong)bytes.Length, new byte[b.Size - (ulong)bytes.Length]);
+        // NOTE: in pieces of at most WriteChunkBytes: a binding may be over 2 GiB (4 GiB on an H100 through Dawn; an f32
+        // lm_head of Llama-3-8B is 2.1 GB), which one span cannot hold.
+        ref byte start = ref MemoryMarshal.GetArrayDataReference(data);
+        for (long at = 0; at < have; at += WriteChunkBytes)
+            Device.Write(handle, (ulong)at, MemoryMarshal.CreateReadOnlySpan(ref Unsafe.Add(ref start, (nint)at), (int)Math.Min(WriteChunkBytes, have - at)));
+        if ((ulong)have < b.Size) Device.Write(handle, (ulong)have, new byte[b.Size - (ulong)have]);
         b.Handle = handle;
         b.Size = size;
         b.Pending = null;
