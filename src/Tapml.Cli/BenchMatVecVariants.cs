@@ -131,42 +131,38 @@ static class BenchMatVecVariants
     static List<Variant> Q4Variants(bool tiny)
     {
         var v = new List<Variant> { new("rule", MatVecTuning.Rule) };
-        void Add(int t, int r, int wg, bool xs = false) =>
-            v.Add(new($"t{t} r{r} wg{wg}{(xs ? " xs" : "")}", new MatVecTuning { Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4SharedX = xs }));
-        if (tiny) { Add(8, 1, 128); Add(32, 4, 128); Add(4, 8, 32); Add(16, 2, 128, xs: true); return v; }
-        foreach (int t in new[] { 16, 32, 64 })
-            foreach (int r in new[] { 2, 4, 8 })
-                Add(t, r, 128);
-        foreach (var (t, r, wg) in new[] { (32, 4, 256), (64, 4, 256), (128, 2, 128), (128, 4, 128), (128, 4, 256), (64, 2, 64), (64, 4, 64), (32, 4, 64), (32, 8, 64) })
-            Add(t, r, wg);
-        foreach (var (t, r, wg) in new[] { (32, 4, 128), (64, 4, 128), (32, 8, 128) })
-            Add(t, r, wg, xs: true);
+        void Add(int t, int r, int wg, bool xs = false, int unroll = 1) =>
+            v.Add(new($"t{t} r{r} wg{wg}{(xs ? " xs" : "")}{(unroll > 1 ? $" u{unroll}" : "")}",
+                new MatVecTuning { Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4SharedX = xs, Q4Unroll = unroll }));
+        if (tiny) { Add(8, 1, 128); Add(32, 4, 128, unroll: 2); Add(4, 8, 32, unroll: 3); Add(16, 2, 128, xs: true); return v; }
+        foreach (int u in new[] { 2, 4 }) v.Add(new($"rule u{u}", new MatVecTuning { Q4Unroll = u }));
+        foreach (var (t, r) in new[] { (16, 4), (16, 8), (32, 2), (32, 4), (32, 8), (64, 2), (64, 4), (64, 8) })
+            foreach (int u in new[] { 1, 2, 4 })
+                Add(t, r, 128, unroll: u);
+        foreach (var (t, r, wg) in new[] { (64, 4, 256), (128, 4, 256), (64, 4, 64), (32, 8, 64) })
+            foreach (int u in new[] { 1, 2 })
+                Add(t, r, wg, unroll: u);
         return v;
     }
 
     static List<Variant> F16Variants(bool tiny)
     {
         var v = new List<Variant> { new("rule", MatVecTuning.Rule) };
-        void Add(int t, int r, int wg, bool native, bool xs = false) =>
-            v.Add(new($"t{t} r{r} wg{wg}{(native ? "" : " bits")}{(xs ? " xs" : "")}",
-                new MatVecTuning { F16Threads = t, F16Rows = r, F16Workgroup = wg, F16SharedX = xs, F16Native = native }));
-        if (tiny) { Add(8, 1, 256, true); Add(32, 4, 256, false); Add(4, 8, 32, false); Add(32, 2, 256, true, xs: true); return v; }
-        foreach (int t in new[] { 16, 32, 64 })
-            foreach (int r in new[] { 1, 2, 4 })
-                Add(t, r, 256, true);
-        foreach (var (t, r, wg) in new[] { (128, 1, 256), (128, 2, 256), (64, 2, 128), (64, 1, 64), (64, 2, 512) })
-            Add(t, r, wg, true);
-        Add(32, 2, 256, false);
+        void Add(int t, int r, int wg, bool native, bool xs = false, int unroll = 1) =>
+            v.Add(new($"t{t} r{r} wg{wg}{(native ? "" : " bits")}{(xs ? " xs" : "")}{(unroll > 1 ? $" u{unroll}" : "")}",
+                new MatVecTuning { F16Threads = t, F16Rows = r, F16Workgroup = wg, F16SharedX = xs, F16Native = native, F16Unroll = unroll }));
+        if (tiny) { Add(8, 1, 256, true); Add(32, 4, 256, false, unroll: 2); Add(4, 8, 32, false); Add(32, 2, 256, true, xs: true); return v; }
+        foreach (var (t, r, wg) in new[] { (32, 2, 256), (64, 1, 256), (64, 2, 256), (128, 2, 256), (64, 2, 128), (64, 1, 64), (64, 2, 512) })
+            foreach (int u in new[] { 1, 2, 4 })
+                Add(t, r, wg, true, unroll: u);
         Add(64, 2, 256, false);
-        Add(32, 2, 256, true, xs: true);
-        Add(64, 2, 256, true, xs: true);
         return v;
     }
 
     static string Spec(MatVecTuning t) => t.Q4Threads > 0
-        ? $"q4-threads={t.Q4Threads}&q4-rows={t.Q4Rows}&q4-wg={t.Q4Workgroup}&q4-xs={(t.Q4SharedX == true ? 1 : 0)}"
-        : t.F16Threads > 0 ? $"f16-threads={t.F16Threads}&f16-rows={t.F16Rows}&f16-wg={t.F16Workgroup}&f16-xs={(t.F16SharedX == true ? 1 : 0)}&f16-unpack={(t.F16Native == true ? "native" : "bits")}"
-        : "(the rule: no options)";
+        ? $"q4-threads={t.Q4Threads}&q4-rows={t.Q4Rows}&q4-wg={t.Q4Workgroup}&q4-xs={(t.Q4SharedX == true ? 1 : 0)}&q4-unroll={Math.Max(1, t.Q4Unroll)}"
+        : t.F16Threads > 0 ? $"f16-threads={t.F16Threads}&f16-rows={t.F16Rows}&f16-wg={t.F16Workgroup}&f16-xs={(t.F16SharedX == true ? 1 : 0)}&f16-unpack={(t.F16Native == true ? "native" : "bits")}&f16-unroll={Math.Max(1, t.F16Unroll)}"
+        : t.Q4Unroll > 1 ? $"q4-unroll={t.Q4Unroll}" : t.F16Unroll > 1 ? $"f16-unroll={t.F16Unroll}" : "(the rule: no options)";
 
     static string Rate(double bytes, double ms) { double r = bytes / (ms / 1e3) / 1e9; return r >= 100 ? $"{r:F0} GB/s" : $"{r:F2} GB/s"; }
 

@@ -417,7 +417,7 @@ public class FusionTests
     /// <summary>The projections kernel over <c>--quantize q4</c> products (MatMulNBits, stacked nibbles) against the cpu
     /// running the same quantized graph unfused: norm or not, one to four rows, GQA widths, bias and SwiGLU/GELU
     /// epilogues, a K that is not a multiple of the block (72: the last block padded, x read with bounds checks). One
-    /// dispatch (plus x's Add); five rows run the body (x's Add, one norm, a tiled MatMulNBits each, one epilogue), each
+    /// dispatch (plus x's Add); five rows run the body (x's Add, one norm, MatMulNBits' decode kernel twice a product, one epilogue), each
     /// product reading its rows of the stacked buffers where their offsets meet the binding alignment.</summary>
     [Theory]
     [InlineData("webgpu", 1, 64, true, "qkv", 2)]
@@ -426,10 +426,12 @@ public class FusionTests
     [InlineData("webgpu:gles", 4, 64, true, "gelu_tanh", 2)]
     [InlineData("webgpu", 1, 72, false, "pair", 2)]
     [InlineData("webgpu", 1, 72, true, "swiglu", 2)]
-    [InlineData("webgpu", 5, 64, true, "swiglu", 5)]
-    [InlineData("webgpu", 5, 256, true, "qkv", 5)]         // the products' rows start 256-byte aligned: prefill reads views of the stack
+    [InlineData("webgpu", 5, 64, true, "swiglu", 7)]       // 5 rows: two decode kernels a product (4 rows, then 1)
+    [InlineData("webgpu", 5, 256, true, "qkv", 8)]         // the products' rows start 256-byte aligned: prefill reads views of the stack
     [InlineData("opencl", 3, 64, true, "qkv_bias", 2)]
     [InlineData("opencl", 1, 72, true, "swiglu", 2)]
+    [InlineData("webgpu?q4-threads=2&q4-unroll=2", 1, 128, true, "swiglu", 2)]   // units two an iteration, no tail
+    [InlineData("vulkan?q4-threads=2&q4-unroll=3", 2, 256, true, "qkv", 2)]      // three an iteration, then a tail
     public void Q4_projections_kernel_matches_cpu(string platform, int rows, int k, bool norm, string structure, int expectedDispatches)
     {
         WebGpuTests.SkipIfNoDawn(platform);

@@ -72,9 +72,11 @@ public class MatMulNBitsTests
         { 1, 256, 33, 128, Zp.None, "f32", false },
         { 1, 96, 20, 64, Zp.Packed, "f32", false },     // K not a multiple of the block: the last block padded
         { 1, 100, 17, 32, Zp.Packed, "f32", false },    // K not a multiple of 8
-        { 5, 128, 48, 32, Zp.Packed, "f32", false },
-        { 70, 96, 65, 32, Zp.None, "f32", true },
-        { 9, 100, 17, 32, Zp.Packed, "f32", false },    // tiled, K not a multiple of 8
+        { 5, 128, 48, 32, Zp.Packed, "f32", false },     // 5 to 32 rows: decode kernels over 4 rows at a time
+        { 16, 96, 40, 32, Zp.Packed, "f32", true },
+        { 70, 96, 65, 32, Zp.None, "f32", true },       // tiled
+        { 33, 64, 24, 32, Zp.Packed, "f32", false },
+        { 9, 100, 17, 32, Zp.Packed, "f32", false },    // K not a multiple of 8
         { 3, 64, 24, 32, Zp.Float, "f32", false },
         { 1, 128, 32, 32, Zp.Packed, "f16", false },
         { 6, 64, 40, 16, Zp.None, "f16", true },

@@ -10,7 +10,7 @@ using static Tapml.Tests.MatMulNBitsTests;
 namespace Tapml.Tests;
 
 /// <summary>The decode matrix-vector kernels for 4-bit and packed f16 weights in each layout their webgpu spec options
-/// choose (threads per row, rows per thread, workgroup size, x in workgroup memory, how halves are widened), against
+/// choose (threads per row, rows per thread, workgroup size, x in workgroup memory, units an iteration, how halves are widened), against
 /// cpu: odd K, K not a multiple of the block, N not a multiple of the rows a workgroup holds, 1–4 rows of A, block
 /// sizes 16–128, zero points absent, packed or float, f16 scales, bias.</summary>
 public class MatVecVariantTests
@@ -30,6 +30,8 @@ public class MatVecVariantTests
     [InlineData("webgpu?q4-threads=32&q4-rows=1&q4-wg=256")]
     [InlineData("webgpu?q4-threads=16&q4-rows=3&q4-wg=128&q4-xs=1")]
     [InlineData("webgpu?q4-threads=4&q4-rows=8&q4-wg=32&q4-xs=1")]
+    [InlineData("webgpu?q4-threads=4&q4-rows=2&q4-wg=32&q4-unroll=3")]
+    [InlineData("webgpu?q4-threads=8&q4-rows=4&q4-wg=64&q4-unroll=2")]
     public void Q4_decode_layouts_match_cpu(string spec)
     {
         WebGpuTests.SkipIfNoDawn("webgpu");
@@ -54,6 +56,7 @@ public class MatVecVariantTests
     [InlineData("webgpu?f16-threads=32&f16-rows=1&f16-wg=256&f16-unpack=native")]
     [InlineData("webgpu?f16-threads=16&f16-rows=3&f16-wg=128&f16-xs=1")]
     [InlineData("webgpu?f16-threads=4&f16-rows=8&f16-wg=32&f16-xs=1&f16-unpack=bits")]
+    [InlineData("webgpu?f16-threads=4&f16-rows=2&f16-wg=32&f16-unroll=3")]
     public void F16_decode_layouts_match_cpu(string spec)
     {
         WebGpuTests.SkipIfNoDawn("webgpu");

@@ -13,6 +13,7 @@ public static class OpenClPlatform
         int platform = -1, device = 0;
         bool? optimize = null;
         var o = new OpenClOptions();
+        var kernel = new List<(string, string)>();
         foreach (var (k, v) in PlatformSpec.Query(spec))
         {
             switch (k)
@@ -22,11 +23,12 @@ public static class OpenClPlatform
                 case "opt" when v is "on" or "off": optimize = v == "on"; break;
                 case "writes" when v is "ring" or "blocking": o = o with { RingWrites = v == "ring" }; break;
                 case "batch" when int.TryParse(v, out int n) && n >= 1: o = o with { Batch = n }; break;
-                default: throw new TapmlException($"platform '{spec}': unknown option '{k}={v}' (opencl takes platform=N, device=N, opt=on|off, writes=ring|blocking, batch=N)");
+                default: kernel.Add((k, v)); break;
             }
         }
         if (spec.Split('?', 2)[0] != "opencl") throw new TapmlException($"platform '{spec}': write opencl[?platform=N&device=N]");
-        return new WebGpuPlatform(spec, new OpenClDevice(platform, device, optimize, o));
+        var options = GpuKernelOptions.Parse(spec, kernel, "platform=N, device=N, opt=on|off, writes=ring|blocking, batch=N");
+        return new WebGpuPlatform(spec, new OpenClDevice(platform, device, optimize, o), options);
     }
 }
 

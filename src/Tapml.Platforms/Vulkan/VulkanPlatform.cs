@@ -16,7 +16,8 @@ public static class VulkanPlatform
         int device = -1;
         long maxBinding = 0;
         var o = new VulkanOptions();
-        const string takes = "vulkan takes icd=swiftshader|lavapipe|PATH, device=N, max-binding=BYTES, push-descriptors=on|off, barriers=tracked|all, writes=ring|inline, batch=N";
+        const string takes = "icd=swiftshader|lavapipe|PATH, device=N, max-binding=BYTES, push-descriptors=on|off, barriers=tracked|all, writes=ring|inline, batch=N";
+        var kernel = new List<(string, string)>();
         foreach (var (k, v) in PlatformSpec.Query(spec))
         {
             switch (k)
@@ -28,11 +29,12 @@ public static class VulkanPlatform
                 case "barriers" when v is "tracked" or "all": o = o with { TrackedBarriers = v == "tracked" }; break;
                 case "writes" when v is "ring" or "inline": o = o with { UploadRing = v == "ring" }; break;
                 case "batch" when int.TryParse(v, out int n) && n >= 1: o = o with { Batch = n }; break;
-                default: throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' ({takes})");
+                default: kernel.Add((k, v)); break;
             }
         }
         if (spec.Split('?', 2)[0] != "vulkan") throw new TapmlException($"platform '{spec}': write vulkan[?icd=…&device=N]");
-        return new WebGpuPlatform(spec, new VulkanDevice(icd, device, maxBinding, o));
+        var options = GpuKernelOptions.Parse(spec, kernel, takes);
+        return new WebGpuPlatform(spec, new VulkanDevice(icd, device, maxBinding, o), options);
     }
 }
 

@@ -66,9 +66,11 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         return s;
     }
     public string Name { get; }
+    /// <summary>The kernels' options (spec options shared by every device the kernels run on).</summary>
+    public GpuKernelOptions Options { get; }
     /// <summary>Knobs of the decode matrix-vector kernels for 4-bit and packed f16 weights (spec options; a benchmark
     /// may set it between runs: kernels are cached by their layout).</summary>
-    public MatVecTuning MatVec { get; set; } = MatVecTuning.Rule;
+    public MatVecTuning MatVec { get => Options.MatVec; set => Options.MatVec = value; }
     /// <summary>The platform kind for messages: the spec's head (webgpu, vulkan, opencl, browser).</summary>
     public string Kind { get; }
     public string Description { get; }
@@ -82,25 +84,14 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         if (_backend is not ("" or "vulkan" or "gles"))
             throw new TapmlException($"platform '{spec}': unknown webgpu backend '{_backend}' (use webgpu, webgpu:vulkan or webgpu:gles)");
         long maxBinding = 0;
-        int minGroups = 0;
+        var rest = new List<(string, string)>();
         foreach (var (k, v) in PlatformSpec.Query(spec))
         {
             if (k == "max-binding" && long.TryParse(v, out maxBinding) && maxBinding >= 16) continue;
-            if (k == "matmul-tile" && Kernels.MatMulTiled.Tile.Parse(v) is { } tile) { MatMulTile = tile; continue; }
-            if (k == "kv" && v is "inplace" or "copy") { KvInPlace = v == "inplace"; continue; }
-            if (k == "attn-groups" && int.TryParse(v, out int groups) && groups >= 1) { AttentionTargetGroups = groups; continue; }
-            if (k == "attn-tiled" && int.TryParse(v, out int from) && from >= 0) { AttentionTiledFrom = from; continue; }
-            if (k == "f16-proj" && v is "fused" or "split") { HalfProjectionsFused = v == "fused"; continue; }
-            if (k == "attn-tile" && v is "v1" or "v2") { AttentionTileLayout = v == "v1" ? 1 : 2; continue; }
-            if (k == "matmul-ladder" && Kernels.MatMulTiled.TileLadder.Parse(v) is { } ladder) { MatMulLadder = ladder; continue; }
-            if (k == "matmul-groups" && int.TryParse(v, out minGroups) && minGroups is >= 1 and <= 65536) continue;
             if (k == "kernel-cache" && (v is "on" or "off" || Path.IsPathRooted(v))) { _kernelCache = v != "off"; _kernelCacheRoot = Path.IsPathRooted(v) ? v : null; continue; }
-            if (MatVec.With(spec, k, v) is { } tuned) { MatVec = tuned; continue; }
-            if (Skinny.With(spec, k, v) is { } skinny) { Skinny = skinny; continue; }
-            throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (webgpu takes max-binding=BYTES (at least 16), kv=inplace|copy, " +
-                                     $"attn-groups=N (at least 1), attn-tiled=ROWS (0: never), kernel-cache=on|off|DIR, attn-tile=v2|v1, f16-proj=fused|split, matmul-tile=BMxBNxBK/TMxTN or legacy, matmul-ladder=v2|v1, matmul-groups=N (1 to 65536), {MatVecTuning.Help}, {Kernels.SkinnyTuning.Help})");
+            rest.Add((k, v));
         }
-        if (minGroups > 0) MatMulLadder = MatMulLadder with { Name = $"{MatMulLadder.Name}, {minGroups} groups", MinGroups = minGroups };
+        Options = GpuKernelOptions.Parse(spec, rest, "max-binding=BYTES (at least 16), kernel-cache=on|off|DIR");
         Name = spec;
         Kind = "webgpu";
         Device = new DawnDevice(_backend, maxBinding, info => KernelCacheOn(info) ? Path.Combine(_kernelCacheRoot ?? KernelList.Root, "blobs") : null);
@@ -109,14 +100,17 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
 
     /// <summary>The platform over another device with the same kernels: a browser's WebGPU, or a device that renders
     /// the WGSL to its own dialect (vulkan, opencl).</summary>
-    public WebGpuPlatform(string spec, IGpuDevice device)
+    /// <paramref name="options"/>: the kernels' options from the spec (<see cref="GpuKernelOptions.Parse"/>).</summary>
+    public WebGpuPlatform(string spec, IGpuDevice device, GpuKernelOptions? options = null)
     {
         Name = spec;
         Kind = spec.Split([':', '?'], 2)[0];
         _backend = "";
         Device = device;
+        Options = options ?? new GpuKernelOptions();
         (Description, Limits, Workgroup) = Describe(Device);
     }
+
 
     static (string, PlatformLimits, int) Describe(IGpuDevice device)
     {
@@ -161,39 +155,39 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
 
     /// <summary>The tile every tiled matmul uses (<c>webgpu?matmul-tile=BMxBNxBK/TMxTN</c>, or <c>legacy</c> for the
     /// 64×64 kernel); null: <see cref="Kernels.MatMulTiled.Choose"/>'s ladder by shape. Benchmarks set it per run.</summary>
-    public Kernels.MatMulTiled.Tile? MatMulTile { get; set; }
+    public Kernels.MatMulTiled.Tile? MatMulTile { get => Options.MatMulTile; set => Options.MatMulTile = value; }
 
     /// <summary>The tiles <see cref="Kernels.MatMulTiled.Choose"/> tries and the grid size that stops it
     /// (<c>webgpu?matmul-ladder=v2</c>, the default, or <c>v1</c>, the earlier ladder; <c>matmul-groups=N</c> sets the grid
     /// size a tile must reach, below which the smallest tile's product splits K over workgroups).</summary>
-    public Kernels.MatMulTiled.TileLadder MatMulLadder { get; set; } = Kernels.MatMulTiled.TileLadder.V2;
+    public Kernels.MatMulTiled.TileLadder MatMulLadder { get => Options.MatMulLadder; set => Options.MatMulLadder = value; }
 
     /// <summary>Layout of products of a few rows against a weight (short prompts; spec options <c>skinny-…</c>, see
     /// <see cref="Kernels.SkinnyTuning"/>; a benchmark may set it between runs: kernels are cached by their layout).</summary>
-    public Kernels.SkinnyTuning Skinny { get; set; } = Kernels.SkinnyTuning.Rule;
+    public Kernels.SkinnyTuning Skinny { get => Options.Skinny; set => Options.Skinny = value; }
 
     /// <summary>The KV cache is appended in place (option <c>kv=inplace</c>, the default): a layer's present K/V live in a
     /// buffer with room for more rows, and a decode step writes only its new row; <c>kv=copy</c> writes the whole cache
     /// into a new buffer each step.</summary>
-    public bool KvInPlace { get; } = true;
+    public bool KvInPlace => Options.KvInPlace;
 
     /// <summary>Decode-shaped projections regions over packed f16 weights run as one kernel (option <c>f16-proj=fused</c>,
     /// the default: norm, products and epilogue in one dispatch) or node by node (<c>split</c>: each product through
     /// <see cref="Kernels.BlockedMatVec"/>'s packed-f16 matrix-vector, with the norm and epilogue dispatches around it).
     /// <c>bench llm-weights</c> measures both.</summary>
-    public bool HalfProjectionsFused { get; } = true;
+    public bool HalfProjectionsFused => Options.HalfProjectionsFused;
 
     /// <summary>Workgroups decode-shaped attention over a long key range aims at when it splits the keys (option
     /// <c>attn-groups=N</c>, default 256).</summary>
-    public int AttentionTargetGroups { get; } = 256;
+    public int AttentionTargetGroups => Options.AttentionTargetGroups;
 
     /// <summary>Query rows from which attention runs tiled (flash attention over tiles of query rows; option
     /// <c>attn-tiled=ROWS</c>, default 32, 0 never): prompts; decode and short prompts keep one workgroup per row.</summary>
-    public int AttentionTiledFrom { get; } = 32;
+    public int AttentionTiledFrom => Options.AttentionTiledFrom;
 
     /// <summary>The tiled prompt attention's layout (option <c>attn-tile=v2</c>, the default: <see cref="Kernels.AttentionTiles"/>,
     /// 64 keys a tile, vec4 workgroup reads; <c>v1</c>: the first layout, 16 keys a tile, one score a thread).</summary>
-    public int AttentionTileLayout { get; } = 2;
+    public int AttentionTileLayout => Options.AttentionTileLayout;
 
     /// <summary>Threads per workgroup the element kernels use (256, or less on a small adapter).</summary>
     public int Workgroup { get; }

@@ -7,16 +7,17 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 /// <see cref="Threads"/> threads share one weight row, striding it in units of one 16-byte load (4 bytes where a row
 /// is not 16-byte aligned); each thread carries <see cref="Rows"/> weight rows, so one load of x serves all of them; a
 /// workgroup is <see cref="Workgroup"/> threads (<see cref="RowsPerWorkgroup"/> rows); <see cref="SharedX"/> stages
-/// x in workgroup memory, chunk by chunk, instead of each thread reading it from the storage buffer.</summary>
-public readonly record struct MatVecShape(int Threads, int Rows, int Workgroup, bool SharedX)
+/// x in workgroup memory, chunk by chunk, instead of each thread reading it from the storage buffer; <see cref="Unroll"/>
+/// units are loaded and added a loop iteration (independent loads in flight; 1 = one unit).</summary>
+public readonly record struct MatVecShape(int Threads, int Rows, int Workgroup, bool SharedX, int Unroll = 1)
 {
     public int RowsPerWorkgroup => Workgroup / Threads * Rows;
-    public override string ToString() => $"t{Threads} r{Rows} wg{Workgroup}{(SharedX ? " xs" : "")}";
+    public override string ToString() => $"t{Threads} r{Rows} wg{Workgroup}{(SharedX ? " xs" : "")}{(Unroll > 1 ? $" u{Unroll}" : "")}";
 }
 
 /// <summary>The decode matrix-vector kernels' knobs, as webgpu platform-spec options (<c>webgpu?q4-threads=16&amp;q4-rows=2</c>):
 /// for MatMulNBits <c>q4-threads</c> (threads per weight row), <c>q4-rows</c> (weight rows per thread), <c>q4-wg</c>
-/// (threads per workgroup), <c>q4-xs=0|1</c> (x through workgroup memory); the same with <c>f16-</c> for packed f16
+/// (threads per workgroup), <c>q4-xs=0|1</c> (x through workgroup memory), <c>q4-unroll</c> (units a loop iteration); the same with <c>f16-</c> for packed f16
 /// weights, plus <c>f16-unpack=bits|native</c> (halves widened by integer bit moves and one multiply, or by
 /// <c>unpack2x16float</c>). An absent knob takes <see cref="Q4"/>'s / <see cref="F16"/>'s rule.</summary>
 public sealed record MatVecTuning
@@ -25,17 +26,19 @@ public sealed record MatVecTuning
     public int Q4Rows { get; init; }
     public int Q4Workgroup { get; init; }
     public bool? Q4SharedX { get; init; }
+    public int Q4Unroll { get; init; }
     public int F16Threads { get; init; }
     public int F16Rows { get; init; }
     public int F16Workgroup { get; init; }
     public bool? F16SharedX { get; init; }
+    public int F16Unroll { get; init; }
     /// <summary>Widen halves with <c>unpack2x16float</c> (true, the default: 1.1–2.4× the bit moves' speed on an H100)
     /// or with bit moves (false; a weight holding an infinity or NaN still takes unpack2x16float).</summary>
     public bool? F16Native { get; init; }
 
     public static readonly MatVecTuning Rule = new();
 
-    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unpack=bits|native";
+    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-unpack=bits|native";
 
     /// <summary>This tuning with one spec option applied, or null when <paramref name="key"/> is not a matrix-vector knob.</summary>
     public MatVecTuning? With(string spec, string key, string value)
@@ -52,10 +55,12 @@ public sealed record MatVecTuning
             "q4-rows" => this with { Q4Rows = Count(16) },
             "q4-wg" => this with { Q4Workgroup = Count(1024) },
             "q4-xs" => this with { Q4SharedX = Flag() },
+            "q4-unroll" => this with { Q4Unroll = Count(8) },
             "f16-threads" => this with { F16Threads = Count(256) },
             "f16-rows" => this with { F16Rows = Count(16) },
             "f16-wg" => this with { F16Workgroup = Count(1024) },
             "f16-xs" => this with { F16SharedX = Flag() },
+            "f16-unroll" => this with { F16Unroll = Count(8) },
             "f16-unpack" => this with { F16Native = value switch { "native" => true, "bits" => false, _ => throw new TapmlException($"platform '{spec}': f16-unpack={value} must be bits or native") } },
             _ => null,
         };
@@ -72,7 +77,7 @@ public sealed record MatVecTuning
     {
         int t = Q4Threads > 0 ? Q4Threads : Math.Min(n >= 65536 ? 32 : 64, Math.Max(4, FloorPow2(units)));
         int r = Q4Rows > 0 ? Q4Rows : (int)Math.Clamp(FloorPow2(n * t / 65536), 1, 8);
-        return Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup);
+        return Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup) with { Unroll = Q4Unroll > 0 ? Q4Unroll : 1 };
     }
 
     /// <summary>The packed f16 kernel's layout. Rule (<c>bench q4-sweep</c> on H100s): 64 threads a row (never more than
@@ -82,7 +87,7 @@ public sealed record MatVecTuning
     {
         int t = F16Threads > 0 ? F16Threads : Math.Min(64, Math.Max(4, FloorPow2(units)));
         int r = F16Rows > 0 ? F16Rows : n * t >= 2 * 65536 ? 2 : 1;
-        return Fit(t, r, F16Workgroup > 0 ? F16Workgroup : 256, F16SharedX ?? false, maxWorkgroup);
+        return Fit(t, r, F16Workgroup > 0 ? F16Workgroup : 256, F16SharedX ?? false, maxWorkgroup) with { Unroll = F16Unroll > 0 ? F16Unroll : 1 };
     }
 
     static int FloorPow2(long v) => v <= 1 ? 1 : (int)Math.Min(1 << 30, 1L << (63 - System.Numerics.BitOperations.LeadingZeroCount((ulong)v)));
@@ -126,8 +131,9 @@ internal static class BlockedMatVec
     }
 
     /// <summary>The kernel body; meta words: md[0] = N, md[1] = K, md[2] = units per row. <paramref name="vec"/>: x is
-    /// <c>xv_b</c> and every unit lies inside K (K = units·UnitValues, a multiple of 4), so x needs no bounds checks.</summary>
-    public static string Body(Wgsl w, Format f, MatVecShape s, int rows, bool vec, int maxWorkgroupBytes)
+    /// <c>xv_b</c> and every unit lies inside K (K = units·UnitValues, a multiple of 4), so x needs no bounds checks.
+    /// <paramref name="rowBase"/>: an expression for x's first row (a kernel over rows rowBase… of a taller x), or null.</summary>
+    public static string Body(Wgsl w, Format f, MatVecShape s, int rows, bool vec, int maxWorkgroupBytes, string? rowBase = null)
     {
         int T = s.Threads, R = s.Rows, WG = s.Workgroup, G = WG / T, M = rows, UV = f.UnitValues, J = UV / 4;
         // Partial sums of all R·M outputs at once if they fit in half the workgroup memory, else in passes.
@@ -152,10 +158,10 @@ internal static class BlockedMatVec
         foreach (int r in rs) foreach (int m in ms) b.Append($"  var a{r}_{m} = 0.0;\n");
         if (!s.SharedX)
         {
-            b.Append($"  for (var u = t; u < U; u += {T}u) {{\n    let k0 = u * {UV}u;\n");
+            var unit = new StringBuilder($"    let k0 = u * {UV}u;\n");
             foreach (int m in ms)
-                for (int j = 0; j < J; j++) b.Append($"    let xq{m}_{j} = {X4($"{m}u", $"k0 + {4 * j}u")}{scale};\n");
-            b.Append(perUnit).Append(rowsCode).Append("  }\n");
+                for (int j = 0; j < J; j++) unit.Append($"    let xq{m}_{j} = {X4(rowBase is null ? $"{m}u" : $"({rowBase} + {m}u)", $"k0 + {4 * j}u")}{scale};\n");
+            b.Append(UnitLoop(T, s.Unroll, unit.Append(perUnit).Append(rowsCode).ToString()));
         }
         else
         {
@@ -167,7 +173,7 @@ internal static class BlockedMatVec
       let m = e / {{cj}}u;
       let k = c0 * {{UV}}u + (e % {{cj}}u) * 4u;
       var v = vec4<f32>(0.0);
-      if (k < K) { v = {{X4("m", "k")}}; }
+      if (k < K) { v = {{X4(rowBase is null ? "m" : $"({rowBase} + m)", "k")}}; }
       xsh[e] = v{{scale}};
     }
     workgroupBarrier();
@@ -194,6 +200,17 @@ internal static class BlockedMatVec
             b.Append("    }\n  }\n");
         }
         return b.ToString();
+    }
+
+    /// <summary>The loop over a thread's units (u = t, t + T, … below U) around <paramref name="unit"/>, code that reads
+    /// <c>u</c>: with <paramref name="unroll"/> &gt; 1, that many units an iteration, each in a block of its own (so their
+    /// loads are independent and can all be in flight), then the units left one at a time.</summary>
+    internal static string UnitLoop(int T, int unroll, string unit)
+    {
+        if (unroll <= 1) return $"  for (var u = t; u < U; u += {T}u) {{\n{unit}  }}\n";
+        var b = new StringBuilder($"  var ub = t;\n  for (; ub + {(unroll - 1) * T}u < U; ub += {unroll * T}u) {{\n");
+        for (int i = 0; i < unroll; i++) b.Append($"   {{\n    let u = ub{(i == 0 ? "" : $" + {i * T}u")};\n{unit}   }}\n");
+        return b.Append($"  }}\n  for (var u = ub; u < U; u += {T}u) {{\n{unit}  }}\n").ToString();
     }
 
     /// <summary>Workgroups for N rows at <paramref name="s"/>'s rows per workgroup.</summary>

@@ -132,6 +132,8 @@ static class MatMulNBits
         var y = g.Empty(x.DType, [.. x.Shape[..^1], w.N]);
         if (y.Length == 0) return [y];
         if (rows <= MatMul.MatVecMaxRows) MatVec(g, x, y, p, rows, null);
+        else if (rows <= SkinnyMaxRows)
+            for (long m0 = 0; m0 < rows; m0 += MatMul.MatVecMaxRows) MatVec(g, x, y, p, Math.Min(MatMul.MatVecMaxRows, rows - m0), null, m0);
         else
         {
             var bindings = new List<GpuTensor> { x, y, p.Words, p.Scales };
@@ -149,9 +151,15 @@ static class MatMulNBits
         return [y];
     }
 
-    /// <summary>The decode kernel for <paramref name="rows"/> rows of x into y, plus <paramref name="residual"/> (y's
-    /// shape, f32 words) in the store when given (the <c>matmul_add</c> region).</summary>
-    static void MatVec(WebGpuPlatform g, GpuTensor x, GpuTensor y, Prepared p, long rows, GpuTensor? residual)
+    /// <summary>Rows of A up to which a product runs as decode kernels over <see cref="MatMul.MatVecMaxRows"/> rows at a
+    /// time (each reads the packed weight once) rather than the tiled kernel (short prompts; <c>bench llm-large
+    /// --quantize q4</c>: the tiled kernel took 0.73 ms a 4096×14336 product of 16 rows on an H100, a decode kernel 0.04).</summary>
+    internal const long SkinnyMaxRows = 32;
+
+    /// <summary>The decode kernel for <paramref name="rows"/> rows of x (from row <paramref name="m0"/>) into the same
+    /// rows of y, plus <paramref name="residual"/> (y's shape, f32 words) in the store when given (the
+    /// <c>matmul_add</c> region).</summary>
+    static void MatVec(WebGpuPlatform g, GpuTensor x, GpuTensor y, Prepared p, long rows, GpuTensor? residual, long m0 = 0)
     {
         var w = p.W;
         var bindings = new List<GpuTensor> { x, y, p.Words, p.Scales };
@@ -165,7 +173,7 @@ static class MatMulNBits
         bool vec = x.Storage == GpuStorage.F32 && units * words * 8 == w.K;
         var shape = g.MatVec.Q4(w.N, units, g.Device.Limits.MaxInvocationsPerWorkgroup);
         var meta = new Meta();
-        meta.Add(w.N); meta.Add(w.K); meta.Add(rowWords); meta.Add(w.KBlocks); meta.Add(rows); meta.Add(units);
+        meta.Add(w.N); meta.Add(w.K); meta.Add(rowWords); meta.Add(w.KBlocks); meta.Add(rows); meta.Add(units); meta.Add(m0);
         string variant = $"{w.BlockSize}|{Zero(p)}|{p.Bias is not null}|{residual is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)y.DType}";
         var (gx, gy) = BlockedMatVec.Grid(g, w.N, shape);
         g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{words}|{vec}|{shape}|{rows}"),
@@ -293,10 +301,11 @@ static class MatMulNBits
             Prologue = "  let KB = md[3];\n" + UnitPrologue,
             Row = Row,
             // NOTE: (sum + bias) + r: the order the cpu reference adds MatMulNBits' bias and then the region's Add.
-            Store = (m, row, sum) => $"y_st({m}u * N + {row}, {(residual ? "(" : "")}{sum}{(bias ? $" + bias({row})" : "")}{(residual ? $") + rs({m}u * N + {row})" : "")});",
+            Store = (m, row, sum) => $"y_st((m0 + {m}u) * N + {row}, {(residual ? "(" : "")}{sum}{(bias ? $" + bias({row})" : "")}{(residual ? $") + rs((m0 + {m}u) * N + {row})" : "")});",
         };
-        // NOTE: md here is N, K, words per row (the tiled kernel's), k_blocks, rows, units per row: the skeleton reads units from md[2].
-        string body = BlockedMatVec.Body(w, f, shape, rows, vec, g.Device.Limits.MaxWorkgroupStorageBytes).Replace("let U = md[2];", "let U = md[5];");
+        // NOTE: md here is N, K, words per row (the tiled kernel's), k_blocks, rows, units per row, x's first row: the
+        // skeleton reads units from md[2].
+        string body = BlockedMatVec.Body(w, f, shape, rows, vec, g.Device.Limits.MaxWorkgroupStorageBytes, "m0").Replace("let U = md[2];", "let U = md[5]; let m0 = md[6];");
         return w.Build(body, elementwise: false);
     }
 

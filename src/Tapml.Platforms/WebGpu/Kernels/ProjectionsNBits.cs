@@ -150,7 +150,7 @@ static class ProjectionsNBits
         meta.Add(k); meta.Add(units); meta.Add(st.KBlocks); meta.Add(columns);
         var (gx, gy) = Wgsl.Grid(columns, WG / T * R, lim.MaxWorkgroupsPerDimension);
         float eps = ctx.Float("epsilon", 1e-6f);
-        var layout = new MatVecShape(T, R, WG, false);
+        var layout = new MatVecShape(T, R, WG, false, shape.Unroll);
         var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}", ctx.Node),
             () => Code(plan, st, x, rows, layout, words, vec, eps, x.DType), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}_t{T}c{R}_r{rows}");
         g.LaunchGroups(pipeline, [.. list], meta, gx, gy);
@@ -217,7 +217,8 @@ static class ProjectionsNBits
             for (int q = 0; q < P; q++) for (int m = 0; m < M; m++) b.Append($"  var a{r}_{q}_{m} = 0.0;\n");
         }
         if (norm) for (int m = 0; m < M; m++) b.Append($"  var s{m} = 0.0;\n");
-        b.Append($"  for (var u = t; u < U; u += {T}u) {{\n    let k0 = u * {UV}u;\n");
+        var b0 = b;
+        b = new StringBuilder($"    let k0 = u * {UV}u;\n");
         if (norm)
             for (int j = 0; j < J; j++)
                 b.Append(vec ? $"    let g{j} = cv_b[u * {J}u + {j}u];\n"
@@ -238,7 +239,7 @@ static class ProjectionsNBits
                 int rr = r, qq = q;
                 b.Append(MatMulNBits.UnitCode(weights, $"w{r}_{q}", m => $"a{rr}_{qq}_{m}", st.BlockSize, st.ZeroKind, words, M));
             }
-        b.Append("  }\n");
+        b = b0.Append(BlockedMatVec.UnitLoop(T, layout.Unroll, b.ToString()));
         // Partials: slot (r·P + q)·M + m, then Σ x² of x row m at slot R·P·M + m; thread (group gi, t) writes red[slot·WG + gi·T + t].
         for (int r = 0; r < R; r++) for (int q = 0; q < P; q++) for (int m = 0; m < M; m++)
             b.Append($"  red[{((r * P + q) * M + m) * WG}u + lid.x] = a{r}_{q}_{m};\n");
