@@ -339,6 +339,10 @@ public static class Fused
             string accDecl = string.Join(" ", Enumerable.Range(0, Acc).Select(a => $"var a{a} = 0.0;"));
             string rescale = string.Join(" ", Enumerable.Range(0, Acc).Select(a => $"a{a} = a{a} * corr;"));
             string gather = string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"      if (t + {a * W}u < Dv) {{ a{a} += pj * v(vr + t + {a * W}u); }}"));
+            // Four keys an iteration: their value loads are independent, and each accumulator takes one dependent add.
+            string gather4 = "      let pq = vec4<f32>(ps[grp * " + W + "u + jj], ps[grp * " + W + "u + jj + 1u], ps[grp * " + W + "u + jj + 2u], ps[grp * " + W + "u + jj + 3u]);\n" +
+                "      let vr = vb + (j0 + jj) * vs;\n" +
+                string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"      if (t + {a * W}u < Dv) {{ a{a} += dot(pq, vec4<f32>(v(vr + t + {a * W}u), v(vr + vs + t + {a * W}u), v(vr + 2u * vs + t + {a * W}u), v(vr + 3u * vs + t + {a * W}u))); }}"));
             // The groups' (max, sum, acc) merged to the workgroup's max M: acc = Σ_g acc_g·exp(m_g − M) (weights 1 while
             // every score is -inf, as one group alone: 0/0 = NaN). One pass: y = acc / total. Split: y holds, per (row,
             // chunk), [max, total, acc 0..Dv-1].
@@ -389,10 +393,15 @@ public static class Fused
     let j = j0 + t;
     var sc = ninf;
     if (j < je) {
-      var dot = 0.0;
       let kr = kb + j * ks;
-      for (var e = 0u; e < D; e++) { dot += qs[e] * k(kr + e); }
-      sc = dot * scale;
+      var d0 = 0.0; var d1 = 0.0; var d2 = 0.0; var d3 = 0.0;
+      var e = 0u;
+      for (; e + 4u <= D; e += 4u) {
+        d0 += qs[e] * k(kr + e); d1 += qs[e + 1u] * k(kr + e + 1u);
+        d2 += qs[e + 2u] * k(kr + e + 2u); d3 += qs[e + 3u] * k(kr + e + 3u);
+      }
+      for (; e < D; e++) { d0 += qs[e] * k(kr + e); }
+      sc = ((d0 + d1) + (d2 + d3)) * scale;
       {{Apply()}}
     }
     red[slot] = sc;
@@ -408,7 +417,11 @@ public static class Fused
     {{rescale}}
     workgroupBarrier();
     let n = select(0u, min({{W}}u, je - j0), j0 < je);
-    for (var jj = 0u; jj < n; jj++) {
+    var jj = 0u;
+    for (; jj + 4u <= n; jj += 4u) {
+{{gather4}}
+    }
+    for (; jj < n; jj++) {
       let pj = ps[grp * {{W}}u + jj];
       let vr = vb + (j0 + jj) * vs;
 {{gather}}
