@@ -47,14 +47,16 @@ public sealed record SkinnyTuning
     public bool Takes(long rows, GpuStorage storage, long k) =>
         rows > MatMul.MatVecMaxRows && rows <= MaxRows && (storage == GpuStorage.F32 || storage == GpuStorage.F16x2 && k % 8 == 0);
 
-    /// <summary>The layout for N weight rows of <paramref name="units"/> loads, <paramref name="m"/> rows of x. Rule: 64
-    /// threads a weight row (never more than it has units); weight rows a thread so that a thread holds about 64 sums
-    /// (4 for M ≤ 16, 2 for M ≤ 32), fewer where that leaves under 65536 threads; 128 threads a workgroup; x read from the
-    /// storage buffer. Each x load then serves R weight rows and each weight load M rows of x.</summary>
-    public MatVecShape Shape(long n, long units, int m, int maxWorkgroup)
+    /// <summary>The layout for N weight rows of <paramref name="units"/> loads, <paramref name="m"/> rows of x. Rule: 32
+    /// threads a weight row for f32 weights, 64 for packed f16 (<paramref name="packed"/>; never more than a row has
+    /// units); weight rows a thread so that a thread holds about 64 sums (4 for M ≤ 16, 2 for M ≤ 32), fewer where N·64
+    /// is under 65536 (k/v); 128 threads a workgroup; x read from the storage buffer. Each x load then serves R
+    /// weight rows and each weight load M rows of x. (<c>bench skinny-sweep</c>, two H100 calls, docs/benchmarks.md: for
+    /// f32 at M = 16 and 32, 32 threads read every Llama-3-8B product faster than 64; for packed f16, 64.)</summary>
+    public MatVecShape Shape(long n, long units, int m, int maxWorkgroup, bool packed = false)
     {
-        int t = Threads > 0 ? Threads : Math.Min(64, Math.Max(4, FloorPow2(units)));
-        int r = Rows > 0 ? Rows : Math.Clamp(Math.Min(FloorPow2(64 / Math.Max(1, m)), FloorPow2(n * t / 65536)), 1, 4);
+        int t = Threads > 0 ? Threads : Math.Min(packed ? 64 : 32, Math.Max(4, FloorPow2(units)));
+        int r = Rows > 0 ? Rows : Math.Clamp(Math.Min(FloorPow2(64 / Math.Max(1, m)), FloorPow2(n * 64 / 65536)), 1, 4);
         t = Math.Min(t, maxWorkgroup);
         int wg = Workgroup > 0 ? Workgroup : 128;
         wg = Math.Max(t, Math.Min(wg, maxWorkgroup) / t * t);
