@@ -105,6 +105,15 @@ public interface ISegmentPlatform : IPlatform
     SegmentResult RunSegment(Model segment, IReadOnlyDictionary<string, Value> feeds, bool hostCopies);
 }
 
+/// <summary>A platform that runs one model for several sets of feeds in one call (a server across a connection: one
+/// round trip for a migration's phases, whose feeds are known before any of them runs).</summary>
+public interface IBatchRunPlatform : IPlatform
+{
+    /// <summary>The model's graph outputs on the host for each of <paramref name="runs"/>, in order. A node this platform
+    /// cannot run throws <see cref="UnsupportedException"/> (nothing is kept).</summary>
+    IReadOnlyList<Dictionary<string, Value>> RunMany(Model model, IReadOnlyList<IReadOnlyDictionary<string, Value>> runs);
+}
+
 /// <summary>What <see cref="ISegmentPlatform.RunSegment"/> gave: outputs by name, or the first node it cannot run.</summary>
 public sealed record SegmentResult(Dictionary<string, Value> Outputs, int UnsupportedNode = -1, string? Reason = null);
 

@@ -272,32 +272,59 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
             }
             var model = s.ModelFor(s.HashOf(modelHandle) ?? throw new RemoteStateException($"unknown model handle {modelHandle}"),
                 () => Wire.ParseModel(Wire.Bytes((Tensor)s.Get(modelHandle)).Span));
-            var feeds = new Dictionary<string, Value>();
-            foreach (var f in request.Feeds)
+            // A run's feeds: handles, or small tensors sent inline (kept, cached; the reply names their handles).
+            Dictionary<string, Value> Feeds(IEnumerable<NamedHandle> list, List<ulong> handles)
             {
-                ulong h = f.Handle;
-                if (h == 0 && f.Tensor is not null)
+                var feeds = new Dictionary<string, Value>();
+                foreach (var f in list)
                 {
-                    var a = Allocate(s, f.Tensor);
-                    inline.Add(h = a.Handle);
-                    if (!a.Cached) throw new TapmlException($"feed '{f.Name}' came inline without its bytes");
+                    ulong h = f.Handle;
+                    if (h == 0 && f.Tensor is not null)
+                    {
+                        var a = Allocate(s, f.Tensor);
+                        inline.Add(h = a.Handle);
+                        if (!a.Cached) throw new TapmlException($"feed '{f.Name}' came inline without its bytes");
+                    }
+                    handles.Add(h);
+                    if (!feeds.TryAdd(f.Name, s.Get(h))) throw new TapmlException($"feed '{f.Name}' given twice");
                 }
-                fed.Add(h);
-                if (!feeds.TryAdd(f.Name, s.Get(h))) throw new TapmlException($"feed '{f.Name}' given twice");
+                return feeds;
             }
-            var exec = new Executor(s.Platform) { PreferWholeGraph = !request.Partial };
-            var ran = new RanNodes();
-            if (request.Partial) exec.Observers.Add(ran);
-            Dictionary<string, Value> outs;
-            try { outs = exec.Run(model, feeds, keepOnDevice: _ => true); }
-            catch (UnsupportedException e) when (request.Partial && ran.Count < model.Graph.Nodes.Count)
+            // A run's outputs, kept in the session; their bytes inline while the reply stays under half the message limit.
+            long replyBytes = 0;
+            void Outputs(Dictionary<string, Value> outs, Google.Protobuf.Collections.RepeatedField<NamedOutput> into)
             {
-                var n = model.Graph.Nodes[ran.Count];
-                string prefix = $"node '{n.Name}' ({n.OpType}) on {s.Platform.Name}: ";
-                return new RunGraphReply { UnsupportedAt = (uint)ran.Count + 1, Unsupported = e.Message.StartsWith(prefix, StringComparison.Ordinal) ? e.Message[prefix.Length..] : e.Message, Fed = { fed }, ModelHandle = sentModel };
+                foreach (var (name, v) in outs)
+                {
+                    var o = Register(s, v, request.HostOutputs && replyBytes < sessions.Options.MaxMessageBytes / 2);
+                    replyBytes += o.Data.Length;
+                    into.Add(new NamedOutput { Name = name, Value = o });
+                }
             }
-            var r = new RunGraphReply { Fed = { fed }, ModelHandle = sentModel };
-            foreach (var (name, v) in outs) r.Outputs.Add(new NamedOutput { Name = name, Value = Register(s, v, request.HostOutputs) });
+            var r = new RunGraphReply { ModelHandle = sentModel };
+            for (int run = 0; run <= request.Runs.Count; run++)
+            {
+                var handles = run == 0 ? fed : new List<ulong>();
+                var feeds = Feeds(run == 0 ? request.Feeds : request.Runs[run - 1].Feeds, handles);
+                var exec = new Executor(s.Platform) { PreferWholeGraph = !request.Partial };
+                var ran = new RanNodes();
+                if (request.Partial) exec.Observers.Add(ran);
+                Dictionary<string, Value> outs;
+                try { outs = exec.Run(model, feeds, keepOnDevice: _ => true); }
+                catch (UnsupportedException e) when (request.Partial && ran.Count < model.Graph.Nodes.Count)
+                {
+                    // NOTE: the runs before this one are dropped with their outputs: the client runs them another way.
+                    foreach (var o in r.Outputs.Concat(r.Runs.SelectMany(x => x.Outputs))) s.Free(o.Value.Handle);
+                    var n = model.Graph.Nodes[ran.Count];
+                    string prefix = $"node '{n.Name}' ({n.OpType}) on {s.Platform.Name}: ";
+                    return new RunGraphReply { UnsupportedAt = (uint)ran.Count + 1, Unsupported = e.Message.StartsWith(prefix, StringComparison.Ordinal) ? e.Message[prefix.Length..] : e.Message, Fed = { fed }, ModelHandle = sentModel };
+                }
+                if (run == 0) { Outputs(outs, r.Outputs); continue; }
+                var ro = new RunOutputs { Fed = { handles } };
+                Outputs(outs, ro.Outputs);
+                r.Runs.Add(ro);
+            }
+            r.Fed.Add(fed);
             return r;
         }
         catch

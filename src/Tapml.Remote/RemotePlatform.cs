@@ -42,7 +42,7 @@ public sealed class RemoteValue : Value, IDeviceValue
 /// <see cref="PlatformLostException"/> within seconds. Tensors cross once: uploads are cached per host tensor here
 /// and by content hash on the server; their bytes take the server's bulk HTTP/1.1 port when it has one and it can be
 /// reached (bulk=0: the gRPC streams always). The token comes from <c>TAPML_TOKEN</c>.</summary>
-public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshInstance, IPlatformDetails, IOpList
+public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegmentPlatform, IFreshInstance, IPlatformDetails, IOpList
 {
     readonly GrpcChannel _channel;
     /// <summary>Instances on the channel (<see cref="NewInstance"/> shares it); the last one disposed closes it.</summary>
@@ -442,26 +442,69 @@ public sealed class RemotePlatform : IGraphPlatform, ISegmentPlatform, IFreshIns
         return new SegmentResult(outs);
     }
 
+    public IReadOnlyList<Dictionary<string, Value>> RunMany(Model model, IReadOnlyList<IReadOnlyDictionary<string, Value>> runs)
+    {
+        if (runs.Count == 0) return [];
+        var req = new RunGraphRequest { Partial = true, HostOutputs = true };
+        var reply = RunGraph(req, ModelHandle(model), runs, $"graph {model.Graph.Name} ({runs.Count} runs)");
+        if (reply.UnsupportedAt > 0)
+        {
+            var bad = model.Graph.Nodes[(int)reply.UnsupportedAt - 1];
+            throw new UnsupportedException($"node '{bad.Name}' ({bad.OpType}) on {Name}: {reply.Unsupported}");
+        }
+        var results = new List<Dictionary<string, Value>>(runs.Count);
+        foreach (var outputs in new[] { reply.Outputs }.Concat(reply.Runs.Select(x => x.Outputs)))
+        {
+            var result = new Dictionary<string, Value>();
+            foreach (var o in outputs)
+                if (Value(o.Value) is { } v) { result[o.Name] = Download(v); Free(v); }
+            results.Add(result);
+        }
+        if (results.Count != runs.Count) throw new TapmlException($"{Name}: the server answered {results.Count} of {runs.Count} runs");
+        return results;
+    }
+
     /// <summary>A RunGraph call with <paramref name="feeds"/> (here or on the host); small uploads not sent yet travel
     /// with it.</summary>
-    RunGraphReply RunGraph(RunGraphRequest req, RemoteValue model, IReadOnlyDictionary<string, Value> feeds, string what)
+    RunGraphReply RunGraph(RunGraphRequest req, RemoteValue model, IReadOnlyDictionary<string, Value> feeds, string what) =>
+        RunGraph(req, model, [feeds], what);
+
+    /// <summary>A RunGraph call of one or more runs (the first in <c>feeds</c>, the rest in <c>runs</c>); a small upload
+    /// not sent yet travels with the first run that uses it, and later runs name it by the handle the server gives it.</summary>
+    RunGraphReply RunGraph(RunGraphRequest req, RemoteValue model, IReadOnlyList<IReadOnlyDictionary<string, Value>> runs, string what)
     {
-        var sent = new List<(int At, RemoteValue V)>();
+        var sent = new List<(int Run, int At, RemoteValue V)>();
+        var inThisCall = new Dictionary<RemoteValue, AllocateRequest>(ReferenceEqualityComparer.Instance);
+        var named = new List<(int Run, int At)>();
         long budget = _far.MaxMessageBytes / 2;
         // NOTE: a small model not sent yet travels with its first run (the reply names its handle).
         if (model.Handle == 0) { budget -= model.ByteSize; req.ModelTensor = Pending(model); }
         else req.Model = model.Handle;
-        foreach (var (name, v) in feeds)
+        for (int run = 0; run < runs.Count; run++)
         {
-            var r = IsResident(v) ? Mine(v) : Upload(v, keepOnHost: false);
-            if (r.Handle == 0 && (budget -= r.ByteSize) < 0) Send(r);
-            if (r.Handle != 0) { req.Feeds.Add(new NamedHandle { Name = name, Handle = r.Handle }); continue; }
-            sent.Add((req.Feeds.Count, r));
-            req.Feeds.Add(new NamedHandle { Name = name, Tensor = Pending(r) });
+            if (run > 0) req.Runs.Add(new FeedSet());
+            var list = run == 0 ? req.Feeds : req.Runs[^1].Feeds;
+            foreach (var (name, v) in runs[run])
+            {
+                var r = IsResident(v) ? Mine(v) : Upload(v, keepOnHost: false);
+                // NOTE: sent inline by an earlier run of this call: named by its hash alone, the server has it by then.
+                if (r.Handle == 0 && inThisCall.TryGetValue(r, out var first)) { named.Add((run, list.Count)); list.Add(new NamedHandle { Name = name, Tensor = first }); continue; }
+                if (r.Handle == 0 && (budget -= r.ByteSize) < 0) Send(r);
+                if (r.Handle != 0) { list.Add(new NamedHandle { Name = name, Handle = r.Handle }); continue; }
+                var pending = Pending(r);
+                inThisCall[r] = new AllocateRequest { Type = pending.Type, Hash = pending.Hash, KeepOnHost = pending.KeepOnHost };
+                sent.Add((run, list.Count, r));
+                list.Add(new NamedHandle { Name = name, Tensor = pending });
+            }
         }
         req.Free.Add(DrainDead());
         var reply = Call(req, o => _client.RunGraph(req, o), what);
-        foreach (var (at, r) in sent) if (at < reply.Fed.Count) r.Handle = reply.Fed[at];
+        Google.Protobuf.Collections.RepeatedField<ulong>? Fed(int run) => run == 0 ? reply.Fed : run - 1 < reply.Runs.Count ? reply.Runs[run - 1].Fed : null;
+        foreach (var (run, at, r) in sent)
+            if (Fed(run) is { } fed && at < fed.Count) r.Handle = fed[at];
+        // The server's second handles of tensors named by their hash go with the next call.
+        foreach (var (run, at) in named)
+            if (Fed(run) is { } fed && at < fed.Count) Dead.Enqueue(fed[at]);
         if (model.Handle == 0) model.Handle = reply.ModelHandle;
         return reply;
     }

@@ -29,7 +29,11 @@ public sealed class Session : IDisposable
     sealed record Kernel(IKernel K, NodeContext Ctx);
 
     readonly Dictionary<ulong, Slot> _handles = new();
-    readonly Dictionary<UInt128, Slot> _cache = new();
+    /// <summary>Content by hash, type and shape (equal bytes under another shape are another entry: a scalar 1 and a
+    /// [1] tensor holding 1 hash alike).</summary>
+    readonly Dictionary<(UInt128 Hash, DType DType, string Shape), Slot> _cache = new();
+
+    static (UInt128, DType, string) CacheKey(UInt128 hash, DType dtype, long[] shape) => (hash, dtype, string.Join(',', shape));
     readonly LinkedList<Slot> _lru = new();
     readonly Dictionary<ulong, Kernel> _kernels = new();
     readonly Dictionary<UInt128, Model> _models = new();
@@ -59,7 +63,7 @@ public sealed class Session : IDisposable
         _lru.Remove(s.Lru!);
         s.Lru = null;
         s.Cached = false;
-        _cache.Remove(s.Hash!.Value);
+        _cache.Remove(CacheKey(s.Hash!.Value, s.DType, s.Shape));
         if (s.Refs == 0) Release(s);
     }
 
@@ -76,7 +80,7 @@ public sealed class Session : IDisposable
     /// <summary>A handle for cached content with this hash and type, or null.</summary>
     public ulong? FromCache(UInt128 hash, DType dtype, long[] shape)
     {
-        if (!_cache.TryGetValue(hash, out var s) || s.DType != dtype || !s.Shape.AsSpan().SequenceEqual(shape)) return null;
+        if (!_cache.TryGetValue(CacheKey(hash, dtype, shape), out var s)) return null;
         _lru.Remove(s.Lru!);
         _lru.AddLast(s.Lru!);
         return NewHandle(s);
@@ -118,8 +122,9 @@ public sealed class Session : IDisposable
     {
         var s = _handles[handle];
         s.Value = s.KeepOnHost || Platform.IsResident(t) ? t : Platform.Upload(t);
-        if (_cache.ContainsKey(s.Hash!.Value)) return;
-        _cache[s.Hash.Value] = s;
+        var key = CacheKey(s.Hash!.Value, s.DType, s.Shape);
+        if (_cache.ContainsKey(key)) return;
+        _cache[key] = s;
         s.Cached = true;
         s.Lru = _lru.AddLast(s);
     }

@@ -16,7 +16,7 @@ namespace Tapml.Remote;
 /// carries, and the checks a server applies to what a client sends.</summary>
 public static class Wire
 {
-    public const int Protocol = 3;
+    public const int Protocol = 4;
     public const string SessionHeader = "tapml-session";
     /// <summary>Upload/Download chunk size in bytes (uploads: at most half the server's message limit).</summary>
     public const int ChunkBytes = 4 << 20;

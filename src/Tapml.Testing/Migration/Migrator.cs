@@ -31,6 +31,8 @@ public sealed class Migrator
     readonly Tolerances _nodeTolerances;
     readonly Tolerance _outputTolerance;
     readonly List<Node> _nodes;
+    /// <summary>Each main-graph node's position.</summary>
+    readonly Dictionary<Node, int> _index;
     List<(string Phase, Dictionary<string, Value> Feeds, Dictionary<string, Value> Outputs)>? _reference;
     readonly string _targetDescription;
     IPlatform? _targetRoot;   // an IFreshInstance target that fresh ones are made from, while a strategy runs
@@ -45,6 +47,7 @@ public sealed class Migrator
         _model = model; _sourceSpec = sourceSpec; _targetSpec = targetSpec; _input = input;
         _nodeTolerances = nodeTolerances; _outputTolerance = outputTolerance;
         _nodes = model.Graph.Nodes.ToList();
+        _index = Index();
         if (input.Feeds is null && input.PromptIds is null) throw new TapmlException("migration needs inputs (feeds) or a prompt");
         var probe = PlatformRegistry.Create(targetSpec); // NOTE: a bad target spec fails before any run
         _targetDescription = probe.Description;
@@ -98,8 +101,11 @@ public sealed class Migrator
     MigrationResult Strategy(Func<MigrationResult> run)
     {
         try { return run(); }
-        finally { _targetRoot?.Dispose(); _targetRoot = null; }
+        finally { _batchTarget?.Dispose(); _batchTarget = null; _targetRoot?.Dispose(); _targetRoot = null; }
     }
+
+    /// <summary>The target instance bisect's batched prefix runs share (<see cref="BatchedPrefixRun"/>).</summary>
+    IPlatform? _batchTarget;
 
     MigrationResult NewResult(string strategy) => new() { Strategy = strategy, Source = _sourceSpec, Target = _targetSpec, Nodes = _nodes.Count };
 
@@ -239,9 +245,6 @@ public sealed class Migrator
         var sw = Stopwatch.StartNew();
         var r = NewResult("bisect");
         Reference(r);
-        var index = new Dictionary<Node, int>(ReferenceEqualityComparer.Instance);
-        for (int i = 0; i < _nodes.Count; i++) index[_nodes[i]] = i;
-        Func<Node, bool> Prefix(int k) => n => index.TryGetValue(n, out int i) && i < k;
         // Invariant: the first lo nodes on the target do not diverge (lo = 0: the reference itself); hi nodes do.
         int lo = 0, hi = _nodes.Count;
         bool hiTested = false;
@@ -250,18 +253,118 @@ public sealed class Migrator
         {
             int mid = lo + (hi - lo) / 2;
             Progress?.Invoke($"bisect: first {mid} of {_nodes.Count} nodes on the target");
-            var d = MixedRun(r, Prefix(mid), $"bisect:{mid}");
+            var d = PrefixRun(r, mid, $"bisect:{mid}");
             if (d is null) lo = mid; else { hi = mid; hiTested = true; hiDetail = d; }
         }
         if (!hiTested)
         {
-            hiDetail = MixedRun(r, Prefix(hi), $"bisect:{hi}");
+            hiDetail = PrefixRun(r, hi, $"bisect:{hi}");
             if (hiDetail is null) { r.Seconds = sw.Elapsed.TotalSeconds; return r; }   // the whole graph on the target agrees
         }
         int culprit = hi - 1;
         EvaluateCulprit(r, culprit, hiDetail!);
         r.Seconds = sw.Elapsed.TotalSeconds;
         return r;
+    }
+
+    /// <summary>The mixed run with the first <paramref name="k"/> nodes on the target (bisect). A target that runs one model
+    /// for several feed sets in one call (<see cref="IBatchRunPlatform"/>: remote) gets those k nodes as one model run
+    /// for every phase at once — the phases' feeds are the reference's, known in advance — and the source runs the rest
+    /// phase by phase from its outputs: one round trip instead of one a phase. Otherwise, or where that call cannot
+    /// run them (a node it does not support: the executor's fallback decides), the run is <see cref="MixedRun"/>'s.</summary>
+    string? PrefixRun(MigrationResult r, int k, string key)
+    {
+        var reference = Reference(r);
+        if (Journal?.TryRun(key, out var known) == true) { r.Resumed++; return known; }
+        var d = BatchedPrefixRun(r, k, reference, out bool ran) is var b && ran ? b : MixedRun(r, n => _index.TryGetValue(n, out int i) && i < k, reference);
+        Journal?.Run(key, d);
+        return d;
+    }
+
+    Dictionary<Node, int> Index()
+    {
+        var index = new Dictionary<Node, int>(ReferenceEqualityComparer.Instance);
+        for (int i = 0; i < _nodes.Count; i++) index[_nodes[i]] = i;
+        return index;
+    }
+
+    string? BatchedPrefixRun(MigrationResult r, int k, List<(string Phase, Dictionary<string, Value> Feeds, Dictionary<string, Value> Outputs)> reference, out bool ran)
+    {
+        ran = false;
+        // NOTE: a node with a body runs its body where the executor places each of its nodes; one model sent away would not.
+        if (k <= 0 || k >= _nodes.Count || _nodes.Take(k).Any(n => n.Subgraphs.Any())) return null;
+        // NOTE: one instance for every batched run of the strategy: a RunMany call runs its model afresh from the feeds it
+        // is given (nothing of a run stays but the weights it was sent, which the next mixed run then does not resend).
+        _batchTarget ??= NewTarget();
+        if (_batchTarget is not IBatchRunPlatform batch) return null;
+        var g = _model.Graph;
+        var prefixNodes = _nodes.Take(k).ToList();
+        var produced = prefixNodes.SelectMany(n => n.Outputs).Where(n => n.Length > 0).ToHashSet();
+        var suffix = new Graph { Name = g.Name + $"_from{k}" };
+        suffix.Nodes.AddRange(_nodes.Skip(k));
+        var read = suffix.Nodes.SelectMany(n => n.Inputs.Concat(n.Subgraphs.SelectMany(sg => sg.OuterReferences()))).Where(n => n.Length > 0).ToHashSet();
+        var handed = produced.Where(n => read.Contains(n) || g.Outputs.Any(o => o.Name == n)).OrderBy(n => n, StringComparer.Ordinal).ToList();
+        if (handed.Count == 0) return null;
+        // The prefix: its graph inputs and initializers are its feeds (weights travel once a session, as a segment's).
+        var prefix = new Graph { Name = g.Name + $"_first{k}" };
+        prefix.Nodes.AddRange(prefixNodes);
+        var prefixInputs = prefixNodes.SelectMany(n => n.Inputs).Where(n => n.Length > 0 && !produced.Contains(n)).Distinct().ToList();
+        foreach (var name in prefixInputs) prefix.Inputs.Add(new ValueInfo(name, null));
+        foreach (var name in handed) prefix.Outputs.Add(new ValueInfo(name, null));
+        var prefixModel = new Model { Graph = prefix, Opsets = _model.Opsets, IrVersion = _model.IrVersion, Path = _model.Path };
+        var runs = new List<IReadOnlyDictionary<string, Value>>();
+        foreach (var (_, feeds, _) in reference)
+        {
+            var f = new Dictionary<string, Value>();
+            foreach (var name in prefixInputs)
+                f[name] = feeds.GetValueOrDefault(name) ?? g.Initializers.GetValueOrDefault(name) as Value
+                    ?? throw new TapmlException($"bisect: input '{name}' of the first {k} nodes has no value");
+            runs.Add(f);
+        }
+        // The rest on the source, phase by phase, fed the target's values.
+        foreach (var name in g.Initializers.Keys.Where(read.Contains)) suffix.Initializers[name] = g.Initializers[name];
+        var made = suffix.Nodes.SelectMany(n => n.Outputs).ToHashSet();
+        foreach (var name in read.Where(n => !suffix.Initializers.ContainsKey(n) && !made.Contains(n)).OrderBy(n => n, StringComparer.Ordinal))
+            suffix.Inputs.Add(new ValueInfo(name, null));
+        foreach (var o in g.Outputs.Where(o => !produced.Contains(o.Name))) suffix.Outputs.Add(o);
+        var suffixModel = new Model { Graph = suffix, Opsets = _model.Opsets, IrVersion = _model.IrVersion, Path = _model.Path };
+        using var source = PlatformRegistry.Create(_sourceSpec);
+        var exec = new Executor(source) { CheckInputShapes = false };
+        try
+        {
+            // NOTE: the first phase alone, then the others in one call: a run that diverges at once (the usual bisect
+            // step past a fault) costs one phase of target work, one that agrees two round trips.
+            for (int from = 0; from < reference.Count; from = from == 0 ? 1 : reference.Count)
+            {
+                int to = from == 0 ? 1 : reference.Count;
+                IReadOnlyList<Dictionary<string, Value>> got;
+                // NOTE: a batch the target cannot take (an unsupported node, a limit, a failure) is left to the per-phase
+                // run, which gives each node its fallback or verdict.
+                try { got = batch.RunMany(prefixModel, runs.GetRange(from, to - from)); }
+                catch (TapmlException e) when (e is not PlatformLostException && from == 0) { return null; }
+                // NOTE: the phases after the first too many for one call (a limit): one call each.
+                catch (TapmlException e) when (e is not PlatformLostException) { got = runs.GetRange(from, to - from).Select(x => batch.RunMany(prefixModel, [x])[0]).ToList(); }
+                if (from == 0) { ran = true; r.Runs++; }
+                for (int p = from; p < to; p++)
+                {
+                    var (phase, feeds, expected) = reference[p];
+                    var first = got[p - from];
+                    r.Transfers += runs[p].Count + first.Count;
+                    r.BytesMoved += runs[p].Values.Concat(first.Values).Sum(v => v is Tensor t ? t.Length * DTypes.Size(t.DType) : 0);
+                    var f = new Dictionary<string, Value>();
+                    foreach (var vi in suffix.Inputs) if ((first.GetValueOrDefault(vi.Name) ?? feeds.GetValueOrDefault(vi.Name)) is { } v) f[vi.Name] = v;
+                    var actual = suffix.Nodes.Count == 0 ? new Dictionary<string, Value>() : exec.Run(suffixModel, f);
+                    foreach (var (name, value) in expected)
+                    {
+                        var c = Comparison.Compare(name, value, actual.GetValueOrDefault(name) ?? first.GetValueOrDefault(name), _outputTolerance);
+                        if (!c.Passed) return $"{phase}: output '{name}': {c.Failure}";
+                    }
+                }
+            }
+            return null;
+        }
+        catch (TapmlException e) when (e is not PlatformLostException) { return $"the run failed: {e.Message}"; }
+        finally { r.PeakMemoryBytes = Math.Max(r.PeakMemoryBytes, exec.Stats.PeakLiveBytes); }
     }
 
     /// <summary>Isolated and accumulated error of one node: a source run of the graph's prefix up to the node gives
