@@ -99,8 +99,8 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     }
 
     /// <summary>The platform over another device with the same kernels: a browser's WebGPU, or a device that renders
-    /// the WGSL to its own dialect (vulkan, opencl).</summary>
-    /// <paramref name="options"/>: the kernels' options from the spec (<see cref="GpuKernelOptions.Parse"/>).</summary>
+    /// the WGSL to its own dialect (vulkan, opencl). <paramref name="options"/>: the kernels' options from the spec
+    /// (<see cref="GpuKernelOptions.Parse"/>; null: the defaults).</summary>
     public WebGpuPlatform(string spec, IGpuDevice device, GpuKernelOptions? options = null)
     {
         Name = spec;
@@ -110,7 +110,6 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         Options = options ?? new GpuKernelOptions();
         (Description, Limits, Workgroup) = Describe(Device);
     }
-
 
     static (string, PlatformLimits, int) Describe(IGpuDevice device)
     {

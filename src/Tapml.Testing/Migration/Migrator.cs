@@ -47,7 +47,8 @@ public sealed class Migrator
         _model = model; _sourceSpec = sourceSpec; _targetSpec = targetSpec; _input = input;
         _nodeTolerances = nodeTolerances; _outputTolerance = outputTolerance;
         _nodes = model.Graph.Nodes.ToList();
-        _index = Index();
+        _index = new Dictionary<Node, int>(ReferenceEqualityComparer.Instance);
+        for (int i = 0; i < _nodes.Count; i++) _index[_nodes[i]] = i;
         if (input.Feeds is null && input.PromptIds is null) throw new TapmlException("migration needs inputs (feeds) or a prompt");
         var probe = PlatformRegistry.Create(targetSpec); // NOTE: a bad target spec fails before any run
         _targetDescription = probe.Description;
@@ -276,16 +277,10 @@ public sealed class Migrator
     {
         var reference = Reference(r);
         if (Journal?.TryRun(key, out var known) == true) { r.Resumed++; return known; }
-        var d = BatchedPrefixRun(r, k, reference, out bool ran) is var b && ran ? b : MixedRun(r, n => _index.TryGetValue(n, out int i) && i < k, reference);
+        var d = BatchedPrefixRun(r, k, reference, out bool ran);
+        if (!ran) d = MixedRun(r, n => _index.TryGetValue(n, out int i) && i < k, reference);
         Journal?.Run(key, d);
         return d;
-    }
-
-    Dictionary<Node, int> Index()
-    {
-        var index = new Dictionary<Node, int>(ReferenceEqualityComparer.Instance);
-        for (int i = 0; i < _nodes.Count; i++) index[_nodes[i]] = i;
-        return index;
     }
 
     string? BatchedPrefixRun(MigrationResult r, int k, List<(string Phase, Dictionary<string, Value> Feeds, Dictionary<string, Value> Outputs)> reference, out bool ran)
@@ -334,26 +329,27 @@ public sealed class Migrator
         {
             // NOTE: the first phase alone, then the others in one call: a run that diverges at once (the usual bisect
             // step past a fault) costs one phase of target work, one that agrees two round trips.
-            for (int from = 0; from < reference.Count; from = from == 0 ? 1 : reference.Count)
+            foreach (var (from, to) in new[] { (0, 1), (1, reference.Count) })
             {
-                int to = from == 0 ? 1 : reference.Count;
+                if (from >= to) continue;
+                var batchRuns = runs.GetRange(from, to - from);
                 IReadOnlyList<Dictionary<string, Value>> got;
-                // NOTE: a batch the target cannot take (an unsupported node, a limit, a failure) is left to the per-phase
-                // run, which gives each node its fallback or verdict.
-                try { got = batch.RunMany(prefixModel, runs.GetRange(from, to - from)); }
+                // NOTE: a first call the target cannot take (an unsupported node, a limit, a failure) leaves the run to
+                // MixedRun, which gives each node its fallback or verdict; later phases too many for one call (a limit)
+                // go one call each.
+                try { got = batch.RunMany(prefixModel, batchRuns); }
                 catch (TapmlException e) when (e is not PlatformLostException && from == 0) { return null; }
-                // NOTE: the phases after the first too many for one call (a limit): one call each.
-                catch (TapmlException e) when (e is not PlatformLostException) { got = runs.GetRange(from, to - from).Select(x => batch.RunMany(prefixModel, [x])[0]).ToList(); }
+                catch (TapmlException e) when (e is not PlatformLostException) { got = batchRuns.Select(x => batch.RunMany(prefixModel, [x])[0]).ToList(); }
                 if (from == 0) { ran = true; r.Runs++; }
                 for (int p = from; p < to; p++)
                 {
                     var (phase, feeds, expected) = reference[p];
                     var first = got[p - from];
                     r.Transfers += runs[p].Count + first.Count;
-                    r.BytesMoved += runs[p].Values.Concat(first.Values).Sum(v => v is Tensor t ? t.Length * DTypes.Size(t.DType) : 0);
+                    r.BytesMoved += runs[p].Values.Concat(first.Values).Sum(v => v is Tensor t ? t.ByteSize : 0);
                     var f = new Dictionary<string, Value>();
                     foreach (var vi in suffix.Inputs) if ((first.GetValueOrDefault(vi.Name) ?? feeds.GetValueOrDefault(vi.Name)) is { } v) f[vi.Name] = v;
-                    var actual = suffix.Nodes.Count == 0 ? new Dictionary<string, Value>() : exec.Run(suffixModel, f);
+                    var actual = exec.Run(suffixModel, f);
                     foreach (var (name, value) in expected)
                     {
                         var c = Comparison.Compare(name, value, actual.GetValueOrDefault(name) ?? first.GetValueOrDefault(name), _outputTolerance);
