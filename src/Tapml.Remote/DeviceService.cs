@@ -254,6 +254,8 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
 
     public override Task<RunGraphReply> RunGraph(RunGraphRequest request, ServerCallContext context) => Task.FromResult(Call(context, s =>
     {
+        if (request.Runs.Count + 1 > Wire.MaxRunsPerCall)
+            throw new RemoteLimitException($"RunGraph carries {request.Runs.Count + 1} runs, over the {Wire.MaxRunsPerCall} a call takes");
         foreach (var h in request.Free) s.Free(h);
         var fed = new List<ulong>();
         var inline = new List<ulong>();

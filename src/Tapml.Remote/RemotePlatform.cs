@@ -445,6 +445,8 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
     public IReadOnlyList<Dictionary<string, Value>> RunMany(Model model, IReadOnlyList<IReadOnlyDictionary<string, Value>> runs)
     {
         if (runs.Count == 0) return [];
+        if (runs.Count > Wire.MaxRunsPerCall)
+            return runs.Chunk(Wire.MaxRunsPerCall).SelectMany(c => RunMany(model, c)).ToList();
         var req = new RunGraphRequest { Partial = true, HostOutputs = true };
         var reply = RunGraph(req, ModelHandle(model), runs, $"graph {model.Graph.Name} ({runs.Count} runs)");
         if (reply.UnsupportedAt > 0)

@@ -22,6 +22,8 @@ public static class Wire
     public const int ChunkBytes = 4 << 20;
     /// <summary>Tensors up to this many bytes travel inside Allocate requests and Run replies.</summary>
     public const int InlineBytes = 64 << 10;
+    /// <summary>Most runs one RunGraph carries (protocol 4's <c>runs</c> plus the first); a client splits more.</summary>
+    public const int MaxRunsPerCall = 256;
     const int MaxRank = 32;
     /// <summary>A run's input 2^63 + i names the i-th tensor sent with that run.</summary>
     public const ulong SentWith = 1UL << 63;

@@ -108,7 +108,8 @@ public class RemoteTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
 
     /// <summary>Several runs of one model in one RunGraph (protocol 4, a bisect's phases): each run's outputs are those of
     /// a run of its own; a tensor every run shares travels once (later runs name it by hash); a [1] tensor and a scalar
-    /// with the same bytes stay two tensors on the server.</summary>
+    /// with the same bytes stay two tensors on the server; more runs than a call takes are split, and a request over that
+    /// bound is refused.</summary>
     [Fact]
     public async Task Runs_of_one_model_in_one_call_give_what_separate_runs_give()
     {
@@ -134,6 +135,20 @@ public class RemoteTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
             Assert.Equal(10f * i + 2, ((Tensor)many[i]["z"]).Span<float>()[0]);
             Assert.Equal(((Tensor)alone["z"]).Span<float>()[0], ((Tensor)many[i]["z"]).Span<float>()[0]);
             Assert.Equal(new long[] { 1 }, ((Tensor)many[i]["z"]).Shape);
+        }
+        // More runs than a call takes go in several calls; a raw request over the bound is refused, not run.
+        var longer = Enumerable.Range(0, Wire.MaxRunsPerCall + 44).Select(i => runs[i % runs.Count]).ToList();
+        var split = ((Tapml.Platforms.IBatchRunPlatform)p).RunMany(model, longer);
+        Assert.Equal(longer.Count, split.Count);
+        for (int i = 0; i < longer.Count; i++) Assert.Equal(10f * (i % runs.Count) + 2, ((Tensor)split[i]["z"]).Span<float>()[0]);
+        var (c, o, channel) = Raw(server.Url);
+        using (channel)
+        {
+            var over = new RunGraphRequest { Model = 1 };
+            for (int i = 0; i < Wire.MaxRunsPerCall; i++) over.Runs.Add(new FeedSet());
+            var e = Assert.Throws<RpcException>(() => c.RunGraph(over, o));
+            Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+            Assert.Contains($"over the {Wire.MaxRunsPerCall} a call takes", e.Status.Detail);
         }
         // A node the server cannot run is UnsupportedException, as a partial run reports it.
         g.Nodes[1] = new Tapml.Ir.Node { Name = "add2", OpType = "NoSuchOp", Inputs = ["t", "one"], Outputs = ["z"] };
