@@ -89,6 +89,7 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
             throw new TapmlException($"platform '{spec}': unknown or bad option '{k}={v}' (remote takes timeout=SECONDS, insecure=1, bulk=0)");
         }
         _timeout = TimeSpan.FromSeconds(timeout);
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         var handler = new SocketsHttpHandler
         {
             ConnectTimeout = TimeSpan.FromSeconds(5),
@@ -110,6 +111,7 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
         if (_far.Protocol != Wire.Protocol) throw new TapmlException($"{Name}: the server speaks protocol {_far.Protocol}, this client {Wire.Protocol} (use the same tapml on both sides)");
         Limits = new PlatformLimits(_far.MaxBufferBytes, _far.MaxBindingBytes, _far.MaxWorkgroupSize, _far.SessionMemoryBytes);
         if (bulk && _far.BulkPort is > 0 and <= 65535) _bulk = new BulkClient(Name, uri, _far.BulkPort, _timeout, insecure);
+        if (RemoteStats.On) RemoteStats.Call("(connect)", 0, 0, t0);
     }
 
     /// <summary>A fresh instance: a new session on the server (its own platform instance, no tensors or kernels of
@@ -414,7 +416,9 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
     {
         if (!_models.TryGetValue(model, out var m) || m.Freed)
         {
+            long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
             var bytes = OnnxExporter.ToProto(model).ToByteArray();
+            if (RemoteStats.On) RemoteStats.Call("(model bytes)", bytes.Length, 0, t0);
             m = Upload(Tensor.FromArray(bytes, bytes.LongLength), keepOnHost: true);
             _models.AddOrUpdate(model, m);
         }

@@ -434,6 +434,8 @@ public class FusionTests
     [InlineData("opencl", 1, 72, true, "swiglu", 2)]
     [InlineData("webgpu?q4-threads=2&q4-unroll=2", 1, 128, true, "swiglu", 2)]   // units two an iteration, no tail
     [InlineData("vulkan?q4-threads=2&q4-unroll=3", 2, 256, true, "qkv", 2)]      // three an iteration, then a tail
+    [InlineData("webgpu?q4-threads=4&q4-reduce=serial", 3, 256, true, "swiglu", 2)] // partial sums added by one thread a column
+    [InlineData("opencl?q4-threads=8", 2, 256, true, "qkv", 2)]                     // a tree of partial sums over 8 threads
     public void Q4_projections_kernel_matches_cpu(string platform, int rows, int k, bool norm, string structure, int expectedDispatches)
     {
         WebGpuTests.SkipIfNoDawn(platform);

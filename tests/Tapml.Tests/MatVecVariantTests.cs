@@ -32,6 +32,8 @@ public class MatVecVariantTests
     [InlineData("webgpu?q4-threads=4&q4-rows=8&q4-wg=32&q4-xs=1")]
     [InlineData("webgpu?q4-threads=4&q4-rows=2&q4-wg=32&q4-unroll=3")]
     [InlineData("webgpu?q4-threads=8&q4-rows=4&q4-wg=64&q4-unroll=2")]
+    [InlineData("webgpu?q4-threads=8&q4-rows=4&q4-wg=64&q4-reduce=serial")]
+    [InlineData("webgpu?q4-threads=12&q4-rows=2&q4-wg=48&q4-reduce=tree")]
     public void Q4_decode_layouts_match_cpu(string spec)
     {
         WebGpuTests.SkipIfNoDawn("webgpu");
@@ -57,6 +59,7 @@ public class MatVecVariantTests
     [InlineData("webgpu?f16-threads=16&f16-rows=3&f16-wg=128&f16-xs=1")]
     [InlineData("webgpu?f16-threads=4&f16-rows=8&f16-wg=32&f16-xs=1&f16-unpack=bits")]
     [InlineData("webgpu?f16-threads=4&f16-rows=2&f16-wg=32&f16-unroll=3")]
+    [InlineData("webgpu?f16-threads=16&f16-rows=2&f16-wg=64&f16-reduce=tree")]
     public void F16_decode_layouts_match_cpu(string spec)
     {
         WebGpuTests.SkipIfNoDawn("webgpu");
@@ -105,6 +108,7 @@ public class MatVecVariantTests
     [Theory]
     [InlineData("webgpu?q4-rows=0", "q4-rows=0")]
     [InlineData("webgpu?f16-unpack=fast", "f16-unpack=fast")]
+    [InlineData("webgpu?q4-reduce=shuffle", "q4-reduce=shuffle")]
     [InlineData("webgpu?q4-threads=24&q4-wg=64", "multiple of the threads")]
     public void A_bad_layout_option_is_one_clear_error(string spec, string named)
     {

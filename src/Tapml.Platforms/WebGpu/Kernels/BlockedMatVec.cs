@@ -8,16 +8,21 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 /// is not 16-byte aligned); each thread carries <see cref="Rows"/> weight rows, so one load of x serves all of them; a
 /// workgroup is <see cref="Workgroup"/> threads (<see cref="RowsPerWorkgroup"/> rows); <see cref="SharedX"/> stages
 /// x in workgroup memory, chunk by chunk, instead of each thread reading it from the storage buffer; <see cref="Unroll"/>
-/// units are loaded and added a loop iteration (independent loads in flight; 1 = one unit).</summary>
-public readonly record struct MatVecShape(int Threads, int Rows, int Workgroup, bool SharedX, int Unroll = 1)
+/// units are loaded and added a loop iteration (independent loads in flight; 1 = one unit); <see cref="Tree"/>: a row's
+/// T partial sums are added pairwise in workgroup memory (log2 T steps, every thread of the row busy) rather than by one
+/// thread in a loop (T dependent additions while the rest of the workgroup waits).</summary>
+public readonly record struct MatVecShape(int Threads, int Rows, int Workgroup, bool SharedX, int Unroll = 1, bool Tree = false)
 {
     public int RowsPerWorkgroup => Workgroup / Threads * Rows;
-    public override string ToString() => $"t{Threads} r{Rows} wg{Workgroup}{(SharedX ? " xs" : "")}{(Unroll > 1 ? $" u{Unroll}" : "")}";
+    /// <summary>Partial sums added as a tree: asked for and the threads of a row a power of two.</summary>
+    public bool TreeSum => Tree && Threads > 1 && (Threads & (Threads - 1)) == 0;
+    public override string ToString() => $"t{Threads} r{Rows} wg{Workgroup}{(SharedX ? " xs" : "")}{(Unroll > 1 ? $" u{Unroll}" : "")}{(TreeSum ? " tree" : "")}";
 }
 
 /// <summary>The decode matrix-vector kernels' knobs, as webgpu platform-spec options (<c>webgpu?q4-threads=16&amp;q4-rows=2</c>):
 /// for MatMulNBits <c>q4-threads</c> (threads per weight row), <c>q4-rows</c> (weight rows per thread), <c>q4-wg</c>
-/// (threads per workgroup), <c>q4-xs=0|1</c> (x through workgroup memory), <c>q4-unroll</c> (units a loop iteration); the same with <c>f16-</c> for packed f16
+/// (threads per workgroup), <c>q4-xs=0|1</c> (x through workgroup memory), <c>q4-unroll</c> (units a loop iteration),
+/// <c>q4-reduce=tree|serial</c> (how a row's partial sums are added); the same with <c>f16-</c> for packed f16
 /// weights, plus <c>f16-unpack=bits|native</c> (halves widened by integer bit moves and one multiply, or by
 /// <c>unpack2x16float</c>). An absent knob takes <see cref="Q4"/>'s / <see cref="F16"/>'s rule.</summary>
 public sealed record MatVecTuning
@@ -27,18 +32,20 @@ public sealed record MatVecTuning
     public int Q4Workgroup { get; init; }
     public bool? Q4SharedX { get; init; }
     public int Q4Unroll { get; init; }
+    public bool? Q4Tree { get; init; }
     public int F16Threads { get; init; }
     public int F16Rows { get; init; }
     public int F16Workgroup { get; init; }
     public bool? F16SharedX { get; init; }
     public int F16Unroll { get; init; }
+    public bool? F16Tree { get; init; }
     /// <summary>Widen halves with <c>unpack2x16float</c> (true, the default: 1.1–2.4× the bit moves' speed on an H100)
     /// or with bit moves (false; a weight holding an infinity or NaN still takes unpack2x16float).</summary>
     public bool? F16Native { get; init; }
 
     public static readonly MatVecTuning Rule = new();
 
-    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-unpack=bits|native";
+    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial, f16-unpack=bits|native";
 
     /// <summary>This tuning with one spec option applied, or null when <paramref name="key"/> is not a matrix-vector knob.</summary>
     public MatVecTuning? With(string spec, string key, string value)
@@ -48,6 +55,7 @@ public sealed record MatVecTuning
             if (!int.TryParse(value, out int v) || v < 1 || v > max) throw new TapmlException($"platform '{spec}': {key}={value} must be an integer from 1 to {max}");
             return v;
         }
+        bool Reduce() => value switch { "tree" => true, "serial" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be tree or serial") };
         bool Flag() => value switch { "1" or "true" or "" => true, "0" or "false" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be 0 or 1") };
         var t = key switch
         {
@@ -56,11 +64,13 @@ public sealed record MatVecTuning
             "q4-wg" => this with { Q4Workgroup = Count(1024) },
             "q4-xs" => this with { Q4SharedX = Flag() },
             "q4-unroll" => this with { Q4Unroll = Count(8) },
+            "q4-reduce" => this with { Q4Tree = Reduce() },
             "f16-threads" => this with { F16Threads = Count(256) },
             "f16-rows" => this with { F16Rows = Count(16) },
             "f16-wg" => this with { F16Workgroup = Count(1024) },
             "f16-xs" => this with { F16SharedX = Flag() },
             "f16-unroll" => this with { F16Unroll = Count(8) },
+            "f16-reduce" => this with { F16Tree = Reduce() },
             "f16-unpack" => this with { F16Native = value switch { "native" => true, "bits" => false, _ => throw new TapmlException($"platform '{spec}': f16-unpack={value} must be bits or native") } },
             _ => null,
         };
@@ -77,7 +87,7 @@ public sealed record MatVecTuning
     {
         int t = Q4Threads > 0 ? Q4Threads : Math.Min(n >= 65536 ? 32 : 64, Math.Max(4, FloorPow2(units)));
         int r = Q4Rows > 0 ? Q4Rows : (int)Math.Clamp(FloorPow2(n * t / 65536), 1, 8);
-        return Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup) with { Unroll = Q4Unroll > 0 ? Q4Unroll : 1 };
+        return Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup) with { Unroll = Q4Unroll > 0 ? Q4Unroll : 1, Tree = Q4Tree ?? true };
     }
 
     /// <summary>The packed f16 kernel's layout. Rule (<c>bench q4-sweep</c> on H100s): 64 threads a row (never more than
@@ -87,7 +97,7 @@ public sealed record MatVecTuning
     {
         int t = F16Threads > 0 ? F16Threads : Math.Min(64, Math.Max(4, FloorPow2(units)));
         int r = F16Rows > 0 ? F16Rows : n * t >= 2 * 65536 ? 2 : 1;
-        return Fit(t, r, F16Workgroup > 0 ? F16Workgroup : 256, F16SharedX ?? false, maxWorkgroup) with { Unroll = F16Unroll > 0 ? F16Unroll : 1 };
+        return Fit(t, r, F16Workgroup > 0 ? F16Workgroup : 256, F16SharedX ?? false, maxWorkgroup) with { Unroll = F16Unroll > 0 ? F16Unroll : 1, Tree = F16Tree ?? false };
     }
 
     static int FloorPow2(long v) => v <= 1 ? 1 : (int)Math.Min(1 << 30, 1L << (63 - System.Numerics.BitOperations.LeadingZeroCount((ulong)v)));
@@ -193,14 +203,29 @@ internal static class BlockedMatVec
             if (p0 > 0) b.Append("  workgroupBarrier();\n");
             for (int sl = p0; sl < p0 + n; sl++) b.Append($"  red[{(sl - p0) * WG}u + lid.x] = a{sl / M}_{sl % M};\n");
             b.Append("  workgroupBarrier();\n");
-            b.Append($"  for (var o = lid.x; o < {G * n}u; o += {WG}u) {{\n    let sl = o / {G}u; let gg = o % {G}u;\n    var sum = 0.0;\n");
-            b.Append($"    for (var i = 0u; i < {T}u; i++) {{ sum += red[sl * {WG}u + gg * {T}u + i]; }}\n");
+            if (s.TreeSum) b.Append(TreeSum(T, n, WG));
+            b.Append($"  for (var o = lid.x; o < {G * n}u; o += {WG}u) {{\n    let sl = o / {G}u; let gg = o % {G}u;\n");
+            b.Append(s.TreeSum ? $"    let sum = red[sl * {WG}u + gg * {T}u];\n"
+                : $"    var sum = 0.0;\n    for (var i = 0u; i < {T}u; i++) {{ sum += red[sl * {WG}u + gg * {T}u + i]; }}\n");
             b.Append($"    let slot = sl + {p0}u;\n    let row = (wgi * {G}u + gg) * {R}u + slot / {M}u;\n    if (row < N) {{\n");
             foreach (int m in ms) b.Append($"      if (slot % {M}u == {m}u) {{ {f.Store(m, "row", "sum")} }}\n");
             b.Append("    }\n  }\n");
         }
         return b.ToString();
     }
+
+    /// <summary>Adds each row's <paramref name="threads"/> partial sums (a power of two; thread t of a row holds
+    /// <c>red[k·WG + lid.x]</c> for each of <paramref name="slots"/> slots k) pairwise in place, a barrier a step, so
+    /// the row's first thread's entries (<c>red[k·WG + g·T]</c>) end as the totals. Code after a barrier.</summary>
+    internal static string TreeSum(int threads, int slots, int workgroup) => $$"""
+  for (var st = {{threads / 2}}u; st > 0u; st >>= 1u) {
+    if (lid.x % {{threads}}u < st) {
+      for (var k = 0u; k < {{slots}}u; k++) { red[k * {{workgroup}}u + lid.x] += red[k * {{workgroup}}u + lid.x + st]; }
+    }
+    workgroupBarrier();
+  }
+
+""";
 
     /// <summary>The loop over a thread's units (u = t, t + T, … below U) around <paramref name="unit"/>, code that reads
     /// <c>u</c>: with <paramref name="unroll"/> &gt; 1, that many units an iteration, each in a block of its own (so their

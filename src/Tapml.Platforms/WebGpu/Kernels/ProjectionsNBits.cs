@@ -150,7 +150,7 @@ static class ProjectionsNBits
         meta.Add(k); meta.Add(units); meta.Add(st.KBlocks); meta.Add(columns);
         var (gx, gy) = Wgsl.Grid(columns, WG / T * R, lim.MaxWorkgroupsPerDimension);
         float eps = ctx.Float("epsilon", 1e-6f);
-        var layout = new MatVecShape(T, R, WG, false, shape.Unroll);
+        var layout = new MatVecShape(T, R, WG, false, shape.Unroll, shape.Tree);
         var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}", ctx.Node),
             () => Code(plan, st, x, rows, layout, words, vec, eps, x.DType), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}_t{T}c{R}_r{rows}");
         g.LaunchGroups(pipeline, [.. list], meta, gx, gy);
@@ -245,6 +245,11 @@ static class ProjectionsNBits
             b.Append($"  red[{((r * P + q) * M + m) * WG}u + lid.x] = a{r}_{q}_{m};\n");
         if (norm) for (int m = 0; m < M; m++) b.Append($"  red[{(normAt + m) * WG}u + lid.x] = s{m};\n");
         b.Append("  workgroupBarrier();\n");
+        bool tree = layout.TreeSum;
+        if (tree) b.Append(BlockedMatVec.TreeSum(T, slots, WG));
+        // A slot's total: the tree left it in the row's first entry, else the T partials are added here.
+        string Total(string v, string slot) => tree ? $"      let {v} = red[{slot} * {WG}u + pb];\n"
+            : $"      var {v} = 0.0;\n      for (var i = 0u; i < {T}u; i++) {{ {v} += red[{slot} * {WG}u + pb + i]; }}\n";
         b.Append($"  for (var e = lid.x; e < {G * R}u; e += {WG}u) {{\n    let gi = e / {R}u; let r = e % {R}u;\n");
         b.Append($"    let c = (wgi * {G}u + gi) * {R}u + r;\n    if (c >= C) {{ continue; }}\n    let pb = gi * {T}u;\n");
         b.Append("    var o = 0u; var j = c;\n");
@@ -255,13 +260,13 @@ static class ProjectionsNBits
             string inv = "";
             if (norm)
             {
-                b.Append($"      var ss = 0.0;\n      for (var i = 0u; i < {T}u; i++) {{ ss += red[{(normAt + m) * WG}u + pb + i]; }}\n");
+                b.Append(Total("ss", $"{normAt + m}u"));
                 b.Append($"      let rms = sqrt(ss / f32(K) + {Projections.Literal(eps)});\n");
                 inv = " / rms";
             }
             for (int q = 0; q < P; q++)
             {
-                b.Append($"      var p{q} = 0.0;\n      for (var i = 0u; i < {T}u; i++) {{ p{q} += red[((r * {P}u + {q}u) * {M}u + {m}u) * {WG}u + pb + i]; }}\n");
+                b.Append(Total($"p{q}", $"((r * {P}u + {q}u) * {M}u + {m}u)"));
                 b.Append($"      let m{q} = p{q}{inv};\n");
             }
             for (int o = 0; o < outs; o++)
