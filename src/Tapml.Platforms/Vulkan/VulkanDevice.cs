@@ -95,6 +95,8 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
 
     // Barrier tracking: buffers written, and read, by commands recorded since the last barrier.
     readonly HashSet<nint> _written = new(), _read = new();
+    // Stages of the commands recorded since the last barrier.
+    PipelineStageFlags _since;
 
     // Writes: a host-visible ring; each submit's share is free once its fence signalled.
     readonly VkBufferHandle _upload;
@@ -427,6 +429,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         }
         _written.Add(buffer);
         _recorded.Add(buffer);
+        _since |= PipelineStageFlags.TransferBit;
         Recorded();
     }
 
@@ -565,17 +568,21 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     /// <summary>Makes every shader and transfer write visible to every later shader and transfer access.</summary>
     void Barrier()
     {
+        const PipelineStageFlags both = PipelineStageFlags.ComputeShaderBit | PipelineStageFlags.TransferBit;
+        // NOTE: the second scope stays both stages: the hazard sets are cleared here, so every later command must be
+        // ordered after everything before. The first may narrow to what ran since the last barrier (which chains).
+        var src = _opt.PreciseSource && _since != 0 ? _since : both;
         _written.Clear();
         _read.Clear();
+        _since = 0;
         _barriers++;
         var mb = new MemoryBarrier
         {
             SType = StructureType.MemoryBarrier,
-            SrcAccessMask = AccessFlags.ShaderWriteBit | AccessFlags.TransferWriteBit,
+            SrcAccessMask = ((src & PipelineStageFlags.ComputeShaderBit) != 0 ? AccessFlags.ShaderWriteBit : 0) | ((src & PipelineStageFlags.TransferBit) != 0 ? AccessFlags.TransferWriteBit : 0),
             DstAccessMask = AccessFlags.ShaderReadBit | AccessFlags.ShaderWriteBit | AccessFlags.TransferReadBit | AccessFlags.TransferWriteBit,
         };
-        _vk.CmdPipelineBarrier(_cb, PipelineStageFlags.ComputeShaderBit | PipelineStageFlags.TransferBit, PipelineStageFlags.ComputeShaderBit | PipelineStageFlags.TransferBit,
-            0, 1, &mb, 0, null, 0, null);
+        _vk.CmdPipelineBarrier(_cb, src, both, 0, 1, &mb, 0, null, 0, null);
     }
 
     /// <summary>TAPML_VULKAN_STATS=1: host time per device call kind, printed to stderr when the device is disposed.</summary>
@@ -649,6 +656,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         if (push && meta.Length > 0)
             fixed (uint* m = meta) _vk.CmdPushConstants(_cb, v.Layout, ShaderStageFlags.ComputeBit, 0, (uint)(meta.Length * 4), m);
         _vk.CmdDispatch(_cb, gx, gy, gz);
+        _since |= PipelineStageFlags.ComputeShaderBit;
         Recorded();
         if (_profile is not null && !_timing) ProfileStamp(p.Label, begin: false);
         Dispatches++;
@@ -817,6 +825,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         var mb = new MemoryBarrier { SType = StructureType.MemoryBarrier, SrcAccessMask = AccessFlags.TransferWriteBit, DstAccessMask = AccessFlags.HostReadBit };
         _vk.CmdPipelineBarrier(_cb, PipelineStageFlags.TransferBit, PipelineStageFlags.HostBit, 0, 1, &mb, 0, null, 0, null);
         _read.Add(buffer);
+        _since |= PipelineStageFlags.TransferBit;
         Recorded();
         var serial = Flush();
         Readbacks++;
