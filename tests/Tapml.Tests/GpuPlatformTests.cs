@@ -67,6 +67,7 @@ public class GpuPlatformTests
     [InlineData("vulkan?icd=lavapipe", "qwen2")]
     [InlineData("vulkan?icd=lavapipe&push-descriptors=off&barriers=all&writes=inline&batch=4", "llama")]
     [InlineData("vulkan?barrier-src=precise&batch=5", "llama")]
+    [InlineData("vulkan?icd=lavapipe&writes-ahead=off", "gpt2")]
     [InlineData("opencl?writes=blocking&batch=4", "llama")]
     public void Greedy_tokens_equal_cpu(string platform, string arch)
     {

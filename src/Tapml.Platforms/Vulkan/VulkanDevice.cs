@@ -71,12 +71,18 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     // Recording and submission.
     CommandBuffer _cb;
     bool _recording;
+    // Writes ahead: ring copies recorded in a command buffer of their own that runs before the batch's (one barrier
+    // after them all), the buffers they wrote, and how many there were.
+    CommandBuffer _ahead;
+    bool _aheadRecording;
+    readonly HashSet<nint> _aheadWritten = new();
+    long _aheadWrites;
     int _sinceSubmit;
     bool _timing;
     readonly VulkanOptions _opt;
     readonly HashSet<nint> _recorded = new();
     ulong _serial, _done;
-    sealed record Submitted(ulong Serial, Fence Fence, CommandBuffer Cb);
+    sealed record Submitted(ulong Serial, Fence Fence, CommandBuffer Cb, CommandBuffer? Ahead);
     readonly Queue<Submitted> _inFlight = new();
     readonly List<(ulong Serial, VkBufferHandle Buf)> _garbage = new();
     readonly List<VkBufferHandle> _batchTemps = new();
@@ -403,6 +409,20 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             ulong at = UploadAlloc(data.Length);
             data.CopyTo(new Span<byte>(_upload.Mapped + at, data.Length));
             Begin();
+            if (_opt.WritesAhead && _opt.TrackedBarriers && _profile is null && !_recorded.Contains(buffer) && !_aheadWritten.Contains(buffer)
+                && !_written.Contains(buffer) && !_read.Contains(buffer))
+            {
+                // Nothing in this batch touched the buffer and no access to it waits for a barrier: the copy runs
+                // before the batch, with the other copies ahead, instead of between its dispatches.
+                BeginAhead();
+                var ahead = new BufferCopy { SrcOffset = at, DstOffset = offset, Size = (ulong)data.Length };
+                _vk.CmdCopyBuffer(_ahead, _upload.Buffer, b.Buffer, 1, &ahead);
+                _aheadWritten.Add(buffer);
+                _recorded.Add(buffer);
+                _aheadWrites++;
+                _ringWrites++;
+                return;
+            }
             Hazard(buffer, write: true);
             var region = new BufferCopy { SrcOffset = at, DstOffset = offset, Size = (ulong)data.Length };
             _vk.CmdCopyBuffer(_cb, _upload.Buffer, b.Buffer, 1, &region);
@@ -549,17 +569,28 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
 
     // ---- recording --------------------------------------------------------------------------------------------------
 
+    void BeginAhead()
+    {
+        if (_aheadRecording) return;
+        _ahead = NewCommandBuffer();
+        var bi = new CommandBufferBeginInfo { SType = StructureType.CommandBufferBeginInfo, Flags = CommandBufferUsageFlags.OneTimeSubmitBit };
+        Check(_vk.BeginCommandBuffer(_ahead, &bi), "vkBeginCommandBuffer");
+        _aheadRecording = true;
+    }
+
+    CommandBuffer NewCommandBuffer()
+    {
+        if (_freeCbs.Count > 0) return _freeCbs.Pop();
+        var ai = new CommandBufferAllocateInfo { SType = StructureType.CommandBufferAllocateInfo, CommandPool = _cmdPool, Level = CommandBufferLevel.Primary, CommandBufferCount = 1 };
+        CommandBuffer cb;
+        Check(_vk.AllocateCommandBuffers(_dev, &ai, &cb), "vkAllocateCommandBuffers");
+        return cb;
+    }
+
     void Begin()
     {
         if (_recording) return;
-        if (_freeCbs.Count > 0) _cb = _freeCbs.Pop();
-        else
-        {
-            var ai = new CommandBufferAllocateInfo { SType = StructureType.CommandBufferAllocateInfo, CommandPool = _cmdPool, Level = CommandBufferLevel.Primary, CommandBufferCount = 1 };
-            CommandBuffer cb;
-            Check(_vk.AllocateCommandBuffers(_dev, &ai, &cb), "vkAllocateCommandBuffers");
-            _cb = cb;
-        }
+        _cb = NewCommandBuffer();
         var bi = new CommandBufferBeginInfo { SType = StructureType.CommandBufferBeginInfo, Flags = CommandBufferUsageFlags.OneTimeSubmitBit };
         Check(_vk.BeginCommandBuffer(_cb, &bi), "vkBeginCommandBuffer");
         _recording = true;
@@ -736,14 +767,33 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             Check(_vk.CreateFence(_dev, &fi, null, &fence), "vkCreateFence");
             _fences.Add(new VkObject(_device, VkKind.Fence, fence.Handle));
         }
+        CommandBuffer? ahead = null;
+        if (_aheadRecording)
+        {
+            // The copies ahead become visible to every command of the batch at once.
+            var amb = new MemoryBarrier
+            {
+                SType = StructureType.MemoryBarrier, SrcAccessMask = AccessFlags.TransferWriteBit,
+                DstAccessMask = AccessFlags.ShaderReadBit | AccessFlags.ShaderWriteBit | AccessFlags.TransferReadBit | AccessFlags.TransferWriteBit,
+            };
+            _vk.CmdPipelineBarrier(_ahead, PipelineStageFlags.TransferBit, PipelineStageFlags.ComputeShaderBit | PipelineStageFlags.TransferBit, 0, 1, &amb, 0, null, 0, null);
+            _barriers++;
+            Check(_vk.EndCommandBuffer(_ahead), "vkEndCommandBuffer");
+            ahead = _ahead;
+            _aheadRecording = false;
+            _aheadWritten.Clear();
+        }
+        var cbs = stackalloc CommandBuffer[2];
+        cbs[0] = ahead ?? _cb;
+        cbs[1] = _cb;
         var cb = _cb;
-        var si = new SubmitInfo { SType = StructureType.SubmitInfo, CommandBufferCount = 1, PCommandBuffers = &cb };
+        var si = new SubmitInfo { SType = StructureType.SubmitInfo, CommandBufferCount = ahead is null ? 1u : 2u, PCommandBuffers = cbs };
         long t0 = Stats ? System.Diagnostics.Stopwatch.GetTimestamp() : 0;
         Check(_vk.QueueSubmit(_queue, 1, &si, fence), "vkQueueSubmit");
         if (Stats) Stat("vkQueueSubmit", t0);
         _recording = false;
         _serial++;
-        _inFlight.Enqueue(new Submitted(_serial, fence, cb));
+        _inFlight.Enqueue(new Submitted(_serial, fence, cb, ahead));
         if (_upMarks.Count == 0 ? _upAllocated != _upFreed : _upMarks.Last().Allocated != _upAllocated) _upMarks.Enqueue((_serial, _upAllocated));
         foreach (var t in _batchTemps) _garbage.Add((_serial, t));
         _batchTemps.Clear();
@@ -774,6 +824,11 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         _freeFences.Push(f);
         Check(_vk.ResetCommandBuffer(s.Cb, 0), "vkResetCommandBuffer");
         _freeCbs.Push(s.Cb);
+        if (s.Ahead is { } ahead)
+        {
+            Check(_vk.ResetCommandBuffer(ahead, 0), "vkResetCommandBuffer");
+            _freeCbs.Push(ahead);
+        }
         _done = s.Serial;
         while (_upMarks.Count > 0 && _upMarks.Peek().Serial <= s.Serial) _upFreed = _upMarks.Dequeue().Allocated;
         for (int i = _garbage.Count - 1; i >= 0; i--)
@@ -965,7 +1020,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         {
             Console.Error.WriteLine($"vulkan stats: {_commands} commands (dispatches, copies), {_barriers} barriers ({_commands - _barriers} commands without one{(_opt.TrackedBarriers ? "" : ", barriers=all")}); " +
                 $"{Dispatches} dispatches: {_pushes} with push descriptors, {_setBinds} with descriptor sets; {Submits} submits");
-            Console.Error.WriteLine($"vulkan stats: writes: {_ringWrites} through the upload ring, {_inlineWrites} inline (vkCmdUpdateBuffer), {_stagedWrites} through a staging buffer each, {_directWrites} into mapped device memory");
+            Console.Error.WriteLine($"vulkan stats: writes: {_ringWrites} through the upload ring ({_aheadWrites} of them ahead of their batch), {_inlineWrites} inline (vkCmdUpdateBuffer), {_stagedWrites} through a staging buffer each, {_directWrites} into mapped device memory");
         }
         try { Synchronize(); } catch (TapmlException) { }
         _disposed = true;

@@ -6,7 +6,7 @@ namespace Tapml.Platforms.Vulkan;
 /// <summary>The <c>vulkan</c> platform: tapml's GPU platform (kernels, fusion, decode pipeline of
 /// <see cref="WebGpuPlatform"/>) over a <see cref="VulkanDevice"/>. Spec:
 /// <c>vulkan[?icd=swiftshader|lavapipe|PATH][&amp;device=N][&amp;max-binding=BYTES]</c> plus the host-path knobs of
-/// <see cref="VulkanOptions"/>: <c>push-descriptors=on|off</c>, <c>barriers=tracked|all</c>, <c>barrier-src=wide|precise</c>, <c>writes=ring|inline</c>,
+/// <see cref="VulkanOptions"/>: <c>push-descriptors=on|off</c>, <c>barriers=tracked|all</c>, <c>barrier-src=wide|precise</c>, <c>writes=ring|inline</c>, <c>writes-ahead=on|off</c>,
 /// <c>batch=N</c>.</summary>
 public static class VulkanPlatform
 {
@@ -16,7 +16,7 @@ public static class VulkanPlatform
         int device = -1;
         long maxBinding = 0;
         var o = new VulkanOptions();
-        const string takes = "icd=swiftshader|lavapipe|PATH, device=N, max-binding=BYTES, push-descriptors=on|off, barriers=tracked|all, barrier-src=wide|precise, writes=ring|inline, batch=N";
+        const string takes = "icd=swiftshader|lavapipe|PATH, device=N, max-binding=BYTES, push-descriptors=on|off, barriers=tracked|all, barrier-src=wide|precise, writes=ring|inline, writes-ahead=on|off, batch=N";
         var kernel = new List<(string, string)>();
         foreach (var (k, v) in PlatformSpec.Query(spec))
         {
@@ -27,6 +27,7 @@ public static class VulkanPlatform
                 case "max-binding" when long.TryParse(v, out maxBinding) && maxBinding >= 16: break;
                 case "push-descriptors" when v is "on" or "off": o = o with { PushDescriptors = v == "on" }; break;
                 case "barriers" when v is "tracked" or "all": o = o with { TrackedBarriers = v == "tracked" }; break;
+                case "writes-ahead" when v is "on" or "off": o = o with { WritesAhead = v == "on" }; break;
                 case "barrier-src" when v is "precise" or "wide": o = o with { PreciseSource = v == "precise" }; break;
                 case "writes" when v is "ring" or "inline": o = o with { UploadRing = v == "ring" }; break;
                 case "batch" when int.TryParse(v, out int n) && n >= 1: o = o with { Batch = n }; break;
@@ -55,4 +56,7 @@ public static class VulkanPlatform
 /// <param name="PreciseSource">A barrier waits only for the pipeline stages of the commands recorded since the last one
 /// (compute, transfer or both: <c>barrier-src=precise</c>); <c>wide</c> (the default): for compute and transfer
 /// always. Either way it makes the writes visible to both stages.</param>
-public sealed record VulkanOptions(bool PushDescriptors = true, bool TrackedBarriers = true, bool UploadRing = true, int Batch = 48, bool PreciseSource = false);
+/// <param name="WritesAhead">A ring write into a buffer that no command of the batch has touched (and that no barrier
+/// is owed for) is copied in a command buffer submitted ahead of the batch's, one barrier after all such copies,
+/// rather than between the batch's dispatches with a barrier of its own (<c>writes-ahead=on</c>, the default).</param>
+public sealed record VulkanOptions(bool PushDescriptors = true, bool TrackedBarriers = true, bool UploadRing = true, int Batch = 48, bool PreciseSource = false, bool WritesAhead = true);
