@@ -436,6 +436,10 @@ public class FusionTests
     [InlineData("vulkan?q4-threads=2&q4-unroll=3", 2, 256, true, "qkv", 2)]      // three an iteration, then a tail
     [InlineData("webgpu?q4-threads=4&q4-reduce=serial", 3, 256, true, "swiglu", 2)] // partial sums added by one thread a column
     [InlineData("opencl?q4-threads=8", 2, 256, true, "qkv", 2)]                     // a tree of partial sums over 8 threads
+    [InlineData("webgpu?q4-xs=1", 1, 256, true, "swiglu", 2)]                       // x·γ staged in workgroup memory
+    [InlineData("webgpu?q4-xs=1&q4-reduce=serial", 3, 72, true, "qkv_bias", 2)]     // staged, K not a whole number of 16-byte units
+    [InlineData("vulkan?q4-xs=1", 2, 8192, true, "swiglu", 2)]                      // staged in several chunks
+    [InlineData("opencl?q4-xs=1&q4-threads=4", 1, 128, false, "pair", 2)]           // staged, no norm
     public void Q4_projections_kernel_matches_cpu(string platform, int rows, int k, bool norm, string structure, int expectedDispatches)
     {
         WebGpuTests.SkipIfNoDawn(platform);

@@ -184,16 +184,17 @@ internal static class BlockedMatVec
       let k = c0 * {{UV}}u + (e % {{cj}}u) * 4u;
       var v = vec4<f32>(0.0);
       if (k < K) { v = {{X4(rowBase is null ? "m" : $"({rowBase} + m)", "k")}}; }
-      xsh[e] = v{{scale}};
+      xsh[{{XshAt("m", "(e % " + cj + "u)", J, cj)}}] = v{{scale}};
     }
     workgroupBarrier();
     let ce = min(c0 + {{chunk}}u, U);
     for (var u = c0 + t; u < ce; u += {{T}}u) {
       let xo = (u - c0) * {{J}}u;
+      let sw = (u - c0) & {{J - 1}}u;
 
 """);
             foreach (int m in ms)
-                for (int j = 0; j < J; j++) b.Append($"      let xq{m}_{j} = xsh[{m * cj}u + xo + {j}u];\n");
+                for (int j = 0; j < J; j++) b.Append($"      let xq{m}_{j} = xsh[{m * cj}u + xo + ({j}u ^ sw)];\n");
             b.Append(perUnit).Append(rowsCode).Append("    }\n  }\n");
         }
         // Reduction: slot sl of output (r, m) = r·M + m; thread (g, t) writes red[sl·WG + g·T + t]; one thread per (slot, g) adds T partials.
@@ -213,6 +214,12 @@ internal static class BlockedMatVec
         }
         return b.ToString();
     }
+
+    /// <summary>Where staged x element <paramref name="el"/> (vec4 j of chunk unit ul: el = ul·J + j) of x row
+    /// <paramref name="m"/> lives in <c>xsh</c>: vec4 j of a unit at j XOR (ul mod J), so the threads of a row, each
+    /// reading vec4 j of its own unit, hit different banks (J a power of two; units are J·16 bytes apart).</summary>
+    internal static string XshAt(string m, string el, int J, int cj) =>
+        $"{m} * {cj}u + ({el} / {J}u) * {J}u + (({el} % {J}u) ^ (({el} / {J}u) & {J - 1}u))";
 
     /// <summary>Adds each row's <paramref name="threads"/> partial sums (a power of two; thread t of a row holds
     /// <c>red[k·WG + lid.x]</c> for each of <paramref name="slots"/> slots k) pairwise in place, a barrier a step, so

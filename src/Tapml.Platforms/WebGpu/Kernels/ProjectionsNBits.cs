@@ -150,9 +150,11 @@ static class ProjectionsNBits
         meta.Add(k); meta.Add(units); meta.Add(st.KBlocks); meta.Add(columns);
         var (gx, gy) = Wgsl.Grid(columns, WG / T * R, lim.MaxWorkgroupsPerDimension);
         float eps = ctx.Float("epsilon", 1e-6f);
-        var layout = new MatVecShape(T, R, WG, false, shape.Unroll, shape.Tree);
+        // x staged in workgroup memory (q4-xs=1): chunks of units that fit beside the partial sums.
+        int chunk = !shape.SharedX ? 0 : (int)Math.Min(units, (lim.MaxWorkgroupStorageBytes - (long)Slots(R) * WG * 4) / (rows * words * 2 * 16L));
+        var layout = new MatVecShape(T, R, WG, chunk > 0, shape.Unroll, shape.Tree);
         var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}", ctx.Node),
-            () => Code(plan, st, x, rows, layout, words, vec, eps, x.DType), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}_t{T}c{R}_r{rows}");
+            () => Code(plan, st, x, rows, layout, chunk, words, vec, eps, x.DType), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}_t{T}c{R}_r{rows}");
         g.LaunchGroups(pipeline, [.. list], meta, gx, gy);
         return ys;
     }
@@ -166,7 +168,7 @@ static class ProjectionsNBits
     }
 
     /// <summary>Kernel text; meta words md[0] = K, md[1] = units per row, md[2] = blocks per row, md[3] = columns.</summary>
-    static string Code(Projections.Plan plan, Stacked st, GpuTensor x, int M, MatVecShape layout, int words, bool vec, float eps, DType dtype)
+    static string Code(Projections.Plan plan, Stacked st, GpuTensor x, int M, MatVecShape layout, int chunk, int words, bool vec, float eps, DType dtype)
     {
         int P = plan.P, outs = plan.Outputs.Length, T = layout.Threads, R = layout.Rows, WG = layout.Workgroup, G = WG / T, UV = 8 * words, J = UV / 4;
         bool norm = plan.Norm;
@@ -188,6 +190,9 @@ static class ProjectionsNBits
         w.Decl(Elementwise.HelperFunctions);
         int normAt = R * P * M, slots = normAt + (norm ? M : 0);
         w.Decl($"var<workgroup> red: array<f32, {WG * slots}>;");
+        bool shared = layout.SharedX;
+        int cj = chunk * J;
+        if (shared) w.Decl($"var<workgroup> xsh: array<vec4<f32>, {M * cj}>;");
         if (!vec) w.Decl("fn xg(m: u32, k: u32, K: u32) -> f32 { if (k < K) { return f32(x(m * K + k)); } return 0.0; }");
         if (norm && !vec) w.Decl("fn gm_(k: u32, K: u32) -> f32 { if (k < K) { return cv_(k); } return 0.0; }");
         string weights = words == 4 ? "bq_b" : "bw_b";
@@ -218,28 +223,69 @@ static class ProjectionsNBits
         }
         if (norm) for (int m = 0; m < M; m++) b.Append($"  var s{m} = 0.0;\n");
         var b0 = b;
-        b = new StringBuilder($"    let k0 = u * {UV}u;\n");
-        if (norm)
-            for (int j = 0; j < J; j++)
-                b.Append(vec ? $"    let g{j} = cv_b[u * {J}u + {j}u];\n"
-                    : $"    let g{j} = vec4<f32>({string.Join(", ", Enumerable.Range(0, 4).Select(i => $"gm_(k0 + {4 * j + i}u, K)"))});\n");
-        for (int m = 0; m < M; m++)
-            for (int j = 0; j < J; j++)
-            {
-                string k4 = $"k0 + {4 * j}u";
-                string load = vec ? $"xv_b[({m}u * K + {k4}) / 4u]"
-                    : $"vec4<f32>(xg({m}u, {k4}, K), xg({m}u, {k4} + 1u, K), xg({m}u, {k4} + 2u, K), xg({m}u, {k4} + 3u, K))";
-                b.Append($"    let xr{m}_{j} = {load};\n");
-                if (norm) b.Append($"    s{m} += dot(xr{m}_{j}, xr{m}_{j});\n");
-                b.Append($"    let xq{m}_{j} = xr{m}_{j}{(norm ? $" * g{j}" : "")} * {MatMulNBits.XScale};\n");
-            }
+        string rowsCode = "";
         for (int r = 0; r < R; r++)
             for (int q = 0; q < P; q++)
             {
                 int rr = r, qq = q;
-                b.Append(MatMulNBits.UnitCode(weights, $"w{r}_{q}", m => $"a{rr}_{qq}_{m}", st.BlockSize, st.ZeroKind, words, M));
+                rowsCode += MatMulNBits.UnitCode(weights, $"w{r}_{q}", m => $"a{rr}_{qq}_{m}", st.BlockSize, st.ZeroKind, words, M);
             }
-        b = b0.Append(BlockedMatVec.UnitLoop(T, layout.Unroll, b.ToString()));
+        string Gamma(string k0, string u, string indent) =>
+            vec ? $"{indent}let gv = cv_b[{u}];\n" : $"{indent}let gv = vec4<f32>({string.Join(", ", Enumerable.Range(0, 4).Select(i => $"gm_({k0} + {i}u, K)"))});\n";
+        string Load(string m, string k4) => vec ? $"xv_b[({m} * K + {k4}) / 4u]"
+            : $"vec4<f32>(xg({m}, {k4}, K), xg({m}, {k4} + 1u, K), xg({m}, {k4} + 2u, K), xg({m}, {k4} + 3u, K))";
+        if (shared)
+        {
+            // Each chunk: every thread of the workgroup stages x·γ (scaled as the unit code reads it) and adds its Σ x²;
+            // then the threads of a column read their units' x from workgroup memory (swizzled: no bank conflicts).
+            b = b0.Append($$"""
+  for (var c0 = 0u; c0 < U; c0 += {{chunk}}u) {
+    workgroupBarrier();
+    for (var e = lid.x; e < {{M * cj}}u; e += {{WG}}u) {
+      let m = e / {{cj}}u;
+      let el = e % {{cj}}u;
+      let k = (c0 + el / {{J}}u) * {{UV}}u + (el % {{J}}u) * 4u;
+      var v = vec4<f32>(0.0);
+      if (k < K) {
+        v = {{Load("m", "k")}};
+
+""");
+            if (norm)
+            {
+                for (int m = 0; m < M; m++) b.Append($"        if (m == {m}u) {{ s{m} += dot(v, v); }}\n");
+                b.Append(Gamma("k", "k / 4u", "        ")).Append("        v = v * gv;\n");
+            }
+            b.Append($$"""
+      }
+      xsh[{{BlockedMatVec.XshAt("m", "el", J, cj)}}] = v * {{MatMulNBits.XScale}};
+    }
+    workgroupBarrier();
+    let ce = min(c0 + {{chunk}}u, U);
+    for (var u = c0 + t; u < ce; u += {{T}}u) {
+      let xo = (u - c0) * {{J}}u;
+      let sw = (u - c0) & {{J - 1}}u;
+
+""");
+            for (int m = 0; m < M; m++)
+                for (int jj = 0; jj < J; jj++) b.Append($"      let xq{m}_{jj} = xsh[{m * cj}u + xo + ({jj}u ^ sw)];\n");
+            b.Append(rowsCode).Append("    }\n  }\n");
+        }
+        else
+        {
+            b = new StringBuilder($"    let k0 = u * {UV}u;\n");
+            if (norm)
+                for (int jj = 0; jj < J; jj++)
+                    b.Append(vec ? $"    let g{jj} = cv_b[u * {J}u + {jj}u];\n"
+                        : $"    let g{jj} = vec4<f32>({string.Join(", ", Enumerable.Range(0, 4).Select(i => $"gm_(k0 + {4 * jj + i}u, K)"))});\n");
+            for (int m = 0; m < M; m++)
+                for (int jj = 0; jj < J; jj++)
+                {
+                    b.Append($"    let xr{m}_{jj} = {Load($"{m}u", $"k0 + {4 * jj}u")};\n");
+                    if (norm) b.Append($"    s{m} += dot(xr{m}_{jj}, xr{m}_{jj});\n");
+                    b.Append($"    let xq{m}_{jj} = xr{m}_{jj}{(norm ? $" * g{jj}" : "")} * {MatMulNBits.XScale};\n");
+                }
+            b = b0.Append(BlockedMatVec.UnitLoop(T, layout.Unroll, b.Append(rowsCode).ToString()));
+        }
         // Partials: slot (r·P + q)·M + m, then Σ x² of x row m at slot R·P·M + m; thread (group gi, t) writes red[slot·WG + gi·T + t].
         for (int r = 0; r < R; r++) for (int q = 0; q < P; q++) for (int m = 0; m < M; m++)
             b.Append($"  red[{((r * P + q) * M + m) * WG}u + lid.x] = a{r}_{q}_{m};\n");
@@ -260,7 +306,10 @@ static class ProjectionsNBits
             string inv = "";
             if (norm)
             {
-                b.Append(Total("ss", $"{normAt + m}u"));
+                if (shared)
+                    b.Append(tree ? $"      var ss = 0.0;\n      for (var i = 0u; i < {G}u; i++) {{ ss += red[{normAt + m}u * {WG}u + i * {T}u]; }}\n"
+                        : $"      var ss = 0.0;\n      for (var i = 0u; i < {WG}u; i++) {{ ss += red[{normAt + m}u * {WG}u + i]; }}\n");
+                else b.Append(Total("ss", $"{normAt + m}u"));
                 b.Append($"      let rms = sqrt(ss / f32(K) + {Projections.Literal(eps)});\n");
                 inv = " / rms";
             }
