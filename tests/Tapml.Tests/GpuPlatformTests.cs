@@ -66,8 +66,8 @@ public class GpuPlatformTests
     // NOTE: rows about one platform's own options (drivers, host paths), beside the registry's rows.
     [InlineData("vulkan?icd=lavapipe", "qwen2")]
     [InlineData("vulkan?icd=lavapipe&push-descriptors=off&barriers=all&writes=inline&batch=4", "llama")]
-    [InlineData("vulkan?barrier-src=precise&batch=5", "llama")]
-    [InlineData("vulkan?icd=lavapipe&writes-ahead=off", "gpt2")]
+    [InlineData("vulkan?barrier-src=precise&writes-ahead=on&batch=5", "llama")]
+    [InlineData("vulkan?icd=lavapipe&writes-ahead=on", "gpt2")]
     [InlineData("opencl?writes=blocking&batch=4", "llama")]
     public void Greedy_tokens_equal_cpu(string platform, string arch)
     {

@@ -58,5 +58,6 @@ public static class VulkanPlatform
 /// always. Either way it makes the writes visible to both stages.</param>
 /// <param name="WritesAhead">A ring write into a buffer that no command of the batch has touched (and that no barrier
 /// is owed for) is copied in a command buffer submitted ahead of the batch's, one barrier after all such copies,
-/// rather than between the batch's dispatches with a barrier of its own (<c>writes-ahead=on</c>, the default).</param>
-public sealed record VulkanOptions(bool PushDescriptors = true, bool TrackedBarriers = true, bool UploadRing = true, int Batch = 48, bool PreciseSource = false, bool WritesAhead = true);
+/// rather than between the batch's dispatches with a barrier of its own (<c>writes-ahead=on</c>); <c>off</c> (the
+/// default: no gain measured on an H100, docs/benchmarks.md).</param>
+public sealed record VulkanOptions(bool PushDescriptors = true, bool TrackedBarriers = true, bool UploadRing = true, int Batch = 48, bool PreciseSource = false, bool WritesAhead = false);
