@@ -79,10 +79,11 @@ static class BenchRemote
                     var sw = Stopwatch.StartNew();
                     var res = new Migrator(llama, "cpu", target, input, new Tolerances(), new Tolerance(1e-3, 1e-4)).Run(strategy);
                     if (r >= 0) t.Add(sw.Elapsed.TotalMilliseconds);
+                    else if (RemoteStats.On) RemoteStats.Report("discarded");
                     found = res.FirstDivergent?.Node;
                 }
                 if (found is null) throw new TapmlException($"bench remote: migration to {target} found no culprit");
-                if (RemoteStats.On) Console.Error.Write(RemoteStats.Report($"{strategy} to {target}, {t.Count + 1} runs (the first untimed)"));
+                if (RemoteStats.On) Console.Error.Write(RemoteStats.Report($"{strategy} to {target}, {t.Count} timed runs"));
                 t.Sort();
                 return t[t.Count / 2];
             }

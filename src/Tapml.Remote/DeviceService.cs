@@ -272,8 +272,8 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
                 inline.Add(modelHandle = sentModel = a.Handle);
                 if (!a.Cached) throw new TapmlException("the model sent with RunGraph came without its bytes");
             }
-            var model = s.ModelFor(s.HashOf(modelHandle) ?? throw new RemoteStateException($"unknown model handle {modelHandle}"),
-                () => Wire.ParseModel(Wire.Bytes((Tensor)s.Get(modelHandle)).Span));
+            var modelHash = s.HashOf(modelHandle) ?? throw new RemoteStateException($"unknown model handle {modelHandle}");
+            var model = s.ModelFor(modelHash, () => Wire.ParseModel(Wire.Bytes((Tensor)s.Get(modelHandle)).Span));
             // A run's feeds: handles, or small tensors sent inline (kept, cached; the reply names their handles).
             Dictionary<string, Value> Feeds(IEnumerable<NamedHandle> list, List<ulong> handles)
             {
@@ -308,8 +308,9 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
             {
                 var handles = run == 0 ? fed : new List<ulong>();
                 var feeds = Feeds(run == 0 ? request.Feeds : request.Runs[run - 1].Feeds, handles);
-                var exec = new Executor(s.Platform) { PreferWholeGraph = !request.Partial };
+                var exec = s.ExecutorFor(modelHash, request.Partial);
                 var ran = new RanNodes();
+                exec.Observers.Clear();
                 if (request.Partial) exec.Observers.Add(ran);
                 Dictionary<string, Value> outs;
                 try { outs = exec.Run(model, feeds, keepOnDevice: _ => true); }

@@ -37,6 +37,12 @@ public sealed class Session : IDisposable
     readonly LinkedList<Slot> _lru = new();
     readonly Dictionary<ulong, Kernel> _kernels = new();
     readonly Dictionary<UInt128, Model> _models = new();
+    // One executor per model and kind of run, kept with the model: its plans and prepared kernels (packed weights on
+    // cpu) serve every later run of that model, as one executor serves a local process's runs.
+    readonly Dictionary<(UInt128, bool), Executor> _executors = new();
+
+    /// <summary>Parsed models (and their executors) a session keeps; past it they are dropped and parsed again.</summary>
+    public const int MaxModels = 64;
     ulong _next = 1;
 
     public string Id { get; }
@@ -154,8 +160,18 @@ public sealed class Session : IDisposable
 
     public Model ModelFor(UInt128 hash, Func<Model> parse)
     {
-        if (!_models.TryGetValue(hash, out var m)) _models[hash] = m = parse();
-        return m;
+        if (_models.TryGetValue(hash, out var m)) return m;
+        if (_models.Count >= MaxModels) { _models.Clear(); _executors.Clear(); }
+        return _models[hash] = parse();
+    }
+
+    /// <summary>The executor of the model with <paramref name="hash"/> (<see cref="ModelFor"/> first) for whole-graph
+    /// (<paramref name="partial"/> false) or node-by-node runs.</summary>
+    public Executor ExecutorFor(UInt128 hash, bool partial)
+    {
+        if (!_executors.TryGetValue((hash, partial), out var e))
+            _executors[(hash, partial)] = e = new Executor(Platform) { PreferWholeGraph = !partial };
+        return e;
     }
 
     /// <summary>The content hash of an uploaded tensor (models are cached by it).</summary>
