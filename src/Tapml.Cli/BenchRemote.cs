@@ -68,26 +68,22 @@ static class BenchRemote
         using var faultyServer = RemoteServer.StartAsync(new ServeOptions($"faulty:{platform}{fault}"), "127.0.0.1:0").GetAwaiter().GetResult();
         foreach (var strategy in new[] { "lockstep", "bisect" })
         {
-            double Time(string target)
-            {
-                var t = new List<double>();
-                string? found = null;
-                // NOTE: one untimed migration first on each side (the JIT and each platform's first-use costs, on
-                // both sides alike), then the median of the timed ones.
-                for (int r = -1; r < Math.Max(3, runs); r++)
+            // NOTE: local and remote migrations alternate (one untimed of each first: the JIT and each platform's
+            // first-use costs, on both sides alike), so both sample the same load of a shared machine; medians.
+            string[] targets = [$"faulty:{platform}{fault}", "remote:" + faultyServer.Url];
+            var times = new[] { new List<double>(), new List<double>() };
+            for (int run = -1; run < Math.Max(3, runs); run++)
+                for (int side = 0; side < 2; side++)
                 {
                     var sw = Stopwatch.StartNew();
-                    var res = new Migrator(llama, "cpu", target, input, new Tolerances(), new Tolerance(1e-3, 1e-4)).Run(strategy);
-                    if (r >= 0) t.Add(sw.Elapsed.TotalMilliseconds);
-                    else if (RemoteStats.On) RemoteStats.Report("discarded");
-                    found = res.FirstDivergent?.Node;
+                    var res = new Migrator(llama, "cpu", targets[side], input, new Tolerances(), new Tolerance(1e-3, 1e-4)).Run(strategy);
+                    if (run >= 0) times[side].Add(sw.Elapsed.TotalMilliseconds);
+                    if (res.FirstDivergent is null) throw new TapmlException($"bench remote: migration to {targets[side]} found no culprit");
+                    if (side == 1 && run < 0 && RemoteStats.On) RemoteStats.Report("discarded");
                 }
-                if (found is null) throw new TapmlException($"bench remote: migration to {target} found no culprit");
-                if (RemoteStats.On) Console.Error.Write(RemoteStats.Report($"{strategy} to {target}, {t.Count} timed runs"));
-                t.Sort();
-                return t[t.Count / 2];
-            }
-            double l = Time($"faulty:{platform}{fault}"), r = Time("remote:" + faultyServer.Url);
+            if (RemoteStats.On) Console.Error.Write(RemoteStats.Report($"{strategy} to {targets[1]}, {times[1].Count} timed runs"));
+            double Median(List<double> t) { t.Sort(); return t[t.Count / 2]; }
+            double l = Median(times[0]), r = Median(times[1]);
             Row($"migrate tiny-llama ({strategy}), ms", $"{l:F0}", $"{r:F0}", $"{r / l:F2}× (target ≤ 2×)");
         }
         table.Caption(Markup.Escape($"loopback gRPC (h2c) and bulk HTTP/1.1 to an in-process `serve --platform {platform}`; medians; {Environment.ProcessorCount} cores"));

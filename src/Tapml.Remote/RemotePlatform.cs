@@ -45,8 +45,38 @@ public sealed class RemoteValue : Value, IDeviceValue
 public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegmentPlatform, IFreshInstance, IPlatformDetails, IOpList
 {
     readonly GrpcChannel _channel;
-    /// <summary>Instances on the channel (<see cref="NewInstance"/> shares it); the last one disposed closes it.</summary>
+    /// <summary>Instances on the channel (<see cref="NewInstance"/> shares it); the last one disposed returns it to
+    /// <see cref="IdleChannels"/>.</summary>
     readonly StrongBox<int> _channelUsers;
+    /// <summary>Address and TLS choice: which idle channel a new instance may take.</summary>
+    readonly string _channelKey;
+
+    /// <summary>Channels whose last instance was disposed, kept (at most <see cref="MaxIdleChannels"/>, oldest closed
+    /// first) so that the next platform for the same server reuses the connection instead of opening one: a migration
+    /// makes a platform per strategy, a `bench remote` run one per migration.</summary>
+    static readonly List<(string Key, GrpcChannel Channel)> IdleChannels = new();
+    const int MaxIdleChannels = 4;
+
+    static GrpcChannel? TakeIdle(string key)
+    {
+        lock (IdleChannels)
+        {
+            int i = IdleChannels.FindLastIndex(e => e.Key == key);
+            if (i < 0) return null;
+            var c = IdleChannels[i].Channel;
+            IdleChannels.RemoveAt(i);
+            return c;
+        }
+    }
+
+    static void PutIdle(string key, GrpcChannel channel)
+    {
+        lock (IdleChannels)
+        {
+            IdleChannels.Add((key, channel));
+            while (IdleChannels.Count > MaxIdleChannels) { IdleChannels[0].Channel.Dispose(); IdleChannels.RemoveAt(0); }
+        }
+    }
     readonly Device.DeviceClient _client;
     /// <summary>The server's bulk endpoint (shared like the channel); null: none, or turned off with ?bulk=0.</summary>
     readonly BulkClient? _bulk;
@@ -90,6 +120,33 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
         }
         _timeout = TimeSpan.FromSeconds(timeout);
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+        _channelKey = $"{Url}|{insecure}";
+        var idle = TakeIdle(_channelKey);
+        _channel = idle ?? NewChannel(Url, insecure);
+        _client = new Device.DeviceClient(_channel);
+        _channelUsers = new StrongBox<int>(1);
+        _headers = NewSession();
+        try { _far = Call(new DescribeRequest(), o => _client.Describe(new DescribeRequest(), o), "describe"); }
+        catch (PlatformLostException) when (idle is not null)
+        {
+            // NOTE: the kept connection's server went away (restarted on the same address, say): connect afresh.
+            idle.Dispose();
+            idle = null;
+            _channel = NewChannel(Url, insecure);
+            _client = new Device.DeviceClient(_channel);
+        }
+        catch (PlatformLostException e) { throw new TapmlException($"{Name}: cannot reach the server ({((RpcException)e.InnerException!).Status.Detail}); is `tapml serve` running there?"); }
+        if (_far is null)
+            try { _far = Call(new DescribeRequest(), o => _client.Describe(new DescribeRequest(), o), "describe"); }
+            catch (PlatformLostException e) { throw new TapmlException($"{Name}: cannot reach the server ({((RpcException)e.InnerException!).Status.Detail}); is `tapml serve` running there?"); }
+        if (_far.Protocol != Wire.Protocol) throw new TapmlException($"{Name}: the server speaks protocol {_far.Protocol}, this client {Wire.Protocol} (use the same tapml on both sides)");
+        Limits = new PlatformLimits(_far.MaxBufferBytes, _far.MaxBindingBytes, _far.MaxWorkgroupSize, _far.SessionMemoryBytes);
+        if (bulk && _far.BulkPort is > 0 and <= 65535) _bulk = new BulkClient(Name, uri, _far.BulkPort, _timeout, insecure);
+        if (RemoteStats.On) RemoteStats.Call("(connect)", 0, 0, t0);
+    }
+
+    static GrpcChannel NewChannel(string url, bool insecure)
+    {
         var handler = new SocketsHttpHandler
         {
             ConnectTimeout = TimeSpan.FromSeconds(5),
@@ -102,16 +159,7 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
             InitialHttp2StreamWindowSize = 16 << 20,
         };
         if (insecure) handler.SslOptions.RemoteCertificateValidationCallback = (_, _, _, _) => true;
-        _channel = GrpcChannel.ForAddress(Url, new GrpcChannelOptions { HttpHandler = handler, MaxReceiveMessageSize = null, MaxSendMessageSize = null });
-        _client = new Device.DeviceClient(_channel);
-        _channelUsers = new StrongBox<int>(1);
-        _headers = NewSession();
-        try { _far = Call(new DescribeRequest(), o => _client.Describe(new DescribeRequest(), o), "describe"); }
-        catch (PlatformLostException e) { throw new TapmlException($"{Name}: cannot reach the server ({((RpcException)e.InnerException!).Status.Detail}); is `tapml serve` running there?"); }
-        if (_far.Protocol != Wire.Protocol) throw new TapmlException($"{Name}: the server speaks protocol {_far.Protocol}, this client {Wire.Protocol} (use the same tapml on both sides)");
-        Limits = new PlatformLimits(_far.MaxBufferBytes, _far.MaxBindingBytes, _far.MaxWorkgroupSize, _far.SessionMemoryBytes);
-        if (bulk && _far.BulkPort is > 0 and <= 65535) _bulk = new BulkClient(Name, uri, _far.BulkPort, _timeout, insecure);
-        if (RemoteStats.On) RemoteStats.Call("(connect)", 0, 0, t0);
+        return GrpcChannel.ForAddress(url, new GrpcChannelOptions { HttpHandler = handler, MaxReceiveMessageSize = null, MaxSendMessageSize = null });
     }
 
     /// <summary>A fresh instance: a new session on the server (its own platform instance, no tensors or kernels of
@@ -120,7 +168,7 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
 
     RemotePlatform(RemotePlatform like)
     {
-        Name = like.Name; Url = like.Url; _timeout = like._timeout; _far = like._far; Limits = like.Limits;
+        Name = like.Name; Url = like.Url; _timeout = like._timeout; _far = like._far; Limits = like.Limits; _channelKey = like._channelKey;
         _channel = like._channel; _client = like._client; _channelUsers = like._channelUsers; _bulk = like._bulk;
         lock (_channelUsers) _channelUsers.Value++;
         _headers = NewSession();
@@ -521,7 +569,7 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
         // NOTE: a server already gone has ended the session itself; closing is a courtesy, not a result.
         catch (RpcException) { }
         lock (_channelUsers) if (--_channelUsers.Value > 0) return;
-        _channel.Dispose();
         _bulk?.Dispose();
+        PutIdle(_channelKey, _channel);
     }
 }

@@ -516,6 +516,26 @@ public class RemoteTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
     }
 
     [Fact]
+    public async Task A_second_platform_reuses_the_connection_and_a_server_gone_since_is_one_clear_error()
+    {
+        var server = await Serve("cpu");
+        string url = "remote:" + server.Url;
+        var x = new Tensor(DType.Float32, [4], new float[] { 1, 2, 3, 4 });
+        for (int i = 0; i < 2; i++)
+        {
+            // NOTE: the second platform takes the first one's idle channel; each is a session of its own.
+            using var p = new RemotePlatform(url);
+            var back = (Tensor)p.Download(p.Upload(x));
+            Assert.Equal(x.As<float>().ToArray(), back.As<float>().ToArray());
+        }
+        await server.DisposeAsync();
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var e = Assert.Throws<TapmlException>(() => new RemotePlatform(url).Dispose());
+        Assert.Contains("cannot reach the server", e.Message);
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(5), $"took {sw.Elapsed}");
+    }
+
+    [Fact]
     public async Task Eight_clients_at_once_each_get_their_own_session_and_correct_results()
     {
         await using var server = await Serve("cpu");
