@@ -19,6 +19,7 @@ public sealed record ServeOptions(string Platform, string? Token = null, long Ma
 public sealed class Sessions(ServeOptions options) : IDisposable
 {
     readonly ConcurrentDictionary<string, Session> _all = new();
+    readonly Dictionary<string, Family> _families = new();
     public ServeOptions Options => options;
     public int Count => _all.Count;
     /// <summary>The bulk endpoint's port (DescribeReply.bulk_port; 0: none).</summary>
@@ -37,8 +38,16 @@ public sealed class Sessions(ServeOptions options) : IDisposable
         lock (_all)
         {
             if (_all.TryGetValue(id, out s)) return s;
+            string? fid = ctx.RequestHeaders.GetValue(Wire.FamilyHeader);
+            if (fid is { Length: 0 or > 64 }) throw new RpcException(new Status(StatusCode.InvalidArgument, $"bad '{Wire.FamilyHeader}' header"));
+            Family? family = null;
+            if (fid is not null)
+            {
+                if (!_families.TryGetValue(fid, out family)) _families[fid] = family = new Family();
+                family.Members++;
+            }
             // NOTE: each session has its own platform instance: its own memory, kernels and (faulty:) call counters.
-            s = new Session(id, PlatformRegistry.Create(options.Platform), options.SessionMemoryBytes);
+            s = new Session(id, PlatformRegistry.Create(options.Platform), options.SessionMemoryBytes) { Family = family, FamilyId = fid };
             _all[id] = s;
             return s;
         }
@@ -46,7 +55,11 @@ public sealed class Sessions(ServeOptions options) : IDisposable
 
     public void End(string id)
     {
-        if (_all.TryRemove(id, out var s)) lock (s.Gate) s.Dispose();
+        if (!_all.TryRemove(id, out var s)) return;
+        lock (s.Gate) s.Dispose();
+        if (s.FamilyId is { } fid)
+            lock (_all)
+                if (_families.TryGetValue(fid, out var f) && --f.Members <= 0) _families.Remove(fid);
     }
 
     /// <summary>Ends sessions no call touched for the idle timeout (a client that died without Close).</summary>
@@ -115,7 +128,15 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
         if (request.Hash.Length != 16) throw new TapmlException("Allocate needs the 16-byte XXH3-128 hash of the tensor's bytes");
         var hash = Wire.Key(request.Hash.Span);
         if (s.FromCache(hash, dtype, shape) is { } cached) return new AllocateReply { Handle = cached, Cached = true };
-        ulong h = s.Reserve(dtype, shape, bytes, hash, request.KeepOnHost);
+        var known = request.Data.Length == 0 && bytes > 0 ? s.FromFamily(hash, dtype, shape) : null;
+        ulong h = s.Reserve(dtype, shape, bytes, hash, request.KeepOnHost, staging: known is null);
+        if (known is not null)
+        {
+            // NOTE: another session of the client's family received these bytes: they need not cross again.
+            try { s.Fill(h, known); }
+            catch { s.Free(h); throw; }
+            return new AllocateReply { Handle = h, Cached = true };
+        }
         if (request.Data.Length == 0 && bytes > 0) return new AllocateReply { Handle = h };
         try { s.Fill(h, Receive(dtype, shape, bytes, request.Hash.Span, request.Data.Span)); }
         catch { s.Free(h); throw; }
@@ -285,7 +306,7 @@ public sealed class DeviceService(Sessions sessions) : Device.DeviceBase
                     {
                         var a = Allocate(s, f.Tensor);
                         inline.Add(h = a.Handle);
-                        if (!a.Cached) throw new TapmlException($"feed '{f.Name}' came inline without its bytes");
+                        if (!a.Cached) throw new RemoteStateException($"{Wire.ContentMissing}: feed '{f.Name}' came inline without its bytes and no session of its family holds them");
                     }
                     handles.Add(h);
                     if (!feeds.TryAdd(f.Name, s.Get(h))) throw new TapmlException($"feed '{f.Name}' given twice");

@@ -81,6 +81,10 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
     /// <summary>The server's bulk endpoint (shared like the channel); null: none, or turned off with ?bulk=0.</summary>
     readonly BulkClient? _bulk;
     readonly Metadata _headers;
+    /// <summary>This instance's family (it and its fresh instances) and the tensors, by hash, type and shape, that a
+    /// session of it sent with their bytes: a later inline one names them by hash alone (<see cref="Wire.FamilyHeader"/>).</summary>
+    readonly string _family;
+    readonly ConcurrentDictionary<(UInt128, DType, string), byte> _familySent;
     readonly TimeSpan _timeout;
     readonly DescribeReply _far;
     readonly ConditionalWeakTable<Tensor, RemoteValue> _uploads = new();
@@ -125,7 +129,9 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
         _channel = idle ?? NewChannel(Url, insecure);
         _client = new Device.DeviceClient(_channel);
         _channelUsers = new StrongBox<int>(1);
-        _headers = NewSession();
+        _family = Guid.NewGuid().ToString("N");
+        _familySent = new();
+        _headers = NewSession(_family);
         try { _far = Call(new DescribeRequest(), o => _client.Describe(new DescribeRequest(), o), "describe"); }
         catch (PlatformLostException) when (idle is not null)
         {
@@ -171,15 +177,16 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
         Name = like.Name; Url = like.Url; _timeout = like._timeout; _far = like._far; Limits = like.Limits; _channelKey = like._channelKey;
         _channel = like._channel; _client = like._client; _channelUsers = like._channelUsers; _bulk = like._bulk;
         lock (_channelUsers) _channelUsers.Value++;
-        _headers = NewSession();
+        _family = like._family; _familySent = like._familySent;
+        _headers = NewSession(_family);
     }
 
     string Session => _headers.GetValue(Wire.SessionHeader)!;
     string? Authorization => _headers.GetValue("authorization");
 
-    static Metadata NewSession()
+    static Metadata NewSession(string family)
     {
-        var headers = new Metadata { { Wire.SessionHeader, Guid.NewGuid().ToString("N") } };
+        var headers = new Metadata { { Wire.SessionHeader, Guid.NewGuid().ToString("N") }, { Wire.FamilyHeader, family } };
         if (Environment.GetEnvironmentVariable("TAPML_TOKEN") is { Length: > 0 } token) headers.Add("authorization", "Bearer " + token);
         return headers;
     }
@@ -332,6 +339,12 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
     {
         var bytes = Wire.Bytes((Tensor)r.Host!);
         return new AllocateRequest { Type = Wire.Info(r.DType, r.Shape), Hash = UnsafeByteOperations.UnsafeWrap(Wire.Hash(bytes.Span)), Data = UnsafeByteOperations.UnsafeWrap(bytes), KeepOnHost = r.KeepOnHost };
+    }
+
+    static (UInt128, DType, string) FamilyKey(AllocateRequest a)
+    {
+        var (dtype, shape, _) = Wire.Check(a.Type);
+        return (Wire.Key(a.Hash.Span), dtype, string.Join(',', shape));
     }
 
     /// <summary>Sends a small upload on its own (it would not fit in the call that needs it).</summary>
@@ -527,6 +540,21 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
     /// not sent yet travels with the first run that uses it, and later runs name it by the handle the server gives it.</summary>
     RunGraphReply RunGraph(RunGraphRequest req, RemoteValue model, IReadOnlyList<IReadOnlyDictionary<string, Value>> runs, string what)
     {
+        var byFamily = new List<(UInt128, DType, string)>();
+        try { return RunGraph(req, model, runs, what, byFamily); }
+        catch (TapmlException e) when (byFamily.Count > 0 && e is not PlatformLostException && e.Message.Contains(Wire.ContentMissing, StringComparison.Ordinal))
+        {
+            // NOTE: no session of the family holds what was named by its hash any more (ended, or sent on to a GPU):
+            // the same call again, with the bytes.
+            foreach (var k in byFamily) _familySent.TryRemove(k, out _);
+            return RunGraph(new RunGraphRequest { Partial = req.Partial, HostOutputs = req.HostOutputs }, model, runs, what, null);
+        }
+    }
+
+    /// <param name="byFamily">Where to list the tensors named by hash because the family sent them before; null: send
+    /// every inline tensor's bytes.</param>
+    RunGraphReply RunGraph(RunGraphRequest req, RemoteValue model, IReadOnlyList<IReadOnlyDictionary<string, Value>> runs, string what, List<(UInt128, DType, string)>? byFamily)
+    {
         var sent = new List<(int Run, int At, RemoteValue V)>();
         var inThisCall = new Dictionary<RemoteValue, AllocateRequest>(ReferenceEqualityComparer.Instance);
         var named = new List<(int Run, int At)>();
@@ -543,9 +571,16 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
                 var r = IsResident(v) ? Mine(v) : Upload(v, keepOnHost: false);
                 // NOTE: sent inline by an earlier run of this call: named by its hash alone, the server has it by then.
                 if (r.Handle == 0 && inThisCall.TryGetValue(r, out var first)) { named.Add((run, list.Count)); list.Add(new NamedHandle { Name = name, Tensor = first }); continue; }
-                if (r.Handle == 0 && (budget -= r.ByteSize) < 0) Send(r);
+                AllocateRequest? pending = null;
+                if (r.Handle == 0 && byFamily is not null)
+                {
+                    pending = Pending(r);
+                    var key = FamilyKey(pending);
+                    if (_familySent.ContainsKey(key)) { pending.Data = ByteString.Empty; byFamily.Add(key); }
+                }
+                if (r.Handle == 0 && pending is not { Data.IsEmpty: true } && (budget -= r.ByteSize) < 0) Send(r);
                 if (r.Handle != 0) { list.Add(new NamedHandle { Name = name, Handle = r.Handle }); continue; }
-                var pending = Pending(r);
+                pending ??= Pending(r);
                 inThisCall[r] = new AllocateRequest { Type = pending.Type, Hash = pending.Hash, KeepOnHost = pending.KeepOnHost };
                 sent.Add((run, list.Count, r));
                 list.Add(new NamedHandle { Name = name, Tensor = pending });
@@ -556,6 +591,12 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
         Google.Protobuf.Collections.RepeatedField<ulong>? Fed(int run) => run == 0 ? reply.Fed : run - 1 < reply.Runs.Count ? reply.Runs[run - 1].Fed : null;
         foreach (var (run, at, r) in sent)
             if (Fed(run) is { } fed && at < fed.Count) r.Handle = fed[at];
+        // What went with its bytes is the family's now: its other sessions may name it by hash.
+        foreach (var (run, at, r) in sent)
+        {
+            var t = (run == 0 ? req.Feeds : req.Runs[run - 1].Feeds)[at].Tensor;
+            if (t is { Data.IsEmpty: false }) _familySent.TryAdd(FamilyKey(t), 0);
+        }
         // The server's second handles of tensors named by their hash go with the next call.
         foreach (var (run, at) in named)
             if (Fed(run) is { } fed && at < fed.Count) Dead.Enqueue(fed[at]);

@@ -53,7 +53,14 @@ public sealed class Session : IDisposable
     public DateTime LastUse { get; set; } = DateTime.UtcNow;
     public object Gate { get; } = new();
 
+    /// <summary>The sessions this one was opened with, or null.</summary>
+    public Family? Family { get; init; }
+    public string? FamilyId { get; init; }
+
     public Session(string id, IPlatform platform, long memoryLimit) { Id = id; Platform = platform; MemoryLimit = memoryLimit; }
+
+    /// <summary>A host tensor with this hash, type and shape that a session of this one's family received, or null.</summary>
+    public Tensor? FromFamily(UInt128 hash, DType dtype, long[] shape) => Family?.Find(CacheKey(hash, dtype, shape));
 
     /// <summary>Reserves room for <paramref name="bytes"/>, evicting unused cache entries first.</summary>
     void Reserve(long bytes)
@@ -93,11 +100,11 @@ public sealed class Session : IDisposable
     }
 
     /// <summary>A handle whose bytes an Upload will bring.</summary>
-    public ulong Reserve(DType dtype, long[] shape, long bytes, UInt128 hash, bool keepOnHost)
+    public ulong Reserve(DType dtype, long[] shape, long bytes, UInt128 hash, bool keepOnHost, bool staging = true)
     {
         Reserve(bytes);
         var s = new Slot(null, bytes, hash) { DType = dtype, Shape = shape, KeepOnHost = keepOnHost };
-        if (bytes >= Prefault.MinBytes)
+        if (staging && bytes >= Prefault.MinBytes)
         {
             // NOTE: the destination's pages are mapped while the client is still sending (Prefault).
             s.Staging = Tensor.Uninitialized(dtype, shape);
@@ -129,6 +136,7 @@ public sealed class Session : IDisposable
         var s = _handles[handle];
         s.Value = s.KeepOnHost || Platform.IsResident(t) ? t : Platform.Upload(t);
         var key = CacheKey(s.Hash!.Value, s.DType, s.Shape);
+        Family?.Remember(key, t);
         if (_cache.ContainsKey(key)) return;
         _cache[key] = s;
         s.Cached = true;
@@ -184,6 +192,33 @@ public sealed class Session : IDisposable
         _handles.Clear();
         _cache.Clear();
         Platform.Dispose();
+    }
+}
+
+/// <summary>Sessions one client opened together (<see cref="Wire.FamilyHeader"/>): a tensor one of them received can
+/// fill another's hash-only upload while some session still holds it. Weak references only: a family keeps nothing
+/// alive and holds no memory of its own (a tensor uploaded to a GPU is soon gone from it; one a cpu session keeps is
+/// shared, not copied).</summary>
+public sealed class Family
+{
+    readonly Dictionary<(UInt128, DType, string), WeakReference<Tensor>> _seen = new();
+    /// <summary>Entries past which the family forgets what it saw (then clients send bytes again).</summary>
+    public const int MaxEntries = 16384;
+    /// <summary>Live sessions of the family (guarded by <see cref="Sessions"/>).</summary>
+    public int Members;
+
+    public void Remember((UInt128, DType, string) key, Tensor t)
+    {
+        lock (_seen)
+        {
+            if (_seen.Count >= MaxEntries) _seen.Clear();
+            _seen[key] = new WeakReference<Tensor>(t);
+        }
+    }
+
+    public Tensor? Find((UInt128, DType, string) key)
+    {
+        lock (_seen) return _seen.TryGetValue(key, out var w) && w.TryGetTarget(out var t) ? t : null;
     }
 }
 

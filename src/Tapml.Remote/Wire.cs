@@ -18,6 +18,12 @@ public static class Wire
 {
     public const int Protocol = 4;
     public const string SessionHeader = "tapml-session";
+    /// <summary>The header naming a session's family: the sessions one client opened together (its fresh instances),
+    /// whose uploads may serve each other's hash-only ones (an unguessable id the client makes).</summary>
+    public const string FamilyHeader = "tapml-family";
+    /// <summary>The start of the error a hash-only inline tensor gets when no session of its family holds its bytes
+    /// any more: the client sends the call again with them.</summary>
+    public const string ContentMissing = "content not held";
     /// <summary>Upload/Download chunk size in bytes (uploads: at most half the server's message limit).</summary>
     public const int ChunkBytes = 4 << 20;
     /// <summary>Tensors up to this many bytes travel inside Allocate requests and Run replies.</summary>

@@ -515,6 +515,63 @@ public class RemoteTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
         Assert.Contains(remote.Details(), d => d.StartsWith("ops: ", StringComparison.Ordinal));
     }
 
+    /// <summary>A session may name by hash alone a tensor another session of its family sent (its fresh instances:
+    /// lockstep's isolated re-runs re-send no weights); a session of another family may not; and where the family no
+    /// longer holds it, the client sends the call again with the bytes.</summary>
+    [Fact]
+    public async Task A_family_of_sessions_shares_what_one_sent_and_no_one_else_does()
+    {
+        await using var server = await Serve("cpu");
+        var g = new Tapml.Ir.Graph { Name = "addw" };
+        g.Nodes.Add(new Tapml.Ir.Node { Name = "add", OpType = "Add", Inputs = ["x", "w"], Outputs = ["y"] });
+        g.Inputs.Add(new Tapml.Ir.ValueInfo("x", Tapml.Ir.TypeRef.TensorOf(DType.Float32, [3])));
+        g.Inputs.Add(new Tapml.Ir.ValueInfo("w", Tapml.Ir.TypeRef.TensorOf(DType.Float32, [3])));
+        g.Outputs.Add(new Tapml.Ir.ValueInfo("y", null));
+        var model = new Tapml.Ir.Model { Graph = g, Opsets = new() { [""] = 17 } };
+        var modelBytes = Tapml.Ir.Onnx.OnnxExporter.ToProto(model).ToByteArray();
+        var wBytes = Wire.Bytes(new Tensor(DType.Float32, [3], new[] { 1f, 2f, 3f })).ToArray();
+        AllocateRequest Inline(byte[] bytes, long[] shape, bool data, bool keep) => new()
+        {
+            Type = Wire.Info(shape.Length == 1 && bytes.Length == modelBytes.Length ? DType.UInt8 : DType.Float32, shape),
+            Hash = ByteString.CopyFrom(Wire.Hash(bytes)), Data = data ? ByteString.CopyFrom(bytes) : ByteString.Empty, KeepOnHost = keep,
+        };
+        RunGraphRequest Request(bool wData)
+        {
+            var r = new RunGraphRequest { ModelTensor = Inline(modelBytes, [modelBytes.Length], true, true), HostOutputs = true };
+            r.Feeds.Add(new NamedHandle { Name = "x", Tensor = Inline(Wire.Bytes(new Tensor(DType.Float32, [3], new[] { 10f, 20f, 30f })).ToArray(), [3], true, false) });
+            r.Feeds.Add(new NamedHandle { Name = "w", Tensor = Inline(wBytes, [3], wData, false) });
+            return r;
+        }
+        string family = Guid.NewGuid().ToString("N");
+        CallOptions Session(string fam) => new(new Metadata { { Wire.SessionHeader, Guid.NewGuid().ToString("N") }, { Wire.FamilyHeader, fam } }, DateTime.UtcNow.AddSeconds(10));
+        using var channel = GrpcChannel.ForAddress(server.Url);
+        var c = new Device.DeviceClient(channel);
+        float[] Y(RunGraphReply r) => Tensor.FromBytes(DType.Float32, [3], r.Outputs.Single(o => o.Name == "y").Value.Data.Span).As<float>().ToArray();
+        Assert.Equal(new[] { 11f, 22f, 33f }, Y(c.RunGraph(Request(wData: true), Session(family))));
+        Assert.Equal(new[] { 11f, 22f, 33f }, Y(c.RunGraph(Request(wData: false), Session(family))));
+        var e = Assert.Throws<RpcException>(() => c.RunGraph(Request(wData: false), Session(Guid.NewGuid().ToString("N"))));
+        Assert.Equal(StatusCode.FailedPrecondition, e.StatusCode);
+        Assert.StartsWith(Wire.ContentMissing, e.Status.Detail);
+        // The client: a fresh instance names the weight by hash; once no session of the family holds it, it sends it.
+        var w = new Tensor(DType.Float32, [3], new[] { 1f, 2f, 3f });
+        var first = new RemotePlatform("remote:" + server.Url);
+        var second = (RemotePlatform)first.NewInstance();
+        var feeds = new Dictionary<string, Value> { ["x"] = new Tensor(DType.Float32, [3], new[] { 10f, 20f, 30f }), ["w"] = w };
+        Assert.Equal(new[] { 11f, 22f, 33f }, ((Tensor)first.RunGraph(model, feeds)["y"]).As<float>().ToArray());
+        first.Dispose();
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+        long calls = second.Calls;
+        Assert.Equal(new[] { 11f, 22f, 33f }, ((Tensor)second.RunGraph(model, feeds)["y"]).As<float>().ToArray());
+        Assert.Equal(calls + 2, second.Calls);                // refused (no session holds w), then sent with it
+        using var third = (RemotePlatform)second.NewInstance();
+        calls = third.Calls;
+        Assert.Equal(new[] { 11f, 22f, 33f }, ((Tensor)third.RunGraph(model, feeds)["y"]).As<float>().ToArray());
+        Assert.Equal(calls + 1, third.Calls);                 // second holds w again: named by hash, one call
+        second.Dispose();
+    }
+
     [Fact]
     public async Task A_second_platform_reuses_the_connection_and_a_server_gone_since_is_one_clear_error()
     {
