@@ -16,7 +16,7 @@ namespace Tapml.Remote;
 /// carries, and the checks a server applies to what a client sends.</summary>
 public static class Wire
 {
-    public const int Protocol = 4;
+    public const int Protocol = 5;
     public const string SessionHeader = "tapml-session";
     /// <summary>The header naming a session's family: the sessions one client opened together (its fresh instances),
     /// whose uploads may serve each other's hash-only ones (an unguessable id the client makes).</summary>
