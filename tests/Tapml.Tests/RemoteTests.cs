@@ -24,6 +24,17 @@ public class RemoteTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
     static Dictionary<string, string> Verdicts(string json) =>
         ((JsonArray)JsonNode.Parse(File.ReadAllText(json))!["cases"]!).ToDictionary(c => (string)c!["name"]!, c => (string)c!["status"]!);
 
+    /// <summary>A model of one Add: <paramref name="a"/> + <paramref name="b"/> → <paramref name="y"/>, f32[n] inputs.</summary>
+    static Tapml.Ir.Model AddModel(string a, string b, string y, long n)
+    {
+        var g = new Tapml.Ir.Graph { Name = "add" };
+        g.Nodes.Add(new Tapml.Ir.Node { Name = "add", OpType = "Add", Inputs = [a, b], Outputs = [y] });
+        g.Inputs.Add(new Tapml.Ir.ValueInfo(a, Tapml.Ir.TypeRef.TensorOf(DType.Float32, [n])));
+        g.Inputs.Add(new Tapml.Ir.ValueInfo(b, Tapml.Ir.TypeRef.TensorOf(DType.Float32, [n])));
+        g.Outputs.Add(new Tapml.Ir.ValueInfo(y, null));
+        return new Tapml.Ir.Model { Graph = g, Opsets = new() { [""] = 17 } };
+    }
+
     static string Temp(string name) => Path.Combine(Path.GetTempPath(), $"tapml-remote-{name}-{Guid.NewGuid():N}");
 
     [Fact]
@@ -186,12 +197,7 @@ public class RemoteTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
         await using var server = await Serve("cpu");
         var (c, o, channel) = Raw(server.Url);
         using var _ = channel;
-        var g = new Tapml.Ir.Graph { Name = "add" };
-        g.Nodes.Add(new Tapml.Ir.Node { Name = "add", OpType = "Add", Inputs = ["x", "y"], Outputs = ["z"] });
-        g.Inputs.Add(new Tapml.Ir.ValueInfo("x", Tapml.Ir.TypeRef.TensorOf(DType.Float32, [4])));
-        g.Inputs.Add(new Tapml.Ir.ValueInfo("y", Tapml.Ir.TypeRef.TensorOf(DType.Float32, [4])));
-        g.Outputs.Add(new Tapml.Ir.ValueInfo("z", null));
-        var model = new Tapml.Ir.Model { Graph = g, Opsets = new() { [""] = 17 } };
+        var model = AddModel("x", "y", "z", 4);
         var bytes = Tapml.Ir.Onnx.OnnxExporter.ToProto(model).ToByteArray();
         AllocateRequest Tensor(DType dtype, long[] shape, byte[] data, bool keep = false) =>
             new() { Type = Wire.Info(dtype, shape), Hash = ByteString.CopyFrom(Wire.Hash(data)), Data = ByteString.CopyFrom(data), KeepOnHost = keep };
@@ -522,12 +528,7 @@ public class RemoteTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
     public async Task A_family_of_sessions_shares_what_one_sent_and_no_one_else_does()
     {
         await using var server = await Serve("cpu");
-        var g = new Tapml.Ir.Graph { Name = "addw" };
-        g.Nodes.Add(new Tapml.Ir.Node { Name = "add", OpType = "Add", Inputs = ["x", "w"], Outputs = ["y"] });
-        g.Inputs.Add(new Tapml.Ir.ValueInfo("x", Tapml.Ir.TypeRef.TensorOf(DType.Float32, [3])));
-        g.Inputs.Add(new Tapml.Ir.ValueInfo("w", Tapml.Ir.TypeRef.TensorOf(DType.Float32, [3])));
-        g.Outputs.Add(new Tapml.Ir.ValueInfo("y", null));
-        var model = new Tapml.Ir.Model { Graph = g, Opsets = new() { [""] = 17 } };
+        var model = AddModel("x", "w", "y", 3);
         var modelBytes = Tapml.Ir.Onnx.OnnxExporter.ToProto(model).ToByteArray();
         var wBytes = Wire.Bytes(new Tensor(DType.Float32, [3], new[] { 1f, 2f, 3f })).ToArray();
         AllocateRequest Inline(byte[] bytes, long[] shape, bool data, bool keep) => new()

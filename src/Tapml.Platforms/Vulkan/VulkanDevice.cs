@@ -573,27 +573,29 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     {
         if (_aheadRecording) return;
         _ahead = NewCommandBuffer();
-        var bi = new CommandBufferBeginInfo { SType = StructureType.CommandBufferBeginInfo, Flags = CommandBufferUsageFlags.OneTimeSubmitBit };
-        Check(_vk.BeginCommandBuffer(_ahead, &bi), "vkBeginCommandBuffer");
         _aheadRecording = true;
-    }
-
-    CommandBuffer NewCommandBuffer()
-    {
-        if (_freeCbs.Count > 0) return _freeCbs.Pop();
-        var ai = new CommandBufferAllocateInfo { SType = StructureType.CommandBufferAllocateInfo, CommandPool = _cmdPool, Level = CommandBufferLevel.Primary, CommandBufferCount = 1 };
-        CommandBuffer cb;
-        Check(_vk.AllocateCommandBuffers(_dev, &ai, &cb), "vkAllocateCommandBuffers");
-        return cb;
     }
 
     void Begin()
     {
         if (_recording) return;
         _cb = NewCommandBuffer();
-        var bi = new CommandBufferBeginInfo { SType = StructureType.CommandBufferBeginInfo, Flags = CommandBufferUsageFlags.OneTimeSubmitBit };
-        Check(_vk.BeginCommandBuffer(_cb, &bi), "vkBeginCommandBuffer");
         _recording = true;
+    }
+
+    /// <summary>A command buffer (a free one, else a new one), begun for one submit.</summary>
+    CommandBuffer NewCommandBuffer()
+    {
+        CommandBuffer cb;
+        if (_freeCbs.Count > 0) cb = _freeCbs.Pop();
+        else
+        {
+            var ai = new CommandBufferAllocateInfo { SType = StructureType.CommandBufferAllocateInfo, CommandPool = _cmdPool, Level = CommandBufferLevel.Primary, CommandBufferCount = 1 };
+            Check(_vk.AllocateCommandBuffers(_dev, &ai, &cb), "vkAllocateCommandBuffers");
+        }
+        var bi = new CommandBufferBeginInfo { SType = StructureType.CommandBufferBeginInfo, Flags = CommandBufferUsageFlags.OneTimeSubmitBit };
+        Check(_vk.BeginCommandBuffer(cb, &bi), "vkBeginCommandBuffer");
+        return cb;
     }
 
     /// <summary>Makes every shader and transfer write visible to every later shader and transfer access.</summary>
