@@ -606,11 +606,30 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
 
     public void Dispose()
     {
-        try { _client.Close(new Empty(), new CallOptions(_headers, DateTime.UtcNow.AddSeconds(1))); }
-        // NOTE: a server already gone has ended the session itself; closing is a courtesy, not a result.
+        // NOTE: the session's Close is not waited for (a migration ends a session per fresh instance); the process
+        // waits for those still on their way when it exits. A server already gone has ended the session itself.
+        try
+        {
+            var close = _client.CloseAsync(new Empty(), new CallOptions(_headers, DateTime.UtcNow.AddSeconds(1))).ResponseAsync;
+            lock (Closing)
+            {
+                Closing.RemoveAll(t => t.IsCompleted);
+                Closing.Add(close.ContinueWith(_ => { }, TaskScheduler.Default));
+            }
+        }
         catch (RpcException) { }
         lock (_channelUsers) if (--_channelUsers.Value > 0) return;
         _bulk?.Dispose();
         PutIdle(_channelKey, _channel);
     }
+
+    /// <summary>Closes sent and not yet answered (each at most a second).</summary>
+    static readonly List<Task> Closing = new();
+
+    static RemotePlatform() => AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+    {
+        Task[] pending;
+        lock (Closing) pending = [.. Closing];
+        Task.WaitAll(pending, TimeSpan.FromSeconds(1));
+    };
 }
