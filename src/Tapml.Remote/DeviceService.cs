@@ -43,11 +43,11 @@ public sealed class Sessions(ServeOptions options) : IDisposable
             Family? family = null;
             if (fid is not null)
             {
-                if (!_families.TryGetValue(fid, out family)) _families[fid] = family = new Family();
+                if (!_families.TryGetValue(fid, out family)) _families[fid] = family = new Family(fid);
                 family.Members++;
             }
             // NOTE: each session has its own platform instance: its own memory, kernels and (faulty:) call counters.
-            s = new Session(id, PlatformRegistry.Create(options.Platform), options.SessionMemoryBytes) { Family = family, FamilyId = fid };
+            s = new Session(id, PlatformRegistry.Create(options.Platform), options.SessionMemoryBytes) { Family = family };
             _all[id] = s;
             return s;
         }
@@ -57,9 +57,9 @@ public sealed class Sessions(ServeOptions options) : IDisposable
     {
         if (!_all.TryRemove(id, out var s)) return;
         lock (s.Gate) s.Dispose();
-        if (s.FamilyId is { } fid)
+        if (s.Family is { } f)
             lock (_all)
-                if (_families.TryGetValue(fid, out var f) && --f.Members <= 0) _families.Remove(fid);
+                if (--f.Members <= 0) _families.Remove(f.Id);
     }
 
     /// <summary>Ends sessions no call touched for the idle timeout (a client that died without Close).</summary>

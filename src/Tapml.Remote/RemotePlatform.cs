@@ -132,24 +132,26 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
         _family = Guid.NewGuid().ToString("N");
         _familySent = new();
         _headers = NewSession(_family);
-        try { _far = Call(new DescribeRequest(), o => _client.Describe(new DescribeRequest(), o), "describe"); }
-        catch (PlatformLostException) when (idle is not null)
+        DescribeReply? far = null;
+        try { far = Call(new DescribeRequest(), o => _client.Describe(new DescribeRequest(), o), "describe"); }
+        catch (PlatformLostException e)
         {
+            if (idle is null) throw Unreachable(e);
             // NOTE: the kept connection's server went away (restarted on the same address, say): connect afresh.
             idle.Dispose();
-            idle = null;
             _channel = NewChannel(Url, insecure);
             _client = new Device.DeviceClient(_channel);
         }
-        catch (PlatformLostException e) { throw new TapmlException($"{Name}: cannot reach the server ({((RpcException)e.InnerException!).Status.Detail}); is `tapml serve` running there?"); }
-        if (_far is null)
-            try { _far = Call(new DescribeRequest(), o => _client.Describe(new DescribeRequest(), o), "describe"); }
-            catch (PlatformLostException e) { throw new TapmlException($"{Name}: cannot reach the server ({((RpcException)e.InnerException!).Status.Detail}); is `tapml serve` running there?"); }
+        try { _far = far ?? Call(new DescribeRequest(), o => _client.Describe(new DescribeRequest(), o), "describe"); }
+        catch (PlatformLostException e) { throw Unreachable(e); }
         if (_far.Protocol != Wire.Protocol) throw new TapmlException($"{Name}: the server speaks protocol {_far.Protocol}, this client {Wire.Protocol} (use the same tapml on both sides)");
         Limits = new PlatformLimits(_far.MaxBufferBytes, _far.MaxBindingBytes, _far.MaxWorkgroupSize, _far.SessionMemoryBytes);
         if (bulk && _far.BulkPort is > 0 and <= 65535) _bulk = new BulkClient(Name, uri, _far.BulkPort, _timeout, insecure);
         if (RemoteStats.On) RemoteStats.Call("(connect)", 0, 0, t0);
     }
+
+    TapmlException Unreachable(PlatformLostException e) =>
+        new($"{Name}: cannot reach the server ({((RpcException)e.InnerException!).Status.Detail}); is `tapml serve` running there?");
 
     static GrpcChannel NewChannel(string url, bool insecure)
     {
@@ -590,10 +592,9 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
         var reply = Call(req, o => _client.RunGraph(req, o), what);
         Google.Protobuf.Collections.RepeatedField<ulong>? Fed(int run) => run == 0 ? reply.Fed : run - 1 < reply.Runs.Count ? reply.Runs[run - 1].Fed : null;
         foreach (var (run, at, r) in sent)
-            if (Fed(run) is { } fed && at < fed.Count) r.Handle = fed[at];
-        // What went with its bytes is the family's now: its other sessions may name it by hash.
-        foreach (var (run, at, r) in sent)
         {
+            if (Fed(run) is { } fed && at < fed.Count) r.Handle = fed[at];
+            // NOTE: what went with its bytes is the family's now: its other sessions may name it by hash.
             var t = (run == 0 ? req.Feeds : req.Runs[run - 1].Feeds)[at].Tensor;
             if (t is { Data.IsEmpty: false }) _familySent.TryAdd(FamilyKey(t), 0);
         }

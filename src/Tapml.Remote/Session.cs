@@ -55,7 +55,6 @@ public sealed class Session : IDisposable
 
     /// <summary>The sessions this one was opened with, or null.</summary>
     public Family? Family { get; init; }
-    public string? FamilyId { get; init; }
 
     public Session(string id, IPlatform platform, long memoryLimit) { Id = id; Platform = platform; MemoryLimit = memoryLimit; }
 
@@ -199,8 +198,9 @@ public sealed class Session : IDisposable
 /// fill another's hash-only upload while some session still holds it. Weak references only: a family keeps nothing
 /// alive and holds no memory of its own (a tensor uploaded to a GPU is soon gone from it; one a cpu session keeps is
 /// shared, not copied).</summary>
-public sealed class Family
+public sealed class Family(string id)
 {
+    public string Id { get; } = id;
     readonly Dictionary<(UInt128, DType, string), WeakReference<Tensor>> _seen = new();
     /// <summary>Entries past which the family forgets what it saw (then clients send bytes again).</summary>
     public const int MaxEntries = 16384;

@@ -155,8 +155,7 @@ internal static class BlockedMatVec
         // NOTE: K is a parameter, not md[1] read inside the helper (the vulkan dialect's rows stalled reading md there).
         if (!vec) w.Decl("fn xg(m: u32, k: u32, K: u32) -> f32 { if (k < K) { return f32(x(m * K + k)); } return 0.0; }");
         string scale = f.XScale is null ? "" : $" * {f.XScale}";
-        string X4(string m, string k) => vec ? $"xv_b[({m} * K + {k}) / 4u]"
-            : $"vec4<f32>(xg({m}, {k}, K), xg({m}, {k} + 1u, K), xg({m}, {k} + 2u, K), xg({m}, {k} + 3u, K))";
+        string X4(string m, string k) => LoadX4(vec, m, k);
         var rs = Enumerable.Range(0, R).ToArray();
         var ms = Enumerable.Range(0, M).ToArray();
         string rowsCode = string.Concat(rs.Select(f.Row));
@@ -214,6 +213,11 @@ internal static class BlockedMatVec
         }
         return b.ToString();
     }
+
+    /// <summary>x's four values from K index <paramref name="k"/> of row <paramref name="m"/>: one vec4 load of
+    /// <c>xv_b</c> when <paramref name="vec"/> (no bounds checks), else four <c>xg</c> reads (zero past K).</summary>
+    internal static string LoadX4(bool vec, string m, string k) => vec ? $"xv_b[({m} * K + {k}) / 4u]"
+        : $"vec4<f32>(xg({m}, {k}, K), xg({m}, {k} + 1u, K), xg({m}, {k} + 2u, K), xg({m}, {k} + 3u, K))";
 
     /// <summary>Where staged x element <paramref name="el"/> (vec4 j of chunk unit ul: el = ul·J + j) of x row
     /// <paramref name="m"/> lives in <c>xsh</c>: vec4 j of a unit at j XOR (ul mod J), so the threads of a row, each

@@ -230,10 +230,10 @@ static class ProjectionsNBits
                 int rr = r, qq = q;
                 rowsCode += MatMulNBits.UnitCode(weights, $"w{r}_{q}", m => $"a{rr}_{qq}_{m}", st.BlockSize, st.ZeroKind, words, M);
             }
-        string Gamma(string k0, string u, string indent) =>
-            vec ? $"{indent}let gv = cv_b[{u}];\n" : $"{indent}let gv = vec4<f32>({string.Join(", ", Enumerable.Range(0, 4).Select(i => $"gm_({k0} + {i}u, K)"))});\n";
-        string Load(string m, string k4) => vec ? $"xv_b[({m} * K + {k4}) / 4u]"
-            : $"vec4<f32>(xg({m}, {k4}, K), xg({m}, {k4} + 1u, K), xg({m}, {k4} + 2u, K), xg({m}, {k4} + 3u, K))";
+        // γ's four values from K index k (vec4 index k / 4 where x is read as vec4s).
+        string Gamma(string name, string k, string indent) =>
+            vec ? $"{indent}let {name} = cv_b[({k}) / 4u];\n" : $"{indent}let {name} = vec4<f32>({string.Join(", ", Enumerable.Range(0, 4).Select(i => $"gm_({k} + {i}u, K)"))});\n";
+        string Load(string m, string k4) => BlockedMatVec.LoadX4(vec, m, k4);
         if (shared)
         {
             // Each chunk: every thread of the workgroup stages x·γ (scaled as the unit code reads it) and adds its Σ x²;
@@ -253,7 +253,7 @@ static class ProjectionsNBits
             if (norm)
             {
                 for (int m = 0; m < M; m++) b.Append($"        if (m == {m}u) {{ s{m} += dot(v, v); }}\n");
-                b.Append(Gamma("k", "k / 4u", "        ")).Append("        v = v * gv;\n");
+                b.Append(Gamma("gv", "k", "        ")).Append("        v = v * gv;\n");
             }
             b.Append($$"""
       }
@@ -274,9 +274,7 @@ static class ProjectionsNBits
         {
             b = new StringBuilder($"    let k0 = u * {UV}u;\n");
             if (norm)
-                for (int jj = 0; jj < J; jj++)
-                    b.Append(vec ? $"    let g{jj} = cv_b[u * {J}u + {jj}u];\n"
-                        : $"    let g{jj} = vec4<f32>({string.Join(", ", Enumerable.Range(0, 4).Select(i => $"gm_(k0 + {4 * jj + i}u, K)"))});\n");
+                for (int jj = 0; jj < J; jj++) b.Append(Gamma($"g{jj}", $"k0 + {4 * jj}u", "    "));
             for (int m = 0; m < M; m++)
                 for (int jj = 0; jj < J; jj++)
                 {
