@@ -440,6 +440,8 @@ public class FusionTests
     [InlineData("webgpu?q4-xs=1&q4-reduce=serial", 3, 72, true, "qkv_bias", 2)]     // staged, K not a whole number of 16-byte units
     [InlineData("vulkan?q4-xs=1", 2, 8192, true, "swiglu", 2)]                      // staged in several chunks
     [InlineData("opencl?q4-xs=1&q4-threads=4", 1, 128, false, "pair", 2)]           // staged, no norm
+    [InlineData("webgpu?q4-unit=1", 2, 256, true, "swiglu", 2)]                     // one u32 a unit: a row's threads 32 bytes apart in x
+    [InlineData("vulkan?q4-unit=2&q4-xs=1", 1, 256, true, "qkv", 2)]                // two words a unit, staged
     public void Q4_projections_kernel_matches_cpu(string platform, int rows, int k, bool norm, string structure, int expectedDispatches)
     {
         WebGpuTests.SkipIfNoDawn(platform);

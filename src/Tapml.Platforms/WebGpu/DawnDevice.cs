@@ -75,7 +75,9 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
     /// <param name="backend">"" (best adapter), "vulkan" or "gles".</param>
     /// <param name="maxBindingBytes">Lower maxStorageBufferBindingSize to this (0: the adapter's maximum).</param>
     /// <param name="blobCache">Given the adapter, the folder of Dawn's blob cache (<see cref="DawnBlobCache"/>), or null for none.</param>
-    public DawnDevice(string backend, long maxBindingBytes = 0, Func<GpuAdapterInfo, string?>? blobCache = null)
+    /// <param name="toggles">Dawn device toggles: a name enables one, <c>-name</c> disables it (ONNX Runtime's WebGPU EP
+    /// enables skip_validation, disable_robustness and disable_workgroup_init).</param>
+    public DawnDevice(string backend, long maxBindingBytes = 0, Func<GpuAdapterInfo, string?>? blobCache = null, IReadOnlyList<string>? toggles = null)
     {
         Wgpu.Load();
         PrepareEnvironment(backend);
@@ -137,11 +139,33 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
                 Blobs.Describe(ref cacheDesc);
                 ddesc.Next = (nint)(&cacheDesc);
             }
-            var adapter = _adapter;
-            nint pd = (nint)(&ddesc);
-            var rd = Wgpu.Await(inst, Wgpu.HandleCallback, info => Wgpu.AdapterRequestDevice(adapter, (DeviceDescriptor*)pd, info), "a device");
-            Wgpu.Check(rd.Status, "wgpuAdapterRequestDevice", "WGPURequestDeviceStatus", rd.Message);
-            _device = Wgpu.Created(rd.Handle, "wgpuAdapterRequestDevice");
+            var togglesDesc = new DawnTogglesDescriptor();
+            var names = new List<nint>();
+            try
+            {
+                if (toggles is { Count: > 0 })
+                {
+                    var on = toggles.Where(t => !t.StartsWith('-')).ToArray();
+                    var off = toggles.Where(t => t.StartsWith('-')).Select(t => t[1..]).ToArray();
+                    var ptrs = stackalloc nint[toggles.Count];
+                    int i = 0;
+                    foreach (var t in on.Concat(off)) names.Add(ptrs[i++] = Marshal.StringToCoTaskMemUTF8(t));
+                    togglesDesc = new DawnTogglesDescriptor
+                    {
+                        ChainNext = ddesc.Next, SType = Wgpu.STypeDawnTogglesDescriptor,
+                        EnabledCount = (nuint)on.Length, Enabled = (nint)ptrs, DisabledCount = (nuint)off.Length, Disabled = (nint)(ptrs + on.Length),
+                    };
+                    ddesc.Next = (nint)(&togglesDesc);
+                }
+                var adapter = _adapter;
+                nint pd = (nint)(&ddesc);
+                var rd = Wgpu.Await(inst, Wgpu.HandleCallback, info => Wgpu.AdapterRequestDevice(adapter, (DeviceDescriptor*)pd, info), "a device");
+                if (rd.Status != Wgpu.StatusSuccess && toggles is { Count: > 0 })
+                    throw new TapmlException($"webgpu: Dawn refused a device with toggles {string.Join(",", toggles)}: {rd.Message}");
+                Wgpu.Check(rd.Status, "wgpuAdapterRequestDevice", "WGPURequestDeviceStatus", rd.Message);
+                _device = Wgpu.Created(rd.Handle, "wgpuAdapterRequestDevice");
+            }
+            finally { foreach (var n in names) Marshal.FreeCoTaskMem(n); }
             _deviceHandle = new WgpuHandle(WgpuKind.Device, _device, _adapterHandle);
             _queue = Wgpu.Created(Wgpu.DeviceGetQueue(_device), "wgpuDeviceGetQueue");
             _queueHandle = new WgpuHandle(WgpuKind.Queue, _queue, _deviceHandle);

@@ -84,17 +84,23 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         if (_backend is not ("" or "vulkan" or "gles"))
             throw new TapmlException($"platform '{spec}': unknown webgpu backend '{_backend}' (use webgpu, webgpu:vulkan or webgpu:gles)");
         long maxBinding = 0;
+        string[]? toggles = null;
         var rest = new List<(string, string)>();
         foreach (var (k, v) in PlatformSpec.Query(spec))
         {
             if (k == "max-binding" && long.TryParse(v, out maxBinding) && maxBinding >= 16) continue;
             if (k == "kernel-cache" && (v is "on" or "off" || Path.IsPathRooted(v))) { _kernelCache = v != "off"; _kernelCacheRoot = Path.IsPathRooted(v) ? v : null; continue; }
+            if (k == "toggles" && v.Split(',', StringSplitOptions.RemoveEmptyEntries) is { Length: > 0 } ts && ts.All(t => System.Text.RegularExpressions.Regex.IsMatch(t, "^-?[a-z0-9_]+$")))
+            {
+                toggles = ts;
+                continue;
+            }
             rest.Add((k, v));
         }
-        Options = GpuKernelOptions.Parse(spec, rest, "max-binding=BYTES (at least 16), kernel-cache=on|off|DIR");
+        Options = GpuKernelOptions.Parse(spec, rest, "max-binding=BYTES (at least 16), kernel-cache=on|off|DIR, toggles=NAME,-NAME,… (Dawn device toggles)");
         Name = spec;
         Kind = "webgpu";
-        Device = new DawnDevice(_backend, maxBinding, info => KernelCacheOn(info) ? Path.Combine(_kernelCacheRoot ?? KernelList.Root, "blobs") : null);
+        Device = new DawnDevice(_backend, maxBinding, info => KernelCacheOn(info) ? Path.Combine(_kernelCacheRoot ?? KernelList.Root, "blobs") : null, toggles);
         (Description, Limits, Workgroup) = Describe(Device);
     }
 
@@ -888,9 +894,30 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     public GpuPipeline Kernel(in KernelKey key, Func<string> build, string label)
     {
         if (_kernels.TryGetValue(key, out var p)) return p;
-        p = Device.Pipeline(build(), label);
+        string code = build();
+        if (DumpKernels is { } dir) DumpKernel(dir, label, code);
+        p = Device.Pipeline(code, label);
         _kernels[key] = p;
         return p;
+    }
+
+    /// <summary>TAPML_DUMP_KERNELS=DIR: every kernel this process compiles is written there as WGSL (the text each
+    /// dialect renders), one file a kernel, named by its label and a hash of its text.</summary>
+    static readonly string? DumpKernels = Environment.GetEnvironmentVariable("TAPML_DUMP_KERNELS") is { Length: > 0 } d ? d : null;
+
+    static void DumpKernel(string dir, string label, string code)
+    {
+        try
+        {
+            Directory.CreateDirectory(dir);
+            string safe = string.Concat(label.Select(c => char.IsAsciiLetterOrDigit(c) || c is '_' or '-' ? c : '_'));
+            string hash = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(code)))[..8];
+            File.WriteAllText(Path.Combine(dir, $"{safe}-{hash}.wgsl"), code);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new TapmlException($"TAPML_DUMP_KERNELS: cannot write kernels to '{dir}': {e.Message}");
+        }
     }
 
     /// <summary>Compiles (cached) and records one dispatch over <paramref name="threads"/> element threads.</summary>

@@ -33,6 +33,9 @@ public sealed record MatVecTuning
     public bool? Q4SharedX { get; init; }
     public int Q4Unroll { get; init; }
     public bool? Q4Tree { get; init; }
+    /// <summary>u32 words of packed nibbles a thread loads as one unit (1, 2 or 4; 0: the rule, 4 where a row's words
+    /// allow it, else 1). Smaller units put a row's threads closer together in x (4 words: 128 bytes apart).</summary>
+    public int Q4Words { get; init; }
     public int F16Threads { get; init; }
     public int F16Rows { get; init; }
     public int F16Workgroup { get; init; }
@@ -45,7 +48,7 @@ public sealed record MatVecTuning
 
     public static readonly MatVecTuning Rule = new();
 
-    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial, f16-unpack=bits|native";
+    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial, q4-unit=1|2|4, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial, f16-unpack=bits|native";
 
     /// <summary>This tuning with one spec option applied, or null when <paramref name="key"/> is not a matrix-vector knob.</summary>
     public MatVecTuning? With(string spec, string key, string value)
@@ -65,6 +68,7 @@ public sealed record MatVecTuning
             "q4-xs" => this with { Q4SharedX = Flag() },
             "q4-unroll" => this with { Q4Unroll = Count(8) },
             "q4-reduce" => this with { Q4Tree = Reduce() },
+            "q4-unit" => this with { Q4Words = value is "1" or "2" or "4" ? int.Parse(value) : throw new TapmlException($"platform '{spec}': {key}={value} must be 1, 2 or 4") },
             "f16-threads" => this with { F16Threads = Count(256) },
             "f16-rows" => this with { F16Rows = Count(16) },
             "f16-wg" => this with { F16Workgroup = Count(1024) },
@@ -89,6 +93,11 @@ public sealed record MatVecTuning
         int r = Q4Rows > 0 ? Q4Rows : (int)Math.Clamp(FloorPow2(n * t / 65536), 1, 8);
         return Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup) with { Unroll = Q4Unroll > 0 ? Q4Unroll : 1, Tree = Q4Tree ?? true };
     }
+
+    /// <summary>Packed words a 4-bit unit loads for rows of <paramref name="rowWords"/> u32 words: <see cref="Q4Words"/>
+    /// where it divides the row, else 4 where that does, else 1.</summary>
+    public int Q4UnitWords(long rowWords) =>
+        Q4Words > 0 && rowWords % Q4Words == 0 ? Q4Words : rowWords % 4 == 0 ? 4 : 1;
 
     /// <summary>The packed f16 kernel's layout. Rule (<c>bench q4-sweep</c> on H100s): 64 threads a row (never more than
     /// the row has units), 2 rows a thread (1 where that leaves under 65536 threads), 256 threads a workgroup, halves

@@ -168,7 +168,7 @@ static class MatMulNBits
         if (residual is not null) bindings.Add(residual);
         // A unit is one 16-byte load (32 values) where every row's words start 16-byte aligned, else one u32 (8 values).
         long rowWords = (long)w.KBlocks * w.BlobSize / 4;
-        int words = rowWords % 4 == 0 ? 4 : 1;
+        int words = g.MatVec.Q4UnitWords(rowWords);
         long units = rowWords / words;
         bool vec = x.Storage == GpuStorage.F32 && units * words * 8 == w.K;
         var shape = g.MatVec.Q4(w.N, units, g.Device.Limits.MaxInvocationsPerWorkgroup);
@@ -178,7 +178,7 @@ static class MatMulNBits
         var (gx, gy) = BlockedMatVec.Grid(g, w.N, shape);
         g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{words}|{vec}|{shape}|{rows}"),
             () => MatVecCode(g, x, y.DType, w.BlockSize, Zero(p), p.Bias is not null, residual is not null, p.Scales, words, vec, shape, (int)rows),
-            $"MatMulNBits_matvec_t{shape.Threads}r{shape.Rows}{(words == 4 ? "_w" : "")}{(residual is null ? "" : "_add")}_r{rows}", [.. bindings], meta, gx, gy);
+            $"MatMulNBits_matvec_t{shape.Threads}r{shape.Rows}{(words == 4 ? "_w" : words == 2 ? "_w2" : "")}{(residual is null ? "" : "_add")}_r{rows}", [.. bindings], meta, gx, gy);
     }
 
     /// <summary>The <c>matmul_add</c> region over a MatMulNBits product (inputs x, B, scales [, zero_points], r): y =
@@ -214,13 +214,12 @@ static class MatMulNBits
 
     /// <summary>Declares x, y, the weight words (u32, or vec4 for 16-byte units), scales, zero points and bias, in the
     /// bindings' order, and <c>zero_(block)</c>.</summary>
-    static Wgsl Declare(GpuTensor x, DType y, ZeroKind zeros, bool bias, GpuTensor scales, bool xvec, int wg, bool wide = false, bool residual = false)
+    static Wgsl Declare(GpuTensor x, DType y, ZeroKind zeros, bool bias, GpuTensor scales, bool xvec, int wg, int words = 1, bool residual = false)
     {
         var w = new Wgsl(wg);
         BlockedMatVec.DeclareX(w, x, xvec);
         w.Out("y", y);
-        if (wide) w.Reserve().Decl("@group(0) @binding(2) var<storage, read> bq_b: array<vec4<u32>>;");
-        else w.In("bw", GpuStorage.U32);
+        DeclareWords(w, 2, words);
         w.In("sc", scales);
         if (zeros == ZeroKind.Bytes) w.In("zp", GpuStorage.U32);
         if (zeros == ZeroKind.Floats) w.In("zp", GpuStorage.F32);
@@ -229,6 +228,16 @@ static class MatMulNBits
         w.Decl(ZeroFunction(zeros));
         return w;
     }
+
+    /// <summary>Declares the packed weight at <paramref name="binding"/>: <c>bw(i)</c> (u32) for one-word units, else
+    /// <c>bq_b</c> (vec2 or vec4 of u32); <see cref="Weights"/> names what the unit code indexes.</summary>
+    internal static void DeclareWords(Wgsl w, int binding, int words)
+    {
+        if (words == 1) w.In("bw", GpuStorage.U32);
+        else w.Reserve().Decl($"@group(0) @binding({binding}) var<storage, read> bq_b: array<vec{words}<u32>>;");
+    }
+
+    internal static string Weights(int words) => words == 1 ? "bw_b" : "bq_b";
 
     /// <summary><c>zero_(block)</c>: a block's zero point from <c>zp</c> (bytes four per u32, or f32), or 8.</summary>
     internal static string ZeroFunction(ZeroKind zeros) => $"fn zero_(b: u32) -> f32 {{ {zeros switch
@@ -291,8 +300,8 @@ static class MatMulNBits
 
     static string MatVecCode(WebGpuPlatform g, GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, bool residual, GpuTensor scales, int words, bool vec, MatVecShape shape, int rows)
     {
-        var w = Declare(x, y, zeros, bias, scales, vec, shape.Workgroup, wide: words == 4, residual: residual);
-        string weights = words == 4 ? "bq_b" : "bw_b";
+        var w = Declare(x, y, zeros, bias, scales, vec, shape.Workgroup, words, residual);
+        string weights = Weights(words);
         string Row(int r) => UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, words, rows);
         var f = new BlockedMatVec.Format
         {

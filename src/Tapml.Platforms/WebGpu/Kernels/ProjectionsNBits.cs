@@ -127,7 +127,7 @@ static class ProjectionsNBits
         if (rowCount > MatMul.MatVecMaxRows) return null;                     // prefill: the body runs (tiled MatMulNBits over views of the stack)
         int rows = (int)rowCount, P = plan.P, outs = plan.Outputs.Length;
         long columns = plan.Outputs.Sum(o => o.N);
-        int words = st.RowWords % 4 == 0 ? 4 : 1;
+        int words = g.MatVec.Q4UnitWords(st.RowWords);
         long units = st.RowWords / words;
         bool vec = units * words * 8 == k;
         var lim = g.Device.Limits;
@@ -180,8 +180,7 @@ static class ProjectionsNBits
             w.Reserve().Decl("@group(0) @binding(1) var<storage, read> cv_b: array<vec4<f32>>;\nfn cv_(i: u32) -> f32 { return cv_b[i >> 2u][i & 3u]; }");
             binding++;
         }
-        if (words == 4) w.Reserve().Decl($"@group(0) @binding({binding}) var<storage, read> bq_b: array<vec4<u32>>;");
-        else w.In("bw", GpuStorage.U32);
+        MatMulNBits.DeclareWords(w, binding, words);
         w.In("sc", st.Scales);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Bytes) w.In("zp", GpuStorage.U32);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Floats) w.In("zp", GpuStorage.F32);
@@ -195,7 +194,7 @@ static class ProjectionsNBits
         if (shared) w.Decl($"var<workgroup> xsh: array<vec4<f32>, {M * cj}>;");
         if (!vec) w.Decl("fn xg(m: u32, k: u32, K: u32) -> f32 { if (k < K) { return f32(x(m * K + k)); } return 0.0; }");
         if (norm && !vec) w.Decl("fn gm_(k: u32, K: u32) -> f32 { if (k < K) { return cv_(k); } return 0.0; }");
-        string weights = words == 4 ? "bq_b" : "bw_b";
+        string weights = MatMulNBits.Weights(words);
         // Stacked weight row of product q of a column c: its output's first column and its weight's first row.
         var starts = new long[outs];
         for (int o = 1; o < outs; o++) starts[o] = starts[o - 1] + plan.Outputs[o - 1].N;

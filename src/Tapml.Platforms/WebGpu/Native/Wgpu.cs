@@ -123,6 +123,18 @@ internal struct DawnCacheDeviceDescriptor
     public nint Userdata;
 }
 
+/// <summary>Chained into the device descriptor: Dawn toggles to enable and disable (names, UTF-8).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct DawnTogglesDescriptor
+{
+    public nint ChainNext;
+    public uint SType;
+    public nuint EnabledCount;
+    public nint Enabled;
+    public nuint DisabledCount;
+    public nint Disabled;
+}
+
 [StructLayout(LayoutKind.Sequential)]
 struct ShaderSourceWgsl
 {
@@ -201,6 +213,9 @@ static unsafe class Wgpu
     /// <summary>WGPUSType_DawnCacheDeviceDescriptor (Dawn's extension range; checked on this build: Dawn calls the
     /// functions it names, KernelListTests).</summary>
     public const uint STypeDawnCacheDeviceDescriptor = 0x00050007;
+    /// <summary>WGPUSType_DawnTogglesDescriptor in the same numbering (three after the cache descriptor; checked on this
+    /// build: a device asked for an unknown toggle is refused naming it, DawnToggleTests).</summary>
+    public const uint STypeDawnTogglesDescriptor = 0x0005000A;
     public const uint FeatureTimestampQuery = 3, FeatureShaderF16 = 0x0A, FeatureSubgroups = 0x11;
     public const uint ErrorFilterValidation = 1, ErrorFilterOutOfMemory = 2, ErrorFilterInternal = 3;
     public const uint ErrorTypeNoError = 1;
