@@ -83,23 +83,8 @@ static class BenchWorkflows
             {
                 for (int k = 0; k < variants.Length; k++)
                     variantBest[k] = Math.Max(variantBest[k], RunVariant(k, prompt.Length, newTokens).DecodeTokensPerSecond);
-                var dev = p as IKernelProfile;
-                var before = dev?.Counters ?? default;
-                int gc0 = GC.CollectionCount(0), gc2 = GC.CollectionCount(2);
-                var pause0 = GC.GetTotalPauseDuration();
-                var r = Generation.Greedy(exec, model, prompt, newTokens, keepPromptLogits: false);
-                string gc = $"{GC.CollectionCount(0) - gc0} GCs ({GC.CollectionCount(2) - gc2} full), {(GC.GetTotalPauseDuration() - pause0).TotalMilliseconds:F1} ms paused";
-                if (best is null || r.DecodeTokensPerSecond > best.DecodeTokensPerSecond)
-                {
-                    best = r;
-                    // Per run (prefill and decode steps run the same graph): dispatches, submits and readbacks per step,
-                    // and the share of the run's wall time the host spent waiting for the GPU.
-                    if (dev is not null)
-                    {
-                        var run = dev.Counters - before;
-                        counters = $"{run.PerStep(r.DecodeSteps + 1)}; waiting for the GPU {run.WaitMs / (r.PrefillMs + r.DecodeMs) * 100:F0}% of the run; {gc}";
-                    }
-                }
+                var (r, c) = CountedRun(p, () => Generation.Greedy(exec, model, prompt, newTokens, keepPromptLogits: false));
+                if (best is null || r.DecodeTokensPerSecond > best.DecodeTokensPerSecond) (best, counters) = (r, c);
             }
             if (counters.Length > 0) Console.WriteLine($"{spec}: {counters}");
             for (int k = 0; k < variants.Length; k++)
@@ -153,6 +138,22 @@ static class BenchWorkflows
         return m.Graph.Initializers.Where(kv => !GatherOnly(kv.Key)).Sum(kv => kv.Value.Length * DTypes.Size(kv.Value.DType));
     }
 
+    /// <summary>A generation run and what it cost besides: per step (prefill and decode steps run the same graph)
+    /// dispatches, submits and readbacks, the share of the run's wall time the host spent waiting for the GPU (near 0:
+    /// the host sets the pace, not the GPU), and the garbage collections during it ("" for platforms without counters).</summary>
+    static (GenerationResult Result, string Counters) CountedRun(IPlatform p, Func<GenerationResult> run)
+    {
+        var dev = p as IKernelProfile;
+        var before = dev?.Counters ?? default;
+        int gc0 = GC.CollectionCount(0), gc2 = GC.CollectionCount(2);
+        var pause0 = GC.GetTotalPauseDuration();
+        var r = run();
+        string gc = $"{GC.CollectionCount(0) - gc0} GCs ({GC.CollectionCount(2) - gc2} full), {(GC.GetTotalPauseDuration() - pause0).TotalMilliseconds:F1} ms paused";
+        if (dev is null) return (r, "");
+        var c = dev.Counters - before;
+        return (r, $"{c.PerStep(r.DecodeSteps + 1)}; waiting for the GPU {c.WaitMs / (r.PrefillMs + r.DecodeMs) * 100:F0}% of the run; {gc}");
+    }
+
     /// <summary>Decode where weight bandwidth, not dispatches, sets the pace: four layers of Llama-3-8B's shape (hidden
     /// 4096, 32 heads, 8 KV heads, intermediate 14336; vocab 32000): 1.13B parameters, 3.7 GiB f32 read per token.
     /// webgpu against cpu in one process (ORT is left out: the graph's 4.5 GiB are over protobuf's 2 GiB, and its
@@ -175,11 +176,13 @@ static class BenchWorkflows
             Generation.Greedy(exec, model, prompt.AsSpan(0, 4), 2);
             SteadyClocks(p, () => Generation.Greedy(exec, model, prompt, newTokens, keepPromptLogits: false));
             GenerationResult? best = null;
+            string counters = "";
             for (int i = 0; i < (spec == "cpu" ? 1 : runs); i++)
             {
-                var r = Generation.Greedy(exec, model, prompt, newTokens, keepPromptLogits: false);
-                if (best is null || r.DecodeTokensPerSecond > best.DecodeTokensPerSecond) best = r;
+                var (r, c) = CountedRun(p, () => Generation.Greedy(exec, model, prompt, newTokens, keepPromptLogits: false));
+                if (best is null || r.DecodeTokensPerSecond > best.DecodeTokensPerSecond) (best, counters) = (r, c);
             }
+            if (counters.Length > 0) Console.Error.WriteLine($"bench llm-large: {spec}: {counters}");
             results.Add(best!);
             // One more run with GPU time per kernel (each dispatch in a pass of its own: slower, not the measurement).
             if (p is IKernelProfile wg && wg.StartProfile())

@@ -94,10 +94,17 @@ public sealed record MatVecTuning
         return Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup) with { Unroll = Q4Unroll > 0 ? Q4Unroll : 1, Tree = Q4Tree ?? true };
     }
 
-    /// <summary>Packed words a 4-bit unit loads for rows of <paramref name="rowWords"/> u32 words: <see cref="Q4Words"/>
-    /// where it divides the row, else 4 where that does, else 1.</summary>
-    public int Q4UnitWords(long rowWords) =>
-        Q4Words > 0 && rowWords % Q4Words == 0 ? Q4Words : rowWords % 4 == 0 ? 4 : 1;
+    /// <summary>Packed words a 4-bit unit loads for N rows of <paramref name="rowWords"/> u32 words: <see cref="Q4Words"/>
+    /// where it divides the row; else (rule, H100 profiles of the 8B shape, docs/benchmarks.md) 2 for N ≥ 6144, where a row's
+    /// threads then read x 64 bytes apart instead of 128 and there are threads enough to keep 8-byte loads in flight (gate/up
+    /// 58–59 against 68–69 µs, q/k/v 18–27 against 32–34, lm_head 65 against 78–82), 4 for fewer rows (o and down
+    /// with N = 4096: 31 against 34 µs), each where it divides the row; else 1.</summary>
+    public int Q4UnitWords(long rowWords, long n)
+    {
+        if (Q4Words > 0 && rowWords % Q4Words == 0) return Q4Words;
+        if (rowWords % 2 == 0 && (n >= 6144 || rowWords % 4 != 0)) return 2;
+        return rowWords % 4 == 0 ? 4 : 1;
+    }
 
     /// <summary>The packed f16 kernel's layout. Rule (<c>bench q4-sweep</c> on H100s): 64 threads a row (never more than
     /// the row has units), 2 rows a thread (1 where that leaves under 65536 threads), 256 threads a workgroup, halves

@@ -13,8 +13,9 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 /// nibbles always are), else f32 (absent: the constant 8). Two kernels:
 /// <list type="bullet">
 /// <item>decode (at most <see cref="MatMul.MatVecMaxRows"/> rows of A): <see cref="BlockedMatVec"/>'s layout (threads per
-/// row, rows per thread, workgroup size and x in workgroup memory from <see cref="MatVecTuning"/>), one 16-byte load of
-/// 32 values a unit where each row's words are 16-byte aligned, else one u32 of 8. A nibble is made a float without a
+/// row, rows per thread, workgroup size and x in workgroup memory from <see cref="MatVecTuning"/>), one load of 2 or 4
+/// words (16 or 32 values, <see cref="MatVecTuning.Q4UnitWords"/>) a unit where each row's words are aligned to it, else
+/// one u32 of 8. A nibble is made a float without a
 /// conversion instruction: the nibble at bit 4i of a half-word, or-ed into the mantissa of 2^23, is 2^23 + q·16^i
 /// exactly, and subtracting 2^23 + zero·16^i gives (q − zero)·16^i exactly; x was scaled by 16^−i (a power of two,
 /// exact) as it was loaded, so each product is (q − zero)·x as the cpu reference computes it, and the block's sum is
@@ -166,9 +167,9 @@ static class MatMulNBits
         if (p.Zeros is not null) bindings.Add(p.Zeros);
         if (p.Bias is not null) bindings.Add(p.Bias);
         if (residual is not null) bindings.Add(residual);
-        // A unit is one 16-byte load (32 values) where every row's words start 16-byte aligned, else one u32 (8 values).
+        // A unit is 2 or 4 words (MatVecTuning.Q4UnitWords) where every row's words start aligned to it, else one u32 (8 values).
         long rowWords = (long)w.KBlocks * w.BlobSize / 4;
-        int words = g.MatVec.Q4UnitWords(rowWords);
+        int words = g.MatVec.Q4UnitWords(rowWords, w.N);
         long units = rowWords / words;
         bool vec = x.Storage == GpuStorage.F32 && units * words * 8 == w.K;
         var shape = g.MatVec.Q4(w.N, units, g.Device.Limits.MaxInvocationsPerWorkgroup);

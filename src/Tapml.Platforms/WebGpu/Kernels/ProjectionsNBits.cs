@@ -127,7 +127,7 @@ static class ProjectionsNBits
         if (rowCount > MatMul.MatVecMaxRows) return null;                     // prefill: the body runs (tiled MatMulNBits over views of the stack)
         int rows = (int)rowCount, P = plan.P, outs = plan.Outputs.Length;
         long columns = plan.Outputs.Sum(o => o.N);
-        int words = g.MatVec.Q4UnitWords(st.RowWords);
+        int words = g.MatVec.Q4UnitWords(st.RowWords, columns * P);
         long units = st.RowWords / words;
         bool vec = units * words * 8 == k;
         var lim = g.Device.Limits;
