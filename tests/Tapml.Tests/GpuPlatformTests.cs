@@ -68,6 +68,9 @@ public class GpuPlatformTests
     [InlineData("vulkan?icd=lavapipe&push-descriptors=off&barriers=all&writes=inline&batch=4", "llama")]
     [InlineData("vulkan?barrier-src=precise&writes-ahead=on&batch=5", "llama")]
     [InlineData("vulkan?icd=lavapipe&writes-ahead=on", "gpt2")]
+    [InlineData("vulkan?barrier-dst=precise&barrier-mem=buffers&batch=3", "llama")]
+    [InlineData("vulkan?icd=lavapipe&barrier-dst=precise&writes=inline", "gpt2")]
+    [InlineData("vulkan?icd=lavapipe&barrier-mem=buffers&barrier-src=precise", "qwen2")]
     [InlineData("opencl?writes=blocking&batch=4", "llama")]
     public void Greedy_tokens_equal_cpu(string platform, string arch)
     {

@@ -103,6 +103,8 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     readonly HashSet<nint> _written = new(), _read = new();
     // Stages of the commands recorded since the last barrier.
     PipelineStageFlags _since;
+    // A barrier since the last one of both stages ordered compute work only (barrier-dst=precise): a transfer takes one first.
+    bool _transferOwed;
 
     // Writes: a host-visible ring; each submit's share is free once its fence signalled.
     readonly VkBufferHandle _upload;
@@ -409,7 +411,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             ulong at = UploadAlloc(data.Length);
             data.CopyTo(new Span<byte>(_upload.Mapped + at, data.Length));
             Begin();
-            if (_opt.WritesAhead && _opt.TrackedBarriers && _profile is null && !_recorded.Contains(buffer) && !_aheadWritten.Contains(buffer)
+            if (_opt.WritesAhead && _opt.TrackedBarriers && _profile is null && !_transferOwed && !_recorded.Contains(buffer) && !_aheadWritten.Contains(buffer)
                 && !_written.Contains(buffer) && !_read.Contains(buffer))
             {
                 // Nothing in this batch touched the buffer and no access to it waits for a barrier: the copy runs
@@ -482,7 +484,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     /// wrote it, or read it and this one writes it.</summary>
     void Hazard(nint buffer, bool write)
     {
-        if (_written.Contains(buffer) || write && _read.Contains(buffer)) Barrier();
+        if (_transferOwed || _written.Contains(buffer) || write && _read.Contains(buffer)) Barrier();
     }
 
     /// <summary>After a command: with <c>barriers=all</c> (or while profiling, so that kernels do not overlap), a barrier.</summary>
@@ -598,25 +600,47 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         return cb;
     }
 
-    /// <summary>Makes every shader and transfer write visible to every later shader and transfer access.</summary>
-    void Barrier()
+    /// <summary>Makes every shader and transfer write visible to every later shader and transfer access; with
+    /// <paramref name="computeOnly"/> and <c>barrier-dst=precise</c>, to later shader accesses only (a later transfer
+    /// takes a full barrier first).</summary>
+    void Barrier(bool computeOnly = false)
     {
         const PipelineStageFlags both = PipelineStageFlags.ComputeShaderBit | PipelineStageFlags.TransferBit;
-        // NOTE: the second scope stays both stages: the hazard sets are cleared here, so every later command must be
-        // ordered after everything before. The first may narrow to what ran since the last barrier (which chains).
+        // NOTE: the second scope covers every later command the hazard sets (cleared here) no longer guard: both stages,
+        // or compute alone while _transferOwed guards transfers. The first may narrow to what ran since the last
+        // barrier (which chains).
         var src = _opt.PreciseSource && _since != 0 ? _since : both;
+        bool narrow = computeOnly && _opt.PreciseDestination;
+        var dst = narrow ? PipelineStageFlags.ComputeShaderBit : both;
+        var srcAccess = ((src & PipelineStageFlags.ComputeShaderBit) != 0 ? AccessFlags.ShaderWriteBit : 0) | ((src & PipelineStageFlags.TransferBit) != 0 ? AccessFlags.TransferWriteBit : 0);
+        var dstAccess = AccessFlags.ShaderReadBit | AccessFlags.ShaderWriteBit | (narrow ? 0 : AccessFlags.TransferReadBit | AccessFlags.TransferWriteBit);
+        _transferOwed = narrow && (_transferOwed || _since != 0);
+        _barriers++;
+        if (_opt.BufferBarriers && _written.Count <= MaxBufferBarriers)
+        {
+            var bbs = stackalloc BufferMemoryBarrier[Math.Max(1, _written.Count)];
+            int n = 0;
+            // NOTE: a buffer destroyed since it was written is skipped: it is destroyed once the work before is done.
+            foreach (var id in _written)
+                if (_buffers.TryGetValue(id, out var wb))
+                    bbs[n++] = new BufferMemoryBarrier
+                    {
+                        SType = StructureType.BufferMemoryBarrier, SrcAccessMask = srcAccess, DstAccessMask = dstAccess,
+                        SrcQueueFamilyIndex = Vk.QueueFamilyIgnored, DstQueueFamilyIndex = Vk.QueueFamilyIgnored, Buffer = wb.Buffer, Offset = 0, Size = Vk.WholeSize,
+                    };
+            _vk.CmdPipelineBarrier(_cb, src, dst, 0, 0, null, (uint)n, bbs, 0, null);
+        }
+        else
+        {
+            var mb = new MemoryBarrier { SType = StructureType.MemoryBarrier, SrcAccessMask = srcAccess, DstAccessMask = dstAccess };
+            _vk.CmdPipelineBarrier(_cb, src, dst, 0, 1, &mb, 0, null, 0, null);
+        }
         _written.Clear();
         _read.Clear();
         _since = 0;
-        _barriers++;
-        var mb = new MemoryBarrier
-        {
-            SType = StructureType.MemoryBarrier,
-            SrcAccessMask = ((src & PipelineStageFlags.ComputeShaderBit) != 0 ? AccessFlags.ShaderWriteBit : 0) | ((src & PipelineStageFlags.TransferBit) != 0 ? AccessFlags.TransferWriteBit : 0),
-            DstAccessMask = AccessFlags.ShaderReadBit | AccessFlags.ShaderWriteBit | AccessFlags.TransferReadBit | AccessFlags.TransferWriteBit,
-        };
-        _vk.CmdPipelineBarrier(_cb, src, both, 0, 1, &mb, 0, null, 0, null);
     }
+
+    const int MaxBufferBarriers = 64;
 
     /// <summary>TAPML_VULKAN_STATS=1: host time per device call kind, printed to stderr when the device is disposed.</summary>
     static readonly bool Stats = Environment.GetEnvironmentVariable("TAPML_VULKAN_STATS") == "1";
@@ -663,7 +687,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         Begin();
         bool hazard = false;
         for (int i = 0; i < buffers.Length && !hazard; i++) hazard = _written.Contains(buffers[i]) || v.Writable[i] && _read.Contains(buffers[i]);
-        if (hazard) Barrier();
+        if (hazard) Barrier(computeOnly: true);
         for (int i = 0; i < buffers.Length; i++)
         {
             _recorded.Add(buffers[i]);

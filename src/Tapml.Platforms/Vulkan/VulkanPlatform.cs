@@ -6,7 +6,7 @@ namespace Tapml.Platforms.Vulkan;
 /// <summary>The <c>vulkan</c> platform: tapml's GPU platform (kernels, fusion, decode pipeline of
 /// <see cref="WebGpuPlatform"/>) over a <see cref="VulkanDevice"/>. Spec:
 /// <c>vulkan[?icd=swiftshader|lavapipe|PATH][&amp;device=N][&amp;max-binding=BYTES]</c> plus the host-path knobs of
-/// <see cref="VulkanOptions"/>: <c>push-descriptors=on|off</c>, <c>barriers=tracked|all</c>, <c>barrier-src=wide|precise</c>, <c>writes=ring|inline</c>, <c>writes-ahead=on|off</c>,
+/// <see cref="VulkanOptions"/>: <c>push-descriptors=on|off</c>, <c>barriers=tracked|all</c>, <c>barrier-src=wide|precise</c>, <c>barrier-dst=wide|precise</c>, <c>barrier-mem=global|buffers</c>, <c>writes=ring|inline</c>, <c>writes-ahead=on|off</c>,
 /// <c>batch=N</c>.</summary>
 public static class VulkanPlatform
 {
@@ -16,7 +16,7 @@ public static class VulkanPlatform
         int device = -1;
         long maxBinding = 0;
         var o = new VulkanOptions();
-        const string takes = "icd=swiftshader|lavapipe|PATH, device=N, max-binding=BYTES, push-descriptors=on|off, barriers=tracked|all, barrier-src=wide|precise, writes=ring|inline, writes-ahead=on|off, batch=N";
+        const string takes = "icd=swiftshader|lavapipe|PATH, device=N, max-binding=BYTES, push-descriptors=on|off, barriers=tracked|all, barrier-src=wide|precise, barrier-dst=wide|precise, barrier-mem=global|buffers, writes=ring|inline, writes-ahead=on|off, batch=N";
         var kernel = new List<(string, string)>();
         foreach (var (k, v) in PlatformSpec.Query(spec))
         {
@@ -29,6 +29,8 @@ public static class VulkanPlatform
                 case "barriers" when v is "tracked" or "all": o = o with { TrackedBarriers = v == "tracked" }; break;
                 case "writes-ahead" when v is "on" or "off": o = o with { WritesAhead = v == "on" }; break;
                 case "barrier-src" when v is "precise" or "wide": o = o with { PreciseSource = v == "precise" }; break;
+                case "barrier-dst" when v is "precise" or "wide": o = o with { PreciseDestination = v == "precise" }; break;
+                case "barrier-mem" when v is "global" or "buffers": o = o with { BufferBarriers = v == "buffers" }; break;
                 case "writes" when v is "ring" or "inline": o = o with { UploadRing = v == "ring" }; break;
                 case "batch" when int.TryParse(v, out int n) && n >= 1: o = o with { Batch = n }; break;
                 default: kernel.Add((k, v)); break;
@@ -60,4 +62,11 @@ public static class VulkanPlatform
 /// is owed for) is copied in a command buffer submitted ahead of the batch's, one barrier after all such copies,
 /// rather than between the batch's dispatches with a barrier of its own (<c>writes-ahead=on</c>); <c>off</c> (the
 /// default: no gain measured on an H100, docs/benchmarks.md).</param>
-public sealed record VulkanOptions(bool PushDescriptors = true, bool TrackedBarriers = true, bool UploadRing = true, int Batch = 48, bool PreciseSource = false, bool WritesAhead = false);
+/// <param name="PreciseDestination">A barrier before a dispatch orders only compute work after it (<c>barrier-dst=precise</c>;
+/// Dawn's compute passes do so): the next transfer (a write or a readback copy) then takes a barrier of both stages first;
+/// <c>wide</c> (the default): every barrier orders compute and transfer work after it.</param>
+/// <param name="BufferBarriers">A barrier's memory dependency names the buffers written since the last barrier
+/// (<c>VkBufferMemoryBarrier</c>s, as Dawn records them: <c>barrier-mem=buffers</c>) rather than all memory (one
+/// <c>VkMemoryBarrier</c>, <c>global</c>, the default).</param>
+public sealed record VulkanOptions(bool PushDescriptors = true, bool TrackedBarriers = true, bool UploadRing = true, int Batch = 48, bool PreciseSource = false, bool WritesAhead = false,
+    bool PreciseDestination = false, bool BufferBarriers = false);
