@@ -72,6 +72,7 @@ public class GpuPlatformTests
     [InlineData("vulkan?icd=lavapipe&barrier-dst=precise&writes=inline", "gpt2")]
     [InlineData("vulkan?icd=lavapipe&barrier-mem=buffers&barrier-src=precise", "qwen2")]
     [InlineData("opencl?writes=blocking&batch=4", "llama")]
+    [InlineData("webgpu?toggles=skip_validation,disable_robustness,disable_workgroup_init,-timestamp_quantization", "llama")]
     public void Greedy_tokens_equal_cpu(string platform, string arch)
     {
         SkipIfUnavailable(platform);
