@@ -33,8 +33,8 @@ public sealed record MatVecTuning
     public bool? Q4SharedX { get; init; }
     public int Q4Unroll { get; init; }
     public bool? Q4Tree { get; init; }
-    /// <summary>u32 words of packed nibbles a thread loads as one unit (1, 2 or 4; 0: the rule, 4 where a row's words
-    /// allow it, else 1). Smaller units put a row's threads closer together in x (4 words: 128 bytes apart).</summary>
+    /// <summary>u32 words of packed nibbles a thread loads as one unit (1, 2 or 4; 0: the rule, <see cref="Q4UnitWords"/>).
+    /// Smaller units put a row's threads closer together in x (4 words: 128 bytes apart).</summary>
     public int Q4Words { get; init; }
     public int F16Threads { get; init; }
     public int F16Rows { get; init; }

@@ -339,10 +339,6 @@ public static class Fused
             string accDecl = string.Join(" ", Enumerable.Range(0, Acc).Select(a => $"var a{a} = 0.0;"));
             string rescale = string.Join(" ", Enumerable.Range(0, Acc).Select(a => $"a{a} = a{a} * corr;"));
             string gather = string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"      if (t + {a * W}u < Dv) {{ a{a} += pj * v(vr + t + {a * W}u); }}"));
-            // Sixteen elements of a key an iteration, loaded before any is added (the loads in flight together; the four
-            // partial sums take their terms in the same order as four at a time).
-            string scoreLoads16 = string.Concat(Enumerable.Range(0, 16).Select(i => $"        let k{i} = k(kr + e + {i}u);\n")) +
-                string.Concat(Enumerable.Range(0, 4).Select(r => $"        d0 += qs[e + {4 * r}u] * k{4 * r}; d1 += qs[e + {4 * r + 1}u] * k{4 * r + 1}; d2 += qs[e + {4 * r + 2}u] * k{4 * r + 2}; d3 += qs[e + {4 * r + 3}u] * k{4 * r + 3};\n"));
             // Four keys an iteration: their value loads are independent, and each accumulator takes one dependent add.
             string gather4 = "      let pq = vec4<f32>(ps[grp * " + W + "u + jj], ps[grp * " + W + "u + jj + 1u], ps[grp * " + W + "u + jj + 2u], ps[grp * " + W + "u + jj + 3u]);\n" +
                 "      let vr = vb + (j0 + jj) * vs;\n" +
@@ -400,9 +396,6 @@ public static class Fused
       let kr = kb + j * ks;
       var d0 = 0.0; var d1 = 0.0; var d2 = 0.0; var d3 = 0.0;
       var e = 0u;
-      for (; e + 16u <= D; e += 16u) {
-{{scoreLoads16}}
-      }
       for (; e + 4u <= D; e += 4u) {
         d0 += qs[e] * k(kr + e); d1 += qs[e + 1u] * k(kr + e + 1u);
         d2 += qs[e + 2u] * k(kr + e + 2u); d3 += qs[e + 3u] * k(kr + e + 3u);

@@ -213,7 +213,7 @@ static class MatMulNBits
 
     static ZeroKind Zero(Prepared p) => p.Zeros is null ? ZeroKind.None : p.ByteZeros ? ZeroKind.Bytes : ZeroKind.Floats;
 
-    /// <summary>Declares x, y, the weight words (u32, or vec4 for 16-byte units), scales, zero points and bias, in the
+    /// <summary>Declares x, y, the weight words (u32, or vec2/vec4 of u32 for 8/16-byte units), scales, zero points and bias, in the
     /// bindings' order, and <c>zero_(block)</c>.</summary>
     static Wgsl Declare(GpuTensor x, DType y, ZeroKind zeros, bool bias, GpuTensor scales, bool xvec, int wg, int words = 1, bool residual = false)
     {
