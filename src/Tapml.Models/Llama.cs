@@ -359,18 +359,21 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
 
     (string Cos, string Sin) RotaryTables(string positionIds, Rope.RotaryTables t, string name)
     {
-        string inv = b.Initializer(name + ".inv_freq", Tensor.FromArray(t.Short, rotaryDim / 2));
+        // NOTE: HF's emb = cat(freqs, freqs) is built as pos · cat(inv_freq, inv_freq), the same products with the
+        // concatenation folded into the constant: one node (a GPU dispatch a step) less. Interleaved RoPE keeps one
+        // angle per pair ([batch, 1, seq, rotary_dim/2]); ApplyRope works on pairs.
+        float[] Angles(float[] inv) => o.RopeInterleaved ? inv : [.. inv, .. inv];
+        int width = o.RopeInterleaved ? rotaryDim / 2 : rotaryDim;
+        string inv = b.Initializer(name + ".inv_freq", Tensor.FromArray(Angles(t.Short), width));
         string posF = b.Node("Cast", [positionIds], new() { ["to"] = Attr.Of((long)DType.Float32) });
         if (t.Long is not null)
         {
-            string invLong = b.Initializer("rope.inv_freq_long", Tensor.FromArray(t.Long, rotaryDim / 2));
+            string invLong = b.Initializer("rope.inv_freq_long", Tensor.FromArray(Angles(t.Long), width));
             string maxPos = b.Node("ReduceMax", [posF], new() { ["keepdims"] = Attr.Of(0L) });
             string isLong = b.Node("Greater", [maxPos, Float("rope_long_threshold", (float)(t.Original - 1))]);
             inv = b.Node("Where", [isLong, invLong, inv]);
         }
-        string freqs = b.Node("Mul", [b.Node("Unsqueeze", [posF, b.Ints("axis_last", -1)]), inv]);
-        // NOTE: interleaved RoPE keeps one angle per pair ([batch, 1, seq, rotary_dim/2]); ApplyRope works on pairs.
-        string emb = o.RopeInterleaved ? freqs : b.Node("Concat", [freqs, freqs], new() { ["axis"] = Attr.Of(-1L) });
+        string emb = b.Node("Mul", [b.Node("Unsqueeze", [posF, b.Ints("axis_last", -1)]), inv]);
         string heads = b.Ints("axis_heads", 1);
         string cosT = b.Node("Cos", [emb]), sinT = b.Node("Sin", [emb]);
         if (t.AttentionFactor != 1f)

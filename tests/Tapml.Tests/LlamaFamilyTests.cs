@@ -136,7 +136,10 @@ public class LlamaFamilyTests
             Assert.Equal(0.5, c.Rope.PartialRotaryFactor);
             using var ckpt = new SafetensorsCheckpoint(src);
             var model = Llama.Build(c, LlamaWeights.Load(c, ckpt, Phi3.Options(c)), Phi3.Options(c));
-            Assert.Equal([4L], model.Graph.Initializers["rope.inv_freq"].Shape); // rotary_dim 8: 4 frequencies
+            // rotary_dim 8: 4 frequencies, each twice (HF's cat(freqs, freqs) folded into the constant)
+            var inv = model.Graph.Initializers["rope.inv_freq"];
+            Assert.Equal([8L], inv.Shape);
+            Assert.Equal(inv.As<float>()[..4].ToArray(), inv.As<float>()[4..].ToArray());
             var cpu = Generation.Greedy(new Executor(new CpuPlatform()), model, r.InputIds, 6);
             var ort = Generation.Greedy(new Executor(new OrtPlatform("onnxruntime")) { PreferWholeGraph = true }, model, r.InputIds, 6);
             Assert.True(Comparison.Compare("logits", ort.PrefillLogits, cpu.PrefillLogits, HfTol).Passed);
