@@ -201,16 +201,9 @@ internal static class BlockedMatVec
       if (k < K) { v = {{X4(rowBase is null ? "m" : $"({rowBase} + m)", "k")}}; }
       xsh[{{XshAt("m", "(e % " + cj + "u)", J, cj)}}] = v{{scale}};
     }
-    workgroupBarrier();
-    let ce = min(c0 + {{chunk}}u, U);
-    for (var u = c0 + t; u < ce; u += {{T}}u) {
-      let xo = (u - c0) * {{J}}u;
-      let sw = (u - c0) & {{J - 1}}u;
 
 """);
-            foreach (int m in ms)
-                for (int j = 0; j < J; j++) b.Append($"      let xq{m}_{j} = xsh[{m * cj}u + xo + ({j}u ^ sw)];\n");
-            b.Append(perUnit).Append(rowsCode).Append("    }\n  }\n");
+            b.Append(StagedUnits(chunk, T, M, J, cj)).Append(perUnit).Append(rowsCode).Append("    }\n  }\n");
         }
         // Reduction: slot sl of output (r, m) = r·M + m; thread (g, t) writes red[sl·WG + g·T + t]; one thread per (slot, g) adds T partials.
         for (int p0 = 0; p0 < slots; p0 += perPass)
@@ -240,6 +233,24 @@ internal static class BlockedMatVec
     /// reading vec4 j of its own unit, hit different banks (J a power of two; units are J·16 bytes apart).</summary>
     internal static string XshAt(string m, string el, int J, int cj) =>
         $"{m} * {cj}u + ({el} / {J}u) * {J}u + (({el} % {J}u) ^ (({el} / {J}u) & {J - 1}u))";
+
+    /// <summary>After a chunk's staging loop: a barrier, then the loop over a thread's units of the chunk (<c>u</c>), each
+    /// reading its x values <c>xq{m}_{j}</c> back from <c>xsh</c> where <see cref="XshAt"/> put them; the caller appends
+    /// the unit's code and closes this loop and the chunk loop.</summary>
+    internal static string StagedUnits(int chunk, int T, int M, int J, int cj)
+    {
+        var b = new StringBuilder($$"""
+    workgroupBarrier();
+    let ce = min(c0 + {{chunk}}u, U);
+    for (var u = c0 + t; u < ce; u += {{T}}u) {
+      let xo = (u - c0) * {{J}}u;
+      let sw = (u - c0) & {{J - 1}}u;
+
+""");
+        for (int m = 0; m < M; m++)
+            for (int j = 0; j < J; j++) b.Append($"      let xq{m}_{j} = xsh[{m * cj}u + xo + ({j}u ^ sw)];\n");
+        return b.ToString();
+    }
 
     /// <summary>Adds each row's <paramref name="threads"/> partial sums (a power of two; thread t of a row holds
     /// <c>red[k·WG + lid.x]</c> for each of <paramref name="slots"/> slots k) pairwise in place, a barrier a step, so

@@ -258,16 +258,9 @@ static class ProjectionsNBits
       }
       xsh[{{BlockedMatVec.XshAt("m", "el", J, cj)}}] = v * {{MatMulNBits.XScale}};
     }
-    workgroupBarrier();
-    let ce = min(c0 + {{chunk}}u, U);
-    for (var u = c0 + t; u < ce; u += {{T}}u) {
-      let xo = (u - c0) * {{J}}u;
-      let sw = (u - c0) & {{J - 1}}u;
 
 """);
-            for (int m = 0; m < M; m++)
-                for (int jj = 0; jj < J; jj++) b.Append($"      let xq{m}_{jj} = xsh[{m * cj}u + xo + ({jj}u ^ sw)];\n");
-            b.Append(rowsCode).Append("    }\n  }\n");
+            b.Append(BlockedMatVec.StagedUnits(chunk, T, M, J, cj)).Append(rowsCode).Append("    }\n  }\n");
         }
         else
         {
