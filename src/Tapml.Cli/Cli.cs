@@ -40,7 +40,7 @@ static class Cli
     /// <summary><c>--quantize SCHEME</c>: quantize the model's MatMul weights at load (<see cref="Ir.WeightQuantizer"/>).</summary>
     public static Option<string?> QuantizeOption() => new("--quantize")
     {
-        Description = "quantize MatMul weights at load into com.microsoft MatMulNBits: q4 (4-bit, blocks of 32, scale + zero point per block) or q4sym (scale only)",
+        Description = "quantize MatMul weights at load into com.microsoft MatMulNBits: q4 (4-bit, blocks of 32, scale + zero point per block) or q4sym (scale only); -a8 (q4-a8, q4sym-a8): A quantized to int8 per block, integer dot products (accuracy_level=4)",
     };
 
     /// <summary><c>--weights f16</c>: keep half weights half at load (<see cref="Ir.HalfWeights"/>).</summary>

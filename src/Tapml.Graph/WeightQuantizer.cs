@@ -4,17 +4,21 @@ namespace Tapml.Ir;
 
 /// <summary>A weight-quantization scheme for <see cref="WeightQuantizer"/>: <c>q4</c> (4 bits, blocks of 32 along K,
 /// asymmetric: a scale and a zero point per block) or <c>q4sym</c> (4 bits, blocks of 32, symmetric: a scale per
-/// block, the default zero point 8). Scales take the weight's float type (ONNX Runtime requires A's type, which a
-/// MatMul shares with its weight): f32 checkpoints get f32 scales, f16 ones f16.</summary>
-public sealed record QuantizeScheme(string Name, int Bits, int BlockSize, bool Symmetric)
+/// block, the default zero point 8), each with <c>-a8</c> (<c>q4-a8</c>, <c>q4sym-a8</c>): the same weights with
+/// <c>accuracy_level=4</c>, ONNX Runtime's int8 compute type (A quantized to int8 per block, integer dot products; what
+/// ONNX Runtime GenAI's model builder writes for its cpu and webgpu targets). Scales take the weight's float type (ONNX
+/// Runtime requires A's type, which a MatMul shares with its weight): f32 checkpoints get f32 scales, f16 ones f16.</summary>
+public sealed record QuantizeScheme(string Name, int Bits, int BlockSize, bool Symmetric, long AccuracyLevel = 0)
 {
-    public static readonly string[] Names = ["q4", "q4sym"];
+    public static readonly string[] Names = ["q4", "q4sym", "q4-a8", "q4sym-a8"];
 
     /// <summary>The scheme named <paramref name="name"/>, or a clear error listing the names.</summary>
     public static QuantizeScheme Parse(string name) => name switch
     {
         "q4" => new("q4", 4, 32, false),
         "q4sym" => new("q4sym", 4, 32, true),
+        "q4-a8" => new("q4-a8", 4, 32, false, 4),
+        "q4sym-a8" => new("q4sym-a8", 4, 32, true, 4),
         _ => throw new TapmlException($"--quantize '{name}' is not a known scheme (known: {string.Join(", ", Names)})"),
     };
 }
@@ -79,7 +83,7 @@ public static class WeightQuantizer
                 Attributes = new()
                 {
                     ["K"] = Attr.Of(K), ["N"] = Attr.Of(N), ["bits"] = Attr.Of((long)scheme.Bits),
-                    ["block_size"] = Attr.Of((long)scheme.BlockSize), ["accuracy_level"] = Attr.Of(0L),
+                    ["block_size"] = Attr.Of((long)scheme.BlockSize), ["accuracy_level"] = Attr.Of(scheme.AccuracyLevel),
                 },
             };
             uses[wName]--;

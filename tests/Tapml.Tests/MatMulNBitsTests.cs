@@ -22,7 +22,7 @@ public class MatMulNBitsTests
 
     /// <summary>A one-node MatMulNBits model: A [1, M, K] fed, B/scales/zero points/bias initializers of random
     /// values (B's bytes uniform, so every nibble value appears).</summary>
-    internal static Model Case(int m, int k, int n, int block, Zp zp, DType t, bool bias, out Dictionary<string, Value> feeds, int bits = 4)
+    internal static Model Case(int m, int k, int n, int block, Zp zp, DType t, bool bias, out Dictionary<string, Value> feeds, int bits = 4, long accuracy = 0)
     {
         var rng = new Random(m * 7919 + k * 131 + n * 17 + block + (int)zp * 3 + (t == DType.Float16 ? 1 : 0) + bits);
         int kb = (k + block - 1) / block, blob = block * bits / 8;
@@ -50,6 +50,7 @@ public class MatMulNBitsTests
         b.Node("MatMulNBits", [.. inputs], new()
         {
             ["K"] = Attr.Of((long)k), ["N"] = Attr.Of((long)n), ["bits"] = Attr.Of((long)bits), ["block_size"] = Attr.Of((long)block),
+            ["accuracy_level"] = Attr.Of(accuracy),
         }, "nbits", "Y", WeightQuantizer.MsDomain);
         b.Output("Y");
         return new Model { Graph = b.Graph, Opsets = new() { [""] = 21, [WeightQuantizer.MsDomain] = 1 }, IrVersion = 10 };
@@ -84,6 +85,40 @@ public class MatMulNBitsTests
     };
 
     static DType T(string s) => s == "f16" ? DType.Float16 : DType.Float32;
+
+    /// <summary>accuracy_level=4 (int8 A): block sizes 16–128, K padded, zero points none and packed, 1–70 rows (decode,
+    /// short prompts, tiled), bias; float zero points and f16 A keep f32 compute.</summary>
+    public static TheoryData<int, int, int, int, Zp, string, bool> Int8Rows => new()
+    {
+        { 1, 64, 24, 32, Zp.None, "f32", false },
+        { 1, 128, 40, 16, Zp.Packed, "f32", true },
+        { 1, 256, 33, 128, Zp.Packed, "f32", false },
+        { 1, 96, 20, 64, Zp.Packed, "f32", false },
+        { 1, 100, 17, 32, Zp.Packed, "f32", false },
+        { 3, 128, 48, 32, Zp.None, "f32", false },
+        { 9, 100, 17, 32, Zp.Packed, "f32", true },
+        { 70, 96, 65, 32, Zp.Packed, "f32", true },
+        { 2, 64, 24, 32, Zp.Float, "f32", false },
+        { 1, 128, 32, 32, Zp.Packed, "f16", false },
+    };
+
+    /// <summary>The int8-compute reference against ONNX Runtime's CompInt8 kernels (the same quantization of A; the
+    /// f32 sums differ in order only).</summary>
+    [Theory]
+    [MemberData(nameof(Int8Rows))]
+    public void Cpu_matches_onnxruntime_with_int8_compute(int m, int k, int n, int block, Zp zp, string type, bool bias)
+    {
+        var model = Case(m, k, n, block, zp, T(type), bias, out var feeds, accuracy: 4);
+        var cpu = (Tensor)new Executor(new CpuPlatform()).Run(model, feeds)["Y"];
+        var ort = (Tensor)new Executor(new OrtPlatform("onnxruntime")) { PreferWholeGraph = true }.Run(model, feeds)["Y"];
+        AssertVerdict(model, feeds, ort, cpu, "cpu vs onnxruntime (accuracy_level 4)");
+        // Not the f32 product: the same node at accuracy_level 0 differs by A's rounding to int8 (where it applies).
+        var f32 = (Tensor)new Executor(new CpuPlatform()).Run(Case(m, k, n, block, zp, T(type), bias, out _), feeds)["Y"];
+        var d = TensorConvert.ToF32(cpu).As<float>().Zip(TensorConvert.ToF32(f32).As<float>(), (a, b) => Math.Abs(a - b)).Max();
+        var o = TensorConvert.ToF32(ort).As<float>().Zip(TensorConvert.ToF32(cpu).As<float>(), (a, b) => Math.Abs(a - b)).Max();
+        if (zp != Zp.Float && type == "f32") Assert.True(d > 10 * o, $"int8 compute should differ from f32 by more than from onnxruntime: {d} vs {o}");
+        else Assert.Equal(0f, d);
+    }
 
     [Theory]
     [MemberData(nameof(Rows))]

@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using Tapml.Core;
 
 namespace Tapml.Platforms.Cpu.Ops;
@@ -5,14 +6,21 @@ namespace Tapml.Platforms.Cpu.Ops;
 /// <summary><c>com.microsoft</c> MatMulNBits (ONNX Runtime's contrib op for block-quantized weights, the format ONNX
 /// Runtime GenAI writes int4 LLMs in): Y = A · dequantize(B), B a [K, N] weight stored transposed and block-quantized
 /// along K. The reference dequantizes every weight in f32, <c>(q − zero_point) · scale</c>, then runs the same f32
-/// product as MatMul (so A's precision does not change: accuracy_level, ONNX Runtime's licence to compute in f16 or
-/// int8, is read and ignored), adds the bias and rounds once to A's type.</summary>
+/// product as MatMul, adds the bias and rounds once to A's type. With <c>accuracy_level=4</c> (ONNX Runtime's int8
+/// compute type) it computes as ONNX Runtime's CompInt8 kernels do (MLAS <c>QuantizeARow_CompInt8</c>): A is quantized
+/// per block of K (the weight's block size) to int8, <c>scale_a = max|a| / 127</c>, <c>code = round_half_even(a ·
+/// (127 / max|a|))</c>; each output is <c>Σ_block (scale_a · scale_b) · Σ code · (q − zero_point)</c>, the inner sum
+/// in integers (exact), the outer in f32 block after block (see <see cref="NBitsWeight.Int8Compute"/> for when it
+/// applies; other nodes keep f32, the licence ONNX Runtime also takes where its platform lacks the kernel). The GPU
+/// kernels compute the same integers.</summary>
 public sealed class MatMulNBitsOps : ICpuOpFamily
 {
     public void Register(CpuOpRegistry r) => r.Add("MatMulNBits", Run, domain: ContribOps.Ms);
 
     sealed record Entry(Tensor Scales, Tensor? Zeros, float[] W);
     static readonly System.Runtime.CompilerServices.ConditionalWeakTable<Tensor, Entry> Dequantized = new();
+    sealed record IntEntry(Tensor? Zeros, sbyte[] W);
+    static readonly System.Runtime.CompilerServices.ConditionalWeakTable<Tensor, IntEntry> Centered = new();
 
     static Value?[] Run(NodeContext ctx, Value?[] x)
     {
@@ -22,6 +30,19 @@ public sealed class MatMulNBitsOps : ICpuOpFamily
         var q = NBitsWeight.Of(ctx, a.DType, a.Shape, b, scales, zeros, x.OptT(4) is not null, x.OptT(5));
         int K = q.K, N = q.N;
         int M = checked((int)(a.Length / K));
+        long[] shape = [.. a.Shape[..^1], N];
+        if (NBitsWeight.Int8Compute(ctx, a.DType, q, zeros))
+        {
+            if (!Centered.TryGetValue(b, out var c) || !ReferenceEquals(c.Zeros, zeros))
+            {
+                c = new IntEntry(zeros, q.Centered());
+                Centered.AddOrUpdate(b, c);
+            }
+            var yi = Int8Product(q, c.W, a.As<float>(), M);
+            if (q.Bias is { } bi)
+                for (long i = 0; i < yi.Length; i++) yi[i] += bi[i % N];
+            return [new Tensor(DType.Float32, shape, yi)];
+        }
         // NOTE: a weight is dequantized once per (B, scales, zero points) and kept while B lives: decode steps reuse it.
         if (!Dequantized.TryGetValue(b, out var d) || !ReferenceEquals(d.Scales, scales) || !ReferenceEquals(d.Zeros, zeros))
         {
@@ -34,8 +55,72 @@ public sealed class MatMulNBitsOps : ICpuOpFamily
         if (y.Length > 0) Blas.Sgemm(false, false, M, N, K, 1f, af, K, w, N, 0f, y, N);
         if (q.Bias is { } bias)
             for (long i = 0; i < y.Length; i++) y[i] += bias[i % N];
-        long[] shape = [.. a.Shape[..^1], N];
         return [TensorConvert.To(new Tensor(DType.Float32, shape, y), a.DType)];
+    }
+
+    /// <summary>A quantized to int8 per block of K as ONNX Runtime's CompInt8 kernels do: codes [M, k_blocks·block] (zero
+    /// past K), scales [M, k_blocks].</summary>
+    internal static (sbyte[] Codes, float[] Scales) QuantizeA(ReadOnlySpan<float> a, int m, int k, int block)
+    {
+        int kb = (k + block - 1) / block, kp = kb * block;
+        var codes = new sbyte[(long)m * kp];
+        var scales = new float[(long)m * kb];
+        for (int r = 0; r < m; r++)
+            for (int blk = 0; blk < kb; blk++)
+            {
+                var v = a.Slice(r * k + blk * block, Math.Min(block, k - blk * block));
+                float amax = 0;
+                foreach (float x in v) amax = Math.Max(amax, Math.Abs(x));
+                scales[(long)r * kb + blk] = amax / 127f;
+                float inv = amax != 0 ? 127f / amax : 0f;
+                for (int i = 0; i < v.Length; i++) codes[(long)r * kp + blk * block + i] = (sbyte)Math.Clamp(MathF.Round(v[i] * inv, MidpointRounding.ToEven), -127f, 127f);
+            }
+        return (codes, scales);
+    }
+
+    /// <summary>The int8-compute product (accuracy_level 4): y[m, n] = Σ_block (scale_a · scale_b) · Σ code·w, w the
+    /// centered weight (<see cref="NBitsWeight.Centered"/>).</summary>
+    static float[] Int8Product(NBitsWeight q, sbyte[] w, ReadOnlySpan<float> a, int m)
+    {
+        int n = q.N, bs = q.BlockSize, kb = q.KBlocks, kp = kb * bs;
+        var (codes, sa) = QuantizeA(a, m, q.K, bs);
+        var y = new float[(long)m * n];
+        var sb = q.Scales;
+        LinalgHelpers.For(n, (long)kp * m, j =>
+        {
+            for (int r = 0; r < m; r++)
+            {
+                float acc = 0;
+                for (int blk = 0; blk < kb; blk++)
+                {
+                    int dot = Dot(codes.AsSpan(r * kp + blk * bs, bs), w.AsSpan(j * kp + blk * bs, bs));
+                    acc += sa[(long)r * kb + blk] * sb[(long)j * kb + blk] * dot;
+                }
+                y[(long)r * n + j] = acc;
+            }
+        });
+        return y;
+    }
+
+    /// <summary>Σ a_i·b_i of int8 values, exact (products widened to 16 bits, sums to 32).</summary>
+    static int Dot(ReadOnlySpan<sbyte> a, ReadOnlySpan<sbyte> b)
+    {
+        int i = 0, sum = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var acc = Vector256<int>.Zero;
+            for (; i + 32 <= a.Length; i += 32)
+            {
+                var (a0, a1) = Vector256.Widen(Vector256.Create(a.Slice(i, 32)));
+                var (b0, b1) = Vector256.Widen(Vector256.Create(b.Slice(i, 32)));
+                var (p0, p1) = Vector256.Widen(a0 * b0);
+                var (p2, p3) = Vector256.Widen(a1 * b1);
+                acc += p0 + p1 + p2 + p3;
+            }
+            sum = Vector256.Sum(acc);
+        }
+        for (; i < a.Length; i++) sum += a[i] * b[i];
+        return sum;
     }
 }
 
@@ -109,6 +194,30 @@ internal sealed class NBitsWeight
             if (bias.DType != aType || bias.Length != N) throw ctx.Error($"bias {bias.Describe()} must be {DTypes.Name(aType)} [{N}]");
             w.Bias = TensorConvert.ToF32(bias).As<float>();
         }
+        return w;
+    }
+
+    /// <summary>Whether a node computes with int8 A (<see cref="MatMulNBitsOps"/>): <c>accuracy_level=4</c>, f32 A,
+    /// 4-bit weights and zero points absent or packed uint8 (whole numbers), as ONNX Runtime's CompInt8 kernels take.</summary>
+    public static bool Int8Compute(NodeContext ctx, DType a, NBitsWeight w, Tensor? zeros) =>
+        ctx.Int("accuracy_level", 0) == 4 && a == DType.Float32 && w.Bits == 4 && (zeros is null || zeros.DType == DType.UInt8);
+
+    /// <summary>The weight as int8 [N, k_blocks·block] (row n's K contiguous): q − zero point (−15…15), zero past K.</summary>
+    public sbyte[] Centered()
+    {
+        int kp = KBlocks * BlockSize;
+        var w = new sbyte[(long)N * kp];
+        LinalgHelpers.For(N, kp, n =>
+        {
+            for (int blk = 0; blk < KBlocks; blk++)
+            {
+                int z = (int)(Zeros?[(long)n * KBlocks + blk] ?? DefaultZero);
+                long at = ((long)n * KBlocks + blk) * BlobSize;
+                int end = Math.Min(BlockSize, K - blk * BlockSize);
+                for (int i = 0; i < end; i++)
+                    w[(long)n * kp + blk * BlockSize + i] = (sbyte)(((B[at + i / 2] >> (i % 2 * 4)) & 15) - z);
+            }
+        });
         return w;
     }
 
