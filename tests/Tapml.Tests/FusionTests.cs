@@ -442,14 +442,31 @@ public class FusionTests
     [InlineData("opencl?q4-xs=1&q4-threads=4", 1, 128, false, "pair", 2)]           // staged, no norm
     [InlineData("webgpu?q4-unit=1", 2, 256, true, "swiglu", 2)]                     // one u32 a unit: a row's threads 32 bytes apart in x
     [InlineData("vulkan?q4-unit=2&q4-xs=1", 1, 256, true, "qkv", 2)]                // two words a unit, staged
-    public void Q4_projections_kernel_matches_cpu(string platform, int rows, int k, bool norm, string structure, int expectedDispatches)
+    public void Q4_projections_kernel_matches_cpu(string platform, int rows, int k, bool norm, string structure, int expectedDispatches) =>
+        Q4ProjectionsMatchCpu(platform, rows, k, norm, structure, expectedDispatches, "q4");
+
+    /// <summary>The same over <c>q4-a8</c> products (accuracy_level 4): x (its RMSNorm with it) quantized to int8 by
+    /// one kernel, then the projections kernel's integer sums, against the cpu's int8 reference run unfused: one
+    /// dispatch more than q4's where the region fuses; five rows run the body (each product quantizing its x).</summary>
+    [Theory]
+    [InlineData("webgpu", 1, 64, true, "qkv", 3)]
+    [InlineData("webgpu", 3, 64, true, "qkv_bias", 3)]
+    [InlineData("webgpu", 2, 128, true, "swiglu", 3)]
+    [InlineData("webgpu", 4, 64, true, "gelu_tanh", 3)]
+    [InlineData("vulkan", 1, 72, true, "swiglu", 3)]                 // K padded to whole blocks
+    [InlineData("opencl", 2, 256, false, "pair", 3)]
+    [InlineData("webgpu", 5, 64, true, "swiglu", 9)]                 // the body: quantize + two decode kernels a product
+    public void Q4_a8_projections_kernel_matches_cpu(string platform, int rows, int k, bool norm, string structure, int expectedDispatches) =>
+        Q4ProjectionsMatchCpu(platform, rows, k, norm, structure, expectedDispatches, "q4-a8");
+
+    static void Q4ProjectionsMatchCpu(string platform, int rows, int k, bool norm, string structure, int expectedDispatches, string scheme)
     {
         WebGpuTests.SkipIfNoDawn(platform);
         IPlatform made;
         try { made = PlatformRegistry.Create(platform); }
         catch (UnsupportedException e) { Assert.Skip(e.Message); return; }
         var (m, feeds) = ProjectionsGraph(rows, k, norm, structure, DType.Float32);
-        var q = WeightQuantizer.Apply(m, QuantizeScheme.Parse("q4"));
+        var q = WeightQuantizer.Apply(m, QuantizeScheme.Parse(scheme));
         Assert.True(q.Products >= 2, q.ToString());
         var f = Fusion.Fuse(m, out var report);
         Assert.True(report.Regions.GetValueOrDefault("projections") == 1, report.ToString());

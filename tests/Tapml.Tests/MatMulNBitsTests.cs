@@ -163,6 +163,25 @@ public class MatMulNBitsTests
         }
     }
 
+    public static IEnumerable<object[]> GpuInt8Rows() => TestPlatforms.Cross(Int8Rows.Select(r => ((ITheoryDataRow)r).GetData()!));
+
+    /// <summary>accuracy_level=4 on every kernel platform: within the verdict of cpu's int8 reference, and nearer it
+    /// than the f32 product (the kernels quantize A as cpu does and take the same integer sums).</summary>
+    [Theory]
+    [MemberData(nameof(GpuInt8Rows))]
+    public void Gpu_matches_cpu_with_int8_compute(string platform, int m, int k, int n, int block, Zp zp, string type, bool bias)
+    {
+        using var gpu = TestPlatforms.CreateOrSkip(platform);
+        var model = Case(m, k, n, block, zp, T(type), bias, out var feeds, accuracy: 4);
+        var cpu = (Tensor)new Executor(new CpuPlatform()).Run(model, feeds)["Y"];
+        var got = (Tensor)new Executor(gpu).Run(model, feeds)["Y"];
+        AssertVerdict(model, feeds, cpu, got, $"{platform} vs cpu (accuracy_level 4)");
+        if (zp == Zp.Float || type != "f32") return;
+        var f32 = (Tensor)new Executor(new CpuPlatform()).Run(Case(m, k, n, block, zp, T(type), bias, out _), feeds)["Y"];
+        static float MaxDiff(Tensor a, Tensor b) => a.As<float>().Zip(b.As<float>(), (x, y) => Math.Abs(x - y)).Max();
+        Assert.True(MaxDiff(got, cpu) * 10 < MaxDiff(got, f32), $"{platform}: {MaxDiff(got, cpu)} from cpu's int8 product, {MaxDiff(got, f32)} from the f32 one");
+    }
+
     /// <summary>One node run on two webgpu platforms in turn (debug's source-fed and accumulated runs do this): each
     /// binds its own copy of the weight.</summary>
     [Fact]
@@ -246,7 +265,7 @@ public class MatMulNBitsTests
         Assert.True(num / den < 0.01, $"NMSE of the q4 product against the f16 one: {num / den:G3}");
     }
 
-    static readonly string[] Gen = ["generate", "--input-ids", "1,17,305,42", "--max-tokens", "6", "--quantize", "q4"];
+    static readonly string[] Gen = ["generate", "--input-ids", "1,17,305,42", "--max-tokens", "6"];
 
     static string Tokens(CliRunner.Result r)
     {
@@ -255,13 +274,16 @@ public class MatMulNBitsTests
     }
 
     [Theory]
-    [InlineData("llama")]
-    [InlineData("gpt2")]
-    public void Generate_quantize_q4_gives_the_same_greedy_tokens_on_cpu_and_webgpu(string arch)
+    [InlineData("llama", "q4", "webgpu")]
+    [InlineData("gpt2", "q4", "webgpu")]
+    [InlineData("llama", "q4-a8", "webgpu")]
+    [InlineData("gpt2", "q4-a8", "webgpu")]
+    [InlineData("llama", "q4sym-a8", "vulkan")]
+    public void Generate_quantize_q4_gives_the_same_greedy_tokens_on_cpu_and_gpu(string arch, string scheme, string platform)
     {
-        WebGpuTests.SkipIfNoDawn("webgpu");
-        var cpu = CliRunner.Run([.. Gen, "--model", $"builtin:tiny-{arch}", "--platform", "cpu"]);
-        var gpu = CliRunner.Run([.. Gen, "--model", $"builtin:tiny-{arch}", "--platform", "webgpu"]);
+        using (TestPlatforms.CreateOrSkip(platform)) { }
+        var cpu = CliRunner.Run([.. Gen, "--quantize", scheme, "--model", $"builtin:tiny-{arch}", "--platform", "cpu"]);
+        var gpu = CliRunner.Run([.. Gen, "--quantize", scheme, "--model", $"builtin:tiny-{arch}", "--platform", platform]);
         Assert.Equal(Tokens(cpu), Tokens(gpu));
     }
 

@@ -31,7 +31,8 @@ public sealed class GlslRenderer : CStyleRenderer
         sb.Append($"layout(local_size_x = {ws[0]}, local_size_y = {ws[1]}, local_size_z = {ws[2]}) in;\n");
     }
 
-    protected override string Helpers { get; } = CHelpers("float", "int", "uint", "", "int(x)", "uint(x)", "(-2147483647 - 1)");
+    protected override string Helpers { get; } = CHelpers("float", "int", "uint", "", "int(x)", "uint(x)", "(-2147483647 - 1)")
+        + "int tp_dot4i8(uint a, uint b) { int s = 0; for (int k = 0; k < 32; k += 8) { s += bitfieldExtract(int(a), k, 8) * bitfieldExtract(int(b), k, 8); } return s; }\n";
 
     protected override void Globals(StringBuilder sb)
     {
@@ -114,6 +115,7 @@ public sealed class GlslRenderer : CStyleRenderer
         "atan2" => $"atan({a[0]}, {a[1]})",
         "countOneBits" => $"bitCount({a[0]})",
         "unpack2x16float" => $"unpackHalf2x16({a[0]})",
+        "dot4I8Packed" => $"tp_dot4i8({a[0]}, {a[1]})",
         "pack2x16float" => $"packHalf2x16({a[0]})",
         "saturate" => $"clamp({a[0]}, 0.0, 1.0)",
         _ => null,

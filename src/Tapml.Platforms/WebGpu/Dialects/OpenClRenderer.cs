@@ -21,6 +21,7 @@ public sealed class OpenClRenderer : CStyleRenderer
 
     protected override string Helpers { get; } = CHelpers("float", "int", "uint", "f", "(int)(x)", "(uint)(x)", "(-2147483647 - 1)") + """
 float2 tp_unpack2x16float(uint v) { return (float2)(vload_half(0, (const __private half*)&v), vload_half(1, (const __private half*)&v)); }
+int tp_dot4i8(uint a, uint b) { char4 x = as_char4(a), y = as_char4(b); return (int)x.s0 * y.s0 + (int)x.s1 * y.s1 + (int)x.s2 * y.s2 + (int)x.s3 * y.s3; }
 uint tp_pack2x16float(float2 v) { uint r; vstore_half_rte(v.x, 0, (__private half*)&r); vstore_half_rte(v.y, 1, (__private half*)&r); return r; }
 float tp_vget2f(float2 v, uint i) { return i == 0u ? v.x : v.y; }
 float tp_vget4f(float4 v, uint i) { return i == 0u ? v.x : i == 1u ? v.y : i == 2u ? v.z : v.w; }
@@ -178,7 +179,8 @@ int tp_vget4i(int4 v, uint i) { return i == 0u ? v.x : i == 1u ? v.y : i == 2u ?
             "round" => $"rint({a[0]})",
             "countOneBits" => $"popcount({a[0]})",
             "unpack2x16float" => $"tp_unpack2x16float({a[0]})",
-            "pack2x16float" => $"tp_pack2x16float({a[0]})",
+            "dot4I8Packed" => $"tp_dot4i8({a[0]}, {a[1]})",
+        "pack2x16float" => $"tp_pack2x16float({a[0]})",
             "fract" => $"({a[0]} - floor({a[0]}))",
             "saturate" => $"clamp({a[0]}, 0.0f, 1.0f)",
             "sign" when !t.IsFloat => throw WgslModule.Unsupported("sign() of an integer"),

@@ -665,6 +665,7 @@ public sealed class WgslModule
                 case "length" or "distance": return Ty.F32;
                 case "unpack2x16float": Fix(args[0], Ty.U32); return Ty.Vec(2, "f32");
                 case "pack2x16float": return Ty.U32;
+                case "dot4I8Packed": Fix(args[0], Ty.U32); Fix(args[1], Ty.U32); return Ty.Scal("i32");
                 case "any" or "all": return Ty.Bool;
                 case "workgroupBarrier" or "storageBarrier": return Ty.Void;
                 default:

@@ -139,6 +139,9 @@ internal static class BlockedMatVec
         public required int UnitValues;
         /// <summary>A vec4 x is multiplied by as it is loaded (null: none).</summary>
         public string? XScale;
+        /// <summary>Code loading unit <c>u</c>'s x values for x row m in place of the vec4 loads (x in another form; x
+        /// in workgroup memory is then not offered), or null.</summary>
+        public Func<int, string>? LoadUnit;
         /// <summary>Code for weight row <c>r</c> of unit <c>u</c> (row index <c>row{r}</c>, clamped to N−1).</summary>
         public required Func<int, string> Row;
         /// <summary>Code once per unit after x's loads, for x row m (values derived from x that every row uses).</summary>
@@ -185,11 +188,13 @@ internal static class BlockedMatVec
         {
             var unit = new StringBuilder($"    let k0 = u * {UV}u;\n");
             foreach (int m in ms)
-                for (int j = 0; j < J; j++) unit.Append($"    let xq{m}_{j} = {X4(rowBase is null ? $"{m}u" : $"({rowBase} + {m}u)", $"k0 + {4 * j}u")}{scale};\n");
+                if (f.LoadUnit is { } load) unit.Append(load(m));
+                else for (int j = 0; j < J; j++) unit.Append($"    let xq{m}_{j} = {X4(rowBase is null ? $"{m}u" : $"({rowBase} + {m}u)", $"k0 + {4 * j}u")}{scale};\n");
             b.Append(UnitLoop(T, s.Unroll, unit.Append(perUnit).Append(rowsCode).ToString()));
         }
         else
         {
+            if (f.LoadUnit is not null) throw new InvalidOperationException("a format that loads its own units takes no staged x");
             int cj = chunk * J;
             b.Append($$"""
   for (var c0 = 0u; c0 < U; c0 += {{chunk}}u) {

@@ -49,6 +49,8 @@ static class MatMulNBits
         public GpuTensor? Zeros, Bias;
         /// <summary>Zero points are whole numbers stored as bytes (else f32, or none).</summary>
         public bool ByteZeros;
+        /// <summary>The node computes with int8 A where A is f32 (<see cref="NBitsWeight.Int8Compute"/>).</summary>
+        public bool Int8;
         /// <summary>For views of a region's stacked buffers: the cache keys that keep those buffers alive.</summary>
         public object? Keep;
     }
@@ -72,7 +74,7 @@ static class MatMulNBits
         bool byteZeros = w.Zeros is { } zs && Array.TrueForAll(zs, v => v >= 0 && v <= 255 && v == MathF.Floor(v));
         p = new Prepared
         {
-            Owner = g, Sources = sources, W = w, ByteZeros = byteZeros,
+            Owner = g, Sources = sources, W = w, ByteZeros = byteZeros, Int8 = NBitsWeight.Int8Compute(ctx, DType.Float32, w, sources[3]),
             Words = g.Concatenated([b], () => new Tensor(DType.UInt32, [b.Length / 4], MemoryMarshal.Cast<byte, uint>(b.As<byte>()).ToArray())),
             // NOTE: f16 scales stay f16 (packed two per u32, widened exactly in the kernel): fewer bytes a decode step reads.
             Scales = s.DType == DType.Float16 ? g.Concatenated([s], () => new Tensor(DType.Float16, [w.Scales.Length], Array.ConvertAll(w.Scales, v => (Half)v))) : F32(s, w.Scales),
@@ -102,6 +104,7 @@ static class MatMulNBits
         Cache.AddOrUpdate(product, new Prepared
         {
             Owner = g, Sources = [null, b, s, z, null, null], W = w, ByteZeros = byteZeros, Keep = keep,
+            Int8 = NBitsWeight.Int8Compute(new NodeContext(product, 1), DType.Float32, w, z),
             Words = View(words, n * w.KBlocks * w.BlobSize / 4, wordsAt),
             Scales = View(scales, n * w.KBlocks, scalesAt),
             Zeros = zeros is null ? null : View(zeros, byteZeros ? (n * w.KBlocks + 3) / 4 : n * w.KBlocks, zerosAt),
@@ -132,24 +135,128 @@ static class MatMulNBits
         long rows = x.Length / w.K;
         var y = g.Empty(x.DType, [.. x.Shape[..^1], w.N]);
         if (y.Length == 0) return [y];
-        if (rows <= MatMul.MatVecMaxRows) MatVec(g, x, y, p, rows, null);
+        var qa = Int8A(p, x) ? QuantizeA(g, x, rows, w.K, w.BlockSize) : null;
+        if (rows <= MatMul.MatVecMaxRows) MatVec(g, x, y, p, rows, null, 0, qa);
         else if (rows <= SkinnyMaxRows)
-            for (long m0 = 0; m0 < rows; m0 += MatMul.MatVecMaxRows) MatVec(g, x, y, p, Math.Min(MatMul.MatVecMaxRows, rows - m0), null, m0);
+            for (long m0 = 0; m0 < rows; m0 += MatMul.MatVecMaxRows) MatVec(g, x, y, p, Math.Min(MatMul.MatVecMaxRows, rows - m0), null, m0, qa);
         else
         {
-            var bindings = new List<GpuTensor> { x, y, p.Words, p.Scales };
+            var bindings = qa is null ? new List<GpuTensor> { x, y, p.Words, p.Scales } : [qa.Data, y, p.Words, p.Scales];
             if (p.Zeros is not null) bindings.Add(p.Zeros);
             if (p.Bias is not null) bindings.Add(p.Bias);
             var meta = new Meta();
             meta.Add(w.N); meta.Add(w.K); meta.Add((long)w.KBlocks * w.BlobSize / 4); meta.Add(w.KBlocks); meta.Add(rows);
-            string variant = $"{w.BlockSize}|{Zero(p)}|{p.Bias is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)y.DType}";
+            if (qa is not null) meta.Add(qa.PairsAt);
+            string variant = $"{w.BlockSize}|{Zero(p)}|{p.Bias is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)y.DType}|{qa is not null}";
             if ((rows + 63) / 64 > g.Device.Limits.MaxWorkgroupsPerDimension)
                 throw new UnsupportedException($"node '{ctx.Node.Name}' (MatMulNBits): {rows} rows need more than maxComputeWorkgroupsPerDimension tiles");
             g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_tiled", variant),
-                () => TiledCode(x, y.DType, w.BlockSize, Zero(p), p.Bias is not null, p.Scales),
-                "MatMulNBits_tiled", [.. bindings], meta, (uint)((w.N + 63) / 64), (uint)((rows + 63) / 64));
+                () => TiledCode(x, y.DType, w.BlockSize, Zero(p), p.Bias is not null, p.Scales, qa is not null),
+                qa is null ? "MatMulNBits_tiled" : "MatMulNBits_tiled_a8", [.. bindings], meta, (uint)((w.N + 63) / 64), (uint)((rows + 63) / 64));
         }
+        if (qa is not null) Free(g, qa);
         return [y];
+    }
+
+    static bool Int8A(Prepared p, GpuTensor x) => p.Int8 && x.DType == DType.Float32 && x.Storage == GpuStorage.F32;
+
+    /// <summary>A quantized to int8 for <c>accuracy_level=4</c>, as the cpu reference quantizes it
+    /// (<see cref="MatMulNBitsOps.QuantizeA"/>), in one u32 buffer (one binding): per row and block of K the codes
+    /// (four a word; each 8 values of K as two words, the even-indexed values then the odd, so a packed weight word's
+    /// low and high nibbles each meet theirs in one <c>dot4I8Packed</c>; zero past K), then from word
+    /// <see cref="PairsAt"/> (a multiple of 4) a pair per block: its scale (max|a| / 127, f32 bits) and Σ codes (i32
+    /// bits: a zero point's term).</summary>
+    internal sealed record QuantizedA(GpuTensor Data, long PairsAt);
+
+    internal static void Free(WebGpuPlatform g, QuantizedA q) => g.Free(q.Data);
+
+    /// <summary>Quantizes <paramref name="rows"/> rows of x (K long) per block of <paramref name="block"/>; with
+    /// <paramref name="gamma"/>, x's RMSNorm first (γ·(x·(1/√(mean x² + ε))), as HF's LlamaRMSNorm; the quantization
+    /// takes the normalized values). One workgroup a row; a thread takes 8 values of K a pass (the two code words they
+    /// make), the block's threads share their largest magnitude and code sums through workgroup memory.</summary>
+    internal static QuantizedA QuantizeA(WebGpuPlatform g, GpuTensor x, long rows, int k, int block, GpuTensor? gamma = null, float eps = 0)
+    {
+        long kb = (k + block - 1) / block;
+        long pairsAt = rows * kb * block / 4;
+        var q = new QuantizedA(g.Empty(DType.UInt32, [pairsAt + 2 * rows * kb]), pairsAt);
+        var meta = new Meta();
+        meta.Add(k); meta.Add(kb); meta.Add(rows); meta.AddFloat(eps); meta.Add(pairsAt);
+        int wg = Math.Max(block / 8, Math.Min(256, g.Device.Limits.MaxInvocationsPerWorkgroup));
+        var (gx, gy) = Wgsl.Grid(rows * wg, wg, g.Device.Limits.MaxWorkgroupsPerDimension);
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_quantize_a", $"{block}|{gamma is not null}|{(int)x.Storage}|{(int)(gamma?.Storage ?? 0)}|{wg}"),
+            () => QuantizeCode(x, gamma, block, wg), gamma is null ? "MatMulNBits_quantize_a" : "MatMulNBits_rmsnorm_quantize_a",
+            gamma is null ? [x, q.Data] : [x, gamma, q.Data], meta, gx, gy);
+        return q;
+    }
+
+    static string QuantizeCode(GpuTensor x, GpuTensor? gamma, int block, int wg)
+    {
+        var w = new Wgsl(wg).In("x", x);
+        if (gamma is not null) w.In("gm", gamma);
+        w.Out("qa", DType.UInt32);
+        w.Decl($"var<workgroup> red: array<f32, {wg}>;\nvar<workgroup> ired: array<i32, {wg}>;");
+        int tpb = block / 8;
+        string norm = gamma is null ? "" : $$"""
+  var ss = 0.0;
+  for (var k = lid.x; k < K; k += {{wg}}u) { let v = x(m * K + k); ss += v * v; }
+  red[lid.x] = ss;
+  workgroupBarrier();
+  for (var st = {{wg / 2}}u; st > 0u; st >>= 1u) {
+    if (lid.x < st) { red[lid.x] += red[lid.x + st]; }
+    workgroupBarrier();
+  }
+  let rinv = 1.0 / sqrt(red[0] / f32(K) + bitcast<f32>(md[3]));
+  workgroupBarrier();
+
+""";
+        string value = gamma is null ? "x(m * K + k)" : "gm(k) * (x(m * K + k) * rinv)";
+        return w.Build($$"""
+  let K = md[0]; let KB = md[1];
+  let m = wid.x + wid.y * nwg.x;
+  if (m >= md[2]) { return; }
+{{norm}}  let KP = KB * {{block}}u;
+  for (var base = 0u; base < KP; base += {{wg * 8}}u) {
+    let k0 = base + lid.x * 8u;
+    var v: array<f32, 8>;
+    var amax = 0.0;
+    for (var i = 0u; i < 8u; i++) {
+      let k = k0 + i;
+      var a = 0.0;
+      if (k < K) { a = {{value}}; }
+      v[i] = a;
+      amax = max(amax, abs(a));
+    }
+    red[lid.x] = amax;
+    workgroupBarrier();
+    let first = lid.x - lid.x % {{tpb}}u;
+    var bmax = 0.0;
+    for (var t = 0u; t < {{tpb}}u; t++) { bmax = max(bmax, red[first + t]); }
+    let inv = select(0.0, 127.0 / bmax, bmax != 0.0);
+    var pe = 0u; var po = 0u; var sum = 0i;
+    for (var i = 0u; i < 4u; i++) {
+      let ce = i32(clamp(round(v[2u * i] * inv), -127.0, 127.0));
+      let co = i32(clamp(round(v[2u * i + 1u] * inv), -127.0, 127.0));
+      sum += ce + co;
+      pe |= (bitcast<u32>(ce) & 255u) << (8u * i);
+      po |= (bitcast<u32>(co) & 255u) << (8u * i);
+    }
+    ired[lid.x] = sum;
+    workgroupBarrier();
+    if (k0 < KP) {
+      let at = m * (KP / 4u) + k0 / 4u;
+      qa_st(at, pe);
+      qa_st(at + 1u, po);
+      if (lid.x == first) {
+        var bs = 0i;
+        for (var t = 0u; t < {{tpb}}u; t++) { bs += ired[first + t]; }
+        let blk = m * KB + k0 / {{block}}u;
+        qa_st(md[4] + 2u * blk, bitcast<u32>(bmax / 127.0));
+        qa_st(md[4] + 2u * blk + 1u, bitcast<u32>(bs));
+      }
+    }
+    workgroupBarrier();
+  }
+""", elementwise: false);
     }
 
     /// <summary>Rows of A up to which a product runs as decode kernels over <see cref="MatMul.MatVecMaxRows"/> rows at a
@@ -160,26 +267,30 @@ static class MatMulNBits
     /// <summary>The decode kernel for <paramref name="rows"/> rows of x (from row <paramref name="m0"/>) into the same
     /// rows of y, plus <paramref name="residual"/> (y's shape, f32 words) in the store when given (the
     /// <c>matmul_add</c> region).</summary>
-    static void MatVec(WebGpuPlatform g, GpuTensor x, GpuTensor y, Prepared p, long rows, GpuTensor? residual, long m0 = 0)
+    static void MatVec(WebGpuPlatform g, GpuTensor x, GpuTensor y, Prepared p, long rows, GpuTensor? residual, long m0 = 0, QuantizedA? qa = null)
     {
         var w = p.W;
-        var bindings = new List<GpuTensor> { x, y, p.Words, p.Scales };
+        var bindings = qa is null ? new List<GpuTensor> { x, y, p.Words, p.Scales } : [qa.Data, y, p.Words, p.Scales];
         if (p.Zeros is not null) bindings.Add(p.Zeros);
         if (p.Bias is not null) bindings.Add(p.Bias);
         if (residual is not null) bindings.Add(residual);
         // A unit is 2 or 4 words (MatVecTuning.Q4UnitWords) where every row's words start aligned to it, else one u32 (8 values).
         long rowWords = (long)w.KBlocks * w.BlobSize / 4;
-        int words = g.MatVec.Q4UnitWords(rowWords, w.N);
+        // int8 A: a unit is one block (its codes, scale and sum go together).
+        int words = qa is not null ? w.BlockSize / 8 : g.MatVec.Q4UnitWords(rowWords, w.N);
         long units = rowWords / words;
         bool vec = x.Storage == GpuStorage.F32 && units * words * 8 == w.K;
         var shape = g.MatVec.Q4(w.N, units, g.Device.Limits.MaxInvocationsPerWorkgroup);
+        if (qa is not null) shape = shape with { SharedX = false };
         var meta = new Meta();
         meta.Add(w.N); meta.Add(w.K); meta.Add(rowWords); meta.Add(w.KBlocks); meta.Add(rows); meta.Add(units); meta.Add(m0);
-        string variant = $"{w.BlockSize}|{Zero(p)}|{p.Bias is not null}|{residual is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)y.DType}";
+        if (qa is not null) meta.Add(qa.PairsAt);
+        string variant = $"{w.BlockSize}|{Zero(p)}|{p.Bias is not null}|{residual is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)y.DType}|{qa is not null}";
         var (gx, gy) = BlockedMatVec.Grid(g, w.N, shape);
+        string unit = qa is not null ? "_a8" : words == 4 ? "_w" : words == 2 ? "_w2" : "";
         g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{words}|{vec}|{shape}|{rows}"),
-            () => MatVecCode(g, x, y.DType, w.BlockSize, Zero(p), p.Bias is not null, residual is not null, p.Scales, words, vec, shape, (int)rows),
-            $"MatMulNBits_matvec_t{shape.Threads}r{shape.Rows}{(words == 4 ? "_w" : words == 2 ? "_w2" : "")}{(residual is null ? "" : "_add")}_r{rows}", [.. bindings], meta, gx, gy);
+            () => MatVecCode(g, x, y.DType, w.BlockSize, Zero(p), p.Bias is not null, residual is not null, p.Scales, words, vec, shape, (int)rows, qa is not null),
+            $"MatMulNBits_matvec_t{shape.Threads}r{shape.Rows}{unit}{(residual is null ? "" : "_add")}_r{rows}", [.. bindings], meta, gx, gy);
     }
 
     /// <summary>The <c>matmul_add</c> region over a MatMulNBits product (inputs x, B, scales [, zero_points], r): y =
@@ -203,9 +314,11 @@ static class MatMulNBits
         long rows = x.Length / w.K;
         long[] shape = [.. x.Shape[..^1], w.N];
         if (rows == 0 || rows > MatMul.MatVecMaxRows || !ShapeUtil.SameShape(r.Shape, shape)) return null;
-        if (5 + (p.Zeros is null ? 0 : 1) + (p.Bias is null ? 0 : 1) + 1 > g.Device.Limits.MaxStorageBuffersPerStage) return null;
+        if (6 + (p.Zeros is null ? 0 : 1) + (p.Bias is null ? 0 : 1) + 1 > g.Device.Limits.MaxStorageBuffersPerStage) return null;
         var y = g.Empty(x.DType, shape);
-        MatVec(g, x, y, p, rows, r);
+        var qa = Int8A(p, x) ? QuantizeA(g, x, rows, w.K, w.BlockSize) : null;
+        MatVec(g, x, y, p, rows, r, 0, qa);
+        if (qa is not null) Free(g, qa);
         return y;
     }
 
@@ -215,12 +328,13 @@ static class MatMulNBits
 
     /// <summary>Declares x, y, the weight words (u32, or vec2/vec4 of u32 for 8/16-byte units), scales, zero points and bias, in the
     /// bindings' order, and <c>zero_(block)</c>.</summary>
-    static Wgsl Declare(GpuTensor x, DType y, ZeroKind zeros, bool bias, GpuTensor scales, bool xvec, int wg, int words = 1, bool residual = false)
+    static Wgsl Declare(GpuTensor x, DType y, ZeroKind zeros, bool bias, GpuTensor scales, bool xvec, int wg, int words = 1, bool residual = false, int a8 = 0)
     {
         var w = new Wgsl(wg);
-        BlockedMatVec.DeclareX(w, x, xvec);
+        if (a8 > 0) DeclareA8(w, a8 > 1);
+        else BlockedMatVec.DeclareX(w, x, xvec);
         w.Out("y", y);
-        DeclareWords(w, 2, words);
+        DeclareWords(w, 2, words == 1 ? 1 : Math.Min(words, 4));
         w.In("sc", scales);
         if (zeros == ZeroKind.Bytes) w.In("zp", GpuStorage.U32);
         if (zeros == ZeroKind.Floats) w.In("zp", GpuStorage.F32);
@@ -228,6 +342,14 @@ static class MatMulNBits
         if (residual) w.In("rs", GpuStorage.F32);
         w.Decl(ZeroFunction(zeros));
         return w;
+    }
+
+    /// <summary>Declares int8 A (<see cref="QuantizedA"/>) at binding 0: as vec4 loads (<c>qa_b</c>) or u32 words
+    /// (<c>qa(i)</c>).</summary>
+    internal static void DeclareA8(Wgsl w, bool vec4)
+    {
+        if (vec4) w.Reserve().Decl("@group(0) @binding(0) var<storage, read> qa_b: array<vec4<u32>>;");
+        else w.In("qa", GpuStorage.U32);
     }
 
     /// <summary>Declares the packed weight at <paramref name="binding"/>: <c>bw(i)</c> (u32) for one-word units, else
@@ -294,34 +416,74 @@ static class MatMulNBits
         return sb.Append("    }\n").ToString();
     }
 
+    /// <summary>Loads int8 A's unit (one block) for x row m: its codes <c>xc{m}_{i}</c> (vec4s), scale <c>xs{m}</c>
+    /// and code sum <c>xz{m}</c> (the pair at vec4 <c>QP</c> on, a let the caller defines); <paramref name="row"/> is x's
+    /// row expression.</summary>
+    internal static string LoadA8(int m, string row, int block)
+    {
+        var sb = new StringBuilder($"    let ab{m} = ({row}) * KB + u;\n    let mp{m} = qa_b[QP + ab{m} / 2u];\n    let od{m} = (ab{m} & 1u) != 0u;\n");
+        sb.Append($"    let xs{m} = bitcast<f32>(select(mp{m}.x, mp{m}.z, od{m}));\n    let xz{m} = bitcast<i32>(select(mp{m}.y, mp{m}.w, od{m}));\n");
+        for (int i = 0; i < block / 16; i++) sb.Append($"    let xc{m}_{i} = qa_b[ab{m} * {block / 16}u + {i}u];\n");
+        return sb.ToString();
+    }
+
+    /// <summary>WGSL adding one block of weight row <paramref name="row"/> (unit u = block u; words at
+    /// <c>(row·U + u)·V + v</c>, V = block/32 vec4s, or one vec2 for blocks of 16) times int8 A's unit
+    /// (<see cref="LoadA8"/>) into <paramref name="acc"/>(m): a word's low nibbles against the even values' codes and
+    /// its high nibbles against the odd values' (<c>dot4I8Packed</c>, exact), the zero point through Σ codes, then
+    /// <c>(scale_a · scale_b) · Σ code·(q − zero)</c> as the cpu reference adds it.</summary>
+    internal static string UnitCodeA8(string weights, string row, Func<int, string> acc, int block, ZeroKind zeros, int rows)
+    {
+        int W = block / 8, V = Math.Max(1, W / 4);
+        var sb = new StringBuilder($"    {{\n      let b = {row} * KB + u;\n      let s = sc(b);\n");
+        sb.Append(zeros == ZeroKind.Bytes ? "      let z = i32((zp(b >> 2u) >> ((b & 3u) * 8u)) & 255u);\n" : "      let z = 8i;\n");
+        for (int v = 0; v < V; v++) sb.Append($"      let wv{v} = {weights}[{(V == 1 ? $"{row} * U + u" : $"({row} * U + u) * {V}u + {v}u")}];\n");
+        for (int j = 0; j < W; j++) sb.Append($"      let wl{j} = wv{j / 4}.{"xyzw"[j % 4]} & 0x0F0F0F0Fu;\n      let wh{j} = (wv{j / 4}.{"xyzw"[j % 4]} >> 4u) & 0x0F0F0F0Fu;\n");
+        for (int m = 0; m < rows; m++)
+        {
+            var terms = new List<string>();
+            for (int j = 0; j < W; j++)
+            {
+                terms.Add($"dot4I8Packed(wl{j}, xc{m}_{2 * j / 4}.{"xyzw"[2 * j % 4]})");
+                terms.Add($"dot4I8Packed(wh{j}, xc{m}_{(2 * j + 1) / 4}.{"xyzw"[(2 * j + 1) % 4]})");
+            }
+            sb.Append($"      {acc(m)} += (s * xs{m}) * f32({Tree(terms)} - z * xz{m});\n");
+        }
+        return sb.Append("    }\n").ToString();
+    }
+
     /// <summary>A sum as a balanced tree of additions: a short chain of dependent adds (a left-to-right sum of a unit's
     /// eight dot products would chain 32 dependent multiply-adds).</summary>
     internal static string Tree(IReadOnlyList<string> terms) =>
         terms.Count == 1 ? terms[0] : $"({Tree(terms.Take(terms.Count / 2).ToList())} + {Tree(terms.Skip(terms.Count / 2).ToList())})";
 
-    static string MatVecCode(WebGpuPlatform g, GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, bool residual, GpuTensor scales, int words, bool vec, MatVecShape shape, int rows)
+    static string MatVecCode(WebGpuPlatform g, GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, bool residual, GpuTensor scales, int words, bool vec, MatVecShape shape, int rows, bool a8 = false)
     {
-        var w = Declare(x, y, zeros, bias, scales, vec, shape.Workgroup, words, residual);
+        var w = Declare(x, y, zeros, bias, scales, vec || a8, shape.Workgroup, words, residual, a8 ? 2 : 0);
         string weights = Weights(words);
-        string Row(int r) => UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, words, rows);
+        string Row(int r) => a8 ? UnitCodeA8(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows) : UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, words, rows);
         var f = new BlockedMatVec.Format
         {
             UnitValues = 8 * words,
-            XScale = XScale,
-            Prologue = "  let KB = md[3];\n" + UnitPrologue,
+            XScale = a8 ? null : XScale,
+            LoadUnit = a8 ? m => LoadA8(m, $"m0 + {m}u", block) : null,
+            Prologue = "  let KB = md[3];\n" + (a8 ? "  let QP = md[7] / 4u;\n" : UnitPrologue),
             Row = Row,
             // NOTE: (sum + bias) + r: the order the cpu reference adds MatMulNBits' bias and then the region's Add.
             Store = (m, row, sum) => $"y_st((m0 + {m}u) * N + {row}, {(residual ? "(" : "")}{sum}{(bias ? $" + bias({row})" : "")}{(residual ? $") + rs((m0 + {m}u) * N + {row})" : "")});",
         };
         // NOTE: md here is N, K, words per row (the tiled kernel's), k_blocks, rows, units per row, x's first row: the
         // skeleton reads units from md[2].
-        string body = BlockedMatVec.Body(w, f, shape, rows, vec, g.Device.Limits.MaxWorkgroupStorageBytes, "m0").Replace("let U = md[2];", "let U = md[5]; let m0 = md[6];");
+        string body = BlockedMatVec.Body(w, f, shape, rows, vec || a8, g.Device.Limits.MaxWorkgroupStorageBytes, "m0").Replace("let U = md[2];", "let U = md[5]; let m0 = md[6];");
         return w.Build(body, elementwise: false);
     }
 
-    static string TiledCode(GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, GpuTensor scales)
+    static string TiledCode(GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, GpuTensor scales, bool a8 = false)
     {
-        var w = Declare(x, y, zeros, bias, scales, false, 256);
+        var w = Declare(x, y, zeros, bias, scales, false, 256, a8: a8 ? 1 : 0);
+        // int8 A: a = code · scale_a (code k of a row: word (k / 8)·2 + k % 2 of its block's words, byte (k % 8) / 2).
+        string aLoad = a8 ? "let cw = qa(gm * md[3] * " + (block / 4) + "u + (gk / 8u) * 2u + (gk & 1u)); av = f32(bitcast<i32>(cw << (24u - 8u * ((gk % 8u) / 2u))) >> 24u) * bitcast<f32>(qa(md[5] + 2u * (gm * md[3] + gk / " + block + "u)));"
+            : "av = f32(x(gm * K + gk));";
         w.Decl("var<workgroup> As: array<f32, 1024>;\nvar<workgroup> Bs: array<f32, 1024>;");
         string body = $$"""
   let N = md[0]; let K = md[1]; let M = md[4];
@@ -334,7 +496,7 @@ static class MatMulNBits
       let am = e / 16u; let ak = e % 16u;
       let gm = row0 + am; let gk = k0 + ak;
       var av = 0.0;
-      if (gm < M && gk < K) { av = f32(x(gm * K + gk)); }
+      if (gm < M && gk < K) { {{aLoad}} }
       As[ak * 64u + am] = av;
     }
     // B's tile: 128 threads each read one word (8 values of one column, one block) and dequantize it.

@@ -29,6 +29,9 @@ static class ProjectionsNBits
         public required GpuTensor Words, Scales;
         public GpuTensor? Zeros, Consts;
         public required MatMulNBits.ZeroKind ZeroKind;
+        /// <summary>Every product computes with int8 A where x is f32 (accuracy_level 4): x is quantized first (its RMSNorm
+        /// with it) and the kernel takes integer sums.</summary>
+        public required bool Int8;
         public required int K, BlockSize, KBlocks;
         public required long RowWords;
         /// <summary>First stacked row of each weight (plan order).</summary>
@@ -68,6 +71,8 @@ static class ProjectionsNBits
         var w0 = ws[0];
         if (ws.Any(w => w.Bits != 4 || w.K != w0.K || w.BlockSize != w0.BlockSize || (w.Zeros is null) != (w0.Zeros is null))) return null;
         if (parts.Any(p => p.S.DType != parts[0].S.DType)) return null;
+        var int8 = parts.Select((p, i) => NBitsWeight.Int8Compute(new NodeContext(p.Product, opset), DType.Float32, ws[i], p.Z)).ToArray();
+        if (int8.Distinct().Count() > 1) return null;
         bool byteZeros = ws.All(w => w.Zeros is { } zs && Array.TrueForAll(zs, v => v >= 0 && v <= 255 && v == MathF.Floor(v)));
         var kind = w0.Zeros is null ? MatMulNBits.ZeroKind.None : byteZeros ? MatMulNBits.ZeroKind.Bytes : MatMulNBits.ZeroKind.Floats;
         var rowAt = new long[nw];
@@ -77,7 +82,7 @@ static class ProjectionsNBits
         long vectorsAt = gamma is null ? 0 : (gamma.Length + 3) / 4 * 4;
         st = new Stacked
         {
-            Owner = g, Sources = [.. sources], Keys = keys, ZeroKind = kind,
+            Owner = g, Sources = [.. sources], Keys = keys, ZeroKind = kind, Int8 = int8[0],
             K = w0.K, BlockSize = w0.BlockSize, KBlocks = w0.KBlocks, RowWords = (long)w0.KBlocks * w0.BlobSize / 4, RowAt = rowAt, VectorsAt = vectorsAt,
             Words = g.Concatenated([keys[0], .. parts.Select(p => p.B)], () =>
             {
@@ -127,19 +132,26 @@ static class ProjectionsNBits
         if (rowCount > MatMul.MatVecMaxRows) return null;                     // prefill: the body runs (tiled MatMulNBits over views of the stack)
         int rows = (int)rowCount, P = plan.P, outs = plan.Outputs.Length;
         long columns = plan.Outputs.Sum(o => o.N);
-        int words = g.MatVec.Q4UnitWords(st.RowWords, columns * P);
+        bool a8 = st.Int8 && x.DType == DType.Float32 && x.Storage == GpuStorage.F32;
+        // int8 A: a unit is one block (its codes, scale and sum go together).
+        int words = a8 ? st.BlockSize / 8 : g.MatVec.Q4UnitWords(st.RowWords, columns * P);
         long units = st.RowWords / words;
         bool vec = units * words * 8 == k;
         var lim = g.Device.Limits;
         var shape = g.MatVec.Q4(columns * P, units, lim.MaxInvocationsPerWorkgroup);
+        if (a8) shape = shape with { SharedX = false };
         int T = shape.Threads, WG = shape.Workgroup, R = Math.Max(1, shape.Rows / P);
-        int Slots(int r) => r * P * rows + (plan.Norm ? rows : 0);
+        int Slots(int r) => r * P * rows + (plan.Norm && !a8 ? rows : 0);
         while (R > 1 && (long)Slots(R) * WG * 4 > lim.MaxWorkgroupStorageBytes) R /= 2;
         if ((long)Slots(R) * WG * 4 > lim.MaxWorkgroupStorageBytes) return null;
-        int bindings = 1 + (st.Consts is null ? 0 : 1) + 2 + (st.Zeros is null ? 0 : 1) + outs + 1;
+        // NOTE: int8 A leaves γ to the quantize kernel; the consts are bound only where an epilogue reads them.
+        bool consts = st.Consts is not null && (!a8 || plan.Vectors.Length > 0);
+        int bindings = 1 + (consts ? 1 : 0) + 2 + (st.Zeros is null ? 0 : 1) + outs + 1;
         if (bindings > lim.MaxStorageBuffersPerStage) return null;
-        var list = new List<GpuTensor>(bindings) { x };
-        if (st.Consts is not null) list.Add(st.Consts);
+        float eps = ctx.Float("epsilon", 1e-6f);
+        var qa = a8 ? MatMulNBits.QuantizeA(g, x, rows, st.K, st.BlockSize, plan.Norm ? ins[1] : null, eps) : null;
+        var list = qa is null ? new List<GpuTensor>(bindings) { x } : [qa.Data];
+        if (consts) list.Add(st.Consts!);
         list.Add(st.Words);
         list.Add(st.Scales);
         if (st.Zeros is not null) list.Add(st.Zeros);
@@ -148,14 +160,15 @@ static class ProjectionsNBits
         for (int o = 0; o < outs; o++) { ys[o] = g.Empty(x.DType, [.. lead, plan.Outputs[o].N]); list.Add(ys[o]); }
         var meta = new Meta();
         meta.Add(k); meta.Add(units); meta.Add(st.KBlocks); meta.Add(columns);
+        if (qa is not null) meta.Add(qa.PairsAt);
         var (gx, gy) = Wgsl.Grid(columns, WG / T * R, lim.MaxWorkgroupsPerDimension);
-        float eps = ctx.Float("epsilon", 1e-6f);
         // x staged in workgroup memory (q4-xs=1): chunks of units that fit beside the partial sums.
         int chunk = !shape.SharedX ? 0 : (int)Math.Min(units, (lim.MaxWorkgroupStorageBytes - (long)Slots(R) * WG * 4) / (rows * words * 2 * 16L));
         var layout = new MatVecShape(T, R, WG, chunk > 0, shape.Unroll, shape.Tree);
-        var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}", ctx.Node),
-            () => Code(plan, st, x, rows, layout, chunk, words, vec, eps, x.DType), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}_t{T}c{R}_r{rows}");
+        var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}|{a8}", ctx.Node),
+            () => Code(plan, st, x, rows, layout, chunk, words, vec, eps, x.DType, a8), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}{(a8 ? "_a8" : "")}_t{T}c{R}_r{rows}");
         g.LaunchGroups(pipeline, [.. list], meta, gx, gy);
+        if (qa is not null) MatMulNBits.Free(g, qa);
         return ys;
     }
 
@@ -168,19 +181,21 @@ static class ProjectionsNBits
     }
 
     /// <summary>Kernel text; meta words md[0] = K, md[1] = units per row, md[2] = blocks per row, md[3] = columns.</summary>
-    static string Code(Projections.Plan plan, Stacked st, GpuTensor x, int M, MatVecShape layout, int chunk, int words, bool vec, float eps, DType dtype)
+    static string Code(Projections.Plan plan, Stacked st, GpuTensor x, int M, MatVecShape layout, int chunk, int words, bool vec, float eps, DType dtype, bool a8)
     {
         int P = plan.P, outs = plan.Outputs.Length, T = layout.Threads, R = layout.Rows, WG = layout.Workgroup, G = WG / T, UV = 8 * words, J = UV / 4;
-        bool norm = plan.Norm;
+        // int8 A: the quantize kernel applied the RMSNorm.
+        bool norm = plan.Norm && !a8;
         var w = new Wgsl(WG);
-        BlockedMatVec.DeclareX(w, x, vec);
+        if (a8) MatMulNBits.DeclareA8(w, true);
+        else BlockedMatVec.DeclareX(w, x, vec);
         int binding = 1;
-        if (st.Consts is not null)
+        if (st.Consts is not null && (!a8 || plan.Vectors.Length > 0))
         {
-            w.Reserve().Decl("@group(0) @binding(1) var<storage, read> cv_b: array<vec4<f32>>;\nfn cv_(i: u32) -> f32 { return cv_b[i >> 2u][i & 3u]; }");
+            w.Reserve().Decl($"@group(0) @binding({binding}) var<storage, read> cv_b: array<vec4<f32>>;\nfn cv_(i: u32) -> f32 {{ return cv_b[i >> 2u][i & 3u]; }}");
             binding++;
         }
-        MatMulNBits.DeclareWords(w, binding, words);
+        MatMulNBits.DeclareWords(w, binding, Math.Min(words, 4));
         w.In("sc", st.Scales);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Bytes) w.In("zp", GpuStorage.U32);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Floats) w.In("zp", GpuStorage.F32);
@@ -192,7 +207,7 @@ static class ProjectionsNBits
         bool shared = layout.SharedX;
         int cj = chunk * J;
         if (shared) w.Decl($"var<workgroup> xsh: array<vec4<f32>, {M * cj}>;");
-        if (!vec) w.Decl("fn xg(m: u32, k: u32, K: u32) -> f32 { if (k < K) { return f32(x(m * K + k)); } return 0.0; }");
+        if (!vec && !a8) w.Decl("fn xg(m: u32, k: u32, K: u32) -> f32 { if (k < K) { return f32(x(m * K + k)); } return 0.0; }");
         if (norm && !vec) w.Decl("fn gm_(k: u32, K: u32) -> f32 { if (k < K) { return cv_(k); } return 0.0; }");
         string weights = MatMulNBits.Weights(words);
         // Stacked weight row of product q of a column c: its output's first column and its weight's first row.
@@ -210,7 +225,7 @@ static class ProjectionsNBits
         }
         string RowOf(int o, int q, string c) => $"{st.RowAt[plan.ProductWeight[plan.Outputs[o].Products[q]]]}u + {c} - {starts[o]}u";
         var b = new StringBuilder();
-        b.Append("  let K = md[0]; let U = md[1]; let KB = md[2]; let C = md[3];\n").Append(MatMulNBits.UnitPrologue);
+        b.Append("  let K = md[0]; let U = md[1]; let KB = md[2]; let C = md[3];\n").Append(a8 ? "  let QP = md[4] / 4u;\n" : MatMulNBits.UnitPrologue);
         b.Append($"  let t = lid.x % {T}u;\n  let wgi = wid.x + wid.y * nwg.x;\n  let cb = (wgi * {G}u + lid.x / {T}u) * {R}u;\n");
         for (int r = 0; r < R; r++)
         {
@@ -227,7 +242,8 @@ static class ProjectionsNBits
             for (int q = 0; q < P; q++)
             {
                 int rr = r, qq = q;
-                rowsCode += MatMulNBits.UnitCode(weights, $"w{r}_{q}", m => $"a{rr}_{qq}_{m}", st.BlockSize, st.ZeroKind, words, M);
+                rowsCode += a8 ? MatMulNBits.UnitCodeA8(weights, $"w{r}_{q}", m => $"a{rr}_{qq}_{m}", st.BlockSize, st.ZeroKind, M)
+                    : MatMulNBits.UnitCode(weights, $"w{r}_{q}", m => $"a{rr}_{qq}_{m}", st.BlockSize, st.ZeroKind, words, M);
             }
         // γ's four values from K index k (vec4 index k / 4 where x is read as vec4s).
         string Gamma(string name, string k, string indent) =>
@@ -265,9 +281,10 @@ static class ProjectionsNBits
         else
         {
             b = new StringBuilder($"    let k0 = u * {UV}u;\n");
+            if (a8) for (int m = 0; m < M; m++) b.Append(MatMulNBits.LoadA8(m, $"{m}u", st.BlockSize));
             if (norm)
                 for (int jj = 0; jj < J; jj++) b.Append(Gamma($"g{jj}", $"k0 + {4 * jj}u", "    "));
-            for (int m = 0; m < M; m++)
+            for (int m = 0; m < M && !a8; m++)
                 for (int jj = 0; jj < J; jj++)
                 {
                     b.Append($"    let xr{m}_{jj} = {Load($"{m}u", $"k0 + {4 * jj}u")};\n");
