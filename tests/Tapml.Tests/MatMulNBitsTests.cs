@@ -182,6 +182,17 @@ public class MatMulNBitsTests
         Assert.True(MaxDiff(got, cpu) * 10 < MaxDiff(got, f32), $"{platform}: {MaxDiff(got, cpu)} from cpu's int8 product, {MaxDiff(got, f32)} from the f32 one");
     }
 
+    /// <summary>vulkan's two renderings of <c>dot4I8Packed</c>: OpSDot (the default where the device has
+    /// shaderIntegerDotProduct; lavapipe's row) and the byte-product helper (<c>int-dot=off</c>).</summary>
+    [Theory]
+    [InlineData("vulkan?int-dot=off")]
+    [InlineData("vulkan?icd=lavapipe")]
+    public void Vulkan_int8_compute_renders_both_ways(string platform)
+    {
+        Gpu_matches_cpu_with_int8_compute(platform, 1, 128, 40, 16, Zp.Packed, "f32", true);
+        Gpu_matches_cpu_with_int8_compute(platform, 9, 100, 17, 32, Zp.Packed, "f32", true);
+    }
+
     /// <summary>One node run on two webgpu platforms in turn (debug's source-fed and accumulated runs do this): each
     /// binds its own copy of the weight.</summary>
     [Fact]

@@ -203,11 +203,26 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         fixed (ExtensionProperties* e = exts) Check(_vk.EnumerateDeviceExtensionProperties(_pd, (byte*)null, &ne, e), "vkEnumerateDeviceExtensionProperties");
         bool hasPushDescriptors = exts.Any(e => SilkMarshal.PtrToString((nint)e.ExtensionName) == PushDescriptorExtension);
         bool pushDescriptors = hasPushDescriptors && _opt.PushDescriptors;
+        bool hasIntegerDot = exts.Any(e => SilkMarshal.PtrToString((nint)e.ExtensionName) == IntegerDotExtension);
+        if (hasIntegerDot)
+        {
+            var q = new PhysicalDeviceShaderIntegerDotProductFeatures { SType = StructureType.PhysicalDeviceShaderIntegerDotProductFeatures };
+            var f2 = new PhysicalDeviceFeatures2 { SType = StructureType.PhysicalDeviceFeatures2, PNext = &q };
+            _vk.GetPhysicalDeviceFeatures2(_pd, &f2);
+            hasIntegerDot = q.ShaderIntegerDotProduct;
+        }
+        IntegerDot = hasIntegerDot && _opt.IntegerDot;
 
         float prio = 1f;
         var qci = new DeviceQueueCreateInfo { SType = StructureType.DeviceQueueCreateInfo, QueueFamilyIndex = _family, QueueCount = 1, PQueuePriorities = &prio };
-        var extNames = pushDescriptors ? (byte**)SilkMarshal.StringArrayToPtr([PushDescriptorExtension]) : null;
-        var dci = new DeviceCreateInfo { SType = StructureType.DeviceCreateInfo, QueueCreateInfoCount = 1, PQueueCreateInfos = &qci, EnabledExtensionCount = pushDescriptors ? 1u : 0u, PpEnabledExtensionNames = extNames };
+        string[] enabled = [.. pushDescriptors ? [PushDescriptorExtension] : Array.Empty<string>(), .. IntegerDot ? [IntegerDotExtension] : Array.Empty<string>()];
+        var extNames = enabled.Length > 0 ? (byte**)SilkMarshal.StringArrayToPtr(enabled) : null;
+        var dotFeature = new PhysicalDeviceShaderIntegerDotProductFeatures { SType = StructureType.PhysicalDeviceShaderIntegerDotProductFeatures, ShaderIntegerDotProduct = true };
+        var dci = new DeviceCreateInfo
+        {
+            SType = StructureType.DeviceCreateInfo, QueueCreateInfoCount = 1, PQueueCreateInfos = &qci, EnabledExtensionCount = (uint)enabled.Length,
+            PpEnabledExtensionNames = extNames, PNext = IntegerDot ? &dotFeature : null,
+        };
         Device dev;
         try { Check(_vk.CreateDevice(_pd, &dci, null, &dev), "vkCreateDevice"); }
         finally { if (extNames != null) SilkMarshal.Free((nint)extNames); }
@@ -280,7 +295,8 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             $"maxComputeWorkGroupSize {lim.MaxComputeWorkGroupSize[0]}×{lim.MaxComputeWorkGroupSize[1]}×{lim.MaxComputeWorkGroupSize[2]}, maxComputeWorkGroupCount {lim.MaxComputeWorkGroupCount[0]}, " +
             $"maxComputeSharedMemorySize {lim.MaxComputeSharedMemorySize}, maxPerStageDescriptorStorageBuffers {lim.MaxPerStageDescriptorStorageBuffers}, minStorageBufferOffsetAlignment {lim.MinStorageBufferOffsetAlignment}",
             $"features: {(timestamps ? $"timestamp queries ({_timestampPeriod} ns a tick)" : "no timestamp queries")}; " +
-            $"{(hasPushDescriptors ? $"{PushDescriptorExtension}{(pushDescriptors ? "" : " (not used: push-descriptors=off)")}" : $"no {PushDescriptorExtension} (descriptor sets cached by their buffers)")}; device memory {(_deviceHostVisible ? "host-visible (written directly)" : "device-only (uploads through staging)")}",
+            $"{(hasPushDescriptors ? $"{PushDescriptorExtension}{(pushDescriptors ? "" : " (not used: push-descriptors=off)")}" : $"no {PushDescriptorExtension} (descriptor sets cached by their buffers)")}; " +
+            $"{(hasIntegerDot ? $"{IntegerDotExtension}{(IntegerDot ? " (dot4I8Packed as OpSDot)" : " (not used: int-dot=off)")}" : $"no {IntegerDotExtension} (dot4I8Packed as byte products)")}; device memory {(_deviceHostVisible ? "host-visible (written directly)" : "device-only (uploads through staging)")}",
             $"kernels: WGSL rendered to GLSL 4.50, SPIR-V from {Glslc.Find() ?? "glslc"} (cached in {Path.Combine(NpmPackages.CacheRoot(), "spirv")})",
             $"host path: barriers {(_opt.TrackedBarriers ? "only between dependent commands" : "after every command")}, writes {(_opt.UploadRing ? $"through a {UploadBytes >> 20} MiB upload ring" : "inline (vkCmdUpdateBuffer) or staged")}, {_opt.Batch} dispatches a submit",
         ];
@@ -289,6 +305,10 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     }
 
     const string PushDescriptorExtension = "VK_KHR_push_descriptor";
+    const string IntegerDotExtension = "VK_KHR_shader_integer_dot_product";
+
+    /// <summary>Kernels render <c>dot4I8Packed</c> as <c>OpSDot</c> (the device's shaderIntegerDotProduct is enabled).</summary>
+    public bool IntegerDot { get; }
 
     static string IcdList(string icd)
     {
@@ -515,7 +535,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     /// <see cref="_pushBytes"/>/4 words) or as a dynamic storage buffer (the last binding).</summary>
     Variant Build(Kernel k, bool push)
     {
-        var r = new GlslRenderer { PushConstantWords = push ? _pushBytes / 4 : 0 };
+        var r = new GlslRenderer { PushConstantWords = push ? _pushBytes / 4 : 0, IntegerDot = IntegerDot };
         string glsl = r.Render(k.Code);
         push = r.UsesPushConstants;
         int bindings = r.StorageBindings;

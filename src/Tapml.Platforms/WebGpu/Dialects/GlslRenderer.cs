@@ -12,6 +12,10 @@ public sealed class GlslRenderer : CStyleRenderer
     /// N push-constant words instead.</summary>
     public int PushConstantWords { get; init; }
 
+    /// <summary>Render <c>dot4I8Packed</c> as SPIR-V's <c>OpSDot</c> (packed 4×8-bit format) through GL_EXT_spirv_intrinsics:
+    /// the device must have shaderIntegerDotProduct enabled. Else a helper of four sign-extended byte products.</summary>
+    public bool IntegerDot { get; init; }
+
     /// <summary>Storage bindings of the last kernel rendered (the metadata buffer excluded when it became push constants).</summary>
     public int StorageBindings { get; private set; }
 
@@ -28,10 +32,17 @@ public sealed class GlslRenderer : CStyleRenderer
     {
         var ws = Module.Entry.WorkgroupSize!;
         sb.Append("#version 450\n");
+        if (UsesIntegerDot) sb.Append("#extension GL_EXT_spirv_intrinsics : require\n");
         sb.Append($"layout(local_size_x = {ws[0]}, local_size_y = {ws[1]}, local_size_z = {ws[2]}) in;\n");
     }
 
-    protected override string Helpers { get; } = CHelpers("float", "int", "uint", "", "int(x)", "uint(x)", "(-2147483647 - 1)")
+    bool UsesIntegerDot => IntegerDot && Source.Contains("dot4I8Packed", StringComparison.Ordinal);
+
+    // NOTE: OpSDot (4450) with capabilities DotProduct (6019) and DotProductInput4x8BitPacked (6018); the literal 0 is
+    // PackedVectorFormat4x8Bit.
+    protected override string Helpers => UsesIntegerDot ? BaseHelpers + "spirv_instruction(extensions = [\"SPV_KHR_integer_dot_product\"], capabilities = [6019, 6018], id = 4450)\nint tp_sdot(uint a, uint b, spirv_literal int fmt);\n" : BaseHelpers;
+
+    static readonly string BaseHelpers = CHelpers("float", "int", "uint", "", "int(x)", "uint(x)", "(-2147483647 - 1)")
         + "int tp_dot4i8(uint a, uint b) { int s = 0; for (int k = 0; k < 32; k += 8) { s += bitfieldExtract(int(a), k, 8) * bitfieldExtract(int(b), k, 8); } return s; }\n";
 
     protected override void Globals(StringBuilder sb)
@@ -115,7 +126,7 @@ public sealed class GlslRenderer : CStyleRenderer
         "atan2" => $"atan({a[0]}, {a[1]})",
         "countOneBits" => $"bitCount({a[0]})",
         "unpack2x16float" => $"unpackHalf2x16({a[0]})",
-        "dot4I8Packed" => $"tp_dot4i8({a[0]}, {a[1]})",
+        "dot4I8Packed" => UsesIntegerDot ? $"tp_sdot({a[0]}, {a[1]}, 0)" : $"tp_dot4i8({a[0]}, {a[1]})",
         "pack2x16float" => $"packHalf2x16({a[0]})",
         "saturate" => $"clamp({a[0]}, 0.0, 1.0)",
         _ => null,
