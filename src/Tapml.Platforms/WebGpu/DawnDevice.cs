@@ -63,6 +63,10 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
     /// <summary>Node (or what) the dispatches being recorded belong to, for error messages.</summary>
     public string Context { get; set; } = "";
     public long Dispatches { get; private set; }
+
+    /// <summary>Pooled buffers are taken lowest handle first (<c>webgpu?pool=lowest</c>, the default), else the last
+    /// released first (<c>pool=last</c>).</summary>
+    public bool LowestFirst { get; init; } = true;
     public long Submits { get; private set; }
     public long Readbacks { get; private set; }
     /// <summary>Host time spent waiting for readbacks (the GPU finishing queued work), milliseconds.</summary>
@@ -301,11 +305,15 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
         size = Bucket(bytes);
         if (_pool.TryGetValue(size, out var s) && s.Count > 0)
         {
-            for (int i = s.Count - 1; i >= 0; i--)
+            // The lowest handle of those free: the same free set gives the same buffer, so a decode step's dispatches
+            // bind the buffers the last step's did and find their bind groups cached.
+            int pick = -1;
+            for (int i = LowestFirst ? 0 : s.Count - 1; LowestFirst ? i < s.Count : i >= 0 && pick < 0; i += LowestFirst ? 1 : -1)
+                if ((pick < 0 || s[i] < s[pick]) && !(forWrite && _recorded.Contains(s[i]))) pick = i;
+            if (pick >= 0)
             {
-                if (forWrite && _recorded.Contains(s[i])) continue;
-                var b = s[i];
-                s[i] = s[^1];
+                var b = s[pick];
+                s[pick] = s[^1];
                 s.RemoveAt(s.Count - 1);
                 PooledBytes -= (long)size;
                 return b;

@@ -85,10 +85,12 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             throw new TapmlException($"platform '{spec}': unknown webgpu backend '{_backend}' (use webgpu, webgpu:vulkan or webgpu:gles)");
         long maxBinding = 0;
         string[]? toggles = null;
+        bool lowestFirst = true;
         var rest = new List<(string, string)>();
         foreach (var (k, v) in PlatformSpec.Query(spec))
         {
             if (k == "max-binding" && long.TryParse(v, out maxBinding) && maxBinding >= 16) continue;
+            if (k == "pool" && v is "lowest" or "last") { lowestFirst = v == "lowest"; continue; }
             if (k == "kernel-cache" && (v is "on" or "off" || Path.IsPathRooted(v))) { _kernelCache = v != "off"; _kernelCacheRoot = Path.IsPathRooted(v) ? v : null; continue; }
             if (k == "toggles" && v.Split(',', StringSplitOptions.RemoveEmptyEntries) is { Length: > 0 } ts && ts.All(t => System.Text.RegularExpressions.Regex.IsMatch(t, "^-?[a-z0-9_]+$")))
             {
@@ -97,10 +99,10 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             }
             rest.Add((k, v));
         }
-        Options = GpuKernelOptions.Parse(spec, rest, "max-binding=BYTES (at least 16), kernel-cache=on|off|DIR, toggles=NAME,-NAME,… (Dawn device toggles)");
+        Options = GpuKernelOptions.Parse(spec, rest, "max-binding=BYTES (at least 16), kernel-cache=on|off|DIR, toggles=NAME,-NAME,… (Dawn device toggles), pool=lowest|last");
         Name = spec;
         Kind = "webgpu";
-        Device = new DawnDevice(_backend, maxBinding, info => KernelCacheOn(info) ? Path.Combine(_kernelCacheRoot ?? KernelList.Root, "blobs") : null, toggles);
+        Device = new DawnDevice(_backend, maxBinding, info => KernelCacheOn(info) ? Path.Combine(_kernelCacheRoot ?? KernelList.Root, "blobs") : null, toggles) { LowestFirst = lowestFirst };
         (Description, Limits, Workgroup) = Describe(Device);
     }
 
@@ -473,10 +475,19 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         ~UploadEntry() => owner._deadUploads.Enqueue(Tensor.Buffer);
     }
 
+    const ulong SmallUploadBytes = 64 << 10;
+
     void DrainDeadUploads()
     {
         while (_deadUploads.TryDequeue(out var b))
-            if (--b.Refs <= 0 && b.Handle != 0) Device.Destroy(b.Handle);
+        {
+            if (--b.Refs > 0 || b.Handle == 0) continue;
+            // NOTE: a small upload's buffer (a decode step's feeds: positions, lengths) goes back to the pool instead of
+            // being destroyed: the next step's upload takes it again, so its bind groups stay cached and no submit is
+            // forced to destroy a buffer the batch binds.
+            if (b.Size <= SmallUploadBytes && b.Size == DawnDevice.Bucket(b.Size)) Device.Release(b.Handle, b.Size);
+            else Device.Destroy(b.Handle);
+        }
     }
 
     Value IPlatform.Upload(Value host) => host switch
