@@ -98,6 +98,8 @@ public class MatMulNBitsTests
         { 3, 128, 48, 32, Zp.None, "f32", false },
         { 9, 100, 17, 32, Zp.Packed, "f32", true },
         { 70, 96, 65, 32, Zp.Packed, "f32", true },
+        { 1, 4160, 24, 32, Zp.Packed, "f32", false },   // K over one quantize workgroup's 2048 values: three slices, the last part-empty
+        { 2, 2400, 20, 128, Zp.None, "f32", true },
         { 2, 64, 24, 32, Zp.Float, "f32", false },
         { 1, 128, 32, 32, Zp.Packed, "f16", false },
     };

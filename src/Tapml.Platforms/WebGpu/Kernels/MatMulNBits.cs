@@ -172,17 +172,19 @@ static class MatMulNBits
 
     /// <summary>Quantizes <paramref name="rows"/> rows of x (K long) per block of <paramref name="block"/>; with
     /// <paramref name="gamma"/>, x's RMSNorm first (γ·(x·(1/√(mean x² + ε))), as HF's LlamaRMSNorm; the quantization
-    /// takes the normalized values). One workgroup a row; a thread takes 8 values of K a pass (the two code words they
-    /// make), the block's threads share their largest magnitude and code sums through workgroup memory.</summary>
+    /// takes the normalized values). A workgroup takes 8 values of K a thread (the two code words they make) of one row
+    /// (with the norm, each adds the whole row's Σ x² first), the block's threads sharing their largest magnitude and
+    /// code sums through workgroup memory; a row's slices run in workgroups of their own, across the GPU.</summary>
     internal static QuantizedA QuantizeA(WebGpuPlatform g, GpuTensor x, long rows, int k, int block, GpuTensor? gamma = null, float eps = 0)
     {
         long kb = (k + block - 1) / block;
         long pairsAt = rows * kb * block / 4;
         var q = new QuantizedA(g.Empty(DType.UInt32, [pairsAt + 2 * rows * kb]), pairsAt);
         var meta = new Meta();
-        meta.Add(k); meta.Add(kb); meta.Add(rows); meta.AddFloat(eps); meta.Add(pairsAt);
         int wg = Math.Max(block / 8, Math.Min(256, g.Device.Limits.MaxInvocationsPerWorkgroup));
-        var (gx, gy) = Wgsl.Grid(rows * wg, wg, g.Device.Limits.MaxWorkgroupsPerDimension);
+        long slices = (kb * block + wg * 8 - 1) / (wg * 8);
+        meta.Add(k); meta.Add(kb); meta.Add(rows); meta.AddFloat(eps); meta.Add(pairsAt); meta.Add(slices);
+        var (gx, gy) = Wgsl.Grid(rows * slices * wg, wg, g.Device.Limits.MaxWorkgroupsPerDimension);
         g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_quantize_a", $"{block}|{gamma is not null}|{(int)x.Storage}|{(int)(gamma?.Storage ?? 0)}|{wg}"),
             () => QuantizeCode(x, gamma, block, wg), gamma is null ? "MatMulNBits_quantize_a" : "MatMulNBits_rmsnorm_quantize_a",
             gamma is null ? [x, q.Data] : [x, gamma, q.Data], meta, gx, gy);
@@ -212,10 +214,12 @@ static class MatMulNBits
         string value = gamma is null ? "x(m * K + k)" : "gm(k) * (x(m * K + k) * rinv)";
         return w.Build($$"""
   let K = md[0]; let KB = md[1];
-  let m = wid.x + wid.y * nwg.x;
+  let wgi = wid.x + wid.y * nwg.x;
+  let m = wgi / md[5];
   if (m >= md[2]) { return; }
 {{norm}}  let KP = KB * {{block}}u;
-  for (var base = 0u; base < KP; base += {{wg * 8}}u) {
+  {
+    let base = (wgi % md[5]) * {{wg * 8}}u;
     let k0 = base + lid.x * 8u;
     var v: array<f32, 8>;
     var amax = 0.0;
