@@ -168,11 +168,15 @@ static class BenchWorkflows
         if (gpu == "webgpu" && Tapml.Platforms.WebGpu.WebGpuPlatform.Unavailable() is { } why) { Console.Error.WriteLine($"bench llm-large: {why}"); return 2; }
         var table = new Table().AddColumns("platform", "prefill tokens/s", "decode tokens/s", "decode ms/token", "weight bandwidth of a decode step");
         var results = new List<GenerationResult>();
+        var promptLogits = new List<float[]>();
         foreach (var spec in new[] { "cpu", gpu })
         {
             using var p = PlatformRegistry.Create(spec);
             var exec = new Executor(p) { PreferWholeGraph = true };
             var model = GenerateVerb.FusesByDefault(p) ? Fusion.Fuse(plain, out _) : plain;
+            // The prompt's last-position logits (compared across platforms below when the tokens differ).
+            var pl = Generation.Greedy(exec, model, prompt, 1).PrefillLogits;
+            promptLogits.Add(Tapml.Platforms.Cpu.TensorConvert.ToF32(pl).As<float>()[^32000..]);
             Generation.Greedy(exec, model, prompt.AsSpan(0, 4), 2);
             SteadyClocks(p, () => Generation.Greedy(exec, model, prompt, newTokens, keepPromptLogits: false));
             GenerationResult? best = null;
@@ -200,7 +204,27 @@ static class BenchWorkflows
         AnsiConsole.Write(table);
         Console.WriteLine($"{gpu}: decode {results[1].DecodeTokensPerSecond:F1} tokens/s = {results[1].DecodeTokensPerSecond / results[0].DecodeTokensPerSecond:F1}× cpu; " +
                           $"{readBytes} B of weights per step at {readBytes * results[1].DecodeTokensPerSecond / 1e12:F2} TB/s");
+        if (!same) Console.WriteLine(TokensDiffer(results[0].Tokens, results[1].Tokens, promptLogits[0], promptLogits[1], gpu));
         return same ? 0 : 1;
+    }
+
+    /// <summary>Where two greedy runs part and by how much their logits differ: the first differing token, and at the
+    /// prompt's last position the largest logit difference against the cpu's margin between its two best tokens (a
+    /// difference near that margin can turn a near-tie).</summary>
+    static string TokensDiffer(long[] cpu, long[] other, float[] cpuLogits, float[] otherLogits, string who)
+    {
+        int at = 0;
+        while (at < Math.Min(cpu.Length, other.Length) && cpu[at] == other[at]) at++;
+        float maxDiff = 0, scale = 0, best = float.NegativeInfinity, second = float.NegativeInfinity;
+        for (int i = 0; i < cpuLogits.Length; i++)
+        {
+            maxDiff = Math.Max(maxDiff, Math.Abs(cpuLogits[i] - otherLogits[i]));
+            scale = Math.Max(scale, Math.Abs(cpuLogits[i]));
+            if (cpuLogits[i] > best) (second, best) = (best, cpuLogits[i]);
+            else if (cpuLogits[i] > second) second = cpuLogits[i];
+        }
+        return $"{who}: greedy tokens differ from cpu's from token {at} of {cpu.Length} (cpu {(at < cpu.Length ? cpu[at] : -1)}, {who} {(at < other.Length ? other[at] : -1)}); " +
+               $"prompt's last logits: max |{who} − cpu| {maxDiff:G3} (largest |logit| {scale:G3}), cpu's top-2 margin {best - second:G3}";
     }
 
     /// <summary>WebGPU kernels alone, GPU time from timestamp queries: decode-shaped matrix-vector products (weight

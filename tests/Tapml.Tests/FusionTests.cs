@@ -456,6 +456,7 @@ public class FusionTests
     [InlineData("vulkan", 1, 72, true, "swiglu", 3)]                 // K padded to whole blocks
     [InlineData("opencl", 2, 256, false, "pair", 3)]
     [InlineData("webgpu", 5, 64, true, "swiglu", 9)]                 // the body: quantize + two decode kernels a product
+    [InlineData("webgpu", 1, 4096, true, "swiglu", 3)]               // x quantized by two workgroups
     public void Q4_a8_projections_kernel_matches_cpu(string platform, int rows, int k, bool norm, string structure, int expectedDispatches) =>
         Q4ProjectionsMatchCpu(platform, rows, k, norm, structure, expectedDispatches, "q4-a8");
 
