@@ -23,6 +23,9 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 /// <item>prefill: a 64×64 tiled product (as MatMul's) whose B tile is dequantized while it is staged in workgroup
 /// memory, one packed word (8 values) a thread.</item>
 /// </list>
+/// With <c>accuracy_level=4</c> and f32 A (<see cref="NBitsWeight.Int8Compute"/>) A is first quantized to int8
+/// (<see cref="QuantizeA"/>, as the cpu reference does) and the decode kernel takes a block a unit with
+/// <c>dot4I8Packed</c> (<see cref="UnitCodeA8"/>); the tiled kernel reads A as code·scale.
 /// The decode kernel also serves the <c>matmul_add</c> region (<see cref="FusedAdd"/>: a residual added in its store); its
 /// unit code serves <see cref="ProjectionsNBits"/>.</summary>
 static class MatMulNBits
@@ -330,12 +333,15 @@ static class MatMulNBits
 
     static ZeroKind Zero(Prepared p) => p.Zeros is null ? ZeroKind.None : p.ByteZeros ? ZeroKind.Bytes : ZeroKind.Floats;
 
-    /// <summary>Declares x, y, the weight words (u32, or vec2/vec4 of u32 for 8/16-byte units), scales, zero points and bias, in the
-    /// bindings' order, and <c>zero_(block)</c>.</summary>
-    static Wgsl Declare(GpuTensor x, DType y, ZeroKind zeros, bool bias, GpuTensor scales, bool xvec, int wg, int words = 1, bool residual = false, int a8 = 0)
+    /// <summary>How a kernel reads int8 A (<see cref="QuantizedA"/>) in place of x: as u32 words or as vec4 loads.</summary>
+    enum A8Read { None, Words, Vec4 }
+
+    /// <summary>Declares x (or int8 A), y, the weight words (u32, or vec2/vec4 of u32 for 8/16-byte units), scales, zero
+    /// points and bias, in the bindings' order, and <c>zero_(block)</c>.</summary>
+    static Wgsl Declare(GpuTensor x, DType y, ZeroKind zeros, bool bias, GpuTensor scales, bool xvec, int wg, int words = 1, bool residual = false, A8Read a8 = A8Read.None)
     {
         var w = new Wgsl(wg);
-        if (a8 > 0) DeclareA8(w, a8 > 1);
+        if (a8 != A8Read.None) DeclareA8(w, a8 == A8Read.Vec4);
         else BlockedMatVec.DeclareX(w, x, xvec);
         w.Out("y", y);
         DeclareWords(w, 2, words == 1 ? 1 : Math.Min(words, 4));
@@ -463,7 +469,7 @@ static class MatMulNBits
 
     static string MatVecCode(WebGpuPlatform g, GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, bool residual, GpuTensor scales, int words, bool vec, MatVecShape shape, int rows, bool a8 = false)
     {
-        var w = Declare(x, y, zeros, bias, scales, vec || a8, shape.Workgroup, words, residual, a8 ? 2 : 0);
+        var w = Declare(x, y, zeros, bias, scales, vec || a8, shape.Workgroup, words, residual, a8 ? A8Read.Vec4 : A8Read.None);
         string weights = Weights(words);
         string Row(int r) => a8 ? UnitCodeA8(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows) : UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, words, rows);
         var f = new BlockedMatVec.Format
@@ -484,7 +490,7 @@ static class MatMulNBits
 
     static string TiledCode(GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, GpuTensor scales, bool a8 = false)
     {
-        var w = Declare(x, y, zeros, bias, scales, false, 256, a8: a8 ? 1 : 0);
+        var w = Declare(x, y, zeros, bias, scales, false, 256, a8: a8 ? A8Read.Words : A8Read.None);
         // int8 A: a = code · scale_a (code k of a row: word (k / 8)·2 + k % 2 of its block's words, byte (k % 8) / 2).
         string aLoad = a8 ? "let cw = qa(gm * md[3] * " + (block / 4) + "u + (gk / 8u) * 2u + (gk & 1u)); av = f32(bitcast<i32>(cw << (24u - 8u * ((gk % 8u) / 2u))) >> 24u) * bitcast<f32>(qa(md[5] + 2u * (gm * md[3] + gk / " + block + "u)));"
             : "av = f32(x(gm * K + gk));";
