@@ -176,7 +176,7 @@ static class BenchWorkflows
             var model = GenerateVerb.FusesByDefault(p) ? Fusion.Fuse(plain, out _) : plain;
             // The prompt's last-position logits (compared across platforms below when the tokens differ).
             var pl = Generation.Greedy(exec, model, prompt, 1).PrefillLogits;
-            promptLogits.Add(Tapml.Platforms.Cpu.TensorConvert.ToF32(pl).As<float>()[^32000..]);
+            promptLogits.Add(Tapml.Platforms.Cpu.TensorConvert.ToF32(pl).As<float>()[^(int)pl.Shape[^1]..]);
             Generation.Greedy(exec, model, prompt.AsSpan(0, 4), 2);
             SteadyClocks(p, () => Generation.Greedy(exec, model, prompt, newTokens, keepPromptLogits: false));
             GenerationResult? best = null;

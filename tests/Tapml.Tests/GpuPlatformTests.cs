@@ -73,6 +73,7 @@ public class GpuPlatformTests
     [InlineData("vulkan?icd=lavapipe&barrier-mem=buffers&barrier-src=precise", "qwen2")]
     [InlineData("opencl?writes=blocking&batch=4", "llama")]
     [InlineData("webgpu?toggles=skip_validation,disable_robustness,disable_workgroup_init,-timestamp_quantization", "llama")]
+    [InlineData("webgpu?pool=last", "gpt2")]
     public void Greedy_tokens_equal_cpu(string platform, string arch)
     {
         SkipIfUnavailable(platform);

@@ -118,6 +118,7 @@ public class MatVecVariantTests
     [InlineData("webgpu?q4-threads=24&q4-wg=64", "multiple of the threads")]
     [InlineData("webgpu?q4-unit=3", "q4-unit=3")]
     [InlineData("webgpu?toggles=Skip Validation", "toggles=Skip Validation")]
+    [InlineData("webgpu?pool=first", "pool=first")]
     public void A_bad_layout_option_is_one_clear_error(string spec, string named)
     {
         WebGpuTests.SkipIfNoDawn("webgpu");

@@ -60,13 +60,13 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
     public GpuAdapterInfo Info { get; }
     public GpuLimits Limits { get; }
     public string Runtime => $"Dawn {Path.GetFileName(Wgpu.LibraryPath)}";
-    /// <summary>Node (or what) the dispatches being recorded belong to, for error messages.</summary>
-    public string Context { get; set; } = "";
-    public long Dispatches { get; private set; }
-
     /// <summary>Pooled buffers are taken lowest handle first (<c>webgpu?pool=lowest</c>, the default), else the last
     /// released first (<c>pool=last</c>).</summary>
     public bool LowestFirst { get; init; } = true;
+
+    /// <summary>Node (or what) the dispatches being recorded belong to, for error messages.</summary>
+    public string Context { get; set; } = "";
+    public long Dispatches { get; private set; }
     public long Submits { get; private set; }
     public long Readbacks { get; private set; }
     /// <summary>Host time spent waiting for readbacks (the GPU finishing queued work), milliseconds.</summary>
@@ -308,8 +308,12 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
             // The lowest handle of those free: the same free set gives the same buffer, so a decode step's dispatches
             // bind the buffers the last step's did and find their bind groups cached.
             int pick = -1;
-            for (int i = LowestFirst ? 0 : s.Count - 1; LowestFirst ? i < s.Count : i >= 0 && pick < 0; i += LowestFirst ? 1 : -1)
-                if ((pick < 0 || s[i] < s[pick]) && !(forWrite && _recorded.Contains(s[i]))) pick = i;
+            for (int i = s.Count - 1; i >= 0; i--)
+            {
+                if (forWrite && _recorded.Contains(s[i])) continue;
+                if (pick < 0 || s[i] < s[pick]) pick = i;
+                if (!LowestFirst) break;
+            }
             if (pick >= 0)
             {
                 var b = s[pick];

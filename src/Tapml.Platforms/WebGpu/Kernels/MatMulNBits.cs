@@ -138,7 +138,7 @@ static class MatMulNBits
         long rows = x.Length / w.K;
         var y = g.Empty(x.DType, [.. x.Shape[..^1], w.N]);
         if (y.Length == 0) return [y];
-        var qa = Int8A(p, x) ? QuantizeA(g, x, rows, w.K, w.BlockSize) : null;
+        var qa = QuantizeIfInt8(g, p, x, rows);
         if (rows <= MatMul.MatVecMaxRows) MatVec(g, x, y, p, rows, null, 0, qa);
         else if (rows <= SkinnyMaxRows)
             for (long m0 = 0; m0 < rows; m0 += MatMul.MatVecMaxRows) MatVec(g, x, y, p, Math.Min(MatMul.MatVecMaxRows, rows - m0), null, m0, qa);
@@ -161,7 +161,9 @@ static class MatMulNBits
         return [y];
     }
 
-    static bool Int8A(Prepared p, GpuTensor x) => p.Int8 && x.DType == DType.Float32 && x.Storage == GpuStorage.F32;
+    /// <summary>x's rows quantized to int8 where the node computes with int8 A and x is f32 (the caller frees them), else null.</summary>
+    static QuantizedA? QuantizeIfInt8(WebGpuPlatform g, Prepared p, GpuTensor x, long rows) =>
+        p.Int8 && x.DType == DType.Float32 && x.Storage == GpuStorage.F32 ? QuantizeA(g, x, rows, p.W.K, p.W.BlockSize) : null;
 
     /// <summary>A quantized to int8 for <c>accuracy_level=4</c>, as the cpu reference quantizes it
     /// (<see cref="MatMulNBitsOps.QuantizeA"/>), in one u32 buffer (one binding): per row and block of K the codes
@@ -323,7 +325,7 @@ static class MatMulNBits
         if (rows == 0 || rows > MatMul.MatVecMaxRows || !ShapeUtil.SameShape(r.Shape, shape)) return null;
         if (6 + (p.Zeros is null ? 0 : 1) + (p.Bias is null ? 0 : 1) + 1 > g.Device.Limits.MaxStorageBuffersPerStage) return null;
         var y = g.Empty(x.DType, shape);
-        var qa = Int8A(p, x) ? QuantizeA(g, x, rows, w.K, w.BlockSize) : null;
+        var qa = QuantizeIfInt8(g, p, x, rows);
         MatVec(g, x, y, p, rows, r, 0, qa);
         if (qa is not null) Free(g, qa);
         return y;

@@ -166,7 +166,7 @@ static class ProjectionsNBits
         int chunk = !shape.SharedX ? 0 : (int)Math.Min(units, (lim.MaxWorkgroupStorageBytes - (long)Slots(R) * WG * 4) / (rows * words * 2 * 16L));
         var layout = new MatVecShape(T, R, WG, chunk > 0, shape.Unroll, shape.Tree);
         var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}|{a8}", ctx.Node),
-            () => Code(plan, st, x, rows, layout, chunk, words, vec, eps, x.DType, a8), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}{(a8 ? "_a8" : "")}_t{T}c{R}_r{rows}");
+            () => Code(plan, st, x, rows, layout, chunk, words, vec, eps, x.DType, a8, consts), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}{(a8 ? "_a8" : "")}_t{T}c{R}_r{rows}");
         g.LaunchGroups(pipeline, [.. list], meta, gx, gy);
         if (qa is not null) MatMulNBits.Free(g, qa);
         return ys;
@@ -180,8 +180,9 @@ static class ProjectionsNBits
         return s.Contains("vecs_b", StringComparison.Ordinal) ? throw new InvalidOperationException("projections: an epilogue reads vecs_b other than per column") : s;
     }
 
-    /// <summary>Kernel text; meta words md[0] = K, md[1] = units per row, md[2] = blocks per row, md[3] = columns.</summary>
-    static string Code(Projections.Plan plan, Stacked st, GpuTensor x, int M, MatVecShape layout, int chunk, int words, bool vec, float eps, DType dtype, bool a8)
+    /// <summary>Kernel text; meta words md[0] = K, md[1] = units per row, md[2] = blocks per row, md[3] = columns (with
+    /// int8 A, md[4] = its pairs' word offset); <paramref name="consts"/>: γ and the epilogue's vectors are bound.</summary>
+    static string Code(Projections.Plan plan, Stacked st, GpuTensor x, int M, MatVecShape layout, int chunk, int words, bool vec, float eps, DType dtype, bool a8, bool consts)
     {
         int P = plan.P, outs = plan.Outputs.Length, T = layout.Threads, R = layout.Rows, WG = layout.Workgroup, G = WG / T, UV = 8 * words, J = UV / 4;
         // int8 A: the quantize kernel applied the RMSNorm.
@@ -190,7 +191,7 @@ static class ProjectionsNBits
         if (a8) MatMulNBits.DeclareA8(w, true);
         else BlockedMatVec.DeclareX(w, x, vec);
         int binding = 1;
-        if (st.Consts is not null && (!a8 || plan.Vectors.Length > 0))
+        if (consts)
         {
             w.Reserve().Decl($"@group(0) @binding({binding}) var<storage, read> cv_b: array<vec4<f32>>;\nfn cv_(i: u32) -> f32 {{ return cv_b[i >> 2u][i & 3u]; }}");
             binding++;
