@@ -442,6 +442,8 @@ public class FusionTests
     [InlineData("opencl?q4-xs=1&q4-threads=4", 1, 128, false, "pair", 2)]           // staged, no norm
     [InlineData("webgpu?q4-unit=1", 2, 256, true, "swiglu", 2)]                     // one u32 a unit: a row's threads 32 bytes apart in x
     [InlineData("vulkan?q4-unit=2&q4-xs=1", 1, 256, true, "qkv", 2)]                // two words a unit, staged
+    [InlineData("vulkan?q4-loads=first", 2, 256, true, "swiglu", 2)]                 // every row's loads before the math
+    [InlineData("webgpu?q4-loads=first&q4-unit=1", 1, 72, true, "qkv_bias", 2)]      // the same, one word a unit
     public void Q4_projections_kernel_matches_cpu(string platform, int rows, int k, bool norm, string structure, int expectedDispatches) =>
         Q4ProjectionsMatchCpu(platform, rows, k, norm, structure, expectedDispatches, "q4");
 

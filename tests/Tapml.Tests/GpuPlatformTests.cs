@@ -85,6 +85,27 @@ public class GpuPlatformTests
         Assert.Equal(Tokens(cpu.Stdout), Tokens(gpu.Stdout));
     }
 
+    /// <summary><c>vulkan?shader-stats=on</c>: where the device has VK_KHR_pipeline_executable_properties, generation
+    /// runs and every compiled kernel gets one line of the driver's statistics on stderr; where it has not (SwiftShader,
+    /// lavapipe here), one error naming the extension, exit 2.</summary>
+    [Fact]
+    public void Vulkan_shader_stats_print_a_line_a_kernel_or_name_the_missing_extension()
+    {
+        SkipIfUnavailable("vulkan");
+        var r = CliRunner.Run(["generate", "--model", "builtin:tiny-llama", "--input-ids", "1,17", "--max-tokens", "2", "--platform", "vulkan?shader-stats=on"]);
+        if (r.ExitCode == 0)
+        {
+            int kernels = r.Stderr.Split('\n').Count(l => l.StartsWith("vulkan shader stats: ", StringComparison.Ordinal));
+            Assert.True(kernels > 0, r.Stderr);
+        }
+        else
+        {
+            Assert.Equal(2, r.ExitCode);
+            Assert.Contains("VK_KHR_pipeline_executable_properties", r.Stderr);
+            Assert.DoesNotContain("   at ", r.Stderr);
+        }
+    }
+
     /// <summary>Writes through vulkan's upload ring, more bytes than it holds (so it fills, submits, waits and starts
     /// over) while a dispatch that binds the buffer is recorded, read back intact; on lavapipe, which has
     /// VK_KHR_push_descriptor (the dispatch pushes its descriptors).</summary>

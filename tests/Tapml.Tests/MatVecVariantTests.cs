@@ -37,6 +37,8 @@ public class MatVecVariantTests
     [InlineData("webgpu?q4-unit=1&q4-threads=8&q4-rows=4&q4-wg=64")]
     [InlineData("vulkan?q4-unit=2&q4-threads=8&q4-rows=2&q4-wg=64")]
     [InlineData("opencl?q4-unit=2&q4-xs=1")]
+    [InlineData("webgpu?q4-loads=first&q4-threads=8&q4-rows=4&q4-wg=64")]
+    [InlineData("opencl?q4-loads=first&q4-unit=1&q4-rows=3")]
     public void Q4_decode_layouts_match_cpu(string spec)
     {
         WebGpuTests.SkipIfNoDawn(spec);
@@ -119,6 +121,7 @@ public class MatVecVariantTests
     [InlineData("webgpu?q4-unit=3", "q4-unit=3")]
     [InlineData("webgpu?toggles=Skip Validation", "toggles=Skip Validation")]
     [InlineData("webgpu?pool=first", "pool=first")]
+    [InlineData("webgpu?q4-loads=early", "q4-loads=early")]
     public void A_bad_layout_option_is_one_clear_error(string spec, string named)
     {
         WebGpuTests.SkipIfNoDawn("webgpu");

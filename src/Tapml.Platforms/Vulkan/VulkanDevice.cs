@@ -97,6 +97,8 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
 
     // Push descriptors (VK_KHR_push_descriptor): the command, when the device has it and the options want it.
     readonly delegate* unmanaged<CommandBuffer, PipelineBindPoint, PipelineLayout, uint, uint, WriteDescriptorSet*, void> _cmdPushDescriptorSet;
+    readonly delegate* unmanaged<Device, PipelineInfoKHR*, uint*, PipelineExecutablePropertiesKHR*, Result> _executableProperties;
+    readonly delegate* unmanaged<Device, PipelineExecutableInfoKHR*, uint*, PipelineExecutableStatisticKHR*, Result> _executableStatistics;
     const int MaxPushDescriptors = 32;   // the least maxPushDescriptors the extension allows
 
     // Barrier tracking: buffers written, and read, by commands recorded since the last barrier.
@@ -212,16 +214,31 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             hasIntegerDot = q.ShaderIntegerDotProduct;
         }
         IntegerDot = hasIntegerDot && _opt.IntegerDot;
+        bool hasStats = exts.Any(e => SilkMarshal.PtrToString((nint)e.ExtensionName) == ExecutableExtension);
+        if (hasStats)
+        {
+            var q = new PhysicalDevicePipelineExecutablePropertiesFeaturesKHR { SType = StructureType.PhysicalDevicePipelineExecutablePropertiesFeaturesKhr };
+            var f2 = new PhysicalDeviceFeatures2 { SType = StructureType.PhysicalDeviceFeatures2, PNext = &q };
+            _vk.GetPhysicalDeviceFeatures2(_pd, &f2);
+            hasStats = q.PipelineExecutableInfo;
+        }
+        if (_opt.ShaderStats && !hasStats) throw new UnsupportedException($"vulkan: shader-stats=on needs {ExecutableExtension} with pipelineExecutableInfo, which this device does not offer");
+        bool stats = hasStats && _opt.ShaderStats;
 
         float prio = 1f;
         var qci = new DeviceQueueCreateInfo { SType = StructureType.DeviceQueueCreateInfo, QueueFamilyIndex = _family, QueueCount = 1, PQueuePriorities = &prio };
-        string[] enabled = [.. pushDescriptors ? [PushDescriptorExtension] : Array.Empty<string>(), .. IntegerDot ? [IntegerDotExtension] : Array.Empty<string>()];
+        string[] enabled = [.. pushDescriptors ? [PushDescriptorExtension] : Array.Empty<string>(), .. IntegerDot ? [IntegerDotExtension] : Array.Empty<string>(),
+            .. stats ? [ExecutableExtension] : Array.Empty<string>()];
         var extNames = enabled.Length > 0 ? (byte**)SilkMarshal.StringArrayToPtr(enabled) : null;
-        var dotFeature = new PhysicalDeviceShaderIntegerDotProductFeatures { SType = StructureType.PhysicalDeviceShaderIntegerDotProductFeatures, ShaderIntegerDotProduct = true };
+        var statsFeature = new PhysicalDevicePipelineExecutablePropertiesFeaturesKHR { SType = StructureType.PhysicalDevicePipelineExecutablePropertiesFeaturesKhr, PipelineExecutableInfo = true };
+        var dotFeature = new PhysicalDeviceShaderIntegerDotProductFeatures
+        {
+            SType = StructureType.PhysicalDeviceShaderIntegerDotProductFeatures, ShaderIntegerDotProduct = true, PNext = stats ? &statsFeature : null,
+        };
         var dci = new DeviceCreateInfo
         {
             SType = StructureType.DeviceCreateInfo, QueueCreateInfoCount = 1, PQueueCreateInfos = &qci, EnabledExtensionCount = (uint)enabled.Length,
-            PpEnabledExtensionNames = extNames, PNext = IntegerDot ? &dotFeature : null,
+            PpEnabledExtensionNames = extNames, PNext = IntegerDot ? &dotFeature : stats ? &statsFeature : null,
         };
         Device dev;
         try { Check(_vk.CreateDevice(_pd, &dci, null, &dev), "vkCreateDevice"); }
@@ -234,6 +251,14 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             var f = _vk.GetDeviceProcAddr(_dev, "vkCmdPushDescriptorSetKHR");
             if (f.Handle == null) throw new TapmlException("vulkan: the driver lists VK_KHR_push_descriptor but gives no vkCmdPushDescriptorSetKHR; use vulkan?push-descriptors=off");
             _cmdPushDescriptorSet = (delegate* unmanaged<CommandBuffer, PipelineBindPoint, PipelineLayout, uint, uint, WriteDescriptorSet*, void>)(nint)f.Handle;
+        }
+        if (stats)
+        {
+            var fp = _vk.GetDeviceProcAddr(_dev, "vkGetPipelineExecutablePropertiesKHR");
+            var fs = _vk.GetDeviceProcAddr(_dev, "vkGetPipelineExecutableStatisticsKHR");
+            if (fp.Handle == null || fs.Handle == null) throw new TapmlException($"vulkan: the driver lists {ExecutableExtension} but gives no vkGetPipelineExecutable*KHR; leave shader-stats off");
+            _executableProperties = (delegate* unmanaged<Device, PipelineInfoKHR*, uint*, PipelineExecutablePropertiesKHR*, Result>)(nint)fp.Handle;
+            _executableStatistics = (delegate* unmanaged<Device, PipelineExecutableInfoKHR*, uint*, PipelineExecutableStatisticKHR*, Result>)(nint)fs.Handle;
         }
 
         _vk.GetPhysicalDeviceMemoryProperties(_pd, out var mem);
@@ -306,6 +331,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
 
     const string PushDescriptorExtension = "VK_KHR_push_descriptor";
     const string IntegerDotExtension = "VK_KHR_shader_integer_dot_product";
+    const string ExecutableExtension = "VK_KHR_pipeline_executable_properties";
 
     /// <summary>Kernels render <c>dot4I8Packed</c> as <c>OpSDot</c> (the device's shaderIntegerDotProduct is enabled).</summary>
     public bool IntegerDot { get; }
@@ -578,15 +604,53 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             fixed (byte* e = entry)
             {
                 var stage = new PipelineShaderStageCreateInfo { SType = StructureType.PipelineShaderStageCreateInfo, Stage = ShaderStageFlags.ComputeBit, Module = sm, PName = e };
-                var cpi = new ComputePipelineCreateInfo { SType = StructureType.ComputePipelineCreateInfo, Stage = stage, Layout = pl };
+                var cpi = new ComputePipelineCreateInfo
+                {
+                    SType = StructureType.ComputePipelineCreateInfo, Stage = stage, Layout = pl,
+                    Flags = _executableStatistics != null ? PipelineCreateFlags.PipelineCreateCaptureStatisticsBitKhr : 0,
+                };
                 Check(_vk.CreateComputePipelines(_dev, default, 1, &cpi, null, &pipe), "vkCreateComputePipelines", k.Label);
             }
+            if (_executableStatistics != null) Console.Error.WriteLine($"vulkan shader stats: {k.Label}{(push ? "" : " (metadata buffer)")}: {ShaderStats(pipe, k.Label)}");
             var owned = new[] { new VkObject(_device, VkKind.Pipeline, pipe.Handle), layout, setLayout };
             var v = new Variant { Id = _variants.Count, Pipeline = pipe, Layout = pl, SetLayout = dsl, Bindings = bindings, Push = push, PushDescriptors = pushDescriptors, Writable = writable, Owned = owned };
             _variants.Add(v);
             return v;
         }
         catch { layout?.Dispose(); setLayout.Dispose(); throw; }
+    }
+
+    /// <summary>The driver's statistics of a pipeline's executables (VK_KHR_pipeline_executable_properties: on NVIDIA
+    /// the register count among them), as "name value" pairs.</summary>
+    string ShaderStats(Pipeline pipe, string label)
+    {
+        var info = new PipelineInfoKHR { SType = StructureType.PipelineInfoKhr, Pipeline = pipe };
+        uint n = 0;
+        Check(_executableProperties(_dev, &info, &n, null), "vkGetPipelineExecutablePropertiesKHR", label);
+        var parts = new List<string>();
+        for (uint e = 0; e < n; e++)
+        {
+            var ei = new PipelineExecutableInfoKHR { SType = StructureType.PipelineExecutableInfoKhr, Pipeline = pipe, ExecutableIndex = e };
+            uint ns = 0;
+            Check(_executableStatistics(_dev, &ei, &ns, null), "vkGetPipelineExecutableStatisticsKHR", label);
+            var st = new PipelineExecutableStatisticKHR[ns];
+            for (int i = 0; i < st.Length; i++) st[i].SType = StructureType.PipelineExecutableStatisticKhr;
+            fixed (PipelineExecutableStatisticKHR* p = st) Check(_executableStatistics(_dev, &ei, &ns, p), "vkGetPipelineExecutableStatisticsKHR", label);
+            for (int i = 0; i < (int)ns; i++)
+            {
+                var s = st[i];
+                string name = SilkMarshal.PtrToString((nint)s.Name) ?? "?";
+                string value = s.Format switch
+                {
+                    PipelineExecutableStatisticFormatKHR.Bool32Khr => (uint)s.Value.B32 != 0u ? "true" : "false",
+                    PipelineExecutableStatisticFormatKHR.Int64Khr => s.Value.I64.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                    PipelineExecutableStatisticFormatKHR.Uint64Khr => s.Value.U64.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                    _ => s.Value.F64.ToString("G4", System.Globalization.CultureInfo.InvariantCulture),
+                };
+                parts.Add($"{(n > 1 ? $"[{e}] " : "")}{name} {value}");
+            }
+        }
+        return parts.Count == 0 ? "no statistics" : string.Join(", ", parts);
     }
 
     // ---- recording --------------------------------------------------------------------------------------------------

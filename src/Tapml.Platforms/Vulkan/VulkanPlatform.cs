@@ -7,7 +7,7 @@ namespace Tapml.Platforms.Vulkan;
 /// <see cref="WebGpuPlatform"/>) over a <see cref="VulkanDevice"/>. Spec:
 /// <c>vulkan[?icd=swiftshader|lavapipe|PATH][&amp;device=N][&amp;max-binding=BYTES]</c> plus the host-path knobs of
 /// <see cref="VulkanOptions"/>: <c>push-descriptors=on|off</c>, <c>barriers=tracked|all</c>, <c>barrier-src=wide|precise</c>, <c>barrier-dst=wide|precise</c>, <c>barrier-mem=global|buffers</c>, <c>writes=ring|inline</c>, <c>writes-ahead=on|off</c>,
-/// <c>int-dot=on|off</c>, <c>batch=N</c>.</summary>
+/// <c>int-dot=on|off</c>, <c>shader-stats=on|off</c>, <c>batch=N</c>.</summary>
 public static class VulkanPlatform
 {
     public static IPlatform Create(string spec)
@@ -16,7 +16,7 @@ public static class VulkanPlatform
         int device = -1;
         long maxBinding = 0;
         var o = new VulkanOptions();
-        const string takes = "icd=swiftshader|lavapipe|PATH, device=N, max-binding=BYTES, push-descriptors=on|off, barriers=tracked|all, barrier-src=wide|precise, barrier-dst=wide|precise, barrier-mem=global|buffers, writes=ring|inline, writes-ahead=on|off, int-dot=on|off, batch=N";
+        const string takes = "icd=swiftshader|lavapipe|PATH, device=N, max-binding=BYTES, push-descriptors=on|off, barriers=tracked|all, barrier-src=wide|precise, barrier-dst=wide|precise, barrier-mem=global|buffers, writes=ring|inline, writes-ahead=on|off, int-dot=on|off, shader-stats=on|off, batch=N";
         var kernel = new List<(string, string)>();
         foreach (var (k, v) in PlatformSpec.Query(spec))
         {
@@ -33,6 +33,7 @@ public static class VulkanPlatform
                 case "barrier-mem" when v is "global" or "buffers": o = o with { BufferBarriers = v == "buffers" }; break;
                 case "writes" when v is "ring" or "inline": o = o with { UploadRing = v == "ring" }; break;
                 case "int-dot" when v is "on" or "off": o = o with { IntegerDot = v == "on" }; break;
+                case "shader-stats" when v is "on" or "off": o = o with { ShaderStats = v == "on" }; break;
                 case "batch" when int.TryParse(v, out int n) && n >= 1: o = o with { Batch = n }; break;
                 default: kernel.Add((k, v)); break;
             }
@@ -59,6 +60,9 @@ public static class VulkanPlatform
 /// <param name="IntegerDot">Where the device has VK_KHR_shader_integer_dot_product's <c>shaderIntegerDotProduct</c>,
 /// enable it and render WGSL's <c>dot4I8Packed</c> as SPIR-V's <c>OpSDot</c> (through GL_EXT_spirv_intrinsics;
 /// <c>int-dot=on</c>, the default); <c>off</c>, or a device without it: four sign-extended byte products.</param>
+/// <param name="ShaderStats">Capture the driver's statistics of each kernel as it is compiled (VK_KHR_pipeline_executable_properties;
+/// on NVIDIA: registers a thread, shared memory, spills) and print them on stderr, one line a kernel (<c>shader-stats=on</c>;
+/// a device without the extension is an error); <c>off</c>, the default.</param>
 /// <param name="PreciseSource">A barrier waits only for the pipeline stages of the commands recorded since the last one
 /// (compute, transfer or both: <c>barrier-src=precise</c>); <c>wide</c> (the default): for compute and transfer
 /// always. Either way it makes the writes visible to both stages.</param>
@@ -73,4 +77,4 @@ public static class VulkanPlatform
 /// (<c>VkBufferMemoryBarrier</c>s, as Dawn records them: <c>barrier-mem=buffers</c>) rather than all memory (one
 /// <c>VkMemoryBarrier</c>, <c>global</c>, the default).</param>
 public sealed record VulkanOptions(bool PushDescriptors = true, bool TrackedBarriers = true, bool UploadRing = true, int Batch = 48, bool PreciseSource = false, bool WritesAhead = false,
-    bool PreciseDestination = false, bool BufferBarriers = false, bool IntegerDot = true);
+    bool PreciseDestination = false, bool BufferBarriers = false, bool IntegerDot = true, bool ShaderStats = false);

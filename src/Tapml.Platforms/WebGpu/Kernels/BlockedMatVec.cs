@@ -36,6 +36,9 @@ public sealed record MatVecTuning
     /// <summary>u32 words of packed nibbles a thread loads as one unit (1, 2 or 4; 0: the rule, <see cref="Q4UnitWords"/>).
     /// Smaller units put a row's threads closer together in x (4 words: 128 bytes apart).</summary>
     public int Q4Words { get; init; }
+    /// <summary>A unit's loads of all a thread's weight rows (words, scales, zero points) written before any row's math
+    /// (<c>q4-loads=first</c>) rather than each row's loads beside its math (<c>inline</c>, the default).</summary>
+    public bool Q4Hoist { get; init; }
     public int F16Threads { get; init; }
     public int F16Rows { get; init; }
     public int F16Workgroup { get; init; }
@@ -48,7 +51,7 @@ public sealed record MatVecTuning
 
     public static readonly MatVecTuning Rule = new();
 
-    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial, q4-unit=1|2|4, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial, f16-unpack=bits|native";
+    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial, q4-unit=1|2|4, q4-loads=first|inline, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial, f16-unpack=bits|native";
 
     /// <summary>This tuning with one spec option applied, or null when <paramref name="key"/> is not a matrix-vector knob.</summary>
     public MatVecTuning? With(string spec, string key, string value)
@@ -68,6 +71,7 @@ public sealed record MatVecTuning
             "q4-xs" => this with { Q4SharedX = Flag() },
             "q4-unroll" => this with { Q4Unroll = Count(8) },
             "q4-reduce" => this with { Q4Tree = Reduce() },
+            "q4-loads" => this with { Q4Hoist = value switch { "first" => true, "inline" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be first or inline") } },
             "q4-unit" => this with { Q4Words = value is "1" or "2" or "4" ? int.Parse(value) : throw new TapmlException($"platform '{spec}': {key}={value} must be 1, 2 or 4") },
             "f16-threads" => this with { F16Threads = Count(256) },
             "f16-rows" => this with { F16Rows = Count(16) },
@@ -144,6 +148,8 @@ internal static class BlockedMatVec
         public Func<int, string>? LoadUnit;
         /// <summary>Code for weight row <c>r</c> of unit <c>u</c> (row index <c>row{r}</c>, clamped to N−1).</summary>
         public required Func<int, string> Row;
+        /// <summary>Code for all R weight rows of unit <c>u</c> at once, in place of <see cref="Row"/> each (null: Row's).</summary>
+        public Func<int, string>? Rows;
         /// <summary>Code once per unit after x's loads, for x row m (values derived from x that every row uses).</summary>
         public Func<int, string>? PerUnit;
         /// <summary>Lets at the top of main (constants the row code uses).</summary>
@@ -177,7 +183,7 @@ internal static class BlockedMatVec
         string X4(string m, string k) => LoadX4(vec, m, k);
         var rs = Enumerable.Range(0, R).ToArray();
         var ms = Enumerable.Range(0, M).ToArray();
-        string rowsCode = string.Concat(rs.Select(f.Row));
+        string rowsCode = f.Rows is { } all ? all(R) : string.Concat(rs.Select(f.Row));
         string perUnit = f.PerUnit is null ? "" : string.Concat(ms.Select(f.PerUnit));
         var b = new StringBuilder();
         b.Append($"  let N = md[0]; let K = md[1]; let U = md[2];\n{f.Prologue}");

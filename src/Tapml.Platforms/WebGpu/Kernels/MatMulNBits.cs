@@ -297,7 +297,7 @@ static class MatMulNBits
         string variant = $"{w.BlockSize}|{Zero(p)}|{p.Bias is not null}|{residual is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)y.DType}|{qa is not null}";
         var (gx, gy) = BlockedMatVec.Grid(g, w.N, shape);
         string unit = qa is not null ? "_a8" : words == 4 ? "_w" : words == 2 ? "_w2" : "";
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{words}|{vec}|{shape}|{rows}"),
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{words}|{vec}|{shape}|{rows}|{g.MatVec.Q4Hoist}"),
             () => MatVecCode(g, x, y.DType, w.BlockSize, Zero(p), p.Bias is not null, residual is not null, p.Scales, words, vec, shape, (int)rows, qa is not null),
             $"MatMulNBits_matvec_t{shape.Threads}r{shape.Rows}{unit}{(residual is null ? "" : "_add")}_r{rows}", [.. bindings], meta, gx, gy);
     }
@@ -397,20 +397,23 @@ static class MatMulNBits
 
     /// <summary>WGSL adding one unit (<paramref name="words"/> u32 words: 8 values each) of weight row <paramref name="row"/>
     /// (words at <c>row·U + u</c> of <paramref name="weights"/>, blocks at <c>row·KB</c>) times x's unit (<c>xq{m}_{j}</c>,
-    /// scaled by <see cref="XScale"/>) into <paramref name="acc"/>(m) for each of <paramref name="rows"/> x rows.</summary>
-    internal static string UnitCode(string weights, string row, Func<int, string> acc, int block, ZeroKind zeros, int words, int rows)
+    /// scaled by <see cref="XScale"/>) into <paramref name="acc"/>(m) for each of <paramref name="rows"/> x rows. With
+    /// <paramref name="loaded"/>, the unit's words, scales and zero points were loaded ahead by <see cref="UnitLoads"/>
+    /// under that suffix.</summary>
+    internal static string UnitCode(string weights, string row, Func<int, string> acc, int block, ZeroKind zeros, int words, int rows, string? loaded = null)
     {
         int S = Math.Min(words, block / 8);                 // words of one block inside a unit
-        var sb = new StringBuilder($"    {{\n      let wq = {weights}[{row} * U + u];\n");
+        var sb = new StringBuilder(loaded is null ? $"    {{\n      let wq = {weights}[{row} * U + u];\n" : $"    {{\n      let wq = wq{loaded};\n");
         for (int seg = 0; seg < words / S; seg++)
         {
-            string bi = block >= 8 * words ? (block == 8 * words ? "u" : $"u / {block / (8 * words)}u") : $"u * {8 * words / block}u + {seg}u";
-            sb.Append($"      {{\n        let b = {row} * KB + {bi};\n        let s = sc(b);\n");
+            if (loaded is null) sb.Append($"      {{\n        let b = {BlockOf(row, block, words, seg)};\n        let s = sc(b);\n");
+            else sb.Append($"      {{\n        let s = s{loaded}_{seg};\n");
+            string z = loaded is null ? "zero_(b)" : $"z{loaded}_{seg}";
             sb.Append(zeros switch
             {
                 ZeroKind.None => "        let c = C8;\n",
-                ZeroKind.Bytes => "        let c = MAG + zero_(b) * P16;\n",
-                _ => "        let c = MAG;\n        let zc = zero_(b) * P16;\n",
+                ZeroKind.Bytes => $"        let c = MAG + {z} * P16;\n",
+                _ => $"        let c = MAG;\n        let zc = {z} * P16;\n",
             });
             string zc = zeros == ZeroKind.Floats ? " - zc" : "";
             var terms = Enumerable.Range(0, rows).Select(_ => new List<string>()).ToArray();
@@ -426,6 +429,37 @@ static class MatMulNBits
             sb.Append("      }\n");
         }
         return sb.Append("    }\n").ToString();
+    }
+
+    /// <summary>Block index of segment <paramref name="seg"/> of unit u of weight row <paramref name="row"/>.</summary>
+    static string BlockOf(string row, int block, int words, int seg) =>
+        $"{row} * KB + {(block >= 8 * words ? (block == 8 * words ? "u" : $"u / {block / (8 * words)}u") : $"u * {8 * words / block}u + {seg}u")}";
+
+    /// <summary>Loads one unit of weight row <paramref name="row"/> ahead of its math (<see cref="UnitCode"/> with
+    /// <c>loaded</c> = <paramref name="tag"/>): its words <c>wq{tag}</c>, each block segment's scale <c>s{tag}_{seg}</c> and
+    /// zero point <c>z{tag}_{seg}</c>.</summary>
+    internal static string UnitLoads(string weights, string row, string tag, int block, ZeroKind zeros, int words)
+    {
+        int S = Math.Min(words, block / 8);
+        var sb = new StringBuilder($"    let wq{tag} = {weights}[{row} * U + u];\n");
+        for (int seg = 0; seg < words / S; seg++)
+        {
+            sb.Append($"    let b{tag}_{seg} = {BlockOf(row, block, words, seg)};\n    let s{tag}_{seg} = sc(b{tag}_{seg});\n");
+            if (zeros != ZeroKind.None) sb.Append($"    let z{tag}_{seg} = zero_(b{tag}_{seg});\n");
+        }
+        return sb.ToString();
+    }
+
+    /// <summary>The unit code of several weight rows (<see cref="UnitCode"/> each); with <paramref name="hoist"/>
+    /// (<c>webgpu?q4-loads=first</c>) every row's loads come first, then the rows' math, so a thread has all its loads
+    /// of the unit in flight at once whatever the compiler's scheduling.</summary>
+    internal static string UnitRows(string weights, IReadOnlyList<(string Row, Func<int, string> Acc)> rs, int block, ZeroKind zeros, int words, int rows, bool hoist)
+    {
+        if (!hoist) return string.Concat(rs.Select(r => UnitCode(weights, r.Row, r.Acc, block, zeros, words, rows)));
+        var sb = new StringBuilder();
+        for (int i = 0; i < rs.Count; i++) sb.Append(UnitLoads(weights, rs[i].Row, $"_{i}", block, zeros, words));
+        for (int i = 0; i < rs.Count; i++) sb.Append(UnitCode(weights, rs[i].Row, rs[i].Acc, block, zeros, words, rows, $"_{i}"));
+        return sb.ToString();
     }
 
     /// <summary>Loads int8 A's unit (one block) for x row m: its codes <c>xc{m}_{i}</c> (vec4s), scale <c>xs{m}</c>
@@ -474,6 +508,7 @@ static class MatMulNBits
         var w = Declare(x, y, zeros, bias, scales, vec || a8, shape.Workgroup, words, residual, a8 ? A8Read.Vec4 : A8Read.None);
         string weights = Weights(words);
         string Row(int r) => a8 ? UnitCodeA8(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows) : UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, words, rows);
+        bool hoist = !a8 && g.MatVec.Q4Hoist;
         var f = new BlockedMatVec.Format
         {
             UnitValues = 8 * words,
@@ -481,6 +516,7 @@ static class MatMulNBits
             LoadUnit = a8 ? m => LoadA8(m, $"m0 + {m}u", block) : null,
             Prologue = "  let KB = md[3];\n" + (a8 ? "  let QP = md[7] / 4u;\n" : UnitPrologue),
             Row = Row,
+            Rows = hoist ? n => UnitRows(weights, Enumerable.Range(0, n).Select(r => ($"row{r}", (Func<int, string>)(m => $"a{r}_{m}"))).ToList(), block, zeros, words, rows, true) : null,
             // NOTE: (sum + bias) + r: the order the cpu reference adds MatMulNBits' bias and then the region's Add.
             Store = (m, row, sum) => $"y_st((m0 + {m}u) * N + {row}, {(residual ? "(" : "")}{sum}{(bias ? $" + bias({row})" : "")}{(residual ? $") + rs((m0 + {m}u) * N + {row})" : "")});",
         };

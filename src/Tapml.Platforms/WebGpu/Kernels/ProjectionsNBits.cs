@@ -165,8 +165,8 @@ static class ProjectionsNBits
         // x staged in workgroup memory (q4-xs=1): chunks of units that fit beside the partial sums.
         int chunk = !shape.SharedX ? 0 : (int)Math.Min(units, (lim.MaxWorkgroupStorageBytes - (long)Slots(R) * WG * 4) / (rows * words * 2 * 16L));
         var layout = new MatVecShape(T, R, WG, chunk > 0, shape.Unroll, shape.Tree);
-        var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}|{a8}", ctx.Node),
-            () => Code(plan, st, x, rows, layout, chunk, words, vec, eps, x.DType, a8, consts), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}{(a8 ? "_a8" : "")}_t{T}c{R}_r{rows}");
+        var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}|{a8}|{g.MatVec.Q4Hoist}", ctx.Node),
+            () => Code(plan, st, x, rows, layout, chunk, words, vec, eps, x.DType, a8, consts, g.MatVec.Q4Hoist), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}{(a8 ? "_a8" : "")}_t{T}c{R}_r{rows}");
         g.LaunchGroups(pipeline, [.. list], meta, gx, gy);
         if (qa is not null) MatMulNBits.Free(g, qa);
         return ys;
@@ -182,7 +182,7 @@ static class ProjectionsNBits
 
     /// <summary>Kernel text; meta words md[0] = K, md[1] = units per row, md[2] = blocks per row, md[3] = columns (with
     /// int8 A, md[4] = its pairs' word offset); <paramref name="consts"/>: γ and the epilogue's vectors are bound.</summary>
-    static string Code(Projections.Plan plan, Stacked st, GpuTensor x, int M, MatVecShape layout, int chunk, int words, bool vec, float eps, DType dtype, bool a8, bool consts)
+    static string Code(Projections.Plan plan, Stacked st, GpuTensor x, int M, MatVecShape layout, int chunk, int words, bool vec, float eps, DType dtype, bool a8, bool consts, bool hoist)
     {
         int P = plan.P, outs = plan.Outputs.Length, T = layout.Threads, R = layout.Rows, WG = layout.Workgroup, G = WG / T, UV = 8 * words, J = UV / 4;
         // int8 A: the quantize kernel applied the RMSNorm.
@@ -238,14 +238,15 @@ static class ProjectionsNBits
         }
         if (norm) for (int m = 0; m < M; m++) b.Append($"  var s{m} = 0.0;\n");
         var b0 = b;
-        string rowsCode = "";
+        var weightRows = new List<(string Row, Func<int, string> Acc)>();
         for (int r = 0; r < R; r++)
             for (int q = 0; q < P; q++)
             {
                 int rr = r, qq = q;
-                rowsCode += a8 ? MatMulNBits.UnitCodeA8(weights, $"w{r}_{q}", m => $"a{rr}_{qq}_{m}", st.BlockSize, st.ZeroKind, M)
-                    : MatMulNBits.UnitCode(weights, $"w{r}_{q}", m => $"a{rr}_{qq}_{m}", st.BlockSize, st.ZeroKind, words, M);
+                weightRows.Add(($"w{r}_{q}", m => $"a{rr}_{qq}_{m}"));
             }
+        string rowsCode = a8 ? string.Concat(weightRows.Select(wr => MatMulNBits.UnitCodeA8(weights, wr.Row, wr.Acc, st.BlockSize, st.ZeroKind, M)))
+            : MatMulNBits.UnitRows(weights, weightRows, st.BlockSize, st.ZeroKind, words, M, hoist);
         // γ's four values from K index k (vec4 index k / 4 where x is read as vec4s).
         string Gamma(string name, string k, string indent) =>
             vec ? $"{indent}let {name} = cv_b[({k}) / 4u];\n" : $"{indent}let {name} = vec4<f32>({string.Join(", ", Enumerable.Range(0, 4).Select(i => $"gm_({k} + {i}u, K)"))});\n";
