@@ -444,6 +444,8 @@ public class FusionTests
     [InlineData("vulkan?q4-unit=2&q4-xs=1", 1, 256, true, "qkv", 2)]                // two words a unit, staged
     [InlineData("vulkan?q4-loads=first", 2, 256, true, "swiglu", 2)]                 // every row's loads before the math
     [InlineData("webgpu?q4-loads=first&q4-unit=1", 1, 72, true, "qkv_bias", 2)]      // the same, one word a unit
+    [InlineData("webgpu?q4-reduce=subgroup&q4-threads=8", 2, 256, true, "swiglu", 2)] // partial sums and Σ x² by subgroup shuffles
+    [InlineData("vulkan?q4-reduce=subgroup&q4-xs=1&q4-threads=4", 1, 256, true, "qkv", 2)] // the same, x·γ staged
     public void Q4_projections_kernel_matches_cpu(string platform, int rows, int k, bool norm, string structure, int expectedDispatches) =>
         Q4ProjectionsMatchCpu(platform, rows, k, norm, structure, expectedDispatches, "q4");
 

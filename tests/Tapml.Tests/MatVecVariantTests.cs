@@ -39,6 +39,9 @@ public class MatVecVariantTests
     [InlineData("opencl?q4-unit=2&q4-xs=1")]
     [InlineData("webgpu?q4-loads=first&q4-threads=8&q4-rows=4&q4-wg=64")]
     [InlineData("opencl?q4-loads=first&q4-unit=1&q4-rows=3")]
+    [InlineData("webgpu?q4-reduce=subgroup&q4-threads=8&q4-rows=3&q4-wg=64")]      // shuffles over the subgroup, then 2 partials a row
+    [InlineData("vulkan?q4-reduce=subgroup&q4-threads=2&q4-rows=2&q4-wg=32")]      // fewer threads a row than a subgroup
+    [InlineData("webgpu?q4-reduce=subgroup&q4-threads=16&q4-xs=1&q4-loads=first")]
     public void Q4_decode_layouts_match_cpu(string spec)
     {
         WebGpuTests.SkipIfNoDawn(spec);
@@ -68,6 +71,7 @@ public class MatVecVariantTests
     [InlineData("webgpu?f16-threads=4&f16-rows=8&f16-wg=32&f16-xs=1&f16-unpack=bits")]
     [InlineData("webgpu?f16-threads=4&f16-rows=2&f16-wg=32&f16-unroll=3")]
     [InlineData("webgpu?f16-threads=16&f16-rows=2&f16-wg=64&f16-reduce=tree")]
+    [InlineData("webgpu?f16-threads=8&f16-rows=3&f16-wg=64&f16-reduce=subgroup")]
     public void F16_decode_layouts_match_cpu(string spec)
     {
         WebGpuTests.SkipIfNoDawn("webgpu");
@@ -122,11 +126,25 @@ public class MatVecVariantTests
     [InlineData("webgpu?toggles=Skip Validation", "toggles=Skip Validation")]
     [InlineData("webgpu?pool=first", "pool=first")]
     [InlineData("webgpu?q4-loads=early", "q4-loads=early")]
+    [InlineData("webgpu?q4-reduce=warp", "q4-reduce=warp")]
     public void A_bad_layout_option_is_one_clear_error(string spec, string named)
     {
         WebGpuTests.SkipIfNoDawn("webgpu");
         var e = Assert.Throws<TapmlException>(() => PlatformRegistry.Create(spec).Dispose());
         Assert.Contains(named, e.Message);
+    }
+
+    /// <summary>Subgroup reductions asked of a device without subgroup shuffles (opencl offers none) are refused by name,
+    /// not silently replaced by the tree.</summary>
+    [Fact]
+    public void Subgroup_reduce_on_a_device_without_subgroups_is_unsupported()
+    {
+        IPlatform made;
+        try { made = PlatformRegistry.Create("opencl"); }
+        catch (UnsupportedException e) { Assert.Skip(e.Message); return; }
+        made.Dispose();
+        var e2 = Assert.Throws<UnsupportedException>(() => PlatformRegistry.Create("opencl?q4-reduce=subgroup").Dispose());
+        Assert.Contains("subgroup shuffles", e2.Message);
     }
 
     /// <summary>y = x·W for f16 x [1, M, K] and W [K, N]; with <paramref name="computed"/>, x is Neg(Neg(x)), a GPU

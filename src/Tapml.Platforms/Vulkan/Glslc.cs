@@ -35,7 +35,9 @@ public static class Glslc
         Directory.CreateDirectory(dir);
         string tmp = file + $".{Environment.ProcessId}.{Environment.CurrentManagedThreadId}.tmp";
         var psi = new ProcessStartInfo(exe) { RedirectStandardInput = true, RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        foreach (var a in new[] { "-fshader-stage=compute", "--target-env=vulkan1.0", "-O", "-o", tmp, "-" }) psi.ArgumentList.Add(a);
+        // NOTE: subgroup operations need SPIR-V 1.3 (Vulkan 1.1); every other kernel stays at 1.0 (its cached SPIR-V unchanged).
+        string env = glsl.Contains("GL_KHR_shader_subgroup", StringComparison.Ordinal) ? "vulkan1.1" : "vulkan1.0";
+        foreach (var a in new[] { "-fshader-stage=compute", $"--target-env={env}", "-O", "-o", tmp, "-" }) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi) ?? throw new TapmlException($"vulkan: cannot start {exe}");
         var err = p.StandardError.ReadToEndAsync();
         p.StandardInput.Write(glsl);

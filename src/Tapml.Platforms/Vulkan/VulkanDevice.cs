@@ -197,6 +197,12 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         if (fam < 0) throw new UnsupportedException("vulkan: the device has no compute queue");
         _family = (uint)fam;
         bool timestamps = qf[fam].TimestampValidBits > 0 && lim.TimestampPeriod > 0;
+        // Subgroup shuffles in compute shaders (Vulkan 1.1's VkPhysicalDeviceSubgroupProperties).
+        var sgp = new PhysicalDeviceSubgroupProperties { SType = StructureType.PhysicalDeviceSubgroupProperties };
+        var p2 = new PhysicalDeviceProperties2 { SType = StructureType.PhysicalDeviceProperties2, PNext = &sgp };
+        _vk.GetPhysicalDeviceProperties2(_pd, &p2);
+        bool subgroups = props.ApiVersion >= Vk.Version11 && (sgp.SupportedStages & ShaderStageFlags.ComputeBit) != 0
+            && (sgp.SupportedOperations & SubgroupFeatureFlags.ShuffleBit) != 0 && sgp.SubgroupSize is >= 4 and <= 128;
         _timestampPeriod = lim.TimestampPeriod;
 
         uint ne = 0;
@@ -307,7 +313,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         Driver = $"Vulkan {api}, driver version 0x{props.DriverVersion:x}";
         Info = new GpuAdapterInfo(vendor, "", name, Driver, "vulkan",
             props.DeviceType switch { PhysicalDeviceType.DiscreteGpu => "discrete GPU", PhysicalDeviceType.IntegratedGpu => "integrated GPU", PhysicalDeviceType.Cpu => "CPU", PhysicalDeviceType.VirtualGpu => "virtual GPU", _ => "unknown" },
-            0, 0, false, timestamps);
+            subgroups ? (int)sgp.SubgroupSize : 0, subgroups ? (int)sgp.SubgroupSize : 0, false, timestamps, subgroups);
         Runtime = $"Vulkan loader ({(icd.Length > 0 ? icd : "installed drivers")}), GLSL through glslc";
         _metaAlign = Limits.MinStorageOffsetAlignment;
         // Metadata words go in push constants up to 64 words (256 B; every device has at least 128 B).
@@ -321,7 +327,8 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             $"maxComputeSharedMemorySize {lim.MaxComputeSharedMemorySize}, maxPerStageDescriptorStorageBuffers {lim.MaxPerStageDescriptorStorageBuffers}, minStorageBufferOffsetAlignment {lim.MinStorageBufferOffsetAlignment}",
             $"features: {(timestamps ? $"timestamp queries ({_timestampPeriod} ns a tick)" : "no timestamp queries")}; " +
             $"{(hasPushDescriptors ? $"{PushDescriptorExtension}{(pushDescriptors ? "" : " (not used: push-descriptors=off)")}" : $"no {PushDescriptorExtension} (descriptor sets cached by their buffers)")}; " +
-            $"{(hasIntegerDot ? $"{IntegerDotExtension}{(IntegerDot ? " (dot4I8Packed as OpSDot)" : " (not used: int-dot=off)")}" : $"no {IntegerDotExtension} (dot4I8Packed as byte products)")}; device memory {(_deviceHostVisible ? "host-visible (written directly)" : "device-only (uploads through staging)")}",
+            $"{(hasIntegerDot ? $"{IntegerDotExtension}{(IntegerDot ? " (dot4I8Packed as OpSDot)" : " (not used: int-dot=off)")}" : $"no {IntegerDotExtension} (dot4I8Packed as byte products)")}; device memory {(_deviceHostVisible ? "host-visible (written directly)" : "device-only (uploads through staging)")}; " +
+            $"{(subgroups ? $"subgroup shuffles (subgroup {sgp.SubgroupSize})" : "no subgroup shuffles")}",
             $"kernels: WGSL rendered to GLSL 4.50, SPIR-V from {Glslc.Find() ?? "glslc"} (cached in {Path.Combine(NpmPackages.CacheRoot(), "spirv")})",
             $"host path: barriers {(_opt.TrackedBarriers ? "only between dependent commands" : "after every command")}, writes {(_opt.UploadRing ? $"through a {UploadBytes >> 20} MiB upload ring" : "inline (vkCmdUpdateBuffer) or staged")}, {_opt.Batch} dispatches a submit",
         ];
@@ -607,7 +614,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
                 var cpi = new ComputePipelineCreateInfo
                 {
                     SType = StructureType.ComputePipelineCreateInfo, Stage = stage, Layout = pl,
-                    Flags = _executableStatistics != null ? PipelineCreateFlags.PipelineCreateCaptureStatisticsBitKhr : 0,
+                    Flags = _executableStatistics != null ? PipelineCreateFlags.CreateCaptureStatisticsBitKhr : 0,
                 };
                 Check(_vk.CreateComputePipelines(_dev, default, 1, &cpi, null, &pipe), "vkCreateComputePipelines", k.Label);
             }

@@ -4,9 +4,11 @@ using Tapml.Platforms.WebGpu.Native;
 
 namespace Tapml.Platforms.WebGpu;
 
-/// <summary>What the adapter is and what it allows (bytes for sizes).</summary>
+/// <summary>What the adapter is and what it allows (bytes for sizes). <paramref name="Subgroups"/>: kernels may use
+/// subgroup shuffles (WGSL <c>enable subgroups;</c>, <c>subgroupShuffleXor</c>) in subgroups of at least
+/// <paramref name="SubgroupMin"/> invocations.</summary>
 public sealed record GpuAdapterInfo(string Vendor, string Architecture, string Device, string Description, string Backend,
-    string AdapterType, int SubgroupMin, int SubgroupMax, bool ShaderF16, bool TimestampQuery);
+    string AdapterType, int SubgroupMin, int SubgroupMax, bool ShaderF16, bool TimestampQuery, bool Subgroups = false);
 
 public sealed record GpuLimits(long MaxStorageBindingBytes, long MaxBufferBytes, int MaxWorkgroupSizeX, int MaxInvocationsPerWorkgroup,
     int MaxWorkgroupStorageBytes, int MaxWorkgroupsPerDimension, int MaxStorageBuffersPerStage, int MinStorageOffsetAlignment);
@@ -112,10 +114,11 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
             Wgpu.Check(Wgpu.AdapterGetLimits(_adapter, &al), "wgpuAdapterGetLimits");
             bool f16 = Wgpu.AdapterHasFeature(_adapter, Wgpu.FeatureShaderF16) != 0;
             bool ts = Wgpu.AdapterHasFeature(_adapter, Wgpu.FeatureTimestampQuery) != 0;
+            bool sg = Wgpu.AdapterHasFeature(_adapter, Wgpu.FeatureSubgroups) != 0 && ai.SubgroupMinSize > 0;
             Info = new GpuAdapterInfo(ai.Vendor.ToString(), ai.Architecture.ToString(), ai.Device.ToString(), ai.Description.ToString(),
                 ai.BackendType switch { 6 => "vulkan", 7 => "opengl", 8 => "gles", 5 => "metal", 4 => "d3d12", var b => $"backend {b}" },
                 ai.AdapterType switch { 1 => "discrete GPU", 2 => "integrated GPU", 3 => "CPU", _ => "unknown" },
-                (int)ai.SubgroupMinSize, (int)ai.SubgroupMaxSize, f16, ts);
+                (int)ai.SubgroupMinSize, (int)ai.SubgroupMaxSize, f16, ts, sg);
             Wgpu.AdapterInfoFreeMembers(ai);
             if (ai.BackendType == 1)
                 throw new UnsupportedException("webgpu: Dawn offers only its Null backend here (no Vulkan or GL driver loaded; Vulkan needs libvulkan1 and an ICD: here chromium's SwiftShader, /usr/lib/chromium/vk_swiftshader_icd.json)");
@@ -127,6 +130,7 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
             var features = stackalloc uint[2];
             int nf = 0;
             if (ts) features[nf++] = Wgpu.FeatureTimestampQuery;
+            if (sg) features[nf++] = Wgpu.FeatureSubgroups;
             _eventSink = GCHandle.Alloc((Action<uint, uint, string>)OnDeviceEvent);
             var ddesc = new DeviceDescriptor
             {

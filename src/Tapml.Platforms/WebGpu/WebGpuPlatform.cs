@@ -71,6 +71,8 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     /// <summary>Knobs of the decode matrix-vector kernels for 4-bit and packed f16 weights (spec options; a benchmark
     /// may set it between runs: kernels are cached by their layout).</summary>
     public MatVecTuning MatVec { get => Options.MatVec; set => Options.MatVec = value; }
+    /// <summary>Lanes a kernel may add across with subgroup shuffles (the device's smallest subgroup), or 0.</summary>
+    public int SubgroupLanes => Device.Info.Subgroups ? Device.Info.SubgroupMin : 0;
     /// <summary>The platform kind for messages: the spec's head (webgpu, vulkan, opencl, browser).</summary>
     public string Kind { get; }
     public string Description { get; }
@@ -104,6 +106,16 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         Kind = "webgpu";
         Device = new DawnDevice(_backend, maxBinding, info => KernelCacheOn(info) ? Path.Combine(_kernelCacheRoot ?? KernelList.Root, "blobs") : null, toggles) { LowestFirst = lowestFirst };
         (Description, Limits, Workgroup) = Describe(Device);
+        CheckSubgroups(spec);
+    }
+
+    /// <summary>A matrix-vector knob asking for subgroup reductions on a device without subgroup shuffles is one clear
+    /// error (not a silent fallback).</summary>
+    void CheckSubgroups(string spec)
+    {
+        if (!MatVec.WantsSubgroups || Device.Info.Subgroups) return;
+        Device.Dispose();
+        throw new UnsupportedException($"platform '{spec}': q4-reduce=subgroup / f16-reduce=subgroup need subgroup shuffles, which this device does not offer (tapml platforms lists them)");
     }
 
     /// <summary>The platform over another device with the same kernels: a browser's WebGPU, or a device that renders
@@ -117,6 +129,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         Device = device;
         Options = options ?? new GpuKernelOptions();
         (Description, Limits, Workgroup) = Describe(Device);
+        CheckSubgroups(spec);
     }
 
     static (string, PlatformLimits, int) Describe(IGpuDevice device)
@@ -211,7 +224,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         var i = Device.Info;
         var l = Device.Limits;
         yield return $"adapter: {i.Device} — {i.Description} (vendor {i.Vendor}, architecture {i.Architecture}, {i.AdapterType})";
-        yield return $"backend: {i.Backend}; features: {(i.ShaderF16 ? "shader-f16" : "no shader-f16")}, {(i.TimestampQuery ? "timestamp-query" : "no timestamp-query")}; subgroup {i.SubgroupMin}–{i.SubgroupMax}";
+        yield return $"backend: {i.Backend}; features: {(i.ShaderF16 ? "shader-f16" : "no shader-f16")}, {(i.TimestampQuery ? "timestamp-query" : "no timestamp-query")}; subgroup {i.SubgroupMin}–{i.SubgroupMax}{(i.Subgroups ? " (subgroup shuffles)" : "")}";
         yield return $"limits: maxStorageBufferBindingSize {l.MaxStorageBindingBytes}, maxBufferSize {l.MaxBufferBytes}, maxComputeWorkgroupSizeX {l.MaxWorkgroupSizeX}, " +
             $"maxComputeInvocationsPerWorkgroup {l.MaxInvocationsPerWorkgroup}, maxComputeWorkgroupStorageSize {l.MaxWorkgroupStorageBytes}, " +
             $"maxComputeWorkgroupsPerDimension {l.MaxWorkgroupsPerDimension}, maxStorageBuffersPerShaderStage {l.MaxStorageBuffersPerStage}";

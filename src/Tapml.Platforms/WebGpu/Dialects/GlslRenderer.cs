@@ -33,6 +33,7 @@ public sealed class GlslRenderer : CStyleRenderer
         var ws = Module.Entry.WorkgroupSize!;
         sb.Append("#version 450\n");
         if (UsesIntegerDot) sb.Append("#extension GL_EXT_spirv_intrinsics : require\n");
+        if (Module.Enables.Contains("subgroups")) sb.Append("#extension GL_KHR_shader_subgroup_shuffle : require\n");
         sb.Append($"layout(local_size_x = {ws[0]}, local_size_y = {ws[1]}, local_size_z = {ws[2]}) in;\n");
     }
 
@@ -126,6 +127,7 @@ public sealed class GlslRenderer : CStyleRenderer
         "atan2" => $"atan({a[0]}, {a[1]})",
         "countOneBits" => $"bitCount({a[0]})",
         "unpack2x16float" => $"unpackHalf2x16({a[0]})",
+        "subgroupShuffleXor" => $"subgroupShuffleXor({a[0]}, {a[1]})",
         "dot4I8Packed" => UsesIntegerDot ? $"tp_sdot({a[0]}, {a[1]}, 0)" : $"tp_dot4i8({a[0]}, {a[1]})",
         "pack2x16float" => $"packHalf2x16({a[0]})",
         "saturate" => $"clamp({a[0]}, 0.0, 1.0)",

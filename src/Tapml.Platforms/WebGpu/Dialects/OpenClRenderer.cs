@@ -180,6 +180,7 @@ int tp_vget4i(int4 v, uint i) { return i == 0u ? v.x : i == 1u ? v.y : i == 2u ?
             "countOneBits" => $"popcount({a[0]})",
             "unpack2x16float" => $"tp_unpack2x16float({a[0]})",
             "dot4I8Packed" => $"tp_dot4i8({a[0]}, {a[1]})",
+            "subgroupShuffleXor" => throw WgslModule.Unsupported("subgroup shuffles (an opencl device offers no subgroups to tapml's kernels)"),
             "pack2x16float" => $"tp_pack2x16float({a[0]})",
             "fract" => $"({a[0]} - floor({a[0]}))",
             "saturate" => $"clamp({a[0]}, 0.0f, 1.0f)",

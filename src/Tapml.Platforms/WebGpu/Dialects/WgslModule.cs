@@ -77,6 +77,8 @@ public sealed class WgslModule
 {
     public readonly List<GlobalVar> Globals = new();
     public readonly List<FnDecl> Functions = new();
+    /// <summary>The module's <c>enable</c> directives (extensions it uses: <c>subgroups</c>).</summary>
+    public readonly List<string> Enables = new();
     public FnDecl Entry => Functions.Single(f => f.IsEntry);
 
     /// <summary>Parses and types <paramref name="source"/>; a construct outside the subset throws
@@ -167,6 +169,12 @@ public sealed class WgslModule
             var m = new WgslModule();
             while (Peek().Kind != 'e')
             {
+                if (Accept("enable"))
+                {
+                    do m.Enables.Add(Ident()); while (Accept(","));
+                    Expect(";");
+                    continue;
+                }
                 var attrs = Attributes();
                 if (Accept("var")) m.Globals.Add(Global(attrs));
                 else if (Accept("fn")) m.Functions.Add(Function(attrs));
@@ -666,6 +674,7 @@ public sealed class WgslModule
                 case "unpack2x16float": Fix(args[0], Ty.U32); return Ty.Vec(2, "f32");
                 case "pack2x16float": return Ty.U32;
                 case "dot4I8Packed": Fix(args[0], Ty.U32); Fix(args[1], Ty.U32); return Ty.Scal("i32");
+                case "subgroupShuffleXor": { var t = args[0].Type.Concrete(); Fix(args[0], t); Fix(args[1], Ty.U32); return t; }
                 case "any" or "all": return Ty.Bool;
                 case "workgroupBarrier" or "storageBarrier": return Ty.Void;
                 default:

@@ -10,13 +10,17 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 /// x in workgroup memory, chunk by chunk, instead of each thread reading it from the storage buffer; <see cref="Unroll"/>
 /// units are loaded and added a loop iteration (independent loads in flight; 1 = one unit); <see cref="Tree"/>: a row's
 /// T partial sums are added pairwise in workgroup memory (log2 T steps, every thread of the row busy) rather than by one
-/// thread in a loop (T dependent additions while the rest of the workgroup waits).</summary>
-public readonly record struct MatVecShape(int Threads, int Rows, int Workgroup, bool SharedX, int Unroll = 1, bool Tree = false)
+/// thread in a loop (T dependent additions while the rest of the workgroup waits). <see cref="Subgroup"/> &gt; 0: a row's
+/// partial sums are first added across lanes with <c>subgroupShuffleXor</c> within groups of min(T, Subgroup) lanes (the
+/// device's smallest subgroup), leaving T / that many sums for workgroup memory.</summary>
+public readonly record struct MatVecShape(int Threads, int Rows, int Workgroup, bool SharedX, int Unroll = 1, bool Tree = false, int Subgroup = 0)
 {
+    /// <summary>Lanes added by shuffles (0: none): the row's threads, at most a subgroup; T a power of two.</summary>
+    public int ShuffleLanes => Subgroup >= 2 && Threads > 1 && (Threads & (Threads - 1)) == 0 ? Math.Min(Threads, Subgroup) : 0;
     public int RowsPerWorkgroup => Workgroup / Threads * Rows;
     /// <summary>Partial sums added as a tree: asked for and the threads of a row a power of two.</summary>
     public bool TreeSum => Tree && Threads > 1 && (Threads & (Threads - 1)) == 0;
-    public override string ToString() => $"t{Threads} r{Rows} wg{Workgroup}{(SharedX ? " xs" : "")}{(Unroll > 1 ? $" u{Unroll}" : "")}{(TreeSum ? " tree" : "")}";
+    public override string ToString() => $"t{Threads} r{Rows} wg{Workgroup}{(SharedX ? " xs" : "")}{(Unroll > 1 ? $" u{Unroll}" : "")}{(ShuffleLanes > 0 ? $" sg{ShuffleLanes}" : TreeSum ? " tree" : "")}";
 }
 
 /// <summary>The decode matrix-vector kernels' knobs, as webgpu platform-spec options (<c>webgpu?q4-threads=16&amp;q4-rows=2</c>):
@@ -33,6 +37,8 @@ public sealed record MatVecTuning
     public bool? Q4SharedX { get; init; }
     public int Q4Unroll { get; init; }
     public bool? Q4Tree { get; init; }
+    /// <summary>A row's partial sums added by subgroup shuffles first (<c>q4-reduce=subgroup</c>; the device must offer them).</summary>
+    public bool Q4Subgroup { get; init; }
     /// <summary>u32 words of packed nibbles a thread loads as one unit (1, 2 or 4; 0: the rule, <see cref="Q4UnitWords"/>).
     /// Smaller units put a row's threads closer together in x (4 words: 128 bytes apart).</summary>
     public int Q4Words { get; init; }
@@ -45,13 +51,16 @@ public sealed record MatVecTuning
     public bool? F16SharedX { get; init; }
     public int F16Unroll { get; init; }
     public bool? F16Tree { get; init; }
+    public bool F16Subgroup { get; init; }
+    /// <summary>A knob asks for subgroup shuffles.</summary>
+    public bool WantsSubgroups => Q4Subgroup || F16Subgroup;
     /// <summary>Widen halves with <c>unpack2x16float</c> (true, the default: 1.1–2.4× the bit moves' speed on an H100)
     /// or with bit moves (false; a weight holding an infinity or NaN still takes unpack2x16float).</summary>
     public bool? F16Native { get; init; }
 
     public static readonly MatVecTuning Rule = new();
 
-    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial, q4-unit=1|2|4, q4-loads=first|inline, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial, f16-unpack=bits|native";
+    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial|subgroup, q4-unit=1|2|4, q4-loads=first|inline, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial|subgroup, f16-unpack=bits|native";
 
     /// <summary>This tuning with one spec option applied, or null when <paramref name="key"/> is not a matrix-vector knob.</summary>
     public MatVecTuning? With(string spec, string key, string value)
@@ -61,7 +70,7 @@ public sealed record MatVecTuning
             if (!int.TryParse(value, out int v) || v < 1 || v > max) throw new TapmlException($"platform '{spec}': {key}={value} must be an integer from 1 to {max}");
             return v;
         }
-        bool Reduce() => value switch { "tree" => true, "serial" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be tree or serial") };
+        bool Reduce() => value switch { "tree" or "subgroup" => true, "serial" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be tree, serial or subgroup") };
         bool Flag() => value switch { "1" or "true" or "" => true, "0" or "false" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be 0 or 1") };
         var t = key switch
         {
@@ -70,7 +79,7 @@ public sealed record MatVecTuning
             "q4-wg" => this with { Q4Workgroup = Count(1024) },
             "q4-xs" => this with { Q4SharedX = Flag() },
             "q4-unroll" => this with { Q4Unroll = Count(8) },
-            "q4-reduce" => this with { Q4Tree = Reduce() },
+            "q4-reduce" => this with { Q4Tree = Reduce(), Q4Subgroup = value == "subgroup" },
             "q4-loads" => this with { Q4Hoist = value switch { "first" => true, "inline" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be first or inline") } },
             "q4-unit" => this with { Q4Words = value is "1" or "2" or "4" ? int.Parse(value) : throw new TapmlException($"platform '{spec}': {key}={value} must be 1, 2 or 4") },
             "f16-threads" => this with { F16Threads = Count(256) },
@@ -78,7 +87,7 @@ public sealed record MatVecTuning
             "f16-wg" => this with { F16Workgroup = Count(1024) },
             "f16-xs" => this with { F16SharedX = Flag() },
             "f16-unroll" => this with { F16Unroll = Count(8) },
-            "f16-reduce" => this with { F16Tree = Reduce() },
+            "f16-reduce" => this with { F16Tree = Reduce(), F16Subgroup = value == "subgroup" },
             "f16-unpack" => this with { F16Native = value switch { "native" => true, "bits" => false, _ => throw new TapmlException($"platform '{spec}': f16-unpack={value} must be bits or native") } },
             _ => null,
         };
@@ -91,11 +100,11 @@ public sealed record MatVecTuning
     /// H100s, docs/benchmarks.md): 64 threads a row (32 for N ≥ 65536, an lm_head; never more than the row has units),
     /// as many rows a thread (up to 8) as keep N·threads/rows at 65536 threads or more, 128 threads a workgroup, x from
     /// the storage buffer.</summary>
-    public MatVecShape Q4(long n, long units, int maxWorkgroup)
+    public MatVecShape Q4(long n, long units, int maxWorkgroup, int subgroup = 0)
     {
         int t = Q4Threads > 0 ? Q4Threads : Math.Min(n >= 65536 ? 32 : 64, Math.Max(4, FloorPow2(units)));
         int r = Q4Rows > 0 ? Q4Rows : (int)Math.Clamp(FloorPow2(n * t / 65536), 1, 8);
-        return Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup) with { Unroll = Q4Unroll > 0 ? Q4Unroll : 1, Tree = Q4Tree ?? true };
+        return Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup) with { Unroll = Q4Unroll > 0 ? Q4Unroll : 1, Tree = Q4Tree ?? true, Subgroup = Q4Subgroup ? subgroup : 0 };
     }
 
     /// <summary>Packed words a 4-bit unit loads for N rows of <paramref name="rowWords"/> u32 words: <see cref="Q4Words"/>
@@ -113,11 +122,11 @@ public sealed record MatVecTuning
     /// <summary>The packed f16 kernel's layout. Rule (<c>bench q4-sweep</c> on H100s): 64 threads a row (never more than
     /// the row has units), 2 rows a thread (1 where that leaves under 65536 threads), 256 threads a workgroup, halves
     /// widened by <c>unpack2x16float</c>.</summary>
-    public MatVecShape F16(long n, long units, int maxWorkgroup)
+    public MatVecShape F16(long n, long units, int maxWorkgroup, int subgroup = 0)
     {
         int t = F16Threads > 0 ? F16Threads : Math.Min(64, Math.Max(4, FloorPow2(units)));
         int r = F16Rows > 0 ? F16Rows : n * t >= 2 * 65536 ? 2 : 1;
-        return Fit(t, r, F16Workgroup > 0 ? F16Workgroup : 256, F16SharedX ?? false, maxWorkgroup) with { Unroll = F16Unroll > 0 ? F16Unroll : 1, Tree = F16Tree ?? false };
+        return Fit(t, r, F16Workgroup > 0 ? F16Workgroup : 256, F16SharedX ?? false, maxWorkgroup) with { Unroll = F16Unroll > 0 ? F16Unroll : 1, Tree = F16Tree ?? false, Subgroup = F16Subgroup ? subgroup : 0 };
     }
 
     static int FloorPow2(long v) => v <= 1 ? 1 : (int)Math.Min(1 << 30, 1L << (63 - System.Numerics.BitOperations.LeadingZeroCount((ulong)v)));
@@ -216,17 +225,19 @@ internal static class BlockedMatVec
 """);
             b.Append(StagedUnits(chunk, T, M, J, cj)).Append(perUnit).Append(rowsCode).Append("    }\n  }\n");
         }
-        // Reduction: slot sl of output (r, m) = r·M + m; thread (g, t) writes red[sl·WG + g·T + t]; one thread per (slot, g) adds T partials.
+        // Reduction: slot sl of output (r, m) = r·M + m; thread (g, t) writes red[sl·WG + g·T + t]; one thread per (slot, g) adds T partials
+        // (after the tree: takes the first; after shuffles over L lanes: adds T / L).
+        int L = s.ShuffleLanes;
+        if (L > 0) b.Append(ShuffleSums(L, rs.SelectMany(r => ms.Select(m => $"a{r}_{m}"))));
         for (int p0 = 0; p0 < slots; p0 += perPass)
         {
             int n = Math.Min(perPass, slots - p0);
             if (p0 > 0) b.Append("  workgroupBarrier();\n");
             for (int sl = p0; sl < p0 + n; sl++) b.Append($"  red[{(sl - p0) * WG}u + lid.x] = a{sl / M}_{sl % M};\n");
             b.Append("  workgroupBarrier();\n");
-            if (s.TreeSum) b.Append(TreeSum(T, n, WG));
+            if (s.TreeSum && L == 0) b.Append(TreeSum(T, n, WG));
             b.Append($"  for (var o = lid.x; o < {G * n}u; o += {WG}u) {{\n    let sl = o / {G}u; let gg = o % {G}u;\n");
-            b.Append(s.TreeSum ? $"    let sum = red[sl * {WG}u + gg * {T}u];\n"
-                : $"    var sum = 0.0;\n    for (var i = 0u; i < {T}u; i++) {{ sum += red[sl * {WG}u + gg * {T}u + i]; }}\n");
+            b.Append(PartialsTotal("sum", $"sl * {WG}u + gg * {T}u", T, L > 0 ? L : s.TreeSum ? T : 1, "    "));
             b.Append($"    let slot = sl + {p0}u;\n    let row = (wgi * {G}u + gg) * {R}u + slot / {M}u;\n    if (row < N) {{\n");
             foreach (int m in ms) b.Append($"      if (slot % {M}u == {m}u) {{ {f.Store(m, "row", "sum")} }}\n");
             b.Append("    }\n  }\n");
@@ -261,6 +272,26 @@ internal static class BlockedMatVec
         for (int m = 0; m < M; m++)
             for (int j = 0; j < J; j++) b.Append($"      let xq{m}_{j} = xsh[{m * cj}u + xo + ({j}u ^ sw)];\n");
         return b.ToString();
+    }
+
+    /// <summary>Adds each of <paramref name="vars"/> across aligned groups of <paramref name="lanes"/> consecutive lanes (a
+    /// power of two, at most the device's smallest subgroup) with <c>subgroupShuffleXor</c>: every lane of a group ends
+    /// with the group's sum. Code in uniform control flow (every invocation of the workgroup reaches it).</summary>
+    internal static string ShuffleSums(int lanes, IEnumerable<string> vars)
+    {
+        var b = new StringBuilder();
+        foreach (var v in vars)
+            for (int mask = lanes / 2; mask >= 1; mask /= 2) b.Append($"  {v} += subgroupShuffleXor({v}, {mask}u);\n");
+        return b.ToString();
+    }
+
+    /// <summary>A <c>let</c> <paramref name="name"/> = a row's total from its T entries of <c>red</c> starting at
+    /// <paramref name="at"/>, where every <paramref name="stride"/>-th entry holds the sum of that many (1: all T added
+    /// here; T: the first alone, after the tree or shuffles over all T lanes).</summary>
+    internal static string PartialsTotal(string name, string at, int threads, int stride, string indent)
+    {
+        if (stride >= threads) return $"{indent}let {name} = red[{at}];\n";
+        return $"{indent}var {name} = 0.0;\n{indent}for (var i = 0u; i < {threads}u; i += {stride}u) {{ {name} += red[{at} + i]; }}\n";
     }
 
     /// <summary>Adds each row's <paramref name="threads"/> partial sums (a power of two; thread t of a row holds

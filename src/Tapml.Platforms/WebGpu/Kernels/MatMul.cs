@@ -256,7 +256,7 @@ public static class MatMul
     {
         long units = k / 8;
         bool xvec = x.Storage == GpuStorage.F32;
-        var shape = rows > MatVecMaxRows ? g.Skinny.Shape(n, units, (int)rows, g.Device.Limits.MaxInvocationsPerWorkgroup, packed: true) : g.MatVec.F16(n, units, g.Device.Limits.MaxInvocationsPerWorkgroup);
+        var shape = rows > MatVecMaxRows ? g.Skinny.Shape(n, units, (int)rows, g.Device.Limits.MaxInvocationsPerWorkgroup, packed: true) : g.MatVec.F16(n, units, g.Device.Limits.MaxInvocationsPerWorkgroup, g.SubgroupLanes);
         bool native = g.MatVec.F16Native ?? true;
         if (!native && (source is null || HasNonFinite(source))) native = true;
         meta.Add(units);

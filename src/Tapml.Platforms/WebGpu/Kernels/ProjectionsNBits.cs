@@ -138,7 +138,7 @@ static class ProjectionsNBits
         long units = st.RowWords / words;
         bool vec = units * words * 8 == k;
         var lim = g.Device.Limits;
-        var shape = g.MatVec.Q4(columns * P, units, lim.MaxInvocationsPerWorkgroup);
+        var shape = g.MatVec.Q4(columns * P, units, lim.MaxInvocationsPerWorkgroup, g.SubgroupLanes);
         if (a8) shape = shape with { SharedX = false };
         int T = shape.Threads, WG = shape.Workgroup, R = Math.Max(1, shape.Rows / P);
         int Slots(int r) => r * P * rows + (plan.Norm && !a8 ? rows : 0);
@@ -164,7 +164,7 @@ static class ProjectionsNBits
         var (gx, gy) = Wgsl.Grid(columns, WG / T * R, lim.MaxWorkgroupsPerDimension);
         // x staged in workgroup memory (q4-xs=1): chunks of units that fit beside the partial sums.
         int chunk = !shape.SharedX ? 0 : (int)Math.Min(units, (lim.MaxWorkgroupStorageBytes - (long)Slots(R) * WG * 4) / (rows * words * 2 * 16L));
-        var layout = new MatVecShape(T, R, WG, chunk > 0, shape.Unroll, shape.Tree);
+        var layout = new MatVecShape(T, R, WG, chunk > 0, shape.Unroll, shape.Tree, shape.Subgroup);
         var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}|{a8}|{g.MatVec.Q4Hoist}", ctx.Node),
             () => Code(plan, st, x, rows, layout, chunk, words, vec, eps, x.DType, a8, consts, g.MatVec.Q4Hoist), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}{(a8 ? "_a8" : "")}_t{T}c{R}_r{rows}");
         g.LaunchGroups(pipeline, [.. list], meta, gx, gy);
@@ -296,15 +296,23 @@ static class ProjectionsNBits
             b = b0.Append(BlockedMatVec.UnitLoop(T, layout.Unroll, b.Append(rowsCode).ToString()));
         }
         // Partials: slot (r·P + q)·M + m, then Σ x² of x row m at slot R·P·M + m; thread (group gi, t) writes red[slot·WG + gi·T + t].
+        if (layout.ShuffleLanes > 0)
+        {
+            var sums = new List<string>();
+            for (int r = 0; r < R; r++) for (int q = 0; q < P; q++) for (int m = 0; m < M; m++) sums.Add($"a{r}_{q}_{m}");
+            // NOTE: staged x's Σ x² is summed over the whole workgroup below (each thread holds its own elements' part).
+            if (norm && !shared) for (int m = 0; m < M; m++) sums.Add($"s{m}");
+            b.Append(BlockedMatVec.ShuffleSums(layout.ShuffleLanes, sums));
+        }
         for (int r = 0; r < R; r++) for (int q = 0; q < P; q++) for (int m = 0; m < M; m++)
             b.Append($"  red[{((r * P + q) * M + m) * WG}u + lid.x] = a{r}_{q}_{m};\n");
         if (norm) for (int m = 0; m < M; m++) b.Append($"  red[{(normAt + m) * WG}u + lid.x] = s{m};\n");
         b.Append("  workgroupBarrier();\n");
-        bool tree = layout.TreeSum;
+        int L = layout.ShuffleLanes;
+        bool tree = layout.TreeSum && L == 0;
         if (tree) b.Append(BlockedMatVec.TreeSum(T, slots, WG));
-        // A slot's total: the tree left it in the row's first entry, else the T partials are added here.
-        string Total(string v, string slot) => tree ? $"      let {v} = red[{slot} * {WG}u + pb];\n"
-            : $"      var {v} = 0.0;\n      for (var i = 0u; i < {T}u; i++) {{ {v} += red[{slot} * {WG}u + pb + i]; }}\n";
+        // A slot's total: the tree left it in the row's first entry, shuffles in every L-th, else the T partials are added here.
+        string Total(string v, string slot) => BlockedMatVec.PartialsTotal(v, $"{slot} * {WG}u + pb", T, L > 0 ? L : tree ? T : 1, "      ");
         b.Append($"  for (var e = lid.x; e < {G * R}u; e += {WG}u) {{\n    let gi = e / {R}u; let r = e % {R}u;\n");
         b.Append($"    let c = (wgi * {G}u + gi) * {R}u + r;\n    if (c >= C) {{ continue; }}\n    let pb = gi * {T}u;\n");
         b.Append("    var o = 0u; var j = c;\n");

@@ -94,6 +94,7 @@ public sealed class Wgsl
     public string Build(string body, bool elementwise = true)
     {
         var sb = new StringBuilder();
+        if (body.Contains("subgroupShuffleXor", StringComparison.Ordinal)) sb.Append("enable subgroups;\n");
         sb.Append(_decl);
         sb.Append($"@group(0) @binding({_binding}) var<storage, read> md: array<u32>;\n");
         // NOTE: a user function, not bitcast<f32>(…) directly: constant ±inf/NaN literals do not compile in WGSL.
