@@ -42,6 +42,7 @@ public class MatVecVariantTests
     [InlineData("webgpu?q4-reduce=subgroup&q4-threads=8&q4-rows=3&q4-wg=64")]      // shuffles over the subgroup, then 2 partials a row
     [InlineData("vulkan?q4-reduce=subgroup&q4-threads=2&q4-rows=2&q4-wg=32")]      // fewer threads a row than a subgroup
     [InlineData("webgpu?q4-reduce=subgroup&q4-threads=16&q4-xs=1&q4-loads=first")]
+    [InlineData("vulkan?q4-reduce=tree&q4-threads=8&q4-rows=2")]                     // the tree where the rule would shuffle
     public void Q4_decode_layouts_match_cpu(string spec)
     {
         WebGpuTests.SkipIfNoDawn(spec);

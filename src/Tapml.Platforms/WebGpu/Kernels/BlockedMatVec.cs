@@ -38,7 +38,7 @@ public sealed record MatVecTuning
     public int Q4Unroll { get; init; }
     public bool? Q4Tree { get; init; }
     /// <summary>A row's partial sums added by subgroup shuffles first (<c>q4-reduce=subgroup</c>: the device must offer
-    /// them; <c>tree</c>/<c>serial</c>: not; null: <see cref="SubgroupRule"/> where the device offers them).</summary>
+    /// them; <c>tree</c>/<c>serial</c>: not; null: <see cref="Q4SubgroupRule"/> where the device offers them).</summary>
     public bool? Q4Subgroup { get; init; }
     /// <summary>u32 words of packed nibbles a thread loads as one unit (1, 2 or 4; 0: the rule, <see cref="Q4UnitWords"/>).
     /// Smaller units put a row's threads closer together in x (4 words: 128 bytes apart).</summary>
@@ -55,8 +55,12 @@ public sealed record MatVecTuning
     public bool? F16Subgroup { get; init; }
     /// <summary>A knob asks for subgroup shuffles.</summary>
     public bool WantsSubgroups => Q4Subgroup == true || F16Subgroup == true;
-    /// <summary>Whether the rule reduces with subgroup shuffles where the device offers them (no knob given).</summary>
-    public const bool SubgroupRule = false;
+    /// <summary>Whether the 4-bit kernels' rule reduces with subgroup shuffles where the device offers them (no knob
+    /// given): yes (H100, 8B shape, docs/benchmarks.md: decode 1499–1519 against 1440–1444 tokens/s, gate/up 54.4 against
+    /// 60.2 µs profiled).</summary>
+    public const bool Q4SubgroupRule = true;
+    /// <summary>The same for packed f16 weights: no (not measured on a GPU).</summary>
+    public const bool F16SubgroupRule = false;
     /// <summary>Widen halves with <c>unpack2x16float</c> (true, the default: 1.1–2.4× the bit moves' speed on an H100)
     /// or with bit moves (false; a weight holding an infinity or NaN still takes unpack2x16float).</summary>
     public bool? F16Native { get; init; }
@@ -107,7 +111,7 @@ public sealed record MatVecTuning
     {
         int t = Q4Threads > 0 ? Q4Threads : Math.Min(n >= 65536 ? 32 : 64, Math.Max(4, FloorPow2(units)));
         int r = Q4Rows > 0 ? Q4Rows : (int)Math.Clamp(FloorPow2(n * t / 65536), 1, 8);
-        return Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup) with { Unroll = Q4Unroll > 0 ? Q4Unroll : 1, Tree = Q4Tree ?? true, Subgroup = Q4Subgroup ?? SubgroupRule ? subgroup : 0 };
+        return Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup) with { Unroll = Q4Unroll > 0 ? Q4Unroll : 1, Tree = Q4Tree ?? true, Subgroup = Q4Subgroup ?? Q4SubgroupRule ? subgroup : 0 };
     }
 
     /// <summary>Packed words a 4-bit unit loads for N rows of <paramref name="rowWords"/> u32 words: <see cref="Q4Words"/>
@@ -129,7 +133,7 @@ public sealed record MatVecTuning
     {
         int t = F16Threads > 0 ? F16Threads : Math.Min(64, Math.Max(4, FloorPow2(units)));
         int r = F16Rows > 0 ? F16Rows : n * t >= 2 * 65536 ? 2 : 1;
-        return Fit(t, r, F16Workgroup > 0 ? F16Workgroup : 256, F16SharedX ?? false, maxWorkgroup) with { Unroll = F16Unroll > 0 ? F16Unroll : 1, Tree = F16Tree ?? false, Subgroup = F16Subgroup ?? SubgroupRule ? subgroup : 0 };
+        return Fit(t, r, F16Workgroup > 0 ? F16Workgroup : 256, F16SharedX ?? false, maxWorkgroup) with { Unroll = F16Unroll > 0 ? F16Unroll : 1, Tree = F16Tree ?? false, Subgroup = F16Subgroup ?? F16SubgroupRule ? subgroup : 0 };
     }
 
     static int FloorPow2(long v) => v <= 1 ? 1 : (int)Math.Min(1 << 30, 1L << (63 - System.Numerics.BitOperations.LeadingZeroCount((ulong)v)));
