@@ -154,12 +154,15 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
             throw new UnsupportedException($"vulkan: the Vulkan loader libvulkan.so.1 is not installed (apt-get install libvulkan1): {e.Message}");
         }
         if (Glslc.Unavailable() is { } noGlslc) throw new UnsupportedException(noGlslc);
-        IcdFiles = IcdList(icd);
-        // NOTE: the loader reads VK_DRIVER_FILES when an instance is made; Dawn sets it too, so it is restored after.
+        // NOTE: the loader reads VK_DRIVER_FILES when an instance is made; Dawn sets it too, so it is restored after. The
+        // variable is the process's: devices made on several threads at once take turns (else one reads another's value).
+        Monitor.Enter(DriverFilesLock);
+        IcdFiles = "";
         string? before = Environment.GetEnvironmentVariable("VK_DRIVER_FILES");
-        if (IcdFiles.Length > 0) SetEnv("VK_DRIVER_FILES", IcdFiles, 1);
         try
         {
+            IcdFiles = IcdList(icd);
+            if (IcdFiles.Length > 0) SetEnv("VK_DRIVER_FILES", IcdFiles, 1);
             var app = new ApplicationInfo { SType = StructureType.ApplicationInfo, ApiVersion = Vk.Version11 };
             var ici = new InstanceCreateInfo { SType = StructureType.InstanceCreateInfo, PApplicationInfo = &app };
             Instance inst;
@@ -170,6 +173,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         finally
         {
             if (before is null) UnsetEnv("VK_DRIVER_FILES"); else SetEnv("VK_DRIVER_FILES", before, 1);
+            Monitor.Exit(DriverFilesLock);
         }
 
         uint n = 0;
@@ -209,25 +213,22 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         Check(_vk.EnumerateDeviceExtensionProperties(_pd, (byte*)null, &ne, null), "vkEnumerateDeviceExtensionProperties");
         var exts = new ExtensionProperties[ne];
         fixed (ExtensionProperties* e = exts) Check(_vk.EnumerateDeviceExtensionProperties(_pd, (byte*)null, &ne, e), "vkEnumerateDeviceExtensionProperties");
-        bool hasPushDescriptors = exts.Any(e => SilkMarshal.PtrToString((nint)e.ExtensionName) == PushDescriptorExtension);
+        bool Has(string extension) => exts.Any(e => SilkMarshal.PtrToString((nint)e.ExtensionName) == extension);
+        // An extension's feature bit, read through vkGetPhysicalDeviceFeatures2 with its structure chained.
+        bool Feature<T>(string extension, T query, Func<T, bool> read) where T : unmanaged
+        {
+            if (!Has(extension)) return false;
+            var f2 = new PhysicalDeviceFeatures2 { SType = StructureType.PhysicalDeviceFeatures2, PNext = &query };
+            _vk.GetPhysicalDeviceFeatures2(_pd, &f2);
+            return read(query);
+        }
+        bool hasPushDescriptors = Has(PushDescriptorExtension);
         bool pushDescriptors = hasPushDescriptors && _opt.PushDescriptors;
-        bool hasIntegerDot = exts.Any(e => SilkMarshal.PtrToString((nint)e.ExtensionName) == IntegerDotExtension);
-        if (hasIntegerDot)
-        {
-            var q = new PhysicalDeviceShaderIntegerDotProductFeatures { SType = StructureType.PhysicalDeviceShaderIntegerDotProductFeatures };
-            var f2 = new PhysicalDeviceFeatures2 { SType = StructureType.PhysicalDeviceFeatures2, PNext = &q };
-            _vk.GetPhysicalDeviceFeatures2(_pd, &f2);
-            hasIntegerDot = q.ShaderIntegerDotProduct;
-        }
+        bool hasIntegerDot = Feature(IntegerDotExtension, new PhysicalDeviceShaderIntegerDotProductFeatures { SType = StructureType.PhysicalDeviceShaderIntegerDotProductFeatures },
+            q => q.ShaderIntegerDotProduct);
         IntegerDot = hasIntegerDot && _opt.IntegerDot;
-        bool hasStats = exts.Any(e => SilkMarshal.PtrToString((nint)e.ExtensionName) == ExecutableExtension);
-        if (hasStats)
-        {
-            var q = new PhysicalDevicePipelineExecutablePropertiesFeaturesKHR { SType = StructureType.PhysicalDevicePipelineExecutablePropertiesFeaturesKhr };
-            var f2 = new PhysicalDeviceFeatures2 { SType = StructureType.PhysicalDeviceFeatures2, PNext = &q };
-            _vk.GetPhysicalDeviceFeatures2(_pd, &f2);
-            hasStats = q.PipelineExecutableInfo;
-        }
+        bool hasStats = Feature(ExecutableExtension, new PhysicalDevicePipelineExecutablePropertiesFeaturesKHR { SType = StructureType.PhysicalDevicePipelineExecutablePropertiesFeaturesKhr },
+            q => q.PipelineExecutableInfo);
         if (_opt.ShaderStats && !hasStats) throw new UnsupportedException($"vulkan: shader-stats=on needs {ExecutableExtension} with pipelineExecutableInfo, which this device does not offer");
         bool stats = hasStats && _opt.ShaderStats;
 
@@ -337,6 +338,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     }
 
     const string PushDescriptorExtension = "VK_KHR_push_descriptor";
+    static readonly object DriverFilesLock = new();
     const string IntegerDotExtension = "VK_KHR_shader_integer_dot_product";
     const string ExecutableExtension = "VK_KHR_pipeline_executable_properties";
 
