@@ -1,5 +1,6 @@
 using System.Runtime.Intrinsics;
 using Tapml.Core;
+using Tapml.Ir;
 
 namespace Tapml.Platforms.Cpu.Ops;
 
@@ -31,7 +32,7 @@ public sealed class MatMulNBitsOps : ICpuOpFamily
         int K = q.K, N = q.N;
         int M = checked((int)(a.Length / K));
         long[] shape = [.. a.Shape[..^1], N];
-        if (NBitsWeight.Int8Compute(ctx, a.DType, q, zeros))
+        if (NBitsWeight.Int8Compute(ctx.Node, a.DType, q, zeros))
         {
             if (!Centered.TryGetValue(b, out var c) || !ReferenceEquals(c.Zeros, zeros))
             {
@@ -199,8 +200,11 @@ internal sealed class NBitsWeight
 
     /// <summary>Whether a node computes with int8 A (<see cref="MatMulNBitsOps"/>): <c>accuracy_level=4</c>, f32 A,
     /// 4-bit weights and zero points absent or packed uint8 (whole numbers), as ONNX Runtime's CompInt8 kernels take.</summary>
-    public static bool Int8Compute(NodeContext ctx, DType a, NBitsWeight w, Tensor? zeros) =>
-        ctx.Int("accuracy_level", 0) == 4 && a == DType.Float32 && w.Bits == 4 && (zeros is null || zeros.DType == DType.UInt8);
+    /// <summary>A MatMulNBits node's <c>accuracy_level</c> (0 when absent).</summary>
+    public static long AccuracyLevel(Node node) => node.Attributes.TryGetValue("accuracy_level", out var a) ? a.I : 0;
+
+    public static bool Int8Compute(Node node, DType a, NBitsWeight w, Tensor? zeros) =>
+        AccuracyLevel(node) == 4 && a == DType.Float32 && w.Bits == 4 && (zeros is null || zeros.DType == DType.UInt8);
 
     /// <summary>The weight as int8 [N, k_blocks·block] (row n's K contiguous): q − zero point (−15…15), zero past K.</summary>
     public sbyte[] Centered()

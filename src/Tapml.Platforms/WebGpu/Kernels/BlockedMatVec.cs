@@ -106,7 +106,8 @@ public sealed record MatVecTuning
     /// <summary>The 4-bit kernel's layout for N rows of <paramref name="units"/> loads each. Rule (<c>bench q4-sweep</c> on
     /// H100s, docs/benchmarks.md): 64 threads a row (32 for N ≥ 65536, an lm_head; never more than the row has units),
     /// as many rows a thread (up to 8) as keep N·threads/rows at 65536 threads or more, 128 threads a workgroup, x from
-    /// the storage buffer.</summary>
+    /// the storage buffer, partial sums added by shuffles over <paramref name="subgroup"/> lanes (the device's smallest
+    /// subgroup; 0: none) before workgroup memory.</summary>
     public MatVecShape Q4(long n, long units, int maxWorkgroup, int subgroup = 0)
     {
         int t = Q4Threads > 0 ? Q4Threads : Math.Min(n >= 65536 ? 32 : 64, Math.Max(4, FloorPow2(units)));

@@ -77,7 +77,7 @@ static class MatMulNBits
         bool byteZeros = w.Zeros is { } zs && Array.TrueForAll(zs, v => v >= 0 && v <= 255 && v == MathF.Floor(v));
         p = new Prepared
         {
-            Owner = g, Sources = sources, W = w, ByteZeros = byteZeros, Int8 = NBitsWeight.Int8Compute(ctx, DType.Float32, w, sources[3]),
+            Owner = g, Sources = sources, W = w, ByteZeros = byteZeros, Int8 = NBitsWeight.Int8Compute(ctx.Node, DType.Float32, w, sources[3]),
             Words = g.Concatenated([b], () => new Tensor(DType.UInt32, [b.Length / 4], MemoryMarshal.Cast<byte, uint>(b.As<byte>()).ToArray())),
             // NOTE: f16 scales stay f16 (packed two per u32, widened exactly in the kernel): fewer bytes a decode step reads.
             Scales = s.DType == DType.Float16 ? g.Concatenated([s], () => new Tensor(DType.Float16, [w.Scales.Length], Array.ConvertAll(w.Scales, v => (Half)v))) : F32(s, w.Scales),
@@ -107,7 +107,7 @@ static class MatMulNBits
         Cache.AddOrUpdate(product, new Prepared
         {
             Owner = g, Sources = [null, b, s, z, null, null], W = w, ByteZeros = byteZeros, Keep = keep,
-            Int8 = NBitsWeight.Int8Compute(new NodeContext(product, 1), DType.Float32, w, z),
+            Int8 = NBitsWeight.Int8Compute(product, DType.Float32, w, z),
             Words = View(words, n * w.KBlocks * w.BlobSize / 4, wordsAt),
             Scales = View(scales, n * w.KBlocks, scalesAt),
             Zeros = zeros is null ? null : View(zeros, byteZeros ? (n * w.KBlocks + 3) / 4 : n * w.KBlocks, zerosAt),

@@ -71,7 +71,7 @@ static class ProjectionsNBits
         var w0 = ws[0];
         if (ws.Any(w => w.Bits != 4 || w.K != w0.K || w.BlockSize != w0.BlockSize || (w.Zeros is null) != (w0.Zeros is null))) return null;
         if (parts.Any(p => p.S.DType != parts[0].S.DType)) return null;
-        var int8 = parts.Select((p, i) => NBitsWeight.Int8Compute(new NodeContext(p.Product, opset), DType.Float32, ws[i], p.Z)).ToArray();
+        var int8 = parts.Select((p, i) => NBitsWeight.Int8Compute(p.Product, DType.Float32, ws[i], p.Z)).ToArray();
         if (int8.Distinct().Count() > 1) return null;
         bool byteZeros = ws.All(w => w.Zeros is { } zs && Array.TrueForAll(zs, v => v >= 0 && v <= 255 && v == MathF.Floor(v)));
         var kind = w0.Zeros is null ? MatMulNBits.ZeroKind.None : byteZeros ? MatMulNBits.ZeroKind.Bytes : MatMulNBits.ZeroKind.Floats;
