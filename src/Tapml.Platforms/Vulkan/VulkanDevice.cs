@@ -337,8 +337,9 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         _upload = CreateBuffer(UploadBytes, _hostType, BufferUsageFlags.TransferSrcBit, map: true);
     }
 
-    const string PushDescriptorExtension = "VK_KHR_push_descriptor";
+    /// <summary>Held while an instance is made with this device's VK_DRIVER_FILES (a process-wide variable).</summary>
     static readonly object DriverFilesLock = new();
+    const string PushDescriptorExtension = "VK_KHR_push_descriptor";
     const string IntegerDotExtension = "VK_KHR_shader_integer_dot_product";
     const string ExecutableExtension = "VK_KHR_pipeline_executable_properties";
 

@@ -198,11 +198,11 @@ internal sealed class NBitsWeight
         return w;
     }
 
-    /// <summary>Whether a node computes with int8 A (<see cref="MatMulNBitsOps"/>): <c>accuracy_level=4</c>, f32 A,
-    /// 4-bit weights and zero points absent or packed uint8 (whole numbers), as ONNX Runtime's CompInt8 kernels take.</summary>
     /// <summary>A MatMulNBits node's <c>accuracy_level</c> (0 when absent).</summary>
     public static long AccuracyLevel(Node node) => node.Attributes.TryGetValue("accuracy_level", out var a) ? a.I : 0;
 
+    /// <summary>Whether a node computes with int8 A (<see cref="MatMulNBitsOps"/>): <c>accuracy_level=4</c>, f32 A,
+    /// 4-bit weights and zero points absent or packed uint8 (whole numbers), as ONNX Runtime's CompInt8 kernels take.</summary>
     public static bool Int8Compute(Node node, DType a, NBitsWeight w, Tensor? zeros) =>
         AccuracyLevel(node) == 4 && a == DType.Float32 && w.Bits == 4 && (zeros is null || zeros.DType == DType.UInt8);
 
