@@ -135,13 +135,18 @@ static class BenchMatVecVariants
             v.Add(new($"t{t} r{r} wg{wg}{(xs ? " xs" : "")}{(unroll > 1 ? $" u{unroll}" : "")}",
                 new MatVecTuning { Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4SharedX = xs, Q4Unroll = unroll }));
         if (tiny) { Add(8, 1, 128); Add(32, 4, 128, unroll: 2); Add(4, 8, 32, unroll: 3); Add(16, 2, 128, xs: true); return v; }
-        foreach (int u in new[] { 2, 4 }) v.Add(new($"rule u{u}", new MatVecTuning { Q4Unroll = u }));
-        foreach (var (t, r) in new[] { (16, 4), (16, 8), (32, 2), (32, 4), (32, 8), (64, 2), (64, 4), (64, 8) })
-            foreach (int u in new[] { 1, 2, 4 })
-                Add(t, r, 128, unroll: u);
-        foreach (var (t, r, wg) in new[] { (64, 4, 256), (128, 4, 256), (64, 4, 64), (32, 8, 64) })
-            foreach (int u in new[] { 1, 2 })
-                Add(t, r, wg, unroll: u);
+        void Words(string name, int words, int t = 0, int r = 0, int wg = 0, int unroll = 0) =>
+            v.Add(new($"{name} unit{words}", new MatVecTuning { Q4Words = words, Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4Unroll = unroll }));
+        foreach (int words in new[] { 1, 2, 4 }) Words("rule", words);
+        Words("rule u4", 1, unroll: 4);
+        Words("t32 u4", 1, t: 32, r: 4, wg: 128, unroll: 4);
+        Words("t64 r8", 2, t: 64, r: 8, wg: 128);
+        Words("t64 r8", 4, t: 64, r: 8, wg: 128);
+        Words("t128 r4", 2, t: 128, r: 4, wg: 128);
+        Words("t128 r8", 2, t: 128, r: 8, wg: 128);
+        Words("t256 r4", 2, t: 256, r: 4, wg: 256);
+        Words("t32 r8", 2, t: 32, r: 8, wg: 128);
+        Words("t16 r8", 1, t: 16, r: 8, wg: 128, unroll: 4);
         return v;
     }
 
@@ -159,10 +164,17 @@ static class BenchMatVecVariants
         return v;
     }
 
-    static string Spec(MatVecTuning t) => t.Q4Threads > 0
-        ? $"q4-threads={t.Q4Threads}&q4-rows={t.Q4Rows}&q4-wg={t.Q4Workgroup}&q4-xs={(t.Q4SharedX == true ? 1 : 0)}&q4-unroll={Math.Max(1, t.Q4Unroll)}"
-        : t.F16Threads > 0 ? $"f16-threads={t.F16Threads}&f16-rows={t.F16Rows}&f16-wg={t.F16Workgroup}&f16-xs={(t.F16SharedX == true ? 1 : 0)}&f16-unpack={(t.F16Native == true ? "native" : "bits")}&f16-unroll={Math.Max(1, t.F16Unroll)}"
-        : t.Q4Unroll > 1 ? $"q4-unroll={t.Q4Unroll}" : t.F16Unroll > 1 ? $"f16-unroll={t.F16Unroll}" : "(the rule: no options)";
+    static string Spec(MatVecTuning t)
+    {
+        var o = new List<string>();
+        void Int(string key, int v) { if (v > 0) o.Add($"{key}={v}"); }
+        Int("q4-threads", t.Q4Threads); Int("q4-rows", t.Q4Rows); Int("q4-wg", t.Q4Workgroup); Int("q4-unroll", t.Q4Unroll); Int("q4-unit", t.Q4Words);
+        if (t.Q4SharedX is { } qx) o.Add($"q4-xs={(qx ? 1 : 0)}");
+        Int("f16-threads", t.F16Threads); Int("f16-rows", t.F16Rows); Int("f16-wg", t.F16Workgroup); Int("f16-unroll", t.F16Unroll);
+        if (t.F16SharedX is { } fx) o.Add($"f16-xs={(fx ? 1 : 0)}");
+        if (t.F16Native is { } nat) o.Add($"f16-unpack={(nat ? "native" : "bits")}");
+        return o.Count == 0 ? "(the rule: no options)" : string.Join("&", o);
+    }
 
     static string Rate(double bytes, double ms) { double r = bytes / (ms / 1e3) / 1e9; return r >= 100 ? $"{r:F0} GB/s" : $"{r:F2} GB/s"; }
 

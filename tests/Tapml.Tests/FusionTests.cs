@@ -224,7 +224,9 @@ public class FusionTests
     /// masks, Mul/Div/no scale, and a sliding-window mask that hides every key of the first chunk (so one of a
     /// workgroup's key groups sees only masked keys); one, two and four key groups a workgroup; long key ranges split
     /// over workgroups (a window hiding whole chunks of them); prompt-shaped rows (32 or more) by tiles of query rows
-    /// (head dims up to 64 and up to 128, a tile partly past the last row). One dispatch, two when split.</summary>
+    /// (head dims up to 64 and up to 128, a tile partly past the last row). Decode rows run with a key's dims across
+    /// subgroup lanes where the device has subgroups (SwiftShader here: groups of 4 lanes), and with a thread a key
+    /// (<c>attn-decode=threads</c>). One dispatch, two when split.</summary>
     [Theory]
     [InlineData("webgpu", 1, 12, 4, 1, 37, 64, 64, "where", "Mul", 0)]
     [InlineData("webgpu:gles", 1, 12, 4, 1, 37, 64, 64, "where", "Mul", 0)]
@@ -243,6 +245,12 @@ public class FusionTests
     [InlineData("webgpu", 1, 2, 2, 48, 48, 16, 16, "none", "none", 0)]
     [InlineData("webgpu", 1, 4, 2, 1, 37, 18, 20, "where", "Mul", 0)]      // a head dim and a key count past a multiple of 4
     [InlineData("vulkan", 2, 4, 2, 3, 37, 18, 20, "add", "Div", 0)]
+    [InlineData("webgpu?attn-decode=threads", 1, 12, 4, 1, 100, 64, 64, "where", "Mul", 0)]
+    [InlineData("webgpu?attn-decode=threads", 1, 8, 2, 2, 700, 32, 40, "where", "Mul", 100)]
+    [InlineData("webgpu?attn-decode=threads", 1, 4, 2, 1, 37, 18, 20, "where", "Mul", 0)]
+    [InlineData("vulkan?attn-decode=threads", 2, 4, 2, 3, 37, 18, 20, "add", "Div", 0)]
+    [InlineData("webgpu", 1, 4, 2, 1, 3, 8, 8, "where", "Mul", 2)]          // fewer keys than a workgroup's lane groups take, two of them masked
+    [InlineData("vulkan", 1, 8, 2, 1, 300, 40, 24, "where", "Mul", 70)]     // split, a window hiding whole chunks
     public void Attention_kernel_matches_the_reference(string platform, int b, int h, int hk, int s, int t, int d, int dv, string mask, string scaleOp, int window)
     {
         WebGpuTests.SkipIfNoDawn(platform);

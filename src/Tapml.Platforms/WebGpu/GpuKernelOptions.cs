@@ -18,8 +18,11 @@ public sealed class GpuKernelOptions
     public int AttentionTargetGroups { get; private set; } = 256;
     public int AttentionTiledFrom { get; private set; } = 32;
     public int AttentionTileLayout { get; private set; } = 2;
+    /// <summary>Decode-row attention with a key's dims across subgroup lanes (<c>attn-decode=lanes</c>; null: the rule,
+    /// lanes where the device has subgroup shuffles) or a thread a key (<c>threads</c>).</summary>
+    public bool? AttentionLanes { get; private set; }
 
-    public static readonly string Help = "kv=inplace|copy, attn-groups=N (at least 1), attn-tiled=ROWS (0: never), attn-tile=v2|v1, f16-proj=fused|split, " +
+    public static readonly string Help = "kv=inplace|copy, attn-groups=N (at least 1), attn-tiled=ROWS (0: never), attn-tile=v2|v1, attn-decode=lanes|threads, f16-proj=fused|split, " +
         $"matmul-tile=BMxBNxBK/TMxTN or legacy, matmul-ladder=v2|v1, matmul-groups=N (1 to 65536), {MatVecTuning.Help}, {SkinnyTuning.Help}";
 
     /// <summary>The options of <paramref name="options"/> (what is left of the spec after the device's own); an
@@ -42,6 +45,7 @@ public sealed class GpuKernelOptions
         if (k == "attn-groups" && int.TryParse(v, out int groups) && groups >= 1) { AttentionTargetGroups = groups; return true; }
         if (k == "attn-tiled" && int.TryParse(v, out int from) && from >= 0) { AttentionTiledFrom = from; return true; }
         if (k == "f16-proj" && v is "fused" or "split") { HalfProjectionsFused = v == "fused"; return true; }
+        if (k == "attn-decode" && v is "lanes" or "threads") { AttentionLanes = v == "lanes"; return true; }
         if (k == "attn-tile" && v is "v1" or "v2") { AttentionTileLayout = v == "v1" ? 1 : 2; return true; }
         if (k == "matmul-ladder" && MatMulTiled.TileLadder.Parse(v) is { } ladder) { MatMulLadder = ladder; return true; }
         if (k == "matmul-groups" && int.TryParse(v, out minGroups) && minGroups is >= 1 and <= 65536) return true;

@@ -113,9 +113,9 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     /// error (not a silent fallback).</summary>
     void CheckSubgroups(string spec)
     {
-        if (!MatVec.WantsSubgroups || Device.Info.Subgroups) return;
+        if (!MatVec.WantsSubgroups && Options.AttentionLanes != true || Device.Info.Subgroups) return;
         Device.Dispose();
-        throw new UnsupportedException($"platform '{spec}': q4-reduce=subgroup / f16-reduce=subgroup need subgroup shuffles, which this device does not offer (tapml platforms lists them)");
+        throw new UnsupportedException($"platform '{spec}': q4-reduce=subgroup / f16-reduce=subgroup / attn-decode=lanes need subgroup shuffles, which this device does not offer (tapml platforms lists them)");
     }
 
     /// <summary>The platform over another device with the same kernels: a browser's WebGPU, or a device that renders
@@ -208,6 +208,9 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     /// <summary>The tiled prompt attention's layout (option <c>attn-tile=v2</c>, the default: <see cref="Kernels.AttentionTiles"/>,
     /// 64 keys a tile, vec4 workgroup reads; <c>v1</c>: the first layout, 16 keys a tile, one score a thread).</summary>
     public int AttentionTileLayout => Options.AttentionTileLayout;
+    /// <summary>Lanes a key's dims spread over in decode-row attention (the device's smallest subgroup, at most 32), or
+    /// 0 for a thread a key: <c>attn-decode</c>, else lanes where the device has subgroups of 4 or more.</summary>
+    public int AttentionLanes => Options.AttentionLanes != false && SubgroupLanes >= 4 ? Math.Min(SubgroupLanes, 32) : 0;
 
     /// <summary>Threads per workgroup the element kernels use (256, or less on a small adapter).</summary>
     public int Workgroup { get; }

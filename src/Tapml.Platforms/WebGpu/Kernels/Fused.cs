@@ -314,20 +314,148 @@ public static class Fused
         bool split = chunks > 1;
         var parts = split ? g.Empty(DType.Float32, [rows * chunks * (dv + 2)]) : null;
         var (gx, gy) = Wgsl.Grid(rows * chunks, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
-        const int W = AttnThreads, Acc = AttnMaxHeadDim / AttnThreads;
-        string Apply() => MaskApply(maskKind);
-        bool rot = rcos is not null;
-        // q's load: rotated as it is read (x·cos + rotate_half(x)·sin, q's last axis contiguous) with rotary_q.
-        string LoadQ() => rot
-            ? $$"""
-  for (var e = lid.x; e < D; e += {{W * groups}}u) {
+        if (g.AttentionLanes is int lanes and > 0)
+            LaneRows(g, q, k, v, mask, rcos, rsin, meta, maskKind, split ? parts! : y, split, lanes, (int)Math.Max(d, dv), gx, gy);
+        else
+            ThreadRows(g, q, k, v, mask, rcos, rsin, meta, maskKind, split ? parts! : y, split, groups, gx, gy);
+        if (!split) return y;
+        // Combine: per row, weights exp(max_c − M) (1 while every score is -inf, as the one-pass kernel: 0/0 = NaN).
+        var cm = new Meta();
+        cm.Add(rows); cm.Add(chunks); cm.Add(dv);
+        var (cx, cy) = Wgsl.Grid(rows, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
+        const int W = AttnThreads;
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention_combine", ""), () => new Wgsl(W).In("pt", parts!).Out("y", DType.Float32).Build($$"""
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= md[0]) { return; }
+  let C = md[1]; let Dv = md[2]; let pb = row * C * (Dv + 2u);
+  let ninf = bits_(0xff800000u);
+  var mx = ninf;
+  for (var c = 0u; c < C; c++) { mx = max(mx, pt(pb + c * (Dv + 2u))); }
+  var total = 0.0;
+  for (var c = 0u; c < C; c++) { let o = pb + c * (Dv + 2u); total += pt(o + 1u) * select(exp(pt(o) - mx), 1.0, mx == ninf); }
+  for (var e = lid.x; e < Dv; e += {{W}}u) {
+    var acc = 0.0;
+    for (var c = 0u; c < C; c++) { let o = pb + c * (Dv + 2u); acc += pt(o + 2u + e) * select(exp(pt(o) - mx), 1.0, mx == ninf); }
+    y_st(row * Dv + e, acc / total);
+  }
+""", elementwise: false), "AttentionCombine", [parts!, y], cm, cx, cy);
+        g.Free(parts!);
+        return y;
+    }
+
+    /// <summary>The start of a decode-row attention kernel: the workgroup's (row, chunk of keys jb..je), the row's
+    /// shape and scale from the metadata, its operands' offsets (q, K, V, mask) and <c>ninf</c>.</summary>
+    const string RowHead = """
+  let wi = wid.x + wid.y * nwg.x;
+  if (wi >= md[0] * md[24]) { return; }
+  let row = wi / md[24]; let jb = (wi % md[24]) * md[23]; let je = min(md[3], jb + md[23]);
+  let H = md[1]; let S = md[2]; let D = md[4]; let Dv = md[5];
+  let scale = bitcast<f32>(md[8]); let fill = bitcast<f32>(md[9]);
+  let i = row % S; let hh = (row / S) % H; let bb = row / (S * H);
+  let kvh = hh / md[6];
+  let qb = bb * md[14] + hh * md[15] + i * md[16];
+  let kb = bb * md[17] + kvh * md[18]; let ks = md[19];
+  let vb = bb * md[20] + kvh * md[21]; let vs = md[22];
+  let mo = bb * md[10] + hh * md[11] + i * md[12];
+  let ninf = bits_(0xff800000u);
+
+""";
+
+    /// <summary>q's row into workgroup memory <c>qs</c> by <paramref name="threads"/> threads: rotated as it is read
+    /// (x·cos + rotate_half(x)·sin, q's last axis contiguous) with rotary_q.</summary>
+    static string LoadQuery(bool rot, int threads) => rot
+        ? $$"""
+  for (var e = lid.x; e < D; e += {{threads}}u) {
     let hf = md[25];
     let co = bb * md[26] + hh * md[27] + i * md[28] + e * md[29];
     let so = bb * md[30] + hh * md[31] + i * md[32] + e * md[33];
     qs[e] = {{RotatedValue("q", "qb + e", "e", "hf", "rc(co)", "rs(so)")}};
   }
 """
-            : $"  for (var e = lid.x; e < D; e += {W * groups}u) {{ qs[e] = q(qb + e); }}\n";
+        : $"  for (var e = lid.x; e < D; e += {threads}u) {{ qs[e] = q(qb + e); }}\n";
+
+    /// <summary>Keys a lane group takes at once in <see cref="LaneRows"/> (their loads in flight together).</summary>
+    const int LaneKeys = 4;
+
+    /// <summary>Decode-row attention with a key's dims across <paramref name="lanes"/> subgroup lanes (a power of two, at
+    /// most the device's smallest subgroup): lane e holds dims e, e + lanes, … of q, of its output and of each key and
+    /// value it reads (so a key's reads are contiguous across lanes); a workgroup of G lane groups, each taking
+    /// <see cref="LaneKeys"/> keys at a time (group gi's keys gi·4…, then every G·4-th), their scores added across the
+    /// lanes with <c>subgroupShuffleXor</c>, and keeping its own running max, sum and output (online softmax) with no
+    /// barrier in the key loop; the groups merge in workgroup memory at the end, as <see cref="ThreadRows"/>' do.</summary>
+    static void LaneRows(WebGpuPlatform g, GpuTensor q, GpuTensor k, GpuTensor v, GpuTensor? mask, GpuTensor? rcos, GpuTensor? rsin, Meta meta,
+        string maskKind, GpuTensor output, bool split, int lanes, int dims, uint gx, uint gy)
+    {
+        int P = lanes, G = Math.Max(1, Math.Min(8, 256 / P)), WG = P * G, C = (dims + P - 1) / P, U = LaneKeys;
+        bool rot = rcos is not null;
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention_lanes", $"{maskKind}|{split}|{rot}|{P}|{C}"), () =>
+        {
+            var w = new Wgsl(WG).In("q", q).In("k", k).In("v", v);
+            if (mask is not null) w.In("mk", mask);
+            if (rot) w.In("rc", rcos!).In("rs", rsin!);
+            w.Out("y", DType.Float32);
+            w.Decl($"var<workgroup> qs: array<f32, {C * P}>;\nvar<workgroup> gm: array<f32, {G}>;\nvar<workgroup> gt: array<f32, {G}>;\nvar<workgroup> ga: array<f32, {G * C * P}>;");
+            var b = new System.Text.StringBuilder(RowHead);
+            b.Append(LoadQuery(rot, WG));
+            b.Append($"  let e = lid.x % {P}u; let grp = lid.x / {P}u;\n  workgroupBarrier();\n");
+            for (int c = 0; c < C; c++) b.Append($"  let q{c} = select(0.0, qs[e + {c * P}u], e + {c * P}u < D);\n");
+            for (int c = 0; c < C; c++) b.Append($"  var a{c} = 0.0;\n");
+            b.Append($"  var m = ninf;\n  var l = 0.0;\n  let rounds = (je - jb + {G * U - 1}u) / {G * U}u;\n  for (var it = 0u; it < rounds; it++) {{\n");
+            for (int u = 0; u < U; u++)
+            {
+                b.Append($"    let j{u} = jb + (it * {G}u + grp) * {U}u + {u}u;\n    let ok{u} = j{u} < je;\n    var d{u} = 0.0;\n");
+                b.Append($"    if (ok{u}) {{\n      let kr = kb + j{u} * ks;\n");
+                for (int c = 0; c < C; c++) b.Append($"      if (e + {c * P}u < D) {{ d{u} += q{c} * k(kr + e + {c * P}u); }}\n");
+                b.Append("    }\n");
+            }
+            // NOTE: the shuffles stand outside the key's branch (uniform control flow); a key past je adds zeros.
+            b.Append(BlockedMatVec.ShuffleSums(P, Enumerable.Range(0, U).Select(u => $"d{u}")).Replace("\n  ", "\n    ").Insert(0, "  "));
+            for (int u = 0; u < U; u++)
+                b.Append($"    var s{u} = ninf;\n    if (ok{u}) {{\n      let j = j{u};\n      var sc = d{u} * scale;\n      {MaskApply(maskKind)}\n      s{u} = sc;\n    }}\n");
+            b.Append("    let mnew = max(m, max(max(s0, s1), max(s2, s3)));\n");
+            // Nothing is accumulated while every score so far is -inf; a -inf score weighs 0.
+            b.Append("    if (mnew != ninf) {\n      let corr = select(exp(m - mnew), 0.0, m == ninf);\n");
+            for (int u = 0; u < U; u++) b.Append($"      let p{u} = select(exp(s{u} - mnew), 0.0, s{u} == ninf);\n");
+            b.Append("      l = l * corr + ((p0 + p1) + (p2 + p3));\n");
+            for (int c = 0; c < C; c++)
+            {
+                b.Append($"      if (e + {c * P}u < Dv) {{\n        var o = a{c} * corr;\n");
+                for (int u = 0; u < U; u++) b.Append($"        if (ok{u}) {{ o += p{u} * v(vb + j{u} * vs + e + {c * P}u); }}\n");
+                b.Append($"        a{c} = o;\n      }}\n");
+            }
+            b.Append("      m = mnew;\n    }\n  }\n");
+            // The groups' (max, sum, output) merged to the workgroup's max M: weights exp(m_g − M) (1 while every score
+            // is -inf: 0/0 = NaN, as the cpu reference). Split: y holds, per (row, chunk), [max, total, output 0..Dv-1].
+            b.Append("  if (e == 0u) { gm[grp] = m; gt[grp] = l; }\n");
+            for (int c = 0; c < C; c++) b.Append($"  ga[grp * {C * P}u + e + {c * P}u] = a{c};\n");
+            b.Append($$"""
+  workgroupBarrier();
+  var mx = gm[0];
+  for (var g2 = 1u; g2 < {{G}}u; g2++) { mx = max(mx, gm[g2]); }
+  var total = 0.0;
+  for (var g2 = 0u; g2 < {{G}}u; g2++) { total += gt[g2] * select(exp(gm[g2] - mx), 1.0, mx == ninf); }
+  for (var o = lid.x; o < Dv; o += {{WG}}u) {
+    var acc = 0.0;
+    for (var g2 = 0u; g2 < {{G}}u; g2++) { acc += ga[g2 * {{C * P}}u + o] * select(exp(gm[g2] - mx), 1.0, mx == ninf); }
+
+""");
+            b.Append(split ? "    let pb = wi * (Dv + 2u);\n    if (o == 0u) { y_st(pb, mx); y_st(pb + 1u, total); }\n    y_st(pb + 2u + o, acc);\n  }\n"
+                           : "    y_st(row * Dv + o, acc / total);\n  }\n");
+            return w.Build(b.ToString(), elementwise: false);
+        }, split ? "AttentionChunks" : "Attention",
+            [q, k, v, .. (mask is null ? Array.Empty<GpuTensor>() : [mask]), .. (rot ? new[] { rcos!, rsin! } : []), output], meta, gx, gy);
+    }
+
+    /// <summary>Decode-row attention, a thread a key (<see cref="Attention"/>'s description): <paramref name="groups"/>
+    /// groups of 64 threads.</summary>
+    static void ThreadRows(WebGpuPlatform g, GpuTensor q, GpuTensor k, GpuTensor v, GpuTensor? mask, GpuTensor? rcos, GpuTensor? rsin, Meta meta,
+        string maskKind, GpuTensor output, bool split, int groups, uint gx, uint gy)
+    {
+        const int W = AttnThreads, Acc = AttnMaxHeadDim / AttnThreads;
+        string Apply() => MaskApply(maskKind);
+        bool rot = rcos is not null;
+        // q's load: rotated as it is read (x·cos + rotate_half(x)·sin, q's last axis contiguous) with rotary_q.
+        string LoadQ() => LoadQuery(rot, W * groups);
         g.LaunchGroups(new WebGpuPlatform.KernelKey("attention", $"{maskKind}|{split}|{rot}|{groups}"), () =>
         {
             var w = new Wgsl(W * groups).In("q", q).In("k", k).In("v", v);
@@ -369,19 +497,7 @@ public static class Fused
                     ? $"  let pb = wi * (Dv + 2u);\n  if (lid.x == 0u) {{ y_st(pb, mx); y_st(pb + 1u, total); }}\n  for (var e = lid.x; e < Dv; e += {W * groups}u) {{ y_st(pb + 2u + e, {merged}); }}"
                     : $"  for (var e = lid.x; e < Dv; e += {W * groups}u) {{ y_st(row * Dv + e, ({merged}) / total); }}";
             return w.Build($$"""
-  let wi = wid.x + wid.y * nwg.x;
-  if (wi >= md[0] * md[24]) { return; }
-  let row = wi / md[24]; let jb = (wi % md[24]) * md[23]; let je = min(md[3], jb + md[23]);
-  let H = md[1]; let S = md[2]; let D = md[4]; let Dv = md[5];
-  let scale = bitcast<f32>(md[8]); let fill = bitcast<f32>(md[9]);
-  let i = row % S; let hh = (row / S) % H; let bb = row / (S * H);
-  let kvh = hh / md[6];
-  let qb = bb * md[14] + hh * md[15] + i * md[16];
-  let kb = bb * md[17] + kvh * md[18]; let ks = md[19];
-  let vb = bb * md[20] + kvh * md[21]; let vs = md[22];
-  let mo = bb * md[10] + hh * md[11] + i * md[12];
-  let t = lid.x % {{W}}u; let grp = lid.x / {{W}}u; let slot = lid.x;
-  let ninf = bits_(0xff800000u);
+{{RowHead}}  let t = lid.x % {{W}}u; let grp = lid.x / {{W}}u; let slot = lid.x;
 {{LoadQ()}}
   workgroupBarrier();
   var m = ninf;
@@ -435,29 +551,7 @@ public static class Fused
 {{merge}}{{store}}
 """, elementwise: false);
         }, split ? "AttentionChunks" : "Attention",
-            [q, k, v, .. (mask is null ? Array.Empty<GpuTensor>() : [mask]), .. (rot ? new[] { rcos!, rsin! } : []), split ? parts! : y], meta, gx, gy);
-        if (!split) return y;
-        // Combine: per row, weights exp(max_c − M) (1 while every score is -inf, as the one-pass kernel: 0/0 = NaN).
-        var cm = new Meta();
-        cm.Add(rows); cm.Add(chunks); cm.Add(dv);
-        var (cx, cy) = Wgsl.Grid(rows, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention_combine", ""), () => new Wgsl(W).In("pt", parts!).Out("y", DType.Float32).Build($$"""
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= md[0]) { return; }
-  let C = md[1]; let Dv = md[2]; let pb = row * C * (Dv + 2u);
-  let ninf = bits_(0xff800000u);
-  var mx = ninf;
-  for (var c = 0u; c < C; c++) { mx = max(mx, pt(pb + c * (Dv + 2u))); }
-  var total = 0.0;
-  for (var c = 0u; c < C; c++) { let o = pb + c * (Dv + 2u); total += pt(o + 1u) * select(exp(pt(o) - mx), 1.0, mx == ninf); }
-  for (var e = lid.x; e < Dv; e += {{W}}u) {
-    var acc = 0.0;
-    for (var c = 0u; c < C; c++) { let o = pb + c * (Dv + 2u); acc += pt(o + 2u + e) * select(exp(pt(o) - mx), 1.0, mx == ninf); }
-    y_st(row * Dv + e, acc / total);
-  }
-""", elementwise: false), "AttentionCombine", [parts!, y], cm, cx, cy);
-        g.Free(parts!);
-        return y;
+            [q, k, v, .. (mask is null ? Array.Empty<GpuTensor>() : [mask]), .. (rot ? new[] { rcos!, rsin! } : []), output], meta, gx, gy);
     }
 
     /// <summary>WGSL applying the mask to score <c>sc</c> of key <c>j</c> (mask offset <c>mo</c> of the query row).</summary>
