@@ -454,6 +454,12 @@ public class FusionTests
     [InlineData("webgpu?q4-loads=first&q4-unit=1", 1, 72, true, "qkv_bias", 2)]      // the same, one word a unit
     [InlineData("webgpu?q4-reduce=subgroup&q4-threads=8", 2, 256, true, "swiglu", 2)] // partial sums and Σ x² by subgroup shuffles
     [InlineData("vulkan?q4-reduce=subgroup&q4-xs=1&q4-threads=4", 1, 256, true, "qkv", 2)] // the same, x·γ staged
+    [InlineData("webgpu", 2, 1024, true, "swiglu", 2)]                               // whole 1024-value panels (q4-layout=panels, the rule)
+    [InlineData("vulkan", 5, 2048, true, "qkv", 8)]                                  // the body over views of the panel stack
+    [InlineData("webgpu", 40, 1024, true, "qkv", 5)]                                 // prefill: the tiled kernel over views of the panel stack
+    [InlineData("opencl", 1, 1024, true, "qkv_bias", 2)]
+    [InlineData("webgpu?q4-layout=rows", 1, 1024, true, "swiglu", 2)]
+    [InlineData("vulkan?q4-reduce=tree&q4-threads=64", 3, 1024, false, "pair", 2)]   // panels, a tree of 64 partial sums
     public void Q4_projections_kernel_matches_cpu(string platform, int rows, int k, bool norm, string structure, int expectedDispatches) =>
         Q4ProjectionsMatchCpu(platform, rows, k, norm, structure, expectedDispatches, "q4");
 

@@ -23,6 +23,10 @@ public class MatVecVariantTests
         (1, 48, 33, 16, Zp.Packed, DType.Float32, false),     // 3 blocks of 16 a row: rows not 16-byte aligned, u32 units
         (4, 320, 9, 128, Zp.Float, DType.Float32, false),     // float zero points, 4 rows of A, K not a multiple of the block
         (3, 200, 31, 64, Zp.None, DType.Float16, false),      // f16 scales and A, no zero points
+        (1, 1024, 20, 32, Zp.Packed, DType.Float32, false),   // whole 1024-value panels a row (q4-layout=panels, the rule)
+        (40, 2048, 12, 16, Zp.Packed, DType.Float32, true),   // prefill's tiled kernel over panels, blocks of 16, bias
+        (2, 1024, 9, 128, Zp.None, DType.Float16, false),     // panels with f16 scales (read one by one), blocks of 128
+        (1, 1024, 7, 64, Zp.Float, DType.Float32, false),     // float zero points keep the row layout
     ];
 
     [Theory]
@@ -43,6 +47,10 @@ public class MatVecVariantTests
     [InlineData("vulkan?q4-reduce=subgroup&q4-threads=2&q4-rows=2&q4-wg=32")]      // fewer threads a row than a subgroup
     [InlineData("webgpu?q4-reduce=subgroup&q4-threads=16&q4-xs=1&q4-loads=first")]
     [InlineData("vulkan?q4-reduce=tree&q4-threads=8&q4-rows=2")]                     // the tree where the rule would shuffle
+    [InlineData("webgpu?q4-layout=rows")]
+    [InlineData("webgpu?q4-layout=panels&q4-threads=32&q4-rows=2&q4-wg=64&q4-unroll=2")]
+    [InlineData("vulkan?q4-layout=panels&q4-threads=8&q4-rows=3&q4-wg=64&q4-xs=1")]  // staged x is not offered with panels
+    [InlineData("opencl?q4-layout=panels&q4-threads=16")]
     public void Q4_decode_layouts_match_cpu(string spec)
     {
         WebGpuTests.SkipIfNoDawn(spec);
@@ -128,6 +136,7 @@ public class MatVecVariantTests
     [InlineData("webgpu?pool=first", "pool=first")]
     [InlineData("webgpu?q4-loads=early", "q4-loads=early")]
     [InlineData("webgpu?q4-reduce=warp", "q4-reduce=warp")]
+    [InlineData("webgpu?q4-layout=tiles", "q4-layout=tiles")]
     public void A_bad_layout_option_is_one_clear_error(string spec, string named)
     {
         WebGpuTests.SkipIfNoDawn("webgpu");

@@ -61,13 +61,20 @@ public sealed record MatVecTuning
     public const bool Q4SubgroupRule = true;
     /// <summary>The same for packed f16 weights: no (not measured on a GPU).</summary>
     public const bool F16SubgroupRule = false;
+    /// <summary>4-bit weights in <see cref="Kernels.Q4Panels"/>' layout where they fit (<c>q4-layout=panels</c>) or in ONNX's row
+    /// order (<c>rows</c>); null: <see cref="Q4PanelsRule"/>.</summary>
+    public bool? Q4PanelLayout { get; init; }
+    /// <summary>Whether the rule lays 4-bit weights out in panels where they fit.</summary>
+    public const bool Q4PanelsRule = true;
+    /// <summary>The panel layout, asked for or by rule.</summary>
+    public bool Panels => Q4PanelLayout ?? Q4PanelsRule;
     /// <summary>Widen halves with <c>unpack2x16float</c> (true, the default: 1.1–2.4× the bit moves' speed on an H100)
     /// or with bit moves (false; a weight holding an infinity or NaN still takes unpack2x16float).</summary>
     public bool? F16Native { get; init; }
 
     public static readonly MatVecTuning Rule = new();
 
-    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial|subgroup, q4-unit=1|2|4, q4-loads=first|inline, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial|subgroup, f16-unpack=bits|native";
+    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial|subgroup, q4-unit=1|2|4, q4-loads=first|inline, q4-layout=panels|rows, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial|subgroup, f16-unpack=bits|native";
 
     /// <summary>This tuning with one spec option applied, or null when <paramref name="key"/> is not a matrix-vector knob.</summary>
     public MatVecTuning? With(string spec, string key, string value)
@@ -88,6 +95,7 @@ public sealed record MatVecTuning
             "q4-unroll" => this with { Q4Unroll = Count(8) },
             "q4-reduce" => this with { Q4Tree = Reduce(), Q4Subgroup = value == "subgroup" },
             "q4-loads" => this with { Q4Hoist = value switch { "first" => true, "inline" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be first or inline") } },
+            "q4-layout" => this with { Q4PanelLayout = value switch { "panels" => true, "rows" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be panels or rows") } },
             "q4-unit" => this with { Q4Words = value is "1" or "2" or "4" ? int.Parse(value) : throw new TapmlException($"platform '{spec}': {key}={value} must be 1, 2 or 4") },
             "f16-threads" => this with { F16Threads = Count(256) },
             "f16-rows" => this with { F16Rows = Count(16) },
@@ -167,6 +175,11 @@ internal static class BlockedMatVec
         public required Func<int, string> Row;
         /// <summary>Code for all R weight rows of unit <c>u</c> at once, in place of <see cref="Row"/> each (null: Row's).</summary>
         public Func<int, string>? Rows;
+        /// <summary>K index of unit u's vec4 j of x (null: <c>k0 + 4·j</c>, a unit's values contiguous), and code at the
+        /// unit's top that index reads (after <c>k0 = u·UnitValues</c>): a weight layout whose units are not contiguous
+        /// in K (<see cref="Q4Panels"/>). x in workgroup memory is then not offered.</summary>
+        public Func<int, string>? XAt;
+        public string UnitHead = "";
         /// <summary>Code once per unit after x's loads, for x row m (values derived from x that every row uses).</summary>
         public Func<int, string>? PerUnit;
         /// <summary>Lets at the top of main (constants the row code uses).</summary>
@@ -209,15 +222,15 @@ internal static class BlockedMatVec
         foreach (int r in rs) foreach (int m in ms) b.Append($"  var a{r}_{m} = 0.0;\n");
         if (!s.SharedX)
         {
-            var unit = new StringBuilder($"    let k0 = u * {UV}u;\n");
+            var unit = new StringBuilder($"    let k0 = u * {UV}u;\n{f.UnitHead}");
             foreach (int m in ms)
                 if (f.LoadUnit is { } load) unit.Append(load(m));
-                else for (int j = 0; j < J; j++) unit.Append($"    let xq{m}_{j} = {X4(rowBase is null ? $"{m}u" : $"({rowBase} + {m}u)", $"k0 + {4 * j}u")}{scale};\n");
+                else for (int j = 0; j < J; j++) unit.Append($"    let xq{m}_{j} = {X4(rowBase is null ? $"{m}u" : $"({rowBase} + {m}u)", f.XAt?.Invoke(j) ?? $"k0 + {4 * j}u")}{scale};\n");
             b.Append(UnitLoop(T, s.Unroll, unit.Append(perUnit).Append(rowsCode).ToString()));
         }
         else
         {
-            if (f.LoadUnit is not null) throw new InvalidOperationException("a format that loads its own units takes no staged x");
+            if (f.LoadUnit is not null || f.XAt is not null) throw new InvalidOperationException("a format that loads its own units or places them apart in K takes no staged x");
             int cj = chunk * J;
             b.Append($$"""
   for (var c0 = 0u; c0 < U; c0 += {{chunk}}u) {

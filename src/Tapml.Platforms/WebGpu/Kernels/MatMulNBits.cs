@@ -54,6 +54,10 @@ static class MatMulNBits
         public bool ByteZeros;
         /// <summary>The node computes with int8 A where A is f32 (<see cref="NBitsWeight.Int8Compute"/>).</summary>
         public bool Int8;
+        /// <summary>Words, scales and zero points are in <see cref="Q4Panels"/>' layout.</summary>
+        public bool Panels;
+        /// <summary>The tuning's layout when this was made (<c>bench q4-sweep</c> changes it between runs).</summary>
+        public bool PanelsAsked;
         /// <summary>For views of a region's stacked buffers: the cache keys that keep those buffers alive.</summary>
         public object? Keep;
     }
@@ -69,19 +73,30 @@ static class MatMulNBits
             sources[i] = t.Source ?? throw new UnsupportedException(
                 $"node '{ctx.Node.Name}' (MatMulNBits): webgpu needs B, scales, zero_points and bias as initializers (input {i} is computed)");
         }
-        if (Cache.TryGetValue(ctx.Node, out var p) && p.Owner == g && p.Sources.AsSpan().SequenceEqual(sources, ReferenceComparer.Instance)) return p;
+        if (Cache.TryGetValue(ctx.Node, out var p) && p.Owner == g && p.PanelsAsked == g.MatVec.Panels && p.Sources.AsSpan().SequenceEqual(sources, ReferenceComparer.Instance)) return p;
         var b = sources[1] ?? throw ctx.Error("input B is missing");
         var s = sources[2] ?? throw ctx.Error("input scales is missing");
         var w = NBitsWeight.Of(ctx, x.DType, x.Shape, b, s, sources[3], sources[4] is not null, sources[5]);
         GpuTensor F32(Tensor src, float[] values) => g.Concatenated([src], () => new Tensor(DType.Float32, [values.Length], values));
         bool byteZeros = w.Zeros is { } zs && Array.TrueForAll(zs, v => v >= 0 && v <= 255 && v == MathF.Floor(v));
+        bool int8 = NBitsWeight.Int8Compute(ctx.Node, DType.Float32, w, sources[3]);
+        var zeroKind = w.Zeros is null ? ZeroKind.None : byteZeros ? ZeroKind.Bytes : ZeroKind.Floats;
+        bool panels = g.MatVec.Panels && Q4Panels.Fits((long)w.KBlocks * w.BlobSize / 4, w.BlockSize, zeroKind, int8);
+        // NOTE: panel uploads are their own cache entries (PanelMark): the same B in row order is another buffer.
+        Tensor[] Key(Tensor t) => panels ? [t, PanelMark] : [t];
+        float[] Blocks(float[] v) => panels ? Q4Panels.Permute<float>(v, w.BlockSize / 8) : v;
         p = new Prepared
         {
-            Owner = g, Sources = sources, W = w, ByteZeros = byteZeros, Int8 = NBitsWeight.Int8Compute(ctx.Node, DType.Float32, w, sources[3]),
-            Words = g.Concatenated([b], () => new Tensor(DType.UInt32, [b.Length / 4], MemoryMarshal.Cast<byte, uint>(b.As<byte>()).ToArray())),
+            Owner = g, Sources = sources, W = w, ByteZeros = byteZeros, Int8 = int8, Panels = panels, PanelsAsked = g.MatVec.Panels,
+            Words = g.Concatenated(Key(b), () =>
+            {
+                var words = MemoryMarshal.Cast<byte, uint>(b.As<byte>());
+                return new Tensor(DType.UInt32, [b.Length / 4], panels ? Q4Panels.Permute(words) : words.ToArray());
+            }),
             // NOTE: f16 scales stay f16 (packed two per u32, widened exactly in the kernel): fewer bytes a decode step reads.
-            Scales = s.DType == DType.Float16 ? g.Concatenated([s], () => new Tensor(DType.Float16, [w.Scales.Length], Array.ConvertAll(w.Scales, v => (Half)v))) : F32(s, w.Scales),
-            Zeros = w.Zeros is not { } z ? null : byteZeros ? g.Concatenated([sources[3]!], () => PackBytes(z)) : F32(sources[3]!, z),
+            Scales = s.DType == DType.Float16 ? g.Concatenated(Key(s), () => new Tensor(DType.Float16, [w.Scales.Length], Array.ConvertAll(Blocks(w.Scales), v => (Half)v)))
+                : g.Concatenated(Key(s), () => new Tensor(DType.Float32, [w.Scales.Length], Blocks(w.Scales))),
+            Zeros = w.Zeros is not { } z ? null : byteZeros ? g.Concatenated(Key(sources[3]!), () => PackBytes(Blocks(z))) : F32(sources[3]!, z),
             Bias = w.Bias is { } bias ? F32(sources[5]!, bias) : null,
         };
         Cache.AddOrUpdate(ctx.Node, p);
@@ -94,7 +109,7 @@ static class MatMulNBits
     /// already has its weight.</summary>
     /// <param name="keep">What keeps the stacked buffers alive (their upload cache keys): the views hold it.</param>
     internal static void Share(WebGpuPlatform g, Node product, Tensor b, Tensor s, Tensor? z, NBitsWeight w, long firstRow,
-        GpuTensor words, GpuTensor scales, GpuTensor? zeros, bool byteZeros, object keep)
+        GpuTensor words, GpuTensor scales, GpuTensor? zeros, bool byteZeros, bool panels, object keep)
     {
         if (Cache.TryGetValue(product, out var old) && old.Owner == g) return;
         ulong align = (ulong)Math.Max(4, g.Device.Limits.MinStorageOffsetAlignment);
@@ -106,13 +121,16 @@ static class MatMulNBits
         long n = w.N;
         Cache.AddOrUpdate(product, new Prepared
         {
-            Owner = g, Sources = [null, b, s, z, null, null], W = w, ByteZeros = byteZeros, Keep = keep,
+            Owner = g, Sources = [null, b, s, z, null, null], W = w, ByteZeros = byteZeros, Keep = keep, Panels = panels, PanelsAsked = g.MatVec.Panels,
             Int8 = NBitsWeight.Int8Compute(product, DType.Float32, w, z),
             Words = View(words, n * w.KBlocks * w.BlobSize / 4, wordsAt),
             Scales = View(scales, n * w.KBlocks, scalesAt),
             Zeros = zeros is null ? null : View(zeros, byteZeros ? (n * w.KBlocks + 3) / 4 : n * w.KBlocks, zerosAt),
         });
     }
+
+    /// <summary>The second part of a panel upload's cache key (<see cref="WebGpuPlatform.Concatenated"/>).</summary>
+    static readonly Tensor PanelMark = new(DType.UInt8, [1], new byte[1]);
 
     /// <summary>Whole-number zero points as bytes, four per u32 (block b in byte b % 4 of word b / 4).</summary>
     internal static Tensor PackBytes(float[] z)
@@ -150,11 +168,11 @@ static class MatMulNBits
             var meta = new Meta();
             meta.Add(w.N); meta.Add(w.K); meta.Add((long)w.KBlocks * w.BlobSize / 4); meta.Add(w.KBlocks); meta.Add(rows);
             if (qa is not null) meta.Add(qa.PairsAt);
-            string variant = $"{w.BlockSize}|{Zero(p)}|{p.Bias is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)y.DType}|{qa is not null}";
+            string variant = $"{w.BlockSize}|{Zero(p)}|{p.Bias is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)y.DType}|{qa is not null}|{p.Panels}";
             if ((rows + 63) / 64 > g.Device.Limits.MaxWorkgroupsPerDimension)
                 throw new UnsupportedException($"node '{ctx.Node.Name}' (MatMulNBits): {rows} rows need more than maxComputeWorkgroupsPerDimension tiles");
             g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_tiled", variant),
-                () => TiledCode(x, y.DType, w.BlockSize, Zero(p), p.Bias is not null, p.Scales, qa is not null),
+                () => TiledCode(x, y.DType, w.BlockSize, Zero(p), p.Bias is not null, p.Scales, qa is not null, p.Panels),
                 qa is null ? "MatMulNBits_tiled" : "MatMulNBits_tiled_a8", [.. bindings], meta, (uint)((w.N + 63) / 64), (uint)((rows + 63) / 64));
         }
         if (qa is not null) Free(g, qa);
@@ -285,20 +303,20 @@ static class MatMulNBits
         if (residual is not null) bindings.Add(residual);
         // A unit is 2 or 4 words (MatVecTuning.Q4UnitWords) where every row's words start aligned to it, else one u32 (8 values).
         long rowWords = (long)w.KBlocks * w.BlobSize / 4;
-        // int8 A: a unit is one block (its codes, scale and sum go together).
-        int words = qa is not null ? w.BlockSize / 8 : g.MatVec.Q4UnitWords(rowWords, w.N);
+        // int8 A: a unit is one block (its codes, scale and sum go together). Panels: a unit is 16 bytes of a panel.
+        int words = qa is not null ? w.BlockSize / 8 : p.Panels ? 4 : g.MatVec.Q4UnitWords(rowWords, w.N);
         long units = rowWords / words;
         bool vec = x.Storage == GpuStorage.F32 && units * words * 8 == w.K;
         var shape = g.MatVec.Q4(w.N, units, g.Device.Limits.MaxInvocationsPerWorkgroup, g.SubgroupLanes);
-        if (qa is not null) shape = shape with { SharedX = false };
+        if (qa is not null || p.Panels) shape = shape with { SharedX = false };
         var meta = new Meta();
         meta.Add(w.N); meta.Add(w.K); meta.Add(rowWords); meta.Add(w.KBlocks); meta.Add(rows); meta.Add(units); meta.Add(m0);
         if (qa is not null) meta.Add(qa.PairsAt);
-        string variant = $"{w.BlockSize}|{Zero(p)}|{p.Bias is not null}|{residual is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)y.DType}|{qa is not null}";
+        string variant = $"{w.BlockSize}|{Zero(p)}|{p.Bias is not null}|{residual is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)y.DType}|{qa is not null}|{p.Panels}";
         var (gx, gy) = BlockedMatVec.Grid(g, w.N, shape);
-        string unit = qa is not null ? "_a8" : words == 4 ? "_w" : words == 2 ? "_w2" : "";
+        string unit = qa is not null ? "_a8" : p.Panels ? "_p" : words == 4 ? "_w" : words == 2 ? "_w2" : "";
         g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{words}|{vec}|{shape}|{rows}|{g.MatVec.Q4Hoist}"),
-            () => MatVecCode(g, x, y.DType, w.BlockSize, Zero(p), p.Bias is not null, residual is not null, p.Scales, words, vec, shape, (int)rows, qa is not null),
+            () => MatVecCode(g, x, y.DType, w.BlockSize, Zero(p), p.Bias is not null, residual is not null, p.Scales, words, vec, shape, (int)rows, qa is not null, p.Panels),
             $"MatMulNBits_matvec_t{shape.Threads}r{shape.Rows}{unit}{(residual is null ? "" : "_add")}_r{rows}", [.. bindings], meta, gx, gy);
     }
 
@@ -340,14 +358,14 @@ static class MatMulNBits
 
     /// <summary>Declares x (or int8 A), y, the weight words (u32, or vec2/vec4 of u32 for 8/16-byte units), scales, zero
     /// points and bias, in the bindings' order, and <c>zero_(block)</c>.</summary>
-    static Wgsl Declare(GpuTensor x, DType y, ZeroKind zeros, bool bias, GpuTensor scales, bool xvec, int wg, int words = 1, bool residual = false, A8Read a8 = A8Read.None)
+    static Wgsl Declare(GpuTensor x, DType y, ZeroKind zeros, bool bias, GpuTensor scales, bool xvec, int wg, int words = 1, bool residual = false, A8Read a8 = A8Read.None, bool vecScales = false)
     {
         var w = new Wgsl(wg);
         if (a8 != A8Read.None) DeclareA8(w, a8 == A8Read.Vec4);
         else BlockedMatVec.DeclareX(w, x, xvec);
         w.Out("y", y);
         DeclareWords(w, 2, words == 1 ? 1 : Math.Min(words, 4));
-        w.In("sc", scales);
+        DeclareScales(w, scales, vecScales);
         if (zeros == ZeroKind.Bytes) w.In("zp", GpuStorage.U32);
         if (zeros == ZeroKind.Floats) w.In("zp", GpuStorage.F32);
         if (bias) w.In("bias", GpuStorage.F32);
@@ -371,6 +389,17 @@ static class MatMulNBits
         if (words == 1) w.In("bw", GpuStorage.U32);
         else w.Reserve().Decl($"@group(0) @binding({binding}) var<storage, read> bq_b: array<vec{words}<u32>>;");
     }
+
+    /// <summary>Declares the scales: <c>sc(i)</c>, or with <paramref name="vec"/> (f32 scales in <see cref="Q4Panels"/>'
+    /// layout) <c>scv_b</c>, vec4 loads of a panel unit's four.</summary>
+    internal static void DeclareScales(Wgsl w, GpuTensor scales, bool vec)
+    {
+        if (vec) w.InVec4("scv");
+        else w.In("sc", scales);
+    }
+
+    /// <summary>Whether a panel kernel reads the scales as vec4s (f32 scales; f16 ones are read one by one).</summary>
+    internal static bool VecScales(bool panels, GpuTensor scales) => panels && scales.Storage == GpuStorage.F32;
 
     internal static string Weights(int words) => words == 1 ? "bw_b" : "bq_b";
 
@@ -503,15 +532,20 @@ static class MatMulNBits
     internal static string Tree(IReadOnlyList<string> terms) =>
         terms.Count == 1 ? terms[0] : $"({Tree(terms.Take(terms.Count / 2).ToList())} + {Tree(terms.Skip(terms.Count / 2).ToList())})";
 
-    static string MatVecCode(WebGpuPlatform g, GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, bool residual, GpuTensor scales, int words, bool vec, MatVecShape shape, int rows, bool a8 = false)
+    static string MatVecCode(WebGpuPlatform g, GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, bool residual, GpuTensor scales, int words, bool vec, MatVecShape shape, int rows, bool a8 = false, bool panels = false)
     {
-        var w = Declare(x, y, zeros, bias, scales, vec || a8, shape.Workgroup, words, residual, a8 ? A8Read.Vec4 : A8Read.None);
+        bool vecScales = VecScales(panels, scales);
+        var w = Declare(x, y, zeros, bias, scales, vec || a8, shape.Workgroup, words, residual, a8 ? A8Read.Vec4 : A8Read.None, vecScales);
         string weights = Weights(words);
-        string Row(int r) => a8 ? UnitCodeA8(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows) : UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, words, rows);
-        bool hoist = !a8 && g.MatVec.Q4Hoist;
+        string Row(int r) => a8 ? UnitCodeA8(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows)
+            : panels ? Q4Panels.UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows, vecScales)
+            : UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, words, rows);
+        bool hoist = !a8 && !panels && g.MatVec.Q4Hoist;
         var f = new BlockedMatVec.Format
         {
             UnitValues = 8 * words,
+            XAt = panels ? Q4Panels.XAt : null,
+            UnitHead = panels ? Q4Panels.UnitHead : "",
             XScale = a8 ? null : XScale,
             LoadUnit = a8 ? m => LoadA8(m, $"m0 + {m}u", block) : null,
             Prologue = "  let KB = md[3];\n" + (a8 ? "  let QP = md[7] / 4u;\n" : UnitPrologue),
@@ -526,9 +560,13 @@ static class MatMulNBits
         return w.Build(body, elementwise: false);
     }
 
-    static string TiledCode(GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, GpuTensor scales, bool a8 = false)
+    static string TiledCode(GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, GpuTensor scales, bool a8 = false, bool panels = false)
     {
         var w = Declare(x, y, zeros, bias, scales, false, 256, a8: a8 ? A8Read.Words : A8Read.None);
+        // Panels: a word and a block are read at their stored positions.
+        if (panels) w.Decl(Q4Panels.Functions(block / 8));
+        string Word(string i) => panels ? $"pw_({i})" : i;
+        string Block(string b) => panels ? $"pb_({b})" : b;
         // int8 A: a = code · scale_a (code k of a row: word (k / 8)·2 + k % 2 of its block's words, byte (k % 8) / 2).
         string aLoad = a8 ? "let cw = qa(gm * md[3] * " + (block / 4) + "u + (gk / 8u) * 2u + (gk & 1u)); av = f32(bitcast<i32>(cw << (24u - 8u * ((gk % 8u) / 2u))) >> 24u) * bitcast<f32>(qa(md[5] + 2u * (gm * md[3] + gk / " + block + "u)));"
             : "av = f32(x(gm * K + gk));";
@@ -553,8 +591,8 @@ static class MatMulNBits
       let gn = col0 + bn; let gk = k0 + kh;
       var word = 0u; var s = 0.0; var z = 0.0;
       if (gn < N && gk < K) {
-        word = bw(gn * md[2] + gk / 8u);
-        let b = gn * md[3] + gk / {{block}}u;
+        word = bw({{Word("gn * md[2] + gk / 8u")}});
+        let b = {{Block($"gn * md[3] + gk / {block}u")}};
         s = sc(b); z = zero_(b);
       }
       for (var j = 0u; j < 8u; j++) {

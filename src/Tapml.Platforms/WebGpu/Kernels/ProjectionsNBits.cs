@@ -32,6 +32,8 @@ static class ProjectionsNBits
         /// <summary>Every product computes with int8 A where x is f32 (accuracy_level 4): x is quantized first (its RMSNorm
         /// with it) and the kernel takes integer sums.</summary>
         public required bool Int8;
+        /// <summary>Words, scales and zero points in <see cref="Q4Panels"/>' layout.</summary>
+        public required bool Panels;
         public required int K, BlockSize, KBlocks;
         public required long RowWords;
         /// <summary>First stacked row of each weight (plan order).</summary>
@@ -80,23 +82,27 @@ static class ProjectionsNBits
         Tensor[] keys = [Key(), Key(), Key(), Key()];
         float[] Concat(Func<NBitsWeight, float[]> f) => ws.SelectMany(f).ToArray();
         long vectorsAt = gamma is null ? 0 : (gamma.Length + 3) / 4 * 4;
+        long rowWords = (long)w0.KBlocks * w0.BlobSize / 4;
+        bool panels = g.MatVec.Panels && Q4Panels.Fits(rowWords, w0.BlockSize, kind, int8[0]);
+        float[] Blocks(float[] v) => panels ? Q4Panels.Permute<float>(v, w0.BlockSize / 8) : v;
         st = new Stacked
         {
-            Owner = g, Sources = [.. sources], Keys = keys, ZeroKind = kind, Int8 = int8[0],
-            K = w0.K, BlockSize = w0.BlockSize, KBlocks = w0.KBlocks, RowWords = (long)w0.KBlocks * w0.BlobSize / 4, RowAt = rowAt, VectorsAt = vectorsAt,
+            Owner = g, Sources = [.. sources], Keys = keys, ZeroKind = kind, Int8 = int8[0], Panels = panels,
+            K = w0.K, BlockSize = w0.BlockSize, KBlocks = w0.KBlocks, RowWords = rowWords, RowAt = rowAt, VectorsAt = vectorsAt,
             Words = g.Concatenated([keys[0], .. parts.Select(p => p.B)], () =>
             {
                 var bytes = new byte[ws.Sum(w => (long)w.B.Length)];
                 long at = 0;
                 foreach (var w in ws) { w.B.CopyTo(bytes, at); at += w.B.Length; }
-                return new Tensor(DType.UInt32, [bytes.Length / 4], MemoryMarshal.Cast<byte, uint>(bytes).ToArray());
+                var words = MemoryMarshal.Cast<byte, uint>(bytes);
+                return new Tensor(DType.UInt32, [bytes.Length / 4], panels ? Q4Panels.Permute(words) : words.ToArray());
             }),
             // NOTE: f16 scales stay f16 (packed two per u32), as the unfused kernel keeps them.
             Scales = g.Concatenated([keys[1], .. parts.Select(p => p.S)], () => parts[0].S.DType == DType.Float16
-                ? new Tensor(DType.Float16, [ws.Sum(w => (long)w.Scales.Length)], Array.ConvertAll(Concat(w => w.Scales), v => (Half)v))
-                : new Tensor(DType.Float32, [ws.Sum(w => (long)w.Scales.Length)], Concat(w => w.Scales))),
+                ? new Tensor(DType.Float16, [ws.Sum(w => (long)w.Scales.Length)], Array.ConvertAll(Blocks(Concat(w => w.Scales)), v => (Half)v))
+                : new Tensor(DType.Float32, [ws.Sum(w => (long)w.Scales.Length)], Blocks(Concat(w => w.Scales)))),
             Zeros = kind == MatMulNBits.ZeroKind.None ? null : g.Concatenated([keys[2], .. parts.Select(p => p.Z!)], () =>
-                kind == MatMulNBits.ZeroKind.Bytes ? MatMulNBits.PackBytes(Concat(w => w.Zeros!)) : new Tensor(DType.Float32, [ws.Sum(w => (long)w.Zeros!.Length)], Concat(w => w.Zeros!))),
+                kind == MatMulNBits.ZeroKind.Bytes ? MatMulNBits.PackBytes(Blocks(Concat(w => w.Zeros!))) : new Tensor(DType.Float32, [ws.Sum(w => (long)w.Zeros!.Length)], Concat(w => w.Zeros!))),
             // γ then the epilogue's vectors, read as vec4s (γ four lanes at a time as x is).
             Consts = gamma is null && vectors.Length == 0 ? null : g.Concatenated([keys[3], .. (gamma is null ? Array.Empty<Tensor>() : [gamma]), .. vectors], () =>
             {
@@ -113,7 +119,7 @@ static class ProjectionsNBits
         {
             int i = plan.ProductWeight[p];
             if (plan.Products[p].Inputs.Length == parts[i].Product.Inputs.Length)
-                MatMulNBits.Share(g, plan.Products[p], parts[i].B, parts[i].S, parts[i].Z, ws[i], rowAt[i], st.Words, st.Scales, st.Zeros, kind == MatMulNBits.ZeroKind.Bytes, st.Keys);
+                MatMulNBits.Share(g, plan.Products[p], parts[i].B, parts[i].S, parts[i].Z, ws[i], rowAt[i], st.Words, st.Scales, st.Zeros, kind == MatMulNBits.ZeroKind.Bytes, panels, st.Keys);
         }
         return st;
     }
@@ -134,12 +140,12 @@ static class ProjectionsNBits
         long columns = plan.Outputs.Sum(o => o.N);
         bool a8 = st.Int8 && x.DType == DType.Float32 && x.Storage == GpuStorage.F32;
         // int8 A: a unit is one block (its codes, scale and sum go together).
-        int words = a8 ? st.BlockSize / 8 : g.MatVec.Q4UnitWords(st.RowWords, columns * P);
+        int words = a8 ? st.BlockSize / 8 : st.Panels ? 4 : g.MatVec.Q4UnitWords(st.RowWords, columns * P);
         long units = st.RowWords / words;
         bool vec = units * words * 8 == k;
         var lim = g.Device.Limits;
         var shape = g.MatVec.Q4(columns * P, units, lim.MaxInvocationsPerWorkgroup, g.SubgroupLanes);
-        if (a8) shape = shape with { SharedX = false };
+        if (a8 || st.Panels) shape = shape with { SharedX = false };
         int T = shape.Threads, WG = shape.Workgroup, R = Math.Max(1, shape.Rows / P);
         int Slots(int r) => r * P * rows + (plan.Norm && !a8 ? rows : 0);
         while (R > 1 && (long)Slots(R) * WG * 4 > lim.MaxWorkgroupStorageBytes) R /= 2;
@@ -165,7 +171,7 @@ static class ProjectionsNBits
         // x staged in workgroup memory (q4-xs=1): chunks of units that fit beside the partial sums.
         int chunk = !shape.SharedX ? 0 : (int)Math.Min(units, (lim.MaxWorkgroupStorageBytes - (long)Slots(R) * WG * 4) / (rows * words * 2 * 16L));
         var layout = new MatVecShape(T, R, WG, chunk > 0, shape.Unroll, shape.Tree, shape.Subgroup);
-        var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}|{a8}|{g.MatVec.Q4Hoist}", ctx.Node),
+        var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}|{a8}|{g.MatVec.Q4Hoist}|{st.Panels}", ctx.Node),
             () => Code(plan, st, x, rows, layout, chunk, words, vec, eps, x.DType, a8, consts, g.MatVec.Q4Hoist), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}{(a8 ? "_a8" : "")}_t{T}c{R}_r{rows}");
         g.LaunchGroups(pipeline, [.. list], meta, gx, gy);
         if (qa is not null) MatMulNBits.Free(g, qa);
@@ -197,7 +203,8 @@ static class ProjectionsNBits
             binding++;
         }
         MatMulNBits.DeclareWords(w, binding, Math.Min(words, 4));
-        w.In("sc", st.Scales);
+        bool vecScales = MatMulNBits.VecScales(st.Panels, st.Scales);
+        MatMulNBits.DeclareScales(w, st.Scales, vecScales);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Bytes) w.In("zp", GpuStorage.U32);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Floats) w.In("zp", GpuStorage.F32);
         for (int o = 0; o < outs; o++) w.Out($"y{o}", dtype);
@@ -246,6 +253,7 @@ static class ProjectionsNBits
                 weightRows.Add(($"w{r}_{q}", m => $"a{rr}_{qq}_{m}"));
             }
         string rowsCode = a8 ? string.Concat(weightRows.Select(wr => MatMulNBits.UnitCodeA8(weights, wr.Row, wr.Acc, st.BlockSize, st.ZeroKind, M)))
+            : st.Panels ? string.Concat(weightRows.Select(wr => Q4Panels.UnitCode(weights, wr.Row, wr.Acc, st.BlockSize, st.ZeroKind, M, vecScales)))
             : MatMulNBits.UnitRows(weights, weightRows, st.BlockSize, st.ZeroKind, words, M, hoist);
         // γ's four values from K index k (vec4 index k / 4 where x is read as vec4s).
         string Gamma(string name, string k, string indent) =>
@@ -282,14 +290,16 @@ static class ProjectionsNBits
         }
         else
         {
-            b = new StringBuilder($"    let k0 = u * {UV}u;\n");
+            // A unit's vec4 j of x (and γ) from K index k0 + 4j, or where the panel layout puts it.
+            string XAt(int jj) => st.Panels ? Q4Panels.XAt(jj) : $"k0 + {4 * jj}u";
+            b = new StringBuilder($"    let k0 = u * {UV}u;\n{(st.Panels ? Q4Panels.UnitHead : "")}");
             if (a8) for (int m = 0; m < M; m++) b.Append(MatMulNBits.LoadA8(m, $"{m}u", st.BlockSize));
             if (norm)
-                for (int jj = 0; jj < J; jj++) b.Append(Gamma($"g{jj}", $"k0 + {4 * jj}u", "    "));
+                for (int jj = 0; jj < J; jj++) b.Append(Gamma($"g{jj}", XAt(jj), "    "));
             for (int m = 0; m < M && !a8; m++)
                 for (int jj = 0; jj < J; jj++)
                 {
-                    b.Append($"    let xr{m}_{jj} = {Load($"{m}u", $"k0 + {4 * jj}u")};\n");
+                    b.Append($"    let xr{m}_{jj} = {Load($"{m}u", XAt(jj))};\n");
                     if (norm) b.Append($"    s{m} += dot(xr{m}_{jj}, xr{m}_{jj});\n");
                     b.Append($"    let xq{m}_{jj} = xr{m}_{jj}{(norm ? $" * g{jj}" : "")} * {MatMulNBits.XScale};\n");
                 }

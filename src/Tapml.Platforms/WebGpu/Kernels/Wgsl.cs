@@ -61,6 +61,13 @@ public sealed class Wgsl
 
     public Wgsl In(string name, GpuTensor t) => In(name, t.Storage);
 
+    /// <summary>An f32 input read as vec4 loads: <c>{name}_b[i]</c> holds elements 4i … 4i + 3.</summary>
+    public Wgsl InVec4(string name)
+    {
+        _decl.Append($"@group(0) @binding({_binding++}) var<storage, read> {name}_b: array<vec4<f32>>;\n");
+        return this;
+    }
+
     /// <summary>Skips a binding number (the caller declares that binding by hand, e.g. as vec4 loads).</summary>
     public Wgsl Reserve() { _binding++; return this; }
 
