@@ -122,7 +122,7 @@ static class BenchMatVecVariants
         Console.WriteLine($"{g.Name}: GB/s of weight bytes read (q4: nibbles + f32 scales + zero-point bytes); q4 × = f32 time ÷ q4 time; f16 % = its bytes/s ÷ f32's; " +
                           $"{calls} dispatches a measurement, best of {Math.Max(3, runs)}");
         int bq = Array.IndexOf(q4Score, q4Score.Max()), bf = Array.IndexOf(f16Score, f16Score.Max());
-        Console.WriteLine($"q4: best {q4[bq].Name} ({q4Score[bq]:F2}× f32, geomean over the shapes) → webgpu?{Spec(q4[bq].Tuning)}; rule {q4Score[0]:F2}× ({RuleShape((t, n, u) => t.Q4(n, u, g.Device.Limits.MaxInvocationsPerWorkgroup), 32)})");
+        Console.WriteLine($"q4: best {q4[bq].Name} ({q4Score[bq]:F2}× f32, geomean over the shapes) → webgpu?{Spec(q4[bq].Tuning)}; rule {q4Score[0]:F2}× ({RuleShape((t, n, u) => t.Q4(n, u, g.Device.Limits.MaxInvocationsPerWorkgroup, 0, t.Panels), 32)})");
         Console.WriteLine($"f16: best {f16[bf].Name} ({100 * f16Score[bf]:F0}% of f32 bytes/s) → webgpu?{Spec(f16[bf].Tuning)}; rule {100 * f16Score[0]:F0}% ({RuleShape((t, n, u) => t.F16(n, u, g.Device.Limits.MaxInvocationsPerWorkgroup), 8)})");
         foreach (var w in wrong) Console.WriteLine($"WRONG: {w}");
         return wrong.Count == 0 ? 0 : 1;

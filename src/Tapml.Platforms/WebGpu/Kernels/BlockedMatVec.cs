@@ -112,14 +112,14 @@ public sealed record MatVecTuning
     }
 
     /// <summary>The 4-bit kernel's layout for N rows of <paramref name="units"/> loads each. Rule (<c>bench q4-sweep</c> on
-    /// H100s, docs/benchmarks.md): 64 threads a row (32 for N ≥ 65536, an lm_head; never more than the row has units),
-    /// as many rows a thread (up to 8) as keep N·threads/rows at 65536 threads or more, 128 threads a workgroup, x from
-    /// the storage buffer, partial sums added by shuffles over <paramref name="subgroup"/> lanes (the device's smallest
-    /// subgroup; 0: none) before workgroup memory.</summary>
-    public MatVecShape Q4(long n, long units, int maxWorkgroup, int subgroup = 0)
+    /// H100s, docs/benchmarks.md): 64 threads a row (in the row layout 32 for N ≥ 65536, an lm_head; never more than the
+    /// row has units), as many rows a thread (up to 8; up to 4 in <paramref name="panels"/>' 16-byte units) as keep
+    /// N·threads/rows at 65536 threads or more, 128 threads a workgroup, x from the storage buffer, partial sums added by
+    /// shuffles over <paramref name="subgroup"/> lanes (the device's smallest subgroup; 0: none) before workgroup memory.</summary>
+    public MatVecShape Q4(long n, long units, int maxWorkgroup, int subgroup = 0, bool panels = false)
     {
-        int t = Q4Threads > 0 ? Q4Threads : Math.Min(n >= 65536 ? 32 : 64, Math.Max(4, FloorPow2(units)));
-        int r = Q4Rows > 0 ? Q4Rows : (int)Math.Clamp(FloorPow2(n * t / 65536), 1, 8);
+        int t = Q4Threads > 0 ? Q4Threads : Math.Min(n >= 65536 && !panels ? 32 : 64, Math.Max(4, FloorPow2(units)));
+        int r = Q4Rows > 0 ? Q4Rows : (int)Math.Clamp(FloorPow2(n * t / 65536), 1, panels ? 4 : 8);
         return Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup) with { Unroll = Q4Unroll > 0 ? Q4Unroll : 1, Tree = Q4Tree ?? true, Subgroup = Q4Subgroup ?? Q4SubgroupRule ? subgroup : 0 };
     }
 

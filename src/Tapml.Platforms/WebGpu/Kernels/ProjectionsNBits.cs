@@ -144,7 +144,7 @@ static class ProjectionsNBits
         long units = st.RowWords / words;
         bool vec = units * words * 8 == k;
         var lim = g.Device.Limits;
-        var shape = g.MatVec.Q4(columns * P, units, lim.MaxInvocationsPerWorkgroup, g.SubgroupLanes);
+        var shape = g.MatVec.Q4(columns * P, units, lim.MaxInvocationsPerWorkgroup, g.SubgroupLanes, st.Panels);
         if (a8 || st.Panels) shape = shape with { SharedX = false };
         int T = shape.Threads, WG = shape.Workgroup, R = Math.Max(1, shape.Rows / P);
         int Slots(int r) => r * P * rows + (plan.Norm && !a8 ? rows : 0);
