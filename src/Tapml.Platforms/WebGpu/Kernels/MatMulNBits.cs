@@ -10,7 +10,8 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 /// <summary><c>com.microsoft</c> MatMulNBits with 4-bit weights. B stays packed on the GPU: its bytes uploaded as
 /// u32 words (8 values each, low nibble first, each output column's K contiguous); scales as f32, or packed two per u32
 /// where they are f16 (exact either way); zero points as bytes packed four per u32 where they are whole numbers (packed
-/// nibbles always are), else f32 (absent: the constant 8). Two kernels:
+/// nibbles always are), else f32 (absent: the constant 8); where a row is whole panels of 1024 values, words, scales
+/// and zero points are stored in <see cref="Q4Panels"/>' order (<c>q4-layout</c>), which every kernel below reads. Two kernels:
 /// <list type="bullet">
 /// <item>decode (at most <see cref="MatMul.MatVecMaxRows"/> rows of A): <see cref="BlockedMatVec"/>'s layout (threads per
 /// row, rows per thread, workgroup size and x in workgroup memory from <see cref="MatVecTuning"/>), one load of 2 or 4
