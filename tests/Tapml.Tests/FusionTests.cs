@@ -251,6 +251,8 @@ public class FusionTests
     [InlineData("vulkan?attn-decode=threads", 2, 4, 2, 3, 37, 18, 20, "add", "Div", 0)]
     [InlineData("webgpu", 1, 4, 2, 1, 3, 8, 8, "where", "Mul", 2)]          // fewer keys than a workgroup's lane groups take, two of them masked
     [InlineData("vulkan", 1, 8, 2, 1, 300, 40, 24, "where", "Mul", 70)]     // split, a window hiding whole chunks
+    [InlineData("webgpu", 1, 8, 2, 1, 50, 128, 128, "where", "Mul", 0)]    // Llama's head dim across the lanes
+    [InlineData("vulkan", 1, 2, 1, 2, 21, 256, 200, "add", "Div", 0)]       // the largest head dim, v narrower than k
     public void Attention_kernel_matches_the_reference(string platform, int b, int h, int hk, int s, int t, int d, int dv, string mask, string scaleOp, int window)
     {
         WebGpuTests.SkipIfNoDawn(platform);
