@@ -237,9 +237,9 @@ public static class Fused
     const int AttnThreads = 64, AttnMaxHeadDim = 256;
 
     /// <summary>softmax(mask(q·kᵀ·scale))·v for q [B,H,S,D], K [B,Hk,T,D], V [B,Hk,T,Dv] (head h reads kv head h / rep):
-    /// a workgroup per query row (per chunk of its keys when split), one to four groups of 64 threads by key count; each
-    /// group takes every G-th chunk of 64 keys, one score per thread, the chunk's max rescaling the group's running
-    /// sums (online softmax), thread t accumulating output dims t, t+64, …; the groups merge in workgroup memory.</summary>
+    /// a workgroup per query row (per chunk of its keys when split): a key's dims across subgroup lanes where the device
+    /// has subgroups (<see cref="LaneRows"/>), else a thread a key (<see cref="ThreadRows"/>); prompt-shaped rows by
+    /// tiles of query rows.</summary>
     static GpuTensor? Attention(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
     {
         string maskKind = ctx.String("mask", "none");
@@ -446,8 +446,10 @@ public static class Fused
             [q, k, v, .. (mask is null ? Array.Empty<GpuTensor>() : [mask]), .. (rot ? new[] { rcos!, rsin! } : []), output], meta, gx, gy);
     }
 
-    /// <summary>Decode-row attention, a thread a key (<see cref="Attention"/>'s description): <paramref name="groups"/>
-    /// groups of 64 threads.</summary>
+    /// <summary>Decode-row attention, a thread a key: one to four (<paramref name="groups"/>) groups of 64 threads by key
+    /// count; each group takes every G-th chunk of 64 keys, one score per thread, the chunk's max rescaling the group's
+    /// running sums (online softmax), thread t accumulating output dims t, t+64, …; the groups merge in workgroup
+    /// memory.</summary>
     static void ThreadRows(WebGpuPlatform g, GpuTensor q, GpuTensor k, GpuTensor v, GpuTensor? mask, GpuTensor? rcos, GpuTensor? rsin, Meta meta,
         string maskKind, GpuTensor output, bool split, int groups, uint gx, uint gy)
     {
