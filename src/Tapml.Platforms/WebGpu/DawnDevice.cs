@@ -49,6 +49,11 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
     const int AutoSubmit = 48;
     readonly Dictionary<string, GpuPipeline> _pipelines = new();
     readonly Dictionary<ulong, List<nint>> _pool = new();
+    // Buffers host writes fill (feeds, weights) pool apart from kernel outputs: a write cannot take a buffer the recorded
+    // work binds, so which one it takes varies step to step, and sharing one pool would pass that variation on to the
+    // outputs (new bind groups every step); apart, a decode step's outputs take the buffers the last step's took.
+    readonly Dictionary<ulong, List<nint>> _writePool = new();
+    readonly HashSet<nint> _writeBuffers = new();
     GCHandle _eventSink;
     string? _error, _errorStatus;
     bool _lost;
@@ -307,7 +312,8 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
     {
         CheckUsable();
         size = Bucket(bytes);
-        if (_pool.TryGetValue(size, out var s) && s.Count > 0)
+        var pool = forWrite ? _writePool : _pool;
+        if (pool.TryGetValue(size, out var s) && s.Count > 0)
         {
             // The lowest handle of those free: the same free set gives the same buffer, so a decode step's dispatches
             // bind the buffers the last step's did and find their bind groups cached.
@@ -330,17 +336,21 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
         if ((long)size > Limits.MaxBufferBytes && (long)bytes <= Limits.MaxBufferBytes) size = (bytes + 15) & ~15UL;
         if ((long)size > Limits.MaxBufferBytes)
             throw new UnsupportedException($"webgpu: a {Bytes((long)bytes)} buffer{(Context.Length > 0 ? $" for {Context}" : "")} is over this device's maxBufferSize ({Bytes(Limits.MaxBufferBytes)})");
-        try { return CreateRaw(size, Wgpu.UsageStorage | Wgpu.UsageCopySrc | Wgpu.UsageCopyDst, "tapml"); }
+        nint made;
+        try { made = CreateRaw(size, Wgpu.UsageStorage | Wgpu.UsageCopySrc | Wgpu.UsageCopyDst, "tapml"); }
         catch (TapmlException) when (PooledBytes > 0)
         {
             TrimPool();
-            return CreateRaw(size, Wgpu.UsageStorage | Wgpu.UsageCopySrc | Wgpu.UsageCopyDst, "tapml");
+            made = CreateRaw(size, Wgpu.UsageStorage | Wgpu.UsageCopySrc | Wgpu.UsageCopyDst, "tapml");
         }
+        if (forWrite) _writeBuffers.Add(made);
+        return made;
     }
 
     public void Release(nint buffer, ulong size)
     {
-        if (!_pool.TryGetValue(size, out var s)) _pool[size] = s = new List<nint>();
+        var pool = _writeBuffers.Contains(buffer) ? _writePool : _pool;
+        if (!pool.TryGetValue(size, out var s)) pool[size] = s = new List<nint>();
         s.Add(buffer);
         PooledBytes += (long)size;
     }
@@ -355,7 +365,7 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
     void DestroyPool()
     {
         ClearBindGroups();
-        foreach (var s in _pool.Values) { foreach (var b in s) DestroyBuffer(b); s.Clear(); }
+        foreach (var s in _pool.Values.Concat(_writePool.Values)) { foreach (var b in s) DestroyBuffer(b); s.Clear(); }
         PooledBytes = 0;
     }
 
@@ -363,6 +373,7 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
     void DestroyBuffer(nint b)
     {
         if (_buffers.Remove(b, out var h)) h.Dispose();
+        _writeBuffers.Remove(b);
     }
 
     public void Write(nint buffer, ulong offset, ReadOnlySpan<byte> data)
@@ -883,7 +894,8 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
         _pipelines.Clear();
         foreach (var h in _buffers.Values) h.Dispose();
         _buffers.Clear();
-        foreach (var s in _pool.Values) s.Clear();
+        foreach (var s in _pool.Values.Concat(_writePool.Values)) s.Clear();
+        _writeBuffers.Clear();
         PooledBytes = 0;
         _asyncStaging.Clear();
         _staging = _meta = _profileResolve = 0;
