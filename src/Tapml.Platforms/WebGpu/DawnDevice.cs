@@ -76,6 +76,8 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
     public long Dispatches { get; private set; }
     public long Submits { get; private set; }
     public long Readbacks { get; private set; }
+    /// <summary>Bind groups created so far (a dispatch whose buffers no cached group binds makes one).</summary>
+    public long BindGroupsMade { get; private set; }
     /// <summary>Host time spent waiting for readbacks (the GPU finishing queued work), milliseconds.</summary>
     public double WaitMs { get; private set; }
     public long PooledBytes { get; private set; }
@@ -557,6 +559,7 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
                 same = c.Entries[i].Buffer == entries[i].Buffer && c.Entries[i].Offset == entries[i].Offset && c.Entries[i].Size == entries[i].Size;
             if (same) return c.Group;
         }
+        BindGroupsMade++;
         var bd = new BindGroupDescriptor { Layout = p.Layout, EntryCount = (nuint)count, Entries = (nint)entries };
         var bg = Wgpu.DeviceCreateBindGroup(_device, &bd);
         ThrowIfFailed("wgpuDeviceCreateBindGroup", p.Label);
