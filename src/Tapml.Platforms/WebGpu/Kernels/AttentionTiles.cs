@@ -38,7 +38,7 @@ static class AttentionTiles
         int nt = BR * TC;
         g.LaunchGroups(new WebGpuPlatform.KernelKey("attention_tiles", $"{maskKind}|{rot}|{dmax}|{bc}"), () =>
         {
-            var w = Fused.TiledAttentionBindings(nt, q, k, v, mask, rcos, rsin);
+            var w = Fused.AttentionBindings(nt, q, k, v, mask, rcos, rsin);
             w.Decl($"var<workgroup> qs: array<vec4<f32>, {BR * stride}>;\nvar<workgroup> kvs: array<vec4<f32>, {bc * stride}>;\n" +
                    $"var<workgroup> ps: array<f32, {BR * bc}>;\nvar<workgroup> rm: array<f32, {BR * TC}>;");
             // NOTE: guarded reads through a helper (key rows past T are zeros); D and Dv are multiples of 4.
@@ -114,7 +114,7 @@ static class AttentionTiles
                     b.Append($"    {{ let e = (c + {a * TC}u) * 4u + {comp}u; if (e < Dv) {{ y_st(ob + e, acc{a}.{"xyzw"[comp]} / lt); }} }}\n");
             b.Append("  }\n");
             return w.Build(b.ToString(), elementwise: false);
-        }, "AttentionTiles", [q, k, v, .. (mask is null ? Array.Empty<GpuTensor>() : [mask]), .. (rot ? new[] { rcos!, rsin! } : []), y], meta, gx, gy);
+        }, "AttentionTiles", Fused.AttentionTensors(q, k, v, mask, rcos, rsin, y), meta, gx, gy);
         return true;
     }
 }

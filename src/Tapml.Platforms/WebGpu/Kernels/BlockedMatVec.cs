@@ -298,11 +298,11 @@ internal static class BlockedMatVec
     /// <summary>Adds each of <paramref name="vars"/> across aligned groups of <paramref name="lanes"/> consecutive lanes (a
     /// power of two, at most the device's smallest subgroup) with <c>subgroupShuffleXor</c>: every lane of a group ends
     /// with the group's sum. Code in uniform control flow (every invocation of the workgroup reaches it).</summary>
-    internal static string ShuffleSums(int lanes, IEnumerable<string> vars)
+    internal static string ShuffleSums(int lanes, IEnumerable<string> vars, string indent = "  ")
     {
         var b = new StringBuilder();
         foreach (var v in vars)
-            for (int mask = lanes / 2; mask >= 1; mask /= 2) b.Append($"  {v} += subgroupShuffleXor({v}, {mask}u);\n");
+            for (int mask = lanes / 2; mask >= 1; mask /= 2) b.Append($"{indent}{v} += subgroupShuffleXor({v}, {mask}u);\n");
         return b.ToString();
     }
 

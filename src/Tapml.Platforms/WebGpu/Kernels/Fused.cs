@@ -388,12 +388,10 @@ public static class Fused
     {
         int P = lanes, G = Math.Max(1, Math.Min(8, 256 / P)), WG = P * G, C = (dims + P - 1) / P, U = LaneKeys;
         bool rot = rcos is not null;
+        List<string> Keys(string name) => Enumerable.Range(0, U).Select(u => $"{name}{u}").ToList();
         g.LaunchGroups(new WebGpuPlatform.KernelKey("attention_lanes", $"{maskKind}|{split}|{rot}|{P}|{C}"), () =>
         {
-            var w = new Wgsl(WG).In("q", q).In("k", k).In("v", v);
-            if (mask is not null) w.In("mk", mask);
-            if (rot) w.In("rc", rcos!).In("rs", rsin!);
-            w.Out("y", DType.Float32);
+            var w = AttentionBindings(WG, q, k, v, mask, rcos, rsin);
             w.Decl($"var<workgroup> qs: array<f32, {C * P}>;\nvar<workgroup> gm: array<f32, {G}>;\nvar<workgroup> gt: array<f32, {G}>;\nvar<workgroup> ga: array<f32, {G * C * P}>;");
             var b = new System.Text.StringBuilder(RowHead);
             b.Append(LoadQuery(rot, WG));
@@ -409,14 +407,14 @@ public static class Fused
                 b.Append("    }\n");
             }
             // NOTE: the shuffles stand outside the key's branch (uniform control flow); a key past je adds zeros.
-            b.Append(BlockedMatVec.ShuffleSums(P, Enumerable.Range(0, U).Select(u => $"d{u}")).Replace("\n  ", "\n    ").Insert(0, "  "));
+            b.Append(BlockedMatVec.ShuffleSums(P, Keys("d"), "    "));
             for (int u = 0; u < U; u++)
                 b.Append($"    var s{u} = ninf;\n    if (ok{u}) {{\n      let j = j{u};\n      var sc = d{u} * scale;\n      {MaskApply(maskKind)}\n      s{u} = sc;\n    }}\n");
-            b.Append("    let mnew = max(m, max(max(s0, s1), max(s2, s3)));\n");
+            b.Append($"    let mnew = max(m, {MatMulNBits.Tree(Keys("s"), (x, y) => $"max({x}, {y})")});\n");
             // Nothing is accumulated while every score so far is -inf; a -inf score weighs 0.
             b.Append("    if (mnew != ninf) {\n      let corr = select(exp(m - mnew), 0.0, m == ninf);\n");
             for (int u = 0; u < U; u++) b.Append($"      let p{u} = select(exp(s{u} - mnew), 0.0, s{u} == ninf);\n");
-            b.Append("      l = l * corr + ((p0 + p1) + (p2 + p3));\n");
+            b.Append($"      l = l * corr + {MatMulNBits.Tree(Keys("p"))};\n");
             for (int c = 0; c < C; c++)
             {
                 b.Append($"      if (e + {c * P}u < Dv) {{\n        var o = a{c} * corr;\n");
@@ -443,7 +441,7 @@ public static class Fused
                            : "    y_st(row * Dv + o, acc / total);\n  }\n");
             return w.Build(b.ToString(), elementwise: false);
         }, split ? "AttentionChunks" : "Attention",
-            [q, k, v, .. (mask is null ? Array.Empty<GpuTensor>() : [mask]), .. (rot ? new[] { rcos!, rsin! } : []), output], meta, gx, gy);
+            AttentionTensors(q, k, v, mask, rcos, rsin, output), meta, gx, gy);
     }
 
     /// <summary>Decode-row attention, a thread a key: one to four (<paramref name="groups"/>) groups of 64 threads by key
@@ -460,10 +458,7 @@ public static class Fused
         string LoadQ() => LoadQuery(rot, W * groups);
         g.LaunchGroups(new WebGpuPlatform.KernelKey("attention", $"{maskKind}|{split}|{rot}|{groups}"), () =>
         {
-            var w = new Wgsl(W * groups).In("q", q).In("k", k).In("v", v);
-            if (mask is not null) w.In("mk", mask);
-            if (rot) w.In("rc", rcos!).In("rs", rsin!);
-            w.Out("y", DType.Float32);
+            var w = AttentionBindings(W * groups, q, k, v, mask, rcos, rsin);
             w.Decl($"var<workgroup> qs: array<f32, {AttnMaxHeadDim}>;\nvar<workgroup> ps: array<f32, {W * groups}>;\nvar<workgroup> red: array<f32, {W * groups}>;\n" +
                    (groups == 1 ? "" : $"var<workgroup> gm: array<f32, {groups}>;\nvar<workgroup> gt: array<f32, {groups}>;\nvar<workgroup> ga: array<f32, {groups * AttnMaxHeadDim}>;"));
             string accDecl = string.Join(" ", Enumerable.Range(0, Acc).Select(a => $"var a{a} = 0.0;"));
@@ -553,7 +548,7 @@ public static class Fused
 {{merge}}{{store}}
 """, elementwise: false);
         }, split ? "AttentionChunks" : "Attention",
-            [q, k, v, .. (mask is null ? Array.Empty<GpuTensor>() : [mask]), .. (rot ? new[] { rcos!, rsin! } : []), output], meta, gx, gy);
+            AttentionTensors(q, k, v, mask, rcos, rsin, output), meta, gx, gy);
     }
 
     /// <summary>WGSL applying the mask to score <c>sc</c> of key <c>j</c> (mask offset <c>mo</c> of the query row).</summary>
@@ -564,15 +559,19 @@ public static class Fused
         _ => "",
     };
 
-    /// <summary>The bindings of the tiled prompt-attention kernels (both layouts): q, k, v, the mask, the rotary tables
-    /// where given, y.</summary>
-    internal static Wgsl TiledAttentionBindings(int threads, GpuTensor q, GpuTensor k, GpuTensor v, GpuTensor? mask, GpuTensor? rcos, GpuTensor? rsin)
+    /// <summary>The bindings of every attention kernel (decode rows, both tiled prompt layouts): q, k, v, the mask, the
+    /// rotary tables where given, y (<see cref="AttentionTensors"/> in the same order).</summary>
+    internal static Wgsl AttentionBindings(int threads, GpuTensor q, GpuTensor k, GpuTensor v, GpuTensor? mask, GpuTensor? rcos, GpuTensor? rsin)
     {
         var w = new Wgsl(threads).In("q", q).In("k", k).In("v", v);
         if (mask is not null) w.In("mk", mask);
         if (rcos is not null) w.In("rc", rcos).In("rs", rsin!);
         return w.Out("y", DType.Float32);
     }
+
+    /// <summary>The tensors an attention kernel binds, in <see cref="AttentionBindings"/>' order.</summary>
+    internal static GpuTensor[] AttentionTensors(GpuTensor q, GpuTensor k, GpuTensor v, GpuTensor? mask, GpuTensor? rcos, GpuTensor? rsin, GpuTensor y) =>
+        [q, k, v, .. (mask is null ? Array.Empty<GpuTensor>() : [mask]), .. (rcos is null ? Array.Empty<GpuTensor>() : [rcos, rsin!]), y];
 
     /// <summary>The start of the tiled prompt-attention kernels' body: the workgroup's (batch·head, tile of
     /// <paramref name="rows"/> query rows) from the row kernel's metadata, and thread (r, c) of <paramref name="perRow"/>
@@ -620,7 +619,7 @@ public static class Fused
         string store = string.Join("\n", Enumerable.Range(0, acc).Select(a => $"    if (c + {a * bc}u < Dv) {{ y_st(ob + c + {a * bc}u, a{a} / l); }}"));
         g.LaunchGroups(new WebGpuPlatform.KernelKey("attention_tiled", $"{maskKind}|{rot}|{dmax}|{br}"), () =>
         {
-            var w = TiledAttentionBindings(nt, q, k, v, mask, rcos, rsin);
+            var w = AttentionBindings(nt, q, k, v, mask, rcos, rsin);
             w.Decl($"var<workgroup> qs: array<f32, {br * stride}>;\nvar<workgroup> kvs: array<f32, {bc * stride}>;\nvar<workgroup> ss: array<f32, {br * bc}>;");
             return w.Build($$"""
 {{TiledAttentionHead(br, bc)}}
@@ -684,7 +683,7 @@ public static class Fused
 {{store}}
   }
 """, elementwise: false);
-        }, "AttentionTiled", [q, k, v, .. (mask is null ? Array.Empty<GpuTensor>() : [mask]), .. (rot ? new[] { rcos!, rsin! } : []), y], meta, gx, gy);
+        }, "AttentionTiled", AttentionTensors(q, k, v, mask, rcos, rsin, y), meta, gx, gy);
         return true;
     }
 

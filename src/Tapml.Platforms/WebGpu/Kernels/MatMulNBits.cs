@@ -451,8 +451,7 @@ static class MatMulNBits
             {
                 int wi = seg * S + i;
                 string word = words == 1 ? "wq" : $"wq.{"xyzw"[wi]}";
-                sb.Append($"        let qa{i} = (bitcast<vec4<f32>>((vec4<u32>({word}) & NM) | NB) - c){zc};\n");
-                sb.Append($"        let qb{i} = (bitcast<vec4<f32>>((vec4<u32>({word} >> 16u) & NM) | NB) - c){zc};\n");
+                sb.Append(NibbleFloats("        ", i, word, "c", zc));
                 for (int m = 0; m < rows; m++) { terms[m].Add($"dot(qa{i}, xq{m}_{2 * wi})"); terms[m].Add($"dot(qb{i}, xq{m}_{2 * wi + 1})"); }
             }
             for (int m = 0; m < rows; m++) sb.Append($"        {acc(m)} += s * {Tree(terms[m])};\n");
@@ -460,6 +459,13 @@ static class MatMulNBits
         }
         return sb.Append("    }\n").ToString();
     }
+
+    /// <summary>WGSL lets <c>qa{i}</c> and <c>qb{i}</c>: the four nibbles of <paramref name="word"/>'s low and high
+    /// half-words made floats (or-ed into the mantissa of 2^23, see the class summary) minus <paramref name="minus"/>
+    /// (2^23 plus the zero point's term, exact), then <paramref name="after"/> (a further subtraction, or empty).</summary>
+    internal static string NibbleFloats(string indent, int i, string word, string minus, string after = "") =>
+        $"{indent}let qa{i} = (bitcast<vec4<f32>>((vec4<u32>({word}) & NM) | NB) - {minus}){after};\n" +
+        $"{indent}let qb{i} = (bitcast<vec4<f32>>((vec4<u32>({word} >> 16u) & NM) | NB) - {minus}){after};\n";
 
     /// <summary>Block index of segment <paramref name="seg"/> of unit u of weight row <paramref name="row"/>.</summary>
     static string BlockOf(string row, int block, int words, int seg) =>
@@ -529,9 +535,10 @@ static class MatMulNBits
     }
 
     /// <summary>A sum as a balanced tree of additions: a short chain of dependent adds (a left-to-right sum of a unit's
-    /// eight dot products would chain 32 dependent multiply-adds).</summary>
-    internal static string Tree(IReadOnlyList<string> terms) =>
-        terms.Count == 1 ? terms[0] : $"({Tree(terms.Take(terms.Count / 2).ToList())} + {Tree(terms.Skip(terms.Count / 2).ToList())})";
+    /// eight dot products would chain 32 dependent multiply-adds); with <paramref name="pair"/>, that combination (e.g.
+    /// <c>max</c>) in place of the addition.</summary>
+    internal static string Tree(IReadOnlyList<string> terms, Func<string, string, string>? pair = null) =>
+        terms.Count == 1 ? terms[0] : (pair ?? ((a, b) => $"({a} + {b})"))(Tree(terms.Take(terms.Count / 2).ToList(), pair), Tree(terms.Skip(terms.Count / 2).ToList(), pair));
 
     static string MatVecCode(WebGpuPlatform g, GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, bool residual, GpuTensor scales, int words, bool vec, MatVecShape shape, int rows, bool a8 = false, bool panels = false)
     {

@@ -71,12 +71,9 @@ internal static class Q4Panels
         var terms = Enumerable.Range(0, rows).Select(_ => new List<string>()).ToArray();
         for (int c = 0; c < 4; c++)
         {
-            string word = $"wq.{"xyzw"[c]}";
-            string cc = zeros == MatMulNBits.ZeroKind.Bytes ? $"(MAG + f32((zw >> {8 * c}u) & 255u) * P16)" : "C8";
-            if (zeros == MatMulNBits.ZeroKind.Bytes) sb.Append($"      let c{c} = {cc};\n");
-            string sub = zeros == MatMulNBits.ZeroKind.Bytes ? $"c{c}" : "C8";
-            sb.Append($"      let qa{c} = bitcast<vec4<f32>>((vec4<u32>({word}) & NM) | NB) - {sub};\n");
-            sb.Append($"      let qb{c} = bitcast<vec4<f32>>((vec4<u32>({word} >> 16u) & NM) | NB) - {sub};\n");
+            bool zp = zeros == MatMulNBits.ZeroKind.Bytes;
+            if (zp) sb.Append($"      let c{c} = MAG + f32((zw >> {8 * c}u) & 255u) * P16;\n");
+            sb.Append(MatMulNBits.NibbleFloats("      ", c, $"wq.{"xyzw"[c]}", zp ? $"c{c}" : "C8"));
             for (int m = 0; m < rows; m++) terms[m].Add($"sv.{"xyzw"[c]} * (dot(qa{c}, xq{m}_{2 * c}) + dot(qb{c}, xq{m}_{2 * c + 1}))");
         }
         for (int m = 0; m < rows; m++) sb.Append($"      {acc(m)} += {MatMulNBits.Tree(terms[m])};\n");
