@@ -137,8 +137,8 @@ static class BenchMatVecVariants
         if (tiny) { Add(8, 1, 128); Add(32, 4, 128, unroll: 2); Add(4, 8, 32, unroll: 3); Add(16, 2, 128, xs: true); return v; }
         void Rows(string name, int words, int t = 0, int r = 0, int wg = 0, int unroll = 0) =>
             v.Add(new($"rows {name} unit{words}", new MatVecTuning { Q4PanelLayout = false, Q4Words = words, Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4Unroll = unroll }));
-        void Panels(string name, int t = 0, int r = 0, int wg = 0, int unroll = 0) =>
-            v.Add(new($"panels {name}", new MatVecTuning { Q4PanelLayout = true, Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4Unroll = unroll }));
+        void Panels(string name, int t = 0, int r = 0, int wg = 0, int unroll = 0, int split = 0) =>
+            v.Add(new($"panels {name}", new MatVecTuning { Q4PanelLayout = true, Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4Unroll = unroll, Q4Split = split }));
         Rows("rule", 0);
         Rows("rule", 2);
         Rows("t128 r8", 2, t: 128, r: 8, wg: 128);
@@ -152,6 +152,13 @@ static class BenchMatVecVariants
         Panels("t128 r8", t: 128, r: 8, wg: 128);
         Panels("t256 r4", t: 256, r: 4, wg: 256);
         Panels("t64 r4 wg256", t: 64, r: 4, wg: 256);
+        Panels("t64 r4 k2", t: 64, r: 4, wg: 128, split: 2);
+        Panels("t64 r4 k4", t: 64, r: 4, wg: 128, split: 4);
+        Panels("t64 r2 k2", t: 64, r: 2, wg: 128, split: 2);
+        Panels("t64 r2 k4", t: 64, r: 2, wg: 128, split: 4);
+        Panels("t64 r8 k4", t: 64, r: 8, wg: 128, split: 4);
+        Panels("t32 r4 k4", t: 32, r: 4, wg: 128, split: 4);
+        Panels("t128 r4 k2", t: 128, r: 4, wg: 128, split: 2);
         return v;
     }
 
@@ -174,7 +181,7 @@ static class BenchMatVecVariants
         var o = new List<string>();
         void Int(string key, int v) { if (v > 0) o.Add($"{key}={v}"); }
         if (t.Q4PanelLayout is { } pl) o.Add($"q4-layout={(pl ? "panels" : "rows")}");
-        Int("q4-threads", t.Q4Threads); Int("q4-rows", t.Q4Rows); Int("q4-wg", t.Q4Workgroup); Int("q4-unroll", t.Q4Unroll); Int("q4-unit", t.Q4Words);
+        Int("q4-threads", t.Q4Threads); Int("q4-rows", t.Q4Rows); Int("q4-wg", t.Q4Workgroup); Int("q4-unroll", t.Q4Unroll); Int("q4-unit", t.Q4Words); Int("q4-split", t.Q4Split);
         if (t.Q4SharedX is { } qx) o.Add($"q4-xs={(qx ? 1 : 0)}");
         Int("f16-threads", t.F16Threads); Int("f16-rows", t.F16Rows); Int("f16-wg", t.F16Workgroup); Int("f16-unroll", t.F16Unroll);
         if (t.F16SharedX is { } fx) o.Add($"f16-xs={(fx ? 1 : 0)}");

@@ -527,11 +527,12 @@ public class FusionTests
     /// to the unfused one; a decode step on webgpu takes as many dispatches
     /// as the f32 graph's (six a layer, plus seven) with logits and presents within tolerance of the cpu on the unfused
     /// quantized graph; and greedy generation gives the same tokens on cpu, fused and unfused on the GPU (webgpu; opencl
-    /// renders the same kernels).</summary>
+    /// renders the same kernels; <c>q4-split</c>: the down projection's rows in two ranges of K, one dispatch more a layer).</summary>
     [Theory]
-    [InlineData("webgpu")]
-    [InlineData("opencl")]
-    public void Q4_decode_steps_fuse_like_f32_and_give_the_cpu_tokens(string platform)
+    [InlineData("webgpu", 0)]
+    [InlineData("opencl", 0)]
+    [InlineData("vulkan?q4-split=2&q4-threads=2", 1)]
+    public void Q4_decode_steps_fuse_like_f32_and_give_the_cpu_tokens(string platform, int splitPerLayer)
     {
         WebGpuTests.SkipIfNoDawn(platform);
         IPlatform made;
@@ -560,7 +561,8 @@ public class FusionTests
             long d0 = gpu.Device.Dispatches;
             got = eg.Run(f, Generation.NextFeeds(f, got, token, position));
             long perStep = gpu.Device.Dispatches - d0;
-            Assert.True(perStep <= 6 * layers + 7, $"{perStep} dispatches in a q4 decode step of {layers} layers");
+            Assert.True(perStep <= (6 + splitPerLayer) * layers + 7, $"{perStep} dispatches in a q4 decode step of {layers} layers");
+            if (splitPerLayer > 0) Assert.True(perStep > 6 * layers + 7, $"{perStep} dispatches: the split did not run");
             foreach (var (name, v) in want) AssertClose((Tensor)v, (Tensor)got[name], 1e-4, 1e-3);
         }
         long[] prompt = [1, 17, 305, 42];

@@ -51,6 +51,10 @@ public class MatVecVariantTests
     [InlineData("webgpu?q4-layout=panels&q4-threads=32&q4-rows=2&q4-wg=64&q4-unroll=2")]
     [InlineData("vulkan?q4-layout=panels&q4-threads=8&q4-rows=3&q4-wg=64&q4-xs=1")]  // staged x is not offered with panels
     [InlineData("opencl?q4-layout=panels&q4-threads=16")]
+    [InlineData("webgpu?q4-split=2&q4-threads=8&q4-rows=2&q4-wg=64")]               // rows split in ranges of K, summed after
+    [InlineData("webgpu?q4-split=3&q4-threads=4&q4-rows=3&q4-wg=32&q4-unroll=2")]    // ranges not a multiple of the threads
+    [InlineData("vulkan?q4-split=4&q4-layout=rows&q4-unit=1&q4-threads=4")]
+    [InlineData("opencl?q4-split=2&q4-threads=8&q4-xs=1")]                           // staged x does not split
     public void Q4_decode_layouts_match_cpu(string spec)
     {
         WebGpuTests.SkipIfNoDawn(spec);

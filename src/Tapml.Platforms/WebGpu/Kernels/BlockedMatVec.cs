@@ -12,15 +12,16 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 /// T partial sums are added pairwise in workgroup memory (log2 T steps, every thread of the row busy) rather than by one
 /// thread in a loop (T dependent additions while the rest of the workgroup waits). <see cref="Subgroup"/> &gt; 0: a row's
 /// partial sums are first added across lanes with <c>subgroupShuffleXor</c> within groups of min(T, Subgroup) lanes (the
-/// device's smallest subgroup), leaving T / that many sums for workgroup memory.</summary>
-public readonly record struct MatVecShape(int Threads, int Rows, int Workgroup, bool SharedX, int Unroll = 1, bool Tree = false, int Subgroup = 0)
+/// device's smallest subgroup), leaving T / that many sums for workgroup memory. <see cref="Split"/> &gt; 1: each row's
+/// units are split in that many ranges, one a workgroup (the grid's z), whose partial sums a second kernel adds.</summary>
+public readonly record struct MatVecShape(int Threads, int Rows, int Workgroup, bool SharedX, int Unroll = 1, bool Tree = false, int Subgroup = 0, int Split = 1)
 {
     /// <summary>Lanes added by shuffles (0: none): the row's threads, at most a subgroup; T a power of two.</summary>
     public int ShuffleLanes => Subgroup >= 2 && Threads > 1 && (Threads & (Threads - 1)) == 0 ? Math.Min(Threads, Subgroup) : 0;
     public int RowsPerWorkgroup => Workgroup / Threads * Rows;
     /// <summary>Partial sums added as a tree: asked for and the threads of a row a power of two.</summary>
     public bool TreeSum => Tree && Threads > 1 && (Threads & (Threads - 1)) == 0;
-    public override string ToString() => $"t{Threads} r{Rows} wg{Workgroup}{(SharedX ? " xs" : "")}{(Unroll > 1 ? $" u{Unroll}" : "")}{(ShuffleLanes > 0 ? $" sg{ShuffleLanes}" : TreeSum ? " tree" : "")}";
+    public override string ToString() => $"t{Threads} r{Rows} wg{Workgroup}{(SharedX ? " xs" : "")}{(Unroll > 1 ? $" u{Unroll}" : "")}{(ShuffleLanes > 0 ? $" sg{ShuffleLanes}" : TreeSum ? " tree" : "")}{(Split > 1 ? $" k{Split}" : "")}";
 }
 
 /// <summary>The decode matrix-vector kernels' knobs, as webgpu platform-spec options (<c>webgpu?q4-threads=16&amp;q4-rows=2</c>):
@@ -43,6 +44,10 @@ public sealed record MatVecTuning
     /// <summary>u32 words of packed nibbles a thread loads as one unit (1, 2 or 4; 0: the rule, <see cref="Q4UnitWords"/>).
     /// Smaller units put a row's threads closer together in x (4 words: 128 bytes apart).</summary>
     public int Q4Words { get; init; }
+    /// <summary>Each row of a MatMulNBits decode product split in this many ranges of K, one workgroup each, their partial
+    /// sums added by a second kernel (<c>q4-split=N</c>; 0: <see cref="Q4SplitRule"/>). The fused projections and x staged in
+    /// workgroup memory do not split.</summary>
+    public int Q4Split { get; init; }
     /// <summary>A unit's loads of all a thread's weight rows (words, scales, zero points) written before any row's math
     /// (<c>q4-loads=first</c>) rather than each row's loads beside its math (<c>inline</c>, the default).</summary>
     public bool Q4Hoist { get; init; }
@@ -74,7 +79,10 @@ public sealed record MatVecTuning
 
     public static readonly MatVecTuning Rule = new();
 
-    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial|subgroup, q4-unit=1|2|4, q4-loads=first|inline, q4-layout=panels|rows, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial|subgroup, f16-unpack=bits|native";
+    /// <summary>Ranges of K a MatMulNBits decode row is split in when no knob says (1: not split).</summary>
+    public static int Q4SplitRule(long n, long units, int threads) => 1;
+
+    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial|subgroup, q4-unit=1|2|4, q4-loads=first|inline, q4-layout=panels|rows, q4-split=N, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial|subgroup, f16-unpack=bits|native";
 
     /// <summary>This tuning with one spec option applied, or null when <paramref name="key"/> is not a matrix-vector knob.</summary>
     public MatVecTuning? With(string spec, string key, string value)
@@ -96,6 +104,7 @@ public sealed record MatVecTuning
             "q4-reduce" => this with { Q4Tree = Reduce(), Q4Subgroup = value == "subgroup" },
             "q4-loads" => this with { Q4Hoist = value switch { "first" => true, "inline" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be first or inline") } },
             "q4-layout" => this with { Q4PanelLayout = value switch { "panels" => true, "rows" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be panels or rows") } },
+            "q4-split" => this with { Q4Split = Count(16) },
             "q4-unit" => this with { Q4Words = value is "1" or "2" or "4" ? int.Parse(value) : throw new TapmlException($"platform '{spec}': {key}={value} must be 1, 2 or 4") },
             "f16-threads" => this with { F16Threads = Count(256) },
             "f16-rows" => this with { F16Rows = Count(16) },
@@ -120,7 +129,11 @@ public sealed record MatVecTuning
     {
         int t = Q4Threads > 0 ? Q4Threads : Math.Min(n >= 65536 && !panels ? 32 : 64, Math.Max(4, FloorPow2(units)));
         int r = Q4Rows > 0 ? Q4Rows : (int)Math.Clamp(FloorPow2(n * t / 65536), 1, panels ? 4 : 8);
-        return Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup) with { Unroll = Q4Unroll > 0 ? Q4Unroll : 1, Tree = Q4Tree ?? true, Subgroup = Q4Subgroup ?? Q4SubgroupRule ? subgroup : 0 };
+        var s = Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup) with { Unroll = Q4Unroll > 0 ? Q4Unroll : 1, Tree = Q4Tree ?? true, Subgroup = Q4Subgroup ?? Q4SubgroupRule ? subgroup : 0 };
+        // Never more ranges than leave each of a row's threads a unit in every range; x staged in workgroup memory
+        // (q4-xs=1) does not split.
+        int split = (int)Math.Clamp(Q4Split > 0 ? Q4Split : Q4SplitRule(n, units, s.Threads), 1, Math.Max(1, units / s.Threads));
+        return split > 1 && !s.SharedX ? s with { Split = split } : s;
     }
 
     /// <summary>Packed words a 4-bit unit loads for N rows of <paramref name="rowWords"/> u32 words: <see cref="Q4Words"/>
@@ -220,13 +233,17 @@ internal static class BlockedMatVec
         b.Append($"  let t = lid.x % {T}u;\n  let wgi = wid.x + wid.y * nwg.x;\n  let rowBase = (wgi * {G}u + lid.x / {T}u) * {R}u;\n");
         foreach (int r in rs) b.Append($"  let row{r} = min(rowBase + {r}u, N - 1u);\n");
         foreach (int r in rs) foreach (int m in ms) b.Append($"  var a{r}_{m} = 0.0;\n");
+        if (s.SharedX && s.Split > 1) throw new InvalidOperationException("a split row takes no staged x");
         if (!s.SharedX)
         {
+            // Split: this workgroup's range of units (the grid's z).
+            string end = "U";
+            if (s.Split > 1) { b.Append($"  let us_ = (U + {s.Split - 1}u) / {s.Split}u;\n  let u0 = wid.z * us_;\n  let ue = min(U, u0 + us_);\n"); end = "ue"; }
             var unit = new StringBuilder($"    let k0 = u * {UV}u;\n{f.UnitHead}");
             foreach (int m in ms)
                 if (f.LoadUnit is { } load) unit.Append(load(m));
                 else for (int j = 0; j < J; j++) unit.Append($"    let xq{m}_{j} = {X4(rowBase is null ? $"{m}u" : $"({rowBase} + {m}u)", f.XAt?.Invoke(j) ?? $"k0 + {4 * j}u")}{scale};\n");
-            b.Append(UnitLoop(T, s.Unroll, unit.Append(perUnit).Append(rowsCode).ToString()));
+            b.Append(UnitLoop(T, s.Unroll, unit.Append(perUnit).Append(rowsCode).ToString(), s.Split > 1 ? "u0 + t" : "t", end));
         }
         else
         {
@@ -331,12 +348,12 @@ internal static class BlockedMatVec
     /// <summary>The loop over a thread's units (u = t, t + T, … below U) around <paramref name="unit"/>, code that reads
     /// <c>u</c>: with <paramref name="unroll"/> &gt; 1, that many units an iteration, each in a block of its own (so their
     /// loads are independent and can all be in flight), then the units left one at a time.</summary>
-    internal static string UnitLoop(int T, int unroll, string unit)
+    internal static string UnitLoop(int T, int unroll, string unit, string first = "t", string end = "U")
     {
-        if (unroll <= 1) return $"  for (var u = t; u < U; u += {T}u) {{\n{unit}  }}\n";
-        var b = new StringBuilder($"  var ub = t;\n  for (; ub + {(unroll - 1) * T}u < U; ub += {unroll * T}u) {{\n");
+        if (unroll <= 1) return $"  for (var u = {first}; u < {end}; u += {T}u) {{\n{unit}  }}\n";
+        var b = new StringBuilder($"  var ub = {first};\n  for (; ub + {(unroll - 1) * T}u < {end}; ub += {unroll * T}u) {{\n");
         for (int i = 0; i < unroll; i++) b.Append($"   {{\n    let u = ub{(i == 0 ? "" : $" + {i * T}u")};\n{unit}   }}\n");
-        return b.Append($"  }}\n  for (var u = ub; u < U; u += {T}u) {{\n{unit}  }}\n").ToString();
+        return b.Append($"  }}\n  for (var u = ub; u < {end}; u += {T}u) {{\n{unit}  }}\n").ToString();
     }
 
     /// <summary>Workgroups for N rows at <paramref name="s"/>'s rows per workgroup.</summary>

@@ -230,22 +230,31 @@ public static class MatMul
         var part = g.Empty(DType.Float32, [splits * rows * n]);
         g.LaunchGroups(new WebGpuPlatform.KernelKey("matvec_split", key), () => MatVecCode(x, part, packed, vec, xvec, per, t, wg, (int)rows, false, false, splits),
             label + "_split", [x, part, wt], meta, gx, gy, (uint)splits);
+        SumParts(g, part, splits, rows * n, n, y, 0, bias ? res : null, bias ? null : res);
+        g.Free(part);
+    }
+
+    /// <summary>The second kernel of a split matrix-vector product: <c>y[at + i] = (Σ_s part[s·count + i] + bias[i mod n])
+    /// + residual[at + i]</c> for i below <paramref name="count"/> (bias, residual optional; the cpu reference's order).</summary>
+    internal static void SumParts(WebGpuPlatform g, GpuTensor part, int splits, long count, long n, GpuTensor y, long at, GpuTensor? bias, GpuTensor? residual)
+    {
         var cm = new Meta();
-        cm.Add(rows * n); cm.Add(n); cm.Add(splits);
-        string add = res is null ? "" : bias ? " + res(i % md[1])" : " + res(i)";
-        g.Launch(new WebGpuPlatform.KernelKey("matvec_sum", $"{res is not null}|{bias}|{(int)y.DType}|{(int)(res?.Storage ?? GpuStorage.F32)}"), () =>
+        cm.Add(count); cm.Add(n); cm.Add(splits); cm.Add(at);
+        string sum = bias is null ? "acc" : "acc + bias(i % md[1])";
+        if (residual is not null) sum = $"({sum}) + res(md[3] + i)";
+        g.Launch(new WebGpuPlatform.KernelKey("matvec_sum", $"{bias is not null}|{residual is not null}|{(int)y.DType}|{(int)(bias?.Storage ?? GpuStorage.F32)}|{(int)(residual?.Storage ?? GpuStorage.F32)}"), () =>
         {
             var w = new Wgsl(g.Workgroup).In("pt", part);
-            if (res is not null) w.In("res", res);
+            if (bias is not null) w.In("bias", bias);
+            if (residual is not null) w.In("res", residual);
             return w.Out("y", y.DType).Build($$"""
   if (i < md[0]) {
     var acc = 0.0;
     for (var s = 0u; s < md[2]; s++) { acc += pt(s * md[0] + i); }
-    y_st(i, acc{{add}});
+    y_st(md[3] + i, {{sum}});
   }
 """);
-        }, "MatVecSum", res is null ? [part, y] : [part, res, y], cm, rows * n);
-        g.Free(part);
+        }, "MatVecSum", [part, .. (bias is null ? Array.Empty<GpuTensor>() : [bias]), .. (residual is null ? Array.Empty<GpuTensor>() : [residual]), y], cm, count);
     }
 
     /// <summary>Packed f16 weights [N, K] (K a multiple of 8): <see cref="BlockedMatVec"/>'s layout from the platform's

@@ -298,10 +298,6 @@ static class MatMulNBits
     static void MatVec(WebGpuPlatform g, GpuTensor x, GpuTensor y, Prepared p, long rows, GpuTensor? residual, long m0 = 0, QuantizedA? qa = null)
     {
         var w = p.W;
-        var bindings = qa is null ? new List<GpuTensor> { x, y, p.Words, p.Scales } : [qa.Data, y, p.Words, p.Scales];
-        if (p.Zeros is not null) bindings.Add(p.Zeros);
-        if (p.Bias is not null) bindings.Add(p.Bias);
-        if (residual is not null) bindings.Add(residual);
         // A unit is 2 or 4 words (MatVecTuning.Q4UnitWords) where every row's words start aligned to it, else one u32 (8 values).
         long rowWords = (long)w.KBlocks * w.BlobSize / 4;
         // int8 A: a unit is one block (its codes, scale and sum go together). Panels: a unit is 16 bytes of a panel.
@@ -310,15 +306,28 @@ static class MatMulNBits
         bool vec = x.Storage == GpuStorage.F32 && units * words * 8 == w.K;
         var shape = g.MatVec.Q4(w.N, units, g.Device.Limits.MaxInvocationsPerWorkgroup, g.SubgroupLanes, p.Panels);
         if (qa is not null || p.Panels) shape = shape with { SharedX = false };
+        // Split rows: the kernel writes each range's partial sums [split, rows, N]; their sum adds bias and residual.
+        int split = shape.Split;
+        var part = split > 1 ? g.Empty(DType.Float32, [split * rows * w.N]) : null;
+        var bias = split > 1 ? null : p.Bias;
+        var rs = split > 1 ? null : residual;
+        var bindings = qa is null ? new List<GpuTensor> { x, part ?? y, p.Words, p.Scales } : [qa.Data, part ?? y, p.Words, p.Scales];
+        if (p.Zeros is not null) bindings.Add(p.Zeros);
+        if (bias is not null) bindings.Add(bias);
+        if (rs is not null) bindings.Add(rs);
         var meta = new Meta();
         meta.Add(w.N); meta.Add(w.K); meta.Add(rowWords); meta.Add(w.KBlocks); meta.Add(rows); meta.Add(units); meta.Add(m0);
         if (qa is not null) meta.Add(qa.PairsAt);
-        string variant = $"{w.BlockSize}|{Zero(p)}|{p.Bias is not null}|{residual is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)y.DType}|{qa is not null}|{p.Panels}";
+        var yType = part?.DType ?? y.DType;
+        string variant = $"{w.BlockSize}|{Zero(p)}|{bias is not null}|{rs is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)yType}|{qa is not null}|{p.Panels}";
         var (gx, gy) = BlockedMatVec.Grid(g, w.N, shape);
         string unit = qa is not null ? "_a8" : p.Panels ? "_p" : words == 4 ? "_w" : words == 2 ? "_w2" : "";
         g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{words}|{vec}|{shape}|{rows}|{g.MatVec.Q4Hoist}"),
-            () => MatVecCode(g, x, y.DType, w.BlockSize, Zero(p), p.Bias is not null, residual is not null, p.Scales, words, vec, shape, (int)rows, qa is not null, p.Panels),
-            $"MatMulNBits_matvec_t{shape.Threads}r{shape.Rows}{unit}{(residual is null ? "" : "_add")}_r{rows}", [.. bindings], meta, gx, gy);
+            () => MatVecCode(g, x, yType, w.BlockSize, Zero(p), bias is not null, rs is not null, p.Scales, words, vec, shape, (int)rows, qa is not null, p.Panels),
+            $"MatMulNBits_matvec_t{shape.Threads}r{shape.Rows}{unit}{(split > 1 ? $"_k{split}" : residual is null ? "" : "_add")}_r{rows}", [.. bindings], meta, gx, gy, (uint)split);
+        if (part is null) return;
+        MatMul.SumParts(g, part, split, rows * w.N, w.N, y, m0 * w.N, p.Bias, residual);
+        g.Free(part);
     }
 
     /// <summary>The <c>matmul_add</c> region over a MatMulNBits product (inputs x, B, scales [, zero_points], r): y =
@@ -559,8 +568,10 @@ static class MatMulNBits
             Prologue = "  let KB = md[3];\n" + (a8 ? "  let QP = md[7] / 4u;\n" : UnitPrologue),
             Row = Row,
             Rows = hoist ? n => UnitRows(weights, Enumerable.Range(0, n).Select(r => ($"row{r}", (Func<int, string>)(m => $"a{r}_{m}"))).ToList(), block, zeros, words, rows, true) : null,
-            // NOTE: (sum + bias) + r: the order the cpu reference adds MatMulNBits' bias and then the region's Add.
-            Store = (m, row, sum) => $"y_st((m0 + {m}u) * N + {row}, {(residual ? "(" : "")}{sum}{(bias ? $" + bias({row})" : "")}{(residual ? $") + rs((m0 + {m}u) * N + {row})" : "")});",
+            // NOTE: (sum + bias) + r: the order the cpu reference adds MatMulNBits' bias and then the region's Add. Split:
+            // range z's partial sums at [z, m, row] (MatMul.SumParts adds them, then bias and r).
+            Store = shape.Split > 1 ? (m, row, sum) => $"y_st((wid.z * {rows}u + {m}u) * N + {row}, {sum});"
+                : (m, row, sum) => $"y_st((m0 + {m}u) * N + {row}, {(residual ? "(" : "")}{sum}{(bias ? $" + bias({row})" : "")}{(residual ? $") + rs((m0 + {m}u) * N + {row})" : "")});",
         };
         // NOTE: md here is N, K, words per row (the tiled kernel's), k_blocks, rows, units per row, x's first row: the
         // skeleton reads units from md[2].
