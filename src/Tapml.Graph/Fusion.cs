@@ -43,7 +43,7 @@ public static class Fusion
 
     /// <summary>Element-wise ops a region may hold (float in, float out, or Where with an outside condition).</summary>
     static readonly HashSet<string> ElementwiseOps = ["Add", "Sub", "Mul", "Div", "Neg", "Sqrt", "Sigmoid", "Tanh", "Exp", "Log", "Relu",
-        "Erf", "Reciprocal", "Abs", "Pow", "Where", "Softplus"];
+        "Erf", "Reciprocal", "Abs", "Pow", "Where", "Softplus", "Sin", "Cos"];
 
     public static Model Fuse(Model model, out FusionReport report) => Fuse(model, out report, projections: true);
 
@@ -56,7 +56,7 @@ public static class Fusion
     {
         var g = model.Graph;
         var ctx = new Matcher(g, model.Opset("")) { NBits = nbits };
-        var regions = new List<(string Kind, List<int> Nodes, List<string> Inputs, Dictionary<string, Attr> Attrs, List<string>? Outputs)>();
+        var regions = new List<(string Kind, List<int> Nodes, List<string> Inputs, Dictionary<string, Attr> Attrs, List<string>? Outputs, bool AtLast)>();
         var taken = new bool[g.Nodes.Count];
         // An RMSNorm whose output feeds only matrix products against weights: norm, products and their element-wise
         // epilogue become one region (then the plain RMSNorm pass takes the rest).
@@ -86,13 +86,29 @@ public static class Fusion
             var inputs = nodes.SelectMany(n => g.Nodes[n].Inputs).Where(s => s.Length > 0 && !inside.Contains(s)).Distinct().ToList();
             Take(nodes, inputs, "elementwise", new());
         }
+        // Element-wise fan-outs: a value only element-wise nodes read, two to four of them (the rotary tables' Cos and Sin
+        // of one angle), with its own element-wise tree: one region with an output a reader, standing where its last
+        // node stood (every consumer of an output comes after it).
+        for (int i = 0; i < g.Nodes.Count; i++)
+        {
+            if (taken[i] || !ctx.IsElementwise(i) || ctx.FanOut(i, taken) is not { } readers) continue;
+            var nodes = new List<int>();
+            ctx.Grow(i, nodes, taken);
+            foreach (var n in nodes) taken[n] = true;
+            nodes.AddRange(readers);
+            foreach (var n in readers) taken[n] = true;
+            nodes.Sort();
+            var inside = new HashSet<string>(nodes.Select(n => g.Nodes[n].Outputs[0]));
+            var inputs = nodes.SelectMany(n => g.Nodes[n].Inputs).Where(s => s.Length > 0 && !inside.Contains(s)).Distinct().ToList();
+            Take(nodes, inputs, "elementwise", new(), readers.Select(r => g.Nodes[r].Outputs[0]).ToList(), atLast: true);
+        }
 
         // A region with several outputs (projections) stands where its first node stood: its inputs come before
         // that (the shared input and constants), and outputs made early inside it may be used before its last node.
-        void Take(List<int> nodes, List<string> inputs, string kind, Dictionary<string, Attr> attrs, List<string>? outputs = null)
+        void Take(List<int> nodes, List<string> inputs, string kind, Dictionary<string, Attr> attrs, List<string>? outputs = null, bool atLast = false)
         {
             foreach (var n in nodes) taken[n] = true;
-            regions.Add((kind, nodes, inputs, attrs, outputs));
+            regions.Add((kind, nodes, inputs, attrs, outputs, atLast));
         }
 
         var result = new Graph { Name = g.Name };
@@ -101,13 +117,13 @@ public static class Fusion
         result.ValueInfos.AddRange(g.ValueInfos);
         foreach (var (k, t) in g.Initializers) result.Initializers[k] = t;
         var sinkOf = new Dictionary<int, int>();
-        for (int r = 0; r < regions.Count; r++) sinkOf[regions[r].Outputs is null ? regions[r].Nodes[^1] : regions[r].Nodes[0]] = r;
+        for (int r = 0; r < regions.Count; r++) sinkOf[regions[r].Outputs is null || regions[r].AtLast ? regions[r].Nodes[^1] : regions[r].Nodes[0]] = r;
         var counts = new Dictionary<string, int>();
         for (int i = 0; i < g.Nodes.Count; i++)
         {
             if (!taken[i]) { result.Nodes.Add(g.Nodes[i]); continue; }
             if (!sinkOf.TryGetValue(i, out int r)) continue;
-            var (kind, nodes, inputs, attrs, outputs) = regions[r];
+            var (kind, nodes, inputs, attrs, outputs, _) = regions[r];
             var sink = g.Nodes[nodes[^1]];
             outputs ??= [sink.Outputs[0]];
             // Constant inputs (initializers) stay inputs of the fused node: the GPU uploads them once like any weight.
@@ -573,6 +589,24 @@ public static class Fusion
         {
             var n = N(i);
             return n.Domain is "" or "ai.onnx" && ElementwiseOps.Contains(n.OpType) && n.Outputs.Length == 1 && n.Outputs[0].Length > 0 && n.Inputs.Length <= 3;
+        }
+
+        /// <summary>The readers of element-wise node <paramref name="i"/>'s output where a fan-out region may take them: two
+        /// to four, all untaken element-wise nodes, the value read by nothing else (no graph output), each reader's other
+        /// inputs made before <paramref name="i"/>, and every consumer of a reader's output after the last reader.</summary>
+        public int[]? FanOut(int i, bool[] taken)
+        {
+            string v = N(i).Outputs[0];
+            if (!_consumers.TryGetValue(v, out var readers) || readers.Count is < 2 or > 4 || _uses.GetValueOrDefault(v) != readers.Count) return null;
+            var rs = readers.Distinct().ToArray();
+            if (rs.Length != readers.Count || rs.Any(r => taken[r] || !IsElementwise(r))) return null;
+            foreach (int r in rs)
+                foreach (var s in N(r).Inputs)
+                    if (s != v && s.Length > 0 && _producer.TryGetValue(s, out int p) && p > i) return null;
+            int last = rs.Max();
+            foreach (int r in rs)
+                if (_consumers.TryGetValue(N(r).Outputs[0], out var cs) && cs.Any(c => c <= last)) return null;
+            return rs;
         }
 
         /// <summary>Adds node <paramref name="i"/> and, recursively, the element-wise producers of its inputs whose

@@ -26,9 +26,10 @@ public static class Fused
             return Projections.Run(g, ctx, body, opset, ins) ?? NodeByNode(g, ctx, Unprojected.GetValue(ctx.Node, _ => Unproject(body, opset, ins)), opset, ins);
         if (ctx.String("kind", "") == "kv_append")
             return KvAppend(g, ctx, ins) ?? NodeByNode(g, ctx, body, opset, ins);
+        if (ctx.String("kind", "") == "elementwise")
+            return Elementwise(g, ctx, body, opset, ins) ?? NodeByNode(g, ctx, body, opset, ins);
         GpuTensor? y = ctx.String("kind", "") switch
         {
-            "elementwise" => Elementwise(g, ctx, body, opset, ins),
             "rms_norm" => RmsNorm(g, ctx, body, ins),
             "rotary" => Rotary(g, ctx, ins),
             "attention" => Attention(g, ctx, ins),
@@ -78,9 +79,10 @@ public static class Fused
         return results;
     }
 
-    static GpuTensor? Elementwise(WebGpuPlatform g, NodeContext ctx, Graph body, int opset, GpuTensor?[] ins)
+    static GpuTensor[]? Elementwise(WebGpuPlatform g, NodeContext ctx, Graph body, int opset, GpuTensor?[] ins)
     {
-        if (ins.Length + 2 > g.Device.Limits.MaxStorageBuffersPerStage || ins.Any(t => t is null)) return null;
+        int outs = body.Outputs.Count;
+        if (ins.Length + 1 + outs > g.Device.Limits.MaxStorageBuffersPerStage || ins.Any(t => t is null)) return null;
         var inputs = ins!.Select(t => t!).ToArray();
         // Where's condition (bool) is the only non-f32 input allowed; every body op needs a composable expression.
         var conds = new HashSet<string>(body.Nodes.Where(n => n.OpType == "Where").Select(n => n.Inputs[0]));
@@ -88,16 +90,24 @@ public static class Fused
             if (!IsF32(inputs[k]) && !(conds.Contains(body.Inputs[k].Name) && inputs[k].DType == DType.Bool)) return null;
         if (body.Nodes.Any(n => Kernels.Elementwise.ExprOf(n.OpType) is null)) return null;
         var outShape = ShapeUtil.Broadcast(inputs.Select(t => t.Shape).ToArray());
-        var y = g.Empty(DType.Float32, outShape);
-        if (y.Length == 0) return y;
-        var (meta, shapeAt, targets, flat, rank) = Kernels.Elementwise.Layout(inputs, outShape, y.Length);
+        // Several outputs (a fan-out region): each must have the region's whole shape (each thread writes its element of each).
+        if (outs > 1)
+        {
+            var shapes = new Dictionary<string, long[]>();
+            for (int k = 0; k < inputs.Length; k++) shapes[body.Inputs[k].Name] = inputs[k].Shape;
+            foreach (var n in body.Nodes) shapes[n.Outputs[0]] = ShapeUtil.Broadcast(n.Inputs.Select(v => shapes[v]).ToArray());
+            if (body.Outputs.Any(o => !ShapeUtil.SameShape(shapes[o.Name], outShape))) return null;
+        }
+        var ys = Enumerable.Range(0, outs).Select(_ => g.Empty(DType.Float32, outShape)).ToArray();
+        if (ys[0].Length == 0) return ys;
+        var (meta, shapeAt, targets, flat, rank) = Kernels.Elementwise.Layout(inputs, outShape, ys[0].Length);
         var storages = inputs.Select(t => t.Storage).ToArray();
         var key = new WebGpuPlatform.KernelKey("fused", $"{Wgsl.Letters(storages)}|{rank}|{flat}", ctx.Node);
         g.Launch(key, () =>
         {
             var w = new Wgsl(g.Workgroup);
             for (int k = 0; k < inputs.Length; k++) w.In($"in{k}", storages[k]);
-            w.Out("y", DType.Float32);
+            for (int o = 0; o < outs; o++) w.Out(outs == 1 ? "y" : $"y{o}", DType.Float32);
             var names = new Dictionary<string, (string Id, GpuStorage S)>();
             var sb = new StringBuilder(flat ? "" : Wgsl.Offsets("i", rank, shapeAt, targets));
             for (int k = 0; k < inputs.Length; k++)
@@ -113,11 +123,11 @@ public static class Fused
                 sb.Append($"  let v{j} = f32({e});\n");
                 names[n.Outputs[0]] = ($"v{j}", GpuStorage.F32);
             }
-            sb.Append($"  y_st(i, v{body.Nodes.Count - 1});");
+            for (int o = 0; o < outs; o++) sb.Append($"  {(outs == 1 ? "y" : $"y{o}")}_st(i, {names[body.Outputs[o].Name].Id});\n");
             w.Decl(Kernels.Elementwise.HelperFunctions);
             return w.Build(sb.ToString());
-        }, $"Fused_{body.Nodes.Count}_r{rank}", [.. inputs, y], meta, y.Length);
-        return y;
+        }, outs == 1 ? $"Fused_{body.Nodes.Count}_r{rank}" : $"Fused_{body.Nodes.Count}x{outs}_r{rank}", [.. inputs, .. ys], meta, ys[0].Length);
+        return ys;
     }
 
     /// <summary>y = x / sqrt(mean(x², last axis) + eps) · weight, one workgroup per row.</summary>
