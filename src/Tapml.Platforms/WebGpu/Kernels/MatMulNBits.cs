@@ -413,13 +413,20 @@ static class MatMulNBits
 
     internal static string Weights(int words) => words == 1 ? "bw_b" : "bq_b";
 
-    /// <summary><c>zero_(block)</c>: a block's zero point from <c>zp</c> (bytes four per u32, or f32), or 8.</summary>
+    /// <summary><c>zero_(block)</c>: a block's zero point from <c>zp</c> (bytes four per u32, or f32), or 8; for bytes also
+    /// <c>zmag_(block)</c>, 2^23 + the zero point (<see cref="ZeroMagic"/>).</summary>
     internal static string ZeroFunction(ZeroKind zeros) => $"fn zero_(b: u32) -> f32 {{ {zeros switch
     {
         ZeroKind.Bytes => "return f32((zp(b >> 2u) >> ((b & 3u) * 8u)) & 255u);",
         ZeroKind.Floats => "return zp(b);",
         _ => "return 8.0;",
-    }} }}";
+    }} }}" + (zeros == ZeroKind.Bytes ? $"\nfn zmag_(b: u32) -> f32 {{ return {ZeroMagic("zp(b >> 2u) >> ((b & 3u) * 8u)")}; }}" : "");
+
+    /// <summary>2^23 + the zero-point byte in the low 8 bits of <paramref name="word"/>, made by setting the exponent bits (an
+    /// integer op) rather than an int-to-float conversion (a quarter-rate instruction on NVIDIA GPUs, once a block a row).
+    /// <c>vec4(that)·P16 + CK</c> is then the unit code's <c>MAG + z·P16</c> exactly: every product and sum is an integer
+    /// below 2^24 times a power of two.</summary>
+    internal static string ZeroMagic(string word) => $"bitcast<f32>((({word}) & 255u) | 1258291200u)";
 
     /// <summary>Constants the unit code reads (<c>let</c>s at the top of main): nibble masks and the 2^23 magic.</summary>
     internal const string UnitPrologue = """
@@ -428,6 +435,7 @@ static class MatMulNBits
   let MAG = vec4<f32>(8388608.0);
   let P16 = vec4<f32>(1.0, 16.0, 256.0, 4096.0);
   let C8 = MAG + 8.0 * P16;
+  let CK = MAG - MAG * P16;
 
 """;
 
@@ -447,11 +455,11 @@ static class MatMulNBits
         {
             if (loaded is null) sb.Append($"      {{\n        let b = {BlockOf(row, block, words, seg)};\n        let s = sc(b);\n");
             else sb.Append($"      {{\n        let s = s{loaded}_{seg};\n");
-            string z = loaded is null ? "zero_(b)" : $"z{loaded}_{seg}";
+            string z = loaded is null ? zeros == ZeroKind.Bytes ? "zmag_(b)" : "zero_(b)" : $"z{loaded}_{seg}";
             sb.Append(zeros switch
             {
                 ZeroKind.None => "        let c = C8;\n",
-                ZeroKind.Bytes => $"        let c = MAG + {z} * P16;\n",
+                ZeroKind.Bytes => $"        let c = vec4<f32>({z}) * P16 + CK;\n",
                 _ => $"        let c = MAG;\n        let zc = {z} * P16;\n",
             });
             string zc = zeros == ZeroKind.Floats ? " - zc" : "";
@@ -490,7 +498,7 @@ static class MatMulNBits
         for (int seg = 0; seg < words / S; seg++)
         {
             sb.Append($"    let b{tag}_{seg} = {BlockOf(row, block, words, seg)};\n    let s{tag}_{seg} = sc(b{tag}_{seg});\n");
-            if (zeros != ZeroKind.None) sb.Append($"    let z{tag}_{seg} = zero_(b{tag}_{seg});\n");
+            if (zeros != ZeroKind.None) sb.Append($"    let z{tag}_{seg} = {(zeros == ZeroKind.Bytes ? "zmag_" : "zero_")}(b{tag}_{seg});\n");
         }
         return sb.ToString();
     }

@@ -72,7 +72,7 @@ internal static class Q4Panels
         for (int c = 0; c < 4; c++)
         {
             bool zp = zeros == MatMulNBits.ZeroKind.Bytes;
-            if (zp) sb.Append($"      let c{c} = MAG + f32((zw >> {8 * c}u) & 255u) * P16;\n");
+            if (zp) sb.Append($"      let c{c} = vec4<f32>({MatMulNBits.ZeroMagic($"zw >> {8 * c}u")}) * P16 + CK;\n");
             sb.Append(MatMulNBits.NibbleFloats("      ", c, $"wq.{"xyzw"[c]}", zp ? $"c{c}" : "C8"));
             for (int m = 0; m < rows; m++) terms[m].Add($"sv.{"xyzw"[c]} * (dot(qa{c}, xq{m}_{2 * c}) + dot(qb{c}, xq{m}_{2 * c + 1}))");
         }
