@@ -569,6 +569,26 @@ public class FusionTests
         Assert.True(perStep <= 6, $"{perStep:F1} new bind groups a step of {dispatches:F1} dispatches");
     }
 
+    /// <summary>The causal mask is shape arithmetic on the host (Shape → Range → LessOrEqual), uploaded where attention
+    /// binds it: after a prompt whose mask [12, 12] is over the shadow size, decode steps still make theirs on the host
+    /// (no LessOrEqual kernel a step), and the tokens are the cpu's.</summary>
+    [Fact]
+    public void Decode_masks_stay_on_the_host_after_a_long_prompt()
+    {
+        WebGpuTests.SkipIfNoDawn("webgpu");
+        var m = Tiny("llama");
+        var f = Fusion.Fuse(m, out _);
+        using var gpu = (WebGpuPlatform)PlatformRegistry.Create("webgpu");
+        using var cpu = new Tapml.Platforms.Cpu.CpuPlatform();
+        long[] prompt = [1, 17, 305, 42, 5, 6, 7, 8, 9, 10, 11, 12];
+        Assert.True(gpu.StartProfile());
+        var got = Generation.Greedy(new Executor(gpu) { PreferWholeGraph = true }, f, prompt, 6).Tokens;
+        var kernels = gpu.StopProfile();
+        Assert.Equal(Generation.Greedy(new Executor(cpu) { PreferWholeGraph = true }, m, prompt, 6).Tokens, got);
+        Assert.Contains(kernels, k => k.Kernel == "Attention");
+        Assert.DoesNotContain(kernels, k => k.Kernel.StartsWith("LessOrEqual", StringComparison.Ordinal));
+    }
+
     /// <summary><c>--quantize q4</c> on the tiny Llama, fused: every product is in a region (q/k/v and gate/up with their
     /// norm, o/down with the residual add, lm_head with the final norm) and the cpu runs the fused graph bit-identically
     /// to the unfused one; a decode step on webgpu takes as many dispatches

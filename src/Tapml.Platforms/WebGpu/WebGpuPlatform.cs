@@ -325,12 +325,17 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         public IKernel? HostKernel;
         // NOTE: a node with a body (If/Loop/Scan) is never re-run on the host for shadows: its body would run twice.
         public bool NoShadow = node.Subgraphs.Any();
+        /// <summary>Host results in a row too large to upload as a deferred value (<see cref="OnHost"/>).</summary>
+        public int TooLarge;
     }
 
     // ---- host shadows of shape values ------------------------------------------------------------------
 
     /// <summary>Shape-like values (at most this many elements) get a host shadow when every input has one.</summary>
     const int ShadowMaxElements = 64;
+    /// <summary>Host-computed results (<see cref="OnHost"/>; inputs at most <see cref="ShadowMaxElements"/>) up to this
+    /// many elements are uploaded as deferred values; larger ones run the node's kernel.</summary>
+    const int HostResultMaxElements = 4096;
     readonly Cpu.CpuPlatform _host = new();
 
     /// <summary>Shape arithmetic (Shape → Gather → Add → Range, Concat of dims …) also runs on the host when all its
@@ -385,10 +390,13 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         for (int i = 0; i < r.Length; i++)
         {
             if (r[i] is not Tensor t) { outs[i] = r[i]; continue; }
-            // A result too large (or of no WGSL type) to keep as shape metadata: this node runs its kernel from now on.
-            if (t.Length > ShadowMaxElements || Wgsl.StorageOf(t.DType) is null) { k.NoShadow = true; return null; }
+            // A result of no WGSL type: this node runs its kernel from now on. One too large to upload (a prompt's mask
+            // [P, P]) runs the kernel this time; twice in a row, from now on (a decode step's mask [1, P + t] stays here).
+            if (Wgsl.StorageOf(t.DType) is null) { k.NoShadow = true; return null; }
+            if (t.Length > HostResultMaxElements) { if (++k.TooLarge >= 2) k.NoShadow = true; return null; }
             outs[i] = Deferred(t);
         }
+        k.TooLarge = 0;
         return outs;
     }
 
