@@ -79,8 +79,9 @@ public sealed record MatVecTuning
 
     public static readonly MatVecTuning Rule = new();
 
-    /// <summary>Ranges of K a MatMulNBits decode row is split in when no knob says (1: not split).</summary>
-    public static int Q4SplitRule(long n, long units, int threads) => 1;
+    /// <summary>Ranges of K a MatMulNBits decode row is split in when no knob says: 1, not split (<c>q4-split</c> is not yet
+    /// measured on a GPU; docs/benchmarks.md).</summary>
+    public const int Q4SplitRule = 1;
 
     public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial|subgroup, q4-unit=1|2|4, q4-loads=first|inline, q4-layout=panels|rows, q4-split=N, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial|subgroup, f16-unpack=bits|native";
 
@@ -132,7 +133,7 @@ public sealed record MatVecTuning
         var s = Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup) with { Unroll = Q4Unroll > 0 ? Q4Unroll : 1, Tree = Q4Tree ?? true, Subgroup = Q4Subgroup ?? Q4SubgroupRule ? subgroup : 0 };
         // Never more ranges than leave each of a row's threads a unit in every range; x staged in workgroup memory
         // (q4-xs=1) does not split.
-        int split = (int)Math.Clamp(Q4Split > 0 ? Q4Split : Q4SplitRule(n, units, s.Threads), 1, Math.Max(1, units / s.Threads));
+        int split = (int)Math.Clamp(Q4Split > 0 ? Q4Split : Q4SplitRule, 1, Math.Max(1, units / s.Threads));
         return split > 1 && !s.SharedX ? s with { Split = split } : s;
     }
 
