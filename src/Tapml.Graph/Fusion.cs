@@ -82,9 +82,7 @@ public static class Fusion
             ctx.Grow(i, nodes, taken);
             if (nodes.Count < 2) continue;
             nodes.Sort();
-            var inside = new HashSet<string>(nodes.Select(n => g.Nodes[n].Outputs[0]));
-            var inputs = nodes.SelectMany(n => g.Nodes[n].Inputs).Where(s => s.Length > 0 && !inside.Contains(s)).Distinct().ToList();
-            Take(nodes, inputs, "elementwise", new());
+            Take(nodes, ctx.OutsideInputs(nodes), "elementwise", new());
         }
         // Element-wise fan-outs: a value only element-wise nodes read, two to four of them (the rotary tables' Cos and Sin
         // of one angle), with its own element-wise tree: one region with an output a reader, standing where its last
@@ -94,13 +92,9 @@ public static class Fusion
             if (taken[i] || !ctx.IsElementwise(i) || ctx.FanOut(i, taken) is not { } readers) continue;
             var nodes = new List<int>();
             ctx.Grow(i, nodes, taken);
-            foreach (var n in nodes) taken[n] = true;
             nodes.AddRange(readers);
-            foreach (var n in readers) taken[n] = true;
             nodes.Sort();
-            var inside = new HashSet<string>(nodes.Select(n => g.Nodes[n].Outputs[0]));
-            var inputs = nodes.SelectMany(n => g.Nodes[n].Inputs).Where(s => s.Length > 0 && !inside.Contains(s)).Distinct().ToList();
-            Take(nodes, inputs, "elementwise", new(), readers.Select(r => g.Nodes[r].Outputs[0]).ToList(), atLast: true);
+            Take(nodes, ctx.OutsideInputs(nodes), "elementwise", new(), readers.Select(r => g.Nodes[r].Outputs[0]).ToList(), atLast: true);
         }
 
         // A region with several outputs (projections) stands where its first node stood: its inputs come before
@@ -330,10 +324,8 @@ public static class Fusion
                 if (Only(r.Inputs[0], "Pow") is not int pw || N(pw).Inputs[0] != x || Const(N(pw).Inputs[1]) != 2) continue;
                 nodes.AddRange([pw, rm, add, sq, mul]);
                 nodes.Sort();
-                var inside = new HashSet<string>(nodes.Select(n => N(n).Outputs[0]));
-                var inputs = nodes.SelectMany(n => N(n).Inputs).Where(s => s.Length > 0 && !inside.Contains(s)).Distinct().ToList();
                 // The kernel takes x and the weight; eps and the exponent are body constants (inputs of the fused node too).
-                return (nodes, inputs, (float)eps);
+                return (nodes, OutsideInputs(nodes), (float)eps);
             }
             return null;
         }
@@ -589,6 +581,13 @@ public static class Fusion
         {
             var n = N(i);
             return n.Domain is "" or "ai.onnx" && ElementwiseOps.Contains(n.OpType) && n.Outputs.Length == 1 && n.Outputs[0].Length > 0 && n.Inputs.Length <= 3;
+        }
+
+        /// <summary>The values a region of single-output nodes reads from outside it, in first-use order.</summary>
+        public List<string> OutsideInputs(List<int> nodes)
+        {
+            var inside = new HashSet<string>(nodes.Select(n => N(n).Outputs[0]));
+            return nodes.SelectMany(n => N(n).Inputs).Where(s => s.Length > 0 && !inside.Contains(s)).Distinct().ToList();
         }
 
         /// <summary>The readers of element-wise node <paramref name="i"/>'s output where a fan-out region may take them: two

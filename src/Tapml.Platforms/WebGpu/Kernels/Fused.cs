@@ -103,11 +103,12 @@ public static class Fused
         var (meta, shapeAt, targets, flat, rank) = Kernels.Elementwise.Layout(inputs, outShape, ys[0].Length);
         var storages = inputs.Select(t => t.Storage).ToArray();
         var key = new WebGpuPlatform.KernelKey("fused", $"{Wgsl.Letters(storages)}|{rank}|{flat}", ctx.Node);
+        string Y(int o) => outs == 1 ? "y" : $"y{o}";
         g.Launch(key, () =>
         {
             var w = new Wgsl(g.Workgroup);
             for (int k = 0; k < inputs.Length; k++) w.In($"in{k}", storages[k]);
-            for (int o = 0; o < outs; o++) w.Out(outs == 1 ? "y" : $"y{o}", DType.Float32);
+            for (int o = 0; o < outs; o++) w.Out(Y(o), DType.Float32);
             var names = new Dictionary<string, (string Id, GpuStorage S)>();
             var sb = new StringBuilder(flat ? "" : Wgsl.Offsets("i", rank, shapeAt, targets));
             for (int k = 0; k < inputs.Length; k++)
@@ -123,7 +124,7 @@ public static class Fused
                 sb.Append($"  let v{j} = f32({e});\n");
                 names[n.Outputs[0]] = ($"v{j}", GpuStorage.F32);
             }
-            for (int o = 0; o < outs; o++) sb.Append($"  {(outs == 1 ? "y" : $"y{o}")}_st(i, {names[body.Outputs[o].Name].Id});\n");
+            for (int o = 0; o < outs; o++) sb.Append($"  {Y(o)}_st(i, {names[body.Outputs[o].Name].Id});\n");
             w.Decl(Kernels.Elementwise.HelperFunctions);
             return w.Build(sb.ToString());
         }, outs == 1 ? $"Fused_{body.Nodes.Count}_r{rank}" : $"Fused_{body.Nodes.Count}x{outs}_r{rank}", [.. inputs, .. ys], meta, ys[0].Length);
