@@ -112,22 +112,26 @@ public static class Generation
         return new GenerationResult(tokens.ToArray(), prefillLogits, ids.Length, prefillMs, decodeMs, steps);
     }
 
+    /// <summary>Steps a pipelined greedy decode records ahead of the token it waits for: 2, so the host's recording of a
+    /// step and the wake-up after a readback together may take up to two steps of GPU time before the GPU idles (with
+    /// one step ahead, recording plus wake-up had to fit in one: on H100 hosts a 4-bit step of the 8B shape records in
+    /// 55–80 % of its GPU time, docs/benchmarks.md).</summary>
+    public const int PipelineDepth = 2;
+
     /// <summary>Greedy decode with the token staying on the device: step k+1's input_ids is step k's ArgMax output,
-    /// so the host records step k+1 (and the GPU queues it) before it waits for step k's token. The wait then
-    /// overlaps the GPU's work instead of leaving the GPU idle while the host records. A step recorded after the
-    /// end-of-sequence token it could not yet see is discarded (its work is wasted, its time counted). Tokens
-    /// are those of the one-step-at-a-time loop: the same kernels run on the same inputs.</summary>
+    /// so the host records steps up to <see cref="PipelineDepth"/> ahead (and the GPU queues them) before it waits for
+    /// step k's token. The wait then overlaps the GPU's work instead of leaving the GPU idle while the host records.
+    /// Steps recorded after the end-of-sequence token they could not yet see are discarded (their work is wasted, their
+    /// time counted). Tokens are those of the one-step-at-a-time loop: the same kernels run on the same inputs.</summary>
     static Dictionary<string, Value> PipelinedGreedy(Executor executor, Model model, Dictionary<string, Value> outs, DeviceArgmax argmax, long first,
         ref long position, int maxNewTokens, HashSet<int> stops, Action<long> add, List<long> tokens, ref double decodeMs, ref int steps)
     {
         Value input = Tensor.FromArray(new[] { first }, 1, 1);
-        IPendingDownload? pending = null;
+        var pending = new Queue<(IPendingDownload Read, Value? Token)>();
         Func<string, bool> keep = name => KeepOnDevice(name) || name == "logits";
         while (true)
         {
-            bool more = tokens.Count + (pending is null ? 0 : 1) < maxNewTokens;
-            IPendingDownload? read = null;
-            Value? token = null;
+            bool more = tokens.Count + pending.Count < maxNewTokens;
             long t0 = Stopwatch.GetTimestamp();
             if (more)
             {
@@ -136,34 +140,38 @@ public static class Generation
                 FreeDevicePasts(feeds);
                 FreeDevice(input);
                 var logits = outs["logits"];
-                token = argmax.Run(logits);
-                read = token is null ? new CompletedDownload(Tensor.FromArray(new[] { ArgmaxLast(CheckFinite(ToHost(logits), $"decode step {steps + 1}", position - 1)) }, 1, 1))
+                var token = argmax.Run(logits);
+                IPendingDownload read = token is null ? new CompletedDownload(Tensor.FromArray(new[] { ArgmaxLast(CheckFinite(ToHost(logits), $"decode step {steps + 1}", position - 1)) }, 1, 1))
                     : ((IDeviceValue)token).Owner is IAsyncDownload a ? a.BeginDownload(token) : new CompletedDownload(ToHost(token));
                 FreeDevice(logits);
                 outs.Remove("logits");
                 steps++;
+                pending.Enqueue((read, token));
+                // The next step's input: this token on the device, else its value on the host (the read is then done).
+                input = token ?? read.Wait();
             }
-            if (pending is not null)
+            bool stopped = false;
+            if (pending.Count > 0 && (!more || pending.Count > PipelineDepth || pending.Peek().Token is null))
             {
-                long t = ((Tensor)pending.Wait()).Span<long>()[0];
+                long t = ((Tensor)pending.Dequeue().Read.Wait()).Span<long>()[0];
                 add(t);
-                if (stops.Contains((int)t) && read is not null)
+                if (stops.Contains((int)t))
                 {
-                    // The step just recorded followed the end token: wait for it (its staging buffer) and drop it.
-                    read.Wait();
-                    if (token is not null) FreeDevice(token);
-                    steps--;
-                    more = false;
+                    // The steps recorded after the end token: wait for them (their staging buffers) and drop them.
+                    while (pending.TryDequeue(out var later))
+                    {
+                        later.Read.Wait();
+                        steps--;
+                    }
+                    stopped = true;
                 }
             }
             decodeMs += Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
-            if (!more)
+            if (stopped || !more && pending.Count == 0)
             {
-                if (read is null) FreeDevice(input);
+                FreeDevice(input);
                 return outs;
             }
-            input = token ?? ((Tensor)read!.Wait());
-            pending = read;
         }
     }
 

@@ -35,7 +35,7 @@ public class WebGpuTests
 
     /// <summary>Greedy decode on webgpu keeps each token on the GPU and feeds it to the next step before reading it
     /// back (one small readback a step, overlapped): the tokens are the cpu's, with and without an end token that
-    /// stops generation while the step after it is already recorded (that step is discarded, not counted).</summary>
+    /// stops generation while the steps after it are already recorded (those steps are discarded, not counted).</summary>
     [Fact]
     public void Pipelined_greedy_decode_gives_the_cpu_tokens_and_stops_at_an_end_token()
     {
@@ -57,10 +57,14 @@ public class WebGpuTests
         int at = Enumerable.Range(1, want.Length - 2).First(i => Array.IndexOf(want, want[i]) == i);
         var eos = new[] { (int)want[at] };
         var wantEos = Tapml.Models.Generation.Greedy(ec, m, prompt, 8, eos);
+        long r1 = gpu.Device.Counters.Readbacks;
         var gotEos = Tapml.Models.Generation.Greedy(eg, f, prompt, 8, eos);
         Assert.Equal(want[..(at + 1)], wantEos.Tokens);
         Assert.Equal(wantEos.Tokens, gotEos.Tokens);
         Assert.Equal(at, gotEos.DecodeSteps);
+        // The end token's step was recorded with PipelineDepth steps after it (fewer where the limit came first): each
+        // was read back, then dropped.
+        Assert.Equal(1 + at + Math.Min(Tapml.Models.Generation.PipelineDepth, 7 - at), gpu.Device.Counters.Readbacks - r1);
         // The executor still runs after a discarded step (its KV cache and token were freed, not left bound).
         Assert.Equal(want, Tapml.Models.Generation.Greedy(eg, f, prompt, 8).Tokens);
     }
