@@ -115,8 +115,8 @@ public static class Generation
     /// <summary>Steps a pipelined greedy decode records ahead of the token it waits for: 2, so the host's recording of a
     /// step and the wake-up after a readback together may take up to two steps of GPU time before the GPU idles (with
     /// one step ahead, recording plus wake-up had to fit in one: on H100 hosts a 4-bit step of the 8B shape records in
-    /// 55–80 % of its GPU time, docs/benchmarks.md).</summary>
-    public const int PipelineDepth = 2;
+    /// 55–80 % of its GPU time, docs/benchmarks.md). <c>TAPML_DECODE_AHEAD=N</c> (1–8) overrides it, for measuring.</summary>
+    public static readonly int PipelineDepth = int.TryParse(Environment.GetEnvironmentVariable("TAPML_DECODE_AHEAD"), out int d) && d is >= 1 and <= 8 ? d : 2;
 
     /// <summary>Greedy decode with the token staying on the device: step k+1's input_ids is step k's ArgMax output,
     /// so the host records steps up to <see cref="PipelineDepth"/> ahead (and the GPU queues them) before it waits for
