@@ -442,6 +442,9 @@ static class MatMulNBits
     /// <summary>x's vec4 scale as it is loaded: lane i times 16^−i (exact), matching nibble i's place in a half-word.</summary>
     internal const string XScale = "vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625)";
 
+    /// <summary>The lane of <see cref="XScale"/> that scales x's value at K index <paramref name="k"/>.</summary>
+    internal static float XScaleOf(long k) => 1f / (1 << (int)(4 * (k & 3)));
+
     /// <summary>WGSL adding one unit (<paramref name="words"/> u32 words: 8 values each) of weight row <paramref name="row"/>
     /// (words at <c>row·U + u</c> of <paramref name="weights"/>, blocks at <c>row·KB</c>) times x's unit (<c>xq{m}_{j}</c>,
     /// scaled by <see cref="XScale"/>) into <paramref name="acc"/>(m) for each of <paramref name="rows"/> x rows. With

@@ -108,6 +108,9 @@ static class ProjectionsNBits
             {
                 var all = new float[(vectorsAt + vectors.Sum(v => v.Length) + 3) / 4 * 4];
                 if (gamma is not null) Projections.Floats(gamma).CopyTo(all, 0);
+                // γ times the unit code's x scale (16^-(k mod 4), MatMulNBits.XScale): x·γ' is then the scaled x with
+                // one product fewer a value, the same floats (a power of two commutes with rounding).
+                for (long i = 0; i < (gamma?.Length ?? 0); i++) all[i] *= MatMulNBits.XScaleOf(i);
                 long at = vectorsAt;
                 foreach (var v in vectors) { Projections.Floats(v).CopyTo(all, at); at += v.Length; }
                 return new Tensor(DType.Float32, [all.Length], all);
@@ -282,7 +285,7 @@ static class ProjectionsNBits
             }
             b.Append($$"""
       }
-      xsh[{{BlockedMatVec.XshAt("m", "el", J, cj)}}] = v * {{MatMulNBits.XScale}};
+      xsh[{{BlockedMatVec.XshAt("m", "el", J, cj)}}] = v{{(norm ? "" : $" * {MatMulNBits.XScale}")}};
     }
 
 """);
@@ -301,7 +304,7 @@ static class ProjectionsNBits
                 {
                     b.Append($"    let xr{m}_{jj} = {Load($"{m}u", XAt(jj))};\n");
                     if (norm) b.Append($"    s{m} += dot(xr{m}_{jj}, xr{m}_{jj});\n");
-                    b.Append($"    let xq{m}_{jj} = xr{m}_{jj}{(norm ? $" * g{jj}" : "")} * {MatMulNBits.XScale};\n");
+                    b.Append($"    let xq{m}_{jj} = xr{m}_{jj} * {(norm ? $"g{jj}" : MatMulNBits.XScale)};\n");
                 }
             b = b0.Append(BlockedMatVec.UnitLoop(T, layout.Unroll, b.Append(rowsCode).ToString()));
         }
