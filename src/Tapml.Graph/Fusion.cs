@@ -74,10 +74,11 @@ public static class Fusion
             if (ctx.Projections(h, null, taken) is { } p) Take(p.Nodes, p.Inputs, "projections", new() { ["norm"] = Attr.Of("none") }, p.Outputs);
         for (int i = 0; i < g.Nodes.Count; i++)
             if (!taken[i] && ctx.MatMulAdd(i, taken) is { } r) Take(r.Nodes, r.Inputs, "matmul_add", new());
-        // Element-wise trees, grown backwards from each sink (last node first, so a sink takes its whole tree).
+        // Element-wise trees, grown backwards from each sink (last node first, so a sink takes its whole tree). A value
+        // that element-wise readers alone share is left to the fan-out pass below, which takes it with its readers.
         for (int i = g.Nodes.Count - 1; i >= 0; i--)
         {
-            if (taken[i] || !ctx.IsElementwise(i)) continue;
+            if (taken[i] || !ctx.IsElementwise(i) || ctx.FanOut(i, taken) is not null) continue;
             var nodes = new List<int>();
             ctx.Grow(i, nodes, taken);
             if (nodes.Count < 2) continue;
@@ -577,10 +578,14 @@ public static class Fusion
             return u.Inputs[0];
         }
 
+        /// <summary>An element-wise node a region may hold: an op of <see cref="ElementwiseOps"/>, or a Cast to f32 (the
+        /// rotary tables' position Cast: its input, of any type, is then a region input the kernel converts as it loads).</summary>
         public bool IsElementwise(int i)
         {
             var n = N(i);
-            return n.Domain is "" or "ai.onnx" && ElementwiseOps.Contains(n.OpType) && n.Outputs.Length == 1 && n.Outputs[0].Length > 0 && n.Inputs.Length <= 3;
+            if (n.Domain is not ("" or "ai.onnx") || n.Outputs.Length != 1 || n.Outputs[0].Length == 0) return false;
+            if (n.OpType == "Cast") return n.Inputs.Length == 1 && n.Attributes.GetValueOrDefault("to")?.I == (long)DType.Float32;
+            return ElementwiseOps.Contains(n.OpType) && n.Inputs.Length <= 3;
         }
 
         /// <summary>The values a region of single-output nodes reads from outside it, in first-use order.</summary>

@@ -365,7 +365,9 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
         float[] Angles(float[] inv) => o.RopeInterleaved ? inv : [.. inv, .. inv];
         int width = o.RopeInterleaved ? rotaryDim / 2 : rotaryDim;
         string inv = b.Initializer(name + ".inv_freq", Tensor.FromArray(Angles(t.Short), width));
-        string posF = b.Node("Cast", [positionIds], new() { ["to"] = Attr.Of((long)DType.Float32) });
+        // NOTE: the positions take their last axis before the Cast, so the Cast reads only into the angle's Mul and an
+        // element-wise region (a GPU kernel) takes it with the Mul, Cos and Sin.
+        string posF = b.Node("Cast", [b.Node("Unsqueeze", [positionIds, b.Ints("axis_last", -1)])], new() { ["to"] = Attr.Of((long)DType.Float32) });
         if (t.Long is not null)
         {
             string invLong = b.Initializer("rope.inv_freq_long", Tensor.FromArray(Angles(t.Long), width));
@@ -373,7 +375,7 @@ sealed class LlamaGraph(HfConfig c, IReadOnlyDictionary<string, Tensor> w, Decod
             string isLong = b.Node("Greater", [maxPos, Float("rope_long_threshold", (float)(t.Original - 1))]);
             inv = b.Node("Where", [isLong, invLong, inv]);
         }
-        string emb = b.Node("Mul", [b.Node("Unsqueeze", [posF, b.Ints("axis_last", -1)]), inv]);
+        string emb = b.Node("Mul", [posF, inv]);
         string heads = b.Ints("axis_heads", 1);
         string cosT = b.Node("Cos", [emb]), sinT = b.Node("Sin", [emb]);
         if (t.AttentionFactor != 1f)

@@ -126,13 +126,17 @@ public class FusionTests
     /// to cpu within the element-wise tolerance. Where a reader's output is consumed before the last reader runs (the
     /// region would be placed after that consumer), nothing fuses.</summary>
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void Element_wise_fan_out_is_one_region_with_an_output_a_reader(bool consumedBetween)
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    public void Element_wise_fan_out_is_one_region_with_an_output_a_reader(bool consumedBetween, bool castPositions)
     {
+        // castPositions: the angle's input is int64 positions through a Cast to f32 (the Llama builder's rotary tables),
+        // which joins the region: the kernel converts the positions as it loads them.
         var g = new Graph { Name = "g" };
-        g.Inputs.Add(new ValueInfo("p", TypeRef.TensorOf(DType.Float32, 1, 3, 1)));
+        g.Inputs.Add(new ValueInfo(castPositions ? "pi" : "p", TypeRef.TensorOf(castPositions ? DType.Int64 : DType.Float32, 1, 3, 1)));
         g.Initializers["inv"] = Tensor.FromArray(new[] { 1f, 0.5f, 0.25f, 0.125f }, 4);
+        if (castPositions) g.Nodes.Add(new Node { Name = "cast", OpType = "Cast", Inputs = ["pi"], Outputs = ["p"], Attributes = { ["to"] = Attr.Of((long)DType.Float32) } });
         g.Nodes.Add(new Node { Name = "mul", OpType = "Mul", Inputs = ["p", "inv"], Outputs = ["a"] });
         g.Nodes.Add(new Node { Name = "cos", OpType = "Cos", Inputs = ["a"], Outputs = ["c"] });
         if (consumedBetween) g.Nodes.Add(new Node { Name = "floor", OpType = "Floor", Inputs = ["c"], Outputs = ["n"] });
@@ -149,8 +153,11 @@ public class FusionTests
         }
         var node = Assert.Single(f.Graph.Nodes);
         Assert.Equal(["c", "s"], node.Outputs);
-        Assert.Equal(["Mul", "Cos", "Sin"], node.Attributes["body"].G!.Nodes.Select(n => n.OpType));
-        var feeds = new Dictionary<string, Value> { ["p"] = Tensor.FromArray(new[] { 0f, 7f, 300f }, 1, 3, 1) };
+        Assert.Equal(castPositions ? ["Cast", "Mul", "Cos", "Sin"] : ["Mul", "Cos", "Sin"], node.Attributes["body"].G!.Nodes.Select(n => n.OpType));
+        Dictionary<string, Value> Feeds(long big) => castPositions
+            ? new() { ["pi"] = Tensor.FromArray(new[] { 0L, 7L, big }, 1, 3, 1) }
+            : new() { ["p"] = Tensor.FromArray(new[] { 0f, 7f, big }, 1, 3, 1) };
+        var feeds = Feeds(300);
         using var cpu = new Tapml.Platforms.Cpu.CpuPlatform();
         var want = new Executor(cpu).Run(m, feeds);
         var same = new Executor(cpu).Run(f, feeds);
@@ -166,6 +173,9 @@ public class FusionTests
             Assert.Equal(12, b.Length);
             for (int i = 0; i < a.Length; i++) Assert.True(Math.Abs(a[i] - b[i]) <= 1e-5, $"{o}[{i}]: cpu {a[i]}, webgpu {b[i]}");
         }
+        // Positions past webgpu's 32-bit integers: the region is unsupported there (a fallback's to run), never wrong.
+        if (castPositions)
+            Assert.Contains("beyond the 32-bit range", Assert.Throws<UnsupportedException>(() => new Executor(gpu).Run(f, Feeds(5_000_000_000L))).Message);
     }
 
     /// <summary>The fused graph on webgpu against the original graph on cpu, every output (logits and KV cache)

@@ -144,6 +144,7 @@ public static class Elementwise
         Variadic("Max", (a, b) => $"max_({a}, {b})");
         Variadic("Min", (a, b) => $"min_({a}, {b})");
 
+        Exprs["Cast"] = (e, s, c) => CastExpr(e[0], s[0], (DType)c.Int("to"), c);
         add(new GpuOp("", "Cast", 1, (g, ctx, ins) =>
         {
             var x = GpuOps.In(ins, 0, ctx);

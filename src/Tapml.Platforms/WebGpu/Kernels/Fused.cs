@@ -84,10 +84,16 @@ public static class Fused
         int outs = body.Outputs.Count;
         if (ins.Length + 1 + outs > g.Device.Limits.MaxStorageBuffersPerStage || ins.Any(t => t is null)) return null;
         var inputs = ins!.Select(t => t!).ToArray();
-        // Where's condition (bool) is the only non-f32 input allowed; every body op needs a composable expression.
+        // Other than f32 inputs: Where's condition (bool), and what only Casts read (converted as they load; int64 within
+        // 32 bits); every body op needs a composable expression.
         var conds = new HashSet<string>(body.Nodes.Where(n => n.OpType == "Where").Select(n => n.Inputs[0]));
+        bool CastOnly(string v) => body.Nodes.All(n => !n.Inputs.Contains(v) || n.OpType == "Cast");
         for (int k = 0; k < inputs.Length; k++)
-            if (!IsF32(inputs[k]) && !(conds.Contains(body.Inputs[k].Name) && inputs[k].DType == DType.Bool)) return null;
+        {
+            if (IsF32(inputs[k]) || conds.Contains(body.Inputs[k].Name) && inputs[k].DType == DType.Bool) continue;
+            if (!CastOnly(body.Inputs[k].Name)) return null;
+            if (inputs[k].Storage == GpuStorage.I32) GpuOps.CheckNotSaturated(inputs[k], ctx);
+        }
         if (body.Nodes.Any(n => Kernels.Elementwise.ExprOf(n.OpType) is null)) return null;
         var outShape = ShapeUtil.Broadcast(inputs.Select(t => t.Shape).ToArray());
         // Several outputs (a fan-out region): each must have the region's whole shape (each thread writes its element of each).
@@ -114,7 +120,7 @@ public static class Fused
             for (int k = 0; k < inputs.Length; k++)
             {
                 sb.Append($"  let x{k} = in{k}({(flat ? "i" : $"u32(o_x{k})")});\n");
-                names[body.Inputs[k].Name] = ($"x{k}", storages[k] == GpuStorage.U32 ? GpuStorage.U32 : GpuStorage.F32);
+                names[body.Inputs[k].Name] = ($"x{k}", storages[k] is GpuStorage.U32 or GpuStorage.I32 ? storages[k] : GpuStorage.F32);
             }
             for (int j = 0; j < body.Nodes.Count; j++)
             {
