@@ -209,24 +209,28 @@ public class WebGpuTests
 
     /// <summary>ArgMax/ArgMin over rows longer than a workgroup, with ties spread across threads, NaNs and infinities:
     /// the indices equal the cpu reference's (numpy order: the first NaN, else the first extreme; the last ones with
-    /// select_last_index), for f32 and int32 input.</summary>
+    /// select_last_index), for f32 and int32 input; a row within 32 values a thread of the widest workgroup in one
+    /// dispatch, a longer one in two.</summary>
     [Theory]
-    [InlineData("ArgMax", 1, 0, DType.Float32)]
-    [InlineData("ArgMax", 1, 1, DType.Float32)]
-    [InlineData("ArgMin", 0, 0, DType.Float32)]
-    [InlineData("ArgMin", 1, 1, DType.Float32)]
-    [InlineData("ArgMax", 1, 0, DType.Int32)]
-    [InlineData("ArgMin", 1, 1, DType.Int32)]
-    public void Arg_reductions_match_cpu_with_ties_and_nans(string op, int axis, int last, DType dtype)
+    [InlineData("ArgMax", 1, 0, DType.Float32, 3001)]
+    [InlineData("ArgMax", 1, 1, DType.Float32, 3001)]
+    [InlineData("ArgMin", 0, 0, DType.Float32, 3001)]
+    [InlineData("ArgMin", 1, 1, DType.Float32, 3001)]
+    [InlineData("ArgMax", 1, 0, DType.Int32, 3001)]
+    [InlineData("ArgMin", 1, 1, DType.Int32, 3001)]
+    [InlineData("ArgMax", 1, 0, DType.Float32, 40001)]
+    [InlineData("ArgMax", 1, 1, DType.Float32, 40001)]
+    [InlineData("ArgMin", 1, 0, DType.Int32, 40001)]
+    public void Arg_reductions_match_cpu_with_ties_and_nans(string op, int axis, int last, DType dtype, int n)
     {
         SkipIfNoDawn("webgpu");
-        long[] shape = [4, 3001];
+        long[] shape = [4, n];
         var rng = new Random(axis * 10 + last);
-        var v = new float[4 * 3001];
+        var v = new float[4 * n];
         for (int i = 0; i < v.Length; i++) v[i] = rng.Next(-50, 50);   // many ties
-        v[1 * 3001 + 2900] = float.NaN; v[1 * 3001 + 17] = float.NaN; // row 1: two NaNs
-        v[2 * 3001 + 5] = float.PositiveInfinity; v[2 * 3001 + 2999] = float.NegativeInfinity;
-        for (int j = 0; j < 3001; j++) v[3 * 3001 + j] = 7;           // row 3: all equal
+        v[1 * n + n - 101] = float.NaN; v[1 * n + 17] = float.NaN;     // row 1: two NaNs
+        v[2 * n + 5] = float.PositiveInfinity; v[2 * n + n - 2] = float.NegativeInfinity;
+        for (int j = 0; j < n; j++) v[3 * n + j] = 7;                 // row 3: all equal
         var x = dtype == DType.Int32 ? new Tensor(DType.Int32, shape, v.Select(f => float.IsFinite(f) ? (int)f : 0).ToArray()) : new Tensor(DType.Float32, shape, v);
         var g = new Graph { Name = "arg" };
         g.Inputs.Add(new ValueInfo("x", TypeRef.TensorOf(dtype, shape)));
@@ -236,9 +240,15 @@ public class WebGpuTests
         var model = new Model { Graph = g, Opsets = { [""] = 13 } };
         var feeds = new Dictionary<string, Value> { ["x"] = x };
         var want = (Tensor)new Executor(PlatformRegistry.Create("cpu")).Run(model, feeds)["y"];
-        using var gpu = PlatformRegistry.Create("webgpu");
+        using var gpu = new WebGpuPlatform("webgpu");
+        long d0 = gpu.Device.Dispatches;
         var got = (Tensor)new Executor(gpu).Run(model, feeds)["y"];
         Assert.Equal(want.Shape, got.Shape);
         Assert.Equal((long[])want.Data, (long[])got.Data);
+        if (axis == 1)
+        {
+            int wide = (int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Min(1024, gpu.Device.Limits.MaxInvocationsPerWorkgroup) + 1) / 2;
+            Assert.Equal(n <= 32L * wide ? 1 : 2, gpu.Device.Dispatches - d0);
+        }
     }
 }

@@ -123,6 +123,10 @@ public static class Reductions
         long rows = y.Length, inner = Math.Max(1, ShapeUtil.Size(x.Shape.AsSpan(axis + 1)));
         long parts = (len + ArgChunk - 1) / ArgChunk;
         if (parts == 1) { ArgPass(g, x, null, [y], rows, len, inner, 1, max, last); return y; }
+        // A row of up to ArgWidePerThread values a thread of the widest workgroup (a 32K vocabulary's logits at 1024
+        // threads): one workgroup takes it whole, one dispatch instead of two.
+        int wide = 1 << (31 - System.Numerics.BitOperations.LeadingZeroCount((uint)Math.Min(1024, g.Device.Limits.MaxInvocationsPerWorkgroup)));
+        if (len <= (long)wide * ArgWidePerThread) { ArgPass(g, x, null, [y], rows, len, inner, 1, max, last, wide); return y; }
         // NOTE: partial values keep x's storage type (f16/bf16 values are exact in it), indices are u32.
         var pv = g.Empty(x.Storage == GpuStorage.F32 || x.Storage == GpuStorage.F16x2 ? DType.Float32 : x.Storage == GpuStorage.I32 ? DType.Int32 : DType.UInt32, [rows * parts]);
         var pi = g.Empty(DType.UInt32, [rows * parts]);
@@ -138,13 +142,16 @@ public static class Reductions
     /// <summary>Elements one workgroup of <see cref="Arg"/> reduces.</summary>
     const long ArgChunk = 2048;
 
+    /// <summary>Elements a thread of a one-workgroup row (<see cref="Arg"/>) reads at most.</summary>
+    const long ArgWidePerThread = 32;
+
     /// <summary>One pass of <see cref="Arg"/>: <paramref name="rows"/> × <paramref name="parts"/> workgroups, each over
     /// its chunk of a row of <paramref name="len"/> (stride <paramref name="inner"/>). Values from <paramref name="x"/>,
     /// indices the positions or, with <paramref name="idx"/>, read from it; writes the index (one output) or the pair.</summary>
-    static void ArgPass(WebGpuPlatform g, GpuTensor x, GpuTensor? idx, GpuTensor[] outs, long rows, long len, long inner, long parts, bool max, bool last)
+    static void ArgPass(WebGpuPlatform g, GpuTensor x, GpuTensor? idx, GpuTensor[] outs, long rows, long len, long inner, long parts, bool max, bool last, int threads = 256)
     {
         var meta = new Meta();
-        meta.Add(rows * parts); meta.Add(len); meta.Add(inner); meta.Add(parts); meta.Add(Math.Min(len, ArgChunk));
+        meta.Add(rows * parts); meta.Add(len); meta.Add(inner); meta.Add(parts); meta.Add(parts == 1 ? len : Math.Min(len, ArgChunk));
         string s = Wgsl.Scalar(x.Storage);
         bool pairs = idx is not null, final = outs.Length == 1;
         string nan(string v) => s == "f32" ? $"((bitcast<u32>({v}) & 0x7fffffffu) > 0x7f800000u)" : "false";
@@ -157,6 +164,13 @@ fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
 }
 """;
         string at(string j) => pairs ? $"xi(base + {j})" : j;
+        string Unrolled()
+        {
+            var u = new System.Text.StringBuilder();
+            for (int k = 0; k < 4; k++) u.Append($"    let ju{k} = j + {k * threads}u; let v{k} = x(base + ju{k} * inner); let i{k} = {at($"ju{k}")};\n");
+            for (int k = 0; k < 4; k++) u.Append($"    if (better(v{k}, i{k}, bv, bi)) {{ bv = v{k}; bi = i{k}; }}\n");
+            return u.ToString();
+        }
         string Body() => $$"""
   let w = wid.x + wid.y * nwg.x;
   if (w >= md[0]) { return; }
@@ -165,23 +179,27 @@ fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
   let j0 = part * md[4]; let j1 = min(L, j0 + md[4]);
   var bj = min(j0 + lid.x, j1 - 1u);
   var bv = x(base + bj * inner); var bi = {{at("bj")}};
-  for (var j = j0 + lid.x + 256u; j < j1; j += 256u) { let v = x(base + j * inner); let vi = {{at("j")}}; if (better(v, vi, bv, bi)) { bv = v; bi = vi; } }
+  // Four loads in flight an iteration (the order of comparisons does not matter: ties go by index).
+  var j = j0 + lid.x + {{threads}}u;
+  for (; j + {{3 * threads}}u < j1; j += {{4 * threads}}u) {
+{{Unrolled()}}  }
+  for (; j < j1; j += {{threads}}u) { let v = x(base + j * inner); let vi = {{at("j")}}; if (better(v, vi, bv, bi)) { bv = v; bi = vi; } }
   rv[lid.x] = bv; ri[lid.x] = bi;
   workgroupBarrier();
-  for (var t = 128u; t > 0u; t >>= 1u) {
+  for (var t = {{threads / 2}}u; t > 0u; t >>= 1u) {
     if (lid.x < t && better(rv[lid.x + t], ri[lid.x + t], rv[lid.x], ri[lid.x])) { rv[lid.x] = rv[lid.x + t]; ri[lid.x] = ri[lid.x + t]; }
     workgroupBarrier();
   }
   if (lid.x == 0u) { {{(final ? "y_st(w, i32(ri[0]));" : "pv_st(w, rv[0]); pi_st(w, ri[0]);")}} }
 """;
         var (gx, gy) = Wgsl.Grid(rows * parts, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("arg", $"{max}|{last}|{pairs}|{final}|{(int)x.Storage}"), () =>
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("arg", $"{max}|{last}|{pairs}|{final}|{(int)x.Storage}|{threads}"), () =>
         {
-            var w = new Wgsl(256).In("x", x);
+            var w = new Wgsl(threads).In("x", x);
             if (pairs) w.In("xi", idx!);
             if (final) w.Out("y", DType.Int64);
             else w.Out("pv", outs[0].DType).Out("pi", DType.UInt32);
-            return w.Decl($"var<workgroup> rv: array<{s}, 256>;\nvar<workgroup> ri: array<u32, 256>;\n{Better()}").Build(Body(), elementwise: false);
+            return w.Decl($"var<workgroup> rv: array<{s}, {threads}>;\nvar<workgroup> ri: array<u32, {threads}>;\n{Better()}").Build(Body(), elementwise: false);
         }, max ? "ArgMax" : "ArgMin", [x, .. (pairs ? new[] { idx! } : []), .. outs], meta, gx, gy);
     }
 
