@@ -140,14 +140,17 @@ public interface IOpList
 }
 
 /// <summary>Dispatches, submits and readbacks recorded, and host time spent waiting for readbacks (ms).</summary>
-public readonly record struct DeviceCounters(long Dispatches, long Submits, long Readbacks, double WaitMs)
+public readonly record struct DeviceCounters(long Dispatches, long Submits, long Readbacks, double WaitMs, long BindingsMade = 0)
 {
     public static DeviceCounters operator -(DeviceCounters a, DeviceCounters b) =>
-        new(a.Dispatches - b.Dispatches, a.Submits - b.Submits, a.Readbacks - b.Readbacks, a.WaitMs - b.WaitMs);
+        new(a.Dispatches - b.Dispatches, a.Submits - b.Submits, a.Readbacks - b.Readbacks, a.WaitMs - b.WaitMs, a.BindingsMade - b.BindingsMade);
 
-    /// <summary>"N dispatches, N submits, N readbacks per step" over <paramref name="steps"/> graph runs.</summary>
+    /// <summary>"N dispatches, N submits, N readbacks per step" over <paramref name="steps"/> graph runs, and the bind groups
+    /// (descriptor sets) made rather than found in the device's cache where it keeps one (each costs the host a driver
+    /// call a dispatch).</summary>
     public string PerStep(int steps) =>
-        $"{Dispatches / (double)steps:F0} dispatches, {Submits / (double)steps:F1} submits, {Readbacks / (double)steps:F1} readbacks per step";
+        $"{Dispatches / (double)steps:F0} dispatches, {Submits / (double)steps:F1} submits, {Readbacks / (double)steps:F1} readbacks per step" +
+        (BindingsMade > 0 ? $", {BindingsMade / (double)steps:F1} new bind groups" : "");
 }
 
 /// <summary>A device platform that counts its work and can time its kernels on the device: <c>generate --profile</c>,

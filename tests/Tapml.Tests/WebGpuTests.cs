@@ -47,8 +47,9 @@ public class WebGpuTests
         var ec = new Executor(new Tapml.Platforms.Cpu.CpuPlatform());
         var eg = new Executor(gpu);
         var want = Tapml.Models.Generation.Greedy(ec, m, prompt, 8).Tokens;
-        long r0 = gpu.Device.Counters.Readbacks;
+        long r0 = gpu.Device.Counters.Readbacks, b0 = gpu.Device.Counters.BindingsMade;
         var got = Tapml.Models.Generation.Greedy(eg, f, prompt, 8);
+        long firstGroups = gpu.Device.Counters.BindingsMade - b0;
         Assert.Equal(want, got.Tokens);
         Assert.Equal(7, got.DecodeSteps);
         // The prefill's logits, then one token a decode step.
@@ -66,7 +67,11 @@ public class WebGpuTests
         // was read back, then dropped.
         Assert.Equal(1 + at + Math.Min(Tapml.Models.Generation.PipelineDepth, 7 - at), gpu.Device.Counters.Readbacks - r1);
         // The executor still runs after a discarded step (its KV cache and token were freed, not left bound).
+        long b2 = gpu.Device.Counters.BindingsMade;
         Assert.Equal(want, Tapml.Models.Generation.Greedy(eg, f, prompt, 8).Tokens);
+        // A repeated generation finds most of its bind groups in the cache (the counter counts the ones made).
+        long againGroups = gpu.Device.Counters.BindingsMade - b2;
+        Assert.True(firstGroups > 0 && againGroups * 2 < firstGroups, $"bind groups made: first run {firstGroups}, again {againGroups}");
     }
 
     /// <summary><c>generate --profile</c> on webgpu: GPU time per kernel (each dispatch timed in a pass of its own)

@@ -128,7 +128,9 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
     public long Submits { get; private set; }
     public long Readbacks { get; private set; }
     public double WaitMs { get; private set; }
-    public DeviceCounters Counters => new(Dispatches, Submits, Readbacks, WaitMs);
+    public DeviceCounters Counters => new(Dispatches, Submits, Readbacks, WaitMs, SetsMade);
+    /// <summary>Descriptor sets made (a cache miss of <c>CachedSet</c>).</summary>
+    public long SetsMade { get; private set; }
     public int PipelineCount => _pipelines.Count;
     /// <summary>Vulkan API version the device reports, driver name and info (for details).</summary>
     public string Driver { get; } = "";
@@ -822,6 +824,7 @@ public sealed unsafe class VulkanDevice : IGpuDevice, IPlatformDetails
         for (int i = 0; i < ids.Length; i++) { h.Add(ids[i]); h.Add(offsets[i]); h.Add(sizes[i]); }
         var key = (kernel, h.ToHashCode());
         if (_sets.TryGetValue(key, out var c) && ids.SequenceEqual(c.Ids) && offsets.SequenceEqual(c.Offsets) && sizes.SequenceEqual(c.Sizes)) return c.Set;
+        SetsMade++;
         if (Stats) Stat("descriptor set miss", System.Diagnostics.Stopwatch.GetTimestamp());
         if (_sets.Count >= MaxSets) { if (Stats) Stat("descriptor pool reset", System.Diagnostics.Stopwatch.GetTimestamp()); ResetSets(); }
         var layout = k.SetLayout;

@@ -83,7 +83,7 @@ public sealed unsafe class DawnDevice : IGpuDevice, IPrecompile
     public long PooledBytes { get; private set; }
 
     /// <summary>The work counters now (subtract two to measure a stretch of work).</summary>
-    public DeviceCounters Counters => new(Dispatches, Submits, Readbacks, WaitMs);
+    public DeviceCounters Counters => new(Dispatches, Submits, Readbacks, WaitMs, BindGroupsMade);
 
     /// <param name="backend">"" (best adapter), "vulkan" or "gles".</param>
     /// <param name="maxBindingBytes">Lower maxStorageBufferBindingSize to this (0: the adapter's maximum).</param>
