@@ -79,8 +79,8 @@ public sealed record MatVecTuning
 
     public static readonly MatVecTuning Rule = new();
 
-    /// <summary>Ranges of K a MatMulNBits decode row is split in when no knob says: 1, not split (<c>q4-split</c> is not yet
-    /// measured on a GPU; docs/benchmarks.md).</summary>
+    /// <summary>Ranges of K a MatMulNBits decode row is split in when no knob says: 1, not split (H100, 8B shape: q4 decode
+    /// 1432.3 tokens/s with <c>q4-split=4</c>, 1139.1 with 2, against 1696.1 unsplit; docs/benchmarks.md).</summary>
     public const int Q4SplitRule = 1;
 
     public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial|subgroup, q4-unit=1|2|4, q4-loads=first|inline, q4-layout=panels|rows, q4-split=N, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial|subgroup, f16-unpack=bits|native";
@@ -128,8 +128,8 @@ public sealed record MatVecTuning
     /// shuffles over <paramref name="subgroup"/> lanes (the device's smallest subgroup; 0: none) before workgroup memory.</summary>
     public MatVecShape Q4(long n, long units, int maxWorkgroup, int subgroup = 0, bool panels = false)
     {
-        int t = Q4Threads > 0 ? Q4Threads : Math.Min(n >= 65536 && !panels ? 32 : 64, Math.Max(4, FloorPow2(units)));
-        int r = Q4Rows > 0 ? Q4Rows : (int)Math.Clamp(FloorPow2(n * t / 65536), 1, panels ? 4 : 8);
+        int t = Q4Threads > 0 ? Q4Threads : Math.Min(n >= 65536 && !panels ? 32 : 64, Math.Max(4, Wgsl.FloorPow2(units)));
+        int r = Q4Rows > 0 ? Q4Rows : (int)Math.Clamp(Wgsl.FloorPow2(n * t / 65536), 1, panels ? 4 : 8);
         var s = Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup) with { Unroll = Q4Unroll > 0 ? Q4Unroll : 1, Tree = Q4Tree ?? true, Subgroup = Q4Subgroup ?? Q4SubgroupRule ? subgroup : 0 };
         // Never more ranges than leave each of a row's threads a unit in every range; x staged in workgroup memory
         // (q4-xs=1) does not split.
@@ -154,12 +154,11 @@ public sealed record MatVecTuning
     /// widened by <c>unpack2x16float</c>.</summary>
     public MatVecShape F16(long n, long units, int maxWorkgroup, int subgroup = 0)
     {
-        int t = F16Threads > 0 ? F16Threads : Math.Min(64, Math.Max(4, FloorPow2(units)));
+        int t = F16Threads > 0 ? F16Threads : Math.Min(64, Math.Max(4, Wgsl.FloorPow2(units)));
         int r = F16Rows > 0 ? F16Rows : n * t >= 2 * 65536 ? 2 : 1;
         return Fit(t, r, F16Workgroup > 0 ? F16Workgroup : 256, F16SharedX ?? false, maxWorkgroup) with { Unroll = F16Unroll > 0 ? F16Unroll : 1, Tree = F16Tree ?? false, Subgroup = F16Subgroup ?? F16SubgroupRule ? subgroup : 0 };
     }
 
-    static int FloorPow2(long v) => v <= 1 ? 1 : (int)Math.Min(1 << 30, 1L << (63 - System.Numerics.BitOperations.LeadingZeroCount((ulong)v)));
 
     static MatVecShape Fit(int threads, int rows, int wg, bool xs, int maxWorkgroup)
     {

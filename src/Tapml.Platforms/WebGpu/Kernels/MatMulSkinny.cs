@@ -55,15 +55,14 @@ public sealed record SkinnyTuning
     /// f32 at M = 16 and 32, 32 threads read every Llama-3-8B product faster than 64; for packed f16, 64.)</summary>
     public MatVecShape Shape(long n, long units, int m, int maxWorkgroup, bool packed = false)
     {
-        int t = Threads > 0 ? Threads : Math.Min(packed ? 64 : 32, Math.Max(4, FloorPow2(units)));
-        int r = Rows > 0 ? Rows : Math.Clamp(Math.Min(FloorPow2(64 / Math.Max(1, m)), FloorPow2(n * 64 / 65536)), 1, 4);
+        int t = Threads > 0 ? Threads : Math.Min(packed ? 64 : 32, Math.Max(4, Wgsl.FloorPow2(units)));
+        int r = Rows > 0 ? Rows : Math.Clamp(Math.Min(Wgsl.FloorPow2(64 / Math.Max(1, m)), Wgsl.FloorPow2(n * 64 / 65536)), 1, 4);
         t = Math.Min(t, maxWorkgroup);
         int wg = Workgroup > 0 ? Workgroup : 128;
         wg = Math.Max(t, Math.Min(wg, maxWorkgroup) / t * t);
         return new MatVecShape(t, r, wg, SharedX ?? false);
     }
 
-    static int FloorPow2(long v) => v <= 1 ? 1 : (int)Math.Min(1 << 30, 1L << (63 - System.Numerics.BitOperations.LeadingZeroCount((ulong)v)));
 }
 
 /// <summary>y[m, j] = Σ_k x[m, k]·W[j, k] (+ r) for a few rows of x (more than <see cref="MatMul.MatVecMaxRows"/>, at

@@ -125,7 +125,7 @@ public static class Reductions
         if (parts == 1) { ArgPass(g, x, null, [y], rows, len, inner, 1, max, last); return y; }
         // A row of up to ArgWidePerThread values a thread of the widest workgroup (a 32K vocabulary's logits at 1024
         // threads): one workgroup takes it whole, one dispatch instead of two.
-        int wide = 1 << (31 - System.Numerics.BitOperations.LeadingZeroCount((uint)Math.Min(1024, g.Device.Limits.MaxInvocationsPerWorkgroup)));
+        int wide = Wgsl.FloorPow2(Math.Min(1024, g.Device.Limits.MaxInvocationsPerWorkgroup));
         if (len <= (long)wide * ArgWidePerThread) { ArgPass(g, x, null, [y], rows, len, inner, 1, max, last, wide); return y; }
         // NOTE: partial values keep x's storage type (f16/bf16 values are exact in it), indices are u32.
         var pv = g.Empty(x.Storage == GpuStorage.F32 || x.Storage == GpuStorage.F16x2 ? DType.Float32 : x.Storage == GpuStorage.I32 ? DType.Int32 : DType.UInt32, [rows * parts]);

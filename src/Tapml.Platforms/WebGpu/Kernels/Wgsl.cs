@@ -132,6 +132,10 @@ public sealed class Wgsl
         return sb.ToString();
     }
 
+    /// <summary>The largest power of two at most <paramref name="v"/> (1 for v ≤ 1; at most 2^30): thread and row counts
+    /// of kernel layouts.</summary>
+    public static int FloorPow2(long v) => v <= 1 ? 1 : (int)Math.Min(1 << 30, 1L << (63 - System.Numerics.BitOperations.LeadingZeroCount((ulong)v)));
+
     /// <summary>Workgroup counts covering <paramref name="threads"/> in groups of <paramref name="workgroup"/>
     /// (a 2-D grid past 65535 groups).</summary>
     public static (uint X, uint Y) Grid(long threads, int workgroup, int maxPerDim)
