@@ -122,7 +122,7 @@ static class BenchMatVecVariants
         Console.WriteLine($"{g.Name}: GB/s of weight bytes read (q4: nibbles + f32 scales + zero-point bytes); q4 × = f32 time ÷ q4 time; f16 % = its bytes/s ÷ f32's; " +
                           $"{calls} dispatches a measurement, best of {Math.Max(3, runs)}");
         int bq = Array.IndexOf(q4Score, q4Score.Max()), bf = Array.IndexOf(f16Score, f16Score.Max());
-        Console.WriteLine($"q4: best {q4[bq].Name} ({q4Score[bq]:F2}× f32, geomean over the shapes) → webgpu?{Spec(q4[bq].Tuning)}; rule {q4Score[0]:F2}× ({RuleShape((t, n, u) => t.Q4(n, u, g.Device.Limits.MaxInvocationsPerWorkgroup, 0, t.Panels), 32)})");
+        Console.WriteLine($"q4: best {q4[bq].Name} ({q4Score[bq]:F2}× f32, geomean over the shapes) → webgpu?{Spec(q4[bq].Tuning)}; rule {q4Score[0]:F2}× ({RuleShape((t, n, u) => t.Q4(n, u, g.Device.Limits.MaxInvocationsPerWorkgroup, 0, (t.Q4Layout ?? MatVecTuning.Q4LayoutRule) != "rows"), 32)})");
         Console.WriteLine($"f16: best {f16[bf].Name} ({100 * f16Score[bf]:F0}% of f32 bytes/s) → webgpu?{Spec(f16[bf].Tuning)}; rule {100 * f16Score[0]:F0}% ({RuleShape((t, n, u) => t.F16(n, u, g.Device.Limits.MaxInvocationsPerWorkgroup), 8)})");
         foreach (var w in wrong) Console.WriteLine($"WRONG: {w}");
         return wrong.Count == 0 ? 0 : 1;
@@ -136,12 +136,18 @@ static class BenchMatVecVariants
                 new MatVecTuning { Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4SharedX = xs, Q4Unroll = unroll }));
         if (tiny) { Add(8, 1, 128); Add(32, 4, 128, unroll: 2); Add(4, 8, 32, unroll: 3); Add(16, 2, 128, xs: true); return v; }
         void Rows(string name, int words, int t = 0, int r = 0, int wg = 0, int unroll = 0) =>
-            v.Add(new($"rows {name} unit{words}", new MatVecTuning { Q4PanelLayout = false, Q4Words = words, Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4Unroll = unroll }));
-        void Panels(string name, int t = 0, int r = 0, int wg = 0, int unroll = 0, int split = 0) =>
-            v.Add(new($"panels {name}", new MatVecTuning { Q4PanelLayout = true, Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4Unroll = unroll, Q4Split = split }));
+            v.Add(new($"rows {name} unit{words}", new MatVecTuning { Q4Layout = "rows", Q4Words = words, Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4Unroll = unroll }));
+        void Panels(string name, int t = 0, int r = 0, int wg = 0, int unroll = 0, int split = 0, string layout = "panels") =>
+            v.Add(new($"{layout} {name}", new MatVecTuning { Q4Layout = layout, Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4Unroll = unroll, Q4Split = split }));
         Rows("rule", 0);
         Rows("rule", 2);
         Rows("t128 r8", 2, t: 128, r: 8, wg: 128);
+        Panels("rule", layout: "halves");
+        Panels("t64 r2", t: 64, r: 2, wg: 128, layout: "halves");
+        Panels("t64 r8", t: 64, r: 8, wg: 128, layout: "halves");
+        Panels("t128 r4", t: 128, r: 4, wg: 128, layout: "halves");
+        Panels("t32 r4", t: 32, r: 4, wg: 128, layout: "halves");
+        Panels("t128 r4 k2", t: 128, r: 4, wg: 128, split: 2, layout: "halves");
         Panels("u2", unroll: 2);
         Panels("t32 r4", t: 32, r: 4, wg: 128);
         Panels("t32 r8", t: 32, r: 8, wg: 128);
@@ -180,7 +186,7 @@ static class BenchMatVecVariants
     {
         var o = new List<string>();
         void Int(string key, int v) { if (v > 0) o.Add($"{key}={v}"); }
-        if (t.Q4PanelLayout is { } pl) o.Add($"q4-layout={(pl ? "panels" : "rows")}");
+        if (t.Q4Layout is { } pl) o.Add($"q4-layout={pl}");
         Int("q4-threads", t.Q4Threads); Int("q4-rows", t.Q4Rows); Int("q4-wg", t.Q4Workgroup); Int("q4-unroll", t.Q4Unroll); Int("q4-unit", t.Q4Words); Int("q4-split", t.Q4Split);
         if (t.Q4SharedX is { } qx) o.Add($"q4-xs={(qx ? 1 : 0)}");
         Int("f16-threads", t.F16Threads); Int("f16-rows", t.F16Rows); Int("f16-wg", t.F16Workgroup); Int("f16-unroll", t.F16Unroll);

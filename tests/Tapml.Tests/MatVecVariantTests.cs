@@ -27,6 +27,7 @@ public class MatVecVariantTests
         (40, 2048, 12, 16, Zp.Packed, DType.Float32, true),   // prefill's tiled kernel over panels, blocks of 16, bias
         (2, 1024, 9, 128, Zp.None, DType.Float16, false),     // panels with f16 scales (read one by one), blocks of 128
         (1, 1024, 7, 64, Zp.Float, DType.Float32, false),     // float zero points keep the row layout
+        (3, 2048, 6, 64, Zp.Packed, DType.Float32, true),     // panels with blocks of 64, 3 rows of A, bias
     ];
 
     [Theory]
@@ -51,6 +52,10 @@ public class MatVecVariantTests
     [InlineData("webgpu?q4-layout=panels&q4-threads=32&q4-rows=2&q4-wg=64&q4-unroll=2")]
     [InlineData("vulkan?q4-layout=panels&q4-threads=8&q4-rows=3&q4-wg=64&q4-xs=1")]  // staged x is not offered with panels
     [InlineData("opencl?q4-layout=panels&q4-threads=16")]
+    [InlineData("webgpu?q4-layout=halves")]                                           // a word's halves 128 values apart
+    [InlineData("webgpu?q4-layout=halves&q4-threads=32&q4-rows=2&q4-wg=64&q4-unroll=2")]
+    [InlineData("vulkan?q4-layout=halves&q4-threads=8&q4-rows=3&q4-wg=64")]
+    [InlineData("opencl?q4-layout=halves&q4-split=2")]
     [InlineData("webgpu?q4-split=2&q4-threads=8&q4-rows=2&q4-wg=64")]               // rows split in ranges of K, summed after
     [InlineData("webgpu?q4-split=3&q4-threads=4&q4-rows=3&q4-wg=32&q4-unroll=2")]    // ranges not a multiple of the threads
     [InlineData("vulkan?q4-split=4&q4-layout=rows&q4-unit=1&q4-threads=4")]

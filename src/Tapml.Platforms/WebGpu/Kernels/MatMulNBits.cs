@@ -55,10 +55,10 @@ static class MatMulNBits
         public bool ByteZeros;
         /// <summary>The node computes with int8 A where A is f32 (<see cref="NBitsWeight.Int8Compute"/>).</summary>
         public bool Int8;
-        /// <summary>Words, scales and zero points are in <see cref="Q4Panels"/>' layout.</summary>
-        public bool Panels;
+        /// <summary>Words, scales and zero points are in this panel layout (null: ONNX's row order).</summary>
+        public Q4Panels? Panels;
         /// <summary>The tuning's layout when this was made (<c>bench q4-sweep</c> changes it between runs).</summary>
-        public bool PanelsAsked;
+        public Q4Panels? PanelsAsked;
         /// <summary>For views of a region's stacked buffers: the cache keys that keep those buffers alive.</summary>
         public object? Keep;
     }
@@ -82,17 +82,17 @@ static class MatMulNBits
         bool byteZeros = w.Zeros is { } zs && Array.TrueForAll(zs, v => v >= 0 && v <= 255 && v == MathF.Floor(v));
         bool int8 = NBitsWeight.Int8Compute(ctx.Node, DType.Float32, w, sources[3]);
         var zeroKind = w.Zeros is null ? ZeroKind.None : byteZeros ? ZeroKind.Bytes : ZeroKind.Floats;
-        bool panels = g.MatVec.Panels && Q4Panels.Fits((long)w.KBlocks * w.BlobSize / 4, w.BlockSize, zeroKind, int8);
-        // NOTE: panel uploads are their own cache entries (PanelMark): the same B in row order is another buffer.
-        Tensor[] Key(Tensor t) => panels ? [t, PanelMark] : [t];
-        float[] Blocks(float[] v) => panels ? Q4Panels.Permute<float>(v, w.BlockSize / 8) : v;
+        var panels = g.MatVec.Panels is { } pl && Q4Panels.Fits((long)w.KBlocks * w.BlobSize / 4, w.BlockSize, zeroKind, int8) ? pl : null;
+        // NOTE: panel uploads are their own cache entries (the layout's Mark): the same B in row order is another buffer.
+        Tensor[] Key(Tensor t) => panels is null ? [t] : [t, panels.Mark];
+        float[] Blocks(float[] v) => panels?.PermuteBlocks<float>(v, w.BlockSize / 8) ?? v;
         p = new Prepared
         {
             Owner = g, Sources = sources, W = w, ByteZeros = byteZeros, Int8 = int8, Panels = panels, PanelsAsked = g.MatVec.Panels,
             Words = g.Concatenated(Key(b), () =>
             {
                 var words = MemoryMarshal.Cast<byte, uint>(b.As<byte>());
-                return new Tensor(DType.UInt32, [b.Length / 4], panels ? Q4Panels.Permute(words) : words.ToArray());
+                return new Tensor(DType.UInt32, [b.Length / 4], panels?.PermuteWords(words) ?? words.ToArray());
             }),
             // NOTE: f16 scales stay f16 (packed two per u32, widened exactly in the kernel): fewer bytes a decode step reads.
             Scales = s.DType == DType.Float16 ? g.Concatenated(Key(s), () => new Tensor(DType.Float16, [w.Scales.Length], Array.ConvertAll(Blocks(w.Scales), v => (Half)v)))
@@ -110,7 +110,7 @@ static class MatMulNBits
     /// already has its weight.</summary>
     /// <param name="keep">What keeps the stacked buffers alive (their upload cache keys): the views hold it.</param>
     internal static void Share(WebGpuPlatform g, Node product, Tensor b, Tensor s, Tensor? z, NBitsWeight w, long firstRow,
-        GpuTensor words, GpuTensor scales, GpuTensor? zeros, bool byteZeros, bool panels, object keep)
+        GpuTensor words, GpuTensor scales, GpuTensor? zeros, bool byteZeros, Q4Panels? panels, object keep)
     {
         if (Cache.TryGetValue(product, out var old) && old.Owner == g) return;
         ulong align = (ulong)Math.Max(4, g.Device.Limits.MinStorageOffsetAlignment);
@@ -129,9 +129,6 @@ static class MatMulNBits
             Zeros = zeros is null ? null : View(zeros, byteZeros ? (n * w.KBlocks + 3) / 4 : n * w.KBlocks, zerosAt),
         });
     }
-
-    /// <summary>The second part of a panel upload's cache key (<see cref="WebGpuPlatform.Concatenated"/>).</summary>
-    static readonly Tensor PanelMark = new(DType.UInt8, [1], new byte[1]);
 
     /// <summary>Whole-number zero points as bytes, four per u32 (block b in byte b % 4 of word b / 4).</summary>
     internal static Tensor PackBytes(float[] z)
@@ -301,11 +298,11 @@ static class MatMulNBits
         // A unit is 2 or 4 words (MatVecTuning.Q4UnitWords) where every row's words start aligned to it, else one u32 (8 values).
         long rowWords = (long)w.KBlocks * w.BlobSize / 4;
         // int8 A: a unit is one block (its codes, scale and sum go together). Panels: a unit is 16 bytes of a panel.
-        int words = qa is not null ? w.BlockSize / 8 : p.Panels ? 4 : g.MatVec.Q4UnitWords(rowWords, w.N);
+        int words = qa is not null ? w.BlockSize / 8 : p.Panels is not null ? 4 : g.MatVec.Q4UnitWords(rowWords, w.N);
         long units = rowWords / words;
         bool vec = x.Storage == GpuStorage.F32 && units * words * 8 == w.K;
-        var shape = g.MatVec.Q4(w.N, units, g.Device.Limits.MaxInvocationsPerWorkgroup, g.SubgroupLanes, p.Panels);
-        if (qa is not null || p.Panels) shape = shape with { SharedX = false };
+        var shape = g.MatVec.Q4(w.N, units, g.Device.Limits.MaxInvocationsPerWorkgroup, g.SubgroupLanes, p.Panels is not null);
+        if (qa is not null || p.Panels is not null) shape = shape with { SharedX = false };
         // Split rows: the kernel writes each range's partial sums [split, rows, N]; their sum adds bias and residual.
         int split = shape.Split;
         var part = split > 1 ? g.Empty(DType.Float32, [split * rows * w.N]) : null;
@@ -321,7 +318,7 @@ static class MatMulNBits
         var yType = part?.DType ?? y.DType;
         string variant = $"{w.BlockSize}|{Zero(p)}|{bias is not null}|{rs is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)yType}|{qa is not null}|{p.Panels}";
         var (gx, gy) = BlockedMatVec.Grid(g, w.N, shape);
-        string unit = qa is not null ? "_a8" : p.Panels ? "_p" : words == 4 ? "_w" : words == 2 ? "_w2" : "";
+        string unit = qa is not null ? "_a8" : p.Panels is { } pl ? pl.Suffix : words == 4 ? "_w" : words == 2 ? "_w2" : "";
         g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{words}|{vec}|{shape}|{rows}|{g.MatVec.Q4Hoist}"),
             () => MatVecCode(g, x, yType, w.BlockSize, Zero(p), bias is not null, rs is not null, p.Scales, words, vec, shape, (int)rows, qa is not null, p.Panels),
             $"MatMulNBits_matvec_t{shape.Threads}r{shape.Rows}{unit}{(split > 1 ? $"_k{split}" : residual is null ? "" : "_add")}_r{rows}", [.. bindings], meta, gx, gy, (uint)split);
@@ -409,7 +406,7 @@ static class MatMulNBits
     }
 
     /// <summary>Whether a panel kernel reads the scales as vec4s (f32 scales; f16 ones are read one by one).</summary>
-    internal static bool VecScales(bool panels, GpuTensor scales) => panels && scales.Storage == GpuStorage.F32;
+    internal static bool VecScales(Q4Panels? panels, GpuTensor scales) => panels is not null && scales.Storage == GpuStorage.F32;
 
     internal static string Weights(int words) => words == 1 ? "bw_b" : "bq_b";
 
@@ -471,7 +468,7 @@ static class MatMulNBits
             {
                 int wi = seg * S + i;
                 string word = words == 1 ? "wq" : $"wq.{"xyzw"[wi]}";
-                sb.Append(NibbleFloats("        ", i, word, "c", zc));
+                sb.Append(NibbleFloats("        ", i, word, "c", after: zc));
                 for (int m = 0; m < rows; m++) { terms[m].Add($"dot(qa{i}, xq{m}_{2 * wi})"); terms[m].Add($"dot(qb{i}, xq{m}_{2 * wi + 1})"); }
             }
             for (int m = 0; m < rows; m++) sb.Append($"        {acc(m)} += s * {Tree(terms[m])};\n");
@@ -482,10 +479,11 @@ static class MatMulNBits
 
     /// <summary>WGSL lets <c>qa{i}</c> and <c>qb{i}</c>: the four nibbles of <paramref name="word"/>'s low and high
     /// half-words made floats (or-ed into the mantissa of 2^23, see the class summary) minus <paramref name="minus"/>
-    /// (2^23 plus the zero point's term, exact), then <paramref name="after"/> (a further subtraction, or empty).</summary>
-    internal static string NibbleFloats(string indent, int i, string word, string minus, string after = "") =>
+    /// (2^23 plus the zero point's term, exact; the high half's <paramref name="minusHigh"/> where it lies in another block),
+    /// then <paramref name="after"/> (a further subtraction, or empty).</summary>
+    internal static string NibbleFloats(string indent, int i, string word, string minus, string? minusHigh = null, string after = "") =>
         $"{indent}let qa{i} = (bitcast<vec4<f32>>((vec4<u32>({word}) & NM) | NB) - {minus}){after};\n" +
-        $"{indent}let qb{i} = (bitcast<vec4<f32>>((vec4<u32>({word} >> 16u) & NM) | NB) - {minus}){after};\n";
+        $"{indent}let qb{i} = (bitcast<vec4<f32>>((vec4<u32>({word} >> 16u) & NM) | NB) - {minusHigh ?? minus}){after};\n";
 
     /// <summary>Block index of segment <paramref name="seg"/> of unit u of weight row <paramref name="row"/>.</summary>
     static string BlockOf(string row, int block, int words, int seg) =>
@@ -560,20 +558,20 @@ static class MatMulNBits
     internal static string Tree(IReadOnlyList<string> terms, Func<string, string, string>? pair = null) =>
         terms.Count == 1 ? terms[0] : (pair ?? ((a, b) => $"({a} + {b})"))(Tree(terms.Take(terms.Count / 2).ToList(), pair), Tree(terms.Skip(terms.Count / 2).ToList(), pair));
 
-    static string MatVecCode(WebGpuPlatform g, GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, bool residual, GpuTensor scales, int words, bool vec, MatVecShape shape, int rows, bool a8 = false, bool panels = false)
+    static string MatVecCode(WebGpuPlatform g, GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, bool residual, GpuTensor scales, int words, bool vec, MatVecShape shape, int rows, bool a8 = false, Q4Panels? panels = null)
     {
         bool vecScales = VecScales(panels, scales);
         var w = Declare(x, y, zeros, bias, scales, vec || a8, shape.Workgroup, words, residual, a8 ? A8Read.Vec4 : A8Read.None, vecScales);
         string weights = Weights(words);
         string Row(int r) => a8 ? UnitCodeA8(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows)
-            : panels ? Q4Panels.UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows, vecScales)
+            : panels is not null ? panels.UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows, vecScales)
             : UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, words, rows);
-        bool hoist = !a8 && !panels && g.MatVec.Q4Hoist;
+        bool hoist = !a8 && panels is null && g.MatVec.Q4Hoist;
         var f = new BlockedMatVec.Format
         {
             UnitValues = 8 * words,
-            XAt = panels ? Q4Panels.XAt : null,
-            UnitHead = panels ? Q4Panels.UnitHead : "",
+            XAt = panels is null ? null : panels.XAt,
+            UnitHead = panels?.UnitHead ?? "",
             XScale = a8 ? null : XScale,
             LoadUnit = a8 ? m => LoadA8(m, $"m0 + {m}u", block) : null,
             Prologue = "  let KB = md[3];\n" + (a8 ? "  let QP = md[7] / 4u;\n" : UnitPrologue),
@@ -590,13 +588,13 @@ static class MatMulNBits
         return w.Build(body, elementwise: false);
     }
 
-    static string TiledCode(GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, GpuTensor scales, bool a8 = false, bool panels = false)
+    static string TiledCode(GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, GpuTensor scales, bool a8 = false, Q4Panels? panels = null)
     {
         var w = Declare(x, y, zeros, bias, scales, false, 256, a8: a8 ? A8Read.Words : A8Read.None);
         // Panels: a word and a block are read at their stored positions.
-        if (panels) w.Decl(Q4Panels.Functions(block / 8));
-        string Word(string i) => panels ? $"pw_({i})" : i;
-        string Block(string b) => panels ? $"pb_({b})" : b;
+        if (panels is not null) w.Decl(panels.Functions(block / 8));
+        string Word(string i) => panels is null ? $"bw({i})" : $"pword_({i})";
+        string Block(string b) => panels is null ? b : $"pb_({b})";
         // int8 A: a = code · scale_a (code k of a row: word (k / 8)·2 + k % 2 of its block's words, byte (k % 8) / 2).
         string aLoad = a8 ? "let cw = qa(gm * md[3] * " + (block / 4) + "u + (gk / 8u) * 2u + (gk & 1u)); av = f32(bitcast<i32>(cw << (24u - 8u * ((gk % 8u) / 2u))) >> 24u) * bitcast<f32>(qa(md[5] + 2u * (gm * md[3] + gk / " + block + "u)));"
             : "av = f32(x(gm * K + gk));";
@@ -621,7 +619,7 @@ static class MatMulNBits
       let gn = col0 + bn; let gk = k0 + kh;
       var word = 0u; var s = 0.0; var z = 0.0;
       if (gn < N && gk < K) {
-        word = bw({{Word("gn * md[2] + gk / 8u")}});
+        word = {{Word("gn * md[2] + gk / 8u")}};
         let b = {{Block($"gn * md[3] + gk / {block}u")}};
         s = sc(b); z = zero_(b);
       }

@@ -32,8 +32,8 @@ static class ProjectionsNBits
         /// <summary>Every product computes with int8 A where x is f32 (accuracy_level 4): x is quantized first (its RMSNorm
         /// with it) and the kernel takes integer sums.</summary>
         public required bool Int8;
-        /// <summary>Words, scales and zero points in <see cref="Q4Panels"/>' layout.</summary>
-        public required bool Panels;
+        /// <summary>Words, scales and zero points in this panel layout (null: ONNX's row order).</summary>
+        public required Q4Panels? Panels;
         public required int K, BlockSize, KBlocks;
         public required long RowWords;
         /// <summary>First stacked row of each weight (plan order).</summary>
@@ -83,8 +83,8 @@ static class ProjectionsNBits
         float[] Concat(Func<NBitsWeight, float[]> f) => ws.SelectMany(f).ToArray();
         long vectorsAt = gamma is null ? 0 : (gamma.Length + 3) / 4 * 4;
         long rowWords = (long)w0.KBlocks * w0.BlobSize / 4;
-        bool panels = g.MatVec.Panels && Q4Panels.Fits(rowWords, w0.BlockSize, kind, int8[0]);
-        float[] Blocks(float[] v) => panels ? Q4Panels.Permute<float>(v, w0.BlockSize / 8) : v;
+        var panels = g.MatVec.Panels is { } pl && Q4Panels.Fits(rowWords, w0.BlockSize, kind, int8[0]) ? pl : null;
+        float[] Blocks(float[] v) => panels?.PermuteBlocks<float>(v, w0.BlockSize / 8) ?? v;
         st = new Stacked
         {
             Owner = g, Sources = [.. sources], Keys = keys, ZeroKind = kind, Int8 = int8[0], Panels = panels,
@@ -95,7 +95,7 @@ static class ProjectionsNBits
                 long at = 0;
                 foreach (var w in ws) { w.B.CopyTo(bytes, at); at += w.B.Length; }
                 var words = MemoryMarshal.Cast<byte, uint>(bytes);
-                return new Tensor(DType.UInt32, [bytes.Length / 4], panels ? Q4Panels.Permute(words) : words.ToArray());
+                return new Tensor(DType.UInt32, [bytes.Length / 4], panels?.PermuteWords(words) ?? words.ToArray());
             }),
             // NOTE: f16 scales stay f16 (packed two per u32), as the unfused kernel keeps them.
             Scales = g.Concatenated([keys[1], .. parts.Select(p => p.S)], () => parts[0].S.DType == DType.Float16
@@ -143,12 +143,12 @@ static class ProjectionsNBits
         long columns = plan.Outputs.Sum(o => o.N);
         bool a8 = st.Int8 && x.DType == DType.Float32 && x.Storage == GpuStorage.F32;
         // int8 A: a unit is one block (its codes, scale and sum go together).
-        int words = a8 ? st.BlockSize / 8 : st.Panels ? 4 : g.MatVec.Q4UnitWords(st.RowWords, columns * P);
+        int words = a8 ? st.BlockSize / 8 : st.Panels is not null ? 4 : g.MatVec.Q4UnitWords(st.RowWords, columns * P);
         long units = st.RowWords / words;
         bool vec = units * words * 8 == k;
         var lim = g.Device.Limits;
-        var shape = g.MatVec.Q4(columns * P, units, lim.MaxInvocationsPerWorkgroup, g.SubgroupLanes, st.Panels);
-        if (a8 || st.Panels) shape = shape with { SharedX = false };
+        var shape = g.MatVec.Q4(columns * P, units, lim.MaxInvocationsPerWorkgroup, g.SubgroupLanes, st.Panels is not null);
+        if (a8 || st.Panels is not null) shape = shape with { SharedX = false };
         int T = shape.Threads, WG = shape.Workgroup, R = Math.Max(1, shape.Rows / P);
         int Slots(int r) => r * P * rows + (plan.Norm && !a8 ? rows : 0);
         while (R > 1 && (long)Slots(R) * WG * 4 > lim.MaxWorkgroupStorageBytes) R /= 2;
@@ -256,7 +256,7 @@ static class ProjectionsNBits
                 weightRows.Add(($"w{r}_{q}", m => $"a{rr}_{qq}_{m}"));
             }
         string rowsCode = a8 ? string.Concat(weightRows.Select(wr => MatMulNBits.UnitCodeA8(weights, wr.Row, wr.Acc, st.BlockSize, st.ZeroKind, M)))
-            : st.Panels ? string.Concat(weightRows.Select(wr => Q4Panels.UnitCode(weights, wr.Row, wr.Acc, st.BlockSize, st.ZeroKind, M, vecScales)))
+            : st.Panels is { } pl ? string.Concat(weightRows.Select(wr => pl.UnitCode(weights, wr.Row, wr.Acc, st.BlockSize, st.ZeroKind, M, vecScales)))
             : MatMulNBits.UnitRows(weights, weightRows, st.BlockSize, st.ZeroKind, words, M, hoist);
         // γ's four values from K index k (vec4 index k / 4 where x is read as vec4s).
         string Gamma(string name, string k, string indent) =>
@@ -294,8 +294,8 @@ static class ProjectionsNBits
         else
         {
             // A unit's vec4 j of x (and γ) from K index k0 + 4j, or where the panel layout puts it.
-            string XAt(int jj) => st.Panels ? Q4Panels.XAt(jj) : $"k0 + {4 * jj}u";
-            b = new StringBuilder($"    let k0 = u * {UV}u;\n{(st.Panels ? Q4Panels.UnitHead : "")}");
+            string XAt(int jj) => st.Panels?.XAt(jj) ?? $"k0 + {4 * jj}u";
+            b = new StringBuilder($"    let k0 = u * {UV}u;\n{st.Panels?.UnitHead}");
             if (a8) for (int m = 0; m < M; m++) b.Append(MatMulNBits.LoadA8(m, $"{m}u", st.BlockSize));
             if (norm)
                 for (int jj = 0; jj < J; jj++) b.Append(Gamma($"g{jj}", XAt(jj), "    "));

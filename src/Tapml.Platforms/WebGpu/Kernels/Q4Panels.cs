@@ -1,80 +1,155 @@
 using System.Text;
+using Tapml.Core;
 
 namespace Tapml.Platforms.WebGpu.Kernels;
 
-/// <summary>The panel layout of a 4-bit weight on the GPU (<c>webgpu?q4-layout=panels</c>): each weight row's packed
-/// words are taken 128 at a time (a panel: 1024 values of K), and lane l of a panel's 16-byte unit holds the panel's
-/// words l, 32 + l, 64 + l and 96 + l (stored word 4l + c is word 32c + l). A warp of decode threads, each loading one
-/// unit (16 bytes, consecutive across lanes), then reads x 32 bytes apart across lanes (8 values a word), where the
-/// row layout's 16-byte units put a row's threads 128 bytes apart in x. A unit's four words lie in four blocks; the
-/// block parameters (scales, zero-point bytes) are permuted the same way, so a unit's four scales are one aligned vec4
-/// and its four zero points one u32: with WB words a block, block c·(32/WB) + g of a panel (the block of word 32c + l,
-/// g = l / WB) is stored at 4g + c. Every kernel that reads such a weight (the decode unit code, the tiled prefill
-/// kernel, the fused projections) reads through this mapping; the host tensors keep ONNX's order.</summary>
-internal static class Q4Panels
+/// <summary>A panel layout of a 4-bit weight on the GPU: each weight row's packed words are taken 128 at a time (a
+/// panel: 1024 values of K), and decode lane l of a panel reads the panel's 16-byte unit l (stored words 4l to 4l + 3),
+/// so a warp's weight loads are contiguous. Two ways to fill a unit:
+/// <list type="bullet">
+/// <item><see cref="Words"/> (<c>q4-layout=panels</c>): lane l's word c is ONNX's word 32c + l (8 consecutive values),
+/// so a warp reads x 32 bytes apart across lanes: each 16-byte load of x touches twice the cache lines it uses.</item>
+/// <item><see cref="Halves"/> (<c>q4-layout=halves</c>): lane l's word c holds the four values at 256c + 4l in its low
+/// half and the four at 256c + 128 + 4l in its high half (each half one of ONNX's, its nibbles in order), so each of a
+/// warp's x loads reads 512 consecutive bytes. A word then spans two blocks: a unit's eight block parameters are
+/// two vec4 loads of scales and two u32 of zero-point bytes.</item>
+/// </list>
+/// The block parameters (scales, zero-point bytes) are permuted so that a unit's are adjacent and aligned. Every kernel
+/// that reads such a weight (the decode unit code, the tiled prefill kernel, the fused projections) reads through the
+/// layout's mapping; the host tensors keep ONNX's order.</summary>
+internal sealed class Q4Panels
 {
+    public static readonly Q4Panels Words = new(false, "panels", "_p");
+    public static readonly Q4Panels Halves = new(true, "halves", "_h");
+
+    Q4Panels(bool halves, string name, string suffix) { SplitWords = halves; Name = name; Suffix = suffix; }
+
+    /// <summary>A stored word holds two halves 128 values apart (<see cref="Halves"/>).</summary>
+    public bool SplitWords { get; }
+    /// <summary>The <c>q4-layout</c> value.</summary>
+    public string Name { get; }
+    /// <summary>Kernel-name suffix.</summary>
+    public string Suffix { get; }
+    /// <summary>The second part of an upload's cache key (<see cref="WebGpuPlatform.Concatenated"/>): a layout's upload of
+    /// a weight is another buffer than its row-order one.</summary>
+    public Tensor Mark { get; } = new(DType.UInt8, [1], new byte[1]);
+
+    public override string ToString() => Name;
+
     /// <summary>Packed words a panel holds (a unit of lanes × 4 words).</summary>
-    public const int Words = 128;
+    public const int PanelWords = 128;
 
     /// <summary>Whether a weight with rows of <paramref name="rowWords"/> words and blocks of <paramref name="block"/>
-    /// values can take the layout: whole panels a row, 2 to 16 words a block, zero points absent or bytes, float A.</summary>
+    /// values can take a panel layout: whole panels a row, 2 to 16 words a block, zero points absent or bytes, float A.</summary>
     public static bool Fits(long rowWords, int block, MatMulNBits.ZeroKind zeros, bool int8) =>
-        rowWords % Words == 0 && block is 16 or 32 or 64 or 128 && zeros != MatMulNBits.ZeroKind.Floats && !int8;
+        rowWords % PanelWords == 0 && block is 16 or 32 or 64 or 128 && zeros != MatMulNBits.ZeroKind.Floats && !int8;
 
-    /// <summary>Stored position of word <paramref name="w"/> (counted from a row start that is a multiple of
-    /// <see cref="Words"/>).</summary>
-    public static long WordAt(long w) => (w & ~127L) | ((w & 31) << 2) | ((w >> 5) & 3);
+    /// <summary><see cref="Words"/>: stored position of word <paramref name="w"/> (counted from a row start, a multiple of
+    /// <see cref="PanelWords"/>).</summary>
+    static long WordAt(long w) => (w & ~127L) | ((w & 31) << 2) | ((w >> 5) & 3);
 
-    /// <summary>Stored position of block <paramref name="b"/> (blocks of <paramref name="wordsPerBlock"/> words; counted
-    /// from a row start).</summary>
-    public static long BlockAt(long b, int wordsPerBlock)
+    /// <summary><see cref="Halves"/>: stored position of half-word <paramref name="q"/> (four values 4q to 4q + 3 of a row):
+    /// in a panel's 256 halves, half 64c + 32h + l goes to half h of word 4l + c.</summary>
+    static long HalfAt(long q) => (q & ~255L) | (((q & 31) << 2 | (q >> 6) & 3) << 1) | ((q >> 5) & 1);
+
+    /// <summary>Stored position of block <paramref name="b"/> (blocks of <paramref name="wordsPerBlock"/> words, counted
+    /// from a row start). <see cref="Words"/>: block c·(32/WB) + g of a panel (the block of word 32c + l, g = l / WB) at
+    /// 4g + c. <see cref="Halves"/>: block c·(32/WB) + h·(16/WB) + g (lane l's half h of word c, g = l / (2·WB)) at
+    /// 8g + 2c + h.</summary>
+    long BlockAt(long b, int wordsPerBlock)
     {
-        int perPanel = Words / wordsPerBlock, groups = 32 / wordsPerBlock;
-        long inPanel = b % perPanel;
-        return b - inPanel + 4 * (inPanel % groups) + inPanel / groups;
+        int perPanel = PanelWords / wordsPerBlock, perWord = 32 / wordsPerBlock;
+        long r = b % perPanel;
+        if (!SplitWords) return b - r + 4 * (r % perWord) + r / perWord;
+        long c = r / perWord, h = r % perWord / (perWord / 2), g = r % (perWord / 2);
+        return b - r + 8 * g + 2 * c + h;
     }
 
-    /// <summary><paramref name="values"/> (one per word, or one per block with <paramref name="wordsPerBlock"/> &gt; 0)
-    /// in their stored order.</summary>
-    public static T[] Permute<T>(ReadOnlySpan<T> values, int wordsPerBlock = 0)
+    /// <summary>A weight's packed words (rows of whole panels) in their stored order.</summary>
+    public uint[] PermuteWords(ReadOnlySpan<uint> words)
     {
-        var r = new T[values.Length];
-        for (long i = 0; i < values.Length; i++) r[wordsPerBlock == 0 ? WordAt(i) : BlockAt(i, wordsPerBlock)] = values[(int)i];
+        var r = new uint[words.Length];
+        if (!SplitWords)
+        {
+            for (long i = 0; i < words.Length; i++) r[WordAt(i)] = words[(int)i];
+            return r;
+        }
+        var halves = System.Runtime.InteropServices.MemoryMarshal.Cast<uint, ushort>(words);
+        var to = System.Runtime.InteropServices.MemoryMarshal.Cast<uint, ushort>(r.AsSpan());
+        for (long q = 0; q < halves.Length; q++) to[(int)HalfAt(q)] = halves[(int)q];
         return r;
     }
 
-    /// <summary>WGSL functions mapping a word index <c>pw_(w)</c> and a block index <c>pb_(b)</c> to their stored
-    /// positions (for kernels that read single words and blocks: the tiled prefill kernel).</summary>
-    public static string Functions(int wordsPerBlock) =>
-        "fn pw_(w: u32) -> u32 { return (w & ~127u) | ((w & 31u) << 2u) | ((w >> 5u) & 3u); }\n" +
-        $"fn pb_(b: u32) -> u32 {{ let r = b % {Words / wordsPerBlock}u; return b - r + 4u * (r % {32 / wordsPerBlock}u) + r / {32 / wordsPerBlock}u; }}";
+    /// <summary><paramref name="values"/>, one a block of <paramref name="wordsPerBlock"/> words, in their stored order.</summary>
+    public T[] PermuteBlocks<T>(ReadOnlySpan<T> values, int wordsPerBlock)
+    {
+        var r = new T[values.Length];
+        for (long i = 0; i < values.Length; i++) r[BlockAt(i, wordsPerBlock)] = values[(int)i];
+        return r;
+    }
 
-    /// <summary>Code at the top of a unit: <c>pk</c>, the K index of its first word's first value (panel u / 32, lane
-    /// u mod 32); its word c's values start at pk + 256·c.</summary>
-    public const string UnitHead = "    let pk = (u >> 5u) * 1024u + (u & 31u) * 8u;\n";
+    /// <summary>WGSL functions for kernels that read single words and blocks (the tiled prefill kernel): <c>pword_(w)</c>,
+    /// ONNX's word w (read through <c>bw</c>), and <c>pb_(b)</c>, block b's stored position.</summary>
+    public string Functions(int wordsPerBlock)
+    {
+        int perPanel = PanelWords / wordsPerBlock, perWord = 32 / wordsPerBlock;
+        if (!SplitWords)
+            return "fn pword_(w: u32) -> u32 { return bw((w & ~127u) | ((w & 31u) << 2u) | ((w >> 5u) & 3u)); }\n" +
+                   $"fn pb_(b: u32) -> u32 {{ let r = b % {perPanel}u; return b - r + 4u * (r % {perWord}u) + r / {perWord}u; }}";
+        // ONNX's word r of a panel: its halves are halves 2r and 2r + 1, lanes l and l + 1 (l = 2r mod 32) of word r / 32.
+        return """
+fn pword_(w: u32) -> u32 {
+  let p = w & ~127u; let r = w & 127u;
+  let c = r >> 5u; let sh = ((r >> 4u) & 1u) * 16u; let l = (2u * r) & 31u;
+  return ((bw(p + 4u * l + c) >> sh) & 65535u) | (((bw(p + 4u * l + 4u + c) >> sh) & 65535u) << 16u);
+}
+
+""" + $"fn pb_(b: u32) -> u32 {{ let r = b % {perPanel}u; return b - r + 8u * (r % {perWord / 2}u) + 2u * (r / {perWord}u) + (r % {perWord}u) / {perWord / 2}u; }}";
+    }
+
+    /// <summary>Code at the top of a unit: <c>pk</c>, the K index of x's first value the unit reads (panel u / 32, lane
+    /// u mod 32).</summary>
+    public string UnitHead => $"    let pk = (u >> 5u) * 1024u + (u & 31u) * {(SplitWords ? 4 : 8)}u;\n";
 
     /// <summary>K index of x's vec4 j (0–7) of a unit: word j / 2, half j mod 2.</summary>
-    public static string XAt(int j) => $"pk + {256 * (j / 2) + 4 * (j % 2)}u";
+    public string XAt(int j) => $"pk + {256 * (j / 2) + (SplitWords ? 128 : 4) * (j % 2)}u";
 
     /// <summary>WGSL adding weight row <paramref name="row"/>'s unit u (one vec4 of <paramref name="weights"/> at
     /// <c>row·U + u</c>) times x's unit (<c>xq{m}_{j}</c>, read at <see cref="XAt"/> and scaled by
-    /// <see cref="MatMulNBits.XScale"/>) into <paramref name="acc"/>(m): its four scales one load (<c>scv_b</c>, vec4
-    /// of f32, where <paramref name="vecScales"/>; else four <c>sc</c> reads), its zero points one u32, each word's
-    /// nibbles made floats as <see cref="MatMulNBits.UnitCode"/> does and its sum times its own block's scale.</summary>
-    public static string UnitCode(string weights, string row, Func<int, string> acc, int block, MatMulNBits.ZeroKind zeros, int rows, bool vecScales)
+    /// <see cref="MatMulNBits.XScale"/>) into <paramref name="acc"/>(m): its scales vec4 loads (<c>scv_b</c>, f32, where
+    /// <paramref name="vecScales"/>; else <c>sc</c> reads), its zero points u32 loads, each half-word's nibbles made
+    /// floats as <see cref="MatMulNBits.UnitCode"/> does and its sum times its own block's scale.</summary>
+    public string UnitCode(string weights, string row, Func<int, string> acc, int block, MatMulNBits.ZeroKind zeros, int rows, bool vecScales)
     {
-        int wb = block / 8;
+        int wb = block / 8, n = SplitWords ? 8 : 4;
         var sb = new StringBuilder($"    {{\n      let wq = {weights}[{row} * U + u];\n");
-        sb.Append($"      let pb = {row} * KB + (u >> 5u) * {Words / wb}u + ((u & 31u) / {wb}u) * 4u;\n");
-        sb.Append(vecScales ? "      let sv = scv_b[pb >> 2u];\n" : "      let sv = vec4<f32>(sc(pb), sc(pb + 1u), sc(pb + 2u), sc(pb + 3u));\n");
-        if (zeros == MatMulNBits.ZeroKind.Bytes) sb.Append("      let zw = zp(pb >> 2u);\n");
+        sb.Append(SplitWords ? $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wb}u + ((u & 31u) / {2 * wb}u) * 8u;\n"
+            : $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wb}u + ((u & 31u) / {wb}u) * 4u;\n");
+        for (int v = 0; v < n / 4; v++)
+            sb.Append(vecScales ? $"      let sv{v} = scv_b[(pb >> 2u) + {v}u];\n"
+                : $"      let sv{v} = vec4<f32>({string.Join(", ", Enumerable.Range(4 * v, 4).Select(i => $"sc(pb + {i}u)"))});\n");
+        bool zp = zeros == MatMulNBits.ZeroKind.Bytes;
+        if (zp) for (int v = 0; v < n / 4; v++) sb.Append($"      let zw{v} = zp((pb >> 2u) + {v}u);\n");
+        // Block parameter i of the unit's n: scale and zero-point constant (MAG + z·P16).
+        string Scale(int i) => $"sv{i / 4}.{"xyzw"[i % 4]}";
+        string Zero(int i) => $"vec4<f32>({MatMulNBits.ZeroMagic($"zw{i / 4} >> {8 * (i % 4)}u")}) * P16 + CK";
         var terms = Enumerable.Range(0, rows).Select(_ => new List<string>()).ToArray();
         for (int c = 0; c < 4; c++)
         {
-            bool zp = zeros == MatMulNBits.ZeroKind.Bytes;
-            if (zp) sb.Append($"      let c{c} = vec4<f32>({MatMulNBits.ZeroMagic($"zw >> {8 * c}u")}) * P16 + CK;\n");
-            sb.Append(MatMulNBits.NibbleFloats("      ", c, $"wq.{"xyzw"[c]}", zp ? $"c{c}" : "C8"));
-            for (int m = 0; m < rows; m++) terms[m].Add($"sv.{"xyzw"[c]} * (dot(qa{c}, xq{m}_{2 * c}) + dot(qb{c}, xq{m}_{2 * c + 1}))");
+            if (!SplitWords)
+            {
+                if (zp) sb.Append($"      let c{c} = {Zero(c)};\n");
+                sb.Append(MatMulNBits.NibbleFloats("      ", c, $"wq.{"xyzw"[c]}", zp ? $"c{c}" : "C8"));
+                for (int m = 0; m < rows; m++) terms[m].Add($"{Scale(c)} * (dot(qa{c}, xq{m}_{2 * c}) + dot(qb{c}, xq{m}_{2 * c + 1}))");
+                continue;
+            }
+            if (zp) sb.Append($"      let ca{c} = {Zero(2 * c)};\n      let cb{c} = {Zero(2 * c + 1)};\n");
+            sb.Append(MatMulNBits.NibbleFloats("      ", c, $"wq.{"xyzw"[c]}", zp ? $"ca{c}" : "C8", zp ? $"cb{c}" : "C8"));
+            for (int m = 0; m < rows; m++)
+            {
+                terms[m].Add($"{Scale(2 * c)} * dot(qa{c}, xq{m}_{2 * c})");
+                terms[m].Add($"{Scale(2 * c + 1)} * dot(qb{c}, xq{m}_{2 * c + 1})");
+            }
         }
         for (int m = 0; m < rows; m++) sb.Append($"      {acc(m)} += {MatMulNBits.Tree(terms[m])};\n");
         return sb.Append("    }\n").ToString();
