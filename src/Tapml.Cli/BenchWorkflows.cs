@@ -147,8 +147,10 @@ static class BenchWorkflows
         var before = dev?.Counters ?? default;
         int gc0 = GC.CollectionCount(0), gc2 = GC.CollectionCount(2);
         var pause0 = GC.GetTotalPauseDuration();
+        long alloc0 = GC.GetTotalAllocatedBytes();
         var r = run();
-        string gc = $"{GC.CollectionCount(0) - gc0} GCs ({GC.CollectionCount(2) - gc2} full), {(GC.GetTotalPauseDuration() - pause0).TotalMilliseconds:F1} ms paused";
+        string gc = $"{GC.CollectionCount(0) - gc0} GCs ({GC.CollectionCount(2) - gc2} full), {(GC.GetTotalPauseDuration() - pause0).TotalMilliseconds:F1} ms paused, " +
+                    $"{(GC.GetTotalAllocatedBytes() - alloc0) / 1024.0 / (r.DecodeSteps + 1):F1} KiB allocated a step";
         if (dev is null) return (r, "");
         var c = dev.Counters - before;
         return (r, $"{c.PerStep(r.DecodeSteps + 1)}; waiting for the GPU {c.WaitMs / (r.PrefillMs + r.DecodeMs) * 100:F0}% of the run; {gc}");

@@ -82,9 +82,15 @@ static class GenerateVerb
             // weight uploads and kernel compilation on a first run) and the first choice.
             double loadMs = System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMilliseconds, firstTokenMs = 0;
             long runStart = System.Diagnostics.Stopwatch.GetTimestamp();
+            // The decode steps' managed allocations and collections (from the first token on): the host's share of a step.
+            long decodeAlloc = 0; int decodeGcs = 0;
             var r = Generation.Run(exec, m, ids, pr.GetValue(maxTokens), sampling, eos, t =>
             {
-                if (streamed.Count == 0) firstTokenMs = System.Diagnostics.Stopwatch.GetElapsedTime(runStart).TotalMilliseconds;
+                if (streamed.Count == 0)
+                {
+                    firstTokenMs = System.Diagnostics.Stopwatch.GetElapsedTime(runStart).TotalMilliseconds;
+                    (decodeAlloc, decodeGcs) = (GC.GetTotalAllocatedBytes(), GC.CollectionCount(0));
+                }
                 streamed.Add((int)t);
                 if (tokenizer is null) { Console.Write(streamed.Count == 1 ? $"{t}" : $",{t}"); return; }
                 string text = tokenizer.Decode(streamed);
@@ -96,7 +102,8 @@ static class GenerateVerb
             if (tokenizer is not null) Console.WriteLine($"tokens: {string.Join(",", r.Tokens)}");
             if (p is IKernelProfile wg)
             {
-                Console.Error.WriteLine($"{p.Name}: {wg.Counters.PerStep(r.DecodeSteps + 1)} (prefill and decode steps); {wg.KernelCount} kernels compiled");
+                string alloc = r.DecodeSteps == 0 ? "" : $"; decode {(GC.GetTotalAllocatedBytes() - decodeAlloc) / 1024.0 / r.DecodeSteps:F1} KiB allocated a step, {GC.CollectionCount(0) - decodeGcs} GCs";
+                Console.Error.WriteLine($"{p.Name}: {wg.Counters.PerStep(r.DecodeSteps + 1)} (prefill and decode steps); {wg.KernelCount} kernels compiled{alloc}");
                 if (pr.GetValue(profile)) PrintProfile(wg.StopProfile(), r.DecodeSteps + 1);
             }
             Cli.PrintFallbacks(exec);
