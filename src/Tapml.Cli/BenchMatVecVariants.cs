@@ -137,12 +137,15 @@ static class BenchMatVecVariants
         if (tiny) { Add(8, 1, 128); Add(32, 4, 128, unroll: 2); Add(4, 8, 32, unroll: 3); Add(16, 2, 128, xs: true); return v; }
         void Rows(string name, int words, int t = 0, int r = 0, int wg = 0, int unroll = 0) =>
             v.Add(new($"rows {name} unit{words}", new MatVecTuning { Q4Layout = "rows", Q4Words = words, Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4Unroll = unroll }));
-        void Panels(string name, int t = 0, int r = 0, int wg = 0, int unroll = 0, int split = 0, string layout = "panels") =>
-            v.Add(new($"{layout} {name}", new MatVecTuning { Q4Layout = layout, Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4Unroll = unroll, Q4Split = split }));
+        void Panels(string name, int t = 0, int r = 0, int wg = 0, int unroll = 0, int split = 0, string layout = "panels", bool zeroSum = false) =>
+            v.Add(new($"{layout} {name}{(zeroSum ? " zsum" : "")}", new MatVecTuning { Q4Layout = layout, Q4ZeroSum = zeroSum, Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4Unroll = unroll, Q4Split = split }));
         Rows("rule", 0);
         Rows("rule", 2);
         Rows("t128 r8", 2, t: 128, r: 8, wg: 128);
         Panels("rule", layout: "halves");
+        Panels("rule", layout: "halves", zeroSum: true);
+        Panels("rule", zeroSum: true);
+        Panels("t64 r8", t: 64, r: 8, wg: 128, layout: "halves", zeroSum: true);
         Panels("t64 r2", t: 64, r: 2, wg: 128, layout: "halves");
         Panels("t64 r8", t: 64, r: 8, wg: 128, layout: "halves");
         Panels("t128 r4", t: 128, r: 4, wg: 128, layout: "halves");
@@ -189,6 +192,7 @@ static class BenchMatVecVariants
         if (t.Q4Layout is { } pl) o.Add($"q4-layout={pl}");
         Int("q4-threads", t.Q4Threads); Int("q4-rows", t.Q4Rows); Int("q4-wg", t.Q4Workgroup); Int("q4-unroll", t.Q4Unroll); Int("q4-unit", t.Q4Words); Int("q4-split", t.Q4Split);
         if (t.Q4SharedX is { } qx) o.Add($"q4-xs={(qx ? 1 : 0)}");
+        if (t.Q4ZeroSum) o.Add("q4-zero=sum");
         Int("f16-threads", t.F16Threads); Int("f16-rows", t.F16Rows); Int("f16-wg", t.F16Workgroup); Int("f16-unroll", t.F16Unroll);
         if (t.F16SharedX is { } fx) o.Add($"f16-xs={(fx ? 1 : 0)}");
         if (t.F16Native is { } nat) o.Add($"f16-unpack={(nat ? "native" : "bits")}");

@@ -521,6 +521,8 @@ public class FusionTests
     [InlineData("webgpu?q4-layout=halves", 2, 1024, true, "swiglu", 2)]             // a word's halves 128 values apart
     [InlineData("vulkan?q4-layout=halves", 40, 1024, true, "qkv", 5)]                // prefill: the tiled kernel over views of the halves stack
     [InlineData("opencl?q4-layout=halves", 5, 2048, true, "qkv", 8)]                 // the body over views of the halves stack
+    [InlineData("webgpu?q4-layout=halves&q4-zero=sum", 3, 2048, true, "swiglu", 2)]  // zero points out of the values: z·Σx a block
+    [InlineData("vulkan?q4-zero=sum", 1, 1024, false, "pair", 2)]
     [InlineData("vulkan?q4-reduce=tree&q4-threads=64", 3, 1024, false, "pair", 2)]   // panels, a tree of 64 partial sums
     public void Q4_projections_kernel_matches_cpu(string platform, int rows, int k, bool norm, string structure, int expectedDispatches) =>
         Q4ProjectionsMatchCpu(platform, rows, k, norm, structure, expectedDispatches, "q4");

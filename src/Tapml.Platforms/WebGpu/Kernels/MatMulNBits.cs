@@ -319,7 +319,7 @@ static class MatMulNBits
         string variant = $"{w.BlockSize}|{Zero(p)}|{bias is not null}|{rs is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)yType}|{qa is not null}|{p.Panels}";
         var (gx, gy) = BlockedMatVec.Grid(g, w.N, shape);
         string unit = qa is not null ? "_a8" : p.Panels is { } pl ? pl.Suffix : words == 4 ? "_w" : words == 2 ? "_w2" : "";
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{words}|{vec}|{shape}|{rows}|{g.MatVec.Q4Hoist}"),
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{words}|{vec}|{shape}|{rows}|{g.MatVec.Q4Hoist}|{g.MatVec.Q4ZeroSum}"),
             () => MatVecCode(g, x, yType, w.BlockSize, Zero(p), bias is not null, rs is not null, p.Scales, words, vec, shape, (int)rows, qa is not null, p.Panels),
             $"MatMulNBits_matvec_t{shape.Threads}r{shape.Rows}{unit}{(split > 1 ? $"_k{split}" : residual is null ? "" : "_add")}_r{rows}", [.. bindings], meta, gx, gy, (uint)split);
         if (part is null) return;
@@ -561,10 +561,11 @@ static class MatMulNBits
     static string MatVecCode(WebGpuPlatform g, GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, bool residual, GpuTensor scales, int words, bool vec, MatVecShape shape, int rows, bool a8 = false, Q4Panels? panels = null)
     {
         bool vecScales = VecScales(panels, scales);
+        bool zeroSums = panels is not null && !a8 && zeros == ZeroKind.Bytes && g.MatVec.Q4ZeroSum;
         var w = Declare(x, y, zeros, bias, scales, vec || a8, shape.Workgroup, words, residual, a8 ? A8Read.Vec4 : A8Read.None, vecScales);
         string weights = Weights(words);
         string Row(int r) => a8 ? UnitCodeA8(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows)
-            : panels is not null ? panels.UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows, vecScales)
+            : panels is not null ? panels.UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows, vecScales, zeroSums)
             : UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, words, rows);
         bool hoist = !a8 && panels is null && g.MatVec.Q4Hoist;
         var f = new BlockedMatVec.Format
@@ -572,6 +573,7 @@ static class MatMulNBits
             UnitValues = 8 * words,
             XAt = panels is null ? null : panels.XAt,
             UnitHead = panels?.UnitHead ?? "",
+            PerUnit = zeroSums ? panels!.BlockSums : null,
             XScale = a8 ? null : XScale,
             LoadUnit = a8 ? m => LoadA8(m, $"m0 + {m}u", block) : null,
             Prologue = "  let KB = md[3];\n" + (a8 ? "  let QP = md[7] / 4u;\n" : UnitPrologue),

@@ -174,8 +174,8 @@ static class ProjectionsNBits
         // x staged in workgroup memory (q4-xs=1): chunks of units that fit beside the partial sums.
         int chunk = !shape.SharedX ? 0 : (int)Math.Min(units, (lim.MaxWorkgroupStorageBytes - (long)Slots(R) * WG * 4) / (rows * words * 2 * 16L));
         var layout = new MatVecShape(T, R, WG, chunk > 0, shape.Unroll, shape.Tree, shape.Subgroup);
-        var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}|{a8}|{g.MatVec.Q4Hoist}|{st.Panels}", ctx.Node),
-            () => Code(plan, st, x, rows, layout, chunk, words, vec, eps, x.DType, a8, consts, g.MatVec.Q4Hoist), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}{(a8 ? "_a8" : "")}_t{T}c{R}_r{rows}");
+        var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}|{a8}|{g.MatVec.Q4Hoist}|{g.MatVec.Q4ZeroSum}|{st.Panels}", ctx.Node),
+            () => Code(plan, st, x, rows, layout, chunk, words, vec, eps, x.DType, a8, consts, g.MatVec.Q4Hoist, g.MatVec.Q4ZeroSum), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}{(a8 ? "_a8" : "")}_t{T}c{R}_r{rows}");
         g.LaunchGroups(pipeline, [.. list], meta, gx, gy);
         if (qa is not null) MatMulNBits.Free(g, qa);
         return ys;
@@ -191,7 +191,7 @@ static class ProjectionsNBits
 
     /// <summary>Kernel text; meta words md[0] = K, md[1] = units per row, md[2] = blocks per row, md[3] = columns (with
     /// int8 A, md[4] = its pairs' word offset); <paramref name="consts"/>: γ and the epilogue's vectors are bound.</summary>
-    static string Code(Projections.Plan plan, Stacked st, GpuTensor x, int M, MatVecShape layout, int chunk, int words, bool vec, float eps, DType dtype, bool a8, bool consts, bool hoist)
+    static string Code(Projections.Plan plan, Stacked st, GpuTensor x, int M, MatVecShape layout, int chunk, int words, bool vec, float eps, DType dtype, bool a8, bool consts, bool hoist, bool zeroSum)
     {
         int P = plan.P, outs = plan.Outputs.Length, T = layout.Threads, R = layout.Rows, WG = layout.Workgroup, G = WG / T, UV = 8 * words, J = UV / 4;
         // int8 A: the quantize kernel applied the RMSNorm.
@@ -207,6 +207,7 @@ static class ProjectionsNBits
         }
         MatMulNBits.DeclareWords(w, binding, Math.Min(words, 4));
         bool vecScales = MatMulNBits.VecScales(st.Panels, st.Scales);
+        bool zeroSums = st.Panels is not null && !a8 && st.ZeroKind == MatMulNBits.ZeroKind.Bytes && zeroSum;
         MatMulNBits.DeclareScales(w, st.Scales, vecScales);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Bytes) w.In("zp", GpuStorage.U32);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Floats) w.In("zp", GpuStorage.F32);
@@ -256,7 +257,7 @@ static class ProjectionsNBits
                 weightRows.Add(($"w{r}_{q}", m => $"a{rr}_{qq}_{m}"));
             }
         string rowsCode = a8 ? string.Concat(weightRows.Select(wr => MatMulNBits.UnitCodeA8(weights, wr.Row, wr.Acc, st.BlockSize, st.ZeroKind, M)))
-            : st.Panels is { } pl ? string.Concat(weightRows.Select(wr => pl.UnitCode(weights, wr.Row, wr.Acc, st.BlockSize, st.ZeroKind, M, vecScales)))
+            : st.Panels is { } pl ? string.Concat(weightRows.Select(wr => pl.UnitCode(weights, wr.Row, wr.Acc, st.BlockSize, st.ZeroKind, M, vecScales, zeroSums)))
             : MatMulNBits.UnitRows(weights, weightRows, st.BlockSize, st.ZeroKind, words, M, hoist);
         // γ's four values from K index k (vec4 index k / 4 where x is read as vec4s).
         string Gamma(string name, string k, string indent) =>
@@ -306,6 +307,7 @@ static class ProjectionsNBits
                     if (norm) b.Append($"    s{m} += dot(xr{m}_{jj}, xr{m}_{jj});\n");
                     b.Append($"    let xq{m}_{jj} = xr{m}_{jj} * {(norm ? $"g{jj}" : MatMulNBits.XScale)};\n");
                 }
+            if (zeroSums) for (int m = 0; m < M; m++) b.Append(st.Panels!.BlockSums(m));
             b = b0.Append(BlockedMatVec.UnitLoop(T, layout.Unroll, b.Append(rowsCode).ToString()));
         }
         // Partials: slot (r·P + q)·M + m, then Σ x² of x row m at slot R·P·M + m; thread (group gi, t) writes red[slot·WG + gi·T + t].

@@ -114,12 +114,23 @@ fn pword_(w: u32) -> u32 {
     /// <summary>K index of x's vec4 j (0–7) of a unit: word j / 2, half j mod 2.</summary>
     public string XAt(int j) => $"pk + {256 * (j / 2) + (SplitWords ? 128 : 4) * (j % 2)}u";
 
+    /// <summary>With zero points taken out of the values (<c>q4-zero=sum</c>): code once a unit for x row m, the sums
+    /// of x's values (γ applied, <see cref="MatMulNBits.XScale"/> undone: a dot with P16) over each block part a lane's
+    /// unit covers (<c>sx{m}_{p}</c>: each half-word for <see cref="Halves"/>, each word for <see cref="Words"/>), which
+    /// every weight row of the unit shares.</summary>
+    public string BlockSums(int m) => SplitWords
+        ? string.Concat(Enumerable.Range(0, 8).Select(j => $"    let sx{m}_{j} = dot(xq{m}_{j}, P16);\n"))
+        : string.Concat(Enumerable.Range(0, 4).Select(c => $"    let sx{m}_{c} = dot(xq{m}_{2 * c}, P16) + dot(xq{m}_{2 * c + 1}, P16);\n"));
+
     /// <summary>WGSL adding weight row <paramref name="row"/>'s unit u (one vec4 of <paramref name="weights"/> at
     /// <c>row·U + u</c>) times x's unit (<c>xq{m}_{j}</c>, read at <see cref="XAt"/> and scaled by
     /// <see cref="MatMulNBits.XScale"/>) into <paramref name="acc"/>(m): its scales vec4 loads (<c>scv_b</c>, f32, where
     /// <paramref name="vecScales"/>; else <c>sc</c> reads), its zero points u32 loads, each half-word's nibbles made
-    /// floats as <see cref="MatMulNBits.UnitCode"/> does and its sum times its own block's scale.</summary>
-    public string UnitCode(string weights, string row, Func<int, string> acc, int block, MatMulNBits.ZeroKind zeros, int rows, bool vecScales)
+    /// floats as <see cref="MatMulNBits.UnitCode"/> does and its sum times its own block's scale. With
+    /// <paramref name="zeroSums"/> (byte zero points), the nibbles less 8 only (a constant), and each block's zero
+    /// point times x's sum over the block part (<see cref="BlockSums"/>) subtracted once: Σ(q − z)·x as Σq·x − z·Σx,
+    /// two operations a block in place of a vec4 of constants.</summary>
+    public string UnitCode(string weights, string row, Func<int, string> acc, int block, MatMulNBits.ZeroKind zeros, int rows, bool vecScales, bool zeroSums = false)
     {
         int wb = block / 8, n = SplitWords ? 8 : 4;
         var sb = new StringBuilder($"    {{\n      let wq = {weights}[{row} * U + u];\n");
@@ -128,27 +139,32 @@ fn pword_(w: u32) -> u32 {
         for (int v = 0; v < n / 4; v++)
             sb.Append(vecScales ? $"      let sv{v} = scv_b[(pb >> 2u) + {v}u];\n"
                 : $"      let sv{v} = vec4<f32>({string.Join(", ", Enumerable.Range(4 * v, 4).Select(i => $"sc(pb + {i}u)"))});\n");
-        bool zp = zeros == MatMulNBits.ZeroKind.Bytes;
+        bool zp = zeros == MatMulNBits.ZeroKind.Bytes, sums = zp && zeroSums;
         if (zp) for (int v = 0; v < n / 4; v++) sb.Append($"      let zw{v} = zp((pb >> 2u) + {v}u);\n");
         // Block parameter i of the unit's n: scale and zero-point constant (MAG + z·P16).
         string Scale(int i) => $"sv{i / 4}.{"xyzw"[i % 4]}";
         string Zero(int i) => $"vec4<f32>({MatMulNBits.ZeroMagic($"zw{i / 4} >> {8 * (i % 4)}u")}) * P16 + CK";
+        // The zero point less 8 as a float (the nibbles are made floats less 8: C8).
+        string ZeroLess8(int i) => $"({MatMulNBits.ZeroMagic($"zw{i / 4} >> {8 * (i % 4)}u")} - 8388616.0)";
         var terms = Enumerable.Range(0, rows).Select(_ => new List<string>()).ToArray();
         for (int c = 0; c < 4; c++)
         {
             if (!SplitWords)
             {
-                if (zp) sb.Append($"      let c{c} = {Zero(c)};\n");
-                sb.Append(MatMulNBits.NibbleFloats("      ", c, $"wq.{"xyzw"[c]}", zp ? $"c{c}" : "C8"));
-                for (int m = 0; m < rows; m++) terms[m].Add($"{Scale(c)} * (dot(qa{c}, xq{m}_{2 * c}) + dot(qb{c}, xq{m}_{2 * c + 1}))");
+                if (zp && !sums) sb.Append($"      let c{c} = {Zero(c)};\n");
+                if (sums) sb.Append($"      let z{c} = {ZeroLess8(c)};\n");
+                sb.Append(MatMulNBits.NibbleFloats("      ", c, $"wq.{"xyzw"[c]}", zp && !sums ? $"c{c}" : "C8"));
+                for (int m = 0; m < rows; m++)
+                    terms[m].Add($"{Scale(c)} * (dot(qa{c}, xq{m}_{2 * c}) + dot(qb{c}, xq{m}_{2 * c + 1}){(sums ? $" - z{c} * sx{m}_{c}" : "")})");
                 continue;
             }
-            if (zp) sb.Append($"      let ca{c} = {Zero(2 * c)};\n      let cb{c} = {Zero(2 * c + 1)};\n");
-            sb.Append(MatMulNBits.NibbleFloats("      ", c, $"wq.{"xyzw"[c]}", zp ? $"ca{c}" : "C8", zp ? $"cb{c}" : "C8"));
+            if (zp && !sums) sb.Append($"      let ca{c} = {Zero(2 * c)};\n      let cb{c} = {Zero(2 * c + 1)};\n");
+            if (sums) sb.Append($"      let za{c} = {ZeroLess8(2 * c)};\n      let zb{c} = {ZeroLess8(2 * c + 1)};\n");
+            sb.Append(MatMulNBits.NibbleFloats("      ", c, $"wq.{"xyzw"[c]}", zp && !sums ? $"ca{c}" : "C8", zp && !sums ? $"cb{c}" : "C8"));
             for (int m = 0; m < rows; m++)
             {
-                terms[m].Add($"{Scale(2 * c)} * dot(qa{c}, xq{m}_{2 * c})");
-                terms[m].Add($"{Scale(2 * c + 1)} * dot(qb{c}, xq{m}_{2 * c + 1})");
+                terms[m].Add($"{Scale(2 * c)} * (dot(qa{c}, xq{m}_{2 * c}){(sums ? $" - za{c} * sx{m}_{2 * c}" : "")})");
+                terms[m].Add($"{Scale(2 * c + 1)} * (dot(qb{c}, xq{m}_{2 * c + 1}){(sums ? $" - zb{c} * sx{m}_{2 * c + 1}" : "")})");
             }
         }
         for (int m = 0; m < rows; m++) sb.Append($"      {acc(m)} += {MatMulNBits.Tree(terms[m])};\n");
