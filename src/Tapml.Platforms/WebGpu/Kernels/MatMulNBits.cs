@@ -61,7 +61,12 @@ static class MatMulNBits
         public Q4Panels? PanelsAsked;
         /// <summary>For views of a region's stacked buffers: the cache keys that keep those buffers alive.</summary>
         public object? Keep;
+        /// <summary>Decode launches made (<see cref="MatVec"/>): a step's launch skips its layout, kernel key and label.</summary>
+        public readonly Dictionary<(long Rows, GpuStorage X, DType Y, MatVecTuning Tuning, bool A8, bool Residual), VecLaunch> Launches = [];
     }
+
+    /// <summary>A decode kernel's key, label, layout and grid for one row count.</summary>
+    sealed record VecLaunch(WebGpuPlatform.KernelKey Key, string Label, MatVecShape Shape, int Words, long Units, bool Vec, uint Gx, uint Gy);
 
     static readonly ConditionalWeakTable<Node, Prepared> Cache = new();
 
@@ -295,14 +300,10 @@ static class MatMulNBits
     static void MatVec(WebGpuPlatform g, GpuTensor x, GpuTensor y, Prepared p, long rows, GpuTensor? residual, long m0 = 0, QuantizedA? qa = null)
     {
         var w = p.W;
-        // A unit is 2 or 4 words (MatVecTuning.Q4UnitWords) where every row's words start aligned to it, else one u32 (8 values).
         long rowWords = (long)w.KBlocks * w.BlobSize / 4;
-        // int8 A: a unit is one block (its codes, scale and sum go together). Panels: a unit is 16 bytes of a panel.
-        int words = qa is not null ? w.BlockSize / 8 : p.Panels is not null ? 4 : g.MatVec.Q4UnitWords(rowWords, w.N);
-        long units = rowWords / words;
-        bool vec = x.Storage == GpuStorage.F32 && units * words * 8 == w.K;
-        var shape = g.MatVec.Q4(w.N, units, g.Device.Limits.MaxInvocationsPerWorkgroup, g.SubgroupLanes, p.Panels is not null);
-        if (qa is not null || p.Panels is not null) shape = shape with { SharedX = false };
+        var lk = (rows, x.Storage, y.DType, g.MatVec, qa is not null, residual is not null);
+        if (!p.Launches.TryGetValue(lk, out var launch)) p.Launches[lk] = launch = MakeVecLaunch(g, x, y, p, rows, residual is not null, qa is not null);
+        var (shape, words, units) = (launch.Shape, launch.Words, launch.Units);
         // Split rows: the kernel writes each range's partial sums [split, rows, N]; their sum adds bias and residual.
         int split = shape.Split;
         var part = split > 1 ? g.Empty(DType.Float32, [split * rows * w.N]) : null;
@@ -316,15 +317,32 @@ static class MatMulNBits
         meta.Add(w.N); meta.Add(w.K); meta.Add(rowWords); meta.Add(w.KBlocks); meta.Add(rows); meta.Add(units); meta.Add(m0);
         if (qa is not null) meta.Add(qa.PairsAt);
         var yType = part?.DType ?? y.DType;
-        string variant = $"{w.BlockSize}|{Zero(p)}|{bias is not null}|{rs is not null}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)yType}|{qa is not null}|{p.Panels}";
-        var (gx, gy) = BlockedMatVec.Grid(g, w.N, shape);
-        string unit = qa is not null ? "_a8" : p.Panels is { } pl ? pl.Suffix : words == 4 ? "_w" : words == 2 ? "_w2" : "";
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{words}|{vec}|{shape}|{rows}|{g.MatVec.Q4Hoist}|{g.MatVec.Q4ZeroSum}"),
-            () => MatVecCode(g, x, yType, w.BlockSize, Zero(p), bias is not null, rs is not null, p.Scales, words, vec, shape, (int)rows, qa is not null, p.Panels),
-            $"MatMulNBits_matvec_t{shape.Threads}r{shape.Rows}{unit}{(split > 1 ? $"_k{split}" : residual is null ? "" : "_add")}_r{rows}", [.. bindings], meta, gx, gy, (uint)split);
+        g.LaunchGroups(launch.Key, () => MatVecCode(g, x, yType, w.BlockSize, Zero(p), bias is not null, rs is not null, p.Scales, words, launch.Vec, shape, (int)rows, qa is not null, p.Panels),
+            launch.Label, [.. bindings], meta, launch.Gx, launch.Gy, (uint)split);
         if (part is null) return;
         MatMul.SumParts(g, part, split, rows * w.N, w.N, y, m0 * w.N, p.Bias, residual);
         g.Free(part);
+    }
+
+    static VecLaunch MakeVecLaunch(WebGpuPlatform g, GpuTensor x, GpuTensor y, Prepared p, long rows, bool residual, bool a8)
+    {
+        var w = p.W;
+        // A unit is 2 or 4 words (MatVecTuning.Q4UnitWords) where every row's words start aligned to it, else one u32 (8 values).
+        long rowWords = (long)w.KBlocks * w.BlobSize / 4;
+        // int8 A: a unit is one block (its codes, scale and sum go together). Panels: a unit is 16 bytes of a panel.
+        int words = a8 ? w.BlockSize / 8 : p.Panels is not null ? 4 : g.MatVec.Q4UnitWords(rowWords, w.N);
+        long units = rowWords / words;
+        bool vec = x.Storage == GpuStorage.F32 && units * words * 8 == w.K;
+        var shape = g.MatVec.Q4(w.N, units, g.Device.Limits.MaxInvocationsPerWorkgroup, g.SubgroupLanes, p.Panels is not null);
+        if (a8 || p.Panels is not null) shape = shape with { SharedX = false };
+        int split = shape.Split;
+        bool bias = split == 1 && p.Bias is not null, rs = split == 1 && residual;
+        var yType = split > 1 ? DType.Float32 : y.DType;
+        string variant = $"{w.BlockSize}|{Zero(p)}|{bias}|{rs}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)yType}|{a8}|{p.Panels}";
+        var (gx, gy) = BlockedMatVec.Grid(g, w.N, shape);
+        string unit = a8 ? "_a8" : p.Panels is { } pl ? pl.Suffix : words == 4 ? "_w" : words == 2 ? "_w2" : "";
+        return new VecLaunch(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{words}|{vec}|{shape}|{rows}|{g.MatVec.Q4Hoist}|{g.MatVec.Q4ZeroSum}"),
+            $"MatMulNBits_matvec_t{shape.Threads}r{shape.Rows}{unit}{(split > 1 ? $"_k{split}" : residual ? "_add" : "")}_r{rows}", shape, words, units, vec, gx, gy);
     }
 
     /// <summary>The <c>matmul_add</c> region over a MatMulNBits product (inputs x, B, scales [, zero_points], r): y =

@@ -40,7 +40,12 @@ static class ProjectionsNBits
         public required long[] RowAt;
         /// <summary>Float offset of the epilogue's per-column vectors in <see cref="Consts"/> (after γ, padded to vec4s).</summary>
         public required long VectorsAt;
+        /// <summary>Launches made, by x's rows and storage, the tuning and int8 A: a decode step's launch skips its layout and kernel key.</summary>
+        public readonly Dictionary<(int Rows, GpuStorage X, MatVecTuning Tuning, bool A8), Launch?> Launches = [];
     }
+
+    /// <summary>A kernel and its grid for one row count (null in <see cref="Stacked.Launches"/>: the kernel does not apply).</summary>
+    internal sealed record Launch(GpuPipeline Pipeline, long Units, bool Consts, int Bindings, uint Gx, uint Gy);
 
     static readonly ConditionalWeakTable<Node, Stacked> Cache = new();
 
@@ -139,9 +144,36 @@ static class ProjectionsNBits
         var st = Prepare(g, ctx, plan, opset, x, ins);
         if (st is null || st.K != k) return null;
         if (rowCount > MatMul.MatVecMaxRows) return null;                     // prefill: the body runs (tiled MatMulNBits over views of the stack)
-        int rows = (int)rowCount, P = plan.P, outs = plan.Outputs.Length;
-        long columns = plan.Outputs.Sum(o => o.N);
+        int rows = (int)rowCount, outs = plan.Outputs.Length;
         bool a8 = st.Int8 && x.DType == DType.Float32 && x.Storage == GpuStorage.F32;
+        float eps = ctx.Float("epsilon", 1e-6f);
+        if (!st.Launches.TryGetValue((rows, x.Storage, g.MatVec, a8), out var launch))
+            st.Launches[(rows, x.Storage, g.MatVec, a8)] = launch = MakeLaunch(g, ctx, plan, st, x, rows, a8, eps);
+        if (launch is null) return null;
+        var qa = a8 ? MatMulNBits.QuantizeA(g, x, rows, st.K, st.BlockSize, plan.Norm ? ins[1] : null, eps) : null;
+        var list = qa is null ? new List<GpuTensor>(launch.Bindings) { x } : [qa.Data];
+        if (launch.Consts) list.Add(st.Consts!);
+        list.Add(st.Words);
+        list.Add(st.Scales);
+        if (st.Zeros is not null) list.Add(st.Zeros);
+        var ys = new GpuTensor[outs];
+        var lead = x.Shape[..^1];
+        for (int o = 0; o < outs; o++) { ys[o] = g.Empty(x.DType, [.. lead, plan.Outputs[o].N]); list.Add(ys[o]); }
+        var meta = new Meta();
+        meta.Add(k); meta.Add(launch.Units); meta.Add(st.KBlocks); meta.Add(plan.Outputs.Sum(o => o.N));
+        if (qa is not null) meta.Add(qa.PairsAt);
+        g.LaunchGroups(launch.Pipeline, [.. list], meta, launch.Gx, launch.Gy);
+        if (qa is not null) MatMulNBits.Free(g, qa);
+        return ys;
+    }
+
+    /// <summary>The kernel for <paramref name="rows"/> rows of x under the platform's tuning, or null where it does not
+    /// fit the device (workgroup memory, storage bindings).</summary>
+    static Launch? MakeLaunch(WebGpuPlatform g, NodeContext ctx, Projections.Plan plan, Stacked st, GpuTensor x, int rows, bool a8, float eps)
+    {
+        long k = st.K;
+        int P = plan.P, outs = plan.Outputs.Length;
+        long columns = plan.Outputs.Sum(o => o.N);
         // int8 A: a unit is one block (its codes, scale and sum go together).
         int words = a8 ? st.BlockSize / 8 : st.Panels is not null ? 4 : g.MatVec.Q4UnitWords(st.RowWords, columns * P);
         long units = st.RowWords / words;
@@ -157,28 +189,13 @@ static class ProjectionsNBits
         bool consts = st.Consts is not null && (!a8 || plan.Vectors.Length > 0);
         int bindings = 1 + (consts ? 1 : 0) + 2 + (st.Zeros is null ? 0 : 1) + outs + 1;
         if (bindings > lim.MaxStorageBuffersPerStage) return null;
-        float eps = ctx.Float("epsilon", 1e-6f);
-        var qa = a8 ? MatMulNBits.QuantizeA(g, x, rows, st.K, st.BlockSize, plan.Norm ? ins[1] : null, eps) : null;
-        var list = qa is null ? new List<GpuTensor>(bindings) { x } : [qa.Data];
-        if (consts) list.Add(st.Consts!);
-        list.Add(st.Words);
-        list.Add(st.Scales);
-        if (st.Zeros is not null) list.Add(st.Zeros);
-        var ys = new GpuTensor[outs];
-        var lead = x.Shape[..^1];
-        for (int o = 0; o < outs; o++) { ys[o] = g.Empty(x.DType, [.. lead, plan.Outputs[o].N]); list.Add(ys[o]); }
-        var meta = new Meta();
-        meta.Add(k); meta.Add(units); meta.Add(st.KBlocks); meta.Add(columns);
-        if (qa is not null) meta.Add(qa.PairsAt);
         var (gx, gy) = Wgsl.Grid(columns, WG / T * R, lim.MaxWorkgroupsPerDimension);
         // x staged in workgroup memory (q4-xs=1): chunks of units that fit beside the partial sums.
         int chunk = !shape.SharedX ? 0 : (int)Math.Min(units, (lim.MaxWorkgroupStorageBytes - (long)Slots(R) * WG * 4) / (rows * words * 2 * 16L));
         var layout = new MatVecShape(T, R, WG, chunk > 0, shape.Unroll, shape.Tree, shape.Subgroup);
         var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}|{a8}|{g.MatVec.Q4Hoist}|{g.MatVec.Q4ZeroSum}|{st.Panels}", ctx.Node),
             () => Code(plan, st, x, rows, layout, chunk, words, vec, eps, x.DType, a8, consts, g.MatVec.Q4Hoist, g.MatVec.Q4ZeroSum), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}{(a8 ? "_a8" : "")}_t{T}c{R}_r{rows}");
-        g.LaunchGroups(pipeline, [.. list], meta, gx, gy);
-        if (qa is not null) MatMulNBits.Free(g, qa);
-        return ys;
+        return new Launch(pipeline, units, consts, bindings, gx, gy);
     }
 
     /// <summary>An epilogue's per-column constants (<see cref="Projections"/> writes <c>vecs_b[OFFSETu + j]</c>) read from
