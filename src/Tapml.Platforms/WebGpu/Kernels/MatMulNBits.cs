@@ -62,7 +62,7 @@ static class MatMulNBits
         /// <summary>For views of a region's stacked buffers: the cache keys that keep those buffers alive.</summary>
         public object? Keep;
         /// <summary>Decode launches made (<see cref="MatVec"/>): a step's launch skips its layout, kernel key and label.</summary>
-        public readonly Dictionary<(long Rows, GpuStorage X, DType Y, MatVecTuning Tuning, bool A8, bool Residual), VecLaunch> Launches = [];
+        public readonly TunedLaunches<(long Rows, GpuStorage X, DType Y, bool A8, bool Residual), VecLaunch> Launches = new();
     }
 
     /// <summary>A decode kernel's key, label, layout and grid for one row count.</summary>
@@ -301,8 +301,8 @@ static class MatMulNBits
     {
         var w = p.W;
         long rowWords = (long)w.KBlocks * w.BlobSize / 4;
-        var lk = (rows, x.Storage, y.DType, g.MatVec, qa is not null, residual is not null);
-        if (!p.Launches.TryGetValue(lk, out var launch)) p.Launches[lk] = launch = MakeVecLaunch(g, x, y, p, rows, residual is not null, qa is not null);
+        var lk = (rows, x.Storage, y.DType, qa is not null, residual is not null);
+        if (!p.Launches.TryGet(g.MatVec, lk, out var launch)) launch = p.Launches.Add(lk, MakeVecLaunch(g, x, y, p, rows, residual is not null, qa is not null));
         var (shape, words, units) = (launch.Shape, launch.Words, launch.Units);
         // Split rows: the kernel writes each range's partial sums [split, rows, N]; their sum adds bias and residual.
         int split = shape.Split;

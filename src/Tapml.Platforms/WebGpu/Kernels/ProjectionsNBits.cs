@@ -40,12 +40,12 @@ static class ProjectionsNBits
         public required long[] RowAt;
         /// <summary>Float offset of the epilogue's per-column vectors in <see cref="Consts"/> (after γ, padded to vec4s).</summary>
         public required long VectorsAt;
-        /// <summary>Launches made, by x's rows and storage, the tuning and int8 A: a decode step's launch skips its layout and kernel key.</summary>
-        public readonly Dictionary<(int Rows, GpuStorage X, MatVecTuning Tuning, bool A8), Launch?> Launches = [];
+        /// <summary>Launches made, by x's rows and storage and int8 A: a decode step's launch skips its layout and kernel key.</summary>
+        public readonly TunedLaunches<(int Rows, GpuStorage X, bool A8), Launch?> Launches = new();
     }
 
     /// <summary>A kernel and its grid for one row count (null in <see cref="Stacked.Launches"/>: the kernel does not apply).</summary>
-    internal sealed record Launch(GpuPipeline Pipeline, long Units, bool Consts, int Bindings, uint Gx, uint Gy);
+    internal sealed record Launch(GpuPipeline Pipeline, long Units, long Columns, bool Consts, int Bindings, uint Gx, uint Gy);
 
     static readonly ConditionalWeakTable<Node, Stacked> Cache = new();
 
@@ -147,8 +147,8 @@ static class ProjectionsNBits
         int rows = (int)rowCount, outs = plan.Outputs.Length;
         bool a8 = st.Int8 && x.DType == DType.Float32 && x.Storage == GpuStorage.F32;
         float eps = ctx.Float("epsilon", 1e-6f);
-        if (!st.Launches.TryGetValue((rows, x.Storage, g.MatVec, a8), out var launch))
-            st.Launches[(rows, x.Storage, g.MatVec, a8)] = launch = MakeLaunch(g, ctx, plan, st, x, rows, a8, eps);
+        if (!st.Launches.TryGet(g.MatVec, (rows, x.Storage, a8), out var launch))
+            launch = st.Launches.Add((rows, x.Storage, a8), MakeLaunch(g, ctx, plan, st, x, rows, a8, eps));
         if (launch is null) return null;
         var qa = a8 ? MatMulNBits.QuantizeA(g, x, rows, st.K, st.BlockSize, plan.Norm ? ins[1] : null, eps) : null;
         var list = qa is null ? new List<GpuTensor>(launch.Bindings) { x } : [qa.Data];
@@ -160,7 +160,7 @@ static class ProjectionsNBits
         var lead = x.Shape[..^1];
         for (int o = 0; o < outs; o++) { ys[o] = g.Empty(x.DType, [.. lead, plan.Outputs[o].N]); list.Add(ys[o]); }
         var meta = new Meta();
-        meta.Add(k); meta.Add(launch.Units); meta.Add(st.KBlocks); meta.Add(plan.Outputs.Sum(o => o.N));
+        meta.Add(k); meta.Add(launch.Units); meta.Add(st.KBlocks); meta.Add(launch.Columns);
         if (qa is not null) meta.Add(qa.PairsAt);
         g.LaunchGroups(launch.Pipeline, [.. list], meta, launch.Gx, launch.Gy);
         if (qa is not null) MatMulNBits.Free(g, qa);
@@ -195,7 +195,7 @@ static class ProjectionsNBits
         var layout = new MatVecShape(T, R, WG, chunk > 0, shape.Unroll, shape.Tree, shape.Subgroup);
         var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}|{a8}|{g.MatVec.Q4Hoist}|{g.MatVec.Q4ZeroSum}|{st.Panels}", ctx.Node),
             () => Code(plan, st, x, rows, layout, chunk, words, vec, eps, x.DType, a8, consts, g.MatVec.Q4Hoist, g.MatVec.Q4ZeroSum), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}{(a8 ? "_a8" : "")}_t{T}c{R}_r{rows}");
-        return new Launch(pipeline, units, consts, bindings, gx, gy);
+        return new Launch(pipeline, units, columns, consts, bindings, gx, gy);
     }
 
     /// <summary>An epilogue's per-column constants (<see cref="Projections"/> writes <c>vecs_b[OFFSETu + j]</c>) read from
