@@ -7,7 +7,8 @@ namespace Tapml.Ir;
 /// block, the default zero point 8), each with <c>-a8</c> (<c>q4-a8</c>, <c>q4sym-a8</c>): the same weights with
 /// <c>accuracy_level=4</c>, ONNX Runtime's int8 compute type (A quantized to int8 per block, integer dot products; what
 /// ONNX Runtime GenAI's model builder writes for its cpu and webgpu targets). Scales take the weight's float type (ONNX
-/// Runtime requires A's type, which a MatMul shares with its weight): f32 checkpoints get f32 scales, f16 ones f16.</summary>
+/// Runtime requires A's type, which a MatMul shares with its weight): f32 checkpoints get f32 scales (of f16 precision where
+/// a normal f16 holds them: llama.cpp's and MLC's 4-bit formats keep f16 scales), f16 ones f16.</summary>
 public sealed record QuantizeScheme(string Name, int Bits, int BlockSize, bool Symmetric, long AccuracyLevel = 0)
 {
     public static readonly string[] Names = ["q4", "q4sym", "q4-a8", "q4sym-a8"];
@@ -42,8 +43,8 @@ public sealed record QuantizeReport(int Products, long BytesBefore, long BytesAf
 /// <item>symmetric (q4sym): m = the block's value of largest magnitude, scale = m / −8, q = clamp(round(w/scale) + 8,
 /// 0, 15) — m maps to −8 exactly and the other end reaches 7;</item>
 /// </list>
-/// the scale is rounded to its stored type first and q computed with the stored scale. A block that is all zeros
-/// gets scale 1. Weights used by nodes other than the rewritten MatMuls stay as they are (a tied embedding keeps its
+/// the scale is rounded to its stored type first (f32 scales to f16 precision where a normal f16 holds them) and q
+/// computed with the stored scale. A block that is all zeros gets scale 1. Weights used by nodes other than the rewritten MatMuls stay as they are (a tied embedding keeps its
 /// Gather); weights no longer used are dropped.</summary>
 public static class WeightQuantizer
 {
@@ -107,8 +108,18 @@ public static class WeightQuantizer
         _ => throw new TapmlException($"quantize: weight of {DTypes.Name(w.DType)}"),
     };
 
-    /// <summary>The stored value of a scale (rounded to the scales' type).</summary>
-    static float Stored(float s, DType t) => t switch { DType.Float16 => (float)(Half)s, DType.BFloat16 => (float)(BFloat16)s, _ => s };
+    /// <summary>The stored value of a scale: rounded to the scales' type, and f32 scales to f16 precision where a normal
+    /// f16 holds them (as llama.cpp's and MLC's 4-bit formats store their scales), so that a platform may keep them in
+    /// half the bytes and read them exactly (<see cref="HalfExact"/>).</summary>
+    static float Stored(float s, DType t) => t switch
+    {
+        DType.Float16 => (float)(Half)s,
+        DType.BFloat16 => (float)(BFloat16)s,
+        _ => HalfExact((float)(Half)s) ? (float)(Half)s : s,
+    };
+
+    /// <summary>Whether <paramref name="v"/> is 0 or a normal f16 value (an f16 subnormal may read as 0 on a GPU).</summary>
+    public static bool HalfExact(float v) => v == 0 || float.IsFinite(v) && (float)(Half)v == v && MathF.Abs(v) >= 6.103515625e-05f;
 
     /// <summary>B packed, scales, and zero points (null for symmetric schemes) of a [K, N] weight.</summary>
     public static (Tensor B, Tensor Scales, Tensor? Zeros) Quantize(Tensor w, QuantizeScheme scheme)

@@ -21,8 +21,9 @@ public class MatMulNBitsTests
     public enum Zp { None, Packed, Float }
 
     /// <summary>A one-node MatMulNBits model: A [1, M, K] fed, B/scales/zero points/bias initializers of random
-    /// values (B's bytes uniform, so every nibble value appears).</summary>
-    internal static Model Case(int m, int k, int n, int block, Zp zp, DType t, bool bias, out Dictionary<string, Value> feeds, int bits = 4, long accuracy = 0)
+    /// values (B's bytes uniform, so every nibble value appears); <paramref name="halfScales"/>: f32 scales that are all
+    /// f16 values (as <c>--quantize q4</c> makes them).</summary>
+    internal static Model Case(int m, int k, int n, int block, Zp zp, DType t, bool bias, out Dictionary<string, Value> feeds, int bits = 4, long accuracy = 0, bool halfScales = false)
     {
         var rng = new Random(m * 7919 + k * 131 + n * 17 + block + (int)zp * 3 + (t == DType.Float16 ? 1 : 0) + bits);
         int kb = (k + block - 1) / block, blob = block * bits / 8;
@@ -37,7 +38,7 @@ public class MatMulNBitsTests
         b.Input("A", t, 1, m, k);
         var bytes = new byte[n * kb * blob];
         rng.NextBytes(bytes);
-        var inputs = new List<string> { "A", b.Initializer("B", new Tensor(DType.UInt8, [n, kb, blob], bytes)), b.Initializer("scales", Floats([n, kb], 0.01, 0.1)) };
+        var inputs = new List<string> { "A", b.Initializer("B", new Tensor(DType.UInt8, [n, kb, blob], bytes)), b.Initializer("scales", halfScales ? HalfValues(Floats([n, kb], 0.01, 0.1)) : Floats([n, kb], 0.01, 0.1)) };
         if (zp == Zp.Packed)
         {
             var z = new byte[n * ((kb * bits + 7) / 8)];
@@ -55,6 +56,8 @@ public class MatMulNBitsTests
         b.Output("Y");
         return new Model { Graph = b.Graph, Opsets = new() { [""] = 21, [WeightQuantizer.MsDomain] = 1 }, IrVersion = 10 };
     }
+
+    static Tensor HalfValues(Tensor t) => new(t.DType, t.Shape, Array.ConvertAll(t.As<float>().ToArray(), v => (float)(Half)v));
 
     static void AssertVerdict(Model model, Dictionary<string, Value> feeds, Value expected, Value actual, string who)
     {

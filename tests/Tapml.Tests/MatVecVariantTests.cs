@@ -30,6 +30,15 @@ public class MatVecVariantTests
         (2, 1024, 6, 64, Zp.Packed, DType.Float32, true),     // panels with blocks of 64, 2 rows of A, bias
     ];
 
+    /// <summary>(M, K, N, block, zero points, bias) with f32 scales that are all f16 values: the GPU keeps them as f16
+    /// (a panel unit's in one load).</summary>
+    static readonly (int M, int K, int N, int Block, Zp Zp, bool Bias)[] HalfScaleCases =
+    [
+        (1, 1024, 20, 32, Zp.Packed, false),
+        (2, 1024, 5, 128, Zp.None, true),
+        (40, 1024, 6, 32, Zp.Packed, false),                  // prefill's tiled kernel
+    ];
+
     [Theory]
     [InlineData("webgpu?q4-threads=8&q4-rows=4&q4-wg=64")]
     [InlineData("webgpu?q4-threads=32&q4-rows=1&q4-wg=256")]
@@ -75,6 +84,13 @@ public class MatVecVariantTests
             var cpu = new Executor(new CpuPlatform()).Run(model, feeds)["Y"];
             var got = new Executor(gpu).Run(model, feeds)["Y"];
             Verdict(model, feeds, "Y", cpu, got, $"{spec} {c}");
+        }
+        foreach (var c in HalfScaleCases)
+        {
+            var model = Case(c.M, c.K, c.N, c.Block, c.Zp, DType.Float32, c.Bias, out var feeds, halfScales: true);
+            var cpu = new Executor(new CpuPlatform()).Run(model, feeds)["Y"];
+            var got = new Executor(gpu).Run(model, feeds)["Y"];
+            Verdict(model, feeds, "Y", cpu, got, $"{spec} {c} (f32 scales of f16 values)");
         }
     }
 

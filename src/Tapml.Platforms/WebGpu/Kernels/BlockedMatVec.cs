@@ -72,6 +72,9 @@ public sealed record MatVecTuning
     /// <summary>Panel kernels with byte zero points take each block's zero point out as z·Σx (<c>q4-zero=sum</c>) rather
     /// than from every value (<c>each</c>, the rule).</summary>
     public bool Q4ZeroSum { get; init; }
+    /// <summary>f32 scales that are all f16 values (as <c>--quantize q4</c> makes them) are kept as f16 on the GPU and read
+    /// exactly (<c>q4-scales=f16</c>, the default), or as f32 (<c>f32</c>).</summary>
+    public bool Q4F32Scales { get; init; }
     /// <summary>The rule's 4-bit layout where it fits.</summary>
     public const string Q4LayoutRule = "panels";
     /// <summary>The panel layout asked for or by rule; null: rows.</summary>
@@ -86,7 +89,7 @@ public sealed record MatVecTuning
     /// 1432.3 tokens/s with <c>q4-split=4</c>, 1139.1 with 2, against 1696.1 unsplit; docs/benchmarks.md).</summary>
     public const int Q4SplitRule = 1;
 
-    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial|subgroup, q4-unit=1|2|4, q4-loads=first|inline, q4-layout=panels|halves|rows, q4-zero=each|sum, q4-split=N, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial|subgroup, f16-unpack=bits|native";
+    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial|subgroup, q4-unit=1|2|4, q4-loads=first|inline, q4-layout=panels|halves|rows, q4-zero=each|sum, q4-scales=f16|f32, q4-split=N, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial|subgroup, f16-unpack=bits|native";
 
     /// <summary>This tuning with one spec option applied, or null when <paramref name="key"/> is not a matrix-vector knob.</summary>
     public MatVecTuning? With(string spec, string key, string value)
@@ -109,6 +112,7 @@ public sealed record MatVecTuning
             "q4-loads" => this with { Q4Hoist = value switch { "first" => true, "inline" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be first or inline") } },
             "q4-layout" => this with { Q4Layout = value is "panels" or "halves" or "rows" ? value : throw new TapmlException($"platform '{spec}': {key}={value} must be panels, halves or rows") },
             "q4-zero" => this with { Q4ZeroSum = value switch { "sum" => true, "each" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be sum or each") } },
+            "q4-scales" => this with { Q4F32Scales = value switch { "f32" => true, "f16" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be f16 or f32") } },
             "q4-split" => this with { Q4Split = Count(16) },
             "q4-unit" => this with { Q4Words = value is "1" or "2" or "4" ? int.Parse(value) : throw new TapmlException($"platform '{spec}': {key}={value} must be 1, 2 or 4") },
             "f16-threads" => this with { F16Threads = Count(256) },

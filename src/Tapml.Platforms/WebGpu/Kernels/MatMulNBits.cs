@@ -59,6 +59,8 @@ static class MatMulNBits
         public Q4Panels? Panels;
         /// <summary>The tuning's layout when this was made (<c>bench q4-sweep</c> changes it between runs).</summary>
         public Q4Panels? PanelsAsked;
+        /// <summary>The tuning's <c>q4-scales=f32</c> when this was made.</summary>
+        public bool F32ScalesAsked;
         /// <summary>For views of a region's stacked buffers: the cache keys that keep those buffers alive.</summary>
         public object? Keep;
         /// <summary>Decode launches made (<see cref="MatVec"/>): a step's launch skips its layout, kernel key and label.</summary>
@@ -79,7 +81,7 @@ static class MatMulNBits
             sources[i] = t.Source ?? throw new UnsupportedException(
                 $"node '{ctx.Node.Name}' (MatMulNBits): webgpu needs B, scales, zero_points and bias as initializers (input {i} is computed)");
         }
-        if (Cache.TryGetValue(ctx.Node, out var p) && p.Owner == g && p.PanelsAsked == g.MatVec.Panels && p.Sources.AsSpan().SequenceEqual(sources, ReferenceComparer.Instance)) return p;
+        if (Cache.TryGetValue(ctx.Node, out var p) && p.Owner == g && p.PanelsAsked == g.MatVec.Panels && p.F32ScalesAsked == g.MatVec.Q4F32Scales && p.Sources.AsSpan().SequenceEqual(sources, ReferenceComparer.Instance)) return p;
         var b = sources[1] ?? throw ctx.Error("input B is missing");
         var s = sources[2] ?? throw ctx.Error("input scales is missing");
         var w = NBitsWeight.Of(ctx, x.DType, x.Shape, b, s, sources[3], sources[4] is not null, sources[5]);
@@ -93,14 +95,15 @@ static class MatMulNBits
         float[] Blocks(float[] v) => panels?.PermuteBlocks<float>(v, w.BlockSize / 8) ?? v;
         p = new Prepared
         {
-            Owner = g, Sources = sources, W = w, ByteZeros = byteZeros, Int8 = int8, Panels = panels, PanelsAsked = g.MatVec.Panels,
+            Owner = g, Sources = sources, W = w, ByteZeros = byteZeros, Int8 = int8, Panels = panels, PanelsAsked = g.MatVec.Panels, F32ScalesAsked = g.MatVec.Q4F32Scales,
             Words = g.Concatenated(Key(b), () =>
             {
                 var words = MemoryMarshal.Cast<byte, uint>(b.As<byte>());
                 return new Tensor(DType.UInt32, [b.Length / 4], panels?.PermuteWords(words) ?? words.ToArray());
             }),
-            // NOTE: f16 scales stay f16 (packed two per u32, widened exactly in the kernel): fewer bytes a decode step reads.
-            Scales = s.DType == DType.Float16 ? g.Concatenated(Key(s), () => new Tensor(DType.Float16, [w.Scales.Length], Array.ConvertAll(Blocks(w.Scales), v => (Half)v)))
+            // NOTE: f16 scales, and f32 ones that are all f16 values, are kept as f16 (packed two per u32, widened exactly
+            // in the kernel): fewer bytes a decode step reads.
+            Scales = HalfScales(g, s, w.Scales) ? g.Concatenated(Key(s), () => new Tensor(DType.Float16, [w.Scales.Length], Array.ConvertAll(Blocks(w.Scales), v => (Half)v)))
                 : g.Concatenated(Key(s), () => new Tensor(DType.Float32, [w.Scales.Length], Blocks(w.Scales))),
             Zeros = w.Zeros is not { } z ? null : byteZeros ? g.Concatenated(Key(sources[3]!), () => PackBytes(Blocks(z))) : F32(sources[3]!, z),
             Bias = w.Bias is { } bias ? F32(sources[5]!, bias) : null,
@@ -127,7 +130,7 @@ static class MatMulNBits
         long n = w.N;
         Cache.AddOrUpdate(product, new Prepared
         {
-            Owner = g, Sources = [null, b, s, z, null, null], W = w, ByteZeros = byteZeros, Keep = keep, Panels = panels, PanelsAsked = g.MatVec.Panels,
+            Owner = g, Sources = [null, b, s, z, null, null], W = w, ByteZeros = byteZeros, Keep = keep, Panels = panels, PanelsAsked = g.MatVec.Panels, F32ScalesAsked = g.MatVec.Q4F32Scales,
             Int8 = NBitsWeight.Int8Compute(product, DType.Float32, w, z),
             Words = View(words, n * w.KBlocks * w.BlobSize / 4, wordsAt),
             Scales = View(scales, n * w.KBlocks, scalesAt),
@@ -383,14 +386,14 @@ static class MatMulNBits
 
     /// <summary>Declares x (or int8 A), y, the weight words (u32, or vec2/vec4 of u32 for 8/16-byte units), scales, zero
     /// points and bias, in the bindings' order, and <c>zero_(block)</c>.</summary>
-    static Wgsl Declare(GpuTensor x, DType y, ZeroKind zeros, bool bias, GpuTensor scales, bool xvec, int wg, int words = 1, bool residual = false, A8Read a8 = A8Read.None, bool vecScales = false)
+    static Wgsl Declare(GpuTensor x, DType y, ZeroKind zeros, bool bias, GpuTensor scales, bool xvec, int wg, int words = 1, bool residual = false, A8Read a8 = A8Read.None, Q4Panels? panels = null)
     {
         var w = new Wgsl(wg);
         if (a8 != A8Read.None) DeclareA8(w, a8 == A8Read.Vec4);
         else BlockedMatVec.DeclareX(w, x, xvec);
         w.Out("y", y);
         DeclareWords(w, 2, words == 1 ? 1 : Math.Min(words, 4));
-        DeclareScales(w, scales, vecScales);
+        DeclareScales(w, scales, panels);
         if (zeros == ZeroKind.Bytes) w.In("zp", GpuStorage.U32);
         if (zeros == ZeroKind.Floats) w.In("zp", GpuStorage.F32);
         if (bias) w.In("bias", GpuStorage.F32);
@@ -415,16 +418,19 @@ static class MatMulNBits
         else w.Reserve().Decl($"@group(0) @binding({binding}) var<storage, read> bq_b: array<vec{words}<u32>>;");
     }
 
-    /// <summary>Declares the scales: <c>sc(i)</c>, or with <paramref name="vec"/> (f32 scales in <see cref="Q4Panels"/>'
-    /// layout) <c>scv_b</c>, vec4 loads of a panel unit's four.</summary>
-    internal static void DeclareScales(Wgsl w, GpuTensor scales, bool vec)
+    /// <summary>Declares the scales: <c>sc(i)</c>, or in a panel layout <c>scv_b</c>, one load of a unit's scales
+    /// (<see cref="Q4Panels.ScaleLoads"/>).</summary>
+    internal static void DeclareScales(Wgsl w, GpuTensor scales, Q4Panels? panels)
     {
-        if (vec) w.InVec4("scv");
-        else w.In("sc", scales);
+        if (panels is null) w.In("sc", scales);
+        else w.InArray("scv", panels.ScaleElement(scales.Storage));
     }
 
-    /// <summary>Whether a panel kernel reads the scales as vec4s (f32 scales; f16 ones are read one by one).</summary>
-    internal static bool VecScales(Q4Panels? panels, GpuTensor scales) => panels is not null && scales.Storage == GpuStorage.F32;
+    /// <summary>Whether a weight's scales are kept as f16 on the GPU: f16 scales, or f32 ones that are all 0 or normal f16
+    /// values (<see cref="WeightQuantizer.HalfExact"/>; <c>--quantize q4</c> makes them so, <c>q4-scales=f32</c> keeps them
+    /// f32), read back exactly.</summary>
+    internal static bool HalfScales(WebGpuPlatform g, Tensor source, float[] values) =>
+        source.DType == DType.Float16 || !g.MatVec.Q4F32Scales && Array.TrueForAll(values, WeightQuantizer.HalfExact);
 
     internal static string Weights(int words) => words == 1 ? "bw_b" : "bq_b";
 
@@ -578,12 +584,11 @@ static class MatMulNBits
 
     static string MatVecCode(WebGpuPlatform g, GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, bool residual, GpuTensor scales, int words, bool vec, MatVecShape shape, int rows, bool a8 = false, Q4Panels? panels = null)
     {
-        bool vecScales = VecScales(panels, scales);
         bool zeroSums = panels is not null && !a8 && zeros == ZeroKind.Bytes && g.MatVec.Q4ZeroSum;
-        var w = Declare(x, y, zeros, bias, scales, vec || a8, shape.Workgroup, words, residual, a8 ? A8Read.Vec4 : A8Read.None, vecScales);
+        var w = Declare(x, y, zeros, bias, scales, vec || a8, shape.Workgroup, words, residual, a8 ? A8Read.Vec4 : A8Read.None, a8 ? null : panels);
         string weights = Weights(words);
         string Row(int r) => a8 ? UnitCodeA8(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows)
-            : panels is not null ? panels.UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows, vecScales, zeroSums)
+            : panels is not null ? panels.UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows, scales.Storage, zeroSums)
             : UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, words, rows);
         bool hoist = !a8 && panels is null && g.MatVec.Q4Hoist;
         var f = new BlockedMatVec.Format

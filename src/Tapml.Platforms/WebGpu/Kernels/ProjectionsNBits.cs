@@ -82,6 +82,7 @@ static class ProjectionsNBits
         if (int8.Distinct().Count() > 1) return null;
         bool byteZeros = ws.All(w => w.Zeros is { } zs && Array.TrueForAll(zs, v => v >= 0 && v <= 255 && v == MathF.Floor(v)));
         var kind = w0.Zeros is null ? MatMulNBits.ZeroKind.None : byteZeros ? MatMulNBits.ZeroKind.Bytes : MatMulNBits.ZeroKind.Floats;
+        bool halfScales = parts.Select((p, i) => MatMulNBits.HalfScales(g, p.S, ws[i].Scales)).All(h => h);
         var rowAt = new long[nw];
         for (int i = 1; i < nw; i++) rowAt[i] = rowAt[i - 1] + ws[i - 1].N;
         Tensor[] keys = [Key(), Key(), Key(), Key()];
@@ -102,8 +103,8 @@ static class ProjectionsNBits
                 var words = MemoryMarshal.Cast<byte, uint>(bytes);
                 return new Tensor(DType.UInt32, [bytes.Length / 4], panels?.PermuteWords(words) ?? words.ToArray());
             }),
-            // NOTE: f16 scales stay f16 (packed two per u32), as the unfused kernel keeps them.
-            Scales = g.Concatenated([keys[1], .. parts.Select(p => p.S)], () => parts[0].S.DType == DType.Float16
+            // NOTE: scales are kept as f16 where the unfused kernel keeps them so (MatMulNBits.HalfScales).
+            Scales = g.Concatenated([keys[1], .. parts.Select(p => p.S)], () => halfScales
                 ? new Tensor(DType.Float16, [ws.Sum(w => (long)w.Scales.Length)], Array.ConvertAll(Blocks(Concat(w => w.Scales)), v => (Half)v))
                 : new Tensor(DType.Float32, [ws.Sum(w => (long)w.Scales.Length)], Blocks(Concat(w => w.Scales)))),
             Zeros = kind == MatMulNBits.ZeroKind.None ? null : g.Concatenated([keys[2], .. parts.Select(p => p.Z!)], () =>
@@ -223,9 +224,8 @@ static class ProjectionsNBits
             binding++;
         }
         MatMulNBits.DeclareWords(w, binding, Math.Min(words, 4));
-        bool vecScales = MatMulNBits.VecScales(st.Panels, st.Scales);
         bool zeroSums = st.Panels is not null && !a8 && st.ZeroKind == MatMulNBits.ZeroKind.Bytes && zeroSum;
-        MatMulNBits.DeclareScales(w, st.Scales, vecScales);
+        MatMulNBits.DeclareScales(w, st.Scales, a8 ? null : st.Panels);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Bytes) w.In("zp", GpuStorage.U32);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Floats) w.In("zp", GpuStorage.F32);
         for (int o = 0; o < outs; o++) w.Out($"y{o}", dtype);
@@ -274,7 +274,7 @@ static class ProjectionsNBits
                 weightRows.Add(($"w{r}_{q}", m => $"a{rr}_{qq}_{m}"));
             }
         string rowsCode = a8 ? string.Concat(weightRows.Select(wr => MatMulNBits.UnitCodeA8(weights, wr.Row, wr.Acc, st.BlockSize, st.ZeroKind, M)))
-            : st.Panels is { } pl ? string.Concat(weightRows.Select(wr => pl.UnitCode(weights, wr.Row, wr.Acc, st.BlockSize, st.ZeroKind, M, vecScales, zeroSums)))
+            : st.Panels is { } pl ? string.Concat(weightRows.Select(wr => pl.UnitCode(weights, wr.Row, wr.Acc, st.BlockSize, st.ZeroKind, M, st.Scales.Storage, zeroSums)))
             : MatMulNBits.UnitRows(weights, weightRows, st.BlockSize, st.ZeroKind, words, M, hoist);
         // γ's four values from K index k (vec4 index k / 4 where x is read as vec4s).
         string Gamma(string name, string k, string indent) =>

@@ -107,6 +107,27 @@ fn pword_(w: u32) -> u32 {
 """ + $"fn pb_(b: u32) -> u32 {{ let r = b % {perPanel}u; return b - r + 8u * (r % {perWord / 2}u) + 2u * (r / {perWord}u) + (r % {perWord}u) / {perWord / 2}u; }}";
     }
 
+    /// <summary>The element of <c>scv_b</c>, a unit's scales (4 for <see cref="Words"/>, 8 for <see cref="Halves"/>;
+    /// adjacent and aligned): vec4s of f32 scales, or their f16 values packed two a u32.</summary>
+    public string ScaleElement(GpuStorage scales) => scales switch
+    {
+        GpuStorage.F32 => "vec4<f32>",
+        GpuStorage.F16x2 => SplitWords ? "vec4<u32>" : "vec2<u32>",
+        _ => throw new InvalidOperationException($"q4 panels: scales stored as {scales}"),
+    };
+
+    /// <summary>Code loading a unit's scales at block <c>pb</c> into <c>sv0</c> (and <c>sv1</c> for
+    /// <see cref="Halves"/>), vec4s in block order: one load (two of f32 for halves), f16 values widened exactly.</summary>
+    public string ScaleLoads(GpuStorage scales)
+    {
+        if (scales == GpuStorage.F32)
+            return SplitWords ? "      let sv0 = scv_b[pb >> 2u];\n      let sv1 = scv_b[(pb >> 2u) + 1u];\n" : "      let sv0 = scv_b[pb >> 2u];\n";
+        _ = ScaleElement(scales);
+        return SplitWords
+            ? "      let sh = scv_b[pb >> 3u];\n      let sv0 = vec4<f32>(unpack2x16float(sh.x), unpack2x16float(sh.y));\n      let sv1 = vec4<f32>(unpack2x16float(sh.z), unpack2x16float(sh.w));\n"
+            : "      let sh = scv_b[pb >> 2u];\n      let sv0 = vec4<f32>(unpack2x16float(sh.x), unpack2x16float(sh.y));\n";
+    }
+
     /// <summary>Code at the top of a unit: <c>pk</c>, the K index of x's first value the unit reads (panel u / 32, lane
     /// u mod 32).</summary>
     public string UnitHead => $"    let pk = (u >> 5u) * 1024u + (u & 31u) * {(SplitWords ? 4 : 8)}u;\n";
@@ -124,21 +145,19 @@ fn pword_(w: u32) -> u32 {
 
     /// <summary>WGSL adding weight row <paramref name="row"/>'s unit u (one vec4 of <paramref name="weights"/> at
     /// <c>row·U + u</c>) times x's unit (<c>xq{m}_{j}</c>, read at <see cref="XAt"/> and scaled by
-    /// <see cref="MatMulNBits.XScale"/>) into <paramref name="acc"/>(m): its scales vec4 loads (<c>scv_b</c>, f32, where
-    /// <paramref name="vecScales"/>; else <c>sc</c> reads), its zero points u32 loads, each half-word's nibbles made
+    /// <see cref="MatMulNBits.XScale"/>) into <paramref name="acc"/>(m): its scales in one load (<see cref="ScaleLoads"/>),
+    /// its zero points u32 loads, each half-word's nibbles made
     /// floats as <see cref="MatMulNBits.UnitCode"/> does and its sum times its own block's scale. With
     /// <paramref name="zeroSums"/> (byte zero points), the nibbles less 8 only (a constant), and each block's zero
     /// point times x's sum over the block part (<see cref="BlockSums"/>) subtracted once: Σ(q − z)·x as Σq·x − z·Σx,
     /// two operations a block in place of a vec4 of constants.</summary>
-    public string UnitCode(string weights, string row, Func<int, string> acc, int block, MatMulNBits.ZeroKind zeros, int rows, bool vecScales, bool zeroSums = false)
+    public string UnitCode(string weights, string row, Func<int, string> acc, int block, MatMulNBits.ZeroKind zeros, int rows, GpuStorage scales, bool zeroSums = false)
     {
         int wb = block / 8, n = SplitWords ? 8 : 4;
         var sb = new StringBuilder($"    {{\n      let wq = {weights}[{row} * U + u];\n");
         sb.Append(SplitWords ? $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wb}u + ((u & 31u) / {2 * wb}u) * 8u;\n"
             : $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wb}u + ((u & 31u) / {wb}u) * 4u;\n");
-        for (int v = 0; v < n / 4; v++)
-            sb.Append(vecScales ? $"      let sv{v} = scv_b[(pb >> 2u) + {v}u];\n"
-                : $"      let sv{v} = vec4<f32>({string.Join(", ", Enumerable.Range(4 * v, 4).Select(i => $"sc(pb + {i}u)"))});\n");
+        sb.Append(ScaleLoads(scales));
         bool zp = zeros == MatMulNBits.ZeroKind.Bytes, sums = zp && zeroSums;
         if (zp) for (int v = 0; v < n / 4; v++) sb.Append($"      let zw{v} = zp((pb >> 2u) + {v}u);\n");
         // Block parameter i of the unit's n: scale and zero-point constant (MAG + z·P16).

@@ -62,9 +62,12 @@ public sealed class Wgsl
     public Wgsl In(string name, GpuTensor t) => In(name, t.Storage);
 
     /// <summary>An f32 input read as vec4 loads: <c>{name}_b[i]</c> holds elements 4i … 4i + 3.</summary>
-    public Wgsl InVec4(string name)
+    public Wgsl InVec4(string name) => InArray(name, "vec4<f32>");
+
+    /// <summary>A read-only input of <paramref name="element"/>s (<c>vec2&lt;u32&gt;</c>, say), read as <c>{name}_b[i]</c>.</summary>
+    public Wgsl InArray(string name, string element)
     {
-        _decl.Append($"@group(0) @binding({_binding++}) var<storage, read> {name}_b: array<vec4<f32>>;\n");
+        _decl.Append($"@group(0) @binding({_binding++}) var<storage, read> {name}_b: array<{element}>;\n");
         return this;
     }
 
