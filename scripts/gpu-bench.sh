@@ -54,6 +54,7 @@ section cold 60 "for p in webgpu webgpu 'webgpu?kernel-cache=off'; do $T generat
 section large-webgpu 100 "$T bench llm-large --platform webgpu --runs 3"
 section large-vulkan 100 "TAPML_VULKAN_STATS=1 $T bench llm-large --platform vulkan --runs 3"
 section gpu-vulkan 80 "$T bench gpu --platform vulkan --runs 3"
+section gpu-webgpu 80 "$T bench gpu --platform webgpu --runs 3"
 # Issue 23: per-op-family GPU time of real models.
 section profiles 50 "for n in ocr-det silero-vad-v5 oww-hey-jarvis ocr-rec; do [ -f .tapml/dm1/\$n.onnx ] || continue;
   $T run --model .tapml/dm1/\$n.onnx --platform webgpu --inputs .tapml/dm1/in-\$n --profile --compare cpu; done"
