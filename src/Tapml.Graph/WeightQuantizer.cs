@@ -44,8 +44,8 @@ public sealed record QuantizeReport(int Products, long BytesBefore, long BytesAf
 /// 0, 15) — m maps to −8 exactly and the other end reaches 7;</item>
 /// </list>
 /// the scale is rounded to its stored type first (f32 scales to f16 precision where a normal f16 holds them) and q
-/// computed with the stored scale. A block that is all zeros gets scale 1. Weights used by nodes other than the rewritten MatMuls stay as they are (a tied embedding keeps its
-/// Gather); weights no longer used are dropped.</summary>
+/// computed with the stored scale. A block that is all zeros gets scale 1. Weights used by nodes other than the
+/// rewritten MatMuls stay as they are (a tied embedding keeps its Gather); weights no longer used are dropped.</summary>
 public static class WeightQuantizer
 {
     public const string MsDomain = "com.microsoft";

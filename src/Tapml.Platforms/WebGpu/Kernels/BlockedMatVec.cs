@@ -177,6 +177,7 @@ public sealed record MatVecTuning
         return new MatVecShape(threads, rows, wg, xs);
     }
 }
+
 /// <summary>Launches made under one <see cref="MatVecTuning"/>, by key: the tuning is immutable and the platform
 /// replaces it when an option changes, so it is compared by reference (a decode step does not hash its fields) and a
 /// new one empties the cache.</summary>
@@ -193,7 +194,6 @@ internal sealed class TunedLaunches<TKey, TLaunch> where TKey : notnull
 
     public TLaunch Add(TKey key, TLaunch launch) => made[key] = launch;
 }
-
 
 /// <summary>The skeleton both decode kernels share: y[m, row] = Σ_k x[m, k]·W[row, k] for M ≤ 4 rows of x, W in units
 /// of <c>UnitValues</c> values of K (one u32 or vec4&lt;u32&gt; load each). Each unit's x values are loaded once (as
