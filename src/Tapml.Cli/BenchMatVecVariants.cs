@@ -8,8 +8,9 @@ using Tapml.Platforms.Cpu.Ops;
 
 namespace Tapml.Cli;
 
-/// <summary><c>bench q4-sweep</c>: the decode matrix-vector kernels for 4-bit (MatMulNBits, blocks of 32, f32 scale and
-/// packed zero point per block: <c>--quantize q4</c>'s format) and packed f16 weights, over their
+/// <summary><c>bench q4-sweep</c>: the decode matrix-vector kernels for 4-bit (MatMulNBits, blocks of 32, an f32 scale of
+/// f16 precision and a packed zero point per block: <c>--quantize q4</c>'s format, the scales kept as f16 on the GPU
+/// unless a variant says <c>q4-scales=f32</c>) and packed f16 weights, over their
 /// <see cref="MatVecTuning"/> variants, next to the f32 MatMul kernel on the same shapes in the same process: Llama-3-8B's
 /// decode products 4096×4096 (q, o), 4096×14336 (gate, up), 14336×4096 (down) and 4096×128256 (lm_head), K×N. GPU time
 /// from timestamp queries (wall time where the adapter has none), 50 dispatches a measurement, best of runs; every
@@ -67,7 +68,7 @@ static class BenchMatVecVariants
                 int kb = (k + block - 1) / block, zrow = (kb + 1) / 2;
                 var bytes = new byte[(long)n * kb * (block / 2)];
                 FillBytes(bytes, 3);
-                var scales = RandomFloats((long)n * kb, 4, 0.01f, 0.1f);
+                var scales = Array.ConvertAll(RandomFloats((long)n * kb, 4, 0.01f, 0.1f), s => (float)(Half)s);
                 var zeros = new byte[(long)n * zrow];
                 FillBytes(zeros, 5);
                 var node = new Node
@@ -103,12 +104,12 @@ static class BenchMatVecVariants
         // NOTE: a plain fixed-width table: this bench's output is read from logs of the GPU machine (no terminal width there).
         var lines = new List<string[]> { new[] { "variant" }.Concat(shapes.Select(s => $"{s.K}×{s.N}")).Append("geomean").ToArray() };
         lines.Add(["f32 MatMul kernel", .. shapes.Select((s, i) => Rate((long)s.K * s.N * 4, f32Ms[i])), ""]);
-        double Q4Bytes(int k, int n) { int kb = (k + 31) / 32; return (double)n * kb * (16 + 4) + (n * kb + 3) / 4 * 4; }
+        double Q4Bytes(int k, int n, MatVecTuning t) { int kb = (k + 31) / 32; return (double)n * kb * (16 + (t.Q4F32Scales ? 4 : 2)) + (n * kb + 3) / 4 * 4; }
         var q4Score = new double[q4.Count];
         for (int v = 0; v < q4.Count; v++)
         {
             q4Score[v] = Math.Exp(Enumerable.Range(0, shapes.Length).Average(i => Math.Log(f32Ms[i] / q4Ms[v, i])));
-            lines.Add([$"q4 {q4[v].Name}", .. shapes.Select((s, i) => $"{Rate(Q4Bytes(s.K, s.N), q4Ms[v, i])} {f32Ms[i] / q4Ms[v, i],5:F2}×"), $"{q4Score[v]:F2}× f32"]);
+            lines.Add([$"q4 {q4[v].Name}", .. shapes.Select((s, i) => $"{Rate(Q4Bytes(s.K, s.N, q4[v].Tuning), q4Ms[v, i])} {f32Ms[i] / q4Ms[v, i],5:F2}×"), $"{q4Score[v]:F2}× f32"]);
         }
         var f16Score = new double[f16.Count];
         for (int v = 0; v < f16.Count; v++)
@@ -119,7 +120,7 @@ static class BenchMatVecVariants
         }
         var widths = Enumerable.Range(0, lines[0].Length).Select(c => lines.Max(l => l[c].Length)).ToArray();
         foreach (var l in lines) Console.WriteLine(string.Join("  ", l.Select((c, i) => i == 0 ? c.PadRight(widths[i]) : c.PadLeft(widths[i]))));
-        Console.WriteLine($"{g.Name}: GB/s of weight bytes read (q4: nibbles + f32 scales + zero-point bytes); q4 × = f32 time ÷ q4 time; f16 % = its bytes/s ÷ f32's; " +
+        Console.WriteLine($"{g.Name}: GB/s of weight bytes read (q4: nibbles + scales, f16 or as the variant says + zero-point bytes); q4 × = f32 time ÷ q4 time; f16 % = its bytes/s ÷ f32's; " +
                           $"{calls} dispatches a measurement, best of {Math.Max(3, runs)}");
         int bq = Array.IndexOf(q4Score, q4Score.Max()), bf = Array.IndexOf(f16Score, f16Score.Max());
         Console.WriteLine($"q4: best {q4[bq].Name} ({q4Score[bq]:F2}× f32, geomean over the shapes) → webgpu?{Spec(q4[bq].Tuning)}; rule {q4Score[0]:F2}× ({RuleShape((t, n, u) => t.Q4(n, u, g.Device.Limits.MaxInvocationsPerWorkgroup, 0, (t.Q4Layout ?? MatVecTuning.Q4LayoutRule) != "rows"), 32)})");
@@ -139,6 +140,7 @@ static class BenchMatVecVariants
             v.Add(new($"rows {name} unit{words}", new MatVecTuning { Q4Layout = "rows", Q4Words = words, Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4Unroll = unroll }));
         void Panels(string name, int t = 0, int r = 0, int wg = 0, int unroll = 0, int split = 0, string layout = "panels", bool zeroSum = false) =>
             v.Add(new($"{layout} {name}{(zeroSum ? " zsum" : "")}", new MatVecTuning { Q4Layout = layout, Q4ZeroSum = zeroSum, Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4Unroll = unroll, Q4Split = split }));
+        v.Add(new("panels rule f32 scales", new MatVecTuning { Q4F32Scales = true }));
         Rows("rule", 0);
         Rows("rule", 2);
         Rows("t128 r8", 2, t: 128, r: 8, wg: 128);
@@ -193,6 +195,7 @@ static class BenchMatVecVariants
         Int("q4-threads", t.Q4Threads); Int("q4-rows", t.Q4Rows); Int("q4-wg", t.Q4Workgroup); Int("q4-unroll", t.Q4Unroll); Int("q4-unit", t.Q4Words); Int("q4-split", t.Q4Split);
         if (t.Q4SharedX is { } qx) o.Add($"q4-xs={(qx ? 1 : 0)}");
         if (t.Q4ZeroSum) o.Add("q4-zero=sum");
+        if (t.Q4F32Scales) o.Add("q4-scales=f32");
         Int("f16-threads", t.F16Threads); Int("f16-rows", t.F16Rows); Int("f16-wg", t.F16Workgroup); Int("f16-unroll", t.F16Unroll);
         if (t.F16SharedX is { } fx) o.Add($"f16-xs={(fx ? 1 : 0)}");
         if (t.F16Native is { } nat) o.Add($"f16-unpack={(nat ? "native" : "bits")}");
