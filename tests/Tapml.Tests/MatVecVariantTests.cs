@@ -78,19 +78,14 @@ public class MatVecVariantTests
         try { made = PlatformRegistry.Create(spec); }
         catch (UnsupportedException e) { Assert.Skip(e.Message); return; }
         using var gpu = made;
-        foreach (var c in Q4Cases)
+        var cases = Q4Cases.Select(c => (c, Half: false))
+            .Concat(HalfScaleCases.Select(h => ((h.M, h.K, h.N, h.Block, h.Zp, T: DType.Float32, h.Bias), Half: true)));
+        foreach (var (c, half) in cases)
         {
-            var model = Case(c.M, c.K, c.N, c.Block, c.Zp, c.T, c.Bias, out var feeds);
+            var model = Case(c.M, c.K, c.N, c.Block, c.Zp, c.T, c.Bias, out var feeds, halfScales: half);
             var cpu = new Executor(new CpuPlatform()).Run(model, feeds)["Y"];
             var got = new Executor(gpu).Run(model, feeds)["Y"];
-            Verdict(model, feeds, "Y", cpu, got, $"{spec} {c}");
-        }
-        foreach (var c in HalfScaleCases)
-        {
-            var model = Case(c.M, c.K, c.N, c.Block, c.Zp, DType.Float32, c.Bias, out var feeds, halfScales: true);
-            var cpu = new Executor(new CpuPlatform()).Run(model, feeds)["Y"];
-            var got = new Executor(gpu).Run(model, feeds)["Y"];
-            Verdict(model, feeds, "Y", cpu, got, $"{spec} {c} (f32 scales of f16 values)");
+            Verdict(model, feeds, "Y", cpu, got, $"{spec} {c}{(half ? " (f32 scales of f16 values)" : "")}");
         }
     }
 

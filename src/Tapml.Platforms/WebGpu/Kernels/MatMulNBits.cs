@@ -585,7 +585,7 @@ static class MatMulNBits
     static string MatVecCode(WebGpuPlatform g, GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, bool residual, GpuTensor scales, int words, bool vec, MatVecShape shape, int rows, bool a8 = false, Q4Panels? panels = null)
     {
         bool zeroSums = panels is not null && !a8 && zeros == ZeroKind.Bytes && g.MatVec.Q4ZeroSum;
-        var w = Declare(x, y, zeros, bias, scales, vec || a8, shape.Workgroup, words, residual, a8 ? A8Read.Vec4 : A8Read.None, a8 ? null : panels);
+        var w = Declare(x, y, zeros, bias, scales, vec || a8, shape.Workgroup, words, residual, a8 ? A8Read.Vec4 : A8Read.None, panels);
         string weights = Weights(words);
         string Row(int r) => a8 ? UnitCodeA8(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows)
             : panels is not null ? panels.UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows, scales.Storage, zeroSums)

@@ -225,7 +225,7 @@ static class ProjectionsNBits
         }
         MatMulNBits.DeclareWords(w, binding, Math.Min(words, 4));
         bool zeroSums = st.Panels is not null && !a8 && st.ZeroKind == MatMulNBits.ZeroKind.Bytes && zeroSum;
-        MatMulNBits.DeclareScales(w, st.Scales, a8 ? null : st.Panels);
+        MatMulNBits.DeclareScales(w, st.Scales, st.Panels);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Bytes) w.In("zp", GpuStorage.U32);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Floats) w.In("zp", GpuStorage.F32);
         for (int o = 0; o < outs; o++) w.Out($"y{o}", dtype);
