@@ -212,9 +212,13 @@ static class BenchMatVecVariants
         first = g.Download(y);
         g.Free(y);
         double best = double.MaxValue;
+        void Batch() { for (int c = 0; c < calls; c++) g.Free(run()); }
+        // NOTE: the GPU's clocks drop in the host's pauses between measurements (a variant's kernel compiled, weights laid
+        // out): measured at once, a 4096×128256 product read 353–408 GB/s in one place of the list and 1878–2053 in
+        // another, the same kernel (H100, docs/benchmarks.md).
+        BenchWorkflows.SteadyClocks(g, () => { Batch(); g.Synchronize(); }, 0.4);
         for (int r = 0; r < Math.Max(3, runs); r++)
         {
-            void Batch() { for (int c = 0; c < calls; c++) g.Free(run()); }
             if (g.Device.TimeGpu(Batch) is { } ms) best = Math.Min(best, ms / calls);
             else
             {
