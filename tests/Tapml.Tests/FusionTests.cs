@@ -577,6 +577,29 @@ public class FusionTests
         foreach (var (name, v) in want) AssertClose((Tensor)v, (Tensor)got[name], 1e-5 + 2e-6 * ((Tensor)v).As<float>().ToArray().Max(Math.Abs), 1e-4);
     }
 
+    /// <summary>A platform whose tuning changes the q4 layout between runs (<c>bench q4-sweep</c> does) lays a projections
+    /// region's stacked weights out again in the new layout: a second upload, and outputs still cpu's.</summary>
+    [Fact]
+    public void Q4_projections_follow_a_layout_change()
+    {
+        WebGpuTests.SkipIfNoDawn("webgpu");
+        var (m, feeds) = ProjectionsGraph(1, 1024, true, "swiglu", DType.Float32);
+        WeightQuantizer.Apply(m, QuantizeScheme.Parse("q4"));
+        var f = Fusion.Fuse(m, out _);
+        using var cpu = new Tapml.Platforms.Cpu.CpuPlatform();
+        using var gpu = (WebGpuPlatform)PlatformRegistry.Create("webgpu");
+        var want = new Executor(cpu).Run(m, feeds);
+        long weightBytes = m.Graph.Initializers.Where(p => p.Key.Contains("_Q4", StringComparison.Ordinal)).Sum(p => p.Value.Length);
+        foreach (var layout in new[] { "panels", "rows", "panels" })
+        {
+            gpu.MatVec = gpu.MatVec with { Q4Layout = layout };
+            long before = gpu.UploadedBytes;
+            var got = new Executor(gpu).Run(f, feeds);
+            Assert.True(gpu.UploadedBytes - before >= weightBytes, $"{layout}: {gpu.UploadedBytes - before} bytes uploaded, the packed weights are {weightBytes}");
+            foreach (var (name, v) in want) AssertClose((Tensor)v, (Tensor)got[name], 1e-5 + 2e-6 * ((Tensor)v).As<float>().ToArray().Max(Math.Abs), 1e-4);
+        }
+    }
+
     /// <summary>A second greedy run on the same platform binds the buffers the first bound: few new bind groups a decode
     /// step (host writes of the per-step feeds pool apart from kernel outputs: 4.4 of 19.3 dispatches a step here; with
     /// one pool 10.7, every step).</summary>

@@ -120,7 +120,7 @@ static class MatMulNBits
     internal static void Share(WebGpuPlatform g, Node product, Tensor b, Tensor s, Tensor? z, NBitsWeight w, long firstRow,
         GpuTensor words, GpuTensor scales, GpuTensor? zeros, bool byteZeros, Q4Panels? panels, object keep)
     {
-        if (Cache.TryGetValue(product, out var old) && old.Owner == g) return;
+        if (Cache.TryGetValue(product, out var old) && old.Owner == g && old.PanelsAsked == g.MatVec.Panels && old.F32ScalesAsked == g.MatVec.Q4F32Scales) return;
         ulong align = (ulong)Math.Max(4, g.Device.Limits.MinStorageOffsetAlignment);
         long blocks = firstRow * w.KBlocks;
         ulong wordsAt = (ulong)(firstRow * w.KBlocks * w.BlobSize), scalesAt = (ulong)(blocks * (scales.Storage == GpuStorage.F16x2 ? 2 : 4));

@@ -34,6 +34,10 @@ static class ProjectionsNBits
         public required bool Int8;
         /// <summary>Words, scales and zero points in this panel layout (null: ONNX's row order).</summary>
         public required Q4Panels? Panels;
+        /// <summary>The tuning's layout and <c>q4-scales=f32</c> when this was made: a platform whose tuning changes them
+        /// (<c>bench q4-sweep</c>, a test) lays the weights out again.</summary>
+        public required Q4Panels? PanelsAsked;
+        public required bool F32ScalesAsked;
         public required int K, BlockSize, KBlocks;
         public required long RowWords;
         /// <summary>First stacked row of each weight (plan order).</summary>
@@ -71,8 +75,8 @@ static class ProjectionsNBits
         var vectors = plan.Vectors.Select(v => ins[v]!.Source!).ToArray();
         sources.Add(gamma);
         sources.AddRange(vectors);
-        if (Cache.TryGetValue(node, out var st) && st.Owner == g && st.Sources.Length == sources.Count
-            && st.Sources.Zip(sources).All(p => ReferenceEquals(p.First, p.Second)))
+        if (Cache.TryGetValue(node, out var st) && st.Owner == g && st.PanelsAsked == g.MatVec.Panels && st.F32ScalesAsked == g.MatVec.Q4F32Scales
+            && st.Sources.Length == sources.Count && st.Sources.Zip(sources).All(p => ReferenceEquals(p.First, p.Second)))
             return st;
         var ws = parts.Select(p => NBitsWeight.Of(new NodeContext(p.Product, opset), x.DType, x.Shape, p.B, p.S, p.Z, false, null)).ToArray();
         var w0 = ws[0];
@@ -93,7 +97,7 @@ static class ProjectionsNBits
         float[] Blocks(float[] v) => panels?.PermuteBlocks<float>(v, w0.BlockSize / 8) ?? v;
         st = new Stacked
         {
-            Owner = g, Sources = [.. sources], Keys = keys, ZeroKind = kind, Int8 = int8[0], Panels = panels,
+            Owner = g, Sources = [.. sources], Keys = keys, ZeroKind = kind, Int8 = int8[0], Panels = panels, PanelsAsked = g.MatVec.Panels, F32ScalesAsked = g.MatVec.Q4F32Scales,
             K = w0.K, BlockSize = w0.BlockSize, KBlocks = w0.KBlocks, RowWords = rowWords, RowAt = rowAt, VectorsAt = vectorsAt,
             Words = g.Concatenated([keys[0], .. parts.Select(p => p.B)], () =>
             {
