@@ -104,7 +104,13 @@ static class BenchMatVecVariants
         // NOTE: a plain fixed-width table: this bench's output is read from logs of the GPU machine (no terminal width there).
         var lines = new List<string[]> { new[] { "variant" }.Concat(shapes.Select(s => $"{s.K}×{s.N}")).Append("geomean").ToArray() };
         lines.Add(["f32 MatMul kernel", .. shapes.Select((s, i) => Rate((long)s.K * s.N * 4, f32Ms[i])), ""]);
-        double Q4Bytes(int k, int n, MatVecTuning t) { int kb = (k + 31) / 32; return (double)n * kb * (16 + (t.Q4F32Scales ? 4 : 2)) + (n * kb + 3) / 4 * 4; }
+        double Q4Bytes(int k, int n, MatVecTuning t)
+        {
+            int kb = (k + 31) / 32;
+            // q4-params=packed: a u32 a block for scale and zero point (where it applies: panels, f16 scales, no zero sums).
+            if (t.Q4PackedParams && (t.Q4Layout ?? MatVecTuning.Q4LayoutRule) == "panels" && !t.Q4F32Scales && !t.Q4ZeroSum) return (double)n * kb * 20;
+            return (double)n * kb * (16 + (t.Q4F32Scales ? 4 : 2)) + (n * kb + 3) / 4 * 4;
+        }
         var q4Score = new double[q4.Count];
         for (int v = 0; v < q4.Count; v++)
         {
@@ -141,6 +147,7 @@ static class BenchMatVecVariants
         void Panels(string name, int t = 0, int r = 0, int wg = 0, int unroll = 0, int split = 0, string layout = "panels", bool zeroSum = false) =>
             v.Add(new($"{layout} {name}{(zeroSum ? " zsum" : "")}", new MatVecTuning { Q4Layout = layout, Q4ZeroSum = zeroSum, Q4Threads = t, Q4Rows = r, Q4Workgroup = wg, Q4Unroll = unroll, Q4Split = split }));
         v.Add(new("panels rule f32 scales", new MatVecTuning { Q4F32Scales = true }));
+        v.Add(new("panels rule packed params", new MatVecTuning { Q4PackedParams = true }));
         Rows("rule", 0);
         Rows("rule", 2);
         Rows("t128 r8", 2, t: 128, r: 8, wg: 128);
@@ -196,6 +203,7 @@ static class BenchMatVecVariants
         if (t.Q4SharedX is { } qx) o.Add($"q4-xs={(qx ? 1 : 0)}");
         if (t.Q4ZeroSum) o.Add("q4-zero=sum");
         if (t.Q4F32Scales) o.Add("q4-scales=f32");
+        if (t.Q4PackedParams) o.Add("q4-params=packed");
         Int("f16-threads", t.F16Threads); Int("f16-rows", t.F16Rows); Int("f16-wg", t.F16Workgroup); Int("f16-unroll", t.F16Unroll);
         if (t.F16SharedX is { } fx) o.Add($"f16-xs={(fx ? 1 : 0)}");
         if (t.F16Native is { } nat) o.Add($"f16-unpack={(nat ? "native" : "bits")}");

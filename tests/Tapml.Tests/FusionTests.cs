@@ -519,6 +519,9 @@ public class FusionTests
     [InlineData("opencl", 1, 1024, true, "qkv_bias", 2)]
     [InlineData("webgpu?q4-layout=rows", 1, 1024, true, "swiglu", 2)]
     [InlineData("webgpu?q4-layout=halves", 2, 1024, true, "swiglu", 2)]             // a word's halves 128 values apart
+    [InlineData("webgpu?q4-params=packed", 2, 1024, true, "swiglu", 2)]              // a block's f16 scale and zero point in one u32
+    [InlineData("vulkan?q4-params=packed", 40, 1024, true, "qkv", 5)]                // prefill: the tiled kernel over views of the packed stack
+    [InlineData("opencl?q4-params=packed", 5, 2048, true, "qkv", 8)]                 // the body over views of the packed stack
     [InlineData("vulkan?q4-layout=halves", 40, 1024, true, "qkv", 5)]                // prefill: the tiled kernel over views of the halves stack
     [InlineData("opencl?q4-layout=halves", 5, 2048, true, "qkv", 8)]                 // the body over views of the halves stack
     [InlineData("webgpu?q4-layout=halves&q4-zero=sum", 3, 2048, true, "swiglu", 2)]  // zero points out of the values: z·Σx a block

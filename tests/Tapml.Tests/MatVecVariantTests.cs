@@ -61,6 +61,9 @@ public class MatVecVariantTests
     [InlineData("webgpu?q4-layout=panels&q4-threads=32&q4-rows=2&q4-wg=64&q4-unroll=2")]
     [InlineData("vulkan?q4-layout=panels&q4-threads=8&q4-rows=3&q4-wg=64&q4-xs=1")]  // staged x is not offered with panels
     [InlineData("opencl?q4-layout=panels&q4-threads=16")]
+    [InlineData("webgpu?q4-params=packed")]                                           // a block's f16 scale and zero point in one u32
+    [InlineData("vulkan?q4-params=packed&q4-threads=16&q4-rows=3&q4-wg=64")]
+    [InlineData("opencl?q4-params=packed&q4-split=2")]
     [InlineData("webgpu?q4-layout=halves")]                                           // a word's halves 128 values apart
     [InlineData("webgpu?q4-layout=halves&q4-threads=32&q4-rows=2&q4-wg=64&q4-unroll=2")]
     [InlineData("vulkan?q4-layout=halves&q4-threads=8&q4-rows=3&q4-wg=64")]

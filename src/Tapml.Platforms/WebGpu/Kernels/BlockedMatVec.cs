@@ -76,6 +76,13 @@ public sealed record MatVecTuning
     /// <summary>f32 scales that are all f16 values (as <c>--quantize q4</c> makes them) are kept as f16 on the GPU and read
     /// exactly (<c>q4-scales=f16</c>, the default), or as f32 (<c>f32</c>).</summary>
     public bool Q4F32Scales { get; init; }
+    /// <summary>Panel weights (<c>panels</c>) with byte zero points and f16 scales keep each block's scale and zero point
+    /// in one u32 (<c>q4-params=packed</c>: one load a unit for both, 4 bytes a block where apart reads 3) or apart
+    /// (<c>apart</c>, the rule: a load of scales and one of zero-point bytes). Not measured against each other on a GPU
+    /// yet: with both read from cache (a diagnostic, docs/benchmarks.md) an H100 decoded 8 % faster.</summary>
+    public bool Q4PackedParams { get; init; }
+    /// <summary>What decides how a 4-bit weight is laid out on the GPU: a weight made under another value is made again.</summary>
+    internal (Q4Panels? Panels, bool F32Scales, bool PackedParams, bool ZeroSum) WeightLayout => (Panels, Q4F32Scales, Q4PackedParams, Q4ZeroSum);
     /// <summary>The rule's 4-bit layout where it fits: <c>panels</c> (H100, 8B shape: <c>halves</c> decodes within 2 % of
     /// it and prefills 10 % slower; docs/benchmarks.md).</summary>
     public const string Q4LayoutRule = "panels";
@@ -91,7 +98,7 @@ public sealed record MatVecTuning
     /// 1432.3 tokens/s with <c>q4-split=4</c>, 1139.1 with 2, against 1696.1 unsplit; docs/benchmarks.md).</summary>
     public const int Q4SplitRule = 1;
 
-    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial|subgroup, q4-unit=1|2|4, q4-loads=first|inline, q4-layout=panels|halves|rows, q4-zero=each|sum, q4-scales=f16|f32, q4-split=N, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial|subgroup, f16-unpack=bits|native";
+    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial|subgroup, q4-unit=1|2|4, q4-loads=first|inline, q4-layout=panels|halves|rows, q4-zero=each|sum, q4-scales=f16|f32, q4-params=packed|apart, q4-split=N, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial|subgroup, f16-unpack=bits|native";
 
     /// <summary>This tuning with one spec option applied, or null when <paramref name="key"/> is not a matrix-vector knob.</summary>
     public MatVecTuning? With(string spec, string key, string value)
@@ -115,6 +122,7 @@ public sealed record MatVecTuning
             "q4-layout" => this with { Q4Layout = value is "panels" or "halves" or "rows" ? value : throw new TapmlException($"platform '{spec}': {key}={value} must be panels, halves or rows") },
             "q4-zero" => this with { Q4ZeroSum = value switch { "sum" => true, "each" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be sum or each") } },
             "q4-scales" => this with { Q4F32Scales = value switch { "f32" => true, "f16" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be f16 or f32") } },
+            "q4-params" => this with { Q4PackedParams = value switch { "packed" => true, "apart" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be packed or apart") } },
             "q4-split" => this with { Q4Split = Count(16) },
             "q4-unit" => this with { Q4Words = value is "1" or "2" or "4" ? int.Parse(value) : throw new TapmlException($"platform '{spec}': {key}={value} must be 1, 2 or 4") },
             "f16-threads" => this with { F16Threads = Count(256) },

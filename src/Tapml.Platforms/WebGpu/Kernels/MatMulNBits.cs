@@ -57,10 +57,11 @@ static class MatMulNBits
         public bool Int8;
         /// <summary>Words, scales and zero points are in this panel layout (null: ONNX's row order).</summary>
         public Q4Panels? Panels;
-        /// <summary>The tuning's layout when this was made (<c>bench q4-sweep</c> changes it between runs).</summary>
-        public Q4Panels? PanelsAsked;
-        /// <summary>The tuning's <c>q4-scales=f32</c> when this was made.</summary>
-        public bool F32ScalesAsked;
+        /// <summary>The tuning's <see cref="MatVecTuning.WeightLayout"/> when this was made (<c>bench q4-sweep</c> changes it
+        /// between runs).</summary>
+        public (Q4Panels?, bool, bool, bool) LayoutAsked;
+        /// <summary>Each block's f16 scale and zero-point byte in one u32 of <see cref="Scales"/> (<see cref="ZeroKind.Packed"/>).</summary>
+        public bool Packed;
         /// <summary>For views of a region's stacked buffers: the cache keys that keep those buffers alive.</summary>
         public object? Keep;
         /// <summary>Decode launches made (<see cref="MatVec"/>): a step's launch skips its layout, kernel key and label.</summary>
@@ -81,7 +82,7 @@ static class MatMulNBits
             sources[i] = t.Source ?? throw new UnsupportedException(
                 $"node '{ctx.Node.Name}' (MatMulNBits): webgpu needs B, scales, zero_points and bias as initializers (input {i} is computed)");
         }
-        if (Cache.TryGetValue(ctx.Node, out var p) && p.Owner == g && p.PanelsAsked == g.MatVec.Panels && p.F32ScalesAsked == g.MatVec.Q4F32Scales && p.Sources.AsSpan().SequenceEqual(sources, ReferenceComparer.Instance)) return p;
+        if (Cache.TryGetValue(ctx.Node, out var p) && p.Owner == g && p.LayoutAsked == g.MatVec.WeightLayout && p.Sources.AsSpan().SequenceEqual(sources, ReferenceComparer.Instance)) return p;
         var b = sources[1] ?? throw ctx.Error("input B is missing");
         var s = sources[2] ?? throw ctx.Error("input scales is missing");
         var w = NBitsWeight.Of(ctx, x.DType, x.Shape, b, s, sources[3], sources[4] is not null, sources[5]);
@@ -93,9 +94,10 @@ static class MatMulNBits
         // NOTE: panel uploads are their own cache entries (the layout's Mark): the same B in row order is another buffer.
         Tensor[] Key(Tensor t) => panels is null ? [t] : [t, panels.Mark];
         float[] Blocks(float[] v) => panels?.PermuteBlocks<float>(v, w.BlockSize / 8) ?? v;
+        bool half = HalfScales(g, s, w.Scales), packed = Packs(g, panels, zeroKind, half);
         p = new Prepared
         {
-            Owner = g, Sources = sources, W = w, ByteZeros = byteZeros, Int8 = int8, Panels = panels, PanelsAsked = g.MatVec.Panels, F32ScalesAsked = g.MatVec.Q4F32Scales,
+            Owner = g, Sources = sources, W = w, ByteZeros = byteZeros, Int8 = int8, Panels = panels, LayoutAsked = g.MatVec.WeightLayout, Packed = packed,
             Words = g.Concatenated(Key(b), () =>
             {
                 var words = MemoryMarshal.Cast<byte, uint>(b.As<byte>());
@@ -103,9 +105,10 @@ static class MatMulNBits
             }),
             // NOTE: f16 scales, and f32 ones that are all f16 values, are kept as f16 (packed two per u32, widened exactly
             // in the kernel): fewer bytes a decode step reads.
-            Scales = HalfScales(g, s, w.Scales) ? g.Concatenated(Key(s), () => new Tensor(DType.Float16, [w.Scales.Length], Array.ConvertAll(Blocks(w.Scales), v => (Half)v)))
+            Scales = packed ? g.Concatenated([s, sources[3]!, Q4Panels.PackedMark], () => PackParams(Blocks(w.Scales), Blocks(w.Zeros!)))
+                : half ? g.Concatenated(Key(s), () => new Tensor(DType.Float16, [w.Scales.Length], Array.ConvertAll(Blocks(w.Scales), v => (Half)v)))
                 : g.Concatenated(Key(s), () => new Tensor(DType.Float32, [w.Scales.Length], Blocks(w.Scales))),
-            Zeros = w.Zeros is not { } z ? null : byteZeros ? g.Concatenated(Key(sources[3]!), () => PackBytes(Blocks(z))) : F32(sources[3]!, z),
+            Zeros = w.Zeros is not { } z || packed ? null : byteZeros ? g.Concatenated(Key(sources[3]!), () => PackBytes(Blocks(z))) : F32(sources[3]!, z),
             Bias = w.Bias is { } bias ? F32(sources[5]!, bias) : null,
         };
         Cache.AddOrUpdate(ctx.Node, p);
@@ -120,22 +123,37 @@ static class MatMulNBits
     internal static void Share(WebGpuPlatform g, Node product, Tensor b, Tensor s, Tensor? z, NBitsWeight w, long firstRow,
         GpuTensor words, GpuTensor scales, GpuTensor? zeros, bool byteZeros, Q4Panels? panels, object keep)
     {
-        if (Cache.TryGetValue(product, out var old) && old.Owner == g && old.PanelsAsked == g.MatVec.Panels && old.F32ScalesAsked == g.MatVec.Q4F32Scales) return;
+        if (Cache.TryGetValue(product, out var old) && old.Owner == g && old.LayoutAsked == g.MatVec.WeightLayout) return;
         ulong align = (ulong)Math.Max(4, g.Device.Limits.MinStorageOffsetAlignment);
         long blocks = firstRow * w.KBlocks;
         ulong wordsAt = (ulong)(firstRow * w.KBlocks * w.BlobSize), scalesAt = (ulong)(blocks * (scales.Storage == GpuStorage.F16x2 ? 2 : 4));
+        bool packed = scales.Storage == GpuStorage.U32;
         ulong zerosAt = zeros is null ? 0 : (ulong)(blocks * (byteZeros ? 1 : 4));
         if (wordsAt % align != 0 || scalesAt % align != 0 || zerosAt % align != 0) return;
         GpuTensor View(GpuTensor t, long length, ulong at) => new(g, t.DType, [length], t.Buffer, t.Storage) { ByteOffset = at, Pinned = true };
         long n = w.N;
         Cache.AddOrUpdate(product, new Prepared
         {
-            Owner = g, Sources = [null, b, s, z, null, null], W = w, ByteZeros = byteZeros, Keep = keep, Panels = panels, PanelsAsked = g.MatVec.Panels, F32ScalesAsked = g.MatVec.Q4F32Scales,
+            Owner = g, Sources = [null, b, s, z, null, null], W = w, ByteZeros = byteZeros, Keep = keep, Panels = panels, LayoutAsked = g.MatVec.WeightLayout, Packed = packed,
             Int8 = NBitsWeight.Int8Compute(product, DType.Float32, w, z),
             Words = View(words, n * w.KBlocks * w.BlobSize / 4, wordsAt),
             Scales = View(scales, n * w.KBlocks, scalesAt),
             Zeros = zeros is null ? null : View(zeros, byteZeros ? (n * w.KBlocks + 3) / 4 : n * w.KBlocks, zerosAt),
         });
+    }
+
+    /// <summary>Whether a weight's blocks keep scale and zero point in one u32 (<see cref="ZeroKind.Packed"/>): panels of
+    /// whole words (<see cref="Q4Panels.Words"/>), byte zero points, f16 scales, no zero sums, <c>q4-params=packed</c>.</summary>
+    internal static bool Packs(WebGpuPlatform g, Q4Panels? panels, ZeroKind zeros, bool halfScales) =>
+        panels == Q4Panels.Words && zeros == ZeroKind.Bytes && halfScales && !g.MatVec.Q4ZeroSum && g.MatVec.Q4PackedParams;
+
+    /// <summary>Each block's scale (as f16, exact: <see cref="HalfScales"/>) in the low half of a u32 and its zero-point
+    /// byte above it (<see cref="ZeroKind.Packed"/>).</summary>
+    internal static Tensor PackParams(float[] scales, float[] zeros)
+    {
+        var words = new uint[scales.Length];
+        for (int i = 0; i < words.Length; i++) words[i] = BitConverter.HalfToUInt16Bits((Half)scales[i]) | (uint)zeros[i] << 16;
+        return new Tensor(DType.UInt32, [words.Length], words);
     }
 
     /// <summary>Whole-number zero points as bytes, four per u32 (block b in byte b % 4 of word b / 4).</summary>
@@ -377,9 +395,11 @@ static class MatMulNBits
         return y;
     }
 
-    internal enum ZeroKind { None, Bytes, Floats }
+    /// <summary>How a weight's zero points are stored: none (8), bytes four a u32, f32, or each beside its block's f16 scale
+    /// in one u32 of the scales (<see cref="PackParams"/>: the panel kernels load both in one).</summary>
+    internal enum ZeroKind { None, Bytes, Floats, Packed }
 
-    static ZeroKind Zero(Prepared p) => p.Zeros is null ? ZeroKind.None : p.ByteZeros ? ZeroKind.Bytes : ZeroKind.Floats;
+    static ZeroKind Zero(Prepared p) => p.Packed ? ZeroKind.Packed : p.Zeros is null ? ZeroKind.None : p.ByteZeros ? ZeroKind.Bytes : ZeroKind.Floats;
 
     /// <summary>How a kernel reads int8 A (<see cref="QuantizedA"/>) in place of x: as u32 words or as vec4 loads.</summary>
     enum A8Read { None, Words, Vec4 }
@@ -422,7 +442,14 @@ static class MatMulNBits
     /// (<see cref="Q4Panels.ScaleLoads"/>).</summary>
     internal static void DeclareScales(Wgsl w, GpuTensor scales, Q4Panels? panels)
     {
-        if (panels is null) w.In("sc", scales);
+        if (scales.Storage == GpuStorage.U32)
+        {
+            // Packed (ZeroKind.Packed): scw(b), block b's u32; sc(b) its scale.
+            if (panels is null) w.In("scw", GpuStorage.U32);
+            else w.InArray("scv", panels.ScaleElement(scales.Storage)).Decl("fn scw(b: u32) -> u32 { return scv_b[b >> 2u][b & 3u]; }");
+            w.Decl("fn sc(b: u32) -> f32 { return unpack2x16float(scw(b)).x; }");
+        }
+        else if (panels is null) w.In("sc", scales);
         else w.InArray("scv", panels.ScaleElement(scales.Storage));
     }
 
@@ -440,8 +467,14 @@ static class MatMulNBits
     {
         ZeroKind.Bytes => "return f32((zp(b >> 2u) >> ((b & 3u) * 8u)) & 255u);",
         ZeroKind.Floats => "return zp(b);",
+        ZeroKind.Packed => "return f32((scw(b) >> 16u) & 255u);",
         _ => "return 8.0;",
-    }} }}" + (zeros == ZeroKind.Bytes ? $"\nfn zmag_(b: u32) -> f32 {{ return {ZeroMagic("zp(b >> 2u) >> ((b & 3u) * 8u)")}; }}" : "");
+    }} }}" + zeros switch
+    {
+        ZeroKind.Bytes => $"\nfn zmag_(b: u32) -> f32 {{ return {ZeroMagic("zp(b >> 2u) >> ((b & 3u) * 8u)")}; }}",
+        ZeroKind.Packed => $"\nfn zmag_(b: u32) -> f32 {{ return {ZeroMagic("scw(b) >> 16u")}; }}",
+        _ => "",
+    };
 
     /// <summary>2^23 + the zero-point byte in the low 8 bits of <paramref name="word"/>, made by setting the exponent bits (an
     /// integer op) rather than an int-to-float conversion (a quarter-rate instruction on NVIDIA GPUs, once a block a row).

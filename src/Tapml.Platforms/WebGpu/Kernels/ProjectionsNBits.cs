@@ -34,10 +34,9 @@ static class ProjectionsNBits
         public required bool Int8;
         /// <summary>Words, scales and zero points in this panel layout (null: ONNX's row order).</summary>
         public required Q4Panels? Panels;
-        /// <summary>The tuning's layout and <c>q4-scales=f32</c> when this was made: a platform whose tuning changes them
-        /// (<c>bench q4-sweep</c>, a test) lays the weights out again.</summary>
-        public required Q4Panels? PanelsAsked;
-        public required bool F32ScalesAsked;
+        /// <summary>The tuning's <see cref="MatVecTuning.WeightLayout"/> when this was made: a platform whose tuning
+        /// changes it (<c>bench q4-sweep</c>, a test) lays the weights out again.</summary>
+        public required (Q4Panels?, bool, bool, bool) LayoutAsked;
         public required int K, BlockSize, KBlocks;
         public required long RowWords;
         /// <summary>First stacked row of each weight (plan order).</summary>
@@ -75,7 +74,7 @@ static class ProjectionsNBits
         var vectors = plan.Vectors.Select(v => ins[v]!.Source!).ToArray();
         sources.Add(gamma);
         sources.AddRange(vectors);
-        if (Cache.TryGetValue(node, out var st) && st.Owner == g && st.PanelsAsked == g.MatVec.Panels && st.F32ScalesAsked == g.MatVec.Q4F32Scales
+        if (Cache.TryGetValue(node, out var st) && st.Owner == g && st.LayoutAsked == g.MatVec.WeightLayout
             && st.Sources.Length == sources.Count && st.Sources.Zip(sources).All(p => ReferenceEquals(p.First, p.Second)))
             return st;
         var ws = parts.Select(p => NBitsWeight.Of(new NodeContext(p.Product, opset), x.DType, x.Shape, p.B, p.S, p.Z, false, null)).ToArray();
@@ -95,9 +94,10 @@ static class ProjectionsNBits
         long rowWords = (long)w0.KBlocks * w0.BlobSize / 4;
         var panels = g.MatVec.Panels is { } pl && Q4Panels.Fits(rowWords, w0.BlockSize, kind, int8[0]) ? pl : null;
         float[] Blocks(float[] v) => panels?.PermuteBlocks<float>(v, w0.BlockSize / 8) ?? v;
+        if (MatMulNBits.Packs(g, panels, kind, halfScales)) kind = MatMulNBits.ZeroKind.Packed;
         st = new Stacked
         {
-            Owner = g, Sources = [.. sources], Keys = keys, ZeroKind = kind, Int8 = int8[0], Panels = panels, PanelsAsked = g.MatVec.Panels, F32ScalesAsked = g.MatVec.Q4F32Scales,
+            Owner = g, Sources = [.. sources], Keys = keys, ZeroKind = kind, Int8 = int8[0], Panels = panels, LayoutAsked = g.MatVec.WeightLayout,
             K = w0.K, BlockSize = w0.BlockSize, KBlocks = w0.KBlocks, RowWords = rowWords, RowAt = rowAt, VectorsAt = vectorsAt,
             Words = g.Concatenated([keys[0], .. parts.Select(p => p.B)], () =>
             {
@@ -108,10 +108,12 @@ static class ProjectionsNBits
                 return new Tensor(DType.UInt32, [bytes.Length / 4], panels?.PermuteWords(words) ?? words.ToArray());
             }),
             // NOTE: scales are kept as f16 where the unfused kernel keeps them so (MatMulNBits.HalfScales).
-            Scales = g.Concatenated([keys[1], .. parts.Select(p => p.S)], () => halfScales
+            Scales = g.Concatenated([keys[1], .. parts.Select(p => p.S)], () => kind == MatMulNBits.ZeroKind.Packed
+                ? MatMulNBits.PackParams(Blocks(Concat(w => w.Scales)), Blocks(Concat(w => w.Zeros!)))
+                : halfScales
                 ? new Tensor(DType.Float16, [ws.Sum(w => (long)w.Scales.Length)], Array.ConvertAll(Blocks(Concat(w => w.Scales)), v => (Half)v))
                 : new Tensor(DType.Float32, [ws.Sum(w => (long)w.Scales.Length)], Blocks(Concat(w => w.Scales)))),
-            Zeros = kind == MatMulNBits.ZeroKind.None ? null : g.Concatenated([keys[2], .. parts.Select(p => p.Z!)], () =>
+            Zeros = kind is MatMulNBits.ZeroKind.None or MatMulNBits.ZeroKind.Packed ? null : g.Concatenated([keys[2], .. parts.Select(p => p.Z!)], () =>
                 kind == MatMulNBits.ZeroKind.Bytes ? MatMulNBits.PackBytes(Blocks(Concat(w => w.Zeros!))) : new Tensor(DType.Float32, [ws.Sum(w => (long)w.Zeros!.Length)], Concat(w => w.Zeros!))),
             // γ then the epilogue's vectors, read as vec4s (γ four lanes at a time as x is).
             Consts = gamma is null && vectors.Length == 0 ? null : g.Concatenated([keys[3], .. (gamma is null ? Array.Empty<Tensor>() : [gamma]), .. vectors], () =>

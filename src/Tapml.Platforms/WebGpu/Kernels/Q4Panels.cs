@@ -34,6 +34,9 @@ internal sealed class Q4Panels
     /// a weight is another buffer than its row-order one.</summary>
     public Tensor Mark { get; } = new(DType.UInt8, [1], new byte[1]);
 
+    /// <summary>The last part of a packed scales-and-zero-points upload's cache key (<see cref="MatMulNBits.PackParams"/>).</summary>
+    public static Tensor PackedMark { get; } = new(DType.UInt8, [1], new byte[1]);
+
     public override string ToString() => Name;
 
     /// <summary>Packed words a panel holds (a unit of lanes × 4 words).</summary>
@@ -108,11 +111,13 @@ fn pword_(w: u32) -> u32 {
     }
 
     /// <summary>The element of <c>scv_b</c>, a unit's scales (4 for <see cref="Words"/>, 8 for <see cref="Halves"/>;
-    /// adjacent and aligned): vec4s of f32 scales, or their f16 values packed two a u32.</summary>
+    /// adjacent and aligned): vec4s of f32 scales, their f16 values packed two a u32, or (u32 storage,
+    /// <see cref="MatMulNBits.ZeroKind.Packed"/>, <see cref="Words"/> only) a u32 a block, scale and zero point.</summary>
     public string ScaleElement(GpuStorage scales) => scales switch
     {
         GpuStorage.F32 => "vec4<f32>",
         GpuStorage.F16x2 => SplitWords ? "vec4<u32>" : "vec2<u32>",
+        GpuStorage.U32 when !SplitWords => "vec4<u32>",
         _ => throw new InvalidOperationException($"q4 panels: scales stored as {scales}"),
     };
 
@@ -120,6 +125,8 @@ fn pword_(w: u32) -> u32 {
     /// <see cref="Halves"/>), vec4s in block order: one load (two of f32 for halves), f16 values widened exactly.</summary>
     public string ScaleLoads(GpuStorage scales)
     {
+        if (scales == GpuStorage.U32)
+            return $"      let pq = scv_b[pb >> 2u];\n      let sv0 = vec4<f32>({string.Join(", ", "xyzw".Select(c => $"unpack2x16float(pq.{c}).x"))});\n";
         if (scales == GpuStorage.F32)
             return SplitWords ? "      let sv0 = scv_b[pb >> 2u];\n      let sv1 = scv_b[(pb >> 2u) + 1u];\n" : "      let sv0 = scv_b[pb >> 2u];\n";
         _ = ScaleElement(scales);
@@ -158,13 +165,15 @@ fn pword_(w: u32) -> u32 {
         sb.Append(SplitWords ? $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wb}u + ((u & 31u) / {2 * wb}u) * 8u;\n"
             : $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wb}u + ((u & 31u) / {wb}u) * 4u;\n");
         sb.Append(ScaleLoads(scales));
-        bool zp = zeros == MatMulNBits.ZeroKind.Bytes, sums = zp && zeroSums;
-        if (zp) for (int v = 0; v < n / 4; v++) sb.Append($"      let zw{v} = zp((pb >> 2u) + {v}u);\n");
-        // Block parameter i of the unit's n: scale and zero-point constant (MAG + z·P16).
+        bool packed = zeros == MatMulNBits.ZeroKind.Packed, zp = zeros == MatMulNBits.ZeroKind.Bytes || packed, sums = zp && zeroSums;
+        if (zp && !packed) for (int v = 0; v < n / 4; v++) sb.Append($"      let zw{v} = zp((pb >> 2u) + {v}u);\n");
+        // Block parameter i of the unit's n: scale and zero-point constant (MAG + z·P16), the zero point in the low
+        // byte of ZeroWord(i).
         string Scale(int i) => $"sv{i / 4}.{"xyzw"[i % 4]}";
-        string Zero(int i) => $"vec4<f32>({MatMulNBits.ZeroMagic($"zw{i / 4} >> {8 * (i % 4)}u")}) * P16 + CK";
+        string ZeroWord(int i) => packed ? $"pq.{"xyzw"[i]} >> 16u" : $"zw{i / 4} >> {8 * (i % 4)}u";
+        string Zero(int i) => $"vec4<f32>({MatMulNBits.ZeroMagic(ZeroWord(i))}) * P16 + CK";
         // The zero point less 8 as a float (the nibbles are made floats less 8: C8).
-        string ZeroLess8(int i) => $"({MatMulNBits.ZeroMagic($"zw{i / 4} >> {8 * (i % 4)}u")} - 8388616.0)";
+        string ZeroLess8(int i) => $"({MatMulNBits.ZeroMagic(ZeroWord(i))} - 8388616.0)";
         var terms = Enumerable.Range(0, rows).Select(_ => new List<string>()).ToArray();
         for (int c = 0; c < 4; c++)
         {
