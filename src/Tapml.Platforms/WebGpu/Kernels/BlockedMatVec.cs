@@ -82,7 +82,7 @@ public sealed record MatVecTuning
     /// yet: with both read from cache (a diagnostic, docs/benchmarks.md) an H100 decoded 8 % faster.</summary>
     public bool Q4PackedParams { get; init; }
     /// <summary>What decides how a 4-bit weight is laid out on the GPU: a weight made under another value is made again.</summary>
-    internal (Q4Panels? Panels, bool F32Scales, bool PackedParams, bool ZeroSum) WeightLayout => (Panels, Q4F32Scales, Q4PackedParams, Q4ZeroSum);
+    internal Q4WeightLayout WeightLayout => new(Panels, Q4F32Scales, Q4PackedParams, Q4ZeroSum);
     /// <summary>The rule's 4-bit layout where it fits: <c>panels</c> (H100, 8B shape: <c>halves</c> decodes within 2 % of
     /// it and prefills 10 % slower; docs/benchmarks.md).</summary>
     public const string Q4LayoutRule = "panels";
@@ -185,6 +185,9 @@ public sealed record MatVecTuning
         return new MatVecShape(threads, rows, wg, xs);
     }
 }
+
+/// <summary>The tuning's knobs that decide how a 4-bit weight is laid out on the GPU (<see cref="MatVecTuning.WeightLayout"/>).</summary>
+internal readonly record struct Q4WeightLayout(Q4Panels? Panels, bool F32Scales, bool PackedParams, bool ZeroSum);
 
 /// <summary>Launches made under one <see cref="MatVecTuning"/>, by key: the tuning is immutable and the platform
 /// replaces it when an option changes, so it is compared by reference (a decode step does not hash its fields) and a

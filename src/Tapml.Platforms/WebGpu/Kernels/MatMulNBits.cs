@@ -59,9 +59,7 @@ static class MatMulNBits
         public Q4Panels? Panels;
         /// <summary>The tuning's <see cref="MatVecTuning.WeightLayout"/> when this was made (<c>bench q4-sweep</c> changes it
         /// between runs).</summary>
-        public (Q4Panels?, bool, bool, bool) LayoutAsked;
-        /// <summary>Each block's f16 scale and zero-point byte in one u32 of <see cref="Scales"/> (<see cref="ZeroKind.Packed"/>).</summary>
-        public bool Packed;
+        public Q4WeightLayout LayoutAsked;
         /// <summary>For views of a region's stacked buffers: the cache keys that keep those buffers alive.</summary>
         public object? Keep;
         /// <summary>Decode launches made (<see cref="MatVec"/>): a step's launch skips its layout, kernel key and label.</summary>
@@ -97,7 +95,7 @@ static class MatMulNBits
         bool half = HalfScales(g, s, w.Scales), packed = Packs(g, panels, zeroKind, half);
         p = new Prepared
         {
-            Owner = g, Sources = sources, W = w, ByteZeros = byteZeros, Int8 = int8, Panels = panels, LayoutAsked = g.MatVec.WeightLayout, Packed = packed,
+            Owner = g, Sources = sources, W = w, ByteZeros = byteZeros, Int8 = int8, Panels = panels, LayoutAsked = g.MatVec.WeightLayout,
             Words = g.Concatenated(Key(b), () =>
             {
                 var words = MemoryMarshal.Cast<byte, uint>(b.As<byte>());
@@ -127,14 +125,13 @@ static class MatMulNBits
         ulong align = (ulong)Math.Max(4, g.Device.Limits.MinStorageOffsetAlignment);
         long blocks = firstRow * w.KBlocks;
         ulong wordsAt = (ulong)(firstRow * w.KBlocks * w.BlobSize), scalesAt = (ulong)(blocks * (scales.Storage == GpuStorage.F16x2 ? 2 : 4));
-        bool packed = scales.Storage == GpuStorage.U32;
         ulong zerosAt = zeros is null ? 0 : (ulong)(blocks * (byteZeros ? 1 : 4));
         if (wordsAt % align != 0 || scalesAt % align != 0 || zerosAt % align != 0) return;
         GpuTensor View(GpuTensor t, long length, ulong at) => new(g, t.DType, [length], t.Buffer, t.Storage) { ByteOffset = at, Pinned = true };
         long n = w.N;
         Cache.AddOrUpdate(product, new Prepared
         {
-            Owner = g, Sources = [null, b, s, z, null, null], W = w, ByteZeros = byteZeros, Keep = keep, Panels = panels, LayoutAsked = g.MatVec.WeightLayout, Packed = packed,
+            Owner = g, Sources = [null, b, s, z, null, null], W = w, ByteZeros = byteZeros, Keep = keep, Panels = panels, LayoutAsked = g.MatVec.WeightLayout,
             Int8 = NBitsWeight.Int8Compute(product, DType.Float32, w, z),
             Words = View(words, n * w.KBlocks * w.BlobSize / 4, wordsAt),
             Scales = View(scales, n * w.KBlocks, scalesAt),
@@ -399,7 +396,8 @@ static class MatMulNBits
     /// in one u32 of the scales (<see cref="PackParams"/>: the panel kernels load both in one).</summary>
     internal enum ZeroKind { None, Bytes, Floats, Packed }
 
-    static ZeroKind Zero(Prepared p) => p.Packed ? ZeroKind.Packed : p.Zeros is null ? ZeroKind.None : p.ByteZeros ? ZeroKind.Bytes : ZeroKind.Floats;
+    /// <summary>A weight's zero-point kind; u32 scales are packed with the zero points (<see cref="PackParams"/>).</summary>
+    static ZeroKind Zero(Prepared p) => p.Scales.Storage == GpuStorage.U32 ? ZeroKind.Packed : p.Zeros is null ? ZeroKind.None : p.ByteZeros ? ZeroKind.Bytes : ZeroKind.Floats;
 
     /// <summary>How a kernel reads int8 A (<see cref="QuantizedA"/>) in place of x: as u32 words or as vec4 loads.</summary>
     enum A8Read { None, Words, Vec4 }

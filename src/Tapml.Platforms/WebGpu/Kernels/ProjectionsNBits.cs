@@ -36,7 +36,7 @@ static class ProjectionsNBits
         public required Q4Panels? Panels;
         /// <summary>The tuning's <see cref="MatVecTuning.WeightLayout"/> when this was made: a platform whose tuning
         /// changes it (<c>bench q4-sweep</c>, a test) lays the weights out again.</summary>
-        public required (Q4Panels?, bool, bool, bool) LayoutAsked;
+        public required Q4WeightLayout LayoutAsked;
         public required int K, BlockSize, KBlocks;
         public required long RowWords;
         /// <summary>First stacked row of each weight (plan order).</summary>
