@@ -32,6 +32,7 @@ public sealed record FusionReport(int NodesBefore, int NodesAfter, IReadOnlyDict
 /// kernel checks at run time that the shapes mean what the pattern assumes, else the body runs.</item>
 /// <item><c>elementwise</c>: a tree of float element-wise ops (broadcasting) whose intermediates have no
 /// other consumer.</item>
+/// <item><c>kv_append</c> and <c>kv_attention</c>: see <see cref="FoldIntoAttention"/> and <see cref="MergeKvIntoAttention"/>.</item>
 /// </list>
 /// Intermediates of a region are never graph outputs nor used outside it, so the graph's observable values are
 /// unchanged. Only the main graph is rewritten. Cuts dispatches (and host work per node) of a Llama decode step
@@ -224,6 +225,44 @@ public static class Fusion
             else if (replace.TryGetValue(g.Nodes[i], out var r)) g.Nodes[i] = r;
         }
         if (counts.GetValueOrDefault("rotary") == 0) counts.Remove("rotary");
+        MergeKvIntoAttention(g, counts, opset);
+    }
+
+    /// <summary>Third pass: a <c>kv_append</c> region whose two presents only its attention region reads (and the graph
+    /// returns) becomes one <c>kv_attention</c> region with that attention, standing where the attention stood. Its
+    /// body holds the two regions as they were (a platform without the joint kernel runs them one after the other);
+    /// its inputs are theirs, each once, less the presents; its outputs the attention's output, present K, present V.
+    /// A GPU runs a decode step's append inside the attention kernel: one dispatch a layer fewer.</summary>
+    static void MergeKvIntoAttention(Graph g, Dictionary<string, int> counts, int opset)
+    {
+        var producer = new Dictionary<string, Node>();
+        var uses = new Dictionary<string, int>();
+        foreach (var n in g.Nodes)
+        {
+            foreach (var o in n.Outputs) if (o.Length > 0) producer[o] = n;
+            foreach (var i in n.Inputs) if (i.Length > 0) uses[i] = uses.GetValueOrDefault(i) + 1;
+        }
+        var remove = new HashSet<Node>();
+        for (int ai = 0; ai < g.Nodes.Count; ai++)
+        {
+            var att = g.Nodes[ai];
+            if (Kind(att) != "attention" || att.Inputs.Length < 3 || att.Outputs.Length != 1 || att.Inputs.Any(i => i.Length == 0)) continue;
+            if (!producer.TryGetValue(att.Inputs[1], out var kv) || Kind(kv) != "kv_append" || kv.Outputs.Length != 2 || remove.Contains(kv)) continue;
+            if (kv.Outputs[0] != att.Inputs[1] || kv.Outputs[1] != att.Inputs[2] || kv.Inputs.Any(i => i.Length == 0)) continue;
+            if (uses.GetValueOrDefault(kv.Outputs[0]) != 1 || uses.GetValueOrDefault(kv.Outputs[1]) != 1) continue;
+            var inputs = kv.Inputs.Concat(att.Inputs.Where(i => i != kv.Outputs[0] && i != kv.Outputs[1])).Distinct().ToList();
+            var body = new Graph { Name = $"kv_attention_{att.Name}" };
+            foreach (var i in inputs) body.Inputs.Add(new ValueInfo(i, null));
+            body.Nodes.Add(kv);
+            body.Nodes.Add(att);
+            string[] outputs = [att.Outputs[0], kv.Outputs[0], kv.Outputs[1]];
+            foreach (var o in outputs) body.Outputs.Add(new ValueInfo(o, null));
+            var attrs = new Dictionary<string, Attr> { ["kind"] = Attr.Of("kv_attention"), ["opset"] = Attr.Of((long)opset), ["body"] = Attr.Of(body) };
+            g.Nodes[ai] = new Node { Name = $"fused_kv_attention_{att.Name}", OpType = OpType, Domain = Domain, Inputs = inputs.ToArray(), Outputs = outputs, Attributes = attrs };
+            remove.Add(kv);
+            counts["kv_attention"] = counts.GetValueOrDefault("kv_attention") + 1;
+        }
+        g.Nodes.RemoveAll(remove.Contains);
     }
 
     /// <summary>Pattern queries over one graph: producers, consumer counts, constant values.</summary>

@@ -16,7 +16,7 @@ public static class Fused
         add(new GpuOp(Fusion.Domain, Fusion.OpType, 1, Run, (ctx, t) =>
             ctx.Graph("body").Nodes.FirstOrDefault(n => GpuOps.Find(n.Domain, n.OpType) is null) is { } missing
                 ? $"fused region holds {missing.OpType}, which has no WGSL kernel" : null, AnyInputType: true,
-            TakesStrided: ctx => ctx.String("kind", "") is "attention" or "kv_append"));
+            TakesStrided: ctx => ctx.String("kind", "") is "attention" or "kv_append" or "kv_attention"));
 
     static Value?[] Run(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
     {
@@ -26,6 +26,8 @@ public static class Fused
             return Projections.Run(g, ctx, body, opset, ins) ?? NodeByNode(g, ctx, Unprojected.GetValue(ctx.Node, _ => Unproject(body, opset, ins)), opset, ins);
         if (ctx.String("kind", "") == "kv_append")
             return KvAppend(g, ctx, ins) ?? NodeByNode(g, ctx, body, opset, ins);
+        if (ctx.String("kind", "") == "kv_attention")
+            return KvAttention(g, body, opset, ins) ?? NodeByNode(g, ctx, body, opset, ins);
         if (ctx.String("kind", "") == "elementwise")
             return Elementwise(g, ctx, body, opset, ins) ?? NodeByNode(g, ctx, body, opset, ins);
         GpuTensor? y = ctx.String("kind", "") switch
@@ -257,7 +259,7 @@ public static class Fused
     /// a workgroup per query row (per chunk of its keys when split): a key's dims across subgroup lanes where the device
     /// has subgroups (<see cref="LaneRows"/>), else a thread a key (<see cref="ThreadRows"/>); prompt-shaped rows by
     /// tiles of query rows.</summary>
-    static GpuTensor? Attention(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
+    static GpuTensor? Attention(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins, NewRows? app = null)
     {
         string maskKind = ctx.String("mask", "none");
         int nIn = maskKind == "none" ? 3 : 4;
@@ -279,7 +281,8 @@ public static class Fused
         }
         // Constants of the body (scale, fill, repeat_kv shapes) must not raise the rank of what they touch.
         for (int i = nIn; i < ins.Length; i++) if (ins[i] is { Rank: > 4 }) return null;
-        if (nIn + (rcos is null ? 0 : 2) + 2 > g.Device.Limits.MaxStorageBuffersPerStage) return null;   // + output, metadata
+        int newRowBindings = app is null ? 0 : app.Cos is null || app.SharesTables(rcos, rsin) ? 2 : 4;
+        if (nIn + (rcos is null ? 0 : 2) + newRowBindings + 2 > g.Device.Limits.MaxStorageBuffersPerStage) return null;   // + output, metadata
         // Logical [batch, heads, seq, head_dim] shapes and element strides of (batch, head, seq) per operand.
         var (qs, qStr) = Heads(ctx, "q", q);
         var (ks, kStr) = Heads(ctx, "k", k);
@@ -289,6 +292,10 @@ public static class Fused
         if (Repeat(ctx, "k", ks) is not long repK || Repeat(ctx, "v", vs) is not long repV || repK != repV) return null;
         if (ks[0] != b || vs[0] != b || ks[3] != d || vs[1] != hk || vs[2] != t || hk * repK != h) return null;
         if (d > AttnMaxHeadDim || dv > AttnMaxHeadDim || t == 0 || d == 0) return null;
+        // The joint append: one query row against the past and the new key, keys in one pass (no chunks, no tiles), K and
+        // V read as [batch, kv heads, seq, dim].
+        if (app is not null && (s != 1 || t != app.Past + 1 || t >= AttnSplitFrom || g.AttentionTiledFrom is > 0 and <= 1
+            || ctx.String("k_layout", "bhtd") != "bhtd" || ctx.String("v_layout", "bhtd") != "bhtd")) return null;
         long[] scores = [b, h, s, t];
         long[] maskStrides = [0, 0, 0, 0];
         if (mask is not null)
@@ -325,16 +332,29 @@ public static class Fused
             meta.AddAll(ShapeUtil.BroadcastStrides(rcos.Shape, q.Shape));        // md[26..29]
             meta.AddAll(ShapeUtil.BroadcastStrides(rsin!.Shape, q.Shape));       // md[30..33]
         }
+        // The new row's words (NewRowCode): past rows, the key's rotary half and its tables' strides over [B, Hk, 1, D].
+        int appAt = -1;
+        if (app is not null)
+        {
+            appAt = meta.Add(app.Past);
+            meta.Add(app.Half);
+            if (app.Cos is not null)
+            {
+                meta.AddAll(ShapeUtil.BroadcastStrides(app.Cos.Shape, app.Xk.Shape));
+                meta.AddAll(ShapeUtil.BroadcastStrides(app.Sin!.Shape, app.Xk.Shape));
+            }
+        }
         // Prompt-shaped attention (many query rows) by tiles of query rows sharing each tile of keys.
         if (chunks == 1 && g.AttentionTiledFrom > 0 && s >= g.AttentionTiledFrom &&
             (g.AttentionTileLayout == 2 && AttentionTiles.Run(g, q, k, v, mask, rcos, rsin, meta, b * h, s, d, dv, maskKind, y) || Tiled(g, q, k, v, mask, rcos, rsin, meta, b * h, s, d, dv, maskKind, y))) return y;
         bool split = chunks > 1;
         var parts = split ? g.Empty(DType.Float32, [rows * chunks * (dv + 2)]) : null;
         var (gx, gy) = Wgsl.Grid(rows * chunks, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
+        var rows_ = new RowOperands(q, k, v, mask, rcos, rsin, app, appAt);
         if (g.AttentionLanes is int lanes and > 0)
-            LaneRows(g, q, k, v, mask, rcos, rsin, meta, maskKind, split ? parts! : y, split, lanes, (int)Math.Max(d, dv), gx, gy);
+            LaneRows(g, rows_, meta, maskKind, split ? parts! : y, split, lanes, (int)Math.Max(d, dv), gx, gy);
         else
-            ThreadRows(g, q, k, v, mask, rcos, rsin, meta, maskKind, split ? parts! : y, split, groups, gx, gy);
+            ThreadRows(g, rows_, meta, maskKind, split ? parts! : y, split, groups, gx, gy);
         if (!split) return y;
         // Combine: per row, weights exp(max_c − M) (1 while every score is -inf, as the one-pass kernel: 0/0 = NaN).
         var cm = new Meta();
@@ -400,19 +420,18 @@ public static class Fused
     /// <see cref="LaneKeys"/> keys at a time (group gi's keys gi·4…, then every G·4-th), their scores added across the
     /// lanes with <c>subgroupShuffleXor</c>, and keeping its own running max, sum and output (online softmax) with no
     /// barrier in the key loop; the groups merge in workgroup memory at the end, as <see cref="ThreadRows"/>' do.</summary>
-    static void LaneRows(WebGpuPlatform g, GpuTensor q, GpuTensor k, GpuTensor v, GpuTensor? mask, GpuTensor? rcos, GpuTensor? rsin, Meta meta,
-        string maskKind, GpuTensor output, bool split, int lanes, int dims, uint gx, uint gy)
+    static void LaneRows(WebGpuPlatform g, RowOperands r, Meta meta, string maskKind, GpuTensor output, bool split, int lanes, int dims, uint gx, uint gy)
     {
         int P = lanes, G = Math.Max(1, Math.Min(8, 256 / P)), WG = P * G, C = (dims + P - 1) / P, U = LaneKeys;
-        bool rot = rcos is not null;
+        bool rot = r.Rcos is not null;
         List<string> Keys(string name) => Enumerable.Range(0, U).Select(u => $"{name}{u}").ToList();
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention_lanes", $"{maskKind}|{split}|{rot}|{P}|{C}"), () =>
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention_lanes", $"{maskKind}|{split}|{rot}|{P}|{C}|{r.NewKey}"), () =>
         {
-            var w = AttentionBindings(WG, q, k, v, mask, rcos, rsin);
+            var w = r.Bindings(WG);
             w.Decl($"var<workgroup> qs: array<f32, {C * P}>;\nvar<workgroup> gm: array<f32, {G}>;\nvar<workgroup> gt: array<f32, {G}>;\nvar<workgroup> ga: array<f32, {G * C * P}>;");
             var b = new System.Text.StringBuilder(RowHead);
-            b.Append(LoadQuery(rot, WG));
-            b.Append($"  let e = lid.x % {P}u; let grp = lid.x / {P}u;\n  workgroupBarrier();\n");
+            b.Append(LoadQuery(rot, WG)).Append(r.Stage(WG));
+            b.Append($"  let e = lid.x % {P}u; let grp = lid.x / {P}u;\n  workgroupBarrier();\n").Append(r.Write(WG));
             for (int c = 0; c < C; c++) b.Append($"  let q{c} = select(0.0, qs[e + {c * P}u], e + {c * P}u < D);\n");
             for (int c = 0; c < C; c++) b.Append($"  var a{c} = 0.0;\n");
             b.Append($"  var m = ninf;\n  var l = 0.0;\n  let rounds = (je - jb + {G * U - 1}u) / {G * U}u;\n  for (var it = 0u; it < rounds; it++) {{\n");
@@ -420,7 +439,7 @@ public static class Fused
             {
                 b.Append($"    let j{u} = jb + (it * {G}u + grp) * {U}u + {u}u;\n    let ok{u} = j{u} < je;\n    var d{u} = 0.0;\n");
                 b.Append($"    if (ok{u}) {{\n      let kr = kb + j{u} * ks;\n");
-                for (int c = 0; c < C; c++) b.Append($"      if (e + {c * P}u < D) {{ d{u} += q{c} * k(kr + e + {c * P}u); }}\n");
+                for (int c = 0; c < C; c++) b.Append($"      if (e + {c * P}u < D) {{ d{u} += q{c} * {r.Key($"j{u}", $"kr + e + {c * P}u", $"e + {c * P}u")}; }}\n");
                 b.Append("    }\n");
             }
             // NOTE: the shuffles stand outside the key's branch (uniform control flow); a key past je adds zeros.
@@ -435,7 +454,7 @@ public static class Fused
             for (int c = 0; c < C; c++)
             {
                 b.Append($"      if (e + {c * P}u < Dv) {{\n        var o = a{c} * corr;\n");
-                for (int u = 0; u < U; u++) b.Append($"        if (ok{u}) {{ o += p{u} * v(vb + j{u} * vs + e + {c * P}u); }}\n");
+                for (int u = 0; u < U; u++) b.Append($"        if (ok{u}) {{ o += p{u} * {r.Value($"j{u}", $"vb + j{u} * vs + e + {c * P}u", $"e + {c * P}u")}; }}\n");
                 b.Append($"        a{c} = o;\n      }}\n");
             }
             b.Append("      m = mnew;\n    }\n  }\n");
@@ -457,34 +476,32 @@ public static class Fused
             b.Append(split ? "    let pb = wi * (Dv + 2u);\n    if (o == 0u) { y_st(pb, mx); y_st(pb + 1u, total); }\n    y_st(pb + 2u + o, acc);\n  }\n"
                            : "    y_st(row * Dv + o, acc / total);\n  }\n");
             return w.Build(b.ToString(), elementwise: false);
-        }, split ? "AttentionChunks" : "Attention",
-            AttentionTensors(q, k, v, mask, rcos, rsin, output), meta, gx, gy);
+        }, split ? "AttentionChunks" : "Attention", r.Tensors(output), meta, gx, gy);
     }
 
     /// <summary>Decode-row attention, a thread a key: one to four (<paramref name="groups"/>) groups of 64 threads by key
     /// count; each group takes every G-th chunk of 64 keys, one score per thread, the chunk's max rescaling the group's
     /// running sums (online softmax), thread t accumulating output dims t, t+64, …; the groups merge in workgroup
     /// memory.</summary>
-    static void ThreadRows(WebGpuPlatform g, GpuTensor q, GpuTensor k, GpuTensor v, GpuTensor? mask, GpuTensor? rcos, GpuTensor? rsin, Meta meta,
-        string maskKind, GpuTensor output, bool split, int groups, uint gx, uint gy)
+    static void ThreadRows(WebGpuPlatform g, RowOperands r, Meta meta, string maskKind, GpuTensor output, bool split, int groups, uint gx, uint gy)
     {
         const int W = AttnThreads, Acc = AttnMaxHeadDim / AttnThreads;
         string Apply() => MaskApply(maskKind);
-        bool rot = rcos is not null;
+        bool rot = r.Rcos is not null;
         // q's load: rotated as it is read (x·cos + rotate_half(x)·sin, q's last axis contiguous) with rotary_q.
-        string LoadQ() => LoadQuery(rot, W * groups);
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention", $"{maskKind}|{split}|{rot}|{groups}"), () =>
+        string LoadQ() => LoadQuery(rot, W * groups) + r.Stage(W * groups);
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention", $"{maskKind}|{split}|{rot}|{groups}|{r.NewKey}"), () =>
         {
-            var w = AttentionBindings(W * groups, q, k, v, mask, rcos, rsin);
+            var w = r.Bindings(W * groups);
             w.Decl($"var<workgroup> qs: array<f32, {AttnMaxHeadDim}>;\nvar<workgroup> ps: array<f32, {W * groups}>;\nvar<workgroup> red: array<f32, {W * groups}>;\n" +
                    (groups == 1 ? "" : $"var<workgroup> gm: array<f32, {groups}>;\nvar<workgroup> gt: array<f32, {groups}>;\nvar<workgroup> ga: array<f32, {groups * AttnMaxHeadDim}>;"));
             string accDecl = string.Join(" ", Enumerable.Range(0, Acc).Select(a => $"var a{a} = 0.0;"));
             string rescale = string.Join(" ", Enumerable.Range(0, Acc).Select(a => $"a{a} = a{a} * corr;"));
-            string gather = string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"      if (t + {a * W}u < Dv) {{ a{a} += pj * v(vr + t + {a * W}u); }}"));
+            string gather = string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"      if (t + {a * W}u < Dv) {{ a{a} += pj * {r.Value("j0 + jj", $"vr + t + {a * W}u", $"t + {a * W}u")}; }}"));
             // Four keys an iteration: their value loads are independent, and each accumulator takes one dependent add.
             string gather4 = "      let pq = vec4<f32>(ps[grp * " + W + "u + jj], ps[grp * " + W + "u + jj + 1u], ps[grp * " + W + "u + jj + 2u], ps[grp * " + W + "u + jj + 3u]);\n" +
                 "      let vr = vb + (j0 + jj) * vs;\n" +
-                string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"      if (t + {a * W}u < Dv) {{ a{a} += dot(pq, vec4<f32>(v(vr + t + {a * W}u), v(vr + vs + t + {a * W}u), v(vr + 2u * vs + t + {a * W}u), v(vr + 3u * vs + t + {a * W}u))); }}"));
+                string.Join("\n", Enumerable.Range(0, Acc).Select(a => $"      if (t + {a * W}u < Dv) {{ a{a} += dot(pq, vec4<f32>({string.Join(", ", Enumerable.Range(0, 4).Select(o => r.Value($"j0 + jj + {o}u", $"vr + {o}u * vs + t + {a * W}u", $"t + {a * W}u")))})); }}"));
             // The groups' (max, sum, acc) merged to the workgroup's max M: acc = Σ_g acc_g·exp(m_g − M) (weights 1 while
             // every score is -inf, as one group alone: 0/0 = NaN). One pass: y = acc / total. Split: y holds, per (row,
             // chunk), [max, total, acc 0..Dv-1].
@@ -514,7 +531,7 @@ public static class Fused
 {{RowHead}}  let t = lid.x % {{W}}u; let grp = lid.x / {{W}}u; let slot = lid.x;
 {{LoadQ()}}
   workgroupBarrier();
-  var m = ninf;
+{{r.Write(W * groups)}}  var m = ninf;
   var lsum = 0.0;
   {{accDecl}}
   let rounds = (je - jb + {{W * groups - 1}}u) / {{W * groups}}u;
@@ -527,10 +544,10 @@ public static class Fused
       var d0 = 0.0; var d1 = 0.0; var d2 = 0.0; var d3 = 0.0;
       var e = 0u;
       for (; e + 4u <= D; e += 4u) {
-        d0 += qs[e] * k(kr + e); d1 += qs[e + 1u] * k(kr + e + 1u);
-        d2 += qs[e + 2u] * k(kr + e + 2u); d3 += qs[e + 3u] * k(kr + e + 3u);
+        d0 += qs[e] * {{r.Key("j", "kr + e", "e")}}; d1 += qs[e + 1u] * {{r.Key("j", "kr + e + 1u", "e + 1u")}};
+        d2 += qs[e + 2u] * {{r.Key("j", "kr + e + 2u", "e + 2u")}}; d3 += qs[e + 3u] * {{r.Key("j", "kr + e + 3u", "e + 3u")}};
       }
-      for (; e < D; e++) { d0 += qs[e] * k(kr + e); }
+      for (; e < D; e++) { d0 += qs[e] * {{r.Key("j", "kr + e", "e")}}; }
       sc = ((d0 + d1) + (d2 + d3)) * scale;
       {{Apply()}}
     }
@@ -564,8 +581,7 @@ public static class Fused
   for (var w = {{W / 2}}u; w > 0u; w >>= 1u) { if (t < w) { red[slot] += red[slot + w]; } workgroupBarrier(); }
 {{merge}}{{store}}
 """, elementwise: false);
-        }, split ? "AttentionChunks" : "Attention",
-            AttentionTensors(q, k, v, mask, rcos, rsin, output), meta, gx, gy);
+        }, split ? "AttentionChunks" : "Attention", r.Tensors(output), meta, gx, gy);
     }
 
     /// <summary>WGSL applying the mask to score <c>sc</c> of key <c>j</c> (mask offset <c>mo</c> of the query row).</summary>
@@ -576,19 +592,87 @@ public static class Fused
         _ => "",
     };
 
+    /// <summary>The operands of a decode-row attention kernel (<see cref="LaneRows"/>, <see cref="ThreadRows"/>) and, with
+    /// <see cref="New"/>, the new row it appends (its metadata words from <see cref="NewAt"/>): the code that stages and
+    /// writes that row and reads keys and values through it.</summary>
+    sealed record RowOperands(GpuTensor Q, GpuTensor K, GpuTensor V, GpuTensor? Mask, GpuTensor? Rcos, GpuTensor? Rsin, NewRows? New, int NewAt)
+    {
+        bool Shared => New is not null && New.SharesTables(Rcos, Rsin);
+
+        /// <summary>Kernel-key part: no new row, or one with no rotary (0), the query's tables (1) or its own (2).</summary>
+        public string NewKey => New is null ? "" : $"n{(New.Cos is null ? 0 : Shared ? 1 : 2)}";
+
+        /// <summary>The bindings: q, K, V (read and written with a new row), the mask, q's rotary tables, the new key and
+        /// value rows and their own rotary tables, y.</summary>
+        public Wgsl Bindings(int threads)
+        {
+            var w = new Wgsl(threads).In("q", Q);
+            if (New is null) w.In("k", K).In("v", V);
+            else
+                w.Out("k", DType.Float32).Out("v", DType.Float32).Decl($$"""
+var<workgroup> kn_w: array<f32, {{AttnMaxHeadDim}}>;
+var<workgroup> vn_w: array<f32, {{AttnMaxHeadDim}}>;
+fn kx_(j: u32, at: u32, e: u32) -> f32 { if (j < md[{{NewAt}}]) { return k_b[at]; } return kn_w[e]; }
+fn vx_(j: u32, at: u32, e: u32) -> f32 { if (j < md[{{NewAt}}]) { return v_b[at]; } return vn_w[e]; }
+""");
+            if (Mask is not null) w.In("mk", Mask);
+            if (Rcos is not null) w.In("rc", Rcos).In("rs", Rsin!);
+            if (New is not null)
+            {
+                w.In("nk", New.Xk).In("nv", New.Xv);
+                if (New.Cos is not null && !Shared) w.In("nc", New.Cos).In("ns", New.Sin!);
+            }
+            return w.Out("y", DType.Float32);
+        }
+
+        /// <summary>The tensors in <see cref="Bindings"/>' order.</summary>
+        public GpuTensor[] Tensors(GpuTensor y) =>
+        [
+            Q, K, V, .. (Mask is null ? Array.Empty<GpuTensor>() : [Mask]), .. (Rcos is null ? Array.Empty<GpuTensor>() : [Rcos, Rsin!]),
+            .. (New is null ? Array.Empty<GpuTensor>() : [New.Xk, New.Xv]), .. (New?.Cos is null || Shared ? Array.Empty<GpuTensor>() : [New.Cos, New.Sin!]), y,
+        ];
+
+        /// <summary>Key <paramref name="j"/>'s element at <paramref name="at"/> of K (dim <paramref name="e"/>).</summary>
+        public string Key(string j, string at, string e) => New is null ? $"k({at})" : $"kx_({j}, {at}, {e})";
+
+        /// <summary>Value <paramref name="j"/>'s element at <paramref name="at"/> of V (dim <paramref name="e"/>).</summary>
+        public string Value(string j, string at, string e) => New is null ? $"v({at})" : $"vx_({j}, {at}, {e})";
+
+        /// <summary>Code before the barrier after q's load: the new key (rotated) and value into workgroup memory.</summary>
+        public string Stage(int threads)
+        {
+            if (New is null) return "";
+            int a = NewAt;
+            string c = Shared ? "rc" : "nc", sn = Shared ? "rs" : "ns";
+            string key = New.Cos is null ? "nk(knr_ * D + ei_)"
+                : RotatedValue("nk", "knr_ * D + ei_", "ei_", $"md[{a + 1}]", $"{c}(bb * md[{a + 2}] + kvh * md[{a + 3}] + ei_ * md[{a + 5}])", $"{sn}(bb * md[{a + 6}] + kvh * md[{a + 7}] + ei_ * md[{a + 9}])");
+            return $$"""
+  let knr_ = bb * md[7] + kvh;
+  for (var ei_ = lid.x; ei_ < D; ei_ += {{threads}}u) { kn_w[ei_] = {{key}}; }
+  for (var ei_ = lid.x; ei_ < Dv; ei_ += {{threads}}u) { vn_w[ei_] = nv(knr_ * Dv + ei_); }
+
+""";
+        }
+
+        /// <summary>Code after that barrier: the first query head of each kv head writes the new row to the caches.</summary>
+        public string Write(int threads) => New is null ? "" : $$"""
+  if (hh % md[6] == 0u) {
+    let ktp_ = md[{{NewAt}}];
+    for (var ei_ = lid.x; ei_ < D; ei_ += {{threads}}u) { k_st(kb + ktp_ * ks + ei_, kn_w[ei_]); }
+    for (var ei_ = lid.x; ei_ < Dv; ei_ += {{threads}}u) { v_st(vb + ktp_ * vs + ei_, vn_w[ei_]); }
+  }
+
+""";
+    }
+
     /// <summary>The bindings of every attention kernel (decode rows, both tiled prompt layouts): q, k, v, the mask, the
     /// rotary tables where given, y (<see cref="AttentionTensors"/> in the same order).</summary>
-    internal static Wgsl AttentionBindings(int threads, GpuTensor q, GpuTensor k, GpuTensor v, GpuTensor? mask, GpuTensor? rcos, GpuTensor? rsin)
-    {
-        var w = new Wgsl(threads).In("q", q).In("k", k).In("v", v);
-        if (mask is not null) w.In("mk", mask);
-        if (rcos is not null) w.In("rc", rcos).In("rs", rsin!);
-        return w.Out("y", DType.Float32);
-    }
+    internal static Wgsl AttentionBindings(int threads, GpuTensor q, GpuTensor k, GpuTensor v, GpuTensor? mask, GpuTensor? rcos, GpuTensor? rsin) =>
+        new RowOperands(q, k, v, mask, rcos, rsin, null, -1).Bindings(threads);
 
     /// <summary>The tensors an attention kernel binds, in <see cref="AttentionBindings"/>' order.</summary>
     internal static GpuTensor[] AttentionTensors(GpuTensor q, GpuTensor k, GpuTensor v, GpuTensor? mask, GpuTensor? rcos, GpuTensor? rsin, GpuTensor y) =>
-        [q, k, v, .. (mask is null ? Array.Empty<GpuTensor>() : [mask]), .. (rcos is null ? Array.Empty<GpuTensor>() : [rcos, rsin!]), y];
+        new RowOperands(q, k, v, mask, rcos, rsin, null, -1).Tensors(y);
 
     /// <summary>The start of the tiled prompt-attention kernels' body: the workgroup's (batch·head, tile of
     /// <paramref name="rows"/> query rows) from the row kernel's metadata, and thread (r, c) of <paramref name="perRow"/>
@@ -795,6 +879,53 @@ public static class Fused
 """);
         }, rot ? "KvAppendRotary" : "KvAppend", [.. (inPlace ? [] : new[] { pk }), xk, .. (inPlace ? [] : new[] { pv }), xv, .. (rot ? new[] { cos!, sin! } : []), yk, yv], meta, n);
         return [yk, yv];
+    }
+
+    /// <summary>A decode step's new key and value row (<c>kv_attention</c>), which the attention kernel appends to the
+    /// cache itself: each workgroup stages the row (the key rotated with <see cref="Half"/> &gt; 0) in workgroup memory and
+    /// reads key <see cref="Past"/> from there, and the first query head of each kv head writes it to the cache.</summary>
+    internal sealed record NewRows(GpuTensor Xk, GpuTensor Xv, GpuTensor? Cos, GpuTensor? Sin, long Half, long Past)
+    {
+        /// <summary>The key's rotary tables are the query's (bound once).</summary>
+        public bool SharesTables(GpuTensor? rcos, GpuTensor? rsin) => Cos is not null && ReferenceEquals(Cos, rcos) && ReferenceEquals(Sin, rsin);
+    }
+
+    /// <summary>A <c>kv_attention</c> region (<see cref="Fusion"/>) in one dispatch: a decode step (one new row, one query
+    /// row) whose pasts grow in place, the attention kernel appending the new row as it reads it (<see cref="NewRows"/>).
+    /// Null (the body's two regions run, two dispatches) for anything else.</summary>
+    static Value?[]? KvAttention(WebGpuPlatform g, Graph body, int opset, GpuTensor?[] ins)
+    {
+        if (body.Nodes.Count != 2 || body.Nodes[0].Attributes.GetValueOrDefault("kind")?.Str != "kv_append"
+            || body.Nodes[1].Attributes.GetValueOrDefault("kind")?.Str != "attention" || !g.KvInPlace) return null;
+        var (kvNode, attNode) = (body.Nodes[0], body.Nodes[1]);
+        var byName = new Dictionary<string, GpuTensor?>();
+        for (int i = 0; i < body.Inputs.Count && i < ins.Length; i++) byName[body.Inputs[i].Name] = ins[i];
+        var kvIns = kvNode.Inputs.Select(n => byName.GetValueOrDefault(n)).ToArray();
+        var kvCtx = new NodeContext(kvNode, opset);
+        if (kvIns.Length < 4 || kvIns[0] is not { } pk || kvIns[1] is not { } xk || kvIns[2] is not { } pv || kvIns[3] is not { } xv) return null;
+        if (new[] { pk, xk, pv, xv }.Any(t => !IsF32(t) || t.Rank != 4) || xk.IsStrided || xv.IsStrided || kvCtx.Int("axis", 2) is not (2 or -2)) return null;
+        if (xk.Shape[2] != 1 || xv.Shape[2] != 1 || pk.Shape[2] != pv.Shape[2]) return null;
+        if (pk.Shape[0] != xk.Shape[0] || pk.Shape[1] != xk.Shape[1] || pk.Shape[3] != xk.Shape[3]) return null;
+        if (pv.Shape[0] != xv.Shape[0] || pv.Shape[1] != xv.Shape[1] || pv.Shape[3] != xv.Shape[3]) return null;
+        long half = kvCtx.Int("half", 0);
+        GpuTensor? cos = null, sin = null;
+        if (half > 0)
+        {
+            if (kvIns.Length < 6 || kvIns[4] is not { } c || kvIns[5] is not { } sn || !IsF32(c) || !IsF32(sn)) return null;
+            if (xk.Shape[3] != 2 * half || !BroadcastsTo(c, xk.Shape) || !BroadcastsTo(sn, xk.Shape)) return null;
+            (cos, sin) = (c, sn);
+        }
+        long past = pk.Shape[2];
+        if (past + 1 >= AttnSplitFrom || !Appendable(pk, past + 1) || !Appendable(pv, past + 1) || pk.Buffer == pv.Buffer) return null;
+        var (yk, yv) = (g.Extended(pk, past + 1), g.Extended(pv, past + 1));
+        var attIns = attNode.Inputs.Select(n => n == kvNode.Outputs[0] ? yk : n == kvNode.Outputs[1] ? yv : byName.GetValueOrDefault(n)).ToArray();
+        var y = Attention(g, new NodeContext(attNode, opset), attIns, new NewRows(xk, xv, cos, sin, half, past));
+        if (y is not null) return [y, yk, yv];
+        // Not for the joint kernel after all: the views go, the caches keep their lengths, the body runs.
+        g.Free(yk);
+        g.Free(yv);
+        (pk.Buffer.KvRows, pv.Buffer.KvRows) = (past, past);
+        return null;
     }
 
     /// <summary>Whether <paramref name="past"/> is the longest view of a capacity buffer with room for
