@@ -190,6 +190,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     /// buffer with room for more rows, and a decode step writes only its new row; <c>kv=copy</c> writes the whole cache
     /// into a new buffer each step.</summary>
     public bool KvInPlace => Options.KvInPlace;
+    public bool KvJoint => Options.KvJoint;
 
     /// <summary>Decode-shaped projections regions over packed f16 weights run as one kernel (option <c>f16-proj=fused</c>,
     /// the default: norm, products and epilogue in one dispatch) or node by node (<c>split</c>: each product through

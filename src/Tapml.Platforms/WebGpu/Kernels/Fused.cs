@@ -896,7 +896,7 @@ fn vx_(j: u32, at: u32, e: u32) -> f32 { if (j < md[{{NewAt}}]) { return v_b[at]
     static Value?[]? KvAttention(WebGpuPlatform g, Graph body, int opset, GpuTensor?[] ins)
     {
         if (body.Nodes.Count != 2 || body.Nodes[0].Attributes.GetValueOrDefault("kind")?.Str != "kv_append"
-            || body.Nodes[1].Attributes.GetValueOrDefault("kind")?.Str != "attention" || !g.KvInPlace) return null;
+            || body.Nodes[1].Attributes.GetValueOrDefault("kind")?.Str != "attention" || !g.KvInPlace || !g.KvJoint) return null;
         var (kvNode, attNode) = (body.Nodes[0], body.Nodes[1]);
         var byName = new Dictionary<string, GpuTensor?>();
         for (int i = 0; i < body.Inputs.Count && i < ins.Length; i++) byName[body.Inputs[i].Name] = ins[i];
