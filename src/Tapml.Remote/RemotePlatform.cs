@@ -627,10 +627,14 @@ public sealed class RemotePlatform : IBatchRunPlatform, IGraphPlatform, ISegment
     /// <summary>Closes sent and not yet answered (each at most a second).</summary>
     static readonly List<Task> Closing = new();
 
-    static RemotePlatform() => AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+    /// <summary>Waits, at most <paramref name="timeout"/>, for the closes of disposed platforms still on their way (a
+    /// caller that must know the server has ended those sessions); false when some were still unanswered.</summary>
+    public static bool WaitForCloses(TimeSpan timeout)
     {
         Task[] pending;
         lock (Closing) pending = [.. Closing];
-        Task.WaitAll(pending, TimeSpan.FromSeconds(1));
-    };
+        return Task.WaitAll(pending, timeout);
+    }
+
+    static RemotePlatform() => AppDomain.CurrentDomain.ProcessExit += (_, _) => WaitForCloses(TimeSpan.FromSeconds(1));
 }

@@ -563,6 +563,8 @@ public class RemoteTests(TinyLlamaStore tiny) : IClassFixture<TinyLlamaStore>
         GC.Collect();
         GC.WaitForPendingFinalizers();
         GC.Collect();
+        // Dispose does not wait for the server to end the session: wait here, or the server may still hold w.
+        Assert.True(RemotePlatform.WaitForCloses(TimeSpan.FromSeconds(10)));
         long calls = second.Calls;
         Assert.Equal(new[] { 11f, 22f, 33f }, ((Tensor)second.RunGraph(model, feeds)["y"]).As<float>().ToArray());
         Assert.Equal(calls + 2, second.Calls);                // refused (no session holds w), then sent with it
