@@ -126,7 +126,12 @@ public static class Reductions
         // A row of up to ArgWidePerThread values a thread of the widest workgroup (a 32K vocabulary's logits at 1024
         // threads): one workgroup takes it whole, one dispatch instead of two.
         int wide = Wgsl.FloorPow2(Math.Min(1024, g.Device.Limits.MaxInvocationsPerWorkgroup));
-        if (len <= (long)wide * ArgWidePerThread) { ArgPass(g, x, null, [y], rows, len, inner, 1, max, last, wide); return y; }
+        if (len <= (long)wide * ArgWidePerThread)
+        {
+            if (inner == 1 && x.Storage == GpuStorage.F32 && len % 4 == 0 && x.ByteOffset % 16 == 0 && !x.IsStrided) ArgRows4(g, x, y, rows, len, max, last, wide);
+            else ArgPass(g, x, null, [y], rows, len, inner, 1, max, last, wide);
+            return y;
+        }
         // NOTE: partial values keep x's storage type (f16/bf16 values are exact in it), indices are u32.
         var pv = g.Empty(x.Storage == GpuStorage.F32 || x.Storage == GpuStorage.F16x2 ? DType.Float32 : x.Storage == GpuStorage.I32 ? DType.Int32 : DType.UInt32, [rows * parts]);
         var pi = g.Empty(DType.UInt32, [rows * parts]);
@@ -145,6 +150,21 @@ public static class Reductions
     /// <summary>Elements a thread of a one-workgroup row (<see cref="Arg"/>) reads at most.</summary>
     const long ArgWidePerThread = 32;
 
+    /// <summary>WGSL <c>better(a, ia, b, ib)</c>: whether (a, ia) comes before (b, ib) in numpy's arg order over values of
+    /// WGSL scalar <paramref name="s"/>: a NaN first (the first, or the last with <paramref name="last"/>), then the
+    /// extreme value, ties to the first (last) index.</summary>
+    static string Better(string s, bool max, bool last)
+    {
+        string nan(string v) => s == "f32" ? $"((bitcast<u32>({v}) & 0x7fffffffu) > 0x7f800000u)" : "false";
+        return $$"""
+fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
+  let na = {{nan("a")}}; let nb = {{nan("b")}};
+  if (na || nb) { return (na && !nb) || (na && nb && ia {{(last ? ">" : "<")}} ib); }
+  return a {{(max ? ">" : "<")}} b || (a == b && ia {{(last ? ">" : "<")}} ib);
+}
+""";
+    }
+
     /// <summary>One pass of <see cref="Arg"/>: <paramref name="rows"/> × <paramref name="parts"/> workgroups, each over
     /// its chunk of a row of <paramref name="len"/> (stride <paramref name="inner"/>). Values from <paramref name="x"/>,
     /// indices the positions or, with <paramref name="idx"/>, read from it; writes the index (one output) or the pair.</summary>
@@ -154,15 +174,8 @@ public static class Reductions
         meta.Add(rows * parts); meta.Add(len); meta.Add(inner); meta.Add(parts); meta.Add(parts == 1 ? len : Math.Min(len, ArgChunk));
         string s = Wgsl.Scalar(x.Storage);
         bool pairs = idx is not null, final = outs.Length == 1;
-        string nan(string v) => s == "f32" ? $"((bitcast<u32>({v}) & 0x7fffffffu) > 0x7f800000u)" : "false";
         // NOTE: the WGSL strings are functions: made only when the kernel is compiled, not on every call.
-        string Better() => $$"""
-fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
-  let na = {{nan("a")}}; let nb = {{nan("b")}};
-  if (na || nb) { return (na && !nb) || (na && nb && ia {{(last ? ">" : "<")}} ib); }
-  return a {{(max ? ">" : "<")}} b || (a == b && ia {{(last ? ">" : "<")}} ib);
-}
-""";
+
         string at(string j) => pairs ? $"xi(base + {j})" : j;
         string Unrolled()
         {
@@ -199,8 +212,64 @@ fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
             if (pairs) w.In("xi", idx!);
             if (final) w.Out("y", DType.Int64);
             else w.Out("pv", outs[0].DType).Out("pi", DType.UInt32);
-            return w.Decl($"var<workgroup> rv: array<{s}, {threads}>;\nvar<workgroup> ri: array<u32, {threads}>;\n{Better()}").Build(Body(), elementwise: false);
+            return w.Decl($"var<workgroup> rv: array<{s}, {threads}>;\nvar<workgroup> ri: array<u32, {threads}>;\n{Better(s, max, last)}").Build(Body(), elementwise: false);
         }, max ? "ArgMax" : "ArgMin", [x, .. (pairs ? new[] { idx! } : []), .. outs], meta, gx, gy);
+    }
+
+    /// <summary><see cref="Arg"/> of contiguous f32 rows of up to <see cref="ArgWidePerThread"/> values a thread (a decode
+    /// step's logits), one workgroup a row: each thread's values as vec4 loads, four in flight at a time, then the
+    /// threads' bests merged by subgroup shuffles where the device has them (one barrier) or a tree. The same order as
+    /// <see cref="ArgPass"/> (a total order on (value, index), so any merge order gives its answer).</summary>
+    static void ArgRows4(WebGpuPlatform g, GpuTensor x, GpuTensor y, long rows, long len, bool max, bool last, int threads)
+    {
+        var meta = new Meta();
+        meta.Add(rows); meta.Add(len);
+        int lanes = Math.Min(32, g.SubgroupLanes);
+        if (lanes < 4) lanes = 0;
+        var (gx, gy) = Wgsl.Grid(rows, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("arg_rows4", $"{max}|{last}|{threads}|{lanes}"), () =>
+        {
+            string loads = string.Concat(Enumerable.Range(0, 4).Select(k => $$"""
+    let j{{k}} = j + {{k * threads}}u;
+    var v{{k}} = vec4<f32>(x0);
+    if (j{{k}} < n4) { v{{k}} = xv_b[b4 + j{{k}}]; }
+
+"""));
+            string compares = string.Concat(Enumerable.Range(0, 4).SelectMany(k => "xyzw".Select((c, e) =>
+                $"    if (j{k} < n4 && better(v{k}.{c}, j{k} * 4u + {e}u, bv, bi)) {{ bv = v{k}.{c}; bi = j{k} * 4u + {e}u; }}\n")));
+            string merge = lanes > 0 ? $$"""
+  for (var m = {{lanes / 2}}u; m >= 1u; m >>= 1u) {
+    let ov = subgroupShuffleXor(bv, m); let oi = subgroupShuffleXor(bi, m);
+    if (better(ov, oi, bv, bi)) { bv = ov; bi = oi; }
+  }
+  if (lid.x % {{lanes}}u == 0u) { rv[lid.x / {{lanes}}u] = bv; ri[lid.x / {{lanes}}u] = bi; }
+  workgroupBarrier();
+  if (lid.x == 0u) {
+    for (var t = 1u; t < {{threads / lanes}}u; t++) { if (better(rv[t], ri[t], bv, bi)) { bv = rv[t]; bi = ri[t]; } }
+    y_st(row, i32(bi));
+  }
+""" : $$"""
+  rv[lid.x] = bv; ri[lid.x] = bi;
+  workgroupBarrier();
+  for (var t = {{threads / 2}}u; t > 0u; t >>= 1u) {
+    if (lid.x < t && better(rv[lid.x + t], ri[lid.x + t], rv[lid.x], ri[lid.x])) { rv[lid.x] = rv[lid.x + t]; ri[lid.x] = ri[lid.x + t]; }
+    workgroupBarrier();
+  }
+  if (lid.x == 0u) { y_st(row, i32(ri[0])); }
+""";
+            var w = new Wgsl(threads).InVec4("xv").Out("y", DType.Int64);
+            w.Decl($"var<workgroup> rv: array<f32, {(lanes > 0 ? threads / lanes : threads)}>;\nvar<workgroup> ri: array<u32, {(lanes > 0 ? threads / lanes : threads)}>;\n{Better("f32", max, last)}");
+            return w.Build($$"""
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= md[0]) { return; }
+  let n4 = md[1] / 4u; let b4 = row * n4;
+  let x0 = xv_b[b4].x;
+  var bv = x0; var bi = 0u;
+  for (var j = lid.x; j < n4; j += {{4 * threads}}u) {
+{{loads}}{{compares}}  }
+{{merge}}
+""", elementwise: false);
+        }, max ? "ArgMax" : "ArgMin", [x, y], meta, gx, gy);
     }
 
     /// <summary>Max, then sum of exp(v − max), per row: writes softmax / log-softmax rows or log-sum-exp values.</summary>
