@@ -97,10 +97,10 @@ public static class Generation
             outs = PipelinedGreedy(executor, model, outs, argmax, tokens[^1], ref position, maxNewTokens, stops, Add, tokens, ref decodeMs, ref steps);
         while (tokens.Count < maxNewTokens && !stops.Contains((int)tokens[^1]))
         {
-            feeds = NextFeeds(model, outs, tokens[^1], position++);
+            feeds = NextFeeds(model, outs, Tensor.FromArray(new[] { tokens[^1] }, 1, 1), position++, HostInputsOf(outs));
             t0 = Stopwatch.GetTimestamp();
             outs = executor.Run(model, feeds, KeepOnDevice);
-            FreeDevicePasts(feeds);
+            FreeDeviceFeeds(feeds);
             var logits = (Tensor)outs["logits"];
             CheckFinite(logits, $"decode step {steps + 1}", position - 1);
             long next = sampler.Next(LastRow(logits), seen);
@@ -135,9 +135,9 @@ public static class Generation
             long t0 = Stopwatch.GetTimestamp();
             if (more)
             {
-                var feeds = NextFeeds(model, outs, input, position++);
+                var feeds = NextFeeds(model, outs, input, position++, HostInputsOf(outs));
                 outs = executor.Run(model, feeds, keep);
-                FreeDevicePasts(feeds);
+                FreeDeviceFeeds(feeds);
                 FreeDevice(input);
                 var logits = outs["logits"];
                 var token = argmax.Run(logits);
@@ -212,10 +212,15 @@ public static class Generation
     /// on a GPU it never crosses the bus (host platforms return host tensors either way).</summary>
     static bool KeepOnDevice(string output) => output.StartsWith("present.", StringComparison.Ordinal);
 
-    static void FreeDevicePasts(Dictionary<string, Value> feeds)
+    /// <summary>Frees a decode step's device feeds the step made: the pasts (the last step's presents) and the position.</summary>
+    static void FreeDeviceFeeds(Dictionary<string, Value> feeds)
     {
-        foreach (var (name, v) in feeds) if (name.StartsWith(PastPrefix, StringComparison.Ordinal)) FreeDevice(v);
+        foreach (var (name, v) in feeds) if (name.StartsWith(PastPrefix, StringComparison.Ordinal) || name == "position_ids") FreeDevice(v);
     }
+
+    /// <summary>The platform holding a step's KV cache, where it takes host inputs (<see cref="IHostInputs"/>).</summary>
+    static IHostInputs? HostInputsOf(IReadOnlyDictionary<string, Value> outs) =>
+        outs.Values.OfType<IDeviceValue>().FirstOrDefault()?.Owner as IHostInputs;
 
     static void FreeDevice(Value v)
     {
@@ -239,15 +244,17 @@ public static class Generation
         NextFeeds(model, outs, Tensor.FromArray(new[] { token }, 1, 1), position);
 
     /// <summary>Feeds of the next decode step with the token as a [1, 1] int64 value (a device value: the previous
-    /// step's argmax, never read back to feed it).</summary>
-    public static Dictionary<string, Value> NextFeeds(Model model, IReadOnlyDictionary<string, Value> outs, Value token, long position)
+    /// step's argmax, never read back to feed it). With <paramref name="host"/>, the position is a host input of that
+    /// platform: the step's rotary tables are computed on the host and uploaded, no dispatch.</summary>
+    public static Dictionary<string, Value> NextFeeds(Model model, IReadOnlyDictionary<string, Value> outs, Value token, long position, IHostInputs? host = null)
     {
         var feeds = new Dictionary<string, Value>();
         foreach (var p in model.Graph.Inputs.Where(i => i.Name.StartsWith(PastPrefix, StringComparison.Ordinal)))
             feeds[p.Name] = outs.TryGetValue("present." + p.Name[PastPrefix.Length..], out var v) ? v
                 : throw new TapmlException($"the model has input '{p.Name}' but no output 'present.{p.Name[PastPrefix.Length..]}'");
         feeds["input_ids"] = token;
-        feeds["position_ids"] = Tensor.FromArray(new[] { position }, 1, 1);
+        var pos = Tensor.FromArray(new[] { position }, 1, 1);
+        feeds["position_ids"] = host is null ? pos : host.HostInput(pos);
         return feeds;
     }
 

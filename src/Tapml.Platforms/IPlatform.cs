@@ -66,6 +66,16 @@ public interface IPlatformDetails
     IEnumerable<string> Details();
 }
 
+/// <summary>A device platform that can take a small host value as made on the host (a decode step's position): a node
+/// whose inputs such values start and small constants finish runs on the host and its results upload when a kernel
+/// binds them (the rotary tables of a step cost no dispatch). Only callers that know the value is not under test pass
+/// it this way (generation); a plain feed always runs the kernels that read it.</summary>
+public interface IHostInputs
+{
+    /// <summary>The device value for <paramref name="t"/>, its host copy what host-run nodes read.</summary>
+    Value HostInput(Tensor t);
+}
+
 /// <summary>A device platform that can start a download and let the host go on: generation records the next decode
 /// step while the GPU still runs the one whose token it waits for.</summary>
 public interface IAsyncDownload

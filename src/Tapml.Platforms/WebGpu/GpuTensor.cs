@@ -78,7 +78,8 @@ public sealed class GpuTensor : Value, IDeviceValue
     /// <summary>The host's own computation of a small integer value (shape arithmetic), for sizing reads only: never
     /// returned by a download, so the GPU kernel's result is what tests compare.</summary>
     internal Tensor? Shadow { get; set; }
-    /// <summary>Derived from a Shape/Size output by host-computed shape arithmetic (see WebGpuPlatform.OnHost).</summary>
+    /// <summary>Derived on the host: a Shape/Size output, a caller's host input (<see cref="IHostInputs"/>), or what
+    /// host-run nodes made of them (see WebGpuPlatform.OnHost).</summary>
     internal bool FromShape { get; init; }
     /// <summary>The host tensor an upload came from (weights: MatMul keeps a transposed copy of it).</summary>
     internal Tensor? Source { get; init; }

@@ -10,7 +10,7 @@ namespace Tapml.Platforms.WebGpu;
 /// <summary>The native WebGPU target: Dawn (webgpu.h) with WGSL kernels generated per op family.
 /// Spec: <c>webgpu[:vulkan|:gles][?max-binding=BYTES][&amp;KNOB=V…]</c> (KNOB: <see cref="MatVecTuning"/>'s). Values stay on the GPU between nodes; host tensors
 /// uploaded (weights) are cached per tensor object, so a model's weights cross the bus once.</summary>
-public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails, IOpList, IKernelProfile, IModelWarmup
+public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails, IOpList, IKernelProfile, IModelWarmup, IHostInputs
 {
     public IEnumerable<(string Domain, string OpType, int SinceOpset)> Ops => GpuOps.All.Select(o => (o.Domain, o.OpType, o.SinceOpset));
 
@@ -324,8 +324,14 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         public string Label { get; } = $"node '{node.Name}' ({node.OpType})";
         /// <summary>The cpu kernel computing host shadows of this node's small integer outputs (made on first need).</summary>
         public IKernel? HostKernel;
-        // NOTE: a node with a body (If/Loop/Scan) is never re-run on the host for shadows: its body would run twice.
-        public bool NoShadow = node.Subgraphs.Any();
+        /// <summary>An element-wise fused region: on the host (<see cref="OnHost"/>) its body runs node by node, these
+        /// the cpu kernels of its nodes.</summary>
+        public IKernel?[]? HostBody = ElementwiseRegion(node) ? new IKernel?[node.Attributes["body"].G!.Nodes.Count] : null;
+        // NOTE: a node with a body (If/Loop/Scan) is never re-run on the host for shadows: its body would run twice. An
+        // element-wise region has float outputs only, which get no shadow.
+        public bool NoShadow = node.Subgraphs.Any() && !ElementwiseRegion(node);
+
+        static bool ElementwiseRegion(Node n) => n.Domain == Fusion.Domain && n.OpType == Fusion.OpType && n.Attributes.GetValueOrDefault("kind")?.Str == "elementwise";
         /// <summary>Host results in a row too large to upload as a deferred value (<see cref="OnHost"/>).</summary>
         public int TooLarge;
     }
@@ -352,20 +358,21 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             if (outs[i] is GpuTensor g && r[i] is Tensor t && ShapeUtil.SameShape(t.Shape, g.Shape) && t.DType == g.DType) g.Shadow = t;
     }
 
-    /// <summary>Runs the node on the cpu reference when every input is small and known on the host (else null).
-    /// A node the cpu cannot run this way is not tried again.</summary>
-    Value?[]? RunOnHost(GpuKernel k, NodeContext ctx, GpuTensor?[] ins)
+    /// <summary>Runs the node on the cpu reference when every input is small (at most <paramref name="maxInput"/>
+    /// elements) and known on the host (else null). A node the cpu cannot run this way is not tried again.</summary>
+    Value?[]? RunOnHost(GpuKernel k, NodeContext ctx, GpuTensor?[] ins, int maxInput = ShadowMaxElements)
     {
         if (k.NoShadow) return null;
         var host = new Value?[ins.Length];
         for (int i = 0; i < ins.Length; i++)
         {
             if (ins[i] is not { } t) continue;
-            if (t.Length > ShadowMaxElements || HostValue(t) is not { } h) return null;
+            if (t.Length > maxInput || HostValue(t, maxInput) is not { } h) return null;
             host[i] = h;
         }
         try
         {
+            if (k.HostBody is { } kernels) return RunBodyOnHost(kernels, ctx, host);
             if (k.HostKernel is null)
             {
                 var types = host.Select(v => v is Tensor t ? TypeRef.TensorOf(t.DType, t.Shape) : null).ToArray();
@@ -386,7 +393,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     Value?[]? OnHost(GpuKernel k, NodeContext ctx, GpuTensor?[] ins)
     {
         if (k.Node.OpType is "Shape" or "Size" || !ins.Any(t => t is { FromShape: true })) return null;
-        if (RunOnHost(k, ctx, ins) is not { } r) return null;
+        if (RunOnHost(k, ctx, ins, HostResultMaxElements) is not { } r) return null;
         var outs = new Value?[r.Length];
         for (int i = 0; i < r.Length; i++)
         {
@@ -423,7 +430,30 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     }
 
     /// <summary>The value of <paramref name="t"/> as the host knows it without a readback (upload source or shadow).</summary>
-    static Tensor? HostValue(GpuTensor t) => t.HostCopy ?? t.Shadow ?? (t.Source is { } s && t.Length <= ShadowMaxElements ? s : null);
+    static Tensor? HostValue(GpuTensor t, int maxSource = ShadowMaxElements) => t.HostCopy ?? t.Shadow ?? (t.Source is { } s && t.Length <= maxSource ? s : null);
+
+    /// <summary>An element-wise region's body on the cpu reference, node by node (<paramref name="kernels"/>: its nodes'
+    /// cpu kernels, made on first need).</summary>
+    Value?[] RunBodyOnHost(IKernel?[] kernels, NodeContext ctx, Value?[] ins)
+    {
+        var body = ctx.Graph("body");
+        int opset = (int)ctx.Int("opset", ctx.Opset);
+        var values = new Dictionary<string, Value?>();
+        for (int i = 0; i < body.Inputs.Count && i < ins.Length; i++) values[body.Inputs[i].Name] = ins[i];
+        for (int n = 0; n < body.Nodes.Count; n++)
+        {
+            var node = body.Nodes[n];
+            var nctx = new NodeContext(node, opset);
+            var args = node.Inputs.Select(s => s.Length == 0 ? null : values.TryGetValue(s, out var v) ? v : throw ctx.Error($"body input '{s}' has no value")).ToArray();
+            var kernel = kernels[n] ??= _host.Prepare(node, nctx, args.Select(v => v is Tensor t ? TypeRef.TensorOf(t.DType, t.Shape) : null).ToArray());
+            var outs = _host.Run(kernel, nctx, args);
+            for (int o = 0; o < node.Outputs.Length && o < outs.Length; o++) if (node.Outputs[o].Length > 0) values[node.Outputs[o]] = outs[o];
+        }
+        return body.Outputs.Select(o => values.TryGetValue(o.Name, out var v) ? v : throw ctx.Error($"body output '{o.Name}' was not produced")).ToArray();
+    }
+
+    /// <summary>A host input (<see cref="IHostInputs"/>): uploaded when a kernel binds it; nodes it starts may run on the host.</summary>
+    public Value HostInput(Tensor t) => Deferred(t);
 
     // ---- values ----------------------------------------------------------------------------------------
 
