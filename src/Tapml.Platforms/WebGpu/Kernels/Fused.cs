@@ -802,21 +802,29 @@ fn vx_(j: u32, at: u32, e: u32) -> f32 { if (j < md[{{NewAt}}]) { return v_b[at]
     /// row capacity (<see cref="WebGpuPlatform.WithCapacity"/>): when both pasts are the longest views of capacity
     /// buffers with room for the new rows, the presents are longer views of the same buffers and only the new rows are
     /// written; otherwise the pasts are copied into new buffers with room to grow.</summary>
-    static Value?[]? KvAppend(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
+    /// <summary>A <c>kv_append</c> region's operands: past K, new K, past V, new V [B, kv heads, seq, dim] (f32, the new
+    /// rows contiguous) and, with the rotary (<c>half</c> &gt; 0), its cos and sin tables broadcasting to new K; null when
+    /// the inputs are not what the pattern assumes.</summary>
+    sealed record KvOperands(GpuTensor Pk, GpuTensor Xk, GpuTensor Pv, GpuTensor Xv, GpuTensor? Cos, GpuTensor? Sin, long Half)
     {
-        if (ins.Length < 4 || ins[0] is not { } pk || ins[1] is not { } xk || ins[2] is not { } pv || ins[3] is not { } xv) return null;
-        if (new[] { pk, xk, pv, xv }.Any(t => !IsF32(t) || t.Rank != 4) || xk.IsStrided || xv.IsStrided) return null;
-        if (ctx.Int("axis", 2) is not (2 or -2)) return null;
-        if (pk.Shape[0] != xk.Shape[0] || pk.Shape[1] != xk.Shape[1] || pk.Shape[3] != xk.Shape[3]) return null;
-        if (pv.Shape[0] != xv.Shape[0] || pv.Shape[1] != xv.Shape[1] || pv.Shape[3] != xv.Shape[3]) return null;
-        long half = ctx.Int("half", 0);
-        GpuTensor? cos = null, sin = null;
-        if (half > 0)
+        public static KvOperands? Of(NodeContext ctx, GpuTensor?[] ins)
         {
+            if (ins.Length < 4 || ins[0] is not { } pk || ins[1] is not { } xk || ins[2] is not { } pv || ins[3] is not { } xv) return null;
+            if (new[] { pk, xk, pv, xv }.Any(t => !IsF32(t) || t.Rank != 4) || xk.IsStrided || xv.IsStrided) return null;
+            if (ctx.Int("axis", 2) is not (2 or -2)) return null;
+            if (pk.Shape[0] != xk.Shape[0] || pk.Shape[1] != xk.Shape[1] || pk.Shape[3] != xk.Shape[3]) return null;
+            if (pv.Shape[0] != xv.Shape[0] || pv.Shape[1] != xv.Shape[1] || pv.Shape[3] != xv.Shape[3]) return null;
+            long half = ctx.Int("half", 0);
+            if (half <= 0) return new(pk, xk, pv, xv, null, null, 0);
             if (ins.Length < 6 || ins[4] is not { } c || ins[5] is not { } sn || !IsF32(c) || !IsF32(sn)) return null;
             if (xk.Shape[3] != 2 * half || !BroadcastsTo(c, xk.Shape) || !BroadcastsTo(sn, xk.Shape)) return null;
-            (cos, sin) = (c, sn);
+            return new(pk, xk, pv, xv, c, sn, half);
         }
+    }
+
+    static Value?[]? KvAppend(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
+    {
+        if (KvOperands.Of(ctx, ins) is not var (pk, xk, pv, xv, cos, sin, half)) return null;
         if ((cos is null ? 4 : 6) + 3 > g.Device.Limits.MaxStorageBuffersPerStage) return null;                 // + 2 outputs, metadata
         long tk = pk.Shape[2] + xk.Shape[2], tv = pv.Shape[2] + xv.Shape[2];
         long[] kShape = [pk.Shape[0], pk.Shape[1], tk, pk.Shape[3]], vShape = [pv.Shape[0], pv.Shape[1], tv, pv.Shape[3]];
@@ -901,20 +909,8 @@ fn vx_(j: u32, at: u32, e: u32) -> f32 { if (j < md[{{NewAt}}]) { return v_b[at]
         var byName = new Dictionary<string, GpuTensor?>();
         for (int i = 0; i < body.Inputs.Count && i < ins.Length; i++) byName[body.Inputs[i].Name] = ins[i];
         var kvIns = kvNode.Inputs.Select(n => byName.GetValueOrDefault(n)).ToArray();
-        var kvCtx = new NodeContext(kvNode, opset);
-        if (kvIns.Length < 4 || kvIns[0] is not { } pk || kvIns[1] is not { } xk || kvIns[2] is not { } pv || kvIns[3] is not { } xv) return null;
-        if (new[] { pk, xk, pv, xv }.Any(t => !IsF32(t) || t.Rank != 4) || xk.IsStrided || xv.IsStrided || kvCtx.Int("axis", 2) is not (2 or -2)) return null;
+        if (KvOperands.Of(new NodeContext(kvNode, opset), kvIns) is not var (pk, xk, pv, xv, cos, sin, half)) return null;
         if (xk.Shape[2] != 1 || xv.Shape[2] != 1 || pk.Shape[2] != pv.Shape[2]) return null;
-        if (pk.Shape[0] != xk.Shape[0] || pk.Shape[1] != xk.Shape[1] || pk.Shape[3] != xk.Shape[3]) return null;
-        if (pv.Shape[0] != xv.Shape[0] || pv.Shape[1] != xv.Shape[1] || pv.Shape[3] != xv.Shape[3]) return null;
-        long half = kvCtx.Int("half", 0);
-        GpuTensor? cos = null, sin = null;
-        if (half > 0)
-        {
-            if (kvIns.Length < 6 || kvIns[4] is not { } c || kvIns[5] is not { } sn || !IsF32(c) || !IsF32(sn)) return null;
-            if (xk.Shape[3] != 2 * half || !BroadcastsTo(c, xk.Shape) || !BroadcastsTo(sn, xk.Shape)) return null;
-            (cos, sin) = (c, sn);
-        }
         long past = pk.Shape[2];
         if (past + 1 >= AttnSplitFrom || !Appendable(pk, past + 1) || !Appendable(pv, past + 1) || pk.Buffer == pv.Buffer) return null;
         var (yk, yv) = (g.Extended(pk, past + 1), g.Extended(pv, past + 1));
