@@ -332,7 +332,7 @@ public static class Fused
             meta.AddAll(ShapeUtil.BroadcastStrides(rcos.Shape, q.Shape));        // md[26..29]
             meta.AddAll(ShapeUtil.BroadcastStrides(rsin!.Shape, q.Shape));       // md[30..33]
         }
-        // The new row's words (NewRowCode): past rows, the key's rotary half and its tables' strides over [B, Hk, 1, D].
+        // The new row's words (RowOperands.Stage): past rows, the key's rotary half and its tables' strides over [B, Hk, 1, D].
         int appAt = -1;
         if (app is not null)
         {
@@ -350,11 +350,11 @@ public static class Fused
         bool split = chunks > 1;
         var parts = split ? g.Empty(DType.Float32, [rows * chunks * (dv + 2)]) : null;
         var (gx, gy) = Wgsl.Grid(rows * chunks, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
-        var rows_ = new RowOperands(q, k, v, mask, rcos, rsin, app, appAt);
+        var operands = new RowOperands(q, k, v, mask, rcos, rsin, app, appAt);
         if (g.AttentionLanes is int lanes and > 0)
-            LaneRows(g, rows_, meta, maskKind, split ? parts! : y, split, lanes, (int)Math.Max(d, dv), gx, gy);
+            LaneRows(g, operands, meta, maskKind, split ? parts! : y, split, lanes, (int)Math.Max(d, dv), gx, gy);
         else
-            ThreadRows(g, rows_, meta, maskKind, split ? parts! : y, split, groups, gx, gy);
+            ThreadRows(g, operands, meta, maskKind, split ? parts! : y, split, groups, gx, gy);
         if (!split) return y;
         // Combine: per row, weights exp(max_c − M) (1 while every score is -inf, as the one-pass kernel: 0/0 = NaN).
         var cm = new Meta();
