@@ -452,8 +452,9 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         return body.Outputs.Select(o => values.TryGetValue(o.Name, out var v) ? v : throw ctx.Error($"body output '{o.Name}' was not produced")).ToArray();
     }
 
-    /// <summary>A host input (<see cref="IHostInputs"/>): uploaded when a kernel binds it; nodes it starts may run on the host.</summary>
-    public Value HostInput(Tensor t) => Deferred(t);
+    /// <summary>A host input (<see cref="IHostInputs"/>): uploaded when a kernel binds it; nodes it starts may run on the
+    /// host. With <c>host-inputs=off</c>, the tensor itself (a plain feed).</summary>
+    public Value HostInput(Tensor t) => Options.HostInputs ? Deferred(t) : t;
 
     // ---- values ----------------------------------------------------------------------------------------
 
