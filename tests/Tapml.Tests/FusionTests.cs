@@ -81,10 +81,7 @@ public class FusionTests
         var m = Tiny(arch);
         var f = Fusion.Fuse(m, out _);
         using var cpu = new Tapml.Platforms.Cpu.CpuPlatform();
-        IPlatform made;
-        try { made = PlatformRegistry.Create(platform); }
-        catch (UnsupportedException e) { Assert.Skip(e.Message); return; }
-        using var gpu = (WebGpuPlatform)made;
+        using var gpu = (WebGpuPlatform)TestPlatforms.CreateOrSkip(platform);
         var (ec, eg) = (new Executor(cpu), new Executor(gpu));
         var feeds = Feeds(m);
         var want = ec.Run(m, feeds);
