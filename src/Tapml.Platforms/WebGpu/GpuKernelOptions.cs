@@ -14,9 +14,9 @@ public sealed class GpuKernelOptions
     public SkinnyTuning Skinny { get; set; } = SkinnyTuning.Rule;
     public MatVecTuning MatVec { get; set; } = MatVecTuning.Rule;
     public bool KvInPlace { get; private set; } = true;
-    /// <summary>A decode step's KV append inside its attention kernel (<c>kv-append=joint</c>, the default) or a dispatch
-    /// of its own (<c>apart</c>).</summary>
-    public bool KvJoint { get; private set; } = true;
+    /// <summary>A decode step's KV append inside its attention kernel (<c>kv-append=joint</c>) or a dispatch of its own
+    /// (<c>apart</c>, the rule: on an H200 the joint kernel's decode was slower, docs/benchmarks.md).</summary>
+    public bool KvJoint { get; private set; }
     /// <summary>Host inputs (<see cref="IHostInputs"/>) start host-run nodes (<c>host-inputs=on</c>, the default) or are
     /// plain feeds (<c>off</c>: a decode step's rotary tables run their kernel).</summary>
     public bool HostInputs { get; private set; } = true;
@@ -28,7 +28,7 @@ public sealed class GpuKernelOptions
     /// lanes where the device has subgroup shuffles) or a thread a key (<c>threads</c>).</summary>
     public bool? AttentionLanes { get; private set; }
 
-    public static readonly string Help = "kv=inplace|copy, kv-append=joint|apart, host-inputs=on|off, attn-groups=N (at least 1), attn-tiled=ROWS (0: never), attn-tile=v2|v1, attn-decode=lanes|threads, f16-proj=fused|split, " +
+    public static readonly string Help = "kv=inplace|copy, kv-append=apart|joint, host-inputs=on|off, attn-groups=N (at least 1), attn-tiled=ROWS (0: never), attn-tile=v2|v1, attn-decode=lanes|threads, f16-proj=fused|split, " +
         $"matmul-tile=BMxBNxBK/TMxTN or legacy, matmul-ladder=v2|v1, matmul-groups=N (1 to 65536), {MatVecTuning.Help}, {SkinnyTuning.Help}";
 
     /// <summary>The options of <paramref name="options"/> (what is left of the spec after the device's own); an
