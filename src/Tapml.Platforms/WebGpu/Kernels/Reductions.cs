@@ -165,6 +165,18 @@ fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
 """;
     }
 
+    /// <summary>WGSL merging each thread's best (<c>bv</c>, <c>bi</c>) of <paramref name="threads"/> into <c>rv[0]</c>,
+    /// <c>ri[0]</c> by a tree in workgroup memory.</summary>
+    static string ArgTree(int threads) => $$"""
+  rv[lid.x] = bv; ri[lid.x] = bi;
+  workgroupBarrier();
+  for (var t = {{threads / 2}}u; t > 0u; t >>= 1u) {
+    if (lid.x < t && better(rv[lid.x + t], ri[lid.x + t], rv[lid.x], ri[lid.x])) { rv[lid.x] = rv[lid.x + t]; ri[lid.x] = ri[lid.x + t]; }
+    workgroupBarrier();
+  }
+
+""";
+
     /// <summary>One pass of <see cref="Arg"/>: <paramref name="rows"/> × <paramref name="parts"/> workgroups, each over
     /// its chunk of a row of <paramref name="len"/> (stride <paramref name="inner"/>). Values from <paramref name="x"/>,
     /// indices the positions or, with <paramref name="idx"/>, read from it; writes the index (one output) or the pair.</summary>
@@ -175,7 +187,6 @@ fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
         string s = Wgsl.Scalar(x.Storage);
         bool pairs = idx is not null, final = outs.Length == 1;
         // NOTE: the WGSL strings are functions: made only when the kernel is compiled, not on every call.
-
         string at(string j) => pairs ? $"xi(base + {j})" : j;
         string Unrolled()
         {
@@ -197,13 +208,7 @@ fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
   for (; j + {{3 * threads}}u < j1; j += {{4 * threads}}u) {
 {{Unrolled()}}  }
   for (; j < j1; j += {{threads}}u) { let v = x(base + j * inner); let vi = {{at("j")}}; if (better(v, vi, bv, bi)) { bv = v; bi = vi; } }
-  rv[lid.x] = bv; ri[lid.x] = bi;
-  workgroupBarrier();
-  for (var t = {{threads / 2}}u; t > 0u; t >>= 1u) {
-    if (lid.x < t && better(rv[lid.x + t], ri[lid.x + t], rv[lid.x], ri[lid.x])) { rv[lid.x] = rv[lid.x + t]; ri[lid.x] = ri[lid.x + t]; }
-    workgroupBarrier();
-  }
-  if (lid.x == 0u) { {{(final ? "y_st(w, i32(ri[0]));" : "pv_st(w, rv[0]); pi_st(w, ri[0]);")}} }
+{{ArgTree(threads)}}  if (lid.x == 0u) { {{(final ? "y_st(w, i32(ri[0]));" : "pv_st(w, rv[0]); pi_st(w, ri[0]);")}} }
 """;
         var (gx, gy) = Wgsl.Grid(rows * parts, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
         g.LaunchGroups(new WebGpuPlatform.KernelKey("arg", $"{max}|{last}|{pairs}|{final}|{(int)x.Storage}|{threads}"), () =>
@@ -249,13 +254,7 @@ fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
     y_st(row, i32(bi));
   }
 """ : $$"""
-  rv[lid.x] = bv; ri[lid.x] = bi;
-  workgroupBarrier();
-  for (var t = {{threads / 2}}u; t > 0u; t >>= 1u) {
-    if (lid.x < t && better(rv[lid.x + t], ri[lid.x + t], rv[lid.x], ri[lid.x])) { rv[lid.x] = rv[lid.x + t]; ri[lid.x] = ri[lid.x + t]; }
-    workgroupBarrier();
-  }
-  if (lid.x == 0u) { y_st(row, i32(ri[0])); }
+{{ArgTree(threads)}}  if (lid.x == 0u) { y_st(row, i32(ri[0])); }
 """;
             var w = new Wgsl(threads).InVec4("xv").Out("y", DType.Int64);
             w.Decl($"var<workgroup> rv: array<f32, {(lanes > 0 ? threads / lanes : threads)}>;\nvar<workgroup> ri: array<u32, {(lanes > 0 ? threads / lanes : threads)}>;\n{Better("f32", max, last)}");
