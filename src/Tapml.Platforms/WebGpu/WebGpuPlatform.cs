@@ -434,23 +434,9 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
 
     /// <summary>An element-wise region's body on the cpu reference, node by node (<paramref name="kernels"/>: its nodes'
     /// cpu kernels, made on first need).</summary>
-    Value?[] RunBodyOnHost(IKernel?[] kernels, NodeContext ctx, Value?[] ins)
-    {
-        var body = ctx.Graph("body");
-        int opset = (int)ctx.Int("opset", ctx.Opset);
-        var values = new Dictionary<string, Value?>();
-        for (int i = 0; i < body.Inputs.Count && i < ins.Length; i++) values[body.Inputs[i].Name] = ins[i];
-        for (int n = 0; n < body.Nodes.Count; n++)
-        {
-            var node = body.Nodes[n];
-            var nctx = new NodeContext(node, opset);
-            var args = node.Inputs.Select(s => s.Length == 0 ? null : values.TryGetValue(s, out var v) ? v : throw ctx.Error($"body input '{s}' has no value")).ToArray();
-            var kernel = kernels[n] ??= _host.Prepare(node, nctx, args.Select(v => v is Tensor t ? TypeRef.TensorOf(t.DType, t.Shape) : null).ToArray());
-            var outs = _host.Run(kernel, nctx, args);
-            for (int o = 0; o < node.Outputs.Length && o < outs.Length; o++) if (node.Outputs[o].Length > 0) values[node.Outputs[o]] = outs[o];
-        }
-        return body.Outputs.Select(o => values.TryGetValue(o.Name, out var v) ? v : throw ctx.Error($"body output '{o.Name}' was not produced")).ToArray();
-    }
+    Value?[] RunBodyOnHost(IKernel?[] kernels, NodeContext ctx, Value?[] ins) =>
+        Kernels.Fused.EachNode(ctx, ctx.Graph("body"), (int)ctx.Int("opset", ctx.Opset), ins, (n, nctx, args) =>
+            _host.Run(kernels[n] ??= _host.Prepare(nctx.Node, nctx, args.Select(v => v is Tensor t ? TypeRef.TensorOf(t.DType, t.Shape) : null).ToArray()), nctx, args));
 
     /// <summary>A host input (<see cref="IHostInputs"/>): uploaded when a kernel binds it; nodes it starts may run on the
     /// host. With <c>host-inputs=off</c>, the tensor itself (a plain feed).</summary>

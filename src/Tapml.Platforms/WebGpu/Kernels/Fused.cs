@@ -64,21 +64,33 @@ public static class Fused
     /// outputs.</summary>
     static GpuTensor[] NodeByNode(WebGpuPlatform g, NodeContext ctx, Graph body, int opset, GpuTensor?[] ins)
     {
-        var values = new Dictionary<string, GpuTensor>();
-        for (int i = 0; i < body.Inputs.Count && i < ins.Length; i++) if (ins[i] is { } t) values[body.Inputs[i].Name] = t;
         var made = new List<GpuTensor>();
-        foreach (var n in body.Nodes)
+        var results = EachNode(ctx, body, opset, ins, (n, nctx, args) =>
         {
-            var op = GpuOps.Find(n.Domain, n.OpType) ?? throw new UnsupportedException($"fused region '{ctx.Node.Name}': {n.OpType} has no WGSL kernel");
-            var args = n.Inputs.Select(s => s.Length == 0 ? null : values.TryGetValue(s, out var v) ? v
-                : throw ctx.Error($"body input '{s}' has no value")).ToArray();
-            var outs = g.RunOp(op, new NodeContext(n, opset), args);
-            for (int o = 0; o < n.Outputs.Length && o < outs.Length; o++)
-                if (outs[o] is GpuTensor t && n.Outputs[o].Length > 0) { values[n.Outputs[o]] = t; made.Add(t); }
+            var op = GpuOps.Find(nctx.Node.Domain, nctx.Node.OpType) ?? throw new UnsupportedException($"fused region '{ctx.Node.Name}': {nctx.Node.OpType} has no WGSL kernel");
+            var outs = g.RunOp(op, nctx, args).Select(v => v as GpuTensor).ToArray();
+            made.AddRange(outs.OfType<GpuTensor>());
+            return outs;
+        });
+        foreach (var t in made) if (!results.Any(r => ReferenceEquals(t, r) || ReferenceEquals(t.Buffer, r!.Buffer))) g.Free(t);
+        return results!;
+    }
+
+    /// <summary>A region's body node by node, wherever its values live: each node's arguments from the values made so far
+    /// (the body's inputs first, an absent one null), <paramref name="run"/> (given the node's index in the body) for its
+    /// outputs; the body's outputs, each one a node made (else an error naming it).</summary>
+    internal static T?[] EachNode<T>(NodeContext ctx, Graph body, int opset, T?[] ins, Func<int, NodeContext, T?[], T?[]> run) where T : class
+    {
+        var values = new Dictionary<string, T?>();
+        for (int i = 0; i < body.Inputs.Count && i < ins.Length; i++) values[body.Inputs[i].Name] = ins[i];
+        for (int n = 0; n < body.Nodes.Count; n++)
+        {
+            var node = body.Nodes[n];
+            var args = node.Inputs.Select(s => s.Length == 0 ? null : values.TryGetValue(s, out var v) ? v : throw ctx.Error($"body input '{s}' has no value")).ToArray();
+            var outs = run(n, new NodeContext(node, opset), args);
+            for (int o = 0; o < node.Outputs.Length && o < outs.Length; o++) if (node.Outputs[o].Length > 0 && outs[o] is not null) values[node.Outputs[o]] = outs[o];
         }
-        var results = body.Outputs.Select(o => values.TryGetValue(o.Name, out var v) ? v : throw ctx.Error($"body output '{o.Name}' was not produced")).ToArray();
-        foreach (var t in made) if (!results.Any(r => ReferenceEquals(t, r) || ReferenceEquals(t.Buffer, r.Buffer))) g.Free(t);
-        return results;
+        return body.Outputs.Select(o => values.TryGetValue(o.Name, out var v) && v is not null ? v : throw ctx.Error($"body output '{o.Name}' was not produced")).ToArray();
     }
 
     static GpuTensor[]? Elementwise(WebGpuPlatform g, NodeContext ctx, Graph body, int opset, GpuTensor?[] ins)
