@@ -436,40 +436,56 @@ public static class Fused
     {
         int P = lanes, G = Math.Max(1, Math.Min(8, 256 / P)), WG = P * G, C = (dims + P - 1) / P, U = LaneKeys;
         bool rot = r.Rcos is not null;
-        List<string> Keys(string name) => Enumerable.Range(0, U).Select(u => $"{name}{u}").ToList();
         g.LaunchGroups(new WebGpuPlatform.KernelKey("attention_lanes", $"{maskKind}|{split}|{rot}|{P}|{C}|{r.NewKey}"), () =>
         {
             var w = r.Bindings(WG);
             w.Decl($"var<workgroup> qs: array<f32, {C * P}>;\nvar<workgroup> gm: array<f32, {G}>;\nvar<workgroup> gt: array<f32, {G}>;\nvar<workgroup> ga: array<f32, {G * C * P}>;");
+            // One round of the key loop: U keys a lane group (key u's index jAt(u), live where ok(u)), their scores
+            // across the lanes, the running max, sum and output updated (online softmax).
+            void Round(System.Text.StringBuilder b, int U, Func<int, string> jAt, Func<int, string> ok, Func<int, string, string> key, Func<int, string, string> value)
+            {
+                List<string> Keys(string name) => Enumerable.Range(0, U).Select(u => $"{name}{u}").ToList();
+                for (int u = 0; u < U; u++)
+                {
+                    b.Append($"    let j{u} = {jAt(u)};\n    let ok{u} = {ok(u)};\n    var d{u} = 0.0;\n");
+                    b.Append($"    if (ok{u}) {{\n");
+                    for (int c = 0; c < C; c++) b.Append($"      if (e + {c * P}u < D) {{ d{u} += q{c} * {key(u, $"e + {c * P}u")}; }}\n");
+                    b.Append("    }\n");
+                }
+                // NOTE: the shuffles stand outside the key's branch (uniform control flow); a key past je adds zeros.
+                b.Append(BlockedMatVec.ShuffleSums(P, Keys("d"), "    "));
+                for (int u = 0; u < U; u++)
+                    b.Append($"    var s{u} = ninf;\n    if (ok{u}) {{\n      let j = j{u};\n      var sc = d{u} * scale;\n      {MaskApply(maskKind)}\n      s{u} = sc;\n    }}\n");
+                b.Append($"    let mnew = max(m, {MatMulNBits.Tree(Keys("s"), (x, y) => $"max({x}, {y})")});\n");
+                // Nothing is accumulated while every score so far is -inf; a -inf score weighs 0.
+                b.Append("    if (mnew != ninf) {\n      let corr = select(exp(m - mnew), 0.0, m == ninf);\n");
+                for (int u = 0; u < U; u++) b.Append($"      let p{u} = select(exp(s{u} - mnew), 0.0, s{u} == ninf);\n");
+                b.Append($"      l = l * corr + {MatMulNBits.Tree(Keys("p"))};\n");
+                for (int c = 0; c < C; c++)
+                {
+                    b.Append($"      if (e + {c * P}u < Dv) {{\n        var o = a{c} * corr;\n");
+                    for (int u = 0; u < U; u++) b.Append($"        if (ok{u}) {{ o += p{u} * {value(u, $"e + {c * P}u")}; }}\n");
+                    b.Append($"        a{c} = o;\n      }}\n");
+                }
+                b.Append("      m = mnew;\n    }\n");
+            }
             var b = new System.Text.StringBuilder(RowHead);
             b.Append(LoadQuery(rot, WG)).Append(r.Stage(WG));
             b.Append($"  let e = lid.x % {P}u; let grp = lid.x / {P}u;\n  workgroupBarrier();\n").Append(r.Write(WG));
             for (int c = 0; c < C; c++) b.Append($"  let q{c} = select(0.0, qs[e + {c * P}u], e + {c * P}u < D);\n");
             for (int c = 0; c < C; c++) b.Append($"  var a{c} = 0.0;\n");
-            b.Append($"  var m = ninf;\n  var l = 0.0;\n  let rounds = (je - jb + {G * U - 1}u) / {G * U}u;\n  for (var it = 0u; it < rounds; it++) {{\n");
-            for (int u = 0; u < U; u++)
+            // With a new row (kv_attention): the loop reads past keys straight from the caches (keys below the new row's
+            // index), and the new key and value take one more round after it from workgroup memory, group 0's.
+            b.Append($"  var m = ninf;\n  var l = 0.0;\n  let jk = {r.PastEnd("je")};\n  let rounds = (jk - jb + {G * U - 1}u) / {G * U}u;\n  for (var it = 0u; it < rounds; it++) {{\n");
+            Round(b, U, u => $"jb + (it * {G}u + grp) * {U}u + {u}u", u => $"j{u} < jk", (u, e) => r.PastKey($"kb + j{u} * ks + {e}"), (u, e) => r.PastValue($"vb + j{u} * vs + {e}"));
+            b.Append("  }\n");
+            if (r.New is not null)
             {
-                b.Append($"    let j{u} = jb + (it * {G}u + grp) * {U}u + {u}u;\n    let ok{u} = j{u} < je;\n    var d{u} = 0.0;\n");
-                b.Append($"    if (ok{u}) {{\n      let kr = kb + j{u} * ks;\n");
-                for (int c = 0; c < C; c++) b.Append($"      if (e + {c * P}u < D) {{ d{u} += q{c} * {r.Key($"j{u}", $"kr + e + {c * P}u", $"e + {c * P}u")}; }}\n");
-                b.Append("    }\n");
+                b.Append("  {\n");
+                Round(b, 1, _ => $"md[{r.NewAt}]", _ => $"grp == 0u && j0 >= jb && j0 < je", (_, e) => $"kn_w[{e}]", (_, e) => $"vn_w[{e}]");
+                b.Append("  }\n");
             }
-            // NOTE: the shuffles stand outside the key's branch (uniform control flow); a key past je adds zeros.
-            b.Append(BlockedMatVec.ShuffleSums(P, Keys("d"), "    "));
-            for (int u = 0; u < U; u++)
-                b.Append($"    var s{u} = ninf;\n    if (ok{u}) {{\n      let j = j{u};\n      var sc = d{u} * scale;\n      {MaskApply(maskKind)}\n      s{u} = sc;\n    }}\n");
-            b.Append($"    let mnew = max(m, {MatMulNBits.Tree(Keys("s"), (x, y) => $"max({x}, {y})")});\n");
-            // Nothing is accumulated while every score so far is -inf; a -inf score weighs 0.
-            b.Append("    if (mnew != ninf) {\n      let corr = select(exp(m - mnew), 0.0, m == ninf);\n");
-            for (int u = 0; u < U; u++) b.Append($"      let p{u} = select(exp(s{u} - mnew), 0.0, s{u} == ninf);\n");
-            b.Append($"      l = l * corr + {MatMulNBits.Tree(Keys("p"))};\n");
-            for (int c = 0; c < C; c++)
-            {
-                b.Append($"      if (e + {c * P}u < Dv) {{\n        var o = a{c} * corr;\n");
-                for (int u = 0; u < U; u++) b.Append($"        if (ok{u}) {{ o += p{u} * {r.Value($"j{u}", $"vb + j{u} * vs + e + {c * P}u", $"e + {c * P}u")}; }}\n");
-                b.Append($"        a{c} = o;\n      }}\n");
-            }
-            b.Append("      m = mnew;\n    }\n  }\n");
+
             // The groups' (max, sum, output) merged to the workgroup's max M: weights exp(m_g − M) (1 while every score
             // is -inf: 0/0 = NaN, as the cpu reference). Split: y holds, per (row, chunk), [max, total, output 0..Dv-1].
             b.Append("  if (e == 0u) { gm[grp] = m; gt[grp] = l; }\n");
@@ -643,6 +659,16 @@ fn vx_(j: u32, at: u32, e: u32) -> f32 { if (j < md[{{NewAt}}]) { return v_b[at]
             Q, K, V, .. (Mask is null ? Array.Empty<GpuTensor>() : [Mask]), .. (Rcos is null ? Array.Empty<GpuTensor>() : [Rcos, Rsin!]),
             .. (New is null ? Array.Empty<GpuTensor>() : [New.Xk, New.Xv]), .. (New?.Cos is null || Shared ? Array.Empty<GpuTensor>() : [New.Cos, New.Sin!]), y,
         ];
+
+        /// <summary>The end of the keys a kernel reads from the caches: <paramref name="je"/>, or with a new row its index
+        /// if lower (the new row then comes from workgroup memory: <see cref="Stage"/>).</summary>
+        public string PastEnd(string je) => New is null ? je : $"min({je}, md[{NewAt}])";
+
+        /// <summary>Element <paramref name="at"/> of K for a key below <see cref="PastEnd"/>.</summary>
+        public string PastKey(string at) => New is null ? $"k({at})" : $"k_b[{at}]";
+
+        /// <summary>Element <paramref name="at"/> of V for a key below <see cref="PastEnd"/>.</summary>
+        public string PastValue(string at) => New is null ? $"v({at})" : $"v_b[{at}]";
 
         /// <summary>Key <paramref name="j"/>'s element at <paramref name="at"/> of K (dim <paramref name="e"/>).</summary>
         public string Key(string j, string at, string e) => New is null ? $"k({at})" : $"kx_({j}, {at}, {e})";
