@@ -150,6 +150,27 @@ fn pword_(w: u32) -> u32 {
         ? string.Concat(Enumerable.Range(0, 8).Select(j => $"    let sx{m}_{j} = dot(xq{m}_{j}, P16);\n"))
         : string.Concat(Enumerable.Range(0, 4).Select(c => $"    let sx{m}_{c} = dot(xq{m}_{2 * c}, P16) + dot(xq{m}_{2 * c + 1}, P16);\n"));
 
+    /// <summary><c>TAPML_DIAG_Q4</c>: a measuring aid whose outputs are wrong by design (docs/benchmarks.md): <c>words</c>
+    /// reads a unit's packed words only, <c>params</c> its words, scales and zero points; either folds what it read into
+    /// the sum with a few integer operations instead of the nibble arithmetic, so a decode step's time without that
+    /// arithmetic (and, for <c>words</c>, without the block parameters) can be set against the real kernels'.</summary>
+    static readonly string? Diagnostic = Environment.GetEnvironmentVariable("TAPML_DIAG_Q4") is var d && d is "words" or "params" ? d : null;
+
+    string DiagnosticUnit(StringBuilder sb, string diag, string weights, string row, Func<int, string> acc, int wb, MatMulNBits.ZeroKind zeros, int rows, GpuStorage scales)
+    {
+        sb.Append("      var dw = wq.x ^ wq.y ^ wq.z ^ wq.w;\n");
+        if (diag == "params")
+        {
+            sb.Append(SplitWords ? $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wb}u + ((u & 31u) / {2 * wb}u) * 8u;\n"
+                : $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wb}u + ((u & 31u) / {wb}u) * 4u;\n");
+            sb.Append(ScaleLoads(scales));
+            sb.Append("      dw ^= bitcast<u32>(sv0.x + sv0.y + sv0.z + sv0.w);\n");
+            if (zeros == MatMulNBits.ZeroKind.Bytes) sb.Append("      dw ^= zp(pb >> 2u);\n");
+        }
+        for (int m = 0; m < rows; m++) sb.Append($"      {acc(m)} += f32(dw & 255u);\n");
+        return sb.Append("    }\n").ToString();
+    }
+
     /// <summary>WGSL adding weight row <paramref name="row"/>'s unit u (one vec4 of <paramref name="weights"/> at
     /// <c>row·U + u</c>) times x's unit (<c>xq{m}_{j}</c>, read at <see cref="XAt"/> and scaled by
     /// <see cref="MatMulNBits.XScale"/>) into <paramref name="acc"/>(m): its scales in one load (<see cref="ScaleLoads"/>),
@@ -162,6 +183,7 @@ fn pword_(w: u32) -> u32 {
     {
         int wb = block / 8, n = SplitWords ? 8 : 4;
         var sb = new StringBuilder($"    {{\n      let wq = {weights}[{row} * U + u];\n");
+        if (Diagnostic is { } diag) return DiagnosticUnit(sb, diag, weights, row, acc, wb, zeros, rows, scales);
         sb.Append(SplitWords ? $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wb}u + ((u & 31u) / {2 * wb}u) * 8u;\n"
             : $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wb}u + ((u & 31u) / {wb}u) * 4u;\n");
         sb.Append(ScaleLoads(scales));
