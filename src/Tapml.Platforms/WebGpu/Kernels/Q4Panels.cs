@@ -159,6 +159,8 @@ fn pword_(w: u32) -> u32 {
     string DiagnosticUnit(StringBuilder sb, string diag, string weights, string row, Func<int, string> acc, int wb, MatMulNBits.ZeroKind zeros, int rows, GpuStorage scales)
     {
         sb.Append("      var dw = wq.x ^ wq.y ^ wq.z ^ wq.w;\n");
+        // words: the block parameters' bindings stay in the kernel's layout (named, never loaded).
+        if (diag == "words") sb.Append($"      dw ^= (arrayLength(&scv_b){(zeros == MatMulNBits.ZeroKind.Bytes ? " ^ arrayLength(&zp_b)" : "")}) & u;\n");
         if (diag == "params")
         {
             sb.Append(SplitWords ? $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wb}u + ((u & 31u) / {2 * wb}u) * 8u;\n"
