@@ -15,7 +15,8 @@ public sealed class GpuKernelOptions
     public MatVecTuning MatVec { get; set; } = MatVecTuning.Rule;
     public bool KvInPlace { get; private set; } = true;
     /// <summary>A decode step's KV append inside its attention kernel (<c>kv-append=joint</c>) or a dispatch of its own
-    /// (<c>apart</c>, the rule: on an H200 the joint kernel's decode was slower, docs/benchmarks.md).</summary>
+    /// (<c>apart</c>, the rule: the joint kernel's decode was slower on an H200, and without its per-key branch 5 % slower
+    /// on an H100: 1710.6 and 1712.3 tokens/s against 1807.1 and 1807.2, docs/benchmarks.md).</summary>
     public bool KvJoint { get; private set; }
     /// <summary>Host inputs (<see cref="IHostInputs"/>) start host-run nodes (<c>host-inputs=on</c>, the default) or are
     /// plain feeds (<c>off</c>: a decode step's rotary tables run their kernel).</summary>
