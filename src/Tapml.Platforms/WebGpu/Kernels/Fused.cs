@@ -72,14 +72,14 @@ public static class Fused
             made.AddRange(outs.OfType<GpuTensor>());
             return outs;
         });
-        foreach (var t in made) if (!results.Any(r => ReferenceEquals(t, r) || ReferenceEquals(t.Buffer, r!.Buffer))) g.Free(t);
-        return results!;
+        foreach (var t in made) if (!results.Any(r => ReferenceEquals(t, r) || ReferenceEquals(t.Buffer, r.Buffer))) g.Free(t);
+        return results;
     }
 
     /// <summary>A region's body node by node, wherever its values live: each node's arguments from the values made so far
     /// (the body's inputs first, an absent one null), <paramref name="run"/> (given the node's index in the body) for its
     /// outputs; the body's outputs, each one a node made (else an error naming it).</summary>
-    internal static T?[] EachNode<T>(NodeContext ctx, Graph body, int opset, T?[] ins, Func<int, NodeContext, T?[], T?[]> run) where T : class
+    internal static T[] EachNode<T>(NodeContext ctx, Graph body, int opset, T?[] ins, Func<int, NodeContext, T?[], T?[]> run) where T : class
     {
         var values = new Dictionary<string, T?>();
         for (int i = 0; i < body.Inputs.Count && i < ins.Length; i++) values[body.Inputs[i].Name] = ins[i];
@@ -90,7 +90,7 @@ public static class Fused
             var outs = run(n, new NodeContext(node, opset), args);
             for (int o = 0; o < node.Outputs.Length && o < outs.Length; o++) if (node.Outputs[o].Length > 0 && outs[o] is not null) values[node.Outputs[o]] = outs[o];
         }
-        return body.Outputs.Select(o => values.TryGetValue(o.Name, out var v) && v is not null ? v : throw ctx.Error($"body output '{o.Name}' was not produced")).ToArray();
+        return body.Outputs.Select(o => values.GetValueOrDefault(o.Name) ?? throw ctx.Error($"body output '{o.Name}' was not produced")).ToArray();
     }
 
     static GpuTensor[]? Elementwise(WebGpuPlatform g, NodeContext ctx, Graph body, int opset, GpuTensor?[] ins)

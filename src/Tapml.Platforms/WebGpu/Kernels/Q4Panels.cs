@@ -150,6 +150,12 @@ fn pword_(w: u32) -> u32 {
         ? string.Concat(Enumerable.Range(0, 8).Select(j => $"    let sx{m}_{j} = dot(xq{m}_{j}, P16);\n"))
         : string.Concat(Enumerable.Range(0, 4).Select(c => $"    let sx{m}_{c} = dot(xq{m}_{2 * c}, P16) + dot(xq{m}_{2 * c + 1}, P16);\n"));
 
+    /// <summary>Code for <c>pb</c>, the stored position of weight row <paramref name="row"/>'s first block parameter of
+    /// unit u (blocks of <paramref name="wordsPerBlock"/> words), where the unit's parameters start.</summary>
+    string UnitBlock(string row, int wordsPerBlock) => SplitWords
+        ? $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wordsPerBlock}u + ((u & 31u) / {2 * wordsPerBlock}u) * 8u;\n"
+        : $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wordsPerBlock}u + ((u & 31u) / {wordsPerBlock}u) * 4u;\n";
+
     /// <summary><c>TAPML_DIAG_Q4</c>: a measuring aid whose outputs are wrong by design (docs/benchmarks.md): <c>words</c>
     /// reads a unit's packed words only, <c>params</c> its words, scales and zero points; either folds what it read into
     /// the sum with a few integer operations instead of the nibble arithmetic, so a decode step's time without that
@@ -163,8 +169,7 @@ fn pword_(w: u32) -> u32 {
         if (diag == "words") sb.Append($"      dw ^= (arrayLength(&scv_b){(zeros == MatMulNBits.ZeroKind.Bytes ? " ^ arrayLength(&zp_b)" : "")}) & u;\n");
         if (diag == "params")
         {
-            sb.Append(SplitWords ? $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wb}u + ((u & 31u) / {2 * wb}u) * 8u;\n"
-                : $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wb}u + ((u & 31u) / {wb}u) * 4u;\n");
+            sb.Append(UnitBlock(row, wb));
             sb.Append(ScaleLoads(scales));
             sb.Append("      dw ^= bitcast<u32>(sv0.x + sv0.y + sv0.z + sv0.w);\n");
             if (zeros == MatMulNBits.ZeroKind.Bytes) sb.Append("      dw ^= zp(pb >> 2u);\n");
@@ -186,8 +191,7 @@ fn pword_(w: u32) -> u32 {
         int wb = block / 8, n = SplitWords ? 8 : 4;
         var sb = new StringBuilder($"    {{\n      let wq = {weights}[{row} * U + u];\n");
         if (Diagnostic is { } diag) return DiagnosticUnit(sb, diag, weights, row, acc, wb, zeros, rows, scales);
-        sb.Append(SplitWords ? $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wb}u + ((u & 31u) / {2 * wb}u) * 8u;\n"
-            : $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wb}u + ((u & 31u) / {wb}u) * 4u;\n");
+        sb.Append(UnitBlock(row, wb));
         sb.Append(ScaleLoads(scales));
         bool packed = zeros == MatMulNBits.ZeroKind.Packed, zp = zeros == MatMulNBits.ZeroKind.Bytes || packed, sums = zp && zeroSums;
         if (zp && !packed) for (int v = 0; v < n / 4; v++) sb.Append($"      let zw{v} = zp((pb >> 2u) + {v}u);\n");
