@@ -549,6 +549,9 @@ public class FusionTests
     [InlineData("webgpu?q4-layout=halves&q4-zero=sum", 3, 2048, true, "swiglu", 2)]  // zero points out of the values: z·Σx a block
     [InlineData("vulkan?q4-zero=sum", 1, 1024, false, "pair", 2)]
     [InlineData("vulkan?q4-reduce=tree&q4-threads=64", 3, 1024, false, "pair", 2)]   // panels, a tree of 64 partial sums
+    [InlineData("webgpu?q4-nibbles=half", 2, 1024, true, "swiglu", 2)]          // nibbles widened as f16 subnormals (skipped where flushed)
+    [InlineData("vulkan?q4-nibbles=half&q4-layout=halves", 1, 2048, false, "pair", 2)]
+    [InlineData("opencl?q4-nibbles=half&q4-params=packed", 3, 1024, true, "qkv", 2)]
     [InlineData("webgpu", 2, 1024, true, "swiglu", 2, true)]                          // f32 scales (not all f16 values): vec4 loads
     [InlineData("vulkan?q4-layout=halves", 3, 1024, true, "qkv", 2, true)]
     [InlineData("opencl?q4-layout=halves", 40, 1024, true, "qkv", 5, true)]          // prefill over views of the halves stack, f32 scales

@@ -70,6 +70,10 @@ public class MatVecVariantTests
     [InlineData("opencl?q4-layout=halves&q4-split=2")]
     [InlineData("webgpu?q4-layout=halves&q4-zero=sum&q4-rows=3")]                   // zero points out of the values: z·Σx a block
     [InlineData("vulkan?q4-zero=sum&q4-threads=16&q4-rows=2")]
+    [InlineData("webgpu?q4-nibbles=half")]                                      // nibbles widened as f16 subnormals (skipped where the device flushes them)
+    [InlineData("vulkan?q4-nibbles=half&q4-layout=halves&q4-rows=3")]
+    [InlineData("opencl?q4-nibbles=half&q4-params=packed&q4-split=2")]
+    [InlineData("webgpu?q4-nibbles=magic&q4-threads=16")]
     [InlineData("webgpu?q4-split=2&q4-threads=8&q4-rows=2&q4-wg=64")]               // rows split in ranges of K, summed after
     [InlineData("webgpu?q4-split=3&q4-threads=4&q4-rows=3&q4-wg=32&q4-unroll=2")]    // ranges not a multiple of the threads
     [InlineData("vulkan?q4-split=4&q4-layout=rows&q4-unit=1&q4-threads=4")]

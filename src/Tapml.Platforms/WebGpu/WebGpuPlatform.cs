@@ -109,10 +109,29 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         CheckSubgroups(spec);
     }
 
+    /// <summary>Whether the device widens f16 subnormals exactly through the operations of 4-bit panel kernels whose
+    /// nibbles are f16 subnormals (<see cref="MatVecTuning.Q4Nibbles"/>): one probe kernel, run the first time it is asked.</summary>
+    public bool WidensHalfSubnormals => _halfSubnormals ??= Kernels.MatMulNBits.ProbeHalfNibbles(this);
+    bool? _halfSubnormals;
+
+    /// <summary>Whether 4-bit panel kernels make nibbles floats as f16 subnormals: <c>q4-nibbles</c> if given (<c>half</c>
+    /// on a device that flushes them is an error), else <see cref="MatVecTuning.Q4HalfRule"/> where the device keeps them.</summary>
+    internal bool Q4HalfNibbles => MatVec.Q4Nibbles switch
+    {
+        "half" => WidensHalfSubnormals ? true : throw new UnsupportedException($"{Kind}: q4-nibbles=half needs f16 subnormals widened exactly, and {Description} does not (its probe kernel's sums differ)"),
+        "magic" => false,
+        _ => MatVecTuning.Q4HalfRule && WidensHalfSubnormals,
+    };
+
     /// <summary>A matrix-vector knob asking for subgroup reductions on a device without subgroup shuffles is one clear
-    /// error (not a silent fallback).</summary>
+    /// error (not a silent fallback); so is <c>q4-nibbles=half</c> on a device that flushes f16 subnormals.</summary>
     void CheckSubgroups(string spec)
     {
+        if (MatVec.Q4Nibbles == "half" && !WidensHalfSubnormals)
+        {
+            Device.Dispose();
+            throw new UnsupportedException($"platform '{spec}': q4-nibbles=half needs f16 subnormals widened exactly, and this device does not (its probe kernel's sums differ)");
+        }
         if (!MatVec.WantsSubgroups && Options.AttentionLanes != true || Device.Info.Subgroups) return;
         Device.Dispose();
         throw new UnsupportedException($"platform '{spec}': q4-reduce=subgroup / f16-reduce=subgroup / attn-decode=lanes need subgroup shuffles, which this device does not offer (tapml platforms lists them)");

@@ -81,8 +81,16 @@ public sealed record MatVecTuning
     /// (<c>apart</c>, the rule: a load of scales and one of zero-point bytes). H100, 8B shape, in one call: packed 1771.9
     /// decode tokens/s against 1807.1 and 1807.2 apart (docs/benchmarks.md).</summary>
     public bool Q4PackedParams { get; init; }
+    /// <summary>How panel kernels make a nibble a float: <c>half</c>, two nibbles 16 bits apart masked in place into the
+    /// mantissas of two f16 subnormals and widened by <c>unpack2x16float</c> (exact where the device widens f16
+    /// subnormals, which <see cref="WebGpuPlatform.WidensHalfSubnormals"/> checks; x scaled up by 2^24 as it is loaded,
+    /// zero points taken out as z·Σx a block), or <c>magic</c> (or-ed into the mantissa of 2^23, then 2^23 and the zero
+    /// point subtracted). Null: <see cref="Q4HalfRule"/> where the device widens f16 subnormals.</summary>
+    public string? Q4Nibbles { get; init; }
+    /// <summary>Whether the rule makes nibbles f16 subnormals where the device widens them exactly: no (not yet measured).</summary>
+    public const bool Q4HalfRule = false;
     /// <summary>What decides how a 4-bit weight is laid out on the GPU: a weight made under another value is made again.</summary>
-    internal Q4WeightLayout WeightLayout => new(Panels, Q4F32Scales, Q4PackedParams, Q4ZeroSum);
+    internal Q4WeightLayout WeightLayout => new(Panels, Q4F32Scales, Q4PackedParams, Q4ZeroSum, Q4Nibbles);
     /// <summary>The rule's 4-bit layout where it fits: <c>panels</c> (H100, 8B shape: <c>halves</c> decodes within 2 % of
     /// it and prefills 10 % slower; docs/benchmarks.md).</summary>
     public const string Q4LayoutRule = "panels";
@@ -98,7 +106,7 @@ public sealed record MatVecTuning
     /// 1432.3 tokens/s with <c>q4-split=4</c>, 1139.1 with 2, against 1696.1 unsplit; docs/benchmarks.md).</summary>
     public const int Q4SplitRule = 1;
 
-    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial|subgroup, q4-unit=1|2|4, q4-loads=first|inline, q4-layout=panels|halves|rows, q4-zero=each|sum, q4-scales=f16|f32, q4-params=packed|apart, q4-split=N, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial|subgroup, f16-unpack=bits|native";
+    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial|subgroup, q4-unit=1|2|4, q4-loads=first|inline, q4-layout=panels|halves|rows, q4-zero=each|sum, q4-scales=f16|f32, q4-params=packed|apart, q4-nibbles=half|magic, q4-split=N, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial|subgroup, f16-unpack=bits|native";
 
     /// <summary>This tuning with one spec option applied, or null when <paramref name="key"/> is not a matrix-vector knob.</summary>
     public MatVecTuning? With(string spec, string key, string value)
@@ -123,6 +131,7 @@ public sealed record MatVecTuning
             "q4-zero" => this with { Q4ZeroSum = value switch { "sum" => true, "each" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be sum or each") } },
             "q4-scales" => this with { Q4F32Scales = value switch { "f32" => true, "f16" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be f16 or f32") } },
             "q4-params" => this with { Q4PackedParams = value switch { "packed" => true, "apart" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be packed or apart") } },
+            "q4-nibbles" => this with { Q4Nibbles = value is "half" or "magic" ? value : throw new TapmlException($"platform '{spec}': {key}={value} must be half or magic") },
             "q4-split" => this with { Q4Split = Count(16) },
             "q4-unit" => this with { Q4Words = value is "1" or "2" or "4" ? int.Parse(value) : throw new TapmlException($"platform '{spec}': {key}={value} must be 1, 2 or 4") },
             "f16-threads" => this with { F16Threads = Count(256) },
@@ -187,7 +196,7 @@ public sealed record MatVecTuning
 }
 
 /// <summary>The tuning's knobs that decide how a 4-bit weight is laid out on the GPU (<see cref="MatVecTuning.WeightLayout"/>).</summary>
-internal readonly record struct Q4WeightLayout(Q4Panels? Panels, bool F32Scales, bool PackedParams, bool ZeroSum);
+internal readonly record struct Q4WeightLayout(Q4Panels? Panels, bool F32Scales, bool PackedParams, bool ZeroSum, string? Nibbles);
 
 /// <summary>Launches made under one <see cref="MatVecTuning"/>, by key: the tuning is immutable and the platform
 /// replaces it when an option changes, so it is compared by reference (a decode step does not hash its fields) and a

@@ -139,6 +139,9 @@ static class MatMulNBits
         });
     }
 
+    /// <summary>Whether a panel kernel's nibbles are f16 subnormals (<see cref="WebGpuPlatform.Q4HalfNibbles"/>): panels, float x.</summary>
+    internal static bool HalfNibbled(WebGpuPlatform g, Q4Panels? panels, bool a8) => panels is not null && !a8 && g.Q4HalfNibbles;
+
     /// <summary>Whether a weight's blocks keep scale and zero point in one u32 (<see cref="ZeroKind.Packed"/>): panels of
     /// whole words (<see cref="Q4Panels.Words"/>), byte zero points, f16 scales, no zero sums, <c>q4-params=packed</c>.</summary>
     internal static bool Packs(WebGpuPlatform g, Q4Panels? panels, ZeroKind zeros, bool halfScales) =>
@@ -359,7 +362,7 @@ static class MatMulNBits
         string variant = $"{w.BlockSize}|{Zero(p)}|{bias}|{rs}|{Wgsl.Letters([x.Storage, p.Scales.Storage])}|{(int)yType}|{a8}|{p.Panels}";
         var (gx, gy) = BlockedMatVec.Grid(g, w.N, shape);
         string unit = a8 ? "_a8" : p.Panels is { } pl ? pl.Suffix : words == 4 ? "_w" : words == 2 ? "_w2" : "";
-        return new VecLaunch(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{words}|{vec}|{shape}|{rows}|{g.MatVec.Q4Hoist}|{g.MatVec.Q4ZeroSum}"),
+        return new VecLaunch(new WebGpuPlatform.KernelKey("nbits_matvec", $"{variant}|{words}|{vec}|{shape}|{rows}|{g.MatVec.Q4Hoist}|{g.MatVec.Q4ZeroSum}|{HalfNibbled(g, p.Panels, a8)}"),
             $"MatMulNBits_matvec_t{shape.Threads}r{shape.Rows}{unit}{(split > 1 ? $"_k{split}" : residual ? "_add" : "")}_r{rows}", shape, words, units, vec, gx, gy);
     }
 
@@ -494,8 +497,86 @@ static class MatMulNBits
     /// <summary>x's vec4 scale as it is loaded: lane i times 16^−i (exact), matching nibble i's place in a half-word.</summary>
     internal const string XScale = "vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625)";
 
-    /// <summary>The lane of <see cref="XScale"/> that scales x's value at K index <paramref name="k"/>.</summary>
-    internal static float XScaleOf(long k) => 1f / (1 << (int)(4 * (k & 3)));
+    /// <summary>The lane of <see cref="XScale"/> that scales x's value at K index <paramref name="k"/>; with
+    /// <paramref name="half"/>, of <see cref="XScaleFor"/>'s half-nibble scale.</summary>
+    internal static float XScaleOf(long k, bool half = false) => half ? (k & 1) == 0 ? 16777216f : 1048576f : 1f / (1 << (int)(4 * (k & 3)));
+
+    /// <summary>x's vec4 scale as it is loaded: <see cref="XScale"/>, or for nibbles made floats as f16 subnormals
+    /// (<see cref="HalfNibbles"/>) 2^24 for lanes 0 and 2 and 2^20 for lanes 1 and 3, which makes each product n·x.
+    /// |x| must stay below 2^104.</summary>
+    internal static string XScaleFor(bool half) => half ? "vec4<f32>(16777216.0, 1048576.0, 16777216.0, 1048576.0)" : XScale;
+
+    /// <summary>Lets where nibbles are f16 subnormals: the masks of a u32's nibbles 0 and 4 and of 1 and 5 (<c>HM</c>,
+    /// <c>HN</c>), <c>PH</c> (a dot of it with scaled x is Σx·2^24: a block sum on the scale of the zero points read as
+    /// f16 subnormals, z·2^-24) and <c>Z8H</c>, weights without zero points' 8 on that scale (2^-21, a normal f32).</summary>
+    internal const string HalfPrologue = "  let HM = 983055u; let HN = 15728880u;\n  let PH = vec4<f32>(1.0, 16.0, 1.0, 16.0);\n  let Z8H = 0.000000476837158203125;\n";
+
+    /// <summary>WGSL lets <c>qa{i}</c> and <c>qb{i}</c>, the nibbles of <paramref name="word"/>'s low and high half-words
+    /// times 2^-24 (lanes 1 and 3 times 16 more): each pair of nibbles 16 bits apart masked in place into the mantissas of
+    /// two f16 subnormals that <c>unpack2x16float</c> makes f32 exactly (nibbles 2, 3, 6 and 7 after one shift by 8).
+    /// Four masks, one shift and four conversions a word, where <see cref="NibbleFloats"/> takes eight masks, a shift
+    /// and eight subtractions. The zero point is then taken out as z·Σx a block.</summary>
+    internal static string HalfNibbles(string indent, int i, string word) =>
+        $"{indent}let ul{i} = unpack2x16float({word} & HM);\n{indent}let uh{i} = unpack2x16float({word} & HN);\n" +
+        $"{indent}let vw{i} = {word} >> 8u;\n{indent}let gl{i} = unpack2x16float(vw{i} & HM);\n{indent}let gh{i} = unpack2x16float(vw{i} & HN);\n" +
+        $"{indent}let qa{i} = vec4<f32>(ul{i}.x, uh{i}.x, gl{i}.x, gh{i}.x);\n{indent}let qb{i} = vec4<f32>(ul{i}.y, uh{i}.y, gl{i}.y, gh{i}.y);\n";
+
+    /// <summary>A zero-point byte (the low 8 bits of <paramref name="word"/>) as an f16 subnormal made f32: z·2^-24.</summary>
+    internal static string HalfZero(string word) => $"unpack2x16float(({word}) & 255u).x";
+
+    /// <summary>Runs one small kernel with the panel kernels' operations where nibbles are f16 subnormals
+    /// (<see cref="HalfNibbles"/>, <see cref="HalfZero"/>, their dots with scaled x) and compares its sums, exact in f32,
+    /// with the host's: false where the device flushes f16 subnormals to zero as it widens them (which WGSL allows) or
+    /// computes them otherwise.</summary>
+    internal static bool ProbeHalfNibbles(WebGpuPlatform g)
+    {
+        const int n = 64;
+        var rng = new Random(7);
+        var words = new uint[n];
+        var zeros = new uint[n];
+        var xs = new float[8 * n];
+        var want = new float[n];
+        for (int i = 0; i < n; i++)
+        {
+            words[i] = (uint)rng.NextInt64(0, 1L << 32);
+            zeros[i] = (uint)rng.Next(0, 256);
+            double sum = 0;
+            int e = rng.Next(-30, 31);
+            for (int j = 0; j < 8; j++)
+            {
+                // Small integers times 2^(e..e+3), e from -30 to 30 across threads: every product and sum is exact in f32.
+                xs[8 * i + j] = MathF.ScaleB(rng.Next(-8, 9), e + rng.Next(0, 4));
+                sum += (double)xs[8 * i + j] * (((words[i] >> (4 * j)) & 15) - (double)zeros[i]);
+            }
+            want[i] = (float)sum;
+        }
+        string xsc = XScaleFor(true);
+        string body = $$"""
+{{HalfPrologue}}  let w = wq(i);
+  let xa = vec4<f32>(x(8u * i), x(8u * i + 1u), x(8u * i + 2u), x(8u * i + 3u)) * {{xsc}};
+  let xb = vec4<f32>(x(8u * i + 4u), x(8u * i + 5u), x(8u * i + 6u), x(8u * i + 7u)) * {{xsc}};
+{{HalfNibbles("  ", 0, "w")}}  let zh = {{HalfZero("zq(i)")}};
+  y_st(i, (dot(qa0, xa) + dot(qb0, xb)) - zh * (dot(xa, PH) + dot(xb, PH)));
+""";
+        var tw = g.UploadTemporary(new Tensor(DType.UInt32, [n], words));
+        var tz = g.UploadTemporary(new Tensor(DType.UInt32, [n], zeros));
+        var tx = g.UploadTemporary(new Tensor(DType.Float32, [8 * n], xs));
+        var y = g.Empty(DType.Float32, [n]);
+        try
+        {
+            var meta = new Meta();
+            meta.Add(n);
+            g.Launch(new WebGpuPlatform.KernelKey("half_nibble_probe", ""), () => new Wgsl(g.Workgroup).In("wq", tw).In("zq", tz).In("x", tx).Out("y", DType.Float32).Build(body),
+                "HalfNibbleProbe", [tw, tz, tx, y], meta, n);
+            var got = g.Download(y).As<float>();
+            for (int i = 0; i < n; i++) if (BitConverter.SingleToInt32Bits(got[i]) != BitConverter.SingleToInt32Bits(want[i])) return false;
+            return true;
+        }
+        finally
+        {
+            g.Free(tw); g.Free(tz); g.Free(tx); g.Free(y);
+        }
+    }
 
     /// <summary>WGSL adding one unit (<paramref name="words"/> u32 words: 8 values each) of weight row <paramref name="row"/>
     /// (words at <c>row·U + u</c> of <paramref name="weights"/>, blocks at <c>row·KB</c>) times x's unit (<c>xq{m}_{j}</c>,
@@ -616,10 +697,11 @@ static class MatMulNBits
     static string MatVecCode(WebGpuPlatform g, GpuTensor x, DType y, int block, ZeroKind zeros, bool bias, bool residual, GpuTensor scales, int words, bool vec, MatVecShape shape, int rows, bool a8 = false, Q4Panels? panels = null)
     {
         bool zeroSums = panels is not null && !a8 && zeros == ZeroKind.Bytes && g.MatVec.Q4ZeroSum;
+        bool half = HalfNibbled(g, panels, a8);
         var w = Declare(x, y, zeros, bias, scales, vec || a8, shape.Workgroup, words, residual, a8 ? A8Read.Vec4 : A8Read.None, panels);
         string weights = Weights(words);
         string Row(int r) => a8 ? UnitCodeA8(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows)
-            : panels is not null ? panels.UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows, scales.Storage, zeroSums)
+            : panels is not null ? panels.UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, rows, scales.Storage, zeroSums, half)
             : UnitCode(weights, $"row{r}", m => $"a{r}_{m}", block, zeros, words, rows);
         bool hoist = !a8 && panels is null && g.MatVec.Q4Hoist;
         var f = new BlockedMatVec.Format
@@ -627,10 +709,10 @@ static class MatMulNBits
             UnitValues = 8 * words,
             XAt = panels is null ? null : panels.XAt,
             UnitHead = panels?.UnitHead ?? "",
-            PerUnit = zeroSums ? panels!.BlockSums : null,
-            XScale = a8 ? null : XScale,
+            PerUnit = half ? m => panels!.BlockSums(m, "PH") : zeroSums ? panels!.BlockSums : null,
+            XScale = a8 ? null : XScaleFor(half),
             LoadUnit = a8 ? m => LoadA8(m, $"m0 + {m}u", block) : null,
-            Prologue = "  let KB = md[3];\n" + (a8 ? "  let QP = md[7] / 4u;\n" : UnitPrologue),
+            Prologue = "  let KB = md[3];\n" + (a8 ? "  let QP = md[7] / 4u;\n" : UnitPrologue + (half ? HalfPrologue : "")),
             Row = Row,
             Rows = hoist ? n => UnitRows(weights, Enumerable.Range(0, n).Select(r => ($"row{r}", (Func<int, string>)(m => $"a{r}_{m}"))).ToList(), block, zeros, words, rows, true) : null,
             // NOTE: (sum + bias) + r: the order the cpu reference adds MatMulNBits' bias and then the region's Add. Split:

@@ -37,6 +37,9 @@ static class ProjectionsNBits
         /// <summary>The tuning's <see cref="MatVecTuning.WeightLayout"/> when this was made: a platform whose tuning
         /// changes it (<c>bench q4-sweep</c>, a test) lays the weights out again.</summary>
         public required Q4WeightLayout LayoutAsked;
+        /// <summary>Nibbles are f16 subnormals (<see cref="MatMulNBits.HalfNibbled"/>): γ in <see cref="Consts"/> carries
+        /// <see cref="MatMulNBits.XScaleFor"/>'s scale.</summary>
+        public required bool HalfNibbles;
         public required int K, BlockSize, KBlocks;
         public required long RowWords;
         /// <summary>First stacked row of each weight (plan order).</summary>
@@ -95,9 +98,10 @@ static class ProjectionsNBits
         var panels = g.MatVec.Panels is { } pl && Q4Panels.Fits(rowWords, w0.BlockSize, kind, int8[0]) ? pl : null;
         float[] Blocks(float[] v) => panels?.PermuteBlocks<float>(v, w0.BlockSize / 8) ?? v;
         if (MatMulNBits.Packs(g, panels, kind, halfScales)) kind = MatMulNBits.ZeroKind.Packed;
+        bool half = MatMulNBits.HalfNibbled(g, panels, int8[0]);
         st = new Stacked
         {
-            Owner = g, Sources = [.. sources], Keys = keys, ZeroKind = kind, Int8 = int8[0], Panels = panels, LayoutAsked = g.MatVec.WeightLayout,
+            Owner = g, Sources = [.. sources], Keys = keys, ZeroKind = kind, Int8 = int8[0], Panels = panels, LayoutAsked = g.MatVec.WeightLayout, HalfNibbles = half,
             K = w0.K, BlockSize = w0.BlockSize, KBlocks = w0.KBlocks, RowWords = rowWords, RowAt = rowAt, VectorsAt = vectorsAt,
             Words = g.Concatenated([keys[0], .. parts.Select(p => p.B)], () =>
             {
@@ -122,7 +126,7 @@ static class ProjectionsNBits
                 if (gamma is not null) Projections.Floats(gamma).CopyTo(all, 0);
                 // γ times the unit code's x scale (16^-(k mod 4), MatMulNBits.XScale): x·γ' is then the scaled x with
                 // one product fewer a value, the same floats (a power of two commutes with rounding).
-                for (long i = 0; i < (gamma?.Length ?? 0); i++) all[i] *= MatMulNBits.XScaleOf(i);
+                for (long i = 0; i < (gamma?.Length ?? 0); i++) all[i] *= MatMulNBits.XScaleOf(i, half);
                 long at = vectorsAt;
                 foreach (var v in vectors) { Projections.Floats(v).CopyTo(all, at); at += v.Length; }
                 return new Tensor(DType.Float32, [all.Length], all);
@@ -200,7 +204,7 @@ static class ProjectionsNBits
         // x staged in workgroup memory (q4-xs=1): chunks of units that fit beside the partial sums.
         int chunk = !shape.SharedX ? 0 : (int)Math.Min(units, (lim.MaxWorkgroupStorageBytes - (long)Slots(R) * WG * 4) / (rows * words * 2 * 16L));
         var layout = new MatVecShape(T, R, WG, chunk > 0, shape.Unroll, shape.Tree, shape.Subgroup);
-        var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}|{a8}|{g.MatVec.Q4Hoist}|{g.MatVec.Q4ZeroSum}|{st.Panels}", ctx.Node),
+        var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}|{a8}|{g.MatVec.Q4Hoist}|{g.MatVec.Q4ZeroSum}|{st.Panels}|{st.HalfNibbles}", ctx.Node),
             () => Code(plan, st, x, rows, layout, chunk, words, vec, eps, x.DType, a8, consts, g.MatVec.Q4Hoist, g.MatVec.Q4ZeroSum), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}{(a8 ? "_a8" : "")}_t{T}c{R}_r{rows}");
         return new Launch(pipeline, units, columns, consts, bindings, gx, gy);
     }
@@ -231,6 +235,8 @@ static class ProjectionsNBits
         }
         MatMulNBits.DeclareWords(w, binding, Math.Min(words, 4));
         bool zeroSums = st.Panels is not null && !a8 && st.ZeroKind == MatMulNBits.ZeroKind.Bytes && zeroSum;
+        bool half = st.HalfNibbles && !a8;
+        string xScale = MatMulNBits.XScaleFor(half);
         MatMulNBits.DeclareScales(w, st.Scales, st.Panels);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Bytes) w.In("zp", GpuStorage.U32);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Floats) w.In("zp", GpuStorage.F32);
@@ -260,7 +266,7 @@ static class ProjectionsNBits
         }
         string RowOf(int o, int q, string c) => $"{st.RowAt[plan.ProductWeight[plan.Outputs[o].Products[q]]]}u + {c} - {starts[o]}u";
         var b = new StringBuilder();
-        b.Append("  let K = md[0]; let U = md[1]; let KB = md[2]; let C = md[3];\n").Append(a8 ? "  let QP = md[4] / 4u;\n" : MatMulNBits.UnitPrologue);
+        b.Append("  let K = md[0]; let U = md[1]; let KB = md[2]; let C = md[3];\n").Append(a8 ? "  let QP = md[4] / 4u;\n" : MatMulNBits.UnitPrologue + (half ? MatMulNBits.HalfPrologue : ""));
         b.Append($"  let t = lid.x % {T}u;\n  let wgi = wid.x + wid.y * nwg.x;\n  let cb = (wgi * {G}u + lid.x / {T}u) * {R}u;\n");
         for (int r = 0; r < R; r++)
         {
@@ -280,7 +286,7 @@ static class ProjectionsNBits
                 weightRows.Add(($"w{r}_{q}", m => $"a{rr}_{qq}_{m}"));
             }
         string rowsCode = a8 ? string.Concat(weightRows.Select(wr => MatMulNBits.UnitCodeA8(weights, wr.Row, wr.Acc, st.BlockSize, st.ZeroKind, M)))
-            : st.Panels is { } pl ? string.Concat(weightRows.Select(wr => pl.UnitCode(weights, wr.Row, wr.Acc, st.BlockSize, st.ZeroKind, M, st.Scales.Storage, zeroSums)))
+            : st.Panels is { } pl ? string.Concat(weightRows.Select(wr => pl.UnitCode(weights, wr.Row, wr.Acc, st.BlockSize, st.ZeroKind, M, st.Scales.Storage, zeroSums, half)))
             : MatMulNBits.UnitRows(weights, weightRows, st.BlockSize, st.ZeroKind, words, M, hoist);
         // γ's four values from K index k (vec4 index k / 4 where x is read as vec4s).
         string Gamma(string name, string k, string indent) =>
@@ -309,7 +315,7 @@ static class ProjectionsNBits
             }
             b.Append($$"""
       }
-      xsh[{{BlockedMatVec.XshAt("m", "el", J, cj)}}] = v{{(norm ? "" : $" * {MatMulNBits.XScale}")}};
+      xsh[{{BlockedMatVec.XshAt("m", "el", J, cj)}}] = v{{(norm ? "" : $" * {xScale}")}};
     }
 
 """);
@@ -328,9 +334,10 @@ static class ProjectionsNBits
                 {
                     b.Append($"    let xr{m}_{jj} = {Load($"{m}u", XAt(jj))};\n");
                     if (norm) b.Append($"    s{m} += dot(xr{m}_{jj}, xr{m}_{jj});\n");
-                    b.Append($"    let xq{m}_{jj} = xr{m}_{jj} * {(norm ? $"g{jj}" : MatMulNBits.XScale)};\n");
+                    b.Append($"    let xq{m}_{jj} = xr{m}_{jj} * {(norm ? $"g{jj}" : xScale)};\n");
                 }
-            if (zeroSums) for (int m = 0; m < M; m++) b.Append(st.Panels!.BlockSums(m));
+            if (half) for (int m = 0; m < M; m++) b.Append(st.Panels!.BlockSums(m, "PH"));
+            else if (zeroSums) for (int m = 0; m < M; m++) b.Append(st.Panels!.BlockSums(m));
             b = b0.Append(BlockedMatVec.UnitLoop(T, layout.Unroll, b.Append(rowsCode).ToString()));
         }
         // Partials: slot (r·P + q)·M + m, then Σ x² of x row m at slot R·P·M + m; thread (group gi, t) writes red[slot·WG + gi·T + t].

@@ -146,15 +146,45 @@ fn pword_(w: u32) -> u32 {
     /// of x's values (γ applied, <see cref="MatMulNBits.XScale"/> undone: a dot with P16) over each block part a lane's
     /// unit covers (<c>sx{m}_{p}</c>: each half-word for <see cref="Halves"/>, each word for <see cref="Words"/>), which
     /// every weight row of the unit shares.</summary>
-    public string BlockSums(int m) => SplitWords
-        ? string.Concat(Enumerable.Range(0, 8).Select(j => $"    let sx{m}_{j} = dot(xq{m}_{j}, P16);\n"))
-        : string.Concat(Enumerable.Range(0, 4).Select(c => $"    let sx{m}_{c} = dot(xq{m}_{2 * c}, P16) + dot(xq{m}_{2 * c + 1}, P16);\n"));
+    public string BlockSums(int m) => BlockSums(m, "P16");
+
+    /// <summary><see cref="BlockSums(int)"/> with <paramref name="undo"/> in place of P16 (the vec4 a dot with scaled x
+    /// takes to its sum, or to a multiple of it).</summary>
+    public string BlockSums(int m, string undo) => SplitWords
+        ? string.Concat(Enumerable.Range(0, 8).Select(j => $"    let sx{m}_{j} = dot(xq{m}_{j}, {undo});\n"))
+        : string.Concat(Enumerable.Range(0, 4).Select(c => $"    let sx{m}_{c} = dot(xq{m}_{2 * c}, {undo}) + dot(xq{m}_{2 * c + 1}, {undo});\n"));
 
     /// <summary>Code for <c>pb</c>, the stored position of weight row <paramref name="row"/>'s first block parameter of
     /// unit u (blocks of <paramref name="wordsPerBlock"/> words), where the unit's parameters start.</summary>
     string UnitBlock(string row, int wordsPerBlock) => SplitWords
         ? $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wordsPerBlock}u + ((u & 31u) / {2 * wordsPerBlock}u) * 8u;\n"
         : $"      let pb = {row} * KB + (u >> 5u) * {PanelWords / wordsPerBlock}u + ((u & 31u) / {wordsPerBlock}u) * 4u;\n";
+
+    /// <summary>The rest of <see cref="UnitCode"/> where nibbles are f16 subnormals (<see cref="MatMulNBits.HalfNibbles"/>):
+    /// each part of the unit that lies in one block (a word, or a half-word for <see cref="Halves"/>) adds Σn·x less its
+    /// zero point times its block sum (<see cref="BlockSums(int, string)"/> with <c>PH</c>: Σx·2^24; <paramref name="zero"/>(i),
+    /// block i's zero point as z·2^-24, null: 8, <c>Z8H</c>), times its scale.</summary>
+    string HalfUnit(StringBuilder sb, Func<int, string> acc, int rows, int n, Func<int, string>? zero, Func<int, string> scale)
+    {
+        var terms = Enumerable.Range(0, rows).Select(_ => new List<string>()).ToArray();
+        if (zero is not null) for (int i = 0; i < n; i++) sb.Append($"      let zh{i} = {zero(i)};\n");
+        string Zh(int i) => zero is null ? "Z8H" : $"zh{i}";
+        for (int c = 0; c < 4; c++)
+        {
+            sb.Append(MatMulNBits.HalfNibbles("      ", c, $"wq.{"xyzw"[c]}"));
+            for (int m = 0; m < rows; m++)
+            {
+                if (SplitWords)
+                {
+                    terms[m].Add($"{scale(2 * c)} * (dot(qa{c}, xq{m}_{2 * c}) - {Zh(2 * c)} * sx{m}_{2 * c})");
+                    terms[m].Add($"{scale(2 * c + 1)} * (dot(qb{c}, xq{m}_{2 * c + 1}) - {Zh(2 * c + 1)} * sx{m}_{2 * c + 1})");
+                }
+                else terms[m].Add($"{scale(c)} * ((dot(qa{c}, xq{m}_{2 * c}) + dot(qb{c}, xq{m}_{2 * c + 1})) - {Zh(c)} * sx{m}_{c})");
+            }
+        }
+        for (int m = 0; m < rows; m++) sb.Append($"      {acc(m)} += {MatMulNBits.Tree(terms[m])};\n");
+        return sb.Append("    }\n").ToString();
+    }
 
     /// <summary><c>TAPML_DIAG_Q4</c>: a measuring aid whose outputs are wrong by design (docs/benchmarks.md): <c>words</c>
     /// reads a unit's packed words only, <c>params</c> its words, scales and zero points; either folds what it read into
@@ -186,7 +216,7 @@ fn pword_(w: u32) -> u32 {
     /// <paramref name="zeroSums"/> (byte zero points), the nibbles less 8 only (a constant), and each block's zero
     /// point times x's sum over the block part (<see cref="BlockSums"/>) subtracted once: Σ(q − z)·x as Σq·x − z·Σx,
     /// two operations a block in place of a vec4 of constants.</summary>
-    public string UnitCode(string weights, string row, Func<int, string> acc, int block, MatMulNBits.ZeroKind zeros, int rows, GpuStorage scales, bool zeroSums = false)
+    public string UnitCode(string weights, string row, Func<int, string> acc, int block, MatMulNBits.ZeroKind zeros, int rows, GpuStorage scales, bool zeroSums = false, bool half = false)
     {
         int wb = block / 8, n = SplitWords ? 8 : 4;
         var sb = new StringBuilder($"    {{\n      let wq = {weights}[{row} * U + u];\n");
@@ -199,6 +229,7 @@ fn pword_(w: u32) -> u32 {
         // byte of ZeroWord(i).
         string Scale(int i) => $"sv{i / 4}.{"xyzw"[i % 4]}";
         string ZeroWord(int i) => packed ? $"pq.{"xyzw"[i]} >> 16u" : $"zw{i / 4} >> {8 * (i % 4)}u";
+        if (half) return HalfUnit(sb, acc, rows, n, zp ? i => MatMulNBits.HalfZero(ZeroWord(i)) : null, Scale);
         string Zero(int i) => $"vec4<f32>({MatMulNBits.ZeroMagic(ZeroWord(i))}) * P16 + CK";
         // The zero point less 8 as a float (the nibbles are made floats less 8: C8).
         string ZeroLess8(int i) => $"({MatMulNBits.ZeroMagic(ZeroWord(i))} - 8388616.0)";
