@@ -28,6 +28,8 @@ static class BenchMatVecVariants
         Console.WriteLine($"device: {g.Description}");
         (int K, int N)[] shapes = tiny ? [(256, 256), (1000, 96), (256, 1000)] : [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 128256)];
         var q4 = Q4Variants(tiny);
+        // Nibbles widened as f16 subnormals only where the device widens them exactly (its probe kernel).
+        if (!tiny && g.WidensHalfSubnormals) q4.Insert(1, new("panels rule half nibbles", new MatVecTuning { Q4Nibbles = "half" }));
         var f16 = F16Variants(tiny);
         int calls = tiny ? 4 : 50;
         var f32Ms = new double[shapes.Length];
@@ -204,6 +206,7 @@ static class BenchMatVecVariants
         if (t.Q4ZeroSum) o.Add("q4-zero=sum");
         if (t.Q4F32Scales) o.Add("q4-scales=f32");
         if (t.Q4PackedParams) o.Add("q4-params=packed");
+        if (t.Q4Nibbles is { } nb) o.Add($"q4-nibbles={nb}");
         Int("f16-threads", t.F16Threads); Int("f16-rows", t.F16Rows); Int("f16-wg", t.F16Workgroup); Int("f16-unroll", t.F16Unroll);
         if (t.F16SharedX is { } fx) o.Add($"f16-xs={(fx ? 1 : 0)}");
         if (t.F16Native is { } nat) o.Add($"f16-unpack={(nat ? "native" : "bits")}");
