@@ -152,7 +152,9 @@ public sealed record MatVecTuning
     /// H100s, docs/benchmarks.md): 64 threads a row (in the row layout 32 for N ≥ 65536, an lm_head; never more than the
     /// row has units), as many rows a thread (up to 8; up to 4 in <paramref name="panels"/>' 16-byte units) as keep
     /// N·threads/rows at 65536 threads or more, 128 threads a workgroup, x from the storage buffer, partial sums added by
-    /// shuffles over <paramref name="subgroup"/> lanes (the device's smallest subgroup; 0: none) before workgroup memory.</summary>
+    /// shuffles over <paramref name="subgroup"/> lanes (the device's smallest subgroup; 0: none) before workgroup memory.
+    /// On the 8B shape's decode (H100, host-paced call, docs/benchmarks.md) <c>q4-unroll=2</c>, <c>q4-rows=2</c>,
+    /// <c>q4-threads=128&amp;q4-wg=256</c> and <c>q4-wg=256</c> each decoded below this rule.</summary>
     public MatVecShape Q4(long n, long units, int maxWorkgroup, int subgroup = 0, bool panels = false)
     {
         int t = Q4Threads > 0 ? Q4Threads : Math.Min(n >= 65536 && !panels ? 32 : 64, Math.Max(4, Wgsl.FloorPow2(units)));
