@@ -81,10 +81,7 @@ public class MatVecVariantTests
     public void Q4_decode_layouts_match_cpu(string spec)
     {
         WebGpuTests.SkipIfNoDawn(spec);
-        IPlatform made;
-        try { made = PlatformRegistry.Create(spec); }
-        catch (UnsupportedException e) { Assert.Skip(e.Message); return; }
-        using var gpu = made;
+        using var gpu = TestPlatforms.CreateOrSkip(spec);
         var cases = Q4Cases.Select(c => (c, Half: false))
             .Concat(HalfScaleCases.Select(h => ((h.M, h.K, h.N, h.Block, h.Zp, T: DType.Float32, h.Bias), Half: true)));
         foreach (var (c, half) in cases)
@@ -106,10 +103,7 @@ public class MatVecVariantTests
     public void Half_nibble_probe_passes_on_software_adapters(string spec)
     {
         WebGpuTests.SkipIfNoDawn(spec);
-        IPlatform made;
-        try { made = PlatformRegistry.Create(spec); }
-        catch (UnsupportedException e) { Assert.Skip(e.Message); return; }
-        using var p = made;
+        using var p = TestPlatforms.CreateOrSkip(spec);
         var g = Assert.IsType<Tapml.Platforms.WebGpu.WebGpuPlatform>(p);
         if (g.Info.AdapterType != "CPU") Assert.Skip($"{spec}: {g.Description} is not a software adapter (its probe may fail by design)");
         Assert.True(g.WidensHalfSubnormals, $"{spec}: the half-nibble probe failed on {g.Description}");
