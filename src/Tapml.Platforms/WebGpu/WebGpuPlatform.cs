@@ -106,7 +106,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         Kind = "webgpu";
         Device = new DawnDevice(_backend, maxBinding, info => KernelCacheOn(info) ? Path.Combine(_kernelCacheRoot ?? KernelList.Root, "blobs") : null, toggles) { LowestFirst = lowestFirst };
         (Description, Limits, Workgroup) = Describe(Device);
-        CheckSubgroups(spec);
+        CheckDeviceOptions(spec);
     }
 
     /// <summary>Whether the device widens f16 subnormals exactly through the operations of 4-bit panel kernels whose
@@ -118,19 +118,21 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     /// on a device that flushes them is an error), else <see cref="MatVecTuning.Q4HalfRule"/> where the device keeps them.</summary>
     internal bool Q4HalfNibbles => MatVec.Q4Nibbles switch
     {
-        "half" => WidensHalfSubnormals ? true : throw new UnsupportedException($"{Kind}: q4-nibbles=half needs f16 subnormals widened exactly, and {Description} does not (its probe kernel's sums differ)"),
+        "half" => WidensHalfSubnormals ? true : throw new UnsupportedException($"{Kind}: {HalfNibblesRefused}"),
         "magic" => false,
         _ => MatVecTuning.Q4HalfRule && WidensHalfSubnormals,
     };
 
+    const string HalfNibblesRefused = "q4-nibbles=half needs f16 subnormals widened exactly, and this device does not (its probe kernel's sums differ)";
+
     /// <summary>A matrix-vector knob asking for subgroup reductions on a device without subgroup shuffles is one clear
     /// error (not a silent fallback); so is <c>q4-nibbles=half</c> on a device that flushes f16 subnormals.</summary>
-    void CheckSubgroups(string spec)
+    void CheckDeviceOptions(string spec)
     {
         if (MatVec.Q4Nibbles == "half" && !WidensHalfSubnormals)
         {
             Device.Dispose();
-            throw new UnsupportedException($"platform '{spec}': q4-nibbles=half needs f16 subnormals widened exactly, and this device does not (its probe kernel's sums differ)");
+            throw new UnsupportedException($"platform '{spec}': {HalfNibblesRefused}");
         }
         if (!MatVec.WantsSubgroups && Options.AttentionLanes != true || Device.Info.Subgroups) return;
         Device.Dispose();
@@ -148,7 +150,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         Device = device;
         Options = options ?? new GpuKernelOptions();
         (Description, Limits, Workgroup) = Describe(Device);
-        CheckSubgroups(spec);
+        CheckDeviceOptions(spec);
     }
 
     static (string, PlatformLimits, int) Describe(IGpuDevice device)
