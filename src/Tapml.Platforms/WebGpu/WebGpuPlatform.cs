@@ -110,9 +110,11 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     }
 
     /// <summary>Whether the device widens f16 subnormals exactly through the operations of 4-bit panel kernels whose
-    /// nibbles are f16 subnormals (<see cref="MatVecTuning.Q4Nibbles"/>): one probe kernel, run the first time it is asked.</summary>
-    public bool WidensHalfSubnormals => _halfSubnormals ??= Kernels.MatMulNBits.ProbeHalfNibbles(this);
+    /// nibbles are f16 subnormals (<see cref="MatVecTuning.Q4Nibbles"/>): one probe kernel, run as the platform is made
+    /// (before its work counters are read) by the first platform of this kind over this adapter in the process.</summary>
+    public bool WidensHalfSubnormals => _halfSubnormals ??= HalfSubnormalsSeen.GetOrAdd((Kind, Device.Info), _ => Kernels.MatMulNBits.ProbeHalfNibbles(this));
     bool? _halfSubnormals;
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<(string Kind, GpuAdapterInfo Adapter), bool> HalfSubnormalsSeen = new();
 
     /// <summary>Whether 4-bit panel kernels make nibbles floats as f16 subnormals: <c>q4-nibbles</c> if given (<c>half</c>
     /// on a device that flushes them is an error), else <see cref="MatVecTuning.Q4HalfRule"/> where the device keeps them.</summary>
@@ -129,7 +131,9 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     /// error (not a silent fallback); so is <c>q4-nibbles=half</c> on a device that flushes f16 subnormals.</summary>
     void CheckDeviceOptions(string spec)
     {
-        if (MatVec.Q4Nibbles == "half" && !WidensHalfSubnormals)
+        // The probe runs now, before the platform's work counters are read, unless magic nibbles are asked for.
+        bool half = MatVec.Q4Nibbles != "magic" && WidensHalfSubnormals;
+        if (MatVec.Q4Nibbles == "half" && !half)
         {
             Device.Dispose();
             throw new UnsupportedException($"platform '{spec}': {HalfNibblesRefused}");
