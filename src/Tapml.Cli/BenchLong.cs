@@ -48,7 +48,7 @@ static class BenchLong
         {
             using var p = PlatformRegistry.Create(spec);
             var exec = new Executor(p) { PreferWholeGraph = true };
-            var model = GenerateVerb.FusesByDefault(p) ? Fusion.Fuse(plain, out _) : plain;
+            var model = GenerateVerb.FusesByDefault(p) ? GenerateVerb.Fuse(plain, p, out _) : plain;
             Generation.Greedy(exec, model, prompt.AsSpan(0, 4), 2);            // warm-up: pipelines, uploads
             BenchWorkflows.SteadyClocks(p, () => Generation.Greedy(exec, model, prompt, shortSteps + 1, keepPromptLogits: false));
             GenerationResult? bestShort = null, bestLong = null;

@@ -60,7 +60,7 @@ static class BenchQ4
                 foreach (var (weights, m, platform, nbits) in rows)
                 {
                     var exec = new Executor(platform) { PreferWholeGraph = true };
-                    var model = GenerateVerb.FusesByDefault(platform) ? Fusion.Fuse(m, out _, projections: true, nbits: nbits) : m;
+                    var model = GenerateVerb.FusesByDefault(platform) ? GenerateVerb.Fuse(m, platform, out _, nbits) : m;
                     Generation.Greedy(exec, model, prompt.AsSpan(0, Math.Min(4, prompt.Length)), 2);     // warm-up: pipelines, uploads
                     string perStep = "–";
                     if (platform is IKernelProfile prof)

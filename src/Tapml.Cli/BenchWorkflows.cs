@@ -53,7 +53,7 @@ static class BenchWorkflows
             var model = plain;
             if (GenerateVerb.FusesByDefault(p))
             {
-                model = Fusion.Fuse(plain, out var fr);
+                model = GenerateVerb.Fuse(plain, p, out var fr);
                 Console.WriteLine($"{spec}: fused {fr}");
             }
             Generation.Greedy(exec, model, prompt.AsSpan(0, 8), 3);          // warm-up (ORT builds its session here)
@@ -175,7 +175,7 @@ static class BenchWorkflows
         {
             using var p = PlatformRegistry.Create(spec);
             var exec = new Executor(p) { PreferWholeGraph = true };
-            var model = GenerateVerb.FusesByDefault(p) ? Fusion.Fuse(plain, out _) : plain;
+            var model = GenerateVerb.FusesByDefault(p) ? GenerateVerb.Fuse(plain, p, out _) : plain;
             // The prompt's last-position logits (compared across platforms below when the tokens differ).
             var pl = Generation.Greedy(exec, model, prompt, 1).PrefillLogits;
             promptLogits.Add(Tapml.Platforms.Cpu.TensorConvert.ToF32(pl).As<float>()[^(int)pl.Shape[^1]..]);

@@ -19,6 +19,10 @@ static class GenerateVerb
     /// <summary>Platforms where fused regions pay (one dispatch instead of several); elsewhere the graph runs as written.</summary>
     public static bool FusesByDefault(IPlatform p) => p.PrefersFusedGraphs;
 
+    /// <summary><paramref name="m"/> fused for <paramref name="p"/> (its KV appends where the platform runs them).</summary>
+    public static Model Fuse(Model m, IPlatform p, out FusionReport report, bool nbits = true) =>
+        Fusion.Fuse(m, out report, projections: true, nbits: nbits, kvInProjections: p.KvAppendInProjections);
+
     public static Command Create()
     {
         var model = new Option<string>("--model", "-m") { Description = "model: Hugging Face folder (config.json + safetensors) or .onnx with past_key_values/present I/O", Required = true };
@@ -59,7 +63,7 @@ static class GenerateVerb
             var exec = new Executor(p) { PreferWholeGraph = true, Fallback = fb };
             if (pr.GetValue(fuse) == "on" || pr.GetValue(fuse) == "auto" && FusesByDefault(p))
             {
-                m = Fusion.Fuse(m, out var fr);
+                m = Fuse(m, p, out var fr);
                 Console.Error.WriteLine($"fused: {fr}");
             }
             // DESIGN: greedy unless --temperature, --top-k or --top-p is given; then --seed fixes the draw.

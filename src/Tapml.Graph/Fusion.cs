@@ -32,7 +32,8 @@ public sealed record FusionReport(int NodesBefore, int NodesAfter, IReadOnlyDict
 /// kernel checks at run time that the shapes mean what the pattern assumes, else the body runs.</item>
 /// <item><c>elementwise</c>: a tree of float element-wise ops (broadcasting) whose intermediates have no
 /// other consumer.</item>
-/// <item><c>kv_append</c> and <c>kv_attention</c>: see <see cref="FoldIntoAttention"/> and <see cref="MergeKvIntoAttention"/>.</item>
+/// <item><c>kv_append</c>, <c>projections_kv</c> and <c>kv_attention</c>: see <see cref="FoldIntoAttention"/>,
+/// <see cref="MergeAppendIntoProjections"/> and <see cref="MergeKvIntoAttention"/>.</item>
 /// </list>
 /// Intermediates of a region are never graph outputs nor used outside it, so the graph's observable values are
 /// unchanged. Only the main graph is rewritten. Cuts dispatches (and host work per node) of a Llama decode step
@@ -53,7 +54,9 @@ public static class Fusion
     /// <param name="foldAttention">Run the second pass (<see cref="FoldIntoAttention"/>).</param>
     /// <param name="nbits">Take MatMulNBits products into projections and matmul_add regions (false: they stay nodes of
     /// their own, as before 4-bit fusion; <c>bench llm-q4</c>'s baseline).</param>
-    public static Model Fuse(Model model, out FusionReport report, bool projections, bool foldAttention = true, bool nbits = true)
+    /// <param name="kvInProjections">Run the fourth pass (<see cref="MergeAppendIntoProjections"/>; false: each layer's KV
+    /// append joins its attention instead, <see cref="MergeKvIntoAttention"/>).</param>
+    public static Model Fuse(Model model, out FusionReport report, bool projections, bool foldAttention = true, bool nbits = true, bool kvInProjections = true)
     {
         var g = model.Graph;
         var ctx = new Matcher(g, model.Opset("")) { NBits = nbits };
@@ -133,7 +136,7 @@ public static class Fusion
             result.Nodes.Add(new Node { Name = $"fused_{kind}_{sink.Name}", OpType = OpType, Domain = Domain, Inputs = inputs.ToArray(), Outputs = outputs.ToArray(), Attributes = attrs });
             counts[kind] = counts.GetValueOrDefault(kind) + 1;
         }
-        if (foldAttention) FoldIntoAttention(result, new Matcher(result, model.Opset("")), counts, model.Opset(""));
+        if (foldAttention) FoldIntoAttention(result, new Matcher(result, model.Opset("")), counts, model.Opset(""), kvInProjections);
         var opsets = new Dictionary<string, int>(model.Opsets) { [Domain] = 1 };
         report = new FusionReport(g.Nodes.Count, result.Nodes.Count, counts);
         return new Model { Graph = result, Opsets = opsets, IrVersion = model.IrVersion, ProducerName = model.ProducerName, Path = model.Path };
@@ -147,7 +150,7 @@ public static class Fusion
     /// axis that append this step's K and V to the cache (with the rotary region making the new K, used only there)
     /// become one <c>kv_append</c> region: inputs past K, new K, past V, new V [, cos, sin, rotary constants], outputs the
     /// two presents, attributes <c>axis</c> and, with a rotary, <c>half</c>. A decode step saves three dispatches a layer.</summary>
-    static void FoldIntoAttention(Graph g, Matcher m, Dictionary<string, int> counts, int opset)
+    static void FoldIntoAttention(Graph g, Matcher m, Dictionary<string, int> counts, int opset, bool kvInProjections)
     {
         Node? OnlyRotary(string value) => m.Producer(value) is { } p && Kind(p) == "rotary" && m.Uses(value) == 1 ? p : null;
         long? SeqConcat(Node n) => n.OpType == "Concat" && n.Domain is "" or "ai.onnx" && n.Inputs.Length == 2 && n.Outputs.Length == 1
@@ -225,7 +228,64 @@ public static class Fusion
             else if (replace.TryGetValue(g.Nodes[i], out var r)) g.Nodes[i] = r;
         }
         if (counts.GetValueOrDefault("rotary") == 0) counts.Remove("rotary");
+        if (kvInProjections) MergeAppendIntoProjections(g, counts, opset);
         MergeKvIntoAttention(g, counts, opset);
+    }
+
+    /// <summary>Fourth pass: a <c>kv_append</c> region whose new K and new V are each Transpose([0, 2, 1, 3]) of a rank-4
+    /// Reshape of an output of one <c>projections</c> region (those values used there only) becomes one
+    /// <c>projections_kv</c> region with that projections region, standing where the projections stood (every other input
+    /// of the append is made before it). Its body holds the projections region, the two Reshape–Transpose pairs and the
+    /// append as they were (a platform without the joint kernel runs them one after the other); its inputs are theirs,
+    /// each once; its outputs the projections' other outputs (q), then present K and present V. A GPU writes a decode
+    /// step's new key (rotated) and value rows into the caches from the projection kernel's epilogue: one dispatch a
+    /// layer fewer, and the attention kernel reads the caches read-only.</summary>
+    static void MergeAppendIntoProjections(Graph g, Dictionary<string, int> counts, int opset)
+    {
+        var producer = new Dictionary<string, int>();
+        var uses = new Dictionary<string, int>();
+        for (int i = 0; i < g.Nodes.Count; i++)
+        {
+            foreach (var o in g.Nodes[i].Outputs) if (o.Length > 0) producer[o] = i;
+            foreach (var s in g.Nodes[i].Inputs) if (s.Length > 0) uses[s] = uses.GetValueOrDefault(s) + 1;
+            foreach (var sub in g.Nodes[i].Subgraphs)
+                foreach (var s in sub.OuterReferences()) uses[s] = uses.GetValueOrDefault(s) + 1;
+        }
+        foreach (var o in g.Outputs) uses[o.Name] = uses.GetValueOrDefault(o.Name) + 1000;
+        Node? Only(string value, string op) => producer.TryGetValue(value, out int i) && g.Nodes[i].OpType == op && g.Nodes[i].Domain is "" or "ai.onnx"
+            && uses.GetValueOrDefault(value) == 1 ? g.Nodes[i] : null;
+        // new K (or V) ← Transpose [0, 2, 1, 3] ← Reshape to a constant rank-4 shape ← a projections output used there only.
+        (Node Transpose, Node Reshape, string Output)? HeadsOf(string value)
+        {
+            if (Only(value, "Transpose") is not { } t || t.Attributes.GetValueOrDefault("perm")?.Ints is not [0, 2, 1, 3]) return null;
+            if (Only(t.Inputs[0], "Reshape") is not { Inputs.Length: 2 } r || !g.Initializers.TryGetValue(r.Inputs[1], out var shape) || shape.Length != 4) return null;
+            return uses.GetValueOrDefault(r.Inputs[0]) == 1 ? (t, r, r.Inputs[0]) : null;
+        }
+        var remove = new HashSet<Node>();
+        var replace = new Dictionary<Node, Node>();
+        foreach (var kv in g.Nodes.Where(n => Kind(n) == "kv_append" && n.Inputs.Length >= 4 && n.Outputs.Length == 2).ToList())
+        {
+            if (HeadsOf(kv.Inputs[1]) is not var (tk, rk, ko) || HeadsOf(kv.Inputs[3]) is not var (tv, rv, vo) || ko == vo) continue;
+            if (!producer.TryGetValue(ko, out int pi) || !producer.TryGetValue(vo, out int pv) || pi != pv) continue;
+            var proj = g.Nodes[pi];
+            if (Kind(proj) != "projections" || remove.Contains(proj) || replace.ContainsKey(proj)) continue;
+            var inputs = proj.Inputs.Concat([rk.Inputs[1], rv.Inputs[1]]).Concat(kv.Inputs.Where((_, i) => i is not (1 or 3))).Distinct().ToList();
+            if (inputs.Any(v => v.Length == 0 || producer.TryGetValue(v, out int at) && at >= pi)) continue;
+            var body = new Graph { Name = $"projections_kv_{proj.Name}" };
+            foreach (var i in inputs) body.Inputs.Add(new ValueInfo(i, null));
+            body.Nodes.AddRange([proj, rk, tk, rv, tv, kv]);
+            string[] outputs = [.. proj.Outputs.Where(o => o != ko && o != vo), kv.Outputs[0], kv.Outputs[1]];
+            foreach (var o in outputs) body.Outputs.Add(new ValueInfo(o, null));
+            var attrs = new Dictionary<string, Attr> { ["kind"] = Attr.Of("projections_kv"), ["opset"] = Attr.Of((long)opset), ["body"] = Attr.Of(body) };
+            replace[proj] = new Node { Name = $"fused_projections_kv_{proj.Name}", OpType = OpType, Domain = Domain, Inputs = inputs.ToArray(), Outputs = outputs, Attributes = attrs };
+            remove.UnionWith([rk, tk, rv, tv, kv]);
+            counts["projections_kv"] = counts.GetValueOrDefault("projections_kv") + 1;
+        }
+        for (int i = g.Nodes.Count - 1; i >= 0; i--)
+        {
+            if (remove.Contains(g.Nodes[i])) g.Nodes.RemoveAt(i);
+            else if (replace.TryGetValue(g.Nodes[i], out var r)) g.Nodes[i] = r;
+        }
     }
 
     /// <summary>Third pass: a <c>kv_append</c> region whose two presents only its attention region reads (and the graph

@@ -49,6 +49,11 @@ public interface IPlatform : IDisposable
     /// small kernel's work on a GPU).</summary>
     bool PrefersFusedGraphs => false;
 
+    /// <summary>Whether a fused graph for this platform takes each layer's KV append into its q/k/v projections region
+    /// (<c>projections_kv</c>) rather than into its attention region (<c>kv_attention</c>): <c>Fusion.Fuse</c>'s
+    /// <c>kvInProjections</c>.</summary>
+    bool KvAppendInProjections => true;
+
     /// <summary>Whether <paramref name="v"/> already lives on this platform.</summary>
     bool IsResident(Value v);
     /// <summary>Copies a host value to the platform.</summary>

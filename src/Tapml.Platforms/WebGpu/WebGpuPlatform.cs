@@ -20,6 +20,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
 
     public IGpuDevice Device { get; }
     public bool PrefersFusedGraphs => true;
+    public bool KvAppendInProjections => !KvJoint;
     public DeviceCounters Counters => Device.Counters;
     public int KernelCount => Device.PipelineCount;
     public bool StartProfile()
@@ -455,7 +456,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     }
 
     /// <summary>The value of <paramref name="t"/> as the host knows it without a readback (upload source or shadow).</summary>
-    static Tensor? HostValue(GpuTensor t, int maxSource = ShadowMaxElements) => t.HostCopy ?? t.Shadow ?? (t.Source is { } s && t.Length <= maxSource ? s : null);
+    internal static Tensor? HostValue(GpuTensor t, int maxSource = ShadowMaxElements) => t.HostCopy ?? t.Shadow ?? (t.Source is { } s && t.Length <= maxSource ? s : null);
 
     /// <summary>An element-wise region's body on the cpu reference, node by node (<paramref name="kernels"/>: its nodes'
     /// cpu kernels, made on first need).</summary>

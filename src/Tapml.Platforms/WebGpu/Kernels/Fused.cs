@@ -8,7 +8,8 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 /// body's expressions into one broadcast kernel, <c>rms_norm</c> reduces and scales a row in one workgroup,
 /// <c>rotary</c> rotates halves of the last axis, <c>matmul_add</c> adds in the matrix-vector epilogue,
 /// <c>attention</c> runs q·kᵀ, mask, softmax and ·V for one query row per workgroup (online softmax over key chunks), or
-/// for prompts per tile of query rows, <c>kv_append</c> writes the new rows of a KV cache kept with room to grow. A region outside what a kernel handles (other dtypes, a shape the
+/// for prompts per tile of query rows, <c>kv_append</c> writes the new rows of a KV cache kept with room to grow,
+/// <c>projections_kv</c> writes them from the q/k/v projection kernel (4-bit decode steps). A region outside what a kernel handles (other dtypes, a shape the
 /// pattern did not promise, too many bindings) runs its body node by node on the GPU: same result, more dispatches.</summary>
 public static class Fused
 {
@@ -16,7 +17,7 @@ public static class Fused
         add(new GpuOp(Fusion.Domain, Fusion.OpType, 1, Run, (ctx, t) =>
             ctx.Graph("body").Nodes.FirstOrDefault(n => GpuOps.Find(n.Domain, n.OpType) is null) is { } missing
                 ? $"fused region holds {missing.OpType}, which has no WGSL kernel" : null, AnyInputType: true,
-            TakesStrided: ctx => ctx.String("kind", "") is "attention" or "kv_append" or "kv_attention"));
+            TakesStrided: ctx => ctx.String("kind", "") is "attention" or "kv_append" or "kv_attention" or "projections_kv"));
 
     static Value?[] Run(WebGpuPlatform g, NodeContext ctx, GpuTensor?[] ins)
     {
@@ -26,6 +27,8 @@ public static class Fused
             return Projections.Run(g, ctx, body, opset, ins) ?? NodeByNode(g, ctx, Unprojected.GetValue(ctx.Node, _ => Unproject(body, opset, ins)), opset, ins);
         if (ctx.String("kind", "") == "kv_append")
             return KvAppend(g, ctx, ins) ?? NodeByNode(g, ctx, body, opset, ins);
+        if (ctx.String("kind", "") == "projections_kv")
+            return ProjectionsKv(g, body, opset, ins) ?? NodeByNode(g, ctx, body, opset, ins);
         if (ctx.String("kind", "") == "kv_attention")
             return KvAttention(g, body, opset, ins) ?? NodeByNode(g, ctx, body, opset, ins);
         if (ctx.String("kind", "") == "elementwise")
@@ -962,13 +965,59 @@ fn vx_(j: u32, at: u32, e: u32) -> f32 { if (j < md[{{NewAt}}]) { return v_b[at]
         return null;
     }
 
+    /// <summary>A <c>projections_kv</c> region (<see cref="Fusion"/>) in one dispatch: a decode step (one row of x) whose
+    /// q/k/v projection kernel writes the new key (rotated) and value rows into caches that grow in place
+    /// (<see cref="ProjectionsNBits.KvRows"/>; 4-bit products; the rotary tables known on the host, as a decode step's
+    /// host input makes them). Null (the body's regions run: the projections, then the append) for anything else, or
+    /// where <c>kv-append</c> is not <c>projections</c>.</summary>
+    static Value?[]? ProjectionsKv(WebGpuPlatform g, Graph body, int opset, GpuTensor?[] ins)
+    {
+        if (g.Options.KvAppend != "projections" || !g.KvInPlace || body.Nodes.Count != 6 || body.Nodes[5].Attributes.GetValueOrDefault("kind")?.Str != "kv_append") return null;
+        var (proj, kvNode) = (body.Nodes[0], body.Nodes[5]);
+        var byName = new Dictionary<string, GpuTensor?>();
+        for (int i = 0; i < body.Inputs.Count && i < ins.Length; i++) byName[body.Inputs[i].Name] = ins[i];
+        var kvCtx = new NodeContext(kvNode, opset);
+        if (byName.GetValueOrDefault(kvNode.Inputs[0]) is not { } pk || byName.GetValueOrDefault(kvNode.Inputs[2]) is not { } pv) return null;
+        if (!IsF32(pk) || !IsF32(pv) || pk.Rank != 4 || pk.Shape[0] != 1 || !pk.Shape.AsSpan().SequenceEqual(pv.Shape) || kvCtx.Int("axis", 2) is not (2 or -2)) return null;
+        long heads = pk.Shape[1], d = pk.Shape[3], past = pk.Shape[2], half = kvCtx.Int("half", 0);
+        // The Reshapes make [batch, seq, heads, D] of the projections' k and v (0 and -1 entries aside).
+        foreach (var r in new[] { body.Nodes[1], body.Nodes[3] })
+            if (byName.GetValueOrDefault(r.Inputs[1])?.Source is not { Length: 4 } shape || shape.As<long>() is var s && (s[2] > 0 && s[2] != heads || s[3] > 0 && s[3] != d)) return null;
+        // The rotary tables' D values, the same for every head (a decode step's: one position).
+        long[] keyShape = [1, heads, 1, d];
+        float[]? Table(int at)
+        {
+            if (at >= kvNode.Inputs.Length || byName.GetValueOrDefault(kvNode.Inputs[at]) is not { } t || !IsF32(t) || !BroadcastsTo(t, keyShape)) return null;
+            var st = ShapeUtil.BroadcastStrides(t.Shape, keyShape);
+            if (st[1] != 0 || WebGpuPlatform.HostValue(t) is not { DType: DType.Float32 } h) return null;
+            var v = h.Span<float>();
+            var table = new float[d];
+            for (int i = 0; i < d; i++) table[i] = v[(int)(i * st[3])];
+            return table;
+        }
+        float[]? cos = null, sin = null;
+        if (half > 0 && (d != 2 * half || (cos = Table(4)) is null || (sin = Table(5)) is null)) return null;
+        if (!Appendable(pk, past + 1) || !Appendable(pv, past + 1) || pk.Buffer == pv.Buffer) return null;
+        int ko = Array.IndexOf(proj.Outputs, body.Nodes[1].Inputs[0]), vo = Array.IndexOf(proj.Outputs, body.Nodes[3].Inputs[0]);
+        if (ko < 0 || vo < 0) return null;
+        var (yk, yv) = (g.Extended(pk, past + 1), g.Extended(pv, past + 1));
+        var kv = new ProjectionsNBits.KvRows(ko, vo, yk, yv, cos, sin, half, heads, d, past);
+        var ys = Projections.Run(g, new NodeContext(proj, opset), proj.Attributes["body"].G!, opset, proj.Inputs.Select(n => byName.GetValueOrDefault(n)).ToArray(), kv);
+        if (ys is not null) return [.. ys.Where((_, o) => o != ko && o != vo), yk, yv];
+        // Not for the kernel after all: the views go, the caches keep their lengths, the body runs.
+        g.Free(yk);
+        g.Free(yv);
+        (pk.Buffer.KvRows, pv.Buffer.KvRows) = (past, past);
+        return null;
+    }
+
     /// <summary>Whether <paramref name="past"/> is the longest view of a capacity buffer with room for
     /// <paramref name="rows"/> rows.</summary>
     static bool Appendable(GpuTensor past, long rows) =>
         past.Capacity >= rows && past.Buffer.KvRows == past.Shape[2] && !past.Freed && past.ByteOffset == 0 && past.Buffer.Handle != 0;
 
     /// <summary>Rows allocated along axis 2 of a rank-4 tensor.</summary>
-    static long Rows(GpuTensor t) => t.IsStrided ? t.Capacity : t.Shape[2];
+    internal static long Rows(GpuTensor t) => t.IsStrided ? t.Capacity : t.Shape[2];
 
     /// <summary>Most key groups an attention workgroup has (1, 2 or 4); <c>bench llm</c> runs a variant with 1.</summary>
     public static int MaxAttentionGroups { get => _maxAttentionGroups == 0 ? 4 : _maxAttentionGroups; set => _maxAttentionGroups = value; }

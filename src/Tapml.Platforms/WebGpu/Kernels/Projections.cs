@@ -150,7 +150,8 @@ static class Projections
     };
 
     /// <summary>The outputs, or null when the kernel does not apply (the caller runs the body).</summary>
-    public static GpuTensor[]? Run(WebGpuPlatform g, NodeContext ctx, Graph body, int opset, GpuTensor?[] ins)
+    /// <param name="kv">A decode step's KV append in the epilogue (<c>projections_kv</c>): 4-bit products only, null otherwise.</param>
+    public static GpuTensor[]? Run(WebGpuPlatform g, NodeContext ctx, Graph body, int opset, GpuTensor?[] ins, ProjectionsNBits.KvRows? kv = null)
     {
         if (ins.Length == 0 || ins[0] is not { } x || x.DType is not (DType.Float32 or DType.Float16 or DType.BFloat16) || !IsFloat(x, x.DType) || x.Rank == 0) return null;
         long k = x.Shape[^1];
@@ -158,7 +159,8 @@ static class Projections
         long rowCount = x.Length / k;
         var plan = PlanOf(ctx, body, opset, ins);
         if (plan.Unsupported is not null) return null;
-        if (plan.NBits) return ProjectionsNBits.Run(g, ctx, plan, opset, x, ins);
+        if (plan.NBits) return ProjectionsNBits.Run(g, ctx, plan, opset, x, ins, kv);
+        if (kv is not null) return null;
         GpuTensor? gamma = null;
         if (plan.Norm)
         {

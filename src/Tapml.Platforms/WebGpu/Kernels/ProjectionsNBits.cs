@@ -46,9 +46,20 @@ static class ProjectionsNBits
         public required long[] RowAt;
         /// <summary>Float offset of the epilogue's per-column vectors in <see cref="Consts"/> (after γ, padded to vec4s).</summary>
         public required long VectorsAt;
-        /// <summary>Launches made, by x's rows and storage and int8 A: a decode step's launch skips its layout and kernel key.</summary>
-        public readonly TunedLaunches<(int Rows, GpuStorage X, bool A8), Launch?> Launches = new();
+        /// <summary>Launches made, by x's rows and storage, int8 A and a KV append: a decode step's launch skips its layout
+        /// and kernel key.</summary>
+        public readonly TunedLaunches<(int Rows, GpuStorage X, bool A8, bool Kv), Launch?> Launches = new();
     }
+
+    /// <summary>A decode step's KV append in the epilogue (<c>projections_kv</c> regions, <see cref="Fused"/>): outputs
+    /// <see cref="K"/> and <see cref="V"/> of the plan are the new key and value rows of <see cref="Heads"/> heads of
+    /// <see cref="D"/> values, written to row <see cref="Row"/> of the caches <see cref="Yk"/> and <see cref="Yv"/> ([1,
+    /// heads, rows, D] views of capacity buffers) instead of outputs of their own; the key rotated (rotate-half, its
+    /// <see cref="Half"/> &gt; 0) by the tables <see cref="Cos"/> and <see cref="Sin"/> (D values each, every head's),
+    /// which travel in the dispatch's metadata (no bindings: a device may offer 10). A rotated pair (d, d + half) is one
+    /// thread's: the key's columns are taken in the order 0, half, 1, half + 1, … of each head, so a pair's two dot
+    /// products finish in one workgroup.</summary>
+    internal sealed record KvRows(int K, int V, GpuTensor Yk, GpuTensor Yv, float[]? Cos, float[]? Sin, long Half, long Heads, long D, long Row);
 
     /// <summary>A kernel and its grid for one row count (null in <see cref="Stacked.Launches"/>: the kernel does not apply).</summary>
     internal sealed record Launch(GpuPipeline Pipeline, long Units, long Columns, bool Consts, int Bindings, uint Gx, uint Gy);
@@ -146,7 +157,8 @@ static class ProjectionsNBits
     static Tensor Key() => new(DType.UInt8, [1], new byte[1]);
 
     /// <summary>The outputs, or null when the kernel does not apply (the caller runs the body).</summary>
-    public static GpuTensor[]? Run(WebGpuPlatform g, NodeContext ctx, Projections.Plan plan, int opset, GpuTensor x, GpuTensor?[] ins)
+    /// <param name="kv">The KV append this dispatch also does (its outputs K and V are then the caches' views).</param>
+    public static GpuTensor[]? Run(WebGpuPlatform g, NodeContext ctx, Projections.Plan plan, int opset, GpuTensor x, GpuTensor?[] ins, KvRows? kv = null)
     {
         long k = x.Shape[^1];
         long rowCount = x.Length / k;
@@ -157,9 +169,11 @@ static class ProjectionsNBits
         if (rowCount > MatMul.MatVecMaxRows) return null;                     // prefill: the body runs (tiled MatMulNBits over views of the stack)
         int rows = (int)rowCount, outs = plan.Outputs.Length;
         bool a8 = st.Int8 && x.DType == DType.Float32 && x.Storage == GpuStorage.F32;
+        if (kv is not null && (rows != 1 || a8 || plan.P != 1 || x.DType != DType.Float32
+            || plan.Outputs[kv.K].N != kv.Heads * kv.D || plan.Outputs[kv.V].N != kv.Heads * kv.D || kv.Half > 0 && kv.D != 2 * kv.Half)) return null;
         float eps = ctx.Float("epsilon", 1e-6f);
-        if (!st.Launches.TryGet(g.MatVec, (rows, x.Storage, a8), out var launch))
-            launch = st.Launches.Add((rows, x.Storage, a8), MakeLaunch(g, ctx, plan, st, x, rows, a8, eps));
+        if (!st.Launches.TryGet(g.MatVec, (rows, x.Storage, a8, kv is not null), out var launch))
+            launch = st.Launches.Add((rows, x.Storage, a8, kv is not null), MakeLaunch(g, ctx, plan, st, x, rows, a8, eps, kv));
         if (launch is null) return null;
         var qa = a8 ? MatMulNBits.QuantizeA(g, x, rows, st.K, st.BlockSize, plan.Norm ? ins[1] : null, eps) : null;
         var list = qa is null ? new List<GpuTensor>(launch.Bindings) { x } : [qa.Data];
@@ -169,10 +183,23 @@ static class ProjectionsNBits
         if (st.Zeros is not null) list.Add(st.Zeros);
         var ys = new GpuTensor[outs];
         var lead = x.Shape[..^1];
-        for (int o = 0; o < outs; o++) { ys[o] = g.Empty(x.DType, [.. lead, plan.Outputs[o].N]); list.Add(ys[o]); }
+        for (int o = 0; o < outs; o++)
+        {
+            if (kv is not null && (o == kv.K || o == kv.V)) { ys[o] = o == kv.K ? kv.Yk : kv.Yv; continue; }
+            ys[o] = g.Empty(x.DType, [.. lead, plan.Outputs[o].N]);
+            list.Add(ys[o]);
+        }
         var meta = new Meta();
         meta.Add(k); meta.Add(launch.Units); meta.Add(st.KBlocks); meta.Add(launch.Columns);
         if (qa is not null) meta.Add(qa.PairsAt);
+        if (kv is not null)
+        {
+            list.AddRange([kv.Yk, kv.Yv]);
+            // md[4..6]: the row written, the caches' row capacities; then the rotary tables (cos, sin).
+            meta.Add(kv.Row); meta.Add(Fused.Rows(kv.Yk)); meta.Add(Fused.Rows(kv.Yv));
+            foreach (var v in kv.Cos ?? []) meta.AddFloat(v);
+            foreach (var v in kv.Sin ?? []) meta.AddFloat(v);
+        }
         g.LaunchGroups(launch.Pipeline, [.. list], meta, launch.Gx, launch.Gy);
         if (qa is not null) MatMulNBits.Free(g, qa);
         return ys;
@@ -180,7 +207,7 @@ static class ProjectionsNBits
 
     /// <summary>The kernel for <paramref name="rows"/> rows of x under the platform's tuning, or null where it does not
     /// fit the device (workgroup memory, storage bindings).</summary>
-    static Launch? MakeLaunch(WebGpuPlatform g, NodeContext ctx, Projections.Plan plan, Stacked st, GpuTensor x, int rows, bool a8, float eps)
+    static Launch? MakeLaunch(WebGpuPlatform g, NodeContext ctx, Projections.Plan plan, Stacked st, GpuTensor x, int rows, bool a8, float eps, KvRows? kv)
     {
         long k = st.K;
         int P = plan.P, outs = plan.Outputs.Length;
@@ -200,12 +227,16 @@ static class ProjectionsNBits
         bool consts = st.Consts is not null && (!a8 || plan.Vectors.Length > 0);
         int bindings = 1 + (consts ? 1 : 0) + 2 + (st.Zeros is null ? 0 : 1) + outs + 1;
         if (bindings > lim.MaxStorageBuffersPerStage) return null;
+        // A rotated key pair's two columns are neighbours in one workgroup (the key's columns start at an even index).
+        if (kv is { Half: > 0 } && ((WG / T * R) % 2 != 0 || plan.Outputs.Take(kv.K).Sum(o => o.N) % 2 != 0)) return null;
         var (gx, gy) = Wgsl.Grid(columns, WG / T * R, lim.MaxWorkgroupsPerDimension);
         // x staged in workgroup memory (q4-xs=1): chunks of units that fit beside the partial sums.
         int chunk = !shape.SharedX ? 0 : (int)Math.Min(units, (lim.MaxWorkgroupStorageBytes - (long)Slots(R) * WG * 4) / (rows * words * 2 * 16L));
         var layout = new MatVecShape(T, R, WG, chunk > 0, shape.Unroll, shape.Tree, shape.Subgroup);
-        var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}|{a8}|{g.MatVec.Q4Hoist}|{g.MatVec.Q4ZeroSum}|{st.Panels}|{st.HalfNibbles}", ctx.Node),
-            () => Code(plan, st, x, rows, layout, chunk, words, vec, eps, x.DType, a8, consts, g.MatVec.Q4Hoist, g.MatVec.Q4ZeroSum), $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}{(a8 ? "_a8" : "")}_t{T}c{R}_r{rows}");
+        string kvKey = kv is null ? "" : $"{kv.K}|{kv.V}|{kv.D}|{kv.Half}";
+        var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}|{a8}|{g.MatVec.Q4Hoist}|{g.MatVec.Q4ZeroSum}|{st.Panels}|{st.HalfNibbles}|{kvKey}", ctx.Node),
+            () => Code(plan, st, x, rows, layout, chunk, words, vec, eps, x.DType, a8, consts, g.MatVec.Q4Hoist, g.MatVec.Q4ZeroSum, kv),
+            $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}{(a8 ? "_a8" : "")}{(kv is null ? "" : "_kv")}_t{T}c{R}_r{rows}");
         return new Launch(pipeline, units, columns, consts, bindings, gx, gy);
     }
 
@@ -219,7 +250,7 @@ static class ProjectionsNBits
 
     /// <summary>Kernel text; meta words md[0] = K, md[1] = units per row, md[2] = blocks per row, md[3] = columns (with
     /// int8 A, md[4] = its pairs' word offset); <paramref name="consts"/>: γ and the epilogue's vectors are bound.</summary>
-    static string Code(Projections.Plan plan, Stacked st, GpuTensor x, int M, MatVecShape layout, int chunk, int words, bool vec, float eps, DType dtype, bool a8, bool consts, bool hoist, bool zeroSum)
+    static string Code(Projections.Plan plan, Stacked st, GpuTensor x, int M, MatVecShape layout, int chunk, int words, bool vec, float eps, DType dtype, bool a8, bool consts, bool hoist, bool zeroSum, KvRows? kv)
     {
         int P = plan.P, outs = plan.Outputs.Length, T = layout.Threads, R = layout.Rows, WG = layout.Workgroup, G = WG / T, UV = 8 * words, J = UV / 4;
         // int8 A: the quantize kernel applied the RMSNorm.
@@ -240,7 +271,12 @@ static class ProjectionsNBits
         MatMulNBits.DeclareScales(w, st.Scales, st.Panels);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Bytes) w.In("zp", GpuStorage.U32);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Floats) w.In("zp", GpuStorage.F32);
-        for (int o = 0; o < outs; o++) w.Out($"y{o}", dtype);
+        for (int o = 0; o < outs; o++) if (kv is null || o != kv.K && o != kv.V) w.Out($"y{o}", dtype);
+        if (kv is not null)
+        {
+            w.Out("yk", DType.Float32).Out("yv", DType.Float32);
+            w.Decl($"fn cs_(d: u32) -> f32 {{ return bitcast<f32>(md[7u + d]); }}\nfn sn_(d: u32) -> f32 {{ return bitcast<f32>(md[{7 + kv.D}u + d]); }}");
+        }
         w.Decl(MatMulNBits.ZeroFunction(st.ZeroKind));
         w.Decl(Elementwise.HelperFunctions);
         int normAt = R * P * M, slots = normAt + (norm ? M : 0);
@@ -268,9 +304,21 @@ static class ProjectionsNBits
         var b = new StringBuilder();
         b.Append("  let K = md[0]; let U = md[1]; let KB = md[2]; let C = md[3];\n").Append(a8 ? "  let QP = md[4] / 4u;\n" : MatMulNBits.UnitPrologue + (half ? MatMulNBits.HalfPrologue : ""));
         b.Append($"  let t = lid.x % {T}u;\n  let wgi = wid.x + wid.y * nwg.x;\n  let cb = (wgi * {G}u + lid.x / {T}u) * {R}u;\n");
+        // With a rotated key: lane-order column c of the key's range is key column (c even) d = c/2 of its head, (c odd)
+        // half + c/2 (KvColumn).
+        bool rot = kv is { Half: > 0 };
+        long kStart = kv is null ? 0 : starts[kv.K], kN = kv is null ? 0 : plan.Outputs[kv.K].N;
+        if (rot)
+            w.Decl($$"""
+fn kvcol_(c: u32) -> u32 {
+  if (c < {{kStart}}u || c >= {{kStart + kN}}u) { return c; }
+  let j = c - {{kStart}}u; let d = j % {{kv!.D}}u;
+  return c - d + select({{kv.Half}}u + d / 2u, d / 2u, (d & 1u) == 0u);
+}
+""");
         for (int r = 0; r < R; r++)
         {
-            b.Append($"  let c{r} = min(cb + {r}u, C - 1u);\n");
+            b.Append(rot ? $"  let c{r} = kvcol_(min(cb + {r}u, C - 1u));\n" : $"  let c{r} = min(cb + {r}u, C - 1u);\n");
             for (int q = 0; q < P; q++) b.Append($"  var w{r}_{q} = 0u;\n");
             int rr = r;
             b.Append(Select($"c{r}", o => string.Concat(Enumerable.Range(0, P).Select(q => $"w{rr}_{q} = {RowOf(o, q, $"c{rr}")}; "))));
@@ -357,7 +405,7 @@ static class ProjectionsNBits
         bool tree = layout.TreeSum && L == 0;
         if (tree) b.Append(BlockedMatVec.TreeSum(T, slots, WG));
         // A slot's total: the tree left it in the row's first entry, shuffles in every L-th, else the T partials are added here.
-        string Total(string v, string slot) => BlockedMatVec.PartialsTotal(v, $"{slot} * {WG}u + pb", T, L > 0 ? L : tree ? T : 1, "      ");
+        string Total(string v, string slot, string pb = "pb") => BlockedMatVec.PartialsTotal(v, $"{slot} * {WG}u + {pb}", T, L > 0 ? L : tree ? T : 1, "      ");
         b.Append($"  for (var e = lid.x; e < {G * R}u; e += {WG}u) {{\n    let gi = e / {R}u; let r = e % {R}u;\n");
         b.Append($"    let c = (wgi * {G}u + gi) * {R}u + r;\n    if (c >= C) {{ continue; }}\n    let pb = gi * {T}u;\n");
         b.Append("    var o = 0u; var j = c;\n");
@@ -383,7 +431,30 @@ static class ProjectionsNBits
             for (int o = 0; o < outs; o++)
             {
                 var op = plan.Outputs[o];
-                b.Append($"      {(o == 0 ? "" : "else ")}if (o == {o}u) {{\n{Vectors(op.Code, st.VectorsAt)}      y{o}_st({m}u * {op.N}u + j, v);\n      }}\n");
+                string code = Vectors(op.Code, st.VectorsAt);
+                b.Append($"      {(o == 0 ? "" : "else ")}if (o == {o}u) {{\n");
+                if (kv is not null && o == kv.V) b.Append($"{code}      yv_st(((j / {kv.D}u) * md[6] + md[4]) * {kv.D}u + j % {kv.D}u, v);\n");
+                else if (kv is not null && o == kv.K && !rot) b.Append($"{code}      yk_st(((j / {kv.D}u) * md[5] + md[4]) * {kv.D}u + j % {kv.D}u, v);\n");
+                else if (kv is not null && o == kv.K)
+                {
+                    // The pair's first column (lane order) finishes both: its own (key column d < half) and its
+                    // neighbour's (d + half), then writes both rotated.
+                    long D = kv.D, hf = kv.Half;
+                    b.Append($"      if ((j & 1u) == 0u) {{\n      let ja = kvcol_(c) - {kStart}u;\n      var ka = 0.0; var kb = 0.0;\n");
+                    b.Append($"      {{\n      let j = ja;\n{code}      ka = v;\n      }}\n");
+                    b.Append($"      let e2 = e + 1u; let r2 = e2 % {R}u; let pb2 = (e2 / {R}u) * {T}u;\n");
+                    b.Append(Total("p0b", $"((r2 * {P}u) * {M}u + {m}u)", "pb2"));
+                    b.Append($"      {{\n      let m0 = p0b{inv};\n      let j = ja + {hf}u;\n{code}      kb = v;\n      }}\n");
+                    b.Append($$"""
+      let h = ja / {{D}}u; let d = ja % {{D}}u; let at = (h * md[5] + md[4]) * {{D}}u + d;
+      yk_st(at, ka * cs_(d) + (-kb) * sn_(d));
+      yk_st(at + {{hf}}u, kb * cs_(d + {{hf}}u) + ka * sn_(d + {{hf}}u));
+      }
+
+""");
+                }
+                else b.Append($"{code}      y{o}_st({m}u * {op.N}u + j, v);\n");
+                b.Append("      }\n");
             }
             b.Append("    }\n");
         }
