@@ -52,10 +52,15 @@ section cold 60 "for p in webgpu webgpu 'webgpu?kernel-cache=off'; do $T generat
   [ -d /tmp/tapml-bench-llama-4x4096 ] && for p in webgpu webgpu 'webgpu?kernel-cache=off'; do $T generate --model /tmp/tapml-bench-llama-4x4096 --platform \"\$p\" --input-ids 1,2,3,4 --max-tokens 4; done"
 # Issue 21: the 1.1B shape (four layers of Llama-3-8B's) on both, and the isolated matrix-vector kernels on vulkan.
 section large-webgpu 100 "$T bench llm-large --platform webgpu --runs 3"
-# Issue 24's 3x: q4 decode of the 8B shape with nibbles widened as f16 subnormals against the rule (magic), alternating,
-# f32 in the same call (GPU_BENCH_ONLY=q4-nibbles for this alone).
+# Issue 24's 3x: q4 decode of the 8B shape with the rule's nibbles (f16 subnormals where the probe passes) against the
+# magic-number nibbles, alternating, f32 in the same call (GPU_BENCH_ONLY=q4-nibbles for this alone).
 section q4-nibbles 240 "W='webgpu?toggles=-timestamp_quantization';
-  for p in \"\$W&q4-nibbles=half\" \"\$W\" \"\$W&q4-nibbles=half\" \"\$W\"; do $T bench llm-large --quantize q4 --runs 5 --platform \"\$p\"; done;
+  for p in \"\$W\" \"\$W&q4-nibbles=magic\" \"\$W\" \"\$W&q4-nibbles=magic\"; do $T bench llm-large --quantize q4 --runs 5 --platform \"\$p\"; done;
+  $T bench llm-large --runs 5 --platform \"\$W\""
+# Issue 24's 3x: the KV append in the q/k/v projection kernel against the rule (apart), alternating, f32 in the same call
+# (GPU_BENCH_ONLY=kv-projections for this alone).
+section kv-projections 240 "W='webgpu?toggles=-timestamp_quantization';
+  for p in \"\$W&kv-append=projections\" \"\$W\" \"\$W&kv-append=projections\" \"\$W\"; do $T bench llm-large --quantize q4 --runs 5 --platform \"\$p\"; done;
   $T bench llm-large --runs 5 --platform \"\$W\""
 section large-vulkan 100 "TAPML_VULKAN_STATS=1 $T bench llm-large --platform vulkan --runs 3"
 section gpu-vulkan 80 "$T bench gpu --platform vulkan --runs 3"

@@ -14,12 +14,13 @@ public sealed class GpuKernelOptions
     public SkinnyTuning Skinny { get; set; } = SkinnyTuning.Rule;
     public MatVecTuning MatVec { get; set; } = MatVecTuning.Rule;
     public bool KvInPlace { get; private set; } = true;
-    /// <summary>Where a decode step's KV append runs: in the epilogue of the q/k/v projection kernel (<c>kv-append=projections</c>,
-    /// the rule; <c>projections_kv</c> regions, 4-bit weights), inside its attention kernel (<c>joint</c>: graphs fused
+    /// <summary>Where a decode step's KV append runs: as a dispatch of its own (<c>kv-append=apart</c>, the rule), in the
+    /// epilogue of the q/k/v projection kernel (<c>projections</c>: <c>projections_kv</c> regions, 4-bit weights; one
+    /// dispatch a layer fewer, not yet measured on a GPU) or inside its attention kernel (<c>joint</c>: graphs fused
     /// without the fourth pass, <c>Fusion.Fuse(…, kvInProjections: false)</c>; its decode was slower on an H200, and
     /// without its per-key branch 5 % slower on an H100: 1710.6 and 1712.3 tokens/s against 1807.1 and 1807.2,
-    /// docs/benchmarks.md) or as a dispatch of its own (<c>apart</c>).</summary>
-    public string KvAppend { get; private set; } = "projections";
+    /// docs/benchmarks.md).</summary>
+    public string KvAppend { get; private set; } = "apart";
     public bool KvJoint => KvAppend == "joint";
     /// <summary>Host inputs (<see cref="IHostInputs"/>) start host-run nodes (<c>host-inputs=on</c>, the default) or are
     /// plain feeds (<c>off</c>: a decode step's rotary tables run their kernel).</summary>
@@ -32,7 +33,7 @@ public sealed class GpuKernelOptions
     /// lanes where the device has subgroup shuffles) or a thread a key (<c>threads</c>).</summary>
     public bool? AttentionLanes { get; private set; }
 
-    public static readonly string Help = "kv=inplace|copy, kv-append=projections|apart|joint, host-inputs=on|off, attn-groups=N (at least 1), attn-tiled=ROWS (0: never), attn-tile=v2|v1, attn-decode=lanes|threads, f16-proj=fused|split, " +
+    public static readonly string Help = "kv=inplace|copy, kv-append=apart|projections|joint, host-inputs=on|off, attn-groups=N (at least 1), attn-tiled=ROWS (0: never), attn-tile=v2|v1, attn-decode=lanes|threads, f16-proj=fused|split, " +
         $"matmul-tile=BMxBNxBK/TMxTN or legacy, matmul-ladder=v2|v1, matmul-groups=N (1 to 65536), {MatVecTuning.Help}, {SkinnyTuning.Help}";
 
     /// <summary>The options of <paramref name="options"/> (what is left of the spec after the device's own); an

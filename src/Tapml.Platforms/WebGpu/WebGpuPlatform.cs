@@ -113,7 +113,14 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     /// <summary>Whether the device widens f16 subnormals exactly through the operations of 4-bit panel kernels whose
     /// nibbles are f16 subnormals (<see cref="MatVecTuning.Q4Nibbles"/>): one probe kernel, run as the platform is made
     /// (before its work counters are read) by the first platform of this kind over this adapter in the process.</summary>
-    public bool WidensHalfSubnormals => _halfSubnormals ??= HalfSubnormalsSeen.GetOrAdd((Kind, Device.Info), _ => Kernels.MatMulNBits.ProbeHalfNibbles(this));
+    public bool WidensHalfSubnormals => _halfSubnormals ??= HalfSubnormalsSeen.GetOrAdd((Kind, Device.Info), _ => ProbeHalfSubnormals());
+    // NOTE: a device that cannot run the probe (its compiler refuses the kernel) keeps magic nibbles rather than failing
+    // to make the platform.
+    bool ProbeHalfSubnormals()
+    {
+        try { return Kernels.MatMulNBits.ProbeHalfNibbles(this); }
+        catch (TapmlException) { return false; }
+    }
     bool? _halfSubnormals;
     static readonly System.Collections.Concurrent.ConcurrentDictionary<(string Kind, GpuAdapterInfo Adapter), bool> HalfSubnormalsSeen = new();
 
