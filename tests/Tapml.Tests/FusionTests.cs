@@ -75,10 +75,10 @@ public class FusionTests
     /// <summary>The fused graph on a GPU through prefill and two decode steps (KV append with its rotary, attention
     /// rotating q as it loads it, past lengths 0, 5, 6) against the cpu reference on the original graph: logits and
     /// presents within tolerance, and a decode step takes five dispatches a layer with <c>kv-append=joint</c> (no region
-    /// fell back to its body: the attention kernel appended the new K and V rows itself) and with 4-bit weights and
-    /// <c>kv-append=projections</c> (the q/k/v projection kernel appended them: checkpoints of 64 and 1024 hidden, rows
-    /// and panel layouts, Qwen2's biases), six with the rule's append apart (or f32 weights), and none for the rotary
-    /// tables (the position a host input), with subgroup lanes and with a thread a key.</summary>
+    /// fell back to its body: the attention kernel appended the new K and V rows itself) and with
+    /// <c>kv-append=projections</c> (the q/k/v projection kernel appended them: 4-bit and f32 weights, checkpoints of 64
+    /// and 1024 hidden, rows and panel layouts, Qwen2's biases), six with the rule's append apart, and none for the
+    /// rotary tables (the position a host input), with subgroup lanes and with a thread a key.</summary>
     [Theory]
     [InlineData("llama", "webgpu?kv-append=joint")]
     [InlineData("qwen2", "webgpu?kv-append=joint")]
@@ -94,6 +94,8 @@ public class FusionTests
     [InlineData("phi3", "webgpu?kv-append=projections", "q4")]
     [InlineData("llama", "opencl?kv-append=projections", "q4", 1024)]
     [InlineData("llama", "webgpu", "q4", 1024)]                      // the rule: apart
+    [InlineData("llama", "webgpu?kv-append=projections")]           // f32 projections append too
+    [InlineData("qwen2", "vulkan?kv-append=projections", null, 1024)]
     public void Webgpu_decode_steps_of_the_fused_graph_match_cpu(string arch, string platform, string? quantize = null, int hidden = 0)
     {
         WebGpuTests.SkipIfNoDawn(platform);
@@ -143,10 +145,10 @@ public class FusionTests
             got = eg.Run(f, gf, keep);
             long perStep = gpu.Device.Dispatches - d0;
             foreach (var (name, v) in gf) if (v is IDeviceValue) gpu.Free(v);
-            // Per layer: projections (norm, q/k/v) with the KV append (4-bit weights, kv-append=projections), attention (with the
+            // Per layer: projections (norm, q/k/v) with the KV append (kv-append=projections), attention (with the
             // append: joint), the append apart otherwise, o_proj + residual, projections (norm, MLP), down_proj +
             // residual; then two more (the embedding row, the final norm with lm_head).
-            bool appendFused = platform.Contains("kv-append=joint", StringComparison.Ordinal) || quantize is not null && platform.Contains("kv-append=projections", StringComparison.Ordinal);
+            bool appendFused = platform.Contains("kv-append=joint", StringComparison.Ordinal) || platform.Contains("kv-append=projections", StringComparison.Ordinal);
             int perLayer = appendFused ? 5 : 6;
             Assert.True(perStep == perLayer * layers + 2, $"{perStep} dispatches in a decode step of {layers} layers, not {perLayer} a layer and 2 more");
         }

@@ -15,7 +15,7 @@ public sealed class GpuKernelOptions
     public MatVecTuning MatVec { get; set; } = MatVecTuning.Rule;
     public bool KvInPlace { get; private set; } = true;
     /// <summary>Where a decode step's KV append runs: as a dispatch of its own (<c>kv-append=apart</c>, the rule), in the
-    /// epilogue of the q/k/v projection kernel (<c>projections</c>: <c>projections_kv</c> regions, 4-bit weights; one
+    /// epilogue of the q/k/v projection kernel (<c>projections</c>: <c>projections_kv</c> regions; one
     /// dispatch a layer fewer, not yet measured on a GPU) or inside its attention kernel (<c>joint</c>: graphs fused
     /// without the fourth pass, <c>Fusion.Fuse(…, kvInProjections: false)</c>; its decode was slower on an H200, and
     /// without its per-key branch 5 % slower on an H100: 1710.6 and 1712.3 tokens/s against 1807.1 and 1807.2,

@@ -9,7 +9,7 @@ namespace Tapml.Platforms.WebGpu.Kernels;
 /// <c>rotary</c> rotates halves of the last axis, <c>matmul_add</c> adds in the matrix-vector epilogue,
 /// <c>attention</c> runs q·kᵀ, mask, softmax and ·V for one query row per workgroup (online softmax over key chunks), or
 /// for prompts per tile of query rows, <c>kv_append</c> writes the new rows of a KV cache kept with room to grow,
-/// <c>projections_kv</c> writes them from the q/k/v projection kernel (4-bit decode steps). A region outside what a kernel handles (other dtypes, a shape the
+/// <c>projections_kv</c> writes them from the q/k/v projection kernel (decode steps). A region outside what a kernel handles (other dtypes, a shape the
 /// pattern did not promise, too many bindings) runs its body node by node on the GPU: same result, more dispatches.</summary>
 public static class Fused
 {
@@ -967,8 +967,8 @@ fn vx_(j: u32, at: u32, e: u32) -> f32 { if (j < md[{{NewAt}}]) { return v_b[at]
 
     /// <summary>A <c>projections_kv</c> region (<see cref="Fusion"/>) in one dispatch: a decode step (one row of x) whose
     /// q/k/v projection kernel writes the new key (rotated) and value rows into caches that grow in place
-    /// (<see cref="ProjectionsNBits.KvRows"/>; 4-bit products; the rotary tables known on the host, as a decode step's
-    /// host input makes them). Null (the body's regions run: the projections, then the append) for anything else, or
+    /// (<see cref="ProjectionsNBits.KvRows"/>; 4-bit, f32 or f16 products; the rotary tables known on the host, as a
+    /// decode step's host input makes them). Null (the body's regions run: the projections, then the append) for anything else, or
     /// where <c>kv-append</c> is not <c>projections</c>.</summary>
     static Value?[]? ProjectionsKv(WebGpuPlatform g, Graph body, int opset, GpuTensor?[] ins)
     {

@@ -150,7 +150,7 @@ static class Projections
     };
 
     /// <summary>The outputs, or null when the kernel does not apply (the caller runs the body).</summary>
-    /// <param name="kv">A decode step's KV append in the epilogue (<c>projections_kv</c>): 4-bit products only, null otherwise.</param>
+    /// <param name="kv">A decode step's KV append in the epilogue (<c>projections_kv</c>, <see cref="ProjectionsNBits.KvRows"/>).</param>
     public static GpuTensor[]? Run(WebGpuPlatform g, NodeContext ctx, Graph body, int opset, GpuTensor?[] ins, ProjectionsNBits.KvRows? kv = null)
     {
         if (ins.Length == 0 || ins[0] is not { } x || x.DType is not (DType.Float32 or DType.Float16 or DType.BFloat16) || !IsFloat(x, x.DType) || x.Rank == 0) return null;
@@ -160,7 +160,6 @@ static class Projections
         var plan = PlanOf(ctx, body, opset, ins);
         if (plan.Unsupported is not null) return null;
         if (plan.NBits) return ProjectionsNBits.Run(g, ctx, plan, opset, x, ins, kv);
-        if (kv is not null) return null;
         GpuTensor? gamma = null;
         if (plan.Norm)
         {
@@ -194,10 +193,14 @@ static class Projections
         int outs = plan.Outputs.Length, accs = rows * (plan.P + (plan.Norm ? 1 : 0));
         var lim = g.Device.Limits;
         int wg = Math.Min(256, lim.MaxInvocationsPerWorkgroup);
+        long kStart = kv is null ? 0 : plan.Outputs.Take(kv.K).Sum(o => o.N);
+        if (kv is not null && (rows != 1 || plan.P != 1 || x.DType != DType.Float32 || plan.Outputs[kv.K].N != kv.Heads * kv.D || plan.Outputs[kv.V].N != kv.Heads * kv.D)) return null;
         int bindings = 1 + (plan.Norm ? 1 : 0) + 1 + (plan.Vectors.Length > 0 ? 1 : 0) + outs + 1;
         if (bindings > lim.MaxStorageBuffersPerStage || (long)wg * accs * 4 > lim.MaxWorkgroupStorageBytes) return null;
         int threads = MatMul.MatVecThreads(k / per, packed);
         threads = Math.Min(threads, wg);
+        // A rotated key pair's two columns are neighbouring thread groups of one workgroup.
+        if (kv is { Rotated: true } && (wg / threads % 2 != 0 || kStart % 2 != 0)) return null;
 
         var wt = g.TransposedWeights(ws);
         var list = new List<GpuTensor>(bindings) { x };
@@ -210,19 +213,26 @@ static class Projections
         }
         var ys = new GpuTensor[outs];
         var lead = x.Shape[..^1];
-        for (int o = 0; o < outs; o++) { ys[o] = g.Empty(x.DType, [.. lead, plan.Outputs[o].N]); list.Add(ys[o]); }
+        for (int o = 0; o < outs; o++)
+        {
+            if (kv is not null && (o == kv.K || o == kv.V)) { ys[o] = o == kv.K ? kv.Yk : kv.Yv; continue; }
+            ys[o] = g.Empty(x.DType, [.. lead, plan.Outputs[o].N]);
+            list.Add(ys[o]);
+        }
         var meta = new Meta();
         meta.Add(k);
+        kv?.Bind(list, meta);                                                 // md[1..]
         long columns = plan.Outputs.Sum(o => o.N);
         var (gx, gy) = Wgsl.Grid(columns, wg / threads, lim.MaxWorkgroupsPerDimension);
         float eps = ctx.Float("epsilon", 1e-6f);
-        var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections", $"{rows}|{packed}|{threads}|{wg}|{(int)x.DType}", ctx.Node),
-            () => Code(plan, ws, rows, packed, threads, wg, eps, x.DType), $"Projections_{outs}x{plan.P}{(plan.Norm ? "_rms" : "")}{(packed ? "_f16" : "")}_r{rows}");
+        var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections", $"{rows}|{packed}|{threads}|{wg}|{(int)x.DType}|{kv?.Key}", ctx.Node),
+            () => Code(plan, ws, rows, packed, threads, wg, eps, x.DType, kv, kStart),
+            $"Projections_{outs}x{plan.P}{(plan.Norm ? "_rms" : "")}{(packed ? "_f16" : "")}{(kv is null ? "" : "_kv")}_r{rows}");
         g.LaunchGroups(pipeline, [.. list], meta, gx, gy);
         return ys;
     }
 
-    static string Code(Plan plan, Tensor[] ws, int rows, bool packed, int t, int wg, float eps, DType dtype)
+    static string Code(Plan plan, Tensor[] ws, int rows, bool packed, int t, int wg, float eps, DType dtype, ProjectionsNBits.KvRows? kv, long kStart)
     {
         int per = packed ? 8 : 4, P = plan.P, outs = plan.Outputs.Length;
         var w = new Wgsl(wg);
@@ -233,7 +243,8 @@ static class Projections
         decl.Append($"@group(0) @binding({b++}) var<storage, read> wt_b: array<vec4<{(packed ? "u32" : "f32")}>>;\n");
         if (plan.Vectors.Length > 0) decl.Append($"@group(0) @binding({b++}) var<storage, read> vecs_b: array<f32>;\n");
         for (int i = 0; i < b; i++) w.Reserve();
-        for (int o = 0; o < outs; o++) w.Out($"y{o}", dtype);
+        for (int o = 0; o < outs; o++) if (kv is null || o != kv.K && o != kv.V) w.Out($"y{o}", dtype);
+        kv?.Declare(w, 1, kStart, plan.Outputs[kv.K].N);
         int accs = rows * (P + (plan.Norm ? 1 : 0));
         w.Decl(decl.ToString() + $"var<workgroup> red: array<f32, {wg * accs}>;");
         w.Decl(Elementwise.HelperFunctions);
@@ -245,13 +256,15 @@ static class Projections
         int Acc(int r, int q) => r * (P + (plan.Norm ? 1 : 0)) + q;     // q == P: Σ x² of row r
         var sb = new StringBuilder();
         sb.Append($"  let K4 = md[0] / {per}u;\n  let t = lid.x % {t}u;\n  let c = (wid.x + wid.y * nwg.x) * {wg / t}u + lid.x / {t}u;\n");
+        // With a rotated key the thread groups take its columns in pair order (ProjectionsNBits.KvRows): column cn.
+        sb.Append(kv is { Rotated: true } ? "  let cn = kvcol_(c);\n" : "  let cn = c;\n");
         sb.Append($"  var o = {outs}u; var j = 0u;\n");
         foreach (var q in qs) sb.Append($"  var w{q} = 0u;\n");
         long start = 0;
         for (int o = 0; o < outs; o++)
         {
             var op = plan.Outputs[o];
-            sb.Append($"  {(o == 0 ? "" : "else ")}if (c < {start + op.N}u) {{ o = {o}u; j = c - {start}u;");
+            sb.Append($"  {(o == 0 ? "" : "else ")}if (cn < {start + op.N}u) {{ o = {o}u; j = cn - {start}u;");
             foreach (var q in qs) sb.Append($" w{q} = {rowAt[plan.ProductWeight[op.Products[q]]]}u + j;");
             sb.Append(" }\n");
             start += op.N;
@@ -298,8 +311,10 @@ static class Projections
                 sb.Append("    {\n");
                 string inv = plan.Norm ? $" / sqrt(red[{Acc(r, P) * wg}u + lid.x] / f32(md[0]) + {Literal(eps)})" : "";
                 foreach (var q in qs) sb.Append($"      let m{q} = red[{Acc(r, q) * wg}u + lid.x]{inv};\n");
-                sb.Append(op.Code);
-                sb.Append($"      y{o}_st({r}u * {op.N}u + j, v);\n    }}\n");
+                // A rotated key's neighbour column: the next thread group's total.
+                string neighbour = $"      let m0b = red[{Acc(r, 0) * wg}u + lid.x + {t}u]{inv};\n";
+                sb.Append(kv?.Store(o, op.Code, neighbour, kStart, 1) ?? $"{op.Code}      y{o}_st({r}u * {op.N}u + j, v);\n");
+                sb.Append("    }\n");
             }
             sb.Append("  }\n");
         }

@@ -59,7 +59,74 @@ static class ProjectionsNBits
     /// which travel in the dispatch's metadata (no bindings: a device may offer 10). A rotated pair (d, d + half) is one
     /// thread's: the key's columns are taken in the order 0, half, 1, half + 1, … of each head, so a pair's two dot
     /// products finish in one workgroup.</summary>
-    internal sealed record KvRows(int K, int V, GpuTensor Yk, GpuTensor Yv, float[]? Cos, float[]? Sin, long Half, long Heads, long D, long Row);
+    internal sealed record KvRows(int K, int V, GpuTensor Yk, GpuTensor Yv, float[]? Cos, float[]? Sin, long Half, long Heads, long D, long Row)
+    {
+        public bool Rotated => Half > 0;
+
+        /// <summary>What the kernel key needs of it.</summary>
+        public string Key => $"{K}|{V}|{D}|{Half}";
+
+        /// <summary>The caches (bound after the other outputs), and the metadata words from the kernel's own: the row
+        /// written, the caches' row capacities, then the rotary tables.</summary>
+        public void Bind(List<GpuTensor> list, Meta meta)
+        {
+            list.AddRange([Yk, Yv]);
+            meta.Add(Row); meta.Add(Fused.Rows(Yk)); meta.Add(Fused.Rows(Yv));
+            foreach (var v in Cos ?? []) meta.AddFloat(v);
+            foreach (var v in Sin ?? []) meta.AddFloat(v);
+        }
+
+        /// <summary>The caches' bindings, the tables' reads from metadata word <paramref name="at"/> (where
+        /// <see cref="Bind"/>'s words start), and with a rotated key <c>kvcol_</c>: the key column of lane-order column c
+        /// (the key's range starts at output column <paramref name="kStart"/>).</summary>
+        public void Declare(Wgsl w, int at, long kStart, long kColumns)
+        {
+            w.Out("yk", DType.Float32).Out("yv", DType.Float32);
+            if (!Rotated) return;
+            w.Decl($$"""
+fn cs_(d: u32) -> f32 { return bitcast<f32>(md[{{at + 3}}u + d]); }
+fn sn_(d: u32) -> f32 { return bitcast<f32>(md[{{at + 3 + D}}u + d]); }
+fn kvcol_(c: u32) -> u32 {
+  if (c < {{kStart}}u || c >= {{kStart + kColumns}}u) { return c; }
+  let j = c - {{kStart}}u; let d = j % {{D}}u;
+  return c - d + select({{Half}}u + d / 2u, d / 2u, (d & 1u) == 0u);
+}
+""");
+        }
+
+        /// <summary>WGSL storing output <paramref name="o"/>'s value where the thread of lane-order column <c>c</c> (key
+        /// column, or output column, <c>j</c>) finishes it: <paramref name="code"/> makes <c>v</c> from <c>m0</c> and <c>j</c>. V's and an
+        /// unrotated key's go to their cache rows; a rotated key's pair is finished by its first column, which runs
+        /// <paramref name="neighbour"/> (statements leaving the next lane-order column's <c>m0</c> in <c>m0b</c>) and
+        /// writes both rotated. Null for other outputs.</summary>
+        public string? Store(int o, string code, string neighbour, long kStart, int at)
+        {
+            // Element j of the new row in a cache of the row capacity in md[at + capacity].
+            string Row(int capacity) => $"((j / {D}u) * md[{at + capacity}u] + md[{at}u]) * {D}u + j % {D}u";
+            if (o == V) return $"{code}      yv_st({Row(2)}, v);\n";
+            if (o != K) return null;
+            if (!Rotated) return $"{code}      yk_st({Row(1)}, v);\n";
+            return $$"""
+      if (((c - {{kStart}}u) & 1u) == 0u) {
+      let ja = kvcol_(c) - {{kStart}}u;
+      var ka = 0.0; var kb = 0.0;
+      {
+      let j = ja;
+{{code}}      ka = v;
+      }
+{{neighbour}}      {
+      let m0 = m0b;
+      let j = ja + {{Half}}u;
+{{code}}      kb = v;
+      }
+      let h = ja / {{D}}u; let d = ja % {{D}}u; let at = (h * md[{{at + 1}}u] + md[{{at}}u]) * {{D}}u + d;
+      yk_st(at, ka * cs_(d) + (-kb) * sn_(d));
+      yk_st(at + {{Half}}u, kb * cs_(d + {{Half}}u) + ka * sn_(d + {{Half}}u));
+      }
+
+""";
+        }
+    }
 
     /// <summary>A kernel and its grid for one row count (null in <see cref="Stacked.Launches"/>: the kernel does not apply).</summary>
     internal sealed record Launch(GpuPipeline Pipeline, long Units, long Columns, bool Consts, int Bindings, uint Gx, uint Gy);
@@ -192,14 +259,7 @@ static class ProjectionsNBits
         var meta = new Meta();
         meta.Add(k); meta.Add(launch.Units); meta.Add(st.KBlocks); meta.Add(launch.Columns);
         if (qa is not null) meta.Add(qa.PairsAt);
-        if (kv is not null)
-        {
-            list.AddRange([kv.Yk, kv.Yv]);
-            // md[4..6]: the row written, the caches' row capacities; then the rotary tables (cos, sin).
-            meta.Add(kv.Row); meta.Add(Fused.Rows(kv.Yk)); meta.Add(Fused.Rows(kv.Yv));
-            foreach (var v in kv.Cos ?? []) meta.AddFloat(v);
-            foreach (var v in kv.Sin ?? []) meta.AddFloat(v);
-        }
+        kv?.Bind(list, meta);                                                 // md[4..]
         g.LaunchGroups(launch.Pipeline, [.. list], meta, launch.Gx, launch.Gy);
         if (qa is not null) MatMulNBits.Free(g, qa);
         return ys;
@@ -233,7 +293,7 @@ static class ProjectionsNBits
         // x staged in workgroup memory (q4-xs=1): chunks of units that fit beside the partial sums.
         int chunk = !shape.SharedX ? 0 : (int)Math.Min(units, (lim.MaxWorkgroupStorageBytes - (long)Slots(R) * WG * 4) / (rows * words * 2 * 16L));
         var layout = new MatVecShape(T, R, WG, chunk > 0, shape.Unroll, shape.Tree, shape.Subgroup);
-        string kvKey = kv is null ? "" : $"{kv.K}|{kv.V}|{kv.D}|{kv.Half}";
+        string kvKey = kv?.Key ?? "";
         var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections_nbits", $"{rows}|{layout}|{words}|{vec}|{(int)x.DType}|{st.ZeroKind}|{(int)st.Scales.Storage}|{a8}|{g.MatVec.Q4Hoist}|{g.MatVec.Q4ZeroSum}|{st.Panels}|{st.HalfNibbles}|{kvKey}", ctx.Node),
             () => Code(plan, st, x, rows, layout, chunk, words, vec, eps, x.DType, a8, consts, g.MatVec.Q4Hoist, g.MatVec.Q4ZeroSum, kv),
             $"ProjectionsNBits_{outs}x{P}{(plan.Norm ? "_rms" : "")}{(a8 ? "_a8" : "")}{(kv is null ? "" : "_kv")}_t{T}c{R}_r{rows}");
@@ -272,11 +332,7 @@ static class ProjectionsNBits
         if (st.ZeroKind == MatMulNBits.ZeroKind.Bytes) w.In("zp", GpuStorage.U32);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Floats) w.In("zp", GpuStorage.F32);
         for (int o = 0; o < outs; o++) if (kv is null || o != kv.K && o != kv.V) w.Out($"y{o}", dtype);
-        if (kv is not null)
-        {
-            w.Out("yk", DType.Float32).Out("yv", DType.Float32);
-            w.Decl($"fn cs_(d: u32) -> f32 {{ return bitcast<f32>(md[7u + d]); }}\nfn sn_(d: u32) -> f32 {{ return bitcast<f32>(md[{7 + kv.D}u + d]); }}");
-        }
+
         w.Decl(MatMulNBits.ZeroFunction(st.ZeroKind));
         w.Decl(Elementwise.HelperFunctions);
         int normAt = R * P * M, slots = normAt + (norm ? M : 0);
@@ -306,16 +362,9 @@ static class ProjectionsNBits
         b.Append($"  let t = lid.x % {T}u;\n  let wgi = wid.x + wid.y * nwg.x;\n  let cb = (wgi * {G}u + lid.x / {T}u) * {R}u;\n");
         // With a rotated key: lane-order column c of the key's range is key column (c even) d = c/2 of its head, (c odd)
         // half + c/2 (KvColumn).
-        bool rot = kv is { Half: > 0 };
-        long kStart = kv is null ? 0 : starts[kv.K], kN = kv is null ? 0 : plan.Outputs[kv.K].N;
-        if (rot)
-            w.Decl($$"""
-fn kvcol_(c: u32) -> u32 {
-  if (c < {{kStart}}u || c >= {{kStart + kN}}u) { return c; }
-  let j = c - {{kStart}}u; let d = j % {{kv!.D}}u;
-  return c - d + select({{kv.Half}}u + d / 2u, d / 2u, (d & 1u) == 0u);
-}
-""");
+        bool rot = kv is { Rotated: true };
+        long kStart = kv is null ? 0 : starts[kv.K];
+        kv?.Declare(w, 4, kStart, plan.Outputs[kv.K].N);
         for (int r = 0; r < R; r++)
         {
             b.Append(rot ? $"  let c{r} = kvcol_(min(cb + {r}u, C - 1u));\n" : $"  let c{r} = min(cb + {r}u, C - 1u);\n");
@@ -433,27 +482,10 @@ fn kvcol_(c: u32) -> u32 {
                 var op = plan.Outputs[o];
                 string code = Vectors(op.Code, st.VectorsAt);
                 b.Append($"      {(o == 0 ? "" : "else ")}if (o == {o}u) {{\n");
-                if (kv is not null && o == kv.V) b.Append($"{code}      yv_st(((j / {kv.D}u) * md[6] + md[4]) * {kv.D}u + j % {kv.D}u, v);\n");
-                else if (kv is not null && o == kv.K && !rot) b.Append($"{code}      yk_st(((j / {kv.D}u) * md[5] + md[4]) * {kv.D}u + j % {kv.D}u, v);\n");
-                else if (kv is not null && o == kv.K)
-                {
-                    // The pair's first column (lane order) finishes both: its own (key column d < half) and its
-                    // neighbour's (d + half), then writes both rotated.
-                    long D = kv.D, hf = kv.Half;
-                    b.Append($"      if ((j & 1u) == 0u) {{\n      let ja = kvcol_(c) - {kStart}u;\n      var ka = 0.0; var kb = 0.0;\n");
-                    b.Append($"      {{\n      let j = ja;\n{code}      ka = v;\n      }}\n");
-                    b.Append($"      let e2 = e + 1u; let r2 = e2 % {R}u; let pb2 = (e2 / {R}u) * {T}u;\n");
-                    b.Append(Total("p0b", $"((r2 * {P}u) * {M}u + {m}u)", "pb2"));
-                    b.Append($"      {{\n      let m0 = p0b{inv};\n      let j = ja + {hf}u;\n{code}      kb = v;\n      }}\n");
-                    b.Append($$"""
-      let h = ja / {{D}}u; let d = ja % {{D}}u; let at = (h * md[5] + md[4]) * {{D}}u + d;
-      yk_st(at, ka * cs_(d) + (-kb) * sn_(d));
-      yk_st(at + {{hf}}u, kb * cs_(d + {{hf}}u) + ka * sn_(d + {{hf}}u));
-      }
-
-""");
-                }
-                else b.Append($"{code}      y{o}_st({m}u * {op.N}u + j, v);\n");
+                // A rotated key's neighbour column: the next slot of this workgroup's epilogue loop.
+                string neighbour = $"      let e2 = e + 1u; let r2 = e2 % {R}u; let pb2 = (e2 / {R}u) * {T}u;\n"
+                    + Total("p0b", $"((r2 * {P}u) * {M}u + {m}u)", "pb2") + $"      let m0b = p0b{inv};\n";
+                b.Append(kv?.Store(o, code, neighbour, kStart, 4) ?? $"{code}      y{o}_st({m}u * {op.N}u + j, v);\n");
                 b.Append("      }\n");
             }
             b.Append("    }\n");
