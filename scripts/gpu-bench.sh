@@ -57,11 +57,11 @@ section large-webgpu 100 "$T bench llm-large --platform webgpu --runs 3"
 section q4-nibbles 240 "W='webgpu?toggles=-timestamp_quantization';
   for p in \"\$W\" \"\$W&q4-nibbles=magic\" \"\$W\" \"\$W&q4-nibbles=magic\"; do $T bench llm-large --quantize q4 --runs 5 --platform \"\$p\"; done;
   $T bench llm-large --runs 5 --platform \"\$W\""
-# Issue 24's 3x: the KV append in the q/k/v projection kernel against the rule (apart), alternating, f32 in the same call
-# (GPU_BENCH_ONLY=kv-projections for this alone).
-section kv-projections 240 "W='webgpu?toggles=-timestamp_quantization';
+# Issue 24's 3x: the KV append in the q/k/v projection kernel against the rule (apart), alternating, then f32 both ways
+# in the same call (GPU_BENCH_ONLY=kv-projections for this alone).
+section kv-projections 280 "W='webgpu?toggles=-timestamp_quantization';
   for p in \"\$W&kv-append=projections\" \"\$W\" \"\$W&kv-append=projections\" \"\$W\"; do $T bench llm-large --quantize q4 --runs 5 --platform \"\$p\"; done;
-  $T bench llm-large --runs 5 --platform \"\$W\""
+  for p in \"\$W\" \"\$W&kv-append=projections\"; do $T bench llm-large --runs 5 --platform \"\$p\"; done"
 section large-vulkan 100 "TAPML_VULKAN_STATS=1 $T bench llm-large --platform vulkan --runs 3"
 section gpu-vulkan 80 "$T bench gpu --platform vulkan --runs 3"
 section gpu-webgpu 80 "$T bench gpu --platform webgpu --runs 3"
