@@ -193,14 +193,13 @@ static class Projections
         int outs = plan.Outputs.Length, accs = rows * (plan.P + (plan.Norm ? 1 : 0));
         var lim = g.Device.Limits;
         int wg = Math.Min(256, lim.MaxInvocationsPerWorkgroup);
-        long kStart = kv is null ? 0 : plan.Outputs.Take(kv.K).Sum(o => o.N);
-        if (kv is not null && (rows != 1 || plan.P != 1 || x.DType != DType.Float32 || plan.Outputs[kv.K].N != kv.Heads * kv.D || plan.Outputs[kv.V].N != kv.Heads * kv.D)) return null;
+        if (kv is not null && !kv.Fits(plan, rows, x.DType)) return null;
         int bindings = 1 + (plan.Norm ? 1 : 0) + 1 + (plan.Vectors.Length > 0 ? 1 : 0) + outs + 1;
         if (bindings > lim.MaxStorageBuffersPerStage || (long)wg * accs * 4 > lim.MaxWorkgroupStorageBytes) return null;
         int threads = MatMul.MatVecThreads(k / per, packed);
         threads = Math.Min(threads, wg);
         // A rotated key pair's two columns are neighbouring thread groups of one workgroup.
-        if (kv is { Rotated: true } && (wg / threads % 2 != 0 || kStart % 2 != 0)) return null;
+        if (kv is not null && !kv.PairsFit(plan, wg / threads)) return null;
 
         var wt = g.TransposedWeights(ws);
         var list = new List<GpuTensor>(bindings) { x };
@@ -215,7 +214,7 @@ static class Projections
         var lead = x.Shape[..^1];
         for (int o = 0; o < outs; o++)
         {
-            if (kv is not null && (o == kv.K || o == kv.V)) { ys[o] = o == kv.K ? kv.Yk : kv.Yv; continue; }
+            if (kv?.Cache(o) is { } cache) { ys[o] = cache; continue; }
             ys[o] = g.Empty(x.DType, [.. lead, plan.Outputs[o].N]);
             list.Add(ys[o]);
         }
@@ -226,14 +225,15 @@ static class Projections
         var (gx, gy) = Wgsl.Grid(columns, wg / threads, lim.MaxWorkgroupsPerDimension);
         float eps = ctx.Float("epsilon", 1e-6f);
         var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections", $"{rows}|{packed}|{threads}|{wg}|{(int)x.DType}|{kv?.Key}", ctx.Node),
-            () => Code(plan, ws, rows, packed, threads, wg, eps, x.DType, kv, kStart),
+            () => Code(plan, ws, rows, packed, threads, wg, eps, x.DType, kv),
             $"Projections_{outs}x{plan.P}{(plan.Norm ? "_rms" : "")}{(packed ? "_f16" : "")}{(kv is null ? "" : "_kv")}_r{rows}");
         g.LaunchGroups(pipeline, [.. list], meta, gx, gy);
         return ys;
     }
 
-    static string Code(Plan plan, Tensor[] ws, int rows, bool packed, int t, int wg, float eps, DType dtype, ProjectionsNBits.KvRows? kv, long kStart)
+    static string Code(Plan plan, Tensor[] ws, int rows, bool packed, int t, int wg, float eps, DType dtype, ProjectionsNBits.KvRows? kv)
     {
+        long kStart = kv?.KeyStart(plan) ?? 0;
         int per = packed ? 8 : 4, P = plan.P, outs = plan.Outputs.Length;
         var w = new Wgsl(wg);
         var decl = new StringBuilder();
@@ -243,7 +243,7 @@ static class Projections
         decl.Append($"@group(0) @binding({b++}) var<storage, read> wt_b: array<vec4<{(packed ? "u32" : "f32")}>>;\n");
         if (plan.Vectors.Length > 0) decl.Append($"@group(0) @binding({b++}) var<storage, read> vecs_b: array<f32>;\n");
         for (int i = 0; i < b; i++) w.Reserve();
-        for (int o = 0; o < outs; o++) if (kv is null || o != kv.K && o != kv.V) w.Out($"y{o}", dtype);
+        for (int o = 0; o < outs; o++) if (kv?.Cache(o) is null) w.Out($"y{o}", dtype);
         kv?.Declare(w, 1, kStart, plan.Outputs[kv.K].N);
         int accs = rows * (P + (plan.Norm ? 1 : 0));
         w.Decl(decl.ToString() + $"var<workgroup> red: array<f32, {wg * accs}>;");

@@ -66,6 +66,21 @@ static class ProjectionsNBits
         /// <summary>What the kernel key needs of it.</summary>
         public string Key => $"{K}|{V}|{D}|{Half}";
 
+        /// <summary>Whether a projection kernel's launch can append: one row of f32 x, one product an output, K and V of
+        /// heads × D columns (a rotated key: rotate-half over the whole head).</summary>
+        public bool Fits(Projections.Plan plan, int rows, DType x) =>
+            rows == 1 && plan.P == 1 && x == DType.Float32 && plan.Outputs[K].N == Heads * D && plan.Outputs[V].N == Heads * D && (!Rotated || D == 2 * Half);
+
+        /// <summary>The first output column of the key (the outputs before it, side by side).</summary>
+        public long KeyStart(Projections.Plan plan) => plan.Outputs.Take(K).Sum(o => o.N);
+
+        /// <summary>Whether a rotated pair's two lane-order columns meet in one workgroup of
+        /// <paramref name="columnsPerWorkgroup"/> columns: an even count, and the key starting at an even column.</summary>
+        public bool PairsFit(Projections.Plan plan, long columnsPerWorkgroup) => !Rotated || columnsPerWorkgroup % 2 == 0 && KeyStart(plan) % 2 == 0;
+
+        /// <summary>The cache output <paramref name="o"/> is written to (null: an output of its own).</summary>
+        public GpuTensor? Cache(int o) => o == K ? Yk : o == V ? Yv : null;
+
         /// <summary>The caches (bound after the other outputs), and the metadata words from the kernel's own: the row
         /// written, the caches' row capacities, then the rotary tables.</summary>
         public void Bind(List<GpuTensor> list, Meta meta)
@@ -236,8 +251,7 @@ fn kvcol_(c: u32) -> u32 {
         if (rowCount > MatMul.MatVecMaxRows) return null;                     // prefill: the body runs (tiled MatMulNBits over views of the stack)
         int rows = (int)rowCount, outs = plan.Outputs.Length;
         bool a8 = st.Int8 && x.DType == DType.Float32 && x.Storage == GpuStorage.F32;
-        if (kv is not null && (rows != 1 || a8 || plan.P != 1 || x.DType != DType.Float32
-            || plan.Outputs[kv.K].N != kv.Heads * kv.D || plan.Outputs[kv.V].N != kv.Heads * kv.D || kv.Half > 0 && kv.D != 2 * kv.Half)) return null;
+        if (kv is not null && (a8 || !kv.Fits(plan, rows, x.DType))) return null;
         float eps = ctx.Float("epsilon", 1e-6f);
         if (!st.Launches.TryGet(g.MatVec, (rows, x.Storage, a8, kv is not null), out var launch))
             launch = st.Launches.Add((rows, x.Storage, a8, kv is not null), MakeLaunch(g, ctx, plan, st, x, rows, a8, eps, kv));
@@ -252,7 +266,7 @@ fn kvcol_(c: u32) -> u32 {
         var lead = x.Shape[..^1];
         for (int o = 0; o < outs; o++)
         {
-            if (kv is not null && (o == kv.K || o == kv.V)) { ys[o] = o == kv.K ? kv.Yk : kv.Yv; continue; }
+            if (kv?.Cache(o) is { } cache) { ys[o] = cache; continue; }
             ys[o] = g.Empty(x.DType, [.. lead, plan.Outputs[o].N]);
             list.Add(ys[o]);
         }
@@ -287,8 +301,7 @@ fn kvcol_(c: u32) -> u32 {
         bool consts = st.Consts is not null && (!a8 || plan.Vectors.Length > 0);
         int bindings = 1 + (consts ? 1 : 0) + 2 + (st.Zeros is null ? 0 : 1) + outs + 1;
         if (bindings > lim.MaxStorageBuffersPerStage) return null;
-        // A rotated key pair's two columns are neighbours in one workgroup (the key's columns start at an even index).
-        if (kv is { Half: > 0 } && ((WG / T * R) % 2 != 0 || plan.Outputs.Take(kv.K).Sum(o => o.N) % 2 != 0)) return null;
+        if (kv is not null && !kv.PairsFit(plan, WG / T * R)) return null;
         var (gx, gy) = Wgsl.Grid(columns, WG / T * R, lim.MaxWorkgroupsPerDimension);
         // x staged in workgroup memory (q4-xs=1): chunks of units that fit beside the partial sums.
         int chunk = !shape.SharedX ? 0 : (int)Math.Min(units, (lim.MaxWorkgroupStorageBytes - (long)Slots(R) * WG * 4) / (rows * words * 2 * 16L));
@@ -331,8 +344,7 @@ fn kvcol_(c: u32) -> u32 {
         MatMulNBits.DeclareScales(w, st.Scales, st.Panels);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Bytes) w.In("zp", GpuStorage.U32);
         if (st.ZeroKind == MatMulNBits.ZeroKind.Floats) w.In("zp", GpuStorage.F32);
-        for (int o = 0; o < outs; o++) if (kv is null || o != kv.K && o != kv.V) w.Out($"y{o}", dtype);
-
+        for (int o = 0; o < outs; o++) if (kv?.Cache(o) is null) w.Out($"y{o}", dtype);
         w.Decl(MatMulNBits.ZeroFunction(st.ZeroKind));
         w.Decl(Elementwise.HelperFunctions);
         int normAt = R * P * M, slots = normAt + (norm ? M : 0);
@@ -361,7 +373,7 @@ fn kvcol_(c: u32) -> u32 {
         b.Append("  let K = md[0]; let U = md[1]; let KB = md[2]; let C = md[3];\n").Append(a8 ? "  let QP = md[4] / 4u;\n" : MatMulNBits.UnitPrologue + (half ? MatMulNBits.HalfPrologue : ""));
         b.Append($"  let t = lid.x % {T}u;\n  let wgi = wid.x + wid.y * nwg.x;\n  let cb = (wgi * {G}u + lid.x / {T}u) * {R}u;\n");
         // With a rotated key: lane-order column c of the key's range is key column (c even) d = c/2 of its head, (c odd)
-        // half + c/2 (KvColumn).
+        // half + c/2 (kvcol_).
         bool rot = kv is { Rotated: true };
         long kStart = kv is null ? 0 : starts[kv.K];
         kv?.Declare(w, 4, kStart, plan.Outputs[kv.K].N);
