@@ -160,18 +160,22 @@ static class BenchWorkflows
     /// 4096, 32 heads, 8 KV heads, intermediate 14336; vocab 32000): 1.13B parameters, 3.7 GiB f32 read per token.
     /// webgpu against cpu in one process (ORT is left out: the graph's 4.5 GiB are over protobuf's 2 GiB, and its
     /// session would take minutes); prompt 16, 16 decode steps. Prints the effective weight bandwidth of a decode step
-    /// (bytes read ÷ time), to set against the matrix-vector bandwidth <c>bench gpu</c> measures.</summary>
+    /// (bytes read ÷ time), to set against the matrix-vector bandwidth <c>bench gpu</c> measures. Several GPU specs
+    /// separated by <c>;</c> run one after another in the same process on the same weights (a layout sweep pays the
+    /// checkpoint and its quantization once; repeat a spec to see the noise), each against cpu's tokens.</summary>
     static int LlmLarge(int runs, string gpu, QuantizeScheme? quantize, bool half)
     {
+        var gpus = gpu.Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (gpus.Length == 0) throw new TapmlException("bench llm-large: --platform names no platform");
         var (plain, parameters, readBytes) = BenchLlama("tapml-bench-llama-4x4096", new TinyCheckpoint.Sizes(Layers: 4, Hidden: 4096, Heads: 32, KvHeads: 8, Intermediate: 14336, Vocab: 32000), quantize, half);
         var rng = new Random(3);
         long[] prompt = Enumerable.Range(0, 16).Select(_ => (long)rng.Next(32000)).ToArray();
         const int newTokens = 17;
-        if (gpu == "webgpu" && Tapml.Platforms.WebGpu.WebGpuPlatform.Unavailable() is { } why) { Console.Error.WriteLine($"bench llm-large: {why}"); return 2; }
+        if (gpus.Contains("webgpu") && Tapml.Platforms.WebGpu.WebGpuPlatform.Unavailable() is { } why) { Console.Error.WriteLine($"bench llm-large: {why}"); return 2; }
         var table = new Table().AddColumns("platform", "prefill tokens/s", "decode tokens/s", "decode ms/token", "weight bandwidth of a decode step");
         var results = new List<GenerationResult>();
         var promptLogits = new List<float[]>();
-        foreach (var spec in new[] { "cpu", gpu })
+        foreach (var spec in gpus.Prepend("cpu"))
         {
             using var p = PlatformRegistry.Create(spec);
             var exec = new Executor(p) { PreferWholeGraph = true };
@@ -200,14 +204,20 @@ static class BenchWorkflows
                 $"{readBytes * best.DecodeTokensPerSecond / 1e12:F2} TB/s");
             Console.Error.WriteLine($"bench llm-large: {spec}: prefill {best.PrefillTokensPerSecond:F1} tokens/s, decode {best.DecodeTokensPerSecond:F1} tokens/s");
         }
-        bool same = results[0].Tokens.SequenceEqual(results[1].Tokens);
+        bool all = true;
+        for (int i = 1; i < results.Count; i++) all &= results[0].Tokens.SequenceEqual(results[i].Tokens);
         table.Caption($"llama {parameters / 1e9:F2}B parameters (4 layers of 4096/14336, f32), {Format.Bytes(readBytes)} read per decode step, prompt 16, 16 decode steps; " +
-                      $"{gpu} best of {runs}, cpu one run; greedy tokens {(same ? "identical" : "DIFFER")}");
+                      $"{(gpus.Length == 1 ? gpus[0] : "each GPU platform")} best of {runs}, cpu one run; greedy tokens {(all ? "identical" : "DIFFER")}");
         AnsiConsole.Write(table);
-        Console.WriteLine($"{gpu}: decode {results[1].DecodeTokensPerSecond:F1} tokens/s = {results[1].DecodeTokensPerSecond / results[0].DecodeTokensPerSecond:F1}× cpu; " +
-                          $"{readBytes} B of weights per step at {readBytes * results[1].DecodeTokensPerSecond / 1e12:F2} TB/s");
-        if (!same) Console.WriteLine(TokensDiffer(results[0].Tokens, results[1].Tokens, promptLogits[0], promptLogits[1], gpu));
-        return same ? 0 : 1;
+        for (int i = 1; i < results.Count; i++)
+        {
+            string spec = gpus[i - 1];
+            Console.WriteLine($"{spec}: decode {results[i].DecodeTokensPerSecond:F1} tokens/s = {results[i].DecodeTokensPerSecond / results[0].DecodeTokensPerSecond:F1}× cpu; " +
+                              $"{readBytes} B of weights per step at {readBytes * results[i].DecodeTokensPerSecond / 1e12:F2} TB/s");
+            if (!results[0].Tokens.SequenceEqual(results[i].Tokens))
+                Console.WriteLine(TokensDiffer(results[0].Tokens, results[i].Tokens, promptLogits[0], promptLogits[i], spec));
+        }
+        return all ? 0 : 1;
     }
 
     /// <summary>Where two greedy runs part and by how much their logits differ: the first differing token, and at the

@@ -77,7 +77,7 @@ public class FusionTests
     /// presents within tolerance, and a decode step takes five dispatches a layer with <c>kv-append=joint</c> (no region
     /// fell back to its body: the attention kernel appended the new K and V rows itself) and with
     /// <c>kv-append=projections</c> (the q/k/v projection kernel appended them: 4-bit and f32 weights, checkpoints of 64
-    /// and 1024 hidden, rows and panel layouts, Qwen2's biases), six with the rule's append apart, and none for the
+    /// and 1024 hidden, rows and panel layouts, Qwen2's biases; the rule), six with the append apart, and none for the
     /// rotary tables (the position a host input), with subgroup lanes and with a thread a key.</summary>
     [Theory]
     [InlineData("llama", "webgpu?kv-append=joint")]
@@ -86,15 +86,15 @@ public class FusionTests
     [InlineData("llama", "webgpu?attn-decode=threads&kv-append=joint")]
     [InlineData("qwen2", "vulkan?kv-append=joint")]
     [InlineData("llama", "opencl?kv-append=joint")]
-    [InlineData("llama", "webgpu")]                                  // f32 weights: the append a dispatch of its own
+    [InlineData("llama", "webgpu?kv-append=apart")]                  // f32 weights: the append a dispatch of its own
     [InlineData("llama", "webgpu?kv-append=projections", "q4")]     // the append in the q/k/v projection kernel
     [InlineData("llama", "webgpu?kv-append=projections", "q4", 1024)]
     [InlineData("llama", "webgpu?kv-append=projections&q4-nibbles=magic", "q4sym", 1024)]
     [InlineData("qwen2", "vulkan?kv-append=projections", "q4", 1024)]
     [InlineData("phi3", "webgpu?kv-append=projections", "q4")]
     [InlineData("llama", "opencl?kv-append=projections", "q4", 1024)]
-    [InlineData("llama", "webgpu", "q4", 1024)]                      // the rule: apart
-    [InlineData("llama", "webgpu?kv-append=projections")]           // f32 projections append too
+    [InlineData("llama", "webgpu?kv-append=apart", "q4", 1024)]
+    [InlineData("llama", "webgpu")]                                  // the rule: f32 projections append too
     [InlineData("qwen2", "vulkan?kv-append=projections", null, 1024)]
     public void Webgpu_decode_steps_of_the_fused_graph_match_cpu(string arch, string platform, string? quantize = null, int hidden = 0)
     {
@@ -148,7 +148,7 @@ public class FusionTests
             // Per layer: projections (norm, q/k/v) with the KV append (kv-append=projections), attention (with the
             // append: joint), the append apart otherwise, o_proj + residual, projections (norm, MLP), down_proj +
             // residual; then two more (the embedding row, the final norm with lm_head).
-            bool appendFused = platform.Contains("kv-append=joint", StringComparison.Ordinal) || platform.Contains("kv-append=projections", StringComparison.Ordinal);
+            bool appendFused = !platform.Contains("kv-append=apart", StringComparison.Ordinal);
             int perLayer = appendFused ? 5 : 6;
             Assert.True(perStep == perLayer * layers + 2, $"{perStep} dispatches in a decode step of {layers} layers, not {perLayer} a layer and 2 more");
         }

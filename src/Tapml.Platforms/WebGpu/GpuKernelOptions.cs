@@ -14,13 +14,13 @@ public sealed class GpuKernelOptions
     public SkinnyTuning Skinny { get; set; } = SkinnyTuning.Rule;
     public MatVecTuning MatVec { get; set; } = MatVecTuning.Rule;
     public bool KvInPlace { get; private set; } = true;
-    /// <summary>Where a decode step's KV append runs: as a dispatch of its own (<c>kv-append=apart</c>, the rule), in the
-    /// epilogue of the q/k/v projection kernel (<c>projections</c>: <c>projections_kv</c> regions; one
-    /// dispatch a layer fewer, not yet measured on a GPU) or inside its attention kernel (<c>joint</c>: graphs fused
-    /// without the fourth pass, <c>Fusion.Fuse(…, kvInProjections: false)</c>; its decode was slower on an H200, and
-    /// without its per-key branch 5 % slower on an H100: 1710.6 and 1712.3 tokens/s against 1807.1 and 1807.2,
-    /// docs/benchmarks.md).</summary>
-    public string KvAppend { get; private set; } = "apart";
+    /// <summary>Where a decode step's KV append runs: in the epilogue of the q/k/v projection kernel (<c>kv-append=projections</c>,
+    /// the rule: <c>projections_kv</c> regions, one dispatch a layer fewer; on an H100 4-bit decode of the 8B shape 1942.7
+    /// and 1943.4 tokens/s against 1837.9 and 1864.2 apart, f32 680.1 against 667.1, docs/benchmarks.md), as a dispatch of
+    /// its own (<c>apart</c>) or inside the attention kernel (<c>joint</c>: graphs fused without the fourth pass,
+    /// <c>Fusion.Fuse(…, kvInProjections: false)</c>; 5 % slower than apart on an H100, likely because the attention then
+    /// binds the caches read-write).</summary>
+    public string KvAppend { get; private set; } = "projections";
     public bool KvJoint => KvAppend == "joint";
     /// <summary>Host inputs (<see cref="IHostInputs"/>) start host-run nodes (<c>host-inputs=on</c>, the default) or are
     /// plain feeds (<c>off</c>: a decode step's rotary tables run their kernel).</summary>
