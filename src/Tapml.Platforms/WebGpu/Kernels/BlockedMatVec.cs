@@ -51,6 +51,9 @@ public sealed record MatVecTuning
     /// <summary>A unit's loads of all a thread's weight rows (words, scales, zero points) written before any row's math
     /// (<c>q4-loads=first</c>) rather than each row's loads beside its math (<c>inline</c>, the default).</summary>
     public bool Q4Hoist { get; init; }
+    /// <summary>Threads the rule's rows a thread aim to keep in flight (<c>q4-target=N</c>; 0: 65536): fewer rows a
+    /// thread for small products where this is larger.</summary>
+    public int Q4TargetThreads { get; init; }
     public int F16Threads { get; init; }
     public int F16Rows { get; init; }
     public int F16Workgroup { get; init; }
@@ -108,7 +111,7 @@ public sealed record MatVecTuning
     /// 1432.3 tokens/s with <c>q4-split=4</c>, 1139.1 with 2, against 1696.1 unsplit; docs/benchmarks.md).</summary>
     public const int Q4SplitRule = 1;
 
-    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial|subgroup, q4-unit=1|2|4, q4-loads=first|inline, q4-layout=panels|halves|rows, q4-zero=each|sum, q4-scales=f16|f32, q4-params=packed|apart, q4-nibbles=half|magic, q4-split=N, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial|subgroup, f16-unpack=bits|native";
+    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial|subgroup, q4-unit=1|2|4, q4-loads=first|inline, q4-target=N, q4-layout=panels|halves|rows, q4-zero=each|sum, q4-scales=f16|f32, q4-params=packed|apart, q4-nibbles=half|magic, q4-split=N, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial|subgroup, f16-unpack=bits|native";
 
     /// <summary>This tuning with one spec option applied, or null when <paramref name="key"/> is not a matrix-vector knob.</summary>
     public MatVecTuning? With(string spec, string key, string value)
@@ -135,6 +138,7 @@ public sealed record MatVecTuning
             "q4-params" => this with { Q4PackedParams = value switch { "packed" => true, "apart" => false, _ => throw new TapmlException($"platform '{spec}': {key}={value} must be packed or apart") } },
             "q4-nibbles" => this with { Q4Nibbles = value is "half" or "magic" ? value : throw new TapmlException($"platform '{spec}': {key}={value} must be half or magic") },
             "q4-split" => this with { Q4Split = Count(16) },
+            "q4-target" => this with { Q4TargetThreads = Count(1 << 24) },
             "q4-unit" => this with { Q4Words = value is "1" or "2" or "4" ? int.Parse(value) : throw new TapmlException($"platform '{spec}': {key}={value} must be 1, 2 or 4") },
             "f16-threads" => this with { F16Threads = Count(256) },
             "f16-rows" => this with { F16Rows = Count(16) },
@@ -160,7 +164,7 @@ public sealed record MatVecTuning
     public MatVecShape Q4(long n, long units, int maxWorkgroup, int subgroup = 0, bool panels = false)
     {
         int t = Q4Threads > 0 ? Q4Threads : Math.Min(n >= 65536 && !panels ? 32 : 64, Math.Max(4, Wgsl.FloorPow2(units)));
-        int r = Q4Rows > 0 ? Q4Rows : (int)Math.Clamp(Wgsl.FloorPow2(n * t / 65536), 1, panels ? 4 : 8);
+        int r = Q4Rows > 0 ? Q4Rows : (int)Math.Clamp(Wgsl.FloorPow2(n * t / (Q4TargetThreads > 0 ? Q4TargetThreads : 65536)), 1, panels ? 4 : 8);
         var s = Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup) with { Unroll = Q4Unroll > 0 ? Q4Unroll : 1, Tree = Q4Tree ?? true, Subgroup = Q4Subgroup ?? Q4SubgroupRule ? subgroup : 0 };
         // Never more ranges than leave each of a row's threads a unit in every range; x staged in workgroup memory
         // (q4-xs=1) does not split.
