@@ -95,6 +95,8 @@ public class FusionTests
     [InlineData("llama", "opencl?kv-append=projections", "q4", 1024)]
     [InlineData("llama", "webgpu?kv-append=apart", "q4", 1024)]
     [InlineData("llama", "webgpu")]                                  // the rule: f32 projections append too
+    [InlineData("llama", "webgpu?prefetch=on", "q4", 1024)]          // the attention reads o_proj's weights ahead
+    [InlineData("qwen2", "vulkan?prefetch=on", "q4", 1024)]
     [InlineData("qwen2", "vulkan?kv-append=projections", null, 1024)]
     public void Webgpu_decode_steps_of_the_fused_graph_match_cpu(string arch, string platform, string? quantize = null, int hidden = 0)
     {
@@ -152,6 +154,9 @@ public class FusionTests
             int perLayer = appendFused ? 5 : 6;
             Assert.True(perStep == perLayer * layers + 2, $"{perStep} dispatches in a decode step of {layers} layers, not {perLayer} a layer and 2 more");
         }
+        // prefetch=on: from the second step on each layer's attention read its o_proj's words ahead.
+        if (platform.Contains("prefetch=on", StringComparison.Ordinal)) Assert.True(gpu.PrefetchedBytes > 0, "no attention kernel prefetched weights");
+        else Assert.Equal(0, gpu.PrefetchedBytes);
     }
 
     [Fact]

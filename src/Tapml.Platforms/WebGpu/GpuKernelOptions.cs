@@ -25,6 +25,9 @@ public sealed class GpuKernelOptions
     /// <summary>Host inputs (<see cref="IHostInputs"/>) start host-run nodes (<c>host-inputs=on</c>, the default) or are
     /// plain feeds (<c>off</c>: a decode step's rotary tables run their kernel).</summary>
     public bool HostInputs { get; private set; } = true;
+    /// <summary>A decode row's attention kernel also reads the weights of the product after it into the GPU's cache, with
+    /// workgroups of its own while its few rows run (<c>prefetch=on</c>; weights up to 24 MB: a 4-bit o_proj).</summary>
+    public bool Prefetch { get; private set; }
     public bool HalfProjectionsFused { get; private set; } = true;
     public int AttentionTargetGroups { get; private set; } = 256;
     public int AttentionTiledFrom { get; private set; } = 32;
@@ -33,7 +36,7 @@ public sealed class GpuKernelOptions
     /// lanes where the device has subgroup shuffles) or a thread a key (<c>threads</c>).</summary>
     public bool? AttentionLanes { get; private set; }
 
-    public static readonly string Help = "kv=inplace|copy, kv-append=apart|projections|joint, host-inputs=on|off, attn-groups=N (at least 1), attn-tiled=ROWS (0: never), attn-tile=v2|v1, attn-decode=lanes|threads, f16-proj=fused|split, " +
+    public static readonly string Help = "kv=inplace|copy, kv-append=apart|projections|joint, host-inputs=on|off, prefetch=on|off, attn-groups=N (at least 1), attn-tiled=ROWS (0: never), attn-tile=v2|v1, attn-decode=lanes|threads, f16-proj=fused|split, " +
         $"matmul-tile=BMxBNxBK/TMxTN or legacy, matmul-ladder=v2|v1, matmul-groups=N (1 to 65536), {MatVecTuning.Help}, {SkinnyTuning.Help}";
 
     /// <summary>The options of <paramref name="options"/> (what is left of the spec after the device's own); an
@@ -55,6 +58,7 @@ public sealed class GpuKernelOptions
         if (k == "kv" && v is "inplace" or "copy") { KvInPlace = v == "inplace"; return true; }
         if (k == "kv-append" && v is "projections" or "joint" or "apart") { KvAppend = v; return true; }
         if (k == "host-inputs" && v is "on" or "off") { HostInputs = v == "on"; return true; }
+        if (k == "prefetch" && v is "on" or "off") { Prefetch = v == "on"; return true; }
         if (k == "attn-groups" && int.TryParse(v, out int groups) && groups >= 1) { AttentionTargetGroups = groups; return true; }
         if (k == "attn-tiled" && int.TryParse(v, out int from) && from >= 0) { AttentionTiledFrom = from; return true; }
         if (k == "f16-proj" && v is "fused" or "split") { HalfProjectionsFused = v == "fused"; return true; }

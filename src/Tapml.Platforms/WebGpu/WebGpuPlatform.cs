@@ -309,6 +309,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         Device.Context = k.Label;
         string outerOp = _profileOp;
         if (_profiling) _profileOp = k.Node.OpType;
+        if (_depth++ == 0) _noted = _launched = false;
         try
         {
             if (OnHost(k, ctx, ins) is { } hostOuts) return hostOuts;
@@ -316,8 +317,56 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             Shadow(k, ctx, ins, outs);
             return outs;
         }
-        finally { Device.Context = ""; _profileOp = outerOp; }
+        finally
+        {
+            Device.Context = ""; _profileOp = outerOp;
+            if (--_depth == 0 && _launched) _previousNode = k.Node;
+        }
     }
+
+    // ---- weights prefetched into the GPU's cache (prefetch=on) -------------------------------------------------
+
+    int _depth;
+    bool _noted, _launched;
+    Node? _previousNode;
+    readonly Dictionary<Node, GpuTensor> _nextWeights = new(ReferenceEqualityComparer.Instance);
+    GpuTensor? _prefetchSink;
+
+    /// <summary>Weights at most this large are prefetched (a fraction of a datacenter GPU's L2: the 4-bit o_proj of an
+    /// 8B model is 9.4 MB, f32 67 MB).</summary>
+    internal const long PrefetchMaxBytes = 24L << 20;
+
+    /// <summary>Notes that the graph's node running now reads the weights <paramref name="w"/> (its first product's, if
+    /// it has several): the last node before it that dispatched a kernel (views and host-run nodes between them do not
+    /// count) may prefetch them next time (<see cref="PrefetchFor"/>).</summary>
+    internal void NoteWeights(GpuTensor w)
+    {
+        if (!Options.Prefetch || _noted) return;
+        _noted = true;
+        if (_previousNode is { } n && w.StorageBytes <= PrefetchMaxBytes) _nextWeights[n] = w;
+    }
+
+    /// <summary>With <c>prefetch=on</c>, the weights the node that ran after <paramref name="n"/> read last time (while
+    /// they are alive), which a light kernel of <paramref name="n"/> may read into the cache with idle workgroups; and
+    /// the buffer their loads are folded into.</summary>
+    internal (GpuTensor Weights, GpuTensor Sink)? PrefetchFor(Node n)
+    {
+        if (!Options.Prefetch || !_nextWeights.TryGetValue(n, out var w)) return null;
+        if (w.Freed || w.Buffer.Handle == 0) { _nextWeights.Remove(n); return null; }
+        PrefetchedBytes += (long)w.StorageBytes;
+        if (_prefetchSink is null)
+        {
+            var e = Empty(DType.UInt32, [PrefetchSinkWords]);
+            _prefetchSink = new GpuTensor(this, e.DType, e.Shape, e.Buffer, e.Storage) { Pinned = true };
+        }
+        return (w, _prefetchSink);
+    }
+
+    /// <summary>Weight bytes kernels were asked to prefetch (<c>prefetch=on</c>) so far.</summary>
+    public long PrefetchedBytes { get; private set; }
+
+    /// <summary>u32 slots of the prefetch sink (a prefetching thread writes slot i modulo this).</summary>
+    internal const int PrefetchSinkWords = 1 << 16;
 
     /// <summary>Runs <paramref name="op"/>'s kernel; inputs with a row capacity (KV caches appended in place) are first
     /// copied contiguous unless the kernel reads strides (<see cref="GpuOp.TakesStrided"/>).</summary>
@@ -1051,6 +1100,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             sizes[i] = whole >= bindings[i].StorageBytes && whole <= maxBinding ? whole : Math.Max(4, bindings[i].StorageBytes);
         }
         Device.Dispatch(Scoped(p), handles, offsets, sizes, meta.Words, gx, gy, gz);
+        _launched = true;
     }
 
     public void Dispose()

@@ -364,12 +364,15 @@ public static class Fused
             (g.AttentionTileLayout == 2 && AttentionTiles.Run(g, q, k, v, mask, rcos, rsin, meta, b * h, s, d, dv, maskKind, y) || Tiled(g, q, k, v, mask, rcos, rsin, meta, b * h, s, d, dv, maskKind, y))) return y;
         bool split = chunks > 1;
         var parts = split ? g.Empty(DType.Float32, [rows * chunks * (dv + 2)]) : null;
-        var (gx, gy) = Wgsl.Grid(rows * chunks, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
-        var operands = new RowOperands(q, k, v, mask, rcos, rsin, app, appAt);
+        // A decode row's few workgroups leave the GPU idle: with prefetch=on more workgroups read the next product's
+        // weights into the cache meanwhile (two more bindings: the weights and the sink their loads are folded into).
+        var prefetch = !split && nIn + (rcos is null ? 0 : 2) + newRowBindings + 4 <= g.Device.Limits.MaxStorageBuffersPerStage ? g.PrefetchFor(ctx.Node) : null;
+        int pfAt = prefetch is { } pf ? meta.Add((long)(pf.Weights.StorageBytes / 16)) : -1;
+        var operands = new RowOperands(q, k, v, mask, rcos, rsin, app, appAt) { Prefetch = prefetch, PrefetchAt = pfAt };
         if (g.AttentionLanes is int lanes and > 0)
-            LaneRows(g, operands, meta, maskKind, split ? parts! : y, split, lanes, (int)Math.Max(d, dv), gx, gy);
+            LaneRows(g, operands, meta, maskKind, split ? parts! : y, split, lanes, (int)Math.Max(d, dv), rows * chunks);
         else
-            ThreadRows(g, operands, meta, maskKind, split ? parts! : y, split, groups, gx, gy);
+            ThreadRows(g, operands, meta, maskKind, split ? parts! : y, split, groups, rows * chunks);
         if (!split) return y;
         // Combine: per row, weights exp(max_c − M) (1 while every score is -inf, as the one-pass kernel: 0/0 = NaN).
         var cm = new Meta();
@@ -435,11 +438,12 @@ public static class Fused
     /// <see cref="LaneKeys"/> keys at a time (group gi's keys gi·4…, then every G·4-th), their scores added across the
     /// lanes with <c>subgroupShuffleXor</c>, and keeping its own running max, sum and output (online softmax) with no
     /// barrier in the key loop; the groups merge in workgroup memory at the end, as <see cref="ThreadRows"/>' do.</summary>
-    static void LaneRows(WebGpuPlatform g, RowOperands r, Meta meta, string maskKind, GpuTensor output, bool split, int lanes, int dims, uint gx, uint gy)
+    static void LaneRows(WebGpuPlatform g, RowOperands r, Meta meta, string maskKind, GpuTensor output, bool split, int lanes, int dims, long rowGroups)
     {
         int P = lanes, G = Math.Max(1, Math.Min(8, 256 / P)), WG = P * G, C = (dims + P - 1) / P, U = LaneKeys;
         bool rot = r.Rcos is not null;
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention_lanes", $"{maskKind}|{split}|{rot}|{P}|{C}|{r.NewKey}"), () =>
+        var (gx, gy) = r.Grid(g, rowGroups, WG);
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention_lanes", $"{maskKind}|{split}|{rot}|{P}|{C}|{r.NewKey}{r.PrefetchKey}"), () =>
         {
             var w = r.Bindings(WG);
             w.Decl($"var<workgroup> qs: array<f32, {C * P}>;\nvar<workgroup> gm: array<f32, {G}>;\nvar<workgroup> gt: array<f32, {G}>;\nvar<workgroup> ga: array<f32, {G * C * P}>;");
@@ -472,7 +476,7 @@ public static class Fused
                 }
                 b.Append("      m = mnew;\n    }\n");
             }
-            var b = new System.Text.StringBuilder(RowHead);
+            var b = new System.Text.StringBuilder(r.PrefetchHead(WG)).Append(RowHead);
             b.Append(LoadQuery(rot, WG)).Append(r.Stage(WG));
             b.Append($"  let e = lid.x % {P}u; let grp = lid.x / {P}u;\n  workgroupBarrier();\n").Append(r.Write(WG));
             for (int c = 0; c < C; c++) b.Append($"  let q{c} = select(0.0, qs[e + {c * P}u], e + {c * P}u < D);\n");
@@ -514,14 +518,15 @@ public static class Fused
     /// count; each group takes every G-th chunk of 64 keys, one score per thread, the chunk's max rescaling the group's
     /// running sums (online softmax), thread t accumulating output dims t, t+64, …; the groups merge in workgroup
     /// memory.</summary>
-    static void ThreadRows(WebGpuPlatform g, RowOperands r, Meta meta, string maskKind, GpuTensor output, bool split, int groups, uint gx, uint gy)
+    static void ThreadRows(WebGpuPlatform g, RowOperands r, Meta meta, string maskKind, GpuTensor output, bool split, int groups, long rowGroups)
     {
         const int W = AttnThreads, Acc = AttnMaxHeadDim / AttnThreads;
         string Apply() => MaskApply(maskKind);
         bool rot = r.Rcos is not null;
         // q's load: rotated as it is read (x·cos + rotate_half(x)·sin, q's last axis contiguous) with rotary_q.
         string LoadQ() => LoadQuery(rot, W * groups) + r.Stage(W * groups);
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention", $"{maskKind}|{split}|{rot}|{groups}|{r.NewKey}"), () =>
+        var (gx, gy) = r.Grid(g, rowGroups, W * groups);
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("attention", $"{maskKind}|{split}|{rot}|{groups}|{r.NewKey}{r.PrefetchKey}"), () =>
         {
             var w = r.Bindings(W * groups);
             w.Decl($"var<workgroup> qs: array<f32, {AttnMaxHeadDim}>;\nvar<workgroup> ps: array<f32, {W * groups}>;\nvar<workgroup> red: array<f32, {W * groups}>;\n" +
@@ -559,7 +564,7 @@ public static class Fused
                     ? $"  let pb = wi * (Dv + 2u);\n  if (lid.x == 0u) {{ y_st(pb, mx); y_st(pb + 1u, total); }}\n  for (var e = lid.x; e < Dv; e += {W * groups}u) {{ y_st(pb + 2u + e, {merged}); }}"
                     : $"  for (var e = lid.x; e < Dv; e += {W * groups}u) {{ y_st(row * Dv + e, ({merged}) / total); }}";
             return w.Build($$"""
-{{RowHead}}  let t = lid.x % {{W}}u; let grp = lid.x / {{W}}u; let slot = lid.x;
+{{r.PrefetchHead(W * groups)}}{{RowHead}}  let t = lid.x % {{W}}u; let grp = lid.x / {{W}}u; let slot = lid.x;
 {{LoadQ()}}
   workgroupBarrier();
 {{r.Write(W * groups)}}  var m = ninf;
@@ -630,6 +635,42 @@ public static class Fused
     {
         bool Shared => New is not null && New.SharesTables(Rcos, Rsin);
 
+        /// <summary>Weights read into the cache by workgroups after the rows' (<see cref="WebGpuPlatform.PrefetchFor"/>),
+        /// and the metadata word holding their count of 16-byte loads.</summary>
+        public (GpuTensor Weights, GpuTensor Sink)? Prefetch { get; init; }
+        public int PrefetchAt { get; init; } = -1;
+
+        /// <summary>Loads of 16 bytes a prefetching thread makes (all in flight at once).</summary>
+        const int PrefetchLoads = 8;
+
+        public string PrefetchKey => Prefetch is null ? "" : "|pf";
+
+        /// <summary>The rows' workgroups, then the prefetching ones.</summary>
+        public (uint X, uint Y) Grid(WebGpuPlatform g, long rowGroups, int threads)
+        {
+            long groups = rowGroups;
+            if (Prefetch is { } pf) groups += ((long)(pf.Weights.StorageBytes / 16) + (long)threads * PrefetchLoads - 1) / ((long)threads * PrefetchLoads);
+            return Wgsl.Grid(groups, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
+        }
+
+        /// <summary>The kernel's first lines with <see cref="Prefetch"/>: a workgroup past the rows' loads its share of the
+        /// weights (<see cref="PrefetchLoads"/> vec4 loads a thread, consecutive threads on consecutive vec4s), folds them
+        /// into one word a thread and stores that in the sink (so the loads are not dead code), and returns.</summary>
+        public string PrefetchHead(int threads) => Prefetch is null ? "" : $$"""
+  let pw_ = wid.x + wid.y * nwg.x;
+  if (pw_ >= md[0] * md[24]) {
+    let pn_ = md[{{PrefetchAt}}]; let pg_ = pw_ - md[0] * md[24];
+    var pa_ = vec4<u32>(0u);
+    for (var pi_ = 0u; pi_ < {{PrefetchLoads}}u; pi_++) {
+      let pj_ = pg_ * {{threads * PrefetchLoads}}u + pi_ * {{threads}}u + lid.x;
+      if (pj_ < pn_) { pa_ ^= pf_b[pj_]; }
+    }
+    sk_st((pg_ * {{threads}}u + lid.x) % {{WebGpuPlatform.PrefetchSinkWords}}u, pa_.x ^ pa_.y ^ pa_.z ^ pa_.w);
+    return;
+  }
+
+""";
+
         /// <summary>Kernel-key part: no new row, or one with no rotary (0), the query's tables (1) or its own (2).</summary>
         public string NewKey => New is null ? "" : $"n{(New.Cos is null ? 0 : Shared ? 1 : 2)}";
 
@@ -653,7 +694,8 @@ fn vx_(j: u32, at: u32, e: u32) -> f32 { if (j < md[{{NewAt}}]) { return v_b[at]
                 w.In("nk", New.Xk).In("nv", New.Xv);
                 if (New.Cos is not null && !Shared) w.In("nc", New.Cos).In("ns", New.Sin!);
             }
-            return w.Out("y", DType.Float32);
+            w.Out("y", DType.Float32);
+            return Prefetch is null ? w : w.InArray("pf", "vec4<u32>").Out("sk", DType.UInt32);
         }
 
         /// <summary>The tensors in <see cref="Bindings"/>' order.</summary>
@@ -661,6 +703,7 @@ fn vx_(j: u32, at: u32, e: u32) -> f32 { if (j < md[{{NewAt}}]) { return v_b[at]
         [
             Q, K, V, .. (Mask is null ? Array.Empty<GpuTensor>() : [Mask]), .. (Rcos is null ? Array.Empty<GpuTensor>() : [Rcos, Rsin!]),
             .. (New is null ? Array.Empty<GpuTensor>() : [New.Xk, New.Xv]), .. (New?.Cos is null || Shared ? Array.Empty<GpuTensor>() : [New.Cos, New.Sin!]), y,
+            .. (Prefetch is { } pf ? new[] { pf.Weights, pf.Sink } : []),
         ];
 
         /// <summary>The end of the keys a kernel reads from the caches: <paramref name="je"/>, or with a new row its index

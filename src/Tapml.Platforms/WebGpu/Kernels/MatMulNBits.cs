@@ -338,6 +338,7 @@ static class MatMulNBits
         meta.Add(w.N); meta.Add(w.K); meta.Add(rowWords); meta.Add(w.KBlocks); meta.Add(rows); meta.Add(units); meta.Add(m0);
         if (qa is not null) meta.Add(qa.PairsAt);
         var yType = part?.DType ?? y.DType;
+        g.NoteWeights(p.Words);
         g.LaunchGroups(launch.Key, () => MatVecCode(g, x, yType, w.BlockSize, Zero(p), bias is not null, rs is not null, p.Scales, words, launch.Vec, shape, (int)rows, qa is not null, p.Panels),
             launch.Label, [.. bindings], meta, launch.Gx, launch.Gy, (uint)split);
         if (part is null) return;

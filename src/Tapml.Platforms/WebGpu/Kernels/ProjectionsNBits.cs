@@ -274,6 +274,7 @@ fn kvcol_(c: u32) -> u32 {
         meta.Add(k); meta.Add(launch.Units); meta.Add(st.KBlocks); meta.Add(launch.Columns);
         if (qa is not null) meta.Add(qa.PairsAt);
         kv?.Bind(list, meta);                                                 // md[4..]
+        g.NoteWeights(st.Words);
         g.LaunchGroups(launch.Pipeline, [.. list], meta, launch.Gx, launch.Gy);
         if (qa is not null) MatMulNBits.Free(g, qa);
         return ys;
