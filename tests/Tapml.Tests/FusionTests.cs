@@ -97,6 +97,7 @@ public class FusionTests
     [InlineData("llama", "webgpu")]                                  // the rule: f32 projections append too
     [InlineData("llama", "webgpu?prefetch=on", "q4", 1024)]          // the attention reads o_proj's weights ahead
     [InlineData("qwen2", "vulkan?prefetch=on", "q4", 1024)]
+    [InlineData("llama", "webgpu?prefetch=on")]                      // f32: the f32 o_proj is small enough here
     [InlineData("qwen2", "vulkan?kv-append=projections", null, 1024)]
     public void Webgpu_decode_steps_of_the_fused_graph_match_cpu(string arch, string platform, string? quantize = null, int hidden = 0)
     {

@@ -217,6 +217,7 @@ public static class MatMul
             ($"{v.Packed}|{v.Vec}|{v.XVec}|{v.T}|{v.Wg}|{v.Rows}|{v.X}|{v.Y}|{v.Res}|{v.Bias}",
              $"MatVec{(v.Packed ? "_f16" : "")}{(v.Vec ? "_v" : "")}_t{v.T}{(v.Res ? "_add" : "")}"));
         var (gx, gy) = Wgsl.Grid(n, outsPerGroup, g.Device.Limits.MaxWorkgroupsPerDimension);
+        g.NoteWeights(wt);
         long loads = k / per;
         int splits = (int)Math.Clamp(SplitK, 1, Math.Max(1, loads / t));
         if (splits == 1)
@@ -270,6 +271,7 @@ public static class MatMul
         if (!native && (source is null || HasNonFinite(source))) native = true;
         meta.Add(units);
         var (gx, gy) = BlockedMatVec.Grid(g, n, shape);
+        g.NoteWeights(wt);
         var (key, label) = F16Names.GetOrAdd((shape, native, xvec, rows, x.Storage, y.DType, res is not null, bias), v =>
             ($"{v.Shape}|{v.Native}|{v.XVec}|{v.Rows}|{v.X}|{v.Y}|{v.Res}|{v.Bias}", $"MatVec_f16_t{v.Shape.Threads}r{v.Shape.Rows}{(v.Res ? "_add" : "")}"));
         g.LaunchGroups(new WebGpuPlatform.KernelKey("matvec_f16", key), () =>

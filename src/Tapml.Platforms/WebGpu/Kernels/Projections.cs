@@ -227,6 +227,7 @@ static class Projections
         var pipeline = g.Kernel(new WebGpuPlatform.KernelKey("projections", $"{rows}|{packed}|{threads}|{wg}|{(int)x.DType}|{kv?.Key}", ctx.Node),
             () => Code(plan, ws, rows, packed, threads, wg, eps, x.DType, kv),
             $"Projections_{outs}x{plan.P}{(plan.Norm ? "_rms" : "")}{(packed ? "_f16" : "")}{(kv is null ? "" : "_kv")}_r{rows}");
+        g.NoteWeights(wt);
         g.LaunchGroups(pipeline, [.. list], meta, gx, gy);
         return ys;
     }
