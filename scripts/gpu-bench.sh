@@ -62,6 +62,14 @@ section q4-nibbles 240 "W='webgpu?toggles=-timestamp_quantization';
 section kv-projections 280 "W='webgpu?toggles=-timestamp_quantization';
   for p in \"\$W&kv-append=projections\" \"\$W\" \"\$W&kv-append=projections\" \"\$W\"; do $T bench llm-large --quantize q4 --runs 5 --platform \"\$p\"; done;
   for p in \"\$W\" \"\$W&kv-append=projections\"; do $T bench llm-large --runs 5 --platform \"\$p\"; done"
+# Issue 24's 3x: prefetch=on (the attention reads o_proj's weights into L2) against the rule, alternating in one process,
+# then the q4 layout knobs the rule has not been measured against since half nibbles and the KV append in the
+# projections (all on the same weights: bench llm-large takes specs separated by ';'), and f32 in the same call.
+section prefetch 200 "W='webgpu?toggles=-timestamp_quantization';
+  $T bench llm-large --quantize q4 --runs 5 --platform \"\$W;\$W&prefetch=on;\$W;\$W&prefetch=on\";
+  $T bench llm-large --runs 5 --platform \"\$W;\$W&prefetch=on\""
+section q4-tune 300 "W='webgpu?toggles=-timestamp_quantization';
+  $T bench llm-large --quantize q4 --runs 5 --platform \"\$W;\$W&q4-target=131072;\$W&q4-target=262144;\$W&q4-unroll=2;\$W&q4-rows=2;\$W&q4-threads=32;\$W;\$W&q4-wg=256;\$W&q4-wg=64;\$W&q4-threads=32&q4-target=131072;\$W&q4-unroll=2&q4-target=131072;\$W&q4-reduce=tree;\$W\""
 section large-vulkan 100 "TAPML_VULKAN_STATS=1 $T bench llm-large --platform vulkan --runs 3"
 section gpu-vulkan 80 "$T bench gpu --platform vulkan --runs 3"
 section gpu-webgpu 80 "$T bench gpu --platform webgpu --runs 3"
