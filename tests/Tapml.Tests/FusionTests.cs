@@ -160,6 +160,38 @@ public class FusionTests
         else Assert.Equal(0, gpu.PrefetchedBytes);
     }
 
+    /// <summary><c>prefetch=on</c> while the o_proj's weights are laid out again between generations (a tuning change,
+    /// as <c>bench q4-sweep</c> makes, and a collection that destroys the old buffers): the attention prefetches the
+    /// buffers the products read now, and the tokens stay the cpu's.</summary>
+    [Fact]
+    public void Prefetch_follows_weights_laid_out_again()
+    {
+        WebGpuTests.SkipIfNoDawn("webgpu");
+        string dir = Path.Combine(Path.GetTempPath(), $"tapml-prefetch-{Environment.ProcessId}");
+        Model m;
+        try
+        {
+            TinyCheckpoint.Write("llama", 1, dir, new TinyCheckpoint.Sizes(Layers: 2, Hidden: 1024, Heads: 8, KvHeads: 2, Intermediate: 2048, Vocab: 512));
+            m = HfModels.Load(dir);
+        }
+        finally { Directory.Delete(dir, true); }
+        WeightQuantizer.Apply(m, QuantizeScheme.Parse("q4"));
+        using var gpu = (WebGpuPlatform)TestPlatforms.CreateOrSkip("webgpu?prefetch=on");
+        var f = Fusion.Fuse(m, out _, projections: true, kvInProjections: gpu.KvAppendInProjections);
+        using var cpu = new Tapml.Platforms.Cpu.CpuPlatform();
+        long[] prompt = [1, 17, 305];
+        var want = Generation.Greedy(new Executor(cpu), m, prompt, 5).Tokens;
+        var eg = new Executor(gpu);
+        foreach (var tuning in new[] { Tapml.Platforms.WebGpu.Kernels.MatVecTuning.Rule, new Tapml.Platforms.WebGpu.Kernels.MatVecTuning { Q4Layout = "rows" }, Tapml.Platforms.WebGpu.Kernels.MatVecTuning.Rule })
+        {
+            gpu.MatVec = tuning;
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+            Assert.Equal(want, Generation.Greedy(eg, f, prompt, 5).Tokens);
+        }
+        Assert.True(gpu.PrefetchedBytes > 0, "no attention kernel prefetched weights");
+    }
+
     [Fact]
     public void A_value_used_outside_a_region_stays_outside()
     {

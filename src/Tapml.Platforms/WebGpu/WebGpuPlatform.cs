@@ -329,7 +329,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     int _depth;
     bool _noted, _launched;
     Node? _previousNode;
-    readonly Dictionary<Node, GpuTensor> _nextWeights = new(ReferenceEqualityComparer.Instance);
+    readonly ConditionalWeakTable<Node, GpuTensor> _nextWeights = new();
     GpuTensor? _prefetchSink;
 
     /// <summary>Weights at most this large are prefetched (a fraction of a datacenter GPU's L2: the 4-bit o_proj of an
@@ -343,7 +343,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     {
         if (!Options.Prefetch || _noted) return;
         _noted = true;
-        if (_previousNode is { } n && w.StorageBytes <= PrefetchMaxBytes) _nextWeights[n] = w;
+        if (_previousNode is { } n && w.StorageBytes <= PrefetchMaxBytes) _nextWeights.AddOrUpdate(n, w);
     }
 
     /// <summary>With <c>prefetch=on</c>, the weights the node that ran after <paramref name="n"/> read last time (while
@@ -611,6 +611,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
             // forced to destroy a buffer the batch binds.
             if (b.Size <= SmallUploadBytes && b.Size == DawnDevice.Bucket(b.Size)) Device.Release(b.Handle, b.Size);
             else Device.Destroy(b.Handle);
+            b.Handle = 0;   // a reference still held (a prefetch plan's) sees the buffer gone
         }
     }
 
