@@ -320,7 +320,11 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         finally
         {
             Device.Context = ""; _profileOp = outerOp;
-            if (--_depth == 0 && _launched) _previousNode = k.Node;
+            if (--_depth == 0 && _launched)
+            {
+                if (_noted) _sinceWeights.Clear();
+                else if (_sinceWeights.Count < 8) _sinceWeights.Add(k.Node);
+            }
         }
     }
 
@@ -328,7 +332,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
 
     int _depth;
     bool _noted, _launched;
-    Node? _previousNode;
+    readonly List<Node> _sinceWeights = [];
     readonly ConditionalWeakTable<Node, GpuTensor> _nextWeights = new();
     GpuTensor? _prefetchSink;
 
@@ -336,14 +340,16 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
     /// 8B model is 9.4 MB, f32 67 MB).</summary>
     internal const long PrefetchMaxBytes = 24L << 20;
 
-    /// <summary>Notes that the graph's node running now reads the weights <paramref name="w"/> (its first product's, if
-    /// it has several): the last node before it that dispatched a kernel (views and host-run nodes between them do not
-    /// count) may prefetch them next time (<see cref="PrefetchFor"/>).</summary>
+    /// <summary>Notes that the node running now (a graph's node, or one a caller runs alone, as generation's greedy
+    /// ArgMax) reads the weights <paramref name="w"/> (its first product's, if it has several): the nodes that dispatched
+    /// kernels since the last one that read weights (views and host-run nodes do not count; an attention, or a step's
+    /// ArgMax and embedding Gather) may prefetch them next time (<see cref="PrefetchFor"/>).</summary>
     internal void NoteWeights(GpuTensor w)
     {
         if (!Options.Prefetch || _noted) return;
         _noted = true;
-        if (_previousNode is { } n && w.StorageBytes <= PrefetchMaxBytes) _nextWeights.AddOrUpdate(n, w);
+        if (w.StorageBytes > PrefetchMaxBytes) return;
+        foreach (var n in _sinceWeights) _nextWeights.AddOrUpdate(n, w);
     }
 
     /// <summary>With <c>prefetch=on</c>, the weights the node that ran after <paramref name="n"/> read last time (while

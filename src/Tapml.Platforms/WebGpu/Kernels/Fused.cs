@@ -366,9 +366,8 @@ public static class Fused
         var parts = split ? g.Empty(DType.Float32, [rows * chunks * (dv + 2)]) : null;
         // A decode row's few workgroups leave the GPU idle: with prefetch=on more workgroups read the next product's
         // weights into the cache meanwhile (two more bindings: the weights and the sink their loads are folded into).
-        var prefetch = !split && nIn + (rcos is null ? 0 : 2) + newRowBindings + 4 <= g.Device.Limits.MaxStorageBuffersPerStage ? g.PrefetchFor(ctx.Node) : null;
-        int pfAt = prefetch is { } pf ? meta.Add((long)(pf.Weights.StorageBytes / 16)) : -1;
-        var operands = new RowOperands(q, k, v, mask, rcos, rsin, app, appAt) { Prefetch = prefetch, PrefetchAt = pfAt };
+        var prefetch = split ? null : Prefetch.For(g, ctx.Node, meta, nIn + (rcos is null ? 0 : 2) + newRowBindings + 2);
+        var operands = new RowOperands(q, k, v, mask, rcos, rsin, app, appAt) { Prefetch = prefetch };
         if (g.AttentionLanes is int lanes and > 0)
             LaneRows(g, operands, meta, maskKind, split ? parts! : y, split, lanes, (int)Math.Max(d, dv), rows * chunks);
         else
@@ -635,41 +634,16 @@ public static class Fused
     {
         bool Shared => New is not null && New.SharesTables(Rcos, Rsin);
 
-        /// <summary>Weights read into the cache by workgroups after the rows' (<see cref="WebGpuPlatform.PrefetchFor"/>),
-        /// and the metadata word holding their count of 16-byte loads.</summary>
-        public (GpuTensor Weights, GpuTensor Sink)? Prefetch { get; init; }
-        public int PrefetchAt { get; init; } = -1;
+        /// <summary>Weights read into the cache by workgroups after the rows' (<c>prefetch=on</c>).</summary>
+        public Prefetch? Prefetch { get; init; }
 
-        /// <summary>Loads of 16 bytes a prefetching thread makes (all in flight at once).</summary>
-        const int PrefetchLoads = 8;
-
-        public string PrefetchKey => Prefetch is null ? "" : "|pf";
+        public string PrefetchKey => Kernels.Prefetch.Key(Prefetch);
 
         /// <summary>The rows' workgroups, then the prefetching ones.</summary>
-        public (uint X, uint Y) Grid(WebGpuPlatform g, long rowGroups, int threads)
-        {
-            long groups = rowGroups;
-            if (Prefetch is { } pf) groups += ((long)(pf.Weights.StorageBytes / 16) + (long)threads * PrefetchLoads - 1) / ((long)threads * PrefetchLoads);
-            return Wgsl.Grid(groups, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
-        }
+        public (uint X, uint Y) Grid(WebGpuPlatform g, long rowGroups, int threads) => Kernels.Prefetch.Grid(g, Prefetch, rowGroups, threads);
 
-        /// <summary>The kernel's first lines with <see cref="Prefetch"/>: a workgroup past the rows' loads its share of the
-        /// weights (<see cref="PrefetchLoads"/> vec4 loads a thread, consecutive threads on consecutive vec4s), folds them
-        /// into one word a thread and stores that in the sink (so the loads are not dead code), and returns.</summary>
-        public string PrefetchHead(int threads) => Prefetch is null ? "" : $$"""
-  let pw_ = wid.x + wid.y * nwg.x;
-  if (pw_ >= md[0] * md[24]) {
-    let pn_ = md[{{PrefetchAt}}]; let pg_ = pw_ - md[0] * md[24];
-    var pa_ = vec4<u32>(0u);
-    for (var pi_ = 0u; pi_ < {{PrefetchLoads}}u; pi_++) {
-      let pj_ = pg_ * {{threads * PrefetchLoads}}u + pi_ * {{threads}}u + lid.x;
-      if (pj_ < pn_) { pa_ ^= pf_b[pj_]; }
-    }
-    sk_st((pg_ * {{threads}}u + lid.x) % {{WebGpuPlatform.PrefetchSinkWords}}u, pa_.x ^ pa_.y ^ pa_.z ^ pa_.w);
-    return;
-  }
-
-""";
+        /// <summary>The kernel's first lines with <see cref="Prefetch"/> (its workgroups past the rows').</summary>
+        public string PrefetchHead(int threads) => Prefetch?.Head(threads, "md[0] * md[24]") ?? "";
 
         /// <summary>Kernel-key part: no new row, or one with no rotary (0), the query's tables (1) or its own (2).</summary>
         public string NewKey => New is null ? "" : $"n{(New.Cos is null ? 0 : Shared ? 1 : 2)}";
@@ -695,7 +669,8 @@ fn vx_(j: u32, at: u32, e: u32) -> f32 { if (j < md[{{NewAt}}]) { return v_b[at]
                 if (New.Cos is not null && !Shared) w.In("nc", New.Cos).In("ns", New.Sin!);
             }
             w.Out("y", DType.Float32);
-            return Prefetch is null ? w : w.InArray("pf", "vec4<u32>").Out("sk", DType.UInt32);
+            Prefetch?.Declare(w);
+            return w;
         }
 
         /// <summary>The tensors in <see cref="Bindings"/>' order.</summary>
@@ -703,7 +678,7 @@ fn vx_(j: u32, at: u32, e: u32) -> f32 { if (j < md[{{NewAt}}]) { return v_b[at]
         [
             Q, K, V, .. (Mask is null ? Array.Empty<GpuTensor>() : [Mask]), .. (Rcos is null ? Array.Empty<GpuTensor>() : [Rcos, Rsin!]),
             .. (New is null ? Array.Empty<GpuTensor>() : [New.Xk, New.Xv]), .. (New?.Cos is null || Shared ? Array.Empty<GpuTensor>() : [New.Cos, New.Sin!]), y,
-            .. (Prefetch is { } pf ? new[] { pf.Weights, pf.Sink } : []),
+            .. (Prefetch?.Tensors ?? []),
         ];
 
         /// <summary>The end of the keys a kernel reads from the caches: <paramref name="je"/>, or with a new row its index

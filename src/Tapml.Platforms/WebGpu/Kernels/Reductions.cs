@@ -128,7 +128,7 @@ public static class Reductions
         int wide = Wgsl.FloorPow2(Math.Min(1024, g.Device.Limits.MaxInvocationsPerWorkgroup));
         if (len <= (long)wide * ArgWidePerThread)
         {
-            if (inner == 1 && x.Storage == GpuStorage.F32 && len % 4 == 0 && x.ByteOffset % 16 == 0 && !x.IsStrided) ArgRows4(g, x, y, rows, len, max, last, wide);
+            if (inner == 1 && x.Storage == GpuStorage.F32 && len % 4 == 0 && x.ByteOffset % 16 == 0 && !x.IsStrided) ArgRows4(g, ctx.Node, x, y, rows, len, max, last, wide);
             else ArgPass(g, x, null, [y], rows, len, inner, 1, max, last, wide);
             return y;
         }
@@ -225,14 +225,16 @@ fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
     /// step's logits), one workgroup a row: each thread's values as vec4 loads, four in flight at a time, then the
     /// threads' bests merged by subgroup shuffles where the device has them (one barrier) or a tree. The same order as
     /// <see cref="ArgPass"/> (a total order on (value, index), so any merge order gives its answer).</summary>
-    static void ArgRows4(WebGpuPlatform g, GpuTensor x, GpuTensor y, long rows, long len, bool max, bool last, int threads)
+    static void ArgRows4(WebGpuPlatform g, Tapml.Ir.Node node, GpuTensor x, GpuTensor y, long rows, long len, bool max, bool last, int threads)
     {
         var meta = new Meta();
         meta.Add(rows); meta.Add(len);
         int lanes = Math.Min(32, g.SubgroupLanes);
         if (lanes < 4) lanes = 0;
-        var (gx, gy) = Wgsl.Grid(rows, 1, g.Device.Limits.MaxWorkgroupsPerDimension);
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("arg_rows4", $"{max}|{last}|{threads}|{lanes}"), () =>
+        // A decode step's greedy token is one workgroup: with prefetch=on more read the next step's first weights.
+        var pf = Prefetch.For(g, node, meta, 3);
+        var (gx, gy) = Prefetch.Grid(g, pf, rows, threads);
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("arg_rows4", $"{max}|{last}|{threads}|{lanes}{Prefetch.Key(pf)}"), () =>
         {
             string loads = string.Concat(Enumerable.Range(0, 4).Select(k => $$"""
     let j{{k}} = j + {{k * threads}}u;
@@ -257,9 +259,10 @@ fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
 {{ArgTree(threads)}}  if (lid.x == 0u) { y_st(row, i32(ri[0])); }
 """;
             var w = new Wgsl(threads).InVec4("xv").Out("y", DType.Int64);
+            pf?.Declare(w);
             w.Decl($"var<workgroup> rv: array<f32, {(lanes > 0 ? threads / lanes : threads)}>;\nvar<workgroup> ri: array<u32, {(lanes > 0 ? threads / lanes : threads)}>;\n{Better("f32", max, last)}");
             return w.Build($$"""
-  let row = wid.x + wid.y * nwg.x;
+{{pf?.Head(threads, "md[0]")}}  let row = wid.x + wid.y * nwg.x;
   if (row >= md[0]) { return; }
   let n4 = md[1] / 4u; let b4 = row * n4;
   let x0 = xv_b[b4].x;
@@ -268,7 +271,7 @@ fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
 {{loads}}{{compares}}  }
 {{merge}}
 """, elementwise: false);
-        }, max ? "ArgMax" : "ArgMin", [x, y], meta, gx, gy);
+        }, max ? "ArgMax" : "ArgMin", [x, y, .. (pf?.Tensors ?? [])], meta, gx, gy);
     }
 
     /// <summary>Max, then sum of exp(v − max), per row: writes softmax / log-softmax rows or log-sum-exp values.</summary>
