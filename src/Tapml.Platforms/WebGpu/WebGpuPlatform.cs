@@ -320,7 +320,7 @@ public sealed class WebGpuPlatform : IPlatform, IAsyncDownload, IPlatformDetails
         finally
         {
             Device.Context = ""; _profileOp = outerOp;
-            if (--_depth == 0 && _launched)
+            if (--_depth == 0 && _launched && Options.Prefetch)
             {
                 if (_noted) _sinceWeights.Clear();
                 else if (_sinceWeights.Count < 8) _sinceWeights.Add(k.Node);
