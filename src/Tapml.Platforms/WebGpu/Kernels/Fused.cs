@@ -965,18 +965,35 @@ fn vx_(j: u32, at: u32, e: u32) -> f32 { if (j < md[{{NewAt}}]) { return v_b[at]
         if (body.Nodes.Count != 2 || body.Nodes[0].Attributes.GetValueOrDefault("kind")?.Str != "kv_append"
             || body.Nodes[1].Attributes.GetValueOrDefault("kind")?.Str != "attention" || !g.KvInPlace || !g.KvJoint) return null;
         var (kvNode, attNode) = (body.Nodes[0], body.Nodes[1]);
-        var byName = new Dictionary<string, GpuTensor?>();
-        for (int i = 0; i < body.Inputs.Count && i < ins.Length; i++) byName[body.Inputs[i].Name] = ins[i];
+        var byName = BodyInputs(body, ins);
         var kvIns = kvNode.Inputs.Select(n => byName.GetValueOrDefault(n)).ToArray();
         if (KvOperands.Of(new NodeContext(kvNode, opset), kvIns) is not var (pk, xk, pv, xv, cos, sin, half)) return null;
         if (xk.Shape[2] != 1 || xv.Shape[2] != 1 || pk.Shape[2] != pv.Shape[2]) return null;
         long past = pk.Shape[2];
-        if (past + 1 >= AttnSplitFrom || !Appendable(pk, past + 1) || !Appendable(pv, past + 1) || pk.Buffer == pv.Buffer) return null;
+        if (past + 1 >= AttnSplitFrom) return null;
+        return WithNewRow(g, pk, pv, past, (yk, yv) =>
+        {
+            var attIns = attNode.Inputs.Select(n => n == kvNode.Outputs[0] ? yk : n == kvNode.Outputs[1] ? yv : byName.GetValueOrDefault(n)).ToArray();
+            return Attention(g, new NodeContext(attNode, opset), attIns, new NewRows(xk, xv, cos, sin, half, past)) is { } y ? [y, yk, yv] : null;
+        });
+    }
+
+    /// <summary>A fused region's inputs by the names its body gives them.</summary>
+    static Dictionary<string, GpuTensor?> BodyInputs(Graph body, GpuTensor?[] ins)
+    {
+        var byName = new Dictionary<string, GpuTensor?>();
+        for (int i = 0; i < body.Inputs.Count && i < ins.Length; i++) byName[body.Inputs[i].Name] = ins[i];
+        return byName;
+    }
+
+    /// <summary>A kernel that appends a decode step's new row itself, run on views of the caches <paramref name="pk"/>
+    /// and <paramref name="pv"/> (<paramref name="past"/> rows) one row longer, in place; null where they cannot grow in
+    /// place or the kernel declines (then the views go, the caches keep their lengths, and the body runs).</summary>
+    static Value?[]? WithNewRow(WebGpuPlatform g, GpuTensor pk, GpuTensor pv, long past, Func<GpuTensor, GpuTensor, Value?[]?> kernel)
+    {
+        if (!Appendable(pk, past + 1) || !Appendable(pv, past + 1) || pk.Buffer == pv.Buffer) return null;
         var (yk, yv) = (g.Extended(pk, past + 1), g.Extended(pv, past + 1));
-        var attIns = attNode.Inputs.Select(n => n == kvNode.Outputs[0] ? yk : n == kvNode.Outputs[1] ? yv : byName.GetValueOrDefault(n)).ToArray();
-        var y = Attention(g, new NodeContext(attNode, opset), attIns, new NewRows(xk, xv, cos, sin, half, past));
-        if (y is not null) return [y, yk, yv];
-        // Not for the joint kernel after all: the views go, the caches keep their lengths, the body runs.
+        if (kernel(yk, yv) is { } outs) return outs;
         g.Free(yk);
         g.Free(yv);
         (pk.Buffer.KvRows, pv.Buffer.KvRows) = (past, past);
@@ -992,8 +1009,7 @@ fn vx_(j: u32, at: u32, e: u32) -> f32 { if (j < md[{{NewAt}}]) { return v_b[at]
     {
         if (g.Options.KvAppend != "projections" || !g.KvInPlace || body.Nodes.Count != 6 || body.Nodes[5].Attributes.GetValueOrDefault("kind")?.Str != "kv_append") return null;
         var (proj, kvNode) = (body.Nodes[0], body.Nodes[5]);
-        var byName = new Dictionary<string, GpuTensor?>();
-        for (int i = 0; i < body.Inputs.Count && i < ins.Length; i++) byName[body.Inputs[i].Name] = ins[i];
+        var byName = BodyInputs(body, ins);
         var kvCtx = new NodeContext(kvNode, opset);
         if (byName.GetValueOrDefault(kvNode.Inputs[0]) is not { } pk || byName.GetValueOrDefault(kvNode.Inputs[2]) is not { } pv) return null;
         if (!IsF32(pk) || !IsF32(pv) || pk.Rank != 4 || pk.Shape[0] != 1 || !pk.Shape.AsSpan().SequenceEqual(pv.Shape) || kvCtx.Int("axis", 2) is not (2 or -2)) return null;
@@ -1015,18 +1031,15 @@ fn vx_(j: u32, at: u32, e: u32) -> f32 { if (j < md[{{NewAt}}]) { return v_b[at]
         }
         float[]? cos = null, sin = null;
         if (half > 0 && (d != 2 * half || (cos = Table(4)) is null || (sin = Table(5)) is null)) return null;
-        if (!Appendable(pk, past + 1) || !Appendable(pv, past + 1) || pk.Buffer == pv.Buffer) return null;
         int ko = Array.IndexOf(proj.Outputs, body.Nodes[1].Inputs[0]), vo = Array.IndexOf(proj.Outputs, body.Nodes[3].Inputs[0]);
         if (ko < 0 || vo < 0) return null;
-        var (yk, yv) = (g.Extended(pk, past + 1), g.Extended(pv, past + 1));
-        var kv = new ProjectionsNBits.KvRows(ko, vo, yk, yv, cos, sin, half, heads, d, past);
-        var ys = Projections.Run(g, new NodeContext(proj, opset), proj.Attributes["body"].G!, opset, proj.Inputs.Select(n => byName.GetValueOrDefault(n)).ToArray(), kv);
-        if (ys is not null) return [.. ys.Where((_, o) => o != ko && o != vo), yk, yv];
-        // Not for the kernel after all: the views go, the caches keep their lengths, the body runs.
-        g.Free(yk);
-        g.Free(yv);
-        (pk.Buffer.KvRows, pv.Buffer.KvRows) = (past, past);
-        return null;
+        var projIns = proj.Inputs.Select(n => byName.GetValueOrDefault(n)).ToArray();
+        return WithNewRow(g, pk, pv, past, (yk, yv) =>
+        {
+            var kv = new ProjectionsNBits.KvRows(ko, vo, yk, yv, cos, sin, half, heads, d, past);
+            return Projections.Run(g, new NodeContext(proj, opset), proj.Attributes["body"].G!, opset, projIns, kv) is { } ys
+                ? [.. ys.Where((_, o) => o != ko && o != vo), yk, yv] : null;
+        });
     }
 
     /// <summary>Whether <paramref name="past"/> is the longest view of a capacity buffer with room for

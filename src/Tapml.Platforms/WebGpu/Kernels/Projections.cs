@@ -210,14 +210,7 @@ static class Projections
             var vs = plan.Vectors.Select(i => ins[i]!.Source!).ToArray();
             list.Add(g.Concatenated(vs, () => new Tensor(DType.Float32, [vs.Sum(s => s.Length)], vs.SelectMany(Floats).ToArray())));
         }
-        var ys = new GpuTensor[outs];
-        var lead = x.Shape[..^1];
-        for (int o = 0; o < outs; o++)
-        {
-            if (kv?.Cache(o) is { } cache) { ys[o] = cache; continue; }
-            ys[o] = g.Empty(x.DType, [.. lead, plan.Outputs[o].N]);
-            list.Add(ys[o]);
-        }
+        var ys = Outputs(g, plan, x, kv, list);
         var meta = new Meta();
         meta.Add(k);
         kv?.Bind(list, meta);                                                 // md[1..]
@@ -229,6 +222,21 @@ static class Projections
             $"Projections_{outs}x{plan.P}{(plan.Norm ? "_rms" : "")}{(packed ? "_f16" : "")}{(kv is null ? "" : "_kv")}_r{rows}");
         g.NoteWeights(wt);
         g.LaunchGroups(pipeline, [.. list], meta, gx, gy);
+        return ys;
+    }
+
+    /// <summary>A projection kernel's outputs for x's rows: a new tensor each, appended to <paramref name="bindings"/>,
+    /// but the cache views <paramref name="kv"/> writes instead (bound by <see cref="ProjectionsNBits.KvRows.Bind"/>).</summary>
+    internal static GpuTensor[] Outputs(WebGpuPlatform g, Plan plan, GpuTensor x, ProjectionsNBits.KvRows? kv, List<GpuTensor> bindings)
+    {
+        var ys = new GpuTensor[plan.Outputs.Length];
+        var lead = x.Shape[..^1];
+        for (int o = 0; o < ys.Length; o++)
+        {
+            if (kv?.Cache(o) is { } cache) { ys[o] = cache; continue; }
+            ys[o] = g.Empty(x.DType, [.. lead, plan.Outputs[o].N]);
+            bindings.Add(ys[o]);
+        }
         return ys;
     }
 

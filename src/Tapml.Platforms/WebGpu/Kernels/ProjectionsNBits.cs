@@ -249,7 +249,7 @@ fn kvcol_(c: u32) -> u32 {
         var st = Prepare(g, ctx, plan, opset, x, ins);
         if (st is null || st.K != k) return null;
         if (rowCount > MatMul.MatVecMaxRows) return null;                     // prefill: the body runs (tiled MatMulNBits over views of the stack)
-        int rows = (int)rowCount, outs = plan.Outputs.Length;
+        int rows = (int)rowCount;
         bool a8 = st.Int8 && x.DType == DType.Float32 && x.Storage == GpuStorage.F32;
         if (kv is not null && (a8 || !kv.Fits(plan, rows, x.DType))) return null;
         float eps = ctx.Float("epsilon", 1e-6f);
@@ -262,14 +262,7 @@ fn kvcol_(c: u32) -> u32 {
         list.Add(st.Words);
         list.Add(st.Scales);
         if (st.Zeros is not null) list.Add(st.Zeros);
-        var ys = new GpuTensor[outs];
-        var lead = x.Shape[..^1];
-        for (int o = 0; o < outs; o++)
-        {
-            if (kv?.Cache(o) is { } cache) { ys[o] = cache; continue; }
-            ys[o] = g.Empty(x.DType, [.. lead, plan.Outputs[o].N]);
-            list.Add(ys[o]);
-        }
+        var ys = Projections.Outputs(g, plan, x, kv, list);
         var meta = new Meta();
         meta.Add(k); meta.Add(launch.Units); meta.Add(st.KBlocks); meta.Add(launch.Columns);
         if (qa is not null) meta.Add(qa.PairsAt);
