@@ -132,7 +132,7 @@ static class BenchMatVecVariants
         Console.WriteLine($"{g.Name}: GB/s of weight bytes read (q4: nibbles + scales, f16 or as the variant says + zero-point bytes); q4 × = f32 time ÷ q4 time; f16 % = its bytes/s ÷ f32's; " +
                           $"{calls} dispatches a measurement, best of {Math.Max(3, runs)}");
         int bq = Array.IndexOf(q4Score, q4Score.Max()), bf = Array.IndexOf(f16Score, f16Score.Max());
-        Console.WriteLine($"q4: best {q4[bq].Name} ({q4Score[bq]:F2}× f32, geomean over the shapes) → webgpu?{Spec(q4[bq].Tuning)}; rule {q4Score[0]:F2}× ({RuleShape((t, n, u) => t.Q4(n, u, g.Device.Limits.MaxInvocationsPerWorkgroup, 0, (t.Q4Layout ?? MatVecTuning.Q4LayoutRule) != "rows"), 32)})");
+        Console.WriteLine($"q4: best {q4[bq].Name} ({q4Score[bq]:F2}× f32, geomean over the shapes) → webgpu?{Spec(q4[bq].Tuning)}; rule {q4Score[0]:F2}× ({RuleShape((t, n, u) => t.Q4(n, u, g.Device.Limits.MaxInvocationsPerWorkgroup, 0, (t.Q4Layout ?? MatVecTuning.Q4LayoutRule) != "rows", oneRow: true), 32)})");
         Console.WriteLine($"f16: best {f16[bf].Name} ({100 * f16Score[bf]:F0}% of f32 bytes/s) → webgpu?{Spec(f16[bf].Tuning)}; rule {100 * f16Score[0]:F0}% ({RuleShape((t, n, u) => t.F16(n, u, g.Device.Limits.MaxInvocationsPerWorkgroup), 8)})");
         foreach (var w in wrong) Console.WriteLine($"WRONG: {w}");
         return wrong.Count == 0 ? 0 : 1;
@@ -202,7 +202,7 @@ static class BenchMatVecVariants
         var o = new List<string>();
         void Int(string key, int v) { if (v > 0) o.Add($"{key}={v}"); }
         if (t.Q4Layout is { } pl) o.Add($"q4-layout={pl}");
-        Int("q4-threads", t.Q4Threads); Int("q4-rows", t.Q4Rows); Int("q4-wg", t.Q4Workgroup); Int("q4-unroll", t.Q4Unroll); Int("q4-unit", t.Q4Words); Int("q4-split", t.Q4Split);
+        Int("q4-threads", t.Q4Threads); Int("q4-rows", t.Q4Rows); Int("q4-wg", t.Q4Workgroup); Int("q4-unroll", t.Q4Unroll); Int("q4-unit", t.Q4Words); Int("q4-split", t.Q4Split); Int("q4-target", t.Q4TargetThreads); Int("q4-decode-target", t.Q4DecodeTargetThreads);
         if (t.Q4SharedX is { } qx) o.Add($"q4-xs={(qx ? 1 : 0)}");
         if (t.Q4ZeroSum) o.Add("q4-zero=sum");
         if (t.Q4F32Scales) o.Add("q4-scales=f32");

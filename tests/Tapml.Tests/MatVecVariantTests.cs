@@ -39,6 +39,19 @@ public class MatVecVariantTests
         (40, 1024, 6, 32, Zp.Packed, false),                  // prefill's tiled kernel
     ];
 
+    /// <summary>The rows rule of a 4-bit decode product on the 8B shape's o and down projections (N = 4096, 128 panel
+    /// units a row): 2 rows a thread for a plain one-row product, 4 for the fused projections and prompt rows, and the
+    /// knob takes the plain product back to 4.</summary>
+    [Fact]
+    public void Q4_rule_takes_fewer_rows_a_thread_for_one_row_products()
+    {
+        var rule = Tapml.Platforms.WebGpu.Kernels.MatVecTuning.Rule;
+        Assert.Equal(2, rule.Q4(4096, 128, 1024, 32, panels: true, oneRow: true).Rows);
+        Assert.Equal(4, rule.Q4(4096, 128, 1024, 32, panels: true).Rows);
+        Assert.Equal(4, new Tapml.Platforms.WebGpu.Kernels.MatVecTuning { Q4DecodeTargetThreads = 65536 }.Q4(4096, 128, 1024, 32, panels: true, oneRow: true).Rows);
+        Assert.Equal(4, rule.Q4(32000, 128, 1024, 32, panels: true, oneRow: true).Rows);   // an lm_head still fills the GPU at 4
+    }
+
     [Theory]
     [InlineData("webgpu?q4-threads=8&q4-rows=4&q4-wg=64")]
     [InlineData("webgpu?q4-threads=32&q4-rows=1&q4-wg=256")]
@@ -74,6 +87,7 @@ public class MatVecVariantTests
     [InlineData("vulkan?q4-nibbles=half&q4-layout=halves&q4-rows=3")]
     [InlineData("opencl?q4-nibbles=half&q4-params=packed&q4-split=2")]
     [InlineData("webgpu?q4-nibbles=magic&q4-threads=16")]
+    [InlineData("webgpu?q4-decode-target=64")]                                         // one-row products at 4 rows a thread here
     [InlineData("webgpu?q4-split=2&q4-threads=8&q4-rows=2&q4-wg=64")]               // rows split in ranges of K, summed after
     [InlineData("webgpu?q4-split=3&q4-threads=4&q4-rows=3&q4-wg=32&q4-unroll=2")]    // ranges not a multiple of the threads
     [InlineData("vulkan?q4-split=4&q4-layout=rows&q4-unit=1&q4-threads=4")]

@@ -54,6 +54,13 @@ public sealed record MatVecTuning
     /// <summary>Threads the rule's rows a thread aim to keep in flight (<c>q4-target=N</c>; 0: 65536): fewer rows a
     /// thread for small products where this is larger.</summary>
     public int Q4TargetThreads { get; init; }
+    /// <summary>The same for a plain product of one row of x (a decode step's o and down projections; <c>q4-decode-target=N</c>;
+    /// 0: <see cref="Q4DecodeTargetRule"/>). The fused projections and prompt rows keep <see cref="Q4TargetThreads"/>.</summary>
+    public int Q4DecodeTargetThreads { get; init; }
+    /// <summary>Threads the rows rule aims for in a plain one-row product: 131072 (H100, 8B shape, one process each way
+    /// profiled: o and down with their residual 23.2 and 23.4 µs a call at two rows a thread against 26.7 at four and
+    /// 28.0 at one, while the fused q/k/v projection lost 21.7 → 24.9 µs at the same target; docs/benchmarks.md).</summary>
+    public const int Q4DecodeTargetRule = 131072;
     public int F16Threads { get; init; }
     public int F16Rows { get; init; }
     public int F16Workgroup { get; init; }
@@ -111,7 +118,7 @@ public sealed record MatVecTuning
     /// 1432.3 tokens/s with <c>q4-split=4</c>, 1139.1 with 2, against 1696.1 unsplit; docs/benchmarks.md).</summary>
     public const int Q4SplitRule = 1;
 
-    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial|subgroup, q4-unit=1|2|4, q4-loads=first|inline, q4-target=N, q4-layout=panels|halves|rows, q4-zero=each|sum, q4-scales=f16|f32, q4-params=packed|apart, q4-nibbles=half|magic, q4-split=N, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial|subgroup, f16-unpack=bits|native";
+    public const string Help = "q4-threads=N, q4-rows=N, q4-wg=N, q4-xs=0|1, q4-unroll=N, q4-reduce=tree|serial|subgroup, q4-unit=1|2|4, q4-loads=first|inline, q4-target=N, q4-decode-target=N, q4-layout=panels|halves|rows, q4-zero=each|sum, q4-scales=f16|f32, q4-params=packed|apart, q4-nibbles=half|magic, q4-split=N, f16-threads=N, f16-rows=N, f16-wg=N, f16-xs=0|1, f16-unroll=N, f16-reduce=tree|serial|subgroup, f16-unpack=bits|native";
 
     /// <summary>This tuning with one spec option applied, or null when <paramref name="key"/> is not a matrix-vector knob.</summary>
     public MatVecTuning? With(string spec, string key, string value)
@@ -139,6 +146,7 @@ public sealed record MatVecTuning
             "q4-nibbles" => this with { Q4Nibbles = value is "half" or "magic" ? value : throw new TapmlException($"platform '{spec}': {key}={value} must be half or magic") },
             "q4-split" => this with { Q4Split = Count(16) },
             "q4-target" => this with { Q4TargetThreads = Count(1 << 24) },
+            "q4-decode-target" => this with { Q4DecodeTargetThreads = Count(1 << 24) },
             "q4-unit" => this with { Q4Words = value is "1" or "2" or "4" ? int.Parse(value) : throw new TapmlException($"platform '{spec}': {key}={value} must be 1, 2 or 4") },
             "f16-threads" => this with { F16Threads = Count(256) },
             "f16-rows" => this with { F16Rows = Count(16) },
@@ -157,14 +165,16 @@ public sealed record MatVecTuning
     /// <summary>The 4-bit kernel's layout for N rows of <paramref name="units"/> loads each. Rule (<c>bench q4-sweep</c> on
     /// H100s, docs/benchmarks.md): 64 threads a row (in the row layout 32 for N ≥ 65536, an lm_head; never more than the
     /// row has units), as many rows a thread (up to 8; up to 4 in <paramref name="panels"/>' 16-byte units) as keep
-    /// N·threads/rows at 65536 threads or more, 128 threads a workgroup, x from the storage buffer, partial sums added by
+    /// N·threads/rows at 65536 threads or more (131072 for a plain product of <paramref name="oneRow"/> row of x:
+    /// <see cref="Q4DecodeTargetRule"/>), 128 threads a workgroup, x from the storage buffer, partial sums added by
     /// shuffles over <paramref name="subgroup"/> lanes (the device's smallest subgroup; 0: none) before workgroup memory.
     /// On the 8B shape's decode (H100, host-paced call, docs/benchmarks.md) <c>q4-unroll=2</c>, <c>q4-rows=2</c>,
     /// <c>q4-threads=128&amp;q4-wg=256</c> and <c>q4-wg=256</c> each decoded below this rule.</summary>
-    public MatVecShape Q4(long n, long units, int maxWorkgroup, int subgroup = 0, bool panels = false)
+    public MatVecShape Q4(long n, long units, int maxWorkgroup, int subgroup = 0, bool panels = false, bool oneRow = false)
     {
         int t = Q4Threads > 0 ? Q4Threads : Math.Min(n >= 65536 && !panels ? 32 : 64, Math.Max(4, Wgsl.FloorPow2(units)));
-        int r = Q4Rows > 0 ? Q4Rows : (int)Math.Clamp(Wgsl.FloorPow2(n * t / (Q4TargetThreads > 0 ? Q4TargetThreads : 65536)), 1, panels ? 4 : 8);
+        long target = oneRow ? Q4DecodeTargetThreads > 0 ? Q4DecodeTargetThreads : Q4DecodeTargetRule : Q4TargetThreads > 0 ? Q4TargetThreads : 65536;
+        int r = Q4Rows > 0 ? Q4Rows : (int)Math.Clamp(Wgsl.FloorPow2(n * t / target), 1, panels ? 4 : 8);
         var s = Fit(t, r, Q4Workgroup > 0 ? Q4Workgroup : 128, Q4SharedX ?? false, maxWorkgroup) with { Unroll = Q4Unroll > 0 ? Q4Unroll : 1, Tree = Q4Tree ?? true, Subgroup = Q4Subgroup ?? Q4SubgroupRule ? subgroup : 0 };
         // Never more ranges than leave each of a row's threads a unit in every range; x staged in workgroup memory
         // (q4-xs=1) does not split.

@@ -355,7 +355,7 @@ static class MatMulNBits
         int words = a8 ? w.BlockSize / 8 : p.Panels is not null ? 4 : g.MatVec.Q4UnitWords(rowWords, w.N);
         long units = rowWords / words;
         bool vec = x.Storage == GpuStorage.F32 && units * words * 8 == w.K;
-        var shape = g.MatVec.Q4(w.N, units, g.Device.Limits.MaxInvocationsPerWorkgroup, g.SubgroupLanes, p.Panels is not null);
+        var shape = g.MatVec.Q4(w.N, units, g.Device.Limits.MaxInvocationsPerWorkgroup, g.SubgroupLanes, p.Panels is not null, oneRow: rows == 1 && !a8);
         if (a8 || p.Panels is not null) shape = shape with { SharedX = false };
         int split = shape.Split;
         bool bias = split == 1 && p.Bias is not null, rs = split == 1 && residual;
