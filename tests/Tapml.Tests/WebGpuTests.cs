@@ -212,7 +212,7 @@ public class WebGpuTests
         for (int i = 0; i < a.Length; i++) Assert.True(Math.Abs(a[i] - b[i]) <= 1e-4 * Math.Sqrt(k) * (1 + Math.Abs(a[i])), $"y[{i}]: cpu {a[i]}, webgpu {b[i]}");
     }
 
-    /// <summary>ArgMax/ArgMin over rows longer than a workgroup, with ties spread across threads, NaNs and infinities:
+    /// <summary>ArgMax/ArgMin over rows longer than a workgroup, with ties spread across threads, NaNs, infinities and −0 = +0:
     /// the indices equal the cpu reference's (numpy order: the first NaN, else the first extreme; the last ones with
     /// select_last_index), for f32 and int32 input; a row within 32 values a thread of the widest workgroup in one
     /// dispatch, a longer one in two.</summary>
@@ -234,13 +234,15 @@ public class WebGpuTests
     public void Arg_reductions_match_cpu_with_ties_and_nans(string op, int axis, int last, DType dtype, int n, string platform = "webgpu")
     {
         SkipIfNoDawn(platform);
-        long[] shape = [4, n];
+        long[] shape = [5, n];
         var rng = new Random(axis * 10 + last);
-        var v = new float[4 * n];
+        var v = new float[5 * n];
         for (int i = 0; i < v.Length; i++) v[i] = rng.Next(-50, 50);   // many ties
         v[1 * n + n - 101] = float.NaN; v[1 * n + 17] = float.NaN;     // row 1: two NaNs
         v[2 * n + 5] = float.PositiveInfinity; v[2 * n + n - 2] = float.NegativeInfinity;
         for (int j = 0; j < n; j++) v[3 * n + j] = 7;                 // row 3: all equal
+        for (int j = 0; j < n; j++) v[4 * n + j] = op == "ArgMax" ? -1 - j % 9 : 1 + j % 9;
+        v[4 * n + 10] = -0f; v[4 * n + 20] = 0f;                       // row 4: the extreme is −0 then +0, equal values
         var x = dtype == DType.Int32 ? new Tensor(DType.Int32, shape, v.Select(f => float.IsFinite(f) ? (int)f : 0).ToArray()) : new Tensor(DType.Float32, shape, v);
         var g = new Graph { Name = "arg" };
         g.Inputs.Add(new ValueInfo("x", TypeRef.TensorOf(dtype, shape)));

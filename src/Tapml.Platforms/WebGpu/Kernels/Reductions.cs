@@ -222,9 +222,12 @@ fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
     }
 
     /// <summary><see cref="Arg"/> of contiguous f32 rows of up to <see cref="ArgWidePerThread"/> values a thread (a decode
-    /// step's logits), one workgroup a row: each thread's values as vec4 loads, four in flight at a time, then the
-    /// threads' bests merged by subgroup shuffles where the device has them (one barrier) or a tree. The same order as
-    /// <see cref="ArgPass"/> (a total order on (value, index), so any merge order gives its answer).</summary>
+    /// step's logits), one workgroup a row. Each value becomes a u32 key ordered as the comparison wants (NaN above all,
+    /// −0 as +0, ArgMin's order flipped), so the best (key, index) is the largest key, ties by index: the same total order
+    /// as <see cref="ArgPass"/>'s <c>better</c>, with integer compares only. A thread's vec4 loads are all issued before
+    /// any compare (<see cref="ArgLoads"/> a loop iteration) and its values merged as a tree (independent compares), then
+    /// the threads' bests by subgroup shuffles where the device has them (one barrier, then every subgroup merges the
+    /// subgroups' bests by shuffles again) or a tree in workgroup memory.</summary>
     static void ArgRows4(WebGpuPlatform g, Tapml.Ir.Node node, GpuTensor x, GpuTensor y, long rows, long len, bool max, bool last, int threads)
     {
         var meta = new Meta();
@@ -234,45 +237,94 @@ fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
         // A decode step's greedy token is one workgroup: with prefetch=on more read the next step's first weights.
         var pf = Prefetch.For(g, node, meta, 3);
         var (gx, gy) = Prefetch.Grid(g, pf, rows, threads);
-        g.LaunchGroups(new WebGpuPlatform.KernelKey("arg_rows4", $"{max}|{last}|{threads}|{lanes}{Prefetch.Key(pf)}"), () =>
+        int loads = (int)Math.Clamp((len / 4 + threads - 1) / threads, 1, ArgLoads);
+        g.LaunchGroups(new WebGpuPlatform.KernelKey("arg_keys4", $"{max}|{last}|{threads}|{lanes}|{loads}{Prefetch.Key(pf)}"), () =>
         {
-            string loads = string.Concat(Enumerable.Range(0, 4).Select(k => $$"""
-    let j{{k}} = j + {{k * threads}}u;
-    var v{{k}} = vec4<f32>(x0);
-    if (j{{k}} < n4) { v{{k}} = xv_b[b4 + j{{k}}]; }
-
-"""));
-            string compares = string.Concat(Enumerable.Range(0, 4).SelectMany(k => "xyzw".Select((c, e) =>
-                $"    if (j{k} < n4 && better(v{k}.{c}, j{k} * 4u + {e}u, bv, bi)) {{ bv = v{k}.{c}; bi = j{k} * 4u + {e}u; }}\n")));
+            var b = new System.Text.StringBuilder();
+            for (int k = 0; k < loads; k++)
+                b.Append($"    let j{k} = j + {k * threads}u;\n    var v{k} = vec4<u32>(0u);\n    if (j{k} < n4) {{ v{k} = bitcast<vec4<u32>>(xv_b[b4 + j{k}]); }}\n");
+            // Each vec4's best of its four, then the vec4s' bests pairwise: every compare at a level is independent.
+            var best = new List<(string K, string I)>();
+            for (int k = 0; k < loads; k++)
+            {
+                b.Append($"    let q{k} = keys_(v{k}, j{k} < n4);\n");
+                b.Append($"    let a{k} = pick_(q{k}.x, j{k} * 4u, q{k}.y, j{k} * 4u + 1u);\n    let c{k} = pick_(q{k}.z, j{k} * 4u + 2u, q{k}.w, j{k} * 4u + 3u);\n");
+                b.Append($"    let p{k}_0 = pick_(a{k}.x, a{k}.y, c{k}.x, c{k}.y);\n");
+                best.Add(($"p{k}_0.x", $"p{k}_0.y"));
+            }
+            int level = 1;
+            while (best.Count > 1)
+            {
+                var next = new List<(string K, string I)>();
+                for (int i = 0; i + 1 < best.Count; i += 2)
+                {
+                    string n = $"m{level}_{i / 2}";
+                    b.Append($"    let {n} = pick_({best[i].K}, {best[i].I}, {best[i + 1].K}, {best[i + 1].I});\n");
+                    next.Add(($"{n}.x", $"{n}.y"));
+                }
+                if (best.Count % 2 == 1) next.Add(best[^1]);
+                best = next;
+                level++;
+            }
+            b.Append($"    let t_ = pick_(bk, bi, {best[0].K}, {best[0].I});\n    bk = t_.x; bi = t_.y;\n");
+            int partials = lanes > 0 ? threads / lanes : threads;
             string merge = lanes > 0 ? $$"""
   for (var m = {{lanes / 2}}u; m >= 1u; m >>= 1u) {
-    let ov = subgroupShuffleXor(bv, m); let oi = subgroupShuffleXor(bi, m);
-    if (better(ov, oi, bv, bi)) { bv = ov; bi = oi; }
+    let t = pick_(bk, bi, subgroupShuffleXor(bk, m), subgroupShuffleXor(bi, m));
+    bk = t.x; bi = t.y;
   }
-  if (lid.x % {{lanes}}u == 0u) { rv[lid.x / {{lanes}}u] = bv; ri[lid.x / {{lanes}}u] = bi; }
+  if (lid.x % {{lanes}}u == 0u) { rk[lid.x / {{lanes}}u] = bk; ri[lid.x / {{lanes}}u] = bi; }
   workgroupBarrier();
-  if (lid.x == 0u) {
-    for (var t = 1u; t < {{threads / lanes}}u; t++) { if (better(rv[t], ri[t], bv, bi)) { bv = rv[t]; bi = ri[t]; } }
-    y_st(row, i32(bi));
+  bk = 0u; bi = 0xffffffffu;
+  for (var t = lid.x % {{lanes}}u; t < {{partials}}u; t += {{lanes}}u) { let p = pick_(bk, bi, rk[t], ri[t]); bk = p.x; bi = p.y; }
+  for (var m = {{lanes / 2}}u; m >= 1u; m >>= 1u) {
+    let t = pick_(bk, bi, subgroupShuffleXor(bk, m), subgroupShuffleXor(bi, m));
+    bk = t.x; bi = t.y;
   }
+  if (lid.x == 0u) { y_st(row, i32(bi)); }
 """ : $$"""
-{{ArgTree(threads)}}  if (lid.x == 0u) { y_st(row, i32(ri[0])); }
+  rk[lid.x] = bk; ri[lid.x] = bi;
+  workgroupBarrier();
+  for (var t = {{threads / 2}}u; t > 0u; t >>= 1u) {
+    if (lid.x < t) { let p = pick_(rk[lid.x], ri[lid.x], rk[lid.x + t], ri[lid.x + t]); rk[lid.x] = p.x; ri[lid.x] = p.y; }
+    workgroupBarrier();
+  }
+  if (lid.x == 0u) { y_st(row, i32(ri[0])); }
 """;
             var w = new Wgsl(threads).InVec4("xv").Out("y", DType.Int64);
             pf?.Declare(w);
-            w.Decl($"var<workgroup> rv: array<f32, {(lanes > 0 ? threads / lanes : threads)}>;\nvar<workgroup> ri: array<u32, {(lanes > 0 ? threads / lanes : threads)}>;\n{Better("f32", max, last)}");
+            // NOTE: key 0 is below every value's key (−inf's is 0x007fffff for ArgMax, +inf's for ArgMin): a slot past the
+            // row's end never wins.
+            w.Decl($$"""
+var<workgroup> rk: array<u32, {{partials}}>;
+var<workgroup> ri: array<u32, {{partials}}>;
+fn key_(v: u32, live: bool) -> u32 {
+  let z = select(v, 0u, v == 0x80000000u);
+  let o = select(z | 0x80000000u, ~z, (z & 0x80000000u) != 0u);
+  let k = select({{(max ? "o" : "~o")}}, 0xffffffffu, (v & 0x7fffffffu) > 0x7f800000u);
+  return select(0u, k, live);
+}
+fn keys_(v: vec4<u32>, live: bool) -> vec4<u32> { return vec4<u32>(key_(v.x, live), key_(v.y, live), key_(v.z, live), key_(v.w, live)); }
+fn pick_(ka: u32, ia: u32, kb: u32, ib: u32) -> vec2<u32> {
+  let b = kb > ka || (kb == ka && ib {{(last ? ">" : "<")}} ia);
+  return select(vec2<u32>(ka, ia), vec2<u32>(kb, ib), b);
+}
+""");
             return w.Build($$"""
 {{pf?.Head(threads, "md[0]")}}  let row = wid.x + wid.y * nwg.x;
   if (row >= md[0]) { return; }
   let n4 = md[1] / 4u; let b4 = row * n4;
-  let x0 = xv_b[b4].x;
-  var bv = x0; var bi = 0u;
-  for (var j = lid.x; j < n4; j += {{4 * threads}}u) {
-{{loads}}{{compares}}  }
+  var bk = 0u; var bi = 0xffffffffu;
+  for (var j = lid.x; j < n4; j += {{loads * threads}}u) {
+{{b}}  }
 {{merge}}
 """, elementwise: false);
         }, max ? "ArgMax" : "ArgMin", [x, y, .. (pf?.Tensors ?? [])], meta, gx, gy);
     }
+
+    /// <summary>vec4 loads a thread of <see cref="ArgRows4"/> issues before its compares (all of a 32K vocabulary's logits
+    /// at 1024 threads in one iteration).</summary>
+    const int ArgLoads = 8;
 
     /// <summary>Max, then sum of exp(v − max), per row: writes softmax / log-softmax rows or log-sum-exp values.</summary>
     static void TwoPass(WebGpuPlatform g, GpuTensor x, GpuTensor y, long rows, long len, long inner, string mode, string label)
