@@ -451,9 +451,13 @@ public static class Fused
             void Round(System.Text.StringBuilder b, int U, Func<int, string> jAt, Func<int, string> ok, Func<int, string, string> key, Func<int, string, string> value)
             {
                 List<string> Keys(string name) => Enumerable.Range(0, U).Select(u => $"{name}{u}").ToList();
+                for (int u = 0; u < U; u++) b.Append($"    let j{u} = {jAt(u)};\n    let ok{u} = {ok(u)};\n    let jv{u} = select(jb, j{u}, ok{u});\n");
+                // The values' loads go out with the keys' (they do not wait for the scores): one memory round trip a round.
+                for (int u = 0; u < U; u++)
+                    for (int c = 0; c < C; c++) b.Append($"    let w{u}_{c} = {value(u, $"min(e + {c * P}u, Dv - 1u)")};\n");
                 for (int u = 0; u < U; u++)
                 {
-                    b.Append($"    let j{u} = {jAt(u)};\n    let ok{u} = {ok(u)};\n    var d{u} = 0.0;\n");
+                    b.Append($"    var d{u} = 0.0;\n");
                     b.Append($"    if (ok{u}) {{\n");
                     for (int c = 0; c < C; c++) b.Append($"      if (e + {c * P}u < D) {{ d{u} += q{c} * {key(u, $"e + {c * P}u")}; }}\n");
                     b.Append("    }\n");
@@ -470,7 +474,7 @@ public static class Fused
                 for (int c = 0; c < C; c++)
                 {
                     b.Append($"      if (e + {c * P}u < Dv) {{\n        var o = a{c} * corr;\n");
-                    for (int u = 0; u < U; u++) b.Append($"        if (ok{u}) {{ o += p{u} * {value(u, $"e + {c * P}u")}; }}\n");
+                    for (int u = 0; u < U; u++) b.Append($"        if (ok{u}) {{ o += p{u} * w{u}_{c}; }}\n");
                     b.Append($"        a{c} = o;\n      }}\n");
                 }
                 b.Append("      m = mnew;\n    }\n");
@@ -483,7 +487,7 @@ public static class Fused
             // With a new row (kv_attention): the loop reads past keys straight from the caches (keys below the new row's
             // index), and the new key and value take one more round after it from workgroup memory, group 0's.
             b.Append($"  var m = ninf;\n  var l = 0.0;\n  let jk = {r.PastEnd("je")};\n  let rounds = (jk - jb + {G * U - 1}u) / {G * U}u;\n  for (var it = 0u; it < rounds; it++) {{\n");
-            Round(b, U, u => $"jb + (it * {G}u + grp) * {U}u + {u}u", u => $"j{u} < jk", (u, e) => r.PastKey($"kb + j{u} * ks + {e}"), (u, e) => r.PastValue($"vb + j{u} * vs + {e}"));
+            Round(b, U, u => $"jb + (it * {G}u + grp) * {U}u + {u}u", u => $"j{u} < jk", (u, e) => r.PastKey($"kb + j{u} * ks + {e}"), (u, e) => r.PastValue($"vb + jv{u} * vs + {e}"));
             b.Append("  }\n");
             if (r.New is not null)
             {
