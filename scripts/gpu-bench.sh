@@ -70,6 +70,15 @@ section prefetch 200 "W='webgpu?toggles=-timestamp_quantization';
   $T bench llm-large --runs 5 --platform \"\$W;\$W&prefetch=on\""
 section q4-tune 300 "W='webgpu?toggles=-timestamp_quantization';
   $T bench llm-large --quantize q4 --runs 5 --platform \"\$W;\$W&q4-target=131072;\$W&q4-target=262144;\$W&q4-unroll=2;\$W&q4-rows=2;\$W&q4-threads=32;\$W;\$W&q4-wg=256;\$W&q4-wg=64;\$W&q4-threads=32&q4-target=131072;\$W&q4-unroll=2&q4-target=131072;\$W&q4-reduce=tree;\$W\""
+# Issue 24's 3x: one-row q4 products at two rows a thread (the rule since the eighteenth session) against the old four
+# (q4-decode-target=65536), alternating in one process, f32 in the same call; then a host profile of the q4 decode
+# (EventPipe's sample profiler; here: dotnet-trace convert --format speedscope, then tools/bench/speedscope_top.py).
+section decode-target 240 "W='webgpu?toggles=-timestamp_quantization';
+  $T bench llm-large --quantize q4 --runs 5 --platform \"\$W;\$W&q4-decode-target=65536;\$W;\$W&q4-decode-target=65536;\$W\";
+  $T bench llm-large --runs 5 --platform \"\$W\""
+section host-trace 100 "DOTNET_EnableEventPipe=1 DOTNET_EventPipeOutputPath=$out/q4-host.nettrace \
+  DOTNET_EventPipeConfig='Microsoft-DotNETCore-SampleProfiler:0:5,Microsoft-Windows-DotNETRuntime:0x4c14fccbd:5' \
+  $T bench llm-large --quantize q4 --runs 60 --platform 'webgpu?toggles=-timestamp_quantization'; gzip -1f $out/q4-host.nettrace"
 section large-vulkan 100 "TAPML_VULKAN_STATS=1 $T bench llm-large --platform vulkan --runs 3"
 section gpu-vulkan 80 "$T bench gpu --platform vulkan --runs 3"
 section gpu-webgpu 80 "$T bench gpu --platform webgpu --runs 3"
