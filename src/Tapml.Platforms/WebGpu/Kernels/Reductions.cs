@@ -266,38 +266,33 @@ fn better(a: {{s}}, ia: u32, b: {{s}}, ib: u32) -> bool {
                 best = next;
                 level++;
             }
-            b.Append($"    let t_ = pick_(bk, bi, {best[0].K}, {best[0].I});\n    bk = t_.x; bi = t_.y;\n");
+            b.Append($"    let t_ = pick_(bv, bi, {best[0].K}, {best[0].I});\n    bv = t_.x; bi = t_.y;\n");
             int partials = lanes > 0 ? threads / lanes : threads;
             string merge = lanes > 0 ? $$"""
   for (var m = {{lanes / 2}}u; m >= 1u; m >>= 1u) {
-    let t = pick_(bk, bi, subgroupShuffleXor(bk, m), subgroupShuffleXor(bi, m));
-    bk = t.x; bi = t.y;
+    let t = pick_(bv, bi, subgroupShuffleXor(bv, m), subgroupShuffleXor(bi, m));
+    bv = t.x; bi = t.y;
   }
-  if (lid.x % {{lanes}}u == 0u) { rk[lid.x / {{lanes}}u] = bk; ri[lid.x / {{lanes}}u] = bi; }
+  if (lid.x % {{lanes}}u == 0u) { rv[lid.x / {{lanes}}u] = bv; ri[lid.x / {{lanes}}u] = bi; }
   workgroupBarrier();
-  bk = 0u; bi = 0xffffffffu;
-  for (var t = lid.x % {{lanes}}u; t < {{partials}}u; t += {{lanes}}u) { let p = pick_(bk, bi, rk[t], ri[t]); bk = p.x; bi = p.y; }
+  bv = 0u; bi = 0xffffffffu;
+  for (var t = lid.x % {{lanes}}u; t < {{partials}}u; t += {{lanes}}u) { let p = pick_(bv, bi, rv[t], ri[t]); bv = p.x; bi = p.y; }
   for (var m = {{lanes / 2}}u; m >= 1u; m >>= 1u) {
-    let t = pick_(bk, bi, subgroupShuffleXor(bk, m), subgroupShuffleXor(bi, m));
-    bk = t.x; bi = t.y;
+    let t = pick_(bv, bi, subgroupShuffleXor(bv, m), subgroupShuffleXor(bi, m));
+    bv = t.x; bi = t.y;
   }
   if (lid.x == 0u) { y_st(row, i32(bi)); }
 """ : $$"""
-  rk[lid.x] = bk; ri[lid.x] = bi;
-  workgroupBarrier();
-  for (var t = {{threads / 2}}u; t > 0u; t >>= 1u) {
-    if (lid.x < t) { let p = pick_(rk[lid.x], ri[lid.x], rk[lid.x + t], ri[lid.x + t]); rk[lid.x] = p.x; ri[lid.x] = p.y; }
-    workgroupBarrier();
-  }
-  if (lid.x == 0u) { y_st(row, i32(ri[0])); }
+{{ArgTree(threads)}}  if (lid.x == 0u) { y_st(row, i32(ri[0])); }
 """;
             var w = new Wgsl(threads).InVec4("xv").Out("y", DType.Int64);
             pf?.Declare(w);
             // NOTE: key 0 is below every value's key (−inf's is 0x007fffff for ArgMax, +inf's for ArgMin): a slot past the
-            // row's end never wins.
+            // row's end never wins. Keys compare as ArgMax's (ArgMin's order is in the key), with ArgPass's better and tree.
             w.Decl($$"""
-var<workgroup> rk: array<u32, {{partials}}>;
+var<workgroup> rv: array<u32, {{partials}}>;
 var<workgroup> ri: array<u32, {{partials}}>;
+{{Better("u32", true, last)}}
 fn key_(v: u32, live: bool) -> u32 {
   let z = select(v, 0u, v == 0x80000000u);
   let o = select(z | 0x80000000u, ~z, (z & 0x80000000u) != 0u);
@@ -305,16 +300,13 @@ fn key_(v: u32, live: bool) -> u32 {
   return select(0u, k, live);
 }
 fn keys_(v: vec4<u32>, live: bool) -> vec4<u32> { return vec4<u32>(key_(v.x, live), key_(v.y, live), key_(v.z, live), key_(v.w, live)); }
-fn pick_(ka: u32, ia: u32, kb: u32, ib: u32) -> vec2<u32> {
-  let b = kb > ka || (kb == ka && ib {{(last ? ">" : "<")}} ia);
-  return select(vec2<u32>(ka, ia), vec2<u32>(kb, ib), b);
-}
+fn pick_(ka: u32, ia: u32, kb: u32, ib: u32) -> vec2<u32> { return select(vec2<u32>(ka, ia), vec2<u32>(kb, ib), better(kb, ib, ka, ia)); }
 """);
             return w.Build($$"""
 {{pf?.Head(threads, "md[0]")}}  let row = wid.x + wid.y * nwg.x;
   if (row >= md[0]) { return; }
   let n4 = md[1] / 4u; let b4 = row * n4;
-  var bk = 0u; var bi = 0xffffffffu;
+  var bv = 0u; var bi = 0xffffffffu;
   for (var j = lid.x; j < n4; j += {{loads * threads}}u) {
 {{b}}  }
 {{merge}}
